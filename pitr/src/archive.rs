@@ -1,0 +1,239 @@
+//! `archive_command` and `restore_command`: pushing WAL files into the repository and getting them
+//! back, with the validation and refusal rules that keep an archive trustworthy.
+//!
+//! Push: name → read → validate (page header, cluster, version, segment size) → already archived?
+//! (identical → done, different → refuse) → encode → create-only put. Get: name → read object →
+//! decode and verify → write the destination. This is the hot path: nothing here does work that
+//! the outcome does not need.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use crate::codec::{self, Codec, ObjectHeader};
+use crate::error::{Error, Result};
+use crate::repo::{Repo, RepoInfo, FORMAT_VERSION};
+use crate::storage::PutOutcome;
+use crate::wal::{LongPageHeader, Lsn, WalFileName};
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The file is now durably in the repository.
+    Stored,
+    /// The repository already held identical content, durably.
+    AlreadyArchived,
+}
+
+/// What a get did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetOutcome {
+    /// The file was written to the destination; its size.
+    Restored(u64),
+    /// The repository does not hold the file.
+    NotFound,
+}
+
+/// Archives the file at `path`. A relative `path` is taken relative to the current directory,
+/// which is the data directory when PostgreSQL runs the command; when `data_dir` is known, the
+/// file must lie inside it.
+pub fn push(repo: &Repo, codec: &Codec, path: &Path, data_dir: Option<&Path>) -> Result<PushOutcome> {
+    let path = inside_data_dir(path, data_dir)?;
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = WalFileName::parse(file_name)?;
+    let raw = fs::read(&path).map_err(Error::io("read", &path))?;
+    validate(repo, &name, &path, &raw)?;
+    if repo.has_wal(&name)? {
+        return compare_with_archived(repo, &name, &raw);
+    }
+    match repo.put_wal(&name, &codec.encode(&raw))? {
+        PutOutcome::Created => Ok(PushOutcome::Stored),
+        PutOutcome::AlreadyExists => compare_with_archived(repo, &name, &raw),
+    }
+}
+
+/// Restores the archived file `name` to `dest` (relative to the current directory, inside
+/// `data_dir` when that is known), verifying its checksum on the way.
+pub fn get(repo: &Repo, name: &str, dest: &Path, data_dir: Option<&Path>) -> Result<GetOutcome> {
+    let name = WalFileName::parse(name)?;
+    let dest = inside_data_dir(dest, data_dir)?;
+    let Some(object) = repo.get_wal(&name)? else { return Ok(GetOutcome::NotFound) };
+    let raw = codec::decode(&object, &repo.describe_wal(&name))?;
+    if let Some(segment) = name.segment_name() {
+        let header = LongPageHeader::validate(segment, &raw)
+            .map_err(|reason| Error::Corrupt { what: repo.describe_wal(&name), reason })?;
+        check_cluster(repo, &header, &repo.describe_wal(&name))?;
+    }
+    fs::write(&dest, &raw).map_err(Error::io("write", &dest))?;
+    Ok(GetOutcome::Restored(raw.len() as u64))
+}
+
+/// Refuses files that are not what their name says, or that belong to another cluster.
+fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidWalFile { file: path.display().to_string(), reason };
+    match name {
+        WalFileName::Segment(segment) | WalFileName::Partial(segment) => {
+            let header = LongPageHeader::validate(*segment, raw).map_err(invalid)?;
+            check_cluster(repo, &header, &path.display().to_string())
+        }
+        WalFileName::History(_) => validate_history(raw).map_err(invalid),
+        WalFileName::Backup(..) => {
+            if raw.starts_with(b"START WAL LOCATION: ") {
+                Ok(())
+            } else {
+                Err(invalid("not a backup history file (it must start with 'START WAL LOCATION:')".into()))
+            }
+        }
+    }
+}
+
+/// Checks a timeline history file the way `readTimeLineHistory` reads it: blank lines and `#`
+/// comments aside, each line is `parentTLI <tab> switchpoint LSN <tab> reason`.
+fn validate_history(raw: &[u8]) -> std::result::Result<(), String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "not a timeline history file (not text)".to_string())?;
+    let entries = text.lines().map(str::trim_start).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    for line in entries {
+        let mut fields = line.split('\t');
+        let timeline_ok = fields.next().is_some_and(|t| t.parse::<u32>().is_ok());
+        let lsn_ok = fields.next().is_some_and(|l| l.parse::<Lsn>().is_ok());
+        if !(timeline_ok && lsn_ok) {
+            return Err(format!("not a timeline history file: bad line '{line}'"));
+        }
+    }
+    Ok(())
+}
+
+/// Binds the repository to the segment's cluster on first use, and refuses other clusters,
+/// other major versions and other segment sizes afterwards.
+fn check_cluster(repo: &Repo, header: &LongPageHeader, file: &str) -> Result<()> {
+    let found = RepoInfo {
+        format_version: FORMAT_VERSION,
+        pg_version: header.pg_version,
+        system_identifier: header.system_identifier,
+        wal_segment_size: header.segment_size.bytes(),
+    };
+    let recorded = match repo.info()? {
+        Some(info) => info,
+        None => repo.claim(found)?,
+    };
+    if recorded.system_identifier != found.system_identifier {
+        return Err(Error::ForeignCluster {
+            file: file.to_string(),
+            file_system_identifier: found.system_identifier,
+            repo: repo.location().into(),
+            repo_system_identifier: recorded.system_identifier,
+        });
+    }
+    let mismatch = |reason: String, repo_has: String| Error::RepoMismatch {
+        file: file.to_string(),
+        reason,
+        repo: repo.location().into(),
+        repo_has,
+    };
+    if recorded.pg_version != found.pg_version {
+        return Err(mismatch(
+            format!("it is PostgreSQL {} WAL", found.pg_version),
+            format!("PostgreSQL {} WAL; after a major upgrade start a new repository", recorded.pg_version),
+        ));
+    }
+    if recorded.wal_segment_size != found.wal_segment_size {
+        return Err(mismatch(
+            format!("its segment size is {} bytes", found.wal_segment_size),
+            format!("{}-byte segments", recorded.wal_segment_size),
+        ));
+    }
+    Ok(())
+}
+
+/// The repository holds `name` already: identical content is success (PostgreSQL re-archives
+/// after a crash), anything else is refused and nothing is touched.
+fn compare_with_archived(repo: &Repo, name: &WalFileName, raw: &[u8]) -> Result<PushOutcome> {
+    let what = repo.describe_wal(name);
+    let object = repo.get_wal(name)?.ok_or_else(|| Error::Repo {
+        path: repo.location().into(),
+        reason: format!("{what} vanished while it was being compared; retry"),
+    })?;
+    let stored = ObjectHeader::parse(&object, &what)?;
+    let ours = ObjectHeader::of(raw, stored.compression);
+    if stored.raw_len != ours.raw_len || stored.raw_crc != ours.raw_crc {
+        return Err(Error::ConflictingContent {
+            name: name.to_string(),
+            stored: format!(
+                "archived: {} bytes, CRC-32 {:08x}; this file: {} bytes, CRC-32 {:08x}",
+                stored.raw_len, stored.raw_crc, ours.raw_len, ours.raw_crc
+            ),
+        });
+    }
+    // Equal size and CRC: compare every byte, so a CRC collision can never pass as "identical".
+    if codec::decode(&object, &what)? != raw {
+        return Err(Error::ConflictingContent {
+            name: name.to_string(),
+            stored: "same size and CRC-32, different bytes".into(),
+        });
+    }
+    Ok(PushOutcome::AlreadyArchived)
+}
+
+/// Resolves `path` against the current directory and, when `data_dir` is known, refuses a path
+/// that leads outside it. The check is lexical, so a `pg_wal` that is a symlink to another
+/// disk (initdb --waldir) is still inside.
+fn inside_data_dir(path: &Path, data_dir: Option<&Path>) -> Result<PathBuf> {
+    let cwd = std::env::current_dir().map_err(Error::io("find", "the current directory"))?;
+    let resolved = normalize(&cwd.join(path));
+    match data_dir.map(|d| normalize(&cwd.join(d))) {
+        Some(root) if !resolved.starts_with(&root) => Err(Error::InvalidInput(format!(
+            "refusing {}: it is outside the data directory {}",
+            path.display(),
+            root.display()
+        ))),
+        _ => Ok(resolved),
+    }
+}
+
+/// Removes `.` and resolves `..` without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The data directory the command runs in, if it runs in one: PostgreSQL starts archive and
+/// restore commands with the data directory as the current directory.
+pub fn current_data_dir() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.join("PG_VERSION").is_file().then_some(cwd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_resolves_dots_lexically() {
+        assert_eq!(normalize(Path::new("/data/pg_wal/../pg_wal/./X")), PathBuf::from("/data/pg_wal/X"));
+        assert_eq!(normalize(Path::new("/data/pg_wal/../../etc/passwd")), PathBuf::from("/etc/passwd"));
+    }
+
+    #[test]
+    fn paths_outside_the_data_dir_are_refused() {
+        let err = inside_data_dir(Path::new("/data/pg_wal/../../etc/x"), Some(Path::new("/data"))).unwrap_err();
+        assert!(err.to_string().contains("outside the data directory"), "{err}");
+        assert!(inside_data_dir(Path::new("/data/pg_wal/X"), Some(Path::new("/data"))).is_ok());
+        assert!(inside_data_dir(Path::new("/elsewhere/X"), None).is_ok());
+    }
+
+    #[test]
+    fn history_files_are_checked_line_by_line() {
+        assert!(validate_history(b"1\t0/3000148\tbefore 2024-05-01 12:00:00+00\n\n").is_ok());
+        assert!(validate_history(b"# comment\n1\t0/3000000\tno recovery target specified\n").is_ok());
+        assert!(validate_history(b"not a history\n").is_err());
+        assert!(validate_history(&[0xff, 0xfe]).is_err());
+    }
+}

@@ -1,0 +1,47 @@
+//! Where the repository's bytes live: the [`Storage`] trait and its local-disk backend.
+//!
+//! The trait is deliberately narrow, so that object storage (S3 and friends, which have no
+//! atomic rename) can implement it later: objects are written whole and only if absent, never
+//! replaced. Keys are `/`-separated relative paths such as `wal/0000000100000000/<name>`.
+//! Every backend must pass the conformance suite in `storage/conformance.rs`.
+
+mod local;
+
+pub use local::LocalStorage;
+
+use crate::error::Result;
+
+/// What [`Storage::put_if_absent`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was created and is durable.
+    Created,
+    /// An object with this key already existed; it was left untouched and is durable.
+    AlreadyExists,
+}
+
+/// A place to keep objects.
+///
+/// Contract, for every backend:
+/// - `put_if_absent` is atomic and create-only: readers see either no object or the whole object,
+///   never a partial one; of concurrent puts of one key exactly one returns `Created`, the others
+///   `AlreadyExists`; an existing object is never modified. It returns only once the object (new
+///   or existing) survives a crash or power loss.
+/// - `get` returns `Ok(None)` only when the object is truly absent. Any other failure (permission,
+///   I/O, an unreachable store) is an `Err`, never `None`.
+pub trait Storage: Send + Sync {
+    /// Stores `data` under `key` unless an object with that key exists.
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome>;
+
+    /// Reads the whole object, or `None` when there is no object with that key.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Whether an object with this key exists.
+    fn exists(&self, key: &str) -> Result<bool>;
+
+    /// A human-readable location of `key`, for messages.
+    fn describe(&self, key: &str) -> String;
+}
+
+#[cfg(test)]
+mod conformance;

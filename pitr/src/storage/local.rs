@@ -1,0 +1,111 @@
+//! The local-disk backend: a directory tree, written crash-safely.
+//!
+//! A put writes a temporary file in the target directory, fsyncs it, moves it into place with a
+//! no-replace rename (`renameat2(RENAME_NOREPLACE)`, or link + unlink where that is unsupported,
+//! both through `tempfile::persist_noclobber`), and fsyncs the directory. A directory created on
+//! the way is fsynced into its parent too. Only then is the put reported.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::storage::{PutOutcome, Storage};
+
+/// Objects as files under a root directory.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    /// Storage rooted at `root`, which must be an existing directory: pitr never creates the
+    /// repository's root itself, so that an unmounted file system is noticed instead of filled.
+    pub fn open(root: impl Into<PathBuf>) -> Result<LocalStorage> {
+        let root = root.into();
+        match fs::metadata(&root) {
+            Ok(meta) if meta.is_dir() => Ok(LocalStorage { root }),
+            Ok(_) => Err(Error::Repo { path: root, reason: "is not a directory".into() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::Repo {
+                path: root,
+                reason: "does not exist: create the directory (owned by the PostgreSQL OS user) \
+                         or fix --repo / PITR_REPO / `repo` in the config file"
+                    .into(),
+            }),
+            Err(e) => Err(Error::io("open repository", &root)(e)),
+        }
+    }
+
+    /// The repository's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// Creates `dir` and any missing parents below the root, fsyncing each new entry into its parent.
+    fn create_dirs(&self, dir: &Path) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        let parent = dir.parent().expect("a key's directory is below the root");
+        self.create_dirs(parent)?;
+        match fs::create_dir(dir) {
+            Ok(()) => fsync_dir(parent),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(Error::io("create directory", dir)(e)),
+        }
+    }
+}
+
+impl Storage for LocalStorage {
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
+        let target = self.path(key);
+        let dir = target.parent().expect("keys have a parent directory");
+        self.create_dirs(dir)?;
+        let mut temp = tempfile::Builder::new()
+            .prefix(".tmp.")
+            .tempfile_in(dir)
+            .map_err(Error::io("create a temporary file in", dir))?;
+        temp.write_all(data).map_err(Error::io("write", temp.path()))?;
+        temp.as_file().sync_all().map_err(Error::io("fsync", temp.path()))?;
+        let outcome = match temp.persist_noclobber(&target) {
+            Ok(_) => PutOutcome::Created,
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+                // The existing file may come from a put that crashed before its directory fsync.
+                File::open(&target)
+                    .and_then(|f| f.sync_all())
+                    .map_err(Error::io("fsync the existing", &target))?;
+                PutOutcome::AlreadyExists
+            }
+            Err(e) => return Err(Error::io("move into place", &target)(e.error)),
+        };
+        fsync_dir(dir)?;
+        Ok(outcome)
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path(key);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", &path)(e)),
+        }
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        let path = self.path(key);
+        path.try_exists().map_err(Error::io("look up", &path))
+    }
+
+    fn describe(&self, key: &str) -> String {
+        self.path(key).display().to_string()
+    }
+}
+
+/// Makes a directory's entries durable.
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync directory", dir))
+}

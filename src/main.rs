@@ -1,0 +1,92 @@
+//! The `pitr` binary: parses arguments, loads settings, calls into the `pitr` library, prints,
+//! and maps every outcome to an exit code in one place ([`exit_code`]).
+
+mod cli;
+mod settings;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+use pitr::archive::{self, GetOutcome};
+use pitr::repo::Repo;
+
+use crate::cli::{Cli, Command};
+use crate::settings::Settings;
+
+/// Exit code of archive-get for anything but "found" and "not found". PostgreSQL treats exit
+/// codes above 125 like death by a signal and aborts recovery, instead of reading the error as
+/// "file missing" and promoting early. 200 is clear of 126/127 (which PostgreSQL reports as
+/// "command not executable/not found") and of 143 (SIGTERM, a quiet shutdown).
+const EXIT_RESTORE_ERROR: u8 = 200;
+
+/// What a command ended with, before it becomes an exit code.
+enum Outcome {
+    /// Done.
+    Success,
+    /// archive-get: the file is not in the archive.
+    NotFound,
+    /// A failure, with its one-line message.
+    Failed(String),
+    /// Bad arguments.
+    Usage(String),
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let restore = Command::is_archive_get(&args);
+    let outcome = match Cli::try_parse_from(&args) {
+        Ok(cli) => std::panic::catch_unwind(|| run(cli))
+            .unwrap_or_else(|_| Outcome::Failed("internal error (panic); please report it".into())),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => Outcome::Usage(e.to_string()),
+    };
+    report(&outcome, &args);
+    ExitCode::from(exit_code(&outcome, restore))
+}
+
+/// The one mapping from outcomes to exit codes.
+fn exit_code(outcome: &Outcome, restore: bool) -> u8 {
+    match (outcome, restore) {
+        (Outcome::Success, _) => 0,
+        (Outcome::NotFound, _) => 1,
+        (Outcome::Failed(_) | Outcome::Usage(_), true) => EXIT_RESTORE_ERROR,
+        (Outcome::Failed(_), false) => 1,
+        (Outcome::Usage(_), false) => 2,
+    }
+}
+
+/// Prints failures to stderr (which archive commands share with the server log); success and
+/// "not found" are silent.
+fn report(outcome: &Outcome, args: &[OsString]) {
+    let cli = Cli::command();
+    let command = args.iter().skip(1).find_map(|a| cli.find_subcommand(a)).map(|c| c.get_name());
+    match outcome {
+        Outcome::Success | Outcome::NotFound => {}
+        Outcome::Failed(message) => eprintln!("pitr {}: error: {message}", command.unwrap_or("")),
+        Outcome::Usage(message) => eprint!("{message}"),
+    }
+}
+
+fn run(cli: Cli) -> Outcome {
+    let settings = match Settings::load(&cli.global) {
+        Ok(settings) => settings,
+        Err(message) => return Outcome::Failed(message),
+    };
+    let result = Repo::open_local(&settings.repo).and_then(|repo| {
+        let data_dir = archive::current_data_dir();
+        match &cli.command {
+            Command::ArchivePush { path } => {
+                archive::push(&repo, &settings.codec, path, data_dir.as_deref()).map(|_| Outcome::Success)
+            }
+            Command::ArchiveGet { name, dest } => {
+                archive::get(&repo, name, dest, data_dir.as_deref()).map(|outcome| match outcome {
+                    GetOutcome::Restored(_) => Outcome::Success,
+                    GetOutcome::NotFound => Outcome::NotFound,
+                })
+            }
+        }
+    });
+    result.unwrap_or_else(|e| Outcome::Failed(e.to_string()))
+}
