@@ -64,6 +64,82 @@ pub enum Command {
         /// Where to write it (%p), relative to the data directory or absolute.
         dest: PathBuf,
     },
+
+    /// Take a base backup of a running server into a tier (hourly, daily or weekly).
+    ///
+    /// Runs on the database host: pitr reads the data directory itself, in parallel, while the
+    /// server is in backup mode (pg_backup_start/pg_backup_stop on one held connection). The
+    /// backup exists once its manifest is written; then expire runs for the tier.
+    Backup {
+        /// The tier.
+        #[arg(long, default_value = "hourly", value_parser = ["hourly", "daily", "weekly"])]
+        tier: String,
+        /// The data directory (default: the server's data_directory).
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<PathBuf>,
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// Ask for an immediate checkpoint instead of waiting for a spread one.
+        #[arg(long)]
+        fast: bool,
+        /// Files copied at once (default: the number of cores).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Do not run expire for the tier afterwards.
+        #[arg(long)]
+        no_expire: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Restore a backup's files into a new data directory (no recovery settings).
+    Restore {
+        /// The new data directory: absent or empty (see --force).
+        #[arg(long, value_name = "DIR")]
+        pgdata: PathBuf,
+        /// The backup id (default: the newest backup).
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
+        /// Wipe a non-empty data directory first (refused while a postmaster.pid is there).
+        #[arg(long)]
+        force: bool,
+        /// Files written at once (default: the number of cores).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// List backups with their WAL status, and the archived WAL per timeline.
+    List {
+        /// Which tier to show.
+        #[arg(default_value = "all", value_parser = ["hourly", "daily", "weekly", "all"])]
+        tier: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Delete backups beyond each tier's count, and the WAL no retained backup needs.
+    Expire {
+        /// Only show what would be deleted, and why.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How to reach the server: the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE,
+/// PGPASSWORD, PGPASSFILE), overridden by --dbname.
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// Connection string, keyword/value ("host=/run/postgresql port=5432") or URI, as psql takes it.
+    #[arg(long, short = 'd', value_name = "CONNINFO")]
+    pub dbname: Option<String>,
 }
 
 impl Command {

@@ -2,18 +2,18 @@
 //! and maps every outcome to an exit code in one place ([`exit_code`]).
 
 mod cli;
+mod commands;
+mod output;
 mod settings;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+use crate::cli::{Cli, Command};
+use crate::commands::Done;
+use crate::settings::Settings;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
-use pitr::archive::{self, GetOutcome};
-use pitr::repo::Repo;
-
-use crate::cli::{Cli, Command};
-use crate::settings::Settings;
 
 /// Exit code of archive-get for anything but "found" and "not found". PostgreSQL treats exit
 /// codes above 125 like death by a signal and aborts recovery, instead of reading the error as
@@ -61,7 +61,11 @@ fn exit_code(outcome: &Outcome, restore: bool) -> u8 {
 /// "not found" are silent.
 fn report(outcome: &Outcome, args: &[OsString]) {
     let cli = Cli::command();
-    let command = args.iter().skip(1).find_map(|a| cli.find_subcommand(a)).map(|c| c.get_name());
+    let command = args
+        .iter()
+        .skip(1)
+        .find_map(|a| cli.find_subcommand(a))
+        .map(|c| c.get_name());
     match outcome {
         Outcome::Success | Outcome::NotFound => {}
         Outcome::Failed(message) => eprintln!("pitr {}: error: {message}", command.unwrap_or("")),
@@ -74,19 +78,9 @@ fn run(cli: Cli) -> Outcome {
         Ok(settings) => settings,
         Err(message) => return Outcome::Failed(message),
     };
-    let result = Repo::open_local(&settings.repo).and_then(|repo| {
-        let data_dir = archive::current_data_dir();
-        match &cli.command {
-            Command::ArchivePush { path } => {
-                archive::push(&repo, &settings.codec, path, data_dir.as_deref()).map(|_| Outcome::Success)
-            }
-            Command::ArchiveGet { name, dest } => {
-                archive::get(&repo, name, dest, data_dir.as_deref()).map(|outcome| match outcome {
-                    GetOutcome::Restored(_) => Outcome::Success,
-                    GetOutcome::NotFound => Outcome::NotFound,
-                })
-            }
-        }
-    });
-    result.unwrap_or_else(|e| Outcome::Failed(e.to_string()))
+    match commands::run(&cli.command, &settings) {
+        Ok(Done::Ok) => Outcome::Success,
+        Ok(Done::NotFound) => Outcome::NotFound,
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
 }

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use pitr::backup::Retention;
 use pitr::codec::{Codec, Compression};
 use serde::Deserialize;
 
@@ -20,6 +21,11 @@ struct FileSettings {
     repo: Option<PathBuf>,
     compress: Option<String>,
     compress_level: Option<i32>,
+    name: Option<String>,
+    jobs: Option<usize>,
+    keep_hourly: Option<usize>,
+    keep_daily: Option<usize>,
+    keep_weekly: Option<usize>,
 }
 
 /// Validated settings.
@@ -29,15 +35,27 @@ pub struct Settings {
     pub repo: PathBuf,
     /// How archived files are compressed.
     pub codec: Codec,
+    /// The deployment's name, the first part of backup ids.
+    pub name: String,
+    /// Files copied at once by backup and restore, unless a flag says otherwise.
+    pub jobs: usize,
+    /// Backups kept per tier.
+    pub retention: Retention,
 }
 
 impl Settings {
     /// Merges the layers and validates them.
     pub fn load(args: &GlobalArgs) -> Result<Settings, String> {
-        let file = read_config(args.config.as_deref())?;
-        let repo = args.repo.clone().or(file.repo).ok_or(
-            "no repository given: pass --repo DIR, set PITR_REPO, or set `repo` in the config file",
-        )?;
+        let config = args
+            .config
+            .clone()
+            .or_else(|| Path::new(DEFAULT_CONFIG).exists().then(|| DEFAULT_CONFIG.into()));
+        let file = read_config(config.as_deref())?;
+        let repo = args
+            .repo
+            .clone()
+            .or(file.repo)
+            .ok_or("no repository given: pass --repo DIR, set PITR_REPO, or set `repo` in the config file")?;
         let compression: Compression = args
             .compress
             .as_deref()
@@ -47,18 +65,37 @@ impl Settings {
             .map_err(|e: pitr::Error| e.to_string())?
             .unwrap_or_default();
         let codec = Codec::new(compression, args.compress_level.or(file.compress_level)).map_err(|e| e.to_string())?;
-        Ok(Settings { repo, codec })
+        let name = file.name.unwrap_or_else(|| "main".into());
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(format!(
+                "name '{name}' must be letters, digits and '-' (it starts every backup id)"
+            ));
+        }
+        let defaults = Retention::default();
+        let retention = Retention {
+            hourly: file.keep_hourly.unwrap_or(defaults.hourly),
+            daily: file.keep_daily.unwrap_or(defaults.daily),
+            weekly: file.keep_weekly.unwrap_or(defaults.weekly),
+        };
+        let jobs = file
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        Ok(Settings {
+            repo,
+            codec,
+            name,
+            jobs,
+            retention,
+        })
     }
 }
 
-fn read_config(explicit: Option<&Path>) -> Result<FileSettings, String> {
-    let path = match explicit {
-        Some(path) => path,
-        None if Path::new(DEFAULT_CONFIG).exists() => Path::new(DEFAULT_CONFIG),
-        None => return Ok(FileSettings::default()),
+fn read_config(path: Option<&Path>) -> Result<FileSettings, String> {
+    let Some(path) = path else {
+        return Ok(FileSettings::default());
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("could not read config file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("could not read config file {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
         let reason = e.message().replace('\n', " ");
         format!("config file {} is invalid: {reason}", path.display())

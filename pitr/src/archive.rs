@@ -56,11 +56,15 @@ pub fn push(repo: &Repo, codec: &Codec, path: &Path, data_dir: Option<&Path>) ->
 pub fn get(repo: &Repo, name: &str, dest: &Path, data_dir: Option<&Path>) -> Result<GetOutcome> {
     let name = WalFileName::parse(name)?;
     let dest = inside_data_dir(dest, data_dir)?;
-    let Some(object) = repo.get_wal(&name)? else { return Ok(GetOutcome::NotFound) };
+    let Some(object) = repo.get_wal(&name)? else {
+        return Ok(GetOutcome::NotFound);
+    };
     let raw = codec::decode(&object, &repo.describe_wal(&name))?;
     if let Some(segment) = name.segment_name() {
-        let header = LongPageHeader::validate(segment, &raw)
-            .map_err(|reason| Error::Corrupt { what: repo.describe_wal(&name), reason })?;
+        let header = LongPageHeader::validate(segment, &raw).map_err(|reason| Error::Corrupt {
+            what: repo.describe_wal(&name),
+            reason,
+        })?;
         check_cluster(repo, &header, &repo.describe_wal(&name))?;
     }
     fs::write(&dest, &raw).map_err(Error::io("write", &dest))?;
@@ -69,7 +73,10 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, data_dir: Option<&Path>) -> Res
 
 /// Refuses files that are not what their name says, or that belong to another cluster.
 fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<()> {
-    let invalid = |reason: String| Error::InvalidWalFile { file: path.display().to_string(), reason };
+    let invalid = |reason: String| Error::InvalidWalFile {
+        file: path.display().to_string(),
+        reason,
+    };
     match name {
         WalFileName::Segment(segment) | WalFileName::Partial(segment) => {
             let header = LongPageHeader::validate(*segment, raw).map_err(invalid)?;
@@ -80,7 +87,9 @@ fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<
             if raw.starts_with(b"START WAL LOCATION: ") {
                 Ok(())
             } else {
-                Err(invalid("not a backup history file (it must start with 'START WAL LOCATION:')".into()))
+                Err(invalid(
+                    "not a backup history file (it must start with 'START WAL LOCATION:')".into(),
+                ))
             }
         }
     }
@@ -90,7 +99,10 @@ fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<
 /// comments aside, each line is `parentTLI <tab> switchpoint LSN <tab> reason`.
 fn validate_history(raw: &[u8]) -> std::result::Result<(), String> {
     let text = std::str::from_utf8(raw).map_err(|_| "not a timeline history file (not text)".to_string())?;
-    let entries = text.lines().map(str::trim_start).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let entries = text
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
     for line in entries {
         let mut fields = line.split('\t');
         let timeline_ok = fields.next().is_some_and(|t| t.parse::<u32>().is_ok());
@@ -132,7 +144,10 @@ fn check_cluster(repo: &Repo, header: &LongPageHeader, file: &str) -> Result<()>
     if recorded.pg_version != found.pg_version {
         return Err(mismatch(
             format!("it is PostgreSQL {} WAL", found.pg_version),
-            format!("PostgreSQL {} WAL; after a major upgrade start a new repository", recorded.pg_version),
+            format!(
+                "PostgreSQL {} WAL; after a major upgrade start a new repository",
+                recorded.pg_version
+            ),
         ));
     }
     if recorded.wal_segment_size != found.wal_segment_size {
@@ -217,8 +232,14 @@ mod tests {
 
     #[test]
     fn normalize_resolves_dots_lexically() {
-        assert_eq!(normalize(Path::new("/data/pg_wal/../pg_wal/./X")), PathBuf::from("/data/pg_wal/X"));
-        assert_eq!(normalize(Path::new("/data/pg_wal/../../etc/passwd")), PathBuf::from("/etc/passwd"));
+        assert_eq!(
+            normalize(Path::new("/data/pg_wal/../pg_wal/./X")),
+            PathBuf::from("/data/pg_wal/X")
+        );
+        assert_eq!(
+            normalize(Path::new("/data/pg_wal/../../etc/passwd")),
+            PathBuf::from("/etc/passwd")
+        );
     }
 
     #[test]

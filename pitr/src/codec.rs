@@ -48,7 +48,9 @@ impl Compression {
     }
 
     fn from_code(code: u8) -> Option<Compression> {
-        [Compression::None, Compression::Zstd, Compression::Gzip].into_iter().find(|c| c.code() == code)
+        [Compression::None, Compression::Zstd, Compression::Gzip]
+            .into_iter()
+            .find(|c| c.code() == code)
     }
 
     /// The level used when none is configured.
@@ -88,7 +90,9 @@ impl FromStr for Compression {
             "none" => Ok(Compression::None),
             "zstd" | "zst" => Ok(Compression::Zstd),
             "gzip" | "gz" => Ok(Compression::Gzip),
-            other => Err(Error::InvalidInput(format!("unknown compression '{other}': use zstd, gzip or none"))),
+            other => Err(Error::InvalidInput(format!(
+                "unknown compression '{other}': use zstd, gzip or none"
+            ))),
         }
     }
 }
@@ -102,7 +106,10 @@ pub struct Codec {
 
 impl Default for Codec {
     fn default() -> Self {
-        Codec { compression: Compression::Zstd, level: Compression::Zstd.default_level() }
+        Codec {
+            compression: Compression::Zstd,
+            level: Compression::Zstd.default_level(),
+        }
     }
 }
 
@@ -154,7 +161,11 @@ pub struct ObjectHeader {
 impl ObjectHeader {
     /// The header describing `raw` stored with `compression`.
     pub fn of(raw: &[u8], compression: Compression) -> ObjectHeader {
-        ObjectHeader { compression, raw_len: raw.len() as u64, raw_crc: crc32fast::hash(raw) }
+        ObjectHeader {
+            compression,
+            raw_len: raw.len() as u64,
+            raw_crc: crc32fast::hash(raw),
+        }
     }
 
     fn to_bytes(self) -> [u8; HEADER_LEN] {
@@ -171,7 +182,10 @@ impl ObjectHeader {
 
     /// Reads and checks the header at the start of `object`; `what` names it in errors.
     pub fn parse(object: &[u8], what: &str) -> Result<ObjectHeader> {
-        let corrupt = |reason: String| Error::Corrupt { what: what.to_string(), reason };
+        let corrupt = |reason: String| Error::Corrupt {
+            what: what.to_string(),
+            reason,
+        };
         let h = object
             .get(..HEADER_LEN)
             .ok_or_else(|| corrupt(format!("only {} bytes, shorter than the object header", object.len())))?;
@@ -183,7 +197,10 @@ impl ObjectHeader {
             return Err(corrupt("object header checksum mismatch".into()));
         }
         if h[4] != FORMAT_VERSION {
-            return Err(corrupt(format!("object format version {} is not supported by this pitr", h[4])));
+            return Err(corrupt(format!(
+                "object format version {} is not supported by this pitr",
+                h[4]
+            )));
         }
         let compression =
             Compression::from_code(h[5]).ok_or_else(|| corrupt(format!("unknown compression code {}", h[5])))?;
@@ -198,24 +215,35 @@ impl ObjectHeader {
 /// Decodes a stored object, verifying size and CRC-32 of the result; `what` names it in errors.
 pub fn decode(object: &[u8], what: &str) -> Result<Vec<u8>> {
     let header = ObjectHeader::parse(object, what)?;
-    let corrupt = |reason: String| Error::Corrupt { what: what.to_string(), reason };
+    let corrupt = |reason: String| Error::Corrupt {
+        what: what.to_string(),
+        reason,
+    };
     let payload = &object[HEADER_LEN..];
     let capacity = usize::try_from(header.raw_len).map_err(|_| corrupt("implausible size".into()))?;
     let mut raw = Vec::with_capacity(capacity.min(1 << 30));
     let limit = header.raw_len + 1;
     let read = match header.compression {
         Compression::None => payload.take(limit).read_to_end(&mut raw),
-        Compression::Zstd => zstd::stream::read::Decoder::with_buffer(payload)
-            .and_then(|d| d.take(limit).read_to_end(&mut raw)),
+        Compression::Zstd => {
+            zstd::stream::read::Decoder::with_buffer(payload).and_then(|d| d.take(limit).read_to_end(&mut raw))
+        }
         Compression::Gzip => flate2::read::GzDecoder::new(payload).take(limit).read_to_end(&mut raw),
     };
     read.map_err(|e| corrupt(format!("{} payload does not decompress: {e}", header.compression)))?;
     if raw.len() as u64 != header.raw_len {
-        return Err(corrupt(format!("decoded {} bytes, the header says {}", raw.len(), header.raw_len)));
+        return Err(corrupt(format!(
+            "decoded {} bytes, the header says {}",
+            raw.len(),
+            header.raw_len
+        )));
     }
     let crc = crc32fast::hash(&raw);
     if crc != header.raw_crc {
-        return Err(corrupt(format!("CRC-32 {crc:08x} of the content, the header says {:08x}", header.raw_crc)));
+        return Err(corrupt(format!(
+            "CRC-32 {crc:08x} of the content, the header says {:08x}",
+            header.raw_crc
+        )));
     }
     Ok(raw)
 }

@@ -91,6 +91,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// The server refused, failed, or could not be reached.
+    #[error("{target}: {reason}")]
+    Server {
+        /// Which server, user and database.
+        target: String,
+        /// What happened and what to do.
+        reason: String,
+    },
+
+    /// A precondition of the command does not hold; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+
     /// The repository is missing or unusable.
     #[error("repository {}: {reason}", path.display())]
     Repo {

@@ -8,11 +8,19 @@
 //! - [`storage`]: the create-only [`storage::Storage`] trait and its local-disk backend.
 //! - [`repo`]: the repository's layout and the metadata binding it to one cluster.
 //! - [`archive`]: `archive_command` / `restore_command` — push and get with their refusal rules.
+//! - [`backup`]: base backups in tiers — take, catalog, restore of files, retention and WAL expiry.
+//! - [`pg`]: the connection to a running server and the low-level backup API.
+//! - [`control`]: a data directory's identity read from `pg_control` and `PG_VERSION`.
+//! - [`progress`]: progress reporting as a trait, so the library never touches a terminal.
 //! - [`error`]: the error type and the error policy.
 
 pub mod archive;
+pub mod backup;
 pub mod codec;
+pub mod control;
 pub mod error;
+pub mod pg;
+pub mod progress;
 pub mod repo;
 pub mod storage;
 pub mod wal;

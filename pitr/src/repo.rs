@@ -6,7 +6,10 @@
 //! <repo>/wal/<TTTTTTTTXXXXXXXX>/<name>     segments, .partial and .backup files, grouped by
 //!                                          timeline + log id so no directory grows without bound
 //! <repo>/wal/history/<TTTTTTTT>.history    timeline history files, kept forever
-//! <repo>/hourly/, daily/, weekly/          base backups (see the backup module)
+//! <repo>/<tier>/<id>/files/<path>          a base backup's files (tier: hourly, daily, weekly)
+//! <repo>/<tier>/<id>/backup_label          ... the label from pg_backup_stop (+ tablespace_map)
+//! <repo>/<tier>/<id>/backup.manifest       ... and its manifest, written last: the commit point
+//! <repo>/locks/<name>.lock                 advisory locks (one backup at a time)
 //! ```
 //!
 //! Every file under `wal/` is a [`codec`](crate::codec) object: it records its compression and
@@ -45,12 +48,14 @@ pub struct Repo {
 impl Repo {
     /// The repository in an existing local directory.
     pub fn open_local(root: impl Into<std::path::PathBuf>) -> Result<Repo> {
-        Ok(Repo { storage: Box::new(LocalStorage::open(root)?) })
+        Ok(Repo {
+            storage: Box::new(LocalStorage::open(root)?),
+        })
     }
 
-    /// A repository on any storage backend.
-    pub fn new(storage: Box<dyn Storage>) -> Repo {
-        Repo { storage }
+    /// The storage underneath, for modules that keep their own objects (backups).
+    pub fn storage(&self) -> &dyn Storage {
+        &*self.storage
     }
 
     /// Where the repository is, for messages.
@@ -60,7 +65,9 @@ impl Repo {
 
     /// The recorded cluster, or `None` for a repository nothing was written to yet.
     pub fn info(&self) -> Result<Option<RepoInfo>> {
-        let Some(bytes) = self.storage.get(METADATA_KEY)? else { return Ok(None) };
+        let Some(bytes) = self.storage.get(METADATA_KEY)? else {
+            return Ok(None);
+        };
         let info: RepoInfo = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
             what: self.storage.describe(METADATA_KEY),
             reason: format!("unreadable repository metadata ({e})"),
@@ -102,10 +109,32 @@ impl Repo {
         self.storage.exists(&wal_key(name))
     }
 
+    /// Every archived WAL file, sorted by name within each `wal/` directory.
+    pub fn list_wal(&self) -> Result<Vec<WalFileName>> {
+        let mut names = Vec::new();
+        for dir in self.storage.list("wal/")? {
+            for name in self.storage.list(&format!("wal/{dir}"))? {
+                // Anything that is not a WAL file name is not ours to interpret (or delete).
+                names.extend(WalFileName::parse(&name).ok());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Deletes an archived WAL file.
+    pub fn delete_wal(&self, name: &WalFileName) -> Result<()> {
+        self.storage.delete(&wal_key(name))
+    }
+
     /// Where a WAL file is stored, for messages.
     pub fn describe_wal(&self, name: &WalFileName) -> String {
         self.storage.describe(&wal_key(name))
     }
+}
+
+/// The directory of one backup: `<tier>/<id>/`.
+pub fn backup_dir(tier: &str, id: &str) -> String {
+    format!("{tier}/{id}/")
 }
 
 /// The key of an archived WAL file.
@@ -126,13 +155,19 @@ mod tests {
     #[test]
     fn wal_keys_group_by_timeline_and_log() {
         let key = |n: &str| wal_key(&WalFileName::parse(n).unwrap());
-        assert_eq!(key("0000000100000002000000FF"), "wal/0000000100000002/0000000100000002000000FF");
+        assert_eq!(
+            key("0000000100000002000000FF"),
+            "wal/0000000100000002/0000000100000002000000FF"
+        );
         assert_eq!(key("00000003.history"), "wal/history/00000003.history");
         assert_eq!(
             key("000000010000000000000002.00000028.backup"),
             "wal/0000000100000000/000000010000000000000002.00000028.backup"
         );
-        assert_eq!(key("000000010000000000000005.partial"), "wal/0000000100000000/000000010000000000000005.partial");
+        assert_eq!(
+            key("000000010000000000000005.partial"),
+            "wal/0000000100000000/000000010000000000000005.partial"
+        );
     }
 
     #[test]
@@ -140,9 +175,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(dir.path()).unwrap();
         assert_eq!(repo.info().unwrap(), None);
-        let first = RepoInfo { format_version: 1, pg_version: 15, system_identifier: 7, wal_segment_size: 1 << 24 };
+        let first = RepoInfo {
+            format_version: 1,
+            pg_version: 15,
+            system_identifier: 7,
+            wal_segment_size: 1 << 24,
+        };
         assert_eq!(repo.claim(first).unwrap(), first);
-        let second = RepoInfo { system_identifier: 8, ..first };
+        let second = RepoInfo {
+            system_identifier: 8,
+            ..first
+        };
         assert_eq!(repo.claim(second).unwrap(), first);
         assert_eq!(repo.info().unwrap(), Some(first));
     }

@@ -39,9 +39,40 @@ pub trait Storage: Send + Sync {
     /// Whether an object with this key exists.
     fn exists(&self, key: &str) -> Result<bool>;
 
+    /// The names of the objects and "directories" directly under `dir` (a key prefix ending in
+    /// `/`, or `""` for the top), sorted; directory names end in `/`. A missing `dir` is empty.
+    fn list(&self, dir: &str) -> Result<Vec<String>>;
+
+    /// Deletes an object; deleting an absent object is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+
+    /// Deletes every object under `dir` (a prefix ending in `/`).
+    fn delete_all(&self, dir: &str) -> Result<()> {
+        for name in self.list(dir)? {
+            let key = format!("{dir}{name}");
+            if name.ends_with('/') {
+                self.delete_all(&key)?;
+            } else {
+                self.delete(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the named exclusive lock, or returns `None` when another process holds it. The lock
+    /// is held until the guard is dropped, and released by the system when its holder dies, so
+    /// a crashed holder never leaves a stale lock behind.
+    fn try_lock(&self, name: &str) -> Result<Option<LockGuard>>;
+
+    /// Free bytes for new objects, when the backend can tell.
+    fn available_bytes(&self) -> Result<Option<u64>>;
+
     /// A human-readable location of `key`, for messages.
     fn describe(&self, key: &str) -> String;
 }
+
+/// Holds a lock taken with [`Storage::try_lock`] until dropped.
+pub struct LockGuard(#[allow(dead_code)] Box<dyn Send>);
 
 #[cfg(test)]
 mod conformance;

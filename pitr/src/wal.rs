@@ -7,11 +7,28 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
-/// A WAL location (`XLogRecPtr`): a byte position in the WAL stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+/// A WAL location (`XLogRecPtr`): a byte position in the WAL stream. Serialized in its text form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Lsn(pub u64);
+
+impl From<Lsn> for String {
+    fn from(lsn: Lsn) -> String {
+        lsn.to_string()
+    }
+}
+
+impl TryFrom<String> for Lsn {
+    type Error = Error;
+
+    fn try_from(text: String) -> Result<Lsn> {
+        text.parse()
+    }
+}
 
 impl fmt::Display for Lsn {
     /// PostgreSQL's text form `%X/%X` (upper case, no padding).
@@ -97,7 +114,12 @@ impl Segment {
     /// `XLogFileName`: `%08X%08X%08X` of timeline, log id and segment within the log id.
     pub fn file_name(self, size: SegmentSize) -> String {
         let per_id = size.segments_per_xlog_id();
-        format!("{:08X}{:08X}{:08X}", self.timeline, self.segno / per_id, self.segno % per_id)
+        format!(
+            "{:08X}{:08X}{:08X}",
+            self.timeline,
+            self.segno / per_id,
+            self.segno % per_id
+        )
     }
 }
 
@@ -129,7 +151,11 @@ impl SegmentName {
             return None;
         }
         let part = |i: usize| u32::from_str_radix(&hex24[i..i + 8], 16).ok();
-        Some(SegmentName { timeline: part(0)?, log: part(8)?, seg: part(16)? })
+        Some(SegmentName {
+            timeline: part(0)?,
+            log: part(8)?,
+            seg: part(16)?,
+        })
     }
 }
 
@@ -178,7 +204,10 @@ impl WalFileName {
             if offset.len() != 8 || !is_upper_hex(offset) {
                 return None;
             }
-            return Some(WalFileName::Backup(SegmentName::parse(seg)?, u32::from_str_radix(offset, 16).ok()?));
+            return Some(WalFileName::Backup(
+                SegmentName::parse(seg)?,
+                u32::from_str_radix(offset, 16).ok()?,
+            ));
         }
         SegmentName::parse(name).map(WalFileName::Segment)
     }
@@ -216,8 +245,15 @@ fn is_upper_hex(s: &str) -> bool {
 }
 
 /// `XLOG_PAGE_MAGIC` of each supported major version (postgres-facts §3.2).
-const PAGE_MAGIC: [(u16, u32); 7] =
-    [(0xD101, 12), (0xD106, 13), (0xD10D, 14), (0xD110, 15), (0xD113, 16), (0xD116, 17), (0xD118, 18)];
+const PAGE_MAGIC: [(u16, u32); 7] = [
+    (0xD101, 12),
+    (0xD106, 13),
+    (0xD10D, 14),
+    (0xD110, 15),
+    (0xD113, 16),
+    (0xD116, 17),
+    (0xD118, 18),
+];
 
 /// `XLP_LONG_HEADER`: set on the first page of every segment.
 const XLP_LONG_HEADER: u16 = 0x0002;
@@ -264,10 +300,13 @@ impl LongPageHeader {
             return Err(format!("invalid page flags 0x{info:04X} on the first page"));
         }
         let seg_bytes = u32_at(32);
-        let segment_size =
-            SegmentSize::new(seg_bytes).ok_or_else(|| format!("invalid segment size {seg_bytes} in the page header"))?;
+        let segment_size = SegmentSize::new(seg_bytes)
+            .ok_or_else(|| format!("invalid segment size {seg_bytes} in the page header"))?;
         if bytes.len() != seg_bytes as usize {
-            return Err(format!("file is {} bytes but its header says the segment size is {seg_bytes}", bytes.len()));
+            return Err(format!(
+                "file is {} bytes but its header says the segment size is {seg_bytes}",
+                bytes.len()
+            ));
         }
         let block_size = u32_at(36);
         if block_size == 0 || seg_bytes % block_size != 0 {
@@ -286,9 +325,18 @@ impl LongPageHeader {
         }
         let timeline = u32_at(4);
         if timeline == 0 || timeline > name.timeline {
-            return Err(format!("page timeline {timeline} is not valid for a file of timeline {}", name.timeline));
+            return Err(format!(
+                "page timeline {timeline} is not valid for a file of timeline {}",
+                name.timeline
+            ));
         }
-        Ok(LongPageHeader { pg_version, timeline, page_address, system_identifier: u64_at(24), segment_size })
+        Ok(LongPageHeader {
+            pg_version,
+            timeline,
+            page_address,
+            system_identifier: u64_at(24),
+            segment_size,
+        })
     }
 }
 

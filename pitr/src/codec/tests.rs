@@ -43,7 +43,10 @@ fn no_flipped_byte_ever_decodes_to_wrong_content() {
             // (such as zstd's window descriptor); it never yields other content.
             if let Ok(decoded) = decode(&bad, "x") {
                 assert_eq!(decoded, raw, "{codec:?}: flip at byte {i} gave other content");
-                assert!(i >= HEADER_LEN, "{codec:?}: flip in the header at byte {i} not detected");
+                assert!(
+                    i >= HEADER_LEN,
+                    "{codec:?}: flip in the header at byte {i} not detected"
+                );
             }
         }
     }
@@ -66,7 +69,11 @@ fn levels_are_checked_per_compression() {
     assert!(Codec::new(Compression::Gzip, Some(10)).is_err());
     assert!(Codec::new(Compression::None, Some(3)).is_err());
     assert_eq!("zst".parse::<Compression>().unwrap(), Compression::Zstd);
-    assert!("lz4".parse::<Compression>().unwrap_err().to_string().contains("zstd, gzip or none"));
+    assert!("lz4"
+        .parse::<Compression>()
+        .unwrap_err()
+        .to_string()
+        .contains("zstd, gzip or none"));
 }
 
 proptest! {

@@ -12,6 +12,47 @@ fn check_backend(store: Arc<dyn Storage>) {
     second_put_keeps_the_first_object(&*store);
     concurrent_puts_create_exactly_once(store.clone());
     empty_and_large_objects_round_trip(&*store);
+    list_shows_children_sorted(&*store);
+    delete_removes_objects(&*store);
+    locks_are_exclusive_until_dropped(&*store);
+    available_bytes_is_plausible(&*store);
+}
+
+fn available_bytes_is_plausible(store: &dyn Storage) {
+    if let Some(bytes) = store.available_bytes().unwrap() {
+        assert!(bytes > 0);
+    }
+}
+
+fn list_shows_children_sorted(store: &dyn Storage) {
+    store.put_if_absent("l/b", b"").unwrap();
+    store.put_if_absent("l/a", b"").unwrap();
+    store.put_if_absent("l/sub/c", b"").unwrap();
+    assert_eq!(store.list("l/").unwrap(), vec!["a", "b", "sub/"]);
+    assert_eq!(store.list("l/sub/").unwrap(), vec!["c"]);
+    assert!(store.list("missing/").unwrap().is_empty());
+}
+
+fn delete_removes_objects(store: &dyn Storage) {
+    store.put_if_absent("d/x/1", b"1").unwrap();
+    store.put_if_absent("d/x/2", b"2").unwrap();
+    store.put_if_absent("d/y", b"3").unwrap();
+    store.delete("d/x/1").unwrap();
+    store.delete("d/x/1").unwrap();
+    assert_eq!(store.get("d/x/1").unwrap(), None);
+    store.delete_all("d/x/").unwrap();
+    assert_eq!(store.list("d/").unwrap(), vec!["y"]);
+}
+
+fn locks_are_exclusive_until_dropped(store: &dyn Storage) {
+    let held = store.try_lock("backup").unwrap().expect("a free lock is taken");
+    assert!(store.try_lock("backup").unwrap().is_none(), "a held lock is refused");
+    assert!(store.try_lock("other").unwrap().is_some(), "locks are per name");
+    drop(held);
+    assert!(
+        store.try_lock("backup").unwrap().is_some(),
+        "a dropped lock is free again"
+    );
 }
 
 fn absent_object_is_none(store: &dyn Storage) {
@@ -27,7 +68,10 @@ fn put_then_get_round_trips(store: &dyn Storage) {
 
 fn second_put_keeps_the_first_object(store: &dyn Storage) {
     store.put_if_absent("k/first", b"one").unwrap();
-    assert_eq!(store.put_if_absent("k/first", b"two").unwrap(), PutOutcome::AlreadyExists);
+    assert_eq!(
+        store.put_if_absent("k/first", b"two").unwrap(),
+        PutOutcome::AlreadyExists
+    );
     assert_eq!(store.get("k/first").unwrap().as_deref(), Some(&b"one"[..]));
 }
 
@@ -42,7 +86,10 @@ fn concurrent_puts_create_exactly_once(store: Arc<dyn Storage>) {
     assert_eq!(outcomes.iter().filter(|o| **o == PutOutcome::Created).count(), 1);
     let stored = store.get("race/key").unwrap().unwrap();
     assert_eq!(stored.len(), 100_000);
-    assert!(stored.iter().all(|b| *b == stored[0]), "a put must never mix two writers' bytes");
+    assert!(
+        stored.iter().all(|b| *b == stored[0]),
+        "a put must never mix two writers' bytes"
+    );
 }
 
 fn empty_and_large_objects_round_trip(store: &dyn Storage) {
@@ -64,7 +111,9 @@ fn local_storage_meets_the_contract() {
 #[test]
 fn local_storage_refuses_a_missing_root() {
     let dir = tempfile::tempdir().unwrap();
-    let err = LocalStorage::open(dir.path().join("not-mounted")).unwrap_err().to_string();
+    let err = LocalStorage::open(dir.path().join("not-mounted"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("does not exist"), "{err}");
     assert!(!dir.path().join("not-mounted").exists());
 }

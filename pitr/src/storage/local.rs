@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::storage::{PutOutcome, Storage};
+use crate::storage::{LockGuard, PutOutcome, Storage};
 
 /// Objects as files under a root directory.
 #[derive(Debug, Clone)]
@@ -25,7 +25,10 @@ impl LocalStorage {
         let root = root.into();
         match fs::metadata(&root) {
             Ok(meta) if meta.is_dir() => Ok(LocalStorage { root }),
-            Ok(_) => Err(Error::Repo { path: root, reason: "is not a directory".into() }),
+            Ok(_) => Err(Error::Repo {
+                path: root,
+                reason: "is not a directory".into(),
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::Repo {
                 path: root,
                 reason: "does not exist: create the directory (owned by the PostgreSQL OS user) \
@@ -100,6 +103,76 @@ impl Storage for LocalStorage {
         path.try_exists().map_err(Error::io("look up", &path))
     }
 
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let path = self.path(dir);
+        let entries = match fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", &path)(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(Error::io("list", &path))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp.") {
+                continue; // a put in progress, or left by a crash: never an object
+            }
+            let is_dir = entry.file_type().map_err(Error::io("list", entry.path()))?.is_dir();
+            names.push(if is_dir { format!("{name}/") } else { name });
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("delete", &path)(e)),
+        }
+        // Remove directories left empty, up to the root; a non-empty one stops the walk.
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| *d != self.root) {
+            if fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
+    fn delete_all(&self, dir: &str) -> Result<()> {
+        let path = self.path(dir);
+        match fs::remove_dir_all(&path) {
+            Ok(()) => fsync_dir(path.parent().expect("below the root")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("delete", &path)(e)),
+        }
+    }
+
+    fn try_lock(&self, name: &str) -> Result<Option<LockGuard>> {
+        let dir = self.root.join("locks");
+        self.create_dirs(&dir)?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io("open lock file", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(LockGuard(Box::new(file)))),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", &path)(e)),
+        }
+    }
+
+    fn available_bytes(&self) -> Result<Option<u64>> {
+        let stat = rustix::fs::statvfs(&self.root).map_err(|e| Error::io("stat", &self.root)(e.into()))?;
+        Ok(Some(stat.f_bavail.saturating_mul(stat.f_frsize)))
+    }
+
     fn describe(&self, key: &str) -> String {
         self.path(key).display().to_string()
     }
@@ -107,5 +180,7 @@ impl Storage for LocalStorage {
 
 /// Makes a directory's entries durable.
 fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("fsync directory", dir))
 }

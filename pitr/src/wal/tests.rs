@@ -38,14 +38,38 @@ fn lsn_text_form_matches_postgres() {
 fn segment_names_match_the_reference_table() {
     // postgres-facts §2: LSN → file name for 16 MB, 64 MB and 1 GB segments.
     let cases = [
-        (0x1500718u64, [(16, "000000010000000000000001"), (64, "000000010000000000000000"), (1024, "000000010000000000000000")]),
-        (0x2_FFFFFFFF, [(16, "0000000100000002000000FF"), (64, "00000001000000020000003F"), (1024, "000000010000000200000003")]),
-        (0xABCD_EF012345, [(16, "000000010000ABCD000000EF"), (64, "000000010000ABCD0000003B"), (1024, "000000010000ABCD00000003")]),
+        (
+            0x1500718u64,
+            [
+                (16, "000000010000000000000001"),
+                (64, "000000010000000000000000"),
+                (1024, "000000010000000000000000"),
+            ],
+        ),
+        (
+            0x2_FFFFFFFF,
+            [
+                (16, "0000000100000002000000FF"),
+                (64, "00000001000000020000003F"),
+                (1024, "000000010000000200000003"),
+            ],
+        ),
+        (
+            0xABCD_EF012345,
+            [
+                (16, "000000010000ABCD000000EF"),
+                (64, "000000010000ABCD0000003B"),
+                (1024, "000000010000ABCD00000003"),
+            ],
+        ),
     ];
     for (lsn, expected) in cases {
         for (mb, want) in expected {
             let size = SegmentSize::new(mb << 20).unwrap();
-            let seg = Segment { timeline: 1, segno: size.segment_of(Lsn(lsn)) };
+            let seg = Segment {
+                timeline: 1,
+                segno: size.segment_of(Lsn(lsn)),
+            };
             assert_eq!(seg.file_name(size), want, "lsn {} at {mb} MB", Lsn(lsn));
         }
     }
@@ -55,8 +79,22 @@ fn segment_names_match_the_reference_table() {
 fn an_end_pointer_on_a_boundary_belongs_to_the_previous_segment() {
     let size = SegmentSize::DEFAULT;
     let end = Lsn(0x1_00000000);
-    assert_eq!(Segment { timeline: 1, segno: size.segment_of(end) }.file_name(size), "000000010000000100000000");
-    assert_eq!(Segment { timeline: 1, segno: size.segment_before(end) }.file_name(size), "0000000100000000000000FF");
+    assert_eq!(
+        Segment {
+            timeline: 1,
+            segno: size.segment_of(end)
+        }
+        .file_name(size),
+        "000000010000000100000000"
+    );
+    assert_eq!(
+        Segment {
+            timeline: 1,
+            segno: size.segment_before(end)
+        }
+        .file_name(size),
+        "0000000100000000000000FF"
+    );
 }
 
 #[test]
@@ -73,7 +111,10 @@ fn only_postgres_segment_sizes_are_valid() {
 fn file_names_parse_by_kind() {
     let seg = name("000000010000000A000000FF");
     assert_eq!((seg.timeline, seg.log, seg.seg), (1, 0xA, 0xFF));
-    assert_eq!(WalFileName::parse("0000000A.history").unwrap(), WalFileName::History(10));
+    assert_eq!(
+        WalFileName::parse("0000000A.history").unwrap(),
+        WalFileName::History(10)
+    );
     assert_eq!(
         WalFileName::parse("000000010000000000000002.00000028.backup").unwrap(),
         WalFileName::Backup(name("000000010000000000000002"), 0x28)
@@ -103,9 +144,21 @@ fn file_names_parse_by_kind() {
 #[test]
 fn the_page_header_of_a_real_pg15_segment_validates() {
     // The first 40 bytes of a real PostgreSQL 15.18 segment 000000010000000000000001 (postgres-facts §3.1).
-    let hex = ["10d10200", "01000000", "0000000100000000", "00000000", "00000000", "c228aa0ff2e00d6a", "00000001", "00200000"]
-        .concat();
-    let mut bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    let hex = [
+        "10d10200",
+        "01000000",
+        "0000000100000000",
+        "00000000",
+        "00000000",
+        "c228aa0ff2e00d6a",
+        "00000001",
+        "00200000",
+    ]
+    .concat();
+    let mut bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
     bytes.resize(16 << 20, 0);
     let h = LongPageHeader::validate(name("000000010000000000000001"), &bytes).unwrap();
     assert_eq!(h.pg_version, 15);
@@ -127,7 +180,11 @@ fn page_header_refusals_say_why() {
     refuse(&good[..30], n, "too short");
     refuse(&good[..good.len() - 8192], n, "segment size is");
     refuse(&good, name("000000010000000000000004"), "page address");
-    refuse(&good, name("000000010000000000001003"), "does not exist with 1 MiB segments");
+    refuse(
+        &good,
+        name("000000010000000000001003"),
+        "does not exist with 1 MiB segments",
+    );
     let mut bad = good.clone();
     bad[0] = 0x99;
     refuse(&bad, n, "magic");

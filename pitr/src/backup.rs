@@ -1,0 +1,492 @@
+//! Physical base backups in hourly, daily and weekly tiers: taking them (the low-level backup API
+//! on one held connection, pitr copying the files itself in parallel), the catalog of finished
+//! backups, restoring their files, and retention with WAL expiry.
+//!
+//! A backup is written as objects under `<tier>/<id>/` and exists only once its manifest is
+//! written, last: an interrupted backup has no manifest, is never listed, and is deleted by the
+//! next backup (which holds the repository's backup lock). Object storage has no rename, so the
+//! manifest is the commit point rather than a directory rename.
+
+mod catalog;
+mod expire;
+pub mod manifest;
+mod restore;
+mod source;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Instant;
+
+use chrono::Utc;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use catalog::{list, load_catalog, BackupStatus, Listing, TimelineRange};
+pub use expire::{expire, plan_expire, ExpirePlan, Retention};
+pub use restore::{restore, RestoreOptions, RestoreSummary};
+
+use self::manifest::{FileEntry, Manifest, MANIFEST_VERSION};
+use self::source::{SourceFile, SourceTree};
+use crate::codec::Codec;
+use crate::control;
+use crate::error::{Error, Result};
+use crate::pg::{BackupStop, Server};
+use crate::progress::Progress;
+use crate::repo::{backup_dir, Repo, RepoInfo, FORMAT_VERSION};
+use crate::wal::{Lsn, Segment, SegmentSize, TimelineId};
+
+/// The file name of a backup's manifest inside its directory.
+const MANIFEST: &str = "backup.manifest";
+
+/// A backup tier, after the reference runbook: hourly (24 kept), daily (7), weekly (4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Every hour.
+    Hourly,
+    /// Every day at midnight.
+    Daily,
+    /// Every Sunday.
+    Weekly,
+}
+
+impl Tier {
+    /// All tiers, in listing order.
+    pub const ALL: [Tier; 3] = [Tier::Hourly, Tier::Daily, Tier::Weekly];
+
+    /// The tier's name, which is also its directory in the repository.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Hourly => "hourly",
+            Tier::Daily => "daily",
+            Tier::Weekly => "weekly",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Tier {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Tier> {
+        Tier::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| Error::InvalidInput(format!("unknown tier '{s}': use hourly, daily or weekly")))
+    }
+}
+
+/// How to take a backup.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The tier.
+    pub tier: Tier,
+    /// The deployment's name, the first part of the id.
+    pub name: String,
+    /// The data directory; `None` asks the server (`data_directory`).
+    pub pgdata: Option<std::path::PathBuf>,
+    /// Ask for an immediate checkpoint.
+    pub fast: bool,
+    /// Files copied at once.
+    pub jobs: usize,
+    /// How files are compressed.
+    pub codec: Codec,
+}
+
+/// What a finished backup reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupSummary {
+    /// The backup's manifest, without the file list.
+    #[serde(flatten)]
+    pub backup: BackupStatus,
+    /// Files copied.
+    pub file_count: usize,
+    /// Incomplete backups of earlier runs that were deleted.
+    pub cleaned_up: Vec<String>,
+}
+
+/// Takes a base backup of the server behind `server` into `repo`.
+pub async fn take(
+    repo: &Repo,
+    server: &Server,
+    options: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupSummary> {
+    let started = Instant::now();
+    let pgdata = preflight(repo, server, options, progress).await?;
+    let _lock = repo.storage().try_lock("backup")?.ok_or_else(|| {
+        Error::Refused(format!(
+            "another pitr backup is running on repository {} (it holds {}); wait for it to finish",
+            repo.location(),
+            repo.storage().describe("locks/backup.lock")
+        ))
+    })?;
+    let cleaned_up = catalog::delete_incomplete(repo)?;
+    let tree = source::scan(&pgdata)?;
+    check_space(repo, &tree)?;
+    let id = unused_id(repo, options).await?;
+    let dir = backup_dir(options.tier.name(), &id);
+
+    let start_time = Utc::now();
+    let start_lsn = server.backup_start(&format!("pitr {id}"), options.fast).await?;
+    let copy = tokio::task::block_in_place(|| copy_files(repo, &dir, &tree, options, progress));
+    // Stop the backup even when the copy failed, so the server does not stay in backup mode.
+    let stop = server.backup_stop().await;
+    let (files, stop) = (copy?, stop?);
+    let stop_time = Utc::now();
+    write_labels(repo, &dir, &stop)?;
+
+    let info = repo.info()?.expect("preflight claimed the repository");
+    let manifest = build_manifest(ManifestParts {
+        id,
+        options,
+        info,
+        start_time,
+        stop_time,
+        start_lsn,
+        stop: &stop,
+        tree: &tree,
+        files,
+        duration_seconds: started.elapsed().as_secs_f64(),
+    })?;
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+    repo.storage().put_if_absent(&format!("{dir}{MANIFEST}"), &json)?;
+    Ok(BackupSummary {
+        file_count: manifest.files.len(),
+        backup: BackupStatus::of(&manifest, None),
+        cleaned_up,
+    })
+}
+
+/// Everything that must hold before a backup starts; returns the data directory.
+async fn preflight(
+    repo: &Repo,
+    server: &Server,
+    options: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<std::path::PathBuf> {
+    let refuse = |reason: String| Error::Server {
+        target: server.target().to_string(),
+        reason,
+    };
+    if server.is_in_recovery().await? {
+        return Err(refuse(
+            "is a standby or in recovery: take backups from the primary".into(),
+        ));
+    }
+    if !server.may_run_backups().await? {
+        return Err(refuse(
+            "the role may not run the backup functions: connect as a superuser or GRANT EXECUTE on \
+             pg_backup_start/pg_backup_stop (pg_start_backup/pg_stop_backup before PostgreSQL 15)"
+                .into(),
+        ));
+    }
+    if server.setting("wal_level").await? == "minimal" {
+        return Err(refuse(
+            "wal_level is minimal: set wal_level = replica and restart".into(),
+        ));
+    }
+    if server.setting("archive_mode").await? == "off" {
+        return Err(refuse(
+            "archive_mode is off: without archived WAL a backup cannot be restored; set archive_mode = on, \
+             archive_command = 'pitr --repo ... archive-push %p' and restart"
+                .into(),
+        ));
+    }
+    check_archive_command(repo, &server.setting("archive_command").await?, progress).map_err(refuse)?;
+
+    let found = RepoInfo {
+        format_version: FORMAT_VERSION,
+        pg_version: server.major_version(),
+        system_identifier: server.system_identifier().await?,
+        wal_segment_size: segment_size(server).await?.bytes(),
+    };
+    let recorded = match repo.info()? {
+        Some(info) => info,
+        None => repo.claim(found)?,
+    };
+    if recorded.system_identifier != found.system_identifier {
+        return Err(Error::Refused(format!(
+            "repository {} belongs to the cluster with system identifier {}, but the server is the cluster {}; \
+             use this cluster's own repository",
+            repo.location(),
+            recorded.system_identifier,
+            found.system_identifier
+        )));
+    }
+    let pgdata = match &options.pgdata {
+        Some(dir) => dir.clone(),
+        None => server.setting("data_directory").await?.into(),
+    };
+    let identity = control::read_identity(&pgdata)?;
+    if identity.system_identifier != found.system_identifier {
+        return Err(Error::Refused(format!(
+            "data directory {} is the cluster {}, but the server is the cluster {}: pass the server's own --pgdata",
+            pgdata.display(),
+            identity.system_identifier,
+            found.system_identifier
+        )));
+    }
+    Ok(pgdata)
+}
+
+/// The archive_command must call pitr with this repository: a backup is useless without its WAL.
+fn check_archive_command(repo: &Repo, command: &str, progress: &dyn Progress) -> std::result::Result<(), String> {
+    let words: Vec<&str> = command
+        .split_whitespace()
+        .map(|w| w.trim_matches(['\'', '"']))
+        .collect();
+    if command.trim().is_empty() || command == "(disabled)" {
+        return Err("archive_command is not set: set archive_command = 'pitr --repo ... archive-push %p'".into());
+    }
+    let calls_pitr = words.iter().any(|w| w.rsplit('/').next() == Some("pitr")) && words.contains(&"archive-push");
+    if !calls_pitr {
+        progress.warn(&format!(
+            "archive_command does not call pitr ({command}); this backup needs its WAL in {} to be restorable",
+            repo.location()
+        ));
+        return Ok(());
+    }
+    let repo_arg = words
+        .windows(2)
+        .find(|w| w[0] == "--repo")
+        .map(|w| w[1].to_string())
+        .or_else(|| {
+            words
+                .iter()
+                .find_map(|w| w.strip_prefix("--repo="))
+                .map(|v| v.trim_matches(['\'', '"']).to_string())
+        });
+    let Some(repo_arg) = repo_arg else {
+        progress.warn("archive_command calls pitr without --repo; make sure its config names this repository");
+        return Ok(());
+    };
+    let same = |a: &str, b: &str| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(&repo_arg, &repo.location()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "archive_command archives into {repo_arg}, not into this repository {}: the backup's WAL would be \
+             elsewhere; use the same --repo for both",
+            repo.location()
+        ))
+    }
+}
+
+async fn segment_size(server: &Server) -> Result<SegmentSize> {
+    // SHOW gives "16MB"; the GUC in bytes comes from pg_settings.
+    let text = server.setting("wal_segment_size").await?;
+    let bytes = text
+        .strip_suffix("MB")
+        .and_then(|mb| mb.parse::<u32>().ok())
+        .map(|mb| mb << 20)
+        .or_else(|| {
+            text.strip_suffix("GB")
+                .and_then(|gb| gb.parse::<u32>().ok())
+                .map(|gb| gb << 30)
+        });
+    bytes.and_then(SegmentSize::new).ok_or_else(|| Error::Server {
+        target: server.target().to_string(),
+        reason: format!("unexpected wal_segment_size '{text}'"),
+    })
+}
+
+/// Refuses when the repository's disk cannot hold the estimated size of the backup.
+fn check_space(repo: &Repo, tree: &SourceTree) -> Result<()> {
+    let Some(available) = repo.storage().available_bytes()? else {
+        return Ok(());
+    };
+    let newest = load_catalog(repo)?.into_iter().max_by_key(|m| m.stop_time);
+    let ratio = newest
+        .filter(|m| m.original_bytes > 0)
+        .map_or(1.0, |m| m.stored_bytes as f64 / m.original_bytes as f64);
+    let estimate = (tree.bytes() as f64 * ratio) as u64;
+    if estimate > available {
+        return Err(Error::Refused(format!(
+            "repository {} has {} MiB free, the backup needs about {} MiB; free space or expire old backups",
+            repo.location(),
+            available >> 20,
+            estimate >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// `<name>_<tier>_<YYYYMMDD_HHMMSS>`, waiting for the next second if that id is taken.
+async fn unused_id(repo: &Repo, options: &BackupOptions) -> Result<String> {
+    loop {
+        let id = format!(
+            "{}_{}_{}",
+            options.name,
+            options.tier,
+            Utc::now().format("%Y%m%d_%H%M%S")
+        );
+        if repo.storage().list(&backup_dir(options.tier.name(), &id))?.is_empty() {
+            return Ok(id);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Copies every file in parallel, then pg_control.
+fn copy_files(
+    repo: &Repo,
+    dir: &str,
+    tree: &SourceTree,
+    options: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<FileEntry>> {
+    progress.begin(tree.files.len() as u64 + 1, tree.bytes());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.jobs.max(1))
+        .build()
+        .map_err(|e| Error::Refused(format!("cannot start {} copy threads: {e}", options.jobs)))?;
+    let copied: Vec<Option<FileEntry>> = pool.install(|| {
+        tree.files
+            .par_iter()
+            .map(|f| copy_file(repo, dir, f, &options.codec, progress))
+            .collect::<Result<_>>()
+    })?;
+    let control = tree.control.as_ref().expect("scan found pg_control");
+    let control = copy_file(repo, dir, control, &options.codec, progress)?
+        .ok_or_else(|| Error::Refused(format!("{} vanished during the backup", control.full_path.display())))?;
+    progress.finish();
+    Ok(copied.into_iter().flatten().chain([control]).collect())
+}
+
+/// Copies one file; `None` when it vanished (the server dropped it), which is normal.
+fn copy_file(
+    repo: &Repo,
+    dir: &str,
+    file: &SourceFile,
+    codec: &Codec,
+    progress: &dyn Progress,
+) -> Result<Option<FileEntry>> {
+    let raw = match std::fs::read(&file.full_path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &file.full_path)(e)),
+    };
+    let object = codec.encode(&raw);
+    repo.storage()
+        .put_if_absent(&format!("{dir}files/{}", file.path), &object)?;
+    progress.advance(raw.len() as u64);
+    Ok(Some(FileEntry {
+        path: file.path.clone(),
+        size: raw.len() as u64,
+        mode: file.mode,
+        mtime: file.mtime,
+        crc32: crc32fast::hash(&raw),
+        stored_size: object.len() as u64,
+    }))
+}
+
+/// Stores backup_label, and tablespace_map when there are tablespaces.
+fn write_labels(repo: &Repo, dir: &str, stop: &BackupStop) -> Result<()> {
+    let codec = Codec::default();
+    repo.storage()
+        .put_if_absent(&format!("{dir}backup_label"), &codec.encode(stop.label_file.as_bytes()))?;
+    if !stop.tablespace_map.is_empty() {
+        repo.storage().put_if_absent(
+            &format!("{dir}tablespace_map"),
+            &codec.encode(stop.tablespace_map.as_bytes()),
+        )?;
+    }
+    Ok(())
+}
+
+struct ManifestParts<'a> {
+    id: String,
+    options: &'a BackupOptions,
+    info: RepoInfo,
+    start_time: chrono::DateTime<Utc>,
+    stop_time: chrono::DateTime<Utc>,
+    start_lsn: Lsn,
+    stop: &'a BackupStop,
+    tree: &'a SourceTree,
+    files: Vec<FileEntry>,
+    duration_seconds: f64,
+}
+
+fn build_manifest(parts: ManifestParts) -> Result<Manifest> {
+    let timeline = label_timeline(&parts.stop.label_file)?;
+    let size = SegmentSize::new(parts.info.wal_segment_size).expect("recorded sizes are valid");
+    let name = |segno| Segment { timeline, segno }.file_name(size);
+    Ok(Manifest {
+        format_version: MANIFEST_VERSION,
+        id: parts.id,
+        tier: parts.options.tier,
+        start_time: parts.start_time,
+        stop_time: parts.stop_time,
+        start_lsn: parts.start_lsn,
+        stop_lsn: parts.stop.lsn,
+        timeline,
+        system_identifier: parts.info.system_identifier,
+        pg_version: parts.info.pg_version,
+        wal_segment_size: parts.info.wal_segment_size,
+        first_wal: name(size.segment_of(parts.start_lsn)),
+        last_wal: name(size.segment_before(parts.stop.lsn)),
+        duration_seconds: parts.duration_seconds,
+        original_bytes: parts.files.iter().map(|f| f.size).sum(),
+        stored_bytes: parts.files.iter().map(|f| f.stored_size).sum(),
+        tablespaces: parts.tree.tablespaces.clone(),
+        directories: parts.tree.directories.clone(),
+        files: parts.files,
+    })
+}
+
+/// The `START TIMELINE:` line of a backup label.
+fn label_timeline(label: &str) -> Result<TimelineId> {
+    label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE: "))
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| Error::Refused(format!("the backup label has no START TIMELINE line: {label}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+
+    #[test]
+    fn tiers_parse_and_print() {
+        for tier in Tier::ALL {
+            assert_eq!(tier.name().parse::<Tier>().unwrap(), tier);
+        }
+        assert!("monthly".parse::<Tier>().is_err());
+    }
+
+    #[test]
+    fn the_label_gives_the_timeline() {
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIMELINE: 3\n";
+        assert_eq!(label_timeline(label).unwrap(), 3);
+        assert!(label_timeline("LABEL: x\n").is_err());
+    }
+
+    #[test]
+    fn archive_command_must_use_this_repo() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(dir.path()).unwrap();
+        let here = dir.path().display();
+        assert!(check_archive_command(&repo, &format!("/usr/bin/pitr --repo {here} archive-push %p"), &Silent).is_ok());
+        assert!(check_archive_command(&repo, &format!("pitr --repo='{here}' archive-push %p"), &Silent).is_ok());
+        let err = check_archive_command(&repo, "pitr --repo /elsewhere archive-push %p", &Silent).unwrap_err();
+        assert!(err.contains("not into this repository"), "{err}");
+        assert!(check_archive_command(&repo, "", &Silent)
+            .unwrap_err()
+            .contains("not set"));
+        assert!(
+            check_archive_command(&repo, "cp %p /mnt/archive/%f", &Silent).is_ok(),
+            "another tool only warns"
+        );
+    }
+}

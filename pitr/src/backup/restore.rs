@@ -1,0 +1,254 @@
+//! Restoring a backup's files into a new data directory (files only; recovery settings and
+//! driving the server belong to `recover`): checksums verified in parallel, labels written,
+//! an empty `pg_wal/`, and `global/pg_control` last so a half-restored directory cannot start.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::manifest::{FileEntry, Manifest};
+use super::{load_catalog, Tier};
+use crate::codec;
+use crate::control::PG_CONTROL;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repo::{backup_dir, Repo};
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The backup id; the newest backup when `None`.
+    pub backup: Option<String>,
+    /// The new data directory: absent or empty, unless `force`.
+    pub target: PathBuf,
+    /// Wipe a non-empty target first.
+    pub force: bool,
+    /// Files written at once.
+    pub jobs: usize,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreSummary {
+    /// The restored backup.
+    pub id: String,
+    /// Its tier.
+    pub tier: Tier,
+    /// Where it went.
+    pub target: PathBuf,
+    /// Files written.
+    pub files: usize,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Seconds taken.
+    pub duration_seconds: f64,
+}
+
+/// Restores a backup's files into `options.target`.
+pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreSummary> {
+    let started = Instant::now();
+    let manifest = choose(repo, options.backup.as_deref())?;
+    prepare_target(&options.target, options.force)?;
+    for tablespace in &manifest.tablespaces {
+        prepare_target(Path::new(&tablespace.location), false)?;
+    }
+    let layout = Layout {
+        target: &options.target,
+        manifest: &manifest,
+    };
+    for dir in &manifest.directories {
+        create_dir(&layout.destination(&dir.path), dir.mode)?;
+    }
+    layout.link_tablespaces()?;
+
+    let dir = backup_dir(manifest.tier.name(), &manifest.id);
+    let (control, files): (Vec<&FileEntry>, Vec<&FileEntry>) =
+        manifest.files.iter().partition(|f| f.path == PG_CONTROL);
+    progress.begin(manifest.files.len() as u64, manifest.original_bytes);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.jobs.max(1))
+        .build()
+        .map_err(|e| Error::Refused(format!("cannot start {} restore threads: {e}", options.jobs)))?;
+    pool.install(|| {
+        files
+            .par_iter()
+            .try_for_each(|f| restore_file(repo, &dir, f, &layout, progress))
+    })?;
+    write_labels(repo, &dir, &options.target)?;
+    create_wal_dirs(&options.target, manifest.pg_version)?;
+    sync_all(&options.target)?;
+    for file in control {
+        restore_file(repo, &dir, file, &layout, progress)?;
+    }
+    sync_all(&options.target)?;
+    progress.finish();
+    Ok(RestoreSummary {
+        id: manifest.id.clone(),
+        tier: manifest.tier,
+        target: options.target.clone(),
+        files: manifest.files.len(),
+        bytes: manifest.original_bytes,
+        duration_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The named backup, or the newest.
+fn choose(repo: &Repo, id: Option<&str>) -> Result<Manifest> {
+    let catalog = load_catalog(repo)?;
+    match id {
+        Some(id) => catalog.into_iter().find(|m| m.id == id).ok_or_else(|| {
+            Error::Refused(format!(
+                "no backup '{id}' in repository {}; `pitr list` shows the backups",
+                repo.location()
+            ))
+        }),
+        None => catalog.into_iter().last().ok_or_else(|| {
+            Error::Refused(format!(
+                "repository {} holds no backup yet; take one with `pitr backup`",
+                repo.location()
+            ))
+        }),
+    }
+}
+
+/// Where the files of a backup go: the data directory, and tablespaces at their locations.
+struct Layout<'a> {
+    target: &'a Path,
+    manifest: &'a Manifest,
+}
+
+impl Layout<'_> {
+    fn destination(&self, path: &str) -> PathBuf {
+        let tablespace = path.strip_prefix("pg_tblspc/").and_then(|rest| {
+            let (oid, inner) = rest.split_once('/').unwrap_or((rest, ""));
+            let location = self.manifest.tablespaces.iter().find(|t| t.oid.to_string() == oid)?;
+            Some(Path::new(&location.location).join(inner))
+        });
+        tablespace.unwrap_or_else(|| self.target.join(path))
+    }
+
+    /// `pg_tblspc/<oid>` → the location (PostgreSQL also recreates these from tablespace_map).
+    fn link_tablespaces(&self) -> Result<()> {
+        for t in &self.manifest.tablespaces {
+            let link = self.target.join("pg_tblspc").join(t.oid.to_string());
+            std::os::unix::fs::symlink(&t.location, &link).map_err(Error::io("create symlink", &link))?;
+        }
+        Ok(())
+    }
+}
+
+/// An absent or empty directory; a non-empty one only with `force`, and never one a server runs in.
+fn prepare_target(target: &Path, force: bool) -> Result<()> {
+    let entries: Vec<_> = match fs::read_dir(target) {
+        Ok(entries) => entries.collect::<io::Result<_>>().map_err(Error::io("list", target))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(target)
+                .map_err(Error::io("create", target))?;
+            return Ok(());
+        }
+        Err(e) => return Err(Error::io("open", target)(e)),
+    };
+    if entries.is_empty() {
+        return set_mode(target, 0o700);
+    }
+    if !force {
+        return Err(Error::Refused(format!(
+            "{} is not empty: restore into an empty or new directory, or pass --force to wipe it",
+            target.display()
+        )));
+    }
+    if target.join("postmaster.pid").exists() {
+        return Err(Error::Refused(format!(
+            "{} has a postmaster.pid: a server may be running there; stop it before wiping the directory",
+            target.display()
+        )));
+    }
+    for entry in entries {
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(Error::io("remove", &path))?;
+    }
+    set_mode(target, 0o700)
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<()> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("create directory", path)(e)),
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(Error::io("set permissions of", path))
+}
+
+fn restore_file(repo: &Repo, dir: &str, file: &FileEntry, layout: &Layout, progress: &dyn Progress) -> Result<()> {
+    let key = format!("{dir}files/{}", file.path);
+    let what = format!("backup file {} ({})", file.path, repo.storage().describe(&key));
+    let object = repo.storage().get(&key)?.ok_or_else(|| Error::Corrupt {
+        what: what.clone(),
+        reason: "the object is missing from the repository".into(),
+    })?;
+    let raw = codec::decode(&object, &what)?;
+    if raw.len() as u64 != file.size || crc32fast::hash(&raw) != file.crc32 {
+        return Err(Error::Corrupt {
+            what,
+            reason: "content does not match the manifest".into(),
+        });
+    }
+    write_new(&layout.destination(&file.path), &raw, file.mode)?;
+    progress.advance(raw.len() as u64);
+    Ok(())
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(Error::io("create", path))?;
+    out.write_all(bytes).map_err(Error::io("write", path))
+}
+
+/// backup_label byte for byte, and tablespace_map when the backup has one.
+fn write_labels(repo: &Repo, dir: &str, target: &Path) -> Result<()> {
+    for name in ["backup_label", "tablespace_map"] {
+        let key = format!("{dir}{name}");
+        if let Some(object) = repo.storage().get(&key)? {
+            let raw = codec::decode(&object, &repo.storage().describe(&key))?;
+            write_new(&target.join(name), &raw, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// An empty pg_wal/ with archive_status/ (and summaries/ from PostgreSQL 17 on).
+fn create_wal_dirs(target: &Path, pg_version: u32) -> Result<()> {
+    let wal = target.join("pg_wal");
+    create_dir(&wal, 0o700)?;
+    create_dir(&wal.join("archive_status"), 0o700)?;
+    if pg_version >= 17 {
+        create_dir(&wal.join("summaries"), 0o700)?;
+    }
+    Ok(())
+}
+
+/// Flushes everything written to the target's file system.
+fn sync_all(target: &Path) -> Result<()> {
+    let dir = fs::File::open(target).map_err(Error::io("open", target))?;
+    rustix::fs::syncfs(&dir).map_err(|e| Error::io("sync the file system of", target)(e.into()))
+}

@@ -1,0 +1,189 @@
+//! Everything that talks to a running PostgreSQL server: the connection (libpq environment,
+//! conninfo, password file), server checks, and the low-level backup API.
+
+mod connect;
+
+pub use connect::connection_config;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::{Error, Result};
+use crate::wal::Lsn;
+
+/// A connection to one server, held for as long as the work needs it (a base backup is aborted
+/// by the server when the connection that started it closes).
+pub struct Server {
+    client: Client,
+    /// `server_version_num`, e.g. 150018.
+    version_num: u32,
+    /// Where the connection goes, for messages.
+    target: String,
+}
+
+/// What `pg_backup_stop` returns.
+#[derive(Debug, Clone)]
+pub struct BackupStop {
+    /// The backup's end LSN (an end pointer).
+    pub lsn: Lsn,
+    /// The `backup_label` text, to be written byte for byte.
+    pub label_file: String,
+    /// The `tablespace_map` text; empty when there are no tablespaces.
+    pub tablespace_map: String,
+}
+
+impl Server {
+    /// Connects with `config`.
+    pub async fn connect(config: &tokio_postgres::Config) -> Result<Server> {
+        let target = describe(config);
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| Error::Server {
+            target: target.clone(),
+            reason: format!(
+                "cannot connect: {}; check that the server runs and PGHOST/PGPORT/PGUSER or --dbname point at it",
+                error_text(&e)
+            ),
+        })?;
+        tokio::spawn(async move {
+            // The connection ends when the client is dropped; its error is reported by the next query.
+            let _ = connection.await;
+        });
+        let mut server = Server {
+            client,
+            version_num: 0,
+            target,
+        };
+        server.version_num = server
+            .setting("server_version_num")
+            .await?
+            .parse()
+            .map_err(|_| Error::Server {
+                target: server.target.clone(),
+                reason: "server_version_num is not a number".into(),
+            })?;
+        Ok(server)
+    }
+
+    /// The major version, e.g. 15.
+    pub fn major_version(&self) -> u32 {
+        self.version_num / 10000
+    }
+
+    /// Where the connection goes, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// `current_setting(name)`.
+    pub async fn setting(&self, name: &str) -> Result<String> {
+        self.query_text("SELECT current_setting($1)", &[&name]).await
+    }
+
+    /// The cluster's system identifier.
+    pub async fn system_identifier(&self) -> Result<u64> {
+        let text = self
+            .query_text("SELECT system_identifier::text FROM pg_control_system()", &[])
+            .await?;
+        text.parse()
+            .map_err(|_| self.fail(format!("unexpected system identifier '{text}'")))
+    }
+
+    /// Whether the server is a standby or recovering.
+    pub async fn is_in_recovery(&self) -> Result<bool> {
+        let row = self
+            .client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(|e| self.sql_error(e))?;
+        Ok(row.get(0))
+    }
+
+    /// Whether the connected role may run the backup functions.
+    pub async fn may_run_backups(&self) -> Result<bool> {
+        let function = if self.major_version() >= 15 {
+            "pg_backup_start(text, boolean)"
+        } else {
+            "pg_start_backup(text, boolean, boolean)"
+        };
+        let row = self
+            .client
+            .query_one("SELECT has_function_privilege($1, 'execute')", &[&function])
+            .await
+            .map_err(|e| self.sql_error(e))?;
+        Ok(row.get(0))
+    }
+
+    /// Starts a non-exclusive base backup on this connection; returns its start LSN.
+    pub async fn backup_start(&self, label: &str, fast: bool) -> Result<Lsn> {
+        let sql = if self.major_version() >= 15 {
+            "SELECT pg_backup_start($1, $2)::text"
+        } else {
+            "SELECT pg_start_backup($1, $2, false)::text"
+        };
+        let text = self.query_text(sql, &[&label, &fast]).await?;
+        text.parse()
+            .map_err(|_| self.fail(format!("unexpected start LSN '{text}'")))
+    }
+
+    /// Stops the backup started on this connection, waiting until its WAL is archived.
+    pub async fn backup_stop(&self) -> Result<BackupStop> {
+        let sql = if self.major_version() >= 15 {
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
+        } else {
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
+        };
+        let row = self.client.query_one(sql, &[]).await.map_err(|e| self.sql_error(e))?;
+        let lsn: String = row.get(0);
+        Ok(BackupStop {
+            lsn: lsn
+                .parse()
+                .map_err(|_| self.fail(format!("unexpected stop LSN '{lsn}'")))?,
+            label_file: row.get(1),
+            tablespace_map: row.get::<_, Option<String>>(2).unwrap_or_default(),
+        })
+    }
+
+    async fn query_text(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<String> {
+        let row = self
+            .client
+            .query_one(sql, params)
+            .await
+            .map_err(|e| self.sql_error(e))?;
+        Ok(row.get(0))
+    }
+
+    fn sql_error(&self, e: tokio_postgres::Error) -> Error {
+        self.fail(error_text(&e))
+    }
+
+    fn fail(&self, reason: String) -> Error {
+        Error::Server {
+            target: self.target.clone(),
+            reason,
+        }
+    }
+}
+
+/// The server's message when there is one (tokio-postgres' Display says only "db error").
+fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn describe(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "?".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "server {host}:{port} (user {}, database {})",
+        config.get_user().unwrap_or("?"),
+        config.get_dbname().unwrap_or("?")
+    )
+}

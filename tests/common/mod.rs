@@ -1,0 +1,1389 @@
+//! Shared harness for the `pitr` integration tests.
+//!
+//! It finds the PostgreSQL server binaries, runs real clusters in temporary directories and drives
+//! the `pitr` binary against them. Every test builds its own [`Cluster`]s, each in its own
+//! temporary directory with its own socket directory and port, so tests can run in parallel.
+//!
+//! When the tests run as root, every PostgreSQL program (and `pitr`, exactly as PostgreSQL would
+//! run it) is started as the `postgres` OS user through `runuser -u postgres --`; temporary
+//! directories are created under `/tmp` (not `$TMPDIR`, which may live under the private `/root`)
+//! and handed to that user, and the `pitr` binary is copied into each temporary directory so that
+//! user can execute it.
+//!
+//! Environment variables:
+//! * `PITR_PG_BINDIR`: directory holding `initdb`, `pg_ctl`, `postgres`, … (otherwise
+//!   `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`);
+//! * `PITR_TEST_TMPDIR`: base directory for temporary directories (default `/tmp`);
+//! * `PITR_TEST_KEEP=1`: keep temporary directories (clusters, repositories, logs) after the test.
+//!
+//! Not every test uses every helper, hence the `dead_code` allowance below.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The OS user that runs PostgreSQL (and `pitr`) when the tests run as root.
+pub const SERVER_USER: &str = "postgres";
+
+/// How long a single command may run before the harness kills it and fails the test.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long to wait for a WAL file to be archived.
+pub const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to wait for archive recovery to finish or fail.
+pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Lines of the server log quoted in failure messages.
+const LOG_TAIL_LINES: usize = 80;
+
+/// Environment variables that would change what the PostgreSQL client programs connect to.
+const PG_CLIENT_ENV: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGDATA",
+    "PGOPTIONS",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGPASSFILE",
+    "PGPASSWORD",
+    "PGSSLMODE",
+    "PGTZ",
+];
+
+/// Environment variables that configure `pitr`; removed so the host environment cannot leak in.
+pub const PITR_ENV: &[&str] = &["PITR_REPO", "PITR_CONFIG", "PITR_COMPRESS", "PITR_COMPRESS_LEVEL"];
+
+// ---------------------------------------------------------------------------------------------
+// Locating programs and users
+// ---------------------------------------------------------------------------------------------
+
+/// The directory holding the PostgreSQL server binaries (`initdb`, `pg_ctl`, `postgres`, …).
+///
+/// Looked up once: `$PITR_PG_BINDIR`, then `pg_config --bindir` (if that directory contains
+/// `initdb`), then the highest-versioned `/usr/lib/postgresql/*/bin` containing `initdb`.
+/// Panics with installation instructions when none is found: these tests never skip silently.
+pub fn pg_bindir() -> &'static Path {
+    static BINDIR: OnceLock<PathBuf> = OnceLock::new();
+    BINDIR.get_or_init(find_pg_bindir)
+}
+
+fn find_pg_bindir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PITR_PG_BINDIR") {
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("initdb").is_file(),
+            "PITR_PG_BINDIR={} does not contain `initdb`; point it at the PostgreSQL server \
+             binaries directory (e.g. /usr/lib/postgresql/15/bin)",
+            dir.display()
+        );
+        return dir;
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if dir.join("initdb").is_file() {
+                return dir;
+            }
+        }
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    candidates.sort();
+    match candidates.pop() {
+        Some((_, bin)) => bin,
+        None => panic!(
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found. These integration \
+             tests need a real PostgreSQL server: install it (Debian/Ubuntu: `apt-get install \
+             postgresql`; then the binaries are in /usr/lib/postgresql/<version>/bin), or set \
+             PITR_PG_BINDIR to the directory containing initdb."
+        ),
+    }
+}
+
+/// Path of a PostgreSQL program: the server binaries directory first, then `$PATH`.
+pub fn pg_program(name: &str) -> PathBuf {
+    let in_bindir = pg_bindir().join(name);
+    if in_bindir.is_file() {
+        return in_bindir;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "PostgreSQL program `{name}` not found in {} nor in $PATH (install the PostgreSQL server \
+         and client packages, e.g. `apt-get install postgresql`, or set PITR_PG_BINDIR)",
+        pg_bindir().display()
+    )
+}
+
+/// The `pitr` binary built by cargo for this test run.
+pub fn pitr_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pitr"))
+}
+
+/// True when the effective user id is 0 (read from `/proc/self/status`, no libc needed).
+pub fn running_as_root() -> bool {
+    static ROOT: OnceLock<bool> = OnceLock::new();
+    *ROOT.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+        let uid_line = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .expect("Uid line in /proc/self/status");
+        // "Uid:\treal\teffective\tsaved\tfs"
+        let effective = uid_line
+            .split_whitespace()
+            .nth(2)
+            .expect("effective uid in /proc/self/status");
+        effective == "0"
+    })
+}
+
+/// `(uid, gid)` of [`SERVER_USER`]; only meaningful (and only looked up) when running as root.
+fn server_user_ids() -> (u32, u32) {
+    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
+    *IDS.get_or_init(|| {
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id").args([flag, SERVER_USER]).output().expect("run `id`");
+            assert!(
+                out.status.success(),
+                "the tests run as root, so PostgreSQL must run as the OS user `{SERVER_USER}`, \
+                 but `id {flag} {SERVER_USER}` failed: {} (create the user, e.g. by installing \
+                 the postgresql package, or run the tests as a normal user)",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            String::from_utf8_lossy(&out.stdout).trim().parse().expect("numeric id")
+        };
+        (id("-u"), id("-g"))
+    })
+}
+
+/// Hands `path` (recursively, without following symlinks) to the server user when running as
+/// root; does nothing otherwise.
+pub fn give_to_server_user(path: &Path) {
+    if !running_as_root() {
+        return;
+    }
+    let (uid, gid) = server_user_ids();
+    fn walk(path: &Path, uid: u32, gid: u32) {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+        let meta = fs::symlink_metadata(path).expect("stat");
+        if meta.is_dir() {
+            for entry in fs::read_dir(path).expect("read_dir") {
+                walk(&entry.expect("dir entry").path(), uid, gid);
+            }
+        }
+    }
+    walk(path, uid, gid);
+}
+
+/// A command that runs `program` as the server user: directly for a normal user, through
+/// `runuser -u postgres --` for root. PostgreSQL client environment variables are removed and the
+/// working directory is `/` (callers may override it).
+pub fn server_command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = if running_as_root() {
+        server_user_ids(); // fail early, with a clear message, if the user is missing
+        let mut c = Command::new("runuser");
+        c.args(["-u", SERVER_USER, "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    for var in PG_CLIENT_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir("/");
+    cmd
+}
+
+/// A command running the given `pitr` binary as the server user, with `PITR_*` variables removed.
+pub fn pitr_command(pitr_bin: &Path) -> Command {
+    let mut cmd = server_command(pitr_bin);
+    for var in PITR_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A free TCP port number on 127.0.0.1 (the clusters listen only on their own Unix socket
+/// directory, so the number only names the socket; collisions are harmless but still avoided).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running commands
+// ---------------------------------------------------------------------------------------------
+
+/// What a finished command produced.
+#[derive(Debug)]
+pub struct CmdOutput {
+    /// The command line, for messages.
+    pub cmdline: String,
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl CmdOutput {
+    /// The exit code (`None` when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// A multi-line description for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "command: {}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.cmdline,
+            self.status,
+            self.stdout_str().trim_end(),
+            self.stderr_str().trim_end()
+        )
+    }
+
+    /// Panics (with the output) unless the command exited 0.
+    #[track_caller]
+    pub fn assert_success(&self) -> &Self {
+        assert!(self.success(), "command failed:\n{}", self.describe());
+        self
+    }
+
+    /// Panics (with the output) unless the command exited with `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code(), Some(code), "unexpected exit status:\n{}", self.describe());
+        self
+    }
+
+    /// Panics unless both stdout and stderr are empty.
+    #[track_caller]
+    pub fn assert_silent(&self) -> &Self {
+        assert!(
+            self.stdout.is_empty() && self.stderr.is_empty(),
+            "expected no output at all:\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Panics unless stderr is exactly one non-empty line (a trailing newline is allowed).
+    #[track_caller]
+    pub fn assert_one_line_error(&self) -> &Self {
+        let err = self.stderr_str();
+        let trimmed = err.strip_suffix('\n').unwrap_or(&err);
+        assert!(
+            !trimmed.trim().is_empty() && !trimmed.contains('\n'),
+            "expected exactly one line on stderr:\n{}",
+            self.describe()
+        );
+        self
+    }
+}
+
+/// Renders a command line for messages.
+pub fn cmdline(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&arg.to_string_lossy());
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        let _ = write!(s, "   (cwd {})", dir.display());
+    }
+    s
+}
+
+/// Spawns `cmd` with stdin closed and stdout/stderr captured.
+pub fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{}`: {e}", cmdline(cmd)))
+}
+
+/// Waits for a child started by [`spawn`], killing it (SIGTERM, then SIGKILL) and panicking after
+/// `timeout`.
+pub fn wait_child(mut child: Child, cmdline: String, timeout: Duration) -> CmdOutput {
+    fn reader(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    }
+    let out = reader(child.stdout.take().expect("piped stdout"));
+    let err = reader(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            // SIGTERM first: runuser forwards it to the program it started.
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            thread::sleep(Duration::from_secs(3));
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = out.join().unwrap_or_default();
+            let stderr = err.join().unwrap_or_default();
+            panic!(
+                "command timed out after {timeout:?}: {cmdline}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    CmdOutput {
+        cmdline,
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// Runs `cmd` to completion (at most [`COMMAND_TIMEOUT`]) and returns what it produced.
+pub fn run(cmd: &mut Command) -> CmdOutput {
+    run_with_timeout(cmd, COMMAND_TIMEOUT)
+}
+
+/// Runs `cmd` to completion, killing it and panicking after `timeout`.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
+    let line = cmdline(cmd);
+    let child = spawn(cmd);
+    wait_child(child, line, timeout)
+}
+
+/// Runs `cmd` and panics with its output unless it exits 0.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> CmdOutput {
+    let out = run(cmd);
+    out.assert_success();
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temporary directories
+// ---------------------------------------------------------------------------------------------
+
+/// A temporary directory under `/tmp` (or `$PITR_TEST_TMPDIR`), owned by the server user when
+/// running as root and removed on drop (unless `PITR_TEST_KEEP=1`).
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    /// Creates a new directory named `pitr-<prefix>-XXXXXX`.
+    pub fn new(prefix: &str) -> Self {
+        let base = std::env::var_os("PITR_TEST_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        let keep = std::env::var_os("PITR_TEST_KEEP").is_some_and(|v| v == "1");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pitr-{prefix}-"))
+            .disable_cleanup(keep)
+            .tempdir_in(&base)
+            .unwrap_or_else(|e| panic!("create a temporary directory in {}: {e}", base.display()));
+        if keep {
+            eprintln!("PITR_TEST_KEEP=1: keeping {}", dir.path().display());
+        }
+        give_to_server_user(dir.path());
+        TestDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `self.path().join(rel)`, without creating anything.
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.path().join(rel)
+    }
+
+    /// Creates the directory `rel` (and its parents) inside this directory, owned by the server
+    /// user, and returns its path.
+    pub fn subdir(&self, rel: impl AsRef<Path>) -> PathBuf {
+        let rel = rel.as_ref();
+        let mut path = self.path().to_path_buf();
+        for component in rel.components() {
+            path.push(component);
+            if !path.exists() {
+                fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+                give_to_server_user(&path);
+            }
+        }
+        path
+    }
+
+    /// Writes `contents` to `rel` (creating parent directories), owned by the server user and
+    /// readable by everyone, and returns its path.
+    pub fn write(&self, rel: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> PathBuf {
+        let rel = rel.as_ref();
+        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.subdir(parent);
+        }
+        let path = self.path().join(rel);
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        give_to_server_user(&path);
+        path
+    }
+
+    /// Copies the `pitr` binary to `bin/pitr` in this directory (mode 0755) so that the server
+    /// user can run it, and returns its path.
+    pub fn install_pitr(&self) -> PathBuf {
+        let bin_dir = self.subdir("bin");
+        let dest = bin_dir.join("pitr");
+        fs::copy(pitr_binary(), &dest)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", pitr_binary().display(), dest.display()));
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).expect("chmod pitr");
+        give_to_server_user(&dest);
+        dest
+    }
+}
+
+/// A scratch area with its own `pitr` binary, for tests that push crafted files into repositories
+/// of their own rather than through a server.
+pub struct Scratch {
+    pub dir: TestDir,
+    pitr: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Self {
+        let dir = TestDir::new(prefix);
+        let pitr = dir.install_pitr();
+        Scratch { dir, pitr }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Path of the installed `pitr` binary.
+    pub fn pitr_bin(&self) -> &Path {
+        &self.pitr
+    }
+
+    /// A `pitr` command (as the server user) with the working directory set to this scratch dir.
+    pub fn pitr_cmd(&self) -> Command {
+        let mut cmd = pitr_command(&self.pitr);
+        cmd.current_dir(self.path());
+        cmd
+    }
+
+    /// Runs `pitr --repo <repo> <args…>` in this scratch dir.
+    pub fn pitr(&self, repo: &Path, args: &[&str]) -> CmdOutput {
+        run(self.pitr_cmd().arg("--repo").arg(repo).args(args))
+    }
+
+    /// Creates an empty repository directory `rel` owned by the server user.
+    pub fn new_repo(&self, rel: &str) -> PathBuf {
+        self.dir.subdir(rel)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Repository layout and file helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Where `pitr` stores an archived file: `wal/history/<name>` for timeline history files,
+/// `wal/<first 16 hex chars>/<name>` for everything else.
+pub fn stored_path(repo: &Path, name: &str) -> PathBuf {
+    if name.ends_with(".history") {
+        repo.join("wal").join("history").join(name)
+    } else {
+        repo.join("wal").join(&name[..16]).join(name)
+    }
+}
+
+/// Size of the header in front of every stored file's payload.
+pub const STORED_HEADER_LEN: usize = 24;
+
+/// Reads a file, panicking with its path on error.
+#[track_caller]
+pub fn read(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Flips every bit of the byte `from_end` bytes before the end of `path` (inside the payload for
+/// a stored file), keeping the file's permissions.
+pub fn flip_byte_from_end(path: &Path, from_end: usize) {
+    let mut bytes = read(path);
+    assert!(bytes.len() > from_end, "{} is too short to corrupt", path.display());
+    let at = bytes.len() - 1 - from_end;
+    bytes[at] ^= 0xFF;
+    rewrite_keeping_mode(path, &bytes);
+}
+
+/// Overwrites `path` with `bytes`, temporarily making it writable if needed.
+pub fn rewrite_keeping_mode(path: &Path, bytes: &[u8]) {
+    let mode = fs::metadata(path).expect("stat").permissions().mode();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o600)).expect("chmod");
+    fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod back");
+}
+
+/// True for a WAL segment file name (24 upper-case hex digits).
+pub fn is_segment_name(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+}
+
+/// The system identifier in the long page header of a WAL segment's first page.
+pub fn segment_system_identifier(segment: &[u8]) -> u64 {
+    u64::from_le_bytes(segment[24..32].try_into().expect("8 bytes"))
+}
+
+/// Parses an LSN in `%X/%X` form.
+pub fn parse_lsn(text: &str) -> u64 {
+    let (hi, lo) = text
+        .trim()
+        .split_once('/')
+        .unwrap_or_else(|| panic!("bad LSN {text:?}"));
+    let hi = u64::from_str_radix(hi, 16).unwrap_or_else(|_| panic!("bad LSN {text:?}"));
+    let lo = u64::from_str_radix(lo, 16).unwrap_or_else(|_| panic!("bad LSN {text:?}"));
+    (hi << 32) | lo
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or returns `None` after `timeout`.
+pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Quotes `value` as a postgresql.conf string literal.
+fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Asserts that a path used inside archive_command / restore_command needs no shell quoting.
+fn shell_safe(path: &Path) -> String {
+    let s = path.to_str().expect("UTF-8 path");
+    assert!(
+        s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=,".contains(&b)),
+        "path {s:?} would need shell quoting; set PITR_TEST_TMPDIR to a simpler directory"
+    );
+    s.to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clusters
+// ---------------------------------------------------------------------------------------------
+
+/// How to create a new cluster with [`Cluster::start`].
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// `initdb --wal-segsize` in MB (a power of two from 1 to 1024).
+    pub wal_segsize_mb: u32,
+    /// `archive_mode = on` with `archive_command = '<pitr> --repo <repo> archive-push %p'`.
+    pub archive: bool,
+    /// Extra global `pitr` options placed before `archive-push` (e.g. `--compress gzip`).
+    pub pitr_args: Vec<String>,
+    /// Archive into this existing repository instead of a new `repo/` in the cluster's directory.
+    pub repo: Option<PathBuf>,
+    /// Extra postgresql.conf settings; they override the harness defaults of the same name.
+    pub settings: Vec<(String, String)>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            wal_segsize_mb: 16,
+            archive: true,
+            pitr_args: Vec::new(),
+            repo: None,
+            settings: Vec::new(),
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// Sets `initdb --wal-segsize`.
+    pub fn wal_segsize_mb(mut self, mb: u32) -> Self {
+        self.wal_segsize_mb = mb;
+        self
+    }
+
+    /// Turns archiving through `pitr` on or off.
+    pub fn archive(mut self, on: bool) -> Self {
+        self.archive = on;
+        self
+    }
+
+    /// Adds a global `pitr` option to the archive_command.
+    pub fn pitr_arg(mut self, arg: &str) -> Self {
+        self.pitr_args.push(arg.to_string());
+        self
+    }
+
+    /// Archives into an existing repository.
+    pub fn repo(mut self, repo: &Path) -> Self {
+        self.repo = Some(repo.to_path_buf());
+        self
+    }
+
+    /// Adds (or overrides) a postgresql.conf setting; `value` is written as given, so quote
+    /// strings yourself (`"'1GB'"`).
+    pub fn setting(mut self, key: &str, value: &str) -> Self {
+        self.settings.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// How to start a cluster from a [`BaseBackup`] with [`Cluster::recover`].
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryOptions {
+    /// Repository for `restore_command` (default: the repository the backed-up cluster archived to).
+    pub repo: Option<PathBuf>,
+    /// Replaces the whole `restore_command`.
+    pub restore_command: Option<String>,
+    /// Keep `archive_mode = on` (archiving into the same repository) in the copy; off by default.
+    pub archive: bool,
+    /// Start as a standby (`standby.signal`) instead of archive recovery (`recovery.signal`).
+    pub standby: bool,
+    /// Extra settings (recovery targets and so on); values are written as given.
+    pub settings: Vec<(String, String)>,
+}
+
+impl RecoveryOptions {
+    pub fn setting(mut self, key: &str, value: &str) -> Self {
+        self.settings.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn archive(mut self, on: bool) -> Self {
+        self.archive = on;
+        self
+    }
+}
+
+/// How archive recovery ended.
+#[derive(Debug)]
+pub enum RecoveryOutcome {
+    /// Recovery finished and the server accepts writes (`pg_is_in_recovery()` is false).
+    Promoted,
+    /// The server is no longer running; `log` is its whole log.
+    Failed { log: String },
+}
+
+/// A base backup taken with `pg_basebackup -X none` from a running [`Cluster`].
+pub struct BaseBackup {
+    dir: TestDir,
+    /// The backup's data directory.
+    pub data: PathBuf,
+    /// The repository the source cluster archives into.
+    pub source_repo: PathBuf,
+    /// Extra global `pitr` options of the source cluster's archive_command.
+    pub source_pitr_args: Vec<String>,
+    /// WAL segment holding the backup start.
+    pub start_wal_file: String,
+    /// WAL segment holding the backup end.
+    pub stop_wal_file: String,
+    /// Name of the backup history file (`<segment>.<offset>.backup`) the source wrote.
+    pub backup_history_file: String,
+}
+
+impl BaseBackup {
+    /// The `backup_label` written into the backup.
+    pub fn backup_label(&self) -> String {
+        String::from_utf8_lossy(&read(&self.data.join("backup_label"))).into_owned()
+    }
+}
+
+/// A PostgreSQL server in its own temporary directory:
+/// `data/` (data directory), `repo/` (its pitr repository, for new clusters), `bin/pitr`,
+/// `server.log`, and the Unix socket. Dropping it stops the server (immediate mode) and removes
+/// the directory.
+pub struct Cluster {
+    label: String,
+    dir: TestDir,
+    data: PathBuf,
+    repo: PathBuf,
+    pitr: PathBuf,
+    pitr_args: Vec<String>,
+    port: u16,
+    settings: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// Creates a new cluster with `initdb` (new system identifier every time) and starts it.
+    pub fn start(opts: ClusterOptions) -> Cluster {
+        let dir = TestDir::new("cluster");
+        let pitr = dir.install_pitr();
+        let repo = match &opts.repo {
+            Some(repo) => repo.clone(),
+            None => dir.subdir("repo"),
+        };
+        let data = dir.join("data");
+        run_ok(
+            server_command(pg_program("initdb"))
+                .current_dir(dir.path())
+                .arg("-D")
+                .arg(&data)
+                .args(["-A", "trust", "--no-sync", "--no-instructions"])
+                .args(["--locale=C", "--encoding=UTF8"])
+                .arg(format!("--wal-segsize={}", opts.wal_segsize_mb)),
+        );
+        let mut conf = read(&data.join("postgresql.conf"));
+        conf.extend_from_slice(b"\n# pitr integration tests\ninclude 'pitr_test.conf'\n");
+        rewrite_keeping_mode(&data.join("postgresql.conf"), &conf);
+
+        let mut cluster = Cluster {
+            label: format!("cluster in {}", dir.path().display()),
+            data,
+            repo,
+            pitr,
+            pitr_args: opts.pitr_args.clone(),
+            port: 0,
+            settings: Vec::new(),
+            dir,
+        };
+        cluster.settings = cluster.base_settings();
+        if opts.archive {
+            cluster.set("archive_mode", "on");
+            let command = cluster.archive_command();
+            cluster.set("archive_command", &conf_quote(&command));
+        } else {
+            cluster.set("archive_mode", "off");
+        }
+        for (k, v) in &opts.settings {
+            cluster.set(k, v);
+        }
+        cluster.start_server_retrying();
+        cluster
+    }
+
+    /// Settings every harness cluster starts with.
+    fn base_settings(&self) -> Vec<(String, String)> {
+        let socket_dir = conf_quote(self.dir.path().to_str().expect("UTF-8 path"));
+        [
+            ("port", "0".to_string()),
+            ("listen_addresses", "''".to_string()),
+            ("unix_socket_directories", socket_dir),
+            ("wal_level", "replica".to_string()),
+            ("max_wal_senders", "4".to_string()),
+            ("wal_keep_size", "'512MB'".to_string()),
+            ("fsync", "off".to_string()),
+            ("shared_buffers", "'32MB'".to_string()),
+            ("max_connections", "30".to_string()),
+            ("logging_collector", "off".to_string()),
+            ("log_line_prefix", "'%m [%p] '".to_string()),
+            ("lc_messages", "'C'".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// `<pitr> [pitr_args] --repo <repo> archive-push %p`.
+    fn archive_command(&self) -> String {
+        let mut parts = vec![shell_safe(&self.pitr)];
+        parts.extend(self.pitr_args.iter().cloned());
+        parts.push("--repo".into());
+        parts.push(shell_safe(&self.repo));
+        parts.push("archive-push".into());
+        parts.push("%p".into());
+        parts.join(" ")
+    }
+
+    /// `<pitr> [pitr_args] --repo <repo> archive-get %f %p`.
+    fn restore_command(&self, repo: &Path, pitr_args: &[String]) -> String {
+        let mut parts = vec![shell_safe(&self.pitr)];
+        parts.extend(pitr_args.iter().cloned());
+        parts.push("--repo".into());
+        parts.push(shell_safe(repo));
+        parts.push("archive-get %f %p".into());
+        parts.join(" ")
+    }
+
+    /// Sets a postgresql.conf setting (value written as given) in `pitr_test.conf`. Takes effect
+    /// at the next start or reload.
+    pub fn set(&mut self, key: &str, value: &str) {
+        match self.settings.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value.to_string(),
+            None => self.settings.push((key.to_string(), value.to_string())),
+        }
+        self.write_settings();
+    }
+
+    fn write_settings(&self) {
+        let mut text = String::from("# written by the pitr integration-test harness\n");
+        for (k, v) in &self.settings {
+            let _ = writeln!(text, "{k} = {v}");
+        }
+        let path = self.data.join("pitr_test.conf");
+        fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        give_to_server_user(&path);
+    }
+
+    /// Starts the server, choosing a new port and retrying (up to 3 attempts) if it fails.
+    fn start_server_retrying(&mut self) {
+        let mut last = None;
+        for _ in 0..3 {
+            self.port = free_port();
+            self.set("port", &self.port.to_string());
+            let out = self.pg_ctl_start();
+            if out.success() {
+                return;
+            }
+            // pg_ctl may give up while a postmaster still runs: make sure it is gone.
+            self.stop_immediate_quietly();
+            last = Some(out);
+        }
+        panic!(
+            "{}: could not start the server:\n{}\n--- server log (tail) ---\n{}",
+            self.label,
+            last.expect("at least one attempt").describe(),
+            self.log_tail()
+        );
+    }
+
+    fn pg_ctl_start(&self) -> CmdOutput {
+        run(server_command(pg_program("pg_ctl"))
+            .current_dir(self.dir.path())
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-w", "-t", "120", "start"]))
+    }
+
+    /// Starts the (stopped) server again with the same settings; panics if it does not start.
+    pub fn start_server(&mut self) {
+        let out = self.pg_ctl_start();
+        assert!(
+            out.success(),
+            "{}: could not start the server:\n{}\n--- server log (tail) ---\n{}",
+            self.label,
+            out.describe(),
+            self.log_tail()
+        );
+    }
+
+    /// Starts the server without insisting that it comes up (for recovery that may fail); returns
+    /// whether `pg_ctl -w start` reported success.
+    pub fn try_start_server(&mut self) -> bool {
+        self.pg_ctl_start().success()
+    }
+
+    /// Stops the server cleanly (`pg_ctl -m fast stop`); panics if that fails.
+    pub fn stop(&mut self) {
+        run_ok(
+            server_command(pg_program("pg_ctl"))
+                .current_dir(self.dir.path())
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "fast", "-w", "-t", "120", "stop"]),
+        );
+    }
+
+    /// Stops the server in immediate mode if a postmaster.pid exists, ignoring every error.
+    fn stop_immediate_quietly(&self) {
+        if self.data.join("postmaster.pid").exists() {
+            let _ = server_command(pg_program("pg_ctl"))
+                .current_dir(self.dir.path())
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "-t", "60", "stop"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// Restarts the server (fast stop, start).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_server();
+    }
+
+    /// Tells the server to reload its configuration.
+    pub fn reload(&self) {
+        self.psql("SELECT pg_reload_conf()");
+    }
+
+    /// True while the postmaster runs (`pg_ctl status`).
+    pub fn is_running(&self) -> bool {
+        run(server_command(pg_program("pg_ctl"))
+            .current_dir(self.dir.path())
+            .arg("-D")
+            .arg(&self.data)
+            .arg("status"))
+        .success()
+    }
+
+    /// The cluster's temporary directory (also its Unix socket directory).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The [`TestDir`] holding this cluster, for creating scratch files the server user can read.
+    pub fn test_dir(&self) -> &TestDir {
+        &self.dir
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    pub fn pg_wal(&self) -> PathBuf {
+        self.data.join("pg_wal")
+    }
+
+    /// The repository this cluster archives into (for a recovered cluster: the one it restores from).
+    pub fn repo(&self) -> &Path {
+        &self.repo
+    }
+
+    /// The installed `pitr` binary this cluster's archive/restore commands run.
+    pub fn pitr_bin(&self) -> &Path {
+        &self.pitr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    /// The whole server log.
+    pub fn log(&self) -> String {
+        fs::read(self.log_path())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The last lines of the server log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log(), LOG_TAIL_LINES)
+    }
+
+    /// A `pitr` command for this cluster's installed binary, run as the server user from the
+    /// cluster's temporary directory (not a data directory). No arguments yet.
+    pub fn pitr_cmd(&self) -> Command {
+        let mut cmd = pitr_command(&self.pitr);
+        cmd.current_dir(self.dir.path());
+        cmd
+    }
+
+    /// Like [`Cluster::pitr_cmd`], but run from the data directory, exactly as PostgreSQL runs
+    /// archive_command and restore_command (so `pg_wal/<name>` paths work).
+    pub fn pitr_cmd_in_data_dir(&self) -> Command {
+        let mut cmd = pitr_command(&self.pitr);
+        cmd.current_dir(&self.data);
+        cmd
+    }
+
+    /// Runs `pitr --repo <this cluster's repo> <args…>` from the cluster's temporary directory.
+    pub fn pitr(&self, args: &[&str]) -> CmdOutput {
+        self.pitr_with_repo(&self.repo, args)
+    }
+
+    /// Runs `pitr --repo <repo> <args…>` from the cluster's temporary directory.
+    pub fn pitr_with_repo(&self, repo: &Path, args: &[&str]) -> CmdOutput {
+        run(self.pitr_cmd().arg("--repo").arg(repo).args(args))
+    }
+
+    /// Runs `pitr --repo <this cluster's repo> <args…>` from the data directory, as PostgreSQL
+    /// would (e.g. `archive-push pg_wal/<name>`, `archive-get <name> pg_wal/RECOVERYXLOG`).
+    pub fn pitr_as_server(&self, args: &[&str]) -> CmdOutput {
+        run(self.pitr_cmd_in_data_dir().arg("--repo").arg(&self.repo).args(args))
+    }
+
+    /// A client-program command (`psql`, `pgbench`, …) connecting to this server.
+    fn client(&self, program: &str) -> Command {
+        let mut cmd = server_command(pg_program(program));
+        cmd.current_dir(self.dir.path())
+            .arg("-h")
+            .arg(self.dir.path())
+            .arg("-p")
+            .arg(self.port.to_string());
+        cmd
+    }
+
+    /// Runs one SQL string through `psql -X -A -t`; returns trimmed stdout, or the failed output.
+    pub fn try_psql(&self, sql: &str) -> Result<String, CmdOutput> {
+        let out = run(self
+            .client("psql")
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+            .arg(sql));
+        if out.success() {
+            Ok(out.stdout_str().trim().to_string())
+        } else {
+            Err(out)
+        }
+    }
+
+    /// Runs one SQL string through `psql -X -A -t` and returns trimmed stdout (rows on separate
+    /// lines, columns separated by `|`); panics with stderr and the server log on failure.
+    #[track_caller]
+    pub fn psql(&self, sql: &str) -> String {
+        self.try_psql(sql).unwrap_or_else(|out| {
+            panic!(
+                "{}: psql failed:\n{}\n--- server log (tail) ---\n{}",
+                self.label,
+                out.describe(),
+                self.log_tail()
+            )
+        })
+    }
+
+    /// `pgbench -i -q -s <scale>`.
+    pub fn pgbench_init(&self, scale: u32) {
+        let out = run(self
+            .client("pgbench")
+            .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]));
+        assert!(
+            out.success(),
+            "{}: pgbench -i failed:\n{}\n--- server log (tail) ---\n{}",
+            self.label,
+            out.describe(),
+            self.log_tail()
+        );
+    }
+
+    /// `pgbench <args…> postgres`; panics on failure and returns pgbench's output.
+    pub fn pgbench(&self, args: &[&str]) -> CmdOutput {
+        let out = run(self.client("pgbench").args(args).arg("postgres"));
+        assert!(
+            out.success(),
+            "{}: pgbench failed:\n{}\n--- server log (tail) ---\n{}",
+            self.label,
+            out.describe(),
+            self.log_tail()
+        );
+        out
+    }
+
+    /// Writes a little WAL, switches to a new segment and returns the name of the segment that
+    /// was just completed (which the server then archives).
+    pub fn switch_wal(&self) -> String {
+        // Without new WAL since the last switch, pg_switch_wal() would not switch at all.
+        self.psql("SELECT pg_logical_emit_message(false, 'pitr-test', 'switch')");
+        let name = self.psql("SELECT pg_walfile_name(pg_switch_wal())");
+        assert!(is_segment_name(&name), "unexpected walfile name {name:?}");
+        name
+    }
+
+    /// `pg_current_wal_lsn()` as a number.
+    pub fn current_lsn(&self) -> u64 {
+        parse_lsn(&self.psql("SELECT pg_current_wal_lsn()"))
+    }
+
+    /// The cluster's system identifier.
+    pub fn system_identifier(&self) -> u64 {
+        self.psql("SELECT system_identifier FROM pg_control_system()")
+            .parse()
+            .expect("numeric system identifier")
+    }
+
+    /// `wal_segment_size` in bytes.
+    pub fn wal_segment_size(&self) -> u64 {
+        self.psql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
+            .parse()
+            .expect("numeric wal_segment_size")
+    }
+
+    /// The server's major version number (e.g. 15).
+    pub fn major_version(&self) -> u32 {
+        let num: u32 = self.psql("SHOW server_version_num").parse().expect("number");
+        num / 10000
+    }
+
+    /// `(archived_count, last_archived_wal, failed_count, last_failed_wal)` from pg_stat_archiver.
+    pub fn archiver_stats(&self) -> (u64, String, u64, String) {
+        let row = self.psql(
+            "SELECT archived_count, coalesce(last_archived_wal, ''), failed_count, \
+             coalesce(last_failed_wal, '') FROM pg_stat_archiver",
+        );
+        let cols: Vec<&str> = row.split('|').collect();
+        assert_eq!(cols.len(), 4, "unexpected pg_stat_archiver row {row:?}");
+        (
+            cols[0].parse().expect("archived_count"),
+            cols[1].to_string(),
+            cols[2].parse().expect("failed_count"),
+            cols[3].to_string(),
+        )
+    }
+
+    /// Names with a `.done` (archived) or `.ready` (waiting) file in `pg_wal/archive_status`.
+    pub fn archive_status(&self) -> (Vec<String>, Vec<String>) {
+        let mut done = Vec::new();
+        let mut ready = Vec::new();
+        for entry in fs::read_dir(self.pg_wal().join("archive_status")).expect("archive_status") {
+            let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+            if let Some(n) = name.strip_suffix(".done") {
+                done.push(n.to_string());
+            } else if let Some(n) = name.strip_suffix(".ready") {
+                ready.push(n.to_string());
+            }
+        }
+        done.sort();
+        ready.sort();
+        (done, ready)
+    }
+
+    /// Waits until the server reports `name` (a segment, `.history`, `.backup` or `.partial` file)
+    /// as archived; panics after [`ARCHIVE_TIMEOUT`] with the archiver statistics and server log.
+    pub fn wait_archived(&self, name: &str) {
+        let done_file = self.pg_wal().join("archive_status").join(format!("{name}.done"));
+        let archived = poll(ARCHIVE_TIMEOUT, || {
+            if done_file.exists() {
+                return Some(());
+            }
+            let (_, last, _, _) = self.archiver_stats();
+            // The archiver sends segments oldest first, so a later one means `name` is done.
+            let later_segment =
+                is_segment_name(name) && is_segment_name(&last) && last[..8] == name[..8] && last.as_str() >= name;
+            (last == name || later_segment).then_some(())
+        });
+        if archived.is_none() {
+            panic!(
+                "{}: {name} was not archived within {ARCHIVE_TIMEOUT:?}; pg_stat_archiver \
+                 (archived_count, last_archived_wal, failed_count, last_failed_wal) = {:?}\n\
+                 --- server log (tail) ---\n{}",
+                self.label,
+                self.archiver_stats(),
+                self.log_tail()
+            );
+        }
+    }
+
+    /// Waits until no `.ready` file is left in `pg_wal/archive_status`.
+    pub fn wait_archiver_idle(&self) {
+        let idle = poll(ARCHIVE_TIMEOUT, || self.archive_status().1.is_empty().then_some(()));
+        if idle.is_none() {
+            panic!(
+                "{}: still waiting to be archived after {ARCHIVE_TIMEOUT:?}: {:?}; \
+                 pg_stat_archiver = {:?}\n--- server log (tail) ---\n{}",
+                self.label,
+                self.archive_status().1,
+                self.archiver_stats(),
+                self.log_tail()
+            );
+        }
+    }
+
+    /// Switches WAL, waits until that segment is archived and returns its name and bytes (copied
+    /// from `pg_wal` while the server still keeps it).
+    pub fn capture_segment(&self) -> (String, Vec<u8>) {
+        let name = self.switch_wal();
+        let bytes = read(&self.pg_wal().join(&name));
+        (name, bytes)
+    }
+
+    /// Takes a base backup with `pg_basebackup -X none -c fast` (waiting for the WAL it needs to
+    /// be archived, so the repository can restore it).
+    pub fn base_backup(&self) -> BaseBackup {
+        let dir = TestDir::new("backup");
+        let data = dir.join("data");
+        let out =
+            run(self
+                .client("pg_basebackup")
+                .arg("-D")
+                .arg(&data)
+                .args(["-X", "none", "-c", "fast", "--no-sync"]));
+        assert!(
+            out.success(),
+            "{}: pg_basebackup failed:\n{}\n--- server log (tail) ---\n{}",
+            self.label,
+            out.describe(),
+            self.log_tail()
+        );
+        let label = String::from_utf8_lossy(&read(&data.join("backup_label"))).into_owned();
+        // "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)"
+        let start_line = label
+            .lines()
+            .find(|l| l.starts_with("START WAL LOCATION:"))
+            .unwrap_or_else(|| panic!("no START WAL LOCATION in backup_label:\n{label}"));
+        let (start_lsn, start_file) = parse_wal_location(start_line);
+        let offset = start_lsn % self.wal_segment_size();
+        let backup_history_file = format!("{start_file}.{offset:08X}.backup");
+        let history_path = self.pg_wal().join(&backup_history_file);
+        let history = String::from_utf8_lossy(&read(&history_path)).into_owned();
+        let stop_line = history
+            .lines()
+            .find(|l| l.starts_with("STOP WAL LOCATION:"))
+            .unwrap_or_else(|| panic!("no STOP WAL LOCATION in {backup_history_file}:\n{history}"));
+        let (_, stop_file) = parse_wal_location(stop_line);
+        self.wait_archived(&stop_file);
+        self.wait_archived(&backup_history_file);
+        BaseBackup {
+            dir,
+            data,
+            source_repo: self.repo.clone(),
+            source_pitr_args: self.pitr_args.clone(),
+            start_wal_file: start_file,
+            stop_wal_file: stop_file,
+            backup_history_file,
+        }
+    }
+
+    /// Turns a base backup into a cluster that restores WAL with
+    /// `restore_command = '<pitr> --repo <repo> archive-get %f %p'` (in `recovery.signal` archive
+    /// recovery unless `opts.standby`), on a new port and socket directory, with archiving off
+    /// unless `opts.archive`, and starts it. It does not wait for recovery to end: see
+    /// [`Cluster::wait_recovery_end`].
+    pub fn recover(backup: BaseBackup, opts: RecoveryOptions) -> Cluster {
+        let BaseBackup {
+            dir,
+            data,
+            source_repo,
+            source_pitr_args,
+            ..
+        } = backup;
+        let pitr = dir.install_pitr();
+        let repo = opts.repo.clone().unwrap_or(source_repo);
+        let mut cluster = Cluster {
+            label: format!("recovered cluster in {}", dir.path().display()),
+            data,
+            repo,
+            pitr,
+            pitr_args: source_pitr_args,
+            port: free_port(),
+            settings: Vec::new(),
+            dir,
+        };
+        cluster.settings = cluster.base_settings();
+        let port = cluster.port.to_string();
+        cluster.set("port", &port);
+        let restore_command = opts
+            .restore_command
+            .clone()
+            .unwrap_or_else(|| cluster.restore_command(&cluster.repo, &cluster.pitr_args));
+        cluster.set("restore_command", &conf_quote(&restore_command));
+        if opts.archive {
+            cluster.set("archive_mode", "on");
+            let command = cluster.archive_command();
+            cluster.set("archive_command", &conf_quote(&command));
+        } else {
+            cluster.set("archive_mode", "off");
+        }
+        for (k, v) in &opts.settings {
+            cluster.set(k, v);
+        }
+        let signal = if opts.standby {
+            "standby.signal"
+        } else {
+            "recovery.signal"
+        };
+        let signal_path = cluster.data.join(signal);
+        fs::write(&signal_path, b"").expect("write signal file");
+        give_to_server_user(&signal_path);
+        // pg_ctl -w returns once the server accepts connections (hot standby, after reaching
+        // consistency) or fails; recovery may go on, or fail, afterwards.
+        cluster.try_start_server();
+        cluster
+    }
+
+    /// Waits until archive recovery ends: the server promoted (`pg_is_in_recovery()` is false), or
+    /// it stopped running (recovery failed). Panics after [`RECOVERY_TIMEOUT`].
+    pub fn wait_recovery_end(&self) -> RecoveryOutcome {
+        let outcome = poll(RECOVERY_TIMEOUT, || {
+            match self.try_psql("SELECT pg_is_in_recovery()") {
+                Ok(v) if v == "f" => return Some(RecoveryOutcome::Promoted),
+                Ok(_) => return None,
+                Err(_) => {}
+            }
+            if self.is_running() {
+                None // still starting up, not yet accepting connections
+            } else {
+                Some(RecoveryOutcome::Failed { log: self.log() })
+            }
+        });
+        outcome.unwrap_or_else(|| {
+            panic!(
+                "{}: recovery neither finished nor failed within {RECOVERY_TIMEOUT:?}\n\
+                 --- server log (tail) ---\n{}",
+                self.label,
+                self.log_tail()
+            )
+        })
+    }
+
+    /// Waits for recovery to end and panics (with the log) unless the server promoted.
+    pub fn expect_promoted(&self) {
+        if let RecoveryOutcome::Failed { log } = self.wait_recovery_end() {
+            panic!(
+                "{}: recovery failed, the server stopped\n--- server log (tail) ---\n{}",
+                self.label,
+                tail(&log, LOG_TAIL_LINES)
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_immediate_quietly();
+    }
+}
+
+/// Parses `"<KEY>: 0/2000028 (file 000000010000000000000002)"` into `(lsn, file)`.
+fn parse_wal_location(line: &str) -> (u64, String) {
+    let rest = line.split_once(':').map(|(_, r)| r.trim()).unwrap_or("");
+    let (lsn, file) = rest
+        .split_once(" (file ")
+        .unwrap_or_else(|| panic!("unexpected WAL location line {line:?}"));
+    (parse_lsn(lsn), file.trim_end_matches(')').to_string())
+}
