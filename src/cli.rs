@@ -112,12 +112,85 @@ pub enum Command {
         json: bool,
     },
 
-    /// List backups with their WAL status, and the archived WAL per timeline.
+    /// List backups with their WAL status and the archived WAL per timeline, or the restore points.
     List {
-        /// Which tier to show.
-        #[arg(default_value = "all", value_parser = ["hourly", "daily", "weekly", "all"])]
-        tier: String,
+        /// What to show: a tier, all backups, or restore-points.
+        #[arg(default_value = "all", value_parser = ["hourly", "daily", "weekly", "all", "restore-points"])]
+        what: String,
         /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Create a named restore point before a risky change, and record it in the repository.
+    ///
+    /// Calls pg_create_restore_point, switches WAL (unless --no-switch) and waits until that
+    /// segment is archived, so the point can be recovered to at once.
+    RestorePoint {
+        /// The name (at most 63 bytes; unique in the repository unless --allow-duplicate).
+        name: String,
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// Do not switch WAL or wait for archiving.
+        #[arg(long)]
+        no_switch: bool,
+        /// Accept a name that exists already (recovery stops at the first one).
+        #[arg(long)]
+        allow_duplicate: bool,
+        /// Seconds to wait for the segment to be archived.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        timeout: u64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Recover to a point in time into a new data directory, and drive PostgreSQL there.
+    ///
+    /// Prints the plan first (backup, timelines, WAL, space) and refuses unreachable targets
+    /// before touching anything; restores the backup; writes recovery settings; starts the
+    /// server on a private socket and follows it to the target; reports where recovery really
+    /// stopped; runs --verify-sql; prints the switch-over steps.
+    Recover {
+        /// The new data directory: absent or empty (see --force).
+        #[arg(long, value_name = "NEWDIR")]
+        pgdata: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Stop just before the target instead of just after (time, LSN, xid).
+        #[arg(long)]
+        exclusive: bool,
+        /// The timeline to follow: latest (default) or a number.
+        #[arg(long, default_value = "latest", value_name = "N|latest")]
+        timeline: String,
+        /// Use this backup instead of the newest one before the target.
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
+        /// What the server does at the target.
+        #[arg(long, default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
+        action: String,
+        /// Port of the recovered server (written to its postgresql.auto.conf).
+        #[arg(long, value_name = "N")]
+        port: Option<u16>,
+        /// Write files and settings, do not start the server.
+        #[arg(long)]
+        no_start: bool,
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        /// SQL to run on the recovered server, e.g. "SELECT COUNT(*) FROM products".
+        #[arg(long, value_name = "SQL")]
+        verify_sql: Option<String>,
+        /// Keep archive_mode as it was (by default a recovered copy does not archive).
+        #[arg(long)]
+        keep_archiving: bool,
+        /// Wipe a non-empty NEWDIR (refused while a postmaster.pid is there).
+        #[arg(long)]
+        force: bool,
+        /// Files restored at once (default: the number of cores).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Print the plan and the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -131,6 +204,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where recovery stops: exactly one of these.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct TargetArgs {
+    /// The last commit at or before this time: RFC 3339 or "2026-11-25 10:00:00+01" (a time
+    /// without a zone is taken as UTC, and the plan says so).
+    #[arg(long, value_name = "TS")]
+    pub target_time: Option<String>,
+    /// A restore point created with `pitr restore-point`.
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// A WAL location, e.g. 0/3000148.
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<String>,
+    /// A transaction id: stop after it commits (before it with --exclusive).
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<u64>,
+    /// immediate: the backup's consistency point; latest: everything archived.
+    #[arg(long, value_name = "immediate|latest")]
+    pub target: Option<String>,
 }
 
 /// How to reach the server: the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE,

@@ -1,14 +1,18 @@
 //! Each subcommand: a few lines that call into the `pitr` library and print the result.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use pitr::archive::{self, GetOutcome};
 use pitr::backup::{self, BackupOptions, RestoreOptions, Tier};
 use pitr::pg::{connection_config, Server};
+use pitr::progress::Progress;
+use pitr::recover::{self, Action, RecoverOptions, Request, Target, TimelineChoice};
 use pitr::repo::Repo;
+use pitr::restore_point::{self, CreateOptions};
 use pitr::Result;
 
-use crate::cli::{Command, ConnectionArgs};
+use crate::cli::{Command, ConnectionArgs, TargetArgs};
 use crate::output::{self, TerminalProgress};
 use crate::settings::Settings;
 
@@ -74,8 +78,17 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             }
             Ok(Done::Ok)
         }
-        Command::List { tier, json } => {
-            let tier = (tier != "all").then(|| tier.parse::<Tier>()).transpose()?;
+        Command::List { what, json } if what == "restore-points" => {
+            let points = restore_point::catalog(&repo)?;
+            if *json {
+                output::json(&points)
+            } else {
+                output::restore_points(&points)
+            }
+            Ok(Done::Ok)
+        }
+        Command::List { what, json } => {
+            let tier = (what != "all").then(|| what.parse::<Tier>()).transpose()?;
             let listing = backup::list(&repo, tier)?;
             if *json {
                 output::json(&listing.backups)
@@ -84,6 +97,30 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             }
             Ok(Done::Ok)
         }
+        Command::RestorePoint {
+            name,
+            connection,
+            no_switch,
+            allow_duplicate,
+            timeout,
+            json,
+        } => {
+            let options = CreateOptions {
+                switch_wal: !no_switch,
+                allow_duplicate: *allow_duplicate,
+                timeout: Duration::from_secs(*timeout),
+            };
+            let point = with_server(connection, |server| async move {
+                restore_point::create(&repo, &server, name, options).await
+            })?;
+            if *json {
+                output::json(&point)
+            } else {
+                output::restore_point(&point, options.switch_wal)
+            }
+            Ok(Done::Ok)
+        }
+        Command::Recover { .. } => recover(&repo, command, settings),
         Command::Expire { dry_run, json } => {
             let plan = backup::expire(&repo, settings.retention, None, *dry_run)?;
             if *json {
@@ -96,6 +133,149 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
     }
 }
 
+/// Connects with the libpq environment and --dbname, and runs `work` on a tokio runtime.
+fn with_server<T, F, Fut>(connection: &ConnectionArgs, work: F) -> Result<T>
+where
+    F: FnOnce(Server) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let config = connection_config(connection.dbname.as_deref(), &|k| std::env::var(k).ok())?;
+    runtime().block_on(async { work(Server::connect(&config).await?).await })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+}
+
+fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> {
+    let Command::Recover {
+        pgdata,
+        target,
+        exclusive,
+        timeline,
+        backup,
+        action,
+        port,
+        no_start,
+        dry_run,
+        verify_sql,
+        keep_archiving,
+        force,
+        jobs,
+        json,
+    } = command
+    else {
+        unreachable!("called for recover only")
+    };
+    let request = Request {
+        target: parse_target(target)?,
+        timeline: parse_timeline(timeline)?,
+        backup: backup.clone(),
+    };
+    let pgdata = absolute(pgdata);
+    let plan = recover::plan(&recover::repo_state(repo)?, &request)?;
+    recover::check_space(&plan, &pgdata)?;
+    if !json {
+        output::plan(&plan, &pgdata);
+    }
+    if *dry_run {
+        if *json {
+            output::json(&plan);
+        }
+        return Ok(Done::Ok);
+    }
+    let options = RecoverOptions {
+        pgdata,
+        force: *force,
+        exclusive: *exclusive,
+        action: match action.as_str() {
+            "pause" => Action::Pause,
+            "shutdown" => Action::Shutdown,
+            _ => Action::Promote,
+        },
+        port: *port,
+        no_start: *no_start,
+        keep_archiving: *keep_archiving,
+        verify_sql: verify_sql.clone(),
+        jobs: jobs.unwrap_or(settings.jobs),
+        restore_command: restore_command(settings)?,
+    };
+    let progress = TerminalProgress::new(*json);
+    let report = runtime().block_on(recover::execute(repo, &plan, &options, &progress))?;
+    progress.finish();
+    if *json {
+        output::json(&serde_json::json!({ "plan": plan, "report": report }));
+    } else {
+        output::recover_report(&report);
+    }
+    Ok(Done::Ok)
+}
+
+fn parse_target(args: &TargetArgs) -> Result<Target> {
+    if let Some(time) = &args.target_time {
+        return Target::parse_time(time);
+    }
+    if let Some(name) = &args.target_name {
+        return Ok(Target::Name(name.clone()));
+    }
+    if let Some(lsn) = &args.target_lsn {
+        return Ok(Target::Lsn(lsn.parse()?));
+    }
+    if let Some(xid) = args.target_xid {
+        return Ok(Target::Xid(xid));
+    }
+    Target::parse_keyword(args.target.as_deref().unwrap_or_default())
+}
+
+fn parse_timeline(text: &str) -> Result<TimelineChoice> {
+    if text == "latest" {
+        return Ok(TimelineChoice::Latest);
+    }
+    let number = match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    };
+    number
+        .filter(|n| *n > 0)
+        .map(TimelineChoice::Number)
+        .ok_or_else(|| pitr::Error::InvalidInput(format!("--timeline '{text}' is not 'latest' or a timeline number")))
+}
+
+/// This pitr, with the same repository and config, as PostgreSQL's restore_command.
+fn restore_command(settings: &Settings) -> Result<String> {
+    let exe = std::env::current_exe().map_err(pitr::Error::io("find", "this pitr executable"))?;
+    let repo = std::fs::canonicalize(&settings.repo).map_err(pitr::Error::io("resolve", &settings.repo))?;
+    let mut words = vec![
+        shell_quote(&exe.display().to_string()),
+        "--repo".into(),
+        shell_quote(&repo.display().to_string()),
+    ];
+    if let Some(config) = &settings.config {
+        words.extend([
+            "--config".to_string(),
+            shell_quote(&absolute(config).display().to_string()),
+        ]);
+    }
+    words.extend(["archive-get".into(), "%f".into(), "%p".into()]);
+    Ok(words.join(" "))
+}
+
+/// Quotes a word for /bin/sh when it needs it.
+fn shell_quote(word: &str) -> String {
+    if word
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:".contains(&b))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 fn run_backup(
     repo: &Repo,
     connection: &ConnectionArgs,
@@ -104,15 +284,8 @@ fn run_backup(
     json: bool,
     settings: &Settings,
 ) -> Result<Done> {
-    let config = connection_config(connection.dbname.as_deref(), &|k| std::env::var(k).ok())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime starts");
     let progress = TerminalProgress::new(json);
-    let summary = runtime.block_on(async {
-        let server = Server::connect(&config).await?;
+    let summary = with_server(connection, |server| async move {
         backup::take(repo, &server, options, &progress).await
     })?;
     let plan = expire

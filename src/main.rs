@@ -66,9 +66,15 @@ fn report(outcome: &Outcome, args: &[OsString]) {
         .skip(1)
         .find_map(|a| cli.find_subcommand(a))
         .map(|c| c.get_name());
+    let archive_command = matches!(command, Some("archive-get" | "archive-push"));
     match outcome {
         Outcome::Success | Outcome::NotFound => {}
         Outcome::Failed(message) => eprintln!("pitr {}: error: {message}", command.unwrap_or("")),
+        // The archive commands' stderr lands in the server log: one line there, clap's usage elsewhere.
+        Outcome::Usage(message) if archive_command => {
+            let first = message.lines().next().unwrap_or_default().trim_start_matches("error: ");
+            eprintln!("pitr {}: usage error: {first}", command.unwrap_or(""))
+        }
         Outcome::Usage(message) => eprint!("{message}"),
     }
 }

@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 use pitr::backup::{BackupStatus, BackupSummary, ExpirePlan, Listing, RestoreSummary};
 use pitr::progress::Progress;
+use pitr::recover::{Plan, Report};
+use pitr::restore_point::RestorePoint;
 use serde::Serialize;
 
 /// Progress as a bar on a terminal, and warnings on stderr always.
@@ -46,6 +48,18 @@ impl Progress for TerminalProgress {
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+
+    fn status(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+                bar.set_message(message.to_string());
+                bar.tick();
+            }
+            None => {}
         }
     }
 
@@ -157,5 +171,108 @@ pub fn expire_plan(plan: &ExpirePlan, dry_run: bool) {
     }
     if plan.backups.is_empty() && plan.wal.is_empty() {
         println!("nothing to expire");
+    }
+}
+
+/// A created restore point.
+pub fn restore_point(p: &RestorePoint, archived: bool) {
+    let state = if archived {
+        "archived"
+    } else {
+        "not yet archived (--no-switch)"
+    };
+    println!(
+        "restore point '{}' at {} on timeline {} ({}, {state})",
+        p.name, p.lsn, p.timeline, p.wal_file
+    );
+}
+
+/// The restore point catalog.
+pub fn restore_points(points: &[RestorePoint]) {
+    if points.is_empty() {
+        println!("no restore points");
+        return;
+    }
+    println!("{:<40} {:<14} {:>3} {:<26} WAL", "NAME", "LSN", "TL", "TIME (UTC)");
+    for p in points {
+        println!(
+            "{:<40} {:<14} {:>3} {:<26} {}",
+            p.name,
+            p.lsn.to_string(),
+            p.timeline,
+            p.time.format("%Y-%m-%d %H:%M:%S%.3f"),
+            p.wal_file
+        );
+    }
+}
+
+/// The recovery plan, printed before anything is touched.
+pub fn plan(p: &Plan, pgdata: &std::path::Path) {
+    println!("Recovery plan");
+    println!("  target:    {}", p.target);
+    println!(
+        "  backup:    {} ({}), consistent at {} / {}",
+        p.backup_id,
+        p.backup_tier,
+        p.backup_stop_time.format("%Y-%m-%d %H:%M:%S UTC"),
+        p.backup_stop_lsn
+    );
+    let path: Vec<String> = p
+        .timeline_path
+        .iter()
+        .map(|s| match s.ends_at {
+            Some(end) => format!("{} (until {end})", s.timeline),
+            None => s.timeline.to_string(),
+        })
+        .collect();
+    println!("  timelines: {}", path.join(" -> "));
+    println!(
+        "  WAL:       {} .. {} ({} segments, all archived)",
+        p.first_wal, p.last_wal, p.wal_segments
+    );
+    println!("  restore:   {} into {}", mib(p.restore_bytes), pgdata.display());
+    for note in &p.notes {
+        println!("  note:      {note}");
+    }
+}
+
+/// What recover did.
+pub fn recover_report(r: &Report) {
+    restore_summary(&r.restored);
+    if let Some(o) = &r.outcome {
+        println!(
+            "replayed {} WAL files from the archive (last {})",
+            o.files_restored,
+            o.last_restored.as_deref().unwrap_or("-")
+        );
+        match &o.stopped {
+            Some(line) => println!("PostgreSQL: {line}"),
+            None => println!("PostgreSQL replayed all archived WAL"),
+        }
+        let state = match (o.action.setting(), o.new_timeline) {
+            ("promote", Some(tli)) => format!("promoted to timeline {tli}"),
+            (action, _) => format!("{action} at the target"),
+        };
+        println!("server: {state}");
+    }
+    if let Some(s) = &r.server_state {
+        println!(
+            "replay position: {} (last commit replayed at {})",
+            s.replay_lsn.as_deref().unwrap_or("-"),
+            s.last_commit_time.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(rows) = &r.verify_rows {
+        for row in rows {
+            let cells: Vec<&str> = row.iter().map(|c| c.as_deref().unwrap_or("NULL")).collect();
+            println!("verify: {}", cells.join(" | "));
+        }
+    }
+    if let Some(connect) = &r.connect {
+        println!("connect: {connect}");
+    }
+    println!("next steps:");
+    for (i, step) in r.next_steps.iter().enumerate() {
+        println!("  {}. {step}", i + 1);
     }
 }

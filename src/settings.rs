@@ -41,6 +41,8 @@ pub struct Settings {
     pub jobs: usize,
     /// Backups kept per tier.
     pub retention: Retention,
+    /// The config file that was read, passed on to the restore_command pitr writes.
+    pub config: Option<PathBuf>,
 }
 
 impl Settings {
@@ -86,6 +88,7 @@ impl Settings {
             name,
             jobs,
             retention,
+            config,
         })
     }
 }

@@ -51,6 +51,12 @@ fn every_segment_archived_under_pgbench_load_comes_back_byte_identical() {
          --- server log (tail) ---\n{}",
         c.log_tail()
     );
+    let log = c.log();
+    assert!(
+        !log.contains("archive command failed") && !log.contains("pitr archive-push"),
+        "the server log shows archive_command failures or pitr output:\n{}",
+        tail(&log, 60)
+    );
     let (done, ready) = c.archive_status();
     assert!(ready.is_empty(), "not archived: {ready:?}");
     for name in &switched {

@@ -139,6 +139,7 @@ pub async fn take(
     let stop = server.backup_stop().await;
     let (files, stop) = (copy?, stop?);
     let stop_time = Utc::now();
+    let next_xid = server.next_xid().await?;
     write_labels(repo, &dir, &stop)?;
 
     let info = repo.info()?.expect("preflight claimed the repository");
@@ -150,6 +151,7 @@ pub async fn take(
         stop_time,
         start_lsn,
         stop: &stop,
+        next_xid,
         tree: &tree,
         files,
         duration_seconds: started.elapsed().as_secs_f64(),
@@ -411,6 +413,7 @@ struct ManifestParts<'a> {
     stop_time: chrono::DateTime<Utc>,
     start_lsn: Lsn,
     stop: &'a BackupStop,
+    next_xid: u64,
     tree: &'a SourceTree,
     files: Vec<FileEntry>,
     duration_seconds: f64,
@@ -434,6 +437,7 @@ fn build_manifest(parts: ManifestParts) -> Result<Manifest> {
         wal_segment_size: parts.info.wal_segment_size,
         first_wal: name(size.segment_of(parts.start_lsn)),
         last_wal: name(size.segment_before(parts.stop.lsn)),
+        next_xid: Some(parts.next_xid),
         duration_seconds: parts.duration_seconds,
         original_bytes: parts.files.iter().map(|f| f.size).sum(),
         stored_bytes: parts.files.iter().map(|f| f.stored_size).sum(),

@@ -114,9 +114,13 @@ impl Default for Codec {
 }
 
 impl Codec {
-    /// A codec; `level` defaults per compression and must lie in its range.
+    /// A codec; `level` defaults per compression and must lie in its range (it is ignored
+    /// without compression).
     pub fn new(compression: Compression, level: Option<i32>) -> Result<Codec> {
-        let level = level.unwrap_or_else(|| compression.default_level());
+        let level = match compression {
+            Compression::None => 0,
+            _ => level.unwrap_or_else(|| compression.default_level()),
+        };
         let range = compression.level_range();
         if !range.contains(&level) {
             return Err(Error::InvalidInput(format!(

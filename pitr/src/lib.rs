@@ -9,6 +9,8 @@
 //! - [`repo`]: the repository's layout and the metadata binding it to one cluster.
 //! - [`archive`]: `archive_command` / `restore_command` — push and get with their refusal rules.
 //! - [`backup`]: base backups in tiers — take, catalog, restore of files, retention and WAL expiry.
+//! - [`recover`]: point-in-time recovery — the plan, the restore, the settings, driving the server.
+//! - [`restore_point`]: named restore points and their catalog in the repository.
 //! - [`pg`]: the connection to a running server and the low-level backup API.
 //! - [`control`]: a data directory's identity read from `pg_control` and `PG_VERSION`.
 //! - [`progress`]: progress reporting as a trait, so the library never touches a terminal.
@@ -21,7 +23,9 @@ pub mod control;
 pub mod error;
 pub mod pg;
 pub mod progress;
+pub mod recover;
 pub mod repo;
+pub mod restore_point;
 pub mod storage;
 pub mod wal;
 

@@ -2,6 +2,7 @@
 //! conninfo, password file), server checks, and the low-level backup API.
 
 mod connect;
+pub mod ctl;
 
 pub use connect::connection_config;
 
@@ -139,6 +140,56 @@ impl Server {
             label_file: row.get(1),
             tablespace_map: row.get::<_, Option<String>>(2).unwrap_or_default(),
         })
+    }
+
+    /// `pg_create_restore_point(name)`: the restore point record's LSN.
+    pub async fn create_restore_point(&self, name: &str) -> Result<Lsn> {
+        let text = self
+            .query_text("SELECT pg_create_restore_point($1)::text", &[&name])
+            .await?;
+        text.parse()
+            .map_err(|_| self.fail(format!("unexpected restore point LSN '{text}'")))
+    }
+
+    /// `pg_switch_wal()`: closes the current segment so it is archived now.
+    pub async fn switch_wal(&self) -> Result<Lsn> {
+        let text = self.query_text("SELECT pg_switch_wal()::text", &[]).await?;
+        text.parse()
+            .map_err(|_| self.fail(format!("unexpected switch LSN '{text}'")))
+    }
+
+    /// The timeline the server writes WAL on now.
+    pub async fn current_timeline(&self) -> Result<u32> {
+        // The first 8 hex digits of the current segment's name are the insert timeline.
+        let name = self
+            .query_text("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+            .await?;
+        name.get(..8)
+            .and_then(|t| u32::from_str_radix(t, 16).ok())
+            .ok_or_else(|| self.fail(format!("unexpected WAL file name '{name}'")))
+    }
+
+    /// The first transaction id not yet assigned (`txid_snapshot_xmax` of a fresh snapshot).
+    pub async fn next_xid(&self) -> Result<u64> {
+        let text = self
+            .query_text("SELECT txid_snapshot_xmax(txid_current_snapshot())::text", &[])
+            .await?;
+        text.parse()
+            .map_err(|_| self.fail(format!("unexpected transaction id '{text}'")))
+    }
+
+    /// Runs `sql` and returns every row's values as text (NULL as `None`).
+    pub async fn query_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        let messages = self.client.simple_query(sql).await.map_err(|e| self.sql_error(e))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    Some((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     async fn query_text(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<String> {

@@ -12,6 +12,9 @@ pub trait Progress: Send + Sync {
     /// The work is done.
     fn finish(&self) {}
 
+    /// What is happening now, for work measured in steps rather than bytes.
+    fn status(&self, _message: &str) {}
+
     /// Something the operator should know that does not stop the work.
     fn warn(&self, _message: &str) {}
 }

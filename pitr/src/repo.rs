@@ -106,7 +106,12 @@ impl Repo {
 
     /// Whether a WAL file is archived.
     pub fn has_wal(&self, name: &WalFileName) -> Result<bool> {
-        self.storage.exists(&wal_key(name))
+        Ok(self.storage.head(&wal_key(name))?.is_some())
+    }
+
+    /// When a WAL file was archived, or `None` when it is not.
+    pub fn wal_archived_at(&self, name: &WalFileName) -> Result<Option<std::time::SystemTime>> {
+        Ok(self.storage.head(&wal_key(name))?.map(|m| m.modified))
     }
 
     /// Every archived WAL file, sorted by name within each `wal/` directory.

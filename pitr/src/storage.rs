@@ -11,6 +11,15 @@ pub use local::LocalStorage;
 
 use crate::error::Result;
 
+/// What [`Storage::head`] tells about an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was written (for WAL: when it was archived).
+    pub modified: std::time::SystemTime,
+}
+
 /// What [`Storage::put_if_absent`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -36,8 +45,8 @@ pub trait Storage: Send + Sync {
     /// Reads the whole object, or `None` when there is no object with that key.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
 
-    /// Whether an object with this key exists.
-    fn exists(&self, key: &str) -> Result<bool>;
+    /// Size and modification time of an object, or `None` when it does not exist.
+    fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
 
     /// The names of the objects and "directories" directly under `dir` (a key prefix ending in
     /// `/`, or `""` for the top), sorted; directory names end in `/`. A missing `dir` is empty.

@@ -244,6 +244,47 @@ fn is_upper_hex(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
+/// One entry of a timeline history file: the parent timeline ended at `switchpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineSwitch {
+    /// The timeline that ended.
+    pub parent: TimelineId,
+    /// Where it ended: the first LSN of the child timeline.
+    pub switchpoint: Lsn,
+    /// Why (the recovery stop reason), as PostgreSQL wrote it.
+    pub reason: String,
+}
+
+/// Parses a timeline history file (`TTTTTTTT.history`) as `readTimeLineHistory` does: blank
+/// lines and `#` comments aside, each line is `parentTLI <tab> switchpoint <tab> reason`, with
+/// increasing timelines.
+pub fn parse_history(raw: &[u8]) -> std::result::Result<Vec<TimelineSwitch>, String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "not a timeline history file (not text)".to_string())?;
+    let mut switches: Vec<TimelineSwitch> = Vec::new();
+    for line in text
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let mut fields = line.splitn(3, '\t');
+        let parent = fields.next().and_then(|t| t.parse::<TimelineId>().ok());
+        let switchpoint = fields.next().and_then(|l| l.parse::<Lsn>().ok());
+        let (Some(parent), Some(switchpoint)) = (parent, switchpoint) else {
+            return Err(format!("not a timeline history file: bad line '{line}'"));
+        };
+        if switches.last().is_some_and(|prev| prev.parent >= parent) {
+            return Err(format!("timeline history is not increasing at '{line}'"));
+        }
+        let reason = fields.next().unwrap_or_default().to_string();
+        switches.push(TimelineSwitch {
+            parent,
+            switchpoint,
+            reason,
+        });
+    }
+    Ok(switches)
+}
+
 /// `XLOG_PAGE_MAGIC` of each supported major version (postgres-facts §3.2).
 const PAGE_MAGIC: [(u16, u32); 7] = [
     (0xD101, 12),

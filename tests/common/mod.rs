@@ -485,47 +485,6 @@ impl TestDir {
     }
 }
 
-/// A scratch area with its own `pitr` binary, for tests that push crafted files into repositories
-/// of their own rather than through a server.
-pub struct Scratch {
-    pub dir: TestDir,
-    pitr: PathBuf,
-}
-
-impl Scratch {
-    pub fn new(prefix: &str) -> Self {
-        let dir = TestDir::new(prefix);
-        let pitr = dir.install_pitr();
-        Scratch { dir, pitr }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Path of the installed `pitr` binary.
-    pub fn pitr_bin(&self) -> &Path {
-        &self.pitr
-    }
-
-    /// A `pitr` command (as the server user) with the working directory set to this scratch dir.
-    pub fn pitr_cmd(&self) -> Command {
-        let mut cmd = pitr_command(&self.pitr);
-        cmd.current_dir(self.path());
-        cmd
-    }
-
-    /// Runs `pitr --repo <repo> <args…>` in this scratch dir.
-    pub fn pitr(&self, repo: &Path, args: &[&str]) -> CmdOutput {
-        run(self.pitr_cmd().arg("--repo").arg(repo).args(args))
-    }
-
-    /// Creates an empty repository directory `rel` owned by the server user.
-    pub fn new_repo(&self, rel: &str) -> PathBuf {
-        self.dir.subdir(rel)
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Repository layout and file helpers
 // ---------------------------------------------------------------------------------------------
@@ -843,14 +802,14 @@ impl Cluster {
         parts.join(" ")
     }
 
-    /// `<pitr> [pitr_args] --repo <repo> archive-get %f %p`.
-    fn restore_command(&self, repo: &Path, pitr_args: &[String]) -> String {
-        let mut parts = vec![shell_safe(&self.pitr)];
-        parts.extend(pitr_args.iter().cloned());
-        parts.push("--repo".into());
-        parts.push(shell_safe(repo));
-        parts.push("archive-get %f %p".into());
-        parts.join(" ")
+    /// `<pitr> --repo <repo> archive-get %f %p` (no compression options: stored files say how
+    /// they are compressed).
+    fn restore_command(&self, repo: &Path) -> String {
+        format!(
+            "{} --repo {} archive-get %f %p",
+            shell_safe(&self.pitr),
+            shell_safe(repo)
+        )
     }
 
     /// Sets a postgresql.conf setting (value written as given) in `pitr_test.conf`. Takes effect
@@ -1310,7 +1269,7 @@ impl Cluster {
         let restore_command = opts
             .restore_command
             .clone()
-            .unwrap_or_else(|| cluster.restore_command(&cluster.repo, &cluster.pitr_args));
+            .unwrap_or_else(|| cluster.restore_command(&cluster.repo));
         cluster.set("restore_command", &conf_quote(&restore_command));
         if opts.archive {
             cluster.set("archive_mode", "on");

@@ -39,7 +39,11 @@ pub(super) fn delete_incomplete(repo: &Repo) -> Result<Vec<String>> {
     for tier in Tier::ALL {
         for dir in repo.storage().list(&format!("{}/", tier.name()))? {
             let id = dir.trim_end_matches('/');
-            if !repo.storage().exists(&format!("{}/{dir}{MANIFEST}", tier.name()))? {
+            if repo
+                .storage()
+                .head(&format!("{}/{dir}{MANIFEST}", tier.name()))?
+                .is_none()
+            {
                 repo.storage().delete_all(&backup_dir(tier.name(), id))?;
                 deleted.push(id.to_string());
             }

@@ -178,6 +178,7 @@ mod tests {
             wal_segment_size: size.bytes(),
             first_wal: name(start_segno),
             last_wal: name(start_segno),
+            next_xid: None,
             duration_seconds: 1.0,
             original_bytes: 0,
             stored_bytes: 0,

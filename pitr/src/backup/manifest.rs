@@ -40,6 +40,10 @@ pub struct Manifest {
     pub first_wal: String,
     /// The last WAL segment needed to reach consistency.
     pub last_wal: String,
+    /// The first transaction id not yet assigned when the backup stopped: a transaction with
+    /// this id or later committed after the backup was consistent.
+    #[serde(default)]
+    pub next_xid: Option<u64>,
     /// Seconds from start to the manifest being written.
     pub duration_seconds: f64,
     /// Total size of the copied files.

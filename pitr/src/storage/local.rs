@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::storage::{LockGuard, PutOutcome, Storage};
+use crate::storage::{LockGuard, ObjectMeta, PutOutcome, Storage};
 
 /// Objects as files under a root directory.
 #[derive(Debug, Clone)]
@@ -98,9 +98,16 @@ impl Storage for LocalStorage {
         }
     }
 
-    fn exists(&self, key: &str) -> Result<bool> {
+    fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         let path = self.path(key);
-        path.try_exists().map_err(Error::io("look up", &path))
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(Some(ObjectMeta {
+                size: meta.len(),
+                modified: meta.modified().map_err(Error::io("look up", &path))?,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("look up", &path)(e)),
+        }
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {

@@ -196,6 +196,22 @@ fn page_header_refusals_say_why() {
     refuse(&bad, n, "timeline");
 }
 
+#[test]
+fn history_files_parse_like_postgres_reads_them() {
+    let text = b"1\t0/3000148\tbefore 2024-05-01 12:00:00.123456+00\n\n2\t0/5000000\tat restore point \"x\"\n";
+    let switches = parse_history(text).unwrap();
+    assert_eq!(switches.len(), 2);
+    assert_eq!((switches[0].parent, switches[0].switchpoint), (1, Lsn(0x3000148)));
+    assert_eq!(switches[1].reason, "at restore point \"x\"");
+    assert!(parse_history(b"# comment\n1\t0/3000000\tno recovery target specified\n").is_ok());
+    assert!(parse_history(b"not a history\n").is_err());
+    assert!(
+        parse_history(b"2\t0/1\tx\n1\t0/2\ty\n").is_err(),
+        "timelines must increase"
+    );
+    assert!(parse_history(&[0xff, 0xfe]).is_err());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 

@@ -1,0 +1,286 @@
+//! Point-in-time recovery: plan (pure, printed first), restore the chosen backup, write the
+//! recovery settings, drive PostgreSQL to the target, verify, and hand over.
+
+mod drive;
+mod plan;
+mod settings;
+mod target;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use drive::{Action, Outcome, RecoveryServer};
+pub use plan::{plan, Plan, RepoState, Request, TimelineChoice};
+pub use target::Target;
+
+use crate::backup::{self, RestoreOptions, RestoreSummary};
+use crate::error::{Error, Result};
+use crate::pg::ctl::{self, Owner};
+use crate::pg::Server;
+use crate::progress::Progress;
+use crate::repo::Repo;
+use crate::restore_point;
+use crate::wal::{parse_history, SegmentSize, WalFileName};
+
+/// How to carry out a plan.
+#[derive(Debug, Clone)]
+pub struct RecoverOptions {
+    /// The new data directory.
+    pub pgdata: PathBuf,
+    /// Wipe a non-empty `pgdata`.
+    pub force: bool,
+    /// recovery_target_inclusive = off.
+    pub exclusive: bool,
+    /// recovery_target_action.
+    pub action: Action,
+    /// The recovered server's port.
+    pub port: Option<u16>,
+    /// Stop after writing the files and settings.
+    pub no_start: bool,
+    /// Leave archive_mode as the backup had it (off by default: a copy must never archive its
+    /// new timeline into the production archive).
+    pub keep_archiving: bool,
+    /// SQL run on the recovered server, its result printed.
+    pub verify_sql: Option<String>,
+    /// Files restored at once.
+    pub jobs: usize,
+    /// The restore_command to write (this pitr, same repository and config).
+    pub restore_command: String,
+}
+
+/// What a recovery did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The restore of the backup's files.
+    pub restored: RestoreSummary,
+    /// How recovery ended (`None` with --no-start).
+    pub outcome: Option<Outcome>,
+    /// The server's state after recovery, from SQL.
+    pub server_state: Option<ServerState>,
+    /// The verification query's rows.
+    pub verify_rows: Option<Vec<Vec<Option<String>>>>,
+    /// How to reach the recovered server while pitr's private settings are in force.
+    pub connect: Option<String>,
+    /// What the operator does next.
+    pub next_steps: Vec<String>,
+}
+
+/// Where the recovered server stands, from SQL.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerState {
+    /// Still in recovery (paused).
+    pub in_recovery: bool,
+    /// The end of the last replayed record.
+    pub replay_lsn: Option<String>,
+    /// The time of the last replayed commit or abort.
+    pub last_commit_time: Option<String>,
+}
+
+/// Gathers what the planner needs from the repository.
+pub fn repo_state(repo: &Repo) -> Result<RepoState> {
+    let info = repo.info()?;
+    let size = info.and_then(|i| SegmentSize::new(i.wal_segment_size));
+    let mut state = RepoState {
+        backups: backup::load_catalog(repo)?,
+        restore_points: restore_point::catalog(repo)?,
+        segment_size: size,
+        segments: HashMap::new(),
+        histories: BTreeMap::new(),
+    };
+    for name in repo.list_wal()? {
+        match name {
+            WalFileName::Segment(s) => {
+                let Some(seg) = size.and_then(|size| s.segment(size)) else {
+                    continue;
+                };
+                if let Some(at) = repo.wal_archived_at(&name)? {
+                    state.segments.insert((seg.timeline, seg.segno), at);
+                }
+            }
+            WalFileName::History(tli) => {
+                let what = repo.describe_wal(&name);
+                let object = repo.get_wal(&name)?.ok_or_else(|| Error::Corrupt {
+                    what: what.clone(),
+                    reason: "vanished while being read".into(),
+                })?;
+                let raw = crate::codec::decode(&object, &what)?;
+                let switches = parse_history(&raw).map_err(|reason| Error::Corrupt { what, reason })?;
+                state.histories.insert(tli, switches);
+            }
+            WalFileName::Backup(..) | WalFileName::Partial(_) => {}
+        }
+    }
+    Ok(state)
+}
+
+/// Refuses when the new data directory's file system cannot hold the restore.
+pub fn check_space(plan: &Plan, pgdata: &Path) -> Result<()> {
+    let existing = pgdata.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let stat = rustix::fs::statvfs(existing).map_err(|e| Error::io("stat", existing)(e.into()))?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if plan.restore_bytes > free {
+        return Err(Error::Refused(format!(
+            "{} has {} MiB free, the backup needs {} MiB: free space or restore elsewhere",
+            existing.display(),
+            free >> 20,
+            plan.restore_bytes >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// Restores, configures and (unless `no_start`) drives the recovery the plan describes.
+pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progress: &dyn Progress) -> Result<Report> {
+    let restore = RestoreOptions {
+        backup: Some(plan.backup_id.clone()),
+        target: options.pgdata.clone(),
+        force: options.force,
+        jobs: options.jobs,
+    };
+    let restored = backup::restore(repo, &restore, progress)?;
+    let owner = owner_for(repo, &options.pgdata)?;
+    settings::write(
+        &options.pgdata,
+        &recovery_settings(plan, options),
+        "recovery settings written by pitr recover",
+    )?;
+    chown_tree(&options.pgdata, &owner)?;
+    let mut report = Report {
+        restored,
+        outcome: None,
+        server_state: None,
+        verify_rows: None,
+        connect: None,
+        next_steps: Vec::new(),
+    };
+    if options.no_start {
+        report.next_steps = vec![format!(
+            "start recovery: pg_ctl -D {} start (as {}); PostgreSQL replays to the target",
+            options.pgdata.display(),
+            owner.name
+        )];
+        return Ok(report);
+    }
+    let bindir = ctl::bindir(plan_pg_version(repo)?)?;
+    let server = RecoveryServer::start(&options.pgdata, owner, bindir)?;
+    let expect_stop = !matches!(plan.target, Target::Latest);
+    let outcome = server.follow(options.action, expect_stop, progress).await?;
+    if options.action != Action::Shutdown {
+        let (state, rows) = inspect(&server, options.verify_sql.as_deref()).await?;
+        report.server_state = Some(state);
+        report.verify_rows = rows;
+        report.connect = Some(format!(
+            "psql -h {} -p {} -U {} postgres",
+            server.socket_dir.display(),
+            server.port().unwrap_or(5432),
+            server.owner.name
+        ));
+    }
+    report.next_steps = next_steps(options, &server);
+    report.outcome = Some(outcome);
+    Ok(report)
+}
+
+fn plan_pg_version(repo: &Repo) -> Result<u32> {
+    Ok(repo.info()?.map_or(0, |i| i.pg_version))
+}
+
+/// The settings written into the restored directory.
+fn recovery_settings(plan: &Plan, options: &RecoverOptions) -> Vec<(&'static str, String)> {
+    let mut settings = vec![("restore_command", options.restore_command.clone())];
+    settings.extend(plan.target.settings(options.exclusive));
+    if !matches!(plan.target, Target::Latest) {
+        settings.push(("recovery_target_action", options.action.setting().to_string()));
+    }
+    let timeline = match plan.timeline {
+        TimelineChoice::Latest => "latest".to_string(),
+        TimelineChoice::Number(n) => n.to_string(),
+    };
+    settings.push(("recovery_target_timeline", timeline));
+    if !options.keep_archiving {
+        settings.push(("archive_mode", "off".to_string()));
+    }
+    if let Some(port) = options.port {
+        settings.push(("port", port.to_string()));
+    }
+    settings
+}
+
+/// Who will run the recovered server: the invoking user, or when pitr runs as root, the owner
+/// of the repository (the user archive_command runs as).
+fn owner_for(repo: &Repo, pgdata: &Path) -> Result<Owner> {
+    if rustix::process::geteuid().as_raw() == 0 {
+        Owner::of(Path::new(&repo.location()))
+    } else {
+        Owner::of(pgdata)
+    }
+}
+
+fn chown_tree(path: &Path, owner: &Owner) -> Result<()> {
+    if rustix::process::geteuid().as_raw() != 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid)).map_err(Error::io("chown", path))?;
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).map_err(Error::io("list", path))? {
+            chown_tree(&entry.map_err(Error::io("list", path))?.path(), owner)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the server's state and runs the verification query.
+async fn inspect(
+    server: &RecoveryServer,
+    verify_sql: Option<&str>,
+) -> Result<(ServerState, Option<Vec<Vec<Option<String>>>>)> {
+    let client = Server::connect(&server.connection()).await?;
+    let rows = client
+        .query_rows(
+            "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text",
+        )
+        .await?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    let field = |i: usize| row.get(i).cloned().flatten();
+    let state = ServerState {
+        in_recovery: field(0).as_deref() == Some("true"),
+        replay_lsn: field(1),
+        last_commit_time: field(2),
+    };
+    let verify = match verify_sql {
+        Some(sql) => Some(client.query_rows(sql).await?),
+        None => None,
+    };
+    Ok((state, verify))
+}
+
+fn next_steps(options: &RecoverOptions, server: &RecoveryServer) -> Vec<String> {
+    let data = options.pgdata.display();
+    let mut steps = match options.action {
+        Action::Pause => vec![
+            "inspect the paused copy (read-only) with the psql line above; to accept this point run \
+             SELECT pg_wal_replay_resume(); (promotes), or run recover again with another target"
+                .to_string(),
+        ],
+        Action::Promote | Action::Shutdown => vec![],
+    };
+    steps.extend([
+        format!(
+            "stop the recovered copy's private run: pg_ctl -D {data} stop -m fast (as {})",
+            server.owner.name
+        ),
+        "stop the old server (pg_ctl -D OLD stop -m fast, or systemctl stop postgresql) and keep its data \
+         directory aside (mv OLD OLD.broken-$(date +%Y%m%d))"
+            .to_string(),
+        format!("move the copy into place (mv {data} OLD) or point the service at {data}"),
+        "remove the block written by pitr recover from postgresql.auto.conf (archive_mode = off, \
+         recovery_target_*) so the new primary archives its new timeline, then start it"
+            .to_string(),
+        "take a new backup: pitr backup --tier daily --fast (the new timeline needs its own), and see its \
+         WAL arrive with pitr list"
+            .to_string(),
+    ]);
+    steps
+}

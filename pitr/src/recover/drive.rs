@@ -1,0 +1,356 @@
+//! Driving PostgreSQL through recovery: start the restored directory as its owner on a private
+//! unix socket (no TCP, trust only there), follow the server log until the target is reached
+//! (promoted, paused or shut down) or recovery fails, and report where it really stopped.
+//!
+//! The private socket keeps clients away from a copy that is not verified yet, and lets pitr
+//! connect for verification whatever the copy's pg_hba.conf says. Those options are given on
+//! pg_ctl's command line only: a later plain start uses the copy's own configuration.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::pg::ctl::{self, Owner};
+use crate::progress::Progress;
+
+/// `recovery_target_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// End recovery and open for writes.
+    Promote,
+    /// Stay in recovery, read-only, for inspection.
+    Pause,
+    /// Stop the server at the target.
+    Shutdown,
+}
+
+impl Action {
+    /// The setting's value.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Action::Promote => "promote",
+            Action::Pause => "pause",
+            Action::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A server started on a restored directory.
+#[derive(Debug)]
+pub struct RecoveryServer {
+    /// The data directory.
+    pub pgdata: PathBuf,
+    /// The private socket directory.
+    pub socket_dir: PathBuf,
+    /// The server log of this run.
+    pub log: PathBuf,
+    /// The directory's owner.
+    pub owner: Owner,
+    /// Server binaries.
+    pub bindir: PathBuf,
+}
+
+/// How recovery ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The action that happened.
+    pub action: Action,
+    /// PostgreSQL's own words on where it stopped ("recovery stopping before commit of ...").
+    pub stopped: Option<String>,
+    /// WAL files restored from the archive.
+    pub files_restored: u64,
+    /// The last one.
+    pub last_restored: Option<String>,
+    /// The new timeline after promotion.
+    pub new_timeline: Option<u32>,
+}
+
+impl RecoveryServer {
+    /// Starts `pgdata` (owned by `owner`) with binaries from `bindir`.
+    pub fn start(pgdata: &Path, owner: Owner, bindir: PathBuf) -> Result<RecoveryServer> {
+        let socket_dir = tempfile::Builder::new()
+            .prefix("pitr-recover-")
+            .tempdir_in("/tmp")
+            .map_err(Error::io("create a socket directory in", "/tmp"))?
+            .keep();
+        fs::write(socket_dir.join("pg_hba.conf"), "local all all trust\n")
+            .map_err(Error::io("write", socket_dir.join("pg_hba.conf")))?;
+        for path in [socket_dir.clone(), socket_dir.join("pg_hba.conf")] {
+            std::os::unix::fs::chown(&path, Some(owner.uid), Some(owner.gid)).map_err(Error::io("chown", &path))?;
+        }
+        let log = pgdata.join("pitr_recover.log");
+        let options = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{0}' -c hba_file='{0}/pg_hba.conf' \
+             -c logging_collector=off -c log_destination=stderr",
+            socket_dir.display()
+        );
+        let args = [
+            "-D".as_ref(),
+            pgdata.as_os_str(),
+            "-l".as_ref(),
+            log.as_os_str(),
+            "-o".as_ref(),
+            options.as_ref(),
+            "start".as_ref(),
+        ];
+        let out = ctl::pg_ctl(&bindir, &owner, &args)?;
+        if !out.status.success() && !log.exists() {
+            return Err(Error::Refused(format!(
+                "pg_ctl could not start {}: {}",
+                pgdata.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(RecoveryServer {
+            pgdata: pgdata.to_path_buf(),
+            socket_dir,
+            log,
+            owner,
+            bindir,
+        })
+    }
+
+    /// The port the server listens on (from its socket file), once it does.
+    pub fn port(&self) -> Option<u16> {
+        fs::read_dir(&self.socket_dir).ok()?.flatten().find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(".s.PGSQL.")
+                .filter(|p| !p.ends_with(".lock"))
+                .and_then(|p| p.parse().ok())
+        })
+    }
+
+    /// Connection settings for the private socket.
+    pub fn connection(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.socket_dir)
+            .port(self.port().unwrap_or(5432))
+            .user(&self.owner.name)
+            .dbname("postgres");
+        config.application_name("pitr recover");
+        config
+    }
+
+    /// Whether the postmaster runs.
+    pub fn running(&self) -> bool {
+        let pid = fs::read_to_string(self.pgdata.join("postmaster.pid")).ok();
+        let pid = pid
+            .as_deref()
+            .and_then(|t| t.lines().next())
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    /// Stops the server (fast shutdown).
+    pub fn stop(&self) -> Result<()> {
+        let args = [
+            "-D".as_ref(),
+            self.pgdata.as_os_str(),
+            "-m".as_ref(),
+            "fast".as_ref(),
+            "-w".as_ref(),
+            "stop".as_ref(),
+        ];
+        ctl::pg_ctl(&self.bindir, &self.owner, &args).map(drop)
+    }
+
+    /// Follows the log until recovery ends. `expect_stop` says the target must produce a
+    /// "recovery stopping" line (every target but the end of the archive).
+    pub async fn follow(&self, action: Action, expect_stop: bool, progress: &dyn Progress) -> Result<Outcome> {
+        let mut log = LogState::default();
+        let mut offset = 0u64;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let running = self.running();
+            offset = self.read_log(offset, &mut log)?;
+            if log.files_restored > 0 {
+                progress.status(&format!(
+                    "replaying WAL: {} files restored, last {}",
+                    log.files_restored,
+                    log.last_restored.as_deref().unwrap_or("-")
+                ));
+            }
+            if let Some(failure) = &log.fatal {
+                return Err(self.failure(failure));
+            }
+            let done = match action {
+                Action::Promote => log.ready && log.recovery_complete,
+                Action::Pause => log.paused,
+                Action::Shutdown => log.shutdown_at_target && !running,
+            };
+            if done {
+                if expect_stop && log.stopped.is_none() {
+                    return Err(self.failure(
+                        "recovery ended at the end of the archived WAL without reaching the target (the copy \
+                         promoted anyway): do not use it",
+                    ));
+                }
+                return Ok(log.outcome(action));
+            }
+            if !running && offset > 0 && !log.shutdown_at_target {
+                return Err(self.failure("the server exited during recovery"));
+            }
+        }
+    }
+
+    fn read_log(&self, offset: u64, log: &mut LogState) -> Result<u64> {
+        let mut file = match fs::File::open(&self.log) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(offset),
+            Err(e) => return Err(Error::io("read", &self.log)(e)),
+        };
+        file.seek(SeekFrom::Start(offset))
+            .map_err(Error::io("read", &self.log))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(Error::io("read", &self.log))?;
+        // Only whole lines; a partial last line is read again next time.
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        text[..complete].lines().for_each(|line| log.observe(line));
+        Ok(offset + complete as u64)
+    }
+
+    fn failure(&self, what: &str) -> Error {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Error::Refused(format!(
+            "recovery of {} failed: {what}. {} Server log {} ends with:\n{}",
+            self.pgdata.display(),
+            diagnose(&text),
+            self.log.display(),
+            tail.join("\n")
+        ))
+    }
+}
+
+/// What the log said so far.
+#[derive(Debug, Default)]
+struct LogState {
+    files_restored: u64,
+    last_restored: Option<String>,
+    stopped: Option<String>,
+    new_timeline: Option<u32>,
+    recovery_complete: bool,
+    ready: bool,
+    paused: bool,
+    shutdown_at_target: bool,
+    fatal: Option<String>,
+}
+
+impl LogState {
+    fn observe(&mut self, line: &str) {
+        let message = line.split_once("LOG:  ").map_or(line, |(_, m)| m);
+        if let Some(rest) = message.strip_prefix("restored log file \"") {
+            self.files_restored += 1;
+            self.last_restored = rest.split('"').next().map(str::to_string);
+        } else if message.starts_with("recovery stopping ") {
+            self.stopped = Some(message.to_string());
+        } else if let Some(tli) = message.strip_prefix("selected new timeline ID: ") {
+            self.new_timeline = tli.trim().parse().ok();
+        } else if message.starts_with("archive recovery complete") {
+            self.recovery_complete = true;
+        } else if message.starts_with("database system is ready to accept connections") {
+            self.ready = true;
+        } else if message.starts_with("pausing at the end of recovery") || message.starts_with("recovery has paused") {
+            self.paused = true;
+        } else if message.starts_with("shutdown at recovery target") {
+            self.shutdown_at_target = true;
+        } else if (line.contains("FATAL:  ") || line.contains("PANIC:  "))
+            && !line.contains("the database system is starting up")
+            && !line.contains("the database system is not yet accepting connections")
+        {
+            self.fatal.get_or_insert_with(|| line.to_string());
+        }
+    }
+
+    fn outcome(&self, action: Action) -> Outcome {
+        Outcome {
+            action,
+            stopped: self.stopped.clone(),
+            files_restored: self.files_restored,
+            last_restored: self.last_restored.clone(),
+            new_timeline: self.new_timeline,
+        }
+    }
+}
+
+/// A diagnosis for the operator, from known PostgreSQL messages.
+fn diagnose(log: &str) -> &'static str {
+    const KNOWN: [(&str, &str); 5] = [
+        (
+            "recovery ended before configured recovery target was reached",
+            "Diagnosis: the WAL ran out before the target: the target lies beyond the archived WAL, or on \
+             another timeline.",
+        ),
+        (
+            "could not restore file",
+            "Diagnosis: archive-get failed on an archived file (corrupt or unreadable; see the line above): \
+             recovery stopped instead of promoting early. Repair the archive and run recover again.",
+        ),
+        (
+            "before consistent recovery point",
+            "Diagnosis: the target is before the backup's consistency point: choose an older backup.",
+        ),
+        (
+            "lock file \"postmaster.pid\" already exists",
+            "Diagnosis: a server already runs in this directory.",
+        ),
+        ("could not bind", "Diagnosis: the port is taken: pass another --port."),
+    ];
+    KNOWN
+        .iter()
+        .find(|(needle, _)| log.contains(needle))
+        .map_or("", |(_, diagnosis)| diagnosis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_tells_where_recovery_stopped() {
+        let mut log = LogState::default();
+        for line in [
+            "2026-11-25 10:00:00.000 UTC [1] LOG:  starting point-in-time recovery to \"before_oops\"",
+            "2026-11-25 10:00:00.100 UTC [1] LOG:  restored log file \"000000010000000000000003\" from archive",
+            "2026-11-25 10:00:00.200 UTC [1] LOG:  restored log file \"000000010000000000000004\" from archive",
+            "2026-11-25 10:00:00.300 UTC [1] LOG:  recovery stopping at restore point \"before_oops\", time 2026-11-25 09:59:00.5+00",
+            "2026-11-25 10:00:00.400 UTC [1] LOG:  selected new timeline ID: 2",
+            "2026-11-25 10:00:00.500 UTC [1] LOG:  archive recovery complete",
+            "2026-11-25 10:00:00.600 UTC [1] FATAL:  the database system is starting up",
+            "2026-11-25 10:00:00.700 UTC [1] LOG:  database system is ready to accept connections",
+        ] {
+            log.observe(line);
+        }
+        assert_eq!(log.files_restored, 2);
+        assert_eq!(log.last_restored.as_deref(), Some("000000010000000000000004"));
+        assert!(log
+            .stopped
+            .as_deref()
+            .unwrap()
+            .starts_with("recovery stopping at restore point \"before_oops\""));
+        assert_eq!(log.new_timeline, Some(2));
+        assert!(log.recovery_complete && log.ready && log.fatal.is_none());
+    }
+
+    #[test]
+    fn fatal_lines_are_failures_with_a_diagnosis() {
+        let mut log = LogState::default();
+        let line = "2026-11-25 10:00:00 UTC [1] FATAL:  recovery ended before configured recovery target was reached";
+        log.observe(line);
+        assert_eq!(log.fatal.as_deref(), Some(line));
+        assert!(diagnose(line).contains("beyond the archived WAL"));
+    }
+}

@@ -1,0 +1,148 @@
+//! Writing recovery settings into a restored data directory: `recovery.signal`, and a block in
+//! `postgresql.auto.conf` (read last, so it wins) after removing every stale recovery setting
+//! from both configuration files. PostgreSQL refuses to start with two recovery targets, and a
+//! forgotten target would apply to a later recovery.
+
+use std::fs;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Settings pitr manages: removed wherever they appear before its own are written.
+const MANAGED: [&str; 11] = [
+    "restore_command",
+    "recovery_target",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_lsn",
+    "recovery_target_inclusive",
+    "recovery_target_action",
+    "recovery_target_timeline",
+    "primary_conninfo",
+    "primary_slot_name",
+];
+
+/// Writes `settings` (name, value) for a recovery of `pgdata`, under a `# header` line. Old
+/// values of the managed settings and of every setting written (such as `port` or
+/// `archive_mode`) are dropped from postgresql.auto.conf and commented out in postgresql.conf.
+pub fn write(pgdata: &Path, settings: &[(&str, String)], header: &str) -> Result<()> {
+    let replaced: Vec<&str> = MANAGED
+        .iter()
+        .copied()
+        .chain(settings.iter().map(|(k, _)| *k))
+        .collect();
+    let conf = pgdata.join("postgresql.conf");
+    if conf.exists() {
+        let text = fs::read_to_string(&conf).map_err(Error::io("read", &conf))?;
+        replace_file(&conf, &comment_out(&text, &replaced))?;
+    }
+    let auto = pgdata.join("postgresql.auto.conf");
+    let text = match fs::read_to_string(&auto) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io("read", &auto)(e)),
+    };
+    let mut out: String = text
+        .lines()
+        .filter(|l| !sets_any(l, &replaced))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!("# {header}\n"));
+    for (name, value) in settings {
+        out.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
+    }
+    replace_file(&auto, &out)?;
+    let _ = fs::remove_file(pgdata.join("standby.signal"));
+    replace_file(&pgdata.join("recovery.signal"), "")
+}
+
+/// The setting a configuration line assigns, if any (`name = value` or `name value`).
+fn setting_of(line: &str) -> Option<String> {
+    let line = line.trim_start();
+    let end = line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))?;
+    let rest = line[end..].trim_start();
+    (end > 0 && !line.starts_with('#') && !rest.is_empty()).then(|| line[..end].to_ascii_lowercase())
+}
+
+fn sets_any(line: &str, names: &[&str]) -> bool {
+    setting_of(line).is_some_and(|s| names.contains(&s.as_str()))
+}
+
+fn comment_out(text: &str, names: &[&str]) -> String {
+    text.lines()
+        .map(|l| {
+            if sets_any(l, names) {
+                format!("#{l}  # disabled by pitr recover\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+/// Replaces a file's content: a temporary file beside it, fsynced, renamed over it.
+fn replace_file(path: &Path, content: &str) -> Result<()> {
+    let dir = path.parent().expect("inside the data directory");
+    let mut temp = tempfile::Builder::new()
+        .prefix(".pitr.")
+        .tempfile_in(dir)
+        .map_err(Error::io("create in", dir))?;
+    std::io::Write::write_all(&mut temp, content.as_bytes()).map_err(Error::io("write", temp.path()))?;
+    temp.as_file().sync_all().map_err(Error::io("fsync", temp.path()))?;
+    let mode = fs::metadata(path).map(|m| m.permissions()).unwrap_or_else(|_| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::Permissions::from_mode(0o600)
+    });
+    fs::set_permissions(temp.path(), mode).map_err(Error::io("set permissions of", temp.path()))?;
+    temp.persist(path).map_err(|e| Error::io("replace", path)(e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_settings_are_removed_and_new_ones_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgdata = dir.path();
+        fs::write(
+            pgdata.join("postgresql.conf"),
+            "port = 5432\nrecovery_target_name = 'old'\n#restore_command = ''\nshared_buffers = 128MB\n",
+        )
+        .unwrap();
+        fs::write(
+            pgdata.join("postgresql.auto.conf"),
+            "# Do not edit\nrecovery_target_time = '2020-01-01'\nwork_mem = '8MB'\n",
+        )
+        .unwrap();
+        fs::write(pgdata.join("standby.signal"), "").unwrap();
+        let settings = [
+            ("restore_command", "pitr archive-get %f %p".to_string()),
+            ("port", "5499".to_string()),
+            ("recovery_target_xid", "7".to_string()),
+        ];
+        write(pgdata, &settings, "pitr recover").unwrap();
+
+        let conf = fs::read_to_string(pgdata.join("postgresql.conf")).unwrap();
+        assert!(conf.contains("#port = 5432  # disabled by pitr recover"), "{conf}");
+        assert!(conf.contains("#recovery_target_name = 'old'"), "{conf}");
+        assert!(conf.contains("shared_buffers = 128MB\n"), "{conf}");
+        let auto = fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
+        assert_eq!(
+            auto,
+            "# Do not edit\nwork_mem = '8MB'\n# pitr recover\nrestore_command = 'pitr archive-get %f %p'\nport = '5499'\nrecovery_target_xid = '7'\n"
+        );
+        assert!(pgdata.join("recovery.signal").exists());
+        assert!(!pgdata.join("standby.signal").exists());
+    }
+
+    #[test]
+    fn quotes_are_doubled() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &[("recovery_target_name", "it's".to_string())], "x").unwrap();
+        let auto = fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
+        assert!(auto.contains("recovery_target_name = 'it''s'"), "{auto}");
+    }
+}

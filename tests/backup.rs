@@ -1,0 +1,871 @@
+//! `pitr backup`, `pitr list` and `pitr expire` against real servers: retention per tier with WAL
+//! expiry (and `--dry-run` deleting nothing), a backup killed with SIGKILL mid-copy (never listed,
+//! cleaned up by the next backup), every refusal of `pitr backup` (nothing written), and the WAL
+//! completeness `list` reports.
+//!
+//! Backups, restores and recovery from them (byte-for-byte restore, recovery under concurrent
+//! writes, corrupted backup files) are in `tests/restore.rs`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers (candidates for tests/common)
+// ---------------------------------------------------------------------------------------------
+
+/// A `pitr --repo <repo>` command (as the server user, from the cluster's directory) whose libpq
+/// environment points at `c`'s server: PGHOST = its socket directory, PGPORT, PGDATABASE=postgres.
+fn pitr_for(c: &Cluster, repo: &Path) -> Command {
+    let mut cmd = c.pitr_cmd();
+    cmd.env("PGHOST", c.dir())
+        .env("PGPORT", c.port().to_string())
+        .env("PGDATABASE", "postgres")
+        .arg("--repo")
+        .arg(repo);
+    cmd
+}
+
+/// Runs `pitr --repo <repo> <args…>` connected to `c`.
+fn pitr_on(c: &Cluster, repo: &Path, args: &[&str]) -> CmdOutput {
+    run(pitr_for(c, repo).args(args))
+}
+
+/// `pitr backup --fast --json <extra…>` of `c` into its own repository; panics unless it succeeds
+/// and returns the parsed JSON.
+#[track_caller]
+fn backup_json(c: &Cluster, extra: &[&str]) -> Value {
+    let mut args = vec!["backup", "--fast", "--json"];
+    args.extend_from_slice(extra);
+    let out = pitr_on(c, c.repo(), &args);
+    assert!(
+        out.success(),
+        "pitr backup failed:\n{}\n--- server log (tail) ---\n{}",
+        out.describe(),
+        c.log_tail()
+    );
+    parse_json(&out)
+}
+
+/// Parses stdout as JSON.
+#[track_caller]
+fn parse_json(out: &CmdOutput) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", out.describe()))
+}
+
+/// A string field of a JSON object.
+#[track_caller]
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string field {key:?} in {v:#}"))
+}
+
+/// `pitr list --json` (all tiers) as an array.
+#[track_caller]
+fn list_json(c: &Cluster, repo: &Path) -> Vec<Value> {
+    let out = c.pitr_with_repo(repo, &["list", "--json"]);
+    out.assert_success();
+    parse_json(&out)
+        .as_array()
+        .unwrap_or_else(|| panic!("list --json is not an array:\n{}", out.describe()))
+        .clone()
+}
+
+/// The ids `pitr list --json` shows.
+fn listed_ids(c: &Cluster, repo: &Path) -> Vec<String> {
+    list_json(c, repo).iter().map(|b| s(b, "id").to_string()).collect()
+}
+
+/// Every path under `root` (relative, `/`-separated, directories included), optionally skipping
+/// the top-level entries named in `skip`.
+fn tree(root: &Path, skip: &[&str]) -> BTreeSet<String> {
+    fn walk(dir: &Path, rel: &str, skip: &[&str], out: &mut BTreeSet<String>) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if rel.is_empty() && skip.contains(&name.as_str()) {
+                continue;
+            }
+            let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            out.insert(path.clone());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&entry.path(), &path, skip, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(root, "", skip, &mut out);
+    out
+}
+
+/// The backup directories (`<tier>/<id>`) in a repository, finished or not.
+fn backup_dirs(repo: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for tier in ["hourly", "daily", "weekly"] {
+        for entry in fs::read_dir(repo.join(tier)).into_iter().flatten().flatten() {
+            out.insert(format!("{tier}/{}", entry.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+/// Names of the archived WAL files (segments, `.backup`, `.partial`) in `repo/wal/<16 hex>/`,
+/// without history files.
+fn archived_wal(repo: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for dir in fs::read_dir(repo.join("wal")).into_iter().flatten().flatten() {
+        if dir.file_name() == "history" {
+            continue;
+        }
+        for f in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            out.insert(f.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+/// The archived segments only (24 hex digits).
+fn archived_segments(repo: &Path) -> BTreeSet<String> {
+    archived_wal(repo).into_iter().filter(|n| is_segment_name(n)).collect()
+}
+
+/// The segment name after `name` (same timeline).
+fn next_segment(name: &str, seg_size: u64) -> String {
+    let per_log = 0x1_0000_0000 / seg_size;
+    let tli = &name[..8];
+    let log = u64::from_str_radix(&name[8..16], 16).unwrap();
+    let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
+    let n = log * per_log + seg + 1;
+    format!("{tli}{:08X}{:08X}", n / per_log, n % per_log)
+}
+
+/// Asserts the shape of a backup id: `<name>_<tier>_<YYYYMMDD>_<HHMMSS>`.
+#[track_caller]
+fn assert_id_shape(id: &str, name: &str, tier: &str) {
+    let prefix = format!("{name}_{tier}_");
+    let rest = id
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("backup id {id:?} does not start with {prefix:?}"));
+    let b = rest.as_bytes();
+    assert!(
+        b.len() == 15 && b[8] == b'_' && b.iter().enumerate().all(|(i, c)| i == 8 || c.is_ascii_digit()),
+        "backup id {id:?} does not end with YYYYMMDD_HHMMSS"
+    );
+}
+
+/// Writes a little data and completes `n` WAL segments, waiting until the last is archived.
+fn write_and_switch(c: &Cluster, n: usize) {
+    c.psql("CREATE TABLE IF NOT EXISTS filler (id serial, v text)");
+    let mut last = String::new();
+    for _ in 0..n {
+        c.psql("INSERT INTO filler (v) SELECT repeat('f', 200) FROM generate_series(1, 2000)");
+        last = c.switch_wal();
+    }
+    c.wait_archived(&last);
+}
+
+/// Asserts a refusal: non-zero exit, exactly one line on stderr that contains `needle`, and no
+/// backup on stdout.
+#[track_caller]
+fn assert_refused(out: &CmdOutput, needle: &str) {
+    assert!(
+        !out.success(),
+        "expected a refusal, but the command succeeded:\n{}",
+        out.describe()
+    );
+    out.assert_one_line_error();
+    let err = out.stderr_str();
+    assert!(
+        err.contains(needle),
+        "expected the error to contain {needle:?}:\n{}",
+        out.describe()
+    );
+    assert!(
+        err.starts_with("pitr backup: error:"),
+        "expected a `pitr backup: error:` line:\n{}",
+        out.describe()
+    );
+    assert!(
+        !out.stdout_str().contains(" done: "),
+        "a refused backup printed a summary:\n{}",
+        out.describe()
+    );
+}
+
+/// An empty repository directory owned by the server user.
+fn empty_repo(c: &Cluster, name: &str) -> PathBuf {
+    c.test_dir().subdir(name)
+}
+
+/// The process ids of `pid`'s children (from `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ..."; comm may contain spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// The pid of the `pitr` process behind a child started with [`spawn`] on a [`pitr_command`]:
+/// the child itself, or (as root) the program `runuser` started.
+fn pitr_pid(child: &Child) -> u32 {
+    if !running_as_root() {
+        return child.id();
+    }
+    poll(Duration::from_secs(10), || children_of(child.id()).first().copied())
+        .expect("runuser started no pitr process within 10 s")
+}
+
+/// Sends `signal` (e.g. "KILL") to one process by id.
+fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Polls until a backup directory with a `files/` subdirectory appears in `repo/<tier>/`;
+/// returns its id.
+fn wait_for_copy_to_start(repo: &Path, tier: &str, child: &mut Child) -> String {
+    poll(Duration::from_secs(60), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("pitr backup ended ({status}) before its copy was seen");
+        }
+        fs::read_dir(repo.join(tier))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.path().join("files").is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+    })
+    .expect("no backup directory with files/ appeared within 60 s")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs() {
+    let c = Cluster::start(ClusterOptions::default());
+    let seg_size = c.wal_segment_size();
+    let config = c.test_dir().write("pitr.toml", "keep_hourly = 2\n");
+    let config = config.to_str().unwrap();
+    let take = |tier: &str| -> Value {
+        let out = pitr_on(
+            &c,
+            c.repo(),
+            &["--config", config, "backup", "--fast", "--json", "--tier", tier],
+        );
+        assert!(out.success(), "backup failed:\n{}\n{}", out.describe(), c.log_tail());
+        parse_json(&out)
+    };
+
+    let h1 = take("hourly");
+    let h1_id = s(&h1["backup"], "id").to_string();
+    assert_id_shape(&h1_id, "main", "hourly");
+    write_and_switch(&c, 3);
+    let daily = take("daily");
+    let daily_id = s(&daily["backup"], "id").to_string();
+    assert_id_shape(&daily_id, "main", "daily");
+    let daily_first_wal = s(&daily["backup"], "first_wal").to_string();
+    write_and_switch(&c, 2);
+    let h2 = take("hourly");
+    let h2_id = s(&h2["backup"], "id").to_string();
+    assert_eq!(
+        h2["expired"]["backups"],
+        serde_json::json!([]),
+        "two hourly backups are within keep_hourly = 2"
+    );
+    write_and_switch(&c, 2);
+
+    // WAL older than the daily backup (needed only by h1) is still archived before h3.
+    let wal_before = archived_wal(c.repo());
+    let older_than_daily: BTreeSet<String> = wal_before
+        .iter()
+        .filter(|n| n[..24] < daily_first_wal[..])
+        .cloned()
+        .collect();
+    assert!(
+        !older_than_daily.is_empty(),
+        "expected WAL older than the daily backup's first_wal {daily_first_wal} before the third hourly \
+         backup; archived: {wal_before:?}"
+    );
+
+    let h3 = take("hourly");
+    let h3_id = s(&h3["backup"], "id").to_string();
+
+    // Expire ran for the hourly tier: h1 went, the daily backup stays and bounds WAL expiry.
+    let expired = &h3["expired"];
+    let expired_ids: Vec<&str> = expired["backups"]
+        .as_array()
+        .expect("expired.backups array")
+        .iter()
+        .map(|b| s(b, "id"))
+        .collect();
+    assert_eq!(expired_ids, [h1_id.as_str()], "expired backups:\n{h3:#}");
+    assert_eq!(s(&expired["backups"][0], "tier"), "hourly");
+    assert_eq!(s(expired, "wal_kept_from"), daily_first_wal, "wal_kept_from:\n{h3:#}");
+    let expired_wal: BTreeSet<String> = expired["wal"]
+        .as_array()
+        .expect("expired.wal array")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(expired_wal, older_than_daily, "WAL reported as expired:\n{h3:#}");
+
+    let listed: BTreeSet<String> = listed_ids(&c, c.repo()).into_iter().collect();
+    let expected: BTreeSet<String> = [&daily_id, &h2_id, &h3_id].into_iter().cloned().collect();
+    assert_eq!(listed, expected, "list after the third hourly backup");
+    assert!(
+        !c.repo().join("hourly").join(&h1_id).exists(),
+        "the expired backup's directory remains"
+    );
+    for id in [&h2_id, &h3_id] {
+        assert!(c.repo().join("hourly").join(id).join("backup.manifest").is_file());
+    }
+    assert!(c.repo().join("daily").join(&daily_id).join("backup.manifest").is_file());
+
+    // On disk: nothing older than the daily backup's first WAL, everything from it on.
+    let wal_after = archived_wal(c.repo());
+    let too_old: Vec<&String> = wal_after.iter().filter(|n| n[..24] < daily_first_wal[..]).collect();
+    assert!(
+        too_old.is_empty(),
+        "WAL older than {daily_first_wal} is still archived: {too_old:?}"
+    );
+    let segments = archived_segments(c.repo());
+    let newest = segments.iter().max().expect("archived segments").clone();
+    let mut name = daily_first_wal.clone();
+    loop {
+        assert!(
+            segments.contains(&name),
+            "segment {name} (needed from {daily_first_wal} on) is missing"
+        );
+        if name == newest {
+            break;
+        }
+        name = next_segment(&name, seg_size);
+    }
+    for name in wal_before.iter().filter(|n| n[..24] >= daily_first_wal[..]) {
+        assert!(
+            wal_after.contains(name),
+            "{name} was deleted although it is not older than {daily_first_wal}"
+        );
+    }
+
+    // Expire again (dry run, then for real): nothing left to do.
+    let snapshot = tree(c.repo(), &[]);
+    let out = c.pitr(&["--config", config, "expire", "--dry-run", "--json"]);
+    out.assert_success();
+    let plan = parse_json(&out);
+    assert_eq!(plan["backups"], serde_json::json!([]), "{plan:#}");
+    assert_eq!(plan["wal"], serde_json::json!([]), "{plan:#}");
+    assert_eq!(s(&plan, "wal_kept_from"), daily_first_wal);
+    assert_eq!(tree(c.repo(), &[]), snapshot, "expire --dry-run changed the repository");
+    let out = c.pitr(&["--config", config, "expire"]);
+    out.assert_success();
+    assert!(out.stdout_str().contains("nothing to expire"), "{}", out.describe());
+    assert_eq!(
+        tree(c.repo(), &[]),
+        snapshot,
+        "expire with nothing to do changed the repository"
+    );
+}
+
+#[test]
+fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_that() {
+    let c = Cluster::start(ClusterOptions::default());
+    let config = c.test_dir().write("pitr.toml", "keep_hourly = 1\nname = \"dry-run\"\n");
+    let config = config.to_str().unwrap();
+    let take = || -> Value {
+        let out = pitr_on(
+            &c,
+            c.repo(),
+            &["--config", config, "backup", "--fast", "--json", "--no-expire"],
+        );
+        assert!(out.success(), "backup failed:\n{}\n{}", out.describe(), c.log_tail());
+        parse_json(&out)
+    };
+    let a = take();
+    let a_id = s(&a["backup"], "id").to_string();
+    assert_id_shape(&a_id, "dry-run", "hourly");
+    assert!(a["expired"].is_null(), "--no-expire still expired:\n{a:#}");
+    write_and_switch(&c, 2);
+    let b = take();
+    let b_id = s(&b["backup"], "id").to_string();
+    let b_first = s(&b["backup"], "first_wal").to_string();
+    assert!(b["expired"].is_null(), "--no-expire still expired:\n{b:#}");
+    assert_eq!(
+        listed_ids(&c, c.repo()),
+        [a_id.clone(), b_id.clone()],
+        "--no-expire kept both backups"
+    );
+
+    let snapshot = tree(c.repo(), &[]);
+    let out = c.pitr(&["--config", config, "expire", "--dry-run", "--json"]);
+    out.assert_success();
+    let plan = parse_json(&out);
+    let ids: Vec<&str> = plan["backups"].as_array().unwrap().iter().map(|b| s(b, "id")).collect();
+    assert_eq!(ids, [a_id.as_str()], "dry-run plan:\n{plan:#}");
+    assert!(!s(&plan["backups"][0], "reason").is_empty());
+    let wal: Vec<String> = plan["wal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !wal.is_empty(),
+        "the dry run should list the WAL only {a_id} needs:\n{plan:#}"
+    );
+    assert!(
+        wal.iter().all(|n| n[..24] < b_first[..]),
+        "dry run lists WAL {b_id} needs:\n{plan:#}"
+    );
+    assert!(wal.contains(&s(&a["backup"], "first_wal").to_string()), "{plan:#}");
+    assert_eq!(s(&plan, "wal_kept_from"), b_first);
+    assert_eq!(
+        tree(c.repo(), &[]),
+        snapshot,
+        "expire --dry-run --json deleted something"
+    );
+
+    let out = c.pitr(&["--config", config, "expire", "--dry-run"]);
+    out.assert_success();
+    assert!(
+        out.stdout_str().contains(&format!("would delete backup {a_id}")),
+        "text dry run:\n{}",
+        out.describe()
+    );
+    assert_eq!(tree(c.repo(), &[]), snapshot, "expire --dry-run deleted something");
+    assert_eq!(listed_ids(&c, c.repo()), [a_id.clone(), b_id.clone()]);
+
+    // The real run deletes exactly what the dry run listed.
+    let out = c.pitr(&["--config", config, "expire", "--json"]);
+    out.assert_success();
+    assert_eq!(
+        parse_json(&out),
+        plan,
+        "expire did something else than its dry run announced"
+    );
+    assert_eq!(listed_ids(&c, c.repo()), [b_id.clone()]);
+    assert!(!c.repo().join("hourly").join(&a_id).exists());
+    let remaining = archived_wal(c.repo());
+    for name in &wal {
+        assert!(!remaining.contains(name), "{name} was announced but not deleted");
+    }
+    let gone: BTreeSet<&String> = snapshot.iter().filter(|p| !c.repo().join(p).exists()).collect();
+    for p in &gone {
+        let announced = p.starts_with(&format!("hourly/{a_id}")) || wal.iter().any(|n| p.ends_with(&format!("/{n}")));
+        assert!(announced, "expire deleted {p}, which its dry run did not announce");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interrupted backups
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn backup_killed_mid_copy_is_never_listed_and_the_next_backup_cleans_it_up() {
+    let c = Cluster::start(ClusterOptions::default());
+    c.pgbench_init(20);
+
+    let mut cmd = pitr_for(&c, c.repo());
+    cmd.args(["backup", "--fast", "--json", "--jobs", "1"]);
+    let line = cmdline(&cmd);
+    let mut child = spawn(&mut cmd);
+    let pid = pitr_pid(&child);
+    let killed_id = wait_for_copy_to_start(c.repo(), "hourly", &mut child);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the backup finished before it could be killed; make the data bigger"
+    );
+    kill(pid, "KILL");
+    let out = wait_child(child, line, Duration::from_secs(30));
+    assert!(
+        !out.success(),
+        "the killed backup reported success:\n{}",
+        out.describe()
+    );
+
+    let dir = c.repo().join("hourly").join(&killed_id);
+    assert!(
+        dir.join("files").is_dir(),
+        "the killed backup left no files/ behind: {}",
+        dir.display()
+    );
+    assert!(
+        !dir.join("backup.manifest").exists(),
+        "the killed backup has a manifest: it finished before the kill"
+    );
+    let listed = listed_ids(&c, c.repo());
+    assert!(
+        !listed.contains(&killed_id),
+        "the interrupted backup {killed_id} is listed: {listed:?}"
+    );
+    assert!(listed.is_empty(), "{listed:?}");
+    let out = c.pitr(&["list"]);
+    out.assert_success();
+    assert!(!out.stdout_str().contains(&killed_id), "{}", out.describe());
+    // Restore never picks it either.
+    let target = c.test_dir().join("restore-target");
+    let out = c.pitr(&["restore", "--pgdata", target.to_str().unwrap()]);
+    assert!(
+        !out.success(),
+        "restore found a backup although none finished:\n{}",
+        out.describe()
+    );
+    out.assert_one_line_error();
+
+    // The next backup succeeds (the server dropped the killed connection's backup) and cleans up.
+    let next = backup_json(&c, &[]);
+    let next_id = s(&next["backup"], "id");
+    assert_ne!(next_id, killed_id);
+    assert_eq!(
+        next["backup"]["cleaned_up"],
+        serde_json::json!([killed_id]),
+        "the next backup should report the interrupted one:\n{next:#}"
+    );
+    assert!(
+        !dir.exists(),
+        "the interrupted backup's directory {} is still there",
+        dir.display()
+    );
+    assert_eq!(listed_ids(&c, c.repo()), [next_id.to_string()]);
+    assert_eq!(backup_dirs(c.repo()), BTreeSet::from([format!("hourly/{next_id}")]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn refuses_when_the_server_is_unreachable() {
+    let scratch = TestDir::new("unreachable");
+    let pitr = scratch.install_pitr();
+    let repo = scratch.subdir("repo");
+    let sockets = scratch.subdir("no-server-here");
+    let out = run(pitr_command(&pitr)
+        .env("PGHOST", &sockets)
+        .env("PGPORT", free_port().to_string())
+        .env("PGDATABASE", "postgres")
+        .arg("--repo")
+        .arg(&repo)
+        .args(["backup", "--fast"]));
+    assert_refused(&out, "cannot connect");
+    assert!(
+        tree(&repo, &[]).is_empty(),
+        "the repository is no longer empty: {:?}",
+        tree(&repo, &[])
+    );
+
+    // The same through --dbname (keyword/value), which overrides the environment.
+    let conninfo = format!("host={} port={} dbname=postgres", sockets.display(), free_port());
+    let out = run(pitr_command(&pitr)
+        .arg("--repo")
+        .arg(&repo)
+        .args(["backup", "--dbname", &conninfo]));
+    assert_refused(&out, "cannot connect");
+    assert!(tree(&repo, &[]).is_empty());
+}
+
+#[test]
+fn refuses_a_role_without_backup_privileges() {
+    let c = Cluster::start(ClusterOptions::default());
+    c.psql("CREATE ROLE nopriv LOGIN");
+    let before = tree(c.repo(), &["wal"]);
+    let out = run(pitr_for(&c, c.repo())
+        .env("PGUSER", "nopriv")
+        .args(["backup", "--fast"]));
+    assert_refused(&out, "may not run the backup functions");
+    assert_eq!(
+        tree(c.repo(), &["wal"]),
+        before,
+        "a refused backup changed the repository"
+    );
+    assert!(backup_dirs(c.repo()).is_empty());
+
+    // The same role through a URI --dbname.
+    let uri = format!(
+        "postgresql://nopriv@/postgres?host={}&port={}",
+        c.dir().display(),
+        c.port()
+    );
+    let out = c.pitr(&["backup", "--dbname", &uri]);
+    assert_refused(&out, "may not run the backup functions");
+    assert_eq!(tree(c.repo(), &["wal"]), before);
+
+    // With the privileges granted, the same role may back up.
+    c.psql(
+        "GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO nopriv; \
+         GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO nopriv; \
+         GRANT pg_read_all_settings TO nopriv",
+    );
+    let out = run(pitr_for(&c, c.repo())
+        .env("PGUSER", "nopriv")
+        .args(["backup", "--fast"]));
+    assert!(
+        out.success(),
+        "backup as a role granted the backup functions:\n{}",
+        out.describe()
+    );
+    assert_eq!(listed_ids(&c, c.repo()).len(), 1);
+}
+
+#[test]
+fn refuses_wal_level_minimal() {
+    let c = Cluster::start(
+        ClusterOptions::default()
+            .archive(false)
+            .setting("wal_level", "minimal")
+            .setting("max_wal_senders", "0"),
+    );
+    assert_eq!(c.psql("SHOW wal_level"), "minimal");
+    let repo = empty_repo(&c, "repo-minimal");
+    let out = pitr_on(&c, &repo, &["backup", "--fast"]);
+    assert_refused(&out, "wal_level");
+    assert!(tree(&repo, &[]).is_empty(), "{:?}", tree(&repo, &[]));
+}
+
+#[test]
+fn refuses_archive_mode_off() {
+    let c = Cluster::start(ClusterOptions::default().archive(false));
+    assert_eq!(c.psql("SHOW archive_mode"), "off");
+    let repo = empty_repo(&c, "repo-off");
+    let out = pitr_on(&c, &repo, &["backup", "--fast"]);
+    assert_refused(&out, "archive_mode");
+    assert!(tree(&repo, &[]).is_empty(), "{:?}", tree(&repo, &[]));
+}
+
+#[test]
+fn refuses_an_empty_archive_command_and_only_warns_about_another_tool() {
+    let mut c = Cluster::start(
+        ClusterOptions::default()
+            .archive(false)
+            .setting("archive_mode", "on")
+            .setting("archive_command", "''"),
+    );
+    let repo = empty_repo(&c, "repo-cmd");
+    let out = pitr_on(&c, &repo, &["backup", "--fast"]);
+    assert_refused(&out, "archive_command");
+    assert!(tree(&repo, &[]).is_empty(), "{:?}", tree(&repo, &[]));
+
+    // Another archiving tool: a warning, and the backup is taken.
+    let elsewhere = c.test_dir().subdir("cp-archive");
+    let cp = format!("'cp %p {}/%f'", elsewhere.display());
+    c.set("archive_command", &cp);
+    c.reload();
+    assert!(
+        poll(Duration::from_secs(10), || c
+            .psql("SHOW archive_command")
+            .starts_with("cp ")
+            .then_some(()))
+        .is_some(),
+        "archive_command was not reloaded"
+    );
+    let out = pitr_on(&c, &repo, &["backup", "--fast"]);
+    assert!(
+        out.success(),
+        "backup with archive_command = cp:\n{}\n{}",
+        out.describe(),
+        c.log_tail()
+    );
+    let err = out.stderr_str();
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l.starts_with("pitr: warning:")),
+        "expected only `pitr: warning:` lines on stderr:\n{}",
+        out.describe()
+    );
+    assert!(err.contains("archive_command"), "{}", out.describe());
+    let stdout = out.stdout_str();
+    let summary = stdout.lines().next().unwrap_or("");
+    let id = summary
+        .strip_prefix("backup ")
+        .and_then(|r| r.split_once(" done: "))
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_else(|| panic!("expected `backup <id> done: N files, ...`:\n{}", out.describe()));
+    assert_id_shape(&id, "main", "hourly");
+    assert!(summary.contains(" files, "), "{summary}");
+    assert_eq!(listed_ids(&c, &repo), [id]);
+}
+
+#[test]
+fn refuses_an_archive_command_into_another_repository() {
+    let c = Cluster::start(ClusterOptions::default());
+    let other = empty_repo(&c, "other-repo");
+    let before = tree(c.repo(), &["wal"]);
+    let out = pitr_on(&c, &other, &["backup", "--fast"]);
+    assert_refused(&out, "not into this repository");
+    assert!(
+        tree(&other, &[]).is_empty(),
+        "the other repository: {:?}",
+        tree(&other, &[])
+    );
+    assert_eq!(tree(c.repo(), &["wal"]), before);
+}
+
+#[test]
+fn refuses_while_another_backup_of_the_same_repository_runs() {
+    let c = Cluster::start(ClusterOptions::default());
+    c.pgbench_init(10);
+
+    let mut cmd = pitr_for(&c, c.repo());
+    cmd.args(["backup", "--fast", "--json", "--jobs", "1"]);
+    let line = cmdline(&cmd);
+    let mut first = spawn(&mut cmd);
+    let first_id = wait_for_copy_to_start(c.repo(), "hourly", &mut first);
+
+    let out = pitr_on(&c, c.repo(), &["backup", "--fast"]);
+    assert!(
+        first.try_wait().expect("try_wait").is_none(),
+        "the first backup finished before the second was refused; make the data bigger"
+    );
+    assert_refused(&out, "another pitr backup is running");
+    assert_eq!(
+        backup_dirs(c.repo()),
+        BTreeSet::from([format!("hourly/{first_id}")]),
+        "the refused backup created a directory"
+    );
+
+    // The running backup is undisturbed (the refused one deleted nothing of it).
+    let out = wait_child(first, line, COMMAND_TIMEOUT);
+    out.assert_success();
+    let summary = parse_json(&out);
+    assert_eq!(s(&summary["backup"], "id"), first_id);
+    assert_eq!(listed_ids(&c, c.repo()), [first_id]);
+}
+
+#[test]
+fn refuses_a_repository_or_data_directory_of_another_cluster() {
+    let a = Cluster::start(ClusterOptions::default());
+    let seg = a.switch_wal();
+    a.wait_archived(&seg);
+    // b's archive_command names a's repository (so that check passes); b archives nothing yet.
+    let b = Cluster::start(ClusterOptions::default().repo(a.repo()));
+    assert_ne!(a.system_identifier(), b.system_identifier());
+    let before = tree(a.repo(), &[]);
+
+    let out = pitr_on(&b, a.repo(), &["backup", "--fast"]);
+    assert_refused(&out, "belongs to the cluster");
+    assert_eq!(tree(a.repo(), &[]), before, "a refused backup changed the repository");
+
+    let out = pitr_on(
+        &a,
+        a.repo(),
+        &["backup", "--fast", "--pgdata", b.data_dir().to_str().unwrap()],
+    );
+    assert_refused(&out, &b.system_identifier().to_string());
+    assert!(out.stderr_str().contains("data directory"), "{}", out.describe());
+    assert_eq!(tree(a.repo(), &[]), before, "a refused backup changed the repository");
+    assert!(backup_dirs(a.repo()).is_empty());
+
+    // The right --pgdata works.
+    let out = pitr_on(
+        &a,
+        a.repo(),
+        &["backup", "--fast", "--pgdata", a.data_dir().to_str().unwrap()],
+    );
+    assert!(out.success(), "{}", out.describe());
+}
+
+// ---------------------------------------------------------------------------------------------
+// WAL completeness
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn list_reports_missing_wal() {
+    let c = Cluster::start(ClusterOptions::default());
+    c.psql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100000) g");
+    let b = backup_json(&c, &[]);
+    let id = s(&b["backup"], "id").to_string();
+    assert!(b["backup"]["wal_complete"].is_null() || b["backup"]["wal_complete"] == Value::Bool(true));
+    write_and_switch(&c, 1);
+
+    let listed = list_json(&c, c.repo());
+    assert_eq!(listed.len(), 1);
+    let entry = &listed[0];
+    for key in [
+        "id",
+        "tier",
+        "start_time",
+        "stop_time",
+        "start_lsn",
+        "stop_lsn",
+        "timeline",
+        "original_bytes",
+        "stored_bytes",
+        "first_wal",
+        "last_wal",
+        "wal_complete",
+        "first_missing_wal",
+    ] {
+        assert!(entry.get(key).is_some(), "list --json lacks {key:?}: {entry:#}");
+    }
+    assert_eq!(s(entry, "id"), id);
+    assert_eq!(s(entry, "tier"), "hourly");
+    assert_eq!(entry["timeline"], 1);
+    assert_eq!(entry["wal_complete"], Value::Bool(true), "{entry:#}");
+    assert!(entry["first_missing_wal"].is_null(), "{entry:#}");
+    let first_wal = s(entry, "first_wal").to_string();
+    let last_wal = s(entry, "last_wal").to_string();
+    assert!(first_wal <= last_wal);
+    assert_eq!(
+        parse_lsn(s(entry, "start_lsn")) / c.wal_segment_size(),
+        u64::from_str_radix(&first_wal[16..], 16).unwrap()
+    );
+    assert!(parse_lsn(s(entry, "stop_lsn")) > parse_lsn(s(entry, "start_lsn")));
+    assert!(entry["original_bytes"].as_u64().unwrap() > entry["stored_bytes"].as_u64().unwrap());
+    let text = c.pitr(&["list"]);
+    text.assert_success();
+    let stdout = text.stdout_str();
+    assert!(stdout.contains(&id) && stdout.contains("complete"), "{stdout}");
+    assert!(stdout.contains("archived WAL, timeline 1: "), "{stdout}");
+    assert!(!stdout.contains("INCOMPLETE"), "{stdout}");
+
+    // Delete the last needed segment (also the first, unless the backup spans several).
+    let missing = last_wal.clone();
+    let path = stored_path(c.repo(), &missing);
+    fs::remove_file(&path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+    let listed = list_json(&c, c.repo());
+    let entry = &listed[0];
+    assert_eq!(entry["wal_complete"], Value::Bool(false), "{entry:#}");
+    assert_eq!(s(entry, "first_missing_wal"), missing, "{entry:#}");
+    let text = c.pitr(&["list"]);
+    text.assert_success();
+    let stdout = text.stdout_str();
+    assert!(stdout.contains("INCOMPLETE") && stdout.contains(&missing), "{stdout}");
+    assert!(stdout.contains("missing"), "{stdout}");
+
+    // Tier filter.
+    let out = c.pitr(&["list", "daily", "--json"]);
+    out.assert_success();
+    assert_eq!(parse_json(&out), serde_json::json!([]));
+    let out = c.pitr(&["list", "hourly", "--json"]);
+    out.assert_success();
+    assert_eq!(parse_json(&out).as_array().unwrap().len(), 1);
+}
