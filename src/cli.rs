@@ -195,6 +195,20 @@ pub enum Command {
         json: bool,
     },
 
+    /// Show the whole job on a throwaway cluster: archive, backup, restore point, the oops
+    /// (DELETE FROM products), and recover to just before it, with the row counts as proof.
+    ///
+    /// Needs PostgreSQL server binaries; as root, the cluster runs as the postgres OS user.
+    /// Everything lives in a temporary directory under /tmp, removed afterwards.
+    Demo {
+        /// Keep the temporary directory for a look around.
+        #[arg(long)]
+        keep: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Delete backups beyond each tier's count, and the WAL no retained backup needs.
     Expire {
         /// Only show what would be deleted, and why.

@@ -24,6 +24,27 @@ pub enum Done {
     NotFound,
 }
 
+/// Runs `pitr demo`, which brings its own repository.
+pub fn demo(keep: bool, json: bool) -> Result<Done> {
+    let exe = std::env::current_exe().map_err(pitr::Error::io("find", "this pitr executable"))?;
+    let progress = TerminalProgress::new(json);
+    let narrate = |line: &str| {
+        if !json {
+            println!("{line}")
+        }
+    };
+    let summary = runtime().block_on(pitr::demo::run(&exe, keep, &narrate, &progress))?;
+    if json {
+        output::json(&summary);
+    } else {
+        println!(
+            "done: {} rows before the oops, {} after it, {} recovered; pitr works",
+            summary.rows_before_oops, summary.rows_after_oops, summary.rows_recovered
+        );
+    }
+    Ok(Done::Ok)
+}
+
 /// Runs `command` with validated `settings`.
 pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
     let repo = Repo::open_local(&settings.repo)?;
@@ -121,6 +142,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
         Command::Recover { .. } => recover(&repo, command, settings),
+        Command::Demo { keep, json } => demo(*keep, *json),
         Command::Expire { dry_run, json } => {
             let plan = backup::expire(&repo, settings.retention, None, *dry_run)?;
             if *json {

@@ -31,14 +31,22 @@ enum Outcome {
     Failed(String),
     /// Bad arguments.
     Usage(String),
+    /// The reader of stdout went away (as after `| head`).
+    BrokenPipe,
 }
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let restore = Command::is_archive_get(&args);
+    quiet_broken_pipe();
     let outcome = match Cli::try_parse_from(&args) {
-        Ok(cli) => std::panic::catch_unwind(|| run(cli))
-            .unwrap_or_else(|_| Outcome::Failed("internal error (panic); please report it".into())),
+        Ok(cli) => std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|panic| {
+            if is_broken_pipe(&*panic) {
+                Outcome::BrokenPipe
+            } else {
+                Outcome::Failed("internal error (panic); please report it".into())
+            }
+        }),
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
         Err(e) => Outcome::Usage(e.to_string()),
     };
@@ -46,9 +54,29 @@ fn main() -> ExitCode {
     ExitCode::from(exit_code(&outcome, restore))
 }
 
+/// `pitr list | head` closes stdout early: that ends the output, it is not a crash.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            default(info)
+        }
+    }));
+}
+
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
+}
+
 /// The one mapping from outcomes to exit codes.
 fn exit_code(outcome: &Outcome, restore: bool) -> u8 {
     match (outcome, restore) {
+        (Outcome::BrokenPipe, _) => 141,
         (Outcome::Success, _) => 0,
         (Outcome::NotFound, _) => 1,
         (Outcome::Failed(_) | Outcome::Usage(_), true) => EXIT_RESTORE_ERROR,
@@ -68,7 +96,7 @@ fn report(outcome: &Outcome, args: &[OsString]) {
         .map(|c| c.get_name());
     let archive_command = matches!(command, Some("archive-get" | "archive-push"));
     match outcome {
-        Outcome::Success | Outcome::NotFound => {}
+        Outcome::Success | Outcome::NotFound | Outcome::BrokenPipe => {}
         Outcome::Failed(message) => eprintln!("pitr {}: error: {message}", command.unwrap_or("")),
         // The archive commands' stderr lands in the server log: one line there, clap's usage elsewhere.
         Outcome::Usage(message) if archive_command => {
@@ -80,11 +108,18 @@ fn report(outcome: &Outcome, args: &[OsString]) {
 }
 
 fn run(cli: Cli) -> Outcome {
+    if let Command::Demo { keep, json } = cli.command {
+        return done(commands::demo(keep, json));
+    }
     let settings = match Settings::load(&cli.global) {
         Ok(settings) => settings,
         Err(message) => return Outcome::Failed(message),
     };
-    match commands::run(&cli.command, &settings) {
+    done(commands::run(&cli.command, &settings))
+}
+
+fn done(result: pitr::Result<Done>) -> Outcome {
+    match result {
         Ok(Done::Ok) => Outcome::Success,
         Ok(Done::NotFound) => Outcome::NotFound,
         Err(e) => Outcome::Failed(e.to_string()),

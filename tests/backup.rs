@@ -106,6 +106,27 @@ fn tree(root: &Path, skip: &[&str]) -> BTreeSet<String> {
     out
 }
 
+/// Asserts that a repository tree (from [`tree`]) did not change, showing only the difference.
+#[track_caller]
+fn assert_unchanged(before: &BTreeSet<String>, after: &BTreeSet<String>, what: &str) {
+    if before == after {
+        return;
+    }
+    let short = |set: Vec<&String>| {
+        let n = set.len();
+        let mut shown: Vec<String> = set.into_iter().take(8).cloned().collect();
+        if n > 8 {
+            shown.push(format!("… ({n} in all)"));
+        }
+        shown
+    };
+    panic!(
+        "{what}:\n  added: {:?}\n  removed: {:?}",
+        short(after.difference(before).collect()),
+        short(before.difference(after).collect())
+    );
+}
+
 /// The backup directories (`<tier>/<id>`) in a repository, finished or not.
 fn backup_dirs(repo: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -384,14 +405,18 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
     assert_eq!(plan["backups"], serde_json::json!([]), "{plan:#}");
     assert_eq!(plan["wal"], serde_json::json!([]), "{plan:#}");
     assert_eq!(s(&plan, "wal_kept_from"), daily_first_wal);
-    assert_eq!(tree(c.repo(), &[]), snapshot, "expire --dry-run changed the repository");
+    assert_unchanged(
+        &snapshot,
+        &tree(c.repo(), &[]),
+        "expire --dry-run changed the repository",
+    );
     let out = c.pitr(&["--config", config, "expire"]);
     out.assert_success();
     assert!(out.stdout_str().contains("nothing to expire"), "{}", out.describe());
-    assert_eq!(
-        tree(c.repo(), &[]),
-        snapshot,
-        "expire with nothing to do changed the repository"
+    assert_unchanged(
+        &snapshot,
+        &tree(c.repo(), &[]),
+        "expire with nothing to do changed the repository",
     );
 }
 
@@ -447,10 +472,10 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
     );
     assert!(wal.contains(&s(&a["backup"], "first_wal").to_string()), "{plan:#}");
     assert_eq!(s(&plan, "wal_kept_from"), b_first);
-    assert_eq!(
-        tree(c.repo(), &[]),
-        snapshot,
-        "expire --dry-run --json deleted something"
+    assert_unchanged(
+        &snapshot,
+        &tree(c.repo(), &[]),
+        "expire --dry-run --json deleted something",
     );
 
     let out = c.pitr(&["--config", config, "expire", "--dry-run"]);
@@ -460,7 +485,7 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
         "text dry run:\n{}",
         out.describe()
     );
-    assert_eq!(tree(c.repo(), &[]), snapshot, "expire --dry-run deleted something");
+    assert_unchanged(&snapshot, &tree(c.repo(), &[]), "expire --dry-run deleted something");
     assert_eq!(listed_ids(&c, c.repo()), [a_id.clone(), b_id.clone()]);
 
     // The real run deletes exactly what the dry run listed.
@@ -471,7 +496,7 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
         plan,
         "expire did something else than its dry run announced"
     );
-    assert_eq!(listed_ids(&c, c.repo()), [b_id.clone()]);
+    assert_eq!(listed_ids(&c, c.repo()), std::slice::from_ref(&b_id));
     assert!(!c.repo().join("hourly").join(&a_id).exists());
     let remaining = archived_wal(c.repo());
     for name in &wal {
@@ -541,8 +566,9 @@ fn backup_killed_mid_copy_is_never_listed_and_the_next_backup_cleans_it_up() {
     );
     out.assert_one_line_error();
 
-    // The next backup succeeds (the server dropped the killed connection's backup) and cleans up.
-    let next = backup_json(&c, &[]);
+    // The next backup succeeds (the server dropped the killed connection's backup) and cleans up,
+    // whatever its tier: a daily one cleans up the interrupted hourly one.
+    let next = backup_json(&c, &["--tier", "daily"]);
     let next_id = s(&next["backup"], "id");
     assert_ne!(next_id, killed_id);
     assert_eq!(
@@ -556,7 +582,7 @@ fn backup_killed_mid_copy_is_never_listed_and_the_next_backup_cleans_it_up() {
         dir.display()
     );
     assert_eq!(listed_ids(&c, c.repo()), [next_id.to_string()]);
-    assert_eq!(backup_dirs(c.repo()), BTreeSet::from([format!("hourly/{next_id}")]));
+    assert_eq!(backup_dirs(c.repo()), BTreeSet::from([format!("daily/{next_id}")]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -577,11 +603,7 @@ fn refuses_when_the_server_is_unreachable() {
         .arg(&repo)
         .args(["backup", "--fast"]));
     assert_refused(&out, "cannot connect");
-    assert!(
-        tree(&repo, &[]).is_empty(),
-        "the repository is no longer empty: {:?}",
-        tree(&repo, &[])
-    );
+    assert_unchanged(&BTreeSet::new(), &tree(&repo, &[]), "the repository is no longer empty");
 
     // The same through --dbname (keyword/value), which overrides the environment.
     let conninfo = format!("host={} port={} dbname=postgres", sockets.display(), free_port());
@@ -590,7 +612,7 @@ fn refuses_when_the_server_is_unreachable() {
         .arg(&repo)
         .args(["backup", "--dbname", &conninfo]));
     assert_refused(&out, "cannot connect");
-    assert!(tree(&repo, &[]).is_empty());
+    assert_unchanged(&BTreeSet::new(), &tree(&repo, &[]), "the repository is no longer empty");
 }
 
 #[test]
@@ -602,10 +624,10 @@ fn refuses_a_role_without_backup_privileges() {
         .env("PGUSER", "nopriv")
         .args(["backup", "--fast"]));
     assert_refused(&out, "may not run the backup functions");
-    assert_eq!(
-        tree(c.repo(), &["wal"]),
-        before,
-        "a refused backup changed the repository"
+    assert_unchanged(
+        &before,
+        &tree(c.repo(), &["wal"]),
+        "a refused backup changed the repository",
     );
     assert!(backup_dirs(c.repo()).is_empty());
 
@@ -617,7 +639,11 @@ fn refuses_a_role_without_backup_privileges() {
     );
     let out = c.pitr(&["backup", "--dbname", &uri]);
     assert_refused(&out, "may not run the backup functions");
-    assert_eq!(tree(c.repo(), &["wal"]), before);
+    assert_unchanged(
+        &before,
+        &tree(c.repo(), &["wal"]),
+        "a refused backup changed the repository",
+    );
 
     // With the privileges granted, the same role may back up.
     c.psql(
@@ -636,6 +662,63 @@ fn refuses_a_role_without_backup_privileges() {
     assert_eq!(listed_ids(&c, c.repo()).len(), 1);
 }
 
+/// Beyond the brief: a role that may run pg_backup_start but not pg_backup_stop must be refused
+/// before anything is copied (otherwise the whole data directory is copied, then the backup fails).
+#[test]
+fn refuses_a_role_that_may_start_but_not_stop_a_backup_before_copying() {
+    let c = Cluster::start(ClusterOptions::default());
+    c.psql(
+        "CREATE ROLE halfpriv LOGIN; \
+         GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO halfpriv; \
+         GRANT pg_read_all_settings TO halfpriv",
+    );
+    let before = tree(c.repo(), &["wal"]);
+    let out = run(pitr_for(&c, c.repo())
+        .env("PGUSER", "halfpriv")
+        .args(["backup", "--fast"]));
+    assert!(!out.success(), "{}", out.describe());
+    out.assert_one_line_error();
+    assert!(out.stderr_str().contains("pg_backup_stop"), "{}", out.describe());
+    assert_unchanged(
+        &before,
+        &tree(c.repo(), &["wal"]),
+        "the refused backup wrote into the repository (copied before finding out it cannot stop)",
+    );
+}
+
+/// A refused backup writes nothing, not even repo.json, into a repository nothing was archived
+/// into yet.
+#[test]
+fn refused_backup_into_an_empty_repository_writes_nothing() {
+    let c = Cluster::start(ClusterOptions::default());
+    assert_unchanged(
+        &BTreeSet::new(),
+        &tree(c.repo(), &[]),
+        "the new cluster archived something already",
+    );
+    // Another cluster's data directory (initdb only).
+    let other = TestDir::new("other-cluster");
+    let other_data = other.join("data");
+    run_ok(
+        server_command(pg_program("initdb"))
+            .current_dir(other.path())
+            .arg("-D")
+            .arg(&other_data)
+            .args(["-A", "trust", "--no-sync", "--no-instructions"]),
+    );
+    let out = pitr_on(
+        &c,
+        c.repo(),
+        &["backup", "--fast", "--pgdata", other_data.to_str().unwrap()],
+    );
+    assert_refused(&out, "data directory");
+    assert_unchanged(
+        &BTreeSet::new(),
+        &tree(c.repo(), &[]),
+        "the repository is no longer empty",
+    );
+}
+
 #[test]
 fn refuses_wal_level_minimal() {
     let c = Cluster::start(
@@ -648,7 +731,7 @@ fn refuses_wal_level_minimal() {
     let repo = empty_repo(&c, "repo-minimal");
     let out = pitr_on(&c, &repo, &["backup", "--fast"]);
     assert_refused(&out, "wal_level");
-    assert!(tree(&repo, &[]).is_empty(), "{:?}", tree(&repo, &[]));
+    assert_unchanged(&BTreeSet::new(), &tree(&repo, &[]), "the repository is no longer empty");
 }
 
 #[test]
@@ -658,7 +741,7 @@ fn refuses_archive_mode_off() {
     let repo = empty_repo(&c, "repo-off");
     let out = pitr_on(&c, &repo, &["backup", "--fast"]);
     assert_refused(&out, "archive_mode");
-    assert!(tree(&repo, &[]).is_empty(), "{:?}", tree(&repo, &[]));
+    assert_unchanged(&BTreeSet::new(), &tree(&repo, &[]), "the repository is no longer empty");
 }
 
 #[test]
@@ -672,7 +755,7 @@ fn refuses_an_empty_archive_command_and_only_warns_about_another_tool() {
     let repo = empty_repo(&c, "repo-cmd");
     let out = pitr_on(&c, &repo, &["backup", "--fast"]);
     assert_refused(&out, "archive_command");
-    assert!(tree(&repo, &[]).is_empty(), "{:?}", tree(&repo, &[]));
+    assert_unchanged(&BTreeSet::new(), &tree(&repo, &[]), "the repository is no longer empty");
 
     // Another archiving tool: a warning, and the backup is taken.
     let elsewhere = c.test_dir().subdir("cp-archive");
@@ -721,12 +804,27 @@ fn refuses_an_archive_command_into_another_repository() {
     let before = tree(c.repo(), &["wal"]);
     let out = pitr_on(&c, &other, &["backup", "--fast"]);
     assert_refused(&out, "not into this repository");
-    assert!(
-        tree(&other, &[]).is_empty(),
-        "the other repository: {:?}",
-        tree(&other, &[])
+    assert_unchanged(
+        &BTreeSet::new(),
+        &tree(&other, &[]),
+        "the repository is no longer empty",
     );
-    assert_eq!(tree(c.repo(), &["wal"]), before);
+    assert_unchanged(
+        &before,
+        &tree(c.repo(), &["wal"]),
+        "a refused backup changed the repository",
+    );
+
+    // The same repository through a symbolic link is this repository.
+    let link = c.test_dir().join("repo-link");
+    std::os::unix::fs::symlink(c.repo(), &link).expect("symlink");
+    let out = pitr_on(&c, &link, &["backup", "--fast"]);
+    assert!(
+        out.success(),
+        "backup through a symlink to the archive_command's repository:\n{}",
+        out.describe()
+    );
+    assert_eq!(listed_ids(&c, c.repo()).len(), 1);
 }
 
 #[test]
@@ -772,7 +870,7 @@ fn refuses_a_repository_or_data_directory_of_another_cluster() {
 
     let out = pitr_on(&b, a.repo(), &["backup", "--fast"]);
     assert_refused(&out, "belongs to the cluster");
-    assert_eq!(tree(a.repo(), &[]), before, "a refused backup changed the repository");
+    assert_unchanged(&before, &tree(a.repo(), &[]), "a refused backup changed the repository");
 
     let out = pitr_on(
         &a,
@@ -781,7 +879,7 @@ fn refuses_a_repository_or_data_directory_of_another_cluster() {
     );
     assert_refused(&out, &b.system_identifier().to_string());
     assert!(out.stderr_str().contains("data directory"), "{}", out.describe());
-    assert_eq!(tree(a.repo(), &[]), before, "a refused backup changed the repository");
+    assert_unchanged(&before, &tree(a.repo(), &[]), "a refused backup changed the repository");
     assert!(backup_dirs(a.repo()).is_empty());
 
     // The right --pgdata works.
@@ -791,6 +889,48 @@ fn refuses_a_repository_or_data_directory_of_another_cluster() {
         &["backup", "--fast", "--pgdata", a.data_dir().to_str().unwrap()],
     );
     assert!(out.success(), "{}", out.describe());
+}
+
+#[test]
+fn connects_with_a_password_from_pgpassword_or_pgpassfile() {
+    let c = Cluster::start(ClusterOptions::default());
+    c.psql("CREATE ROLE pwuser LOGIN SUPERUSER PASSWORD 'se:cret'");
+    let hba = c.data_dir().join("pg_hba.conf");
+    let mut conf = b"local all pwuser scram-sha-256\n".to_vec();
+    conf.extend(read(&hba));
+    rewrite_keeping_mode(&hba, &conf);
+    c.reload();
+    let as_pwuser = || {
+        let mut cmd = pitr_for(&c, c.repo());
+        cmd.env("PGUSER", "pwuser");
+        cmd
+    };
+    let before = tree(c.repo(), &["wal"]);
+    let out = run(as_pwuser().args(["backup", "--fast"]));
+    assert_refused(&out, "password");
+    let out = run(as_pwuser().env("PGPASSWORD", "wrong").args(["backup", "--fast"]));
+    assert_refused(&out, "password authentication failed");
+    assert_unchanged(
+        &before,
+        &tree(c.repo(), &["wal"]),
+        "a refused backup changed the repository",
+    );
+
+    let out = run(as_pwuser()
+        .env("PGPASSWORD", "se:cret")
+        .args(["backup", "--fast", "--json"]));
+    assert!(out.success(), "backup with PGPASSWORD:\n{}", out.describe());
+
+    let passfile = c.test_dir().write(
+        "pgpass",
+        format!("# comment\nlocalhost:{}:postgres:pwuser:se\\:cret\n", c.port()),
+    );
+    fs::set_permissions(&passfile, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = run(as_pwuser()
+        .env("PGPASSFILE", &passfile)
+        .args(["backup", "--fast", "--json"]));
+    assert!(out.success(), "backup with PGPASSFILE:\n{}", out.describe());
+    assert_eq!(listed_ids(&c, c.repo()).len(), 2);
 }
 
 // ---------------------------------------------------------------------------------------------

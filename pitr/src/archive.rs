@@ -56,6 +56,14 @@ pub fn push(repo: &Repo, codec: &Codec, path: &Path, data_dir: Option<&Path>) ->
 pub fn get(repo: &Repo, name: &str, dest: &Path, data_dir: Option<&Path>) -> Result<GetOutcome> {
     let name = WalFileName::parse(name)?;
     let dest = inside_data_dir(dest, data_dir)?;
+    // An empty directory is not an empty archive: it may be a file system that is not mounted,
+    // and answering "not found" there would let PostgreSQL end recovery early.
+    let info = repo.info()?.ok_or_else(|| Error::Repo {
+        path: repo.location().into(),
+        reason: "has no repo.json: nothing was ever archived here, or the repository's file system is not \
+                 mounted; check --repo"
+            .into(),
+    })?;
     let Some(object) = repo.get_wal(&name)? else {
         return Ok(GetOutcome::NotFound);
     };
@@ -65,7 +73,7 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, data_dir: Option<&Path>) -> Res
             what: repo.describe_wal(&name),
             reason,
         })?;
-        check_cluster(repo, &header, &repo.describe_wal(&name))?;
+        check_cluster(repo, &header, &repo.describe_wal(&name), Some(info))?;
     }
     fs::write(&dest, &raw).map_err(Error::io("write", &dest))?;
     Ok(GetOutcome::Restored(raw.len() as u64))
@@ -80,7 +88,7 @@ fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<
     match name {
         WalFileName::Segment(segment) | WalFileName::Partial(segment) => {
             let header = LongPageHeader::validate(*segment, raw).map_err(invalid)?;
-            check_cluster(repo, &header, &path.display().to_string())
+            check_cluster(repo, &header, &path.display().to_string(), None)
         }
         WalFileName::History(_) => parse_history(raw).map(drop).map_err(invalid),
         WalFileName::Backup(..) => {
@@ -95,18 +103,21 @@ fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<
     }
 }
 
-/// Binds the repository to the segment's cluster on first use, and refuses other clusters,
-/// other major versions and other segment sizes afterwards.
-fn check_cluster(repo: &Repo, header: &LongPageHeader, file: &str) -> Result<()> {
+/// Binds the repository to the segment's cluster on first use (unless `recorded` is given),
+/// and refuses other clusters, other major versions and other segment sizes afterwards.
+fn check_cluster(repo: &Repo, header: &LongPageHeader, file: &str, recorded: Option<RepoInfo>) -> Result<()> {
     let found = RepoInfo {
         format_version: FORMAT_VERSION,
         pg_version: header.pg_version,
         system_identifier: header.system_identifier,
         wal_segment_size: header.segment_size.bytes(),
     };
-    let recorded = match repo.info()? {
+    let recorded = match recorded {
         Some(info) => info,
-        None => repo.claim(found)?,
+        None => match repo.info()? {
+            Some(info) => info,
+            None => repo.claim(found)?,
+        },
     };
     if recorded.system_identifier != found.system_identifier {
         return Err(Error::ForeignCluster {
@@ -166,6 +177,8 @@ fn compare_with_archived(repo: &Repo, name: &WalFileName, raw: &[u8]) -> Result<
             stored: "same size and CRC-32, different bytes".into(),
         });
     }
+    // "Already archived" is success only once that copy is durable (it may be from a crashed push).
+    repo.sync_wal(name)?;
     Ok(PushOutcome::AlreadyArchived)
 }
 

@@ -183,8 +183,9 @@ async fn preflight(
     }
     if !server.may_run_backups().await? {
         return Err(refuse(
-            "the role may not run the backup functions: connect as a superuser or GRANT EXECUTE on \
-             pg_backup_start/pg_backup_stop (pg_start_backup/pg_stop_backup before PostgreSQL 15)"
+            "the role may not run the backup functions: connect as a superuser, or GRANT EXECUTE on \
+             pg_backup_start and pg_backup_stop (pg_start_backup/pg_stop_backup before PostgreSQL 15) and \
+             pg_read_all_settings (or pass --pgdata)"
                 .into(),
         ));
     }
@@ -208,18 +209,8 @@ async fn preflight(
         system_identifier: server.system_identifier().await?,
         wal_segment_size: segment_size(server).await?.bytes(),
     };
-    let recorded = match repo.info()? {
-        Some(info) => info,
-        None => repo.claim(found)?,
-    };
-    if recorded.system_identifier != found.system_identifier {
-        return Err(Error::Refused(format!(
-            "repository {} belongs to the cluster with system identifier {}, but the server is the cluster {}; \
-             use this cluster's own repository",
-            repo.location(),
-            recorded.system_identifier,
-            found.system_identifier
-        )));
+    if let Some(recorded) = repo.info()? {
+        check_same_cluster(repo, &recorded, &found)?;
     }
     let pgdata = match &options.pgdata {
         Some(dir) => dir.clone(),
@@ -234,7 +225,34 @@ async fn preflight(
             found.system_identifier
         )));
     }
+    // Only now, with every check passed, may a first backup bind an empty repository.
+    check_same_cluster(repo, &repo.claim(found)?, &found)?;
     Ok(pgdata)
+}
+
+/// The repository must hold this cluster: same system identifier, version and segment size.
+fn check_same_cluster(repo: &Repo, recorded: &RepoInfo, found: &RepoInfo) -> Result<()> {
+    if recorded.system_identifier != found.system_identifier {
+        return Err(Error::Refused(format!(
+            "repository {} belongs to the cluster with system identifier {}, but the server is the cluster {}; \
+             use this cluster's own repository",
+            repo.location(),
+            recorded.system_identifier,
+            found.system_identifier
+        )));
+    }
+    if (recorded.pg_version, recorded.wal_segment_size) != (found.pg_version, found.wal_segment_size) {
+        return Err(Error::Refused(format!(
+            "repository {} holds PostgreSQL {} with {}-byte WAL segments, the server is PostgreSQL {} with \
+             {}-byte segments; after a major upgrade start a new repository",
+            repo.location(),
+            recorded.pg_version,
+            recorded.wal_segment_size,
+            found.pg_version,
+            found.wal_segment_size
+        )));
+    }
+    Ok(())
 }
 
 /// The archive_command must call pitr with this repository: a backup is useless without its WAL.

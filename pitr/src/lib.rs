@@ -14,12 +14,14 @@
 //! - [`pg`]: the connection to a running server and the low-level backup API.
 //! - [`control`]: a data directory's identity read from `pg_control` and `PG_VERSION`.
 //! - [`progress`]: progress reporting as a trait, so the library never touches a terminal.
+//! - [`demo`]: `pitr demo`, the whole story on a throwaway cluster.
 //! - [`error`]: the error type and the error policy.
 
 pub mod archive;
 pub mod backup;
 pub mod codec;
 pub mod control;
+pub mod demo;
 pub mod error;
 pub mod pg;
 pub mod progress;

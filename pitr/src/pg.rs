@@ -97,16 +97,22 @@ impl Server {
         Ok(row.get(0))
     }
 
-    /// Whether the connected role may run the backup functions.
+    /// Whether the connected role may run both backup functions.
     pub async fn may_run_backups(&self) -> Result<bool> {
-        let function = if self.major_version() >= 15 {
-            "pg_backup_start(text, boolean)"
+        let (start, stop) = if self.major_version() >= 15 {
+            ("pg_backup_start(text, boolean)", "pg_backup_stop(boolean)")
         } else {
-            "pg_start_backup(text, boolean, boolean)"
+            (
+                "pg_start_backup(text, boolean, boolean)",
+                "pg_stop_backup(boolean, boolean)",
+            )
         };
         let row = self
             .client
-            .query_one("SELECT has_function_privilege($1, 'execute')", &[&function])
+            .query_one(
+                "SELECT has_function_privilege($1, 'execute') AND has_function_privilege($2, 'execute')",
+                &[&start, &stop],
+            )
             .await
             .map_err(|e| self.sql_error(e))?;
         Ok(row.get(0))
@@ -178,7 +184,7 @@ impl Server {
             .map_err(|_| self.fail(format!("unexpected transaction id '{text}'")))
     }
 
-    /// Runs `sql` and returns every row's values as text (NULL as `None`).
+    /// Runs `sql` (one or more statements) and returns every row's values as text (NULL as `None`).
     pub async fn query_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
         let messages = self.client.simple_query(sql).await.map_err(|e| self.sql_error(e))?;
         Ok(messages

@@ -63,6 +63,8 @@ pub struct Report {
     pub verify_rows: Option<Vec<Vec<Option<String>>>>,
     /// How to reach the recovered server while pitr's private settings are in force.
     pub connect: Option<String>,
+    /// The private socket directory of that run (remove it once the server is stopped).
+    pub socket_dir: Option<PathBuf>,
     /// What the operator does next.
     pub next_steps: Vec<String>,
 }
@@ -153,6 +155,7 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         server_state: None,
         verify_rows: None,
         connect: None,
+        socket_dir: None,
         next_steps: Vec::new(),
     };
     if options.no_start {
@@ -166,7 +169,11 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
     let bindir = ctl::bindir(plan_pg_version(repo)?)?;
     let server = RecoveryServer::start(&options.pgdata, owner, bindir)?;
     let expect_stop = !matches!(plan.target, Target::Latest);
-    let outcome = server.follow(options.action, expect_stop, progress).await?;
+    let outcome = server.follow(options.action, expect_stop, progress).await;
+    if outcome.is_err() || options.action == Action::Shutdown {
+        server.remove_socket_dir(); // no server uses it any more
+    }
+    let outcome = outcome?;
     if options.action != Action::Shutdown {
         let (state, rows) = inspect(&server, options.verify_sql.as_deref()).await?;
         report.server_state = Some(state);
@@ -178,6 +185,7 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
             server.owner.name
         ));
     }
+    report.socket_dir = server.running().then(|| server.socket_dir.clone());
     report.next_steps = next_steps(options, &server);
     report.outcome = Some(outcome);
     Ok(report)

@@ -60,7 +60,11 @@ impl Repo {
 
     /// Where the repository is, for messages.
     pub fn location(&self) -> String {
-        self.storage.describe("")
+        let root = self.storage.describe("");
+        match root.strip_suffix('/') {
+            Some(trimmed) if !trimmed.is_empty() => trimmed.to_string(),
+            _ => root,
+        }
     }
 
     /// The recorded cluster, or `None` for a repository nothing was written to yet.
@@ -97,6 +101,11 @@ impl Repo {
     /// Stores an encoded WAL object, create-only.
     pub fn put_wal(&self, name: &WalFileName, object: &[u8]) -> Result<PutOutcome> {
         self.storage.put_if_absent(&wal_key(name), object)
+    }
+
+    /// Makes an archived WAL file durable (see [`Storage::sync`]).
+    pub fn sync_wal(&self, name: &WalFileName) -> Result<()> {
+        self.storage.sync(&wal_key(name))
     }
 
     /// Reads an encoded WAL object, `None` when it is not archived.

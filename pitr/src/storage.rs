@@ -42,6 +42,10 @@ pub trait Storage: Send + Sync {
     /// Stores `data` under `key` unless an object with that key exists.
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome>;
 
+    /// Makes an existing object durable (it may come from a put that crashed before it was
+    /// reported). Used before reporting that content already stored is safe.
+    fn sync(&self, key: &str) -> Result<()>;
+
     /// Reads the whole object, or `None` when there is no object with that key.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
 

@@ -53,6 +53,7 @@ pub struct RestoreSummary {
 pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreSummary> {
     let started = Instant::now();
     let manifest = choose(repo, options.backup.as_deref())?;
+    refuse_overlap(repo, &options.target)?;
     prepare_target(&options.target, options.force)?;
     for tablespace in &manifest.tablespaces {
         prepare_target(Path::new(&tablespace.location), false)?;
@@ -140,6 +141,27 @@ impl Layout<'_> {
         }
         Ok(())
     }
+}
+
+/// The target must not hold the repository, nor lie inside it: wiping or filling it would
+/// destroy backups and WAL.
+fn refuse_overlap(repo: &Repo, target: &Path) -> Result<()> {
+    let resolve = |p: &Path| {
+        let existing = p.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+        let rest = p.strip_prefix(existing).unwrap_or(Path::new(""));
+        fs::canonicalize(existing)
+            .map(|c| c.join(rest))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    let (repo_path, target) = (resolve(Path::new(&repo.location())), resolve(target));
+    if repo_path.starts_with(&target) || target.starts_with(&repo_path) {
+        return Err(Error::Refused(format!(
+            "{} overlaps the repository {}: restore somewhere outside it",
+            target.display(),
+            repo_path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// An absent or empty directory; a non-empty one only with `force`, and never one a server runs in.

@@ -20,21 +20,27 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// The OS user named `name`.
+    pub fn named(name: &str) -> Result<Owner> {
+        passwd_entry(|f| f[0] == name).ok_or_else(|| Error::Refused(format!("there is no OS user '{name}'")))
+    }
+
+    /// The user running pitr.
+    pub fn current() -> Result<Owner> {
+        let uid = rustix::process::geteuid().as_raw();
+        passwd_entry(|f| f[2] == uid.to_string()).ok_or_else(|| Error::Refused(format!("uid {uid} has no name")))
+    }
+
     /// The owner of `path`.
     pub fn of(path: &Path) -> Result<Owner> {
         let meta = std::fs::metadata(path).map_err(Error::io("inspect", path))?;
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let name = passwd
-            .lines()
-            .map(|l| l.split(':').collect::<Vec<_>>())
-            .find(|f| f.len() > 2 && f[2] == meta.uid().to_string())
-            .map_or_else(|| meta.uid().to_string(), |f| f[0].to_string());
         if meta.uid() == 0 {
             return Err(Error::Refused(format!(
                 "{} is owned by root: PostgreSQL does not run as root; chown it to the PostgreSQL OS user",
                 path.display()
             )));
         }
+        let name = passwd_entry(|f| f[2] == meta.uid().to_string()).map_or_else(|| meta.uid().to_string(), |o| o.name);
         Ok(Owner {
             uid: meta.uid(),
             gid: meta.gid(),
@@ -51,6 +57,22 @@ impl Owner {
         command.env("HOME", std::env::temp_dir());
         command
     }
+}
+
+/// The first /etc/passwd entry whose fields satisfy `matches`.
+fn passwd_entry(matches: impl Fn(&[&str]) -> bool) -> Option<Owner> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() > 3 && matches(f))
+        .find_map(|f| {
+            Some(Owner {
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+                name: f[0].to_string(),
+            })
+        })
 }
 
 /// The directory holding `pg_ctl` and `postgres` for major version `version`: PITR_PG_BINDIR,
@@ -74,6 +96,29 @@ pub fn bindir(version: u32) -> Result<PathBuf> {
                  /usr/lib/postgresql/{version}/bin): install them (Debian: apt-get install postgresql-{version}) \
                  or set PITR_PG_BINDIR"
             ))
+        })
+}
+
+/// The newest server binaries found (for work that has no version to match, like the demo).
+pub fn newest_bindir() -> Result<(PathBuf, u32)> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PITR_PG_BINDIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        candidates.extend(entries.flatten().map(|e| e.path().join("bin")));
+    }
+    candidates
+        .into_iter()
+        .filter(|dir| dir.join("initdb").is_file())
+        .filter_map(|dir| major_version_of(&dir).map(|v| (dir, v)))
+        .max_by_key(|(_, v)| *v)
+        .ok_or_else(|| {
+            Error::Refused(
+                "no PostgreSQL server binaries found (PITR_PG_BINDIR, /usr/lib/postgresql/*/bin): install them \
+                 (Debian: apt-get install postgresql) or set PITR_PG_BINDIR"
+                    .into(),
+            )
         })
 }
 

@@ -147,17 +147,11 @@ impl RecoveryServer {
         pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
     }
 
-    /// Stops the server (fast shutdown).
-    pub fn stop(&self) -> Result<()> {
-        let args = [
-            "-D".as_ref(),
-            self.pgdata.as_os_str(),
-            "-m".as_ref(),
-            "fast".as_ref(),
-            "-w".as_ref(),
-            "stop".as_ref(),
-        ];
-        ctl::pg_ctl(&self.bindir, &self.owner, &args).map(drop)
+    /// Removes the private socket directory once no server runs there.
+    pub fn remove_socket_dir(&self) {
+        if !self.running() {
+            let _ = fs::remove_dir_all(&self.socket_dir);
+        }
     }
 
     /// Follows the log until recovery ends. `expect_stop` says the target must produce a

@@ -10,7 +10,7 @@ use crate::wal::Lsn;
 
 /// Where recovery stops.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
 pub enum Target {
     /// The last commit at or before a time.
     Time {
@@ -134,6 +134,26 @@ mod tests {
         assert_eq!(utc("2026-11-25 10:00:00"), ("2026-11-25T10:00:00+00:00".into(), true));
         assert!(Target::parse_time("2026-11-25 10:00:00 CET").is_err());
         assert!(Target::parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn every_target_serializes() {
+        let targets = [
+            Target::parse_time("2026-11-25 10:00:00+00").unwrap(),
+            Target::Name("x".into()),
+            Target::Lsn(Lsn(1)),
+            Target::Xid(7),
+            Target::Immediate,
+            Target::Latest,
+        ];
+        for target in targets {
+            let json = serde_json::to_value(&target).unwrap();
+            assert!(json["kind"].is_string(), "{json}");
+        }
+        assert_eq!(
+            serde_json::to_value(Target::Name("x".into())).unwrap(),
+            serde_json::json!({"kind": "name", "value": "x"})
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -16,6 +17,10 @@ use crate::storage::{LockGuard, ObjectMeta, PutOutcome, Storage};
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
+    /// When pitr runs as root in a repository owned by another user (the PostgreSQL OS user
+    /// that runs archive_command), what it creates is handed to that user, so that a backup
+    /// run by root never leaves files archive-push cannot read.
+    hand_to: Option<(u32, u32)>,
 }
 
 impl LocalStorage {
@@ -24,7 +29,11 @@ impl LocalStorage {
     pub fn open(root: impl Into<PathBuf>) -> Result<LocalStorage> {
         let root = root.into();
         match fs::metadata(&root) {
-            Ok(meta) if meta.is_dir() => Ok(LocalStorage { root }),
+            Ok(meta) if meta.is_dir() => {
+                let as_root = rustix::process::geteuid().is_root();
+                let hand_to = (as_root && meta.uid() != 0).then(|| (meta.uid(), meta.gid()));
+                Ok(LocalStorage { root, hand_to })
+            }
             Ok(_) => Err(Error::Repo {
                 path: root,
                 reason: "is not a directory".into(),
@@ -56,9 +65,22 @@ impl LocalStorage {
         let parent = dir.parent().expect("a key's directory is below the root");
         self.create_dirs(parent)?;
         match fs::create_dir(dir) {
-            Ok(()) => fsync_dir(parent),
+            Ok(()) => {
+                self.hand_over(dir)?;
+                fsync_dir(parent)
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(Error::io("create directory", dir)(e)),
+        }
+    }
+}
+
+impl LocalStorage {
+    /// Gives a path pitr created to the repository's owner (see `hand_to`).
+    fn hand_over(&self, path: &Path) -> Result<()> {
+        match self.hand_to {
+            Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(Error::io("chown", path)),
+            None => Ok(()),
         }
     }
 }
@@ -72,6 +94,7 @@ impl Storage for LocalStorage {
             .prefix(".tmp.")
             .tempfile_in(dir)
             .map_err(Error::io("create a temporary file in", dir))?;
+        self.hand_over(temp.path())?;
         temp.write_all(data).map_err(Error::io("write", temp.path()))?;
         temp.as_file().sync_all().map_err(Error::io("fsync", temp.path()))?;
         let outcome = match temp.persist_noclobber(&target) {
@@ -87,6 +110,14 @@ impl Storage for LocalStorage {
         };
         fsync_dir(dir)?;
         Ok(outcome)
+    }
+
+    fn sync(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(Error::io("fsync", &path))?;
+        fsync_dir(path.parent().expect("keys have a parent directory"))
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -168,6 +199,7 @@ impl Storage for LocalStorage {
             .write(true)
             .open(&path)
             .map_err(Error::io("open lock file", &path))?;
+        self.hand_over(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(LockGuard(Box::new(file)))),
             Err(fs::TryLockError::WouldBlock) => Ok(None),

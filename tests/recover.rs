@@ -1,0 +1,1124 @@
+//! `pitr recover` and `pitr restore-point` against real PostgreSQL servers.
+//!
+//! Every test builds its own primary (archiving into its own repository through `pitr
+//! archive-push`), takes backups with `pitr backup`, and recovers with `pitr recover` run as the
+//! server user, exactly as an operator would: the runbook scenario (restore point before an
+//! accidental DELETE), every kind of target (name, time, xid, LSN, inclusive and exclusive,
+//! immediate, latest), the actions (promote, pause, shutdown), --no-start and --dry-run, the
+//! refusals that happen before anything is touched, recoveries that fail during replay (a
+//! corrupt archived segment, a target the WAL never reaches), the restore point catalog,
+//! following a new timeline archived by a recovered copy into the same repository, and the
+//! --json plan and report.
+//!
+//! A recovered server is left running by `pitr recover` (promote, pause): [`NewDir`] stops it
+//! (immediate) and removes the private socket directory pitr created when it is dropped.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers (candidates for tests/common are marked so)
+// ---------------------------------------------------------------------------------------------
+
+/// A new primary archiving into its own new repository.
+fn primary() -> Cluster {
+    Cluster::start(ClusterOptions::default())
+}
+
+/// `pitr --repo <c's repo> <args…>` as the server user, connected to `c` through the libpq
+/// environment (PGHOST = its socket directory, PGPORT, PGDATABASE). Candidate for tests/common.
+fn pitr_pg(c: &Cluster, args: &[&str]) -> CmdOutput {
+    run(c
+        .pitr_cmd()
+        .env("PGHOST", c.dir())
+        .env("PGPORT", c.port().to_string())
+        .env("PGDATABASE", "postgres")
+        .arg("--repo")
+        .arg(c.repo())
+        .args(args))
+}
+
+/// `pitr backup --fast`; panics unless it succeeds; returns the backup id. Candidate for
+/// tests/common.
+#[track_caller]
+fn backup(c: &Cluster) -> String {
+    let out = pitr_pg(c, &["backup", "--fast"]);
+    assert!(
+        out.success(),
+        "pitr backup failed:\n{}\n--- server log (tail) ---\n{}",
+        out.describe(),
+        c.log_tail()
+    );
+    out.stdout_str()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("backup ")?
+                .split_once(" done:")
+                .map(|(id, _)| id.to_string())
+        })
+        .unwrap_or_else(|| panic!("no `backup <id> done:` line:\n{}", out.describe()))
+}
+
+/// `pitr restore-point <name> <extra…>`; panics unless it succeeds.
+#[track_caller]
+fn restore_point(c: &Cluster, name: &str, extra: &[&str]) -> CmdOutput {
+    let mut args = vec!["restore-point", name];
+    args.extend_from_slice(extra);
+    let out = pitr_pg(c, &args);
+    assert!(
+        out.success(),
+        "pitr restore-point {name} failed:\n{}\n--- server log (tail) ---\n{}",
+        out.describe(),
+        c.log_tail()
+    );
+    out
+}
+
+/// Switches WAL and waits until the completed segment is archived; returns its name.
+fn switch_and_archive(c: &Cluster) -> String {
+    let segment = c.switch_wal();
+    c.wait_archived(&segment);
+    segment
+}
+
+#[track_caller]
+fn parse_json(out: &CmdOutput) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", out.describe()))
+}
+
+#[track_caller]
+fn assert_contains(out: &CmdOutput, needle: &str) {
+    let all = format!("{}\n{}", out.stdout_str(), out.stderr_str());
+    assert!(
+        all.contains(needle),
+        "expected {needle:?} in the output:\n{}",
+        out.describe()
+    );
+}
+
+#[track_caller]
+fn assert_lacks(out: &CmdOutput, needle: &str) {
+    let all = format!("{}\n{}", out.stdout_str(), out.stderr_str());
+    assert!(
+        !all.contains(needle),
+        "did not expect {needle:?} in the output:\n{}",
+        out.describe()
+    );
+}
+
+/// The stdout line starting with `prefix` (after leading spaces), without the prefix, trimmed.
+#[track_caller]
+fn line_after(out: &CmdOutput, prefix: &str) -> String {
+    out.stdout_str()
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(prefix).map(|rest| rest.trim().to_string()))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{}", out.describe()))
+}
+
+/// A not-yet-existing data directory for `pitr recover --pgdata`, in its own temporary
+/// directory. Dropping it stops a server still running there (immediate) and removes the
+/// private socket directory (`/tmp/pitr-recover-*`) that `pitr recover` created for it.
+/// Candidate for tests/common.
+struct NewDir {
+    /// Holds the directory (removed on drop, after the server is stopped).
+    _dir: TestDir,
+    data: PathBuf,
+}
+
+impl NewDir {
+    fn new() -> NewDir {
+        let dir = TestDir::new("recover");
+        let data = dir.join("data");
+        NewDir { _dir: dir, data }
+    }
+
+    /// The log `pitr recover` makes the server write.
+    fn server_log(&self) -> String {
+        fs::read_to_string(self.data.join("pitr_recover.log")).unwrap_or_default()
+    }
+
+    fn auto_conf(&self) -> String {
+        String::from_utf8_lossy(&read(&self.data.join("postgresql.auto.conf"))).into_owned()
+    }
+
+    /// `pg_ctl status` as the server user.
+    fn is_running(&self) -> bool {
+        run(server_command(pg_program("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("status"))
+        .success()
+    }
+
+    fn stop_immediate(&self) {
+        if self.data.join("postmaster.pid").exists() {
+            let _ = run(server_command(pg_program("pg_ctl")).arg("-D").arg(&self.data).args([
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ]));
+        }
+    }
+
+    /// Socket directories the server announced in its log ("listening on Unix socket ...").
+    fn socket_dirs(&self) -> Vec<PathBuf> {
+        self.server_log()
+            .lines()
+            .filter_map(|l| l.split_once("listening on Unix socket \"").map(|(_, r)| r))
+            .filter_map(|r| r.split('"').next())
+            .filter_map(|p| Path::new(p).parent().map(Path::to_path_buf))
+            .collect()
+    }
+}
+
+impl Drop for NewDir {
+    fn drop(&mut self) {
+        self.stop_immediate();
+        for dir in self.socket_dirs() {
+            if dir.starts_with("/tmp") && dir.to_string_lossy().contains("pitr-recover-") {
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    }
+}
+
+/// `pitr --repo <c's repo> recover --pgdata <nd> <args…>` as the server user.
+fn recover(c: &Cluster, nd: &NewDir, args: &[&str]) -> CmdOutput {
+    run(c
+        .pitr_cmd()
+        .arg("--repo")
+        .arg(c.repo())
+        .arg("recover")
+        .arg("--pgdata")
+        .arg(&nd.data)
+        .args(args))
+}
+
+/// Like [`recover`], panicking (with the recovered server's log) unless it exits 0.
+#[track_caller]
+fn recover_ok(c: &Cluster, nd: &NewDir, args: &[&str]) -> CmdOutput {
+    let out = recover(c, nd, args);
+    assert!(
+        out.success(),
+        "pitr recover failed:\n{}\n--- recovered server log ---\n{}",
+        out.describe(),
+        tail(&nd.server_log(), 60)
+    );
+    out
+}
+
+/// Where the recovered server listens, from the `connect: psql -h S -p P -U U postgres` line.
+#[derive(Debug)]
+struct Conn {
+    socket_dir: PathBuf,
+    port: u16,
+    user: String,
+}
+
+#[track_caller]
+fn parse_connect(text: &str) -> Conn {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let after = |flag: &str| -> &str {
+        let i = words
+            .iter()
+            .position(|w| *w == flag)
+            .unwrap_or_else(|| panic!("no {flag} in connect line {text:?}"));
+        words
+            .get(i + 1)
+            .unwrap_or_else(|| panic!("nothing after {flag} in {text:?}"))
+    };
+    assert_eq!(words.first(), Some(&"psql"), "connect line {text:?}");
+    Conn {
+        socket_dir: PathBuf::from(after("-h")),
+        port: after("-p").parse().expect("numeric port in connect line"),
+        user: after("-U").to_string(),
+    }
+}
+
+#[track_caller]
+fn connect_of(out: &CmdOutput) -> Conn {
+    parse_connect(&line_after(out, "connect: "))
+}
+
+/// Runs `sql` through `psql -X -A -t` on the recovered server; trimmed stdout. Candidate for
+/// tests/common (a psql helper taking a socket directory and port).
+#[track_caller]
+fn psql_at(conn: &Conn, sql: &str) -> String {
+    let out = run(server_command(pg_program("psql"))
+        .arg("-h")
+        .arg(&conn.socket_dir)
+        .arg("-p")
+        .arg(conn.port.to_string())
+        .arg("-U")
+        .arg(&conn.user)
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+        .arg(sql));
+    assert!(
+        out.success(),
+        "psql on the recovered server failed:\n{}",
+        out.describe()
+    );
+    out.stdout_str().trim().to_string()
+}
+
+/// `CREATE TABLE <table> (id int PRIMARY KEY, note text)` with ids `1..=n`.
+fn create_rows(c: &Cluster, table: &str, n: u32) {
+    c.psql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, note text); \
+         INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series(1, {n}) g"
+    ));
+}
+
+/// Inserts ids `from..=to` into `table`.
+fn insert_rows(c: &Cluster, table: &str, from: u32, to: u32) {
+    c.psql(&format!(
+        "INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series({from}, {to}) g"
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The runbook scenario
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn runbook_restore_point_before_oops() {
+    let c = primary();
+    create_rows(&c, "products", 1000);
+    let backup_id = backup(&c);
+    insert_rows(&c, "products", 1001, 1500);
+    let rp = restore_point(&c, "before_oops", &[]);
+    assert!(
+        rp.stdout_str().contains("restore point 'before_oops' at ") && rp.stdout_str().contains("archived"),
+        "{}",
+        rp.describe()
+    );
+    // The accident, archived.
+    c.psql("DELETE FROM products");
+    switch_and_archive(&c);
+
+    let nd = NewDir::new();
+    let port = free_port();
+    let out = recover_ok(
+        &c,
+        &nd,
+        &[
+            "--target-name",
+            "before_oops",
+            "--port",
+            &port.to_string(),
+            "--verify-sql",
+            "SELECT COUNT(*) FROM products",
+        ],
+    );
+    let stdout = out.stdout_str();
+    assert!(
+        stdout.starts_with("Recovery plan"),
+        "the plan comes first:\n{}",
+        out.describe()
+    );
+    assert!(line_after(&out, "backup:").contains(&backup_id), "{}", out.describe());
+    assert!(line_after(&out, "WAL:").contains("all archived"), "{}", out.describe());
+    let stopped = line_after(&out, "PostgreSQL: ");
+    assert!(
+        stopped.starts_with("recovery stopping at restore point") && stopped.contains("before_oops"),
+        "stop line {stopped:?}:\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        line_after(&out, "server: "),
+        "promoted to timeline 2",
+        "{}",
+        out.describe()
+    );
+    assert_eq!(line_after(&out, "verify: "), "1500", "{}", out.describe());
+    assert!(stdout.contains("next steps:\n  1. "), "{}", out.describe());
+    let conn = connect_of(&out);
+    assert_eq!(conn.port, port, "the --port is the recovered server's port");
+
+    // The recovered server itself.
+    assert_eq!(psql_at(&conn, "SELECT COUNT(*) FROM products"), "1500");
+    assert_eq!(psql_at(&conn, "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(
+        psql_at(&conn, "SHOW archive_mode"),
+        "off",
+        "a recovered copy must not archive"
+    );
+    assert_eq!(psql_at(&conn, "SELECT timeline_id FROM pg_control_checkpoint()"), "2");
+    let auto = nd.auto_conf();
+    assert!(auto.contains("recovery_target_name = 'before_oops'"), "{auto}");
+    assert!(nd.data.join("pitr_recover.log").exists());
+
+    // The primary is untouched.
+    assert_eq!(c.psql("SELECT COUNT(*) FROM products"), "0");
+    assert_eq!(c.psql("SELECT pg_is_in_recovery()"), "f");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. --target-time
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn target_time_between_two_batches() {
+    // A server time zone other than UTC, so that "taken as UTC" is really checked.
+    let c = Cluster::start(ClusterOptions::default().setting("timezone", "'America/New_York'"));
+    c.psql("CREATE TABLE batches (batch int, n int)");
+    backup(&c);
+    c.psql("INSERT INTO batches SELECT 1, g FROM generate_series(1, 100) g");
+    let row = c.psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), now()::text");
+    let (utc_no_zone, with_zone) = row.split_once('|').expect("two columns");
+    assert!(
+        with_zone.ends_with("-05") || with_zone.ends_with("-04"),
+        "server time {with_zone:?}"
+    );
+    thread::sleep(Duration::from_millis(1100));
+    c.psql("INSERT INTO batches SELECT 2, g FROM generate_series(1, 100) g");
+    switch_and_archive(&c);
+
+    // The zone-less time is taken as UTC, and the plan says so.
+    let nd = NewDir::new();
+    let out = recover_ok(
+        &c,
+        &nd,
+        &[
+            "--target-time",
+            utc_no_zone,
+            "--verify-sql",
+            "SELECT batch, COUNT(*) FROM batches GROUP BY batch ORDER BY batch",
+        ],
+    );
+    assert_contains(&out, "taken as UTC");
+    let stopped = line_after(&out, "PostgreSQL: ");
+    assert!(
+        stopped.starts_with("recovery stopping before commit of transaction"),
+        "{stopped:?}"
+    );
+    assert_eq!(line_after(&out, "verify: "), "1 | 100", "{}", out.describe());
+    let conn = connect_of(&out);
+    assert_eq!(psql_at(&conn, "SELECT COUNT(*) FROM batches WHERE batch = 2"), "0");
+    assert_eq!(psql_at(&conn, "SELECT COUNT(*) FROM batches WHERE batch = 1"), "100");
+
+    // The same instant with the server's zone plans the same target, without the note.
+    let nd2 = NewDir::new();
+    let dry = recover_ok(&c, &nd2, &["--target-time", with_zone, "--dry-run"]);
+    assert_eq!(
+        line_after(&dry, "target:"),
+        line_after(&out, "target:"),
+        "{}",
+        dry.describe()
+    );
+    assert_lacks(&dry, "taken as UTC");
+    assert!(!nd2.data.exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. --target-xid and --target-lsn, inclusive and --exclusive
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn target_xid_and_lsn_inclusive_and_exclusive() {
+    let c = primary();
+    c.psql("CREATE EXTENSION pg_walinspect; CREATE TABLE markers (name text)");
+    // The backup records next_xid: it must come before the transactions recovered to.
+    backup(&c);
+    let xid_a: u64 = c
+        .psql("INSERT INTO markers VALUES ('A') RETURNING txid_current()")
+        .parse()
+        .expect("xid");
+    let before_b = c.psql("SELECT pg_current_wal_insert_lsn()");
+    let xid_b: u64 = c
+        .psql("INSERT INTO markers VALUES ('B') RETURNING txid_current()")
+        .parse()
+        .expect("xid");
+    let after_b = c.psql("SELECT pg_current_wal_insert_lsn()");
+    c.psql("INSERT INTO markers VALUES ('C')");
+    switch_and_archive(&c);
+    assert!(xid_b > xid_a);
+    // The LSN of B's commit record.
+    let commit = c.psql(&format!(
+        "SELECT start_lsn, xid FROM pg_get_wal_records_info('{before_b}', '{after_b}') \
+         WHERE resource_manager = 'Transaction' AND record_type = 'COMMIT' AND xid = '{xid_b}'"
+    ));
+    let (commit_b, commit_xid) = commit.split_once('|').unwrap_or_else(|| panic!("{commit:?}"));
+    assert_eq!(commit_xid, xid_b.to_string(), "one commit record, B's: {commit:?}");
+
+    let xb = xid_b.to_string();
+    let markers = "SELECT string_agg(name, ',' ORDER BY name) FROM markers";
+    let cases: [(&str, &[&str], &str, &str); 4] = [
+        (
+            "xid inclusive",
+            &["--target-xid", &xb],
+            "A,B",
+            "recovery stopping after commit of transaction",
+        ),
+        (
+            "xid exclusive",
+            &["--target-xid", &xb, "--exclusive"],
+            "A",
+            "recovery stopping before commit of transaction",
+        ),
+        (
+            "lsn inclusive",
+            &["--target-lsn", commit_b],
+            "A,B",
+            "recovery stopping after WAL location (LSN)",
+        ),
+        (
+            "lsn exclusive",
+            &["--target-lsn", commit_b, "--exclusive"],
+            "A",
+            "recovery stopping before WAL location (LSN)",
+        ),
+    ];
+    for (what, args, expected, stop) in cases {
+        let nd = NewDir::new();
+        let mut all = args.to_vec();
+        all.extend(["--verify-sql", markers]);
+        let out = recover_ok(&c, &nd, &all);
+        assert_eq!(line_after(&out, "verify: "), expected, "{what}:\n{}", out.describe());
+        let stopped = line_after(&out, "PostgreSQL: ");
+        assert!(stopped.starts_with(stop), "{what}: stop line {stopped:?}");
+        if what.starts_with("xid") {
+            assert!(stopped.contains(&xid_b.to_string()), "{what}: {stopped:?}");
+        } else {
+            assert!(stopped.contains(commit_b), "{what}: {stopped:?}");
+        }
+        let conn = connect_of(&out);
+        assert_eq!(psql_at(&conn, markers), expected, "{what}");
+        if what.ends_with("exclusive") {
+            assert!(nd.auto_conf().contains("recovery_target_inclusive = 'off'"), "{what}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. --target immediate and --target latest
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn target_immediate_and_latest() {
+    let c = primary();
+    create_rows(&c, "t", 100);
+    backup(&c);
+    insert_rows(&c, "t", 101, 150);
+    switch_and_archive(&c);
+    insert_rows(&c, "t", 151, 175);
+    switch_and_archive(&c);
+
+    let count = "SELECT COUNT(*) FROM t";
+    let nd = NewDir::new();
+    let out = recover_ok(&c, &nd, &["--target", "immediate", "--verify-sql", count]);
+    let stopped = line_after(&out, "PostgreSQL: ");
+    assert!(
+        stopped.contains("consistency"),
+        "stop line {stopped:?}:\n{}",
+        out.describe()
+    );
+    assert_eq!(line_after(&out, "verify: "), "100", "{}", out.describe());
+    assert_eq!(psql_at(&connect_of(&out), count), "100");
+    assert!(nd.auto_conf().contains("recovery_target = 'immediate'"));
+
+    let nd = NewDir::new();
+    let out = recover_ok(&c, &nd, &["--target", "latest", "--verify-sql", count]);
+    assert_eq!(line_after(&out, "verify: "), "175", "{}", out.describe());
+    assert_eq!(
+        line_after(&out, "server: "),
+        "promoted to timeline 2",
+        "{}",
+        out.describe()
+    );
+    let conn = connect_of(&out);
+    assert_eq!(psql_at(&conn, count), "175");
+    assert_eq!(psql_at(&conn, "SELECT pg_is_in_recovery()"), "f");
+    let auto = nd.auto_conf();
+    assert!(
+        !auto.contains("recovery_target_action"),
+        "no target, no action:\n{auto}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. --action pause / shutdown, --no-start, --dry-run
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn actions_no_start_and_dry_run() {
+    let c = primary();
+    create_rows(&c, "t", 10);
+    backup(&c);
+    insert_rows(&c, "t", 11, 20);
+    restore_point(&c, "rp", &[]);
+    insert_rows(&c, "t", 21, 30);
+    switch_and_archive(&c);
+
+    // pause: the copy stays in recovery, read-only, at the target
+    let paused = NewDir::new();
+    let out = recover_ok(
+        &c,
+        &paused,
+        &[
+            "--target-name",
+            "rp",
+            "--action",
+            "pause",
+            "--verify-sql",
+            "SELECT COUNT(*), pg_is_in_recovery() FROM t",
+        ],
+    );
+    assert_eq!(
+        line_after(&out, "server: "),
+        "pause at the target",
+        "{}",
+        out.describe()
+    );
+    assert!(
+        line_after(&out, "PostgreSQL: ").contains("\"rp\""),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(line_after(&out, "verify: "), "20 | t", "{}", out.describe());
+    assert_contains(&out, "pg_wal_replay_resume");
+    let conn = connect_of(&out);
+    assert_eq!(psql_at(&conn, "SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(psql_at(&conn, "SELECT pg_get_wal_replay_pause_state()"), "paused");
+    assert_eq!(psql_at(&conn, "SELECT COUNT(*) FROM t"), "20");
+    drop(paused);
+
+    // shutdown
+    let down = NewDir::new();
+    let port = free_port();
+    let out = recover_ok(
+        &c,
+        &down,
+        &[
+            "--target-name",
+            "rp",
+            "--action",
+            "shutdown",
+            "--port",
+            &port.to_string(),
+        ],
+    );
+    assert!(line_after(&out, "server: ").contains("shutdown"), "{}", out.describe());
+    assert_lacks(&out, "connect: ");
+    assert!(!down.is_running(), "the server stops at the target");
+    assert!(!down.data.join("postmaster.pid").exists());
+    let auto = down.auto_conf();
+    for setting in [
+        "restore_command = '",
+        "archive-get %f %p'",
+        "recovery_target_name = 'rp'",
+        "recovery_target_action = 'shutdown'",
+        "recovery_target_timeline = 'latest'",
+        "archive_mode = 'off'",
+        &format!("port = '{port}'"),
+    ] {
+        assert!(
+            auto.contains(setting),
+            "{setting:?} missing from postgresql.auto.conf:\n{auto}"
+        );
+    }
+    drop(down);
+
+    // --no-start
+    let files = NewDir::new();
+    let port = free_port();
+    let out = recover_ok(
+        &c,
+        &files,
+        &["--target-name", "rp", "--no-start", "--port", &port.to_string()],
+    );
+    assert_contains(&out, "restored backup");
+    assert_contains(&out, "start recovery: pg_ctl -D");
+    assert_lacks(&out, "server: ");
+    assert!(files.data.join("recovery.signal").exists());
+    assert!(!files.data.join("postmaster.pid").exists());
+    assert!(!files.is_running());
+    assert!(!files.data.join("pitr_recover.log").exists(), "no server was started");
+    let auto = files.auto_conf();
+    for setting in [
+        "restore_command = '",
+        "recovery_target_name = 'rp'",
+        "recovery_target_action = 'promote'",
+        "archive_mode = 'off'",
+        &format!("port = '{port}'"),
+    ] {
+        assert!(
+            auto.contains(setting),
+            "{setting:?} missing from postgresql.auto.conf:\n{auto}"
+        );
+    }
+    drop(files);
+
+    // --dry-run
+    let dry = NewDir::new();
+    let out = recover_ok(&c, &dry, &["--target-name", "rp", "--dry-run"]);
+    assert_contains(&out, "Recovery plan");
+    assert_lacks(&out, "restored backup");
+    assert!(!dry.data.exists(), "--dry-run must not create NEWDIR");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Refusals before anything is touched
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `recover` into a new directory and asserts that it was refused with `message`, leaving
+/// the directory uncreated.
+#[track_caller]
+fn assert_refused(c: &Cluster, args: &[&str], code: i32, message: &str) {
+    let nd = NewDir::new();
+    let out = recover(c, &nd, args);
+    assert_eq!(
+        out.code(),
+        Some(code),
+        "recover {args:?} must exit {code}:\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr_str().contains(message),
+        "recover {args:?}: expected {message:?} on stderr:\n{}",
+        out.describe()
+    );
+    assert_lacks(&out, "restored backup");
+    assert!(!nd.data.exists(), "recover {args:?} created {}", nd.data.display());
+}
+
+#[test]
+fn refusals_before_touching_anything() {
+    let c = primary();
+    create_rows(&c, "t", 10);
+    backup(&c);
+    insert_rows(&c, "t", 11, 20);
+    restore_point(&c, "early", &[]);
+    let gap = switch_and_archive(&c);
+    insert_rows(&c, "t", 21, 30);
+    switch_and_archive(&c);
+    insert_rows(&c, "t", 31, 40);
+    switch_and_archive(&c);
+
+    let future = c.psql("SELECT to_char((now() + interval '1 hour') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00')");
+    assert_refused(&c, &["--target-time", &future], 1, "after the newest archived WAL");
+    assert_refused(&c, &["--target-lsn", "FF/0"], 1, "after the newest archived WAL");
+    assert_refused(&c, &["--target-name", "nope"], 1, "not in the repository's catalog");
+    assert_refused(
+        &c,
+        &["--target-time", "2001-01-01 00:00:00+00"],
+        1,
+        "no backup is consistent before the target",
+    );
+    assert_refused(
+        &c,
+        &["--target-lsn", "0/10"],
+        1,
+        "no backup is consistent before the target",
+    );
+    assert_refused(
+        &c,
+        &["--target-xid", "3"],
+        1,
+        "no backup is consistent before the target",
+    );
+    assert_refused(
+        &c,
+        &["--target", "latest", "--target-name", "early"],
+        2,
+        "cannot be used with",
+    );
+    assert_refused(&c, &["--target", "tomorrow"], 1, "unknown --target");
+    assert_refused(&c, &["--target-time", "yesterday"], 1, "is not a time");
+
+    // A non-empty NEWDIR without --force: refused, and left as it was.
+    let nd = NewDir::new();
+    fs::create_dir(&nd.data).expect("mkdir");
+    fs::write(nd.data.join("keep.txt"), "mine").expect("write");
+    give_to_server_user(&nd.data);
+    let out = recover(&c, &nd, &["--target", "latest"]);
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert_contains(&out, "is not empty");
+    let left: Vec<_> = fs::read_dir(&nd.data)
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["keep.txt"], "the non-empty NEWDIR was changed");
+    drop(nd);
+
+    // A needed segment deleted from the repository: named before anything is restored.
+    let stored = stored_path(c.repo(), &gap);
+    assert!(stored.exists(), "{} not in the repository", stored.display());
+    fs::remove_file(&stored).expect("delete an archived segment");
+    assert_refused(&c, &["--target", "latest"], 1, &format!("WAL segment {gap} is missing"));
+    // A target before the gap is still reachable.
+    let nd = NewDir::new();
+    let out = recover_ok(&c, &nd, &["--target-name", "early", "--dry-run"]);
+    assert_contains(&out, "all archived");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. A recovery that fails during replay
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn corrupt_archived_segment_fails_recovery() {
+    let c = primary();
+    create_rows(&c, "t", 10);
+    backup(&c);
+    // Well over wal_decode_buffer_size (512kB) of WAL, so that PostgreSQL's read-ahead does not
+    // ask for the next segment before it reaches consistency. This segment is itself asked for
+    // while the server reaches consistency (read-ahead past the backup end record).
+    insert_rows(&c, "t", 11, 30_000);
+    let early = switch_and_archive(&c);
+    insert_rows(&c, "t", 30_001, 30_010);
+    // Replayed after consistency, while the server already accepts read-only connections.
+    let late = switch_and_archive(&c);
+    restore_point(&c, "after", &[]);
+
+    for (segment, after_consistency) in [(&late, true), (&early, false)] {
+        let stored = stored_path(c.repo(), segment);
+        let original = read(&stored);
+        flip_byte_from_end(&stored, 100);
+
+        let nd = NewDir::new();
+        let out = recover(&c, &nd, &["--target-name", "after", "--verify-sql", "SELECT 1"]);
+        let what = format!("corrupt {segment}");
+        assert!(!out.success(), "{what}: recover must fail:\n{}", out.describe());
+        assert_contains(&out, "Recovery plan"); // planning passed: the file is there
+        let err = out.stderr_str();
+        assert!(
+            err.contains("recovery of") && err.contains("failed"),
+            "{what}:\n{}",
+            out.describe()
+        );
+        assert!(
+            err.contains("could not restore file") && err.contains("archive-get failed"),
+            "{what}: PostgreSQL's message and the diagnosis:\n{}",
+            out.describe()
+        );
+        assert!(
+            err.contains(segment.as_str()),
+            "{what}: the message names the segment:\n{}",
+            out.describe()
+        );
+        for success in ["server: ", "PostgreSQL: recovery stopping", "verify: ", "connect: "] {
+            assert_lacks(&out, success);
+        }
+        let log = nd.server_log();
+        assert_eq!(
+            log.contains("consistent recovery state reached"),
+            after_consistency,
+            "{what}: where the failure happened:\n{log}"
+        );
+        assert!(
+            !log.contains("recovery stopping"),
+            "{what}: the server must not reach the target:\n{log}"
+        );
+        assert!(
+            !log.contains("archive recovery complete"),
+            "{what}: the server must not promote:\n{log}"
+        );
+        // The server is gone (PostgreSQL aborts recovery on archive-get's exit code 200).
+        let gone = poll(Duration::from_secs(30), || (!nd.is_running()).then_some(()));
+        assert!(
+            gone.is_some(),
+            "{what}: the failed server still runs:\n{}",
+            tail(&log, 30)
+        );
+
+        rewrite_keeping_mode(&stored, &original);
+    }
+}
+
+#[test]
+fn target_never_reached_fails_recovery() {
+    let c = primary();
+    create_rows(&c, "t", 10);
+    backup(&c);
+    insert_rows(&c, "t", 11, 20);
+    switch_and_archive(&c);
+    // A transaction id after the backup that never commits: the planner cannot know, PostgreSQL
+    // runs out of WAL before the target.
+    let nd = NewDir::new();
+    let out = recover(&c, &nd, &["--target-xid", "100000", "--verify-sql", "SELECT 1"]);
+    assert!(
+        !out.success(),
+        "a target never reached must not succeed:\n{}",
+        out.describe()
+    );
+    assert_contains(&out, "Recovery plan");
+    let err = out.stderr_str();
+    assert!(
+        err.contains("recovery of") && err.contains("failed"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        err.contains("recovery ended before configured recovery target was reached"),
+        "the log excerpt says why:\n{}",
+        out.describe()
+    );
+    assert!(
+        err.contains("WAL ran out before the target"),
+        "the diagnosis:\n{}",
+        out.describe()
+    );
+    for success in ["server: ", "verify: ", "connect: "] {
+        assert_lacks(&out, success);
+    }
+    let log = nd.server_log();
+    assert!(
+        !log.contains("archive recovery complete"),
+        "the server must not promote:\n{log}"
+    );
+    let gone = poll(Duration::from_secs(30), || (!nd.is_running()).then_some(()));
+    assert!(gone.is_some(), "the failed server still runs:\n{}", tail(&log, 30));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Restore points
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn restore_point_names_and_catalog() {
+    let c = primary();
+    create_rows(&c, "t", 10);
+    backup(&c);
+
+    let first = parse_json(&restore_point(&c, "rp1", &["--json"]));
+    assert_eq!(first["name"], "rp1");
+
+    let dup = pitr_pg(&c, &["restore-point", "rp1"]);
+    assert_eq!(dup.code(), Some(1), "{}", dup.describe());
+    assert_contains(&dup, "exists already");
+
+    let second = parse_json(&restore_point(&c, "rp1", &["--allow-duplicate", "--json"]));
+
+    let long = "x".repeat(64);
+    let out = pitr_pg(&c, &["restore-point", &long]);
+    assert!(!out.success(), "{}", out.describe());
+    assert_contains(&out, "at most 63");
+    let max = "y".repeat(63);
+    let text = restore_point(&c, &max, &[]);
+    assert!(
+        text.stdout_str().contains(&format!("restore point '{max}' at ")),
+        "{}",
+        text.describe()
+    );
+
+    let out = pitr_pg(&c, &["list", "restore-points", "--json"]);
+    out.assert_success();
+    let list = parse_json(&out);
+    let points = list.as_array().unwrap_or_else(|| panic!("not an array: {list:#}"));
+    let names: Vec<&str> = points.iter().map(|p| p["name"].as_str().expect("name")).collect();
+    assert_eq!(names, ["rp1", "rp1", max.as_str()], "{list:#}");
+    let lsns: Vec<u64> = points
+        .iter()
+        .map(|p| parse_lsn(p["lsn"].as_str().unwrap_or_else(|| panic!("lsn in {p}"))))
+        .collect();
+    assert!(lsns.windows(2).all(|w| w[0] < w[1]), "{list:#}");
+    assert_eq!(points[0]["lsn"], first["lsn"]);
+    assert_eq!(points[1]["lsn"], second["lsn"]);
+    for p in points {
+        assert_eq!(p["timeline"], 1, "{p}");
+        assert!(is_segment_name(p["wal_file"].as_str().expect("wal_file")), "{p}");
+        assert!(p["time"].is_string(), "{p}");
+    }
+    // Every restore point is in WAL on the server as well.
+    let segment = points[0]["wal_file"].as_str().unwrap();
+    assert!(stored_path(c.repo(), segment).exists(), "{segment} archived");
+
+    // The plan warns about the duplicate name.
+    let nd = NewDir::new();
+    let out = recover_ok(&c, &nd, &["--target-name", "rp1", "--dry-run"]);
+    assert_contains(&out, "2 restore points are named 'rp1'");
+
+    let text = pitr_pg(&c, &["list", "restore-points"]);
+    text.assert_success();
+    assert!(text.stdout_str().contains("rp1"), "{}", text.describe());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Following a new timeline archived by a recovered copy
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn second_recovery_follows_timeline_two() {
+    let c = primary();
+    create_rows(&c, "products", 1000);
+    backup(&c);
+    insert_rows(&c, "products", 1001, 1500);
+    restore_point(&c, "before_oops", &[]);
+    c.psql("DELETE FROM products");
+    switch_and_archive(&c);
+
+    // The copy keeps archiving, into the same repository (archive_command inherited from the
+    // primary's configuration).
+    let copy = NewDir::new();
+    let out = recover_ok(&c, &copy, &["--target-name", "before_oops", "--keep-archiving"]);
+    assert_eq!(
+        line_after(&out, "server: "),
+        "promoted to timeline 2",
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !copy.auto_conf().contains("archive_mode"),
+        "--keep-archiving leaves archive_mode alone"
+    );
+    let conn = connect_of(&out);
+    assert_eq!(psql_at(&conn, "SHOW archive_mode"), "on");
+    psql_at(
+        &conn,
+        "INSERT INTO products SELECT g, 'tl2 ' || g FROM generate_series(2001, 2200) g",
+    );
+    let segment = psql_at(&conn, "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(segment.starts_with("00000002"), "{segment}");
+    let history = stored_path(c.repo(), "00000002.history");
+    let archived = poll(ARCHIVE_TIMEOUT, || {
+        (stored_path(c.repo(), &segment).exists() && history.exists()).then_some(())
+    });
+    assert!(
+        archived.is_some(),
+        "the copy did not archive {segment} and 00000002.history into {}; archiver: {}\n--- copy log ---\n{}",
+        c.repo().display(),
+        psql_at(&conn, "SELECT * FROM pg_stat_archiver"),
+        tail(&copy.server_log(), 40)
+    );
+    copy.stop_immediate();
+
+    // A second recovery from the original backup follows timeline 2 to its end.
+    let nd = NewDir::new();
+    let out = recover_ok(
+        &c,
+        &nd,
+        &[
+            "--target",
+            "latest",
+            "--verify-sql",
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE note LIKE 'tl2 %') FROM products",
+        ],
+    );
+    let timelines = line_after(&out, "timelines:");
+    assert!(
+        timelines.starts_with("1 (until ") && timelines.ends_with(") -> 2"),
+        "timelines {timelines:?}:\n{}",
+        out.describe()
+    );
+    assert_eq!(line_after(&out, "verify: "), "1700 | 200", "{}", out.describe());
+    assert_eq!(
+        line_after(&out, "server: "),
+        "promoted to timeline 3",
+        "{}",
+        out.describe()
+    );
+    let conn = connect_of(&out);
+    assert_eq!(psql_at(&conn, "SELECT COUNT(*) FROM products"), "1700");
+    drop(nd);
+
+    // --timeline 1 stays on the original timeline, to its end (after the DELETE).
+    let nd = NewDir::new();
+    let out = recover_ok(
+        &c,
+        &nd,
+        &[
+            "--target",
+            "latest",
+            "--timeline",
+            "1",
+            "--verify-sql",
+            "SELECT COUNT(*) FROM products",
+        ],
+    );
+    assert_eq!(line_after(&out, "timelines:"), "1", "{}", out.describe());
+    assert!(line_after(&out, "WAL:").contains("00000001"), "{}", out.describe());
+    assert_eq!(line_after(&out, "verify: "), "0", "{}", out.describe());
+    assert!(nd.auto_conf().contains("recovery_target_timeline = '1'"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. --json: the plan and the report
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn json_plan_and_report() {
+    let c = primary();
+    create_rows(&c, "t", 10);
+    backup(&c);
+    insert_rows(&c, "t", 11, 20);
+    restore_point(&c, "rp", &[]);
+    let lsn = c.psql("SELECT pg_current_wal_insert_lsn()");
+    let xid = c.psql("INSERT INTO t VALUES (21, 'x') RETURNING txid_current()");
+    let time = c.psql("SELECT now()::text");
+    switch_and_archive(&c);
+
+    // A real recovery with --json: plan and report.
+    let nd = NewDir::new();
+    let out = recover_ok(
+        &c,
+        &nd,
+        &[
+            "--target",
+            "immediate",
+            "--action",
+            "pause",
+            "--json",
+            "--verify-sql",
+            "SELECT COUNT(*), pg_is_in_recovery() FROM t",
+        ],
+    );
+    let json = parse_json(&out);
+    let (plan, report) = (&json["plan"], &json["report"]);
+    assert!(plan["backup_id"].is_string(), "{json:#}");
+    assert!(
+        is_segment_name(plan["first_wal"].as_str().unwrap_or_default()),
+        "{json:#}"
+    );
+    assert_eq!(report["outcome"]["action"], "pause", "{json:#}");
+    assert!(
+        report["outcome"]["stopped"]
+            .as_str()
+            .is_some_and(|s| s.contains("consistency")),
+        "{json:#}"
+    );
+    assert_eq!(report["server_state"]["in_recovery"], true, "{json:#}");
+    assert_eq!(report["verify_rows"], serde_json::json!([["10", "t"]]), "{json:#}");
+    let conn = parse_connect(report["connect"].as_str().expect("connect in the report"));
+    assert_eq!(psql_at(&conn, "SELECT pg_is_in_recovery()"), "t");
+    drop(nd);
+
+    // --dry-run --json for every kind of target.
+    let kinds: [(&str, Vec<&str>); 6] = [
+        ("name", vec!["--target-name", "rp"]),
+        ("lsn", vec!["--target-lsn", &lsn]),
+        ("xid", vec!["--target-xid", &xid]),
+        ("time", vec!["--target-time", &time]),
+        ("immediate", vec!["--target", "immediate"]),
+        ("latest", vec!["--target", "latest"]),
+    ];
+    let mut failures = Vec::new();
+    for (kind, mut args) in kinds {
+        let nd = NewDir::new();
+        args.extend(["--dry-run", "--json"]);
+        let out = recover(&c, &nd, &args);
+        assert!(!nd.data.exists());
+        if !out.success() {
+            failures.push(format!("{kind}: {}", out.describe()));
+            continue;
+        }
+        let plan = parse_json(&out);
+        assert_eq!(plan["target"]["kind"], kind, "{plan:#}");
+    }
+    assert!(
+        failures.is_empty(),
+        "recover --dry-run --json failed for:\n{}",
+        failures.join("\n\n")
+    );
+}
