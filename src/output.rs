@@ -52,14 +52,11 @@ impl Progress for TerminalProgress {
     }
 
     fn status(&self, message: &str) {
-        match &self.bar {
-            Some(bar) => {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
-                bar.set_message(message.to_string());
-                bar.tick();
-            }
-            None => {}
+        if let Some(bar) = &self.bar {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+            bar.set_message(message.to_string());
+            bar.tick();
         }
     }
 
