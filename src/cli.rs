@@ -195,6 +195,21 @@ pub enum Command {
         json: bool,
     },
 
+    /// Make a recovered, promoted copy the new primary of this repository.
+    ///
+    /// Stops pitr's private run of the copy, archives what PostgreSQL did not (archiving was off
+    /// during recovery): the new timeline's history file, the old timeline's .partial and the
+    /// segments written since promotion; then turns archiving on into this repository. Start the
+    /// copy afterwards and take a new backup.
+    Adopt {
+        /// The recovered copy's data directory.
+        #[arg(long, value_name = "DIR")]
+        pgdata: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Show the whole job on a throwaway cluster: archive, backup, restore point, the oops
     /// (DELETE FROM products), and recover to just before it, with the row counts as proof.
     ///

@@ -38,8 +38,8 @@ pub fn demo(keep: bool, json: bool) -> Result<Done> {
         output::json(&summary);
     } else {
         println!(
-            "done: {} rows before the oops, {} after it, {} recovered; pitr works",
-            summary.rows_before_oops, summary.rows_after_oops, summary.rows_recovered
+            "done: products is back with {} rows at the restore point and {} rows at the time target",
+            summary.rows_at_restore_point, summary.rows_at_time
         );
     }
     Ok(Done::Ok)
@@ -142,6 +142,15 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
         Command::Recover { .. } => recover(&repo, command, settings),
+        Command::Adopt { pgdata, json } => {
+            let report = recover::adopt(&repo, &settings.codec, &absolute(pgdata), &pitr_command(settings)?)?;
+            if *json {
+                output::json(&report)
+            } else {
+                output::adopt_report(&report)
+            }
+            Ok(Done::Ok)
+        }
         Command::Demo { keep, json } => demo(*keep, *json),
         Command::Expire { dry_run, json } => {
             let plan = backup::expire(&repo, settings.retention, None, *dry_run)?;
@@ -224,7 +233,7 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
         keep_archiving: *keep_archiving,
         verify_sql: verify_sql.clone(),
         jobs: jobs.unwrap_or(settings.jobs),
-        restore_command: restore_command(settings)?,
+        pitr_command: pitr_command(settings)?,
     };
     let progress = TerminalProgress::new(*json);
     let report = runtime().block_on(recover::execute(repo, &plan, &options, &progress))?;
@@ -267,8 +276,9 @@ fn parse_timeline(text: &str) -> Result<TimelineChoice> {
         .ok_or_else(|| pitr::Error::InvalidInput(format!("--timeline '{text}' is not 'latest' or a timeline number")))
 }
 
-/// This pitr, with the same repository and config, as PostgreSQL's restore_command.
-fn restore_command(settings: &Settings) -> Result<String> {
+/// This pitr with the same repository and config, for the commands pitr writes into
+/// PostgreSQL's configuration (restore_command, archive_command) and prints.
+fn pitr_command(settings: &Settings) -> Result<String> {
     let exe = std::env::current_exe().map_err(pitr::Error::io("find", "this pitr executable"))?;
     let repo = std::fs::canonicalize(&settings.repo).map_err(pitr::Error::io("resolve", &settings.repo))?;
     let mut words = vec![
@@ -282,7 +292,6 @@ fn restore_command(settings: &Settings) -> Result<String> {
             shell_quote(&absolute(config).display().to_string()),
         ]);
     }
-    words.extend(["archive-get".into(), "%f".into(), "%p".into()]);
     Ok(words.join(" "))
 }
 

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 use pitr::backup::{BackupStatus, BackupSummary, ExpirePlan, Listing, RestoreSummary};
 use pitr::progress::Progress;
-use pitr::recover::{Plan, Report};
+use pitr::recover::{AdoptReport, Plan, Report};
 use pitr::restore_point::RestorePoint;
 use serde::Serialize;
 
@@ -272,4 +272,36 @@ pub fn recover_report(r: &Report) {
     for (i, step) in r.next_steps.iter().enumerate() {
         println!("  {}. {step}", i + 1);
     }
+}
+
+/// What adopt did.
+pub fn adopt_report(r: &AdoptReport) {
+    if r.stopped_server {
+        println!("stopped the recovered copy's private run");
+    }
+    println!(
+        "archived {} files of timeline {} ({} were archived already){}",
+        r.archived.len(),
+        r.timeline,
+        r.already_archived,
+        if r.archived.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", r.archived.join(", "))
+        }
+    );
+    if !r.lost_segments.is_empty() {
+        println!(
+            "warning: {} segments of timeline {} were removed before they could be archived ({}..{}): \
+             recovery to points between them is impossible; take a new backup right after starting",
+            r.lost_segments.len(),
+            r.timeline,
+            r.lost_segments[0],
+            r.lost_segments[r.lost_segments.len() - 1]
+        );
+    }
+    println!(
+        "archiving is on into this repository; start the copy: pg_ctl -D {} start",
+        r.pgdata.display()
+    );
 }

@@ -1122,3 +1122,106 @@ fn json_plan_and_report() {
         failures.join("\n\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 11. Switch-over: `pitr adopt` makes the recovered copy the new primary of the repository
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
+    let c = primary();
+    create_rows(&c, "products", 1000);
+    backup(&c);
+    insert_rows(&c, "products", 1001, 1500);
+    restore_point(&c, "before_oops", &[]);
+    c.psql("DROP TABLE products");
+    switch_and_archive(&c);
+
+    // Recover (archiving off in the copy), then adopt it: one command archives what the copy's
+    // PostgreSQL never marked ready, and turns archiving on into the same repository.
+    let copy = NewDir::new();
+    let port = free_port();
+    let out = recover_ok(
+        &c,
+        &copy,
+        &["--target-name", "before_oops", "--port", &port.to_string()],
+    );
+    assert!(
+        out.stdout_str().contains("adopt --pgdata"),
+        "recover names the adopt step:\n{}",
+        out.describe()
+    );
+    let user = connect_of(&out).user;
+    let adopted = run(c
+        .pitr_cmd()
+        .arg("--repo")
+        .arg(c.repo())
+        .args(["adopt", "--pgdata"])
+        .arg(&copy.data));
+    assert!(adopted.success(), "pitr adopt failed:\n{}", adopted.describe());
+    assert_contains(&adopted, "stopped the recovered copy's private run");
+    assert!(
+        stored_path(c.repo(), "00000002.history").exists(),
+        "{}",
+        adopted.describe()
+    );
+    let auto = copy.auto_conf();
+    assert!(
+        auto.contains("archive_mode = 'on'") && auto.contains("archive-push %p"),
+        "{auto}"
+    );
+    assert!(!auto.contains("recovery_target"), "recovery settings are gone:\n{auto}");
+
+    // Start the copy as the new primary and write on timeline 2.
+    let log = copy.data.join("adopted.log");
+    let started = run(server_command(pg_program("pg_ctl"))
+        .arg("-D")
+        .arg(&copy.data)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "start"]));
+    assert!(
+        started.success(),
+        "the adopted copy does not start:\n{}",
+        started.describe()
+    );
+    let conn = Conn {
+        socket_dir: c.dir().to_path_buf(),
+        port,
+        user,
+    };
+    assert_eq!(psql_at(&conn, "SELECT pg_is_in_recovery()"), "f");
+    psql_at(
+        &conn,
+        "INSERT INTO products SELECT g, 'tl2 ' || g FROM generate_series(2001, 2200) g",
+    );
+    let moment = psql_at(&conn, "SELECT now()");
+    thread::sleep(Duration::from_millis(1100));
+    psql_at(
+        &conn,
+        "INSERT INTO products SELECT g, 'late ' || g FROM generate_series(2201, 2300) g",
+    );
+    let segment = psql_at(&conn, "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(segment.starts_with("00000002"), "{segment}");
+    let archived = poll(ARCHIVE_TIMEOUT, || {
+        stored_path(c.repo(), &segment).exists().then_some(())
+    });
+    assert!(
+        archived.is_some(),
+        "the adopted copy does not archive {segment}:\n{}",
+        String::from_utf8_lossy(&read(&log))
+    );
+    copy.stop_immediate();
+
+    // A recovery to a time on timeline 2 goes through the adopted timeline.
+    let nd = NewDir::new();
+    let sql = "SELECT COUNT(*), COUNT(*) FILTER (WHERE note LIKE 'tl2 %') FROM products";
+    let out = recover_ok(&c, &nd, &["--target-time", &moment, "--verify-sql", sql]);
+    let timelines = line_after(&out, "timelines:");
+    assert!(
+        timelines.ends_with("-> 2"),
+        "timelines {timelines:?}:\n{}",
+        out.describe()
+    );
+    assert_eq!(line_after(&out, "verify: "), "1700 | 200", "{}", out.describe());
+}

@@ -1,20 +1,32 @@
-//! Reading a data directory's identity without a server: `global/pg_control` (system
-//! identifier, which never moves between versions) and `PG_VERSION`.
+//! Reading a data directory's state without a server: `global/pg_control` and `PG_VERSION`.
+//!
+//! Only fields whose offsets are the same in PostgreSQL 12–18 are read (postgres-facts §8.2):
+//! system identifier @0, state @16, latest checkpoint @32, its timeline @48.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::wal::{Lsn, TimelineId};
 
 /// Path of the control file inside a data directory.
 pub const PG_CONTROL: &str = "global/pg_control";
 
-/// The identity of a data directory.
+/// `DBState` values that matter here.
+pub const DB_SHUTDOWNED: u32 = 1;
+
+/// What pg_control and PG_VERSION say about a data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataDirIdentity {
-    /// `system_identifier`, the first 8 bytes of pg_control in every version.
+    /// `system_identifier`.
     pub system_identifier: u64,
     /// The major version from `PG_VERSION`.
     pub pg_version: u32,
+    /// `state` (`DBState`: 1 shut down, 2 shut down in recovery, 6 in production, ...).
+    pub state: u32,
+    /// `checkPoint`: the latest checkpoint record (after a clean shutdown, the last record).
+    pub checkpoint: Lsn,
+    /// `checkPointCopy.ThisTimeLineID`: the timeline of that checkpoint.
+    pub timeline: TimelineId,
 }
 
 /// Reads the identity of the data directory `pgdata`.
@@ -33,11 +45,16 @@ pub fn read_identity(pgdata: &Path) -> Result<DataDirIdentity> {
         .map_err(|_| not_a_data_dir("PG_VERSION holds no version"))?;
     let control_path = pgdata.join(PG_CONTROL);
     let control = std::fs::read(&control_path).map_err(Error::io("read", &control_path))?;
-    let sysid = control
-        .get(..8)
-        .ok_or_else(|| not_a_data_dir("pg_control is truncated"))?;
+    if control.len() < 52 {
+        return Err(not_a_data_dir("pg_control is truncated"));
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(control[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_le_bytes(control[o..o + 8].try_into().expect("8 bytes"));
     Ok(DataDirIdentity {
-        system_identifier: u64::from_le_bytes(sysid.try_into().expect("8 bytes")),
+        system_identifier: u64_at(0),
         pg_version,
+        state: u32_at(16),
+        checkpoint: Lsn(u64_at(32)),
+        timeline: u32_at(48),
     })
 }

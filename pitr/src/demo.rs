@@ -1,12 +1,14 @@
 //! `pitr demo`: the whole story on a throwaway cluster in a temporary directory — archive,
-//! backup, a restore point, the oops, and the recovery to just before it, with proof.
+//! backup, a restore point, the oops (DROP TABLE), and recoveries to the restore point and to a
+//! timestamp, with the row counts as proof.
 //!
-//! It uses the same code paths as the real commands; nothing here is simulated.
+//! It uses the same library calls as the real commands; nothing here is simulated.
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -23,8 +25,10 @@ use crate::restore_point::{self, CreateOptions};
 
 /// Rows in `products` when the backup is taken.
 const ROWS_AT_BACKUP: i64 = 1000;
-/// Rows added after the backup, before the restore point.
-const ROWS_AFTER_BACKUP: i64 = 500;
+/// Rows at the recorded moment (the time target).
+const ROWS_AT_TIME: i64 = 1500;
+/// Rows at the restore point, just before the oops.
+const ROWS_AT_RESTORE_POINT: i64 = 1750;
 
 /// What the demo proved.
 #[derive(Debug, Clone, Serialize)]
@@ -33,12 +37,10 @@ pub struct DemoSummary {
     pub directory: PathBuf,
     /// The backup taken.
     pub backup_id: String,
-    /// Rows before the oops.
-    pub rows_before_oops: i64,
-    /// Rows after the oops on the primary.
-    pub rows_after_oops: i64,
-    /// Rows in the recovered copy.
-    pub rows_recovered: i64,
+    /// Rows recovered at the restore point.
+    pub rows_at_restore_point: i64,
+    /// Rows recovered at the time target.
+    pub rows_at_time: i64,
     /// PostgreSQL's line saying where recovery stopped.
     pub stopped: Option<String>,
 }
@@ -76,8 +78,8 @@ struct DemoCluster {
     bindir: PathBuf,
     pitr: PathBuf,
     port: u16,
-    /// The recovered copy's private socket directory, removed with the demo.
-    recovery_socket: std::sync::Mutex<Option<PathBuf>>,
+    /// Recovered copies and their private socket directories, stopped and removed with the demo.
+    recovered: Mutex<Vec<(PathBuf, Option<PathBuf>)>>,
 }
 
 impl DemoCluster {
@@ -95,7 +97,7 @@ impl DemoCluster {
             bindir: bindir.to_path_buf(),
             pitr,
             port: free_port()?,
-            recovery_socket: std::sync::Mutex::new(None),
+            recovered: Mutex::new(Vec::new()),
         };
         cluster.run(
             cluster
@@ -157,14 +159,14 @@ impl DemoCluster {
             .user(&self.owner.name)
             .dbname("postgres");
         let server = Server::connect(&config).await?;
-        let count = || async { count_products(&server).await };
         server
-            .query_rows(&format!(
-                "CREATE TABLE products (id bigint PRIMARY KEY, name text); \
-                 INSERT INTO products SELECT g, 'product ' || g FROM generate_series(1, {ROWS_AT_BACKUP}) g"
-            ))
+            .query_rows("CREATE TABLE products (id bigint PRIMARY KEY, name text, price numeric)")
             .await?;
-        narrate(&format!("2. created table products with {} rows", count().await?));
+        insert_products(&server, 1, ROWS_AT_BACKUP).await?;
+        narrate(&format!(
+            "2. created table products with {} rows",
+            count_products(&server).await?
+        ));
 
         let repo = Repo::open_local(self.repo())?;
         let options = BackupOptions {
@@ -181,41 +183,73 @@ impl DemoCluster {
             backup.backup.id, backup.file_count
         ));
 
-        server
-            .query_rows(&format!(
-                "INSERT INTO products SELECT g, 'product ' || g FROM generate_series({}, {}) g",
-                ROWS_AT_BACKUP + 1,
-                ROWS_AT_BACKUP + ROWS_AFTER_BACKUP
-            ))
-            .await?;
-        let before = count().await?;
+        insert_products(&server, ROWS_AT_BACKUP + 1, ROWS_AT_TIME).await?;
+        let moment = server_time(&server).await?;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        insert_products(&server, ROWS_AT_TIME + 1, ROWS_AT_RESTORE_POINT).await?;
+        narrate(&format!(
+            "4. {ROWS_AT_TIME} rows at {moment}, then {} rows",
+            count_products(&server).await?
+        ));
         let point_options = CreateOptions {
             switch_wal: true,
             allow_duplicate: false,
             timeout: Duration::from_secs(60),
         };
         let point = restore_point::create(&repo, &server, "before_oops", point_options).await?;
-        narrate(&format!(
-            "4. {before} rows; pitr restore-point before_oops at {}",
-            point.lsn
-        ));
+        narrate(&format!("5. pitr restore-point before_oops at {}", point.lsn));
 
-        server.query_rows("DELETE FROM products").await?;
+        server.query_rows("DROP TABLE products").await?;
         server.switch_wal().await?;
-        let after = count().await?;
-        narrate(&format!(
-            "5. the oops: DELETE FROM products -> {after} rows on the primary"
-        ));
+        narrate("6. the oops: DROP TABLE products");
 
+        let by_name = self
+            .recover_to(&repo, Target::Name("before_oops".into()), "recovered-name", progress)
+            .await?;
+        narrate(&format!(
+            "7. pitr recover --target-name before_oops: {}; products has {} rows",
+            by_name.1.as_deref().unwrap_or("recovery ended"),
+            by_name.0
+        ));
+        let time_target = Target::parse_time(&moment)?;
+        let by_time = self.recover_to(&repo, time_target, "recovered-time", progress).await?;
+        narrate(&format!(
+            "8. pitr recover --target-time '{moment}': {}; products has {} rows",
+            by_time.1.as_deref().unwrap_or("recovery ended"),
+            by_time.0
+        ));
+        if (by_name.0, by_time.0) != (ROWS_AT_RESTORE_POINT, ROWS_AT_TIME) {
+            return Err(Error::Refused(format!(
+                "the demo recovered {} and {} rows, expected {ROWS_AT_RESTORE_POINT} and {ROWS_AT_TIME}",
+                by_name.0, by_time.0
+            )));
+        }
+        Ok(DemoSummary {
+            directory: self.root.clone(),
+            backup_id: backup.backup.id,
+            rows_at_restore_point: by_name.0,
+            rows_at_time: by_time.0,
+            stopped: by_name.1,
+        })
+    }
+
+    /// Recovers into `dir_name` (promoting, then stopping it); returns the rows of products and
+    /// PostgreSQL's "recovery stopping" line.
+    async fn recover_to(
+        &self,
+        repo: &Repo,
+        target: Target,
+        dir_name: &str,
+        progress: &dyn Progress,
+    ) -> Result<(i64, Option<String>)> {
         let request = Request {
-            target: Target::Name("before_oops".into()),
-            timeline: TimelineChoice::Latest,
+            target,
+            timeline: TimelineChoice::Number(1),
             backup: None,
         };
-        let plan = recover::plan(&recover::repo_state(&repo)?, &request)?;
-        let recovered_dir = self.root.join("recovered");
+        let plan = recover::plan(&recover::repo_state(repo)?, &request)?;
         let options = RecoverOptions {
-            pgdata: recovered_dir.clone(),
+            pgdata: self.root.join(dir_name),
             force: false,
             exclusive: false,
             action: Action::Promote,
@@ -224,63 +258,67 @@ impl DemoCluster {
             keep_archiving: false,
             verify_sql: Some("SELECT COUNT(*) FROM products".into()),
             jobs: 2,
-            restore_command: format!(
-                "{} --repo {} archive-get %f %p",
-                self.pitr.display(),
-                self.repo().display()
-            ),
+            pitr_command: format!("{} --repo {}", self.pitr.display(), self.repo().display()),
         };
-        narrate(&format!(
-            "6. pitr recover --target-name before_oops --pgdata {}: backup {}, WAL {}..{}",
-            recovered_dir.display(),
-            plan.backup_id,
-            plan.first_wal,
-            plan.last_wal
-        ));
-        let report = recover::execute(&repo, &plan, &options, progress).await?;
-        *self.recovery_socket.lock().expect("not poisoned") = report.socket_dir.clone();
-        let recovered: i64 = report
+        let report = recover::execute(repo, &plan, &options, progress).await?;
+        self.recovered
+            .lock()
+            .expect("not poisoned")
+            .push((options.pgdata.clone(), report.socket_dir.clone()));
+        let rows = report
             .verify_rows
             .as_ref()
             .and_then(|rows| rows.first()?.first()?.as_deref()?.parse().ok())
             .ok_or_else(|| Error::Refused("the recovered copy did not answer SELECT COUNT(*)".into()))?;
-        let stopped = report.outcome.as_ref().and_then(|o| o.stopped.clone());
-        narrate(&format!(
-            "7. {}; the recovered copy has {recovered} rows",
-            stopped.as_deref().unwrap_or("recovery ended")
-        ));
-        if recovered != before {
-            return Err(Error::Refused(format!(
-                "the demo recovered {recovered} rows, expected {before}"
-            )));
+        self.stop_recovered();
+        Ok((rows, report.outcome.and_then(|o| o.stopped)))
+    }
+
+    /// Stops the recovered copies and removes their socket directories.
+    fn stop_recovered(&self) {
+        let recovered: Vec<_> = self.recovered.lock().expect("not poisoned").drain(..).collect();
+        for (dir, socket_dir) in recovered {
+            self.stop(&dir);
+            if let Some(socket_dir) = socket_dir {
+                let _ = std::fs::remove_dir_all(socket_dir);
+            }
         }
-        Ok(DemoSummary {
-            directory: self.root.clone(),
-            backup_id: backup.backup.id,
-            rows_before_oops: before,
-            rows_after_oops: after,
-            rows_recovered: recovered,
-            stopped,
-        })
     }
 
     fn stop_all(&self) {
-        for dir in [self.primary(), self.root.join("recovered")] {
-            if dir.join("postmaster.pid").exists() {
-                let args = [
-                    "-D".as_ref(),
-                    dir.as_os_str(),
-                    "-m".as_ref(),
-                    "immediate".as_ref(),
-                    "stop".as_ref(),
-                ];
-                let _ = ctl::pg_ctl(&self.bindir, &self.owner, &args);
-            }
-        }
-        if let Some(socket_dir) = self.recovery_socket.lock().expect("not poisoned").take() {
-            let _ = std::fs::remove_dir_all(socket_dir);
+        self.stop_recovered();
+        self.stop(&self.primary());
+    }
+
+    fn stop(&self, dir: &Path) {
+        if dir.join("postmaster.pid").exists() {
+            let args = [
+                "-D".as_ref(),
+                dir.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "stop".as_ref(),
+            ];
+            let _ = ctl::pg_ctl(&self.bindir, &self.owner, &args);
         }
     }
+}
+
+async fn insert_products(server: &Server, from: i64, to: i64) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO products SELECT g, 'product ' || g, (g % 100) + 0.99 FROM generate_series({from}, {to}) g"
+    );
+    server.query_rows(&sql).await.map(drop)
+}
+
+/// The server's clock, in a form `--target-time` takes.
+async fn server_time(server: &Server) -> Result<String> {
+    let rows = server
+        .query_rows("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')")
+        .await?;
+    rows.first()
+        .and_then(|r| r.first()?.clone())
+        .ok_or_else(|| Error::Refused("the server did not tell its time".into()))
 }
 
 async fn count_products(server: &Server) -> Result<i64> {

@@ -1,6 +1,7 @@
 //! Point-in-time recovery: plan (pure, printed first), restore the chosen backup, write the
 //! recovery settings, drive PostgreSQL to the target, verify, and hand over.
 
+mod adopt;
 mod drive;
 mod plan;
 mod settings;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use adopt::{adopt, AdoptReport};
 pub use drive::{Action, Outcome, RecoveryServer};
 pub use plan::{plan, Plan, RepoState, Request, TimelineChoice};
 pub use target::Target;
@@ -46,8 +48,9 @@ pub struct RecoverOptions {
     pub verify_sql: Option<String>,
     /// Files restored at once.
     pub jobs: usize,
-    /// The restore_command to write (this pitr, same repository and config).
-    pub restore_command: String,
+    /// This pitr with its repository and config options (`/usr/bin/pitr --repo /r`): the
+    /// restore_command written runs it, and the next steps name it.
+    pub pitr_command: String,
 }
 
 /// What a recovery did.
@@ -143,10 +146,10 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
     };
     let restored = backup::restore(repo, &restore, progress)?;
     let owner = owner_for(repo, &options.pgdata)?;
-    settings::write(
+    settings::write_recovery(
         &options.pgdata,
         &recovery_settings(plan, options),
-        "recovery settings written by pitr recover",
+        "recovery settings (pitr recover)",
     )?;
     chown_tree(&options.pgdata, &owner)?;
     let mut report = Report {
@@ -186,7 +189,7 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         ));
     }
     report.socket_dir = server.running().then(|| server.socket_dir.clone());
-    report.next_steps = next_steps(options, &server);
+    report.next_steps = next_steps(options);
     report.outcome = Some(outcome);
     Ok(report)
 }
@@ -197,7 +200,8 @@ fn plan_pg_version(repo: &Repo) -> Result<u32> {
 
 /// The settings written into the restored directory.
 fn recovery_settings(plan: &Plan, options: &RecoverOptions) -> Vec<(&'static str, String)> {
-    let mut settings = vec![("restore_command", options.restore_command.clone())];
+    let restore_command = format!("{} archive-get %f %p", options.pitr_command);
+    let mut settings = vec![("restore_command", restore_command)];
     settings.extend(plan.target.settings(options.exclusive));
     if !matches!(plan.target, Target::Latest) {
         settings.push(("recovery_target_action", options.action.setting().to_string()));
@@ -264,7 +268,7 @@ async fn inspect(
     Ok((state, verify))
 }
 
-fn next_steps(options: &RecoverOptions, server: &RecoveryServer) -> Vec<String> {
+fn next_steps(options: &RecoverOptions) -> Vec<String> {
     let data = options.pgdata.display();
     let mut steps = match options.action {
         Action::Pause => vec![
@@ -276,19 +280,18 @@ fn next_steps(options: &RecoverOptions, server: &RecoveryServer) -> Vec<String> 
     };
     steps.extend([
         format!(
-            "stop the recovered copy's private run: pg_ctl -D {data} stop -m fast (as {})",
-            server.owner.name
+            "{} adopt --pgdata {data}: stops the copy's private run, archives its new timeline (history file, \
+             .partial, new segments) and turns archiving on into this repository",
+            options.pitr_command
         ),
         "stop the old server (pg_ctl -D OLD stop -m fast, or systemctl stop postgresql) and keep its data \
          directory aside (mv OLD OLD.broken-$(date +%Y%m%d))"
             .to_string(),
-        format!("move the copy into place (mv {data} OLD) or point the service at {data}"),
-        "remove the block written by pitr recover from postgresql.auto.conf (archive_mode = off, \
-         recovery_target_*) so the new primary archives its new timeline, then start it"
-            .to_string(),
-        "take a new backup: pitr backup --tier daily --fast (the new timeline needs its own), and see its \
-         WAL arrive with pitr list"
-            .to_string(),
+        format!("move the copy into place (mv {data} OLD) or point the service at {data}, and start it"),
+        format!(
+            "take a new backup: {} backup --tier daily --fast (the new timeline needs its own)",
+            options.pitr_command
+        ),
     ]);
     steps
 }

@@ -23,10 +23,20 @@ const MANAGED: [&str; 11] = [
     "primary_slot_name",
 ];
 
-/// Writes `settings` (name, value) for a recovery of `pgdata`, under a `# header` line. Old
-/// values of the managed settings and of every setting written (such as `port` or
-/// `archive_mode`) are dropped from postgresql.auto.conf and commented out in postgresql.conf.
-pub fn write(pgdata: &Path, settings: &[(&str, String)], header: &str) -> Result<()> {
+/// The prefix of the comment lines pitr writes above its settings.
+const HEADER_PREFIX: &str = "# pitr: ";
+
+/// Writes `settings` for a recovery of `pgdata` (see [`write_block`]) and the signal file.
+pub fn write_recovery(pgdata: &Path, settings: &[(&str, String)], header: &str) -> Result<()> {
+    write_block(pgdata, settings, header)?;
+    let _ = fs::remove_file(pgdata.join("standby.signal"));
+    replace_file(&pgdata.join("recovery.signal"), "")
+}
+
+/// Writes `settings` (name, value) into postgresql.auto.conf under a `# pitr: header` line.
+/// Earlier pitr blocks, the managed recovery settings and old values of every setting written
+/// (such as `port` or `archive_mode`) are dropped there and commented out in postgresql.conf.
+pub fn write_block(pgdata: &Path, settings: &[(&str, String)], header: &str) -> Result<()> {
     let replaced: Vec<&str> = MANAGED
         .iter()
         .copied()
@@ -45,16 +55,14 @@ pub fn write(pgdata: &Path, settings: &[(&str, String)], header: &str) -> Result
     };
     let mut out: String = text
         .lines()
-        .filter(|l| !sets_any(l, &replaced))
+        .filter(|l| !sets_any(l, &replaced) && !l.starts_with(HEADER_PREFIX))
         .map(|l| format!("{l}\n"))
         .collect();
-    out.push_str(&format!("# {header}\n"));
+    out.push_str(&format!("{HEADER_PREFIX}{header}\n"));
     for (name, value) in settings {
         out.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
     }
-    replace_file(&auto, &out)?;
-    let _ = fs::remove_file(pgdata.join("standby.signal"));
-    replace_file(&pgdata.join("recovery.signal"), "")
+    replace_file(&auto, &out)
 }
 
 /// The setting a configuration line assigns, if any (`name = value` or `name value`).
@@ -123,7 +131,7 @@ mod tests {
             ("port", "5499".to_string()),
             ("recovery_target_xid", "7".to_string()),
         ];
-        write(pgdata, &settings, "pitr recover").unwrap();
+        write_recovery(pgdata, &settings, "recover").unwrap();
 
         let conf = fs::read_to_string(pgdata.join("postgresql.conf")).unwrap();
         assert!(conf.contains("#port = 5432  # disabled by pitr recover"), "{conf}");
@@ -132,16 +140,29 @@ mod tests {
         let auto = fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
         assert_eq!(
             auto,
-            "# Do not edit\nwork_mem = '8MB'\n# pitr recover\nrestore_command = 'pitr archive-get %f %p'\nport = '5499'\nrecovery_target_xid = '7'\n"
+            "# Do not edit\nwork_mem = '8MB'\n# pitr: recover\nrestore_command = 'pitr archive-get %f %p'\nport = '5499'\nrecovery_target_xid = '7'\n"
         );
         assert!(pgdata.join("recovery.signal").exists());
         assert!(!pgdata.join("standby.signal").exists());
     }
 
     #[test]
+    fn a_later_block_replaces_pitrs_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let recovery = [
+            ("restore_command", "x".to_string()),
+            ("archive_mode", "off".to_string()),
+        ];
+        write_recovery(dir.path(), &recovery, "recovery settings").unwrap();
+        write_block(dir.path(), &[("archive_mode", "on".to_string())], "archiving").unwrap();
+        let auto = fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
+        assert_eq!(auto, "# pitr: archiving\narchive_mode = 'on'\n");
+    }
+
+    #[test]
     fn quotes_are_doubled() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), &[("recovery_target_name", "it's".to_string())], "x").unwrap();
+        write_recovery(dir.path(), &[("recovery_target_name", "it's".to_string())], "x").unwrap();
         let auto = fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
         assert!(auto.contains("recovery_target_name = 'it''s'"), "{auto}");
     }
