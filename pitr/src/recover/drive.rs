@@ -165,9 +165,13 @@ impl RecoveryServer {
             offset = self.read_log(offset, &mut log)?;
             if log.files_restored > 0 {
                 progress.status(&format!(
-                    "replaying WAL: {} files restored, last {}",
+                    "replaying WAL: {} files restored, last {}{}",
                     log.files_restored,
-                    log.last_restored.as_deref().unwrap_or("-")
+                    log.last_restored.as_deref().unwrap_or("-"),
+                    log.replay_lsn
+                        .as_deref()
+                        .map(|l| format!(", replayed up to {l}"))
+                        .unwrap_or_default()
                 ));
             }
             if let Some(failure) = &log.fatal {
@@ -234,6 +238,7 @@ impl RecoveryServer {
 struct LogState {
     files_restored: u64,
     last_restored: Option<String>,
+    replay_lsn: Option<String>,
     stopped: Option<String>,
     new_timeline: Option<u32>,
     recovery_complete: bool,
@@ -249,6 +254,11 @@ impl LogState {
         if let Some(rest) = message.strip_prefix("restored log file \"") {
             self.files_restored += 1;
             self.last_restored = rest.split('"').next().map(str::to_string);
+        } else if let Some((_, lsn)) = message
+            .split_once("redo in progress, ")
+            .and_then(|(_, r)| r.split_once("current LSN: "))
+        {
+            self.replay_lsn = Some(lsn.trim().to_string());
         } else if message.starts_with("recovery stopping ") {
             self.stopped = Some(message.to_string());
         } else if let Some(tli) = message.strip_prefix("selected new timeline ID: ") {
@@ -320,6 +330,7 @@ mod tests {
             "2026-11-25 10:00:00.000 UTC [1] LOG:  starting point-in-time recovery to \"before_oops\"",
             "2026-11-25 10:00:00.100 UTC [1] LOG:  restored log file \"000000010000000000000003\" from archive",
             "2026-11-25 10:00:00.200 UTC [1] LOG:  restored log file \"000000010000000000000004\" from archive",
+            "2026-11-25 10:00:00.250 UTC [1] LOG:  redo in progress, elapsed time: 10.01 s, current LSN: 0/4000100",
             "2026-11-25 10:00:00.300 UTC [1] LOG:  recovery stopping at restore point \"before_oops\", time 2026-11-25 09:59:00.5+00",
             "2026-11-25 10:00:00.400 UTC [1] LOG:  selected new timeline ID: 2",
             "2026-11-25 10:00:00.500 UTC [1] LOG:  archive recovery complete",
@@ -336,6 +347,7 @@ mod tests {
             .unwrap()
             .starts_with("recovery stopping at restore point \"before_oops\""));
         assert_eq!(log.new_timeline, Some(2));
+        assert_eq!(log.replay_lsn.as_deref(), Some("0/4000100"));
         assert!(log.recovery_complete && log.ready && log.fatal.is_none());
     }
 
