@@ -18,7 +18,7 @@ pub struct Cli {
 
 /// Options every subcommand takes. Flags override environment variables, which override the
 /// config file.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Repository directory (it must exist; pitr never creates it, so an unmounted disk is noticed).
     #[arg(long, global = true, env = "PITR_REPO", value_name = "DIR")]
@@ -35,6 +35,11 @@ pub struct GlobalArgs {
     /// Compression level (zstd 1-19, default 3; gzip 1-9, default 6).
     #[arg(long, global = true, env = "PITR_COMPRESS_LEVEL", value_name = "N")]
     pub compress_level: Option<i32>,
+
+    /// Spool directory for the watcher's markers and prefetched WAL (default: beside the data
+    /// directory, <pgdata>.pitr-spool; never inside pg_wal).
+    #[arg(long, global = true, env = "PITR_SPOOL", value_name = "DIR")]
+    pub spool: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +68,27 @@ pub enum Command {
         name: String,
         /// Where to write it (%p), relative to the data directory or absolute.
         dest: PathBuf,
+    },
+
+    /// Archive WAL files the moment PostgreSQL marks them ready, in parallel.
+    ///
+    /// Keep archive_command = 'pitr --repo DIR archive-push %p': for a file the watcher stored,
+    /// it returns at once. SIGTERM finishes the files in flight and exits; SIGHUP reloads the
+    /// settings. Run it as the PostgreSQL OS user.
+    Watch {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        pgdata: PathBuf,
+        /// Files archived at once (default: the number of cores).
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
+    },
+
+    /// Fetch the segments after NAME into the spool (archive-get starts this in the background).
+    #[command(hide = true)]
+    Prefetch {
+        /// The segment just restored.
+        name: String,
     },
 
     /// Take a base backup of a running server into a tier (hourly, daily or weekly).

@@ -3,18 +3,21 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pitr::archive::{self, GetOutcome};
+use pitr::archive::{self, GetOutcome, Site};
 use pitr::backup::{self, BackupOptions, RestoreOptions, Tier};
 use pitr::pg::{connection_config, Server};
+use pitr::prefetch::Prefetched;
 use pitr::progress::Progress;
 use pitr::recover::{self, Action, RecoverOptions, Request, Target, TimelineChoice};
 use pitr::repo::Repo;
 use pitr::restore_point::{self, CreateOptions};
+use pitr::wal::WalFileName;
 use pitr::Result;
 
 use crate::cli::{Command, ConnectionArgs, TargetArgs};
 use crate::output::{self, TerminalProgress};
 use crate::settings::Settings;
+use crate::watch;
 
 /// How a command ended, short of an error.
 pub enum Done {
@@ -50,14 +53,29 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
     let repo = Repo::open_local(&settings.repo)?;
     match command {
         Command::ArchivePush { path } => {
-            archive::push(&repo, &settings.codec, path, archive::current_data_dir().as_deref())?;
+            archive::push(&repo, &settings.codec, path, &Site::current(settings.spool.as_deref()))?;
             Ok(Done::Ok)
         }
         Command::ArchiveGet { name, dest } => {
-            match archive::get(&repo, name, dest, archive::current_data_dir().as_deref())? {
-                GetOutcome::Restored(_) => Ok(Done::Ok),
+            let site = Site::current(settings.spool.as_deref());
+            match archive::get(&repo, name, dest, &site)? {
+                GetOutcome::Restored(_) => {
+                    start_prefetch(name, &site, settings);
+                    Ok(Done::Ok)
+                }
                 GetOutcome::NotFound => Ok(Done::NotFound),
             }
+        }
+        Command::Prefetch { name } => {
+            let site = Site::current(settings.spool.as_deref());
+            if let (Some(spool), Some(info)) = (&site.spool, repo.info()?) {
+                Prefetched::new(spool, &repo, &info).fill(&WalFileName::parse(name)?, settings.prefetch)?;
+            }
+            Ok(Done::Ok)
+        }
+        Command::Watch { pgdata, workers } => {
+            watch::run(&repo, settings, &absolute(pgdata), workers.unwrap_or(settings.jobs))?;
+            Ok(Done::Ok)
         }
         Command::Backup {
             tier,
@@ -162,6 +180,28 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
     }
+}
+
+/// Starts `pitr prefetch` for the segments after `name`, detached: archive-get returns at once
+/// and PostgreSQL's next request finds them in the spool. Any failure only means no prefetch.
+fn start_prefetch(name: &str, site: &Site, settings: &Settings) {
+    let is_segment = matches!(WalFileName::parse(name), Ok(WalFileName::Segment(_)));
+    if settings.prefetch == 0 || !is_segment || site.spool.is_none() {
+        return;
+    }
+    let Ok(prefix) = pitr_command_words(settings) else {
+        return;
+    };
+    let mut command = std::process::Command::new(&prefix[0]);
+    command.args(&prefix[1..]).args(["prefetch", name]);
+    if let Some(spool) = &settings.spool {
+        command.arg("--spool").arg(spool);
+    }
+    let _ = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
 }
 
 /// Connects with the libpq environment and --dbname, and runs `work` on a tokio runtime.
@@ -279,20 +319,22 @@ fn parse_timeline(text: &str) -> Result<TimelineChoice> {
 /// This pitr with the same repository and config, for the commands pitr writes into
 /// PostgreSQL's configuration (restore_command, archive_command) and prints.
 fn pitr_command(settings: &Settings) -> Result<String> {
+    Ok(pitr_command_words(settings)?
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// This pitr with the same repository and config, as words.
+fn pitr_command_words(settings: &Settings) -> Result<Vec<String>> {
     let exe = std::env::current_exe().map_err(pitr::Error::io("find", "this pitr executable"))?;
     let repo = std::fs::canonicalize(&settings.repo).map_err(pitr::Error::io("resolve", &settings.repo))?;
-    let mut words = vec![
-        shell_quote(&exe.display().to_string()),
-        "--repo".into(),
-        shell_quote(&repo.display().to_string()),
-    ];
+    let mut words = vec![exe.display().to_string(), "--repo".into(), repo.display().to_string()];
     if let Some(config) = &settings.config {
-        words.extend([
-            "--config".to_string(),
-            shell_quote(&absolute(config).display().to_string()),
-        ]);
+        words.extend(["--config".to_string(), absolute(config).display().to_string()]);
     }
-    Ok(words.join(" "))
+    Ok(words)
 }
 
 /// Quotes a word for /bin/sh when it needs it.

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod output;
 mod settings;
+mod watch;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

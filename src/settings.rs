@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::cli::GlobalArgs;
 
+/// Segments fetched ahead of recovery by default (pgBackRest's default queue is 128 MiB).
+const DEFAULT_PREFETCH: u64 = 8;
+
 /// The config file used when neither --config nor PITR_CONFIG names one.
 const DEFAULT_CONFIG: &str = "/etc/pitr/pitr.toml";
 
@@ -23,6 +26,8 @@ struct FileSettings {
     compress_level: Option<i32>,
     name: Option<String>,
     jobs: Option<usize>,
+    spool: Option<PathBuf>,
+    prefetch: Option<u64>,
     keep_hourly: Option<usize>,
     keep_daily: Option<usize>,
     keep_weekly: Option<usize>,
@@ -43,6 +48,12 @@ pub struct Settings {
     pub retention: Retention,
     /// The config file that was read, passed on to the restore_command pitr writes.
     pub config: Option<PathBuf>,
+    /// The spool directory, when not the default beside the data directory.
+    pub spool: Option<PathBuf>,
+    /// Segments archive-get fetches ahead (0: no prefetch).
+    pub prefetch: u64,
+    /// The flags and environment these settings came from, for reloads.
+    pub source: GlobalArgs,
 }
 
 impl Settings {
@@ -89,6 +100,9 @@ impl Settings {
             jobs,
             retention,
             config,
+            spool: args.spool.clone().or(file.spool),
+            prefetch: file.prefetch.unwrap_or(DEFAULT_PREFETCH),
+            source: args.clone(),
         })
     }
 }
@@ -103,4 +117,10 @@ fn read_config(path: Option<&Path>) -> Result<FileSettings, String> {
         let reason = e.message().replace('\n', " ");
         format!("config file {} is invalid: {reason}", path.display())
     })
+}
+
+/// Loads the settings again (SIGHUP) from the same flags and environment variables, and the
+/// config file as it is now.
+pub fn reload(current: &Settings) -> Result<Settings, String> {
+    Settings::load(&current.source)
 }

@@ -11,7 +11,9 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::codec::{self, Codec, ObjectHeader};
 use crate::error::{Error, Result};
+use crate::prefetch::Prefetched;
 use crate::repo::{Repo, RepoInfo, FORMAT_VERSION};
+use crate::spool::Spool;
 use crate::storage::PutOutcome;
 use crate::wal::{parse_history, LongPageHeader, WalFileName};
 
@@ -33,13 +35,45 @@ pub enum GetOutcome {
     NotFound,
 }
 
+/// Where an archive command runs: the data directory (PostgreSQL runs archive and restore
+/// commands in it) and its spool, when known.
+#[derive(Debug, Clone, Default)]
+pub struct Site {
+    /// The data directory: paths must lie inside it.
+    pub data_dir: Option<PathBuf>,
+    /// The local spool (watcher markers, prefetched files).
+    pub spool: Option<Spool>,
+}
+
+impl Site {
+    /// The current directory when it is a data directory, with its spool (`spool_dir`, or the
+    /// default beside the data directory).
+    pub fn current(spool_dir: Option<&Path>) -> Site {
+        let data_dir = current_data_dir();
+        let spool = spool_dir
+            .map(Path::to_path_buf)
+            .or_else(|| data_dir.as_deref().map(Spool::default_for));
+        Site {
+            data_dir,
+            spool: spool.map(Spool::at),
+        }
+    }
+}
+
 /// Archives the file at `path`. A relative `path` is taken relative to the current directory,
-/// which is the data directory when PostgreSQL runs the command; when `data_dir` is known, the
-/// file must lie inside it.
-pub fn push(repo: &Repo, codec: &Codec, path: &Path, data_dir: Option<&Path>) -> Result<PushOutcome> {
-    let path = inside_data_dir(path, data_dir)?;
+/// which is the data directory when PostgreSQL runs the command; when the site's data directory
+/// is known, the file must lie inside it.
+pub fn push(repo: &Repo, codec: &Codec, path: &Path, site: &Site) -> Result<PushOutcome> {
+    let path = inside_data_dir(path, site.data_dir.as_deref())?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let name = WalFileName::parse(file_name)?;
+    if let Some(spool) = &site.spool {
+        // The watcher stored exactly this file durably already: nothing to read or compare.
+        let meta = fs::metadata(&path).map_err(Error::io("read", &path))?;
+        if spool.was_pushed(file_name, &meta) && repo.has_wal(&name)? {
+            return Ok(PushOutcome::AlreadyArchived);
+        }
+    }
     let raw = fs::read(&path).map_err(Error::io("read", &path))?;
     validate(repo, &name, &path, &raw)?;
     if repo.has_wal(&name)? {
@@ -51,11 +85,12 @@ pub fn push(repo: &Repo, codec: &Codec, path: &Path, data_dir: Option<&Path>) ->
     }
 }
 
-/// Restores the archived file `name` to `dest` (relative to the current directory, inside
-/// `data_dir` when that is known), verifying its checksum on the way.
-pub fn get(repo: &Repo, name: &str, dest: &Path, data_dir: Option<&Path>) -> Result<GetOutcome> {
+/// Restores the archived file `name` to `dest` (relative to the current directory, inside the
+/// site's data directory when that is known), verifying its checksum on the way. A file the
+/// prefetcher left in the spool is verified and moved into place instead.
+pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutcome> {
     let name = WalFileName::parse(name)?;
-    let dest = inside_data_dir(dest, data_dir)?;
+    let dest = inside_data_dir(dest, site.data_dir.as_deref())?;
     // An empty directory is not an empty archive: it may be a file system that is not mounted,
     // and answering "not found" there would let PostgreSQL end recovery early.
     let info = repo.info()?.ok_or_else(|| Error::Repo {
@@ -64,17 +99,17 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, data_dir: Option<&Path>) -> Res
                  mounted; check --repo"
             .into(),
     })?;
+    if let Some(prefetched) = site.spool.as_ref().map(|s| Prefetched::new(s, repo, &info)) {
+        if let Some(size) = prefetched.take(&name, &dest)? {
+            return Ok(GetOutcome::Restored(size));
+        }
+    }
     let Some(object) = repo.get_wal(&name)? else {
         return Ok(GetOutcome::NotFound);
     };
-    let raw = codec::decode(&object, &repo.describe_wal(&name))?;
-    if let Some(segment) = name.segment_name() {
-        let header = LongPageHeader::validate(segment, &raw).map_err(|reason| Error::Corrupt {
-            what: repo.describe_wal(&name),
-            reason,
-        })?;
-        check_cluster(repo, &header, &repo.describe_wal(&name), Some(info))?;
-    }
+    let what = repo.describe_wal(&name);
+    let raw = codec::decode(&object, &what)?;
+    check_restored(repo, &name, &raw, info, &what)?;
     fs::write(&dest, &raw).map_err(Error::io("write", &dest))?;
     Ok(GetOutcome::Restored(raw.len() as u64))
 }
@@ -101,6 +136,18 @@ fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<
             }
         }
     }
+}
+
+/// Checks a segment restored from the archive or the spool: its page header, and its cluster.
+pub(crate) fn check_restored(repo: &Repo, name: &WalFileName, raw: &[u8], info: RepoInfo, what: &str) -> Result<()> {
+    if let Some(segment) = name.segment_name() {
+        let header = LongPageHeader::validate(segment, raw).map_err(|reason| Error::Corrupt {
+            what: what.to_string(),
+            reason,
+        })?;
+        check_cluster(repo, &header, what, Some(info))?;
+    }
+    Ok(())
 }
 
 /// Binds the repository to the segment's cluster on first use (unless `recorded` is given),

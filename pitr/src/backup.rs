@@ -21,8 +21,9 @@ use chrono::Utc;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-pub use catalog::{list, load_catalog, BackupStatus, Listing, TimelineRange};
+pub use catalog::{list, load_catalog, scan_catalog, BackupStatus, CatalogEntry, Listing, TimelineRange};
 pub use expire::{expire, plan_expire, ExpirePlan, Retention};
+pub(crate) use restore::read_verified;
 pub use restore::{restore, RestoreOptions, RestoreSummary};
 
 use self::manifest::{FileEntry, Manifest, MANIFEST_VERSION};
@@ -189,19 +190,7 @@ async fn preflight(
                 .into(),
         ));
     }
-    if server.setting("wal_level").await? == "minimal" {
-        return Err(refuse(
-            "wal_level is minimal: set wal_level = replica and restart".into(),
-        ));
-    }
-    if server.setting("archive_mode").await? == "off" {
-        return Err(refuse(
-            "archive_mode is off: without archived WAL a backup cannot be restored; set archive_mode = on, \
-             archive_command = 'pitr --repo ... archive-push %p' and restart"
-                .into(),
-        ));
-    }
-    check_archive_command(repo, &server.setting("archive_command").await?, progress).map_err(refuse)?;
+    check_archive_settings(repo, server, progress).await?;
 
     let found = RepoInfo {
         format_version: FORMAT_VERSION,
@@ -253,6 +242,28 @@ fn check_same_cluster(repo: &Repo, recorded: &RepoInfo, found: &RepoInfo) -> Res
         )));
     }
     Ok(())
+}
+
+/// The server must archive its WAL into this repository: wal_level above minimal, archive_mode
+/// on, and an archive_command that calls pitr with this repository (another tool only warns).
+pub(crate) async fn check_archive_settings(repo: &Repo, server: &Server, progress: &dyn Progress) -> Result<()> {
+    let refuse = |reason: String| Error::Server {
+        target: server.target().to_string(),
+        reason,
+    };
+    if server.setting("wal_level").await? == "minimal" {
+        return Err(refuse(
+            "wal_level is minimal: set wal_level = replica and restart".into(),
+        ));
+    }
+    if server.setting("archive_mode").await? == "off" {
+        return Err(refuse(
+            "archive_mode is off: without archived WAL a backup cannot be restored; set archive_mode = on, \
+             archive_command = 'pitr --repo ... archive-push %p' and restart"
+                .into(),
+        ));
+    }
+    check_archive_command(repo, &server.setting("archive_command").await?, progress).map_err(refuse)
 }
 
 /// The archive_command must call pitr with this repository: a backup is useless without its WAL.

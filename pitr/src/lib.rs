@@ -11,6 +11,9 @@
 //! - [`backup`]: base backups in tiers — take, catalog, restore of files, retention and WAL expiry.
 //! - [`recover`]: point-in-time recovery — the plan, the restore, the settings, driving the server.
 //! - [`restore_point`]: named restore points and their catalog in the repository.
+//! - [`spool`]: the local spool beside the data directory (watcher markers, prefetched WAL).
+//! - [`watch`]: the watcher that archives ready WAL files at once, in parallel.
+//! - [`prefetch`]: fetching the next segments ahead of recovery into the spool.
 //! - [`pg`]: the connection to a running server and the low-level backup API.
 //! - [`control`]: a data directory's identity read from `pg_control` and `PG_VERSION`.
 //! - [`progress`]: progress reporting as a trait, so the library never touches a terminal.
@@ -24,11 +27,14 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod pg;
+pub mod prefetch;
 pub mod progress;
 pub mod recover;
 pub mod repo;
 pub mod restore_point;
+pub mod spool;
 pub mod storage;
 pub mod wal;
+pub mod watch;
 
 pub use error::{Error, Result};

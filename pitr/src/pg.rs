@@ -175,6 +175,13 @@ impl Server {
             .ok_or_else(|| self.fail(format!("unexpected WAL file name '{name}'")))
     }
 
+    /// `pg_current_wal_lsn()`: how far the server has written WAL.
+    pub async fn current_wal_lsn(&self) -> Result<Lsn> {
+        let text = self.query_text("SELECT pg_current_wal_lsn()::text", &[]).await?;
+        text.parse()
+            .map_err(|_| self.fail(format!("unexpected WAL location '{text}'")))
+    }
+
     /// The first transaction id not yet assigned (`txid_snapshot_xmax` of a fresh snapshot).
     pub async fn next_xid(&self) -> Result<u64> {
         let text = self

@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::storage::{LocalStorage, PutOutcome, Storage};
+use crate::storage::{LocalStorage, ObjectMeta, PutOutcome, Storage};
 use crate::wal::WalFileName;
 
 /// The key of the metadata object.
@@ -120,7 +120,12 @@ impl Repo {
 
     /// When a WAL file was archived, or `None` when it is not.
     pub fn wal_archived_at(&self, name: &WalFileName) -> Result<Option<std::time::SystemTime>> {
-        Ok(self.storage.head(&wal_key(name))?.map(|m| m.modified))
+        Ok(self.head_wal(name)?.map(|m| m.modified))
+    }
+
+    /// Stored size and archive time of a WAL file, or `None` when it is not archived.
+    pub fn head_wal(&self, name: &WalFileName) -> Result<Option<ObjectMeta>> {
+        self.storage.head(&wal_key(name))
     }
 
     /// Every archived WAL file, sorted by name within each `wal/` directory.

@@ -97,7 +97,14 @@ pub async fn create(repo: &Repo, server: &Server, name: &str, options: CreateOpt
     .file_name(size);
     if options.switch_wal {
         server.switch_wal().await?;
-        wait_until_archived(repo, &wal_file, options.timeout).await?;
+        if !wait_until_archived(repo, &WalFileName::parse(&wal_file)?, options.timeout).await? {
+            return Err(Error::Refused(format!(
+                "{wal_file} did not reach repository {} within {} s: check archive_command and \
+                 pg_stat_archiver; the restore point exists on the server but is not recorded",
+                repo.location(),
+                options.timeout.as_secs()
+            )));
+        }
     }
     let point = RestorePoint {
         name: name.to_string(),
@@ -125,21 +132,16 @@ fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn wait_until_archived(repo: &Repo, wal_file: &str, timeout: Duration) -> Result<()> {
-    let name = WalFileName::parse(wal_file)?;
+/// Waits until `name` is in the repository; `false` when `timeout` passed first.
+pub(crate) async fn wait_until_archived(repo: &Repo, name: &WalFileName, timeout: Duration) -> Result<bool> {
     let started = Instant::now();
-    while !repo.has_wal(&name)? {
+    while !repo.has_wal(name)? {
         if started.elapsed() > timeout {
-            return Err(Error::Refused(format!(
-                "{wal_file} did not reach repository {} within {} s: check archive_command and \
-                 pg_stat_archiver; the restore point exists on the server but is not recorded",
-                repo.location(),
-                timeout.as_secs()
-            )));
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

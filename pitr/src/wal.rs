@@ -227,6 +227,22 @@ impl WalFileName {
             WalFileName::History(tli) => *tli,
         }
     }
+
+    /// Checks that `raw` is what this name says: a segment or `.partial` file by its long page
+    /// header (which is returned), a history file by parsing it, a backup history file by its
+    /// first line.
+    pub fn validate_content(&self, raw: &[u8]) -> std::result::Result<Option<LongPageHeader>, String> {
+        match self {
+            WalFileName::Segment(segment) | WalFileName::Partial(segment) => {
+                LongPageHeader::validate(*segment, raw).map(Some)
+            }
+            WalFileName::History(_) => parse_history(raw).map(|_| None),
+            WalFileName::Backup(..) if raw.starts_with(b"START WAL LOCATION: ") => Ok(None),
+            WalFileName::Backup(..) => {
+                Err("not a backup history file (it must start with 'START WAL LOCATION:')".into())
+            }
+        }
+    }
 }
 
 impl fmt::Display for WalFileName {

@@ -14,22 +14,46 @@ use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 
 /// Every finished backup in the repository, oldest first by stop time.
 pub fn load_catalog(repo: &Repo) -> Result<Vec<Manifest>> {
-    let mut manifests = Vec::new();
+    let mut manifests = scan_catalog(repo)?
+        .into_iter()
+        .map(|entry| entry.manifest)
+        .collect::<Result<Vec<_>>>()?;
+    manifests.sort_by_key(|m| m.stop_time);
+    Ok(manifests)
+}
+
+/// A backup directory with a manifest, and that manifest as read.
+pub struct CatalogEntry {
+    /// The tier directory it is in.
+    pub tier: Tier,
+    /// Its directory name: the backup id.
+    pub id: String,
+    /// The parsed manifest, or why it could not be read.
+    pub manifest: Result<Manifest>,
+}
+
+/// Every backup directory with a manifest, unreadable manifests included (for verification,
+/// which reports them instead of stopping at the first).
+pub fn scan_catalog(repo: &Repo) -> Result<Vec<CatalogEntry>> {
+    let mut entries = Vec::new();
     for tier in Tier::ALL {
         for dir in repo.storage().list(&format!("{}/", tier.name()))? {
             let key = format!("{}/{dir}{MANIFEST}", tier.name());
             let Some(bytes) = repo.storage().get(&key)? else {
                 continue;
             };
-            let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            let manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
                 what: repo.storage().describe(&key),
                 reason: format!("unreadable backup manifest ({e})"),
-            })?;
-            manifests.push(manifest);
+            });
+            entries.push(CatalogEntry {
+                tier,
+                id: dir.trim_end_matches('/').to_string(),
+                manifest,
+            });
         }
     }
-    manifests.sort_by_key(|m| m.stop_time);
-    Ok(manifests)
+    Ok(entries)
 }
 
 /// Deletes backup directories without a manifest (interrupted backups); returns their ids.
@@ -111,8 +135,7 @@ impl BackupStatus {
 /// The segments from a backup's start to its consistency point.
 fn needed_segments(m: &Manifest) -> Vec<WalFileName> {
     let size = m.segment_size();
-    let (first, last) = (size.segment_of(m.start_lsn), size.segment_before(m.stop_lsn));
-    (first..=last.max(first))
+    m.consistency_segments()
         .filter_map(|segno| {
             WalFileName::parse(
                 &Segment {

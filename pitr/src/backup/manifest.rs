@@ -63,6 +63,14 @@ impl Manifest {
     pub fn segment_size(&self) -> SegmentSize {
         SegmentSize::new(self.wal_segment_size).unwrap_or(SegmentSize::DEFAULT)
     }
+
+    /// The segment numbers (on [`Manifest::timeline`]) from the backup's start to its
+    /// consistency point: the WAL it needs to be restorable at all.
+    pub fn consistency_segments(&self) -> std::ops::RangeInclusive<u64> {
+        let size = self.segment_size();
+        let first = size.segment_of(self.start_lsn);
+        first..=size.segment_before(self.stop_lsn).max(first)
+    }
 }
 
 /// A tablespace: `pg_tblspc/<oid>` pointed at `location`.

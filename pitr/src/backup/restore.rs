@@ -218,6 +218,15 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 }
 
 fn restore_file(repo: &Repo, dir: &str, file: &FileEntry, layout: &Layout, progress: &dyn Progress) -> Result<()> {
+    let raw = read_verified(repo, dir, file)?;
+    write_new(&layout.destination(&file.path), &raw, file.mode)?;
+    progress.advance(raw.len() as u64);
+    Ok(())
+}
+
+/// Reads one file of the backup in `dir`, verified twice: the object's own checksum while it
+/// decodes, then size and CRC-32 against the manifest.
+pub(crate) fn read_verified(repo: &Repo, dir: &str, file: &FileEntry) -> Result<Vec<u8>> {
     let key = format!("{dir}files/{}", file.path);
     let what = format!("backup file {} ({})", file.path, repo.storage().describe(&key));
     let object = repo.storage().get(&key)?.ok_or_else(|| Error::Corrupt {
@@ -231,9 +240,7 @@ fn restore_file(repo: &Repo, dir: &str, file: &FileEntry, layout: &Layout, progr
             reason: "content does not match the manifest".into(),
         });
     }
-    write_new(&layout.destination(&file.path), &raw, file.mode)?;
-    progress.advance(raw.len() as u64);
-    Ok(())
+    Ok(raw)
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {

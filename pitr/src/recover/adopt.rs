@@ -73,7 +73,7 @@ pub fn adopt(repo: &Repo, codec: &Codec, pgdata: &Path, pitr_command: &str) -> R
         lost_segments: Vec::new(),
     };
     for (name, path) in files_to_archive(pgdata, identity.timeline, size, current)? {
-        match archive::push(repo, codec, &path, None)? {
+        match archive::push(repo, codec, &path, &archive::Site::default())? {
             PushOutcome::Stored => report.archived.push(name.to_string()),
             PushOutcome::AlreadyArchived => report.already_archived += 1,
         }

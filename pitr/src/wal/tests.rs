@@ -212,6 +212,27 @@ fn history_files_parse_like_postgres_reads_them() {
     assert!(parse_history(&[0xff, 0xfe]).is_err());
 }
 
+#[test]
+fn content_is_validated_by_the_kind_of_name() {
+    let size = SegmentSize::new(1 << 20).unwrap();
+    let parse = |n: &str| WalFileName::parse(n).unwrap();
+    let segment = header(size, 1, 3, 42);
+    let found = parse("000000010000000000000003").validate_content(&segment).unwrap();
+    assert_eq!(found.map(|h| h.system_identifier), Some(42));
+    assert!(parse("000000010000000000000003.partial")
+        .validate_content(&segment)
+        .is_ok());
+    assert!(parse("000000010000000000000004").validate_content(&segment).is_err());
+    assert_eq!(
+        parse("00000002.history").validate_content(b"1\t0/3000000\tx\n"),
+        Ok(None)
+    );
+    assert!(parse("00000002.history").validate_content(b"garbage\n").is_err());
+    let backup = parse("000000010000000000000003.00000028.backup");
+    assert_eq!(backup.validate_content(b"START WAL LOCATION: 0/3000028\n"), Ok(None));
+    assert!(backup.validate_content(b"LABEL: x\n").is_err());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 

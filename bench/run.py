@@ -1,0 +1,1201 @@
+#!/usr/bin/env python3
+"""pitr benchmarks side by side with pgBackRest, cp+fsync and pg_basebackup (issue #7).
+
+One command, run as root (or as a non-root user that can run PostgreSQL) from anywhere:
+
+    python3 bench/run.py            # full run (~15 min on 2 cores), regenerates docs/benchmarks.md
+    python3 bench/run.py --quick    # development run: fewer runs, smaller scale, writes no doc
+
+Everything happens under one fresh temp directory (clusters, repositories, corpus, logs), which
+is removed at the end even on failure (keep it with --keep). Nothing outside it is touched,
+except `cargo build --release` in this repository and docs/benchmarks.md.
+
+The harness is a list of sections (SECTIONS below). Each section measures one thing and records
+Series (one tool, one figure per run) and Ratios (pitr/peer per pair of adjacent runs, with the
+issue's target if it has one). To add a benchmark (for example the watcher and prefetch of
+issue 6), write a function `def section_x(b: Bench) -> None`, record its results with
+`b.res.series(...)` / `b.res.ratio(...)`, and replace the placeholder in SECTIONS.
+
+Python 3.9+, standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import filecmp
+import json
+import os
+import platform
+import pwd
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FINDINGS = Path(__file__).resolve().parent / "findings.md"
+DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
+MiB = 1 << 20
+
+# Ports of the benchmark clusters. They listen on a private socket directory only
+# (listen_addresses = ''), so they cannot collide with anything outside the temp dir.
+PORT_MAIN = 55432
+PORT_RECOVER = 55433
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """One figure of one tool, one value per run."""
+
+    key: str
+    group: str
+    measure: str
+    tool: str
+    unit: str
+    values: List[float] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class Ratio:
+    """pitr/peer, one value per pair of adjacent runs (or one value for deterministic sizes)."""
+
+    group: str
+    label: str
+    values: List[float] = field(default_factory=list)
+    target: Optional[float] = None  # the issue's target: the median must be <= target
+    note: str = ""
+
+
+@dataclass
+class Pending:
+    """A row that cannot be measured yet."""
+
+    group: str
+    measure: str
+    reason: str
+
+
+class Results:
+    def __init__(self) -> None:
+        self.all_series: Dict[str, Series] = {}
+        self.ratios: List[Ratio] = []
+        self.pending: List[Pending] = []
+        self.targets: List[Tuple[str, str, str, Optional[bool]]] = []  # (target, measured, goal, met)
+        self.notes: List[str] = []
+
+    def series(self, key: str, group: str, measure: str, tool: str, unit: str, note: str = "") -> Series:
+        if key not in self.all_series:
+            self.all_series[key] = Series(key, group, measure, tool, unit, note=note)
+        return self.all_series[key]
+
+    def ratio(self, group: str, label: str, values: Sequence[float], target: Optional[float] = None,
+              note: str = "") -> Ratio:
+        r = Ratio(group, label, list(values), target, note)
+        self.ratios.append(r)
+        return r
+
+    def to_json(self) -> dict:
+        return {
+            "series": [s.__dict__ for s in self.all_series.values()],
+            "ratios": [r.__dict__ for r in self.ratios],
+            "pending": [p.__dict__ for p in self.pending],
+        }
+
+
+def med(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def fmt(v: float, unit: str = "") -> str:
+    if unit == "×":
+        return f"{v:.2f}"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def triple(values: Sequence[float], unit: str = "") -> Tuple[str, str, str]:
+    return fmt(med(values), unit), fmt(min(values), unit), fmt(max(values), unit)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running commands
+# ----------------------------------------------------------------------------------------------
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Run:
+    seconds: float
+    rss_kb: Optional[int]
+    output: str
+    returncode: int
+
+
+class Runner:
+    """Runs commands as the PostgreSQL OS user (when we are root) with a clean environment,
+    output to a log file in the temp dir, timed with a monotonic clock around fork/exec/wait."""
+
+    def __init__(self, tmp: Path, user: Optional[str], pg_bin: Path):
+        self.tmp = tmp
+        self.user = user
+        self.pg_bin = pg_bin
+        self.log = tmp / "logs" / "last-command.log"
+        self.rss_file = tmp / "logs" / "last-time-v.txt"
+        self.history = tmp / "logs" / "commands.log"
+        if user:
+            pw = pwd.getpwnam(user)
+            self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        self.base_env = {
+            "PATH": f"{pg_bin}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(tmp / "home"),
+            "USER": user or os.environ.get("USER", ""),
+            "LOGNAME": user or os.environ.get("LOGNAME", ""),
+            "LANG": "C.UTF-8",
+            "TZ": "UTC",
+            "PGHOST": str(tmp / "sock"),
+            "PGPORT": str(PORT_MAIN),
+            "PGDATABASE": "postgres",
+            "PGUSER": user or os.environ.get("USER", "postgres"),
+        }
+
+    def run(self, argv: Sequence[str], *, cwd: Optional[Path] = None, env: Optional[dict] = None,
+            rss: bool = False, check: bool = True, as_pg: bool = True, timeout: float = 3600) -> Run:
+        argv = [str(a) for a in argv]
+        if rss:
+            argv = ["/usr/bin/time", "-v", "-o", str(self.rss_file)] + argv
+        full_env = dict(self.base_env)
+        if env:
+            full_env.update(env)
+        kwargs = {}
+        if as_pg and self.user and os.geteuid() == 0:
+            kwargs = {"user": self.uid, "group": self.gid, "extra_groups": []}
+        with open(self.log, "wb") as out:
+            start = time.perf_counter()
+            p = subprocess.Popen(argv, cwd=str(cwd or self.tmp), env=full_env, stdin=subprocess.DEVNULL,
+                                 stdout=out, stderr=subprocess.STDOUT, **kwargs)
+            try:
+                rc = p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise CommandFailed(f"timed out after {timeout} s: {' '.join(argv)}")
+            seconds = time.perf_counter() - start
+        output = self.log.read_text(errors="replace")
+        with open(self.history, "a") as h:
+            h.write(f"[{seconds:8.3f}s rc={rc}] {' '.join(argv)}\n")
+        if check and rc != 0:
+            raise CommandFailed(f"exit {rc}: {' '.join(argv)}\n{output[-4000:]}")
+        rss_kb = None
+        if rss:
+            m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", self.rss_file.read_text())
+            rss_kb = int(m.group(1)) if m else None
+        return Run(seconds, rss_kb, output, rc)
+
+    def sql(self, query: str, port: int = PORT_MAIN) -> str:
+        return self.run([self.pg_bin / "psql", "-X", "-At", "-p", str(port), "-c", query]).output.strip()
+
+
+def sh(argv: Sequence[str], check: bool = True) -> str:
+    """A command of our own (as the invoking user), for facts about the machine."""
+    p = subprocess.run([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if check and p.returncode != 0:
+        raise CommandFailed(f"exit {p.returncode}: {' '.join(map(str, argv))}\n{p.stdout}")
+    return p.stdout.strip()
+
+
+def tree_bytes(path: Path, exclude_top: Sequence[str] = ()) -> int:
+    total = 0
+    for root, dirs, files in os.walk(path):
+        if Path(root) == path:
+            dirs[:] = [d for d in dirs if d not in exclude_top]
+        for f in files:
+            try:
+                total += (Path(root) / f).lstat().st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def rotate(items: Sequence, k: int) -> list:
+    k %= len(items)
+    return list(items[k:]) + list(items[:k])
+
+
+def progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The bench: temp dir, cluster, repositories, tools
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    quick: bool
+    runs: int
+    scale: int
+    segments: int
+    pg_bin: Path
+    keep: bool
+    build: bool
+    doc: Optional[Path]
+    json_out: Optional[Path]
+    sections: Optional[List[str]]
+    profile: bool
+
+
+class Bench:
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.res = Results()
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.tmp = Path(tempfile.mkdtemp(prefix="pitr-bench-", dir="/tmp"))
+        for d in ("logs", "home", "sock", "sock-recover", "bin", "corpus", "work"):
+            (self.tmp / d).mkdir()
+        self.run_ = Runner(self.tmp, self.user, opts.pg_bin)
+        self.pgdata = self.tmp / "pg"
+        self.pitr = self.tmp / "bin" / "pitr"
+        self.pitr_config = self.tmp / "pitr.toml"  # empty: never read /etc/pitr/pitr.toml
+        self.pitr_repo = self.tmp / "pitr-repo"  # the cluster's archive and pitr's backups
+        self.pgbr_dir = self.tmp / "pgbackrest"
+        self.pgbr_conf = self.pgbr_dir / "pgbackrest.conf"
+        self.pgbr_repo = self.pgbr_dir / "repo"  # the cluster's pgBackRest archive and backups
+        self.pgbr_template = self.pgbr_dir / "template"  # an empty stanza, copied per push run
+        self.corpus: List[Path] = []
+        self.data_bytes = 0
+        self.machine: Dict[str, str] = {}
+        self.versions: Dict[str, str] = {}
+        self.push_repos: Dict[str, Path] = {}  # tool -> a repo holding the whole corpus
+        self.started = time.time()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def pg(self, name: str) -> Path:
+        return self.opts.pg_bin / name
+
+    def run(self, *a, **kw) -> Run:
+        return self.run_.run(*a, **kw)
+
+    def mkdir_pg(self, path: Path, mode: int = 0o700) -> Path:
+        path.mkdir(parents=True, exist_ok=False, mode=mode)
+        os.chmod(path, mode)
+        if self.user:
+            shutil.chown(path, self.user, self.user)
+        return path
+
+    def chown_tree(self, path: Path) -> None:
+        if self.user:
+            sh(["chown", "-R", f"{self.user}:{self.user}", path])
+
+    def pgbr(self, *args: str, repo: Optional[Path] = None) -> List[str]:
+        argv = ["pgbackrest", f"--config={self.pgbr_conf}",
+                f"--config-include-path={self.pgbr_dir / 'conf.d'}", "--stanza=bench"]
+        if repo is not None:
+            argv.append(f"--repo1-path={repo}")
+        return argv + list(args)
+
+    def pitr_cmd(self, repo: Path, *args: str) -> List[str]:
+        return [str(self.pitr), "--config", str(self.pitr_config), "--repo", str(repo),
+                "--compress", "zstd", "--compress-level", "3"] + list(args)
+
+    def settle(self) -> None:
+        """Untimed, between timed operations: flush dirty pages so one run's writeback does not
+        land in the next run's time."""
+        os.sync()
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        if self.opts.build:
+            progress("cargo build --release")
+            p = subprocess.run(["cargo", "build", "--release"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+            if p.returncode != 0:
+                raise CommandFailed("cargo build --release failed:\n" + p.stdout[-4000:])
+        src = REPO_ROOT / "target" / "release" / "pitr"
+        if not src.exists():
+            raise CommandFailed(f"{src} does not exist: run cargo build --release")
+        shutil.copy2(src, self.pitr)
+        self.pitr_config.write_text("")
+        os.chmod(self.tmp, 0o755)
+        self.chown_tree(self.tmp)
+
+    def describe_machine(self) -> None:
+        cpu = "unknown"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = 0
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+        fs = sh(["df", "-T", "--output=fstype,source", str(self.tmp)]).splitlines()[-1].split()
+        self.machine = {
+            "nproc": sh(["nproc"]),
+            "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+            "cpu": cpu,
+            "kernel": platform.release(),
+            "os": _os_release(),
+            "temp dir file system": f"{fs[0]} on {fs[1]}" if len(fs) == 2 else " ".join(fs),
+            "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        }
+        pitr_version = sh([self.pitr, "--version"])
+        commit = sh(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"], check=False)
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "diff", "--quiet", "HEAD", "--", "src", "pitr",
+                                "Cargo.toml", "Cargo.lock"]).returncode != 0
+        self.versions = {
+            "pitr": f"{pitr_version} (commit {commit}{', with uncommitted changes' if dirty else ''})",
+            "PostgreSQL": sh([self.pg("postgres"), "--version"]),
+            "pgBackRest": sh(["pgbackrest", "version"]),
+            "pg_basebackup": sh([self.pg("pg_basebackup"), "--version"]),
+            "zstd (pgBackRest's libzstd)": _libzstd_version(),
+        }
+
+    def setup_cluster(self) -> None:
+        o = self.opts
+        progress(f"initdb + pgbench -i -s {o.scale}")
+        self.run([self.pg("initdb"), "-D", self.pgdata, "-A", "trust", "-E", "UTF8", "--no-sync"])
+        pitr_push = " ".join(self.pitr_cmd(self.pitr_repo, "archive-push", "%p"))
+        conf = f"""
+# pitr bench
+port = {PORT_MAIN}
+listen_addresses = ''
+unix_socket_directories = '{self.tmp / 'sock'}'
+wal_level = replica
+archive_mode = on
+archive_command = '{pitr_push}'
+wal_keep_size = '8GB'   # keep the corpus segments in pg_wal until they are copied
+max_wal_size = '2GB'
+"""
+        with open(self.pgdata / "postgresql.conf", "a") as f:
+            f.write(conf)
+        self.mkdir_pg(self.pitr_repo)
+        self.run([self.pg("pg_ctl"), "-D", self.pgdata, "-l", self.tmp / "logs" / "postgresql.log", "-w", "start"])
+
+        # pgBackRest: a config in the temp dir, a stanza for the cluster's own repo, an empty
+        # stanza to copy for each archive-push run.
+        self.mkdir_pg(self.pgbr_dir, 0o755)
+        for d in ("log", "lock", "spool", "conf.d"):
+            self.mkdir_pg(self.pgbr_dir / d)
+        self.pgbr_conf.write_text(f"""[global]
+repo1-path={self.pgbr_repo}
+repo1-retention-full=2
+log-path={self.pgbr_dir / 'log'}
+lock-path={self.pgbr_dir / 'lock'}
+spool-path={self.pgbr_dir / 'spool'}
+log-level-console=warn
+log-level-stderr=warn
+start-fast=y
+compress-type=zst
+compress-level=3
+
+[bench]
+pg1-path={self.pgdata}
+pg1-socket-path={self.tmp / 'sock'}
+pg1-port={PORT_MAIN}
+""")
+        self.chown_tree(self.pgbr_dir)
+        self.mkdir_pg(self.pgbr_repo)
+        self.mkdir_pg(self.pgbr_template)
+        self.run(self.pgbr("stanza-create"))
+        self.run(self.pgbr("stanza-create", repo=self.pgbr_template))
+        # Archive into both repositories, so each tool's backups have their WAL (pitr's backup
+        # accepts this archive_command: it calls pitr with this repository). Both tools' backups
+        # wait for the same command.
+        both = f"{pitr_push} && {' '.join(self.pgbr('archive-push', '%p'))}"
+        self.run_.sql(f"ALTER SYSTEM SET archive_command = '{both}'")
+        self.run_.sql("SELECT pg_reload_conf()")
+        self.run([self.pg("pgbench"), "-i", "-q", "-s", o.scale])
+
+        # The corpus: consecutive segments written by the pgbench TPC-B workload after a
+        # checkpoint (full-page images, then updates): what archive_command sees in production.
+        self.run_.sql("CHECKPOINT")
+        first = self._current_segno() + 1
+        want = o.segments + 1
+        progress(f"pgbench TPC-B until {o.segments} complete segments are written")
+        deadline = time.time() + 900
+        while self._current_segno() - first < want:
+            if time.time() > deadline:
+                raise CommandFailed("pgbench did not write enough WAL within 15 minutes")
+            self.run([self.pg("pgbench"), "-c", "4", "-j", "2", "-T", "10", "-n"])
+        self.run_.sql("SELECT pg_switch_wal()")
+        names = [self._segname(first + i) for i in range(o.segments)]
+        for name in names:
+            dst = self.tmp / "corpus" / name
+            shutil.copyfile(self.pgdata / "pg_wal" / name, dst)
+            os.chmod(dst, 0o600)
+            self.corpus.append(dst)
+        self.chown_tree(self.tmp / "corpus")
+        for seg in self.corpus:
+            if seg.stat().st_size != 16 * MiB:
+                raise CommandFailed(f"{seg} is not a 16 MiB segment")
+        self.wait_archiver()
+        self.run_.sql("CHECKPOINT")
+        self.data_bytes = tree_bytes(self.pgdata, exclude_top=("pg_wal",))
+        self.settle()
+        progress(f"cluster ready: {self.data_bytes / MiB:.0f} MiB of data, corpus of {len(self.corpus)} segments "
+                 f"{names[0]}..{names[-1]}")
+
+    def _current_segno(self) -> int:
+        name = self.run_.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        return int(name[8:16], 16) * 256 + int(name[16:24], 16)
+
+    @staticmethod
+    def _segname(segno: int, tli: int = 1) -> str:
+        return f"{tli:08X}{segno // 256:08X}{segno % 256:08X}"
+
+    def wait_archiver(self, timeout: float = 900) -> None:
+        """Waits until the archiver has nothing left to do, so it does not compete with a run."""
+        status = self.pgdata / "pg_wal" / "archive_status"
+        deadline = time.time() + timeout
+        while any(p.suffix == ".ready" for p in status.iterdir()):
+            if time.time() > deadline:
+                raise CommandFailed("the archiver did not catch up (see logs/postgresql.log)")
+            time.sleep(0.5)
+        failed = self.run_.sql("SELECT failed_count FROM pg_stat_archiver")
+        if failed != "0":
+            self.res.notes.append(f"pg_stat_archiver.failed_count = {failed} during setup (see the server log)")
+
+    # -- teardown --------------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        for pid_file in list(self.tmp.glob("**/postmaster.pid")):
+            datadir = pid_file.parent
+            self.run([self.pg("pg_ctl"), "-D", datadir, "-m", "immediate", "-w", "stop"], check=False)
+        if self.opts.keep:
+            progress(f"kept {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _os_release() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def _libzstd_version() -> str:
+    out = sh(["dpkg-query", "-W", "-f", "${Version}", "libzstd1"], check=False)
+    return f"libzstd1 {out} (Debian package)" if out and "no packages" not in out else "unknown"
+
+
+# ----------------------------------------------------------------------------------------------
+# Section 1 and 2: archive-push and archive-get, one process per segment
+# ----------------------------------------------------------------------------------------------
+
+# (key, label, pgBackRest compress-type and level or None)
+PUSH_PEERS = [
+    ("pgbr-zst", "pgBackRest zst:3", ("zst", 3)),
+    ("pgbr-lz4", "pgBackRest lz4:1", ("lz4", 1)),
+    ("pgbr-gz", "pgBackRest gz:6", ("gz", 6)),
+    ("cp", "cp+fsync", None),
+]
+PUSH_TOOLS = [("pitr", "pitr zstd:3", None)] + PUSH_PEERS
+
+
+def push_command(b: Bench, tool: str, repo: Path, seg: Path) -> List[str]:
+    if tool == "pitr":
+        return b.pitr_cmd(repo, "archive-push", str(seg))
+    if tool == "cp":
+        # cp+fsync in one process: copy, then fsync the copy
+        return ["dd", f"if={seg}", f"of={repo / seg.name}", "bs=1M", "conv=fsync", "status=none"]
+    ctype, level = dict((k, c) for k, _, c in PUSH_PEERS)[tool]
+    return b.pgbr(f"--compress-type={ctype}", f"--compress-level={level}", "archive-push", str(seg), repo=repo)
+
+
+def get_command(b: Bench, tool: str, repo: Path, name: str, dest: Path) -> List[str]:
+    if tool == "pitr":
+        return b.pitr_cmd(repo, "archive-get", name, str(dest))
+    if tool == "cp":
+        return ["cp", str(repo / name), str(dest)]
+    return b.pgbr("archive-get", name, str(dest), repo=repo)
+
+
+def new_push_repo(b: Bench, tool: str, path: Path) -> Path:
+    if tool.startswith("pgbr"):
+        b.run(["cp", "-a", b.pgbr_template, path])
+    else:
+        b.mkdir_pg(path)
+    return path
+
+
+def stored_wal_bytes(tool: str, repo: Path) -> int:
+    if tool == "pitr":
+        return tree_bytes(repo / "wal")
+    if tool == "cp":
+        return tree_bytes(repo)
+    return tree_bytes(repo / "archive" / "bench", exclude_top=()) - sum(
+        p.stat().st_size for p in (repo / "archive" / "bench").glob("archive.info*"))
+
+
+def section_archive_push(b: Bench) -> None:
+    """archive-push, one process per segment as PostgreSQL calls it. In each run every tool pushes
+    the whole corpus into a fresh repository; the tools take turns segment by segment (the order
+    rotates), so a noisy moment hits all of them. Figure: the run's mean ms per segment."""
+    group = "1. archive-push (sync), one process per 16 MiB segment"
+    n = len(b.corpus)
+    totals: Dict[str, List[float]] = {t: [] for t, _, _ in PUSH_TOOLS}
+    for r in range(b.opts.runs):
+        progress(f"archive-push run {r + 1}/{b.opts.runs}")
+        base = b.mkdir_pg(b.tmp / "work" / f"push-{r}", 0o755)
+        repos = {t: new_push_repo(b, t, base / t) for t, _, _ in PUSH_TOOLS}
+        b.settle()
+        elapsed = {t: 0.0 for t in repos}
+        for i, seg in enumerate(b.corpus):
+            for t in rotate([t for t, _, _ in PUSH_TOOLS], r + i):
+                elapsed[t] += b.run(push_command(b, t, repos[t], seg)).seconds
+        for t in repos:
+            totals[t].append(elapsed[t] / n * 1000)
+        if r == 0:
+            b.push_repos = repos  # kept for archive-get and the sizes
+        else:
+            shutil.rmtree(base)
+    for t, label, _ in PUSH_TOOLS:
+        b.res.series(f"push-{t}", group, "archive-push", label, "ms/segment").values = totals[t]
+    for t, label, _ in PUSH_PEERS:
+        b.res.ratio(group, f"archive-push: pitr / {label}", [p / q for p, q in zip(totals["pitr"], totals[t])],
+                    target=0.5 if t == "pgbr-zst" else None)
+    # Stored size of the corpus: deterministic, one value.
+    raw = n * 16 * MiB
+    for t, label, _ in PUSH_TOOLS:
+        size = stored_wal_bytes(t, b.push_repos[t])
+        b.res.series(f"wal-size-{t}", group, f"stored size of the {n}-segment corpus ({raw // MiB} MiB)", label,
+                     "MiB", note=f"{size / raw * 100:.1f} % of the raw size").values = [size / MiB]
+    pitr_size = stored_wal_bytes("pitr", b.push_repos["pitr"])
+    b.res.ratio(group, "WAL compression: pitr zstd:3 / pgBackRest zst:3 stored bytes",
+                [pitr_size / stored_wal_bytes("pgbr-zst", b.push_repos["pgbr-zst"])], target=1.0,
+                note="same library and level; lower is better")
+
+
+def ensure_push_repos(b: Bench) -> None:
+    if b.push_repos:
+        return
+    progress("filling archive repositories (untimed, archive-push section not selected)")
+    base = b.mkdir_pg(b.tmp / "work" / "push-fill", 0o755)
+    b.push_repos = {t: new_push_repo(b, t, base / t) for t, _, _ in PUSH_TOOLS}
+    for seg in b.corpus:
+        for t, _, _ in PUSH_TOOLS:
+            b.run(push_command(b, t, b.push_repos[t], seg))
+
+
+def section_archive_get(b: Bench) -> None:
+    """archive-get, one process per segment as PostgreSQL's restore_command: the whole corpus
+    from each tool's repository, tools taking turns segment by segment. The first run checks
+    that every tool returns the original bytes."""
+    ensure_push_repos(b)
+    group = "2. archive-get, one process per 16 MiB segment"
+    n = len(b.corpus)
+    totals: Dict[str, List[float]] = {t: [] for t, _, _ in PUSH_TOOLS}
+    dest_dirs = {t: b.mkdir_pg(b.tmp / "work" / f"get-{t}") for t, _, _ in PUSH_TOOLS}
+    for r in range(b.opts.runs):
+        progress(f"archive-get run {r + 1}/{b.opts.runs}")
+        b.settle()
+        elapsed = {t: 0.0 for t in totals}
+        for i, seg in enumerate(b.corpus):
+            for t in rotate([t for t, _, _ in PUSH_TOOLS], r + i):
+                dest = dest_dirs[t] / "RECOVERYXLOG"
+                elapsed[t] += b.run(get_command(b, t, b.push_repos[t], seg.name, dest)).seconds
+                if r == 0 and not filecmp.cmp(dest, seg, shallow=False):
+                    raise CommandFailed(f"{t} archive-get of {seg.name} returned different bytes")
+                dest.unlink()
+        for t in totals:
+            totals[t].append(elapsed[t] / n * 1000)
+    for t, label, _ in PUSH_TOOLS:
+        b.res.series(f"get-{t}", group, "archive-get", label if t != "cp" else "cp (no fsync)",
+                     "ms/segment").values = totals[t]
+    for t, label, _ in PUSH_PEERS:
+        label = label if t != "cp" else "cp (no fsync)"
+        b.res.ratio(group, f"archive-get: pitr / {label}", [p / q for p, q in zip(totals["pitr"], totals[t])],
+                    target=0.5 if t == "pgbr-zst" else None)
+
+
+def section_rss_push_get(b: Bench) -> None:
+    """Peak RSS of one archive-push and one archive-get process, by /usr/bin/time -v: one
+    segment per run, a different segment each run, into a fresh repository per tool."""
+    ensure_push_repos(b)
+    group = "5. peak RSS (/usr/bin/time -v), largest process"
+    runs = min(b.opts.runs, len(b.corpus))
+    base = b.mkdir_pg(b.tmp / "work" / "rss", 0o755)
+    repos = {t: new_push_repo(b, t, base / t) for t, _, _ in PUSH_TOOLS if t != "cp"}
+    dest = b.mkdir_pg(b.tmp / "work" / "rss-get") / "RECOVERYXLOG"
+    push: Dict[str, List[float]] = {t: [] for t in repos}
+    get: Dict[str, List[float]] = {t: [] for t in repos}
+    progress("peak RSS of archive-push and archive-get")
+    for r in range(runs):
+        seg = b.corpus[r]
+        for t in rotate(list(repos), r):
+            push[t].append(b.run(push_command(b, t, repos[t], seg), rss=True).rss_kb / 1024)
+        for t in rotate(list(repos), r):
+            get[t].append(b.run(get_command(b, t, b.push_repos[t], seg.name, dest), rss=True).rss_kb / 1024)
+            dest.unlink()
+    labels = dict((t, l) for t, l, _ in PUSH_TOOLS)
+    for t in repos:
+        b.res.series(f"rss-push-{t}", group, "archive-push", labels[t], "MB").values = push[t]
+    for t in repos:
+        b.res.series(f"rss-get-{t}", group, "archive-get", labels[t], "MB").values = get[t]
+    b.res.ratio(group, "archive-push peak RSS: pitr / pgBackRest zst:3",
+                [p / q for p, q in zip(push["pitr"], push["pgbr-zst"])])
+    b.res.ratio(group, "archive-get peak RSS: pitr / pgBackRest zst:3",
+                [p / q for p, q in zip(get["pitr"], get["pgbr-zst"])])
+    m = med(push["pitr"])
+    b.res.targets.append(("archive-push peak RSS ≤ 50 MB", f"{fmt(m)} MB (max {fmt(max(push['pitr']))})",
+                          "≤ 50 MB", max(push["pitr"]) <= 50))
+
+
+# ----------------------------------------------------------------------------------------------
+# Section 3: full backup
+# ----------------------------------------------------------------------------------------------
+
+# key, label
+BACKUP_TOOLS = [
+    ("pitr-j1", "pitr backup --jobs 1"),
+    ("pgbr-pm1", "pgbackrest backup process-max=1"),
+    ("pgbr-pm2", "pgbackrest backup process-max=2"),
+    ("pitr-j2", "pitr backup --jobs 2"),
+    ("bb-zstd", "pg_basebackup -Ft -Z zstd"),
+    ("bb-server-zstd", "pg_basebackup -Ft -Z server-zstd"),
+]
+
+
+def backup_once(b: Bench, tool: str) -> Tuple[Run, int]:
+    """One timed backup; returns the run and the stored bytes."""
+    if tool.startswith("pitr"):
+        jobs = tool[-1]
+        daily = b.pitr_repo / "daily"
+        before = set(os.listdir(daily)) if daily.exists() else set()
+        run = b.run(b.pitr_cmd(b.pitr_repo, "backup", "--tier", "daily", "--fast", "--jobs", jobs), rss=True)
+        new = set(os.listdir(daily)) - before
+        if len(new) != 1:
+            raise CommandFailed(f"pitr backup: expected one new backup in {daily}, found {new}")
+        return run, tree_bytes(daily / new.pop())
+    if tool.startswith("pgbr"):
+        bdir = b.pgbr_repo / "backup" / "bench"
+        before = set(os.listdir(bdir))
+        run = b.run(b.pgbr("backup", "--type=full", f"--process-max={tool[-1]}"), rss=True)
+        new = {d for d in set(os.listdir(bdir)) - before if d.endswith("F")}
+        if len(new) != 1:
+            raise CommandFailed(f"pgbackrest backup: expected one new backup in {bdir}, found {new}")
+        return run, tree_bytes(bdir / new.pop())
+    out = b.tmp / "work" / "basebackup"
+    shutil.rmtree(out, ignore_errors=True)
+    method = "zstd" if tool == "bb-zstd" else "server-zstd"
+    run = b.run([b.pg("pg_basebackup"), "-D", out, "-Ft", "-Z", method, "-c", "fast"], rss=True)
+    size = tree_bytes(out)
+    shutil.rmtree(out)
+    return run, size
+
+
+def section_backup(b: Bench) -> None:
+    """Full backups of the idle pgbench cluster. Each run takes one backup with every tool; the
+    order reverses every run, and each compared pair is adjacent in both orders."""
+    group = f"3. full backup of the pgbench scale-{b.opts.scale} cluster ({b.data_bytes / MiB:,.0f} MiB)"
+    secs: Dict[str, List[float]] = {t: [] for t, _ in BACKUP_TOOLS}
+    sizes: Dict[str, List[float]] = {t: [] for t, _ in BACKUP_TOOLS}
+    rss: Dict[str, List[float]] = {t: [] for t, _ in BACKUP_TOOLS}
+    b.wait_archiver()
+    for r in range(b.opts.runs):
+        progress(f"backup run {r + 1}/{b.opts.runs}")
+        order = BACKUP_TOOLS if r % 2 == 0 else list(reversed(BACKUP_TOOLS))
+        for t, _ in order:
+            b.settle()
+            run, size = backup_once(b, t)
+            secs[t].append(run.seconds)
+            sizes[t].append(size / MiB)
+            rss[t].append(run.rss_kb / 1024)
+    labels = dict(BACKUP_TOOLS)
+    for t, label in BACKUP_TOOLS:
+        b.res.series(f"backup-s-{t}", group, "seconds", label, "s").values = secs[t]
+    for t, label in BACKUP_TOOLS:
+        b.res.series(f"backup-mbs-{t}", group, "throughput (data size / seconds)", label, "MiB/s").values = [
+            b.data_bytes / MiB / s for s in secs[t]]
+    for t, label in BACKUP_TOOLS:
+        b.res.series(f"backup-size-{t}", group, "stored size", label, "MiB",
+                     note=f"{med(sizes[t]) / (b.data_bytes / MiB) * 100:.1f} % of the data").values = sizes[t]
+    g5 = "5. peak RSS (/usr/bin/time -v), largest process"
+    for t, label in BACKUP_TOOLS:
+        note = "client only; the server's walsender is not counted" if t.startswith("bb") else (
+            "largest of the main and worker processes" if t == "pgbr-pm2" else "")
+        b.res.series(f"rss-backup-{t}", g5, "backup", label, "MB", note=note).values = rss[t]
+    pair = lambda a, c: [x / y for x, y in zip(secs[a], secs[c])]
+    b.res.ratio(group, f"backup time: {labels['pitr-j1']} / {labels['pgbr-pm1']}", pair("pitr-j1", "pgbr-pm1"), 0.8)
+    b.res.ratio(group, f"backup time: {labels['pitr-j2']} / {labels['pgbr-pm2']}", pair("pitr-j2", "pgbr-pm2"), 0.8)
+    b.res.ratio(group, f"backup time: {labels['pitr-j2']} / {labels['bb-zstd']}", pair("pitr-j2", "bb-zstd"), 1.0)
+    b.res.ratio(group, f"backup time: {labels['pitr-j2']} / {labels['bb-server-zstd']}",
+                pair("pitr-j2", "bb-server-zstd"))
+    b.res.ratio(group, "backup compression: pitr zstd:3 / pgBackRest zst:3 stored bytes",
+                [x / y for x, y in zip(sizes["pitr-j1"], sizes["pgbr-pm1"])], 1.0, note="lower is better")
+    b.res.ratio(g5, "backup peak RSS: pitr --jobs 2 / pgbackrest process-max=2",
+                [x / y for x, y in zip(rss["pitr-j2"], rss["pgbr-pm2"])])
+
+
+def ensure_backups(b: Bench) -> None:
+    """restore and recover need a backup in each repository."""
+    if not (b.pitr_repo / "daily").exists():
+        progress("one backup per tool (untimed, backup section not selected)")
+        b.wait_archiver()
+        backup_once(b, "pitr-j2")
+        backup_once(b, "pgbr-pm2")
+
+
+# ----------------------------------------------------------------------------------------------
+# Section 4: restore (files only) and recover to a target
+# ----------------------------------------------------------------------------------------------
+
+RESTORE_TOOLS = [
+    ("pitr-j1", "pitr restore --jobs 1"),
+    ("pgbr-pm1", "pgbackrest restore process-max=1"),
+    ("pgbr-pm2", "pgbackrest restore process-max=2"),
+    ("pitr-j2", "pitr restore --jobs 2"),
+]
+
+
+def restore_once(b: Bench, tool: str) -> Run:
+    target = b.tmp / "work" / "restore"
+    if tool.startswith("pitr"):
+        run = b.run(b.pitr_cmd(b.pitr_repo, "restore", "--pgdata", str(target), "--jobs", tool[-1]), rss=True)
+    else:
+        b.mkdir_pg(target)
+        run = b.run(b.pgbr("restore", f"--pg1-path={target}", f"--process-max={tool[-1]}"), rss=True)
+    if not (target / "global" / "pg_control").exists():
+        raise CommandFailed(f"{tool} restore left no global/pg_control")
+    shutil.rmtree(target)
+    return run
+
+
+def section_restore(b: Bench) -> None:
+    """Restore the newest backup's files into a new data directory (no server start)."""
+    ensure_backups(b)
+    group = "4. restore and recover"
+    secs: Dict[str, List[float]] = {t: [] for t, _ in RESTORE_TOOLS}
+    rss: Dict[str, List[float]] = {t: [] for t, _ in RESTORE_TOOLS}
+    for r in range(b.opts.runs):
+        progress(f"restore run {r + 1}/{b.opts.runs}")
+        order = RESTORE_TOOLS if r % 2 == 0 else list(reversed(RESTORE_TOOLS))
+        for t, _ in order:
+            b.settle()
+            run = restore_once(b, t)
+            secs[t].append(run.seconds)
+            rss[t].append(run.rss_kb / 1024)
+    labels = dict(RESTORE_TOOLS)
+    for t, label in RESTORE_TOOLS:
+        b.res.series(f"restore-s-{t}", group, "restore (files only), seconds", label, "s").values = secs[t]
+    g5 = "5. peak RSS (/usr/bin/time -v), largest process"
+    for t, label in RESTORE_TOOLS:
+        b.res.series(f"rss-restore-{t}", g5, "restore", label, "MB").values = rss[t]
+    for j in "12":
+        b.res.ratio(group, f"restore time: {labels['pitr-j' + j]} / {labels['pgbr-pm' + j]}",
+                    [x / y for x, y in zip(secs["pitr-j" + j], secs["pgbr-pm" + j])], 0.8)
+
+
+def recover_once(b: Bench, tool: str) -> Run:
+    target = b.tmp / "work" / "recover"
+    if tool == "pitr":
+        run = b.run(b.pitr_cmd(b.pitr_repo, "recover", "--pgdata", str(target), "--target", "immediate",
+                               "--action", "shutdown", "--port", str(PORT_RECOVER)))
+        if "shutdown at the target" not in run.output:
+            raise CommandFailed("pitr recover did not report 'shutdown at the target':\n" + run.output)
+    else:
+        # The same job by hand with pgBackRest: restore with recovery settings, then run the
+        # server until it reaches the target and shuts down.
+        b.mkdir_pg(target)
+        start = time.perf_counter()
+        r1 = b.run(b.pgbr("restore", f"--pg1-path={target}", "--process-max=2", "--type=immediate",
+                          "--target-action=shutdown"))
+        r2 = b.run([b.pg("postgres"), "-D", target, "-p", PORT_RECOVER, "-c",
+                    f"unix_socket_directories={b.tmp / 'sock-recover'}", "-c", "listen_addresses=",
+                    "-c", "archive_mode=off"])
+        run = Run(time.perf_counter() - start, None, r1.output + r2.output, r2.returncode)
+        if "shutdown at recovery target" not in r2.output:
+            raise CommandFailed("PostgreSQL did not shut down at the target:\n" + r2.output[-3000:])
+    shutil.rmtree(target)
+    return run
+
+
+def section_recover(b: Bench) -> None:
+    """End-to-end recovery to a target (the newest backup's consistency point): restore, recovery
+    settings, start PostgreSQL, replay from the archive, stop at the target, shut down."""
+    ensure_backups(b)
+    group = "4. restore and recover"
+    tools = [("pitr", "pitr recover --target immediate --action shutdown"),
+             ("pgbr", "pgbackrest restore --type=immediate --target-action=shutdown process-max=2, then postgres")]
+    secs: Dict[str, List[float]] = {t: [] for t, _ in tools}
+    for r in range(b.opts.runs):
+        progress(f"recover run {r + 1}/{b.opts.runs}")
+        for t, _ in (tools if r % 2 == 0 else list(reversed(tools))):
+            b.settle()
+            secs[t].append(recover_once(b, t).seconds)
+    for t, label in tools:
+        b.res.series(f"recover-s-{t}", group, "recover to a target, end to end, seconds", label, "s").values = secs[t]
+    b.res.ratio(group, "recover time: pitr / pgBackRest restore + postgres",
+                [x / y for x, y in zip(secs["pitr"], secs["pgbr"])])
+
+
+# ----------------------------------------------------------------------------------------------
+# Not built yet
+# ----------------------------------------------------------------------------------------------
+
+
+def section_not_built(b: Bench) -> None:
+    """Placeholders for issue 6. When the watcher lands, replace this with a section that runs the
+    cluster under a pgbench load with archive_command handing segments to the watcher and, as the
+    peer, pgBackRest with archive-async=y and process-max=2, measuring ms/segment and the archive
+    lag; and with archive-get through pitr's prefetch against pgBackRest's archive-get-queue-max."""
+    reason = "not yet measured: the watcher and prefetch are not built (issue 6)"
+    b.res.pending.append(Pending("1. archive-push (sync), one process per 16 MiB segment",
+                                 "archive-push with the watcher vs pgBackRest archive-async", reason))
+    b.res.pending.append(Pending("2. archive-get, one process per 16 MiB segment",
+                                 "archive-get with prefetch vs pgBackRest archive-async (archive-get-queue-max)",
+                                 reason))
+
+
+# ----------------------------------------------------------------------------------------------
+# Optional: profile one archive-push of each (perf stat, callgrind)
+# ----------------------------------------------------------------------------------------------
+
+
+def section_profile(b: Bench) -> None:
+    """perf stat (software counters) over 10 archive-push processes of pitr and of pgBackRest zst,
+    and callgrind's top functions for one pitr archive-push. Goes into the doc as raw output."""
+    out = []
+    base = b.mkdir_pg(b.tmp / "work" / "profile", 0o755)
+    for t in ("pitr", "pgbr-zst"):
+        repo = new_push_repo(b, t, base / t)
+        segs = b.corpus[: min(10, len(b.corpus))]
+        script = b.tmp / "work" / f"profile-{t}.sh"
+        script.write_text("#!/bin/sh\nset -e\n" + "".join(
+            " ".join(f"'{a}'" for a in push_command(b, t, repo, s)) + "\n" for s in segs))
+        script.chmod(0o755)
+        if shutil.which("perf"):
+            r = b.run(["perf", "stat", "-e", "task-clock,context-switches,cpu-migrations,page-faults",
+                       script], check=False)
+            out.append(f"perf stat, {len(segs)} × archive-push, {t}:\n" + r.output.strip())
+    if shutil.which("valgrind"):
+        repo = new_push_repo(b, "pitr", base / "pitr-callgrind")
+        cg = b.tmp / "work" / "callgrind.out"
+        b.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}"]
+              + push_command(b, "pitr", repo, b.corpus[0]), check=False)
+        if cg.exists():
+            ann = b.run(["callgrind_annotate", "--inclusive=no", cg], check=False).output
+            lines = [l for l in ann.splitlines() if l.strip()]
+            start = next((i for i, l in enumerate(lines) if "file:function" in l), 0)
+            out.append("callgrind, one pitr archive-push, self cost (instructions):\n"
+                       + "\n".join(lines[start: start + 16]))
+    b.res.notes.append("PROFILE\n" + "\n\n".join(out))
+
+
+SECTIONS: List[Tuple[str, Callable[[Bench], None]]] = [
+    ("push", section_archive_push),
+    ("get", section_archive_get),
+    ("rss", section_rss_push_get),
+    ("backup", section_backup),
+    ("restore", section_restore),
+    ("recover", section_recover),
+    ("not-built", section_not_built),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+
+def verdict(r: Ratio) -> Optional[bool]:
+    if r.target is None:
+        return None
+    return med(r.values) <= r.target
+
+
+def targets_rows(res: Results) -> List[Tuple[str, str, str, str]]:
+    rows = []
+    for r in res.ratios:
+        if r.target is None:
+            continue
+        m, lo, hi = triple(r.values, "×")
+        measured = f"{m}×" if len(r.values) == 1 else f"{m}× ({lo}–{hi})"
+        ok = verdict(r)
+        mark = "**met**" if ok else "**missed**"
+        if ok and max(r.values) > r.target:
+            mark = "met by the median, not in every pair"
+        rows.append((r.label, measured, f"≤ {r.target:g}×", mark))
+    for target, measured, goal, ok in res.targets:
+        rows.append((target, measured, goal, "**met**" if ok else "**missed**"))
+    return rows
+
+
+def results_table(res: Results) -> List[List[str]]:
+    """Rows: group, measure, tool, median, min, max, unit, note."""
+    rows = []
+    groups: Dict[str, List] = {}
+    for s in res.all_series.values():
+        groups.setdefault(s.group, []).append(s)
+    for p in res.pending:
+        groups.setdefault(p.group, []).append(p)
+    for g in sorted(groups):
+        for s in groups[g]:
+            if isinstance(s, Pending):
+                rows.append([g, s.measure, "—", "—", "—", "—", "", s.reason])
+                continue
+            m, lo, hi = triple(s.values)
+            if len(s.values) == 1:
+                lo = hi = "="
+            rows.append([g, s.measure, s.tool, m, lo, hi, s.unit, s.note])
+    return rows
+
+
+def ratio_rows(res: Results) -> List[List[str]]:
+    rows = []
+    for r in sorted(res.ratios, key=lambda r: r.group):
+        m, lo, hi = triple(r.values, "×")
+        if len(r.values) == 1:
+            lo = hi = "="
+        tgt = f"≤ {r.target:g}" if r.target is not None else ""
+        v = verdict(r)
+        rows.append([r.label, m, lo, hi, tgt, "" if v is None else ("met" if v else "MISSED"), r.note])
+    return rows
+
+
+def print_console(b: Bench) -> None:
+    def table(header: List[str], rows: List[List[str]]) -> None:
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+        line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+        print(line)
+        print("-" * len(line))
+        for row in rows:
+            print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+        print()
+
+    print()
+    print(f"pitr benchmarks: {len(b.corpus)} segments, {b.opts.runs} runs, scale {b.opts.scale}"
+          f"{' (QUICK MODE)' if b.opts.quick else ''}")
+    print()
+    rows = [[r[1], r[2], r[3], r[4], r[5], r[6], r[7]] for r in results_table(b.res)]
+    last = None
+    out = []
+    for full, row in zip(results_table(b.res), rows):
+        if full[0] != last:
+            out.append([f"== {full[0]}", "", "", "", "", "", ""])
+            last = full[0]
+        out.append(row)
+    table(["measure", "tool", "median", "min", "max", "unit", "note"], out)
+    table(["pitr / peer (per pair of adjacent runs)", "median", "min", "max", "target", "verdict", "note"],
+          ratio_rows(b.res))
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_doc(b: Bench, path: Path, total_seconds: float) -> None:
+    o = b.opts
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    mode = "quick (development) mode: too few runs to quote" if o.quick else "full mode"
+    parts = [
+        "# Benchmarks: pitr side by side with pgBackRest, cp+fsync and pg_basebackup",
+        "",
+        f"<!-- Generated by `python3 bench/run.py` on {when}; do not edit by hand. The profiling notes come from "
+        "bench/findings.md. -->",
+        "",
+        f"Generated by `python3 bench/run.py` ({mode}) on {when}, in {total_seconds / 60:.1f} minutes. "
+        "Every figure is the median of "
+        f"{o.runs} runs with the minimum and maximum; every comparison is pitr/peer computed per pair of adjacent "
+        "runs (the machine is shared and noisy), then the median and range of those ratios. Lower is better for "
+        "pitr everywhere.",
+        "",
+        "## Machine",
+        "",
+        md_table(["", ""], [[k, v] for k, v in b.machine.items()] + [[k, v] for k, v in b.versions.items()]),
+        "",
+        "## Targets (issue 7)",
+        "",
+        md_table(["target", "measured pitr/peer: median (min–max)", "goal", "verdict"], targets_rows(b.res)),
+        "",
+        "## All comparisons",
+        "",
+        md_table(["pitr / peer", "median", "min", "max", "target", "verdict", "note"], ratio_rows(b.res)),
+        "",
+        "## All figures",
+        "",
+        md_table(["", "measure", "tool", "median", "min", "max", "unit", "note"], results_table(b.res)),
+        "",
+        "## Method",
+        "",
+        METHOD.format(segments=len(b.corpus), scale=o.scale, runs=o.runs,
+                      data_mib=b.data_bytes / MiB, first=b.corpus[0].name if b.corpus else "-",
+                      last=b.corpus[-1].name if b.corpus else "-"),
+    ]
+    notes = [n for n in b.res.notes if not n.startswith("PROFILE")]
+    if notes:
+        parts += ["", "Notes from this run:", ""] + [f"- {n}" for n in notes]
+    if FINDINGS.exists():
+        parts += ["", FINDINGS.read_text().strip()]
+    prof = [n for n in b.res.notes if n.startswith("PROFILE")]
+    if prof:
+        parts += ["", "## Raw profile of this run (`--profile`)", "", "```", prof[0][len("PROFILE\n"):], "```"]
+    parts += ["", "## Raw figures", "", "<details><summary>every run, in order</summary>", "", "```json",
+              json.dumps(b.res.to_json(), indent=1, ensure_ascii=False), "```", "", "</details>", ""]
+    path.write_text("\n".join(parts))
+    progress(f"wrote {path}")
+
+
+METHOD = """\
+Reproduce with `python3 bench/run.py` as root (it runs PostgreSQL, pgBackRest and pitr as the `postgres` OS
+user); see bench/README.md. The harness builds pitr (`cargo build --release`), creates everything under one
+fresh temp directory in /tmp (a PostgreSQL cluster on a private socket, the repositories, the corpus, logs) and
+removes it at the end.
+
+- **Data.** `initdb`, then `pgbench -i -s {scale}` ({data_mib:,.0f} MiB of data without pg_wal). The WAL
+  corpus is {segments} consecutive real 16 MiB segments ({first} .. {last}) written by the pgbench TPC-B
+  workload (`pgbench -c 4 -j 2`) right after a checkpoint, copied out of pg_wal: full-page images, then
+  updates, what `archive_command` sees in production.
+- **Settings.** Same compression library and level on both sides: pitr `--compress zstd --compress-level 3`
+  (its default), pgBackRest `compress-type=zst`, `compress-level=3` (its default); also pgBackRest lz4 (level
+  1) and gz (level 6), its defaults for those. `pg_basebackup -Z zstd` is client-side zstd at level 3 in
+  PostgreSQL 15 (`-Z server-zstd` compresses in the server instead; both are shown). Backups use a fast
+  checkpoint (`--fast`, `start-fast=y`, `-c fast`). pgBackRest uses its defaults otherwise (file logging,
+  `archive-check`, `repo1-retention-full=2`); pitr runs `expire` after each backup, as by default.
+- **archive-push.** One process per segment, as PostgreSQL calls `archive_command`, with an absolute path from
+  a neutral directory. A run pushes the whole corpus into a fresh repository per tool (for pgBackRest a copy of
+  an empty stanza); the tools take turns segment by segment and the order rotates, so noise hits all of
+  them. The figure is the run's mean time per segment (fork, exec, read, compress, write, fsync, exit).
+  `cp+fsync` is `dd conv=fsync` (copy, then fsync, in one process). The segments are in the page cache
+  (as they are when PostgreSQL has just written them).
+- **archive-get.** Same scheme, from the repositories the first push run filled, into a scratch file
+  (`RECOVERYXLOG`). The first run checks that every tool returns the original bytes.
+- **Full backup.** The idle cluster, all tools in one run in an order that reverses every run; each compared
+  pair is adjacent in both orders. The cluster's `archive_command` archives into both pitr's and pgBackRest's
+  repository (`pitr ... archive-push %p && pgbackrest ... archive-push %p`), so pitr's `pg_backup_stop` wait
+  and pgBackRest's `archive-check` wait for the same command. Throughput is the data size divided by the time.
+  Stored size is every file of the backup (manifest included); pg_basebackup's includes its pg_wal.tar.
+- **Restore.** The newest backup's files into a new directory (`pitr restore --pgdata`, `pgbackrest restore
+  --pg1-path`), no server start; both make the files durable before exiting.
+- **Recover.** End to end to the newest backup's consistency point: `pitr recover --target immediate --action
+  shutdown` against `pgbackrest restore --type=immediate --target-action=shutdown --process-max=2` followed by
+  running `postgres` until it shuts down at the target.
+- **Peak RSS.** `/usr/bin/time -v`'s maximum resident set size, which is that of the largest single process
+  (pgBackRest's worker processes are separate processes; pitr's threads share one).
+- Between timed operations the harness calls `sync` (untimed) so one run's writeback does not land in the
+  next run's time.
+"""
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+
+
+def find_pg_bin() -> Path:
+    root = Path("/usr/lib/postgresql")
+    versions = sorted((p for p in root.glob("*/bin") if (p / "initdb").exists()),
+                      key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    if not versions:
+        sys.exit("no PostgreSQL found under /usr/lib/postgresql/*/bin; pass --pg-bin")
+    return versions[-1]
+
+
+def preflight(opts: Options) -> None:
+    missing = []
+    if not shutil.which("pgbackrest"):
+        missing.append("pgbackrest")
+    if not Path("/usr/bin/time").exists():
+        missing.append("time")
+    if missing:
+        sys.exit(f"missing: {', '.join(missing)}. Install with: apt-get install -y {' '.join(missing)}")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            sys.exit("running as root needs a 'postgres' OS user to run the clusters as")
+    if opts.runs < 1 or opts.segments < 1:
+        sys.exit("--runs and --segments must be at least 1")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="development run: 3 runs, 8 segments, pgbench scale 10; writes no doc unless --doc")
+    ap.add_argument("--runs", type=int, help="runs per figure (default 5; quick 3)")
+    ap.add_argument("--segments", type=int, help="WAL segments in the corpus (default 32; quick 8)")
+    ap.add_argument("--scale", type=int, help="pgbench scale of the backup cluster (default 50; quick 10)")
+    ap.add_argument("--pg-bin", type=Path, help="PostgreSQL bin directory (default: newest /usr/lib/postgresql/*/bin)")
+    ap.add_argument("--only", help=f"comma-separated sections to run: {','.join(n for n, _ in SECTIONS)}")
+    ap.add_argument("--profile", action="store_true",
+                    help="also run perf stat and callgrind on archive-push and put the raw output in the doc")
+    ap.add_argument("--doc", type=Path, help=f"the markdown to write (default {DEFAULT_DOC.relative_to(REPO_ROOT)} "
+                                              "in full mode, none in quick mode)")
+    ap.add_argument("--no-doc", action="store_true", help="write no markdown")
+    ap.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    ap.add_argument("--no-build", action="store_true", help="use target/release/pitr as it is")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
+    a = ap.parse_args(argv)
+    doc = None if a.no_doc else (a.doc or (None if a.quick else DEFAULT_DOC))
+    sections = a.only.split(",") if a.only else None
+    if sections:
+        unknown = set(sections) - {n for n, _ in SECTIONS}
+        if unknown:
+            sys.exit(f"unknown sections: {', '.join(sorted(unknown))}")
+    opts = Options(quick=a.quick, runs=a.runs or (3 if a.quick else 5),
+                   scale=a.scale or (10 if a.quick else 50), segments=a.segments or (8 if a.quick else 32),
+                   pg_bin=a.pg_bin or find_pg_bin(), keep=a.keep, build=not a.no_build, doc=doc,
+                   json_out=a.json, sections=sections, profile=a.profile)
+    preflight(opts)
+    b = Bench(opts)
+    progress(f"temp dir {b.tmp}")
+    ok = False
+    try:
+        b.build()
+        b.describe_machine()
+        b.setup_cluster()
+        for name, fn in SECTIONS:
+            if sections is None or name in sections or name == "not-built":
+                fn(b)
+        if opts.profile:
+            section_profile(b)
+        b.machine["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        ok = True
+    finally:
+        b.teardown()
+    total = time.time() - b.started
+    print_console(b)
+    print(f"total time: {total / 60:.1f} minutes")
+    if opts.json_out:
+        opts.json_out.write_text(json.dumps({"machine": b.machine, "versions": b.versions,
+                                             **b.res.to_json()}, indent=1))
+    if ok and opts.doc:
+        write_doc(b, opts.doc, total)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

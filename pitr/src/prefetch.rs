@@ -1,0 +1,170 @@
+//! Restore prefetch: while PostgreSQL replays segment N, the next segments are fetched from the
+//! repository, decompressed and verified into the spool, so that the next `archive-get` is a
+//! check and a rename instead of a read, a decompression and a write.
+//!
+//! Each prefetched segment `<spool>/prefetch/<name>` has a sidecar `<name>.crc` with the CRC-32
+//! the repository recorded; archive-get verifies the file against it before handing it over, so
+//! a file damaged in the spool is an error (exit ≥ 126), never "missing" and never replayed.
+//! The `owner` file names the repository, cluster and data directory the files belong to;
+//! files of anyone else are deleted unread.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::archive::check_restored;
+use crate::codec::{self, ObjectHeader};
+use crate::error::{Error, Result};
+use crate::repo::{Repo, RepoInfo};
+use crate::spool::Spool;
+use crate::wal::{Segment, SegmentSize, WalFileName};
+
+/// The prefetch area of a spool, for one repository and data directory.
+pub struct Prefetched<'a> {
+    dir: PathBuf,
+    repo: &'a Repo,
+    info: RepoInfo,
+    owner: String,
+}
+
+impl<'a> Prefetched<'a> {
+    /// The prefetch area of `spool` for `repo` (whose metadata is `info`).
+    pub fn new(spool: &Spool, repo: &'a Repo, info: &RepoInfo) -> Prefetched<'a> {
+        let cwd = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        let owner = format!("{}\n{}\n{cwd}\n", repo.location(), info.system_identifier);
+        Prefetched {
+            dir: spool.prefetch_dir(),
+            repo,
+            info: *info,
+            owner,
+        }
+    }
+
+    /// Moves the verified prefetched `name` to `dest`; `None` when it was not prefetched.
+    pub fn take(&self, name: &WalFileName, dest: &Path) -> Result<Option<u64>> {
+        if !self.is_ours() {
+            return Ok(None);
+        }
+        let path = self.dir.join(name.to_string());
+        let crc_path = path.with_extension("crc");
+        let Ok(expected) = fs::read_to_string(&crc_path) else {
+            return Ok(None);
+        };
+        let what = format!("prefetched {}", path.display());
+        let raw = fs::read(&path).map_err(Error::io("read", &path))?;
+        let crc = format!("{:08x}", crc32fast::hash(&raw));
+        if crc != expected.trim() {
+            return Err(Error::Corrupt {
+                what,
+                reason: format!("CRC-32 {crc}, the repository recorded {}", expected.trim()),
+            });
+        }
+        check_restored(self.repo, name, &raw, self.info, &what)?;
+        match fs::rename(&path, dest) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(18) => fs::write(dest, &raw).map_err(Error::io("write", dest))?, // EXDEV
+            Err(e) => return Err(Error::io("move into place", dest)(e)),
+        }
+        let _ = fs::remove_file(crc_path);
+        Ok(Some(raw.len() as u64))
+    }
+
+    /// Fetches up to `count` segments after `after` that are archived and not prefetched yet,
+    /// stopping at the end of the archive; deletes spool files of other timelines and older
+    /// segments. Another prefetcher at work on the same spool makes this return at once.
+    pub fn fill(&self, after: &WalFileName, count: u64) -> Result<()> {
+        let Some(segment) = after.segment_name().and_then(|s| s.segment(self.segment_size())) else {
+            return Ok(());
+        };
+        self.claim()?;
+        let lock_path = self.dir.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path);
+        let lock = lock.map_err(Error::io("open", &lock_path))?;
+        if lock.try_lock().is_err() {
+            return Ok(());
+        }
+        self.clean(segment)?;
+        for segno in segment.segno + 1..=segment.segno + count {
+            let next = WalFileName::parse(
+                &Segment {
+                    timeline: segment.timeline,
+                    segno,
+                }
+                .file_name(self.segment_size()),
+            )?;
+            if self.dir.join(next.to_string()).with_extension("crc").exists() {
+                continue;
+            }
+            if !self.fetch(&next)? {
+                break; // the end of the archive
+            }
+        }
+        Ok(())
+    }
+
+    fn segment_size(&self) -> SegmentSize {
+        SegmentSize::new(self.info.wal_segment_size).unwrap_or(SegmentSize::DEFAULT)
+    }
+
+    fn is_ours(&self) -> bool {
+        fs::read_to_string(self.dir.join("owner")).is_ok_and(|o| o == self.owner)
+    }
+
+    /// Makes the prefetch area ours, deleting what another repository or data directory left.
+    fn claim(&self) -> Result<()> {
+        if self.is_ours() {
+            return Ok(());
+        }
+        match fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("clean", &self.dir)(e)),
+        }
+        Spool::at(self.dir.parent().expect("prefetch is inside the spool")).ensure()?;
+        let owner = self.dir.join("owner");
+        fs::write(&owner, &self.owner).map_err(Error::io("write", &owner))
+    }
+
+    /// Deletes prefetched files of other timelines, and of segments at or before `current`.
+    fn clean(&self, current: Segment) -> Result<()> {
+        for entry in fs::read_dir(&self.dir).map_err(Error::io("list", &self.dir))?.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let stem = file.strip_suffix(".crc").unwrap_or(&file);
+            let Ok(name) = WalFileName::parse(stem) else { continue };
+            let stale = name
+                .segment_name()
+                .and_then(|s| s.segment(self.segment_size()))
+                .is_none_or(|s| s.timeline != current.timeline || s.segno <= current.segno);
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches one segment into the spool; `false` when the repository does not hold it.
+    /// A corrupt archived file is left for archive-get to report.
+    fn fetch(&self, name: &WalFileName) -> Result<bool> {
+        let Some(object) = self.repo.get_wal(name)? else {
+            return Ok(false);
+        };
+        let what = self.repo.describe_wal(name);
+        let Ok(raw) = codec::decode(&object, &what) else {
+            return Ok(true);
+        };
+        let header = ObjectHeader::parse(&object, &what)?;
+        let path = self.dir.join(name.to_string());
+        let temp = path.with_extension("tmp");
+        fs::write(&temp, &raw).map_err(Error::io("write", &temp))?;
+        fs::rename(&temp, &path).map_err(Error::io("rename", &path))?;
+        let crc_path = path.with_extension("crc");
+        fs::write(&crc_path, format!("{:08x}", header.raw_crc)).map_err(Error::io("write", &crc_path))?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,358 @@
+//! The alerts, named as in the runbook, with their severities, and the rules that judge
+//! freshness: how old the newest backups may be, and how long the archive may stand still
+//! while the server writes. Pure functions of facts, thresholds and "now".
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Scope, ServerView};
+use crate::backup::manifest::Manifest;
+use crate::backup::Tier;
+use crate::wal::{SegmentSize, SIZE_OF_XLOG_LONG_PHD};
+
+/// How bad an alert is. Exit codes follow it: 1 for warnings only, 2 for any critical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Look at it soon.
+    Warning,
+    /// The backups cannot be trusted now.
+    Critical,
+}
+
+/// The alerts verify raises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum AlertName {
+    /// A stored object, manifest or history file failed its integrity check.
+    BackupVerificationFailed,
+    /// No backup at all, or a tier's newest backup is overdue.
+    BackupMissing,
+    /// The newest backup is older than the maximum age.
+    BackupTooOld,
+    /// WAL that a retained backup needs for recovery is not in the archive.
+    WalArchiveGap,
+    /// The archive stands still while the server writes WAL.
+    WalArchiveStale,
+}
+
+impl AlertName {
+    /// Every alert, in the order they are reported and exported.
+    pub const ALL: [AlertName; 5] = [
+        AlertName::BackupVerificationFailed,
+        AlertName::BackupMissing,
+        AlertName::BackupTooOld,
+        AlertName::WalArchiveGap,
+        AlertName::WalArchiveStale,
+    ];
+
+    /// The alert's fixed severity.
+    pub fn severity(self) -> Severity {
+        match self {
+            AlertName::BackupTooOld | AlertName::WalArchiveStale => Severity::Warning,
+            AlertName::BackupVerificationFailed | AlertName::BackupMissing | AlertName::WalArchiveGap => {
+                Severity::Critical
+            }
+        }
+    }
+}
+
+impl fmt::Display for AlertName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One raised alert: what it is about and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    /// The alert.
+    pub alert: AlertName,
+    /// Its severity.
+    pub severity: Severity,
+    /// What it is about: a file in the repository, a backup, a tier, a range of segments.
+    pub subject: String,
+    /// What was found and what to do.
+    pub reason: String,
+}
+
+impl Alert {
+    /// An alert with the severity of its name.
+    pub fn new(alert: AlertName, subject: impl Into<String>, reason: impl Into<String>) -> Alert {
+        Alert {
+            alert,
+            severity: alert.severity(),
+            subject: subject.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The limits the freshness rules apply (config file `[verify]`, flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// BackupTooOld: the newest backup may be at most this old (runbook: 168 h).
+    pub max_age: Duration,
+    /// BackupMissing: a tier's newest backup may be late by this much beyond its interval.
+    pub backup_grace: Duration,
+    /// WalArchiveStale: the newest archived segment may be this old while the server writes.
+    pub wal_stale: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_age: Duration::from_secs(168 * 3600),
+            backup_grace: Duration::from_secs(3600),
+            wal_stale: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How often a tier's backups are due (runbook: every hour, every day, every Sunday).
+pub fn interval(tier: Tier) -> Duration {
+    let hours = match tier {
+        Tier::Hourly => 1,
+        Tier::Daily => 24,
+        Tier::Weekly => 7 * 24,
+    };
+    Duration::from_secs(hours * 3600)
+}
+
+/// Seconds from `then` to `now` (negative when `then` is in the future).
+pub fn age_seconds(then: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
+    now.signed_duration_since(then).num_seconds()
+}
+
+/// BackupMissing and BackupTooOld for the backups in scope. A tier counts as scheduled once it
+/// holds a backup (expire never empties a tier), or when the scope names it.
+pub fn freshness(backups: &[&Manifest], scope: Scope, thresholds: &Thresholds, now: DateTime<Utc>) -> Vec<Alert> {
+    let mut alerts = Vec::new();
+    let Some(newest) = backups.iter().max_by_key(|m| m.stop_time) else {
+        let what = match scope {
+            Scope::Wal => return alerts,
+            Scope::All => "backup".to_string(),
+            Scope::Tier(tier) => format!("{tier} backup"),
+        };
+        alerts.push(Alert::new(
+            AlertName::BackupMissing,
+            scope.to_string(),
+            format!("no {what} in the repository: take one with `pitr backup`"),
+        ));
+        return alerts;
+    };
+    for tier in Tier::ALL {
+        let Some(m) = backups.iter().filter(|m| m.tier == tier).max_by_key(|m| m.stop_time) else {
+            continue;
+        };
+        let due = interval(tier) + thresholds.backup_grace;
+        let age = age_seconds(m.stop_time, now);
+        if age > due.as_secs() as i64 {
+            alerts.push(Alert::new(
+                AlertName::BackupMissing,
+                tier.name(),
+                format!(
+                    "the newest {tier} backup {} is {} old; one is due every {} (grace {}): check the {tier} \
+                     backup job",
+                    m.id,
+                    human_duration(age),
+                    human_duration(interval(tier).as_secs() as i64),
+                    human_duration(thresholds.backup_grace.as_secs() as i64)
+                ),
+            ));
+        }
+    }
+    let age = age_seconds(newest.stop_time, now);
+    if age > thresholds.max_age.as_secs() as i64 {
+        alerts.push(Alert::new(
+            AlertName::BackupTooOld,
+            newest.id.clone(),
+            format!(
+                "the newest backup {} is {} old, more than the maximum age {}",
+                newest.id,
+                human_duration(age),
+                human_duration(thresholds.max_age.as_secs() as i64)
+            ),
+        ));
+    }
+    alerts
+}
+
+/// The newest archived segment, as the staleness rule sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewestSegment<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its segment number.
+    pub segno: u64,
+    /// When it was archived.
+    pub archived_at: DateTime<Utc>,
+}
+
+/// WalArchiveStale: the server (this repository's primary) has written WAL past the newest
+/// archived segment, and that segment is older than the threshold.
+pub fn staleness(
+    newest: Option<NewestSegment>,
+    server: &ServerView,
+    size: SegmentSize,
+    threshold: Duration,
+    now: DateTime<Utc>,
+) -> Option<Alert> {
+    let ServerView::Primary { lsn, .. } = server else {
+        return None;
+    };
+    // A segment starts with its long page header: only WAL beyond that is unarchived work.
+    let archived_end = newest.map_or(0, |n| size.segment_start(n.segno + 1).0);
+    if lsn.0 <= archived_end + SIZE_OF_XLOG_LONG_PHD as u64 {
+        return None;
+    }
+    let (subject, age) = match newest {
+        Some(n) => (n.name.to_string(), age_seconds(n.archived_at, now)),
+        None => ("wal".to_string(), i64::MAX),
+    };
+    if age <= threshold.as_secs() as i64 {
+        return None;
+    }
+    let archived = match newest {
+        Some(n) => format!("the newest archived segment {} was archived {} ago", n.name, human_duration(age)),
+        None => "nothing is archived yet".to_string(),
+    };
+    Some(Alert::new(
+        AlertName::WalArchiveStale,
+        subject,
+        format!(
+            "{archived} (threshold {}) while the server has written WAL up to {lsn}: check archive_command and \
+             pg_stat_archiver; on a quiet server set archive_timeout so that WAL is archived in time",
+            human_duration(threshold.as_secs() as i64)
+        ),
+    ))
+}
+
+/// "3 d 4 h", "2 h 5 min", "40 s".
+pub fn human_duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s / 60),
+        3600..=86399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::wal::Lsn;
+
+    fn at(hours: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap() + chrono::TimeDelta::hours(hours)
+    }
+
+    fn backup(id: &str, tier: Tier, stop_hours: i64) -> Manifest {
+        Manifest {
+            format_version: 1,
+            id: id.into(),
+            tier,
+            start_time: at(stop_hours),
+            stop_time: at(stop_hours),
+            start_lsn: Lsn(0x2000028),
+            stop_lsn: Lsn(0x2000138),
+            timeline: 1,
+            system_identifier: 1,
+            pg_version: 15,
+            wal_segment_size: 16 << 20,
+            first_wal: "000000010000000000000002".into(),
+            last_wal: "000000010000000000000002".into(),
+            next_xid: None,
+            duration_seconds: 1.0,
+            original_bytes: 0,
+            stored_bytes: 0,
+            tablespaces: vec![],
+            directories: vec![],
+            files: vec![],
+        }
+    }
+
+    fn names(alerts: &[Alert]) -> Vec<(AlertName, String)> {
+        alerts.iter().map(|a| (a.alert, a.subject.clone())).collect()
+    }
+
+    #[test]
+    fn an_empty_scope_is_backup_missing_except_for_wal() {
+        let t = Thresholds::default();
+        let alerts = freshness(&[], Scope::All, &t, at(0));
+        assert_eq!(names(&alerts), [(AlertName::BackupMissing, "all".to_string())]);
+        assert!(alerts[0].reason.contains("no backup"), "{}", alerts[0].reason);
+        let daily = freshness(&[], Scope::Tier(Tier::Daily), &t, at(0));
+        assert!(daily[0].reason.contains("no daily backup"), "{}", daily[0].reason);
+        assert!(freshness(&[], Scope::Wal, &t, at(0)).is_empty());
+    }
+
+    #[test]
+    fn a_tier_is_missing_after_its_interval_plus_grace() {
+        let t = Thresholds::default();
+        let hourly = backup("h", Tier::Hourly, 0);
+        let daily = backup("d", Tier::Daily, 0);
+        let both = [&hourly, &daily];
+        assert!(freshness(&both, Scope::All, &t, at(2)).is_empty(), "hourly: 1 h + 1 h grace");
+        let late = freshness(&both, Scope::All, &t, at(3));
+        assert_eq!(names(&late), [(AlertName::BackupMissing, "hourly".to_string())]);
+        assert!(late[0].reason.contains("backup h is 3 h 0 min old"), "{}", late[0].reason);
+        let both_late = freshness(&both, Scope::All, &t, at(26));
+        assert_eq!(both_late.len(), 2, "{both_late:?}");
+    }
+
+    #[test]
+    fn too_old_is_a_warning_about_the_newest_backup() {
+        let t = Thresholds::default();
+        let old = backup("w1", Tier::Weekly, 0);
+        let newer = backup("w2", Tier::Weekly, 10);
+        let alerts = freshness(&[&old, &newer], Scope::All, &t, at(10 + 169));
+        assert_eq!(names(&alerts), [(AlertName::BackupTooOld, "w2".to_string())]);
+        assert_eq!(alerts[0].severity, Severity::Warning);
+        assert!(freshness(&[&old, &newer], Scope::All, &t, at(10 + 167)).is_empty());
+        let tight = Thresholds {
+            max_age: Duration::from_secs(3600),
+            ..t
+        };
+        assert_eq!(freshness(&[&newer], Scope::All, &tight, at(12)).len(), 1);
+    }
+
+    #[test]
+    fn stale_only_while_the_server_writes_past_the_archive() {
+        let size = SegmentSize::DEFAULT;
+        let threshold = Duration::from_secs(3600);
+        let newest = Some(NewestSegment {
+            name: "000000010000000000000005",
+            segno: 5,
+            archived_at: at(0),
+        });
+        let writing = |lsn: u64| ServerView::Primary {
+            target: "server".into(),
+            timeline: 1,
+            lsn: Lsn(lsn),
+        };
+        let past = size.segment_start(6).0 + 1000;
+        let alert = staleness(newest, &writing(past), size, threshold, at(2)).expect("stale");
+        assert_eq!(alert.alert, AlertName::WalArchiveStale);
+        assert!(alert.reason.contains("archived 2 h 0 min ago"), "{}", alert.reason);
+        assert!(staleness(newest, &writing(past), size, threshold, at(0)).is_none(), "young");
+        let header_only = size.segment_start(6).0 + SIZE_OF_XLOG_LONG_PHD as u64;
+        assert!(staleness(newest, &writing(header_only), size, threshold, at(5)).is_none(), "idle");
+        let unknown = ServerView::Unavailable { reason: "down".into() };
+        assert!(staleness(newest, &unknown, size, threshold, at(5)).is_none());
+        assert!(staleness(None, &writing(past), size, threshold, at(5)).is_some());
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(42), "42 s");
+        assert_eq!(human_duration(3 * 60), "3 min");
+        assert_eq!(human_duration(3 * 3600 + 120), "3 h 2 min");
+        assert_eq!(human_duration(8 * 86400 + 3600), "8 d 1 h");
+    }
+}

@@ -1,0 +1,261 @@
+//! The watcher (`pitr watch`) and restore prefetch against real PostgreSQL servers.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::*;
+
+/// `pitr watch` running as the server user in its own process group.
+struct Watcher {
+    child: Child,
+}
+
+impl Watcher {
+    fn start(c: &Cluster) -> Watcher {
+        let mut command = c.pitr_cmd();
+        command
+            .arg("--repo")
+            .arg(c.repo())
+            .args(["watch", "--workers", "2", "--pgdata"])
+            .arg(c.data_dir());
+        command.process_group(0);
+        Watcher {
+            child: spawn(&mut command),
+        }
+    }
+
+    /// SIGKILL to the whole group (runuser and pitr).
+    fn kill_9(mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM to pitr itself (not runuser, which would kill it): it finishes the files in
+    /// flight and exits 0.
+    fn terminate(mut self) -> CmdOutput {
+        let id = self.child.id();
+        let children = fs::read_to_string(format!("/proc/{id}/task/{id}/children")).unwrap_or_default();
+        let pitr = children.split_whitespace().next().map_or(id.to_string(), str::to_string);
+        let _ = Command::new("kill").args(["-TERM", &pitr]).status();
+        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        wait_child(child, "pitr watch".into(), Duration::from_secs(30))
+    }
+}
+
+/// The `.ready` segments, waiting because archive_command fails on purpose.
+fn ready_segments(c: &Cluster) -> Vec<String> {
+    c.archive_status()
+        .1
+        .into_iter()
+        .filter(|n| is_segment_name(n))
+        .collect()
+}
+
+/// Waits until every ready segment is in the repository.
+fn wait_stored(c: &Cluster, names: &[String]) {
+    let stored = poll(Duration::from_secs(120), || {
+        names.iter().all(|n| stored_path(c.repo(), n).exists()).then_some(())
+    });
+    assert!(stored.is_some(), "the watcher did not store all of {names:?}");
+}
+
+/// archive-get returns exactly the bytes in pg_wal.
+fn assert_round_trip(c: &Cluster, names: &[String]) {
+    let out_dir = TestDir::new("get");
+    for name in names {
+        let dest = out_dir.join(name);
+        c.pitr(&["archive-get", name, dest.to_str().unwrap()]).assert_success();
+        assert_eq!(
+            read(&dest),
+            read(&c.pg_wal().join(name)),
+            "{name} differs after archive-get"
+        );
+    }
+}
+
+#[test]
+fn the_watcher_stores_every_ready_segment_survives_kill_9_and_archive_push_then_returns_at_once() {
+    // archive_command fails, so PostgreSQL keeps every segment .ready: only the watcher archives.
+    let mut c = Cluster::start(ClusterOptions::default().setting("archive_command", "'/bin/false'"));
+    c.pgbench_init(5);
+    let watcher = Watcher::start(&c);
+    c.pgbench(&["-T", "4", "-c", "2"]).assert_success();
+    watcher.kill_9(); // possibly mid-copy
+    for _ in 0..3 {
+        c.switch_wal();
+        c.psql("INSERT INTO pgbench_history SELECT 1, 1, 1, 1, now() FROM generate_series(1, 20000)");
+    }
+    c.switch_wal();
+    let ready = ready_segments(&c);
+    assert!(ready.len() >= 5, "expected a backlog of ready segments, got {ready:?}");
+
+    // A restarted watcher catches up on the whole backlog; nothing is lost or damaged.
+    let watcher = Watcher::start(&c);
+    wait_stored(&c, &ready);
+    assert_round_trip(&c, &ready);
+    let stopped = watcher.terminate();
+    assert_eq!(
+        stopped.code(),
+        Some(0),
+        "SIGTERM exits cleanly:\n{}",
+        stopped.describe()
+    );
+
+    // archive-push trusts the watcher's marker for exactly that file: it does not even read it
+    // (an unreadable file still succeeds), and never renames .ready/.done itself.
+    let spool = PathBuf::from(format!("{}.pitr-spool", c.data_dir().display()));
+    let marked = &ready[ready.len() - 1];
+    assert!(spool.join("pushed").join(marked).exists(), "no marker for {marked}");
+    let file = c.pg_wal().join(marked);
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o000)).unwrap();
+    let out = run(c
+        .pitr_cmd_in_data_dir()
+        .arg("--repo")
+        .arg(c.repo())
+        .arg("archive-push")
+        .arg(format!("pg_wal/{marked}")));
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    out.assert_success().assert_silent();
+    assert!(c
+        .pg_wal()
+        .join("archive_status")
+        .join(format!("{marked}.ready"))
+        .exists());
+
+    // With the real archive_command back, PostgreSQL marks everything done (a new segment wakes
+    // the archiver, which otherwise sleeps up to a minute after failures).
+    let command = format!(
+        "'{} --repo {} archive-push %p'",
+        c.pitr_bin().display(),
+        c.repo().display()
+    );
+    c.set("archive_command", &command);
+    c.reload();
+    c.switch_wal();
+    c.wait_archiver_idle();
+}
+
+#[test]
+fn the_watcher_reports_an_unwritable_repository_and_drops_nothing() {
+    let c = Cluster::start(ClusterOptions::default().setting("archive_command", "'/bin/false'"));
+    c.psql("CREATE TABLE t AS SELECT generate_series(1, 100000) g");
+    let segment = c.switch_wal();
+    fs::set_permissions(c.repo(), fs::Permissions::from_mode(0o500)).unwrap();
+    let watcher = Watcher::start(&c);
+    std::thread::sleep(Duration::from_secs(3));
+    fs::set_permissions(c.repo(), fs::Permissions::from_mode(0o700)).unwrap();
+    wait_stored(&c, std::slice::from_ref(&segment));
+    let out = watcher.terminate();
+    let log = out.stderr_str();
+    assert!(
+        log.contains("retrying in"),
+        "the failure is reported with its retry:\n{log}"
+    );
+    assert!(log.contains(&format!("archived {segment}")), "{log}");
+    assert_round_trip(&c, &[segment]);
+}
+
+/// The primary, a table with `rows` rows written after the backup, and that backup.
+fn primary_with_rows_after_backup(rows: u32) -> (Cluster, BaseBackup) {
+    let c = Cluster::start(ClusterOptions::default());
+    c.psql("CREATE TABLE t (id int PRIMARY KEY, pad text)");
+    let backup = c.base_backup();
+    for i in 0..6 {
+        c.psql(&format!(
+            "INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series({}, {}) g",
+            i * rows / 6 + 1,
+            (i + 1) * rows / 6
+        ));
+        c.switch_wal();
+    }
+    c.wait_archived(&c.switch_wal());
+    (c, backup)
+}
+
+fn spool_of(data: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.pitr-spool", data.display()))
+}
+
+#[test]
+fn recovery_with_prefetch_ends_in_the_same_state_as_without() {
+    let (c, backup) = primary_with_rows_after_backup(60_000);
+    let expected = c.psql("SELECT count(*), sum(id) FROM t");
+    let data = backup.data.clone();
+    let recovered = Cluster::recover(backup, RecoveryOptions::default());
+    recovered.expect_promoted();
+    assert_eq!(recovered.psql("SELECT count(*), sum(id) FROM t"), expected);
+    assert!(
+        spool_of(&data).join("prefetch").join("owner").exists(),
+        "prefetch ran into the spool"
+    );
+
+    let (c, backup) = primary_with_rows_after_backup(60_000);
+    let expected = c.psql("SELECT count(*), sum(id) FROM t");
+    let config = backup.data.parent().unwrap().join("no-prefetch.toml");
+    fs::write(&config, "prefetch = 0\n").unwrap();
+    give_to_server_user(&config);
+    let command = format!(
+        "{} --repo {} --config {} archive-get %f %p",
+        c.pitr_bin().display(),
+        c.repo().display(),
+        config.display()
+    );
+    let data = backup.data.clone();
+    let recovered = Cluster::recover(
+        backup,
+        RecoveryOptions {
+            restore_command: Some(command),
+            ..Default::default()
+        },
+    );
+    recovered.expect_promoted();
+    assert_eq!(recovered.psql("SELECT count(*), sum(id) FROM t"), expected);
+    assert!(
+        !spool_of(&data).join("prefetch").join("owner").exists(),
+        "prefetch = 0 fetches nothing ahead"
+    );
+}
+
+#[test]
+fn a_corrupt_prefetched_segment_aborts_recovery() {
+    let (c, backup) = primary_with_rows_after_backup(30_000);
+    // Prefetch as archive-get would, from the data directory, then damage one spooled segment.
+    let out = run(c
+        .pitr_cmd()
+        .current_dir(&backup.data)
+        .arg("--repo")
+        .arg(c.repo())
+        .args(["prefetch", &backup.start_wal_file]));
+    out.assert_success();
+    let prefetch = spool_of(&backup.data).join("prefetch");
+    let victim = fs::read_dir(&prefetch)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_none() && p.file_name().is_some_and(|n| is_segment_name(&n.to_string_lossy())))
+        .min()
+        .unwrap_or_else(|| panic!("nothing prefetched into {}", prefetch.display()));
+    flip_byte_from_end(&victim, 100);
+    let recovered = Cluster::recover(backup, RecoveryOptions::default());
+    match recovered.wait_recovery_end() {
+        RecoveryOutcome::Failed { log } => {
+            assert!(log.contains("could not restore file"), "{}", tail(&log, 30));
+            assert!(
+                !log.contains("selected new timeline"),
+                "it must not promote:\n{}",
+                tail(&log, 30)
+            );
+        }
+        RecoveryOutcome::Promoted => panic!(
+            "recovery promoted over a corrupt prefetched segment {}",
+            victim.display()
+        ),
+    }
+}
