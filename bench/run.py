@@ -353,7 +353,7 @@ class Bench:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
-        fs = sh(["df", "-T", "--output=fstype,source", str(self.tmp)]).splitlines()[-1].split()
+        fs = sh(["df", "--output=fstype,source", str(self.tmp)]).splitlines()[-1].split()
         self.machine = {
             "nproc": sh(["nproc"]),
             "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",

@@ -84,6 +84,22 @@ pub enum Command {
         workers: Option<usize>,
     },
 
+    /// The resident service: the watcher, scheduled backups (hourly/daily/weekly, expire after
+    /// each) and verification, and /metrics and /health over HTTP.
+    ///
+    /// Jobs come from `[schedule]` in the config file (cron patterns; defaults: hourly at :00,
+    /// daily at 00:00, weekly on Sunday, verify on Sunday 03:30); they never overlap, and a failed
+    /// job is logged and counted while the daemon keeps running. Backups connect with the libpq
+    /// environment or `dbname` from the config file.
+    Daemon {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        pgdata: PathBuf,
+        /// Address for /metrics and /health (default: `listen` from the config, 127.0.0.1:9817).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+
     /// Fetch the segments after NAME into the spool (archive-get starts this in the background).
     #[command(hide = true)]
     Prefetch {
@@ -250,6 +266,84 @@ pub enum Command {
         json: bool,
     },
 
+    /// Prove that the backups restore: every stored file, the WAL archive, and the alerts.
+    ///
+    /// Reads every backup file and WAL file in scope (in parallel) and checks its checksum,
+    /// the manifests, WAL continuity and the timeline history files, and judges freshness.
+    /// Alerts: BackupVerificationFailed, BackupMissing, WalArchiveGap (critical); BackupTooOld,
+    /// WalArchiveStale (warning). Exit 0: no alert, 1: warnings only, 2: anything critical (or
+    /// verification itself failed). Appends one line to the log file and writes the metrics
+    /// file (thresholds and paths: `[verify]` in the config file).
+    Verify {
+        /// What to verify: all, one tier's backups (and the WAL they need), or the WAL archive.
+        #[arg(default_value = "all", value_parser = ["all", "hourly", "daily", "weekly", "wal"])]
+        scope: String,
+        /// BackupTooOld when the newest backup is older than this, e.g. 168h or 7d (default:
+        /// `max_age` in `[verify]`, else 168h).
+        #[arg(long, value_name = "DURATION", value_parser = crate::settings::parse_duration)]
+        max_age: Option<std::time::Duration>,
+        /// Append one line per run here ("none": no log; default: `log_file` in `[verify]`, else
+        /// /var/log/pitr/verify.log when that directory exists).
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
+        /// Write a Prometheus textfile here, atomically (default: `metrics_file` in `[verify]`).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+        /// Judge ages as of this moment (RFC 3339) instead of the clock, to try thresholds.
+        #[arg(long, value_name = "TIME")]
+        now: Option<String>,
+        /// Files read at once (default: the number of cores).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// The server, asked for WalArchiveStale (unreachable: that rule is skipped).
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Check one thing: an archived WAL file, a backup (directory or id), or a logical dump.
+    ///
+    /// A `*.gz` file is taken as a runbook-style dump (pg_dump -Fc | gzip): gzip test and
+    /// pg_restore --list. Exit 0 when sound, 2 when corrupt, with the reason.
+    CheckIntegrity {
+        /// A WAL file under <repo>/wal/, a backup directory <repo>/<tier>/<id>, a backup id of the
+        /// configured repository, or a *.gz dump.
+        target: String,
+        /// Files read at once (default: the number of cores).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Check archiving end to end: settings, history file, and a forced WAL switch arriving.
+    ///
+    /// wal_level, archive_mode, an archive_command that runs pitr with this repository, the
+    /// current timeline's history file in the repository; then pg_switch_wal and a wait until
+    /// that segment is in the repository and valid. Run it after setup and after every
+    /// switch-over.
+    Check {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// Seconds to wait for the switched segment.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        timeout: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// What the repository offers now: the recoverable window per timeline, backups per tier
+    /// with their ages, the WAL archive, restore points.
+    Info {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Delete backups beyond each tier's count, and the WAL no retained backup needs.
     Expire {
         /// Only show what would be deleted, and why.
@@ -297,5 +391,11 @@ impl Command {
     /// errors that happen before arguments are parsed.
     pub fn is_archive_get(args: &[std::ffi::OsString]) -> bool {
         args.iter().skip(1).any(|a| a == "archive-get")
+    }
+
+    /// Whether `args` asks for verify or check-integrity, whose failures must read as critical
+    /// (exit 2): a monitoring system takes 1 for "warnings only".
+    pub fn is_verification(args: &[std::ffi::OsString]) -> bool {
+        args.iter().skip(1).any(|a| a == "verify" || a == "check-integrity")
     }
 }

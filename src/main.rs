@@ -28,6 +28,10 @@ enum Outcome {
     Success,
     /// archive-get: the file is not in the archive.
     NotFound,
+    /// verify: warnings only (the report says which).
+    Warnings,
+    /// verify, check-integrity: something critical (the report says what).
+    Critical,
     /// A failure, with its one-line message.
     Failed(String),
     /// Bad arguments.
@@ -52,7 +56,7 @@ fn main() -> ExitCode {
         Err(e) => Outcome::Usage(e.to_string()),
     };
     report(&outcome, &args);
-    ExitCode::from(exit_code(&outcome, restore))
+    ExitCode::from(exit_code(&outcome, restore, Command::is_verification(&args)))
 }
 
 /// `pitr list | head` closes stdout early: that ends the output, it is not a crash.
@@ -74,13 +78,17 @@ fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
     message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
 }
 
-/// The one mapping from outcomes to exit codes.
-fn exit_code(outcome: &Outcome, restore: bool) -> u8 {
+/// The one mapping from outcomes to exit codes. `restore`: archive-get; `verification`: verify
+/// and check-integrity, where 1 means "warnings only", so their failures are 2 like anything
+/// critical.
+fn exit_code(outcome: &Outcome, restore: bool, verification: bool) -> u8 {
     match (outcome, restore) {
         (Outcome::BrokenPipe, _) => 141,
         (Outcome::Success, _) => 0,
-        (Outcome::NotFound, _) => 1,
+        (Outcome::NotFound | Outcome::Warnings, _) => 1,
+        (Outcome::Critical, _) => 2,
         (Outcome::Failed(_) | Outcome::Usage(_), true) => EXIT_RESTORE_ERROR,
+        (Outcome::Failed(_), false) if verification => 2,
         (Outcome::Failed(_), false) => 1,
         (Outcome::Usage(_), false) => 2,
     }
@@ -97,7 +105,7 @@ fn report(outcome: &Outcome, args: &[OsString]) {
         .map(|c| c.get_name());
     let archive_command = matches!(command, Some("archive-get" | "archive-push"));
     match outcome {
-        Outcome::Success | Outcome::NotFound | Outcome::BrokenPipe => {}
+        Outcome::Success | Outcome::NotFound | Outcome::Warnings | Outcome::Critical | Outcome::BrokenPipe => {}
         Outcome::Failed(message) => eprintln!("pitr {}: error: {message}", command.unwrap_or("")),
         // The archive commands' stderr lands in the server log: one line there, clap's usage elsewhere.
         Outcome::Usage(message) if archive_command => {
@@ -112,6 +120,11 @@ fn run(cli: Cli) -> Outcome {
     if let Command::Demo { keep, json } = cli.command {
         return done(commands::demo(keep, json));
     }
+    // A dump or a WAL file needs no repository: settings are loaded only for a backup id.
+    if let Command::CheckIntegrity { target, jobs, json } = &cli.command {
+        let settings = Settings::load(&cli.global);
+        return done(commands::check_integrity(target, *jobs, *json, settings.as_ref()));
+    }
     let settings = match Settings::load(&cli.global) {
         Ok(settings) => settings,
         Err(message) => return Outcome::Failed(message),
@@ -123,6 +136,8 @@ fn done(result: pitr::Result<Done>) -> Outcome {
     match result {
         Ok(Done::Ok) => Outcome::Success,
         Ok(Done::NotFound) => Outcome::NotFound,
+        Ok(Done::Warnings) => Outcome::Warnings,
+        Ok(Done::Critical) => Outcome::Critical,
         Err(e) => Outcome::Failed(e.to_string()),
     }
 }

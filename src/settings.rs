@@ -5,8 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use pitr::backup::Retention;
+use pitr::backup::{Retention, Tier};
 use pitr::codec::{Codec, Compression};
+use pitr::verify::Thresholds;
+use pitr::daemon::{Job, Schedule};
 use serde::Deserialize;
 
 use crate::cli::GlobalArgs;
@@ -31,7 +33,39 @@ struct FileSettings {
     keep_hourly: Option<usize>,
     keep_daily: Option<usize>,
     keep_weekly: Option<usize>,
+    dbname: Option<String>,
+    listen: Option<String>,
+    schedule: Option<ScheduleSettings>,
+    verify: Option<VerifyFileSettings>,
 }
+
+/// `[verify]`: thresholds of the alerts and where verify writes its log line and metrics.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyFileSettings {
+    max_age: Option<String>,
+    backup_grace: Option<String>,
+    wal_stale: Option<String>,
+    log_file: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
+}
+
+/// verify's log file when none is configured; used only when its directory exists, so that
+/// nothing is written (and nothing fails) until an operator creates it.
+const DEFAULT_VERIFY_LOG: &str = "/var/log/pitr/verify.log";
+
+/// `[schedule]`: cron patterns of the daemon's jobs ("off" disables one).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleSettings {
+    hourly: Option<String>,
+    daily: Option<String>,
+    weekly: Option<String>,
+    verify: Option<String>,
+}
+
+/// Where the daemon serves /metrics and /health unless `listen` says otherwise.
+const DEFAULT_LISTEN: &str = "127.0.0.1:9817";
 
 /// Validated settings.
 #[derive(Debug)]
@@ -54,6 +88,25 @@ pub struct Settings {
     pub prefetch: u64,
     /// The flags and environment these settings came from, for reloads.
     pub source: GlobalArgs,
+    /// Connection string for commands that talk to the server, unless --dbname is given.
+    pub dbname: Option<String>,
+    /// Where the daemon listens.
+    pub listen: String,
+    /// The daemon's jobs.
+    pub schedule: Schedule,
+    /// verify's thresholds, log file and metrics file.
+    pub verify: VerifySettings,
+}
+
+/// What verify needs from the settings.
+#[derive(Debug, Clone)]
+pub struct VerifySettings {
+    /// The alert thresholds.
+    pub thresholds: Thresholds,
+    /// Where one line per run is appended (`None`: no log).
+    pub log_file: Option<PathBuf>,
+    /// The Prometheus textfile (`None`: not written).
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -103,6 +156,10 @@ impl Settings {
             spool: args.spool.clone().or(file.spool),
             prefetch: file.prefetch.unwrap_or(DEFAULT_PREFETCH),
             source: args.clone(),
+            dbname: file.dbname,
+            listen: file.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            schedule: schedule(file.schedule.unwrap_or_default())?,
+            verify: verify_settings(file.verify.unwrap_or_default())?,
         })
     }
 }
@@ -117,6 +174,60 @@ fn read_config(path: Option<&Path>) -> Result<FileSettings, String> {
         let reason = e.message().replace('\n', " ");
         format!("config file {} is invalid: {reason}", path.display())
     })
+}
+
+/// The daemon's schedule: the runbook's defaults, each replaced by its `[schedule]` key.
+fn schedule(file: ScheduleSettings) -> Result<Schedule, String> {
+    let patterns = Schedule::DEFAULTS.map(|(job, default)| {
+        let configured = match job {
+            Job::Backup(Tier::Hourly) => &file.hourly,
+            Job::Backup(Tier::Daily) => &file.daily,
+            Job::Backup(Tier::Weekly) => &file.weekly,
+            Job::Verify => &file.verify,
+        };
+        (job, configured.clone().unwrap_or_else(|| default.to_string()))
+    });
+    Schedule::new(patterns.iter().map(|(job, p)| (*job, p.as_str()))).map_err(|e| e.to_string())
+}
+
+/// `[verify]` over the runbook's defaults (maximum age 168 h, grace 1 h, stale after 1 h).
+fn verify_settings(file: VerifyFileSettings) -> Result<VerifySettings, String> {
+    let defaults = Thresholds::default();
+    let duration = |key: &str, text: Option<String>, default| {
+        text.map_or(Ok(default), |t| parse_duration(&t).map_err(|e| format!("[verify] {key}: {e}")))
+    };
+    let default_log = Path::new(DEFAULT_VERIFY_LOG);
+    let default_log = default_log.parent().is_some_and(Path::is_dir).then(|| default_log.to_path_buf());
+    Ok(VerifySettings {
+        thresholds: Thresholds {
+            max_age: duration("max_age", file.max_age, defaults.max_age)?,
+            backup_grace: duration("backup_grace", file.backup_grace, defaults.backup_grace)?,
+            wal_stale: duration("wal_stale", file.wal_stale, defaults.wal_stale)?,
+        },
+        log_file: file.log_file.map_or(default_log, optional_path),
+        metrics_file: file.metrics_file.and_then(optional_path),
+    })
+}
+
+/// A path setting where "none" turns the output off.
+pub fn optional_path(path: PathBuf) -> Option<PathBuf> {
+    (path.as_os_str() != "none").then_some(path)
+}
+
+/// A duration with its unit: "90s", "30m", "168h", "7d" or "2w".
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("'{text}' is not a duration: use a number and a unit, like 30m, 168h or 7d");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+    let number: u64 = text[..split].parse().map_err(|_| invalid())?;
+    let unit = match &text[split..] {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => return Err(invalid()),
+    };
+    Ok(std::time::Duration::from_secs(number * unit))
 }
 
 /// Loads the settings again (SIGHUP) from the same flags and environment variables, and the

@@ -1,8 +1,10 @@
-//! `pitr watch`: the watcher's signals, settings reloads and log lines.
+//! `pitr watch` and `pitr daemon`: signals, settings reloads and log lines of the resident
+//! commands.
 
 use std::path::Path;
 use std::time::Duration;
 
+use pitr::daemon::{self, DaemonLog, DaemonOptions};
 use pitr::repo::Repo;
 use pitr::spool::Spool;
 use pitr::watch::{self, StopFlags, Stopped, WatchEvents, WatchOptions};
@@ -33,14 +35,58 @@ impl WatchEvents for LogLines {
     }
 }
 
+/// SIGTERM and SIGINT set `terminate`, SIGHUP sets `reload`.
+fn signal_flags() -> pitr::Result<StopFlags> {
+    let flags = StopFlags::default();
+    let register = |signal, flag: &std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        signal_hook::flag::register(signal, flag.clone())
+            .map(drop)
+            .map_err(Error::io("handle signals of", "pitr"))
+    };
+    register(signal_hook::consts::SIGTERM, &flags.terminate)?;
+    register(signal_hook::consts::SIGINT, &flags.terminate)?;
+    register(signal_hook::consts::SIGHUP, &flags.reload)?;
+    Ok(flags)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; `verify` runs the scheduled verification.
+pub fn daemon(
+    repo: &Repo,
+    settings: &Settings,
+    pgdata: &Path,
+    listen: Option<String>,
+    connection: tokio_postgres::Config,
+    verify: Box<dyn Fn() -> pitr::Result<String> + Send + Sync>,
+) -> pitr::Result<()> {
+    let flags = signal_flags()?;
+    let spool = Spool::at(settings.spool.clone().unwrap_or_else(|| Spool::default_for(pgdata)));
+    let options = DaemonOptions {
+        pgdata: pgdata.to_path_buf(),
+        listen: listen.unwrap_or_else(|| settings.listen.clone()),
+        schedule: settings.schedule.clone(),
+        workers: settings.jobs,
+        name: settings.name.clone(),
+        jobs: settings.jobs,
+        codec: settings.codec,
+        retention: settings.retention,
+        connection,
+        verify,
+    };
+    daemon::run(repo, &spool, &options, &flags, &LogLines)
+}
+
+impl DaemonLog for LogLines {
+    fn line(&self, line: &str) {
+        eprintln!(
+            "{} pitr daemon: {line}",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+}
+
 /// Runs the watcher until SIGTERM or SIGINT; SIGHUP reloads the settings.
 pub fn run(repo: &Repo, settings: &Settings, pgdata: &Path, workers: usize) -> pitr::Result<()> {
-    let flags = StopFlags::default();
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, flags.terminate.clone()).map_err(Error::io("handle signals in", pgdata))?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, flags.reload.clone())
-        .map_err(Error::io("handle signals in", pgdata))?;
+    let flags = signal_flags()?;
     let mut codec = settings.codec;
     let spool = Spool::at(settings.spool.clone().unwrap_or_else(|| Spool::default_for(pgdata)));
     let options = WatchOptions {

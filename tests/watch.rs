@@ -42,7 +42,10 @@ impl Watcher {
     fn terminate(mut self) -> CmdOutput {
         let id = self.child.id();
         let children = fs::read_to_string(format!("/proc/{id}/task/{id}/children")).unwrap_or_default();
-        let pitr = children.split_whitespace().next().map_or(id.to_string(), str::to_string);
+        let pitr = children
+            .split_whitespace()
+            .next()
+            .map_or(id.to_string(), str::to_string);
         let _ = Command::new("kill").args(["-TERM", &pitr]).status();
         let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
         wait_child(child, "pitr watch".into(), Duration::from_secs(30))

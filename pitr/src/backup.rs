@@ -312,7 +312,8 @@ fn check_archive_command(repo: &Repo, command: &str, progress: &dyn Progress) ->
     }
 }
 
-async fn segment_size(server: &Server) -> Result<SegmentSize> {
+/// The server's WAL segment size.
+pub(crate) async fn segment_size(server: &Server) -> Result<SegmentSize> {
     // SHOW gives "16MB"; the GUC in bytes comes from pg_settings.
     let text = server.setting("wal_segment_size").await?;
     let bytes = text

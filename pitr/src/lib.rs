@@ -11,12 +11,15 @@
 //! - [`backup`]: base backups in tiers — take, catalog, restore of files, retention and WAL expiry.
 //! - [`recover`]: point-in-time recovery — the plan, the restore, the settings, driving the server.
 //! - [`restore_point`]: named restore points and their catalog in the repository.
+//! - [`verify`]: verification with alerts as data, `check-integrity`, and `check` of archiving.
+//! - [`info`]: what the repository offers now — recoverable windows, backups, archive.
 //! - [`spool`]: the local spool beside the data directory (watcher markers, prefetched WAL).
 //! - [`watch`]: the watcher that archives ready WAL files at once, in parallel.
 //! - [`prefetch`]: fetching the next segments ahead of recovery into the spool.
 //! - [`pg`]: the connection to a running server and the low-level backup API.
 //! - [`control`]: a data directory's identity read from `pg_control` and `PG_VERSION`.
 //! - [`progress`]: progress reporting as a trait, so the library never touches a terminal.
+//! - [`daemon`]: the resident service — watcher, scheduled jobs, `/metrics` and `/health`.
 //! - [`demo`]: `pitr demo`, the whole story on a throwaway cluster.
 //! - [`error`]: the error type and the error policy.
 
@@ -24,8 +27,10 @@ pub mod archive;
 pub mod backup;
 pub mod codec;
 pub mod control;
+pub mod daemon;
 pub mod demo;
 pub mod error;
+pub mod info;
 pub mod pg;
 pub mod prefetch;
 pub mod progress;
@@ -34,6 +39,7 @@ pub mod repo;
 pub mod restore_point;
 pub mod spool;
 pub mod storage;
+pub mod verify;
 pub mod wal;
 pub mod watch;
 

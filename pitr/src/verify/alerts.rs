@@ -23,6 +23,15 @@ pub enum Severity {
     Critical,
 }
 
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
 /// The alerts verify raises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum AlertName {
@@ -216,7 +225,11 @@ pub fn staleness(
         return None;
     }
     let archived = match newest {
-        Some(n) => format!("the newest archived segment {} was archived {} ago", n.name, human_duration(age)),
+        Some(n) => format!(
+            "the newest archived segment {} was archived {} ago",
+            n.name,
+            human_duration(age)
+        ),
         None => "nothing is archived yet".to_string(),
     };
     Some(Alert::new(
@@ -298,10 +311,17 @@ mod tests {
         let hourly = backup("h", Tier::Hourly, 0);
         let daily = backup("d", Tier::Daily, 0);
         let both = [&hourly, &daily];
-        assert!(freshness(&both, Scope::All, &t, at(2)).is_empty(), "hourly: 1 h + 1 h grace");
+        assert!(
+            freshness(&both, Scope::All, &t, at(2)).is_empty(),
+            "hourly: 1 h + 1 h grace"
+        );
         let late = freshness(&both, Scope::All, &t, at(3));
         assert_eq!(names(&late), [(AlertName::BackupMissing, "hourly".to_string())]);
-        assert!(late[0].reason.contains("backup h is 3 h 0 min old"), "{}", late[0].reason);
+        assert!(
+            late[0].reason.contains("backup h is 3 h 0 min old"),
+            "{}",
+            late[0].reason
+        );
         let both_late = freshness(&both, Scope::All, &t, at(26));
         assert_eq!(both_late.len(), 2, "{both_late:?}");
     }
@@ -340,9 +360,15 @@ mod tests {
         let alert = staleness(newest, &writing(past), size, threshold, at(2)).expect("stale");
         assert_eq!(alert.alert, AlertName::WalArchiveStale);
         assert!(alert.reason.contains("archived 2 h 0 min ago"), "{}", alert.reason);
-        assert!(staleness(newest, &writing(past), size, threshold, at(0)).is_none(), "young");
+        assert!(
+            staleness(newest, &writing(past), size, threshold, at(0)).is_none(),
+            "young"
+        );
         let header_only = size.segment_start(6).0 + SIZE_OF_XLOG_LONG_PHD as u64;
-        assert!(staleness(newest, &writing(header_only), size, threshold, at(5)).is_none(), "idle");
+        assert!(
+            staleness(newest, &writing(header_only), size, threshold, at(5)).is_none(),
+            "idle"
+        );
         let unknown = ServerView::Unavailable { reason: "down".into() };
         assert!(staleness(newest, &unknown, size, threshold, at(5)).is_none());
         assert!(staleness(None, &writing(past), size, threshold, at(5)).is_some());

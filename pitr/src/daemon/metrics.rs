@@ -1,0 +1,170 @@
+//! The daemon's metrics, in Prometheus' exposition format, and its health report.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::Job;
+
+type Labels = Vec<(String, String)>;
+
+/// Counters and gauges, registered once.
+pub struct Metrics {
+    registry: Registry,
+    archived: Counter,
+    archive_failures: Counter,
+    last_archive_duration: Gauge<f64, AtomicU64>,
+    last_archive_time: Gauge<f64, AtomicU64>,
+    job_runs: Family<Labels, Counter>,
+    job_last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    job_last_duration: Family<Labels, Gauge<f64, AtomicU64>>,
+    job_last_failed: Family<Labels, Gauge>,
+    last_results: Mutex<BTreeMap<String, (bool, DateTime<Utc>)>>,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pitr");
+        let metrics = Metrics {
+            archived: Counter::default(),
+            archive_failures: Counter::default(),
+            last_archive_duration: Gauge::default(),
+            last_archive_time: Gauge::default(),
+            job_runs: Family::default(),
+            job_last_success: Family::default(),
+            job_last_duration: Family::default(),
+            job_last_failed: Family::default(),
+            last_results: Mutex::new(BTreeMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "watch_archived",
+            "WAL files the watcher stored",
+            metrics.archived.clone(),
+        );
+        registry.register(
+            "watch_failures",
+            "Failed attempts to store a WAL file",
+            metrics.archive_failures.clone(),
+        );
+        registry.register(
+            "watch_last_archive_duration_seconds",
+            "How long the last WAL file took to store",
+            metrics.last_archive_duration.clone(),
+        );
+        registry.register(
+            "watch_last_archive_timestamp_seconds",
+            "When the watcher last stored a WAL file",
+            metrics.last_archive_time.clone(),
+        );
+        registry.register(
+            "job_runs",
+            "Scheduled job runs by job and result",
+            metrics.job_runs.clone(),
+        );
+        registry.register(
+            "job_last_success_timestamp_seconds",
+            "When each job last succeeded",
+            metrics.job_last_success.clone(),
+        );
+        registry.register(
+            "job_last_duration_seconds",
+            "How long each job last ran",
+            metrics.job_last_duration.clone(),
+        );
+        registry.register(
+            "job_last_failed",
+            "1 when the job's last run failed",
+            metrics.job_last_failed.clone(),
+        );
+        Metrics { registry, ..metrics }
+    }
+
+    /// The watcher stored a file.
+    pub fn archived(&self, elapsed: Duration) {
+        self.archived.inc();
+        self.last_archive_duration.set(elapsed.as_secs_f64());
+        self.last_archive_time
+            .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+    }
+
+    /// The watcher failed to store a file.
+    pub fn archive_failed(&self) {
+        self.archive_failures.inc();
+    }
+
+    /// A job ended.
+    pub fn job_finished(&self, job: Job, ok: bool, elapsed: Duration) {
+        let name = job.to_string();
+        let result = if ok { "success" } else { "failure" };
+        self.job_runs
+            .get_or_create(&vec![("job".into(), name.clone()), ("result".into(), result.into())])
+            .inc();
+        let labels = vec![("job".to_string(), name.clone())];
+        self.job_last_duration.get_or_create(&labels).set(elapsed.as_secs_f64());
+        self.job_last_failed.get_or_create(&labels).set(i64::from(!ok));
+        if ok {
+            self.job_last_success
+                .get_or_create(&labels)
+                .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+        self.last_results
+            .lock()
+            .expect("not poisoned")
+            .insert(name, (ok, Utc::now()));
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    /// `{"status": "ok"|"degraded", "jobs": {...}}`: degraded while any job's last run failed.
+    pub fn health(&self) -> String {
+        let results = self.last_results.lock().expect("not poisoned");
+        let jobs: serde_json::Map<String, serde_json::Value> = results
+            .iter()
+            .map(|(job, (ok, at))| (job.clone(), serde_json::json!({ "ok": ok, "at": at.to_rfc3339() })))
+            .collect();
+        let status = if results.values().all(|(ok, _)| *ok) {
+            "ok"
+        } else {
+            "degraded"
+        };
+        serde_json::json!({ "status": status, "archived": self.archived.get(), "jobs": jobs }).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::Tier;
+
+    #[test]
+    fn metrics_render_in_exposition_format() {
+        let metrics = Metrics::new();
+        metrics.archived(Duration::from_millis(3));
+        metrics.job_finished(Job::Backup(Tier::Hourly), true, Duration::from_secs(2));
+        metrics.job_finished(Job::Verify, false, Duration::from_secs(1));
+        let text = metrics.render();
+        assert!(text.contains("pitr_watch_archived_total 1"), "{text}");
+        assert!(
+            text.contains("pitr_job_runs_total{job=\"backup hourly\",result=\"success\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("pitr_job_last_failed{job=\"verify\"} 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let health: serde_json::Value = serde_json::from_str(&metrics.health()).unwrap();
+        assert_eq!(health["status"], "degraded");
+    }
+}

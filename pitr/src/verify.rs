@@ -1,0 +1,489 @@
+//! Verification that a monitoring system can trust: proof that the backups restore and the WAL
+//! archive is whole, returned as data — a [`VerifyReport`] with [`Alert`]s that the binary
+//! renders, logs, exports and turns into an exit code.
+//!
+//! `verify` reads every stored object in scope once, in parallel (backup files against the
+//! object checksum and the manifest, labels, WAL files against checksum, page header and
+//! cluster), checks manifests, WAL continuity and the timeline history chain, and judges
+//! freshness against [`Thresholds`].
+//!
+//! - `alerts`: the alert names and severities, and the freshness rules.
+//! - `consistency`: a manifest against itself, its directory and the repository's cluster.
+//! - `continuity`: which WAL must be archived, the gaps, the history chain.
+//! - `objects`: reading and checking stored objects on a thread pool.
+//! - [`metrics`]: the Prometheus textfile.
+//! - `integrity`: `pitr check-integrity` of one WAL file, one backup or one logical dump
+//!   (`dump`).
+//! - `check`: `pitr check`, archiving end to end on a running server.
+
+mod alerts;
+mod check;
+mod consistency;
+mod continuity;
+mod dump;
+mod integrity;
+pub mod metrics;
+mod objects;
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use alerts::{human_duration, Alert, AlertName, Severity, Thresholds};
+pub use check::{check, CheckOptions, CheckReport};
+pub use continuity::Gap;
+pub use integrity::{check_integrity, IntegrityKind, IntegrityReport};
+pub use objects::ReadStats;
+
+use self::alerts::NewestSegment;
+use self::continuity::{Archive, HistoryProblem};
+use self::objects::StoredObject;
+use crate::backup::manifest::Manifest;
+use crate::backup::{CatalogEntry, Tier};
+use crate::error::{Error, Result};
+use crate::info::{summarize, Holdings, RepoSummary};
+use crate::pg::Server;
+use crate::progress::Progress;
+use crate::repo::{backup_dir, Repo};
+use crate::wal::{Lsn, Segment, TimelineId, WalFileName};
+
+/// What `pitr verify` looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every backup and the whole WAL archive.
+    All,
+    /// The backups of one tier and the WAL they need to reach consistency.
+    Tier(Tier),
+    /// The WAL archive: every file, continuity, history files, staleness.
+    Wal,
+}
+
+impl Scope {
+    /// Whether backups of `tier` are verified.
+    pub fn covers(self, tier: Tier) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Tier(t) => t == tier,
+            Scope::Wal => false,
+        }
+    }
+
+    /// Whether the whole WAL archive is verified.
+    pub fn covers_wal(self) -> bool {
+        matches!(self, Scope::All | Scope::Wal)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::All => f.write_str("all"),
+            Scope::Tier(tier) => tier.fmt(f),
+            Scope::Wal => f.write_str("wal"),
+        }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Scope> {
+        match s {
+            "all" => Ok(Scope::All),
+            "wal" => Ok(Scope::Wal),
+            tier => tier.parse().map(Scope::Tier).map_err(|_| {
+                Error::InvalidInput(format!("unknown scope '{s}': use all, hourly, daily, weekly or wal"))
+            }),
+        }
+    }
+}
+
+impl Serialize for Scope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// How to verify.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// What to look at.
+    pub scope: Scope,
+    /// The moment ages are measured against (the clock, or `--now`).
+    pub now: DateTime<Utc>,
+    /// The freshness limits.
+    pub thresholds: Thresholds,
+    /// Objects read at once.
+    pub jobs: usize,
+}
+
+/// The server as WalArchiveStale needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ServerView {
+    /// The repository's cluster, a primary that has written WAL up to `lsn`.
+    Primary {
+        /// Which server.
+        target: String,
+        /// The timeline it writes.
+        timeline: TimelineId,
+        /// `pg_current_wal_lsn()`.
+        lsn: Lsn,
+    },
+    /// Not asked, not reachable, or not this repository's primary: why.
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Looks at the server behind `config` for the staleness rule; never fails, an unreachable
+/// server is a view too. Only asked when `scope` covers the WAL archive.
+pub async fn observe_server(repo: &Repo, scope: Scope, config: &tokio_postgres::Config) -> ServerView {
+    if !scope.covers_wal() {
+        return ServerView::Unavailable {
+            reason: format!("not asked: verify {scope} does not judge the WAL archive"),
+        };
+    }
+    observe(repo, config)
+        .await
+        .unwrap_or_else(|e| ServerView::Unavailable { reason: e.to_string() })
+}
+
+async fn observe(repo: &Repo, config: &tokio_postgres::Config) -> Result<ServerView> {
+    let unavailable = |reason: String| Ok(ServerView::Unavailable { reason });
+    let Some(info) = repo.info()? else {
+        return unavailable("the repository holds no cluster yet".into());
+    };
+    let mut config = config.clone();
+    config.connect_timeout(Duration::from_secs(5));
+    let server = Server::connect(&config).await?;
+    let system_identifier = server.system_identifier().await?;
+    if system_identifier != info.system_identifier {
+        return unavailable(format!(
+            "{} is cluster {system_identifier}, not the repository's cluster {}",
+            server.target(),
+            info.system_identifier
+        ));
+    }
+    if server.is_in_recovery().await? {
+        return unavailable(format!("{} is a standby", server.target()));
+    }
+    Ok(ServerView::Primary {
+        target: server.target().to_string(),
+        timeline: server.current_timeline().await?,
+        lsn: server.current_wal_lsn().await?,
+    })
+}
+
+/// The outcome of a verification: the worst alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// No alert.
+    Ok,
+    /// Warnings only.
+    Warning,
+    /// At least one critical alert.
+    Critical,
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// What was verified.
+    pub scope: Scope,
+    /// The worst alert.
+    pub status: Status,
+    /// The moment ages were measured against.
+    pub now: DateTime<Utc>,
+    /// Seconds the whole verification took.
+    pub duration_seconds: f64,
+    /// Backups verified.
+    pub backups_checked: usize,
+    /// WAL files verified.
+    pub wal_files_checked: usize,
+    /// How much was read, and how fast.
+    pub read: ReadStats,
+    /// Missing WAL.
+    pub gaps: Vec<Gap>,
+    /// The server, for the staleness rule.
+    pub server: ServerView,
+    /// The alerts, critical first.
+    pub alerts: Vec<Alert>,
+    /// The repository's state: windows, tiers, archive, restore points.
+    pub repository: RepoSummary,
+}
+
+/// Verifies what `options.scope` covers.
+pub fn verify(
+    repo: &Repo,
+    options: &VerifyOptions,
+    server: &ServerView,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    let started = Instant::now();
+    let holdings = Holdings::read(repo)?;
+    let entries: Vec<&CatalogEntry> = holdings
+        .catalog
+        .iter()
+        .filter(|e| options.scope.covers(e.tier))
+        .collect();
+    let whole_archive = options.scope.covers_wal();
+    let mut checked = check_backups_and_wal(repo, &holdings, &entries, whole_archive, options.jobs, progress)?;
+    let in_scope: Vec<&Manifest> = entries.iter().filter_map(|e| e.manifest.as_ref().ok()).collect();
+    checked.alerts.extend(alerts::freshness(
+        &in_scope,
+        options.scope,
+        &options.thresholds,
+        options.now,
+    ));
+    if whole_archive {
+        checked.alerts.extend(stale_alert(&holdings, server, options));
+    }
+    checked.alerts.sort_by_key(|a| (std::cmp::Reverse(a.severity), a.alert));
+    Ok(VerifyReport {
+        scope: options.scope,
+        status: status_of(&checked.alerts),
+        now: options.now,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        backups_checked: entries.len(),
+        wal_files_checked: checked.wal_files,
+        read: checked.read,
+        gaps: checked.gaps,
+        server: server.clone(),
+        alerts: checked.alerts,
+        repository: summarize(&holdings, options.now),
+    })
+}
+
+/// What the integrity checks of some backups (and perhaps the whole archive) found.
+struct Checked {
+    read: ReadStats,
+    wal_files: usize,
+    gaps: Vec<Gap>,
+    alerts: Vec<Alert>,
+}
+
+/// The integrity of the backups in `entries` (manifest, files, labels, the WAL they need to
+/// reach consistency) and, with `whole_archive`, of every WAL file, the archive's continuity and
+/// its history files.
+fn check_backups_and_wal(
+    repo: &Repo,
+    holdings: &Holdings,
+    entries: &[&CatalogEntry],
+    whole_archive: bool,
+    jobs: usize,
+    progress: &dyn Progress,
+) -> Result<Checked> {
+    let backups: Vec<&Manifest> = entries.iter().filter_map(|e| e.manifest.as_ref().ok()).collect();
+    let objects = objects_to_read(holdings, &backups, whole_archive);
+    let (read, findings) = objects::read_all(repo, &objects, holdings.info.as_ref(), jobs, progress)?;
+    let mut alerts = metadata_alerts(holdings, entries, whole_archive);
+    alerts.extend(
+        findings
+            .into_iter()
+            .map(|f| Alert::new(AlertName::BackupVerificationFailed, f.subject, f.reason)),
+    );
+    let gaps = wal_gaps(holdings, &backups, whole_archive);
+    alerts.extend(gaps.iter().map(|gap| gap_alert(gap, &holdings.backups())));
+    if whole_archive {
+        alerts.extend(history_alerts(holdings));
+    }
+    Ok(Checked {
+        read,
+        wal_files: objects.iter().filter(|o| matches!(o, StoredObject::Wal { .. })).count(),
+        gaps,
+        alerts,
+    })
+}
+
+fn status_of(alerts: &[Alert]) -> Status {
+    match alerts.iter().map(|a| a.severity).max() {
+        None => Status::Ok,
+        Some(Severity::Warning) => Status::Warning,
+        Some(Severity::Critical) => Status::Critical,
+    }
+}
+
+/// Every file and label of the backups, and the WAL: all of it, or what the backups need to
+/// reach consistency.
+fn objects_to_read<'a>(holdings: &Holdings, backups: &[&'a Manifest], whole_archive: bool) -> Vec<StoredObject<'a>> {
+    let mut objects = Vec::new();
+    for m in backups {
+        let dir = backup_dir(m.tier.name(), &m.id);
+        objects.extend(
+            m.files
+                .iter()
+                .map(|file| StoredObject::BackupFile { dir: dir.clone(), file }),
+        );
+        let labels = if m.tablespaces.is_empty() {
+            &["backup_label"][..]
+        } else {
+            &["backup_label", "tablespace_map"][..]
+        };
+        objects.extend(labels.iter().map(|name| StoredObject::Label { dir: dir.clone(), name }));
+    }
+    let needed = consistency_wal(holdings, backups);
+    objects.extend(
+        holdings
+            .wal
+            .iter()
+            .filter(|f| whole_archive || needed.contains(&f.name))
+            .map(|f| StoredObject::Wal {
+                name: f.name,
+                stored_bytes: f.stored_bytes,
+            }),
+    );
+    objects
+}
+
+/// The segments the backups need to reach consistency.
+fn consistency_wal(holdings: &Holdings, backups: &[&Manifest]) -> HashSet<WalFileName> {
+    let Some(size) = holdings.segment_size() else {
+        return HashSet::new();
+    };
+    backups
+        .iter()
+        .flat_map(|m| {
+            m.consistency_segments().filter_map(move |segno| {
+                let name = Segment {
+                    timeline: m.timeline,
+                    segno,
+                }
+                .file_name(size);
+                WalFileName::parse(&name).ok()
+            })
+        })
+        .collect()
+}
+
+/// The repository's metadata, the manifests of `entries`, and with the whole archive the
+/// restore point catalog.
+fn metadata_alerts(holdings: &Holdings, entries: &[&CatalogEntry], whole_archive: bool) -> Vec<Alert> {
+    let failed = |subject: String, reason: String| Alert::new(AlertName::BackupVerificationFailed, subject, reason);
+    let mut alerts = Vec::new();
+    if holdings.info.is_none() && (!holdings.wal.is_empty() || !holdings.catalog.is_empty()) {
+        alerts.push(failed(
+            "repo.json".into(),
+            format!(
+                "repository {} holds WAL or backups but no repo.json, so nothing can be matched to its cluster: \
+                 restore repo.json from a copy",
+                holdings.location
+            ),
+        ));
+    }
+    for entry in entries {
+        let dir = backup_dir(entry.tier.name(), &entry.id);
+        match &entry.manifest {
+            Err(e) => alerts.push(failed(format!("{dir}backup.manifest"), e.to_string())),
+            Ok(m) => {
+                let problems = consistency::manifest_problems(m, entry.tier, &entry.id, holdings.info.as_ref());
+                if !problems.is_empty() {
+                    alerts.push(failed(
+                        format!("{dir}backup.manifest"),
+                        format!("inconsistent manifest: {}", problems.join("; ")),
+                    ));
+                }
+            }
+        }
+    }
+    if let (true, Err(e)) = (whole_archive, &holdings.restore_points) {
+        alerts.push(failed("restore_points/".into(), e.to_string()));
+    }
+    alerts
+}
+
+/// Missing WAL: in the whole archive (from the oldest retained backup on), or what `backups`
+/// need to reach consistency.
+fn wal_gaps(holdings: &Holdings, backups: &[&Manifest], whole_archive: bool) -> Vec<Gap> {
+    on_archive(holdings, |archive| {
+        let spans = if whole_archive {
+            continuity::archive_spans(archive, &holdings.backups())
+        } else {
+            continuity::backup_spans(backups)
+        };
+        continuity::find_gaps(archive, &spans)
+    })
+    .unwrap_or_default()
+}
+
+/// Runs `f` on the shape of the archive, once the repository knows its segment size.
+fn on_archive<T>(holdings: &Holdings, f: impl FnOnce(&Archive) -> T) -> Option<T> {
+    let segments: BTreeSet<(TimelineId, u64)> = holdings.segments().into_keys().collect();
+    let histories = holdings.readable_histories();
+    Some(f(&Archive {
+        size: holdings.segment_size()?,
+        segments: &segments,
+        histories: &histories,
+    }))
+}
+
+fn gap_alert(gap: &Gap, backups: &[&Manifest]) -> Alert {
+    let unrestorable: Vec<&str> = backups
+        .iter()
+        .filter(|m| {
+            let range = m.consistency_segments();
+            m.timeline == gap.timeline && *range.start() <= gap.last_segno && gap.first_segno <= *range.end()
+        })
+        .map(|m| m.id.as_str())
+        .collect();
+    let consequence = if unrestorable.is_empty() {
+        "recovery from older backups stops before them, so the recoverable window starts after them".to_string()
+    } else {
+        format!(
+            "backup {} cannot reach consistency without them",
+            unrestorable.join(", ")
+        )
+    };
+    let subject = if gap.segments == 1 {
+        gap.first.clone()
+    } else {
+        format!("{}..{}", gap.first, gap.last)
+    };
+    Alert::new(
+        AlertName::WalArchiveGap,
+        subject.clone(),
+        format!(
+            "{} WAL segment(s) missing on timeline {}: {subject}; {consequence}. Archive them from the server's \
+             pg_wal if it still has them, and take a new backup",
+            gap.segments, gap.timeline
+        ),
+    )
+}
+
+fn history_alerts(holdings: &Holdings) -> Vec<Alert> {
+    let listed: BTreeSet<TimelineId> = holdings.histories.keys().copied().collect();
+    on_archive(holdings, |archive| {
+        continuity::history_problems(archive, &listed, &holdings.backups())
+    })
+    .unwrap_or_default()
+    .into_iter()
+    .map(|problem| match problem {
+        HistoryProblem::Missing { file, reason } => Alert::new(AlertName::WalArchiveGap, file, reason),
+        HistoryProblem::Broken { file, reason } => Alert::new(
+            AlertName::BackupVerificationFailed,
+            file,
+            format!("the timeline history is broken: {reason}"),
+        ),
+    })
+    .collect()
+}
+
+fn stale_alert(holdings: &Holdings, server: &ServerView, options: &VerifyOptions) -> Option<Alert> {
+    let size = holdings.segment_size()?;
+    let newest = holdings.newest_segment();
+    let name = newest.map(|(segment, _)| segment.file_name(size));
+    let newest = newest
+        .zip(name.as_deref())
+        .map(|((segment, archived_at), name)| NewestSegment {
+            name,
+            segno: segment.segno,
+            archived_at,
+        });
+    alerts::staleness(newest, server, size, options.thresholds.wal_stale, options.now)
+}

@@ -1,0 +1,160 @@
+//! `pitr check`: archiving end to end on a running server, like `pgbackrest check`. The
+//! settings (wal_level, archive_mode, an archive_command that calls pitr with this repository),
+//! the current timeline's history file in the repository, and a forced WAL switch whose segment
+//! must arrive in the repository, valid, within a timeout. The first thing to run after setup and
+//! after every switch-over.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::objects::check_wal_object;
+use crate::backup::{check_archive_settings, segment_size};
+use crate::error::{Error, Result};
+use crate::pg::Server;
+use crate::progress::Progress;
+use crate::repo::Repo;
+use crate::restore_point::wait_until_archived;
+use crate::wal::{Segment, TimelineId, WalFileName};
+
+/// How to check.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckOptions {
+    /// How long the switched segment may take to arrive in the repository.
+    pub timeout: Duration,
+}
+
+/// What a passed check saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// The server.
+    pub server: String,
+    /// Its system identifier.
+    pub system_identifier: u64,
+    /// The timeline it writes.
+    pub timeline: TimelineId,
+    /// Its archive_command.
+    pub archive_command: String,
+    /// The history file of that timeline, found valid in the repository (timelines above 1).
+    pub history_file: Option<String>,
+    /// The segment closed by `pg_switch_wal`, found valid in the repository.
+    pub segment: String,
+    /// Seconds it took to arrive.
+    pub archived_after_seconds: f64,
+}
+
+/// Checks that the server behind `server` archives into `repo`, end to end.
+pub async fn check(
+    repo: &Repo,
+    server: &Server,
+    options: CheckOptions,
+    progress: &dyn Progress,
+) -> Result<CheckReport> {
+    let refuse = |reason: String| Error::Server {
+        target: server.target().to_string(),
+        reason,
+    };
+    if server.is_in_recovery().await? {
+        return Err(refuse(
+            "is a standby or in recovery: run pitr check on the primary".into(),
+        ));
+    }
+    let system_identifier = server.system_identifier().await?;
+    if let Some(info) = repo.info()? {
+        if info.system_identifier != system_identifier {
+            return Err(refuse(format!(
+                "is cluster {system_identifier}, but repository {} holds cluster {}: point --repo at this \
+                 cluster's own repository",
+                repo.location(),
+                info.system_identifier
+            )));
+        }
+    }
+    check_archive_settings(repo, server, progress).await?;
+    let timeline = server.current_timeline().await?;
+    let history_file = check_history(repo, timeline)?;
+    progress.status("switching WAL and waiting for the segment to be archived");
+    let started = Instant::now();
+    let segment = switch_and_wait(repo, server, timeline, options.timeout).await?;
+    Ok(CheckReport {
+        server: server.target().to_string(),
+        system_identifier,
+        timeline,
+        archive_command: server.setting("archive_command").await?,
+        history_file,
+        segment: segment.to_string(),
+        archived_after_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Timelines above 1 must have their history file in the repository, or recovery cannot
+/// follow them.
+fn check_history(repo: &Repo, timeline: TimelineId) -> Result<Option<String>> {
+    if timeline == 1 {
+        return Ok(None);
+    }
+    let name = WalFileName::History(timeline);
+    let stored = repo.get_wal(&name)?.ok_or_else(|| {
+        Error::Refused(format!(
+            "the server writes timeline {timeline}, but its history file {name} is not in repository {}: \
+             recovery could not follow this timeline; archive it with `pitr --repo {} archive-push pg_wal/{name}` \
+             in the data directory",
+            repo.location(),
+            repo.location()
+        ))
+    })?;
+    check_wal_object(&stored, &name, &repo.describe_wal(&name), None)?;
+    Ok(Some(name.to_string()))
+}
+
+/// Forces a WAL switch and waits until the closed segment is in the repository and valid.
+async fn switch_and_wait(repo: &Repo, server: &Server, timeline: TimelineId, timeout: Duration) -> Result<WalFileName> {
+    let end = server.switch_wal().await?;
+    let size = segment_size(server).await?;
+    // pg_switch_wal returns an end pointer: the closed segment holds the byte before it.
+    let segment = Segment {
+        timeline,
+        segno: size.segment_before(end),
+    };
+    let name = WalFileName::parse(&segment.file_name(size))?;
+    if !wait_until_archived(repo, &name, timeout).await? {
+        return Err(Error::Server {
+            target: server.target().to_string(),
+            reason: format!(
+                "switched WAL, but segment {name} did not reach repository {} within {} s: {}",
+                repo.location(),
+                timeout.as_secs(),
+                archiver_state(server).await?
+            ),
+        });
+    }
+    let stored = repo.get_wal(&name)?.ok_or_else(|| Error::Repo {
+        path: repo.location().into(),
+        reason: format!("{name} vanished right after it was archived; is expire running?"),
+    })?;
+    check_wal_object(&stored, &name, &repo.describe_wal(&name), repo.info()?.as_ref())?;
+    Ok(name)
+}
+
+/// What `pg_stat_archiver` says about failures, for the timeout message.
+async fn archiver_state(server: &Server) -> Result<String> {
+    let rows = server
+        .query_rows("SELECT failed_count, last_failed_wal, last_failed_time FROM pg_stat_archiver")
+        .await?;
+    let cell = |i: usize| {
+        rows.first()
+            .and_then(|r| r.get(i).cloned().flatten())
+            .unwrap_or_default()
+    };
+    Ok(match cell(0).as_str() {
+        "" | "0" => "pg_stat_archiver reports no failure: the archive_command may archive somewhere else, or \
+                     archiving is slow"
+            .to_string(),
+        failures => format!(
+            "pg_stat_archiver reports {failures} failures, the last for {} at {}: the server log has the \
+             archive_command's error",
+            cell(1),
+            cell(2)
+        ),
+    })
+}
