@@ -77,6 +77,8 @@ class Ratio:
     values: List[float] = field(default_factory=list)
     target: Optional[float] = None  # the issue's target: the median must be <= target
     note: str = ""
+    digits: int = 2
+    tolerance: Optional[float] = None  # above the target by at most this fraction: "practically equal"
 
 
 @dataclass
@@ -102,8 +104,8 @@ class Results:
         return self.all_series[key]
 
     def ratio(self, group: str, label: str, values: Sequence[float], target: Optional[float] = None,
-              note: str = "") -> Ratio:
-        r = Ratio(group, label, list(values), target, note)
+              note: str = "", digits: int = 2, tolerance: Optional[float] = None) -> Ratio:
+        r = Ratio(group, label, list(values), target, note, digits, tolerance)
         self.ratios.append(r)
         return r
 
@@ -112,7 +114,48 @@ class Results:
             "series": [s.__dict__ for s in self.all_series.values()],
             "ratios": [r.__dict__ for r in self.ratios],
             "pending": [p.__dict__ for p in self.pending],
+            "targets": [list(t) for t in self.targets],
+            "notes": self.notes,
         }
+
+    @staticmethod
+    def from_json(d: dict) -> "Results":
+        res = Results()
+        for s in d["series"]:
+            res.all_series[s["key"]] = Series(**s)
+        res.ratios = [Ratio(**r) for r in d["ratios"]]
+        res.pending = [Pending(**p) for p in d["pending"]]
+        res.targets = [tuple(t) for t in d.get("targets", [])]
+        res.notes = d.get("notes", [])
+        return res
+
+
+@dataclass
+class Record:
+    """One run's results with what the report says about the run: the doc is rendered from this,
+    and it is stored in the doc, so the doc can be re-rendered (--render) without re-running."""
+
+    when: str
+    total_seconds: float
+    quick: bool
+    runs: int
+    scale: int
+    segments: List[str]
+    data_bytes: int
+    machine: Dict[str, str]
+    versions: Dict[str, str]
+    res: Results
+
+    def to_json(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "res"}
+        d.update(self.res.to_json())
+        return d
+
+    @staticmethod
+    def from_json(d: dict) -> "Record":
+        meta = {k: d[k] for k in ("when", "total_seconds", "quick", "runs", "scale", "segments", "data_bytes",
+                                  "machine", "versions")}
+        return Record(res=Results.from_json(d), **meta)
 
 
 def med(values: Sequence[float]) -> float:
@@ -290,6 +333,7 @@ class Bench:
         self.versions: Dict[str, str] = {}
         self.push_repos: Dict[str, Path] = {}  # tool -> a repo holding the whole corpus
         self.started = time.time()
+        self.loads: List[float] = []
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -372,7 +416,8 @@ class Bench:
             "PostgreSQL": sh([self.pg("postgres"), "--version"]),
             "pgBackRest": sh(["pgbackrest", "version"]),
             "pg_basebackup": sh([self.pg("pg_basebackup"), "--version"]),
-            "zstd (pgBackRest's libzstd)": _libzstd_version(),
+            "zstd in pitr": _pitr_zstd_version(),
+            "zstd in pgBackRest": _libzstd_version(),
         }
 
     def setup_cluster(self) -> None:
@@ -504,7 +549,12 @@ def _os_release() -> str:
 
 def _libzstd_version() -> str:
     out = sh(["dpkg-query", "-W", "-f", "${Version}", "libzstd1"], check=False)
-    return f"libzstd1 {out} (Debian package)" if out and "no packages" not in out else "unknown"
+    return f"{out.split('+')[0]} (system libzstd1 {out})" if out and "no packages" not in out else "unknown"
+
+
+def _pitr_zstd_version() -> str:
+    m = re.search(r'name = "zstd-sys"\nversion = "[^"]*\+zstd\.([0-9.]+)"', (REPO_ROOT / "Cargo.lock").read_text())
+    return f"{m.group(1)} (bundled by the zstd crate)" if m else "unknown"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -592,7 +642,12 @@ def section_archive_push(b: Bench) -> None:
     pitr_size = stored_wal_bytes("pitr", b.push_repos["pitr"])
     b.res.ratio(group, "WAL compression: pitr zstd:3 / pgBackRest zst:3 stored bytes",
                 [pitr_size / stored_wal_bytes("pgbr-zst", b.push_repos["pgbr-zst"])], target=1.0,
-                note="same library and level; lower is better")
+                note=zstd_note(b), digits=4, tolerance=0.005)
+
+
+def zstd_note(b: Bench) -> str:
+    return (f"same level; pitr's zstd is {b.versions.get('zstd in pitr', '?')}, pgBackRest's "
+            f"{b.versions.get('zstd in pgBackRest', '?')}")
 
 
 def ensure_push_repos(b: Bench) -> None:
@@ -751,7 +806,8 @@ def section_backup(b: Bench) -> None:
     b.res.ratio(group, f"backup time: {labels['pitr-j2']} / {labels['bb-server-zstd']}",
                 pair("pitr-j2", "bb-server-zstd"))
     b.res.ratio(group, "backup compression: pitr zstd:3 / pgBackRest zst:3 stored bytes",
-                [x / y for x, y in zip(sizes["pitr-j1"], sizes["pgbr-pm1"])], 1.0, note="lower is better")
+                [x / y for x, y in zip(sizes["pitr-j1"], sizes["pgbr-pm1"])], 1.0, note=zstd_note(b), digits=4,
+                tolerance=0.005)
     b.res.ratio(g5, "backup peak RSS: pitr --jobs 2 / pgbackrest process-max=2",
                 [x / y for x, y in zip(rss["pitr-j2"], rss["pgbr-pm2"])])
 
@@ -845,7 +901,7 @@ def section_recover(b: Bench) -> None:
     ensure_backups(b)
     group = "4. restore and recover"
     tools = [("pitr", "pitr recover --target immediate --action shutdown"),
-             ("pgbr", "pgbackrest restore --type=immediate --target-action=shutdown process-max=2, then postgres")]
+             ("pgbr", "pgbackrest restore --type=immediate, then postgres")]
     secs: Dict[str, List[float]] = {t: [] for t, _ in tools}
     for r in range(b.opts.runs):
         progress(f"recover run {r + 1}/{b.opts.runs}")
@@ -868,7 +924,11 @@ def section_not_built(b: Bench) -> None:
     cluster under a pgbench load with archive_command handing segments to the watcher and, as the
     peer, pgBackRest with archive-async=y and process-max=2, measuring ms/segment and the archive
     lag; and with archive-get through pitr's prefetch against pgBackRest's archive-get-queue-max."""
-    reason = "not yet measured: the watcher and prefetch are not built (issue 6)"
+    if b.run([b.pitr, "watch", "--help"], check=False).returncode == 0:
+        reason = ("not yet measured: `pitr watch` and prefetch exist, but this harness does not drive them yet "
+                  "(issue 6)")
+    else:
+        reason = "not yet measured: the watcher and prefetch are not built (issue 6)"
     b.res.pending.append(Pending("1. archive-push (sync), one process per 16 MiB segment",
                                  "archive-push with the watcher vs pgBackRest archive-async", reason))
     b.res.pending.append(Pending("2. archive-get, one process per 16 MiB segment",
@@ -882,33 +942,80 @@ def section_not_built(b: Bench) -> None:
 
 
 def section_profile(b: Bench) -> None:
-    """perf stat (software counters) over 10 archive-push processes of pitr and of pgBackRest zst,
-    and callgrind's top functions for one pitr archive-push. Goes into the doc as raw output."""
+    """perf stat (software counters) over up to 10 archive-push and archive-get processes of pitr
+    and of pgBackRest zst, and callgrind's top functions for one archive-push of each and one pitr
+    archive-get. Goes into the doc as raw output; the interpretation is in bench/findings.md."""
+    ensure_push_repos(b)
+    progress("profile: perf stat and callgrind")
     out = []
     base = b.mkdir_pg(b.tmp / "work" / "profile", 0o755)
-    for t in ("pitr", "pgbr-zst"):
-        repo = new_push_repo(b, t, base / t)
-        segs = b.corpus[: min(10, len(b.corpus))]
-        script = b.tmp / "work" / f"profile-{t}.sh"
-        script.write_text("#!/bin/sh\nset -e\n" + "".join(
-            " ".join(f"'{a}'" for a in push_command(b, t, repo, s)) + "\n" for s in segs))
-        script.chmod(0o755)
-        if shutil.which("perf"):
-            r = b.run(["perf", "stat", "-e", "task-clock,context-switches,cpu-migrations,page-faults",
-                       script], check=False)
-            out.append(f"perf stat, {len(segs)} × archive-push, {t}:\n" + r.output.strip())
-    if shutil.which("valgrind"):
-        repo = new_push_repo(b, "pitr", base / "pitr-callgrind")
+    dest = b.mkdir_pg(b.tmp / "work" / "profile-get") / "RECOVERYXLOG"
+    segs = b.corpus[: min(10, len(b.corpus))]
+    quote = lambda argv: " ".join("'" + str(a).replace("'", "'\\''") + "'" for a in argv)
+    for op in ("archive-push", "archive-get"):
+        for t in ("pitr", "pgbr-zst"):
+            if op == "archive-push":
+                repo = new_push_repo(b, t, base / t)
+                lines = [quote(push_command(b, t, repo, seg)) for seg in segs]
+            else:
+                lines = [quote(get_command(b, t, b.push_repos[t], seg.name, dest)) + f" && rm '{dest}'"
+                         for seg in segs]
+            script = b.tmp / "work" / f"profile-{op}-{t}.sh"
+            script.write_text("#!/bin/sh\nset -e\n" + "\n".join(lines) + "\n")
+            script.chmod(0o755)
+            if shutil.which("perf"):
+                r = b.run(["perf", "stat", "-e", "task-clock,context-switches,page-faults", script], check=False)
+                body = "\n".join(l for l in r.output.strip().splitlines() if l.strip())
+                out.append(f"perf stat, {len(segs)} × {op}, {t} (one process each, run by a shell script):\n{body}")
+    if shutil.which("valgrind") and shutil.which("callgrind_annotate"):
         cg = b.tmp / "work" / "callgrind.out"
-        b.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}"]
-              + push_command(b, "pitr", repo, b.corpus[0]), check=False)
-        if cg.exists():
-            ann = b.run(["callgrind_annotate", "--inclusive=no", cg], check=False).output
-            lines = [l for l in ann.splitlines() if l.strip()]
-            start = next((i for i, l in enumerate(lines) if "file:function" in l), 0)
-            out.append("callgrind, one pitr archive-push, self cost (instructions):\n"
-                       + "\n".join(lines[start: start + 16]))
+        jobs = [("pitr archive-push", push_command(b, "pitr", new_push_repo(b, "pitr", base / "cg-pitr"), segs[0])),
+                ("pgBackRest zst:3 archive-push (Debian's binaries are stripped: internal zstd functions show as "
+                 "their exported callers)",
+                 push_command(b, "pgbr-zst", new_push_repo(b, "pgbr-zst", base / "cg-pgbr"), segs[0])),
+                ("pitr archive-get", get_command(b, "pitr", b.push_repos["pitr"], segs[0].name, dest))]
+        for label, argv in jobs:
+            if cg.exists():
+                cg.unlink()
+            b.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}"] + argv, check=False)
+            if dest.exists():
+                dest.unlink()
+            if cg.exists():
+                ann = b.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", cg], check=False).output
+                out.append(f"callgrind, one {label}, instructions by function (self cost):\n"
+                           + summarize_callgrind(ann))
     b.res.notes.append("PROFILE\n" + "\n\n".join(out))
+
+
+def summarize_callgrind(annotated: str, top: int = 12) -> str:
+    """Sums callgrind_annotate's per-file:function lines by function (inlined code is listed
+    under the header file it came from) and lists the top ones."""
+    by_fn: Dict[str, int] = {}
+    total = 0
+    section = ""
+    for line in annotated.splitlines():
+        if line.startswith("Ir") or line.startswith("-- "):
+            section = line
+            continue
+        m = re.match(r"\s*([\d,]+)\s+\([\s\d.]+%\)\s+(.*)$", line)
+        if not m or not ("file:function" in section or section.strip() == "Ir"):
+            continue
+        n = int(m.group(1).replace(",", ""))
+        rest = m.group(2)
+        if "PROGRAM TOTALS" in rest:
+            total = n
+            continue
+        if "events annotated" in rest:
+            continue
+        fn = rest.split(" [", 1)[0].strip()
+        m = re.match(r"^(.*?[^:]):(?!:)(.*)$", fn)  # file:function; Rust paths keep their "::"
+        fn = m.group(2) if m else fn
+        by_fn[fn] = by_fn.get(fn, 0) + n
+    total = total or sum(by_fn.values()) or 1
+    lines = [f"{'instructions':>14}  {'share':>6}  function", f"{total:>14,}  100.0%  (total)"]
+    for fn, n in sorted(by_fn.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{n:>14,}  {n / total * 100:5.1f}%  {fn}")
+    return "\n".join(lines)
 
 
 SECTIONS: List[Tuple[str, Callable[[Bench], None]]] = [
@@ -927,86 +1034,104 @@ SECTIONS: List[Tuple[str, Callable[[Bench], None]]] = [
 # ----------------------------------------------------------------------------------------------
 
 
-def verdict(r: Ratio) -> Optional[bool]:
+def ratio_fmt(r: Ratio, v: float) -> str:
+    return f"{v:.{r.digits}f}"
+
+
+def verdict(r: Ratio) -> Tuple[str, Optional[bool]]:
+    """The verdict on a ratio against its target: the median decides, the range qualifies."""
     if r.target is None:
-        return None
-    return med(r.values) <= r.target
+        return "", None
+    m = med(r.values)
+    if m <= r.target:
+        if max(r.values) > r.target:
+            return "met by the median, not in every pair", True
+        return "met", True
+    over = (m / r.target - 1) * 100
+    if r.tolerance is not None and m <= r.target * (1 + r.tolerance):
+        return f"missed by {over:.2f} %: practically equal", False
+    return "MISSED", False
 
 
-def targets_rows(res: Results) -> List[Tuple[str, str, str, str]]:
+def targets_rows(res: Results) -> List[List[str]]:
     rows = []
     for r in res.ratios:
         if r.target is None:
             continue
-        m, lo, hi = triple(r.values, "×")
+        m, lo, hi = (ratio_fmt(r, f(r.values)) for f in (med, min, max))
         measured = f"{m}×" if len(r.values) == 1 else f"{m}× ({lo}–{hi})"
-        ok = verdict(r)
-        mark = "**met**" if ok else "**missed**"
-        if ok and max(r.values) > r.target:
-            mark = "met by the median, not in every pair"
-        rows.append((r.label, measured, f"≤ {r.target:g}×", mark))
+        text, _ = verdict(r)
+        rows.append([r.label, measured, f"≤ {r.target:g}×", f"**{text}**"])
     for target, measured, goal, ok in res.targets:
-        rows.append((target, measured, goal, "**met**" if ok else "**missed**"))
+        rows.append([target, measured, goal, "**met**" if ok else "**MISSED**"])
     return rows
 
 
-def results_table(res: Results) -> List[List[str]]:
-    """Rows: group, measure, tool, median, min, max, unit, note."""
+def groups_in_order(res: Results) -> List[str]:
+    names = {s.group for s in res.all_series.values()} | {p.group for p in res.pending} | {
+        r.group for r in res.ratios}
+    return sorted(names)
+
+
+def series_rows(res: Results, group: str) -> List[List[str]]:
+    """Rows: measure, tool, median, min, max, unit, note (the measure only where it changes)."""
     rows = []
-    groups: Dict[str, List] = {}
+    last = None
     for s in res.all_series.values():
-        groups.setdefault(s.group, []).append(s)
+        if s.group != group:
+            continue
+        m, lo, hi = triple(s.values)
+        if len(s.values) == 1:
+            lo = hi = "="
+        rows.append([s.measure if s.measure != last else "", s.tool, m, lo, hi, s.unit, s.note])
+        last = s.measure
     for p in res.pending:
-        groups.setdefault(p.group, []).append(p)
-    for g in sorted(groups):
-        for s in groups[g]:
-            if isinstance(s, Pending):
-                rows.append([g, s.measure, "—", "—", "—", "—", "", s.reason])
-                continue
-            m, lo, hi = triple(s.values)
-            if len(s.values) == 1:
-                lo = hi = "="
-            rows.append([g, s.measure, s.tool, m, lo, hi, s.unit, s.note])
+        if p.group == group:
+            rows.append([p.measure, "—", "—", "—", "—", "", p.reason])
     return rows
 
 
-def ratio_rows(res: Results) -> List[List[str]]:
+def ratio_rows(res: Results, group: Optional[str] = None) -> List[List[str]]:
     rows = []
-    for r in sorted(res.ratios, key=lambda r: r.group):
-        m, lo, hi = triple(r.values, "×")
+    for r in res.ratios:
+        if group is not None and r.group != group:
+            continue
+        m, lo, hi = (ratio_fmt(r, f(r.values)) for f in (med, min, max))
         if len(r.values) == 1:
             lo = hi = "="
         tgt = f"≤ {r.target:g}" if r.target is not None else ""
-        v = verdict(r)
-        rows.append([r.label, m, lo, hi, tgt, "" if v is None else ("met" if v else "MISSED"), r.note])
+        rows.append([r.label, m, lo, hi, tgt, verdict(r)[0], r.note])
     return rows
 
 
-def print_console(b: Bench) -> None:
+SERIES_HEADER = ["measure", "tool", "median", "min", "max", "unit", "note"]
+RATIO_HEADER = ["pitr / peer, per pair of adjacent runs", "median", "min", "max", "target", "verdict", "note"]
+
+
+def print_console(rec: Record) -> None:
     def table(header: List[str], rows: List[List[str]]) -> None:
         widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-        line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+        line = "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()
         print(line)
         print("-" * len(line))
         for row in rows:
-            print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+            print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
         print()
 
     print()
-    print(f"pitr benchmarks: {len(b.corpus)} segments, {b.opts.runs} runs, scale {b.opts.scale}"
-          f"{' (QUICK MODE)' if b.opts.quick else ''}")
+    print(f"pitr benchmarks: {len(rec.segments)} segments, {rec.runs} runs, pgbench scale {rec.scale}"
+          f"{' (QUICK MODE: too few runs to quote)' if rec.quick else ''}")
     print()
-    rows = [[r[1], r[2], r[3], r[4], r[5], r[6], r[7]] for r in results_table(b.res)]
-    last = None
-    out = []
-    for full, row in zip(results_table(b.res), rows):
-        if full[0] != last:
-            out.append([f"== {full[0]}", "", "", "", "", "", ""])
-            last = full[0]
-        out.append(row)
-    table(["measure", "tool", "median", "min", "max", "unit", "note"], out)
-    table(["pitr / peer (per pair of adjacent runs)", "median", "min", "max", "target", "verdict", "note"],
-          ratio_rows(b.res))
+    for g in groups_in_order(rec.res):
+        print(f"== {g}")
+        rows = series_rows(rec.res, g)
+        if rows:
+            table(SERIES_HEADER, rows)
+        rows = ratio_rows(rec.res, g)
+        if rows:
+            table(RATIO_HEADER, rows)
+    print("== Targets (issue 7)")
+    table(["target", "measured", "goal", "verdict"], [[c.replace("**", "") for c in r] for r in targets_rows(rec.res)])
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -1016,56 +1141,67 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(b: Bench, path: Path, total_seconds: float) -> None:
-    o = b.opts
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    mode = "quick (development) mode: too few runs to quote" if o.quick else "full mode"
+RAW_BEGIN = "<!-- pitr-bench record: python3 bench/run.py --render rebuilds this doc from it -->"
+
+
+def write_doc(rec: Record, path: Path) -> None:
+    mode = "quick (development) mode: too few runs to quote" if rec.quick else "full mode"
+    res = rec.res
     parts = [
         "# Benchmarks: pitr side by side with pgBackRest, cp+fsync and pg_basebackup",
         "",
-        f"<!-- Generated by `python3 bench/run.py` on {when}; do not edit by hand. The profiling notes come from "
-        "bench/findings.md. -->",
+        "<!-- Generated by bench/run.py; do not edit by hand. The findings come from bench/findings.md. -->",
         "",
-        f"Generated by `python3 bench/run.py` ({mode}) on {when}, in {total_seconds / 60:.1f} minutes. "
-        "Every figure is the median of "
-        f"{o.runs} runs with the minimum and maximum; every comparison is pitr/peer computed per pair of adjacent "
-        "runs (the machine is shared and noisy), then the median and range of those ratios. Lower is better for "
-        "pitr everywhere.",
+        f"Generated by `python3 bench/run.py` ({mode}) on {rec.when}, in {rec.total_seconds / 60:.1f} minutes. "
+        f"Every figure is the median of {rec.runs} runs with the minimum and maximum. Every comparison is "
+        "pitr/peer, computed for each pair of adjacent runs (the machine is shared and noisy), then the median "
+        "and range of those ratios. Lower is better for pitr everywhere.",
         "",
         "## Machine",
         "",
-        md_table(["", ""], [[k, v] for k, v in b.machine.items()] + [[k, v] for k, v in b.versions.items()]),
+        md_table(["", ""], [[k, v] for k, v in rec.machine.items()] + [[k, v] for k, v in rec.versions.items()]),
         "",
         "## Targets (issue 7)",
         "",
-        md_table(["target", "measured pitr/peer: median (min–max)", "goal", "verdict"], targets_rows(b.res)),
+        md_table(["target", "measured pitr/peer: median (min–max)", "goal", "verdict"], targets_rows(res)),
         "",
-        "## All comparisons",
-        "",
-        md_table(["pitr / peer", "median", "min", "max", "target", "verdict", "note"], ratio_rows(b.res)),
-        "",
-        "## All figures",
-        "",
-        md_table(["", "measure", "tool", "median", "min", "max", "unit", "note"], results_table(b.res)),
-        "",
+    ]
+    if FINDINGS.exists():
+        parts += [FINDINGS.read_text().strip(), ""]
+    parts += ["## Results", ""]
+    for g in groups_in_order(res):
+        parts += [f"### {g}", ""]
+        rows = series_rows(res, g)
+        if rows:
+            parts += [md_table(SERIES_HEADER, rows), ""]
+        rows = ratio_rows(res, g)
+        if rows:
+            parts += [md_table(RATIO_HEADER, rows), ""]
+    parts += [
         "## Method",
         "",
-        METHOD.format(segments=len(b.corpus), scale=o.scale, runs=o.runs,
-                      data_mib=b.data_bytes / MiB, first=b.corpus[0].name if b.corpus else "-",
-                      last=b.corpus[-1].name if b.corpus else "-"),
+        METHOD.format(segments=len(rec.segments), scale=rec.scale, runs=rec.runs,
+                      data_mib=rec.data_bytes / MiB, first=rec.segments[0] if rec.segments else "-",
+                      last=rec.segments[-1] if rec.segments else "-"),
     ]
-    notes = [n for n in b.res.notes if not n.startswith("PROFILE")]
+    notes = [n for n in res.notes if not n.startswith("PROFILE")]
     if notes:
         parts += ["", "Notes from this run:", ""] + [f"- {n}" for n in notes]
-    if FINDINGS.exists():
-        parts += ["", FINDINGS.read_text().strip()]
-    prof = [n for n in b.res.notes if n.startswith("PROFILE")]
+    prof = [n for n in res.notes if n.startswith("PROFILE")]
     if prof:
-        parts += ["", "## Raw profile of this run (`--profile`)", "", "```", prof[0][len("PROFILE\n"):], "```"]
-    parts += ["", "## Raw figures", "", "<details><summary>every run, in order</summary>", "", "```json",
-              json.dumps(b.res.to_json(), indent=1, ensure_ascii=False), "```", "", "</details>", ""]
+        parts += ["", "## Raw profile of this run", "", "```", prof[0][len("PROFILE\n"):], "```"]
+    parts += ["", "## Raw figures", "", "<details><summary>every run, in order (JSON)</summary>", "", RAW_BEGIN, "",
+              "```json", json.dumps(rec.to_json(), indent=1, ensure_ascii=False), "```", "", "</details>", ""]
     path.write_text("\n".join(parts))
     progress(f"wrote {path}")
+
+
+def read_record(doc: Path) -> Record:
+    text = doc.read_text()
+    if RAW_BEGIN not in text:
+        sys.exit(f"{doc} holds no pitr-bench record to render from")
+    raw = text.split(RAW_BEGIN, 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    return Record.from_json(json.loads(raw))
 
 
 METHOD = """\
@@ -1151,14 +1287,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--pg-bin", type=Path, help="PostgreSQL bin directory (default: newest /usr/lib/postgresql/*/bin)")
     ap.add_argument("--only", help=f"comma-separated sections to run: {','.join(n for n, _ in SECTIONS)}")
     ap.add_argument("--profile", action="store_true",
-                    help="also run perf stat and callgrind on archive-push and put the raw output in the doc")
+                    help="profile archive-push (perf stat, callgrind) into the doc; on by default in full mode")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profile")
     ap.add_argument("--doc", type=Path, help=f"the markdown to write (default {DEFAULT_DOC.relative_to(REPO_ROOT)} "
                                               "in full mode, none in quick mode)")
     ap.add_argument("--no-doc", action="store_true", help="write no markdown")
     ap.add_argument("--json", type=Path, help="also write the raw results as JSON here")
     ap.add_argument("--no-build", action="store_true", help="use target/release/pitr as it is")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
+    ap.add_argument("--render", nargs="?", const=DEFAULT_DOC, type=Path, metavar="DOC",
+                    help="run nothing: rebuild DOC (default docs/benchmarks.md) from the record stored in it, "
+                         "with the current bench/findings.md")
     a = ap.parse_args(argv)
+    if a.render:
+        rec = read_record(a.render)
+        write_doc(rec, a.doc or a.render)
+        return 0
     doc = None if a.no_doc else (a.doc or (None if a.quick else DEFAULT_DOC))
     sections = a.only.split(",") if a.only else None
     if sections:
@@ -1168,7 +1312,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = Options(quick=a.quick, runs=a.runs or (3 if a.quick else 5),
                    scale=a.scale or (10 if a.quick else 50), segments=a.segments or (8 if a.quick else 32),
                    pg_bin=a.pg_bin or find_pg_bin(), keep=a.keep, build=not a.no_build, doc=doc,
-                   json_out=a.json, sections=sections, profile=a.profile)
+                   json_out=a.json, sections=sections,
+                   profile=not a.no_profile and (a.profile or not a.quick))
     preflight(opts)
     b = Bench(opts)
     progress(f"temp dir {b.tmp}")
@@ -1179,21 +1324,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         b.setup_cluster()
         for name, fn in SECTIONS:
             if sections is None or name in sections or name == "not-built":
+                b.loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
                 fn(b)
         if opts.profile:
             section_profile(b)
-        b.machine["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        b.loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
+        b.machine["1-min load average during the run"] = (
+            f"{min(b.loads):.2f} – {max(b.loads):.2f} (sampled before each section; the harness itself "
+            "keeps about one core busy)")
         ok = True
     finally:
         b.teardown()
-    total = time.time() - b.started
-    print_console(b)
-    print(f"total time: {total / 60:.1f} minutes")
+    rec = Record(when=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                 total_seconds=time.time() - b.started, quick=opts.quick, runs=opts.runs, scale=opts.scale,
+                 segments=[p.name for p in b.corpus], data_bytes=b.data_bytes, machine=b.machine,
+                 versions=b.versions, res=b.res)
+    print_console(rec)
+    print(f"total time: {rec.total_seconds / 60:.1f} minutes")
     if opts.json_out:
-        opts.json_out.write_text(json.dumps({"machine": b.machine, "versions": b.versions,
-                                             **b.res.to_json()}, indent=1))
+        opts.json_out.write_text(json.dumps(rec.to_json(), indent=1, ensure_ascii=False))
     if ok and opts.doc:
-        write_doc(b, opts.doc, total)
+        write_doc(rec, opts.doc)
     return 0
 
 

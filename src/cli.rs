@@ -223,6 +223,9 @@ pub enum Command {
         /// SQL to run on the recovered server, e.g. "SELECT COUNT(*) FROM products".
         #[arg(long, value_name = "SQL")]
         verify_sql: Option<String>,
+        /// The database --verify-sql runs in.
+        #[arg(long, default_value = "postgres", value_name = "NAME")]
+        verify_db: String,
         /// Keep archive_mode as it was (by default a recovered copy does not archive).
         #[arg(long)]
         keep_archiving: bool,
@@ -253,7 +256,8 @@ pub enum Command {
     },
 
     /// Show the whole job on a throwaway cluster: archive, backup, restore point, the oops
-    /// (DELETE FROM products), and recover to just before it, with the row counts as proof.
+    /// (DROP TABLE products), and recoveries to the restore point and to a time, with the row
+    /// counts as proof.
     ///
     /// Needs PostgreSQL server binaries; as root, the cluster runs as the postgres OS user.
     /// Everything lives in a temporary directory under /tmp, removed afterwards.

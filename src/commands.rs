@@ -17,6 +17,7 @@ use pitr::Result;
 use crate::cli::{Command, ConnectionArgs, TargetArgs};
 use crate::output::{self, TerminalProgress};
 use crate::settings::Settings;
+use crate::verify;
 use crate::watch;
 
 /// How a command ended, short of an error.
@@ -25,6 +26,10 @@ pub enum Done {
     Ok,
     /// archive-get: not in the archive.
     NotFound,
+    /// verify: warnings only (the report says which).
+    Warnings,
+    /// verify, check-integrity: something critical (the report says what).
+    Critical,
 }
 
 /// Runs `pitr demo`, which brings its own repository.
@@ -50,6 +55,10 @@ pub fn demo(keep: bool, json: bool) -> Result<Done> {
 
 /// Runs `command` with validated `settings`.
 pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
+    if let Command::Verify { .. } = command {
+        // Before the repository is opened: verify records a missing one in its log and metrics.
+        return verify::verify(command, settings);
+    }
     let repo = Repo::open_local(&settings.repo)?;
     match command {
         Command::ArchivePush { path } => {
@@ -177,6 +186,14 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
         Command::Demo { keep, json } => demo(*keep, *json),
+        Command::Verify { .. } => unreachable!("verify runs before the repository is opened"),
+        Command::CheckIntegrity { target, jobs, json } => verify::check_integrity(target, *jobs, *json, Ok(settings)),
+        Command::Check {
+            connection,
+            timeout,
+            json,
+        } => verify::check(&repo, connection, Duration::from_secs(*timeout), *json, settings),
+        Command::Info { json } => verify::info(&repo, *json),
         Command::Expire { dry_run, json } => {
             let plan = backup::expire(&repo, settings.retention, None, *dry_run)?;
             if *json {
@@ -212,7 +229,7 @@ fn start_prefetch(name: &str, site: &Site, settings: &Settings) {
 }
 
 /// Connects with the libpq environment and --dbname, and runs `work` on a tokio runtime.
-fn with_server<T, F, Fut>(connection: &ConnectionArgs, settings: &Settings, work: F) -> Result<T>
+pub(crate) fn with_server<T, F, Fut>(connection: &ConnectionArgs, settings: &Settings, work: F) -> Result<T>
 where
     F: FnOnce(Server) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -222,7 +239,7 @@ where
     runtime().block_on(async { work(Server::connect(&config).await?).await })
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -242,6 +259,7 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
         no_start,
         dry_run,
         verify_sql,
+        verify_db,
         keep_archiving,
         force,
         jobs,
@@ -280,6 +298,7 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
         no_start: *no_start,
         keep_archiving: *keep_archiving,
         verify_sql: verify_sql.clone(),
+        verify_database: verify_db.clone(),
         jobs: jobs.unwrap_or(settings.jobs),
         pitr_command: pitr_command(settings)?,
     };
@@ -291,7 +310,12 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
     } else {
         output::recover_report(&report);
     }
-    Ok(Done::Ok)
+    match &report.verify_error {
+        Some(error) => Err(pitr::Error::Refused(format!(
+            "recovery reached the target, but --verify-sql failed: {error}; the copy is running (see connect above)"
+        ))),
+        None => Ok(Done::Ok),
+    }
 }
 
 fn parse_target(args: &TargetArgs) -> Result<Target> {
@@ -389,7 +413,7 @@ fn absolute(path: &std::path::Path) -> PathBuf {
         .unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// The daemon's verification job (TODO-wire: replaced by the verify command's code path).
-fn verify_job(_args: &crate::cli::GlobalArgs) -> Result<String> {
-    Err(pitr::Error::Refused("verify is not wired into the daemon yet".into()))
+/// The daemon's verification job: `verify all` with the configured log and metrics files.
+fn verify_job(args: &crate::cli::GlobalArgs) -> Result<String> {
+    verify::scheduled(args)
 }

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod output;
 mod settings;
+mod verify;
 mod watch;
 
 use std::ffi::OsString;
@@ -123,7 +124,7 @@ fn run(cli: Cli) -> Outcome {
     // A dump or a WAL file needs no repository: settings are loaded only for a backup id.
     if let Command::CheckIntegrity { target, jobs, json } = &cli.command {
         let settings = Settings::load(&cli.global);
-        return done(commands::check_integrity(target, *jobs, *json, settings.as_ref()));
+        return done(verify::check_integrity(target, *jobs, *json, settings.as_ref()));
     }
     let settings = match Settings::load(&cli.global) {
         Ok(settings) => settings,

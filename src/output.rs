@@ -3,11 +3,16 @@
 
 use std::io::IsTerminal;
 
+use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use pitr::backup::{BackupStatus, BackupSummary, ExpirePlan, Listing, RestoreSummary};
+use pitr::info::RepoSummary;
 use pitr::progress::Progress;
 use pitr::recover::{AdoptReport, Plan, Report};
 use pitr::restore_point::RestorePoint;
+use pitr::verify::{
+    human_duration, Alert, CheckReport, IntegrityKind, IntegrityReport, Scope, ServerView, VerifyReport,
+};
 use serde::Serialize;
 
 /// Progress as a bar on a terminal, and warnings on stderr always.
@@ -259,11 +264,12 @@ pub fn recover_report(r: &Report) {
             s.last_commit_time.as_deref().unwrap_or("-")
         );
     }
-    if let Some(rows) = &r.verify_rows {
-        for row in rows {
-            let cells: Vec<&str> = row.iter().map(|c| c.as_deref().unwrap_or("NULL")).collect();
-            println!("verify: {}", cells.join(" | "));
-        }
+    for row in r.verify_rows.iter().flatten() {
+        let cells: Vec<&str> = row.iter().map(|c| c.as_deref().unwrap_or("NULL")).collect();
+        println!("verify: {}", cells.join(" | "));
+    }
+    if let Some(error) = &r.verify_error {
+        println!("verify: FAILED: {error}");
     }
     if let Some(connect) = &r.connect {
         println!("connect: {connect}");
@@ -304,4 +310,188 @@ pub fn adopt_report(r: &AdoptReport) {
         "archiving is on into this repository; start the copy: pg_ctl -D {} start",
         r.pgdata.display()
     );
+}
+
+fn utc(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn age(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    human_duration(now.signed_duration_since(then).num_seconds())
+}
+
+/// The readable verify report: the verdict and each alert first, then what was checked.
+pub fn verify_report(r: &VerifyReport) {
+    let status = format!("{:?}", r.status).to_uppercase();
+    println!("verify {}: {status} ({})", r.scope, count(r.alerts.len(), "alert"));
+    alerts(&r.alerts);
+    println!(
+        "checked:  {} and {}: {} read, {} decompressed and checksummed, in {:.1} s ({}/s read, {}/s checked, \
+         on {})",
+        count(r.backups_checked, "backup"),
+        count(r.wal_files_checked, "WAL file"),
+        mib(r.read.stored_bytes),
+        mib(r.read.original_bytes),
+        r.read.seconds,
+        mib(r.read.per_second(r.read.stored_bytes) as u64),
+        mib(r.read.per_second(r.read.original_bytes) as u64),
+        count(r.read.jobs, "thread")
+    );
+    repository_state(&r.repository, r.now);
+    let gaps: Vec<String> = r
+        .gaps
+        .iter()
+        .map(|g| match g.segments {
+            1 => g.first.clone(),
+            _ => format!("{}..{}", g.first, g.last),
+        })
+        .collect();
+    if !gaps.is_empty() {
+        println!("gaps:     {}", gaps.join(", "));
+    }
+    match &r.server {
+        ServerView::Primary { target, timeline, lsn } => {
+            println!("server:   {target} has written WAL up to {lsn} on timeline {timeline}")
+        }
+        ServerView::Unavailable { reason } => println!("server:   {reason} (WalArchiveStale not judged)"),
+    }
+    println!("took:     {:.1} s", r.duration_seconds);
+}
+
+/// "1 alert", "2 alerts".
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+fn alerts(alerts: &[Alert]) {
+    for a in alerts {
+        println!(
+            "  {:<8} {} {}",
+            a.severity.to_string().to_uppercase(),
+            a.alert,
+            a.subject
+        );
+        println!("           {}", a.reason);
+    }
+}
+
+/// Windows, backups per tier, archive and restore points, ages measured at `now`.
+fn repository_state(s: &RepoSummary, now: DateTime<Utc>) {
+    for w in &s.windows {
+        println!(
+            "window:   timeline {}: recover to any moment from {} to {} (backup {}, WAL to {})",
+            w.timeline,
+            utc(w.start_time),
+            utc(w.end_time),
+            w.from_backup,
+            w.end_lsn
+        );
+    }
+    if s.windows.is_empty() {
+        println!("window:   none: no backup with all the WAL it needs");
+    }
+    let tiers: Vec<String> = s
+        .tiers
+        .iter()
+        .map(|t| match t.backups.last() {
+            Some(newest) => format!(
+                "{} {}, newest {} ({} old)",
+                t.tier,
+                t.backups.len(),
+                newest.id,
+                age(newest.stop_time, now)
+            ),
+            None => format!("{} none", t.tier),
+        })
+        .collect();
+    println!("backups:  {}", tiers.join("; "));
+    let a = &s.archive;
+    let newest = match (&a.newest_segment, a.newest_archived_at) {
+        (Some(name), Some(at)) => format!("newest {name}, archived {} ago", age(at, now)),
+        _ => "no segment".into(),
+    };
+    println!(
+        "WAL:      {} files ({} segments, {}), {newest}",
+        a.files,
+        a.segments,
+        mib(a.stored_bytes)
+    );
+    if let Some(p) = s.restore_points.last() {
+        println!(
+            "restore points: {}, newest '{}' at {} ({})",
+            s.restore_points.len(),
+            p.name,
+            p.lsn,
+            utc(p.time)
+        );
+    }
+    for problem in &s.unreadable {
+        println!("unreadable: {problem}");
+    }
+}
+
+/// `pitr info`.
+pub fn info(s: &RepoSummary, now: DateTime<Utc>) {
+    match &s.cluster {
+        Some(c) => println!(
+            "repository {}: cluster {}, PostgreSQL {}, {} MiB WAL segments",
+            s.repository,
+            c.system_identifier,
+            c.pg_version,
+            c.wal_segment_size >> 20
+        ),
+        None => println!("repository {}: empty (no cluster archived here yet)", s.repository),
+    }
+    repository_state(s, now);
+}
+
+/// One line for verify's log file.
+pub fn verify_log_line(result: Result<&VerifyReport, String>, scope: Scope) -> String {
+    let stamp = Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
+    match result {
+        Err(message) => format!("{stamp} verify {scope}: error: {message}"),
+        Ok(r) => {
+            let raised: Vec<String> = r.alerts.iter().map(|a| format!("{} {}", a.alert, a.subject)).collect();
+            format!(
+                "{stamp} verify {scope}: {} ({}{}{}); {}, {}, {} read in {:.1} s",
+                format!("{:?}", r.status).to_lowercase(),
+                count(r.alerts.len(), "alert"),
+                if raised.is_empty() { "" } else { ": " },
+                raised.join("; "),
+                count(r.backups_checked, "backup"),
+                count(r.wal_files_checked, "WAL file"),
+                mib(r.read.stored_bytes),
+                r.duration_seconds
+            )
+        }
+    }
+}
+
+/// The verdict of check-integrity.
+pub fn integrity_report(r: &IntegrityReport) {
+    let verdict = if r.sound { "sound" } else { "CORRUPT" };
+    let kind = match r.kind {
+        IntegrityKind::WalFile => "archived WAL file",
+        IntegrityKind::Backup => "backup",
+        IntegrityKind::Dump => "logical dump",
+    };
+    println!("{verdict}: {} ({kind}): {}", r.target, r.checked);
+    alerts(&r.problems);
+}
+
+/// What a passed `pitr check` saw.
+pub fn check_report(r: &CheckReport) {
+    println!(
+        "ok: {} is cluster {} on timeline {}",
+        r.server, r.system_identifier, r.timeline
+    );
+    println!("ok: wal_level, archive_mode, archive_command = '{}'", r.archive_command);
+    if let Some(history) = &r.history_file {
+        println!("ok: {history} is in the repository and valid");
+    }
+    println!(
+        "ok: switched WAL; {} arrived in the repository, valid, after {:.1} s",
+        r.segment, r.archived_after_seconds
+    );
+    println!("archiving into this repository works");
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use pitr::backup::{Retention, Tier};
 use pitr::codec::{Codec, Compression};
-use pitr::verify::Thresholds;
 use pitr::daemon::{Job, Schedule};
+use pitr::verify::Thresholds;
 use serde::Deserialize;
 
 use crate::cli::GlobalArgs;
@@ -194,10 +194,15 @@ fn schedule(file: ScheduleSettings) -> Result<Schedule, String> {
 fn verify_settings(file: VerifyFileSettings) -> Result<VerifySettings, String> {
     let defaults = Thresholds::default();
     let duration = |key: &str, text: Option<String>, default| {
-        text.map_or(Ok(default), |t| parse_duration(&t).map_err(|e| format!("[verify] {key}: {e}")))
+        text.map_or(Ok(default), |t| {
+            parse_duration(&t).map_err(|e| format!("[verify] {key}: {e}"))
+        })
     };
     let default_log = Path::new(DEFAULT_VERIFY_LOG);
-    let default_log = default_log.parent().is_some_and(Path::is_dir).then(|| default_log.to_path_buf());
+    let default_log = default_log
+        .parent()
+        .is_some_and(Path::is_dir)
+        .then(|| default_log.to_path_buf());
     Ok(VerifySettings {
         thresholds: Thresholds {
             max_age: duration("max_age", file.max_age, defaults.max_age)?,
@@ -227,11 +232,38 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "w" => 7 * 86400,
         _ => return Err(invalid()),
     };
-    Ok(std::time::Duration::from_secs(number * unit))
+    number
+        .checked_mul(unit)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(invalid)
 }
 
 /// Loads the settings again (SIGHUP) from the same flags and environment variables, and the
 /// config file as it is now.
 pub fn reload(current: &Settings) -> Result<Settings, String> {
     Settings::load(&current.source)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("168h"), Ok(Duration::from_secs(168 * 3600)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30min"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86400)));
+        for bad in ["", "168", "h", "1.5h", "-1h", "7 d", "3y", "99999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn none_turns_an_output_off() {
+        assert_eq!(optional_path("none".into()), None);
+        assert_eq!(optional_path("/tmp/x.prom".into()), Some(PathBuf::from("/tmp/x.prom")));
+    }
 }

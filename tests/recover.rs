@@ -271,6 +271,19 @@ fn psql_at(conn: &Conn, sql: &str) -> String {
     out.stdout_str().trim().to_string()
 }
 
+/// The runbook's bad day: products with 1000 rows, a backup, 500 more rows, restore point
+/// `before_oops`, then `oops` (archived).
+fn oops_after_restore_point(oops: &str) -> Cluster {
+    let c = primary();
+    create_rows(&c, "products", 1000);
+    backup(&c);
+    insert_rows(&c, "products", 1001, 1500);
+    restore_point(&c, "before_oops", &[]);
+    c.psql(oops);
+    switch_and_archive(&c);
+    c
+}
+
 /// `CREATE TABLE <table> (id int PRIMARY KEY, note text)` with ids `1..=n`.
 fn create_rows(c: &Cluster, table: &str, n: u32) {
     c.psql(&format!(
@@ -951,13 +964,7 @@ fn restore_point_names_and_catalog() {
 
 #[test]
 fn second_recovery_follows_timeline_two() {
-    let c = primary();
-    create_rows(&c, "products", 1000);
-    backup(&c);
-    insert_rows(&c, "products", 1001, 1500);
-    restore_point(&c, "before_oops", &[]);
-    c.psql("DELETE FROM products");
-    switch_and_archive(&c);
+    let c = oops_after_restore_point("DELETE FROM products");
 
     // The copy keeps archiving, into the same repository (archive_command inherited from the
     // primary's configuration).
@@ -1129,13 +1136,7 @@ fn json_plan_and_report() {
 
 #[test]
 fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
-    let c = primary();
-    create_rows(&c, "products", 1000);
-    backup(&c);
-    insert_rows(&c, "products", 1001, 1500);
-    restore_point(&c, "before_oops", &[]);
-    c.psql("DROP TABLE products");
-    switch_and_archive(&c);
+    let mut c = oops_after_restore_point("DROP TABLE products");
 
     // Recover (archiving off in the copy), then adopt it: one command archives what the copy's
     // PostgreSQL never marked ready, and turns archiving on into the same repository.
@@ -1172,7 +1173,10 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
     );
     assert!(!auto.contains("recovery_target"), "recovery settings are gone:\n{auto}");
 
-    // Start the copy as the new primary and write on timeline 2.
+    // Switch over: stop the old primary, start the copy in its place (its port: adopt gave back
+    // the copy's own configuration) and write on timeline 2.
+    let old_port = c.port();
+    c.stop();
     let log = copy.data.join("adopted.log");
     let started = run(server_command(pg_program("pg_ctl"))
         .arg("-D")
@@ -1187,7 +1191,7 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
     );
     let conn = Conn {
         socket_dir: c.dir().to_path_buf(),
-        port,
+        port: old_port,
         user,
     };
     assert_eq!(psql_at(&conn, "SELECT pg_is_in_recovery()"), "f");

@@ -15,7 +15,7 @@ use crate::prefetch::Prefetched;
 use crate::repo::{Repo, RepoInfo, FORMAT_VERSION};
 use crate::spool::Spool;
 use crate::storage::PutOutcome;
-use crate::wal::{parse_history, LongPageHeader, WalFileName};
+use crate::wal::{LongPageHeader, WalFileName};
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,25 +116,13 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
 
 /// Refuses files that are not what their name says, or that belong to another cluster.
 fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<()> {
-    let invalid = |reason: String| Error::InvalidWalFile {
+    let header = name.validate_content(raw).map_err(|reason| Error::InvalidWalFile {
         file: path.display().to_string(),
         reason,
-    };
-    match name {
-        WalFileName::Segment(segment) | WalFileName::Partial(segment) => {
-            let header = LongPageHeader::validate(*segment, raw).map_err(invalid)?;
-            check_cluster(repo, &header, &path.display().to_string(), None)
-        }
-        WalFileName::History(_) => parse_history(raw).map(drop).map_err(invalid),
-        WalFileName::Backup(..) => {
-            if raw.starts_with(b"START WAL LOCATION: ") {
-                Ok(())
-            } else {
-                Err(invalid(
-                    "not a backup history file (it must start with 'START WAL LOCATION:')".into(),
-                ))
-            }
-        }
+    })?;
+    match header {
+        Some(header) => check_cluster(repo, &header, &path.display().to_string(), None),
+        None => Ok(()),
     }
 }
 

@@ -278,7 +278,7 @@ fn check_archive_command(repo: &Repo, command: &str, progress: &dyn Progress) ->
     let calls_pitr = words.iter().any(|w| w.rsplit('/').next() == Some("pitr")) && words.contains(&"archive-push");
     if !calls_pitr {
         progress.warn(&format!(
-            "archive_command does not call pitr ({command}); this backup needs its WAL in {} to be restorable",
+            "archive_command does not call pitr ({command}); backups need their WAL in {} to be restorable",
             repo.location()
         ));
         return Ok(());

@@ -257,6 +257,7 @@ impl DemoCluster {
             no_start: false,
             keep_archiving: false,
             verify_sql: Some("SELECT COUNT(*) FROM products".into()),
+            verify_database: "postgres".into(),
             jobs: 2,
             pitr_command: format!("{} --repo {}", self.pitr.display(), self.repo().display()),
         };

@@ -152,7 +152,7 @@ pub struct RepoSummary {
     pub repository: String,
     /// The cluster it belongs to.
     pub cluster: Option<RepoInfo>,
-    /// The recoverable window per timeline.
+    /// The recoverable windows per timeline (a gap in the archive splits one in two).
     pub windows: Vec<Window>,
     /// Backups per tier.
     pub tiers: Vec<TierSummary>,
@@ -272,7 +272,7 @@ fn unreadable(holdings: &Holdings) -> Vec<String> {
     manifests.chain(histories).chain(points).map(Error::to_string).collect()
 }
 
-/// The window on every timeline the archive knows.
+/// The windows on every timeline the archive knows.
 fn windows(state: &RepoState) -> Vec<Window> {
     let timelines: BTreeSet<TimelineId> = state
         .segments
@@ -280,32 +280,76 @@ fn windows(state: &RepoState) -> Vec<Window> {
         .map(|(timeline, _)| *timeline)
         .chain(state.histories.keys().copied())
         .collect();
-    timelines.into_iter().filter_map(|t| window_on(state, t)).collect()
+    timelines.into_iter().flat_map(|t| windows_on(state, t)).collect()
 }
 
-/// From the oldest backup that the planner accepts for recovering all archived WAL of
-/// `timeline`, to the end of that WAL.
-fn window_on(state: &RepoState, timeline: TimelineId) -> Option<Window> {
+/// The windows on `timeline`, oldest first: one from each backup that no earlier window
+/// covers, as far as the archive reaches without a gap.
+fn windows_on(state: &RepoState, timeline: TimelineId) -> Vec<Window> {
+    let mut windows: Vec<Window> = Vec::new();
+    for backup in &state.backups {
+        if windows.last().is_some_and(|w| backup.stop_lsn <= w.end_lsn) {
+            continue;
+        }
+        windows.extend(window_from(state, timeline, backup));
+    }
+    windows
+}
+
+/// From `backup`'s consistency point to the furthest segment the recovery planner accepts.
+fn window_from(state: &RepoState, timeline: TimelineId, backup: &Manifest) -> Option<Window> {
     let size = state.segment_size?;
-    state.backups.iter().find_map(|backup| {
+    let plan_to = |target: Target| {
         let request = Request {
-            target: Target::Latest,
+            target,
             timeline: TimelineChoice::Number(timeline),
             backup: Some(backup.id.clone()),
         };
-        let plan = recover::plan(state, &request).ok()?;
-        let end = WalFileName::parse(&plan.last_wal).ok()?.segment_name()?.segment(size)?;
-        let archived_at = state.segments.get(&(end.timeline, end.segno))?;
-        Some(Window {
-            timeline,
-            from_backup: backup.id.clone(),
-            start_time: backup.stop_time,
-            start_lsn: backup.stop_lsn,
-            end_time: (*archived_at).into(),
-            end_lsn: size.segment_start(end.segno + 1),
-            end_wal: plan.last_wal,
-        })
+        recover::plan(state, &request).ok().map(|plan| plan.last_wal)
+    };
+    let last_wal = match plan_to(Target::Latest) {
+        Some(last_wal) => last_wal,
+        None => {
+            let consistent = plan_to(Target::Immediate)?;
+            let reach = |segno: u64| plan_to(Target::Lsn(Lsn(size.segment_start(segno + 1).0 - 1)));
+            furthest(
+                segment_of(&consistent, size)?,
+                state.segments.keys().map(|(_, s)| *s).max()?,
+                reach,
+            )
+            .unwrap_or(consistent)
+        }
+    };
+    let end = WalFileName::parse(&last_wal).ok()?.segment_name()?.segment(size)?;
+    let archived_at: DateTime<Utc> = (*state.segments.get(&(end.timeline, end.segno))?).into();
+    Some(Window {
+        timeline,
+        from_backup: backup.id.clone(),
+        start_time: backup.stop_time,
+        start_lsn: backup.stop_lsn,
+        // The last segment a backup needs is archived before pg_backup_stop returns.
+        end_time: archived_at.max(backup.stop_time),
+        end_lsn: size.segment_start(end.segno + 1),
+        end_wal: last_wal,
     })
+}
+
+/// The last segment after `reachable` (up to `newest`) that `reach` accepts, by bisection: the
+/// planner accepts every segment up to the first gap and none after it.
+fn furthest(mut reachable: u64, newest: u64, reach: impl Fn(u64) -> Option<String>) -> Option<String> {
+    let (mut unreachable, mut best) = (newest + 1, None);
+    while unreachable > reachable + 1 {
+        let middle = reachable + (unreachable - reachable) / 2;
+        match reach(middle) {
+            Some(last_wal) => (reachable, best) = (middle, Some(last_wal)),
+            None => unreachable = middle,
+        }
+    }
+    best
+}
+
+fn segment_of(name: &str, size: SegmentSize) -> Option<u64> {
+    Some(WalFileName::parse(name).ok()?.segment_name()?.segment(size)?.segno)
 }
 
 #[cfg(test)]
@@ -324,29 +368,7 @@ mod tests {
     }
 
     fn backup(id: &str, segno: u64, minute: u32) -> Manifest {
-        let name = Segment { timeline: 1, segno }.file_name(SIZE);
-        Manifest {
-            format_version: 1,
-            id: id.into(),
-            tier: Tier::Daily,
-            start_time: at(minute),
-            stop_time: at(minute),
-            start_lsn: Lsn(SIZE.segment_start(segno).0 + 40),
-            stop_lsn: Lsn(SIZE.segment_start(segno).0 + 400),
-            timeline: 1,
-            system_identifier: 1,
-            pg_version: 15,
-            wal_segment_size: SIZE.bytes(),
-            first_wal: name.clone(),
-            last_wal: name,
-            next_xid: None,
-            duration_seconds: 1.0,
-            original_bytes: 0,
-            stored_bytes: 0,
-            tablespaces: vec![],
-            directories: vec![],
-            files: vec![],
-        }
+        Manifest::for_test(id, Tier::Daily, 1, segno..=segno, at(minute))
     }
 
     fn state(segnos: impl IntoIterator<Item = u64>) -> RepoState {
@@ -372,9 +394,30 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_moves_the_window_to_the_first_backup_after_it() {
+    fn a_gap_ends_one_window_and_the_next_backup_starts_another() {
         let w = windows(&state([3, 4, 6, 7, 8, 9]));
-        assert_eq!(w[0].from_backup, "b7", "segment 5 is missing");
+        let spans: Vec<(&str, &str)> = w.iter().map(|w| (w.from_backup.as_str(), w.end_wal.as_str())).collect();
+        assert_eq!(
+            spans,
+            [("b3", "000000010000000000000004"), ("b7", "000000010000000000000009")],
+            "segment 5 is missing"
+        );
         assert!(windows(&state([4, 5])).is_empty(), "neither backup has its own WAL");
+    }
+
+    #[test]
+    fn a_window_never_ends_before_it_starts() {
+        let w = windows(&state([3]));
+        assert_eq!(
+            (w[0].start_time, w[0].end_time),
+            (at(3), at(3) + chrono::TimeDelta::seconds(30))
+        );
+        let mut early = state([7]);
+        early.segments.insert((1, 7), SystemTime::from(at(6)));
+        let w = windows(&early);
+        assert_eq!(
+            w[0].end_time, w[0].start_time,
+            "archived before pg_backup_stop returned"
+        );
     }
 }

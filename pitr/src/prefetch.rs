@@ -53,7 +53,12 @@ impl<'a> Prefetched<'a> {
             return Ok(None);
         };
         let what = format!("prefetched {}", path.display());
-        let raw = fs::read(&path).map_err(Error::io("read", &path))?;
+        let raw = match fs::read(&path) {
+            Ok(raw) => raw,
+            // Cleaned away between the two reads by a prefetcher that moved on: fetch it anew.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", &path)(e)),
+        };
         let crc = format!("{:08x}", crc32fast::hash(&raw));
         if crc != expected.trim() {
             return Err(Error::Corrupt {
@@ -62,10 +67,10 @@ impl<'a> Prefetched<'a> {
             });
         }
         check_restored(self.repo, name, &raw, self.info, &what)?;
-        match fs::rename(&path, dest) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(18) => fs::write(dest, &raw).map_err(Error::io("write", dest))?, // EXDEV
-            Err(e) => return Err(Error::io("move into place", dest)(e)),
+        // A rename when the spool shares pg_wal's file system; otherwise (or when a prefetcher
+        // cleaned the file meanwhile) the verified bytes are written out.
+        if fs::rename(&path, dest).is_err() {
+            fs::write(dest, &raw).map_err(Error::io("write", dest))?;
         }
         let _ = fs::remove_file(crc_path);
         Ok(Some(raw.len() as u64))
@@ -131,17 +136,18 @@ impl<'a> Prefetched<'a> {
         fs::write(&owner, &self.owner).map_err(Error::io("write", &owner))
     }
 
-    /// Deletes prefetched files of other timelines, and of segments at or before `current`.
+    /// Deletes prefetched files of other timelines, and of segments at or before `current`:
+    /// the sidecar first, so that a file is never announced after it is gone.
     fn clean(&self, current: Segment) -> Result<()> {
         for entry in fs::read_dir(&self.dir).map_err(Error::io("list", &self.dir))?.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
-            let stem = file.strip_suffix(".crc").unwrap_or(&file);
-            let Ok(name) = WalFileName::parse(stem) else { continue };
+            let Ok(name) = WalFileName::parse(&file) else { continue };
             let stale = name
                 .segment_name()
                 .and_then(|s| s.segment(self.segment_size()))
                 .is_none_or(|s| s.timeline != current.timeline || s.segno <= current.segno);
             if stale {
+                let _ = fs::remove_file(entry.path().with_extension("crc"));
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -163,8 +169,12 @@ impl<'a> Prefetched<'a> {
         let temp = path.with_extension("tmp");
         fs::write(&temp, &raw).map_err(Error::io("write", &temp))?;
         fs::rename(&temp, &path).map_err(Error::io("rename", &path))?;
+        // The sidecar says "ready": written whole under a temporary name and renamed, so that
+        // archive-get never reads half of it.
         let crc_path = path.with_extension("crc");
-        fs::write(&crc_path, format!("{:08x}", header.raw_crc)).map_err(Error::io("write", &crc_path))?;
+        let crc_temp = path.with_extension("crc.tmp");
+        fs::write(&crc_temp, format!("{:08x}", header.raw_crc)).map_err(Error::io("write", &crc_temp))?;
+        fs::rename(&crc_temp, &crc_path).map_err(Error::io("rename", &crc_path))?;
         Ok(true)
     }
 }

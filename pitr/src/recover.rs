@@ -24,6 +24,7 @@ use crate::pg::Server;
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::restore_point;
+use crate::spool::Spool;
 use crate::wal::{parse_history, SegmentSize, WalFileName};
 
 /// How to carry out a plan.
@@ -46,6 +47,8 @@ pub struct RecoverOptions {
     pub keep_archiving: bool,
     /// SQL run on the recovered server, its result printed.
     pub verify_sql: Option<String>,
+    /// The database `verify_sql` runs in.
+    pub verify_database: String,
     /// Files restored at once.
     pub jobs: usize,
     /// This pitr with its repository and config options (`/usr/bin/pitr --repo /r`): the
@@ -64,6 +67,8 @@ pub struct Report {
     pub server_state: Option<ServerState>,
     /// The verification query's rows.
     pub verify_rows: Option<Vec<Vec<Option<String>>>>,
+    /// Why the verification query failed, when it did.
+    pub verify_error: Option<String>,
     /// How to reach the recovered server while pitr's private settings are in force.
     pub connect: Option<String>,
     /// The private socket directory of that run (remove it once the server is stopped).
@@ -157,6 +162,7 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         outcome: None,
         server_state: None,
         verify_rows: None,
+        verify_error: None,
         connect: None,
         socket_dir: None,
         next_steps: Vec::new(),
@@ -176,11 +182,16 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
     if outcome.is_err() || options.action == Action::Shutdown {
         server.remove_socket_dir(); // no server uses it any more
     }
+    if outcome.is_ok() && options.action == Action::Promote {
+        // Replay is over: what archive-get prefetched beside the copy is of no further use.
+        let _ = std::fs::remove_dir_all(Spool::default_for(&options.pgdata).join("prefetch"));
+    }
     let outcome = outcome?;
     if options.action != Action::Shutdown {
-        let (state, rows) = inspect(&server, options.verify_sql.as_deref()).await?;
+        let (state, (rows, error)) = inspect(&server, options).await?;
         report.server_state = Some(state);
         report.verify_rows = rows;
+        report.verify_error = error;
         report.connect = Some(format!(
             "psql -h {} -p {} -U {} postgres",
             server.socket_dir.display(),
@@ -244,11 +255,13 @@ fn chown_tree(path: &Path, owner: &Owner) -> Result<()> {
 }
 
 /// Reads the server's state and runs the verification query.
-async fn inspect(
-    server: &RecoveryServer,
-    verify_sql: Option<&str>,
-) -> Result<(ServerState, Option<Vec<Vec<Option<String>>>>)> {
-    let client = Server::connect(&server.connection()).await?;
+/// The rows of `--verify-sql` (values as text, NULL as `None`), or the error it raised.
+type VerifyOutcome = (Option<Vec<Vec<Option<String>>>>, Option<String>);
+
+/// Reads the server's state and runs the verification query; a failing query is reported in
+/// the result, not as an error, since the recovery itself succeeded.
+async fn inspect(server: &RecoveryServer, options: &RecoverOptions) -> Result<(ServerState, VerifyOutcome)> {
+    let client = Server::connect(&server.connection("postgres")).await?;
     let rows = client
         .query_rows(
             "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text",
@@ -261,11 +274,17 @@ async fn inspect(
         replay_lsn: field(1),
         last_commit_time: field(2),
     };
-    let verify = match verify_sql {
-        Some(sql) => Some(client.query_rows(sql).await?),
-        None => None,
+    let Some(sql) = &options.verify_sql else {
+        return Ok((state, (None, None)));
     };
-    Ok((state, verify))
+    let result = match Server::connect(&server.connection(&options.verify_database)).await {
+        Ok(client) => client.query_rows(sql).await,
+        Err(e) => Err(e),
+    };
+    Ok(match result {
+        Ok(rows) => (state, (Some(rows), None)),
+        Err(e) => (state, (None, Some(e.to_string()))),
+    })
 }
 
 fn next_steps(options: &RecoverOptions) -> Vec<String> {

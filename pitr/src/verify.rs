@@ -433,7 +433,7 @@ fn gap_alert(gap: &Gap, backups: &[&Manifest]) -> Alert {
         .map(|m| m.id.as_str())
         .collect();
     let consequence = if unrestorable.is_empty() {
-        "recovery from older backups stops before them, so the recoverable window starts after them".to_string()
+        format!("recovery from the backups before them stops at {}", gap.first)
     } else {
         format!(
             "backup {} cannot reach consistency without them",

@@ -158,34 +158,13 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::wal::{Lsn, Segment};
+    use crate::wal::Segment;
 
     fn backup(tier: Tier, hour: u32, start_segno: u64) -> Manifest {
-        let size = SegmentSize::DEFAULT;
-        let name = |segno| Segment { timeline: 1, segno }.file_name(size);
-        Manifest {
-            format_version: 1,
-            // Names sort the other way round from stop times: expiry must go by time.
-            id: format!("main_{tier}_{}", 99 - hour),
-            tier,
-            start_time: Utc.with_ymd_and_hms(2026, 1, 1, hour, 0, 0).unwrap(),
-            stop_time: Utc.with_ymd_and_hms(2026, 1, 1, hour, 5, 0).unwrap(),
-            start_lsn: size.segment_start(start_segno),
-            stop_lsn: Lsn(size.segment_start(start_segno).0 + 100),
-            timeline: 1,
-            system_identifier: 1,
-            pg_version: 15,
-            wal_segment_size: size.bytes(),
-            first_wal: name(start_segno),
-            last_wal: name(start_segno),
-            next_xid: None,
-            duration_seconds: 1.0,
-            original_bytes: 0,
-            stored_bytes: 0,
-            tablespaces: vec![],
-            directories: vec![],
-            files: vec![],
-        }
+        let stop_time = Utc.with_ymd_and_hms(2026, 1, 1, hour, 5, 0).unwrap();
+        // Names sort the other way round from stop times: expiry must go by time.
+        let id = format!("main_{tier}_{}", 99 - hour);
+        Manifest::for_test(&id, tier, 1, start_segno..=start_segno, stop_time)
     }
 
     fn wal(segnos: std::ops::Range<u64>) -> Vec<WalFileName> {

@@ -110,3 +110,41 @@ pub struct FileEntry {
     /// Size of the stored object.
     pub stored_size: u64,
 }
+
+#[cfg(test)]
+impl Manifest {
+    /// A manifest for tests: backup `id` of `tier` on `timeline`, needing the 16 MiB `segments`
+    /// to reach consistency, consistent at `stop_time`, without files.
+    pub(crate) fn for_test(
+        id: &str,
+        tier: Tier,
+        timeline: TimelineId,
+        segments: std::ops::RangeInclusive<u64>,
+        stop_time: DateTime<Utc>,
+    ) -> Manifest {
+        let size = SegmentSize::DEFAULT;
+        let name = |segno| crate::wal::Segment { timeline, segno }.file_name(size);
+        Manifest {
+            format_version: MANIFEST_VERSION,
+            id: id.into(),
+            tier,
+            start_time: stop_time,
+            stop_time,
+            start_lsn: Lsn(size.segment_start(*segments.start()).0 + 40),
+            stop_lsn: Lsn(size.segment_start(*segments.end()).0 + 400),
+            timeline,
+            system_identifier: 1,
+            pg_version: 15,
+            wal_segment_size: size.bytes(),
+            first_wal: name(*segments.start()),
+            last_wal: name(*segments.end()),
+            next_xid: None,
+            duration_seconds: 1.0,
+            original_bytes: 0,
+            stored_bytes: 0,
+            tablespaces: vec![],
+            directories: vec![],
+            files: vec![],
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //! archive by accident), so PostgreSQL marks none of its new files ready: not the new timeline's
 //! `.history` file, not the old timeline's `.partial`, not the segments written since promotion.
 //! The next recovery on the new timeline would then fail. Adopting stops pitr's private run of
-//! the copy, archives exactly those files, and turns archiving on into this repository.
+//! the copy, archives exactly those files, turns archiving on into this repository, and gives
+//! the copy back the port it came with, ready to take the old primary's place.
 
 use std::path::{Path, PathBuf};
 
@@ -82,6 +83,8 @@ pub fn adopt(repo: &Repo, codec: &Codec, pgdata: &Path, pitr_command: &str) -> R
     let archive_command = format!("{pitr_command} archive-push %p");
     let archiving = [("archive_mode", "on".to_string()), ("archive_command", archive_command)];
     settings::write_block(pgdata, &archiving, "archiving into this repository (pitr adopt)")?;
+    // The port of pitr's private run gives way to the one the copy had (the old primary's).
+    settings::undo(pgdata, "port")?;
     Ok(report)
 }
 

@@ -86,7 +86,7 @@ impl RecoveryServer {
         let log = pgdata.join("pitr_recover.log");
         let options = format!(
             "-c listen_addresses='' -c unix_socket_directories='{0}' -c hba_file='{0}/pg_hba.conf' \
-             -c logging_collector=off -c log_destination=stderr",
+             -c logging_collector=off -c log_destination=stderr -c lc_messages=C",
             socket_dir.display()
         );
         let args = [
@@ -125,14 +125,14 @@ impl RecoveryServer {
         })
     }
 
-    /// Connection settings for the private socket.
-    pub fn connection(&self) -> tokio_postgres::Config {
+    /// Connection settings for database `dbname` over the private socket.
+    pub fn connection(&self, dbname: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
             .host_path(&self.socket_dir)
             .port(self.port().unwrap_or(5432))
             .user(&self.owner.name)
-            .dbname("postgres");
+            .dbname(dbname);
         config.application_name("pitr recover");
         config
     }
@@ -177,11 +177,15 @@ impl RecoveryServer {
             if let Some(failure) = &log.fatal {
                 return Err(self.failure(failure));
             }
-            let done = match action {
-                Action::Promote => log.ready && log.recovery_complete,
-                Action::Pause => log.paused,
-                Action::Shutdown => log.shutdown_at_target && !running,
-            };
+            // Whatever was asked, a copy that promoted is done: without a target (latest) the
+            // action does not apply, and PostgreSQL 12 promotes when it runs out of WAL.
+            let promoted = log.ready && log.recovery_complete;
+            let done = promoted
+                || match action {
+                    Action::Promote => false,
+                    Action::Pause => log.paused,
+                    Action::Shutdown => log.shutdown_at_target && !running,
+                };
             if done {
                 if expect_stop && log.stopped.is_none() {
                     return Err(self.failure(
@@ -189,7 +193,7 @@ impl RecoveryServer {
                          promoted anyway): do not use it",
                     ));
                 }
-                return Ok(log.outcome(action));
+                return Ok(log.outcome(if promoted { Action::Promote } else { action }));
             }
             if !running && offset > 0 && !log.shutdown_at_target {
                 return Err(self.failure("the server exited during recovery"));

@@ -23,6 +23,9 @@ const MANAGED: [&str; 11] = [
     "primary_slot_name",
 ];
 
+/// What pitr recover appends to a postgresql.conf line it comments out.
+const DISABLED: &str = "  # disabled by pitr recover";
+
 /// The prefix of the comment lines pitr writes above its settings.
 const HEADER_PREFIX: &str = "# pitr: ";
 
@@ -65,6 +68,32 @@ pub fn write_block(pgdata: &Path, settings: &[(&str, String)], header: &str) -> 
     replace_file(&auto, &out)
 }
 
+/// Gives `name` back to the copy's own configuration: drops it from postgresql.auto.conf and
+/// uncomments the lines pitr recover disabled for it in postgresql.conf.
+pub fn undo(pgdata: &Path, name: &str) -> Result<()> {
+    let auto = pgdata.join("postgresql.auto.conf");
+    if let Ok(text) = fs::read_to_string(&auto) {
+        let kept: String = text
+            .lines()
+            .filter(|l| !sets_any(l, &[name]))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        replace_file(&auto, &kept)?;
+    }
+    let conf = pgdata.join("postgresql.conf");
+    if let Ok(text) = fs::read_to_string(&conf) {
+        let restored: String = text
+            .lines()
+            .map(|l| match l.strip_suffix(DISABLED).and_then(|l| l.strip_prefix('#')) {
+                Some(original) if sets_any(original, &[name]) => format!("{original}\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        replace_file(&conf, &restored)?;
+    }
+    Ok(())
+}
+
 /// The setting a configuration line assigns, if any (`name = value` or `name value`).
 fn setting_of(line: &str) -> Option<String> {
     let line = line.trim_start();
@@ -81,7 +110,7 @@ fn comment_out(text: &str, names: &[&str]) -> String {
     text.lines()
         .map(|l| {
             if sets_any(l, names) {
-                format!("#{l}  # disabled by pitr recover\n")
+                format!("#{l}{DISABLED}\n")
             } else {
                 format!("{l}\n")
             }
@@ -157,6 +186,20 @@ mod tests {
         write_block(dir.path(), &[("archive_mode", "on".to_string())], "archiving").unwrap();
         let auto = fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
         assert_eq!(auto, "# pitr: archiving\narchive_mode = 'on'\n");
+    }
+
+    #[test]
+    fn undo_gives_a_setting_back_to_the_copys_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("postgresql.conf"), "port = 5432\nwork_mem = 4MB\n").unwrap();
+        write_recovery(dir.path(), &[("port", "5499".to_string())], "recover").unwrap();
+        undo(dir.path(), "port").unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("postgresql.conf")).unwrap(),
+            "port = 5432\nwork_mem = 4MB\n"
+        );
+        let auto = fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
+        assert!(!auto.contains("port"), "{auto}");
     }
 
     #[test]

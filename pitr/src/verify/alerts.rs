@@ -266,28 +266,7 @@ mod tests {
     }
 
     fn backup(id: &str, tier: Tier, stop_hours: i64) -> Manifest {
-        Manifest {
-            format_version: 1,
-            id: id.into(),
-            tier,
-            start_time: at(stop_hours),
-            stop_time: at(stop_hours),
-            start_lsn: Lsn(0x2000028),
-            stop_lsn: Lsn(0x2000138),
-            timeline: 1,
-            system_identifier: 1,
-            pg_version: 15,
-            wal_segment_size: 16 << 20,
-            first_wal: "000000010000000000000002".into(),
-            last_wal: "000000010000000000000002".into(),
-            next_xid: None,
-            duration_seconds: 1.0,
-            original_bytes: 0,
-            stored_bytes: 0,
-            tablespaces: vec![],
-            directories: vec![],
-            files: vec![],
-        }
+        Manifest::for_test(id, tier, 1, 2..=2, at(stop_hours))
     }
 
     fn names(alerts: &[Alert]) -> Vec<(AlertName, String)> {

@@ -109,6 +109,11 @@ fn check_history(repo: &Repo, timeline: TimelineId) -> Result<Option<String>> {
 
 /// Forces a WAL switch and waits until the closed segment is in the repository and valid.
 async fn switch_and_wait(repo: &Repo, server: &Server, timeline: TimelineId, timeout: Duration) -> Result<WalFileName> {
+    // Without WAL since the last switch, pg_switch_wal would not switch, and an old segment
+    // would pass for a new one.
+    server
+        .query_rows("SELECT pg_logical_emit_message(false, 'pitr', 'check')")
+        .await?;
     let end = server.switch_wal().await?;
     let size = segment_size(server).await?;
     // pg_switch_wal returns an end pointer: the closed segment holds the byte before it.

@@ -127,26 +127,12 @@ mod tests {
 
     fn manifest() -> Manifest {
         Manifest {
-            format_version: MANIFEST_VERSION,
             id: "main_daily_20261125_000000".into(),
-            tier: Tier::Daily,
-            start_time: chrono::DateTime::UNIX_EPOCH,
-            stop_time: chrono::DateTime::UNIX_EPOCH,
-            start_lsn: Lsn(0x2000028),
-            stop_lsn: Lsn(0x3000100),
-            timeline: 1,
             system_identifier: 7,
-            pg_version: 15,
-            wal_segment_size: 16 << 20,
-            first_wal: "000000010000000000000002".into(),
-            last_wal: "000000010000000000000003".into(),
-            next_xid: None,
-            duration_seconds: 1.0,
             original_bytes: 300,
             stored_bytes: 150,
-            tablespaces: vec![],
-            directories: vec![],
             files: vec![file("base/1/1259", 100), file(PG_CONTROL, 200)],
+            ..Manifest::for_test("", Tier::Daily, 1, 2..=3, chrono::DateTime::UNIX_EPOCH)
         }
     }
 

@@ -280,29 +280,7 @@ mod tests {
     const SIZE: SegmentSize = SegmentSize::DEFAULT;
 
     fn backup(id: &str, timeline: TimelineId, start: u64, stop: u64) -> Manifest {
-        let name = |segno| Segment { timeline, segno }.file_name(SIZE);
-        Manifest {
-            format_version: 1,
-            id: id.into(),
-            tier: Tier::Daily,
-            start_time: chrono::DateTime::UNIX_EPOCH,
-            stop_time: chrono::DateTime::UNIX_EPOCH,
-            start_lsn: Lsn(SIZE.segment_start(start).0 + 40),
-            stop_lsn: Lsn(SIZE.segment_start(stop).0 + 400),
-            timeline,
-            system_identifier: 1,
-            pg_version: 15,
-            wal_segment_size: SIZE.bytes(),
-            first_wal: name(start),
-            last_wal: name(stop),
-            next_xid: None,
-            duration_seconds: 1.0,
-            original_bytes: 0,
-            stored_bytes: 0,
-            tablespaces: vec![],
-            directories: vec![],
-            files: vec![],
-        }
+        Manifest::for_test(id, Tier::Daily, timeline, start..=stop, chrono::DateTime::UNIX_EPOCH)
     }
 
     fn switch(parent: TimelineId, segno: u64) -> TimelineSwitch {

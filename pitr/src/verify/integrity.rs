@@ -77,7 +77,10 @@ pub fn check_integrity(
                 ),
                 Err(reason) => (
                     "gzip test and pg_restore --list".to_string(),
-                    vec![failed(target, reason)],
+                    vec![failed(
+                        target,
+                        format!("{reason}; do not restore from this dump, use another one"),
+                    )],
                 ),
             };
             Ok(report(IntegrityKind::Dump, checked, problems))
@@ -139,6 +142,7 @@ fn check_backup(repo: &Repo, id: &str, jobs: usize, progress: &dyn Progress) -> 
 fn check_wal_file(path: &Path, file_name: &str) -> Result<(String, Vec<Alert>)> {
     let name = WalFileName::parse(file_name)?;
     let stored = std::fs::read(path).map_err(Error::io("read", path))?;
+    let path = std::fs::canonicalize(path).map_err(Error::io("resolve", path))?;
     let cluster = match path.ancestors().skip(1).find(|dir| dir.join("repo.json").is_file()) {
         Some(root) => Repo::open_local(root)?.info()?,
         None => None,

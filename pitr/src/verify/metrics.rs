@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 
 use super::{AlertName, Scope, Status, VerifyReport};
 use crate::error::{Error, Result};
+use crate::info::Window;
 
 /// The textfile for a finished verification.
 pub fn render(report: &VerifyReport) -> String {
@@ -36,7 +37,7 @@ pub fn render(report: &VerifyReport) -> String {
         &mut out,
         "pitr_verify_read_bytes_per_second",
         "Read throughput of the verification.",
-        [(&scope[..], report.read.stored_bytes_per_second())],
+        [(&scope[..], report.read.per_second(report.read.stored_bytes))],
     );
     alert_metrics(&mut out, report);
     backup_metrics(&mut out, report);
@@ -158,13 +159,20 @@ fn wal_metrics(out: &mut String, report: &VerifyReport) {
     );
 }
 
+/// The current window of each timeline: the last one, after any gap.
 fn window_metrics(out: &mut String, report: &VerifyReport) {
-    let windows = &report.repository.windows;
+    let all = &report.repository.windows;
+    let windows: Vec<&Window> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, w)| all.get(i + 1).is_none_or(|next| next.timeline != w.timeline))
+        .map(|(_, w)| w)
+        .collect();
     let labels: Vec<[(&str, String); 1]> = windows.iter().map(|w| [("timeline", w.timeline.to_string())]).collect();
     gauge(
         out,
         "pitr_recoverable_window_start_timestamp_seconds",
-        "The earliest moment recovery can reach, per timeline (Unix time).",
+        "The earliest moment of the current recoverable window, per timeline (Unix time).",
         windows
             .iter()
             .zip(&labels)
@@ -173,7 +181,7 @@ fn window_metrics(out: &mut String, report: &VerifyReport) {
     gauge(
         out,
         "pitr_recoverable_window_end_timestamp_seconds",
-        "The latest moment recovery can reach, per timeline (Unix time).",
+        "The latest moment of the current recoverable window, per timeline (Unix time).",
         windows.iter().zip(&labels).map(|(w, l)| (&l[..], seconds(w.end_time))),
     );
 }

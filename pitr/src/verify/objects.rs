@@ -87,10 +87,10 @@ pub struct ReadStats {
 }
 
 impl ReadStats {
-    /// Bytes read from the repository per second.
-    pub fn stored_bytes_per_second(&self) -> f64 {
+    /// `bytes` (read, or checked) per second of reading.
+    pub fn per_second(&self, bytes: u64) -> f64 {
         if self.seconds > 0.0 {
-            self.stored_bytes as f64 / self.seconds
+            bytes as f64 / self.seconds
         } else {
             0.0
         }

@@ -1,0 +1,219 @@
+//! `pitr verify`, `check-integrity`, `check` and `info`: they run the library's checks and print
+//! the result. verify also appends its log line and writes its metrics file whatever happened,
+//! a missing repository included, so that a cron job or the daemon leaves a trace that
+//! monitoring can read.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pitr::pg::connection_config;
+use pitr::progress::{Progress, Silent};
+use pitr::repo::Repo;
+use pitr::verify::{self, metrics, CheckOptions, Scope, Status, Thresholds, VerifyOptions, VerifyReport};
+use pitr::{Error, Result};
+
+use crate::cli::{Command, ConnectionArgs, GlobalArgs};
+use crate::commands::{runtime, with_server, Done};
+use crate::output::{self, TerminalProgress};
+use crate::settings::{optional_path, Settings};
+
+/// Where verify leaves its trace.
+struct Records {
+    log_file: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
+}
+
+/// `pitr verify`.
+pub fn verify(command: &Command, settings: &Settings) -> Result<Done> {
+    let Command::Verify {
+        scope,
+        max_age,
+        log_file,
+        metrics_file,
+        now,
+        jobs,
+        connection,
+        json,
+    } = command
+    else {
+        unreachable!("called for verify only")
+    };
+    let options = VerifyOptions {
+        scope: scope.parse()?,
+        now: parse_now(now.as_deref())?,
+        thresholds: Thresholds {
+            max_age: max_age.unwrap_or(settings.verify.thresholds.max_age),
+            ..settings.verify.thresholds
+        },
+        jobs: jobs.unwrap_or(settings.jobs),
+    };
+    let records = Records {
+        log_file: log_file
+            .clone()
+            .map_or_else(|| settings.verify.log_file.clone(), optional_path),
+        metrics_file: metrics_file
+            .clone()
+            .map_or_else(|| settings.verify.metrics_file.clone(), optional_path),
+    };
+    let conninfo = connection.dbname.as_deref().or(settings.dbname.as_deref());
+    let report = verify_and_record(settings, &options, conninfo, &records, &TerminalProgress::new(*json))?;
+    if *json {
+        output::json(&report)
+    } else {
+        output::verify_report(&report)
+    }
+    Ok(match report.status {
+        Status::Ok => Done::Ok,
+        Status::Warning => Done::Warnings,
+        Status::Critical => Done::Critical,
+    })
+}
+
+/// The daemon's scheduled `verify all`, with the configured thresholds, log file and metrics
+/// file; its log line, and a failed job when anything is critical.
+pub fn scheduled(args: &GlobalArgs) -> Result<String> {
+    let settings = Settings::load(args).map_err(Error::Refused)?;
+    let options = VerifyOptions {
+        scope: Scope::All,
+        now: Utc::now(),
+        thresholds: settings.verify.thresholds,
+        jobs: settings.jobs,
+    };
+    let records = Records {
+        log_file: settings.verify.log_file.clone(),
+        metrics_file: settings.verify.metrics_file.clone(),
+    };
+    let report = verify_and_record(&settings, &options, settings.dbname.as_deref(), &records, &Silent)?;
+    let line = output::verify_log_line(Ok(&report), Scope::All);
+    match report.status {
+        Status::Critical => Err(Error::Refused(line)),
+        Status::Ok | Status::Warning => Ok(line),
+    }
+}
+
+fn parse_now(text: Option<&str>) -> Result<DateTime<Utc>> {
+    let Some(text) = text else {
+        return Ok(Utc::now());
+    };
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            Error::InvalidInput(format!(
+                "--now '{text}' is not an RFC 3339 time like 2026-11-25T10:00:00Z: {e}"
+            ))
+        })
+}
+
+/// Verifies, then records the outcome, a failure as much as a report.
+fn verify_and_record(
+    settings: &Settings,
+    options: &VerifyOptions,
+    conninfo: Option<&str>,
+    records: &Records,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    let result = run_verify(settings, options, conninfo, progress);
+    record(&result, options, records, progress);
+    result
+}
+
+fn run_verify(
+    settings: &Settings,
+    options: &VerifyOptions,
+    conninfo: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    let repo = Repo::open_local(&settings.repo)?;
+    let config = connection_config(conninfo, &|k| std::env::var(k).ok())?;
+    let server = runtime().block_on(verify::observe_server(&repo, options.scope, &config));
+    verify::verify(&repo, options, &server, progress)
+}
+
+/// Writes the metrics file and appends the log line; failing to is a warning, not a verdict.
+fn record(result: &Result<VerifyReport>, options: &VerifyOptions, records: &Records, progress: &dyn Progress) {
+    if let Some(path) = &records.metrics_file {
+        let text = match result {
+            Ok(report) => metrics::render(report),
+            Err(_) => metrics::render_failure(options.scope, options.now),
+        };
+        if let Err(e) = metrics::write_textfile(path, &text) {
+            progress.warn(&format!("the metrics file is not written: {e}"));
+        }
+    }
+    if let Some(path) = &records.log_file {
+        let line = output::verify_log_line(result.as_ref().map_err(ToString::to_string), options.scope);
+        if let Err(e) = append_line(path, &line) {
+            progress.warn(&format!(
+                "the log line is not written: {e}; set log_file in [verify] or pass --log-file none"
+            ));
+        }
+    }
+}
+
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(Error::io("open", path))?;
+    writeln!(file, "{line}").map_err(Error::io("append to", path))
+}
+
+/// `pitr check-integrity`; `settings` only matter for a backup id (which needs the repository).
+pub fn check_integrity(
+    target: &str,
+    jobs: Option<usize>,
+    json: bool,
+    settings: std::result::Result<&Settings, &String>,
+) -> Result<Done> {
+    let configured_repo = || match settings {
+        Ok(settings) => Repo::open_local(&settings.repo),
+        Err(message) => Err(Error::Refused(message.clone())),
+    };
+    let jobs = jobs
+        .or(settings.ok().map(|s| s.jobs))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let report = verify::check_integrity(target, &configured_repo, jobs, &TerminalProgress::new(json))?;
+    if json {
+        output::json(&report)
+    } else {
+        output::integrity_report(&report)
+    }
+    Ok(if report.sound { Done::Ok } else { Done::Critical })
+}
+
+/// `pitr check`.
+pub fn check(
+    repo: &Repo,
+    connection: &ConnectionArgs,
+    timeout: Duration,
+    json: bool,
+    settings: &Settings,
+) -> Result<Done> {
+    let progress = &TerminalProgress::new(json);
+    let report = with_server(connection, settings, |server| async move {
+        verify::check(repo, &server, CheckOptions { timeout }, progress).await
+    })?;
+    progress.finish();
+    if json {
+        output::json(&report)
+    } else {
+        output::check_report(&report)
+    }
+    Ok(Done::Ok)
+}
+
+/// `pitr info`.
+pub fn info(repo: &Repo, json: bool) -> Result<Done> {
+    let now = Utc::now();
+    let summary = pitr::info::info(repo, now)?;
+    if json {
+        output::json(&summary)
+    } else {
+        output::info(&summary, now)
+    }
+    Ok(Done::Ok)
+}
