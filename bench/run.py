@@ -308,6 +308,7 @@ class Options:
     json_out: Optional[Path]
     sections: Optional[List[str]]
     profile: bool
+    quiet_wait: float
 
 
 class Bench:
@@ -334,6 +335,7 @@ class Bench:
         self.push_repos: Dict[str, Path] = {}  # tool -> a repo holding the whole corpus
         self.started = time.time()
         self.loads: List[float] = []
+        self.busy: Dict[str, float] = {}  # section -> CPU share other processes used just before it
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -525,6 +527,21 @@ pg1-port={PORT_MAIN}
         if failed != "0":
             self.res.notes.append(f"pg_stat_archiver.failed_count = {failed} during setup (see the server log)")
 
+    def wait_for_quiet(self, section: str) -> None:
+        """The machine is shared: before a section, wait (up to --quiet-wait seconds) until other
+        processes leave the CPUs mostly idle, and note how busy they were when we started."""
+        deadline = time.time() + self.opts.quiet_wait
+        waited = False
+        while True:
+            busy = cpu_busy_fraction(2.0)
+            if busy < 0.15 or time.time() >= deadline:
+                break
+            if not waited:
+                progress(f"waiting for other processes to quiet down (CPU {busy * 100:.0f} % busy)")
+                waited = True
+            time.sleep(5)
+        self.busy[section] = busy
+
     # -- teardown --------------------------------------------------------------------------------
 
     def teardown(self) -> None:
@@ -535,6 +552,18 @@ pg1-port={PORT_MAIN}
             progress(f"kept {self.tmp}")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def cpu_busy_fraction(seconds: float) -> float:
+    """The share of all CPUs that was busy (not idle, not waiting for I/O) over `seconds`."""
+    def sample() -> Tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields[:8]), idle
+    t0, i0 = sample()
+    time.sleep(seconds)
+    t1, i1 = sample()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
 
 
 def _os_release() -> str:
@@ -1295,6 +1324,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the raw results as JSON here")
     ap.add_argument("--no-build", action="store_true", help="use target/release/pitr as it is")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
+    ap.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",
+                    help="before each section, wait up to this long for other processes to leave the CPUs "
+                         "idle (default 120; quick 0)")
     ap.add_argument("--render", nargs="?", const=DEFAULT_DOC, type=Path, metavar="DOC",
                     help="run nothing: rebuild DOC (default docs/benchmarks.md) from the record stored in it, "
                          "with the current bench/findings.md")
@@ -1313,7 +1345,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    scale=a.scale or (10 if a.quick else 50), segments=a.segments or (8 if a.quick else 32),
                    pg_bin=a.pg_bin or find_pg_bin(), keep=a.keep, build=not a.no_build, doc=doc,
                    json_out=a.json, sections=sections,
-                   profile=not a.no_profile and (a.profile or not a.quick))
+                   profile=not a.no_profile and (a.profile or not a.quick),
+                   quiet_wait=a.quiet_wait if a.quiet_wait is not None else (0 if a.quick else 120))
     preflight(opts)
     b = Bench(opts)
     progress(f"temp dir {b.tmp}")
@@ -1324,6 +1357,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         b.setup_cluster()
         for name, fn in SECTIONS:
             if sections is None or name in sections or name == "not-built":
+                if name != "not-built":
+                    b.wait_for_quiet(name)
                 b.loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
                 fn(b)
         if opts.profile:
@@ -1332,6 +1367,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         b.machine["1-min load average during the run"] = (
             f"{min(b.loads):.2f} – {max(b.loads):.2f} (sampled before each section; the harness itself "
             "keeps about one core busy)")
+        if b.busy:
+            b.machine["CPU busy with other processes before each section"] = ", ".join(
+                f"{k} {v * 100:.0f} %" for k, v in b.busy.items()) + (
+                f" (the harness waits up to {opts.quiet_wait:.0f} s for < 15 %)")
         ok = True
     finally:
         b.teardown()

@@ -400,6 +400,8 @@ impl Command {
     /// Whether `args` asks for verify or check-integrity, whose failures must read as critical
     /// (exit 2): a monitoring system takes 1 for "warnings only".
     pub fn is_verification(args: &[std::ffi::OsString]) -> bool {
-        args.iter().skip(1).any(|a| a == "verify" || a == "check-integrity")
+        let cli = <Cli as clap::CommandFactory>::command();
+        let command = args.iter().skip(1).find_map(|a| cli.find_subcommand(a));
+        command.is_some_and(|c| matches!(c.get_name(), "verify" | "check-integrity"))
     }
 }

@@ -281,7 +281,7 @@ fn check_backups_and_wal(
     progress: &dyn Progress,
 ) -> Result<Checked> {
     let backups: Vec<&Manifest> = entries.iter().filter_map(|e| e.manifest.as_ref().ok()).collect();
-    let objects = objects_to_read(holdings, &backups, whole_archive);
+    let objects = objects_to_read(holdings, entries, whole_archive);
     let (read, findings) = objects::read_all(repo, &objects, holdings.info.as_ref(), jobs, progress)?;
     let mut alerts = metadata_alerts(holdings, entries, whole_archive);
     alerts.extend(
@@ -310,12 +310,19 @@ fn status_of(alerts: &[Alert]) -> Status {
     }
 }
 
-/// Every file and label of the backups, and the WAL: all of it, or what the backups need to
-/// reach consistency.
-fn objects_to_read<'a>(holdings: &Holdings, backups: &[&'a Manifest], whole_archive: bool) -> Vec<StoredObject<'a>> {
+/// Every file and label of the backups (in the directory they lie in, whatever their manifest
+/// claims), and the WAL: all of it, or what the backups need to reach consistency.
+fn objects_to_read<'a>(
+    holdings: &Holdings,
+    entries: &[&'a CatalogEntry],
+    whole_archive: bool,
+) -> Vec<StoredObject<'a>> {
     let mut objects = Vec::new();
-    for m in backups {
-        let dir = backup_dir(m.tier.name(), &m.id);
+    let backups: Vec<(String, &Manifest)> = entries
+        .iter()
+        .filter_map(|e| Some((backup_dir(e.tier.name(), &e.id), e.manifest.as_ref().ok()?)))
+        .collect();
+    for (dir, m) in &backups {
         objects.extend(
             m.files
                 .iter()
@@ -328,7 +335,8 @@ fn objects_to_read<'a>(holdings: &Holdings, backups: &[&'a Manifest], whole_arch
         };
         objects.extend(labels.iter().map(|name| StoredObject::Label { dir: dir.clone(), name }));
     }
-    let needed = consistency_wal(holdings, backups);
+    let manifests: Vec<&Manifest> = backups.iter().map(|(_, m)| *m).collect();
+    let needed = consistency_wal(holdings, &manifests);
     objects.extend(
         holdings
             .wal
