@@ -1326,7 +1326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
     ap.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",
                     help="before each section, wait up to this long for other processes to leave the CPUs "
-                         "idle (default 120; quick 0)")
+                         "idle (default 60; quick 0)")
     ap.add_argument("--render", nargs="?", const=DEFAULT_DOC, type=Path, metavar="DOC",
                     help="run nothing: rebuild DOC (default docs/benchmarks.md) from the record stored in it, "
                          "with the current bench/findings.md")
@@ -1346,7 +1346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    pg_bin=a.pg_bin or find_pg_bin(), keep=a.keep, build=not a.no_build, doc=doc,
                    json_out=a.json, sections=sections,
                    profile=not a.no_profile and (a.profile or not a.quick),
-                   quiet_wait=a.quiet_wait if a.quiet_wait is not None else (0 if a.quick else 120))
+                   quiet_wait=a.quiet_wait if a.quiet_wait is not None else (0 if a.quick else 60))
     preflight(opts)
     b = Bench(opts)
     progress(f"temp dir {b.tmp}")

@@ -7,7 +7,6 @@ mod plan;
 mod settings;
 mod target;
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -19,13 +18,12 @@ pub use target::Target;
 
 use crate::backup::{self, RestoreOptions, RestoreSummary};
 use crate::error::{Error, Result};
+use crate::info::Holdings;
 use crate::pg::ctl::{self, Owner};
 use crate::pg::Server;
 use crate::progress::Progress;
 use crate::repo::Repo;
-use crate::restore_point;
 use crate::spool::Spool;
-use crate::wal::{parse_history, SegmentSize, WalFileName};
 
 /// How to carry out a plan.
 #[derive(Debug, Clone)]
@@ -88,41 +86,31 @@ pub struct ServerState {
     pub last_commit_time: Option<String>,
 }
 
-/// Gathers what the planner needs from the repository.
+/// Gathers what the planner needs from the repository. Unlike `pitr info`, recovery does not
+/// work around what cannot be read: an unreadable manifest, history file or restore point
+/// catalog is an error here.
 pub fn repo_state(repo: &Repo) -> Result<RepoState> {
-    let info = repo.info()?;
-    let size = info.and_then(|i| SegmentSize::new(i.wal_segment_size));
-    let mut state = RepoState {
-        backups: backup::load_catalog(repo)?,
-        restore_points: restore_point::catalog(repo)?,
-        segment_size: size,
-        segments: HashMap::new(),
-        histories: BTreeMap::new(),
-    };
-    for name in repo.list_wal()? {
-        match name {
-            WalFileName::Segment(s) => {
-                let Some(seg) = size.and_then(|size| s.segment(size)) else {
-                    continue;
-                };
-                if let Some(at) = repo.wal_archived_at(&name)? {
-                    state.segments.insert((seg.timeline, seg.segno), at);
-                }
-            }
-            WalFileName::History(tli) => {
-                let what = repo.describe_wal(&name);
-                let object = repo.get_wal(&name)?.ok_or_else(|| Error::Corrupt {
-                    what: what.clone(),
-                    reason: "vanished while being read".into(),
-                })?;
-                let raw = crate::codec::decode(&object, &what)?;
-                let switches = parse_history(&raw).map_err(|reason| Error::Corrupt { what, reason })?;
-                state.histories.insert(tli, switches);
-            }
-            WalFileName::Backup(..) | WalFileName::Partial(_) => {}
-        }
-    }
-    Ok(state)
+    let holdings = Holdings::read(repo)?;
+    let segments = holdings.segments().into_iter().collect();
+    let segment_size = holdings.segment_size();
+    let mut backups = holdings
+        .catalog
+        .into_iter()
+        .map(|entry| entry.manifest)
+        .collect::<Result<Vec<_>>>()?;
+    backups.sort_by_key(|m| m.stop_time);
+    let histories = holdings
+        .histories
+        .into_iter()
+        .map(|(timeline, parsed)| parsed.map(|switches| (timeline, switches)))
+        .collect::<Result<_>>()?;
+    Ok(RepoState {
+        backups,
+        segments,
+        histories,
+        restore_points: holdings.restore_points?,
+        segment_size,
+    })
 }
 
 /// Refuses when the new data directory's file system cannot hold the restore.
