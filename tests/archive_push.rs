@@ -68,16 +68,6 @@ fn assert_get_returns(c: &Cluster, repo: &Path, name: &str, expected: &[u8]) {
     );
 }
 
-/// Segment name with the segment number increased by `delta` (same timeline).
-fn later_segment_name(name: &str, delta: u64, seg_size: u64) -> String {
-    let tli = &name[..8];
-    let hi = u64::from_str_radix(&name[8..16], 16).unwrap();
-    let lo = u64::from_str_radix(&name[16..24], 16).unwrap();
-    let per_id = 0x1_0000_0000 / seg_size;
-    let segno = hi * per_id + lo + delta;
-    format!("{tli}{:08X}{:08X}", segno / per_id, segno % per_id)
-}
-
 #[test]
 fn archive_push_stores_segment_silently_and_records_cluster_in_repo_json() {
     let c = source_cluster();

@@ -18,55 +18,8 @@ use common::*;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
-// Helpers (candidates for tests/common)
+// Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A `pitr --repo <repo>` command (as the server user, from the cluster's directory) whose libpq
-/// environment points at `c`'s server: PGHOST = its socket directory, PGPORT, PGDATABASE=postgres.
-fn pitr_for(c: &Cluster, repo: &Path) -> Command {
-    let mut cmd = c.pitr_cmd();
-    cmd.env("PGHOST", c.dir())
-        .env("PGPORT", c.port().to_string())
-        .env("PGDATABASE", "postgres")
-        .arg("--repo")
-        .arg(repo);
-    cmd
-}
-
-/// Runs `pitr --repo <repo> <args…>` connected to `c`.
-fn pitr_on(c: &Cluster, repo: &Path, args: &[&str]) -> CmdOutput {
-    run(pitr_for(c, repo).args(args))
-}
-
-/// `pitr backup --fast --json <extra…>` of `c` into its own repository; panics unless it succeeds
-/// and returns the parsed JSON.
-#[track_caller]
-fn backup_json(c: &Cluster, extra: &[&str]) -> Value {
-    let mut args = vec!["backup", "--fast", "--json"];
-    args.extend_from_slice(extra);
-    let out = pitr_on(c, c.repo(), &args);
-    assert!(
-        out.success(),
-        "pitr backup failed:\n{}\n--- server log (tail) ---\n{}",
-        out.describe(),
-        c.log_tail()
-    );
-    parse_json(&out)
-}
-
-/// Parses stdout as JSON.
-#[track_caller]
-fn parse_json(out: &CmdOutput) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", out.describe()))
-}
-
-/// A string field of a JSON object.
-#[track_caller]
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no string field {key:?} in {v:#}"))
-}
 
 /// `pitr list --json` (all tiers) as an array.
 #[track_caller]
@@ -81,7 +34,10 @@ fn list_json(c: &Cluster, repo: &Path) -> Vec<Value> {
 
 /// The ids `pitr list --json` shows.
 fn listed_ids(c: &Cluster, repo: &Path) -> Vec<String> {
-    list_json(c, repo).iter().map(|b| s(b, "id").to_string()).collect()
+    list_json(c, repo)
+        .iter()
+        .map(|b| json_str(b, "id").to_string())
+        .collect()
 }
 
 /// Every path under `root` (relative, `/`-separated, directories included), optionally skipping
@@ -158,16 +114,6 @@ fn archived_segments(repo: &Path) -> BTreeSet<String> {
     archived_wal(repo).into_iter().filter(|n| is_segment_name(n)).collect()
 }
 
-/// The segment name after `name` (same timeline).
-fn next_segment(name: &str, seg_size: u64) -> String {
-    let per_log = 0x1_0000_0000 / seg_size;
-    let tli = &name[..8];
-    let log = u64::from_str_radix(&name[8..16], 16).unwrap();
-    let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
-    let n = log * per_log + seg + 1;
-    format!("{tli}{:08X}{:08X}", n / per_log, n % per_log)
-}
-
 /// Asserts the shape of a backup id: `<name>_<tier>_<YYYYMMDD>_<HHMMSS>`.
 #[track_caller]
 fn assert_id_shape(id: &str, name: &str, tier: &str) {
@@ -226,38 +172,6 @@ fn empty_repo(c: &Cluster, name: &str) -> PathBuf {
     c.test_dir().subdir(name)
 }
 
-/// The process ids of `pid`'s children (from `/proc/*/stat`).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ..."; comm may contain spaces and parentheses.
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(child);
-        }
-    }
-    out
-}
-
-/// The pid of the `pitr` process behind a child started with [`spawn`] on a [`pitr_command`]:
-/// the child itself, or (as root) the program `runuser` started.
-fn pitr_pid(child: &Child) -> u32 {
-    if !running_as_root() {
-        return child.id();
-    }
-    poll(Duration::from_secs(10), || children_of(child.id()).first().copied())
-        .expect("runuser started no pitr process within 10 s")
-}
-
 /// Sends `signal` (e.g. "KILL") to one process by id.
 fn kill(pid: u32, signal: &str) {
     let status = Command::new("kill")
@@ -296,8 +210,7 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
     let config = c.test_dir().write("pitr.toml", "keep_hourly = 2\n");
     let config = config.to_str().unwrap();
     let take = |tier: &str| -> Value {
-        let out = pitr_on(
-            &c,
+        let out = c.pitr_connected(
             c.repo(),
             &["--config", config, "backup", "--fast", "--json", "--tier", tier],
         );
@@ -306,16 +219,16 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
     };
 
     let h1 = take("hourly");
-    let h1_id = s(&h1["backup"], "id").to_string();
+    let h1_id = json_str(&h1["backup"], "id").to_string();
     assert_id_shape(&h1_id, "main", "hourly");
     write_and_switch(&c, 3);
     let daily = take("daily");
-    let daily_id = s(&daily["backup"], "id").to_string();
+    let daily_id = json_str(&daily["backup"], "id").to_string();
     assert_id_shape(&daily_id, "main", "daily");
-    let daily_first_wal = s(&daily["backup"], "first_wal").to_string();
+    let daily_first_wal = json_str(&daily["backup"], "first_wal").to_string();
     write_and_switch(&c, 2);
     let h2 = take("hourly");
-    let h2_id = s(&h2["backup"], "id").to_string();
+    let h2_id = json_str(&h2["backup"], "id").to_string();
     assert_eq!(
         h2["expired"]["backups"],
         serde_json::json!([]),
@@ -337,7 +250,7 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
     );
 
     let h3 = take("hourly");
-    let h3_id = s(&h3["backup"], "id").to_string();
+    let h3_id = json_str(&h3["backup"], "id").to_string();
 
     // Expire ran for the hourly tier: h1 went, the daily backup stays and bounds WAL expiry.
     let expired = &h3["expired"];
@@ -345,11 +258,15 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
         .as_array()
         .expect("expired.backups array")
         .iter()
-        .map(|b| s(b, "id"))
+        .map(|b| json_str(b, "id"))
         .collect();
     assert_eq!(expired_ids, [h1_id.as_str()], "expired backups:\n{h3:#}");
-    assert_eq!(s(&expired["backups"][0], "tier"), "hourly");
-    assert_eq!(s(expired, "wal_kept_from"), daily_first_wal, "wal_kept_from:\n{h3:#}");
+    assert_eq!(json_str(&expired["backups"][0], "tier"), "hourly");
+    assert_eq!(
+        json_str(expired, "wal_kept_from"),
+        daily_first_wal,
+        "wal_kept_from:\n{h3:#}"
+    );
     let expired_wal: BTreeSet<String> = expired["wal"]
         .as_array()
         .expect("expired.wal array")
@@ -388,7 +305,7 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
         if name == newest {
             break;
         }
-        name = next_segment(&name, seg_size);
+        name = later_segment_name(&name, 1, seg_size);
     }
     for name in wal_before.iter().filter(|n| n[..24] >= daily_first_wal[..]) {
         assert!(
@@ -404,7 +321,7 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
     let plan = parse_json(&out);
     assert_eq!(plan["backups"], serde_json::json!([]), "{plan:#}");
     assert_eq!(plan["wal"], serde_json::json!([]), "{plan:#}");
-    assert_eq!(s(&plan, "wal_kept_from"), daily_first_wal);
+    assert_eq!(json_str(&plan, "wal_kept_from"), daily_first_wal);
     assert_unchanged(
         &snapshot,
         &tree(c.repo(), &[]),
@@ -426,8 +343,7 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
     let config = c.test_dir().write("pitr.toml", "keep_hourly = 1\nname = \"dry-run\"\n");
     let config = config.to_str().unwrap();
     let take = || -> Value {
-        let out = pitr_on(
-            &c,
+        let out = c.pitr_connected(
             c.repo(),
             &["--config", config, "backup", "--fast", "--json", "--no-expire"],
         );
@@ -435,13 +351,13 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
         parse_json(&out)
     };
     let a = take();
-    let a_id = s(&a["backup"], "id").to_string();
+    let a_id = json_str(&a["backup"], "id").to_string();
     assert_id_shape(&a_id, "dry-run", "hourly");
     assert!(a["expired"].is_null(), "--no-expire still expired:\n{a:#}");
     write_and_switch(&c, 2);
     let b = take();
-    let b_id = s(&b["backup"], "id").to_string();
-    let b_first = s(&b["backup"], "first_wal").to_string();
+    let b_id = json_str(&b["backup"], "id").to_string();
+    let b_first = json_str(&b["backup"], "first_wal").to_string();
     assert!(b["expired"].is_null(), "--no-expire still expired:\n{b:#}");
     assert_eq!(
         listed_ids(&c, c.repo()),
@@ -453,9 +369,14 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
     let out = c.pitr(&["--config", config, "expire", "--dry-run", "--json"]);
     out.assert_success();
     let plan = parse_json(&out);
-    let ids: Vec<&str> = plan["backups"].as_array().unwrap().iter().map(|b| s(b, "id")).collect();
+    let ids: Vec<&str> = plan["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| json_str(b, "id"))
+        .collect();
     assert_eq!(ids, [a_id.as_str()], "dry-run plan:\n{plan:#}");
-    assert!(!s(&plan["backups"][0], "reason").is_empty());
+    assert!(!json_str(&plan["backups"][0], "reason").is_empty());
     let wal: Vec<String> = plan["wal"]
         .as_array()
         .unwrap()
@@ -470,8 +391,11 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
         wal.iter().all(|n| n[..24] < b_first[..]),
         "dry run lists WAL {b_id} needs:\n{plan:#}"
     );
-    assert!(wal.contains(&s(&a["backup"], "first_wal").to_string()), "{plan:#}");
-    assert_eq!(s(&plan, "wal_kept_from"), b_first);
+    assert!(
+        wal.contains(&json_str(&a["backup"], "first_wal").to_string()),
+        "{plan:#}"
+    );
+    assert_eq!(json_str(&plan, "wal_kept_from"), b_first);
     assert_unchanged(
         &snapshot,
         &tree(c.repo(), &[]),
@@ -518,7 +442,7 @@ fn backup_killed_mid_copy_is_never_listed_and_the_next_backup_cleans_it_up() {
     let c = Cluster::start(ClusterOptions::default());
     c.pgbench_init(20);
 
-    let mut cmd = pitr_for(&c, c.repo());
+    let mut cmd = c.pitr_connected_cmd(c.repo());
     cmd.args(["backup", "--fast", "--json", "--jobs", "1"]);
     let line = cmdline(&cmd);
     let mut child = spawn(&mut cmd);
@@ -569,7 +493,7 @@ fn backup_killed_mid_copy_is_never_listed_and_the_next_backup_cleans_it_up() {
     // The next backup succeeds (the server dropped the killed connection's backup) and cleans up,
     // whatever its tier: a daily one cleans up the interrupted hourly one.
     let next = backup_json(&c, &["--tier", "daily"]);
-    let next_id = s(&next["backup"], "id");
+    let next_id = json_str(&next["backup"], "id");
     assert_ne!(next_id, killed_id);
     assert_eq!(
         next["backup"]["cleaned_up"],
@@ -620,7 +544,8 @@ fn refuses_a_role_without_backup_privileges() {
     let c = Cluster::start(ClusterOptions::default());
     c.psql("CREATE ROLE nopriv LOGIN");
     let before = tree(c.repo(), &["wal"]);
-    let out = run(pitr_for(&c, c.repo())
+    let out = run(c
+        .pitr_connected_cmd(c.repo())
         .env("PGUSER", "nopriv")
         .args(["backup", "--fast"]));
     assert_refused(&out, "may not run the backup functions");
@@ -651,7 +576,8 @@ fn refuses_a_role_without_backup_privileges() {
          GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO nopriv; \
          GRANT pg_read_all_settings TO nopriv",
     );
-    let out = run(pitr_for(&c, c.repo())
+    let out = run(c
+        .pitr_connected_cmd(c.repo())
         .env("PGUSER", "nopriv")
         .args(["backup", "--fast"]));
     assert!(
@@ -673,7 +599,8 @@ fn refuses_a_role_that_may_start_but_not_stop_a_backup_before_copying() {
          GRANT pg_read_all_settings TO halfpriv",
     );
     let before = tree(c.repo(), &["wal"]);
-    let out = run(pitr_for(&c, c.repo())
+    let out = run(c
+        .pitr_connected_cmd(c.repo())
         .env("PGUSER", "halfpriv")
         .args(["backup", "--fast"]));
     assert!(!out.success(), "{}", out.describe());
@@ -699,15 +626,8 @@ fn refused_backup_into_an_empty_repository_writes_nothing() {
     // Another cluster's data directory (initdb only).
     let other = TestDir::new("other-cluster");
     let other_data = other.join("data");
-    run_ok(
-        server_command(pg_program("initdb"))
-            .current_dir(other.path())
-            .arg("-D")
-            .arg(&other_data)
-            .args(["-A", "trust", "--no-sync", "--no-instructions"]),
-    );
-    let out = pitr_on(
-        &c,
+    run_ok(&mut initdb_command(other.path(), &other_data));
+    let out = c.pitr_connected(
         c.repo(),
         &["backup", "--fast", "--pgdata", other_data.to_str().unwrap()],
     );
@@ -729,7 +649,7 @@ fn refuses_wal_level_minimal() {
     );
     assert_eq!(c.psql("SHOW wal_level"), "minimal");
     let repo = empty_repo(&c, "repo-minimal");
-    let out = pitr_on(&c, &repo, &["backup", "--fast"]);
+    let out = c.pitr_connected(&repo, &["backup", "--fast"]);
     assert_refused(&out, "wal_level");
     assert_unchanged(&BTreeSet::new(), &tree(&repo, &[]), "the repository is no longer empty");
 }
@@ -739,7 +659,7 @@ fn refuses_archive_mode_off() {
     let c = Cluster::start(ClusterOptions::default().archive(false));
     assert_eq!(c.psql("SHOW archive_mode"), "off");
     let repo = empty_repo(&c, "repo-off");
-    let out = pitr_on(&c, &repo, &["backup", "--fast"]);
+    let out = c.pitr_connected(&repo, &["backup", "--fast"]);
     assert_refused(&out, "archive_mode");
     assert_unchanged(&BTreeSet::new(), &tree(&repo, &[]), "the repository is no longer empty");
 }
@@ -753,7 +673,7 @@ fn refuses_an_empty_archive_command_and_only_warns_about_another_tool() {
             .setting("archive_command", "''"),
     );
     let repo = empty_repo(&c, "repo-cmd");
-    let out = pitr_on(&c, &repo, &["backup", "--fast"]);
+    let out = c.pitr_connected(&repo, &["backup", "--fast"]);
     assert_refused(&out, "archive_command");
     assert_unchanged(&BTreeSet::new(), &tree(&repo, &[]), "the repository is no longer empty");
 
@@ -770,7 +690,7 @@ fn refuses_an_empty_archive_command_and_only_warns_about_another_tool() {
         .is_some(),
         "archive_command was not reloaded"
     );
-    let out = pitr_on(&c, &repo, &["backup", "--fast"]);
+    let out = c.pitr_connected(&repo, &["backup", "--fast"]);
     assert!(
         out.success(),
         "backup with archive_command = cp:\n{}\n{}",
@@ -802,7 +722,7 @@ fn refuses_an_archive_command_into_another_repository() {
     let c = Cluster::start(ClusterOptions::default());
     let other = empty_repo(&c, "other-repo");
     let before = tree(c.repo(), &["wal"]);
-    let out = pitr_on(&c, &other, &["backup", "--fast"]);
+    let out = c.pitr_connected(&other, &["backup", "--fast"]);
     assert_refused(&out, "not into this repository");
     assert_unchanged(
         &BTreeSet::new(),
@@ -818,7 +738,7 @@ fn refuses_an_archive_command_into_another_repository() {
     // The same repository through a symbolic link is this repository.
     let link = c.test_dir().join("repo-link");
     std::os::unix::fs::symlink(c.repo(), &link).expect("symlink");
-    let out = pitr_on(&c, &link, &["backup", "--fast"]);
+    let out = c.pitr_connected(&link, &["backup", "--fast"]);
     assert!(
         out.success(),
         "backup through a symlink to the archive_command's repository:\n{}",
@@ -832,13 +752,13 @@ fn refuses_while_another_backup_of_the_same_repository_runs() {
     let c = Cluster::start(ClusterOptions::default());
     c.pgbench_init(10);
 
-    let mut cmd = pitr_for(&c, c.repo());
+    let mut cmd = c.pitr_connected_cmd(c.repo());
     cmd.args(["backup", "--fast", "--json", "--jobs", "1"]);
     let line = cmdline(&cmd);
     let mut first = spawn(&mut cmd);
     let first_id = wait_for_copy_to_start(c.repo(), "hourly", &mut first);
 
-    let out = pitr_on(&c, c.repo(), &["backup", "--fast"]);
+    let out = c.pitr_connected(c.repo(), &["backup", "--fast"]);
     assert!(
         first.try_wait().expect("try_wait").is_none(),
         "the first backup finished before the second was refused; make the data bigger"
@@ -854,7 +774,7 @@ fn refuses_while_another_backup_of_the_same_repository_runs() {
     let out = wait_child(first, line, COMMAND_TIMEOUT);
     out.assert_success();
     let summary = parse_json(&out);
-    assert_eq!(s(&summary["backup"], "id"), first_id);
+    assert_eq!(json_str(&summary["backup"], "id"), first_id);
     assert_eq!(listed_ids(&c, c.repo()), [first_id]);
 }
 
@@ -868,12 +788,11 @@ fn refuses_a_repository_or_data_directory_of_another_cluster() {
     assert_ne!(a.system_identifier(), b.system_identifier());
     let before = tree(a.repo(), &[]);
 
-    let out = pitr_on(&b, a.repo(), &["backup", "--fast"]);
+    let out = b.pitr_connected(a.repo(), &["backup", "--fast"]);
     assert_refused(&out, "belongs to the cluster");
     assert_unchanged(&before, &tree(a.repo(), &[]), "a refused backup changed the repository");
 
-    let out = pitr_on(
-        &a,
+    let out = a.pitr_connected(
         a.repo(),
         &["backup", "--fast", "--pgdata", b.data_dir().to_str().unwrap()],
     );
@@ -883,8 +802,7 @@ fn refuses_a_repository_or_data_directory_of_another_cluster() {
     assert!(backup_dirs(a.repo()).is_empty());
 
     // The right --pgdata works.
-    let out = pitr_on(
-        &a,
+    let out = a.pitr_connected(
         a.repo(),
         &["backup", "--fast", "--pgdata", a.data_dir().to_str().unwrap()],
     );
@@ -901,7 +819,7 @@ fn connects_with_a_password_from_pgpassword_or_pgpassfile() {
     rewrite_keeping_mode(&hba, &conf);
     c.reload();
     let as_pwuser = || {
-        let mut cmd = pitr_for(&c, c.repo());
+        let mut cmd = c.pitr_connected_cmd(c.repo());
         cmd.env("PGUSER", "pwuser");
         cmd
     };
@@ -942,7 +860,7 @@ fn list_reports_missing_wal() {
     let c = Cluster::start(ClusterOptions::default());
     c.psql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100000) g");
     let b = backup_json(&c, &[]);
-    let id = s(&b["backup"], "id").to_string();
+    let id = json_str(&b["backup"], "id").to_string();
     assert!(b["backup"]["wal_complete"].is_null() || b["backup"]["wal_complete"] == Value::Bool(true));
     write_and_switch(&c, 1);
 
@@ -966,19 +884,19 @@ fn list_reports_missing_wal() {
     ] {
         assert!(entry.get(key).is_some(), "list --json lacks {key:?}: {entry:#}");
     }
-    assert_eq!(s(entry, "id"), id);
-    assert_eq!(s(entry, "tier"), "hourly");
+    assert_eq!(json_str(entry, "id"), id);
+    assert_eq!(json_str(entry, "tier"), "hourly");
     assert_eq!(entry["timeline"], 1);
     assert_eq!(entry["wal_complete"], Value::Bool(true), "{entry:#}");
     assert!(entry["first_missing_wal"].is_null(), "{entry:#}");
-    let first_wal = s(entry, "first_wal").to_string();
-    let last_wal = s(entry, "last_wal").to_string();
+    let first_wal = json_str(entry, "first_wal").to_string();
+    let last_wal = json_str(entry, "last_wal").to_string();
     assert!(first_wal <= last_wal);
     assert_eq!(
-        parse_lsn(s(entry, "start_lsn")) / c.wal_segment_size(),
+        parse_lsn(json_str(entry, "start_lsn")) / c.wal_segment_size(),
         u64::from_str_radix(&first_wal[16..], 16).unwrap()
     );
-    assert!(parse_lsn(s(entry, "stop_lsn")) > parse_lsn(s(entry, "start_lsn")));
+    assert!(parse_lsn(json_str(entry, "stop_lsn")) > parse_lsn(json_str(entry, "start_lsn")));
     assert!(entry["original_bytes"].as_u64().unwrap() > entry["stored_bytes"].as_u64().unwrap());
     let text = c.pitr(&["list"]);
     text.assert_success();
@@ -994,7 +912,7 @@ fn list_reports_missing_wal() {
     let listed = list_json(&c, c.repo());
     let entry = &listed[0];
     assert_eq!(entry["wal_complete"], Value::Bool(false), "{entry:#}");
-    assert_eq!(s(entry, "first_missing_wal"), missing, "{entry:#}");
+    assert_eq!(json_str(entry, "first_missing_wal"), missing, "{entry:#}");
     let text = c.pitr(&["list"]);
     text.assert_success();
     let stdout = text.stdout_str();

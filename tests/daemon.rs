@@ -4,7 +4,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -44,10 +43,7 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
     );
     give_to_server_user(&config);
     let mut command = c.pitr_cmd();
-    command
-        .env("PGHOST", c.dir())
-        .env("PGPORT", c.port().to_string())
-        .env("PGDATABASE", "postgres")
+    c.libpq_env(&mut command)
         .arg("--config")
         .arg(&config)
         .args(["daemon", "--pgdata"])
@@ -83,14 +79,7 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
     );
 
     // SIGTERM to pitr itself ends the daemon cleanly.
-    let id = daemon.id();
-    let children = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children")).unwrap_or_default();
-    let pitr = children
-        .split_whitespace()
-        .next()
-        .map_or(id.to_string(), str::to_string);
-    Command::new("kill").args(["-TERM", &pitr]).status().unwrap();
-    let out = wait_child(daemon, "pitr daemon".into(), Duration::from_secs(120));
+    let out = terminate_pitr(daemon, "pitr daemon".into(), Duration::from_secs(120));
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     assert!(
         out.stderr_str().contains("job backup hourly: backup main_hourly_"),

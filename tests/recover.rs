@@ -21,10 +21,9 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
-// Helpers (candidates for tests/common are marked so)
+// Helpers
 // ---------------------------------------------------------------------------------------------
 
 /// A new primary archiving into its own new repository.
@@ -32,30 +31,10 @@ fn primary() -> Cluster {
     Cluster::start(ClusterOptions::default())
 }
 
-/// `pitr --repo <c's repo> <args…>` as the server user, connected to `c` through the libpq
-/// environment (PGHOST = its socket directory, PGPORT, PGDATABASE). Candidate for tests/common.
-fn pitr_pg(c: &Cluster, args: &[&str]) -> CmdOutput {
-    run(c
-        .pitr_cmd()
-        .env("PGHOST", c.dir())
-        .env("PGPORT", c.port().to_string())
-        .env("PGDATABASE", "postgres")
-        .arg("--repo")
-        .arg(c.repo())
-        .args(args))
-}
-
-/// `pitr backup --fast`; panics unless it succeeds; returns the backup id. Candidate for
-/// tests/common.
+/// `pitr backup --fast` ([`backup_ok`]); returns the backup id from its text summary.
 #[track_caller]
 fn backup(c: &Cluster) -> String {
-    let out = pitr_pg(c, &["backup", "--fast"]);
-    assert!(
-        out.success(),
-        "pitr backup failed:\n{}\n--- server log (tail) ---\n{}",
-        out.describe(),
-        c.log_tail()
-    );
+    let out = backup_ok(c, &[]);
     out.stdout_str()
         .lines()
         .find_map(|l| {
@@ -71,7 +50,7 @@ fn backup(c: &Cluster) -> String {
 fn restore_point(c: &Cluster, name: &str, extra: &[&str]) -> CmdOutput {
     let mut args = vec!["restore-point", name];
     args.extend_from_slice(extra);
-    let out = pitr_pg(c, &args);
+    let out = c.pitr_connected(c.repo(), &args);
     assert!(
         out.success(),
         "pitr restore-point {name} failed:\n{}\n--- server log (tail) ---\n{}",
@@ -79,18 +58,6 @@ fn restore_point(c: &Cluster, name: &str, extra: &[&str]) -> CmdOutput {
         c.log_tail()
     );
     out
-}
-
-/// Switches WAL and waits until the completed segment is archived; returns its name.
-fn switch_and_archive(c: &Cluster) -> String {
-    let segment = c.switch_wal();
-    c.wait_archived(&segment);
-    segment
-}
-
-#[track_caller]
-fn parse_json(out: &CmdOutput) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", out.describe()))
 }
 
 #[track_caller]
@@ -125,10 +92,9 @@ fn line_after(out: &CmdOutput, prefix: &str) -> String {
 /// A not-yet-existing data directory for `pitr recover --pgdata`, in its own temporary
 /// directory. Dropping it stops a server still running there (immediate) and removes the
 /// private socket directory (`/tmp/pitr-recover-*`) that `pitr recover` created for it.
-/// Candidate for tests/common.
 struct NewDir {
     /// Holds the directory (removed on drop, after the server is stopped).
-    _dir: TestDir,
+    dir: TestDir,
     data: PathBuf,
 }
 
@@ -136,7 +102,7 @@ impl NewDir {
     fn new() -> NewDir {
         let dir = TestDir::new("recover");
         let data = dir.join("data");
-        NewDir { _dir: dir, data }
+        NewDir { dir, data }
     }
 
     /// The log `pitr recover` makes the server write.
@@ -150,24 +116,11 @@ impl NewDir {
 
     /// `pg_ctl status` as the server user.
     fn is_running(&self) -> bool {
-        run(server_command(pg_program("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .arg("status"))
-        .success()
+        pg_ctl_status(self.dir.path(), &self.data)
     }
 
     fn stop_immediate(&self) {
-        if self.data.join("postmaster.pid").exists() {
-            let _ = run(server_command(pg_program("pg_ctl")).arg("-D").arg(&self.data).args([
-                "-m",
-                "immediate",
-                "-w",
-                "-t",
-                "60",
-                "stop",
-            ]));
-        }
+        pg_ctl_stop_immediate_quietly(self.dir.path(), &self.data);
     }
 
     /// Socket directories the server announced in its log ("listening on Unix socket ...").
@@ -250,25 +203,14 @@ fn connect_of(out: &CmdOutput) -> Conn {
     parse_connect(&line_after(out, "connect: "))
 }
 
-/// Runs `sql` through `psql -X -A -t` on the recovered server; trimmed stdout. Candidate for
-/// tests/common (a psql helper taking a socket directory and port).
+/// Runs `sql` through `psql -X -A -t` ([`try_psql_with`]) on the recovered server as its user;
+/// trimmed stdout.
 #[track_caller]
 fn psql_at(conn: &Conn, sql: &str) -> String {
-    let out = run(server_command(pg_program("psql"))
-        .arg("-h")
-        .arg(&conn.socket_dir)
-        .arg("-p")
-        .arg(conn.port.to_string())
-        .arg("-U")
-        .arg(&conn.user)
-        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
-        .arg(sql));
-    assert!(
-        out.success(),
-        "psql on the recovered server failed:\n{}",
-        out.describe()
-    );
-    out.stdout_str().trim().to_string()
+    let mut psql = client_at("psql", &conn.socket_dir, conn.port);
+    psql.arg("-U").arg(&conn.user);
+    try_psql_with(&mut psql, sql)
+        .unwrap_or_else(|out| panic!("psql on the recovered server failed:\n{}", out.describe()))
 }
 
 /// The runbook's bad day: products with 1000 rows, a backup, 500 more rows, restore point
@@ -280,7 +222,7 @@ fn oops_after_restore_point(oops: &str) -> Cluster {
     insert_rows(&c, "products", 1001, 1500);
     restore_point(&c, "before_oops", &[]);
     c.psql(oops);
-    switch_and_archive(&c);
+    c.switch_and_archive();
     c
 }
 
@@ -317,7 +259,7 @@ fn runbook_restore_point_before_oops() {
     );
     // The accident, archived.
     c.psql("DELETE FROM products");
-    switch_and_archive(&c);
+    c.switch_and_archive();
 
     let nd = NewDir::new();
     let port = free_port();
@@ -395,7 +337,7 @@ fn target_time_between_two_batches() {
     );
     thread::sleep(Duration::from_millis(1100));
     c.psql("INSERT INTO batches SELECT 2, g FROM generate_series(1, 100) g");
-    switch_and_archive(&c);
+    c.switch_and_archive();
 
     // The zone-less time is taken as UTC, and the plan says so.
     let nd = NewDir::new();
@@ -454,7 +396,7 @@ fn target_xid_and_lsn_inclusive_and_exclusive() {
         .expect("xid");
     let after_b = c.psql("SELECT pg_current_wal_insert_lsn()");
     c.psql("INSERT INTO markers VALUES ('C')");
-    switch_and_archive(&c);
+    c.switch_and_archive();
     assert!(xid_b > xid_a);
     // The LSN of B's commit record.
     let commit = c.psql(&format!(
@@ -523,9 +465,9 @@ fn target_immediate_and_latest() {
     create_rows(&c, "t", 100);
     backup(&c);
     insert_rows(&c, "t", 101, 150);
-    switch_and_archive(&c);
+    c.switch_and_archive();
     insert_rows(&c, "t", 151, 175);
-    switch_and_archive(&c);
+    c.switch_and_archive();
 
     let count = "SELECT COUNT(*) FROM t";
     let nd = NewDir::new();
@@ -571,7 +513,7 @@ fn actions_no_start_and_dry_run() {
     insert_rows(&c, "t", 11, 20);
     restore_point(&c, "rp", &[]);
     insert_rows(&c, "t", 21, 30);
-    switch_and_archive(&c);
+    c.switch_and_archive();
 
     // pause: the copy stays in recovery, read-only, at the target
     let paused = NewDir::new();
@@ -712,11 +654,11 @@ fn refusals_before_touching_anything() {
     backup(&c);
     insert_rows(&c, "t", 11, 20);
     restore_point(&c, "early", &[]);
-    let gap = switch_and_archive(&c);
+    let gap = c.switch_and_archive();
     insert_rows(&c, "t", 21, 30);
-    switch_and_archive(&c);
+    c.switch_and_archive();
     insert_rows(&c, "t", 31, 40);
-    switch_and_archive(&c);
+    c.switch_and_archive();
 
     let future = c.psql("SELECT to_char((now() + interval '1 hour') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00')");
     assert_refused(&c, &["--target-time", &future], 1, "after the newest archived WAL");
@@ -789,10 +731,10 @@ fn corrupt_archived_segment_fails_recovery() {
     // ask for the next segment before it reaches consistency. This segment is itself asked for
     // while the server reaches consistency (read-ahead past the backup end record).
     insert_rows(&c, "t", 11, 30_000);
-    let early = switch_and_archive(&c);
+    let early = c.switch_and_archive();
     insert_rows(&c, "t", 30_001, 30_010);
     // Replayed after consistency, while the server already accepts read-only connections.
-    let late = switch_and_archive(&c);
+    let late = c.switch_and_archive();
     restore_point(&c, "after", &[]);
 
     for (segment, after_consistency) in [(&late, true), (&early, false)] {
@@ -856,7 +798,7 @@ fn target_never_reached_fails_recovery() {
     create_rows(&c, "t", 10);
     backup(&c);
     insert_rows(&c, "t", 11, 20);
-    switch_and_archive(&c);
+    c.switch_and_archive();
     // A transaction id after the backup that never commits: the planner cannot know, PostgreSQL
     // runs out of WAL before the target.
     let nd = NewDir::new();
@@ -908,14 +850,14 @@ fn restore_point_names_and_catalog() {
     let first = parse_json(&restore_point(&c, "rp1", &["--json"]));
     assert_eq!(first["name"], "rp1");
 
-    let dup = pitr_pg(&c, &["restore-point", "rp1"]);
+    let dup = c.pitr_connected(c.repo(), &["restore-point", "rp1"]);
     assert_eq!(dup.code(), Some(1), "{}", dup.describe());
     assert_contains(&dup, "exists already");
 
     let second = parse_json(&restore_point(&c, "rp1", &["--allow-duplicate", "--json"]));
 
     let long = "x".repeat(64);
-    let out = pitr_pg(&c, &["restore-point", &long]);
+    let out = c.pitr_connected(c.repo(), &["restore-point", &long]);
     assert!(!out.success(), "{}", out.describe());
     assert_contains(&out, "at most 63");
     let max = "y".repeat(63);
@@ -926,7 +868,7 @@ fn restore_point_names_and_catalog() {
         text.describe()
     );
 
-    let out = pitr_pg(&c, &["list", "restore-points", "--json"]);
+    let out = c.pitr_connected(c.repo(), &["list", "restore-points", "--json"]);
     out.assert_success();
     let list = parse_json(&out);
     let points = list.as_array().unwrap_or_else(|| panic!("not an array: {list:#}"));
@@ -953,7 +895,7 @@ fn restore_point_names_and_catalog() {
     let out = recover_ok(&c, &nd, &["--target-name", "rp1", "--dry-run"]);
     assert_contains(&out, "2 restore points are named 'rp1'");
 
-    let text = pitr_pg(&c, &["list", "restore-points"]);
+    let text = c.pitr_connected(c.repo(), &["list", "restore-points"]);
     text.assert_success();
     assert!(text.stdout_str().contains("rp1"), "{}", text.describe());
 }
@@ -1064,7 +1006,7 @@ fn json_plan_and_report() {
     let lsn = c.psql("SELECT pg_current_wal_insert_lsn()");
     let xid = c.psql("INSERT INTO t VALUES (21, 'x') RETURNING txid_current()");
     let time = c.psql("SELECT now()::text");
-    switch_and_archive(&c);
+    c.switch_and_archive();
 
     // A real recovery with --json: plan and report.
     let nd = NewDir::new();

@@ -14,45 +14,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
-// Helpers (candidates for tests/common)
+// Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// `pitr --repo <c's repo> backup --fast --json <extra…>` connected to `c` through PGHOST/PGPORT;
-/// panics unless it succeeds and returns the parsed JSON.
-#[track_caller]
-fn backup_json(c: &Cluster, extra: &[&str]) -> Value {
-    let out = run(c
-        .pitr_cmd()
-        .env("PGHOST", c.dir())
-        .env("PGPORT", c.port().to_string())
-        .env("PGDATABASE", "postgres")
-        .arg("--repo")
-        .arg(c.repo())
-        .args(["backup", "--fast", "--json"])
-        .args(extra));
-    assert!(
-        out.success(),
-        "pitr backup failed:\n{}\n--- server log (tail) ---\n{}",
-        out.describe(),
-        c.log_tail()
-    );
-    parse_json(&out)
-}
-
-#[track_caller]
-fn parse_json(out: &CmdOutput) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", out.describe()))
-}
-
-#[track_caller]
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no string field {key:?} in {v:#}"))
-}
 
 /// Every entry under `root`, relative path → metadata (symlinks not followed).
 fn entries(root: &Path) -> BTreeMap<String, fs::Metadata> {
@@ -147,13 +112,7 @@ impl Restored {
         let signal = self.data.join("recovery.signal");
         fs::write(&signal, b"").expect("write recovery.signal");
         give_to_server_user(&signal);
-        let out = run(server_command(pg_program("pg_ctl"))
-            .current_dir(self.dir.path())
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.log_path())
-            .args(["-w", "-t", "120", "start"]));
+        let out = pg_ctl_start(self.dir.path(), &self.data, &self.log_path());
         assert!(
             out.success(),
             "the restored server did not start:\n{}\n--- server log (tail) ---\n{}",
@@ -163,19 +122,7 @@ impl Restored {
     }
 
     fn try_psql(&self, sql: &str) -> Result<String, CmdOutput> {
-        let out = run(server_command(pg_program("psql"))
-            .current_dir(self.dir.path())
-            .arg("-h")
-            .arg(self.dir.path())
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
-            .arg(sql));
-        if out.success() {
-            Ok(out.stdout_str().trim().to_string())
-        } else {
-            Err(out)
-        }
+        try_psql_at(self.dir.path(), self.port, sql)
     }
 
     #[track_caller]
@@ -204,31 +151,8 @@ impl Restored {
 
 impl Drop for Restored {
     fn drop(&mut self) {
-        if self.data.join("postmaster.pid").exists() {
-            let _ = server_command(pg_program("pg_ctl"))
-                .current_dir(self.dir.path())
-                .arg("-D")
-                .arg(&self.data)
-                .args(["-m", "immediate", "-w", "-t", "60", "stop"])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
+        pg_ctl_stop_immediate_quietly(self.dir.path(), &self.data);
     }
-}
-
-/// `pgbench <args…>` against `c`, as a command to spawn.
-fn pgbench_cmd(c: &Cluster, args: &[&str]) -> Command {
-    let mut cmd = server_command(pg_program("pgbench"));
-    cmd.current_dir(c.dir())
-        .arg("-h")
-        .arg(c.dir())
-        .arg("-p")
-        .arg(c.port().to_string())
-        .args(args)
-        .arg("postgres");
-    cmd
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,7 +176,7 @@ fn backup_under_concurrent_writes_restores_and_recovers_to_a_consistent_cluster(
     c.pgbench_init(SCALE);
 
     // pgbench writes throughout the backup.
-    let mut cmd = pgbench_cmd(&c, &["-n", "-c", "2", "-T", "60"]);
+    let mut cmd = c.pgbench_cmd(&["-n", "-c", "2", "-T", "60"]);
     let line = cmdline(&cmd);
     let mut bench = spawn(&mut cmd);
     let history_count = || -> i64 { c.psql("SELECT count(*) FROM pgbench_history").parse().unwrap() };
@@ -276,19 +200,19 @@ fn backup_under_concurrent_writes_restores_and_recovers_to_a_consistent_cluster(
     let _ = wait_child(bench, line, Duration::from_secs(60));
 
     let b = &summary["backup"];
-    let id = s(b, "id").to_string();
+    let id = json_str(b, "id").to_string();
     assert!(
-        parse_lsn(s(b, "stop_lsn")) > parse_lsn(s(b, "start_lsn")),
+        parse_lsn(json_str(b, "stop_lsn")) > parse_lsn(json_str(b, "start_lsn")),
         "{summary:#}"
     );
-    assert!(s(b, "first_wal") <= s(b, "last_wal"), "{summary:#}");
+    assert!(json_str(b, "first_wal") <= json_str(b, "last_wal"), "{summary:#}");
     assert!(b["file_count"].as_u64().unwrap() > 100, "{summary:#}");
 
     let r = Restored::new();
     let out = r.restore(c.repo(), &["--json"]);
     out.assert_success();
     let restored = parse_json(&out);
-    assert_eq!(s(&restored, "id"), id, "{restored:#}");
+    assert_eq!(json_str(&restored, "id"), id, "{restored:#}");
     assert_eq!(restored["files"], b["file_count"], "{restored:#}");
     assert!(r.data.join("backup_label").is_file());
     assert!(r.data.join("global/pg_control").is_file());
@@ -381,7 +305,7 @@ fn restore_of_an_idle_cluster_is_byte_for_byte_with_the_expected_layout() {
     };
     assert!(c.data_dir().join(&u_path).is_file() && c.data_dir().join(format!("{u_path}_init")).is_file());
     let summary = backup_json(&c, &[]);
-    let id = s(&summary["backup"], "id").to_string();
+    let id = json_str(&summary["backup"], "id").to_string();
 
     let r = Restored::new();
     let out = r.restore(c.repo(), &[]);
@@ -405,8 +329,8 @@ fn restore_of_an_idle_cluster_is_byte_for_byte_with_the_expected_layout() {
         start_line,
         format!(
             "START WAL LOCATION: {} (file {})",
-            s(&summary["backup"], "start_lsn"),
-            s(&summary["backup"], "first_wal")
+            json_str(&summary["backup"], "start_lsn"),
+            json_str(&summary["backup"], "first_wal")
         ),
         "backup_label and the backup's JSON disagree"
     );
@@ -521,7 +445,7 @@ fn corrupted_backup_file_fails_the_restore_naming_it_and_a_repaired_one_restores
     c.psql("CHECKPOINT");
     let rel = c.psql("SELECT pg_relation_filepath('t')");
     let summary = backup_json(&c, &[]);
-    let id = s(&summary["backup"], "id").to_string();
+    let id = json_str(&summary["backup"], "id").to_string();
     let object = c.repo().join("hourly").join(&id).join("files").join(&rel);
     assert!(object.is_file(), "{} is not in the backup", object.display());
     let original = read(&object);
@@ -576,7 +500,7 @@ fn restore_refuses_unsafe_targets_and_unknown_backups() {
     assert!(!r.data.exists() || fs::read_dir(&r.data).unwrap().next().is_none());
 
     let summary = backup_json(&c, &[]);
-    let id = s(&summary["backup"], "id").to_string();
+    let id = json_str(&summary["backup"], "id").to_string();
 
     // Unknown id.
     let out = r.restore(c.repo(), &["--backup", "main_hourly_19700101_000000"]);
@@ -612,7 +536,7 @@ fn restore_refuses_unsafe_targets_and_unknown_backups() {
     fs::remove_file(&pid).unwrap();
     let out = r.restore(c.repo(), &["--force", "--json"]);
     out.assert_success();
-    assert_eq!(s(&parse_json(&out), "id"), id);
+    assert_eq!(json_str(&parse_json(&out), "id"), id);
     assert!(!stray.exists());
     assert!(r.data.join("PG_VERSION").is_file());
 }

@@ -25,23 +25,19 @@ use serde_json::Value;
 fn pitr(c: &Cluster, repo: &Path, server: Option<&Cluster>, args: &[&str]) -> CmdOutput {
     let mut cmd = c.pitr_cmd();
     match server {
-        Some(s) => cmd.env("PGHOST", s.dir()).env("PGPORT", s.port().to_string()),
-        None => cmd.env("PGHOST", c.dir().join("no-server-here")),
+        Some(s) => s.libpq_env(&mut cmd),
+        None => cmd
+            .env("PGHOST", c.dir().join("no-server-here"))
+            .env("PGDATABASE", "postgres"),
     };
-    run(cmd.env("PGDATABASE", "postgres").arg("--repo").arg(repo).args(args))
+    run(cmd.arg("--repo").arg(repo).args(args))
 }
 
-/// `pitr backup --tier <tier> --fast` of `c` into its repository; its JSON summary.
+/// `pitr backup --fast --json --tier <tier>` of `c` into its repository ([`backup_json`]); the
+/// `backup` object of its JSON summary.
 #[track_caller]
 fn take_backup(c: &Cluster, tier: &str) -> Value {
-    let out = pitr(c, c.repo(), Some(c), &["backup", "--tier", tier, "--fast", "--json"]);
-    assert!(out.success(), "backup failed:\n{}\n{}", out.describe(), c.log_tail());
-    json_of(&out)["backup"].clone()
-}
-
-#[track_caller]
-fn json_of(out: &CmdOutput) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", out.describe()))
+    backup_json(c, &["--tier", tier])["backup"].clone()
 }
 
 /// `(alert, subject)` of every alert in a verify or check-integrity JSON report.
@@ -78,7 +74,7 @@ fn verify_json(c: &Cluster, server: Option<&Cluster>, args: &[&str], code: i32) 
     all.extend_from_slice(args);
     let out = pitr(c, c.repo(), server, &all);
     out.assert_code(code);
-    json_of(&out)
+    parse_json(&out)
 }
 
 /// The samples of a Prometheus textfile, checked to be well-formed on the way: every sample is
@@ -115,13 +111,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// Switches WAL `n` times, waiting for each segment to be archived; their names.
 fn archive_segments(c: &Cluster, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|_| {
-            let name = c.switch_wal();
-            c.wait_archived(&name);
-            name
-        })
-        .collect()
+    (0..n).map(|_| c.switch_and_archive()).collect()
 }
 
 /// The largest stored file of a backup, relative to its `files/` directory.
@@ -163,7 +153,7 @@ fn a_healthy_repository_verifies_with_exit_0_and_its_json_log_and_metrics_parse(
         &["verify", "--json", "--log-file", log_arg, "--metrics-file", prom_arg],
     );
     out.assert_code(0);
-    let report = json_of(&out);
+    let report = parse_json(&out);
     assert_eq!(report["status"], "ok", "{report:#}");
     assert_eq!(alerts_of(&report, "alerts"), []);
     assert_eq!(report["backups_checked"], 1);
@@ -232,7 +222,7 @@ fn a_healthy_repository_verifies_with_exit_0_and_its_json_log_and_metrics_parse(
 
     let info = pitr(&c, c.repo(), None, &["info", "--json"]);
     info.assert_code(0);
-    let info = json_of(&info);
+    let info = parse_json(&info);
     assert_eq!(info["windows"][0]["from_backup"], id.as_str());
     assert_eq!(info["tiers"][1]["backups"][0]["id"], id.as_str(), "{info:#}");
     assert!(pitr(&c, c.repo(), None, &["info"])
@@ -282,7 +272,7 @@ fn a_flipped_byte_or_a_deleted_segment_is_critical_and_named() {
     );
     out.assert_code(2);
     assert_eq!(
-        alerts_of(&json_of(&out), "problems"),
+        alerts_of(&parse_json(&out), "problems"),
         [("BackupVerificationFailed".to_string(), subject)]
     );
     rewrite_keeping_mode(&file, &original);
@@ -356,7 +346,7 @@ fn an_empty_or_missing_repository_is_critical_in_the_exit_code_log_and_metrics()
 
     let out = verify(&empty);
     out.assert_code(2);
-    let report = json_of(&out);
+    let report = parse_json(&out);
     assert_eq!(
         alerts_of(&report, "alerts"),
         [("BackupMissing".to_string(), "all".to_string())]
@@ -454,12 +444,7 @@ fn an_old_newest_backup_warns_an_overdue_tier_is_critical_and_a_quiet_archive_is
 fn check_integrity_passes_a_sound_runbook_dump_and_names_what_breaks_a_corrupt_one() {
     let c = Cluster::start(ClusterOptions::default().archive(false));
     c.psql("CREATE TABLE products AS SELECT n, md5(n::text) AS name FROM generate_series(1, 5000) AS n");
-    let dump = run(server_command(pg_program("pg_dump")).arg("-h").arg(c.dir()).args([
-        "-p",
-        &c.port().to_string(),
-        "-Fc",
-        "postgres",
-    ]));
+    let dump = run(c.client("pg_dump").args(["-Fc", "postgres"]));
     dump.assert_success();
     let plain = c.test_dir().write("catalog_daily_20240418_000000.backup", &dump.stdout);
     run(Command::new("gzip").arg("-n").arg(&plain)).assert_success();
@@ -519,7 +504,7 @@ fn check_passes_on_a_configured_cluster_and_names_each_misconfiguration() {
     let mut c = Cluster::start(ClusterOptions::default());
     let out = pitr(&c, c.repo(), Some(&c), &["check", "--json"]);
     out.assert_code(0);
-    let report = json_of(&out);
+    let report = parse_json(&out);
     let segment = report["segment"].as_str().unwrap();
     assert!(stored_path(c.repo(), segment).is_file(), "{report:#}");
     assert_eq!(report["timeline"], 1);
@@ -561,7 +546,7 @@ fn check_and_verify_need_the_history_file_of_a_new_timeline() {
 
     let out = pitr(&copy, c.repo(), Some(&copy), &["check", "--json"]);
     out.assert_code(0);
-    let report = json_of(&out);
+    let report = parse_json(&out);
     assert_eq!(
         (report["timeline"].as_u64(), report["history_file"].as_str()),
         (Some(2), Some("00000002.history"))

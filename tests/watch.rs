@@ -39,16 +39,8 @@ impl Watcher {
 
     /// SIGTERM to pitr itself (not runuser, which would kill it): it finishes the files in
     /// flight and exits 0.
-    fn terminate(mut self) -> CmdOutput {
-        let id = self.child.id();
-        let children = fs::read_to_string(format!("/proc/{id}/task/{id}/children")).unwrap_or_default();
-        let pitr = children
-            .split_whitespace()
-            .next()
-            .map_or(id.to_string(), str::to_string);
-        let _ = Command::new("kill").args(["-TERM", &pitr]).status();
-        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
-        wait_child(child, "pitr watch".into(), Duration::from_secs(30))
+    fn terminate(self) -> CmdOutput {
+        terminate_pitr(self.child, "pitr watch".into(), Duration::from_secs(30))
     }
 }
 

@@ -31,6 +31,8 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 /// The OS user that runs PostgreSQL (and `pitr`) when the tests run as root.
 pub const SERVER_USER: &str = "postgres";
 
@@ -404,6 +406,48 @@ pub fn run_ok(cmd: &mut Command) -> CmdOutput {
     out
 }
 
+/// The process ids of `pid`'s children (from `/proc/*/stat`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ..."; comm may contain spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// The pid of the `pitr` process behind a child started with [`spawn`] on a [`pitr_command`]
+/// (or any [`server_command`]): the child itself, or (as root) the program `runuser` started,
+/// waiting up to 10 s for `runuser` to start it.
+pub fn pitr_pid(child: &Child) -> u32 {
+    if !running_as_root() {
+        return child.id();
+    }
+    poll(Duration::from_secs(10), || children_of(child.id()).first().copied())
+        .expect("runuser started no pitr process within 10 s")
+}
+
+/// Sends SIGTERM to the `pitr` process behind `child` (see [`pitr_pid`]; not to `runuser`, which
+/// would kill it rather than let it finish) and waits for `child` to exit, at most `timeout`.
+/// Whether `kill` succeeded is not checked: the exit (or the timeout) tells.
+pub fn terminate_pitr(child: Child, cmdline: String, timeout: Duration) -> CmdOutput {
+    let pid = pitr_pid(&child);
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    wait_child(child, cmdline, timeout)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Temporary directories
 // ---------------------------------------------------------------------------------------------
@@ -531,6 +575,17 @@ pub fn is_segment_name(name: &str) -> bool {
     name.len() == 24 && name.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
+/// The name of the segment `delta` segments after `name` (same timeline), for segments of
+/// `seg_size` bytes.
+pub fn later_segment_name(name: &str, delta: u64, seg_size: u64) -> String {
+    let tli = &name[..8];
+    let hi = u64::from_str_radix(&name[8..16], 16).unwrap();
+    let lo = u64::from_str_radix(&name[16..24], 16).unwrap();
+    let per_id = 0x1_0000_0000 / seg_size;
+    let segno = hi * per_id + lo + delta;
+    format!("{tli}{:08X}{:08X}", segno / per_id, segno % per_id)
+}
+
 /// The system identifier in the long page header of a WAL segment's first page.
 pub fn segment_system_identifier(segment: &[u8]) -> u64 {
     u64::from_le_bytes(segment[24..32].try_into().expect("8 bytes"))
@@ -580,6 +635,133 @@ fn shell_safe(path: &Path) -> String {
         "path {s:?} would need shell quoting; set PITR_TEST_TMPDIR to a simpler directory"
     );
     s.to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL programs on any data directory or socket directory
+// ---------------------------------------------------------------------------------------------
+
+/// `initdb -D <data> -A trust --no-sync --no-instructions` as the server user, run from `dir`;
+/// further options may be added before running it.
+pub fn initdb_command(dir: &Path, data: &Path) -> Command {
+    let mut cmd = server_command(pg_program("initdb"));
+    cmd.current_dir(dir)
+        .arg("-D")
+        .arg(data)
+        .args(["-A", "trust", "--no-sync", "--no-instructions"]);
+    cmd
+}
+
+/// `pg_ctl -D <data> -l <log> -w -t 120 start` as the server user, run from `dir`.
+pub fn pg_ctl_start(dir: &Path, data: &Path, log: &Path) -> CmdOutput {
+    run(server_command(pg_program("pg_ctl"))
+        .current_dir(dir)
+        .arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(log)
+        .args(["-w", "-t", "120", "start"]))
+}
+
+/// True while a postmaster runs on `data` (`pg_ctl status` as the server user, run from `dir`).
+pub fn pg_ctl_status(dir: &Path, data: &Path) -> bool {
+    run(server_command(pg_program("pg_ctl"))
+        .current_dir(dir)
+        .arg("-D")
+        .arg(data)
+        .arg("status"))
+    .success()
+}
+
+/// Stops the server on `data` in immediate mode (`pg_ctl -m immediate -w -t 60 stop`, as the
+/// server user, run from `dir`) if a postmaster.pid exists, ignoring every error and all output.
+pub fn pg_ctl_stop_immediate_quietly(dir: &Path, data: &Path) {
+    if data.join("postmaster.pid").exists() {
+        let _ = server_command(pg_program("pg_ctl"))
+            .current_dir(dir)
+            .arg("-D")
+            .arg(data)
+            .args(["-m", "immediate", "-w", "-t", "60", "stop"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A client-program command (`psql`, `pgbench`, `pg_dump`, …) as the server user, run from
+/// `socket_dir` and connecting to the server listening there on `port`
+/// (`-h <socket_dir> -p <port>`). Add `-U <user>` and the program's arguments.
+pub fn client_at(program: &str, socket_dir: &Path, port: u16) -> Command {
+    let mut cmd = server_command(pg_program(program));
+    cmd.current_dir(socket_dir)
+        .arg("-h")
+        .arg(socket_dir)
+        .arg("-p")
+        .arg(port.to_string());
+    cmd
+}
+
+/// Runs one SQL string through `psql` (a command from [`client_at`], to which
+/// `-X -A -t -q -v ON_ERROR_STOP=1 -d postgres -c <sql>` is added); returns trimmed stdout (rows
+/// on separate lines, columns separated by `|`), or the failed output.
+pub fn try_psql_with(psql: &mut Command, sql: &str) -> Result<String, CmdOutput> {
+    let out = run(psql
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+        .arg(sql));
+    if out.success() {
+        Ok(out.stdout_str().trim().to_string())
+    } else {
+        Err(out)
+    }
+}
+
+/// [`try_psql_with`] on the server listening in `socket_dir` on `port`.
+pub fn try_psql_at(socket_dir: &Path, port: u16, sql: &str) -> Result<String, CmdOutput> {
+    try_psql_with(&mut client_at("psql", socket_dir, port), sql)
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON output and backups through `pitr backup`
+// ---------------------------------------------------------------------------------------------
+
+/// Parses a command's stdout as JSON; panics (with the whole output) when it is not JSON.
+#[track_caller]
+pub fn parse_json(out: &CmdOutput) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", out.describe()))
+}
+
+/// The string field `key` of a JSON object; panics (showing the object) when there is none.
+#[track_caller]
+pub fn json_str<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string field {key:?} in {v:#}"))
+}
+
+/// Runs `pitr --repo <c's repo> backup --fast <extra…>` connected to `c` (see
+/// [`Cluster::pitr_connected`]); panics with the output and the server log unless it succeeds.
+#[track_caller]
+pub fn backup_ok(c: &Cluster, extra: &[&str]) -> CmdOutput {
+    let mut args = vec!["backup", "--fast"];
+    args.extend_from_slice(extra);
+    let out = c.pitr_connected(c.repo(), &args);
+    assert!(
+        out.success(),
+        "pitr backup failed:\n{}\n--- server log (tail) ---\n{}",
+        out.describe(),
+        c.log_tail()
+    );
+    out
+}
+
+/// `pitr backup --fast --json <extra…>` of `c` into its own repository, as [`backup_ok`]; returns
+/// the parsed JSON summary (`{"backup": {"id": …, …}, "expired": …}`).
+#[track_caller]
+pub fn backup_json(c: &Cluster, extra: &[&str]) -> Value {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    parse_json(&backup_ok(c, &args))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -732,11 +914,7 @@ impl Cluster {
         };
         let data = dir.join("data");
         run_ok(
-            server_command(pg_program("initdb"))
-                .current_dir(dir.path())
-                .arg("-D")
-                .arg(&data)
-                .args(["-A", "trust", "--no-sync", "--no-instructions"])
+            initdb_command(dir.path(), &data)
                 .args(["--locale=C", "--encoding=UTF8"])
                 .arg(format!("--wal-segsize={}", opts.wal_segsize_mb)),
         );
@@ -755,16 +933,8 @@ impl Cluster {
             dir,
         };
         cluster.settings = cluster.base_settings();
-        if opts.archive {
-            cluster.set("archive_mode", "on");
-            let command = cluster.archive_command();
-            cluster.set("archive_command", &conf_quote(&command));
-        } else {
-            cluster.set("archive_mode", "off");
-        }
-        for (k, v) in &opts.settings {
-            cluster.set(k, v);
-        }
+        cluster.set_archiving(opts.archive);
+        cluster.set_all(&opts.settings);
         cluster.start_server_retrying();
         cluster
     }
@@ -822,6 +992,24 @@ impl Cluster {
         self.write_settings();
     }
 
+    /// `archive_mode = on` with this cluster's [`Cluster::archive_command`], or `archive_mode = off`.
+    fn set_archiving(&mut self, archive: bool) {
+        if archive {
+            self.set("archive_mode", "on");
+            let command = self.archive_command();
+            self.set("archive_command", &conf_quote(&command));
+        } else {
+            self.set("archive_mode", "off");
+        }
+    }
+
+    /// [`Cluster::set`] for each `(key, value)`, in order.
+    fn set_all(&mut self, settings: &[(String, String)]) {
+        for (k, v) in settings {
+            self.set(k, v);
+        }
+    }
+
     fn write_settings(&self) {
         let mut text = String::from("# written by the pitr integration-test harness\n");
         for (k, v) in &self.settings {
@@ -855,13 +1043,7 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&self) -> CmdOutput {
-        run(server_command(pg_program("pg_ctl"))
-            .current_dir(self.dir.path())
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.log_path())
-            .args(["-w", "-t", "120", "start"]))
+        pg_ctl_start(self.dir.path(), &self.data, &self.log_path())
     }
 
     /// Starts the (stopped) server again with the same settings; panics if it does not start.
@@ -895,17 +1077,7 @@ impl Cluster {
 
     /// Stops the server in immediate mode if a postmaster.pid exists, ignoring every error.
     fn stop_immediate_quietly(&self) {
-        if self.data.join("postmaster.pid").exists() {
-            let _ = server_command(pg_program("pg_ctl"))
-                .current_dir(self.dir.path())
-                .arg("-D")
-                .arg(&self.data)
-                .args(["-m", "immediate", "-w", "-t", "60", "stop"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
+        pg_ctl_stop_immediate_quietly(self.dir.path(), &self.data);
     }
 
     /// Restarts the server (fast stop, start).
@@ -921,12 +1093,7 @@ impl Cluster {
 
     /// True while the postmaster runs (`pg_ctl status`).
     pub fn is_running(&self) -> bool {
-        run(server_command(pg_program("pg_ctl"))
-            .current_dir(self.dir.path())
-            .arg("-D")
-            .arg(&self.data)
-            .arg("status"))
-        .success()
+        pg_ctl_status(self.dir.path(), &self.data)
     }
 
     /// The cluster's temporary directory (also its Unix socket directory).
@@ -1009,28 +1176,37 @@ impl Cluster {
         run(self.pitr_cmd_in_data_dir().arg("--repo").arg(&self.repo).args(args))
     }
 
-    /// A client-program command (`psql`, `pgbench`, …) connecting to this server.
-    fn client(&self, program: &str) -> Command {
-        let mut cmd = server_command(pg_program(program));
-        cmd.current_dir(self.dir.path())
-            .arg("-h")
-            .arg(self.dir.path())
-            .arg("-p")
-            .arg(self.port.to_string());
+    /// Points a command's libpq environment at this server: PGHOST = its socket directory,
+    /// PGPORT, PGDATABASE = postgres.
+    pub fn libpq_env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("PGHOST", self.dir())
+            .env("PGPORT", self.port.to_string())
+            .env("PGDATABASE", "postgres")
+    }
+
+    /// A `pitr --repo <repo>` command (as the server user, from the cluster's temporary
+    /// directory) connected to this server through its libpq environment ([`Cluster::libpq_env`]).
+    /// No further arguments yet.
+    pub fn pitr_connected_cmd(&self, repo: &Path) -> Command {
+        let mut cmd = self.pitr_cmd();
+        self.libpq_env(&mut cmd).arg("--repo").arg(repo);
         cmd
+    }
+
+    /// Runs `pitr --repo <repo> <args…>` connected to this server ([`Cluster::pitr_connected_cmd`]).
+    pub fn pitr_connected(&self, repo: &Path, args: &[&str]) -> CmdOutput {
+        run(self.pitr_connected_cmd(repo).args(args))
+    }
+
+    /// A client-program command (`psql`, `pgbench`, `pg_dump`, …) connecting to this server
+    /// ([`client_at`] its socket directory and port).
+    pub fn client(&self, program: &str) -> Command {
+        client_at(program, self.dir.path(), self.port)
     }
 
     /// Runs one SQL string through `psql -X -A -t`; returns trimmed stdout, or the failed output.
     pub fn try_psql(&self, sql: &str) -> Result<String, CmdOutput> {
-        let out = run(self
-            .client("psql")
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
-            .arg(sql));
-        if out.success() {
-            Ok(out.stdout_str().trim().to_string())
-        } else {
-            Err(out)
-        }
+        try_psql_at(self.dir.path(), self.port, sql)
     }
 
     /// Runs one SQL string through `psql -X -A -t` and returns trimmed stdout (rows on separate
@@ -1061,9 +1237,16 @@ impl Cluster {
         );
     }
 
+    /// `pgbench <args…> postgres` against this server, as a command (to run or spawn).
+    pub fn pgbench_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.client("pgbench");
+        cmd.args(args).arg("postgres");
+        cmd
+    }
+
     /// `pgbench <args…> postgres`; panics on failure and returns pgbench's output.
     pub fn pgbench(&self, args: &[&str]) -> CmdOutput {
-        let out = run(self.client("pgbench").args(args).arg("postgres"));
+        let out = run(&mut self.pgbench_cmd(args));
         assert!(
             out.success(),
             "{}: pgbench failed:\n{}\n--- server log (tail) ---\n{}",
@@ -1082,6 +1265,14 @@ impl Cluster {
         let name = self.psql("SELECT pg_walfile_name(pg_switch_wal())");
         assert!(is_segment_name(&name), "unexpected walfile name {name:?}");
         name
+    }
+
+    /// [`Cluster::switch_wal`], then waits until the completed segment is archived; returns its
+    /// name.
+    pub fn switch_and_archive(&self) -> String {
+        let segment = self.switch_wal();
+        self.wait_archived(&segment);
+        segment
     }
 
     /// `pg_current_wal_lsn()` as a number.
@@ -1271,16 +1462,8 @@ impl Cluster {
             .clone()
             .unwrap_or_else(|| cluster.restore_command(&cluster.repo));
         cluster.set("restore_command", &conf_quote(&restore_command));
-        if opts.archive {
-            cluster.set("archive_mode", "on");
-            let command = cluster.archive_command();
-            cluster.set("archive_command", &conf_quote(&command));
-        } else {
-            cluster.set("archive_mode", "off");
-        }
-        for (k, v) in &opts.settings {
-            cluster.set(k, v);
-        }
+        cluster.set_archiving(opts.archive);
+        cluster.set_all(&opts.settings);
         let signal = if opts.standby {
             "standby.signal"
         } else {
