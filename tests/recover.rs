@@ -110,6 +110,18 @@ impl NewDir {
         fs::read_to_string(self.data.join("pitr_recover.log")).unwrap_or_default()
     }
 
+    /// Asserts that postgresql.auto.conf contains each of `settings`.
+    #[track_caller]
+    fn assert_settings(&self, settings: &[&str]) {
+        let auto = self.auto_conf();
+        for setting in settings {
+            assert!(
+                auto.contains(setting),
+                "{setting:?} missing from postgresql.auto.conf:\n{auto}"
+            );
+        }
+    }
+
     fn auto_conf(&self) -> String {
         String::from_utf8_lossy(&read(&self.data.join("postgresql.auto.conf"))).into_owned()
     }
@@ -567,8 +579,7 @@ fn actions_no_start_and_dry_run() {
     assert_lacks(&out, "connect: ");
     assert!(!down.is_running(), "the server stops at the target");
     assert!(!down.data.join("postmaster.pid").exists());
-    let auto = down.auto_conf();
-    for setting in [
+    down.assert_settings(&[
         "restore_command = '",
         "archive-get %f %p'",
         "recovery_target_name = 'rp'",
@@ -576,12 +587,7 @@ fn actions_no_start_and_dry_run() {
         "recovery_target_timeline = 'latest'",
         "archive_mode = 'off'",
         &format!("port = '{port}'"),
-    ] {
-        assert!(
-            auto.contains(setting),
-            "{setting:?} missing from postgresql.auto.conf:\n{auto}"
-        );
-    }
+    ]);
     drop(down);
 
     // --no-start
@@ -599,19 +605,13 @@ fn actions_no_start_and_dry_run() {
     assert!(!files.data.join("postmaster.pid").exists());
     assert!(!files.is_running());
     assert!(!files.data.join("pitr_recover.log").exists(), "no server was started");
-    let auto = files.auto_conf();
-    for setting in [
+    files.assert_settings(&[
         "restore_command = '",
         "recovery_target_name = 'rp'",
         "recovery_target_action = 'promote'",
         "archive_mode = 'off'",
         &format!("port = '{port}'"),
-    ] {
-        assert!(
-            auto.contains(setting),
-            "{setting:?} missing from postgresql.auto.conf:\n{auto}"
-        );
-    }
+    ]);
     drop(files);
 
     // --dry-run
