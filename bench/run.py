@@ -3,12 +3,13 @@
 
 One command, run as root (or as a non-root user that can run PostgreSQL) from anywhere:
 
-    python3 bench/run.py            # full run (~15 min on 2 cores), regenerates docs/benchmarks.md
+    python3 bench/run.py            # full run (11-17 min on 2 cores), regenerates docs/benchmarks.md
     python3 bench/run.py --quick    # development run: fewer runs, smaller scale, writes no doc
 
 Everything happens under one fresh temp directory (clusters, repositories, corpus, logs), which
 is removed at the end even on failure (keep it with --keep). Nothing outside it is touched,
-except `cargo build --release` in this repository and docs/benchmarks.md.
+except `cargo build --release` in this repository and docs/benchmarks.md (and the private socket
+directory /tmp/pitr-recover-* that `pitr recover` itself creates and removes).
 
 The harness is a list of sections (SECTIONS below). Each section measures one thing and records
 Series (one tool, one figure per run) and Ratios (pitr/peer per pair of adjacent runs, with the
@@ -920,8 +921,32 @@ def recover_once(b: Bench, tool: str) -> Run:
         run = Run(time.perf_counter() - start, None, r1.output + r2.output, r2.returncode)
         if "shutdown at recovery target" not in r2.output:
             raise CommandFailed("PostgreSQL did not shut down at the target:\n" + r2.output[-3000:])
+    # archive-get, run by the recovering server in the data directory, may have started a detached
+    # `pitr prefetch` into <pgdata>.pitr-spool: let it finish, and start the next run without a spool.
+    wait_for_stragglers(str(b.tmp), "prefetch")
     shutil.rmtree(target)
+    shutil.rmtree(Path(f"{target}.pitr-spool"), ignore_errors=True)
     return run
+
+
+def wait_for_stragglers(path_part: str, word: str, timeout: float = 30) -> None:
+    """Waits until no process whose command line contains both `path_part` and `word` runs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = False
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if path_part in cmd and word in cmd.split():
+                found = True
+                break
+        if not found:
+            return
+        time.sleep(0.1)
 
 
 def section_recover(b: Bench) -> None:
