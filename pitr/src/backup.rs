@@ -15,7 +15,7 @@ mod source;
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rayon::prelude::*;
@@ -34,7 +34,8 @@ use crate::error::{Error, Result};
 use crate::pg::{BackupStop, Server};
 use crate::progress::Progress;
 use crate::repo::{backup_dir, Repo, RepoInfo, FORMAT_VERSION};
-use crate::wal::{Lsn, Segment, SegmentSize, TimelineId};
+use crate::restore_point::wait_until_archived;
+use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 
 /// The file name of a backup's manifest inside its directory.
 const MANIFEST: &str = "backup.manifest";
@@ -119,7 +120,7 @@ pub async fn take(
     progress: &dyn Progress,
 ) -> Result<BackupSummary> {
     let started = Instant::now();
-    let pgdata = preflight(repo, server, options, progress).await?;
+    let (pgdata, archiving) = preflight(repo, server, options, progress).await?;
     let _lock = repo.storage().try_lock("backup")?.ok_or_else(|| {
         Error::Refused(format!(
             "another pitr backup is running on repository {} (it holds {}); wait for it to finish",
@@ -137,7 +138,9 @@ pub async fn take(
     let start_lsn = server.backup_start(&format!("pitr {id}"), options.fast).await?;
     let copy = tokio::task::block_in_place(|| copy_files(repo, &dir, &tree, options, progress));
     // Stop the backup even when the copy failed, so the server does not stay in backup mode.
-    let stop = server.backup_stop().await;
+    // When pitr archives into this repository, pitr itself watches for the last segment (every
+    // 50 ms) instead of PostgreSQL's once-a-second check.
+    let stop = server.backup_stop(archiving != Archiving::IntoThisRepo).await;
     let (files, stop) = (copy?, stop?);
     let stop_time = Utc::now();
     let next_xid = server.next_xid().await?;
@@ -157,6 +160,9 @@ pub async fn take(
         files,
         duration_seconds: started.elapsed().as_secs_f64(),
     })?;
+    if archiving == Archiving::IntoThisRepo {
+        wait_for_wal(repo, &manifest.last_wal, progress).await?;
+    }
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     repo.storage().put_if_absent(&format!("{dir}{MANIFEST}"), &json)?;
     Ok(BackupSummary {
@@ -172,7 +178,7 @@ async fn preflight(
     server: &Server,
     options: &BackupOptions,
     progress: &dyn Progress,
-) -> Result<std::path::PathBuf> {
+) -> Result<(std::path::PathBuf, Archiving)> {
     let refuse = |reason: String| Error::Server {
         target: server.target().to_string(),
         reason,
@@ -190,7 +196,7 @@ async fn preflight(
                 .into(),
         ));
     }
-    check_archive_settings(repo, server, progress).await?;
+    let archiving = check_archive_settings(repo, server, progress).await?;
 
     let found = RepoInfo {
         format_version: FORMAT_VERSION,
@@ -216,7 +222,31 @@ async fn preflight(
     }
     // Only now, with every check passed, may a first backup bind an empty repository.
     check_same_cluster(repo, &repo.claim(found)?, &found)?;
-    Ok(pgdata)
+    Ok((pgdata, archiving))
+}
+
+/// Where the server's archive_command puts WAL, as far as pitr can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Archiving {
+    /// `pitr --repo <this repository> archive-push`.
+    IntoThisRepo,
+    /// Another tool, or pitr without --repo: only PostgreSQL knows when WAL is archived.
+    Elsewhere,
+}
+
+/// Waits until the segment `name` is in the repository, warning every minute meanwhile: a
+/// backup is not complete before the WAL that makes it consistent is archived.
+async fn wait_for_wal(repo: &Repo, name: &str, progress: &dyn Progress) -> Result<()> {
+    let name = WalFileName::parse(name)?;
+    let started = Instant::now();
+    while !wait_until_archived(repo, &name, Duration::from_secs(60)).await? {
+        progress.warn(&format!(
+            "still waiting for {name} to be archived into {} ({} s): check archive_command and pg_stat_archiver",
+            repo.location(),
+            started.elapsed().as_secs()
+        ));
+    }
+    Ok(())
 }
 
 /// The repository must hold this cluster: same system identifier, version and segment size.
@@ -246,7 +276,7 @@ fn check_same_cluster(repo: &Repo, recorded: &RepoInfo, found: &RepoInfo) -> Res
 
 /// The server must archive its WAL into this repository: wal_level above minimal, archive_mode
 /// on, and an archive_command that calls pitr with this repository (another tool only warns).
-pub(crate) async fn check_archive_settings(repo: &Repo, server: &Server, progress: &dyn Progress) -> Result<()> {
+pub(crate) async fn check_archive_settings(repo: &Repo, server: &Server, progress: &dyn Progress) -> Result<Archiving> {
     let refuse = |reason: String| Error::Server {
         target: server.target().to_string(),
         reason,
@@ -267,7 +297,11 @@ pub(crate) async fn check_archive_settings(repo: &Repo, server: &Server, progres
 }
 
 /// The archive_command must call pitr with this repository: a backup is useless without its WAL.
-fn check_archive_command(repo: &Repo, command: &str, progress: &dyn Progress) -> std::result::Result<(), String> {
+fn check_archive_command(
+    repo: &Repo,
+    command: &str,
+    progress: &dyn Progress,
+) -> std::result::Result<Archiving, String> {
     let words: Vec<&str> = command
         .split_whitespace()
         .map(|w| w.trim_matches(['\'', '"']))
@@ -281,7 +315,7 @@ fn check_archive_command(repo: &Repo, command: &str, progress: &dyn Progress) ->
             "archive_command does not call pitr ({command}); backups need their WAL in {} to be restorable",
             repo.location()
         ));
-        return Ok(());
+        return Ok(Archiving::Elsewhere);
     }
     let repo_arg = words
         .windows(2)
@@ -295,14 +329,14 @@ fn check_archive_command(repo: &Repo, command: &str, progress: &dyn Progress) ->
         });
     let Some(repo_arg) = repo_arg else {
         progress.warn("archive_command calls pitr without --repo; make sure its config names this repository");
-        return Ok(());
+        return Ok(Archiving::Elsewhere);
     };
     let same = |a: &str, b: &str| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
     };
     if same(&repo_arg, &repo.location()) {
-        Ok(())
+        Ok(Archiving::IntoThisRepo)
     } else {
         Err(format!(
             "archive_command archives into {repo_arg}, not into this repository {}: the backup's WAL would be \

@@ -130,14 +130,19 @@ impl Server {
             .map_err(|_| self.fail(format!("unexpected start LSN '{text}'")))
     }
 
-    /// Stops the backup started on this connection, waiting until its WAL is archived.
-    pub async fn backup_stop(&self) -> Result<BackupStop> {
+    /// Stops the backup started on this connection; with `wait_for_archive` PostgreSQL waits
+    /// (checking once a second) until its last segment is archived.
+    pub async fn backup_stop(&self, wait_for_archive: bool) -> Result<BackupStop> {
         let sql = if self.major_version() >= 15 {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop($1)"
         } else {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, $1)"
         };
-        let row = self.client.query_one(sql, &[]).await.map_err(|e| self.sql_error(e))?;
+        let row = self
+            .client
+            .query_one(sql, &[&wait_for_archive])
+            .await
+            .map_err(|e| self.sql_error(e))?;
         let lsn: String = row.get(0);
         Ok(BackupStop {
             lsn: lsn

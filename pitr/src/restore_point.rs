@@ -139,7 +139,7 @@ pub(crate) async fn wait_until_archived(repo: &Repo, name: &WalFileName, timeout
         if started.elapsed() > timeout {
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(true)
 }

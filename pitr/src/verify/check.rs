@@ -70,7 +70,7 @@ pub async fn check(
             )));
         }
     }
-    check_archive_settings(repo, server, progress).await?;
+    check_archive_settings(repo, server, progress).await?; // where archiving goes is checked below
     let timeline = server.current_timeline().await?;
     let history_file = check_history(repo, timeline)?;
     progress.status("switching WAL and waiting for the segment to be archived");
