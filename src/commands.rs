@@ -89,7 +89,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         Command::Daemon { pgdata, listen } => {
             let connection = connection_config(settings.dbname.as_deref(), &|k| std::env::var(k).ok())?;
             let verify_settings = settings.source.clone();
-            let verify = Box::new(move || verify_job(&verify_settings));
+            let verify = Box::new(move || verify::scheduled(&verify_settings));
             watch::daemon(&repo, settings, &absolute(pgdata), listen.clone(), connection, verify)?;
             Ok(Done::Ok)
         }
@@ -411,9 +411,4 @@ fn absolute(path: &std::path::Path) -> PathBuf {
     std::env::current_dir()
         .map(|cwd| cwd.join(path))
         .unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// The daemon's verification job: `verify all` with the configured log and metrics files.
-fn verify_job(args: &crate::cli::GlobalArgs) -> Result<String> {
-    verify::scheduled(args)
 }
