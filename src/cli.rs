@@ -391,17 +391,14 @@ pub struct ConnectionArgs {
 }
 
 impl Command {
-    /// Whether `args` (the raw command line) asks for archive-get. Used to pick the exit code of
-    /// errors that happen before arguments are parsed.
-    pub fn is_archive_get(args: &[std::ffi::OsString]) -> bool {
-        args.iter().skip(1).any(|a| a == "archive-get")
-    }
-
-    /// Whether `args` asks for verify or check-integrity, whose failures must read as critical
-    /// (exit 2): a monitoring system takes 1 for "warnings only".
-    pub fn is_verification(args: &[std::ffi::OsString]) -> bool {
+    /// The subcommand `args` (the raw command line) names: the first argument that is a
+    /// subcommand's name. Used for messages and exit codes of errors that happen before, or
+    /// instead of, parsing.
+    pub fn name_in(args: &[std::ffi::OsString]) -> Option<String> {
         let cli = <Cli as clap::CommandFactory>::command();
-        let command = args.iter().skip(1).find_map(|a| cli.find_subcommand(a));
-        command.is_some_and(|c| matches!(c.get_name(), "verify" | "check-integrity"))
+        args.iter()
+            .skip(1)
+            .find_map(|a| cli.find_subcommand(a))
+            .map(|c| c.get_name().to_string())
     }
 }

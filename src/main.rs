@@ -15,7 +15,7 @@ use crate::cli::{Cli, Command};
 use crate::commands::Done;
 use crate::settings::Settings;
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 /// Exit code of archive-get for anything but "found" and "not found". PostgreSQL treats exit
 /// codes above 125 like death by a signal and aborts recovery, instead of reading the error as
@@ -43,7 +43,7 @@ enum Outcome {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let restore = Command::is_archive_get(&args);
+    let command = Command::name_in(&args);
     quiet_broken_pipe();
     let outcome = match Cli::try_parse_from(&args) {
         Ok(cli) => std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|panic| {
@@ -56,8 +56,10 @@ fn main() -> ExitCode {
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
         Err(e) => Outcome::Usage(e.to_string()),
     };
-    report(&outcome, &args);
-    ExitCode::from(exit_code(&outcome, restore, Command::is_verification(&args)))
+    report(&outcome, command.as_deref());
+    let restore = command.as_deref() == Some("archive-get");
+    let verification = matches!(command.as_deref(), Some("verify" | "check-integrity"));
+    ExitCode::from(exit_code(&outcome, restore, verification))
 }
 
 /// `pitr list | head` closes stdout early: that ends the output, it is not a crash.
@@ -97,13 +99,7 @@ fn exit_code(outcome: &Outcome, restore: bool, verification: bool) -> u8 {
 
 /// Prints failures to stderr (which archive commands share with the server log); success and
 /// "not found" are silent.
-fn report(outcome: &Outcome, args: &[OsString]) {
-    let cli = Cli::command();
-    let command = args
-        .iter()
-        .skip(1)
-        .find_map(|a| cli.find_subcommand(a))
-        .map(|c| c.get_name());
+fn report(outcome: &Outcome, command: Option<&str>) {
     let archive_command = matches!(command, Some("archive-get" | "archive-push"));
     match outcome {
         Outcome::Success | Outcome::NotFound | Outcome::Warnings | Outcome::Critical | Outcome::BrokenPipe => {}
