@@ -13,9 +13,9 @@ directory /tmp/pitr-recover-* that `pitr recover` itself creates and removes).
 
 The harness is a list of sections (SECTIONS below). Each section measures one thing and records
 Series (one tool, one figure per run) and Ratios (pitr/peer per pair of adjacent runs, with the
-issue's target if it has one). To add a benchmark (for example the watcher and prefetch of
-issue 6), write a function `def section_x(b: Bench) -> None`, record its results with
-`b.res.series(...)` / `b.res.ratio(...)`, and replace the placeholder in SECTIONS.
+issue's target if it has one). To add a benchmark, write a function
+`def section_x(b: Bench) -> None`, record its results with `b.res.series(...)` / `b.res.ratio(...)`,
+and list it in SECTIONS.
 
 Python 3.9+, standard library only.
 """
@@ -969,25 +969,193 @@ def section_recover(b: Bench) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Not built yet
+# Section 6: the watcher and restore prefetch (issue 6)
 # ----------------------------------------------------------------------------------------------
 
+G6 = "6. the watcher and restore prefetch (issue 6)"
 
-def section_not_built(b: Bench) -> None:
-    """Placeholders for issue 6. When the watcher lands, replace this with a section that runs the
-    cluster under a pgbench load with archive_command handing segments to the watcher and, as the
-    peer, pgBackRest with archive-async=y and process-max=2, measuring ms/segment and the archive
-    lag; and with archive-get through pitr's prefetch against pgBackRest's archive-get-queue-max."""
-    if b.run([b.pitr, "watch", "--help"], check=False).returncode == 0:
-        reason = ("not yet measured: `pitr watch` and prefetch exist, but this harness does not drive them yet "
-                  "(issue 6)")
-    else:
-        reason = "not yet measured: the watcher and prefetch are not built (issue 6)"
-    b.res.pending.append(Pending("1. archive-push (sync), one process per 16 MiB segment",
-                                 "archive-push with the watcher vs pgBackRest archive-async", reason))
-    b.res.pending.append(Pending("2. archive-get, one process per 16 MiB segment",
-                                 "archive-get with prefetch vs pgBackRest archive-async (archive-get-queue-max)",
-                                 reason))
+
+def set_archive_command(b: Bench, command: str) -> None:
+    b.run_.sql(f"ALTER SYSTEM SET archive_command = '{command}'")
+    b.run_.sql("SELECT pg_reload_conf()")
+
+
+def write_segments(b: Bench, n: int) -> List[str]:
+    """pgbench TPC-B until n more complete segments are written, then a switch: their names."""
+    b.run_.sql("CHECKPOINT")
+    first = b._current_segno() + 1
+    deadline = time.time() + 900
+    while b._current_segno() - first < n + 1:
+        if time.time() > deadline:
+            raise CommandFailed("pgbench did not write enough WAL within 15 minutes")
+        b.run([b.pg("pgbench"), "-c", "4", "-j", "2", "-T", "5", "-n"])
+    b.run_.sql("SELECT pg_switch_wal()")
+    return [b._segname(first + i) for i in range(n)]
+
+
+def start_pg_process(b: Bench, argv: Sequence[str], log: Path) -> subprocess.Popen:
+    """A background process as the PostgreSQL OS user (the watcher)."""
+    kwargs = {}
+    if b.user and os.geteuid() == 0:
+        kwargs = {"user": b.run_.uid, "group": b.run_.gid, "extra_groups": []}
+    out = open(log, "ab")
+    try:
+        return subprocess.Popen([str(a) for a in argv], cwd=str(b.tmp), env=dict(b.run_.base_env),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+    finally:
+        out.close()
+
+
+def wait_until(what: str, done: Callable[[], bool], timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not done():
+        if time.time() > deadline:
+            raise CommandFailed(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def watcher_pushes_run(b: Bench, r: int, names: List[str]) -> Dict[str, float]:
+    """One run: each tool gets a fresh repository (and spool) holding the ready segments, then
+    archive-push is timed for every segment as PostgreSQL calls it (cwd = data dir, %p =
+    pg_wal/NAME), the tools taking turns segment by segment. Returns ms/segment per tool."""
+    base = b.mkdir_pg(b.tmp / "work" / f"watch-{r}", 0o755)
+    # pitr with the watcher: let it store every ready segment, then stop it.
+    w_repo = b.mkdir_pg(base / "pitr-watch")
+    w_spool = base / "pitr-watch-spool"
+    log = b.tmp / "logs" / "watch.log"
+    proc = start_pg_process(b, b.pitr_cmd(w_repo, "--spool", str(w_spool), "watch", "--pgdata", str(b.pgdata)), log)
+    try:
+        wait_until("the watcher to store the ready segments",
+                   lambda: all((w_repo / "wal" / n[:16] / n).exists() and (w_spool / "pushed" / n).exists()
+                               for n in names))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    # pgBackRest archive-async: the first archive-push starts the async worker, which pushes every
+    # ready segment; wait until it has (the queue is drained), then time the foreground calls.
+    a_repo = new_push_repo(b, "pgbr-async", base / "pgbr-async")
+    a_spool = b.mkdir_pg(base / "pgbr-async-spool")
+    async_opts = ["--archive-async", f"--spool-path={a_spool}", "--process-max=2", "--archive-timeout=120"]
+    b.run(b.pgbr(*async_opts, "archive-push", f"pg_wal/{names[0]}", repo=a_repo), cwd=b.pgdata)
+    out = a_spool / "archive" / "bench" / "out"
+    for n in names:  # the worker takes what is ready when it starts; nudge it for the rest
+        if not (out / f"{n}.ok").exists():
+            b.run(b.pgbr(*async_opts, "archive-push", f"pg_wal/{n}", repo=a_repo), cwd=b.pgdata)
+    wait_until("pgBackRest's async worker to drain the queue",
+               lambda: all((out / f"{n}.ok").exists() for n in names))
+    wait_for_stragglers(str(a_spool), "archive-push:async")
+    # pitr sync: a fresh repository and an empty spool of its own, so no watcher marker is seen.
+    s_repo = b.mkdir_pg(base / "pitr-sync")
+    s_spool = base / "pitr-sync-spool"
+    cmds = {
+        "pitr-watch": lambda n: b.pitr_cmd(w_repo, "--spool", str(w_spool), "archive-push", f"pg_wal/{n}"),
+        "pgbr-async": lambda n: b.pgbr(*async_opts, "archive-push", f"pg_wal/{n}", repo=a_repo),
+        "pitr-sync": lambda n: b.pitr_cmd(s_repo, "--spool", str(s_spool), "archive-push", f"pg_wal/{n}"),
+    }
+    b.settle()
+    elapsed = {t: 0.0 for t in cmds}
+    for i, n in enumerate(names):
+        for t in rotate(list(cmds), r + i):
+            elapsed[t] += b.run(cmds[t](n), cwd=b.pgdata).seconds
+    if not all((s_repo / "wal" / n[:16] / n).exists() for n in names):
+        raise CommandFailed("pitr sync archive-push did not store every segment")
+    shutil.rmtree(base)
+    return {t: v / len(names) * 1000 for t, v in elapsed.items()}
+
+
+def recover_latest_once(b: Bench, config: Path) -> Run:
+    target = b.tmp / "work" / "recover-latest"
+    run = b.run([str(b.pitr), "--config", str(config), "--repo", str(b.pitr_repo), "--compress", "zstd",
+                 "--compress-level", "3", "recover", "--pgdata", str(target), "--target", "latest",
+                 "--action", "shutdown", "--port", str(PORT_RECOVER)])
+    # PostgreSQL's own figure for the replay: from "redo starts" to "redo done", restore_command
+    # calls included ("redo done at ... system usage: ... elapsed: X s").
+    log = (target / "pitr_recover.log").read_text(errors="replace")
+    m = re.search(r"redo done at .*elapsed: ([0-9.]+) s", log)
+    if not m:
+        raise CommandFailed("no 'redo done ... elapsed' in the recovered server's log:\n" + log[-3000:])
+    wait_for_stragglers(str(b.tmp), "prefetch")
+    shutil.rmtree(target)
+    shutil.rmtree(Path(f"{target}.pitr-spool"), ignore_errors=True)
+    return Run(run.seconds, None, str(float(m.group(1))), run.returncode)
+
+
+def section_watch_prefetch(b: Bench) -> None:
+    """(1) archive_command latency with the watcher: the cluster's archive_command fails
+    ('/bin/false'), so new pgbench segments stay .ready; `pitr watch` stores them, and then
+    `pitr archive-push pg_wal/NAME` is timed per segment (the fast path: the watcher's marker).
+    Peers: pgBackRest archive-push with archive-async=y, process-max=2, timed after its async
+    worker has drained the queue, and pitr's sync push of the same files.
+    (2) Replay of N archived segments: one pitr backup, N segments of pgbench WAL archived, then
+    `pitr recover --target latest --action shutdown` with the default prefetch and with a config
+    file saying `prefetch = 0`, alternating."""
+    n = len(b.corpus)
+    both = b.run_.sql("SHOW archive_command")
+    # (1)
+    progress(f"watcher: {n} segments left .ready (archive_command = /bin/false)")
+    set_archive_command(b, "/bin/false")
+    try:
+        names = write_segments(b, n)
+        status = b.pgdata / "pg_wal" / "archive_status"
+        wait_until("the segments to be .ready", lambda: all((status / f"{x}.ready").exists() for x in names), 60)
+        tools = [("pitr-watch", "pitr archive-push, the watcher has stored the segment"),
+                 ("pgbr-async", "pgbackrest archive-push archive-async=y process-max=2, queue drained"),
+                 ("pitr-sync", "pitr archive-push (sync, no watcher)")]
+        ms: Dict[str, List[float]] = {t: [] for t, _ in tools}
+        for r in range(b.opts.runs):
+            progress(f"archive-push with the watcher run {r + 1}/{b.opts.runs}")
+            for t, v in watcher_pushes_run(b, r, names).items():
+                ms[t].append(v)
+    finally:
+        set_archive_command(b, both)
+    for t, label in tools:
+        b.res.series(f"watch-push-{t}", G6, f"archive_command per segment, {n} segments from pg_wal", label,
+                     "ms/segment").values = ms[t]
+    b.res.ratio(G6, "archive-push with the watcher: pitr / pgBackRest archive-async (queue drained)",
+                [p / q for p, q in zip(ms["pitr-watch"], ms["pgbr-async"])])
+    b.res.ratio(G6, "archive-push: pitr with the watcher / pitr sync",
+                [p / q for p, q in zip(ms["pitr-watch"], ms["pitr-sync"])])
+    m = med(ms["pitr-watch"])
+    b.res.targets.append(("archive_command ≤ 5 ms per segment with the watcher",
+                          f"{fmt(m)} ms (max {fmt(max(ms['pitr-watch']))})", "≤ 5 ms", m <= 5.0))
+    b.wait_archiver()
+    # (2)
+    progress(f"prefetch: one pitr backup, then {n} segments of pgbench WAL archived")
+    backup_once(b, "pitr-j2")
+    write_segments(b, n)
+    b.wait_archiver()
+    no_prefetch = b.tmp / "pitr-noprefetch.toml"
+    no_prefetch.write_text("prefetch = 0\n")
+    os.chmod(no_prefetch, 0o644)
+    b.chown_tree(no_prefetch)
+    tools2 = [("prefetch", "pitr recover --target latest, default prefetch", b.pitr_config),
+              ("no-prefetch", "pitr recover --target latest, prefetch = 0", no_prefetch)]
+    secs: Dict[str, List[float]] = {t: [] for t, _, _ in tools2}
+    redo: Dict[str, List[float]] = {t: [] for t, _, _ in tools2}
+    for r in range(b.opts.runs):
+        progress(f"recover with and without prefetch run {r + 1}/{b.opts.runs}")
+        for t, _, cfg in (tools2 if r % 2 == 0 else list(reversed(tools2))):
+            b.settle()
+            run = recover_latest_once(b, cfg)
+            secs[t].append(run.seconds)
+            redo[t].append(float(run.output))
+    for t, label, _ in tools2:
+        b.res.series(f"replay-redo-s-{t}", G6, f"replay of the {n}+ archived segments (PostgreSQL's redo "
+                     "elapsed, restore_command included), seconds", label, "s").values = redo[t]
+    for t, label, _ in tools2:
+        b.res.series(f"replay-s-{t}", G6, "recover end to end (restore of the base backup + replay), seconds",
+                     label, "s").values = secs[t]
+    b.res.ratio(G6, "replay time (redo): with prefetch / without prefetch",
+                [x / y for x, y in zip(redo["prefetch"], redo["no-prefetch"])], target=0.5)
+    b.res.ratio(G6, "recover time end to end: with prefetch / without prefetch",
+                [x / y for x, y in zip(secs["prefetch"], secs["no-prefetch"])],
+                note="includes the restore of the base backup, which prefetch does not change")
+    b.res.pending.append(Pending(G6, "replay with pgBackRest archive-get, archive-async=y (archive-get-queue-max)",
+                                 "not measured: not driven by this harness yet"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1079,7 +1247,7 @@ SECTIONS: List[Tuple[str, Callable[[Bench], None]]] = [
     ("backup", section_backup),
     ("restore", section_restore),
     ("recover", section_recover),
-    ("not-built", section_not_built),
+    ("watch", section_watch_prefetch),
 ]
 
 
@@ -1381,9 +1549,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         b.describe_machine()
         b.setup_cluster()
         for name, fn in SECTIONS:
-            if sections is None or name in sections or name == "not-built":
-                if name != "not-built":
-                    b.wait_for_quiet(name)
+            if sections is None or name in sections:
+                b.wait_for_quiet(name)
                 b.loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
                 fn(b)
         if opts.profile:

@@ -511,6 +511,22 @@ fn target_immediate_and_latest() {
         !auto.contains("recovery_target_action"),
         "no target, no action:\n{auto}"
     );
+    drop(nd);
+
+    // latest with --action shutdown: PostgreSQL promotes without a target; pitr still shuts the
+    // copy down as asked and leaves no private socket directory behind.
+    let down = NewDir::new();
+    let out = recover_ok(&c, &down, &["--target", "latest", "--action", "shutdown"]);
+    assert_eq!(
+        line_after(&out, "server: "),
+        "shutdown at the target",
+        "{}",
+        out.describe()
+    );
+    assert!(!down.is_running(), "the copy is stopped");
+    for dir in down.socket_dirs() {
+        assert!(!dir.exists(), "{} is left behind", dir.display());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

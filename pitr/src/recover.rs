@@ -166,16 +166,20 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
     let bindir = ctl::bindir(plan_pg_version(repo)?)?;
     let server = RecoveryServer::start(&options.pgdata, owner, bindir)?;
     let expect_stop = !matches!(plan.target, Target::Latest);
-    let outcome = server.follow(options.action, expect_stop, progress).await;
-    if outcome.is_err() || options.action == Action::Shutdown {
-        server.remove_socket_dir(); // no server uses it any more
+    let mut outcome = server.follow(options.action, expect_stop, progress).await;
+    if let Ok(o) = &mut outcome {
+        if options.action == Action::Shutdown && o.action == Action::Promote {
+            // Without a target (latest) PostgreSQL promotes whatever the action: honour "shutdown".
+            server.stop()?;
+            o.action = Action::Shutdown;
+        }
     }
-    if outcome.is_ok() && options.action == Action::Promote {
+    let outcome = outcome.inspect_err(|_| server.remove_socket_dir())?;
+    if outcome.action == Action::Shutdown {
+        server.remove_socket_dir(); // no server uses it any more
+    } else {
         // Replay is over: what archive-get prefetched beside the copy is of no further use.
         let _ = std::fs::remove_dir_all(Spool::default_for(&options.pgdata).join("prefetch"));
-    }
-    let outcome = outcome?;
-    if options.action != Action::Shutdown {
         let (state, (rows, error)) = inspect(&server, options).await?;
         report.server_state = Some(state);
         report.verify_rows = rows;
