@@ -293,14 +293,7 @@ impl DemoCluster {
 
     fn stop(&self, dir: &Path) {
         if dir.join("postmaster.pid").exists() {
-            let args = [
-                "-D".as_ref(),
-                dir.as_os_str(),
-                "-m".as_ref(),
-                "immediate".as_ref(),
-                "stop".as_ref(),
-            ];
-            let _ = ctl::pg_ctl(&self.bindir, &self.owner, &args);
+            let _ = ctl::stop(&self.bindir, &self.owner, dir, "immediate");
         }
     }
 }

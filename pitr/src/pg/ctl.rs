@@ -138,3 +138,25 @@ pub fn pg_ctl(bindir: &Path, owner: &Owner, args: &[&std::ffi::OsStr]) -> Result
         .output()
         .map_err(Error::io("run", &program))
 }
+
+/// Stops the server in `pgdata` as `owner` with shutdown `mode` (`fast` or `immediate`), waiting
+/// for it; an error only when it is still running afterwards.
+pub fn stop(bindir: &Path, owner: &Owner, pgdata: &Path, mode: &str) -> Result<()> {
+    let args = [
+        "-D".as_ref(),
+        pgdata.as_os_str(),
+        "-m".as_ref(),
+        mode.as_ref(),
+        "-w".as_ref(),
+        "stop".as_ref(),
+    ];
+    let out = pg_ctl(bindir, owner, &args)?;
+    if out.status.success() || !pgdata.join("postmaster.pid").exists() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "could not stop the server in {}: {}",
+        pgdata.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}

@@ -95,22 +95,7 @@ fn stop_if_running(repo: &Repo, pgdata: &Path) -> Result<bool> {
     }
     let owner = Owner::of(pgdata)?;
     let bindir = ctl::bindir(repo.info()?.map_or(0, |i| i.pg_version))?;
-    let args = [
-        "-D".as_ref(),
-        pgdata.as_os_str(),
-        "-m".as_ref(),
-        "fast".as_ref(),
-        "-w".as_ref(),
-        "stop".as_ref(),
-    ];
-    let out = ctl::pg_ctl(&bindir, &owner, &args)?;
-    if !out.status.success() && pgdata.join("postmaster.pid").exists() {
-        return Err(Error::Refused(format!(
-            "could not stop the server in {}: {}",
-            pgdata.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    ctl::stop(&bindir, &owner, pgdata, "fast")?;
     Ok(true)
 }
 

@@ -149,23 +149,7 @@ impl RecoveryServer {
 
     /// Stops the server (fast shutdown) and waits for it.
     pub fn stop(&self) -> Result<()> {
-        let args = [
-            "-D".as_ref(),
-            self.pgdata.as_os_str(),
-            "-m".as_ref(),
-            "fast".as_ref(),
-            "-w".as_ref(),
-            "stop".as_ref(),
-        ];
-        let out = ctl::pg_ctl(&self.bindir, &self.owner, &args)?;
-        if out.status.success() || !self.running() {
-            return Ok(());
-        }
-        Err(Error::Refused(format!(
-            "could not stop the recovered server in {}: {}",
-            self.pgdata.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        ctl::stop(&self.bindir, &self.owner, &self.pgdata, "fast")
     }
 
     /// Removes the private socket directory once no server runs there.
