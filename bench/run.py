@@ -30,6 +30,7 @@ import os
 import platform
 import pwd
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -1014,10 +1015,41 @@ def wait_until(what: str, done: Callable[[], bool], timeout: float = 300) -> Non
         time.sleep(0.05)
 
 
+def archive_command_loop(b: Bench, script: Path, command: str, names: List[str]) -> float:
+    """archive_command as PostgreSQL's archiver runs it: system() -> `/bin/sh -c '<command>
+    pg_wal/NAME'`, as the PostgreSQL OS user, cwd = the data directory, once per segment. One shell
+    script (one b.run) runs that for every segment in turn and times its own loop (`date +%s%N`
+    before and after, less the cost of one `$(date)`), so Python's fork/exec and user switch are
+    not in the figure. Returns the loop's ms per segment."""
+    script.write_text("\n".join([
+        "#!/bin/sh",
+        f"cmd={shlex.quote(command)}",
+        "# The window between two clock reads also holds the end of one $(date) and the start of",
+        "# the next: measured here, subtracted below.",
+        "c0=$(date +%s%N)",
+        "c1=$(date +%s%N)",
+        "start=$(date +%s%N)",
+        f"for n in {' '.join(names)}; do",
+        '  /bin/sh -c "$cmd pg_wal/$n" || { echo "archive_command failed: $cmd pg_wal/$n" >&2; exit 1; }',
+        "done",
+        "end=$(date +%s%N)",
+        'echo "loop_ns=$((end - start - (c1 - c0)))"',
+        "",
+    ]))
+    os.chmod(script, 0o644)
+    b.chown_tree(script)
+    out = b.run(["/bin/sh", script], cwd=b.pgdata).output
+    m = re.search(r"^loop_ns=(\d+)$", out, re.M)
+    if not m:
+        raise CommandFailed(f"{script}: no loop_ns in its output:\n{out[-3000:]}")
+    return int(m.group(1)) / 1e6 / len(names)
+
+
 def watcher_pushes_run(b: Bench, r: int, names: List[str]) -> Dict[str, float]:
     """One run: each tool gets a fresh repository (and spool) holding the ready segments, then
-    archive-push is timed for every segment as PostgreSQL calls it (cwd = data dir, %p =
-    pg_wal/NAME), the tools taking turns segment by segment. Returns ms/segment per tool."""
+    each tool's archive_command is timed over every segment as PostgreSQL runs it (see
+    archive_command_loop), one tool after the other, the order rotating per run. The floor is
+    `/bin/true` in the same loop: the shell plus one exec, no tool. Returns ms/segment per tool."""
     base = b.mkdir_pg(b.tmp / "work" / f"watch-{r}", 0o755)
     # pitr with the watcher: let it store every ready segment, then stop it.
     w_repo = b.mkdir_pg(base / "pitr-watch")
@@ -1051,48 +1083,125 @@ def watcher_pushes_run(b: Bench, r: int, names: List[str]) -> Dict[str, float]:
     # pitr sync: a fresh repository and an empty spool of its own, so no watcher marker is seen.
     s_repo = b.mkdir_pg(base / "pitr-sync")
     s_spool = base / "pitr-sync-spool"
+    # The archive_command strings, without the %p PostgreSQL appends.
     cmds = {
-        "pitr-watch": lambda n: b.pitr_cmd(w_repo, "--spool", str(w_spool), "archive-push", f"pg_wal/{n}"),
-        "pgbr-async": lambda n: b.pgbr(*async_opts, "archive-push", f"pg_wal/{n}", repo=a_repo),
-        "pitr-sync": lambda n: b.pitr_cmd(s_repo, "--spool", str(s_spool), "archive-push", f"pg_wal/{n}"),
+        "pitr-watch": shlex.join(b.pitr_cmd(w_repo, "--spool", str(w_spool), "archive-push")),
+        "pgbr-async": shlex.join(b.pgbr(*async_opts, "archive-push", repo=a_repo)),
+        "pitr-sync": shlex.join(b.pitr_cmd(s_repo, "--spool", str(s_spool), "archive-push")),
+        "floor": "/bin/true",
     }
-    b.settle()
-    elapsed = {t: 0.0 for t in cmds}
-    for i, n in enumerate(names):
-        for t in rotate(list(cmds), r + i):
-            elapsed[t] += b.run(cmds[t](n), cwd=b.pgdata).seconds
+    ms = {}
+    for t in rotate(list(cmds), r):
+        b.settle()
+        ms[t] = archive_command_loop(b, base / f"loop-{t}.sh", cmds[t], names)
     if not all((s_repo / "wal" / n[:16] / n).exists() for n in names):
         raise CommandFailed("pitr sync archive-push did not store every segment")
     shutil.rmtree(base)
-    return {t: v / len(names) * 1000 for t, v in elapsed.items()}
+    return ms
 
 
-def recover_latest_once(b: Bench, config: Path) -> Run:
+@dataclass
+class Replay:
+    """One recovery of the N archived segments."""
+
+    seconds: float  # end to end, as timed around the command(s)
+    redo: float  # PostgreSQL's "redo done ... elapsed: X s"
+    restored: int  # WAL files restore_command returned ("restored log file ... from archive")
+
+
+def redo_figures(log: str) -> Tuple[float, int]:
+    """PostgreSQL's own figure for the replay, from "redo starts" to "redo done", restore_command
+    calls included ("redo done at ... system usage: ... elapsed: X s"), and the WAL files restored."""
+    m = re.search(r"redo done at .*elapsed: ([0-9.]+) s", log)
+    if not m:
+        raise CommandFailed("no 'redo done ... elapsed' in the recovered server's log:\n" + log[-3000:])
+    return float(m.group(1)), len(re.findall(r'restored log file "[0-9A-F]{24}" from archive', log))
+
+
+def recover_latest_once(b: Bench, config: Path) -> Replay:
     target = b.tmp / "work" / "recover-latest"
     run = b.run([str(b.pitr), "--config", str(config), "--repo", str(b.pitr_repo), "--compress", "zstd",
                  "--compress-level", "3", "recover", "--pgdata", str(target), "--target", "latest",
                  "--action", "shutdown", "--port", str(PORT_RECOVER)])
-    # PostgreSQL's own figure for the replay: from "redo starts" to "redo done", restore_command
-    # calls included ("redo done at ... system usage: ... elapsed: X s").
-    log = (target / "pitr_recover.log").read_text(errors="replace")
-    m = re.search(r"redo done at .*elapsed: ([0-9.]+) s", log)
-    if not m:
-        raise CommandFailed("no 'redo done ... elapsed' in the recovered server's log:\n" + log[-3000:])
+    redo, restored = redo_figures((target / "pitr_recover.log").read_text(errors="replace"))
     wait_for_stragglers(str(b.tmp), "prefetch")
     shutil.rmtree(target)
     shutil.rmtree(Path(f"{target}.pitr-spool"), ignore_errors=True)
-    return Run(run.seconds, None, str(float(m.group(1))), run.returncode)
+    return Replay(run.seconds, redo, restored)
+
+
+def postmaster_alive(pgdata: Path) -> bool:
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return False
+    return Path(f"/proc/{pid}").exists()
+
+
+def pgbr_replay_once(b: Bench, use_async: bool) -> Replay:
+    """The same replay with pgBackRest, by hand: `pgbackrest restore` (default type: recover to
+    the end of the archive) of the newest pgBackRest backup, restore_command =
+    `pgbackrest ... archive-get %f "%p"` (with --archive-async, a fresh --spool-path and
+    --process-max=2, or without), then PostgreSQL on the copy (archive_mode off, private socket)
+    until recovery ends and it accepts connections; then a fast stop. Seconds: the restore and
+    the recovery until then (not in the doc: `pitr recover` also stops the copy)."""
+    target = b.tmp / "work" / "recover-pgbr"
+    spool = b.tmp / "work" / "recover-pgbr-spool"
+    log = target / "pgbr_recover.log"
+    b.mkdir_pg(target)
+    b.mkdir_pg(spool)
+    get_opts = [f"--pg1-path={target}"]
+    if use_async:
+        get_opts += ["--archive-async", f"--spool-path={spool}", "--process-max=2", f"--lock-path={spool}"]
+    restore_command = " ".join(b.pgbr(*get_opts, "archive-get", "%f", '"%p"'))
+    start = time.perf_counter()
+    b.run(b.pgbr("restore", f"--pg1-path={target}", "--process-max=2"))
+    if not (target / "recovery.signal").exists():
+        raise CommandFailed("pgbackrest restore wrote no recovery.signal")
+    # The last setting wins: this one over the restore_command pgbackrest restore wrote.
+    with open(target / "postgresql.auto.conf", "a") as f:
+        f.write(f"restore_command = '{restore_command}'\n")
+    options = (f"-p {PORT_RECOVER} -c listen_addresses='' -c unix_socket_directories='{b.tmp / 'sock-recover'}' "
+               "-c archive_mode=off -c logging_collector=off -c log_destination=stderr -c lc_messages=C")
+    try:
+        # -w returns once the copy is consistent (hot standby); recovery goes on after that.
+        b.run([b.pg("pg_ctl"), "-D", target, "-l", log, "-o", options, "-w", "-t", "3600", "start"])
+        deadline = time.time() + 3600
+        while True:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            done = text.find("redo done at ")
+            if done >= 0 and re.search(r"database system is ready to accept connections$", text[done:], re.M):
+                break
+            if not postmaster_alive(target) or time.time() > deadline:
+                raise CommandFailed("the pgBackRest-restored copy did not finish recovery:\n" + text[-3000:])
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+    finally:
+        if postmaster_alive(target):
+            b.run([b.pg("pg_ctl"), "-D", target, "-m", "fast", "-w", "stop"], check=False)
+    redo, restored = redo_figures(log.read_text(errors="replace"))
+    wait_for_stragglers(str(spool), "archive-get:async")
+    shutil.rmtree(target)
+    shutil.rmtree(spool)
+    return Replay(seconds, redo, restored)
 
 
 def section_watch_prefetch(b: Bench) -> None:
     """(1) archive_command latency with the watcher: the cluster's archive_command fails
-    ('/bin/false'), so new pgbench segments stay .ready; `pitr watch` stores them, and then
-    `pitr archive-push pg_wal/NAME` is timed per segment (the fast path: the watcher's marker).
-    Peers: pgBackRest archive-push with archive-async=y, process-max=2, timed after its async
-    worker has drained the queue, and pitr's sync push of the same files.
-    (2) Replay of N archived segments: one pitr backup, N segments of pgbench WAL archived, then
-    `pitr recover --target latest --action shutdown` with the default prefetch and with a config
-    file saying `prefetch = 0`, alternating."""
+    ('/bin/false'), so new pgbench segments stay .ready; `pitr watch` stores them, and then each
+    tool's archive_command is timed as PostgreSQL runs it: one shell script, as the PostgreSQL OS
+    user in the data directory, runs `/bin/sh -c '<archive_command> pg_wal/NAME'` for every
+    segment and times its own loop (no Python fork/exec or user switch in the figure). pitr with
+    the watcher takes its fast path (the watcher's marker). Peers: pgBackRest archive-push with
+    archive-async=y, process-max=2, timed after its async worker has drained the queue; pitr's
+    sync push of the same files; and the floor, `/bin/true` in the same loop (shell + exec, no
+    tool). The tools run one after the other, the order rotating per run.
+    (2) Replay of N archived segments: one pitr backup and right after it one pgBackRest backup,
+    N segments of pgbench WAL archived into both repositories, then `pitr recover --target latest
+    --action shutdown` with the default prefetch and with a config file saying `prefetch = 0`,
+    and `pgbackrest restore` + PostgreSQL with restore_command = pgbackrest archive-get with
+    archive-async=y (process-max=2) and without, the order reversing every run. The figure is
+    PostgreSQL's own redo time from the server log."""
     n = len(b.corpus)
     both = b.run_.sql("SHOW archive_command")
     # (1)
@@ -1104,7 +1213,8 @@ def section_watch_prefetch(b: Bench) -> None:
         wait_until("the segments to be .ready", lambda: all((status / f"{x}.ready").exists() for x in names), 60)
         tools = [("pitr-watch", "pitr archive-push, the watcher has stored the segment"),
                  ("pgbr-async", "pgbackrest archive-push archive-async=y process-max=2, queue drained"),
-                 ("pitr-sync", "pitr archive-push (sync, no watcher)")]
+                 ("pitr-sync", "pitr archive-push (sync, no watcher)"),
+                 ("floor", "floor: /bin/sh -c '/bin/true pg_wal/NAME' (shell + exec, no tool)")]
         ms: Dict[str, List[float]] = {t: [] for t, _ in tools}
         for r in range(b.opts.runs):
             progress(f"archive-push with the watcher run {r + 1}/{b.opts.runs}")
@@ -1113,7 +1223,8 @@ def section_watch_prefetch(b: Bench) -> None:
     finally:
         set_archive_command(b, both)
     for t, label in tools:
-        b.res.series(f"watch-push-{t}", G6, f"archive_command per segment, {n} segments from pg_wal", label,
+        b.res.series(f"watch-push-{t}", G6, f"archive_command per segment, {n} segments from pg_wal, as PostgreSQL "
+                     "runs it (/bin/sh -c, cwd = data dir, timed inside a shell loop)", label,
                      "ms/segment").values = ms[t]
     b.res.ratio(G6, "archive-push with the watcher: pitr / pgBackRest archive-async (queue drained)",
                 [p / q for p, q in zip(ms["pitr-watch"], ms["pgbr-async"])])
@@ -1121,32 +1232,49 @@ def section_watch_prefetch(b: Bench) -> None:
                 [p / q for p, q in zip(ms["pitr-watch"], ms["pitr-sync"])])
     m = med(ms["pitr-watch"])
     b.res.targets.append(("archive_command ≤ 5 ms per segment with the watcher",
-                          f"{fmt(m)} ms (max {fmt(max(ms['pitr-watch']))})", "≤ 5 ms", m <= 5.0))
+                          f"{fmt(m)} ms (max {fmt(max(ms['pitr-watch']))}; /bin/sh -c as PostgreSQL runs it, "
+                          f"floor /bin/true {fmt(med(ms['floor']))} ms)", "≤ 5 ms", m <= 5.0))
     b.wait_archiver()
     # (2)
-    progress(f"prefetch: one pitr backup, then {n} segments of pgbench WAL archived")
+    progress(f"prefetch: one pitr and one pgBackRest backup, then {n} segments of pgbench WAL archived")
     backup_once(b, "pitr-j2")
+    backup_once(b, "pgbr-pm2")
     write_segments(b, n)
     b.wait_archiver()
     no_prefetch = b.tmp / "pitr-noprefetch.toml"
     no_prefetch.write_text("prefetch = 0\n")
     os.chmod(no_prefetch, 0o644)
     b.chown_tree(no_prefetch)
-    tools2 = [("prefetch", "pitr recover --target latest, default prefetch", b.pitr_config),
-              ("no-prefetch", "pitr recover --target latest, prefetch = 0", no_prefetch)]
-    secs: Dict[str, List[float]] = {t: [] for t, _, _ in tools2}
-    redo: Dict[str, List[float]] = {t: [] for t, _, _ in tools2}
+    # Display order; the runs go in `order` (reversed every run), so each compared pair is adjacent.
+    tools2 = [("prefetch", "pitr recover --target latest, default prefetch"),
+              ("no-prefetch", "pitr recover --target latest, prefetch = 0"),
+              ("pgbr-async", "pgbackrest restore + postgres, archive-get archive-async=y process-max=2"),
+              ("pgbr-sync", "pgbackrest restore + postgres, archive-get (sync)")]
+    once: Dict[str, Callable[[], Replay]] = {
+        "prefetch": lambda: recover_latest_once(b, b.pitr_config),
+        "no-prefetch": lambda: recover_latest_once(b, no_prefetch),
+        "pgbr-async": lambda: pgbr_replay_once(b, True),
+        "pgbr-sync": lambda: pgbr_replay_once(b, False),
+    }
+    order = ["no-prefetch", "prefetch", "pgbr-async", "pgbr-sync"]
+    secs: Dict[str, List[float]] = {t: [] for t, _ in tools2}
+    redo: Dict[str, List[float]] = {t: [] for t, _ in tools2}
+    restored: Dict[str, List[int]] = {t: [] for t, _ in tools2}
     for r in range(b.opts.runs):
-        progress(f"recover with and without prefetch run {r + 1}/{b.opts.runs}")
-        for t, _, cfg in (tools2 if r % 2 == 0 else list(reversed(tools2))):
+        progress(f"replay: pitr with and without prefetch, pgBackRest archive-get async and sync, "
+                 f"run {r + 1}/{b.opts.runs}")
+        for t in (order if r % 2 == 0 else list(reversed(order))):
             b.settle()
-            run = recover_latest_once(b, cfg)
-            secs[t].append(run.seconds)
-            redo[t].append(float(run.output))
-    for t, label, _ in tools2:
+            rep = once[t]()
+            secs[t].append(rep.seconds)
+            redo[t].append(rep.redo)
+            restored[t].append(rep.restored)
+    files = lambda t: "–".join(str(x) for x in sorted({min(restored[t]), max(restored[t])}))
+    for t, label in tools2:
         b.res.series(f"replay-redo-s-{t}", G6, f"replay of the {n}+ archived segments (PostgreSQL's redo "
-                     "elapsed, restore_command included), seconds", label, "s").values = redo[t]
-    for t, label, _ in tools2:
+                     "elapsed, restore_command included), seconds", label, "s",
+                     note=f"{files(t)} WAL files restored").values = redo[t]
+    for t, label in tools2[:2]:
         b.res.series(f"replay-s-{t}", G6, "recover end to end (restore of the base backup + replay), seconds",
                      label, "s").values = secs[t]
     b.res.ratio(G6, "replay time (redo): with prefetch / without prefetch",
@@ -1154,8 +1282,12 @@ def section_watch_prefetch(b: Bench) -> None:
     b.res.ratio(G6, "recover time end to end: with prefetch / without prefetch",
                 [x / y for x, y in zip(secs["prefetch"], secs["no-prefetch"])],
                 note="includes the restore of the base backup, which prefetch does not change")
-    b.res.pending.append(Pending(G6, "replay with pgBackRest archive-get, archive-async=y (archive-get-queue-max)",
-                                 "not measured: not driven by this harness yet"))
+    b.res.ratio(G6, "replay (redo) pitr with prefetch / pgBackRest archive-get async",
+                [x / y for x, y in zip(redo["prefetch"], redo["pgbr-async"])],
+                note="pitr's backup is taken just before pgBackRest's, so pitr also replays the WAL of "
+                     "pgBackRest's backup (see the WAL files restored)")
+    b.res.ratio(G6, "replay (redo): pgBackRest archive-get async / sync",
+                [x / y for x, y in zip(redo["pgbr-async"], redo["pgbr-sync"])])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ fn archive_get_exits_1_quietly_only_when_the_file_is_absent() {
 fn archive_get_exits_200_on_a_corrupted_stored_file() {
     let c = Cluster::start(ClusterOptions::default().wal_segsize_mb(1).archive(false));
     c.switch_wal();
-    let (name, original) = c.capture_segment();
+    let (name, _) = c.capture_segment();
     let segment = c.pg_wal().join(&name);
     let segment = segment.to_str().unwrap();
     for compress in ["zstd", "gzip", "none"] {
@@ -176,8 +176,9 @@ fn archive_get_exits_200_on_a_corrupted_stored_file() {
             );
             out.assert_one_line_error();
             assert!(
-                !dest.exists() || read(&dest) == original,
-                "--compress {compress}, stored file {what}: archive-get left corrupt data in {}",
+                !dest.exists(),
+                "--compress {compress}, stored file {what}: archive-get left a file in {} (it decodes \
+                 straight into it, and must remove it on an error)",
                 dest.display()
             );
         }

@@ -290,10 +290,15 @@ fn restore_of_an_idle_cluster_is_byte_for_byte_with_the_expected_layout() {
         "CREATE TABLE t (id int PRIMARY KEY, v text); \
          INSERT INTO t SELECT g, repeat('v', g % 100) FROM generate_series(1, 20000) g",
     );
-    c.psql("VACUUM (FREEZE, ANALYZE) t");
+    // Over 32 MiB: stored in 16 MiB parts, written back at their offsets by the restore.
+    c.psql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 4) AS v FROM generate_series(1, 250000) g");
+    c.psql("VACUUM (FREEZE, ANALYZE)");
     c.psql("CHECKPOINT");
     let t_path = c.psql("SELECT pg_relation_filepath('t')");
     let idx_path = c.psql("SELECT pg_relation_filepath('t_pkey')");
+    let big_path = c.psql("SELECT pg_relation_filepath('big')");
+    let big_size = fs::metadata(c.data_dir().join(&big_path)).unwrap().len();
+    assert!(big_size > 32 << 20, "the big table is only {big_size} bytes");
     // An unlogged table: only its init fork belongs in a backup.
     c.psql("CREATE UNLOGGED TABLE u AS SELECT g AS id FROM generate_series(1, 10000) g");
     c.psql("CHECKPOINT");
@@ -306,6 +311,26 @@ fn restore_of_an_idle_cluster_is_byte_for_byte_with_the_expected_layout() {
     assert!(c.data_dir().join(&u_path).is_file() && c.data_dir().join(format!("{u_path}_init")).is_file());
     let summary = backup_json(&c, &[]);
     let id = json_str(&summary["backup"], "id").to_string();
+    let backup_dir = c.repo().join("hourly").join(&id);
+    let manifest: serde_json::Value = serde_json::from_slice(&read(&backup_dir.join("backup.manifest"))).unwrap();
+    let big_entry = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == big_path.as_str())
+        .expect("the big table is in the manifest");
+    let parts = big_entry["parts"]
+        .as_array()
+        .expect("the big table is split into parts");
+    assert_eq!(parts.len() as u64, big_size.div_ceil(16 << 20), "parts of {big_path}");
+    assert!(
+        !backup_dir.join("files").join(&big_path).exists(),
+        "a split file is also stored whole"
+    );
+    for index in 0..parts.len() {
+        let part = backup_dir.join("files").join(format!("{big_path}.part{index:04}"));
+        assert!(part.is_file(), "{} is missing", part.display());
+    }
 
     let r = Restored::new();
     let out = r.restore(c.repo(), &[]);
@@ -370,7 +395,7 @@ fn restore_of_an_idle_cluster_is_byte_for_byte_with_the_expected_layout() {
         .keys()
         .filter(|p| !EMPTIED.iter().any(|d| p.starts_with(d)) || source[*p].is_dir())
         .filter(|p| !["postmaster.pid", "postmaster.opts"].contains(&p.as_str()))
-        .filter(|p| !p.contains("pg_internal.init"))
+        .filter(|p| !p.contains("pg_internal.init") && !p.contains("pgsql_tmp"))
         .filter(|p| !unlogged_data_fork(p))
         .collect();
     let got: BTreeSet<&String> = restored.keys().filter(|p| *p != "backup_label").collect();
@@ -388,6 +413,7 @@ fn restore_of_an_idle_cluster_is_byte_for_byte_with_the_expected_layout() {
         "pg_ident.conf",
         t_path.as_str(),
         idx_path.as_str(),
+        big_path.as_str(),
     ] {
         assert!(
             read(&c.data_dir().join(name)) == read(&r.data.join(name)),

@@ -7,6 +7,7 @@
 //! the outcome does not need.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
 use crate::codec::{self, Codec, ObjectHeader};
@@ -107,11 +108,28 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
     let Some(object) = repo.get_wal(&name)? else {
         return Ok(GetOutcome::NotFound);
     };
-    let what = repo.describe_wal(&name);
-    let raw = codec::decode(&object, &what)?;
-    check_restored(repo, &name, &raw, info, &what)?;
-    fs::write(&dest, &raw).map_err(Error::io("write", &dest))?;
-    Ok(GetOutcome::Restored(raw.len() as u64))
+    let restored = restore_to(repo, &name, &object, info, &dest);
+    if restored.is_err() {
+        // PostgreSQL does not read the file after an error exit, but leave nothing half-written.
+        let _ = fs::remove_file(&dest);
+    }
+    Ok(GetOutcome::Restored(restored?))
+}
+
+/// Decodes `object` straight into `dest`, 1 MiB at a time (no buffer the size of a segment),
+/// checking the segment's page header and cluster before the first byte is written; the size
+/// and checksum are verified at the end.
+fn restore_to(repo: &Repo, name: &WalFileName, object: &[u8], info: RepoInfo, dest: &Path) -> Result<u64> {
+    let what = repo.describe_wal(name);
+    let len = ObjectHeader::parse(object, &what)?.raw_len;
+    let mut file = fs::File::create(dest).map_err(Error::io("create", dest))?;
+    let mut first = true;
+    codec::decode_chunks(object, &what, &mut |chunk| {
+        if std::mem::take(&mut first) {
+            check_restored(repo, name, (chunk, len), info, &what)?;
+        }
+        file.write_all(chunk).map_err(Error::io("write", dest))
+    })
 }
 
 /// Refuses files that are not what their name says, or that belong to another cluster.
@@ -126,10 +144,17 @@ fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<
     }
 }
 
-/// Checks a segment restored from the archive or the spool: its page header, and its cluster.
-pub(crate) fn check_restored(repo: &Repo, name: &WalFileName, raw: &[u8], info: RepoInfo, what: &str) -> Result<()> {
+/// Checks a segment restored from the archive or the spool, from its first bytes `start` and its
+/// length: its page header, and its cluster.
+pub(crate) fn check_restored(
+    repo: &Repo,
+    name: &WalFileName,
+    (start, len): (&[u8], u64),
+    info: RepoInfo,
+    what: &str,
+) -> Result<()> {
     if let Some(segment) = name.segment_name() {
-        let header = LongPageHeader::validate(segment, raw).map_err(|reason| Error::Corrupt {
+        let header = LongPageHeader::validate_start(segment, start, len).map_err(|reason| Error::Corrupt {
             what: what.to_string(),
             reason,
         })?;

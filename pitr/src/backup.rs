@@ -8,6 +8,7 @@
 //! manifest is the commit point rather than a directory rename.
 
 mod catalog;
+mod copy;
 mod expire;
 pub mod manifest;
 mod restore;
@@ -18,16 +19,15 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{list, load_catalog, scan_catalog, BackupStatus, CatalogEntry, Listing, TimelineRange};
 pub use expire::{expire, plan_expire, ExpirePlan, Retention};
-pub(crate) use restore::read_verified;
+pub(crate) use restore::with_verified;
 pub use restore::{restore, RestoreOptions, RestoreSummary};
 
 use self::manifest::{FileEntry, Manifest, MANIFEST_VERSION};
-use self::source::{SourceFile, SourceTree};
+use self::source::SourceTree;
 use crate::codec::Codec;
 use crate::control;
 use crate::error::{Error, Result};
@@ -136,7 +136,8 @@ pub async fn take(
 
     let start_time = Utc::now();
     let start_lsn = server.backup_start(&format!("pitr {id}"), options.fast).await?;
-    let copy = tokio::task::block_in_place(|| copy_files(repo, &dir, &tree, options, progress));
+    let copy =
+        tokio::task::block_in_place(|| copy::copy_files(repo, &dir, &tree, options.jobs, &options.codec, progress));
     // Stop the backup even when the copy failed, so the server does not stay in backup mode.
     // When pitr archives into this repository, pitr itself watches for the last segment (every
     // 50 ms) instead of PostgreSQL's once-a-second check.
@@ -163,6 +164,9 @@ pub async fn take(
     if archiving == Archiving::IntoThisRepo {
         wait_for_wal(repo, &manifest.last_wal, progress).await?;
     }
+    // The files were stored without an fsync each: they become durable here, together, before
+    // the manifest that commits them.
+    repo.storage().sync_all_under(&dir)?;
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     repo.storage().put_if_absent(&format!("{dir}{MANIFEST}"), &json)?;
     Ok(BackupSummary {
@@ -400,59 +404,6 @@ async fn unused_id(repo: &Repo, options: &BackupOptions) -> Result<String> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-}
-
-/// Copies every file in parallel, then pg_control.
-fn copy_files(
-    repo: &Repo,
-    dir: &str,
-    tree: &SourceTree,
-    options: &BackupOptions,
-    progress: &dyn Progress,
-) -> Result<Vec<FileEntry>> {
-    progress.begin(tree.files.len() as u64 + 1, tree.bytes());
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(options.jobs.max(1))
-        .build()
-        .map_err(|e| Error::Refused(format!("cannot start {} copy threads: {e}", options.jobs)))?;
-    let copied: Vec<Option<FileEntry>> = pool.install(|| {
-        tree.files
-            .par_iter()
-            .map(|f| copy_file(repo, dir, f, &options.codec, progress))
-            .collect::<Result<_>>()
-    })?;
-    let control = tree.control.as_ref().expect("scan found pg_control");
-    let control = copy_file(repo, dir, control, &options.codec, progress)?
-        .ok_or_else(|| Error::Refused(format!("{} vanished during the backup", control.full_path.display())))?;
-    progress.finish();
-    Ok(copied.into_iter().flatten().chain([control]).collect())
-}
-
-/// Copies one file; `None` when it vanished (the server dropped it), which is normal.
-fn copy_file(
-    repo: &Repo,
-    dir: &str,
-    file: &SourceFile,
-    codec: &Codec,
-    progress: &dyn Progress,
-) -> Result<Option<FileEntry>> {
-    let raw = match std::fs::read(&file.full_path) {
-        Ok(raw) => raw,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read", &file.full_path)(e)),
-    };
-    let object = codec.encode(&raw);
-    repo.storage()
-        .put_if_absent(&format!("{dir}files/{}", file.path), &object)?;
-    progress.advance(raw.len() as u64);
-    Ok(Some(FileEntry {
-        path: file.path.clone(),
-        size: raw.len() as u64,
-        mode: file.mode,
-        mtime: file.mtime,
-        crc32: crc32fast::hash(&raw),
-        stored_size: object.len() as u64,
-    }))
 }
 
 /// Stores backup_label, and tablespace_map when there are tablespaces.

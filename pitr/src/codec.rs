@@ -186,6 +186,27 @@ impl ObjectHeader {
         h
     }
 
+    /// Checks decoded content of `len` bytes with CRC-32 `crc` against the header.
+    fn check_content(&self, len: u64, crc: u32, what: &str) -> Result<()> {
+        let corrupt = |reason: String| Error::Corrupt {
+            what: what.to_string(),
+            reason,
+        };
+        if len != self.raw_len {
+            return Err(corrupt(format!(
+                "decoded {len} bytes, the header says {}",
+                self.raw_len
+            )));
+        }
+        if crc != self.raw_crc {
+            return Err(corrupt(format!(
+                "CRC-32 {crc:08x} of the content, the header says {:08x}",
+                self.raw_crc
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads and checks the header at the start of `object`; `what` names it in errors.
     pub fn parse(object: &[u8], what: &str) -> Result<ObjectHeader> {
         let corrupt = |reason: String| Error::Corrupt {
@@ -220,6 +241,14 @@ impl ObjectHeader {
 
 /// Decodes a stored object, verifying size and CRC-32 of the result; `what` names it in errors.
 pub fn decode(object: &[u8], what: &str) -> Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    decode_into(object, what, &mut raw)?;
+    Ok(raw)
+}
+
+/// [`decode`] into `raw`, replacing its content and keeping its memory: for decoding many
+/// objects in a row without mapping and zeroing a fresh buffer for each.
+pub fn decode_into(object: &[u8], what: &str, raw: &mut Vec<u8>) -> Result<()> {
     let header = ObjectHeader::parse(object, what)?;
     let corrupt = |reason: String| Error::Corrupt {
         what: what.to_string(),
@@ -227,36 +256,74 @@ pub fn decode(object: &[u8], what: &str) -> Result<Vec<u8>> {
     };
     let payload = &object[HEADER_LEN..];
     let capacity = usize::try_from(header.raw_len).map_err(|_| corrupt("implausible size".into()))?;
-    let mut raw = Vec::with_capacity(capacity.min(1 << 30));
+    raw.clear();
+    raw.reserve(capacity.min(1 << 30));
     let limit = header.raw_len + 1;
     let read = match header.compression {
-        Compression::None => payload.take(limit).read_to_end(&mut raw).map(drop),
-        // One-shot into a buffer of the recorded size (a segment or relation file, at most 1 GiB
-        // as PostgreSQL writes them); streaming for anything larger.
-        Compression::Zstd if capacity <= 1 << 30 => zstd::bulk::decompress(payload, capacity).map(|bytes| raw = bytes),
-        Compression::Zstd => zstd::stream::read::Decoder::with_buffer(payload)
-            .and_then(|d| d.take(limit).read_to_end(&mut raw).map(drop)),
+        Compression::None => payload.take(limit).read_to_end(raw).map(drop),
+        // One-shot into the buffer, sized by the header (a segment or relation file part, at
+        // most 1 GiB as PostgreSQL writes them); streaming for anything larger.
+        Compression::Zstd if capacity <= 1 << 30 => {
+            zstd::bulk::Decompressor::new().and_then(|mut d| d.decompress_to_buffer(payload, raw).map(drop))
+        }
+        Compression::Zstd => {
+            zstd::stream::read::Decoder::with_buffer(payload).and_then(|d| d.take(limit).read_to_end(raw).map(drop))
+        }
         Compression::Gzip => flate2::read::GzDecoder::new(payload)
             .take(limit)
-            .read_to_end(&mut raw)
+            .read_to_end(raw)
             .map(drop),
     };
     read.map_err(|e| corrupt(format!("{} payload does not decompress: {e}", header.compression)))?;
-    if raw.len() as u64 != header.raw_len {
-        return Err(corrupt(format!(
-            "decoded {} bytes, the header says {}",
-            raw.len(),
-            header.raw_len
-        )));
+    header.check_content(raw.len() as u64, crc32fast::hash(raw), what)
+}
+
+/// How much [`decode_chunks`] hands over at a time.
+const CHUNK: usize = 1 << 20;
+
+/// Decodes a stored object in chunks of up to 1 MiB, handing each to `each` in order (the
+/// first one whole, unless the object is smaller), and verifies size and CRC-32 once all are
+/// out; returns the decoded size. On an error, what `each` was handed must be discarded.
+pub fn decode_chunks(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+    let header = ObjectHeader::parse(object, what)?;
+    let payload = &object[HEADER_LEN..];
+    let not_decodable = |e: std::io::Error| Error::Corrupt {
+        what: what.to_string(),
+        reason: format!("{} payload does not decompress: {e}", header.compression),
+    };
+    let reader: Box<dyn Read> = match header.compression {
+        Compression::None => Box::new(payload),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(payload).map_err(not_decodable)?),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(payload)),
+    };
+    let mut reader = reader.take(header.raw_len + 1);
+    let mut chunk = vec![0u8; CHUNK];
+    let (mut total, mut crc) = (0u64, crc32fast::Hasher::new());
+    loop {
+        let filled = fill(&mut reader, &mut chunk).map_err(not_decodable)?;
+        if filled == 0 {
+            break;
+        }
+        total += filled as u64;
+        crc.update(&chunk[..filled]);
+        each(&chunk[..filled])?;
     }
-    let crc = crc32fast::hash(&raw);
-    if crc != header.raw_crc {
-        return Err(corrupt(format!(
-            "CRC-32 {crc:08x} of the content, the header says {:08x}",
-            header.raw_crc
-        )));
+    header.check_content(total, crc.finalize(), what)?;
+    Ok(total)
+}
+
+/// Reads until `buf` is full or the reader ends; returns the bytes read.
+fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-    Ok(raw)
+    Ok(filled)
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ impl<'a> Prefetched<'a> {
                 reason: format!("CRC-32 {crc}, the repository recorded {}", expected.trim()),
             });
         }
-        check_restored(self.repo, name, &raw, self.info, &what)?;
+        check_restored(self.repo, name, (&raw, raw.len() as u64), self.info, &what)?;
         // A rename when the spool shares pg_wal's file system; otherwise (or when a prefetcher
         // cleaned the file meanwhile) the verified bytes are written out.
         if fs::rename(&path, dest).is_err() {

@@ -42,6 +42,20 @@ pub trait Storage: Send + Sync {
     /// Stores `data` under `key` unless an object with that key exists.
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome>;
 
+    /// Like [`Storage::put_if_absent`], except that the object need only be durable once
+    /// [`Storage::sync_all_under`] of a directory above it has returned. For many objects
+    /// written before one commit point: a backup's files, made durable before its manifest is
+    /// written. The default is the durable put.
+    fn put_if_absent_deferred(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
+        self.put_if_absent(key, data)
+    }
+
+    /// Makes every object under `dir` (a prefix ending in `/`) durable, with the directories
+    /// that name them; see [`Storage::put_if_absent_deferred`].
+    fn sync_all_under(&self, _dir: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Makes an existing object durable (it may come from a put that crashed before it was
     /// reported). Used before reporting that content already stored is safe.
     fn sync(&self, key: &str) -> Result<()>;

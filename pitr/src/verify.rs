@@ -42,7 +42,7 @@ pub use objects::ReadStats;
 use self::alerts::NewestSegment;
 use self::continuity::{Archive, HistoryProblem};
 use self::objects::StoredObject;
-use crate::backup::manifest::Manifest;
+use crate::backup::manifest::{FileEntry, Manifest};
 use crate::backup::{CatalogEntry, Tier};
 use crate::error::{Error, Result};
 use crate::info::{summarize, Holdings, RepoSummary};
@@ -326,7 +326,11 @@ fn objects_to_read<'a>(
         objects.extend(
             m.files
                 .iter()
-                .map(|file| StoredObject::BackupFile { dir: dir.clone(), file }),
+                .flat_map(FileEntry::pieces)
+                .map(|piece| StoredObject::BackupFile {
+                    dir: dir.clone(),
+                    piece,
+                }),
         );
         let labels = if m.tablespaces.is_empty() {
             &["backup_label"][..]

@@ -339,6 +339,15 @@ impl LongPageHeader {
     /// `XLogReaderValidatePageHeader`: magic, flags, segment size (which must also be the file's
     /// length), block size, page address against the file name, and the timeline.
     pub fn validate(name: SegmentName, bytes: &[u8]) -> std::result::Result<LongPageHeader, String> {
+        LongPageHeader::validate_start(name, bytes, bytes.len() as u64)
+    }
+
+    /// [`LongPageHeader::validate`] from the start of a segment file of `file_len` bytes.
+    pub fn validate_start(
+        name: SegmentName,
+        bytes: &[u8],
+        file_len: u64,
+    ) -> std::result::Result<LongPageHeader, String> {
         let header = bytes
             .get(..SIZE_OF_XLOG_LONG_PHD)
             .ok_or_else(|| format!("file is {} bytes, too short for a WAL page header", bytes.len()))?;
@@ -359,10 +368,9 @@ impl LongPageHeader {
         let seg_bytes = u32_at(32);
         let segment_size = SegmentSize::new(seg_bytes)
             .ok_or_else(|| format!("invalid segment size {seg_bytes} in the page header"))?;
-        if bytes.len() != seg_bytes as usize {
+        if file_len != u64::from(seg_bytes) {
             return Err(format!(
-                "file is {} bytes but its header says the segment size is {seg_bytes}",
-                bytes.len()
+                "file is {file_len} bytes but its header says the segment size is {seg_bytes}"
             ));
         }
         let block_size = u32_at(36);

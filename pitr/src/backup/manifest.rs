@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::Tier;
 use crate::wal::{Lsn, SegmentSize, TimelineId};
 
-/// The version of the manifest format.
-pub const MANIFEST_VERSION: u32 = 1;
+/// The version of the manifest format this pitr writes. Version 2 added [`FileEntry::parts`];
+/// version 1 manifests read the same (no file split).
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// One base backup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,10 +106,102 @@ pub struct FileEntry {
     pub mode: u32,
     /// Modification time, Unix seconds, as seen before the copy.
     pub mtime: i64,
+    /// CRC-32 of the copied bytes (of a split file: of its parts' bytes, in order).
+    pub crc32: u32,
+    /// Size of the stored object (of a split file: the sum over its parts).
+    pub stored_size: u64,
+    /// A file larger than [`PART_SIZE`] when the backup walked it is stored in parts, each its
+    /// own object; empty for a file stored whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+}
+
+/// Files larger than this are stored in parts of this size, so that one big relation file is
+/// spread over every copy job, and no job holds more than a part in memory.
+pub const PART_SIZE: u64 = 16 << 20;
+
+/// One part of a split file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Part {
+    /// Where in the file the part starts: its index times [`PART_SIZE`].
+    pub offset: u64,
+    /// Bytes copied (the last part runs to the end of the file as it was read).
+    pub size: u64,
     /// CRC-32 of the copied bytes.
     pub crc32: u32,
     /// Size of the stored object.
     pub stored_size: u64,
+}
+
+/// One stored object of a backup file: the whole file, or one of its parts.
+#[derive(Debug, Clone, Copy)]
+pub struct Piece<'a> {
+    /// The file it belongs to.
+    pub file: &'a FileEntry,
+    /// The part's index; `None` for a file stored whole.
+    pub part: Option<usize>,
+    /// Where in the file its bytes go.
+    pub offset: u64,
+    /// Its original size.
+    pub size: u64,
+    /// CRC-32 of its original bytes.
+    pub crc32: u32,
+    /// Size of its stored object.
+    pub stored_size: u64,
+}
+
+impl Piece<'_> {
+    /// The object's key in the backup directory `dir`: `files/<path>`, or
+    /// `files/<path>.part<NNNN>` for a part (no PostgreSQL file name ends that way).
+    pub fn key(&self, dir: &str) -> String {
+        piece_key(dir, &self.file.path, self.part)
+    }
+}
+
+/// The key of a file's object, or of one of its parts, in the backup directory `dir`.
+pub fn piece_key(dir: &str, path: &str, part: Option<usize>) -> String {
+    match part {
+        None => format!("{dir}files/{path}"),
+        Some(index) => format!("{dir}files/{path}.part{index:04}"),
+    }
+}
+
+/// The CRC-32 of the parts' bytes in order, from their own CRCs.
+pub fn parts_crc(parts: &[Part]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for part in parts {
+        hasher.combine(&crc32fast::Hasher::new_with_initial_len(part.crc32, part.size));
+    }
+    hasher.finalize()
+}
+
+impl FileEntry {
+    /// The stored objects that make up the file, in file order.
+    pub fn pieces(&self) -> Vec<Piece<'_>> {
+        if self.parts.is_empty() {
+            return vec![Piece {
+                file: self,
+                part: None,
+                offset: 0,
+                size: self.size,
+                crc32: self.crc32,
+                stored_size: self.stored_size,
+            }];
+        }
+        self.parts
+            .iter()
+            .enumerate()
+            .map(|(index, part)| Piece {
+                file: self,
+                part: Some(index),
+                offset: part.offset,
+                size: part.size,
+                crc32: part.crc32,
+                stored_size: part.stored_size,
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -146,5 +239,61 @@ impl Manifest {
             directories: vec![],
             files: vec![],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parts_crc_is_the_crc_of_the_whole() {
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let parts: Vec<Part> = bytes
+            .chunks(30_000)
+            .enumerate()
+            .map(|(i, chunk)| Part {
+                offset: i as u64 * 30_000,
+                size: chunk.len() as u64,
+                crc32: crc32fast::hash(chunk),
+                stored_size: 0,
+            })
+            .collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts_crc(&parts), crc32fast::hash(&bytes));
+        assert_eq!(parts_crc(&[]), crc32fast::hash(b""));
+    }
+
+    #[test]
+    fn parts_have_their_own_keys() {
+        let file = FileEntry {
+            path: "base/5/16384".into(),
+            size: 3,
+            mode: 0o600,
+            mtime: 0,
+            crc32: 0,
+            stored_size: 2,
+            parts: vec![],
+        };
+        let keys: Vec<String> = file.pieces().iter().map(|p| p.key("hourly/x/")).collect();
+        assert_eq!(keys, ["hourly/x/files/base/5/16384"]);
+        let part = Part {
+            offset: PART_SIZE,
+            size: 1,
+            crc32: 0,
+            stored_size: 1,
+        };
+        let split = FileEntry {
+            parts: vec![part, part],
+            ..file
+        };
+        let keys: Vec<String> = split.pieces().iter().map(|p| p.key("hourly/x/")).collect();
+        assert_eq!(
+            keys,
+            [
+                "hourly/x/files/base/5/16384.part0000",
+                "hourly/x/files/base/5/16384.part0001"
+            ]
+        );
     }
 }

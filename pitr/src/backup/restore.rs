@@ -2,16 +2,17 @@
 //! driving the server belong to `recover`): checksums verified in parallel, labels written,
 //! an empty `pg_wal/`, and `global/pg_control` last so a half-restored directory cannot start.
 
+use std::cell::RefCell;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::manifest::{FileEntry, Manifest};
+use super::manifest::{FileEntry, Manifest, Piece};
 use super::{load_catalog, Tier};
 use crate::codec;
 use crate::control::PG_CONTROL;
@@ -75,16 +76,20 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
         .num_threads(options.jobs.max(1))
         .build()
         .map_err(|e| Error::Refused(format!("cannot start {} restore threads: {e}", options.jobs)))?;
+    for split in files.iter().filter(|f| !f.parts.is_empty()) {
+        create_new(&layout.destination(&split.path), split.mode)?;
+    }
+    let pieces: Vec<Piece> = files.iter().flat_map(|f| f.pieces()).collect();
     pool.install(|| {
-        files
+        pieces
             .par_iter()
-            .try_for_each(|f| restore_file(repo, &dir, f, &layout, progress))
+            .try_for_each(|piece| restore_piece(repo, &dir, piece, &layout, progress))
     })?;
     write_labels(repo, &dir, &options.target)?;
     create_wal_dirs(&options.target, manifest.pg_version)?;
     sync_all(&options.target)?;
-    for file in control {
-        restore_file(repo, &dir, file, &layout, progress)?;
+    for piece in control.iter().flat_map(|f| f.pieces()) {
+        restore_piece(repo, &dir, &piece, &layout, progress)?;
     }
     sync_all(&options.target)?;
     progress.finish();
@@ -217,40 +222,63 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(Error::io("set permissions of", path))
 }
 
-fn restore_file(repo: &Repo, dir: &str, file: &FileEntry, layout: &Layout, progress: &dyn Progress) -> Result<()> {
-    let raw = read_verified(repo, dir, file)?;
-    write_new(&layout.destination(&file.path), &raw, file.mode)?;
-    progress.advance(raw.len() as u64);
-    Ok(())
+/// Writes one piece of a file: a file stored whole is created, a part is written at its offset
+/// into the file created beforehand.
+fn restore_piece(repo: &Repo, dir: &str, piece: &Piece, layout: &Layout, progress: &dyn Progress) -> Result<()> {
+    with_verified(repo, dir, piece, |raw| {
+        let path = layout.destination(&piece.file.path);
+        let file = match piece.part {
+            None => create_new(&path, piece.file.mode)?,
+            Some(_) => fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(Error::io("open", &path))?,
+        };
+        file.write_all_at(raw, piece.offset)
+            .map_err(Error::io("write", &path))?;
+        progress.advance(raw.len() as u64);
+        Ok(())
+    })
 }
 
-/// Reads one file of the backup in `dir`, verified twice: the object's own checksum while it
-/// decodes, then size and CRC-32 against the manifest.
-pub(crate) fn read_verified(repo: &Repo, dir: &str, file: &FileEntry) -> Result<Vec<u8>> {
-    let key = format!("{dir}files/{}", file.path);
-    let what = format!("backup file {} ({})", file.path, repo.storage().describe(&key));
+thread_local! {
+    /// Each thread's decode buffer, kept between pieces (see [`codec::decode_into`]).
+    static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads one stored piece of a backup file in `dir`, verified twice (the object's own checksum
+/// while it decodes, then size and CRC-32 against the manifest), and hands its bytes to `use_bytes`.
+pub(crate) fn with_verified<T>(
+    repo: &Repo,
+    dir: &str,
+    piece: &Piece,
+    use_bytes: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<T> {
+    let key = piece.key(dir);
+    let what = format!("backup file {} ({})", piece.file.path, repo.storage().describe(&key));
     let object = repo.storage().get(&key)?.ok_or_else(|| Error::Corrupt {
         what: what.clone(),
         reason: "the object is missing from the repository".into(),
     })?;
-    let raw = codec::decode(&object, &what)?;
-    if raw.len() as u64 != file.size || crc32fast::hash(&raw) != file.crc32 {
-        return Err(Error::Corrupt {
-            what,
-            reason: "content does not match the manifest".into(),
-        });
-    }
-    Ok(raw)
+    DECODED.with_borrow_mut(|raw| {
+        codec::decode_into(&object, &what, raw)?;
+        if raw.len() as u64 != piece.size || crc32fast::hash(raw) != piece.crc32 {
+            return Err(Error::Corrupt {
+                what,
+                reason: "content does not match the manifest".into(),
+            });
+        }
+        use_bytes(raw)
+    })
 }
 
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let mut out = fs::OpenOptions::new()
+fn create_new(path: &Path, mode: u32) -> Result<fs::File> {
+    fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(Error::io("create", path))?;
-    out.write_all(bytes).map_err(Error::io("write", path))
+        .map_err(Error::io("create", path))
 }
 
 /// backup_label byte for byte, and tablespace_map when the backup has one.
@@ -259,7 +287,10 @@ fn write_labels(repo: &Repo, dir: &str, target: &Path) -> Result<()> {
         let key = format!("{dir}{name}");
         if let Some(object) = repo.storage().get(&key)? {
             let raw = codec::decode(&object, &repo.storage().describe(&key))?;
-            write_new(&target.join(name), &raw, 0o600)?;
+            let path = target.join(name);
+            create_new(&path, 0o600)?
+                .write_all(&raw)
+                .map_err(Error::io("write", &path))?;
         }
     }
     Ok(())

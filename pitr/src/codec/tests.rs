@@ -11,6 +11,28 @@ fn all_codecs() -> Vec<Codec> {
     ]
 }
 
+/// [`decode_chunks`] collected, with the sizes of the chunks it handed over.
+fn chunked(object: &[u8]) -> Result<(Vec<u8>, Vec<usize>)> {
+    let (mut out, mut sizes) = (Vec::new(), Vec::new());
+    let total = decode_chunks(object, "test", &mut |chunk| {
+        sizes.push(chunk.len());
+        out.extend_from_slice(chunk);
+        Ok(())
+    })?;
+    assert_eq!(total, out.len() as u64);
+    Ok((out, sizes))
+}
+
+#[test]
+fn chunked_decoding_hands_over_full_chunks_in_order() {
+    let raw: Vec<u8> = (0..(5u32 << 19)).map(|i| (i / 5 % 251) as u8).collect();
+    for codec in all_codecs() {
+        let (decoded, sizes) = chunked(&codec.encode(&raw)).unwrap();
+        assert!(decoded == raw, "{codec:?}");
+        assert_eq!(sizes, [CHUNK, CHUNK, CHUNK / 2], "{codec:?}");
+    }
+}
+
 #[test]
 fn every_codec_round_trips_and_records_the_crc() {
     let raw: Vec<u8> = (0..300_000u32).map(|i| (i / 7 % 256) as u8).collect();
@@ -48,6 +70,9 @@ fn no_flipped_byte_ever_decodes_to_wrong_content() {
                     "{codec:?}: flip in the header at byte {i} not detected"
                 );
             }
+            if let Ok((decoded, _)) = chunked(&bad) {
+                assert_eq!(decoded, raw, "{codec:?}: chunked, flip at byte {i} gave other content");
+            }
         }
     }
 }
@@ -58,6 +83,8 @@ fn truncation_and_junk_are_corruption() {
     for len in [0, 3, HEADER_LEN - 1, HEADER_LEN, object.len() - 1] {
         let err = decode(&object[..len], "wal/x").unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{len}: {err}");
+        let err = chunked(&object[..len]).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "chunked, {len}: {err}");
     }
     assert!(decode(b"\x28\xb5\x2f\xfd plain zstd, not ours", "x").is_err());
 }

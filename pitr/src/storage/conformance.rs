@@ -10,6 +10,7 @@ fn check_backend(store: Arc<dyn Storage>) {
     absent_object_is_none(&*store);
     put_then_get_round_trips(&*store);
     second_put_keeps_the_first_object(&*store);
+    deferred_puts_are_create_only_and_synced_together(&*store);
     concurrent_puts_create_exactly_once(store.clone());
     empty_and_large_objects_round_trip(&*store);
     list_shows_children_sorted(&*store);
@@ -73,6 +74,25 @@ fn second_put_keeps_the_first_object(store: &dyn Storage) {
         PutOutcome::AlreadyExists
     );
     assert_eq!(store.get("k/first").unwrap().as_deref(), Some(&b"one"[..]));
+}
+
+fn deferred_puts_are_create_only_and_synced_together(store: &dyn Storage) {
+    assert_eq!(
+        store.put_if_absent_deferred("b/1/files/x", b"x").unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        store.put_if_absent_deferred("b/1/files/sub/y", b"y").unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        store.put_if_absent_deferred("b/1/files/x", b"other").unwrap(),
+        PutOutcome::AlreadyExists
+    );
+    store.sync_all_under("b/1/").unwrap();
+    store.sync_all_under("b/missing/").unwrap();
+    assert_eq!(store.get("b/1/files/x").unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(store.get("b/1/files/sub/y").unwrap().as_deref(), Some(&b"y"[..]));
 }
 
 fn concurrent_puts_create_exactly_once(store: Arc<dyn Storage>) {

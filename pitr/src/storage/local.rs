@@ -3,12 +3,16 @@
 //! A put writes a temporary file in the target directory, fsyncs it, moves it into place with a
 //! no-replace rename (`renameat2(RENAME_NOREPLACE)`, or link + unlink where that is unsupported,
 //! both through `tempfile::persist_noclobber`), and fsyncs the directory. A directory created on
-//! the way is fsynced into its parent too. Only then is the put reported.
+//! the way is fsynced into its parent too. Only then is the put reported. A deferred put (a
+//! backup's files) skips the file and directory fsyncs; `sync_all_under` does them all at once,
+//! before the backup's manifest is written.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::storage::{LockGuard, ObjectMeta, PutOutcome, Storage};
@@ -75,7 +79,49 @@ impl LocalStorage {
     }
 }
 
+/// When a put must be durable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Before the put returns.
+    Now,
+    /// After a later `sync_all_under`.
+    Deferred,
+}
+
 impl LocalStorage {
+    fn put(&self, key: &str, data: &[u8], durability: Durability) -> Result<PutOutcome> {
+        let now = durability == Durability::Now;
+        let target = self.path(key);
+        let dir = target.parent().expect("keys have a parent directory");
+        self.create_dirs(dir)?;
+        let mut temp = tempfile::Builder::new()
+            .prefix(".tmp.")
+            .tempfile_in(dir)
+            .map_err(Error::io("create a temporary file in", dir))?;
+        self.hand_over(temp.path())?;
+        temp.write_all(data).map_err(Error::io("write", temp.path()))?;
+        if now {
+            temp.as_file().sync_all().map_err(Error::io("fsync", temp.path()))?;
+        }
+        let outcome = match temp.persist_noclobber(&target) {
+            Ok(_) => PutOutcome::Created,
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+                // The existing file may come from a put that crashed before its directory fsync.
+                if now {
+                    File::open(&target)
+                        .and_then(|f| f.sync_all())
+                        .map_err(Error::io("fsync the existing", &target))?;
+                }
+                PutOutcome::AlreadyExists
+            }
+            Err(e) => return Err(Error::io("move into place", &target)(e.error)),
+        };
+        if now {
+            fsync_dir(dir)?;
+        }
+        Ok(outcome)
+    }
+
     /// Gives a path pitr created to the repository's owner (see `hand_to`).
     fn hand_over(&self, path: &Path) -> Result<()> {
         match self.hand_to {
@@ -87,29 +133,15 @@ impl LocalStorage {
 
 impl Storage for LocalStorage {
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
-        let target = self.path(key);
-        let dir = target.parent().expect("keys have a parent directory");
-        self.create_dirs(dir)?;
-        let mut temp = tempfile::Builder::new()
-            .prefix(".tmp.")
-            .tempfile_in(dir)
-            .map_err(Error::io("create a temporary file in", dir))?;
-        self.hand_over(temp.path())?;
-        temp.write_all(data).map_err(Error::io("write", temp.path()))?;
-        temp.as_file().sync_all().map_err(Error::io("fsync", temp.path()))?;
-        let outcome = match temp.persist_noclobber(&target) {
-            Ok(_) => PutOutcome::Created,
-            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
-                // The existing file may come from a put that crashed before its directory fsync.
-                File::open(&target)
-                    .and_then(|f| f.sync_all())
-                    .map_err(Error::io("fsync the existing", &target))?;
-                PutOutcome::AlreadyExists
-            }
-            Err(e) => return Err(Error::io("move into place", &target)(e.error)),
-        };
-        fsync_dir(dir)?;
-        Ok(outcome)
+        self.put(key, data, Durability::Now)
+    }
+
+    fn put_if_absent_deferred(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
+        self.put(key, data, Durability::Deferred)
+    }
+
+    fn sync_all_under(&self, dir: &str) -> Result<()> {
+        sync_tree(&self.path(dir))
     }
 
     fn sync(&self, key: &str) -> Result<()> {
@@ -215,6 +247,47 @@ impl Storage for LocalStorage {
     fn describe(&self, key: &str) -> String {
         self.path(key).display().to_string()
     }
+}
+
+/// fsyncs every file and directory under `dir`, and `dir` itself (a missing `dir` is empty),
+/// many at once: concurrent fsyncs share the file system's journal commits.
+fn sync_tree(dir: &Path) -> Result<()> {
+    let mut paths = Vec::new();
+    collect_tree(dir, &mut paths)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(SYNC_THREADS)
+        .build()
+        .map_err(|e| Error::io("start fsync threads for", dir)(io::Error::other(e)))?;
+    pool.install(|| {
+        paths.par_iter().try_for_each(|path| {
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(Error::io("fsync", path))
+        })
+    })
+}
+
+/// fsyncs waiting at once in [`sync_tree`]: they wait on the disk, not on a core.
+const SYNC_THREADS: usize = 16;
+
+/// Every file and directory under `dir`, directories after their contents, `dir` last.
+fn collect_tree(dir: &Path, paths: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("list", dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(Error::io("list", dir))?;
+        let path = entry.path();
+        if entry.file_type().map_err(Error::io("list", &path))?.is_dir() {
+            collect_tree(&path, paths)?;
+        } else {
+            paths.push(path);
+        }
+    }
+    paths.push(dir.to_path_buf());
+    Ok(())
 }
 
 /// Makes a directory's entries durable.

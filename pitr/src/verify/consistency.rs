@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::backup::manifest::{Manifest, MANIFEST_VERSION};
+use crate::backup::manifest::{parts_crc, FileEntry, Manifest, MANIFEST_VERSION, PART_SIZE};
 use crate::backup::Tier;
 use crate::control::PG_CONTROL;
 use crate::repo::RepoInfo;
@@ -12,7 +12,7 @@ use crate::wal::{Segment, SegmentSize};
 /// Everything inconsistent about the manifest of the backup in `<tier>/<id>/`.
 pub fn manifest_problems(m: &Manifest, tier: Tier, id: &str, cluster: Option<&RepoInfo>) -> Vec<String> {
     let mut problems = Vec::new();
-    if m.format_version != MANIFEST_VERSION {
+    if !(1..=MANIFEST_VERSION).contains(&m.format_version) {
         problems.push(format!("manifest format version {} is not supported", m.format_version));
     }
     if m.id != id || m.tier != tier {
@@ -105,13 +105,36 @@ fn file_problems(m: &Manifest) -> Vec<String> {
     if let Some(twice) = m.files.iter().find(|f| !seen.insert(f.path.as_str())) {
         problems.push(format!("{} is listed twice", twice.path));
     }
+    if let Some(split) = m.files.iter().find(|f| !parts_add_up(f)) {
+        problems.push(format!(
+            "the parts of {} do not add up to the file (size, stored size, CRC-32 or offsets)",
+            split.path
+        ));
+    }
     problems
+}
+
+/// A split file's size, stored size and CRC-32 are those of its parts, which lie at multiples
+/// of the part size, in order.
+fn parts_add_up(file: &FileEntry) -> bool {
+    if file.parts.is_empty() {
+        return true;
+    }
+    let at_their_offsets = file
+        .parts
+        .iter()
+        .enumerate()
+        .all(|(index, part)| part.offset == index as u64 * PART_SIZE);
+    at_their_offsets
+        && file.size == file.parts.iter().map(|p| p.size).sum::<u64>()
+        && file.stored_size == file.parts.iter().map(|p| p.stored_size).sum::<u64>()
+        && file.crc32 == parts_crc(&file.parts)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::FileEntry;
+    use crate::backup::manifest::{FileEntry, Part};
     use crate::wal::Lsn;
 
     fn file(path: &str, size: u64) -> FileEntry {
@@ -122,6 +145,7 @@ mod tests {
             mtime: 0,
             crc32: 0,
             stored_size: size / 2,
+            parts: vec![],
         }
     }
 
@@ -170,6 +194,21 @@ mod tests {
         check(&|m| m.original_bytes = 1, "not the sums");
         check(&|m| m.files.reverse(), "not the last file");
         check(&|m| m.files.insert(0, file(PG_CONTROL, 0)), "listed twice");
+        let split = |m: &mut Manifest, offset: u64| {
+            let part = Part {
+                offset,
+                size: 10,
+                crc32: 0,
+                stored_size: 5,
+            };
+            let entry = &mut m.files[0];
+            (entry.size, entry.stored_size, entry.parts) = (10, 5, vec![part]);
+            entry.crc32 = parts_crc(&entry.parts);
+        };
+        let mut consistent = manifest();
+        split(&mut consistent, 0);
+        assert!(parts_add_up(&consistent.files[0]));
+        check(&|m| split(m, PART_SIZE), "the parts of");
         let none = manifest_problems(&manifest(), Tier::Daily, "main_daily_20261125_000000", None);
         assert!(none[0].contains("no repo.json"), "{none:?}");
     }

@@ -8,8 +8,8 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backup::manifest::FileEntry;
-use crate::backup::read_verified;
+use crate::backup::manifest::Piece;
+use crate::backup::with_verified;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -20,12 +20,12 @@ use super::consistency::cluster_mismatch;
 
 /// One object to read.
 pub enum StoredObject<'a> {
-    /// A file of the backup in `dir` (`<tier>/<id>/`).
+    /// A file of the backup in `dir` (`<tier>/<id>/`), or one part of it.
     BackupFile {
         /// The backup's directory.
         dir: String,
-        /// The manifest's entry.
-        file: &'a FileEntry,
+        /// The object, as the manifest describes it.
+        piece: Piece<'a>,
     },
     /// `backup_label` or `tablespace_map` of the backup in `dir`.
     Label {
@@ -47,7 +47,7 @@ impl StoredObject<'_> {
     /// The object, as alerts name it: its path in the repository.
     pub fn subject(&self) -> String {
         match self {
-            StoredObject::BackupFile { dir, file } => format!("{dir}files/{}", file.path),
+            StoredObject::BackupFile { dir, piece } => piece.key(dir),
             StoredObject::Label { dir, name } => format!("{dir}{name}"),
             StoredObject::Wal { name, .. } => name.to_string(),
         }
@@ -55,7 +55,7 @@ impl StoredObject<'_> {
 
     fn stored_bytes(&self) -> u64 {
         match self {
-            StoredObject::BackupFile { file, .. } => file.stored_size,
+            StoredObject::BackupFile { piece, .. } => piece.stored_size,
             StoredObject::Label { .. } => 0,
             StoredObject::Wal { stored_bytes, .. } => *stored_bytes,
         }
@@ -141,7 +141,7 @@ pub fn read_all(
 /// Checks one object; returns its decoded size.
 fn check(repo: &Repo, object: &StoredObject, cluster: Option<&RepoInfo>) -> Result<u64> {
     match object {
-        StoredObject::BackupFile { dir, file } => Ok(read_verified(repo, dir, file)?.len() as u64),
+        StoredObject::BackupFile { dir, piece } => with_verified(repo, dir, piece, |raw| Ok(raw.len() as u64)),
         StoredObject::Label { dir, name } => check_label(repo, &format!("{dir}{name}"), name),
         StoredObject::Wal { name, .. } => match repo.get_wal(name)? {
             Some(stored) => check_wal_object(&stored, name, &repo.describe_wal(name), cluster),
