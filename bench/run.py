@@ -1201,7 +1201,9 @@ def section_watch_prefetch(b: Bench) -> None:
     --action shutdown` with the default prefetch and with a config file saying `prefetch = 0`,
     and `pgbackrest restore` + PostgreSQL with restore_command = pgbackrest archive-get with
     archive-async=y (process-max=2) and without, the order reversing every run. The figure is
-    PostgreSQL's own redo time from the server log."""
+    PostgreSQL's own redo time from the server log.
+    (3) The same with N segments of WAL whose replay costs nothing (logical decoding messages), on
+    fresh backups: there the replay is all fetching, which is what prefetch can save."""
     n = len(b.corpus)
     both = b.run_.sql("SHOW archive_command")
     # (1)
@@ -1235,11 +1237,40 @@ def section_watch_prefetch(b: Bench) -> None:
                           f"{fmt(m)} ms (max {fmt(max(ms['pitr-watch']))}; /bin/sh -c as PostgreSQL runs it, "
                           f"floor /bin/true {fmt(med(ms['floor']))} ms)", "≤ 5 ms", m <= 5.0))
     b.wait_archiver()
-    # (2)
-    progress(f"prefetch: one pitr and one pgBackRest backup, then {n} segments of pgbench WAL archived")
+    # (2) WAL that costs PostgreSQL real work to replay, then (3) WAL that costs it nothing.
+    replay_comparison(b, n, "", "pgbench WAL", write_segments, target=0.5)
+    replay_comparison(b, n, "-cheap", "WAL that costs nothing to replay (logical decoding messages)",
+                      write_cheap_segments, target=0.5)
+
+
+def write_cheap_segments(b: Bench, n: int) -> List[str]:
+    """n segments of WAL whose replay does nothing: non-transactional logical decoding messages
+    (`pg_logical_emit_message`, whose redo is a no-op) of 1 MiB of md5 text each, different per
+    message (zstd stores them at about half their size). Replaying them is all fetching: the case
+    prefetch is for (cheap WAL, or a slow repository). Returns their names."""
+    b.run_.sql("CHECKPOINT")
+    first = b._current_segno() + 1
+    one_segment = ("SELECT count(pg_logical_emit_message(false, 'pitr-bench', "
+                   "(SELECT string_agg(md5(random()::text || s), '') FROM generate_series(1, 32768)))) "
+                   "FROM generate_series(1, 16) s")
+    for _ in range(n + 2):
+        b.run_.sql(one_segment)
+    b.run_.sql("SELECT pg_switch_wal()")
+    if b._current_segno() - first < n:
+        raise CommandFailed(f"logical messages wrote fewer than {n} segments")
+    return [b._segname(first + i) for i in range(n)]
+
+
+def replay_comparison(b: Bench, n: int, key: str, workload: str, write: Callable[[Bench, int], List[str]],
+                      target: Optional[float]) -> None:
+    """One pitr backup and right after it one pgBackRest backup, then n segments of `workload`
+    archived into both repositories; then the replay of them by pitr recover with and without
+    prefetch and by pgBackRest archive-get with and without archive-async, the order reversing
+    every run. Series keys end in `key`."""
+    progress(f"replay of {workload}: one pitr and one pgBackRest backup, then {n} segments archived")
     backup_once(b, "pitr-j2")
     backup_once(b, "pgbr-pm2")
-    write_segments(b, n)
+    write(b, n)
     b.wait_archiver()
     no_prefetch = b.tmp / "pitr-noprefetch.toml"
     no_prefetch.write_text("prefetch = 0\n")
@@ -1261,8 +1292,8 @@ def section_watch_prefetch(b: Bench) -> None:
     redo: Dict[str, List[float]] = {t: [] for t, _ in tools2}
     restored: Dict[str, List[int]] = {t: [] for t, _ in tools2}
     for r in range(b.opts.runs):
-        progress(f"replay: pitr with and without prefetch, pgBackRest archive-get async and sync, "
-                 f"run {r + 1}/{b.opts.runs}")
+        progress(f"replay of {workload}: pitr with and without prefetch, pgBackRest archive-get async and "
+                 f"sync, run {r + 1}/{b.opts.runs}")
         for t in (order if r % 2 == 0 else list(reversed(order))):
             b.settle()
             rep = once[t]()
@@ -1271,22 +1302,22 @@ def section_watch_prefetch(b: Bench) -> None:
             restored[t].append(rep.restored)
     files = lambda t: "–".join(str(x) for x in sorted({min(restored[t]), max(restored[t])}))
     for t, label in tools2:
-        b.res.series(f"replay-redo-s-{t}", G6, f"replay of the {n}+ archived segments (PostgreSQL's redo "
-                     "elapsed, restore_command included), seconds", label, "s",
+        b.res.series(f"replay-redo-s-{t}{key}", G6, f"replay of {n}+ archived segments of {workload} "
+                     "(PostgreSQL's redo elapsed, restore_command included), seconds", label, "s",
                      note=f"{files(t)} WAL files restored").values = redo[t]
     for t, label in tools2[:2]:
-        b.res.series(f"replay-s-{t}", G6, "recover end to end (restore of the base backup + replay), seconds",
-                     label, "s").values = secs[t]
-    b.res.ratio(G6, "replay time (redo): with prefetch / without prefetch",
-                [x / y for x, y in zip(redo["prefetch"], redo["no-prefetch"])], target=0.5)
-    b.res.ratio(G6, "recover time end to end: with prefetch / without prefetch",
+        b.res.series(f"replay-s-{t}{key}", G6, f"recover end to end (restore of the base backup + replay of "
+                     f"{workload}), seconds", label, "s").values = secs[t]
+    b.res.ratio(G6, f"replay time (redo) of {workload}: with prefetch / without prefetch",
+                [x / y for x, y in zip(redo["prefetch"], redo["no-prefetch"])], target=target)
+    b.res.ratio(G6, f"recover time end to end, {workload}: with prefetch / without prefetch",
                 [x / y for x, y in zip(secs["prefetch"], secs["no-prefetch"])],
                 note="includes the restore of the base backup, which prefetch does not change")
-    b.res.ratio(G6, "replay (redo) pitr with prefetch / pgBackRest archive-get async",
+    b.res.ratio(G6, f"replay (redo) of {workload}: pitr with prefetch / pgBackRest archive-get async",
                 [x / y for x, y in zip(redo["prefetch"], redo["pgbr-async"])],
                 note="pitr's backup is taken just before pgBackRest's, so pitr also replays the WAL of "
                      "pgBackRest's backup (see the WAL files restored)")
-    b.res.ratio(G6, "replay (redo): pgBackRest archive-get async / sync",
+    b.res.ratio(G6, f"replay (redo) of {workload}: pgBackRest archive-get async / sync",
                 [x / y for x, y in zip(redo["pgbr-async"], redo["pgbr-sync"])])
 
 

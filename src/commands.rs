@@ -83,13 +83,13 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
         Command::Watch { pgdata, workers } => {
-            watch::run(&repo, settings, &absolute(pgdata), workers.unwrap_or(settings.jobs))?;
+            watch::run(&repo, settings, &absolute(pgdata), *workers)?;
             Ok(Done::Ok)
         }
         Command::Daemon { pgdata, listen } => {
-            let connection = connection_config(settings.dbname.as_deref(), &|k| std::env::var(k).ok())?;
             let verify_settings = settings.source.clone();
             let verify = Box::new(move || verify::scheduled(&verify_settings));
+            let connection = |s: &Settings| connection_config(s.dbname.as_deref(), &|k| std::env::var(k).ok());
             watch::daemon(&repo, settings, &absolute(pgdata), listen.clone(), connection, verify)?;
             Ok(Done::Ok)
         }

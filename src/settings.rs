@@ -68,7 +68,7 @@ struct ScheduleSettings {
 const DEFAULT_LISTEN: &str = "127.0.0.1:9817";
 
 /// Validated settings.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// The repository directory.
     pub repo: PathBuf,

@@ -95,3 +95,66 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
         "expire after each backup keeps two (three if one ended after the last expire): {backups}"
     );
 }
+
+#[test]
+fn sighup_reloads_the_schedule_and_a_config_that_does_not_load_changes_nothing() {
+    let c = Cluster::start(ClusterOptions::default());
+    let port = free_port();
+    let config_with = |hourly: &str, extra: &str| {
+        format!(
+            "repo = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[schedule]\nhourly = \"{hourly}\"\n\
+             daily = \"off\"\nweekly = \"off\"\nverify = \"off\"\n",
+            c.repo().display()
+        )
+    };
+    let config = c.test_dir().write("daemon.toml", config_with("off", ""));
+    let mut command = c.pitr_cmd();
+    c.libpq_env(&mut command)
+        .arg("--config")
+        .arg(&config)
+        .args(["daemon", "--pgdata"])
+        .arg(c.data_dir());
+    let daemon = spawn(&mut command);
+    let pid = pitr_pid(&daemon).to_string();
+    let backups = || {
+        let text = http_get(port, "/metrics")?;
+        metric(&text, "pitr_job_runs_total{job=\"backup hourly\",result=\"success\"}")
+    };
+    assert!(
+        poll(Duration::from_secs(30), || http_get(port, "/health")).is_some(),
+        "the daemon does not answer on {port}"
+    );
+    let hup = || {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -HUP {pid}");
+    };
+
+    // A config with a backup every 2 s and an unknown key does not load: nothing changes.
+    c.test_dir()
+        .write("daemon.toml", config_with("*/2 * * * * *", "bogus_key = 1"));
+    hup();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(http_get(port, "/health").is_some(), "the daemon died on a bad reload");
+    assert_eq!(backups().unwrap_or(0.0), 0.0, "a config that does not load was applied");
+
+    // The same schedule, valid: backups start without a restart.
+    c.test_dir().write("daemon.toml", config_with("*/2 * * * * *", ""));
+    hup();
+    assert!(
+        poll(Duration::from_secs(90), || (backups()? >= 1.0).then_some(())).is_some(),
+        "no scheduled backup after the reload; metrics:\n{:?}",
+        http_get(port, "/metrics")
+    );
+
+    let out = terminate_pitr(daemon, "pitr daemon".into(), Duration::from_secs(120));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let log = out.stderr_str();
+    assert!(
+        log.contains("SIGHUP: settings not reloaded, the running ones stay") && log.contains("bogus_key"),
+        "{log}"
+    );
+    assert!(log.contains("SIGHUP: settings reloaded; jobs: backup hourly"), "{log}");
+}

@@ -132,6 +132,11 @@ impl Codec {
         Ok(Codec { compression, level })
     }
 
+    /// The compression.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
     /// Encodes `raw` into a stored object.
     pub fn encode(&self, raw: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + raw.len() / 4);

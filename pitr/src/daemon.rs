@@ -3,14 +3,15 @@
 //! with `/metrics` (Prometheus) and `/health`.
 //!
 //! Jobs never overlap: one scheduler thread runs them one at a time, in the order they fall due.
-//! A failed job is logged and counted in the metrics; the daemon keeps running.
+//! A failed job is logged and counted in the metrics; the daemon keeps running. SIGHUP loads the
+//! settings anew ([`DaemonSettings`]); settings that do not load keep the running ones.
 
 mod metrics;
 mod schedule;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Local};
@@ -33,6 +34,19 @@ pub struct DaemonOptions {
     pub pgdata: PathBuf,
     /// Where `/metrics` and `/health` listen, e.g. `127.0.0.1:9817`.
     pub listen: String,
+    /// What a reload can change.
+    pub settings: DaemonSettings,
+    /// How verification jobs run (the binary supplies them).
+    pub verify: Box<dyn Fn() -> Result<String> + Send + Sync>,
+    /// Loads the settings anew, on SIGHUP (the binary supplies it); an error message keeps the
+    /// running settings.
+    pub reload: Box<dyn Fn() -> std::result::Result<DaemonSettings, String> + Send + Sync>,
+}
+
+/// The daemon's settings that SIGHUP reloads: all but the data directory, the repository and
+/// the listen address, which need a restart.
+#[derive(Clone)]
+pub struct DaemonSettings {
     /// When each job runs.
     pub schedule: Schedule,
     /// Watcher workers.
@@ -47,8 +61,21 @@ pub struct DaemonOptions {
     pub retention: Retention,
     /// How the backup jobs reach the server.
     pub connection: tokio_postgres::Config,
-    /// How verification jobs run (the binary supplies them).
-    pub verify: Box<dyn Fn() -> Result<String> + Send + Sync>,
+}
+
+/// The settings in force, replaced whole by a reload.
+struct Current {
+    settings: RwLock<Arc<DaemonSettings>>,
+}
+
+impl Current {
+    fn get(&self) -> Arc<DaemonSettings> {
+        self.settings.read().expect("no writer panics").clone()
+    }
+
+    fn replace(&self, fresh: DaemonSettings) {
+        *self.settings.write().expect("no writer panics") = Arc::new(fresh);
+    }
 }
 
 /// Where the daemon's log lines go.
@@ -70,35 +97,52 @@ pub fn run(repo: &Repo, spool: &Spool, options: &DaemonOptions, flags: &StopFlag
         "daemon started: watching {}, serving /metrics and /health on {}, jobs: {}",
         options.pgdata.display(),
         options.listen,
-        options.schedule.describe()
+        options.settings.schedule.describe()
     ));
+    let current = Current {
+        settings: RwLock::new(Arc::new(options.settings.clone())),
+    };
     std::thread::scope(|scope| {
         scope.spawn(|| serve_http(&server, &metrics, flags));
-        scope.spawn(|| run_jobs(repo, options, &metrics, flags, log));
-        let result = run_watcher(repo, spool, options, flags, &metrics, log);
+        scope.spawn(|| run_jobs(repo, options, &current, &metrics, flags, log));
+        let result = run_watcher(repo, spool, options, &current, flags, &metrics, log);
         flags.terminate.store(true, Ordering::SeqCst);
         result
     })
 }
 
+/// The watcher, restarted with the settings in force after each reload (which it receives).
 fn run_watcher(
     repo: &Repo,
     spool: &Spool,
     options: &DaemonOptions,
+    current: &Current,
     flags: &StopFlags,
     metrics: &Metrics,
     log: &dyn DaemonLog,
 ) -> Result<()> {
-    let watch_options = WatchOptions {
-        pgdata: options.pgdata.clone(),
-        workers: options.workers,
-        rescan: Duration::from_secs(10),
-    };
     let events = WatcherEvents { metrics, log };
     loop {
-        match watch::watch(repo, &options.codec, spool, &watch_options, flags, &events)? {
+        let settings = current.get();
+        let watch_options = WatchOptions {
+            pgdata: options.pgdata.clone(),
+            workers: settings.workers,
+            rescan: Duration::from_secs(10),
+        };
+        match watch::watch(repo, &settings.codec, spool, &watch_options, flags, &events)? {
             Stopped::Terminate => return Ok(()),
-            Stopped::Reload => log.line("SIGHUP: the watcher rescanned; restart the daemon to apply config changes"),
+            Stopped::Reload => match (options.reload)() {
+                Ok(fresh) => {
+                    log.line(&format!(
+                        "SIGHUP: settings reloaded; jobs: {}",
+                        fresh.schedule.describe()
+                    ));
+                    current.replace(fresh);
+                }
+                Err(message) => log.line(&format!(
+                    "SIGHUP: settings not reloaded, the running ones stay: {message}"
+                )),
+            },
         }
     }
 }
@@ -127,14 +171,26 @@ impl WatchEvents for WatcherEvents<'_> {
     }
 }
 
-/// The scheduler: runs each job when it falls due, one at a time.
-fn run_jobs(repo: &Repo, options: &DaemonOptions, metrics: &Metrics, flags: &StopFlags, log: &dyn DaemonLog) {
-    let mut next: Vec<(Job, Option<DateTime<Local>>)> = options
-        .schedule
-        .jobs()
-        .map(|(job, cron)| (job, schedule::next_after(cron, Local::now())))
-        .collect();
+/// The scheduler: runs each job when it falls due, one at a time. A reload that changes the
+/// schedule takes effect at once (a running job finishes first).
+fn run_jobs(
+    repo: &Repo,
+    options: &DaemonOptions,
+    current: &Current,
+    metrics: &Metrics,
+    flags: &StopFlags,
+    log: &dyn DaemonLog,
+) {
+    let mut settings = current.get();
+    let mut next = next_runs(&settings.schedule);
     while !flags.terminate.load(Ordering::SeqCst) {
+        let fresh = current.get();
+        if !Arc::ptr_eq(&fresh, &settings) {
+            if fresh.schedule.describe() != settings.schedule.describe() {
+                next = next_runs(&fresh.schedule);
+            }
+            settings = fresh;
+        }
         let now = Local::now();
         let due = next
             .iter()
@@ -146,27 +202,35 @@ fn run_jobs(repo: &Repo, options: &DaemonOptions, metrics: &Metrics, flags: &Sto
             continue;
         };
         let started = Instant::now();
-        let result = run_job(repo, options, job);
+        let result = run_job(repo, options, &settings, job);
         metrics.job_finished(job, result.is_ok(), started.elapsed());
         match result {
             Ok(summary) => log.line(&format!("job {job}: {summary}")),
             Err(e) => log.line(&format!("job {job} failed: {e}")),
         }
-        let cron = options.schedule.cron(job).expect("scheduled jobs have a pattern");
+        let cron = settings.schedule.cron(job).expect("scheduled jobs have a pattern");
         next[index].1 = schedule::next_after(cron, Local::now());
     }
 }
 
-fn run_job(repo: &Repo, options: &DaemonOptions, job: Job) -> Result<String> {
+/// When each job of `schedule` runs next.
+fn next_runs(schedule: &Schedule) -> Vec<(Job, Option<DateTime<Local>>)> {
+    schedule
+        .jobs()
+        .map(|(job, cron)| (job, schedule::next_after(cron, Local::now())))
+        .collect()
+}
+
+fn run_job(repo: &Repo, options: &DaemonOptions, settings: &DaemonSettings, job: Job) -> Result<String> {
     match job {
         Job::Backup(tier) => {
             let backup_options = BackupOptions {
                 tier,
-                name: options.name.clone(),
+                name: settings.name.clone(),
                 pgdata: Some(options.pgdata.clone()),
                 fast: false,
-                jobs: options.jobs,
-                codec: options.codec,
+                jobs: settings.jobs,
+                codec: settings.codec,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -174,10 +238,10 @@ fn run_job(repo: &Repo, options: &DaemonOptions, job: Job) -> Result<String> {
                 .build()
                 .map_err(Error::io("start a runtime for", "a backup job"))?;
             let summary = runtime.block_on(async {
-                let server = Server::connect(&options.connection).await?;
+                let server = Server::connect(&settings.connection).await?;
                 backup::take(repo, &server, &backup_options, &Silent).await
             })?;
-            let plan = backup::expire(repo, options.retention, Some(tier), false)?;
+            let plan = backup::expire(repo, settings.retention, Some(tier), false)?;
             Ok(format!(
                 "backup {} done ({} files), expired {} backups and {} WAL files",
                 summary.backup.id,

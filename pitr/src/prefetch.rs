@@ -9,7 +9,7 @@
 //! files of anyone else are deleted unread.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::archive::check_restored;
@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 use crate::repo::{Repo, RepoInfo};
 use crate::spool::Spool;
 use crate::wal::{Segment, SegmentSize, WalFileName};
+
+/// How much of a prefetched file archive-get reads at a time to verify it.
+const CHUNK: u64 = 1 << 20;
 
 /// The prefetch area of a spool, for one repository and data directory.
 pub struct Prefetched<'a> {
@@ -53,27 +56,49 @@ impl<'a> Prefetched<'a> {
             return Ok(None);
         };
         let what = format!("prefetched {}", path.display());
-        let raw = match fs::read(&path) {
-            Ok(raw) => raw,
-            // Cleaned away between the two reads by a prefetcher that moved on: fetch it anew.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("read", &path)(e)),
+        let len = match self.verify(name, &path, expected.trim(), &what) {
+            Ok(len) => len,
+            // Cleaned away meanwhile by a prefetcher that moved on: fetch it anew.
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
         };
-        let crc = format!("{:08x}", crc32fast::hash(&raw));
-        if crc != expected.trim() {
-            return Err(Error::Corrupt {
-                what,
-                reason: format!("CRC-32 {crc}, the repository recorded {}", expected.trim()),
-            });
-        }
-        check_restored(self.repo, name, (&raw, raw.len() as u64), self.info, &what)?;
-        // A rename when the spool shares pg_wal's file system; otherwise (or when a prefetcher
-        // cleaned the file meanwhile) the verified bytes are written out.
+        // A rename when the spool shares pg_wal's file system; otherwise a copy of the verified file.
         if fs::rename(&path, dest).is_err() {
-            fs::write(dest, &raw).map_err(Error::io("write", dest))?;
+            fs::copy(&path, dest).map_err(Error::io("copy", dest))?;
         }
         let _ = fs::remove_file(crc_path);
-        Ok(Some(raw.len() as u64))
+        Ok(Some(len))
+    }
+
+    /// Checks the prefetched file at `path` 1 MiB at a time (no buffer the size of a segment):
+    /// its page header and cluster from the first chunk, its CRC-32 against `expected` at the
+    /// end; returns its length.
+    fn verify(&self, name: &WalFileName, path: &Path, expected: &str, what: &str) -> Result<u64> {
+        let mut file = fs::File::open(path).map_err(Error::io("read", path))?;
+        let len = file.metadata().map_err(Error::io("read", path))?.len();
+        let (mut chunk, mut crc, mut first) = (Vec::with_capacity(CHUNK as usize), crc32fast::Hasher::new(), true);
+        loop {
+            chunk.clear();
+            (&mut file)
+                .take(CHUNK)
+                .read_to_end(&mut chunk)
+                .map_err(Error::io("read", path))?;
+            if std::mem::take(&mut first) {
+                check_restored(self.repo, name, (&chunk, len), self.info, what)?;
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            crc.update(&chunk);
+        }
+        let crc = format!("{:08x}", crc.finalize());
+        if crc != expected {
+            return Err(Error::Corrupt {
+                what: what.to_string(),
+                reason: format!("CRC-32 {crc}, the repository recorded {expected}"),
+            });
+        }
+        Ok(len)
     }
 
     /// Fetches up to `count` segments after `after` that are archived and not prefetched yet,
