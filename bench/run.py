@@ -1250,9 +1250,11 @@ def write_cheap_segments(b: Bench, n: int) -> List[str]:
     prefetch is for (cheap WAL, or a slow repository). Returns their names."""
     b.run_.sql("CHECKPOINT")
     first = b._current_segno() + 1
-    one_segment = ("SELECT count(pg_logical_emit_message(false, 'pitr-bench', "
-                   "(SELECT string_agg(md5(random()::text || s), '') FROM generate_series(1, 32768)))) "
-                   "FROM generate_series(1, 16) s")
+    # The subquery refers to s (in WHERE, so that string_agg stays its own aggregate): it runs
+    # once per message, and every message is different.
+    one_segment = ("SELECT count(*) FROM (SELECT pg_logical_emit_message(false, 'pitr-bench', "
+                   "(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 32768) g WHERE s > 0)) "
+                   "FROM generate_series(1, 16) s) m")
     for _ in range(n + 2):
         b.run_.sql(one_segment)
     b.run_.sql("SELECT pg_switch_wal()")

@@ -254,3 +254,41 @@ fn a_corrupt_prefetched_segment_aborts_recovery() {
         ),
     }
 }
+
+#[test]
+fn sighup_makes_the_watcher_store_with_the_new_compression() {
+    let c = Cluster::start(ClusterOptions::default().setting("archive_command", "'/bin/false'"));
+    let config_with = |compress: &str| format!("repo = \"{}\"\ncompress = \"{compress}\"\n", c.repo().display());
+    let config = c.test_dir().write("watch.toml", config_with("zstd"));
+    let mut command = c.pitr_cmd();
+    command
+        .arg("--config")
+        .arg(&config)
+        .args(["watch", "--pgdata"])
+        .arg(c.data_dir());
+    let watcher = spawn(&mut command);
+    // Byte 5 of a stored object is its compression: 1 zstd, 2 gzip.
+    let stored_compression = |segment: &String| {
+        wait_stored(&c, std::slice::from_ref(segment));
+        read(&stored_path(c.repo(), segment))[5]
+    };
+    c.psql("CREATE TABLE t AS SELECT generate_series(1, 10000) g");
+    assert_eq!(stored_compression(&c.switch_wal()), 1, "zstd before the reload");
+
+    c.test_dir().write("watch.toml", config_with("gzip"));
+    let pid = pitr_pid(&watcher).to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_secs(2));
+    c.psql("INSERT INTO t SELECT generate_series(1, 10000)");
+    let after = c.switch_wal();
+    assert_eq!(stored_compression(&after), 2, "gzip after the reload");
+    assert_round_trip(&c, &[after]);
+
+    let out = terminate_pitr(watcher, "pitr watch".into(), Duration::from_secs(30));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(
+        out.stderr_str().contains("settings reloaded: compression gzip"),
+        "{}",
+        out.describe()
+    );
+}
