@@ -78,7 +78,11 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         Command::Prefetch { name } => {
             let site = Site::current(settings.spool.as_deref());
             if let (Some(spool), Some(info)) = (&site.spool, repo.info()?) {
-                Prefetched::new(spool, &repo, &info).fill(&WalFileName::parse(name)?, settings.prefetch)?;
+                Prefetched::new(spool, &repo, &info).fill(
+                    &WalFileName::parse(name)?,
+                    settings.prefetch,
+                    settings.jobs,
+                )?;
             }
             Ok(Done::Ok)
         }

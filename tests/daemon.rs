@@ -28,6 +28,17 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
         .ok()
 }
 
+/// `pitr --config <config> daemon --pgdata <c's data directory>`, connected to `c`.
+fn start_daemon(c: &Cluster, config: &std::path::Path) -> std::process::Child {
+    let mut command = c.pitr_cmd();
+    c.libpq_env(&mut command)
+        .arg("--config")
+        .arg(config)
+        .args(["daemon", "--pgdata"])
+        .arg(c.data_dir());
+    spawn(&mut command)
+}
+
 #[test]
 fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
     let c = Cluster::start(ClusterOptions::default());
@@ -42,13 +53,7 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
         ),
     );
     give_to_server_user(&config);
-    let mut command = c.pitr_cmd();
-    c.libpq_env(&mut command)
-        .arg("--config")
-        .arg(&config)
-        .args(["daemon", "--pgdata"])
-        .arg(c.data_dir());
-    let daemon = spawn(&mut command);
+    let daemon = start_daemon(&c, &config);
 
     // Three scheduled backups succeed while the watcher archives; expire keeps two.
     let scraped = poll(Duration::from_secs(120), || {
@@ -108,13 +113,7 @@ fn sighup_reloads_the_schedule_and_a_config_that_does_not_load_changes_nothing()
         )
     };
     let config = c.test_dir().write("daemon.toml", config_with("off", ""));
-    let mut command = c.pitr_cmd();
-    c.libpq_env(&mut command)
-        .arg("--config")
-        .arg(&config)
-        .args(["daemon", "--pgdata"])
-        .arg(c.data_dir());
-    let daemon = spawn(&mut command);
+    let daemon = start_daemon(&c, &config);
     let pid = pitr_pid(&daemon).to_string();
     let backups = || {
         let text = http_get(port, "/metrics")?;

@@ -11,6 +11,7 @@
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::archive::check_restored;
 use crate::codec::{self, ObjectHeader};
@@ -102,9 +103,10 @@ impl<'a> Prefetched<'a> {
     }
 
     /// Fetches up to `count` segments after `after` that are archived and not prefetched yet,
-    /// stopping at the end of the archive; deletes spool files of other timelines and older
-    /// segments. Another prefetcher at work on the same spool makes this return at once.
-    pub fn fill(&self, after: &WalFileName, count: u64) -> Result<()> {
+    /// on `jobs` threads, nearest first, stopping at the end of the archive; deletes spool files
+    /// of other timelines and older segments. Another prefetcher at work on the same spool makes
+    /// this return at once.
+    pub fn fill(&self, after: &WalFileName, count: u64, jobs: usize) -> Result<()> {
         let Some(segment) = after.segment_name().and_then(|s| s.segment(self.segment_size())) else {
             return Ok(());
         };
@@ -120,22 +122,48 @@ impl<'a> Prefetched<'a> {
             return Ok(());
         }
         self.clean(segment)?;
-        for segno in segment.segno + 1..=segment.segno + count {
-            let next = WalFileName::parse(
-                &Segment {
+        let wanted: Vec<WalFileName> = (segment.segno + 1..=segment.segno + count)
+            .map(|segno| {
+                let name = Segment {
                     timeline: segment.timeline,
                     segno,
                 }
-                .file_name(self.segment_size()),
-            )?;
-            if self.dir.join(next.to_string()).with_extension("crc").exists() {
-                continue;
-            }
-            if !self.fetch(&next)? {
-                break; // the end of the archive
-            }
-        }
-        Ok(())
+                .file_name(self.segment_size());
+                WalFileName::parse(&name)
+            })
+            .filter(|name| {
+                name.as_ref()
+                    .map_or(true, |n| !self.dir.join(n.to_string()).with_extension("crc").exists())
+            })
+            .collect::<Result<_>>()?;
+        self.fetch_all(&wanted, jobs)
+    }
+
+    /// Fetches `wanted` on `jobs` threads, each taking the nearest segment not yet taken; a
+    /// segment missing from the repository (the end of the archive) stops them all.
+    fn fetch_all(&self, wanted: &[WalFileName], jobs: usize) -> Result<()> {
+        let next = AtomicUsize::new(0);
+        let end_of_archive = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..jobs.clamp(1, wanted.len().max(1)))
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        while !end_of_archive.load(Ordering::Relaxed) {
+                            let Some(name) = wanted.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                                break;
+                            };
+                            if !self.fetch(name)? {
+                                end_of_archive.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|worker| worker.join().expect("a prefetch thread panicked"))
+        })
     }
 
     fn segment_size(&self) -> SegmentSize {
