@@ -43,8 +43,8 @@ pub struct DaemonOptions {
     pub reload: Box<dyn Fn() -> std::result::Result<DaemonSettings, String> + Send + Sync>,
 }
 
-/// The daemon's settings that SIGHUP reloads: all but the data directory, the repository and
-/// the listen address, which need a restart.
+/// The daemon's settings that SIGHUP reloads: all but the data directory, the repository, the
+/// spool and the listen address, which need a restart.
 #[derive(Clone)]
 pub struct DaemonSettings {
     /// When each job runs.

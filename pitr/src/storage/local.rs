@@ -270,7 +270,7 @@ fn sync_tree(dir: &Path) -> Result<()> {
 /// fsyncs waiting at once in [`sync_tree`]: they wait on the disk, not on a core.
 const SYNC_THREADS: usize = 16;
 
-/// Every file and directory under `dir`, directories after their contents, `dir` last.
+/// Every file and directory under `dir`, and `dir` itself.
 fn collect_tree(dir: &Path, paths: &mut Vec<PathBuf>) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
