@@ -212,6 +212,25 @@ mod tests {
     }
 
     #[test]
+    fn a_valid_object_with_other_content_than_the_manifest_is_refused() {
+        let data = tempfile::tempdir().unwrap();
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(repo_dir.path()).unwrap();
+        let tree = SourceTree {
+            files: vec![source(data.path(), "small", b"abc")],
+            control: Some(source(data.path(), "pg_control", b"control")),
+            ..SourceTree::default()
+        };
+        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), &Silent).unwrap();
+        let piece = entries[0].pieces()[0];
+        repo.storage().delete(&piece.key("hourly/b/")).unwrap();
+        let other = Codec::default().encode(b"abd");
+        repo.storage().put_if_absent(&piece.key("hourly/b/"), &other).unwrap();
+        let err = crate::backup::with_verified(&repo, "hourly/b/", &piece, |_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("the manifest says 3 bytes"), "{err}");
+    }
+
+    #[test]
     fn a_vanished_file_is_left_out() {
         let data = tempfile::tempdir().unwrap();
         let repo_dir = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::manifest::{FileEntry, Manifest, Piece};
 use super::{load_catalog, Tier};
-use crate::codec;
+use crate::codec::{self, ObjectHeader};
 use crate::control::PG_CONTROL;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -255,8 +255,9 @@ thread_local! {
     static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Reads one stored piece of a backup file in `dir`, verified twice (the object's own checksum
-/// while it decodes, then size and CRC-32 against the manifest), and hands its bytes to `use_bytes`.
+/// Reads one stored piece of a backup file in `dir`, verified against the manifest (the object's
+/// header must record the manifest's size and CRC-32, and decoding checks the content against the
+/// header, so the content is hashed once), and hands its bytes to `use_bytes`.
 pub(crate) fn with_verified<T>(
     repo: &Repo,
     dir: &str,
@@ -269,14 +270,18 @@ pub(crate) fn with_verified<T>(
         what: what.clone(),
         reason: "the object is missing from the repository".into(),
     })?;
+    let header = ObjectHeader::parse(&object, &what)?;
+    if header.raw_len != piece.size || header.raw_crc != piece.crc32 {
+        return Err(Error::Corrupt {
+            what,
+            reason: format!(
+                "the object holds {} bytes with CRC-32 {:08x}, the manifest says {} bytes with {:08x}",
+                header.raw_len, header.raw_crc, piece.size, piece.crc32
+            ),
+        });
+    }
     DECODED.with_borrow_mut(|raw| {
         codec::decode_into(&object, &what, raw)?;
-        if raw.len() as u64 != piece.size || crc32fast::hash(raw) != piece.crc32 {
-            return Err(Error::Corrupt {
-                what,
-                reason: "content does not match the manifest".into(),
-            });
-        }
         use_bytes(raw)
     })
 }
