@@ -124,12 +124,17 @@ fn restore_to(repo: &Repo, name: &WalFileName, object: &[u8], info: RepoInfo, de
     let len = ObjectHeader::parse(object, &what)?.raw_len;
     let mut file = fs::File::create(dest).map_err(Error::io("create", dest))?;
     let mut first = true;
-    codec::decode_chunks(object, &what, &mut |chunk| {
+    let written = codec::decode_chunks(object, &what, &mut |chunk| {
         if std::mem::take(&mut first) {
             check_restored(repo, name, (chunk, len), info, &what)?;
         }
         file.write_all(chunk).map_err(Error::io("write", dest))
-    })
+    })?;
+    if first {
+        // Empty content: no chunk was handed over, and an empty segment must still be refused.
+        check_restored(repo, name, (&[], 0), info, &what)?;
+    }
+    Ok(written)
 }
 
 /// Refuses files that are not what their name says, or that belong to another cluster.
@@ -294,6 +299,30 @@ mod tests {
             normalize(Path::new("/data/pg_wal/../../etc/passwd")),
             PathBuf::from("/etc/passwd")
         );
+    }
+
+    #[test]
+    fn an_archived_segment_with_empty_content_is_corrupt_and_leaves_no_file() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(repo_dir.path()).unwrap();
+        repo.claim(RepoInfo {
+            format_version: FORMAT_VERSION,
+            pg_version: 15,
+            system_identifier: 1,
+            wal_segment_size: 16 << 20,
+        })
+        .unwrap();
+        let name = WalFileName::parse("000000010000000000000001").unwrap();
+        repo.put_wal(&name, &Codec::default().encode(b"")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("RECOVERYXLOG");
+        let site = Site {
+            data_dir: None,
+            spool: None,
+        };
+        let err = get(&repo, &name.to_string(), &dest, &site).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(!dest.exists());
     }
 
     #[test]
