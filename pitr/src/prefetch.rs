@@ -63,9 +63,17 @@ impl<'a> Prefetched<'a> {
             Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        // A rename when the spool shares pg_wal's file system; otherwise a copy of the verified file.
-        if fs::rename(&path, dest).is_err() {
-            fs::copy(&path, dest).map_err(Error::io("copy", dest))?;
+        // A rename when the spool shares pg_wal's file system; otherwise a copy of the verified
+        // file. A prefetcher that moved on may clean the file away at any moment (PostgreSQL asks
+        // for a segment again at the end of recovery): then it is fetched anew from the repository.
+        let moved = fs::rename(&path, dest).or_else(|e| match e.kind() {
+            io::ErrorKind::NotFound => Err(e),
+            _ => fs::copy(&path, dest).map(drop),
+        });
+        match moved {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("move into place", dest)(e)),
         }
         let _ = fs::remove_file(crc_path);
         Ok(Some(len))
