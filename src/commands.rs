@@ -6,7 +6,7 @@ use std::time::Duration;
 use pitr::archive::{self, GetOutcome, Site};
 use pitr::backup::{self, BackupOptions, RestoreOptions, Tier};
 use pitr::pg::{connection_config, Server};
-use pitr::prefetch::Prefetched;
+use pitr::prefetch::{self, Prefetched};
 use pitr::progress::Progress;
 use pitr::recover::{self, Action, RecoverOptions, Request, Target, TimelineChoice};
 use pitr::repo::Repo;
@@ -76,6 +76,8 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             }
         }
         Command::Prefetch { name } => {
+            // Background work: PostgreSQL's replay and archive-get come first on the CPUs.
+            let _ = rustix::process::nice(PREFETCH_NICENESS);
             let site = Site::current(settings.spool.as_deref());
             if let (Some(spool), Some(info)) = (&site.spool, repo.info()?) {
                 Prefetched::new(spool, &repo, &info).fill(
@@ -210,11 +212,19 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
     }
 }
 
+/// How much the prefetcher lowers its CPU priority. With the prefetcher at the same priority,
+/// replay took about 10 % longer (bench/findings.md).
+const PREFETCH_NICENESS: i32 = 10;
+
 /// Starts `pitr prefetch` for the segments after `name`, detached: archive-get returns at once
 /// and PostgreSQL's next request finds them in the spool. Any failure only means no prefetch.
 fn start_prefetch(name: &str, site: &Site, settings: &Settings) {
     let is_segment = matches!(WalFileName::parse(name), Ok(WalFileName::Segment(_)));
-    if settings.prefetch == 0 || !is_segment || site.spool.is_none() {
+    let Some(spool) = site.spool.as_ref().filter(|_| settings.prefetch > 0 && is_segment) else {
+        return;
+    };
+    if prefetch::at_work(spool) {
+        // It keeps the window full as archive-get takes segments: no second process needed.
         return;
     }
     let Ok(prefix) = pitr_command_words(settings) else {

@@ -116,7 +116,7 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
     Ok(GetOutcome::Restored(restored?))
 }
 
-/// Decodes `object` straight into `dest`, 1 MiB at a time (no buffer the size of a segment),
+/// Decodes `object` straight into `dest`, 128 KiB at a time (no buffer the size of a segment),
 /// checking the segment's page header and cluster before the first byte is written; the size
 /// and checksum are verified at the end.
 fn restore_to(repo: &Repo, name: &WalFileName, object: &[u8], info: RepoInfo, dest: &Path) -> Result<u64> {

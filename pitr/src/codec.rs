@@ -283,10 +283,10 @@ pub fn decode_into(object: &[u8], what: &str, raw: &mut Vec<u8>) -> Result<()> {
     header.check_content(raw.len() as u64, crc32fast::hash(raw), what)
 }
 
-/// How much [`decode_chunks`] hands over at a time.
-const CHUNK: usize = 1 << 20;
+/// How much [`decode_chunks`] hands over at a time: one write's worth ([`crate::fsio`]).
+const CHUNK: usize = crate::fsio::WRITE_PIECE;
 
-/// Decodes a stored object in chunks of up to 1 MiB, handing each to `each` in order (the
+/// Decodes a stored object in chunks of up to 128 KiB, handing each to `each` in order (the
 /// first one whole, unless the object is smaller), and verifies size and CRC-32 once all are
 /// out; returns the decoded size. On an error, what `each` was handed must be discarded.
 pub fn decode_chunks(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {

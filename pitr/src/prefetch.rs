@@ -7,15 +7,26 @@
 //! a file damaged in the spool is an error (exit ≥ 126), never "missing" and never replayed.
 //! The `owner` file names the repository, cluster and data directory the files belong to;
 //! files of anyone else are deleted unread.
+//!
+//! One prefetcher works on a spool at a time (the `lock` file). It is started by archive-get,
+//! keeps the window of segments after the one PostgreSQL replays full while archive-get takes
+//! them, and exits at the end of the archive or when PostgreSQL has taken nothing for a second.
+//! A segment is fsynced before its sidecar announces it: PostgreSQL fsyncs every segment it
+//! restores, and that fsync is then cheap instead of a 16 MiB write in the middle of the replay.
+//! archive-get waits for a segment the prefetcher is still writing rather than fetching it a
+//! second time.
 
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::archive::check_restored;
 use crate::codec::{self, ObjectHeader};
 use crate::error::{Error, Result};
+use crate::fsio;
 use crate::repo::{Repo, RepoInfo};
 use crate::spool::Spool;
 use crate::wal::{Segment, SegmentSize, WalFileName};
@@ -23,12 +34,28 @@ use crate::wal::{Segment, SegmentSize, WalFileName};
 /// How much of a prefetched file archive-get reads at a time to verify it.
 const CHUNK: u64 = 1 << 20;
 
+/// How long archive-get waits for a segment a prefetcher is writing before fetching it itself.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(5);
+
+/// How often archive-get looks whether that segment is ready.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(1);
+
+/// How long a prefetcher with nothing left to fetch waits for PostgreSQL to take a segment
+/// before it exits. PostgreSQL replays most segments faster; after a slower one, the next
+/// archive-get starts a prefetcher again.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How often a waiting prefetcher looks whether a segment was taken.
+const TAKEN_POLL: Duration = Duration::from_millis(2);
+
 /// The prefetch area of a spool, for one repository and data directory.
 pub struct Prefetched<'a> {
     dir: PathBuf,
     repo: &'a Repo,
     info: RepoInfo,
     owner: String,
+    /// Decode buffers kept between segments, one per fetcher thread at most.
+    buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 impl<'a> Prefetched<'a> {
@@ -43,6 +70,7 @@ impl<'a> Prefetched<'a> {
             repo,
             info: *info,
             owner,
+            buffers: Mutex::new(Vec::new()),
         }
     }
 
@@ -53,7 +81,7 @@ impl<'a> Prefetched<'a> {
         }
         let path = self.dir.join(name.to_string());
         let crc_path = path.with_extension("crc");
-        let Ok(expected) = fs::read_to_string(&crc_path) else {
+        let Some(expected) = self.announced_crc(&path) else {
             return Ok(None);
         };
         let what = format!("prefetched {}", path.display());
@@ -77,6 +105,25 @@ impl<'a> Prefetched<'a> {
         }
         let _ = fs::remove_file(crc_path);
         Ok(Some(len))
+    }
+
+    /// The sidecar of the prefetched `path` (the CRC-32 the repository recorded), waiting while
+    /// a prefetcher is still writing that segment: fetching it a second time would only take the
+    /// CPU from that prefetcher and from PostgreSQL. `None` when the segment is neither
+    /// prefetched nor being prefetched, or after [`IN_FLIGHT_WAIT`].
+    fn announced_crc(&self, path: &Path) -> Option<String> {
+        let crc_path = path.with_extension("crc");
+        let deadline = Instant::now() + IN_FLIGHT_WAIT;
+        loop {
+            if let Ok(crc) = fs::read_to_string(&crc_path) {
+                return Some(crc);
+            }
+            let in_flight = path.exists() || path.with_extension("tmp").exists();
+            if !in_flight || !at_work_in(&self.dir) || Instant::now() > deadline {
+                return fs::read_to_string(&crc_path).ok();
+            }
+            std::thread::sleep(IN_FLIGHT_POLL);
+        }
     }
 
     /// Checks the prefetched file at `path` 1 MiB at a time (no buffer the size of a segment):
@@ -110,67 +157,127 @@ impl<'a> Prefetched<'a> {
         Ok(len)
     }
 
-    /// Fetches up to `count` segments after `after` that are archived and not prefetched yet,
-    /// on `jobs` threads, nearest first, stopping at the end of the archive; deletes spool files
-    /// of other timelines and older segments. Another prefetcher at work on the same spool makes
-    /// this return at once.
+    /// Keeps the `count` segments after the one PostgreSQL replays (`after` at first)
+    /// prefetched, on `jobs` threads, nearest first, until the end of the archive, or until
+    /// PostgreSQL has taken nothing for [`LINGER`] (the next archive-get starts a prefetcher
+    /// again). Deletes spool files of other timelines and older segments first. Another
+    /// prefetcher at work on the same spool makes this return at once.
     pub fn fill(&self, after: &WalFileName, count: u64, jobs: usize) -> Result<()> {
-        let Some(segment) = after.segment_name().and_then(|s| s.segment(self.segment_size())) else {
+        let Some(mut replaying) = after.segment_name().and_then(|s| s.segment(self.segment_size())) else {
             return Ok(());
         };
         self.claim()?;
+        let Some(_lock) = self.lock()? else {
+            return Ok(());
+        };
+        self.clean(replaying)?;
+        loop {
+            let window = (replaying.segno + 1..=replaying.segno + count)
+                .map(|segno| {
+                    let segment = Segment { segno, ..replaying };
+                    Ok((segment, WalFileName::parse(&segment.file_name(self.segment_size()))?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let wanted: Vec<WalFileName> = window
+                .iter()
+                .filter(|(_, name)| !self.crc_path(name).exists())
+                .map(|(_, name)| *name)
+                .collect();
+            if !wanted.is_empty() && self.fetch_all(&wanted, jobs)? == Round::EndOfArchive {
+                return Ok(());
+            }
+            match self.wait_until_taken(&window) {
+                Some(taken) => replaying = taken,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// The spool's lock, held while a prefetcher works; `None` when another one holds it.
+    fn lock(&self) -> Result<Option<fs::File>> {
         let lock_path = self.dir.join("lock");
         let lock = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path);
-        let lock = lock.map_err(Error::io("open", &lock_path))?;
-        if lock.try_lock().is_err() {
-            return Ok(());
+            .open(&lock_path)
+            .map_err(Error::io("open", &lock_path))?;
+        Ok(lock.try_lock().is_ok().then_some(lock))
+    }
+
+    /// The newest segment of `window` that left the spool, waiting up to [`LINGER`] for one:
+    /// archive-get took it (or it did not decode, and archive-get will say so when asked), so
+    /// PostgreSQL has moved on.
+    fn wait_until_taken(&self, window: &[(Segment, WalFileName)]) -> Option<Segment> {
+        let deadline = Instant::now() + LINGER;
+        loop {
+            let taken = window
+                .iter()
+                .rev()
+                .find(|(_, name)| !self.crc_path(name).exists() && !self.dir.join(name.to_string()).exists());
+            if let Some((segment, _)) = taken {
+                return Some(*segment);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(TAKEN_POLL);
         }
-        self.clean(segment)?;
-        let wanted: Vec<WalFileName> = (segment.segno + 1..=segment.segno + count)
-            .map(|segno| {
-                let name = Segment {
-                    timeline: segment.timeline,
-                    segno,
-                }
-                .file_name(self.segment_size());
-                WalFileName::parse(&name)
-            })
-            .filter(|name| {
-                name.as_ref()
-                    .map_or(true, |n| !self.dir.join(n.to_string()).with_extension("crc").exists())
-            })
-            .collect::<Result<_>>()?;
-        self.fetch_all(&wanted, jobs)
+    }
+
+    fn crc_path(&self, name: &WalFileName) -> PathBuf {
+        self.dir.join(name.to_string()).with_extension("crc")
     }
 
     /// Fetches `wanted` on `jobs` threads, each taking the nearest segment not yet taken; a
-    /// segment missing from the repository (the end of the archive) stops them all.
-    fn fetch_all(&self, wanted: &[WalFileName], jobs: usize) -> Result<()> {
+    /// segment missing from the repository (the end of the archive) stops them all. Each
+    /// decoded segment is made durable and announced on a thread of its own, so that the
+    /// fetchers decode the next segment while the disk writes this one.
+    fn fetch_all(&self, wanted: &[WalFileName], jobs: usize) -> Result<Round> {
         let next = AtomicUsize::new(0);
         let end_of_archive = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..jobs.clamp(1, wanted.len().max(1)))
+        let announce_error = Mutex::new(None);
+        let fetched = std::thread::scope(|scope| {
+            let fetchers: Vec<_> = (0..jobs.clamp(1, wanted.len().max(1)))
                 .map(|_| {
                     scope.spawn(|| -> Result<()> {
                         while !end_of_archive.load(Ordering::Relaxed) {
                             let Some(name) = wanted.get(next.fetch_add(1, Ordering::Relaxed)) else {
                                 break;
                             };
-                            if !self.fetch(name)? {
-                                end_of_archive.store(true, Ordering::Relaxed);
+                            match self.fetch(name)? {
+                                Fetched::EndOfArchive => end_of_archive.store(true, Ordering::Relaxed),
+                                Fetched::Corrupt => {}
+                                Fetched::Decoded(decoded) => {
+                                    let announce_error = &announce_error;
+                                    scope.spawn(move || {
+                                        if let Err(e) = self.announce(decoded) {
+                                            announce_error
+                                                .lock()
+                                                .expect("no thread panics holding it")
+                                                .get_or_insert(e);
+                                        }
+                                    });
+                                }
                             }
                         }
                         Ok(())
                     })
                 })
                 .collect();
-            workers
+            fetchers
                 .into_iter()
-                .try_for_each(|worker| worker.join().expect("a prefetch thread panicked"))
+                .try_for_each(|fetcher| fetcher.join().expect("a prefetch thread panicked"))
+        });
+        // The scope has waited for every announcer.
+        if let Some(e) = announce_error.into_inner().expect("no thread panics holding it") {
+            return Err(e);
+        }
+        fetched?;
+        Ok(if end_of_archive.into_inner() {
+            Round::EndOfArchive
+        } else {
+            Round::Fetched
         })
     }
 
@@ -215,27 +322,253 @@ impl<'a> Prefetched<'a> {
         Ok(())
     }
 
-    /// Fetches one segment into the spool; `false` when the repository does not hold it.
-    /// A corrupt archived file is left for archive-get to report.
-    fn fetch(&self, name: &WalFileName) -> Result<bool> {
+    /// Decodes one segment into a temporary file in the spool, through one of the reused
+    /// decode buffers (a fresh 16 MiB buffer per segment costs thousands of page faults).
+    fn fetch(&self, name: &WalFileName) -> Result<Fetched> {
         let Some(object) = self.repo.get_wal(name)? else {
-            return Ok(false);
+            return Ok(Fetched::EndOfArchive);
         };
         let what = self.repo.describe_wal(name);
-        let Ok(raw) = codec::decode(&object, &what) else {
-            return Ok(true);
-        };
-        let header = ObjectHeader::parse(&object, &what)?;
+        let mut raw = self
+            .buffers
+            .lock()
+            .expect("no thread panics holding it")
+            .pop()
+            .unwrap_or_default();
+        let decoded = codec::decode_into(&object, &what, &mut raw);
         let path = self.dir.join(name.to_string());
         let temp = path.with_extension("tmp");
-        fs::write(&temp, &raw).map_err(Error::io("write", &temp))?;
+        let written = decoded.is_ok().then(|| {
+            fs::File::create(&temp).and_then(|mut file| {
+                fsio::write_in_pieces(&mut file, &raw)?;
+                Ok(file)
+            })
+        });
+        self.buffers.lock().expect("no thread panics holding it").push(raw);
+        match written {
+            // A corrupt archived file is left for archive-get to report when PostgreSQL asks.
+            None => Ok(Fetched::Corrupt),
+            Some(Ok(file)) => Ok(Fetched::Decoded(Decoded {
+                file,
+                temp,
+                path,
+                crc: ObjectHeader::parse(&object, &what)?.raw_crc,
+            })),
+            Some(Err(e)) => {
+                let _ = fs::remove_file(&temp);
+                Err(Error::io("write", &temp)(e))
+            }
+        }
+    }
+
+    /// Makes a decoded segment durable and announces it: PostgreSQL fsyncs every segment it
+    /// restores (`durable_rename`), and a file the disk already holds makes that fsync cheap
+    /// instead of a 16 MiB write on the replay's critical path. The sidecar says "ready": written
+    /// whole under a temporary name and renamed, so that archive-get never reads half of it.
+    fn announce(&self, decoded: Decoded) -> Result<()> {
+        let Decoded { file, temp, path, crc } = decoded;
+        file.sync_data().map_err(Error::io("fsync", &temp))?;
         fs::rename(&temp, &path).map_err(Error::io("rename", &path))?;
-        // The sidecar says "ready": written whole under a temporary name and renamed, so that
-        // archive-get never reads half of it.
         let crc_path = path.with_extension("crc");
         let crc_temp = path.with_extension("crc.tmp");
-        fs::write(&crc_temp, format!("{:08x}", header.raw_crc)).map_err(Error::io("write", &crc_temp))?;
-        fs::rename(&crc_temp, &crc_path).map_err(Error::io("rename", &crc_path))?;
-        Ok(true)
+        fs::write(&crc_temp, format!("{crc:08x}")).map_err(Error::io("write", &crc_temp))?;
+        fs::rename(&crc_temp, &crc_path).map_err(Error::io("rename", &crc_path))
+    }
+}
+
+/// Whether a prefetcher is at work on `spool` now.
+pub fn at_work(spool: &Spool) -> bool {
+    at_work_in(&spool.prefetch_dir())
+}
+
+/// Whether a prefetcher holds the lock of the prefetch area `dir` (found out by trying it; a
+/// lock taken that way is let go at once).
+fn at_work_in(dir: &Path) -> bool {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("lock"))
+        .is_ok_and(|lock| matches!(lock.try_lock(), Err(fs::TryLockError::WouldBlock)))
+}
+
+/// How a round of fetching ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Round {
+    /// Every wanted segment was fetched (or did not decode).
+    Fetched,
+    /// The repository does not hold one of them: the end of the archive.
+    EndOfArchive,
+}
+
+/// What fetching one segment found.
+enum Fetched {
+    /// The repository does not hold it.
+    EndOfArchive,
+    /// It does not decode; archive-get reports it when PostgreSQL asks.
+    Corrupt,
+    /// Decoded into the spool, not yet durable nor announced.
+    Decoded(Decoded),
+}
+
+/// A segment decoded into a temporary file of the spool.
+struct Decoded {
+    file: fs::File,
+    temp: PathBuf,
+    path: PathBuf,
+    crc: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Codec;
+    use crate::repo::FORMAT_VERSION;
+
+    const SYSID: u64 = 7;
+    const SIZE: u32 = 1 << 20;
+
+    /// A repository holding segments 1..=`last` of timeline 1 (1 MiB segments), a spool, and
+    /// the bytes of every segment.
+    struct Fixture {
+        repo: Repo,
+        info: RepoInfo,
+        spool: Spool,
+        segments: Vec<Vec<u8>>,
+        _dirs: [tempfile::TempDir; 2],
+    }
+
+    impl Fixture {
+        fn new(last: u64) -> Fixture {
+            let (repo_dir, spool_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let repo = Repo::open_local(repo_dir.path()).unwrap();
+            let info = RepoInfo {
+                format_version: FORMAT_VERSION,
+                pg_version: 15,
+                system_identifier: SYSID,
+                wal_segment_size: SIZE,
+            };
+            repo.claim(info).unwrap();
+            let segments: Vec<Vec<u8>> = (0..=last).map(segment_bytes).collect();
+            for segno in 1..=last {
+                repo.put_wal(&name(segno), &Codec::default().encode(&segments[segno as usize]))
+                    .unwrap();
+            }
+            let spool = Spool::at(spool_dir.path().join("spool"));
+            Fixture {
+                repo,
+                info,
+                spool,
+                segments,
+                _dirs: [repo_dir, spool_dir],
+            }
+        }
+
+        fn prefetched(&self) -> Prefetched<'_> {
+            Prefetched::new(&self.spool, &self.repo, &self.info)
+        }
+
+        fn spooled(&self, segno: u64) -> PathBuf {
+            self.spool.prefetch_dir().join(name(segno).to_string())
+        }
+    }
+
+    fn name(segno: u64) -> WalFileName {
+        let segment = Segment { timeline: 1, segno };
+        WalFileName::parse(&segment.file_name(SegmentSize::new(SIZE).unwrap())).unwrap()
+    }
+
+    /// A segment PostgreSQL 15 could have written: its long page header, then bytes that differ
+    /// from segment to segment.
+    fn segment_bytes(segno: u64) -> Vec<u8> {
+        let size = SegmentSize::new(SIZE).unwrap();
+        let mut bytes: Vec<u8> = (0..SIZE as u64).map(|i| (i * 31 + segno * 7) as u8).collect();
+        bytes[..40].fill(0);
+        bytes[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        bytes[2..4].copy_from_slice(&2u16.to_le_bytes());
+        bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+        bytes[8..16].copy_from_slice(&size.segment_start(segno).0.to_le_bytes());
+        bytes[24..32].copy_from_slice(&SYSID.to_le_bytes());
+        bytes[32..36].copy_from_slice(&SIZE.to_le_bytes());
+        bytes[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        bytes
+    }
+
+    /// Waits until the prefetcher announced `segno`, as PostgreSQL's replay of the segments
+    /// before it would give it time to.
+    fn wait_announced(f: &Fixture, segno: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f.spooled(segno).with_extension("crc").exists() {
+            assert!(Instant::now() < deadline, "segment {segno} was never prefetched");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_prefetcher_keeps_its_window_full_while_segments_are_taken() {
+        let f = Fixture::new(6);
+        let out = tempfile::tempdir().unwrap();
+        std::thread::scope(|scope| {
+            // Two segments ahead: without refilling, segments 4 to 6 would never be prefetched.
+            let filler = scope.spawn(|| f.prefetched().fill(&name(1), 2, 1));
+            for segno in 2..=6 {
+                wait_announced(&f, segno);
+                let dest = out.path().join("RECOVERYXLOG");
+                let taken = f.prefetched().take(&name(segno), &dest).unwrap();
+                assert_eq!(taken, Some(u64::from(SIZE)), "segment {segno} comes from the spool");
+                assert!(
+                    fs::read(&dest).unwrap() == f.segments[segno as usize],
+                    "segment {segno} intact"
+                );
+                fs::remove_file(&dest).unwrap();
+            }
+            filler.join().unwrap().unwrap();
+        });
+    }
+
+    /// Prefetches segment 2, then makes it look half-written: data under the temporary name,
+    /// no sidecar. Returns the sidecar's content.
+    fn in_flight(f: &Fixture) -> String {
+        f.prefetched().fill(&name(1), 1, 1).unwrap();
+        let path = f.spooled(2);
+        let crc = fs::read_to_string(path.with_extension("crc")).unwrap();
+        fs::remove_file(path.with_extension("crc")).unwrap();
+        fs::rename(&path, path.with_extension("tmp")).unwrap();
+        crc
+    }
+
+    #[test]
+    fn archive_get_waits_for_a_segment_a_prefetcher_is_writing() {
+        let f = Fixture::new(2);
+        let crc = in_flight(&f);
+        let prefetcher = f.prefetched().lock().unwrap().expect("no one else holds the lock");
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("RECOVERYXLOG");
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                let path = f.spooled(2);
+                fs::rename(path.with_extension("tmp"), &path).unwrap();
+                fs::write(path.with_extension("crc"), &crc).unwrap();
+            });
+            let taken = f.prefetched().take(&name(2), &dest).unwrap();
+            assert_eq!(taken, Some(u64::from(SIZE)), "taken from the spool once announced");
+        });
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(fs::read(&dest).unwrap() == f.segments[2]);
+        drop(prefetcher);
+    }
+
+    #[test]
+    fn archive_get_does_not_wait_for_a_file_no_prefetcher_is_writing() {
+        let f = Fixture::new(2);
+        in_flight(&f);
+        let out = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let taken = f.prefetched().take(&name(2), &out.path().join("RECOVERYXLOG")).unwrap();
+        assert_eq!(
+            taken, None,
+            "a leftover of a prefetcher that is gone: fetch from the repository"
+        );
+        assert!(started.elapsed() < IN_FLIGHT_WAIT / 2, "{:?}", started.elapsed());
     }
 }

@@ -8,7 +8,7 @@
 //! before the backup's manifest is written.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -99,7 +99,7 @@ impl LocalStorage {
             .tempfile_in(dir)
             .map_err(Error::io("create a temporary file in", dir))?;
         self.hand_over(temp.path())?;
-        temp.write_all(data).map_err(Error::io("write", temp.path()))?;
+        crate::fsio::write_in_pieces(&mut temp, data).map_err(Error::io("write", temp.path()))?;
         if now {
             temp.as_file().sync_all().map_err(Error::io("fsync", temp.path()))?;
         }
