@@ -1145,12 +1145,11 @@ def pgbr_replay_once(b: Bench, use_async: bool) -> Replay:
     """The same replay with pgBackRest, by hand: `pgbackrest restore` (default type: recover to
     the end of the archive) of the newest pgBackRest backup, restore_command =
     `pgbackrest ... archive-get %f "%p"` (with --archive-async, a fresh --spool-path and
-    --process-max=2, or without), then PostgreSQL on the copy (archive_mode off, private socket)
-    until recovery ends and it accepts connections; then a fast stop. Seconds: the restore and
-    the recovery until then (not in the doc: `pitr recover` also stops the copy)."""
+    --process-max=2, or without), then PostgreSQL on the copy until recovery ends (see
+    `replay_by_hand`). Seconds: the restore and the recovery until then (not in the doc: `pitr
+    recover` also stops the copy)."""
     target = b.tmp / "work" / "recover-pgbr"
     spool = b.tmp / "work" / "recover-pgbr-spool"
-    log = target / "pgbr_recover.log"
     b.mkdir_pg(target)
     b.mkdir_pg(spool)
     get_opts = [f"--pg1-path={target}"]
@@ -1161,7 +1160,46 @@ def pgbr_replay_once(b: Bench, use_async: bool) -> Replay:
     b.run(b.pgbr("restore", f"--pg1-path={target}", "--process-max=2"))
     if not (target / "recovery.signal").exists():
         raise CommandFailed("pgbackrest restore wrote no recovery.signal")
-    # The last setting wins: this one over the restore_command pgbackrest restore wrote.
+    replay = replay_by_hand(b, target, restore_command, start)
+    wait_for_stragglers(str(spool), "archive-get:async")
+    shutil.rmtree(spool)
+    return replay
+
+
+def floor_replay_once(b: Bench, staged: Path) -> Replay:
+    """The floor of the replay: the newest pitr backup restored by `pitr recover --no-start`,
+    then PostgreSQL with restore_command = `mv` from a directory that holds every archived file
+    already decompressed and fsynced (copied there and synced untimed, just before): WAL that
+    costs nothing to fetch. What is left is PostgreSQL's own work, its fsync of every restored
+    segment included. Seconds: from the start until recovery ended."""
+    target = b.tmp / "work" / "recover-floor"
+    source = b.tmp / "work" / "floor-wal"
+    shutil.rmtree(source, ignore_errors=True)
+    shutil.copytree(staged, source)
+    b.chown_tree(source)
+    b.run([str(b.pitr), "--config", str(b.pitr_config), "--repo", str(b.pitr_repo), "recover", "--pgdata",
+           str(target), "--target", "latest", "--port", str(PORT_RECOVER), "--no-start"])
+    os.sync()
+    replay = replay_by_hand(b, target, f"mv {source}/%f %p", time.perf_counter())
+    shutil.rmtree(source)
+    return replay
+
+
+def stage_archive(b: Bench) -> Path:
+    """Every file of pitr's archive, decompressed by `pitr archive-get` into one directory."""
+    staged = b.tmp / "work" / "staged-wal"
+    shutil.rmtree(staged, ignore_errors=True)
+    b.mkdir_pg(staged)
+    for name in sorted(p.name for p in (b.pitr_repo / "wal").glob("*/*") if not p.name.startswith(".")):
+        b.run(b.pitr_cmd(b.pitr_repo, "archive-get", name, str(staged / name)))
+    return staged
+
+
+def replay_by_hand(b: Bench, target: Path, restore_command: str, start: float) -> Replay:
+    """PostgreSQL on the restored `target` (archive_mode off, private socket) with
+    `restore_command` as the last word in postgresql.auto.conf, until recovery ends and it
+    accepts connections; then a fast stop, and `target` is deleted. Seconds since `start`."""
+    log = target / "by_hand_recover.log"
     with open(target / "postgresql.auto.conf", "a") as f:
         f.write(f"restore_command = '{restore_command}'\n")
     options = (f"-p {PORT_RECOVER} -c listen_addresses='' -c unix_socket_directories='{b.tmp / 'sock-recover'}' "
@@ -1176,16 +1214,14 @@ def pgbr_replay_once(b: Bench, use_async: bool) -> Replay:
             if done >= 0 and re.search(r"database system is ready to accept connections$", text[done:], re.M):
                 break
             if not postmaster_alive(target) or time.time() > deadline:
-                raise CommandFailed("the pgBackRest-restored copy did not finish recovery:\n" + text[-3000:])
+                raise CommandFailed(f"the copy in {target} did not finish recovery:\n" + text[-3000:])
             time.sleep(0.02)
         seconds = time.perf_counter() - start
     finally:
         if postmaster_alive(target):
             b.run([b.pg("pg_ctl"), "-D", target, "-m", "fast", "-w", "stop"], check=False)
     redo, restored = redo_figures(log.read_text(errors="replace"))
-    wait_for_stragglers(str(spool), "archive-get:async")
     shutil.rmtree(target)
-    shutil.rmtree(spool)
     return Replay(seconds, redo, restored)
 
 
@@ -1270,13 +1306,15 @@ def replay_comparison(b: Bench, n: int, key: str, workload: str, write: Callable
                       target: Optional[float]) -> None:
     """One pitr backup and right after it one pgBackRest backup, then n segments of `workload`
     archived into both repositories; then the replay of them by pitr recover with and without
-    prefetch and by pgBackRest archive-get with and without archive-async, the order reversing
-    every run. Series keys end in `key`."""
+    prefetch, its floor (the same backup replaying segments already decompressed and on disk, see
+    `floor_replay_once`), and by pgBackRest archive-get with and without archive-async, the order
+    reversing every run. Series keys end in `key`."""
     progress(f"replay of {workload}: one pitr and one pgBackRest backup, then {n} segments archived")
     backup_once(b, "pitr-j2")
     backup_once(b, "pgbr-pm2")
     write(b, n)
     b.wait_archiver()
+    staged = stage_archive(b)
     no_prefetch = b.tmp / "pitr-noprefetch.toml"
     no_prefetch.write_text("prefetch = 0\n")
     os.chmod(no_prefetch, 0o644)
@@ -1284,21 +1322,23 @@ def replay_comparison(b: Bench, n: int, key: str, workload: str, write: Callable
     # Display order; the runs go in `order` (reversed every run), so each compared pair is adjacent.
     tools2 = [("prefetch", "pitr recover --target latest, default prefetch"),
               ("no-prefetch", "pitr recover --target latest, prefetch = 0"),
+              ("floor", "floor: the same backup, restore_command = mv of segments already decompressed and fsynced"),
               ("pgbr-async", "pgbackrest restore + postgres, archive-get archive-async=y process-max=2"),
               ("pgbr-sync", "pgbackrest restore + postgres, archive-get (sync)")]
     once: Dict[str, Callable[[], Replay]] = {
         "prefetch": lambda: recover_latest_once(b, b.pitr_config),
         "no-prefetch": lambda: recover_latest_once(b, no_prefetch),
+        "floor": lambda: floor_replay_once(b, staged),
         "pgbr-async": lambda: pgbr_replay_once(b, True),
         "pgbr-sync": lambda: pgbr_replay_once(b, False),
     }
-    order = ["no-prefetch", "prefetch", "pgbr-async", "pgbr-sync"]
+    order = ["no-prefetch", "prefetch", "floor", "pgbr-async", "pgbr-sync"]
     secs: Dict[str, List[float]] = {t: [] for t, _ in tools2}
     redo: Dict[str, List[float]] = {t: [] for t, _ in tools2}
     restored: Dict[str, List[int]] = {t: [] for t, _ in tools2}
     for r in range(b.opts.runs):
-        progress(f"replay of {workload}: pitr with and without prefetch, pgBackRest archive-get async and "
-                 f"sync, run {r + 1}/{b.opts.runs}")
+        progress(f"replay of {workload}: pitr with and without prefetch, the floor, pgBackRest archive-get "
+                 f"async and sync, run {r + 1}/{b.opts.runs}")
         for t in (order if r % 2 == 0 else list(reversed(order))):
             b.settle()
             rep = once[t]()
@@ -1315,6 +1355,13 @@ def replay_comparison(b: Bench, n: int, key: str, workload: str, write: Callable
                      f"{workload}), seconds", label, "s").values = secs[t]
     b.res.ratio(G6, f"replay time (redo) of {workload}: with prefetch / without prefetch",
                 [x / y for x, y in zip(redo["prefetch"], redo["no-prefetch"])], target=target)
+    b.res.ratio(G6, f"replay (redo) of {workload}: with prefetch / the floor (nothing to fetch)",
+                [x / y for x, y in zip(redo["prefetch"], redo["floor"])])
+    b.res.ratio(G6, f"replay (redo) of {workload}: share of the fetching that prefetch removes, "
+                "(without − with) / (without − floor)",
+                [(w - p) / (w - f) if w > f else 1.0
+                 for w, p, f in zip(redo["no-prefetch"], redo["prefetch"], redo["floor"])],
+                note="1.0: replay with prefetch as fast as with nothing to fetch")
     b.res.ratio(G6, f"recover time end to end, {workload}: with prefetch / without prefetch",
                 [x / y for x, y in zip(secs["prefetch"], secs["no-prefetch"])],
                 note="includes the restore of the base backup, which prefetch does not change")
