@@ -213,7 +213,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
 }
 
 /// How much the prefetcher lowers its CPU priority. With the prefetcher at the same priority,
-/// replay took about 10 % longer (bench/findings.md).
+/// replay took about 5 % longer on 2 cores (bench/findings.md).
 const PREFETCH_NICENESS: i32 = 10;
 
 /// Starts `pitr prefetch` for the segments after `name`, detached: archive-get returns at once
