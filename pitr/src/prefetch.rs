@@ -546,9 +546,12 @@ mod tests {
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 std::thread::sleep(Duration::from_millis(300));
+                // The prefetcher finishes its work on the segment.
                 let path = f.spooled(2);
-                fs::rename(path.with_extension("tmp"), &path).unwrap();
-                fs::write(path.with_extension("crc"), &crc).unwrap();
+                let temp = path.with_extension("tmp");
+                let file = fs::File::open(&temp).unwrap();
+                let crc = u32::from_str_radix(crc.trim(), 16).unwrap();
+                f.prefetched().announce(Decoded { file, temp, path, crc }).unwrap();
             });
             let taken = f.prefetched().take(&name(2), &dest).unwrap();
             assert_eq!(taken, Some(u64::from(SIZE)), "taken from the spool once announced");
