@@ -79,7 +79,7 @@ impl<'a> Prefetched<'a> {
         if !self.is_ours() {
             return Ok(None);
         }
-        let path = self.dir.join(name.to_string());
+        let path = self.spooled(name);
         let crc_path = path.with_extension("crc");
         let Some(expected) = self.announced_crc(&path) else {
             return Ok(None);
@@ -214,7 +214,7 @@ impl<'a> Prefetched<'a> {
             let taken = window
                 .iter()
                 .rev()
-                .find(|(_, name)| !self.crc_path(name).exists() && !self.dir.join(name.to_string()).exists());
+                .find(|(_, name)| !self.crc_path(name).exists() && !self.spooled(name).exists());
             if let Some((segment, _)) = taken {
                 return Some(*segment);
             }
@@ -225,8 +225,14 @@ impl<'a> Prefetched<'a> {
         }
     }
 
+    /// Where the prefetched `name` lies in the spool.
+    fn spooled(&self, name: &WalFileName) -> PathBuf {
+        self.dir.join(name.to_string())
+    }
+
+    /// Its sidecar, which announces it.
     fn crc_path(&self, name: &WalFileName) -> PathBuf {
-        self.dir.join(name.to_string()).with_extension("crc")
+        self.spooled(name).with_extension("crc")
     }
 
     /// Fetches `wanted` on `jobs` threads, each taking the nearest segment not yet taken; a
@@ -336,7 +342,7 @@ impl<'a> Prefetched<'a> {
             .pop()
             .unwrap_or_default();
         let decoded = codec::decode_into(&object, &what, &mut raw);
-        let path = self.dir.join(name.to_string());
+        let path = self.spooled(name);
         let temp = path.with_extension("tmp");
         let written = decoded.is_ok().then(|| {
             fs::File::create(&temp).and_then(|mut file| {
