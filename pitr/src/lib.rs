@@ -5,7 +5,7 @@
 //!
 //! - [`wal`]: PostgreSQL's WAL formats — LSNs, segment names and sizes, page-header validation.
 //! - [`codec`]: the stored-object format (compression + CRC-32), one for every stored file.
-//! - [`fsio`]: file writes shaped for the page cache (no large folios).
+//! - [`fsio`]: trusted file operations: symlink-safe, crash-safe, exact modes, page-cache-shaped writes.
 //! - [`storage`]: the create-only [`storage::Storage`] trait and its local-disk backend.
 //! - [`repo`]: the repository's layout and the metadata binding it to one cluster.
 //! - [`archive`]: `archive_command` / `restore_command` — push and get with their refusal rules.

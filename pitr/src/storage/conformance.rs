@@ -151,3 +151,52 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// Whoever owns the repository may plant links in it; the local backend refuses to follow any,
+/// so that a root-run pitr is never steered outside the repository (issue: a planted
+/// `locks/backup.lock` link handed a root-owned file to the repository's owner).
+#[test]
+fn local_storage_follows_no_link_planted_in_the_repository() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"root's file").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStorage::open(dir.path()).unwrap();
+    std::fs::create_dir(dir.path().join("locks")).unwrap();
+    symlink(&victim, dir.path().join("locks/backup.lock")).unwrap();
+    assert!(store.try_lock("backup").is_err(), "a lock file that is a link is refused");
+    symlink(outside.path(), dir.path().join("wal")).unwrap();
+    assert!(store.get("wal/victim").is_err(), "a directory link is an error, not an object");
+    assert!(store.put_if_absent("wal/new", b"x").is_err());
+    assert!(!outside.path().join("new").exists(), "nothing written through the link");
+    std::fs::create_dir(dir.path().join("objects")).unwrap();
+    symlink(outside.path().join("gone"), dir.path().join("objects/dangling")).unwrap();
+    assert!(store.get("objects/dangling").is_err(), "a dangling link is an error, never 'absent'");
+    assert!(store.head("objects/dangling").is_err());
+    symlink(outside.path(), dir.path().join("objects/tree")).unwrap();
+    store.delete_all("objects/").unwrap();
+    assert!(victim.exists(), "deleting a tree removes links, not what they point to");
+    for bad in ["../escape", "/etc/passwd", "a/../b", "a//b"] {
+        assert!(store.put_if_absent(bad, b"x").is_err(), "{bad}");
+        assert!(store.get(bad).is_err(), "{bad}");
+    }
+    let meta = std::fs::metadata(&victim).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640, "the victim's mode is untouched");
+}
+
+#[test]
+fn local_storage_creates_private_directories_and_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStorage::open(dir.path()).unwrap();
+    store.put_if_absent("wal/0000000100000000/x", b"x").unwrap();
+    drop(store.try_lock("backup").unwrap());
+    let mode = |rel: &str| std::fs::metadata(dir.path().join(rel)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("wal"), 0o700);
+    assert_eq!(mode("wal/0000000100000000"), 0o700);
+    assert_eq!(mode("wal/0000000100000000/x"), 0o600);
+    assert_eq!(mode("locks"), 0o700);
+    assert_eq!(mode("locks/backup.lock"), 0o600);
+}

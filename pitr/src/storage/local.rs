@@ -1,30 +1,33 @@
-//! The local-disk backend: a directory tree, written crash-safely.
+//! The local-disk backend: a directory tree, written crash-safely, never following a link.
 //!
-//! A put writes a temporary file in the target directory, fsyncs it, moves it into place with a
-//! no-replace rename (`renameat2(RENAME_NOREPLACE)`, or link + unlink where that is unsupported,
-//! both through `tempfile::persist_noclobber`), and fsyncs the directory. A directory created on
-//! the way is fsynced into its parent too. Only then is the put reported. A deferred put (a
-//! backup's files) skips the file and directory fsyncs; `sync_all_under` does them all at once,
-//! before the backup's manifest is written.
+//! Every operation opens the repository's root (the operator's path, trusted) and walks the key
+//! one component at a time without following symbolic links ([`fsio::Dir`]): whoever owns the
+//! repository can plant links in it, and a root-run pitr must not be steered by them. A put
+//! writes a temporary file in the target directory, fsyncs it, moves it into place with a
+//! no-replace rename and fsyncs the directory ([`fsio::Dir::put_new`]); a directory created on
+//! the way is fsynced into its parent. Only then is the put reported. A deferred put (a backup's
+//! files) skips the file and directory fsyncs; `sync_all_under` does them all at once, before the
+//! backup's manifest is written. Directories are created 0700 and files 0600, whatever the umask.
 
-use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::fsio::{self, Dir, Kind, Perms};
 use crate::storage::{LockGuard, ObjectMeta, PutOutcome, Storage};
 
 /// Objects as files under a root directory.
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
-    /// When pitr runs as root in a repository owned by another user (the PostgreSQL OS user
-    /// that runs archive_command), what it creates is handed to that user, so that a backup
-    /// run by root never leaves files archive-push cannot read.
-    hand_to: Option<(u32, u32)>,
+    /// Modes of what pitr creates and, when pitr runs as root in a repository owned by another
+    /// user (the PostgreSQL OS user that runs archive_command), that user: a backup run by root
+    /// never leaves files archive-push cannot read.
+    perms: Perms,
 }
 
 impl LocalStorage {
@@ -32,11 +35,14 @@ impl LocalStorage {
     /// repository's root itself, so that an unmounted file system is noticed instead of filled.
     pub fn open(root: impl Into<PathBuf>) -> Result<LocalStorage> {
         let root = root.into();
-        match fs::metadata(&root) {
+        match std::fs::metadata(&root) {
             Ok(meta) if meta.is_dir() => {
                 let as_root = rustix::process::geteuid().is_root();
-                let hand_to = (as_root && meta.uid() != 0).then(|| (meta.uid(), meta.gid()));
-                Ok(LocalStorage { root, hand_to })
+                let owner = (as_root && meta.uid() != 0).then(|| (meta.uid(), meta.gid()));
+                Ok(LocalStorage {
+                    root,
+                    perms: Perms::private(owner),
+                })
             }
             Ok(_) => Err(Error::Repo {
                 path: root,
@@ -57,190 +63,193 @@ impl LocalStorage {
         &self.root
     }
 
+    /// The OS user (uid, gid) new entries are handed to, when pitr runs as root for another user.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.perms.owner
+    }
+
     fn path(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }
 
-    /// Creates `dir` and any missing parents below the root, fsyncing each new entry into its parent.
-    fn create_dirs(&self, dir: &Path) -> Result<()> {
-        if dir.is_dir() {
-            return Ok(());
+    fn open_root(&self) -> Result<Dir> {
+        Dir::open(&self.root).map_err(Error::io("open repository", &self.root))
+    }
+
+    /// The directory holding `key` and the object's name in it; `None` when the directory is
+    /// missing.
+    fn parent_of<'k>(&self, key: &'k str) -> Result<(Option<Dir>, &'k str)> {
+        let (dir, name) = split_key(key);
+        let root = self.open_root()?;
+        let parent = root.open_dir(dir).map_err(Error::io("open", self.path(dir)))?;
+        Ok((parent, name))
+    }
+
+    fn put(&self, key: &str, data: &[u8], durable: bool) -> Result<PutOutcome> {
+        let (dir, name) = split_key(key);
+        let parent = self
+            .open_root()?
+            .create_dirs(dir, &self.perms)
+            .map_err(Error::io("create directory", self.path(dir)))?;
+        let created = parent
+            .put_new(name, data, &self.perms, durable)
+            .map_err(Error::io("store", self.path(key)))?;
+        if created {
+            return Ok(PutOutcome::Created);
         }
-        let parent = dir.parent().expect("a key's directory is below the root");
-        self.create_dirs(parent)?;
-        match fs::create_dir(dir) {
-            Ok(()) => {
-                self.hand_over(dir)?;
-                fsync_dir(parent)
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(Error::io("create directory", dir)(e)),
+        if durable {
+            // The existing file may come from a put that crashed before its fsyncs.
+            sync_file(&parent, name, &self.path(key))?;
+            parent.sync().map_err(Error::io("fsync directory", parent.path()))?;
         }
+        Ok(PutOutcome::AlreadyExists)
     }
 }
 
-/// When a put must be durable.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Durability {
-    /// Before the put returns.
-    Now,
-    /// After a later `sync_all_under`.
-    Deferred,
+/// A key's directory part (possibly empty) and its last component.
+fn split_key(key: &str) -> (&str, &str) {
+    key.rsplit_once('/').unwrap_or(("", key))
 }
 
-impl LocalStorage {
-    fn put(&self, key: &str, data: &[u8], durability: Durability) -> Result<PutOutcome> {
-        let now = durability == Durability::Now;
-        let target = self.path(key);
-        let dir = target.parent().expect("keys have a parent directory");
-        self.create_dirs(dir)?;
-        let mut temp = tempfile::Builder::new()
-            .prefix(".tmp.")
-            .tempfile_in(dir)
-            .map_err(Error::io("create a temporary file in", dir))?;
-        self.hand_over(temp.path())?;
-        crate::fsio::write_in_pieces(&mut temp, data).map_err(Error::io("write", temp.path()))?;
-        if now {
-            temp.as_file().sync_all().map_err(Error::io("fsync", temp.path()))?;
-        }
-        let outcome = match temp.persist_noclobber(&target) {
-            Ok(_) => PutOutcome::Created,
-            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
-                // The existing file may come from a put that crashed before its directory fsync.
-                if now {
-                    File::open(&target)
-                        .and_then(|f| f.sync_all())
-                        .map_err(Error::io("fsync the existing", &target))?;
-                }
-                PutOutcome::AlreadyExists
-            }
-            Err(e) => return Err(Error::io("move into place", &target)(e.error)),
-        };
-        if now {
-            fsync_dir(dir)?;
-        }
-        Ok(outcome)
-    }
-
-    /// Gives a path pitr created to the repository's owner (see `hand_to`).
-    fn hand_over(&self, path: &Path) -> Result<()> {
-        match self.hand_to {
-            Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(Error::io("chown", path)),
-            None => Ok(()),
-        }
+fn sync_file(dir: &Dir, name: &str, path: &Path) -> Result<()> {
+    match dir.open_file(name).map_err(Error::io("open", path))? {
+        Some(file) => file.sync_all().map_err(Error::io("fsync", path)),
+        None => Err(Error::io("fsync", path)(io::Error::from(io::ErrorKind::NotFound))),
     }
 }
 
 impl Storage for LocalStorage {
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
-        self.put(key, data, Durability::Now)
+        self.put(key, data, true)
     }
 
     fn put_if_absent_deferred(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
-        self.put(key, data, Durability::Deferred)
+        self.put(key, data, false)
     }
 
     fn sync_all_under(&self, dir: &str) -> Result<()> {
-        sync_tree(&self.path(dir))
+        let dir = dir.trim_end_matches('/');
+        match self.open_root()?.open_dir(dir).map_err(Error::io("open", self.path(dir)))? {
+            Some(opened) => sync_tree(opened),
+            None => Ok(()),
+        }
     }
 
     fn sync(&self, key: &str) -> Result<()> {
         let path = self.path(key);
-        File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(Error::io("fsync", &path))?;
-        fsync_dir(path.parent().expect("keys have a parent directory"))
+        let (parent, name) = self.parent_of(key)?;
+        let parent = parent.ok_or_else(|| Error::io("fsync", &path)(io::Error::from(io::ErrorKind::NotFound)))?;
+        sync_file(&parent, name, &path)?;
+        parent.sync().map_err(Error::io("fsync directory", parent.path()))
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let path = self.path(key);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read", &path)(e)),
-        }
+        let (Some(parent), name) = self.parent_of(key)? else {
+            return Ok(None);
+        };
+        let Some(mut file) = parent.open_file(name).map_err(Error::io("read", &path))? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(Error::io("read", &path))?;
+        Ok(Some(bytes))
     }
 
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         let path = self.path(key);
-        match fs::metadata(&path) {
-            Ok(meta) => Ok(Some(ObjectMeta {
-                size: meta.len(),
-                modified: meta.modified().map_err(Error::io("look up", &path))?,
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("look up", &path)(e)),
+        let (Some(parent), name) = self.parent_of(key)? else {
+            return Ok(None);
+        };
+        let Some(stat) = parent.stat(name).map_err(Error::io("look up", &path))? else {
+            return Ok(None);
+        };
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(Error::io("look up", &path)(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file (pitr stores objects as plain files and never follows links)",
+            )));
         }
+        let modified = SystemTime::UNIX_EPOCH
+            + Duration::new(stat.st_mtime.max(0) as u64, stat.st_mtime_nsec.clamp(0, 999_999_999) as u32);
+        Ok(Some(ObjectMeta {
+            size: stat.st_size.max(0) as u64,
+            modified,
+        }))
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
-        let path = self.path(dir);
-        let entries = match fs::read_dir(&path) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("list", &path)(e)),
+        let trimmed = dir.trim_end_matches('/');
+        let path = self.path(trimmed);
+        let Some(opened) = self.open_root()?.open_dir(trimmed).map_err(Error::io("list", &path))? else {
+            return Ok(Vec::new());
         };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(Error::io("list", &path))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".tmp.") {
-                continue; // a put in progress, or left by a crash: never an object
-            }
-            let is_dir = entry.file_type().map_err(Error::io("list", entry.path()))?.is_dir();
-            names.push(if is_dir { format!("{name}/") } else { name });
-        }
-        names.sort();
-        Ok(names)
+        let entries = opened.entries().map_err(Error::io("list", &path))?;
+        Ok(entries
+            .into_iter()
+            // A put in progress, or left by a crash: never an object.
+            .filter(|e| !e.name.starts_with(".tmp."))
+            .map(|e| match e.kind {
+                Kind::Dir => format!("{}/", e.name),
+                _ => e.name,
+            })
+            .collect())
     }
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io("delete", &path)(e)),
+        let root = self.open_root()?;
+        let (dir, name) = split_key(key);
+        let Some(parent) = root.open_dir(dir).map_err(Error::io("delete", &path))? else {
+            return Ok(());
+        };
+        if !parent.remove_file(name).map_err(Error::io("delete", &path))? {
+            return Ok(());
         }
         // Remove directories left empty, up to the root; a non-empty one stops the walk.
-        let mut dir = path.parent();
-        while let Some(d) = dir.filter(|d| *d != self.root) {
-            if fs::remove_dir(d).is_err() {
+        let mut components = fsio::components(dir).map_err(Error::io("delete", &path))?;
+        while let Some(last) = components.pop() {
+            let above = components.join("/");
+            let Ok(Some(parent)) = root.open_dir(&above) else { break };
+            if parent.remove_dir(last).is_err() {
                 break;
             }
-            dir = d.parent();
         }
         Ok(())
     }
 
     fn delete_all(&self, dir: &str) -> Result<()> {
-        let path = self.path(dir);
-        match fs::remove_dir_all(&path) {
-            Ok(()) => fsync_dir(path.parent().expect("below the root")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("delete", &path)(e)),
-        }
+        let trimmed = dir.trim_end_matches('/');
+        let path = self.path(trimmed);
+        let (above, name) = split_key(trimmed);
+        let root = self.open_root()?;
+        let Some(parent) = root.open_dir(above).map_err(Error::io("delete", &path))? else {
+            return Ok(());
+        };
+        parent.remove_tree(name).map_err(Error::io("delete", &path))?;
+        parent.sync().map_err(Error::io("fsync directory", parent.path()))
     }
 
     fn try_lock(&self, name: &str) -> Result<Option<LockGuard>> {
-        let dir = self.root.join("locks");
-        self.create_dirs(&dir)?;
-        let path = dir.join(format!("{name}.lock"));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
+        let dir = self
+            .open_root()?
+            .create_dir("locks", &self.perms)
+            .map_err(Error::io("create directory", self.path("locks")))?;
+        let file_name = format!("{name}.lock");
+        let path = dir.path_of(&file_name);
+        let file = dir
+            .open_or_create_file(&file_name, &self.perms)
             .map_err(Error::io("open lock file", &path))?;
-        self.hand_over(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(LockGuard(Box::new(file)))),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", &path)(e)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path)(e)),
         }
     }
 
     fn available_bytes(&self) -> Result<Option<u64>> {
-        let stat = rustix::fs::statvfs(&self.root).map_err(|e| Error::io("stat", &self.root)(e.into()))?;
+        let root = self.open_root()?;
+        let stat = rustix::fs::fstatvfs(root.fd()).map_err(|e| Error::io("stat", &self.root)(e.into()))?;
         Ok(Some(stat.f_bavail.saturating_mul(stat.f_frsize)))
     }
 
@@ -249,20 +258,29 @@ impl Storage for LocalStorage {
     }
 }
 
-/// fsyncs every file and directory under `dir`, and `dir` itself (a missing `dir` is empty),
-/// many at once: concurrent fsyncs share the file system's journal commits.
-fn sync_tree(dir: &Path) -> Result<()> {
-    let mut paths = Vec::new();
-    collect_tree(dir, &mut paths)?;
+/// fsyncs every file and directory under `dir`, and `dir` itself, many at once: concurrent
+/// fsyncs share the file system's journal commits. Entries are opened one at a time, so a
+/// backup of any number of files holds few descriptors.
+fn sync_tree(dir: Dir) -> Result<()> {
+    let mut files = Vec::new();
+    let mut dirs = vec![String::new()];
+    collect_tree(&dir, "", &mut files, &mut dirs)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(SYNC_THREADS)
         .build()
-        .map_err(|e| Error::io("start fsync threads for", dir)(io::Error::other(e)))?;
+        .map_err(|e| Error::Refused(format!("cannot start fsync threads: {e}")))?;
+    let open_dir = |rel: &str| -> Result<Option<Dir>> { dir.open_dir(rel).map_err(Error::io("open", dir.path_of(rel))) };
     pool.install(|| {
-        paths.par_iter().try_for_each(|path| {
-            File::open(path)
-                .and_then(|f| f.sync_all())
-                .map_err(Error::io("fsync", path))
+        files.par_iter().try_for_each(|rel: &String| {
+            let (parent, name) = split_key(rel);
+            match open_dir(parent)? {
+                Some(parent) => sync_file(&parent, name, &dir.path_of(rel)),
+                None => Ok(()),
+            }
+        })?;
+        dirs.par_iter().try_for_each(|rel: &String| match open_dir(rel)? {
+            Some(opened) => opened.sync().map_err(Error::io("fsync directory", opened.path())),
+            None => Ok(()),
         })
     })
 }
@@ -270,29 +288,25 @@ fn sync_tree(dir: &Path) -> Result<()> {
 /// fsyncs waiting at once in [`sync_tree`]: they wait on the disk, not on a core.
 const SYNC_THREADS: usize = 16;
 
-/// Every file and directory under `dir`, and `dir` itself.
-fn collect_tree(dir: &Path, paths: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("list", dir)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(Error::io("list", dir))?;
-        let path = entry.path();
-        if entry.file_type().map_err(Error::io("list", &path))?.is_dir() {
-            collect_tree(&path, paths)?;
+/// The files and directories under `dir` (at `rel` below the synced one), as relative paths.
+fn collect_tree(dir: &Dir, rel: &str, files: &mut Vec<String>, dirs: &mut Vec<String>) -> Result<()> {
+    for entry in dir.entries().map_err(Error::io("list", dir.path()))? {
+        let child = if rel.is_empty() {
+            entry.name.clone()
         } else {
-            paths.push(path);
+            format!("{rel}/{}", entry.name)
+        };
+        match entry.kind {
+            Kind::Dir => {
+                let path = dir.path_of(&entry.name);
+                if let Some(sub) = dir.open_dir(&entry.name).map_err(Error::io("open", &path))? {
+                    collect_tree(&sub, &child, files, dirs)?;
+                    dirs.push(child);
+                }
+            }
+            Kind::File => files.push(child),
+            Kind::Symlink | Kind::Other => {}
         }
     }
-    paths.push(dir.to_path_buf());
     Ok(())
-}
-
-/// Makes a directory's entries durable.
-fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("fsync directory", dir))
 }
