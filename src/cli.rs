@@ -107,6 +107,23 @@ pub enum Command {
         name: String,
     },
 
+    /// Create the repository for a cluster, on purpose, before anything is archived.
+    ///
+    /// Connects to the server (libpq environment or --dbname) and records its cluster (system
+    /// identifier, major version, WAL segment size) in repo.json. Afterwards archive-get answers
+    /// "absent" (exit 1) for a file the repository does not hold, so a standby pointed at a new
+    /// repository can start, and a promoted standby can archive its timeline history file first.
+    /// Running it again changes nothing; another cluster is refused. When repo.json was lost but
+    /// the repository still holds this cluster's WAL or backups, it is written again after
+    /// checking them.
+    CreateRepo {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Take a base backup of a running server into a tier (hourly, daily or weekly).
     ///
     /// Runs on the database host: pitr reads the data directory itself, in parallel, while the

@@ -99,6 +99,17 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             watch::daemon(&repo, settings, &absolute(pgdata), listen.clone(), connection, verify)?;
             Ok(Done::Ok)
         }
+        Command::CreateRepo { connection, json } => {
+            let report = with_server(connection, settings, |server| async move {
+                pitr::init::create_repo(&repo, &server).await
+            })?;
+            if *json {
+                output::json(&report)
+            } else {
+                output::create_report(&report)
+            }
+            Ok(Done::Ok)
+        }
         Command::Backup {
             tier,
             pgdata,

@@ -189,6 +189,24 @@ pub fn restore_point(p: &RestorePoint, archived: bool) {
     );
 }
 
+/// What `pitr create-repo` did.
+pub fn create_report(r: &pitr::init::CreateReport) {
+    let what = match r.outcome {
+        pitr::repo::Created::Created => "created",
+        pitr::repo::Created::AlreadyCreated => "was created before; nothing changed",
+        pitr::repo::Created::Recreated => {
+            "had lost its repo.json: written again after checking that its WAL and backups are this cluster's"
+        }
+    };
+    println!(
+        "repository {} {what}: cluster {} (PostgreSQL {}, {} MiB WAL segments)",
+        r.repository,
+        r.cluster.system_identifier,
+        r.cluster.pg_version,
+        r.cluster.wal_segment_size >> 20
+    );
+}
+
 /// The restore point catalog.
 pub fn restore_points(points: &[RestorePoint]) {
     if points.is_empty() {

@@ -18,7 +18,7 @@ fn source_cluster() -> Cluster {
     Cluster::start(ClusterOptions::default().wal_segsize_mb(1).archive(false))
 }
 
-/// All files below `repo/wal` (recursively).
+/// All files below `repo/wal` (recursively), but the marker that says wal/ is the archive.
 fn stored_files(repo: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = fs::read_dir(dir) else {
@@ -28,7 +28,7 @@ fn stored_files(repo: &Path) -> Vec<PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 walk(&path, out);
-            } else {
+            } else if !path.ends_with(".pitr-archive") {
                 out.push(path);
             }
         }

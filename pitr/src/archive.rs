@@ -7,11 +7,12 @@
 //! the outcome does not need.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use crate::codec::{self, Codec, ObjectHeader};
 use crate::error::{Error, Result};
+use crate::fsio::Dir;
 use crate::prefetch::Prefetched;
 use crate::repo::{Repo, RepoInfo, FORMAT_VERSION};
 use crate::spool::Spool;
@@ -68,14 +69,16 @@ pub fn push(repo: &Repo, codec: &Codec, path: &Path, site: &Site) -> Result<Push
     let path = inside_data_dir(path, site.data_dir.as_deref())?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let name = WalFileName::parse(file_name)?;
+    let mut file = open_wal_file(&path, file_name)?;
     if let Some(spool) = &site.spool {
         // The watcher stored exactly this file durably already: nothing to read or compare.
-        let meta = fs::metadata(&path).map_err(Error::io("read", &path))?;
+        let meta = file.metadata().map_err(Error::io("read", &path))?;
         if spool.was_pushed(file_name, &meta) && repo.has_wal(&name)? {
             return Ok(PushOutcome::AlreadyArchived);
         }
     }
-    let raw = fs::read(&path).map_err(Error::io("read", &path))?;
+    let mut raw = Vec::new();
+    file.read_to_end(&mut raw).map_err(Error::io("read", &path))?;
     validate(repo, &name, &path, &raw)?;
     if repo.has_wal(&name)? {
         return compare_with_archived(repo, &name, &raw);
@@ -84,6 +87,16 @@ pub fn push(repo: &Repo, codec: &Codec, path: &Path, site: &Site) -> Result<Push
         PutOutcome::Created => Ok(PushOutcome::Stored),
         PutOutcome::AlreadyExists => compare_with_archived(repo, &name, &raw),
     }
+}
+
+/// Opens the file PostgreSQL hands to archive_command: a regular file, not a link to one, and
+/// never a FIFO that would block the archiver forever.
+fn open_wal_file(path: &Path, file_name: &str) -> Result<fs::File> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let dir = Dir::open(parent).map_err(Error::io("open", parent))?;
+    dir.open_file(file_name)
+        .map_err(Error::io("read", path))?
+        .ok_or_else(|| Error::io("read", path)(std::io::Error::from(std::io::ErrorKind::NotFound)))
 }
 
 /// Restores the archived file `name` to `dest` (relative to the current directory, inside the
@@ -106,7 +119,7 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
         }
     }
     let Some(object) = repo.get_wal(&name)? else {
-        return Ok(GetOutcome::NotFound);
+        return absent(repo);
     };
     let restored = restore_to(repo, &name, &object, info, &dest);
     if restored.is_err() {
@@ -114,6 +127,20 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
         let _ = fs::remove_file(&dest);
     }
     Ok(GetOutcome::Restored(restored?))
+}
+
+/// "Not archived", once the WAL archive is known to be there: a missing, emptied or unmounted
+/// `wal/` would otherwise answer "absent" for every file, and PostgreSQL would end recovery early.
+fn absent(repo: &Repo) -> Result<GetOutcome> {
+    if repo.wal_archive_present()? {
+        return Ok(GetOutcome::NotFound);
+    }
+    Err(Error::Repo {
+        path: repo.location().into(),
+        reason: "has repo.json but its wal/ directory is missing, empty or not mounted (no wal/.pitr-archive): \
+                 nothing can be restored from it; mount it or restore it, then retry"
+            .into(),
+    })
 }
 
 /// Decodes `object` straight into `dest`, 128 KiB at a time (no buffer the size of a segment),
@@ -145,6 +172,16 @@ fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<
     })?;
     match header {
         Some(header) => check_cluster(repo, &header, &path.display().to_string(), None),
+        // A history or backup history file does not say which cluster wrote it: it is only
+        // stored in a repository that knows its cluster already.
+        None if repo.info()?.is_none() => Err(Error::Refused(format!(
+            "refusing to archive {} into repository {}: the repository has no repo.json yet, and a {} does \
+             not tell which cluster it belongs to. Run `pitr create-repo` once (as after promoting a standby \
+             that archives into a new repository); PostgreSQL retries this file afterwards",
+            path.display(),
+            repo.location(),
+            if matches!(name, WalFileName::History(_)) { "timeline history file" } else { "backup history file" }
+        ))),
         None => Ok(()),
     }
 }

@@ -202,12 +202,7 @@ async fn preflight(
     }
     let archiving = check_archive_settings(repo, server, progress).await?;
 
-    let found = RepoInfo {
-        format_version: FORMAT_VERSION,
-        pg_version: server.major_version(),
-        system_identifier: server.system_identifier().await?,
-        wal_segment_size: segment_size(server).await?.bytes(),
-    };
+    let found = cluster_identity(server).await?;
     if let Some(recorded) = repo.info()? {
         check_same_cluster(repo, &recorded, &found)?;
     }
@@ -227,6 +222,16 @@ async fn preflight(
     // Only now, with every check passed, may a first backup bind an empty repository.
     check_same_cluster(repo, &repo.claim(found)?, &found)?;
     Ok((pgdata, archiving))
+}
+
+/// The cluster behind `server`, as a repository records it.
+pub async fn cluster_identity(server: &Server) -> Result<RepoInfo> {
+    Ok(RepoInfo {
+        format_version: FORMAT_VERSION,
+        pg_version: server.major_version(),
+        system_identifier: server.system_identifier().await?,
+        wal_segment_size: segment_size(server).await?.bytes(),
+    })
 }
 
 /// Where the server's archive_command puts WAL, as far as pitr can tell.

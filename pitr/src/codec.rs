@@ -21,6 +21,8 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 
+pub mod json;
+
 const MAGIC: &[u8; 4] = b"PITR";
 const FORMAT_VERSION: u8 = 1;
 /// Length of the object header.

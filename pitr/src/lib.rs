@@ -14,6 +14,7 @@
 //! - [`restore_point`]: named restore points and their catalog in the repository.
 //! - [`verify`]: verification with alerts as data, `check-integrity`, and `check` of archiving.
 //! - [`info`]: what the repository offers now — recoverable windows, backups, archive.
+//! - [`init`]: setting a cluster up for pitr — creating its repository on purpose.
 //! - [`spool`]: the local spool beside the data directory (watcher markers, prefetched WAL).
 //! - [`watch`]: the watcher that archives ready WAL files at once, in parallel.
 //! - [`prefetch`]: fetching the next segments ahead of recovery into the spool.
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod error;
 pub mod fsio;
 pub mod info;
+pub mod init;
 pub mod pg;
 pub mod prefetch;
 pub mod progress;
