@@ -236,11 +236,8 @@ impl WalFileName {
             WalFileName::Segment(segment) | WalFileName::Partial(segment) => {
                 LongPageHeader::validate(*segment, raw).map(Some)
             }
-            WalFileName::History(_) => parse_history(raw).map(|_| None),
-            WalFileName::Backup(..) if raw.starts_with(b"START WAL LOCATION: ") => Ok(None),
-            WalFileName::Backup(..) => {
-                Err("not a backup history file (it must start with 'START WAL LOCATION:')".into())
-            }
+            WalFileName::History(timeline) => check_history(*timeline, raw).map(|_| None),
+            WalFileName::Backup(segment, offset) => check_backup_history(*segment, *offset, raw).map(|()| None),
         }
     }
 }
@@ -299,6 +296,55 @@ pub fn parse_history(raw: &[u8]) -> std::result::Result<Vec<TimelineSwitch>, Str
         });
     }
     Ok(switches)
+}
+
+/// A history file as archive-push accepts it: what [`parse_history`] reads, with every parent
+/// timeline below `timeline`, the one the file is named after (`readTimeLineHistory` refuses
+/// anything else: "Timeline IDs must be less than child timeline's ID").
+fn check_history(timeline: TimelineId, raw: &[u8]) -> std::result::Result<Vec<TimelineSwitch>, String> {
+    let switches = parse_history(raw)?;
+    if let Some(last) = switches.last().filter(|s| s.parent >= timeline) {
+        return Err(format!(
+            "the history of timeline {timeline} names parent timeline {}, which is not below it",
+            last.parent
+        ));
+    }
+    if timeline > 1 && switches.is_empty() {
+        return Err(format!("the history of timeline {timeline} names no parent timeline"));
+    }
+    Ok(switches)
+}
+
+/// A backup history file (`<segment>.<offset>.backup`, written by `pg_backup_stop`) must start
+/// with `START WAL LOCATION: <lsn> (file <segment>)`, and that LSN must be the place the name
+/// says: in that segment, at that offset.
+fn check_backup_history(segment: SegmentName, offset: u32, raw: &[u8]) -> std::result::Result<(), String> {
+    let refuse = || {
+        format!(
+            "not the backup history file it is named after: its first line must be \
+             'START WAL LOCATION: <lsn> (file {segment})' with the LSN of segment {segment}, offset {offset:X}"
+        )
+    };
+    let first = raw.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = std::str::from_utf8(first).map_err(|_| refuse())?;
+    let rest = line.strip_prefix("START WAL LOCATION: ").ok_or_else(refuse)?;
+    let (lsn, file) = rest.split_once(" (file ").ok_or_else(refuse)?;
+    let lsn: Lsn = lsn.parse().map_err(|_| refuse())?;
+    if file.strip_suffix(')') != Some(segment.to_string().as_str()) {
+        return Err(refuse());
+    }
+    // The name's segment and offset are the LSN's for one of the segment sizes PostgreSQL allows.
+    let places_it = (SegmentSize::MIN.trailing_zeros()..=SegmentSize::MAX.trailing_zeros()).any(|bits| {
+        let size = SegmentSize(1 << bits);
+        segment.segment(size).is_some_and(|s| {
+            size.segment_of(lsn) == s.segno && lsn.0 % u64::from(size.bytes()) == u64::from(offset)
+        })
+    });
+    if places_it {
+        Ok(())
+    } else {
+        Err(refuse())
+    }
 }
 
 /// `XLOG_PAGE_MAGIC` of each supported major version (postgres-facts §3.2).

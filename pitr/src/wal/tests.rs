@@ -229,8 +229,41 @@ fn content_is_validated_by_the_kind_of_name() {
     );
     assert!(parse("00000002.history").validate_content(b"garbage\n").is_err());
     let backup = parse("000000010000000000000003.00000028.backup");
-    assert_eq!(backup.validate_content(b"START WAL LOCATION: 0/3000028\n"), Ok(None));
+    assert_eq!(
+        backup.validate_content(b"START WAL LOCATION: 0/3000028 (file 000000010000000000000003)\n"),
+        Ok(None)
+    );
     assert!(backup.validate_content(b"LABEL: x\n").is_err());
+}
+
+/// archive-push refuses what PostgreSQL itself would refuse to read, or what lies about its name.
+#[test]
+fn history_and_backup_files_must_agree_with_their_names() {
+    let parse = |n: &str| WalFileName::parse(n).unwrap();
+    let history = parse("00000003.history");
+    assert!(history.validate_content(b"1\t0/3000000\tx\n2\t0/5000000\ty\n").is_ok());
+    let not_below = history.validate_content(b"1\t0/3000000\tx\n3\t0/5000000\ty\n").unwrap_err();
+    assert!(not_below.contains("not below"), "{not_below}");
+    assert!(history.validate_content(b"5\t0/3000000\tx\n").is_err());
+    assert!(history.validate_content(b"# nothing\n").is_err(), "a child timeline names its parent");
+
+    let backup = parse("000000010000000000000003.00000028.backup");
+    for junk in [
+        "START WAL LOCATION: junk (file 000000010000000000000003)\n",
+        "START WAL LOCATION: 0/3000028\n",
+        "START WAL LOCATION: 0/3000028 (file 000000010000000000000004)\n",
+        "START WAL LOCATION: 0/3000030 (file 000000010000000000000003)\n",
+        "START WAL LOCATION: 0/4000028 (file 000000010000000000000003)\n",
+    ] {
+        assert!(backup.validate_content(junk.as_bytes()).is_err(), "{junk}");
+    }
+    let big_segments = parse("000000010000000000000003.00000028.backup");
+    assert!(
+        big_segments
+            .validate_content(b"START WAL LOCATION: 0/C0000028 (file 000000010000000000000003)\n")
+            .is_ok(),
+        "64 MiB segments: segment 3 starts at 0/C0000000"
+    );
 }
 
 proptest! {
