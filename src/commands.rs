@@ -163,6 +163,10 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             let tier = (what != "all").then(|| what.parse::<Tier>()).transpose()?;
             let listing = backup::list(&repo, tier)?;
             if *json {
+                // The array of backups, as before; unreadable ones are named on stderr.
+                for b in &listing.unreadable {
+                    eprintln!("pitr list: warning: backup {} is unreadable: {}", b.id, b.reason);
+                }
                 output::json(&listing.backups)
             } else {
                 output::listing(&listing)

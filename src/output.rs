@@ -137,6 +137,9 @@ pub fn listing(l: &Listing) {
             );
         }
     }
+    for b in &l.unreadable {
+        println!("{:<32} {:<6} UNREADABLE: {}", b.id, b.tier.name(), b.reason);
+    }
     for t in &l.wal {
         let gaps = if t.missing == 0 {
             String::new()
@@ -171,7 +174,14 @@ pub fn expire_plan(plan: &ExpirePlan, dry_run: bool) {
             plan.wal.len()
         );
     }
-    if plan.backups.is_empty() && plan.wal.is_empty() {
+    for b in &plan.unreadable {
+        println!(
+            "kept unreadable backup {} ({}): expire never deletes it, and expires no WAL while it is there; \
+             repair its manifest, or delete the directory by hand once it is of no use: {}",
+            b.id, b.tier, b.reason
+        );
+    }
+    if plan.backups.is_empty() && plan.wal.is_empty() && plan.unreadable.is_empty() {
         println!("nothing to expire");
     }
 }

@@ -31,7 +31,9 @@ fn a_created_empty_repository_answers_absent_and_takes_a_history_file_first() {
         Some(GET_ERROR),
         "a directory without repo.json is no archive"
     );
-    let history = c.test_dir().write("00000002.history", "1\t0/3000000\tno recovery target specified\n");
+    let history = c
+        .test_dir()
+        .write("00000002.history", "1\t0/3000000\tno recovery target specified\n");
     give_to_server_user(&history);
     let refused = c.pitr_with_repo(&repo, &["archive-push", history.to_str().unwrap()]);
     assert_eq!(refused.code(), Some(1), "{}", refused.describe());
@@ -64,7 +66,11 @@ fn a_created_empty_repository_answers_absent_and_takes_a_history_file_first() {
     let other = Cluster::start(ClusterOptions::default().archive(false));
     let foreign = other.pitr_connected(&repo, &["create-repo"]);
     assert_eq!(foreign.code(), Some(1), "{}", foreign.describe());
-    assert!(foreign.stderr_str().contains("not for cluster"), "{}", foreign.describe());
+    assert!(
+        foreign.stderr_str().contains("not for cluster"),
+        "{}",
+        foreign.describe()
+    );
 }
 
 /// archive-get says "absent" only when the archive is there to say it: a repository whose wal/
@@ -85,7 +91,12 @@ fn a_missing_or_unmounted_wal_directory_or_a_link_is_an_error_never_absent() {
     fs::remove_file(&stored).unwrap();
     std::os::unix::fs::symlink(elsewhere.join(&name), &stored).unwrap();
     let link = get(&c, c.repo(), &name);
-    assert_eq!(link.code(), Some(GET_ERROR), "a link is never followed: {}", link.describe());
+    assert_eq!(
+        link.code(),
+        Some(GET_ERROR),
+        "a link is never followed: {}",
+        link.describe()
+    );
     fs::remove_file(&stored).unwrap();
     fs::rename(elsewhere.join(&name), &stored).unwrap();
     get(&c, c.repo(), &name).assert_success();

@@ -548,18 +548,33 @@ fn restore_refuses_unsafe_targets_and_unknown_backups() {
     assert!(out.stderr_str().contains("not empty"), "{}", out.describe());
     assert!(stray.exists());
 
-    // --force is refused while a postmaster.pid is there.
-    let pid = r.data.join("postmaster.pid");
-    fs::write(&pid, b"12345\n").unwrap();
-    give_to_server_user(&pid);
+    // --force wipes only a data directory (as pgBackRest's does): a typo in --pgdata must not
+    // wipe whatever directory it names.
     let out = r.restore(c.repo(), &["--force"]);
     assert!(!out.success(), "{}", out.describe());
     out.assert_one_line_error();
-    assert!(out.stderr_str().contains("postmaster.pid"), "{}", out.describe());
-    assert!(stray.exists() && pid.exists(), "a refused --force wiped the directory");
+    assert!(out.stderr_str().contains("no PG_VERSION"), "{}", out.describe());
+    assert!(stray.exists(), "--force wiped a directory that is no data directory");
+    let version = r.data.join("PG_VERSION");
+    fs::write(&version, b"15\n").unwrap();
+    give_to_server_user(&version);
+
+    // --force is refused while a postmaster.pid is there, at the top or anywhere below (a
+    // running cluster inside the target).
+    for place in ["postmaster.pid", "nested/cluster/postmaster.pid"] {
+        let pid = r.data.join(place);
+        fs::create_dir_all(pid.parent().unwrap()).unwrap();
+        fs::write(&pid, b"12345\n").unwrap();
+        give_to_server_user(&r.data);
+        let out = r.restore(c.repo(), &["--force"]);
+        assert!(!out.success(), "{}", out.describe());
+        out.assert_one_line_error();
+        assert!(out.stderr_str().contains(place), "{}", out.describe());
+        assert!(stray.exists() && pid.exists(), "a refused --force wiped the directory");
+        fs::remove_file(&pid).unwrap();
+    }
 
     // Without it, --force wipes and restores.
-    fs::remove_file(&pid).unwrap();
     let out = r.restore(c.repo(), &["--force", "--json"]);
     out.assert_success();
     assert_eq!(json_str(&parse_json(&out), "id"), id);

@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use crate::codec::{self, Codec, ObjectHeader};
+use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::fsio::Dir;
 use crate::prefetch::Prefetched;
@@ -80,6 +81,7 @@ pub fn push(repo: &Repo, codec: &Codec, path: &Path, site: &Site) -> Result<Push
     let mut raw = Vec::new();
     file.read_to_end(&mut raw).map_err(Error::io("read", &path))?;
     validate(repo, &name, &path, &raw)?;
+    crash_point::reached("push:validated");
     if repo.has_wal(&name)? {
         return compare_with_archived(repo, &name, &raw);
     }
@@ -180,7 +182,11 @@ fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<
              that archives into a new repository); PostgreSQL retries this file afterwards",
             path.display(),
             repo.location(),
-            if matches!(name, WalFileName::History(_)) { "timeline history file" } else { "backup history file" }
+            if matches!(name, WalFileName::History(_)) {
+                "timeline history file"
+            } else {
+                "backup history file"
+            }
         ))),
         None => Ok(()),
     }

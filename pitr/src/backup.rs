@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-pub use catalog::{list, load_catalog, scan_catalog, BackupStatus, CatalogEntry, Listing, TimelineRange};
+pub use catalog::{
+    list, load_catalog, scan_catalog, BackupStatus, CatalogEntry, Listing, TimelineRange, UnreadableBackup,
+};
 pub use expire::{expire, plan_expire, ExpirePlan, Retention};
 pub(crate) use restore::with_verified;
 pub use restore::{restore, RestoreOptions, RestoreSummary};
@@ -30,15 +32,13 @@ use self::manifest::{FileEntry, Manifest, MANIFEST_VERSION};
 use self::source::SourceTree;
 use crate::codec::Codec;
 use crate::control;
+use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::pg::{BackupStop, Server};
 use crate::progress::Progress;
-use crate::repo::{backup_dir, Repo, RepoInfo, FORMAT_VERSION};
+use crate::repo::{backup_dir, Repo, RepoInfo, FORMAT_VERSION, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
 use crate::restore_point::wait_until_archived;
 use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
-
-/// The file name of a backup's manifest inside its directory.
-const MANIFEST: &str = "backup.manifest";
 
 /// A backup tier, after the reference runbook: hourly (24 kept), daily (7), weekly (4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -121,18 +121,23 @@ pub async fn take(
 ) -> Result<BackupSummary> {
     let started = Instant::now();
     let (pgdata, archiving) = preflight(repo, server, options, progress).await?;
-    let _lock = repo.storage().try_lock("backup")?.ok_or_else(|| {
-        Error::Refused(format!(
-            "another pitr backup is running on repository {} (it holds {}); wait for it to finish",
-            repo.location(),
-            repo.storage().describe("locks/backup.lock")
-        ))
-    })?;
+    let _lock = lock_backups(repo)?;
     let cleaned_up = catalog::delete_incomplete(repo)?;
     let tree = source::scan(&pgdata)?;
     check_space(repo, &tree)?;
     let id = unused_id(repo, options).await?;
     let dir = backup_dir(options.tier.name(), &id);
+    // Until the manifest is written, the marker says this directory is no backup (yet).
+    repo.storage().put_if_absent(
+        &format!("{dir}{INCOMPLETE_MARKER}"),
+        format!(
+            "pitr backup {id}, started {} by process {}\n",
+            Utc::now().to_rfc3339(),
+            std::process::id()
+        )
+        .as_bytes(),
+    )?;
+    crash_point::reached("backup:started");
 
     let start_time = Utc::now();
     let start_lsn = server.backup_start(&format!("pitr {id}"), options.fast).await?;
@@ -143,6 +148,7 @@ pub async fn take(
     // 50 ms) instead of PostgreSQL's once-a-second check.
     let stop = server.backup_stop(archiving != Archiving::IntoThisRepo).await;
     let (files, stop) = (copy?, stop?);
+    crash_point::reached("backup:stopped");
     let stop_time = Utc::now();
     let next_xid = server.next_xid().await?;
     write_labels(repo, &dir, &stop)?;
@@ -167,12 +173,31 @@ pub async fn take(
     // The files were stored without an fsync each: they become durable here, together, before
     // the manifest that commits them.
     repo.storage().sync_all_under(&dir)?;
-    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-    repo.storage().put_if_absent(&format!("{dir}{MANIFEST}"), &json)?;
+    crash_point::reached("backup:synced");
+    // The copy first: whenever the manifest exists, so does its copy.
+    let stored = manifest.to_bytes();
+    repo.storage()
+        .put_if_absent(&format!("{dir}{MANIFEST_COPY}"), &stored)?;
+    crash_point::reached("backup:manifest-copied");
+    repo.storage().put_if_absent(&format!("{dir}{MANIFEST}"), &stored)?;
+    crash_point::reached("backup:committed");
+    repo.storage().delete(&format!("{dir}{INCOMPLETE_MARKER}"))?;
     Ok(BackupSummary {
         file_count: manifest.files.len(),
         backup: BackupStatus::of(&manifest, None),
         cleaned_up,
+    })
+}
+
+/// The repository's backup lock: one backup (or expire) at a time, so that neither deletes what
+/// the other is writing.
+pub(crate) fn lock_backups(repo: &Repo) -> Result<crate::storage::LockGuard> {
+    repo.storage().try_lock("backup")?.ok_or_else(|| {
+        Error::Refused(format!(
+            "another pitr backup is running on repository {}, or an expire (it holds {}); wait for it to finish",
+            repo.location(),
+            repo.storage().describe("locks/backup.lock")
+        ))
     })
 }
 

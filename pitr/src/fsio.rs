@@ -28,6 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 
+use crate::crash_point;
+
 /// The largest write pitr hands the kernel: 128 KiB, below the order-6 folios that turn slow.
 pub const WRITE_PIECE: usize = 128 << 10;
 
@@ -55,6 +57,11 @@ impl Perms {
             file_mode: 0o600,
             owner,
         }
+    }
+
+    /// Gives an existing directory this owner and the directory mode.
+    pub fn apply_dir(&self, dir: &Dir) -> io::Result<()> {
+        self.apply(dir.fd(), self.dir_mode)
     }
 
     fn apply(&self, fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
@@ -109,7 +116,11 @@ impl Dir {
     /// Opens a directory the operator named: symbolic links in `path` itself are followed (the
     /// operator's configuration is trusted), nothing below it ever is.
     pub fn open(path: &Path) -> io::Result<Dir> {
-        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(Dir {
             fd,
             path: path.to_path_buf(),
@@ -210,8 +221,12 @@ impl Dir {
 
     /// Opens the existing regular file `name` for writing (no truncation, no creation).
     pub fn open_file_for_writing(&self, name: &str) -> io::Result<File> {
-        self.open_regular(name, OFlags::WRONLY)?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{} vanished", self.path_of(name).display())))
+        self.open_regular(name, OFlags::WRONLY)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} vanished", self.path_of(name).display()),
+            )
+        })
     }
 
     /// Opens the regular file `name` for reading and writing, creating it with `perms` if it is
@@ -349,10 +364,21 @@ impl Dir {
     pub fn put_new(&self, name: &str, data: &[u8], perms: &Perms, durable: bool) -> io::Result<bool> {
         check_name(name)?;
         let (temp_name, mut file) = self.create_temp(perms)?;
-        let written = write_in_pieces(&mut file, data).and_then(|()| if durable { file.sync_all() } else { Ok(()) });
-        let placed = written.and_then(|()| self.rename_noreplace(&temp_name, name));
+        let written = write_in_pieces(&mut file, data).and_then(|()| {
+            crash_point::reached("put:written");
+            if durable {
+                file.sync_all()
+            } else {
+                Ok(())
+            }
+        });
+        let placed = written.and_then(|()| {
+            crash_point::reached("put:synced");
+            self.rename_noreplace(&temp_name, name)
+        });
         match placed {
             Ok(true) => {
+                crash_point::reached("put:renamed");
                 if durable {
                     self.sync()?;
                 }
@@ -363,6 +389,22 @@ impl Dir {
                 other
             }
         }
+    }
+
+    /// Replaces the content of `name` (or creates it) crash-safely: a temporary file with
+    /// `perms`, fsynced, renamed over `name`, the directory fsynced. Readers see the old or the
+    /// new content, never a mix.
+    pub fn replace(&self, name: &str, data: &[u8], perms: &Perms) -> io::Result<()> {
+        check_name(name)?;
+        let (temp_name, mut file) = self.create_temp(perms)?;
+        let placed = write_in_pieces(&mut file, data)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| rustix::fs::renameat(self.fd(), temp_name.as_str(), self.fd(), name).map_err(Into::into));
+        if placed.is_err() {
+            let _ = self.remove_file(&temp_name);
+        }
+        placed?;
+        self.sync()
     }
 
     /// A new temporary file `.tmp.*` in this directory.
@@ -513,7 +555,10 @@ mod tests {
         assert!(dir.open_or_create_file("file", &Perms::private(None)).is_err());
         assert!(dir.create_file("file", &Perms::private(None)).is_err());
         dir.remove_tree("link").unwrap();
-        assert!(outside.path().join("secret").exists(), "removing a link removes the link only");
+        assert!(
+            outside.path().join("secret").exists(),
+            "removing a link removes the link only"
+        );
     }
 
     #[test]

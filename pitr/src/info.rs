@@ -44,8 +44,10 @@ pub struct Holdings {
     pub wal: Vec<ArchivedFile>,
     /// Every timeline history file, parsed or why not.
     pub histories: BTreeMap<TimelineId, Result<Vec<TimelineSwitch>>>,
-    /// The restore point catalog, or why it cannot be read.
+    /// The readable restore points, or why the catalog cannot be listed.
     pub restore_points: Result<Vec<RestorePoint>>,
+    /// Why each unreadable restore point record could not be read.
+    pub unreadable_restore_points: Vec<Error>,
 }
 
 impl Holdings {
@@ -70,13 +72,19 @@ impl Holdings {
                 _ => None,
             })
             .collect();
+        let mut points = restore_point::read_catalog(repo);
+        let unreadable_restore_points = points
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.unreadable))
+            .unwrap_or_default();
         Ok(Holdings {
             location: repo.location(),
             info: repo.info()?,
             catalog: scan_catalog(repo)?,
             wal,
             histories,
-            restore_points: restore_point::catalog(repo),
+            restore_points: points.map(|c| c.points),
+            unreadable_restore_points,
         })
     }
 
@@ -269,7 +277,13 @@ fn unreadable(holdings: &Holdings) -> Vec<String> {
     let manifests = holdings.catalog.iter().filter_map(|e| e.manifest.as_ref().err());
     let histories = holdings.histories.values().filter_map(|h| h.as_ref().err());
     let points = holdings.restore_points.as_ref().err();
-    manifests.chain(histories).chain(points).map(Error::to_string).collect()
+    let records = holdings.unreadable_restore_points.iter();
+    manifests
+        .chain(histories)
+        .chain(points)
+        .chain(records)
+        .map(Error::to_string)
+        .collect()
 }
 
 /// The windows on every timeline the archive knows.

@@ -24,11 +24,13 @@
 //! - [`daemon`]: the resident service — watcher, scheduled jobs, `/metrics` and `/health`.
 //! - [`demo`]: `pitr demo`, the whole story on a throwaway cluster.
 //! - [`error`]: the error type and the error policy.
+//! - [`crash_point`]: where the fault tests make pitr die as `kill -9` would.
 
 pub mod archive;
 pub mod backup;
 pub mod codec;
 pub mod control;
+pub mod crash_point;
 pub mod daemon;
 pub mod demo;
 pub mod error;

@@ -87,17 +87,19 @@ pub struct ServerState {
 }
 
 /// Gathers what the planner needs from the repository. Unlike `pitr info`, recovery does not
-/// work around what cannot be read: an unreadable manifest, history file or restore point
-/// catalog is an error here.
+/// work around what cannot be read, except a backup whose manifest is unreadable, which is left
+/// out (the others still recover): an unreadable history file or restore point catalog is an
+/// error here.
 pub fn repo_state(repo: &Repo) -> Result<RepoState> {
     let holdings = Holdings::read(repo)?;
     let segments = holdings.segments().into_iter().collect();
     let segment_size = holdings.segment_size();
-    let mut backups = holdings
+    // A backup whose manifest cannot be read cannot be restored: the plan chooses among the others.
+    let mut backups: Vec<_> = holdings
         .catalog
         .into_iter()
-        .map(|entry| entry.manifest)
-        .collect::<Result<Vec<_>>>()?;
+        .filter_map(|entry| entry.manifest.ok())
+        .collect();
     backups.sort_by_key(|m| m.stop_time);
     let histories = holdings
         .histories
@@ -138,13 +140,13 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         jobs: options.jobs,
     };
     let restored = backup::restore(repo, &restore, progress)?;
+    crate::crash_point::reached("recover:restored");
     let owner = owner_for(repo, &options.pgdata)?;
     settings::write_recovery(
         &options.pgdata,
         &recovery_settings(plan, options),
         "recovery settings (pitr recover)",
     )?;
-    chown_tree(&options.pgdata, &owner)?;
     let mut report = Report {
         restored,
         outcome: None,
@@ -231,19 +233,6 @@ fn owner_for(repo: &Repo, pgdata: &Path) -> Result<Owner> {
     } else {
         Owner::of(pgdata)
     }
-}
-
-fn chown_tree(path: &Path, owner: &Owner) -> Result<()> {
-    if rustix::process::geteuid().as_raw() != 0 {
-        return Ok(());
-    }
-    std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid)).map_err(Error::io("chown", path))?;
-    if path.is_dir() && !path.is_symlink() {
-        for entry in std::fs::read_dir(path).map_err(Error::io("list", path))? {
-            chown_tree(&entry.map_err(Error::io("list", path))?.path(), owner)?;
-        }
-    }
-    Ok(())
 }
 
 /// Reads the server's state and runs the verification query.

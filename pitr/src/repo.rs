@@ -11,6 +11,8 @@
 //! <repo>/wal/history/<TTTTTTTT>.history    timeline history files, kept forever
 //! <repo>/<tier>/<id>/files/<path>          a base backup's files (tier: hourly, daily, weekly)
 //! <repo>/<tier>/<id>/backup_label          ... the label from pg_backup_stop (+ tablespace_map)
+//! <repo>/<tier>/<id>/backup.incomplete     ... a marker while the backup is taken (or deleted)
+//! <repo>/<tier>/<id>/backup.manifest.copy  ... a copy of the manifest, written just before it
 //! <repo>/<tier>/<id>/backup.manifest       ... and its manifest, written last: the commit point
 //! <repo>/locks/<name>.lock                 advisory locks (one backup at a time)
 //! ```
@@ -317,6 +319,14 @@ impl Repo {
 /// What the WAL archive's marker says.
 const MARKER_TEXT: &[u8] = b"This directory is the WAL archive of a pitr repository (see ../repo.json).\n";
 
+/// A backup's manifest, in its directory: the backup exists once it is written.
+pub const MANIFEST: &str = "backup.manifest";
+/// The copy of a backup's manifest, written just before it: read when the manifest is damaged.
+pub const MANIFEST_COPY: &str = "backup.manifest.copy";
+/// Present while a backup is taken or deleted: a backup directory with this marker and no
+/// manifest never finished, and the next backup deletes it. One with neither lost its manifest.
+pub const INCOMPLETE_MARKER: &str = "backup.incomplete";
+
 /// The directory of one backup: `<tier>/<id>/`.
 pub fn backup_dir(tier: &str, id: &str) -> String {
     format!("{tier}/{id}/")
@@ -402,7 +412,10 @@ mod tests {
         let repo = Repo::open_local(dir.path()).unwrap();
         assert!(!repo.wal_archive_present().unwrap(), "no archive before creation");
         assert_eq!(repo.create(cluster(7), &[]).unwrap(), Created::Created);
-        assert!(repo.wal_archive_present().unwrap(), "an empty, created archive is present");
+        assert!(
+            repo.wal_archive_present().unwrap(),
+            "an empty, created archive is present"
+        );
         assert_eq!(repo.create(cluster(7), &[]).unwrap(), Created::AlreadyCreated);
         let err = repo.create(cluster(8), &[]).unwrap_err().to_string();
         assert!(err.contains("not for cluster 8"), "{err}");

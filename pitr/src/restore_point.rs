@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::codec::json;
 use crate::error::{Error, Result};
 use crate::pg::Server;
 use crate::repo::Repo;
@@ -46,22 +47,38 @@ pub struct CreateOptions {
     pub timeout: Duration,
 }
 
-/// Every recorded restore point, in LSN order.
+/// Every readable recorded restore point, in LSN order ([`read_catalog`] also names the
+/// unreadable ones).
 pub fn catalog(repo: &Repo) -> Result<Vec<RestorePoint>> {
-    let mut points = Vec::new();
+    Ok(read_catalog(repo)?.points)
+}
+
+/// The restore point catalog as read: one damaged record never hides the others.
+#[derive(Debug, Default)]
+pub struct PointCatalog {
+    /// The readable records, in LSN order.
+    pub points: Vec<RestorePoint>,
+    /// Why each unreadable record could not be read.
+    pub unreadable: Vec<Error>,
+}
+
+/// Reads every record of the catalog; an error only when the catalog cannot be listed.
+pub fn read_catalog(repo: &Repo) -> Result<PointCatalog> {
+    let mut catalog = PointCatalog::default();
     for name in repo.storage().list(CATALOG_DIR)? {
         let key = format!("{CATALOG_DIR}{name}");
-        let Some(bytes) = repo.storage().get(&key)? else {
-            continue;
+        let read = match repo.storage().get(&key) {
+            Ok(Some(bytes)) => json::from_slice::<RestorePoint>(&bytes, &repo.storage().describe(&key)),
+            Ok(None) => continue,
+            Err(e) => Err(e),
         };
-        let point: RestorePoint = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-            what: repo.storage().describe(&key),
-            reason: format!("unreadable restore point record ({e})"),
-        })?;
-        points.push(point);
+        match read {
+            Ok(point) => catalog.points.push(point),
+            Err(e) => catalog.unreadable.push(e),
+        }
     }
-    points.sort_by_key(|p| (p.timeline, p.lsn));
-    Ok(points)
+    catalog.points.sort_by_key(|p| (p.timeline, p.lsn));
+    Ok(catalog)
 }
 
 /// Creates a restore point on the server and records it once its WAL is archived.
@@ -114,8 +131,7 @@ pub async fn create(repo: &Repo, server: &Server, name: &str, options: CreateOpt
         wal_file,
     };
     let key = format!("{CATALOG_DIR}{}_{:016X}.json", time.format("%Y%m%dT%H%M%S%6f"), lsn.0);
-    repo.storage()
-        .put_if_absent(&key, &serde_json::to_vec_pretty(&point).expect("serializes"))?;
+    repo.storage().put_if_absent(&key, &json::to_vec(&point))?;
     Ok(point)
 }
 

@@ -48,7 +48,7 @@ use crate::error::{Error, Result};
 use crate::info::{summarize, Holdings, RepoSummary};
 use crate::pg::Server;
 use crate::progress::Progress;
-use crate::repo::{backup_dir, Repo};
+use crate::repo::{backup_dir, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
 use crate::wal::{Lsn, Segment, TimelineId, WalFileName};
 
 /// What `pitr verify` looks at.
@@ -284,6 +284,7 @@ fn check_backups_and_wal(
     let objects = objects_to_read(holdings, entries, whole_archive);
     let (read, findings) = objects::read_all(repo, &objects, holdings.info.as_ref(), jobs, progress)?;
     let mut alerts = metadata_alerts(holdings, entries, whole_archive);
+    alerts.extend(stray_objects(repo, entries)?);
     alerts.extend(
         findings
             .into_iter()
@@ -391,6 +392,9 @@ fn metadata_alerts(holdings: &Holdings, entries: &[&CatalogEntry], whole_archive
     }
     for entry in entries {
         let dir = backup_dir(entry.tier.name(), &entry.id);
+        if let Some(damage) = &entry.damage {
+            alerts.push(failed(format!("{dir}{MANIFEST}"), damage.clone()));
+        }
         match &entry.manifest {
             Err(e) => alerts.push(failed(format!("{dir}backup.manifest"), e.to_string())),
             Ok(m) => {
@@ -407,7 +411,74 @@ fn metadata_alerts(holdings: &Holdings, entries: &[&CatalogEntry], whole_archive
     if let (true, Err(e)) = (whole_archive, &holdings.restore_points) {
         alerts.push(failed("restore_points/".into(), e.to_string()));
     }
+    if whole_archive {
+        alerts.extend(
+            holdings
+                .unreadable_restore_points
+                .iter()
+                .map(|e| failed("restore_points/".into(), e.to_string())),
+        );
+    }
     alerts
+}
+
+/// Objects in a backup's directory that its manifest does not name: a file entry removed from
+/// the manifest (restore would silently leave the file out), or objects someone added.
+fn stray_objects(repo: &Repo, entries: &[&CatalogEntry]) -> Result<Vec<Alert>> {
+    let mut alerts = Vec::new();
+    for entry in entries {
+        let Ok(manifest) = &entry.manifest else { continue };
+        let dir = backup_dir(entry.tier.name(), &entry.id);
+        let mut expected: HashSet<String> = manifest
+            .files
+            .iter()
+            .flat_map(FileEntry::pieces)
+            .map(|piece| piece.key(&dir))
+            .collect();
+        expected.extend(
+            [
+                "backup_label",
+                "tablespace_map",
+                MANIFEST,
+                MANIFEST_COPY,
+                INCOMPLETE_MARKER,
+            ]
+            .map(|n| format!("{dir}{n}")),
+        );
+        let mut stray = Vec::new();
+        list_objects(repo, &dir, &mut |key| {
+            if !expected.contains(&key) {
+                stray.push(key);
+            }
+        })?;
+        if !stray.is_empty() {
+            alerts.push(Alert::new(
+                AlertName::BackupVerificationFailed,
+                format!("{dir}{MANIFEST}"),
+                format!(
+                    "{} object(s) of the backup are not in its manifest, so a restore would leave them out: {}{}. \
+                     The manifest may have been edited; restore it from a copy of the repository, or take a new backup",
+                    stray.len(),
+                    stray.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                    if stray.len() > 5 { ", ..." } else { "" }
+                ),
+            ));
+        }
+    }
+    Ok(alerts)
+}
+
+/// Calls `found` with the key of every object under `dir`.
+fn list_objects(repo: &Repo, dir: &str, found: &mut dyn FnMut(String)) -> Result<()> {
+    for name in repo.storage().list(dir)? {
+        let key = format!("{dir}{name}");
+        if name.ends_with('/') {
+            list_objects(repo, &key, found)?;
+        } else {
+            found(key);
+        }
+    }
+    Ok(())
 }
 
 /// Missing WAL: in the whole archive (from the oldest retained backup on), or what `backups`

@@ -336,9 +336,9 @@ fn check_backup_history(segment: SegmentName, offset: u32, raw: &[u8]) -> std::r
     // The name's segment and offset are the LSN's for one of the segment sizes PostgreSQL allows.
     let places_it = (SegmentSize::MIN.trailing_zeros()..=SegmentSize::MAX.trailing_zeros()).any(|bits| {
         let size = SegmentSize(1 << bits);
-        segment.segment(size).is_some_and(|s| {
-            size.segment_of(lsn) == s.segno && lsn.0 % u64::from(size.bytes()) == u64::from(offset)
-        })
+        segment
+            .segment(size)
+            .is_some_and(|s| size.segment_of(lsn) == s.segno && lsn.0 % u64::from(size.bytes()) == u64::from(offset))
     });
     if places_it {
         Ok(())

@@ -1,5 +1,16 @@
-//! The catalog of finished backups (those with a manifest), what `pitr list` shows, and the
-//! clean-up of backups that never finished.
+//! The catalog of finished backups, what `pitr list` shows, and the clean-up of backups that
+//! never finished.
+//!
+//! A backup directory is, by what it holds:
+//! - **complete**: `backup.manifest` reads;
+//! - **complete, read from the copy**: `backup.manifest` is missing or damaged but
+//!   `backup.manifest.copy` reads (and the backup is not being taken or deleted);
+//! - **incomplete**: no manifest and the `backup.incomplete` marker (being taken, interrupted,
+//!   or being deleted), or nothing but temporary files: not a backup; the next backup deletes it;
+//! - **unreadable**: neither manifest reads, or both are gone without the marker (the manifest
+//!   was lost): kept, and named by `list`, `verify` and `expire`, never deleted by pitr.
+//!
+//! One unreadable backup never stops the others from being listed, restored or expired.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -7,73 +18,179 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::manifest::Manifest;
-use super::{Tier, MANIFEST};
+use super::Tier;
 use crate::error::{Error, Result};
-use crate::repo::{backup_dir, Repo};
+use crate::repo::{backup_dir, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
 use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 
-/// Every finished backup in the repository, oldest first by stop time.
+/// Every backup whose manifest reads (from its copy where the manifest itself does not), oldest
+/// first by stop time. Unreadable backups are left out: [`scan_catalog`] names them.
 pub fn load_catalog(repo: &Repo) -> Result<Vec<Manifest>> {
-    let mut manifests = scan_catalog(repo)?
+    let mut manifests: Vec<Manifest> = scan_catalog(repo)?
         .into_iter()
-        .map(|entry| entry.manifest)
-        .collect::<Result<Vec<_>>>()?;
+        .filter_map(|entry| entry.manifest.ok())
+        .collect();
     manifests.sort_by_key(|m| m.stop_time);
     Ok(manifests)
 }
 
-/// A backup directory with a manifest, and that manifest as read.
+/// A backup directory that is a backup (complete or unreadable, not incomplete).
 pub struct CatalogEntry {
     /// The tier directory it is in.
     pub tier: Tier,
     /// Its directory name: the backup id.
     pub id: String,
-    /// The parsed manifest, or why it could not be read.
+    /// The parsed manifest, or why the backup cannot be read.
     pub manifest: Result<Manifest>,
+    /// What is wrong although the manifest was read: it came from the copy, because the
+    /// manifest itself is missing or damaged, or the copy is missing or damaged.
+    pub damage: Option<String>,
 }
 
-/// Every backup directory with a manifest, unreadable manifests included (for verification,
-/// which reports them instead of stopping at the first).
+/// Every backup, unreadable ones included (for verification, which reports them instead of
+/// stopping at the first).
 pub fn scan_catalog(repo: &Repo) -> Result<Vec<CatalogEntry>> {
     let mut entries = Vec::new();
     for tier in Tier::ALL {
         for dir in repo.storage().list(&format!("{}/", tier.name()))? {
-            let key = format!("{}/{dir}{MANIFEST}", tier.name());
-            let Some(bytes) = repo.storage().get(&key)? else {
-                continue;
+            let Some(id) = dir.strip_suffix('/') else {
+                continue; // a stray file in a tier directory is no backup
             };
-            let manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                what: repo.storage().describe(&key),
-                reason: format!("unreadable backup manifest ({e})"),
-            });
-            entries.push(CatalogEntry {
-                tier,
-                id: dir.trim_end_matches('/').to_string(),
-                manifest,
-            });
+            entries.extend(read_entry(repo, tier, id)?);
         }
     }
     Ok(entries)
 }
 
-/// Deletes backup directories without a manifest (interrupted backups); returns their ids.
-/// Only call while holding the backup lock, or a running backup would be deleted.
+/// The backup in `<tier>/<id>/`, or `None` when it is incomplete.
+fn read_entry(repo: &Repo, tier: Tier, id: &str) -> Result<Option<CatalogEntry>> {
+    let dir = backup_dir(tier.name(), id);
+    let entry = |manifest: Result<Manifest>, damage: Option<String>| {
+        Ok(Some(CatalogEntry {
+            tier,
+            id: id.to_string(),
+            manifest,
+            damage,
+        }))
+    };
+    let main_key = format!("{dir}{MANIFEST}");
+    let main_bytes = repo.storage().get(&main_key)?;
+    let main = main_bytes
+        .as_deref()
+        .map(|bytes| Manifest::from_bytes(bytes, &repo.storage().describe(&main_key)));
+    let problem = match main {
+        Some(Ok(manifest)) => {
+            let copy_damage = check_copy(repo, &dir, &manifest, main_bytes.as_deref().unwrap_or_default())?;
+            return entry(Ok(manifest), copy_damage);
+        }
+        None if is_incomplete(repo, &dir)? => return Ok(None),
+        None => format!("{} is missing", repo.storage().describe(&format!("{dir}{MANIFEST}"))),
+        Some(Err(e)) => e.to_string(),
+    };
+    match read_manifest(repo, &format!("{dir}{MANIFEST_COPY}"))? {
+        Some(Ok(manifest)) => entry(
+            Ok(manifest),
+            Some(format!("{problem}; the backup was read from {MANIFEST_COPY}")),
+        ),
+        copy => {
+            let copy = match copy {
+                Some(Err(e)) => format!("its copy is damaged too ({e})"),
+                _ => format!("there is no {MANIFEST_COPY}"),
+            };
+            entry(
+                Err(Error::Corrupt {
+                    what: format!("backup {id} ({})", repo.storage().describe(&dir)),
+                    reason: format!(
+                        "{problem}, and {copy}: the backup cannot be restored. If the manifest was deleted, \
+                         restore it from a copy of the repository; pitr keeps the backup's files"
+                    ),
+                }),
+                None,
+            )
+        }
+    }
+}
+
+/// What is wrong with the copy of a manifest that reads: since format 3 the copy holds the same
+/// bytes, so that it can stand in when the manifest is damaged.
+fn check_copy(repo: &Repo, dir: &str, manifest: &Manifest, main: &[u8]) -> Result<Option<String>> {
+    if manifest.format_version < 3 {
+        return Ok(None); // written before the copy existed
+    }
+    let key = format!("{dir}{MANIFEST_COPY}");
+    Ok(match repo.storage().get(&key)? {
+        Some(copy) if copy == main => None,
+        Some(_) => Some(format!(
+            "{} differs from {MANIFEST}: the copy is damaged (the backup reads from {MANIFEST})",
+            repo.storage().describe(&key)
+        )),
+        None => Some(format!(
+            "{} is missing (the backup reads from {MANIFEST})",
+            repo.storage().describe(&key)
+        )),
+    })
+}
+
+/// A stored manifest: `None` when absent, the error when it does not read.
+fn read_manifest(repo: &Repo, key: &str) -> Result<Option<Result<Manifest>>> {
+    Ok(repo
+        .storage()
+        .get(key)?
+        .map(|bytes| Manifest::from_bytes(&bytes, &repo.storage().describe(key))))
+}
+
+/// A directory without manifest that never became a backup: it carries the marker, or nothing
+/// but temporary files.
+fn is_incomplete(repo: &Repo, dir: &str) -> Result<bool> {
+    Ok(repo.storage().head(&format!("{dir}{INCOMPLETE_MARKER}"))?.is_some() || repo.storage().list(dir)?.is_empty())
+}
+
+/// Deletes backup directories that never finished (interrupted backups, interrupted
+/// deletions) and markers that finished backups left behind; returns the deleted ids. Only call
+/// while holding the backup lock, or a running backup would be deleted.
 pub(super) fn delete_incomplete(repo: &Repo) -> Result<Vec<String>> {
     let mut deleted = Vec::new();
     for tier in Tier::ALL {
         for dir in repo.storage().list(&format!("{}/", tier.name()))? {
-            let id = dir.trim_end_matches('/');
-            if repo
-                .storage()
-                .head(&format!("{}/{dir}{MANIFEST}", tier.name()))?
-                .is_none()
-            {
-                repo.storage().delete_all(&backup_dir(tier.name(), id))?;
+            let Some(id) = dir.strip_suffix('/') else { continue };
+            let dir = backup_dir(tier.name(), id);
+            let has_manifest = repo.storage().head(&format!("{dir}{MANIFEST}"))?.is_some();
+            if !has_manifest && is_incomplete(repo, &dir)? {
+                repo.storage().delete_all(&dir)?;
                 deleted.push(id.to_string());
+            } else if has_manifest {
+                repo.storage().delete(&format!("{dir}{INCOMPLETE_MARKER}"))?;
             }
         }
     }
     Ok(deleted)
+}
+
+/// A backup whose manifest cannot be read, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnreadableBackup {
+    /// The backup id (its directory).
+    pub id: String,
+    /// Its tier.
+    pub tier: Tier,
+    /// Why it cannot be read.
+    pub reason: String,
+}
+
+impl UnreadableBackup {
+    /// The unreadable backups among `entries`.
+    pub fn all_in(entries: &[CatalogEntry]) -> Vec<UnreadableBackup> {
+        entries
+            .iter()
+            .filter_map(|e| {
+                Some(UnreadableBackup {
+                    id: e.id.clone(),
+                    tier: e.tier,
+                    reason: e.manifest.as_ref().err()?.to_string(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// One backup as listed: the manifest without its file list, plus whether its WAL is archived.
@@ -169,6 +286,8 @@ pub struct TimelineRange {
 pub struct Listing {
     /// Backups, oldest first.
     pub backups: Vec<BackupStatus>,
+    /// Backups whose manifest cannot be read.
+    pub unreadable: Vec<UnreadableBackup>,
     /// Archived WAL per timeline.
     pub wal: Vec<TimelineRange>,
 }
@@ -176,17 +295,19 @@ pub struct Listing {
 /// The backups of `tier` (all when `None`) with their WAL status, and the archived WAL ranges.
 pub fn list(repo: &Repo, tier: Option<Tier>) -> Result<Listing> {
     let archived: HashSet<WalFileName> = repo.list_wal()?.into_iter().collect();
-    let backups = load_catalog(repo)?
-        .iter()
-        .filter(|m| tier.is_none_or(|t| m.tier == t))
-        .map(|m| BackupStatus::of(m, Some(&archived)))
+    let entries: Vec<CatalogEntry> = scan_catalog(repo)?
+        .into_iter()
+        .filter(|e| tier.is_none_or(|t| e.tier == t))
         .collect();
+    let mut manifests: Vec<&Manifest> = entries.iter().filter_map(|e| e.manifest.as_ref().ok()).collect();
+    manifests.sort_by_key(|m| m.stop_time);
     let size = repo
         .info()?
         .and_then(|i| SegmentSize::new(i.wal_segment_size))
         .unwrap_or(SegmentSize::DEFAULT);
     Ok(Listing {
-        backups,
+        backups: manifests.iter().map(|m| BackupStatus::of(m, Some(&archived))).collect(),
+        unreadable: UnreadableBackup::all_in(&entries),
         wal: timeline_ranges(&archived, size),
     })
 }

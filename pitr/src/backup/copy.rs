@@ -138,6 +138,7 @@ fn copy_piece(repo: &Repo, dir: &str, task: &Task, codec: &Codec, progress: &dyn
         let object = codec.encode(raw);
         let key = piece_key(dir, &task.file.path, task.part);
         repo.storage().put_if_absent_deferred(&key, &object)?;
+        crate::crash_point::reached("backup:piece");
         let header = ObjectHeader::parse(&object, &key)?;
         progress.advance(raw.len() as u64);
         Ok(Some(Part {

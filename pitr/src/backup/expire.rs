@@ -1,16 +1,20 @@
 //! Retention: keep the newest N backups per tier (by real stop time, never by name), and delete
 //! the WAL that no retained backup needs. Timeline history files are kept forever.
 //!
-//! Deletion order keeps the repository consistent after a crash at any point: a backup's
-//! manifest goes first (the backup stops existing), then its files; WAL goes last, and only WAL
-//! older than the oldest backup that is still listed.
+//! Deletion order keeps the repository consistent after a crash at any point: a backup is first
+//! marked incomplete, then its manifest and the manifest's copy go (the backup stops existing),
+//! then its files; WAL goes last, and only WAL older than the oldest backup that is still listed.
+//! Expire holds the backup lock, so it never runs beside a backup. While a backup's manifest
+//! cannot be read, no WAL is expired: where that backup starts is unknown.
 
 use serde::Serialize;
 
+use super::catalog::UnreadableBackup;
 use super::manifest::Manifest;
-use super::{load_catalog, Tier, MANIFEST};
+use super::{lock_backups, scan_catalog, Tier};
+use crate::crash_point;
 use crate::error::Result;
-use crate::repo::{backup_dir, Repo};
+use crate::repo::{backup_dir, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
 use crate::wal::{SegmentSize, WalFileName};
 
 /// How many backups each tier keeps.
@@ -64,12 +68,17 @@ pub struct ExpirePlan {
     pub wal: Vec<String>,
     /// The oldest segment kept, when any backup is retained.
     pub wal_kept_from: Option<String>,
+    /// Backups whose manifest cannot be read: never deleted by expire, and while there is one
+    /// no WAL is expired.
+    pub unreadable: Vec<UnreadableBackup>,
 }
 
 /// Decides what to delete; `tier` limits backup expiry to one tier (WAL expiry always considers
-/// every retained backup). Pure: no repository access.
+/// every retained backup, and is skipped while a backup is `unreadable`). Pure: no repository
+/// access.
 pub fn plan_expire(
     catalog: &[Manifest],
+    unreadable: Vec<UnreadableBackup>,
     archived: &[WalFileName],
     size: SegmentSize,
     retention: Retention,
@@ -99,7 +108,7 @@ pub fn plan_expire(
         }
     }
     let oldest_needed = retained.iter().map(|m| size.segment_of(m.start_lsn)).min();
-    let wal = match oldest_needed {
+    let wal = match oldest_needed.filter(|_| unreadable.is_empty()) {
         Some(first) => archived
             .iter()
             .filter(|name| {
@@ -110,7 +119,8 @@ pub fn plan_expire(
             })
             .map(|name| name.to_string())
             .collect(),
-        None => Vec::new(), // no backup: every archived file may still be needed
+        // No backup (every archived file may still be needed), or one whose start is unknown.
+        None => Vec::new(),
     };
     let wal_kept_from = retained
         .iter()
@@ -120,6 +130,7 @@ pub fn plan_expire(
         backups,
         wal,
         wal_kept_from,
+        unreadable,
     }
 }
 
@@ -130,25 +141,37 @@ fn backup_file_segment(name: &WalFileName) -> Option<crate::wal::SegmentName> {
     }
 }
 
-/// Plans and, unless `dry_run`, carries out expiry.
+/// Plans and, unless `dry_run`, carries out expiry (holding the backup lock).
 pub fn expire(repo: &Repo, retention: Retention, tier: Option<Tier>, dry_run: bool) -> Result<ExpirePlan> {
-    let catalog = load_catalog(repo)?;
+    let _lock = (!dry_run).then(|| lock_backups(repo)).transpose()?;
+    let entries = scan_catalog(repo)?;
+    let unreadable = UnreadableBackup::all_in(&entries);
+    let catalog: Vec<Manifest> = entries.into_iter().filter_map(|e| e.manifest.ok()).collect();
     let archived = repo.list_wal()?;
     let size = repo
         .info()?
         .and_then(|i| SegmentSize::new(i.wal_segment_size))
         .unwrap_or(SegmentSize::DEFAULT);
-    let plan = plan_expire(&catalog, &archived, size, retention, tier);
+    let plan = plan_expire(&catalog, unreadable, &archived, size, retention, tier);
     if dry_run {
         return Ok(plan);
     }
     for backup in &plan.backups {
         let dir = backup_dir(backup.tier.name(), &backup.id);
+        repo.storage().put_if_absent(
+            &format!("{dir}{INCOMPLETE_MARKER}"),
+            format!("expired by pitr (process {})\n", std::process::id()).as_bytes(),
+        )?;
+        crash_point::reached("expire:marked");
         repo.storage().delete(&format!("{dir}{MANIFEST}"))?;
+        crash_point::reached("expire:manifest-deleted");
+        repo.storage().delete(&format!("{dir}{MANIFEST_COPY}"))?;
         repo.storage().delete_all(&dir)?;
+        crash_point::reached("expire:deleted");
     }
     for name in &plan.wal {
         repo.delete_wal(&WalFileName::parse(name)?)?;
+        crash_point::reached("expire:wal");
     }
     Ok(plan)
 }
@@ -189,7 +212,7 @@ mod tests {
             daily: 1,
             weekly: 1,
         };
-        let plan = plan_expire(&catalog, &wal(1..9), SegmentSize::DEFAULT, retention, None);
+        let plan = plan_expire(&catalog, vec![], &wal(1..9), SegmentSize::DEFAULT, retention, None);
         assert_eq!(
             plan.backups.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
             ["main_hourly_98"]
@@ -220,6 +243,7 @@ mod tests {
         };
         let plan = plan_expire(
             &catalog,
+            vec![],
             &wal(1..9),
             SegmentSize::DEFAULT,
             retention,
@@ -231,7 +255,39 @@ mod tests {
 
     #[test]
     fn without_backups_no_wal_is_deleted() {
-        let plan = plan_expire(&[], &wal(1..9), SegmentSize::DEFAULT, Retention::default(), None);
+        let plan = plan_expire(
+            &[],
+            vec![],
+            &wal(1..9),
+            SegmentSize::DEFAULT,
+            Retention::default(),
+            None,
+        );
         assert!(plan.wal.is_empty() && plan.backups.is_empty());
+    }
+
+    #[test]
+    fn no_wal_is_expired_while_a_backup_is_unreadable() {
+        let catalog = vec![backup(Tier::Hourly, 1, 2), backup(Tier::Hourly, 2, 6)];
+        let retention = Retention {
+            hourly: 1,
+            ..Retention::default()
+        };
+        let damaged = UnreadableBackup {
+            id: "main_daily_x".into(),
+            tier: Tier::Daily,
+            reason: "damaged".into(),
+        };
+        let plan = plan_expire(
+            &catalog,
+            vec![damaged],
+            &wal(1..9),
+            SegmentSize::DEFAULT,
+            retention,
+            None,
+        );
+        assert_eq!(plan.backups.len(), 1, "readable backups still expire");
+        assert!(plan.wal.is_empty(), "{:?}", plan.wal);
+        assert_eq!(plan.unreadable.len(), 1);
     }
 }

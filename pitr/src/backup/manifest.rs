@@ -1,15 +1,27 @@
 //! The backup manifest: everything known about one base backup, written last, so that its
 //! presence is what makes a backup exist.
+//!
+//! A manifest is read from the repository, which its owner can write: every path, mode and
+//! tablespace location in it is checked ([`Manifest::layout_problems`]) before anything is
+//! restored from it, and its checksum ([`crate::codec::json`]) catches damage.
+
+use std::path::{Component, Path};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::Tier;
+use crate::codec::json;
+use crate::error::{Error, Result};
+use crate::fsio;
 use crate::wal::{Lsn, SegmentSize, TimelineId};
 
 /// The version of the manifest format this pitr writes. Version 2 added [`FileEntry::parts`];
-/// version 1 manifests read the same (no file split).
-pub const MANIFEST_VERSION: u32 = 2;
+/// version 3 the checksum and the copy beside it. Versions 1 and 2 read the same (no checksum).
+pub const MANIFEST_VERSION: u32 = 3;
+
+/// Permission bits a restored file or directory may have: never set-id or sticky bits.
+pub const PERMISSION_BITS: u32 = 0o777;
 
 /// One base backup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +72,61 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The manifest as stored: checksummed JSON.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        json::to_vec(self)
+    }
+
+    /// Reads a stored manifest (`what` names it in errors): its checksum, its format version.
+    pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Manifest> {
+        let manifest: Manifest = json::from_slice(bytes, what)?;
+        if !(1..=MANIFEST_VERSION).contains(&manifest.format_version) {
+            return Err(Error::Corrupt {
+                what: what.to_string(),
+                reason: format!(
+                    "manifest format version {} is not one this pitr reads (1 to {MANIFEST_VERSION}): use a \
+                     matching pitr",
+                    manifest.format_version
+                ),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// What in the manifest could make a restore write anywhere but into the new data directory
+    /// and its tablespaces, or write what a data directory never holds: paths that are absolute,
+    /// hold `..` or empty parts; modes with set-id or sticky bits; tablespace locations that are
+    /// relative, not normalized or `/`. Empty when the layout is safe to restore.
+    pub fn layout_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let paths = self
+            .directories
+            .iter()
+            .map(|d| ("directory", d.path.as_str(), d.mode))
+            .chain(self.files.iter().map(|f| ("file", f.path.as_str(), f.mode)));
+        for (kind, path, mode) in paths {
+            if fsio::components(path).is_err() {
+                problems.push(format!(
+                    "{kind} path '{path}' is not a relative path of plain names (absolute, '..' or empty parts)"
+                ));
+            }
+            if mode & !PERMISSION_BITS != 0 {
+                problems.push(format!(
+                    "{kind} {path} has mode {mode:o}: set-id or sticky bits never belong in a data directory"
+                ));
+            }
+        }
+        for tablespace in &self.tablespaces {
+            if !is_normal_absolute(&tablespace.location) {
+                problems.push(format!(
+                    "tablespace {} has location '{}', which is not a normalized absolute path",
+                    tablespace.oid, tablespace.location
+                ));
+            }
+        }
+        problems
+    }
+
     /// The segment size as a type.
     pub fn segment_size(&self) -> SegmentSize {
         SegmentSize::new(self.wal_segment_size).unwrap_or(SegmentSize::DEFAULT)
@@ -72,6 +139,19 @@ impl Manifest {
         let first = size.segment_of(self.start_lsn);
         first..=size.segment_before(self.stop_lsn).max(first)
     }
+}
+
+/// An absolute path without `.`, `..` or empty parts, and not `/` itself.
+fn is_normal_absolute(path: &str) -> bool {
+    let path = Path::new(path);
+    path.is_absolute()
+        && path.components().count() > 1
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && !path
+            .to_str()
+            .is_some_and(|p| p.contains("//") || p.ends_with('/') || p.contains("/./"))
 }
 
 /// A tablespace: `pg_tblspc/<oid>` pointed at `location`.
@@ -262,6 +342,67 @@ mod tests {
         assert_eq!(parts.len(), 4);
         assert_eq!(parts_crc(&parts), crc32fast::hash(&bytes));
         assert_eq!(parts_crc(&[]), crc32fast::hash(b""));
+    }
+
+    #[test]
+    fn paths_modes_and_locations_that_escape_are_named() {
+        let mut m = Manifest::for_test("b", Tier::Daily, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
+        assert!(m.layout_problems().is_empty());
+        let file = |path: &str, mode: u32| FileEntry {
+            path: path.into(),
+            size: 0,
+            mode,
+            mtime: 0,
+            crc32: 0,
+            stored_size: 0,
+            parts: vec![],
+        };
+        m.files = vec![
+            file("base/1/1259", 0o600),
+            file("/etc/cron.d/x", 0o600),
+            file("base/../../x", 0o600),
+            file("global/x", 0o4755),
+        ];
+        m.directories = vec![DirEntry {
+            path: "pg_tblspc//x".into(),
+            mode: 0o700,
+        }];
+        m.tablespaces = vec![
+            Tablespace {
+                oid: 16384,
+                location: "/srv/ts/../etc".into(),
+            },
+            Tablespace {
+                oid: 16385,
+                location: "relative".into(),
+            },
+            Tablespace {
+                oid: 16386,
+                location: "/srv/ts1".into(),
+            },
+        ];
+        let problems = m.layout_problems();
+        for needle in [
+            "/etc/cron.d/x",
+            "base/../../x",
+            "4755",
+            "pg_tblspc//x",
+            "16384",
+            "16385",
+        ] {
+            assert!(problems.iter().any(|p| p.contains(needle)), "{needle}: {problems:?}");
+        }
+        assert_eq!(problems.len(), 6, "{problems:?}");
+    }
+
+    #[test]
+    fn a_stored_manifest_round_trips_and_a_flipped_bit_is_found() {
+        let m = Manifest::for_test("b", Tier::Daily, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
+        let bytes = m.to_bytes();
+        assert_eq!(Manifest::from_bytes(&bytes, "m").unwrap(), m);
+        let mut damaged = bytes.clone();
+        damaged[bytes.len() / 2] ^= 0x10;
+        assert!(Manifest::from_bytes(&damaged, "m").is_err());
     }
 
     #[test]

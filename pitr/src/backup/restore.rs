@@ -1,22 +1,31 @@
 //! Restoring a backup's files into a new data directory (files only; recovery settings and
 //! driving the server belong to `recover`): checksums verified in parallel, labels written,
 //! an empty `pg_wal/`, and `global/pg_control` last so a half-restored directory cannot start.
+//!
+//! The manifest comes from the repository, which its owner can write, and a restore may run as
+//! root: every path, mode and tablespace location in it is checked before anything is written
+//! ([`Manifest::layout_problems`]); the target and each tablespace location are opened once and
+//! everything is created below those handles without following a symbolic link
+//! ([`fsio::Dir`]); set-id bits are never restored; and when pitr runs as root for a repository
+//! owned by another user, every file is created for that user and a tablespace is restored only
+//! into an existing, empty directory of that user, so that a tampered manifest can make pitr
+//! write nothing that user could not write themselves.
 
 use std::cell::RefCell;
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::manifest::{FileEntry, Manifest, Piece};
-use super::{load_catalog, Tier};
+use super::manifest::{FileEntry, Manifest, Piece, PERMISSION_BITS};
+use super::{scan_catalog, Tier};
 use crate::codec::{self, ObjectHeader};
 use crate::control::PG_CONTROL;
 use crate::error::{Error, Result};
+use crate::fsio::{Dir, Kind, Perms};
 use crate::progress::Progress;
 use crate::repo::{backup_dir, Repo};
 
@@ -27,7 +36,7 @@ pub struct RestoreOptions {
     pub backup: Option<String>,
     /// The new data directory: absent or empty, unless `force`.
     pub target: PathBuf,
-    /// Wipe a non-empty target first.
+    /// Wipe a non-empty target first (a data directory no server runs in).
     pub force: bool,
     /// Files written at once.
     pub jobs: usize,
@@ -54,17 +63,19 @@ pub struct RestoreSummary {
 pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreSummary> {
     let started = Instant::now();
     let manifest = choose(repo, options.backup.as_deref())?;
-    refuse_overlap(repo, &options.target)?;
-    prepare_target(&options.target, options.force)?;
-    for tablespace in &manifest.tablespaces {
-        prepare_target(Path::new(&tablespace.location), false)?;
-    }
+    check_layout(&manifest)?;
+    let owner = files_owner(repo)?;
+    refuse_overlap(repo, &options.target, &manifest)?;
+    let perms = Perms::private(owner);
+    let target = prepare_target(&options.target, options.force, &perms)?;
     let layout = Layout {
-        target: &options.target,
+        tablespaces: open_tablespaces(&manifest, &perms)?,
+        target,
         manifest: &manifest,
+        perms,
     };
     for dir in &manifest.directories {
-        create_dir(&layout.destination(&dir.path), dir.mode)?;
+        layout.create_dir(&dir.path, dir.mode)?;
     }
     layout.link_tablespaces()?;
 
@@ -77,7 +88,7 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
         .build()
         .map_err(|e| Error::Refused(format!("cannot start {} restore threads: {e}", options.jobs)))?;
     for split in files.iter().filter(|f| !f.parts.is_empty()) {
-        create_new(&layout.destination(&split.path), split.mode)?;
+        layout.create_file(&split.path, split.mode)?;
     }
     let pieces: Vec<Piece> = files.iter().flat_map(|f| f.pieces()).collect();
     pool.install(|| {
@@ -85,13 +96,14 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
             .par_iter()
             .try_for_each(|piece| restore_piece(repo, &dir, piece, &layout, progress))
     })?;
-    write_labels(repo, &dir, &options.target)?;
-    create_wal_dirs(&options.target, manifest.pg_version)?;
-    sync_all(&options.target)?;
+    write_labels(repo, &dir, &layout)?;
+    create_wal_dirs(&layout, manifest.pg_version)?;
+    sync_all(&layout.target)?;
+    crate::crash_point::reached("restore:control");
     for piece in control.iter().flat_map(|f| f.pieces()) {
         restore_piece(repo, &dir, &piece, &layout, progress)?;
     }
-    sync_all(&options.target)?;
+    sync_all(&layout.target)?;
     progress.finish();
     Ok(RestoreSummary {
         id: manifest.id.clone(),
@@ -103,123 +115,301 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
     })
 }
 
-/// The named backup, or the newest.
+/// The named backup, or the newest readable one.
 fn choose(repo: &Repo, id: Option<&str>) -> Result<Manifest> {
-    let catalog = load_catalog(repo)?;
+    let catalog = scan_catalog(repo)?;
     match id {
-        Some(id) => catalog.into_iter().find(|m| m.id == id).ok_or_else(|| {
-            Error::Refused(format!(
+        Some(id) => match catalog.into_iter().find(|e| e.id == id) {
+            Some(entry) => entry.manifest,
+            None => Err(Error::Refused(format!(
                 "no backup '{id}' in repository {}; `pitr list` shows the backups",
                 repo.location()
-            ))
-        }),
-        None => catalog.into_iter().last().ok_or_else(|| {
-            Error::Refused(format!(
-                "repository {} holds no backup yet; take one with `pitr backup`",
-                repo.location()
-            ))
-        }),
+            ))),
+        },
+        None => catalog
+            .into_iter()
+            .filter_map(|e| e.manifest.ok())
+            .max_by_key(|m| m.stop_time)
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "repository {} holds no readable backup; take one with `pitr backup`",
+                    repo.location()
+                ))
+            }),
     }
 }
 
-/// Where the files of a backup go: the data directory, and tablespaces at their locations.
+/// Refuses a manifest whose paths, modes or tablespace locations could escape the restore.
+fn check_layout(manifest: &Manifest) -> Result<()> {
+    let problems = manifest.layout_problems();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        what: format!("the manifest of backup {}", manifest.id),
+        reason: format!(
+            "{} (nothing was restored; pitr never writes such a manifest: it was damaged or tampered with)",
+            problems.join("; ")
+        ),
+    })
+}
+
+/// Who the restored files are for: when pitr runs as root and the repository belongs to another
+/// user (the PostgreSQL OS user), that user; otherwise whoever runs pitr.
+pub fn files_owner(repo: &Repo) -> Result<Option<(u32, u32)>> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(None);
+    }
+    let location = repo.location();
+    let meta = std::fs::metadata(&location).map_err(Error::io("inspect", &location))?;
+    Ok((meta.uid() != 0).then(|| (meta.uid(), meta.gid())))
+}
+
+/// Where the files of a backup go: the data directory, and tablespaces at their locations, each
+/// opened once.
 struct Layout<'a> {
-    target: &'a Path,
+    target: Dir,
+    tablespaces: Vec<(u32, Dir)>,
     manifest: &'a Manifest,
+    perms: Perms,
 }
 
 impl Layout<'_> {
-    fn destination(&self, path: &str) -> PathBuf {
-        let tablespace = path.strip_prefix("pg_tblspc/").and_then(|rest| {
+    /// The directory a manifest path lies below (the target, or a tablespace's location) and the
+    /// path relative to it.
+    fn base_of<'p>(&self, path: &'p str) -> (&Dir, &'p str) {
+        let in_tablespace = path.strip_prefix("pg_tblspc/").and_then(|rest| {
             let (oid, inner) = rest.split_once('/').unwrap_or((rest, ""));
-            let location = self.manifest.tablespaces.iter().find(|t| t.oid.to_string() == oid)?;
-            Some(Path::new(&location.location).join(inner))
+            let (_, location) = self.tablespaces.iter().find(|(o, _)| o.to_string() == oid)?;
+            Some((location, inner))
         });
-        tablespace.unwrap_or_else(|| self.target.join(path))
+        in_tablespace.unwrap_or((&self.target, path))
+    }
+
+    /// The parent directory of a file's path, opened (created if the manifest did not list it),
+    /// and the file's name.
+    fn parent_of<'p>(&self, path: &'p str) -> Result<(Dir, &'p str)> {
+        let (base, rel) = self.base_of(path);
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let opened = match base.open_dir(dir).map_err(Error::io("open", base.path_of(dir)))? {
+            Some(opened) => opened,
+            None => base
+                .create_dirs(dir, &self.perms)
+                .map_err(Error::io("create directory", base.path_of(dir)))?,
+        };
+        Ok((opened, name))
+    }
+
+    fn create_dir(&self, path: &str, mode: u32) -> Result<()> {
+        let (base, rel) = self.base_of(path);
+        if rel.is_empty() {
+            return Ok(()); // a tablespace's location: it exists already
+        }
+        let perms = Perms {
+            dir_mode: mode & PERMISSION_BITS,
+            ..self.perms
+        };
+        base.create_dirs(rel, &perms)
+            .map(drop)
+            .map_err(Error::io("create directory", base.path_of(rel)))
+    }
+
+    fn create_file(&self, path: &str, mode: u32) -> Result<std::fs::File> {
+        let (parent, name) = self.parent_of(path)?;
+        parent
+            .create_file_mode(name, &self.perms, mode & PERMISSION_BITS)
+            .map_err(Error::io("create", parent.path_of(name)))
+    }
+
+    fn open_for_part(&self, path: &str) -> Result<std::fs::File> {
+        let (parent, name) = self.parent_of(path)?;
+        parent
+            .open_file_for_writing(name)
+            .map_err(Error::io("open", parent.path_of(name)))
     }
 
     /// `pg_tblspc/<oid>` → the location (PostgreSQL also recreates these from tablespace_map).
     fn link_tablespaces(&self) -> Result<()> {
+        if self.manifest.tablespaces.is_empty() {
+            return Ok(());
+        }
+        let links = self
+            .target
+            .create_dirs("pg_tblspc", &self.perms)
+            .map_err(Error::io("create directory", self.target.path_of("pg_tblspc")))?;
         for t in &self.manifest.tablespaces {
-            let link = self.target.join("pg_tblspc").join(t.oid.to_string());
-            std::os::unix::fs::symlink(&t.location, &link).map_err(Error::io("create symlink", &link))?;
+            let name = t.oid.to_string();
+            let link = links.path_of(&name);
+            rustix::fs::symlinkat(t.location.as_str(), links.fd(), name.as_str())
+                .map_err(|e| Error::io("create symlink", &link)(e.into()))?;
+            if let Some((uid, gid)) = self.perms.owner {
+                rustix::fs::chownat(
+                    links.fd(),
+                    name.as_str(),
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| Error::io("chown", &link)(e.into()))?;
+            }
         }
         Ok(())
     }
 }
 
-/// The target must not hold the repository, nor lie inside it: wiping or filling it would
-/// destroy backups and WAL.
-fn refuse_overlap(repo: &Repo, target: &Path) -> Result<()> {
+/// The target must not hold the repository, nor lie inside it, and no tablespace location may
+/// overlap either: wiping or filling them would destroy backups and WAL, or the restore itself.
+fn refuse_overlap(repo: &Repo, target: &Path, manifest: &Manifest) -> Result<()> {
     let resolve = |p: &Path| {
         let existing = p.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
         let rest = p.strip_prefix(existing).unwrap_or(Path::new(""));
-        fs::canonicalize(existing)
+        std::fs::canonicalize(existing)
             .map(|c| c.join(rest))
             .unwrap_or_else(|_| p.to_path_buf())
     };
-    let (repo_path, target) = (resolve(Path::new(&repo.location())), resolve(target));
-    if repo_path.starts_with(&target) || target.starts_with(&repo_path) {
+    let overlap = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
+    let repo_path = resolve(Path::new(&repo.location()));
+    let target = resolve(target);
+    if overlap(&repo_path, &target) {
         return Err(Error::Refused(format!(
             "{} overlaps the repository {}: restore somewhere outside it",
             target.display(),
             repo_path.display()
         )));
     }
+    for t in &manifest.tablespaces {
+        let location = resolve(Path::new(&t.location));
+        if overlap(&location, &target) || overlap(&location, &repo_path) {
+            return Err(Error::Refused(format!(
+                "tablespace {} would be restored to {}, which overlaps {} or the repository {}: nothing was \
+                 restored",
+                t.oid,
+                location.display(),
+                target.display(),
+                repo_path.display()
+            )));
+        }
+    }
     Ok(())
 }
 
-/// An absent or empty directory; a non-empty one only with `force`, and never one a server runs in.
-fn prepare_target(target: &Path, force: bool) -> Result<()> {
-    let entries: Vec<_> = match fs::read_dir(target) {
-        Ok(entries) => entries.collect::<io::Result<_>>().map_err(Error::io("list", target))?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(target)
-                .map_err(Error::io("create", target))?;
-            return Ok(());
+/// Opens the target: an absent directory is created, an empty one taken, a non-empty one only
+/// with `force`, and then only a data directory (it holds `PG_VERSION`) no server runs in,
+/// anywhere below it. Its mode becomes 0700 and its owner the files' owner.
+fn prepare_target(target: &Path, force: bool, perms: &Perms) -> Result<Dir> {
+    let dir = match Dir::open(target) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(target).map_err(Error::io("create", target))?;
+            Dir::open(target).map_err(Error::io("open", target))?
         }
         Err(e) => return Err(Error::io("open", target)(e)),
     };
-    if entries.is_empty() {
-        return set_mode(target, 0o700);
+    let entries = dir.entries().map_err(Error::io("list", target))?;
+    if !entries.is_empty() {
+        if !force {
+            return Err(Error::Refused(format!(
+                "{} is not empty: restore into an empty or new directory, or pass --force to wipe it",
+                target.display()
+            )));
+        }
+        if !entries.iter().any(|e| e.name == "PG_VERSION" && e.kind == Kind::File) {
+            return Err(Error::Refused(format!(
+                "{} is not empty and is no PostgreSQL data directory (no PG_VERSION): --force only wipes a data \
+                 directory; empty it yourself if you mean it",
+                target.display()
+            )));
+        }
+        if let Some(running) = find_postmaster_pid(&dir, "")? {
+            return Err(Error::Refused(format!(
+                "{} holds {running}: a server may be running there; stop it before wiping the directory",
+                target.display()
+            )));
+        }
+        dir.remove_contents().map_err(Error::io("wipe", target))?;
     }
-    if !force {
-        return Err(Error::Refused(format!(
-            "{} is not empty: restore into an empty or new directory, or pass --force to wipe it",
-            target.display()
-        )));
-    }
-    if target.join("postmaster.pid").exists() {
-        return Err(Error::Refused(format!(
-            "{} has a postmaster.pid: a server may be running there; stop it before wiping the directory",
-            target.display()
-        )));
-    }
-    for entry in entries {
-        let path = entry.path();
-        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            fs::remove_dir_all(&path)
+    perms
+        .apply_dir(&dir)
+        .map_err(Error::io("set owner and permissions of", target))?;
+    Ok(dir)
+}
+
+/// The first `postmaster.pid` at or below `dir` (a cluster a server may run in), without
+/// following links.
+fn find_postmaster_pid(dir: &Dir, rel: &str) -> Result<Option<String>> {
+    for entry in dir.entries().map_err(Error::io("list", dir.path()))? {
+        let path = if rel.is_empty() {
+            entry.name.clone()
         } else {
-            fs::remove_file(&path)
+            format!("{rel}/{}", entry.name)
         };
-        removed.map_err(Error::io("remove", &path))?;
+        match entry.kind {
+            Kind::File if entry.name == "postmaster.pid" => return Ok(Some(path)),
+            Kind::Dir => {
+                if let Some(sub) = dir
+                    .open_dir(&entry.name)
+                    .map_err(Error::io("open", dir.path_of(&entry.name)))?
+                {
+                    if let Some(found) = find_postmaster_pid(&sub, &path)? {
+                        return Ok(Some(found));
+                    }
+                }
+            }
+            _ => {}
+        }
     }
-    set_mode(target, 0o700)
+    Ok(None)
 }
 
-fn create_dir(path: &Path, mode: u32) -> Result<()> {
-    match fs::DirBuilder::new().mode(mode).create(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::io("create directory", path)(e)),
+/// Opens each tablespace location. Running as root for another user, a location must exist
+/// already as an empty directory of that user (as `CREATE TABLESPACE` requires of its
+/// directory); otherwise an absent one is created and an empty one taken.
+fn open_tablespaces(manifest: &Manifest, perms: &Perms) -> Result<Vec<(u32, Dir)>> {
+    let mut opened = Vec::new();
+    for t in &manifest.tablespaces {
+        let location = Path::new(&t.location);
+        let dir = match (Dir::open(location), perms.owner) {
+            (Ok(dir), _) => dir,
+            (Err(e), None) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(location).map_err(Error::io("create", location))?;
+                let dir = Dir::open(location).map_err(Error::io("open", location))?;
+                perms
+                    .apply_dir(&dir)
+                    .map_err(Error::io("set permissions of", location))?;
+                dir
+            }
+            (Err(e), Some(_)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Refused(format!(
+                    "tablespace {} is restored to {}, which does not exist: create it as an empty directory owned \
+                     by the PostgreSQL OS user (pitr, running as root, creates no directory a manifest names)",
+                    t.oid,
+                    location.display()
+                )))
+            }
+            (Err(e), _) => return Err(Error::io("open", location)(e)),
+        };
+        if !dir.entries().map_err(Error::io("list", location))?.is_empty() {
+            return Err(Error::Refused(format!(
+                "tablespace {} is restored to {}, which is not empty: empty it or move it aside",
+                t.oid,
+                location.display()
+            )));
+        }
+        if let Some((uid, _)) = perms.owner {
+            let stat = rustix::fs::fstat(dir.fd()).map_err(|e| Error::io("inspect", location)(e.into()))?;
+            if stat.st_uid != uid {
+                return Err(Error::Refused(format!(
+                    "tablespace {} is restored to {}, which belongs to uid {}, not to the PostgreSQL OS user (uid \
+                     {uid}): chown it, or create another empty directory",
+                    t.oid,
+                    location.display(),
+                    stat.st_uid
+                )));
+            }
+        }
+        opened.push((t.oid, dir));
     }
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(Error::io("set permissions of", path))
+    Ok(opened)
 }
 
 /// Restored files are written one PostgreSQL page (8 KiB) per `pwrite`. The page cache sizes
@@ -233,19 +423,17 @@ const PAGE_WRITE: usize = 8192;
 /// into the file created beforehand.
 fn restore_piece(repo: &Repo, dir: &str, piece: &Piece, layout: &Layout, progress: &dyn Progress) -> Result<()> {
     with_verified(repo, dir, piece, |raw| {
-        let path = layout.destination(&piece.file.path);
         let file = match piece.part {
-            None => create_new(&path, piece.file.mode)?,
-            Some(_) => fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(Error::io("open", &path))?,
+            None => layout.create_file(&piece.file.path, piece.file.mode)?,
+            Some(_) => layout.open_for_part(&piece.file.path)?,
         };
         for (index, page) in raw.chunks(PAGE_WRITE).enumerate() {
             let at = piece.offset + (index * PAGE_WRITE) as u64;
-            file.write_all_at(page, at).map_err(Error::io("write", &path))?;
+            file.write_all_at(page, at)
+                .map_err(Error::io("write", layout.target.path_of(&piece.file.path)))?;
         }
         progress.advance(raw.len() as u64);
+        crate::crash_point::reached("restore:piece");
         Ok(())
     })
 }
@@ -286,43 +474,32 @@ pub(crate) fn with_verified<T>(
     })
 }
 
-fn create_new(path: &Path, mode: u32) -> Result<fs::File> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(Error::io("create", path))
-}
-
 /// backup_label byte for byte, and tablespace_map when the backup has one.
-fn write_labels(repo: &Repo, dir: &str, target: &Path) -> Result<()> {
+fn write_labels(repo: &Repo, dir: &str, layout: &Layout) -> Result<()> {
     for name in ["backup_label", "tablespace_map"] {
         let key = format!("{dir}{name}");
         if let Some(object) = repo.storage().get(&key)? {
             let raw = codec::decode(&object, &repo.storage().describe(&key))?;
-            let path = target.join(name);
-            create_new(&path, 0o600)?
+            layout
+                .create_file(name, 0o600)?
                 .write_all(&raw)
-                .map_err(Error::io("write", &path))?;
+                .map_err(Error::io("write", layout.target.path_of(name)))?;
         }
     }
     Ok(())
 }
 
 /// An empty pg_wal/ with archive_status/ (and summaries/ from PostgreSQL 17 on).
-fn create_wal_dirs(target: &Path, pg_version: u32) -> Result<()> {
-    let wal = target.join("pg_wal");
-    create_dir(&wal, 0o700)?;
-    create_dir(&wal.join("archive_status"), 0o700)?;
+fn create_wal_dirs(layout: &Layout, pg_version: u32) -> Result<()> {
+    layout.create_dir("pg_wal", 0o700)?;
+    layout.create_dir("pg_wal/archive_status", 0o700)?;
     if pg_version >= 17 {
-        create_dir(&wal.join("summaries"), 0o700)?;
+        layout.create_dir("pg_wal/summaries", 0o700)?;
     }
     Ok(())
 }
 
 /// Flushes everything written to the target's file system.
-fn sync_all(target: &Path) -> Result<()> {
-    let dir = fs::File::open(target).map_err(Error::io("open", target))?;
-    rustix::fs::syncfs(&dir).map_err(|e| Error::io("sync the file system of", target)(e.into()))
+fn sync_all(target: &Dir) -> Result<()> {
+    rustix::fs::syncfs(target.fd()).map_err(|e| Error::io("sync the file system of", target.path())(e.into()))
 }

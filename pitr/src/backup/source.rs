@@ -125,7 +125,7 @@ fn walk(dir: &Path, rel: &str, tree: &mut SourceTree) -> Result<()> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io("inspect", &full_path)(e)),
         };
-        let mode = meta.permissions().mode() & 0o7777;
+        let mode = meta.permissions().mode() & super::manifest::PERMISSION_BITS;
         if meta.is_dir() {
             tree.directories.push(DirEntry {
                 path: path.clone(),

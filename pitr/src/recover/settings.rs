@@ -7,6 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::fsio::{Dir, Perms};
 
 /// Settings pitr manages: removed wherever they appear before its own are written.
 const MANAGED: [&str; 11] = [
@@ -118,22 +119,25 @@ fn comment_out(text: &str, names: &[&str]) -> String {
         .collect()
 }
 
-/// Replaces a file's content: a temporary file beside it, fsynced, renamed over it.
+/// Replaces a file's content crash-safely ([`Dir::replace`]). The new file keeps the old one's
+/// mode (0600 for a new file) and belongs to the data directory's owner, also when pitr runs as
+/// root: the server must read it.
 fn replace_file(path: &Path, content: &str) -> Result<()> {
-    let dir = path.parent().expect("inside the data directory");
-    let mut temp = tempfile::Builder::new()
-        .prefix(".pitr.")
-        .tempfile_in(dir)
-        .map_err(Error::io("create in", dir))?;
-    std::io::Write::write_all(&mut temp, content.as_bytes()).map_err(Error::io("write", temp.path()))?;
-    temp.as_file().sync_all().map_err(Error::io("fsync", temp.path()))?;
-    let mode = fs::metadata(path).map(|m| m.permissions()).unwrap_or_else(|_| {
-        use std::os::unix::fs::PermissionsExt;
-        fs::Permissions::from_mode(0o600)
-    });
-    fs::set_permissions(temp.path(), mode).map_err(Error::io("set permissions of", temp.path()))?;
-    temp.persist(path).map_err(|e| Error::io("replace", path)(e.error))?;
-    Ok(())
+    let dir_path = path.parent().expect("inside the data directory");
+    let name = path.file_name().and_then(|n| n.to_str()).expect("a plain file name");
+    let dir = Dir::open(dir_path).map_err(Error::io("open", dir_path))?;
+    let owner = rustix::fs::fstat(dir.fd()).map_err(|e| Error::io("inspect", dir_path)(e.into()))?;
+    let mode = match dir.stat(name).map_err(Error::io("inspect", path))? {
+        Some(stat) => stat.st_mode & 0o777,
+        None => 0o600,
+    };
+    let as_root = rustix::process::geteuid().is_root();
+    let perms = Perms {
+        file_mode: mode,
+        ..Perms::private(as_root.then_some((owner.st_uid, owner.st_gid)))
+    };
+    dir.replace(name, content.as_bytes(), &perms)
+        .map_err(Error::io("replace", path))
 }
 
 #[cfg(test)]

@@ -166,14 +166,23 @@ fn local_storage_follows_no_link_planted_in_the_repository() {
     let store = LocalStorage::open(dir.path()).unwrap();
     std::fs::create_dir(dir.path().join("locks")).unwrap();
     symlink(&victim, dir.path().join("locks/backup.lock")).unwrap();
-    assert!(store.try_lock("backup").is_err(), "a lock file that is a link is refused");
+    assert!(
+        store.try_lock("backup").is_err(),
+        "a lock file that is a link is refused"
+    );
     symlink(outside.path(), dir.path().join("wal")).unwrap();
-    assert!(store.get("wal/victim").is_err(), "a directory link is an error, not an object");
+    assert!(
+        store.get("wal/victim").is_err(),
+        "a directory link is an error, not an object"
+    );
     assert!(store.put_if_absent("wal/new", b"x").is_err());
     assert!(!outside.path().join("new").exists(), "nothing written through the link");
     std::fs::create_dir(dir.path().join("objects")).unwrap();
     symlink(outside.path().join("gone"), dir.path().join("objects/dangling")).unwrap();
-    assert!(store.get("objects/dangling").is_err(), "a dangling link is an error, never 'absent'");
+    assert!(
+        store.get("objects/dangling").is_err(),
+        "a dangling link is an error, never 'absent'"
+    );
     assert!(store.head("objects/dangling").is_err());
     symlink(outside.path(), dir.path().join("objects/tree")).unwrap();
     store.delete_all("objects/").unwrap();
@@ -183,7 +192,11 @@ fn local_storage_follows_no_link_planted_in_the_repository() {
         assert!(store.get(bad).is_err(), "{bad}");
     }
     let meta = std::fs::metadata(&victim).unwrap();
-    assert_eq!(meta.permissions().mode() & 0o7777, 0o640, "the victim's mode is untouched");
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o640,
+        "the victim's mode is untouched"
+    );
 }
 
 #[test]

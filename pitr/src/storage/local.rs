@@ -129,7 +129,11 @@ impl Storage for LocalStorage {
 
     fn sync_all_under(&self, dir: &str) -> Result<()> {
         let dir = dir.trim_end_matches('/');
-        match self.open_root()?.open_dir(dir).map_err(Error::io("open", self.path(dir)))? {
+        match self
+            .open_root()?
+            .open_dir(dir)
+            .map_err(Error::io("open", self.path(dir)))?
+        {
             Some(opened) => sync_tree(opened),
             None => Ok(()),
         }
@@ -171,7 +175,10 @@ impl Storage for LocalStorage {
             )));
         }
         let modified = SystemTime::UNIX_EPOCH
-            + Duration::new(stat.st_mtime.max(0) as u64, stat.st_mtime_nsec.clamp(0, 999_999_999) as u32);
+            + Duration::new(
+                stat.st_mtime.max(0) as u64,
+                stat.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+            );
         Ok(Some(ObjectMeta {
             size: stat.st_size.max(0) as u64,
             modified,
@@ -269,7 +276,8 @@ fn sync_tree(dir: Dir) -> Result<()> {
         .num_threads(SYNC_THREADS)
         .build()
         .map_err(|e| Error::Refused(format!("cannot start fsync threads: {e}")))?;
-    let open_dir = |rel: &str| -> Result<Option<Dir>> { dir.open_dir(rel).map_err(Error::io("open", dir.path_of(rel))) };
+    let open_dir =
+        |rel: &str| -> Result<Option<Dir>> { dir.open_dir(rel).map_err(Error::io("open", dir.path_of(rel))) };
     pool.install(|| {
         files.par_iter().try_for_each(|rel: &String| {
             let (parent, name) = split_key(rel);

@@ -21,6 +21,7 @@ pub fn manifest_problems(m: &Manifest, tier: Tier, id: &str, cluster: Option<&Re
             m.id, m.tier
         ));
     }
+    problems.extend(m.layout_problems());
     problems.extend(cluster_problem(m, cluster));
     problems.extend(wal_problems(m));
     problems.extend(file_problems(m));
@@ -194,6 +195,8 @@ mod tests {
         check(&|m| m.original_bytes = 1, "not the sums");
         check(&|m| m.files.reverse(), "not the last file");
         check(&|m| m.files.insert(0, file(PG_CONTROL, 0)), "listed twice");
+        check(&|m| m.files[0].path = "/etc/cron.d/x".into(), "not a relative path");
+        check(&|m| m.files[0].mode = 0o4755, "set-id");
         let split = |m: &mut Manifest, offset: u64| {
             let part = Part {
                 offset,

@@ -13,7 +13,7 @@ use super::{check_backups_and_wal, Alert, AlertName};
 use crate::error::{Error, Result};
 use crate::info::Holdings;
 use crate::progress::Progress;
-use crate::repo::Repo;
+use crate::repo::{Repo, MANIFEST, MANIFEST_COPY};
 use crate::wal::WalFileName;
 
 /// What was checked.
@@ -61,7 +61,7 @@ pub fn check_integrity(
         problems,
     };
     match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() && path.join("backup.manifest").is_file() => {
+        Ok(meta) if meta.is_dir() && [MANIFEST, MANIFEST_COPY].iter().any(|m| path.join(m).is_file()) => {
             let (repo, id) = backup_location(path)?;
             let (checked, problems) = check_backup(&repo, &id, jobs, progress)?;
             Ok(report(IntegrityKind::Backup, checked, problems))

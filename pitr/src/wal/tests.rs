@@ -242,10 +242,15 @@ fn history_and_backup_files_must_agree_with_their_names() {
     let parse = |n: &str| WalFileName::parse(n).unwrap();
     let history = parse("00000003.history");
     assert!(history.validate_content(b"1\t0/3000000\tx\n2\t0/5000000\ty\n").is_ok());
-    let not_below = history.validate_content(b"1\t0/3000000\tx\n3\t0/5000000\ty\n").unwrap_err();
+    let not_below = history
+        .validate_content(b"1\t0/3000000\tx\n3\t0/5000000\ty\n")
+        .unwrap_err();
     assert!(not_below.contains("not below"), "{not_below}");
     assert!(history.validate_content(b"5\t0/3000000\tx\n").is_err());
-    assert!(history.validate_content(b"# nothing\n").is_err(), "a child timeline names its parent");
+    assert!(
+        history.validate_content(b"# nothing\n").is_err(),
+        "a child timeline names its parent"
+    );
 
     let backup = parse("000000010000000000000003.00000028.backup");
     for junk in [
