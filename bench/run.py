@@ -366,8 +366,10 @@ class Bench:
         return argv + list(args)
 
     def pitr_cmd(self, repo: Path, *args: str) -> List[str]:
-        return [str(self.pitr), "--config", str(self.pitr_config), "--repo", str(repo),
-                "--compress", "zstd", "--compress-level", "3"] + list(args)
+        # pitr refuses --compress for the subcommands that write nothing new into the repository.
+        writes = {"archive-push", "watch", "daemon", "backup", "adopt"} & set(args)
+        compress = ["--compress", "zstd", "--compress-level", "3"] if writes else []
+        return [str(self.pitr), "--config", str(self.pitr_config), "--repo", str(repo)] + compress + list(args)
 
     def settle(self) -> None:
         """Untimed, between timed operations: flush dirty pages so one run's writeback does not
@@ -1123,8 +1125,8 @@ def redo_figures(log: str) -> Tuple[float, int]:
 
 def recover_latest_once(b: Bench, config: Path) -> Replay:
     target = b.tmp / "work" / "recover-latest"
-    run = b.run([str(b.pitr), "--config", str(config), "--repo", str(b.pitr_repo), "--compress", "zstd",
-                 "--compress-level", "3", "recover", "--pgdata", str(target), "--target", "latest",
+    run = b.run([str(b.pitr), "--config", str(config), "--repo", str(b.pitr_repo),
+                 "recover", "--pgdata", str(target), "--target", "latest",
                  "--action", "shutdown", "--port", str(PORT_RECOVER)])
     redo, restored = redo_figures((target / "pitr_recover.log").read_text(errors="replace"))
     wait_for_stragglers(str(b.tmp), "prefetch")

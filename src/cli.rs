@@ -1,44 +1,108 @@
-//! The command line: clap definitions for the tool and each subcommand.
+//! The command line: clap definitions for the tool and each subcommand, which global options
+//! each subcommand takes, and which subcommand a command line names even when it does not parse.
+//!
+//! The global options (`--repo`, `--config`, `--compress`, `--compress-level`, `--spool`) may
+//! come before the subcommand, as every `archive_command` has them, or after it. Each applies to
+//! some subcommands only: a subcommand lists (and reads the environment variable of) only those
+//! that apply to it, and one given before a subcommand it does not apply to is a usage error.
 
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use chrono::{DateTime, Utc};
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use pitr::codec::Compression;
+use pitr::recover::{Target, TimelineChoice};
+use pitr::wal::Lsn;
+
+/// The help heading of the global options, wherever they are listed.
+const GLOBAL_OPTIONS: &str = "Global options";
+
+/// The subcommands that take no repository: neither `--repo` nor `--config`.
+const WITHOUT_REPOSITORY: &[&str] = &["demo"];
+
+/// The subcommands that write new files into the repository, so take `--compress` and
+/// `--compress-level`.
+const COMPRESSING: &[&str] = &["archive-push", "watch", "daemon", "backup", "adopt"];
+
+/// The subcommands that take `--spool`.
+const SPOOLING: &[&str] = &["archive-push", "archive-get", "watch", "daemon", "prefetch", "recover"];
 
 /// pitr archives PostgreSQL WAL and base backups into a repository and recovers a cluster to any
 /// point in time.
 #[derive(Debug, Parser)]
-#[command(name = "pitr", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "pitr",
+    version,
+    propagate_version = true,
+    max_term_width = 100,
+    after_help = "A global option may come before the subcommand or after it; each applies only to the \
+                  subcommands whose --help lists it (there it also shows its environment variable)."
+)]
 pub struct Cli {
     #[command(flatten)]
-    pub global: GlobalArgs,
+    repository: RepoArgs,
+
+    #[command(flatten)]
+    compression: CompressArgs,
+
+    #[command(flatten)]
+    spool: SpoolArgs,
 
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Options every subcommand takes. Flags override environment variables, which override the
-/// config file.
-#[derive(Debug, Clone, Args)]
-pub struct GlobalArgs {
+// `--repo` and `--config`: every subcommand but `demo`. Flags override environment variables,
+// which override the config file. (The option groups have plain comments: clap would take a doc
+// comment for the description of each subcommand given the group.)
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = GLOBAL_OPTIONS)]
+struct RepoArgs {
     /// Repository directory (it must exist; pitr never creates it, so an unmounted disk is noticed).
-    #[arg(long, global = true, env = "PITR_REPO", value_name = "DIR")]
-    pub repo: Option<PathBuf>,
+    #[arg(long, env = "PITR_REPO", value_name = "DIR")]
+    repo: Option<PathBuf>,
 
     /// Config file (TOML). Default: /etc/pitr/pitr.toml when it exists.
-    #[arg(long, global = true, env = "PITR_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[arg(long, env = "PITR_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
 
+// `--compress` and `--compress-level`: the subcommands that write new files into the repository.
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = GLOBAL_OPTIONS)]
+struct CompressArgs {
     /// Compression of archived files: zstd (default), gzip or none.
-    #[arg(long, global = true, env = "PITR_COMPRESS", value_name = "TYPE")]
-    pub compress: Option<String>,
+    #[arg(long, env = "PITR_COMPRESS", value_name = "TYPE", value_parser = parse_compression)]
+    compress: Option<Compression>,
 
     /// Compression level (zstd 1-19, default 3; gzip 1-9, default 6).
-    #[arg(long, global = true, env = "PITR_COMPRESS_LEVEL", value_name = "N")]
-    pub compress_level: Option<i32>,
+    #[arg(long, env = "PITR_COMPRESS_LEVEL", value_name = "N")]
+    compress_level: Option<i32>,
+}
 
+// `--spool`: the subcommands that use the spool beside the data directory.
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = GLOBAL_OPTIONS)]
+struct SpoolArgs {
     /// Spool directory for the watcher's markers and prefetched WAL (default: beside the data
     /// directory, <pgdata>.pitr-spool; never inside pg_wal).
-    #[arg(long, global = true, env = "PITR_SPOOL", value_name = "DIR")]
+    #[arg(long, env = "PITR_SPOOL", value_name = "DIR")]
+    spool: Option<PathBuf>,
+}
+
+/// The global options as they apply to the chosen subcommand: each from after the subcommand,
+/// else from before it, else from its environment variable (the config file comes under them in
+/// [`crate::settings::Settings::load`]).
+#[derive(Debug, Clone, Default)]
+pub struct GlobalArgs {
+    pub repo: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub compress: Option<Compression>,
+    pub compress_level: Option<i32>,
     pub spool: Option<PathBuf>,
 }
 
@@ -187,6 +251,7 @@ pub enum Command {
     /// segment is archived, so the point can be recovered to at once.
     RestorePoint {
         /// The name (at most 63 bytes; unique in the repository unless --allow-duplicate).
+        #[arg(value_parser = parse_restore_point_name)]
         name: String,
         #[command(flatten)]
         connection: ConnectionArgs,
@@ -220,8 +285,8 @@ pub enum Command {
         #[arg(long)]
         exclusive: bool,
         /// The timeline to follow: latest (default) or a number.
-        #[arg(long, default_value = "latest", value_name = "N|latest")]
-        timeline: String,
+        #[arg(long, default_value = "latest", value_name = "N|latest", value_parser = parse_timeline)]
+        timeline: TimelineChoice,
         /// Use this backup instead of the newest one before the target.
         #[arg(long, value_name = "ID")]
         backup: Option<String>,
@@ -311,8 +376,8 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         metrics_file: Option<PathBuf>,
         /// Judge ages as of this moment (RFC 3339) instead of the clock, to try thresholds.
-        #[arg(long, value_name = "TIME")]
-        now: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_now)]
+        now: Option<DateTime<Utc>>,
         /// Files read at once (default: the number of cores).
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
@@ -382,20 +447,38 @@ pub enum Command {
 pub struct TargetArgs {
     /// The last commit at or before this time: RFC 3339 or "2026-11-25 10:00:00+01" (a time
     /// without a zone is taken as UTC, and the plan says so).
-    #[arg(long, value_name = "TS")]
-    pub target_time: Option<String>,
+    #[arg(long, value_name = "TS", value_parser = Target::parse_time)]
+    target_time: Option<Target>,
     /// A restore point created with `pitr restore-point`.
     #[arg(long, value_name = "NAME")]
-    pub target_name: Option<String>,
+    target_name: Option<String>,
     /// A WAL location, e.g. 0/3000148.
-    #[arg(long, value_name = "LSN")]
-    pub target_lsn: Option<String>,
+    #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
+    target_lsn: Option<Lsn>,
     /// A transaction id: stop after it commits (before it with --exclusive).
     #[arg(long, value_name = "XID")]
-    pub target_xid: Option<u64>,
+    target_xid: Option<u64>,
     /// immediate: the backup's consistency point; latest: everything archived.
-    #[arg(long, value_name = "immediate|latest")]
-    pub target: Option<String>,
+    #[arg(long, value_name = "immediate|latest", value_parser = Target::parse_keyword)]
+    target: Option<Target>,
+}
+
+impl TargetArgs {
+    /// The one target given (clap requires exactly one).
+    pub fn target(&self) -> Target {
+        let given = [
+            self.target_time.clone(),
+            self.target_name.clone().map(Target::Name),
+            self.target_lsn.map(Target::Lsn),
+            self.target_xid.map(Target::Xid),
+            self.target.clone(),
+        ];
+        given
+            .into_iter()
+            .flatten()
+            .next()
+            .expect("clap requires one recovery target")
+    }
 }
 
 /// How to reach the server: the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE,
@@ -403,19 +486,445 @@ pub struct TargetArgs {
 #[derive(Debug, Args)]
 pub struct ConnectionArgs {
     /// Connection string, keyword/value ("host=/run/postgresql port=5432") or URI, as psql takes it.
-    #[arg(long, short = 'd', value_name = "CONNINFO")]
+    #[arg(long, short = 'd', value_name = "CONNINFO", value_parser = ConninfoParser)]
     pub dbname: Option<String>,
 }
 
-impl Command {
-    /// The subcommand `args` (the raw command line) names: the first argument that is a
-    /// subcommand's name. Used for messages and exit codes of errors that happen before, or
-    /// instead of, parsing.
-    pub fn name_in(args: &[std::ffi::OsString]) -> Option<String> {
-        let cli = <Cli as clap::CommandFactory>::command();
-        args.iter()
-            .skip(1)
-            .find_map(|a| cli.find_subcommand(a))
-            .map(|c| c.get_name().to_string())
+/// The whole definition: [`Cli`], with each subcommand given the global options that apply to
+/// it, and the global options before the subcommand reading no environment variable (a variable
+/// is read only where its option applies).
+pub fn definition() -> clap::Command {
+    let cli = Cli::command().mut_args(|option| option.env(None));
+    let names: Vec<String> = cli.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    names.iter().fold(cli, |cli, name| {
+        cli.mut_subcommand(name, |subcommand| with_global_options(subcommand, name))
+    })
+}
+
+fn with_global_options(mut subcommand: clap::Command, name: &str) -> clap::Command {
+    if !WITHOUT_REPOSITORY.contains(&name) {
+        subcommand = RepoArgs::augment_args(subcommand);
+    }
+    if COMPRESSING.contains(&name) {
+        subcommand = CompressArgs::augment_args(subcommand);
+    }
+    if SPOOLING.contains(&name) {
+        subcommand = SpoolArgs::augment_args(subcommand);
+    }
+    subcommand
+}
+
+/// A parsed command line.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The subcommand's name, as typed on the command line (`archive-get`).
+    pub name: String,
+    /// The subcommand and its arguments.
+    pub command: Command,
+    /// The global options, merged for the subcommand.
+    pub global: GlobalArgs,
+}
+
+/// Parses `args` (the whole command line) with `definition` ([`definition`]).
+pub fn parse(definition: &mut clap::Command, args: &[OsString]) -> Result<Invocation, clap::Error> {
+    let matches = definition.try_get_matches_from_mut(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let (name, sub_matches) = matches
+        .subcommand()
+        .ok_or_else(|| definition.error(ErrorKind::MissingSubcommand, "a subcommand is required"))?;
+    refuse_misplaced(definition, &matches, name)?;
+    let subcommand = definition
+        .find_subcommand(name)
+        .expect("clap matched a subcommand of this definition");
+    let global = GlobalArgs::merge(cli.repository, cli.compression, cli.spool, subcommand, sub_matches)?;
+    Ok(Invocation {
+        name: name.to_string(),
+        command: cli.command,
+        global,
+    })
+}
+
+/// A global option given before a subcommand it does not apply to (`pitr --compress zstd list`)
+/// is a usage error, as it would be after the subcommand.
+fn refuse_misplaced(definition: &mut clap::Command, top: &ArgMatches, name: &str) -> Result<(), clap::Error> {
+    let subcommand = definition
+        .find_subcommand(name)
+        .expect("clap matched a subcommand of this definition");
+    let misplaced = definition
+        .get_arguments()
+        .filter(|option| top.value_source(option.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .find(|option| !takes(subcommand, option.get_id().as_str()))
+        .and_then(clap::Arg::get_long)
+        .map(str::to_string);
+    let Some(option) = misplaced else {
+        return Ok(());
+    };
+    let subcommand = definition
+        .find_subcommand_mut(name)
+        .expect("clap matched a subcommand of this definition");
+    Err(subcommand.error(
+        ErrorKind::ArgumentConflict,
+        format!("--{option} does not apply to `pitr {name}` (`pitr {name} --help` lists the options it takes)"),
+    ))
+}
+
+/// Whether `subcommand` has the option `id`.
+fn takes(subcommand: &clap::Command, id: &str) -> bool {
+    subcommand.get_arguments().any(|a| a.get_id() == id)
+}
+
+impl GlobalArgs {
+    /// Merges the global options given before the subcommand (`before_*`) with those `subcommand`
+    /// takes (`matches`: after it, or from the environment): after beats before beats environment.
+    fn merge(
+        before_repository: RepoArgs,
+        before_compression: CompressArgs,
+        before_spool: SpoolArgs,
+        subcommand: &clap::Command,
+        matches: &ArgMatches,
+    ) -> Result<GlobalArgs, clap::Error> {
+        let after = |id: &str| takes(subcommand, id) && matches.value_source(id) == Some(ValueSource::CommandLine);
+        let group = |id: &str| takes(subcommand, id).then_some(matches);
+        let repository = group("repo")
+            .map(RepoArgs::from_arg_matches)
+            .transpose()?
+            .unwrap_or_default();
+        let compression = group("compress")
+            .map(CompressArgs::from_arg_matches)
+            .transpose()?
+            .unwrap_or_default();
+        let spool = group("spool")
+            .map(SpoolArgs::from_arg_matches)
+            .transpose()?
+            .unwrap_or_default();
+        Ok(GlobalArgs {
+            repo: prefer(after("repo"), repository.repo, before_repository.repo),
+            config: prefer(after("config"), repository.config, before_repository.config),
+            compress: prefer(after("compress"), compression.compress, before_compression.compress),
+            compress_level: prefer(
+                after("compress_level"),
+                compression.compress_level,
+                before_compression.compress_level,
+            ),
+            spool: prefer(after("spool"), spool.spool, before_spool.spool),
+        })
+    }
+}
+
+/// `after` when it was given on the command line, else `before`, else `after` (from the
+/// environment).
+fn prefer<T>(after_given: bool, after: Option<T>, before: Option<T>) -> Option<T> {
+    if after_given {
+        after
+    } else {
+        before.or(after)
+    }
+}
+
+/// The name of the subcommand `args` (the whole command line) names, found the way clap parses:
+/// skipping the options before it and their values, the first free word. Decided before anything
+/// can fail, so that even a command line that does not parse gets its subcommand's exit codes
+/// (archive-get: 200). `pitr --repo backup archive-get ...` is archive-get.
+pub fn subcommand_in(definition: &clap::Command, args: &[OsString]) -> Option<String> {
+    let takes_value = |option: &clap::Arg| !option.is_positional() && option.get_action().takes_values();
+    let options: Vec<&clap::Arg> = definition.get_arguments().filter(|o| takes_value(o)).collect();
+    let long_takes_value = |name: &str| {
+        options.iter().any(|o| {
+            o.get_long_and_visible_aliases()
+                .into_iter()
+                .flatten()
+                .any(|l| l == name)
+        })
+    };
+    let short_takes_value = |c: char| {
+        options
+            .iter()
+            .any(|o| o.get_short_and_visible_aliases().into_iter().flatten().any(|s| s == c))
+    };
+    let mut words = args.iter().skip(1);
+    while let Some(word) = words.next() {
+        let text = word.to_string_lossy();
+        if text == "--" {
+            // Only arguments follow; the top level takes none, so there is no subcommand.
+            return None;
+        }
+        let value_follows = if let Some(long) = text.strip_prefix("--") {
+            !long.contains('=') && long_takes_value(long)
+        } else if let Some(shorts) = text.strip_prefix('-').filter(|s| !s.is_empty()) {
+            // -abc: flags until one takes a value, which is the rest of the word or the next word.
+            shorts
+                .char_indices()
+                .find(|(_, c)| short_takes_value(*c))
+                .is_some_and(|(i, c)| i + c.len_utf8() == shorts.len())
+        } else {
+            return definition.find_subcommand(word).map(|s| s.get_name().to_string());
+        };
+        if value_follows {
+            words.next();
+        }
+    }
+    None
+}
+
+fn parse_compression(text: &str) -> Result<Compression, String> {
+    text.parse().map_err(|e: pitr::Error| e.to_string())
+}
+
+fn parse_lsn(text: &str) -> Result<Lsn, String> {
+    text.parse().map_err(|e: pitr::Error| e.to_string())
+}
+
+/// `--timeline`: latest, or a timeline number in decimal or 0x-hex.
+fn parse_timeline(text: &str) -> Result<TimelineChoice, String> {
+    if text == "latest" {
+        return Ok(TimelineChoice::Latest);
+    }
+    let number = match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    };
+    number
+        .filter(|n| *n > 0)
+        .map(TimelineChoice::Number)
+        .ok_or_else(|| "use latest or a timeline number (1, 2, ... or 0x hex)".to_string())
+}
+
+/// `verify --now`: an RFC 3339 time.
+fn parse_now(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("not an RFC 3339 time like 2026-11-25T10:00:00Z: {e}"))
+}
+
+fn parse_restore_point_name(text: &str) -> Result<String, String> {
+    pitr::restore_point::validate_name(text)
+        .map(|()| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// `--dbname`: a connection string libpq-style. Its error names the problem but never repeats the
+/// value, which may hold a password.
+#[derive(Clone)]
+struct ConninfoParser;
+
+impl TypedValueParser for ConninfoParser {
+    type Value = String;
+
+    fn parse_ref(&self, cmd: &clap::Command, _: Option<&clap::Arg>, value: &OsStr) -> Result<String, clap::Error> {
+        let invalid = |reason: String| {
+            let mut cmd = cmd.clone();
+            cmd.error(
+                ErrorKind::ValueValidation,
+                format!("invalid --dbname connection string: {reason}"),
+            )
+        };
+        let text = value.to_str().ok_or_else(|| invalid("it is not UTF-8".into()))?;
+        check_conninfo(text).map_err(invalid)?;
+        Ok(text.to_string())
+    }
+}
+
+/// Whether `text` is a connection string, and if not, why (without repeating `text`).
+pub fn check_conninfo(text: &str) -> Result<(), String> {
+    let Err(e) = text.parse::<tokio_postgres::Config>() else {
+        return Ok(());
+    };
+    Err(match std::error::Error::source(&e) {
+        Some(cause) => format!("{cause}"),
+        None => e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<OsString> {
+        line.split_whitespace().map(OsString::from).collect()
+    }
+
+    fn parsed(line: &str) -> Result<Invocation, clap::Error> {
+        parse(&mut definition(), &words(line))
+    }
+
+    fn refused(line: &str) -> clap::Error {
+        parsed(line).expect_err(line)
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        definition().debug_assert();
+    }
+
+    #[test]
+    fn the_subcommand_is_the_first_free_word_as_clap_parses() {
+        let cases = [
+            (
+                "pitr --repo backup archive-get 000000010000000000000001 pg_wal/RECOVERYXLOG",
+                "archive-get",
+            ),
+            (
+                "pitr --repo=backup archive-get 000000010000000000000001 pg_wal/RECOVERYXLOG",
+                "archive-get",
+            ),
+            (
+                "pitr --repo archive-get archive-push pg_wal/000000010000000000000001",
+                "archive-push",
+            ),
+            ("pitr --config list --repo info info", "info"),
+            (
+                "pitr --spool backup --compress-level 3 --compress zstd --repo r archive-push p",
+                "archive-push",
+            ),
+            ("pitr --spool=archive-get --repo=verify archive-get a b", "archive-get"),
+            ("pitr archive-get --repo backup a b", "archive-get"),
+            ("pitr --repo backup --config demo backup", "backup"),
+        ];
+        for (line, name) in cases {
+            let mut definition = definition();
+            assert_eq!(
+                subcommand_in(&definition, &words(line)).as_deref(),
+                Some(name),
+                "{line}"
+            );
+            let invocation = parse(&mut definition, &words(line)).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(invocation.name, name, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_command_line_that_does_not_parse_still_names_its_subcommand() {
+        let cases = [
+            ("pitr --repo backup archive-get", Some("archive-get")),
+            ("pitr --repo backup archive-get a", Some("archive-get")),
+            ("pitr --repo backup --bogus archive-get a b", Some("archive-get")),
+            ("pitr --repo backup archive-get a b c", Some("archive-get")),
+            ("pitr --compress lz4 --repo backup archive-get a b", Some("archive-get")),
+            ("pitr --repo archive-get archive-push", Some("archive-push")),
+            ("pitr --repo", None),
+            ("pitr --repo archive-get", None),
+            ("pitr -- archive-get a b", None),
+            ("pitr backups", None),
+        ];
+        for (line, name) in cases {
+            let definition = definition();
+            assert_eq!(subcommand_in(&definition, &words(line)).as_deref(), name, "{line}");
+            assert!(parsed(line).is_err(), "{line} must not parse");
+        }
+    }
+
+    #[test]
+    fn each_subcommand_takes_the_global_options_that_apply_to_it() {
+        let definition = definition();
+        let expected = |name: &str, id: &str| match id {
+            "repo" | "config" => name != "demo",
+            "compress" | "compress_level" => COMPRESSING.contains(&name),
+            _ => SPOOLING.contains(&name),
+        };
+        for subcommand in definition.get_subcommands() {
+            let name = subcommand.get_name();
+            for id in ["repo", "config", "compress", "compress_level", "spool"] {
+                assert_eq!(takes(subcommand, id), expected(name, id), "{name} and --{id}");
+            }
+        }
+        let demo = definition.find_subcommand("demo").unwrap();
+        assert!(
+            demo.get_arguments().all(|a| a.get_env().is_none()),
+            "demo reads no PITR_* variable"
+        );
+        assert!(
+            definition.get_arguments().all(|a| a.get_env().is_none()),
+            "the options before the subcommand read no environment variable: it is read only where \
+             the option applies"
+        );
+    }
+
+    #[test]
+    fn a_global_option_before_a_subcommand_it_does_not_apply_to_is_refused() {
+        for line in [
+            "pitr --repo r demo",
+            "pitr --config c.toml demo",
+            "pitr --compress zstd demo",
+            "pitr --compress zstd list",
+            "pitr --compress-level 3 archive-get a b",
+            "pitr --spool s info",
+        ] {
+            let error = refused(line);
+            assert_eq!(error.kind(), ErrorKind::ArgumentConflict, "{line}: {error}");
+            assert!(
+                error.to_string().contains("does not apply to `pitr "),
+                "{line}: {error}"
+            );
+        }
+        for line in ["pitr demo --repo r", "pitr demo --compress zstd", "pitr list --spool s"] {
+            assert_eq!(refused(line).kind(), ErrorKind::UnknownArgument, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_global_option_after_the_subcommand_beats_one_before_it() {
+        let global = parsed("pitr --repo before --spool s1 archive-push --repo after p")
+            .unwrap()
+            .global;
+        assert_eq!(global.repo, Some(PathBuf::from("after")));
+        assert_eq!(global.spool, Some(PathBuf::from("s1")));
+        let global = parsed("pitr --repo before --compress gzip --compress-level 4 backup")
+            .unwrap()
+            .global;
+        assert_eq!(global.repo, Some(PathBuf::from("before")));
+        assert_eq!(global.compress, Some(Compression::Gzip));
+        assert_eq!(global.compress_level, Some(4));
+        let global = parsed("pitr check-integrity --config c.toml x").unwrap().global;
+        assert_eq!(global.config, Some(PathBuf::from("c.toml")));
+    }
+
+    #[test]
+    fn values_are_checked_while_parsing() {
+        for line in [
+            "pitr recover --pgdata d --target-time yesterday",
+            "pitr recover --pgdata d --target-lsn 0/XYZ",
+            "pitr recover --pgdata d --target latest-ish",
+            "pitr recover --pgdata d --target latest --timeline 0",
+            "pitr recover --pgdata d --target latest --timeline newest",
+            "pitr archive-push --compress lz4 p",
+            "pitr --compress lz4 archive-push p",
+            "pitr verify --now tomorrow",
+            "pitr backup --dbname port=notaport",
+        ] {
+            assert_eq!(refused(line).kind(), ErrorKind::ValueValidation, "{line}");
+        }
+        let long_name = format!("pitr restore-point {}", "x".repeat(64));
+        assert_eq!(refused(&long_name).kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn a_bad_connection_string_is_not_repeated_in_the_error() {
+        let args = ["pitr", "check", "--dbname", "password=hunter2 bogus=1"].map(OsString::from);
+        let error = parse(&mut definition(), &args)
+            .expect_err("an unknown keyword")
+            .to_string();
+        assert!(error.contains("invalid --dbname connection string"), "{error}");
+        assert!(!error.contains("hunter2"), "the password is in the message: {error}");
+    }
+
+    #[test]
+    fn the_recovery_target_and_timeline_are_parsed() {
+        let recover = |options: &str| match parsed(&format!("pitr recover --pgdata d {options}")).unwrap().command {
+            Command::Recover { target, timeline, .. } => (target.target(), timeline),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(recover("--target-lsn 0/3000148").0, Target::Lsn(Lsn(0x3000148)));
+        assert_eq!(recover("--target-xid 42").0, Target::Xid(42));
+        assert_eq!(recover("--target-name before").0, Target::Name("before".into()));
+        assert!(matches!(
+            recover("--target-time 2026-11-25T10:00:00Z").0,
+            Target::Time { .. }
+        ));
+        assert_eq!(
+            recover("--target immediate"),
+            (Target::Immediate, TimelineChoice::Latest)
+        );
+        assert_eq!(recover("--target latest --timeline 0x1A").1, TimelineChoice::Number(26));
+        assert_eq!(recover("--target latest --timeline 3").1, TimelineChoice::Number(3));
     }
 }

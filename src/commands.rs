@@ -8,13 +8,13 @@ use pitr::backup::{self, BackupOptions, RestoreOptions, Tier};
 use pitr::pg::{connection_config, Server};
 use pitr::prefetch::{self, Prefetched};
 use pitr::progress::Progress;
-use pitr::recover::{self, Action, RecoverOptions, Request, Target, TimelineChoice};
+use pitr::recover::{self, Action, RecoverOptions, Request};
 use pitr::repo::Repo;
 use pitr::restore_point::{self, CreateOptions};
 use pitr::wal::WalFileName;
 use pitr::Result;
 
-use crate::cli::{Command, ConnectionArgs, TargetArgs};
+use crate::cli::{Command, ConnectionArgs};
 use crate::output::{self, TerminalProgress};
 use crate::settings::Settings;
 use crate::verify;
@@ -298,8 +298,8 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
         unreachable!("called for recover only")
     };
     let request = Request {
-        target: parse_target(target)?,
-        timeline: parse_timeline(timeline)?,
+        target: target.target(),
+        timeline: *timeline,
         backup: backup.clone(),
     };
     let pgdata = absolute(pgdata);
@@ -345,36 +345,6 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
         ))),
         None => Ok(Done::Ok),
     }
-}
-
-fn parse_target(args: &TargetArgs) -> Result<Target> {
-    if let Some(time) = &args.target_time {
-        return Target::parse_time(time);
-    }
-    if let Some(name) = &args.target_name {
-        return Ok(Target::Name(name.clone()));
-    }
-    if let Some(lsn) = &args.target_lsn {
-        return Ok(Target::Lsn(lsn.parse()?));
-    }
-    if let Some(xid) = args.target_xid {
-        return Ok(Target::Xid(xid));
-    }
-    Target::parse_keyword(args.target.as_deref().unwrap_or_default())
-}
-
-fn parse_timeline(text: &str) -> Result<TimelineChoice> {
-    if text == "latest" {
-        return Ok(TimelineChoice::Latest);
-    }
-    let number = match text.strip_prefix("0x") {
-        Some(hex) => u32::from_str_radix(hex, 16).ok(),
-        None => text.parse().ok(),
-    };
-    number
-        .filter(|n| *n > 0)
-        .map(TimelineChoice::Number)
-        .ok_or_else(|| pitr::Error::InvalidInput(format!("--timeline '{text}' is not 'latest' or a timeline number")))
 }
 
 /// This pitr with the same repository and config, for the commands pitr writes into

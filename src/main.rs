@@ -9,13 +9,14 @@ mod verify;
 mod watch;
 
 use std::ffi::OsString;
+use std::io::Write;
+use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Command, Invocation};
 use crate::commands::Done;
 use crate::settings::Settings;
 use clap::error::ErrorKind;
-use clap::Parser;
 
 /// Exit code of archive-get for anything but "found" and "not found". PostgreSQL treats exit
 /// codes above 125 like death by a signal and aborts recovery, instead of reading the error as
@@ -35,7 +36,7 @@ enum Outcome {
     Critical,
     /// A failure, with its one-line message.
     Failed(String),
-    /// Bad arguments.
+    /// Bad arguments or settings, with clap's message (possibly several lines).
     Usage(String),
     /// The reader of stdout went away (as after `| head`).
     BrokenPipe,
@@ -43,19 +44,26 @@ enum Outcome {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let command = Command::name_in(&args);
     quiet_broken_pipe();
-    let outcome = match Cli::try_parse_from(&args) {
-        Ok(cli) => std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|panic| {
-            if is_broken_pipe(&*panic) {
-                Outcome::BrokenPipe
-            } else {
-                Outcome::Failed("internal error (panic); please report it".into())
-            }
-        }),
+    let mut definition = cli::definition();
+    // Before anything can fail: the subcommand the command line names, so that a failure to
+    // parse it, or a panic, still gets that subcommand's exit code (archive-get: 200).
+    let mut command = cli::subcommand_in(&definition, &args);
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match cli::parse(&mut definition, &args) {
+        Ok(invocation) => {
+            command = Some(invocation.name.clone());
+            run(invocation)
+        }
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
         Err(e) => Outcome::Usage(e.to_string()),
-    };
+    }))
+    .unwrap_or_else(|panic| {
+        if is_broken_pipe(&*panic) {
+            Outcome::BrokenPipe
+        } else {
+            Outcome::Failed("internal error (panic); please report it".into())
+        }
+    });
     report(&outcome, command.as_deref());
     let restore = command.as_deref() == Some("archive-get");
     let verification = matches!(command.as_deref(), Some("verify" | "check-integrity"));
@@ -98,35 +106,67 @@ fn exit_code(outcome: &Outcome, restore: bool, verification: bool) -> u8 {
 }
 
 /// Prints failures to stderr (which archive commands share with the server log); success and
-/// "not found" are silent.
+/// "not found" are silent. A closed stderr is ignored: a panic here would exit 101, which
+/// PostgreSQL reads from archive-get as "absent".
 fn report(outcome: &Outcome, command: Option<&str>) {
+    let pitr = command.map_or_else(|| "pitr".to_string(), |name| format!("pitr {name}"));
     let archive_command = matches!(command, Some("archive-get" | "archive-push"));
-    match outcome {
-        Outcome::Success | Outcome::NotFound | Outcome::Warnings | Outcome::Critical | Outcome::BrokenPipe => {}
-        Outcome::Failed(message) => eprintln!("pitr {}: error: {message}", command.unwrap_or("")),
+    let text = match outcome {
+        Outcome::Success | Outcome::NotFound | Outcome::Warnings | Outcome::Critical | Outcome::BrokenPipe => return,
+        Outcome::Failed(message) => format!("{pitr}: error: {message}\n"),
         // The archive commands' stderr lands in the server log: one line there, clap's usage elsewhere.
-        Outcome::Usage(message) if archive_command => {
-            let first = message.lines().next().unwrap_or_default().trim_start_matches("error: ");
-            eprintln!("pitr {}: usage error: {first}", command.unwrap_or(""))
-        }
-        Outcome::Usage(message) => eprint!("{message}"),
-    }
+        Outcome::Usage(message) if archive_command => format!("{pitr}: usage error: {}\n", one_line(message)),
+        Outcome::Usage(message) => message.clone(),
+    };
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
-fn run(cli: Cli) -> Outcome {
-    if let Command::Demo { keep, json } = cli.command {
+/// A usage message (clap's, over several lines) as one line for the server log: "error: " and the
+/// pointer to --help dropped; the indented items after a line ending in ':' follow it, joined by
+/// ", "; the other lines are joined by "; ".
+fn one_line(message: &str) -> String {
+    let mut joined = String::new();
+    let mut in_list = false;
+    for raw in message.lines() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with("For more information") {
+            in_list = false;
+            continue;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        let line = line
+            .strip_prefix("Usage: ")
+            .map_or_else(|| line.to_string(), |usage| format!("usage: {usage}"));
+        let item = in_list && raw.starts_with(char::is_whitespace);
+        if !joined.is_empty() {
+            joined.push_str(match (joined.ends_with(':'), item) {
+                (true, _) => " ",
+                (false, true) => ", ",
+                (false, false) => "; ",
+            });
+        }
+        joined.push_str(&line);
+        in_list = line.ends_with(':') || item;
+    }
+    joined
+}
+
+fn run(invocation: Invocation) -> Outcome {
+    let Invocation { command, global, .. } = invocation;
+    if let Command::Demo { keep, json } = command {
         return done(commands::demo(keep, json));
     }
     // A dump or a WAL file needs no repository: settings are loaded only for a backup id.
-    if let Command::CheckIntegrity { target, jobs, json } = &cli.command {
-        let settings = Settings::load(&cli.global);
+    if let Command::CheckIntegrity { target, jobs, json } = &command {
+        let settings = Settings::load(&global);
         return done(verify::check_integrity(target, *jobs, *json, settings.as_ref()));
     }
-    let settings = match Settings::load(&cli.global) {
+    let settings = match Settings::load(&global) {
         Ok(settings) => settings,
-        Err(message) => return Outcome::Failed(message),
+        // Bad settings are bad arguments: nothing was tried.
+        Err(message) => return Outcome::Usage(format!("error: {message}\n")),
     };
-    done(commands::run(&cli.command, &settings))
+    done(commands::run(&command, &settings))
 }
 
 fn done(result: pitr::Result<Done>) -> Outcome {
@@ -136,5 +176,43 @@ fn done(result: pitr::Result<Done>) -> Outcome {
         Ok(Done::Warnings) => Outcome::Warnings,
         Ok(Done::Critical) => Outcome::Critical,
         Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_of_archive_get_exits_200() {
+        for outcome in [
+            Outcome::Failed("corrupt".into()),
+            Outcome::Usage("error: bad\n".into()),
+            Outcome::Failed("internal error (panic); please report it".into()),
+        ] {
+            assert_eq!(exit_code(&outcome, true, false), EXIT_RESTORE_ERROR);
+        }
+        assert_eq!(exit_code(&Outcome::NotFound, true, false), 1);
+        assert_eq!(exit_code(&Outcome::Success, true, false), 0);
+        assert_eq!(exit_code(&Outcome::Usage("error: bad\n".into()), false, false), 2);
+        assert_eq!(exit_code(&Outcome::Failed("refused".into()), false, false), 1);
+    }
+
+    #[test]
+    fn a_usage_message_becomes_one_line() {
+        let clap = "error: the following required arguments were not provided:\n  <NAME>\n  <DEST>\n\n\
+                    Usage: pitr archive-get <NAME> <DEST>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line(clap),
+            "the following required arguments were not provided: <NAME>, <DEST>; usage: pitr archive-get <NAME> <DEST>"
+        );
+        let clap = "error: unexpected argument '--x' found\n\n  tip: to pass '--x' as a value, use '-- --x'\n\n\
+                    Usage: pitr archive-push [OPTIONS] <PATH>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line(clap),
+            "unexpected argument '--x' found; tip: to pass '--x' as a value, use '-- --x'; \
+             usage: pitr archive-push [OPTIONS] <PATH>"
+        );
+        assert_eq!(one_line("error: no repository given\n"), "no repository given");
     }
 }

@@ -1,7 +1,8 @@
 //! Settings, layered: built-in defaults < config file < environment < flags.
 //!
-//! clap already merges flags over environment variables; this module lays the config file
-//! under them and turns the result into validated values before any work starts.
+//! The command line (`cli.rs`) already merges flags over environment variables; this module lays
+//! the config file under them and turns the result into validated values before any work starts.
+//! Its errors are usage errors: nothing has been tried yet.
 
 use std::path::{Path, PathBuf};
 
@@ -122,15 +123,16 @@ impl Settings {
             .clone()
             .or(file.repo)
             .ok_or("no repository given: pass --repo DIR, set PITR_REPO, or set `repo` in the config file")?;
-        let compression: Compression = args
-            .compress
-            .as_deref()
-            .or(file.compress.as_deref())
-            .map(str::parse)
-            .transpose()
-            .map_err(|e: pitr::Error| e.to_string())?
-            .unwrap_or_default();
+        let compression = match (args.compress, file.compress.as_deref()) {
+            (Some(compression), _) => compression,
+            (None, Some(text)) => text.parse().map_err(|e: pitr::Error| in_config(config.as_deref(), e))?,
+            (None, None) => Compression::default(),
+        };
         let codec = Codec::new(compression, args.compress_level.or(file.compress_level)).map_err(|e| e.to_string())?;
+        if let Some(conninfo) = &file.dbname {
+            crate::cli::check_conninfo(conninfo)
+                .map_err(|e| in_config(config.as_deref(), format!("dbname is not a connection string: {e}")))?;
+        }
         let name = file.name.unwrap_or_else(|| "main".into());
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(format!(
@@ -171,9 +173,33 @@ fn read_config(path: Option<&Path>) -> Result<FileSettings, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("could not read config file {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
-        let reason = e.message().replace('\n', " ");
-        format!("config file {} is invalid: {reason}", path.display())
+        let place = e
+            .span()
+            .map(|span| line_and_column(&text, span.start))
+            .map_or_else(String::new, |(line, column)| {
+                format!(" at line {line}, column {column}")
+            });
+        let reason = e.message().trim().replace('\n', " ");
+        format!("config file {} is invalid{place}: {reason}", path.display())
     })
+}
+
+/// The 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// A problem with a value from the config file, saying which file.
+fn in_config(config: Option<&Path>, problem: impl std::fmt::Display) -> String {
+    match config {
+        Some(path) => format!("config file {}: {problem}", path.display()),
+        None => problem.to_string(),
+    }
 }
 
 /// The daemon's schedule: the runbook's defaults, each replaced by its `[schedule]` key.

@@ -704,8 +704,9 @@ fn refusals_before_touching_anything() {
         2,
         "cannot be used with",
     );
-    assert_refused(&c, &["--target", "tomorrow"], 1, "unknown --target");
-    assert_refused(&c, &["--target-time", "yesterday"], 1, "is not a time");
+    // Values that do not parse are bad arguments: exit 2 (issue 12, item 21).
+    assert_refused(&c, &["--target", "tomorrow"], 2, "unknown --target");
+    assert_refused(&c, &["--target-time", "yesterday"], 2, "is not a time");
 
     // A non-empty NEWDIR without --force: refused, and left as it was.
     let nd = NewDir::new();

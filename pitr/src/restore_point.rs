@@ -135,7 +135,9 @@ pub async fn create(repo: &Repo, server: &Server, name: &str, options: CreateOpt
     Ok(point)
 }
 
-fn validate_name(name: &str) -> Result<()> {
+/// Checks a restore point's name as PostgreSQL will (not empty, at most [`MAX_NAME_BYTES`]), so
+/// that a bad name is refused before anything is done.
+pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::InvalidInput("a restore point needs a name".into()));
     }
