@@ -25,8 +25,10 @@ const GLOBAL_OPTIONS: &str = "Global options";
 const WITHOUT_REPOSITORY: &[&str] = &["demo"];
 
 /// The subcommands that write new files into the repository, so take `--compress` and
-/// `--compress-level`.
-const COMPRESSING: &[&str] = &["archive-push", "watch", "daemon", "backup", "adopt"];
+/// `--compress-level`; and archive-get, which ignores them (stored files say how they are
+/// compressed), so that a restore_command copied from the archive_command does not abort a
+/// recovery on the bad day.
+const COMPRESSING: &[&str] = &["archive-push", "archive-get", "watch", "daemon", "backup", "adopt"];
 
 /// The subcommands that take `--spool`.
 const SPOOLING: &[&str] = &["archive-push", "archive-get", "watch", "daemon", "prefetch", "recover"];
@@ -75,7 +77,7 @@ struct RepoArgs {
 #[derive(Debug, Default, Args)]
 #[command(next_help_heading = GLOBAL_OPTIONS)]
 struct CompressArgs {
-    /// Compression of archived files: zstd (default), gzip or none.
+    /// Compression of archived files: zstd (default), gzip or none (archive-get ignores it).
     #[arg(long, env = "PITR_COMPRESS", value_name = "TYPE", value_parser = parse_compression)]
     compress: Option<Compression>,
 
@@ -624,7 +626,8 @@ fn prefer<T>(after_given: bool, after: Option<T>, before: Option<T>) -> Option<T
 /// The name of the subcommand `args` (the whole command line) names, found the way clap parses:
 /// skipping the options before it and their values, the first free word. Decided before anything
 /// can fail, so that even a command line that does not parse gets its subcommand's exit codes
-/// (archive-get: 200). `pitr --repo backup archive-get ...` is archive-get.
+/// (archive-get: 200). `pitr --repo backup archive-get ...` is archive-get; after an unknown
+/// option, the first word that names a subcommand is taken.
 pub fn subcommand_in(definition: &clap::Command, args: &[OsString]) -> Option<String> {
     let takes_value = |option: &clap::Arg| !option.is_positional() && option.get_action().takes_values();
     let options: Vec<&clap::Arg> = definition.get_arguments().filter(|o| takes_value(o)).collect();
@@ -656,8 +659,12 @@ pub fn subcommand_in(definition: &clap::Command, args: &[OsString]) -> Option<St
                 .char_indices()
                 .find(|(_, c)| short_takes_value(*c))
                 .is_some_and(|(i, c)| i + c.len_utf8() == shorts.len())
+        } else if let Some(subcommand) = definition.find_subcommand(word) {
+            return Some(subcommand.get_name().to_string());
         } else {
-            return definition.find_subcommand(word).map(|s| s.get_name().to_string());
+            // Not a subcommand: the value of an option pitr does not know (`--tier daily`), so
+            // the subcommand is further on. A line that does not parse still gets its exit codes.
+            false
         };
         if value_follows {
             words.next();
@@ -846,7 +853,7 @@ mod tests {
             "pitr --config c.toml demo",
             "pitr --compress zstd demo",
             "pitr --compress zstd list",
-            "pitr --compress-level 3 archive-get a b",
+            "pitr --compress-level 3 restore --pgdata d",
             "pitr --spool s info",
         ] {
             let error = refused(line);

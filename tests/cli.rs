@@ -71,10 +71,10 @@ fn exit_codes_follow_the_subcommand_when_a_repository_is_named_like_one() {
         GET_ERROR,
     );
     expect(
-        "an option that does not apply to archive-get",
+        "an option of another subcommand before archive-get",
         pitr(
             at_base,
-            &["--repo", "backup", "--compress", "zstd", "archive-get", &absent, dest],
+            &["--repo", "backup", "--tier", "daily", "archive-get", &absent, dest],
         ),
         GET_ERROR,
     );
@@ -267,6 +267,21 @@ fn global_options_are_accepted_only_where_they_apply() {
             out.describe()
         );
     }
+    // archive-get takes (and ignores) --compress: a restore_command copied from the
+    // archive_command must not abort a recovery.
+    let out = pitr_in(
+        dir.path(),
+        &[
+            "--repo",
+            repo,
+            "--compress",
+            "gzip",
+            "archive-get",
+            "00000002.history",
+            "x",
+        ],
+    );
+    assert_ne!(out.code(), Some(USAGE), "{}", out.describe());
     // An environment variable is read only where its option applies: no error elsewhere.
     let out = run(pitr_at(dir.path())
         .env("PITR_COMPRESS", "lz4")

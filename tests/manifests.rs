@@ -106,7 +106,7 @@ fn one_unreadable_backup_blocks_nothing_and_a_damaged_manifest_is_read_from_its_
         .iter()
         .map(|b| json_str(b, "id").to_string())
         .collect();
-    assert_eq!(ids, [good.clone()]);
+    assert_eq!(ids, std::slice::from_ref(&good));
 
     let target = c.test_dir().subdir("other");
     fs::remove_dir(&target).unwrap();
