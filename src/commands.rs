@@ -140,7 +140,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
         Command::List { what, json } if what == "restore-points" => {
-            let points = restore_point::catalog(&repo)?;
+            let points = recover::restore_points(&repo)?;
             if *json {
                 output::json(&points)
             } else {
@@ -284,6 +284,7 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
     };
     let request = Request {
         target: parse_target(target)?,
+        exclusive: *exclusive,
         timeline: parse_timeline(timeline)?,
         backup: backup.clone(),
     };
@@ -302,7 +303,6 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
     let options = RecoverOptions {
         pgdata,
         force: *force,
-        exclusive: *exclusive,
         action: match action.as_str() {
             "pause" => Action::Pause,
             "shutdown" => Action::Shutdown,

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pitr::backup::{BackupStatus, BackupSummary, ExpirePlan, Listing, RestoreSummary};
 use pitr::info::RepoSummary;
 use pitr::progress::Progress;
-use pitr::recover::{AdoptReport, Plan, Report};
+use pitr::recover::{AdoptReport, ListedRestorePoint, Plan, Report};
 use pitr::restore_point::RestorePoint;
 use pitr::verify::{
     human_duration, Alert, CheckReport, IntegrityKind, IntegrityReport, Scope, ServerView, VerifyReport,
@@ -189,16 +189,24 @@ pub fn restore_point(p: &RestorePoint, archived: bool) {
     );
 }
 
-/// The restore point catalog.
-pub fn restore_points(points: &[RestorePoint]) {
+/// The restore point catalog, with whether `recover --target-name` reaches each point.
+pub fn restore_points(points: &[ListedRestorePoint]) {
     if points.is_empty() {
         println!("no restore points");
         return;
     }
-    println!("{:<40} {:<14} {:>3} {:<26} WAL", "NAME", "LSN", "TL", "TIME (UTC)");
-    for p in points {
+    println!(
+        "{:<40} {:<14} {:>3} {:<26} {:<24} RECOVERABLE",
+        "NAME", "LSN", "TL", "TIME (UTC)", "WAL"
+    );
+    for listed in points {
+        let p = &listed.point;
+        let verdict = match &listed.unrecoverable_reason {
+            None => "yes".to_string(),
+            Some(reason) => format!("no: {reason}"),
+        };
         println!(
-            "{:<40} {:<14} {:>3} {:<26} {}",
+            "{:<40} {:<14} {:>3} {:<26} {:<24} {verdict}",
             p.name,
             p.lsn.to_string(),
             p.timeline,

@@ -244,6 +244,7 @@ impl DemoCluster {
     ) -> Result<(i64, Option<String>)> {
         let request = Request {
             target,
+            exclusive: false,
             timeline: TimelineChoice::Number(1),
             backup: None,
         };
@@ -251,7 +252,6 @@ impl DemoCluster {
         let options = RecoverOptions {
             pgdata: self.root.join(dir_name),
             force: false,
-            exclusive: false,
             action: Action::Promote,
             port: Some(free_port()?),
             no_start: false,

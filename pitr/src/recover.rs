@@ -2,6 +2,7 @@
 //! recovery settings, drive PostgreSQL to the target, verify, and hand over.
 
 mod adopt;
+mod archived;
 mod drive;
 mod plan;
 mod settings;
@@ -12,8 +13,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use adopt::{adopt, AdoptReport};
+pub use archived::{ArchivedRecords, Mark, MarkKind, SegmentSummary, Span};
 pub use drive::{Action, Outcome, RecoveryServer};
-pub use plan::{plan, Plan, RepoState, Request, TimelineChoice};
+pub use plan::{plan, reach, reaches_restore_point, Plan, Reach, RepoState, Request, TimelineChoice};
 pub use target::Target;
 
 use crate::backup::{self, RestoreOptions, RestoreSummary};
@@ -23,6 +25,7 @@ use crate::pg::ctl::{self, Owner};
 use crate::pg::Server;
 use crate::progress::Progress;
 use crate::repo::Repo;
+use crate::restore_point::{self, RestorePoint};
 use crate::spool::Spool;
 
 /// How to carry out a plan.
@@ -32,8 +35,6 @@ pub struct RecoverOptions {
     pub pgdata: PathBuf,
     /// Wipe a non-empty `pgdata`.
     pub force: bool,
-    /// recovery_target_inclusive = off.
-    pub exclusive: bool,
     /// recovery_target_action.
     pub action: Action,
     /// The recovered server's port.
@@ -86,10 +87,10 @@ pub struct ServerState {
     pub last_commit_time: Option<String>,
 }
 
-/// Gathers what the planner needs from the repository. Unlike `pitr info`, recovery does not
-/// work around what cannot be read: an unreadable manifest, history file or restore point
-/// catalog is an error here.
-pub fn repo_state(repo: &Repo) -> Result<RepoState> {
+/// Gathers what the planner needs from the repository (its WAL records are read as the target
+/// needs them). Unlike `pitr info`, recovery does not work around what cannot be read: an
+/// unreadable manifest, history file or restore point catalog is an error here.
+pub fn repo_state(repo: &Repo) -> Result<RepoState<'_>> {
     let holdings = Holdings::read(repo)?;
     let segments = holdings.segments().into_iter().collect();
     let segment_size = holdings.segment_size();
@@ -110,7 +111,41 @@ pub fn repo_state(repo: &Repo) -> Result<RepoState> {
         histories,
         restore_points: holdings.restore_points?,
         segment_size,
+        records: ArchivedRecords::reading(repo),
     })
+}
+
+/// A recorded restore point, and whether `pitr recover --target-name` recovers to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedRestorePoint {
+    /// The point.
+    #[serde(flatten)]
+    pub point: RestorePoint,
+    /// `pitr recover --target-name <name>` recovers to it.
+    pub recoverable: bool,
+    /// Why it does not.
+    pub unrecoverable_reason: Option<String>,
+}
+
+/// The restore point catalog, each point marked with whether the planner would reach it
+/// (expired backups or WAL, another timeline, an earlier point of the same name).
+pub fn restore_points(repo: &Repo) -> Result<Vec<ListedRestorePoint>> {
+    let points = restore_point::catalog(repo)?;
+    let state = repo_state(repo);
+    Ok(points
+        .into_iter()
+        .map(|point| {
+            let verdict = match &state {
+                Ok(state) => reaches_restore_point(state, &point),
+                Err(e) => Err(format!("the repository cannot be planned from: {e}")),
+            };
+            ListedRestorePoint {
+                recoverable: verdict.is_ok(),
+                unrecoverable_reason: verdict.err(),
+                point,
+            }
+        })
+        .collect())
 }
 
 /// Refuses when the new data directory's file system cannot hold the restore.
@@ -165,7 +200,7 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
     }
     let bindir = ctl::bindir(plan_pg_version(repo)?)?;
     let server = RecoveryServer::start(&options.pgdata, owner, bindir)?;
-    let expect_stop = !matches!(plan.target, Target::Latest);
+    let expect_stop = !matches!(plan.recovery_target, Target::Latest);
     let mut outcome = server.follow(options.action, expect_stop, progress).await;
     if let Ok(o) = &mut outcome {
         if options.action == Action::Shutdown && o.action == Action::Promote {
@@ -205,8 +240,8 @@ fn plan_pg_version(repo: &Repo) -> Result<u32> {
 fn recovery_settings(plan: &Plan, options: &RecoverOptions) -> Vec<(&'static str, String)> {
     let restore_command = format!("{} archive-get %f %p", options.pitr_command);
     let mut settings = vec![("restore_command", restore_command)];
-    settings.extend(plan.target.settings(options.exclusive));
-    if !matches!(plan.target, Target::Latest) {
+    settings.extend(plan.target_settings());
+    if !matches!(plan.recovery_target, Target::Latest) {
         settings.push(("recovery_target_action", options.action.setting().to_string()));
     }
     let timeline = match plan.timeline {
