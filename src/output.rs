@@ -291,7 +291,13 @@ pub fn recover_report(r: &Report) {
 /// What adopt did.
 pub fn adopt_report(r: &AdoptReport) {
     if r.stopped_server {
-        println!("stopped the recovered copy's private run");
+        match &r.removed_socket_dir {
+            Some(dir) => println!(
+                "stopped the recovered copy's private run and removed its socket directory {}",
+                dir.display()
+            ),
+            None => println!("stopped the recovered copy's private run"),
+        }
     }
     println!(
         "archived {} files of timeline {} ({} were archived already){}",
@@ -314,10 +320,18 @@ pub fn adopt_report(r: &AdoptReport) {
             r.lost_segments[r.lost_segments.len() - 1]
         );
     }
-    println!(
-        "archiving is on into this repository; start the copy: pg_ctl -D {} start",
-        r.pgdata.display()
-    );
+    match &r.archiving.written_because {
+        None => println!(
+            "the copy's own configuration is back and archives into this repository ({})",
+            r.archiving.archive_command
+        ),
+        Some(reason) => println!(
+            "the copy's own configuration is back, but {reason}: pitr set archive_mode = on and archive_command = \
+             '{}' in postgresql.auto.conf",
+            r.archiving.archive_command
+        ),
+    }
+    println!("start the copy: pg_ctl -D {} start", r.pgdata.display());
 }
 
 fn utc(at: DateTime<Utc>) -> String {

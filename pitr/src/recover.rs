@@ -9,18 +9,20 @@ mod settings;
 mod target;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 
 pub use adopt::{adopt, AdoptReport};
 pub use archived::{ArchivedRecords, Mark, MarkKind, SegmentSummary, Span};
-pub use drive::{Action, Outcome, RecoveryServer};
+pub use drive::{Action, Outcome, RecoveryServer, RECOVERY_LOG};
 pub use plan::{plan, reach, reaches_restore_point, Plan, Reach, RepoState, Request, TimelineChoice};
 pub use target::Target;
 
 use crate::backup::{self, RestoreOptions, RestoreSummary};
 use crate::error::{Error, Result};
 use crate::info::Holdings;
+use crate::interrupt;
 use crate::pg::ctl::{self, Owner};
 use crate::pg::Server;
 use crate::progress::Progress;
@@ -172,7 +174,7 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         force: options.force,
         jobs: options.jobs,
     };
-    let restored = backup::restore(repo, &restore, progress)?;
+    let restored = backup::restore(repo, &restore, progress).map_err(|e| left_incomplete(e, &options.pgdata))?;
     let owner = owner_for(repo, &options.pgdata)?;
     settings::write_recovery(
         &options.pgdata,
@@ -198,24 +200,22 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         )];
         return Ok(report);
     }
+    interrupt::check("about to start the server").map_err(|e| left_incomplete(e, &options.pgdata))?;
     let bindir = ctl::bindir(plan_pg_version(repo)?)?;
+    // From here on the server's socket directory goes with `server` unless a server runs in it.
     let server = RecoveryServer::start(&options.pgdata, owner, bindir)?;
     let expect_stop = !matches!(plan.recovery_target, Target::Latest);
-    let mut outcome = server.follow(options.action, expect_stop, progress).await;
-    if let Ok(o) = &mut outcome {
-        if options.action == Action::Shutdown && o.action == Action::Promote {
-            // Without a target (latest) PostgreSQL promotes whatever the action: honour "shutdown".
-            server.stop()?;
-            o.action = Action::Shutdown;
-        }
+    let mut outcome = server.follow(options.action, expect_stop, progress).await?;
+    if options.action == Action::Shutdown && outcome.action == Action::Promote {
+        // Without a target (latest) PostgreSQL promotes whatever the action: honour "shutdown".
+        server.stop()?;
+        outcome.action = Action::Shutdown;
     }
-    let outcome = outcome.inspect_err(|_| server.remove_socket_dir())?;
-    if outcome.action == Action::Shutdown {
-        server.remove_socket_dir(); // no server uses it any more
-    } else {
+    if outcome.action != Action::Shutdown {
         // Replay is over: what archive-get prefetched beside the copy is of no further use.
         let _ = std::fs::remove_dir_all(Spool::default_for(&options.pgdata).join("prefetch"));
-        let (state, (rows, error)) = inspect(&server, options).await?;
+        let promoted = outcome.action == Action::Promote;
+        let (state, (rows, error)) = inspect(&server, options, promoted).await?;
         report.server_state = Some(state);
         report.verify_rows = rows;
         report.verify_error = error;
@@ -230,6 +230,17 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
     report.next_steps = next_steps(options);
     report.outcome = Some(outcome);
     Ok(report)
+}
+
+/// An interrupted restore leaves the new data directory behind: say so.
+fn left_incomplete(error: Error, pgdata: &Path) -> Error {
+    match error {
+        Error::Interrupted(what) => Error::Interrupted(format!(
+            "{what}; {} stays, restored only in part: remove it, or run recover again with --force",
+            pgdata.display()
+        )),
+        other => other,
+    }
 }
 
 fn plan_pg_version(repo: &Repo) -> Result<u32> {
@@ -281,20 +292,40 @@ fn chown_tree(path: &Path, owner: &Owner) -> Result<()> {
     Ok(())
 }
 
-/// Reads the server's state and runs the verification query.
+/// How long a promoted copy may take until SQL sees the end of recovery.
+const PROMOTION_WAIT_MS: u64 = 60_000;
+
 /// The rows of `--verify-sql` (values as text, NULL as `None`), or the error it raised.
 type VerifyOutcome = (Option<Vec<Vec<Option<String>>>>, Option<String>);
 
 /// Reads the server's state and runs the verification query; a failing query is reported in
 /// the result, not as an error, since the recovery itself succeeded.
-async fn inspect(server: &RecoveryServer, options: &RecoverOptions) -> Result<(ServerState, VerifyOutcome)> {
+async fn inspect(
+    server: &RecoveryServer,
+    options: &RecoverOptions,
+    promoted: bool,
+) -> Result<(ServerState, VerifyOutcome)> {
     let client = Server::connect(&server.connection("postgres")).await?;
-    let rows = client
-        .query_rows(
-            "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text",
-        )
-        .await?;
-    let row = rows.into_iter().next().unwrap_or_default();
+    let state_sql =
+        "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text";
+    let mut waited = 0;
+    let row = loop {
+        let row = client
+            .query_rows(state_sql)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        // The server says it is ready before the end of recovery is visible to SQL: a promoted
+        // copy is inspected once pg_is_in_recovery() is false.
+        let in_recovery = row.first().cloned().flatten().as_deref() == Some("true");
+        if !(promoted && in_recovery) || waited >= PROMOTION_WAIT_MS {
+            break row;
+        }
+        interrupt::check("waiting for the promotion to finish")?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 100;
+    };
     let field = |i: usize| row.get(i).cloned().flatten();
     let state = ServerState {
         in_recovery: field(0).as_deref() == Some("true"),
