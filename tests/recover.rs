@@ -803,6 +803,13 @@ fn corrupt_archived_segment_fails_recovery() {
             "{what}: the failed server still runs:\n{}",
             tail(&log, 30)
         );
+        for dir in nd.socket_dirs() {
+            assert!(
+                !dir.exists(),
+                "{what}: the socket directory {} is left behind",
+                dir.display()
+            );
+        }
 
         rewrite_keeping_mode(&stored, &original);
     }

@@ -189,11 +189,12 @@ fn calls_pitr_into(repo: &Repo, command: &str) -> bool {
         .map(|w| w.trim_matches(['\'', '"']))
         .collect();
     let calls_pitr = words.iter().any(|w| w.rsplit('/').next() == Some("pitr")) && words.contains(&"archive-push");
-    let repo_arg = words
-        .windows(2)
-        .find(|w| w[0] == "--repo")
-        .map(|w| w[1])
-        .or_else(|| words.iter().find_map(|w| w.strip_prefix("--repo=")));
+    let repo_arg = words.windows(2).find(|w| w[0] == "--repo").map(|w| w[1]).or_else(|| {
+        words
+            .iter()
+            .find_map(|w| w.strip_prefix("--repo="))
+            .map(|v| v.trim_matches(['\'', '"']))
+    });
     let same = |a: &Path, b: &Path| match (fs::canonicalize(a), fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
@@ -271,4 +272,83 @@ fn lost_segments(repo: &Repo, timeline: u32, size: SegmentSize, current: u64) ->
         .filter(|segno| !archived.contains(segno))
         .map(|segno| crate::wal::Segment { timeline, segno }.file_name(size))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn only_pitr_into_this_repository_counts_as_archiving_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(dir.path()).unwrap();
+        let here = dir.path().display();
+        assert!(calls_pitr_into(
+            &repo,
+            &format!("/usr/bin/pitr --repo {here} archive-push %p")
+        ));
+        assert!(calls_pitr_into(
+            &repo,
+            &format!("'/opt/pitr' --config /etc/p.toml --repo='{here}' archive-push %p")
+        ));
+        assert!(!calls_pitr_into(
+            &repo,
+            "/usr/bin/pitr --repo /elsewhere archive-push %p"
+        ));
+        assert!(
+            !calls_pitr_into(&repo, "/usr/bin/pitr archive-push %p"),
+            "the repository is not named"
+        );
+        assert!(!calls_pitr_into(&repo, &format!("cp %p {here}/%f")));
+    }
+
+    #[test]
+    fn only_pitrs_own_socket_directory_is_removed() {
+        let me = Owner::current().unwrap();
+        let ours = tempfile::Builder::new()
+            .prefix(SOCKET_DIR_PREFIX)
+            .tempdir_in(SOCKET_DIR_PARENT)
+            .unwrap();
+        std::fs::write(ours.path().join(PRIVATE_HBA), "").unwrap();
+        let pid_file = |dir: &Path| format!("123\n/data\n1700000000\n5432\n{}\n\n", dir.display());
+        assert_eq!(
+            private_socket_dir_of(&pid_file(ours.path()), &me).as_deref(),
+            Some(ours.path())
+        );
+        let stranger = Owner {
+            uid: std::fs::metadata(ours.path()).unwrap().uid() + 1,
+            ..me.clone()
+        };
+        assert_eq!(
+            private_socket_dir_of(&pid_file(ours.path()), &stranger),
+            None,
+            "another owner's"
+        );
+        let other = tempfile::Builder::new()
+            .prefix("other-")
+            .tempdir_in(SOCKET_DIR_PARENT)
+            .unwrap();
+        std::fs::write(other.path().join(PRIVATE_HBA), "").unwrap();
+        assert_eq!(
+            private_socket_dir_of(&pid_file(other.path()), &me),
+            None,
+            "not a pitr name"
+        );
+        let link = Path::new(SOCKET_DIR_PARENT).join(format!("{SOCKET_DIR_PREFIX}link-{}", std::process::id()));
+        std::os::unix::fs::symlink(ours.path(), &link).unwrap();
+        assert_eq!(private_socket_dir_of(&pid_file(&link), &me), None, "a symlink");
+        std::fs::remove_file(&link).unwrap();
+        let bare = tempfile::Builder::new()
+            .prefix(SOCKET_DIR_PREFIX)
+            .tempdir_in(SOCKET_DIR_PARENT)
+            .unwrap();
+        assert_eq!(
+            private_socket_dir_of(&pid_file(bare.path()), &me),
+            None,
+            "no private pg_hba.conf"
+        );
+        assert_eq!(private_socket_dir_of("123\n/data\n", &me), None, "no socket line");
+    }
 }
