@@ -1,5 +1,7 @@
-//! Point-in-time recovery: plan (pure, printed first), restore the chosen backup, write the
-//! recovery settings, drive PostgreSQL to the target, verify, and hand over.
+//! Point-in-time recovery: plan (from the repository's state and the archived WAL's records,
+//! printed first), restore the chosen backup, write the recovery settings, drive PostgreSQL to
+//! the target, verify, and hand over. An interruption (SIGINT, SIGTERM) stops the server pitr
+//! started and leaves the restored directory, saying so.
 
 mod adopt;
 mod archived;
@@ -358,7 +360,8 @@ fn next_steps(options: &RecoverOptions) -> Vec<String> {
     steps.extend([
         format!(
             "{} adopt --pgdata {data}: stops the copy's private run, archives its new timeline (history file, \
-             .partial, new segments) and turns archiving on into this repository",
+             .partial, new segments) and gives the copy its own configuration back, archiving into this \
+             repository",
             options.pitr_command
         ),
         "stop the old server (pg_ctl -D OLD stop -m fast, or systemctl stop postgresql) and keep its data \

@@ -3,6 +3,9 @@
 //!
 //! PostgreSQL does not keep names unique and recovery stops at the first match, so pitr
 //! refuses a duplicate unless asked, and refuses names PostgreSQL would truncate or reject.
+//!
+//! Waiting for WAL to reach the repository (`wait_until_archived`, also used by backups and
+//! `pitr check`) watches the server's archiver and stops at once when archive_command fails.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
