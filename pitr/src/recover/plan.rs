@@ -658,6 +658,13 @@ impl Scan<'_, '_> {
         let first = size.segment_of(lsn);
         for segno in first.. {
             let Some(summary) = self.path.summary(self.state, segno)? else {
+                if self
+                    .path
+                    .newest_archived(self.state)
+                    .is_some_and(|newest| newest > segno)
+                {
+                    return Err(self.missing(segno));
+                }
                 return Ok(None);
             };
             let candidate = if segno == first {

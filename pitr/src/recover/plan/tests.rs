@@ -288,6 +288,8 @@ fn the_first_missing_segment_is_named() {
     assert!(err.contains("WAL segment 000000010000000000000004 is missing"), "{err}");
     // A gap after the target does not matter.
     assert!(plan(&s, &request(Target::Lsn(lsn(6, 500)))).is_ok());
+    let err = refusal(&s, Target::Lsn(lsn(4, 500)));
+    assert!(err.contains("WAL segment 000000010000000000000004 is missing"), "{err}");
     let mut s = state();
     s.segments.remove(&(1, 9));
     let err = refusal(&s, time(17));
