@@ -91,8 +91,6 @@ pub struct SegmentSummary {
     pub before_last: Option<Lsn>,
     /// The last record.
     pub last: Option<Span>,
-    /// Where the WAL ends inside the segment, when it does (no record follows).
-    pub wal_ends_at: Option<Lsn>,
 }
 
 impl SegmentSummary {
@@ -101,9 +99,6 @@ impl SegmentSummary {
         let mut summary = SegmentSummary::default();
         for record in reader.by_ref() {
             summary.add(&record?);
-        }
-        if let Some(End::EndOfWal(lsn)) = reader.end() {
-            summary.wal_ends_at = Some(lsn);
         }
         Ok(summary)
     }
@@ -119,7 +114,6 @@ impl SegmentSummary {
             before_last: spans.len().checked_sub(2).map(|i| spans[i].lsn),
             last: spans.last().copied(),
             marks,
-            wal_ends_at: None,
         }
     }
 

@@ -20,6 +20,12 @@ const SIZE_OF_XLOG_RECORD: usize = 24;
 const XL_CRC_OFFSET: usize = 20;
 /// `SizeOfXLogShortPHD`.
 const SIZE_OF_XLOG_SHORT_PHD: usize = 24;
+/// The WAL block sizes PostgreSQL can be built with (`--with-wal-blocksize`, 1 to 64 kB).
+const XLOG_BLCKSZ_MIN: u64 = 1024;
+const XLOG_BLCKSZ_MAX: u64 = 65536;
+/// What is allocated ahead for a record spanning pages; a larger one grows as its pages are read
+/// (a damaged length must not allocate gigabytes).
+const GATHER_RESERVE: usize = 1 << 20;
 /// `MAXIMUM_ALIGNOF`: records start on 8-byte boundaries.
 const MAXALIGN: u64 = 8;
 
@@ -245,6 +251,9 @@ impl<'a> SegmentRecords<'a> {
         let format = Format::of(header.pg_version)
             .ok_or_else(|| format!("PostgreSQL {} WAL records are not read by pitr", header.pg_version))?;
         let block = u64::from(u32::from_le_bytes(first[36..40].try_into().expect("4 bytes")));
+        if !(block.is_power_of_two() && (XLOG_BLCKSZ_MIN..=XLOG_BLCKSZ_MAX).contains(&block)) {
+            return Err(format!("WAL block size {block} is not one PostgreSQL builds with"));
+        }
         let segno = header.segment_size.segment_of(header.page_address);
         let mut reader = SegmentRecords {
             segments,
@@ -393,7 +402,7 @@ impl<'a> SegmentRecords<'a> {
             let bytes = self.bytes(lsn, len).expect("within the first segment");
             return Ok(Some((Cow::Borrowed(bytes), lsn + len)));
         }
-        let mut bytes = Vec::with_capacity(len as usize);
+        let mut bytes = Vec::with_capacity((len as usize).min(GATHER_RESERVE));
         let mut at = lsn;
         loop {
             let page_end = (at / self.block + 1) * self.block;
@@ -507,7 +516,7 @@ fn main_data(record: &[u8], format: Format) -> Result<&[u8], String> {
             .ok_or_else(truncated)
     };
     let mut main_len = 0usize;
-    while record.len() - at > payload {
+    while at < record.len() && record.len() - at > payload {
         let id = byte(at)?;
         at += 1;
         match id {

@@ -287,3 +287,19 @@ fn formats_of_the_majors_pitr_reads() {
     assert_eq!(Format::of(14).unwrap().compressed_image, 0x02);
     assert!(Format::of(11).is_none() && Format::of(19).is_none());
 }
+
+proptest::proptest! {
+    /// Whatever a damaged (or hostile) record holds, decoding it is an error, never a panic.
+    #[test]
+    fn damaged_records_are_errors_not_panics(
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        rmid in 0u8..2,
+        info in proptest::prelude::any::<u8>(),
+    ) {
+        let mut record = vec![0u8; SIZE_OF_XLOG_RECORD];
+        record.extend_from_slice(&body);
+        let format = Format::of(15).unwrap();
+        let _ = main_data(&record, format);
+        let _ = decode_kind(rmid, info, 7, &body, format);
+    }
+}
