@@ -100,7 +100,7 @@ pub struct Format {
     /// `sizeof(xl_xact_stats_item)` in commit and abort records (`XACT_XINFO_HAS_DROPPED_STATS`,
     /// from 15): 12 bytes in 15–17, 16 in 18 (the object id became 64 bits).
     dropped_stats_item: Option<usize>,
-    /// `offsetof(CheckPoint, time)`: 64 in 12–18 (17 added `wal_level` into the padding before
+    /// `offsetof(CheckPoint, time)`: 64 in 12–18 (18 has `wal_level` in what was padding before
     /// `nextXid`).
     checkpoint_time: usize,
 }
