@@ -328,8 +328,9 @@ pub enum Command {
     ///
     /// Stops pitr's private run of the copy, archives what PostgreSQL did not (archiving was off
     /// during recovery): the new timeline's history file, the old timeline's .partial and the
-    /// segments written since promotion; then turns archiving on into this repository. Start the
-    /// copy afterwards and take a new backup.
+    /// segments written since promotion; then gives the copy its own configuration back (archive
+    /// settings into this repository are written only where it lacks them). Start the copy
+    /// afterwards and take a new backup.
     Adopt {
         /// The recovered copy's data directory.
         #[arg(long, value_name = "DIR")]

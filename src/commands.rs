@@ -34,6 +34,7 @@ pub enum Done {
 
 /// Runs `pitr demo`, which brings its own repository.
 pub fn demo(keep: bool, json: bool) -> Result<Done> {
+    arm_interrupts()?;
     let exe = std::env::current_exe().map_err(pitr::Error::io("find", "this pitr executable"))?;
     let progress = TerminalProgress::new(json);
     let narrate = |line: &str| {
@@ -151,7 +152,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
         Command::List { what, json } if what == "restore-points" => {
-            let points = restore_point::catalog(&repo)?;
+            let points = recover::restore_points(&repo)?;
             if *json {
                 output::json(&points)
             } else {
@@ -276,6 +277,18 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime starts")
 }
 
+/// SIGINT and SIGTERM ask the library to stop and clean up (the servers pitr started, their
+/// socket directories, the demo's directory); a second one ends pitr at once.
+fn arm_interrupts() -> Result<()> {
+    let flag = pitr::interrupt::flag();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone())
+            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
+            .map_err(pitr::Error::io("handle signals of", "pitr"))?;
+    }
+    Ok(())
+}
+
 fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> {
     let Command::Recover {
         pgdata,
@@ -299,6 +312,7 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
     };
     let request = Request {
         target: target.target(),
+        exclusive: *exclusive,
         timeline: *timeline,
         backup: backup.clone(),
     };
@@ -317,7 +331,6 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
     let options = RecoverOptions {
         pgdata,
         force: *force,
-        exclusive: *exclusive,
         action: match action.as_str() {
             "pause" => Action::Pause,
             "shutdown" => Action::Shutdown,
@@ -332,6 +345,8 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
         pitr_command: pitr_command(settings)?,
     };
     let progress = TerminalProgress::new(*json);
+    // From here on pitr writes and starts a server: an interruption cleans up after itself.
+    arm_interrupts()?;
     let report = runtime().block_on(recover::execute(repo, &plan, &options, &progress))?;
     progress.finish();
     if *json {

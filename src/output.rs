@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pitr::backup::{BackupStatus, BackupSummary, ExpirePlan, Listing, RestoreSummary};
 use pitr::info::RepoSummary;
 use pitr::progress::Progress;
-use pitr::recover::{AdoptReport, Plan, Report};
+use pitr::recover::{AdoptReport, ListedRestorePoint, Plan, Report};
 use pitr::restore_point::RestorePoint;
 use pitr::verify::{
     human_duration, Alert, CheckReport, IntegrityKind, IntegrityReport, Scope, ServerView, VerifyReport,
@@ -217,16 +217,24 @@ pub fn create_report(r: &pitr::init::CreateReport) {
     );
 }
 
-/// The restore point catalog.
-pub fn restore_points(points: &[RestorePoint]) {
+/// The restore point catalog, with whether `recover --target-name` reaches each point.
+pub fn restore_points(points: &[ListedRestorePoint]) {
     if points.is_empty() {
         println!("no restore points");
         return;
     }
-    println!("{:<40} {:<14} {:>3} {:<26} WAL", "NAME", "LSN", "TL", "TIME (UTC)");
-    for p in points {
+    println!(
+        "{:<40} {:<14} {:>3} {:<26} {:<24} RECOVERABLE",
+        "NAME", "LSN", "TL", "TIME (UTC)", "WAL"
+    );
+    for listed in points {
+        let p = &listed.point;
+        let verdict = match &listed.unrecoverable_reason {
+            None => "yes".to_string(),
+            Some(reason) => format!("no: {reason}"),
+        };
         println!(
-            "{:<40} {:<14} {:>3} {:<26} {}",
+            "{:<40} {:<14} {:>3} {:<26} {:<24} {verdict}",
             p.name,
             p.lsn.to_string(),
             p.timeline,
@@ -311,7 +319,13 @@ pub fn recover_report(r: &Report) {
 /// What adopt did.
 pub fn adopt_report(r: &AdoptReport) {
     if r.stopped_server {
-        println!("stopped the recovered copy's private run");
+        match &r.removed_socket_dir {
+            Some(dir) => println!(
+                "stopped the recovered copy's private run and removed its socket directory {}",
+                dir.display()
+            ),
+            None => println!("stopped the recovered copy's private run"),
+        }
     }
     println!(
         "archived {} files of timeline {} ({} were archived already){}",
@@ -334,10 +348,18 @@ pub fn adopt_report(r: &AdoptReport) {
             r.lost_segments[r.lost_segments.len() - 1]
         );
     }
-    println!(
-        "archiving is on into this repository; start the copy: pg_ctl -D {} start",
-        r.pgdata.display()
-    );
+    match &r.archiving.written_because {
+        None => println!(
+            "the copy's own configuration is back and archives into this repository ({})",
+            r.archiving.archive_command
+        ),
+        Some(reason) => println!(
+            "the copy's own configuration is back, but {reason}: pitr set archive_mode = on and archive_command = \
+             '{}' in postgresql.auto.conf",
+            r.archiving.archive_command
+        ),
+    }
+    println!("start the copy: pg_ctl -D {} start", r.pgdata.display());
 }
 
 fn utc(at: DateTime<Utc>) -> String {

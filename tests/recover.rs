@@ -677,7 +677,7 @@ fn refusals_before_touching_anything() {
     c.switch_and_archive();
 
     let future = c.psql("SELECT to_char((now() + interval '1 hour') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00')");
-    assert_refused(&c, &["--target-time", &future], 1, "after the newest archived WAL");
+    assert_refused(&c, &["--target-time", &future], 1, "the archive does not yet show");
     assert_refused(&c, &["--target-lsn", "FF/0"], 1, "after the newest archived WAL");
     assert_refused(&c, &["--target-name", "nope"], 1, "not in the repository's catalog");
     assert_refused(
@@ -804,54 +804,53 @@ fn corrupt_archived_segment_fails_recovery() {
             "{what}: the failed server still runs:\n{}",
             tail(&log, 30)
         );
+        for dir in nd.socket_dirs() {
+            assert!(
+                !dir.exists(),
+                "{what}: the socket directory {} is left behind",
+                dir.display()
+            );
+        }
 
         rewrite_keeping_mode(&stored, &original);
     }
 }
 
 #[test]
-fn target_never_reached_fails_recovery() {
-    let c = primary();
+fn transactions_without_an_end_in_the_archive_are_refused_in_the_plan() {
+    let c = Cluster::start(ClusterOptions::default().setting("max_prepared_transactions", "5"));
     create_rows(&c, "t", 10);
     backup(&c);
     insert_rows(&c, "t", 11, 20);
+    // A prepared transaction: it wrote WAL, but neither committed nor aborted.
+    let prepared = c.psql("BEGIN; INSERT INTO t VALUES (21, 'p'); SELECT txid_current(); PREPARE TRANSACTION 'p'");
+    let newest = c.psql("SELECT txid_current()");
     c.switch_and_archive();
-    // A transaction id after the backup that never commits: the planner cannot know, PostgreSQL
-    // runs out of WAL before the target.
+
+    // After every transaction in the archived WAL: PostgreSQL would run out of WAL and stop
+    // without the target, so the plan refuses it and names the newest transaction there.
     let nd = NewDir::new();
     let out = recover(&c, &nd, &["--target-xid", "100000", "--verify-sql", "SELECT 1"]);
-    assert!(
-        !out.success(),
-        "a target never reached must not succeed:\n{}",
-        out.describe()
-    );
-    assert_contains(&out, "Recovery plan");
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
     let err = out.stderr_str();
+    let named: u64 = err
+        .split_once("after the newest transaction in the archived WAL (")
+        .and_then(|(_, rest)| rest.split(')').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the newest transaction is named:\n{}", out.describe()));
+    let newest: u64 = newest.parse().expect("xid");
     assert!(
-        err.contains("recovery of") && err.contains("failed"),
-        "{}",
+        (newest..100_000).contains(&named),
+        "{named} (newest {newest}):\n{}",
         out.describe()
     );
-    assert!(
-        err.contains("recovery ended before configured recovery target was reached"),
-        "the log excerpt says why:\n{}",
-        out.describe()
-    );
-    assert!(
-        err.contains("WAL ran out before the target"),
-        "the diagnosis:\n{}",
-        out.describe()
-    );
-    for success in ["server: ", "verify: ", "connect: "] {
-        assert_lacks(&out, success);
-    }
-    let log = nd.server_log();
-    assert!(
-        !log.contains("archive recovery complete"),
-        "the server must not promote:\n{log}"
-    );
-    let gone = poll(Duration::from_secs(30), || (!nd.is_running()).then_some(()));
-    assert!(gone.is_some(), "the failed server still runs:\n{}", tail(&log, 30));
+    assert_lacks(&out, "Recovery plan");
+    assert!(!nd.data.exists(), "nothing is written");
+
+    let out = recover(&c, &nd, &["--target-xid", prepared.trim()]);
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert_contains(&out, "has no commit or abort record in the archived WAL");
+    assert!(!nd.data.exists(), "nothing is written");
+    c.psql("ROLLBACK PREPARED 'p'");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1021,8 +1020,8 @@ fn json_plan_and_report() {
     insert_rows(&c, "t", 11, 20);
     restore_point(&c, "rp", &[]);
     let lsn = c.psql("SELECT pg_current_wal_insert_lsn()");
-    let xid = c.psql("INSERT INTO t VALUES (21, 'x') RETURNING txid_current()");
     let time = c.psql("SELECT now()::text");
+    let xid = c.psql("INSERT INTO t VALUES (21, 'x') RETURNING txid_current()");
     c.switch_and_archive();
 
     // A real recovery with --json: plan and report.
@@ -1060,6 +1059,14 @@ fn json_plan_and_report() {
     assert_eq!(psql_at(&conn, "SELECT pg_is_in_recovery()"), "t");
     drop(nd);
 
+    // A promoted copy reports the state after the promotion.
+    let nd = NewDir::new();
+    let out = recover_ok(&c, &nd, &["--target-name", "rp", "--json"]);
+    let report = &parse_json(&out)["report"];
+    assert_eq!(report["outcome"]["action"], "promote", "{report:#}");
+    assert_eq!(report["server_state"]["in_recovery"], false, "{report:#}");
+    drop(nd);
+
     // --dry-run --json for every kind of target.
     let kinds: [(&str, Vec<&str>); 6] = [
         ("name", vec!["--target-name", "rp"]),
@@ -1095,10 +1102,28 @@ fn json_plan_and_report() {
 
 #[test]
 fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
-    let mut c = oops_after_restore_point("DROP TABLE products");
+    let mut c = primary();
+    // Archiving configured in postgresql.conf itself (after the harness's include, so these
+    // lines are the ones in force): adopt must give them back to the copy.
+    let own_lines = format!(
+        "archive_mode = on\narchive_command = '{}'\n",
+        c.psql("SHOW archive_command").replace('\'', "''")
+    );
+    let conf_path = c.data_dir().join("postgresql.conf");
+    let mut conf = String::from_utf8(read(&conf_path)).expect("UTF-8");
+    conf.push_str(&own_lines);
+    rewrite_keeping_mode(&conf_path, conf.as_bytes());
+    c.reload();
+    create_rows(&c, "products", 1000);
+    backup(&c);
+    insert_rows(&c, "products", 1001, 1500);
+    restore_point(&c, "before_oops", &[]);
+    c.psql("DROP TABLE products");
+    c.switch_and_archive();
 
     // Recover (archiving off in the copy), then adopt it: one command archives what the copy's
-    // PostgreSQL never marked ready, and turns archiving on into the same repository.
+    // PostgreSQL never marked ready, and gives the copy its own configuration back, which
+    // archives into the same repository.
     let copy = NewDir::new();
     let port = free_port();
     let out = recover_ok(
@@ -1111,7 +1136,18 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
         "recover names the adopt step:\n{}",
         out.describe()
     );
-    let user = connect_of(&out).user;
+    let recovered = connect_of(&out);
+    assert_eq!(
+        psql_at(&recovered, "SHOW archive_mode"),
+        "off",
+        "the copy does not archive yet"
+    );
+    let copy_conf = String::from_utf8(read(&copy.data.join("postgresql.conf"))).expect("UTF-8");
+    assert!(
+        copy_conf.ends_with(&own_lines),
+        "recover leaves the copy's own lines alone:\n{copy_conf}"
+    );
+    let user = recovered.user.clone();
     let adopted = run(c
         .pitr_cmd()
         .arg("--repo")
@@ -1120,17 +1156,35 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
         .arg(&copy.data));
     assert!(adopted.success(), "pitr adopt failed:\n{}", adopted.describe());
     assert_contains(&adopted, "stopped the recovered copy's private run");
+    assert_contains(
+        &adopted,
+        "the copy's own configuration is back and archives into this repository",
+    );
+    assert!(
+        !recovered.socket_dir.exists(),
+        "adopt removes the private socket directory {}",
+        recovered.socket_dir.display()
+    );
     assert!(
         stored_path(c.repo(), "00000002.history").exists(),
         "{}",
         adopted.describe()
     );
-    let auto = copy.auto_conf();
+    let copy_conf = String::from_utf8(read(&copy.data.join("postgresql.conf"))).expect("UTF-8");
     assert!(
-        auto.contains("archive_mode = 'on'") && auto.contains("archive-push %p"),
-        "{auto}"
+        copy_conf.ends_with(&own_lines),
+        "postgresql.conf holds the original archive lines, active:\n{copy_conf}"
     );
-    assert!(!auto.contains("recovery_target"), "recovery settings are gone:\n{auto}");
+    let auto = copy.auto_conf();
+    for gone in [
+        "archive_mode",
+        "archive_command",
+        "port",
+        "recovery_target",
+        "restore_command",
+    ] {
+        assert!(!auto.contains(gone), "{gone} is left in postgresql.auto.conf:\n{auto}");
+    }
 
     // Switch over: stop the old primary, start the copy in its place (its port: adopt gave back
     // the copy's own configuration) and write on timeline 2.
@@ -1154,6 +1208,7 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
         user,
     };
     assert_eq!(psql_at(&conn, "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(psql_at(&conn, "SHOW archive_mode"), "on");
     psql_at(
         &conn,
         "INSERT INTO products SELECT g, 'tl2 ' || g FROM generate_series(2001, 2200) g",
@@ -1174,6 +1229,22 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
         "the adopted copy does not archive {segment}:\n{}",
         String::from_utf8_lossy(&read(&log))
     );
+    // A backup of the adopted copy leaves out the log of pitr recover's private run.
+    assert!(copy.data.join("pitr_recover.log").exists());
+    let id = backup(&c);
+    let restored = NewDir::new();
+    run_ok(
+        c.pitr_cmd()
+            .arg("--repo")
+            .arg(c.repo())
+            .args(["restore", "--backup", &id, "--pgdata"])
+            .arg(&restored.data),
+    );
+    assert!(restored.data.join("PG_VERSION").exists());
+    assert!(
+        !restored.data.join("pitr_recover.log").exists(),
+        "backup {id} copied pitr_recover.log"
+    );
     copy.stop_immediate();
 
     // A recovery to a time on timeline 2 goes through the adopted timeline.
@@ -1187,4 +1258,397 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
         out.describe()
     );
     assert_eq!(line_after(&out, "verify: "), "1700 | 200", "{}", out.describe());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. The recovered copy's private socket: its owner only
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_recovered_copy_is_reachable_by_its_owner_only() {
+    assert!(
+        running_as_root(),
+        "this test runs `runuser -u nobody`: run the tests as root"
+    );
+    let c = primary();
+    create_rows(&c, "t", 10);
+    backup(&c);
+    insert_rows(&c, "t", 11, 20);
+    c.switch_and_archive();
+
+    let nd = NewDir::new();
+    let out = recover_ok(
+        &c,
+        &nd,
+        &["--target", "latest", "--verify-sql", "SELECT COUNT(*) FROM t"],
+    );
+    let conn = connect_of(&out);
+    assert_eq!(psql_at(&conn, "SELECT COUNT(*) FROM t"), "20", "the owner gets in");
+
+    let meta = fs::metadata(&conn.socket_dir).expect("socket directory");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o700,
+        "{}",
+        conn.socket_dir.display()
+    );
+    let postgres_uid: u32 =
+        String::from_utf8(run_ok(std::process::Command::new("id").args(["-u", SERVER_USER])).stdout)
+            .expect("UTF-8")
+            .trim()
+            .parse()
+            .expect("uid");
+    assert_eq!(meta.uid(), postgres_uid, "owned by the server's OS user");
+    let socket = conn.socket_dir.join(format!(".s.PGSQL.{}", conn.port));
+    let socket_mode = fs::metadata(&socket).expect("socket").permissions().mode() & 0o777;
+    assert_eq!(socket_mode, 0o700, "{}", socket.display());
+    for file in ["pg_hba.conf", "pg_ident.conf"] {
+        let mode = fs::metadata(conn.socket_dir.join(file))
+            .expect(file)
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+
+    // Another local user reaches neither the socket nor the server.
+    let nobody = |program: &str, args: &[&str]| {
+        run(std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", program])
+            .args(args)
+            .env_remove("PGHOST")
+            .env_remove("PGPORT")
+            .current_dir("/"))
+    };
+    let port = conn.port.to_string();
+    let dir = conn.socket_dir.to_str().expect("UTF-8 path");
+    let psql = nobody(
+        "/usr/bin/psql",
+        &[
+            "-X",
+            "-h",
+            dir,
+            "-p",
+            &port,
+            "-U",
+            SERVER_USER,
+            "-d",
+            "postgres",
+            "-c",
+            "select 1",
+        ],
+    );
+    assert!(!psql.success(), "nobody got in:\n{}", psql.describe());
+    let reach = nobody("/usr/bin/test", &["-e", socket.to_str().expect("UTF-8 path")]);
+    assert!(!reach.success(), "nobody sees the socket");
+
+    // adopt stops the copy and removes its socket directory.
+    run_ok(
+        c.pitr_cmd()
+            .arg("--repo")
+            .arg(c.repo())
+            .args(["adopt", "--pgdata"])
+            .arg(&nd.data),
+    );
+    assert!(
+        !conn.socket_dir.exists(),
+        "{} is left behind",
+        conn.socket_dir.display()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. Time targets and the archived WAL's records
+// ---------------------------------------------------------------------------------------------
+
+/// The server's clock in UTC, as `--target-time` takes it.
+fn now_utc(c: &Cluster) -> String {
+    c.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')")
+}
+
+#[test]
+fn a_time_after_the_newest_commit_is_recovered_when_the_archive_covers_it() {
+    // No autovacuum: its commits would come after the target.
+    let c = Cluster::start(ClusterOptions::default().setting("autovacuum", "off"));
+    create_rows(&c, "t", 100);
+    backup(&c);
+    insert_rows(&c, "t", 101, 150);
+    let after_last_commit = now_utc(&c);
+    // A checkpoint starting more than a second later (its time has whole seconds) shows the
+    // archive covers that moment, although no commit follows it.
+    thread::sleep(Duration::from_millis(1100));
+    c.psql("CHECKPOINT");
+    c.switch_and_archive();
+
+    let nd = NewDir::new();
+    let out = recover_ok(
+        &c,
+        &nd,
+        &[
+            "--target-time",
+            &after_last_commit,
+            "--verify-sql",
+            "SELECT COUNT(*) FROM t",
+        ],
+    );
+    assert_eq!(line_after(&out, "verify: "), "150", "{}", out.describe());
+    assert_contains(&out, "shows the archive covers it");
+    assert!(
+        line_after(&out, "PostgreSQL: ").starts_with("recovery stopping after WAL location (LSN)"),
+        "{}",
+        out.describe()
+    );
+    drop(nd);
+
+    // After everything archived: refused in the plan, with the newest commit's time.
+    let later = now_utc(&c);
+    let nd = NewDir::new();
+    let out = recover(&c, &nd, &["--target-time", &later]);
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let err = out.stderr_str();
+    assert!(
+        err.contains("the newest commit in the archived WAL is at ")
+            && err.contains("the archive does not yet show")
+            && err.contains("choose a time up to"),
+        "{}",
+        out.describe()
+    );
+    assert_lacks(&out, "Recovery plan");
+    assert!(!nd.data.exists(), "nothing is written");
+
+    // pitr info promises no more than recover accepts: its window ends at the checkpoint.
+    let info = parse_json(&run_ok(
+        c.pitr_cmd().arg("--repo").arg(c.repo()).args(["info", "--json"]),
+    ));
+    let end = info["windows"][0]["end_time"].as_str().expect("end_time").to_string();
+    let nd = NewDir::new();
+    recover_ok(&c, &nd, &["--target-time", &end, "--dry-run"]);
+    let just_after = chrono::DateTime::parse_from_rfc3339(&end).expect("RFC 3339") + chrono::TimeDelta::milliseconds(1);
+    let out = recover(&c, &nd, &["--target-time", &just_after.to_rfc3339(), "--dry-run"]);
+    assert_eq!(
+        out.code(),
+        Some(1),
+        "a moment after the window is refused:\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn the_plan_names_the_segment_that_stops_recovery() {
+    let c = Cluster::start(ClusterOptions::default().setting("autovacuum", "off"));
+    create_rows(&c, "t", 100);
+    backup(&c);
+    insert_rows(&c, "t", 101, 150);
+    let target = now_utc(&c);
+    thread::sleep(Duration::from_millis(200));
+    // The segment holding the commits before the target is archived after the target; the
+    // commit that stops recovery is in the next one.
+    let before = c.switch_and_archive();
+    insert_rows(&c, "t", 151, 200);
+    let stopping = c.switch_and_archive();
+    insert_rows(&c, "t", 201, 250);
+    c.switch_and_archive();
+
+    let nd = NewDir::new();
+    let out = recover_ok(
+        &c,
+        &nd,
+        &["--target-time", &target, "--verify-sql", "SELECT COUNT(*) FROM t"],
+    );
+    assert_eq!(line_after(&out, "verify: "), "150", "{}", out.describe());
+    let wal = line_after(&out, "WAL:");
+    let (first, last) = wal
+        .split_once(" .. ")
+        .map(|(first, rest)| {
+            (
+                first.to_string(),
+                rest.split(' ').next().unwrap_or_default().to_string(),
+            )
+        })
+        .unwrap_or_else(|| panic!("WAL line {wal:?}"));
+    assert_eq!(
+        last, stopping,
+        "the plan's last segment holds the stopping commit (not {before})"
+    );
+    let restored: Vec<String> = nd
+        .server_log()
+        .lines()
+        .filter_map(|l| {
+            l.split_once("restored log file \"")?
+                .1
+                .split('"')
+                .next()
+                .map(str::to_string)
+        })
+        .collect();
+    let size = c.wal_segment_size();
+    let mut name = first.clone();
+    while name <= last {
+        assert!(
+            restored.contains(&name),
+            "the plan lists {name} ({first} .. {last}), PostgreSQL restored {restored:?}"
+        );
+        name = later_segment_name(&name, 1, size);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 14. The restore point catalog says which points recovery reaches
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn list_restore_points_marks_the_unreachable() {
+    let c = primary();
+    create_rows(&c, "t", 10);
+    c.switch_and_archive();
+    restore_point(&c, "before_any_backup", &[]);
+    backup(&c);
+    insert_rows(&c, "t", 11, 20);
+    restore_point(&c, "after_the_backup", &[]);
+
+    let out = c.pitr_connected(c.repo(), &["list", "restore-points", "--json"]);
+    out.assert_success();
+    let list = parse_json(&out);
+    let points = list.as_array().unwrap_or_else(|| panic!("not an array: {list:#}"));
+    let verdict = |name: &str| {
+        let p = points
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {list:#}"));
+        (
+            p["recoverable"].as_bool(),
+            p["unrecoverable_reason"].as_str().map(str::to_string),
+        )
+    };
+    assert_eq!(verdict("after_the_backup"), (Some(true), None), "{list:#}");
+    let (recoverable, reason) = verdict("before_any_backup");
+    assert_eq!(recoverable, Some(false), "{list:#}");
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no backup is consistent before the target")),
+        "{list:#}"
+    );
+    // The same verdict as recover itself.
+    assert_refused(
+        &c,
+        &["--target-name", "before_any_backup"],
+        1,
+        "no backup is consistent before the target",
+    );
+    let text = c.pitr_connected(c.repo(), &["list", "restore-points"]);
+    text.assert_success();
+    let line = |name: &str| {
+        text.stdout_str()
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {name} line:\n{}", text.describe()))
+    };
+    assert!(line("after_the_backup").ends_with(" yes"), "{}", text.describe());
+    assert!(
+        line("before_any_backup").contains(" no: no backup is consistent before the target"),
+        "{}",
+        text.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15. Interrupted: the server pitr started stops, its socket directory goes
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn an_interrupted_recovery_stops_its_server() {
+    // Replay waits an hour at the first commit after consistency: recovery is still under way
+    // when pitr is interrupted.
+    let c = Cluster::start(ClusterOptions::default().setting("recovery_min_apply_delay", "'1h'"));
+    create_rows(&c, "t", 10);
+    backup(&c);
+    insert_rows(&c, "t", 11, 20);
+    c.switch_and_archive();
+
+    let nd = NewDir::new();
+    let mut cmd = c.pitr_cmd();
+    cmd.arg("--repo")
+        .arg(c.repo())
+        .args(["recover", "--target", "latest", "--pgdata"])
+        .arg(&nd.data);
+    let line = cmdline(&cmd);
+    let child = spawn(&mut cmd);
+    let replaying = poll(Duration::from_secs(120), || {
+        nd.server_log()
+            .contains("consistent recovery state reached")
+            .then_some(())
+    });
+    assert!(replaying.is_some(), "recovery did not start:\n{}", nd.server_log());
+    let socket_dirs = nd.socket_dirs();
+    assert_eq!(socket_dirs.len(), 1, "{}", nd.server_log());
+    assert!(socket_dirs[0].exists());
+    let pid = pitr_pid(&child);
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    let out = wait_child(child, line, Duration::from_secs(120));
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let err = out.stderr_str();
+    assert!(
+        err.contains("interrupted") && err.contains("its server is stopped") && err.contains("stays"),
+        "{}",
+        out.describe()
+    );
+    assert!(!nd.is_running(), "the server pitr started still runs");
+    assert!(!socket_dirs[0].exists(), "{} is left behind", socket_dirs[0].display());
+    assert!(nd.data.join("PG_VERSION").exists(), "the restored directory stays");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 16. A failing archive_command ends the waits for WAL, with its reason
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_failing_archive_command_fails_restore_point_and_backup_at_once() {
+    let mut c = primary();
+    create_rows(&c, "t", 10);
+    c.switch_and_archive();
+    // A typo in the config file of the server's archive_command, as with a bad PITR_CONFIG; the
+    // logging collector lets pitr read the server log.
+    let command = format!(
+        "{} --config /nonexistent/pitr.toml --repo {} archive-push %p",
+        c.pitr_bin().display(),
+        c.repo().display()
+    );
+    c.set("archive_command", &format!("'{command}'"));
+    c.set("logging_collector", "on");
+    c.set("log_directory", &format!("'{}'", c.dir().display()));
+    c.set("log_filename", "'collected.log'");
+    c.restart();
+
+    let started = std::time::Instant::now();
+    let out = c.pitr_connected(c.repo(), &["restore-point", "never"]);
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let err = out.stderr_str();
+    assert!(
+        err.contains("archive_command is failing")
+            && err.contains("pitr archive-push: error: could not read config file /nonexistent/pitr.toml")
+            && err.contains("the restore point exists on the server but is not recorded"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let started = std::time::Instant::now();
+    let out = c.pitr_connected(c.repo(), &["backup", "--fast"]);
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert_contains(&out, "archive_command is failing");
+    assert_contains(&out, "the backup is not finished");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
 }

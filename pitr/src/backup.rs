@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::pg::{BackupStop, Server};
 use crate::progress::Progress;
 use crate::repo::{backup_dir, Repo, RepoInfo, FORMAT_VERSION, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
-use crate::restore_point::wait_until_archived;
+use crate::restore_point::{wait_until_archived, Waited};
 use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 
 /// A backup tier, after the reference runbook: hourly (24 kept), daily (7), weekly (4).
@@ -168,7 +168,7 @@ pub async fn take(
         duration_seconds: started.elapsed().as_secs_f64(),
     })?;
     if archiving == Archiving::IntoThisRepo {
-        wait_for_wal(repo, &manifest.last_wal, progress).await?;
+        wait_for_wal(repo, server, &manifest.last_wal, progress).await?;
     }
     // The files were stored without an fsync each: they become durable here, together, before
     // the manifest that commits them.
@@ -269,18 +269,26 @@ pub(crate) enum Archiving {
 }
 
 /// Waits until the segment `name` is in the repository, warning every minute meanwhile: a
-/// backup is not complete before the WAL that makes it consistent is archived.
-async fn wait_for_wal(repo: &Repo, name: &str, progress: &dyn Progress) -> Result<()> {
+/// backup is not complete before the WAL that makes it consistent is archived. A failing
+/// archive_command ends the wait with its reason.
+async fn wait_for_wal(repo: &Repo, server: &Server, name: &str, progress: &dyn Progress) -> Result<()> {
     let name = WalFileName::parse(name)?;
     let started = Instant::now();
-    while !wait_until_archived(repo, &name, Duration::from_secs(60)).await? {
-        progress.warn(&format!(
-            "still waiting for {name} to be archived into {} ({} s): check archive_command and pg_stat_archiver",
-            repo.location(),
-            started.elapsed().as_secs()
-        ));
+    loop {
+        match wait_until_archived(repo, server, &name, Duration::from_secs(60)).await? {
+            Waited::Archived => return Ok(()),
+            Waited::TimedOut => progress.warn(&format!(
+                "still waiting for {name} to be archived into {} ({} s): check archive_command and pg_stat_archiver",
+                repo.location(),
+                started.elapsed().as_secs()
+            )),
+            Waited::Failing(reason) => {
+                return Err(Error::Refused(format!(
+                    "{reason}; the backup is not finished (it has no manifest)"
+                )))
+            }
+        }
     }
-    Ok(())
 }
 
 /// The repository must hold this cluster: same system identifier, version and segment size.

@@ -2,7 +2,11 @@
 //! backup, a restore point, the oops (DROP TABLE), and recoveries to the restore point and to a
 //! timestamp, with the row counts as proof.
 //!
-//! It uses the same library calls as the real commands; nothing here is simulated.
+//! It uses the same library calls as the real commands; nothing here is simulated. It is
+//! self-contained: its servers run without the operator's `PITR_*` environment and with an
+//! explicit empty pitr config file, so /etc/pitr/pitr.toml and PITR_CONFIG do not reach their
+//! archive and restore commands. Whatever ends it (success, an error, SIGINT or SIGTERM), its
+//! servers are stopped and its directory removed (unless --keep).
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -16,6 +20,7 @@ use serde::Serialize;
 use crate::backup::{self, BackupOptions, Tier};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
+use crate::interrupt;
 use crate::pg::ctl::{self, Owner};
 use crate::pg::Server;
 use crate::progress::Progress;
@@ -59,19 +64,32 @@ pub async fn run(pitr_exe: &Path, keep: bool, narrate: &dyn Fn(&str), progress: 
         .tempdir_in("/tmp")
         .map_err(Error::io("create in", "/tmp"))?;
     let root = dir.path().to_path_buf();
-    let cluster = DemoCluster::create(&root, &owner, &bindir, pitr_exe)?;
-    narrate(&format!(
-        "1. a throwaway PostgreSQL {version} cluster in {}, archiving with pitr archive-push",
-        root.display()
-    ));
-    let result = cluster.story(narrate, progress).await;
-    cluster.stop_all();
+    let result = match DemoCluster::create(&root, &owner, &bindir, pitr_exe) {
+        Ok(cluster) => {
+            narrate(&format!(
+                "1. a throwaway PostgreSQL {version} cluster in {}, archiving with pitr archive-push",
+                root.display()
+            ));
+            cluster.story(narrate, progress).await
+            // The cluster is dropped here: its servers stop before the directory goes.
+        }
+        Err(e) => Err(e),
+    };
+    let left = if keep {
+        format!("{} is kept (--keep)", dir.keep().display())
+    } else {
+        format!("{} is removed", root.display())
+    };
     if keep {
-        narrate(&format!("kept {} (--keep)", dir.keep().display()));
+        narrate(&left);
     }
-    result
+    result.map_err(|e| match e {
+        Error::Interrupted(what) => Error::Interrupted(format!("{what}; the demo's servers are stopped and {left}")),
+        other => other,
+    })
 }
 
+/// The demo's directory and servers; dropping it stops every server it started.
 struct DemoCluster {
     root: PathBuf,
     owner: Owner,
@@ -88,7 +106,10 @@ impl DemoCluster {
         std::fs::copy(pitr_exe, &pitr).map_err(Error::io("copy pitr to", &pitr))?;
         std::fs::set_permissions(&pitr, std::fs::Permissions::from_mode(0o755)).map_err(Error::io("chmod", &pitr))?;
         std::fs::create_dir(root.join("repo")).map_err(Error::io("create", root.join("repo")))?;
-        for path in [root.to_path_buf(), root.join("repo")] {
+        let config = root.join("pitr.toml");
+        std::fs::write(&config, "# pitr demo: no settings beyond the command line\n")
+            .map_err(Error::io("write", &config))?;
+        for path in [root.to_path_buf(), root.join("repo"), config] {
             std::os::unix::fs::chown(&path, Some(owner.uid), Some(owner.gid)).map_err(Error::io("chown", &path))?;
         }
         let cluster = DemoCluster {
@@ -106,19 +127,23 @@ impl DemoCluster {
                 .args(["-A", "trust", "-N", "-D"])
                 .arg(cluster.primary()),
         )?;
+        interrupt::check("creating the demo's cluster")?;
+        // The logging collector writes the server log where pg_current_logfile() finds it:
+        // a failing archive_command is reported with the log's own words.
         let conf = format!(
             "port = {}\nlisten_addresses = ''\nunix_socket_directories = '{}'\nwal_level = replica\n\
-             archive_mode = on\narchive_command = '{} --repo {} archive-push %p'\n",
+             archive_mode = on\narchive_command = '{} archive-push %p'\n\
+             logging_collector = on\nlog_directory = '{}'\nlog_filename = 'primary.log'\n",
             cluster.port,
             root.display(),
-            cluster.pitr.display(),
-            cluster.repo().display()
+            cluster.pitr_command(),
+            root.display()
         );
         let conf_path = cluster.primary().join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf_path).map_err(Error::io("read", &conf_path))?;
         text.push_str(&conf);
         std::fs::write(&conf_path, text).map_err(Error::io("write", &conf_path))?;
-        let log = root.join("primary.log");
+        let log = root.join("startup.log");
         cluster.run(
             cluster
                 .owner
@@ -130,6 +155,16 @@ impl DemoCluster {
                 .args(["-w", "start"]),
         )?;
         Ok(cluster)
+    }
+
+    /// This pitr with the demo's repository and its empty config file.
+    fn pitr_command(&self) -> String {
+        format!(
+            "{} --config {} --repo {}",
+            self.pitr.display(),
+            self.root.join("pitr.toml").display(),
+            self.repo().display()
+        )
     }
 
     fn primary(&self) -> PathBuf {
@@ -152,6 +187,10 @@ impl DemoCluster {
     }
 
     async fn story(&self, narrate: &dyn Fn(&str), progress: &dyn Progress) -> Result<DemoSummary> {
+        let narrate = |line: &str| {
+            narrate(line);
+            interrupt::check("running the demo")
+        };
         let mut config = tokio_postgres::Config::new();
         config
             .host_path(&self.root)
@@ -166,7 +205,7 @@ impl DemoCluster {
         narrate(&format!(
             "2. created table products with {} rows",
             count_products(&server).await?
-        ));
+        ))?;
 
         let repo = Repo::open_local(self.repo())?;
         let options = BackupOptions {
@@ -181,7 +220,7 @@ impl DemoCluster {
         narrate(&format!(
             "3. pitr backup --tier daily: {} ({} files)",
             backup.backup.id, backup.file_count
-        ));
+        ))?;
 
         insert_products(&server, ROWS_AT_BACKUP + 1, ROWS_AT_TIME).await?;
         let moment = server_time(&server).await?;
@@ -190,18 +229,18 @@ impl DemoCluster {
         narrate(&format!(
             "4. {ROWS_AT_TIME} rows at {moment}, then {} rows",
             count_products(&server).await?
-        ));
+        ))?;
         let point_options = CreateOptions {
             switch_wal: true,
             allow_duplicate: false,
             timeout: Duration::from_secs(60),
         };
         let point = restore_point::create(&repo, &server, "before_oops", point_options).await?;
-        narrate(&format!("5. pitr restore-point before_oops at {}", point.lsn));
+        narrate(&format!("5. pitr restore-point before_oops at {}", point.lsn))?;
 
         server.query_rows("DROP TABLE products").await?;
         server.switch_wal().await?;
-        narrate("6. the oops: DROP TABLE products");
+        narrate("6. the oops: DROP TABLE products")?;
 
         let by_name = self
             .recover_to(&repo, Target::Name("before_oops".into()), "recovered-name", progress)
@@ -210,14 +249,14 @@ impl DemoCluster {
             "7. pitr recover --target-name before_oops: {}; products has {} rows",
             by_name.1.as_deref().unwrap_or("recovery ended"),
             by_name.0
-        ));
+        ))?;
         let time_target = Target::parse_time(&moment)?;
         let by_time = self.recover_to(&repo, time_target, "recovered-time", progress).await?;
         narrate(&format!(
             "8. pitr recover --target-time '{moment}': {}; products has {} rows",
             by_time.1.as_deref().unwrap_or("recovery ended"),
             by_time.0
-        ));
+        ))?;
         if (by_name.0, by_time.0) != (ROWS_AT_RESTORE_POINT, ROWS_AT_TIME) {
             return Err(Error::Refused(format!(
                 "the demo recovered {} and {} rows, expected {ROWS_AT_RESTORE_POINT} and {ROWS_AT_TIME}",
@@ -244,6 +283,7 @@ impl DemoCluster {
     ) -> Result<(i64, Option<String>)> {
         let request = Request {
             target,
+            exclusive: false,
             timeline: TimelineChoice::Number(1),
             backup: None,
         };
@@ -251,7 +291,6 @@ impl DemoCluster {
         let options = RecoverOptions {
             pgdata: self.root.join(dir_name),
             force: false,
-            exclusive: false,
             action: Action::Promote,
             port: Some(free_port()?),
             no_start: false,
@@ -259,7 +298,7 @@ impl DemoCluster {
             verify_sql: Some("SELECT COUNT(*) FROM products".into()),
             verify_database: "postgres".into(),
             jobs: 2,
-            pitr_command: format!("{} --repo {}", self.pitr.display(), self.repo().display()),
+            pitr_command: self.pitr_command(),
         };
         let report = recover::execute(repo, &plan, &options, progress).await?;
         self.recovered
@@ -286,15 +325,18 @@ impl DemoCluster {
         }
     }
 
-    fn stop_all(&self) {
-        self.stop_recovered();
-        self.stop(&self.primary());
-    }
-
     fn stop(&self, dir: &Path) {
         if dir.join("postmaster.pid").exists() {
             let _ = ctl::stop(&self.bindir, &self.owner, dir, "immediate");
         }
+    }
+}
+
+impl Drop for DemoCluster {
+    /// Stops the recovered copies and the primary, whatever ended the demo.
+    fn drop(&mut self) {
+        self.stop_recovered();
+        self.stop(&self.primary());
     }
 }
 

@@ -104,6 +104,11 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// The operator interrupted the command (SIGINT, SIGTERM): what was under way, what was
+    /// cleaned up and what is left.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+
     /// The repository is missing or unusable.
     #[error("repository {}: {reason}", path.display())]
     Repo {

@@ -16,7 +16,7 @@ use crate::backup::manifest::Manifest;
 use crate::backup::{scan_catalog, CatalogEntry, Tier};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::recover::{self, RepoState, Request, Target, TimelineChoice};
+use crate::recover::{self, ArchivedRecords, Reach, RepoState};
 use crate::repo::{Repo, RepoInfo};
 use crate::restore_point::{self, RestorePoint};
 use crate::wal::{parse_history, Lsn, Segment, SegmentSize, TimelineId, TimelineSwitch, WalFileName};
@@ -33,7 +33,9 @@ pub struct ArchivedFile {
 }
 
 /// Everything the repository holds, read once; what cannot be read is kept as its error.
-pub struct Holdings {
+pub struct Holdings<'r> {
+    /// The repository, for the WAL records the recoverable windows depend on.
+    repo: &'r Repo,
     /// Where the repository is.
     pub location: String,
     /// The recorded cluster (`None` for a repository nothing was written to).
@@ -50,10 +52,10 @@ pub struct Holdings {
     pub unreadable_restore_points: Vec<Error>,
 }
 
-impl Holdings {
+impl<'r> Holdings<'r> {
     /// Lists the repository: manifests, WAL files with their sizes and archive times, history
     /// files, restore points.
-    pub fn read(repo: &Repo) -> Result<Holdings> {
+    pub fn read(repo: &'r Repo) -> Result<Holdings<'r>> {
         let mut wal = Vec::new();
         for name in repo.list_wal()? {
             // A file expired between listing and looking is simply gone.
@@ -78,6 +80,7 @@ impl Holdings {
             .map(|c| std::mem::take(&mut c.unreadable))
             .unwrap_or_default();
         Ok(Holdings {
+            repo,
             location: repo.location(),
             info: repo.info()?,
             catalog: scan_catalog(repo)?,
@@ -131,13 +134,14 @@ impl Holdings {
     }
 
     /// What the recovery planner needs, from what is readable.
-    fn planner_state(&self) -> Option<RepoState> {
+    fn planner_state(&self) -> Option<RepoState<'r>> {
         Some(RepoState {
             backups: self.backups().into_iter().cloned().collect(),
             segments: self.segments().into_iter().collect(),
             histories: self.readable_histories(),
             restore_points: self.restore_points.as_ref().map(Vec::clone).unwrap_or_default(),
             segment_size: Some(self.segment_size()?),
+            records: ArchivedRecords::reading(self.repo),
         })
     }
 }
@@ -183,7 +187,9 @@ pub struct Window {
     pub start_time: DateTime<Utc>,
     /// ... as an LSN.
     pub start_lsn: Lsn,
-    /// When the newest continuously archived segment was archived: the latest moment.
+    /// The latest moment: the newest time `pitr recover --target-time` accepts, which is the
+    /// time of the newest commit in the archived WAL or of a later checkpoint or restore point
+    /// (`start_time` while the archive shows no moment after the backup's consistency point).
     pub end_time: DateTime<Utc>,
     /// The end of that segment: WAL up to here is archived.
     pub end_lsn: Lsn,
@@ -237,10 +243,13 @@ pub fn info(repo: &Repo, now: DateTime<Utc>) -> Result<RepoSummary> {
 pub fn summarize(holdings: &Holdings, now: DateTime<Utc>) -> RepoSummary {
     let newest = holdings.newest_segment();
     let size = holdings.segment_size().unwrap_or(SegmentSize::DEFAULT);
+    let (windows, unreadable_wal) = holdings.planner_state().map(|s| windows(&s)).unwrap_or_default();
+    let mut unreadable = unreadable(holdings);
+    unreadable.extend(unreadable_wal);
     RepoSummary {
         repository: holdings.location.clone(),
         cluster: holdings.info,
-        windows: holdings.planner_state().map(|s| windows(&s)).unwrap_or_default(),
+        windows,
         tiers: tiers(&holdings.backups(), now),
         archive: ArchiveSummary {
             files: holdings.wal.len() as u64,
@@ -250,7 +259,7 @@ pub fn summarize(holdings: &Holdings, now: DateTime<Utc>) -> RepoSummary {
             newest_archived_at: newest.map(|(_, at)| at),
         },
         restore_points: holdings.restore_points.as_ref().map(Vec::clone).unwrap_or_default(),
-        unreadable: unreadable(holdings),
+        unreadable,
     }
 }
 
@@ -286,84 +295,48 @@ fn unreadable(holdings: &Holdings) -> Vec<String> {
         .collect()
 }
 
-/// The windows on every timeline the archive knows.
-fn windows(state: &RepoState) -> Vec<Window> {
+/// The windows on every timeline the archive knows, and the WAL that could not be read for them.
+fn windows(state: &RepoState) -> (Vec<Window>, Vec<String>) {
     let timelines: BTreeSet<TimelineId> = state
         .segments
         .keys()
         .map(|(timeline, _)| *timeline)
         .chain(state.histories.keys().copied())
         .collect();
-    timelines.into_iter().flat_map(|t| windows_on(state, t)).collect()
+    let mut errors = Vec::new();
+    let windows = timelines
+        .into_iter()
+        .flat_map(|t| windows_on(state, t, &mut errors))
+        .collect();
+    (windows, errors)
 }
 
 /// The windows on `timeline`, oldest first: one from each backup that no earlier window
-/// covers, as far as the archive reaches without a gap.
-fn windows_on(state: &RepoState, timeline: TimelineId) -> Vec<Window> {
+/// covers, as far as the planner reaches without a gap.
+fn windows_on(state: &RepoState, timeline: TimelineId, errors: &mut Vec<String>) -> Vec<Window> {
     let mut windows: Vec<Window> = Vec::new();
     for backup in &state.backups {
         if windows.last().is_some_and(|w| backup.stop_lsn <= w.end_lsn) {
             continue;
         }
-        windows.extend(window_from(state, timeline, backup));
+        match recover::reach(state, timeline, &backup.id) {
+            Ok(reach) => windows.extend(reach.map(|reach| window(timeline, backup, reach))),
+            Err(e) => errors.push(e.to_string()),
+        }
     }
     windows
 }
 
-/// From `backup`'s consistency point to the furthest segment the recovery planner accepts.
-fn window_from(state: &RepoState, timeline: TimelineId, backup: &Manifest) -> Option<Window> {
-    let size = state.segment_size?;
-    let plan_to = |target: Target| {
-        let request = Request {
-            target,
-            timeline: TimelineChoice::Number(timeline),
-            backup: Some(backup.id.clone()),
-        };
-        recover::plan(state, &request).ok().map(|plan| plan.last_wal)
-    };
-    let last_wal = match plan_to(Target::Latest) {
-        Some(last_wal) => last_wal,
-        None => {
-            let consistent = plan_to(Target::Immediate)?;
-            let reach = |segno: u64| plan_to(Target::Lsn(Lsn(size.segment_start(segno + 1).0 - 1)));
-            furthest(
-                segment_of(&consistent, size)?,
-                state.segments.keys().map(|(_, s)| *s).max()?,
-                reach,
-            )
-            .unwrap_or(consistent)
-        }
-    };
-    let end = WalFileName::parse(&last_wal).ok()?.segment_name()?.segment(size)?;
-    let archived_at: DateTime<Utc> = (*state.segments.get(&(end.timeline, end.segno))?).into();
-    Some(Window {
+fn window(timeline: TimelineId, backup: &Manifest, reach: Reach) -> Window {
+    Window {
         timeline,
         from_backup: backup.id.clone(),
         start_time: backup.stop_time,
         start_lsn: backup.stop_lsn,
-        // The last segment a backup needs is archived before pg_backup_stop returns.
-        end_time: archived_at.max(backup.stop_time),
-        end_lsn: size.segment_start(end.segno + 1),
-        end_wal: last_wal,
-    })
-}
-
-/// The last segment after `reachable` (up to `newest`) that `reach` accepts, by bisection: the
-/// planner accepts every segment up to the first gap and none after it.
-fn furthest(mut reachable: u64, newest: u64, reach: impl Fn(u64) -> Option<String>) -> Option<String> {
-    let (mut unreachable, mut best) = (newest + 1, None);
-    while unreachable > reachable + 1 {
-        let middle = reachable + (unreachable - reachable) / 2;
-        match reach(middle) {
-            Some(last_wal) => (reachable, best) = (middle, Some(last_wal)),
-            None => unreachable = middle,
-        }
+        end_time: reach.newest_time.map_or(backup.stop_time, |t| t.max(backup.stop_time)),
+        end_lsn: reach.end_lsn,
+        end_wal: reach.last_wal,
     }
-    best
-}
-
-fn segment_of(name: &str, size: SegmentSize) -> Option<u64> {
-    Some(WalFileName::parse(name).ok()?.segment_name()?.segment(size)?.segno)
 }
 
 #[cfg(test)]
@@ -374,6 +347,7 @@ mod tests {
 
     use super::*;
     use crate::backup::manifest::Manifest;
+    use crate::recover::{Mark, MarkKind, Request, SegmentSummary, Target, TimelineChoice};
 
     const SIZE: SegmentSize = SegmentSize::DEFAULT;
 
@@ -385,53 +359,121 @@ mod tests {
         Manifest::for_test(id, Tier::Daily, 1, segno..=segno, at(minute))
     }
 
-    fn state(segnos: impl IntoIterator<Item = u64>) -> RepoState {
+    /// A commit (or a checkpoint) 1000 bytes into segment `segno`, at `time`.
+    fn mark(segno: u64, time: DateTime<Utc>, kind: MarkKind) -> (Segment, SegmentSummary) {
+        let lsn = Lsn(SIZE.segment_start(segno).0 + 1000);
+        let mark = Mark {
+            lsn,
+            end: Lsn(lsn.0 + 40),
+            time,
+            kind,
+        };
+        (Segment { timeline: 1, segno }, SegmentSummary::of_marks(vec![mark]))
+    }
+
+    /// Backups b3 and b7; the segments given, each archived 30 s after minute `segno`, each
+    /// with a commit at minute `segno` + 20 s.
+    fn state(segnos: impl IntoIterator<Item = u64> + Clone) -> RepoState<'static> {
+        let commit = |s: u64| {
+            mark(
+                s,
+                at(s as u32) + chrono::TimeDelta::seconds(20),
+                MarkKind::Commit { xid: 100 + s as u32 },
+            )
+        };
         RepoState {
             backups: vec![backup("b3", 3, 3), backup("b7", 7, 7)],
             segments: segnos
+                .clone()
                 .into_iter()
                 .map(|s| ((1, s), SystemTime::from(at(s as u32)) + Duration::from_secs(30)))
                 .collect(),
             segment_size: Some(SIZE),
+            records: ArchivedRecords::known(segnos.into_iter().map(commit)),
             ..RepoState::default()
         }
     }
 
     #[test]
-    fn the_window_runs_from_the_oldest_backup_to_the_newest_segment() {
-        let w = windows(&state(3..=9));
+    fn the_window_runs_from_the_oldest_backup_to_the_newest_commit() {
+        let (w, errors) = windows(&state(3..=9));
+        assert!(errors.is_empty());
         assert_eq!(w.len(), 1);
         assert_eq!((w[0].from_backup.as_str(), w[0].start_time), ("b3", at(3)));
         assert_eq!(w[0].end_wal, "000000010000000000000009");
         assert_eq!(w[0].end_lsn, SIZE.segment_start(10));
-        assert_eq!(w[0].end_time, at(9) + chrono::TimeDelta::seconds(30));
+        assert_eq!(w[0].end_time, at(9) + chrono::TimeDelta::seconds(20));
+    }
+
+    #[test]
+    fn the_window_ends_where_recover_stops_accepting_times() {
+        let mut s = state(3..=9);
+        // A checkpoint after the newest commit shows the archive covers 40 s more.
+        let checkpoint = Mark {
+            lsn: Lsn(SIZE.segment_start(9).0 + 5000),
+            end: Lsn(SIZE.segment_start(9).0 + 5100),
+            time: at(10),
+            kind: MarkKind::Checkpoint,
+        };
+        let (segment, commit) = mark(9, at(9) + chrono::TimeDelta::seconds(20), MarkKind::Commit { xid: 109 });
+        s.records = ArchivedRecords::known(
+            (3..9)
+                .map(|n| {
+                    mark(
+                        n,
+                        at(n as u32) + chrono::TimeDelta::seconds(20),
+                        MarkKind::Commit { xid: 100 + n as u32 },
+                    )
+                })
+                .chain([(
+                    segment,
+                    SegmentSummary::of_marks(vec![commit.marks[0].clone(), checkpoint]),
+                )]),
+        );
+        let (w, _) = windows(&s);
+        assert_eq!(w[0].end_time, at(10));
+        let time = |t: DateTime<Utc>| Request {
+            target: Target::Time {
+                time: t,
+                assumed_utc: false,
+            },
+            exclusive: false,
+            timeline: TimelineChoice::Latest,
+            backup: None,
+        };
+        assert!(recover::plan(&s, &time(w[0].end_time)).is_ok());
+        let err = recover::plan(&s, &time(w[0].end_time + chrono::TimeDelta::seconds(1))).unwrap_err();
+        assert!(err.to_string().contains("the archive does not yet show"), "{err}");
     }
 
     #[test]
     fn a_gap_ends_one_window_and_the_next_backup_starts_another() {
-        let w = windows(&state([3, 4, 6, 7, 8, 9]));
+        let (w, _) = windows(&state([3, 4, 6, 7, 8, 9]));
         let spans: Vec<(&str, &str)> = w.iter().map(|w| (w.from_backup.as_str(), w.end_wal.as_str())).collect();
         assert_eq!(
             spans,
             [("b3", "000000010000000000000004"), ("b7", "000000010000000000000009")],
             "segment 5 is missing"
         );
-        assert!(windows(&state([4, 5])).is_empty(), "neither backup has its own WAL");
+        assert_eq!(w[0].end_time, at(4) + chrono::TimeDelta::seconds(20));
+        assert!(windows(&state([4, 5])).0.is_empty(), "neither backup has its own WAL");
     }
 
     #[test]
     fn a_window_never_ends_before_it_starts() {
-        let w = windows(&state([3]));
+        let mut s = state([3]);
+        s.records = ArchivedRecords::known([]);
+        let (w, _) = windows(&s);
         assert_eq!(
             (w[0].start_time, w[0].end_time),
-            (at(3), at(3) + chrono::TimeDelta::seconds(30))
+            (at(3), at(3)),
+            "nothing after the backup"
         );
-        let mut early = state([7]);
-        early.segments.insert((1, 7), SystemTime::from(at(6)));
-        let w = windows(&early);
+        s.records = ArchivedRecords::known([mark(3, at(2), MarkKind::Checkpoint)]);
+        let (w, _) = windows(&s);
         assert_eq!(
             w[0].end_time, w[0].start_time,
-            "archived before pg_backup_stop returned"
+            "a checkpoint that started before the backup ended"
         );
     }
 }

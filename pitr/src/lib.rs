@@ -3,7 +3,8 @@
 //! This crate owns the domain; the `pitr` binary only parses arguments, loads settings, prints
 //! and maps [`Error`]s to exit codes. It never prints to a terminal.
 //!
-//! - [`wal`]: PostgreSQL's WAL formats — LSNs, segment names and sizes, page-header validation.
+//! - [`wal`]: PostgreSQL's WAL formats — LSNs, segment names and sizes, page-header validation,
+//!   and [`wal::records`], the records inside a segment.
 //! - [`codec`]: the stored-object format (compression + CRC-32), one for every stored file.
 //! - [`fsio`]: trusted file operations: symlink-safe, crash-safe, exact modes, page-cache-shaped writes.
 //! - [`storage`]: the create-only [`storage::Storage`] trait and its local-disk backend.
@@ -23,6 +24,7 @@
 //! - [`progress`]: progress reporting as a trait, so the library never touches a terminal.
 //! - [`daemon`]: the resident service — watcher, scheduled jobs, `/metrics` and `/health`.
 //! - [`demo`]: `pitr demo`, the whole story on a throwaway cluster.
+//! - [`interrupt`]: SIGINT/SIGTERM as a flag the long waits check, with cleanup on the way out.
 //! - [`error`]: the error type and the error policy.
 //! - [`crash_point`]: where the fault tests make pitr die as `kill -9` would.
 
@@ -37,6 +39,7 @@ pub mod error;
 pub mod fsio;
 pub mod info;
 pub mod init;
+pub mod interrupt;
 pub mod pg;
 pub mod prefetch;
 pub mod progress;

@@ -21,6 +21,17 @@ pub struct Server {
     target: String,
 }
 
+/// What `pg_stat_archiver` says about archive_command's failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiverStatus {
+    /// Failures since the statistics were reset.
+    pub failed_count: i64,
+    /// The file of the last failure.
+    pub last_failed_wal: Option<String>,
+    /// The last failure is newer than the last success: archiving fails now.
+    pub failing: bool,
+}
+
 /// What `pg_backup_stop` returns.
 #[derive(Debug, Clone)]
 pub struct BackupStop {
@@ -194,6 +205,39 @@ impl Server {
             .await?;
         text.parse()
             .map_err(|_| self.fail(format!("unexpected transaction id '{text}'")))
+    }
+
+    /// archive_command's failures, from `pg_stat_archiver`.
+    pub async fn archiver_status(&self) -> Result<ArchiverStatus> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT failed_count, last_failed_wal, \
+                 coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) FROM pg_stat_archiver",
+                &[],
+            )
+            .await
+            .map_err(|e| self.sql_error(e))?;
+        Ok(ArchiverStatus {
+            failed_count: row.get(0),
+            last_failed_wal: row.get(1),
+            failing: row.get(2),
+        })
+    }
+
+    /// The server's log file, when the logging collector writes one and this role may ask
+    /// (`pg_current_logfile()`); relative paths are resolved against the data directory.
+    pub async fn log_file(&self) -> Option<std::path::PathBuf> {
+        let file = self
+            .client
+            .query_one(
+                "SELECT pg_current_logfile('stderr'), current_setting('data_directory')",
+                &[],
+            )
+            .await
+            .ok()?;
+        let (file, data): (Option<String>, String) = (file.get(0), file.get(1));
+        Some(std::path::Path::new(&data).join(file?))
     }
 
     /// Runs `sql` (one or more statements) and returns every row's values as text (NULL as `None`).

@@ -1,28 +1,35 @@
-//! Point-in-time recovery: plan (pure, printed first), restore the chosen backup, write the
-//! recovery settings, drive PostgreSQL to the target, verify, and hand over.
+//! Point-in-time recovery: plan (from the repository's state and the archived WAL's records,
+//! printed first), restore the chosen backup, write the recovery settings, drive PostgreSQL to
+//! the target, verify, and hand over. An interruption (SIGINT, SIGTERM) stops the server pitr
+//! started and leaves the restored directory, saying so.
 
 mod adopt;
+mod archived;
 mod drive;
 mod plan;
 mod settings;
 mod target;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 
 pub use adopt::{adopt, AdoptReport};
-pub use drive::{Action, Outcome, RecoveryServer};
-pub use plan::{plan, Plan, RepoState, Request, TimelineChoice};
+pub use archived::{ArchivedRecords, Mark, MarkKind, SegmentSummary, Span};
+pub use drive::{Action, Outcome, RecoveryServer, RECOVERY_LOG};
+pub use plan::{plan, reach, reaches_restore_point, Plan, Reach, RepoState, Request, TimelineChoice};
 pub use target::Target;
 
 use crate::backup::{self, RestoreOptions, RestoreSummary};
 use crate::error::{Error, Result};
 use crate::info::Holdings;
+use crate::interrupt;
 use crate::pg::ctl::{self, Owner};
 use crate::pg::Server;
 use crate::progress::Progress;
 use crate::repo::Repo;
+use crate::restore_point::{self, RestorePoint};
 use crate::spool::Spool;
 
 /// How to carry out a plan.
@@ -32,8 +39,6 @@ pub struct RecoverOptions {
     pub pgdata: PathBuf,
     /// Wipe a non-empty `pgdata`.
     pub force: bool,
-    /// recovery_target_inclusive = off.
-    pub exclusive: bool,
     /// recovery_target_action.
     pub action: Action,
     /// The recovered server's port.
@@ -86,11 +91,11 @@ pub struct ServerState {
     pub last_commit_time: Option<String>,
 }
 
-/// Gathers what the planner needs from the repository. Unlike `pitr info`, recovery does not
-/// work around what cannot be read, except a backup whose manifest is unreadable, which is left
-/// out (the others still recover): an unreadable history file or restore point catalog is an
-/// error here.
-pub fn repo_state(repo: &Repo) -> Result<RepoState> {
+/// Gathers what the planner needs from the repository (its WAL records are read as the target
+/// needs them). Unlike `pitr info`, recovery does not work around what cannot be read, except a
+/// backup whose manifest is unreadable, which is left out (the others still recover): an
+/// unreadable history file or restore point catalog is an error here.
+pub fn repo_state(repo: &Repo) -> Result<RepoState<'_>> {
     let holdings = Holdings::read(repo)?;
     let segments = holdings.segments().into_iter().collect();
     let segment_size = holdings.segment_size();
@@ -112,7 +117,41 @@ pub fn repo_state(repo: &Repo) -> Result<RepoState> {
         histories,
         restore_points: holdings.restore_points?,
         segment_size,
+        records: ArchivedRecords::reading(repo),
     })
+}
+
+/// A recorded restore point, and whether `pitr recover --target-name` recovers to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedRestorePoint {
+    /// The point.
+    #[serde(flatten)]
+    pub point: RestorePoint,
+    /// `pitr recover --target-name <name>` recovers to it.
+    pub recoverable: bool,
+    /// Why it does not.
+    pub unrecoverable_reason: Option<String>,
+}
+
+/// The restore point catalog, each point marked with whether the planner would reach it
+/// (expired backups or WAL, another timeline, an earlier point of the same name).
+pub fn restore_points(repo: &Repo) -> Result<Vec<ListedRestorePoint>> {
+    let points = restore_point::catalog(repo)?;
+    let state = repo_state(repo);
+    Ok(points
+        .into_iter()
+        .map(|point| {
+            let verdict = match &state {
+                Ok(state) => reaches_restore_point(state, &point),
+                Err(e) => Err(format!("the repository cannot be planned from: {e}")),
+            };
+            ListedRestorePoint {
+                recoverable: verdict.is_ok(),
+                unrecoverable_reason: verdict.err(),
+                point,
+            }
+        })
+        .collect())
 }
 
 /// Refuses when the new data directory's file system cannot hold the restore.
@@ -139,7 +178,7 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         force: options.force,
         jobs: options.jobs,
     };
-    let restored = backup::restore(repo, &restore, progress)?;
+    let restored = backup::restore(repo, &restore, progress).map_err(|e| left_incomplete(e, &options.pgdata))?;
     crate::crash_point::reached("recover:restored");
     let owner = owner_for(repo, &options.pgdata)?;
     settings::write_recovery(
@@ -165,24 +204,22 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         )];
         return Ok(report);
     }
+    interrupt::check("about to start the server").map_err(|e| left_incomplete(e, &options.pgdata))?;
     let bindir = ctl::bindir(plan_pg_version(repo)?)?;
+    // From here on the server's socket directory goes with `server` unless a server runs in it.
     let server = RecoveryServer::start(&options.pgdata, owner, bindir)?;
-    let expect_stop = !matches!(plan.target, Target::Latest);
-    let mut outcome = server.follow(options.action, expect_stop, progress).await;
-    if let Ok(o) = &mut outcome {
-        if options.action == Action::Shutdown && o.action == Action::Promote {
-            // Without a target (latest) PostgreSQL promotes whatever the action: honour "shutdown".
-            server.stop()?;
-            o.action = Action::Shutdown;
-        }
+    let expect_stop = !matches!(plan.recovery_target, Target::Latest);
+    let mut outcome = server.follow(options.action, expect_stop, progress).await?;
+    if options.action == Action::Shutdown && outcome.action == Action::Promote {
+        // Without a target (latest) PostgreSQL promotes whatever the action: honour "shutdown".
+        server.stop()?;
+        outcome.action = Action::Shutdown;
     }
-    let outcome = outcome.inspect_err(|_| server.remove_socket_dir())?;
-    if outcome.action == Action::Shutdown {
-        server.remove_socket_dir(); // no server uses it any more
-    } else {
+    if outcome.action != Action::Shutdown {
         // Replay is over: what archive-get prefetched beside the copy is of no further use.
         let _ = std::fs::remove_dir_all(Spool::default_for(&options.pgdata).join("prefetch"));
-        let (state, (rows, error)) = inspect(&server, options).await?;
+        let promoted = outcome.action == Action::Promote;
+        let (state, (rows, error)) = inspect(&server, options, promoted).await?;
         report.server_state = Some(state);
         report.verify_rows = rows;
         report.verify_error = error;
@@ -199,6 +236,17 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
     Ok(report)
 }
 
+/// An interrupted restore leaves the new data directory behind: say so.
+fn left_incomplete(error: Error, pgdata: &Path) -> Error {
+    match error {
+        Error::Interrupted(what) => Error::Interrupted(format!(
+            "{what}; {} stays, restored only in part: remove it, or run recover again with --force",
+            pgdata.display()
+        )),
+        other => other,
+    }
+}
+
 fn plan_pg_version(repo: &Repo) -> Result<u32> {
     Ok(repo.info()?.map_or(0, |i| i.pg_version))
 }
@@ -207,8 +255,8 @@ fn plan_pg_version(repo: &Repo) -> Result<u32> {
 fn recovery_settings(plan: &Plan, options: &RecoverOptions) -> Vec<(&'static str, String)> {
     let restore_command = format!("{} archive-get %f %p", options.pitr_command);
     let mut settings = vec![("restore_command", restore_command)];
-    settings.extend(plan.target.settings(options.exclusive));
-    if !matches!(plan.target, Target::Latest) {
+    settings.extend(plan.target_settings());
+    if !matches!(plan.recovery_target, Target::Latest) {
         settings.push(("recovery_target_action", options.action.setting().to_string()));
     }
     let timeline = match plan.timeline {
@@ -235,20 +283,40 @@ fn owner_for(repo: &Repo, pgdata: &Path) -> Result<Owner> {
     }
 }
 
-/// Reads the server's state and runs the verification query.
+/// How long a promoted copy may take until SQL sees the end of recovery.
+const PROMOTION_WAIT_MS: u64 = 60_000;
+
 /// The rows of `--verify-sql` (values as text, NULL as `None`), or the error it raised.
 type VerifyOutcome = (Option<Vec<Vec<Option<String>>>>, Option<String>);
 
 /// Reads the server's state and runs the verification query; a failing query is reported in
 /// the result, not as an error, since the recovery itself succeeded.
-async fn inspect(server: &RecoveryServer, options: &RecoverOptions) -> Result<(ServerState, VerifyOutcome)> {
+async fn inspect(
+    server: &RecoveryServer,
+    options: &RecoverOptions,
+    promoted: bool,
+) -> Result<(ServerState, VerifyOutcome)> {
     let client = Server::connect(&server.connection("postgres")).await?;
-    let rows = client
-        .query_rows(
-            "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text",
-        )
-        .await?;
-    let row = rows.into_iter().next().unwrap_or_default();
+    let state_sql =
+        "SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text";
+    let mut waited = 0;
+    let row = loop {
+        let row = client
+            .query_rows(state_sql)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        // The server says it is ready before the end of recovery is visible to SQL: a promoted
+        // copy is inspected once pg_is_in_recovery() is false.
+        let in_recovery = row.first().cloned().flatten().as_deref() == Some("true");
+        if !(promoted && in_recovery) || waited >= PROMOTION_WAIT_MS {
+            break row;
+        }
+        interrupt::check("waiting for the promotion to finish")?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 100;
+    };
     let field = |i: usize| row.get(i).cloned().flatten();
     let state = ServerState {
         in_recovery: field(0).as_deref() == Some("true"),
@@ -281,7 +349,8 @@ fn next_steps(options: &RecoverOptions) -> Vec<String> {
     steps.extend([
         format!(
             "{} adopt --pgdata {data}: stops the copy's private run, archives its new timeline (history file, \
-             .partial, new segments) and turns archiving on into this repository",
+             .partial, new segments) and gives the copy its own configuration back, archiving into this \
+             repository",
             options.pitr_command
         ),
         "stop the old server (pg_ctl -D OLD stop -m fast, or systemctl stop postgresql) and keep its data \

@@ -3,7 +3,11 @@
 //!
 //! PostgreSQL does not keep names unique and recovery stops at the first match, so pitr
 //! refuses a duplicate unless asked, and refuses names PostgreSQL would truncate or reject.
+//!
+//! Waiting for WAL to reach the repository (`wait_until_archived`, also used by backups and
+//! `pitr check`) watches the server's archiver and stops at once when archive_command fails.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -11,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::json;
 use crate::error::{Error, Result};
-use crate::pg::Server;
+use crate::interrupt;
+use crate::pg::{ArchiverStatus, Server};
 use crate::repo::Repo;
 use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 
@@ -114,13 +119,18 @@ pub async fn create(repo: &Repo, server: &Server, name: &str, options: CreateOpt
     .file_name(size);
     if options.switch_wal {
         server.switch_wal().await?;
-        if !wait_until_archived(repo, &WalFileName::parse(&wal_file)?, options.timeout).await? {
-            return Err(Error::Refused(format!(
-                "{wal_file} did not reach repository {} within {} s: check archive_command and \
-                 pg_stat_archiver; the restore point exists on the server but is not recorded",
-                repo.location(),
-                options.timeout.as_secs()
-            )));
+        let not_recorded = "the restore point exists on the server but is not recorded";
+        match wait_until_archived(repo, server, &WalFileName::parse(&wal_file)?, options.timeout).await? {
+            Waited::Archived => {}
+            Waited::TimedOut => {
+                return Err(Error::Refused(format!(
+                    "{wal_file} did not reach repository {} within {} s: check archive_command and \
+                     pg_stat_archiver; {not_recorded}",
+                    repo.location(),
+                    options.timeout.as_secs()
+                )))
+            }
+            Waited::Failing(reason) => return Err(Error::Refused(format!("{reason}; {not_recorded}"))),
         }
     }
     let point = RestorePoint {
@@ -150,16 +160,85 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Waits until `name` is in the repository; `false` when `timeout` passed first.
-pub(crate) async fn wait_until_archived(repo: &Repo, name: &WalFileName, timeout: Duration) -> Result<bool> {
+/// How waiting for a WAL file to be archived ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// It is in the repository.
+    Archived,
+    /// The time allowed passed.
+    TimedOut,
+    /// archive_command keeps failing: why, as far as the server tells.
+    Failing(String),
+}
+
+/// Failures in a row after which PostgreSQL's archiver pauses (`NUM_ARCHIVE_RETRIES` in
+/// pgarch.c): that many new failures, the last one after any success, mean archive_command is
+/// failing rather than hiccuping.
+const ARCHIVER_TRIES: i64 = 3;
+
+/// How often pg_stat_archiver is read while waiting.
+const ARCHIVER_CHECK: Duration = Duration::from_millis(500);
+
+/// Waits until `name` is in the repository, for at most `timeout`, watching the server's
+/// archiver: when archive_command keeps failing it stops at once with the reason
+/// (pg_stat_archiver, and the last `pitr archive-push: error:` line of the server log when
+/// pitr can read it). An interruption by the operator ends the wait.
+pub(crate) async fn wait_until_archived(
+    repo: &Repo,
+    server: &Server,
+    name: &WalFileName,
+    timeout: Duration,
+) -> Result<Waited> {
     let started = Instant::now();
+    let before = server.archiver_status().await?;
+    let mut checked = Instant::now();
     while !repo.has_wal(name)? {
+        interrupt::check(&format!("waiting for {name} to be archived"))?;
         if started.elapsed() > timeout {
-            return Ok(false);
+            return Ok(Waited::TimedOut);
+        }
+        if checked.elapsed() >= ARCHIVER_CHECK {
+            checked = Instant::now();
+            let now = server.archiver_status().await?;
+            if now.failing && now.failed_count >= before.failed_count + ARCHIVER_TRIES {
+                return Ok(Waited::Failing(failing(server, name, &before, &now).await));
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(true)
+    Ok(Waited::Archived)
+}
+
+/// "archive_command is failing: ..." with what the server tells.
+async fn failing(server: &Server, name: &WalFileName, before: &ArchiverStatus, now: &ArchiverStatus) -> String {
+    let last = now.last_failed_wal.as_deref().unwrap_or("an unknown file");
+    let log = match server.log_file().await {
+        Some(file) => match last_push_error(&file) {
+            Some(line) => format!("; the server log {} says: {line}", file.display()),
+            None => format!("; see the server log {}", file.display()),
+        },
+        None => "; see the server log".to_string(),
+    };
+    format!(
+        "archive_command is failing: pg_stat_archiver counts {} failures while pitr waited for {name}, the last \
+         for {last}{log}; fix archive_command (or what it archives into) and try again",
+        now.failed_count - before.failed_count
+    )
+}
+
+/// The last line of the server log that pitr's archive-push wrote about an error.
+fn last_push_error(log: &std::path::Path) -> Option<String> {
+    const TAIL: u64 = 256 * 1024;
+    let mut file = std::fs::File::open(log).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let marker = "pitr archive-push: error:";
+    text.lines()
+        .rev()
+        .find_map(|line| line.find(marker).map(|at| line[at..].trim_end().to_string()))
 }
 
 #[cfg(test)]

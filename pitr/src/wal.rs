@@ -1,5 +1,6 @@
 //! PostgreSQL's WAL formats, in one place: the `Lsn` newtype, timelines, segment sizes and numbers,
-//! the names of archived files (`WalFileName`), and validation of a segment's long page header.
+//! the names of archived files (`WalFileName`), and validation of a segment's long page header;
+//! [`records`] reads the records inside a segment.
 //!
 //! Names follow PostgreSQL's C sources (`xlog_internal.h`) so they can be grepped against them.
 //! Everything here is pure: no I/O, no server.
@@ -10,6 +11,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+pub mod records;
 
 /// A WAL location (`XLogRecPtr`): a byte position in the WAL stream. Serialized in its text form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]

@@ -92,9 +92,10 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
     }
     let pieces: Vec<Piece> = files.iter().flat_map(|f| f.pieces()).collect();
     pool.install(|| {
-        pieces
-            .par_iter()
-            .try_for_each(|piece| restore_piece(repo, &dir, piece, &layout, progress))
+        pieces.par_iter().try_for_each(|piece| {
+            crate::interrupt::check("restoring the backup's files")?;
+            restore_piece(repo, &dir, piece, &layout, progress)
+        })
     })?;
     write_labels(repo, &dir, &layout)?;
     create_wal_dirs(&layout, manifest.pg_version)?;

@@ -11,8 +11,9 @@ use super::manifest::{DirEntry, Tablespace};
 use crate::control::PG_CONTROL;
 use crate::error::{Error, Result};
 
-/// Top-level files never copied.
-const EXCLUDED_TOP_FILES: [&str; 7] = [
+/// Top-level files never copied: PostgreSQL's own exclusions, and the server log of the
+/// private run of `pitr recover` (a copy adopted as the primary would carry it into every backup).
+const EXCLUDED_TOP_FILES: [&str; 8] = [
     "postmaster.pid",
     "postmaster.opts",
     "backup_label",
@@ -20,6 +21,7 @@ const EXCLUDED_TOP_FILES: [&str; 7] = [
     "backup_manifest",
     "postgresql.auto.conf.tmp",
     "current_logfiles.tmp",
+    crate::recover::RECOVERY_LOG,
 ];
 
 /// Top-level directories kept empty: their contents are runtime state or WAL.
@@ -204,6 +206,7 @@ mod tests {
         for (rel, name) in [
             ("", "postmaster.pid"),
             ("", "backup_label"),
+            ("", "pitr_recover.log"),
             ("base/1", "pg_internal.init"),
             ("global", "pg_internal.init.123"),
             ("base", "pgsql_tmp"),

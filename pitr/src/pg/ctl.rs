@@ -49,10 +49,18 @@ impl Owner {
     }
 
     /// A command that runs as this user (switching user needs root; otherwise it must be us).
+    /// pitr's own environment (`PITR_*`) is not passed on: the archive and restore commands pitr
+    /// writes for a server it starts carry their options explicitly, and must not pick up the
+    /// operator's.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
         if rustix::process::geteuid().as_raw() == 0 {
             command.uid(self.uid).gid(self.gid);
+        }
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PITR_") {
+                command.env_remove(name);
+            }
         }
         command.env("HOME", std::env::temp_dir());
         command

@@ -1,21 +1,42 @@
 //! Driving PostgreSQL through recovery: start the restored directory as its owner on a private
-//! unix socket (no TCP, trust only there), follow the server log until the target is reached
-//! (promoted, paused or shut down) or recovery fails, and report where it really stopped.
+//! unix socket (no TCP), follow the server log until the target is reached (promoted, paused or
+//! shut down) or recovery fails, and report where it really stopped.
 //!
 //! The private socket keeps clients away from a copy that is not verified yet, and lets pitr
 //! connect for verification whatever the copy's pg_hba.conf says. Those options are given on
 //! pg_ctl's command line only: a later plain start uses the copy's own configuration.
+//!
+//! The copy runs as a superuser's playground until `pitr adopt`, so it is reachable by its
+//! owner only: the socket directory is 0700 and owned by the server's OS user (whatever the
+//! umask), the socket itself 0700 (`unix_socket_permissions`), and the private pg_hba.conf
+//! admits only the OS users root and the owner, as the owner's role (peer authentication with a
+//! user name map). The socket directory is removed whenever the run ends without a server left
+//! in it; `pitr adopt` removes it after stopping the copy.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::interrupt;
 use crate::pg::ctl::{self, Owner};
 use crate::progress::Progress;
+
+/// The name of every private socket directory starts with this.
+pub(crate) const SOCKET_DIR_PREFIX: &str = "pitr-recover-";
+/// Where private socket directories are created.
+pub(crate) const SOCKET_DIR_PARENT: &str = "/tmp";
+/// The server log of pitr recover's private run, in the data directory.
+pub const RECOVERY_LOG: &str = "pitr_recover.log";
+/// The private pg_hba.conf in the socket directory (it also tells pitr's own directories apart).
+pub(crate) const PRIVATE_HBA: &str = "pg_hba.conf";
+/// The user name map for peer authentication beside it.
+const PRIVATE_IDENT: &str = "pg_ident.conf";
 
 /// `recovery_target_action`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,46 +94,40 @@ pub struct Outcome {
 impl RecoveryServer {
     /// Starts `pgdata` (owned by `owner`) with binaries from `bindir`.
     pub fn start(pgdata: &Path, owner: Owner, bindir: PathBuf) -> Result<RecoveryServer> {
-        let socket_dir = tempfile::Builder::new()
-            .prefix("pitr-recover-")
-            .tempdir_in("/tmp")
-            .map_err(Error::io("create a socket directory in", "/tmp"))?
-            .keep();
-        fs::write(socket_dir.join("pg_hba.conf"), "local all all trust\n")
-            .map_err(Error::io("write", socket_dir.join("pg_hba.conf")))?;
-        for path in [socket_dir.clone(), socket_dir.join("pg_hba.conf")] {
-            std::os::unix::fs::chown(&path, Some(owner.uid), Some(owner.gid)).map_err(Error::io("chown", &path))?;
-        }
-        let log = pgdata.join("pitr_recover.log");
-        let options = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{0}' -c hba_file='{0}/pg_hba.conf' \
-             -c logging_collector=off -c log_destination=stderr -c lc_messages=C",
-            socket_dir.display()
-        );
-        let args = [
-            "-D".as_ref(),
-            pgdata.as_os_str(),
-            "-l".as_ref(),
-            log.as_os_str(),
-            "-o".as_ref(),
-            options.as_ref(),
-            "start".as_ref(),
-        ];
-        let out = ctl::pg_ctl(&bindir, &owner, &args)?;
-        if !out.status.success() && !log.exists() {
-            return Err(Error::Refused(format!(
-                "pg_ctl could not start {}: {}",
-                pgdata.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(RecoveryServer {
+        let socket_dir = private_socket_dir(&owner)?;
+        let log = pgdata.join(RECOVERY_LOG);
+        // Dropped on any error below: the socket directory goes with it.
+        let server = RecoveryServer {
             pgdata: pgdata.to_path_buf(),
             socket_dir,
             log,
             owner,
             bindir,
-        })
+        };
+        let options = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{0}' -c unix_socket_permissions=0700 \
+             -c hba_file='{0}/{PRIVATE_HBA}' -c ident_file='{0}/{PRIVATE_IDENT}' \
+             -c logging_collector=off -c log_destination=stderr -c lc_messages=C",
+            server.socket_dir.display()
+        );
+        let args = [
+            "-D".as_ref(),
+            server.pgdata.as_os_str(),
+            "-l".as_ref(),
+            server.log.as_os_str(),
+            "-o".as_ref(),
+            options.as_ref(),
+            "start".as_ref(),
+        ];
+        let out = ctl::pg_ctl(&server.bindir, &server.owner, &args)?;
+        if !out.status.success() && !server.log.exists() {
+            return Err(Error::Refused(format!(
+                "pg_ctl could not start {}: {}",
+                server.pgdata.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(server)
     }
 
     /// The port the server listens on (from its socket file), once it does.
@@ -152,11 +167,13 @@ impl RecoveryServer {
         ctl::stop(&self.bindir, &self.owner, &self.pgdata, "fast")
     }
 
-    /// Removes the private socket directory once no server runs there.
-    pub fn remove_socket_dir(&self) {
+    /// Stops the server if it still runs (a failed or interrupted recovery leaves nothing
+    /// running); `Err` says why it could not be stopped.
+    fn stop_if_running(&self) -> std::result::Result<(), String> {
         if !self.running() {
-            let _ = fs::remove_dir_all(&self.socket_dir);
+            return Ok(());
         }
+        self.stop().map_err(|e| e.to_string())
     }
 
     /// Follows the log until recovery ends. `expect_stop` says the target must produce a
@@ -166,6 +183,9 @@ impl RecoveryServer {
         let mut offset = 0u64;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
+            if interrupt::requested() {
+                return Err(self.interrupted());
+            }
             let running = self.running();
             offset = self.read_log(offset, &mut log)?;
             if log.files_restored > 0 {
@@ -222,7 +242,28 @@ impl RecoveryServer {
         Ok(offset + complete as u64)
     }
 
+    /// Stops the server the operator interrupted, and says what is left.
+    fn interrupted(&self) -> Error {
+        let stopped = match self.stop_if_running() {
+            Ok(()) => "its server is stopped and its socket directory removed".to_string(),
+            Err(e) => format!(
+                "its server could not be stopped ({e}): stop it with pg_ctl -D {} stop",
+                self.pgdata.display()
+            ),
+        };
+        Error::Interrupted(format!(
+            "recovery of {} stopped during replay: {stopped}; the restored directory stays, not recovered: remove \
+             it, or run recover again with --force",
+            self.pgdata.display()
+        ))
+    }
+
+    /// Recovery failed: the server is stopped if it still runs, and the log's end quoted.
     fn failure(&self, what: &str) -> Error {
+        let stopped = match self.stop_if_running() {
+            Ok(()) => String::new(),
+            Err(e) => format!(" The server still runs and could not be stopped: {e}."),
+        };
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = text
             .lines()
@@ -233,13 +274,84 @@ impl RecoveryServer {
             .rev()
             .collect();
         Error::Refused(format!(
-            "recovery of {} failed: {what}. {} Server log {} ends with:\n{}",
+            "recovery of {} failed: {what}. {}{stopped} Server log {} ends with:\n{}",
             self.pgdata.display(),
             diagnose(&text),
             self.log.display(),
             tail.join("\n")
         ))
     }
+}
+
+impl Drop for RecoveryServer {
+    /// The socket directory goes once no server runs there (after a failure, a shutdown at the
+    /// target, an interruption); a running copy keeps it until `pitr adopt` stops it.
+    fn drop(&mut self) {
+        if !self.running() {
+            let _ = fs::remove_dir_all(&self.socket_dir);
+        }
+    }
+}
+
+/// Creates `/tmp/pitr-recover-XXXXXX` for one run: 0700 and owned by the server's OS user
+/// whatever the umask, with the private pg_hba.conf and pg_ident.conf (0600) inside.
+///
+/// Peer authentication maps the OS users root (pitr itself, run as root) and the owner to the
+/// owner's role only. The directory's permissions are the real guard (nobody else can reach the
+/// socket at all); the map keeps the copy closed should they ever be wrong.
+fn private_socket_dir(owner: &Owner) -> Result<PathBuf> {
+    let path = tempfile::Builder::new()
+        .prefix(SOCKET_DIR_PREFIX)
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(SOCKET_DIR_PARENT)
+        .map_err(Error::io("create a socket directory in", SOCKET_DIR_PARENT))?
+        .keep();
+    let written = write_private_config(&path, owner);
+    if written.is_err() {
+        let _ = fs::remove_dir_all(&path);
+    }
+    written.map(|()| path)
+}
+
+fn write_private_config(dir: &Path, owner: &Owner) -> Result<()> {
+    let role = quote_name(&owner.name);
+    let hba =
+        format!("# pitr recover: the owner's role, through peer authentication only\nlocal all {role} peer map=pitr\n");
+    let ident = format!("# pitr recover: root (pitr run as root) and the owner may connect as the owner's role\npitr root {role}\npitr {role} {role}\n");
+    let dir_fd = rustix::fs::open(
+        dir,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open", dir)(e.into()))?;
+    for (name, text) in [(PRIVATE_HBA, hba), (PRIVATE_IDENT, ident)] {
+        let path = dir.join(name);
+        let fd = rustix::fs::openat(
+            &dir_fd,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| Error::io("create", &path)(e.into()))?;
+        let mut file = fs::File::from(fd);
+        file.write_all(text.as_bytes()).map_err(Error::io("write", &path))?;
+        own(&file, 0o600, owner).map_err(Error::io("set the owner and mode of", &path))?;
+    }
+    own(&fs::File::from(dir_fd), 0o700, owner).map_err(Error::io("set the owner and mode of", dir))
+}
+
+/// Sets the mode of an open file and, when pitr runs as root, hands it to `owner`.
+fn own(file: &fs::File, mode: u32, owner: &Owner) -> std::io::Result<()> {
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::fchown(file, Some(owner.uid), Some(owner.gid))?;
+    }
+    Ok(())
+}
+
+/// A role or OS user name for pg_hba.conf and pg_ident.conf.
+fn quote_name(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// What the log said so far.
@@ -304,8 +416,10 @@ fn diagnose(log: &str) -> &'static str {
     const KNOWN: [(&str, &str); 5] = [
         (
             "recovery ended before configured recovery target was reached",
-            "Diagnosis: the WAL ran out before the target: the target lies beyond the archived WAL, or on \
-             another timeline.",
+            "Diagnosis: the WAL ran out before the target. The plan found the record that stops recovery in \
+             the archive (for a restore point: in pitr's catalog), so the archive changed since it was planned \
+             (a segment was removed, or a newer timeline was archived, which recovery_target_timeline follows), \
+             or the restore point's record is not where the catalog says. Run recover again to plan anew.",
         ),
         (
             "could not restore file",
@@ -366,6 +480,6 @@ mod tests {
         let line = "2026-11-25 10:00:00 UTC [1] FATAL:  recovery ended before configured recovery target was reached";
         log.observe(line);
         assert_eq!(log.fatal.as_deref(), Some(line));
-        assert!(diagnose(line).contains("beyond the archived WAL"));
+        assert!(diagnose(line).contains("the archive changed since it was planned"));
     }
 }

@@ -2,14 +2,25 @@
 //! which WAL segments (all present, or the first missing one is named now rather than after an
 //! hour of replay), and whether the target is reachable at all.
 //!
-//! [`plan`] is a pure function of the repository's state, so it is tested without a server.
+//! Reachability is decided from the archived WAL's records, the way PostgreSQL's recovery reads
+//! them (`recoveryStopsBefore`/`recoveryStopsAfter` in `xlogrecovery.c`): a time target needs a
+//! commit or abort after it, a transaction target its commit or abort, an LSN target a complete
+//! record at or after it. The last segment of the plan is the one holding the end of the record
+//! that stops recovery. A time after the newest commit is reachable only when a later record
+//! (a checkpoint, a restore point) proves the archive covers it; recovery then stops at that
+//! record instead, which gives the same state, and the plan says so.
+//!
+//! [`plan`] is a function of the repository's state alone ([`RepoState`], whose records are read
+//! from the repository as a target needs them), so it is tested without a server.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::archived::{newer_xid, ArchivedRecords, Mark, SegmentSummary};
 use super::target::Target;
 use crate::backup::manifest::Manifest;
 use crate::error::{Error, Result};
@@ -28,7 +39,7 @@ pub enum TimelineChoice {
 
 /// What the repository holds, gathered once.
 #[derive(Debug, Default)]
-pub struct RepoState {
+pub struct RepoState<'r> {
     /// Finished backups.
     pub backups: Vec<Manifest>,
     /// Archived segments: (timeline, segment number) → when archived.
@@ -39,6 +50,8 @@ pub struct RepoState {
     pub restore_points: Vec<RestorePoint>,
     /// The WAL segment size.
     pub segment_size: Option<SegmentSize>,
+    /// The archived segments' records, read as a target needs them.
+    pub records: ArchivedRecords<'r>,
 }
 
 /// What the operator asked for.
@@ -46,6 +59,8 @@ pub struct RepoState {
 pub struct Request {
     /// The target.
     pub target: Target,
+    /// recovery_target_inclusive = off (time, LSN and transaction targets).
+    pub exclusive: bool,
     /// The timeline to follow.
     pub timeline: TimelineChoice,
     /// A backup id to use instead of choosing.
@@ -72,15 +87,21 @@ pub struct Plan {
     pub backup_stop_lsn: Lsn,
     /// When it became consistent.
     pub backup_stop_time: DateTime<Utc>,
-    /// The target, as PostgreSQL will be told.
+    /// The target, as asked.
     pub target: Target,
+    /// The target as PostgreSQL is told: `target`, or for a time after the newest archived
+    /// commit the record that proves the archive covers it (an LSN, inclusive).
+    pub recovery_target: Target,
+    /// recovery_target_inclusive = off, as PostgreSQL is told.
+    pub exclusive: bool,
     /// The target timeline.
     pub timeline: TimelineChoice,
     /// Timelines replayed, oldest first.
     pub timeline_path: Vec<TimelineStep>,
     /// The first WAL segment replayed.
     pub first_wal: String,
-    /// The last WAL segment that must be in the archive to reach the target.
+    /// The segment holding the end of the record that stops recovery (the last archived one
+    /// for `latest`).
     pub last_wal: String,
     /// How many segments that is.
     pub wal_segments: u64,
@@ -88,6 +109,26 @@ pub struct Plan {
     pub restore_bytes: u64,
     /// Things the operator should read.
     pub notes: Vec<String>,
+}
+
+impl Plan {
+    /// The `recovery_target*` settings for PostgreSQL.
+    pub fn target_settings(&self) -> Vec<(&'static str, String)> {
+        self.recovery_target.settings(self.exclusive)
+    }
+}
+
+/// How far recovery from one backup reaches on one timeline, as the planner decides it: what
+/// `pitr info` shows as a recoverable window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// The last segment replayed without a gap.
+    pub last_wal: String,
+    /// The end of that segment.
+    pub end_lsn: Lsn,
+    /// The newest moment a time target is accepted; `None` when the archive shows no moment
+    /// after the backup's consistency point yet.
+    pub newest_time: Option<DateTime<Utc>>,
 }
 
 /// Decides the plan, or says precisely why the target cannot be reached.
@@ -104,35 +145,107 @@ pub fn plan(state: &RepoState, request: &Request) -> Result<Plan> {
         TimelineChoice::Number(n) => n,
         TimelineChoice::Latest => latest_timeline(state),
     };
-    let path = timeline_path(state, target_timeline)?;
+    let path = Path::to(state, target_timeline, size)?;
     let mut notes = Vec::new();
     let target_lsn = target_lsn(state, &request.target, &path, &mut notes)?;
     let backup = choose_backup(state, request, &path, target_lsn)?;
     check_not_before_backup(backup, &request.target, target_lsn)?;
 
     let first = size.segment_of(backup.start_lsn);
-    let last = last_needed_segment(state, size, &request.target, &path, backup, target_lsn)?;
-    check_continuity(state, size, &path, first, last, backup)?;
+    let scan = Scan {
+        state,
+        path: &path,
+        backup,
+    };
+    let stop = scan.stop(request, target_lsn, &mut notes)?;
+    check_continuity(state, &path, first, stop.last, backup)?;
     Ok(Plan {
         backup_id: backup.id.clone(),
         backup_tier: backup.tier,
         backup_stop_lsn: backup.stop_lsn,
         backup_stop_time: backup.stop_time,
         target: request.target.clone(),
+        recovery_target: stop.target,
+        exclusive: stop.exclusive,
         timeline: request.timeline,
         timeline_path: path
+            .steps
             .iter()
             .map(|(t, e)| TimelineStep {
                 timeline: *t,
                 ends_at: *e,
             })
             .collect(),
-        first_wal: segment_name(&path, size, first),
-        last_wal: segment_name(&path, size, last),
-        wal_segments: last + 1 - first,
+        first_wal: path.name(first),
+        last_wal: path.name(stop.last),
+        wal_segments: stop.last + 1 - first,
         restore_bytes: backup.original_bytes,
         notes,
     })
+}
+
+/// How far recovery from backup `backup_id` reaches on `timeline`: `None` when the backup is not
+/// on the way to that timeline or its own WAL is incomplete.
+pub fn reach(state: &RepoState, timeline: TimelineId, backup_id: &str) -> Result<Option<Reach>> {
+    let Some(size) = state.segment_size else {
+        return Ok(None);
+    };
+    let path = Path::to(state, timeline, size)?;
+    let Some(backup) = state
+        .backups
+        .iter()
+        .find(|m| m.id == backup_id && path.contains(m.timeline, m.stop_lsn))
+    else {
+        return Ok(None);
+    };
+    let first = size.segment_of(backup.start_lsn);
+    let last = (first..).take_while(|s| path.archived(state, *s)).last();
+    let Some(last) = last.filter(|last| *last >= size.segment_before(backup.stop_lsn)) else {
+        return Ok(None);
+    };
+    let scan = Scan {
+        state,
+        path: &path,
+        backup,
+    };
+    Ok(Some(Reach {
+        last_wal: path.name(last),
+        end_lsn: size.segment_start(last + 1),
+        newest_time: scan.newest_covered_time(last)?,
+    }))
+}
+
+/// Whether `pitr recover --target-name <point's name>` (on the latest timeline, the default)
+/// recovers to `point`, or why not.
+pub fn reaches_restore_point(state: &RepoState, point: &RestorePoint) -> std::result::Result<(), String> {
+    let by_name = |timeline| Request {
+        target: Target::Name(point.name.clone()),
+        exclusive: false,
+        timeline,
+        backup: None,
+    };
+    let latest = latest_timeline(state);
+    let size = state.segment_size.ok_or("the repository holds no WAL yet")?;
+    let path = Path::to(state, latest, size).map_err(|e| e.to_string())?;
+    if !path.contains(point.timeline, point.lsn) {
+        plan(state, &by_name(TimelineChoice::Number(point.timeline))).map_err(|e| e.to_string())?;
+        return Err(format!(
+            "it is not on the way to the latest timeline {latest}: recover with --timeline {}",
+            point.timeline
+        ));
+    }
+    plan(state, &by_name(TimelineChoice::Latest)).map_err(|e| e.to_string())?;
+    match state
+        .restore_points
+        .iter()
+        .find(|p| p.name == point.name && path.contains(p.timeline, p.lsn))
+    {
+        Some(first) if first != point => Err(format!(
+            "recovery stops at the earlier restore point of the same name ({} on timeline {}): recover to this              one with --target-lsn {}",
+            first.lsn, first.timeline, point.lsn
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The highest timeline the archive knows (by segments or history files).
@@ -142,57 +255,88 @@ fn latest_timeline(state: &RepoState) -> TimelineId {
     by_segments.max(by_history)
 }
 
-/// The timelines from 1 to `target`, each with where it ended.
-fn timeline_path(state: &RepoState, target: TimelineId) -> Result<Vec<(TimelineId, Option<Lsn>)>> {
-    if target == 1 {
-        return Ok(vec![(1, None)]);
+/// The timelines from 1 to the target, each with where it ended.
+struct Path {
+    steps: Vec<(TimelineId, Option<Lsn>)>,
+    size: SegmentSize,
+}
+
+impl Path {
+    fn to(state: &RepoState, target: TimelineId, size: SegmentSize) -> Result<Path> {
+        if target == 1 {
+            return Ok(Path {
+                steps: vec![(1, None)],
+                size,
+            });
+        }
+        let history = state.histories.get(&target).ok_or_else(|| {
+            Error::Refused(format!(
+                "timeline {target} has no history file ({target:08X}.history) in the repository: it cannot be \
+                 followed"
+            ))
+        })?;
+        let mut steps: Vec<(TimelineId, Option<Lsn>)> =
+            history.iter().map(|s| (s.parent, Some(s.switchpoint))).collect();
+        steps.push((target, None));
+        Ok(Path { steps, size })
     }
-    let history = state.histories.get(&target).ok_or_else(|| {
-        Error::Refused(format!(
-            "timeline {target} has no history file ({target:08X}.history) in the repository: it cannot be followed"
-        ))
-    })?;
-    let mut path: Vec<(TimelineId, Option<Lsn>)> = history.iter().map(|s| (s.parent, Some(s.switchpoint))).collect();
-    path.push((target, None));
-    Ok(path)
-}
 
-/// The timeline a segment is read from when following `path`: a segment holding a switch
-/// point is read from the child timeline, whose copy continues past it.
-fn timeline_of_segment(path: &[(TimelineId, Option<Lsn>)], size: SegmentSize, segno: u64) -> TimelineId {
-    path.iter()
-        .find(|(_, end)| end.is_none_or(|end| segno < size.segment_of(end)))
-        .map_or(path[path.len() - 1].0, |(t, _)| *t)
-}
-
-fn segment_name(path: &[(TimelineId, Option<Lsn>)], size: SegmentSize, segno: u64) -> String {
-    Segment {
-        timeline: timeline_of_segment(path, size, segno),
-        segno,
+    /// The segment `segno` as read when following the path: a segment holding a switch point
+    /// is read from the child timeline, whose copy continues past it.
+    fn segment(&self, segno: u64) -> Segment {
+        let timeline = self
+            .steps
+            .iter()
+            .find(|(_, end)| end.is_none_or(|end| segno < self.size.segment_of(end)))
+            .map_or(self.steps[self.steps.len() - 1].0, |(t, _)| *t);
+        Segment { timeline, segno }
     }
-    .file_name(size)
-}
 
-/// Whether `lsn` on `timeline` lies on the path.
-fn on_path(path: &[(TimelineId, Option<Lsn>)], timeline: TimelineId, lsn: Lsn) -> bool {
-    path.iter()
-        .any(|(t, end)| *t == timeline && end.is_none_or(|end| lsn < end))
+    fn name(&self, segno: u64) -> String {
+        self.segment(segno).file_name(self.size)
+    }
+
+    fn archived(&self, state: &RepoState, segno: u64) -> bool {
+        let segment = self.segment(segno);
+        state.segments.contains_key(&(segment.timeline, segno))
+    }
+
+    /// Whether `lsn` on `timeline` lies on the path.
+    fn contains(&self, timeline: TimelineId, lsn: Lsn) -> bool {
+        self.steps
+            .iter()
+            .any(|(t, end)| *t == timeline && end.is_none_or(|end| lsn < end))
+    }
+
+    /// The newest archived segment on the path.
+    fn newest_archived(&self, state: &RepoState) -> Option<u64> {
+        state
+            .segments
+            .keys()
+            .filter(|(t, segno)| self.segment(*segno).timeline == *t)
+            .map(|(_, segno)| *segno)
+            .max()
+    }
+
+    /// The records of segment `segno` when it is archived.
+    fn summary(&self, state: &RepoState, segno: u64) -> Result<Option<Arc<SegmentSummary>>> {
+        if !self.archived(state, segno) {
+            return Ok(None);
+        }
+        let next = self.archived(state, segno + 1).then(|| self.segment(segno + 1));
+        state.records.summary(self.segment(segno), next, self.size).map(Some)
+    }
 }
 
 /// The LSN the target stands for, when it is known before replay.
-fn target_lsn(
-    state: &RepoState,
-    target: &Target,
-    path: &[(TimelineId, Option<Lsn>)],
-    notes: &mut Vec<String>,
-) -> Result<Option<Lsn>> {
+fn target_lsn(state: &RepoState, target: &Target, path: &Path, notes: &mut Vec<String>) -> Result<Option<Lsn>> {
     match target {
         Target::Lsn(lsn) => Ok(Some(*lsn)),
         Target::Name(name) => {
             let matches: Vec<&RestorePoint> = state.restore_points.iter().filter(|p| &p.name == name).collect();
             let point = matches
                 .iter()
-                .find(|p| on_path(path, p.timeline, p.lsn))
+                .find(|p| path.contains(p.timeline, p.lsn))
                 .ok_or_else(|| {
                     let known = if matches.is_empty() {
                         "not in the repository's catalog"
@@ -201,7 +345,7 @@ fn target_lsn(
                     };
                     Error::Refused(format!(
                         "restore point '{name}' is {known}; `pitr list restore-points` shows the recorded ones \
-                     (points created with SQL directly are not recorded: recover to their time or LSN)"
+                         (points created with SQL directly are not recorded: recover to their time or LSN)"
                     ))
                 })?;
             if matches.len() > 1 {
@@ -226,10 +370,10 @@ fn target_lsn(
 fn choose_backup<'a>(
     state: &'a RepoState,
     request: &Request,
-    path: &[(TimelineId, Option<Lsn>)],
+    path: &Path,
     target_lsn: Option<Lsn>,
 ) -> Result<&'a Manifest> {
-    let usable = |m: &&Manifest| on_path(path, m.timeline, m.stop_lsn);
+    let usable = |m: &&Manifest| path.contains(m.timeline, m.stop_lsn);
     if let Some(id) = &request.backup {
         let backup = state.backups.iter().find(|m| &m.id == id).ok_or_else(|| {
             Error::Refused(format!(
@@ -267,7 +411,7 @@ fn choose_backup<'a>(
             });
             Error::Refused(format!(
                 "no backup is consistent before the target {}: the oldest usable backup is {oldest}; \
-             the recoverable window starts at its consistency point",
+                 the recoverable window starts at its consistency point",
                 request.target
             ))
         })
@@ -291,83 +435,297 @@ fn check_not_before_backup(backup: &Manifest, target: &Target, target_lsn: Optio
     Ok(())
 }
 
-/// The newest archived segment on the path.
-fn last_archived(state: &RepoState, path: &[(TimelineId, Option<Lsn>)], size: SegmentSize) -> Option<u64> {
-    state
-        .segments
-        .keys()
-        .filter(|(t, segno)| timeline_of_segment(path, size, *segno) == *t)
-        .map(|(_, segno)| *segno)
-        .max()
+/// Where recovery stops: the last segment it reads, and the target PostgreSQL is told.
+struct Stop {
+    last: u64,
+    target: Target,
+    exclusive: bool,
 }
 
-/// The last segment that must be archived to reach the target, refusing targets beyond the archive.
-fn last_needed_segment(
-    state: &RepoState,
-    size: SegmentSize,
-    target: &Target,
-    path: &[(TimelineId, Option<Lsn>)],
-    backup: &Manifest,
-    target_lsn: Option<Lsn>,
-) -> Result<u64> {
-    let consistent = size.segment_before(backup.stop_lsn);
-    let newest = last_archived(state, path, size).unwrap_or(consistent);
-    let beyond = |what: String| {
+/// The archived WAL on the way from one backup along one path.
+struct Scan<'a, 'r> {
+    state: &'a RepoState<'r>,
+    path: &'a Path,
+    backup: &'a Manifest,
+}
+
+impl Scan<'_, '_> {
+    fn size(&self) -> SegmentSize {
+        self.path.size
+    }
+
+    /// The segment holding the end of the record that stops recovery at the requested target.
+    fn stop(&self, request: &Request, target_lsn: Option<Lsn>, notes: &mut Vec<String>) -> Result<Stop> {
+        let size = self.size();
+        let consistent = size.segment_before(self.backup.stop_lsn);
+        let as_asked = |last: u64| Stop {
+            last: last.max(consistent),
+            target: request.target.clone(),
+            exclusive: request.exclusive,
+        };
+        match (&request.target, target_lsn) {
+            (Target::Immediate, _) => Ok(as_asked(consistent)),
+            (Target::Latest, _) => Ok(as_asked(self.path.newest_archived(self.state).unwrap_or(consistent))),
+            // A restore point's LSN is the end of its record: recovery stops right after it.
+            (Target::Name(_), Some(end)) => {
+                let last = size.segment_before(end);
+                if self.path.newest_archived(self.state).is_none_or(|newest| last > newest) {
+                    return Err(self.beyond(&request.target));
+                }
+                Ok(as_asked(last))
+            }
+            (Target::Time { time, .. }, None) => self.stop_at_time(request, *time, notes),
+            (Target::Xid(xid), None) => self.stop_at_transaction(request, *xid).map(as_asked),
+            (_, Some(lsn)) => match self.record_at_or_after(lsn)? {
+                Some(last) => Ok(as_asked(last)),
+                None => Err(self.beyond(&request.target)),
+            },
+            (_, None) => unreachable!("only name and LSN targets have an LSN"),
+        }
+    }
+
+    fn beyond(&self, target: &Target) -> Error {
+        let newest = self.path.newest_archived(self.state);
+        let newest = newest.map_or("none".to_string(), |segno| {
+            format!(
+                "{}, which ends at {}",
+                self.path.name(segno),
+                self.size().segment_start(segno + 1)
+            )
+        });
         Error::Refused(format!(
-            "the target {target} is after the newest archived WAL ({}, {what}): recovery would end before \
-             reaching it; wait for archiving, or use --target latest to replay everything archived",
-            segment_name(path, size, newest)
+            "the target {target} is after the newest archived WAL ({newest}): recovery would end before \
+             reaching it; wait for archiving, or use --target latest to replay everything archived"
         ))
-    };
-    let last = match (target, target_lsn) {
-        (Target::Immediate, _) => consistent,
-        (_, Some(lsn)) => {
-            let end = size.segment_start(newest + 1);
-            if lsn >= end {
-                return Err(beyond(format!("which ends at {end}")));
+    }
+
+    /// The segments from the backup's start on, as long as they are archived, with their
+    /// records; `Err` with the first missing segment when a later one is archived (a gap).
+    fn forward(&self) -> impl Iterator<Item = Result<(u64, Arc<SegmentSummary>)>> + '_ {
+        let first = self.size().segment_of(self.backup.start_lsn);
+        (first..).map_while(move |segno| match self.path.summary(self.state, segno) {
+            Ok(Some(summary)) => Some(Ok((segno, summary))),
+            Ok(None) if self.path.newest_archived(self.state).is_some_and(|n| n > segno) => {
+                Some(Err(self.missing(segno)))
             }
-            size.segment_of(lsn)
-        }
-        (Target::Time { time, .. }, None) => {
-            let archived_at = |segno| {
-                let key = (timeline_of_segment(path, size, segno), segno);
-                state.segments.get(&key).map(|t| DateTime::<Utc>::from(*t))
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    fn missing(&self, segno: u64) -> Error {
+        let first = self.size().segment_of(self.backup.start_lsn);
+        Error::Refused(format!(
+            "WAL segment {} is missing from the archive: recovery from backup {} reads every segment from {} on \
+             to reach the target",
+            self.path.name(segno),
+            self.backup.id,
+            self.path.name(first)
+        ))
+    }
+
+    /// The marks PostgreSQL replays from this backup on, in LSN order.
+    fn marks(&self) -> impl Iterator<Item = Result<Mark>> + '_ {
+        let start = self.backup.start_lsn;
+        self.forward().flat_map(move |segment| {
+            let marks: Vec<Result<Mark>> = match segment {
+                Ok((_, summary)) => summary
+                    .marks
+                    .iter()
+                    .filter(|m| m.lsn >= start)
+                    .cloned()
+                    .map(Ok)
+                    .collect(),
+                Err(e) => vec![Err(e)],
             };
-            let newest_time = archived_at(newest).unwrap_or(backup.stop_time);
-            if *time > newest_time {
-                return Err(beyond(format!(
-                    "archived at {}",
-                    newest_time.format("%Y-%m-%d %H:%M:%S UTC")
-                )));
+            marks
+        })
+    }
+
+    /// A time target stops before the first commit or abort after it (at or after it with
+    /// `exclusive`). Without one in the archive, a record at or after the time that follows the
+    /// newest commit proves the state at the time is the state at that record.
+    fn stop_at_time(&self, request: &Request, time: DateTime<Utc>, notes: &mut Vec<String>) -> Result<Stop> {
+        let stops = |t: DateTime<Utc>| if request.exclusive { t >= time } else { t > time };
+        let consistent = self.backup.stop_lsn;
+        let mut last_end: Option<Mark> = None;
+        let mut cover: Option<Mark> = None;
+        let mut newest: Option<DateTime<Utc>> = None;
+        for mark in self.marks() {
+            let mark = mark?;
+            let ends_transaction = mark.kind.transaction().is_some();
+            if ends_transaction && stops(mark.time) {
+                return Ok(Stop {
+                    last: self.size().segment_before(mark.end),
+                    target: request.target.clone(),
+                    exclusive: request.exclusive,
+                });
             }
-            // Commits up to the target are in segments archived at or after it: stop at the first.
-            (consistent..=newest)
-                .find(|s| archived_at(*s).is_some_and(|t| t >= *time))
-                .unwrap_or(newest)
+            if ends_transaction {
+                last_end = Some(mark.clone());
+                cover = None;
+                newest = None;
+            }
+            if mark.lsn >= consistent {
+                newest = newest.max(Some(mark.time));
+                if cover.is_none() && mark.time >= time {
+                    cover = Some(mark);
+                }
+            }
         }
-        _ => newest,
+        let Some(cover) = cover else {
+            return Err(self.not_yet_archived(time, last_end.as_ref(), newest));
+        };
+        notes.push(format!(
+            "no commit after {} is archived yet, but the {} at {} ({}) shows the archive covers it: recovery \
+             stops after that record (recovery_target_lsn {}, inclusive), the same state",
+            time.format("%Y-%m-%d %H:%M:%S%.6f UTC"),
+            cover.kind.describe(),
+            cover.time.format("%Y-%m-%d %H:%M:%S%.6f UTC"),
+            cover.lsn,
+            cover.lsn
+        ));
+        Ok(Stop {
+            last: self.size().segment_before(cover.end),
+            target: Target::Lsn(cover.lsn),
+            exclusive: false,
+        })
+    }
+
+    fn not_yet_archived(&self, time: DateTime<Utc>, last_end: Option<&Mark>, newest: Option<DateTime<Utc>>) -> Error {
+        let utc = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string();
+        let newest_commit = match last_end {
+            Some(mark) => format!(
+                "the newest commit in the archived WAL is at {} ({})",
+                utc(mark.time),
+                mark.lsn
+            ),
+            None => format!("no commit is archived after backup {} was taken", self.backup.id),
+        };
+        let choose = match newest {
+            Some(newest) => format!("choose a time up to {}", utc(newest)),
+            None => "use --target immediate".to_string(),
+        };
+        Error::Refused(format!(
+            "{newest_commit}; the archive does not yet show {}: recovery would end before reaching it; wait for \
+             archiving, or {choose}",
+            utc(time)
+        ))
+    }
+
+    /// A transaction target stops at that transaction's commit or abort.
+    fn stop_at_transaction(&self, request: &Request, xid: u64) -> Result<u64> {
+        let wanted = xid as u32;
+        let mut newest: Option<u32> = None;
+        for segment in self.forward() {
+            let (_, summary) = segment?;
+            if let Some(end) = summary
+                .marks
+                .iter()
+                .find(|m| m.lsn >= self.backup.start_lsn && m.kind.transaction() == Some(wanted))
+            {
+                return Ok(self.size().segment_before(end.end));
+            }
+            if let Some(n) = summary.newest_xid {
+                newest = Some(newest.map_or(n, |old| newer_xid(old, n)));
+            }
+        }
+        let full = |x: u32| full_xid(self.backup.next_xid, x);
+        let reason = match newest {
+            Some(n) if newer_xid(n, wanted) == wanted => format!(
+                "is after the newest transaction in the archived WAL ({}): it has not started yet, or its WAL is \
+                 not archived yet",
+                full(n)
+            ),
+            Some(n) => format!(
+                "has no commit or abort record in the archived WAL (the newest transaction there is {}): it is \
+                 still running, or it ended in WAL not archived yet",
+                full(n)
+            ),
+            None => "has no commit or abort record in the archived WAL: no transaction wrote WAL after the backup"
+                .to_string(),
+        };
+        Err(Error::Refused(format!(
+            "the target {} {reason}; wait for archiving, or choose a transaction that ended",
+            request.target
+        )))
+    }
+
+    /// The segment holding the end of the first record at or after `lsn` (PostgreSQL reads
+    /// that record to stop before or after it), or `None` when it is not archived.
+    fn record_at_or_after(&self, lsn: Lsn) -> Result<Option<u64>> {
+        let size = self.size();
+        let first = size.segment_of(lsn);
+        for segno in first.. {
+            let Some(summary) = self.path.summary(self.state, segno)? else {
+                if self
+                    .path
+                    .newest_archived(self.state)
+                    .is_some_and(|newest| newest > segno)
+                {
+                    return Err(self.missing(segno));
+                }
+                return Ok(None);
+            };
+            let candidate = if segno == first {
+                match (summary.before_last, summary.last) {
+                    (Some(before_last), _) if lsn <= before_last => return Ok(Some(segno)),
+                    (_, Some(last)) if lsn <= last.lsn => Some(last),
+                    _ => None,
+                }
+            } else {
+                summary.first
+            };
+            if let Some(record) = candidate {
+                return Ok(Some(size.segment_before(record.end)));
+            }
+        }
+        unreachable!("segment numbers do not run out")
+    }
+
+    /// The newest time a time target is accepted, reading back from segment `last`: the newest
+    /// time of the newest commit or abort and the records after it (from the consistency point on).
+    fn newest_covered_time(&self, last: u64) -> Result<Option<DateTime<Utc>>> {
+        let consistent = self.backup.stop_lsn;
+        let mut newest = None;
+        for segno in (self.size().segment_of(consistent)..=last).rev() {
+            let Some(summary) = self.path.summary(self.state, segno)? else {
+                break;
+            };
+            for mark in summary.marks.iter().rev() {
+                if mark.lsn < consistent {
+                    return Ok(newest);
+                }
+                newest = newest.max(Some(mark.time));
+                if mark.kind.transaction().is_some() {
+                    return Ok(newest);
+                }
+            }
+        }
+        Ok(newest)
+    }
+}
+
+/// The 64-bit transaction id (with epoch) of `xid`, the one nearest to `near` (the backup's
+/// next transaction id), for messages.
+fn full_xid(near: Option<u64>, xid: u32) -> u64 {
+    let Some(near) = near else {
+        return u64::from(xid);
     };
-    Ok(last.max(consistent))
+    let delta = i64::from(xid.wrapping_sub(near as u32) as i32);
+    near.saturating_add_signed(delta)
 }
 
 /// Every segment from the backup's start to `last` must be archived.
-fn check_continuity(
-    state: &RepoState,
-    size: SegmentSize,
-    path: &[(TimelineId, Option<Lsn>)],
-    first: u64,
-    last: u64,
-    backup: &Manifest,
-) -> Result<()> {
-    let missing = (first..=last).find(|s| !state.segments.contains_key(&(timeline_of_segment(path, size, *s), *s)));
-    match missing {
+fn check_continuity(state: &RepoState, path: &Path, first: u64, last: u64, backup: &Manifest) -> Result<()> {
+    match (first..=last).find(|s| !path.archived(state, *s)) {
         None => Ok(()),
         Some(segno) => Err(Error::Refused(format!(
             "WAL segment {} is missing from the archive: recovery from backup {} needs every segment from {} to {}",
-            segment_name(path, size, segno),
+            path.name(segno),
             backup.id,
-            segment_name(path, size, first),
-            segment_name(path, size, last)
+            path.name(first),
+            path.name(last)
         ))),
     }
 }

@@ -1,7 +1,9 @@
 //! Writing recovery settings into a restored data directory: `recovery.signal`, and a block in
-//! `postgresql.auto.conf` (read last, so it wins) after removing every stale recovery setting
-//! from both configuration files. PostgreSQL refuses to start with two recovery targets, and a
-//! forgotten target would apply to a later recovery.
+//! `postgresql.auto.conf` (read last, so it wins). Stale recovery settings are removed from both
+//! configuration files first: PostgreSQL refuses to start with two recovery targets, and a
+//! forgotten target would apply to a later recovery. Other settings pitr overrides for its run
+//! (port, archive_mode) stay untouched in the copy's own configuration, so that dropping pitr's
+//! block ([`remove_block`], at `pitr adopt`) gives the copy back exactly its own configuration.
 
 use std::fs;
 use std::path::Path;
@@ -37,62 +39,53 @@ pub fn write_recovery(pgdata: &Path, settings: &[(&str, String)], header: &str) 
     replace_file(&pgdata.join("recovery.signal"), "")
 }
 
-/// Writes `settings` (name, value) into postgresql.auto.conf under a `# pitr: header` line.
-/// Earlier pitr blocks, the managed recovery settings and old values of every setting written
-/// (such as `port` or `archive_mode`) are dropped there and commented out in postgresql.conf.
+/// Writes `settings` (name, value) into postgresql.auto.conf under a `# pitr: header` line, in
+/// place of an earlier pitr block. The managed recovery settings are dropped there and
+/// commented out in postgresql.conf.
 pub fn write_block(pgdata: &Path, settings: &[(&str, String)], header: &str) -> Result<()> {
-    let replaced: Vec<&str> = MANAGED
-        .iter()
-        .copied()
-        .chain(settings.iter().map(|(k, _)| *k))
-        .collect();
     let conf = pgdata.join("postgresql.conf");
     if conf.exists() {
         let text = fs::read_to_string(&conf).map_err(Error::io("read", &conf))?;
-        replace_file(&conf, &comment_out(&text, &replaced))?;
+        replace_file(&conf, &comment_out(&text, &MANAGED))?;
     }
+    let mut out = auto_conf_without_block(pgdata)?;
+    out.push_str(&format!("{HEADER_PREFIX}{header}\n"));
+    for (name, value) in settings {
+        out.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
+    }
+    replace_file(&pgdata.join("postgresql.auto.conf"), &out)
+}
+
+/// Drops pitr's block (and any recovery setting left) from postgresql.auto.conf: the copy's own
+/// configuration is in force again.
+pub fn remove_block(pgdata: &Path) -> Result<()> {
+    let out = auto_conf_without_block(pgdata)?;
+    replace_file(&pgdata.join("postgresql.auto.conf"), &out)
+}
+
+/// postgresql.auto.conf without pitr's blocks (a `# pitr: ` line and the settings after it)
+/// and without managed recovery settings.
+fn auto_conf_without_block(pgdata: &Path) -> Result<String> {
     let auto = pgdata.join("postgresql.auto.conf");
     let text = match fs::read_to_string(&auto) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(Error::io("read", &auto)(e)),
     };
-    let mut out: String = text
-        .lines()
-        .filter(|l| !sets_any(l, &replaced) && !l.starts_with(HEADER_PREFIX))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    out.push_str(&format!("{HEADER_PREFIX}{header}\n"));
-    for (name, value) in settings {
-        out.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
+    let mut in_block = false;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with(HEADER_PREFIX) {
+            in_block = true;
+            continue;
+        }
+        in_block = in_block && setting_of(line).is_some();
+        if !in_block && !sets_any(line, &MANAGED) {
+            out.push_str(line);
+            out.push('\n');
+        }
     }
-    replace_file(&auto, &out)
-}
-
-/// Gives `name` back to the copy's own configuration: drops it from postgresql.auto.conf and
-/// uncomments the lines pitr recover disabled for it in postgresql.conf.
-pub fn undo(pgdata: &Path, name: &str) -> Result<()> {
-    let auto = pgdata.join("postgresql.auto.conf");
-    if let Ok(text) = fs::read_to_string(&auto) {
-        let kept: String = text
-            .lines()
-            .filter(|l| !sets_any(l, &[name]))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        replace_file(&auto, &kept)?;
-    }
-    let conf = pgdata.join("postgresql.conf");
-    if let Ok(text) = fs::read_to_string(&conf) {
-        let restored: String = text
-            .lines()
-            .map(|l| match l.strip_suffix(DISABLED).and_then(|l| l.strip_prefix('#')) {
-                Some(original) if sets_any(original, &[name]) => format!("{original}\n"),
-                _ => format!("{l}\n"),
-            })
-            .collect();
-        replace_file(&conf, &restored)?;
-    }
-    Ok(())
+    Ok(out)
 }
 
 /// The setting a configuration line assigns, if any (`name = value` or `name value`).
@@ -167,9 +160,11 @@ mod tests {
         write_recovery(pgdata, &settings, "recover").unwrap();
 
         let conf = fs::read_to_string(pgdata.join("postgresql.conf")).unwrap();
-        assert!(conf.contains("#port = 5432  # disabled by pitr recover"), "{conf}");
-        assert!(conf.contains("#recovery_target_name = 'old'"), "{conf}");
-        assert!(conf.contains("shared_buffers = 128MB\n"), "{conf}");
+        assert_eq!(
+            conf,
+            "port = 5432\n#recovery_target_name = 'old'  # disabled by pitr recover\n#restore_command = ''\nshared_buffers = 128MB\n",
+            "only recovery settings are disabled"
+        );
         let auto = fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
         assert_eq!(
             auto,
@@ -193,17 +188,27 @@ mod tests {
     }
 
     #[test]
-    fn undo_gives_a_setting_back_to_the_copys_configuration() {
+    fn removing_the_block_gives_the_copy_its_own_configuration() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("postgresql.conf"), "port = 5432\nwork_mem = 4MB\n").unwrap();
-        write_recovery(dir.path(), &[("port", "5499".to_string())], "recover").unwrap();
-        undo(dir.path(), "port").unwrap();
+        let own_conf = "port = 5432\narchive_mode = on\narchive_command = 'pitr --repo /r archive-push %p'\n";
+        let own_auto = "# Do not edit\nwork_mem = '8MB'\narchive_mode = 'always'\n";
+        fs::write(dir.path().join("postgresql.conf"), own_conf).unwrap();
+        fs::write(dir.path().join("postgresql.auto.conf"), own_auto).unwrap();
+        let settings = [
+            ("restore_command", "x".to_string()),
+            ("archive_mode", "off".to_string()),
+            ("port", "5499".to_string()),
+        ];
+        write_recovery(dir.path(), &settings, "recover").unwrap();
+        remove_block(dir.path()).unwrap();
         assert_eq!(
             fs::read_to_string(dir.path().join("postgresql.conf")).unwrap(),
-            "port = 5432\nwork_mem = 4MB\n"
+            own_conf
         );
-        let auto = fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
-        assert!(!auto.contains("port"), "{auto}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap(),
+            own_auto
+        );
     }
 
     #[test]

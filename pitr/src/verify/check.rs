@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::pg::Server;
 use crate::progress::Progress;
 use crate::repo::Repo;
-use crate::restore_point::wait_until_archived;
+use crate::restore_point::{wait_until_archived, Waited};
 use crate::wal::{Segment, TimelineId, WalFileName};
 
 /// How to check.
@@ -122,15 +122,20 @@ async fn switch_and_wait(repo: &Repo, server: &Server, timeline: TimelineId, tim
         segno: size.segment_before(end),
     };
     let name = WalFileName::parse(&segment.file_name(size))?;
-    if !wait_until_archived(repo, &name, timeout).await? {
+    let reason = match wait_until_archived(repo, server, &name, timeout).await? {
+        Waited::Archived => None,
+        Waited::TimedOut => Some(format!(
+            "switched WAL, but segment {name} did not reach repository {} within {} s: {}",
+            repo.location(),
+            timeout.as_secs(),
+            archiver_state(server).await?
+        )),
+        Waited::Failing(reason) => Some(reason),
+    };
+    if let Some(reason) = reason {
         return Err(Error::Server {
             target: server.target().to_string(),
-            reason: format!(
-                "switched WAL, but segment {name} did not reach repository {} within {} s: {}",
-                repo.location(),
-                timeout.as_secs(),
-                archiver_state(server).await?
-            ),
+            reason,
         });
     }
     let stored = repo.get_wal(&name)?.ok_or_else(|| Error::Repo {

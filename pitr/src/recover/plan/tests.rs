@@ -1,9 +1,10 @@
 use std::time::{Duration, SystemTime};
 
-use chrono::{TimeZone, Utc};
+use chrono::{TimeDelta, TimeZone, Utc};
 
 use super::*;
 use crate::backup::Tier;
+use crate::recover::archived::{MarkKind, SegmentSummary};
 
 const SIZE: SegmentSize = SegmentSize::DEFAULT;
 
@@ -41,16 +42,48 @@ fn backup(id: &str, timeline: u32, start_segno: u64, stop_minute: u32) -> Manife
     }
 }
 
+fn mark(at_lsn: Lsn, time: DateTime<Utc>, kind: MarkKind) -> Mark {
+    Mark {
+        lsn: at_lsn,
+        end: Lsn(at_lsn.0 + 40),
+        time,
+        kind,
+    }
+}
+
+/// The two commits of segment `segno`: transaction 100·segno at minute 2·segno (1000 bytes in)
+/// and 100·segno + 1 half a minute later (5000 bytes in).
+fn commits(segno: u64) -> Vec<Mark> {
+    let minute = 2 * segno as u32;
+    let xid = 100 * segno as u32;
+    vec![
+        mark(lsn(segno, 1000), at(minute), MarkKind::Commit { xid }),
+        mark(
+            lsn(segno, 5000),
+            at(minute) + TimeDelta::seconds(30),
+            MarkKind::Commit { xid: xid + 1 },
+        ),
+    ]
+}
+
 /// Backups at minutes 0 (segment 2) and 20 (segment 6); segments 2..=10 on timeline 1, each
-/// archived at minute 2 × segno.
-fn state() -> RepoState {
+/// with [`commits`] and archived a minute after its first commit.
+fn state() -> RepoState<'static> {
+    state_with(commits)
+}
+
+fn state_with(marks: impl Fn(u64) -> Vec<Mark>) -> RepoState<'static> {
     let mut s = RepoState {
         backups: vec![backup("b0", 1, 2, 0), backup("b20", 1, 6, 20)],
         segment_size: Some(SIZE),
+        records: ArchivedRecords::known(
+            (2..=10).map(|segno| (Segment { timeline: 1, segno }, SegmentSummary::of_marks(marks(segno)))),
+        ),
         ..RepoState::default()
     };
     for segno in 2..=10 {
-        s.segments.insert((1, segno), SystemTime::from(at(2 * segno as u32)));
+        s.segments
+            .insert((1, segno), SystemTime::from(at(2 * segno as u32 + 1)));
     }
     s
 }
@@ -58,6 +91,7 @@ fn state() -> RepoState {
 fn request(target: Target) -> Request {
     Request {
         target,
+        exclusive: false,
         timeline: TimelineChoice::Latest,
         backup: None,
     }
@@ -79,8 +113,9 @@ fn the_newest_backup_consistent_before_the_target_is_chosen() {
     let p = plan(&state(), &request(time(15))).unwrap();
     assert_eq!(p.backup_id, "b0");
     assert_eq!(p.first_wal, "000000010000000000000002");
-    // Segment 8 is the first archived at or after minute 15 (minute 16).
+    // Minute 16 in segment 8 is the first commit after minute 15.
     assert_eq!(p.last_wal, "000000010000000000000008");
+    assert_eq!(p.recovery_target, time(15));
     assert_eq!(plan(&state(), &request(time(20))).unwrap().backup_id, "b20");
     assert_eq!(
         plan(&state(), &request(Target::Lsn(lsn(6, 500)))).unwrap().backup_id,
@@ -90,13 +125,54 @@ fn the_newest_backup_consistent_before_the_target_is_chosen() {
         plan(&state(), &request(Target::Lsn(lsn(6, 399)))).unwrap().backup_id,
         "b0"
     );
-    assert_eq!(plan(&state(), &request(Target::Xid(19_999))).unwrap().backup_id, "b0");
-    assert_eq!(plan(&state(), &request(Target::Xid(20_000))).unwrap().backup_id, "b20");
+    assert_eq!(plan(&state(), &request(Target::Xid(801))).unwrap().backup_id, "b0");
     let latest = plan(&state(), &request(Target::Latest)).unwrap();
     assert_eq!(
         (latest.backup_id.as_str(), latest.last_wal.as_str()),
         ("b20", "00000001000000000000000A")
     );
+}
+
+#[test]
+fn the_last_segment_holds_the_record_that_stops_recovery() {
+    // Segment 8 was archived at minute 17, yet its commits are at 16 and 16:30: the commit
+    // after 17 is in segment 9.
+    assert_eq!(
+        plan(&state(), &request(time(17))).unwrap().last_wal,
+        "000000010000000000000009"
+    );
+    // inclusive stops after a commit at the target time, exclusive before it.
+    let at_16 = |exclusive| Request {
+        exclusive,
+        ..request(time(16))
+    };
+    let stop_minute = |exclusive| {
+        let p = plan(&state(), &at_16(exclusive)).unwrap();
+        (p.last_wal, p.exclusive)
+    };
+    assert_eq!(stop_minute(false), ("000000010000000000000008".to_string(), false));
+    assert_eq!(stop_minute(true), ("000000010000000000000008".to_string(), true));
+    // A commit whose record continues into the next segment needs that segment too.
+    let spanning = state_with(|segno| {
+        let mut marks = commits(segno);
+        if segno == 8 {
+            marks[1].end = lsn(9, 100);
+        }
+        marks
+    });
+    assert_eq!(
+        plan(&spanning, &request(time(16))).unwrap().last_wal,
+        "000000010000000000000009"
+    );
+    // A transaction target stops at its commit; an LSN target reads the record at or after it.
+    let p = plan(&state(), &request(Target::Xid(701))).unwrap();
+    assert_eq!(p.last_wal, "000000010000000000000007");
+    let p = plan(&spanning, &request(Target::Lsn(lsn(8, 4000)))).unwrap();
+    assert_eq!(p.last_wal, "000000010000000000000009", "the commit at 5000 ends in 9");
+    let p = plan(&spanning, &request(Target::Lsn(lsn(8, 900)))).unwrap();
+    assert_eq!(p.last_wal, "000000010000000000000008", "the commit at 1000 ends in 8");
+    let p = plan(&state(), &request(Target::Lsn(lsn(8, 6000)))).unwrap();
+    assert_eq!(p.last_wal, "000000010000000000000009", "the next record is in 9");
 }
 
 #[test]
@@ -109,20 +185,85 @@ fn a_restore_point_is_found_by_name_in_the_catalog() {
         timeline: 1,
         wal_file: "000000010000000000000008".into(),
     });
+    // A restore point record ending exactly at a segment's end needs no more.
+    s.restore_points.push(RestorePoint {
+        name: "at_the_end".into(),
+        lsn: lsn(9, 0),
+        time: at(17),
+        timeline: 1,
+        wal_file: "000000010000000000000008".into(),
+    });
     let p = plan(&s, &request(Target::Name("before_oops".into()))).unwrap();
     assert_eq!(
         (p.backup_id.as_str(), p.last_wal.as_str()),
         ("b20", "000000010000000000000008")
     );
+    let p = plan(&s, &request(Target::Name("at_the_end".into()))).unwrap();
+    assert_eq!(p.last_wal, "000000010000000000000008");
     assert!(refusal(&s, Target::Name("unknown".into())).contains("not in the repository's catalog"));
+}
+
+#[test]
+fn a_time_after_the_newest_commit_is_recovered_when_the_archive_covers_it() {
+    // Segment 10 ends with a checkpoint at minute 22, after its commits at 20 and 20:30.
+    let covered = state_with(|segno| {
+        let mut marks = commits(segno);
+        if segno == 10 {
+            marks.push(mark(lsn(10, 9000), at(22), MarkKind::Checkpoint));
+        }
+        marks
+    });
+    let p = plan(&covered, &request(time(21))).unwrap();
+    assert_eq!(p.target, time(21));
+    assert_eq!(p.recovery_target, Target::Lsn(lsn(10, 9000)));
+    assert!(!p.exclusive, "inclusive: the checkpoint is replayed");
+    assert_eq!(p.last_wal, "00000001000000000000000A");
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("checkpoint at") && n.contains("the same state")),
+        "{:?}",
+        p.notes
+    );
+    assert_eq!(
+        plan(&covered, &request(time(22))).unwrap().recovery_target,
+        Target::Lsn(lsn(10, 9000))
+    );
+    // After everything archived: refused with the newest commit's time and how far to go.
+    let err = refusal(&covered, time(23));
+    assert!(
+        err.contains("the newest commit in the archived WAL is at 2026-11-25 10:20:30")
+            && err.contains("the archive does not yet show 2026-11-25 10:23:00")
+            && err.contains("choose a time up to 2026-11-25 10:22:00"),
+        "{err}"
+    );
+    // Without the checkpoint nothing after the newest commit is shown.
+    let err = refusal(&state(), time(21));
+    assert!(err.contains("choose a time up to 2026-11-25 10:20:30"), "{err}");
+    // A checkpoint before the newest commit proves nothing.
+    let before = state_with(|segno| {
+        let mut marks = commits(segno);
+        if segno == 10 {
+            marks.insert(1, mark(lsn(10, 3000), at(22), MarkKind::Checkpoint));
+        }
+        marks
+    });
+    assert!(refusal(&before, time(21)).contains("the archive does not yet show"));
 }
 
 #[test]
 fn unreachable_targets_are_refused_before_anything_is_touched() {
     let err = refusal(&state(), time(30));
-    assert!(err.contains("after the newest archived WAL"), "{err}");
+    assert!(err.contains("the archive does not yet show"), "{err}");
     let err = refusal(&state(), Target::Lsn(lsn(11, 0)));
     assert!(err.contains("after the newest archived WAL"), "{err}");
+    let err = refusal(&state(), Target::Xid(5000));
+    assert!(
+        err.contains("transaction 5000 is after the newest transaction in the archived WAL (1001)"),
+        "{err}"
+    );
+    let err = refusal(&state(), Target::Xid(702));
+    assert!(err.contains("has no commit or abort record"), "{err}");
     let mut early = state();
     early.backups.remove(0);
     let err = refusal(&early, time(10));
@@ -147,6 +288,12 @@ fn the_first_missing_segment_is_named() {
     assert!(err.contains("WAL segment 000000010000000000000004 is missing"), "{err}");
     // A gap after the target does not matter.
     assert!(plan(&s, &request(Target::Lsn(lsn(6, 500)))).is_ok());
+    let err = refusal(&s, Target::Lsn(lsn(4, 500)));
+    assert!(err.contains("WAL segment 000000010000000000000004 is missing"), "{err}");
+    let mut s = state();
+    s.segments.remove(&(1, 9));
+    let err = refusal(&s, time(17));
+    assert!(err.contains("WAL segment 000000010000000000000009 is missing"), "{err}");
 }
 
 #[test]
@@ -198,4 +345,26 @@ fn a_backup_after_the_branch_point_is_not_on_the_path() {
     let p = plan(&s, &request(Target::Latest)).unwrap();
     assert_eq!(p.backup_id, "b0");
     assert_eq!(p.last_wal, "000000020000000000000005");
+}
+
+#[test]
+fn reach_agrees_with_the_plan() {
+    let r = reach(&state(), 1, "b0").unwrap().unwrap();
+    assert_eq!(r.last_wal, "00000001000000000000000A");
+    assert_eq!(r.newest_time, Some(at(20) + TimeDelta::seconds(30)));
+    assert!(plan(
+        &state(),
+        &request(Target::Time {
+            time: r.newest_time.unwrap(),
+            assumed_utc: false
+        })
+    )
+    .is_ok());
+    let mut s = state();
+    s.segments.remove(&(1, 8));
+    let r = reach(&s, 1, "b0").unwrap().unwrap();
+    assert_eq!(r.last_wal, "000000010000000000000007");
+    assert_eq!(r.newest_time, Some(at(14) + TimeDelta::seconds(30)));
+    s.segments.remove(&(1, 2));
+    assert_eq!(reach(&s, 1, "b0").unwrap(), None, "the backup's own WAL is gone");
 }

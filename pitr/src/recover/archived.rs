@@ -1,0 +1,297 @@
+//! What recovery targets depend on in the archived WAL's records, one segment at a time: the
+//! commits and aborts (time, transaction), restore points and checkpoints (time), the newest
+//! transaction id, and where the records at the segment's edges start and end.
+//!
+//! [`ArchivedRecords`] reads a segment from the repository when the planner first asks for it
+//! (a plan reads only the segments its target needs) and keeps its summary for as long as the
+//! planner's state lives. In tests it holds summaries given to it instead.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::repo::Repo;
+use crate::wal::records::{End, Record, RecordKind, SegmentRecords};
+use crate::wal::{Lsn, Segment, SegmentSize, WalFileName};
+
+/// A record recovery targets look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// Where it starts.
+    pub lsn: Lsn,
+    /// The position after its last byte.
+    pub end: Lsn,
+    /// The time it carries.
+    pub time: DateTime<Utc>,
+    /// What it is.
+    pub kind: MarkKind,
+}
+
+/// The kinds of [`Mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkKind {
+    /// A commit (`recovery_target_time` and `_xid` stop at these, and at aborts).
+    Commit {
+        /// The transaction recovery compares with `recovery_target_xid`.
+        xid: u32,
+    },
+    /// An abort.
+    Abort {
+        /// As for commits.
+        xid: u32,
+    },
+    /// A restore point.
+    RestorePoint,
+    /// A checkpoint (its time is when it started, in whole seconds).
+    Checkpoint,
+}
+
+impl MarkKind {
+    /// The transaction of a commit or abort.
+    pub fn transaction(self) -> Option<u32> {
+        match self {
+            MarkKind::Commit { xid } | MarkKind::Abort { xid } => Some(xid),
+            MarkKind::RestorePoint | MarkKind::Checkpoint => None,
+        }
+    }
+
+    /// How the plan names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            MarkKind::Commit { .. } => "commit",
+            MarkKind::Abort { .. } => "abort",
+            MarkKind::RestorePoint => "restore point",
+            MarkKind::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+/// Where one record starts and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Its start.
+    pub lsn: Lsn,
+    /// The position after its last byte.
+    pub end: Lsn,
+}
+
+/// What the planner needs from the records that start in one segment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentSummary {
+    /// Commits, aborts, restore points and checkpoints, in LSN order.
+    pub marks: Vec<Mark>,
+    /// The newest `xl_xid` of any record (by transaction id order, which wraps around).
+    pub newest_xid: Option<u32>,
+    /// The first record.
+    pub first: Option<Span>,
+    /// Where the record before the last one starts.
+    pub before_last: Option<Lsn>,
+    /// The last record.
+    pub last: Option<Span>,
+}
+
+impl SegmentSummary {
+    /// Summarizes the records of a segment, as read by `reader`.
+    fn of(reader: &mut SegmentRecords<'_>) -> std::result::Result<SegmentSummary, String> {
+        let mut summary = SegmentSummary::default();
+        for record in reader.by_ref() {
+            summary.add(&record?);
+        }
+        Ok(summary)
+    }
+
+    /// A summary of segments holding these marks (and nothing else), for tests of the planner
+    /// and of what depends on it.
+    #[cfg(test)]
+    pub(crate) fn of_marks(marks: Vec<Mark>) -> SegmentSummary {
+        let spans: Vec<Span> = marks.iter().map(|m| Span { lsn: m.lsn, end: m.end }).collect();
+        SegmentSummary {
+            newest_xid: marks.iter().filter_map(|m| m.kind.transaction()).reduce(newer_xid),
+            first: spans.first().copied(),
+            before_last: spans.len().checked_sub(2).map(|i| spans[i].lsn),
+            last: spans.last().copied(),
+            marks,
+        }
+    }
+
+    fn add(&mut self, record: &Record) {
+        let span = Span {
+            lsn: record.lsn,
+            end: record.end,
+        };
+        self.first.get_or_insert(span);
+        self.before_last = self.last.map(|s| s.lsn);
+        self.last = Some(span);
+        if record.xid != 0 {
+            self.newest_xid = Some(self.newest_xid.map_or(record.xid, |n| newer_xid(n, record.xid)));
+        }
+        let kind = match record.kind {
+            RecordKind::Commit { xid, .. } => MarkKind::Commit { xid },
+            RecordKind::Abort { xid, .. } => MarkKind::Abort { xid },
+            RecordKind::RestorePoint { .. } => MarkKind::RestorePoint,
+            RecordKind::Checkpoint { .. } => MarkKind::Checkpoint,
+            RecordKind::Switch | RecordKind::Other => return,
+        };
+        self.marks.push(Mark {
+            lsn: record.lsn,
+            end: record.end,
+            time: record.time().expect("every mark has a time"),
+            kind,
+        });
+    }
+}
+
+/// The newer of two transaction ids, which wrap around (`TransactionIdFollows`).
+pub fn newer_xid(a: u32, b: u32) -> u32 {
+    if (b.wrapping_sub(a) as i32) > 0 {
+        b
+    } else {
+        a
+    }
+}
+
+/// A segment, and the one read after it for a record that continues there.
+type SummaryKey = (Segment, Option<Segment>);
+
+/// The archived WAL's records, summarized per segment on demand.
+pub struct ArchivedRecords<'r> {
+    /// Where segments are read from; `None`: only the summaries given are known.
+    repo: Option<&'r Repo>,
+    /// Summaries read so far, by segment and the segment that continues it.
+    summaries: Mutex<HashMap<SummaryKey, Arc<SegmentSummary>>>,
+    /// The last two segments decoded: a scan forward or backward summarizes a segment with the
+    /// one after it, so each segment is decoded once.
+    decoded: Mutex<Vec<(Segment, Arc<Vec<u8>>)>>,
+}
+
+impl Default for ArchivedRecords<'_> {
+    fn default() -> Self {
+        ArchivedRecords::known([])
+    }
+}
+
+impl std::fmt::Debug for ArchivedRecords<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchivedRecords")
+            .field("reads", &self.repo.map(Repo::location))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'r> ArchivedRecords<'r> {
+    /// Reads segments from `repo`.
+    pub fn reading(repo: &'r Repo) -> ArchivedRecords<'r> {
+        ArchivedRecords {
+            repo: Some(repo),
+            summaries: Mutex::default(),
+            decoded: Mutex::default(),
+        }
+    }
+
+    /// Knows only these summaries; any other segment has no records.
+    pub fn known(summaries: impl IntoIterator<Item = (Segment, SegmentSummary)>) -> ArchivedRecords<'static> {
+        let summaries = summaries
+            .into_iter()
+            .map(|(segment, summary)| ((segment, None), Arc::new(summary)))
+            .collect();
+        ArchivedRecords {
+            repo: None,
+            summaries: Mutex::new(summaries),
+            decoded: Mutex::default(),
+        }
+    }
+
+    /// The summary of the archived segment `segment`; `next` is the archived segment that
+    /// follows it on the timeline path, for a last record that continues there.
+    pub fn summary(&self, segment: Segment, next: Option<Segment>, size: SegmentSize) -> Result<Arc<SegmentSummary>> {
+        let Some(repo) = self.repo else {
+            let known = self.summaries.lock().expect("not poisoned");
+            return Ok(known.get(&(segment, None)).cloned().unwrap_or_default());
+        };
+        if let Some(summary) = self.summaries.lock().expect("not poisoned").get(&(segment, next)) {
+            return Ok(summary.clone());
+        }
+        let summary = Arc::new(self.read(repo, segment, next, size)?);
+        self.summaries
+            .lock()
+            .expect("not poisoned")
+            .insert((segment, next), summary.clone());
+        Ok(summary)
+    }
+
+    /// Reads and summarizes `segment` (with `next`, and further segments of `next`'s timeline
+    /// for a record longer than a segment).
+    fn read(&self, repo: &Repo, segment: Segment, next: Option<Segment>, size: SegmentSize) -> Result<SegmentSummary> {
+        let name = WalFileName::parse(&segment.file_name(size))?;
+        let what = repo.describe_wal(&name);
+        let mut held = vec![self.decode(repo, segment, size)?];
+        held.extend(next.map(|n| self.decode(repo, n, size)).transpose()?);
+        loop {
+            let slices: Vec<&[u8]> = held.iter().map(|s| s.as_slice()).collect();
+            let corrupt = |reason: String| Error::Corrupt {
+                what: what.clone(),
+                reason,
+            };
+            let segment_name = name.segment_name().expect("a segment");
+            let mut reader = SegmentRecords::new(segment_name, &slices).map_err(corrupt)?;
+            let summary = SegmentSummary::of(&mut reader).map_err(corrupt)?;
+            // A record longer than a segment needs the ones after `next` too.
+            let further = match (reader.end(), next) {
+                (Some(End::Continues { needs, .. }), Some(next)) if needs > segment.segno + held.len() as u64 - 1 => {
+                    Segment {
+                        timeline: next.timeline,
+                        segno: segment.segno + held.len() as u64,
+                    }
+                }
+                _ => return Ok(summary),
+            };
+            match self.decode_if_archived(repo, further, size)? {
+                Some(bytes) => held.push(bytes),
+                None => return Ok(summary),
+            }
+        }
+    }
+
+    fn decode_if_archived(&self, repo: &Repo, segment: Segment, size: SegmentSize) -> Result<Option<Arc<Vec<u8>>>> {
+        let name = WalFileName::parse(&segment.file_name(size))?;
+        if !repo.has_wal(&name)? {
+            return Ok(None);
+        }
+        self.decode(repo, segment, size).map(Some)
+    }
+
+    /// The decoded bytes of an archived segment.
+    fn decode(&self, repo: &Repo, segment: Segment, size: SegmentSize) -> Result<Arc<Vec<u8>>> {
+        let mut decoded = self.decoded.lock().expect("not poisoned");
+        if let Some((_, bytes)) = decoded.iter().find(|(held, _)| *held == segment) {
+            return Ok(bytes.clone());
+        }
+        let name = WalFileName::parse(&segment.file_name(size))?;
+        let what = repo.describe_wal(&name);
+        let object = repo.get_wal(&name)?.ok_or_else(|| Error::Corrupt {
+            what: what.clone(),
+            reason: "vanished while the recovery was planned".into(),
+        })?;
+        let bytes = Arc::new(codec::decode(&object, &what)?);
+        if decoded.len() == 2 {
+            decoded.remove(0);
+        }
+        decoded.push((segment, bytes.clone()));
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_ids_wrap_around() {
+        assert_eq!(newer_xid(100, 200), 200);
+        assert_eq!(newer_xid(200, 100), 200);
+        assert_eq!(newer_xid(u32::MAX - 5, 10), 10, "10 follows 2^32 - 6 after the wrap");
+    }
+}

@@ -1,0 +1,679 @@
+//! The records of a WAL segment: walking its pages and records (a record, and even its 24-byte
+//! header, may span pages and segments), checking each record's CRC-32C, and decoding the few
+//! records recovery targets depend on: commits and aborts (time and transaction), restore
+//! points (time and name), checkpoints (time) and WAL switches.
+//!
+//! The layout follows PostgreSQL's `xlogrecord.h`, `xlog_internal.h`, `xact.h`, `pg_control.h`
+//! and the reading logic of `xlogreader.c` (`XLogFindNextRecord`, `XLogDecodeNextRecord`,
+//! `DecodeXLogRecord`, `ValidXLogRecord`). What differs between major versions is kept in one
+//! place, [`Format`]; the decoding is checked against `pg_waldump` of PostgreSQL 15.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+
+use super::{LongPageHeader, Lsn, SegmentName, SegmentSize, SIZE_OF_XLOG_LONG_PHD};
+
+/// `SizeOfXLogRecord`: the fixed record header.
+const SIZE_OF_XLOG_RECORD: usize = 24;
+/// `offsetof(XLogRecord, xl_crc)`: the header bytes the CRC covers.
+const XL_CRC_OFFSET: usize = 20;
+/// `SizeOfXLogShortPHD`.
+const SIZE_OF_XLOG_SHORT_PHD: usize = 24;
+/// The WAL block sizes PostgreSQL can be built with (`--with-wal-blocksize`, 1 to 64 kB).
+const XLOG_BLCKSZ_MIN: u64 = 1024;
+const XLOG_BLCKSZ_MAX: u64 = 65536;
+/// What is allocated ahead for a record spanning pages; a larger one grows as its pages are read
+/// (a damaged length must not allocate gigabytes).
+const GATHER_RESERVE: usize = 1 << 20;
+/// `MAXIMUM_ALIGNOF`: records start on 8-byte boundaries.
+const MAXALIGN: u64 = 8;
+
+/// `XLP_FIRST_IS_CONTRECORD`: the page starts with the rest of a record.
+const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
+/// `XLP_FIRST_IS_OVERWRITE_CONTRECORD`: the record continued here was abandoned (a crash).
+const XLP_FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
+/// `XLP_ALL_FLAGS`.
+const XLP_ALL_FLAGS: u16 = 0x000F;
+
+/// `RM_XLOG_ID`.
+const RM_XLOG_ID: u8 = 0;
+/// `RM_XACT_ID`.
+const RM_XACT_ID: u8 = 1;
+/// `XLR_RMGR_INFO_MASK`: the resource manager's part of `xl_info`.
+const XLR_RMGR_INFO_MASK: u8 = 0xF0;
+
+/// XLOG record kinds (`pg_control.h`).
+const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
+const XLOG_CHECKPOINT_ONLINE: u8 = 0x10;
+const XLOG_SWITCH: u8 = 0x40;
+const XLOG_RESTORE_POINT: u8 = 0x70;
+
+/// Transaction record kinds (`xact.h`): `xl_info & XLOG_XACT_OPMASK`.
+const XLOG_XACT_OPMASK: u8 = 0x70;
+const XLOG_XACT_COMMIT: u8 = 0x00;
+const XLOG_XACT_ABORT: u8 = 0x20;
+const XLOG_XACT_COMMIT_PREPARED: u8 = 0x30;
+const XLOG_XACT_ABORT_PREPARED: u8 = 0x40;
+/// `XLOG_XACT_HAS_INFO`: an `xinfo` word follows `xact_time`.
+const XLOG_XACT_HAS_INFO: u8 = 0x80;
+
+/// `xinfo` bits of commit and abort records, and the sub-records they announce, in order.
+const XACT_XINFO_HAS_DBINFO: u32 = 1 << 0;
+const XACT_XINFO_HAS_SUBXACTS: u32 = 1 << 1;
+const XACT_XINFO_HAS_RELFILENODES: u32 = 1 << 2;
+const XACT_XINFO_HAS_INVALS: u32 = 1 << 3;
+const XACT_XINFO_HAS_TWOPHASE: u32 = 1 << 4;
+const XACT_XINFO_HAS_DROPPED_STATS: u32 = 1 << 8;
+/// `sizeof(RelFileNode)` (`RelFileLocator` since 16): three OIDs.
+const RELFILENODE_BYTES: usize = 12;
+/// `sizeof(SharedInvalidationMessage)`.
+const INVAL_MESSAGE_BYTES: usize = 16;
+
+/// Fragment ids after the record header (`xlogrecord.h`).
+const XLR_MAX_BLOCK_ID: u8 = 32;
+const XLR_BLOCK_ID_DATA_SHORT: u8 = 255;
+const XLR_BLOCK_ID_DATA_LONG: u8 = 254;
+const XLR_BLOCK_ID_ORIGIN: u8 = 253;
+const XLR_BLOCK_ID_TOPLEVEL_XID: u8 = 252;
+/// Block reference flags.
+const BKPBLOCK_HAS_IMAGE: u8 = 0x10;
+const BKPBLOCK_HAS_DATA: u8 = 0x20;
+const BKPBLOCK_SAME_REL: u8 = 0x80;
+/// `BKPIMAGE_HAS_HOLE`.
+const BKPIMAGE_HAS_HOLE: u8 = 0x01;
+
+/// `xl_restore_point`: `rp_time`, then `rp_name[MAXFNAMELEN]`.
+const RESTORE_POINT_NAME_BYTES: usize = 64;
+/// Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's `TimestampTz` epoch.
+const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// What differs between major versions in the parts of the format read here. Page headers,
+/// the record header and its CRC are the same in 12–18.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    /// The major version.
+    pub pg_version: u32,
+    /// The `bimg_info` bits that mark a compressed full-page image: `BKPIMAGE_IS_COMPRESSED`
+    /// (0x02) up to 14, `BKPIMAGE_COMPRESS_PGLZ | _LZ4 | _ZSTD` (0x04 | 0x08 | 0x10) from 15.
+    compressed_image: u8,
+    /// `sizeof(xl_xact_stats_item)` in commit and abort records (`XACT_XINFO_HAS_DROPPED_STATS`,
+    /// from 15): 12 bytes in 15–17, 16 in 18 (the object id became 64 bits).
+    dropped_stats_item: Option<usize>,
+    /// `offsetof(CheckPoint, time)`: 64 in 12–18 (18 has `wal_level` in what was padding before
+    /// `nextXid`).
+    checkpoint_time: usize,
+}
+
+impl Format {
+    /// The format of major version `pg_version`, when it is one pitr reads.
+    pub fn of(pg_version: u32) -> Option<Format> {
+        let (compressed_image, dropped_stats_item) = match pg_version {
+            12..=14 => (0x02, None),
+            15..=17 => (0x1C, Some(12)),
+            18 => (0x1C, Some(16)),
+            _ => return None,
+        };
+        Some(Format {
+            pg_version,
+            compressed_image,
+            dropped_stats_item,
+            checkpoint_time: 64,
+        })
+    }
+}
+
+/// One WAL record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Where it starts (PostgreSQL's `ReadRecPtr`, the LSN pg_waldump prints).
+    pub lsn: Lsn,
+    /// The position after its last byte: the record needs the WAL up to here.
+    pub end: Lsn,
+    /// `xl_prev`: where the record before it starts.
+    pub prev: Lsn,
+    /// `xl_tot_len`.
+    pub total_len: u32,
+    /// `xl_xid`: the (sub)transaction that wrote it, 0 for none.
+    pub xid: u32,
+    /// `xl_rmid`: the resource manager.
+    pub rmid: u8,
+    /// `xl_info`.
+    pub info: u8,
+    /// What it is, as far as recovery targets care.
+    pub kind: RecordKind,
+}
+
+/// The records recovery targets depend on; everything else is `Other`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordKind {
+    /// `XLOG_XACT_COMMIT` or `_COMMIT_PREPARED`.
+    Commit {
+        /// `xact_time`.
+        time: DateTime<Utc>,
+        /// The transaction recovery compares with `recovery_target_xid`: `xl_xid`, or the
+        /// prepared transaction's for `COMMIT PREPARED`.
+        xid: u32,
+    },
+    /// `XLOG_XACT_ABORT` or `_ABORT_PREPARED` (also a subtransaction's rollback).
+    Abort {
+        /// `xact_time`.
+        time: DateTime<Utc>,
+        /// As for commits.
+        xid: u32,
+    },
+    /// `XLOG_RESTORE_POINT`.
+    RestorePoint {
+        /// `rp_time`.
+        time: DateTime<Utc>,
+        /// `rp_name`.
+        name: String,
+    },
+    /// `XLOG_CHECKPOINT_ONLINE` or `_SHUTDOWN`.
+    Checkpoint {
+        /// `CheckPoint.time`: when the checkpoint started (whole seconds).
+        time: DateTime<Utc>,
+        /// A shutdown checkpoint.
+        shutdown: bool,
+    },
+    /// `XLOG_SWITCH`: the rest of the segment is unused.
+    Switch,
+    /// Any other record.
+    Other,
+}
+
+impl Record {
+    /// The time the record carries, if it is a commit, abort, restore point or checkpoint.
+    pub fn time(&self) -> Option<DateTime<Utc>> {
+        match &self.kind {
+            RecordKind::Commit { time, .. }
+            | RecordKind::Abort { time, .. }
+            | RecordKind::RestorePoint { time, .. }
+            | RecordKind::Checkpoint { time, .. } => Some(*time),
+            RecordKind::Switch | RecordKind::Other => None,
+        }
+    }
+}
+
+/// How the walk of a segment's records ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// No more records start in the segment: the next one starts in the next segment (the
+    /// segment is full, or a switch record closed it).
+    NextSegment,
+    /// The WAL ends here: no record starts at this position.
+    EndOfWal(Lsn),
+    /// The record starting at `lsn` continues into segment `needs`, which was not given.
+    Continues {
+        /// Where the record starts.
+        lsn: Lsn,
+        /// The segment number it needs.
+        needs: u64,
+    },
+}
+
+/// The records that start in one segment, oldest first. Built by [`SegmentRecords::new`] with
+/// the segment and, for a last record that continues, the segments after it. The iteration
+/// stops at the first invalid record (yielding its error); [`SegmentRecords::end`] then says how
+/// the walk ended.
+pub struct SegmentRecords<'a> {
+    /// The segment and those after it, in order.
+    segments: &'a [&'a [u8]],
+    format: Format,
+    size: SegmentSize,
+    /// `XLOG_BLCKSZ`.
+    block: u64,
+    /// The first segment's number.
+    segno: u64,
+    /// Where the next record starts (a page boundary means: after that page's header).
+    next: u64,
+    /// Where the previous record starts, once one was read.
+    prev: Option<Lsn>,
+    end: Option<End>,
+    /// An invalid record stopped the walk.
+    failed: bool,
+    /// The page magic every page must carry.
+    magic: u16,
+}
+
+/// A problem with the bytes: the walk stops.
+type Invalid = String;
+
+/// A record's bytes (borrowed when it lies within one page) and the position after them.
+type Gathered<'a> = (Cow<'a, [u8]>, u64);
+
+impl<'a> SegmentRecords<'a> {
+    /// Starts reading the records of the segment `name`: `segments[0]` is that whole segment,
+    /// `segments[1..]` the ones after it (as many as are at hand).
+    pub fn new(name: SegmentName, segments: &'a [&'a [u8]]) -> Result<SegmentRecords<'a>, Invalid> {
+        let first = segments.first().ok_or("no segment to read")?;
+        let header = LongPageHeader::validate(name, first)?;
+        let format = Format::of(header.pg_version)
+            .ok_or_else(|| format!("PostgreSQL {} WAL records are not read by pitr", header.pg_version))?;
+        let block = u64::from(u32::from_le_bytes(first[36..40].try_into().expect("4 bytes")));
+        if !(block.is_power_of_two() && (XLOG_BLCKSZ_MIN..=XLOG_BLCKSZ_MAX).contains(&block)) {
+            return Err(format!("WAL block size {block} is not one PostgreSQL builds with"));
+        }
+        let segno = header.segment_size.segment_of(header.page_address);
+        let mut reader = SegmentRecords {
+            segments,
+            format,
+            size: header.segment_size,
+            block,
+            segno,
+            next: 0,
+            prev: None,
+            end: None,
+            failed: false,
+            magic: u16::from_le_bytes([first[0], first[1]]),
+        };
+        reader.next = reader.first_record_start()?;
+        Ok(reader)
+    }
+
+    /// The format of the segment's major version.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// How the walk ended (`None` while records remain or after an error).
+    pub fn end(&self) -> Option<End> {
+        self.end
+    }
+
+    fn segment_start(&self) -> u64 {
+        self.size.segment_start(self.segno).0
+    }
+
+    fn segment_end(&self) -> u64 {
+        self.size.segment_start(self.segno + 1).0
+    }
+
+    /// Where the first record starting in the segment begins: after the long header, and past
+    /// the rest of a record that began in an earlier segment (`XLogFindNextRecord`).
+    fn first_record_start(&self) -> Result<u64, Invalid> {
+        let mut page = self.segment_start();
+        while page < self.segment_end() {
+            let header = self.page_header(page)?.expect("the segment is at hand");
+            if header.info & XLP_FIRST_IS_CONTRECORD == 0 {
+                return Ok(page + header.len);
+            }
+            let rest = align(u64::from(header.rem_len));
+            if rest < self.block - header.len {
+                return Ok(page + header.len + rest);
+            }
+            page += self.block;
+        }
+        Ok(self.segment_end())
+    }
+
+    /// The bytes at `lsn..lsn + len` (within one page), or `None` when that segment is not at
+    /// hand.
+    fn bytes(&self, lsn: u64, len: u64) -> Option<&'a [u8]> {
+        let index = usize::try_from(self.size.segment_of(Lsn(lsn)) - self.segno).ok()?;
+        let segment = self.segments.get(index)?;
+        let offset = usize::try_from(lsn % u64::from(self.size.bytes())).ok()?;
+        segment.get(offset..offset + usize::try_from(len).ok()?)
+    }
+
+    /// The header of the page starting at `page`, checked; `None` when its segment is not at
+    /// hand.
+    fn page_header(&self, page: u64) -> Result<Option<PageHeader>, Invalid> {
+        let long = page.is_multiple_of(u64::from(self.size.bytes()));
+        let len = if long {
+            SIZE_OF_XLOG_LONG_PHD
+        } else {
+            SIZE_OF_XLOG_SHORT_PHD
+        } as u64;
+        let Some(bytes) = self.bytes(page, len) else {
+            return Ok(None);
+        };
+        let magic = u16::from_le_bytes([bytes[0], bytes[1]]);
+        let info = u16::from_le_bytes([bytes[2], bytes[3]]);
+        let address = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let rem_len = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+        if magic != self.magic {
+            return Err(format!(
+                "page at {} has magic 0x{magic:04X}, expected 0x{:04X}",
+                Lsn(page),
+                self.magic
+            ));
+        }
+        if address != page {
+            return Err(format!("page at {} says it is at {}", Lsn(page), Lsn(address)));
+        }
+        if info & !XLP_ALL_FLAGS != 0 {
+            return Err(format!("page at {} has invalid flags 0x{info:04X}", Lsn(page)));
+        }
+        Ok(Some(PageHeader { info, rem_len, len }))
+    }
+
+    /// Reads the record at `self.next`.
+    fn read(&mut self) -> Result<Option<Record>, Invalid> {
+        let mut lsn = self.next;
+        if lsn >= self.segment_end() {
+            self.end = Some(End::NextSegment);
+            return Ok(None);
+        }
+        if lsn.is_multiple_of(self.block) {
+            let header = self.page_header(lsn)?.expect("within the first segment");
+            if header.info & XLP_FIRST_IS_CONTRECORD != 0 {
+                return Err(format!(
+                    "page at {} continues a record, but the record before it ended",
+                    Lsn(lsn)
+                ));
+            }
+            lsn += header.len;
+        }
+        let total_len = u32::from_le_bytes(
+            self.bytes(lsn, 4)
+                .expect("within the first segment")
+                .try_into()
+                .expect("4"),
+        );
+        if total_len == 0 {
+            self.end = Some(End::EndOfWal(Lsn(lsn)));
+            return Ok(None);
+        }
+        if (total_len as usize) < SIZE_OF_XLOG_RECORD {
+            return Err(format!("record at {} has an invalid length {total_len}", Lsn(lsn)));
+        }
+        let Some((bytes, end)) = self.gather(lsn, u64::from(total_len))? else {
+            return Ok(None);
+        };
+        let record = self.decode(Lsn(lsn), Lsn(end), &bytes)?;
+        self.prev = Some(record.lsn);
+        self.next = if record.kind == RecordKind::Switch {
+            // The rest of the segment is unused (`XLogDecodeNextRecord` pretends the switch
+            // record extends to the end of its segment).
+            self.size.segment_start(self.size.segment_of(Lsn(lsn)) + 1).0
+        } else {
+            align(end)
+        };
+        Ok(Some(record))
+    }
+
+    /// The `len` bytes of the record starting at `lsn`, across page (and segment) boundaries,
+    /// and the position after them; `None` (with `self.end` set) when a segment it needs is not
+    /// at hand or the record was abandoned.
+    fn gather(&mut self, lsn: u64, len: u64) -> Result<Option<Gathered<'a>>, Invalid> {
+        let page_end = (lsn / self.block + 1) * self.block;
+        if lsn + len <= page_end {
+            let bytes = self.bytes(lsn, len).expect("within the first segment");
+            return Ok(Some((Cow::Borrowed(bytes), lsn + len)));
+        }
+        let mut bytes = Vec::with_capacity((len as usize).min(GATHER_RESERVE));
+        let mut at = lsn;
+        loop {
+            let page_end = (at / self.block + 1) * self.block;
+            let take = (len - bytes.len() as u64).min(page_end - at);
+            bytes.extend_from_slice(self.bytes(at, take).expect("the page header was read"));
+            at += take;
+            let remaining = len - bytes.len() as u64;
+            if remaining == 0 {
+                return Ok(Some((Cow::Owned(bytes), at)));
+            }
+            let Some(header) = self.page_header(at)? else {
+                self.end = Some(End::Continues {
+                    lsn: Lsn(lsn),
+                    needs: self.size.segment_of(Lsn(at)),
+                });
+                return Ok(None);
+            };
+            if header.info & XLP_FIRST_IS_CONTRECORD == 0 {
+                if header.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0 {
+                    // A crash cut the record short and the server went on after it: no record
+                    // starts in this segment after it.
+                    self.end = Some(End::NextSegment);
+                    return Ok(None);
+                }
+                return Err(format!("record at {} is not continued on page {}", Lsn(lsn), Lsn(at)));
+            }
+            if u64::from(header.rem_len) != remaining {
+                return Err(format!(
+                    "record at {} has {remaining} bytes left, but page {} continues {}",
+                    Lsn(lsn),
+                    Lsn(at),
+                    header.rem_len
+                ));
+            }
+            at += header.len;
+        }
+    }
+
+    /// Checks the record's header and CRC and decodes it.
+    fn decode(&self, lsn: Lsn, end: Lsn, bytes: &[u8]) -> Result<Record, Invalid> {
+        let invalid = |what: String| format!("record at {lsn}: {what}");
+        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+        let total_len = u32_at(0);
+        let prev = Lsn(u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")));
+        let stored_crc = u32_at(XL_CRC_OFFSET);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[SIZE_OF_XLOG_RECORD..]), &bytes[..XL_CRC_OFFSET]);
+        if crc != stored_crc {
+            return Err(invalid(format!(
+                "CRC-32C is {crc:08X}, the record says {stored_crc:08X}"
+            )));
+        }
+        if let Some(expected) = self.prev.filter(|p| *p != prev) {
+            return Err(invalid(format!(
+                "it points back to {prev}, the record before starts at {expected}"
+            )));
+        }
+        let (info, rmid) = (bytes[16], bytes[17]);
+        let main = main_data(bytes, self.format).map_err(&invalid)?;
+        let xid = u32_at(4);
+        let kind = decode_kind(rmid, info, xid, main, self.format).map_err(invalid)?;
+        Ok(Record {
+            lsn,
+            end,
+            prev,
+            total_len,
+            xid,
+            rmid,
+            info,
+            kind,
+        })
+    }
+}
+
+impl Iterator for SegmentRecords<'_> {
+    type Item = Result<Record, Invalid>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.end.is_some() {
+            return None;
+        }
+        let read = self.read();
+        self.failed = read.is_err();
+        read.transpose()
+    }
+}
+
+/// A page header's fields the walk needs.
+struct PageHeader {
+    info: u16,
+    rem_len: u32,
+    /// Its size: long on a segment's first page.
+    len: u64,
+}
+
+/// `MAXALIGN`.
+fn align(position: u64) -> u64 {
+    position.div_ceil(MAXALIGN) * MAXALIGN
+}
+
+/// The record's main data: the fragment headers after the record header say how long it is,
+/// and it comes last (`DecodeXLogRecord`).
+fn main_data(record: &[u8], format: Format) -> Result<&[u8], String> {
+    let mut at = SIZE_OF_XLOG_RECORD;
+    let mut payload = 0usize;
+    let truncated = || "its fragment headers run past its end".to_string();
+    let byte = |at: usize| record.get(at).copied().ok_or_else(truncated);
+    let u16_at = |at: usize| {
+        record
+            .get(at..at + 2)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+            .ok_or_else(truncated)
+    };
+    let mut main_len = 0usize;
+    while at < record.len() && record.len() - at > payload {
+        let id = byte(at)?;
+        at += 1;
+        match id {
+            XLR_BLOCK_ID_DATA_SHORT => {
+                main_len = usize::from(byte(at)?);
+                at += 1;
+                break;
+            }
+            XLR_BLOCK_ID_DATA_LONG => {
+                let len = record.get(at..at + 4).ok_or_else(truncated)?;
+                main_len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+                at += 4;
+                break;
+            }
+            XLR_BLOCK_ID_ORIGIN => at += 2,
+            XLR_BLOCK_ID_TOPLEVEL_XID => at += 4,
+            id if id <= XLR_MAX_BLOCK_ID => {
+                let flags = byte(at)?;
+                let data_len = u16_at(at + 1)?;
+                at += 3;
+                if (flags & BKPBLOCK_HAS_DATA != 0) != (data_len != 0) {
+                    return Err(format!("block {id} has {data_len} data bytes against its flags"));
+                }
+                payload += data_len;
+                if flags & BKPBLOCK_HAS_IMAGE != 0 {
+                    payload += u16_at(at)?;
+                    let image_info = byte(at + 4)?;
+                    at += 5;
+                    if image_info & format.compressed_image != 0 && image_info & BKPIMAGE_HAS_HOLE != 0 {
+                        at += 2;
+                    }
+                }
+                if flags & BKPBLOCK_SAME_REL == 0 {
+                    at += RELFILENODE_BYTES;
+                }
+                at += 4;
+            }
+            id => return Err(format!("invalid fragment id {id}")),
+        }
+    }
+    if at + payload + main_len != record.len() {
+        return Err(format!(
+            "its fragments add up to {} bytes, its length is {}",
+            at + payload + main_len,
+            record.len()
+        ));
+    }
+    Ok(&record[record.len() - main_len..])
+}
+
+/// What a record is, from its resource manager, info bits and main data.
+fn decode_kind(rmid: u8, info: u8, xid: u32, main: &[u8], format: Format) -> Result<RecordKind, String> {
+    let short = |what: &str| format!("its {what} data is {} bytes, too short", main.len());
+    let i64_at = |o: usize| {
+        main.get(o..o + 8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    match (rmid, info & XLR_RMGR_INFO_MASK) {
+        (RM_XLOG_ID, XLOG_SWITCH) => Ok(RecordKind::Switch),
+        (RM_XLOG_ID, kind @ (XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE)) => {
+            let seconds = i64_at(format.checkpoint_time).ok_or_else(|| short("checkpoint"))?;
+            Ok(RecordKind::Checkpoint {
+                time: unix_time(seconds.checked_mul(1_000_000)).ok_or_else(|| short("checkpoint"))?,
+                shutdown: kind == XLOG_CHECKPOINT_SHUTDOWN,
+            })
+        }
+        (RM_XLOG_ID, XLOG_RESTORE_POINT) => {
+            let time = i64_at(0)
+                .and_then(postgres_time)
+                .ok_or_else(|| short("restore point"))?;
+            let raw = main
+                .get(8..8 + RESTORE_POINT_NAME_BYTES)
+                .ok_or_else(|| short("restore point"))?;
+            // strlcpy: the name ends at the first NUL; what follows it is not defined.
+            let name = raw.split(|b| *b == 0).next().unwrap_or_default();
+            Ok(RecordKind::RestorePoint {
+                time,
+                name: String::from_utf8_lossy(name).into_owned(),
+            })
+        }
+        (RM_XACT_ID, _) => decode_xact(info, xid, main, format),
+        _ => Ok(RecordKind::Other),
+    }
+}
+
+/// Commit and abort records (`ParseCommitRecord`, `ParseAbortRecord`): the time, and for
+/// prepared transactions the transaction id from the two-phase sub-record.
+fn decode_xact(info: u8, xid: u32, main: &[u8], format: Format) -> Result<RecordKind, String> {
+    let op = info & XLOG_XACT_OPMASK;
+    if !matches!(
+        op,
+        XLOG_XACT_COMMIT | XLOG_XACT_ABORT | XLOG_XACT_COMMIT_PREPARED | XLOG_XACT_ABORT_PREPARED
+    ) {
+        return Ok(RecordKind::Other);
+    }
+    let short = || format!("its transaction data is {} bytes, too short", main.len());
+    let u32_at = |o: usize| {
+        main.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let time = main
+        .get(..8)
+        .and_then(|b| postgres_time(i64::from_le_bytes(b.try_into().expect("8 bytes"))))
+        .ok_or_else(short)?;
+    let prepared = matches!(op, XLOG_XACT_COMMIT_PREPARED | XLOG_XACT_ABORT_PREPARED);
+    let commit = matches!(op, XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED);
+    let mut twophase_xid = None;
+    if info & XLOG_XACT_HAS_INFO != 0 {
+        let xinfo = u32_at(8).ok_or_else(short)?;
+        let mut at = 12usize;
+        let skip_array = |at: &mut usize, item: usize| -> Result<(), String> {
+            let count = u32_at(*at).ok_or_else(short)? as usize;
+            *at += 4 + count * item;
+            Ok(())
+        };
+        if xinfo & XACT_XINFO_HAS_DBINFO != 0 {
+            at += 8;
+        }
+        if xinfo & XACT_XINFO_HAS_SUBXACTS != 0 {
+            skip_array(&mut at, 4)?;
+        }
+        if xinfo & XACT_XINFO_HAS_RELFILENODES != 0 {
+            skip_array(&mut at, RELFILENODE_BYTES)?;
+        }
+        if let Some(item) = format
+            .dropped_stats_item
+            .filter(|_| xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0)
+        {
+            skip_array(&mut at, item)?;
+        }
+        if commit && xinfo & XACT_XINFO_HAS_INVALS != 0 {
+            skip_array(&mut at, INVAL_MESSAGE_BYTES)?;
+        }
+        if xinfo & XACT_XINFO_HAS_TWOPHASE != 0 {
+            twophase_xid = Some(u32_at(at).ok_or_else(short)?);
+        }
+    }
+    let xid = match (prepared, twophase_xid) {
+        (false, _) => xid,
+        (true, Some(xid)) => xid,
+        (true, None) => return Err("a prepared transaction's end without its transaction id".into()),
+    };
+    Ok(if commit {
+        RecordKind::Commit { time, xid }
+    } else {
+        RecordKind::Abort { time, xid }
+    })
+}
+
+/// A `TimestampTz` (microseconds since 2000-01-01 UTC).
+fn postgres_time(micros: i64) -> Option<DateTime<Utc>> {
+    unix_time(micros.checked_add(POSTGRES_EPOCH_UNIX_MICROS))
+}
+
+fn unix_time(micros: Option<i64>) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(micros?)
+}
+
+#[cfg(test)]
+mod tests;
