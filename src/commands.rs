@@ -72,6 +72,12 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
                     start_prefetch(name, &site, settings);
                     Ok(Done::Ok)
                 }
+                GetOutcome::RestoredPastDamagedPrefetch { warning, .. } => {
+                    // stderr goes to the server log: the one line that says what happened.
+                    eprintln!("pitr archive-get: warning: {warning}");
+                    start_prefetch(name, &site, settings);
+                    Ok(Done::Ok)
+                }
                 GetOutcome::NotFound => Ok(Done::NotFound),
             }
         }

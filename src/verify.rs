@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use pitr::backup::Tier;
+use pitr::daemon::Job;
 use pitr::pg::connection_config;
 use pitr::progress::{Progress, Silent};
 use pitr::repo::Repo;
@@ -48,6 +50,7 @@ pub fn verify(command: &Command, settings: &Settings) -> Result<Done> {
             max_age: max_age.unwrap_or(settings.verify.thresholds.max_age),
             ..settings.verify.thresholds
         },
+        expected_tiers: expected_tiers(settings),
         jobs: jobs.unwrap_or(settings.jobs),
     };
     let records = Records {
@@ -80,6 +83,7 @@ pub fn scheduled(args: &GlobalArgs) -> Result<String> {
         scope: Scope::All,
         now: Utc::now(),
         thresholds: settings.verify.thresholds,
+        expected_tiers: expected_tiers(&settings),
         jobs: settings.jobs,
     };
     let records = Records {
@@ -92,6 +96,22 @@ pub fn scheduled(args: &GlobalArgs) -> Result<String> {
         Status::Critical => Err(Error::Refused(line)),
         Status::Ok | Status::Warning => Ok(line),
     }
+}
+
+/// The tiers that should hold backups: scheduled in `[schedule]` (not "off") and kept by
+/// retention (`keep_<tier>` above 0).
+fn expected_tiers(settings: &Settings) -> Vec<Tier> {
+    Tier::ALL
+        .into_iter()
+        .filter(|tier| {
+            let kept = match tier {
+                Tier::Hourly => settings.retention.hourly,
+                Tier::Daily => settings.retention.daily,
+                Tier::Weekly => settings.retention.weekly,
+            };
+            kept > 0 && settings.schedule.cron(Job::Backup(*tier)).is_some()
+        })
+        .collect()
 }
 
 fn parse_now(text: Option<&str>) -> Result<DateTime<Utc>> {

@@ -4,6 +4,7 @@
 //! and maps [`Error`]s to exit codes. It never prints to a terminal.
 //!
 //! - [`wal`]: PostgreSQL's WAL formats — LSNs, segment names and sizes, page-header validation.
+//! - [`timeline`]: which timeline holds each segment when recovery follows a timeline's history.
 //! - [`codec`]: the stored-object format (compression + CRC-32), one for every stored file.
 //! - [`fsio`]: file writes shaped for the page cache (no large folios).
 //! - [`storage`]: the create-only [`storage::Storage`] trait and its local-disk backend.
@@ -41,6 +42,7 @@ pub mod repo;
 pub mod restore_point;
 pub mod spool;
 pub mod storage;
+pub mod timeline;
 pub mod verify;
 pub mod wal;
 pub mod watch;

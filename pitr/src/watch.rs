@@ -7,7 +7,8 @@
 //! then oldest first, as PostgreSQL's archiver does. Every store has exactly the validation and
 //! durability of archive-push; only then is the spool marker written. The watcher never renames
 //! `.ready`/`.done`: PostgreSQL does, once archive-push reports success. A failing file is
-//! retried with backoff and reported; WAL is never dropped.
+//! retried with backoff and reported; WAL is never dropped. Prefetched WAL that a recovery of
+//! this data directory left in the spool is deleted once the data directory is out of recovery.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use notify::{PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
 use crate::archive::{self, Site};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
+use crate::prefetch;
 use crate::repo::Repo;
 use crate::spool::Spool;
 
@@ -104,6 +106,12 @@ pub fn watch(
         let stopped = loop {
             if let Err(e) = work.scan(&status_dir) {
                 events.note(&format!("scanning {} failed: {e}", status_dir.display()));
+            }
+            if prefetch::delete_after_recovery(spool, &options.pgdata) {
+                events.note(&format!(
+                    "deleted the prefetched WAL a finished recovery left in {}",
+                    spool.prefetch_dir().display()
+                ));
             }
             if flags.terminate.load(Ordering::SeqCst) {
                 break Stopped::Terminate;
