@@ -99,10 +99,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
         Command::Daemon { pgdata, listen } => {
-            let verify_settings = settings.source.clone();
-            let verify = Box::new(move || verify::scheduled(&verify_settings));
-            let connection = |s: &Settings| connection_config(s.dbname.as_deref(), &|k| std::env::var(k).ok());
-            watch::daemon(&repo, settings, &absolute(pgdata), listen.clone(), connection, verify)?;
+            watch::daemon(&repo, settings, &absolute(pgdata), listen.clone())?;
             Ok(Done::Ok)
         }
         Command::Backup {

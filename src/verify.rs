@@ -12,12 +12,12 @@ use chrono::{DateTime, Utc};
 use pitr::backup::Tier;
 use pitr::daemon::Job;
 use pitr::pg::connection_config;
-use pitr::progress::{Progress, Silent};
+use pitr::progress::Progress;
 use pitr::repo::Repo;
-use pitr::verify::{self, metrics, CheckOptions, Scope, Status, Thresholds, VerifyOptions, VerifyReport};
+use pitr::verify::{self, metrics, CheckOptions, Status, Thresholds, VerifyOptions, VerifyReport};
 use pitr::{Error, Result};
 
-use crate::cli::{Command, ConnectionArgs, GlobalArgs};
+use crate::cli::{Command, ConnectionArgs};
 use crate::commands::{runtime, with_server, Done};
 use crate::output::{self, TerminalProgress};
 use crate::settings::{optional_path, Settings};
@@ -73,29 +73,6 @@ pub fn verify(command: &Command, settings: &Settings) -> Result<Done> {
         Status::Warning => Done::Warnings,
         Status::Critical => Done::Critical,
     })
-}
-
-/// The daemon's scheduled `verify all`, with the configured thresholds, log file and metrics
-/// file; its log line, and a failed job when anything is critical.
-pub fn scheduled(args: &GlobalArgs) -> Result<String> {
-    let settings = Settings::load(args).map_err(Error::Refused)?;
-    let options = VerifyOptions {
-        scope: Scope::All,
-        now: Utc::now(),
-        thresholds: settings.verify.thresholds,
-        expected_tiers: expected_tiers(&settings),
-        jobs: settings.jobs,
-    };
-    let records = Records {
-        log_file: settings.verify.log_file.clone(),
-        metrics_file: settings.verify.metrics_file.clone(),
-    };
-    let report = verify_and_record(&settings, &options, settings.dbname.as_deref(), &records, &Silent)?;
-    let line = output::verify_log_line(Ok(&report), Scope::All);
-    match report.status {
-        Status::Critical => Err(Error::Refused(line)),
-        Status::Ok | Status::Warning => Ok(line),
-    }
 }
 
 /// The tiers that should hold backups: scheduled in `[schedule]` (not "off") and kept by
