@@ -17,9 +17,9 @@
 //! keeps the window of segments after the one PostgreSQL replays full while archive-get takes
 //! them, and stops fetching at the end of the archive or when PostgreSQL has taken nothing for a
 //! second. It then lets go of the lock (the next archive-get starts a prefetcher again) and
-//! watches the data directory: once recovery is over (`recovery.signal` and `standby.signal` are
-//! gone), no one will ask for the prefetched files, and it deletes them. While recovery goes on,
-//! a slow replay keeps its window.
+//! watches the data directory until a newer prefetcher watches in its place: once recovery is
+//! over (`recovery.signal` and `standby.signal` are gone), no one will ask for the prefetched
+//! files, and it deletes them. While recovery goes on, a slow replay keeps its window.
 //! A segment is fsynced before its sidecar announces it: PostgreSQL fsyncs every segment it
 //! restores, and that fsync is then cheap instead of a 16 MiB write in the middle of the replay.
 //! archive-get waits for a segment the prefetcher is still writing rather than fetching it a
@@ -283,15 +283,22 @@ impl<'a> Prefetched<'a> {
 
     /// Once fetching stopped: waits (without the lock, so that the next archive-get starts a
     /// prefetcher as usual) until the data directory is out of recovery, then deletes the
-    /// prefetched files no one will ask for. Returns early when another prefetcher takes over
-    /// (it watches in turn) or after [`RECOVERY_WATCH`].
+    /// prefetched files no one will ask for. One prefetcher watches at a time: each names itself
+    /// in the `watcher` file when it starts watching, and an older one that finds another name
+    /// there leaves the watch to it. Returns after [`RECOVERY_WATCH`] at the latest, and leaves
+    /// the files to a prefetcher that holds the lock when recovery ends.
     fn delete_when_recovery_ends(&self) {
         let Some(data_dir) = &self.data_dir else {
             return;
         };
+        let (watcher, me) = (self.dir.join("watcher"), std::process::id().to_string());
+        if fs::write(&watcher, &me).is_err() {
+            return;
+        }
         let deadline = Instant::now() + RECOVERY_WATCH;
         while in_recovery(data_dir) {
-            if at_work_in(&self.dir) || Instant::now() > deadline {
+            let watching = fs::read_to_string(&watcher).is_ok_and(|w| w == me);
+            if !watching || Instant::now() > deadline {
                 return;
             }
             std::thread::sleep(RECOVERY_POLL);
