@@ -285,12 +285,18 @@ fn verify_line(report: &serde_json::Value) -> String {
     )
 }
 
-/// Why a job's process failed: its last line on stderr, or how it ended.
+/// Why a job's process failed: its last line on stderr (without the `pitr <command>: error: `
+/// in front), or how it ended.
 fn child_failure(out: &std::process::Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     match (stderr.lines().rev().find(|l| !l.trim().is_empty()), out.status.signal()) {
         (_, Some(signal)) => format!("its process was killed by signal {signal}"),
-        (Some(line), None) => line.trim().to_string(),
+        (Some(line), None) => {
+            let line = line.trim();
+            line.split_once(": error: ")
+                .map_or(line, |(_, message)| message)
+                .to_string()
+        }
         (None, None) => format!("its process exited with {}", out.status),
     }
 }
