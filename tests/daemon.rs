@@ -401,3 +401,40 @@ fn the_daemon_is_small_when_idle_after_a_scheduled_backup() {
         out.describe()
     );
 }
+
+#[test]
+fn a_failing_job_is_logged_and_counted_and_the_daemon_goes_on() {
+    let c = Cluster::start(ClusterOptions::default());
+    let port = free_port();
+    let config = daemon_config(&c, port, "*/2 * * * * *", "off", "");
+    // The backups connect to a port where no server listens.
+    let mut command = c.pitr_cmd();
+    c.libpq_env(&mut command)
+        .env("PGPORT", free_port().to_string())
+        .arg("--config")
+        .arg(&config)
+        .args(["daemon", "--pgdata"])
+        .arg(c.data_dir());
+    let daemon = spawn(&mut command);
+    let failed = poll(Duration::from_secs(60), || {
+        let text = http_get(port, "/metrics")?;
+        (metric(&text, "pitr_job_runs_total{job=\"backup hourly\",result=\"failure\"}")? >= 2.0).then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "no failed backups; metrics:\n{:?}",
+        http_get(port, "/metrics")
+    );
+    let health = health(port).expect("/health answers");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["jobs"]["backup hourly"]["ok"], false, "{health}");
+
+    let out = terminate_pitr(daemon, "pitr daemon".into(), Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let log = out.stderr_str();
+    let failure = log
+        .lines()
+        .find(|l| l.contains("job backup hourly failed: "))
+        .unwrap_or_else(|| panic!("no failure line:\n{log}"));
+    assert!(!failure.contains("pitr backup: error:"), "{failure}");
+}
