@@ -150,6 +150,22 @@ fn sighup_reloads_the_schedule_and_a_config_that_does_not_load_changes_nothing()
         http_get(port, "/metrics")
     );
 
+    // An edit without SIGHUP changes nothing, for the jobs either: they read the daemon's copy.
+    c.test_dir()
+        .write("daemon.toml", config_with("*/2 * * * * *", "bogus_key = 1"));
+    let before = backups().unwrap();
+    assert!(
+        poll(Duration::from_secs(90), || (backups()? >= before + 1.0).then_some(())).is_some(),
+        "no backup after an edit without SIGHUP; metrics:\n{:?}",
+        http_get(port, "/metrics")
+    );
+    let text = http_get(port, "/metrics").unwrap();
+    assert_eq!(
+        metric(&text, "pitr_job_runs_total{job=\"backup hourly\",result=\"failure\"}"),
+        None,
+        "{text}"
+    );
+
     let out = terminate_pitr(daemon, "pitr daemon".into(), Duration::from_secs(120));
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     let log = out.stderr_str();
