@@ -21,23 +21,32 @@ use crate::settings::Settings;
 /// How often the watcher rescans without an inotify hint.
 const RESCAN: Duration = Duration::from_secs(10);
 
-/// One log line per event on stderr (the watcher runs under systemd or a terminal).
+/// One log line per event on stderr (the watcher runs under systemd or a terminal). A line that
+/// cannot be written is lost: logging never stops the archiving.
 struct LogLines;
+
+/// Writes one line to stderr, ignoring a stderr that went away.
+fn log_line(line: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 impl WatchEvents for LogLines {
     fn archived(&self, name: &str, elapsed: Duration) {
-        eprintln!("pitr watch: archived {name} in {} ms", elapsed.as_millis());
+        log_line(format_args!(
+            "pitr watch: archived {name} in {} ms",
+            elapsed.as_millis()
+        ));
     }
 
     fn failed(&self, name: &str, error: &Error, retry_in: Duration) {
-        eprintln!(
+        log_line(format_args!(
             "pitr watch: error: {name}: {error}; retrying in {} s (nothing is dropped)",
             retry_in.as_secs()
-        );
+        ));
     }
 
     fn note(&self, message: &str) {
-        eprintln!("pitr watch: {message}");
+        log_line(format_args!("pitr watch: {message}"));
     }
 }
 
@@ -317,10 +326,10 @@ fn needs_restart(running: &Settings, fresh: &Settings) -> Result<(), String> {
 
 impl DaemonLog for LogLines {
     fn line(&self, line: &str) {
-        eprintln!(
+        log_line(format_args!(
             "{} pitr daemon: {line}",
             chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
-        );
+        ));
     }
 }
 

@@ -21,7 +21,7 @@ mod metrics;
 mod schedule;
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -103,12 +103,22 @@ pub fn run(repo: &Repo, spool: &Spool, options: &DaemonOptions, flags: &StopFlag
         settings: RwLock::new(Arc::new(options.settings.clone())),
     };
     std::thread::scope(|scope| {
+        // The listener and the scheduler stop with the watcher, however it ends (a panic
+        // included: the scope waits for them before the panic goes on).
+        let _stop = TerminateOnDrop(&flags.terminate);
         scope.spawn(|| http::serve(&listener, &metrics, flags));
         scope.spawn(|| jobs::run(&current, options.jobs.as_ref(), &metrics, flags, log));
-        let result = run_watcher(repo, spool, options, &current, flags, &metrics, log);
-        flags.terminate.store(true, Ordering::SeqCst);
-        result
+        run_watcher(repo, spool, options, &current, flags, &metrics, log)
     })
+}
+
+/// Sets the flag when dropped.
+struct TerminateOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for TerminateOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// The watcher, restarted with the settings in force after each reload (which it receives).

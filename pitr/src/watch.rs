@@ -103,6 +103,8 @@ pub fn watch(
         for _ in 0..options.workers.max(1) {
             scope.spawn(|| work.run_worker());
         }
+        // The workers stop however this loop ends, a panic included: the scope waits for them.
+        let _close = CloseOnDrop(&queue);
         let stopped = loop {
             if let Err(e) = work.scan(&status_dir) {
                 events.note(&format!("scanning {} failed: {e}", status_dir.display()));
@@ -124,9 +126,17 @@ pub fn watch(
                 Err(RecvTimeoutError::Disconnected) => {}
             }
         };
-        queue.close();
         Ok(stopped)
     })
+}
+
+/// Closes the queue when dropped.
+struct CloseOnDrop<'a>(&'a Queue);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// inotify where the kernel offers it, polling otherwise; either way each event is a hint.

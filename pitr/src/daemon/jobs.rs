@@ -95,9 +95,19 @@ pub(super) fn run(
         for lane in &lanes {
             scope.spawn(move || work(lane, run_job, metrics, log));
         }
+        // The lanes close however the scheduler ends (a panic included: the scope waits for them).
+        let _close = CloseOnDrop(&lanes);
         schedule_jobs(current, &lanes, metrics, flags, log);
-        lanes.iter().for_each(Lane::close);
     });
+}
+
+/// Closes the lanes when dropped.
+struct CloseOnDrop<'a>(&'a [Lane; 2]);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.iter().for_each(Lane::close);
+    }
 }
 
 /// Runs the jobs of `lane` one after the other.
