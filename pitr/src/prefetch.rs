@@ -503,12 +503,21 @@ pub fn at_work(spool: &Spool) -> bool {
     at_work_in(&spool.prefetch_dir())
 }
 
-/// Deletes what prefetchers left in `spool` once `data_dir` is out of recovery (no prefetcher is
-/// at work then: it holds the lock while it fetches): a recovery that ended after its last
-/// prefetcher stopped watching leaves files no one will ask for. Returns whether it deleted any.
+/// Deletes what prefetchers of `data_dir` left in `spool` once it is out of recovery (no
+/// prefetcher is at work then: it holds the lock while it fetches): a recovery that ended after
+/// its last prefetcher stopped watching leaves files no one will ask for. The files of another
+/// data directory sharing the spool are left alone. Returns whether it deleted any.
 pub fn delete_after_recovery(spool: &Spool, data_dir: &Path) -> bool {
     let dir = spool.prefetch_dir();
-    if in_recovery(data_dir) || !dir.join("owner").exists() {
+    let Ok(owner) = fs::read_to_string(dir.join("owner")) else {
+        return false;
+    };
+    let canonical = |path: &Path| fs::canonicalize(path).ok();
+    let ours = owner
+        .lines()
+        .nth(2)
+        .is_some_and(|recovered| canonical(Path::new(recovered)).is_some_and(|r| Some(r) == canonical(data_dir)));
+    if !ours || in_recovery(data_dir) {
         return false;
     }
     let Ok(lock) = fs::OpenOptions::new().write(true).open(dir.join("lock")) else {
@@ -803,7 +812,12 @@ mod tests {
         let f = Fixture::new(4);
         f.prefetched().fill(&name(1), 2, 1).unwrap();
         assert!(f.spooled(3).with_extension("crc").exists());
+        // As if the prefetcher had run in `data_dir`, as archive-get starts it.
         let data_dir = tempfile::tempdir().unwrap();
+        let owner = f.spool.prefetch_dir().join("owner");
+        let recorded = fs::read_to_string(&owner).unwrap();
+        let (repo_and_cluster, _) = recorded.trim_end().rsplit_once('\n').unwrap();
+        fs::write(&owner, format!("{repo_and_cluster}\n{}\n", data_dir.path().display())).unwrap();
         fs::write(data_dir.path().join("recovery.signal"), b"").unwrap();
         assert!(
             !delete_after_recovery(&f.spool, data_dir.path()),
@@ -811,6 +825,11 @@ mod tests {
         );
         assert!(f.spooled(3).exists());
         fs::remove_file(data_dir.path().join("recovery.signal")).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        assert!(
+            !delete_after_recovery(&f.spool, elsewhere.path()),
+            "another data directory's files stay"
+        );
         assert!(delete_after_recovery(&f.spool, data_dir.path()));
         let left: Vec<_> = fs::read_dir(f.spool.prefetch_dir())
             .unwrap()
