@@ -192,7 +192,8 @@ fn recovery_with_prefetch_ends_in_the_same_state_as_without() {
     recovered.expect_promoted();
     done.store(true, Ordering::SeqCst);
     assert_eq!(recovered.psql("SELECT count(*), sum(id) FROM t"), expected);
-    assert!(!recorder.join().unwrap().is_empty(), "prefetch ran into the spool");
+    let seen = recorder.join().unwrap();
+    assert!(seen.contains("owner"), "prefetch ran into the spool: {seen:?}");
 
     let (c, backup) = primary_with_rows_after_backup(60_000);
     let expected = c.psql("SELECT count(*), sum(id) FROM t");
@@ -232,13 +233,15 @@ fn spooled_segments(data: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Records every segment name that appears in the prefetch area of `data`'s spool until `done`
-/// is set.
+/// Records every file name that appears in the prefetch area of `data`'s spool until `done` is
+/// set.
 fn record_spool(data: PathBuf, done: Arc<AtomicBool>) -> std::thread::JoinHandle<BTreeSet<String>> {
     std::thread::spawn(move || {
+        let area = spool_of(&data).join("prefetch");
         let mut seen = BTreeSet::new();
         while !done.load(Ordering::SeqCst) {
-            seen.extend(spooled_segments(&data).into_iter().filter(|n| is_segment_name(n)));
+            let names = fs::read_dir(&area).into_iter().flatten().filter_map(|e| e.ok());
+            seen.extend(names.map(|e| e.file_name().to_string_lossy().into_owned()));
             std::thread::sleep(Duration::from_millis(5));
         }
         seen
@@ -247,12 +250,11 @@ fn record_spool(data: PathBuf, done: Arc<AtomicBool>) -> std::thread::JoinHandle
 
 const SEGMENT: u64 = 16 << 20;
 
-#[test]
-fn a_damaged_prefetched_segment_is_replaced_by_the_repository_copy() {
-    let (c, backup) = primary_with_rows_after_backup(30_000);
-    let expected = c.psql("SELECT count(*), sum(id) FROM t");
-    // Prefetch as archive-get would, from the data directory in recovery, then damage the first
-    // prefetched segment.
+/// Starts `pitr prefetch` for the segments after the backup's first one, as archive-get would:
+/// from the backup's data directory, in recovery (`recovery.signal`, which Cluster::recover
+/// writes again). Once it stopped fetching it watches for the end of recovery, until the
+/// recovery's own prefetcher takes the watch over.
+fn prefetch_ahead(c: &Cluster, backup: &BaseBackup) -> Child {
     let signal = backup.data.join("recovery.signal");
     fs::write(&signal, b"").unwrap();
     give_to_server_user(&signal);
@@ -262,13 +264,32 @@ fn a_damaged_prefetched_segment_is_replaced_by_the_repository_copy() {
         .arg("--repo")
         .arg(c.repo())
         .args(["prefetch", &backup.start_wal_file]);
-    let prefetcher = spawn(&mut prefetch);
-    let name = later_segment_name(&backup.start_wal_file, 1, SEGMENT);
-    let victim = spool_of(&backup.data).join("prefetch").join(&name);
-    let announced = poll(Duration::from_secs(60), || {
-        victim.with_extension("crc").exists().then_some(())
+    spawn(&mut prefetch)
+}
+
+/// Waits until `data`'s spool holds an announced segment that `wanted` accepts; the segment
+/// files then there.
+fn wait_prefetched(data: &Path, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+    let found = poll(Duration::from_secs(60), || {
+        let spooled = spooled_segments(data);
+        spooled
+            .iter()
+            .filter_map(|n| n.strip_suffix(".crc"))
+            .any(&wanted)
+            .then_some(spooled)
     });
-    assert!(announced.is_some(), "{} was never prefetched", victim.display());
+    found.unwrap_or_else(|| panic!("not prefetched: the spool holds {:?}", spooled_segments(data)))
+}
+
+#[test]
+fn a_damaged_prefetched_segment_is_replaced_by_the_repository_copy() {
+    let (c, backup) = primary_with_rows_after_backup(30_000);
+    let expected = c.psql("SELECT count(*), sum(id) FROM t");
+    // Prefetch, then damage the first prefetched segment.
+    let prefetcher = prefetch_ahead(&c, &backup);
+    let name = later_segment_name(&backup.start_wal_file, 1, SEGMENT);
+    wait_prefetched(&backup.data, |n| n == name);
+    let victim = spool_of(&backup.data).join("prefetch").join(&name);
     flip_byte_from_end(&victim, 100);
 
     let recovered = Cluster::recover(backup, RecoveryOptions::default());
@@ -325,15 +346,17 @@ fn a_recovery_that_stops_early_leaves_no_prefetched_wal_behind() {
     insert(1);
     insert(10_001);
     let target = c.psql("SELECT pg_current_wal_lsn()");
+    let target_segment = c.psql(&format!("SELECT pg_walfile_name('{target}')"));
     let expected = c.psql("SELECT count(*), sum(id) FROM t");
     for i in 2..12 {
         insert(i * 10_000 + 1);
     }
     c.wait_archived(&c.switch_wal());
 
+    // Segments beyond the target are prefetched before recovery stops at it.
+    let prefetcher = prefetch_ahead(&c, &backup);
+    wait_prefetched(&backup.data, |n| n[8..] > target_segment[8..]);
     let data = backup.data.clone();
-    let done = Arc::new(AtomicBool::new(false));
-    let recorder = record_spool(data.clone(), done.clone());
     let recovered = Cluster::recover(
         backup,
         RecoveryOptions::default()
@@ -343,21 +366,15 @@ fn a_recovery_that_stops_early_leaves_no_prefetched_wal_behind() {
     recovered.expect_promoted();
     assert_eq!(recovered.psql("SELECT count(*), sum(id) FROM t"), expected);
     let left = poll(Duration::from_secs(10), || {
-        let left = spooled_segments(&data);
-        left.is_empty().then_some(())
+        spooled_segments(&data).is_empty().then_some(())
     });
-    done.store(true, Ordering::SeqCst);
-    let seen = recorder.join().unwrap();
-    let target_segment = recovered.psql(&format!("SELECT pg_walfile_name('{target}')"));
-    assert!(
-        seen.iter().any(|n| n[8..] > target_segment[8..]),
-        "nothing was prefetched beyond the target's segment {target_segment}: {seen:?}"
-    );
     assert!(
         left.is_some(),
         "prefetched WAL left behind after promotion: {:?}",
         spooled_segments(&data)
     );
+    let out = wait_child(prefetcher, "pitr prefetch".into(), Duration::from_secs(60));
+    out.assert_success();
 }
 
 #[test]
@@ -396,27 +413,30 @@ fn prefetch_follows_the_timeline_recovery_follows() {
         .min()
         .expect("timeline 2 archived segments");
 
-    // Recovery from the early backup follows timeline 2 (recovery_target_timeline = latest).
+    // The window after the early backup's first segment crosses the switch.
     let data = early.data.clone();
+    let prefetcher = prefetch_ahead(&c, &early);
+    let ahead = wait_prefetched(&data, |n| n.starts_with("00000002"));
+
+    // Recovery from the early backup follows timeline 2 (recovery_target_timeline = latest).
     let done = Arc::new(AtomicBool::new(false));
     let recorder = record_spool(data.clone(), done.clone());
     let recovered = Cluster::recover(early, RecoveryOptions::default());
     recovered.expect_promoted();
     done.store(true, Ordering::SeqCst);
-    let seen = recorder.join().unwrap();
+    let mut seen = recorder.join().unwrap();
+    seen.extend(ahead.into_iter().filter(|n| is_segment_name(n)));
     assert_eq!(recovered.psql("SELECT count(*), sum(id) FROM t"), expected);
     let off_path: Vec<&String> = seen
         .iter()
-        .filter(|n| n.starts_with("00000001") && n[8..] >= switch_segment[8..])
+        .filter(|n| is_segment_name(n) && n.starts_with("00000001") && n[8..] >= switch_segment[8..])
         .collect();
     assert!(
         off_path.is_empty(),
         "prefetched timeline 1 past its switch ({switch_segment}): {off_path:?}"
     );
-    assert!(
-        seen.iter().any(|n| n.starts_with("00000002")),
-        "nothing of timeline 2 was prefetched: {seen:?}"
-    );
+    let out = wait_child(prefetcher, "pitr prefetch".into(), Duration::from_secs(60));
+    out.assert_success();
 }
 
 #[test]
