@@ -73,6 +73,12 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
                     start_prefetch(name, &site, settings);
                     Ok(Done::Ok)
                 }
+                GetOutcome::RestoredPastDamagedPrefetch { warning, .. } => {
+                    // stderr goes to the server log: the one line that says what happened.
+                    eprintln!("pitr archive-get: warning: {warning}");
+                    start_prefetch(name, &site, settings);
+                    Ok(Done::Ok)
+                }
                 GetOutcome::NotFound => Ok(Done::NotFound),
             }
         }
@@ -94,10 +100,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
         Command::Daemon { pgdata, listen } => {
-            let verify_settings = settings.source.clone();
-            let verify = Box::new(move || verify::scheduled(&verify_settings));
-            let connection = |s: &Settings| connection_config(s.dbname.as_deref(), &|k| std::env::var(k).ok());
-            watch::daemon(&repo, settings, &absolute(pgdata), listen.clone(), connection, verify)?;
+            watch::daemon(&repo, settings, &absolute(pgdata), listen.clone())?;
             Ok(Done::Ok)
         }
         Command::CreateRepo { connection, json } => {

@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
+use pitr::backup::Tier;
+use pitr::daemon::Job;
 use pitr::pg::connection_config;
-use pitr::progress::{Progress, Silent};
+use pitr::progress::Progress;
 use pitr::repo::Repo;
-use pitr::verify::{self, metrics, CheckOptions, Scope, Status, Thresholds, VerifyOptions, VerifyReport};
+use pitr::verify::{self, metrics, CheckOptions, Status, Thresholds, VerifyOptions, VerifyReport};
 use pitr::{Error, Result};
 
-use crate::cli::{Command, ConnectionArgs, GlobalArgs};
+use crate::cli::{Command, ConnectionArgs};
 use crate::commands::{runtime, with_server, Done};
 use crate::output::{self, TerminalProgress};
 use crate::settings::{optional_path, Settings};
@@ -48,6 +50,7 @@ pub fn verify(command: &Command, settings: &Settings) -> Result<Done> {
             max_age: max_age.unwrap_or(settings.verify.thresholds.max_age),
             ..settings.verify.thresholds
         },
+        expected_tiers: expected_tiers(settings),
         jobs: jobs.unwrap_or(settings.jobs),
     };
     let records = Records {
@@ -72,26 +75,20 @@ pub fn verify(command: &Command, settings: &Settings) -> Result<Done> {
     })
 }
 
-/// The daemon's scheduled `verify all`, with the configured thresholds, log file and metrics
-/// file; its log line, and a failed job when anything is critical.
-pub fn scheduled(args: &GlobalArgs) -> Result<String> {
-    let settings = Settings::load(args).map_err(Error::Refused)?;
-    let options = VerifyOptions {
-        scope: Scope::All,
-        now: Utc::now(),
-        thresholds: settings.verify.thresholds,
-        jobs: settings.jobs,
-    };
-    let records = Records {
-        log_file: settings.verify.log_file.clone(),
-        metrics_file: settings.verify.metrics_file.clone(),
-    };
-    let report = verify_and_record(&settings, &options, settings.dbname.as_deref(), &records, &Silent)?;
-    let line = output::verify_log_line(Ok(&report), Scope::All);
-    match report.status {
-        Status::Critical => Err(Error::Refused(line)),
-        Status::Ok | Status::Warning => Ok(line),
-    }
+/// The tiers that should hold backups: scheduled in `[schedule]` (not "off") and kept by
+/// retention (`keep_<tier>` above 0).
+fn expected_tiers(settings: &Settings) -> Vec<Tier> {
+    Tier::ALL
+        .into_iter()
+        .filter(|tier| {
+            let kept = match tier {
+                Tier::Hourly => settings.retention.hourly,
+                Tier::Daily => settings.retention.daily,
+                Tier::Weekly => settings.retention.weekly,
+            };
+            kept > 0 && settings.schedule.cron(Job::Backup(*tier)).is_some()
+        })
+        .collect()
 }
 
 /// Verifies, then records the outcome, a failure as much as a report.

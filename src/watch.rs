@@ -1,37 +1,52 @@
 //! `pitr watch` and `pitr daemon`: signals, settings reloads and log lines of the resident
-//! commands.
+//! commands, and the daemon's jobs, each a child process of this pitr.
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pitr::daemon::{self, DaemonLog, DaemonOptions, DaemonSettings};
+use pitr::daemon::{self, DaemonLog, DaemonOptions, DaemonSettings, Job, JobRunner};
 use pitr::repo::Repo;
 use pitr::spool::Spool;
 use pitr::watch::{self, StopFlags, Stopped, WatchEvents, WatchOptions};
 use pitr::Error;
 
+use crate::cli::GlobalArgs;
 use crate::settings::Settings;
 
 /// How often the watcher rescans without an inotify hint.
 const RESCAN: Duration = Duration::from_secs(10);
 
-/// One log line per event on stderr (the watcher runs under systemd or a terminal).
+/// One log line per event on stderr (the watcher runs under systemd or a terminal). A line that
+/// cannot be written is lost: logging never stops the archiving.
 struct LogLines;
+
+/// Writes one line to stderr, ignoring a stderr that went away.
+fn log_line(line: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 impl WatchEvents for LogLines {
     fn archived(&self, name: &str, elapsed: Duration) {
-        eprintln!("pitr watch: archived {name} in {} ms", elapsed.as_millis());
+        log_line(format_args!(
+            "pitr watch: archived {name} in {} ms",
+            elapsed.as_millis()
+        ));
     }
 
     fn failed(&self, name: &str, error: &Error, retry_in: Duration) {
-        eprintln!(
+        log_line(format_args!(
             "pitr watch: error: {name}: {error}; retrying in {} s (nothing is dropped)",
             retry_in.as_secs()
-        );
+        ));
     }
 
     fn note(&self, message: &str) {
-        eprintln!("pitr watch: {message}");
+        log_line(format_args!("pitr watch: {message}"));
     }
 }
 
@@ -49,47 +64,256 @@ fn signal_flags() -> pitr::Result<StopFlags> {
     Ok(flags)
 }
 
-/// Runs the daemon until SIGTERM or SIGINT; `verify` runs the scheduled verification. SIGHUP
-/// reloads the settings; `connection` builds the backups' connection from them.
-pub fn daemon(
-    repo: &Repo,
-    settings: &Settings,
-    pgdata: &Path,
-    listen: Option<String>,
-    connection: fn(&Settings) -> pitr::Result<tokio_postgres::Config>,
-    verify: Box<dyn Fn() -> pitr::Result<String> + Send + Sync>,
-) -> pitr::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT. SIGHUP reloads the settings. Each scheduled job
+/// runs as a child process of this pitr ([`ChildJobs`]).
+pub fn daemon(repo: &Repo, settings: &Settings, pgdata: &Path, listen: Option<String>) -> pitr::Result<()> {
+    with_fixed_mmap_threshold();
     let flags = signal_flags()?;
     let spool = Spool::at(settings.spool.clone().unwrap_or_else(|| Spool::default_for(pgdata)));
-    let running = settings.clone();
+    spool.ensure()?;
+    let snapshot = ConfigSnapshot {
+        path: spool.dir().join(CONFIG_SNAPSHOT),
+    };
+    let running = snapshot
+        .load(&settings.source, |fresh| needs_restart(settings, fresh))
+        .map_err(pitr::Error::InvalidInput)?;
+    let jobs = ChildJobs::new(&settings.source, &snapshot.path, pgdata)?;
     let options = DaemonOptions {
         pgdata: pgdata.to_path_buf(),
-        listen: listen.unwrap_or_else(|| settings.listen.clone()),
-        settings: daemon_settings(settings, connection).map_err(pitr::Error::InvalidInput)?,
-        verify,
+        listen: listen.unwrap_or_else(|| running.listen.clone()),
+        settings: daemon_settings(&running),
+        jobs: Box::new(jobs),
         reload: Box::new(move || {
-            let fresh = crate::settings::reload(&running)?;
-            needs_restart(&running, &fresh)?;
-            daemon_settings(&fresh, connection)
+            let fresh = snapshot.load(&running.source, |fresh| needs_restart(&running, fresh))?;
+            Ok(daemon_settings(&fresh))
         }),
     };
     daemon::run(repo, &spool, &options, &flags, &LogLines)
 }
 
+/// The glibc tunable that fixes its mmap threshold at 128 KiB (its default start value).
+const FIXED_MMAP_THRESHOLD: &str = "glibc.malloc.mmap_threshold=131072";
+
+/// glibc raises its mmap threshold to the largest buffer freed, so the watcher workers' 16 MiB
+/// buffers end up in heaps that keep them after they are freed (83 MB idle after a pgbench run
+/// here; 15 MB with a fixed threshold, when every such buffer is mapped and unmapped). The
+/// threshold can only be fixed before the allocator starts, through `GLIBC_TUNABLES`: so the
+/// daemon executes itself again, once, with it set (same process id). Without glibc the
+/// variable means nothing; if the exec fails, the daemon runs as it is.
+fn with_fixed_mmap_threshold() {
+    let current = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+    if current.to_string_lossy().contains("glibc.malloc.mmap_threshold") {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut tunables = current;
+    if !tunables.is_empty() {
+        tunables.push(":");
+    }
+    tunables.push(FIXED_MMAP_THRESHOLD);
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    let _ = Command::new(&exe)
+        .arg0(arg0)
+        .args(args)
+        .env("GLIBC_TUNABLES", tunables)
+        .exec();
+}
+
+/// `GLIBC_TUNABLES` as the daemon was started, for its jobs: a backup reuses its buffers and
+/// would only pay page faults for a fixed threshold.
+fn jobs_tunables() -> Option<OsString> {
+    let current = std::env::var("GLIBC_TUNABLES").ok()?;
+    let rest: Vec<&str> = current.split(':').filter(|t| *t != FIXED_MMAP_THRESHOLD).collect();
+    (!rest.is_empty()).then(|| rest.join(":").into())
+}
+
 /// The daemon's share of `settings`.
-fn daemon_settings(
-    settings: &Settings,
-    connection: fn(&Settings) -> pitr::Result<tokio_postgres::Config>,
-) -> Result<DaemonSettings, String> {
-    Ok(DaemonSettings {
+fn daemon_settings(settings: &Settings) -> DaemonSettings {
+    DaemonSettings {
         schedule: settings.schedule.clone(),
         workers: settings.jobs,
-        name: settings.name.clone(),
-        jobs: settings.jobs,
         codec: settings.codec,
-        retention: settings.retention,
-        connection: connection(settings).map_err(|e| e.to_string())?,
-    })
+    }
+}
+
+/// The config file as the daemon last loaded it, in its spool (mode 0600).
+const CONFIG_SNAPSHOT: &str = "daemon.toml";
+
+/// The config file's text as the daemon last loaded it. The jobs read this copy, not the file
+/// itself, so that they run with the settings the daemon runs with: an edit takes effect at
+/// SIGHUP, and one that does not load changes nothing.
+struct ConfigSnapshot {
+    path: PathBuf,
+}
+
+impl ConfigSnapshot {
+    /// Loads the settings of `source` from a copy of its config file and, when `accept` agrees,
+    /// keeps that copy as the snapshot. The settings keep `source`, for the next reload.
+    fn load(&self, source: &GlobalArgs, accept: impl Fn(&Settings) -> Result<(), String>) -> Result<Settings, String> {
+        let resolved = Settings::load(source)?;
+        let text = match &resolved.config {
+            Some(config) => std::fs::read_to_string(config)
+                .map_err(|e| format!("could not read config file {}: {e}", config.display()))?,
+            None => String::new(),
+        };
+        let temp = self.path.with_extension("toml.tmp");
+        write_private(&temp, &text).map_err(|e| format!("could not write {}: {e}", temp.display()))?;
+        let copied = GlobalArgs {
+            config: Some(temp.clone()),
+            ..source.clone()
+        };
+        let loaded = Settings::load(&copied).and_then(|fresh| {
+            accept(&fresh)?;
+            std::fs::rename(&temp, &self.path).map_err(|e| format!("could not write {}: {e}", self.path.display()))?;
+            Ok(fresh)
+        });
+        let _ = std::fs::remove_file(&temp);
+        Ok(Settings {
+            config: resolved.config,
+            source: source.clone(),
+            ..loaded?
+        })
+    }
+}
+
+/// Writes `text` to a new file at `path`, mode 0600 whatever the umask (a leftover is replaced;
+/// a symlink there is not followed).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+/// Runs each scheduled job as a child process of this pitr, with the daemon's repository,
+/// spool and compression flags, its config snapshot and data directory: the job's memory and
+/// threads go when it ends, and a job that crashes cannot take the daemon down.
+struct ChildJobs {
+    exe: PathBuf,
+    /// `--config <snapshot>` and `--repo`: what every job takes.
+    repository: Vec<OsString>,
+    /// `--compress` and `--compress-level`: what a backup takes besides.
+    compression: Vec<OsString>,
+    pgdata: PathBuf,
+}
+
+impl ChildJobs {
+    fn new(source: &GlobalArgs, snapshot: &Path, pgdata: &Path) -> pitr::Result<ChildJobs> {
+        let exe = std::env::current_exe().map_err(Error::io("find", "this pitr executable"))?;
+        let flags = |flags: [(&str, Option<OsString>); 2]| -> Vec<OsString> {
+            flags
+                .into_iter()
+                .filter_map(|(flag, value)| Some([flag.into(), value?]))
+                .flatten()
+                .collect()
+        };
+        Ok(ChildJobs {
+            exe,
+            repository: flags([
+                ("--config", Some(snapshot.into())),
+                ("--repo", source.repo.as_ref().map(OsString::from)),
+            ]),
+            compression: flags([
+                ("--compress", source.compress.map(|c| c.to_string().into())),
+                ("--compress-level", source.compress_level.map(|l| l.to_string().into())),
+            ]),
+            pgdata: pgdata.to_path_buf(),
+        })
+    }
+}
+
+impl JobRunner for ChildJobs {
+    fn run(&self, job: Job) -> pitr::Result<String> {
+        let mut command = Command::new(&self.exe);
+        command.args(&self.repository);
+        match job {
+            Job::Backup(tier) => command
+                .args(&self.compression)
+                .args(["backup", "--json", "--tier", tier.name(), "--pgdata"])
+                .arg(&self.pgdata),
+            Job::Verify => command.args(["verify", "all", "--json"]),
+        };
+        match jobs_tunables() {
+            Some(tunables) => command.env("GLIBC_TUNABLES", tunables),
+            None => command.env_remove("GLIBC_TUNABLES"),
+        };
+        let out = command
+            .stdin(Stdio::null())
+            .output()
+            .map_err(Error::io("start a job with", &self.exe))?;
+        let report: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        let failed = |why: String| Err(Error::Refused(why));
+        match (job, out.status.code(), report) {
+            (Job::Backup(_), Some(0), Some(report)) => Ok(backup_line(&report)),
+            (Job::Verify, Some(0 | 1), Some(report)) => Ok(verify_line(&report)),
+            (Job::Verify, Some(2), Some(report)) => failed(verify_line(&report)),
+            _ => failed(child_failure(&out)),
+        }
+    }
+}
+
+/// "backup <id> done (<n> files), expired <b> backups and <w> WAL files", from `backup --json`.
+fn backup_line(report: &serde_json::Value) -> String {
+    let count = |list: &serde_json::Value| list.as_array().map_or(0, Vec::len);
+    format!(
+        "backup {} done ({} files), expired {} backups and {} WAL files",
+        report["backup"]["id"].as_str().unwrap_or("?"),
+        report["backup"]["file_count"],
+        count(&report["expired"]["backups"]),
+        count(&report["expired"]["wal"])
+    )
+}
+
+/// "verify all: <status> (<n> alerts: <alert> <subject>; ...)", from `verify --json`.
+fn verify_line(report: &serde_json::Value) -> String {
+    let alerts: Vec<String> = report["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["alert"].as_str().unwrap_or("?"),
+                a["subject"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    format!(
+        "verify all: {} ({} alerts{}{}); {} backups, {} WAL files checked",
+        report["status"].as_str().unwrap_or("?"),
+        alerts.len(),
+        if alerts.is_empty() { "" } else { ": " },
+        alerts.join("; "),
+        report["backups_checked"],
+        report["wal_files_checked"]
+    )
+}
+
+/// Why a job's process failed: its last line on stderr (without the `pitr <command>: error: `
+/// in front), or how it ended.
+fn child_failure(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match (stderr.lines().rev().find(|l| !l.trim().is_empty()), out.status.signal()) {
+        (_, Some(signal)) => format!("its process was killed by signal {signal}"),
+        (Some(line), None) => {
+            let line = line.trim();
+            line.split_once(": error: ")
+                .map_or(line, |(_, message)| message)
+                .to_string()
+        }
+        (None, None) => format!("its process exited with {}", out.status),
+    }
 }
 
 /// A reload that changes what only a restart can apply is refused as a whole, so the daemon
@@ -108,10 +332,10 @@ fn needs_restart(running: &Settings, fresh: &Settings) -> Result<(), String> {
 
 impl DaemonLog for LogLines {
     fn line(&self, line: &str) {
-        eprintln!(
+        log_line(format_args!(
             "{} pitr daemon: {line}",
             chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
-        );
+        ));
     }
 }
 

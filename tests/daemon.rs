@@ -1,10 +1,12 @@
-//! `pitr daemon`: the watcher, scheduled backups and /metrics in one process, on a real server.
+//! `pitr daemon`: the watcher, scheduled backups and /metrics in one process, on a real server;
+//! verification beside a long backup and skipped runs counted; a small daemon after a backup;
+//! an HTTP listener that a huge or endless request cannot blow up or block.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -28,20 +30,66 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
         .ok()
 }
 
+/// A cluster whose spread checkpoints take at most 27 s (0.9 of checkpoint_timeout): the daemon's
+/// backups do not ask for a fast one, and on a busy machine the default could take minutes.
+fn with_short_checkpoints() -> ClusterOptions {
+    ClusterOptions::default().setting("checkpoint_timeout", "'30s'")
+}
+
+/// A running `pitr daemon`, killed when dropped unless it was terminated: a test that fails
+/// leaves no daemon behind.
+struct Daemon {
+    child: Option<std::process::Child>,
+}
+
+impl Daemon {
+    /// Starts `command` (a `pitr ... daemon` command).
+    fn spawn(command: &mut std::process::Command) -> Daemon {
+        Daemon {
+            child: Some(spawn(command)),
+        }
+    }
+
+    /// The pitr process's id.
+    fn pid(&self) -> u32 {
+        pitr_pid(self.child.as_ref().expect("running"))
+    }
+
+    /// SIGTERM, and what it wrote.
+    fn terminate(mut self) -> CmdOutput {
+        let child = self.child.take().expect("running");
+        terminate_pitr(child, "pitr daemon".into(), Duration::from_secs(120))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            for pid in children_of(child.id()) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// `pitr --config <config> daemon --pgdata <c's data directory>`, connected to `c`.
-fn start_daemon(c: &Cluster, config: &std::path::Path) -> std::process::Child {
+fn start_daemon(c: &Cluster, config: &std::path::Path) -> Daemon {
     let mut command = c.pitr_cmd();
     c.libpq_env(&mut command)
         .arg("--config")
         .arg(config)
         .args(["daemon", "--pgdata"])
         .arg(c.data_dir());
-    spawn(&mut command)
+    Daemon::spawn(&mut command)
 }
 
 #[test]
 fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
-    let c = Cluster::start(ClusterOptions::default());
+    let c = Cluster::start(with_short_checkpoints());
     c.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) g");
     let port = free_port();
     let config = c.test_dir().write(
@@ -84,7 +132,7 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
     );
 
     // SIGTERM to pitr itself ends the daemon cleanly.
-    let out = terminate_pitr(daemon, "pitr daemon".into(), Duration::from_secs(120));
+    let out = daemon.terminate();
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     assert!(
         out.stderr_str().contains("job backup hourly: backup main_hourly_"),
@@ -103,7 +151,7 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
 
 #[test]
 fn sighup_reloads_the_schedule_and_a_config_that_does_not_load_changes_nothing() {
-    let c = Cluster::start(ClusterOptions::default());
+    let c = Cluster::start(with_short_checkpoints());
     let port = free_port();
     let config_with = |hourly: &str, extra: &str| {
         format!(
@@ -114,7 +162,7 @@ fn sighup_reloads_the_schedule_and_a_config_that_does_not_load_changes_nothing()
     };
     let config = c.test_dir().write("daemon.toml", config_with("off", ""));
     let daemon = start_daemon(&c, &config);
-    let pid = pitr_pid(&daemon).to_string();
+    let pid = daemon.pid().to_string();
     let backups = || {
         let text = http_get(port, "/metrics")?;
         metric(&text, "pitr_job_runs_total{job=\"backup hourly\",result=\"success\"}")
@@ -148,7 +196,23 @@ fn sighup_reloads_the_schedule_and_a_config_that_does_not_load_changes_nothing()
         http_get(port, "/metrics")
     );
 
-    let out = terminate_pitr(daemon, "pitr daemon".into(), Duration::from_secs(120));
+    // An edit without SIGHUP changes nothing, for the jobs either: they read the daemon's copy.
+    c.test_dir()
+        .write("daemon.toml", config_with("*/2 * * * * *", "bogus_key = 1"));
+    let before = backups().unwrap();
+    assert!(
+        poll(Duration::from_secs(90), || (backups()? >= before + 1.0).then_some(())).is_some(),
+        "no backup after an edit without SIGHUP; metrics:\n{:?}",
+        http_get(port, "/metrics")
+    );
+    let text = http_get(port, "/metrics").unwrap();
+    assert_eq!(
+        metric(&text, "pitr_job_runs_total{job=\"backup hourly\",result=\"failure\"}"),
+        None,
+        "{text}"
+    );
+
+    let out = daemon.terminate();
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     let log = out.stderr_str();
     assert!(
@@ -156,4 +220,283 @@ fn sighup_reloads_the_schedule_and_a_config_that_does_not_load_changes_nothing()
         "{log}"
     );
     assert!(log.contains("SIGHUP: settings reloaded; jobs: backup hourly"), "{log}");
+}
+
+/// A config for a daemon on `c` listening on `port`, with `[schedule]` `hourly` and `verify`
+/// (daily and weekly off) and `extra` top-level lines.
+fn daemon_config(c: &Cluster, port: u16, hourly: &str, verify: &str, extra: &str) -> std::path::PathBuf {
+    let config = c.test_dir().write(
+        "daemon.toml",
+        format!(
+            "repo = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[schedule]\nhourly = \"{hourly}\"\n\
+             daily = \"off\"\nweekly = \"off\"\nverify = \"{verify}\"\n",
+            c.repo().display()
+        ),
+    );
+    give_to_server_user(&config);
+    config
+}
+
+/// Waits until the daemon on `port` answers /health.
+fn wait_answering(port: u16) {
+    assert!(
+        poll(Duration::from_secs(30), || http_get(port, "/health")).is_some(),
+        "the daemon does not answer on {port}"
+    );
+}
+
+/// The resident memory of process `pid` (VmRSS), in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// `/health` as JSON.
+fn health(port: u16) -> Option<serde_json::Value> {
+    serde_json::from_str(&http_get(port, "/health")?).ok()
+}
+
+/// The sum of the samples whose series starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn a_huge_or_endless_request_head_leaves_the_daemon_small_and_answering() {
+    let c = Cluster::start(ClusterOptions::default());
+    let port = free_port();
+    let config = daemon_config(&c, port, "off", "off", "");
+    let daemon = start_daemon(&c, &config);
+    wait_answering(port);
+    let pid = daemon.pid();
+
+    // One client sends a 150 MB header, one trickles a header forever, eight send nothing.
+    let huge = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut sent = 0u64;
+        if stream.write_all(b"GET /health HTTP/1.1\r\nX-Filler: ").is_ok() {
+            let chunk = vec![b'a'; MIB as usize];
+            while sent < 150 * MIB && stream.write_all(&chunk).is_ok() {
+                sent += MIB;
+            }
+        }
+        sent
+    });
+    let endless = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut reader = stream.try_clone().unwrap();
+        let started = Instant::now();
+        let answered = std::thread::spawn(move || {
+            let mut answer = String::new();
+            let _ = reader.read_to_string(&mut answer);
+            (started.elapsed(), answer)
+        });
+        let _ = stream.write_all(b"GET /health HTTP/1.1\r\n");
+        while !answered.is_finished() && started.elapsed() < Duration::from_secs(20) && stream.write_all(b"X").is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        answered.join().unwrap()
+    });
+    let idle: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let mut largest = 0;
+    for _ in 0..20 {
+        assert!(http_get(port, "/health").is_some(), "/health does not answer meanwhile");
+        largest = largest.max(resident_bytes(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sent = huge.join().unwrap();
+    let (took, answer) = endless.join().unwrap();
+    drop(idle);
+    largest = largest.max(resident_bytes(pid));
+    assert!(sent < 150 * MIB, "the daemon read the whole 150 MB header");
+    assert!(largest < 50 * MIB, "the daemon grew to {} MiB", largest / MIB);
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && took < Duration::from_secs(12),
+        "the endless header is cut off after {took:?}: {answer:?}"
+    );
+
+    // A head over the limit, sent whole, gets its answer.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let filler = "a".repeat(20_000);
+    write!(stream, "GET /health HTTP/1.1\r\nX-Filler: {filler}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(
+        http_get(port, "/health").is_some(),
+        "/health does not answer afterwards"
+    );
+    assert!(http_get(port, "/metrics").is_some_and(|m| m.ends_with("# EOF\n")));
+
+    let out = daemon.terminate();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+}
+
+#[test]
+fn verification_runs_beside_a_long_backup_and_skipped_runs_are_counted() {
+    // Spread checkpoints of at most 27 s, kept busy by pgbench: every backup waits that long.
+    let c = Cluster::start(with_short_checkpoints());
+    c.pgbench_init(2);
+    backup_ok(&c, &[]);
+    let mut load = c.pgbench_cmd(&["-c", "2", "-T", "120"]);
+    let load = spawn(&mut load);
+    let port = free_port();
+    let config = daemon_config(&c, port, "*/2 * * * * *", "*/2 * * * * *", "keep_hourly = 2");
+    let daemon = start_daemon(&c, &config);
+    wait_answering(port);
+    let verify_runs = || {
+        let text = http_get(port, "/metrics")?;
+        Some(metric_sum(&text, "pitr_job_runs_total{job=\"verify\""))
+    };
+    let running_backup = || {
+        let health = health(port)?;
+        let running = health["running"]
+            .as_array()?
+            .iter()
+            .find(|r| r["job"] == "backup hourly")?;
+        running["since"].as_str().map(str::to_string)
+    };
+
+    // While one backup runs, verification runs again and again beside it.
+    let since = poll(Duration::from_secs(60), running_backup).expect("/health never shows a running backup");
+    chrono::DateTime::parse_from_rfc3339(&since).expect("since is RFC 3339");
+    let before = verify_runs().unwrap();
+    let beside = poll(Duration::from_secs(60), || {
+        let runs = verify_runs()?;
+        let still = running_backup();
+        assert_eq!(
+            still.as_deref(),
+            Some(since.as_str()),
+            "the backup ended before verify ran twice beside it"
+        );
+        (runs >= before + 2.0).then_some(runs)
+    });
+    assert!(beside.is_some(), "verification did not run beside the backup");
+
+    // The backup came due every 2 s while it ran: those runs are skipped, logged and counted.
+    let text = http_get(port, "/metrics").unwrap();
+    assert!(
+        metric(&text, "pitr_job_skipped_total{job=\"backup hourly\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    let pgbench = pitr_pid(&load).to_string();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pgbench]).status();
+    let out = daemon.terminate();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let log = out.stderr_str();
+    assert!(
+        log.contains("job backup hourly skipped: it came due at")
+            && log.contains("while its previous run was still running"),
+        "{log}"
+    );
+    assert!(log.contains("job verify: verify all: "), "{log}");
+    let _ = wait_child(load, "pgbench".into(), Duration::from_secs(30));
+}
+
+#[test]
+fn the_daemon_is_small_when_idle_after_a_scheduled_backup() {
+    // The watcher archives beside archive_command while pgbench writes; no job yet.
+    let c = Cluster::start(with_short_checkpoints());
+    let port = free_port();
+    let config = daemon_config(&c, port, "off", "off", "");
+    let daemon = start_daemon(&c, &config);
+    wait_answering(port);
+    let pid = daemon.pid();
+    c.pgbench_init(10);
+    c.pgbench(&["-c", "2", "-T", "10"]);
+    c.psql("CHECKPOINT");
+    c.wait_archiver_idle();
+    let archived = metric(&http_get(port, "/metrics").unwrap(), "pitr_watch_archived_total");
+    assert!(archived.unwrap_or(0.0) >= 1.0, "the watcher archived nothing");
+
+    // Then one scheduled backup: once a minute, at a second a few seconds from now.
+    let second = (chrono::Local::now() + chrono::TimeDelta::seconds(6))
+        .format("%-S")
+        .to_string();
+    daemon_config(&c, port, &format!("{second} * * * * *"), "off", "");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let backups = || {
+        let text = http_get(port, "/metrics")?;
+        metric(&text, "pitr_job_runs_total{job=\"backup hourly\",result=\"success\"}")
+    };
+    let done = poll(Duration::from_secs(150), || (backups()? >= 1.0).then_some(()));
+    assert!(
+        done.is_some(),
+        "no scheduled backup; metrics:\n{:?}",
+        http_get(port, "/metrics")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let health = health(port).unwrap();
+    assert_eq!(health["running"], serde_json::json!([]), "idle: {health}");
+    let text = http_get(port, "/metrics").unwrap();
+    let resident = metric(&text, "pitr_daemon_resident_memory_bytes").expect("the daemon reports its memory");
+    assert!(
+        resident <= (50 * MIB) as f64,
+        "the idle daemon holds {:.0} MiB after a backup",
+        resident / MIB as f64
+    );
+    let measured = resident_bytes(pid) as f64;
+    assert!(
+        (measured - resident).abs() < (10 * MIB) as f64,
+        "the metric ({resident}) is the daemon's VmRSS ({measured})"
+    );
+
+    let out = daemon.terminate();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(
+        out.stderr_str().contains("job backup hourly: backup main_hourly_"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn a_failing_job_is_logged_and_counted_and_the_daemon_goes_on() {
+    let c = Cluster::start(ClusterOptions::default());
+    let port = free_port();
+    let config = daemon_config(&c, port, "*/2 * * * * *", "off", "");
+    // The backups connect to a port where no server listens.
+    let mut command = c.pitr_cmd();
+    c.libpq_env(&mut command)
+        .env("PGPORT", free_port().to_string())
+        .arg("--config")
+        .arg(&config)
+        .args(["daemon", "--pgdata"])
+        .arg(c.data_dir());
+    let daemon = Daemon::spawn(&mut command);
+    let failed = poll(Duration::from_secs(60), || {
+        let text = http_get(port, "/metrics")?;
+        (metric(&text, "pitr_job_runs_total{job=\"backup hourly\",result=\"failure\"}")? >= 2.0).then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "no failed backups; metrics:\n{:?}",
+        http_get(port, "/metrics")
+    );
+    let health = health(port).expect("/health answers");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["jobs"]["backup hourly"]["ok"], false, "{health}");
+
+    let out = daemon.terminate();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let log = out.stderr_str();
+    let failure = log
+        .lines()
+        .find(|l| l.contains("job backup hourly failed: "))
+        .unwrap_or_else(|| panic!("no failure line:\n{log}"));
+    assert!(!failure.contains("pitr backup: error:"), "{failure}");
 }

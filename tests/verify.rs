@@ -375,7 +375,12 @@ fn an_old_newest_backup_warns_an_overdue_tier_is_critical_and_a_quiet_archive_is
     let stop = time_of(&take_backup(&c, "weekly")["stop_time"]);
     let at = |hours: i64| rfc3339(stop + TimeDelta::hours(hours) + TimeDelta::minutes(30));
 
-    let report = verify_json(&c, None, &["--now", &at(7 * 24)], 1);
+    // Only weekly backups are scheduled here.
+    let weekly_only = c
+        .test_dir()
+        .write("weekly.toml", "[schedule]\nhourly = \"off\"\ndaily = \"off\"\n");
+    let weekly_only = ["--config", weekly_only.to_str().unwrap()];
+    let report = verify_json(&c, None, &[&weekly_only[..], &["--now", &at(7 * 24)]].concat(), 1);
     assert_eq!(
         alerts_of(&report, "alerts")
             .iter()
@@ -383,15 +388,21 @@ fn an_old_newest_backup_warns_an_overdue_tier_is_critical_and_a_quiet_archive_is
             .collect::<Vec<_>>(),
         ["BackupTooOld"]
     );
-    let report = verify_json(&c, None, &["--now", &at(7 * 24 + 1)], 2);
+    let report = verify_json(&c, None, &[&weekly_only[..], &["--now", &at(7 * 24 + 1)]].concat(), 2);
     let names: Vec<String> = alerts_of(&report, "alerts").into_iter().map(|a| a.0).collect();
     assert_eq!(names, ["BackupMissing", "BackupTooOld"], "critical first");
     assert!(reason_of(&report, "alerts", "BackupMissing").contains("one is due every 7 d 0 h (grace 1 h 0 min)"));
-    verify_json(&c, None, &["--now", &at(2), "--max-age", "1h"], 1);
+    verify_json(
+        &c,
+        None,
+        &[&weekly_only[..], &["--now", &at(2), "--max-age", "1h"]].concat(),
+        1,
+    );
 
-    let config = c
-        .test_dir()
-        .write("pitr.toml", "[verify]\nmax_age = \"1h\"\nbackup_grace = \"2d\"\n");
+    let config = c.test_dir().write(
+        "pitr.toml",
+        "[verify]\nmax_age = \"1h\"\nbackup_grace = \"2d\"\n[schedule]\nhourly = \"off\"\ndaily = \"off\"\n",
+    );
     let with_config = |now: &str| {
         pitr(
             &c,
@@ -434,6 +445,44 @@ fn an_old_newest_backup_warns_an_overdue_tier_is_critical_and_a_quiet_archive_is
     verify_json(&c, None, &["wal", "--now", &now], 0);
     c.stop();
     verify_json(&c, Some(&c), &["wal", "--now", &now], 0);
+}
+
+#[test]
+fn a_scheduled_and_kept_tier_that_never_had_a_backup_is_missing() {
+    let c = Cluster::start(ClusterOptions::default());
+    let stop = time_of(&take_backup(&c, "daily")["stop_time"]);
+    let at = |hours: i64| rfc3339(stop + TimeDelta::hours(hours) + TimeDelta::minutes(30));
+    let with_config = |name: &str, config: &str, now: &str, code: i32| {
+        let path = c.test_dir().write(name, config);
+        verify_json(&c, None, &["--config", path.to_str().unwrap(), "--now", now], code)
+    };
+
+    // The default schedule takes hourly backups and keeps 24: none after 3 hours is missing.
+    verify_json(&c, None, &["--now", &at(1)], 0);
+    let report = verify_json(&c, None, &["--now", &at(2)], 2);
+    assert_eq!(
+        alerts_of(&report, "alerts"),
+        [("BackupMissing".to_string(), "hourly".to_string())]
+    );
+    let reason = reason_of(&report, "alerts", "BackupMissing");
+    assert!(
+        reason.contains("no hourly backup in the repository") && reason.contains("check the hourly backup job"),
+        "{reason}"
+    );
+    // A week later the weekly tier is missing too.
+    let report = verify_json(&c, None, &["--now", &at(7 * 24 + 1)], 2);
+    let missing: Vec<String> = alerts_of(&report, "alerts")
+        .into_iter()
+        .filter(|a| a.0 == "BackupMissing")
+        .map(|a| a.1)
+        .collect();
+    assert_eq!(missing, ["hourly", "daily", "weekly"], "{report:#}");
+
+    // A tier that is off, or kept 0 times, is not expected.
+    with_config("off.toml", "[schedule]\nhourly = \"off\"\n", &at(2), 0);
+    with_config("none-kept.toml", "keep_hourly = 0\n", &at(2), 0);
+    // verify of one tier judges that tier only.
+    verify_json(&c, None, &["daily", "--now", &at(2)], 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -565,4 +614,45 @@ fn check_and_verify_need_the_history_file_of_a_new_timeline() {
         alerts_of(&report, "alerts"),
         [("WalArchiveGap".to_string(), "00000002.history".to_string())]
     );
+}
+
+#[test]
+fn after_a_switch_over_the_newest_archived_wal_and_staleness_follow_the_new_timeline() {
+    // The copy is promoted to timeline 2 and archives into the same repository; the old primary
+    // goes on writing on timeline 1, further than the copy.
+    let c = Cluster::start(ClusterOptions::default());
+    archive_segments(&c, 1);
+    let copy = Cluster::recover(c.base_backup(), RecoveryOptions::default().archive(true));
+    copy.expect_promoted();
+    copy.wait_archived("00000002.history");
+    let newest_on_2 = copy.switch_and_archive();
+    copy.psql("CREATE TABLE unarchived AS SELECT generate_series(1, 1000) AS n");
+    let on_1 = archive_segments(&c, 4);
+    assert!(on_1[3][8..] > newest_on_2[8..], "{on_1:?} {newest_on_2}");
+
+    let info = parse_json(pitr(&c, c.repo(), None, &["info", "--json"]).assert_code(0));
+    assert_eq!(info["archive"]["newest_segment"], newest_on_2.as_str(), "{info:#}");
+
+    // The copy writes, the archive of its timeline stands still: stale, two hours on.
+    let now = rfc3339(Utc::now() + TimeDelta::hours(2));
+    let prom = c.test_dir().join("pitr.prom");
+    let report = verify_json(
+        &copy,
+        Some(&copy),
+        &["wal", "--now", &now, "--metrics-file", prom.to_str().unwrap()],
+        1,
+    );
+    assert_eq!(report["server"]["timeline"], 2, "{report:#}");
+    assert_eq!(
+        alerts_of(&report, "alerts"),
+        [("WalArchiveStale".to_string(), newest_on_2.clone())]
+    );
+    assert_eq!(report["repository"]["archive"]["newest_segment"], newest_on_2.as_str());
+    let archived_at = fs::metadata(stored_path(c.repo(), &newest_on_2))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let archived_at = DateTime::<Utc>::from(archived_at).timestamp_millis() as f64 / 1000.0;
+    let newest = read_metrics(&prom)["pitr_wal_newest_archived_timestamp_seconds"];
+    assert!((newest - archived_at).abs() < 0.01, "{newest} vs {archived_at}");
 }

@@ -2,11 +2,14 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -183,13 +186,14 @@ fn recovery_with_prefetch_ends_in_the_same_state_as_without() {
     let (c, backup) = primary_with_rows_after_backup(60_000);
     let expected = c.psql("SELECT count(*), sum(id) FROM t");
     let data = backup.data.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    let recorder = record_spool(data, done.clone());
     let recovered = Cluster::recover(backup, RecoveryOptions::default());
     recovered.expect_promoted();
+    done.store(true, Ordering::SeqCst);
     assert_eq!(recovered.psql("SELECT count(*), sum(id) FROM t"), expected);
-    assert!(
-        spool_of(&data).join("prefetch").join("owner").exists(),
-        "prefetch ran into the spool"
-    );
+    let seen = recorder.join().unwrap();
+    assert!(seen.contains("owner"), "prefetch ran into the spool: {seen:?}");
 
     let (c, backup) = primary_with_rows_after_backup(60_000);
     let expected = c.psql("SELECT count(*), sum(id) FROM t");
@@ -218,41 +222,221 @@ fn recovery_with_prefetch_ends_in_the_same_state_as_without() {
     );
 }
 
-#[test]
-fn a_corrupt_prefetched_segment_aborts_recovery() {
-    let (c, backup) = primary_with_rows_after_backup(30_000);
-    // Prefetch as archive-get would, from the data directory, then damage one spooled segment.
-    let out = run(c
-        .pitr_cmd()
+/// The segment names in the prefetch area of `data`'s spool.
+fn spooled_segments(data: &Path) -> Vec<String> {
+    fs::read_dir(spool_of(data).join("prefetch"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_segment_name(n) || n.ends_with(".crc"))
+        .collect()
+}
+
+/// Records every file name that appears in the prefetch area of `data`'s spool until `done` is
+/// set.
+fn record_spool(data: PathBuf, done: Arc<AtomicBool>) -> std::thread::JoinHandle<BTreeSet<String>> {
+    std::thread::spawn(move || {
+        let area = spool_of(&data).join("prefetch");
+        let mut seen = BTreeSet::new();
+        while !done.load(Ordering::SeqCst) {
+            let names = fs::read_dir(&area).into_iter().flatten().filter_map(|e| e.ok());
+            seen.extend(names.map(|e| e.file_name().to_string_lossy().into_owned()));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        seen
+    })
+}
+
+const SEGMENT: u64 = 16 << 20;
+
+/// Starts `pitr prefetch` for the segments after the backup's first one, as archive-get would:
+/// from the backup's data directory, in recovery (`recovery.signal`, which Cluster::recover
+/// writes again). Once it stopped fetching it watches for the end of recovery, until the
+/// recovery's own prefetcher takes the watch over.
+fn prefetch_ahead(c: &Cluster, backup: &BaseBackup) -> Child {
+    let signal = backup.data.join("recovery.signal");
+    fs::write(&signal, b"").unwrap();
+    give_to_server_user(&signal);
+    let mut prefetch = c.pitr_cmd();
+    prefetch
         .current_dir(&backup.data)
         .arg("--repo")
         .arg(c.repo())
-        .args(["prefetch", &backup.start_wal_file]));
-    out.assert_success();
-    let prefetch = spool_of(&backup.data).join("prefetch");
-    let victim = fs::read_dir(&prefetch)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_none() && p.file_name().is_some_and(|n| is_segment_name(&n.to_string_lossy())))
-        .min()
-        .unwrap_or_else(|| panic!("nothing prefetched into {}", prefetch.display()));
+        .args(["prefetch", &backup.start_wal_file]);
+    spawn(&mut prefetch)
+}
+
+/// Waits until `data`'s spool holds an announced segment that `wanted` accepts; the segment
+/// files then there.
+fn wait_prefetched(data: &Path, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+    let found = poll(Duration::from_secs(60), || {
+        let spooled = spooled_segments(data);
+        spooled
+            .iter()
+            .filter_map(|n| n.strip_suffix(".crc"))
+            .any(&wanted)
+            .then_some(spooled)
+    });
+    found.unwrap_or_else(|| panic!("not prefetched: the spool holds {:?}", spooled_segments(data)))
+}
+
+#[test]
+fn a_damaged_prefetched_segment_is_replaced_by_the_repository_copy() {
+    let (c, backup) = primary_with_rows_after_backup(30_000);
+    let expected = c.psql("SELECT count(*), sum(id) FROM t");
+    // Prefetch, then damage the first prefetched segment.
+    let prefetcher = prefetch_ahead(&c, &backup);
+    let name = later_segment_name(&backup.start_wal_file, 1, SEGMENT);
+    wait_prefetched(&backup.data, |n| n == name);
+    let victim = spool_of(&backup.data).join("prefetch").join(&name);
     flip_byte_from_end(&victim, 100);
+
+    let recovered = Cluster::recover(backup, RecoveryOptions::default());
+    recovered.expect_promoted();
+    assert_eq!(recovered.psql("SELECT count(*), sum(id) FROM t"), expected);
+    let log = recovered.log();
+    let warning = format!(
+        "pitr archive-get: warning: the prefetched copy {} was damaged",
+        victim.display()
+    );
+    assert!(log.contains(&warning), "{}", tail(&log, 40));
+    assert!(
+        log.contains(&format!("restored {name} from the repository instead")),
+        "{}",
+        tail(&log, 40)
+    );
+    // The prefetcher of before the recovery left the watch to the recovery's own.
+    let out = wait_child(prefetcher, "pitr prefetch".into(), Duration::from_secs(60));
+    out.assert_success();
+}
+
+#[test]
+fn a_corrupt_archived_segment_aborts_recovery_with_prefetch_on() {
+    let (c, backup) = primary_with_rows_after_backup(30_000);
+    let name = later_segment_name(&backup.start_wal_file, 2, SEGMENT);
+    flip_byte_from_end(&stored_path(c.repo(), &name), 100);
     let recovered = Cluster::recover(backup, RecoveryOptions::default());
     match recovered.wait_recovery_end() {
         RecoveryOutcome::Failed { log } => {
             assert!(log.contains("could not restore file"), "{}", tail(&log, 30));
+            assert!(log.contains(&format!("{name} is corrupt")), "{}", tail(&log, 30));
             assert!(
                 !log.contains("selected new timeline"),
                 "it must not promote:\n{}",
                 tail(&log, 30)
             );
         }
-        RecoveryOutcome::Promoted => panic!(
-            "recovery promoted over a corrupt prefetched segment {}",
-            victim.display()
-        ),
+        RecoveryOutcome::Promoted => panic!("recovery promoted over the corrupt archived segment {name}"),
     }
+}
+
+#[test]
+fn a_recovery_that_stops_early_leaves_no_prefetched_wal_behind() {
+    let c = Cluster::start(ClusterOptions::default());
+    c.psql("CREATE TABLE t (id int PRIMARY KEY, pad text)");
+    let backup = c.base_backup();
+    let insert = |from: u32| {
+        c.psql(&format!(
+            "INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series({from}, {}) g",
+            from + 9_999
+        ));
+        c.switch_wal();
+    };
+    insert(1);
+    insert(10_001);
+    let target = c.psql("SELECT pg_current_wal_lsn()");
+    let target_segment = c.psql(&format!("SELECT pg_walfile_name('{target}')"));
+    let expected = c.psql("SELECT count(*), sum(id) FROM t");
+    for i in 2..12 {
+        insert(i * 10_000 + 1);
+    }
+    c.wait_archived(&c.switch_wal());
+
+    // Segments beyond the target are prefetched before recovery stops at it.
+    let prefetcher = prefetch_ahead(&c, &backup);
+    wait_prefetched(&backup.data, |n| n[8..] > target_segment[8..]);
+    let data = backup.data.clone();
+    let recovered = Cluster::recover(
+        backup,
+        RecoveryOptions::default()
+            .setting("recovery_target_lsn", &format!("'{target}'"))
+            .setting("recovery_target_action", "'promote'"),
+    );
+    recovered.expect_promoted();
+    assert_eq!(recovered.psql("SELECT count(*), sum(id) FROM t"), expected);
+    let left = poll(Duration::from_secs(10), || {
+        spooled_segments(&data).is_empty().then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "prefetched WAL left behind after promotion: {:?}",
+        spooled_segments(&data)
+    );
+    let out = wait_child(prefetcher, "pitr prefetch".into(), Duration::from_secs(60));
+    out.assert_success();
+}
+
+#[test]
+fn prefetch_follows_the_timeline_recovery_follows() {
+    // Timeline 2 branches off timeline 1; the old primary goes on writing on timeline 1.
+    let c = Cluster::start(ClusterOptions::default());
+    c.psql("CREATE TABLE t (id int PRIMARY KEY, pad text)");
+    let early = c.base_backup();
+    let insert = |on: &Cluster, from: u32| {
+        on.psql(&format!(
+            "INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series({from}, {}) g",
+            from + 9_999
+        ));
+        on.switch_wal();
+    };
+    insert(&c, 1);
+    let copy = Cluster::recover(c.base_backup(), RecoveryOptions::default().archive(true));
+    copy.expect_promoted();
+    copy.wait_archived("00000002.history");
+    for i in 1..4 {
+        insert(&copy, i * 10_000 + 1);
+    }
+    copy.wait_archived(&copy.switch_wal());
+    let expected = copy.psql("SELECT count(*), sum(id) FROM t");
+    for i in 10..18 {
+        insert(&c, i * 10_000 + 1);
+    }
+    c.wait_archived(&c.switch_wal());
+    // Its first archived segment is the one holding the switch point.
+    let switch_segment = fs::read_dir(c.repo().join("wal"))
+        .unwrap()
+        .filter_map(|dir| fs::read_dir(dir.ok()?.path()).ok())
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| is_segment_name(n) && n.starts_with("00000002"))
+        .min()
+        .expect("timeline 2 archived segments");
+
+    // The window after the early backup's first segment crosses the switch.
+    let data = early.data.clone();
+    let prefetcher = prefetch_ahead(&c, &early);
+    let ahead = wait_prefetched(&data, |n| n.starts_with("00000002"));
+
+    // Recovery from the early backup follows timeline 2 (recovery_target_timeline = latest).
+    let done = Arc::new(AtomicBool::new(false));
+    let recorder = record_spool(data.clone(), done.clone());
+    let recovered = Cluster::recover(early, RecoveryOptions::default());
+    recovered.expect_promoted();
+    done.store(true, Ordering::SeqCst);
+    let mut seen = recorder.join().unwrap();
+    seen.extend(ahead.into_iter().filter(|n| is_segment_name(n)));
+    assert_eq!(recovered.psql("SELECT count(*), sum(id) FROM t"), expected);
+    let off_path: Vec<&String> = seen
+        .iter()
+        .filter(|n| is_segment_name(n) && n.starts_with("00000001") && n[8..] >= switch_segment[8..])
+        .collect();
+    assert!(
+        off_path.is_empty(),
+        "prefetched timeline 1 past its switch ({switch_segment}): {off_path:?}"
+    );
+    let out = wait_child(prefetcher, "pitr prefetch".into(), Duration::from_secs(60));
+    out.assert_success();
 }
 
 #[test]

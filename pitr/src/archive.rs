@@ -14,7 +14,7 @@ use crate::codec::{self, Codec, ObjectHeader};
 use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::fsio::Dir;
-use crate::prefetch::Prefetched;
+use crate::prefetch::{Prefetched, Taken};
 use crate::repo::{Repo, RepoInfo, FORMAT_VERSION};
 use crate::spool::Spool;
 use crate::storage::PutOutcome;
@@ -30,10 +30,18 @@ pub enum PushOutcome {
 }
 
 /// What a get did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GetOutcome {
     /// The file was written to the destination; its size.
     Restored(u64),
+    /// The file was written to the destination from the repository, because its prefetched copy
+    /// in the spool was damaged (and is deleted now): its size, and the warning for the log.
+    RestoredPastDamagedPrefetch {
+        /// The size.
+        size: u64,
+        /// Which spool file was damaged, how, and that the repository's copy was restored.
+        warning: String,
+    },
     /// The repository does not hold the file.
     NotFound,
 }
@@ -115,20 +123,44 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
                  mounted; check --repo"
             .into(),
     })?;
+    let mut damaged = None;
     if let Some(prefetched) = site.spool.as_ref().map(|s| Prefetched::new(s, repo, &info)) {
-        if let Some(size) = prefetched.take(&name, &dest)? {
-            return Ok(GetOutcome::Restored(size));
+        match prefetched.take(&name, &dest)? {
+            Taken::Moved(size) => return Ok(GetOutcome::Restored(size)),
+            Taken::Damaged { path, reason } => damaged = Some((path, reason)),
+            Taken::Absent => {}
         }
     }
     let Some(object) = repo.get_wal(&name)? else {
-        return absent(repo);
+        return match damaged {
+            // The prefetcher found it in the repository: "absent" would end recovery early.
+            Some((path, reason)) => Err(Error::Repo {
+                path: repo.location().into(),
+                reason: format!(
+                    "no longer holds {name}, and its prefetched copy {} was damaged ({reason}); check the repository",
+                    path.display()
+                ),
+            }),
+            None => absent(repo),
+        };
     };
     let restored = restore_to(repo, &name, &object, info, &dest);
     if restored.is_err() {
         // PostgreSQL does not read the file after an error exit, but leave nothing half-written.
         let _ = fs::remove_file(&dest);
     }
-    Ok(GetOutcome::Restored(restored?))
+    let size = restored?;
+    Ok(match damaged {
+        Some((path, reason)) => GetOutcome::RestoredPastDamagedPrefetch {
+            size,
+            warning: format!(
+                "the prefetched copy {} was damaged ({reason}) and is deleted; restored {name} from the repository \
+                 instead",
+                path.display()
+            ),
+        },
+        None => GetOutcome::Restored(size),
+    })
 }
 
 /// "Not archived", once the WAL archive is known to be there: a missing, emptied or unmounted

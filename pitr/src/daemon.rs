@@ -2,28 +2,34 @@
 //! jobs (base backups per tier with expire after each, and verification), and an HTTP listener
 //! with `/metrics` (Prometheus) and `/health`.
 //!
-//! Jobs never overlap: one scheduler thread runs them one at a time, in the order they fall due.
-//! A failed job is logged and counted in the metrics; the daemon keeps running. SIGHUP loads the
-//! settings anew ([`DaemonSettings`]); settings that do not load keep the running ones.
+//! Each job runs to its end through a [`JobRunner`] (the binary starts a child process of its
+//! own per job, so that a backup's buffers and threads go when it ends and a crashing job cannot
+//! take the daemon down). Backups run one at a time; verification runs beside them; a job that
+//! comes due while its previous run still waits or runs is skipped, logged and counted
+//! (`jobs`). A failed job is logged and counted in the metrics; the daemon keeps running.
+//! SIGHUP loads the settings anew ([`DaemonSettings`]); settings that do not load keep the
+//! running ones.
+//!
+//! - `schedule`: the cron patterns of the jobs.
+//! - `jobs`: the scheduler and its lanes.
+//! - `http`: the bounded HTTP listener.
+//! - `metrics`: the counters and gauges, and the health report.
 
+mod http;
+mod jobs;
 mod metrics;
 mod schedule;
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
-
-use chrono::{DateTime, Local};
+use std::time::Duration;
 
 pub use schedule::{Job, Schedule};
 
 use self::metrics::Metrics;
-use crate::backup::{self, BackupOptions, Retention};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::pg::Server;
-use crate::progress::Silent;
 use crate::repo::Repo;
 use crate::spool::Spool;
 use crate::watch::{self, StopFlags, Stopped, WatchEvents, WatchOptions};
@@ -36,31 +42,30 @@ pub struct DaemonOptions {
     pub listen: String,
     /// What a reload can change.
     pub settings: DaemonSettings,
-    /// How verification jobs run (the binary supplies them).
-    pub verify: Box<dyn Fn() -> Result<String> + Send + Sync>,
+    /// Runs the scheduled jobs (the binary supplies it).
+    pub jobs: Box<dyn JobRunner>,
     /// Loads the settings anew, on SIGHUP (the binary supplies it); an error message keeps the
     /// running settings.
     pub reload: Box<dyn Fn() -> std::result::Result<DaemonSettings, String> + Send + Sync>,
 }
 
+/// Runs one scheduled job to its end.
+pub trait JobRunner: Send + Sync {
+    /// The job's outcome in one line, or why it failed.
+    fn run(&self, job: Job) -> Result<String>;
+}
+
 /// The daemon's settings that SIGHUP reloads: all but the data directory, the repository, the
-/// spool and the listen address, which need a restart.
+/// spool and the listen address, which need a restart. (What the jobs use, the job runner
+/// loads with them.)
 #[derive(Clone)]
 pub struct DaemonSettings {
     /// When each job runs.
     pub schedule: Schedule,
     /// Watcher workers.
     pub workers: usize,
-    /// The deployment's name (first part of backup ids).
-    pub name: String,
-    /// Files copied at once by backups.
-    pub jobs: usize,
-    /// Compression of archived files and backups.
+    /// Compression of archived files.
     pub codec: Codec,
-    /// Backups kept per tier.
-    pub retention: Retention,
-    /// How the backup jobs reach the server.
-    pub connection: tokio_postgres::Config,
 }
 
 /// The settings in force, replaced whole by a reload.
@@ -84,15 +89,10 @@ pub trait DaemonLog: Send + Sync {
     fn line(&self, line: &str);
 }
 
-/// Runs until `flags.terminate` is set.
+/// Runs until `flags.terminate` is set; running jobs finish first.
 pub fn run(repo: &Repo, spool: &Spool, options: &DaemonOptions, flags: &StopFlags, log: &dyn DaemonLog) -> Result<()> {
-    let metrics = Arc::new(Metrics::new());
-    let server = tiny_http::Server::http(&options.listen).map_err(|e| {
-        Error::Refused(format!(
-            "cannot listen on {}: {e}; set `listen` to a free address",
-            options.listen
-        ))
-    })?;
+    let metrics = Metrics::new();
+    let listener = http::listen(&options.listen)?;
     log.line(&format!(
         "daemon started: watching {}, serving /metrics and /health on {}, jobs: {}",
         options.pgdata.display(),
@@ -103,12 +103,22 @@ pub fn run(repo: &Repo, spool: &Spool, options: &DaemonOptions, flags: &StopFlag
         settings: RwLock::new(Arc::new(options.settings.clone())),
     };
     std::thread::scope(|scope| {
-        scope.spawn(|| serve_http(&server, &metrics, flags));
-        scope.spawn(|| run_jobs(repo, options, &current, &metrics, flags, log));
-        let result = run_watcher(repo, spool, options, &current, flags, &metrics, log);
-        flags.terminate.store(true, Ordering::SeqCst);
-        result
+        // The listener and the scheduler stop with the watcher, however it ends (a panic
+        // included: the scope waits for them before the panic goes on).
+        let _stop = TerminateOnDrop(&flags.terminate);
+        scope.spawn(|| http::serve(&listener, &metrics, flags));
+        scope.spawn(|| jobs::run(&current, options.jobs.as_ref(), &metrics, flags, log));
+        run_watcher(repo, spool, options, &current, flags, &metrics, log)
     })
+}
+
+/// Sets the flag when dropped.
+struct TerminateOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for TerminateOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// The watcher, restarted with the settings in force after each reload (which it receives).
@@ -168,112 +178,5 @@ impl WatchEvents for WatcherEvents<'_> {
 
     fn note(&self, message: &str) {
         self.log.line(message);
-    }
-}
-
-/// The scheduler: runs each job when it falls due, one at a time. A reload that changes the
-/// schedule takes effect at once (a running job finishes first).
-fn run_jobs(
-    repo: &Repo,
-    options: &DaemonOptions,
-    current: &Current,
-    metrics: &Metrics,
-    flags: &StopFlags,
-    log: &dyn DaemonLog,
-) {
-    let mut settings = current.get();
-    let mut next = next_runs(&settings.schedule);
-    while !flags.terminate.load(Ordering::SeqCst) {
-        let fresh = current.get();
-        if !Arc::ptr_eq(&fresh, &settings) {
-            if fresh.schedule.describe() != settings.schedule.describe() {
-                next = next_runs(&fresh.schedule);
-            }
-            settings = fresh;
-        }
-        let now = Local::now();
-        let due = next
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, at))| at.is_some_and(|at| at <= now))
-            .min_by_key(|(_, (_, at))| *at);
-        let Some((index, (job, _))) = due.map(|(i, (job, at))| (i, (*job, *at))) else {
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        };
-        let started = Instant::now();
-        let result = run_job(repo, options, &settings, job);
-        metrics.job_finished(job, result.is_ok(), started.elapsed());
-        match result {
-            Ok(summary) => log.line(&format!("job {job}: {summary}")),
-            Err(e) => log.line(&format!("job {job} failed: {e}")),
-        }
-        let cron = settings.schedule.cron(job).expect("scheduled jobs have a pattern");
-        next[index].1 = schedule::next_after(cron, Local::now());
-    }
-}
-
-/// When each job of `schedule` runs next.
-fn next_runs(schedule: &Schedule) -> Vec<(Job, Option<DateTime<Local>>)> {
-    schedule
-        .jobs()
-        .map(|(job, cron)| (job, schedule::next_after(cron, Local::now())))
-        .collect()
-}
-
-fn run_job(repo: &Repo, options: &DaemonOptions, settings: &DaemonSettings, job: Job) -> Result<String> {
-    match job {
-        Job::Backup(tier) => {
-            let backup_options = BackupOptions {
-                tier,
-                name: settings.name.clone(),
-                pgdata: Some(options.pgdata.clone()),
-                fast: false,
-                jobs: settings.jobs,
-                codec: settings.codec,
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .map_err(Error::io("start a runtime for", "a backup job"))?;
-            let summary = runtime.block_on(async {
-                let server = Server::connect(&settings.connection).await?;
-                backup::take(repo, &server, &backup_options, &Silent).await
-            })?;
-            let plan = backup::expire(repo, settings.retention, Some(tier), false)?;
-            Ok(format!(
-                "backup {} done ({} files), expired {} backups and {} WAL files",
-                summary.backup.id,
-                summary.file_count,
-                plan.backups.len(),
-                plan.wal.len()
-            ))
-        }
-        Job::Verify => (options.verify)(),
-    }
-}
-
-/// Serves `/metrics` and `/health` until terminated.
-fn serve_http(server: &tiny_http::Server, metrics: &Metrics, flags: &StopFlags) {
-    while !flags.terminate.load(Ordering::SeqCst) {
-        let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(200)) else {
-            continue;
-        };
-        let (status, content_type, body) = match request.url() {
-            "/metrics" => (
-                200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                metrics.render(),
-            ),
-            "/health" => (200, "application/json", metrics.health()),
-            _ => (404, "text/plain", "not found: try /metrics or /health\n".to_string()),
-        };
-        let header = tiny_http::Header::from_bytes("Content-Type", content_type).expect("valid header");
-        let _ = request.respond(
-            tiny_http::Response::from_string(body)
-                .with_status_code(status)
-                .with_header(header),
-        );
     }
 }

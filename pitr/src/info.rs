@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::recover::{self, ArchivedRecords, Reach, RepoState};
 use crate::repo::{Repo, RepoInfo};
 use crate::restore_point::{self, RestorePoint};
+use crate::timeline::TimelinePath;
 use crate::wal::{parse_history, Lsn, Segment, SegmentSize, TimelineId, TimelineSwitch, WalFileName};
 
 /// One archived WAL file as listed.
@@ -125,12 +126,33 @@ impl<'r> Holdings<'r> {
             .collect()
     }
 
-    /// The newest archived segment (highest position, then timeline), with when it was archived.
-    pub fn newest_segment(&self) -> Option<(Segment, DateTime<Utc>)> {
+    /// The newest archived segment on the path to `timeline` (default: the newest timeline the
+    /// archive knows, which `recovery_target_timeline = 'latest'` follows), with when it was
+    /// archived. Segments an older timeline went on writing after its end are not on that path.
+    pub fn newest_segment(&self, timeline: Option<TimelineId>) -> Option<(Segment, DateTime<Utc>)> {
+        let size = self.segment_size()?;
+        let path = self.timeline_path(timeline.unwrap_or_else(|| self.newest_timeline()));
         self.segments()
             .into_iter()
-            .max_by_key(|((timeline, segno), _)| (*segno, *timeline))
-            .map(|((timeline, segno), at)| (Segment { timeline, segno }, at.into()))
+            .map(|((timeline, segno), at)| (Segment { timeline, segno }, at))
+            .filter(|(segment, _)| path.holds(*segment, size))
+            .max_by_key(|(segment, _)| segment.segno)
+            .map(|(segment, at)| (segment, at.into()))
+    }
+
+    /// The highest timeline the archive knows, by segments or history files.
+    pub fn newest_timeline(&self) -> TimelineId {
+        let by_segments = self.segments().into_keys().map(|(timeline, _)| timeline).max();
+        let by_history = self.histories.keys().copied().max();
+        by_segments.max(by_history).unwrap_or(1)
+    }
+
+    /// The path to `timeline` by its history file (the timeline alone when that does not read).
+    pub fn timeline_path(&self, timeline: TimelineId) -> TimelinePath {
+        match self.histories.get(&timeline) {
+            Some(Ok(history)) => TimelinePath::new(timeline, history),
+            _ => TimelinePath::new(timeline, &[]),
+        }
     }
 
     /// What the recovery planner needs, from what is readable.
@@ -228,7 +250,8 @@ pub struct ArchiveSummary {
     pub segments: u64,
     /// Bytes stored.
     pub stored_bytes: u64,
-    /// The newest archived segment.
+    /// The newest archived segment on the newest timeline's path (in `verify`, on the path of
+    /// the server's timeline).
     pub newest_segment: Option<String>,
     /// When it was archived.
     pub newest_archived_at: Option<DateTime<Utc>>,
@@ -241,7 +264,13 @@ pub fn info(repo: &Repo, now: DateTime<Utc>) -> Result<RepoSummary> {
 
 /// Summarizes what `holdings` hold as of `now`.
 pub fn summarize(holdings: &Holdings, now: DateTime<Utc>) -> RepoSummary {
-    let newest = holdings.newest_segment();
+    summarize_on(holdings, now, None)
+}
+
+/// Summarizes what `holdings` hold as of `now`, the newest archived segment on the path to
+/// `timeline` (the server's, when known; else the newest timeline).
+pub fn summarize_on(holdings: &Holdings, now: DateTime<Utc>, timeline: Option<TimelineId>) -> RepoSummary {
+    let newest = holdings.newest_segment(timeline);
     let size = holdings.segment_size().unwrap_or(SegmentSize::DEFAULT);
     let (windows, unreadable_wal) = holdings.planner_state().map(|s| windows(&s)).unwrap_or_default();
     let mut unreadable = unreadable(holdings);
@@ -457,6 +486,49 @@ mod tests {
         );
         assert_eq!(w[0].end_time, at(4) + chrono::TimeDelta::seconds(20));
         assert!(windows(&state([4, 5])).0.is_empty(), "neither backup has its own WAL");
+    }
+
+    #[test]
+    fn the_newest_segment_is_on_the_newest_timeline_even_when_an_older_one_went_on() {
+        let archived = |name: &str| ArchivedFile {
+            name: WalFileName::parse(name).unwrap(),
+            stored_bytes: 1,
+            archived_at: SystemTime::from(at(0)),
+        };
+        let switch = TimelineSwitch {
+            parent: 1,
+            switchpoint: SIZE.segment_start(5),
+            reason: String::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(dir.path()).unwrap();
+        let holdings = Holdings {
+            repo: &repo,
+            location: "test".into(),
+            info: Some(RepoInfo {
+                format_version: crate::repo::FORMAT_VERSION,
+                pg_version: 15,
+                system_identifier: 1,
+                wal_segment_size: SIZE.bytes(),
+            }),
+            catalog: Vec::new(),
+            wal: [
+                "000000010000000000000004",
+                "000000020000000000000005",
+                "000000010000000000000009",
+            ]
+            .map(archived)
+            .into(),
+            histories: BTreeMap::from([(2, Ok(vec![switch]))]),
+            restore_points: Ok(Vec::new()),
+            unreadable_restore_points: Vec::new(),
+        };
+        let newest = |timeline| holdings.newest_segment(timeline).map(|(s, _)| s.file_name(SIZE));
+        assert_eq!(holdings.newest_timeline(), 2);
+        assert_eq!(newest(None).as_deref(), Some("000000020000000000000005"));
+        assert_eq!(newest(Some(2)).as_deref(), Some("000000020000000000000005"));
+        assert_eq!(newest(Some(1)).as_deref(), Some("000000010000000000000009"));
+        assert_eq!(newest(Some(3)), None, "nothing archived on timeline 3 yet");
     }
 
     #[test]

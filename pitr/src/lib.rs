@@ -5,6 +5,7 @@
 //!
 //! - [`wal`]: PostgreSQL's WAL formats — LSNs, segment names and sizes, page-header validation,
 //!   and [`wal::records`], the records inside a segment.
+//! - [`timeline`]: which timeline holds each segment when recovery follows a timeline's history.
 //! - [`codec`]: the stored-object format (compression + CRC-32), one for every stored file.
 //! - [`fsio`]: trusted file operations: symlink-safe, crash-safe, exact modes, page-cache-shaped writes.
 //! - [`storage`]: the create-only [`storage::Storage`] trait and its local-disk backend.
@@ -48,6 +49,7 @@ pub mod repo;
 pub mod restore_point;
 pub mod spool;
 pub mod storage;
+pub mod timeline;
 pub mod verify;
 pub mod wal;
 pub mod watch;

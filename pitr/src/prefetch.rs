@@ -4,13 +4,22 @@
 //!
 //! Each prefetched segment `<spool>/prefetch/<name>` has a sidecar `<name>.crc` with the CRC-32
 //! the repository recorded; archive-get verifies the file against it before handing it over, so
-//! a file damaged in the spool is an error (exit ≥ 126), never "missing" and never replayed.
-//! The `owner` file names the repository, cluster and data directory the files belong to;
-//! files of anyone else are deleted unread.
+//! a file damaged in the spool is never replayed: archive-get deletes it, says so in the server
+//! log and restores the repository's copy instead. The `owner` file names the repository,
+//! cluster and data directory the files belong to; files of anyone else are deleted unread.
+//!
+//! The prefetcher follows the timeline path recovery follows with `recovery_target_timeline =
+//! 'latest'`: the newest timeline whose history descends from the segment's timeline (probing
+//! the history files after it, as PostgreSQL's `findNewestTimeLine` does), and each segment from
+//! the timeline that holds it on that path.
 //!
 //! One prefetcher works on a spool at a time (the `lock` file). It is started by archive-get,
 //! keeps the window of segments after the one PostgreSQL replays full while archive-get takes
-//! them, and exits at the end of the archive or when PostgreSQL has taken nothing for a second.
+//! them, and stops fetching at the end of the archive or when PostgreSQL has taken nothing for a
+//! second. It then lets go of the lock (the next archive-get starts a prefetcher again) and
+//! watches the data directory until a newer prefetcher watches in its place: once recovery is
+//! over (`recovery.signal` and `standby.signal` are gone), no one will ask for the prefetched
+//! files, and it deletes them. While recovery goes on, a slow replay keeps its window.
 //! A segment is fsynced before its sidecar announces it: PostgreSQL fsyncs every segment it
 //! restores, and that fsync is then cheap instead of a 16 MiB write in the middle of the replay.
 //! archive-get waits for a segment the prefetcher is still writing rather than fetching it a
@@ -29,7 +38,8 @@ use crate::error::{Error, Result};
 use crate::fsio;
 use crate::repo::{Repo, RepoInfo};
 use crate::spool::Spool;
-use crate::wal::{Segment, SegmentSize, WalFileName};
+use crate::timeline::TimelinePath;
+use crate::wal::{parse_history, Segment, SegmentSize, TimelineId, TimelineSwitch, WalFileName};
 
 /// How much of a prefetched file archive-get reads at a time to verify it.
 const CHUNK: u64 = 1 << 20;
@@ -48,9 +58,39 @@ const LINGER: Duration = Duration::from_secs(1);
 /// How often a waiting prefetcher looks whether a segment was taken.
 const TAKEN_POLL: Duration = Duration::from_millis(2);
 
+/// How long a prefetcher that stopped fetching watches for the end of recovery, to delete what
+/// is left. A recovery that ends later leaves its files to the watcher (`pitr watch`, the daemon),
+/// which deletes them when it sees the data directory out of recovery.
+const RECOVERY_WATCH: Duration = Duration::from_secs(600);
+
+/// How often that watch looks.
+const RECOVERY_POLL: Duration = Duration::from_millis(100);
+
+/// The files that say a data directory is in recovery; PostgreSQL deletes them when it ends.
+const SIGNAL_FILES: [&str; 2] = ["recovery.signal", "standby.signal"];
+
+/// What [`Prefetched::take`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// The verified file is at the destination; its size.
+    Moved(u64),
+    /// Nothing is prefetched under that name.
+    Absent,
+    /// The prefetched file was damaged and is deleted; fetch it from the repository.
+    Damaged {
+        /// The file that was deleted.
+        path: PathBuf,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
 /// The prefetch area of a spool, for one repository and data directory.
 pub struct Prefetched<'a> {
     dir: PathBuf,
+    /// The data directory being recovered: the current directory, where PostgreSQL runs
+    /// archive-get (`None` elsewhere: then no end of recovery is watched for).
+    data_dir: Option<PathBuf>,
     repo: &'a Repo,
     info: RepoInfo,
     owner: String,
@@ -67,6 +107,7 @@ impl<'a> Prefetched<'a> {
         let owner = format!("{}\n{}\n{cwd}\n", repo.location(), info.system_identifier);
         Prefetched {
             dir: spool.prefetch_dir(),
+            data_dir: crate::archive::current_data_dir(),
             repo,
             info: *info,
             owner,
@@ -74,22 +115,32 @@ impl<'a> Prefetched<'a> {
         }
     }
 
-    /// Moves the verified prefetched `name` to `dest`; `None` when it was not prefetched.
-    pub fn take(&self, name: &WalFileName, dest: &Path) -> Result<Option<u64>> {
+    /// Moves the verified prefetched `name` to `dest`. A prefetched file that fails verification
+    /// is deleted with its sidecar, and reported as [`Taken::Damaged`]: the spool only speeds
+    /// things up, the repository's copy is the one that counts.
+    pub fn take(&self, name: &WalFileName, dest: &Path) -> Result<Taken> {
         if !self.is_ours() {
-            return Ok(None);
+            return Ok(Taken::Absent);
         }
         let path = self.spooled(name);
         let crc_path = path.with_extension("crc");
         let Some(expected) = self.announced_crc(&path) else {
-            return Ok(None);
+            return Ok(Taken::Absent);
         };
         let what = format!("prefetched {}", path.display());
         let len = match self.verify(name, &path, expected.trim(), &what) {
             Ok(len) => len,
             // Cleaned away meanwhile by a prefetcher that moved on: fetch it anew.
-            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(Taken::Absent),
+            Err(e) => {
+                let _ = fs::remove_file(&crc_path);
+                let _ = fs::remove_file(&path);
+                let reason = match e {
+                    Error::Corrupt { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                return Ok(Taken::Damaged { path, reason });
+            }
         };
         // A rename when the spool shares pg_wal's file system; otherwise a copy of the verified
         // file. A prefetcher that moved on may clean the file away at any moment (PostgreSQL asks
@@ -100,11 +151,11 @@ impl<'a> Prefetched<'a> {
         });
         match moved {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Taken::Absent),
             Err(e) => return Err(Error::io("move into place", dest)(e)),
         }
         let _ = fs::remove_file(crc_path);
-        Ok(Some(len))
+        Ok(Taken::Moved(len))
     }
 
     /// The sidecar of the prefetched `path` (the CRC-32 the repository recorded), waiting while
@@ -158,24 +209,36 @@ impl<'a> Prefetched<'a> {
     }
 
     /// Keeps the `count` segments after the one PostgreSQL replays (`after` at first)
-    /// prefetched, on `jobs` threads, nearest first, until the end of the archive, or until
-    /// PostgreSQL has taken nothing for [`LINGER`] (the next archive-get starts a prefetcher
-    /// again). Deletes spool files of other timelines and older segments first. Another
-    /// prefetcher at work on the same spool makes this return at once.
+    /// prefetched, on `jobs` threads, nearest first, along the timeline path recovery follows,
+    /// until the end of the archive, or until PostgreSQL has taken nothing for [`LINGER`] (the
+    /// next archive-get starts a prefetcher again). Deletes spool files off that path and older
+    /// segments first. Another prefetcher at work on the same spool makes this return at once.
+    /// Once it stops fetching, it deletes what is left when recovery ends
+    /// ([`RECOVERY_WATCH`]).
     pub fn fill(&self, after: &WalFileName, count: u64, jobs: usize) -> Result<()> {
-        let Some(mut replaying) = after.segment_name().and_then(|s| s.segment(self.segment_size())) else {
+        let Some(replaying) = after.segment_name().and_then(|s| s.segment(self.segment_size())) else {
             return Ok(());
         };
         self.claim()?;
-        let Some(_lock) = self.lock()? else {
+        let Some(lock) = self.lock()? else {
             return Ok(());
         };
-        self.clean(replaying)?;
+        let path = self.path_from(replaying.timeline);
+        self.clean(replaying, &path)?;
+        self.keep_window_full(replaying, &path, count, jobs)?;
+        drop(lock);
+        self.delete_when_recovery_ends();
+        Ok(())
+    }
+
+    /// The fill proper, while holding the lock.
+    fn keep_window_full(&self, mut replaying: Segment, path: &TimelinePath, count: u64, jobs: usize) -> Result<()> {
+        let size = self.segment_size();
         loop {
             let window = (replaying.segno + 1..=replaying.segno + count)
                 .map(|segno| {
-                    let segment = Segment { segno, ..replaying };
-                    Ok((segment, WalFileName::parse(&segment.file_name(self.segment_size()))?))
+                    let segment = path.segment(segno, size);
+                    Ok((segment, WalFileName::parse(&segment.file_name(size))?))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let wanted: Vec<WalFileName> = window
@@ -190,6 +253,58 @@ impl<'a> Prefetched<'a> {
                 Some(taken) => replaying = taken,
                 None => return Ok(()),
             }
+        }
+    }
+
+    /// The path recovery follows from `timeline` with `recovery_target_timeline = 'latest'`: to
+    /// the newest timeline whose history descends from it, found by probing the history files
+    /// after it until one is missing, as PostgreSQL's `findNewestTimeLine` does. A history file
+    /// that does not read ends the probe (archive-get reports it when PostgreSQL asks for it).
+    fn path_from(&self, timeline: TimelineId) -> TimelinePath {
+        let mut path = TimelinePath::new(timeline, &[]);
+        for probe in timeline.saturating_add(1).. {
+            let Some(history) = self.history(probe) else {
+                break;
+            };
+            if history.iter().any(|switch| switch.parent == timeline) {
+                path = TimelinePath::new(probe, &history);
+            }
+        }
+        path
+    }
+
+    /// The parsed history file of `timeline`, when the repository holds one that reads.
+    fn history(&self, timeline: TimelineId) -> Option<Vec<TimelineSwitch>> {
+        let name = WalFileName::History(timeline);
+        let object = self.repo.get_wal(&name).ok()??;
+        let raw = codec::decode(&object, &self.repo.describe_wal(&name)).ok()?;
+        parse_history(&raw).ok()
+    }
+
+    /// Once fetching stopped: waits (without the lock, so that the next archive-get starts a
+    /// prefetcher as usual) until the data directory is out of recovery, then deletes the
+    /// prefetched files no one will ask for. One prefetcher watches at a time: each names itself
+    /// in the `watcher` file when it starts watching, and an older one that finds another name
+    /// there leaves the watch to it. Returns after [`RECOVERY_WATCH`] at the latest, and leaves
+    /// the files to a prefetcher that holds the lock when recovery ends.
+    fn delete_when_recovery_ends(&self) {
+        let Some(data_dir) = &self.data_dir else {
+            return;
+        };
+        let (watcher, me) = (self.dir.join("watcher"), std::process::id().to_string());
+        if fs::write(&watcher, &me).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + RECOVERY_WATCH;
+        while in_recovery(data_dir) {
+            let watching = fs::read_to_string(&watcher).is_ok_and(|w| w == me);
+            if !watching || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(RECOVERY_POLL);
+        }
+        if let Ok(Some(_lock)) = self.lock() {
+            delete_prefetched(&self.dir);
         }
     }
 
@@ -310,16 +425,17 @@ impl<'a> Prefetched<'a> {
         fs::write(&owner, &self.owner).map_err(Error::io("write", &owner))
     }
 
-    /// Deletes prefetched files of other timelines, and of segments at or before `current`:
-    /// the sidecar first, so that a file is never announced after it is gone.
-    fn clean(&self, current: Segment) -> Result<()> {
+    /// Deletes prefetched files off `path`, and of segments at or before `current`: the sidecar
+    /// first, so that a file is never announced after it is gone.
+    fn clean(&self, current: Segment, path: &TimelinePath) -> Result<()> {
+        let size = self.segment_size();
         for entry in fs::read_dir(&self.dir).map_err(Error::io("list", &self.dir))?.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
             let Ok(name) = WalFileName::parse(&file) else { continue };
             let stale = name
                 .segment_name()
-                .and_then(|s| s.segment(self.segment_size()))
-                .is_none_or(|s| s.timeline != current.timeline || s.segno <= current.segno);
+                .and_then(|s| s.segment(size))
+                .is_none_or(|s| !path.holds(s, size) || s.segno <= current.segno);
             if stale {
                 let _ = fs::remove_file(entry.path().with_extension("crc"));
                 let _ = fs::remove_file(entry.path());
@@ -385,6 +501,46 @@ impl<'a> Prefetched<'a> {
 /// Whether a prefetcher is at work on `spool` now.
 pub fn at_work(spool: &Spool) -> bool {
     at_work_in(&spool.prefetch_dir())
+}
+
+/// Deletes what prefetchers of `data_dir` left in `spool` once it is out of recovery (no
+/// prefetcher is at work then: it holds the lock while it fetches): a recovery that ended after
+/// its last prefetcher stopped watching leaves files no one will ask for. The files of another
+/// data directory sharing the spool are left alone. Returns whether it deleted any.
+pub fn delete_after_recovery(spool: &Spool, data_dir: &Path) -> bool {
+    let dir = spool.prefetch_dir();
+    let Ok(owner) = fs::read_to_string(dir.join("owner")) else {
+        return false;
+    };
+    let canonical = |path: &Path| fs::canonicalize(path).ok();
+    let ours = owner
+        .lines()
+        .nth(2)
+        .is_some_and(|recovered| canonical(Path::new(recovered)).is_some_and(|r| Some(r) == canonical(data_dir)));
+    if !ours || in_recovery(data_dir) {
+        return false;
+    }
+    let Ok(lock) = fs::OpenOptions::new().write(true).open(dir.join("lock")) else {
+        return false;
+    };
+    lock.try_lock().is_ok() && delete_prefetched(&dir)
+}
+
+/// Whether `data_dir` is in archive recovery or standby mode.
+fn in_recovery(data_dir: &Path) -> bool {
+    SIGNAL_FILES.iter().any(|signal| data_dir.join(signal).exists())
+}
+
+/// Deletes every file of the prefetch area `dir` but its lock; whether there were any.
+fn delete_prefetched(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let mut deleted = false;
+    for entry in entries.flatten().filter(|e| e.file_name() != "lock") {
+        deleted |= fs::remove_file(entry.path()).is_ok();
+    }
+    deleted
 }
 
 /// Whether a prefetcher holds the lock of the prefetch area `dir` (found out by trying it; a
@@ -519,7 +675,11 @@ mod tests {
                 wait_announced(&f, segno);
                 let dest = out.path().join("RECOVERYXLOG");
                 let taken = f.prefetched().take(&name(segno), &dest).unwrap();
-                assert_eq!(taken, Some(u64::from(SIZE)), "segment {segno} comes from the spool");
+                assert_eq!(
+                    taken,
+                    Taken::Moved(u64::from(SIZE)),
+                    "segment {segno} comes from the spool"
+                );
                 assert!(
                     fs::read(&dest).unwrap() == f.segments[segno as usize],
                     "segment {segno} intact"
@@ -560,7 +720,11 @@ mod tests {
                 f.prefetched().announce(Decoded { file, temp, path, crc }).unwrap();
             });
             let taken = f.prefetched().take(&name(2), &dest).unwrap();
-            assert_eq!(taken, Some(u64::from(SIZE)), "taken from the spool once announced");
+            assert_eq!(
+                taken,
+                Taken::Moved(u64::from(SIZE)),
+                "taken from the spool once announced"
+            );
         });
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(fs::read(&dest).unwrap() == f.segments[2]);
@@ -575,9 +739,103 @@ mod tests {
         let started = Instant::now();
         let taken = f.prefetched().take(&name(2), &out.path().join("RECOVERYXLOG")).unwrap();
         assert_eq!(
-            taken, None,
+            taken,
+            Taken::Absent,
             "a leftover of a prefetcher that is gone: fetch from the repository"
         );
         assert!(started.elapsed() < IN_FLIGHT_WAIT / 2, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_damaged_prefetched_segment_is_deleted_and_reported() {
+        let f = Fixture::new(3);
+        f.prefetched().fill(&name(1), 2, 1).unwrap();
+        let victim = f.spooled(2);
+        let mut bytes = fs::read(&victim).unwrap();
+        bytes[1000] ^= 0xFF;
+        fs::write(&victim, bytes).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let taken = f.prefetched().take(&name(2), &out.path().join("RECOVERYXLOG")).unwrap();
+        let Taken::Damaged { path, reason } = taken else {
+            panic!("a damaged file is reported, got {taken:?}");
+        };
+        assert_eq!(path, victim);
+        assert!(reason.contains("CRC-32"), "{reason}");
+        assert!(
+            !victim.exists() && !victim.with_extension("crc").exists(),
+            "deleted with its sidecar"
+        );
+        assert!(!out.path().join("RECOVERYXLOG").exists());
+    }
+
+    /// A segment of `timeline` (as [`segment_bytes`] for timeline 1).
+    fn segment_on(timeline: TimelineId, segno: u64) -> (WalFileName, Vec<u8>) {
+        let mut bytes = segment_bytes(segno);
+        bytes[4..8].copy_from_slice(&timeline.to_le_bytes());
+        let segment = Segment { timeline, segno };
+        let name = WalFileName::parse(&segment.file_name(SegmentSize::new(SIZE).unwrap())).unwrap();
+        (name, bytes)
+    }
+
+    #[test]
+    fn the_prefetcher_follows_the_newest_timeline_past_its_switch_point() {
+        // Timeline 2 branched off in segment 3; timeline 1 went on writing up to segment 6.
+        let f = Fixture::new(6);
+        let history = b"1\t0/300100\tno recovery target specified\n";
+        f.repo
+            .put_wal(&WalFileName::History(2), &Codec::default().encode(history))
+            .unwrap();
+        for segno in 3..=5 {
+            let (name, bytes) = segment_on(2, segno);
+            f.repo.put_wal(&name, &Codec::default().encode(&bytes)).unwrap();
+        }
+        f.prefetched().fill(&name(1), 4, 2).unwrap();
+        let mut spooled: Vec<String> = fs::read_dir(f.spool.prefetch_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 24)
+            .collect();
+        spooled.sort();
+        assert_eq!(
+            spooled,
+            [
+                "000000010000000000000002",
+                "000000020000000000000003",
+                "000000020000000000000004",
+                "000000020000000000000005"
+            ]
+        );
+    }
+
+    #[test]
+    fn what_is_left_is_deleted_once_the_data_directory_is_out_of_recovery() {
+        let f = Fixture::new(4);
+        f.prefetched().fill(&name(1), 2, 1).unwrap();
+        assert!(f.spooled(3).with_extension("crc").exists());
+        // As if the prefetcher had run in `data_dir`, as archive-get starts it.
+        let data_dir = tempfile::tempdir().unwrap();
+        let owner = f.spool.prefetch_dir().join("owner");
+        let recorded = fs::read_to_string(&owner).unwrap();
+        let (repo_and_cluster, _) = recorded.trim_end().rsplit_once('\n').unwrap();
+        fs::write(&owner, format!("{repo_and_cluster}\n{}\n", data_dir.path().display())).unwrap();
+        fs::write(data_dir.path().join("recovery.signal"), b"").unwrap();
+        assert!(
+            !delete_after_recovery(&f.spool, data_dir.path()),
+            "a slow replay keeps its window"
+        );
+        assert!(f.spooled(3).exists());
+        fs::remove_file(data_dir.path().join("recovery.signal")).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        assert!(
+            !delete_after_recovery(&f.spool, elsewhere.path()),
+            "another data directory's files stay"
+        );
+        assert!(delete_after_recovery(&f.spool, data_dir.path()));
+        let left: Vec<_> = fs::read_dir(f.spool.prefetch_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["lock"]);
+        assert!(!delete_after_recovery(&f.spool, data_dir.path()), "nothing left");
     }
 }

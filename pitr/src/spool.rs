@@ -5,6 +5,8 @@
 //! <spool>/pushed/<name>     the watcher stored this pg_wal file durably: "size mtime inode"
 //! <spool>/prefetch/<name>   a WAL file fetched, decompressed and verified ahead of recovery
 //! <spool>/prefetch/owner    which repository and recovery run the prefetched files belong to
+//! <spool>/prefetch/watcher  the prefetcher watching for the end of recovery
+//! <spool>/daemon.toml       the config file as `pitr daemon` last loaded it, for its jobs
 //! ```
 //!
 //! The default spool of data directory `/d/main` is `/d/main.pitr-spool`: on the same file

@@ -45,7 +45,7 @@ use self::objects::StoredObject;
 use crate::backup::manifest::{FileEntry, Manifest};
 use crate::backup::{CatalogEntry, Tier};
 use crate::error::{Error, Result};
-use crate::info::{summarize, Holdings, RepoSummary};
+use crate::info::{summarize_on, Holdings, RepoSummary};
 use crate::pg::Server;
 use crate::progress::Progress;
 use crate::repo::{backup_dir, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
@@ -117,6 +117,9 @@ pub struct VerifyOptions {
     pub now: DateTime<Utc>,
     /// The freshness limits.
     pub thresholds: Thresholds,
+    /// The tiers that should hold backups: scheduled, and kept by retention. With `verify all`,
+    /// such a tier without any backup is BackupMissing once one is overdue.
+    pub expected_tiers: Vec<Tier>,
     /// Objects read at once.
     pub jobs: usize,
 }
@@ -139,6 +142,16 @@ pub enum ServerView {
         /// Why.
         reason: String,
     },
+}
+
+impl ServerView {
+    /// The timeline the server writes, when it is this repository's primary.
+    pub fn timeline(&self) -> Option<TimelineId> {
+        match self {
+            ServerView::Primary { timeline, .. } => Some(*timeline),
+            ServerView::Unavailable { .. } => None,
+        }
+    }
 }
 
 /// Looks at the server behind `config` for the staleness rule; never fails, an unreachable
@@ -240,6 +253,7 @@ pub fn verify(
         &in_scope,
         options.scope,
         &options.thresholds,
+        &options.expected_tiers,
         options.now,
     ));
     if whole_archive {
@@ -257,7 +271,7 @@ pub fn verify(
         gaps: checked.gaps,
         server: server.clone(),
         alerts: checked.alerts,
-        repository: summarize(&holdings, options.now),
+        repository: summarize_on(&holdings, options.now, server.timeline()),
     })
 }
 
@@ -557,9 +571,11 @@ fn history_alerts(holdings: &Holdings) -> Vec<Alert> {
     .collect()
 }
 
+/// WalArchiveStale, judged on the server's own timeline path: the segments another server
+/// archived on an older timeline after it ended say nothing about this server's archiving.
 fn stale_alert(holdings: &Holdings, server: &ServerView, options: &VerifyOptions) -> Option<Alert> {
     let size = holdings.segment_size()?;
-    let newest = holdings.newest_segment();
+    let newest = holdings.newest_segment(Some(server.timeline()?));
     let name = newest.map(|(segment, _)| segment.file_name(size));
     let newest = newest
         .zip(name.as_deref())

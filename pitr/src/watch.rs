@@ -7,7 +7,8 @@
 //! then oldest first, as PostgreSQL's archiver does. Every store has exactly the validation and
 //! durability of archive-push; only then is the spool marker written. The watcher never renames
 //! `.ready`/`.done`: PostgreSQL does, once archive-push reports success. A failing file is
-//! retried with backoff and reported; WAL is never dropped.
+//! retried with backoff and reported; WAL is never dropped. Prefetched WAL that a recovery of
+//! this data directory left in the spool is deleted once the data directory is out of recovery.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use notify::{PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
 use crate::archive::{self, Site};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
+use crate::prefetch;
 use crate::repo::Repo;
 use crate::spool::Spool;
 
@@ -101,9 +103,17 @@ pub fn watch(
         for _ in 0..options.workers.max(1) {
             scope.spawn(|| work.run_worker());
         }
+        // The workers stop however this loop ends, a panic included: the scope waits for them.
+        let _close = CloseOnDrop(&queue);
         let stopped = loop {
             if let Err(e) = work.scan(&status_dir) {
                 events.note(&format!("scanning {} failed: {e}", status_dir.display()));
+            }
+            if prefetch::delete_after_recovery(spool, &options.pgdata) {
+                events.note(&format!(
+                    "deleted the prefetched WAL a finished recovery left in {}",
+                    spool.prefetch_dir().display()
+                ));
             }
             if flags.terminate.load(Ordering::SeqCst) {
                 break Stopped::Terminate;
@@ -116,9 +126,17 @@ pub fn watch(
                 Err(RecvTimeoutError::Disconnected) => {}
             }
         };
-        queue.close();
         Ok(stopped)
     })
+}
+
+/// Closes the queue when dropped.
+struct CloseOnDrop<'a>(&'a Queue);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// inotify where the kernel offers it, polling otherwise; either way each event is a hint.

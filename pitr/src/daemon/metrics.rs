@@ -1,4 +1,6 @@
 //! The daemon's metrics, in Prometheus' exposition format, and its health report.
+//!
+//! The daemon's own resident memory is read from `/proc/self/status` at each scrape.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -26,7 +28,12 @@ pub struct Metrics {
     job_last_success: Family<Labels, Gauge<f64, AtomicU64>>,
     job_last_duration: Family<Labels, Gauge<f64, AtomicU64>>,
     job_last_failed: Family<Labels, Gauge>,
+    job_skipped: Family<Labels, Counter>,
+    job_running: Family<Labels, Gauge>,
+    resident_memory: Gauge,
     last_results: Mutex<BTreeMap<String, (bool, DateTime<Utc>)>>,
+    /// The jobs running now, and since when.
+    running: Mutex<BTreeMap<String, DateTime<Utc>>>,
 }
 
 impl Metrics {
@@ -42,7 +49,11 @@ impl Metrics {
             job_last_success: Family::default(),
             job_last_duration: Family::default(),
             job_last_failed: Family::default(),
+            job_skipped: Family::default(),
+            job_running: Family::default(),
+            resident_memory: Gauge::default(),
             last_results: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -85,7 +96,32 @@ impl Metrics {
             "1 when the job's last run failed",
             metrics.job_last_failed.clone(),
         );
+        registry.register(
+            "job_skipped",
+            "Runs skipped because the job came due while its previous run still waited or ran",
+            metrics.job_skipped.clone(),
+        );
+        registry.register("job_running", "1 while the job runs", metrics.job_running.clone());
+        registry.register(
+            "daemon_resident_memory_bytes",
+            "Resident memory of the daemon process (its jobs run in processes of their own)",
+            metrics.resident_memory.clone(),
+        );
         Metrics { registry, ..metrics }
+    }
+
+    /// A job started.
+    pub fn job_started(&self, job: Job) {
+        self.job_running.get_or_create(&job_labels(job)).set(1);
+        self.running
+            .lock()
+            .expect("not poisoned")
+            .insert(job.to_string(), Utc::now());
+    }
+
+    /// A job came due while its previous run still waited or ran.
+    pub fn job_skipped(&self, job: Job) {
+        self.job_skipped.get_or_create(&job_labels(job)).inc();
     }
 
     /// The watcher stored a file.
@@ -108,7 +144,9 @@ impl Metrics {
         self.job_runs
             .get_or_create(&vec![("job".into(), name.clone()), ("result".into(), result.into())])
             .inc();
-        let labels = vec![("job".to_string(), name.clone())];
+        let labels = job_labels(job);
+        self.job_running.get_or_create(&labels).set(0);
+        self.running.lock().expect("not poisoned").remove(&name);
         self.job_last_duration.get_or_create(&labels).set(elapsed.as_secs_f64());
         self.job_last_failed.get_or_create(&labels).set(i64::from(!ok));
         if ok {
@@ -124,12 +162,16 @@ impl Metrics {
 
     /// The exposition text.
     pub fn render(&self) -> String {
+        if let Some(bytes) = resident_memory_bytes() {
+            self.resident_memory.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
 
-    /// `{"status": "ok"|"degraded", "jobs": {...}}`: degraded while any job's last run failed.
+    /// `{"status": "ok"|"degraded", "archived": n, "jobs": {...}, "running": [...]}`: degraded
+    /// while any job's last run failed; `running` lists the jobs running now and since when.
     pub fn health(&self) -> String {
         let results = self.last_results.lock().expect("not poisoned");
         let jobs: serde_json::Map<String, serde_json::Value> = results
@@ -141,8 +183,28 @@ impl Metrics {
         } else {
             "degraded"
         };
-        serde_json::json!({ "status": status, "archived": self.archived.get(), "jobs": jobs }).to_string()
+        let running: Vec<serde_json::Value> = self
+            .running
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(job, since)| serde_json::json!({ "job": job, "since": since.to_rfc3339() }))
+            .collect();
+        serde_json::json!({ "status": status, "archived": self.archived.get(), "jobs": jobs, "running": running })
+            .to_string()
     }
+}
+
+fn job_labels(job: Job) -> Labels {
+    vec![("job".to_string(), job.to_string())]
+}
+
+/// This process's resident set size (`VmRSS` in `/proc/self/status`, in kB there).
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[cfg(test)]
@@ -156,7 +218,19 @@ mod tests {
         metrics.archived(Duration::from_millis(3));
         metrics.job_finished(Job::Backup(Tier::Hourly), true, Duration::from_secs(2));
         metrics.job_finished(Job::Verify, false, Duration::from_secs(1));
+        metrics.job_started(Job::Backup(Tier::Daily));
+        metrics.job_skipped(Job::Backup(Tier::Daily));
         let text = metrics.render();
+        assert!(
+            text.contains("pitr_job_skipped_total{job=\"backup daily\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("pitr_job_running{job=\"backup daily\"} 1"), "{text}");
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("pitr_daemon_resident_memory_bytes "))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(rss.is_some_and(|bytes| bytes > 1 << 20), "{text}");
         assert!(text.contains("pitr_watch_archived_total 1"), "{text}");
         assert!(
             text.contains("pitr_job_runs_total{job=\"backup hourly\",result=\"success\"} 1"),
@@ -166,5 +240,6 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
         let health: serde_json::Value = serde_json::from_str(&metrics.health()).unwrap();
         assert_eq!(health["status"], "degraded");
+        assert_eq!(health["running"][0]["job"], "backup daily", "{health}");
     }
 }

@@ -135,9 +135,17 @@ pub fn age_seconds(then: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
     now.signed_duration_since(then).num_seconds()
 }
 
-/// BackupMissing and BackupTooOld for the backups in scope. A tier counts as scheduled once it
-/// holds a backup (expire never empties a tier), or when the scope names it.
-pub fn freshness(backups: &[&Manifest], scope: Scope, thresholds: &Thresholds, now: DateTime<Utc>) -> Vec<Alert> {
+/// BackupMissing and BackupTooOld for the backups in scope. A tier is judged once it holds a
+/// backup (expire never empties a tier), when the scope names it, and with `verify all` when it
+/// is `expected` (scheduled and kept): a tier that never had a backup is missing once the oldest
+/// backup is older than the tier's interval and the grace.
+pub fn freshness(
+    backups: &[&Manifest],
+    scope: Scope,
+    thresholds: &Thresholds,
+    expected: &[Tier],
+    now: DateTime<Utc>,
+) -> Vec<Alert> {
     let mut alerts = Vec::new();
     let Some(newest) = backups.iter().max_by_key(|m| m.stop_time) else {
         let what = match scope {
@@ -154,6 +162,9 @@ pub fn freshness(backups: &[&Manifest], scope: Scope, thresholds: &Thresholds, n
     };
     for tier in Tier::ALL {
         let Some(m) = backups.iter().filter(|m| m.tier == tier).max_by_key(|m| m.stop_time) else {
+            if scope == Scope::All && expected.contains(&tier) {
+                alerts.extend(never_taken(backups, tier, thresholds, now));
+            }
             continue;
         };
         let due = interval(tier) + thresholds.backup_grace;
@@ -187,6 +198,29 @@ pub fn freshness(backups: &[&Manifest], scope: Scope, thresholds: &Thresholds, n
         ));
     }
     alerts
+}
+
+/// BackupMissing for an expected `tier` without any backup, once one is overdue: the oldest
+/// backup of the repository (`backups`, not empty) shows since when backups are taken.
+fn never_taken(backups: &[&Manifest], tier: Tier, thresholds: &Thresholds, now: DateTime<Utc>) -> Option<Alert> {
+    let oldest = backups.iter().min_by_key(|m| m.stop_time)?;
+    let age = age_seconds(oldest.stop_time, now);
+    let due = interval(tier) + thresholds.backup_grace;
+    (age > due.as_secs() as i64).then(|| {
+        Alert::new(
+            AlertName::BackupMissing,
+            tier.name(),
+            format!(
+                "no {tier} backup in the repository, although {tier} backups are scheduled and kept: one is due \
+                 every {} (grace {}) and the oldest backup {} is {} old; check the {tier} backup job, or set \
+                 {tier} = \"off\" in [schedule] if there are none on purpose",
+                human_duration(interval(tier).as_secs() as i64),
+                human_duration(thresholds.backup_grace.as_secs() as i64),
+                oldest.id,
+                human_duration(age)
+            ),
+        )
+    })
 }
 
 /// The newest archived segment, as the staleness rule sees it.
@@ -276,12 +310,12 @@ mod tests {
     #[test]
     fn an_empty_scope_is_backup_missing_except_for_wal() {
         let t = Thresholds::default();
-        let alerts = freshness(&[], Scope::All, &t, at(0));
+        let alerts = freshness(&[], Scope::All, &t, &Tier::ALL, at(0));
         assert_eq!(names(&alerts), [(AlertName::BackupMissing, "all".to_string())]);
         assert!(alerts[0].reason.contains("no backup"), "{}", alerts[0].reason);
-        let daily = freshness(&[], Scope::Tier(Tier::Daily), &t, at(0));
+        let daily = freshness(&[], Scope::Tier(Tier::Daily), &t, &Tier::ALL, at(0));
         assert!(daily[0].reason.contains("no daily backup"), "{}", daily[0].reason);
-        assert!(freshness(&[], Scope::Wal, &t, at(0)).is_empty());
+        assert!(freshness(&[], Scope::Wal, &t, &Tier::ALL, at(0)).is_empty());
     }
 
     #[test]
@@ -291,18 +325,40 @@ mod tests {
         let daily = backup("d", Tier::Daily, 0);
         let both = [&hourly, &daily];
         assert!(
-            freshness(&both, Scope::All, &t, at(2)).is_empty(),
+            freshness(&both, Scope::All, &t, &[], at(2)).is_empty(),
             "hourly: 1 h + 1 h grace"
         );
-        let late = freshness(&both, Scope::All, &t, at(3));
+        let late = freshness(&both, Scope::All, &t, &[], at(3));
         assert_eq!(names(&late), [(AlertName::BackupMissing, "hourly".to_string())]);
         assert!(
             late[0].reason.contains("backup h is 3 h 0 min old"),
             "{}",
             late[0].reason
         );
-        let both_late = freshness(&both, Scope::All, &t, at(26));
+        let both_late = freshness(&both, Scope::All, &t, &[], at(26));
         assert_eq!(both_late.len(), 2, "{both_late:?}");
+    }
+
+    #[test]
+    fn an_expected_tier_that_never_had_a_backup_is_missing_once_one_is_overdue() {
+        let t = Thresholds::default();
+        let daily = backup("d", Tier::Daily, 0);
+        let expected = [Tier::Hourly, Tier::Daily];
+        assert!(
+            freshness(&[&daily], Scope::All, &t, &expected, at(2)).is_empty(),
+            "hourly: 1 h + 1 h grace"
+        );
+        let late = freshness(&[&daily], Scope::All, &t, &expected, at(3));
+        assert_eq!(names(&late), [(AlertName::BackupMissing, "hourly".to_string())]);
+        assert!(late[0].reason.contains("no hourly backup"), "{}", late[0].reason);
+        assert!(
+            freshness(&[&daily], Scope::All, &t, &[Tier::Daily], at(3)).is_empty(),
+            "hourly backups are not expected"
+        );
+        assert!(
+            freshness(&[&daily], Scope::Tier(Tier::Daily), &t, &expected, at(3)).is_empty(),
+            "verify daily judges the daily tier only"
+        );
     }
 
     #[test]
@@ -310,15 +366,15 @@ mod tests {
         let t = Thresholds::default();
         let old = backup("w1", Tier::Weekly, 0);
         let newer = backup("w2", Tier::Weekly, 10);
-        let alerts = freshness(&[&old, &newer], Scope::All, &t, at(10 + 169));
+        let alerts = freshness(&[&old, &newer], Scope::All, &t, &[], at(10 + 169));
         assert_eq!(names(&alerts), [(AlertName::BackupTooOld, "w2".to_string())]);
         assert_eq!(alerts[0].severity, Severity::Warning);
-        assert!(freshness(&[&old, &newer], Scope::All, &t, at(10 + 167)).is_empty());
+        assert!(freshness(&[&old, &newer], Scope::All, &t, &[], at(10 + 167)).is_empty());
         let tight = Thresholds {
             max_age: Duration::from_secs(3600),
             ..t
         };
-        assert_eq!(freshness(&[&newer], Scope::All, &tight, at(12)).len(), 1);
+        assert_eq!(freshness(&[&newer], Scope::All, &tight, &[], at(12)).len(), 1);
     }
 
     #[test]
