@@ -5,6 +5,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -137,10 +138,13 @@ fn record(result: &Result<VerifyReport>, options: &VerifyOptions, records: &Reco
     }
 }
 
+/// Appends to verify's log, created 0640 (the umask can only make it stricter): monitoring may
+/// read it by group, nobody else.
 fn append_line(path: &Path, line: &str) -> Result<()> {
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(path)
         .map_err(Error::io("open", path))?;
     writeln!(file, "{line}").map_err(Error::io("append to", path))

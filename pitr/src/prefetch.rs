@@ -27,6 +27,7 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -37,7 +38,7 @@ use crate::codec::{self, ObjectHeader};
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::repo::{Repo, RepoInfo};
-use crate::spool::Spool;
+use crate::spool::{create_private, write_private, Spool};
 use crate::timeline::TimelinePath;
 use crate::wal::{parse_history, Segment, SegmentSize, TimelineId, TimelineSwitch, WalFileName};
 
@@ -292,7 +293,7 @@ impl<'a> Prefetched<'a> {
             return;
         };
         let (watcher, me) = (self.dir.join("watcher"), std::process::id().to_string());
-        if fs::write(&watcher, &me).is_err() {
+        if write_private(&watcher, me.as_bytes()).is_err() {
             return;
         }
         let deadline = Instant::now() + RECOVERY_WATCH;
@@ -315,6 +316,7 @@ impl<'a> Prefetched<'a> {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(Error::io("open", &lock_path))?;
         Ok(lock.try_lock().is_ok().then_some(lock))
@@ -422,7 +424,7 @@ impl<'a> Prefetched<'a> {
         }
         Spool::at(self.dir.parent().expect("prefetch is inside the spool")).ensure()?;
         let owner = self.dir.join("owner");
-        fs::write(&owner, &self.owner).map_err(Error::io("write", &owner))
+        write_private(&owner, self.owner.as_bytes()).map_err(Error::io("write", &owner))
     }
 
     /// Deletes prefetched files off `path`, and of segments at or before `current`: the sidecar
@@ -461,7 +463,7 @@ impl<'a> Prefetched<'a> {
         let path = self.spooled(name);
         let temp = path.with_extension("tmp");
         let written = decoded.is_ok().then(|| {
-            fs::File::create(&temp).and_then(|mut file| {
+            create_private(&temp).and_then(|mut file| {
                 fsio::write_in_pieces(&mut file, &raw)?;
                 Ok(file)
             })
@@ -493,7 +495,7 @@ impl<'a> Prefetched<'a> {
         fs::rename(&temp, &path).map_err(Error::io("rename", &path))?;
         let crc_path = path.with_extension("crc");
         let crc_temp = path.with_extension("crc.tmp");
-        fs::write(&crc_temp, format!("{crc:08x}")).map_err(Error::io("write", &crc_temp))?;
+        write_private(&crc_temp, format!("{crc:08x}").as_bytes()).map_err(Error::io("write", &crc_temp))?;
         fs::rename(&crc_temp, &crc_path).map_err(Error::io("rename", &crc_path))
     }
 }

@@ -14,7 +14,8 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -40,7 +41,8 @@ impl Spool {
         Spool { dir: dir.into() }
     }
 
-    /// Creates the spool's directories (mode 0700) if they are missing.
+    /// Creates the spool's directories if they are missing, and makes them 0700 whatever the
+    /// umask (an older spool may be 0755): prefetched WAL is the database's content.
     pub fn ensure(&self) -> Result<()> {
         for sub in ["pushed", "prefetch"] {
             let path = self.dir.join(sub);
@@ -48,6 +50,13 @@ impl Spool {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(Error::io("create spool directory", &path)(e)),
+            }
+        }
+        for dir in [self.dir.clone(), self.dir.join("pushed"), self.prefetch_dir()] {
+            let private = fs::metadata(&dir).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o700);
+            if !private {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                    .map_err(Error::io("set permissions of", &dir))?;
             }
         }
         Ok(())
@@ -68,7 +77,7 @@ impl Spool {
         self.ensure()?;
         let path = self.dir.join("pushed").join(name);
         let temp = path.with_extension(format!("{}.tmp", std::process::id()));
-        fs::write(&temp, identity(file)).map_err(Error::io("write", &temp))?;
+        write_private(&temp, identity(file).as_bytes()).map_err(Error::io("write", &temp))?;
         fs::rename(&temp, &path).map_err(Error::io("rename", &path))
     }
 
@@ -89,6 +98,22 @@ impl Spool {
         }
         Ok(())
     }
+}
+
+/// Creates (or truncates) a file of the spool, mode 0600 when it is new: the umask can only make
+/// it stricter.
+pub(crate) fn create_private(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Writes `bytes` as a spool file (see [`create_private`]).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    create_private(path)?.write_all(bytes)
 }
 
 /// What identifies one version of a file without reading it.
@@ -123,5 +148,23 @@ mod tests {
         assert!(!spool.was_pushed("000000010000000000000001", &fs::metadata(&file).unwrap()));
         spool.forget_pushed_except(&[]).unwrap();
         assert_eq!(fs::read_dir(spool.dir().join("pushed")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_spool_is_private_whatever_it_was_created_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::at(dir.path().join("spool"));
+        fs::DirBuilder::new().mode(0o755).create(spool.dir()).unwrap();
+        fs::set_permissions(spool.dir(), fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.path().join("000000010000000000000001");
+        fs::write(&file, b"one").unwrap();
+        spool
+            .mark_pushed("000000010000000000000001", &fs::metadata(&file).unwrap())
+            .unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(spool.dir()), 0o700);
+        assert_eq!(mode(&spool.dir().join("pushed")), 0o700);
+        assert_eq!(mode(&spool.prefetch_dir()), 0o700);
+        assert_eq!(mode(&spool.dir().join("pushed/000000010000000000000001")), 0o600);
     }
 }
