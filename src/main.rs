@@ -36,6 +36,8 @@ enum Outcome {
     Critical,
     /// A failure, with its one-line message.
     Failed(String),
+    /// Stopped by SIGINT or SIGTERM, with what was left behind.
+    Interrupted(String),
     /// Bad arguments or settings, with clap's message (possibly several lines).
     Usage(String),
     /// The reader of stdout went away (as after `| head`).
@@ -98,7 +100,9 @@ fn exit_code(outcome: &Outcome, restore: bool, verification: bool) -> u8 {
         (Outcome::Success, _) => 0,
         (Outcome::NotFound | Outcome::Warnings, _) => 1,
         (Outcome::Critical, _) => 2,
-        (Outcome::Failed(_) | Outcome::Usage(_), true) => EXIT_RESTORE_ERROR,
+        (Outcome::Failed(_) | Outcome::Usage(_) | Outcome::Interrupted(_), true) => EXIT_RESTORE_ERROR,
+        // As a shell reports a command ended by SIGINT.
+        (Outcome::Interrupted(_), false) => 130,
         (Outcome::Failed(_), false) if verification => 2,
         (Outcome::Failed(_), false) => 1,
         (Outcome::Usage(_), false) => 2,
@@ -113,7 +117,7 @@ fn report(outcome: &Outcome, command: Option<&str>) {
     let archive_command = matches!(command, Some("archive-get" | "archive-push"));
     let text = match outcome {
         Outcome::Success | Outcome::NotFound | Outcome::Warnings | Outcome::Critical | Outcome::BrokenPipe => return,
-        Outcome::Failed(message) => format!("{pitr}: error: {message}\n"),
+        Outcome::Failed(message) | Outcome::Interrupted(message) => format!("{pitr}: error: {message}\n"),
         // The archive commands' stderr lands in the server log: one line there, clap's usage elsewhere.
         Outcome::Usage(message) if archive_command => format!("{pitr}: usage error: {}\n", one_line(message)),
         Outcome::Usage(message) => message.clone(),
@@ -175,6 +179,7 @@ fn done(result: pitr::Result<Done>) -> Outcome {
         Ok(Done::NotFound) => Outcome::NotFound,
         Ok(Done::Warnings) => Outcome::Warnings,
         Ok(Done::Critical) => Outcome::Critical,
+        Err(e @ pitr::Error::Interrupted(_)) => Outcome::Interrupted(e.to_string()),
         Err(e) => Outcome::Failed(e.to_string()),
     }
 }
@@ -196,6 +201,8 @@ mod tests {
         assert_eq!(exit_code(&Outcome::Success, true, false), 0);
         assert_eq!(exit_code(&Outcome::Usage("error: bad\n".into()), false, false), 2);
         assert_eq!(exit_code(&Outcome::Failed("refused".into()), false, false), 1);
+        assert_eq!(exit_code(&Outcome::Interrupted("stopped".into()), false, false), 130);
+        assert_eq!(exit_code(&Outcome::Interrupted("stopped".into()), true, false), EXIT_RESTORE_ERROR);
     }
 
     #[test]

@@ -85,7 +85,7 @@ fn an_interrupted_demo_stops_its_server_and_removes_its_directory() {
     reader.join().expect("stdout reader");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     let left = poll(Duration::from_secs(10), || {
         processes_in(&directory).is_empty().then_some(())

@@ -1590,7 +1590,7 @@ fn an_interrupted_recovery_stops_its_server() {
         .args(["-INT", &pid.to_string()])
         .status();
     let out = wait_child(child, line, Duration::from_secs(120));
-    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert_eq!(out.code(), Some(130), "{}", out.describe());
     let err = out.stderr_str();
     assert!(
         err.contains("interrupted") && err.contains("its server is stopped") && err.contains("stays"),
