@@ -202,7 +202,10 @@ mod tests {
         assert_eq!(exit_code(&Outcome::Usage("error: bad\n".into()), false, false), 2);
         assert_eq!(exit_code(&Outcome::Failed("refused".into()), false, false), 1);
         assert_eq!(exit_code(&Outcome::Interrupted("stopped".into()), false, false), 130);
-        assert_eq!(exit_code(&Outcome::Interrupted("stopped".into()), true, false), EXIT_RESTORE_ERROR);
+        assert_eq!(
+            exit_code(&Outcome::Interrupted("stopped".into()), true, false),
+            EXIT_RESTORE_ERROR
+        );
     }
 
     #[test]

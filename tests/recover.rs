@@ -1630,7 +1630,7 @@ fn a_failing_archive_command_fails_restore_point_and_backup_at_once() {
     let err = out.stderr_str();
     assert!(
         err.contains("archive_command is failing")
-            && err.contains("pitr archive-push: error: could not read config file /nonexistent/pitr.toml")
+            && err.contains("pitr archive-push: usage error: could not read config file /nonexistent/pitr.toml")
             && err.contains("the restore point exists on the server but is not recorded"),
         "{}",
         out.describe()

@@ -78,14 +78,15 @@ pub fn push(repo: &Repo, codec: &Codec, path: &Path, site: &Site) -> Result<Push
     let path = inside_data_dir(path, site.data_dir.as_deref())?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let name = WalFileName::parse(file_name)?;
-    let mut file = open_wal_file(&path, file_name)?;
     if let Some(spool) = &site.spool {
-        // The watcher stored exactly this file durably already: nothing to read or compare.
-        let meta = file.metadata().map_err(Error::io("read", &path))?;
+        // The watcher stored exactly this file durably already: nothing to open, read or compare.
+        // (lstat: a link or a FIFO never matches a marker, which names a regular file pushed.)
+        let meta = fs::symlink_metadata(&path).map_err(Error::io("read", &path))?;
         if spool.was_pushed(file_name, &meta) && repo.has_wal(&name)? {
             return Ok(PushOutcome::AlreadyArchived);
         }
     }
+    let mut file = open_wal_file(&path, file_name)?;
     let mut raw = Vec::new();
     file.read_to_end(&mut raw).map_err(Error::io("read", &path))?;
     validate(repo, &name, &path, &raw)?;

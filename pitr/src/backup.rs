@@ -34,7 +34,7 @@ use crate::codec::Codec;
 use crate::control;
 use crate::crash_point;
 use crate::error::{Error, Result};
-use crate::pg::{BackupStop, Server};
+use crate::pg::{ArchiverStatus, BackupStop, Server};
 use crate::progress::Progress;
 use crate::repo::{backup_dir, Repo, RepoInfo, FORMAT_VERSION, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
 use crate::restore_point::{wait_until_archived, Waited};
@@ -146,8 +146,9 @@ pub async fn take(
     // Stop the backup even when the copy failed, so the server does not stay in backup mode.
     // When pitr archives into this repository, pitr itself watches for the last segment (every
     // 50 ms) instead of PostgreSQL's once-a-second check.
+    let archiver = server.archiver_status().await;
     let stop = server.backup_stop(archiving != Archiving::IntoThisRepo).await;
-    let (files, stop) = (copy?, stop?);
+    let (files, stop, archiver) = (copy?, stop?, archiver?);
     crash_point::reached("backup:stopped");
     let stop_time = Utc::now();
     let next_xid = server.next_xid().await?;
@@ -168,7 +169,7 @@ pub async fn take(
         duration_seconds: started.elapsed().as_secs_f64(),
     })?;
     if archiving == Archiving::IntoThisRepo {
-        wait_for_wal(repo, server, &manifest.last_wal, progress).await?;
+        wait_for_wal(repo, server, &manifest.last_wal, &archiver, progress).await?;
     }
     // The files were stored without an fsync each: they become durable here, together, before
     // the manifest that commits them.
@@ -271,11 +272,17 @@ pub(crate) enum Archiving {
 /// Waits until the segment `name` is in the repository, warning every minute meanwhile: a
 /// backup is not complete before the WAL that makes it consistent is archived. A failing
 /// archive_command ends the wait with its reason.
-async fn wait_for_wal(repo: &Repo, server: &Server, name: &str, progress: &dyn Progress) -> Result<()> {
+async fn wait_for_wal(
+    repo: &Repo,
+    server: &Server,
+    name: &str,
+    since: &ArchiverStatus,
+    progress: &dyn Progress,
+) -> Result<()> {
     let name = WalFileName::parse(name)?;
     let started = Instant::now();
     loop {
-        match wait_until_archived(repo, server, &name, Duration::from_secs(60)).await? {
+        match wait_until_archived(repo, server, &name, Duration::from_secs(60), since).await? {
             Waited::Archived => return Ok(()),
             Waited::TimedOut => progress.warn(&format!(
                 "still waiting for {name} to be archived into {} ({} s): check archive_command and pg_stat_archiver",

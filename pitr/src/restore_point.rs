@@ -118,9 +118,10 @@ pub async fn create(repo: &Repo, server: &Server, name: &str, options: CreateOpt
     }
     .file_name(size);
     if options.switch_wal {
+        let since = server.archiver_status().await?;
         server.switch_wal().await?;
         let not_recorded = "the restore point exists on the server but is not recorded";
-        match wait_until_archived(repo, server, &WalFileName::parse(&wal_file)?, options.timeout).await? {
+        match wait_until_archived(repo, server, &WalFileName::parse(&wal_file)?, options.timeout, &since).await? {
             Waited::Archived => {}
             Waited::TimedOut => {
                 return Err(Error::Refused(format!(
@@ -180,17 +181,19 @@ const ARCHIVER_TRIES: i64 = 3;
 const ARCHIVER_CHECK: Duration = Duration::from_millis(500);
 
 /// Waits until `name` is in the repository, for at most `timeout`, watching the server's
-/// archiver: when archive_command keeps failing it stops at once with the reason
-/// (pg_stat_archiver, and the last `pitr archive-push: error:` line of the server log when
+/// archiver against `since` (its statistics read before the WAL switch that made `name` ready:
+/// read later, the failures could all be behind it, and the archiver asleep for a minute): when
+/// archive_command keeps failing it stops at once with the reason
+/// (pg_stat_archiver, and the last `pitr archive-push:` error line of the server log when
 /// pitr can read it). An interruption by the operator ends the wait.
 pub(crate) async fn wait_until_archived(
     repo: &Repo,
     server: &Server,
     name: &WalFileName,
     timeout: Duration,
+    since: &ArchiverStatus,
 ) -> Result<Waited> {
     let started = Instant::now();
-    let before = server.archiver_status().await?;
     let mut checked = Instant::now();
     while !repo.has_wal(name)? {
         interrupt::check(&format!("waiting for {name} to be archived"))?;
@@ -200,8 +203,8 @@ pub(crate) async fn wait_until_archived(
         if checked.elapsed() >= ARCHIVER_CHECK {
             checked = Instant::now();
             let now = server.archiver_status().await?;
-            if now.failing && now.failed_count >= before.failed_count + ARCHIVER_TRIES {
-                return Ok(Waited::Failing(failing(server, name, &before, &now).await));
+            if now.failing && now.failed_count >= since.failed_count + ARCHIVER_TRIES {
+                return Ok(Waited::Failing(failing(server, name, since, &now).await));
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -235,10 +238,13 @@ fn last_push_error(log: &std::path::Path) -> Option<String> {
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).ok()?;
     let text = String::from_utf8_lossy(&tail);
-    let marker = "pitr archive-push: error:";
-    text.lines()
-        .rev()
-        .find_map(|line| line.find(marker).map(|at| line[at..].trim_end().to_string()))
+    // "pitr archive-push: error: ..." or, for bad arguments or settings, "... usage error: ...".
+    let failed =
+        |line: &&str| line.contains("pitr archive-push: error:") || line.contains("pitr archive-push: usage error:");
+    text.lines().rev().find(failed).and_then(|line| {
+        line.find("pitr archive-push:")
+            .map(|at| line[at..].trim_end().to_string())
+    })
 }
 
 #[cfg(test)]

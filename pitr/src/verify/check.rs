@@ -114,6 +114,7 @@ async fn switch_and_wait(repo: &Repo, server: &Server, timeline: TimelineId, tim
     server
         .query_rows("SELECT pg_logical_emit_message(false, 'pitr', 'check')")
         .await?;
+    let since = server.archiver_status().await?;
     let end = server.switch_wal().await?;
     let size = segment_size(server).await?;
     // pg_switch_wal returns an end pointer: the closed segment holds the byte before it.
@@ -122,7 +123,7 @@ async fn switch_and_wait(repo: &Repo, server: &Server, timeline: TimelineId, tim
         segno: size.segment_before(end),
     };
     let name = WalFileName::parse(&segment.file_name(size))?;
-    let reason = match wait_until_archived(repo, server, &name, timeout).await? {
+    let reason = match wait_until_archived(repo, server, &name, timeout, &since).await? {
         Waited::Archived => None,
         Waited::TimedOut => Some(format!(
             "switched WAL, but segment {name} did not reach repository {} within {} s: {}",
