@@ -830,7 +830,17 @@ fn kill_archive_push(f: &mut Faults) {
             segment.0
         );
         // PostgreSQL retries with the fixed command.
-        c.wait_archived(&segment.0);
+        let done = c.pg_wal().join(format!("archive_status/{}.done", segment.0));
+        let retried = poll(ARCHIVE_TIMEOUT, || done.exists().then_some(()));
+        if !f.expect(retried.is_some(), Harm::WrongExit, || {
+            format!(
+                "kill -9 at {point}: PostgreSQL's retries of {} keep failing:\n{}",
+                segment.0,
+                tail(&c.log(), 5)
+            )
+        }) {
+            continue;
+        }
         expect_round_trip(f, &c, c.repo(), &segment, &format!("kill -9 at {point}, then a retry"));
         let wal = c.pitr_connected(c.repo(), &["verify", "wal", "--log-file", "none"]);
         f.expect(wal.code() == Some(0), Harm::WrongExit, || {
