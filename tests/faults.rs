@@ -333,33 +333,17 @@ fn run_one(scenario: Scenario) -> Outcome {
     }
 }
 
-/// The table: one row per category, and the total.
+/// The table: one row per category, and the total; then each scenario's time.
 fn table(outcomes: &[Outcome]) -> String {
     let headings: Vec<&str> = std::iter::once("faults tried")
         .chain(Harm::ALL.iter().map(|h| h.heading()))
         .collect();
-    let counts = |of: &dyn Fn(&Outcome) -> bool| -> Vec<u64> {
-        let chosen: Vec<&Outcome> = outcomes.iter().filter(|o| of(o)).collect();
-        std::iter::once(chosen.iter().map(|o| o.faults.tried).sum())
-            .chain(Harm::ALL.iter().map(|h| {
-                chosen
-                    .iter()
-                    .map(|o| o.faults.harms.iter().filter(|(harm, _)| harm == h).count() as u64)
-                    .sum()
-            }))
-            .collect()
-    };
-    let mut rows: Vec<(String, Vec<u64>)> = Category::ALL
+    let mut rows: Vec<(&str, Vec<u64>)> = Category::ALL
         .iter()
-        .map(|c| (c.label().to_string(), counts(&|o: &Outcome| o.category == *c)))
+        .map(|c| (c.label(), counts(outcomes, |o| o.category == *c)))
         .collect();
-    rows.push(("total".into(), counts(&|_: &Outcome| true)));
-    let first = rows
-        .iter()
-        .map(|(l, _)| l.len())
-        .max()
-        .unwrap_or(0)
-        .max("category".len());
+    rows.push(("total", counts(outcomes, |_| true)));
+    let first = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     let mut text = format!("{:<first$}", "category");
     for h in &headings {
         let _ = write!(text, " | {h}");
@@ -370,10 +354,29 @@ fn table(outcomes: &[Outcome]) -> String {
             let _ = write!(text, " | {v:>width$}", width = h.len());
         }
     }
-    let mut timings: Vec<&Outcome> = outcomes.iter().collect();
-    timings.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
-    text.push_str("\n\nscenarios:");
-    for o in timings {
+    text + "\n\n" + &timings(outcomes)
+}
+
+/// Faults tried, then the count of each harm, over the outcomes `of` chooses.
+fn counts(outcomes: &[Outcome], of: impl Fn(&Outcome) -> bool) -> Vec<u64> {
+    let chosen: Vec<&Outcome> = outcomes.iter().filter(|o| of(o)).collect();
+    let harms = Harm::ALL.iter().map(|h| {
+        chosen
+            .iter()
+            .map(|o| o.faults.harms.iter().filter(|(harm, _)| harm == h).count() as u64)
+            .sum()
+    });
+    std::iter::once(chosen.iter().map(|o| o.faults.tried).sum())
+        .chain(harms)
+        .collect()
+}
+
+/// Each scenario's time and faults, the longest first.
+fn timings(outcomes: &[Outcome]) -> String {
+    let mut sorted: Vec<&Outcome> = outcomes.iter().collect();
+    sorted.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    let mut text = String::from("scenarios:");
+    for o in sorted {
         let _ = write!(
             text,
             "\n  {:>4.0} s  {:>4} faults  [{}] {}",
@@ -569,7 +572,7 @@ fn listed(c: &Cluster) -> Result<BTreeSet<String>, CmdOutput> {
         .collect())
 }
 
-/// The first `key` value in a `backup --json` summary's `backup.cleaned_up`.
+/// The incomplete backups a `backup --json` run deleted (`backup.cleaned_up`).
 fn cleaned_up(out: &CmdOutput) -> Vec<String> {
     parse_json(out)["backup"]["cleaned_up"]
         .as_array()
@@ -1716,15 +1719,15 @@ fn thread_sleep_until_prefetcher_exits() {
     std::thread::sleep(Duration::from_secs(2));
 }
 
-/// `pitr recover` leaves the promoted copy running on its private socket until `adopt`:
-/// `nobody` must not get in (as superuser, with `COPY ... TO PROGRAM`), and `adopt` removes the
-/// socket directory.
+/// `pitr recover` (under umask 000) leaves the promoted copy running on its private socket
+/// until `adopt`: `nobody` must not get in (it would be superuser, with `COPY ... TO PROGRAM`),
+/// and `adopt` removes the socket directory.
 fn nobody_against_private_socket(f: &mut Faults) {
     let c = small_cluster();
     create_rows(&c, 100);
     backup_id(&c, &[]);
     let nd = RecoverDir::new();
-    let mut cmd = server_command_with_umask("022", c.pitr_bin());
+    let mut cmd = server_command_with_umask("000", c.pitr_bin());
     let out = run(cmd
         .current_dir(c.dir())
         .arg("--repo")
@@ -1790,15 +1793,18 @@ fn nobody_against_daemon(f: &mut Faults) {
         .args(["daemon", "--pgdata"])
         .arg(c.data_dir());
     let line = cmdline(&cmd);
-    let mut daemon = spawn(&mut cmd);
+    let daemon = spawn(&mut cmd);
     let pid = pitr_pid(&daemon);
     let listening = poll(Duration::from_secs(30), || {
         let sockets = listening_sockets(pid);
         (!sockets.is_empty()).then_some(sockets)
     });
     let Some(sockets) = listening else {
-        let _ = daemon.kill();
-        panic!("the daemon listens nowhere after 30 s: {:?}", daemon.try_wait());
+        let out = terminate_pitr(daemon, line, Duration::from_secs(30));
+        panic!(
+            "the daemon listens nowhere after 30 s (is its default port 9817 taken?):\n{}",
+            out.describe()
+        );
     };
     f.tried(1);
     let exposed: Vec<&(String, u16)> = sockets.iter().filter(|(addr, _)| !is_loopback(addr)).collect();
