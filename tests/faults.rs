@@ -75,7 +75,7 @@ impl Category {
             Category::Kill => "kill -9",
             Category::Space => "ENOSPC, EACCES, read-only",
             Category::Concurrency => "concurrent pushes",
-            Category::BitFlips => "bit flips",
+            Category::BitFlips => "bit flips, lost files",
             Category::HostileUser => "hostile user",
             Category::Traversal => "path traversal",
             Category::Promotion => "wrong promotions",
@@ -231,6 +231,7 @@ fn scenarios() -> Vec<Scenario> {
             "a damaged prefetched copy in the spool",
             flips_in_spool,
         ),
+        s(Category::BitFlips, "files lost from the repository", lost_files),
         s(
             Category::Traversal,
             "%f, %p, backup ids, check-integrity paths",
@@ -595,14 +596,17 @@ fn backup_id(c: &Cluster, extra: &[&str]) -> String {
 }
 
 /// True when `key` occurs in the output as a whole name: not followed by a character that would
-/// make it a longer name (`backup.manifest` is not named by `backup.manifest.copy`).
+/// make it a longer name (`backup.manifest` is not named by `backup.manifest.copy`, a segment is
+/// named by a range `<segment>..<segment>`).
 fn names(out: &CmdOutput, key: &str) -> bool {
     let all = format!("{}\n{}", out.stdout_str(), out.stderr_str());
     all.match_indices(key).any(|(at, _)| {
-        all[at + key.len()..]
-            .chars()
-            .next()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '.' || c == '_'))
+        let mut after = all[at + key.len()..].chars();
+        match (after.next(), after.next()) {
+            (Some('.'), Some('.')) => true,
+            (Some(c), _) => !(c.is_alphanumeric() || c == '.' || c == '_'),
+            (None, _) => true,
+        }
     })
 }
 
@@ -1554,6 +1558,79 @@ fn flips_in_backups(f: &mut Faults) {
     }
 }
 
+/// Files lost from a repository, one at a time: a backup file object, `backup.manifest`, its
+/// copy, both, a WAL segment in the middle of the archive, `repo.json`. verify exits 2 naming
+/// what is lost; the next backup keeps a backup whose manifests are both lost (its files are all
+/// there); archive-get exits 200 without `repo.json`. (A lost restore point record leaves no
+/// trace: nothing else names it.)
+fn lost_files(f: &mut Faults) {
+    let c = small_cluster();
+    create_rows(&c, 100);
+    let id = backup_id(&c, &[]);
+    insert_rows(&c, 101, 200);
+    let middle = c.switch_and_archive();
+    insert_rows(&c, 201, 300);
+    c.switch_and_archive();
+    assert_verifies(&c);
+    let dir = c.repo().join("hourly").join(&id);
+    let mut rng = Rng::new(4);
+    let object = rng.pick(&files_below(&dir.join("files"))).clone();
+    let (manifest, copy) = (dir.join("backup.manifest"), dir.join("backup.manifest.copy"));
+    let aside = TestDir::new("faults-lost");
+    let cases: Vec<(&str, Vec<PathBuf>, String)> = vec![
+        ("a backup file object", vec![object.clone()], key_of(c.repo(), &object)),
+        ("backup.manifest", vec![manifest.clone()], key_of(c.repo(), &manifest)),
+        ("backup.manifest.copy", vec![copy.clone()], key_of(c.repo(), &copy)),
+        ("both manifests", vec![manifest.clone(), copy.clone()], id.clone()),
+        (
+            "a WAL segment in the middle",
+            vec![stored_path(c.repo(), &middle)],
+            middle.clone(),
+        ),
+        ("repo.json", vec![c.repo().join("repo.json")], "repo.json".into()),
+    ];
+    for (what, lost, key) in cases {
+        f.tried(1);
+        let moved: Vec<(PathBuf, PathBuf)> = lost
+            .iter()
+            .enumerate()
+            .map(|(i, path)| (path.clone(), aside.join(i.to_string())))
+            .collect();
+        for (from, to) in &moved {
+            fs::rename(from, to).expect("move a file aside");
+        }
+        let out = verify(&c, c.repo());
+        f.expect(out.code() == Some(2) && names(&out, &key), Harm::Undetected, || {
+            format!(
+                "{what} lost: verify exits {:?}{}",
+                out.code(),
+                if names(&out, &key) { "" } else { " without naming it" }
+            )
+        });
+        if what == "both manifests" {
+            let next = backup_run(&c, None, &[]);
+            f.expect(next.success(), Harm::WrongExit, || {
+                format!(
+                    "with a backup's manifests lost, the next backup fails:\n{}",
+                    next.describe()
+                )
+            });
+            f.expect(dir.join("files").exists(), Harm::Undetected, || {
+                format!("the next backup deleted backup {id}, whose manifests were lost")
+            });
+        }
+        if what == "repo.json" {
+            let (got, _) = get(&c, c.repo(), &middle);
+            f.expect(got.code() == Some(200), Harm::WrongExit, || {
+                format!("repo.json lost: archive-get exits {:?}, expected 200", got.code())
+            });
+        }
+        for (from, to) in &moved {
+            fs::rename(to, from).expect("move a file back");
+        }
+    }
+}
+
 /// A prefetched segment damaged in the spool (a flipped bit, a flipped bit in its CRC sidecar,
 /// cut short): archive-get falls back to the repository's sound copy and exits 0 with the right
 /// bytes, instead of failing (200) on every retry.
@@ -2029,8 +2106,9 @@ fn owner_plants_links(f: &mut Faults) {
 /// The repository's owner rewrites a backup's manifest (and its copy), with a valid checksum,
 /// for a restore and a recover run by root: a file at an absolute path and one below `../..`,
 /// both mode 4755; a file of the data directory made setuid; a directory `..`; a setgid
-/// directory; a tablespace in a root directory. Root writes nothing outside the target, no
-/// set-id file exists afterwards, and verify and check-integrity exit 2.
+/// directory; a file entry dropped with the totals fixed; a tablespace in a root directory. Root
+/// writes nothing outside the target, no set-id file exists afterwards, and verify and
+/// check-integrity exit 2 (but for the tablespace, which may legitimately be anywhere).
 fn owner_tampers_manifest(f: &mut Faults) {
     let c = small_cluster();
     create_rows(&c, 100);
@@ -2090,6 +2168,16 @@ fn owner_tampers_manifest(f: &mut Faults) {
             true,
         ),
         ("a setgid directory", Box::new(|m| m.directories[0].mode = 0o2755), true),
+        (
+            "a file entry dropped, totals fixed",
+            Box::new(|m| {
+                let at = m.files.iter().position(|e| e.path == "PG_VERSION").expect("PG_VERSION");
+                let dropped = m.files.remove(at);
+                m.original_bytes -= dropped.size;
+                m.stored_bytes -= dropped.stored_size;
+            }),
+            true,
+        ),
         (
             "a tablespace in root's directory",
             Box::new(|m| {
