@@ -1128,17 +1128,22 @@ fn full_then_read_only(f: &mut Faults) {
     for segment in &segments {
         expect_round_trip(f, &c, c.repo(), segment, "after the repository grew");
     }
+    read_only(f, &c, &tmpfs, &segments[0]);
+}
 
+/// The repository turns read-only: a push fails, an archived segment still restores, a
+/// missing one is an honest 1; writable again, PostgreSQL's pending segment archives.
+fn read_only(f: &mut Faults, c: &Cluster, tmpfs: &Tmpfs, archived: &(String, Vec<u8>)) {
     tmpfs.remount("ro");
     f.tried(3);
     let new = c.capture_segment();
-    let push = push_uncompressed(&c, c.repo(), &new.0);
+    let push = push_uncompressed(c, c.repo(), &new.0);
     f.expect(!push.success(), Harm::WalLost, || {
         format!("archive-push of {} into a read-only repository exits 0", new.0)
     });
-    let (got, bytes) = get(&c, c.repo(), &segments[0].0);
+    let (got, bytes) = get(c, c.repo(), &archived.0);
     f.expect(
-        got.success() && bytes.as_ref() == Some(&segments[0].1),
+        got.success() && bytes.as_ref() == Some(&archived.1),
         Harm::WrongExit,
         || {
             format!(
@@ -1149,7 +1154,7 @@ fn full_then_read_only(f: &mut Faults) {
         },
     );
     let missing = later_segment_name(&new.0, 100, c.wal_segment_size());
-    let (absent, _) = get(&c, c.repo(), &missing);
+    let (absent, _) = get(c, c.repo(), &missing);
     f.expect(absent.code() == Some(1), Harm::WrongExit, || {
         format!(
             "archive-get of the missing {missing} from a read-only repository exits {:?}, expected 1: {}",
@@ -1159,7 +1164,7 @@ fn full_then_read_only(f: &mut Faults) {
     });
     tmpfs.remount("rw");
     c.wait_archived(&new.0);
-    expect_round_trip(f, &c, c.repo(), &new, "after the repository turned writable again");
+    expect_round_trip(f, c, c.repo(), &new, "after the repository turned writable again");
 }
 
 /// Records undetected damage when `list` shows a backup not in `before`.
@@ -1786,13 +1791,13 @@ fn nobody_against_files(f: &mut Faults) {
             .then_some(())
     });
     assert!(filled.is_some(), "the prefetcher did not fill {}", spool.display());
-    thread_sleep_until_prefetcher_exits();
+    wait_for_the_prefetcher_to_exit();
     nobody_probes(f, "the repository", c.repo(), false);
     nobody_probes(f, "the spool", &spool, true);
 }
 
 /// The prefetcher lingers a second after its last segment before it exits.
-fn thread_sleep_until_prefetcher_exits() {
+fn wait_for_the_prefetcher_to_exit() {
     std::thread::sleep(Duration::from_secs(2));
 }
 
@@ -1994,15 +1999,26 @@ fn owner_plants_links(f: &mut Faults) {
     let mut c = small_cluster();
     create_rows(&c, 100);
     backup_id(&c, &["--no-expire"]);
-    let (segment, _) = archived_segment(&c);
-    let root_backup = || run(root_pitr(c.repo()).args(["backup", "--fast", "--no-expire", "-d", &conninfo(&c)]));
+    lock_link(f, &c);
+    tier_link(f, &c);
+    wal_link(f, &mut c);
+    expire_link(f, &c);
+    force_over_a_running_cluster(f, &c);
+}
 
+/// A root `pitr backup` of `c` (the attacks' trigger); its outcome does not matter.
+fn root_backup(c: &Cluster) {
+    run(root_pitr(c.repo()).args(["backup", "--fast", "--no-expire", "-d", &conninfo(c)]));
+}
+
+/// `locks/backup.lock` → a root file, before a root backup.
+fn lock_link(f: &mut Faults, c: &Cluster) {
     f.tried(1);
     let victim = root_victim("faults-victim-lock", &["secret"]);
     let lock = c.repo().join("locks/backup.lock");
     plant_link(&victim.join("secret"), &lock);
     let before = victim_state(victim.path());
-    root_backup();
+    root_backup(c);
     f.expect(victim_state(victim.path()) == before, Harm::HoleOpen, || {
         format!(
             "a root backup changed {} through the planted backup.lock link",
@@ -2010,7 +2026,10 @@ fn owner_plants_links(f: &mut Faults) {
         )
     });
     fs::remove_file(&lock).expect("remove the planted lock link");
+}
 
+/// `hourly/` → a root directory, before a root backup.
+fn tier_link(f: &mut Faults, c: &Cluster) {
     f.tried(1);
     let victim = root_victim("faults-victim-tier", &[]);
     let hourly = c.repo().join("hourly");
@@ -2018,7 +2037,7 @@ fn owner_plants_links(f: &mut Faults) {
     owner_moves(&hourly, &hourly_away);
     plant_link(victim.path(), &hourly);
     let before = victim_state(victim.path());
-    root_backup();
+    root_backup(c);
     f.expect(victim_state(victim.path()) == before, Harm::HoleOpen, || {
         format!(
             "a root backup wrote into {} through the planted hourly/ link",
@@ -2027,10 +2046,15 @@ fn owner_plants_links(f: &mut Faults) {
     });
     fs::remove_file(&hourly).expect("remove the planted tier link");
     owner_moves(&hourly_away, &hourly);
+}
 
+/// `wal/<timeline+log>/` → a root directory holding a root-only copy of a segment, before a
+/// root archive-get of that segment and a root archive-push of a new one.
+fn wal_link(f: &mut Faults, c: &mut Cluster) {
     f.tried(2);
+    let (segment, _) = archived_segment(c);
     // PostgreSQL's archiver must not recreate the directory while the link stands in for it.
-    set_archive_command(&mut c, "exit 1; ", "");
+    set_archive_command(c, "exit 1; ", "");
     let victim = root_victim("faults-victim-wal", &[]);
     let stored = stored_path(c.repo(), &segment);
     let tli_dir = stored.parent().expect("dir").to_path_buf();
@@ -2060,12 +2084,15 @@ fn owner_plants_links(f: &mut Faults) {
     });
     fs::remove_file(&tli_dir).expect("remove the planted wal link");
     owner_moves(&tli_away, &tli_dir);
-    set_archive_command(&mut c, "", "");
+    set_archive_command(c, "", "");
     c.wait_archived(&next);
+}
 
+/// The oldest backup's `files/` → a root directory, before a root expire deletes that backup.
+fn expire_link(f: &mut Faults, c: &Cluster) {
     f.tried(1);
     let victim = root_victim("faults-victim-expire", &["keep"]);
-    backup_id(&c, &["--no-expire"]);
+    backup_id(c, &["--no-expire"]);
     let oldest = backup_dirs(c.repo()).into_iter().next().expect("a backup");
     let files = c.repo().join("hourly").join(&oldest).join("files");
     owner_moves(&files, &files.with_extension("away"));
@@ -2079,7 +2106,11 @@ fn owner_plants_links(f: &mut Faults) {
             victim.path().display()
         )
     });
+}
 
+/// A root `restore --force` and `recover --force` over a directory with a running cluster below
+/// it: refused, and the cluster keeps running with its rows.
+fn force_over_a_running_cluster(f: &mut Faults, c: &Cluster) {
     let running = Cluster::start(ClusterOptions::default().wal_segsize_mb(1).archive(false));
     create_rows(&running, 10);
     for (what, args) in [
@@ -2114,8 +2145,7 @@ fn owner_tampers_manifest(f: &mut Faults) {
     create_rows(&c, 100);
     let id = backup_id(&c, &[]);
     let dir = c.repo().join("hourly").join(&id);
-    let manifest_path = dir.join("backup.manifest");
-    let copy_path = dir.join("backup.manifest.copy");
+    let (manifest_path, copy_path) = (dir.join("backup.manifest"), dir.join("backup.manifest.copy"));
     let original = read(&manifest_path);
     let clean = Manifest::from_bytes(&original, "the manifest").expect("the manifest reads");
     let victim = root_victim("faults-victim-manifest", &["existing"]);
@@ -2126,25 +2156,59 @@ fn owner_tampers_manifest(f: &mut Faults) {
         .find(|e| e.path == "PG_VERSION")
         .expect("PG_VERSION")
         .clone();
-    let evil = |path: String| FileEntry {
+    for tampering in manifest_tamperings(victim.path(), &escape, &template) {
+        f.tried(1);
+        let mut manifest = clean.clone();
+        (tampering.tamper)(&mut manifest);
+        plant_tablespace_objects(&dir, &manifest);
+        rewrite_keeping_mode(&manifest_path, &manifest.to_bytes());
+        rewrite_keeping_mode(&copy_path, &manifest.to_bytes());
+        root_restores(f, &c, tampering.what, victim.path(), &escape);
+        if tampering.verify_can_tell {
+            expect_tampering_found(f, &c, &dir, tampering.what);
+        }
+        let _ = fs::remove_dir_all(dir.join("files/pg_tblspc"));
+    }
+    rewrite_keeping_mode(&manifest_path, &original);
+    rewrite_keeping_mode(&copy_path, &original);
+}
+
+/// One way to rewrite a manifest.
+struct Tampering<'a> {
+    what: &'static str,
+    tamper: Box<dyn Fn(&mut Manifest) + 'a>,
+    /// Whether verify can tell (a tablespace may legitimately be anywhere).
+    verify_can_tell: bool,
+}
+
+/// The tamperings of [`owner_tampers_manifest`]: `victim` is root's directory, `escape` a name
+/// for files outside the target, `template` the entry of `PG_VERSION`.
+fn manifest_tamperings<'a>(victim: &'a Path, escape: &'a str, template: &'a FileEntry) -> Vec<Tampering<'a>> {
+    let setuid_file = move |path: String| FileEntry {
         path,
         mode: 0o4755,
         ..template.clone()
     };
-    // (what, how, whether verify can tell: a tablespace anywhere is legitimate)
-    type Tamper<'a> = Box<dyn Fn(&mut Manifest) + 'a>;
-    let tampers: Vec<(&str, Tamper, bool)> = vec![
-        (
+    let tampering = |what, tamper: Box<dyn Fn(&mut Manifest) + 'a>, verify_can_tell| Tampering {
+        what,
+        tamper,
+        verify_can_tell,
+    };
+    vec![
+        tampering(
             "a setuid file at an absolute path",
-            Box::new(|m| m.files.insert(0, evil(victim.join(&escape).display().to_string()))),
+            Box::new(move |m| {
+                m.files
+                    .insert(0, setuid_file(victim.join(escape).display().to_string()))
+            }),
             true,
         ),
-        (
+        tampering(
             "a setuid file below ../..",
-            Box::new(|m| m.files.insert(0, evil(format!("../../{escape}")))),
+            Box::new(move |m| m.files.insert(0, setuid_file(format!("../../{escape}")))),
             true,
         ),
-        (
+        tampering(
             "PG_VERSION made setuid",
             Box::new(|m| {
                 m.files
@@ -2154,21 +2218,16 @@ fn owner_tampers_manifest(f: &mut Faults) {
             }),
             true,
         ),
-        (
+        tampering(
             "a directory ../",
-            Box::new(|m| {
-                m.directories.insert(
-                    0,
-                    DirEntry {
-                        path: format!("../{escape}"),
-                        mode: 0o755,
-                    },
-                )
+            Box::new(move |m| {
+                let path = format!("../{escape}");
+                m.directories.insert(0, DirEntry { path, mode: 0o755 })
             }),
             true,
         ),
-        ("a setgid directory", Box::new(|m| m.directories[0].mode = 0o2755), true),
-        (
+        tampering("a setgid directory", Box::new(|m| m.directories[0].mode = 0o2755), true),
+        tampering(
             "a file entry dropped, totals fixed",
             Box::new(|m| {
                 let at = m.files.iter().position(|e| e.path == "PG_VERSION").expect("PG_VERSION");
@@ -2178,12 +2237,12 @@ fn owner_tampers_manifest(f: &mut Faults) {
             }),
             true,
         ),
-        (
+        tampering(
             "a tablespace in root's directory",
-            Box::new(|m| {
+            Box::new(move |m| {
                 m.tablespaces.push(Tablespace {
                     oid: 99_999,
-                    location: victim.path().display().to_string(),
+                    location: victim.display().to_string(),
                 });
                 m.files.push(FileEntry {
                     path: "pg_tblspc/99999/evil".into(),
@@ -2192,68 +2251,64 @@ fn owner_tampers_manifest(f: &mut Faults) {
             }),
             false,
         ),
-    ];
-    for (what, tamper, verify_can_tell) in tampers {
-        f.tried(1);
-        let mut manifest = clean.clone();
-        tamper(&mut manifest);
-        // The objects the tampered entries name, as the owner would plant them.
-        let planted: Vec<PathBuf> = manifest
-            .files
-            .iter()
-            .filter(|e| e.path.starts_with("pg_tblspc/"))
-            .map(|e| dir.join("files").join(&e.path))
-            .collect();
-        for object in &planted {
-            run_ok(server_command("mkdir").arg("-p").arg(object.parent().expect("dir")));
-            run_ok(server_command("cp").arg(dir.join("files/PG_VERSION")).arg(object));
-        }
-        rewrite_keeping_mode(&manifest_path, &manifest.to_bytes());
-        rewrite_keeping_mode(&copy_path, &manifest.to_bytes());
-        let targets = TestDir::new("faults-root-restore");
-        let before = victim_state(victim.path());
-        let restore = targets.join("restored");
-        let recover = targets.join("recovered");
-        run(root_pitr(c.repo()).arg("restore").arg("--pgdata").arg(&restore));
-        run(root_pitr(c.repo())
-            .args(["recover", "--no-start", "--target", "immediate", "--pgdata"])
-            .arg(&recover));
-        let outside: Vec<PathBuf> = [
-            victim.join(&escape),
-            targets.join(&escape),
-            PathBuf::from("/tmp").join(&escape),
-            Path::new("/").join(&escape),
-        ]
-        .into_iter()
-        .filter(|p| p.exists())
-        .collect();
-        let set_id: Vec<PathBuf> = [targets.path(), victim.path(), c.dir()]
-            .iter()
-            .flat_map(|d| set_id_entries(d))
-            .collect();
-        f.expect(
-            outside.is_empty() && set_id.is_empty() && victim_state(victim.path()) == before,
-            Harm::HoleOpen,
-            || format!("manifest with {what}: root wrote {outside:?} outside the target, set-id entries {set_id:?}"),
-        );
-        for p in &outside {
-            let _ = fs::remove_file(p).or_else(|_| fs::remove_dir_all(p));
-        }
-        if !verify_can_tell {
-            let _ = fs::remove_dir_all(dir.join("files/pg_tblspc"));
-            continue;
-        }
-        let checked = verify(&c, c.repo());
-        f.expect(checked.code() == Some(2), Harm::Undetected, || {
-            format!("manifest with {what}: verify exits {:?}", checked.code())
-        });
-        let integrity = c.pitr(&["check-integrity", dir.to_str().expect("UTF-8")]);
-        f.expect(integrity.code() == Some(2), Harm::Undetected, || {
-            format!("manifest with {what}: check-integrity exits {:?}", integrity.code())
-        });
+    ]
+}
+
+/// The objects a tampered manifest's tablespace files are read from, as the owner plants them.
+fn plant_tablespace_objects(dir: &Path, manifest: &Manifest) {
+    for entry in manifest.files.iter().filter(|e| e.path.starts_with("pg_tblspc/")) {
+        let object = dir.join("files").join(&entry.path);
+        run_ok(server_command("mkdir").arg("-p").arg(object.parent().expect("dir")));
+        run_ok(server_command("cp").arg(dir.join("files/PG_VERSION")).arg(&object));
     }
-    rewrite_keeping_mode(&manifest_path, &original);
-    rewrite_keeping_mode(&copy_path, &original);
+}
+
+/// A root restore and a root `recover --no-start` from the tampered repository: nothing written
+/// outside their targets (`escape` names what would be), no set-id entry anywhere near, root's
+/// `victim` directory unchanged.
+fn root_restores(f: &mut Faults, c: &Cluster, what: &str, victim: &Path, escape: &str) {
+    let targets = TestDir::new("faults-root-restore");
+    let before = victim_state(victim);
+    run(root_pitr(c.repo())
+        .arg("restore")
+        .arg("--pgdata")
+        .arg(targets.join("restored")));
+    run(root_pitr(c.repo())
+        .args(["recover", "--no-start", "--target", "immediate", "--pgdata"])
+        .arg(targets.join("recovered")));
+    let outside: Vec<PathBuf> = [
+        victim.join(escape),
+        targets.join(escape),
+        PathBuf::from("/tmp").join(escape),
+        Path::new("/").join(escape),
+    ]
+    .into_iter()
+    .filter(|p| p.exists())
+    .collect();
+    let set_id: Vec<PathBuf> = [targets.path(), victim, c.dir()]
+        .iter()
+        .flat_map(|d| set_id_entries(d))
+        .collect();
+    f.expect(
+        outside.is_empty() && set_id.is_empty() && victim_state(victim) == before,
+        Harm::HoleOpen,
+        || format!("manifest with {what}: root wrote {outside:?} outside the target, set-id entries {set_id:?}"),
+    );
+    for p in &outside {
+        let _ = fs::remove_file(p).or_else(|_| fs::remove_dir_all(p));
+    }
+}
+
+/// verify and check-integrity of the backup in `dir` must exit 2.
+fn expect_tampering_found(f: &mut Faults, c: &Cluster, dir: &Path, what: &str) {
+    let checked = verify(c, c.repo());
+    f.expect(checked.code() == Some(2), Harm::Undetected, || {
+        format!("manifest with {what}: verify exits {:?}", checked.code())
+    });
+    let integrity = c.pitr(&["check-integrity", dir.to_str().expect("UTF-8")]);
+    f.expect(integrity.code() == Some(2), Harm::Undetected, || {
+        format!("manifest with {what}: check-integrity exits {:?}", integrity.code())
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2270,7 +2325,15 @@ fn traversal(f: &mut Faults) {
     let id = backup_id(&c, &[]);
     let (segment, _) = archived_segment(&c);
     let standby = fake_data_dir(&c, "standby");
-    let in_standby = |args: &[&str]| run(pitr_in(&c, &standby, c.repo()).args(args));
+    names_leading_out(f, &c, &standby);
+    destinations_outside(f, &c, &standby, &segment);
+    pushes_from_outside(f, &c, &standby, &segment);
+    backup_ids_leading_out(f, &c, &id);
+    backups_outside_a_repository(f, &c, &id);
+}
+
+/// `%f` that leads out of the archive: exit 200, nothing written.
+fn names_leading_out(f: &mut Faults, c: &Cluster, standby: &Path) {
     let restored = standby.join("pg_wal/RECOVERYXLOG");
     for name in [
         "../../etc/passwd",
@@ -2281,25 +2344,23 @@ fn traversal(f: &mut Faults) {
         "00000001.history/../../repo.json",
     ] {
         f.tried(1);
-        let out = in_standby(&["archive-get", name, "pg_wal/RECOVERYXLOG"]);
-        f.expect(out.code() == Some(200) && !restored.exists(), Harm::WrongExit, || {
-            format!(
-                "archive-get {name:?} exits {:?}, {}",
-                out.code(),
-                if restored.exists() {
-                    "and wrote the destination"
-                } else {
-                    "expected 200"
-                }
-            )
+        let out = run(pitr_in(c, standby, c.repo()).args(["archive-get", name, "pg_wal/RECOVERYXLOG"]));
+        f.expect(!restored.exists(), Harm::HoleOpen, || {
+            format!("archive-get {name:?} wrote the destination")
+        });
+        f.expect(out.code() == Some(200), Harm::WrongExit, || {
+            format!("archive-get {name:?} exits {:?}, expected 200", out.code())
         });
         let _ = fs::remove_file(&restored);
     }
+}
 
+/// `%p` of archive-get outside the data directory: exit 200, nothing written there.
+fn destinations_outside(f: &mut Faults, c: &Cluster, standby: &Path, segment: &str) {
     let outside = c.test_dir().join("outside");
     for dest in ["../outside", "pg_wal/../../outside", outside.to_str().expect("UTF-8")] {
         f.tried(1);
-        let out = in_standby(&["archive-get", &segment, dest]);
+        let out = run(pitr_in(c, standby, c.repo()).args(["archive-get", segment, dest]));
         f.expect(out.code() == Some(200) && !outside.exists(), Harm::HoleOpen, || {
             format!(
                 "archive-get {segment} {dest:?} (outside the data directory) exits {:?}",
@@ -2308,23 +2369,30 @@ fn traversal(f: &mut Faults) {
         });
         let _ = fs::remove_file(&outside);
     }
-    // A copy of an archived segment outside the data directory: a push that followed the path
-    // would find it "already archived" and exit 0.
-    c.test_dir()
-        .write(format!("elsewhere/{segment}"), read(&c.pg_wal().join(&segment)));
-    let elsewhere = c.test_dir().join(format!("elsewhere/{segment}"));
+}
+
+/// `%p` of archive-push outside the data directory: refused. The file there is a copy of an
+/// archived segment, so a push that followed the path would find it "already archived" and
+/// exit 0.
+fn pushes_from_outside(f: &mut Faults, c: &Cluster, standby: &Path, segment: &str) {
+    let elsewhere = c
+        .test_dir()
+        .write(format!("elsewhere/{segment}"), read(&c.pg_wal().join(segment)));
     for path in [
         format!("../elsewhere/{segment}"),
         format!("pg_wal/../../elsewhere/{segment}"),
         elsewhere.display().to_string(),
     ] {
         f.tried(1);
-        let out = in_standby(&["archive-push", &path]);
+        let out = run(pitr_in(c, standby, c.repo()).args(["archive-push", &path]));
         f.expect(!out.success(), Harm::HoleOpen, || {
             format!("archive-push {path:?} (outside the data directory) exits 0")
         });
     }
+}
 
+/// `restore --backup` and `recover --backup` with ids that are paths: refused, nothing written.
+fn backup_ids_leading_out(f: &mut Faults, c: &Cluster, id: &str) {
     for bad in [
         "../x",
         &format!("../hourly/{id}"),
@@ -2344,26 +2412,30 @@ fn traversal(f: &mut Faults) {
             let out = c.pitr(&args);
             f.expect(!out.success() && !data.exists(), Harm::HoleOpen, || {
                 format!(
-                    "{command} --backup {bad:?} exits {:?}, {}",
+                    "{command} --backup {bad:?} exits {:?}{}",
                     out.code(),
-                    if data.exists() { "and wrote the target" } else { "" }
+                    if data.exists() { " and wrote the target" } else { "" }
                 )
             });
         }
     }
+}
 
-    let elsewhere_repo = TestDir::new("faults-not-a-repo");
-    let copy = elsewhere_repo.join(format!("hourly/{id}"));
-    elsewhere_repo.subdir("hourly");
+/// check-integrity of a copy of a backup outside any repository, directly and through
+/// `<repo>/hourly/../../..`: exit 2.
+fn backups_outside_a_repository(f: &mut Faults, c: &Cluster, id: &str) {
+    let elsewhere = TestDir::new("faults-not-a-repo");
+    elsewhere.subdir("hourly");
+    let copy = elsewhere.join(format!("hourly/{id}"));
     run_ok(
         own_command("cp")
             .arg("-a")
-            .arg(c.repo().join("hourly").join(&id))
+            .arg(c.repo().join("hourly").join(id))
             .arg(&copy),
     );
-    let sneaky = c.repo().join("hourly").join("..").join("..").join(format!(
-        "../{}/hourly/{id}",
-        elsewhere_repo.path().file_name().expect("name").to_string_lossy()
+    let sneaky = c.repo().join(format!(
+        "hourly/../../../{}/hourly/{id}",
+        elsewhere.path().file_name().expect("name").to_string_lossy()
     ));
     for path in [copy, sneaky] {
         f.tried(1);
@@ -2400,12 +2472,6 @@ fn promotions(f: &mut Faults) {
     insert_rows(&c, 1501, 2000);
     c.psql("SELECT pg_create_restore_point('target')");
     c.switch_and_archive();
-    let stored = stored_path(c.repo(), &needed);
-    let original = read(&stored);
-    let wal = c.repo().join("wal");
-    let away = c.repo().join("wal.away");
-    let aside = stored.with_extension("away");
-    let restore = || rewrite_keeping_mode(&stored, &original);
 
     // Without a fault, the recovery replays everything: so a stop below is the fault's doing.
     let control = Cluster::recover(backups.pop().expect("a base backup"), RecoveryOptions::default());
@@ -2417,12 +2483,26 @@ fn promotions(f: &mut Faults) {
     );
     drop(control);
 
-    type Fault<'a> = (&'a str, Box<dyn Fn() + 'a>, Box<dyn Fn() + 'a>);
-    let faults: Vec<Fault> = vec![
+    let mut next_backup = || backups.pop().expect("a base backup");
+    damaged_segment(f, &c, &needed, &mut next_backup);
+    unmounted_wal(f, &c, next_backup());
+    repository_named_backup(f, &c, &needed, next_backup());
+    missing_segment(f, &c, &needed, next_backup());
+}
+
+/// The segment `needed` corrupt, replaced by a dangling link, or behind a `wal/` moved away:
+/// recoveries to the end of the archive must not promote.
+fn damaged_segment(f: &mut Faults, c: &Cluster, needed: &str, next_backup: &mut dyn FnMut() -> BaseBackup) {
+    let stored = stored_path(c.repo(), needed);
+    let original = read(&stored);
+    let aside = stored.with_extension("away");
+    let (wal, away) = (c.repo().join("wal"), c.repo().join("wal.away"));
+    type Change<'a> = Box<dyn Fn() + 'a>;
+    let faults: Vec<(&str, Change, Change)> = vec![
         (
             "corrupt",
             Box::new(|| flip_byte_from_end(&stored, 100)),
-            Box::new(restore),
+            Box::new(|| rewrite_keeping_mode(&stored, &original)),
         ),
         (
             "a dangling link",
@@ -2442,35 +2522,46 @@ fn promotions(f: &mut Faults) {
         ),
     ];
     for (what, damage, repair) in faults {
-        let backup = backups.pop().expect("a base backup");
+        let backup = next_backup();
         damage();
         let recovered = Cluster::recover(backup, RecoveryOptions::default());
         expect_no_promotion(f, recovered, &format!("{needed} {what}"));
         repair();
     }
+}
 
-    let backup = backups.pop().expect("a base backup");
-    let unmounted = Tmpfs::mount(&wal, "1m");
+/// An empty file system mounted over `wal/` (the archive's disk not mounted): recovery to the
+/// end of the archive must not promote.
+fn unmounted_wal(f: &mut Faults, c: &Cluster, backup: BaseBackup) {
+    let unmounted = Tmpfs::mount(&c.repo().join("wal"), "1m");
     let recovered = Cluster::recover(backup, RecoveryOptions::default());
     expect_no_promotion(f, recovered, "wal/ not mounted (an empty file system there)");
     drop(unmounted);
+}
 
-    let backup = backups.pop().expect("a base backup");
+/// `needed` corrupt, read through `pitr --repo backup archive-get` (the repository reached as
+/// `backup` from the data directory): archive-get must still exit 200, so no promotion.
+fn repository_named_backup(f: &mut Faults, c: &Cluster, needed: &str, backup: BaseBackup) {
+    let stored = stored_path(c.repo(), needed);
+    let original = read(&stored);
     symlink(c.repo(), backup.data.join("backup")).expect("symlink the repository as `backup`");
     let options = RecoveryOptions {
         restore_command: Some(format!("{} --repo backup archive-get %f %p", c.pitr_bin().display())),
         ..RecoveryOptions::default()
     };
     flip_byte_from_end(&stored, 100);
-    expect_no_promotion(
-        f,
-        Cluster::recover(backup, options),
-        &format!("{needed} corrupt, via --repo backup"),
-    );
-    restore();
+    let recovered = Cluster::recover(backup, options);
+    expect_no_promotion(f, recovered, &format!("{needed} corrupt, via --repo backup"));
+    rewrite_keeping_mode(&stored, &original);
+}
 
+/// `needed` missing while the archive is there (an honest "absent"): recovery to the restore
+/// point behind it must fail, and `pitr recover` must refuse it to the restore point and to the
+/// latest WAL.
+fn missing_segment(f: &mut Faults, c: &Cluster, needed: &str, backup: BaseBackup) {
+    let stored = stored_path(c.repo(), needed);
+    let aside = stored.with_extension("away");
     fs::rename(&stored, &aside).expect("move away");
-    let backup = backups.pop().expect("a base backup");
     let to_target = RecoveryOptions::default()
         .setting("recovery_target_name", "'target'")
         .setting("recovery_target_action", "'promote'");
@@ -2482,12 +2573,8 @@ fn promotions(f: &mut Faults) {
     for target in [["--target-name", "target"], ["--target", "latest"]] {
         f.tried(1);
         let nd = RecoverDir::new();
-        let out = recover_run(
-            &c,
-            &nd,
-            None,
-            &[target[0], target[1], "--verify-sql", "SELECT count(*) FROM t"],
-        );
+        let args = [target[0], target[1], "--verify-sql", "SELECT count(*) FROM t"];
+        let out = recover_run(c, &nd, None, &args);
         f.expect(!out.success() && !nd.is_running(), Harm::WrongPromotion, || {
             format!(
                 "pitr recover {} {} with {needed} missing promoted ({:?} rows)",
