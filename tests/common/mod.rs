@@ -1529,3 +1529,119 @@ fn parse_wal_location(line: &str) -> (u64, String) {
         .unwrap_or_else(|| panic!("unexpected WAL location line {line:?}"));
     (parse_lsn(lsn), file.trim_end_matches(')').to_string())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fault injection: other users, root, small file systems (tests/faults.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// The OS user with no privileges, for hostile-user tests.
+pub const NOBODY: &str = "nobody";
+
+/// `(uid, gid)` of [`SERVER_USER`] (root only).
+pub fn server_user() -> (u32, u32) {
+    server_user_ids()
+}
+
+/// A command that runs `program` as [`NOBODY`] through `runuser` (root only), with the PostgreSQL
+/// client and `PITR_*` environment variables removed and `/` as the working directory.
+pub fn nobody_command(program: impl AsRef<OsStr>) -> Command {
+    assert!(
+        running_as_root(),
+        "acting as `{NOBODY}` needs root (runuser); run the fault tests as root"
+    );
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", NOBODY, "--"]).arg(program);
+    clean_env(&mut cmd);
+    cmd
+}
+
+/// A command that runs `program` as the user running the tests (root in CI), with the
+/// PostgreSQL client and `PITR_*` environment variables removed and `/` as the working directory.
+pub fn own_command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    clean_env(&mut cmd);
+    cmd
+}
+
+/// A command that runs `program` as the server user under `umask <umask>` (through `sh`), so
+/// that what it creates shows whether it sets modes itself. `PITR_*` variables are removed.
+pub fn server_command_with_umask(umask: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = server_command("sh");
+    cmd.arg("-c")
+        .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
+        .arg(program.as_ref());
+    for var in PITR_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn clean_env(cmd: &mut Command) {
+    for var in PG_CLIENT_ENV.iter().chain(PITR_ENV) {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir("/");
+}
+
+/// A tmpfs mounted on an existing directory (root only): a repository that can fill up, turn
+/// read-only or stand for an unmounted disk. Its root belongs to the server user, mode 0700.
+/// Unmounted when dropped (lazily when still busy), also when a test fails.
+pub struct Tmpfs {
+    at: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it: `4m`, `65536k`) on `at`.
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        assert!(
+            running_as_root(),
+            "mounting a tmpfs needs root; run the fault tests as root"
+        );
+        let (uid, gid) = server_user_ids();
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size},mode=0700,uid={uid},gid={gid}"))
+                .arg("tmpfs")
+                .arg(at),
+        );
+        Tmpfs { at: at.to_path_buf() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.at
+    }
+
+    /// `mount -o remount,<options>`: `size=64m`, `ro`, `rw`.
+    pub fn remount(&self, options: &str) {
+        run_ok(
+            Command::new("mount")
+                .arg("-o")
+                .arg(format!("remount,{options}"))
+                .arg(&self.at),
+        );
+    }
+
+    /// Bytes in use.
+    pub fn used_bytes(&self) -> u64 {
+        let stat = rustix::fs::statvfs(&self.at).expect("statvfs of the tmpfs");
+        (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            Command::new("umount")
+                .args(args)
+                .arg(&self.at)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !quiet(&[]) {
+            quiet(&["-l"]);
+        }
+    }
+}
