@@ -734,6 +734,9 @@ fn fake_data_dir(c: &Cluster, name: &str) -> PathBuf {
     c.test_dir().subdir(format!("{name}/pg_wal"));
     c.test_dir()
         .write(format!("{name}/PG_VERSION"), read(&c.data_dir().join("PG_VERSION")));
+    // In archive recovery, as PostgreSQL is when it runs restore_command (the prefetcher cleans
+    // the spool once the data directory is out of recovery).
+    c.test_dir().write(format!("{name}/recovery.signal"), "");
     dir
 }
 
@@ -1237,7 +1240,18 @@ fn backup_out_of_space(f: &mut Faults) {
             f.expect(
                 cleaned_up(&next).contains(&id) && !backup_dirs(c.repo()).contains(&id),
                 Harm::Undetected,
-                || format!("the partial backup {id} was left behind"),
+                || {
+                    let left: Vec<String> = fs::read_dir(c.repo().join("hourly").join(&id))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect();
+                    format!(
+                        "the partial backup {id} was left behind (it holds {left:?}); the next backup said:\n{}",
+                        next.describe()
+                    )
+                },
             );
         }
     }
@@ -1777,9 +1791,11 @@ fn nobody_against_files(f: &mut Faults) {
     // After the backup: its expire deletes the WAL before it.
     let segments: Vec<String> = (0..4).map(|_| c.switch_and_archive()).collect();
     umask0(&["restore-point", "probe"], c.dir());
+    // Timeline 2 forks far ahead of the WAL archived here, so that recovery (and the prefetcher,
+    // which follows the newest timeline as recovery does) reads timeline 1's segments.
     let history = c
         .test_dir()
-        .write("00000002.history", "1\t0/100000\tno recovery target specified\n");
+        .write("00000002.history", "1\t1/0\tno recovery target specified\n");
     umask0(&["archive-push", history.to_str().expect("UTF-8")], c.dir());
     let standby = fake_data_dir(&c, "standby");
     umask0(&["archive-get", &segments[0], "pg_wal/RECOVERYXLOG"], &standby);
