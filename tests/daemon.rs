@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The daemon tests run one at a time: each waits for scheduled backups that fsync every file and
+/// for spread checkpoints, and six of them at once on two cores (with their pgbench loads)
+/// stretched a 3 s checkpoint to a minute and a backup's fsyncs past every timeout.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`ONE_AT_A_TIME`] for a test (a failed test does not block the others).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// GET `path` from the daemon; the response body, or `None` while it does not answer.
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -30,9 +40,18 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
         .ok()
 }
 
-/// A cluster whose spread checkpoints take at most 27 s (0.9 of checkpoint_timeout): the daemon's
-/// backups do not ask for a fast one, and on a busy machine the default could take minutes.
+/// A cluster whose spread checkpoints are still spread, but over at most 3 s (0.1 of a 30 s
+/// checkpoint_timeout): the daemon's backups do not ask for a fast checkpoint, and with the
+/// defaults each would wait up to 4.5 minutes (on a busy machine, with six daemon tests at once,
+/// 27 s spreads took over a minute).
 fn with_short_checkpoints() -> ClusterOptions {
+    ClusterOptions::default()
+        .setting("checkpoint_timeout", "'30s'")
+        .setting("checkpoint_completion_target", "0.1")
+}
+
+/// Spread checkpoints of up to 27 s (0.9 of checkpoint_timeout): backups that take long.
+fn with_long_spread_checkpoints() -> ClusterOptions {
     ClusterOptions::default().setting("checkpoint_timeout", "'30s'")
 }
 
@@ -89,6 +108,7 @@ fn start_daemon(c: &Cluster, config: &std::path::Path) -> Daemon {
 
 #[test]
 fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
+    let _serial = one_at_a_time();
     let c = Cluster::start(with_short_checkpoints());
     c.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) g");
     let port = free_port();
@@ -151,6 +171,7 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
 
 #[test]
 fn sighup_reloads_the_schedule_and_a_config_that_does_not_load_changes_nothing() {
+    let _serial = one_at_a_time();
     let c = Cluster::start(with_short_checkpoints());
     let port = free_port();
     let config_with = |hourly: &str, extra: &str| {
@@ -269,6 +290,7 @@ const MIB: u64 = 1 << 20;
 
 #[test]
 fn a_huge_or_endless_request_head_leaves_the_daemon_small_and_answering() {
+    let _serial = one_at_a_time();
     let c = Cluster::start(ClusterOptions::default());
     let port = free_port();
     let config = daemon_config(&c, port, "off", "off", "");
@@ -344,8 +366,9 @@ fn a_huge_or_endless_request_head_leaves_the_daemon_small_and_answering() {
 
 #[test]
 fn verification_runs_beside_a_long_backup_and_skipped_runs_are_counted() {
+    let _serial = one_at_a_time();
     // Spread checkpoints of at most 27 s, kept busy by pgbench: every backup waits that long.
-    let c = Cluster::start(with_short_checkpoints());
+    let c = Cluster::start(with_long_spread_checkpoints());
     c.pgbench_init(2);
     backup_ok(&c, &[]);
     let mut load = c.pgbench_cmd(&["-c", "2", "-T", "120"]);
@@ -405,6 +428,7 @@ fn verification_runs_beside_a_long_backup_and_skipped_runs_are_counted() {
 
 #[test]
 fn the_daemon_is_small_when_idle_after_a_scheduled_backup() {
+    let _serial = one_at_a_time();
     // The watcher archives beside archive_command while pgbench writes; no job yet.
     let c = Cluster::start(with_short_checkpoints());
     let port = free_port();
@@ -466,7 +490,8 @@ fn the_daemon_is_small_when_idle_after_a_scheduled_backup() {
 
 #[test]
 fn a_failing_job_is_logged_and_counted_and_the_daemon_goes_on() {
-    let c = Cluster::start(ClusterOptions::default());
+    let _serial = one_at_a_time();
+    let c = Cluster::start(with_short_checkpoints());
     let port = free_port();
     let config = daemon_config(&c, port, "*/2 * * * * *", "off", "");
     // The backups connect to a port where no server listens.
