@@ -747,52 +747,9 @@ fn pitr_in(c: &Cluster, dir: &Path, repo: &Path) -> Command {
     cmd
 }
 
-/// A new data directory for `pitr recover`, in its own temporary directory. Dropping it stops a
-/// server still running there and removes the private socket directories its log names.
-struct RecoverDir {
-    dir: TestDir,
-    data: PathBuf,
-}
-
-impl RecoverDir {
-    fn new() -> RecoverDir {
-        let dir = TestDir::new("faults-recover");
-        let data = dir.join("data");
-        RecoverDir { dir, data }
-    }
-
-    fn is_running(&self) -> bool {
-        pg_ctl_status(self.dir.path(), &self.data)
-    }
-
-    fn server_log(&self) -> String {
-        fs::read_to_string(self.data.join("pitr_recover.log")).unwrap_or_default()
-    }
-
-    fn socket_dirs(&self) -> Vec<PathBuf> {
-        self.server_log()
-            .lines()
-            .filter_map(|l| l.split_once("listening on Unix socket \"").map(|(_, r)| r))
-            .filter_map(|r| r.split('"').next())
-            .filter_map(|p| Path::new(p).parent().map(Path::to_path_buf))
-            .collect()
-    }
-}
-
-impl Drop for RecoverDir {
-    fn drop(&mut self) {
-        pg_ctl_stop_immediate_quietly(self.dir.path(), &self.data);
-        for dir in self.socket_dirs() {
-            if dir.starts_with("/tmp") && dir.to_string_lossy().contains("pitr-recover-") {
-                let _ = fs::remove_dir_all(&dir);
-            }
-        }
-    }
-}
-
 /// `pitr recover --pgdata <nd> <args>` of `c`'s repository as the server user, with
 /// `PITR_CRASH_AT=<crash>` when given.
-fn recover_run(c: &Cluster, nd: &RecoverDir, crash: Option<&str>, args: &[&str]) -> CmdOutput {
+fn recover_run(c: &Cluster, nd: &NewDir, crash: Option<&str>, args: &[&str]) -> CmdOutput {
     let mut cmd = c.pitr_cmd();
     if let Some(point) = crash {
         cmd.env("PITR_CRASH_AT", point);
@@ -1033,7 +990,7 @@ fn kill_recover(f: &mut Faults) {
     point.assert_success();
     for crash in ["restore:piece#100", "restore:control", "recover:restored"] {
         f.tried(1);
-        let nd = RecoverDir::new();
+        let nd = NewDir::new();
         let crashed = recover_run(&c, &nd, Some(crash), &["--target-name", "target"]);
         assert!(
             !crashed.success(),
@@ -1824,7 +1781,7 @@ fn nobody_against_private_socket(f: &mut Faults) {
     let c = small_cluster();
     create_rows(&c, 100);
     backup_id(&c, &[]);
-    let nd = RecoverDir::new();
+    let nd = NewDir::new();
     let mut cmd = server_command_with_umask("000", c.pitr_bin());
     let out = run(cmd
         .current_dir(c.dir())
@@ -2588,7 +2545,7 @@ fn missing_segment(f: &mut Faults, c: &Cluster, needed: &str, backup: BaseBackup
     );
     for target in [["--target-name", "target"], ["--target", "latest"]] {
         f.tried(1);
-        let nd = RecoverDir::new();
+        let nd = NewDir::new();
         let args = [target[0], target[1], "--verify-sql", "SELECT count(*) FROM t"];
         let out = recover_run(c, &nd, None, &args);
         f.expect(!out.success() && !nd.is_running(), Harm::WrongPromotion, || {

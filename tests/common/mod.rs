@@ -1645,3 +1645,78 @@ impl Drop for Tmpfs {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Recovery targets
+// ---------------------------------------------------------------------------------------------
+
+/// A not-yet-existing data directory for `pitr recover --pgdata`, in its own temporary
+/// directory. Dropping it stops a server still running there (immediate) and removes the
+/// private socket directory (`/tmp/pitr-recover-*`) that `pitr recover` created for it.
+pub struct NewDir {
+    /// Holds the directory (removed on drop, after the server is stopped).
+    pub dir: TestDir,
+    /// The data directory to recover into (absent until recover creates it).
+    pub data: PathBuf,
+}
+
+impl NewDir {
+    pub fn new() -> NewDir {
+        let dir = TestDir::new("recover");
+        let data = dir.join("data");
+        NewDir { dir, data }
+    }
+
+    /// The log `pitr recover` makes the server write.
+    pub fn server_log(&self) -> String {
+        fs::read_to_string(self.data.join("pitr_recover.log")).unwrap_or_default()
+    }
+
+    /// Asserts that postgresql.auto.conf contains each of `settings`.
+    #[track_caller]
+    pub fn assert_settings(&self, settings: &[&str]) {
+        let auto = self.auto_conf();
+        for setting in settings {
+            assert!(
+                auto.contains(setting),
+                "{setting:?} missing from postgresql.auto.conf:\n{auto}"
+            );
+        }
+    }
+
+    /// postgresql.auto.conf as text.
+    pub fn auto_conf(&self) -> String {
+        String::from_utf8_lossy(&read(&self.data.join("postgresql.auto.conf"))).into_owned()
+    }
+
+    /// `pg_ctl status` as the server user.
+    pub fn is_running(&self) -> bool {
+        pg_ctl_status(self.dir.path(), &self.data)
+    }
+
+    /// Stops a server running there (immediate), quietly.
+    pub fn stop_immediate(&self) {
+        pg_ctl_stop_immediate_quietly(self.dir.path(), &self.data);
+    }
+
+    /// Socket directories the server announced in its log ("listening on Unix socket ...").
+    pub fn socket_dirs(&self) -> Vec<PathBuf> {
+        self.server_log()
+            .lines()
+            .filter_map(|l| l.split_once("listening on Unix socket \"").map(|(_, r)| r))
+            .filter_map(|r| r.split('"').next())
+            .filter_map(|p| Path::new(p).parent().map(Path::to_path_buf))
+            .collect()
+    }
+}
+
+impl Drop for NewDir {
+    fn drop(&mut self) {
+        self.stop_immediate();
+        for dir in self.socket_dirs() {
+            if dir.starts_with("/tmp") && dir.to_string_lossy().contains("pitr-recover-") {
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    }
+}
