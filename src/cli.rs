@@ -134,6 +134,10 @@ pub enum Command {
         name: String,
         /// Where to write it (%p), relative to the data directory or absolute.
         dest: PathBuf,
+        /// Read the WAL of this repository generation (default: the current one); pitr recover
+        /// writes it for a copy of an earlier generation, from before a major upgrade.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        generation: Option<u32>,
     },
 
     /// Archive WAL files the moment PostgreSQL marks them ready, in parallel.
@@ -171,6 +175,9 @@ pub enum Command {
     Prefetch {
         /// The segment just restored.
         name: String,
+        /// The repository generation archive-get read it from.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        generation: Option<u32>,
     },
 
     /// Create the repository for a cluster, on purpose, before anything is archived.
@@ -183,6 +190,23 @@ pub enum Command {
     /// the repository still holds this cluster's WAL or backups, it is written again after
     /// checking them.
     CreateRepo {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// After a major upgrade (pg_upgrade, or a dump restored into a new cluster), start the
+    /// repository's next generation for the upgraded cluster.
+    ///
+    /// Connects to the upgraded primary (libpq environment or --dbname). Its WAL then goes into a
+    /// WAL directory of its own (wal.<n>/), since its segment names start over; the earlier
+    /// generations' backups, WAL and restore points stay listed and restorable (recovered with
+    /// the earlier major's binaries). Refused, changing nothing, for the current generation's
+    /// cluster, an earlier generation's, an older major, or a repository without repo.json. Run
+    /// it once, then take a backup of the upgraded cluster.
+    UpgradeRepo {
         #[command(flatten)]
         connection: ConnectionArgs,
         /// Print as JSON.
@@ -292,6 +316,10 @@ pub enum Command {
         /// Use this backup instead of the newest one before the target.
         #[arg(long, value_name = "ID")]
         backup: Option<String>,
+        /// Recover from this repository generation (default: the backup's, the restore point's,
+        /// for a time the newest generation with a backup before it, else the current one).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        generation: Option<u32>,
         /// What the server does at the target.
         #[arg(long, default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
         action: String,

@@ -66,26 +66,28 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             archive::push(&repo, &settings.codec, path, &Site::current(settings.spool.as_deref()))?;
             Ok(Done::Ok)
         }
-        Command::ArchiveGet { name, dest } => {
+        Command::ArchiveGet { name, dest, generation } => {
             let site = Site::current(settings.spool.as_deref());
+            let repo = at_generation(&repo, *generation)?;
             match archive::get(&repo, name, dest, &site)? {
                 GetOutcome::Restored(_) => {
-                    start_prefetch(name, &site, settings);
+                    start_prefetch(name, *generation, &site, settings);
                     Ok(Done::Ok)
                 }
                 GetOutcome::RestoredPastDamagedPrefetch { warning, .. } => {
                     // stderr goes to the server log: the one line that says what happened.
                     eprintln!("pitr archive-get: warning: {warning}");
-                    start_prefetch(name, &site, settings);
+                    start_prefetch(name, *generation, &site, settings);
                     Ok(Done::Ok)
                 }
                 GetOutcome::NotFound => Ok(Done::NotFound),
             }
         }
-        Command::Prefetch { name } => {
+        Command::Prefetch { name, generation } => {
             // Background work: PostgreSQL's replay and archive-get come first on the CPUs.
             let _ = rustix::process::nice(PREFETCH_NICENESS);
             let site = Site::current(settings.spool.as_deref());
+            let repo = at_generation(&repo, *generation)?;
             if let (Some(spool), Some(info)) = (&site.spool, repo.info()?) {
                 Prefetched::new(spool, &repo, &info).fill(
                     &WalFileName::parse(name)?,
@@ -111,6 +113,17 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
                 output::json(&report)
             } else {
                 output::create_report(&report)
+            }
+            Ok(Done::Ok)
+        }
+        Command::UpgradeRepo { connection, json } => {
+            let report = with_server(connection, settings, |server| async move {
+                pitr::init::upgrade_repo(&repo, &server).await
+            })?;
+            if *json {
+                output::json(&report)
+            } else {
+                output::upgrade_report(&report)
             }
             Ok(Done::Ok)
         }
@@ -235,9 +248,18 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
 /// replay took about 5 % longer on 2 cores (bench/findings.md).
 const PREFETCH_NICENESS: i32 = 10;
 
-/// Starts `pitr prefetch` for the segments after `name`, detached: archive-get returns at once
-/// and PostgreSQL's next request finds them in the spool. Any failure only means no prefetch.
-fn start_prefetch(name: &str, site: &Site, settings: &Settings) {
+/// The repository pinned to `generation` when one is asked for, else to its current one.
+fn at_generation(repo: &Repo, generation: Option<u32>) -> Result<Repo> {
+    match generation {
+        Some(n) => repo.at(n),
+        None => repo.pin(),
+    }
+}
+
+/// Starts `pitr prefetch` for the segments after `name` (of `generation`), detached:
+/// archive-get returns at once and PostgreSQL's next request finds them in the spool. Any
+/// failure only means no prefetch.
+fn start_prefetch(name: &str, generation: Option<u32>, site: &Site, settings: &Settings) {
     let is_segment = matches!(WalFileName::parse(name), Ok(WalFileName::Segment(_)));
     let Some(spool) = site.spool.as_ref().filter(|_| settings.prefetch > 0 && is_segment) else {
         return;
@@ -251,6 +273,9 @@ fn start_prefetch(name: &str, site: &Site, settings: &Settings) {
     };
     let mut command = std::process::Command::new(&prefix[0]);
     command.args(&prefix[1..]).args(["prefetch", name]);
+    if let Some(n) = generation {
+        command.arg("--generation").arg(n.to_string());
+    }
     if let Some(spool) = &settings.spool {
         command.arg("--spool").arg(spool);
     }
@@ -299,6 +324,7 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
         exclusive,
         timeline,
         backup,
+        generation,
         action,
         port,
         no_start,
@@ -320,6 +346,7 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
         backup: backup.clone(),
     };
     let pgdata = absolute(pgdata);
+    let repo = &recover::generation_for(repo, &request, *generation)?;
     let plan = recover::plan(&recover::repo_state(repo)?, &request)?;
     recover::check_space(&plan, &pgdata)?;
     if !json {

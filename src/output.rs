@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
-use pitr::backup::{BackupStatus, BackupSummary, ExpirePlan, Listing, RestoreSummary};
+use pitr::backup::{BackupStatus, BackupSummary, ExpirePlan, Listing, RestoreSummary, TimelineRange};
 use pitr::info::RepoSummary;
 use pitr::progress::Progress;
 use pitr::recover::{AdoptReport, ListedRestorePoint, Plan, Report};
@@ -113,16 +113,46 @@ pub fn restore_summary(s: &RestoreSummary) {
     );
 }
 
-/// `pitr list` as a table.
+/// `pitr list` as a table; with several generations, one group each, the current one first.
 pub fn listing(l: &Listing) {
-    if l.backups.is_empty() {
+    if l.generations.len() < 2 {
+        backups_and_wal(&l.backups, &l.wal);
+    } else {
+        for g in l.generations.iter().rev() {
+            let current = if g.generation == l.generations.len() as u32 {
+                "current".to_string()
+            } else {
+                format!("recovered with PostgreSQL {}'s binaries", g.pg_version)
+            };
+            println!(
+                "generation {} ({current}): cluster {}, PostgreSQL {}",
+                g.generation, g.system_identifier, g.pg_version
+            );
+            let backups: Vec<BackupStatus> = l
+                .backups
+                .iter()
+                .filter(|b| b.generation == g.generation)
+                .cloned()
+                .collect();
+            let wal: Vec<TimelineRange> = l.wal.iter().filter(|t| t.generation == g.generation).cloned().collect();
+            backups_and_wal(&backups, &wal);
+        }
+    }
+    for b in &l.unreadable {
+        println!("{:<32} {:<6} UNREADABLE: {}", b.id, b.tier.name(), b.reason);
+    }
+}
+
+/// Backups as a table, then the archived WAL per timeline.
+fn backups_and_wal(backups: &[BackupStatus], wal: &[TimelineRange]) {
+    if backups.is_empty() {
         println!("no backups");
     } else {
         println!(
             "{:<32} {:<6} {:<20} {:<20} {:<24} {:>3} {:>10} {:>10}  WAL",
             "ID", "TIER", "START (UTC)", "STOP (UTC)", "LSN RANGE", "TL", "ORIGINAL", "STORED"
         );
-        for b in &l.backups {
+        for b in backups {
             println!(
                 "{:<32} {:<6} {:<20} {:<20} {:<24} {:>3} {:>10} {:>10}  {}",
                 b.id,
@@ -137,10 +167,7 @@ pub fn listing(l: &Listing) {
             );
         }
     }
-    for b in &l.unreadable {
-        println!("{:<32} {:<6} UNREADABLE: {}", b.id, b.tier.name(), b.reason);
-    }
-    for t in &l.wal {
+    for t in wal {
         let gaps = if t.missing == 0 {
             String::new()
         } else {
@@ -174,6 +201,19 @@ pub fn expire_plan(plan: &ExpirePlan, dry_run: bool) {
             plan.wal.len()
         );
     }
+    for g in &plan.earlier_generations {
+        if let (Some(first), Some(last)) = (g.wal.first(), g.wal.last()) {
+            let why = match &g.wal_kept_from {
+                Some(kept) => format!("older than {kept}, the oldest WAL a retained backup of it needs"),
+                None => "no backup of it is retained".to_string(),
+            };
+            println!(
+                "{verb} {} WAL files of generation {} ({first}..{last}): {why}",
+                g.wal.len(),
+                g.generation
+            );
+        }
+    }
     for b in &plan.unreadable {
         println!(
             "kept unreadable backup {} ({}): expire never deletes it, and expires no WAL while it is there; \
@@ -181,7 +221,8 @@ pub fn expire_plan(plan: &ExpirePlan, dry_run: bool) {
             b.id, b.tier, b.reason
         );
     }
-    if plan.backups.is_empty() && plan.wal.is_empty() && plan.unreadable.is_empty() {
+    let earlier_wal = plan.earlier_generations.iter().any(|g| !g.wal.is_empty());
+    if plan.backups.is_empty() && plan.wal.is_empty() && !earlier_wal && plan.unreadable.is_empty() {
         println!("nothing to expire");
     }
 }
@@ -217,6 +258,27 @@ pub fn create_report(r: &pitr::init::CreateReport) {
     );
 }
 
+/// What `pitr upgrade-repo` did.
+pub fn upgrade_report(r: &pitr::init::UpgradeReport) {
+    let (old, new) = (&r.previous, &r.current);
+    println!(
+        "repository {}: generation {} started for cluster {} (PostgreSQL {}, {} MiB WAL segments), archived into \
+         wal.{}/ from now on",
+        r.repository,
+        new.generation,
+        new.system_identifier,
+        new.pg_version,
+        new.wal_segment_size >> 20,
+        new.generation
+    );
+    println!(
+        "generation {} (cluster {}, PostgreSQL {}) keeps its backups, WAL and restore points: they stay listed \
+         and recover with PostgreSQL {}'s binaries",
+        old.generation, old.system_identifier, old.pg_version, old.pg_version
+    );
+    println!("next: take a backup of the upgraded cluster (pitr backup --tier daily --fast)");
+}
+
 /// The restore point catalog, with whether `recover --target-name` reaches each point.
 pub fn restore_points(points: &[ListedRestorePoint]) {
     if points.is_empty() {
@@ -224,8 +286,8 @@ pub fn restore_points(points: &[ListedRestorePoint]) {
         return;
     }
     println!(
-        "{:<40} {:<14} {:>3} {:<26} {:<24} RECOVERABLE",
-        "NAME", "LSN", "TL", "TIME (UTC)", "WAL"
+        "{:<40} {:>3} {:<14} {:>3} {:<26} {:<24} RECOVERABLE",
+        "NAME", "GEN", "LSN", "TL", "TIME (UTC)", "WAL"
     );
     for listed in points {
         let p = &listed.point;
@@ -234,8 +296,9 @@ pub fn restore_points(points: &[ListedRestorePoint]) {
             Some(reason) => format!("no: {reason}"),
         };
         println!(
-            "{:<40} {:<14} {:>3} {:<26} {:<24} {verdict}",
+            "{:<40} {:>3} {:<14} {:>3} {:<26} {:<24} {verdict}",
             p.name,
+            p.generation,
             p.lsn.to_string(),
             p.timeline,
             p.time.format("%Y-%m-%d %H:%M:%S%.3f"),
@@ -248,6 +311,12 @@ pub fn restore_points(points: &[ListedRestorePoint]) {
 pub fn plan(p: &Plan, pgdata: &std::path::Path) {
     println!("Recovery plan");
     println!("  target:    {}", p.target);
+    if p.earlier_generation {
+        println!(
+            "  generation: {} (PostgreSQL {}, from before a major upgrade)",
+            p.generation, p.pg_version
+        );
+    }
     println!(
         "  backup:    {} ({}), consistent at {} / {}",
         p.backup_id,
@@ -478,13 +547,32 @@ fn repository_state(s: &RepoSummary, now: DateTime<Utc>) {
     for problem in &s.unreadable {
         println!("unreadable: {problem}");
     }
+    for earlier in &s.earlier_generations {
+        match (&earlier.generation, &earlier.cluster) {
+            (Some(g), Some(c)) => println!(
+                "generation {} (before an upgrade; recover with PostgreSQL {}'s binaries): cluster {}, PostgreSQL {}, \
+                 {} MiB WAL segments",
+                g.generation,
+                c.pg_version,
+                c.system_identifier,
+                c.pg_version,
+                c.wal_segment_size >> 20
+            ),
+            _ => println!("an earlier generation:"),
+        }
+        repository_state(earlier, now);
+    }
 }
 
 /// `pitr info`.
 pub fn info(s: &RepoSummary, now: DateTime<Utc>) {
+    let generation = match (&s.generation, s.earlier_generations.is_empty()) {
+        (Some(g), false) => format!(" (generation {}, current)", g.generation),
+        _ => String::new(),
+    };
     match &s.cluster {
         Some(c) => println!(
-            "repository {}: cluster {}, PostgreSQL {}, {} MiB WAL segments",
+            "repository {}: cluster {}, PostgreSQL {}, {} MiB WAL segments{generation}",
             s.repository,
             c.system_identifier,
             c.pg_version,

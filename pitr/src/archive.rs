@@ -15,7 +15,7 @@ use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::fsio::Dir;
 use crate::prefetch::{Prefetched, Taken};
-use crate::repo::{Repo, RepoInfo, FORMAT_VERSION};
+use crate::repo::{Cluster, Repo};
 use crate::spool::Spool;
 use crate::storage::PutOutcome;
 use crate::wal::{LongPageHeader, WalFileName};
@@ -71,11 +71,14 @@ impl Site {
     }
 }
 
-/// Archives the file at `path`. A relative `path` is taken relative to the current directory,
-/// which is the data directory when PostgreSQL runs the command; when the site's data directory
-/// is known, the file must lie inside it.
+/// Archives the file at `path` into the repository's current generation (or the one `repo` is
+/// pinned to). A relative `path` is taken relative to the current directory, which is the data
+/// directory when PostgreSQL runs the command; when the site's data directory is known, the
+/// file must lie inside it.
 pub fn push(repo: &Repo, codec: &Codec, path: &Path, site: &Site) -> Result<PushOutcome> {
     let path = inside_data_dir(path, site.data_dir.as_deref())?;
+    // One generation for the whole push: an upgrade-repo meanwhile cannot split it.
+    let repo = &repo.pin()?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let name = WalFileName::parse(file_name)?;
     if let Some(spool) = &site.spool {
@@ -110,12 +113,14 @@ fn open_wal_file(path: &Path, file_name: &str) -> Result<fs::File> {
         .ok_or_else(|| Error::io("read", path)(std::io::Error::from(std::io::ErrorKind::NotFound)))
 }
 
-/// Restores the archived file `name` to `dest` (relative to the current directory, inside the
-/// site's data directory when that is known), verifying its checksum on the way. A file the
-/// prefetcher left in the spool is verified and moved into place instead.
+/// Restores the archived file `name` of the repository's current generation (or the one `repo`
+/// is pinned to) to `dest` (relative to the current directory, inside the site's data directory
+/// when that is known), verifying its checksum on the way. A file the prefetcher left in the
+/// spool is verified and moved into place instead.
 pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutcome> {
     let name = WalFileName::parse(name)?;
     let dest = inside_data_dir(dest, site.data_dir.as_deref())?;
+    let repo = &repo.pin()?;
     // An empty directory is not an empty archive: it may be a file system that is not mounted,
     // and answering "not found" there would let PostgreSQL end recovery early.
     let info = repo.info()?.ok_or_else(|| Error::Repo {
@@ -181,7 +186,7 @@ fn absent(repo: &Repo) -> Result<GetOutcome> {
 /// Decodes `object` straight into `dest`, 128 KiB at a time (no buffer the size of a segment),
 /// checking the segment's page header and cluster before the first byte is written; the size
 /// and checksum are verified at the end.
-fn restore_to(repo: &Repo, name: &WalFileName, object: &[u8], info: RepoInfo, dest: &Path) -> Result<u64> {
+fn restore_to(repo: &Repo, name: &WalFileName, object: &[u8], info: Cluster, dest: &Path) -> Result<u64> {
     let what = repo.describe_wal(name);
     let len = ObjectHeader::parse(object, &what)?.raw_len;
     let mut file = fs::File::create(dest).map_err(Error::io("create", dest))?;
@@ -206,7 +211,7 @@ fn validate(repo: &Repo, name: &WalFileName, path: &Path, raw: &[u8]) -> Result<
         reason,
     })?;
     match header {
-        Some(header) => check_cluster(repo, &header, &path.display().to_string(), None),
+        Some(header) => check_pushed(repo, &header, &path.display().to_string()),
         // A history or backup history file does not say which cluster wrote it: it is only
         // stored in a repository that knows its cluster already.
         None if repo.info()?.is_none() => Err(Error::Refused(format!(
@@ -231,7 +236,7 @@ pub(crate) fn check_restored(
     repo: &Repo,
     name: &WalFileName,
     (start, len): (&[u8], u64),
-    info: RepoInfo,
+    info: Cluster,
     what: &str,
 ) -> Result<()> {
     if let Some(segment) = name.segment_name() {
@@ -239,27 +244,47 @@ pub(crate) fn check_restored(
             what: what.to_string(),
             reason,
         })?;
-        check_cluster(repo, &header, what, Some(info))?;
+        check_restored_cluster(repo, &header, what, info)?;
     }
     Ok(())
 }
 
-/// Binds the repository to the segment's cluster on first use (unless `recorded` is given),
-/// and refuses other clusters, other major versions and other segment sizes afterwards.
-fn check_cluster(repo: &Repo, header: &LongPageHeader, file: &str, recorded: Option<RepoInfo>) -> Result<()> {
-    let found = RepoInfo {
-        format_version: FORMAT_VERSION,
+/// The cluster whose WAL `header` starts.
+fn cluster_of(header: &LongPageHeader) -> Cluster {
+    Cluster {
         pg_version: header.pg_version,
         system_identifier: header.system_identifier,
         wal_segment_size: header.segment_size.bytes(),
-    };
-    let recorded = match recorded {
+    }
+}
+
+/// Binds the repository to the pushed segment's cluster on first use, and afterwards refuses
+/// WAL of any other cluster than the generation's (after a major upgrade, telling the operator
+/// to run upgrade-repo).
+fn check_pushed(repo: &Repo, header: &LongPageHeader, file: &str) -> Result<()> {
+    let found = cluster_of(header);
+    let recorded = match repo.info()? {
         Some(info) => info,
-        None => match repo.info()? {
-            Some(info) => info,
-            None => repo.claim(found)?,
-        },
+        None => repo.claim(found)?,
     };
+    if recorded == found {
+        return Ok(());
+    }
+    let generations = repo.generations()?.ok_or_else(|| Error::Repo {
+        path: repo.location().into(),
+        reason: "lost its repo.json while a file was archived; check who changed the repository".into(),
+    })?;
+    Err(Error::Refused(format!(
+        "refusing {file} for repository {}: {}",
+        repo.location(),
+        generations.refusal(found, &repo.location())
+    )))
+}
+
+/// A restored segment must be of the generation's cluster: same system identifier, major
+/// version and segment size.
+fn check_restored_cluster(repo: &Repo, header: &LongPageHeader, file: &str, recorded: Cluster) -> Result<()> {
+    let found = cluster_of(header);
     if recorded.system_identifier != found.system_identifier {
         return Err(Error::ForeignCluster {
             file: file.to_string(),
@@ -277,10 +302,7 @@ fn check_cluster(repo: &Repo, header: &LongPageHeader, file: &str, recorded: Opt
     if recorded.pg_version != found.pg_version {
         return Err(mismatch(
             format!("it is PostgreSQL {} WAL", found.pg_version),
-            format!(
-                "PostgreSQL {} WAL; after a major upgrade start a new repository",
-                recorded.pg_version
-            ),
+            format!("PostgreSQL {} WAL in this generation", recorded.pg_version),
         ));
     }
     if recorded.wal_segment_size != found.wal_segment_size {
@@ -381,8 +403,7 @@ mod tests {
     fn an_archived_segment_with_empty_content_is_corrupt_and_leaves_no_file() {
         let repo_dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(repo_dir.path()).unwrap();
-        repo.claim(RepoInfo {
-            format_version: FORMAT_VERSION,
+        repo.claim(Cluster {
             pg_version: 15,
             system_identifier: 1,
             wal_segment_size: 16 << 20,

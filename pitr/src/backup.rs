@@ -36,7 +36,7 @@ use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::pg::{ArchiverStatus, BackupStop, Server};
 use crate::progress::Progress;
-use crate::repo::{backup_dir, Repo, RepoInfo, FORMAT_VERSION, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
+use crate::repo::{backup_dir, Cluster, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
 use crate::restore_point::{wait_until_archived, Waited};
 use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 
@@ -112,7 +112,8 @@ pub struct BackupSummary {
     pub cleaned_up: Vec<String>,
 }
 
-/// Takes a base backup of the server behind `server` into `repo`.
+/// Takes a base backup of the server behind `server` into `repo`, whose current generation must
+/// be the server's cluster.
 pub async fn take(
     repo: &Repo,
     server: &Server,
@@ -120,7 +121,8 @@ pub async fn take(
     progress: &dyn Progress,
 ) -> Result<BackupSummary> {
     let started = Instant::now();
-    let (pgdata, archiving) = preflight(repo, server, options, progress).await?;
+    let (repo, pgdata, archiving) = preflight(repo, server, options, progress).await?;
+    let repo = &repo;
     let _lock = lock_backups(repo)?;
     let cleaned_up = catalog::delete_incomplete(repo)?;
     let tree = source::scan(&pgdata)?;
@@ -154,7 +156,9 @@ pub async fn take(
     let next_xid = server.next_xid().await?;
     write_labels(repo, &dir, &stop)?;
 
-    let info = repo.info()?.expect("preflight claimed the repository");
+    let info = repo
+        .info()?
+        .expect("preflight claimed the repository and pinned its generation");
     let manifest = build_manifest(ManifestParts {
         id,
         options,
@@ -185,30 +189,32 @@ pub async fn take(
     repo.storage().delete(&format!("{dir}{INCOMPLETE_MARKER}"))?;
     Ok(BackupSummary {
         file_count: manifest.files.len(),
-        backup: BackupStatus::of(&manifest, None),
+        backup: BackupStatus::of(&manifest, repo.generation()?.map_or(1, |g| g.generation), None),
         cleaned_up,
     })
 }
 
-/// The repository's backup lock: one backup (or expire) at a time, so that neither deletes what
-/// the other is writing.
+/// The repository's backup lock: one backup, expire or upgrade-repo at a time, so that none
+/// deletes what another is writing, and a new generation never starts under a running backup.
 pub(crate) fn lock_backups(repo: &Repo) -> Result<crate::storage::LockGuard> {
     repo.storage().try_lock("backup")?.ok_or_else(|| {
         Error::Refused(format!(
-            "another pitr backup is running on repository {}, or an expire (it holds {}); wait for it to finish",
+            "another pitr backup is running on repository {}, or an expire or upgrade-repo (it holds {}); wait \
+             for it to finish",
             repo.location(),
             repo.storage().describe("locks/backup.lock")
         ))
     })
 }
 
-/// Everything that must hold before a backup starts; returns the data directory.
+/// Everything that must hold before a backup starts; returns the repository pinned to the
+/// server's generation, and the data directory.
 async fn preflight(
     repo: &Repo,
     server: &Server,
     options: &BackupOptions,
     progress: &dyn Progress,
-) -> Result<(std::path::PathBuf, Archiving)> {
+) -> Result<(Repo, std::path::PathBuf, Archiving)> {
     let refuse = |reason: String| Error::Server {
         target: server.target().to_string(),
         reason,
@@ -229,9 +235,7 @@ async fn preflight(
     let archiving = check_archive_settings(repo, server, progress).await?;
 
     let found = cluster_identity(server).await?;
-    if let Some(recorded) = repo.info()? {
-        check_same_cluster(repo, &recorded, &found)?;
-    }
+    check_current_cluster(repo, found)?;
     let pgdata = match &options.pgdata {
         Some(dir) => dir.clone(),
         None => server.setting("data_directory").await?.into(),
@@ -246,14 +250,15 @@ async fn preflight(
         )));
     }
     // Only now, with every check passed, may a first backup bind an empty repository.
-    check_same_cluster(repo, &repo.claim(found)?, &found)?;
-    Ok((pgdata, archiving))
+    repo.claim(found)?;
+    let pinned = repo.pin()?;
+    check_current_cluster(&pinned, found)?;
+    Ok((pinned, pgdata, archiving))
 }
 
 /// The cluster behind `server`, as a repository records it.
-pub async fn cluster_identity(server: &Server) -> Result<RepoInfo> {
-    Ok(RepoInfo {
-        format_version: FORMAT_VERSION,
+pub async fn cluster_identity(server: &Server) -> Result<Cluster> {
+    Ok(Cluster {
         pg_version: server.major_version(),
         system_identifier: server.system_identifier().await?,
         wal_segment_size: segment_size(server).await?.bytes(),
@@ -298,29 +303,21 @@ async fn wait_for_wal(
     }
 }
 
-/// The repository must hold this cluster: same system identifier, version and segment size.
-fn check_same_cluster(repo: &Repo, recorded: &RepoInfo, found: &RepoInfo) -> Result<()> {
-    if recorded.system_identifier != found.system_identifier {
-        return Err(Error::Refused(format!(
-            "repository {} belongs to the cluster with system identifier {}, but the server is the cluster {}; \
-             use this cluster's own repository",
-            repo.location(),
-            recorded.system_identifier,
-            found.system_identifier
-        )));
+/// The generation `repo` acts on (the current one, unless pinned) must be `found`: same system
+/// identifier, version and segment size. A repository without repo.json passes (it is claimed).
+fn check_current_cluster(repo: &Repo, found: Cluster) -> Result<()> {
+    let Some(generation) = repo.generation()? else {
+        return Ok(());
+    };
+    if generation.cluster() == found {
+        return Ok(());
     }
-    if (recorded.pg_version, recorded.wal_segment_size) != (found.pg_version, found.wal_segment_size) {
-        return Err(Error::Refused(format!(
-            "repository {} holds PostgreSQL {} with {}-byte WAL segments, the server is PostgreSQL {} with \
-             {}-byte segments; after a major upgrade start a new repository",
-            repo.location(),
-            recorded.pg_version,
-            recorded.wal_segment_size,
-            found.pg_version,
-            found.wal_segment_size
-        )));
-    }
-    Ok(())
+    let generations = repo.generations()?.expect("a generation was read");
+    Err(Error::Refused(format!(
+        "refusing to back up into repository {}: {}",
+        repo.location(),
+        generations.refusal(found, &repo.location())
+    )))
 }
 
 /// The server must archive its WAL into this repository: wal_level above minimal, archive_mode
@@ -468,7 +465,7 @@ fn write_labels(repo: &Repo, dir: &str, stop: &BackupStop) -> Result<()> {
 struct ManifestParts<'a> {
     id: String,
     options: &'a BackupOptions,
-    info: RepoInfo,
+    info: Cluster,
     start_time: chrono::DateTime<Utc>,
     stop_time: chrono::DateTime<Utc>,
     start_lsn: Lsn,

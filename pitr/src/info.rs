@@ -1,10 +1,11 @@
 //! What the repository offers now, for `pitr info` and `pitr verify`: the recoverable window per
 //! timeline ("you can recover to any moment between X and Y"), the backups per tier with their
-//! ages, the WAL archive's size and newest segment, and the restore points.
+//! ages, the WAL archive's size and newest segment, and the restore points; for the current
+//! generation and, grouped after it, for each earlier one (recovered with its major's binaries).
 //!
-//! [`Holdings`] reads the repository once and keeps what cannot be read as its error, so that
-//! verification can name it and go on. The windows come from the recovery planner itself, so
-//! what `info` promises is exactly what `pitr recover` accepts.
+//! [`Holdings`] reads one generation of the repository once and keeps what cannot be read as its
+//! error, so that verification can name it and go on. The windows come from the recovery planner
+//! itself, so what `info` promises is exactly what `pitr recover` accepts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
@@ -17,7 +18,7 @@ use crate::backup::{scan_catalog, CatalogEntry, Tier};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::recover::{self, ArchivedRecords, Reach, RepoState};
-use crate::repo::{Repo, RepoInfo};
+use crate::repo::{Cluster, Generation, Generations, Repo};
 use crate::restore_point::{self, RestorePoint};
 use crate::timeline::TimelinePath;
 use crate::wal::{parse_history, Lsn, Segment, SegmentSize, TimelineId, TimelineSwitch, WalFileName};
@@ -33,30 +34,43 @@ pub struct ArchivedFile {
     pub archived_at: SystemTime,
 }
 
-/// Everything the repository holds, read once; what cannot be read is kept as its error.
+/// Everything one generation of the repository holds, read once; what cannot be read is kept as
+/// its error.
 pub struct Holdings<'r> {
     /// The repository, for the WAL records the recoverable windows depend on.
     repo: &'r Repo,
     /// Where the repository is.
     pub location: String,
-    /// The recorded cluster (`None` for a repository nothing was written to).
-    pub info: Option<RepoInfo>,
-    /// Every backup with a manifest, readable or not.
+    /// The generation (`None` for a repository nothing was written to).
+    pub generation: Option<Generation>,
+    /// The current generation, when this one is an earlier one.
+    pub replaced_by: Option<Generation>,
+    /// Its cluster (`None` for a repository nothing was written to).
+    pub info: Option<Cluster>,
+    /// Every backup with a manifest of this generation's cluster, readable or not; with the
+    /// current generation, also every backup that belongs to no earlier one (an unreadable
+    /// manifest, another cluster's).
     pub catalog: Vec<CatalogEntry>,
     /// Every archived WAL file.
     pub wal: Vec<ArchivedFile>,
     /// Every timeline history file, parsed or why not.
     pub histories: BTreeMap<TimelineId, Result<Vec<TimelineSwitch>>>,
-    /// The readable restore points, or why the catalog cannot be listed.
+    /// The readable restore points of this generation, or why the catalog cannot be listed.
     pub restore_points: Result<Vec<RestorePoint>>,
     /// Why each unreadable restore point record could not be read.
     pub unreadable_restore_points: Vec<Error>,
 }
 
 impl<'r> Holdings<'r> {
-    /// Lists the repository: manifests, WAL files with their sizes and archive times, history
-    /// files, restore points.
+    /// Lists the generation `repo` acts on (pin it first: [`Repo::pin`], [`Repo::at`]):
+    /// manifests, WAL files with their sizes and archive times, history files, restore points.
     pub fn read(repo: &'r Repo) -> Result<Holdings<'r>> {
+        let generations = repo.generations()?;
+        let generation = repo.generation()?;
+        let mine = Belonging {
+            generations: generations.as_ref(),
+            generation,
+        };
         let mut wal = Vec::new();
         for name in repo.list_wal()? {
             // A file expired between listing and looking is simply gone.
@@ -76,18 +90,30 @@ impl<'r> Holdings<'r> {
             })
             .collect();
         let mut points = restore_point::read_catalog(repo);
-        let unreadable_restore_points = points
-            .as_mut()
-            .map(|c| std::mem::take(&mut c.unreadable))
-            .unwrap_or_default();
+        let unreadable_restore_points = match points.as_mut() {
+            Ok(catalog) if mine.is_current() => std::mem::take(&mut catalog.unreadable),
+            _ => Vec::new(),
+        };
+        let mut catalog = scan_catalog(repo)?;
+        catalog.retain(|entry| mine.holds_backup(entry));
         Ok(Holdings {
             repo,
             location: repo.location(),
-            info: repo.info()?,
-            catalog: scan_catalog(repo)?,
+            generation,
+            replaced_by: generations
+                .as_ref()
+                .map(|all| *all.current())
+                .filter(|_| !mine.is_current()),
+            info: generation.map(|g| g.cluster()),
+            catalog,
             wal,
             histories,
-            restore_points: points.map(|c| c.points),
+            restore_points: points.map(|c| {
+                c.points
+                    .into_iter()
+                    .filter(|p| mine.holds_point(p.generation))
+                    .collect()
+            }),
             unreadable_restore_points,
         })
     }
@@ -164,7 +190,52 @@ impl<'r> Holdings<'r> {
             restore_points: self.restore_points.as_ref().map(Vec::clone).unwrap_or_default(),
             segment_size: Some(self.segment_size()?),
             records: ArchivedRecords::reading(self.repo),
+            generation: self.generation,
+            replaced_by: self.replaced_by,
         })
+    }
+}
+
+/// Which backups and restore points belong to one generation: those of its cluster, and for the
+/// current generation also those that belong to no earlier one, so that nothing goes unlisted.
+struct Belonging<'g> {
+    generations: Option<&'g Generations>,
+    generation: Option<Generation>,
+}
+
+impl Belonging<'_> {
+    fn is_current(&self) -> bool {
+        match (self.generations, self.generation) {
+            (Some(all), Some(this)) => all.current().generation == this.generation,
+            _ => true,
+        }
+    }
+
+    /// The earlier generation `generation` is, if it is one.
+    fn earlier(&self, generation: Option<&Generation>) -> Option<u32> {
+        let current = self.generations?.current().generation;
+        generation.map(|g| g.generation).filter(|n| *n != current)
+    }
+
+    fn holds_backup(&self, entry: &CatalogEntry) -> bool {
+        let of_cluster = |sysid| self.generations.and_then(|all| all.of_cluster(sysid));
+        let owner = entry
+            .manifest
+            .as_ref()
+            .ok()
+            .and_then(|m| self.earlier(of_cluster(m.system_identifier)));
+        match owner {
+            Some(earlier) => self.generation.is_some_and(|g| g.generation == earlier),
+            None => self.is_current(),
+        }
+    }
+
+    fn holds_point(&self, generation: u32) -> bool {
+        let earlier = self.earlier(self.generations.and_then(|all| all.get(generation)));
+        match earlier {
+            Some(earlier) => self.generation.is_some_and(|g| g.generation == earlier),
+            None => self.is_current(),
+        }
     }
 }
 
@@ -179,13 +250,15 @@ fn read_history(repo: &Repo, name: &WalFileName) -> Result<Vec<TimelineSwitch>> 
     parse_history(&raw).map_err(|reason| Error::Corrupt { what, reason })
 }
 
-/// What `pitr info` shows.
+/// What `pitr info` shows: the current generation, and the earlier ones after it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RepoSummary {
     /// Where the repository is.
     pub repository: String,
-    /// The cluster it belongs to.
-    pub cluster: Option<RepoInfo>,
+    /// The generation summarized.
+    pub generation: Option<Generation>,
+    /// Its cluster.
+    pub cluster: Option<Cluster>,
     /// The recoverable windows per timeline (a gap in the archive splits one in two).
     pub windows: Vec<Window>,
     /// Backups per tier.
@@ -196,6 +269,9 @@ pub struct RepoSummary {
     pub restore_points: Vec<RestorePoint>,
     /// What could not be read.
     pub unreadable: Vec<String>,
+    /// The earlier generations, newest first (recovered with their majors' binaries).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earlier_generations: Vec<RepoSummary>,
 }
 
 /// "You can recover to any moment between X and Y" on one timeline.
@@ -257,9 +333,31 @@ pub struct ArchiveSummary {
     pub newest_archived_at: Option<DateTime<Utc>>,
 }
 
-/// Reads the repository and summarizes it as of `now`.
+/// Reads the repository and summarizes it as of `now`: the current generation, and the earlier
+/// ones in `earlier_generations`.
 pub fn info(repo: &Repo, now: DateTime<Utc>) -> Result<RepoSummary> {
-    Ok(summarize(&Holdings::read(repo)?, now))
+    let current = repo.pin()?;
+    let mut summary = summarize(&Holdings::read(&current)?, now);
+    summary.earlier_generations = earlier_generations(repo)?
+        .iter()
+        .map(|earlier| Ok(summarize(&Holdings::read(earlier)?, now)))
+        .collect::<Result<_>>()?;
+    Ok(summary)
+}
+
+/// The repository pinned to each generation before the current one, newest first.
+pub fn earlier_generations(repo: &Repo) -> Result<Vec<Repo>> {
+    let Some(generations) = repo.generations()? else {
+        return Ok(Vec::new());
+    };
+    let current = generations.current().generation;
+    generations
+        .all()
+        .iter()
+        .rev()
+        .filter(|g| g.generation != current)
+        .map(|g| repo.at(g.generation))
+        .collect()
 }
 
 /// Summarizes what `holdings` hold as of `now`.
@@ -277,6 +375,7 @@ pub fn summarize_on(holdings: &Holdings, now: DateTime<Utc>, timeline: Option<Ti
     unreadable.extend(unreadable_wal);
     RepoSummary {
         repository: holdings.location.clone(),
+        generation: holdings.generation,
         cluster: holdings.info,
         windows,
         tiers: tiers(&holdings.backups(), now),
@@ -289,6 +388,7 @@ pub fn summarize_on(holdings: &Holdings, now: DateTime<Utc>, timeline: Option<Ti
         },
         restore_points: holdings.restore_points.as_ref().map(Vec::clone).unwrap_or_default(),
         unreadable,
+        earlier_generations: Vec::new(),
     }
 }
 
@@ -505,8 +605,9 @@ mod tests {
         let holdings = Holdings {
             repo: &repo,
             location: "test".into(),
-            info: Some(RepoInfo {
-                format_version: crate::repo::FORMAT_VERSION,
+            generation: None,
+            replaced_by: None,
+            info: Some(Cluster {
                 pg_version: 15,
                 system_identifier: 1,
                 wal_segment_size: SIZE.bytes(),

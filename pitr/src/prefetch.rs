@@ -37,7 +37,7 @@ use crate::archive::check_restored;
 use crate::codec::{self, ObjectHeader};
 use crate::error::{Error, Result};
 use crate::fsio;
-use crate::repo::{Repo, RepoInfo};
+use crate::repo::{Cluster, Repo};
 use crate::spool::{create_private, write_private, Spool};
 use crate::timeline::TimelinePath;
 use crate::wal::{parse_history, Segment, SegmentSize, TimelineId, TimelineSwitch, WalFileName};
@@ -93,7 +93,7 @@ pub struct Prefetched<'a> {
     /// archive-get (`None` elsewhere: then no end of recovery is watched for).
     data_dir: Option<PathBuf>,
     repo: &'a Repo,
-    info: RepoInfo,
+    info: Cluster,
     owner: String,
     /// Decode buffers kept between segments, one per fetcher thread at most.
     buffers: Mutex<Vec<Vec<u8>>>,
@@ -101,7 +101,7 @@ pub struct Prefetched<'a> {
 
 impl<'a> Prefetched<'a> {
     /// The prefetch area of `spool` for `repo` (whose metadata is `info`).
-    pub fn new(spool: &Spool, repo: &'a Repo, info: &RepoInfo) -> Prefetched<'a> {
+    pub fn new(spool: &Spool, repo: &'a Repo, info: &Cluster) -> Prefetched<'a> {
         let cwd = std::env::current_dir()
             .map(|d| d.display().to_string())
             .unwrap_or_default();
@@ -585,7 +585,6 @@ struct Decoded {
 mod tests {
     use super::*;
     use crate::codec::Codec;
-    use crate::repo::FORMAT_VERSION;
 
     const SYSID: u64 = 7;
     const SIZE: u32 = 1 << 20;
@@ -594,7 +593,7 @@ mod tests {
     /// the bytes of every segment.
     struct Fixture {
         repo: Repo,
-        info: RepoInfo,
+        info: Cluster,
         spool: Spool,
         segments: Vec<Vec<u8>>,
         _dirs: [tempfile::TempDir; 2],
@@ -604,8 +603,7 @@ mod tests {
         fn new(last: u64) -> Fixture {
             let (repo_dir, spool_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let repo = Repo::open_local(repo_dir.path()).unwrap();
-            let info = RepoInfo {
-                format_version: FORMAT_VERSION,
+            let info = Cluster {
                 pg_version: 15,
                 system_identifier: SYSID,
                 wal_segment_size: SIZE,

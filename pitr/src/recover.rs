@@ -10,6 +10,7 @@ mod plan;
 mod settings;
 mod target;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ pub use target::Target;
 
 use crate::backup::{self, RestoreOptions, RestoreSummary};
 use crate::error::{Error, Result};
-use crate::info::Holdings;
+use crate::info::{earlier_generations, Holdings};
 use crate::interrupt;
 use crate::pg::ctl::{self, Owner};
 use crate::pg::Server;
@@ -91,14 +92,55 @@ pub struct ServerState {
     pub last_commit_time: Option<String>,
 }
 
-/// Gathers what the planner needs from the repository (its WAL records are read as the target
-/// needs them). Unlike `pitr info`, recovery does not work around what cannot be read, except a
-/// backup whose manifest is unreadable, which is left out (the others still recover): an
-/// unreadable history file or restore point catalog is an error here.
+/// The repository pinned to the generation a recovery plans in: `generation` when asked
+/// (`--generation`), else the generation of the backup asked for (`--backup`), of the restore
+/// point named (the current generation's when it has one of that name, else the newest that
+/// has), or for a time target the newest generation with a backup consistent at or before it;
+/// the current generation otherwise (LSN and transaction targets, `immediate`, `latest`).
+pub fn generation_for(repo: &Repo, request: &Request, generation: Option<u32>) -> Result<Repo> {
+    if let Some(n) = generation {
+        return repo.at(n);
+    }
+    let Some(generations) = repo.generations()? else {
+        return repo.pin();
+    };
+    let current = generations.current().generation;
+    let of_backup = |m: &crate::backup::manifest::Manifest| generations.of_cluster(m.system_identifier);
+    let chosen = match (&request.backup, &request.target) {
+        (Some(id), _) => backup::load_catalog(repo)?
+            .iter()
+            .find(|m| &m.id == id)
+            .and_then(of_backup)
+            .map(|g| g.generation),
+        (None, Target::Name(name)) => {
+            let named: Vec<u32> = restore_point::catalog(repo)?
+                .into_iter()
+                .filter(|p| &p.name == name && generations.get(p.generation).is_some())
+                .map(|p| p.generation)
+                .collect();
+            named.contains(&current).then_some(current).or(named.into_iter().max())
+        }
+        (None, Target::Time { time, .. }) => backup::load_catalog(repo)?
+            .iter()
+            .filter(|m| m.stop_time <= *time)
+            .filter_map(of_backup)
+            .map(|g| g.generation)
+            .max(),
+        (None, _) => None,
+    };
+    repo.at(chosen.unwrap_or(current))
+}
+
+/// Gathers what the planner needs from the generation `repo` acts on (pin it first:
+/// [`generation_for`]); its WAL records are read as the target needs them. Unlike `pitr info`,
+/// recovery does not work around what cannot be read, except a backup whose manifest is
+/// unreadable, which is left out (the others still recover): an unreadable history file or
+/// restore point catalog is an error here.
 pub fn repo_state(repo: &Repo) -> Result<RepoState<'_>> {
     let holdings = Holdings::read(repo)?;
     let segments = holdings.segments().into_iter().collect();
     let segment_size = holdings.segment_size();
+    let (generation, replaced_by) = (holdings.generation, holdings.replaced_by);
     // A backup whose manifest cannot be read cannot be restored: the plan chooses among the others.
     let mut backups: Vec<_> = holdings
         .catalog
@@ -118,6 +160,8 @@ pub fn repo_state(repo: &Repo) -> Result<RepoState<'_>> {
         restore_points: holdings.restore_points?,
         segment_size,
         records: ArchivedRecords::reading(repo),
+        generation,
+        replaced_by,
     })
 }
 
@@ -133,15 +177,25 @@ pub struct ListedRestorePoint {
     pub unrecoverable_reason: Option<String>,
 }
 
-/// The restore point catalog, each point marked with whether the planner would reach it
-/// (expired backups or WAL, another timeline, an earlier point of the same name).
+/// The restore point catalog of every generation, each point marked with whether the planner
+/// would reach it in its generation (expired backups or WAL, another timeline, an earlier point
+/// of the same name).
 pub fn restore_points(repo: &Repo) -> Result<Vec<ListedRestorePoint>> {
     let points = restore_point::catalog(repo)?;
-    let state = repo_state(repo);
+    let current = repo.pin()?;
+    let mut handles = BTreeMap::new();
+    for earlier in earlier_generations(repo)? {
+        if let Some(generation) = earlier.generation()? {
+            handles.insert(generation.generation, earlier);
+        }
+    }
+    let states: BTreeMap<u32, Result<RepoState>> = handles.iter().map(|(n, handle)| (*n, repo_state(handle))).collect();
+    let current_state = repo_state(&current);
     Ok(points
         .into_iter()
         .map(|point| {
-            let verdict = match &state {
+            let state = states.get(&point.generation).unwrap_or(&current_state);
+            let verdict = match state {
                 Ok(state) => reaches_restore_point(state, &point),
                 Err(e) => Err(format!("the repository cannot be planned from: {e}")),
             };
@@ -205,7 +259,7 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         return Ok(report);
     }
     interrupt::check("about to start the server").map_err(|e| left_incomplete(e, &options.pgdata))?;
-    let bindir = ctl::bindir(plan_pg_version(repo)?)?;
+    let bindir = ctl::bindir(plan.pg_version)?;
     // From here on the server's socket directory goes with `server` unless a server runs in it.
     let server = RecoveryServer::start(&options.pgdata, owner, bindir)?;
     let expect_stop = !matches!(plan.recovery_target, Target::Latest);
@@ -231,7 +285,7 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         ));
     }
     report.socket_dir = server.running().then(|| server.socket_dir.clone());
-    report.next_steps = next_steps(options);
+    report.next_steps = next_steps(plan, options);
     report.outcome = Some(outcome);
     Ok(report)
 }
@@ -247,13 +301,17 @@ fn left_incomplete(error: Error, pgdata: &Path) -> Error {
     }
 }
 
-fn plan_pg_version(repo: &Repo) -> Result<u32> {
-    Ok(repo.info()?.map_or(0, |i| i.pg_version))
-}
-
-/// The settings written into the restored directory.
+/// The settings written into the restored directory. The restore_command of a copy of an
+/// earlier generation names it: archive-get reads the current generation's WAL otherwise.
 fn recovery_settings(plan: &Plan, options: &RecoverOptions) -> Vec<(&'static str, String)> {
-    let restore_command = format!("{} archive-get %f %p", options.pitr_command);
+    let restore_command = if plan.earlier_generation {
+        format!(
+            "{} archive-get --generation {} %f %p",
+            options.pitr_command, plan.generation
+        )
+    } else {
+        format!("{} archive-get %f %p", options.pitr_command)
+    };
     let mut settings = vec![("restore_command", restore_command)];
     settings.extend(plan.target_settings());
     if !matches!(plan.recovery_target, Target::Latest) {
@@ -336,8 +394,16 @@ async fn inspect(
     })
 }
 
-fn next_steps(options: &RecoverOptions) -> Vec<String> {
+fn next_steps(plan: &Plan, options: &RecoverOptions) -> Vec<String> {
     let data = options.pgdata.display();
+    if plan.earlier_generation {
+        return vec![format!(
+            "this copy is PostgreSQL {} of generation {}, from before a major upgrade: take what you need from it \
+             with PostgreSQL {}'s tools (pg_dump), then stop it (pg_ctl -D {data} stop, as its owner); `pitr adopt` \
+             refuses it, since its cluster no longer archives into this repository",
+            plan.pg_version, plan.generation, plan.pg_version
+        )];
+    }
     let mut steps = match options.action {
         Action::Pause => vec![
             "inspect the paused copy (read-only) with the psql line above; to accept this point run \

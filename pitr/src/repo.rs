@@ -1,54 +1,275 @@
 //! The repository's layout on top of [`Storage`]: where each kind of file lives, and the metadata
-//! that binds a repository to one cluster.
+//! that binds a repository to its clusters, one **generation** after the other.
 //!
 //! ```text
-//! <repo>/repo.json                         metadata: the cluster, written once (create-repo, or
-//!                                          the first segment or backup of an empty repository)
+//! <repo>/repo.json                         metadata: the cluster of each generation, the last one
+//!                                          current (written by create-repo, or the first segment or
+//!                                          backup of an empty repository; replaced by upgrade-repo)
 //! <repo>/wal/.pitr-archive                 says wal/ is the archive's (a missing or unmounted
 //!                                          wal/ lacks it: archive-get then fails, never "absent")
 //! <repo>/wal/<TTTTTTTTXXXXXXXX>/<name>     segments, .partial and .backup files, grouped by
 //!                                          timeline + log id so no directory grows without bound
 //! <repo>/wal/history/<TTTTTTTT>.history    timeline history files, kept forever
+//! <repo>/wal.<n>/...                       the same for generation n >= 2 (wal/ is generation 1)
 //! <repo>/<tier>/<id>/files/<path>          a base backup's files (tier: hourly, daily, weekly)
 //! <repo>/<tier>/<id>/backup_label          ... the label from pg_backup_stop (+ tablespace_map)
 //! <repo>/<tier>/<id>/backup.incomplete     ... a marker while the backup is taken (or deleted)
 //! <repo>/<tier>/<id>/backup.manifest.copy  ... a copy of the manifest, written just before it
 //! <repo>/<tier>/<id>/backup.manifest       ... and its manifest, written last: the commit point
-//! <repo>/locks/<name>.lock                 advisory locks (one backup at a time)
+//! <repo>/locks/<name>.lock                 advisory locks (one backup, expire or upgrade-repo)
 //! ```
 //!
-//! Every file under `wal/` is a [`codec`](crate::codec) object: it records its compression and
-//! the CRC-32 of the original bytes, so integrity can be checked without a server. `repo.json` is
-//! a checksummed JSON record ([`codec::json`](crate::codec::json)).
+//! A generation is one cluster's WAL: after `pg_upgrade` (or a dump and restore into a new
+//! cluster) the system identifier and the major version change and segment names start over, so
+//! `pitr upgrade-repo` starts generation n + 1 with a WAL directory of its own. Backups of every
+//! generation share the tier directories: a manifest names its cluster, which names its
+//! generation. A [`Repo`] handle acts on one generation's WAL: the current one, looked up at
+//! each call, or the one it is pinned to ([`Repo::pin`], [`Repo::at`]).
+//!
+//! Every file under a WAL directory is a [`codec`](crate::codec) object: it records its
+//! compression and the CRC-32 of the original bytes, so integrity can be checked without a
+//! server. `repo.json` is a checksummed JSON record ([`codec::json`](crate::codec::json)): layout
+//! version 1 (one cluster, as every pitr wrote it before generations) while the repository has one
+//! generation, version 2 (the list of generations) from the first upgrade-repo on.
 
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, json};
 use crate::error::{Error, Result};
 use crate::storage::{LocalStorage, ObjectMeta, PutOutcome, Storage};
-use crate::wal::{LongPageHeader, WalFileName};
+use crate::wal::{LongPageHeader, SegmentSize, WalFileName};
 
 /// The key of the metadata object.
 const METADATA_KEY: &str = "repo.json";
-/// The key of the object that marks `wal/` as this repository's archive.
-const WAL_MARKER_KEY: &str = "wal/.pitr-archive";
-/// Top-level directories that hold a repository's data (locks do not count).
+/// The name of the object that marks a WAL directory as this repository's archive.
+const WAL_MARKER: &str = ".pitr-archive";
+/// Top-level directories that hold a repository's data (locks do not count), besides the WAL
+/// directories of later generations.
 const DATA_DIRS: [&str; 5] = ["wal/", "hourly/", "daily/", "weekly/", "restore_points/"];
-/// The version of the on-disk layout this pitr writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Layout version of a repo.json that records one cluster (every repository before its first
+/// upgrade-repo; what pitr before generations reads and writes).
+const ONE_CLUSTER_LAYOUT: u32 = 1;
+/// Layout version of a repo.json that records generations.
+const GENERATIONS_LAYOUT: u32 = 2;
 
-/// The cluster a repository belongs to, recorded on first use.
+/// A cluster as a repository records it: what its WAL and its backups must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// PostgreSQL major version.
+    pub pg_version: u32,
+    /// The system identifier (pg_control, and every segment's long page header).
+    pub system_identifier: u64,
+    /// The WAL segment size in bytes.
+    pub wal_segment_size: u32,
+}
+
+impl Cluster {
+    /// "cluster 7301 (PostgreSQL 15)", for messages.
+    pub fn describe(&self) -> String {
+        format!("cluster {} (PostgreSQL {})", self.system_identifier, self.pg_version)
+    }
+}
+
+/// One generation of a repository: a cluster and its WAL directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RepoInfo {
-    /// Version of the repository layout.
-    pub format_version: u32,
-    /// PostgreSQL major version of the cluster.
+pub struct Generation {
+    /// Its number: 1 for the cluster the repository was created for, then one more at each
+    /// `pitr upgrade-repo`.
+    pub generation: u32,
+    /// PostgreSQL major version of its cluster.
     pub pg_version: u32,
-    /// The cluster's system identifier (pg_control, and every segment's long page header).
+    /// Its cluster's system identifier.
     pub system_identifier: u64,
-    /// The cluster's WAL segment size in bytes.
+    /// Its cluster's WAL segment size in bytes.
     pub wal_segment_size: u32,
+    /// When `pitr upgrade-repo` started it (absent for generation 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl Generation {
+    /// Its cluster.
+    pub fn cluster(&self) -> Cluster {
+        Cluster {
+            pg_version: self.pg_version,
+            system_identifier: self.system_identifier,
+            wal_segment_size: self.wal_segment_size,
+        }
+    }
+
+    /// Its WAL segment size.
+    pub fn segment_size(&self) -> SegmentSize {
+        SegmentSize::new(self.wal_segment_size).expect("sizes are checked when repo.json is read")
+    }
+
+    /// The key prefix of its WAL directory.
+    pub fn wal_dir(&self) -> String {
+        wal_dir(self.generation)
+    }
+}
+
+/// The key prefix of generation `n`'s WAL directory: `wal/` for the first (as before
+/// generations existed), `wal.<n>/` after it. A directory of its own per generation, because
+/// the WAL of an upgraded cluster starts again at timeline 1 with segment names the old cluster
+/// used already.
+fn wal_dir(generation: u32) -> String {
+    match generation {
+        1 => "wal/".to_string(),
+        n => format!("wal.{n}/"),
+    }
+}
+
+/// The generation a top-level directory name (`wal/`, `wal.3/`) holds the WAL of.
+fn generation_of_dir(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix('/')?.strip_prefix("wal")?;
+    if digits.is_empty() {
+        return Some(1);
+    }
+    let digits = digits.strip_prefix('.')?;
+    let n: u32 = digits.parse().ok()?;
+    (n >= 2 && digits == n.to_string()).then_some(n)
+}
+
+/// Every generation of a repository, oldest first; the last is the current one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Generations(Vec<Generation>);
+
+impl Generations {
+    /// The generations of a repo.json, checked: numbered 1, 2, ... in order, valid segment
+    /// sizes, a cluster in one generation only, majors never going back.
+    fn checked(list: Vec<Generation>) -> std::result::Result<Generations, String> {
+        if list.is_empty() {
+            return Err("it records no generation".into());
+        }
+        for (i, g) in list.iter().enumerate() {
+            if g.generation as usize != i + 1 {
+                return Err(format!("generation {} is listed in place {}", g.generation, i + 1));
+            }
+            if SegmentSize::new(g.wal_segment_size).is_none() {
+                return Err(format!(
+                    "generation {} has a segment size of {} bytes, which PostgreSQL never uses",
+                    g.generation, g.wal_segment_size
+                ));
+            }
+            if list[..i].iter().any(|e| e.system_identifier == g.system_identifier) {
+                return Err(format!(
+                    "cluster {} is recorded in two generations",
+                    g.system_identifier
+                ));
+            }
+            if i > 0 && g.pg_version < list[i - 1].pg_version {
+                return Err(format!(
+                    "generation {} is PostgreSQL {}, older than generation {}'s PostgreSQL {}",
+                    g.generation,
+                    g.pg_version,
+                    i,
+                    list[i - 1].pg_version
+                ));
+            }
+        }
+        Ok(Generations(list))
+    }
+
+    /// The current generation: where the server's WAL and backups go.
+    pub fn current(&self) -> &Generation {
+        self.0.last().expect("never empty")
+    }
+
+    /// Generation `n`, when there is one.
+    pub fn get(&self, n: u32) -> Option<&Generation> {
+        self.0.iter().find(|g| g.generation == n)
+    }
+
+    /// Every generation, oldest first.
+    pub fn all(&self) -> &[Generation] {
+        &self.0
+    }
+
+    /// The generation of the cluster with this system identifier (a backup's, a segment's).
+    pub fn of_cluster(&self, system_identifier: u64) -> Option<&Generation> {
+        self.0.iter().find(|g| g.system_identifier == system_identifier)
+    }
+
+    /// Why WAL or a backup of `found` may not go into the current generation, and what to do: the
+    /// message of archive-push, backup, create-repo and check for a server that is not the
+    /// current generation's cluster (only call it when it is not).
+    pub fn refusal(&self, found: Cluster, repository: &str) -> String {
+        let current = self.current();
+        let facts = format!(
+            "the server is {}, the repository's current generation is {}",
+            found.describe(),
+            current.cluster().describe()
+        );
+        let advice = match self.of_cluster(found.system_identifier) {
+            Some(old) if old.generation != current.generation => format!(
+                "the server's cluster was generation {} of repository {repository} until `pitr upgrade-repo` started \
+                 generation {}; its WAL and backups stay there for recovery, but it archives here no more: give it \
+                 a repository of its own if it runs on",
+                old.generation, current.generation
+            ),
+            Some(_) => format!(
+                "repository {repository} records this cluster with PostgreSQL {} and {}-byte segments, the server has \
+                 PostgreSQL {} and {}-byte segments; after changing the segment size (pg_resetwal) start a new \
+                 repository",
+                current.pg_version, current.wal_segment_size, found.pg_version, found.wal_segment_size
+            ),
+            None if found.pg_version < current.pg_version => format!(
+                "a server of an older major than the current generation never archives into repository \
+                 {repository}: give it a repository of its own"
+            ),
+            None => format!(
+                "after a major upgrade run `pitr upgrade-repo` once (connected to the upgraded server); otherwise \
+                 point --repo at this cluster's own repository ({repository} belongs to another cluster)"
+            ),
+        };
+        format!("{facts}: {advice}")
+    }
+}
+
+/// repo.json of layout version 1: one cluster.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OneClusterRecord {
+    format_version: u32,
+    pg_version: u32,
+    system_identifier: u64,
+    wal_segment_size: u32,
+}
+
+/// repo.json of layout version 2: the generations, oldest first.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerationsRecord {
+    format_version: u32,
+    generations: Vec<Generation>,
+}
+
+/// The layout version of a repo.json, read before the rest.
+#[derive(Debug, Deserialize)]
+struct Layout {
+    format_version: u32,
+}
+
+/// repo.json's bytes for `generations`: layout version 1 while there is one generation, so that
+/// a pitr from before generations keeps working with the repository until its first upgrade.
+fn metadata_bytes(generations: &[Generation]) -> Vec<u8> {
+    match generations {
+        [only] => json::to_vec(&OneClusterRecord {
+            format_version: ONE_CLUSTER_LAYOUT,
+            pg_version: only.pg_version,
+            system_identifier: only.system_identifier,
+            wal_segment_size: only.wal_segment_size,
+        }),
+        _ => json::to_vec(&GenerationsRecord {
+            format_version: GENERATIONS_LAYOUT,
+            generations: generations.to_vec(),
+        }),
+    }
 }
 
 /// What [`Repo::create`] did.
@@ -64,16 +285,55 @@ pub enum Created {
     Recreated,
 }
 
-/// A repository: storage plus layout.
+/// A repository: storage plus layout, acting on one generation's WAL.
+#[derive(Clone)]
 pub struct Repo {
-    storage: Box<dyn Storage>,
+    storage: Arc<dyn Storage>,
+    /// The generation whose WAL this handle reads and writes; `None`: the current one, as
+    /// repo.json says at each call.
+    pinned: Option<u32>,
 }
 
 impl Repo {
-    /// The repository in an existing local directory.
+    /// The repository in an existing local directory, acting on its current generation.
     pub fn open_local(root: impl Into<std::path::PathBuf>) -> Result<Repo> {
         Ok(Repo {
-            storage: Box::new(LocalStorage::open(root)?),
+            storage: Arc::new(LocalStorage::open(root)?),
+            pinned: None,
+        })
+    }
+
+    /// This repository acting on generation `n` (refused when repo.json records no such
+    /// generation; a repository without repo.json has only generation 1, to be).
+    pub fn at(&self, n: u32) -> Result<Repo> {
+        let exists = match self.generations()? {
+            Some(generations) => generations.get(n).is_some(),
+            None => n == 1,
+        };
+        if !exists {
+            return Err(Error::Refused(format!(
+                "repository {} has no generation {n}: `pitr info` lists its generations",
+                self.location()
+            )));
+        }
+        Ok(Repo {
+            storage: self.storage.clone(),
+            pinned: Some(n),
+        })
+    }
+
+    /// This repository pinned to the generation it acts on now: itself when pinned, else the
+    /// current generation as repo.json says now (generation 1 before there is a repo.json).
+    /// A command that makes several calls pins first, so that an upgrade-repo meanwhile cannot
+    /// split its work between two generations.
+    pub fn pin(&self) -> Result<Repo> {
+        if self.pinned.is_some() {
+            return Ok(self.clone());
+        }
+        let current = self.generations()?.map_or(1, |g| g.current().generation);
+        Ok(Repo {
+            storage: self.storage.clone(),
+            pinned: Some(current),
         })
     }
 
@@ -91,88 +351,223 @@ impl Repo {
         }
     }
 
-    /// The recorded cluster, or `None` for a repository nothing was written to yet.
-    pub fn info(&self) -> Result<Option<RepoInfo>> {
+    /// Every generation, or `None` for a repository nothing was written to yet.
+    pub fn generations(&self) -> Result<Option<Generations>> {
         let Some(bytes) = self.storage.get(METADATA_KEY)? else {
             return Ok(None);
         };
-        let info: RepoInfo = json::from_slice(&bytes, &self.storage.describe(METADATA_KEY))?;
-        if info.format_version != FORMAT_VERSION {
-            return Err(Error::Repo {
-                path: self.location().into(),
-                reason: format!(
-                    "has layout version {}, this pitr reads version {FORMAT_VERSION}: use a matching pitr",
-                    info.format_version
-                ),
-            });
-        }
-        Ok(Some(info))
+        let what = self.storage.describe(METADATA_KEY);
+        let list = match json::from_slice::<Layout>(&bytes, &what)?.format_version {
+            ONE_CLUSTER_LAYOUT => {
+                let record: OneClusterRecord = json::from_slice(&bytes, &what)?;
+                vec![Generation {
+                    generation: 1,
+                    pg_version: record.pg_version,
+                    system_identifier: record.system_identifier,
+                    wal_segment_size: record.wal_segment_size,
+                    since: None,
+                }]
+            }
+            GENERATIONS_LAYOUT => json::from_slice::<GenerationsRecord>(&bytes, &what)?.generations,
+            other => {
+                return Err(Error::Repo {
+                    path: self.location().into(),
+                    reason: format!(
+                        "has layout version {other}, this pitr reads versions {ONE_CLUSTER_LAYOUT} and \
+                         {GENERATIONS_LAYOUT}: use a matching pitr"
+                    ),
+                })
+            }
+        };
+        Generations::checked(list)
+            .map(Some)
+            .map_err(|reason| Error::Corrupt { what, reason })
     }
 
-    /// Records `info` as the repository's cluster on first use (the first segment archived, the
-    /// first backup) unless one is recorded already, and returns the recorded one: the caller
-    /// compares. Safe against concurrent first writers. A repository that holds data but no
-    /// repo.json is never claimed: repo.json was lost, and another cluster must not take the
-    /// repository over (`pitr create-repo` restores it after checking the data).
-    pub fn claim(&self, info: RepoInfo) -> Result<RepoInfo> {
+    /// The generation this handle acts on, or `None` for a repository nothing was written to.
+    pub fn generation(&self) -> Result<Option<Generation>> {
+        let Some(generations) = self.generations()? else {
+            return Ok(None);
+        };
+        match self.pinned {
+            None => Ok(Some(*generations.current())),
+            Some(n) => generations.get(n).copied().map(Some).ok_or_else(|| Error::Repo {
+                path: self.location().into(),
+                reason: format!("no longer records generation {n} in repo.json: check who changed it"),
+            }),
+        }
+    }
+
+    /// The cluster of the generation this handle acts on, or `None` for a repository nothing
+    /// was written to yet.
+    pub fn info(&self) -> Result<Option<Cluster>> {
+        Ok(self.generation()?.map(|g| g.cluster()))
+    }
+
+    /// The key prefix of the WAL directory this handle acts on.
+    fn wal_dir(&self) -> Result<String> {
+        Ok(match self.pinned {
+            Some(n) => wal_dir(n),
+            None => self.generation()?.map_or_else(|| wal_dir(1), |g| g.wal_dir()),
+        })
+    }
+
+    /// Records `found` as the repository's cluster on first use (the first segment archived,
+    /// the first backup) unless one is recorded already, and returns the recorded one (of the
+    /// generation this handle acts on): the caller compares. Safe against concurrent first
+    /// writers. A repository that holds data but no repo.json is never claimed: repo.json was
+    /// lost, and another cluster must not take the repository over (`pitr create-repo` restores
+    /// it after checking the data).
+    pub fn claim(&self, found: Cluster) -> Result<Cluster> {
         if let Some(recorded) = self.info()? {
             return Ok(recorded);
         }
         if self.holds_data()? {
             return Err(self.lost_metadata());
         }
-        self.write_metadata(info)
+        self.write_first(found)
     }
 
-    /// Creates the repository for the cluster `info` on purpose (`pitr create-repo`): after this,
-    /// archive-get answers "absent" for a file it does not hold, even before anything is archived.
-    /// Running it again for the same cluster changes nothing; another cluster is refused. When
+    /// Creates the repository for the cluster `found` on purpose (`pitr create-repo`): after
+    /// this, archive-get answers "absent" for a file it does not hold, even before anything is
+    /// archived. Running it again for the current generation's cluster changes nothing; another
+    /// cluster is refused (after a major upgrade, with the advice to run upgrade-repo). When
     /// repo.json was lost but data remains, it is written again only if the newest archived
-    /// segment and every readable backup manifest belong to `info`'s cluster.
-    pub fn create(&self, info: RepoInfo, manifests_cluster: &[(String, (u64, u32, u32))]) -> Result<Created> {
-        if let Some(recorded) = self.info()? {
-            if recorded != info {
+    /// segment and every readable backup manifest belong to `found`'s cluster.
+    pub fn create(&self, found: Cluster, manifests_cluster: &[(String, Cluster)]) -> Result<Created> {
+        if let Some(generations) = self.generations()? {
+            let current = generations.current();
+            if current.cluster() != found {
                 return Err(Error::Refused(format!(
-                    "repository {} was created for cluster {} (PostgreSQL {}, {}-byte segments), not for cluster {} \
-                     (PostgreSQL {}, {}-byte segments): use this cluster's own repository",
+                    "repository {} was not created for this server: {}",
                     self.location(),
-                    recorded.system_identifier,
-                    recorded.pg_version,
-                    recorded.wal_segment_size,
-                    info.system_identifier,
-                    info.pg_version,
-                    info.wal_segment_size
+                    generations.refusal(found, &self.location())
                 )));
             }
-            self.storage.put_if_absent(WAL_MARKER_KEY, MARKER_TEXT)?;
+            self.storage
+                .put_if_absent(&format!("{}{WAL_MARKER}", current.wal_dir()), MARKER_TEXT)?;
             return Ok(Created::AlreadyCreated);
         }
         if !self.holds_data()? {
-            let recorded = self.write_metadata(info)?;
-            return Ok(if recorded == info {
+            let recorded = self.write_first(found)?;
+            return Ok(if recorded == found {
                 Created::Created
             } else {
                 Created::AlreadyCreated
             });
         }
-        self.check_data_belongs_to(info, manifests_cluster)?;
-        self.write_metadata(info)?;
+        self.check_data_belongs_to(found, manifests_cluster)?;
+        self.write_first(found)?;
         Ok(Created::Recreated)
     }
 
-    fn write_metadata(&self, info: RepoInfo) -> Result<RepoInfo> {
-        self.storage.put_if_absent(WAL_MARKER_KEY, MARKER_TEXT)?;
-        match self.storage.put_if_absent(METADATA_KEY, &json::to_vec(&info))? {
-            PutOutcome::Created => Ok(info),
+    /// Starts the next generation for the cluster `found` (`pitr upgrade-repo`, holding the
+    /// backup lock): its WAL directory with the marker first, then repo.json replaced with one
+    /// generation more, which commits it. Refused, changing nothing, when the repository has no
+    /// repo.json, when `found` is the current generation's cluster or an earlier one's, when it
+    /// is of an older major, or when the new WAL directory holds files already.
+    pub fn upgrade(&self, found: Cluster, since: DateTime<Utc>) -> Result<Generation> {
+        let location = self.location();
+        let generations = self.generations()?.ok_or_else(|| {
+            Error::Refused(format!(
+                "repository {location} has no repo.json: there is no generation to upgrade from; for a new \
+                 repository run `pitr create-repo` against the server"
+            ))
+        })?;
+        let current = *generations.current();
+        let refuse = |why: String| Err(Error::Refused(format!("nothing was changed: {why}")));
+        if SegmentSize::new(found.wal_segment_size).is_none() {
+            return refuse(format!(
+                "the server reports a segment size of {} bytes",
+                found.wal_segment_size
+            ));
+        }
+        match generations.of_cluster(found.system_identifier) {
+            Some(g) if g.generation == current.generation => {
+                return refuse(format!(
+                    "the server is {}, already the current generation {} of repository {location}; there is \
+                     nothing to upgrade (run it once, after pg_upgrade, against the upgraded server)",
+                    found.describe(),
+                    g.generation
+                ))
+            }
+            Some(g) => {
+                return refuse(format!(
+                    "the server is {}, generation {} of repository {location}, which generation {} replaced; a \
+                     repository never goes back to an earlier generation: give that cluster a repository of its own",
+                    found.describe(),
+                    g.generation,
+                    current.generation
+                ))
+            }
+            None => {}
+        }
+        if found.pg_version < current.pg_version {
+            return refuse(format!(
+                "the server is {}, an older major than the current generation's {}: an upgrade never goes back to \
+                 an older major; give this server a repository of its own",
+                found.describe(),
+                current.cluster().describe()
+            ));
+        }
+        let next = Generation {
+            generation: current.generation + 1,
+            pg_version: found.pg_version,
+            system_identifier: found.system_identifier,
+            wal_segment_size: found.wal_segment_size,
+            since: Some(since),
+        };
+        let dir = next.wal_dir();
+        let leftovers: Vec<String> = self
+            .storage
+            .list(&dir)?
+            .into_iter()
+            .filter(|n| n != WAL_MARKER)
+            .collect();
+        if !leftovers.is_empty() {
+            return refuse(format!(
+                "{} holds {} although repo.json records no generation {}: it is not this repository's; move it \
+                 aside",
+                self.storage.describe(&dir),
+                leftovers.join(", "),
+                next.generation
+            ));
+        }
+        self.storage.put_if_absent(&format!("{dir}{WAL_MARKER}"), MARKER_TEXT)?;
+        let mut list = generations.all().to_vec();
+        list.push(next);
+        self.storage.replace(METADATA_KEY, &metadata_bytes(&list))?;
+        Ok(next)
+    }
+
+    /// Writes repo.json for the first generation (create-only) and the marker of its WAL
+    /// directory; returns the cluster recorded, by this call or a concurrent one.
+    fn write_first(&self, found: Cluster) -> Result<Cluster> {
+        self.storage
+            .put_if_absent(&format!("{}{WAL_MARKER}", wal_dir(1)), MARKER_TEXT)?;
+        let first = Generation {
+            generation: 1,
+            pg_version: found.pg_version,
+            system_identifier: found.system_identifier,
+            wal_segment_size: found.wal_segment_size,
+            since: None,
+        };
+        match self.storage.put_if_absent(METADATA_KEY, &metadata_bytes(&[first]))? {
+            PutOutcome::Created => Ok(found),
             PutOutcome::AlreadyExists => Ok(self.info()?.expect("metadata exists")),
         }
     }
 
-    /// Whether anything but locks is stored (WAL, backups, restore points).
+    /// Whether anything but locks is stored (WAL of any generation, backups, restore points).
     fn holds_data(&self) -> Result<bool> {
-        for dir in DATA_DIRS {
-            let names = self.storage.list(dir)?;
-            if names.iter().any(|n| format!("{dir}{n}") != WAL_MARKER_KEY) {
+        let later_wal = self
+            .storage
+            .list("")?
+            .into_iter()
+            .filter(|name| generation_of_dir(name).is_some_and(|n| n > 1));
+        for dir in DATA_DIRS.iter().map(|d| d.to_string()).chain(later_wal) {
+            let names = self.storage.list(&dir)?;
+            if names.iter().any(|n| n != WAL_MARKER || !dir.starts_with("wal")) {
                 return Ok(true);
             }
         }
@@ -190,20 +585,23 @@ impl Repo {
     }
 
     /// `create` over data without repo.json: the newest archived segment and the backups must
-    /// all be of `info`'s cluster.
-    fn check_data_belongs_to(&self, info: RepoInfo, manifests: &[(String, (u64, u32, u32))]) -> Result<()> {
-        let found = (info.system_identifier, info.pg_version, info.wal_segment_size);
+    /// all be of `found`'s cluster.
+    fn check_data_belongs_to(&self, found: Cluster, manifests: &[(String, Cluster)]) -> Result<()> {
         let mut checked = 0;
-        if let Some((name, header)) = self.newest_segment_header()? {
-            let of_segment = (header.system_identifier, header.pg_version, header.segment_size.bytes());
+        if let Some((name, header)) = self.at(1)?.newest_segment_header()? {
+            let of_segment = Cluster {
+                pg_version: header.pg_version,
+                system_identifier: header.system_identifier,
+                wal_segment_size: header.segment_size.bytes(),
+            };
             if of_segment != found {
-                return Err(self.not_this_cluster(&format!("the archived segment {name}"), of_segment, info));
+                return Err(self.not_this_cluster(&format!("the archived segment {name}"), of_segment, found));
             }
             checked += 1;
         }
         for (id, cluster) in manifests {
             if *cluster != found {
-                return Err(self.not_this_cluster(&format!("backup {id}"), *cluster, info));
+                return Err(self.not_this_cluster(&format!("backup {id}"), *cluster, found));
             }
             checked += 1;
         }
@@ -217,15 +615,16 @@ impl Repo {
         Ok(())
     }
 
-    fn not_this_cluster(&self, what: &str, (sysid, version, size): (u64, u32, u32), info: RepoInfo) -> Error {
+    fn not_this_cluster(&self, what: &str, of_data: Cluster, found: Cluster) -> Error {
         Error::Refused(format!(
-            "repository {} has no repo.json and {what} is of cluster {sysid} (PostgreSQL {version}, {size}-byte \
-             segments), not of the server's cluster {} (PostgreSQL {}, {}-byte segments): nothing was written; \
-             this repository belongs to another cluster",
+            "repository {} has no repo.json and {what} is of {} with {}-byte segments, not of the server's {} with \
+             {}-byte segments: nothing was written; this repository belongs to another cluster (a repository \
+             with several generations needs its repo.json back from a copy)",
             self.location(),
-            info.system_identifier,
-            info.pg_version,
-            info.wal_segment_size
+            of_data.describe(),
+            of_data.wal_segment_size,
+            found.describe(),
+            found.wal_segment_size
         ))
     }
 
@@ -248,15 +647,16 @@ impl Repo {
         Ok(Some((name, header)))
     }
 
-    /// Whether `wal/` is this repository's WAL archive, mounted and whole: it holds the marker
-    /// (or, in a repository from before the marker, WAL). When it is not, a WAL file missing
-    /// from it says nothing about the archive.
+    /// Whether this generation's WAL directory is the repository's WAL archive, mounted and
+    /// whole: it holds the marker (or, in a repository from before the marker, WAL). When it is
+    /// not, a WAL file missing from it says nothing about the archive.
     pub fn wal_archive_present(&self) -> Result<bool> {
-        if self.storage.head(WAL_MARKER_KEY)?.is_some() {
+        let dir = self.wal_dir()?;
+        if self.storage.head(&format!("{dir}{WAL_MARKER}"))?.is_some() {
             return Ok(true);
         }
-        for dir in self.storage.list("wal/")?.iter().filter(|d| d.ends_with('/')) {
-            if !self.storage.list(&format!("wal/{dir}"))?.is_empty() {
+        for sub in self.storage.list(&dir)?.iter().filter(|d| d.ends_with('/')) {
+            if !self.storage.list(&format!("{dir}{sub}"))?.is_empty() {
                 return Ok(true);
             }
         }
@@ -265,22 +665,22 @@ impl Repo {
 
     /// Stores an encoded WAL object, create-only.
     pub fn put_wal(&self, name: &WalFileName, object: &[u8]) -> Result<PutOutcome> {
-        self.storage.put_if_absent(&wal_key(name), object)
+        self.storage.put_if_absent(&self.wal_key(name)?, object)
     }
 
     /// Makes an archived WAL file durable (see [`Storage::sync`]).
     pub fn sync_wal(&self, name: &WalFileName) -> Result<()> {
-        self.storage.sync(&wal_key(name))
+        self.storage.sync(&self.wal_key(name)?)
     }
 
     /// Reads an encoded WAL object, `None` when it is not archived.
     pub fn get_wal(&self, name: &WalFileName) -> Result<Option<Vec<u8>>> {
-        self.storage.get(&wal_key(name))
+        self.storage.get(&self.wal_key(name)?)
     }
 
     /// Whether a WAL file is archived.
     pub fn has_wal(&self, name: &WalFileName) -> Result<bool> {
-        Ok(self.storage.head(&wal_key(name))?.is_some())
+        Ok(self.head_wal(name)?.is_some())
     }
 
     /// When a WAL file was archived, or `None` when it is not.
@@ -290,14 +690,15 @@ impl Repo {
 
     /// Stored size and archive time of a WAL file, or `None` when it is not archived.
     pub fn head_wal(&self, name: &WalFileName) -> Result<Option<ObjectMeta>> {
-        self.storage.head(&wal_key(name))
+        self.storage.head(&self.wal_key(name)?)
     }
 
-    /// Every archived WAL file, sorted by name within each `wal/` directory.
+    /// Every archived WAL file of this generation, sorted by name within each directory.
     pub fn list_wal(&self) -> Result<Vec<WalFileName>> {
+        let wal = self.wal_dir()?;
         let mut names = Vec::new();
-        for dir in self.storage.list("wal/")?.iter().filter(|d| d.ends_with('/')) {
-            for name in self.storage.list(&format!("wal/{dir}"))? {
+        for dir in self.storage.list(&wal)?.iter().filter(|d| d.ends_with('/')) {
+            for name in self.storage.list(&format!("{wal}{dir}"))? {
                 // Anything that is not a WAL file name is not ours to interpret (or delete).
                 names.extend(WalFileName::parse(&name).ok());
             }
@@ -307,13 +708,26 @@ impl Repo {
 
     /// Deletes an archived WAL file.
     pub fn delete_wal(&self, name: &WalFileName) -> Result<()> {
-        self.storage.delete(&wal_key(name))
+        self.storage.delete(&self.wal_key(name)?)
     }
 
     /// Where a WAL file is stored, for messages.
     pub fn describe_wal(&self, name: &WalFileName) -> String {
-        self.storage.describe(&wal_key(name))
+        let dir = self.wal_dir().unwrap_or_else(|_| wal_dir(self.pinned.unwrap_or(1)));
+        self.storage.describe(&wal_key(&dir, name))
     }
+
+    /// The key of an archived WAL file of this generation.
+    fn wal_key(&self, name: &WalFileName) -> Result<String> {
+        Ok(wal_key(&self.wal_dir()?, name))
+    }
+}
+
+/// The generation whose WAL directory holds the stored file at `path_in_repo` (a path relative
+/// to the repository's root, such as `wal.2/0000000100000000/<name>`), for `check-integrity`.
+pub fn generation_of_path(path_in_repo: &std::path::Path) -> Option<u32> {
+    let first = path_in_repo.components().next()?.as_os_str().to_str()?;
+    generation_of_dir(&format!("{first}/"))
 }
 
 /// What the WAL archive's marker says.
@@ -332,13 +746,13 @@ pub fn backup_dir(tier: &str, id: &str) -> String {
     format!("{tier}/{id}/")
 }
 
-/// The key of an archived WAL file.
-fn wal_key(name: &WalFileName) -> String {
+/// The key of an archived WAL file in the WAL directory `dir`.
+fn wal_key(dir: &str, name: &WalFileName) -> String {
     match name {
-        WalFileName::History(_) => format!("wal/history/{name}"),
+        WalFileName::History(_) => format!("{dir}history/{name}"),
         WalFileName::Segment(_) | WalFileName::Partial(_) | WalFileName::Backup(..) => {
             let text = name.to_string();
-            format!("wal/{}/{text}", &text[..16])
+            format!("{dir}{}/{text}", &text[..16])
         }
     }
 }
@@ -348,21 +762,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wal_keys_group_by_timeline_and_log() {
-        let key = |n: &str| wal_key(&WalFileName::parse(n).unwrap());
+    fn wal_keys_group_by_timeline_and_log_in_their_generation() {
+        let key = |dir: &str, n: &str| wal_key(dir, &WalFileName::parse(n).unwrap());
         assert_eq!(
-            key("0000000100000002000000FF"),
+            key("wal/", "0000000100000002000000FF"),
             "wal/0000000100000002/0000000100000002000000FF"
         );
-        assert_eq!(key("00000003.history"), "wal/history/00000003.history");
+        assert_eq!(key("wal/", "00000003.history"), "wal/history/00000003.history");
         assert_eq!(
-            key("000000010000000000000002.00000028.backup"),
+            key("wal/", "000000010000000000000002.00000028.backup"),
             "wal/0000000100000000/000000010000000000000002.00000028.backup"
         );
         assert_eq!(
-            key("000000010000000000000005.partial"),
+            key("wal/", "000000010000000000000005.partial"),
             "wal/0000000100000000/000000010000000000000005.partial"
         );
+        assert_eq!(wal_dir(1), "wal/");
+        assert_eq!(
+            key(&wal_dir(2), "000000010000000000000005"),
+            "wal.2/0000000100000000/000000010000000000000005"
+        );
+    }
+
+    #[test]
+    fn generation_directories_are_recognized_exactly() {
+        assert_eq!(generation_of_dir("wal/"), Some(1));
+        assert_eq!(generation_of_dir("wal.2/"), Some(2));
+        assert_eq!(generation_of_dir("wal.17/"), Some(17));
+        for other in ["wal.1/", "wal.02/", "wal.x/", "wal./", "wal2/", "wal.2", "hourly/"] {
+            assert_eq!(generation_of_dir(other), None, "{other}");
+        }
+        assert_eq!(
+            generation_of_path(std::path::Path::new("wal.3/0000000100000000/000000010000000000000005")),
+            Some(3)
+        );
+    }
+
+    fn cluster(system_identifier: u64) -> Cluster {
+        Cluster {
+            pg_version: 15,
+            system_identifier,
+            wal_segment_size: 1 << 24,
+        }
+    }
+
+    fn upgraded(system_identifier: u64, pg_version: u32) -> Cluster {
+        Cluster {
+            pg_version,
+            ..cluster(system_identifier)
+        }
+    }
+
+    fn at(minute: u32) -> DateTime<Utc> {
+        use chrono::TimeZone;
+        Utc.with_ymd_and_hms(2026, 5, 4, 3, minute, 0).unwrap()
     }
 
     #[test]
@@ -370,28 +823,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(dir.path()).unwrap();
         assert_eq!(repo.info().unwrap(), None);
-        let first = RepoInfo {
-            format_version: 1,
-            pg_version: 15,
-            system_identifier: 7,
-            wal_segment_size: 1 << 24,
-        };
-        assert_eq!(repo.claim(first).unwrap(), first);
-        let second = RepoInfo {
-            system_identifier: 8,
-            ..first
-        };
-        assert_eq!(repo.claim(second).unwrap(), first);
-        assert_eq!(repo.info().unwrap(), Some(first));
-    }
-
-    fn cluster(system_identifier: u64) -> RepoInfo {
-        RepoInfo {
-            format_version: FORMAT_VERSION,
-            pg_version: 15,
-            system_identifier,
-            wal_segment_size: 1 << 24,
-        }
+        assert_eq!(repo.claim(cluster(7)).unwrap(), cluster(7));
+        assert_eq!(repo.claim(cluster(8)).unwrap(), cluster(7));
+        assert_eq!(repo.info().unwrap(), Some(cluster(7)));
     }
 
     #[test]
@@ -404,6 +838,13 @@ mod tests {
         let err = repo.claim(cluster(8)).unwrap_err().to_string();
         assert!(err.contains("no repo.json") && err.contains("create-repo"), "{err}");
         assert!(!dir.path().join("repo.json").exists(), "nothing was written");
+
+        let later = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(later.path()).unwrap();
+        repo.storage()
+            .put_if_absent("wal.2/0000000100000000/000000010000000000000001", b"x")
+            .unwrap();
+        assert!(repo.claim(cluster(8)).is_err(), "WAL of a later generation is data too");
     }
 
     #[test]
@@ -417,8 +858,14 @@ mod tests {
             "an empty, created archive is present"
         );
         assert_eq!(repo.create(cluster(7), &[]).unwrap(), Created::AlreadyCreated);
-        let err = repo.create(cluster(8), &[]).unwrap_err().to_string();
-        assert!(err.contains("not for cluster 8"), "{err}");
+        let err = repo.create(upgraded(8, 16), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "the server is cluster 8 (PostgreSQL 16), the repository's current generation is cluster 7 \
+                 (PostgreSQL 15): after a major upgrade run `pitr upgrade-repo` once"
+            ),
+            "{err}"
+        );
         assert_eq!(repo.info().unwrap(), Some(cluster(7)));
     }
 
@@ -427,7 +874,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(dir.path()).unwrap();
         repo.storage().put_if_absent("daily/b/backup.manifest", b"{}").unwrap();
-        let backups = [("b".to_string(), (7, 15, 1 << 24))];
+        let backups = [("b".to_string(), cluster(7))];
         let err = repo.create(cluster(8), &backups).unwrap_err().to_string();
         assert!(err.contains("backup b is of cluster 7"), "{err}");
         assert_eq!(repo.info().unwrap(), None);
@@ -460,5 +907,167 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, damaged).unwrap();
         assert!(matches!(repo.info(), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_repo_json_of_pitr_before_generations_reads_as_generation_one_and_is_written_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        // As pitr wrote it before generations existed (and as it still writes one generation).
+        let before = "{\n  \"format_version\": 1,\n  \"pg_version\": 15,\n  \"system_identifier\": 7,\n  \
+                      \"wal_segment_size\": 16777216\n}\n";
+        std::fs::write(dir.path().join("repo.json"), before).unwrap();
+        let repo = Repo::open_local(dir.path()).unwrap();
+        let generations = repo.generations().unwrap().unwrap();
+        assert_eq!(generations.all().len(), 1);
+        assert_eq!(generations.current().generation, 1);
+        assert_eq!(generations.current().cluster(), cluster(7));
+
+        let fresh = tempfile::tempdir().unwrap();
+        Repo::open_local(fresh.path()).unwrap().claim(cluster(7)).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fresh.path().join("repo.json")).unwrap()).unwrap();
+        assert_eq!(written["format_version"], 1);
+        assert_eq!(written["system_identifier"], 7);
+        assert!(written.get("generations").is_none(), "{written}");
+    }
+
+    #[test]
+    fn upgrade_starts_a_generation_with_its_own_wal_and_keeps_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(dir.path()).unwrap();
+        repo.claim(cluster(7)).unwrap();
+        let name = WalFileName::parse("000000010000000000000003").unwrap();
+        repo.put_wal(&name, b"old cluster").unwrap();
+
+        let second = repo.upgrade(upgraded(8, 16), at(1)).unwrap();
+        assert_eq!((second.generation, second.pg_version), (2, 16));
+        assert_eq!(repo.info().unwrap(), Some(upgraded(8, 16)), "the current generation");
+        assert_eq!(repo.list_wal().unwrap(), [], "generation 2 holds no WAL yet");
+        assert!(repo.wal_archive_present().unwrap(), "its WAL directory is marked");
+        repo.put_wal(&name, b"new cluster").unwrap();
+        assert_eq!(repo.get_wal(&name).unwrap().unwrap(), b"new cluster");
+        let first = repo.at(1).unwrap();
+        assert_eq!(first.info().unwrap(), Some(cluster(7)));
+        assert_eq!(first.get_wal(&name).unwrap().unwrap(), b"old cluster");
+        assert!(dir
+            .path()
+            .join("wal.2/0000000100000000/000000010000000000000003")
+            .is_file());
+
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("repo.json")).unwrap()).unwrap();
+        assert_eq!(record["format_version"], 2);
+        assert_eq!(record["generations"][0]["system_identifier"], 7);
+        assert_eq!(record["generations"][1]["pg_version"], 16);
+        assert!(repo.at(3).is_err(), "no generation 3");
+
+        let pinned = repo.pin().unwrap();
+        repo.upgrade(upgraded(9, 17), at(2)).unwrap();
+        assert_eq!(pinned.info().unwrap(), Some(upgraded(8, 16)), "a pinned handle stays");
+        assert_eq!(repo.info().unwrap(), Some(upgraded(9, 17)));
+    }
+
+    #[test]
+    fn upgrade_refuses_what_it_cannot_verify_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(dir.path()).unwrap();
+        let err = repo.upgrade(upgraded(8, 16), at(1)).unwrap_err().to_string();
+        assert!(err.contains("no repo.json") && err.contains("create-repo"), "{err}");
+        repo.claim(cluster(7)).unwrap();
+        let refused = |found: Cluster, expect: &str| {
+            let before = std::fs::read(dir.path().join("repo.json")).unwrap();
+            let err = repo.upgrade(found, at(1)).unwrap_err().to_string();
+            assert!(err.contains(expect), "{err}");
+            assert_eq!(std::fs::read(dir.path().join("repo.json")).unwrap(), before);
+        };
+        refused(cluster(7), "already the current generation 1");
+        refused(upgraded(8, 14), "older major");
+        repo.storage()
+            .put_if_absent("wal.2/0000000100000000/000000010000000000000001", b"x")
+            .unwrap();
+        refused(upgraded(8, 16), "move it aside");
+        repo.storage()
+            .delete("wal.2/0000000100000000/000000010000000000000001")
+            .unwrap();
+        repo.upgrade(upgraded(8, 16), at(1)).unwrap();
+        refused(cluster(7), "generation 1 of repository");
+        let same_major = Cluster {
+            system_identifier: 9,
+            ..upgraded(8, 16)
+        };
+        assert_eq!(
+            repo.upgrade(same_major, at(2)).unwrap().generation,
+            3,
+            "a new cluster of the same major (dump and restore) is a generation too"
+        );
+    }
+
+    #[test]
+    fn the_refusal_says_what_to_do_for_each_kind_of_stranger() {
+        let generations = Generations::checked(vec![
+            Generation {
+                generation: 1,
+                pg_version: 15,
+                system_identifier: 7,
+                wal_segment_size: 1 << 24,
+                since: None,
+            },
+            Generation {
+                generation: 2,
+                pg_version: 16,
+                system_identifier: 8,
+                wal_segment_size: 1 << 24,
+                since: Some(at(1)),
+            },
+        ])
+        .unwrap();
+        let says = |found: Cluster| generations.refusal(found, "/r");
+        assert!(says(upgraded(9, 17)).contains("run `pitr upgrade-repo` once"));
+        assert!(says(upgraded(9, 14)).contains("older major"));
+        assert!(says(cluster(7)).contains("was generation 1"));
+        assert!(says(Cluster {
+            wal_segment_size: 1 << 20,
+            ..upgraded(8, 16)
+        })
+        .contains("segment size"));
+    }
+
+    #[test]
+    fn a_repo_json_whose_generations_do_not_add_up_is_corrupt() {
+        let generation = |generation, pg_version, system_identifier| Generation {
+            generation,
+            pg_version,
+            system_identifier,
+            wal_segment_size: 1 << 24,
+            since: None,
+        };
+        for bad in [
+            vec![],
+            vec![generation(2, 15, 7)],
+            vec![generation(1, 15, 7), generation(3, 16, 8)],
+            vec![generation(1, 15, 7), generation(2, 16, 7)],
+            vec![generation(1, 16, 7), generation(2, 15, 8)],
+            vec![Generation {
+                wal_segment_size: 1000,
+                ..generation(1, 15, 7)
+            }],
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let record = GenerationsRecord {
+                format_version: GENERATIONS_LAYOUT,
+                generations: bad.clone(),
+            };
+            std::fs::write(dir.path().join("repo.json"), json::to_vec(&record)).unwrap();
+            let repo = Repo::open_local(dir.path()).unwrap();
+            assert!(matches!(repo.generations(), Err(Error::Corrupt { .. })), "{bad:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("repo.json"),
+            json::to_vec(&serde_json::json!({"format_version": 3})),
+        )
+        .unwrap();
+        let err = Repo::open_local(dir.path()).unwrap().info().unwrap_err().to_string();
+        assert!(err.contains("use a matching pitr"), "{err}");
     }
 }

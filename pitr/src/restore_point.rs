@@ -39,6 +39,18 @@ pub struct RestorePoint {
     pub timeline: TimelineId,
     /// The segment holding it.
     pub wal_file: String,
+    /// The repository generation whose WAL holds it (written only from generation 2 on, so that
+    /// records of a repository without upgrades stay as pitr before generations wrote them).
+    #[serde(default = "first_generation", skip_serializing_if = "is_first_generation")]
+    pub generation: u32,
+}
+
+fn first_generation() -> u32 {
+    1
+}
+
+fn is_first_generation(generation: &u32) -> bool {
+    *generation == 1
 }
 
 /// How to create a restore point.
@@ -52,8 +64,8 @@ pub struct CreateOptions {
     pub timeout: Duration,
 }
 
-/// Every readable recorded restore point, in LSN order ([`read_catalog`] also names the
-/// unreadable ones).
+/// Every readable recorded restore point of every generation, by generation and then in LSN
+/// order ([`read_catalog`] also names the unreadable ones).
 pub fn catalog(repo: &Repo) -> Result<Vec<RestorePoint>> {
     Ok(read_catalog(repo)?.points)
 }
@@ -61,7 +73,7 @@ pub fn catalog(repo: &Repo) -> Result<Vec<RestorePoint>> {
 /// The restore point catalog as read: one damaged record never hides the others.
 #[derive(Debug, Default)]
 pub struct PointCatalog {
-    /// The readable records, in LSN order.
+    /// The readable records, by generation and then in LSN order.
     pub points: Vec<RestorePoint>,
     /// Why each unreadable record could not be read.
     pub unreadable: Vec<Error>,
@@ -82,30 +94,35 @@ pub fn read_catalog(repo: &Repo) -> Result<PointCatalog> {
             Err(e) => catalog.unreadable.push(e),
         }
     }
-    catalog.points.sort_by_key(|p| (p.timeline, p.lsn));
+    catalog.points.sort_by_key(|p| (p.generation, p.timeline, p.lsn));
     Ok(catalog)
 }
 
-/// Creates a restore point on the server and records it once its WAL is archived.
+/// Creates a restore point on the server and records it, in the repository's current
+/// generation, once its WAL is archived.
 pub async fn create(repo: &Repo, server: &Server, name: &str, options: CreateOptions) -> Result<RestorePoint> {
     validate_name(name)?;
-    if !options.allow_duplicate && catalog(repo)?.iter().any(|p| p.name == name) {
-        return Err(Error::Refused(format!(
-            "a restore point named '{name}' exists already (recovery would stop at the first one): \
-             choose another name or pass --allow-duplicate"
-        )));
-    }
-    let info = repo.info()?.ok_or_else(|| {
+    let repo = &repo.pin()?;
+    let generation = repo.generation()?.ok_or_else(|| {
         Error::Refused(format!(
             "repository {} holds no WAL yet: configure archiving first",
             repo.location()
         ))
     })?;
+    let info = generation.cluster();
     if server.system_identifier().await? != info.system_identifier {
         return Err(Error::Refused(format!(
-            "the server is not the cluster of repository {} (system identifier {})",
+            "the server is not the current cluster of repository {} ({}): run restore-point against the server \
+             that archives into it (after a major upgrade, once `pitr upgrade-repo` ran)",
             repo.location(),
-            info.system_identifier
+            info.describe()
+        )));
+    }
+    let same_generation = |p: &&RestorePoint| p.generation == generation.generation;
+    if !options.allow_duplicate && catalog(repo)?.iter().filter(same_generation).any(|p| p.name == name) {
+        return Err(Error::Refused(format!(
+            "a restore point named '{name}' exists already (recovery would stop at the first one): \
+             choose another name or pass --allow-duplicate"
         )));
     }
     let lsn = server.create_restore_point(name).await?;
@@ -140,6 +157,7 @@ pub async fn create(repo: &Repo, server: &Server, name: &str, options: CreateOpt
         time,
         timeline,
         wal_file,
+        generation: generation.generation,
     };
     let key = format!("{CATALOG_DIR}{}_{:016X}.json", time.format("%Y%m%dT%H%M%S%6f"), lsn.0);
     repo.storage().put_if_absent(&key, &json::to_vec(&point))?;

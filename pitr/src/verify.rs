@@ -5,7 +5,8 @@
 //! `verify` reads every stored object in scope once, in parallel (backup files against the
 //! object checksum and the manifest, labels, WAL files against checksum, page header and
 //! cluster), checks manifests, WAL continuity and the timeline history chain, and judges
-//! freshness against [`Thresholds`].
+//! freshness against [`Thresholds`]. It checks every generation of the repository, each against
+//! its own cluster and WAL; freshness and staleness judge the current one, whose server runs.
 //!
 //! - `alerts`: the alert names and severities, and the freshness rules.
 //! - `consistency`: a manifest against itself, its directory and the repository's cluster.
@@ -45,7 +46,7 @@ use self::objects::StoredObject;
 use crate::backup::manifest::{FileEntry, Manifest};
 use crate::backup::{CatalogEntry, Tier};
 use crate::error::{Error, Result};
-use crate::info::{summarize_on, Holdings, RepoSummary};
+use crate::info::{earlier_generations, summarize, summarize_on, Holdings, RepoSummary};
 use crate::pg::Server;
 use crate::progress::Progress;
 use crate::repo::{backup_dir, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
@@ -222,7 +223,8 @@ pub struct VerifyReport {
     pub wal_files_checked: usize,
     /// How much was read, and how fast.
     pub read: ReadStats,
-    /// Missing WAL.
+    /// Missing WAL of the current generation (an earlier generation's gaps are alerts that name
+    /// it).
     pub gaps: Vec<Gap>,
     /// The server, for the staleness rule.
     pub server: ServerView,
@@ -232,7 +234,7 @@ pub struct VerifyReport {
     pub repository: RepoSummary,
 }
 
-/// Verifies what `options.scope` covers.
+/// Verifies what `options.scope` covers, in every generation of the repository.
 pub fn verify(
     repo: &Repo,
     options: &VerifyOptions,
@@ -240,17 +242,39 @@ pub fn verify(
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let started = Instant::now();
-    let holdings = Holdings::read(repo)?;
-    let entries: Vec<&CatalogEntry> = holdings
-        .catalog
-        .iter()
-        .filter(|e| options.scope.covers(e.tier))
-        .collect();
+    let current = repo.pin()?;
+    let holdings = Holdings::read(&current)?;
+    let in_scope = |h: &Holdings| -> Vec<usize> {
+        (0..h.catalog.len())
+            .filter(|i| options.scope.covers(h.catalog[*i].tier))
+            .collect()
+    };
     let whole_archive = options.scope.covers_wal();
-    let mut checked = check_backups_and_wal(repo, &holdings, &entries, whole_archive, options.jobs, progress)?;
-    let in_scope: Vec<&Manifest> = entries.iter().filter_map(|e| e.manifest.as_ref().ok()).collect();
+    let current_entries: Vec<&CatalogEntry> = in_scope(&holdings).into_iter().map(|i| &holdings.catalog[i]).collect();
+    let mut checked = check_backups_and_wal(
+        &current,
+        &holdings,
+        &current_entries,
+        whole_archive,
+        options.jobs,
+        progress,
+    )?;
+    let mut backups_checked = current_entries.len();
+    let mut earlier_summaries = Vec::new();
+    for earlier in earlier_generations(repo)? {
+        let older = Holdings::read(&earlier)?;
+        let entries: Vec<&CatalogEntry> = in_scope(&older).into_iter().map(|i| &older.catalog[i]).collect();
+        let found = check_backups_and_wal(&earlier, &older, &entries, whole_archive, options.jobs, progress)?;
+        backups_checked += entries.len();
+        checked.absorb(found, older.generation.map_or(1, |g| g.generation));
+        earlier_summaries.push(summarize(&older, options.now));
+    }
+    let fresh: Vec<&Manifest> = current_entries
+        .iter()
+        .filter_map(|e| e.manifest.as_ref().ok())
+        .collect();
     checked.alerts.extend(alerts::freshness(
-        &in_scope,
+        &fresh,
         options.scope,
         &options.thresholds,
         &options.expected_tiers,
@@ -260,18 +284,20 @@ pub fn verify(
         checked.alerts.extend(stale_alert(&holdings, server, options));
     }
     checked.alerts.sort_by_key(|a| (std::cmp::Reverse(a.severity), a.alert));
+    let mut repository = summarize_on(&holdings, options.now, server.timeline());
+    repository.earlier_generations = earlier_summaries;
     Ok(VerifyReport {
         scope: options.scope,
         status: status_of(&checked.alerts),
         now: options.now,
         duration_seconds: started.elapsed().as_secs_f64(),
-        backups_checked: entries.len(),
+        backups_checked,
         wal_files_checked: checked.wal_files,
         read: checked.read,
         gaps: checked.gaps,
         server: server.clone(),
         alerts: checked.alerts,
-        repository: summarize_on(&holdings, options.now, server.timeline()),
+        repository,
     })
 }
 
@@ -281,6 +307,18 @@ struct Checked {
     wal_files: usize,
     gaps: Vec<Gap>,
     alerts: Vec<Alert>,
+}
+
+impl Checked {
+    /// Adds what was found in the earlier `generation`: its alerts name it, its gaps stay alerts.
+    fn absorb(&mut self, earlier: Checked, generation: u32) {
+        self.read.add(&earlier.read);
+        self.wal_files += earlier.wal_files;
+        self.alerts.extend(earlier.alerts.into_iter().map(|mut alert| {
+            alert.subject = format!("generation {generation}: {}", alert.subject);
+            alert
+        }));
+    }
 }
 
 /// The integrity of the backups in `entries` (manifest, files, labels, the WAL they need to

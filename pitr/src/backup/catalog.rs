@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::manifest::Manifest;
 use super::Tier;
 use crate::error::{Error, Result};
-use crate::repo::{backup_dir, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
+use crate::repo::{backup_dir, Generation, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
 use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 
 /// Every backup whose manifest reads (from its copy where the manifest itself does not), oldest
@@ -198,6 +198,10 @@ impl UnreadableBackup {
 pub struct BackupStatus {
     /// The backup id.
     pub id: String,
+    /// The repository generation whose cluster it is of (whose WAL recovers it).
+    pub generation: u32,
+    /// The PostgreSQL major of its cluster.
+    pub pg_version: u32,
     /// Its tier.
     pub tier: Tier,
     /// When it started.
@@ -227,11 +231,14 @@ pub struct BackupStatus {
 }
 
 impl BackupStatus {
-    /// The status of a backup; `archived` is the set of archived WAL files, when known.
-    pub fn of(m: &Manifest, archived: Option<&HashSet<WalFileName>>) -> BackupStatus {
+    /// The status of a backup of `generation`; `archived` is the set of that generation's
+    /// archived WAL files, when known.
+    pub fn of(m: &Manifest, generation: u32, archived: Option<&HashSet<WalFileName>>) -> BackupStatus {
         let missing = archived.map(|set| needed_segments(m).into_iter().find(|n| !set.contains(n)));
         BackupStatus {
             id: m.id.clone(),
+            generation,
+            pg_version: m.pg_version,
             tier: m.tier,
             start_time: m.start_time,
             stop_time: m.stop_time,
@@ -269,6 +276,8 @@ fn needed_segments(m: &Manifest) -> Vec<WalFileName> {
 /// The archived segments of one timeline.
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelineRange {
+    /// The repository generation whose WAL it is.
+    pub generation: u32,
     /// The timeline.
     pub timeline: TimelineId,
     /// The oldest archived segment.
@@ -284,35 +293,61 @@ pub struct TimelineRange {
 /// What `pitr list` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listing {
-    /// Backups, oldest first.
+    /// The repository's generations, oldest first (the last is the current one; none before
+    /// anything was written).
+    pub generations: Vec<Generation>,
+    /// Backups of every generation, oldest first.
     pub backups: Vec<BackupStatus>,
     /// Backups whose manifest cannot be read.
     pub unreadable: Vec<UnreadableBackup>,
-    /// Archived WAL per timeline.
+    /// Archived WAL per generation and timeline.
     pub wal: Vec<TimelineRange>,
 }
 
-/// The backups of `tier` (all when `None`) with their WAL status, and the archived WAL ranges.
+/// The backups of `tier` (all when `None`) of every generation with their WAL status (in their
+/// generation's WAL), and the archived WAL ranges of every generation.
 pub fn list(repo: &Repo, tier: Option<Tier>) -> Result<Listing> {
-    let archived: HashSet<WalFileName> = repo.list_wal()?.into_iter().collect();
+    let generations = repo.generations()?;
+    let list = generations.as_ref().map_or(Vec::new(), |g| g.all().to_vec());
+    let current = list.last().map_or(1, |g| g.generation);
+    let mut archived: BTreeMap<u32, HashSet<WalFileName>> = BTreeMap::new();
+    let mut wal = Vec::new();
+    for generation in list.iter().map(|g| g.generation).chain(list.is_empty().then_some(1)) {
+        let files: HashSet<WalFileName> = repo.at(generation)?.list_wal()?.into_iter().collect();
+        let size = list
+            .iter()
+            .find(|g| g.generation == generation)
+            .map_or(SegmentSize::DEFAULT, Generation::segment_size);
+        wal.extend(timeline_ranges(generation, &files, size));
+        archived.insert(generation, files);
+    }
     let entries: Vec<CatalogEntry> = scan_catalog(repo)?
         .into_iter()
         .filter(|e| tier.is_none_or(|t| e.tier == t))
         .collect();
     let mut manifests: Vec<&Manifest> = entries.iter().filter_map(|e| e.manifest.as_ref().ok()).collect();
     manifests.sort_by_key(|m| m.stop_time);
-    let size = repo
-        .info()?
-        .and_then(|i| SegmentSize::new(i.wal_segment_size))
-        .unwrap_or(SegmentSize::DEFAULT);
+    let generation_of = |m: &Manifest| {
+        generations
+            .as_ref()
+            .and_then(|g| g.of_cluster(m.system_identifier))
+            .map_or(current, |g| g.generation)
+    };
     Ok(Listing {
-        backups: manifests.iter().map(|m| BackupStatus::of(m, Some(&archived))).collect(),
+        generations: list.clone(),
+        backups: manifests
+            .iter()
+            .map(|m| {
+                let generation = generation_of(m);
+                BackupStatus::of(m, generation, archived.get(&generation))
+            })
+            .collect(),
         unreadable: UnreadableBackup::all_in(&entries),
-        wal: timeline_ranges(&archived, size),
+        wal,
     })
 }
 
-fn timeline_ranges(archived: &HashSet<WalFileName>, size: SegmentSize) -> Vec<TimelineRange> {
+fn timeline_ranges(generation: u32, archived: &HashSet<WalFileName>, size: SegmentSize) -> Vec<TimelineRange> {
     let mut per_timeline: BTreeMap<TimelineId, Vec<u64>> = BTreeMap::new();
     for name in archived {
         if let WalFileName::Segment(s) = name {
@@ -330,6 +365,7 @@ fn timeline_ranges(archived: &HashSet<WalFileName>, size: SegmentSize) -> Vec<Ti
             );
             let count = segnos.len() as u64;
             TimelineRange {
+                generation,
                 timeline,
                 first: Segment { timeline, segno: first }.file_name(size),
                 last: Segment { timeline, segno: last }.file_name(size),

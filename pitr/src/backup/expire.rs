@@ -1,5 +1,7 @@
-//! Retention: keep the newest N backups per tier (by real stop time, never by name), and delete
-//! the WAL that no retained backup needs. Timeline history files are kept forever.
+//! Retention: keep the newest N backups per tier (by real stop time, never by name, over every
+//! generation of the repository), and delete the WAL that no retained backup needs, in each
+//! generation's WAL: what is older than its oldest retained backup, and all of an earlier
+//! generation's once none of its backups is retained. Timeline history files are kept forever.
 //!
 //! Deletion order keeps the repository consistent after a crash at any point: a backup is first
 //! marked incomplete, then its manifest and the manifest's copy go (the backup stops existing),
@@ -14,7 +16,7 @@ use super::manifest::Manifest;
 use super::{lock_backups, scan_catalog, Tier};
 use crate::crash_point;
 use crate::error::Result;
-use crate::repo::{backup_dir, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
+use crate::repo::{backup_dir, Generation, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
 use crate::wal::{SegmentSize, WalFileName};
 
 /// How many backups each tier keeps.
@@ -64,23 +66,55 @@ pub struct ExpiredBackup {
 pub struct ExpirePlan {
     /// Backups beyond their tier's count.
     pub backups: Vec<ExpiredBackup>,
-    /// WAL files older than every retained backup's first needed segment.
+    /// WAL files of the current generation older than every retained backup's first needed
+    /// segment.
     pub wal: Vec<String>,
-    /// The oldest segment kept, when any backup is retained.
+    /// The oldest segment of the current generation kept, when any of its backups is retained.
     pub wal_kept_from: Option<String>,
+    /// The same for each earlier generation, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earlier_generations: Vec<GenerationExpiry>,
     /// Backups whose manifest cannot be read: never deleted by expire, and while there is one
     /// no WAL is expired.
     pub unreadable: Vec<UnreadableBackup>,
 }
 
+/// What expire deletes of an earlier generation's WAL.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerationExpiry {
+    /// The generation.
+    pub generation: u32,
+    /// Its WAL files that no retained backup of it needs (all of them once none is retained).
+    pub wal: Vec<String>,
+    /// Its oldest segment kept, when any of its backups is retained.
+    pub wal_kept_from: Option<String>,
+}
+
+/// One generation's WAL archive, as expire judges it.
+#[derive(Debug, Clone)]
+pub struct GenerationWal {
+    /// The generation (`None` for a repository without repo.json: one generation, current).
+    pub generation: Option<Generation>,
+    /// Whether it is the current one.
+    pub current: bool,
+    /// Its archived WAL files.
+    pub archived: Vec<WalFileName>,
+}
+
+impl GenerationWal {
+    fn size(&self) -> SegmentSize {
+        self.generation.map_or(SegmentSize::DEFAULT, |g| g.segment_size())
+    }
+}
+
 /// Decides what to delete; `tier` limits backup expiry to one tier (WAL expiry always considers
-/// every retained backup, and is skipped while a backup is `unreadable`). Pure: no repository
-/// access.
+/// every retained backup, and is skipped while a backup is `unreadable`). `archives` holds
+/// each generation's WAL; a backup belongs to the generation of its cluster (to the current one
+/// when no generation has its cluster). Pure: no repository access.
 pub fn plan_expire(
     catalog: &[Manifest],
     unreadable: Vec<UnreadableBackup>,
-    archived: &[WalFileName],
-    size: SegmentSize,
+    archives: &[GenerationWal],
     retention: Retention,
     tier: Option<Tier>,
 ) -> ExpirePlan {
@@ -107,31 +141,64 @@ pub fn plan_expire(
             }
         }
     }
-    let oldest_needed = retained.iter().map(|m| size.segment_of(m.start_lsn)).min();
-    let wal = match oldest_needed.filter(|_| unreadable.is_empty()) {
-        Some(first) => archived
+    let of_cluster = |m: &Manifest| {
+        archives
             .iter()
-            .filter(|name| {
-                name.segment_name()
-                    .or(backup_file_segment(name))
-                    .and_then(|s| s.segment(size))
-                    .is_some_and(|s| s.segno < first)
-            })
-            .map(|name| name.to_string())
-            .collect(),
-        // No backup (every archived file may still be needed), or one whose start is unknown.
-        None => Vec::new(),
+            .position(|a| a.generation.is_some_and(|g| g.system_identifier == m.system_identifier))
     };
-    let wal_kept_from = retained
-        .iter()
-        .min_by_key(|m| size.segment_of(m.start_lsn))
-        .map(|m| m.first_wal.clone());
-    ExpirePlan {
+    let mut plan = ExpirePlan {
         backups,
-        wal,
-        wal_kept_from,
+        wal: Vec::new(),
+        wal_kept_from: None,
+        earlier_generations: Vec::new(),
         unreadable,
+    };
+    for (i, archive) in archives.iter().enumerate() {
+        let mine: Vec<&Manifest> = retained
+            .iter()
+            .copied()
+            .filter(|m| of_cluster(m).map_or(archive.current, |at| at == i))
+            .collect();
+        let (wal, wal_kept_from) = expire_wal(archive, &mine, !plan.unreadable.is_empty());
+        if archive.current {
+            (plan.wal, plan.wal_kept_from) = (wal, wal_kept_from);
+        } else {
+            plan.earlier_generations.push(GenerationExpiry {
+                generation: archive.generation.map_or(1, |g| g.generation),
+                wal,
+                wal_kept_from,
+            });
+        }
     }
+    plan
+}
+
+/// The WAL of one generation that its `retained` backups do not need, and its oldest segment
+/// kept. The current generation without a retained backup keeps everything (the first backup
+/// may still come); an earlier one has no use for its WAL then. Nothing goes while a backup
+/// is unreadable.
+fn expire_wal(archive: &GenerationWal, retained: &[&Manifest], any_unreadable: bool) -> (Vec<String>, Option<String>) {
+    let size = archive.size();
+    let oldest = retained.iter().min_by_key(|m| size.segment_of(m.start_lsn));
+    let kept_from = oldest.map(|m| m.first_wal.clone());
+    let first_needed = match oldest {
+        _ if any_unreadable => return (Vec::new(), kept_from),
+        Some(m) => size.segment_of(m.start_lsn),
+        None if archive.current => return (Vec::new(), kept_from),
+        None => u64::MAX,
+    };
+    let wal = archive
+        .archived
+        .iter()
+        .filter(|name| {
+            name.segment_name()
+                .or(backup_file_segment(name))
+                .and_then(|s| s.segment(size))
+                .is_some_and(|s| s.segno < first_needed)
+        })
+        .map(|name| name.to_string())
+        .collect();
+    (wal, kept_from)
 }
 
 fn backup_file_segment(name: &WalFileName) -> Option<crate::wal::SegmentName> {
@@ -147,12 +214,8 @@ pub fn expire(repo: &Repo, retention: Retention, tier: Option<Tier>, dry_run: bo
     let entries = scan_catalog(repo)?;
     let unreadable = UnreadableBackup::all_in(&entries);
     let catalog: Vec<Manifest> = entries.into_iter().filter_map(|e| e.manifest.ok()).collect();
-    let archived = repo.list_wal()?;
-    let size = repo
-        .info()?
-        .and_then(|i| SegmentSize::new(i.wal_segment_size))
-        .unwrap_or(SegmentSize::DEFAULT);
-    let plan = plan_expire(&catalog, unreadable, &archived, size, retention, tier);
+    let archives = generation_archives(repo)?;
+    let plan = plan_expire(&catalog, unreadable, &archives, retention, tier);
     if dry_run {
         return Ok(plan);
     }
@@ -169,11 +232,42 @@ pub fn expire(repo: &Repo, retention: Retention, tier: Option<Tier>, dry_run: bo
         repo.storage().delete_all(&dir)?;
         crash_point::reached("expire:deleted");
     }
-    for name in &plan.wal {
-        repo.delete_wal(&WalFileName::parse(name)?)?;
-        crash_point::reached("expire:wal");
+    let current = repo.pin()?;
+    let earlier = plan
+        .earlier_generations
+        .iter()
+        .map(|e| Ok((repo.at(e.generation)?, &e.wal)))
+        .collect::<Result<Vec<_>>>()?;
+    for (generation, names) in [(current, &plan.wal)].into_iter().chain(earlier) {
+        for name in names {
+            generation.delete_wal(&WalFileName::parse(name)?)?;
+            crash_point::reached("expire:wal");
+        }
     }
     Ok(plan)
+}
+
+/// Every generation's archived WAL, oldest generation first.
+fn generation_archives(repo: &Repo) -> Result<Vec<GenerationWal>> {
+    let Some(generations) = repo.generations()? else {
+        return Ok(vec![GenerationWal {
+            generation: None,
+            current: true,
+            archived: repo.pin()?.list_wal()?,
+        }]);
+    };
+    let current = generations.current().generation;
+    generations
+        .all()
+        .iter()
+        .map(|g| {
+            Ok(GenerationWal {
+                generation: Some(*g),
+                current: g.generation == current,
+                archived: repo.at(g.generation)?.list_wal()?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -190,13 +284,41 @@ mod tests {
         Manifest::for_test(&id, tier, 1, start_segno..=start_segno, stop_time)
     }
 
-    fn wal(segnos: std::ops::Range<u64>) -> Vec<WalFileName> {
+    fn names(segnos: std::ops::Range<u64>) -> Vec<WalFileName> {
         let mut names: Vec<WalFileName> = segnos
             .map(|segno| WalFileName::parse(&Segment { timeline: 1, segno }.file_name(SegmentSize::DEFAULT)).unwrap())
             .collect();
         names.push(WalFileName::parse("00000002.history").unwrap());
         names.push(WalFileName::parse("000000010000000000000002.00000028.backup").unwrap());
         names
+    }
+
+    /// One generation, current, holding `segnos` (a repository without upgrades).
+    fn wal(segnos: std::ops::Range<u64>) -> Vec<GenerationWal> {
+        vec![GenerationWal {
+            generation: None,
+            current: true,
+            archived: names(segnos),
+        }]
+    }
+
+    fn generation(n: u32, system_identifier: u64, current: bool, segnos: std::ops::Range<u64>) -> GenerationWal {
+        GenerationWal {
+            generation: Some(Generation {
+                generation: n,
+                pg_version: 14 + n,
+                system_identifier,
+                wal_segment_size: SegmentSize::DEFAULT.bytes(),
+                since: None,
+            }),
+            current,
+            archived: names(segnos),
+        }
+    }
+
+    fn of_cluster(mut m: Manifest, system_identifier: u64) -> Manifest {
+        m.system_identifier = system_identifier;
+        m
     }
 
     #[test]
@@ -212,7 +334,7 @@ mod tests {
             daily: 1,
             weekly: 1,
         };
-        let plan = plan_expire(&catalog, vec![], &wal(1..9), SegmentSize::DEFAULT, retention, None);
+        let plan = plan_expire(&catalog, vec![], &wal(1..9), retention, None);
         assert_eq!(
             plan.backups.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
             ["main_hourly_98"]
@@ -241,28 +363,14 @@ mod tests {
             daily: 1,
             weekly: 1,
         };
-        let plan = plan_expire(
-            &catalog,
-            vec![],
-            &wal(1..9),
-            SegmentSize::DEFAULT,
-            retention,
-            Some(Tier::Hourly),
-        );
+        let plan = plan_expire(&catalog, vec![], &wal(1..9), retention, Some(Tier::Hourly));
         assert!(plan.backups.is_empty());
         assert_eq!(plan.wal, ["000000010000000000000001"]);
     }
 
     #[test]
     fn without_backups_no_wal_is_deleted() {
-        let plan = plan_expire(
-            &[],
-            vec![],
-            &wal(1..9),
-            SegmentSize::DEFAULT,
-            Retention::default(),
-            None,
-        );
+        let plan = plan_expire(&[], vec![], &wal(1..9), Retention::default(), None);
         assert!(plan.wal.is_empty() && plan.backups.is_empty());
     }
 
@@ -278,16 +386,61 @@ mod tests {
             tier: Tier::Daily,
             reason: "damaged".into(),
         };
-        let plan = plan_expire(
-            &catalog,
-            vec![damaged],
-            &wal(1..9),
-            SegmentSize::DEFAULT,
-            retention,
-            None,
-        );
+        let plan = plan_expire(&catalog, vec![damaged], &wal(1..9), retention, None);
         assert_eq!(plan.backups.len(), 1, "readable backups still expire");
         assert!(plan.wal.is_empty(), "{:?}", plan.wal);
         assert_eq!(plan.unreadable.len(), 1);
+    }
+
+    #[test]
+    fn retention_spans_generations_and_each_keeps_the_wal_its_retained_backups_need() {
+        // Generation 1 (cluster 1) then generation 2 (cluster 2), both with segments 1 to 8.
+        let catalog = vec![
+            of_cluster(backup(Tier::Daily, 1, 2), 1),
+            of_cluster(backup(Tier::Daily, 2, 5), 1),
+            of_cluster(backup(Tier::Daily, 3, 3), 2),
+            of_cluster(backup(Tier::Daily, 4, 6), 2),
+        ];
+        let archives = [generation(1, 1, false, 1..9), generation(2, 2, true, 1..9)];
+        let keep = |daily| Retention {
+            daily,
+            ..Retention::default()
+        };
+        let plan = plan_expire(&catalog, vec![], &archives, keep(3), None);
+        assert_eq!(
+            plan.backups.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+            ["main_daily_98"],
+            "the oldest of all generations goes"
+        );
+        assert_eq!(plan.wal_kept_from.as_deref(), Some("000000010000000000000003"));
+        assert_eq!(plan.wal.len(), 3, "generation 2 before its segment 3: {:?}", plan.wal);
+        let earlier = &plan.earlier_generations[0];
+        assert_eq!(earlier.generation, 1);
+        assert_eq!(earlier.wal_kept_from.as_deref(), Some("000000010000000000000005"));
+        assert_eq!(
+            earlier.wal.len(),
+            5,
+            "generation 1 before its segment 5: {:?}",
+            earlier.wal
+        );
+
+        let plan = plan_expire(&catalog, vec![], &archives, keep(2), None);
+        let earlier = &plan.earlier_generations[0];
+        assert_eq!(earlier.wal_kept_from, None, "no backup of generation 1 is retained");
+        assert_eq!(
+            earlier.wal.len(),
+            9,
+            "then its WAL goes, but for its history file: {:?}",
+            earlier.wal
+        );
+        assert!(!earlier.wal.iter().any(|n| n.ends_with(".history")));
+        assert_eq!(plan.wal_kept_from.as_deref(), Some("000000010000000000000003"));
+
+        let generation_two_only = [generation(1, 1, false, 1..9), generation(2, 2, true, 1..9)];
+        let plan = plan_expire(&catalog[..2], vec![], &generation_two_only, keep(2), None);
+        assert!(
+            plan.wal.is_empty(),
+            "the current generation without a backup keeps its WAL"
+        );
     }
 }

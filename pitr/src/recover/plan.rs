@@ -24,6 +24,7 @@ use super::archived::{newer_xid, ArchivedRecords, Mark, SegmentSummary};
 use super::target::Target;
 use crate::backup::manifest::Manifest;
 use crate::error::{Error, Result};
+use crate::repo::Generation;
 use crate::restore_point::RestorePoint;
 use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, TimelineSwitch};
 
@@ -52,6 +53,11 @@ pub struct RepoState<'r> {
     pub segment_size: Option<SegmentSize>,
     /// The archived segments' records, read as a target needs them.
     pub records: ArchivedRecords<'r>,
+    /// The repository generation all of this is of (`None` for a repository without repo.json).
+    pub generation: Option<Generation>,
+    /// The current generation, when `generation` is an earlier one: the plan then says that the
+    /// recovered copy is of the earlier major and needs its binaries.
+    pub replaced_by: Option<Generation>,
 }
 
 /// What the operator asked for.
@@ -109,6 +115,13 @@ pub struct Plan {
     pub restore_bytes: u64,
     /// Things the operator should read.
     pub notes: Vec<String>,
+    /// The repository generation recovered from (1 for a repository without upgrades).
+    pub generation: u32,
+    /// The PostgreSQL major the recovered copy is (its binaries start it).
+    pub pg_version: u32,
+    /// Whether that is an earlier generation than the repository's current one: archive-get is
+    /// then told the generation (`--generation`).
+    pub earlier_generation: bool,
 }
 
 impl Plan {
@@ -159,6 +172,23 @@ pub fn plan(state: &RepoState, request: &Request) -> Result<Plan> {
     };
     let stop = scan.stop(request, target_lsn, &mut notes)?;
     check_continuity(state, &path, first, stop.last, backup)?;
+    if let (Some(this), Some(current)) = (state.generation, state.replaced_by) {
+        notes.push(format!(
+            "backup {} is of generation {} of the repository ({}), which the current generation {} ({}) \
+             replaced after a major upgrade: the recovered copy is a PostgreSQL {} cluster, started with \
+             PostgreSQL {}'s binaries (PITR_PG_BINDIR, pg_config or /usr/lib/postgresql/{}/bin), and its \
+             restore_command reads generation {}'s WAL",
+            backup.id,
+            this.generation,
+            this.cluster().describe(),
+            current.generation,
+            current.cluster().describe(),
+            this.pg_version,
+            this.pg_version,
+            this.pg_version,
+            this.generation
+        ));
+    }
     Ok(Plan {
         backup_id: backup.id.clone(),
         backup_tier: backup.tier,
@@ -181,6 +211,9 @@ pub fn plan(state: &RepoState, request: &Request) -> Result<Plan> {
         wal_segments: stop.last + 1 - first,
         restore_bytes: backup.original_bytes,
         notes,
+        generation: state.generation.map_or(1, |g| g.generation),
+        pg_version: backup.pg_version,
+        earlier_generation: state.replaced_by.is_some(),
     })
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::objects::check_wal_object;
-use crate::backup::{check_archive_settings, segment_size};
+use crate::backup::{check_archive_settings, cluster_identity, segment_size};
 use crate::error::{Error, Result};
 use crate::pg::Server;
 use crate::progress::Progress;
@@ -60,14 +60,11 @@ pub async fn check(
         ));
     }
     let system_identifier = server.system_identifier().await?;
-    if let Some(info) = repo.info()? {
-        if info.system_identifier != system_identifier {
-            return Err(refuse(format!(
-                "is cluster {system_identifier}, but repository {} holds cluster {}: point --repo at this \
-                 cluster's own repository",
-                repo.location(),
-                info.system_identifier
-            )));
+    let repo = &repo.pin()?;
+    if let Some(generations) = repo.generations()? {
+        let found = cluster_identity(server).await?;
+        if repo.info()? != Some(found) {
+            return Err(refuse(generations.refusal(found, &repo.location())));
         }
     }
     check_archive_settings(repo, server, progress).await?; // where archiving goes is checked below

@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use crate::backup::manifest::{parts_crc, FileEntry, Manifest, MANIFEST_VERSION, PART_SIZE};
 use crate::backup::Tier;
 use crate::control::PG_CONTROL;
-use crate::repo::RepoInfo;
+use crate::repo::Cluster;
 use crate::wal::{Segment, SegmentSize};
 
 /// Everything inconsistent about the manifest of the backup in `<tier>/<id>/`.
-pub fn manifest_problems(m: &Manifest, tier: Tier, id: &str, cluster: Option<&RepoInfo>) -> Vec<String> {
+pub fn manifest_problems(m: &Manifest, tier: Tier, id: &str, cluster: Option<&Cluster>) -> Vec<String> {
     let mut problems = Vec::new();
     if !(1..=MANIFEST_VERSION).contains(&m.format_version) {
         problems.push(format!("manifest format version {} is not supported", m.format_version));
@@ -28,7 +28,7 @@ pub fn manifest_problems(m: &Manifest, tier: Tier, id: &str, cluster: Option<&Re
     problems
 }
 
-fn cluster_problem(m: &Manifest, cluster: Option<&RepoInfo>) -> Option<String> {
+fn cluster_problem(m: &Manifest, cluster: Option<&Cluster>) -> Option<String> {
     let Some(info) = cluster else {
         return Some("the repository has no repo.json, so the backup's cluster cannot be checked".into());
     };
@@ -38,7 +38,7 @@ fn cluster_problem(m: &Manifest, cluster: Option<&RepoInfo>) -> Option<String> {
 
 /// Why a cluster, as (system identifier, major version, segment size), is not the one
 /// `recorded` in the repository, if it is not.
-pub fn cluster_mismatch(found: (u64, u32, u32), recorded: &RepoInfo) -> Option<String> {
+pub fn cluster_mismatch(found: (u64, u32, u32), recorded: &Cluster) -> Option<String> {
     let ours = (
         recorded.system_identifier,
         recorded.pg_version,
@@ -161,9 +161,8 @@ mod tests {
         }
     }
 
-    fn cluster() -> RepoInfo {
-        RepoInfo {
-            format_version: 1,
+    fn cluster() -> Cluster {
+        Cluster {
             pg_version: 15,
             system_identifier: 7,
             wal_segment_size: 16 << 20,

@@ -13,7 +13,7 @@ use super::{check_backups_and_wal, Alert, AlertName};
 use crate::error::{Error, Result};
 use crate::info::Holdings;
 use crate::progress::Progress;
-use crate::repo::{Repo, MANIFEST, MANIFEST_COPY};
+use crate::repo::{generation_of_path, Repo, MANIFEST, MANIFEST_COPY};
 use crate::wal::WalFileName;
 
 /// What was checked.
@@ -118,8 +118,19 @@ fn backup_location(dir: &Path) -> Result<(Repo, String)> {
     Ok((Repo::open_local(root)?, id))
 }
 
-/// One backup: its manifest, files, labels, and the WAL it needs to reach consistency.
+/// One backup: its manifest, files, labels, and the WAL it needs to reach consistency (in its
+/// generation's WAL).
 fn check_backup(repo: &Repo, id: &str, jobs: usize, progress: &dyn Progress) -> Result<(String, Vec<Alert>)> {
+    let generations = repo.generations()?;
+    let generation = crate::backup::load_catalog(repo)?
+        .iter()
+        .find(|m| m.id == id)
+        .and_then(|m| generations.as_ref()?.of_cluster(m.system_identifier))
+        .map(|g| g.generation);
+    let repo = &match generation {
+        Some(n) => repo.at(n)?,
+        None => repo.pin()?,
+    };
     let holdings = Holdings::read(repo)?;
     let entry = holdings.catalog.iter().find(|e| e.id == id).ok_or_else(|| {
         Error::Refused(format!(
@@ -138,13 +149,18 @@ fn check_backup(repo: &Repo, id: &str, jobs: usize, progress: &dyn Progress) -> 
     ))
 }
 
-/// One archived WAL file, checked against the cluster of the repository it lies in, if any.
+/// One archived WAL file, checked against the cluster of the repository generation whose WAL
+/// directory it lies in, if any.
 fn check_wal_file(path: &Path, file_name: &str) -> Result<(String, Vec<Alert>)> {
     let name = WalFileName::parse(file_name)?;
     let stored = std::fs::read(path).map_err(Error::io("read", path))?;
     let path = std::fs::canonicalize(path).map_err(Error::io("resolve", path))?;
     let cluster = match path.ancestors().skip(1).find(|dir| dir.join("repo.json").is_file()) {
-        Some(root) => Repo::open_local(root)?.info()?,
+        Some(root) => {
+            let inside = path.strip_prefix(root).unwrap_or(&path);
+            let generation = generation_of_path(inside).unwrap_or(1);
+            Repo::open_local(root)?.at(generation)?.info()?
+        }
         None => None,
     };
     let what = path.display().to_string();

@@ -244,6 +244,7 @@ mod tests {
             alerts,
             repository: RepoSummary {
                 repository: "/repo".into(),
+                generation: None,
                 cluster: None,
                 windows: vec![],
                 tiers: vec![],
@@ -256,6 +257,7 @@ mod tests {
                 },
                 restore_points: vec![],
                 unreadable: vec![],
+                earlier_generations: vec![],
             },
         }
     }

@@ -13,7 +13,7 @@ use crate::backup::with_verified;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::{Repo, RepoInfo};
+use crate::repo::{Cluster, Repo};
 use crate::wal::WalFileName;
 
 use super::consistency::cluster_mismatch;
@@ -87,6 +87,15 @@ pub struct ReadStats {
 }
 
 impl ReadStats {
+    /// Adds another reading (of another generation) to this one.
+    pub fn add(&mut self, other: &ReadStats) {
+        self.objects += other.objects;
+        self.stored_bytes += other.stored_bytes;
+        self.original_bytes += other.original_bytes;
+        self.seconds += other.seconds;
+        self.jobs = self.jobs.max(other.jobs);
+    }
+
     /// `bytes` (read, or checked) per second of reading.
     pub fn per_second(&self, bytes: u64) -> f64 {
         if self.seconds > 0.0 {
@@ -101,7 +110,7 @@ impl ReadStats {
 pub fn read_all(
     repo: &Repo,
     objects: &[StoredObject],
-    cluster: Option<&RepoInfo>,
+    cluster: Option<&Cluster>,
     jobs: usize,
     progress: &dyn Progress,
 ) -> Result<(ReadStats, Vec<Finding>)> {
@@ -139,7 +148,7 @@ pub fn read_all(
 }
 
 /// Checks one object; returns its decoded size.
-fn check(repo: &Repo, object: &StoredObject, cluster: Option<&RepoInfo>) -> Result<u64> {
+fn check(repo: &Repo, object: &StoredObject, cluster: Option<&Cluster>) -> Result<u64> {
     match object {
         StoredObject::BackupFile { dir, piece } => with_verified(repo, dir, piece, |raw| Ok(raw.len() as u64)),
         StoredObject::Label { dir, name } => check_label(repo, &format!("{dir}{name}"), name),
@@ -169,7 +178,7 @@ fn check_label(repo: &Repo, key: &str, name: &str) -> Result<u64> {
 
 /// Checks one stored WAL object (`what` names it): checksum, content as its name says, and for
 /// segments the cluster in the page header; returns the decoded size.
-pub fn check_wal_object(stored: &[u8], name: &WalFileName, what: &str, cluster: Option<&RepoInfo>) -> Result<u64> {
+pub fn check_wal_object(stored: &[u8], name: &WalFileName, what: &str, cluster: Option<&Cluster>) -> Result<u64> {
     let raw = codec::decode(stored, what)?;
     let corrupt = |reason: String| Error::Corrupt {
         what: what.to_string(),

@@ -184,6 +184,7 @@ fn a_restore_point_is_found_by_name_in_the_catalog() {
         time: at(17),
         timeline: 1,
         wal_file: "000000010000000000000008".into(),
+        generation: 1,
     });
     // A restore point record ending exactly at a segment's end needs no more.
     s.restore_points.push(RestorePoint {
@@ -192,6 +193,7 @@ fn a_restore_point_is_found_by_name_in_the_catalog() {
         time: at(17),
         timeline: 1,
         wal_file: "000000010000000000000008".into(),
+        generation: 1,
     });
     let p = plan(&s, &request(Target::Name("before_oops".into()))).unwrap();
     assert_eq!(
