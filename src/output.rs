@@ -111,6 +111,14 @@ pub fn restore_summary(s: &RestoreSummary) {
         mib(s.bytes),
         s.duration_seconds
     );
+    if let Some(c) = &s.configuration {
+        println!(
+            "the copy's own configuration is in {}: postgresql.conf from {} (includes inlined, the settings naming \
+             the original's own files disabled), pg_hba.conf and pg_ident.conf",
+            s.target.display(),
+            c.from
+        );
+    }
 }
 
 /// `pitr list` as a table.

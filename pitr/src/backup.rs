@@ -8,6 +8,7 @@
 //! manifest is the commit point rather than a directory rename.
 
 mod catalog;
+mod configuration;
 mod copy;
 mod expire;
 pub mod manifest;
@@ -24,11 +25,12 @@ use serde::{Deserialize, Serialize};
 pub use catalog::{
     list, load_catalog, scan_catalog, BackupStatus, CatalogEntry, Listing, TimelineRange, UnreadableBackup,
 };
+pub use configuration::{DebianCluster, OwnConfiguration};
 pub use expire::{expire, plan_expire, ExpirePlan, Retention};
 pub(crate) use restore::with_verified;
 pub use restore::{restore, RestoreOptions, RestoreSummary};
 
-use self::manifest::{FileEntry, Manifest, MANIFEST_VERSION};
+use self::manifest::{Configuration, FileEntry, Manifest, MANIFEST_VERSION};
 use self::source::SourceTree;
 use crate::codec::Codec;
 use crate::control;
@@ -121,6 +123,7 @@ pub async fn take(
 ) -> Result<BackupSummary> {
     let started = Instant::now();
     let (pgdata, archiving) = preflight(repo, server, options, progress).await?;
+    let configuration = configuration::find(server, &pgdata, progress).await?;
     let _lock = lock_backups(repo)?;
     let cleaned_up = catalog::delete_incomplete(repo)?;
     let tree = source::scan(&pgdata)?;
@@ -138,6 +141,9 @@ pub async fn take(
         .as_bytes(),
     )?;
     crash_point::reached("backup:started");
+    let configuration = configuration
+        .map(|found| configuration::store(repo, &dir, found, &options.codec))
+        .transpose()?;
 
     let start_time = Utc::now();
     let start_lsn = server.backup_start(&format!("pitr {id}"), options.fast).await?;
@@ -166,6 +172,7 @@ pub async fn take(
         next_xid,
         tree: &tree,
         files,
+        configuration,
         duration_seconds: started.elapsed().as_secs_f64(),
     })?;
     if archiving == Archiving::IntoThisRepo {
@@ -476,6 +483,7 @@ struct ManifestParts<'a> {
     next_xid: u64,
     tree: &'a SourceTree,
     files: Vec<FileEntry>,
+    configuration: Option<Configuration>,
     duration_seconds: f64,
 }
 
@@ -504,6 +512,7 @@ fn build_manifest(parts: ManifestParts) -> Result<Manifest> {
         tablespaces: parts.tree.tablespaces.clone(),
         directories: parts.tree.directories.clone(),
         files: parts.files,
+        configuration: parts.configuration,
     })
 }
 

@@ -57,6 +57,9 @@ pub struct RestoreSummary {
     pub bytes: u64,
     /// Seconds taken.
     pub duration_seconds: f64,
+    /// The copy's own configuration, written from the backup's (the server's lay outside its
+    /// data directory); `None` when the data directory held it.
+    pub configuration: Option<super::OwnConfiguration>,
 }
 
 /// Restores a backup's files into `options.target`.
@@ -99,6 +102,11 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
     })?;
     write_labels(repo, &dir, &layout)?;
     create_wal_dirs(&layout, manifest.pg_version)?;
+    let configuration = manifest
+        .configuration
+        .as_ref()
+        .map(|c| super::configuration::write(repo, &dir, c, &layout.target, &layout.perms))
+        .transpose()?;
     sync_all(&layout.target)?;
     crate::crash_point::reached("restore:control");
     for piece in control.iter().flat_map(|f| f.pieces()) {
@@ -113,6 +121,7 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
         files: manifest.files.len(),
         bytes: manifest.original_bytes,
         duration_seconds: started.elapsed().as_secs_f64(),
+        configuration,
     })
 }
 
