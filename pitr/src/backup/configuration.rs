@@ -405,7 +405,9 @@ mod tests {
         let read = |name: &str| fs::read_to_string(target_dir.path().join(name)).unwrap();
         let conf = read("postgresql.conf");
         assert!(
-            conf.contains("\n#data_directory = '/var/lib/postgresql/15/main'  # the original"),
+            conf.contains(
+                "\n# pitr: disabled, the original server's own: data_directory = '/var/lib/postgresql/15/main'\n"
+            ),
             "{conf}"
         );
         assert!(conf.contains("\narchive_mode = on\n"), "{conf}");

@@ -75,7 +75,7 @@ fn expand_into(path: &str, content: &[u8], source: &mut dyn Source, depth: usize
         };
         let name = assignment.name.as_str();
         if DISABLED_IN_COPY.contains(&name) {
-            disable(line, "the original server's own; disabled by pitr", out);
+            disable(line, "disabled, the original server's own", out);
             continue;
         }
         let Some(kind) = Include::of(name) else {
@@ -126,7 +126,7 @@ fn inline(
             files
         }
     };
-    disable(line, "inlined below by pitr", out);
+    disable(line, "inlined below", out);
     for (path, content) in files {
         if !out.files.contains(&path) {
             out.files.push(path.clone());
@@ -140,13 +140,16 @@ fn inline(
     Ok(())
 }
 
-/// Writes `line` commented out, with `why`.
+/// Writes `line` commented out, after `# pitr: <why>: `. The setting's name does not follow the
+/// `#` directly, so that tools that enable a commented-out setting in place (postgresql-common's
+/// `pg_createcluster` and `pg_conftool` set `data_directory`, `hba_file`, ...) append their own
+/// line instead of turning this one back on under pitr's comment.
 fn disable(line: &[u8], why: &str, out: &mut Expanded) {
     let body = line.strip_suffix(b"\n").unwrap_or(line);
     let body = body.strip_suffix(b"\r").unwrap_or(body);
-    out.text.push(b'#');
-    out.text.extend_from_slice(body);
-    out.text.extend_from_slice(format!("  # {why}\n").as_bytes());
+    out.text.extend_from_slice(format!("# pitr: {why}: ").as_bytes());
+    out.text.extend_from_slice(trim_start(body));
+    out.text.push(b'\n');
 }
 
 /// The include directives.
@@ -385,13 +388,13 @@ mod tests {
         let text = String::from_utf8(expanded.text).unwrap();
         assert_eq!(
             text,
-            "#data_directory = '/var/lib/postgresql/15/main'  # the original server's own; disabled by pitr\n\
-             #hba_file = '/etc/postgresql/15/main/pg_hba.conf'  # the original server's own; disabled by pitr\n\
+            "# pitr: disabled, the original server's own: data_directory = '/var/lib/postgresql/15/main'\n\
+             # pitr: disabled, the original server's own: hba_file = '/etc/postgresql/15/main/pg_hba.conf'\n\
              port = 5432\n\
-             #include_dir = 'conf.d'  # inlined below by pitr\n\
+             # pitr: inlined below: include_dir = 'conf.d'\n\
              # pitr: begin of /etc/postgresql/15/main/conf.d/a.conf\n\
-             #external_pid_file = '/run/x.pid'  # the original server's own; disabled by pitr\n\
-             #include '../extra.conf'  # inlined below by pitr\n\
+             # pitr: disabled, the original server's own: external_pid_file = '/run/x.pid'\n\
+             # pitr: inlined below: include '../extra.conf'\n\
              # pitr: begin of /etc/postgresql/15/main/extra.conf\n\
              max_connections = 50\n\
              # pitr: end of /etc/postgresql/15/main/extra.conf\n\
@@ -399,8 +402,8 @@ mod tests {
              # pitr: begin of /etc/postgresql/15/main/conf.d/b.conf\n\
              archive_mode = on\n\
              # pitr: end of /etc/postgresql/15/main/conf.d/b.conf\n\
-             #include_if_exists 'absent.conf'  # /etc/postgresql/15/main/absent.conf did not exist at the backup\n\
-             #include '/etc/common/x.conf'  # inlined below by pitr\n\
+             # pitr: /etc/postgresql/15/main/absent.conf did not exist at the backup: include_if_exists 'absent.conf'\n\
+             # pitr: inlined below: include '/etc/common/x.conf'\n\
              # pitr: begin of /etc/common/x.conf\n\
              port = 5433\n\
              # pitr: end of /etc/common/x.conf\n\
