@@ -96,6 +96,12 @@ pub fn backup_summary(s: &BackupSummary) {
         b.first_wal,
         b.last_wal
     );
+    if !s.configuration_files.is_empty() {
+        println!(
+            "stored the server's configuration, kept outside its data directory: {}",
+            s.configuration_files.join(", ")
+        );
+    }
     for id in &s.cleaned_up {
         println!("deleted the incomplete backup {id} of an earlier run");
     }

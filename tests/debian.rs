@@ -144,11 +144,13 @@ impl DebianCluster {
         let cluster = Registered {
             name: unique_name(label),
         };
+        // `include_dir = 'conf.d'` comes with Debian's createcluster.conf, which CI replaces (to
+        // skip the main cluster): asked for explicitly, as pg_createcluster does it.
         run_ok(
             Command::new("pg_createcluster")
                 .args([VERSION, &cluster.name, "--datadir"])
                 .arg(&data)
-                .args(["--port", &port.to_string()])
+                .args(["--port", &port.to_string(), "--pgoption", "include_dir=conf.d"])
                 .stdin(Stdio::null()),
         );
         let settings = format!(
@@ -308,7 +310,15 @@ fn a_debian_cluster_recovers_to_its_restore_point_and_the_adopted_copy_becomes_a
     let production_pid = fs::read_to_string(&pid_file).expect("the cluster's external_pid_file");
 
     create_products(c.port, 1000);
-    c.pitr_ok(&["backup", "--fast"]);
+    let backup = c.pitr_ok(&["backup", "--fast"]);
+    assert!(
+        backup.stdout_str().contains(&format!(
+            "stored the server's configuration, kept outside its data directory: {}/postgresql.conf",
+            c.conf_dir().display()
+        )),
+        "{}",
+        backup.describe()
+    );
     psql_on(
         c.port,
         "INSERT INTO products SELECT g, 'row ' || g FROM generate_series(1001, 1500) g",
@@ -448,7 +458,8 @@ fn a_backup_keeps_the_configuration_without_secrets_and_a_restore_writes_it_as_t
     let original_conf = String::from_utf8(read(&conf_dir.join("postgresql.conf"))).unwrap();
     assert!(
         original_conf.contains("\nssl_key_file = "),
-        "pg_createcluster names the SSL key:\n{original_conf}"
+        "pg_createcluster names the SSL key (postgresql-common enables SSL with the snakeoil certificate \
+         when postgres may read its key, as a member of ssl-cert):\n{original_conf}"
     );
     // An include outside /etc/postgresql, read by the server like the others.
     let extra = c.dir.join("extra.conf");

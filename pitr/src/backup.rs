@@ -112,6 +112,9 @@ pub struct BackupSummary {
     pub file_count: usize,
     /// Incomplete backups of earlier runs that were deleted.
     pub cleaned_up: Vec<String>,
+    /// The configuration files stored with the backup because they lie outside the data
+    /// directory (postgresql.conf first); empty when the data directory holds the configuration.
+    pub configuration_files: Vec<String>,
 }
 
 /// Takes a base backup of the server behind `server` into `repo`.
@@ -191,6 +194,11 @@ pub async fn take(
     crash_point::reached("backup:committed");
     repo.storage().delete(&format!("{dir}{INCOMPLETE_MARKER}"))?;
     Ok(BackupSummary {
+        configuration_files: manifest
+            .configuration
+            .iter()
+            .flat_map(|c| c.files.iter().map(|f| f.path.clone()))
+            .collect(),
         file_count: manifest.files.len(),
         backup: BackupStatus::of(&manifest, None),
         cleaned_up,
