@@ -269,7 +269,7 @@ async fn preflight(
 pub async fn cluster_identity(server: &Server) -> Result<RepoInfo> {
     Ok(RepoInfo {
         format_version: FORMAT_VERSION,
-        pg_version: server.major_version(),
+        pg_version: server.major_version().major(),
         system_identifier: server.system_identifier().await?,
         wal_segment_size: segment_size(server).await?.bytes(),
     })

@@ -26,6 +26,7 @@ use crate::codec::{self, ObjectHeader};
 use crate::control::PG_CONTROL;
 use crate::error::{Error, Result};
 use crate::fsio::{Dir, Kind, Perms};
+use crate::pg::PgVersion;
 use crate::progress::Progress;
 use crate::repo::{backup_dir, Repo};
 
@@ -503,7 +504,7 @@ fn write_labels(repo: &Repo, dir: &str, layout: &Layout) -> Result<()> {
 fn create_wal_dirs(layout: &Layout, pg_version: u32) -> Result<()> {
     layout.create_dir("pg_wal", 0o700)?;
     layout.create_dir("pg_wal/archive_status", 0o700)?;
-    if pg_version >= 17 {
+    if PgVersion::new(pg_version)?.has_wal_summaries() {
         layout.create_dir("pg_wal/summaries", 0o700)?;
     }
     Ok(())
