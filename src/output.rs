@@ -96,6 +96,12 @@ pub fn backup_summary(s: &BackupSummary) {
         b.first_wal,
         b.last_wal
     );
+    if !s.configuration_files.is_empty() {
+        println!(
+            "stored the server's configuration, kept outside its data directory: {}",
+            s.configuration_files.join(", ")
+        );
+    }
     for id in &s.cleaned_up {
         println!("deleted the incomplete backup {id} of an earlier run");
     }
@@ -111,6 +117,14 @@ pub fn restore_summary(s: &RestoreSummary) {
         mib(s.bytes),
         s.duration_seconds
     );
+    if let Some(c) = &s.configuration {
+        println!(
+            "the copy's own configuration is in {}: postgresql.conf from {} (includes inlined, the settings naming \
+             the original's own files disabled), pg_hba.conf and pg_ident.conf",
+            s.target.display(),
+            c.from
+        );
+    }
 }
 
 /// `pitr list` as a table; with several generations, one group each, the current one first.

@@ -8,6 +8,7 @@
 //! manifest is the commit point rather than a directory rename.
 
 mod catalog;
+mod configuration;
 mod copy;
 mod expire;
 pub mod manifest;
@@ -24,11 +25,12 @@ use serde::{Deserialize, Serialize};
 pub use catalog::{
     list, load_catalog, scan_catalog, BackupStatus, CatalogEntry, Listing, TimelineRange, UnreadableBackup,
 };
+pub use configuration::{DebianCluster, OwnConfiguration};
 pub use expire::{expire, plan_expire, ExpirePlan, Retention};
 pub(crate) use restore::with_verified;
 pub use restore::{restore, RestoreOptions, RestoreSummary};
 
-use self::manifest::{FileEntry, Manifest, MANIFEST_VERSION};
+use self::manifest::{Configuration, FileEntry, Manifest, MANIFEST_VERSION};
 use self::source::SourceTree;
 use crate::codec::Codec;
 use crate::control;
@@ -110,6 +112,9 @@ pub struct BackupSummary {
     pub file_count: usize,
     /// Incomplete backups of earlier runs that were deleted.
     pub cleaned_up: Vec<String>,
+    /// The configuration files stored with the backup because they lie outside the data
+    /// directory (postgresql.conf first); empty when the data directory holds the configuration.
+    pub configuration_files: Vec<String>,
 }
 
 /// Takes a base backup of the server behind `server` into `repo`, whose current generation must
@@ -123,6 +128,7 @@ pub async fn take(
     let started = Instant::now();
     let (repo, pgdata, archiving) = preflight(repo, server, options, progress).await?;
     let repo = &repo;
+    let configuration = configuration::find(server, &pgdata, progress).await?;
     let _lock = lock_backups(repo)?;
     let cleaned_up = catalog::delete_incomplete(repo)?;
     let tree = source::scan(&pgdata)?;
@@ -140,6 +146,9 @@ pub async fn take(
         .as_bytes(),
     )?;
     crash_point::reached("backup:started");
+    let configuration = configuration
+        .map(|found| configuration::store(repo, &dir, found, &options.codec))
+        .transpose()?;
 
     let start_time = Utc::now();
     let start_lsn = server.backup_start(&format!("pitr {id}"), options.fast).await?;
@@ -170,6 +179,7 @@ pub async fn take(
         next_xid,
         tree: &tree,
         files,
+        configuration,
         duration_seconds: started.elapsed().as_secs_f64(),
     })?;
     if archiving == Archiving::IntoThisRepo {
@@ -188,6 +198,11 @@ pub async fn take(
     crash_point::reached("backup:committed");
     repo.storage().delete(&format!("{dir}{INCOMPLETE_MARKER}"))?;
     Ok(BackupSummary {
+        configuration_files: manifest
+            .configuration
+            .iter()
+            .flat_map(|c| c.files.iter().map(|f| f.path.clone()))
+            .collect(),
         file_count: manifest.files.len(),
         backup: BackupStatus::of(&manifest, repo.generation()?.map_or(1, |g| g.generation), None),
         cleaned_up,
@@ -259,7 +274,7 @@ async fn preflight(
 /// The cluster behind `server`, as a repository records it.
 pub async fn cluster_identity(server: &Server) -> Result<Cluster> {
     Ok(Cluster {
-        pg_version: server.major_version(),
+        pg_version: server.major_version().major(),
         system_identifier: server.system_identifier().await?,
         wal_segment_size: segment_size(server).await?.bytes(),
     })
@@ -473,6 +488,7 @@ struct ManifestParts<'a> {
     next_xid: u64,
     tree: &'a SourceTree,
     files: Vec<FileEntry>,
+    configuration: Option<Configuration>,
     duration_seconds: f64,
 }
 
@@ -501,6 +517,7 @@ fn build_manifest(parts: ManifestParts) -> Result<Manifest> {
         tablespaces: parts.tree.tablespaces.clone(),
         directories: parts.tree.directories.clone(),
         files: parts.files,
+        configuration: parts.configuration,
     })
 }
 

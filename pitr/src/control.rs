@@ -1,6 +1,6 @@
 //! Reading a data directory's state without a server: `global/pg_control` and `PG_VERSION`.
 //!
-//! Only fields whose offsets are the same in PostgreSQL 12–18 are read (postgres-facts §8.2):
+//! Only fields whose offsets are the same in PostgreSQL 12–18 are read (see `pg::PgVersion`):
 //! system identifier @0, state @16, latest checkpoint @32, its timeline @48.
 
 use std::path::Path;

@@ -3,8 +3,10 @@
 
 mod connect;
 pub mod ctl;
+mod version;
 
 pub use connect::connection_config;
+pub use version::{BackupApi, PgVersion};
 
 use tokio_postgres::{Client, NoTls};
 
@@ -15,8 +17,8 @@ use crate::wal::Lsn;
 /// by the server when the connection that started it closes).
 pub struct Server {
     client: Client,
-    /// `server_version_num`, e.g. 150018.
-    version_num: u32,
+    /// The server's major version.
+    version: PgVersion,
     /// Where the connection goes, for messages.
     target: String,
 }
@@ -60,23 +62,21 @@ impl Server {
         });
         let mut server = Server {
             client,
-            version_num: 0,
+            version: PgVersion::NEWEST,
             target,
         };
-        server.version_num = server
+        let version_num: u32 = server
             .setting("server_version_num")
             .await?
             .parse()
-            .map_err(|_| Error::Server {
-                target: server.target.clone(),
-                reason: "server_version_num is not a number".into(),
-            })?;
+            .map_err(|_| server.fail("server_version_num is not a number".into()))?;
+        server.version = PgVersion::from_server_version_num(version_num).map_err(|e| server.fail(e.to_string()))?;
         Ok(server)
     }
 
-    /// The major version, e.g. 15.
-    pub fn major_version(&self) -> u32 {
-        self.version_num / 10000
+    /// The server's major version.
+    pub fn major_version(&self) -> PgVersion {
+        self.version
     }
 
     /// Where the connection goes, for messages.
@@ -110,14 +110,7 @@ impl Server {
 
     /// Whether the connected role may run both backup functions.
     pub async fn may_run_backups(&self) -> Result<bool> {
-        let (start, stop) = if self.major_version() >= 15 {
-            ("pg_backup_start(text, boolean)", "pg_backup_stop(boolean)")
-        } else {
-            (
-                "pg_start_backup(text, boolean, boolean)",
-                "pg_stop_backup(boolean, boolean)",
-            )
-        };
+        let [start, stop] = self.version.backup_api().functions;
         let row = self
             .client
             .query_one(
@@ -131,12 +124,9 @@ impl Server {
 
     /// Starts a non-exclusive base backup on this connection; returns its start LSN.
     pub async fn backup_start(&self, label: &str, fast: bool) -> Result<Lsn> {
-        let sql = if self.major_version() >= 15 {
-            "SELECT pg_backup_start($1, $2)::text"
-        } else {
-            "SELECT pg_start_backup($1, $2, false)::text"
-        };
-        let text = self.query_text(sql, &[&label, &fast]).await?;
+        let text = self
+            .query_text(self.version.backup_api().start, &[&label, &fast])
+            .await?;
         text.parse()
             .map_err(|_| self.fail(format!("unexpected start LSN '{text}'")))
     }
@@ -144,14 +134,9 @@ impl Server {
     /// Stops the backup started on this connection; with `wait_for_archive` PostgreSQL waits
     /// (checking once a second) until its last segment is archived.
     pub async fn backup_stop(&self, wait_for_archive: bool) -> Result<BackupStop> {
-        let sql = if self.major_version() >= 15 {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop($1)"
-        } else {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, $1)"
-        };
         let row = self
             .client
-            .query_one(sql, &[&wait_for_archive])
+            .query_one(self.version.backup_api().stop, &[&wait_for_archive])
             .await
             .map_err(|e| self.sql_error(e))?;
         let lsn: String = row.get(0);

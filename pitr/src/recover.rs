@@ -250,13 +250,25 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         socket_dir: None,
         next_steps: Vec::new(),
     };
+    let unconfigured = !options.pgdata.join("postgresql.conf").exists();
     if options.no_start {
-        report.next_steps = vec![format!(
+        report.next_steps = unconfigured
+            .then(|| without_configuration(options))
+            .into_iter()
+            .collect();
+        report.next_steps.push(format!(
             "start recovery: pg_ctl -D {} start (as {}); PostgreSQL replays to the target",
             options.pgdata.display(),
             owner.name
-        )];
+        ));
         return Ok(report);
+    }
+    if unconfigured {
+        return Err(Error::Refused(format!(
+            "backup {} has no configuration to start the copy with: {}; pitr started nothing",
+            plan.backup_id,
+            without_configuration(options)
+        )));
     }
     interrupt::check("about to start the server").map_err(|e| left_incomplete(e, &options.pgdata))?;
     let bindir = ctl::bindir(plan.pg_version)?;
@@ -285,7 +297,7 @@ pub async fn execute(repo: &Repo, plan: &Plan, options: &RecoverOptions, progres
         ));
     }
     report.socket_dir = server.running().then(|| server.socket_dir.clone());
-    report.next_steps = next_steps(plan, options);
+    report.next_steps = next_steps(plan, options, report.restored.configuration.as_ref());
     report.outcome = Some(outcome);
     Ok(report)
 }
@@ -394,7 +406,23 @@ async fn inspect(
     })
 }
 
-fn next_steps(plan: &Plan, options: &RecoverOptions) -> Vec<String> {
+/// What to do with a restored directory that has no postgresql.conf: a backup taken before pitr
+/// stored configurations kept outside the data directory (manifest version 4).
+fn without_configuration(options: &RecoverOptions) -> String {
+    format!(
+        "{0} is restored with its recovery settings but holds no postgresql.conf (the server's configuration \
+         lay outside its data directory, and backups taken before pitr stored such a configuration lack it): \
+         copy postgresql.conf, pg_hba.conf and pg_ident.conf into {0} without their data_directory, hba_file, \
+         ident_file and external_pid_file lines, then start it with pg_ctl -D {0} start",
+        options.pgdata.display()
+    )
+}
+
+fn next_steps(
+    plan: &Plan,
+    options: &RecoverOptions,
+    configuration: Option<&backup::OwnConfiguration>,
+) -> Vec<String> {
     let data = options.pgdata.display();
     if plan.earlier_generation {
         return vec![format!(
@@ -412,21 +440,57 @@ fn next_steps(plan: &Plan, options: &RecoverOptions) -> Vec<String> {
         ],
         Action::Promote | Action::Shutdown => vec![],
     };
-    steps.extend([
-        format!(
-            "{} adopt --pgdata {data}: stops the copy's private run, archives its new timeline (history file, \
-             .partial, new segments) and gives the copy its own configuration back, archiving into this \
-             repository",
-            options.pitr_command
-        ),
+    steps.push(format!(
+        "{} adopt --pgdata {data}: stops the copy's private run, archives its new timeline (history file, \
+         .partial, new segments) and gives the copy its own configuration back, archiving into this repository",
+        options.pitr_command
+    ));
+    steps.extend(
+        match configuration.and_then(|c| Some((c, c.debian_cluster.as_ref()?))) {
+            Some((configuration, cluster)) => switch_over_debian(options, configuration, cluster),
+            None => switch_over(options),
+        },
+    );
+    steps.push(format!(
+        "take a new backup: {} backup --tier daily --fast (the new timeline needs its own)",
+        options.pitr_command
+    ));
+    steps
+}
+
+/// Stop the old server, put the copy in its place.
+fn switch_over(options: &RecoverOptions) -> [String; 2] {
+    let data = options.pgdata.display();
+    [
         "stop the old server (pg_ctl -D OLD stop -m fast, or systemctl stop postgresql) and keep its data \
          directory aside (mv OLD OLD.broken-$(date +%Y%m%d))"
             .to_string(),
         format!("move the copy into place (mv {data} OLD) or point the service at {data}, and start it"),
+    ]
+}
+
+/// The same with postgresql-common's tools: the copy goes into the old cluster's data directory
+/// (whose configuration in /etc applies again), or becomes a cluster of its own.
+fn switch_over_debian(
+    options: &RecoverOptions,
+    configuration: &backup::OwnConfiguration,
+    cluster: &backup::DebianCluster,
+) -> [String; 2] {
+    let data = options.pgdata.display();
+    let old = &configuration.original_data_directory;
+    let (version, name) = (&cluster.version, &cluster.name);
+    [
         format!(
-            "take a new backup: {} backup --tier daily --fast (the new timeline needs its own)",
-            options.pitr_command
+            "stop the old cluster (pg_ctlcluster {version} {name} stop) and keep its data directory aside \
+             (mv {old} {old}.broken-$(date +%Y%m%d))"
         ),
-    ]);
-    steps
+        format!(
+            "move the copy into place (mv {data} {old}; its postgresql.conf, pg_hba.conf and pg_ident.conf are \
+             then unused: the cluster's own configuration in /etc/postgresql/{version}/{name} applies) and start \
+             it: pg_ctlcluster {version} {name} start; or keep the copy where it is as a cluster of its own: \
+             pg_createcluster {version} NEWNAME -d {data} (moves those three files into \
+             /etc/postgresql/{version}/NEWNAME and gives it a free port; pg_lsclusters lists it), then \
+             pg_ctlcluster {version} NEWNAME start"
+        ),
+    ]
 }

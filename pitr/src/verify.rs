@@ -43,7 +43,7 @@ pub use objects::ReadStats;
 use self::alerts::NewestSegment;
 use self::continuity::{Archive, HistoryProblem};
 use self::objects::StoredObject;
-use crate::backup::manifest::{FileEntry, Manifest};
+use crate::backup::manifest::Manifest;
 use crate::backup::{CatalogEntry, Tier};
 use crate::error::{Error, Result};
 use crate::info::{earlier_generations, summarize, summarize_on, Holdings, RepoSummary};
@@ -376,15 +376,10 @@ fn objects_to_read<'a>(
         .filter_map(|e| Some((backup_dir(e.tier.name(), &e.id), e.manifest.as_ref().ok()?)))
         .collect();
     for (dir, m) in &backups {
-        objects.extend(
-            m.files
-                .iter()
-                .flat_map(FileEntry::pieces)
-                .map(|piece| StoredObject::BackupFile {
-                    dir: dir.clone(),
-                    piece,
-                }),
-        );
+        objects.extend(m.pieces().into_iter().map(|piece| StoredObject::BackupFile {
+            dir: dir.clone(),
+            piece,
+        }));
         let labels = if m.tablespaces.is_empty() {
             &["backup_label"][..]
         } else {
@@ -481,12 +476,7 @@ fn stray_objects(repo: &Repo, entries: &[&CatalogEntry]) -> Result<Vec<Alert>> {
     for entry in entries {
         let Ok(manifest) = &entry.manifest else { continue };
         let dir = backup_dir(entry.tier.name(), &entry.id);
-        let mut expected: HashSet<String> = manifest
-            .files
-            .iter()
-            .flat_map(FileEntry::pieces)
-            .map(|piece| piece.key(&dir))
-            .collect();
+        let mut expected: HashSet<String> = manifest.pieces().iter().map(|piece| piece.key(&dir)).collect();
         expected.extend(
             [
                 "backup_label",

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::pg::PgVersion;
 
 pub mod records;
 
@@ -350,17 +351,6 @@ fn check_backup_history(segment: SegmentName, offset: u32, raw: &[u8]) -> std::r
     }
 }
 
-/// `XLOG_PAGE_MAGIC` of each supported major version (postgres-facts §3.2).
-const PAGE_MAGIC: [(u16, u32); 7] = [
-    (0xD101, 12),
-    (0xD106, 13),
-    (0xD10D, 14),
-    (0xD110, 15),
-    (0xD113, 16),
-    (0xD116, 17),
-    (0xD118, 18),
-];
-
 /// `XLP_LONG_HEADER`: set on the first page of every segment.
 const XLP_LONG_HEADER: u16 = 0x0002;
 /// `XLP_ALL_FLAGS` of PostgreSQL 14–18 (12.9+/13.5+ too).
@@ -405,11 +395,15 @@ impl LongPageHeader {
         let u64_at = |o: usize| u64::from_le_bytes(header[o..o + 8].try_into().expect("8 bytes"));
 
         let magic = u16_at(0);
-        let pg_version = PAGE_MAGIC
-            .iter()
-            .find(|(m, _)| *m == magic)
-            .map(|(_, v)| *v)
-            .ok_or_else(|| format!("unknown WAL page magic 0x{magic:04X} (not PostgreSQL 12-18 WAL)"))?;
+        let pg_version = PgVersion::from_page_magic(magic)
+            .ok_or_else(|| {
+                format!(
+                    "unknown WAL page magic 0x{magic:04X} (not PostgreSQL {}-{} WAL)",
+                    PgVersion::OLDEST,
+                    PgVersion::NEWEST
+                )
+            })?
+            .major();
         let info = u16_at(2);
         if info & XLP_LONG_HEADER == 0 || info & !XLP_ALL_FLAGS != 0 {
             return Err(format!("invalid page flags 0x{info:04X} on the first page"));

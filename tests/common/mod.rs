@@ -10,9 +10,19 @@
 //! and handed to that user, and the `pitr` binary is copied into each temporary directory so that
 //! user can execute it.
 //!
+//! A cluster runs the default server binaries ([`pg_bindir`]) unless [`ClusterOptions::version`]
+//! asks for a major version ([`server_bindir`]); every `pg_ctl` on a data directory is the one of
+//! the major its `PG_VERSION` names. Client programs (`psql`, `pgbench`, `pg_dump`, …) always come
+//! from [`pg_program`] (Debian's 15 in CI), which talks to servers of every supported major: pitr
+//! must not need a version-matched client.
+//!
 //! Environment variables:
 //! * `PITR_PG_BINDIR`: directory holding `initdb`, `pg_ctl`, `postgres`, … (otherwise
 //!   `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`);
+//! * `PITR_PG_ROOT`: where `.ci/install-postgres-versions` put the server builds of other majors,
+//!   `<root>/<major>/bin` (default `/var/cache/pitr/postgresql`);
+//! * `PITR_PG_VERSIONS`: the majors the version matrix runs on, comma-separated ([`versions`];
+//!   default 13 to 18);
 //! * `PITR_TEST_TMPDIR`: base directory for temporary directories (default `/tmp`);
 //! * `PITR_TEST_KEEP=1`: keep temporary directories (clusters, repositories, logs) after the test.
 //!
@@ -140,6 +150,131 @@ pub fn pg_program(name: &str) -> PathBuf {
          and client packages, e.g. `apt-get install postgresql`, or set PITR_PG_BINDIR)",
         pg_bindir().display()
     )
+}
+
+/// The PostgreSQL major versions to test on: `$PITR_PG_VERSIONS` (comma-separated, e.g.
+/// `13,14,15,16,17,18`), by default 13 to 18. Each must be installed ([`server_bindir`]): a
+/// missing one fails the test that asks for it, with how to install it; none is skipped.
+pub fn versions() -> Vec<u32> {
+    let Some(list) = std::env::var_os("PITR_PG_VERSIONS") else {
+        return (13..=18).collect();
+    };
+    let list = list.to_string_lossy().into_owned();
+    let versions: Vec<u32> = list
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("PITR_PG_VERSIONS={list:?}: {v:?} is not a major version (e.g. 13,14,15)"))
+        })
+        .collect();
+    versions
+}
+
+/// The directory holding the server binaries (`initdb`, `pg_ctl`, `postgres`) of PostgreSQL
+/// `major`: `$PITR_PG_BINDIR` when it is that major, then `$PITR_PG_ROOT/<major>/bin` (the npm
+/// builds `.ci/install-postgres-versions` installs; default root `/var/cache/pitr/postgresql`),
+/// then Debian's `/usr/lib/postgresql/<major>/bin`. Panics with what each place held and how to
+/// install the version: a missing version fails, it is never skipped.
+pub fn server_bindir(major: u32) -> PathBuf {
+    let candidates = server_bindir_candidates(major);
+    let mut found = Vec::new();
+    for dir in &candidates {
+        match bindir_major(dir) {
+            Ok(m) if m == major => return dir.clone(),
+            Ok(m) => found.push(format!("{} holds PostgreSQL {m}", dir.display())),
+            Err(reason) => found.push(format!("{}: {reason}", dir.display())),
+        }
+    }
+    panic!(
+        "PostgreSQL {major} server binaries not found ({}). Install them: `bash \
+         .ci/install-postgres-versions {major}` (npm builds into $PITR_PG_ROOT, default \
+         /var/cache/pitr/postgresql), or Debian's `apt-get install postgresql-{major}`, or set \
+         PITR_PG_BINDIR to a PostgreSQL {major} bin directory",
+        found.join("; ")
+    )
+}
+
+/// Where [`server_bindir`] looks for PostgreSQL `major`, in order.
+fn server_bindir_candidates(major: u32) -> Vec<PathBuf> {
+    let root = std::env::var_os("PITR_PG_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/pitr/postgresql"));
+    let from_env = std::env::var_os("PITR_PG_BINDIR")
+        .map(PathBuf::from)
+        .filter(|dir| bindir_major(dir) == Ok(major));
+    from_env
+        .into_iter()
+        .chain([
+            root.join(major.to_string()).join("bin"),
+            PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+        ])
+        .collect()
+}
+
+/// The major version of the server binaries in `dir` (`postgres --version`, looked up once per
+/// directory), or why there are none: a program missing, or a `postgres` that does not run.
+pub fn bindir_major(dir: &Path) -> Result<u32, String> {
+    static MAJORS: OnceLock<std::sync::Mutex<std::collections::HashMap<PathBuf, Result<u32, String>>>> =
+        OnceLock::new();
+    let majors = MAJORS.get_or_init(Default::default);
+    if let Some(known) = majors.lock().expect("bindir cache").get(dir) {
+        return known.clone();
+    }
+    let major = probe_bindir_major(dir);
+    majors
+        .lock()
+        .expect("bindir cache")
+        .insert(dir.to_path_buf(), major.clone());
+    major
+}
+
+fn probe_bindir_major(dir: &Path) -> Result<u32, String> {
+    if let Some(missing) = ["initdb", "pg_ctl", "postgres"]
+        .into_iter()
+        .find(|p| !dir.join(p).is_file())
+    {
+        return Err(format!("no {missing}"));
+    }
+    let out = Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("postgres does not run: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "postgres (PostgreSQL) 16.14"
+    text.split_whitespace()
+        .last()
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse().ok())
+        .filter(|_| out.status.success())
+        .ok_or_else(|| {
+            format!(
+                "postgres --version does not run: {} {}",
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })
+}
+
+/// The server binaries for the data directory `data`: those of the major its `PG_VERSION`
+/// names ([`pg_bindir`] when it is that major, else [`server_bindir`]); [`pg_bindir`] when
+/// there is no `PG_VERSION` (yet) or no binaries of that major.
+pub fn bindir_for_data(data: &Path) -> PathBuf {
+    let major = fs::read_to_string(data.join("PG_VERSION"))
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    match major {
+        Some(major) if bindir_major(pg_bindir()) != Ok(major) => server_bindir_candidates(major)
+            .into_iter()
+            .find(|dir| bindir_major(dir) == Ok(major))
+            .unwrap_or_else(|| pg_bindir().to_path_buf()),
+        _ => pg_bindir().to_path_buf(),
+    }
+}
+
+/// `pg_ctl` of the major the data directory `data` was made by ([`bindir_for_data`]).
+pub fn pg_ctl_for(data: &Path) -> PathBuf {
+    bindir_for_data(data).join("pg_ctl")
 }
 
 /// The `pitr` binary built by cargo for this test run.
@@ -641,20 +776,21 @@ fn shell_safe(path: &Path) -> String {
 // PostgreSQL programs on any data directory or socket directory
 // ---------------------------------------------------------------------------------------------
 
-/// `initdb -D <data> -A trust --no-sync --no-instructions` as the server user, run from `dir`;
+/// `initdb -D <data> -A trust --no-sync` as the server user, run from `dir`;
 /// further options may be added before running it.
 pub fn initdb_command(dir: &Path, data: &Path) -> Command {
     let mut cmd = server_command(pg_program("initdb"));
-    cmd.current_dir(dir)
-        .arg("-D")
-        .arg(data)
-        .args(["-A", "trust", "--no-sync", "--no-instructions"]);
+    cmd.current_dir(dir).arg("-D").arg(data).args(INITDB_ARGS);
     cmd
 }
 
+/// What every harness `initdb` gets after `-D <data>` (no `--no-instructions`: 13's initdb does
+/// not know it, and its closing instructions only go to the captured stdout).
+const INITDB_ARGS: [&str; 3] = ["-A", "trust", "--no-sync"];
+
 /// `pg_ctl -D <data> -l <log> -w -t 120 start` as the server user, run from `dir`.
 pub fn pg_ctl_start(dir: &Path, data: &Path, log: &Path) -> CmdOutput {
-    run(server_command(pg_program("pg_ctl"))
+    run(server_command(pg_ctl_for(data))
         .current_dir(dir)
         .arg("-D")
         .arg(data)
@@ -665,7 +801,7 @@ pub fn pg_ctl_start(dir: &Path, data: &Path, log: &Path) -> CmdOutput {
 
 /// True while a postmaster runs on `data` (`pg_ctl status` as the server user, run from `dir`).
 pub fn pg_ctl_status(dir: &Path, data: &Path) -> bool {
-    run(server_command(pg_program("pg_ctl"))
+    run(server_command(pg_ctl_for(data))
         .current_dir(dir)
         .arg("-D")
         .arg(data)
@@ -677,7 +813,7 @@ pub fn pg_ctl_status(dir: &Path, data: &Path) -> bool {
 /// server user, run from `dir`) if a postmaster.pid exists, ignoring every error and all output.
 pub fn pg_ctl_stop_immediate_quietly(dir: &Path, data: &Path) {
     if data.join("postmaster.pid").exists() {
-        let _ = server_command(pg_program("pg_ctl"))
+        let _ = server_command(pg_ctl_for(data))
             .current_dir(dir)
             .arg("-D")
             .arg(data)
@@ -781,6 +917,8 @@ pub struct ClusterOptions {
     pub repo: Option<PathBuf>,
     /// Extra postgresql.conf settings; they override the harness defaults of the same name.
     pub settings: Vec<(String, String)>,
+    /// The PostgreSQL major version to run ([`server_bindir`]); `None`: [`pg_bindir`]'s.
+    pub version: Option<u32>,
 }
 
 impl Default for ClusterOptions {
@@ -791,6 +929,7 @@ impl Default for ClusterOptions {
             pitr_args: Vec::new(),
             repo: None,
             settings: Vec::new(),
+            version: None,
         }
     }
 }
@@ -824,6 +963,14 @@ impl ClusterOptions {
     /// strings yourself (`"'1GB'"`).
     pub fn setting(mut self, key: &str, value: &str) -> Self {
         self.settings.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Runs PostgreSQL `major` ([`server_bindir`]; panics when it is not installed). The
+    /// cluster's `pitr` commands get `PITR_PG_BINDIR` pointing at those binaries, as a user of
+    /// a server pitr cannot find by itself sets it.
+    pub fn version(mut self, major: u32) -> Self {
+        self.version = Some(major);
         self
     }
 }
@@ -896,6 +1043,9 @@ pub struct Cluster {
     label: String,
     dir: TestDir,
     data: PathBuf,
+    /// `PITR_PG_BINDIR` for this cluster's `pitr` commands: the server binaries of a major
+    /// chosen with [`ClusterOptions::version`] (or of a backup of such a cluster).
+    pitr_pg_bindir: Option<PathBuf>,
     repo: PathBuf,
     pitr: PathBuf,
     pitr_args: Vec<String>,
@@ -906,6 +1056,7 @@ pub struct Cluster {
 impl Cluster {
     /// Creates a new cluster with `initdb` (new system identifier every time) and starts it.
     pub fn start(opts: ClusterOptions) -> Cluster {
+        let pitr_pg_bindir = opts.version.map(server_bindir);
         let dir = TestDir::new("cluster");
         let pitr = dir.install_pitr();
         let repo = match &opts.repo {
@@ -913,8 +1064,13 @@ impl Cluster {
             None => dir.subdir("repo"),
         };
         let data = dir.join("data");
+        let mut initdb = initdb_command(dir.path(), &data);
+        if let Some(bindir) = &pitr_pg_bindir {
+            initdb = server_command(bindir.join("initdb"));
+            initdb.current_dir(dir.path()).arg("-D").arg(&data).args(INITDB_ARGS);
+        }
         run_ok(
-            initdb_command(dir.path(), &data)
+            initdb
                 .args(["--locale=C", "--encoding=UTF8"])
                 .arg(format!("--wal-segsize={}", opts.wal_segsize_mb)),
         );
@@ -925,6 +1081,7 @@ impl Cluster {
         let mut cluster = Cluster {
             label: format!("cluster in {}", dir.path().display()),
             data,
+            pitr_pg_bindir,
             repo,
             pitr,
             pitr_args: opts.pitr_args.clone(),
@@ -1067,7 +1224,7 @@ impl Cluster {
     /// Stops the server cleanly (`pg_ctl -m fast stop`); panics if that fails.
     pub fn stop(&mut self) {
         run_ok(
-            server_command(pg_program("pg_ctl"))
+            server_command(pg_ctl_for(&self.data))
                 .current_dir(self.dir.path())
                 .arg("-D")
                 .arg(&self.data)
@@ -1147,15 +1304,29 @@ impl Cluster {
     /// A `pitr` command for this cluster's installed binary, run as the server user from the
     /// cluster's temporary directory (not a data directory). No arguments yet.
     pub fn pitr_cmd(&self) -> Command {
-        let mut cmd = pitr_command(&self.pitr);
+        let mut cmd = self.pitr_command();
         cmd.current_dir(self.dir.path());
         cmd
+    }
+
+    /// [`pitr_command`] with this cluster's `PITR_PG_BINDIR` (see [`ClusterOptions::version`]).
+    fn pitr_command(&self) -> Command {
+        let mut cmd = pitr_command(&self.pitr);
+        if let Some(bindir) = &self.pitr_pg_bindir {
+            cmd.env("PITR_PG_BINDIR", bindir);
+        }
+        cmd
+    }
+
+    /// The server binaries this cluster runs.
+    pub fn bindir(&self) -> PathBuf {
+        bindir_for_data(&self.data)
     }
 
     /// Like [`Cluster::pitr_cmd`], but run from the data directory, exactly as PostgreSQL runs
     /// archive_command and restore_command (so `pg_wal/<name>` paths work).
     pub fn pitr_cmd_in_data_dir(&self) -> Command {
-        let mut cmd = pitr_command(&self.pitr);
+        let mut cmd = self.pitr_command();
         cmd.current_dir(&self.data);
         cmd
     }
@@ -1444,9 +1615,12 @@ impl Cluster {
         } = backup;
         let pitr = dir.install_pitr();
         let repo = opts.repo.clone().unwrap_or(source_repo);
+        let pitr_pg_bindir =
+            (bindir_major(pg_bindir()) != bindir_major(&bindir_for_data(&data))).then(|| bindir_for_data(&data));
         let mut cluster = Cluster {
             label: format!("recovered cluster in {}", dir.path().display()),
             data,
+            pitr_pg_bindir,
             repo,
             pitr,
             pitr_args: source_pitr_args,

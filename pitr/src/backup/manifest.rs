@@ -17,8 +17,9 @@ use crate::fsio;
 use crate::wal::{Lsn, SegmentSize, TimelineId};
 
 /// The version of the manifest format this pitr writes. Version 2 added [`FileEntry::parts`];
-/// version 3 the checksum and the copy beside it. Versions 1 and 2 read the same (no checksum).
-pub const MANIFEST_VERSION: u32 = 3;
+/// version 3 the checksum and the copy beside it; version 4 [`Manifest::configuration`].
+/// Versions 1 and 2 read the same (no checksum), versions 1 to 3 without a configuration.
+pub const MANIFEST_VERSION: u32 = 4;
 
 /// Permission bits a restored file or directory may have: never set-id or sticky bits.
 pub const PERMISSION_BITS: u32 = 0o777;
@@ -69,6 +70,10 @@ pub struct Manifest {
     pub directories: Vec<DirEntry>,
     /// The copied files, `global/pg_control` last.
     pub files: Vec<FileEntry>,
+    /// The server's configuration when it lies outside the data directory (postgresql-common's
+    /// `/etc/postgresql/<version>/<cluster>/`); `None` when the data directory holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<Configuration>,
 }
 
 impl Manifest {
@@ -124,7 +129,20 @@ impl Manifest {
                 ));
             }
         }
+        if let Some(configuration) = &self.configuration {
+            problems.extend(configuration.layout_problems());
+        }
         problems
+    }
+
+    /// Every stored object of the backup's files and of its configuration.
+    pub fn pieces(&self) -> Vec<Piece<'_>> {
+        let configuration = self.configuration.iter().flat_map(Configuration::pieces);
+        self.files
+            .iter()
+            .flat_map(FileEntry::pieces)
+            .chain(configuration)
+            .collect()
     }
 
     /// The segment size as a type.
@@ -152,6 +170,80 @@ fn is_normal_absolute(path: &str) -> bool {
         && !path
             .to_str()
             .is_some_and(|p| p.contains("//") || p.ends_with('/') || p.contains("/./"))
+}
+
+/// The server's configuration as it lay outside the data directory: where the server read it
+/// (`SHOW config_file`, `hba_file`, `ident_file`) and the files, each under its absolute path:
+/// postgresql.conf, every file it includes, pg_hba.conf and pg_ident.conf. Each is stored whole
+/// as `config/<path>`. Files the configuration only names (SSL keys and certificates) are not
+/// among them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Configuration {
+    /// `data_directory` as the server showed it.
+    pub data_directory: String,
+    /// `config_file`: the server's postgresql.conf.
+    pub config_file: String,
+    /// `hba_file`.
+    pub hba_file: String,
+    /// `ident_file`.
+    pub ident_file: String,
+    /// The stored files; each [`FileEntry::path`] is absolute. Not counted in the manifest's
+    /// totals, which are the data directory's.
+    pub files: Vec<FileEntry>,
+}
+
+impl Configuration {
+    /// The stored file at `path`.
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.path == path)
+    }
+
+    /// The stored objects of its files, one each.
+    pub fn pieces(&self) -> impl Iterator<Item = Piece<'_>> {
+        self.files.iter().map(|file| Piece {
+            area: Area::Configuration,
+            file,
+            part: None,
+            offset: 0,
+            size: file.size,
+            crc32: file.crc32,
+            stored_size: file.stored_size,
+        })
+    }
+
+    /// Paths that are not normalized absolute paths, files stored in parts or with set-id bits,
+    /// and the three files the server reads first missing among the stored ones.
+    fn layout_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for file in &self.files {
+            if !is_normal_absolute(&file.path) {
+                problems.push(format!(
+                    "configuration file '{}' is not a normalized absolute path",
+                    file.path
+                ));
+            }
+            if !file.parts.is_empty() {
+                problems.push(format!("configuration file {} is stored in parts", file.path));
+            }
+            if file.mode & !PERMISSION_BITS != 0 {
+                problems.push(format!(
+                    "configuration file {} has mode {:o}: set-id or sticky bits never belong there",
+                    file.path, file.mode
+                ));
+            }
+        }
+        for (setting, path) in [
+            ("config_file", &self.config_file),
+            ("hba_file", &self.hba_file),
+            ("ident_file", &self.ident_file),
+        ] {
+            if self.file(path).is_none() {
+                problems.push(format!("the configuration's {setting} {path} is not among its files"));
+            }
+        }
+        problems
+    }
 }
 
 /// A tablespace: `pg_tblspc/<oid>` pointed at `location`.
@@ -214,9 +306,20 @@ pub struct Part {
     pub stored_size: u64,
 }
 
+/// Where a backup file came from, and so where its objects lie in the backup's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    /// The data directory: `files/<relative path>`.
+    DataDirectory,
+    /// The configuration outside it: `config/<absolute path without its leading />`.
+    Configuration,
+}
+
 /// One stored object of a backup file: the whole file, or one of its parts.
 #[derive(Debug, Clone, Copy)]
 pub struct Piece<'a> {
+    /// Where the file came from.
+    pub area: Area,
     /// The file it belongs to.
     pub file: &'a FileEntry,
     /// The part's index; `None` for a file stored whole.
@@ -233,10 +336,19 @@ pub struct Piece<'a> {
 
 impl Piece<'_> {
     /// The object's key in the backup directory `dir`: `files/<path>`, or
-    /// `files/<path>.part<NNNN>` for a part (no PostgreSQL file name ends that way).
+    /// `files/<path>.part<NNNN>` for a part (no PostgreSQL file name ends that way); for a
+    /// configuration file `config/<path>`.
     pub fn key(&self, dir: &str) -> String {
-        piece_key(dir, &self.file.path, self.part)
+        match self.area {
+            Area::DataDirectory => piece_key(dir, &self.file.path, self.part),
+            Area::Configuration => config_key(dir, &self.file.path),
+        }
     }
+}
+
+/// The key of the configuration file at the absolute `path` in the backup directory `dir`.
+pub fn config_key(dir: &str, path: &str) -> String {
+    format!("{dir}config/{}", path.trim_start_matches('/'))
 }
 
 /// The key of a file's object, or of one of its parts, in the backup directory `dir`.
@@ -261,6 +373,7 @@ impl FileEntry {
     pub fn pieces(&self) -> Vec<Piece<'_>> {
         if self.parts.is_empty() {
             return vec![Piece {
+                area: Area::DataDirectory,
                 file: self,
                 part: None,
                 offset: 0,
@@ -273,6 +386,7 @@ impl FileEntry {
             .iter()
             .enumerate()
             .map(|(index, part)| Piece {
+                area: Area::DataDirectory,
                 file: self,
                 part: Some(index),
                 offset: part.offset,
@@ -318,6 +432,7 @@ impl Manifest {
             tablespaces: vec![],
             directories: vec![],
             files: vec![],
+            configuration: None,
         }
     }
 }
@@ -403,6 +518,73 @@ mod tests {
         let mut damaged = bytes.clone();
         damaged[bytes.len() / 2] ^= 0x10;
         assert!(Manifest::from_bytes(&damaged, "m").is_err());
+    }
+
+    fn config_file(path: &str) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            size: 1,
+            mode: 0o640,
+            mtime: 0,
+            crc32: 0,
+            stored_size: 1,
+            parts: vec![],
+        }
+    }
+
+    fn debian_configuration() -> Configuration {
+        Configuration {
+            data_directory: "/var/lib/postgresql/15/main".into(),
+            config_file: "/etc/postgresql/15/main/postgresql.conf".into(),
+            hba_file: "/etc/postgresql/15/main/pg_hba.conf".into(),
+            ident_file: "/etc/postgresql/15/main/pg_ident.conf".into(),
+            files: ["postgresql.conf", "conf.d/archive.conf", "pg_hba.conf", "pg_ident.conf"]
+                .map(|name| config_file(&format!("/etc/postgresql/15/main/{name}")))
+                .to_vec(),
+        }
+    }
+
+    #[test]
+    fn older_manifests_read_the_same_without_a_configuration() {
+        let mut m = Manifest::for_test("b", Tier::Daily, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
+        m.format_version = 3;
+        let bytes = m.to_bytes();
+        assert!(!String::from_utf8_lossy(&bytes).contains("configuration"));
+        assert_eq!(Manifest::from_bytes(&bytes, "m").unwrap(), m);
+        m.format_version = MANIFEST_VERSION;
+        m.configuration = Some(debian_configuration());
+        assert_eq!(Manifest::from_bytes(&m.to_bytes(), "m").unwrap(), m);
+    }
+
+    #[test]
+    fn configuration_files_are_stored_under_config_and_checked_like_the_others() {
+        let mut m = Manifest::for_test("b", Tier::Daily, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
+        m.configuration = Some(debian_configuration());
+        assert!(m.layout_problems().is_empty(), "{:?}", m.layout_problems());
+        let keys: Vec<String> = m.pieces().iter().map(|p| p.key("daily/b/")).collect();
+        assert_eq!(keys[0], "daily/b/config/etc/postgresql/15/main/postgresql.conf");
+        assert_eq!(keys.len(), 4);
+
+        let configuration = m.configuration.as_mut().unwrap();
+        configuration.files[1].path = "/etc/postgresql/15/main/../../../shadow".into();
+        configuration.files[2].path = "etc/relative".into();
+        configuration.files[3].mode = 0o4755;
+        configuration.files[0].parts = vec![Part {
+            offset: 0,
+            size: 1,
+            crc32: 0,
+            stored_size: 1,
+        }];
+        let problems = m.layout_problems();
+        for needle in [
+            "../../../shadow",
+            "etc/relative",
+            "4755",
+            "stored in parts",
+            "hba_file /etc/postgresql/15/main/pg_hba.conf is not among its files",
+        ] {
+            assert!(problems.iter().any(|p| p.contains(needle)), "{needle}: {problems:?}");
+        }
     }
 
     #[test]

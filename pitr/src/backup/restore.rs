@@ -26,6 +26,7 @@ use crate::codec::{self, ObjectHeader};
 use crate::control::PG_CONTROL;
 use crate::error::{Error, Result};
 use crate::fsio::{Dir, Kind, Perms};
+use crate::pg::PgVersion;
 use crate::progress::Progress;
 use crate::repo::{backup_dir, Repo};
 
@@ -57,6 +58,9 @@ pub struct RestoreSummary {
     pub bytes: u64,
     /// Seconds taken.
     pub duration_seconds: f64,
+    /// The copy's own configuration, written from the backup's (the server's lay outside its
+    /// data directory); `None` when the data directory held it.
+    pub configuration: Option<super::OwnConfiguration>,
 }
 
 /// Restores a backup's files into `options.target`.
@@ -99,6 +103,11 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
     })?;
     write_labels(repo, &dir, &layout)?;
     create_wal_dirs(&layout, manifest.pg_version)?;
+    let configuration = manifest
+        .configuration
+        .as_ref()
+        .map(|c| super::configuration::write(repo, &dir, c, &layout.target, &layout.perms))
+        .transpose()?;
     sync_all(&layout.target)?;
     crate::crash_point::reached("restore:control");
     for piece in control.iter().flat_map(|f| f.pieces()) {
@@ -113,6 +122,7 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
         files: manifest.files.len(),
         bytes: manifest.original_bytes,
         duration_seconds: started.elapsed().as_secs_f64(),
+        configuration,
     })
 }
 
@@ -494,7 +504,7 @@ fn write_labels(repo: &Repo, dir: &str, layout: &Layout) -> Result<()> {
 fn create_wal_dirs(layout: &Layout, pg_version: u32) -> Result<()> {
     layout.create_dir("pg_wal", 0o700)?;
     layout.create_dir("pg_wal/archive_status", 0o700)?;
-    if pg_version >= 17 {
+    if PgVersion::new(pg_version)?.has_wal_summaries() {
         layout.create_dir("pg_wal/summaries", 0o700)?;
     }
     Ok(())

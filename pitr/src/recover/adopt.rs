@@ -20,6 +20,7 @@ use crate::codec::Codec;
 use crate::control::{self, DB_SHUTDOWNED};
 use crate::error::{Error, Result};
 use crate::pg::ctl::{self, Owner};
+use crate::pg::PgVersion;
 use crate::repo::Repo;
 use crate::wal::{SegmentSize, WalFileName};
 
@@ -123,7 +124,7 @@ fn archive_here(
     let setting = |name: &str| configured(bindir, owner, pgdata, name);
     let archive_mode = setting("archive_mode")?;
     let archive_command = setting("archive_command")?;
-    let archive_library = if pg_version >= 15 {
+    let archive_library = if PgVersion::new(pg_version)?.has_archive_library() {
         setting("archive_library")?
     } else {
         String::new()

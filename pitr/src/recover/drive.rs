@@ -6,6 +6,14 @@
 //! connect for verification whatever the copy's pg_hba.conf says. Those options are given on
 //! pg_ctl's command line only: a later plain start uses the copy's own configuration.
 //!
+//! The copy starts with the configuration in its data directory (a restore writes one there when
+//! the original's lay outside it, see `backup::configuration`), and the command line also keeps
+//! the private run off the original server's files and independent of its secrets: no
+//! `external_pid_file` (the original's would be overwritten), and no SSL, which a socket-only
+//! server does not use and whose key pitr does not copy (on another host it may be missing, and a
+//! server started by root-run pitr lacks the supplementary group, such as Debian's ssl-cert,
+//! that lets the original read it).
+//!
 //! The copy runs as a superuser's playground until `pitr adopt`, so it is reachable by its
 //! owner only: the socket directory is 0700 and owned by the server's OS user (whatever the
 //! umask), the socket itself 0700 (`unix_socket_permissions`), and the private pg_hba.conf
@@ -107,6 +115,7 @@ impl RecoveryServer {
         let options = format!(
             "-c listen_addresses='' -c unix_socket_directories='{0}' -c unix_socket_permissions=0700 \
              -c hba_file='{0}/{PRIVATE_HBA}' -c ident_file='{0}/{PRIVATE_IDENT}' \
+             -c external_pid_file='' -c ssl=off \
              -c logging_collector=off -c log_destination=stderr -c lc_messages=C",
             server.socket_dir.display()
         );

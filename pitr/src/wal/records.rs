@@ -5,14 +5,15 @@
 //!
 //! The layout follows PostgreSQL's `xlogrecord.h`, `xlog_internal.h`, `xact.h`, `pg_control.h`
 //! and the reading logic of `xlogreader.c` (`XLogFindNextRecord`, `XLogDecodeNextRecord`,
-//! `DecodeXLogRecord`, `ValidXLogRecord`). What differs between major versions is kept in one
-//! place, [`Format`]; the decoding is checked against `pg_waldump` of PostgreSQL 15.
+//! `DecodeXLogRecord`, `ValidXLogRecord`). What differs between major versions is asked of
+//! [`PgVersion`]; the decoding is checked against `pg_waldump` of each major in the tests.
 
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 
 use super::{LongPageHeader, Lsn, SegmentName, SegmentSize, SIZE_OF_XLOG_LONG_PHD};
+use crate::pg::PgVersion;
 
 /// `SizeOfXLogRecord`: the fixed record header.
 const SIZE_OF_XLOG_RECORD: usize = 24;
@@ -87,41 +88,6 @@ const BKPIMAGE_HAS_HOLE: u8 = 0x01;
 const RESTORE_POINT_NAME_BYTES: usize = 64;
 /// Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's `TimestampTz` epoch.
 const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-
-/// What differs between major versions in the parts of the format read here. Page headers,
-/// the record header and its CRC are the same in 12–18.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Format {
-    /// The major version.
-    pub pg_version: u32,
-    /// The `bimg_info` bits that mark a compressed full-page image: `BKPIMAGE_IS_COMPRESSED`
-    /// (0x02) up to 14, `BKPIMAGE_COMPRESS_PGLZ | _LZ4 | _ZSTD` (0x04 | 0x08 | 0x10) from 15.
-    compressed_image: u8,
-    /// `sizeof(xl_xact_stats_item)` in commit and abort records (`XACT_XINFO_HAS_DROPPED_STATS`,
-    /// from 15): 12 bytes in 15–17, 16 in 18 (the object id became 64 bits).
-    dropped_stats_item: Option<usize>,
-    /// `offsetof(CheckPoint, time)`: 64 in 12–18 (18 has `wal_level` in what was padding before
-    /// `nextXid`).
-    checkpoint_time: usize,
-}
-
-impl Format {
-    /// The format of major version `pg_version`, when it is one pitr reads.
-    pub fn of(pg_version: u32) -> Option<Format> {
-        let (compressed_image, dropped_stats_item) = match pg_version {
-            12..=14 => (0x02, None),
-            15..=17 => (0x1C, Some(12)),
-            18 => (0x1C, Some(16)),
-            _ => return None,
-        };
-        Some(Format {
-            pg_version,
-            compressed_image,
-            dropped_stats_item,
-            checkpoint_time: 64,
-        })
-    }
-}
 
 /// One WAL record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,7 +185,8 @@ pub enum End {
 pub struct SegmentRecords<'a> {
     /// The segment and those after it, in order.
     segments: &'a [&'a [u8]],
-    format: Format,
+    /// The major version that wrote the segment: what differs in its records.
+    format: PgVersion,
     size: SegmentSize,
     /// `XLOG_BLCKSZ`.
     block: u64,
@@ -248,8 +215,7 @@ impl<'a> SegmentRecords<'a> {
     pub fn new(name: SegmentName, segments: &'a [&'a [u8]]) -> Result<SegmentRecords<'a>, Invalid> {
         let first = segments.first().ok_or("no segment to read")?;
         let header = LongPageHeader::validate(name, first)?;
-        let format = Format::of(header.pg_version)
-            .ok_or_else(|| format!("PostgreSQL {} WAL records are not read by pitr", header.pg_version))?;
+        let format = PgVersion::new(header.pg_version).map_err(|e| e.to_string())?;
         let block = u64::from(u32::from_le_bytes(first[36..40].try_into().expect("4 bytes")));
         if !(block.is_power_of_two() && (XLOG_BLCKSZ_MIN..=XLOG_BLCKSZ_MAX).contains(&block)) {
             return Err(format!("WAL block size {block} is not one PostgreSQL builds with"));
@@ -269,11 +235,6 @@ impl<'a> SegmentRecords<'a> {
         };
         reader.next = reader.first_record_start()?;
         Ok(reader)
-    }
-
-    /// The format of the segment's major version.
-    pub fn format(&self) -> Format {
-        self.format
     }
 
     /// How the walk ended (`None` while records remain or after an error).
@@ -504,7 +465,7 @@ fn align(position: u64) -> u64 {
 
 /// The record's main data: the fragment headers after the record header say how long it is,
 /// and it comes last (`DecodeXLogRecord`).
-fn main_data(record: &[u8], format: Format) -> Result<&[u8], String> {
+fn main_data(record: &[u8], format: PgVersion) -> Result<&[u8], String> {
     let mut at = SIZE_OF_XLOG_RECORD;
     let mut payload = 0usize;
     let truncated = || "its fragment headers run past its end".to_string();
@@ -545,7 +506,7 @@ fn main_data(record: &[u8], format: Format) -> Result<&[u8], String> {
                     payload += u16_at(at)?;
                     let image_info = byte(at + 4)?;
                     at += 5;
-                    if image_info & format.compressed_image != 0 && image_info & BKPIMAGE_HAS_HOLE != 0 {
+                    if image_info & format.compressed_image_bits() != 0 && image_info & BKPIMAGE_HAS_HOLE != 0 {
                         at += 2;
                     }
                 }
@@ -568,7 +529,7 @@ fn main_data(record: &[u8], format: Format) -> Result<&[u8], String> {
 }
 
 /// What a record is, from its resource manager, info bits and main data.
-fn decode_kind(rmid: u8, info: u8, xid: u32, main: &[u8], format: Format) -> Result<RecordKind, String> {
+fn decode_kind(rmid: u8, info: u8, xid: u32, main: &[u8], format: PgVersion) -> Result<RecordKind, String> {
     let short = |what: &str| format!("its {what} data is {} bytes, too short", main.len());
     let i64_at = |o: usize| {
         main.get(o..o + 8)
@@ -577,7 +538,7 @@ fn decode_kind(rmid: u8, info: u8, xid: u32, main: &[u8], format: Format) -> Res
     match (rmid, info & XLR_RMGR_INFO_MASK) {
         (RM_XLOG_ID, XLOG_SWITCH) => Ok(RecordKind::Switch),
         (RM_XLOG_ID, kind @ (XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE)) => {
-            let seconds = i64_at(format.checkpoint_time).ok_or_else(|| short("checkpoint"))?;
+            let seconds = i64_at(format.checkpoint_time_offset()).ok_or_else(|| short("checkpoint"))?;
             Ok(RecordKind::Checkpoint {
                 time: unix_time(seconds.checked_mul(1_000_000)).ok_or_else(|| short("checkpoint"))?,
                 shutdown: kind == XLOG_CHECKPOINT_SHUTDOWN,
@@ -604,7 +565,7 @@ fn decode_kind(rmid: u8, info: u8, xid: u32, main: &[u8], format: Format) -> Res
 
 /// Commit and abort records (`ParseCommitRecord`, `ParseAbortRecord`): the time, and for
 /// prepared transactions the transaction id from the two-phase sub-record.
-fn decode_xact(info: u8, xid: u32, main: &[u8], format: Format) -> Result<RecordKind, String> {
+fn decode_xact(info: u8, xid: u32, main: &[u8], format: PgVersion) -> Result<RecordKind, String> {
     let op = info & XLOG_XACT_OPMASK;
     if !matches!(
         op,
@@ -642,7 +603,7 @@ fn decode_xact(info: u8, xid: u32, main: &[u8], format: Format) -> Result<Record
             skip_array(&mut at, RELFILENODE_BYTES)?;
         }
         if let Some(item) = format
-            .dropped_stats_item
+            .dropped_stats_item_bytes()
             .filter(|_| xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0)
         {
             skip_array(&mut at, item)?;

@@ -39,6 +39,7 @@ fn backup(id: &str, timeline: u32, start_segno: u64, stop_minute: u32) -> Manife
         tablespaces: vec![],
         directories: vec![],
         files: vec![],
+        configuration: None,
     }
 }
 

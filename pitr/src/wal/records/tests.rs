@@ -280,14 +280,6 @@ fn the_end_of_wal_and_damage_are_told_apart() {
     assert_eq!(reader.end(), None);
 }
 
-#[test]
-fn formats_of_the_majors_pitr_reads() {
-    assert_eq!(Format::of(15).unwrap().dropped_stats_item, Some(12));
-    assert_eq!(Format::of(18).unwrap().dropped_stats_item, Some(16));
-    assert_eq!(Format::of(14).unwrap().compressed_image, 0x02);
-    assert!(Format::of(11).is_none() && Format::of(19).is_none());
-}
-
 proptest::proptest! {
     /// Whatever a damaged (or hostile) record holds, decoding it is an error, never a panic.
     #[test]
@@ -298,7 +290,7 @@ proptest::proptest! {
     ) {
         let mut record = vec![0u8; SIZE_OF_XLOG_RECORD];
         record.extend_from_slice(&body);
-        let format = Format::of(15).unwrap();
+        let format = PgVersion::new(15).unwrap();
         let _ = main_data(&record, format);
         let _ = decode_kind(rmid, info, 7, &body, format);
     }
