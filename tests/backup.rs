@@ -789,7 +789,7 @@ fn refuses_a_repository_or_data_directory_of_another_cluster() {
     let before = tree(a.repo(), &[]);
 
     let out = b.pitr_connected(a.repo(), &["backup", "--fast"]);
-    assert_refused(&out, "belongs to the cluster");
+    assert_refused(&out, "the repository's current generation is cluster");
     assert_unchanged(&before, &tree(a.repo(), &[]), "a refused backup changed the repository");
 
     let out = a.pitr_connected(

@@ -67,7 +67,7 @@ fn a_created_empty_repository_answers_absent_and_takes_a_history_file_first() {
     let foreign = other.pitr_connected(&repo, &["create-repo"]);
     assert_eq!(foreign.code(), Some(1), "{}", foreign.describe());
     assert!(
-        foreign.stderr_str().contains("not for cluster"),
+        foreign.stderr_str().contains("was not created for this server"),
         "{}",
         foreign.describe()
     );

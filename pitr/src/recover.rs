@@ -418,11 +418,7 @@ fn without_configuration(options: &RecoverOptions) -> String {
     )
 }
 
-fn next_steps(
-    plan: &Plan,
-    options: &RecoverOptions,
-    configuration: Option<&backup::OwnConfiguration>,
-) -> Vec<String> {
+fn next_steps(plan: &Plan, options: &RecoverOptions, configuration: Option<&backup::OwnConfiguration>) -> Vec<String> {
     let data = options.pgdata.display();
     if plan.earlier_generation {
         return vec![format!(

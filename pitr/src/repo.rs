@@ -2,9 +2,10 @@
 //! that binds a repository to its clusters, one **generation** after the other.
 //!
 //! ```text
-//! <repo>/repo.json                         metadata: the cluster of each generation, the last one
-//!                                          current (written by create-repo, or the first segment or
-//!                                          backup of an empty repository; replaced by upgrade-repo)
+//! <repo>/repo.json                         metadata: the cluster the repository was created for,
+//!                                          generation 1 (written by create-repo, or the first segment
+//!                                          or backup of an empty repository)
+//! <repo>/generations/<n>.json              generation n >= 2, written by upgrade-repo
 //! <repo>/wal/.pitr-archive                 says wal/ is the archive's (a missing or unmounted
 //!                                          wal/ lacks it: archive-get then fails, never "absent")
 //! <repo>/wal/<TTTTTTTTXXXXXXXX>/<name>     segments, .partial and .backup files, grouped by
@@ -23,14 +24,16 @@
 //! cluster) the system identifier and the major version change and segment names start over, so
 //! `pitr upgrade-repo` starts generation n + 1 with a WAL directory of its own. Backups of every
 //! generation share the tier directories: a manifest names its cluster, which names its
-//! generation. A [`Repo`] handle acts on one generation's WAL: the current one, looked up at
+//! generation. Every generation's record is created once and never changed (the storage contract
+//! has no replace): the highest is the current generation. A [`Repo`] handle acts on one
+//! generation's WAL: the current one, looked up at
 //! each call, or the one it is pinned to ([`Repo::pin`], [`Repo::at`]).
 //!
 //! Every file under a WAL directory is a [`codec`](crate::codec) object: it records its
 //! compression and the CRC-32 of the original bytes, so integrity can be checked without a
-//! server. `repo.json` is a checksummed JSON record ([`codec::json`](crate::codec::json)): layout
-//! version 1 (one cluster, as every pitr wrote it before generations) while the repository has one
-//! generation, version 2 (the list of generations) from the first upgrade-repo on.
+//! server. `repo.json` and the generation records are checksummed JSON records
+//! ([`codec::json`](crate::codec::json)); `repo.json` is the same as before generations existed,
+//! so a pitr of that time reads it (and knows generation 1 only).
 
 use std::sync::Arc;
 
@@ -44,16 +47,22 @@ use crate::wal::{LongPageHeader, SegmentSize, WalFileName};
 
 /// The key of the metadata object.
 const METADATA_KEY: &str = "repo.json";
+/// The directory of the records of generations 2 and later.
+const GENERATIONS_DIR: &str = "generations/";
 /// The name of the object that marks a WAL directory as this repository's archive.
 const WAL_MARKER: &str = ".pitr-archive";
 /// Top-level directories that hold a repository's data (locks do not count), besides the WAL
 /// directories of later generations.
-const DATA_DIRS: [&str; 5] = ["wal/", "hourly/", "daily/", "weekly/", "restore_points/"];
-/// Layout version of a repo.json that records one cluster (every repository before its first
-/// upgrade-repo; what pitr before generations reads and writes).
-const ONE_CLUSTER_LAYOUT: u32 = 1;
-/// Layout version of a repo.json that records generations.
-const GENERATIONS_LAYOUT: u32 = 2;
+const DATA_DIRS: [&str; 6] = [
+    "wal/",
+    "hourly/",
+    "daily/",
+    "weekly/",
+    "restore_points/",
+    GENERATIONS_DIR,
+];
+/// Layout version of repo.json.
+const LAYOUT_VERSION: u32 = 1;
 
 /// A cluster as a repository records it: what its WAL and its backups must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +132,18 @@ fn wal_dir(generation: u32) -> String {
     }
 }
 
+/// The key of generation `n`'s record (`n` >= 2).
+fn generation_key(n: u32) -> String {
+    format!("{GENERATIONS_DIR}{n}.json")
+}
+
+/// The generation a record's name (`2.json`) is of, when it is one.
+fn generation_of_record(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".json")?;
+    let n: u32 = digits.parse().ok()?;
+    (n >= 2 && digits == n.to_string()).then_some(n)
+}
+
 /// The generation a top-level directory name (`wal/`, `wal.3/`) holds the WAL of.
 fn generation_of_dir(name: &str) -> Option<u32> {
     let digits = name.strip_suffix('/')?.strip_prefix("wal")?;
@@ -140,7 +161,7 @@ fn generation_of_dir(name: &str) -> Option<u32> {
 pub struct Generations(Vec<Generation>);
 
 impl Generations {
-    /// The generations of a repo.json, checked: numbered 1, 2, ... in order, valid segment
+    /// The generations of a repository, checked: numbered 1, 2, ... in order, valid segment
     /// sizes, a cluster in one generation only, majors never going back.
     fn checked(list: Vec<Generation>) -> std::result::Result<Generations, String> {
         if list.is_empty() {
@@ -231,45 +252,20 @@ impl Generations {
     }
 }
 
-/// repo.json of layout version 1: one cluster.
+/// repo.json: the cluster of generation 1.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OneClusterRecord {
+struct MetadataRecord {
     format_version: u32,
     pg_version: u32,
     system_identifier: u64,
     wal_segment_size: u32,
 }
 
-/// repo.json of layout version 2: the generations, oldest first.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GenerationsRecord {
-    format_version: u32,
-    generations: Vec<Generation>,
-}
-
 /// The layout version of a repo.json, read before the rest.
 #[derive(Debug, Deserialize)]
 struct Layout {
     format_version: u32,
-}
-
-/// repo.json's bytes for `generations`: layout version 1 while there is one generation, so that
-/// a pitr from before generations keeps working with the repository until its first upgrade.
-fn metadata_bytes(generations: &[Generation]) -> Vec<u8> {
-    match generations {
-        [only] => json::to_vec(&OneClusterRecord {
-            format_version: ONE_CLUSTER_LAYOUT,
-            pg_version: only.pg_version,
-            system_identifier: only.system_identifier,
-            wal_segment_size: only.wal_segment_size,
-        }),
-        _ => json::to_vec(&GenerationsRecord {
-            format_version: GENERATIONS_LAYOUT,
-            generations: generations.to_vec(),
-        }),
-    }
 }
 
 /// What [`Repo::create`] did.
@@ -351,37 +347,73 @@ impl Repo {
         }
     }
 
-    /// Every generation, or `None` for a repository nothing was written to yet.
+    /// Every generation (repo.json, then the records in generations/), or `None` for a
+    /// repository nothing was written to yet.
     pub fn generations(&self) -> Result<Option<Generations>> {
+        let later = self.storage.list(GENERATIONS_DIR)?;
         let Some(bytes) = self.storage.get(METADATA_KEY)? else {
-            return Ok(None);
+            if later.is_empty() {
+                return Ok(None);
+            }
+            return Err(Error::Corrupt {
+                what: self.storage.describe(METADATA_KEY),
+                reason: format!(
+                    "is missing while {} records later generations: restore repo.json from a copy",
+                    self.storage.describe(GENERATIONS_DIR)
+                ),
+            });
         };
         let what = self.storage.describe(METADATA_KEY);
-        let list = match json::from_slice::<Layout>(&bytes, &what)?.format_version {
-            ONE_CLUSTER_LAYOUT => {
-                let record: OneClusterRecord = json::from_slice(&bytes, &what)?;
-                vec![Generation {
-                    generation: 1,
-                    pg_version: record.pg_version,
-                    system_identifier: record.system_identifier,
-                    wal_segment_size: record.wal_segment_size,
-                    since: None,
-                }]
-            }
-            GENERATIONS_LAYOUT => json::from_slice::<GenerationsRecord>(&bytes, &what)?.generations,
-            other => {
-                return Err(Error::Repo {
-                    path: self.location().into(),
-                    reason: format!(
-                        "has layout version {other}, this pitr reads versions {ONE_CLUSTER_LAYOUT} and \
-                         {GENERATIONS_LAYOUT}: use a matching pitr"
-                    ),
-                })
-            }
-        };
+        let format_version = json::from_slice::<Layout>(&bytes, &what)?.format_version;
+        if format_version != LAYOUT_VERSION {
+            return Err(Error::Repo {
+                path: self.location().into(),
+                reason: format!(
+                    "has layout version {format_version}, this pitr reads version {LAYOUT_VERSION}: use a matching pitr"
+                ),
+            });
+        }
+        let first: MetadataRecord = json::from_slice(&bytes, &what)?;
+        let mut list = vec![Generation {
+            generation: 1,
+            pg_version: first.pg_version,
+            system_identifier: first.system_identifier,
+            wal_segment_size: first.wal_segment_size,
+            since: None,
+        }];
+        let mut numbers = Vec::with_capacity(later.len());
+        for name in &later {
+            let n = generation_of_record(name).ok_or_else(|| Error::Corrupt {
+                what: self.storage.describe(&format!("{GENERATIONS_DIR}{name}")),
+                reason: "is not a generation record (<n>.json, n >= 2): move it out of the repository".into(),
+            })?;
+            numbers.push(n);
+        }
+        numbers.sort_unstable();
+        for n in numbers {
+            list.push(self.generation_record(n)?);
+        }
         Generations::checked(list)
             .map(Some)
             .map_err(|reason| Error::Corrupt { what, reason })
+    }
+
+    /// Generation `n`'s record, which must say it is generation `n`.
+    fn generation_record(&self, n: u32) -> Result<Generation> {
+        let key = generation_key(n);
+        let what = self.storage.describe(&key);
+        let bytes = self.storage.get(&key)?.ok_or_else(|| Error::Corrupt {
+            what: what.clone(),
+            reason: "was listed, then could not be found: check who changes the repository".into(),
+        })?;
+        let record: Generation = json::from_slice(&bytes, &what)?;
+        if record.generation != n {
+            return Err(Error::Corrupt {
+                what,
+                reason: format!("records generation {}", record.generation),
+            });
+        }
+        Ok(record)
     }
 
     /// The generation this handle acts on, or `None` for a repository nothing was written to.
@@ -393,7 +425,7 @@ impl Repo {
             None => Ok(Some(*generations.current())),
             Some(n) => generations.get(n).copied().map(Some).ok_or_else(|| Error::Repo {
                 path: self.location().into(),
-                reason: format!("no longer records generation {n} in repo.json: check who changed it"),
+                reason: format!("no longer records generation {n}: check who changed it"),
             }),
         }
     }
@@ -462,8 +494,8 @@ impl Repo {
     }
 
     /// Starts the next generation for the cluster `found` (`pitr upgrade-repo`, holding the
-    /// backup lock): its WAL directory with the marker first, then repo.json replaced with one
-    /// generation more, which commits it. Refused, changing nothing, when the repository has no
+    /// backup lock): its WAL directory with the marker first, then its record, created only if
+    /// absent, which commits it (of two concurrent upgrades one wins, the other is refused). Refused, changing nothing, when the repository has no
     /// repo.json, when `found` is the current generation's cluster or an earlier one's, when it
     /// is of an older major, or when the new WAL directory holds files already.
     pub fn upgrade(&self, found: Cluster, since: DateTime<Utc>) -> Result<Generation> {
@@ -526,7 +558,7 @@ impl Repo {
             .collect();
         if !leftovers.is_empty() {
             return refuse(format!(
-                "{} holds {} although repo.json records no generation {}: it is not this repository's; move it \
+                "{} holds {} although the repository records no generation {}: it is not this repository's; move it \
                  aside",
                 self.storage.describe(&dir),
                 leftovers.join(", "),
@@ -534,10 +566,17 @@ impl Repo {
             ));
         }
         self.storage.put_if_absent(&format!("{dir}{WAL_MARKER}"), MARKER_TEXT)?;
-        let mut list = generations.all().to_vec();
-        list.push(next);
-        self.storage.replace(METADATA_KEY, &metadata_bytes(&list))?;
-        Ok(next)
+        match self
+            .storage
+            .put_if_absent(&generation_key(next.generation), &json::to_vec(&next))?
+        {
+            PutOutcome::Created => Ok(next),
+            PutOutcome::AlreadyExists => refuse(format!(
+                "another upgrade-repo started generation {} of repository {location} meanwhile: `pitr info` \
+                 shows it",
+                next.generation
+            )),
+        }
     }
 
     /// Writes repo.json for the first generation (create-only) and the marker of its WAL
@@ -545,14 +584,13 @@ impl Repo {
     fn write_first(&self, found: Cluster) -> Result<Cluster> {
         self.storage
             .put_if_absent(&format!("{}{WAL_MARKER}", wal_dir(1)), MARKER_TEXT)?;
-        let first = Generation {
-            generation: 1,
+        let record = MetadataRecord {
+            format_version: LAYOUT_VERSION,
             pg_version: found.pg_version,
             system_identifier: found.system_identifier,
             wal_segment_size: found.wal_segment_size,
-            since: None,
         };
-        match self.storage.put_if_absent(METADATA_KEY, &metadata_bytes(&[first]))? {
+        match self.storage.put_if_absent(METADATA_KEY, &json::to_vec(&record))? {
             PutOutcome::Created => Ok(found),
             PutOutcome::AlreadyExists => Ok(self.info()?.expect("metadata exists")),
         }
@@ -954,11 +992,16 @@ mod tests {
             .join("wal.2/0000000100000000/000000010000000000000003")
             .is_file());
 
-        let record: serde_json::Value =
+        let first: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("repo.json")).unwrap()).unwrap();
-        assert_eq!(record["format_version"], 2);
-        assert_eq!(record["generations"][0]["system_identifier"], 7);
-        assert_eq!(record["generations"][1]["pg_version"], 16);
+        assert_eq!(first["system_identifier"], 7, "repo.json stays as it was: {first}");
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("generations/2.json")).unwrap()).unwrap();
+        assert_eq!(
+            (&record["generation"], &record["pg_version"]),
+            (&2.into(), &16.into()),
+            "{record}"
+        );
         assert!(repo.at(3).is_err(), "no generation 3");
 
         let pinned = repo.pin().unwrap();
@@ -1042,7 +1085,6 @@ mod tests {
             since: None,
         };
         for bad in [
-            vec![],
             vec![generation(2, 15, 7)],
             vec![generation(1, 15, 7), generation(3, 16, 8)],
             vec![generation(1, 15, 7), generation(2, 16, 7)],
@@ -1053,14 +1095,42 @@ mod tests {
             }],
         ] {
             let dir = tempfile::tempdir().unwrap();
-            let record = GenerationsRecord {
-                format_version: GENERATIONS_LAYOUT,
-                generations: bad.clone(),
-            };
-            std::fs::write(dir.path().join("repo.json"), json::to_vec(&record)).unwrap();
             let repo = Repo::open_local(dir.path()).unwrap();
+            for g in &bad {
+                if g.generation == 1 {
+                    repo.write_first(g.cluster()).unwrap();
+                } else {
+                    let key = format!("{GENERATIONS_DIR}{}.json", g.generation);
+                    repo.storage().put_if_absent(&key, &json::to_vec(g)).unwrap();
+                }
+            }
             assert!(matches!(repo.generations(), Err(Error::Corrupt { .. })), "{bad:?}");
         }
+        // A record under another generation's name, a stray object, repo.json lost.
+        let upgraded_repo = || {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = Repo::open_local(dir.path()).unwrap();
+            repo.claim(cluster(7)).unwrap();
+            repo.upgrade(upgraded(8, 16), at(1)).unwrap();
+            (dir, repo)
+        };
+        let (_dir, repo) = upgraded_repo();
+        let third = Generation {
+            generation: 3,
+            ..generation(3, 17, 9)
+        };
+        repo.storage()
+            .put_if_absent("generations/4.json", &json::to_vec(&third))
+            .unwrap();
+        assert!(matches!(repo.generations(), Err(Error::Corrupt { .. })));
+        let (_dir, repo) = upgraded_repo();
+        repo.storage().put_if_absent("generations/notes.txt", b"x").unwrap();
+        assert!(matches!(repo.generations(), Err(Error::Corrupt { .. })));
+        let (dir, repo) = upgraded_repo();
+        std::fs::remove_file(dir.path().join("repo.json")).unwrap();
+        assert!(matches!(repo.generations(), Err(Error::Corrupt { .. })));
+        assert!(repo.claim(upgraded(8, 16)).is_err(), "never claimed again");
+
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("repo.json"),

@@ -2,8 +2,7 @@
 //!
 //! The trait is deliberately narrow, so that object storage (S3 and friends, which have no
 //! atomic rename) can implement it later: objects are written whole and only if absent, never
-//! replaced, with one exception: `repo.json`, which `pitr upgrade-repo` replaces whole to record a
-//! new generation ([`Storage::replace`]). Keys are `/`-separated relative paths such as `wal/0000000100000000/<name>`.
+//! replaced. Keys are `/`-separated relative paths such as `wal/0000000100000000/<name>`.
 //! Every backend must pass the conformance suite in `storage/conformance.rs`.
 
 mod local;
@@ -37,9 +36,6 @@ pub enum PutOutcome {
 ///   never a partial one; of concurrent puts of one key exactly one returns `Created`, the others
 ///   `AlreadyExists`; an existing object is never modified. It returns only once the object (new
 ///   or existing) survives a crash or power loss.
-/// - `replace` is atomic: readers see the old object or the new one, never a mix; it returns
-///   only once the new object survives a crash or power loss. Only `repo.json` is ever replaced,
-///   by one writer at a time (upgrade-repo holds the backup lock).
 /// - `get` returns `Ok(None)` only when the object is truly absent. Any other failure (permission,
 ///   I/O, an unreachable store) is an `Err`, never `None`.
 pub trait Storage: Send + Sync {
@@ -59,10 +55,6 @@ pub trait Storage: Send + Sync {
     fn sync_all_under(&self, _dir: &str) -> Result<()> {
         Ok(())
     }
-
-    /// Replaces the object under `key` whole, or creates it (see the contract above). An object
-    /// store implements it as a plain put, which replaces atomically.
-    fn replace(&self, key: &str, data: &[u8]) -> Result<()>;
 
     /// Makes an existing object durable (it may come from a put that crashed before it was
     /// reported). Used before reporting that content already stored is safe.

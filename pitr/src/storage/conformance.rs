@@ -10,7 +10,6 @@ fn check_backend(store: Arc<dyn Storage>) {
     absent_object_is_none(&*store);
     put_then_get_round_trips(&*store);
     second_put_keeps_the_first_object(&*store);
-    replace_swaps_the_whole_object(&*store);
     deferred_puts_are_create_only_and_synced_together(&*store);
     concurrent_puts_create_exactly_once(store.clone());
     empty_and_large_objects_round_trip(&*store);
@@ -75,14 +74,6 @@ fn second_put_keeps_the_first_object(store: &dyn Storage) {
         PutOutcome::AlreadyExists
     );
     assert_eq!(store.get("k/first").unwrap().as_deref(), Some(&b"one"[..]));
-}
-
-fn replace_swaps_the_whole_object(store: &dyn Storage) {
-    store.replace("r/record", b"first").unwrap();
-    assert_eq!(store.get("r/record").unwrap().as_deref(), Some(&b"first"[..]));
-    store.replace("r/record", b"second, longer").unwrap();
-    assert_eq!(store.get("r/record").unwrap().as_deref(), Some(&b"second, longer"[..]));
-    assert_eq!(store.list("r/").unwrap(), vec!["record"], "no temporary file is left");
 }
 
 fn deferred_puts_are_create_only_and_synced_together(store: &dyn Storage) {

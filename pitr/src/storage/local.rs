@@ -139,17 +139,6 @@ impl Storage for LocalStorage {
         }
     }
 
-    fn replace(&self, key: &str, data: &[u8]) -> Result<()> {
-        let (dir, name) = split_key(key);
-        let parent = self
-            .open_root()?
-            .create_dirs(dir, &self.perms)
-            .map_err(Error::io("create directory", self.path(dir)))?;
-        parent
-            .replace(name, data, &self.perms)
-            .map_err(Error::io("replace", self.path(key)))
-    }
-
     fn sync(&self, key: &str) -> Result<()> {
         let path = self.path(key);
         let (parent, name) = self.parent_of(key)?;
