@@ -11,14 +11,20 @@
 //! `$PITR_PG_ROOT/complete/<major>` (default root `/var/cache/pitr/postgresql`). A missing one
 //! fails the test with how to install it; nothing is skipped.
 //!
-//! The clusters here are not the harness's [`Cluster`] (one major per test run): [`Pg`] is a
-//! small server of a chosen major in a [`TestDir`], run as the server user like the harness's.
+//! Both clusters are the harness's [`Cluster`]s on those installs ([`ClusterOptions::bindir`]:
+//! their `pg_ctl` and `postgres`, and `PITR_PG_BINDIR` for their `pitr` commands), with data
+//! checksums on both sides as pg_upgrade needs (18's initdb turns them on by default, older ones
+//! off), archiving into one repository. The new one is initdb'd, configured and started by the
+//! harness, stopped, filled by `pg_upgrade` from the stopped old one and started again with the
+//! harness's configuration, which pg_upgrade leaves alone (checked: its archive_command into the
+//! shared repository). Its archive_mode stays off until after pg_upgrade: the server would
+//! otherwise offer its first segment, refused, at every shutdown (pg_upgrade shuts it down
+//! several times), retrying for seconds each time.
 
 mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use serde_json::Value;
@@ -28,9 +34,7 @@ fn complete_bindir(major: u32) -> PathBuf {
     let bindir = if major == 15 {
         PathBuf::from("/usr/lib/postgresql/15/bin")
     } else {
-        let root =
-            std::env::var_os("PITR_PG_ROOT").map_or_else(|| PathBuf::from("/var/cache/pitr/postgresql"), PathBuf::from);
-        root.join("complete").join(major.to_string()).join("bin")
+        pg_root().join("complete").join(major.to_string()).join("bin")
     };
     for program in ["initdb", "pg_ctl", "postgres", "pg_controldata", "pg_upgrade"] {
         assert!(
@@ -43,201 +47,36 @@ fn complete_bindir(major: u32) -> PathBuf {
     bindir
 }
 
-/// A PostgreSQL server of one major in a directory of the test (its socket directory too).
-struct Pg {
-    label: String,
-    bindir: PathBuf,
-    major: u32,
-    dir: PathBuf,
-    data: PathBuf,
-    port: u16,
+/// A cluster of PostgreSQL `major` on its complete install, with data checksums, archiving into
+/// `repo`.
+fn options(major: u32, repo: &Path) -> ClusterOptions {
+    ClusterOptions::default()
+        .bindir(&complete_bindir(major))
+        .data_checksums()
+        .repo(repo)
 }
 
-impl Pg {
-    /// `initdb` of `major` into `<dir>/<name>` (C locale, UTF8, no data checksums: pg_upgrade
-    /// needs the same on both sides, and 18 turns them on by default).
-    fn init(dir: &TestDir, name: &str, major: u32) -> Pg {
-        let bindir = complete_bindir(major);
-        let data = dir.join(name);
-        let mut initdb = server_command(bindir.join("initdb"));
-        initdb.current_dir(dir.path()).arg("-D").arg(&data).args([
-            "-A",
-            "trust",
-            "--no-sync",
-            "--no-instructions",
-            "--locale=C",
-            "--encoding=UTF8",
-        ]);
-        if major >= 18 {
-            initdb.arg("--no-data-checksums");
-        }
-        run_ok(&mut initdb);
-        Pg {
-            label: format!("PostgreSQL {major} in {}", data.display()),
-            bindir,
-            major,
-            dir: dir.path().to_path_buf(),
-            data,
-            port: free_port(),
-        }
-    }
-
-    /// Writes the test settings (port, private socket, archiving through `pitr` into `repo`)
-    /// into an included file.
-    fn configure(&self, pitr: &Path, repo: &Path) {
-        let archive_command = format!("{} --repo {} archive-push %p", pitr.display(), repo.display());
-        let settings = [
-            ("port", self.port.to_string()),
-            ("listen_addresses", "''".into()),
-            ("unix_socket_directories", format!("'{}'", self.dir.display())),
-            ("wal_level", "replica".into()),
-            ("fsync", "off".into()),
-            ("shared_buffers", "'32MB'".into()),
-            ("max_connections", "20".into()),
-            ("logging_collector", "off".into()),
-            ("log_line_prefix", "'%m [%p] '".into()),
-            ("lc_messages", "'C'".into()),
-            ("archive_mode", "on".into()),
-            ("archive_command", format!("'{archive_command}'")),
-        ];
-        let text: String = settings.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-        let include = self.data.join("pitr_test.conf");
-        fs::write(&include, text).unwrap();
-        let conf = self.data.join("postgresql.conf");
-        let mut main = fs::read_to_string(&conf).unwrap();
-        if !main.contains("include 'pitr_test.conf'") {
-            main.push_str("\ninclude 'pitr_test.conf'\n");
-            fs::write(&conf, main).unwrap();
-        }
-        give_to_server_user(&include);
-        give_to_server_user(&conf);
-    }
-
-    fn pg_ctl(&self, args: &[&str]) -> CmdOutput {
-        run(server_command(self.bindir.join("pg_ctl"))
-            .current_dir(&self.dir)
-            .arg("-D")
-            .arg(&self.data)
-            .args(args))
-    }
-
-    fn start(&self) {
-        let log = self.log_path();
-        let out = self.pg_ctl(&["-l", log.to_str().unwrap(), "-w", "-t", "120", "start"]);
-        assert!(
-            out.success(),
-            "{}: start failed:\n{}\n{}",
-            self.label,
-            out.describe(),
-            self.log_tail()
-        );
-    }
-
-    fn stop(&self) {
-        let out = self.pg_ctl(&["-m", "fast", "-w", "-t", "120", "stop"]);
-        assert!(
-            out.success(),
-            "{}: stop failed:\n{}\n{}",
-            self.label,
-            out.describe(),
-            self.log_tail()
-        );
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir
-            .join(format!("{}.log", self.data.file_name().unwrap().to_str().unwrap()))
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn log_tail(&self) -> String {
-        format!("--- server log (tail) ---\n{}", tail(&self.log(), 40))
-    }
-
-    #[track_caller]
-    fn psql(&self, sql: &str) -> String {
-        try_psql_at(&self.dir, self.port, sql)
-            .unwrap_or_else(|out| panic!("{}: psql failed:\n{}\n{}", self.label, out.describe(), self.log_tail()))
-    }
-
-    fn system_identifier(&self) -> u64 {
-        self.psql("SELECT system_identifier FROM pg_control_system()")
-            .parse()
-            .unwrap()
-    }
-
-    fn rows(&self) -> u64 {
-        self.psql("SELECT count(*) FROM t").parse().unwrap()
-    }
-
-    /// Writes a little WAL and switches to a new segment; returns the one closed.
-    fn switch_wal(&self) -> String {
-        self.psql("SELECT pg_logical_emit_message(false, 'pitr-test', 'switch')");
-        self.psql("SELECT pg_walfile_name(pg_switch_wal())")
-    }
-
-    /// pg_stat_archiver's failed_count.
-    fn archive_failures(&self) -> u64 {
-        self.psql("SELECT failed_count FROM pg_stat_archiver").parse().unwrap()
-    }
-
-    /// Waits until PostgreSQL archived `name` (pg_stat_archiver, which counts only exit 0).
-    #[track_caller]
-    fn wait_archived(&self, name: &str) {
-        let done = poll(ARCHIVE_TIMEOUT, || {
-            let last = self.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
-            (last.as_str() >= name).then_some(())
-        });
-        assert!(
-            done.is_some(),
-            "{}: {name} was not archived\n{}",
-            self.label,
-            self.log_tail()
-        );
-    }
-
-    /// `pitr --repo <repo> <args>` as the server user, connected to this server.
-    fn pitr(&self, pitr: &Path, repo: &Path, args: &[&str]) -> CmdOutput {
-        run(self.pitr_cmd(pitr, repo).args(args))
-    }
-
-    fn pitr_cmd(&self, pitr: &Path, repo: &Path) -> Command {
-        let mut cmd = pitr_command(pitr);
-        cmd.current_dir(&self.dir)
-            .env("PGHOST", &self.dir)
-            .env("PGPORT", self.port.to_string())
-            .env("PGDATABASE", "postgres")
-            .env("PITR_PG_BINDIR", &self.bindir)
-            .arg("--repo")
-            .arg(repo);
-        cmd
-    }
+/// Starts a cluster of [`options`] and checks that it runs `major` with data checksums.
+fn start(major: u32, opts: ClusterOptions) -> Cluster {
+    let c = Cluster::start(opts);
+    assert_eq!(c.major_version(), major, "the cluster runs PostgreSQL {major}");
+    assert_eq!(c.psql("SHOW data_checksums"), "on", "initdb --data-checksums");
+    c
 }
 
-impl Drop for Pg {
-    fn drop(&mut self) {
-        if self.data.join("postmaster.pid").exists() {
-            let _ = self.pg_ctl(&["-m", "immediate", "-w", "-t", "60", "stop"]);
-        }
-    }
-}
-
-/// `pg_upgrade` from `old` (stopped) into `new` (initdb'd, stopped), copying the files.
-fn pg_upgrade(dir: &TestDir, old: &Pg, new: &Pg) {
-    let work = dir.subdir("pg_upgrade");
-    let out = run(server_command(new.bindir.join("pg_upgrade"))
-        .current_dir(&work)
+/// `pg_upgrade` from `old` (stopped) into `new` (initdb'd, stopped), copying the files, with
+/// `work` as its working directory and socket directory.
+fn pg_upgrade(work: &TestDir, old: &Cluster, new: &Cluster) {
+    let out = run(server_command(new.bindir().join("pg_upgrade"))
+        .current_dir(work.path())
         .arg("--old-bindir")
-        .arg(&old.bindir)
+        .arg(old.bindir())
         .arg("--new-bindir")
-        .arg(&new.bindir)
+        .arg(new.bindir())
         .arg("--old-datadir")
-        .arg(&old.data)
+        .arg(old.data_dir())
         .arg("--new-datadir")
-        .arg(&new.data)
+        .arg(new.data_dir())
         .args([
             "--old-port",
             &free_port().to_string(),
@@ -245,40 +84,79 @@ fn pg_upgrade(dir: &TestDir, old: &Pg, new: &Pg) {
             &free_port().to_string(),
         ])
         .arg("--socketdir")
-        .arg(dir.path())
+        .arg(work.path())
         .arg("--copy"));
     assert!(
         out.success(),
-        "pg_upgrade {} -> {} failed:\n{}",
-        old.major,
-        new.major,
-        out.describe()
+        "pg_upgrade {} -> {} failed:\n{}\n{}",
+        pg_version(old),
+        pg_version(new),
+        out.describe(),
+        pg_upgrade_logs(new)
     );
 }
 
+/// The major a cluster's data directory is of (its `PG_VERSION`), also while it is stopped.
+fn pg_version(c: &Cluster) -> String {
+    String::from_utf8_lossy(&read(&c.data_dir().join("PG_VERSION")))
+        .trim()
+        .to_string()
+}
+
+/// The tails of the logs pg_upgrade keeps in the new data directory when it fails.
+fn pg_upgrade_logs(new: &Cluster) -> String {
+    let mut logs = Vec::new();
+    let mut dirs = vec![new.data_dir().join("pg_upgrade_output.d")];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "log" || e == "txt") {
+                let text = String::from_utf8_lossy(&read(&path)).into_owned();
+                logs.push(format!("--- {} (tail) ---\n{}", path.display(), tail(&text, 20)));
+            }
+        }
+    }
+    logs.join("\n")
+}
+
+/// Runs `pitr --repo <c's repo> <args…>` connected to `c`; panics with the output and the
+/// server log unless it succeeds.
 #[track_caller]
-fn succeeded(out: CmdOutput, what: &str, server: &Pg) -> CmdOutput {
+fn pitr_ok(c: &Cluster, args: &[&str]) -> CmdOutput {
+    let out = c.pitr_connected(c.repo(), args);
     assert!(
         out.success(),
-        "{what} failed:\n{}\n{}",
+        "pitr {args:?} failed:\n{}\n--- server log (tail) ---\n{}",
         out.describe(),
-        server.log_tail()
+        c.log_tail()
     );
     out
 }
 
+/// [`pitr_ok`], its stdout parsed as JSON.
 #[track_caller]
-fn json_of(out: CmdOutput, what: &str, server: &Pg) -> Value {
-    parse_json(&succeeded(out, what, server))
+fn pitr_json(c: &Cluster, args: &[&str]) -> Value {
+    parse_json(&pitr_ok(c, args))
 }
 
-/// `pitr recover` of `repo` to the restore point `name` into a new directory, with the binaries
-/// of `server`'s major; returns the plan and report, with the copy stopped again.
-fn recover_to(server: &Pg, pitr: &Path, repo: &Path, name: &str) -> (Value, NewDir, String) {
+/// The rows of the test table.
+fn rows(c: &Cluster) -> u64 {
+    c.psql("SELECT count(*) FROM t").parse().unwrap()
+}
+
+/// pg_stat_archiver's failed_count.
+fn archive_failures(c: &Cluster) -> u64 {
+    c.archiver_stats().2
+}
+
+/// `pitr recover` of `c`'s repository to the restore point `name` into a new directory, with
+/// `c`'s binaries (its `PITR_PG_BINDIR`); returns the plan and report, with the copy stopped again.
+fn recover_to(c: &Cluster, name: &str) -> (Value, NewDir, String) {
     let into = NewDir::new();
-    let out = server.pitr(
-        pitr,
-        repo,
+    let out = c.pitr_connected(
+        c.repo(),
         &[
             "recover",
             "--pgdata",
@@ -295,17 +173,22 @@ fn recover_to(server: &Pg, pitr: &Path, repo: &Path, name: &str) -> (Value, NewD
     let server_log = into.server_log();
     assert!(
         out.success(),
-        "recover to {name} failed:\n{}\n--- recovered server log ---\n{}",
+        "recover to {name} failed:\n{}\n--- recovered server log (tail) ---\n{}",
         out.describe(),
         tail(&server_log, 40)
     );
     let result = parse_json(&out);
-    let stop = run(server_command(server.bindir.join("pg_ctl"))
+    let stop = run(server_command(c.bindir().join("pg_ctl"))
         .current_dir(into.dir.path())
         .arg("-D")
         .arg(&into.data)
         .args(["-m", "fast", "-w", "-t", "60", "stop"]));
-    assert!(stop.success(), "stop the recovered copy:\n{}", stop.describe());
+    assert!(
+        stop.success(),
+        "stop the recovered copy:\n{}\n--- recovered server log (tail) ---\n{}",
+        stop.describe(),
+        tail(&into.server_log(), 40)
+    );
     (result, into, server_log)
 }
 
@@ -320,86 +203,84 @@ fn verified_rows(result: &Value) -> u64 {
 
 /// The whole story for one upgrade from `old_major` to `new_major`.
 fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
+    // The repository both clusters archive into, pitr's configuration and pg_upgrade's directory.
     let dir = TestDir::new("upgrade");
-    let pitr = dir.install_pitr();
     let repo = dir.subdir("repo");
 
     // The old cluster archives through pitr: a backup, rows, a restore point, rows after it.
-    let old = Pg::init(&dir, "old", old_major);
-    old.configure(&pitr, &repo);
-    old.start();
-    succeeded(old.pitr(&pitr, &repo, &["create-repo"]), "create-repo", &old);
+    let mut old = start(old_major, options(old_major, &repo));
+    pitr_ok(&old, &["create-repo"]);
     old.psql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)");
-    let old_backup = json_of(old.pitr(&pitr, &repo, &["backup", "--fast", "--json"]), "backup", &old);
-    let old_backup_id = old_backup["backup"]["id"].as_str().unwrap().to_string();
+    let old_backup = backup_json(&old, &[]);
+    let old_backup_id = json_str(&old_backup["backup"], "id").to_string();
     old.psql("INSERT INTO t SELECT generate_series(101, 150)");
-    succeeded(
-        old.pitr(&pitr, &repo, &["restore-point", "before_upgrade"]),
-        "restore-point",
-        &old,
-    );
+    pitr_ok(&old, &["restore-point", "before_upgrade"]);
     old.psql("INSERT INTO t SELECT generate_series(151, 175)");
-    let last_old = old.switch_wal();
-    old.wait_archived(&last_old);
+    old.switch_and_archive();
     let old_sysid = old.system_identifier();
     old.stop();
 
-    // pg_upgrade, then the upgraded cluster archives into the same repository: refused.
-    let new = Pg::init(&dir, "new", new_major);
+    // pg_upgrade into a new cluster the harness made and stopped again, its archive_command
+    // into the same repository but archive_mode off until then (else its first segment would be
+    // refused at every shutdown, and pg_upgrade shuts it down several times); then it starts
+    // archiving with the harness's configuration, which pg_upgrade left alone: refused.
+    let mut new = start(new_major, options(new_major, &repo).setting("archive_mode", "off"));
+    new.stop();
     pg_upgrade(&dir, &old, &new);
-    new.configure(&pitr, &repo);
-    new.start();
+    new.set("archive_mode", "on");
+    let log_before_upgrade = new.log().len();
+    new.start_server();
+    assert_eq!(new.major_version(), new_major);
+    assert_eq!(
+        new.psql("SHOW archive_command"),
+        format!("{} --repo {} archive-push %p", new.pitr_bin().display(), repo.display()),
+        "pg_upgrade keeps the new cluster's configuration"
+    );
+    assert_eq!(new.psql("SHOW archive_mode"), "on");
     let new_sysid = new.system_identifier();
     assert_ne!(
         old_sysid, new_sysid,
         "pg_upgrade gives the new cluster its own system identifier"
     );
-    assert_eq!(new.rows(), 175, "pg_upgrade kept the rows");
+    assert_eq!(rows(&new), 175, "pg_upgrade kept the rows");
     let refusal = format!(
         "the server is cluster {new_sysid} (PostgreSQL {new_major}), the repository's current generation is \
          cluster {old_sysid} (PostgreSQL {old_major}): after a major upgrade run `pitr upgrade-repo` once"
     );
-    let failures_before = new.archive_failures();
+    let failures_before = archive_failures(&new);
     let refused_segment = new.switch_wal();
     let failed = poll(ARCHIVE_TIMEOUT, || {
-        (new.archive_failures() > failures_before).then_some(())
+        (archive_failures(&new) > failures_before).then_some(())
     });
     assert!(
         failed.is_some(),
-        "archiving {refused_segment} did not fail\n{}",
+        "archiving {refused_segment} did not fail\n--- server log (tail) ---\n{}",
+        new.log_tail()
+    );
+    let log = new.log().split_off(log_before_upgrade);
+    assert!(
+        log.contains("pitr archive-push: error: refusing ") && log.contains(&refusal),
+        "the server log lacks the refusal {refusal:?}\n--- server log (tail) ---\n{}",
         new.log_tail()
     );
     assert!(
-        new.log().contains("pitr archive-push: error: refusing ") && new.log().contains(&refusal),
-        "the server log lacks the refusal {refusal:?}\n{}",
-        new.log_tail()
-    );
-    assert!(
-        !repo
-            .join("wal")
-            .join(&refused_segment[..16])
-            .join(&refused_segment)
-            .exists(),
+        !stored_path(&repo, &refused_segment).exists(),
         "the upgraded cluster's segment was stored in the old generation"
     );
     for args in [&["backup", "--fast"][..], &["create-repo"][..]] {
-        let out = new.pitr(&pitr, &repo, args);
+        let out = new.pitr_connected(&repo, args);
         out.assert_code(1);
         assert!(out.stderr_str().contains(&refusal), "{args:?}:\n{}", out.describe());
     }
 
     // One command: the upgraded cluster becomes generation 2 and archives from now on.
-    let upgraded = json_of(
-        new.pitr(&pitr, &repo, &["upgrade-repo", "--json"]),
-        "upgrade-repo",
-        &new,
-    );
+    let upgraded = pitr_json(&new, &["upgrade-repo", "--json"]);
     assert_eq!(upgraded["previous"]["generation"], 1, "{upgraded:#}");
     assert_eq!(upgraded["previous"]["system_identifier"].as_u64(), Some(old_sysid));
     assert_eq!(upgraded["current"]["generation"], 2, "{upgraded:#}");
     assert_eq!(upgraded["current"]["system_identifier"].as_u64(), Some(new_sysid));
     assert_eq!(upgraded["current"]["pg_version"], new_major);
-    let again = new.pitr(&pitr, &repo, &["upgrade-repo"]);
+    let again = new.pitr_connected(&repo, &["upgrade-repo"]);
     again.assert_code(1);
     assert!(
         again.stderr_str().contains("already the current generation 2"),
@@ -407,8 +288,7 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
         again.describe()
     );
 
-    let first_new = new.switch_wal();
-    new.wait_archived(&first_new);
+    new.switch_and_archive();
     assert!(
         repo.join("wal.2")
             .join(&refused_segment[..16])
@@ -416,21 +296,16 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
             .is_file(),
         "the segment refused before upgrade-repo is archived into generation 2 once it ran"
     );
-    let new_backup = json_of(new.pitr(&pitr, &repo, &["backup", "--fast", "--json"]), "backup", &new);
-    let new_backup_id = new_backup["backup"]["id"].as_str().unwrap().to_string();
+    let new_backup = backup_json(&new, &[]);
+    let new_backup_id = json_str(&new_backup["backup"], "id").to_string();
     assert_eq!(new_backup["backup"]["generation"], 2);
     new.psql("INSERT INTO t SELECT generate_series(176, 205)");
-    succeeded(
-        new.pitr(&pitr, &repo, &["restore-point", "after_upgrade"]),
-        "restore-point",
-        &new,
-    );
+    pitr_ok(&new, &["restore-point", "after_upgrade"]);
     new.psql("DELETE FROM t WHERE id > 100"); // the oops after the restore point
-    let oops = new.switch_wal();
-    new.wait_archived(&oops);
+    new.switch_and_archive();
 
     // Both generations listed, grouped; verify checks both.
-    let listing = json_of(new.pitr(&pitr, &repo, &["list", "--json"]), "list", &new);
+    let listing = pitr_json(&new, &["list", "--json"]);
     let generations: Vec<(String, u64)> = listing
         .as_array()
         .unwrap()
@@ -438,7 +313,7 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
         .map(|b| (b["id"].as_str().unwrap().to_string(), b["generation"].as_u64().unwrap()))
         .collect();
     assert_eq!(generations, [(old_backup_id.clone(), 1), (new_backup_id.clone(), 2)]);
-    let text = succeeded(new.pitr(&pitr, &repo, &["list"]), "list", &new).stdout_str();
+    let text = pitr_ok(&new, &["list"]).stdout_str();
     assert!(
         text.contains("generation 2 (current)")
             && text.contains(&format!(
@@ -446,7 +321,7 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
             )),
         "{text}"
     );
-    let info = json_of(new.pitr(&pitr, &repo, &["info", "--json"]), "info", &new);
+    let info = pitr_json(&new, &["info", "--json"]);
     assert_eq!(info["generation"]["generation"], 2, "{info:#}");
     assert_eq!(
         info["earlier_generations"][0]["generation"]["generation"], 1,
@@ -457,15 +332,11 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
         old_backup_id.as_str(),
         "the old backup still has its recoverable window: {info:#}"
     );
-    let points = json_of(
-        new.pitr(&pitr, &repo, &["list", "restore-points", "--json"]),
-        "list restore-points",
-        &new,
-    );
+    let points = pitr_json(&new, &["list", "restore-points", "--json"]);
     for point in points.as_array().unwrap() {
         assert_eq!(point["recoverable"], true, "{point:#}");
     }
-    let verified = new.pitr(&pitr, &repo, &["verify", "--json", "--log-file", "none"]);
+    let verified = new.pitr_connected(&repo, &["verify", "--json", "--log-file", "none"]);
     assert_eq!(
         verified.code(),
         Some(0),
@@ -476,13 +347,13 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
     assert_eq!(report["backups_checked"], 2, "{report:#}");
 
     // The upgraded cluster recovers to its restore point with exact rows.
-    let (recovered, _copy, _) = recover_to(&new, &pitr, &repo, "after_upgrade");
+    let (recovered, _copy, _) = recover_to(&new, "after_upgrade");
     assert_eq!(verified_rows(&recovered), 205, "{recovered:#}");
     assert_eq!(recovered["plan"]["generation"], 2);
     assert_eq!(recovered["plan"]["earlier_generation"], false);
 
     // The old backup recovers with the old major's binaries, from generation 1's WAL.
-    let (recovered, copy, server_log) = recover_to(&old, &pitr, &repo, "before_upgrade");
+    let (recovered, copy, server_log) = recover_to(&old, "before_upgrade");
     assert_eq!(verified_rows(&recovered), 150, "{recovered:#}");
     assert_eq!(recovered["plan"]["backup_id"], old_backup_id.as_str());
     assert_eq!(recovered["plan"]["generation"], 1);
@@ -498,9 +369,8 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
 
     // ... and restores as files alone.
     let files = NewDir::new();
-    let restored = old.pitr(
-        &pitr,
-        &repo,
+    pitr_ok(
+        &old,
         &[
             "restore",
             "--pgdata",
@@ -509,7 +379,6 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
             &old_backup_id,
         ],
     );
-    succeeded(restored, "restore of the old backup", &old);
     assert_eq!(
         fs::read_to_string(files.data.join("PG_VERSION")).unwrap().trim(),
         old_major.to_string()
@@ -517,17 +386,14 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
 
     // Retention counts over both generations; the old WAL goes with the old generation's last backup.
     let config = dir.write("pitr.toml", "keep_hourly = 1\n");
-    let expire = new.pitr(
-        &pitr,
-        &repo,
+    let plan = pitr_json(
+        &new,
         &["--config", config.to_str().unwrap(), "expire", "--dry-run", "--json"],
     );
-    let plan = json_of(expire, "expire --dry-run", &new);
     assert_eq!(plan["backups"][0]["id"], old_backup_id.as_str(), "{plan:#}");
     assert_eq!(plan["earlier_generations"][0]["generation"], 1, "{plan:#}");
     assert_eq!(plan["earlier_generations"][0]["wal_kept_from"], Value::Null, "{plan:#}");
-    let expire = new.pitr(&pitr, &repo, &["expire", "--dry-run", "--json"]);
-    let plan = json_of(expire, "expire --dry-run", &new);
+    let plan = pitr_json(&new, &["expire", "--dry-run", "--json"]);
     assert_eq!(plan["backups"], serde_json::json!([]), "{plan:#}");
     assert_eq!(
         plan["earlier_generations"][0]["wal"],

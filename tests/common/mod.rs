@@ -11,10 +11,12 @@
 //! user can execute it.
 //!
 //! A cluster runs the default server binaries ([`pg_bindir`]) unless [`ClusterOptions::version`]
-//! asks for a major version ([`server_bindir`]); every `pg_ctl` on a data directory is the one of
-//! the major its `PG_VERSION` names. Client programs (`psql`, `pgbench`, `pg_dump`, …) always come
-//! from [`pg_program`] (Debian's 15 in CI), which talks to servers of every supported major: pitr
-//! must not need a version-matched client.
+//! asks for a major version ([`server_bindir`]) or [`ClusterOptions::bindir`] for a directory of
+//! them (a complete install, for `pg_upgrade`); a cluster's `pg_ctl` is that of its binaries, and
+//! any other `pg_ctl` on a data directory the one of the major its `PG_VERSION` names. Client
+//! programs (`psql`, `pgbench`, `pg_dump`, …) always come from [`pg_program`] (Debian's 15 in
+//! CI), which talks to servers of every supported major: pitr must not need a version-matched
+//! client.
 //!
 //! Environment variables:
 //! * `PITR_PG_BINDIR`: directory holding `initdb`, `pg_ctl`, `postgres`, … (otherwise
@@ -195,11 +197,16 @@ pub fn server_bindir(major: u32) -> PathBuf {
     )
 }
 
+/// Where `.ci/install-postgres-versions` installs PostgreSQL builds: `$PITR_PG_ROOT`, by default
+/// `/var/cache/pitr/postgresql` (server builds in `<root>/<major>`, complete installs with
+/// `pg_upgrade` and `pg_controldata` in `<root>/complete/<major>`).
+pub fn pg_root() -> PathBuf {
+    std::env::var_os("PITR_PG_ROOT").map_or_else(|| PathBuf::from("/var/cache/pitr/postgresql"), PathBuf::from)
+}
+
 /// Where [`server_bindir`] looks for PostgreSQL `major`, in order.
 fn server_bindir_candidates(major: u32) -> Vec<PathBuf> {
-    let root = std::env::var_os("PITR_PG_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/pitr/postgresql"));
+    let root = pg_root();
     let from_env = std::env::var_os("PITR_PG_BINDIR")
         .map(PathBuf::from)
         .filter(|dir| bindir_major(dir) == Ok(major));
@@ -919,6 +926,10 @@ pub struct ClusterOptions {
     pub settings: Vec<(String, String)>,
     /// The PostgreSQL major version to run ([`server_bindir`]); `None`: [`pg_bindir`]'s.
     pub version: Option<u32>,
+    /// The server binaries to run, when given ([`ClusterOptions::bindir`]); before `version`.
+    pub bindir: Option<PathBuf>,
+    /// `initdb --data-checksums` (without it, initdb's default: off before 18, on from 18).
+    pub data_checksums: bool,
 }
 
 impl Default for ClusterOptions {
@@ -930,6 +941,8 @@ impl Default for ClusterOptions {
             repo: None,
             settings: Vec::new(),
             version: None,
+            bindir: None,
+            data_checksums: false,
         }
     }
 }
@@ -971,6 +984,21 @@ impl ClusterOptions {
     /// a server pitr cannot find by itself sets it.
     pub fn version(mut self, major: u32) -> Self {
         self.version = Some(major);
+        self
+    }
+
+    /// Runs the server binaries in `dir` (`initdb`, `pg_ctl`, `postgres`), e.g. a complete
+    /// install for `pg_upgrade`; as with [`ClusterOptions::version`], the cluster's `pitr`
+    /// commands get `PITR_PG_BINDIR=<dir>`. Panics when `dir` holds no server binaries.
+    pub fn bindir(mut self, dir: &Path) -> Self {
+        self.bindir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// `initdb --data-checksums` (e.g. for `pg_upgrade`, which needs the same setting on both
+    /// sides, while only 18's initdb turns checksums on by default).
+    pub fn data_checksums(mut self) -> Self {
+        self.data_checksums = true;
         self
     }
 }
@@ -1043,8 +1071,9 @@ pub struct Cluster {
     label: String,
     dir: TestDir,
     data: PathBuf,
-    /// `PITR_PG_BINDIR` for this cluster's `pitr` commands: the server binaries of a major
-    /// chosen with [`ClusterOptions::version`] (or of a backup of such a cluster).
+    /// The server binaries chosen with [`ClusterOptions::version`] or [`ClusterOptions::bindir`]
+    /// (or those of a backup of another major than [`pg_bindir`]'s): what its `pg_ctl` runs and
+    /// `PITR_PG_BINDIR` for its `pitr` commands. `None`: [`bindir_for_data`].
     pitr_pg_bindir: Option<PathBuf>,
     repo: PathBuf,
     pitr: PathBuf,
@@ -1056,7 +1085,17 @@ pub struct Cluster {
 impl Cluster {
     /// Creates a new cluster with `initdb` (new system identifier every time) and starts it.
     pub fn start(opts: ClusterOptions) -> Cluster {
-        let pitr_pg_bindir = opts.version.map(server_bindir);
+        let pitr_pg_bindir = opts.bindir.clone().or_else(|| opts.version.map(server_bindir));
+        let major = pitr_pg_bindir.as_ref().map(|bindir| {
+            bindir_major(bindir)
+                .unwrap_or_else(|reason| panic!("no PostgreSQL server binaries in {}: {reason}", bindir.display()))
+        });
+        if let (Some(wanted), Some(found)) = (opts.version, major) {
+            assert_eq!(
+                found, wanted,
+                "ClusterOptions::bindir holds PostgreSQL {found}, not version {wanted}"
+            );
+        }
         let dir = TestDir::new("cluster");
         let pitr = dir.install_pitr();
         let repo = match &opts.repo {
@@ -1069,6 +1108,9 @@ impl Cluster {
             initdb = server_command(bindir.join("initdb"));
             initdb.current_dir(dir.path()).arg("-D").arg(&data).args(INITDB_ARGS);
         }
+        if opts.data_checksums {
+            initdb.arg("--data-checksums");
+        }
         run_ok(
             initdb
                 .args(["--locale=C", "--encoding=UTF8"])
@@ -1079,7 +1121,10 @@ impl Cluster {
         rewrite_keeping_mode(&data.join("postgresql.conf"), &conf);
 
         let mut cluster = Cluster {
-            label: format!("cluster in {}", dir.path().display()),
+            label: match major {
+                Some(major) => format!("PostgreSQL {major} cluster in {}", dir.path().display()),
+                None => format!("cluster in {}", dir.path().display()),
+            },
             data,
             pitr_pg_bindir,
             repo,
@@ -1199,8 +1244,20 @@ impl Cluster {
         );
     }
 
+    /// `pg_ctl -D <data>` of this cluster's binaries ([`Cluster::bindir`]) as the server user,
+    /// run from the cluster's directory; add the action.
+    fn pg_ctl(&self) -> Command {
+        let mut cmd = server_command(self.bindir().join("pg_ctl"));
+        cmd.current_dir(self.dir.path()).arg("-D").arg(&self.data);
+        cmd
+    }
+
     fn pg_ctl_start(&self) -> CmdOutput {
-        pg_ctl_start(self.dir.path(), &self.data, &self.log_path())
+        run(self
+            .pg_ctl()
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-w", "-t", "120", "start"]))
     }
 
     /// Starts the (stopped) server again with the same settings; panics if it does not start.
@@ -1221,20 +1278,30 @@ impl Cluster {
         self.pg_ctl_start().success()
     }
 
-    /// Stops the server cleanly (`pg_ctl -m fast stop`); panics if that fails.
+    /// Stops the server cleanly (`pg_ctl -m fast stop`); panics (with the server log) if that
+    /// fails.
     pub fn stop(&mut self) {
-        run_ok(
-            server_command(pg_ctl_for(&self.data))
-                .current_dir(self.dir.path())
-                .arg("-D")
-                .arg(&self.data)
-                .args(["-m", "fast", "-w", "-t", "120", "stop"]),
+        let out = run(self.pg_ctl().args(["-m", "fast", "-w", "-t", "120", "stop"]));
+        assert!(
+            out.success(),
+            "{}: could not stop the server:\n{}\n--- server log (tail) ---\n{}",
+            self.label,
+            out.describe(),
+            self.log_tail()
         );
     }
 
     /// Stops the server in immediate mode if a postmaster.pid exists, ignoring every error.
     fn stop_immediate_quietly(&self) {
-        pg_ctl_stop_immediate_quietly(self.dir.path(), &self.data);
+        if self.data.join("postmaster.pid").exists() {
+            let _ = self
+                .pg_ctl()
+                .args(["-m", "immediate", "-w", "-t", "60", "stop"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 
     /// Restarts the server (fast stop, start).
@@ -1250,7 +1317,7 @@ impl Cluster {
 
     /// True while the postmaster runs (`pg_ctl status`).
     pub fn is_running(&self) -> bool {
-        pg_ctl_status(self.dir.path(), &self.data)
+        run(self.pg_ctl().arg("status")).success()
     }
 
     /// The cluster's temporary directory (also its Unix socket directory).
@@ -1309,7 +1376,8 @@ impl Cluster {
         cmd
     }
 
-    /// [`pitr_command`] with this cluster's `PITR_PG_BINDIR` (see [`ClusterOptions::version`]).
+    /// [`pitr_command`] with this cluster's `PITR_PG_BINDIR` (see [`ClusterOptions::version`] and
+    /// [`ClusterOptions::bindir`]).
     fn pitr_command(&self) -> Command {
         let mut cmd = pitr_command(&self.pitr);
         if let Some(bindir) = &self.pitr_pg_bindir {
@@ -1318,9 +1386,12 @@ impl Cluster {
         cmd
     }
 
-    /// The server binaries this cluster runs.
+    /// The server binaries this cluster runs: those chosen for it (see its `pitr_pg_bindir`),
+    /// else [`bindir_for_data`].
     pub fn bindir(&self) -> PathBuf {
-        bindir_for_data(&self.data)
+        self.pitr_pg_bindir
+            .clone()
+            .unwrap_or_else(|| bindir_for_data(&self.data))
     }
 
     /// Like [`Cluster::pitr_cmd`], but run from the data directory, exactly as PostgreSQL runs
