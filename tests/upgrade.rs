@@ -267,7 +267,7 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
         !stored_path(&repo, &refused_segment).exists(),
         "the upgraded cluster's segment was stored in the old generation"
     );
-    for args in [&["backup", "--fast"][..], &["create-repo"][..]] {
+    for args in [&["backup", "--fast"][..], &["create-repo"][..], &["check"][..]] {
         let out = new.pitr_connected(&repo, args);
         out.assert_code(1);
         assert!(out.stderr_str().contains(&refusal), "{args:?}:\n{}", out.describe());
@@ -289,6 +289,8 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
     );
 
     new.switch_and_archive();
+    let checked = pitr_ok(&new, &["check"]).stdout_str();
+    assert!(checked.contains("archiving into this repository works"), "{checked}");
     assert!(
         repo.join("wal.2")
             .join(&refused_segment[..16])

@@ -21,8 +21,8 @@
 //! ```
 //!
 //! A generation is one cluster's WAL: after `pg_upgrade` (or a dump and restore into a new
-//! cluster) the system identifier and the major version change and segment names start over, so
-//! `pitr upgrade-repo` starts generation n + 1 with a WAL directory of its own. Backups of every
+//! cluster) the system identifier and the major version change, and segment names may repeat the
+//! old cluster's, so `pitr upgrade-repo` starts generation n + 1 with a WAL directory of its own. Backups of every
 //! generation share the tier directories: a manifest names its cluster, which names its
 //! generation. Every generation's record is created once and never changed (the storage contract
 //! has no replace): the highest is the current generation. A [`Repo`] handle acts on one

@@ -9,6 +9,11 @@
 //! settings in postgresql.conf (since 12); `pg_stat_archiver`'s columns (since 9.4); the restore
 //! point record (`xl_restore_point`, src/include/access/xlog_internal.h); the backup label's
 //! `START WAL LOCATION` and `START TIMELINE` lines.
+//!
+//! What differs but pitr does not depend on: data checksums are on by default from 18 (`initdb
+//! --no-data-checksums` turns them off); pitr checks its own CRC-32 of every file it stores and
+//! reads no `data_checksums` setting. `pg_stat_wal` exists from 14 and loses its write and sync
+//! columns to `pg_stat_io` in 18; pitr reads only `pg_stat_archiver`.
 
 use std::fmt;
 
