@@ -266,15 +266,6 @@ fn configured(dir: &Path, setting: &str) -> String {
     out.stdout_str().trim().to_string()
 }
 
-/// The stdout line starting with `prefix`, without it.
-#[track_caller]
-fn line_after(out: &CmdOutput, prefix: &str) -> String {
-    out.stdout_str()
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(prefix).map(|rest| rest.trim().to_string()))
-        .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{}", out.describe()))
-}
-
 /// The products table with `1..=n`.
 fn create_products(port: u16, n: u32) {
     psql_on(
@@ -289,8 +280,11 @@ fn create_products(port: u16, n: u32) {
 fn switch_and_archive(port: u16, repo: &Path) -> String {
     psql_on(port, "SELECT pg_logical_emit_message(false, 'pitr-test', 'switch')");
     let segment = psql_on(port, "SELECT pg_walfile_name(pg_switch_wal())");
-    let archived = poll(ARCHIVE_TIMEOUT, || stored_path(repo, &segment).exists().then_some(()));
-    assert!(archived.is_some(), "{segment} was not archived into {}", repo.display());
+    assert!(
+        wait_stored(repo, &segment),
+        "{segment} was not archived into {}",
+        repo.display()
+    );
     segment
 }
 
@@ -347,8 +341,8 @@ fn a_debian_cluster_recovers_to_its_restore_point_and_the_adopted_copy_becomes_a
         out.describe(),
         tail(&copy.server_log(), 40)
     );
-    assert_eq!(line_after(&out, "verify: "), "1500", "{}", out.describe());
-    assert_eq!(line_after(&out, "server: "), "promoted to timeline 2");
+    assert_eq!(out.stdout_line("verify: "), "1500", "{}", out.describe());
+    assert_eq!(out.stdout_line("server: "), "promoted to timeline 2");
     assert!(
         out.stdout_str()
             .contains(&format!("the copy's own configuration is in {}", copy.data.display())),
@@ -384,7 +378,7 @@ fn a_debian_cluster_recovers_to_its_restore_point_and_the_adopted_copy_becomes_a
         production_pid,
         "the copy wrote the original's PID file"
     );
-    let connect = line_after(&out, "connect: ");
+    let connect = out.stdout_line("connect: ");
     let words: Vec<&str> = connect.split_whitespace().collect();
     let socket_dir = PathBuf::from(words[2]);
     let mut psql = client_at("psql", &socket_dir, copy_port);

@@ -610,13 +610,6 @@ fn names(out: &CmdOutput, key: &str) -> bool {
     })
 }
 
-/// The stdout line starting with `prefix` (after spaces), without it.
-fn line_after(out: &CmdOutput, prefix: &str) -> Option<String> {
-    out.stdout_str()
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(prefix).map(|r| r.trim().to_string()))
-}
-
 /// Every file below `dir` (not following links), as paths.
 fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -1011,7 +1004,7 @@ fn kill_recover(f: &mut Faults) {
         if f.expect(again.success(), Harm::WrongExit, || {
             format!("kill -9 at {crash}: recover --force fails:\n{}", again.describe())
         }) {
-            let rows = line_after(&again, "verify: ");
+            let rows = again.line_after("verify: ");
             f.expect(rows.as_deref() == Some("1500"), Harm::WrongPromotion, || {
                 format!("kill -9 at {crash}: the recovered copy has {rows:?} rows, expected 1500")
             });
@@ -1790,7 +1783,9 @@ fn nobody_against_private_socket(f: &mut Faults) {
         .args(["recover", "--target", "latest", "--pgdata"])
         .arg(&nd.data));
     out.assert_success();
-    let connect = line_after(&out, "connect: ").unwrap_or_else(|| panic!("no connect line:\n{}", out.describe()));
+    let connect = out
+        .line_after("connect: ")
+        .unwrap_or_else(|| panic!("no connect line:\n{}", out.describe()));
     let words: Vec<&str> = connect.split_whitespace().collect();
     let after = |flag: &str| {
         let at = words
@@ -2553,7 +2548,7 @@ fn missing_segment(f: &mut Faults, c: &Cluster, needed: &str, backup: BaseBackup
                 "pitr recover {} {} with {needed} missing promoted ({:?} rows)",
                 target[0],
                 target[1],
-                line_after(&out, "verify: ")
+                out.line_after("verify: ")
             )
         });
     }

@@ -80,15 +80,6 @@ fn assert_lacks(out: &CmdOutput, needle: &str) {
     );
 }
 
-/// The stdout line starting with `prefix` (after leading spaces), without the prefix, trimmed.
-#[track_caller]
-fn line_after(out: &CmdOutput, prefix: &str) -> String {
-    out.stdout_str()
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(prefix).map(|rest| rest.trim().to_string()))
-        .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{}", out.describe()))
-}
-
 /// `pitr --repo <c's repo> recover --pgdata <nd> <args…>` as the server user.
 fn recover(c: &Cluster, nd: &NewDir, args: &[&str]) -> CmdOutput {
     run(c
@@ -144,7 +135,7 @@ fn parse_connect(text: &str) -> Conn {
 
 #[track_caller]
 fn connect_of(out: &CmdOutput) -> Conn {
-    parse_connect(&line_after(out, "connect: "))
+    parse_connect(&out.stdout_line("connect: "))
 }
 
 /// Runs `sql` through `psql -X -A -t` ([`try_psql_with`]) on the recovered server as its user;
@@ -225,21 +216,21 @@ fn runbook_restore_point_before_oops() {
         "the plan comes first:\n{}",
         out.describe()
     );
-    assert!(line_after(&out, "backup:").contains(&backup_id), "{}", out.describe());
-    assert!(line_after(&out, "WAL:").contains("all archived"), "{}", out.describe());
-    let stopped = line_after(&out, "PostgreSQL: ");
+    assert!(out.stdout_line("backup:").contains(&backup_id), "{}", out.describe());
+    assert!(out.stdout_line("WAL:").contains("all archived"), "{}", out.describe());
+    let stopped = out.stdout_line("PostgreSQL: ");
     assert!(
         stopped.starts_with("recovery stopping at restore point") && stopped.contains("before_oops"),
         "stop line {stopped:?}:\n{}",
         out.describe()
     );
     assert_eq!(
-        line_after(&out, "server: "),
+        out.stdout_line("server: "),
         "promoted to timeline 2",
         "{}",
         out.describe()
     );
-    assert_eq!(line_after(&out, "verify: "), "1500", "{}", out.describe());
+    assert_eq!(out.stdout_line("verify: "), "1500", "{}", out.describe());
     assert!(stdout.contains("next steps:\n  1. "), "{}", out.describe());
     let conn = connect_of(&out);
     assert_eq!(conn.port, port, "the --port is the recovered server's port");
@@ -296,12 +287,12 @@ fn target_time_between_two_batches() {
         ],
     );
     assert_contains(&out, "taken as UTC");
-    let stopped = line_after(&out, "PostgreSQL: ");
+    let stopped = out.stdout_line("PostgreSQL: ");
     assert!(
         stopped.starts_with("recovery stopping before commit of transaction"),
         "{stopped:?}"
     );
-    assert_eq!(line_after(&out, "verify: "), "1 | 100", "{}", out.describe());
+    assert_eq!(out.stdout_line("verify: "), "1 | 100", "{}", out.describe());
     let conn = connect_of(&out);
     assert_eq!(psql_at(&conn, "SELECT COUNT(*) FROM batches WHERE batch = 2"), "0");
     assert_eq!(psql_at(&conn, "SELECT COUNT(*) FROM batches WHERE batch = 1"), "100");
@@ -310,8 +301,8 @@ fn target_time_between_two_batches() {
     let nd2 = NewDir::new();
     let dry = recover_ok(&c, &nd2, &["--target-time", with_zone, "--dry-run"]);
     assert_eq!(
-        line_after(&dry, "target:"),
-        line_after(&out, "target:"),
+        dry.stdout_line("target:"),
+        out.stdout_line("target:"),
         "{}",
         dry.describe()
     );
@@ -383,8 +374,8 @@ fn target_xid_and_lsn_inclusive_and_exclusive() {
         let mut all = args.to_vec();
         all.extend(["--verify-sql", markers]);
         let out = recover_ok(&c, &nd, &all);
-        assert_eq!(line_after(&out, "verify: "), expected, "{what}:\n{}", out.describe());
-        let stopped = line_after(&out, "PostgreSQL: ");
+        assert_eq!(out.stdout_line("verify: "), expected, "{what}:\n{}", out.describe());
+        let stopped = out.stdout_line("PostgreSQL: ");
         assert!(stopped.starts_with(stop), "{what}: stop line {stopped:?}");
         if what.starts_with("xid") {
             assert!(stopped.contains(&xid_b.to_string()), "{what}: {stopped:?}");
@@ -416,21 +407,21 @@ fn target_immediate_and_latest() {
     let count = "SELECT COUNT(*) FROM t";
     let nd = NewDir::new();
     let out = recover_ok(&c, &nd, &["--target", "immediate", "--verify-sql", count]);
-    let stopped = line_after(&out, "PostgreSQL: ");
+    let stopped = out.stdout_line("PostgreSQL: ");
     assert!(
         stopped.contains("consistency"),
         "stop line {stopped:?}:\n{}",
         out.describe()
     );
-    assert_eq!(line_after(&out, "verify: "), "100", "{}", out.describe());
+    assert_eq!(out.stdout_line("verify: "), "100", "{}", out.describe());
     assert_eq!(psql_at(&connect_of(&out), count), "100");
     assert!(nd.auto_conf().contains("recovery_target = 'immediate'"));
 
     let nd = NewDir::new();
     let out = recover_ok(&c, &nd, &["--target", "latest", "--verify-sql", count]);
-    assert_eq!(line_after(&out, "verify: "), "175", "{}", out.describe());
+    assert_eq!(out.stdout_line("verify: "), "175", "{}", out.describe());
     assert_eq!(
-        line_after(&out, "server: "),
+        out.stdout_line("server: "),
         "promoted to timeline 2",
         "{}",
         out.describe()
@@ -450,7 +441,7 @@ fn target_immediate_and_latest() {
     let down = NewDir::new();
     let out = recover_ok(&c, &down, &["--target", "latest", "--action", "shutdown"]);
     assert_eq!(
-        line_after(&out, "server: "),
+        out.stdout_line("server: "),
         "shutdown at the target",
         "{}",
         out.describe()
@@ -489,18 +480,9 @@ fn actions_no_start_and_dry_run() {
             "SELECT COUNT(*), pg_is_in_recovery() FROM t",
         ],
     );
-    assert_eq!(
-        line_after(&out, "server: "),
-        "pause at the target",
-        "{}",
-        out.describe()
-    );
-    assert!(
-        line_after(&out, "PostgreSQL: ").contains("\"rp\""),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(line_after(&out, "verify: "), "20 | t", "{}", out.describe());
+    assert_eq!(out.stdout_line("server: "), "pause at the target", "{}", out.describe());
+    assert!(out.stdout_line("PostgreSQL: ").contains("\"rp\""), "{}", out.describe());
+    assert_eq!(out.stdout_line("verify: "), "20 | t", "{}", out.describe());
     assert_contains(&out, "pg_wal_replay_resume");
     let conn = connect_of(&out);
     assert_eq!(psql_at(&conn, "SELECT pg_is_in_recovery()"), "t");
@@ -523,7 +505,7 @@ fn actions_no_start_and_dry_run() {
             &port.to_string(),
         ],
     );
-    assert!(line_after(&out, "server: ").contains("shutdown"), "{}", out.describe());
+    assert!(out.stdout_line("server: ").contains("shutdown"), "{}", out.describe());
     assert_lacks(&out, "connect: ");
     assert!(!down.is_running(), "the server stops at the target");
     assert!(!down.data.join("postmaster.pid").exists());
@@ -861,7 +843,7 @@ fn second_recovery_follows_timeline_two() {
     let copy = NewDir::new();
     let out = recover_ok(&c, &copy, &["--target-name", "before_oops", "--keep-archiving"]);
     assert_eq!(
-        line_after(&out, "server: "),
+        out.stdout_line("server: "),
         "promoted to timeline 2",
         "{}",
         out.describe()
@@ -903,15 +885,15 @@ fn second_recovery_follows_timeline_two() {
             "SELECT COUNT(*), COUNT(*) FILTER (WHERE note LIKE 'tl2 %') FROM products",
         ],
     );
-    let timelines = line_after(&out, "timelines:");
+    let timelines = out.stdout_line("timelines:");
     assert!(
         timelines.starts_with("1 (until ") && timelines.ends_with(") -> 2"),
         "timelines {timelines:?}:\n{}",
         out.describe()
     );
-    assert_eq!(line_after(&out, "verify: "), "1700 | 200", "{}", out.describe());
+    assert_eq!(out.stdout_line("verify: "), "1700 | 200", "{}", out.describe());
     assert_eq!(
-        line_after(&out, "server: "),
+        out.stdout_line("server: "),
         "promoted to timeline 3",
         "{}",
         out.describe()
@@ -934,9 +916,9 @@ fn second_recovery_follows_timeline_two() {
             "SELECT COUNT(*) FROM products",
         ],
     );
-    assert_eq!(line_after(&out, "timelines:"), "1", "{}", out.describe());
-    assert!(line_after(&out, "WAL:").contains("00000001"), "{}", out.describe());
-    assert_eq!(line_after(&out, "verify: "), "0", "{}", out.describe());
+    assert_eq!(out.stdout_line("timelines:"), "1", "{}", out.describe());
+    assert!(out.stdout_line("WAL:").contains("00000001"), "{}", out.describe());
+    assert_eq!(out.stdout_line("verify: "), "0", "{}", out.describe());
     assert!(nd.auto_conf().contains("recovery_target_timeline = '1'"));
 }
 
@@ -1153,11 +1135,8 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
     );
     let segment = psql_at(&conn, "SELECT pg_walfile_name(pg_switch_wal())");
     assert!(segment.starts_with("00000002"), "{segment}");
-    let archived = poll(ARCHIVE_TIMEOUT, || {
-        stored_path(c.repo(), &segment).exists().then_some(())
-    });
     assert!(
-        archived.is_some(),
+        wait_stored(c.repo(), &segment),
         "the adopted copy does not archive {segment}:\n{}",
         String::from_utf8_lossy(&read(&log))
     );
@@ -1183,13 +1162,13 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
     let nd = NewDir::new();
     let sql = "SELECT COUNT(*), COUNT(*) FILTER (WHERE note LIKE 'tl2 %') FROM products";
     let out = recover_ok(&c, &nd, &["--target-time", &moment, "--verify-sql", sql]);
-    let timelines = line_after(&out, "timelines:");
+    let timelines = out.stdout_line("timelines:");
     assert!(
         timelines.ends_with("-> 2"),
         "timelines {timelines:?}:\n{}",
         out.describe()
     );
-    assert_eq!(line_after(&out, "verify: "), "1700 | 200", "{}", out.describe());
+    assert_eq!(out.stdout_line("verify: "), "1700 | 200", "{}", out.describe());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1324,10 +1303,11 @@ fn a_time_after_the_newest_commit_is_recovered_when_the_archive_covers_it() {
             "SELECT COUNT(*) FROM t",
         ],
     );
-    assert_eq!(line_after(&out, "verify: "), "150", "{}", out.describe());
+    assert_eq!(out.stdout_line("verify: "), "150", "{}", out.describe());
     assert_contains(&out, "shows the archive covers it");
     assert!(
-        line_after(&out, "PostgreSQL: ").starts_with("recovery stopping after WAL location (LSN)"),
+        out.stdout_line("PostgreSQL: ")
+            .starts_with("recovery stopping after WAL location (LSN)"),
         "{}",
         out.describe()
     );
@@ -1388,8 +1368,8 @@ fn the_plan_names_the_segment_that_stops_recovery() {
         &nd,
         &["--target-time", &target, "--verify-sql", "SELECT COUNT(*) FROM t"],
     );
-    assert_eq!(line_after(&out, "verify: "), "150", "{}", out.describe());
-    let wal = line_after(&out, "WAL:");
+    assert_eq!(out.stdout_line("verify: "), "150", "{}", out.describe());
+    let wal = out.stdout_line("WAL:");
     let (first, last) = wal
         .split_once(" .. ")
         .map(|(first, rest)| {

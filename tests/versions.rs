@@ -153,11 +153,8 @@ fn smoke_scenario(major: u32) {
     c.psql("INSERT INTO products SELECT g, 'tl2 ' || g FROM generate_series(2001, 2200) g");
     let segment = c.switch_wal();
     assert!(segment.starts_with("00000002"), "{segment} is on timeline 2");
-    let archived = poll(ARCHIVE_TIMEOUT, || {
-        stored_path(c.repo(), &segment).exists().then_some(())
-    });
     assert!(
-        archived.is_some(),
+        wait_stored(c.repo(), &segment),
         "the adopted copy does not archive {segment}:\n{}",
         String::from_utf8_lossy(&read(&log))
     );

@@ -411,6 +411,21 @@ impl CmdOutput {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
+    /// The first stdout line starting with `prefix` (after leading spaces), without the prefix,
+    /// trimmed.
+    pub fn line_after(&self, prefix: &str) -> Option<String> {
+        self.stdout_str()
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(prefix).map(|rest| rest.trim().to_string()))
+    }
+
+    /// [`CmdOutput::line_after`]; panics with the output when there is no such line.
+    #[track_caller]
+    pub fn stdout_line(&self, prefix: &str) -> String {
+        self.line_after(prefix)
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{}", self.describe()))
+    }
+
     pub fn stderr_str(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
@@ -683,6 +698,13 @@ pub fn stored_path(repo: &Path, name: &str) -> PathBuf {
     } else {
         repo.join("wal").join(&name[..16]).join(name)
     }
+}
+
+/// Waits (up to [`ARCHIVE_TIMEOUT`]) until `repo` stores the archived file `name` (generation 1's
+/// WAL, [`stored_path`]); false when it never does.
+pub fn wait_stored(repo: &Path, name: &str) -> bool {
+    let path = stored_path(repo, name);
+    poll(ARCHIVE_TIMEOUT, || path.exists().then_some(())).is_some()
 }
 
 /// Size of the header in front of every stored file's payload.
