@@ -35,7 +35,7 @@
 //! ([`codec::json`](crate::codec::json)); `repo.json` is the same as before generations existed,
 //! so a pitr of that time reads it (and knows generation 1 only).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -286,8 +286,11 @@ pub enum Created {
 pub struct Repo {
     storage: Arc<dyn Storage>,
     /// The generation whose WAL this handle reads and writes; `None`: the current one, as
-    /// repo.json says at each call.
+    /// the repository says at each call.
     pinned: Option<u32>,
+    /// The pinned generation's record once read: records are never rewritten, so a pinned
+    /// handle reads them once (archive-push and archive-get make one listing and one read).
+    pinned_record: Arc<OnceLock<Generation>>,
 }
 
 impl Repo {
@@ -296,26 +299,35 @@ impl Repo {
         Ok(Repo {
             storage: Arc::new(LocalStorage::open(root)?),
             pinned: None,
+            pinned_record: Arc::default(),
         })
     }
 
     /// This repository acting on generation `n` (refused when repo.json records no such
     /// generation; a repository without repo.json has only generation 1, to be).
     pub fn at(&self, n: u32) -> Result<Repo> {
-        let exists = match self.generations()? {
-            Some(generations) => generations.get(n).is_some(),
-            None => n == 1,
-        };
-        if !exists {
+        let generations = self.generations()?;
+        let record = generations.as_ref().and_then(|g| g.get(n).copied());
+        if record.is_none() && (generations.is_some() || n != 1) {
             return Err(Error::Refused(format!(
                 "repository {} has no generation {n}: `pitr info` lists its generations",
                 self.location()
             )));
         }
-        Ok(Repo {
+        Ok(self.pinned_to(n, record))
+    }
+
+    /// A handle on generation `n`, whose record is `record` when one is read already.
+    fn pinned_to(&self, n: u32, record: Option<Generation>) -> Repo {
+        let pinned_record = Arc::new(OnceLock::new());
+        if let Some(record) = record {
+            pinned_record.get_or_init(|| record);
+        }
+        Repo {
             storage: self.storage.clone(),
             pinned: Some(n),
-        })
+            pinned_record,
+        }
     }
 
     /// This repository pinned to the generation it acts on now: itself when pinned, else the
@@ -326,10 +338,12 @@ impl Repo {
         if self.pinned.is_some() {
             return Ok(self.clone());
         }
-        let current = self.generations()?.map_or(1, |g| g.current().generation);
-        Ok(Repo {
-            storage: self.storage.clone(),
-            pinned: Some(current),
+        Ok(match self.generations()? {
+            Some(generations) => {
+                let current = *generations.current();
+                self.pinned_to(current.generation, Some(current))
+            }
+            None => self.pinned_to(1, None),
         })
     }
 
@@ -418,15 +432,21 @@ impl Repo {
 
     /// The generation this handle acts on, or `None` for a repository nothing was written to.
     pub fn generation(&self) -> Result<Option<Generation>> {
+        if let Some(record) = self.pinned_record.get() {
+            return Ok(Some(*record));
+        }
         let Some(generations) = self.generations()? else {
             return Ok(None);
         };
         match self.pinned {
             None => Ok(Some(*generations.current())),
-            Some(n) => generations.get(n).copied().map(Some).ok_or_else(|| Error::Repo {
-                path: self.location().into(),
-                reason: format!("no longer records generation {n}: check who changed it"),
-            }),
+            Some(n) => {
+                let record = generations.get(n).copied().ok_or_else(|| Error::Repo {
+                    path: self.location().into(),
+                    reason: format!("no longer records generation {n}: check who changed it"),
+                })?;
+                Ok(Some(*self.pinned_record.get_or_init(|| record)))
+            }
         }
     }
 
