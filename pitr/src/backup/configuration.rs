@@ -24,7 +24,7 @@ mod conf;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::Serialize;
@@ -170,7 +170,13 @@ struct ServerFiles {
 
 impl conf::Source for ServerFiles {
     fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
-        let mut file = match fs::File::open(path) {
+        // O_NONBLOCK: a FIFO named by an include must not block the open (a regular file reads
+        // the same with it).
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path);
+        let mut file = match opened {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("read the server's configuration file", path)(e)),
@@ -381,6 +387,26 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_fifo_named_by_the_configuration_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("extra.conf");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let mut files = ServerFiles {
+            owner: None,
+            found: Vec::new(),
+        };
+        let err = conf::Source::read(&mut files, fifo.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("is not a regular file"), "{err}");
     }
 
     #[test]
