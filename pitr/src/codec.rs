@@ -181,7 +181,10 @@ impl ObjectHeader {
         }
     }
 
-    fn to_bytes(self) -> [u8; HEADER_LEN] {
+    /// The header as stored, its own CRC-32 included: what [`Codec::encode`] writes before the
+    /// payload (also for tools that build objects from precompressed payloads, such as the
+    /// synthetic repository of `pitr/examples/synthetic_repo.rs`).
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[..4].copy_from_slice(MAGIC);
         h[4] = FORMAT_VERSION;

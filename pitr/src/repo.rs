@@ -775,8 +775,8 @@ impl Repo {
         self.storage.describe(&wal_key(&dir, name))
     }
 
-    /// The key of an archived WAL file of this generation.
-    fn wal_key(&self, name: &WalFileName) -> Result<String> {
+    /// The key of an archived WAL file of this generation in [`Repo::storage`].
+    pub fn wal_key(&self, name: &WalFileName) -> Result<String> {
         Ok(wal_key(&self.wal_dir()?, name))
     }
 }
