@@ -89,7 +89,9 @@ fn options() -> Options {
         files_per_backup: 2_000,
         restore_points: 50,
         days: 365,
-        end: Utc::now().duration_trunc(Duration::hours(1)).expect("an hour divides time"),
+        end: Utc::now()
+            .duration_trunc(Duration::hours(1))
+            .expect("an hour divides time"),
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     let mut dir = None;
@@ -483,7 +485,12 @@ fn data_files(rng: &mut Rng, count: usize, stop_time: DateTime<Utc>) -> Vec<File
         let forks = [("", size), ("_fsm", 24_576), ("_vm", 8_192)];
         for (fork, size) in forks {
             if files.len() + 1 < count {
-                files.push(file_entry(rng, format!("base/16384/{relfilenode}{fork}"), size, stop_time));
+                files.push(file_entry(
+                    rng,
+                    format!("base/16384/{relfilenode}{fork}"),
+                    size,
+                    stop_time,
+                ));
             }
         }
         relfilenode += 1;
@@ -624,7 +631,10 @@ fn main() {
         wal_segment_size: SEGMENT_BYTES,
     })
     .expect("writing repo.json");
-    let writer = Writer { root: &root, repo: &repo };
+    let writer = Writer {
+        root: &root,
+        repo: &repo,
+    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.jobs)
         .build()
@@ -684,11 +694,7 @@ fn main() {
             .map(|(i, backup)| write_backup(&writer, &shape, backup, i, options.files_per_backup))
             .collect()
     });
-    eprintln!(
-        "{} backups ({:.0} s)",
-        manifests.len(),
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("{} backups ({:.0} s)", manifests.len(), started.elapsed().as_secs_f64());
 
     for (i, segno) in shape.restore_points.iter().enumerate() {
         let segno = *segno;
@@ -747,11 +753,18 @@ fn check(repo: &Repo, shape: &Shape, manifests: &[Manifest]) {
             .collect::<Result<_, _>>()
             .expect("valid records");
         let commit = RecordKind::Commit {
-            time: shape.commit_time(segno).duration_trunc(Duration::microseconds(1)).expect("µs"),
+            time: shape
+                .commit_time(segno)
+                .duration_trunc(Duration::microseconds(1))
+                .expect("µs"),
             xid: xid(segno),
         };
         assert_eq!(records[0].kind, commit, "segment {name}");
-        assert_eq!(records.last().map(|r| &r.kind), Some(&RecordKind::Switch), "segment {name}");
+        assert_eq!(
+            records.last().map(|r| &r.kind),
+            Some(&RecordKind::Switch),
+            "segment {name}"
+        );
     }
     let first = &manifests[0];
     let key = format!("{}{MANIFEST}", backup_dir(first.tier.name(), &first.id));

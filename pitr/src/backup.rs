@@ -23,7 +23,8 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{
-    list, load_catalog, scan_catalog, BackupStatus, CatalogEntry, Listing, TimelineRange, UnreadableBackup,
+    list, load_catalog, load_summaries, read_backup, scan_catalog, scan_summaries, BackupStatus, CatalogEntry, Listing,
+    TimelineRange, UnreadableBackup,
 };
 pub use configuration::{DebianCluster, OwnConfiguration};
 pub use expire::{expire, plan_expire, ExpirePlan, Retention};
@@ -204,7 +205,11 @@ pub async fn take(
             .flat_map(|c| c.files.iter().map(|f| f.path.clone()))
             .collect(),
         file_count: manifest.files.len(),
-        backup: BackupStatus::of(&manifest, repo.generation()?.map_or(1, |g| g.generation), None),
+        backup: BackupStatus::of(
+            &manifest.summary(),
+            repo.generation()?.map_or(1, |g| g.generation),
+            None,
+        ),
         cleaned_up,
     })
 }
@@ -431,7 +436,7 @@ fn check_space(repo: &Repo, tree: &SourceTree) -> Result<()> {
     let Some(available) = repo.storage().available_bytes()? else {
         return Ok(());
     };
-    let newest = load_catalog(repo)?.into_iter().max_by_key(|m| m.stop_time);
+    let newest = load_summaries(repo)?.into_iter().max_by_key(|m| m.stop_time);
     let ratio = newest
         .filter(|m| m.original_bytes > 0)
         .map_or(1.0, |m| m.stored_bytes as f64 / m.original_bytes as f64);

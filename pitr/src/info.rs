@@ -13,8 +13,8 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::backup::manifest::Manifest;
-use crate::backup::{scan_catalog, CatalogEntry, Tier};
+use crate::backup::manifest::ManifestSummary;
+use crate::backup::{read_backup, scan_summaries, CatalogEntry, Tier};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::recover::{self, ArchivedRecords, Reach, RepoState};
@@ -49,8 +49,9 @@ pub struct Holdings<'r> {
     pub info: Option<Cluster>,
     /// Every backup with a manifest of this generation's cluster, readable or not; with the
     /// current generation, also every backup that belongs to no earlier one (an unreadable
-    /// manifest, another cluster's).
-    pub catalog: Vec<CatalogEntry>,
+    /// manifest, another cluster's). Summaries: [`Holdings::full_catalog`] reads the manifests
+    /// whole.
+    pub catalog: Vec<CatalogEntry<ManifestSummary>>,
     /// Every archived WAL file.
     pub wal: Vec<ArchivedFile>,
     /// Every timeline history file, parsed or why not.
@@ -71,17 +72,16 @@ impl<'r> Holdings<'r> {
             generations: generations.as_ref(),
             generation,
         };
-        let mut wal = Vec::new();
-        for name in repo.list_wal()? {
-            // A file expired between listing and looking is simply gone.
-            if let Some(meta) = repo.head_wal(&name)? {
-                wal.push(ArchivedFile {
-                    name,
-                    stored_bytes: meta.size,
-                    archived_at: meta.modified,
-                });
-            }
-        }
+        // A file expired between listing and looking is simply gone.
+        let wal: Vec<ArchivedFile> = repo
+            .list_wal_meta()?
+            .into_iter()
+            .map(|(name, meta)| ArchivedFile {
+                name,
+                stored_bytes: meta.size,
+                archived_at: meta.modified,
+            })
+            .collect();
         let histories = wal
             .iter()
             .filter_map(|f| match f.name {
@@ -94,7 +94,7 @@ impl<'r> Holdings<'r> {
             Ok(catalog) if mine.is_current() => std::mem::take(&mut catalog.unreadable),
             _ => Vec::new(),
         };
-        let mut catalog = scan_catalog(repo)?;
+        let mut catalog = scan_summaries(repo)?;
         catalog.retain(|entry| mine.holds_backup(entry));
         Ok(Holdings {
             repo,
@@ -124,10 +124,21 @@ impl<'r> Holdings<'r> {
     }
 
     /// The backups whose manifest reads, oldest first by stop time.
-    pub fn backups(&self) -> Vec<&Manifest> {
-        let mut backups: Vec<&Manifest> = self.catalog.iter().filter_map(|e| e.manifest.as_ref().ok()).collect();
+    pub fn backups(&self) -> Vec<&ManifestSummary> {
+        let mut backups: Vec<&ManifestSummary> = self.catalog.iter().filter_map(|e| e.manifest.as_ref().ok()).collect();
         backups.sort_by_key(|m| m.stop_time);
         backups
+    }
+
+    /// The backups of [`Holdings::catalog`], in its order, read again with their whole manifests
+    /// (file lists, and the copy compared): for verification. A backup deleted meanwhile is
+    /// left out.
+    pub fn full_catalog(&self) -> Result<Vec<CatalogEntry>> {
+        let mut full = Vec::with_capacity(self.catalog.len());
+        for entry in &self.catalog {
+            full.extend(read_backup(self.repo, entry.tier, &entry.id)?);
+        }
+        Ok(full)
     }
 
     /// Archived segments (not `.partial` files): (timeline, segment number) → when archived.
@@ -156,11 +167,28 @@ impl<'r> Holdings<'r> {
     /// archive knows, which `recovery_target_timeline = 'latest'` follows), with when it was
     /// archived. Segments an older timeline went on writing after its end are not on that path.
     pub fn newest_segment(&self, timeline: Option<TimelineId>) -> Option<(Segment, DateTime<Utc>)> {
+        self.newest_segment_of(&self.segments(), timeline)
+    }
+
+    /// [`Holdings::newest_segment`] among `segments` (what [`Holdings::segments`] returned).
+    fn newest_segment_of(
+        &self,
+        segments: &BTreeMap<(TimelineId, u64), SystemTime>,
+        timeline: Option<TimelineId>,
+    ) -> Option<(Segment, DateTime<Utc>)> {
         let size = self.segment_size()?;
-        let path = self.timeline_path(timeline.unwrap_or_else(|| self.newest_timeline()));
-        self.segments()
-            .into_iter()
-            .map(|((timeline, segno), at)| (Segment { timeline, segno }, at))
+        let path = self.timeline_path(timeline.unwrap_or_else(|| self.newest_timeline_of(segments)));
+        segments
+            .iter()
+            .map(|((timeline, segno), at)| {
+                (
+                    Segment {
+                        timeline: *timeline,
+                        segno: *segno,
+                    },
+                    *at,
+                )
+            })
             .filter(|(segment, _)| path.holds(*segment, size))
             .max_by_key(|(segment, _)| segment.segno)
             .map(|(segment, at)| (segment, at.into()))
@@ -168,7 +196,12 @@ impl<'r> Holdings<'r> {
 
     /// The highest timeline the archive knows, by segments or history files.
     pub fn newest_timeline(&self) -> TimelineId {
-        let by_segments = self.segments().into_keys().map(|(timeline, _)| timeline).max();
+        self.newest_timeline_of(&self.segments())
+    }
+
+    fn newest_timeline_of(&self, segments: &BTreeMap<(TimelineId, u64), SystemTime>) -> TimelineId {
+        // The keys are sorted: the last holds the highest timeline.
+        let by_segments = segments.last_key_value().map(|((timeline, _), _)| *timeline);
         let by_history = self.histories.keys().copied().max();
         by_segments.max(by_history).unwrap_or(1)
     }
@@ -181,11 +214,12 @@ impl<'r> Holdings<'r> {
         }
     }
 
-    /// What the recovery planner needs, from what is readable.
-    fn planner_state(&self) -> Option<RepoState<'r>> {
+    /// What the recovery planner needs, from what is readable; `segments` are
+    /// [`Holdings::segments`].
+    fn planner_state(&self, segments: BTreeMap<(TimelineId, u64), SystemTime>) -> Option<RepoState<'r>> {
         Some(RepoState {
             backups: self.backups().into_iter().cloned().collect(),
-            segments: self.segments().into_iter().collect(),
+            segments: segments.into_iter().collect(),
             histories: self.readable_histories(),
             restore_points: self.restore_points.as_ref().map(Vec::clone).unwrap_or_default(),
             segment_size: Some(self.segment_size()?),
@@ -217,7 +251,7 @@ impl Belonging<'_> {
         generation.map(|g| g.generation).filter(|n| *n != current)
     }
 
-    fn holds_backup(&self, entry: &CatalogEntry) -> bool {
+    fn holds_backup(&self, entry: &CatalogEntry<ManifestSummary>) -> bool {
         let of_cluster = |sysid| self.generations.and_then(|all| all.of_cluster(sysid));
         let owner = entry
             .manifest
@@ -368,9 +402,14 @@ pub fn summarize(holdings: &Holdings, now: DateTime<Utc>) -> RepoSummary {
 /// Summarizes what `holdings` hold as of `now`, the newest archived segment on the path to
 /// `timeline` (the server's, when known; else the newest timeline).
 pub fn summarize_on(holdings: &Holdings, now: DateTime<Utc>, timeline: Option<TimelineId>) -> RepoSummary {
-    let newest = holdings.newest_segment(timeline);
+    let segments = holdings.segments();
+    let newest = holdings.newest_segment_of(&segments, timeline);
+    let segment_count = segments.len() as u64;
     let size = holdings.segment_size().unwrap_or(SegmentSize::DEFAULT);
-    let (windows, unreadable_wal) = holdings.planner_state().map(|s| windows(&s)).unwrap_or_default();
+    let (windows, unreadable_wal) = holdings
+        .planner_state(segments)
+        .map(|s| windows(&s))
+        .unwrap_or_default();
     let mut unreadable = unreadable(holdings);
     unreadable.extend(unreadable_wal);
     RepoSummary {
@@ -381,7 +420,7 @@ pub fn summarize_on(holdings: &Holdings, now: DateTime<Utc>, timeline: Option<Ti
         tiers: tiers(&holdings.backups(), now),
         archive: ArchiveSummary {
             files: holdings.wal.len() as u64,
-            segments: holdings.segments().len() as u64,
+            segments: segment_count,
             stored_bytes: holdings.wal.iter().map(|f| f.stored_bytes).sum(),
             newest_segment: newest.map(|(segment, _)| segment.file_name(size)),
             newest_archived_at: newest.map(|(_, at)| at),
@@ -392,7 +431,7 @@ pub fn summarize_on(holdings: &Holdings, now: DateTime<Utc>, timeline: Option<Ti
     }
 }
 
-fn tiers(backups: &[&Manifest], now: DateTime<Utc>) -> Vec<TierSummary> {
+fn tiers(backups: &[&ManifestSummary], now: DateTime<Utc>) -> Vec<TierSummary> {
     Tier::ALL
         .into_iter()
         .map(|tier| TierSummary {
@@ -456,7 +495,7 @@ fn windows_on(state: &RepoState, timeline: TimelineId, errors: &mut Vec<String>)
     windows
 }
 
-fn window(timeline: TimelineId, backup: &Manifest, reach: Reach) -> Window {
+fn window(timeline: TimelineId, backup: &ManifestSummary, reach: Reach) -> Window {
     Window {
         timeline,
         from_backup: backup.id.clone(),
@@ -484,8 +523,8 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, 25, 10, minute, 0).unwrap()
     }
 
-    fn backup(id: &str, segno: u64, minute: u32) -> Manifest {
-        Manifest::for_test(id, Tier::Daily, 1, segno..=segno, at(minute))
+    fn backup(id: &str, segno: u64, minute: u32) -> ManifestSummary {
+        Manifest::for_test(id, Tier::Daily, 1, segno..=segno, at(minute)).summary()
     }
 
     /// A commit (or a checkpoint) 1000 bytes into segment `segno`, at `time`.

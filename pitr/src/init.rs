@@ -13,7 +13,7 @@
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::backup::{cluster_identity, lock_backups, scan_catalog};
+use crate::backup::{cluster_identity, lock_backups, scan_summaries};
 use crate::error::{Error, Result};
 use crate::pg::Server;
 use crate::repo::{Cluster, Created, Generation, Repo};
@@ -32,7 +32,7 @@ pub struct CreateReport {
 /// Creates `repo` for the cluster behind `server` (see [`Repo::create`]).
 pub async fn create_repo(repo: &Repo, server: &Server) -> Result<CreateReport> {
     let cluster = cluster_identity(server).await?;
-    let backups: Vec<(String, Cluster)> = scan_catalog(repo)?
+    let backups: Vec<(String, Cluster)> = scan_summaries(repo)?
         .into_iter()
         .filter_map(|entry| {
             let m = entry.manifest.ok()?;

@@ -105,9 +105,9 @@ pub fn generation_for(repo: &Repo, request: &Request, generation: Option<u32>) -
         return repo.pin();
     };
     let current = generations.current().generation;
-    let of_backup = |m: &crate::backup::manifest::Manifest| generations.of_cluster(m.system_identifier);
+    let of_backup = |m: &crate::backup::manifest::ManifestSummary| generations.of_cluster(m.system_identifier);
     let chosen = match (&request.backup, &request.target) {
-        (Some(id), _) => backup::load_catalog(repo)?
+        (Some(id), _) => backup::load_summaries(repo)?
             .iter()
             .find(|m| &m.id == id)
             .and_then(of_backup)
@@ -120,7 +120,7 @@ pub fn generation_for(repo: &Repo, request: &Request, generation: Option<u32>) -
                 .collect();
             named.contains(&current).then_some(current).or(named.into_iter().max())
         }
-        (None, Target::Time { time, .. }) => backup::load_catalog(repo)?
+        (None, Target::Time { time, .. }) => backup::load_summaries(repo)?
             .iter()
             .filter(|m| m.stop_time <= *time)
             .filter_map(of_backup)

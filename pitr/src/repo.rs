@@ -764,6 +764,31 @@ impl Repo {
         Ok(names)
     }
 
+    /// Every archived WAL file of this generation with its stored size and archive time, sorted
+    /// by name within each directory: what [`Repo::list_wal`] and a [`Repo::head_wal`] per file
+    /// tell, from one listing with metadata per directory. A file deleted meanwhile is left out.
+    pub fn list_wal_meta(&self) -> Result<Vec<(WalFileName, ObjectMeta)>> {
+        let wal = self.wal_dir()?;
+        let mut files = Vec::new();
+        for dir in self.storage.list(&wal)?.iter().filter(|d| d.ends_with('/')) {
+            let dir = format!("{wal}{dir}");
+            for entry in self.storage.list_meta(&dir)? {
+                let Ok(name) = WalFileName::parse(&entry.name) else {
+                    continue; // not ours to interpret
+                };
+                let key = wal_key(&wal, &name);
+                let meta = match entry.meta {
+                    Some(meta) if key.strip_prefix(&dir) == Some(&entry.name) => Some(meta),
+                    // Not a plain object, or not where its name belongs: what a head of its
+                    // key says (why it is refused, or the object under its key).
+                    _ => self.storage.head(&key)?,
+                };
+                files.extend(meta.map(|meta| (name, meta)));
+            }
+        }
+        Ok(files)
+    }
+
     /// Deletes an archived WAL file.
     pub fn delete_wal(&self, name: &WalFileName) -> Result<()> {
         self.storage.delete(&self.wal_key(name)?)

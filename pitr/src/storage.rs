@@ -20,6 +20,16 @@ pub struct ObjectMeta {
     pub modified: std::time::SystemTime,
 }
 
+/// One entry of [`Storage::list_meta`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its name, as [`Storage::list`] gives it (a directory's ends in `/`).
+    pub name: String,
+    /// The object's size and time; `None` for a directory, and for an entry that is no plain
+    /// object (of the local backend: a link or a special file), which [`Storage::head`] refuses.
+    pub meta: Option<ObjectMeta>,
+}
+
 /// What [`Storage::put_if_absent`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -69,6 +79,25 @@ pub trait Storage: Send + Sync {
     /// The names of the objects and "directories" directly under `dir` (a key prefix ending in
     /// `/`, or `""` for the top), sorted; directory names end in `/`. A missing `dir` is empty.
     fn list(&self, dir: &str) -> Result<Vec<String>>;
+
+    /// [`Storage::list`] with each object's size and modification time, in one listing rather
+    /// than a [`Storage::head`] per object: for directories of many objects (the WAL archive).
+    /// An object deleted between listing and looking is left out. The default lists, then heads
+    /// each object; a backend whose listing tells sizes and times overrides it.
+    fn list_meta(&self, dir: &str) -> Result<Vec<Listed>> {
+        let mut listed = Vec::new();
+        for name in self.list(dir)? {
+            let meta = match name.ends_with('/') {
+                true => None,
+                false => match self.head(&format!("{dir}{name}"))? {
+                    Some(meta) => Some(meta),
+                    None => continue,
+                },
+            };
+            listed.push(Listed { name, meta });
+        }
+        Ok(listed)
+    }
 
     /// Deletes an object; deleting an absent object is not an error.
     fn delete(&self, key: &str) -> Result<()>;

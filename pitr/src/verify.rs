@@ -43,7 +43,7 @@ pub use objects::ReadStats;
 use self::alerts::NewestSegment;
 use self::continuity::{Archive, HistoryProblem};
 use self::objects::StoredObject;
-use crate::backup::manifest::Manifest;
+use crate::backup::manifest::{Manifest, ManifestSummary};
 use crate::backup::{CatalogEntry, Tier};
 use crate::error::{Error, Result};
 use crate::info::{earlier_generations, summarize, summarize_on, Holdings, RepoSummary};
@@ -244,13 +244,14 @@ pub fn verify(
     let started = Instant::now();
     let current = repo.pin()?;
     let holdings = Holdings::read(&current)?;
-    let in_scope = |h: &Holdings| -> Vec<usize> {
-        (0..h.catalog.len())
-            .filter(|i| options.scope.covers(h.catalog[*i].tier))
+    let in_scope = |catalog: &[CatalogEntry]| -> Vec<usize> {
+        (0..catalog.len())
+            .filter(|i| options.scope.covers(catalog[*i].tier))
             .collect()
     };
     let whole_archive = options.scope.covers_wal();
-    let current_entries: Vec<&CatalogEntry> = in_scope(&holdings).into_iter().map(|i| &holdings.catalog[i]).collect();
+    let catalog = holdings.full_catalog()?;
+    let current_entries: Vec<&CatalogEntry> = in_scope(&catalog).into_iter().map(|i| &catalog[i]).collect();
     let mut checked = check_backups_and_wal(
         &current,
         &holdings,
@@ -263,16 +264,21 @@ pub fn verify(
     let mut earlier_summaries = Vec::new();
     for earlier in earlier_generations(repo)? {
         let older = Holdings::read(&earlier)?;
-        let entries: Vec<&CatalogEntry> = in_scope(&older).into_iter().map(|i| &older.catalog[i]).collect();
+        let older_catalog = older.full_catalog()?;
+        let entries: Vec<&CatalogEntry> = in_scope(&older_catalog)
+            .into_iter()
+            .map(|i| &older_catalog[i])
+            .collect();
         let found = check_backups_and_wal(&earlier, &older, &entries, whole_archive, options.jobs, progress)?;
         backups_checked += entries.len();
         checked.absorb(found, older.generation.map_or(1, |g| g.generation));
         earlier_summaries.push(summarize(&older, options.now));
     }
-    let fresh: Vec<&Manifest> = current_entries
+    let fresh: Vec<ManifestSummary> = current_entries
         .iter()
-        .filter_map(|e| e.manifest.as_ref().ok())
+        .filter_map(|e| Some(e.manifest.as_ref().ok()?.summary()))
         .collect();
+    let fresh: Vec<&ManifestSummary> = fresh.iter().collect();
     checked.alerts.extend(alerts::freshness(
         &fresh,
         options.scope,
@@ -332,7 +338,11 @@ fn check_backups_and_wal(
     jobs: usize,
     progress: &dyn Progress,
 ) -> Result<Checked> {
-    let backups: Vec<&Manifest> = entries.iter().filter_map(|e| e.manifest.as_ref().ok()).collect();
+    let backups: Vec<ManifestSummary> = entries
+        .iter()
+        .filter_map(|e| Some(e.manifest.as_ref().ok()?.summary()))
+        .collect();
+    let backups: Vec<&ManifestSummary> = backups.iter().collect();
     let objects = objects_to_read(holdings, entries, whole_archive);
     let (read, findings) = objects::read_all(repo, &objects, holdings.info.as_ref(), jobs, progress)?;
     let mut alerts = metadata_alerts(holdings, entries, whole_archive);
@@ -525,7 +535,7 @@ fn list_objects(repo: &Repo, dir: &str, found: &mut dyn FnMut(String)) -> Result
 
 /// Missing WAL: in the whole archive (from the oldest retained backup on), or what `backups`
 /// need to reach consistency.
-fn wal_gaps(holdings: &Holdings, backups: &[&Manifest], whole_archive: bool) -> Vec<Gap> {
+fn wal_gaps(holdings: &Holdings, backups: &[&ManifestSummary], whole_archive: bool) -> Vec<Gap> {
     on_archive(holdings, |archive| {
         let spans = if whole_archive {
             continuity::archive_spans(archive, &holdings.backups())
@@ -548,7 +558,7 @@ fn on_archive<T>(holdings: &Holdings, f: impl FnOnce(&Archive) -> T) -> Option<T
     }))
 }
 
-fn gap_alert(gap: &Gap, backups: &[&Manifest]) -> Alert {
+fn gap_alert(gap: &Gap, backups: &[&ManifestSummary]) -> Alert {
     let unrestorable: Vec<&str> = backups
         .iter()
         .filter(|m| {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::manifest::Manifest;
+use super::manifest::{Manifest, ManifestSummary};
 use super::Tier;
 use crate::error::{Error, Result};
 use crate::repo::{backup_dir, Generation, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
@@ -34,36 +34,75 @@ pub fn load_catalog(repo: &Repo) -> Result<Vec<Manifest>> {
     Ok(manifests)
 }
 
-/// A backup directory that is a backup (complete or unreadable, not incomplete).
-pub struct CatalogEntry {
+/// [`load_catalog`] summarized: for what needs no file lists (choosing a backup, its size).
+pub fn load_summaries(repo: &Repo) -> Result<Vec<ManifestSummary>> {
+    let mut summaries: Vec<ManifestSummary> = scan_summaries(repo)?
+        .into_iter()
+        .filter_map(|entry| entry.manifest.ok())
+        .collect();
+    summaries.sort_by_key(|m| m.stop_time);
+    Ok(summaries)
+}
+
+/// A backup directory that is a backup (complete or unreadable, not incomplete), with its
+/// manifest ([`scan_catalog`]) or its summary ([`scan_summaries`]).
+pub struct CatalogEntry<M = Manifest> {
     /// The tier directory it is in.
     pub tier: Tier,
     /// Its directory name: the backup id.
     pub id: String,
     /// The parsed manifest, or why the backup cannot be read.
-    pub manifest: Result<Manifest>,
+    pub manifest: Result<M>,
     /// What is wrong although the manifest was read: it came from the copy, because the
-    /// manifest itself is missing or damaged, or the copy is missing or damaged.
+    /// manifest itself is missing or damaged, or the copy is missing or damaged (summaries
+    /// compare no copy: only the first is told).
     pub damage: Option<String>,
 }
 
 /// Every backup, unreadable ones included (for verification, which reports them instead of
 /// stopping at the first).
 pub fn scan_catalog(repo: &Repo) -> Result<Vec<CatalogEntry>> {
+    scan(repo, |tier, id| read_entry(repo, tier, id, true))
+}
+
+/// Every backup as [`scan_catalog`] reads it, summarized as it is read, so that a thousand
+/// manifests never lie in memory at once; a manifest that reads is not compared with its copy
+/// (only verification reports a damaged copy). For listing, expiry and planning.
+pub fn scan_summaries(repo: &Repo) -> Result<Vec<CatalogEntry<ManifestSummary>>> {
+    scan(repo, |tier, id| {
+        Ok(read_entry(repo, tier, id, false)?.map(|entry| CatalogEntry {
+            tier: entry.tier,
+            id: entry.id,
+            manifest: entry.manifest.map(ManifestSummary::from),
+            damage: entry.damage,
+        }))
+    })
+}
+
+/// The backup `<tier>/<id>/` as [`scan_catalog`] reads it, or `None` when it is incomplete or gone.
+pub fn read_backup(repo: &Repo, tier: Tier, id: &str) -> Result<Option<CatalogEntry>> {
+    read_entry(repo, tier, id, true)
+}
+
+fn scan<M>(
+    repo: &Repo,
+    mut read: impl FnMut(Tier, &str) -> Result<Option<CatalogEntry<M>>>,
+) -> Result<Vec<CatalogEntry<M>>> {
     let mut entries = Vec::new();
     for tier in Tier::ALL {
         for dir in repo.storage().list(&format!("{}/", tier.name()))? {
             let Some(id) = dir.strip_suffix('/') else {
                 continue; // a stray file in a tier directory is no backup
             };
-            entries.extend(read_entry(repo, tier, id)?);
+            entries.extend(read(tier, id)?);
         }
     }
     Ok(entries)
 }
 
-/// The backup in `<tier>/<id>/`, or `None` when it is incomplete.
-fn read_entry(repo: &Repo, tier: Tier, id: &str) -> Result<Option<CatalogEntry>> {
+/// The backup in `<tier>/<id>/`, or `None` when it is incomplete; `compare_copy`: also check
+/// the copy of a manifest that reads.
+fn read_entry(repo: &Repo, tier: Tier, id: &str, compare_copy: bool) -> Result<Option<CatalogEntry>> {
     let dir = backup_dir(tier.name(), id);
     let entry = |manifest: Result<Manifest>, damage: Option<String>| {
         Ok(Some(CatalogEntry {
@@ -79,6 +118,7 @@ fn read_entry(repo: &Repo, tier: Tier, id: &str) -> Result<Option<CatalogEntry>>
         .as_deref()
         .map(|bytes| Manifest::from_bytes(bytes, &repo.storage().describe(&main_key)));
     let problem = match main {
+        Some(Ok(manifest)) if !compare_copy => return entry(Ok(manifest), None),
         Some(Ok(manifest)) => {
             let copy_damage = check_copy(repo, &dir, &manifest, main_bytes.as_deref().unwrap_or_default())?;
             return entry(Ok(manifest), copy_damage);
@@ -179,7 +219,7 @@ pub struct UnreadableBackup {
 
 impl UnreadableBackup {
     /// The unreadable backups among `entries`.
-    pub fn all_in(entries: &[CatalogEntry]) -> Vec<UnreadableBackup> {
+    pub fn all_in<M>(entries: &[CatalogEntry<M>]) -> Vec<UnreadableBackup> {
         entries
             .iter()
             .filter_map(|e| {
@@ -233,7 +273,7 @@ pub struct BackupStatus {
 impl BackupStatus {
     /// The status of a backup of `generation`; `archived` is the set of that generation's
     /// archived WAL files, when known.
-    pub fn of(m: &Manifest, generation: u32, archived: Option<&HashSet<WalFileName>>) -> BackupStatus {
+    pub fn of(m: &ManifestSummary, generation: u32, archived: Option<&HashSet<WalFileName>>) -> BackupStatus {
         let missing = archived.map(|set| needed_segments(m).into_iter().find(|n| !set.contains(n)));
         BackupStatus {
             id: m.id.clone(),
@@ -257,7 +297,7 @@ impl BackupStatus {
 }
 
 /// The segments from a backup's start to its consistency point.
-fn needed_segments(m: &Manifest) -> Vec<WalFileName> {
+fn needed_segments(m: &ManifestSummary) -> Vec<WalFileName> {
     let size = m.segment_size();
     m.consistency_segments()
         .filter_map(|segno| {
@@ -321,13 +361,13 @@ pub fn list(repo: &Repo, tier: Option<Tier>) -> Result<Listing> {
         wal.extend(timeline_ranges(generation, &files, size));
         archived.insert(generation, files);
     }
-    let entries: Vec<CatalogEntry> = scan_catalog(repo)?
+    let entries: Vec<CatalogEntry<ManifestSummary>> = scan_summaries(repo)?
         .into_iter()
         .filter(|e| tier.is_none_or(|t| e.tier == t))
         .collect();
-    let mut manifests: Vec<&Manifest> = entries.iter().filter_map(|e| e.manifest.as_ref().ok()).collect();
+    let mut manifests: Vec<&ManifestSummary> = entries.iter().filter_map(|e| e.manifest.as_ref().ok()).collect();
     manifests.sort_by_key(|m| m.stop_time);
-    let generation_of = |m: &Manifest| {
+    let generation_of = |m: &ManifestSummary| {
         generations
             .as_ref()
             .and_then(|g| g.of_cluster(m.system_identifier))

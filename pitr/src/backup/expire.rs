@@ -12,8 +12,8 @@
 use serde::Serialize;
 
 use super::catalog::UnreadableBackup;
-use super::manifest::Manifest;
-use super::{lock_backups, scan_catalog, Tier};
+use super::manifest::ManifestSummary;
+use super::{lock_backups, scan_summaries, Tier};
 use crate::crash_point;
 use crate::error::Result;
 use crate::repo::{backup_dir, Generation, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
@@ -112,16 +112,16 @@ impl GenerationWal {
 /// each generation's WAL; a backup belongs to the generation of its cluster (to the current one
 /// when no generation has its cluster). Pure: no repository access.
 pub fn plan_expire(
-    catalog: &[Manifest],
+    catalog: &[ManifestSummary],
     unreadable: Vec<UnreadableBackup>,
     archives: &[GenerationWal],
     retention: Retention,
     tier: Option<Tier>,
 ) -> ExpirePlan {
     let mut backups = Vec::new();
-    let mut retained: Vec<&Manifest> = Vec::new();
+    let mut retained: Vec<&ManifestSummary> = Vec::new();
     for t in Tier::ALL {
-        let mut of_tier: Vec<&Manifest> = catalog.iter().filter(|m| m.tier == t).collect();
+        let mut of_tier: Vec<&ManifestSummary> = catalog.iter().filter(|m| m.tier == t).collect();
         of_tier.sort_by_key(|m| std::cmp::Reverse(m.stop_time));
         let keep = if tier.is_none_or(|only| only == t) {
             retention.keep(t)
@@ -141,7 +141,7 @@ pub fn plan_expire(
             }
         }
     }
-    let of_cluster = |m: &Manifest| {
+    let of_cluster = |m: &ManifestSummary| {
         archives
             .iter()
             .position(|a| a.generation.is_some_and(|g| g.system_identifier == m.system_identifier))
@@ -154,7 +154,7 @@ pub fn plan_expire(
         unreadable,
     };
     for (i, archive) in archives.iter().enumerate() {
-        let mine: Vec<&Manifest> = retained
+        let mine: Vec<&ManifestSummary> = retained
             .iter()
             .copied()
             .filter(|m| of_cluster(m).map_or(archive.current, |at| at == i))
@@ -177,7 +177,11 @@ pub fn plan_expire(
 /// kept. The current generation without a retained backup keeps everything (the first backup
 /// may still come); an earlier one has no use for its WAL then. Nothing goes while a backup
 /// is unreadable.
-fn expire_wal(archive: &GenerationWal, retained: &[&Manifest], any_unreadable: bool) -> (Vec<String>, Option<String>) {
+fn expire_wal(
+    archive: &GenerationWal,
+    retained: &[&ManifestSummary],
+    any_unreadable: bool,
+) -> (Vec<String>, Option<String>) {
     let size = archive.size();
     let oldest = retained.iter().min_by_key(|m| size.segment_of(m.start_lsn));
     let kept_from = oldest.map(|m| m.first_wal.clone());
@@ -211,9 +215,9 @@ fn backup_file_segment(name: &WalFileName) -> Option<crate::wal::SegmentName> {
 /// Plans and, unless `dry_run`, carries out expiry (holding the backup lock).
 pub fn expire(repo: &Repo, retention: Retention, tier: Option<Tier>, dry_run: bool) -> Result<ExpirePlan> {
     let _lock = (!dry_run).then(|| lock_backups(repo)).transpose()?;
-    let entries = scan_catalog(repo)?;
+    let entries = scan_summaries(repo)?;
     let unreadable = UnreadableBackup::all_in(&entries);
-    let catalog: Vec<Manifest> = entries.into_iter().filter_map(|e| e.manifest.ok()).collect();
+    let catalog: Vec<ManifestSummary> = entries.into_iter().filter_map(|e| e.manifest.ok()).collect();
     let archives = generation_archives(repo)?;
     let plan = plan_expire(&catalog, unreadable, &archives, retention, tier);
     if dry_run {
@@ -275,13 +279,14 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
+    use crate::backup::manifest::Manifest;
     use crate::wal::Segment;
 
-    fn backup(tier: Tier, hour: u32, start_segno: u64) -> Manifest {
+    fn backup(tier: Tier, hour: u32, start_segno: u64) -> ManifestSummary {
         let stop_time = Utc.with_ymd_and_hms(2026, 1, 1, hour, 5, 0).unwrap();
         // Names sort the other way round from stop times: expiry must go by time.
         let id = format!("main_{tier}_{}", 99 - hour);
-        Manifest::for_test(&id, tier, 1, start_segno..=start_segno, stop_time)
+        Manifest::for_test(&id, tier, 1, start_segno..=start_segno, stop_time).summary()
     }
 
     fn names(segnos: std::ops::Range<u64>) -> Vec<WalFileName> {
@@ -316,7 +321,7 @@ mod tests {
         }
     }
 
-    fn of_cluster(mut m: Manifest, system_identifier: u64) -> Manifest {
+    fn of_cluster(mut m: ManifestSummary, system_identifier: u64) -> ManifestSummary {
         m.system_identifier = system_identifier;
         m
     }

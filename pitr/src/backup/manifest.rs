@@ -147,15 +147,130 @@ impl Manifest {
 
     /// The segment size as a type.
     pub fn segment_size(&self) -> SegmentSize {
-        SegmentSize::new(self.wal_segment_size).unwrap_or(SegmentSize::DEFAULT)
+        segment_size(self.wal_segment_size)
     }
 
     /// The segment numbers (on [`Manifest::timeline`]) from the backup's start to its
     /// consistency point: the WAL it needs to be restorable at all.
     pub fn consistency_segments(&self) -> std::ops::RangeInclusive<u64> {
-        let size = self.segment_size();
-        let first = size.segment_of(self.start_lsn);
-        first..=size.segment_before(self.stop_lsn).max(first)
+        consistency_segments(self.segment_size(), self.start_lsn, self.stop_lsn)
+    }
+
+    /// Everything but the lists of directories, files and tablespaces and the configuration.
+    pub fn summary(&self) -> ManifestSummary {
+        let Manifest {
+            format_version,
+            id,
+            tier,
+            start_time,
+            stop_time,
+            start_lsn,
+            stop_lsn,
+            timeline,
+            system_identifier,
+            pg_version,
+            wal_segment_size,
+            first_wal,
+            last_wal,
+            next_xid,
+            duration_seconds,
+            original_bytes,
+            stored_bytes,
+            tablespaces: _,
+            directories: _,
+            files: _,
+            configuration: _,
+        } = self;
+        ManifestSummary {
+            format_version: *format_version,
+            id: id.clone(),
+            tier: *tier,
+            start_time: *start_time,
+            stop_time: *stop_time,
+            start_lsn: *start_lsn,
+            stop_lsn: *stop_lsn,
+            timeline: *timeline,
+            system_identifier: *system_identifier,
+            pg_version: *pg_version,
+            wal_segment_size: *wal_segment_size,
+            first_wal: first_wal.clone(),
+            last_wal: last_wal.clone(),
+            next_xid: *next_xid,
+            duration_seconds: *duration_seconds,
+            original_bytes: *original_bytes,
+            stored_bytes: *stored_bytes,
+        }
+    }
+}
+
+fn segment_size(bytes: u32) -> SegmentSize {
+    SegmentSize::new(bytes).unwrap_or(SegmentSize::DEFAULT)
+}
+
+fn consistency_segments(size: SegmentSize, start_lsn: Lsn, stop_lsn: Lsn) -> std::ops::RangeInclusive<u64> {
+    let first = size.segment_of(start_lsn);
+    first..=size.segment_before(stop_lsn).max(first)
+}
+
+/// A backup as listed, planned from and expired: its manifest without the lists of directories,
+/// files and tablespaces and the configuration, which only a restore and verification read. A
+/// repository of a thousand backups of a few thousand files each holds a few hundred megabytes
+/// of those lists; their summaries take a few hundred kilobytes. Made from a manifest that was
+/// read whole, so a manifest that does not read is never summarized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestSummary {
+    /// Manifest format version.
+    pub format_version: u32,
+    /// `<name>_<tier>_<YYYYMMDD_HHMMSS>`.
+    pub id: String,
+    /// The tier it belongs to.
+    pub tier: Tier,
+    /// When `pg_backup_start` returned.
+    pub start_time: DateTime<Utc>,
+    /// When `pg_backup_stop` returned: the backup is consistent from here on.
+    pub stop_time: DateTime<Utc>,
+    /// The start LSN (redo point of the backup's checkpoint).
+    pub start_lsn: Lsn,
+    /// The end LSN: recovery from this backup is consistent once replay passes it.
+    pub stop_lsn: Lsn,
+    /// The timeline the backup was taken on.
+    pub timeline: TimelineId,
+    /// The cluster's system identifier.
+    pub system_identifier: u64,
+    /// PostgreSQL major version.
+    pub pg_version: u32,
+    /// WAL segment size in bytes.
+    pub wal_segment_size: u32,
+    /// The first WAL segment recovery from this backup needs.
+    pub first_wal: String,
+    /// The last WAL segment needed to reach consistency.
+    pub last_wal: String,
+    /// The first transaction id not yet assigned when the backup stopped.
+    pub next_xid: Option<u64>,
+    /// Seconds from start to the manifest being written.
+    pub duration_seconds: f64,
+    /// Total size of the copied files.
+    pub original_bytes: u64,
+    /// Total size of the stored objects.
+    pub stored_bytes: u64,
+}
+
+impl ManifestSummary {
+    /// The segment size as a type.
+    pub fn segment_size(&self) -> SegmentSize {
+        segment_size(self.wal_segment_size)
+    }
+
+    /// The segment numbers (on [`ManifestSummary::timeline`]) from the backup's start to its
+    /// consistency point: the WAL it needs to be restorable at all.
+    pub fn consistency_segments(&self) -> std::ops::RangeInclusive<u64> {
+        consistency_segments(self.segment_size(), self.start_lsn, self.stop_lsn)
+    }
+}
+
+impl From<Manifest> for ManifestSummary {
+    fn from(manifest: Manifest) -> ManifestSummary {
+        manifest.summary()
     }
 }
 

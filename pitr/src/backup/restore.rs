@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::manifest::{FileEntry, Manifest, Piece, PERMISSION_BITS};
-use super::{scan_catalog, Tier};
+use super::{read_backup, scan_summaries, Tier};
 use crate::codec::{self, ObjectHeader};
 use crate::control::PG_CONTROL;
 use crate::error::{Error, Result};
@@ -126,27 +126,36 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
     })
 }
 
-/// The named backup, or the newest readable one.
+/// The named backup, or the newest readable one: chosen among the summaries, then its manifest
+/// read whole (one manifest in memory, not the repository's thousand).
 fn choose(repo: &Repo, id: Option<&str>) -> Result<Manifest> {
-    let catalog = scan_catalog(repo)?;
-    match id {
-        Some(id) => match catalog.into_iter().find(|e| e.id == id) {
-            Some(entry) => entry.manifest,
-            None => Err(Error::Refused(format!(
+    let catalog = scan_summaries(repo)?;
+    let chosen = match id {
+        Some(id) => catalog.into_iter().find(|e| e.id == id).ok_or_else(|| {
+            Error::Refused(format!(
                 "no backup '{id}' in repository {}; `pitr list` shows the backups",
                 repo.location()
-            ))),
-        },
+            ))
+        })?,
         None => catalog
             .into_iter()
-            .filter_map(|e| e.manifest.ok())
-            .max_by_key(|m| m.stop_time)
+            .filter(|e| e.manifest.is_ok())
+            .max_by_key(|e| e.manifest.as_ref().map(|m| m.stop_time).ok())
             .ok_or_else(|| {
                 Error::Refused(format!(
                     "repository {} holds no readable backup; take one with `pitr backup`",
                     repo.location()
                 ))
-            }),
+            })?,
+    };
+    chosen.manifest?;
+    match read_backup(repo, chosen.tier, &chosen.id)? {
+        Some(entry) => entry.manifest,
+        None => Err(Error::Refused(format!(
+            "backup {} vanished from repository {} while it was chosen",
+            chosen.id,
+            repo.location()
+        ))),
     }
 }
 

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::archived::{newer_xid, ArchivedRecords, Mark, SegmentSummary};
 use super::target::Target;
-use crate::backup::manifest::Manifest;
+use crate::backup::manifest::ManifestSummary;
 use crate::error::{Error, Result};
 use crate::repo::Generation;
 use crate::restore_point::RestorePoint;
@@ -41,8 +41,8 @@ pub enum TimelineChoice {
 /// What the repository holds, gathered once.
 #[derive(Debug, Default)]
 pub struct RepoState<'r> {
-    /// Finished backups.
-    pub backups: Vec<Manifest>,
+    /// Finished backups, summarized.
+    pub backups: Vec<ManifestSummary>,
     /// Archived segments: (timeline, segment number) → when archived.
     pub segments: HashMap<(TimelineId, u64), SystemTime>,
     /// Parsed history files by timeline.
@@ -405,8 +405,8 @@ fn choose_backup<'a>(
     request: &Request,
     path: &Path,
     target_lsn: Option<Lsn>,
-) -> Result<&'a Manifest> {
-    let usable = |m: &&Manifest| path.contains(m.timeline, m.stop_lsn);
+) -> Result<&'a ManifestSummary> {
+    let usable = |m: &&ManifestSummary| path.contains(m.timeline, m.stop_lsn);
     if let Some(id) = &request.backup {
         let backup = state.backups.iter().find(|m| &m.id == id).ok_or_else(|| {
             Error::Refused(format!(
@@ -421,13 +421,13 @@ fn choose_backup<'a>(
         }
         return Ok(backup);
     }
-    let before_target = |m: &&Manifest| match (&request.target, target_lsn) {
+    let before_target = |m: &&ManifestSummary| match (&request.target, target_lsn) {
         (_, Some(lsn)) => m.stop_lsn <= lsn,
         (Target::Time { time, .. }, None) => m.stop_time <= *time,
         (Target::Xid(xid), None) => m.next_xid.is_none_or(|next| next <= *xid),
         _ => true,
     };
-    let candidates: Vec<&Manifest> = state.backups.iter().filter(usable).collect();
+    let candidates: Vec<&ManifestSummary> = state.backups.iter().filter(usable).collect();
     candidates
         .iter()
         .rev()
@@ -450,7 +450,7 @@ fn choose_backup<'a>(
         })
 }
 
-fn check_not_before_backup(backup: &Manifest, target: &Target, target_lsn: Option<Lsn>) -> Result<()> {
+fn check_not_before_backup(backup: &ManifestSummary, target: &Target, target_lsn: Option<Lsn>) -> Result<()> {
     let too_early = match (target, target_lsn) {
         (_, Some(lsn)) => lsn < backup.stop_lsn,
         (Target::Time { time, .. }, None) => *time < backup.stop_time,
@@ -479,7 +479,7 @@ struct Stop {
 struct Scan<'a, 'r> {
     state: &'a RepoState<'r>,
     path: &'a Path,
-    backup: &'a Manifest,
+    backup: &'a ManifestSummary,
 }
 
 impl Scan<'_, '_> {
@@ -750,7 +750,7 @@ fn full_xid(near: Option<u64>, xid: u32) -> u64 {
 }
 
 /// Every segment from the backup's start to `last` must be archived.
-fn check_continuity(state: &RepoState, path: &Path, first: u64, last: u64, backup: &Manifest) -> Result<()> {
+fn check_continuity(state: &RepoState, path: &Path, first: u64, last: u64, backup: &ManifestSummary) -> Result<()> {
     match (first..=last).find(|s| !path.archived(state, *s)) {
         None => Ok(()),
         Some(segno) => Err(Error::Refused(format!(

@@ -14,6 +14,7 @@ fn check_backend(store: Arc<dyn Storage>) {
     concurrent_puts_create_exactly_once(store.clone());
     empty_and_large_objects_round_trip(&*store);
     list_shows_children_sorted(&*store);
+    list_meta_tells_what_head_tells(&*store);
     delete_removes_objects(&*store);
     locks_are_exclusive_until_dropped(&*store);
     available_bytes_is_plausible(&*store);
@@ -32,6 +33,24 @@ fn list_shows_children_sorted(store: &dyn Storage) {
     assert_eq!(store.list("l/").unwrap(), vec!["a", "b", "sub/"]);
     assert_eq!(store.list("l/sub/").unwrap(), vec!["c"]);
     assert!(store.list("missing/").unwrap().is_empty());
+}
+
+fn list_meta_tells_what_head_tells(store: &dyn Storage) {
+    store.put_if_absent("m/b", b"bb").unwrap();
+    store.put_if_absent("m/a", b"a").unwrap();
+    store.put_if_absent("m/sub/c", b"").unwrap();
+    let listed = store.list_meta("m/").unwrap();
+    let names: Vec<&str> = listed.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, store.list("m/").unwrap());
+    for entry in &listed {
+        let expected = match entry.name.ends_with('/') {
+            true => None,
+            false => store.head(&format!("m/{}", entry.name)).unwrap(),
+        };
+        assert_eq!(entry.meta, expected, "{}", entry.name);
+    }
+    assert_eq!(listed[1].meta.map(|m| m.size), Some(2));
+    assert!(store.list_meta("missing/").unwrap().is_empty());
 }
 
 fn delete_removes_objects(store: &dyn Storage) {
@@ -126,6 +145,73 @@ fn local_storage_meets_the_contract() {
     check_backend(Arc::new(LocalStorage::open(dir.path()).unwrap()));
     let leftovers: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.contains(".tmp.")).collect();
     assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+}
+
+/// The local backend with the trait's default `list_meta` (list, then head each object): the
+/// default meets the contract too.
+struct DefaultListing(LocalStorage);
+
+impl Storage for DefaultListing {
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> crate::Result<PutOutcome> {
+        self.0.put_if_absent(key, data)
+    }
+    fn put_if_absent_deferred(&self, key: &str, data: &[u8]) -> crate::Result<PutOutcome> {
+        self.0.put_if_absent_deferred(key, data)
+    }
+    fn sync_all_under(&self, dir: &str) -> crate::Result<()> {
+        self.0.sync_all_under(dir)
+    }
+    fn sync(&self, key: &str) -> crate::Result<()> {
+        self.0.sync(key)
+    }
+    fn get(&self, key: &str) -> crate::Result<Option<Vec<u8>>> {
+        self.0.get(key)
+    }
+    fn head(&self, key: &str) -> crate::Result<Option<super::ObjectMeta>> {
+        self.0.head(key)
+    }
+    fn list(&self, dir: &str) -> crate::Result<Vec<String>> {
+        self.0.list(dir)
+    }
+    fn delete(&self, key: &str) -> crate::Result<()> {
+        self.0.delete(key)
+    }
+    fn try_lock(&self, name: &str) -> crate::Result<Option<super::LockGuard>> {
+        self.0.try_lock(name)
+    }
+    fn available_bytes(&self) -> crate::Result<Option<u64>> {
+        self.0.available_bytes()
+    }
+    fn describe(&self, key: &str) -> String {
+        self.0.describe(key)
+    }
+}
+
+#[test]
+fn the_default_list_meta_meets_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    check_backend(Arc::new(DefaultListing(LocalStorage::open(dir.path()).unwrap())));
+}
+
+/// The local backend's listing with metadata never follows a link planted among the objects,
+/// and never fails for one: it is no plain object (`meta` is `None`), as `head` refuses it.
+#[test]
+fn local_list_meta_reports_links_without_following_them() {
+    use std::os::unix::fs::symlink;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("big"), vec![0u8; 4096]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStorage::open(dir.path()).unwrap();
+    store.put_if_absent("w/a", b"abc").unwrap();
+    symlink(outside.path().join("big"), dir.path().join("w/link")).unwrap();
+    symlink(outside.path(), dir.path().join("w/linked-dir")).unwrap();
+    let listed = store.list_meta("w/").unwrap();
+    let summary: Vec<(&str, Option<u64>)> = listed
+        .iter()
+        .map(|l| (l.name.as_str(), l.meta.map(|m| m.size)))
+        .collect();
+    assert_eq!(summary, [("a", Some(3)), ("link", None), ("linked-dir", None)]);
+    assert!(store.head("w/link").is_err());
 }
 
 #[test]

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::fsio::{self, Dir, Kind, Perms};
-use crate::storage::{LockGuard, ObjectMeta, PutOutcome, Storage};
+use crate::storage::{Listed, LockGuard, ObjectMeta, PutOutcome, Storage};
 
 /// Objects as files under a root directory.
 #[derive(Debug, Clone)]
@@ -106,6 +106,22 @@ impl LocalStorage {
     }
 }
 
+/// Size and modification time of a regular file; `None` for anything else.
+fn object_meta(stat: &rustix::fs::Stat) -> Option<ObjectMeta> {
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return None;
+    }
+    let modified = SystemTime::UNIX_EPOCH
+        + Duration::new(
+            stat.st_mtime.max(0) as u64,
+            stat.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+        );
+    Some(ObjectMeta {
+        size: stat.st_size.max(0) as u64,
+        modified,
+    })
+}
+
 /// A key's directory part (possibly empty) and its last component.
 fn split_key(key: &str) -> (&str, &str) {
     key.rsplit_once('/').unwrap_or(("", key))
@@ -168,21 +184,12 @@ impl Storage for LocalStorage {
         let Some(stat) = parent.stat(name).map_err(Error::io("look up", &path))? else {
             return Ok(None);
         };
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-            return Err(Error::io("look up", &path)(io::Error::new(
+        object_meta(&stat).map(Some).ok_or_else(|| {
+            Error::io("look up", &path)(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a regular file (pitr stores objects as plain files and never follows links)",
-            )));
-        }
-        let modified = SystemTime::UNIX_EPOCH
-            + Duration::new(
-                stat.st_mtime.max(0) as u64,
-                stat.st_mtime_nsec.clamp(0, 999_999_999) as u32,
-            );
-        Ok(Some(ObjectMeta {
-            size: stat.st_size.max(0) as u64,
-            modified,
-        }))
+            ))
+        })
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
@@ -201,6 +208,40 @@ impl Storage for LocalStorage {
                 _ => e.name,
             })
             .collect())
+    }
+
+    /// One directory listing and one `fstatat` per entry, relative to the open directory (a
+    /// `head` walks from the root for each object).
+    fn list_meta(&self, dir: &str) -> Result<Vec<Listed>> {
+        let trimmed = dir.trim_end_matches('/');
+        let path = self.path(trimmed);
+        let Some(opened) = self.open_root()?.open_dir(trimmed).map_err(Error::io("list", &path))? else {
+            return Ok(Vec::new());
+        };
+        let mut listed = Vec::new();
+        for entry in opened.entries().map_err(Error::io("list", &path))? {
+            if entry.name.starts_with(".tmp.") {
+                continue;
+            }
+            if entry.kind == Kind::Dir {
+                listed.push(Listed {
+                    name: format!("{}/", entry.name),
+                    meta: None,
+                });
+                continue;
+            }
+            let stat = opened
+                .stat(&entry.name)
+                .map_err(Error::io("look up", opened.path_of(&entry.name)))?;
+            let Some(stat) = stat else {
+                continue; // deleted meanwhile
+            };
+            listed.push(Listed {
+                name: entry.name,
+                meta: object_meta(&stat),
+            });
+        }
+        Ok(listed)
     }
 
     fn delete(&self, key: &str) -> Result<()> {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{Scope, ServerView};
-use crate::backup::manifest::Manifest;
+use crate::backup::manifest::ManifestSummary;
 use crate::backup::Tier;
 use crate::wal::{SegmentSize, SIZE_OF_XLOG_LONG_PHD};
 
@@ -140,7 +140,7 @@ pub fn age_seconds(then: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
 /// is `expected` (scheduled and kept): a tier that never had a backup is missing once the oldest
 /// backup is older than the tier's interval and the grace.
 pub fn freshness(
-    backups: &[&Manifest],
+    backups: &[&ManifestSummary],
     scope: Scope,
     thresholds: &Thresholds,
     expected: &[Tier],
@@ -202,7 +202,7 @@ pub fn freshness(
 
 /// BackupMissing for an expected `tier` without any backup, once one is overdue: the oldest
 /// backup of the repository (`backups`, not empty) shows since when backups are taken.
-fn never_taken(backups: &[&Manifest], tier: Tier, thresholds: &Thresholds, now: DateTime<Utc>) -> Option<Alert> {
+fn never_taken(backups: &[&ManifestSummary], tier: Tier, thresholds: &Thresholds, now: DateTime<Utc>) -> Option<Alert> {
     let oldest = backups.iter().min_by_key(|m| m.stop_time)?;
     let age = age_seconds(oldest.stop_time, now);
     let due = interval(tier) + thresholds.backup_grace;
@@ -299,8 +299,8 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap() + chrono::TimeDelta::hours(hours)
     }
 
-    fn backup(id: &str, tier: Tier, stop_hours: i64) -> Manifest {
-        Manifest::for_test(id, tier, 1, 2..=2, at(stop_hours))
+    fn backup(id: &str, tier: Tier, stop_hours: i64) -> ManifestSummary {
+        crate::backup::manifest::Manifest::for_test(id, tier, 1, 2..=2, at(stop_hours)).summary()
     }
 
     fn names(alerts: &[Alert]) -> Vec<(AlertName, String)> {

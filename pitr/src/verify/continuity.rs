@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::backup::manifest::Manifest;
+use crate::backup::manifest::ManifestSummary;
 use crate::wal::{Segment, SegmentSize, TimelineId, TimelineSwitch};
 
 /// The archive as continuity sees it.
@@ -54,7 +54,7 @@ pub struct Gap {
 }
 
 /// The WAL each backup needs to reach consistency.
-pub fn backup_spans(backups: &[&Manifest]) -> Vec<Span> {
+pub fn backup_spans(backups: &[&ManifestSummary]) -> Vec<Span> {
     backups
         .iter()
         .map(|m| {
@@ -70,7 +70,7 @@ pub fn backup_spans(backups: &[&Manifest]) -> Vec<Span> {
 
 /// The WAL the whole archive must hold for `backups` (the retained ones): nothing when there is
 /// no backup.
-pub fn archive_spans(archive: &Archive, backups: &[&Manifest]) -> Vec<Span> {
+pub fn archive_spans(archive: &Archive, backups: &[&ManifestSummary]) -> Vec<Span> {
     let Some(floor) = backups.iter().map(|m| *m.consistency_segments().start()).min() else {
         return Vec::new();
     };
@@ -104,7 +104,7 @@ fn begin(archive: &Archive, timeline: TimelineId) -> u64 {
 
 /// How far a timeline must reach: its newest segment, the segment before each child timeline
 /// branches off, and each of its backups' consistency point.
-fn end(archive: &Archive, backups: &[&Manifest], timeline: TimelineId) -> Option<u64> {
+fn end(archive: &Archive, backups: &[&ManifestSummary], timeline: TimelineId) -> Option<u64> {
     let newest = archived_on(archive, timeline).next_back();
     let branches = archive
         .histories
@@ -200,7 +200,7 @@ pub enum HistoryProblem {
 pub fn history_problems(
     archive: &Archive,
     listed: &BTreeSet<TimelineId>,
-    backups: &[&Manifest],
+    backups: &[&ManifestSummary],
 ) -> Vec<HistoryProblem> {
     let file = |timeline: TimelineId| format!("{timeline:08X}.history");
     let mut needed: BTreeMap<TimelineId, String> = BTreeMap::new();
@@ -279,8 +279,15 @@ mod tests {
 
     const SIZE: SegmentSize = SegmentSize::DEFAULT;
 
-    fn backup(id: &str, timeline: TimelineId, start: u64, stop: u64) -> Manifest {
-        Manifest::for_test(id, Tier::Daily, timeline, start..=stop, chrono::DateTime::UNIX_EPOCH)
+    fn backup(id: &str, timeline: TimelineId, start: u64, stop: u64) -> ManifestSummary {
+        crate::backup::manifest::Manifest::for_test(
+            id,
+            Tier::Daily,
+            timeline,
+            start..=stop,
+            chrono::DateTime::UNIX_EPOCH,
+        )
+        .summary()
     }
 
     fn switch(parent: TimelineId, segno: u64) -> TimelineSwitch {
@@ -300,7 +307,7 @@ mod tests {
     fn gaps(
         segs: &BTreeSet<(TimelineId, u64)>,
         histories: &BTreeMap<TimelineId, Vec<TimelineSwitch>>,
-        backups: &[&Manifest],
+        backups: &[&ManifestSummary],
     ) -> Vec<(TimelineId, String, String, u64)> {
         let archive = Archive {
             size: SIZE,

@@ -122,7 +122,7 @@ fn backup_location(dir: &Path) -> Result<(Repo, String)> {
 /// generation's WAL).
 fn check_backup(repo: &Repo, id: &str, jobs: usize, progress: &dyn Progress) -> Result<(String, Vec<Alert>)> {
     let generations = repo.generations()?;
-    let generation = crate::backup::load_catalog(repo)?
+    let generation = crate::backup::load_summaries(repo)?
         .iter()
         .find(|m| m.id == id)
         .and_then(|m| generations.as_ref()?.of_cluster(m.system_identifier))
@@ -132,12 +132,14 @@ fn check_backup(repo: &Repo, id: &str, jobs: usize, progress: &dyn Progress) -> 
         None => repo.pin()?,
     };
     let holdings = Holdings::read(repo)?;
-    let entry = holdings.catalog.iter().find(|e| e.id == id).ok_or_else(|| {
+    let no_backup = || {
         Error::Refused(format!(
             "no file {id} and no backup '{id}' in repository {}; `pitr list` shows the backups",
             repo.location()
         ))
-    })?;
+    };
+    let listed = holdings.catalog.iter().find(|e| e.id == id).ok_or_else(no_backup)?;
+    let entry = &crate::backup::read_backup(repo, listed.tier, id)?.ok_or_else(no_backup)?;
     let checked = check_backups_and_wal(repo, &holdings, &[entry], false, jobs, progress)?;
     let files = entry.manifest.as_ref().map_or(0, |m| m.files.len());
     Ok((

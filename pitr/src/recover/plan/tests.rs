@@ -16,9 +16,9 @@ fn lsn(segno: u64, offset: u64) -> Lsn {
     Lsn(SIZE.segment_start(segno).0 + offset)
 }
 
-fn backup(id: &str, timeline: u32, start_segno: u64, stop_minute: u32) -> Manifest {
+fn backup(id: &str, timeline: u32, start_segno: u64, stop_minute: u32) -> ManifestSummary {
     let name = |segno| Segment { timeline, segno }.file_name(SIZE);
-    Manifest {
+    ManifestSummary {
         format_version: 1,
         id: id.into(),
         tier: Tier::Hourly,
@@ -36,10 +36,6 @@ fn backup(id: &str, timeline: u32, start_segno: u64, stop_minute: u32) -> Manife
         duration_seconds: 1.0,
         original_bytes: 1000,
         stored_bytes: 100,
-        tablespaces: vec![],
-        directories: vec![],
-        files: vec![],
-        configuration: None,
     }
 }
 
