@@ -17,7 +17,7 @@ use crate::backup::manifest::ManifestSummary;
 use crate::backup::{read_backup, scan_summaries, CatalogEntry, Tier};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::recover::{self, ArchivedRecords, Reach, RepoState};
+use crate::recover::{self, ArchivedRecords, ArchivedSegments, Reach, RepoState};
 use crate::repo::{Cluster, Generation, Generations, Repo};
 use crate::restore_point::{self, RestorePoint};
 use crate::timeline::TimelinePath;
@@ -143,16 +143,20 @@ impl<'r> Holdings<'r> {
 
     /// Archived segments (not `.partial` files): (timeline, segment number) → when archived.
     pub fn segments(&self) -> BTreeMap<(TimelineId, u64), SystemTime> {
-        let Some(size) = self.segment_size() else {
-            return BTreeMap::new();
-        };
-        self.wal
-            .iter()
-            .filter_map(|f| match f.name {
-                WalFileName::Segment(name) => name.segment(size).map(|s| ((s.timeline, s.segno), f.archived_at)),
-                _ => None,
-            })
-            .collect()
+        self.segment_entries().collect()
+    }
+
+    /// [`Holdings::segments`] as the recovery planner looks them up.
+    pub fn archived_segments(&self) -> ArchivedSegments {
+        self.segment_entries().map(|(key, _)| key).collect()
+    }
+
+    fn segment_entries(&self) -> impl Iterator<Item = ((TimelineId, u64), SystemTime)> + '_ {
+        let size = self.segment_size();
+        self.wal.iter().filter_map(move |f| match f.name {
+            WalFileName::Segment(name) => name.segment(size?).map(|s| ((s.timeline, s.segno), f.archived_at)),
+            _ => None,
+        })
     }
 
     /// The history files that parse.
@@ -167,28 +171,12 @@ impl<'r> Holdings<'r> {
     /// archive knows, which `recovery_target_timeline = 'latest'` follows), with when it was
     /// archived. Segments an older timeline went on writing after its end are not on that path.
     pub fn newest_segment(&self, timeline: Option<TimelineId>) -> Option<(Segment, DateTime<Utc>)> {
-        self.newest_segment_of(&self.segments(), timeline)
-    }
-
-    /// [`Holdings::newest_segment`] among `segments` (what [`Holdings::segments`] returned).
-    fn newest_segment_of(
-        &self,
-        segments: &BTreeMap<(TimelineId, u64), SystemTime>,
-        timeline: Option<TimelineId>,
-    ) -> Option<(Segment, DateTime<Utc>)> {
         let size = self.segment_size()?;
-        let path = self.timeline_path(timeline.unwrap_or_else(|| self.newest_timeline_of(segments)));
-        segments
-            .iter()
-            .map(|((timeline, segno), at)| {
-                (
-                    Segment {
-                        timeline: *timeline,
-                        segno: *segno,
-                    },
-                    *at,
-                )
-            })
+        let path = self.timeline_path(timeline.unwrap_or_else(|| self.newest_timeline()));
+        // In the order of the listing, the last of a segment listed twice counts (as in
+        // `segments`); one segment per number is on the path.
+        self.segment_entries()
+            .map(|((timeline, segno), at)| (Segment { timeline, segno }, at))
             .filter(|(segment, _)| path.holds(*segment, size))
             .max_by_key(|(segment, _)| segment.segno)
             .map(|(segment, at)| (segment, at.into()))
@@ -196,12 +184,7 @@ impl<'r> Holdings<'r> {
 
     /// The highest timeline the archive knows, by segments or history files.
     pub fn newest_timeline(&self) -> TimelineId {
-        self.newest_timeline_of(&self.segments())
-    }
-
-    fn newest_timeline_of(&self, segments: &BTreeMap<(TimelineId, u64), SystemTime>) -> TimelineId {
-        // The keys are sorted: the last holds the highest timeline.
-        let by_segments = segments.last_key_value().map(|((timeline, _), _)| *timeline);
+        let by_segments = self.segment_entries().map(|((timeline, _), _)| timeline).max();
         let by_history = self.histories.keys().copied().max();
         by_segments.max(by_history).unwrap_or(1)
     }
@@ -215,11 +198,11 @@ impl<'r> Holdings<'r> {
     }
 
     /// What the recovery planner needs, from what is readable; `segments` are
-    /// [`Holdings::segments`].
-    fn planner_state(&self, segments: BTreeMap<(TimelineId, u64), SystemTime>) -> Option<RepoState<'r>> {
+    /// [`Holdings::archived_segments`].
+    fn planner_state(&self, segments: ArchivedSegments) -> Option<RepoState<'r>> {
         Some(RepoState {
             backups: self.backups().into_iter().cloned().collect(),
-            segments: segments.into_iter().collect(),
+            segments,
             histories: self.readable_histories(),
             restore_points: self.restore_points.as_ref().map(Vec::clone).unwrap_or_default(),
             segment_size: Some(self.segment_size()?),
@@ -402,8 +385,8 @@ pub fn summarize(holdings: &Holdings, now: DateTime<Utc>) -> RepoSummary {
 /// Summarizes what `holdings` hold as of `now`, the newest archived segment on the path to
 /// `timeline` (the server's, when known; else the newest timeline).
 pub fn summarize_on(holdings: &Holdings, now: DateTime<Utc>, timeline: Option<TimelineId>) -> RepoSummary {
-    let segments = holdings.segments();
-    let newest = holdings.newest_segment_of(&segments, timeline);
+    let newest = holdings.newest_segment(timeline);
+    let segments = holdings.archived_segments();
     let segment_count = segments.len() as u64;
     let size = holdings.segment_size().unwrap_or(SegmentSize::DEFAULT);
     let (windows, unreadable_wal) = holdings
@@ -467,8 +450,7 @@ fn unreadable(holdings: &Holdings) -> Vec<String> {
 fn windows(state: &RepoState) -> (Vec<Window>, Vec<String>) {
     let timelines: BTreeSet<TimelineId> = state
         .segments
-        .keys()
-        .map(|(timeline, _)| *timeline)
+        .timelines()
         .chain(state.histories.keys().copied())
         .collect();
     let mut errors = Vec::new();
@@ -509,7 +491,6 @@ fn window(timeline: TimelineId, backup: &ManifestSummary, reach: Reach) -> Windo
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use chrono::TimeZone;
 
@@ -539,8 +520,7 @@ mod tests {
         (Segment { timeline: 1, segno }, SegmentSummary::of_marks(vec![mark]))
     }
 
-    /// Backups b3 and b7; the segments given, each archived 30 s after minute `segno`, each
-    /// with a commit at minute `segno` + 20 s.
+    /// Backups b3 and b7; the segments given, each with a commit at minute `segno` + 20 s.
     fn state(segnos: impl IntoIterator<Item = u64> + Clone) -> RepoState<'static> {
         let commit = |s: u64| {
             mark(
@@ -551,11 +531,7 @@ mod tests {
         };
         RepoState {
             backups: vec![backup("b3", 3, 3), backup("b7", 7, 7)],
-            segments: segnos
-                .clone()
-                .into_iter()
-                .map(|s| ((1, s), SystemTime::from(at(s as u32)) + Duration::from_secs(30)))
-                .collect(),
+            segments: segnos.clone().into_iter().map(|s| (1, s)).collect(),
             segment_size: Some(SIZE),
             records: ArchivedRecords::known(segnos.into_iter().map(commit)),
             ..RepoState::default()

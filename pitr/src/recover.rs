@@ -7,6 +7,7 @@ mod adopt;
 mod archived;
 mod drive;
 mod plan;
+mod segments;
 mod settings;
 mod target;
 
@@ -20,6 +21,7 @@ pub use adopt::{adopt, AdoptReport};
 pub use archived::{ArchivedRecords, Mark, MarkKind, SegmentSummary, Span};
 pub use drive::{Action, Outcome, RecoveryServer, RECOVERY_LOG};
 pub use plan::{plan, reach, reaches_restore_point, Plan, Reach, RepoState, Request, TimelineChoice};
+pub use segments::ArchivedSegments;
 pub use target::Target;
 
 use crate::backup::{self, RestoreOptions, RestoreSummary};
@@ -138,7 +140,7 @@ pub fn generation_for(repo: &Repo, request: &Request, generation: Option<u32>) -
 /// restore point catalog is an error here.
 pub fn repo_state(repo: &Repo) -> Result<RepoState<'_>> {
     let holdings = Holdings::read(repo)?;
-    let segments = holdings.segments().into_iter().collect();
+    let segments = holdings.archived_segments();
     let segment_size = holdings.segment_size();
     let (generation, replaced_by) = (holdings.generation, holdings.replaced_by);
     // A backup whose manifest cannot be read cannot be restored: the plan chooses among the others.

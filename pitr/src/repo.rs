@@ -754,14 +754,16 @@ impl Repo {
     /// Every archived WAL file of this generation, sorted by name within each directory.
     pub fn list_wal(&self) -> Result<Vec<WalFileName>> {
         let wal = self.wal_dir()?;
-        let mut names = Vec::new();
-        for dir in self.storage.list(&wal)?.iter().filter(|d| d.ends_with('/')) {
-            for name in self.storage.list(&format!("{wal}{dir}"))? {
-                // Anything that is not a WAL file name is not ours to interpret (or delete).
-                names.extend(WalFileName::parse(&name).ok());
-            }
-        }
-        Ok(names)
+        self.in_wal_dirs(&wal, |dir, names| {
+            // Anything that is not a WAL file name is not ours to interpret (or delete).
+            names.extend(
+                self.storage
+                    .list(dir)?
+                    .iter()
+                    .filter_map(|n| WalFileName::parse(n).ok()),
+            );
+            Ok(())
+        })
     }
 
     /// Every archived WAL file of this generation with its stored size and archive time, sorted
@@ -769,24 +771,49 @@ impl Repo {
     /// tell, from one listing with metadata per directory. A file deleted meanwhile is left out.
     pub fn list_wal_meta(&self) -> Result<Vec<(WalFileName, ObjectMeta)>> {
         let wal = self.wal_dir()?;
-        let mut files = Vec::new();
-        for dir in self.storage.list(&wal)?.iter().filter(|d| d.ends_with('/')) {
-            let dir = format!("{wal}{dir}");
-            for entry in self.storage.list_meta(&dir)? {
+        self.in_wal_dirs(&wal, |dir, files| {
+            for entry in self.storage.list_meta(dir)? {
                 let Ok(name) = WalFileName::parse(&entry.name) else {
                     continue; // not ours to interpret
                 };
                 let key = wal_key(&wal, &name);
                 let meta = match entry.meta {
-                    Some(meta) if key.strip_prefix(&dir) == Some(&entry.name) => Some(meta),
+                    Some(meta) if key.strip_prefix(dir) == Some(&entry.name) => Some(meta),
                     // Not a plain object, or not where its name belongs: what a head of its
                     // key says (why it is refused, or the object under its key).
                     _ => self.storage.head(&key)?,
                 };
                 files.extend(meta.map(|meta| (name, meta)));
             }
+            Ok(())
+        })
+    }
+
+    /// What `each` finds in the directories of the WAL directory `wal`, in their order, several
+    /// directories at once: a million segments lie in thousands of directories, and listing
+    /// them one after the other leaves the other cores (or a remote store's latency) idle. A
+    /// few dozen directories at a time, so that no more than their findings are held twice.
+    fn in_wal_dirs<T: Send>(&self, wal: &str, each: impl Fn(&str, &mut Vec<T>) -> Result<()> + Sync) -> Result<Vec<T>> {
+        use rayon::prelude::*;
+        let dirs: Vec<String> = self
+            .storage
+            .list(wal)?
+            .into_iter()
+            .filter(|d| d.ends_with('/'))
+            .map(|d| format!("{wal}{d}"))
+            .collect();
+        let mut found = Vec::new();
+        for batch in dirs.chunks(WAL_DIRS_AT_ONCE) {
+            let parts = batch
+                .par_iter()
+                .map(|dir| {
+                    let mut part = Vec::new();
+                    each(dir, &mut part).map(|()| part)
+                })
+                .collect::<Result<Vec<Vec<T>>>>()?;
+            parts.into_iter().for_each(|part| found.extend(part));
         }
-        Ok(files)
+        Ok(found)
     }
 
     /// Deletes an archived WAL file.
@@ -812,6 +839,9 @@ pub fn generation_of_path(path_in_repo: &std::path::Path) -> Option<u32> {
     let first = path_in_repo.components().next()?.as_os_str().to_str()?;
     generation_of_dir(&format!("{first}/"))
 }
+
+/// WAL directories listed at once by [`Repo::in_wal_dirs`] (256 segments of 16 MiB each).
+const WAL_DIRS_AT_ONCE: usize = 64;
 
 /// What the WAL archive's marker says.
 const MARKER_TEXT: &[u8] = b"This directory is the WAL archive of a pitr repository (see ../repo.json).\n";

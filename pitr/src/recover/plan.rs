@@ -13,14 +13,14 @@
 //! [`plan`] is a function of the repository's state alone ([`RepoState`], whose records are read
 //! from the repository as a target needs them), so it is tested without a server.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::archived::{newer_xid, ArchivedRecords, Mark, SegmentSummary};
+use super::segments::ArchivedSegments;
 use super::target::Target;
 use crate::backup::manifest::ManifestSummary;
 use crate::error::{Error, Result};
@@ -43,8 +43,8 @@ pub enum TimelineChoice {
 pub struct RepoState<'r> {
     /// Finished backups, summarized.
     pub backups: Vec<ManifestSummary>,
-    /// Archived segments: (timeline, segment number) → when archived.
-    pub segments: HashMap<(TimelineId, u64), SystemTime>,
+    /// Archived segments.
+    pub segments: ArchivedSegments,
     /// Parsed history files by timeline.
     pub histories: BTreeMap<TimelineId, Vec<TimelineSwitch>>,
     /// Recorded restore points.
@@ -232,7 +232,7 @@ pub fn reach(state: &RepoState, timeline: TimelineId, backup_id: &str) -> Result
         return Ok(None);
     };
     let first = size.segment_of(backup.start_lsn);
-    let last = (first..).take_while(|s| path.archived(state, *s)).last();
+    let last = path.archived_from(state, first);
     let Some(last) = last.filter(|last| *last >= size.segment_before(backup.stop_lsn)) else {
         return Ok(None);
     };
@@ -283,7 +283,7 @@ pub fn reaches_restore_point(state: &RepoState, point: &RestorePoint) -> std::re
 
 /// The highest timeline the archive knows (by segments or history files).
 fn latest_timeline(state: &RepoState) -> TimelineId {
-    let by_segments = state.segments.keys().map(|(t, _)| *t).max().unwrap_or(1);
+    let by_segments = state.segments.newest_timeline().unwrap_or(1);
     let by_history = state.histories.keys().copied().max().unwrap_or(1);
     by_segments.max(by_history)
 }
@@ -317,12 +317,37 @@ impl Path {
     /// The segment `segno` as read when following the path: a segment holding a switch point
     /// is read from the child timeline, whose copy continues past it.
     fn segment(&self, segno: u64) -> Segment {
-        let timeline = self
-            .steps
+        Segment {
+            timeline: self.step_of(segno).0,
+            segno,
+        }
+    }
+
+    /// The timeline segment `segno` is read from, and the first segment number after it that
+    /// is read from another (`None`: the target timeline, read to the end).
+    fn step_of(&self, segno: u64) -> (TimelineId, Option<u64>) {
+        self.steps
             .iter()
-            .find(|(_, end)| end.is_none_or(|end| segno < self.size.segment_of(end)))
-            .map_or(self.steps[self.steps.len() - 1].0, |(t, _)| *t);
-        Segment { timeline, segno }
+            .map(|(t, end)| (*t, end.map(|end| self.size.segment_of(end))))
+            .find(|(_, bound)| bound.is_none_or(|bound| segno < bound))
+            .unwrap_or((self.steps[self.steps.len() - 1].0, None))
+    }
+
+    /// The last segment recovery reads from segment `first` on without a gap, when `first` is
+    /// archived: as far as each timeline's archived segments run without a gap, until the path
+    /// switches to the next timeline.
+    fn archived_from(&self, state: &RepoState, first: u64) -> Option<u64> {
+        let mut last = None;
+        let mut segno = first;
+        loop {
+            let (timeline, bound) = self.step_of(segno);
+            let Some(end) = state.segments.run_end(timeline, segno) else {
+                return last;
+            };
+            let end = bound.map_or(end, |bound| end.min(bound - 1));
+            last = Some(end);
+            segno = end + 1;
+        }
     }
 
     fn name(&self, segno: u64) -> String {
@@ -331,7 +356,7 @@ impl Path {
 
     fn archived(&self, state: &RepoState, segno: u64) -> bool {
         let segment = self.segment(segno);
-        state.segments.contains_key(&(segment.timeline, segno))
+        state.segments.contains(segment.timeline, segno)
     }
 
     /// Whether `lsn` on `timeline` lies on the path.
@@ -341,14 +366,19 @@ impl Path {
             .any(|(t, end)| *t == timeline && end.is_none_or(|end| lsn < end))
     }
 
-    /// The newest archived segment on the path.
+    /// The newest archived segment on the path: of each step's timeline, the newest among the
+    /// numbers the path reads from it (from the end of the steps before, to its own end).
     fn newest_archived(&self, state: &RepoState) -> Option<u64> {
-        state
-            .segments
-            .keys()
-            .filter(|(t, segno)| self.segment(*segno).timeline == *t)
-            .map(|(_, segno)| *segno)
-            .max()
+        let mut from = 0;
+        let mut newest = None;
+        for (timeline, end) in &self.steps {
+            let below = end.map(|end| self.size.segment_of(end));
+            if below.is_none_or(|below| below > from) {
+                newest = newest.max(state.segments.newest_in(*timeline, from, below));
+            }
+            from = from.max(below.unwrap_or(u64::MAX));
+        }
+        newest
     }
 
     /// The records of segment `segno` when it is archived.

@@ -1,5 +1,3 @@
-use std::time::{Duration, SystemTime};
-
 use chrono::{TimeDelta, TimeZone, Utc};
 
 use super::*;
@@ -79,8 +77,7 @@ fn state_with(marks: impl Fn(u64) -> Vec<Mark>) -> RepoState<'static> {
         ..RepoState::default()
     };
     for segno in 2..=10 {
-        s.segments
-            .insert((1, segno), SystemTime::from(at(2 * segno as u32 + 1)));
+        s.segments.insert((1, segno));
     }
     s
 }
@@ -307,9 +304,8 @@ fn timelines_are_followed_through_history_files() {
             reason: "before 2026-11-25".into(),
         }],
     );
-    s.segments.insert((2, 8), SystemTime::from(at(30)));
-    s.segments
-        .insert((2, 9), SystemTime::from(at(31)) + Duration::from_secs(1));
+    s.segments.insert((2, 8));
+    s.segments.insert((2, 9));
     let p = plan(&s, &request(Target::Latest)).unwrap();
     assert_eq!(p.timeline_path.len(), 2);
     assert_eq!(p.last_wal, "000000020000000000000009");
@@ -339,7 +335,7 @@ fn a_backup_after_the_branch_point_is_not_on_the_path() {
             reason: String::new(),
         }],
     );
-    s.segments.insert((2, 5), SystemTime::from(at(40)));
+    s.segments.insert((2, 5));
     // b20 (timeline 1, segment 6) is after timeline 1 ended at segment 5 on the way to timeline 2.
     let p = plan(&s, &request(Target::Latest)).unwrap();
     assert_eq!(p.backup_id, "b0");
@@ -366,4 +362,34 @@ fn reach_agrees_with_the_plan() {
     assert_eq!(r.newest_time, Some(at(14) + TimeDelta::seconds(30)));
     s.segments.remove(&(1, 2));
     assert_eq!(reach(&s, 1, "b0").unwrap(), None, "the backup's own WAL is gone");
+}
+
+/// The planner's shortcuts over the archived segments (runs, the newest per path step) agree
+/// with walking every segment number, on a path through three timelines with gaps, segments an
+/// old timeline wrote past its end, and a switch point at a segment's start.
+#[test]
+fn walks_over_the_path_agree_with_a_walk_over_every_segment() {
+    let mut s = state();
+    let switch = |parent: u32, segno: u64, offset: u64| TimelineSwitch {
+        parent,
+        switchpoint: lsn(segno, offset),
+        reason: String::new(),
+    };
+    s.histories.insert(2, vec![switch(1, 40, 100)]);
+    s.histories.insert(3, vec![switch(1, 40, 100), switch(2, 70, 0)]);
+    s.segments = (1..=50)
+        .filter(|n| n % 13 != 0)
+        .map(|n| (1, n))
+        .chain((40..=80).filter(|n| n % 17 != 0).map(|n| (2, n)))
+        .chain((69..=120).filter(|n| n % 19 != 0).map(|n| (3, n)))
+        .collect();
+    for target in 1..=3 {
+        let path = Path::to(&s, target, SIZE).unwrap();
+        let every: Vec<u64> = (0..130).filter(|n| path.archived(&s, *n)).collect();
+        assert_eq!(path.newest_archived(&s), every.last().copied(), "timeline {target}");
+        for first in 0..130 {
+            let walked = (first..).take_while(|n| path.archived(&s, *n)).last();
+            assert_eq!(path.archived_from(&s, first), walked, "timeline {target} from {first}");
+        }
+    }
 }
