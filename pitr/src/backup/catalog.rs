@@ -84,20 +84,28 @@ pub fn read_backup(repo: &Repo, tier: Tier, id: &str) -> Result<Option<CatalogEn
     read_entry(repo, tier, id, true)
 }
 
-fn scan<M>(
+/// `read` of every backup directory, in tier order and then by name: several at once, since a
+/// thousand manifests of a few hundred kilobytes each take a second of parsing and checksumming
+/// (or, from a remote store, a thousand round trips).
+fn scan<M: Send>(
     repo: &Repo,
-    mut read: impl FnMut(Tier, &str) -> Result<Option<CatalogEntry<M>>>,
+    read: impl Fn(Tier, &str) -> Result<Option<CatalogEntry<M>>> + Sync,
 ) -> Result<Vec<CatalogEntry<M>>> {
-    let mut entries = Vec::new();
+    use rayon::prelude::*;
+    let mut dirs = Vec::new();
     for tier in Tier::ALL {
         for dir in repo.storage().list(&format!("{}/", tier.name()))? {
             let Some(id) = dir.strip_suffix('/') else {
                 continue; // a stray file in a tier directory is no backup
             };
-            entries.extend(read(tier, id)?);
+            dirs.push((tier, id.to_string()));
         }
     }
-    Ok(entries)
+    let read = dirs
+        .par_iter()
+        .map(|(tier, id)| read(*tier, id))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(read.into_iter().flatten().collect())
 }
 
 /// The backup in `<tier>/<id>/`, or `None` when it is incomplete; `compare_copy`: also check
