@@ -383,11 +383,20 @@ impl Path {
 
     /// The records of segment `segno` when it is archived.
     fn summary(&self, state: &RepoState, segno: u64) -> Result<Option<Arc<SegmentSummary>>> {
-        if !self.archived(state, segno) {
+        let Some((segment, next)) = self.summary_key(state, segno) else {
             return Ok(None);
+        };
+        state.records.summary(segment, next, self.size).map(Some)
+    }
+
+    /// Segment `segno` on the path and the archived one after it, whose records a summary of
+    /// it reads; `None` when `segno` is not archived.
+    fn summary_key(&self, state: &RepoState, segno: u64) -> Option<(Segment, Option<Segment>)> {
+        if !self.archived(state, segno) {
+            return None;
         }
         let next = self.archived(state, segno + 1).then(|| self.segment(segno + 1));
-        state.records.summary(self.segment(segno), next, self.size).map(Some)
+        Some((self.segment(segno), next))
     }
 }
 
@@ -566,14 +575,29 @@ impl Scan<'_, '_> {
     /// records; `Err` with the first missing segment when a later one is archived (a gap).
     fn forward(&self) -> impl Iterator<Item = Result<(u64, Arc<SegmentSummary>)>> + '_ {
         let first = self.size().segment_of(self.backup.start_lsn);
-        (first..).map_while(move |segno| match self.path.summary(self.state, segno) {
+        let ahead = self.state.records.read_ahead_width();
+        (first..).map_while(move |segno| {
+            if ahead > 1 && (segno - first).is_multiple_of(ahead) {
+                // The scan goes on segment by segment: summarize the next few at once.
+                let keys: Vec<_> = (segno..segno + ahead)
+                    .map_while(|s| self.path.summary_key(self.state, s))
+                    .collect();
+                self.state.records.read_ahead(&keys, self.size());
+            }
+            self.step(segno)
+        })
+    }
+
+    /// One step of [`Scan::forward`].
+    fn step(&self, segno: u64) -> Option<Result<(u64, Arc<SegmentSummary>)>> {
+        match self.path.summary(self.state, segno) {
             Ok(Some(summary)) => Some(Ok((segno, summary))),
             Ok(None) if self.path.newest_archived(self.state).is_some_and(|n| n > segno) => {
                 Some(Err(self.missing(segno)))
             }
             Ok(None) => None,
             Err(e) => Some(Err(e)),
-        })
+        }
     }
 
     fn missing(&self, segno: u64) -> Error {
