@@ -43,6 +43,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FINDINGS = Path(__file__).resolve().parent / "findings.md"
+SCALE = Path(__file__).resolve().parent / "scale.md"
 DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
 MiB = 1 << 20
 
@@ -1607,6 +1608,8 @@ def write_doc(rec: Record, path: Path) -> None:
     ]
     if FINDINGS.exists():
         parts += [FINDINGS.read_text().strip(), ""]
+    if SCALE.exists():
+        parts += [SCALE.read_text().strip(), ""]
     parts += ["## Results", ""]
     for g in groups_in_order(res):
         parts += [f"### {g}", ""]
