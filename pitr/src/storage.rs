@@ -3,7 +3,8 @@
 //! The trait is deliberately narrow, so that object storage (S3 and friends, which have no
 //! atomic rename) can implement it later: objects are written whole and only if absent, never
 //! replaced. Keys are `/`-separated relative paths such as `wal/0000000100000000/<name>`.
-//! Every backend must pass the conformance suite in `storage/conformance.rs`.
+//! Every backend must pass the conformance suite in `storage/conformance.rs` (public with the
+//! `conformance` feature).
 
 mod local;
 
@@ -101,5 +102,5 @@ pub trait Storage: Send + Sync {
 /// Holds a lock taken with [`Storage::try_lock`] until dropped.
 pub struct LockGuard(#[allow(dead_code)] Box<dyn Send>);
 
-#[cfg(test)]
-mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;

@@ -318,3 +318,106 @@ fn collect_tree(dir: &Dir, rel: &str, files: &mut Vec<String>, dirs: &mut Vec<St
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::LocalStorage;
+    use crate::storage::conformance::check_backend;
+    use crate::storage::Storage;
+
+    #[test]
+    fn local_storage_meets_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        check_backend(Arc::new(LocalStorage::open(dir.path()).unwrap()));
+        let leftovers: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.contains(".tmp.")).collect();
+        assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    }
+
+    #[test]
+    fn local_storage_refuses_a_missing_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = LocalStorage::open(dir.path().join("not-mounted"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(!dir.path().join("not-mounted").exists());
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flat_map(|e| {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    walk(&path)
+                } else {
+                    vec![path.display().to_string()]
+                }
+            })
+            .collect()
+    }
+
+    /// Whoever owns the repository may plant links in it; the local backend refuses to follow any,
+    /// so that a root-run pitr is never steered outside the repository (issue: a planted
+    /// `locks/backup.lock` link handed a root-owned file to the repository's owner).
+    #[test]
+    fn local_storage_follows_no_link_planted_in_the_repository() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"root's file").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStorage::open(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join("locks")).unwrap();
+        symlink(&victim, dir.path().join("locks/backup.lock")).unwrap();
+        assert!(
+            store.try_lock("backup").is_err(),
+            "a lock file that is a link is refused"
+        );
+        symlink(outside.path(), dir.path().join("wal")).unwrap();
+        assert!(
+            store.get("wal/victim").is_err(),
+            "a directory link is an error, not an object"
+        );
+        assert!(store.put_if_absent("wal/new", b"x").is_err());
+        assert!(!outside.path().join("new").exists(), "nothing written through the link");
+        std::fs::create_dir(dir.path().join("objects")).unwrap();
+        symlink(outside.path().join("gone"), dir.path().join("objects/dangling")).unwrap();
+        assert!(
+            store.get("objects/dangling").is_err(),
+            "a dangling link is an error, never 'absent'"
+        );
+        assert!(store.head("objects/dangling").is_err());
+        symlink(outside.path(), dir.path().join("objects/tree")).unwrap();
+        store.delete_all("objects/").unwrap();
+        assert!(victim.exists(), "deleting a tree removes links, not what they point to");
+        for bad in ["../escape", "/etc/passwd", "a/../b", "a//b"] {
+            assert!(store.put_if_absent(bad, b"x").is_err(), "{bad}");
+            assert!(store.get(bad).is_err(), "{bad}");
+        }
+        let meta = std::fs::metadata(&victim).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            0o640,
+            "the victim's mode is untouched"
+        );
+    }
+
+    #[test]
+    fn local_storage_creates_private_directories_and_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStorage::open(dir.path()).unwrap();
+        store.put_if_absent("wal/0000000100000000/x", b"x").unwrap();
+        drop(store.try_lock("backup").unwrap());
+        let mode = |rel: &str| std::fs::metadata(dir.path().join(rel)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("wal"), 0o700);
+        assert_eq!(mode("wal/0000000100000000"), 0o700);
+        assert_eq!(mode("wal/0000000100000000/x"), 0o600);
+        assert_eq!(mode("locks"), 0o700);
+        assert_eq!(mode("locks/backup.lock"), 0o600);
+    }
+}
