@@ -1,14 +1,20 @@
-//! Where the repository's bytes live: the [`Storage`] trait and its local-disk backend.
+//! Where the repository's bytes live: the [`Storage`] trait and its backends.
 //!
 //! The trait is deliberately narrow, so that object storage (S3 and friends, which have no
 //! atomic rename) can implement it later: objects are written whole and only if absent, never
 //! replaced. Keys are `/`-separated relative paths such as `wal/0000000100000000/<name>`.
 //! Every backend must pass the conformance suite in `storage/conformance.rs` (public with the
 //! `conformance` feature).
+//!
+//! Backends: [`LocalStorage`], a directory on local disk, and [`S3Storage`], a bucket of Amazon
+//! S3 or an S3-compatible server through the `object_store` crate, which meets the contract
+//! with conditional puts (`If-None-Match: *`) and lease objects for locks (see `storage/s3.rs`).
 
 mod local;
+pub mod s3;
 
 pub use local::LocalStorage;
+pub use s3::{S3Config, S3Storage};
 
 use crate::error::Result;
 
