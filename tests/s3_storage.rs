@@ -311,6 +311,7 @@ fn no_secret_appears_in_errors_or_debug_output() {
         store.delete("wal/x").unwrap_err(),
         store.get("../x").unwrap_err(),
     ] {
+        eprintln!("with a wrong secret: {err}");
         if let pitr::Error::Remote { status, .. } = &err {
             assert!(matches!(status, Some(401 | 403)), "a bad signature is refused: {err}");
             assert!(!err.is_retryable(), "{err}");

@@ -386,6 +386,7 @@ impl S3Storage {
             max_retries: MAX_RETRIES,
             retry_timeout: RETRY_TIMEOUT,
         };
+        // Never print the builder: its derived `Debug` shows the secret key.
         let mut builder = AmazonS3Builder::new();
         for (name, value) in &config.credential_chain {
             let key: AmazonS3ConfigKey = name
