@@ -109,6 +109,23 @@ pub enum Error {
     #[error("interrupted: {0}")]
     Interrupted(String),
 
+    /// An object store (S3 or compatible) failed, refused, or could not be reached, after the
+    /// client's own retries. `retryable` says whether the same request may succeed later (a 5xx,
+    /// 429, 408 or 409, a timeout, a failed connection): what a caller that retries looks at.
+    #[error("could not {action} {location}: {reason}")]
+    Remote {
+        /// What was being done, as a verb ("read", "store", "list", ...).
+        action: &'static str,
+        /// The object or directory, as a URL (`s3://bucket/prefix/key`).
+        location: String,
+        /// The HTTP status the store answered with; `None` when it did not answer.
+        status: Option<u16>,
+        /// Whether trying again later may succeed.
+        retryable: bool,
+        /// What the store said (never a credential) and what to do.
+        reason: String,
+    },
+
     /// The repository is missing or unusable.
     #[error("repository {}: {reason}", path.display())]
     Repo {
@@ -124,6 +141,14 @@ impl Error {
     pub fn io(action: &'static str, path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> Error {
         let path = path.as_ref().to_path_buf();
         move |source| Error::Io { action, path, source }
+    }
+}
+
+impl Error {
+    /// Whether the same operation may succeed if tried again later: only a remote store's
+    /// transient failures say so ([`Error::Remote`]).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Remote { retryable: true, .. })
     }
 }
 

@@ -8,7 +8,7 @@
 //! - [`timeline`]: which timeline holds each segment when recovery follows a timeline's history.
 //! - [`codec`]: the stored-object format (compression + CRC-32), one for every stored file.
 //! - [`fsio`]: trusted file operations: symlink-safe, crash-safe, exact modes, page-cache-shaped writes.
-//! - [`storage`]: the create-only [`storage::Storage`] trait and its local-disk backend.
+//! - [`storage`]: the create-only [`storage::Storage`] trait and its backends (local disk, S3).
 //! - [`repo`]: the repository's layout and the metadata binding it to one cluster.
 //! - [`archive`]: `archive_command` / `restore_command` — push and get with their refusal rules.
 //! - [`backup`]: base backups in tiers — take, catalog, restore of files, retention and WAL expiry.

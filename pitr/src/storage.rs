@@ -1,13 +1,20 @@
-//! Where the repository's bytes live: the [`Storage`] trait and its local-disk backend.
+//! Where the repository's bytes live: the [`Storage`] trait and its backends.
 //!
 //! The trait is deliberately narrow, so that object storage (S3 and friends, which have no
 //! atomic rename) can implement it later: objects are written whole and only if absent, never
 //! replaced. Keys are `/`-separated relative paths such as `wal/0000000100000000/<name>`.
-//! Every backend must pass the conformance suite in `storage/conformance.rs`.
+//! Every backend must pass the conformance suite in `storage/conformance.rs` (public with the
+//! `conformance` feature).
+//!
+//! Backends: [`LocalStorage`], a directory on local disk, and [`S3Storage`], a bucket of Amazon
+//! S3 or an S3-compatible server through the `object_store` crate, which meets the contract
+//! with conditional puts (`If-None-Match: *`) and lease objects for locks (see `storage/s3.rs`).
 
 mod local;
+pub mod s3;
 
 pub use local::LocalStorage;
+pub use s3::{S3Config, S3Storage};
 
 use crate::error::Result;
 
@@ -83,7 +90,8 @@ pub trait Storage: Send + Sync {
     /// [`Storage::list`] with each object's size and modification time, in one listing rather
     /// than a [`Storage::head`] per object: for directories of many objects (the WAL archive).
     /// An object deleted between listing and looking is left out. The default lists, then heads
-    /// each object; a backend whose listing tells sizes and times overrides it.
+    /// each object; a backend whose listing tells sizes and times overrides it. Times agree
+    /// with `head` to within a second (S3 gives milliseconds in a listing, seconds in a head).
     fn list_meta(&self, dir: &str) -> Result<Vec<Listed>> {
         let mut listed = Vec::new();
         for name in self.list(dir)? {
@@ -130,5 +138,5 @@ pub trait Storage: Send + Sync {
 /// Holds a lock taken with [`Storage::try_lock`] until dropped.
 pub struct LockGuard(#[allow(dead_code)] Box<dyn Send>);
 
-#[cfg(test)]
-mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;

@@ -1,17 +1,38 @@
-//! The storage contract as tests. Every backend runs [`check_backend`]; a new backend adds one
-//! test below that hands it a fresh, empty store.
+//! The storage contract as tests: every backend hands [`check_backend`] a fresh, empty store in a
+//! test of its own (the local backend in `storage/local.rs`, S3 in `tests/s3_storage.rs`).
+//!
+//! Public behind the `conformance` feature, so that integration tests (and backends outside this
+//! crate) can run it; a failed check panics, as a test's assertion does.
 
 use std::sync::Arc;
 
-use super::{LocalStorage, PutOutcome, Storage};
+use super::{PutOutcome, Storage};
 
-/// Runs every contract check against an empty store.
-fn check_backend(store: Arc<dyn Storage>) {
+/// Weaknesses of the *server* a backend is tested against, which the suite then tolerates. Each
+/// is a property of a test server, not of the backend: a store used for a repository must have
+/// none, and a backend's own tests without such a server run [`check_backend`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerQuirks {
+    /// The server checks a create-only put's condition (`If-None-Match: *`) before it writes,
+    /// not atomically with the write, so concurrent creates of one key may all succeed and the
+    /// last one wins (s3s-fs 0.14, the S3 test server). The concurrent check then asserts only
+    /// what such a server still gives: every put succeeds, at least one creates the key, and the
+    /// stored object is one writer's whole bytes. Sequential puts are still refused.
+    pub non_atomic_conditional_puts: bool,
+}
+
+/// Runs every contract check against an empty store, panicking at the first one it fails.
+pub fn check_backend(store: Arc<dyn Storage>) {
+    check_backend_with_quirks(store, ServerQuirks::default());
+}
+
+/// [`check_backend`], tolerating the named weaknesses of a test server.
+pub fn check_backend_with_quirks(store: Arc<dyn Storage>, quirks: ServerQuirks) {
     absent_object_is_none(&*store);
     put_then_get_round_trips(&*store);
     second_put_keeps_the_first_object(&*store);
     deferred_puts_are_create_only_and_synced_together(&*store);
-    concurrent_puts_create_exactly_once(store.clone());
+    concurrent_puts_create_exactly_once(store.clone(), quirks);
     empty_and_large_objects_round_trip(&*store);
     list_shows_children_sorted(&*store);
     list_meta_tells_what_head_tells(&*store);
@@ -47,7 +68,22 @@ fn list_meta_tells_what_head_tells(store: &dyn Storage) {
             true => None,
             false => store.head(&format!("m/{}", entry.name)).unwrap(),
         };
-        assert_eq!(entry.meta, expected, "{}", entry.name);
+        // S3 tells the time in a listing to the millisecond and in a head to the second.
+        let within_a_second = |a: super::ObjectMeta, b: super::ObjectMeta| {
+            let apart = a
+                .modified
+                .duration_since(b.modified)
+                .or_else(|_| b.modified.duration_since(a.modified));
+            a.size == b.size && apart.unwrap() < std::time::Duration::from_secs(1)
+        };
+        match (entry.meta, expected) {
+            (Some(listed), Some(headed)) => assert!(
+                within_a_second(listed, headed),
+                "{}: {listed:?} vs {headed:?}",
+                entry.name
+            ),
+            (listed, headed) => assert_eq!(listed, headed, "{}", entry.name),
+        }
     }
     assert_eq!(listed[1].meta.map(|m| m.size), Some(2));
     assert!(store.list_meta("missing/").unwrap().is_empty());
@@ -114,7 +150,7 @@ fn deferred_puts_are_create_only_and_synced_together(store: &dyn Storage) {
     assert_eq!(store.get("b/1/files/sub/y").unwrap().as_deref(), Some(&b"y"[..]));
 }
 
-fn concurrent_puts_create_exactly_once(store: Arc<dyn Storage>) {
+fn concurrent_puts_create_exactly_once(store: Arc<dyn Storage>, quirks: ServerQuirks) {
     let threads: Vec<_> = (0..8u8)
         .map(|i| {
             let store = store.clone();
@@ -122,7 +158,12 @@ fn concurrent_puts_create_exactly_once(store: Arc<dyn Storage>) {
         })
         .collect();
     let outcomes: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert_eq!(outcomes.iter().filter(|o| **o == PutOutcome::Created).count(), 1);
+    let created = outcomes.iter().filter(|o| **o == PutOutcome::Created).count();
+    if quirks.non_atomic_conditional_puts {
+        assert!(created >= 1, "one of the concurrent puts creates the key");
+    } else {
+        assert_eq!(created, 1, "exactly one of the concurrent puts creates the key");
+    }
     let stored = store.get("race/key").unwrap().unwrap();
     assert_eq!(stored.len(), 100_000);
     assert!(
@@ -137,165 +178,4 @@ fn empty_and_large_objects_round_trip(store: &dyn Storage) {
     let large: Vec<u8> = (0..20_000_000u32).map(|i| (i % 251) as u8).collect();
     store.put_if_absent("sizes/large", &large).unwrap();
     assert_eq!(store.get("sizes/large").unwrap().unwrap(), large);
-}
-
-#[test]
-fn local_storage_meets_the_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    check_backend(Arc::new(LocalStorage::open(dir.path()).unwrap()));
-    let leftovers: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.contains(".tmp.")).collect();
-    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
-}
-
-/// The local backend with the trait's default `list_meta` (list, then head each object): the
-/// default meets the contract too.
-struct DefaultListing(LocalStorage);
-
-impl Storage for DefaultListing {
-    fn put_if_absent(&self, key: &str, data: &[u8]) -> crate::Result<PutOutcome> {
-        self.0.put_if_absent(key, data)
-    }
-    fn put_if_absent_deferred(&self, key: &str, data: &[u8]) -> crate::Result<PutOutcome> {
-        self.0.put_if_absent_deferred(key, data)
-    }
-    fn sync_all_under(&self, dir: &str) -> crate::Result<()> {
-        self.0.sync_all_under(dir)
-    }
-    fn sync(&self, key: &str) -> crate::Result<()> {
-        self.0.sync(key)
-    }
-    fn get(&self, key: &str) -> crate::Result<Option<Vec<u8>>> {
-        self.0.get(key)
-    }
-    fn head(&self, key: &str) -> crate::Result<Option<super::ObjectMeta>> {
-        self.0.head(key)
-    }
-    fn list(&self, dir: &str) -> crate::Result<Vec<String>> {
-        self.0.list(dir)
-    }
-    fn delete(&self, key: &str) -> crate::Result<()> {
-        self.0.delete(key)
-    }
-    fn try_lock(&self, name: &str) -> crate::Result<Option<super::LockGuard>> {
-        self.0.try_lock(name)
-    }
-    fn available_bytes(&self) -> crate::Result<Option<u64>> {
-        self.0.available_bytes()
-    }
-    fn describe(&self, key: &str) -> String {
-        self.0.describe(key)
-    }
-}
-
-#[test]
-fn the_default_list_meta_meets_the_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    check_backend(Arc::new(DefaultListing(LocalStorage::open(dir.path()).unwrap())));
-}
-
-/// The local backend's listing with metadata never follows a link planted among the objects,
-/// and never fails for one: it is no plain object (`meta` is `None`), as `head` refuses it.
-#[test]
-fn local_list_meta_reports_links_without_following_them() {
-    use std::os::unix::fs::symlink;
-    let outside = tempfile::tempdir().unwrap();
-    std::fs::write(outside.path().join("big"), vec![0u8; 4096]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStorage::open(dir.path()).unwrap();
-    store.put_if_absent("w/a", b"abc").unwrap();
-    symlink(outside.path().join("big"), dir.path().join("w/link")).unwrap();
-    symlink(outside.path(), dir.path().join("w/linked-dir")).unwrap();
-    let listed = store.list_meta("w/").unwrap();
-    let summary: Vec<(&str, Option<u64>)> = listed
-        .iter()
-        .map(|l| (l.name.as_str(), l.meta.map(|m| m.size)))
-        .collect();
-    assert_eq!(summary, [("a", Some(3)), ("link", None), ("linked-dir", None)]);
-    assert!(store.head("w/link").is_err());
-}
-
-#[test]
-fn local_storage_refuses_a_missing_root() {
-    let dir = tempfile::tempdir().unwrap();
-    let err = LocalStorage::open(dir.path().join("not-mounted"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("does not exist"), "{err}");
-    assert!(!dir.path().join("not-mounted").exists());
-}
-
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flat_map(|e| {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                walk(&path)
-            } else {
-                vec![path.display().to_string()]
-            }
-        })
-        .collect()
-}
-
-/// Whoever owns the repository may plant links in it; the local backend refuses to follow any,
-/// so that a root-run pitr is never steered outside the repository (issue: a planted
-/// `locks/backup.lock` link handed a root-owned file to the repository's owner).
-#[test]
-fn local_storage_follows_no_link_planted_in_the_repository() {
-    use std::os::unix::fs::{symlink, PermissionsExt};
-    let outside = tempfile::tempdir().unwrap();
-    let victim = outside.path().join("victim");
-    std::fs::write(&victim, b"root's file").unwrap();
-    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStorage::open(dir.path()).unwrap();
-    std::fs::create_dir(dir.path().join("locks")).unwrap();
-    symlink(&victim, dir.path().join("locks/backup.lock")).unwrap();
-    assert!(
-        store.try_lock("backup").is_err(),
-        "a lock file that is a link is refused"
-    );
-    symlink(outside.path(), dir.path().join("wal")).unwrap();
-    assert!(
-        store.get("wal/victim").is_err(),
-        "a directory link is an error, not an object"
-    );
-    assert!(store.put_if_absent("wal/new", b"x").is_err());
-    assert!(!outside.path().join("new").exists(), "nothing written through the link");
-    std::fs::create_dir(dir.path().join("objects")).unwrap();
-    symlink(outside.path().join("gone"), dir.path().join("objects/dangling")).unwrap();
-    assert!(
-        store.get("objects/dangling").is_err(),
-        "a dangling link is an error, never 'absent'"
-    );
-    assert!(store.head("objects/dangling").is_err());
-    symlink(outside.path(), dir.path().join("objects/tree")).unwrap();
-    store.delete_all("objects/").unwrap();
-    assert!(victim.exists(), "deleting a tree removes links, not what they point to");
-    for bad in ["../escape", "/etc/passwd", "a/../b", "a//b"] {
-        assert!(store.put_if_absent(bad, b"x").is_err(), "{bad}");
-        assert!(store.get(bad).is_err(), "{bad}");
-    }
-    let meta = std::fs::metadata(&victim).unwrap();
-    assert_eq!(
-        meta.permissions().mode() & 0o7777,
-        0o640,
-        "the victim's mode is untouched"
-    );
-}
-
-#[test]
-fn local_storage_creates_private_directories_and_files() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStorage::open(dir.path()).unwrap();
-    store.put_if_absent("wal/0000000100000000/x", b"x").unwrap();
-    drop(store.try_lock("backup").unwrap());
-    let mode = |rel: &str| std::fs::metadata(dir.path().join(rel)).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode("wal"), 0o700);
-    assert_eq!(mode("wal/0000000100000000"), 0o700);
-    assert_eq!(mode("wal/0000000100000000/x"), 0o600);
-    assert_eq!(mode("locks"), 0o700);
-    assert_eq!(mode("locks/backup.lock"), 0o600);
 }

@@ -359,3 +359,173 @@ fn collect_tree(dir: &Dir, rel: &str, files: &mut Vec<String>, dirs: &mut Vec<St
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::LocalStorage;
+    use crate::storage::conformance::check_backend;
+    use crate::storage::{PutOutcome, Storage};
+
+    #[test]
+    fn local_storage_meets_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        check_backend(Arc::new(LocalStorage::open(dir.path()).unwrap()));
+        let leftovers: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.contains(".tmp.")).collect();
+        assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    }
+
+    /// The local backend with the trait's default `list_meta` (list, then head each object): the
+    /// default meets the contract too.
+    struct DefaultListing(LocalStorage);
+
+    impl Storage for DefaultListing {
+        fn put_if_absent(&self, key: &str, data: &[u8]) -> crate::Result<PutOutcome> {
+            self.0.put_if_absent(key, data)
+        }
+        fn put_if_absent_deferred(&self, key: &str, data: &[u8]) -> crate::Result<PutOutcome> {
+            self.0.put_if_absent_deferred(key, data)
+        }
+        fn sync_all_under(&self, dir: &str) -> crate::Result<()> {
+            self.0.sync_all_under(dir)
+        }
+        fn sync(&self, key: &str) -> crate::Result<()> {
+            self.0.sync(key)
+        }
+        fn get(&self, key: &str) -> crate::Result<Option<Vec<u8>>> {
+            self.0.get(key)
+        }
+        fn head(&self, key: &str) -> crate::Result<Option<crate::storage::ObjectMeta>> {
+            self.0.head(key)
+        }
+        fn list(&self, dir: &str) -> crate::Result<Vec<String>> {
+            self.0.list(dir)
+        }
+        fn delete(&self, key: &str) -> crate::Result<()> {
+            self.0.delete(key)
+        }
+        fn try_lock(&self, name: &str) -> crate::Result<Option<crate::storage::LockGuard>> {
+            self.0.try_lock(name)
+        }
+        fn available_bytes(&self) -> crate::Result<Option<u64>> {
+            self.0.available_bytes()
+        }
+        fn describe(&self, key: &str) -> String {
+            self.0.describe(key)
+        }
+    }
+
+    #[test]
+    fn the_default_list_meta_meets_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        check_backend(Arc::new(DefaultListing(LocalStorage::open(dir.path()).unwrap())));
+    }
+
+    /// The local backend's listing with metadata never follows a link planted among the objects,
+    /// and never fails for one: it is no plain object (`meta` is `None`), as `head` refuses it.
+    #[test]
+    fn local_list_meta_reports_links_without_following_them() {
+        use std::os::unix::fs::symlink;
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("big"), vec![0u8; 4096]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStorage::open(dir.path()).unwrap();
+        store.put_if_absent("w/a", b"abc").unwrap();
+        symlink(outside.path().join("big"), dir.path().join("w/link")).unwrap();
+        symlink(outside.path(), dir.path().join("w/linked-dir")).unwrap();
+        let listed = store.list_meta("w/").unwrap();
+        let summary: Vec<(&str, Option<u64>)> = listed
+            .iter()
+            .map(|l| (l.name.as_str(), l.meta.map(|m| m.size)))
+            .collect();
+        assert_eq!(summary, [("a", Some(3)), ("link", None), ("linked-dir", None)]);
+        assert!(store.head("w/link").is_err());
+    }
+
+    #[test]
+    fn local_storage_refuses_a_missing_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = LocalStorage::open(dir.path().join("not-mounted"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(!dir.path().join("not-mounted").exists());
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flat_map(|e| {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    walk(&path)
+                } else {
+                    vec![path.display().to_string()]
+                }
+            })
+            .collect()
+    }
+
+    /// Whoever owns the repository may plant links in it; the local backend refuses to follow any,
+    /// so that a root-run pitr is never steered outside the repository (issue: a planted
+    /// `locks/backup.lock` link handed a root-owned file to the repository's owner).
+    #[test]
+    fn local_storage_follows_no_link_planted_in_the_repository() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"root's file").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStorage::open(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join("locks")).unwrap();
+        symlink(&victim, dir.path().join("locks/backup.lock")).unwrap();
+        assert!(
+            store.try_lock("backup").is_err(),
+            "a lock file that is a link is refused"
+        );
+        symlink(outside.path(), dir.path().join("wal")).unwrap();
+        assert!(
+            store.get("wal/victim").is_err(),
+            "a directory link is an error, not an object"
+        );
+        assert!(store.put_if_absent("wal/new", b"x").is_err());
+        assert!(!outside.path().join("new").exists(), "nothing written through the link");
+        std::fs::create_dir(dir.path().join("objects")).unwrap();
+        symlink(outside.path().join("gone"), dir.path().join("objects/dangling")).unwrap();
+        assert!(
+            store.get("objects/dangling").is_err(),
+            "a dangling link is an error, never 'absent'"
+        );
+        assert!(store.head("objects/dangling").is_err());
+        symlink(outside.path(), dir.path().join("objects/tree")).unwrap();
+        store.delete_all("objects/").unwrap();
+        assert!(victim.exists(), "deleting a tree removes links, not what they point to");
+        for bad in ["../escape", "/etc/passwd", "a/../b", "a//b"] {
+            assert!(store.put_if_absent(bad, b"x").is_err(), "{bad}");
+            assert!(store.get(bad).is_err(), "{bad}");
+        }
+        let meta = std::fs::metadata(&victim).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            0o640,
+            "the victim's mode is untouched"
+        );
+    }
+
+    #[test]
+    fn local_storage_creates_private_directories_and_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStorage::open(dir.path()).unwrap();
+        store.put_if_absent("wal/0000000100000000/x", b"x").unwrap();
+        drop(store.try_lock("backup").unwrap());
+        let mode = |rel: &str| std::fs::metadata(dir.path().join(rel)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("wal"), 0o700);
+        assert_eq!(mode("wal/0000000100000000"), 0o700);
+        assert_eq!(mode("wal/0000000100000000/x"), 0o600);
+        assert_eq!(mode("locks"), 0o700);
+        assert_eq!(mode("locks/backup.lock"), 0o600);
+    }
+}

@@ -1,0 +1,541 @@
+//! The S3 backend against a real S3-compatible server: s3s-fs, started by each test on a free
+//! loopback port with a temporary root and random credentials, killed when the test ends.
+//! Install it with `bash .ci/install-s3s-fs` (it prints `PITR_S3S_FS=...`); it is found through
+//! `PITR_S3S_FS`, then `/var/cache/pitr/s3s-fs/bin/s3s-fs`, then `PATH`. A missing server fails
+//! the tests: they are never skipped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pitr::storage::conformance::{check_backend_with_quirks, ServerQuirks};
+use pitr::storage::s3::Secret;
+use pitr::storage::{PutOutcome, S3Config, S3Storage, Storage};
+
+const BUCKET: &str = "pitr-test";
+
+/// A running s3s-fs, killed on drop.
+struct S3Server {
+    child: Child,
+    port: u16,
+    /// The server's root: each bucket is a directory in it.
+    root: tempfile::TempDir,
+    log: PathBuf,
+    _logs: tempfile::TempDir,
+    access_key: String,
+    secret_key: String,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let binary = s3s_fs_binary();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let log = logs.path().join("s3s-fs.log");
+        let access_key = format!("AK{}", random_hex(8));
+        let secret_key = random_hex(20);
+        // A port that was free a moment ago may be taken by the time the server binds it: try
+        // a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let output = std::fs::File::create(&log).unwrap();
+            let mut child = Command::new(&binary)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", &access_key, "--secret-key", &secret_key])
+                .arg(root.path())
+                .stdin(Stdio::null())
+                .stdout(output.try_clone().unwrap())
+                .stderr(output)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(20) {
+                if let Some(status) = child.try_wait().unwrap() {
+                    eprintln!(
+                        "s3s-fs on port {port} exited ({status}): {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return S3Server {
+                        child,
+                        port,
+                        root,
+                        log,
+                        _logs: logs,
+                        access_key,
+                        secret_key,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "s3s-fs did not start listening; its log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The configuration of a repository at `s3://pitr-test/<prefix>` on this server.
+    fn config(&self, prefix: &str) -> S3Config {
+        let mut config = S3Config::from_url(&format!("s3://{BUCKET}/{prefix}")).unwrap();
+        config.endpoint = Some(self.endpoint());
+        config.region = Some("us-east-1".into());
+        config.access_key_id = Some(self.access_key.clone());
+        config.secret_access_key = Some(Secret::new(self.secret_key.clone()));
+        config
+    }
+
+    fn storage(&self, prefix: &str) -> S3Storage {
+        S3Storage::open(self.config(prefix)).unwrap()
+    }
+
+    fn bucket_dir(&self) -> PathBuf {
+        self.root.path().join(BUCKET)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "s3s-fs log ({}):\n{}",
+                self.log.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn s3s_fs_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PITR_S3S_FS").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "PITR_S3S_FS={} is not a file: run `bash .ci/install-s3s-fs` and export what it prints",
+            path.display()
+        );
+        return path;
+    }
+    let cached = PathBuf::from("/var/cache/pitr/s3s-fs/bin/s3s-fs");
+    if cached.is_file() {
+        return cached;
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("s3s-fs"))
+        .find(|p| p.is_file());
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "s3s-fs, the S3-compatible server these tests run against, is not installed: run \
+             `bash .ci/install-s3s-fs` (cargo install s3s-fs --version 0.14.1 --features binary, a few \
+             minutes) and export the PITR_S3S_FS=... it prints, or put s3s-fs on PATH"
+        )
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    (0..bytes.div_ceil(8))
+        .map(|i| {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_usize(i);
+            format!("{:016x}", hasher.finish())
+        })
+        .collect::<String>()[..bytes * 2]
+        .to_string()
+}
+
+/// Every file below `dir`, as paths relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn s3_storage_meets_the_contract() {
+    let server = S3Server::start();
+    let started = Instant::now();
+    // s3s-fs checks If-None-Match before it writes, not atomically with the write: concurrent
+    // creates of one key may all succeed there (Amazon S3, MinIO and Ceph serialize them).
+    let quirks = ServerQuirks {
+        non_atomic_conditional_puts: true,
+    };
+    check_backend_with_quirks(Arc::new(server.storage("repos/conformance")), quirks);
+    eprintln!("conformance suite on s3s-fs: {:?}", started.elapsed());
+    let outside: Vec<_> = files_under(&server.bucket_dir())
+        .into_iter()
+        .filter(|f| !f.starts_with("repos/conformance/"))
+        .collect();
+    assert!(outside.is_empty(), "objects outside the prefix: {outside:?}");
+}
+
+#[test]
+fn a_second_put_is_refused_by_the_server_and_keeps_the_first_object() {
+    let server = S3Server::start();
+    let store = server.storage("repo");
+    assert_eq!(store.put_if_absent("wal/x", b"first").unwrap(), PutOutcome::Created);
+    assert_eq!(
+        store.put_if_absent("wal/x", b"second").unwrap(),
+        PutOutcome::AlreadyExists
+    );
+    assert_eq!(
+        std::fs::read(server.bucket_dir().join("repo/wal/x")).unwrap(),
+        b"first",
+        "the server's copy is the first one"
+    );
+    store.check_conditional_puts("probe").unwrap();
+    assert!(
+        store.get("probe").unwrap().is_none(),
+        "the probe cleans up after itself"
+    );
+}
+
+#[test]
+fn a_truly_absent_key_is_none_and_a_missing_bucket_is_an_error() {
+    let server = S3Server::start();
+    let store = server.storage("repo");
+    assert_eq!(
+        store.get("wal/0000000100000000/000000010000000000000001").unwrap(),
+        None
+    );
+    // A fresh storage, whose first 404 is a HEAD.
+    assert_eq!(server.storage("repo").head("never/written").unwrap(), None);
+    assert!(store.list("wal/").unwrap().is_empty());
+
+    let mut config = server.config("repo");
+    config.bucket = "no-such-bucket".into();
+    let missing = S3Storage::open(config).unwrap();
+    let err = missing
+        .get("wal/x")
+        .expect_err("a missing bucket is an error, never 'absent'");
+    assert!(err.to_string().contains("bucket does not exist"), "{err}");
+    let err = missing.head("wal/x").expect_err("head too");
+    assert!(err.to_string().contains("bucket does not exist"), "{err}");
+    missing.list("wal/").expect_err("list too");
+    missing.delete("wal/x").expect_err("delete too");
+    // (A put is no test here: s3s-fs creates a missing bucket on PutObject.)
+}
+
+#[test]
+fn a_server_that_is_down_is_an_error_within_bounded_time() {
+    let port = free_port(); // nothing listens there
+    let mut config = S3Config::from_url("s3://pitr-test/repo").unwrap();
+    config.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    config.access_key_id = Some("AKDOWN".into());
+    config.secret_access_key = Some(Secret::new("secret-of-a-server-that-is-down"));
+    let store = Arc::new(S3Storage::open(config).unwrap());
+    type Call = fn(&S3Storage) -> pitr::Result<()>;
+    let calls: [(&str, Call); 4] = [
+        ("get", |s| s.get("wal/x").map(drop)),
+        ("head", |s| s.head("wal/x").map(drop)),
+        ("put_if_absent", |s| s.put_if_absent("wal/x", b"x").map(drop)),
+        ("list", |s| s.list("wal/").map(drop)),
+    ];
+    let threads: Vec<_> = calls
+        .into_iter()
+        .map(|(name, call)| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let result = call(&store);
+                (name, result, started.elapsed())
+            })
+        })
+        .collect();
+    for thread in threads {
+        let (name, result, took) = thread.join().unwrap();
+        let err = result.expect_err(name);
+        eprintln!("{name} against a closed port: {took:?}: {err}");
+        assert!(took < Duration::from_secs(30), "{name} took {took:?}");
+        assert!(err.is_retryable(), "{name}: a refused connection is retryable: {err:?}");
+        assert!(
+            matches!(err, pitr::Error::Remote { status: None, .. }),
+            "{name}: no status without an answer: {err:?}"
+        );
+        assert!(err.to_string().contains("cannot be reached"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn no_secret_appears_in_errors_or_debug_output() {
+    let server = S3Server::start();
+    let token = format!("session-token-{}", random_hex(16));
+    let mut texts = Vec::new();
+
+    // The right key id with a wrong secret (the one that must not show), and a session token.
+    let wrong_secret = format!("wrong-secret-{}", random_hex(16));
+    let mut config = server.config("repo");
+    config.secret_access_key = Some(Secret::new(wrong_secret.clone()));
+    config.session_token = Some(Secret::new(token.clone()));
+    texts.push(format!("{config:?}"));
+    let store = S3Storage::open(config).unwrap();
+    texts.push(format!("{store:?}"));
+    for err in [
+        store.get("wal/x").unwrap_err(),
+        store.head("wal/x").unwrap_err(),
+        store.put_if_absent("wal/x", b"x").unwrap_err(),
+        store.list("wal/").unwrap_err(),
+        store.delete("wal/x").unwrap_err(),
+        store.get("../x").unwrap_err(),
+    ] {
+        eprintln!("with a wrong secret: {err}");
+        if let pitr::Error::Remote { status, .. } = &err {
+            assert!(matches!(status, Some(401 | 403)), "a bad signature is refused: {err}");
+            assert!(!err.is_retryable(), "{err}");
+        }
+        texts.push(err.to_string());
+        texts.push(format!("{err:?}"));
+    }
+
+    // The right credentials, with a session token, against a server that is down.
+    let mut config = server.config("repo");
+    config.session_token = Some(Secret::new(token.clone()));
+    config.endpoint = Some(format!("http://127.0.0.1:{}", free_port()));
+    let down = S3Storage::open(config).unwrap();
+    let err = down.get("wal/x").unwrap_err();
+    texts.push(err.to_string());
+    texts.push(format!("{err:?}"));
+
+    for text in &texts {
+        for secret in [&wrong_secret, &server.secret_key, &token] {
+            assert!(!text.contains(secret.as_str()), "a secret in: {text}");
+        }
+    }
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("could not read s3://pitr-test/repo/wal/x")),
+        "errors say what failed where: {texts:#?}"
+    );
+}
+
+#[test]
+fn the_storage_works_inside_a_multi_threaded_runtime() {
+    let server = S3Server::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint_config = server.config("in-runtime");
+    runtime.block_on(async move {
+        // Opened, used and dropped inside async code on the caller's runtime.
+        let store = S3Storage::open(endpoint_config).unwrap();
+        assert_eq!(store.put_if_absent("a/b", b"x").unwrap(), PutOutcome::Created);
+        let clone = store.clone();
+        let task = tokio::spawn(async move { clone.get("a/b").unwrap() });
+        assert_eq!(task.await.unwrap().as_deref(), Some(&b"x"[..]));
+        let blocking = store.clone();
+        let listed = tokio::task::spawn_blocking(move || blocking.list("a/").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(listed, vec!["b"]);
+        let lock = store.try_lock("backup").unwrap().expect("lock taken");
+        drop(lock);
+        drop(store);
+    });
+}
+
+#[tokio::test]
+async fn the_storage_works_inside_a_current_thread_runtime() {
+    let server = S3Server::start();
+    let store = S3Storage::open(server.config("in-test")).unwrap();
+    assert_eq!(store.put_if_absent("k", b"v").unwrap(), PutOutcome::Created);
+    assert_eq!(store.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(store.head("k").unwrap().map(|m| m.size), Some(1));
+    let lock = store.try_lock("expire").unwrap().expect("lock taken");
+    assert!(store.try_lock("expire").unwrap().is_none());
+    drop(lock);
+    drop(store);
+}
+
+#[test]
+fn a_dead_holders_lock_is_taken_after_its_lease_and_a_live_one_is_not() {
+    let server = S3Server::start();
+    let lease = Duration::from_secs(2);
+    let open = || {
+        let mut config = server.config("locks");
+        config.lock_lease = lease;
+        S3Storage::open(config).unwrap()
+    };
+    let (first, second) = (open(), open());
+
+    // A live holder renews: its lock outlives several leases.
+    let held = first.try_lock("backup").unwrap().expect("a free lock is taken");
+    std::thread::sleep(lease * 2);
+    assert!(second.try_lock("backup").unwrap().is_none(), "a renewed lease is held");
+    drop(held);
+    let taken = second.try_lock("backup").unwrap().expect("a released lock is free");
+    drop(taken);
+    assert_eq!(
+        first.get("locks/backup.lock").unwrap(),
+        None,
+        "released leases are deleted"
+    );
+
+    // A holder that died left its lease: nobody renews it.
+    first
+        .put_if_absent("locks/backup.lock", br#"{"holder":"a dead process","lease_seconds":2}"#)
+        .unwrap();
+    assert!(second.try_lock("backup").unwrap().is_none(), "a fresh lease is held");
+    std::thread::sleep(lease);
+    let started = Instant::now();
+    let taken = second
+        .try_lock("backup")
+        .unwrap()
+        .expect("a lease not renewed for a whole lease is taken over");
+    let waited = started.elapsed();
+    assert!(
+        waited >= lease,
+        "the taker watched the lease for a whole lease first: {waited:?}"
+    );
+    assert!(first.try_lock("backup").unwrap().is_none());
+    drop(taken);
+}
+
+/// A server that answers every request with `status` and an S3 error body (a fault injector, not
+/// an S3 implementation); counts the requests.
+fn fault_server(status: &'static str, code: &'static str) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let counted = counted.clone();
+            std::thread::spawn(move || answer_every_request(stream, status, code, &counted));
+        }
+    });
+    (port, requests)
+}
+
+fn answer_every_request(mut stream: TcpStream, status: &str, code: &str, counted: &AtomicUsize) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        let mut first = true;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if first {
+                counted.fetch_add(1, SeqCst);
+                first = false;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let answer = format!("<Error><Code>{code}</Code><Message>injected</Message></Error>");
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        if stream.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn storage_at(port: u16) -> S3Storage {
+    let mut config = S3Config::from_url("s3://pitr-test/repo").unwrap();
+    config.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    config.access_key_id = Some("AKFAULT".into());
+    config.secret_access_key = Some(Secret::new("secret-of-a-faulty-store"));
+    S3Storage::open(config).unwrap()
+}
+
+/// 503s: the error is retryable, carries the status, and comes after the client's retries.
+#[test]
+fn a_store_answering_503_is_a_retryable_error_with_its_status() {
+    let (port, requests) = fault_server("503 Service Unavailable", "SlowDown");
+    let store = storage_at(port);
+    let started = Instant::now();
+    let err = store.get("wal/x").expect_err("a 503 is an error");
+    eprintln!("get against 503s: {:?}: {err}", started.elapsed());
+    assert!(
+        matches!(
+            err,
+            pitr::Error::Remote {
+                status: Some(503),
+                retryable: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        requests.load(SeqCst),
+        1 + pitr::storage::s3::MAX_RETRIES,
+        "the first request and every retry"
+    );
+    let err = store.put_if_absent("wal/x", b"x").expect_err("a 503 is an error");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(store.list("wal/").expect_err("list").is_retryable());
+}
+
+/// Amazon S3 answers 409 to a conditional put while another conditional write of the key is in
+/// flight: tried again a few times, then a retryable error, never "already exists".
+#[test]
+fn a_conflicting_conditional_put_is_retried_then_a_retryable_error() {
+    let (port, requests) = fault_server("409 Conflict", "ConditionalRequestConflict");
+    let store = storage_at(port);
+    let err = store
+        .put_if_absent("wal/x", b"x")
+        .expect_err("a 409 is not 'already exists'");
+    assert!(
+        matches!(
+            err,
+            pitr::Error::Remote {
+                status: Some(409),
+                retryable: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(requests.load(SeqCst) > 1, "the put was tried again");
+}
