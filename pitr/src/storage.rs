@@ -11,9 +11,11 @@
 //! with conditional puts (`If-None-Match: *`) and lease objects for locks (see `storage/s3.rs`).
 
 mod local;
+mod location;
 pub mod s3;
 
 pub use local::LocalStorage;
+pub use location::Location;
 pub use s3::{S3Config, S3Storage};
 
 use crate::error::Result;
@@ -133,6 +135,12 @@ pub trait Storage: Send + Sync {
 
     /// A human-readable location of `key`, for messages.
     fn describe(&self, key: &str) -> String;
+
+    /// The directory on this host that holds the objects, for a backend that keeps them on a
+    /// local file system (a restore must not overlap it); `None` for a remote store.
+    fn local_root(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// Holds a lock taken with [`Storage::try_lock`] until dropped.
