@@ -70,7 +70,7 @@ fn a_second_put_is_refused_by_the_server_and_keeps_the_first_object() {
         b"first",
         "the server's copy is the first one"
     );
-    store.check_conditional_puts("probe").unwrap();
+    pitr::storage::check_create_only(&store, "probe").unwrap();
     assert!(
         store.get("probe").unwrap().is_none(),
         "the probe cleans up after itself"

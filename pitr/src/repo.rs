@@ -363,6 +363,12 @@ impl Repo {
         &*self.storage
     }
 
+    /// Checks that the storage honours create-only writes (see
+    /// [`crate::storage::check_create_only`]), with a probe object among the locks.
+    pub fn check_create_only(&self) -> Result<()> {
+        crate::storage::check_create_only(&*self.storage, CREATE_ONLY_PROBE)
+    }
+
     /// The repository's directory, when it is on this host's file system.
     pub fn local_root(&self) -> Option<&std::path::Path> {
         self.storage.local_root()
@@ -870,6 +876,8 @@ const MARKER_TEXT: &[u8] = b"This directory is the WAL archive of a pitr reposit
 
 /// A backup's manifest, in its directory: the backup exists once it is written.
 pub const MANIFEST: &str = "backup.manifest";
+/// The object `create-repo` writes twice and deletes, to check create-only writes.
+const CREATE_ONLY_PROBE: &str = "locks/create-only.probe";
 /// The copy of a backup's manifest, written just before it: read when the manifest is damaged.
 pub const MANIFEST_COPY: &str = "backup.manifest.copy";
 /// Present while a backup is taken or deleted: a backup directory with this marker and no

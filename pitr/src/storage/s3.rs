@@ -11,7 +11,7 @@
 //!   reported as a retryable error. A store that does not implement conditional writes (501, or
 //!   `object_store`'s conditional puts disabled) makes every put fail: pitr refuses rather than
 //!   overwrite. A store that silently *ignores* `If-None-Match` cannot be told apart by one put;
-//!   [`S3Storage::check_conditional_puts`] probes for it (`create-repo` is its place).
+//!   [`crate::storage::check_create_only`] probes for it (`create-repo` runs it).
 //! - **Atomic and durable**: a `PutObject` is all-or-nothing, and once S3 answers 200 the object
 //!   is stored redundantly. So [`Storage::sync`] and [`Storage::sync_all_under`] have nothing to
 //!   do, and a deferred put is an ordinary put.
@@ -528,30 +528,6 @@ impl S3Storage {
     /// `s3://bucket/prefix`.
     pub fn url(&self) -> &str {
         &self.inner.url
-    }
-
-    /// Checks that the store refuses a second create-only put of a key (some S3-compatible
-    /// stores ignore `If-None-Match` and overwrite), with two puts of `key` and a delete. For
-    /// `create-repo`: once, not per operation.
-    pub fn check_conditional_puts(&self, key: &str) -> Result<()> {
-        if self.put_if_absent(key, b"first")? == PutOutcome::AlreadyExists {
-            return Err(Error::Refused(format!(
-                "{} already exists: it is where pitr checks that the store honours create-only writes; \
-                 delete it and try again",
-                self.describe(key)
-            )));
-        }
-        let second = self.put_if_absent(key, b"second")?;
-        let kept = self.get(key)?;
-        self.delete(key)?;
-        if second != PutOutcome::AlreadyExists || kept.as_deref() != Some(&b"first"[..]) {
-            return Err(Error::Refused(format!(
-                "{} replaced an existing object although the put said If-None-Match: *; pitr needs \
-                 create-only writes and cannot use this store",
-                self.inner.url
-            )));
-        }
-        Ok(())
     }
 
     /// Runs `future` on this storage's runtime and waits for it on the calling thread, in a way
