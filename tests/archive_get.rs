@@ -73,7 +73,7 @@ fn every_segment_archived_under_pgbench_load_comes_back_byte_identical() {
 
     let mut compared = 0;
     for name in &done {
-        let stored = stored_path(c.repo(), name);
+        let stored = stored_path(c.repo_dir(), name);
         assert!(
             stored.is_file(),
             "{name} is marked archived by the server but is not in the repository at {}",
@@ -246,7 +246,10 @@ fn archive_get_exits_200_on_errors() {
 #[test]
 fn archive_get_exits_200_when_the_repository_is_unreadable() {
     let (c, name) = archiving_cluster();
-    let stored = stored_path(c.repo(), &name);
+    if c.repo_is_s3() {
+        return the_store_refuses_or_lacks_the_bucket(&c, &name);
+    }
+    let stored = stored_path(c.repo_dir(), &name);
     let prefix_dir = stored.parent().unwrap().to_path_buf();
 
     // The stored file cannot be read.
@@ -280,6 +283,42 @@ fn archive_get_exits_200_when_the_repository_is_unreadable() {
     assert!(read(&dest) == read(&c.pg_wal().join(&name)));
 }
 
+/// The S3 form of an unreadable repository (file modes do not stop the store): credentials the
+/// store refuses (403), and a bucket that does not exist (404 for every key). Both are errors,
+/// never "absent".
+fn the_store_refuses_or_lacks_the_bucket(c: &Cluster, name: &str) {
+    let dest = c.test_dir().subdir("restored").join(format!("{name}.refused"));
+    let get_with = |repo: &str, env: (&str, &str)| {
+        run(c
+            .pitr_cmd()
+            .envs([env])
+            .args(["--repo", repo, "archive-get", name, dest.to_str().unwrap()]))
+    };
+    let repo = c.repo().to_str().unwrap();
+    for (what, out) in [
+        (
+            "a refused secret key",
+            get_with(repo, ("AWS_SECRET_ACCESS_KEY", "not-the-secret")),
+        ),
+        (
+            "a missing bucket",
+            get_with("s3://no-such-bucket/repo", ("PITR_UNUSED", "")),
+        ),
+    ] {
+        assert_eq!(
+            out.code(),
+            Some(GET_ERROR),
+            "{what} must be an error, not 'absent':\n{}",
+            out.describe()
+        );
+        out.assert_one_line_error();
+        assert!(!dest.exists(), "{what}: nothing written");
+    }
+    let (out, dest) = get(c, c.repo(), name);
+    out.assert_success();
+    assert!(read(&dest) == read(&c.pg_wal().join(name)));
+}
+
 #[test]
 fn backup_history_file_is_archived_and_round_trips() {
     let c = Cluster::start(ClusterOptions::default().wal_segsize_mb(1));
@@ -287,7 +326,7 @@ fn backup_history_file_is_archived_and_round_trips() {
     let backup = c.base_backup();
     let name = &backup.backup_history_file;
     assert!(name.ends_with(".backup"), "{name}");
-    let stored = stored_path(c.repo(), name);
+    let stored = stored_path(c.repo_dir(), name);
     assert!(
         stored.is_file(),
         "{name} is archived according to the server but not stored at {}",

@@ -71,7 +71,7 @@ fn assert_get_returns(c: &Cluster, repo: &Path, name: &str, expected: &[u8]) {
 #[test]
 fn archive_push_stores_segment_silently_and_records_cluster_in_repo_json() {
     let c = source_cluster();
-    let repo = c.repo();
+    let repo = c.repo_dir();
     let first = c.switch_wal();
 
     // As PostgreSQL calls it: path relative to the data directory.
@@ -114,7 +114,7 @@ fn archive_push_stores_segment_silently_and_records_cluster_in_repo_json() {
         .assert_silent();
 
     for name in [&first, &second] {
-        assert_get_returns(&c, repo, name, &read(&c.pg_wal().join(name)));
+        assert_get_returns(&c, c.repo(), name, &read(&c.pg_wal().join(name)));
     }
 
     // archive-get into a path relative to the data directory, as PostgreSQL calls it.
@@ -161,9 +161,9 @@ fn archive_push_refuses_names_that_are_not_wal_files() {
         out.assert_one_line_error();
     }
     assert!(
-        stored_files(c.repo()).is_empty(),
+        stored_files(c.repo_dir()).is_empty(),
         "refused pushes stored files: {:?}",
-        stored_files(c.repo())
+        stored_files(c.repo_dir())
     );
 }
 
@@ -173,7 +173,7 @@ fn archive_push_refuses_missing_file() {
     let out = c.pitr(&["archive-push", "pg_wal/0000000100000000000000FE"]);
     assert!(!out.success(), "pushing a missing file succeeded:\n{}", out.describe());
     out.assert_one_line_error();
-    assert!(stored_files(c.repo()).is_empty());
+    assert!(stored_files(c.repo_dir()).is_empty());
 }
 
 #[test]
@@ -183,7 +183,7 @@ fn archive_push_refuses_different_content_under_an_archived_name() {
     c.pitr_as_server(&["archive-push", &format!("pg_wal/{name}")])
         .assert_success()
         .assert_silent();
-    let stored = stored_path(c.repo(), &name);
+    let stored = stored_path(c.repo_dir(), &name);
     let stored_before = read(&stored);
 
     // Same name, one byte changed in the middle of a page (page headers stay valid).
@@ -214,7 +214,7 @@ fn archive_push_of_identical_content_again_succeeds() {
     c.pitr_as_server(&["archive-push", &rel])
         .assert_success()
         .assert_silent();
-    let stored_before = read(&stored_path(c.repo(), &name));
+    let stored_before = read(&stored_path(c.repo_dir(), &name));
 
     // Again from pg_wal, and from an identical copy elsewhere (PostgreSQL re-archives after a crash).
     c.pitr_as_server(&["archive-push", &rel])
@@ -225,7 +225,7 @@ fn archive_push_of_identical_content_again_succeeds() {
         .assert_success()
         .assert_silent();
 
-    assert!(read(&stored_path(c.repo(), &name)) == stored_before);
+    assert!(read(&stored_path(c.repo_dir(), &name)) == stored_before);
     assert_get_returns(&c, c.repo(), &name, &original);
 }
 
@@ -258,10 +258,10 @@ fn archive_push_refuses_segment_from_another_cluster() {
         out.describe()
     );
     assert!(
-        !stored_path(a.repo(), &b_name).exists(),
+        !stored_path(a.repo_dir(), &b_name).exists(),
         "the foreign segment was stored"
     );
-    assert_eq!(json_u64(&repo_json(a.repo())["system_identifier"]), Some(a_id));
+    assert_eq!(json_u64(&repo_json(a.repo_dir())["system_identifier"]), Some(a_id));
 }
 
 #[test]
@@ -282,9 +282,9 @@ fn archive_push_refuses_segment_whose_name_does_not_match_its_page_address() {
             out.describe()
         );
         out.assert_one_line_error();
-        assert!(!stored_path(c.repo(), &wrong).exists());
+        assert!(!stored_path(c.repo_dir(), &wrong).exists());
     }
-    assert!(stored_files(c.repo()).is_empty());
+    assert!(stored_files(c.repo_dir()).is_empty());
 }
 
 #[test]
@@ -307,7 +307,7 @@ fn archive_push_refuses_segments_of_the_wrong_size_or_without_a_header() {
         );
         out.assert_one_line_error();
     }
-    assert!(stored_files(c.repo()).is_empty());
+    assert!(stored_files(c.repo_dir()).is_empty());
     // The real file is still accepted afterwards.
     c.pitr_as_server(&["archive-push", &format!("pg_wal/{name}")])
         .assert_success()
@@ -517,9 +517,9 @@ fn history_and_partial_files_round_trip() {
         .assert_success()
         .assert_silent();
     assert!(
-        stored_path(c.repo(), "00000002.history").is_file(),
+        stored_path(c.repo_dir(), "00000002.history").is_file(),
         "history file not stored under wal/history/: {:?}",
-        stored_files(c.repo())
+        stored_files(c.repo_dir())
     );
     assert_get_returns(&c, c.repo(), "00000002.history", &history);
     // Identical again: fine; different content under the same name: refused.
@@ -541,6 +541,6 @@ fn history_and_partial_files_round_trip() {
     c.pitr(&["archive-push", file.to_str().unwrap()])
         .assert_success()
         .assert_silent();
-    assert!(stored_path(c.repo(), &partial).is_file());
+    assert!(stored_path(c.repo_dir(), &partial).is_file());
     assert_get_returns(&c, c.repo(), &partial, &original);
 }

@@ -41,7 +41,9 @@ fn listed_ids(c: &Cluster, repo: &Path) -> Vec<String> {
 }
 
 /// Every path under `root` (relative, `/`-separated, directories included), optionally skipping
-/// the top-level entries named in `skip`.
+/// the top-level entries named in `skip`. A directory counts only while it holds a file: on S3
+/// (`PITR_TEST_BACKEND=s3`) "directories" are key prefixes, and s3s-fs leaves the empty ones of
+/// deleted objects behind.
 fn tree(root: &Path, skip: &[&str]) -> BTreeSet<String> {
     fn walk(dir: &Path, rel: &str, skip: &[&str], out: &mut BTreeSet<String>) {
         let Ok(entries) = fs::read_dir(dir) else { return };
@@ -51,8 +53,10 @@ fn tree(root: &Path, skip: &[&str]) -> BTreeSet<String> {
                 continue;
             }
             let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-            out.insert(path.clone());
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                out.insert(path);
+            } else if holds_files(&entry.path()) {
+                out.insert(path.clone());
                 walk(&entry.path(), &path, skip, out);
             }
         }
@@ -88,7 +92,9 @@ fn backup_dirs(repo: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for tier in ["hourly", "daily", "weekly"] {
         for entry in fs::read_dir(repo.join(tier)).into_iter().flatten().flatten() {
-            out.insert(format!("{tier}/{}", entry.file_name().to_string_lossy()));
+            if holds_files(&entry.path()) {
+                out.insert(format!("{tier}/{}", entry.file_name().to_string_lossy()));
+            }
         }
     }
     out
@@ -237,7 +243,7 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
     write_and_switch(&c, 2);
 
     // WAL older than the daily backup (needed only by h1) is still archived before h3.
-    let wal_before = archived_wal(c.repo());
+    let wal_before = archived_wal(c.repo_dir());
     let older_than_daily: BTreeSet<String> = wal_before
         .iter()
         .filter(|n| n[..24] < daily_first_wal[..])
@@ -279,22 +285,27 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
     let expected: BTreeSet<String> = [&daily_id, &h2_id, &h3_id].into_iter().cloned().collect();
     assert_eq!(listed, expected, "list after the third hourly backup");
     assert!(
-        !c.repo().join("hourly").join(&h1_id).exists(),
+        !holds_files(&c.repo_dir().join("hourly").join(&h1_id)),
         "the expired backup's directory remains"
     );
     for id in [&h2_id, &h3_id] {
-        assert!(c.repo().join("hourly").join(id).join("backup.manifest").is_file());
+        assert!(c.repo_dir().join("hourly").join(id).join("backup.manifest").is_file());
     }
-    assert!(c.repo().join("daily").join(&daily_id).join("backup.manifest").is_file());
+    assert!(c
+        .repo_dir()
+        .join("daily")
+        .join(&daily_id)
+        .join("backup.manifest")
+        .is_file());
 
     // On disk: nothing older than the daily backup's first WAL, everything from it on.
-    let wal_after = archived_wal(c.repo());
+    let wal_after = archived_wal(c.repo_dir());
     let too_old: Vec<&String> = wal_after.iter().filter(|n| n[..24] < daily_first_wal[..]).collect();
     assert!(
         too_old.is_empty(),
         "WAL older than {daily_first_wal} is still archived: {too_old:?}"
     );
-    let segments = archived_segments(c.repo());
+    let segments = archived_segments(c.repo_dir());
     let newest = segments.iter().max().expect("archived segments").clone();
     let mut name = daily_first_wal.clone();
     loop {
@@ -315,7 +326,7 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
     }
 
     // Expire again (dry run, then for real): nothing left to do.
-    let snapshot = tree(c.repo(), &[]);
+    let snapshot = tree(c.repo_dir(), &[]);
     let out = c.pitr(&["--config", config, "expire", "--dry-run", "--json"]);
     out.assert_success();
     let plan = parse_json(&out);
@@ -324,7 +335,7 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
     assert_eq!(json_str(&plan, "wal_kept_from"), daily_first_wal);
     assert_unchanged(
         &snapshot,
-        &tree(c.repo(), &[]),
+        &tree(c.repo_dir(), &[]),
         "expire --dry-run changed the repository",
     );
     let out = c.pitr(&["--config", config, "expire"]);
@@ -332,7 +343,7 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
     assert!(out.stdout_str().contains("nothing to expire"), "{}", out.describe());
     assert_unchanged(
         &snapshot,
-        &tree(c.repo(), &[]),
+        &tree(c.repo_dir(), &[]),
         "expire with nothing to do changed the repository",
     );
 }
@@ -365,7 +376,7 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
         "--no-expire kept both backups"
     );
 
-    let snapshot = tree(c.repo(), &[]);
+    let snapshot = tree(c.repo_dir(), &[]);
     let out = c.pitr(&["--config", config, "expire", "--dry-run", "--json"]);
     out.assert_success();
     let plan = parse_json(&out);
@@ -398,7 +409,7 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
     assert_eq!(json_str(&plan, "wal_kept_from"), b_first);
     assert_unchanged(
         &snapshot,
-        &tree(c.repo(), &[]),
+        &tree(c.repo_dir(), &[]),
         "expire --dry-run --json deleted something",
     );
 
@@ -409,7 +420,11 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
         "text dry run:\n{}",
         out.describe()
     );
-    assert_unchanged(&snapshot, &tree(c.repo(), &[]), "expire --dry-run deleted something");
+    assert_unchanged(
+        &snapshot,
+        &tree(c.repo_dir(), &[]),
+        "expire --dry-run deleted something",
+    );
     assert_eq!(listed_ids(&c, c.repo()), [a_id.clone(), b_id.clone()]);
 
     // The real run deletes exactly what the dry run listed.
@@ -421,12 +436,12 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
         "expire did something else than its dry run announced"
     );
     assert_eq!(listed_ids(&c, c.repo()), std::slice::from_ref(&b_id));
-    assert!(!c.repo().join("hourly").join(&a_id).exists());
-    let remaining = archived_wal(c.repo());
+    assert!(!holds_files(&c.repo_dir().join("hourly").join(&a_id)));
+    let remaining = archived_wal(c.repo_dir());
     for name in &wal {
         assert!(!remaining.contains(name), "{name} was announced but not deleted");
     }
-    let gone: BTreeSet<&String> = snapshot.iter().filter(|p| !c.repo().join(p).exists()).collect();
+    let gone: BTreeSet<&String> = snapshot.iter().filter(|p| !c.repo_dir().join(p).exists()).collect();
     for p in &gone {
         let announced = p.starts_with(&format!("hourly/{a_id}")) || wal.iter().any(|n| p.ends_with(&format!("/{n}")));
         assert!(announced, "expire deleted {p}, which its dry run did not announce");
@@ -447,7 +462,7 @@ fn backup_killed_mid_copy_is_never_listed_and_the_next_backup_cleans_it_up() {
     let line = cmdline(&cmd);
     let mut child = spawn(&mut cmd);
     let pid = pitr_pid(&child);
-    let killed_id = wait_for_copy_to_start(c.repo(), "hourly", &mut child);
+    let killed_id = wait_for_copy_to_start(c.repo_dir(), "hourly", &mut child);
     std::thread::sleep(Duration::from_millis(700));
     assert!(
         child.try_wait().expect("try_wait").is_none(),
@@ -461,7 +476,7 @@ fn backup_killed_mid_copy_is_never_listed_and_the_next_backup_cleans_it_up() {
         out.describe()
     );
 
-    let dir = c.repo().join("hourly").join(&killed_id);
+    let dir = c.repo_dir().join("hourly").join(&killed_id);
     assert!(
         dir.join("files").is_dir(),
         "the killed backup left no files/ behind: {}",
@@ -490,6 +505,18 @@ fn backup_killed_mid_copy_is_never_listed_and_the_next_backup_cleans_it_up() {
     );
     out.assert_one_line_error();
 
+    if c.repo_is_s3() {
+        // On S3 the killed backup's lock is a lease that nobody renews any more: it holds for a
+        // lease (60 s) after its last renewal, so a backup right now is refused. An operator who
+        // knows the holder is dead may delete the lease object, as this test does.
+        let out = c.pitr_connected(c.repo(), &["backup", "--fast"]);
+        assert!(
+            out.stderr_str().contains("another pitr backup is running"),
+            "{}",
+            out.describe()
+        );
+        fs::remove_file(c.repo_dir().join("locks/backup.lock")).expect("the lease object");
+    }
     // The next backup succeeds (the server dropped the killed connection's backup) and cleans up,
     // whatever its tier: a daily one cleans up the interrupted hourly one.
     let next = backup_json(&c, &["--tier", "daily"]);
@@ -501,12 +528,12 @@ fn backup_killed_mid_copy_is_never_listed_and_the_next_backup_cleans_it_up() {
         "the next backup should report the interrupted one:\n{next:#}"
     );
     assert!(
-        !dir.exists(),
+        !holds_files(&dir),
         "the interrupted backup's directory {} is still there",
         dir.display()
     );
     assert_eq!(listed_ids(&c, c.repo()), [next_id.to_string()]);
-    assert_eq!(backup_dirs(c.repo()), BTreeSet::from([format!("daily/{next_id}")]));
+    assert_eq!(backup_dirs(c.repo_dir()), BTreeSet::from([format!("daily/{next_id}")]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -543,7 +570,7 @@ fn refuses_when_the_server_is_unreachable() {
 fn refuses_a_role_without_backup_privileges() {
     let c = Cluster::start(ClusterOptions::default());
     c.psql("CREATE ROLE nopriv LOGIN");
-    let before = tree(c.repo(), &["wal"]);
+    let before = tree(c.repo_dir(), &["wal"]);
     let out = run(c
         .pitr_connected_cmd(c.repo())
         .env("PGUSER", "nopriv")
@@ -551,10 +578,10 @@ fn refuses_a_role_without_backup_privileges() {
     assert_refused(&out, "may not run the backup functions");
     assert_unchanged(
         &before,
-        &tree(c.repo(), &["wal"]),
+        &tree(c.repo_dir(), &["wal"]),
         "a refused backup changed the repository",
     );
-    assert!(backup_dirs(c.repo()).is_empty());
+    assert!(backup_dirs(c.repo_dir()).is_empty());
 
     // The same role through a URI --dbname.
     let uri = format!(
@@ -566,7 +593,7 @@ fn refuses_a_role_without_backup_privileges() {
     assert_refused(&out, "may not run the backup functions");
     assert_unchanged(
         &before,
-        &tree(c.repo(), &["wal"]),
+        &tree(c.repo_dir(), &["wal"]),
         "a refused backup changed the repository",
     );
 
@@ -598,7 +625,7 @@ fn refuses_a_role_that_may_start_but_not_stop_a_backup_before_copying() {
          GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO halfpriv; \
          GRANT pg_read_all_settings TO halfpriv",
     );
-    let before = tree(c.repo(), &["wal"]);
+    let before = tree(c.repo_dir(), &["wal"]);
     let out = run(c
         .pitr_connected_cmd(c.repo())
         .env("PGUSER", "halfpriv")
@@ -608,7 +635,7 @@ fn refuses_a_role_that_may_start_but_not_stop_a_backup_before_copying() {
     assert!(out.stderr_str().contains("pg_backup_stop"), "{}", out.describe());
     assert_unchanged(
         &before,
-        &tree(c.repo(), &["wal"]),
+        &tree(c.repo_dir(), &["wal"]),
         "the refused backup wrote into the repository (copied before finding out it cannot stop)",
     );
 }
@@ -620,7 +647,7 @@ fn refused_backup_into_an_empty_repository_writes_nothing() {
     let c = Cluster::start(ClusterOptions::default());
     assert_unchanged(
         &BTreeSet::new(),
-        &tree(c.repo(), &[]),
+        &tree(c.repo_dir(), &[]),
         "the new cluster archived something already",
     );
     // Another cluster's data directory (initdb only).
@@ -634,7 +661,7 @@ fn refused_backup_into_an_empty_repository_writes_nothing() {
     assert_refused(&out, "data directory");
     assert_unchanged(
         &BTreeSet::new(),
-        &tree(c.repo(), &[]),
+        &tree(c.repo_dir(), &[]),
         "the repository is no longer empty",
     );
 }
@@ -721,7 +748,7 @@ fn refuses_an_empty_archive_command_and_only_warns_about_another_tool() {
 fn refuses_an_archive_command_into_another_repository() {
     let c = Cluster::start(ClusterOptions::default());
     let other = empty_repo(&c, "other-repo");
-    let before = tree(c.repo(), &["wal"]);
+    let before = tree(c.repo_dir(), &["wal"]);
     let out = c.pitr_connected(&other, &["backup", "--fast"]);
     assert_refused(&out, "not into this repository");
     assert_unchanged(
@@ -731,14 +758,21 @@ fn refuses_an_archive_command_into_another_repository() {
     );
     assert_unchanged(
         &before,
-        &tree(c.repo(), &["wal"]),
+        &tree(c.repo_dir(), &["wal"]),
         "a refused backup changed the repository",
     );
 
-    // The same repository through a symbolic link is this repository.
+    // The same repository spelled differently is this repository: through a symbolic link, or
+    // an S3 URL with a trailing '/'.
     let link = c.test_dir().join("repo-link");
-    std::os::unix::fs::symlink(c.repo(), &link).expect("symlink");
-    let out = c.pitr_connected(&link, &["backup", "--fast"]);
+    let spelled = match c.repo_is_s3() {
+        true => PathBuf::from(format!("{}/", c.repo().display())),
+        false => {
+            std::os::unix::fs::symlink(c.repo(), &link).expect("symlink");
+            link
+        }
+    };
+    let out = c.pitr_connected(&spelled, &["backup", "--fast"]);
     assert!(
         out.success(),
         "backup through a symlink to the archive_command's repository:\n{}",
@@ -756,7 +790,7 @@ fn refuses_while_another_backup_of_the_same_repository_runs() {
     cmd.args(["backup", "--fast", "--json", "--jobs", "1"]);
     let line = cmdline(&cmd);
     let mut first = spawn(&mut cmd);
-    let first_id = wait_for_copy_to_start(c.repo(), "hourly", &mut first);
+    let first_id = wait_for_copy_to_start(c.repo_dir(), "hourly", &mut first);
 
     let out = c.pitr_connected(c.repo(), &["backup", "--fast"]);
     assert!(
@@ -765,7 +799,7 @@ fn refuses_while_another_backup_of_the_same_repository_runs() {
     );
     assert_refused(&out, "another pitr backup is running");
     assert_eq!(
-        backup_dirs(c.repo()),
+        backup_dirs(c.repo_dir()),
         BTreeSet::from([format!("hourly/{first_id}")]),
         "the refused backup created a directory"
     );
@@ -784,13 +818,17 @@ fn refuses_a_repository_or_data_directory_of_another_cluster() {
     let seg = a.switch_wal();
     a.wait_archived(&seg);
     // b's archive_command names a's repository (so that check passes); b archives nothing yet.
-    let b = Cluster::start(ClusterOptions::default().repo(a.repo()));
+    let b = Cluster::start(ClusterOptions::default().same_repo_as(&a));
     assert_ne!(a.system_identifier(), b.system_identifier());
-    let before = tree(a.repo(), &[]);
+    let before = tree(a.repo_dir(), &[]);
 
     let out = b.pitr_connected(a.repo(), &["backup", "--fast"]);
     assert_refused(&out, "the repository's current generation is cluster");
-    assert_unchanged(&before, &tree(a.repo(), &[]), "a refused backup changed the repository");
+    assert_unchanged(
+        &before,
+        &tree(a.repo_dir(), &[]),
+        "a refused backup changed the repository",
+    );
 
     let out = a.pitr_connected(
         a.repo(),
@@ -798,8 +836,12 @@ fn refuses_a_repository_or_data_directory_of_another_cluster() {
     );
     assert_refused(&out, &b.system_identifier().to_string());
     assert!(out.stderr_str().contains("data directory"), "{}", out.describe());
-    assert_unchanged(&before, &tree(a.repo(), &[]), "a refused backup changed the repository");
-    assert!(backup_dirs(a.repo()).is_empty());
+    assert_unchanged(
+        &before,
+        &tree(a.repo_dir(), &[]),
+        "a refused backup changed the repository",
+    );
+    assert!(backup_dirs(a.repo_dir()).is_empty());
 
     // The right --pgdata works.
     let out = a.pitr_connected(
@@ -823,14 +865,14 @@ fn connects_with_a_password_from_pgpassword_or_pgpassfile() {
         cmd.env("PGUSER", "pwuser");
         cmd
     };
-    let before = tree(c.repo(), &["wal"]);
+    let before = tree(c.repo_dir(), &["wal"]);
     let out = run(as_pwuser().args(["backup", "--fast"]));
     assert_refused(&out, "password");
     let out = run(as_pwuser().env("PGPASSWORD", "wrong").args(["backup", "--fast"]));
     assert_refused(&out, "password authentication failed");
     assert_unchanged(
         &before,
-        &tree(c.repo(), &["wal"]),
+        &tree(c.repo_dir(), &["wal"]),
         "a refused backup changed the repository",
     );
 
@@ -907,7 +949,7 @@ fn list_reports_missing_wal() {
 
     // Delete the last needed segment (also the first, unless the backup spans several).
     let missing = last_wal.clone();
-    let path = stored_path(c.repo(), &missing);
+    let path = stored_path(c.repo_dir(), &missing);
     fs::remove_file(&path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
     let listed = list_json(&c, c.repo());
     let entry = &listed[0];

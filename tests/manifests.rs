@@ -63,7 +63,7 @@ fn one_unreadable_backup_blocks_nothing_and_a_damaged_manifest_is_read_from_its_
     c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
     let damaged = take(&c, "daily");
     let good = take(&c, "hourly");
-    let damaged_dir = backup_dir(c.repo(), &damaged);
+    let damaged_dir = backup_dir(c.repo_dir(), &damaged);
     assert!(damaged_dir.join("backup.manifest.copy").is_file());
 
     // The manifest alone damaged: the backup still reads (from the copy), and verify says so.
@@ -144,7 +144,7 @@ fn one_unreadable_backup_blocks_nothing_and_a_damaged_manifest_is_read_from_its_
         "a backup deleted the unreadable one"
     );
 
-    let wal_before = fs::read_dir(c.repo().join("wal")).unwrap().count();
+    let wal_before = fs::read_dir(c.repo_dir().join("wal")).unwrap().count();
     let expire = c.pitr(&["expire"]);
     expire.assert_success();
     assert!(
@@ -155,7 +155,7 @@ fn one_unreadable_backup_blocks_nothing_and_a_damaged_manifest_is_read_from_its_
         expire.describe()
     );
     assert!(damaged_dir.is_dir());
-    assert_eq!(fs::read_dir(c.repo().join("wal")).unwrap().count(), wal_before);
+    assert_eq!(fs::read_dir(c.repo_dir().join("wal")).unwrap().count(), wal_before);
 }
 
 /// Deleting a manifest (and its copy) does not make a backup vanish quietly, and the next
@@ -164,7 +164,7 @@ fn one_unreadable_backup_blocks_nothing_and_a_damaged_manifest_is_read_from_its_
 fn a_lost_manifest_is_reported_and_its_backup_is_kept() {
     let c = Cluster::start(ClusterOptions::default());
     let id = take(&c, "daily");
-    let dir = backup_dir(c.repo(), &id);
+    let dir = backup_dir(c.repo_dir(), &id);
     fs::remove_file(dir.join("backup.manifest")).unwrap();
     let (code, report) = verify_json(&c);
     assert_eq!(code, Some(2), "{report}");
@@ -195,7 +195,7 @@ fn a_lost_manifest_is_reported_and_its_backup_is_kept() {
 fn an_edited_manifest_with_a_recomputed_checksum_is_found_by_its_objects() {
     let c = Cluster::start(ClusterOptions::default());
     let id = take(&c, "daily");
-    let dir = backup_dir(c.repo(), &id);
+    let dir = backup_dir(c.repo_dir(), &id);
     let path = dir.join("backup.manifest");
     let mut manifest = Manifest::from_bytes(&read(&path), "manifest").unwrap();
     let removed = manifest
@@ -222,7 +222,7 @@ fn an_edited_manifest_with_a_recomputed_checksum_is_found_by_its_objects() {
 fn a_manifest_that_would_write_outside_the_restore_is_refused_before_writing() {
     let c = Cluster::start(ClusterOptions::default());
     let id = take(&c, "daily");
-    let dir = backup_dir(c.repo(), &id);
+    let dir = backup_dir(c.repo_dir(), &id);
     let outside = c.test_dir().subdir("outside");
     let mut manifest = Manifest::from_bytes(&read(&dir.join("backup.manifest")), "manifest").unwrap();
     let mut planted = manifest.files[0].clone();
@@ -244,6 +244,7 @@ fn a_manifest_that_would_write_outside_the_restore_is_refused_before_writing() {
     let target = c.test_dir().join("restored-as-root");
     let mut as_root = std::process::Command::new(pitr_binary());
     as_root
+        .envs(c.env())
         .args(["--repo", c.repo().to_str().unwrap(), "restore", "--pgdata"])
         .arg(&target)
         .args(["--backup", &id]);

@@ -639,7 +639,7 @@ fn refusals_before_touching_anything() {
     drop(nd);
 
     // A needed segment deleted from the repository: named before anything is restored.
-    let stored = stored_path(c.repo(), &gap);
+    let stored = stored_path(c.repo_dir(), &gap);
     assert!(stored.exists(), "{} not in the repository", stored.display());
     fs::remove_file(&stored).expect("delete an archived segment");
     assert_refused(&c, &["--target", "latest"], 1, &format!("WAL segment {gap} is missing"));
@@ -669,7 +669,7 @@ fn corrupt_archived_segment_fails_recovery() {
     restore_point(&c, "after", &[]);
 
     for (segment, after_consistency) in [(&late, true), (&early, false)] {
-        let stored = stored_path(c.repo(), segment);
+        let stored = stored_path(c.repo_dir(), segment);
         let original = read(&stored);
         flip_byte_from_end(&stored, 100);
 
@@ -818,7 +818,7 @@ fn restore_point_names_and_catalog() {
     }
     // Every restore point is in WAL on the server as well.
     let segment = points[0]["wal_file"].as_str().unwrap();
-    assert!(stored_path(c.repo(), segment).exists(), "{segment} archived");
+    assert!(stored_path(c.repo_dir(), segment).exists(), "{segment} archived");
 
     // The plan warns about the duplicate name.
     let nd = NewDir::new();
@@ -860,14 +860,14 @@ fn second_recovery_follows_timeline_two() {
     );
     let segment = psql_at(&conn, "SELECT pg_walfile_name(pg_switch_wal())");
     assert!(segment.starts_with("00000002"), "{segment}");
-    let history = stored_path(c.repo(), "00000002.history");
+    let history = stored_path(c.repo_dir(), "00000002.history");
     let archived = poll(ARCHIVE_TIMEOUT, || {
-        (stored_path(c.repo(), &segment).exists() && history.exists()).then_some(())
+        (stored_path(c.repo_dir(), &segment).exists() && history.exists()).then_some(())
     });
     assert!(
         archived.is_some(),
         "the copy did not archive {segment} and 00000002.history into {}; archiver: {}\n--- copy log ---\n{}",
-        c.repo().display(),
+        c.repo_dir().display(),
         psql_at(&conn, "SELECT * FROM pg_stat_archiver"),
         tail(&copy.server_log(), 40)
     );
@@ -1080,7 +1080,7 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
         recovered.socket_dir.display()
     );
     assert!(
-        stored_path(c.repo(), "00000002.history").exists(),
+        stored_path(c.repo_dir(), "00000002.history").exists(),
         "{}",
         adopted.describe()
     );
@@ -1106,6 +1106,7 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
     c.stop();
     let log = copy.data.join("adopted.log");
     let started = run(server_command(pg_program("pg_ctl"))
+        .envs(c.env())
         .arg("-D")
         .arg(&copy.data)
         .arg("-l")
@@ -1136,7 +1137,7 @@ fn adopted_copy_archives_its_new_timeline_and_a_later_recovery_follows_it() {
     let segment = psql_at(&conn, "SELECT pg_walfile_name(pg_switch_wal())");
     assert!(segment.starts_with("00000002"), "{segment}");
     assert!(
-        wait_stored(c.repo(), &segment),
+        wait_stored(c.repo_dir(), &segment),
         "the adopted copy does not archive {segment}:\n{}",
         String::from_utf8_lossy(&read(&log))
     );

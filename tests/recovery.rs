@@ -100,7 +100,7 @@ fn corrupted_archive_file_stops_recovery_instead_of_promoting() {
     let expected = fingerprint(&p);
 
     // Corrupt the archived copy of the last segment (it holds the final changes).
-    let stored = stored_path(p.repo(), &last);
+    let stored = stored_path(p.repo_dir(), &last);
     let original_stored = read(&stored);
     flip_byte_from_end(&stored, 10);
 
@@ -160,7 +160,7 @@ fn promoted_copy_archives_its_new_timeline_into_the_same_repository() {
     let backup = p.base_backup();
     let last = write_after_backup(&p);
     let expected = fingerprint(&p);
-    let stored = read(&stored_path(p.repo(), &last));
+    let stored = read(&stored_path(p.repo_dir(), &last));
     assert!(
         stored[STORED_HEADER_LEN..].starts_with(&[0x1f, 0x8b]),
         "archive_command with --compress gzip should store gzip payloads"
@@ -178,7 +178,7 @@ fn promoted_copy_archives_its_new_timeline_into_the_same_repository() {
         "unexpected history file: {}",
         String::from_utf8_lossy(&history)
     );
-    assert!(stored_path(r.repo(), "00000002.history").is_file());
+    assert!(stored_path(r.repo_dir(), "00000002.history").is_file());
     let dest_dir = r.test_dir().subdir("restored");
     let dest = dest_dir.join("history");
     r.pitr(&["archive-get", "00000002.history", dest.to_str().unwrap()])

@@ -67,12 +67,13 @@ impl Restored {
         }
     }
 
-    /// Runs `pitr --repo <repo> restore --pgdata <data> <extra…>` as the server user.
-    fn restore(&self, repo: &Path, extra: &[&str]) -> CmdOutput {
+    /// Runs `pitr --repo <c's repository> restore --pgdata <data> <extra…>` as the server user.
+    fn restore(&self, c: &Cluster, extra: &[&str]) -> CmdOutput {
         let mut cmd = pitr_command(&self.pitr);
         cmd.current_dir(self.dir.path())
+            .envs(c.env())
             .arg("--repo")
-            .arg(repo)
+            .arg(c.repo())
             .arg("restore")
             .arg("--pgdata")
             .arg(&self.data)
@@ -93,9 +94,10 @@ impl Restored {
 
     /// Appends recovery settings to postgresql.auto.conf (read last, so they override the copied
     /// configuration): its own port and socket directory, `restore_command` through pitr from
-    /// `repo`, `recovery_target = 'immediate'` with promotion, archiving off. Creates
-    /// recovery.signal and starts the server (`pg_ctl -w`).
-    fn start_recovery(&self, repo: &Path) {
+    /// `c`'s repository, `recovery_target = 'immediate'` with promotion, archiving off. Creates
+    /// recovery.signal and starts the server (`pg_ctl -w`, with `c`'s environment).
+    fn start_recovery(&self, c: &Cluster) {
+        let repo = c.repo();
         let auto = self.data.join("postgresql.auto.conf");
         let mut conf = fs::read_to_string(&auto).unwrap_or_default();
         conf.push_str(&format!(
@@ -112,7 +114,14 @@ impl Restored {
         let signal = self.data.join("recovery.signal");
         fs::write(&signal, b"").expect("write recovery.signal");
         give_to_server_user(&signal);
-        let out = pg_ctl_start(self.dir.path(), &self.data, &self.log_path());
+        let out = run(server_command(pg_ctl_for(&self.data))
+            .envs(c.env())
+            .current_dir(self.dir.path())
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-w", "-t", "120", "start"]));
         assert!(
             out.success(),
             "the restored server did not start:\n{}\n--- server log (tail) ---\n{}",
@@ -209,7 +218,7 @@ fn backup_under_concurrent_writes_restores_and_recovers_to_a_consistent_cluster(
     assert!(b["file_count"].as_u64().unwrap() > 100, "{summary:#}");
 
     let r = Restored::new();
-    let out = r.restore(c.repo(), &["--json"]);
+    let out = r.restore(&c, &["--json"]);
     out.assert_success();
     let restored = parse_json(&out);
     assert_eq!(json_str(&restored, "id"), id, "{restored:#}");
@@ -217,7 +226,7 @@ fn backup_under_concurrent_writes_restores_and_recovers_to_a_consistent_cluster(
     assert!(r.data.join("backup_label").is_file());
     assert!(r.data.join("global/pg_control").is_file());
 
-    r.start_recovery(c.repo());
+    r.start_recovery(&c);
     r.wait_promoted();
     let log = r.log_tail();
     assert!(log.contains("consistent recovery state reached"), "{log}");
@@ -311,7 +320,7 @@ fn restore_of_an_idle_cluster_is_byte_for_byte_with_the_expected_layout() {
     assert!(c.data_dir().join(&u_path).is_file() && c.data_dir().join(format!("{u_path}_init")).is_file());
     let summary = backup_json(&c, &[]);
     let id = json_str(&summary["backup"], "id").to_string();
-    let backup_dir = c.repo().join("hourly").join(&id);
+    let backup_dir = c.repo_dir().join("hourly").join(&id);
     let manifest: serde_json::Value = serde_json::from_slice(&read(&backup_dir.join("backup.manifest"))).unwrap();
     let big_entry = manifest["files"]
         .as_array()
@@ -333,7 +342,7 @@ fn restore_of_an_idle_cluster_is_byte_for_byte_with_the_expected_layout() {
     }
 
     let r = Restored::new();
-    let out = r.restore(c.repo(), &[]);
+    let out = r.restore(&c, &[]);
     out.assert_success();
     let stdout = out.stdout_str();
     assert!(
@@ -472,13 +481,13 @@ fn corrupted_backup_file_fails_the_restore_naming_it_and_a_repaired_one_restores
     let rel = c.psql("SELECT pg_relation_filepath('t')");
     let summary = backup_json(&c, &[]);
     let id = json_str(&summary["backup"], "id").to_string();
-    let object = c.repo().join("hourly").join(&id).join("files").join(&rel);
+    let object = c.repo_dir().join("hourly").join(&id).join("files").join(&rel);
     assert!(object.is_file(), "{} is not in the backup", object.display());
     let original = read(&object);
     flip_byte_from_end(&object, 8);
 
     let r = Restored::new();
-    let out = r.restore(c.repo(), &[]);
+    let out = r.restore(&c, &[]);
     assert!(
         !out.success(),
         "restore of a corrupted backup succeeded:\n{}",
@@ -497,7 +506,7 @@ fn corrupted_backup_file_fails_the_restore_naming_it_and_a_repaired_one_restores
 
     // The repaired backup restores over the failed attempt with --force (without it: refused).
     rewrite_keeping_mode(&object, &original);
-    let out = r.restore(c.repo(), &[]);
+    let out = r.restore(&c, &[]);
     assert!(
         !out.success(),
         "restore into a non-empty directory without --force:\n{}",
@@ -505,7 +514,7 @@ fn corrupted_backup_file_fails_the_restore_naming_it_and_a_repaired_one_restores
     );
     out.assert_one_line_error();
     assert!(out.stderr_str().contains("--force"), "{}", out.describe());
-    let out = r.restore(c.repo(), &["--force", "--backup", &id]);
+    let out = r.restore(&c, &["--force", "--backup", &id]);
     out.assert_success();
     assert!(
         read(&r.data.join(&rel)) == read(&c.data_dir().join(&rel)),
@@ -520,7 +529,7 @@ fn restore_refuses_unsafe_targets_and_unknown_backups() {
     let c = Cluster::start(ClusterOptions::default());
     let r = Restored::new();
     // No backup yet.
-    let out = r.restore(c.repo(), &[]);
+    let out = r.restore(&c, &[]);
     assert!(!out.success(), "{}", out.describe());
     out.assert_one_line_error();
     assert!(!r.data.exists() || fs::read_dir(&r.data).unwrap().next().is_none());
@@ -529,7 +538,7 @@ fn restore_refuses_unsafe_targets_and_unknown_backups() {
     let id = json_str(&summary["backup"], "id").to_string();
 
     // Unknown id.
-    let out = r.restore(c.repo(), &["--backup", "main_hourly_19700101_000000"]);
+    let out = r.restore(&c, &["--backup", "main_hourly_19700101_000000"]);
     assert!(!out.success(), "{}", out.describe());
     out.assert_one_line_error();
     assert!(
@@ -542,7 +551,7 @@ fn restore_refuses_unsafe_targets_and_unknown_backups() {
     let stray = r.dir.subdir("data").join("keep-me");
     fs::write(&stray, b"x").unwrap();
     give_to_server_user(&stray);
-    let out = r.restore(c.repo(), &[]);
+    let out = r.restore(&c, &[]);
     assert!(!out.success(), "{}", out.describe());
     out.assert_one_line_error();
     assert!(out.stderr_str().contains("not empty"), "{}", out.describe());
@@ -550,7 +559,7 @@ fn restore_refuses_unsafe_targets_and_unknown_backups() {
 
     // --force wipes only a data directory (as pgBackRest's does): a typo in --pgdata must not
     // wipe whatever directory it names.
-    let out = r.restore(c.repo(), &["--force"]);
+    let out = r.restore(&c, &["--force"]);
     assert!(!out.success(), "{}", out.describe());
     out.assert_one_line_error();
     assert!(out.stderr_str().contains("no PG_VERSION"), "{}", out.describe());
@@ -566,7 +575,7 @@ fn restore_refuses_unsafe_targets_and_unknown_backups() {
         fs::create_dir_all(pid.parent().unwrap()).unwrap();
         fs::write(&pid, b"12345\n").unwrap();
         give_to_server_user(&r.data);
-        let out = r.restore(c.repo(), &["--force"]);
+        let out = r.restore(&c, &["--force"]);
         assert!(!out.success(), "{}", out.describe());
         out.assert_one_line_error();
         assert!(out.stderr_str().contains(place), "{}", out.describe());
@@ -575,7 +584,7 @@ fn restore_refuses_unsafe_targets_and_unknown_backups() {
     }
 
     // Without it, --force wipes and restores.
-    let out = r.restore(c.repo(), &["--force", "--json"]);
+    let out = r.restore(&c, &["--force", "--json"]);
     out.assert_success();
     assert_eq!(json_str(&parse_json(&out), "id"), id);
     assert!(!stray.exists());

@@ -229,8 +229,8 @@ fn a_healthy_repository_verifies_with_exit_0_and_its_json_log_and_metrics_parse(
         .stdout_str()
         .contains("recover to any moment from"));
 
-    let backup_dir = c.repo().join("daily").join(&id);
-    let wal_file = stored_path(c.repo(), &segments[0]);
+    let backup_dir = c.repo_dir().join("daily").join(&id);
+    let wal_file = stored_path(c.repo_dir(), &segments[0]);
     for target in [backup_dir.to_str().unwrap(), id.as_str(), wal_file.to_str().unwrap()] {
         let out = pitr(&c, c.repo(), None, &["check-integrity", target]);
         out.assert_code(0);
@@ -249,8 +249,8 @@ fn a_flipped_byte_or_a_deleted_segment_is_critical_and_named() {
     let id = backup["id"].as_str().unwrap();
     let segments = archive_segments(&c, 3);
 
-    let relative = largest_backup_file(&c.repo().join("daily").join(id));
-    let file = c.repo().join("daily").join(id).join("files").join(&relative);
+    let relative = largest_backup_file(&c.repo_dir().join("daily").join(id));
+    let file = c.repo_dir().join("daily").join(id).join("files").join(&relative);
     let original = read(&file);
     flip_byte_from_end(&file, 100);
     let report = verify_json(&c, None, &[], 2);
@@ -267,7 +267,7 @@ fn a_flipped_byte_or_a_deleted_segment_is_critical_and_named() {
         &[
             "check-integrity",
             "--json",
-            c.repo().join("daily").join(id).to_str().unwrap(),
+            c.repo_dir().join("daily").join(id).to_str().unwrap(),
         ],
     );
     out.assert_code(2);
@@ -278,7 +278,7 @@ fn a_flipped_byte_or_a_deleted_segment_is_critical_and_named() {
     rewrite_keeping_mode(&file, &original);
     verify_json(&c, None, &[], 0);
 
-    let segment = stored_path(c.repo(), &segments[0]);
+    let segment = stored_path(c.repo_dir(), &segments[0]);
     let original = read(&segment);
     flip_byte_from_end(&segment, 100);
     let report = verify_json(&c, None, &[], 2);
@@ -291,7 +291,7 @@ fn a_flipped_byte_or_a_deleted_segment_is_critical_and_named() {
     assert!(out.stdout_str().contains("is corrupt"), "{}", out.describe());
     rewrite_keeping_mode(&segment, &original);
 
-    fs::remove_file(stored_path(c.repo(), &segments[1])).unwrap();
+    fs::remove_file(stored_path(c.repo_dir(), &segments[1])).unwrap();
     let text = pitr(&c, c.repo(), None, &["verify", "--log-file", "none"]);
     text.assert_code(2);
     assert!(
@@ -312,7 +312,7 @@ fn a_flipped_byte_or_a_deleted_segment_is_critical_and_named() {
     );
 
     let first_wal = backup["first_wal"].as_str().unwrap();
-    fs::remove_file(stored_path(c.repo(), first_wal)).unwrap();
+    fs::remove_file(stored_path(c.repo_dir(), first_wal)).unwrap();
     let report = verify_json(&c, None, &["daily"], 2);
     assert_eq!(
         alerts_of(&report, "alerts"),
@@ -555,7 +555,7 @@ fn check_passes_on_a_configured_cluster_and_names_each_misconfiguration() {
     out.assert_code(0);
     let report = parse_json(&out);
     let segment = report["segment"].as_str().unwrap();
-    assert!(stored_path(c.repo(), segment).is_file(), "{report:#}");
+    assert!(stored_path(c.repo_dir(), segment).is_file(), "{report:#}");
     assert_eq!(report["timeline"], 1);
 
     let elsewhere = c.test_dir().subdir("other-repo");
@@ -601,7 +601,7 @@ fn check_and_verify_need_the_history_file_of_a_new_timeline() {
         (Some(2), Some("00000002.history"))
     );
 
-    fs::remove_file(stored_path(c.repo(), "00000002.history")).unwrap();
+    fs::remove_file(stored_path(c.repo_dir(), "00000002.history")).unwrap();
     let out = pitr(&copy, c.repo(), Some(&copy), &["check"]);
     out.assert_code(1);
     assert!(
@@ -648,7 +648,7 @@ fn after_a_switch_over_the_newest_archived_wal_and_staleness_follow_the_new_time
         [("WalArchiveStale".to_string(), newest_on_2.clone())]
     );
     assert_eq!(report["repository"]["archive"]["newest_segment"], newest_on_2.as_str());
-    let archived_at = fs::metadata(stored_path(c.repo(), &newest_on_2))
+    let archived_at = fs::metadata(stored_path(c.repo_dir(), &newest_on_2))
         .unwrap()
         .modified()
         .unwrap();

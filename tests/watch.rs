@@ -59,7 +59,10 @@ fn ready_segments(c: &Cluster) -> Vec<String> {
 /// Waits until every ready segment is in the repository.
 fn wait_stored(c: &Cluster, names: &[String]) {
     let stored = poll(Duration::from_secs(120), || {
-        names.iter().all(|n| stored_path(c.repo(), n).exists()).then_some(())
+        names
+            .iter()
+            .all(|n| stored_path(c.repo_dir(), n).exists())
+            .then_some(())
     });
     assert!(stored.is_some(), "the watcher did not store all of {names:?}");
 }
@@ -145,10 +148,23 @@ fn the_watcher_reports_an_unwritable_repository_and_drops_nothing() {
     let c = Cluster::start(ClusterOptions::default().setting("archive_command", "'/bin/false'"));
     c.psql("CREATE TABLE t AS SELECT generate_series(1, 100000) g");
     let segment = c.switch_wal();
-    fs::set_permissions(c.repo(), fs::Permissions::from_mode(0o500)).unwrap();
-    let watcher = Watcher::start(&c);
-    std::thread::sleep(Duration::from_secs(3));
-    fs::set_permissions(c.repo(), fs::Permissions::from_mode(0o700)).unwrap();
+    let watcher = if let Some(server) = c.s3_server() {
+        // The store is down for 3 s: connections are refused, then it answers again.
+        let restarting = std::thread::scope(|scope| {
+            let down = scope.spawn(|| server.down_for(Duration::from_secs(3)));
+            std::thread::sleep(Duration::from_millis(300));
+            let watcher = Watcher::start(&c);
+            down.join().unwrap();
+            watcher
+        });
+        restarting
+    } else {
+        fs::set_permissions(c.repo(), fs::Permissions::from_mode(0o500)).unwrap();
+        let watcher = Watcher::start(&c);
+        std::thread::sleep(Duration::from_secs(3));
+        fs::set_permissions(c.repo(), fs::Permissions::from_mode(0o700)).unwrap();
+        watcher
+    };
     wait_stored(&c, std::slice::from_ref(&segment));
     let out = watcher.terminate();
     let log = out.stderr_str();
@@ -315,7 +331,7 @@ fn a_damaged_prefetched_segment_is_replaced_by_the_repository_copy() {
 fn a_corrupt_archived_segment_aborts_recovery_with_prefetch_on() {
     let (c, backup) = primary_with_rows_after_backup(30_000);
     let name = later_segment_name(&backup.start_wal_file, 2, SEGMENT);
-    flip_byte_from_end(&stored_path(c.repo(), &name), 100);
+    flip_byte_from_end(&stored_path(c.repo_dir(), &name), 100);
     let recovered = Cluster::recover(backup, RecoveryOptions::default());
     match recovered.wait_recovery_end() {
         RecoveryOutcome::Failed { log } => {
@@ -404,7 +420,7 @@ fn prefetch_follows_the_timeline_recovery_follows() {
     }
     c.wait_archived(&c.switch_wal());
     // Its first archived segment is the one holding the switch point.
-    let switch_segment = fs::read_dir(c.repo().join("wal"))
+    let switch_segment = fs::read_dir(c.repo_dir().join("wal"))
         .unwrap()
         .filter_map(|dir| fs::read_dir(dir.ok()?.path()).ok())
         .flatten()
@@ -454,7 +470,7 @@ fn sighup_makes_the_watcher_store_with_the_new_compression() {
     // Byte 5 of a stored object is its compression: 1 zstd, 2 gzip.
     let stored_compression = |segment: &String| {
         wait_stored(&c, std::slice::from_ref(segment));
-        read(&stored_path(c.repo(), segment))[5]
+        read(&stored_path(c.repo_dir(), segment))[5]
     };
     c.psql("CREATE TABLE t AS SELECT generate_series(1, 10000) g");
     assert_eq!(stored_compression(&c.switch_wal()), 1, "zstd before the reload");

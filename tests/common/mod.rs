@@ -26,7 +26,12 @@
 //! * `PITR_PG_VERSIONS`: the majors the version matrix runs on, comma-separated ([`versions`];
 //!   default 13 to 18);
 //! * `PITR_TEST_TMPDIR`: base directory for temporary directories (default `/tmp`);
-//! * `PITR_TEST_KEEP=1`: keep temporary directories (clusters, repositories, logs) after the test.
+//! * `PITR_TEST_KEEP=1`: keep temporary directories (clusters, repositories, logs) after the test;
+//! * `PITR_TEST_BACKEND=s3`: every cluster's own repository is on S3 instead of local disk: an s3s-fs
+//!   per cluster ([`s3::S3Server`]), `s3://pitr-test/repo` as `--repo`, its endpoint and credentials in
+//!   the environment of pitr and of the server. [`Cluster::repo_dir`] is where s3s-fs keeps the
+//!   objects as files, for tests that look at or damage what is stored. `.ci/run` runs the command
+//!   suites a second time so.
 //!
 //! Not every test uses every helper, hence the `dead_code` allowance below.
 #![allow(dead_code)]
@@ -41,7 +46,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -378,6 +383,16 @@ pub fn pitr_command(pitr_bin: &Path) -> Command {
 
 /// A free TCP port number on 127.0.0.1 (the clusters listen only on their own Unix socket
 /// directory, so the number only names the socket; collisions are harmless but still avoided).
+/// Whether `PITR_TEST_BACKEND=s3` puts each cluster's own repository on S3 (`local`, the default,
+/// keeps it in a directory).
+pub fn backend_is_s3() -> bool {
+    match std::env::var("PITR_TEST_BACKEND").as_deref() {
+        Ok("s3") => true,
+        Ok("local") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("PITR_TEST_BACKEND={other}: say local or s3"),
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -702,6 +717,20 @@ pub fn stored_path(repo: &Path, name: &str) -> PathBuf {
     }
 }
 
+/// Whether `dir` holds a file, at any depth (a stored object: on S3, a "directory" exists only
+/// while it holds one).
+pub fn holds_files(dir: &Path) -> bool {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => holds_files(&entry.path()),
+            Ok(_) => true,
+            Err(_) => false,
+        })
+}
+
 /// Waits (up to [`ARCHIVE_TIMEOUT`]) until `repo` stores the archived file `name` (generation 1's
 /// WAL, [`stored_path`]); false when it never does.
 pub fn wait_stored(repo: &Path, name: &str) -> bool {
@@ -950,6 +979,10 @@ pub struct ClusterOptions {
     /// Environment variables of every `pitr` command and of the server (whose archive_command
     /// and restore_command run pitr): the S3 endpoint and credentials ([`ClusterOptions::s3`]).
     pub env: Vec<(String, String)>,
+    /// Where the repository's objects are on disk, when `repo` is an S3 URL.
+    pub repo_dir: Option<PathBuf>,
+    /// The S3 server the repository is on, when the cluster shares it ([`ClusterOptions::same_repo_as`]).
+    pub s3: Option<Arc<s3::S3Server>>,
     /// Extra postgresql.conf settings; they override the harness defaults of the same name.
     pub settings: Vec<(String, String)>,
     /// The PostgreSQL major version to run ([`server_bindir`]); `None`: [`pg_bindir`]'s.
@@ -968,6 +1001,8 @@ impl Default for ClusterOptions {
             pitr_args: Vec::new(),
             repo: None,
             env: Vec::new(),
+            repo_dir: None,
+            s3: None,
             settings: Vec::new(),
             version: None,
             bindir: None,
@@ -995,7 +1030,7 @@ impl ClusterOptions {
         self
     }
 
-    /// Archives into an existing repository.
+    /// Archives into an existing repository directory.
     pub fn repo(mut self, repo: &Path) -> Self {
         self.repo = Some(repo.to_path_buf());
         self
@@ -1005,7 +1040,17 @@ impl ClusterOptions {
     /// get its endpoint and credentials through the environment.
     pub fn s3(mut self, server: &s3::S3Server, prefix: &str) -> Self {
         self.repo = Some(PathBuf::from(server.url(prefix)));
+        self.repo_dir = Some(server.bucket_dir().join(prefix));
         self.env = server.env();
+        self
+    }
+
+    /// Archives into `other`'s repository, wherever it is.
+    pub fn same_repo_as(mut self, other: &Cluster) -> Self {
+        self.repo = Some(other.repo.clone());
+        self.repo_dir = Some(other.repo_dir.clone());
+        self.env = other.env.clone();
+        self.s3 = other.s3.clone();
         self
     }
 
@@ -1085,6 +1130,10 @@ pub struct BaseBackup {
     pub source_repo: PathBuf,
     /// The source cluster's [`ClusterOptions::env`].
     pub source_env: Vec<(String, String)>,
+    /// Where the source repository's objects are on disk.
+    pub source_repo_dir: PathBuf,
+    /// The source repository's S3 server.
+    pub source_s3: Option<Arc<s3::S3Server>>,
     /// Extra global `pitr` options of the source cluster's archive_command.
     pub source_pitr_args: Vec<String>,
     /// WAL segment holding the backup start.
@@ -1116,8 +1165,12 @@ pub struct Cluster {
     pitr_pg_bindir: Option<PathBuf>,
     /// The `--repo` value: a directory, or an S3 URL.
     repo: PathBuf,
+    /// Where the repository's objects are on disk: `repo` itself, or s3s-fs's files of it.
+    repo_dir: PathBuf,
     /// See [`ClusterOptions::env`].
     env: Vec<(String, String)>,
+    /// The S3 server of a `PITR_TEST_BACKEND=s3` repository, kept running while a cluster uses it.
+    s3: Option<Arc<s3::S3Server>>,
     pitr: PathBuf,
     pitr_args: Vec<String>,
     port: u16,
@@ -1140,9 +1193,18 @@ impl Cluster {
         }
         let dir = TestDir::new("cluster");
         let pitr = dir.install_pitr();
-        let repo = match &opts.repo {
-            Some(repo) => repo.clone(),
-            None => dir.subdir("repo"),
+        let mut env = opts.env.clone();
+        let mut s3 = opts.s3.clone();
+        let (repo, repo_dir) = match &opts.repo {
+            Some(repo) => (repo.clone(), opts.repo_dir.clone().unwrap_or_else(|| repo.clone())),
+            None if backend_is_s3() => {
+                let server = Arc::new(s3::S3Server::start());
+                env = server.env();
+                let located = (PathBuf::from(server.url("repo")), server.bucket_dir().join("repo"));
+                s3 = Some(server);
+                located
+            }
+            None => (dir.subdir("repo"), dir.join("repo")),
         };
         let data = dir.join("data");
         let mut initdb = initdb_command(dir.path(), &data);
@@ -1170,7 +1232,9 @@ impl Cluster {
             data,
             pitr_pg_bindir,
             repo,
-            env: opts.env.clone(),
+            repo_dir,
+            env,
+            s3,
             pitr,
             pitr_args: opts.pitr_args.clone(),
             port: 0,
@@ -1382,9 +1446,32 @@ impl Cluster {
         self.data.join("pg_wal")
     }
 
-    /// The repository this cluster archives into (for a recovered cluster: the one it restores from).
+    /// The repository this cluster archives into (for a recovered cluster: the one it restores
+    /// from), as `--repo` takes it: a directory, or an S3 URL (`PITR_TEST_BACKEND=s3`).
     pub fn repo(&self) -> &Path {
         &self.repo
+    }
+
+    /// Where the repository's objects are on disk: the repository directory, or the directory
+    /// s3s-fs keeps them in as files.
+    pub fn repo_dir(&self) -> &Path {
+        &self.repo_dir
+    }
+
+    /// The environment pitr and the server get (the S3 endpoint and credentials, if any), for
+    /// commands a test starts itself: `cmd.envs(c.env())`.
+    pub fn env(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The S3 server of a `PITR_TEST_BACKEND=s3` repository.
+    pub fn s3_server(&self) -> Option<&s3::S3Server> {
+        self.s3.as_deref()
+    }
+
+    /// Whether the repository is on S3.
+    pub fn repo_is_s3(&self) -> bool {
+        self.repo.to_str().is_some_and(|r| r.starts_with("s3://"))
     }
 
     /// The installed `pitr` binary this cluster's archive/restore commands run.
@@ -1710,6 +1797,8 @@ impl Cluster {
             data,
             source_repo: self.repo.clone(),
             source_env: self.env.clone(),
+            source_repo_dir: self.repo_dir.clone(),
+            source_s3: self.s3.clone(),
             source_pitr_args: self.pitr_args.clone(),
             start_wal_file: start_file,
             stop_wal_file: stop_file,
@@ -1728,10 +1817,13 @@ impl Cluster {
             data,
             source_repo,
             source_env,
+            source_repo_dir,
+            source_s3,
             source_pitr_args,
             ..
         } = backup;
         let pitr = dir.install_pitr();
+        let repo_dir = opts.repo.clone().unwrap_or(source_repo_dir);
         let repo = opts.repo.clone().unwrap_or(source_repo);
         let pitr_pg_bindir =
             (bindir_major(pg_bindir()) != bindir_major(&bindir_for_data(&data))).then(|| bindir_for_data(&data));
@@ -1740,7 +1832,9 @@ impl Cluster {
             data,
             pitr_pg_bindir,
             repo,
+            repo_dir,
             env: source_env,
+            s3: source_s3,
             pitr,
             pitr_args: source_pitr_args,
             port: free_port(),

@@ -7,6 +7,7 @@
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pitr::storage::s3::Secret;
@@ -18,7 +19,8 @@ pub const BUCKET: &str = "pitr-test";
 
 /// A running s3s-fs, killed on drop.
 pub struct S3Server {
-    child: Child,
+    /// The running s3s-fs (`None` only while it starts).
+    child: Mutex<Option<Child>>,
     pub port: u16,
     /// The server's root: each bucket is a directory in it.
     root: tempfile::TempDir,
@@ -30,56 +32,77 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start() -> S3Server {
-        let binary = s3s_fs_binary();
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
         let logs = tempfile::tempdir().unwrap();
-        let log = logs.path().join("s3s-fs.log");
-        let access_key = format!("AK{}", random_hex(8));
-        let secret_key = random_hex(20);
+        let mut server = S3Server {
+            child: Mutex::new(None),
+            port: 0,
+            root,
+            log: logs.path().join("s3s-fs.log"),
+            _logs: logs,
+            access_key: format!("AK{}", random_hex(8)),
+            secret_key: random_hex(20),
+        };
         // A port that was free a moment ago may be taken by the time the server binds it: try
         // a few.
         for _ in 0..5 {
-            let port = free_port();
-            let output = std::fs::File::create(&log).unwrap();
-            let mut child = Command::new(&binary)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", &access_key, "--secret-key", &secret_key])
-                .arg(root.path())
-                .stdin(Stdio::null())
-                .stdout(output.try_clone().unwrap())
-                .stderr(output)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(20) {
-                if let Some(status) = child.try_wait().unwrap() {
-                    eprintln!(
-                        "s3s-fs on port {port} exited ({status}): {}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return S3Server {
-                        child,
-                        port,
-                        root,
-                        log,
-                        _logs: logs,
-                        access_key,
-                        secret_key,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            server.port = free_port();
+            if let Some(child) = server.spawn() {
+                *server.child.get_mut().unwrap() = Some(child);
+                return server;
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!(
             "s3s-fs did not start listening; its log: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(&server.log).unwrap_or_default()
         );
+    }
+
+    /// Starts s3s-fs on this server's port, root and credentials; `None` when it does not listen
+    /// within 20 s.
+    fn spawn(&self) -> Option<Child> {
+        let binary = s3s_fs_binary();
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", &self.access_key, "--secret-key", &self.secret_key])
+            .arg(self.root.path())
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Some(status) = child.try_wait().unwrap() {
+                eprintln!("s3s-fs on port {} exited ({status})", self.port);
+                return None;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Some(child);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Stops the server (connections are refused), then starts it again on the same port with
+    /// the same objects after `down`: a store that is down for a while.
+    pub fn down_for(&self, down: Duration) {
+        let mut child = self.child.lock().unwrap();
+        if let Some(running) = child.as_mut() {
+            let _ = running.kill();
+            let _ = running.wait();
+        }
+        std::thread::sleep(down);
+        *child = Some(self.spawn().expect("s3s-fs starts again on its port"));
     }
 
     pub fn endpoint(&self) -> String {
@@ -124,10 +147,18 @@ impl S3Server {
     }
 }
 
+impl std::fmt::Debug for S3Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3s-fs on {}", self.endpoint())
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.get_mut().unwrap().as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if std::thread::panicking() {
             eprintln!(
                 "s3s-fs log ({}):\n{}",
