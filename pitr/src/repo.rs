@@ -137,6 +137,20 @@ fn generation_key(n: u32) -> String {
     format!("{GENERATIONS_DIR}{n}.json")
 }
 
+/// The key of the record that makes generation `n` exist: repo.json for the first, its record
+/// in generations/ after it (for `sync`, which copies them in order).
+pub(crate) fn record_key(n: u32) -> String {
+    match n {
+        1 => METADATA_KEY.to_string(),
+        n => generation_key(n),
+    }
+}
+
+/// The key of the marker of generation `n`'s WAL directory, written before its record.
+pub(crate) fn wal_marker_key(n: u32) -> String {
+    format!("{}{WAL_MARKER}", wal_dir(n))
+}
+
 /// The generation a record's name (`2.json`) is of, when it is one.
 fn generation_of_record(name: &str) -> Option<u32> {
     let digits = name.strip_suffix(".json")?;
