@@ -1,6 +1,7 @@
 //! `pitr sync`: a second repository, local or on S3 (s3s-fs), that recovery uses alone; a sync
 //! killed at its crash points and resumed; an object of other content in the target refused; a
-//! target of another cluster refused; the daemon's scheduled sync job.
+//! target of another cluster refused; a damaged source object reported and not copied; the
+//! daemon's scheduled sync job.
 
 mod common;
 
@@ -92,6 +93,17 @@ fn objects(repo: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     found
 }
 
+/// GET `path` from the daemon's HTTP listener; the body, or `None` while it does not answer.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
 /// An empty repository directory for a target, owned by the server user.
 fn empty_repo(dir: &TestDir) -> PathBuf {
     dir.subdir("copy")
@@ -106,8 +118,19 @@ fn a_synced_copy_on_local_disk_and_on_s3_recovers_alone() {
     let local = empty_repo(&dir);
     let local = local.to_str().unwrap();
 
+    let planned = parse_json(run(sync_cmd(&c, local, &[]).arg("--dry-run")).assert_success());
+    assert!(
+        std::fs::read_dir(local).unwrap().next().is_none(),
+        "a dry run writes nothing"
+    );
     let report = sync_ok(&c, local, &[]);
     assert_eq!(report["backups_copied"], serde_json::json!([id]), "{report}");
+    for key in ["objects_copied", "bytes_copied", "wal_copied", "backups_copied"] {
+        assert_eq!(
+            planned[key], report[key],
+            "{key}: the dry run planned what the sync copied"
+        );
+    }
     assert!(report["wal_copied"].as_u64().unwrap() >= 3, "{report}");
     assert_eq!(report["restore_points_copied"], 1, "{report}");
     assert_eq!(report["problems"], serde_json::json!([]), "{report}");
@@ -194,7 +217,7 @@ fn an_object_of_other_content_in_the_target_is_refused_and_never_overwritten() {
 }
 
 #[test]
-fn a_target_of_another_cluster_or_holding_other_data_is_refused() {
+fn a_target_of_another_cluster_is_refused_and_damage_in_the_source_is_not_copied() {
     let c = Cluster::start(ClusterOptions::default());
     c.pitr_connected(c.repo(), &["create-repo"]).assert_success();
     c.switch_and_archive();
@@ -221,6 +244,24 @@ fn a_target_of_another_cluster_or_holding_other_data_is_refused() {
         out.describe()
     );
     assert!(!dir.join("copy/repo.json").exists());
+
+    // A damaged object of the source is reported, not copied; the rest is.
+    let damaged = c.switch_and_archive();
+    flip_byte_from_end(&stored_path(c.repo(), &damaged), 5);
+    let fresh = dir.subdir("fresh");
+    let out = run(&mut sync_cmd(&c, fresh.to_str().unwrap(), &[]));
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    let report = parse_json(&out);
+    let problems = report["problems"].to_string();
+    assert!(problems.contains(&damaged) && problems.contains("corrupt"), "{report}");
+    assert!(
+        !stored_path(&fresh, &damaged).exists(),
+        "the damaged segment is not copied"
+    );
+    assert!(
+        fresh.join("repo.json").is_file() && report["wal_copied"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
 }
 
 #[test]
@@ -248,8 +289,10 @@ fn the_daemon_runs_the_scheduled_sync() {
         .arg(c.data_dir());
     let child = spawn(&mut command);
     let synced = poll(Duration::from_secs(60), || {
-        let listed = c.pitr_with_repo(&target, &["list", "--json"]);
-        (listed.success() && listed.stdout_str().contains(&id)).then_some(())
+        let metrics = http_get(port, "/metrics")?;
+        metrics
+            .contains("pitr_job_runs_total{job=\"sync\",result=\"success\"}")
+            .then_some(())
     });
     let out = terminate_pitr(child, "pitr daemon".into(), Duration::from_secs(60));
     assert!(
@@ -257,6 +300,12 @@ fn the_daemon_runs_the_scheduled_sync() {
         "no sync into {}: {}",
         target.display(),
         out.describe()
+    );
+    let listed = c.pitr_with_repo(&target, &["list", "--json"]);
+    assert!(
+        listed.assert_success().stdout_str().contains(&id),
+        "{}",
+        listed.describe()
     );
     assert!(
         out.stderr_str()

@@ -599,7 +599,9 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
         .build()
         .map_err(|e| Error::InvalidInput(format!("could not start {jobs} copy threads: {e}")))?;
     let (source, target) = (&plan.source, &plan.target);
-    let tally = |report: &mut SyncReport, copied: Copied, what: &str| -> bool {
+    // Counts what copying one object came to; whether it is in the target now. A damaged object
+    // is a problem, named by its error, after `context`.
+    let tally = |report: &mut SyncReport, copied: Copied, context: &str| -> bool {
         match copied {
             Copied::Written(bytes) => {
                 report.objects_copied += 1;
@@ -612,7 +614,7 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
             }
             Copied::Vanished => false,
             Copied::Damaged(reason) => {
-                report.problems.push(format!("{what} not copied: {reason}"));
+                report.problems.push(format!("{context}{reason}"));
                 false
             }
         }
@@ -628,7 +630,7 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
     progress.status("generations");
     for item in &plan.records {
         let copied = copy(source, target, item, false, progress)?;
-        if !tally(&mut report, copied, &source.storage().describe(&item.key)) {
+        if !tally(&mut report, copied, "") {
             return Err(Error::Refused(format!(
                 "{} could not be copied, and everything else depends on it: {}",
                 source.storage().describe(&item.key),
@@ -648,11 +650,11 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
             })
             .collect::<Result<Vec<_>>>()
     })?;
-    for (item, copied) in plan.wal.iter().zip(copied) {
+    for copied in copied {
         if matches!(copied, Copied::Written(_)) {
             report.wal_copied += 1;
         }
-        tally(&mut report, copied, &source.storage().describe(&item.key));
+        tally(&mut report, copied, "");
     }
 
     for backup in &plan.backups {
@@ -678,9 +680,9 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
                 .collect::<Result<Vec<_>>>()
         })?;
         let mut whole = true;
-        for (item, copied) in backup.objects.iter().zip(copied) {
-            let what = format!("backup {}: {}", backup.id, source.storage().describe(&item.key));
-            whole &= tally(&mut report, copied, &what);
+        let context = format!("backup {}: ", backup.id);
+        for copied in copied {
+            whole &= tally(&mut report, copied, &context);
         }
         if !whole {
             // Damaged, or deleted by the source's expire meanwhile: the marked directory stays
@@ -709,7 +711,7 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
         if matches!(copied, Copied::Written(_)) {
             report.restore_points_copied += 1;
         }
-        tally(&mut report, copied, &source.storage().describe(&item.key));
+        tally(&mut report, copied, "");
     }
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();

@@ -121,6 +121,10 @@ mod tests {
             next(Job::Verify),
             Local.with_ymd_and_hms(2026, 11, 29, 3, 30, 0).unwrap()
         );
+        assert!(
+            schedule.cron(Job::Sync).is_none(),
+            "no sync without a second repository"
+        );
     }
 
     #[test]
