@@ -226,6 +226,7 @@ impl SyncPlan {
 /// lock, so that no backup or expire into the target runs meanwhile; the source is not locked.
 pub fn sync(source: &Repo, target: &Repo, jobs: usize, dry_run: bool, progress: &dyn Progress) -> Result<SyncReport> {
     let started = Instant::now();
+    refuse_itself(source, target)?;
     let _lock = (!dry_run).then(|| crate::backup::lock_backups(target)).transpose()?;
     let plan = plan(source, target)?;
     plan.check()?;
@@ -238,12 +239,7 @@ pub fn sync(source: &Repo, target: &Repo, jobs: usize, dry_run: bool, progress: 
 /// What to copy from `source` into `target`; refused when the target is the source, when it
 /// belongs to another cluster, or when it holds data without repo.json.
 pub fn plan(source: &Repo, target: &Repo) -> Result<SyncPlan> {
-    if source.is_named_by(&target.location()) {
-        return Err(Error::InvalidInput(format!(
-            "the target {} is the source repository itself: give another repository",
-            target.location()
-        )));
-    }
+    refuse_itself(source, target)?;
     let generations = source.generations()?.ok_or_else(|| {
         Error::Refused(format!(
             "repository {} holds nothing yet (no repo.json): there is nothing to sync",
@@ -290,14 +286,25 @@ pub fn plan(source: &Repo, target: &Repo) -> Result<SyncPlan> {
     Ok(plan)
 }
 
+/// A sync of a repository into itself is refused.
+fn refuse_itself(source: &Repo, target: &Repo) -> Result<()> {
+    if source.is_named_by(&target.location()) {
+        return Err(Error::InvalidInput(format!(
+            "the target {} is the source repository itself: give another repository",
+            target.location()
+        )));
+    }
+    Ok(())
+}
+
 /// The target must be empty (but for locks and a WAL marker a sync wrote before dying), or
 /// record the source's first generations, exactly.
 fn check_binding(source_generations: &Generations, source: &Repo, target: &Repo) -> Result<()> {
-    let theirs = source_generations.all();
+    let of_source = source_generations.all();
     match target.generations()? {
         Some(target_generations) => {
-            let ours = target_generations.all();
-            if ours.len() > theirs.len() || ours != &theirs[..ours.len()] {
+            let of_target = target_generations.all();
+            if of_target.len() > of_source.len() || of_target != &of_source[..of_target.len()] {
                 let describe = |list: &[Generation]| {
                     list.iter()
                         .map(|g| format!("generation {}: {}", g.generation, g.cluster().describe()))
@@ -308,9 +315,9 @@ fn check_binding(source_generations: &Generations, source: &Repo, target: &Repo)
                     "repository {} belongs to another cluster ({}) than repository {} ({}): nothing was copied; \
                      give the sync an empty repository or this cluster's own copy",
                     target.location(),
-                    describe(ours),
+                    describe(of_target),
                     source.location(),
-                    describe(theirs)
+                    describe(of_source)
                 )));
             }
         }
@@ -368,15 +375,15 @@ fn plan_listed(plan: &mut SyncPlan, dir: &str, listed: Vec<(String, u64, Check)>
 }
 
 /// Why an object in the target is not the source's: both places, and what to do.
-fn conflict(source: &Repo, target: &Repo, key: &str, ours: Option<u64>, theirs: Option<u64>) -> String {
+fn conflict(source: &Repo, target: &Repo, key: &str, in_source: Option<u64>, in_target: Option<u64>) -> String {
     let size = |s: Option<u64>| s.map_or_else(|| "not a plain object".to_string(), |s| format!("{s} bytes"));
     format!(
         "{} ({}) differs from {} ({}): the target holds other content under this name (another \
          deployment's, or changed after it was copied); compare the two and move the target's aside",
         target.storage().describe(key),
-        size(theirs),
+        size(in_target),
         source.storage().describe(key),
-        size(ours)
+        size(in_source)
     )
 }
 
@@ -834,6 +841,84 @@ fn verify(check: &Check, bytes: &[u8], what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Codec;
+    use crate::progress::Silent;
+    use crate::repo::Cluster;
+
+    fn cluster(system_identifier: u64, pg_version: u32) -> Cluster {
+        Cluster {
+            pg_version,
+            system_identifier,
+            wal_segment_size: 1 << 24,
+        }
+    }
+
+    fn repo() -> (tempfile::TempDir, Repo) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(dir.path()).unwrap();
+        (dir, repo)
+    }
+
+    #[test]
+    fn a_target_is_bound_to_the_source_s_generations_and_follows_an_upgrade() {
+        let (_s, source) = repo();
+        source.claim(cluster(7, 15)).unwrap();
+        let history = WalFileName::parse("00000002.history").unwrap();
+        let text = b"1\t0/3000000\tno recovery target specified\n";
+        source.put_wal(&history, &Codec::default().encode(text)).unwrap();
+
+        let (_o, other) = repo();
+        other.claim(cluster(8, 15)).unwrap();
+        let err = sync(&source, &other, 2, false, &Silent).unwrap_err().to_string();
+        assert!(
+            err.contains("belongs to another cluster") && err.contains("cluster 8"),
+            "{err}"
+        );
+        assert_eq!(other.list_wal().unwrap(), [], "nothing was copied");
+
+        let (_t, target) = repo();
+        let report = sync(&source, &target, 2, false, &Silent).unwrap();
+        assert_eq!((report.objects_copied, report.wal_copied), (3, 1), "{report:?}");
+        assert_eq!(target.get_wal(&history).unwrap(), source.get_wal(&history).unwrap());
+
+        let now = Utc::now();
+        source.upgrade(cluster(9, 16), now).unwrap();
+        let report = sync(&source, &target, 2, false, &Silent).unwrap();
+        assert_eq!((report.objects_copied, report.objects_skipped), (2, 3), "{report:?}");
+        assert_eq!(target.generations().unwrap(), source.generations().unwrap());
+        assert!(
+            target.wal_archive_present().unwrap(),
+            "generation 2's WAL directory is marked"
+        );
+        let back = sync(&target, &source, 2, true, &Silent).unwrap();
+        assert_eq!(back.objects_copied, 0, "the copy syncs back into its source: {back:?}");
+    }
+
+    #[test]
+    fn an_unfinished_copy_of_a_backup_the_source_no_longer_holds_is_deleted() {
+        let (_s, source) = repo();
+        source.claim(cluster(7, 15)).unwrap();
+        let (_t, target) = repo();
+        sync(&source, &target, 1, false, &Silent).unwrap();
+        let dir = backup_dir("hourly", "main_hourly_20261206_000000");
+        target
+            .storage()
+            .put_if_absent(&format!("{dir}{INCOMPLETE_MARKER}"), b"sync")
+            .unwrap();
+        target
+            .storage()
+            .put_if_absent(&format!("{dir}files/PG_VERSION"), b"x")
+            .unwrap();
+        let planned = sync(&source, &target, 1, true, &Silent).unwrap();
+        assert_eq!(planned.leftovers_deleted, ["main_hourly_20261206_000000"]);
+        assert!(
+            !target.storage().list(&dir).unwrap().is_empty(),
+            "a dry run deletes nothing"
+        );
+        let report = sync(&source, &target, 1, false, &Silent).unwrap();
+        assert_eq!(report.leftovers_deleted, ["main_hourly_20261206_000000"]);
+        assert_eq!(target.storage().list(&dir).unwrap(), Vec::<String>::new());
+    }
 
     #[test]
     fn names_from_the_source_are_checked_before_use() {
