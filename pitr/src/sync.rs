@@ -353,13 +353,27 @@ fn check_binding(source_generations: &Generations, source: &Repo, target: &Repo)
 /// Plans the objects of the directory `dir` whose names are listed: copied when the target
 /// lacks them, skipped when it holds the same size, a conflict when another.
 fn plan_listed(plan: &mut SyncPlan, dir: &str, listed: Vec<(String, u64, Check)>) -> Result<Vec<Item>> {
-    let held: HashMap<String, Option<u64>> = plan
-        .target
+    let held = held(&plan.target, dir)?;
+    Ok(classify(plan, dir, listed, &held))
+}
+
+/// What the target holds in `dir`: each name with its size (`None`: no plain object).
+fn held(target: &Repo, dir: &str) -> Result<HashMap<String, Option<u64>>> {
+    Ok(target
         .storage()
         .list_meta(dir)?
         .into_iter()
         .map(|entry| (entry.name, entry.meta.map(|m| m.size)))
-        .collect();
+        .collect())
+}
+
+/// [`plan_listed`] with the target's listing of `dir` at hand.
+fn classify(
+    plan: &mut SyncPlan,
+    dir: &str,
+    listed: Vec<(String, u64, Check)>,
+    held: &HashMap<String, Option<u64>>,
+) -> Vec<Item> {
     let mut items = Vec::new();
     for (name, size, check) in listed {
         let key = format!("{dir}{name}");
@@ -371,7 +385,7 @@ fn plan_listed(plan: &mut SyncPlan, dir: &str, listed: Vec<(String, u64, Check)>
                 .push(conflict(&plan.source, &plan.target, &key, Some(size), *stored)),
         }
     }
-    Ok(items)
+    items
 }
 
 /// Why an object in the target is not the source's: both places, and what to do.
@@ -562,6 +576,9 @@ fn checked_manifest(bytes: &[u8], what: &str, tier: Tier, id: &str, generations:
     }
 }
 
+/// Directories of the target listed at once by [`plan_wal`].
+const LISTED_AT_ONCE: usize = 64;
+
 /// Generation `g`'s WAL files the target lacks, by one listing per directory on each side.
 fn plan_wal(plan: &mut SyncPlan, g: &Generation) -> Result<()> {
     let source = plan.source.at(g.generation)?;
@@ -577,9 +594,23 @@ fn plan_wal(plan: &mut SyncPlan, g: &Generation) -> Result<()> {
     let mut dirs: Vec<_> = by_dir.into_iter().collect();
     // History files first, then segments in order.
     dirs.sort_by_key(|(dir, _)| (!dir.ends_with("history/"), dir.clone()));
-    for (dir, listed) in dirs {
-        let items = plan_listed(plan, &dir, listed)?;
-        plan.wal.extend(items);
+    // The target's directories listed several at once, as the source's are (a remote store's
+    // latency, thousands of directories).
+    let mut dirs = dirs.into_iter();
+    loop {
+        let batch: Vec<_> = dirs.by_ref().take(LISTED_AT_ONCE).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let target = &plan.target;
+        let held = batch
+            .par_iter()
+            .map(|(dir, _)| held(target, dir))
+            .collect::<Result<Vec<_>>>()?;
+        for ((dir, listed), held) in batch.into_iter().zip(held) {
+            let items = classify(plan, &dir, listed, &held);
+            plan.wal.extend(items);
+        }
     }
     Ok(())
 }
