@@ -468,8 +468,9 @@ pub enum Command {
     /// its manifest, then the restore point records. Each object is checked in the source
     /// (checksums), written create-only and read back. An object the target holds with other
     /// content is refused, never overwritten. A sync that died is resumed by the next one.
-    /// Nothing is deleted in the target: it keeps its own retention (`pitr --repo TARGET
-    /// expire`). Exit 0: copied; 2: some source objects are damaged and were not copied.
+    /// No backup or WAL is deleted from the target: it keeps its own retention (`pitr --repo
+    /// TARGET expire`). Exit 0: copied; 1: failed (nothing overwritten); 2: some source objects
+    /// are damaged and were not copied (the rest was).
     Sync {
         /// The repository to copy into: a directory, file:///path or s3://bucket/prefix
         /// (default: `sync_to` in the config file).
