@@ -7,9 +7,9 @@
 //! ([`execute`]), holding the target's backup lock, in an order that keeps the target a valid
 //! repository at every moment:
 //!
-//! 1. each generation's WAL marker and record (repo.json first): the target is bound to the
-//!    source's cluster before anything else is written, and a target bound to another cluster
-//!    is refused before anything is written;
+//! 1. each generation's WAL marker, then its record (repo.json for the first), as create-repo
+//!    and upgrade-repo write them: the target is bound to the source's cluster before any data
+//!    is written, and a target bound to another cluster is refused before anything is written;
 //! 2. the WAL archive of every generation;
 //! 3. each complete backup: the `backup.incomplete` marker, its files and labels (made durable
 //!    together), the manifest's copy, then the manifest, the commit point, and the marker goes;
@@ -627,7 +627,8 @@ enum Copied {
     Damaged(String),
 }
 
-/// Carries out a checked plan, `jobs` objects at once.
+/// Carries out a checked plan, `jobs` objects at once; the report's time counts from `started`
+/// (when planning began).
 pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: Instant) -> Result<SyncReport> {
     let mut report = plan.report(false, started);
     let (objects, bytes) = plan.work();
