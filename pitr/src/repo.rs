@@ -17,7 +17,7 @@
 //! <repo>/<tier>/<id>/backup.incomplete     ... a marker while the backup is taken (or deleted)
 //! <repo>/<tier>/<id>/backup.manifest.copy  ... a copy of the manifest, written just before it
 //! <repo>/<tier>/<id>/backup.manifest       ... and its manifest, written last: the commit point
-//! <repo>/locks/<name>.lock                 advisory locks (one backup, expire or upgrade-repo)
+//! <repo>/locks/<name>.lock                 advisory locks (one backup, expire, upgrade-repo or sync)
 //! ```
 //!
 //! A generation is one cluster's WAL: after `pg_upgrade` (or a dump and restore into a new
