@@ -927,6 +927,30 @@ mod tests {
     }
 
     #[test]
+    fn unfinished_and_unexpected_backups_of_the_source_are_not_copied() {
+        let (_s, source) = repo();
+        source.claim(cluster(7, 15)).unwrap();
+        let taken = backup_dir("hourly", "main_hourly_20261206_000000");
+        for key in [INCOMPLETE_MARKER, "files/PG_VERSION", MANIFEST] {
+            source.storage().put_if_absent(&format!("{taken}{key}"), b"x").unwrap();
+        }
+        source
+            .storage()
+            .put_if_absent("daily/notes/backup.manifest", b"{}")
+            .unwrap();
+        let (_t, target) = repo();
+        let report = sync(&source, &target, 1, false, &Silent).unwrap();
+        assert!(report.backups_copied.is_empty(), "{report:?}");
+        assert_eq!(target.storage().list("hourly/").unwrap(), Vec::<String>::new());
+        assert_eq!(target.storage().list("daily/").unwrap(), Vec::<String>::new());
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        assert!(
+            report.problems[0].contains("daily/notes/ is not a backup"),
+            "{report:?}"
+        );
+    }
+
+    #[test]
     fn an_unfinished_copy_of_a_backup_the_source_no_longer_holds_is_deleted() {
         let (_s, source) = repo();
         source.claim(cluster(7, 15)).unwrap();
