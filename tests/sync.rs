@@ -154,6 +154,8 @@ fn a_synced_copy_on_local_disk_and_on_s3_recovers_alone() {
         s3.bucket_dir().join("offsite/repo.json").is_file(),
         "repo.json is in the bucket"
     );
+    let again = sync_ok(&c, &url, &s3.env());
+    assert_eq!(again["objects_copied"], 0, "nothing new for S3 either: {again}");
 
     assert_eq!(recovered_rows(&c, local, &[]), "1500");
     assert_eq!(recovered_rows(&c, &url, &s3.env()), "1500");
