@@ -228,8 +228,8 @@ fn in_config(config: Option<&Path>, problem: impl std::fmt::Display) -> String {
 /// The daemon's schedule: the runbook's defaults, each replaced by its `[schedule]` key; the
 /// sync job is off unless `sync` names a pattern, which needs `sync_to` (`with_target`).
 fn schedule(file: ScheduleSettings, with_target: bool) -> Result<Schedule, String> {
-    let sync = file.sync.clone().unwrap_or_else(|| "off".into());
-    if !with_target && !matches!(sync.trim(), "" | "off") {
+    let sync = file.sync.as_deref().unwrap_or("off").trim();
+    if !with_target && !matches!(sync, "" | "off") {
         return Err("[schedule] sync is set, but `sync_to` names no repository to sync to".into());
     }
     let patterns = Schedule::DEFAULTS.map(|(job, default)| {

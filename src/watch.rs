@@ -303,8 +303,8 @@ fn verify_line(report: &serde_json::Value) -> String {
     )
 }
 
-/// "sync to <target>: <n> objects (<bytes> bytes) copied, <m> present; backups <ids>; <k>
-/// problems: ...", from `sync --json`.
+/// "sync to <target>: <n> objects (<bytes> bytes) copied, <m> present; <w> WAL files, backups
+/// copied: <ids>[; <k> problems: ...]", from `sync --json`.
 fn sync_line(report: &serde_json::Value) -> String {
     let list = |value: &serde_json::Value| -> Vec<String> {
         value
