@@ -11,6 +11,7 @@ use pitr::progress::Progress;
 use pitr::recover::{self, Action, RecoverOptions, Request};
 use pitr::repo::Repo;
 use pitr::restore_point::{self, CreateOptions};
+use pitr::storage::Location;
 use pitr::wal::WalFileName;
 use pitr::Result;
 
@@ -232,6 +233,39 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             json,
         } => verify::check(&repo, connection, Duration::from_secs(*timeout), *json, settings),
         Command::Info { json } => verify::info(&repo, *json),
+        Command::Sync {
+            to,
+            dry_run,
+            jobs,
+            json,
+        } => {
+            let target = match to {
+                Some(text) => Location::parse(text)?,
+                None => settings.sync_to.clone().ok_or_else(|| {
+                    pitr::Error::InvalidInput(
+                        "no repository to sync to: pass --to REPO or set `sync_to` in the config file".into(),
+                    )
+                })?,
+            };
+            let target = Repo::open(&target)?;
+            let report = pitr::sync::sync(
+                &repo,
+                &target,
+                jobs.unwrap_or(settings.jobs),
+                *dry_run,
+                &TerminalProgress::new(*json),
+            )?;
+            if *json {
+                output::json(&report)
+            } else {
+                output::sync_report(&report)
+            }
+            Ok(if report.problems.is_empty() {
+                Done::Ok
+            } else {
+                Done::Critical
+            })
+        }
         Command::Expire { dry_run, json } => {
             let plan = backup::expire(&repo, settings.retention, None, *dry_run)?;
             if *json {

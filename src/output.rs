@@ -10,6 +10,7 @@ use pitr::info::RepoSummary;
 use pitr::progress::Progress;
 use pitr::recover::{AdoptReport, ListedRestorePoint, Plan, Report};
 use pitr::restore_point::RestorePoint;
+use pitr::sync::SyncReport;
 use pitr::verify::{
     human_duration, Alert, CheckReport, IntegrityKind, IntegrityReport, Scope, ServerView, VerifyReport,
 };
@@ -199,6 +200,37 @@ fn wal_status(b: &BackupStatus) -> String {
         (Some(true), _) => format!("{}..{} complete", b.first_wal, b.last_wal),
         (_, Some(missing)) => format!("{}..{} INCOMPLETE, {missing} missing", b.first_wal, b.last_wal),
         _ => format!("{}..{}", b.first_wal, b.last_wal),
+    }
+}
+
+/// What sync did or would do.
+pub fn sync_report(report: &SyncReport) {
+    let verb = if report.dry_run { "would copy" } else { "copied" };
+    for id in &report.leftovers_deleted {
+        let verb = if report.dry_run { "would delete" } else { "deleted" };
+        println!("{verb} the unfinished copy of backup {id}, which the source no longer holds");
+    }
+    println!(
+        "{verb} {} objects ({}) from {} to {}: {} WAL files, {} backups{}, {} restore points; {} objects were there \
+         already ({} backups); {:.1} s",
+        report.objects_copied,
+        mib(report.bytes_copied),
+        report.source,
+        report.target,
+        report.wal_copied,
+        report.backups_copied.len(),
+        if report.backups_copied.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", report.backups_copied.join(", "))
+        },
+        report.restore_points_copied,
+        report.objects_skipped,
+        report.backups_present,
+        report.seconds
+    );
+    for problem in &report.problems {
+        println!("NOT COPIED: {problem}");
     }
 }
 

@@ -26,6 +26,7 @@ const DEFAULT_CONFIG: &str = "/etc/pitr/pitr.toml";
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     repo: Option<String>,
+    sync_to: Option<String>,
     compress: Option<String>,
     compress_level: Option<i32>,
     name: Option<String>,
@@ -64,6 +65,7 @@ struct ScheduleSettings {
     daily: Option<String>,
     weekly: Option<String>,
     verify: Option<String>,
+    sync: Option<String>,
 }
 
 /// Where the daemon serves /metrics and /health unless `listen` says otherwise.
@@ -74,6 +76,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9817";
 pub struct Settings {
     /// Where the repository is: a directory or an S3 prefix.
     pub repo: Location,
+    /// The second repository `pitr sync` copies into (`sync_to`), if any.
+    pub sync_to: Option<Location>,
     /// How archived files are compressed.
     pub codec: Codec,
     /// The deployment's name, the first part of backup ids.
@@ -133,6 +137,12 @@ impl Settings {
                 )
             }
         };
+        let sync_to = file
+            .sync_to
+            .as_deref()
+            .map(Location::parse)
+            .transpose()
+            .map_err(|e| in_config(config.as_deref(), format!("sync_to: {e}")))?;
         let compression = match (args.compress, file.compress.as_deref()) {
             (Some(compression), _) => compression,
             (None, Some(text)) => text.parse().map_err(|e: pitr::Error| in_config(config.as_deref(), e))?,
@@ -158,8 +168,11 @@ impl Settings {
         let jobs = file
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let schedule = schedule(file.schedule.unwrap_or_default(), sync_to.is_some())
+            .map_err(|e| in_config(config.as_deref(), e))?;
         Ok(Settings {
             repo,
+            sync_to,
             codec,
             name,
             jobs,
@@ -170,7 +183,7 @@ impl Settings {
             source: args.clone(),
             dbname: file.dbname,
             listen: file.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
-            schedule: schedule(file.schedule.unwrap_or_default())?,
+            schedule,
             verify: verify_settings(file.verify.unwrap_or_default())?,
         })
     }
@@ -212,14 +225,20 @@ fn in_config(config: Option<&Path>, problem: impl std::fmt::Display) -> String {
     }
 }
 
-/// The daemon's schedule: the runbook's defaults, each replaced by its `[schedule]` key.
-fn schedule(file: ScheduleSettings) -> Result<Schedule, String> {
+/// The daemon's schedule: the runbook's defaults, each replaced by its `[schedule]` key; the
+/// sync job is off unless `sync` names a pattern, which needs `sync_to` (`with_target`).
+fn schedule(file: ScheduleSettings, with_target: bool) -> Result<Schedule, String> {
+    let sync = file.sync.as_deref().unwrap_or("off").trim();
+    if !with_target && !matches!(sync, "" | "off") {
+        return Err("[schedule] sync is set, but `sync_to` names no repository to sync to".into());
+    }
     let patterns = Schedule::DEFAULTS.map(|(job, default)| {
         let configured = match job {
             Job::Backup(Tier::Hourly) => &file.hourly,
             Job::Backup(Tier::Daily) => &file.daily,
             Job::Backup(Tier::Weekly) => &file.weekly,
             Job::Verify => &file.verify,
+            Job::Sync => &file.sync,
         };
         (job, configured.clone().unwrap_or_else(|| default.to_string()))
     });

@@ -243,6 +243,7 @@ impl JobRunner for ChildJobs {
                 .args(["backup", "--json", "--tier", tier.name(), "--pgdata"])
                 .arg(&self.pgdata),
             Job::Verify => command.args(["verify", "all", "--json"]),
+            Job::Sync => command.args(["sync", "--json"]),
         };
         match jobs_tunables() {
             Some(tunables) => command.env("GLIBC_TUNABLES", tunables),
@@ -258,6 +259,8 @@ impl JobRunner for ChildJobs {
             (Job::Backup(_), Some(0), Some(report)) => Ok(backup_line(&report)),
             (Job::Verify, Some(0 | 1), Some(report)) => Ok(verify_line(&report)),
             (Job::Verify, Some(2), Some(report)) => failed(verify_line(&report)),
+            (Job::Sync, Some(0), Some(report)) => Ok(sync_line(&report)),
+            (Job::Sync, Some(2), Some(report)) => failed(sync_line(&report)),
             _ => failed(child_failure(&out)),
         }
     }
@@ -297,6 +300,39 @@ fn verify_line(report: &serde_json::Value) -> String {
         alerts.join("; "),
         report["backups_checked"],
         report["wal_files_checked"]
+    )
+}
+
+/// "sync to <target>: <n> objects (<bytes> bytes) copied, <m> present; <w> WAL files, backups
+/// copied: <ids>[; <k> problems: ...]", from `sync --json`.
+fn sync_line(report: &serde_json::Value) -> String {
+    let list = |value: &serde_json::Value| -> Vec<String> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    let backups = list(&report["backups_copied"]);
+    let problems = list(&report["problems"]);
+    format!(
+        "sync to {}: {} objects ({} bytes) copied, {} present; {} WAL files, backups copied: {}{}",
+        report["target"].as_str().unwrap_or("?"),
+        report["objects_copied"],
+        report["bytes_copied"],
+        report["objects_skipped"],
+        report["wal_copied"],
+        if backups.is_empty() {
+            "none".to_string()
+        } else {
+            backups.join(", ")
+        },
+        if problems.is_empty() {
+            String::new()
+        } else {
+            format!("; {} problems: {}", problems.len(), problems.join("; "))
+        }
     )
 }
 

@@ -214,12 +214,12 @@ pub async fn take(
     })
 }
 
-/// The repository's backup lock: one backup, expire or upgrade-repo at a time, so that none
+/// The repository's backup lock: one backup, expire, upgrade-repo or sync into it at a time, so that none
 /// deletes what another is writing, and a new generation never starts under a running backup.
 pub(crate) fn lock_backups(repo: &Repo) -> Result<crate::storage::LockGuard> {
     repo.storage().try_lock("backup")?.ok_or_else(|| {
         Error::Refused(format!(
-            "another pitr backup is running on repository {}, or an expire or upgrade-repo (it holds {}); wait \
+            "another pitr backup is running on repository {}, or an expire, upgrade-repo or sync into it (it holds {}); wait \
              for it to finish",
             repo.location(),
             repo.storage().describe("locks/backup.lock")

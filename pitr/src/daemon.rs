@@ -1,10 +1,11 @@
 //! `pitr daemon`: the one resident service of a deployment. It runs the watcher, the scheduled
-//! jobs (base backups per tier with expire after each, and verification), and an HTTP listener
-//! with `/metrics` (Prometheus) and `/health`.
+//! jobs (base backups per tier with expire after each, verification, and the sync into a second
+//! repository when one is configured), and an HTTP listener with `/metrics` (Prometheus) and
+//! `/health`.
 //!
 //! Each job runs to its end through a [`JobRunner`] (the binary starts a child process of its
 //! own per job, so that a backup's buffers and threads go when it ends and a crashing job cannot
-//! take the daemon down). Backups run one at a time; verification runs beside them; a job that
+//! take the daemon down). Backups run one at a time; verification and sync run beside them; a job that
 //! comes due while its previous run still waits or runs is skipped, logged and counted
 //! (`jobs`). A failed job is logged and counted in the metrics; the daemon keeps running.
 //! SIGHUP loads the settings anew ([`DaemonSettings`]); settings that do not load keep the

@@ -15,6 +15,7 @@
 //! - [`recover`]: point-in-time recovery — the plan, the restore, the settings, driving the server.
 //! - [`restore_point`]: named restore points and their catalog in the repository.
 //! - [`verify`]: verification with alerts as data, `check-integrity`, and `check` of archiving.
+//! - [`sync`]: `pitr sync`, the verified, resumable copy of a repository into a second one.
 //! - [`info`]: what the repository offers now — recoverable windows, backups, archive.
 //! - [`init`]: setting a cluster up for pitr — creating its repository on purpose.
 //! - [`spool`]: the local spool beside the data directory (watcher markers, prefetched WAL).
@@ -49,6 +50,7 @@ pub mod repo;
 pub mod restore_point;
 pub mod spool;
 pub mod storage;
+pub mod sync;
 pub mod timeline;
 pub mod verify;
 pub mod wal;

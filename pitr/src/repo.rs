@@ -17,7 +17,7 @@
 //! <repo>/<tier>/<id>/backup.incomplete     ... a marker while the backup is taken (or deleted)
 //! <repo>/<tier>/<id>/backup.manifest.copy  ... a copy of the manifest, written just before it
 //! <repo>/<tier>/<id>/backup.manifest       ... and its manifest, written last: the commit point
-//! <repo>/locks/<name>.lock                 advisory locks (one backup, expire or upgrade-repo)
+//! <repo>/locks/<name>.lock                 advisory locks (one backup, expire, upgrade-repo or sync)
 //! ```
 //!
 //! A generation is one cluster's WAL: after `pg_upgrade` (or a dump and restore into a new
@@ -135,6 +135,20 @@ fn wal_dir(generation: u32) -> String {
 /// The key of generation `n`'s record (`n` >= 2).
 fn generation_key(n: u32) -> String {
     format!("{GENERATIONS_DIR}{n}.json")
+}
+
+/// The key of the record that makes generation `n` exist: repo.json for the first, its record
+/// in generations/ after it (for `sync`, which copies them in order).
+pub(crate) fn record_key(n: u32) -> String {
+    match n {
+        1 => METADATA_KEY.to_string(),
+        n => generation_key(n),
+    }
+}
+
+/// The key of the marker of generation `n`'s WAL directory, written before its record.
+pub(crate) fn wal_marker_key(n: u32) -> String {
+    format!("{}{WAL_MARKER}", wal_dir(n))
 }
 
 /// The generation a record's name (`2.json`) is of, when it is one.

@@ -23,7 +23,8 @@ use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 /// `MAXFNAMELEN - 1`: the longest name PostgreSQL accepts, in bytes.
 pub const MAX_NAME_BYTES: usize = 63;
 
-const CATALOG_DIR: &str = "restore_points/";
+/// The directory of the catalog: one record per restore point.
+pub(crate) const CATALOG_DIR: &str = "restore_points/";
 
 /// A recorded restore point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

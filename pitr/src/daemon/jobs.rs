@@ -1,7 +1,9 @@
 //! The scheduler and its lanes. A job that falls due joins the queue of its lane and runs as
 //! soon as the lane is free: backups (with their expire) run one at a time in one lane;
-//! verification, which only reads, runs in a lane of its own, beside a backup. A job that comes
-//! due again while its previous run is still waiting or running is skipped: logged and counted.
+//! verification, which only reads, runs in a lane of its own, beside a backup; so does the sync
+//! into the second repository, which only reads this one (a backup it finds unfinished is copied
+//! by the next run). A job that comes due again while its previous run is still waiting or
+//! running is skipped: logged and counted.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -18,11 +20,15 @@ use crate::watch::StopFlags;
 /// How often the scheduler looks at the clock.
 const TICK: Duration = Duration::from_millis(200);
 
+/// Lanes: backups, verification, sync.
+const LANES: usize = 3;
+
 /// Where a job runs.
 fn lane_of(job: Job) -> usize {
     match job {
         Job::Backup(_) => 0,
         Job::Verify => 1,
+        Job::Sync => 2,
     }
 }
 
@@ -90,7 +96,7 @@ pub(super) fn run(
     flags: &StopFlags,
     log: &dyn DaemonLog,
 ) {
-    let lanes = [Lane::default(), Lane::default()];
+    let lanes = [Lane::default(), Lane::default(), Lane::default()];
     std::thread::scope(|scope| {
         for lane in &lanes {
             scope.spawn(move || work(lane, run_job, metrics, log));
@@ -102,7 +108,7 @@ pub(super) fn run(
 }
 
 /// Closes the lanes when dropped.
-struct CloseOnDrop<'a>(&'a [Lane; 2]);
+struct CloseOnDrop<'a>(&'a [Lane; LANES]);
 
 impl Drop for CloseOnDrop<'_> {
     fn drop(&mut self) {
@@ -126,7 +132,7 @@ fn work(lane: &Lane, run_job: &dyn JobRunner, metrics: &Metrics, log: &dyn Daemo
 }
 
 /// Hands each job to its lane when it falls due.
-fn schedule_jobs(current: &Current, lanes: &[Lane; 2], metrics: &Metrics, flags: &StopFlags, log: &dyn DaemonLog) {
+fn schedule_jobs(current: &Current, lanes: &[Lane; LANES], metrics: &Metrics, flags: &StopFlags, log: &dyn DaemonLog) {
     let mut settings = current.get();
     let mut next = next_runs(&settings.schedule);
     while !flags.terminate.load(Ordering::SeqCst) {

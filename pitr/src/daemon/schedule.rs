@@ -17,6 +17,8 @@ pub enum Job {
     Backup(Tier),
     /// `pitr verify all`.
     Verify,
+    /// `pitr sync` into the second repository (`sync_to`).
+    Sync,
 }
 
 impl fmt::Display for Job {
@@ -24,6 +26,7 @@ impl fmt::Display for Job {
         match self {
             Job::Backup(tier) => write!(f, "backup {tier}"),
             Job::Verify => f.write_str("verify"),
+            Job::Sync => f.write_str("sync"),
         }
     }
 }
@@ -36,12 +39,13 @@ pub struct Schedule {
 
 impl Schedule {
     /// The runbook's schedule: hourly backups at :00, daily at midnight, weekly on Sunday,
-    /// verification every Sunday at 03:30.
-    pub const DEFAULTS: [(Job, &'static str); 4] = [
+    /// verification every Sunday at 03:30; no sync (it needs a second repository).
+    pub const DEFAULTS: [(Job, &'static str); 5] = [
         (Job::Backup(Tier::Hourly), "0 * * * *"),
         (Job::Backup(Tier::Daily), "0 0 * * *"),
         (Job::Backup(Tier::Weekly), "0 0 * * 0"),
         (Job::Verify, "30 3 * * 0"),
+        (Job::Sync, "off"),
     ];
 
     /// A schedule from (job, pattern) pairs; an empty pattern or "off" disables the job.
@@ -116,6 +120,10 @@ mod tests {
         assert_eq!(
             next(Job::Verify),
             Local.with_ymd_and_hms(2026, 11, 29, 3, 30, 0).unwrap()
+        );
+        assert!(
+            schedule.cron(Job::Sync).is_none(),
+            "no sync without a second repository"
         );
     }
 
