@@ -31,11 +31,18 @@ enum Fault {
     Pass,
     /// Answers every request with this status (and an S3 error body) itself.
     Answer(&'static str),
+    /// Answers the requests whose `METHOD path` contains the first string with the status; the
+    /// others pass.
+    AnswerFor(&'static str, &'static str),
     /// Forwards every request, after waiting this long.
     Delay(Duration),
     /// Forwards the head and the first bytes of every request body longer than this, then
     /// closes both connections: a connection dropped mid-upload. Other requests pass.
     CutBody(usize),
+    /// Forwards the requests whose path contains the string, and the first bytes of their
+    /// answer back, then closes both connections: a connection dropped mid-download. Other
+    /// requests pass.
+    CutResponse(&'static str, usize),
     /// Passes the first `n` PUT requests, then answers every further PUT with the status; other
     /// requests (GET, HEAD, DELETE, listings) pass: a store whose writes start failing in the
     /// middle of a backup.
@@ -43,7 +50,7 @@ enum Fault {
 }
 
 /// What the proxy did with one request, for the tests' assertions.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Done {
     Forwarded,
     Answered,
@@ -167,60 +174,85 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<ProxyState>) -> std::io
         words.next().unwrap_or("").to_string(),
         words.next().unwrap_or("").to_string(),
     );
-    let (done, status, delay) = {
+    let action = {
         let mut state = state.lock().unwrap();
         let action = match state.fault.clone() {
-            Fault::Pass => (Done::Forwarded, "", Duration::ZERO),
-            Fault::Answer(status) => (Done::Answered, status, Duration::ZERO),
-            Fault::Delay(delay) => (Done::Forwarded, "", delay),
-            Fault::CutBody(after) if length > after => (Done::Cut, "", Duration::ZERO),
-            Fault::CutBody(_) => (Done::Forwarded, "", Duration::ZERO),
+            Fault::Pass => Action::Forward(Duration::ZERO),
+            Fault::Answer(status) => Action::Answer(status),
+            Fault::AnswerFor(part, status) if format!("{method} {path}").contains(part) => Action::Answer(status),
+            Fault::AnswerFor(..) => Action::Forward(Duration::ZERO),
+            Fault::Delay(delay) => Action::Forward(delay),
+            Fault::CutBody(after) if length > after => Action::CutRequest(after),
+            Fault::CutBody(_) => Action::Forward(Duration::ZERO),
+            Fault::CutResponse(part, after) if path.contains(part) => Action::CutResponse(after),
+            Fault::CutResponse(..) => Action::Forward(Duration::ZERO),
             Fault::PassPutsThen(n, status) if method == "PUT" => {
                 state.puts += 1;
                 if state.puts > n {
-                    (Done::Answered, status, Duration::ZERO)
+                    Action::Answer(status)
                 } else {
-                    (Done::Forwarded, "", Duration::ZERO)
+                    Action::Forward(Duration::ZERO)
                 }
             }
-            Fault::PassPutsThen(..) => (Done::Forwarded, "", Duration::ZERO),
+            Fault::PassPutsThen(..) => Action::Forward(Duration::ZERO),
         };
-        state.log.push((method.clone(), path.clone(), action.0.clone()));
+        let done = match action {
+            Action::Forward(_) => Done::Forwarded,
+            Action::Answer(_) => Done::Answered,
+            Action::CutRequest(_) | Action::CutResponse(_) => Done::Cut,
+        };
+        state.log.push((method.clone(), path.clone(), done));
         action
     };
     let mut client = client;
-    match done {
-        Done::Answered => {
-            std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?;
-            let body = "<Error><Code>InternalError</Code><Message>injected by the test proxy</Message></Error>";
-            write!(
-                client,
-                "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            )?;
+    if let Action::Answer(status) = action {
+        std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?;
+        let body = "<Error><Code>InternalError</Code><Message>injected by the test proxy</Message></Error>";
+        write!(
+            client,
+            "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    if let Action::Forward(delay) = action {
+        std::thread::sleep(delay);
+    }
+    let mut server = TcpStream::connect(("127.0.0.1", upstream))?;
+    for line in &head {
+        server.write_all(line.as_bytes())?;
+    }
+    server.write_all(b"Connection: close\r\n\r\n")?;
+    match action {
+        Action::CutRequest(after) => {
+            std::io::copy(&mut (&mut reader).take(after as u64), &mut server)?;
         }
-        Done::Forwarded | Done::Cut => {
-            std::thread::sleep(delay);
-            let mut server = TcpStream::connect(("127.0.0.1", upstream))?;
-            for line in &head {
-                server.write_all(line.as_bytes())?;
-            }
-            server.write_all(b"Connection: close\r\n\r\n")?;
-            if done == Done::Cut {
-                let Fault::CutBody(after) = state.lock().unwrap().fault.clone() else {
-                    return Ok(());
-                };
-                std::io::copy(&mut (&mut reader).take(after as u64), &mut server)?;
-                let _ = server.shutdown(Shutdown::Both);
-                let _ = client.shutdown(Shutdown::Both);
-                return Ok(());
-            }
+        Action::CutResponse(after) => {
+            std::io::copy(&mut (&mut reader).take(length as u64), &mut server)?;
+            std::io::copy(&mut (&mut server).take(after as u64), &mut client)?;
+        }
+        _ => {
             std::io::copy(&mut (&mut reader).take(length as u64), &mut server)?;
             std::io::copy(&mut server, &mut client)?;
         }
     }
+    let _ = server.shutdown(Shutdown::Both);
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// What the proxy does with one request.
+#[derive(Clone, Copy)]
+enum Action {
+    /// Forward it after a wait, and the answer back.
+    Forward(Duration),
+    /// Answer it with this status.
+    Answer(&'static str),
+    /// Forward the head and this many bytes of the body, then close both connections.
+    CutRequest(usize),
+    /// Forward it, and this many bytes of the answer back, then close both connections.
+    CutResponse(usize),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,6 +351,23 @@ fn archive_push_to_a_failing_store_exits_1_and_leaves_no_object() {
     );
     assert!(!object.exists(), "an object after a push answered by 500s");
 
+    // The listing and repo.json pass; only the upload of the segment is answered 500.
+    proxy.set(Fault::AnswerFor(
+        "PUT /pitr-test/push/wal/",
+        "500 Internal Server Error",
+    ));
+    let (out, took) = pitr_with_env(&c, &proxy.env(&server), &push);
+    assert_failed_naming_the_store(&server, "push", &out, took, 1);
+    assert!(
+        proxy
+            .log()
+            .iter()
+            .any(|(m, p, d)| m == "PUT" && p.ends_with(&name) && *d == Done::Answered),
+        "the upload was answered 500: {:?}",
+        proxy.log()
+    );
+    assert!(!object.exists(), "an object after an upload answered by 500s");
+
     proxy.set(Fault::CutBody(4096));
     let (out, took) = pitr_with_env(&c, &proxy.env(&server), &push);
     assert_failed_naming_the_store(&server, "push", &out, took, 1);
@@ -358,6 +407,8 @@ fn archive_get_exits_1_only_for_a_true_404_and_200_for_every_store_failure() {
             .wal_segsize_mb(1)
             .archive(false),
     );
+    // A segment full of data that does not compress away: a download of many kilobytes.
+    c.psql("CREATE TABLE f AS SELECT md5(g::text) AS v FROM generate_series(1, 5000) g");
     let (name, original) = c.capture_segment();
     c.pitr_as_server(&["archive-push", &format!("pg_wal/{name}")])
         .assert_success();
@@ -380,6 +431,31 @@ fn archive_get_exits_1_only_for_a_true_404_and_200_for_every_store_failure() {
         }
     }
     assert!(proxy.count(Done::Answered) > 1, "{:?}", proxy.log());
+
+    // The repository opens; only the segment's requests fail: 500, 403, or an answer cut off.
+    for fault in [
+        Fault::AnswerFor("/wal/", "500 Internal Server Error"),
+        Fault::AnswerFor("/wal/", "403 Forbidden"),
+        Fault::CutResponse("/wal/", 1000),
+    ] {
+        for segment in [&name, &absent] {
+            proxy.set(fault.clone());
+            let (out, took) = get(&proxy.env(&server), segment);
+            eprintln!("archive-get {segment} with {fault:?}: {took:?}");
+            if matches!(fault, Fault::CutResponse(..)) && segment == &absent {
+                // A 404 has a short body: nothing to cut, a true "not archived".
+                out.assert_code(1);
+                continue;
+            }
+            assert_failed_naming_the_store(&server, "get", &out, took, 200);
+            assert!(
+                proxy.count(Done::Answered) + proxy.count(Done::Cut) > 0,
+                "{:?}",
+                proxy.log()
+            );
+            assert!(!c.pg_wal().join("RECOVERYXLOG").exists(), "a file after {fault:?}");
+        }
+    }
 
     // A bucket that does not exist: 200 for every segment, never "not archived".
     let missing = server.url("get").replace("pitr-test", "pitr-missing");
@@ -519,4 +595,61 @@ fn a_backup_or_recover_against_a_failing_store_fails_cleanly() {
         assert_failed_naming_the_store(&server, "backup", &out, started.elapsed(), 1);
         assert!(!new.is_running(), "a server runs after a failed recover");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL through a failing store
+// ---------------------------------------------------------------------------------------------
+
+/// What the exit codes are for, seen from PostgreSQL: while the store answers 500 the archiver
+/// keeps the segment (`.ready`, counted as failed) and archives it once the store is back; a
+/// recovery whose restore_command meets 500s aborts instead of promoting early, and the same
+/// copy, started again once the store is back, recovers to the end.
+#[test]
+fn postgresql_retries_archiving_and_aborts_recovery_while_the_store_fails() {
+    let server = S3Server::start();
+    let proxy = FaultProxy::start(server.port);
+    let mut options = ClusterOptions::default().s3(&server, "pg");
+    options.env = proxy.env(&server);
+    let c = Cluster::start(options);
+    let repo_dir = server.bucket_dir().join("pg");
+    c.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id");
+    let backup = c.base_backup();
+
+    proxy.set(Fault::Answer("500 Internal Server Error"));
+    c.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let segment = c.switch_wal();
+    let failed = poll(Duration::from_secs(60), || {
+        let (_, _, failed, last_failed) = c.archiver_stats();
+        (failed >= 1 && last_failed == segment).then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "no failed archiving: {:?}\n{}",
+        c.archiver_stats(),
+        c.log_tail()
+    );
+    assert!(c.archive_status().1.contains(&segment), "{segment} is no longer .ready");
+    assert!(!stored_path(&repo_dir, &segment).exists());
+
+    proxy.set(Fault::Pass);
+    c.switch_wal(); // wakes the archiver, which sleeps after failures
+    c.wait_archived(&segment);
+    assert!(stored_path(&repo_dir, &segment).is_file());
+
+    // Recovery from the store answering 500: FATAL, not an early promotion.
+    proxy.set(Fault::Answer("500 Internal Server Error"));
+    let mut copy = Cluster::recover(backup, RecoveryOptions::default());
+    match copy.wait_recovery_end() {
+        RecoveryOutcome::Failed { log } => assert!(
+            log.contains("could not restore file") || log.contains("exit code 200"),
+            "{}",
+            tail(&log, 40)
+        ),
+        RecoveryOutcome::Promoted => panic!("the copy promoted while the store answered 500:\n{}", copy.log_tail()),
+    }
+    proxy.set(Fault::Pass);
+    assert!(copy.try_start_server(), "{}", copy.log_tail());
+    copy.expect_promoted();
+    assert_eq!(copy.psql("SELECT count(*) FROM t"), "2000");
 }
