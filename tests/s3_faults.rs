@@ -457,6 +457,25 @@ fn archive_get_exits_1_only_for_a_true_404_and_200_for_every_store_failure() {
         }
     }
 
+    // Credentials the store refuses (403): 200, and the wrong secret is not echoed either.
+    let wrong = format!("wrong-{}", common::s3::random_hex(16));
+    let refused: Vec<(String, String)> = server
+        .env()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "AWS_SECRET_ACCESS_KEY" {
+                (k, wrong.clone())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    for segment in [&name, &absent] {
+        let (out, took) = get(&refused, segment);
+        assert_failed_naming_the_store(&server, "get", &out, took, 200);
+        assert!(!out.stderr_str().contains(&wrong), "{}", out.describe());
+    }
+
     // A bucket that does not exist: 200 for every segment, never "not archived".
     let missing = server.url("get").replace("pitr-test", "pitr-missing");
     for segment in [&name, &absent] {
@@ -652,4 +671,13 @@ fn postgresql_retries_archiving_and_aborts_recovery_while_the_store_fails() {
     assert!(copy.try_start_server(), "{}", copy.log_tail());
     copy.expect_promoted();
     assert_eq!(copy.psql("SELECT count(*) FROM t"), "2000");
+    // The servers' logs hold pitr's errors, and no secret.
+    for log in [c.log(), copy.log()] {
+        assert!(
+            log.contains("pitr-test/pg"),
+            "pitr's errors are logged:\n{}",
+            tail(&log, 40)
+        );
+        assert!(!log.contains(&server.secret_key), "a secret in the server log");
+    }
 }
