@@ -608,6 +608,8 @@ fn expire_deletes_from_the_bucket_and_recover_latest_still_works() {
     );
     assert!(out.success(), "{}\n{}", out.describe(), new.server_log());
     assert_eq!(out.stdout_line("verify: "), "3500", "{}", out.describe());
+    assert!(new.is_running(), "recover leaves the server running");
+    assert_eq!(command_lines_showing(&server.secret_key), Vec::<String>::new());
     new.stop_immediate();
     assert_no_secret(
         &server,

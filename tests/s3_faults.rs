@@ -39,9 +39,9 @@ enum Fault {
     /// Forwards the head and the first bytes of every request body longer than this, then
     /// closes both connections: a connection dropped mid-upload. Other requests pass.
     CutBody(usize),
-    /// Forwards the requests whose path contains the string, and the first bytes of their
-    /// answer back, then closes both connections: a connection dropped mid-download. Other
-    /// requests pass.
+    /// Forwards the requests whose `METHOD path` contains the string, and the first bytes of
+    /// their answer back, then closes both connections: a connection dropped mid-download, or
+    /// an answer lost after the server did the request. Other requests pass.
     CutResponse(&'static str, usize),
     /// Passes the first `n` PUT requests, then answers every further PUT with the status; other
     /// requests (GET, HEAD, DELETE, listings) pass: a store whose writes start failing in the
@@ -184,7 +184,7 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<ProxyState>) -> std::io
             Fault::Delay(delay) => Action::Forward(delay),
             Fault::CutBody(after) if length > after => Action::CutRequest(after),
             Fault::CutBody(_) => Action::Forward(Duration::ZERO),
-            Fault::CutResponse(part, after) if path.contains(part) => Action::CutResponse(after),
+            Fault::CutResponse(part, after) if format!("{method} {path}").contains(part) => Action::CutResponse(after),
             Fault::CutResponse(..) => Action::Forward(Duration::ZERO),
             Fault::PassPutsThen(n, status) if method == "PUT" => {
                 state.puts += 1;
@@ -229,8 +229,12 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<ProxyState>) -> std::io
             std::io::copy(&mut (&mut reader).take(after as u64), &mut server)?;
         }
         Action::CutResponse(after) => {
+            // The server finishes the request (its whole answer is read); the client gets the
+            // first bytes of the answer.
             std::io::copy(&mut (&mut reader).take(length as u64), &mut server)?;
-            std::io::copy(&mut (&mut server).take(after as u64), &mut client)?;
+            let mut answer = Vec::new();
+            server.read_to_end(&mut answer)?;
+            client.write_all(&answer[..after.min(answer.len())])?;
         }
         _ => {
             std::io::copy(&mut (&mut reader).take(length as u64), &mut server)?;
@@ -251,7 +255,8 @@ enum Action {
     Answer(&'static str),
     /// Forward the head and this many bytes of the body, then close both connections.
     CutRequest(usize),
-    /// Forward it, and this many bytes of the answer back, then close both connections.
+    /// Forward it, wait for the whole answer, send this many bytes of it back, then close both
+    /// connections.
     CutResponse(usize),
 }
 
@@ -391,6 +396,27 @@ fn archive_push_to_a_failing_store_exits_1_and_leaves_no_object() {
     let dest = c.test_dir().join("restored");
     c.pitr(&["archive-get", &name, dest.to_str().unwrap()]).assert_success();
     assert!(read(&dest) == original, "archive-get returned other bytes");
+
+    // The store takes the upload but the answer is lost: whatever the push says, the object is
+    // whole, and PostgreSQL's next try succeeds.
+    c.psql("INSERT INTO f SELECT md5(g::text) FROM generate_series(1, 5000) g");
+    let (name, original) = c.capture_segment();
+    let object = stored_path(&repo_dir, &name);
+    proxy.set(Fault::CutResponse("PUT /pitr-test/push/wal/", 0));
+    let push = ["archive-push".to_string(), format!("pg_wal/{name}")];
+    let push: Vec<&str> = push.iter().map(String::as_str).collect();
+    let (out, took) = pitr_with_env(&c, &proxy.env(&server), &push);
+    eprintln!("push whose answer was lost: {took:?}: {}", out.describe());
+    assert!(proxy.count(Done::Cut) >= 1, "{:?}", proxy.log());
+    assert!(out.code() == Some(0) || out.code() == Some(1), "{}", out.describe());
+    let dest = c.test_dir().join("lost-answer");
+    c.pitr(&["archive-get", &name, dest.to_str().unwrap()]).assert_success();
+    assert!(read(&dest) == original, "the object is not whole");
+    assert!(object.is_file());
+    pitr_with_env(&c, &server.env(), &push)
+        .0
+        .assert_success()
+        .assert_silent();
 }
 
 /// archive-get exits 1 only when the store answers that the segment is truly absent; a store
