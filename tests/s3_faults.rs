@@ -707,3 +707,67 @@ fn postgresql_retries_archiving_and_aborts_recovery_while_the_store_fails() {
         assert!(!log.contains(&server.secret_key), "a secret in the server log");
     }
 }
+
+/// `pitr watch` while the store answers 500: it stores nothing, reports the failure with its
+/// retry, keeps running, and stores every segment once the store is back; SIGTERM ends it with 0.
+#[test]
+fn the_watcher_rides_out_a_failing_store_and_drops_nothing() {
+    let server = S3Server::start();
+    let proxy = FaultProxy::start(server.port);
+    let mut options = ClusterOptions::default()
+        .s3(&server, "watch")
+        .setting("archive_command", "'/bin/false'");
+    options.env = proxy.env(&server);
+    let c = Cluster::start(options);
+    let repo_dir = server.bucket_dir().join("watch");
+    c.psql("CREATE TABLE w AS SELECT md5(g::text) AS v FROM generate_series(1, 2000) g");
+    let segments = [c.switch_wal(), c.switch_wal()];
+
+    proxy.set(Fault::Answer("500 Internal Server Error"));
+    let mut command = c.pitr_cmd();
+    command
+        .arg("--repo")
+        .arg(c.repo())
+        .args(["watch", "--workers", "2", "--pgdata"])
+        .arg(c.data_dir());
+    let child = spawn(&mut command);
+    // Each of the two workers' first push fails once the client's retries are spent (6 requests
+    // each), and the watcher tries again after its own backoff.
+    let failing = poll(Duration::from_secs(60), || {
+        (proxy.count(Done::Answered) > 14).then_some(())
+    });
+    assert!(failing.is_some(), "the watcher did not try: {:?}", proxy.log());
+    assert!(segments.iter().all(|s| !stored_path(&repo_dir, s).exists()));
+
+    proxy.set(Fault::Pass);
+    let stored = poll(Duration::from_secs(120), || {
+        segments
+            .iter()
+            .all(|s| stored_path(&repo_dir, s).is_file())
+            .then_some(())
+    });
+    let out = terminate_pitr(child, "pitr watch".into(), Duration::from_secs(60));
+    assert!(
+        stored.is_some(),
+        "not stored once the store was back:\n{}",
+        out.describe()
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let log = out.stderr_str();
+    assert!(
+        log.contains("retrying in"),
+        "the failure is reported with its retry:\n{log}"
+    );
+    assert!(
+        log.contains(&server.url("watch")),
+        "the failure names the store:\n{log}"
+    );
+    assert!(!log.contains(&server.secret_key));
+    for segment in &segments {
+        assert!(log.contains(&format!("archived {segment}")), "{log}");
+        let dest = c.test_dir().join(segment);
+        c.pitr(&["archive-get", segment, dest.to_str().unwrap()])
+            .assert_success();
+        assert!(read(&dest) == read(&c.pg_wal().join(segment)), "{segment} differs");
+    }
+}
