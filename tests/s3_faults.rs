@@ -640,6 +640,24 @@ fn a_backup_or_recover_against_a_failing_store_fails_cleanly() {
         assert_failed_naming_the_store(&server, "backup", &out, started.elapsed(), 1);
         assert!(!new.is_running(), "a server runs after a failed recover");
     }
+
+    // The backup comes, the WAL does not: recover stops, naming the store, and leaves no server.
+    proxy.set(Fault::AnswerFor(
+        "GET /pitr-test/backup/wal/",
+        "500 Internal Server Error",
+    ));
+    let new = NewDir::new();
+    let started = Instant::now();
+    let out = run(c
+        .pitr_cmd()
+        .envs(proxy.env(&server))
+        .arg("--repo")
+        .arg(c.repo())
+        .args(["recover", "--target", "latest", "--pgdata"])
+        .arg(&new.data));
+    assert!(proxy.count(Done::Answered) > 0, "{:?}", proxy.log());
+    assert_failed_naming_the_store(&server, "backup", &out, started.elapsed(), 1);
+    assert!(!new.is_running(), "a server runs after a failed recover");
 }
 
 // ---------------------------------------------------------------------------------------------
