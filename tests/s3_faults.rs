@@ -657,6 +657,11 @@ fn a_backup_or_recover_against_a_failing_store_fails_cleanly() {
         .arg(&new.data));
     assert!(proxy.count(Done::Answered) > 0, "{:?}", proxy.log());
     assert_failed_naming_the_store(&server, "backup", &out, started.elapsed(), 1);
+    assert!(
+        out.stderr_str().contains("wait until its store answers again"),
+        "the diagnosis covers a store that fails:\n{}",
+        out.describe()
+    );
     assert!(!new.is_running(), "a server runs after a failed recover");
 }
 
