@@ -47,6 +47,9 @@ enum Fault {
     /// requests (GET, HEAD, DELETE, listings) pass: a store whose writes start failing in the
     /// middle of a backup.
     PassPutsThen(usize, &'static str),
+    /// Passes the first `n` PUT requests (and everything before them), then answers every
+    /// request with the status: a store lost in the middle of a backup.
+    PassPutsThenEverything(usize, &'static str),
 }
 
 /// What the proxy did with one request, for the tests' assertions.
@@ -195,6 +198,14 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<ProxyState>) -> std::io
                 }
             }
             Fault::PassPutsThen(..) => Action::Forward(Duration::ZERO),
+            Fault::PassPutsThenEverything(n, status) => {
+                if state.puts >= n {
+                    Action::Answer(status)
+                } else {
+                    state.puts += usize::from(method == "PUT");
+                    Action::Forward(Duration::ZERO)
+                }
+            }
         };
         let done = match action {
             Action::Forward(_) => Done::Forwarded,
@@ -534,7 +545,8 @@ fn archive_get_exits_1_only_for_a_true_404_and_200_for_every_store_failure() {
 /// A backup whose store starts refusing writes (500) in the middle fails, and leaves no backup
 /// that `list` shows and nothing `verify` names; the next backup is not blocked (its lock was
 /// released). A backup against a store that is down fails naming it. recover from a store that
-/// is down or answers 500 fails loudly, naming it, and leaves no server running.
+/// is down or answers 500 fails loudly, naming it, and leaves no server running. A backup that
+/// loses the store entirely leaves its lease, and the next one's refusal says it runs out.
 #[test]
 fn a_backup_or_recover_against_a_failing_store_fails_cleanly() {
     let server = S3Server::start();
@@ -663,6 +675,24 @@ fn a_backup_or_recover_against_a_failing_store_fails_cleanly() {
         out.describe()
     );
     assert!(!new.is_running(), "a server runs after a failed recover");
+
+    // A backup that loses the store entirely cannot delete its lease: the next one is refused
+    // until the lease runs out, and says so.
+    proxy.set(Fault::PassPutsThenEverything(8, "500 Internal Server Error"));
+    let (out, took) = backup_through(&proxy.env(&server), &[]);
+    assert_failed_naming_the_store(&server, "backup", &out, took, 1);
+    assert!(
+        repo_dir.join("locks").join("backup.lock").is_file(),
+        "{:?}",
+        objects_under(&repo_dir.join("locks"))
+    );
+    let (out, took) = backup_through(&server.env(), &[]);
+    assert_failed_naming_the_store(&server, "backup", &out, took, 1);
+    assert!(
+        out.stderr_str().contains("another pitr backup is running") && out.stderr_str().contains("its lease runs out"),
+        "{}",
+        out.describe()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
