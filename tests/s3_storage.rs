@@ -335,11 +335,80 @@ fn answer_every_request(mut stream: TcpStream, status: &str, code: &str, counted
 }
 
 fn storage_at(port: u16) -> S3Storage {
+    S3Storage::open(config_at(port)).unwrap()
+}
+
+fn config_at(port: u16) -> S3Config {
     let mut config = S3Config::from_url("s3://pitr-test/repo").unwrap();
     config.endpoint = Some(format!("http://127.0.0.1:{port}"));
     config.access_key_id = Some("AKFAULT".into());
     config.secret_access_key = Some(Secret::new("secret-of-a-faulty-store"));
-    S3Storage::open(config).unwrap()
+    config
+}
+
+/// A server that accepts connections, reads what comes and never answers (a hung store); counts
+/// the requests (each head's first line).
+fn hanging_server() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                let mut at_start = true;
+                // Until the client gives up and closes the connection.
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    if at_start && line.contains(" HTTP/1.1") {
+                        counted.fetch_add(1, SeqCst);
+                    }
+                    at_start = line == "\r\n";
+                    line.clear();
+                }
+            });
+        }
+    });
+    (port, requests)
+}
+
+/// A store that takes connections and never answers: a read is retried after each request
+/// timeout and then is a retryable error; a write is tried once (the store may have it) and is
+/// a retryable error. All within a bound set by the request timeout, short here.
+#[test]
+fn a_store_that_never_answers_is_a_retryable_error_after_the_request_timeout() {
+    let (port, requests) = hanging_server();
+    let mut config = config_at(port);
+    config.request_timeout = Duration::from_secs(1);
+    let store = S3Storage::open(config).unwrap();
+
+    let started = Instant::now();
+    let err = store.get("wal/x").expect_err("no answer is an error");
+    let took = started.elapsed();
+    eprintln!("get from a hung store: {took:?}: {err}");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(matches!(err, pitr::Error::Remote { status: None, .. }), "{err:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(40),
+        "{took:?}"
+    );
+    assert_eq!(
+        requests.load(SeqCst),
+        1 + pitr::storage::s3::MAX_RETRIES,
+        "a read is retried"
+    );
+
+    requests.store(0, SeqCst);
+    let started = Instant::now();
+    let err = store.put_if_absent("wal/x", b"x").expect_err("no answer is an error");
+    let took = started.elapsed();
+    eprintln!("put to a hung store: {took:?}: {err}");
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(requests.load(SeqCst), 1, "a write that timed out is not tried again");
+    assert!(took < Duration::from_secs(40), "{took:?}");
 }
 
 /// 503s: the error is retryable, carries the status, and comes after the client's retries.

@@ -218,9 +218,17 @@ pub async fn take(
 /// deletes what another is writing, and a new generation never starts under a running backup.
 pub(crate) fn lock_backups(repo: &Repo) -> Result<crate::storage::LockGuard> {
     repo.storage().try_lock("backup")?.ok_or_else(|| {
+        // A local lock dies with its holder; a lease in an object store outlives a holder that
+        // crashed or lost the store, until it runs out.
+        let lease = if repo.storage().local_root().is_none() {
+            " (or one that stopped without releasing it, for example after losing the store: its lease runs \
+             out within minutes, then the next backup takes the lock over)"
+        } else {
+            ""
+        };
         Error::Refused(format!(
-            "another pitr backup is running on repository {}, or an expire, upgrade-repo or sync into it (it holds {}); wait \
-             for it to finish",
+            "another pitr backup is running on repository {}, or an expire, upgrade-repo or sync into it (it holds {}); \
+             wait for it to finish{lease}",
             repo.location(),
             repo.storage().describe("locks/backup.lock")
         ))

@@ -126,8 +126,9 @@ pub trait Storage: Send + Sync {
     }
 
     /// Takes the named exclusive lock, or returns `None` when another process holds it. The lock
-    /// is held until the guard is dropped, and released by the system when its holder dies, so
-    /// a crashed holder never leaves a stale lock behind.
+    /// is held until the guard is dropped. A local lock is released by the system when its holder
+    /// dies, so a crashed holder never leaves a stale lock behind; an object store's lease outlives
+    /// a holder that died or lost the store until it runs out (see `S3Storage::try_lock`).
     fn try_lock(&self, name: &str) -> Result<Option<LockGuard>>;
 
     /// Free bytes for new objects, when the backend can tell.

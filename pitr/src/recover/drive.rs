@@ -432,8 +432,9 @@ fn diagnose(log: &str) -> &'static str {
         ),
         (
             "could not restore file",
-            "Diagnosis: archive-get failed on an archived file (corrupt or unreadable; see the line above): \
-             recovery stopped instead of promoting early. Repair the archive and run recover again.",
+            "Diagnosis: archive-get failed on an archived file (corrupt or unreadable, or a repository it \
+             could not reach; see the lines above): recovery stopped instead of promoting early. Repair the \
+             archive, or wait until its store answers again, and run recover again.",
         ),
         (
             "before consistent recovery point",

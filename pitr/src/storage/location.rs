@@ -22,8 +22,8 @@ pub enum Location {
     /// A directory on this host, as given (relative paths are relative to the working directory).
     Local(PathBuf),
     /// A prefix in an S3 bucket; the configuration holds what the URL says, the environment
-    /// and profile files complete it when it is opened.
-    S3(S3Config),
+    /// and profile files complete it when it is opened. Boxed: it is much larger than a path.
+    S3(Box<S3Config>),
 }
 
 impl Location {
@@ -36,7 +36,7 @@ impl Location {
             ));
         }
         if text.starts_with("s3://") {
-            return Ok(Location::S3(S3Config::from_url(text)?));
+            return Ok(Location::S3(Box::new(S3Config::from_url(text)?)));
         }
         if let Some(path) = text.strip_prefix("file://") {
             if !path.starts_with('/') {
@@ -62,7 +62,7 @@ impl Location {
     pub fn open(&self) -> Result<Arc<dyn Storage>> {
         Ok(match self {
             Location::Local(path) => Arc::new(LocalStorage::open(path)?),
-            Location::S3(config) => Arc::new(S3Storage::open(config.clone().with_process_environment())?),
+            Location::S3(config) => Arc::new(S3Storage::open((**config).clone().with_process_environment())?),
         })
     }
 

@@ -55,7 +55,7 @@ use crate::storage::{Listed, LockGuard, ObjectMeta, PutOutcome, Storage};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for one whole request, from connecting to the last byte of the answer: a
 /// 16 MiB object needs at least 140 kB/s. A timed-out read is retried; a timed-out write is not
-/// (the store may have it), and fails.
+/// (the store may have it), and fails. The default of [`S3Config::request_timeout`].
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Retries of one request after a 5xx, 429, 408, a failed connection or a timed-out read, with
 /// exponential backoff and full jitter between [`BACKOFF_INITIAL`] and [`BACKOFF_MAX`].
@@ -67,8 +67,15 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// The longest backoff before a retry.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A hard bound on one operation, retries included, whatever the client does: an operation
-/// still running then is abandoned and reported as a retryable error.
-pub const OPERATION_DEADLINE: Duration = Duration::from_secs(60 + 120 + 10 + 10);
+/// still running then is abandoned and reported as a retryable error. This is
+/// [`operation_deadline`] of [`REQUEST_TIMEOUT`].
+pub const OPERATION_DEADLINE: Duration = operation_deadline(REQUEST_TIMEOUT);
+
+/// The bound on one operation, retries included, with requests of `request_timeout`: the last
+/// retry starts within [`RETRY_TIMEOUT`] plus a backoff, and gets `request_timeout`, plus 10 s.
+pub const fn operation_deadline(request_timeout: Duration) -> Duration {
+    Duration::from_secs(RETRY_TIMEOUT.as_secs() + request_timeout.as_secs() + BACKOFF_MAX.as_secs() + 10)
+}
 /// How long a lock lasts when its holder stops renewing it (it renews every third of it).
 pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(60);
 /// Threads of the runtime each [`S3Storage`] runs its requests on: requests wait on the
@@ -133,6 +140,10 @@ pub struct S3Config {
     pub credential_chain: Vec<(String, String)>,
     /// See [`DEFAULT_LOCK_LEASE`].
     pub lock_lease: Duration,
+    /// Time allowed for one request ([`REQUEST_TIMEOUT`]); it also bounds an operation
+    /// ([`operation_deadline`]). Not read from the environment: tests of a store that hangs set
+    /// it short.
+    pub request_timeout: Duration,
 }
 
 /// The environment variables of the AWS credential chain that [`S3Config::with_env`] passes on.
@@ -181,6 +192,7 @@ impl S3Config {
             session_token: None,
             credential_chain: Vec::new(),
             lock_lease: DEFAULT_LOCK_LEASE,
+            request_timeout: REQUEST_TIMEOUT,
         })
     }
 
@@ -359,6 +371,7 @@ impl fmt::Debug for S3Config {
                 &self.credential_chain.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("lock_lease", &self.lock_lease)
+            .field("request_timeout", &self.request_timeout)
             .finish()
     }
 }
@@ -386,6 +399,8 @@ struct Inner {
     /// Whether a listing has shown that the bucket exists (a 404 is then a missing object).
     bucket_seen: AtomicBool,
     lock_lease: Duration,
+    /// [`operation_deadline`] of the configured request timeout.
+    deadline: Duration,
 }
 
 impl Drop for Inner {
@@ -439,7 +454,7 @@ impl S3Storage {
         let path_style = config.uses_path_style();
         let client_options = ClientOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT)
+            .with_timeout(config.request_timeout)
             .with_allow_http(allow_http);
         let retry = RetryConfig {
             backoff: BackoffConfig {
@@ -521,6 +536,7 @@ impl S3Storage {
                 secrets,
                 bucket_seen: AtomicBool::new(false),
                 lock_lease: config.lock_lease,
+                deadline: operation_deadline(config.request_timeout),
             }),
         })
     }
@@ -531,13 +547,14 @@ impl S3Storage {
     }
 
     /// Runs `future` on this storage's runtime and waits for it on the calling thread, in a way
-    /// that works inside and outside a tokio runtime. `None` when [`OPERATION_DEADLINE`] passed
-    /// first or the task died.
+    /// that works inside and outside a tokio runtime. `None` when the operation deadline
+    /// ([`operation_deadline`]) passed first or the task died.
     fn run<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> Option<T> {
         let runtime = self.inner.runtime.as_ref()?;
         let (tx, rx) = mpsc::sync_channel(1);
+        let deadline = self.inner.deadline;
         runtime.spawn(async move {
-            if let Ok(answer) = tokio::time::timeout(OPERATION_DEADLINE, future).await {
+            if let Ok(answer) = tokio::time::timeout(deadline, future).await {
                 let _ = tx.send(answer);
             }
         });
@@ -568,7 +585,7 @@ impl S3Storage {
                 retryable: true,
                 reason: format!(
                     "no answer within {}s, retries included; the store may be down or overloaded, try again later",
-                    OPERATION_DEADLINE.as_secs()
+                    self.inner.deadline.as_secs()
                 ),
             })
     }
