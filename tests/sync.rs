@@ -93,17 +93,6 @@ fn objects(repo: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     found
 }
 
-/// GET `path` from the daemon's HTTP listener; the body, or `None` while it does not answer.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
-}
-
 /// An empty repository directory for a target, owned by the server user.
 fn empty_repo(dir: &TestDir) -> PathBuf {
     dir.subdir("copy")

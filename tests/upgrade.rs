@@ -121,24 +121,10 @@ fn pg_upgrade_logs(new: &Cluster) -> String {
     logs.join("\n")
 }
 
-/// Runs `pitr --repo <c's repo> <args…>` connected to `c`; panics with the output and the
-/// server log unless it succeeds.
-#[track_caller]
-fn pitr_ok(c: &Cluster, args: &[&str]) -> CmdOutput {
-    let out = c.pitr_connected(c.repo(), args);
-    assert!(
-        out.success(),
-        "pitr {args:?} failed:\n{}\n--- server log (tail) ---\n{}",
-        out.describe(),
-        c.log_tail()
-    );
-    out
-}
-
-/// [`pitr_ok`], its stdout parsed as JSON.
+/// [`Cluster::pitr_ok`], its stdout parsed as JSON.
 #[track_caller]
 fn pitr_json(c: &Cluster, args: &[&str]) -> Value {
-    parse_json(&pitr_ok(c, args))
+    parse_json(&c.pitr_ok(args))
 }
 
 /// The rows of the test table.
@@ -209,12 +195,12 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
 
     // The old cluster archives through pitr: a backup, rows, a restore point, rows after it.
     let mut old = start(old_major, options(old_major, &repo));
-    pitr_ok(&old, &["create-repo"]);
+    old.pitr_ok(&["create-repo"]);
     old.psql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)");
     let old_backup = backup_json(&old, &[]);
     let old_backup_id = json_str(&old_backup["backup"], "id").to_string();
     old.psql("INSERT INTO t SELECT generate_series(101, 150)");
-    pitr_ok(&old, &["restore-point", "before_upgrade"]);
+    old.pitr_ok(&["restore-point", "before_upgrade"]);
     old.psql("INSERT INTO t SELECT generate_series(151, 175)");
     old.switch_and_archive();
     let old_sysid = old.system_identifier();
@@ -289,7 +275,7 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
     );
 
     new.switch_and_archive();
-    let checked = pitr_ok(&new, &["check"]).stdout_str();
+    let checked = new.pitr_ok(&["check"]).stdout_str();
     assert!(checked.contains("archiving into this repository works"), "{checked}");
     assert!(
         repo.join("wal.2")
@@ -302,7 +288,7 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
     let new_backup_id = json_str(&new_backup["backup"], "id").to_string();
     assert_eq!(new_backup["backup"]["generation"], 2);
     new.psql("INSERT INTO t SELECT generate_series(176, 205)");
-    pitr_ok(&new, &["restore-point", "after_upgrade"]);
+    new.pitr_ok(&["restore-point", "after_upgrade"]);
     new.psql("DELETE FROM t WHERE id > 100"); // the oops after the restore point
     new.switch_and_archive();
 
@@ -315,7 +301,7 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
         .map(|b| (b["id"].as_str().unwrap().to_string(), b["generation"].as_u64().unwrap()))
         .collect();
     assert_eq!(generations, [(old_backup_id.clone(), 1), (new_backup_id.clone(), 2)]);
-    let text = pitr_ok(&new, &["list"]).stdout_str();
+    let text = new.pitr_ok(&["list"]).stdout_str();
     assert!(
         text.contains("generation 2 (current)")
             && text.contains(&format!(
@@ -371,9 +357,7 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
 
     // ... and restores as files alone.
     let files = NewDir::new();
-    pitr_ok(
-        &old,
-        &[
+    old.pitr_ok(&[
             "restore",
             "--pgdata",
             files.data.to_str().unwrap(),

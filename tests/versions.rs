@@ -94,8 +94,8 @@ fn on_every_other_major(what: &str, check: fn(u32)) {
 fn smoke_scenario(major: u32) {
     let mut c = Cluster::start(ClusterOptions::default().version(major));
     assert_eq!(c.major_version(), major, "the cluster runs PostgreSQL {major}");
-    pitr_ok(&c, &["create-repo"]);
-    pitr_ok(&c, &["check"]);
+    c.pitr_ok(&["create-repo"]);
+    c.pitr_ok(&["check"]);
     c.psql(
         "CREATE TABLE products (id int PRIMARY KEY, note text); \
          INSERT INTO products SELECT g, 'row ' || g FROM generate_series(1, 1000) g",
@@ -113,7 +113,7 @@ fn smoke_scenario(major: u32) {
 
     // The bad day: a restore point, more rows, a moment, the oops.
     insert_products(&c, 1001, 1500);
-    pitr_ok(&c, &["restore-point", "before_oops"]);
+    c.pitr_ok(&["restore-point", "before_oops"]);
     insert_products(&c, 1501, 1600);
     let moment = c.psql("SELECT now()");
     c.psql("DELETE FROM products");
@@ -133,7 +133,7 @@ fn smoke_scenario(major: u32) {
     assert_eq!(copy.plan()["backup_id"], backup_id, "{:#}", copy.json);
 
     // Switch-over: adopt the copy, stop the old primary, start the copy in its place.
-    let adopted = pitr_ok(&c, &["adopt", "--pgdata", copy.dir.data.to_str().expect("UTF-8 path")]);
+    let adopted = c.pitr_ok(&["adopt", "--pgdata", copy.dir.data.to_str().expect("UTF-8 path")]);
     assert!(
         stored_path(c.repo(), "00000002.history").exists(),
         "adopt archives timeline 2's history:\n{}",
@@ -158,7 +158,7 @@ fn smoke_scenario(major: u32) {
         "the adopted copy does not archive {segment}:\n{}",
         String::from_utf8_lossy(&read(&log))
     );
-    pitr_ok(&c, &["check"]);
+    c.pitr_ok(&["check"]);
     verify_ok(&c);
 
     // A second recovery follows timeline 2 to its end.
@@ -178,21 +178,6 @@ fn insert_products(c: &Cluster, from: u32, to: u32) {
     c.psql(&format!(
         "INSERT INTO products SELECT g, 'row ' || g FROM generate_series({from}, {to}) g"
     ));
-}
-
-/// `pitr --repo <c's repo> <args…>` connected to `c`; panics with the output and the server log
-/// unless it exits 0.
-#[track_caller]
-fn pitr_ok(c: &Cluster, args: &[&str]) -> CmdOutput {
-    let out = c.pitr_connected(c.repo(), args);
-    assert!(
-        out.success(),
-        "pitr {} failed:\n{}\n--- server log (tail) ---\n{}",
-        args.join(" "),
-        out.describe(),
-        c.log_tail()
-    );
-    out
 }
 
 /// `pitr verify` (connected to `c`) exits 0 with no alert.

@@ -41,8 +41,8 @@ pub mod s3;
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Read;
-use std::net::TcpListener;
+use std::io::{Read, Write as _};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -383,6 +383,27 @@ pub fn pitr_command(pitr_bin: &Path) -> Command {
 
 /// A free TCP port number on 127.0.0.1 (the clusters listen only on their own Unix socket
 /// directory, so the number only names the socket; collisions are harmless but still avoided).
+/// GET `path` from a daemon's HTTP listener on 127.0.0.1; the response body, or `None` while
+/// it does not answer.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// The value of the first metric line starting with `prefix` in a Prometheus text.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Whether `PITR_TEST_BACKEND=s3` puts each cluster's own repository on S3 (`local`, the default,
 /// keeps it in a directory).
 pub fn backend_is_s3() -> bool {
@@ -1565,6 +1586,21 @@ impl Cluster {
         let mut cmd = self.pitr_cmd();
         self.libpq_env(&mut cmd).arg("--repo").arg(repo);
         cmd
+    }
+
+    /// [`Cluster::pitr_connected`] with this cluster's repository; panics (with the server log's
+    /// tail) unless it exits 0.
+    #[track_caller]
+    pub fn pitr_ok(&self, args: &[&str]) -> CmdOutput {
+        let out = self.pitr_connected(&self.repo, args);
+        assert!(
+            out.success(),
+            "pitr {} failed:\n{}\n--- server log (tail) ---\n{}",
+            args.join(" "),
+            out.describe(),
+            self.log_tail()
+        );
+        out
     }
 
     /// Runs `pitr --repo <repo> <args…>` connected to this server ([`Cluster::pitr_connected_cmd`]).
