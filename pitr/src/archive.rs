@@ -94,9 +94,8 @@ pub fn push(repo: &Repo, codec: &Codec, path: &Path, site: &Site) -> Result<Push
     file.read_to_end(&mut raw).map_err(Error::io("read", &path))?;
     validate(repo, &name, &path, &raw)?;
     crash_point::reached("push:validated");
-    if repo.has_wal(&name)? {
-        return compare_with_archived(repo, &name, &raw);
-    }
+    // No look before the put: the create-only put tells an existing object (one request to an
+    // object store, not two), which is then compared.
     match repo.put_wal(&name, &codec.encode(&raw))? {
         PutOutcome::Created => Ok(PushOutcome::Stored),
         PutOutcome::AlreadyExists => compare_with_archived(repo, &name, &raw),

@@ -91,9 +91,13 @@ impl LocalStorage {
             .open_root()?
             .create_dirs(dir, &self.perms)
             .map_err(Error::io("create directory", self.path(dir)))?;
-        let created = parent
-            .put_new(name, data, &self.perms, durable)
-            .map_err(Error::io("store", self.path(key)))?;
+        // An existing object is found before anything is written: a put of an object stored
+        // already (PostgreSQL retrying archive_command) then needs no free space.
+        let exists = parent.stat(name).map_err(Error::io("look up", self.path(key)))?.is_some();
+        let created = !exists
+            && parent
+                .put_new(name, data, &self.perms, durable)
+                .map_err(Error::io("store", self.path(key)))?;
         if created {
             return Ok(PutOutcome::Created);
         }
