@@ -135,6 +135,16 @@ fn copy_piece(repo: &Repo, dir: &str, task: &Task, codec: &Codec, progress: &dyn
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("read", path)(e)),
         }
+        if raw.is_empty() && task.part.is_none() {
+            // An empty file is its manifest entry alone: no object to store, fetch or check
+            // (a data directory holds hundreds of them).
+            return Ok(Some(Part {
+                offset: 0,
+                size: 0,
+                crc32: 0,
+                stored_size: 0,
+            }));
+        }
         let object = codec.encode(raw);
         let key = piece_key(dir, &task.file.path, task.part);
         repo.storage().put_if_absent_deferred(&key, &object)?;
@@ -229,6 +239,24 @@ mod tests {
         repo.storage().put_if_absent(&piece.key("hourly/b/"), &other).unwrap();
         let err = crate::backup::with_verified(&repo, "hourly/b/", &piece, |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("the manifest says 3 bytes"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_file_is_its_entry_alone() {
+        let data = tempfile::tempdir().unwrap();
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(repo_dir.path()).unwrap();
+        let tree = SourceTree {
+            files: vec![source(data.path(), "empty", b""), source(data.path(), "small", b"abc")],
+            control: Some(source(data.path(), "pg_control", b"control")),
+            ..SourceTree::default()
+        };
+        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), &Silent).unwrap();
+        let empty = &entries[0];
+        assert_eq!((empty.size, empty.stored_size, empty.crc32), (0, 0, 0));
+        assert!(empty.is_empty_without_object() && empty.pieces().is_empty());
+        assert_eq!(repo.storage().list("hourly/b/files/").unwrap(), ["pg_control", "small"]);
+        assert!(!entries[1].is_empty_without_object());
     }
 
     #[test]

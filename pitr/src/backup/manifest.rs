@@ -17,9 +17,11 @@ use crate::fsio;
 use crate::wal::{Lsn, SegmentSize, TimelineId};
 
 /// The version of the manifest format this pitr writes. Version 2 added [`FileEntry::parts`];
-/// version 3 the checksum and the copy beside it; version 4 [`Manifest::configuration`].
-/// Versions 1 and 2 read the same (no checksum), versions 1 to 3 without a configuration.
-pub const MANIFEST_VERSION: u32 = 4;
+/// version 3 the checksum and the copy beside it; version 4 [`Manifest::configuration`];
+/// version 5 empty files without an object ([`FileEntry::is_empty_without_object`]), which an
+/// older pitr would look for and miss, so it refuses the version instead. Versions 1 and 2 read
+/// the same (no checksum), versions 1 to 3 without a configuration.
+pub const MANIFEST_VERSION: u32 = 5;
 
 /// Permission bits a restored file or directory may have: never set-id or sticky bits.
 pub const PERMISSION_BITS: u32 = 0o777;
@@ -395,7 +397,9 @@ pub struct FileEntry {
     pub mtime: i64,
     /// CRC-32 of the copied bytes (of a split file: of its parts' bytes, in order).
     pub crc32: u32,
-    /// Size of the stored object (of a split file: the sum over its parts).
+    /// Size of the stored object (of a split file: the sum over its parts); 0 for an empty file
+    /// of the data directory, which is stored as this entry alone, without an object (every
+    /// object is at least a header long, so 0 is never an object's size).
     pub stored_size: u64,
     /// A file larger than [`PART_SIZE`] when the backup walked it is stored in parts, each its
     /// own object; empty for a file stored whole.
@@ -484,8 +488,17 @@ pub fn parts_crc(parts: &[Part]) -> u32 {
 }
 
 impl FileEntry {
-    /// The stored objects that make up the file, in file order.
+    /// Whether the file is empty and has no object: restore creates it from this entry alone.
+    pub fn is_empty_without_object(&self) -> bool {
+        self.size == 0 && self.stored_size == 0 && self.crc32 == 0 && self.parts.is_empty()
+    }
+
+    /// The stored objects that make up the file, in file order: none for an empty file without
+    /// an object.
     pub fn pieces(&self) -> Vec<Piece<'_>> {
+        if self.is_empty_without_object() {
+            return Vec::new();
+        }
         if self.parts.is_empty() {
             return vec![Piece {
                 area: Area::DataDirectory,

@@ -91,8 +91,10 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
         .num_threads(options.jobs.max(1))
         .build()
         .map_err(|e| Error::Refused(format!("cannot start {} restore threads: {e}", options.jobs)))?;
-    for split in files.iter().filter(|f| !f.parts.is_empty()) {
-        layout.create_file(&split.path, split.mode)?;
+    // Split files are created before their parts are written into them, empty files without
+    // an object from their entry alone.
+    for file in files.iter().filter(|f| !f.parts.is_empty() || f.is_empty_without_object()) {
+        layout.create_file(&file.path, file.mode)?;
     }
     let pieces: Vec<Piece> = files.iter().flat_map(|f| f.pieces()).collect();
     pool.install(|| {
