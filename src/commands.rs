@@ -60,7 +60,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         // Before the repository is opened: verify records a missing one in its log and metrics.
         return verify::verify(command, settings);
     }
-    let repo = Repo::open_local(&settings.repo)?;
+    let repo = Repo::open(&settings.repo)?;
     match command {
         Command::ArchivePush { path } => {
             archive::push(&repo, &settings.codec, path, &Site::current(settings.spool.as_deref()))?;
@@ -405,8 +405,7 @@ fn pitr_command(settings: &Settings) -> Result<String> {
 /// This pitr with the same repository and config, as words.
 fn pitr_command_words(settings: &Settings) -> Result<Vec<String>> {
     let exe = std::env::current_exe().map_err(pitr::Error::io("find", "this pitr executable"))?;
-    let repo = std::fs::canonicalize(&settings.repo).map_err(pitr::Error::io("resolve", &settings.repo))?;
-    let mut words = vec![exe.display().to_string(), "--repo".into(), repo.display().to_string()];
+    let mut words = vec![exe.display().to_string(), "--repo".into(), settings.repo.absolute()?];
     if let Some(config) = &settings.config {
         words.extend(["--config".to_string(), absolute(config).display().to_string()]);
     }

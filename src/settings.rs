@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use pitr::backup::{Retention, Tier};
 use pitr::codec::{Codec, Compression};
 use pitr::daemon::{Job, Schedule};
+use pitr::storage::Location;
 use pitr::verify::Thresholds;
 use serde::Deserialize;
 
@@ -24,7 +25,7 @@ const DEFAULT_CONFIG: &str = "/etc/pitr/pitr.toml";
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
-    repo: Option<PathBuf>,
+    repo: Option<String>,
     compress: Option<String>,
     compress_level: Option<i32>,
     name: Option<String>,
@@ -71,8 +72,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9817";
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The repository directory.
-    pub repo: PathBuf,
+    /// Where the repository is: a directory or an S3 prefix.
+    pub repo: Location,
     /// How archived files are compressed.
     pub codec: Codec,
     /// The deployment's name, the first part of backup ids.
@@ -118,11 +119,20 @@ impl Settings {
             .clone()
             .or_else(|| Path::new(DEFAULT_CONFIG).exists().then(|| DEFAULT_CONFIG.into()));
         let file = read_config(config.as_deref())?;
-        let repo = args
-            .repo
-            .clone()
-            .or(file.repo)
-            .ok_or("no repository given: pass --repo DIR, set PITR_REPO, or set `repo` in the config file")?;
+        let repo = match (&args.repo, file.repo) {
+            (Some(path), _) => match path.to_str() {
+                Some(text) => Location::parse(text).map_err(|e| e.to_string())?,
+                None => Location::Local(path.clone()),
+            },
+            (None, Some(text)) => Location::parse(&text).map_err(|e| in_config(config.as_deref(), e))?,
+            (None, None) => {
+                return Err(
+                    "no repository given: pass --repo DIR (or s3://bucket/prefix), set PITR_REPO, or \
+                            set `repo` in the config file"
+                        .into(),
+                )
+            }
+        };
         let compression = match (args.compress, file.compress.as_deref()) {
             (Some(compression), _) => compression,
             (None, Some(text)) => text.parse().map_err(|e: pitr::Error| in_config(config.as_deref(), e))?,

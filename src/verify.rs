@@ -111,7 +111,7 @@ fn run_verify(
     conninfo: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
-    let repo = Repo::open_local(&settings.repo)?;
+    let repo = Repo::open(&settings.repo)?;
     let config = connection_config(conninfo, &|k| std::env::var(k).ok())?;
     let server = runtime().block_on(verify::observe_server(&repo, options.scope, &config));
     verify::verify(&repo, options, &server, progress)
@@ -158,7 +158,7 @@ pub fn check_integrity(
     settings: std::result::Result<&Settings, &String>,
 ) -> Result<Done> {
     let configured_repo = || match settings {
-        Ok(settings) => Repo::open_local(&settings.repo),
+        Ok(settings) => Repo::open(&settings.repo),
         Err(message) => Err(Error::Refused(message.clone())),
     };
     let jobs = jobs

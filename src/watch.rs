@@ -320,7 +320,7 @@ fn child_failure(out: &std::process::Output) -> String {
 /// never runs half on old settings without saying so.
 fn needs_restart(running: &Settings, fresh: &Settings) -> Result<(), String> {
     let changed = [
-        ("repo", running.repo != fresh.repo),
+        ("repo", running.repo.to_string() != fresh.repo.to_string()),
         ("spool", running.spool != fresh.spool),
         ("listen", running.listen != fresh.listen),
     ];

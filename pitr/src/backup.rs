@@ -397,11 +397,7 @@ fn check_archive_command(
         progress.warn("archive_command calls pitr without --repo; make sure its config names this repository");
         return Ok(Archiving::Elsewhere);
     };
-    let same = |a: &str, b: &str| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    };
-    if same(&repo_arg, &repo.location()) {
+    if repo.is_named_by(&repo_arg) {
         Ok(Archiving::IntoThisRepo)
     } else {
         Err(format!(

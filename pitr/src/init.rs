@@ -44,6 +44,7 @@ pub async fn create_repo(repo: &Repo, server: &Server) -> Result<CreateReport> {
             Some((m.id, cluster))
         })
         .collect();
+    repo.check_create_only()?;
     let outcome = repo.create(cluster, &backups)?;
     Ok(CreateReport {
         repository: repo.location(),

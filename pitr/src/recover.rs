@@ -346,12 +346,25 @@ fn recovery_settings(plan: &Plan, options: &RecoverOptions) -> Vec<(&'static str
 }
 
 /// Who will run the recovered server: the invoking user, or when pitr runs as root, the owner
-/// of the repository (the user archive_command runs as).
+/// of a local repository (the user archive_command runs as); for a remote repository, the owner
+/// of the directory the new data directory goes into, else the `postgres` OS user.
 fn owner_for(repo: &Repo, pgdata: &Path) -> Result<Owner> {
-    if rustix::process::geteuid().as_raw() == 0 {
-        Owner::of(Path::new(&repo.location()))
-    } else {
-        Owner::of(pgdata)
+    if rustix::process::geteuid().as_raw() != 0 {
+        return Owner::of(pgdata);
+    }
+    if let Some(root) = repo.local_root() {
+        return Owner::of(root);
+    }
+    let parent = pgdata.ancestors().skip(1).find(|dir| dir.is_dir());
+    match parent.map(Owner::of) {
+        Some(Ok(owner)) => Ok(owner),
+        _ => Owner::named("postgres").map_err(|_| {
+            Error::Refused(format!(
+                "who should run the recovered server? The repository is remote, {} is owned by root and \
+                 there is no postgres OS user: chown the directory above --pgdata to the PostgreSQL OS user",
+                parent.unwrap_or(pgdata).display()
+            ))
+        }),
     }
 }
 

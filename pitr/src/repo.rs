@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, json};
 use crate::error::{Error, Result};
-use crate::storage::{LocalStorage, ObjectMeta, PutOutcome, Storage};
+use crate::storage::{LocalStorage, Location, ObjectMeta, PutOutcome, Storage};
 use crate::wal::{LongPageHeader, SegmentSize, WalFileName};
 
 /// The key of the metadata object.
@@ -294,13 +294,24 @@ pub struct Repo {
 }
 
 impl Repo {
+    /// The repository at `location` (an existing local directory, or an S3 prefix), acting on
+    /// its current generation.
+    pub fn open(location: &Location) -> Result<Repo> {
+        Ok(Repo::on(location.open()?))
+    }
+
     /// The repository in an existing local directory, acting on its current generation.
     pub fn open_local(root: impl Into<std::path::PathBuf>) -> Result<Repo> {
-        Ok(Repo {
-            storage: Arc::new(LocalStorage::open(root)?),
+        Ok(Repo::on(Arc::new(LocalStorage::open(root)?)))
+    }
+
+    /// The repository kept in `storage`, acting on its current generation.
+    pub fn on(storage: Arc<dyn Storage>) -> Repo {
+        Repo {
+            storage,
             pinned: None,
             pinned_record: Arc::default(),
-        })
+        }
     }
 
     /// This repository acting on generation `n` (refused when repo.json records no such
@@ -352,6 +363,17 @@ impl Repo {
         &*self.storage
     }
 
+    /// Checks that the storage honours create-only writes (see
+    /// [`crate::storage::check_create_only`]), with a probe object among the locks.
+    pub fn check_create_only(&self) -> Result<()> {
+        crate::storage::check_create_only(&*self.storage, CREATE_ONLY_PROBE)
+    }
+
+    /// The repository's directory, when it is on this host's file system.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.storage.local_root()
+    }
+
     /// Where the repository is, for messages.
     pub fn location(&self) -> String {
         let root = self.storage.describe("");
@@ -359,6 +381,12 @@ impl Repo {
             Some(trimmed) if !trimmed.is_empty() => trimmed.to_string(),
             _ => root,
         }
+    }
+
+    /// Whether `written` (a `--repo` value read from a command line) names this repository: the
+    /// same directory however the path is spelled, or the same S3 URL.
+    pub fn is_named_by(&self, written: &str) -> bool {
+        Location::parse(&self.location()).is_ok_and(|here| here.is_same_as(written))
     }
 
     /// Every generation (repo.json, then the records in generations/), or `None` for a
@@ -848,6 +876,8 @@ const MARKER_TEXT: &[u8] = b"This directory is the WAL archive of a pitr reposit
 
 /// A backup's manifest, in its directory: the backup exists once it is written.
 pub const MANIFEST: &str = "backup.manifest";
+/// The object `create-repo` writes twice and deletes, to check create-only writes.
+const CREATE_ONLY_PROBE: &str = "locks/create-only.probe";
 /// The copy of a backup's manifest, written just before it: read when the manifest is damaged.
 pub const MANIFEST_COPY: &str = "backup.manifest.copy";
 /// Present while a backup is taken or deleted: a backup directory with this marker and no

@@ -11,9 +11,11 @@
 //! with conditional puts (`If-None-Match: *`) and lease objects for locks (see `storage/s3.rs`).
 
 mod local;
+mod location;
 pub mod s3;
 
 pub use local::LocalStorage;
+pub use location::Location;
 pub use s3::{S3Config, S3Storage};
 
 use crate::error::Result;
@@ -133,10 +135,99 @@ pub trait Storage: Send + Sync {
 
     /// A human-readable location of `key`, for messages.
     fn describe(&self, key: &str) -> String;
+
+    /// The directory on this host that holds the objects, for a backend that keeps them on a
+    /// local file system (a restore must not overlap it); `None` for a remote store.
+    fn local_root(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// Holds a lock taken with [`Storage::try_lock`] until dropped.
 pub struct LockGuard(#[allow(dead_code)] Box<dyn Send>);
 
+/// Checks that `store` refuses a second create-only put of `key` (some S3-compatible stores
+/// ignore `If-None-Match: *` and overwrite, which one put cannot tell): two puts, a read, a
+/// delete. `create-repo` runs it once, not every operation.
+pub fn check_create_only(store: &dyn Storage, key: &str) -> Result<()> {
+    if store.put_if_absent(key, b"first")? == PutOutcome::AlreadyExists {
+        return Err(crate::Error::Refused(format!(
+            "{} already exists: it is where pitr checks that the store honours create-only writes; \
+             delete it and try again",
+            store.describe(key)
+        )));
+    }
+    let second = store.put_if_absent(key, b"second")?;
+    let kept = store.get(key)?;
+    store.delete(key)?;
+    if second != PutOutcome::AlreadyExists || kept.as_deref() != Some(&b"first"[..]) {
+        return Err(crate::Error::Refused(format!(
+            "{} replaced an existing object although the put was create-only (If-None-Match: *); pitr \
+             needs create-only writes and cannot use this store",
+            store.describe("")
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that ignores the create-only condition: every put replaces (as some
+    /// S3-compatible servers do with `If-None-Match: *`).
+    struct Overwriting(LocalStorage);
+
+    impl Storage for Overwriting {
+        fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
+            self.0.delete(key)?;
+            self.0.put_if_absent(key, data)
+        }
+        fn put_if_absent_deferred(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
+            self.put_if_absent(key, data)
+        }
+        fn sync_all_under(&self, dir: &str) -> Result<()> {
+            self.0.sync_all_under(dir)
+        }
+        fn sync(&self, key: &str) -> Result<()> {
+            self.0.sync(key)
+        }
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            self.0.get(key)
+        }
+        fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+            self.0.head(key)
+        }
+        fn list(&self, dir: &str) -> Result<Vec<String>> {
+            self.0.list(dir)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.0.delete(key)
+        }
+        fn try_lock(&self, name: &str) -> Result<Option<LockGuard>> {
+            self.0.try_lock(name)
+        }
+        fn available_bytes(&self) -> Result<Option<u64>> {
+            self.0.available_bytes()
+        }
+        fn describe(&self, key: &str) -> String {
+            self.0.describe(key)
+        }
+    }
+
+    #[test]
+    fn the_create_only_check_refuses_a_store_that_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let honest = LocalStorage::open(dir.path()).unwrap();
+        check_create_only(&honest, "locks/probe").unwrap();
+        assert_eq!(honest.get("locks/probe").unwrap(), None, "the probe is deleted");
+        let err = check_create_only(&Overwriting(honest.clone()), "locks/probe").unwrap_err();
+        assert!(err.to_string().contains("cannot use this store"), "{err}");
+        honest.put_if_absent("locks/probe", b"left over").unwrap();
+        let err = check_create_only(&honest, "locks/probe").unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+    }
+}

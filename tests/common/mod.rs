@@ -31,6 +31,8 @@
 //! Not every test uses every helper, hence the `dead_code` allowance below.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
@@ -795,7 +797,7 @@ fn conf_quote(value: &str) -> String {
 fn shell_safe(path: &Path) -> String {
     let s = path.to_str().expect("UTF-8 path");
     assert!(
-        s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=,".contains(&b)),
+        s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=,:".contains(&b)),
         "path {s:?} would need shell quoting; set PITR_TEST_TMPDIR to a simpler directory"
     );
     s.to_string()
@@ -942,8 +944,12 @@ pub struct ClusterOptions {
     pub archive: bool,
     /// Extra global `pitr` options placed before `archive-push` (e.g. `--compress gzip`).
     pub pitr_args: Vec<String>,
-    /// Archive into this existing repository instead of a new `repo/` in the cluster's directory.
+    /// Archive into this existing repository instead of a new `repo/` in the cluster's directory:
+    /// a directory, or an S3 URL ([`ClusterOptions::s3`]).
     pub repo: Option<PathBuf>,
+    /// Environment variables of every `pitr` command and of the server (whose archive_command
+    /// and restore_command run pitr): the S3 endpoint and credentials ([`ClusterOptions::s3`]).
+    pub env: Vec<(String, String)>,
     /// Extra postgresql.conf settings; they override the harness defaults of the same name.
     pub settings: Vec<(String, String)>,
     /// The PostgreSQL major version to run ([`server_bindir`]); `None`: [`pg_bindir`]'s.
@@ -961,6 +967,7 @@ impl Default for ClusterOptions {
             archive: true,
             pitr_args: Vec::new(),
             repo: None,
+            env: Vec::new(),
             settings: Vec::new(),
             version: None,
             bindir: None,
@@ -991,6 +998,14 @@ impl ClusterOptions {
     /// Archives into an existing repository.
     pub fn repo(mut self, repo: &Path) -> Self {
         self.repo = Some(repo.to_path_buf());
+        self
+    }
+
+    /// Archives into the repository `s3://pitr-test/<prefix>` on `server`; pitr and the server
+    /// get its endpoint and credentials through the environment.
+    pub fn s3(mut self, server: &s3::S3Server, prefix: &str) -> Self {
+        self.repo = Some(PathBuf::from(server.url(prefix)));
+        self.env = server.env();
         self
     }
 
@@ -1068,6 +1083,8 @@ pub struct BaseBackup {
     pub data: PathBuf,
     /// The repository the source cluster archives into.
     pub source_repo: PathBuf,
+    /// The source cluster's [`ClusterOptions::env`].
+    pub source_env: Vec<(String, String)>,
     /// Extra global `pitr` options of the source cluster's archive_command.
     pub source_pitr_args: Vec<String>,
     /// WAL segment holding the backup start.
@@ -1097,7 +1114,10 @@ pub struct Cluster {
     /// (or those of a backup of another major than [`pg_bindir`]'s): what its `pg_ctl` runs and
     /// `PITR_PG_BINDIR` for its `pitr` commands. `None`: [`bindir_for_data`].
     pitr_pg_bindir: Option<PathBuf>,
+    /// The `--repo` value: a directory, or an S3 URL.
     repo: PathBuf,
+    /// See [`ClusterOptions::env`].
+    env: Vec<(String, String)>,
     pitr: PathBuf,
     pitr_args: Vec<String>,
     port: u16,
@@ -1150,6 +1170,7 @@ impl Cluster {
             data,
             pitr_pg_bindir,
             repo,
+            env: opts.env.clone(),
             pitr,
             pitr_args: opts.pitr_args.clone(),
             port: 0,
@@ -1271,6 +1292,7 @@ impl Cluster {
     fn pg_ctl(&self) -> Command {
         let mut cmd = server_command(self.bindir().join("pg_ctl"));
         cmd.current_dir(self.dir.path()).arg("-D").arg(&self.data);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -1402,6 +1424,7 @@ impl Cluster {
     /// [`ClusterOptions::bindir`]).
     fn pitr_command(&self) -> Command {
         let mut cmd = pitr_command(&self.pitr);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(bindir) = &self.pitr_pg_bindir {
             cmd.env("PITR_PG_BINDIR", bindir);
         }
@@ -1686,6 +1709,7 @@ impl Cluster {
             dir,
             data,
             source_repo: self.repo.clone(),
+            source_env: self.env.clone(),
             source_pitr_args: self.pitr_args.clone(),
             start_wal_file: start_file,
             stop_wal_file: stop_file,
@@ -1703,6 +1727,7 @@ impl Cluster {
             dir,
             data,
             source_repo,
+            source_env,
             source_pitr_args,
             ..
         } = backup;
@@ -1715,6 +1740,7 @@ impl Cluster {
             data,
             pitr_pg_bindir,
             repo,
+            env: source_env,
             pitr,
             pitr_args: source_pitr_args,
             port: free_port(),

@@ -288,8 +288,11 @@ fn refuse_overlap(repo: &Repo, target: &Path, manifest: &Manifest) -> Result<()>
             .unwrap_or_else(|_| p.to_path_buf())
     };
     let overlap = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
-    let repo_path = resolve(Path::new(&repo.location()));
     let target = resolve(target);
+    let Some(repo_path) = repo.local_root().map(resolve) else {
+        // The repository is remote: only the tablespaces must stay out of the target.
+        return refuse_tablespace_overlap(&target, None, manifest, resolve);
+    };
     if overlap(&repo_path, &target) {
         return Err(Error::Refused(format!(
             "{} overlaps the repository {}: restore somewhere outside it",
@@ -297,16 +300,26 @@ fn refuse_overlap(repo: &Repo, target: &Path, manifest: &Manifest) -> Result<()>
             repo_path.display()
         )));
     }
+    refuse_tablespace_overlap(&target, Some(&repo_path), manifest, resolve)
+}
+
+/// No tablespace location may overlap the target or a local repository.
+fn refuse_tablespace_overlap(
+    target: &Path,
+    repo_path: Option<&Path>,
+    manifest: &Manifest,
+    resolve: impl Fn(&Path) -> std::path::PathBuf,
+) -> Result<()> {
+    let overlap = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
     for t in &manifest.tablespaces {
         let location = resolve(Path::new(&t.location));
-        if overlap(&location, &target) || overlap(&location, &repo_path) {
+        if overlap(&location, target) || repo_path.is_some_and(|repo| overlap(&location, repo)) {
+            let repository = repo_path.map_or(String::new(), |r| format!(" or the repository {}", r.display()));
             return Err(Error::Refused(format!(
-                "tablespace {} would be restored to {}, which overlaps {} or the repository {}: nothing was \
-                 restored",
+                "tablespace {} would be restored to {}, which overlaps {}{repository}: nothing was restored",
                 t.oid,
                 location.display(),
                 target.display(),
-                repo_path.display()
             )));
         }
     }

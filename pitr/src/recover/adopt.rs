@@ -196,11 +196,7 @@ fn calls_pitr_into(repo: &Repo, command: &str) -> bool {
             .find_map(|w| w.strip_prefix("--repo="))
             .map(|v| v.trim_matches(['\'', '"']))
     });
-    let same = |a: &Path, b: &Path| match (fs::canonicalize(a), fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    };
-    calls_pitr && repo_arg.is_some_and(|arg| same(Path::new(arg), Path::new(&repo.location())))
+    calls_pitr && repo_arg.is_some_and(|arg| repo.is_named_by(arg))
 }
 
 /// Stops a copy still running (pitr recover leaves it running on its private socket) and

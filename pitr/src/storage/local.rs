@@ -301,6 +301,10 @@ impl Storage for LocalStorage {
         Ok(Some(stat.f_bavail.saturating_mul(stat.f_frsize)))
     }
 
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
     fn describe(&self, key: &str) -> String {
         self.path(key).display().to_string()
     }

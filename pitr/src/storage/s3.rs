@@ -11,7 +11,7 @@
 //!   reported as a retryable error. A store that does not implement conditional writes (501, or
 //!   `object_store`'s conditional puts disabled) makes every put fail: pitr refuses rather than
 //!   overwrite. A store that silently *ignores* `If-None-Match` cannot be told apart by one put;
-//!   [`S3Storage::check_conditional_puts`] probes for it (`create-repo` is its place).
+//!   [`crate::storage::check_create_only`] probes for it (`create-repo` runs it).
 //! - **Atomic and durable**: a `PutObject` is all-or-nothing, and once S3 answers 200 the object
 //!   is stored redundantly. So [`Storage::sync`] and [`Storage::sync_all_under`] have nothing to
 //!   do, and a deferred put is an ordinary put.
@@ -184,9 +184,73 @@ impl S3Config {
         })
     }
 
-    /// [`S3Config::from_url`] completed from the process environment.
+    /// [`S3Config::from_url`] completed from the process environment and the AWS profile files.
     pub fn from_url_and_env(url: &str) -> Result<S3Config> {
-        Ok(S3Config::from_url(url)?.with_env(|name| std::env::var(name).ok()))
+        Ok(S3Config::from_url(url)?.with_process_environment())
+    }
+
+    /// Completed from this process's environment ([`S3Config::with_env`]), then from the AWS
+    /// profile files it names ([`S3Config::with_profile_files`]).
+    pub fn with_process_environment(self) -> S3Config {
+        let lookup = |name: &str| std::env::var(name).ok();
+        self.with_env(lookup)
+            .with_profile_files(lookup, |path| std::fs::read_to_string(path).ok())
+    }
+
+    /// Fills what is still not set from the AWS profile files, as the AWS tools read them: the
+    /// profile `AWS_PROFILE` (default `default`) of the credentials file
+    /// (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`: `aws_access_key_id`,
+    /// `aws_secret_access_key`, `aws_session_token`) and of the config file (`AWS_CONFIG_FILE`,
+    /// default `~/.aws/config`, sections `[profile NAME]` and `[default]`: the same keys,
+    /// `region`, `endpoint_url`). The credentials file wins over the config file. A missing or
+    /// unreadable file is skipped: the credential chain (instance metadata) comes next.
+    pub fn with_profile_files(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+        read: impl Fn(&std::path::Path) -> Option<String>,
+    ) -> S3Config {
+        let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        let home = get("HOME").map(std::path::PathBuf::from);
+        let file = |variable: &str, default: &str| {
+            get(variable)
+                .map(std::path::PathBuf::from)
+                .or_else(|| home.as_ref().map(|h| h.join(".aws").join(default)))
+        };
+        let profile = get("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
+        let credentials = file("AWS_SHARED_CREDENTIALS_FILE", "credentials")
+            .and_then(|path| read(&path))
+            .map(|text| profile_section(&text, &profile))
+            .unwrap_or_default();
+        let config_section = if profile == "default" {
+            profile.clone()
+        } else {
+            format!("profile {profile}")
+        };
+        let config = file("AWS_CONFIG_FILE", "config")
+            .and_then(|path| read(&path))
+            .map(|text| profile_section(&text, &config_section))
+            .unwrap_or_default();
+        let value = |key: &str| {
+            credentials
+                .iter()
+                .chain(&config)
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        if self.access_key_id.is_none() && self.secret_access_key.is_none() && self.credential_chain.is_empty() {
+            if let (Some(id), Some(secret)) = (value("aws_access_key_id"), value("aws_secret_access_key")) {
+                self.access_key_id = Some(id);
+                self.secret_access_key = Some(Secret(secret));
+                self.session_token = value("aws_session_token").map(Secret);
+            }
+        }
+        if self.region.is_none() {
+            self.region = value("region");
+        }
+        if self.endpoint.is_none() {
+            self.endpoint = value("endpoint_url");
+        }
+        self
     }
 
     /// Fills what is not set yet from the AWS environment variables, read through `lookup`
@@ -197,7 +261,7 @@ impl S3Config {
     /// - path-style: `AWS_VIRTUAL_HOSTED_STYLE_REQUEST` (`true`/`false`, `object_store`'s name);
     /// - the credential chain's own variables (see [`S3Config::credential_chain`]).
     ///
-    /// Profile files (`~/.aws/credentials`, `AWS_PROFILE`) are not read.
+    /// Profile files are [`S3Config::with_profile_files`]'s.
     pub fn with_env(mut self, lookup: impl Fn(&str) -> Option<String>) -> S3Config {
         let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
         let first = |names: &[&str]| names.iter().find_map(|n| get(n));
@@ -466,30 +530,6 @@ impl S3Storage {
         &self.inner.url
     }
 
-    /// Checks that the store refuses a second create-only put of a key (some S3-compatible
-    /// stores ignore `If-None-Match` and overwrite), with two puts of `key` and a delete. For
-    /// `create-repo`: once, not per operation.
-    pub fn check_conditional_puts(&self, key: &str) -> Result<()> {
-        if self.put_if_absent(key, b"first")? == PutOutcome::AlreadyExists {
-            return Err(Error::Refused(format!(
-                "{} already exists: it is where pitr checks that the store honours create-only writes; \
-                 delete it and try again",
-                self.describe(key)
-            )));
-        }
-        let second = self.put_if_absent(key, b"second")?;
-        let kept = self.get(key)?;
-        self.delete(key)?;
-        if second != PutOutcome::AlreadyExists || kept.as_deref() != Some(&b"first"[..]) {
-            return Err(Error::Refused(format!(
-                "{} replaced an existing object although the put said If-None-Match: *; pitr needs \
-                 create-only writes and cannot use this store",
-                self.inner.url
-            )));
-        }
-        Ok(())
-    }
-
     /// Runs `future` on this storage's runtime and waits for it on the calling thread, in a way
     /// that works inside and outside a tokio runtime. `None` when [`OPERATION_DEADLINE`] passed
     /// first or the task died.
@@ -724,6 +764,28 @@ impl S3Storage {
 /// The HTTP status of a failed request, or the kind of transport failure when there was no
 /// answer. `object_store` keeps its request error private: the variants say the statuses it
 /// maps, the message says the others ("... status code: 503 ...").
+/// The `key = value` lines of section `[name]` of an AWS profile file (INI: `#` and `;`
+/// comments, keys lowercased, the first section of that name).
+fn profile_section(text: &str, name: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut found = false;
+    let mut pairs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with(['#', ';']) {
+            continue;
+        }
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = !found && section.trim() == name;
+            found |= inside;
+            continue;
+        }
+        if let (true, Some((key, value))) = (inside, line.split_once('=')) {
+            pairs.push((key.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    pairs
+}
+
 fn classify(e: &object_store::Error) -> (Option<u16>, Option<HttpErrorKind>) {
     use object_store::Error as E;
     let mut transport = None;
@@ -1078,6 +1140,56 @@ mod tests {
         ] {
             assert!(S3Config::from_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn profile_files_fill_what_the_environment_left_unset() {
+        let credentials = "[default]\naws_access_key_id = DEF\naws_secret_access_key = defsecret\n\
+                           [ops]\n# a comment\nAWS_ACCESS_KEY_ID = OPS\naws_secret_access_key=opssecret\n\
+                           aws_session_token = tok\n[ops]\naws_access_key_id = LATER\n";
+        let config = "[default]\nregion = eu-west-1\n[profile ops]\nregion = eu-central-1\n\
+                      endpoint_url = http://127.0.0.1:9000\n";
+        let read = |path: &std::path::Path| match path.to_str() {
+            Some("/home/u/.aws/credentials") => Some(credentials.to_string()),
+            Some("/home/u/.aws/config") => Some(config.to_string()),
+            _ => None,
+        };
+        let base = || S3Config::from_url("s3://bucket/p").unwrap();
+        let default = base().with_profile_files(env(&[("HOME", "/home/u")]), read);
+        assert_eq!(default.access_key_id.as_deref(), Some("DEF"));
+        assert_eq!(
+            default.secret_access_key.as_ref().map(Secret::expose),
+            Some("defsecret")
+        );
+        assert_eq!(default.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(default.endpoint, None);
+        let ops = base().with_profile_files(env(&[("HOME", "/home/u"), ("AWS_PROFILE", "ops")]), read);
+        assert_eq!(
+            ops.access_key_id.as_deref(),
+            Some("OPS"),
+            "the first section of a name counts"
+        );
+        assert_eq!(ops.session_token.as_ref().map(Secret::expose), Some("tok"));
+        assert_eq!(ops.region.as_deref(), Some("eu-central-1"));
+        assert_eq!(ops.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        let from_env = base()
+            .with_env(env(&[
+                ("AWS_ACCESS_KEY_ID", "ENV"),
+                ("AWS_SECRET_ACCESS_KEY", "envsecret"),
+                ("AWS_REGION", "r1"),
+            ]))
+            .with_profile_files(env(&[("HOME", "/home/u")]), read);
+        assert_eq!(from_env.access_key_id.as_deref(), Some("ENV"), "the environment wins");
+        assert_eq!(from_env.region.as_deref(), Some("r1"));
+        let elsewhere = base().with_profile_files(
+            env(&[
+                ("HOME", "/nowhere"),
+                ("AWS_SHARED_CREDENTIALS_FILE", "/home/u/.aws/credentials"),
+            ]),
+            read,
+        );
+        assert_eq!(elsewhere.access_key_id.as_deref(), Some("DEF"));
+        assert_eq!(elsewhere.region, None, "no config file there");
     }
 
     #[test]
