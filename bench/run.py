@@ -1819,11 +1819,11 @@ def _s3_backup_restore(b: Bench, s3: S3Bench, pitr_ok: bool) -> None:
                      f"restore: {label}", "MB").values = rrss[t]
     if not pitr_ok:
         return
-    # What a pitr process costs before it moves any data: `pitr info` on the same repository
-    # (runtime, TLS client, the repository's catalog), the base the per-job buffers come on top of.
-    base = [s3.run(s3.pitr("main", "info"), rss=True).rss_kb / 1024 for _ in range(3)]
-    b.res.series("s3-rss-info", G7, "peak RSS (/usr/bin/time -v, largest process)",
-                 "pitr info on the same repository (no data moved)", "MB").values = base
+    # What a pitr process costs before it moves any data: `pitr list` on the same repository
+    # (runtime, TLS client, the backups' summaries), the base the per-job buffers come on top of.
+    base = [s3.run(s3.pitr("main", "list"), rss=True).rss_kb / 1024 for _ in range(3)]
+    b.res.series("s3-rss-list", G7, "peak RSS (/usr/bin/time -v, largest process)",
+                 "pitr list on the same repository (no data moved)", "MB").values = base
     for j in "12":
         b.res.ratio(G7, f"S3 backup time: pitr --jobs {j} / pgbackrest process-max={j}",
                     [x / y for x, y in zip(secs["pitr-j" + j], secs["pgbr-pm" + j])], 0.8)
@@ -1834,7 +1834,7 @@ def _s3_backup_restore(b: Bench, s3: S3Bench, pitr_ok: bool) -> None:
                 [x / y for x, y in zip(rss["pitr-j2"], rss["pgbr-pm2"])])
     b.res.ratio(G7, "S3 restore peak RSS: pitr --jobs 2 / pgbackrest process-max=2",
                 [x / y for x, y in zip(rrss["pitr-j2"], rrss["pgbr-pm2"])])
-    # Memory bounded by jobs × part size: what the process holds above its base (`pitr info`),
+    # Memory bounded by jobs × part size: what the process holds above its base (`pitr list`),
     # against jobs × PART_SIZE. MB here are MiB (time -v's kbytes / 1024).
     base_m = med(base)
     for what, d in (("backup", rss), ("restore", rrss)):
@@ -1844,7 +1844,7 @@ def _s3_backup_restore(b: Bench, s3: S3Bench, pitr_ok: bool) -> None:
             b.res.targets.append((
                 f"S3 {what} --jobs {j}: memory above a process that moves nothing ≤ jobs × part size",
                 f"{fmt(peak - base_m)} MiB (peak {fmt(peak)} MiB, the largest of {len(d[f'pitr-j{j}'])} runs, "
-                f"less pitr info's {fmt(base_m)} MiB)", f"≤ {bound} MiB ({j} × {PART_MIB} MiB)",
+                f"less pitr list's {fmt(base_m)} MiB)", f"≤ {bound} MiB ({j} × {PART_MIB} MiB)",
                 peak - base_m <= bound))
 
 
@@ -2203,7 +2203,7 @@ removes it at the end.
   in sections 1 and 2 (one process per segment, a fresh repository per tool per run, the tools taking turns);
   backup and restore as in sections 3 and 4, after a restart of the cluster with the AWS variables in its
   environment and an archive_command that archives into both S3 repositories. Peak RSS as in section 5; the
-  memory target compares the peak RSS of pitr backup and restore less that of `pitr info` on the same
+  memory target compares the peak RSS of pitr backup and restore less that of `pitr list` on the same
   repository (a pitr process that moves no data) with jobs × the 16 MiB part size.
 - Between timed operations the harness calls `sync` (untimed) so one run's writeback does not land in the
   next run's time.
