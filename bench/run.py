@@ -1485,8 +1485,8 @@ class S3Server:
             raise CommandFailed("s3s-fs not found: run `bash .ci/install-s3s-fs` (or set PITR_S3S_FS)")
         self.binary = binary
         self.version = sh([binary, "--version"])
-        self.stunnel_version = sh(["stunnel4", "-version"], check=False).splitlines()[0] if shutil.which(
-            "stunnel4") else "?"
+        m = re.search(r"stunnel [0-9.]+[^\n]*", sh(["stunnel4", "-version"], check=False))
+        self.stunnel_version = m.group(0) if m else "stunnel4 (version unknown)"
         self._certificates()
         self.port = free_port()
         log = b.tmp / "logs" / "s3s-fs.log"
