@@ -44,7 +44,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FINDINGS = Path(__file__).resolve().parent / "findings.md"
 SCALE = Path(__file__).resolve().parent / "scale.md"
+S3_NOTES = Path(__file__).resolve().parent / "s3.md"
 DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
+# cargo's target directory: CARGO_TARGET_DIR when set (cargo build honours it too), else target/.
+TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
 MiB = 1 << 20
 
 # Ports of the benchmark clusters. They listen on a private socket directory only
@@ -339,6 +342,7 @@ class Bench:
         self.started = time.time()
         self.loads: List[float] = []
         self.busy: Dict[str, float] = {}  # section -> CPU share other processes used just before it
+        self.background: List[subprocess.Popen] = []  # servers of our own (s3s-fs, stunnel): stopped at the end
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -386,7 +390,7 @@ class Bench:
                                stderr=subprocess.STDOUT, text=True)
             if p.returncode != 0:
                 raise CommandFailed("cargo build --release failed:\n" + p.stdout[-4000:])
-        src = REPO_ROOT / "target" / "release" / "pitr"
+        src = TARGET_DIR / "release" / "pitr"
         if not src.exists():
             raise CommandFailed(f"{src} does not exist: run cargo build --release")
         shutil.copy2(src, self.pitr)
@@ -556,10 +560,23 @@ pg1-port={PORT_MAIN}
         for pid_file in list(self.tmp.glob("**/postmaster.pid")):
             datadir = pid_file.parent
             self.run([self.pg("pg_ctl"), "-D", datadir, "-m", "immediate", "-w", "stop"], check=False)
+        for proc in self.background:
+            stop_process(proc)
         if self.opts.keep:
             progress(f"kept {self.tmp}")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Stops one process we started (by its own handle), politely first."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def cpu_busy_fraction(seconds: float) -> float:
@@ -1377,6 +1394,461 @@ def replay_comparison(b: Bench, n: int, key: str, workload: str, write: Callable
 
 
 # ----------------------------------------------------------------------------------------------
+# Section 7: the same operations on an S3 server (issue 14, point 7)
+# ----------------------------------------------------------------------------------------------
+
+G7 = "7. S3: pitr and pgBackRest on the same S3 server (s3s-fs behind stunnel)"
+S3_BUCKET_PITR = "bench-pitr"
+S3_BUCKET_PGBR = "bench-pgbr"
+S3_REGION = "us-east-1"
+# pitr's part size (PART_SIZE in pitr/src/backup/manifest.rs): backup and restore move files in
+# parts of this size, so their memory should be bounded by jobs × this.
+PART_MIB = 16
+
+
+def s3s_fs_binary() -> Optional[str]:
+    """s3s-fs as the tests find it: PITR_S3S_FS, the cache .ci/install-s3s-fs fills, PATH."""
+    for candidate in (os.environ.get("PITR_S3S_FS"), "/var/cache/pitr/s3s-fs/bin/s3s-fs"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return shutil.which("s3s-fs")
+
+
+# s3s-fs does not set TCP_NODELAY on the connections it accepts: hyper writes an answer's headers
+# and then its body, and the body (when shorter than a segment) waits for the ACK of the headers,
+# which the client's kernel delays by up to 40 ms. Every small GET then takes 40 ms more than it
+# should (pgBackRest's restore from S3: 23 s instead of 8 s on pgbench scale 10). No real S3
+# service answers like that. This preloaded shim sets TCP_NODELAY on every accepted connection,
+# and nothing else; it is compiled with cc into the temp dir.
+NODELAY_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+    static int (*real)(int, struct sockaddr *, socklen_t *, int);
+    if (!real) real = (int (*)(int, struct sockaddr *, socklen_t *, int))dlsym(RTLD_NEXT, "accept4");
+    int s = real(fd, addr, len, flags);
+    if (s >= 0) { int one = 1; setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); }
+    return s;
+}
+int accept(int fd, struct sockaddr *addr, socklen_t *len) { return accept4(fd, addr, len, 0); }
+"""
+
+
+def nodelay_shim(directory: Path) -> Path:
+    """The TCP_NODELAY shim for s3s-fs (see NODELAY_SHIM), built into `directory`."""
+    src, lib = directory / "nodelay.c", directory / "nodelay.so"
+    src.write_text(NODELAY_SHIM)
+    sh(["cc", "-shared", "-fPIC", "-O2", "-o", lib, src, "-ldl"])
+    return lib
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 20) -> None:
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise CommandFailed(f"{proc.args[0]} exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise CommandFailed(f"nothing listens on port {port} after {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+class S3Server:
+    """s3s-fs on a loopback port with its root in the temp dir, and stunnel in front of it
+    (TLS with a certificate signed by a CA made for this run): pgBackRest's S3 repository speaks
+    only https. pitr goes through the same stunnel and verifies the certificate (SSL_CERT_FILE
+    names the run's CA); `plain` is the same server without TLS."""
+
+    def __init__(self, b: Bench, log_requests: bool = False):
+        self.b = b
+        self.dir = b.tmp / "s3"
+        self.root = self.dir / "root"
+        self.root.mkdir(parents=True)
+        self.access_key = "bench" + os.urandom(4).hex()
+        self.secret_key = os.urandom(16).hex()
+        self.ca = self.dir / "ca.crt"
+        binary = s3s_fs_binary()
+        if not binary:
+            raise CommandFailed("s3s-fs not found: run `bash .ci/install-s3s-fs` (or set PITR_S3S_FS)")
+        self.binary = binary
+        self.version = sh([binary, "--version"])
+        m = re.search(r"stunnel [0-9.]+[^\n]*", sh(["stunnel4", "-version"], check=False))
+        self.stunnel_version = m.group(0) if m else "stunnel4 (version unknown)"
+        self._certificates()
+        self.port = free_port()
+        log = b.tmp / "logs" / "s3s-fs.log"
+        env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(nodelay_shim(self.dir))}
+        if log_requests:
+            env["RUST_LOG"] = "s3s::ops=debug"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [binary, "--host", "127.0.0.1", "--port", str(self.port), "--access-key", self.access_key,
+                 "--secret-key", self.secret_key, str(self.root)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+        b.background.append(self.proc)
+        wait_port(self.port, self.proc, log)
+        self.tls_port = free_port()
+        conf = self.dir / "stunnel.conf"
+        conf.write_text(f"""foreground = yes
+pid =
+debug = 3
+# No Nagle on either side: small requests and answers are not held back for a delayed ACK.
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+[s3]
+accept = 127.0.0.1:{self.tls_port}
+connect = 127.0.0.1:{self.port}
+cert = {self.dir / 'server.crt'}
+key = {self.dir / 'server.key'}
+""")
+        slog = b.tmp / "logs" / "stunnel.log"
+        with open(slog, "ab") as out:
+            self.stunnel = subprocess.Popen(["stunnel4", str(conf)], stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT)
+        b.background.append(self.stunnel)
+        wait_port(self.tls_port, self.stunnel, slog)
+        for bucket in (S3_BUCKET_PITR, S3_BUCKET_PGBR):
+            (self.root / bucket).mkdir()
+
+    def _certificates(self) -> None:
+        d = self.dir
+        sh(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d / "ca.key", "-out", self.ca,
+            "-days", "2", "-subj", "/CN=pitr bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign"])
+        sh(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", d / "server.key", "-out", d / "server.csr",
+            "-subj", "/CN=127.0.0.1"])
+        (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                                   "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+        sh(["openssl", "x509", "-req", "-in", d / "server.csr", "-CA", self.ca, "-CAkey", d / "ca.key",
+            "-CAcreateserial", "-out", d / "server.crt", "-days", "2", "-extfile", d / "ext.cnf"])
+        os.chmod(self.dir, 0o755)
+        os.chmod(self.ca, 0o644)
+
+    def env(self, tls: bool = True) -> Dict[str, str]:
+        """The standard AWS variables pitr reads, for this server."""
+        env = {
+            "AWS_ENDPOINT_URL": (f"https://127.0.0.1:{self.tls_port}" if tls else f"http://127.0.0.1:{self.port}"),
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": S3_REGION,
+        }
+        if tls:
+            env["SSL_CERT_FILE"] = str(self.ca)
+        return env
+
+    def path(self, bucket: str, key: str = "") -> Path:
+        """Where s3s-fs keeps an object or a 'directory' of keys: root/bucket/key."""
+        return self.root / bucket / key.strip("/")
+
+
+class S3Bench:
+    """The S3 side of the bench: the server, pgBackRest's S3 configuration (its own config file,
+    a stanza per repository path), pitr's repository URLs."""
+
+    def __init__(self, b: Bench):
+        self.b = b
+        self.server = S3Server(b)
+        self.conf = b.pgbr_dir / "s3.conf"
+        for d in ("log-s3", "lock-s3", "spool-s3"):
+            b.mkdir_pg(b.pgbr_dir / d)
+        s = self.server
+        self.conf.write_text(f"""[global]
+repo1-type=s3
+repo1-s3-endpoint=127.0.0.1
+repo1-s3-port={s.tls_port}
+repo1-s3-uri-style=path
+repo1-s3-verify-tls=n
+repo1-s3-bucket={S3_BUCKET_PGBR}
+repo1-s3-key={s.access_key}
+repo1-s3-key-secret={s.secret_key}
+repo1-s3-region={S3_REGION}
+repo1-path=/main
+repo1-retention-full=2
+log-path={b.pgbr_dir / 'log-s3'}
+lock-path={b.pgbr_dir / 'lock-s3'}
+spool-path={b.pgbr_dir / 'spool-s3'}
+log-level-console=warn
+log-level-stderr=warn
+start-fast=y
+compress-type=zst
+compress-level=3
+
+[bench]
+pg1-path={b.pgdata}
+pg1-socket-path={b.tmp / 'sock'}
+pg1-port={PORT_MAIN}
+""")
+        os.chmod(self.conf, 0o640)
+        b.chown_tree(self.conf)
+        self.env_tls = s.env(tls=True)
+        self.env_plain = s.env(tls=False)
+
+    def pgbr(self, *args: str, path: Optional[str] = None) -> List[str]:
+        argv = ["pgbackrest", f"--config={self.conf}", f"--config-include-path={self.b.pgbr_dir / 'conf.d'}",
+                "--stanza=bench"]
+        if path is not None:
+            argv.append(f"--repo1-path={path}")
+        return argv + list(args)
+
+    def pitr_url(self, prefix: str) -> str:
+        return f"s3://{S3_BUCKET_PITR}/{prefix}"
+
+    def pitr(self, prefix: str, *args: str) -> List[str]:
+        return self.b.pitr_cmd(self.pitr_url(prefix), *args)
+
+    def new_pgbr_repo(self, path: str) -> None:
+        self.b.run(self.pgbr("stanza-create", path=path))
+
+    def run(self, argv: Sequence[str], tls: bool = True, **kw) -> Run:
+        return self.b.run(argv, env=self.env_tls if tls else self.env_plain, **kw)
+
+
+# (key, label): pitr through stunnel like pgBackRest, pgBackRest, pitr straight to s3s-fs over http.
+S3_PUSH_TOOLS = [
+    ("pitr", "pitr zstd:3 (https through stunnel)"),
+    ("pgbr", "pgBackRest zst:3 (https through stunnel)"),
+    ("pitr-http", "pitr zstd:3 (plain http, no stunnel)"),
+]
+
+
+def s3_push_command(s3: S3Bench, tool: str, prefix: str, seg: Path) -> Tuple[List[str], bool]:
+    if tool == "pgbr":
+        return s3.pgbr("archive-push", str(seg), path=f"/{prefix}"), True
+    return s3.pitr(prefix, "archive-push", str(seg)), tool == "pitr"
+
+
+def s3_get_command(s3: S3Bench, tool: str, prefix: str, name: str, dest: Path) -> Tuple[List[str], bool]:
+    if tool == "pgbr":
+        return s3.pgbr("archive-get", name, str(dest), path=f"/{prefix}"), True
+    return s3.pitr(prefix, "archive-get", name, str(dest)), tool == "pitr"
+
+
+def s3_backup_once(s3: S3Bench, tool: str) -> Tuple[Run, int]:
+    b = s3.b
+    jobs = tool[-1]
+    if tool.startswith("pitr"):
+        daily = s3.server.path(S3_BUCKET_PITR, "main/daily")
+        before = set(os.listdir(daily)) if daily.exists() else set()
+        run = s3.run(s3.pitr("main", "backup", "--tier", "daily", "--fast", "--jobs", jobs), rss=True)
+        new = set(os.listdir(daily)) - before
+        if len(new) != 1:
+            raise CommandFailed(f"pitr backup to S3: expected one new backup in {daily}, found {new}")
+        return run, tree_bytes(daily / new.pop())
+    bdir = s3.server.path(S3_BUCKET_PGBR, "main/backup/bench")
+    before = set(os.listdir(bdir)) if bdir.exists() else set()
+    run = s3.run(s3.pgbr("backup", "--type=full", f"--process-max={jobs}"), rss=True)
+    new = {d for d in set(os.listdir(bdir)) - before if d.endswith("F")}
+    if len(new) != 1:
+        raise CommandFailed(f"pgbackrest backup to S3: expected one new backup in {bdir}, found {new}")
+    return run, tree_bytes(bdir / new.pop())
+
+
+def s3_restore_once(s3: S3Bench, tool: str) -> Run:
+    b = s3.b
+    target = b.tmp / "work" / "restore-s3"
+    jobs = tool[-1]
+    if tool.startswith("pitr"):
+        run = s3.run(s3.pitr("main", "restore", "--pgdata", str(target), "--jobs", jobs), rss=True)
+    else:
+        b.mkdir_pg(target)
+        run = s3.run(s3.pgbr("restore", f"--pg1-path={target}", f"--process-max={jobs}"), rss=True)
+    if not (target / "global" / "pg_control").exists():
+        raise CommandFailed(f"{tool} restore from S3 left no global/pg_control")
+    shutil.rmtree(target)
+    return run
+
+
+def section_s3(b: Bench) -> None:
+    """archive-push, archive-get, full backup and restore against one S3 server (s3s-fs, on this
+    machine, objects as files on the same disk), pitr side by side with pgBackRest `repo1-type=s3`.
+    pgBackRest speaks only https to S3: stunnel terminates TLS in front of s3s-fs, with a
+    certificate of a CA made for the run (pgBackRest: `repo1-s3-verify-tls=n`; pitr verifies it,
+    `SSL_CERT_FILE` names the CA). Both go through the same stunnel; pitr straight over http is
+    shown too (archive-push/get), for what TLS and the extra hop cost. Same scheme as the local
+    sections: one process per segment, tools taking turns, order rotating; backups and restores in
+    an order that reverses every run. The cluster is restarted with the AWS variables in its
+    environment (as a service unit would set them) and its archive_command archives into both S3
+    repositories during the section."""
+    s3 = S3Bench(b)
+    # Does this pitr take S3 repositories on its command line? (`--repo s3://...`: Repo::open.)
+    probe = s3.run(s3.pitr("probe", "list"), check=False)
+    pitr_ok = probe.returncode == 0
+    if not pitr_ok:
+        reason = ("this pitr does not take `--repo s3://...` yet: " + probe.output.strip().splitlines()[-1][:200]
+                  if probe.output.strip() else "this pitr does not take `--repo s3://...` yet")
+        for measure in ("archive-push, one process per 16 MiB segment", "archive-get, one process per 16 MiB segment",
+                        "full backup and restore"):
+            b.res.pending.append(Pending(G7, f"pitr: {measure}", reason))
+    b.versions["S3 server"] = f"{s3.server.version} (objects as files under a directory on the temp dir's disk)"
+    b.versions["TLS terminator"] = s3.server.stunnel_version
+    n = len(b.corpus)
+    tools = [t for t, _ in S3_PUSH_TOOLS if pitr_ok or t == "pgbr"]
+    labels = dict(S3_PUSH_TOOLS)
+
+    # archive-push: a fresh repository per tool per run.
+    push: Dict[str, List[float]] = {t: [] for t in tools}
+    for r in range(b.opts.runs):
+        progress(f"S3 archive-push run {r + 1}/{b.opts.runs}")
+        prefixes = {t: f"push-{r}-{t}" for t in tools}
+        s3.new_pgbr_repo(f"/{prefixes['pgbr']}")
+        b.settle()
+        elapsed = {t: 0.0 for t in tools}
+        for i, seg in enumerate(b.corpus):
+            for t in rotate(tools, r + i):
+                argv, tls = s3_push_command(s3, t, prefixes[t], seg)
+                elapsed[t] += s3.run(argv, tls=tls).seconds
+        for t in tools:
+            push[t].append(elapsed[t] / n * 1000)
+    for t in tools:
+        b.res.series(f"s3-push-{t}", G7, "archive-push, one process per 16 MiB segment", labels[t],
+                     "ms/segment").values = push[t]
+
+    # archive-get from the first run's repositories.
+    get: Dict[str, List[float]] = {t: [] for t in tools}
+    dest_dirs = {t: b.mkdir_pg(b.tmp / "work" / f"s3-get-{t}") for t in tools}
+    for r in range(b.opts.runs):
+        progress(f"S3 archive-get run {r + 1}/{b.opts.runs}")
+        b.settle()
+        elapsed = {t: 0.0 for t in tools}
+        for i, seg in enumerate(b.corpus):
+            for t in rotate(tools, r + i):
+                dest = dest_dirs[t] / "RECOVERYXLOG"
+                argv, tls = s3_get_command(s3, t, f"push-0-{t}", seg.name, dest)
+                elapsed[t] += s3.run(argv, tls=tls).seconds
+                if r == 0 and not filecmp.cmp(dest, seg, shallow=False):
+                    raise CommandFailed(f"{t} archive-get from S3 of {seg.name} returned different bytes")
+                dest.unlink()
+        for t in tools:
+            get[t].append(elapsed[t] / n * 1000)
+    for t in tools:
+        b.res.series(f"s3-get-{t}", G7, "archive-get, one process per 16 MiB segment", labels[t],
+                     "ms/segment").values = get[t]
+    pair = lambda d, x, y: [p / q for p, q in zip(d[x], d[y])]
+    if pitr_ok:
+        b.res.ratio(G7, "S3 archive-push: pitr / pgBackRest zst:3, both through stunnel", pair(push, "pitr", "pgbr"),
+                    0.8)
+        b.res.ratio(G7, "S3 archive-get: pitr / pgBackRest zst:3, both through stunnel", pair(get, "pitr", "pgbr"),
+                    0.8)
+        b.res.ratio(G7, "S3 archive-push: pitr plain http / pitr through stunnel", pair(push, "pitr-http", "pitr"),
+                    note="what TLS and the stunnel hop cost pitr per segment")
+        b.res.ratio(G7, "S3 archive-get: pitr plain http / pitr through stunnel", pair(get, "pitr-http", "pitr"))
+
+    # Backup and restore: the cluster archives into both S3 repositories, from an environment
+    # that holds the AWS variables (a restart with them in the postmaster's environment).
+    progress("S3 backup: restart the cluster with the AWS variables, archive into both S3 repositories")
+    s3.new_pgbr_repo("/main")
+    b.run_.base_env.update(s3.env_tls)
+    b.run([b.pg("pg_ctl"), "-D", b.pgdata, "-l", b.tmp / "logs" / "postgresql.log", "-w", "-m", "fast", "restart"])
+    previous = b.run_.sql("SHOW archive_command")
+    both = (f"{shlex.join(s3.pitr('main', 'archive-push'))} %p && " if pitr_ok else "") + (
+        f"{shlex.join(s3.pgbr('archive-push'))} %p")
+    set_archive_command(b, both)
+    try:
+        b.run_.sql("SELECT pg_switch_wal()")
+        b.run_.sql("CHECKPOINT")
+        b.wait_archiver()
+        _s3_backup_restore(b, s3, pitr_ok)
+    finally:
+        b.wait_archiver()
+        set_archive_command(b, previous)
+
+
+S3_BACKUP_TOOLS = [
+    ("pitr-j1", "pitr backup --jobs 1"),
+    ("pgbr-pm1", "pgbackrest backup process-max=1"),
+    ("pgbr-pm2", "pgbackrest backup process-max=2"),
+    ("pitr-j2", "pitr backup --jobs 2"),
+]
+S3_RESTORE_TOOLS = [
+    ("pitr-j1", "pitr restore --jobs 1"),
+    ("pgbr-pm1", "pgbackrest restore process-max=1"),
+    ("pgbr-pm2", "pgbackrest restore process-max=2"),
+    ("pitr-j2", "pitr restore --jobs 2"),
+]
+
+
+def _s3_backup_restore(b: Bench, s3: S3Bench, pitr_ok: bool) -> None:
+    data_mib = b.data_bytes / MiB
+    backup_tools = [(t, l) for t, l in S3_BACKUP_TOOLS if pitr_ok or t.startswith("pgbr")]
+    restore_tools = [(t, l) for t, l in S3_RESTORE_TOOLS if pitr_ok or t.startswith("pgbr")]
+    secs: Dict[str, List[float]] = {t: [] for t, _ in backup_tools}
+    sizes: Dict[str, List[float]] = {t: [] for t, _ in backup_tools}
+    rss: Dict[str, List[float]] = {t: [] for t, _ in backup_tools}
+    for r in range(b.opts.runs):
+        progress(f"S3 backup run {r + 1}/{b.opts.runs}")
+        for t, _ in (backup_tools if r % 2 == 0 else list(reversed(backup_tools))):
+            b.settle()
+            run, size = s3_backup_once(s3, t)
+            secs[t].append(run.seconds)
+            sizes[t].append(size / MiB)
+            rss[t].append(run.rss_kb / 1024)
+    measure = f"full backup of the pgbench scale-{b.opts.scale} cluster ({data_mib:,.0f} MiB), seconds"
+    for t, label in backup_tools:
+        b.res.series(f"s3-backup-s-{t}", G7, measure, label, "s",
+                     note=f"{data_mib / med(secs[t]):.0f} MiB/s; stored {med(sizes[t]):.0f} MiB").values = secs[t]
+    rsecs: Dict[str, List[float]] = {t: [] for t, _ in restore_tools}
+    rrss: Dict[str, List[float]] = {t: [] for t, _ in restore_tools}
+    for r in range(b.opts.runs):
+        progress(f"S3 restore run {r + 1}/{b.opts.runs}")
+        for t, _ in (restore_tools if r % 2 == 0 else list(reversed(restore_tools))):
+            b.settle()
+            run = s3_restore_once(s3, t)
+            rsecs[t].append(run.seconds)
+            rrss[t].append(run.rss_kb / 1024)
+    for t, label in restore_tools:
+        b.res.series(f"s3-restore-s-{t}", G7, "restore of the newest backup (files only), seconds", label, "s",
+                     note=f"{data_mib / med(rsecs[t]):.0f} MiB/s").values = rsecs[t]
+    for t, label in backup_tools:
+        b.res.series(f"s3-rss-backup-{t}", G7, "peak RSS (/usr/bin/time -v, largest process)", f"backup: {label}",
+                     "MB").values = rss[t]
+    for t, label in restore_tools:
+        b.res.series(f"s3-rss-restore-{t}", G7, "peak RSS (/usr/bin/time -v, largest process)",
+                     f"restore: {label}", "MB").values = rrss[t]
+    if not pitr_ok:
+        return
+    # What a pitr process costs before it moves any data: `pitr list` on the same repository
+    # (runtime, TLS client, the backups' summaries), the base the per-job buffers come on top of.
+    base = [s3.run(s3.pitr("main", "list"), rss=True).rss_kb / 1024 for _ in range(3)]
+    b.res.series("s3-rss-list", G7, "peak RSS (/usr/bin/time -v, largest process)",
+                 "pitr list on the same repository (no data moved)", "MB").values = base
+    for j in "12":
+        b.res.ratio(G7, f"S3 backup time: pitr --jobs {j} / pgbackrest process-max={j}",
+                    [x / y for x, y in zip(secs["pitr-j" + j], secs["pgbr-pm" + j])], 0.8)
+    for j in "12":
+        b.res.ratio(G7, f"S3 restore time: pitr --jobs {j} / pgbackrest process-max={j}",
+                    [x / y for x, y in zip(rsecs["pitr-j" + j], rsecs["pgbr-pm" + j])], 0.8)
+    b.res.ratio(G7, "S3 backup peak RSS: pitr --jobs 2 / pgbackrest process-max=2",
+                [x / y for x, y in zip(rss["pitr-j2"], rss["pgbr-pm2"])])
+    b.res.ratio(G7, "S3 restore peak RSS: pitr --jobs 2 / pgbackrest process-max=2",
+                [x / y for x, y in zip(rrss["pitr-j2"], rrss["pgbr-pm2"])])
+    # Memory bounded by jobs × part size: what the process holds above its base (`pitr list`),
+    # against jobs × PART_SIZE. MB here are MiB (time -v's kbytes / 1024).
+    base_m = med(base)
+    for what, d in (("backup", rss), ("restore", rrss)):
+        for j in (1, 2):
+            peak = max(d[f"pitr-j{j}"])
+            bound = j * PART_MIB
+            b.res.targets.append((
+                f"S3 {what} --jobs {j}: memory above a process that moves nothing ≤ jobs × part size",
+                f"{fmt(peak - base_m)} MiB (peak {fmt(peak)} MiB, the largest of {len(d[f'pitr-j{j}'])} runs, "
+                f"less pitr list's {fmt(base_m)} MiB)", f"≤ {bound} MiB ({j} × {PART_MIB} MiB)",
+                peak - base_m <= bound))
+
+
+# ----------------------------------------------------------------------------------------------
 # Optional: profile one archive-push of each (perf stat, callgrind)
 # ----------------------------------------------------------------------------------------------
 
@@ -1466,6 +1938,7 @@ SECTIONS: List[Tuple[str, Callable[[Bench], None]]] = [
     ("restore", section_restore),
     ("recover", section_recover),
     ("watch", section_watch_prefetch),
+    ("s3", section_s3),
 ]
 
 
@@ -1610,6 +2083,8 @@ def write_doc(rec: Record, path: Path) -> None:
         parts += [FINDINGS.read_text().strip(), ""]
     if SCALE.exists():
         parts += [SCALE.read_text().strip(), ""]
+    if S3_NOTES.exists():
+        parts += [S3_NOTES.read_text().strip(), ""]
     parts += ["## Results", ""]
     for g in groups_in_order(res):
         parts += [f"### {g}", ""]
@@ -1636,6 +2111,35 @@ def write_doc(rec: Record, path: Path) -> None:
               "```json", json.dumps(rec.to_json(), indent=1, ensure_ascii=False), "```", "", "</details>", ""]
     path.write_text("\n".join(parts))
     progress(f"wrote {path}")
+
+
+def merge_records(old: Record, new: Record, sections: Sequence[str]) -> Record:
+    """`old` (the doc's record) with the figures of `new` (a run of some sections only) in place
+    of the same groups' figures; the other sections' figures stay as they were, and the machine
+    table says when the merged sections ran."""
+    groups = {s.group for s in new.res.all_series.values()} | {r.group for r in new.res.ratios} | {
+        p.group for p in new.res.pending}
+    res = old.res
+    res.all_series = {k: v for k, v in res.all_series.items() if v.group not in groups}
+    res.all_series.update(new.res.all_series)
+    res.ratios = [r for r in res.ratios if r.group not in groups] + new.res.ratios
+    res.pending = [p for p in res.pending if p.group not in groups] + new.res.pending
+    new_targets = {t[0] for t in new.res.targets}
+    res.targets = [t for t in res.targets if t[0] not in new_targets] + list(new.res.targets)
+    res.notes += [n for n in new.res.notes if n not in res.notes and not n.startswith("PROFILE")]
+    names = ", ".join(sections)
+    for k, v in new.versions.items():
+        if k not in old.versions:
+            old.versions[k] = v
+        elif old.versions[k] != v:
+            old.versions[f"{k} (sections {names})"] = v
+    old.machine[f"sections {names}"] = (
+        f"measured separately on {new.when} in {new.total_seconds / 60:.1f} minutes ({new.runs} runs, pgbench "
+        f"scale {new.scale}, {new.data_bytes / MiB:,.0f} MiB of data, its own {len(new.segments)}-segment corpus), "
+        f"merged into this record with --merge; load average at its start {new.machine.get('load average at start', '?')}"
+        + (f"; CPU busy with other processes before it: {new.machine['CPU busy with other processes before each section']}"
+           if "CPU busy with other processes before each section" in new.machine else ""))
+    return old
 
 
 def read_record(doc: Path) -> Record:
@@ -1691,6 +2195,16 @@ removes it at the end.
   `prefetch = 0`, and `pgbackrest restore` + PostgreSQL with archive-get with and without archive-async.
   The figure is PostgreSQL's own "redo done … elapsed" from the server log. Two workloads: pgbench WAL, and
   logical decoding messages (`pg_logical_emit_message`, 1 MiB of md5 text each), whose redo does nothing.
+- **S3 (section 7).** One S3 server for both tools: s3s-fs on a loopback port (objects as files on the temp
+  dir's disk), behind stunnel (TLS, a certificate signed by a CA made for the run), because pgBackRest's S3
+  repository speaks only https (`repo1-type=s3`, `repo1-s3-uri-style=path`, `repo1-s3-verify-tls=n`). pitr
+  goes through the same stunnel and verifies the certificate (`SSL_CERT_FILE` names the run's CA); pitr
+  straight to s3s-fs over plain http is shown beside it for archive-push/get. archive-push and archive-get as
+  in sections 1 and 2 (one process per segment, a fresh repository per tool per run, the tools taking turns);
+  backup and restore as in sections 3 and 4, after a restart of the cluster with the AWS variables in its
+  environment and an archive_command that archives into both S3 repositories. Peak RSS as in section 5; the
+  memory target compares the peak RSS of pitr backup and restore less that of `pitr list` on the same
+  repository (a pitr process that moves no data) with jobs × the 16 MiB part size.
 - Between timed operations the harness calls `sync` (untimed) so one run's writeback does not land in the
   next run's time.
 """
@@ -1744,7 +2258,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                               "in full mode, none in quick mode)")
     ap.add_argument("--no-doc", action="store_true", help="write no markdown")
     ap.add_argument("--json", type=Path, help="also write the raw results as JSON here")
-    ap.add_argument("--no-build", action="store_true", help="use target/release/pitr as it is")
+    ap.add_argument("--merge", action="store_true",
+                    help="with --only: write this run's sections into the doc's stored record in place of their "
+                         "previous figures, keeping every other section's figures (default doc: "
+                         "docs/benchmarks.md)")
+    ap.add_argument("--no-build", action="store_true", help="use target/release/pitr as it is (or under $CARGO_TARGET_DIR)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
     ap.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",
                     help="before each section, wait up to this long for other processes to leave the CPUs "
@@ -1757,8 +2275,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rec = read_record(a.render)
         write_doc(rec, a.doc or a.render)
         return 0
-    doc = None if a.no_doc else (a.doc or (None if a.quick else DEFAULT_DOC))
+    doc = None if a.no_doc else (a.doc or (None if a.quick and not a.merge else DEFAULT_DOC))
     sections = a.only.split(",") if a.only else None
+    if a.merge and not sections:
+        sys.exit("--merge needs --only (the sections whose figures replace the doc's)")
+    if a.merge and doc is not None:
+        read_record(doc)  # fail now, not after the run, when the doc holds no record
     if sections:
         unknown = set(sections) - {n for n, _ in SECTIONS}
         if unknown:
@@ -1767,7 +2289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    scale=a.scale or (10 if a.quick else 50), segments=a.segments or (8 if a.quick else 32),
                    pg_bin=a.pg_bin or find_pg_bin(), keep=a.keep, build=not a.no_build, doc=doc,
                    json_out=a.json, sections=sections,
-                   profile=not a.no_profile and (a.profile or not a.quick),
+                   profile=not a.no_profile and (a.profile or not (a.quick or a.merge)),
                    quiet_wait=a.quiet_wait if a.quiet_wait is not None else (0 if a.quick else 60))
     preflight(opts)
     b = Bench(opts)
@@ -1804,6 +2326,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if opts.json_out:
         opts.json_out.write_text(json.dumps(rec.to_json(), indent=1, ensure_ascii=False))
     if ok and opts.doc:
+        if a.merge:
+            rec = merge_records(read_record(opts.doc), rec, sections)
         write_doc(rec, opts.doc)
     return 0
 

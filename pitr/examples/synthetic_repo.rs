@@ -31,6 +31,12 @@
 //!
 //! Nothing is fsynced (a repository for measurements, not for keeping): drop the page cache
 //! (`echo 3 > /proc/sys/vm/drop_caches`) for cold-cache figures.
+//!
+//! The repository may also be an S3 URL (`s3://bucket/prefix`, configured by the AWS variables
+//! as pitr is): the same objects are written there, one `PutObject` each, `--jobs` at a time. S3
+//! has no way to set an object's LastModified, so the archive times are then the time of writing.
+//! For a large repository on a local S3-compatible server, writing it to a directory and putting
+//! the files where the server keeps its objects is faster (bench/scale.py --s3 does that).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +51,7 @@ use pitr::codec::{self, json, Compression, ObjectHeader};
 use pitr::pg::PgVersion;
 use pitr::repo::{backup_dir, Cluster, Repo, MANIFEST, MANIFEST_COPY};
 use pitr::restore_point::RestorePoint;
+use pitr::storage::Location;
 use pitr::wal::records::{RecordKind, SegmentRecords};
 use pitr::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 
@@ -62,7 +69,8 @@ const BACKUP_SECONDS: i64 = 300;
 const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
 struct Options {
-    dir: PathBuf,
+    /// Where the repository goes: a directory, or an S3 URL.
+    location: Location,
     segments: u64,
     backups: usize,
     files_per_backup: usize,
@@ -74,8 +82,8 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: synthetic_repo DIR [--segments N] [--backups N] [--files-per-backup N] [--restore-points N] \
-         [--days N] [--end RFC3339] [--jobs N]\n(DIR must be absent or empty)"
+        "usage: synthetic_repo DIR|s3://bucket/prefix [--segments N] [--backups N] [--files-per-backup N] [--restore-points N] \
+         [--days N] [--end RFC3339] [--jobs N]\n(DIR must be absent or empty; an S3 prefix should be empty)"
     );
     std::process::exit(2)
 }
@@ -83,7 +91,7 @@ fn usage() -> ! {
 fn options() -> Options {
     let mut args = std::env::args().skip(1);
     let mut options = Options {
-        dir: PathBuf::new(),
+        location: Location::Local(PathBuf::new()),
         segments: 1_000_000,
         backups: 1_000,
         files_per_backup: 2_000,
@@ -110,10 +118,13 @@ fn options() -> Options {
             }
             "--jobs" => options.jobs = value().parse().unwrap_or_else(|_| usage()),
             other if other.starts_with('-') || dir.is_some() => usage(),
-            other => dir = Some(PathBuf::from(other)),
+            other => dir = Some(other.to_string()),
         }
     }
-    options.dir = dir.unwrap_or_else(|| usage());
+    options.location = Location::parse(&dir.unwrap_or_else(|| usage())).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        usage()
+    });
     if options.segments < 100 || options.files_per_backup < 10 {
         usage()
     }
@@ -324,9 +335,10 @@ impl SegmentCodec {
     }
 }
 
-/// Writes objects and sets the archive time of WAL files.
+/// Writes objects and sets the archive time of WAL files (in a local repository).
 struct Writer<'a> {
-    root: &'a Path,
+    /// The repository's directory; `None` on S3, where an object's time is when it was written.
+    root: Option<&'a Path>,
     repo: &'a Repo,
 }
 
@@ -342,6 +354,7 @@ impl Writer<'_> {
         let name = WalFileName::parse(name).expect("a WAL file name");
         let key = self.repo.wal_key(&name).expect("the key of a WAL file");
         self.put(&key, object);
+        let Some(root) = self.root else { return };
         let when = rustix::fs::Timespec {
             tv_sec: archived_at.timestamp(),
             tv_nsec: i64::from(archived_at.timestamp_subsec_nanos()),
@@ -352,7 +365,7 @@ impl Writer<'_> {
         };
         rustix::fs::utimensat(
             rustix::fs::CWD,
-            self.root.join(&key),
+            root.join(&key),
             &times,
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         )
@@ -614,16 +627,25 @@ fn write_backup(
 fn main() {
     let options = options();
     let started = Instant::now();
-    match std::fs::read_dir(&options.dir).map(|entries| entries.count()) {
-        Ok(0) => {}
-        Ok(_) => {
-            eprintln!("{} is not empty", options.dir.display());
-            std::process::exit(2)
+    let root = match &options.location {
+        Location::Local(dir) => {
+            match std::fs::read_dir(dir).map(|entries| entries.count()) {
+                Ok(0) => {}
+                Ok(_) => {
+                    eprintln!("{} is not empty", dir.display());
+                    std::process::exit(2)
+                }
+                Err(_) => std::fs::create_dir_all(dir).expect("creating the repository directory"),
+            }
+            Some(dir.canonicalize().expect("the directory exists"))
         }
-        Err(_) => std::fs::create_dir_all(&options.dir).expect("creating the repository directory"),
+        Location::S3(_) => None,
+    };
+    let repo = match &root {
+        Some(root) => Repo::open_local(root),
+        None => Repo::open(&options.location),
     }
-    let root = options.dir.canonicalize().expect("the directory exists");
-    let repo = Repo::open_local(&root).expect("opening the repository");
+    .expect("opening the repository");
     let shape = Shape::new(&options);
     repo.claim(Cluster {
         pg_version: PG_VERSION,
@@ -632,7 +654,7 @@ fn main() {
     })
     .expect("writing repo.json");
     let writer = Writer {
-        root: &root,
+        root: root.as_deref(),
         repo: &repo,
     };
     let pool = rayon::ThreadPoolBuilder::new()
@@ -720,7 +742,7 @@ fn main() {
     println!(
         "wrote {} in {:.0} s: {} segments on timelines 1-3 from {} to {} (history files, 2 .partial), {} backups \
          ({} hourly, {} daily, {} weekly, {} files each, manifests of about {} KiB), {} restore points",
-        root.display(),
+        options.location,
         started.elapsed().as_secs_f64(),
         shape.segments,
         shape.name(1, 1),
