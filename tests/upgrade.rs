@@ -358,13 +358,12 @@ fn upgrade_keeps_the_old_generation(old_major: u32, new_major: u32) {
     // ... and restores as files alone.
     let files = NewDir::new();
     old.pitr_ok(&[
-            "restore",
-            "--pgdata",
-            files.data.to_str().unwrap(),
-            "--backup",
-            &old_backup_id,
-        ],
-    );
+        "restore",
+        "--pgdata",
+        files.data.to_str().unwrap(),
+        "--backup",
+        &old_backup_id,
+    ]);
     assert_eq!(
         fs::read_to_string(files.data.join("PG_VERSION")).unwrap().trim(),
         old_major.to_string()

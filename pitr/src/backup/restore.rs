@@ -93,7 +93,10 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
         .map_err(|e| Error::Refused(format!("cannot start {} restore threads: {e}", options.jobs)))?;
     // Split files are created before their parts are written into them, empty files without
     // an object from their entry alone.
-    for file in files.iter().filter(|f| !f.parts.is_empty() || f.is_empty_without_object()) {
+    for file in files
+        .iter()
+        .filter(|f| !f.parts.is_empty() || f.is_empty_without_object())
+    {
         layout.create_file(&file.path, file.mode)?;
     }
     let pieces: Vec<Piece> = files.iter().flat_map(|f| f.pieces()).collect();

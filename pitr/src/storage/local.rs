@@ -93,7 +93,10 @@ impl LocalStorage {
             .map_err(Error::io("create directory", self.path(dir)))?;
         // An existing object is found before anything is written: a put of an object stored
         // already (PostgreSQL retrying archive_command) then needs no free space.
-        let exists = parent.stat(name).map_err(Error::io("look up", self.path(key)))?.is_some();
+        let exists = parent
+            .stat(name)
+            .map_err(Error::io("look up", self.path(key)))?
+            .is_some();
         let created = !exists
             && parent
                 .put_new(name, data, &self.perms, durable)
