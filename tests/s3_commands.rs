@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
-use common::s3::S3Server;
+use common::s3::{objects_under, S3Server};
 use common::*;
 
 /// A primary archiving into `s3://pitr-test/<prefix>` on `server`.
@@ -136,24 +136,6 @@ fn the_runbook_scenario_on_s3() {
 /// file `<it>/<key>`.
 fn stored_repo(server: &S3Server, prefix: &str) -> PathBuf {
     server.bucket_dir().join(prefix)
-}
-
-/// The objects (files, `/`-separated paths relative to `dir`) under `dir`.
-fn objects_under(dir: &Path) -> BTreeSet<String> {
-    fn walk(dir: &Path, rel: &str, out: &mut BTreeSet<String>) {
-        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-            if entry.file_type().unwrap().is_dir() {
-                walk(&entry.path(), &path, out);
-            } else {
-                out.insert(path);
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(dir, "", &mut out);
-    out
 }
 
 /// The archived WAL file names (not history files) in the repository kept in `repo_dir`.

@@ -6,7 +6,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -15,28 +14,10 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::free_port;
-use common::s3::{random_hex, S3Server};
+use common::s3::{objects_under, random_hex, S3Server};
 use pitr::storage::conformance::{check_backend_with_quirks, ServerQuirks};
 use pitr::storage::s3::Secret;
 use pitr::storage::{PutOutcome, S3Config, S3Storage, Storage};
-
-/// Every file below `dir`, as paths relative to it.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        for entry in std::fs::read_dir(&current).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                found.push(path.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    found.sort();
-    found
-}
 
 #[test]
 fn s3_storage_meets_the_contract() {
@@ -49,7 +30,7 @@ fn s3_storage_meets_the_contract() {
     };
     check_backend_with_quirks(Arc::new(server.storage("repos/conformance")), quirks);
     eprintln!("conformance suite on s3s-fs: {:?}", started.elapsed());
-    let outside: Vec<_> = files_under(&server.bucket_dir())
+    let outside: Vec<_> = objects_under(&server.bucket_dir())
         .into_iter()
         .filter(|f| !f.starts_with("repos/conformance/"))
         .collect();

@@ -4,8 +4,9 @@
 //! then `/var/cache/pitr/s3s-fs/bin/s3s-fs`, then `PATH`. A missing server fails the tests:
 //! they are never skipped.
 
+use std::collections::BTreeSet;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -167,6 +168,25 @@ impl Drop for S3Server {
             );
         }
     }
+}
+
+/// The objects under `dir` of s3s-fs's root (each object is a file at its key): their keys
+/// relative to `dir`, `/`-separated.
+pub fn objects_under(dir: &Path) -> BTreeSet<String> {
+    fn walk(dir: &Path, rel: &str, out: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&entry.path(), &path, out);
+            } else {
+                out.insert(path);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, "", &mut out);
+    out
 }
 
 pub fn s3s_fs_binary() -> PathBuf {
