@@ -64,13 +64,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            for pid in children_of(child.id()) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_with_children(&mut child);
         }
     }
 }

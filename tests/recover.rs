@@ -34,15 +34,7 @@ fn primary() -> Cluster {
 /// `pitr backup --fast` ([`backup_ok`]); returns the backup id from its text summary.
 #[track_caller]
 fn backup(c: &Cluster) -> String {
-    let out = backup_ok(c, &[]);
-    out.stdout_str()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("backup ")?
-                .split_once(" done:")
-                .map(|(id, _)| id.to_string())
-        })
-        .unwrap_or_else(|| panic!("no `backup <id> done:` line:\n{}", out.describe()))
+    backup_ok(c, &[]).backup_id()
 }
 
 /// `pitr restore-point <name> <extra…>`; panics unless it succeeds.

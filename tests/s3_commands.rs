@@ -21,19 +21,6 @@ fn primary_on(server: &S3Server, prefix: &str) -> Cluster {
     Cluster::start(ClusterOptions::default().s3(server, prefix))
 }
 
-/// The backup id of `pitr backup`'s text summary.
-#[track_caller]
-fn backup_id(out: &CmdOutput) -> String {
-    out.stdout_str()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("backup ")?
-                .split_once(" done:")
-                .map(|(id, _)| id.to_string())
-        })
-        .unwrap_or_else(|| panic!("no `backup <id> done:` line:\n{}", out.describe()))
-}
-
 /// `pitr recover` into `data` with `args`, connected to nothing: the repository is all it reads.
 fn recover(c: &Cluster, data: &std::path::Path, args: &[&str]) -> CmdOutput {
     run(c
@@ -66,7 +53,7 @@ fn the_runbook_scenario_on_s3() {
     c.pitr_connected(c.repo(), &["create-repo"]).assert_success();
     c.psql("CREATE TABLE products (id int PRIMARY KEY); INSERT INTO products SELECT generate_series(1, 1000)");
     let backup = backup_ok(&c, &[]);
-    let id = backup_id(&backup);
+    let id = backup.backup_id();
     c.psql("INSERT INTO products SELECT generate_series(1001, 1500)");
     c.pitr_connected(c.repo(), &["restore-point", "before_oops"])
         .assert_success();
@@ -218,13 +205,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            for pid in children_of(child.id()) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_with_children(&mut child);
         }
     }
 }

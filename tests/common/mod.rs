@@ -464,6 +464,19 @@ impl CmdOutput {
             .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{}", self.describe()))
     }
 
+    /// The backup id of `pitr backup`'s text summary (`backup <id> done: ...`).
+    #[track_caller]
+    pub fn backup_id(&self) -> String {
+        self.stdout_str()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("backup ")?
+                    .split_once(" done:")
+                    .map(|(id, _)| id.to_string())
+            })
+            .unwrap_or_else(|| panic!("no `backup <id> done:` line:\n{}", self.describe()))
+    }
+
     pub fn stderr_str(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
@@ -641,6 +654,16 @@ pub fn terminate_pitr(child: Child, cmdline: String, timeout: Duration) -> CmdOu
     let pid = pitr_pid(&child);
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     wait_child(child, cmdline, timeout)
+}
+
+/// Kills `child` and every process it started (SIGKILL), and reaps it: for a test's drop of a
+/// long-running pitr (daemon, watch) that did not stop on its own.
+pub fn kill_with_children(child: &mut Child) {
+    for pid in children_of(child.id()) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 // ---------------------------------------------------------------------------------------------
