@@ -7,7 +7,7 @@
 //! the outcome does not need.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 
 use crate::codec::{self, Codec, ObjectHeader};
@@ -90,16 +90,58 @@ pub fn push(repo: &Repo, codec: &Codec, path: &Path, site: &Site) -> Result<Push
         }
     }
     let mut file = open_wal_file(&path, file_name)?;
-    let mut raw = Vec::new();
-    file.read_to_end(&mut raw).map_err(Error::io("read", &path))?;
-    validate(repo, &name, &path, &raw)?;
+    let object = read_validated(repo, codec, &name, &path, &mut file)?;
     crash_point::reached("push:validated");
     // No look before the put: the create-only put tells an existing object (one request to an
     // object store, not two), which is then compared.
-    match repo.put_wal(&name, &codec.encode(&raw))? {
+    match repo.put_wal(&name, &object)? {
         PutOutcome::Created => Ok(PushOutcome::Stored),
-        PutOutcome::AlreadyExists => compare_with_archived(repo, &name, &raw),
+        PutOutcome::AlreadyExists => {
+            let mut raw = Vec::new();
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_end(&mut raw))
+                .map_err(Error::io("read", &path))?;
+            compare_with_archived(repo, &name, &raw)
+        }
     }
+}
+
+/// How much of a segment is read before the rest, to validate its first page header.
+const SEGMENT_HEAD: u64 = 8192;
+
+/// Reads the file PostgreSQL handed over, validates it (name, page header, cluster) and encodes
+/// it into the object to store. A segment is validated from its first page, then read, checked
+/// and compressed in one pass (on every core: PostgreSQL waits for this call), so it is never
+/// held whole; the other files are small and read whole.
+fn read_validated(repo: &Repo, codec: &Codec, name: &WalFileName, path: &Path, file: &mut fs::File) -> Result<Vec<u8>> {
+    let read_error = Error::io("read", path);
+    let Some(segment) = name.segment_name() else {
+        let mut raw = Vec::new();
+        file.read_to_end(&mut raw).map_err(read_error)?;
+        validate(repo, name, path, &raw)?;
+        return Ok(codec.encode(&raw));
+    };
+    let len = file.metadata().map_err(Error::io("read", path))?.len();
+    let mut head = Vec::new();
+    (&mut *file)
+        .take(SEGMENT_HEAD)
+        .read_to_end(&mut head)
+        .map_err(Error::io("read", path))?;
+    let header = LongPageHeader::validate_start(segment, &head, len).map_err(|reason| Error::InvalidWalFile {
+        file: path.display().to_string(),
+        reason,
+    })?;
+    check_pushed(repo, &header, &path.display().to_string())?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u32);
+    let object = codec.encode_from(&mut head.chain(file), threads).map_err(read_error)?;
+    let read = ObjectHeader::parse(&object, &path.display().to_string())?.raw_len;
+    if read != len {
+        return Err(Error::InvalidWalFile {
+            file: path.display().to_string(),
+            reason: format!("it changed while it was read: {len} bytes, then {read}; PostgreSQL retries it"),
+        });
+    }
+    Ok(object)
 }
 
 /// Opens the file PostgreSQL hands to archive_command: a regular file, not a link to one, and

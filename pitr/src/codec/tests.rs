@@ -47,6 +47,49 @@ fn every_codec_round_trips_and_records_the_crc() {
 }
 
 #[test]
+fn encoding_from_a_reader_on_several_threads_gives_an_object_any_decoder_reads() {
+    // 9 MiB of WAL-like content: several zstd jobs of 2 MiB, and a short last one.
+    let raw: Vec<u8> = (0..9 * (1u32 << 20) + 12_345)
+        .map(|i| (i / 13 % 241) as u8 ^ (i >> 17) as u8)
+        .collect();
+    for codec in all_codecs() {
+        for threads in [1, 2, 4] {
+            let object = codec.encode_from(&mut &raw[..], threads).unwrap();
+            let header = ObjectHeader::parse(&object, "test").unwrap();
+            assert_eq!(
+                (header.raw_len, header.raw_crc),
+                (raw.len() as u64, crc32fast::hash(&raw))
+            );
+            assert!(
+                decode(&object, "test").unwrap() == raw,
+                "{codec:?} on {threads} threads"
+            );
+            assert!(chunked(&object).unwrap().0 == raw, "{codec:?} on {threads} threads");
+        }
+    }
+}
+
+#[test]
+fn a_read_error_while_encoding_is_returned_not_stored() {
+    struct FailsAfter(usize);
+    impl Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("disk gone"));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(7);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    for codec in all_codecs() {
+        let err = codec.encode_from(&mut FailsAfter(3 << 20), 2).unwrap_err();
+        assert_eq!(err.to_string(), "disk gone", "{codec:?}");
+    }
+}
+
+#[test]
 fn compression_shrinks_compressible_data() {
     let raw = vec![0u8; 1 << 20];
     assert!(Codec::default().encode(&raw).len() < 1000);
