@@ -152,6 +152,10 @@ pub enum Command {
         /// Files archived at once (default: the number of cores).
         #[arg(long, value_name = "N")]
         workers: Option<usize>,
+        /// Also stream WAL from this physical replication slot (default: `slot` from the config
+        /// file), so that archive_command finds each segment stored: see `pitr slot`.
+        #[arg(long, value_name = "NAME")]
+        slot: Option<String>,
     },
 
     /// The resident service: the watcher, scheduled backups (hourly/daily/weekly, expire after
@@ -168,6 +172,23 @@ pub enum Command {
         /// Address for /metrics and /health (default: `listen` from the config, 127.0.0.1:9817).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+    },
+
+    /// Create or drop the physical replication slot the WAL receiver streams from.
+    ///
+    /// `pitr slot create` once, then `pitr watch --slot NAME` (or `slot = "NAME"` in the config
+    /// file for watch and the daemon). The slot keeps WAL on the server until pitr has it: bound
+    /// what a stopped receiver can hold back with max_slot_wal_keep_size. Connects with the libpq
+    /// environment or --dbname (a role with REPLICATION).
+    Slot {
+        /// create or drop.
+        #[arg(value_parser = ["create", "drop"])]
+        action: String,
+        /// The slot (default: `slot` from the config file, else "pitr").
+        #[arg(long, value_name = "NAME")]
+        slot: Option<String>,
+        #[command(flatten)]
+        connection: ConnectionArgs,
     },
 
     /// Fetch the segments after NAME into the spool (archive-get starts this in the background).

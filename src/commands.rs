@@ -98,12 +98,26 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             }
             Ok(Done::Ok)
         }
-        Command::Watch { pgdata, workers } => {
-            watch::run(&repo, settings, &absolute(pgdata), *workers)?;
+        Command::Watch { pgdata, workers, slot } => {
+            watch::run(&repo, settings, &absolute(pgdata), *workers, slot.as_deref())?;
             Ok(Done::Ok)
         }
         Command::Daemon { pgdata, listen } => {
             watch::daemon(&repo, settings, &absolute(pgdata), listen.clone())?;
+            Ok(Done::Ok)
+        }
+        Command::Slot {
+            action,
+            slot,
+            connection,
+        } => {
+            let slot = slot.clone().or(settings.slot.clone()).unwrap_or_else(|| "pitr".into());
+            let conninfo = connection.dbname.as_deref().or(settings.dbname.as_deref());
+            let options = watch::stream_options(conninfo, slot)?;
+            match action.as_str() {
+                "create" => pitr::stream::create_slot(&options)?,
+                _ => pitr::stream::drop_slot(&options)?,
+            }
             Ok(Done::Ok)
         }
         Command::CreateRepo { connection, json } => {

@@ -37,6 +37,7 @@ struct FileSettings {
     keep_daily: Option<usize>,
     keep_weekly: Option<usize>,
     dbname: Option<String>,
+    slot: Option<String>,
     listen: Option<String>,
     schedule: Option<ScheduleSettings>,
     verify: Option<VerifyFileSettings>,
@@ -96,6 +97,8 @@ pub struct Settings {
     pub source: GlobalArgs,
     /// Connection string for commands that talk to the server, unless --dbname is given.
     pub dbname: Option<String>,
+    /// The physical replication slot watch and the daemon stream WAL from (`slot`), if any.
+    pub slot: Option<String>,
     /// Where the daemon listens.
     pub listen: String,
     /// The daemon's jobs.
@@ -153,6 +156,10 @@ impl Settings {
             crate::cli::check_conninfo(conninfo)
                 .map_err(|e| in_config(config.as_deref(), format!("dbname is not a connection string: {e}")))?;
         }
+        if let Some(slot) = &file.slot {
+            pitr::pg::replication::check_slot_name(slot)
+                .map_err(|e| in_config(config.as_deref(), format!("slot: {e}")))?;
+        }
         let name = file.name.unwrap_or_else(|| "main".into());
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(format!(
@@ -182,6 +189,7 @@ impl Settings {
             prefetch: file.prefetch.unwrap_or(DEFAULT_PREFETCH),
             source: args.clone(),
             dbname: file.dbname,
+            slot: file.slot,
             listen: file.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
             schedule,
             verify: verify_settings(file.verify.unwrap_or_default())?,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use pitr::daemon::{self, DaemonLog, DaemonOptions, DaemonSettings, Job, JobRunner};
 use pitr::repo::Repo;
 use pitr::spool::Spool;
+use pitr::stream::StreamOptions;
 use pitr::watch::{self, StopFlags, Stopped, WatchEvents, WatchOptions};
 use pitr::Error;
 
@@ -136,7 +137,22 @@ fn daemon_settings(settings: &Settings) -> DaemonSettings {
         schedule: settings.schedule.clone(),
         workers: settings.jobs,
         codec: settings.codec,
+        stream: settings.slot.clone().and_then(|slot| {
+            stream_options(settings.dbname.as_deref(), slot)
+                .inspect_err(|e| LogLines.note(&format!("not streaming: {e}")))
+                .ok()
+        }),
     }
+}
+
+/// Where the WAL receiver streams from: the server of `conninfo` and the libpq environment,
+/// through `slot`.
+pub fn stream_options(conninfo: Option<&str>, slot: String) -> pitr::Result<StreamOptions> {
+    pitr::pg::replication::check_slot_name(&slot)?;
+    Ok(StreamOptions {
+        connection: pitr::pg::connection_config(conninfo, &|k| std::env::var(k).ok())?,
+        slot,
+    })
 }
 
 /// The config file as the daemon last loaded it, in its spool (mode 0600).
@@ -377,7 +393,13 @@ impl DaemonLog for LogLines {
 
 /// Runs the watcher until SIGTERM or SIGINT; SIGHUP reloads the settings (compression, and the
 /// number of workers unless `--workers` fixed it).
-pub fn run(repo: &Repo, settings: &Settings, pgdata: &Path, workers: Option<usize>) -> pitr::Result<()> {
+pub fn run(
+    repo: &Repo,
+    settings: &Settings,
+    pgdata: &Path,
+    workers: Option<usize>,
+    slot: Option<&str>,
+) -> pitr::Result<()> {
     let flags = signal_flags()?;
     let mut codec = settings.codec;
     let spool = Spool::at(settings.spool.clone().unwrap_or_else(|| Spool::default_for(pgdata)));
@@ -385,6 +407,11 @@ pub fn run(repo: &Repo, settings: &Settings, pgdata: &Path, workers: Option<usiz
         pgdata: pgdata.to_path_buf(),
         workers: workers.unwrap_or(settings.jobs),
         rescan: RESCAN,
+        stream: slot
+            .map(str::to_string)
+            .or(settings.slot.clone())
+            .map(|slot| stream_options(settings.dbname.as_deref(), slot))
+            .transpose()?,
     };
     LogLines.note(&format!(
         "watching {} with {} workers into {}",

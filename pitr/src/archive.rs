@@ -18,7 +18,8 @@ use crate::prefetch::{Prefetched, Taken};
 use crate::repo::{Cluster, Repo};
 use crate::spool::Spool;
 use crate::storage::PutOutcome;
-use crate::wal::{LongPageHeader, WalFileName};
+use crate::stream;
+use crate::wal::{LongPageHeader, SegmentName, WalFileName};
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +89,10 @@ pub fn push(repo: &Repo, codec: &Codec, path: &Path, site: &Site) -> Result<Push
         if spool.was_pushed(file_name, &meta) && repo.has_wal(&name)? {
             return Ok(PushOutcome::AlreadyArchived);
         }
+        // The WAL receiver stored the same bytes from the stream.
+        if stream::stored_by_receiver(repo, spool, &name, &path)? {
+            return Ok(PushOutcome::AlreadyArchived);
+        }
     }
     let mut file = open_wal_file(&path, file_name)?;
     let object = read_validated(repo, codec, &name, &path, &mut file)?;
@@ -127,11 +132,7 @@ fn read_validated(repo: &Repo, codec: &Codec, name: &WalFileName, path: &Path, f
         .take(SEGMENT_HEAD)
         .read_to_end(&mut head)
         .map_err(Error::io("read", path))?;
-    let header = LongPageHeader::validate_start(segment, &head, len).map_err(|reason| Error::InvalidWalFile {
-        file: path.display().to_string(),
-        reason,
-    })?;
-    check_pushed(repo, &header, &path.display().to_string())?;
+    check_segment_start(repo, segment, &head, len, &path.display().to_string())?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u32);
     let object = codec.encode_from(&mut head.chain(file), threads).map_err(read_error)?;
     let read = ObjectHeader::parse(&object, &path.display().to_string())?.raw_len;
@@ -152,6 +153,17 @@ fn open_wal_file(path: &Path, file_name: &str) -> Result<fs::File> {
     dir.open_file(file_name)
         .map_err(Error::io("read", path))?
         .ok_or_else(|| Error::io("read", path)(std::io::Error::from(std::io::ErrorKind::NotFound)))
+}
+
+/// Validates a segment to store from its first bytes `head` and its length `len`: its page
+/// header, and its cluster (binding the repository to it on first use); `file` names it in
+/// errors.
+pub(crate) fn check_segment_start(repo: &Repo, segment: SegmentName, head: &[u8], len: u64, file: &str) -> Result<()> {
+    let header = LongPageHeader::validate_start(segment, head, len).map_err(|reason| Error::InvalidWalFile {
+        file: file.to_string(),
+        reason,
+    })?;
+    check_pushed(repo, &header, file)
 }
 
 /// Restores the archived file `name` of the repository's current generation (or the one `repo`
@@ -357,7 +369,7 @@ fn check_restored_cluster(repo: &Repo, header: &LongPageHeader, file: &str, reco
 
 /// The repository holds `name` already: identical content is success (PostgreSQL re-archives
 /// after a crash), anything else is refused and nothing is touched.
-fn compare_with_archived(repo: &Repo, name: &WalFileName, raw: &[u8]) -> Result<PushOutcome> {
+pub(crate) fn compare_with_archived(repo: &Repo, name: &WalFileName, raw: &[u8]) -> Result<PushOutcome> {
     let what = repo.describe_wal(name);
     let object = repo.get_wal(name)?.ok_or_else(|| Error::Repo {
         path: repo.location().into(),

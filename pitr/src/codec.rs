@@ -152,13 +152,39 @@ impl Codec {
     /// for one large input that nothing else works on meanwhile (archive-push), not for many
     /// inputs compressed side by side (backup's jobs). Errors are the reader's.
     pub fn encode_from(&self, reader: &mut dyn Read, threads: u32) -> std::io::Result<Vec<u8>> {
-        let mut out = vec![0u8; HEADER_LEN];
-        let mut sink = match self.compression {
-            Compression::None => Sink::Plain(&mut out),
+        let mut encoder = Encoder::new(*self, threads)?;
+        let mut chunk = vec![0u8; CHUNK];
+        loop {
+            let filled = fill(reader, &mut chunk)?;
+            if filled == 0 {
+                break;
+            }
+            encoder.write(&chunk[..filled])?;
+        }
+        encoder.finish()
+    }
+}
+
+/// Builds one stored object from bytes handed over as they come (the WAL receiver's segments,
+/// [`Codec::encode_from`]'s pieces): checksummed and compressed on the way, so memory is the
+/// object being built.
+pub struct Encoder {
+    compression: Compression,
+    sink: Sink,
+    raw_len: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl Encoder {
+    /// An empty object of `codec`, compressed on `threads` threads (see [`Codec::encode_from`]).
+    pub fn new(codec: Codec, threads: u32) -> std::io::Result<Encoder> {
+        let out = vec![0u8; HEADER_LEN];
+        let sink = match codec.compression {
+            Compression::None => Sink::Plain(out),
             // The streaming encoder compresses 0.1-0.2 % better than one-shot
             // `zstd::bulk::compress` at the same level (bench/findings.md), and WAL is kept long.
             Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(&mut out, self.level)?;
+                let mut encoder = zstd::stream::write::Encoder::new(out, codec.level)?;
                 if threads > 1 {
                     encoder.multithread(threads)?;
                     encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
@@ -166,56 +192,57 @@ impl Codec {
                 Sink::Zstd(encoder)
             }
             Compression::Gzip => Sink::Gzip(flate2::write::GzEncoder::new(
-                &mut out,
-                flate2::Compression::new(self.level as u32),
+                out,
+                flate2::Compression::new(codec.level as u32),
             )),
         };
-        let mut chunk = vec![0u8; CHUNK];
-        let (mut raw_len, mut crc) = (0u64, crc32fast::Hasher::new());
-        loop {
-            let filled = fill(reader, &mut chunk)?;
-            if filled == 0 {
-                break;
-            }
-            raw_len += filled as u64;
-            crc.update(&chunk[..filled]);
-            sink.write_all(&chunk[..filled])?;
-        }
-        sink.finish()?;
-        let header = ObjectHeader {
-            compression: self.compression,
-            raw_len,
-            raw_crc: crc.finalize(),
-        };
-        out[..HEADER_LEN].copy_from_slice(&header.to_bytes());
-        Ok(out)
+        Ok(Encoder {
+            compression: codec.compression,
+            sink,
+            raw_len: 0,
+            crc: crc32fast::Hasher::new(),
+        })
     }
-}
 
-/// Where [`Codec::encode_from`] puts the payload: the object after its header.
-enum Sink<'a> {
-    Plain(&'a mut Vec<u8>),
-    Zstd(zstd::stream::write::Encoder<'static, &'a mut Vec<u8>>),
-    Gzip(flate2::write::GzEncoder<&'a mut Vec<u8>>),
-}
-
-impl Sink<'_> {
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match self {
+    /// Appends `bytes` to the original.
+    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.raw_len += bytes.len() as u64;
+        self.crc.update(bytes);
+        match &mut self.sink {
             Sink::Plain(out) => out.write_all(bytes),
             Sink::Zstd(encoder) => encoder.write_all(bytes),
             Sink::Gzip(encoder) => encoder.write_all(bytes),
         }
     }
 
-    /// Ends the compressed stream (an encoder's errors surface here, not in a drop).
-    fn finish(self) -> std::io::Result<()> {
-        match self {
-            Sink::Plain(_) => Ok(()),
-            Sink::Zstd(encoder) => encoder.finish().map(drop),
-            Sink::Gzip(encoder) => encoder.finish().map(drop),
-        }
+    /// How many bytes of the original were handed over.
+    pub fn raw_len(&self) -> u64 {
+        self.raw_len
     }
+
+    /// Ends the compressed stream (an encoder's errors surface here, not in a drop) and returns
+    /// the object, header first.
+    pub fn finish(self) -> std::io::Result<Vec<u8>> {
+        let mut out = match self.sink {
+            Sink::Plain(out) => out,
+            Sink::Zstd(encoder) => encoder.finish()?,
+            Sink::Gzip(encoder) => encoder.finish()?,
+        };
+        let header = ObjectHeader {
+            compression: self.compression,
+            raw_len: self.raw_len,
+            raw_crc: self.crc.finalize(),
+        };
+        out[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        Ok(out)
+    }
+}
+
+/// Where an [`Encoder`] puts the payload: the object, after room for its header.
+enum Sink {
+    Plain(Vec<u8>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
 }
 
 /// How much input one zstd thread compresses at a time in [`Codec::encode_from`]. Measured on a

@@ -33,6 +33,7 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::spool::Spool;
+use crate::stream::StreamOptions;
 use crate::watch::{self, StopFlags, Stopped, WatchEvents, WatchOptions};
 
 /// Everything the daemon needs.
@@ -67,6 +68,8 @@ pub struct DaemonSettings {
     pub workers: usize,
     /// Compression of archived files.
     pub codec: Codec,
+    /// Stream WAL from a replication slot as well.
+    pub stream: Option<StreamOptions>,
 }
 
 /// The settings in force, replaced whole by a reload.
@@ -139,6 +142,7 @@ fn run_watcher(
             pgdata: options.pgdata.clone(),
             workers: settings.workers,
             rescan: Duration::from_secs(10),
+            stream: settings.stream.clone(),
         };
         match watch::watch(repo, &settings.codec, spool, &watch_options, flags, &events)? {
             Stopped::Terminate => return Ok(()),

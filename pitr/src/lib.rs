@@ -50,6 +50,7 @@ pub mod repo;
 pub mod restore_point;
 pub mod spool;
 pub mod storage;
+pub mod stream;
 pub mod sync;
 pub mod timeline;
 pub mod verify;

@@ -3,6 +3,7 @@
 
 mod connect;
 pub mod ctl;
+pub mod replication;
 mod version;
 
 pub use connect::connection_config;

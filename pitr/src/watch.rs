@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::prefetch;
 use crate::repo::Repo;
 use crate::spool::Spool;
+use crate::stream::{self, StreamOptions};
 
 /// How to watch.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct WatchOptions {
     pub workers: usize,
     /// How often to rescan without a hint.
     pub rescan: Duration,
+    /// Stream WAL from a replication slot as well (see `stream.rs`).
+    pub stream: Option<StreamOptions>,
 }
 
 /// Flags set from signal handlers in the binary.
@@ -99,12 +102,21 @@ pub fn watch(
         events,
         pg_wal: options.pgdata.join("pg_wal"),
     };
+    let receiver_stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         for _ in 0..options.workers.max(1) {
             scope.spawn(|| work.run_worker());
         }
-        // The workers stop however this loop ends, a panic included: the scope waits for them.
-        let _close = CloseOnDrop(&queue);
+        if let Some(stream_options) = &options.stream {
+            scope.spawn(|| {
+                if let Err(e) = stream::receive(repo, codec, spool, stream_options, &receiver_stop, events) {
+                    events.note(&format!("WAL receiver stopped: {e}"));
+                }
+            });
+        }
+        // The workers and the receiver stop however this loop ends, a panic included: the scope
+        // waits for them.
+        let _close = CloseOnDrop(&queue, &receiver_stop);
         let stopped = loop {
             if let Err(e) = work.scan(&status_dir) {
                 events.note(&format!("scanning {} failed: {e}", status_dir.display()));
@@ -130,12 +142,13 @@ pub fn watch(
     })
 }
 
-/// Closes the queue when dropped.
-struct CloseOnDrop<'a>(&'a Queue);
+/// Closes the queue and stops the receiver when dropped.
+struct CloseOnDrop<'a>(&'a Queue, &'a AtomicBool);
 
 impl Drop for CloseOnDrop<'_> {
     fn drop(&mut self) {
         self.0.close();
+        self.1.store(true, Ordering::SeqCst);
     }
 }
 

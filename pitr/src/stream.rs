@@ -1,0 +1,528 @@
+//! The WAL receiver: WAL streamed from a physical replication slot while PostgreSQL writes it,
+//! compressed as it arrives and stored in the repository the moment a segment is complete, so
+//! that `archive-push` (PostgreSQL's archive_command) finds the segment stored and returns.
+//!
+//! ```text
+//! <spool>/stream/<segment>.partial   the segment being received, durable up to the flush
+//!                                    position reported to the server
+//! <spool>/stream/<segment>.stored    "<size> <crc32 of the first 8 KiB>": the receiver stored
+//!                                    this segment durably
+//! <spool>/stream/<segment>.ended     the last, partial segment of a timeline that ended
+//! <spool>/stream/last-stored         the name of the newest segment the receiver stored
+//! <spool>/stream/lock                held (flock) by the running receiver
+//! ```
+//!
+//! Durability: WAL is reported flushed to the server (which then lets the slot release it) only
+//! once it is fsynced in the `.partial` file; a segment is marked `.stored` only once the
+//! repository's create-only put of it returned durable. Restarting resumes at the start of the
+//! newest `.partial` segment (the slot keeps that whole segment on the server), so a receiver
+//! killed at any point loses nothing and never stores a partial segment as a complete one.
+//!
+//! archive-push's side ([`stored_by_receiver`]): a segment with a `.stored` marker whose size
+//! and first page (its CRC-32) match the file PostgreSQL hands over is archived already. The
+//! rest of the file is not read again: the walsender read the stored bytes from that very file
+//! after they were flushed, and PostgreSQL never rewrites flushed WAL of a timeline, so the
+//! contents are one by construction; the first page ties the file to the segment, timeline and
+//! cluster. While the receiver is writing the segment, archive-push waits for it, at most
+//! [`RECEIVER_WAIT`]; without a receiver, or after the wait, it archives the file itself (the
+//! create-only put and the byte comparison after it keep one object either way).
+//!
+//! Only the put itself is fsynced on the way to the marker: the marker, `last-stored` and the
+//! removal of the `.partial` file need not survive a crash (a lost marker sends archive-push
+//! the slow way, a stale `last-stored` or `.partial` makes the receiver fetch a segment again,
+//! which the repository then compares), and archive-push waits for exactly this path.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::archive;
+use crate::codec::{Codec, Encoder};
+use crate::error::{Error, Result};
+use crate::pg::replication::{check_slot_name, ReplicationConnection, StreamMessage};
+use crate::repo::Repo;
+use crate::spool::Spool;
+use crate::storage::PutOutcome;
+use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
+use crate::watch::WatchEvents;
+
+/// How long archive-push waits for a segment the receiver is writing.
+pub const RECEIVER_WAIT: Duration = Duration::from_secs(5);
+
+/// How often the receiver reports its position without being asked (the server's
+/// `wal_receiver_status_interval` default).
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long the receiver waits before connecting again after an error.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// The file that names the newest segment stored.
+const LAST_STORED: &str = "last-stored";
+
+/// `.stored` markers kept for archive-push (the newest); older ones go.
+const MARKERS_KEPT: usize = 64;
+
+/// What the receiver streams from.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Where the server is (libpq environment, conninfo, password file).
+    pub connection: tokio_postgres::Config,
+    /// The physical replication slot.
+    pub slot: String,
+}
+
+/// The receiver's directory in `spool`.
+pub fn stream_dir(spool: &Spool) -> PathBuf {
+    spool.dir().join("stream")
+}
+
+/// Creates the physical slot `slot` (keeping WAL from now on).
+pub fn create_slot(options: &StreamOptions) -> Result<()> {
+    check_slot_name(&options.slot)?;
+    ReplicationConnection::connect(&options.connection)?.create_physical_slot(&options.slot)
+}
+
+/// Drops the slot `slot`: the server keeps WAL for it no more.
+pub fn drop_slot(options: &StreamOptions) -> Result<()> {
+    check_slot_name(&options.slot)?;
+    ReplicationConnection::connect(&options.connection)?.drop_slot(&options.slot)
+}
+
+/// Receives WAL until `stop` is set, connecting again after every error (each reported).
+pub fn receive(
+    repo: &Repo,
+    codec: &Codec,
+    spool: &Spool,
+    options: &StreamOptions,
+    stop: &AtomicBool,
+    events: &dyn WatchEvents,
+) -> Result<()> {
+    check_slot_name(&options.slot)?;
+    let dir = stream_dir(spool);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(Error::io("create", &dir))?;
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join("lock"))
+        .map_err(Error::io("open", &dir.join("lock")))?;
+    if lock.try_lock().is_err() {
+        return Err(Error::Refused(format!(
+            "another WAL receiver runs on spool {}: stop it first",
+            spool.dir().display()
+        )));
+    }
+    while !stop.load(Ordering::SeqCst) {
+        let mut receiver = Receiver {
+            repo,
+            codec,
+            dir: dir.clone(),
+            events,
+            open: None,
+        };
+        match receiver.session(options, stop) {
+            Ok(()) => break,
+            Err(e) => {
+                events.note(&format!("WAL receiver: {e}; connecting again in {} s", RETRY.as_secs()));
+                let until = Instant::now() + RETRY;
+                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The segment being received.
+struct OpenSegment {
+    segment: Segment,
+    name: String,
+    file: fs::File,
+    /// Bytes received (the segment's first `received` bytes).
+    received: u64,
+    /// Bytes fsynced.
+    synced: u64,
+    /// The first bytes, for validating the page header.
+    head: Vec<u8>,
+    encoder: Encoder,
+}
+
+struct Receiver<'a> {
+    repo: &'a Repo,
+    codec: &'a Codec,
+    dir: PathBuf,
+    events: &'a dyn WatchEvents,
+    open: Option<OpenSegment>,
+}
+
+impl Receiver<'_> {
+    /// One connection: identify, start where the spool ends, receive until stopped.
+    fn session(&mut self, options: &StreamOptions, stop: &AtomicBool) -> Result<()> {
+        let repo = self.repo.pin()?;
+        let cluster = repo.info()?.ok_or_else(|| {
+            Error::Refused(format!(
+                "repository {} has no repo.json yet: run `pitr create-repo` before streaming into it",
+                repo.location()
+            ))
+        })?;
+        let size = SegmentSize::new(cluster.wal_segment_size)
+            .ok_or_else(|| Error::Refused("the repository records an impossible segment size".into()))?;
+        let mut conn = ReplicationConnection::connect(&options.connection)?;
+        let identity = conn.identify_system()?;
+        if identity.system_identifier != cluster.system_identifier {
+            return Err(Error::Refused(format!(
+                "{} is cluster {}, repository {} holds cluster {}: stream from the repository's cluster",
+                conn.target(),
+                identity.system_identifier,
+                repo.location(),
+                cluster.system_identifier
+            )));
+        }
+        let (mut timeline, mut position) = self.resume_point(size, identity.timeline, identity.flushed)?;
+        self.events.note(&format!(
+            "WAL receiver: streaming from {} through slot {} at {position} on timeline {timeline}",
+            conn.target(),
+            options.slot
+        ));
+        conn.start_replication(&options.slot, position, timeline)?;
+        let mut last_status = Instant::now();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                self.flush()?;
+                return conn.send_status(position, self.flushed_to(size, position), false);
+            }
+            let dirty = self.open.as_ref().is_some_and(|o| o.synced < o.received);
+            let wait = if dirty {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100)
+            };
+            match conn.next_message(wait)? {
+                Some(StreamMessage::XLogData { start, data }) => {
+                    if start != position {
+                        return Err(Error::Refused(format!(
+                            "the server sent WAL from {start}, pitr expected {position}"
+                        )));
+                    }
+                    self.write(size, timeline, start, &data)?;
+                    position = Lsn(start.0 + data.len() as u64);
+                }
+                Some(StreamMessage::Keepalive {
+                    reply_requested: true, ..
+                }) => {
+                    self.flush()?;
+                    conn.send_status(position, self.flushed_to(size, position), false)?;
+                    last_status = Instant::now();
+                }
+                Some(StreamMessage::Keepalive { .. }) => {}
+                Some(StreamMessage::EndOfTimeline {
+                    next_timeline,
+                    next_start,
+                }) => {
+                    self.end_timeline()?;
+                    self.store_history(&mut conn, next_timeline)?;
+                    timeline = next_timeline;
+                    position = size.segment_start(size.segment_of(next_start));
+                    conn.start_replication(&options.slot, position, timeline)?;
+                }
+                None if dirty => {
+                    self.flush()?;
+                    conn.send_status(position, self.flushed_to(size, position), false)?;
+                    last_status = Instant::now();
+                }
+                None => {}
+            }
+            if last_status.elapsed() >= STATUS_INTERVAL {
+                conn.send_status(position, self.flushed_to(size, position), false)?;
+                last_status = Instant::now();
+            }
+        }
+    }
+
+    /// Where to start: the start of the newest segment the spool holds partly, else the segment
+    /// after the newest one stored (archive-push consumes `.stored` markers; `last-stored`
+    /// stays), else the start of the server's current segment.
+    fn resume_point(&self, size: SegmentSize, timeline: TimelineId, flushed: Lsn) -> Result<(TimelineId, Lsn)> {
+        let mut newest: Option<(Segment, bool)> = None;
+        let last_stored =
+            fs::read_to_string(self.dir.join(LAST_STORED)).ok().and_then(|name| {
+                match WalFileName::parse(name.trim_end()) {
+                    Ok(WalFileName::Segment(s)) => s.segment(size),
+                    _ => None,
+                }
+            });
+        for (segment, partial) in self.spooled(size)?.into_iter().chain(last_stored.map(|s| (s, false))) {
+            if newest.is_none_or(|(n, _)| (segment.timeline, segment.segno) > (n.timeline, n.segno)) {
+                newest = Some((segment, partial));
+            }
+        }
+        Ok(match newest {
+            Some((s, true)) => (s.timeline, size.segment_start(s.segno)),
+            Some((s, false)) => (s.timeline, size.segment_start(s.segno + 1)),
+            None => (timeline, size.segment_start(size.segment_of(flushed))),
+        })
+    }
+
+    /// The segments of the spool: (segment, still partial).
+    fn spooled(&self, size: SegmentSize) -> Result<Vec<(Segment, bool)>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(Error::io("read", &self.dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (stem, partial) = match (name.strip_suffix(".partial"), name.strip_suffix(".stored")) {
+                (Some(stem), _) => (stem.to_string(), true),
+                (_, Some(stem)) => (stem.to_string(), false),
+                _ => continue,
+            };
+            if let Ok(WalFileName::Segment(s)) = WalFileName::parse(&stem) {
+                if let Some(segment) = s.segment(size) {
+                    found.push((segment, partial));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The position durable in the spool (everything before the open segment is stored).
+    fn flushed_to(&self, size: SegmentSize, position: Lsn) -> Lsn {
+        match &self.open {
+            Some(o) => Lsn(size.segment_start(o.segment.segno).0 + o.synced),
+            None => position,
+        }
+    }
+
+    /// Writes WAL received at `start`, storing every segment it completes.
+    fn write(&mut self, size: SegmentSize, timeline: TimelineId, start: Lsn, mut data: &[u8]) -> Result<()> {
+        let mut at = start.0;
+        while !data.is_empty() {
+            let segno = size.segment_of(Lsn(at));
+            let offset = at - size.segment_start(segno).0;
+            let take = (u64::from(size.bytes()) - offset).min(data.len() as u64) as usize;
+            let dir = self.dir.clone();
+            let open = self.open_segment(size, Segment { timeline, segno }, offset)?;
+            let path = dir.join(format!("{}.partial", open.name));
+            open.file
+                .write_all_at(&data[..take], offset)
+                .map_err(Error::io("write", &path))?;
+            if open.head.len() < MARKED_HEAD {
+                let wanted = (MARKED_HEAD - open.head.len()).min(take);
+                open.head.extend_from_slice(&data[..wanted]);
+            }
+            open.encoder
+                .write(&data[..take])
+                .map_err(Error::io("compress", &path))?;
+            open.received = offset + take as u64;
+            at += take as u64;
+            data = &data[take..];
+            if open.received == u64::from(size.bytes()) {
+                self.store(size)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The open segment, opening `segment` when none is (it must start at offset 0).
+    fn open_segment(&mut self, size: SegmentSize, segment: Segment, offset: u64) -> Result<&mut OpenSegment> {
+        if self.open.as_ref().is_some_and(|o| o.segment != segment) {
+            return Err(Error::Refused(
+                "WAL of the next segment arrived before the open one was complete".into(),
+            ));
+        }
+        if self.open.is_none() {
+            if offset != 0 {
+                return Err(Error::Refused(format!(
+                    "the server sent WAL from the middle of segment {}",
+                    segment.file_name(size)
+                )));
+            }
+            let name = segment.file_name(size);
+            let path = self.dir.join(format!("{name}.partial"));
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+                .map_err(Error::io("create", &path))?;
+            self.open = Some(OpenSegment {
+                segment,
+                name,
+                file,
+                received: 0,
+                synced: 0,
+                head: Vec::with_capacity(MARKED_HEAD),
+                encoder: Encoder::new(*self.codec, 1).map_err(Error::io("compress", &path))?,
+            });
+        }
+        Ok(self.open.as_mut().expect("opened above"))
+    }
+
+    /// Makes what was received durable in the spool.
+    fn flush(&mut self) -> Result<()> {
+        if let Some(open) = &mut self.open {
+            if open.synced < open.received {
+                open.file
+                    .sync_data()
+                    .map_err(Error::io("sync", &self.dir.join(format!("{}.partial", open.name))))?;
+                open.synced = open.received;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the complete open segment: validated as archive-push validates, put create-only
+    /// (an existing object must hold the same bytes), then marked `.stored`.
+    fn store(&mut self, size: SegmentSize) -> Result<()> {
+        let began = Instant::now();
+        let open = self.open.take().expect("a complete segment is open");
+        let partial = self.dir.join(format!("{}.partial", open.name));
+        let name = WalFileName::parse(&open.name)?;
+        let segment_name = name.segment_name().expect("a segment");
+        let what = partial.display().to_string();
+        archive::check_segment_start(self.repo, segment_name, &open.head, u64::from(size.bytes()), &what)?;
+        let object = open.encoder.finish().map_err(Error::io("compress", &partial))?;
+        let header = crate::codec::ObjectHeader::parse(&object, &what)?;
+        if self.repo.put_wal(&name, &object)? == PutOutcome::AlreadyExists {
+            let mut raw = Vec::new();
+            let mut file = &open.file;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(Error::io("read", &partial))?;
+            file.read_to_end(&mut raw).map_err(Error::io("read", &partial))?;
+            archive::compare_with_archived(self.repo, &name, &raw)?;
+        }
+        let marker = self.dir.join(format!("{}.stored", open.name));
+        write_marker(&marker, &stored_marker(header.raw_len, &open.head))?;
+        write_marker(&self.dir.join(LAST_STORED), &format!("{}\n", open.name))?;
+        fs::remove_file(&partial).map_err(Error::io("remove", &partial))?;
+        self.events.archived(&open.name, began.elapsed());
+        self.prune_markers();
+        Ok(())
+    }
+
+    /// The timeline ended: its last segment stays in the spool as `.ended` (PostgreSQL archives
+    /// its own `.partial` of it).
+    fn end_timeline(&mut self) -> Result<()> {
+        self.flush()?;
+        if let Some(open) = self.open.take() {
+            let partial = self.dir.join(format!("{}.partial", open.name));
+            let ended = self.dir.join(format!("{}.ended", open.name));
+            fs::rename(&partial, &ended).map_err(Error::io("rename", &partial))?;
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the history file of `timeline`, as the server has it.
+    fn store_history(&mut self, conn: &mut ReplicationConnection, timeline: TimelineId) -> Result<()> {
+        let (file_name, content) = conn.timeline_history(timeline)?;
+        let name = WalFileName::parse(&file_name)?;
+        if name != WalFileName::History(timeline) {
+            return Err(Error::Refused(format!(
+                "{} sent history file {file_name} for timeline {timeline}",
+                conn.target()
+            )));
+        }
+        if self.repo.put_wal(&name, &self.codec.encode(&content))? == PutOutcome::AlreadyExists {
+            archive::compare_with_archived(self.repo, &name, &content)?;
+        }
+        self.events.archived(&file_name, Duration::ZERO);
+        Ok(())
+    }
+
+    /// Deletes all but the newest [`MARKERS_KEPT`] `.stored` markers.
+    fn prune_markers(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let mut markers: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".stored"))
+            .collect();
+        markers.sort();
+        let excess = markers.len().saturating_sub(MARKERS_KEPT);
+        for name in &markers[..excess] {
+            let _ = fs::remove_file(self.dir.join(name));
+        }
+    }
+}
+
+/// Writes a spool file whole (temp file, rename; not fsynced: see the module's comment).
+fn write_marker(path: &Path, text: &str) -> Result<()> {
+    let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+    crate::spool::write_private(&temp, text.as_bytes()).map_err(Error::io("write", &temp))?;
+    fs::rename(&temp, path).map_err(Error::io("rename", path))
+}
+
+/// How many first bytes of a segment its marker checksums: its first page and more.
+const MARKED_HEAD: usize = 8192;
+
+/// A `.stored` marker's text: the size, and the CRC-32 of the first [`MARKED_HEAD`] bytes.
+fn stored_marker(len: u64, head: &[u8]) -> String {
+    format!("{len} {:08x}\n", crc32fast::hash(&head[..head.len().min(MARKED_HEAD)]))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("sync", dir))
+}
+
+/// archive-push's question: did the receiver store the segment `name` that PostgreSQL hands
+/// over at `path`, with this very content? Waits for a segment the running receiver is writing
+/// (at most [`RECEIVER_WAIT`]). `false` means "archive it yourself".
+pub fn stored_by_receiver(repo: &Repo, spool: &Spool, name: &WalFileName, path: &Path) -> Result<bool> {
+    if !matches!(name, WalFileName::Segment(_)) {
+        return Ok(false);
+    }
+    let dir = stream_dir(spool);
+    let marker = dir.join(format!("{name}.stored"));
+    if !marker.exists() {
+        let partial = dir.join(format!("{name}.partial"));
+        if !partial.exists() || !receiver_running(&dir) {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + RECEIVER_WAIT;
+        while !marker.exists() {
+            if Instant::now() >= deadline || !receiver_running(&dir) {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let Ok(recorded) = fs::read_to_string(&marker) else {
+        return Ok(false);
+    };
+    let (len, head) = size_and_head(path)?;
+    Ok(recorded == stored_marker(len, &head) && repo.has_wal(name)?)
+}
+
+/// Whether a receiver holds the lock of `dir`.
+fn receiver_running(dir: &Path) -> bool {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("lock"))
+        .is_ok_and(|lock| matches!(lock.try_lock(), Err(fs::TryLockError::WouldBlock)))
+}
+
+/// Size and first [`MARKED_HEAD`] bytes of the file at `path` (not followed through a link).
+fn size_and_head(path: &Path) -> Result<(u64, Vec<u8>)> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(Error::io("read", path))?;
+    let len = file.metadata().map_err(Error::io("read", path))?.len();
+    let mut head = Vec::with_capacity(MARKED_HEAD);
+    file.take(MARKED_HEAD as u64)
+        .read_to_end(&mut head)
+        .map_err(Error::io("read", path))?;
+    Ok((len, head))
+}
