@@ -10,9 +10,18 @@ use std::time::Duration;
 
 use common::*;
 
-/// `pitr watch --slot pitr` running as the server user, connected to the cluster's server.
+/// `pitr watch --slot pitr` running as the server user, connected to the cluster's server;
+/// killed when dropped (a failed test leaves none behind).
 struct Receiver {
-    child: Child,
+    child: Option<Child>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            kill_with_children(child);
+        }
+    }
 }
 
 impl Receiver {
@@ -22,16 +31,17 @@ impl Receiver {
             .args(["watch", "--workers", "1", "--slot", "pitr", "--pgdata"])
             .arg(c.data_dir());
         Receiver {
-            child: spawn(&mut command),
+            child: Some(spawn(&mut command)),
         }
     }
 
-    fn kill_9(mut self) {
-        kill_with_children(&mut self.child);
+    fn kill_9(self) {
+        drop(self);
     }
 
-    fn stop(self) -> CmdOutput {
-        terminate_pitr(self.child, "pitr watch --slot".into(), Duration::from_secs(30))
+    fn stop(mut self) -> CmdOutput {
+        let child = self.child.take().expect("running");
+        terminate_pitr(child, "pitr watch --slot".into(), Duration::from_secs(30))
     }
 }
 
@@ -183,4 +193,118 @@ fn slots_are_created_and_dropped_and_bad_names_refused() {
         "{}",
         bad.describe()
     );
+}
+
+#[test]
+fn the_receiver_carries_on_after_a_server_restart_and_a_dropped_connection() {
+    let mut c = streaming_cluster();
+    let receiver = Receiver::start(&c);
+    write_rows(&c, 800);
+    let first = c.switch_wal();
+    wait_in_repo(&c, &first);
+    // The server restarts mid-segment: the receiver connects again and resumes.
+    write_rows(&c, 300);
+    c.restart();
+    write_rows(&c, 300);
+    let second = c.switch_wal();
+    wait_in_repo(&c, &second);
+    // The walsender is terminated mid-segment: the same.
+    write_rows(&c, 300);
+    let terminated = c.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication");
+    assert_eq!(terminated, "1", "the receiver's walsender was not found");
+    write_rows(&c, 300);
+    let third = c.switch_wal();
+    wait_in_repo(&c, &third);
+    // Every segment in between is stored whole, none is missing.
+    let size = c.wal_segment_size();
+    let mut name = first.clone();
+    while name <= third {
+        wait_in_repo(&c, &name);
+        assert_same_as_pg_wal(&c, &name);
+        name = later_segment_name(&name, 1, size);
+    }
+    let out = receiver.stop();
+    assert!(out.stderr_str().contains("connecting again"), "{}", out.describe());
+}
+
+/// CPU seconds (user + system) the process `pid` has used, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+#[test]
+fn an_idle_watcher_with_a_receiver_uses_next_to_no_cpu() {
+    // Its own scans of archive_status must not wake it (inotify reports opening a directory),
+    // and an idle replication stream must not keep it busy.
+    let c = streaming_cluster();
+    let receiver = Receiver::start(&c);
+    write_rows(&c, 500);
+    let name = c.switch_wal();
+    wait_in_repo(&c, &name);
+    let pid = pitr_pid(receiver.child.as_ref().unwrap());
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(4));
+    let used = cpu_seconds(pid) - before;
+    assert!(used < 0.4, "an idle pitr watch --slot used {used:.2} s of CPU in 4 s");
+    receiver.stop().assert_success();
+}
+
+#[test]
+fn streaming_follows_a_timeline_switch_of_the_server_it_streams_from() {
+    // A standby that restores the primary's archive: the receiver streams from it (cascading),
+    // then the standby is promoted, ending timeline 1 under the receiver.
+    let primary = Cluster::start(ClusterOptions::default());
+    let backup = primary.base_backup();
+    write_rows(&primary, 1000);
+    let archived = primary.switch_and_archive();
+    let standby = Cluster::recover(
+        backup,
+        RecoveryOptions {
+            standby: true,
+            ..Default::default()
+        },
+    );
+    let restored = poll(Duration::from_secs(60), || {
+        standby
+            .log()
+            .contains(&format!("restored log file \"{archived}\""))
+            .then_some(())
+    });
+    assert!(
+        restored.is_some(),
+        "the standby did not restore {archived}\n{}",
+        standby.log_tail()
+    );
+    standby.pitr_ok(&["slot", "create", "--slot", "pitr"]);
+    let receiver = Receiver::start(&standby);
+    let streaming = spool_stream_dir(&standby);
+    // WAL the standby restores after the receiver started reaches the receiver.
+    let started = poll(Duration::from_secs(60), || {
+        write_rows(&primary, 500);
+        primary.switch_and_archive();
+        streaming.join("last-stored").exists().then_some(())
+    });
+    if started.is_none() {
+        let out = receiver.stop();
+        panic!(
+            "the receiver stored nothing it streamed from the standby:\n{}",
+            out.describe()
+        );
+    }
+    standby.psql("SELECT pg_promote()");
+    assert!(matches!(standby.wait_recovery_end(), RecoveryOutcome::Promoted));
+    // The history file of timeline 2 is stored as the server has it, and the new timeline's
+    // segments are stored whole.
+    wait_in_repo(&standby, "00000002.history");
+    assert_same_as_pg_wal(&standby, "00000002.history");
+    write_rows(&standby, 1000);
+    let on_two = standby.switch_wal();
+    assert!(on_two.starts_with("00000002"), "{on_two}");
+    wait_in_repo(&standby, &on_two);
+    assert_same_as_pg_wal(&standby, &on_two);
+    receiver.stop().assert_success();
 }

@@ -133,9 +133,11 @@ pub fn watch(
             if flags.reload.swap(false, Ordering::SeqCst) {
                 break Stopped::Reload;
             }
-            match hinted.recv_timeout(options.rescan.min(Duration::from_secs(1))) {
+            let rescan = options.rescan.min(Duration::from_secs(1));
+            match hinted.recv_timeout(rescan) {
                 Ok(()) | Err(RecvTimeoutError::Timeout) => while hinted.try_recv().is_ok() {},
-                Err(RecvTimeoutError::Disconnected) => {}
+                // No hints any more: rescans alone, at their interval.
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(rescan),
             }
         };
         Ok(stopped)
@@ -155,8 +157,12 @@ impl Drop for CloseOnDrop<'_> {
 /// inotify where the kernel offers it, polling otherwise; either way each event is a hint.
 fn hint_source(dir: &Path, hints: mpsc::Sender<()>, events: &dyn WatchEvents) -> Result<Box<dyn Watcher>> {
     let poll_hints = hints.clone();
-    let handler = move |_: notify::Result<notify::Event>| {
-        let _ = hints.send(());
+    // inotify also reports opening and reading the directory, which every scan does: such an
+    // event is no hint (else each scan would hint the next, and the watcher would spin).
+    let handler = move |event: notify::Result<notify::Event>| {
+        if !event.is_ok_and(|e| matches!(e.kind, notify::EventKind::Access(_))) {
+            let _ = hints.send(());
+        }
     };
     let watching = |mut watcher: Box<dyn Watcher>| watcher.watch(dir, RecursiveMode::NonRecursive).map(|()| watcher);
     let inotify = RecommendedWatcher::new(handler, notify::Config::default())
