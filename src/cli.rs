@@ -408,10 +408,11 @@ pub enum Command {
     ///
     /// Reads every backup file and WAL file in scope (in parallel) and checks its checksum,
     /// the manifests, WAL continuity and the timeline history files, and judges freshness.
-    /// Alerts: BackupVerificationFailed, BackupMissing, WalArchiveGap (critical); BackupTooOld,
-    /// WalArchiveStale (warning). Exit 0: no alert, 1: warnings only, 2: anything critical (or
-    /// verification itself failed). Appends one line to the log file and writes the metrics
-    /// file (thresholds and paths: `[verify]` in the config file).
+    /// Alerts: BackupVerificationFailed, BackupMissing, WalArchiveGap, SlotLost (critical);
+    /// BackupTooOld, WalArchiveStale, SlotLagging (warning); the slot ones when `slot` is set.
+    /// Exit 0: no alert, 1: warnings only, 2: anything critical (or verification itself failed).
+    /// Appends one line to the log file and writes the metrics file (thresholds and paths:
+    /// `[verify]` in the config file).
     Verify {
         /// What to verify: all, one tier's backups (and the WAL they need), or the WAL archive.
         #[arg(default_value = "all", value_parser = ["all", "hourly", "daily", "weekly", "wal"])]
@@ -433,7 +434,8 @@ pub enum Command {
         /// Files read at once (default: the number of cores).
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
-        /// The server, asked for WalArchiveStale (unreachable: that rule is skipped).
+        /// The server, asked for WalArchiveStale and the slot (unreachable: those rules are
+        /// skipped).
         #[command(flatten)]
         connection: ConnectionArgs,
         /// Print the report as JSON.
@@ -461,8 +463,9 @@ pub enum Command {
     ///
     /// wal_level, archive_mode, an archive_command that runs pitr with this repository, the
     /// current timeline's history file in the repository; then pg_switch_wal and a wait until
-    /// that segment is in the repository and valid. Run it after setup and after every
-    /// switch-over.
+    /// that segment is in the repository and valid; with `slot` set, that the slot exists, is
+    /// physical and has lost no WAL, and how much WAL it holds back. Run it after setup and after
+    /// every switch-over.
     Check {
         #[command(flatten)]
         connection: ConnectionArgs,

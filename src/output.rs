@@ -12,7 +12,8 @@ use pitr::recover::{AdoptReport, ListedRestorePoint, Plan, Report};
 use pitr::restore_point::RestorePoint;
 use pitr::sync::SyncReport;
 use pitr::verify::{
-    human_duration, Alert, CheckReport, IntegrityKind, IntegrityReport, Scope, ServerView, VerifyReport,
+    human_bytes, human_duration, Alert, CheckReport, IntegrityKind, IntegrityReport, Scope, ServerView, SlotView,
+    VerifyReport,
 };
 use serde::Serialize;
 
@@ -520,7 +521,35 @@ pub fn verify_report(r: &VerifyReport) {
         }
         ServerView::Unavailable { reason } => println!("server:   {reason} (WalArchiveStale not judged)"),
     }
+    match &r.slot {
+        Some(SlotView::Found(slot)) => println!("slot:     {}", slot_state(slot)),
+        Some(SlotView::Missing { name, server }) => println!("slot:     {name} does not exist on {server}"),
+        Some(SlotView::Unavailable { name, reason }) => {
+            println!("slot:     {name}: {reason} (SlotLagging and SlotLost not judged)")
+        }
+        None => {}
+    }
     println!("took:     {:.1} s", r.duration_seconds);
+}
+
+/// A replication slot in one line: who streams from it and what it holds back.
+fn slot_state(slot: &pitr::pg::SlotState) -> String {
+    let streaming = if slot.active {
+        "a receiver streams from it"
+    } else {
+        "no receiver streams from it"
+    };
+    let limit = slot
+        .max_slot_wal_keep_size
+        .map_or_else(|| "no limit".to_string(), human_bytes);
+    format!(
+        "{} ({}) on {}: {streaming}; it holds back {} of WAL (wal_status {}, max_slot_wal_keep_size {limit})",
+        slot.name,
+        slot.slot_type,
+        slot.server,
+        human_bytes(slot.retained_bytes.unwrap_or(0)),
+        slot.wal_status.as_deref().unwrap_or("unknown")
+    )
 }
 
 /// "1 alert", "2 alerts".
@@ -677,5 +706,14 @@ pub fn check_report(r: &CheckReport) {
         "ok: switched WAL; {} arrived in the repository, valid, after {:.1} s",
         r.segment, r.archived_after_seconds
     );
+    if let Some(slot) = &r.slot {
+        println!("ok: replication slot {}", slot_state(slot));
+        if !slot.active {
+            println!(
+                "note: start the WAL receiver: pitr watch --slot {} (or the daemon with slot = \"{}\")",
+                slot.name, slot.name
+            );
+        }
+    }
     println!("archiving into this repository works");
 }

@@ -50,6 +50,7 @@ struct VerifyFileSettings {
     max_age: Option<String>,
     backup_grace: Option<String>,
     wal_stale: Option<String>,
+    slot_lag: Option<String>,
     log_file: Option<PathBuf>,
     metrics_file: Option<PathBuf>,
 }
@@ -253,7 +254,8 @@ fn schedule(file: ScheduleSettings, with_target: bool) -> Result<Schedule, Strin
     Schedule::new(patterns.iter().map(|(job, p)| (*job, p.as_str()))).map_err(|e| e.to_string())
 }
 
-/// `[verify]` over the runbook's defaults (maximum age 168 h, grace 1 h, stale after 1 h).
+/// `[verify]` over the runbook's defaults (maximum age 168 h, grace 1 h, stale after 1 h, a
+/// slot may hold back 1 GiB).
 fn verify_settings(file: VerifyFileSettings) -> Result<VerifySettings, String> {
     let defaults = Thresholds::default();
     let duration = |key: &str, text: Option<String>, default| {
@@ -271,6 +273,9 @@ fn verify_settings(file: VerifyFileSettings) -> Result<VerifySettings, String> {
             max_age: duration("max_age", file.max_age, defaults.max_age)?,
             backup_grace: duration("backup_grace", file.backup_grace, defaults.backup_grace)?,
             wal_stale: duration("wal_stale", file.wal_stale, defaults.wal_stale)?,
+            slot_lag: file.slot_lag.map_or(Ok(defaults.slot_lag), |t| {
+                parse_size(&t).map_err(|e| format!("[verify] slot_lag: {e}"))
+            })?,
         },
         log_file: file.log_file.map_or(default_log, optional_path),
         metrics_file: file.metrics_file.and_then(optional_path),
@@ -301,6 +306,23 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(invalid)
 }
 
+/// A size with its unit, as PostgreSQL writes them (powers of 1024): "512kB", "64MB", "1GB",
+/// "2TB"; "B" for bytes, and "KiB", "MiB", "GiB", "TiB" too. Case does not matter.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let invalid = || format!("'{text}' is not a size: use a number and a unit, like 512MB or 1GB");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+    let number: u64 = text[..split].parse().map_err(|_| invalid())?;
+    let shift = match text[split..].to_ascii_lowercase().as_str() {
+        "b" => 0,
+        "kb" | "kib" => 10,
+        "mb" | "mib" => 20,
+        "gb" | "gib" => 30,
+        "tb" | "tib" => 40,
+        _ => return Err(invalid()),
+    };
+    number.checked_mul(1 << shift).ok_or_else(invalid)
+}
+
 /// Loads the settings again (SIGHUP) from the same flags and environment variables, and the
 /// config file as it is now.
 pub fn reload(current: &Settings) -> Result<Settings, String> {
@@ -321,6 +343,17 @@ mod tests {
         assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86400)));
         for bad in ["", "168", "h", "1.5h", "-1h", "7 d", "3y", "99999999999999999w"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn sizes_need_a_unit() {
+        assert_eq!(parse_size("1GB"), Ok(1 << 30));
+        assert_eq!(parse_size("512kB"), Ok(512 << 10));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("100b"), Ok(100));
+        for bad in ["", "1", "GB", "1.5GB", "-1GB", "1 GB", "1PB", "99999999999999TB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} must be refused");
         }
     }
 

@@ -113,8 +113,13 @@ fn run_verify(
 ) -> Result<VerifyReport> {
     let repo = Repo::open(&settings.repo)?;
     let config = connection_config(conninfo, &|k| std::env::var(k).ok())?;
-    let server = runtime().block_on(verify::observe_server(&repo, options.scope, &config));
-    verify::verify(&repo, options, &server, progress)
+    let observed = runtime().block_on(verify::observe_server(
+        &repo,
+        options.scope,
+        &config,
+        settings.slot.as_deref(),
+    ));
+    verify::verify(&repo, options, &observed, progress)
 }
 
 /// Writes the metrics file and appends the log line; failing to is a warning, not a verdict.
@@ -183,7 +188,11 @@ pub fn check(
 ) -> Result<Done> {
     let progress = &TerminalProgress::new(json);
     let report = with_server(connection, settings, |server| async move {
-        verify::check(repo, &server, CheckOptions { timeout }, progress).await
+        let options = CheckOptions {
+            timeout,
+            slot: settings.slot.clone(),
+        };
+        verify::check(repo, &server, options, progress).await
     })?;
     progress.finish();
     if json {

@@ -308,3 +308,213 @@ fn streaming_follows_a_timeline_switch_of_the_server_it_streams_from() {
     assert_same_as_pg_wal(&standby, &on_two);
     receiver.stop().assert_success();
 }
+// ---------------------------------------------------------------------------------------------
+// The slot is watched: verify, check and the daemon's /metrics
+// ---------------------------------------------------------------------------------------------
+
+/// `pitr --config <config> verify wal --json` connected to `c`, its metrics in `metrics`; the
+/// exit code asserted, the report returned.
+#[track_caller]
+fn verify_wal(c: &Cluster, config: &std::path::Path, metrics: &std::path::Path, code: i32) -> serde_json::Value {
+    let out = c.pitr_connected(
+        c.repo(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "verify",
+            "wal",
+            "--json",
+            "--log-file",
+            "none",
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ],
+    );
+    out.assert_code(code);
+    parse_json(&out)
+}
+
+/// `(alert, subject)` of each alert of a verify report.
+fn alerts(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["alerts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no alerts in {report:#}"))
+        .iter()
+        .map(|a| {
+            (
+                a["alert"].as_str().unwrap().into(),
+                a["subject"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+fn first_reason(report: &serde_json::Value) -> String {
+    report["alerts"][0]["reason"].as_str().unwrap_or_default().to_string()
+}
+
+const MIB: f64 = 1048576.0;
+
+#[test]
+fn a_slot_without_receiver_is_slot_lagging_in_verify_and_its_metrics_until_a_receiver_streams() {
+    // archive_command archives as well, so that `verify wal` judges only the slot.
+    let c = Cluster::start(ClusterOptions::default());
+    c.pitr_ok(&["slot", "create", "--slot", "pitr"]);
+    let config = c
+        .test_dir()
+        .write("slot.toml", "slot = \"pitr\"\n[verify]\nslot_lag = \"1MB\"\n");
+    let metrics = c.test_dir().join("pitr.prom");
+    write_rows(&c, 10_000);
+    c.switch_and_archive();
+
+    let report = verify_wal(&c, &config, &metrics, 1);
+    assert_eq!(alerts(&report), [("SlotLagging".to_string(), "slot pitr".to_string())]);
+    let reason = first_reason(&report);
+    for advice in [
+        "no WAL receiver streams",
+        "pitr watch --slot pitr",
+        "pitr slot drop --slot pitr",
+        "max_slot_wal_keep_size",
+    ] {
+        assert!(reason.contains(advice), "{advice:?} not in {reason}");
+    }
+    let slot = &report["slot"];
+    assert_eq!(
+        (slot["state"].as_str(), slot["active"].as_bool()),
+        (Some("found"), Some(false)),
+        "{slot}"
+    );
+    let retained = slot["retained_bytes"].as_f64().expect("retained bytes");
+    assert!(retained > MIB, "{slot}");
+    assert_eq!(slot["wal_status"], "reserved", "{slot}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(
+        metric(&text, "pitr_slot_retained_wal_bytes{slot=\"pitr\"}"),
+        Some(retained),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "pitr_slot_active{slot=\"pitr\"}"), Some(0.0), "{text}");
+    assert_eq!(
+        metric(&text, "pitr_alerts{alert=\"SlotLagging\",severity=\"warning\"}"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A receiver streams and catches up: no alert.
+    let receiver = Receiver::start(&c);
+    let caught_up = poll(Duration::from_secs(60), || {
+        let out = c.pitr_connected(
+            c.repo(),
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "verify",
+                "wal",
+                "--json",
+                "--log-file",
+                "none",
+            ],
+        );
+        (out.code() == Some(0)).then(|| parse_json(&out))
+    });
+    let report = caught_up.expect("verify stays in alert while a receiver streams");
+    assert_eq!(report["slot"]["active"], true, "{report:#}");
+    receiver.stop().assert_success();
+}
+
+#[test]
+fn a_missing_or_lost_slot_is_slot_lost_and_check_says_how_to_create_it() {
+    let c = Cluster::start(ClusterOptions::default());
+    c.switch_and_archive();
+    let config = c.test_dir().write("slot.toml", "slot = \"pitr\"\n");
+    let config = config.to_str().unwrap();
+    let metrics = c.test_dir().join("pitr.prom");
+
+    let report = verify_wal(&c, config.as_ref(), &metrics, 2);
+    assert_eq!(alerts(&report), [("SlotLost".to_string(), "slot pitr".to_string())]);
+    assert!(
+        first_reason(&report).contains("pitr slot create --slot pitr"),
+        "{report:#}"
+    );
+    assert_eq!(report["slot"]["state"], "missing", "{report:#}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(metric(&text, "pitr_slot_active{slot=\"pitr\"}"), Some(0.0), "{text}");
+    let check = c.pitr_connected(c.repo(), &["--config", config, "check"]);
+    check.assert_code(1);
+    assert!(
+        check.stderr_str().contains("has no replication slot pitr")
+            && check.stderr_str().contains("pitr slot create --slot pitr"),
+        "{}",
+        check.describe()
+    );
+
+    c.pitr_ok(&["slot", "create", "--slot", "pitr"]);
+    let check = c.pitr_ok(&["--config", config, "check", "--json"]);
+    let report = parse_json(&check);
+    let slot = &report["slot"];
+    assert_eq!(
+        (slot["name"].as_str(), slot["slot_type"].as_str()),
+        (Some("pitr"), Some("physical")),
+        "{report:#}"
+    );
+    assert!(slot["retained_bytes"].is_u64(), "{report:#}");
+    let check = c.pitr_ok(&["--config", config, "check"]);
+    assert!(
+        check.stdout_str().contains("ok: replication slot pitr (physical)")
+            && check
+                .stdout_str()
+                .contains("note: start the WAL receiver: pitr watch --slot pitr"),
+        "{}",
+        check.describe()
+    );
+
+    // Bounded by max_slot_wal_keep_size, an idle slot loses WAL at a checkpoint.
+    c.psql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
+    c.psql("SELECT pg_reload_conf()");
+    let lost = poll(Duration::from_secs(30), || {
+        write_rows(&c, 2000);
+        c.switch_and_archive();
+        c.psql("CHECKPOINT");
+        let status = c.psql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'pitr'");
+        (status == "lost").then_some(())
+    });
+    assert!(lost.is_some(), "the slot did not lose WAL\n{}", c.log_tail());
+    let report = verify_wal(&c, config.as_ref(), &metrics, 2);
+    assert_eq!(alerts(&report), [("SlotLost".to_string(), "slot pitr".to_string())]);
+    assert!(first_reason(&report).contains("wal_status lost"), "{report:#}");
+    let check = c.pitr_connected(c.repo(), &["--config", config, "check"]);
+    check.assert_code(1);
+    assert!(check.stderr_str().contains("has lost WAL"), "{}", check.describe());
+}
+
+#[test]
+fn the_daemon_serves_the_state_of_the_slot_it_streams_from() {
+    let c = streaming_cluster();
+    let port = free_port();
+    let config = c.test_dir().write(
+        "daemon.toml",
+        format!(
+            "repo = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nslot = \"pitr\"\n\n[schedule]\nhourly = \"off\"\n\
+             daily = \"off\"\nweekly = \"off\"\nverify = \"off\"\n",
+            c.repo().display()
+        ),
+    );
+    give_to_server_user(&config);
+    let mut command = c.pitr_cmd();
+    c.libpq_env(&mut command)
+        .arg("--config")
+        .arg(&config)
+        .args(["daemon", "--pgdata"])
+        .arg(c.data_dir());
+    let daemon = spawn(&mut command);
+    write_rows(&c, 1000);
+    let text = poll(Duration::from_secs(60), || {
+        let text = http_get(port, "/metrics")?;
+        (metric(&text, "pitr_slot_active{slot=\"pitr\"}")? == 1.0).then_some(text)
+    });
+    let out = terminate_pitr(daemon, "pitr daemon".into(), Duration::from_secs(30));
+    let text = text.unwrap_or_else(|| panic!("no active slot in /metrics\n{}", out.describe()));
+    let retained = metric(&text, "pitr_slot_retained_wal_bytes{slot=\"pitr\"}");
+    assert!(retained.is_some_and(|bytes| bytes < 16.0 * MIB), "{text}");
+    assert!(out.success(), "{}", out.describe());
+}

@@ -138,6 +138,7 @@ fn run_watcher(
     let events = WatcherEvents { metrics, log };
     loop {
         let settings = current.get();
+        metrics.watch_slot(settings.stream.clone());
         let watch_options = WatchOptions {
             pgdata: options.pgdata.clone(),
             workers: settings.workers,

@@ -9,6 +9,7 @@ mod version;
 pub use connect::connection_config;
 pub use version::{BackupApi, PgVersion};
 
+use serde::Serialize;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
@@ -44,6 +45,44 @@ pub struct BackupStop {
     pub label_file: String,
     /// The `tablespace_map` text; empty when there are no tablespaces.
     pub tablespace_map: String,
+}
+
+/// A replication slot as `pg_replication_slots` shows it, with the WAL it holds back on the
+/// server ([`Server::replication_slot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotState {
+    /// The slot's name.
+    pub name: String,
+    /// The server it is on, for messages.
+    pub server: String,
+    /// `physical` or `logical`.
+    pub slot_type: String,
+    /// A receiver streams from it now.
+    pub active: bool,
+    /// The oldest WAL the slot keeps (`None`: it keeps none, or lost it).
+    pub restart_lsn: Option<Lsn>,
+    /// Bytes of WAL the slot holds back on the server: from `restart_lsn` to where the server has
+    /// written (a standby: received or replayed) WAL. `None` when the slot keeps no WAL.
+    pub retained_bytes: Option<u64>,
+    /// `reserved`, `extended`, `unreserved` (the next checkpoint may remove WAL the slot needs)
+    /// or `lost` (it did).
+    pub wal_status: Option<String>,
+    /// Bytes that can still be written before the slot loses WAL (`None`: without limit, or lost).
+    pub safe_wal_size: Option<i64>,
+    /// The server's `max_slot_wal_keep_size` in bytes (`None`: -1, no limit).
+    pub max_slot_wal_keep_size: Option<u64>,
+}
+
+impl SlotState {
+    /// Whether the slot has lost WAL it needs: the receiver cannot resume from it.
+    pub fn lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
+
+    /// Whether it is a physical slot, as the receiver needs.
+    pub fn physical(&self) -> bool {
+        self.slot_type == "physical"
+    }
 }
 
 impl Server {
@@ -211,6 +250,49 @@ impl Server {
         })
     }
 
+    /// The replication slot `name` from `pg_replication_slots`, `None` when there is none; the
+    /// name is checked and passed as a parameter. (PostgreSQL 13 and later, which have
+    /// `wal_status`, `safe_wal_size` and `max_slot_wal_keep_size`.)
+    pub async fn replication_slot(&self, name: &str) -> Result<Option<SlotState>> {
+        replication::check_slot_name(name)?;
+        // pg_current_wal_lsn() fails during recovery: a standby's WAL ends where it received
+        // or replayed it (no receive position without streaming).
+        let sql = if self.is_in_recovery().await? {
+            SLOT_QUERY_STANDBY
+        } else {
+            SLOT_QUERY_PRIMARY
+        };
+        let Some(row) = self
+            .client
+            .query_opt(sql, &[&name])
+            .await
+            .map_err(|e| self.sql_error(e))?
+        else {
+            return Ok(None);
+        };
+        let restart_lsn = row
+            .get::<_, Option<String>>(2)
+            .map(|text| {
+                text.parse()
+                    .map_err(|_| self.fail(format!("unexpected restart_lsn '{text}' of slot {name}")))
+            })
+            .transpose()?;
+        Ok(Some(SlotState {
+            name: name.to_string(),
+            server: self.target.clone(),
+            slot_type: row.get(0),
+            active: row.get(1),
+            restart_lsn,
+            retained_bytes: row.get::<_, Option<i64>>(3).map(|b| b.max(0) as u64),
+            wal_status: row.get(4),
+            safe_wal_size: row.get(5),
+            max_slot_wal_keep_size: row
+                .get::<_, Option<i64>>(6)
+                .filter(|mb| *mb >= 0)
+                .map(|mb| mb as u64 * 1024 * 1024),
+        }))
+    }
+
     /// The server's log file, when the logging collector writes one and this role may ask
     /// (`pg_current_logfile()`); relative paths are resolved against the data directory.
     pub async fn log_file(&self) -> Option<std::path::PathBuf> {
@@ -260,6 +342,18 @@ impl Server {
         }
     }
 }
+
+/// [`Server::replication_slot`]'s query on a primary and on a standby: they differ only in where
+/// the server's WAL ends. `max_slot_wal_keep_size` is in MB in `pg_settings`.
+const SLOT_QUERY_PRIMARY: &str = "SELECT slot_type, active, restart_lsn::text, \
+     pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status, safe_wal_size, \
+     (SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size') \
+     FROM pg_replication_slots WHERE slot_name = $1";
+const SLOT_QUERY_STANDBY: &str = "SELECT slot_type, active, restart_lsn::text, \
+     pg_wal_lsn_diff(greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), restart_lsn)::bigint, \
+     wal_status, safe_wal_size, \
+     (SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size') \
+     FROM pg_replication_slots WHERE slot_name = $1";
 
 /// The server's message when there is one (tokio-postgres' Display says only "db error").
 fn error_text(e: &tokio_postgres::Error) -> String {

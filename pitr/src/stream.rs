@@ -43,6 +43,7 @@ use crate::archive;
 use crate::codec::{Codec, Encoder};
 use crate::error::{Error, Result};
 use crate::pg::replication::{check_slot_name, ReplicationConnection, StreamMessage};
+use crate::pg::{Server, SlotState};
 use crate::repo::Repo;
 use crate::spool::Spool;
 use crate::storage::PutOutcome;
@@ -89,6 +90,28 @@ pub fn create_slot(options: &StreamOptions) -> Result<()> {
 pub fn drop_slot(options: &StreamOptions) -> Result<()> {
     check_slot_name(&options.slot)?;
     ReplicationConnection::connect(&options.connection)?.drop_slot(&options.slot)
+}
+
+/// The slot's state on the server (`None`: there is no such slot), answered within `timeout`
+/// or an error: for callers without an async runtime, like the daemon's `/metrics`.
+pub fn slot_state(options: &StreamOptions, timeout: Duration) -> Result<Option<SlotState>> {
+    check_slot_name(&options.slot)?;
+    let mut config = options.connection.clone();
+    config.connect_timeout(timeout);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io("start", "an async runtime"))?;
+    runtime.block_on(async {
+        let read = async { Server::connect(&config).await?.replication_slot(&options.slot).await };
+        tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
+            Err(Error::Refused(format!(
+                "the server did not answer about slot {} within {} s",
+                options.slot,
+                timeout.as_secs_f64()
+            )))
+        })
+    })
 }
 
 /// Receives WAL until `stop` is set, connecting again after every error (each reported).

@@ -5,7 +5,8 @@
 //! `verify` reads every stored object in scope once, in parallel (backup files against the
 //! object checksum and the manifest, labels, WAL files against checksum, page header and
 //! cluster), checks manifests, WAL continuity and the timeline history chain, and judges
-//! freshness against [`Thresholds`]. It checks every generation of the repository, each against
+//! freshness against [`Thresholds`]; with a replication slot configured, how much WAL the slot
+//! holds back on the server. It checks every generation of the repository, each against
 //! its own cluster and WAL; freshness and staleness judge the current one, whose server runs.
 //!
 //! - `alerts`: the alert names and severities, and the freshness rules.
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use alerts::{human_duration, Alert, AlertName, Severity, Thresholds};
+pub use alerts::{human_bytes, human_duration, Alert, AlertName, Severity, Thresholds, DEFAULT_SLOT_LAG};
 pub use check::{check, CheckOptions, CheckReport};
 pub use continuity::Gap;
 pub use integrity::{check_integrity, IntegrityKind, IntegrityReport};
@@ -47,7 +48,7 @@ use crate::backup::manifest::{Manifest, ManifestSummary};
 use crate::backup::{CatalogEntry, Tier};
 use crate::error::{Error, Result};
 use crate::info::{earlier_generations, summarize, summarize_on, Holdings, RepoSummary};
-use crate::pg::Server;
+use crate::pg::{Server, SlotState};
 use crate::progress::Progress;
 use crate::repo::{backup_dir, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
 use crate::wal::{Lsn, Segment, TimelineId, WalFileName};
@@ -155,37 +156,114 @@ impl ServerView {
     }
 }
 
-/// Looks at the server behind `config` for the staleness rule; never fails, an unreachable
-/// server is a view too. Only asked when `scope` covers the WAL archive.
-pub async fn observe_server(repo: &Repo, scope: Scope, config: &tokio_postgres::Config) -> ServerView {
-    if !scope.covers_wal() {
-        return ServerView::Unavailable {
-            reason: format!("not asked: verify {scope} does not judge the WAL archive"),
-        };
-    }
-    observe(repo, config)
-        .await
-        .unwrap_or_else(|e| ServerView::Unavailable { reason: e.to_string() })
+/// The configured replication slot (`slot`), as SlotLagging and SlotLost need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SlotView {
+    /// The slot as `pg_replication_slots` shows it.
+    Found(SlotState),
+    /// The server has no slot of this name.
+    Missing {
+        /// The slot.
+        name: String,
+        /// Which server.
+        server: String,
+    },
+    /// Not asked, or the server was not reached: why.
+    Unavailable {
+        /// The slot.
+        name: String,
+        /// Why.
+        reason: String,
+    },
 }
 
-async fn observe(repo: &Repo, config: &tokio_postgres::Config) -> Result<ServerView> {
-    let unavailable = |reason: String| Ok(ServerView::Unavailable { reason });
-    let Some(info) = repo.info()? else {
-        return unavailable("the repository holds no cluster yet".into());
+/// What verify saw of the server: for the staleness rule, and the configured slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// The server, for WalArchiveStale.
+    pub server: ServerView,
+    /// The configured replication slot, if any.
+    pub slot: Option<SlotView>,
+}
+
+/// Looks at the server behind `config` for the staleness rule and at the replication slot
+/// `slot` (when one is configured); never fails, an unreachable server is a view too. Only
+/// asked when `scope` covers the WAL archive. The slot is judged on whatever server `config`
+/// reaches (the receiver streams from that one), a standby included.
+pub async fn observe_server(
+    repo: &Repo,
+    scope: Scope,
+    config: &tokio_postgres::Config,
+    slot: Option<&str>,
+) -> Observation {
+    let unavailable = |reason: &str| Observation {
+        server: ServerView::Unavailable {
+            reason: reason.to_string(),
+        },
+        slot: slot.map(|name| SlotView::Unavailable {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        }),
     };
+    if !scope.covers_wal() {
+        return unavailable(&format!("not asked: verify {scope} does not judge the WAL archive"));
+    }
+    let cluster = match repo.info() {
+        Ok(Some(info)) => Ok(info.system_identifier),
+        Ok(None) => Err("the repository holds no cluster yet".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let (Err(reason), None) = (&cluster, slot) {
+        return unavailable(reason);
+    }
     let mut config = config.clone();
     config.connect_timeout(Duration::from_secs(5));
-    let server = Server::connect(&config).await?;
+    let server = match Server::connect(&config).await {
+        Ok(server) => server,
+        Err(e) => return unavailable(&e.to_string()),
+    };
+    let slot = match slot {
+        Some(name) => Some(observe_slot(&server, name).await),
+        None => None,
+    };
+    let server = match cluster {
+        Ok(system_identifier) => observe(&server, system_identifier)
+            .await
+            .unwrap_or_else(|e| ServerView::Unavailable { reason: e.to_string() }),
+        Err(reason) => ServerView::Unavailable { reason },
+    };
+    Observation { server, slot }
+}
+
+async fn observe_slot(server: &Server, name: &str) -> SlotView {
+    match server.replication_slot(name).await {
+        Ok(Some(state)) => SlotView::Found(state),
+        Ok(None) => SlotView::Missing {
+            name: name.to_string(),
+            server: server.target().to_string(),
+        },
+        Err(e) => SlotView::Unavailable {
+            name: name.to_string(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+async fn observe(server: &Server, cluster: u64) -> Result<ServerView> {
     let system_identifier = server.system_identifier().await?;
-    if system_identifier != info.system_identifier {
-        return unavailable(format!(
-            "{} is cluster {system_identifier}, not the repository's cluster {}",
-            server.target(),
-            info.system_identifier
-        ));
+    if system_identifier != cluster {
+        return Ok(ServerView::Unavailable {
+            reason: format!(
+                "{} is cluster {system_identifier}, not the repository's cluster {cluster}",
+                server.target()
+            ),
+        });
     }
     if server.is_in_recovery().await? {
-        return unavailable(format!("{} is a standby", server.target()));
+        return Ok(ServerView::Unavailable {
+            reason: format!("{} is a standby", server.target()),
+        });
     }
     Ok(ServerView::Primary {
         target: server.target().to_string(),
@@ -228,6 +306,10 @@ pub struct VerifyReport {
     pub gaps: Vec<Gap>,
     /// The server, for the staleness rule.
     pub server: ServerView,
+    /// The configured replication slot (`slot`), for SlotLagging and SlotLost; absent when none
+    /// is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<SlotView>,
     /// The alerts, critical first.
     pub alerts: Vec<Alert>,
     /// The repository's state: windows, tiers, archive, restore points.
@@ -238,9 +320,10 @@ pub struct VerifyReport {
 pub fn verify(
     repo: &Repo,
     options: &VerifyOptions,
-    server: &ServerView,
+    observed: &Observation,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
+    let server = &observed.server;
     let started = Instant::now();
     let current = repo.pin()?;
     let holdings = Holdings::read(&current)?;
@@ -289,6 +372,11 @@ pub fn verify(
     if whole_archive {
         checked.alerts.extend(stale_alert(&holdings, server, options));
     }
+    if let Some(slot) = &observed.slot {
+        checked
+            .alerts
+            .extend(alerts::slot_rule(slot, options.thresholds.slot_lag));
+    }
     checked.alerts.sort_by_key(|a| (std::cmp::Reverse(a.severity), a.alert));
     let mut repository = summarize_on(&holdings, options.now, server.timeline());
     repository.earlier_generations = earlier_summaries;
@@ -302,6 +390,7 @@ pub fn verify(
         read: checked.read,
         gaps: checked.gaps,
         server: server.clone(),
+        slot: observed.slot.clone(),
         alerts: checked.alerts,
         repository,
     })

@@ -1,6 +1,9 @@
 //! The daemon's metrics, in Prometheus' exposition format, and its health report.
 //!
-//! The daemon's own resident memory is read from `/proc/self/status` at each scrape.
+//! The daemon's own resident memory is read from `/proc/self/status` at each scrape, and, while
+//! the daemon streams from a replication slot, the slot's state from the server (one short
+//! connection per scrape, at most [`SLOT_PROBE_TIMEOUT`]; no sample when the server does not
+//! answer).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -14,6 +17,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::Job;
+use crate::error::Result;
+use crate::pg::SlotState;
+use crate::stream::{self, StreamOptions};
+use crate::verify::metrics::{SLOT_ACTIVE, SLOT_RETAINED};
+
+/// How long a scrape waits for the server's answer about the slot.
+pub const SLOT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Labels = Vec<(String, String)>;
 
@@ -31,6 +41,10 @@ pub struct Metrics {
     job_skipped: Family<Labels, Counter>,
     job_running: Family<Labels, Gauge>,
     resident_memory: Gauge,
+    slot_active: Family<Labels, Gauge>,
+    slot_retained: Family<Labels, Gauge>,
+    /// The slot the daemon streams from, asked about at each scrape.
+    slot: Mutex<Option<StreamOptions>>,
     last_results: Mutex<BTreeMap<String, (bool, DateTime<Utc>)>>,
     /// The jobs running now, and since when.
     running: Mutex<BTreeMap<String, DateTime<Utc>>>,
@@ -52,6 +66,9 @@ impl Metrics {
             job_skipped: Family::default(),
             job_running: Family::default(),
             resident_memory: Gauge::default(),
+            slot_active: Family::default(),
+            slot_retained: Family::default(),
+            slot: Mutex::new(None),
             last_results: Mutex::new(BTreeMap::new()),
             running: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
@@ -107,7 +124,58 @@ impl Metrics {
             "Resident memory of the daemon process (its jobs run in processes of their own)",
             metrics.resident_memory.clone(),
         );
+        // The names and help of verify's textfile (the registry adds the prefix).
+        for ((name, help), family) in [
+            (SLOT_ACTIVE, &metrics.slot_active),
+            (SLOT_RETAINED, &metrics.slot_retained),
+        ] {
+            registry.register(
+                name.trim_start_matches("pitr_"),
+                help.trim_end_matches('.'),
+                family.clone(),
+            );
+        }
         Metrics { registry, ..metrics }
+    }
+
+    /// The slot the daemon streams from now (`None`: it does not stream).
+    pub fn watch_slot(&self, stream: Option<StreamOptions>) {
+        *self.slot.lock().expect("not poisoned") = stream;
+    }
+
+    /// Asks the server about the slot and records the answer.
+    fn refresh_slot(&self) {
+        // Held while asking: scrapes at once ask one after the other.
+        let slot = self.slot.lock().expect("not poisoned");
+        match slot.as_ref() {
+            Some(options) => self.record_slot(&options.slot, stream::slot_state(options, SLOT_PROBE_TIMEOUT)),
+            None => {
+                self.slot_active.clear();
+                self.slot_retained.clear();
+            }
+        }
+    }
+
+    /// The slot `name` as the server answered: active (0 when missing) and the WAL it holds
+    /// back; no sample when the server did not answer.
+    fn record_slot(&self, name: &str, answer: Result<Option<SlotState>>) {
+        self.slot_active.clear();
+        self.slot_retained.clear();
+        let labels = vec![("slot".to_string(), name.to_string())];
+        match answer {
+            Ok(Some(state)) => {
+                self.slot_active.get_or_create(&labels).set(i64::from(state.active));
+                if let Some(bytes) = state.retained_bytes {
+                    self.slot_retained
+                        .get_or_create(&labels)
+                        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                }
+            }
+            Ok(None) => {
+                self.slot_active.get_or_create(&labels).set(0);
+            }
+            Err(_) => {}
+        }
     }
 
     /// A job started.
@@ -165,6 +233,7 @@ impl Metrics {
         if let Some(bytes) = resident_memory_bytes() {
             self.resident_memory.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
+        self.refresh_slot();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
@@ -238,8 +307,43 @@ mod tests {
         );
         assert!(text.contains("pitr_job_last_failed{job=\"verify\"} 1"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(!text.contains("pitr_slot_"), "no slot, no sample: {text}");
         let health: serde_json::Value = serde_json::from_str(&metrics.health()).unwrap();
         assert_eq!(health["status"], "degraded");
         assert_eq!(health["running"][0]["job"], "backup daily", "{health}");
+    }
+
+    #[test]
+    fn the_slot_is_sampled_as_the_server_answered() {
+        let metrics = Metrics::new();
+        let encode = |metrics: &Metrics| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
+            text
+        };
+        let state = SlotState {
+            name: "pitr".into(),
+            server: "server".into(),
+            slot_type: "physical".into(),
+            active: true,
+            restart_lsn: None,
+            retained_bytes: Some(4096),
+            wal_status: Some("reserved".into()),
+            safe_wal_size: None,
+            max_slot_wal_keep_size: None,
+        };
+        metrics.record_slot("pitr", Ok(Some(state)));
+        let text = encode(&metrics);
+        assert!(text.contains("pitr_slot_active{slot=\"pitr\"} 1\n"), "{text}");
+        assert!(
+            text.contains("pitr_slot_retained_wal_bytes{slot=\"pitr\"} 4096\n"),
+            "{text}"
+        );
+        metrics.record_slot("pitr", Ok(None));
+        let text = encode(&metrics);
+        assert!(text.contains("pitr_slot_active{slot=\"pitr\"} 0\n"), "{text}");
+        assert!(!text.contains("pitr_slot_retained_wal_bytes{"), "{text}");
+        metrics.record_slot("pitr", Err(crate::Error::Refused("down".into())));
+        assert!(!encode(&metrics).contains("pitr_slot_active{"));
     }
 }

@@ -1,6 +1,7 @@
 //! The alerts, named as in the runbook, with their severities, and the rules that judge
-//! freshness: how old the newest backups may be, and how long the archive may stand still
-//! while the server writes. Pure functions of facts, thresholds and "now".
+//! freshness: how old the newest backups may be, how long the archive may stand still while
+//! the server writes, and how much WAL the receiver's replication slot may hold back. Pure
+//! functions of facts, thresholds and "now".
 
 use std::fmt;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Scope, ServerView};
+use super::{Scope, ServerView, SlotView};
 use crate::backup::manifest::ManifestSummary;
 use crate::backup::Tier;
 use crate::wal::{SegmentSize, SIZE_OF_XLOG_LONG_PHD};
@@ -45,25 +46,34 @@ pub enum AlertName {
     WalArchiveGap,
     /// The archive stands still while the server writes WAL.
     WalArchiveStale,
+    /// No receiver streams from the configured replication slot, or it holds back more WAL
+    /// than the threshold: pg_wal grows.
+    SlotLagging,
+    /// The configured replication slot is missing, not physical, or has lost WAL it needed:
+    /// the receiver cannot stream from it.
+    SlotLost,
 }
 
 impl AlertName {
     /// Every alert, in the order they are reported and exported.
-    pub const ALL: [AlertName; 5] = [
+    pub const ALL: [AlertName; 7] = [
         AlertName::BackupVerificationFailed,
         AlertName::BackupMissing,
         AlertName::BackupTooOld,
         AlertName::WalArchiveGap,
         AlertName::WalArchiveStale,
+        AlertName::SlotLagging,
+        AlertName::SlotLost,
     ];
 
     /// The alert's fixed severity.
     pub fn severity(self) -> Severity {
         match self {
-            AlertName::BackupTooOld | AlertName::WalArchiveStale => Severity::Warning,
-            AlertName::BackupVerificationFailed | AlertName::BackupMissing | AlertName::WalArchiveGap => {
-                Severity::Critical
-            }
+            AlertName::BackupTooOld | AlertName::WalArchiveStale | AlertName::SlotLagging => Severity::Warning,
+            AlertName::BackupVerificationFailed
+            | AlertName::BackupMissing
+            | AlertName::WalArchiveGap
+            | AlertName::SlotLost => Severity::Critical,
         }
     }
 }
@@ -108,7 +118,15 @@ pub struct Thresholds {
     pub backup_grace: Duration,
     /// WalArchiveStale: the newest archived segment may be this old while the server writes.
     pub wal_stale: Duration,
+    /// SlotLagging: bytes of WAL the replication slot may hold back on the server.
+    pub slot_lag: u64,
 }
+
+/// SlotLagging's default threshold, 1 GiB: PostgreSQL's default `max_wal_size`, so beyond it
+/// the slot makes pg_wal hold more than the server would keep for itself. A receiver that
+/// streams holds back less than a segment; 1 GiB is 64 segments behind: stopped or stuck for
+/// a while, yet early on most disks.
+pub const DEFAULT_SLOT_LAG: u64 = 1 << 30;
 
 impl Default for Thresholds {
     fn default() -> Self {
@@ -116,6 +134,7 @@ impl Default for Thresholds {
             max_age: Duration::from_secs(168 * 3600),
             backup_grace: Duration::from_secs(3600),
             wal_stale: Duration::from_secs(3600),
+            slot_lag: DEFAULT_SLOT_LAG,
         }
     }
 }
@@ -277,6 +296,124 @@ pub fn staleness(
     ))
 }
 
+/// SlotLost when the configured slot is missing, not physical, or has lost WAL it needed;
+/// SlotLagging when no receiver streams from it, when it holds back more than `threshold` bytes
+/// of WAL, or when the next checkpoint may remove WAL it needs (`unreserved`). A server that
+/// was not reached judges nothing.
+pub fn slot_rule(slot: &SlotView, threshold: u64) -> Option<Alert> {
+    let state = match slot {
+        SlotView::Unavailable { .. } => return None,
+        SlotView::Missing { name, server } => {
+            return Some(Alert::new(
+                AlertName::SlotLost,
+                format!("slot {name}"),
+                format!(
+                    "replication slot {name} does not exist on {server}, so the WAL receiver cannot stream \
+                     (archive_command still archives each completed segment): create it with `pitr slot create \
+                     --slot {name}` and restart `pitr watch --slot {name}` (or the daemon); if streaming is given \
+                     up, remove `slot` from the config file"
+                ),
+            ))
+        }
+        SlotView::Found(state) => state,
+    };
+    let name = &state.name;
+    let subject = format!("slot {name}");
+    let bound = match state.max_slot_wal_keep_size {
+        Some(bytes) => format!("max_slot_wal_keep_size ({})", human_bytes(bytes)),
+        None => "max_slot_wal_keep_size (-1: no limit)".to_string(),
+    };
+    if !state.physical() {
+        return Some(Alert::new(
+            AlertName::SlotLost,
+            subject,
+            format!(
+                "replication slot {name} on {} is a {} slot; the WAL receiver streams from a physical one: set \
+                 `slot` to another name and create that slot with `pitr slot create --slot NAME`",
+                state.server, state.slot_type
+            ),
+        ));
+    }
+    if state.lost() {
+        return Some(Alert::new(
+            AlertName::SlotLost,
+            subject,
+            format!(
+                "replication slot {name} on {} has lost WAL it needed (wal_status lost: it held back more than \
+                 {bound} allows, and a checkpoint removed that WAL), so the WAL receiver cannot resume from it. \
+                 archive_command still archives each completed segment: a WalArchiveGap from `pitr verify wal` \
+                 would mean the archive misses WAL too. Find out why the receiver stopped, then create the slot \
+                 again: `pitr slot drop --slot {name}`, `pitr slot create --slot {name}`, and restart `pitr watch \
+                 --slot {name}` (or the daemon)",
+                state.server
+            ),
+        ));
+    }
+    let retained = state.retained_bytes.unwrap_or(0);
+    let unreserved = state.wal_status.as_deref() == Some("unreserved");
+    if state.active && retained <= threshold && !unreserved {
+        return None;
+    }
+    let what = if state.active {
+        format!(
+            "the WAL receiver streaming from replication slot {name} on {} lags behind",
+            state.server
+        )
+    } else {
+        format!(
+            "no WAL receiver streams from replication slot {name} on {}",
+            state.server
+        )
+    };
+    let status = state.wal_status.as_deref().unwrap_or("unknown");
+    let safe = match state.safe_wal_size {
+        Some(bytes) => format!(", {} more before it loses WAL", human_bytes(bytes.max(0) as u64)),
+        None => String::new(),
+    };
+    let warning = if unreserved {
+        "; the next checkpoint removes WAL the slot still needs"
+    } else {
+        ""
+    };
+    let action = if state.active {
+        "check the receiver's log (`pitr watch` or the daemon) and how fast the repository takes segments".to_string()
+    } else {
+        format!(
+            "start the receiver (`pitr watch --slot {name}`, or the daemon with slot = \"{name}\"), or, if \
+             streaming is given up, drop the slot with `pitr slot drop --slot {name}` before pg_wal fills"
+        )
+    };
+    let limit = match state.max_slot_wal_keep_size {
+        Some(_) => format!("{bound} bounds it: beyond that the slot loses WAL (SlotLost) rather than filling the disk"),
+        None => format!("{bound}: set it to what pg_wal's disk can spare, so that a stopped receiver cannot fill it"),
+    };
+    Some(Alert::new(
+        AlertName::SlotLagging,
+        subject,
+        format!(
+            "{what}: it holds back {} of WAL in pg_wal (threshold {}; wal_status {status}{safe}){warning}; \
+             {action}; {limit}",
+            human_bytes(retained),
+            human_bytes(threshold)
+        ),
+    ))
+}
+
+/// "512 B", "3.5 MiB", "1.0 GiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
 /// "3 d 4 h", "2 h 5 min", "40 s".
 pub fn human_duration(seconds: i64) -> String {
     let s = seconds.max(0);
@@ -409,11 +546,78 @@ mod tests {
         assert!(staleness(None, &writing(past), size, threshold, at(5)).is_some());
     }
 
+    fn slot(active: bool, retained: u64, wal_status: &str) -> SlotView {
+        SlotView::Found(crate::pg::SlotState {
+            name: "pitr".into(),
+            server: "server".into(),
+            slot_type: "physical".into(),
+            active,
+            restart_lsn: Some(Lsn(1 << 24)),
+            retained_bytes: Some(retained),
+            wal_status: Some(wal_status.into()),
+            safe_wal_size: None,
+            max_slot_wal_keep_size: None,
+        })
+    }
+
+    #[test]
+    fn a_slot_lags_when_idle_or_beyond_the_threshold_and_is_lost_when_missing_or_lost() {
+        let mib = 1 << 20;
+        assert_eq!(slot_rule(&slot(true, mib, "reserved"), 2 * mib), None);
+        let idle = slot_rule(&slot(false, mib, "reserved"), 2 * mib).expect("idle");
+        assert_eq!((idle.alert, idle.severity), (AlertName::SlotLagging, Severity::Warning));
+        assert!(idle.reason.contains("pitr watch --slot pitr"), "{}", idle.reason);
+        assert!(idle.reason.contains("pitr slot drop --slot pitr"), "{}", idle.reason);
+        assert!(
+            idle.reason.contains("max_slot_wal_keep_size (-1: no limit): set it"),
+            "{}",
+            idle.reason
+        );
+        let behind = slot_rule(&slot(true, 3 * mib, "extended"), 2 * mib).expect("behind");
+        assert_eq!(behind.alert, AlertName::SlotLagging);
+        assert!(behind.reason.contains("holds back 3.0 MiB"), "{}", behind.reason);
+        let unreserved = slot_rule(&slot(true, mib, "unreserved"), 2 * mib).expect("unreserved");
+        assert!(unreserved.reason.contains("next checkpoint"), "{}", unreserved.reason);
+        let lost = slot_rule(&slot(false, 0, "lost"), 2 * mib).expect("lost");
+        assert_eq!((lost.alert, lost.severity), (AlertName::SlotLost, Severity::Critical));
+        let missing = SlotView::Missing {
+            name: "pitr".into(),
+            server: "server".into(),
+        };
+        let missing = slot_rule(&missing, 2 * mib).expect("missing");
+        assert_eq!(missing.alert, AlertName::SlotLost);
+        assert!(
+            missing.reason.contains("pitr slot create --slot pitr"),
+            "{}",
+            missing.reason
+        );
+        let SlotView::Found(mut logical) = slot(true, 0, "reserved") else {
+            unreachable!()
+        };
+        logical.slot_type = "logical".into();
+        assert_eq!(
+            slot_rule(&SlotView::Found(logical), 2 * mib).map(|a| a.alert),
+            Some(AlertName::SlotLost)
+        );
+        let unreached = SlotView::Unavailable {
+            name: "pitr".into(),
+            reason: "down".into(),
+        };
+        assert_eq!(slot_rule(&unreached, 0), None);
+    }
+
     #[test]
     fn durations_read_well() {
         assert_eq!(human_duration(42), "42 s");
         assert_eq!(human_duration(3 * 60), "3 min");
         assert_eq!(human_duration(3 * 3600 + 120), "3 h 2 min");
         assert_eq!(human_duration(8 * 86400 + 3600), "8 d 1 h");
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 19), "1.5 MiB");
+        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
     }
 }

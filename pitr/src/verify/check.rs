@@ -1,7 +1,8 @@
 //! `pitr check`: archiving end to end on a running server, like `pgbackrest check`. The
 //! settings (wal_level, archive_mode, an archive_command that calls pitr with this repository),
 //! the current timeline's history file in the repository, and a forced WAL switch whose segment
-//! must arrive in the repository, valid, within a timeout. The first thing to run after setup and
+//! must arrive in the repository, valid, within a timeout; with a replication slot configured,
+//! that the slot exists, is physical and has lost no WAL. The first thing to run after setup and
 //! after every switch-over.
 
 use std::time::{Duration, Instant};
@@ -11,17 +12,19 @@ use serde::Serialize;
 use super::objects::check_wal_object;
 use crate::backup::{check_archive_settings, cluster_identity, segment_size};
 use crate::error::{Error, Result};
-use crate::pg::Server;
+use crate::pg::{Server, SlotState};
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::restore_point::{wait_until_archived, Waited};
 use crate::wal::{Segment, TimelineId, WalFileName};
 
 /// How to check.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CheckOptions {
     /// How long the switched segment may take to arrive in the repository.
     pub timeout: Duration,
+    /// The replication slot the WAL receiver streams from (`slot`), if any.
+    pub slot: Option<String>,
 }
 
 /// What a passed check saw.
@@ -41,6 +44,9 @@ pub struct CheckReport {
     pub segment: String,
     /// Seconds it took to arrive.
     pub archived_after_seconds: f64,
+    /// The configured replication slot, found usable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<SlotState>,
 }
 
 /// Checks that the server behind `server` archives into `repo`, end to end.
@@ -70,6 +76,10 @@ pub async fn check(
     check_archive_settings(repo, server, progress).await?; // where archiving goes is checked below
     let timeline = server.current_timeline().await?;
     let history_file = check_history(repo, timeline)?;
+    let slot = match &options.slot {
+        Some(name) => Some(check_slot(server, name).await?),
+        None => None,
+    };
     progress.status("switching WAL and waiting for the segment to be archived");
     let started = Instant::now();
     let segment = switch_and_wait(repo, server, timeline, options.timeout).await?;
@@ -81,7 +91,37 @@ pub async fn check(
         history_file,
         segment: segment.to_string(),
         archived_after_seconds: started.elapsed().as_secs_f64(),
+        slot,
     })
+}
+
+/// The receiver's slot must exist, be physical and not have lost WAL; how much WAL it holds
+/// back, and whether a receiver streams from it, are reported.
+async fn check_slot(server: &Server, name: &str) -> Result<SlotState> {
+    let refuse = |reason: String| Error::Server {
+        target: server.target().to_string(),
+        reason,
+    };
+    let Some(slot) = server.replication_slot(name).await? else {
+        return Err(refuse(format!(
+            "has no replication slot {name}, which `slot` names for the WAL receiver: create it with `pitr slot \
+             create --slot {name}`, then start `pitr watch --slot {name}` (or the daemon)"
+        )));
+    };
+    if !slot.physical() {
+        return Err(refuse(format!(
+            "replication slot {name} is a {} slot; the WAL receiver streams from a physical one: set `slot` to \
+             another name and create it with `pitr slot create --slot NAME`",
+            slot.slot_type
+        )));
+    }
+    if slot.lost() {
+        return Err(refuse(format!(
+            "replication slot {name} has lost WAL it needed (wal_status lost), so the WAL receiver cannot resume \
+             from it: create it again with `pitr slot drop --slot {name}` and `pitr slot create --slot {name}`"
+        )));
+    }
+    Ok(slot)
 }
 
 /// Timelines above 1 must have their history file in the repository, or recovery cannot

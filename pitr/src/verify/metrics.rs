@@ -12,7 +12,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
-use super::{AlertName, Scope, Status, VerifyReport};
+use super::{AlertName, Scope, SlotView, Status, VerifyReport};
 use crate::error::{Error, Result};
 use crate::info::Window;
 
@@ -43,6 +43,7 @@ pub fn render(report: &VerifyReport) -> String {
     backup_metrics(&mut out, report);
     wal_metrics(&mut out, report);
     window_metrics(&mut out, report);
+    slot_metrics(&mut out, report.slot.as_ref());
     out
 }
 
@@ -186,6 +187,45 @@ fn window_metrics(out: &mut String, report: &VerifyReport) {
     );
 }
 
+/// The configured replication slot: whether a receiver streams from it (0 also for a missing
+/// slot) and the WAL it holds back. No sample when the server was not reached.
+fn slot_metrics(out: &mut String, slot: Option<&SlotView>) {
+    let (active, retained) = match slot {
+        Some(SlotView::Found(state)) => (Some(state.active), state.retained_bytes),
+        Some(SlotView::Missing { .. }) => (Some(false), None),
+        Some(SlotView::Unavailable { .. }) | None => (None, None),
+    };
+    let name = match slot {
+        Some(SlotView::Found(state)) => state.name.clone(),
+        Some(SlotView::Missing { name, .. } | SlotView::Unavailable { name, .. }) => name.clone(),
+        None => String::new(),
+    };
+    let labels = [("slot", name)];
+    gauge(
+        out,
+        SLOT_ACTIVE.0,
+        SLOT_ACTIVE.1,
+        active.map(|a| (&labels[..], f64::from(u8::from(a)))),
+    );
+    gauge(
+        out,
+        SLOT_RETAINED.0,
+        SLOT_RETAINED.1,
+        retained.map(|bytes| (&labels[..], bytes as f64)),
+    );
+}
+
+/// The slot's gauges, here and in the daemon's `/metrics`: name and help.
+pub const SLOT_ACTIVE: (&str, &str) = (
+    "pitr_slot_active",
+    "1 while a WAL receiver streams from the replication slot, 0 when none does or the slot is missing.",
+);
+/// See [`SLOT_ACTIVE`].
+pub const SLOT_RETAINED: (&str, &str) = (
+    "pitr_slot_retained_wal_bytes",
+    "Bytes of WAL the replication slot holds back on the server.",
+);
+
 fn seconds(at: DateTime<Utc>) -> f64 {
     at.timestamp_millis() as f64 / 1000.0
 }
@@ -241,6 +281,7 @@ mod tests {
             },
             gaps: vec![],
             server: ServerView::Unavailable { reason: "test".into() },
+            slot: None,
             alerts,
             repository: RepoSummary {
                 repository: "/repo".into(),
@@ -305,6 +346,42 @@ mod tests {
                 "{family} declared even when empty"
             );
         }
+    }
+
+    #[test]
+    fn the_slot_reports_its_activity_and_the_wal_it_holds_back() {
+        let mut with_slot = report(vec![]);
+        with_slot.slot = Some(SlotView::Found(crate::pg::SlotState {
+            name: "pitr".into(),
+            server: "server".into(),
+            slot_type: "physical".into(),
+            active: false,
+            restart_lsn: Some(crate::wal::Lsn(1 << 24)),
+            retained_bytes: Some(5 << 20),
+            wal_status: Some("reserved".into()),
+            safe_wal_size: None,
+            max_slot_wal_keep_size: None,
+        }));
+        let found = samples(&render(&with_slot));
+        let value = |key: &str| found.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+        assert_eq!(value("pitr_slot_active{slot=\"pitr\"}"), Some(0.0));
+        assert_eq!(value("pitr_slot_retained_wal_bytes{slot=\"pitr\"}"), Some(5242880.0));
+        with_slot.slot = Some(SlotView::Missing {
+            name: "pitr".into(),
+            server: "server".into(),
+        });
+        let found = samples(&render(&with_slot));
+        assert!(found.contains(&("pitr_slot_active{slot=\"pitr\"}".to_string(), 0.0)));
+        assert!(!found.iter().any(|(k, _)| k.starts_with("pitr_slot_retained")));
+        let text = render(&report(vec![]));
+        assert!(
+            !samples(&text).iter().any(|(k, _)| k.starts_with("pitr_slot")),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE pitr_slot_active gauge\n"),
+            "declared even without a slot"
+        );
     }
 
     #[test]
