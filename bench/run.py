@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FINDINGS = Path(__file__).resolve().parent / "findings.md"
 SCALE = Path(__file__).resolve().parent / "scale.md"
 S3_NOTES = Path(__file__).resolve().parent / "s3.md"
+LOAD_NOTES = Path(__file__).resolve().parent / "load.md"
 DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
 # cargo's target directory: CARGO_TARGET_DIR when set (cargo build honours it too), else target/.
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
@@ -1930,6 +1932,181 @@ def summarize_callgrind(annotated: str, top: int = 12) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------
+# Section 8: archive_command as PostgreSQL calls it, under load (issue 15)
+# ----------------------------------------------------------------------------------------------
+
+G8 = "8. archive_command under load, as PostgreSQL calls it (issue 15)"
+
+# Seconds of steady pgbench load per run, and rows of the bulk-write burst after it.
+LOAD_SECONDS = 20
+BURST_ROWS = 1_500_000
+# Runs of the section (each run is about 2 minutes: four tools, a load and a burst each).
+LOAD_RUNS = 3
+LOAD_TOOLS = [
+    ("pitr-stream", "pitr archive-push with the WAL receiver (pitr watch --slot)"),
+    ("pitr-watch", "pitr archive-push with the watcher (pitr watch, no slot)"),
+    ("pitr-sync", "pitr archive-push alone (no watcher, no receiver)"),
+    ("pgbr-async", "pgbackrest archive-push archive-async=y process-max=2"),
+]
+
+
+def timing_wrapper(path: Path, command: str, calls: Path) -> None:
+    """archive_command = this script %p: it runs the tool's archive_command and appends start and
+    end (bash's own clock, $EPOCHREALTIME: no fork) and the exit code to `calls`. What it times is
+    the call as PostgreSQL's archiver waits for it, less the shell's own start."""
+    path.write_text("\n".join([
+        "#!/bin/bash",
+        "t0=$EPOCHREALTIME",
+        f'{command} "$1"',
+        "rc=$?",
+        "t1=$EPOCHREALTIME",
+        f'echo "${{t0/[.,]/}} ${{t1/[.,]/}} $rc $1" >> {shlex.quote(str(calls))}',
+        "exit $rc",
+        "",
+    ]))
+    os.chmod(path, 0o755)
+
+
+class ReadySampler(threading.Thread):
+    """Counts the .ready files in pg_wal/archive_status every 50 ms: the archiver's backlog."""
+
+    def __init__(self, status: Path):
+        super().__init__(daemon=True)
+        self.status, self.peak, self.stop_flag = status, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            try:
+                n = sum(1 for p in self.status.iterdir() if p.suffix == ".ready")
+            except OSError:
+                n = 0
+            self.peak = max(self.peak, n)
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        self.stop_flag.set()
+        self.join()
+        return self.peak
+
+
+def load_phase(b: Bench, calls: Path, work: Callable[[], None]) -> Tuple[List[float], int]:
+    """Runs `work` (load on the cluster), then a WAL switch and waits until the archiver is idle:
+    the archive_command calls of the phase in ms, and the largest .ready backlog seen."""
+    calls.write_text("")
+    b.chown_tree(calls)
+    sampler = ReadySampler(b.pgdata / "pg_wal" / "archive_status")
+    sampler.start()
+    try:
+        work()
+        b.run_.sql("SELECT pg_switch_wal()")
+        b.wait_archiver()
+    finally:
+        peak = sampler.stop()
+    ms = []
+    for line in calls.read_text().splitlines():
+        t0, t1, rc, _ = line.split(" ", 3)
+        if rc != "0":
+            raise CommandFailed(f"archive_command failed during the load run: {line}")
+        ms.append((int(t1) - int(t0)) / 1000)
+    return ms, peak
+
+
+def load_run(b: Bench, tool: str, r: int) -> Dict[str, Tuple[List[float], int]]:
+    """One tool under a steady pgbench load, then under a bulk-write burst: its archive_command
+    calls and the archiver's backlog, phase by phase."""
+    base = b.mkdir_pg(b.tmp / "work" / f"load-{tool}-{r}", 0o755)
+    helper_log = b.tmp / "logs" / f"load-{tool}.log"
+    helper = None
+    if tool.startswith("pitr"):
+        repo, spool = b.mkdir_pg(base / "repo"), base / "spool"
+        command = shlex.join(b.pitr_cmd(repo, "--spool", str(spool), "archive-push"))
+        if tool == "pitr-stream":
+            b.run(b.pitr_cmd(repo, "create-repo"))
+            b.run(b.pitr_cmd(repo, "slot", "create", "--slot", "pitr_bench"))
+        watch = {"pitr-stream": ["--slot", "pitr_bench"], "pitr-watch": []}.get(tool)
+        if watch is not None:
+            argv = b.pitr_cmd(repo, "--spool", str(spool), "watch", *watch, "--pgdata", str(b.pgdata))
+            helper = start_pg_process(b, argv, helper_log)
+            time.sleep(1)
+    else:
+        repo = new_push_repo(b, "pgbr-async", base / "pgbr")
+        spool = b.mkdir_pg(base / "pgbr-spool")
+        command = shlex.join(b.pgbr("--archive-async", f"--spool-path={spool}", "--process-max=2",
+                                    "--archive-timeout=120", "archive-push", repo=repo))
+    wrapper, calls = base / "archive.sh", base / "calls.log"
+    timing_wrapper(wrapper, command, calls)
+    b.chown_tree(base)
+    previous = b.run_.sql("SHOW archive_command")
+    set_archive_command(b, f"{wrapper} %p")
+    try:
+        out = {
+            "steady": load_phase(b, calls, lambda: b.run(
+                [b.pg("pgbench"), "-c", "4", "-j", "2", "-T", str(LOAD_SECONDS), "-n"])),
+            "burst": load_phase(b, calls, lambda: b.run_.sql(
+                f"DROP TABLE IF EXISTS burst; CREATE TABLE burst AS SELECT g, md5(g::text) AS h "
+                f"FROM generate_series(1, {BURST_ROWS}) g")),
+        }
+    finally:
+        set_archive_command(b, previous)
+        if helper is not None:
+            helper.terminate()
+            try:
+                helper.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                helper.wait()
+        if tool == "pitr-stream":
+            b.run(b.pitr_cmd(repo, "slot", "drop", "--slot", "pitr_bench"), check=False)
+    shutil.rmtree(base)
+    return out
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def section_load(b: Bench) -> None:
+    """archive_command timed as PostgreSQL calls it: archive_command is a wrapper script that runs
+    the tool's own command and logs each call's duration with bash's clock, while pgbench writes
+    (4 clients, LOAD_SECONDS s), then while one bulk INSERT writes a burst of WAL. Tools run one
+    after the other on the same cluster, the order rotating per run; each gets a fresh repository.
+    Per tool and phase: the median and p99 of every call of every run, and the largest `.ready`
+    backlog in pg_wal/archive_status (sampled every 50 ms)."""
+    b.wait_archiver()
+    calls: Dict[Tuple[str, str], List[float]] = {}
+    backlog: Dict[Tuple[str, str], List[int]] = {}
+    runs = min(b.opts.runs, LOAD_RUNS)
+    for r in range(runs):
+        for tool in rotate([t for t, _ in LOAD_TOOLS], r):
+            progress(f"archive_command under load: {tool}, run {r + 1}/{runs}")
+            b.settle()
+            for phase, (ms, peak) in load_run(b, tool, r).items():
+                calls.setdefault((tool, phase), []).extend(ms)
+                backlog.setdefault((tool, phase), []).append(peak)
+    for phase in ("steady", "burst"):
+        what = "pgbench, 4 clients" if phase == "steady" else f"one INSERT of {BURST_ROWS:,} rows"
+        for tool, label in LOAD_TOOLS:
+            ms = calls[(tool, phase)]
+            b.res.series(f"load-{phase}-{tool}", G8, f"archive_command per call under {what} (every call "
+                         "of every run)", label, "ms").values = ms
+            b.res.series(f"load-{phase}-p99-{tool}", G8, f"archive_command p99 under {what}", label,
+                         "ms").values = [pct(ms, 0.99)]
+            b.res.series(f"load-{phase}-ready-{tool}", G8, f"largest .ready backlog under {what} (per run)",
+                         label, "files").values = [float(v) for v in backlog[(tool, phase)]]
+    stream = calls[("pitr-stream", "steady")]
+    b.res.ratio(G8, "archive_command median under pgbench: pitr with the receiver / pgBackRest async",
+                [med(stream) / med(calls[("pgbr-async", "steady")])])
+    b.res.ratio(G8, "archive_command median under pgbench: pitr sync / pgBackRest async",
+                [med(calls[("pitr-sync", "steady")]) / med(calls[("pgbr-async", "steady")])])
+    b.res.targets.append(("archive_command median ≤ 5 ms under pgbench with the receiver",
+                          f"{fmt(med(stream))} ms (p99 {fmt(pct(stream, 0.99))} ms)", "≤ 5 ms", med(stream) <= 5.0))
+    peak = max(backlog[("pitr-stream", "burst")])
+    b.res.targets.append(("`.ready` backlog ≤ 2 during a bulk-write burst with the receiver", f"{peak} files",
+                          "≤ 2", peak <= 2))
+
+
 SECTIONS: List[Tuple[str, Callable[[Bench], None]]] = [
     ("push", section_archive_push),
     ("get", section_archive_get),
@@ -1939,6 +2116,7 @@ SECTIONS: List[Tuple[str, Callable[[Bench], None]]] = [
     ("recover", section_recover),
     ("watch", section_watch_prefetch),
     ("s3", section_s3),
+    ("load", section_load),
 ]
 
 
@@ -2085,6 +2263,8 @@ def write_doc(rec: Record, path: Path) -> None:
         parts += [SCALE.read_text().strip(), ""]
     if S3_NOTES.exists():
         parts += [S3_NOTES.read_text().strip(), ""]
+    if LOAD_NOTES.exists():
+        parts += [LOAD_NOTES.read_text().strip(), ""]
     parts += ["## Results", ""]
     for g in groups_in_order(res):
         parts += [f"### {g}", ""]

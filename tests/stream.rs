@@ -518,3 +518,39 @@ fn the_daemon_serves_the_state_of_the_slot_it_streams_from() {
     assert!(retained.is_some_and(|bytes| bytes < 16.0 * MIB), "{text}");
     assert!(out.success(), "{}", out.describe());
 }
+
+#[test]
+fn the_receiver_can_be_a_synchronous_standby() {
+    // synchronous_standby_names = 'pitr' (the receiver's application_name): a commit returns only
+    // once the receiver has its WAL fsynced in the spool, and waits while no receiver runs.
+    let mut c = streaming_cluster();
+    c.set("synchronous_standby_names", "'pitr'");
+    c.reload();
+    let receiver = Receiver::start(&c);
+    let sync = poll(Duration::from_secs(30), || {
+        (c.psql("SELECT sync_state FROM pg_stat_replication") == "sync").then_some(())
+    });
+    assert!(sync.is_some(), "the receiver never became the synchronous standby");
+    write_rows(&c, 100);
+    assert_eq!(c.psql("SELECT count(*) FROM t"), "100");
+    receiver.stop().assert_success();
+    // Without the synchronous standby a commit waits (wait event SyncRep) until it is cancelled,
+    // and PostgreSQL then warns that it committed locally only.
+    let mut insert = c.client("psql");
+    insert.args(["-X", "-d", "postgres", "-c", "INSERT INTO t VALUES (0, 'x')"]);
+    let line = cmdline(&insert);
+    let waiting = spawn(&mut insert);
+    let waits = poll(Duration::from_secs(20), || {
+        (c.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") == "1").then_some(())
+    });
+    c.psql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
+    let out = wait_child(waiting, line, Duration::from_secs(30)).stderr_str();
+    assert!(
+        waits.is_some(),
+        "a commit did not wait for the synchronous standby: {out}"
+    );
+    assert!(
+        out.contains("canceling wait for synchronous replication"),
+        "a commit did not wait for the synchronous standby: {out}"
+    );
+}

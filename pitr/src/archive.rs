@@ -147,7 +147,7 @@ fn read_validated(repo: &Repo, codec: &Codec, name: &WalFileName, path: &Path, f
 
 /// Opens the file PostgreSQL hands to archive_command: a regular file, not a link to one, and
 /// never a FIFO that would block the archiver forever.
-fn open_wal_file(path: &Path, file_name: &str) -> Result<fs::File> {
+pub(crate) fn open_wal_file(path: &Path, file_name: &str) -> Result<fs::File> {
     let parent = path.parent().unwrap_or(Path::new("/"));
     let dir = Dir::open(parent).map_err(Error::io("open", parent))?;
     dir.open_file(file_name)

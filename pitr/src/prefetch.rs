@@ -27,7 +27,6 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -311,15 +310,7 @@ impl<'a> Prefetched<'a> {
 
     /// The spool's lock, held while a prefetcher works; `None` when another one holds it.
     fn lock(&self) -> Result<Option<fs::File>> {
-        let lock_path = self.dir.join("lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(Error::io("open", &lock_path))?;
-        Ok(lock.try_lock().is_ok().then_some(lock))
+        crate::spool::take_lock(&self.dir.join("lock"))
     }
 
     /// The newest segment of `window` that left the spool, waiting up to [`LINGER`] for one:
@@ -548,10 +539,7 @@ fn delete_prefetched(dir: &Path) -> bool {
 /// Whether a prefetcher holds the lock of the prefetch area `dir` (found out by trying it; a
 /// lock taken that way is let go at once).
 fn at_work_in(dir: &Path) -> bool {
-    fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("lock"))
-        .is_ok_and(|lock| matches!(lock.try_lock(), Err(fs::TryLockError::WouldBlock)))
+    crate::spool::lock_is_held(&dir.join("lock"))
 }
 
 /// How a round of fetching ended.

@@ -75,10 +75,7 @@ impl Spool {
     /// Records that `file` (a pg_wal file named `name`) is durably in the repository.
     pub fn mark_pushed(&self, name: &str, file: &fs::Metadata) -> Result<()> {
         self.ensure()?;
-        let path = self.dir.join("pushed").join(name);
-        let temp = path.with_extension(format!("{}.tmp", std::process::id()));
-        write_private(&temp, identity(file).as_bytes()).map_err(Error::io("write", &temp))?;
-        fs::rename(&temp, &path).map_err(Error::io("rename", &path))
+        replace_private(&self.dir.join("pushed").join(name), identity(file).as_bytes())
     }
 
     /// Whether the watcher stored exactly this file (same size, modification time and inode).
@@ -114,6 +111,36 @@ pub(crate) fn create_private(path: &Path) -> io::Result<fs::File> {
 /// Writes `bytes` as a spool file (see [`create_private`]).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     create_private(path)?.write_all(bytes)
+}
+
+/// Replaces the spool file `path` whole with `bytes` (a temporary file renamed over it; not
+/// fsynced: spool markers need not survive a crash).
+pub(crate) fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+    write_private(&temp, bytes).map_err(Error::io("write", &temp))?;
+    fs::rename(&temp, path).map_err(Error::io("rename", path))
+}
+
+/// Takes the exclusive lock `path` (created 0600 when missing), or `None` when another process
+/// holds it. The system releases it when the holder dies.
+pub(crate) fn take_lock(path: &Path) -> Result<Option<fs::File>> {
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io("open", path))?;
+    Ok(lock.try_lock().is_ok().then_some(lock))
+}
+
+/// Whether some process holds the lock `path` (found out by trying it; a lock taken that way is
+/// let go at once).
+pub(crate) fn lock_is_held(path: &Path) -> bool {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .is_ok_and(|lock| matches!(lock.try_lock(), Err(fs::TryLockError::WouldBlock)))
 }
 
 /// What identifies one version of a file without reading it.

@@ -42,10 +42,11 @@ use std::time::{Duration, Instant};
 use crate::archive;
 use crate::codec::{Codec, Encoder};
 use crate::error::{Error, Result};
+use crate::fsio::Dir;
 use crate::pg::replication::{check_slot_name, ReplicationConnection, StreamMessage};
 use crate::pg::{Server, SlotState};
 use crate::repo::Repo;
-use crate::spool::Spool;
+use crate::spool::{self, Spool};
 use crate::storage::PutOutcome;
 use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 use crate::watch::WatchEvents;
@@ -130,19 +131,12 @@ pub fn receive(
         .mode(0o700)
         .create(&dir)
         .map_err(Error::io("create", &dir))?;
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(dir.join("lock"))
-        .map_err(Error::io("open", &dir.join("lock")))?;
-    if lock.try_lock().is_err() {
+    let Some(_lock) = spool::take_lock(&dir.join("lock"))? else {
         return Err(Error::Refused(format!(
             "another WAL receiver runs on spool {}: stop it first",
             spool.dir().display()
         )));
-    }
+    };
     while !stop.load(Ordering::SeqCst) {
         let mut receiver = Receiver {
             repo,
@@ -423,8 +417,8 @@ impl Receiver<'_> {
             archive::compare_with_archived(self.repo, &name, &raw)?;
         }
         let marker = self.dir.join(format!("{}.stored", open.name));
-        write_marker(&marker, &stored_marker(header.raw_len, &open.head))?;
-        write_marker(&self.dir.join(LAST_STORED), &format!("{}\n", open.name))?;
+        spool::replace_private(&marker, stored_marker(header.raw_len, &open.head).as_bytes())?;
+        spool::replace_private(&self.dir.join(LAST_STORED), format!("{}\n", open.name).as_bytes())?;
         fs::remove_file(&partial).map_err(Error::io("remove", &partial))?;
         self.events.archived(&open.name, began.elapsed());
         self.prune_markers();
@@ -439,7 +433,9 @@ impl Receiver<'_> {
             let partial = self.dir.join(format!("{}.partial", open.name));
             let ended = self.dir.join(format!("{}.ended", open.name));
             fs::rename(&partial, &ended).map_err(Error::io("rename", &partial))?;
-            sync_dir(&self.dir)?;
+            Dir::open(&self.dir)
+                .and_then(|dir| dir.sync())
+                .map_err(Error::io("sync", &self.dir))?;
         }
         Ok(())
     }
@@ -477,25 +473,12 @@ impl Receiver<'_> {
     }
 }
 
-/// Writes a spool file whole (temp file, rename; not fsynced: see the module's comment).
-fn write_marker(path: &Path, text: &str) -> Result<()> {
-    let temp = path.with_extension(format!("{}.tmp", std::process::id()));
-    crate::spool::write_private(&temp, text.as_bytes()).map_err(Error::io("write", &temp))?;
-    fs::rename(&temp, path).map_err(Error::io("rename", path))
-}
-
 /// How many first bytes of a segment its marker checksums: its first page and more.
 const MARKED_HEAD: usize = 8192;
 
 /// A `.stored` marker's text: the size, and the CRC-32 of the first [`MARKED_HEAD`] bytes.
 fn stored_marker(len: u64, head: &[u8]) -> String {
     format!("{len} {:08x}\n", crc32fast::hash(&head[..head.len().min(MARKED_HEAD)]))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("sync", dir))
 }
 
 /// archive-push's question: did the receiver store the segment `name` that PostgreSQL hands
@@ -523,25 +506,19 @@ pub fn stored_by_receiver(repo: &Repo, spool: &Spool, name: &WalFileName, path: 
     let Ok(recorded) = fs::read_to_string(&marker) else {
         return Ok(false);
     };
-    let (len, head) = size_and_head(path)?;
+    let (len, head) = size_and_head(path, name)?;
     Ok(recorded == stored_marker(len, &head) && repo.has_wal(name)?)
 }
 
 /// Whether a receiver holds the lock of `dir`.
 fn receiver_running(dir: &Path) -> bool {
-    fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("lock"))
-        .is_ok_and(|lock| matches!(lock.try_lock(), Err(fs::TryLockError::WouldBlock)))
+    spool::lock_is_held(&dir.join("lock"))
 }
 
-/// Size and first [`MARKED_HEAD`] bytes of the file at `path` (not followed through a link).
-fn size_and_head(path: &Path) -> Result<(u64, Vec<u8>)> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(Error::io("read", path))?;
+/// Size and first [`MARKED_HEAD`] bytes of the WAL file `name` at `path` (opened as
+/// archive-push opens it: a regular file, no link, no FIFO).
+fn size_and_head(path: &Path, name: &WalFileName) -> Result<(u64, Vec<u8>)> {
+    let file = archive::open_wal_file(path, &name.to_string())?;
     let len = file.metadata().map_err(Error::io("read", path))?.len();
     let mut head = Vec::with_capacity(MARKED_HEAD);
     file.take(MARKED_HEAD as u64)
