@@ -224,21 +224,6 @@ fn verify_json(c: &Cluster, code: i32) -> (serde_json::Value, CmdOutput) {
     (parse_json(&out), out)
 }
 
-/// `(alert, subject)` of every alert of a verify report.
-fn alerts_of(report: &serde_json::Value) -> Vec<(String, String)> {
-    report["alerts"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no alerts array in {report:#}"))
-        .iter()
-        .map(|a| {
-            (
-                a["alert"].as_str().unwrap().to_string(),
-                a["subject"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// The largest file of the backup kept in `backup_dir` (under `files/base`), relative to `files/`.
 fn largest_backup_file(backup_dir: &Path) -> String {
     let files = backup_dir.join("files");
@@ -437,14 +422,14 @@ fn backup_restore_and_verify_on_s3() {
     // verify: sound, then a damaged backup file, then a damaged segment.
     let (report, out) = verify_json(&c, 0);
     outputs.push(("verify --json", out.stdout_str()));
-    assert_eq!(alerts_of(&report), [], "{report:#}");
+    assert_eq!(alerts_of(&report, "alerts"), [], "{report:#}");
     let relative = largest_backup_file(&backup_dir);
     let file = backup_dir.join("files").join(&relative);
     let original = read(&file);
     flip_byte_from_end(&file, 100);
     let (report, _) = verify_json(&c, 2);
     assert_eq!(
-        alerts_of(&report),
+        alerts_of(&report, "alerts"),
         [(
             "BackupVerificationFailed".to_string(),
             format!("daily/{id}/files/{relative}")
@@ -459,7 +444,7 @@ fn backup_restore_and_verify_on_s3() {
     flip_byte_from_end(&object, 100);
     let (report, out) = verify_json(&c, 2);
     assert_eq!(
-        alerts_of(&report),
+        alerts_of(&report, "alerts"),
         [("BackupVerificationFailed".to_string(), segment.clone())],
         "{report:#}"
     );

@@ -334,21 +334,6 @@ fn verify_wal(c: &Cluster, config: &std::path::Path, metrics: &std::path::Path, 
     parse_json(&out)
 }
 
-/// `(alert, subject)` of each alert of a verify report.
-fn alerts(report: &serde_json::Value) -> Vec<(String, String)> {
-    report["alerts"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no alerts in {report:#}"))
-        .iter()
-        .map(|a| {
-            (
-                a["alert"].as_str().unwrap().into(),
-                a["subject"].as_str().unwrap().into(),
-            )
-        })
-        .collect()
-}
-
 fn first_reason(report: &serde_json::Value) -> String {
     report["alerts"][0]["reason"].as_str().unwrap_or_default().to_string()
 }
@@ -368,7 +353,10 @@ fn a_slot_without_receiver_is_slot_lagging_in_verify_and_its_metrics_until_a_rec
     c.switch_and_archive();
 
     let report = verify_wal(&c, &config, &metrics, 1);
-    assert_eq!(alerts(&report), [("SlotLagging".to_string(), "slot pitr".to_string())]);
+    assert_eq!(
+        alerts_of(&report, "alerts"),
+        [("SlotLagging".to_string(), "slot pitr".to_string())]
+    );
     let reason = first_reason(&report);
     for advice in [
         "no WAL receiver streams",
@@ -431,7 +419,10 @@ fn a_missing_or_lost_slot_is_slot_lost_and_check_says_how_to_create_it() {
     let metrics = c.test_dir().join("pitr.prom");
 
     let report = verify_wal(&c, config.as_ref(), &metrics, 2);
-    assert_eq!(alerts(&report), [("SlotLost".to_string(), "slot pitr".to_string())]);
+    assert_eq!(
+        alerts_of(&report, "alerts"),
+        [("SlotLost".to_string(), "slot pitr".to_string())]
+    );
     assert!(
         first_reason(&report).contains("pitr slot create --slot pitr"),
         "{report:#}"
@@ -480,7 +471,10 @@ fn a_missing_or_lost_slot_is_slot_lost_and_check_says_how_to_create_it() {
     });
     assert!(lost.is_some(), "the slot did not lose WAL\n{}", c.log_tail());
     let report = verify_wal(&c, config.as_ref(), &metrics, 2);
-    assert_eq!(alerts(&report), [("SlotLost".to_string(), "slot pitr".to_string())]);
+    assert_eq!(
+        alerts_of(&report, "alerts"),
+        [("SlotLost".to_string(), "slot pitr".to_string())]
+    );
     assert!(first_reason(&report).contains("wal_status lost"), "{report:#}");
     let check = c.pitr_connected(c.repo(), &["--config", config, "check"]);
     check.assert_code(1);

@@ -40,21 +40,6 @@ fn take_backup(c: &Cluster, tier: &str) -> Value {
     backup_json(c, &["--tier", tier])["backup"].clone()
 }
 
-/// `(alert, subject)` of every alert in a verify or check-integrity JSON report.
-fn alerts_of(report: &Value, key: &str) -> Vec<(String, String)> {
-    report[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {key} array in {report:#}"))
-        .iter()
-        .map(|a| {
-            (
-                a["alert"].as_str().unwrap().to_string(),
-                a["subject"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// The reason of the first alert named `alert`.
 fn reason_of(report: &Value, key: &str, alert: &str) -> String {
     report[key]

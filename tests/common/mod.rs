@@ -971,6 +971,21 @@ pub fn parse_json(out: &CmdOutput) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", out.describe()))
 }
 
+/// `(alert, subject)` of every alert in the `key` array of a verify or check-integrity JSON report.
+pub fn alerts_of(report: &Value, key: &str) -> Vec<(String, String)> {
+    report[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} array in {report:#}"))
+        .iter()
+        .map(|a| {
+            (
+                a["alert"].as_str().unwrap().to_string(),
+                a["subject"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The string field `key` of a JSON object; panics (showing the object) when there is none.
 #[track_caller]
 pub fn json_str<'a>(v: &'a Value, key: &str) -> &'a str {
