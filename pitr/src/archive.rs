@@ -1,8 +1,9 @@
 //! `archive_command` and `restore_command`: pushing WAL files into the repository and getting them
 //! back, with the validation and refusal rules that keep an archive trustworthy.
 //!
-//! Push: name → read → validate (page header, cluster, version, segment size) → already archived?
-//! (identical → done, different → refuse) → encode → create-only put. Get: name → read object →
+//! Push: name → stored already (the watcher's or the WAL receiver's marker)? → validate the first
+//! page (page header, cluster, version, segment size) → read and encode in one pass → create-only
+//! put → already archived? (identical → done, different → refuse). Get: name → read object →
 //! decode and verify → write the destination. This is the hot path: nothing here does work that
 //! the outcome does not need.
 

@@ -30,6 +30,9 @@ use tokio_postgres::Config;
 use crate::error::{Error, Result};
 use crate::wal::{Lsn, TimelineId};
 
+/// The most read from the socket at once.
+const READ_SIZE: usize = 1 << 20;
+
 /// Seconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01 00:00:00 UTC.
 const PG_EPOCH_OFFSET_SECS: u64 = 946_684_800;
 
@@ -113,8 +116,9 @@ pub enum StreamMessage {
 /// A replication connection to one server.
 pub struct ReplicationConnection {
     socket: Socket,
-    /// Bytes read and not yet parsed into messages.
+    /// Bytes read; those from `parsed` on are not yet parsed into messages.
     pending: Vec<u8>,
+    parsed: usize,
     /// Where the connection goes, for messages.
     target: String,
 }
@@ -150,6 +154,7 @@ impl ReplicationConnection {
                     let mut conn = ReplicationConnection {
                         socket,
                         pending: Vec::new(),
+                        parsed: 0,
                         target,
                     };
                     conn.start_up(config)?;
@@ -508,15 +513,22 @@ impl ReplicationConnection {
             self.socket
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .map_err(|e| self.io_error(e))?;
-            let mut chunk = [0u8; 64 << 10];
-            match self.socket.read(&mut chunk) {
+            // Room for up to a megabyte at once: under a burst, one read (and so one fsync of what
+            // it brought, see stream.rs) covers many XLogData messages.
+            self.pending.drain(..self.parsed);
+            self.parsed = 0;
+            let filled = self.pending.len();
+            self.pending.resize(filled + READ_SIZE, 0);
+            let read = self.socket.read(&mut self.pending[filled..]);
+            self.pending.truncate(filled + *read.as_ref().unwrap_or(&0));
+            match read {
                 Ok(0) => {
                     return Err(Error::Refused(format!(
                         "{} closed the replication connection",
                         self.target
                     )))
                 }
-                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.io_error(e)),
@@ -525,20 +537,23 @@ impl ReplicationConnection {
     }
 
     fn parse_pending(&mut self) -> Result<Option<Message>> {
-        if self.pending.len() < 5 {
+        let unread = &self.pending[self.parsed..];
+        if unread.len() < 5 {
             return Ok(None);
         }
-        let len = be_u32(&self.pending, 1).expect("5 bytes") as usize;
+        let len = be_u32(unread, 1).expect("5 bytes") as usize;
         if !(4..=(1 << 30)).contains(&len) {
             return Err(self.protocol("a message of impossible length"));
         }
-        if self.pending.len() < 1 + len {
+        if unread.len() < 1 + len {
             return Ok(None);
         }
-        let tag = self.pending[0];
-        let body = self.pending[5..1 + len].to_vec();
-        self.pending.drain(..1 + len);
-        Ok(Some(Message { tag, body }))
+        let message = Message {
+            tag: unread[0],
+            body: unread[5..1 + len].to_vec(),
+        };
+        self.parsed += 1 + len;
+        Ok(Some(message))
     }
 
     fn server_error(&self, body: &[u8]) -> Error {
