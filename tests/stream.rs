@@ -548,3 +548,62 @@ fn the_receiver_can_be_a_synchronous_standby() {
         "a commit did not wait for the synchronous standby: {out}"
     );
 }
+
+/// The longest snapshot of segment `name` the receiver stored in the repository (0: none).
+fn snapshot_len(c: &Cluster, name: &str) -> u64 {
+    std::fs::read_dir(c.repo_dir().join("wal").join("stream"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let entry = e.file_name().to_string_lossy().into_owned();
+                    u64::from_str_radix(entry.strip_prefix(&format!("{name}."))?, 16).ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn recovery_to_latest_reaches_the_last_streamed_commit_of_a_lost_server() {
+    // The server archives as usual; the receiver also streams. The server is then lost in the
+    // middle of a segment: the commits in that segment were never archived, only streamed.
+    let c = Cluster::start(ClusterOptions::default());
+    c.pitr_ok(&["create-repo"]);
+    c.pitr_ok(&["slot", "create", "--slot", "pitr"]);
+    let backup = c.base_backup();
+    let receiver = Receiver::start(&c);
+    write_rows(&c, 1000);
+    c.switch_and_archive();
+    c.psql("CREATE TABLE last_words (said text); INSERT INTO last_words VALUES ('streamed, never archived')");
+    let lsn = c.current_lsn();
+    let size = c.wal_segment_size();
+    let open_segment = format!(
+        "00000001{:08X}{:08X}",
+        lsn / size / (0x1_0000_0000 / size),
+        lsn / size % (0x1_0000_0000 / size)
+    );
+    let covered = poll(Duration::from_secs(30), || {
+        (snapshot_len(&c, &open_segment) >= lsn % size).then_some(())
+    });
+    assert!(covered.is_some(), "no snapshot of {open_segment} up to {lsn:X}");
+    assert!(
+        !stored_path(c.repo_dir(), &open_segment).exists(),
+        "{open_segment} was archived whole"
+    );
+    drop(receiver);
+    pg_ctl_stop_immediate_quietly(c.dir(), c.data_dir());
+    // Recovery from the backup to the end of the archive reaches the last commit.
+    let recovered = Cluster::recover(backup, RecoveryOptions::default());
+    assert!(
+        matches!(recovered.wait_recovery_end(), RecoveryOutcome::Promoted),
+        "{}",
+        recovered.log_tail()
+    );
+    assert_eq!(
+        recovered.psql("SELECT said FROM last_words"),
+        "streamed, never archived"
+    );
+    assert_eq!(recovered.psql("SELECT count(*) FROM t"), "1000");
+}

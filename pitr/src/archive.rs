@@ -191,7 +191,17 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
             Taken::Absent => {}
         }
     }
-    let Some(object) = repo.get_wal(&name)? else {
+    // The end of the archive: the WAL receiver's snapshot of the segment it was receiving, if
+    // any, padded to a whole segment (PostgreSQL replays its records and ends there).
+    let (object, pad_to) = match (repo.get_wal(&name)?, name) {
+        (Some(object), _) => (Some(object), None),
+        (None, WalFileName::Segment(segment)) => (
+            repo.newest_stream_snapshot(segment)?,
+            Some(u64::from(info.wal_segment_size)),
+        ),
+        (None, _) => (None, None),
+    };
+    let Some(object) = object else {
         return match damaged {
             // The prefetcher found it in the repository: "absent" would end recovery early.
             Some((path, reason)) => Err(Error::Repo {
@@ -204,7 +214,7 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
             None => absent(repo),
         };
     };
-    let restored = restore_to(repo, &name, &object, info, &dest);
+    let restored = restore_to(repo, &name, &object, info, &dest, pad_to);
     if restored.is_err() {
         // PostgreSQL does not read the file after an error exit, but leave nothing half-written.
         let _ = fs::remove_file(&dest);
@@ -239,10 +249,25 @@ fn absent(repo: &Repo) -> Result<GetOutcome> {
 
 /// Decodes `object` straight into `dest`, 128 KiB at a time (no buffer the size of a segment),
 /// checking the segment's page header and cluster before the first byte is written; the size
-/// and checksum are verified at the end.
-fn restore_to(repo: &Repo, name: &WalFileName, object: &[u8], info: Cluster, dest: &Path) -> Result<u64> {
+/// and checksum are verified at the end. With `pad_to` (the start of a segment, from a WAL
+/// receiver's snapshot), the file is extended with zeros to that size.
+fn restore_to(
+    repo: &Repo,
+    name: &WalFileName,
+    object: &[u8],
+    info: Cluster,
+    dest: &Path,
+    pad_to: Option<u64>,
+) -> Result<u64> {
     let what = repo.describe_wal(name);
-    let len = ObjectHeader::parse(object, &what)?.raw_len;
+    let stored = ObjectHeader::parse(object, &what)?.raw_len;
+    if pad_to.is_some_and(|size| stored > size) {
+        return Err(Error::Corrupt {
+            what,
+            reason: format!("a snapshot of {stored} bytes is longer than a segment"),
+        });
+    }
+    let len = pad_to.unwrap_or(stored);
     let mut file = fs::File::create(dest).map_err(Error::io("create", dest))?;
     let mut first = true;
     let written = codec::decode_chunks(object, &what, &mut |chunk| {
@@ -254,6 +279,10 @@ fn restore_to(repo: &Repo, name: &WalFileName, object: &[u8], info: Cluster, des
     if first {
         // Empty content: no chunk was handed over, and an empty segment must still be refused.
         check_restored(repo, name, (&[], 0), info, &what)?;
+    }
+    if let Some(size) = pad_to {
+        file.set_len(size).map_err(Error::io("write", dest))?;
+        return Ok(size);
     }
     Ok(written)
 }

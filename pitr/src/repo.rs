@@ -11,6 +11,8 @@
 //! <repo>/wal/<TTTTTTTTXXXXXXXX>/<name>     segments, .partial and .backup files, grouped by
 //!                                          timeline + log id so no directory grows without bound
 //! <repo>/wal/history/<TTTTTTTT>.history    timeline history files, kept forever
+//! <repo>/wal/stream/<segment>.<LLLLLLLL>   the WAL receiver's snapshot of the segment it receives:
+//!                                          its first LLLLLLLL (hex) bytes, replaced every second
 //! <repo>/wal.<n>/...                       the same for generation n >= 2 (wal/ is generation 1)
 //! <repo>/<tier>/<id>/files/<path>          a base backup's files (tier: hourly, daily, weekly)
 //! <repo>/<tier>/<id>/backup_label          ... the label from pg_backup_stop (+ tablespace_map)
@@ -43,10 +45,14 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, json};
 use crate::error::{Error, Result};
 use crate::storage::{LocalStorage, Location, ObjectMeta, PutOutcome, Storage};
-use crate::wal::{LongPageHeader, SegmentSize, WalFileName};
+use crate::wal::{LongPageHeader, SegmentName, SegmentSize, WalFileName};
 
 /// The key of the metadata object.
 const METADATA_KEY: &str = "repo.json";
+/// Where, in a generation's WAL directory, the WAL receiver keeps snapshots of the segment it
+/// receives (see `stream.rs`).
+const STREAM_DIR: &str = "stream/";
+
 /// The directory of the records of generations 2 and later.
 const GENERATIONS_DIR: &str = "generations/";
 /// The name of the object that marks a WAL directory as this repository's archive.
@@ -856,6 +862,53 @@ impl Repo {
             parts.into_iter().for_each(|part| found.extend(part));
         }
         Ok(found)
+    }
+
+    /// Stores a snapshot of segment `name` while the WAL receiver still receives it: `object`
+    /// encodes its first `len` bytes. Create-only, under `<wal dir>stream/<segment>.<len, 8 hex>`
+    /// (not a WAL file name, so listings of the archive pass over it).
+    pub fn put_stream_snapshot(&self, name: SegmentName, len: u64, object: &[u8]) -> Result<PutOutcome> {
+        let key = format!("{}{STREAM_DIR}{name}.{len:08X}", self.wal_dir()?);
+        self.storage.put_if_absent(&key, object)
+    }
+
+    /// The newest (longest) snapshot of segment `name`, encoded, or `None` when there is none.
+    pub fn newest_stream_snapshot(&self, name: SegmentName) -> Result<Option<Vec<u8>>> {
+        let dir = format!("{}{STREAM_DIR}", self.wal_dir()?);
+        let newest = self
+            .stream_snapshots(&dir, name)?
+            .into_iter()
+            .max_by_key(|(len, _)| *len);
+        match newest {
+            Some((_, entry)) => self.storage.get(&format!("{dir}{entry}")),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes the snapshots of segment `name`, but the one of `keep` bytes.
+    pub fn delete_stream_snapshots(&self, name: SegmentName, keep: Option<u64>) -> Result<()> {
+        let dir = format!("{}{STREAM_DIR}", self.wal_dir()?);
+        for (len, entry) in self.stream_snapshots(&dir, name)? {
+            if Some(len) != keep {
+                self.storage.delete(&format!("{dir}{entry}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The snapshots of `name` in `dir`: (length, entry name).
+    fn stream_snapshots(&self, dir: &str, name: SegmentName) -> Result<Vec<(u64, String)>> {
+        let prefix = format!("{name}.");
+        Ok(self
+            .storage
+            .list(dir)?
+            .into_iter()
+            .filter_map(|entry| {
+                let len = entry.strip_prefix(&prefix)?;
+                let valid = len.len() == 8 && len.bytes().all(|b| b.is_ascii_hexdigit());
+                valid.then(|| u64::from_str_radix(len, 16).ok().map(|len| (len, entry.clone())))?
+            })
+            .collect())
     }
 
     /// Deletes an archived WAL file.

@@ -12,6 +12,12 @@
 //! <spool>/stream/lock                held (flock) by the running receiver
 //! ```
 //!
+//! RPO: every second (when more arrived) the receiver also stores what is durable of the segment
+//! it receives as a snapshot in the repository (`Repo::put_stream_snapshot`), deleting the one
+//! before, and deletes them all once the segment is stored whole. archive-get serves the newest
+//! snapshot, padded with zeros, for a segment the archive lacks: a recovery of a lost server
+//! replays to the last WAL streamed about a second before the loss, not to the last whole segment.
+//!
 //! Durability: WAL is reported flushed to the server (which then lets the slot release it) only
 //! once it is fsynced in the `.partial` file; a segment is marked `.stored` only once the
 //! repository's create-only put of it returned durable. Restarting resumes at the start of the
@@ -37,6 +43,7 @@ use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::archive;
@@ -57,6 +64,10 @@ pub const RECEIVER_WAIT: Duration = Duration::from_secs(5);
 /// How often the receiver reports its position without being asked (the server's
 /// `wal_receiver_status_interval` default).
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often the receiver stores a snapshot of the segment it receives (when more arrived):
+/// the most WAL a lost server costs beyond what the receiver has.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long the receiver waits before connecting again after an error.
 const RETRY: Duration = Duration::from_secs(2);
@@ -137,26 +148,77 @@ pub fn receive(
             spool.dir().display()
         )));
     };
-    while !stop.load(Ordering::SeqCst) {
-        let mut receiver = Receiver {
-            repo,
-            codec,
-            dir: dir.clone(),
-            events,
-            open: None,
-        };
-        match receiver.session(options, stop) {
-            Ok(()) => break,
-            Err(e) => {
-                events.note(&format!("WAL receiver: {e}; connecting again in {} s", RETRY.as_secs()));
-                let until = Instant::now() + RETRY;
-                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(50));
+    let (snapshots, wanted) = mpsc::sync_channel(1);
+    std::thread::scope(|scope| {
+        scope.spawn(|| store_snapshots(repo, codec, &dir, wanted, events));
+        while !stop.load(Ordering::SeqCst) {
+            // One generation for the whole session: an upgrade-repo meanwhile takes effect at the
+            // next.
+            let session = repo.pin().and_then(|repo| {
+                let mut receiver = Receiver {
+                    repo: &repo,
+                    codec,
+                    dir: dir.clone(),
+                    events,
+                    open: None,
+                    snapshots: snapshots.clone(),
+                };
+                receiver.session(options, stop)
+            });
+            match session {
+                Ok(()) => break,
+                Err(e) => {
+                    events.note(&format!("WAL receiver: {e}; connecting again in {} s", RETRY.as_secs()));
+                    let until = Instant::now() + RETRY;
+                    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
             }
         }
-    }
+        // The snapshot thread ends once every sender is gone.
+        drop(snapshots);
+    });
     Ok(())
+}
+
+/// A snapshot to store: the segment's name and how many of its first bytes are durable in its
+/// `.partial` file.
+type SnapshotWanted = (String, u64);
+
+/// The snapshot thread: stores what the receive loop asks for, off its path (reading and
+/// compressing up to a segment takes tens of milliseconds, which the receive loop must not wait
+/// for). A request the loop makes while one is being stored waits; older ones are dropped.
+fn store_snapshots(
+    repo: &Repo,
+    codec: &Codec,
+    dir: &Path,
+    wanted: mpsc::Receiver<SnapshotWanted>,
+    events: &dyn WatchEvents,
+) {
+    while let Ok((name, len)) = wanted.recv() {
+        if let Err(e) = store_snapshot(repo, codec, dir, &name, len) {
+            events.note(&format!("WAL receiver: snapshot of {name}: {e}"));
+        }
+    }
+}
+
+/// Stores the first `len` bytes of the `.partial` file of segment `name` as its snapshot and
+/// deletes the older one. A segment stored whole meanwhile (its `.partial` file gone, or its
+/// object there) needs no snapshot.
+fn store_snapshot(repo: &Repo, codec: &Codec, dir: &Path, name: &str, len: u64) -> Result<()> {
+    let path = dir.join(format!("{name}.partial"));
+    let Ok(file) = fs::File::open(&path) else { return Ok(()) };
+    let mut raw = vec![0u8; len as usize];
+    if file.read_exact_at(&mut raw, 0).is_err() {
+        return Ok(());
+    }
+    let wal_name = WalFileName::parse(name)?;
+    let segment = wal_name.segment_name().expect("a segment");
+    let repo = repo.pin()?;
+    repo.put_stream_snapshot(segment, len, &codec.encode(&raw))?;
+    let whole = repo.has_wal(&wal_name)?;
+    repo.delete_stream_snapshots(segment, (!whole).then_some(len))
 }
 
 /// The segment being received.
@@ -171,6 +233,8 @@ struct OpenSegment {
     /// The first bytes, for validating the page header.
     head: Vec<u8>,
     encoder: Encoder,
+    /// The length of the newest snapshot stored in the repository (0: none yet).
+    snapshot: u64,
 }
 
 struct Receiver<'a> {
@@ -179,12 +243,14 @@ struct Receiver<'a> {
     dir: PathBuf,
     events: &'a dyn WatchEvents,
     open: Option<OpenSegment>,
+    /// Where snapshots are asked for (see [`store_snapshots`]).
+    snapshots: mpsc::SyncSender<SnapshotWanted>,
 }
 
 impl Receiver<'_> {
     /// One connection: identify, start where the spool ends, receive until stopped.
     fn session(&mut self, options: &StreamOptions, stop: &AtomicBool) -> Result<()> {
-        let repo = self.repo.pin()?;
+        let repo = self.repo;
         let cluster = repo.info()?.ok_or_else(|| {
             Error::Refused(format!(
                 "repository {} has no repo.json yet: run `pitr create-repo` before streaming into it",
@@ -212,6 +278,7 @@ impl Receiver<'_> {
         ));
         conn.start_replication(&options.slot, position, timeline)?;
         let mut last_status = Instant::now();
+        let mut last_snapshot = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
                 self.flush()?;
@@ -257,6 +324,10 @@ impl Receiver<'_> {
                     last_status = Instant::now();
                 }
                 None => {}
+            }
+            if last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
+                self.snapshot();
+                last_snapshot = Instant::now();
             }
             if last_status.elapsed() >= STATUS_INTERVAL {
                 conn.send_status(position, self.flushed_to(size, position), false)?;
@@ -379,6 +450,7 @@ impl Receiver<'_> {
                 synced: 0,
                 head: Vec::with_capacity(MARKED_HEAD),
                 encoder: Encoder::new(*self.codec, 1).map_err(Error::io("compress", &path))?,
+                snapshot: 0,
             });
         }
         Ok(self.open.as_mut().expect("opened above"))
@@ -416,6 +488,8 @@ impl Receiver<'_> {
             file.read_to_end(&mut raw).map_err(Error::io("read", &partial))?;
             archive::compare_with_archived(self.repo, &name, &raw)?;
         }
+        // The segment is whole in the repository: its snapshots have served their time.
+        self.repo.delete_stream_snapshots(segment_name, None)?;
         let marker = self.dir.join(format!("{}.stored", open.name));
         spool::replace_private(&marker, stored_marker(header.raw_len, &open.head).as_bytes())?;
         spool::replace_private(&self.dir.join(LAST_STORED), format!("{}\n", open.name).as_bytes())?;
@@ -423,6 +497,16 @@ impl Receiver<'_> {
         self.events.archived(&open.name, began.elapsed());
         self.prune_markers();
         Ok(())
+    }
+
+    /// Asks the snapshot thread to store what is durable of the open segment, when more arrived
+    /// since the last snapshot: so that a recovery of a lost server reaches the last WAL streamed
+    /// a moment before, not only the last whole segment.
+    fn snapshot(&mut self) {
+        let Some(open) = &mut self.open else { return };
+        if open.synced > open.snapshot && self.snapshots.try_send((open.name.clone(), open.synced)).is_ok() {
+            open.snapshot = open.synced;
+        }
     }
 
     /// The timeline ended: its last segment stays in the spool as `.ended` (PostgreSQL archives

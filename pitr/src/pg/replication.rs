@@ -119,6 +119,8 @@ pub struct ReplicationConnection {
     /// Bytes read; those from `parsed` on are not yet parsed into messages.
     pending: Vec<u8>,
     parsed: usize,
+    /// Where a read from the socket lands ([`READ_SIZE`] bytes, allocated once).
+    read_buf: Vec<u8>,
     /// Where the connection goes, for messages.
     target: String,
 }
@@ -155,6 +157,7 @@ impl ReplicationConnection {
                         socket,
                         pending: Vec::new(),
                         parsed: 0,
+                        read_buf: vec![0; READ_SIZE],
                         target,
                     };
                     conn.start_up(config)?;
@@ -517,18 +520,14 @@ impl ReplicationConnection {
             // it brought, see stream.rs) covers many XLogData messages.
             self.pending.drain(..self.parsed);
             self.parsed = 0;
-            let filled = self.pending.len();
-            self.pending.resize(filled + READ_SIZE, 0);
-            let read = self.socket.read(&mut self.pending[filled..]);
-            self.pending.truncate(filled + *read.as_ref().unwrap_or(&0));
-            match read {
+            match self.socket.read(&mut self.read_buf) {
                 Ok(0) => {
                     return Err(Error::Refused(format!(
                         "{} closed the replication connection",
                         self.target
                     )))
                 }
-                Ok(_) => {}
+                Ok(n) => self.pending.extend_from_slice(&self.read_buf[..n]),
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.io_error(e)),
