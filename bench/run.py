@@ -2012,6 +2012,47 @@ def load_phase(b: Bench, calls: Path, work: Callable[[], None]) -> Tuple[List[fl
     return ms, peak
 
 
+def rpo_probes(b: Bench, repo: Path, seconds: float) -> List[float]:
+    """While pgbench writes, commits one row every 250 ms and times how long until the repository
+    holds it durably: a whole segment past it, or the receiver's snapshot of its segment reaching
+    it (wal/stream/<segment>.<length>). t0 is taken before the commit starts, so psql's own time
+    counts against pitr. Returns the times in ms."""
+    size = int(b.run_.sql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"))  # bytes (unit B)
+    b.run_.sql("CREATE TABLE IF NOT EXISTS rpo_probe (t timestamptz)")
+    load = subprocess.Popen([str(b.pg("pgbench")), "-c", "4", "-j", "2", "-T", str(int(seconds)), "-n"],
+                            env=dict(b.run_.base_env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            **({"user": b.run_.uid, "group": b.run_.gid, "extra_groups": []}
+                               if b.user and os.geteuid() == 0 else {}))
+    times: List[float] = []
+    try:
+        while load.poll() is None:
+            t0 = time.perf_counter()
+            lsn = b.run_.sql("INSERT INTO rpo_probe VALUES (now()); SELECT pg_current_wal_lsn()").splitlines()[-1]
+            hi, lo = (int(x, 16) for x in lsn.split("/"))
+            pos = (hi << 32) | lo
+            segno, offset = pos // size, pos % size
+            per_id = 0x1_0000_0000 // size
+            name = f"00000001{segno // per_id:08X}{segno % per_id:08X}"
+            whole = repo / "wal" / name[:16] / name
+            stream = repo / "wal" / "stream"
+            deadline = t0 + 30
+            while time.perf_counter() < deadline:
+                if whole.exists():
+                    break
+                try:
+                    lens = [int(e.split(".", 1)[1], 16) for e in os.listdir(stream) if e.startswith(name + ".")]
+                except (OSError, ValueError):
+                    lens = []
+                if lens and max(lens) >= offset:
+                    break
+                time.sleep(0.005)
+            times.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.25)
+    finally:
+        load.wait()
+    return times
+
+
 def load_run(b: Bench, tool: str, r: int) -> Dict[str, Tuple[List[float], int]]:
     """One tool under a steady pgbench load, then under a bulk-write burst: its archive_command
     calls and the archiver's backlog, phase by phase."""
@@ -2047,6 +2088,8 @@ def load_run(b: Bench, tool: str, r: int) -> Dict[str, Tuple[List[float], int]]:
                 f"DROP TABLE IF EXISTS burst; CREATE TABLE burst AS SELECT g, md5(g::text) AS h "
                 f"FROM generate_series(1, {BURST_ROWS}) g")),
         }
+        if tool == "pitr-stream":
+            out["rpo"] = (rpo_probes(b, repo, 15), 0)
     finally:
         set_archive_command(b, previous)
         if helper is not None:
@@ -2095,6 +2138,13 @@ def section_load(b: Bench) -> None:
                          "ms").values = [pct(ms, 0.99)]
             b.res.series(f"load-{phase}-ready-{tool}", G8, f"largest .ready backlog under {what} (per run)",
                          label, "files").values = [float(v) for v in backlog[(tool, phase)]]
+    rpo = calls[("pitr-stream", "rpo")]
+    b.res.series("load-rpo-pitr-stream", G8, "RPO under pgbench: from a commit to it being durable in the repository "
+                 "(a probe every 250 ms)", "pitr with the WAL receiver (snapshots twice a second)", "ms").values = rpo
+    b.res.series("load-rpo-p99-pitr-stream", G8, "RPO p99 under pgbench", "pitr with the WAL receiver", "ms").values = \
+        [pct(rpo, 0.99)]
+    b.res.targets.append(("RPO p99 ≤ 1 s with the receiver (commit to durable in the repository)",
+                          f"{fmt(pct(rpo, 0.99))} ms (median {fmt(med(rpo))} ms)", "≤ 1000 ms", pct(rpo, 0.99) <= 1000))
     stream = calls[("pitr-stream", "steady")]
     b.res.ratio(G8, "archive_command median under pgbench: pitr with the receiver / pgBackRest async",
                 [med(stream) / med(calls[("pgbr-async", "steady")])])

@@ -12,7 +12,7 @@
 //!                                          timeline + log id so no directory grows without bound
 //! <repo>/wal/history/<TTTTTTTT>.history    timeline history files, kept forever
 //! <repo>/wal/stream/<segment>.<LLLLLLLL>   the WAL receiver's snapshot of the segment it receives:
-//!                                          its first LLLLLLLL (hex) bytes, replaced every second
+//!                                          its first LLLLLLLL (hex) bytes, replaced twice a second
 //! <repo>/wal.<n>/...                       the same for generation n >= 2 (wal/ is generation 1)
 //! <repo>/<tier>/<id>/files/<path>          a base backup's files (tier: hourly, daily, weekly)
 //! <repo>/<tier>/<id>/backup_label          ... the label from pg_backup_stop (+ tablespace_map)

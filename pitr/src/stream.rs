@@ -12,11 +12,12 @@
 //! <spool>/stream/lock                held (flock) by the running receiver
 //! ```
 //!
-//! RPO: every second (when more arrived) the receiver also stores what is durable of the segment
+//! RPO: twice a second (when more arrived) the receiver also stores what is durable of the segment
 //! it receives as a snapshot in the repository (`Repo::put_stream_snapshot`), deleting the one
 //! before, and deletes them all once the segment is stored whole. archive-get serves the newest
 //! snapshot, padded with zeros, for a segment the archive lacks: a recovery of a lost server
-//! replays to the last WAL streamed about a second before the loss, not to the last whole segment.
+//! replays to the last WAL streamed about half a second before the loss, not to the last whole
+//! segment.
 //!
 //! Durability: WAL is reported flushed to the server (which then lets the slot release it) only
 //! once it is fsynced in the `.partial` file; a segment is marked `.stored` only once the
@@ -66,8 +67,12 @@ pub const RECEIVER_WAIT: Duration = Duration::from_secs(5);
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How often the receiver stores a snapshot of the segment it receives (when more arrived):
-/// the most WAL a lost server costs beyond what the receiver has.
-const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+/// the most WAL a lost server costs beyond what the receiver has, less the time to store one.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Snapshots are compressed fast (zstd level 1): each holds the whole segment so far, twice a
+/// second, and lives until the next.
+const SNAPSHOT_LEVEL: i32 = 1;
 
 /// How long the receiver waits before connecting again after an error.
 const RETRY: Duration = Duration::from_secs(2);
@@ -216,7 +221,8 @@ fn store_snapshot(repo: &Repo, codec: &Codec, dir: &Path, name: &str, len: u64) 
     let wal_name = WalFileName::parse(name)?;
     let segment = wal_name.segment_name().expect("a segment");
     let repo = repo.pin()?;
-    repo.put_stream_snapshot(segment, len, &codec.encode(&raw))?;
+    let fast = Codec::new(codec.compression(), Some(SNAPSHOT_LEVEL)).unwrap_or(*codec);
+    repo.put_stream_snapshot(segment, len, &fast.encode(&raw))?;
     let whole = repo.has_wal(&wal_name)?;
     repo.delete_stream_snapshots(segment, (!whole).then_some(len))
 }
