@@ -325,7 +325,9 @@ fn expire_keeps_the_newest_per_tier_and_the_wal_the_oldest_retained_backup_needs
         );
     }
 
-    // Expire again (dry run, then for real): nothing left to do.
+    // Expire again (dry run, then for real): nothing left to do. (The backup history file of the
+    // last backup may still be on its way into the repository: wait for the archiver first.)
+    c.wait_archiver_idle();
     let snapshot = tree(c.repo_dir(), &[]);
     let out = c.pitr(&["--config", config, "expire", "--dry-run", "--json"]);
     out.assert_success();
@@ -376,6 +378,9 @@ fn expire_dry_run_lists_but_deletes_nothing_and_the_real_run_deletes_exactly_tha
         "--no-expire kept both backups"
     );
 
+    // PostgreSQL archives the backup history file of b after pg_backup_stop, maybe after the
+    // backup returned: only once that is done does the repository stand still.
+    c.wait_archiver_idle();
     let snapshot = tree(c.repo_dir(), &[]);
     let out = c.pitr(&["--config", config, "expire", "--dry-run", "--json"]);
     out.assert_success();
