@@ -312,24 +312,28 @@ fn streaming_follows_a_timeline_switch_of_the_server_it_streams_from() {
 // The slot is watched: verify, check and the daemon's /metrics
 // ---------------------------------------------------------------------------------------------
 
-/// `pitr --config <config> verify wal --json` connected to `c`, its metrics in `metrics`; the
-/// exit code asserted, the report returned.
+/// `pitr --config <config> verify wal --json` connected to `c` (its metrics in `metrics`, when
+/// given).
+fn run_verify_wal(c: &Cluster, config: &std::path::Path, metrics: Option<&std::path::Path>) -> CmdOutput {
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "verify",
+        "wal",
+        "--json",
+        "--log-file",
+        "none",
+    ];
+    if let Some(metrics) = metrics {
+        args.extend(["--metrics-file", metrics.to_str().unwrap()]);
+    }
+    c.pitr_connected(c.repo(), &args)
+}
+
+/// [`run_verify_wal`] with metrics; the exit code asserted, the report returned.
 #[track_caller]
 fn verify_wal(c: &Cluster, config: &std::path::Path, metrics: &std::path::Path, code: i32) -> serde_json::Value {
-    let out = c.pitr_connected(
-        c.repo(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "verify",
-            "wal",
-            "--json",
-            "--log-file",
-            "none",
-            "--metrics-file",
-            metrics.to_str().unwrap(),
-        ],
-    );
+    let out = run_verify_wal(c, config, Some(metrics));
     out.assert_code(code);
     parse_json(&out)
 }
@@ -391,18 +395,7 @@ fn a_slot_without_receiver_is_slot_lagging_in_verify_and_its_metrics_until_a_rec
     // A receiver streams and catches up: no alert.
     let receiver = Receiver::start(&c);
     let caught_up = poll(Duration::from_secs(60), || {
-        let out = c.pitr_connected(
-            c.repo(),
-            &[
-                "--config",
-                config.to_str().unwrap(),
-                "verify",
-                "wal",
-                "--json",
-                "--log-file",
-                "none",
-            ],
-        );
+        let out = run_verify_wal(&c, &config, None);
         (out.code() == Some(0)).then(|| parse_json(&out))
     });
     let report = caught_up.expect("verify stays in alert while a receiver streams");

@@ -141,8 +141,10 @@ impl Codec {
 
     /// Encodes `raw` into a stored object.
     pub fn encode(&self, raw: &[u8]) -> Vec<u8> {
-        self.encode_from(&mut &raw[..], 1)
-            .expect("reading a slice and writing a Vec cannot fail")
+        // Handed over whole: no copy through a read buffer.
+        Encoder::new(*self, 1)
+            .and_then(|mut encoder| encoder.write(raw).and_then(|()| encoder.finish()))
+            .expect("compressing into a Vec cannot fail")
     }
 
     /// Encodes everything `reader` yields into a stored object in one pass: it is read in pieces
