@@ -1182,6 +1182,9 @@ fn backup_out_of_space(f: &mut Faults) {
     expect_not_listed(f, &c, &before, "a backup that ran out of space");
     let partial = backup_dirs(c.repo()).difference(&before).next().cloned();
     tmpfs.remount("size=192m");
+    // Backup ids name the second: a next backup within the same second as the partial one would
+    // clean it up and then take its id, and the check below could not tell them apart.
+    std::thread::sleep(Duration::from_millis(1100));
     let next = backup_run(&c, None, &["--json"]);
     if f.expect(next.success(), Harm::WrongExit, || {
         format!("the backup after freeing space fails:\n{}", next.describe())
