@@ -317,6 +317,7 @@ class Options:
     sections: Optional[List[str]]
     profile: bool
     quiet_wait: float
+    load_tools: List[str]
 
 
 class Bench:
@@ -2110,6 +2111,17 @@ def pct(values: Sequence[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+def recycle_wal(b: Bench) -> None:
+    """As on a server that has run a while: no wal_keep_size (the corpus, copied by now, needed 8 GB)
+    and a checkpoint, which recycles old segments as the next ones. Without it PostgreSQL creates and
+    zero-fills every new segment, and publishes a finished segment's last bytes to walsenders only
+    after the next file exists: tens of milliseconds under load that a production server rarely
+    spends (bench/load.md)."""
+    b.run_.sql("ALTER SYSTEM SET wal_keep_size = 0")
+    b.run_.sql("SELECT pg_reload_conf()")
+    b.run_.sql("CHECKPOINT")
+
+
 def section_load(b: Bench) -> None:
     """archive_command timed as PostgreSQL calls it: archive_command is a wrapper script that runs
     the tool's own command and logs each call's duration with bash's clock, while pgbench writes
@@ -2118,11 +2130,12 @@ def section_load(b: Bench) -> None:
     Per tool and phase: the median and p99 of every call of every run, and the largest `.ready`
     backlog in pg_wal/archive_status (sampled every 50 ms)."""
     b.wait_archiver()
+    recycle_wal(b)
     calls: Dict[Tuple[str, str], List[float]] = {}
     backlog: Dict[Tuple[str, str], List[int]] = {}
     runs = min(b.opts.runs, LOAD_RUNS)
     for r in range(runs):
-        for tool in rotate([t for t, _ in LOAD_TOOLS], r):
+        for tool in rotate([t for t, _ in LOAD_TOOLS if t in b.opts.load_tools], r):
             progress(f"archive_command under load: {tool}, run {r + 1}/{runs}")
             b.settle()
             for phase, (ms, peak) in load_run(b, tool, r).items():
@@ -2131,6 +2144,8 @@ def section_load(b: Bench) -> None:
     for phase in ("steady", "burst"):
         what = "pgbench, 4 clients" if phase == "steady" else f"one INSERT of {BURST_ROWS:,} rows"
         for tool, label in LOAD_TOOLS:
+            if (tool, phase) not in calls:
+                continue
             ms = calls[(tool, phase)]
             b.res.series(f"load-{phase}-{tool}", G8, f"archive_command per call under {what} (every call "
                          "of every run)", label, "ms").values = ms
@@ -2138,6 +2153,11 @@ def section_load(b: Bench) -> None:
                          "ms").values = [pct(ms, 0.99)]
             b.res.series(f"load-{phase}-ready-{tool}", G8, f"largest .ready backlog under {what} (per run)",
                          label, "files").values = [float(v) for v in backlog[(tool, phase)]]
+    if set(b.opts.load_tools) != {t for t, _ in LOAD_TOOLS}:
+        for (tool, phase), ms in sorted(calls.items()):
+            print(f"{tool} {phase}: median {med(ms):.1f} ms, p99 {pct(ms, 0.99):.1f} ms, n={len(ms)}, "
+                  f"backlog {backlog.get((tool, phase))}", file=sys.stderr)
+        return
     rpo = calls[("pitr-stream", "rpo")]
     b.res.series("load-rpo-pitr-stream", G8, "RPO under pgbench: from a commit to it being durable in the repository "
                  "(a probe every 250 ms)", "pitr with the WAL receiver (snapshots twice a second)", "ms").values = rpo
@@ -2492,6 +2512,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="with --only: write this run's sections into the doc's stored record in place of their "
                          "previous figures, keeping every other section's figures (default doc: "
                          "docs/benchmarks.md)")
+    ap.add_argument("--load-tools", help="section 8, development runs: comma-separated tools to run of "
+                    f"{','.join(t for t, _ in LOAD_TOOLS)} (default all; the ratios need all); writes no doc")
     ap.add_argument("--no-build", action="store_true", help="use target/release/pitr as it is (or under $CARGO_TARGET_DIR)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
     ap.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",
@@ -2505,7 +2527,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rec = read_record(a.render)
         write_doc(rec, a.doc or a.render)
         return 0
-    doc = None if a.no_doc else (a.doc or (None if a.quick and not a.merge else DEFAULT_DOC))
+    doc = None if a.no_doc or a.load_tools else (a.doc or (None if a.quick and not a.merge else DEFAULT_DOC))
     sections = a.only.split(",") if a.only else None
     if a.merge and not sections:
         sys.exit("--merge needs --only (the sections whose figures replace the doc's)")
@@ -2520,7 +2542,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    pg_bin=a.pg_bin or find_pg_bin(), keep=a.keep, build=not a.no_build, doc=doc,
                    json_out=a.json, sections=sections,
                    profile=not a.no_profile and (a.profile or not (a.quick or a.merge)),
-                   quiet_wait=a.quiet_wait if a.quiet_wait is not None else (0 if a.quick else 60))
+                   quiet_wait=a.quiet_wait if a.quiet_wait is not None else (0 if a.quick else 60),
+                   load_tools=a.load_tools.split(",") if a.load_tools else [t for t, _ in LOAD_TOOLS])
     preflight(opts)
     b = Bench(opts)
     progress(f"temp dir {b.tmp}")

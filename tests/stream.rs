@@ -173,6 +173,73 @@ fn a_receiver_killed_mid_segment_resumes_and_stores_the_whole_segment() {
     receiver.stop().assert_success();
 }
 
+fn signal(pid: &str, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+/// PostgreSQL publishes a segment's last bytes to walsenders only once it has opened the next
+/// file; archive_command is called before. The receiver then finishes the segment from the file
+/// PostgreSQL marked ready, which this test shows with a walsender that sends nothing at all
+/// (stopped with SIGSTOP): the segment is stored all the same, and once the walsender runs again
+/// the bytes it sends of that segment are skipped and streaming goes on.
+#[test]
+fn a_segment_ready_in_pg_wal_is_finished_from_the_file_without_waiting_for_the_server() {
+    // Archiving on, but with no command: the segments stay ready in pg_wal.
+    let c = Cluster::start(
+        ClusterOptions::default()
+            .archive(false)
+            .setting("archive_mode", "on")
+            .setting("archive_command", "''"),
+    );
+    c.pitr_ok(&["create-repo"]);
+    c.pitr_ok(&["slot", "create", "--slot", "pitr"]);
+    let receiver = Receiver::start(&c);
+    write_rows(&c, 500);
+    let walsender = poll(Duration::from_secs(30), || {
+        let pid = c.psql("SELECT pid FROM pg_stat_replication WHERE state = 'streaming'");
+        (!pid.is_empty()).then_some(pid)
+    })
+    .expect("the receiver never streamed");
+    let stream_dir = spool_stream_dir(&c);
+    poll(Duration::from_secs(30), || {
+        std::fs::read_dir(&stream_dir)
+            .ok()?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .then_some(())
+    })
+    .expect("no partial segment in the spool");
+    signal(&walsender, "STOP");
+    write_rows(&c, 500);
+    let finished = c.switch_wal();
+    // The receiver's marker: the watcher, which runs beside it, would archive the file itself
+    // after waiting for the receiver, but writes no marker.
+    let marker = stream_dir.join(format!("{finished}.stored"));
+    let stored = poll(Duration::from_secs(20), || marker.exists().then_some(()));
+    signal(&walsender, "CONT");
+    assert!(
+        stored.is_some(),
+        "the receiver did not store {finished} while the walsender sent nothing\n{}",
+        c.log_tail()
+    );
+    assert_same_as_pg_wal(&c, &finished);
+    write_rows(&c, 500);
+    let next = c.switch_wal();
+    wait_in_repo(&c, &next);
+    assert_same_as_pg_wal(&c, &next);
+    let out = receiver.stop();
+    assert!(out.success(), "{}", out.describe());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !log.contains("connecting again"),
+        "the receiver reported trouble:\n{log}"
+    );
+}
+
 #[test]
 fn slots_are_created_and_dropped_and_bad_names_refused() {
     let c = Cluster::start(ClusterOptions::default().archive(false));

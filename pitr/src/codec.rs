@@ -168,19 +168,38 @@ impl Codec {
 }
 
 /// Builds one stored object from bytes handed over as they come (the WAL receiver's segments,
-/// [`Codec::encode_from`]'s pieces): checksummed and compressed on the way, so memory is the
-/// object being built.
-pub struct Encoder {
+/// [`Codec::encode_from`]'s pieces): checksummed and compressed on the way into `W`, in memory
+/// (`Vec<u8>`, the default) or into the object as it is written ([`Repo::wal_writer`]).
+///
+/// [`Repo::wal_writer`]: crate::repo::Repo::wal_writer
+pub struct Encoder<W: Write = Vec<u8>> {
     compression: Compression,
-    sink: Sink,
+    sink: Sink<W>,
     raw_len: u64,
     crc: crc32fast::Hasher,
 }
 
 impl Encoder {
-    /// An empty object of `codec`, compressed on `threads` threads (see [`Codec::encode_from`]).
+    /// An empty object of `codec` in memory, compressed on `threads` threads (see
+    /// [`Codec::encode_from`]).
     pub fn new(codec: Codec, threads: u32) -> std::io::Result<Encoder> {
-        let out = vec![0u8; HEADER_LEN];
+        Encoder::with_output(codec, threads, Vec::new())
+    }
+
+    /// Ends the compressed stream (an encoder's errors surface here, not in a drop) and returns
+    /// the object, header first.
+    pub fn finish(self) -> std::io::Result<Vec<u8>> {
+        let (mut out, header) = self.finish_output()?;
+        out[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        Ok(out)
+    }
+}
+
+impl<W: Write> Encoder<W> {
+    /// An empty object of `codec` written into `out` as it is encoded, starting with room for
+    /// the header (zeros), which only [`Encoder::finish_output`] knows.
+    pub fn with_output(codec: Codec, threads: u32, mut out: W) -> std::io::Result<Encoder<W>> {
+        out.write_all(&[0u8; HEADER_LEN])?;
         let sink = match codec.compression {
             Compression::None => Sink::Plain(out),
             // The streaming encoder compresses 0.1-0.2 % better than one-shot
@@ -222,10 +241,19 @@ impl Encoder {
         self.raw_len
     }
 
-    /// Ends the compressed stream (an encoder's errors surface here, not in a drop) and returns
-    /// the object, header first.
-    pub fn finish(self) -> std::io::Result<Vec<u8>> {
-        let mut out = match self.sink {
+    /// The output, as far as the compressor has written it.
+    pub fn output_mut(&mut self) -> &mut W {
+        match &mut self.sink {
+            Sink::Plain(out) => out,
+            Sink::Zstd(encoder) => encoder.get_mut(),
+            Sink::Gzip(encoder) => encoder.get_mut(),
+        }
+    }
+
+    /// Ends the compressed stream (an encoder's errors surface here, not in a drop): the output,
+    /// whose first [`HEADER_LEN`] bytes are still zeros, and the header that belongs there.
+    pub fn finish_output(self) -> std::io::Result<(W, ObjectHeader)> {
+        let out = match self.sink {
             Sink::Plain(out) => out,
             Sink::Zstd(encoder) => encoder.finish()?,
             Sink::Gzip(encoder) => encoder.finish()?,
@@ -235,16 +263,15 @@ impl Encoder {
             raw_len: self.raw_len,
             raw_crc: self.crc.finalize(),
         };
-        out[..HEADER_LEN].copy_from_slice(&header.to_bytes());
-        Ok(out)
+        Ok((out, header))
     }
 }
 
 /// Where an [`Encoder`] puts the payload: the object, after room for its header.
-enum Sink {
-    Plain(Vec<u8>),
-    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+enum Sink<W: Write> {
+    Plain(W),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Gzip(flate2::write::GzEncoder<W>),
 }
 
 /// How much input one zstd thread compresses at a time in [`Codec::encode_from`]. Measured on a

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, json};
 use crate::error::{Error, Result};
-use crate::storage::{LocalStorage, Location, ObjectMeta, PutOutcome, Storage};
+use crate::storage::{LocalStorage, Location, ObjectMeta, ObjectWriter, PutOutcome, Storage};
 use crate::wal::{LongPageHeader, SegmentName, SegmentSize, WalFileName};
 
 /// The key of the metadata object.
@@ -772,6 +772,11 @@ impl Repo {
     /// Stores an encoded WAL object, create-only.
     pub fn put_wal(&self, name: &WalFileName, object: &[u8]) -> Result<PutOutcome> {
         self.storage.put_if_absent(&self.wal_key(name)?, object)
+    }
+
+    /// Starts storing an encoded WAL object in pieces (see [`Storage::put_writer`]).
+    pub fn wal_writer(&self, name: &WalFileName) -> Result<Box<dyn ObjectWriter + '_>> {
+        self.storage.put_writer(&self.wal_key(name)?)
     }
 
     /// Makes an archived WAL file durable (see [`Storage::sync`]).

@@ -75,6 +75,21 @@ pub trait Storage: Send + Sync {
         Ok(())
     }
 
+    /// Starts an object under `key` that is written in pieces as they come and created
+    /// create-only by [`ObjectWriter::finish`], with the contract of
+    /// [`Storage::put_if_absent`]: nothing is visible under `key` before `finish` returns, and a
+    /// writer dropped unfinished leaves nothing behind. For an object produced slowly (the WAL
+    /// receiver compresses a segment while PostgreSQL writes it): a backend that can write ahead
+    /// does, so that `finish` has little left to do. The default keeps the pieces in memory and
+    /// puts them whole.
+    fn put_writer(&self, key: &str) -> Result<Box<dyn ObjectWriter + '_>> {
+        Ok(Box::new(BufferedWriter {
+            store: self,
+            key: key.to_string(),
+            bytes: Vec::new(),
+        }))
+    }
+
     /// Makes an existing object durable (it may come from a put that crashed before it was
     /// reported). Used before reporting that content already stored is safe.
     fn sync(&self, key: &str) -> Result<()>;
@@ -141,6 +156,79 @@ pub trait Storage: Send + Sync {
     /// local file system (a restore must not overlap it); `None` for a remote store.
     fn local_root(&self) -> Option<&std::path::Path> {
         None
+    }
+}
+
+/// An object being written in pieces: see [`Storage::put_writer`].
+pub trait ObjectWriter: Send {
+    /// Appends `bytes` to the object.
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+
+    /// Makes what was written so far durable now, where the backend can, so that
+    /// [`ObjectWriter::finish`] waits for less. Nothing becomes visible. The default does nothing.
+    fn write_ahead(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// How many bytes were written.
+    fn written(&self) -> u64;
+
+    /// Replaces the object's first `head.len()` bytes (written already) with `head`, then
+    /// creates the object create-only and durably, as [`Storage::put_if_absent`] does: for a
+    /// header known only at the end (a checksum, a length).
+    fn finish(self: Box<Self>, head: &[u8]) -> Result<PutOutcome>;
+}
+
+/// An [`ObjectWriter`] as an [`std::io::Write`], for an encoder that writes into it (its errors
+/// come back wrapped in `io::Error`).
+pub struct WriteInto<'a>(pub Box<dyn ObjectWriter + 'a>);
+
+impl std::io::Write for WriteInto<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes).map_err(std::io::Error::other)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// [`Storage::put_writer`]'s default: the pieces in memory, put whole at the end.
+struct BufferedWriter<'a, S: Storage + ?Sized> {
+    store: &'a S,
+    key: String,
+    bytes: Vec<u8>,
+}
+
+impl<S: Storage + ?Sized> ObjectWriter for BufferedWriter<'_, S> {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn finish(mut self: Box<Self>, head: &[u8]) -> Result<PutOutcome> {
+        patch_head(&mut self.bytes, head)?;
+        self.store.put_if_absent(&self.key, &self.bytes)
+    }
+}
+
+/// Overwrites the first bytes of `bytes` with `head`, which must not be longer.
+fn patch_head(bytes: &mut [u8], head: &[u8]) -> Result<()> {
+    match bytes.get_mut(..head.len()) {
+        Some(start) => {
+            start.copy_from_slice(head);
+            Ok(())
+        }
+        None => Err(crate::Error::Refused(format!(
+            "an object's head of {} bytes is longer than the {} bytes written",
+            head.len(),
+            bytes.len()
+        ))),
     }
 }
 

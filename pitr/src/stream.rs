@@ -2,6 +2,15 @@
 //! compressed as it arrives and stored in the repository the moment a segment is complete, so
 //! that `archive-push` (PostgreSQL's archive_command) finds the segment stored and returns.
 //!
+//! The object is written into the repository as the segment arrives ([`Repo::wal_writer`]: on
+//! local disk a temporary file, made durable ahead every [`WRITE_AHEAD`] bytes), so the put at
+//! the segment's end has only its last piece to make durable. And the end need not come from the
+//! server: PostgreSQL marks a segment ready for archiving (and calls archive_command) before it
+//! publishes the segment's last bytes to walsenders, which waits until the next file is open,
+//! tens of milliseconds when that file must be created. When the server's `pg_wal` is on this
+//! host, the receiver reads the rest of a segment that is ready there from the file (which must
+//! begin with the bytes streamed) and skips those bytes when the stream brings them.
+//!
 //! ```text
 //! <spool>/stream/<segment>.partial   the segment being received, durable up to the flush
 //!                                    position reported to the server
@@ -55,7 +64,7 @@ use crate::pg::replication::{check_slot_name, ReplicationConnection, StreamMessa
 use crate::pg::{Server, SlotState};
 use crate::repo::Repo;
 use crate::spool::{self, Spool};
-use crate::storage::PutOutcome;
+use crate::storage::{PutOutcome, WriteInto};
 use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 use crate::watch::WatchEvents;
 
@@ -132,10 +141,16 @@ pub fn slot_state(options: &StreamOptions, timeout: Duration) -> Result<Option<S
 }
 
 /// Receives WAL until `stop` is set, connecting again after every error (each reported).
+///
+/// `pg_wal`, the server's WAL directory when this host has it, lets the receiver finish a segment
+/// from the file once PostgreSQL marked it ready for archiving: PostgreSQL publishes a segment's
+/// last bytes to walsenders only after it has opened the next file, which takes tens of
+/// milliseconds when it must create and zero-fill one, while archive_command is already waiting.
 pub fn receive(
     repo: &Repo,
     codec: &Codec,
     spool: &Spool,
+    pg_wal: Option<&Path>,
     options: &StreamOptions,
     stop: &AtomicBool,
     events: &dyn WatchEvents,
@@ -165,7 +180,10 @@ pub fn receive(
                     codec,
                     dir: dir.clone(),
                     events,
+                    pg_wal,
                     open: None,
+                    finished_early: None,
+                    ready_checked: Instant::now(),
                     snapshots: snapshots.clone(),
                 };
                 receiver.session(options, stop)
@@ -228,7 +246,7 @@ fn store_snapshot(repo: &Repo, codec: &Codec, dir: &Path, name: &str, len: u64) 
 }
 
 /// The segment being received.
-struct OpenSegment {
+struct OpenSegment<'a> {
     segment: Segment,
     name: String,
     file: fs::File,
@@ -238,7 +256,10 @@ struct OpenSegment {
     synced: u64,
     /// The first bytes, for validating the page header.
     head: Vec<u8>,
-    encoder: Encoder,
+    /// Compresses into the object in the repository as the bytes come.
+    encoder: Encoder<WriteInto<'a>>,
+    /// How many bytes of the object were written when it was last made durable ahead.
+    written_ahead: u64,
     /// The length of the newest snapshot stored in the repository (0: none yet).
     snapshot: u64,
 }
@@ -248,12 +269,19 @@ struct Receiver<'a> {
     codec: &'a Codec,
     dir: PathBuf,
     events: &'a dyn WatchEvents,
-    open: Option<OpenSegment>,
+    /// The server's WAL directory, when on this host (see [`receive`]).
+    pg_wal: Option<&'a Path>,
+    open: Option<OpenSegment<'a>>,
+    /// The end of a segment finished from `pg_wal` before the server sent all of it: the stream's
+    /// bytes before this position are stored already and are skipped.
+    finished_early: Option<Lsn>,
+    /// When `pg_wal` was last asked whether the open segment is ready.
+    ready_checked: Instant,
     /// Where snapshots are asked for (see [`store_snapshots`]).
     snapshots: mpsc::SyncSender<SnapshotWanted>,
 }
 
-impl Receiver<'_> {
+impl<'a> Receiver<'a> {
     /// One connection: identify, start where the spool ends, receive until stopped.
     fn session(&mut self, options: &StreamOptions, stop: &AtomicBool) -> Result<()> {
         let repo = self.repo;
@@ -293,6 +321,8 @@ impl Receiver<'_> {
             let dirty = self.open.as_ref().is_some_and(|o| o.synced < o.received);
             let wait = if dirty {
                 Duration::ZERO
+            } else if self.open.is_some() && self.pg_wal.is_some() {
+                READY_CHECK
             } else {
                 Duration::from_millis(100)
             };
@@ -330,6 +360,9 @@ impl Receiver<'_> {
                     last_status = Instant::now();
                 }
                 None => {}
+            }
+            if self.ready_checked.elapsed() >= READY_CHECK {
+                self.finish_from_pg_wal(size)?;
             }
             if last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
                 self.snapshot();
@@ -396,24 +429,21 @@ impl Receiver<'_> {
     /// Writes WAL received at `start`, storing every segment it completes.
     fn write(&mut self, size: SegmentSize, timeline: TimelineId, start: Lsn, mut data: &[u8]) -> Result<()> {
         let mut at = start.0;
+        if let Some(end) = self.finished_early {
+            let stored = (end.0.saturating_sub(at)).min(data.len() as u64) as usize;
+            data = &data[stored..];
+            at += stored as u64;
+            if at >= end.0 {
+                self.finished_early = None;
+            }
+        }
         while !data.is_empty() {
             let segno = size.segment_of(Lsn(at));
             let offset = at - size.segment_start(segno).0;
             let take = (u64::from(size.bytes()) - offset).min(data.len() as u64) as usize;
             let dir = self.dir.clone();
             let open = self.open_segment(size, Segment { timeline, segno }, offset)?;
-            let path = dir.join(format!("{}.partial", open.name));
-            open.file
-                .write_all_at(&data[..take], offset)
-                .map_err(Error::io("write", &path))?;
-            if open.head.len() < MARKED_HEAD {
-                let wanted = (MARKED_HEAD - open.head.len()).min(take);
-                open.head.extend_from_slice(&data[..wanted]);
-            }
-            open.encoder
-                .write(&data[..take])
-                .map_err(Error::io("compress", &path))?;
-            open.received = offset + take as u64;
+            open.append(&dir, &data[..take])?;
             at += take as u64;
             data = &data[take..];
             if open.received == u64::from(size.bytes()) {
@@ -423,8 +453,46 @@ impl Receiver<'_> {
         Ok(())
     }
 
+    /// When the open segment is ready for archiving in `pg_wal` (so complete there and durable),
+    /// reads the rest of it from the file and stores it, rather than waiting for the server to
+    /// send it (see [`receive`]). The file must begin with the bytes received.
+    fn finish_from_pg_wal(&mut self, size: SegmentSize) -> Result<()> {
+        self.ready_checked = Instant::now();
+        let (Some(pg_wal), Some(open)) = (self.pg_wal, &mut self.open) else {
+            return Ok(());
+        };
+        let ready = pg_wal.join("archive_status").join(format!("{}.ready", open.name));
+        if !ready.exists() {
+            return Ok(());
+        }
+        let path = pg_wal.join(&open.name);
+        let Ok(file) = archive::open_wal_file(&path, &open.name) else {
+            return Ok(()); // archived and recycled meanwhile: the stream brings the rest
+        };
+        let len = file.metadata().map_err(Error::io("read", &path))?.len();
+        let mut head = vec![0u8; open.head.len()];
+        file.read_exact_at(&mut head, 0).map_err(Error::io("read", &path))?;
+        if len != u64::from(size.bytes()) || head != open.head {
+            return Err(Error::Refused(format!(
+                "{} is ready for archiving but is not the segment the server streamed",
+                path.display()
+            )));
+        }
+        let dir = self.dir.clone();
+        let mut piece = vec![0u8; TAIL_PIECE];
+        while open.received < len {
+            let want = (len - open.received).min(TAIL_PIECE as u64) as usize;
+            file.read_exact_at(&mut piece[..want], open.received)
+                .map_err(Error::io("read", &path))?;
+            open.append(&dir, &piece[..want])?;
+        }
+        let start = size.segment_start(open.segment.segno);
+        self.finished_early = Some(Lsn(start.0 + u64::from(size.bytes())));
+        self.store(size)
+    }
+
     /// The open segment, opening `segment` when none is (it must start at offset 0).
-    fn open_segment(&mut self, size: SegmentSize, segment: Segment, offset: u64) -> Result<&mut OpenSegment> {
+    fn open_segment(&mut self, size: SegmentSize, segment: Segment, offset: u64) -> Result<&mut OpenSegment<'a>> {
         if self.open.as_ref().is_some_and(|o| o.segment != segment) {
             return Err(Error::Refused(
                 "WAL of the next segment arrived before the open one was complete".into(),
@@ -448,6 +516,7 @@ impl Receiver<'_> {
                 .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(&path)
                 .map_err(Error::io("create", &path))?;
+            let writer = WriteInto(self.repo.wal_writer(&WalFileName::parse(&name)?)?);
             self.open = Some(OpenSegment {
                 segment,
                 name,
@@ -455,14 +524,17 @@ impl Receiver<'_> {
                 received: 0,
                 synced: 0,
                 head: Vec::with_capacity(MARKED_HEAD),
-                encoder: Encoder::new(*self.codec, 1).map_err(Error::io("compress", &path))?,
+                encoder: Encoder::with_output(*self.codec, 1, writer).map_err(Error::io("compress", &path))?,
+                written_ahead: 0,
                 snapshot: 0,
             });
         }
         Ok(self.open.as_mut().expect("opened above"))
     }
 
-    /// Makes what was received durable in the spool.
+    /// Makes what was received durable in the spool, and the object written so far in the
+    /// repository once [`WRITE_AHEAD`] more of it was written: the put at the segment's end
+    /// (which archive-push waits for) then has little left to make durable.
     fn flush(&mut self) -> Result<()> {
         if let Some(open) = &mut self.open {
             if open.synced < open.received {
@@ -470,6 +542,11 @@ impl Receiver<'_> {
                     .sync_data()
                     .map_err(Error::io("sync", &self.dir.join(format!("{}.partial", open.name))))?;
                 open.synced = open.received;
+            }
+            let object = open.encoder.output_mut();
+            if object.0.written() >= open.written_ahead + WRITE_AHEAD {
+                object.0.write_ahead()?;
+                open.written_ahead = object.0.written();
             }
         }
         Ok(())
@@ -485,22 +562,22 @@ impl Receiver<'_> {
         let segment_name = name.segment_name().expect("a segment");
         let what = partial.display().to_string();
         archive::check_segment_start(self.repo, segment_name, &open.head, u64::from(size.bytes()), &what)?;
-        let object = open.encoder.finish().map_err(Error::io("compress", &partial))?;
-        let header = crate::codec::ObjectHeader::parse(&object, &what)?;
-        if self.repo.put_wal(&name, &object)? == PutOutcome::AlreadyExists {
+        let (object, header) = open.encoder.finish_output().map_err(Error::io("compress", &partial))?;
+        if object.0.finish(&header.to_bytes())? == PutOutcome::AlreadyExists {
             let mut raw = Vec::new();
             let mut file = &open.file;
             std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(Error::io("read", &partial))?;
             file.read_to_end(&mut raw).map_err(Error::io("read", &partial))?;
             archive::compare_with_archived(self.repo, &name, &raw)?;
         }
-        // The segment is whole in the repository: its snapshots have served their time.
-        self.repo.delete_stream_snapshots(segment_name, None)?;
         let marker = self.dir.join(format!("{}.stored", open.name));
         spool::replace_private(&marker, stored_marker(header.raw_len, &open.head).as_bytes())?;
         spool::replace_private(&self.dir.join(LAST_STORED), format!("{}\n", open.name).as_bytes())?;
-        fs::remove_file(&partial).map_err(Error::io("remove", &partial))?;
         self.events.archived(&open.name, began.elapsed());
+        // After the marker, which archive-push waits for: the segment is whole in the repository,
+        // so its snapshots have served their time.
+        self.repo.delete_stream_snapshots(segment_name, None)?;
+        fs::remove_file(&partial).map_err(Error::io("remove", &partial))?;
         self.prune_markers();
         Ok(())
     }
@@ -563,6 +640,17 @@ impl Receiver<'_> {
     }
 }
 
+/// How much more of the object in the repository is written before the receiver makes it durable
+/// ahead of the segment's end (see `Receiver::flush`).
+const WRITE_AHEAD: u64 = 256 << 10;
+
+/// How often the receiver looks whether the segment it receives is ready in `pg_wal` (see
+/// [`receive`]), when it waits for the server.
+const READY_CHECK: Duration = Duration::from_millis(5);
+
+/// The pieces in which the receiver reads the rest of a segment from `pg_wal`.
+const TAIL_PIECE: usize = 1 << 20;
+
 /// How many first bytes of a segment its marker checksums: its first page and more.
 const MARKED_HEAD: usize = 8192;
 
@@ -615,4 +703,21 @@ fn size_and_head(path: &Path, name: &WalFileName) -> Result<(u64, Vec<u8>)> {
         .read_to_end(&mut head)
         .map_err(Error::io("read", path))?;
     Ok((len, head))
+}
+
+impl OpenSegment<'_> {
+    /// Appends the segment's next bytes to its `.partial` file in `dir` and to the object.
+    fn append(&mut self, dir: &Path, data: &[u8]) -> Result<()> {
+        let path = dir.join(format!("{}.partial", self.name));
+        self.file
+            .write_all_at(data, self.received)
+            .map_err(Error::io("write", &path))?;
+        if self.head.len() < MARKED_HEAD {
+            let wanted = (MARKED_HEAD - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..wanted]);
+        }
+        self.encoder.write(data).map_err(Error::io("compress", &path))?;
+        self.received += data.len() as u64;
+        Ok(())
+    }
 }

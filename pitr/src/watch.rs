@@ -109,7 +109,15 @@ pub fn watch(
         }
         if let Some(stream_options) = &options.stream {
             scope.spawn(|| {
-                if let Err(e) = stream::receive(repo, codec, spool, stream_options, &receiver_stop, events) {
+                if let Err(e) = stream::receive(
+                    repo,
+                    codec,
+                    spool,
+                    Some(&work.pg_wal),
+                    stream_options,
+                    &receiver_stop,
+                    events,
+                ) {
                     events.note(&format!("WAL receiver stopped: {e}"));
                 }
             });

@@ -34,6 +34,7 @@ pub fn check_backend_with_quirks(store: Arc<dyn Storage>, quirks: ServerQuirks) 
     deferred_puts_are_create_only_and_synced_together(&*store);
     concurrent_puts_create_exactly_once(store.clone(), quirks);
     empty_and_large_objects_round_trip(&*store);
+    written_objects_appear_whole_and_create_only(&*store);
     list_shows_children_sorted(&*store);
     list_meta_tells_what_head_tells(&*store);
     delete_removes_objects(&*store);
@@ -169,6 +170,49 @@ fn concurrent_puts_create_exactly_once(store: Arc<dyn Storage>, quirks: ServerQu
     assert!(
         stored.iter().all(|b| *b == stored[0]),
         "a put must never mix two writers' bytes"
+    );
+}
+
+/// [`Storage::put_writer`]: nothing is visible before `finish`, the head replaces the first
+/// bytes, a second writer of the key leaves the first object, a dropped writer leaves nothing.
+fn written_objects_appear_whole_and_create_only(store: &dyn Storage) {
+    let mut writer = store.put_writer("written/a").unwrap();
+    writer.write(b"????-first-").unwrap();
+    writer.write_ahead().unwrap();
+    writer.write(b"piece").unwrap();
+    assert_eq!(writer.written(), 16);
+    assert_eq!(store.get("written/a").unwrap(), None, "invisible before finish");
+    assert!(
+        store.list("written/").unwrap().is_empty(),
+        "nothing listed before finish"
+    );
+    assert_eq!(writer.finish(b"HEAD").unwrap(), PutOutcome::Created);
+    assert_eq!(
+        store.get("written/a").unwrap().as_deref(),
+        Some(&b"HEAD-first-piece"[..])
+    );
+
+    let mut second = store.put_writer("written/a").unwrap();
+    second.write(b"other bytes").unwrap();
+    assert_eq!(second.finish(b"").unwrap(), PutOutcome::AlreadyExists);
+    assert_eq!(
+        store.get("written/a").unwrap().as_deref(),
+        Some(&b"HEAD-first-piece"[..])
+    );
+
+    let mut too_long = store.put_writer("written/b").unwrap();
+    too_long.write(b"ab").unwrap();
+    assert!(
+        too_long.finish(b"abc").is_err(),
+        "a head longer than the object is refused"
+    );
+    let mut dropped = store.put_writer("written/c").unwrap();
+    dropped.write(b"never finished").unwrap();
+    drop(dropped);
+    assert_eq!(
+        store.list("written/").unwrap(),
+        vec!["a"],
+        "a refused or dropped writer leaves nothing"
     );
 }
 

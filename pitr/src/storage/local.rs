@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::fsio::{self, Dir, Kind, Perms};
-use crate::storage::{Listed, LockGuard, ObjectMeta, PutOutcome, Storage};
+use crate::storage::{Listed, LockGuard, ObjectMeta, ObjectWriter, PutOutcome, Storage};
 
 /// Objects as files under a root directory.
 #[derive(Debug, Clone)]
@@ -113,6 +113,77 @@ impl LocalStorage {
     }
 }
 
+/// [`Storage::put_writer`] on local disk: a temporary file in the object's directory, written as
+/// the pieces come and fsynced ahead when asked, then moved into place with a no-replace rename,
+/// as [`Dir::put_new`] does with a whole object.
+struct LocalWriter {
+    dir: Dir,
+    /// The temporary file's name; `None` once it is moved into place or removed.
+    temp: Option<String>,
+    file: std::fs::File,
+    name: String,
+    path: PathBuf,
+    written: u64,
+}
+
+impl ObjectWriter for LocalWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        fsio::write_in_pieces(&mut self.file, bytes).map_err(Error::io("store", &self.path))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn write_ahead(&mut self) -> Result<()> {
+        self.file.sync_data().map_err(Error::io("fsync", &self.path))
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn finish(mut self: Box<Self>, head: &[u8]) -> Result<PutOutcome> {
+        use std::os::unix::fs::FileExt;
+        if head.len() as u64 > self.written {
+            return Err(Error::Refused(format!(
+                "an object's head of {} bytes is longer than the {} bytes written",
+                head.len(),
+                self.written
+            )));
+        }
+        let temp = self.temp.take().expect("finished once");
+        let placed = self
+            .file
+            .write_all_at(head, 0)
+            .and_then(|()| self.file.sync_all())
+            .and_then(|()| self.dir.rename_noreplace(&temp, &self.name));
+        match placed {
+            Ok(true) => {
+                self.dir.sync().map_err(Error::io("fsync directory", self.dir.path()))?;
+                Ok(PutOutcome::Created)
+            }
+            Ok(false) => {
+                let _ = self.dir.remove_file(&temp);
+                // The existing file may come from a put that crashed before its fsyncs.
+                sync_file(&self.dir, &self.name, &self.path)?;
+                self.dir.sync().map_err(Error::io("fsync directory", self.dir.path()))?;
+                Ok(PutOutcome::AlreadyExists)
+            }
+            Err(e) => {
+                let _ = self.dir.remove_file(&temp);
+                Err(Error::io("store", &self.path)(e))
+            }
+        }
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = self.dir.remove_file(&temp);
+        }
+    }
+}
+
 /// Size and modification time of a regular file; `None` for anything else.
 fn object_meta(stat: &rustix::fs::Stat) -> Option<ObjectMeta> {
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
@@ -148,6 +219,26 @@ impl Storage for LocalStorage {
 
     fn put_if_absent_deferred(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
         self.put(key, data, false)
+    }
+
+    fn put_writer(&self, key: &str) -> Result<Box<dyn ObjectWriter + '_>> {
+        let (dir, name) = split_key(key);
+        fsio::check_name(name).map_err(Error::io("store", self.path(key)))?;
+        let parent = self
+            .open_root()?
+            .create_dirs(dir, &self.perms)
+            .map_err(Error::io("create directory", self.path(dir)))?;
+        let (temp, file) = parent
+            .create_temp(&self.perms)
+            .map_err(Error::io("store", self.path(key)))?;
+        Ok(Box::new(LocalWriter {
+            dir: parent,
+            temp: Some(temp),
+            file,
+            name: name.to_string(),
+            path: self.path(key),
+            written: 0,
+        }))
     }
 
     fn sync_all_under(&self, dir: &str) -> Result<()> {
