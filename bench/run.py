@@ -23,6 +23,7 @@ Python 3.9+, standard library only.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import filecmp
 import json
@@ -2153,7 +2154,7 @@ def section_load(b: Bench) -> None:
                          "ms").values = [pct(ms, 0.99)]
             b.res.series(f"load-{phase}-ready-{tool}", G8, f"largest .ready backlog under {what} (per run)",
                          label, "files").values = [float(v) for v in backlog[(tool, phase)]]
-    if set(b.opts.load_tools) != {t for t, _ in LOAD_TOOLS}:
+    if not {t for t, _ in LOAD_TOOLS} <= set(b.opts.load_tools):
         for (tool, phase), ms in sorted(calls.items()):
             print(f"{tool} {phase}: median {med(ms):.1f} ms, p99 {pct(ms, 0.99):.1f} ms, n={len(ms)}, "
                   f"backlog {backlog.get((tool, phase))}", file=sys.stderr)
@@ -2177,6 +2178,194 @@ def section_load(b: Bench) -> None:
                           "≤ 2", peak <= 2))
 
 
+# ----------------------------------------------------------------------------------------------
+# Section 9: burst throughput of the streaming tools (issue 15)
+# ----------------------------------------------------------------------------------------------
+
+G9 = "9. Burst throughput: WAL written as fast as the server can, until the tool holds all of it (issue 15)"
+
+# The burst: THROUGHPUT_WRITERS sessions each write THROUGHPUT_ROWS rows in one statement, as fast
+# as the server can (about 100 bytes of WAL per row); two keep both cores busy.
+THROUGHPUT_WRITERS = 2
+THROUGHPUT_ROWS = 2_500_000
+THROUGHPUT_RUNS = 3
+THROUGHPUT_TOOLS = [
+    ("pitr-stream", "pitr: WAL receiver (pitr watch --slot) + archive-push"),
+    ("pgbr-async", "pgBackRest archive-push archive-async=y process-max=2"),
+    ("barman", "Barman streaming_archiver (barman receive-wal: pg_receivewal)"),
+]
+
+
+def segment_names(b: Bench, start_lsn: str, end_lsn: str) -> List[str]:
+    """The names of the segments from the one holding start_lsn to the one holding end_lsn."""
+    first, last = b.run_.sql(f"SELECT pg_walfile_name('{start_lsn}'), pg_walfile_name('{end_lsn}')").split("|")
+    per_id = 0x1_0000_0000 // (16 * MiB)
+    segno = lambda name: int(name[8:16], 16) * per_id + int(name[16:24], 16)  # noqa: E731
+    return [f"{first[:8]}{n // per_id:08X}{n % per_id:08X}" for n in range(segno(first), segno(last) + 1)]
+
+
+def barman_setup(b: Bench, home: Path) -> Tuple[Path, List[str]]:
+    """A Barman configuration streaming from the cluster through slot `barman` (streaming only:
+    archiver off), its home owned by the server user; returns the config and the base argv."""
+    conf = home / "barman.conf"
+    (home / "barman.d").mkdir(parents=True)
+    conninfo = f"host={b.tmp / 'sock'} port={PORT_MAIN} dbname=postgres"
+    user = b.user or pwd.getpwuid(os.geteuid()).pw_name
+    conf.write_text(f"""[barman]
+barman_home = {home}
+barman_user = {user}
+log_file = {home / 'barman.log'}
+log_level = INFO
+configuration_files_directory = {home / 'barman.d'}
+
+[pg]
+description = bench
+conninfo = {conninfo} user={user if not b.user else 'postgres'}
+streaming_conninfo = {conninfo} user={user if not b.user else 'postgres'}
+backup_method = postgres
+streaming_archiver = on
+slot_name = barman
+archiver = off
+path_prefix = {b.opts.pg_bin}
+""")
+    b.chown_tree(home)
+    return conf, ["barman", "-c", str(conf)]
+
+
+def wait_all(what: str, present: Callable[[str], bool], names: List[str], timeout: float = 600) -> float:
+    """Polls every 20 ms until every name is present; returns the time it happened."""
+    deadline = time.time() + timeout
+    pending = list(names)
+    while pending:
+        pending = [n for n in pending if not present(n)]
+        if not pending:
+            break
+        if time.time() > deadline:
+            raise CommandFailed(f"{what}: {len(pending)} segments still missing after {timeout:.0f} s "
+                                f"(first {pending[0]})")
+        time.sleep(0.02)
+    return time.perf_counter()
+
+
+def throughput_run(b: Bench, tool: str, r: int) -> Tuple[float, float, float]:
+    """One burst with one tool: (WAL MB, seconds the server wrote it in, seconds until the tool held
+    every complete segment of it durably)."""
+    base = b.mkdir_pg(b.tmp / "work" / f"burst-{tool}-{r}", 0o755)
+    helper, log = None, b.tmp / "logs" / f"burst-{tool}.log"
+    previous = b.run_.sql("SHOW archive_command")
+    try:
+        if tool == "pitr-stream":
+            repo, spool = b.mkdir_pg(base / "repo"), base / "spool"
+            b.run(b.pitr_cmd(repo, "create-repo"))
+            b.run(b.pitr_cmd(repo, "slot", "create", "--slot", "pitr_burst"))
+            helper = start_pg_process(b, b.pitr_cmd(repo, "--spool", str(spool), "watch", "--slot", "pitr_burst",
+                                                    "--pgdata", str(b.pgdata)), log)
+            command = shlex.join(b.pitr_cmd(repo, "--spool", str(spool), "archive-push"))
+            set_archive_command(b, f"{command} %p")
+            present = lambda n: stored_path(repo, n).exists()  # noqa: E731
+        elif tool == "pgbr-async":
+            repo = new_push_repo(b, "pgbr-async", base / "pgbr")
+            spool = b.mkdir_pg(base / "pgbr-spool")
+            command = shlex.join(b.pgbr("--archive-async", f"--spool-path={spool}", "--process-max=2",
+                                        "--archive-timeout=120", "archive-push", repo=repo))
+            set_archive_command(b, f"{command} %p")
+
+            def present(n: str) -> bool:
+                last = b.run_.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+                return last[:24] >= n
+        else:
+            home = base / "barman"
+            conf, barman = barman_setup(b, home)
+            set_archive_command(b, "/bin/true")
+            b.run(barman + ["receive-wal", "--create-slot", "pg"])
+            helper = start_pg_process(b, barman + ["receive-wal", "pg"], log)
+            streaming = home / "pg" / "streaming"
+            present = lambda n: (streaming / n).exists()  # noqa: E731
+        b.run_.sql(f"{drop_burst_tables()} CHECKPOINT")
+        b.wait_archiver()
+        time.sleep(2)  # the receivers connect and catch up
+        start = b.run_.sql("SELECT pg_current_wal_lsn()")
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(THROUGHPUT_WRITERS) as pool:
+            list(pool.map(lambda w: b.run_.sql(
+                f"CREATE TABLE burst{w} AS SELECT g, md5(g::text) AS h FROM generate_series(1, {THROUGHPUT_ROWS}) g"),
+                range(THROUGHPUT_WRITERS)))
+        t1 = time.perf_counter()
+        end = b.run_.sql("SELECT pg_current_wal_lsn()")
+        names = segment_names(b, start, end)[:-1]  # the last one is still being written
+        t2 = wait_all(tool, present, names)
+        mb = len(names) * 16
+        return mb, t1 - t0, t2 - t0
+    finally:
+        set_archive_command(b, previous)
+        if helper is not None:
+            helper.terminate()
+            try:
+                helper.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                helper.wait()
+        if tool == "pitr-stream":
+            b.run(b.pitr_cmd(base / "repo", "slot", "drop", "--slot", "pitr_burst"), check=False)
+        if tool == "barman":
+            subprocess.run(["pkill", "-f", "pg_receivewal.*barman"], check=False)
+            b.run(barman_setup_argv(base) + ["receive-wal", "--drop-slot", "pg"], check=False)
+        b.run_.sql(drop_burst_tables())
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def drop_burst_tables() -> str:
+    return "".join(f"DROP TABLE IF EXISTS burst{w};" for w in range(THROUGHPUT_WRITERS))
+
+
+def barman_setup_argv(base: Path) -> List[str]:
+    return ["barman", "-c", str(base / "barman" / "barman.conf")]
+
+
+def stored_path(repo: Path, name: str) -> Path:
+    return repo / "wal" / name[:16] / name
+
+
+def section_throughput(b: Bench) -> None:
+    """Burst throughput: one INSERT of THROUGHPUT_ROWS rows writes WAL as fast as the server can;
+    each tool streams or archives it (pitr's receiver with archive-push as archive_command,
+    pgBackRest's async archive-push with two processes, Barman's pg_receivewal through a slot).
+    Per tool: the rate it took the whole burst in (WAL of the burst's complete segments over the
+    time from the burst's start until the tool held the last of them durably), and how long after
+    the server finished it still needed (its backlog at the burst's end, in seconds). A tool that
+    keeps up holds the last segment moments after the server wrote it: its rate is the server's."""
+    b.wait_archiver()
+    recycle_wal(b)
+    rate: Dict[str, List[float]] = {}
+    behind: Dict[str, List[float]] = {}
+    server: List[float] = []
+    runs = min(b.opts.runs, THROUGHPUT_RUNS)
+    for r in range(runs):
+        for tool in rotate([t for t, _ in THROUGHPUT_TOOLS if t in b.opts.load_tools], r):
+            progress(f"burst throughput: {tool}, run {r + 1}/{runs}")
+            b.settle()
+            mb, wrote, held = throughput_run(b, tool, r)
+            rate.setdefault(tool, []).append(mb / held)
+            behind.setdefault(tool, []).append(max(0.0, held - wrote))
+            server.append(mb / wrote)
+    if set(rate) != {t for t, _ in THROUGHPUT_TOOLS}:
+        for tool in rate:
+            print(f"{tool}: {rate[tool]} MB/s, behind {behind[tool]} s, server {server}", file=sys.stderr)
+        return
+    b.res.series("burst-server", G9, "WAL rate the server wrote the burst at",
+                 f"PostgreSQL 15 ({THROUGHPUT_WRITERS} sessions, one INSERT each)",
+                 "MB/s").values = server
+    for tool, label in THROUGHPUT_TOOLS:
+        b.res.series(f"burst-rate-{tool}", G9, "rate the tool held the whole burst at (higher is better)", label,
+                     "MB/s").values = rate[tool]
+        b.res.series(f"burst-behind-{tool}", G9, "still behind when the server finished (lower is better)", label,
+                     "s").values = behind[tool]
+    b.res.ratio(G9, "burst rate: Barman / pitr (below 1: pitr takes WAL in faster)",
+                [x / y for x, y in zip(rate["barman"], rate["pitr-stream"])])
+    b.res.ratio(G9, "burst rate: pgBackRest async / pitr (below 1: pitr takes WAL in faster)",
+                [x / y for x, y in zip(rate["pgbr-async"], rate["pitr-stream"])])
+
+
 SECTIONS: List[Tuple[str, Callable[[Bench], None]]] = [
     ("push", section_archive_push),
     ("get", section_archive_get),
@@ -2187,6 +2376,7 @@ SECTIONS: List[Tuple[str, Callable[[Bench], None]]] = [
     ("watch", section_watch_prefetch),
     ("s3", section_s3),
     ("load", section_load),
+    ("throughput", section_throughput),
 ]
 
 
@@ -2378,6 +2568,12 @@ def merge_records(old: Record, new: Record, sections: Sequence[str]) -> Record:
     res.targets = [t for t in res.targets if t[0] not in new_targets] + list(new.res.targets)
     res.notes += [n for n in new.res.notes if n not in res.notes and not n.startswith("PROFILE")]
     names = ", ".join(sections)
+    # An earlier merge of sections all of which this one measures again is history.
+    for table in (old.machine, old.versions):
+        for key in list(table):
+            merged = key.split("sections ", 1)[1].rstrip(")") if "sections " in key else None
+            if merged and set(merged.split(", ")) <= set(sections):
+                del table[key]
     for k, v in new.versions.items():
         if k not in old.versions:
             old.versions[k] = v
@@ -2480,6 +2676,8 @@ def preflight(opts: Options) -> None:
         missing.append("pgbackrest")
     if not Path("/usr/bin/time").exists():
         missing.append("time")
+    if (opts.sections is None or "throughput" in opts.sections) and not shutil.which("barman"):
+        missing.append("barman")
     if missing:
         sys.exit(f"missing: {', '.join(missing)}. Install with: apt-get install -y {' '.join(missing)}")
     if os.geteuid() == 0:
@@ -2512,8 +2710,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="with --only: write this run's sections into the doc's stored record in place of their "
                          "previous figures, keeping every other section's figures (default doc: "
                          "docs/benchmarks.md)")
-    ap.add_argument("--load-tools", help="section 8, development runs: comma-separated tools to run of "
-                    f"{','.join(t for t, _ in LOAD_TOOLS)} (default all; the ratios need all); writes no doc")
+    ap.add_argument("--load-tools", help="sections 8 and 9, development runs: comma-separated tools to run of "
+                    f"{','.join(sorted({t for t, _ in LOAD_TOOLS + THROUGHPUT_TOOLS}))} (default all; the ratios "
+                    "need all); writes no doc")
     ap.add_argument("--no-build", action="store_true", help="use target/release/pitr as it is (or under $CARGO_TARGET_DIR)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
     ap.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",
@@ -2543,7 +2742,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    json_out=a.json, sections=sections,
                    profile=not a.no_profile and (a.profile or not (a.quick or a.merge)),
                    quiet_wait=a.quiet_wait if a.quiet_wait is not None else (0 if a.quick else 60),
-                   load_tools=a.load_tools.split(",") if a.load_tools else [t for t, _ in LOAD_TOOLS])
+                   load_tools=a.load_tools.split(",") if a.load_tools else [t for t, _ in LOAD_TOOLS + THROUGHPUT_TOOLS])
     preflight(opts)
     b = Bench(opts)
     progress(f"temp dir {b.tmp}")

@@ -375,6 +375,63 @@ fn streaming_follows_a_timeline_switch_of_the_server_it_streams_from() {
     assert_same_as_pg_wal(&standby, &on_two);
     receiver.stop().assert_success();
 }
+/// A timeline that ends in the middle of a segment (a streaming standby promoted): the receiver
+/// keeps what it has of that segment as `.ended` (PostgreSQL archives its own `.partial` of it),
+/// stores none of it as a complete segment, and streams on on the next timeline.
+#[test]
+fn a_timeline_ending_mid_segment_is_kept_as_ended_and_never_stored_as_complete() {
+    let primary = Cluster::start(ClusterOptions::default());
+    let backup = primary.base_backup();
+    let conninfo = format!("'host={} port={}'", primary.dir().display(), primary.port());
+    let standby = Cluster::recover(
+        backup,
+        RecoveryOptions {
+            standby: true,
+            ..Default::default()
+        }
+        .setting("primary_conninfo", &conninfo),
+    );
+    standby.pitr_ok(&["slot", "create", "--slot", "pitr"]);
+    let receiver = Receiver::start(&standby);
+    write_rows(&primary, 500);
+    let replayed = poll(Duration::from_secs(60), || {
+        let rows = standby.psql("SELECT count(*) FROM pg_class WHERE relname = 't'");
+        (rows == "1" && standby.psql("SELECT count(*) FROM t") == "500").then_some(())
+    });
+    assert!(replayed.is_some(), "the standby did not replay\n{}", standby.log_tail());
+    let stream_dir = spool_stream_dir(&standby);
+    let partial = poll(Duration::from_secs(30), || {
+        std::fs::read_dir(&stream_dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.ends_with(".partial"))
+    })
+    .expect("the receiver streams no segment");
+    let name = partial.trim_end_matches(".partial").to_string();
+    standby.psql("SELECT pg_promote()");
+    assert!(matches!(standby.wait_recovery_end(), RecoveryOutcome::Promoted));
+    let ended = stream_dir.join(format!("{name}.ended"));
+    let kept = poll(Duration::from_secs(30), || ended.exists().then_some(()));
+    assert!(kept.is_some(), "no {name}.ended after the promotion");
+    // Part of the segment, durable, and not in the repository.
+    let len = std::fs::metadata(&ended).unwrap().len();
+    assert!(
+        len > 0 && len < standby.wal_segment_size(),
+        "{name}.ended holds {len} bytes"
+    );
+    assert!(
+        !stored_path(standby.repo_dir(), &name).exists(),
+        "the unfinished {name} of timeline 1 was stored as complete"
+    );
+    write_rows(&standby, 500);
+    let on_two = standby.switch_wal();
+    assert!(on_two.starts_with("00000002"), "{on_two}");
+    wait_in_repo(&standby, &on_two);
+    assert_same_as_pg_wal(&standby, &on_two);
+    receiver.stop().assert_success();
+}
+
 // ---------------------------------------------------------------------------------------------
 // The slot is watched: verify, check and the daemon's /metrics
 // ---------------------------------------------------------------------------------------------
@@ -587,7 +644,14 @@ fn the_receiver_can_be_a_synchronous_standby() {
     assert!(sync.is_some(), "the receiver never became the synchronous standby");
     write_rows(&c, 100);
     assert_eq!(c.psql("SELECT count(*) FROM t"), "100");
-    receiver.stop().assert_success();
+    // It knows, and so reports each flush at once rather than every 100 ms.
+    let out = receiver.stop();
+    out.assert_success();
+    assert!(
+        out.stderr_str().contains("as a synchronous standby"),
+        "{}",
+        out.describe()
+    );
     // Without the synchronous standby a commit waits (wait event SyncRep) until it is cancelled,
     // and PostgreSQL then warns that it committed locally only.
     let mut insert = c.client("psql");
@@ -632,6 +696,8 @@ fn recovery_to_latest_reaches_the_last_streamed_commit_of_a_lost_server() {
     let c = Cluster::start(ClusterOptions::default());
     c.pitr_ok(&["create-repo"]);
     c.pitr_ok(&["slot", "create", "--slot", "pitr"]);
+    // pitr's backup first: it expires the WAL before it, which a backup taken earlier would need.
+    backup_ok(&c, &[]);
     let backup = c.base_backup();
     let receiver = Receiver::start(&c);
     write_rows(&c, 1000);
@@ -666,4 +732,32 @@ fn recovery_to_latest_reaches_the_last_streamed_commit_of_a_lost_server() {
         "streamed, never archived"
     );
     assert_eq!(recovered.psql("SELECT count(*) FROM t"), "1000");
+    drop(recovered);
+    // `pitr recover --target latest`, from the repository alone, reaches it too.
+    let nd = NewDir::new();
+    let out = run(c
+        .pitr_cmd()
+        .arg("--repo")
+        .arg(c.repo())
+        .args([
+            "recover",
+            "--target",
+            "latest",
+            "--verify-sql",
+            "SELECT said FROM last_words",
+            "--pgdata",
+        ])
+        .arg(&nd.data));
+    assert!(
+        out.success(),
+        "{}\n--- recovered server log ---\n{}",
+        out.describe(),
+        nd.server_log()
+    );
+    assert_eq!(
+        out.stdout_line("verify: "),
+        "streamed, never archived",
+        "{}",
+        out.describe()
+    );
 }

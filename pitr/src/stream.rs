@@ -305,27 +305,37 @@ impl<'a> Receiver<'a> {
             )));
         }
         let (mut timeline, mut position) = self.resume_point(size, identity.timeline, identity.flushed)?;
+        let synchronous = conn.is_synchronous_standby()?;
         self.events.note(&format!(
-            "WAL receiver: streaming from {} through slot {} at {position} on timeline {timeline}",
+            "WAL receiver: streaming from {} through slot {} at {position} on timeline {timeline}{}",
             conn.target(),
-            options.slot
+            options.slot,
+            if synchronous { ", as a synchronous standby" } else { "" }
         ));
         conn.start_replication(&options.slot, position, timeline)?;
         let mut last_status = Instant::now();
         let mut last_snapshot = Instant::now();
+        let mut last_flush = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
                 self.flush()?;
                 return conn.send_status(position, self.flushed_to(size, position), false);
             }
+            // A synchronous standby flushes whenever the socket has nothing more to read (commits
+            // wait for it); otherwise at most every FLUSH_INTERVAL, which spares PostgreSQL's own
+            // WAL fsyncs on a shared disk most of the receiver's.
             let dirty = self.open.as_ref().is_some_and(|o| o.synced < o.received);
-            let wait = if dirty {
-                Duration::ZERO
-            } else if self.open.is_some() && self.pg_wal.is_some() {
-                READY_CHECK
-            } else {
-                Duration::from_millis(100)
-            };
+            let flush_due = dirty && (synchronous || last_flush.elapsed() >= FLUSH_INTERVAL);
+            let mut wait = Duration::from_millis(100);
+            if self.open.is_some() && self.pg_wal.is_some() {
+                wait = READY_CHECK;
+            }
+            if dirty {
+                wait = wait.min(FLUSH_INTERVAL.saturating_sub(last_flush.elapsed()));
+            }
+            if flush_due {
+                wait = Duration::ZERO;
+            }
             match conn.next_message(wait)? {
                 Some(StreamMessage::XLogData { start, data }) => {
                     if start != position {
@@ -342,6 +352,7 @@ impl<'a> Receiver<'a> {
                     self.flush()?;
                     conn.send_status(position, self.flushed_to(size, position), false)?;
                     last_status = Instant::now();
+                    last_flush = Instant::now();
                 }
                 Some(StreamMessage::Keepalive { .. }) => {}
                 Some(StreamMessage::EndOfTimeline {
@@ -354,10 +365,11 @@ impl<'a> Receiver<'a> {
                     position = size.segment_start(size.segment_of(next_start));
                     conn.start_replication(&options.slot, position, timeline)?;
                 }
-                None if dirty => {
+                None if flush_due => {
                     self.flush()?;
                     conn.send_status(position, self.flushed_to(size, position), false)?;
                     last_status = Instant::now();
+                    last_flush = Instant::now();
                 }
                 None => {}
             }
@@ -643,6 +655,10 @@ impl<'a> Receiver<'a> {
 /// How much more of the object in the repository is written before the receiver makes it durable
 /// ahead of the segment's end (see `Receiver::flush`).
 const WRITE_AHEAD: u64 = 256 << 10;
+
+/// How often the receiver makes what it received durable in the spool (and reports it flushed)
+/// when it is no synchronous standby.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How often the receiver looks whether the segment it receives is ready in `pg_wal` (see
 /// [`receive`]), when it waits for the server.

@@ -86,6 +86,24 @@ pub struct SystemIdentity {
     pub flushed: Lsn,
 }
 
+/// Whether `synchronous_standby_names` (`[FIRST|ANY] n (name, ...)` or `name, ...`) names a
+/// standby with `application_name` `application`: by name, compared without regard to case as
+/// PostgreSQL does (`SyncRepGetCandidateStandbys` in syncrep.c), or by `*`.
+pub fn names_synchronous_standby(setting: &str, application: &str) -> bool {
+    let list = match (setting.find('('), setting.rfind(')')) {
+        (Some(open), Some(close)) if open < close => &setting[open + 1..close],
+        _ => setting,
+    };
+    list.split(',').any(|name| {
+        let name = name.trim();
+        let name = name
+            .strip_prefix('"')
+            .and_then(|n| n.strip_suffix('"'))
+            .map_or_else(|| name.to_string(), |n| n.replace("\"\"", "\""));
+        name == "*" || name.eq_ignore_ascii_case(application)
+    })
+}
+
 /// One message of the replication stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StreamMessage {
@@ -116,6 +134,8 @@ pub enum StreamMessage {
 /// A replication connection to one server.
 pub struct ReplicationConnection {
     socket: Socket,
+    /// The `application_name` the server knows this connection by.
+    application: String,
     /// Bytes read; those from `parsed` on are not yet parsed into messages.
     pending: Vec<u8>,
     parsed: usize,
@@ -155,6 +175,7 @@ impl ReplicationConnection {
                 Ok(socket) => {
                     let mut conn = ReplicationConnection {
                         socket,
+                        application: String::new(),
                         pending: Vec::new(),
                         parsed: 0,
                         read_buf: vec![0; READ_SIZE],
@@ -177,6 +198,7 @@ impl ReplicationConnection {
     fn start_up(&mut self, config: &Config) -> Result<()> {
         let user = config.get_user().unwrap_or("postgres");
         let application = config.get_application_name().unwrap_or("pitr");
+        self.application = application.to_string();
         let mut buf = BytesMut::new();
         let params = [
             ("user", user),
@@ -287,6 +309,17 @@ impl ReplicationConnection {
             }),
             _ => Err(self.protocol("IDENTIFY_SYSTEM returned fields pitr cannot read")),
         }
+    }
+
+    /// Whether the server names this connection in `synchronous_standby_names` (read with the
+    /// replication command `SHOW`), so that its commits wait for the flush positions it reports.
+    pub fn is_synchronous_standby(&mut self) -> Result<bool> {
+        let rows = self.simple_query("SHOW synchronous_standby_names")?;
+        let setting = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default();
+        Ok(names_synchronous_standby(&setting, &self.application))
     }
 
     /// `TIMELINE_HISTORY tli`: the history file's name and content.
@@ -622,6 +655,24 @@ pub fn check_slot_name(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synchronous_standby_names_are_read_as_postgresql_reads_them() {
+        for (setting, named) in [
+            ("pitr", true),
+            ("PITR", true),
+            ("other, pitr", true),
+            ("FIRST 1 (other, pitr)", true),
+            ("ANY 2 (a, \"pitr\", b)", true),
+            ("2 (a, b)", false),
+            ("*", true),
+            ("", false),
+            ("pitr_2", false),
+            ("\"pi,tr\"", false),
+        ] {
+            assert_eq!(names_synchronous_standby(setting, "pitr"), named, "{setting:?}");
+        }
+    }
 
     #[test]
     fn slot_names_are_checked_as_postgresql_does() {
