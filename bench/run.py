@@ -2095,12 +2095,7 @@ def load_run(b: Bench, tool: str, r: int) -> Dict[str, Tuple[List[float], int]]:
     finally:
         set_archive_command(b, previous)
         if helper is not None:
-            helper.terminate()
-            try:
-                helper.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                helper.kill()
-                helper.wait()
+            stop_process(helper)
         if tool == "pitr-stream":
             b.run(b.pitr_cmd(repo, "slot", "drop", "--slot", "pitr_bench"), check=False)
     shutil.rmtree(base)
@@ -2220,8 +2215,8 @@ configuration_files_directory = {home / 'barman.d'}
 
 [pg]
 description = bench
-conninfo = {conninfo} user={user if not b.user else 'postgres'}
-streaming_conninfo = {conninfo} user={user if not b.user else 'postgres'}
+conninfo = {conninfo} user={user}
+streaming_conninfo = {conninfo} user={user}
 backup_method = postgres
 streaming_archiver = on
 slot_name = barman
@@ -2275,7 +2270,7 @@ def throughput_run(b: Bench, tool: str, r: int) -> Tuple[float, float, float]:
                 return last[:24] >= n
         else:
             home = base / "barman"
-            conf, barman = barman_setup(b, home)
+            _, barman = barman_setup(b, home)
             set_archive_command(b, "/bin/true")
             b.run(barman + ["receive-wal", "--create-slot", "pg"])
             helper = start_pg_process(b, barman + ["receive-wal", "pg"], log)
@@ -2299,27 +2294,20 @@ def throughput_run(b: Bench, tool: str, r: int) -> Tuple[float, float, float]:
     finally:
         set_archive_command(b, previous)
         if helper is not None:
-            helper.terminate()
-            try:
-                helper.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                helper.kill()
-                helper.wait()
+            stop_process(helper)
         if tool == "pitr-stream":
             b.run(b.pitr_cmd(base / "repo", "slot", "drop", "--slot", "pitr_burst"), check=False)
         if tool == "barman":
+            # Should barman's pg_receivewal outlive barman receive-wal.
             subprocess.run(["pkill", "-f", "pg_receivewal.*barman"], check=False)
-            b.run(barman_setup_argv(base) + ["receive-wal", "--drop-slot", "pg"], check=False)
+            b.run(["barman", "-c", str(base / "barman" / "barman.conf"), "receive-wal", "--drop-slot", "pg"],
+                  check=False)
         b.run_.sql(drop_burst_tables())
         shutil.rmtree(base, ignore_errors=True)
 
 
 def drop_burst_tables() -> str:
     return "".join(f"DROP TABLE IF EXISTS burst{w};" for w in range(THROUGHPUT_WRITERS))
-
-
-def barman_setup_argv(base: Path) -> List[str]:
-    return ["barman", "-c", str(base / "barman" / "barman.conf")]
 
 
 def stored_path(repo: Path, name: str) -> Path:

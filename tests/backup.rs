@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Duration;
 
 use common::*;
@@ -176,16 +176,6 @@ fn assert_refused(out: &CmdOutput, needle: &str) {
 /// An empty repository directory owned by the server user.
 fn empty_repo(c: &Cluster, name: &str) -> PathBuf {
     c.test_dir().subdir(name)
-}
-
-/// Sends `signal` (e.g. "KILL") to one process by id.
-fn kill(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 /// Polls until a backup directory with a `files/` subdirectory appears in `repo/<tier>/`;
@@ -473,7 +463,7 @@ fn backup_killed_mid_copy_is_never_listed_and_the_next_backup_cleans_it_up() {
         child.try_wait().expect("try_wait").is_none(),
         "the backup finished before it could be killed; make the data bigger"
     );
-    kill(pid, "KILL");
+    send_signal(pid, "KILL");
     let out = wait_child(child, line, Duration::from_secs(30));
     assert!(
         !out.success(),

@@ -173,14 +173,6 @@ fn a_receiver_killed_mid_segment_resumes_and_stores_the_whole_segment() {
     receiver.stop().assert_success();
 }
 
-fn signal(pid: &str, signal: &str) {
-    let sent = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), pid])
-        .status()
-        .unwrap();
-    assert!(sent.success(), "kill -{signal} {pid}");
-}
-
 /// PostgreSQL publishes a segment's last bytes to walsenders only once it has opened the next
 /// file; archive_command is called before. The receiver then finishes the segment from the file
 /// PostgreSQL marked ready, which this test shows with a walsender that sends nothing at all
@@ -213,14 +205,14 @@ fn a_segment_ready_in_pg_wal_is_finished_from_the_file_without_waiting_for_the_s
             .then_some(())
     })
     .expect("no partial segment in the spool");
-    signal(&walsender, "STOP");
+    send_signal(&walsender, "STOP");
     write_rows(&c, 500);
     let finished = c.switch_wal();
     // The receiver's marker: the watcher, which runs beside it, would archive the file itself
     // after waiting for the receiver, but writes no marker.
     let marker = stream_dir.join(format!("{finished}.stored"));
     let stored = poll(Duration::from_secs(20), || marker.exists().then_some(()));
-    signal(&walsender, "CONT");
+    send_signal(&walsender, "CONT");
     assert!(
         stored.is_some(),
         "the receiver did not store {finished} while the walsender sent nothing\n{}",

@@ -219,17 +219,20 @@ impl<S: Storage + ?Sized> ObjectWriter for BufferedWriter<'_, S> {
 
 /// Overwrites the first bytes of `bytes` with `head`, which must not be longer.
 fn patch_head(bytes: &mut [u8], head: &[u8]) -> Result<()> {
-    match bytes.get_mut(..head.len()) {
-        Some(start) => {
-            start.copy_from_slice(head);
-            Ok(())
-        }
-        None => Err(crate::Error::Refused(format!(
-            "an object's head of {} bytes is longer than the {} bytes written",
-            head.len(),
-            bytes.len()
-        ))),
+    check_head_fits(head, bytes.len() as u64)?;
+    bytes[..head.len()].copy_from_slice(head);
+    Ok(())
+}
+
+/// Refuses a head (see [`ObjectWriter::finish`]) longer than the `written` bytes it replaces.
+fn check_head_fits(head: &[u8], written: u64) -> Result<()> {
+    if head.len() as u64 > written {
+        return Err(crate::Error::Refused(format!(
+            "an object's head of {} bytes is longer than the {written} bytes written",
+            head.len()
+        )));
     }
+    Ok(())
 }
 
 /// Holds a lock taken with [`Storage::try_lock`] until dropped.

@@ -545,6 +545,16 @@ pub fn cmdline(cmd: &Command) -> String {
 }
 
 /// Spawns `cmd` with stdin closed and stdout/stderr captured.
+/// Sends `signal` (e.g. "KILL", "STOP") to one process by id.
+pub fn send_signal(pid: impl std::fmt::Display, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
 pub fn spawn(cmd: &mut Command) -> Child {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

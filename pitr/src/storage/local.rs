@@ -143,13 +143,7 @@ impl ObjectWriter for LocalWriter {
 
     fn finish(mut self: Box<Self>, head: &[u8]) -> Result<PutOutcome> {
         use std::os::unix::fs::FileExt;
-        if head.len() as u64 > self.written {
-            return Err(Error::Refused(format!(
-                "an object's head of {} bytes is longer than the {} bytes written",
-                head.len(),
-                self.written
-            )));
-        }
+        super::check_head_fits(head, self.written)?;
         let temp = self.temp.take().expect("finished once");
         let placed = self
             .file
