@@ -6,9 +6,10 @@
 //!   instead of followed, and what pitr acts on is the file it opened, not a path that may have
 //!   been swapped meanwhile. Ownership and modes are set on the open file (`fchown`, `fchmod`),
 //!   so they do not depend on the umask and cannot be redirected.
-//! - [`Dir::put_new`]: the one crash-safe write: a temporary file in the target directory,
-//!   written, fsynced, moved into place without replacing anything (`renameat2(RENAME_NOREPLACE)`,
-//!   or link + unlink where the file system lacks it), then the directory fsynced.
+//! - [`Dir::put_new`] and [`NewFile`]: the one crash-safe write: a temporary file in the target
+//!   directory, written (whole, or in pieces as they come), fsynced, moved into place without
+//!   replacing anything (`renameat2(RENAME_NOREPLACE)`, or link + unlink where the file system
+//!   lacks it), then the directory fsynced.
 //! - [`write_in_pieces`]: file writes shaped for the page cache. Linux 6.x caches a file in
 //!   folios sized by the writes that fill it. A write of 256 KiB or more asks the kernel for a
 //!   large folio (order 6 and up), and on a virtual machine that hands free memory back to its
@@ -363,32 +364,21 @@ impl Dir {
     /// caller makes them durable later (see `storage::Storage::put_if_absent_deferred`).
     pub fn put_new(&self, name: &str, data: &[u8], perms: &Perms, durable: bool) -> io::Result<bool> {
         check_name(name)?;
-        let (temp_name, mut file) = self.create_temp(perms)?;
-        let written = write_in_pieces(&mut file, data).and_then(|()| {
-            crash_point::reached("put:written");
-            if durable {
-                file.sync_all()
-            } else {
-                Ok(())
-            }
-        });
-        let placed = written.and_then(|()| {
-            crash_point::reached("put:synced");
-            self.rename_noreplace(&temp_name, name)
-        });
-        match placed {
-            Ok(true) => {
-                crash_point::reached("put:renamed");
-                if durable {
-                    self.sync()?;
-                }
-                Ok(true)
-            }
-            other => {
-                let _ = self.remove_file(&temp_name);
-                other
-            }
-        }
+        let mut new = self.create_new(perms)?;
+        new.write(data)?;
+        crash_point::reached("put:written");
+        new.place(name, durable)
+    }
+
+    /// A new file in this directory, under a temporary name until [`NewFile::place`].
+    pub fn create_new(&self, perms: &Perms) -> io::Result<NewFile> {
+        let dir = self.try_clone()?;
+        let (temp, file) = self.create_temp(perms)?;
+        Ok(NewFile {
+            dir,
+            temp: Some(temp),
+            file,
+        })
     }
 
     /// Replaces the content of `name` (or creates it) crash-safely: a temporary file with
@@ -432,6 +422,60 @@ impl Dir {
             fd: self.fd.try_clone()?,
             path: self.path.clone(),
         })
+    }
+}
+
+/// A file being written under a temporary name in its directory ([`Dir::create_new`]) and then
+/// moved into place create-only ([`NewFile::place`]); dropped unplaced, it is removed.
+pub struct NewFile {
+    dir: Dir,
+    /// The temporary name; `None` once placed or removed.
+    temp: Option<String>,
+    file: File,
+}
+
+impl NewFile {
+    /// Appends `bytes` (see [`write_in_pieces`]).
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        write_in_pieces(&mut self.file, bytes)
+    }
+
+    /// The open file, for what else a writer does with it (an fsync ahead, a header written last).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Moves the file into place as `name` unless `name` exists: then returns `false` and removes
+    /// the file. With `durable`, the file is fsynced first and the directory after.
+    pub fn place(mut self, name: &str, durable: bool) -> io::Result<bool> {
+        check_name(name)?;
+        let temp = self.temp.take().expect("placed once: place consumes the file");
+        let synced = if durable { self.file.sync_all() } else { Ok(()) };
+        let placed = synced.and_then(|()| {
+            crash_point::reached("put:synced");
+            self.dir.rename_noreplace(&temp, name)
+        });
+        match placed {
+            Ok(true) => {
+                crash_point::reached("put:renamed");
+                if durable {
+                    self.dir.sync()?;
+                }
+                Ok(true)
+            }
+            other => {
+                let _ = self.dir.remove_file(&temp);
+                other
+            }
+        }
+    }
+}
+
+impl Drop for NewFile {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = self.dir.remove_file(&temp);
+        }
     }
 }
 

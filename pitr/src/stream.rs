@@ -183,7 +183,6 @@ pub fn receive(
                     pg_wal,
                     open: None,
                     finished_early: None,
-                    ready_checked: Instant::now(),
                     snapshots: snapshots.clone(),
                 };
                 receiver.session(options, stop)
@@ -275,8 +274,6 @@ struct Receiver<'a> {
     /// The end of a segment finished from `pg_wal` before the server sent all of it: the stream's
     /// bytes before this position are stored already and are skipped.
     finished_early: Option<Lsn>,
-    /// When `pg_wal` was last asked whether the open segment is ready.
-    ready_checked: Instant,
     /// Where snapshots are asked for (see [`store_snapshots`]).
     snapshots: mpsc::SyncSender<SnapshotWanted>,
 }
@@ -316,6 +313,7 @@ impl<'a> Receiver<'a> {
         let mut last_status = Instant::now();
         let mut last_snapshot = Instant::now();
         let mut last_flush = Instant::now();
+        let mut last_ready_check = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
                 self.flush()?;
@@ -373,8 +371,9 @@ impl<'a> Receiver<'a> {
                 }
                 None => {}
             }
-            if self.ready_checked.elapsed() >= READY_CHECK {
+            if last_ready_check.elapsed() >= READY_CHECK {
                 self.finish_from_pg_wal(size)?;
+                last_ready_check = Instant::now();
             }
             if last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
                 self.snapshot();
@@ -469,7 +468,6 @@ impl<'a> Receiver<'a> {
     /// reads the rest of it from the file and stores it, rather than waiting for the server to
     /// send it (see [`receive`]). The file must begin with the bytes received.
     fn finish_from_pg_wal(&mut self, size: SegmentSize) -> Result<()> {
-        self.ready_checked = Instant::now();
         let (Some(pg_wal), Some(open)) = (self.pg_wal, &mut self.open) else {
             return Ok(());
         };

@@ -105,22 +105,18 @@ impl LocalStorage {
             return Ok(PutOutcome::Created);
         }
         if durable {
-            // The existing file may come from a put that crashed before its fsyncs.
-            sync_file(&parent, name, &self.path(key))?;
-            parent.sync().map_err(Error::io("fsync directory", parent.path()))?;
+            sync_existing(&parent, name, &self.path(key))?;
         }
         Ok(PutOutcome::AlreadyExists)
     }
 }
 
-/// [`Storage::put_writer`] on local disk: a temporary file in the object's directory, written as
-/// the pieces come and fsynced ahead when asked, then moved into place with a no-replace rename,
-/// as [`Dir::put_new`] does with a whole object.
+/// [`Storage::put_writer`] on local disk: a [`fsio::NewFile`] in the object's directory, written
+/// as the pieces come and fsynced ahead when asked, then placed as [`Dir::put_new`] places a whole
+/// object.
 struct LocalWriter {
     dir: Dir,
-    /// The temporary file's name; `None` once it is moved into place or removed.
-    temp: Option<String>,
-    file: std::fs::File,
+    file: fsio::NewFile,
     name: String,
     path: PathBuf,
     written: u64,
@@ -128,53 +124,31 @@ struct LocalWriter {
 
 impl ObjectWriter for LocalWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        fsio::write_in_pieces(&mut self.file, bytes).map_err(Error::io("store", &self.path))?;
+        self.file.write(bytes).map_err(Error::io("store", &self.path))?;
         self.written += bytes.len() as u64;
         Ok(())
     }
 
     fn write_ahead(&mut self) -> Result<()> {
-        self.file.sync_data().map_err(Error::io("fsync", &self.path))
+        self.file.file().sync_data().map_err(Error::io("fsync", &self.path))
     }
 
     fn written(&self) -> u64 {
         self.written
     }
 
-    fn finish(mut self: Box<Self>, head: &[u8]) -> Result<PutOutcome> {
+    fn finish(self: Box<Self>, head: &[u8]) -> Result<PutOutcome> {
         use std::os::unix::fs::FileExt;
         super::check_head_fits(head, self.written)?;
-        let temp = self.temp.take().expect("finished once");
-        let placed = self
-            .file
-            .write_all_at(head, 0)
-            .and_then(|()| self.file.sync_all())
-            .and_then(|()| self.dir.rename_noreplace(&temp, &self.name));
-        match placed {
-            Ok(true) => {
-                self.dir.sync().map_err(Error::io("fsync directory", self.dir.path()))?;
-                Ok(PutOutcome::Created)
-            }
-            Ok(false) => {
-                let _ = self.dir.remove_file(&temp);
-                // The existing file may come from a put that crashed before its fsyncs.
-                sync_file(&self.dir, &self.name, &self.path)?;
-                self.dir.sync().map_err(Error::io("fsync directory", self.dir.path()))?;
-                Ok(PutOutcome::AlreadyExists)
-            }
-            Err(e) => {
-                let _ = self.dir.remove_file(&temp);
-                Err(Error::io("store", &self.path)(e))
-            }
+        let LocalWriter {
+            dir, file, name, path, ..
+        } = *self;
+        file.file().write_all_at(head, 0).map_err(Error::io("store", &path))?;
+        if file.place(&name, true).map_err(Error::io("store", &path))? {
+            return Ok(PutOutcome::Created);
         }
-    }
-}
-
-impl Drop for LocalWriter {
-    fn drop(&mut self) {
-        if let Some(temp) = self.temp.take() {
-            let _ = self.dir.remove_file(&temp);
-        }
+        sync_existing(&dir, &name, &path)?;
+        Ok(PutOutcome::AlreadyExists)
     }
 }
 
@@ -197,6 +171,13 @@ fn object_meta(stat: &rustix::fs::Stat) -> Option<ObjectMeta> {
 /// A key's directory part (possibly empty) and its last component.
 fn split_key(key: &str) -> (&str, &str) {
     key.rsplit_once('/').unwrap_or(("", key))
+}
+
+/// Makes an object that was found existing durable, file and directory entry: it may come from a
+/// put that crashed before its fsyncs.
+fn sync_existing(dir: &Dir, name: &str, path: &Path) -> Result<()> {
+    sync_file(dir, name, path)?;
+    dir.sync().map_err(Error::io("fsync directory", dir.path()))
 }
 
 fn sync_file(dir: &Dir, name: &str, path: &Path) -> Result<()> {
@@ -222,12 +203,11 @@ impl Storage for LocalStorage {
             .open_root()?
             .create_dirs(dir, &self.perms)
             .map_err(Error::io("create directory", self.path(dir)))?;
-        let (temp, file) = parent
-            .create_temp(&self.perms)
+        let file = parent
+            .create_new(&self.perms)
             .map_err(Error::io("store", self.path(key)))?;
         Ok(Box::new(LocalWriter {
             dir: parent,
-            temp: Some(temp),
             file,
             name: name.to_string(),
             path: self.path(key),
@@ -251,8 +231,7 @@ impl Storage for LocalStorage {
         let path = self.path(key);
         let (parent, name) = self.parent_of(key)?;
         let parent = parent.ok_or_else(|| Error::io("fsync", &path)(io::Error::from(io::ErrorKind::NotFound)))?;
-        sync_file(&parent, name, &path)?;
-        parent.sync().map_err(Error::io("fsync directory", parent.path()))
+        sync_existing(&parent, name, &path)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
