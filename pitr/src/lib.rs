@@ -42,6 +42,7 @@ pub mod fsio;
 pub mod info;
 pub mod init;
 pub mod interrupt;
+pub mod names;
 pub mod pg;
 pub mod prefetch;
 pub mod progress;

@@ -335,7 +335,8 @@ impl Server {
         self.fail(error_text(&e))
     }
 
-    fn fail(&self, reason: String) -> Error {
+    /// An error about this server.
+    pub fn fail(&self, reason: String) -> Error {
         Error::Server {
             target: self.target.clone(),
             reason,

@@ -13,6 +13,8 @@
 //! <repo>/wal/history/<TTTTTTTT>.history    timeline history files, kept forever
 //! <repo>/wal/stream/<segment>.<LLLLLLLL>   the WAL receiver's snapshot of the segment it receives:
 //!                                          its first LLLLLLLL (hex) bytes, replaced twice a second
+//! <repo>/wal/names/<LSN, 16 hex>.json     a map of relation and database names at that LSN (see
+//!                                          [`names`](crate::names)), a checksummed JSON record
 //! <repo>/wal.<n>/...                       the same for generation n >= 2 (wal/ is generation 1)
 //! <repo>/<tier>/<id>/files/<path>          a base backup's files (tier: hourly, daily, weekly)
 //! <repo>/<tier>/<id>/backup_label          ... the label from pg_backup_stop (+ tablespace_map)
@@ -52,6 +54,9 @@ const METADATA_KEY: &str = "repo.json";
 /// Where, in a generation's WAL directory, the WAL receiver keeps snapshots of the segment it
 /// receives (see `stream.rs`).
 const STREAM_DIR: &str = "stream/";
+
+/// Where, in a generation's WAL directory, the maps of relation names are kept.
+const NAMES_DIR: &str = "names/";
 
 /// The directory of the records of generations 2 and later.
 const GENERATIONS_DIR: &str = "generations/";
@@ -914,6 +919,47 @@ impl Repo {
                 valid.then(|| u64::from_str_radix(len, 16).ok().map(|len| (len, entry.clone())))?
             })
             .collect())
+    }
+
+    /// Stores a map of names, create-only, under its LSN.
+    pub fn put_names(&self, map: &crate::names::NamesMap) -> Result<PutOutcome> {
+        let key = format!("{}{NAMES_DIR}{:016X}.json", self.wal_dir()?, map.lsn.0);
+        self.storage.put_if_absent(&key, &json::to_vec(map))
+    }
+
+    /// The maps of names of this generation, oldest first. A damaged one is an error.
+    pub fn names_maps(&self) -> Result<Vec<crate::names::NamesMap>> {
+        self.names_keys()?.iter().map(|key| self.names_map(key)).collect()
+    }
+
+    /// The newest map of names, if any.
+    pub fn newest_names(&self) -> Result<Option<crate::names::NamesMap>> {
+        self.names_keys()?.last().map(|key| self.names_map(key)).transpose()
+    }
+
+    /// The keys of the maps of names, oldest first; entries that are not a map's name are passed over.
+    fn names_keys(&self) -> Result<Vec<String>> {
+        let dir = format!("{}{NAMES_DIR}", self.wal_dir()?);
+        let mut entries: Vec<String> = self
+            .storage
+            .list(&dir)?
+            .into_iter()
+            .filter(|entry| {
+                entry
+                    .strip_suffix(".json")
+                    .is_some_and(|lsn| lsn.len() == 16 && lsn.bytes().all(|b| b.is_ascii_hexdigit()))
+            })
+            .collect();
+        entries.sort();
+        Ok(entries.into_iter().map(|entry| format!("{dir}{entry}")).collect())
+    }
+
+    fn names_map(&self, key: &str) -> Result<crate::names::NamesMap> {
+        let bytes = self.storage.get(key)?.ok_or_else(|| Error::Corrupt {
+            what: self.storage.describe(key),
+            reason: "it was listed, then could not be found".into(),
+        })?;
+        json::from_slice(&bytes, &self.storage.describe(key))
     }
 
     /// Deletes an archived WAL file.

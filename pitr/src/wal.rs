@@ -15,6 +15,26 @@ use crate::pg::PgVersion;
 
 pub mod records;
 
+/// Where a relation's storage lives, as WAL records name it: PostgreSQL's `RelFileNode`
+/// (`RelFileLocator` since 16), three OIDs: tablespace, database (0 for shared catalogs) and
+/// the relfilenode (`relfilenumber`), the file name under the database's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RelFileLocator {
+    /// `spcOid`: the tablespace (1663 `pg_default`, 1664 `pg_global`).
+    pub spc: u32,
+    /// `dbOid`: the database, 0 for a shared catalog.
+    pub db: u32,
+    /// `relNumber`: the file's number.
+    pub rel: u32,
+}
+
+impl fmt::Display for RelFileLocator {
+    /// As pg_waldump prints it: `spc/db/rel`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.spc, self.db, self.rel)
+    }
+}
+
 /// A WAL location (`XLogRecPtr`): a byte position in the WAL stream. Serialized in its text form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
