@@ -191,6 +191,22 @@ pub enum Command {
         connection: ConnectionArgs,
     },
 
+    /// Maps of relation names: `record` takes one now (stored only when the catalog changed since
+    /// the last), `list` shows those stored. WAL names tables only by relfilenode: `pitr wal
+    /// events` names them with the map valid at each LSN. Backups, restore points and the daemon
+    /// (every 10 minutes by default, `[schedule] names`) record them too. Connects to every
+    /// database that accepts connections.
+    Names {
+        /// record or list.
+        #[arg(value_parser = ["record", "list"])]
+        action: String,
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Fetch the segments after NAME into the spool (archive-get starts this in the background).
     #[command(hide = true)]
     Prefetch {

@@ -120,6 +120,30 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             }
             Ok(Done::Ok)
         }
+        Command::Names {
+            action,
+            connection,
+            json,
+        } if action == "record" => {
+            let recorded = with_server(connection, settings, |server| async move {
+                pitr::names::record(&repo, &server).await
+            })?;
+            if *json {
+                output::json(&recorded)
+            } else {
+                output::names_recorded(&recorded)
+            }
+            Ok(Done::Ok)
+        }
+        Command::Names { json, .. } => {
+            let maps = repo.names_maps()?;
+            if *json {
+                output::json(&maps)
+            } else {
+                output::names_maps(&maps)
+            }
+            Ok(Done::Ok)
+        }
         Command::CreateRepo { connection, json } => {
             let report = with_server(connection, settings, |server| async move {
                 pitr::init::create_repo(&repo, &server).await
@@ -218,8 +242,9 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
                 allow_duplicate: *allow_duplicate,
                 timeout: Duration::from_secs(*timeout),
             };
+            let progress = TerminalProgress::new(*json);
             let point = with_server(connection, settings, |server| async move {
-                restore_point::create(&repo, &server, name, options).await
+                restore_point::create(&repo, &server, name, options, &progress).await
             })?;
             if *json {
                 output::json(&point)

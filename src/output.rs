@@ -287,6 +287,44 @@ pub fn restore_point(p: &RestorePoint, archived: bool) {
     );
 }
 
+/// What `pitr names record` did.
+pub fn names_recorded(r: &pitr::names::Recorded) {
+    match r.recorded {
+        Some(lsn) => println!(
+            "recorded the names of {} relations in {} databases at {lsn}",
+            r.relations, r.databases
+        ),
+        None => println!("the names are the same as in the last map: nothing recorded"),
+    }
+    if !r.unreadable.is_empty() {
+        println!(
+            "could not connect to databases {}: their relations are not named",
+            r.unreadable.join(", ")
+        );
+    }
+}
+
+/// The maps `pitr names list` shows.
+pub fn names_maps(maps: &[pitr::names::NamesMap]) {
+    if maps.is_empty() {
+        println!("no maps of relation names (backups, restore points, the daemon and `pitr names record` take them)");
+        return;
+    }
+    println!(
+        "{:<18} {:<26} {:>9} {:>9}",
+        "LSN", "TIME (UTC)", "DATABASES", "RELATIONS"
+    );
+    for map in maps {
+        println!(
+            "{:<18} {:<26} {:>9} {:>9}",
+            map.lsn.to_string(),
+            map.time.format("%Y-%m-%d %H:%M:%S"),
+            map.databases.len(),
+            map.relations.len()
+        );
+    }
+}
+
 /// What `pitr create-repo` did.
 pub fn create_report(r: &pitr::init::CreateReport) {
     let what = match r.outcome {

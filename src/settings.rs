@@ -68,6 +68,7 @@ struct ScheduleSettings {
     weekly: Option<String>,
     verify: Option<String>,
     sync: Option<String>,
+    names: Option<String>,
 }
 
 /// Where the daemon serves /metrics and /health unless `listen` says otherwise.
@@ -248,6 +249,7 @@ fn schedule(file: ScheduleSettings, with_target: bool) -> Result<Schedule, Strin
             Job::Backup(Tier::Weekly) => &file.weekly,
             Job::Verify => &file.verify,
             Job::Sync => &file.sync,
+            Job::Names => &file.names,
         };
         (job, configured.clone().unwrap_or_else(|| default.to_string()))
     });

@@ -260,6 +260,7 @@ impl JobRunner for ChildJobs {
                 .arg(&self.pgdata),
             Job::Verify => command.args(["verify", "all", "--json"]),
             Job::Sync => command.args(["sync", "--json"]),
+            Job::Names => command.args(["names", "record", "--json"]),
         };
         match jobs_tunables() {
             Some(tunables) => command.env("GLIBC_TUNABLES", tunables),
@@ -277,8 +278,17 @@ impl JobRunner for ChildJobs {
             (Job::Verify, Some(2), Some(report)) => failed(verify_line(&report)),
             (Job::Sync, Some(0), Some(report)) => Ok(sync_line(&report)),
             (Job::Sync, Some(2), Some(report)) => failed(sync_line(&report)),
+            (Job::Names, Some(0), Some(report)) => Ok(names_line(&report)),
             _ => failed(child_failure(&out)),
         }
+    }
+}
+
+/// "names recorded at <lsn> (<n> relations)" or "names unchanged", from `names record --json`.
+fn names_line(report: &serde_json::Value) -> String {
+    match report["recorded"].as_str() {
+        Some(lsn) => format!("names recorded at {lsn} ({} relations)", report["relations"]),
+        None => "names unchanged since the last map".to_string(),
     }
 }
 

@@ -90,7 +90,7 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
         "daemon.toml",
         format!(
             "repo = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nkeep_hourly = 2\n\n[schedule]\nhourly = \"*/3 * * * * *\"\n\
-             daily = \"off\"\nweekly = \"off\"\nverify = \"off\"\n",
+             daily = \"off\"\nweekly = \"off\"\nverify = \"off\"\nnames = \"*/2 * * * * *\"\n",
             c.repo().display()
         ),
     );
@@ -117,6 +117,32 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
         Some(0.0),
         "{text}"
     );
+    // The names job keeps the map of relation names current: a new table is named.
+    c.psql("CREATE TABLE named_by_the_daemon (a int)");
+    let relfilenode: u64 = c
+        .psql("SELECT pg_relation_filenode('named_by_the_daemon')")
+        .parse()
+        .unwrap();
+    let named = poll(Duration::from_secs(30), || {
+        let listed = c.pitr(&["names", "list", "--json"]);
+        let maps: serde_json::Value = serde_json::from_str(&listed.stdout_str()).ok()?;
+        let newest = maps.as_array()?.last()?.clone();
+        newest["relations"]
+            .as_array()?
+            .iter()
+            .any(|r| r["storage"]["rel"] == relfilenode && r["name"] == "named_by_the_daemon")
+            .then_some(())
+    });
+    assert!(
+        named.is_some(),
+        "no map names the new table; metrics:\n{:?}",
+        http_get(port, "/metrics")
+    );
+    let text = http_get(port, "/metrics").unwrap();
+    assert!(
+        metric(&text, "pitr_job_runs_total{job=\"names\",result=\"success\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
     let health = http_get(port, "/health").expect("/health answers");
     let health: serde_json::Value = serde_json::from_str(&health).expect("/health is JSON");
     assert_eq!(health["status"], "ok", "{health}");
@@ -133,6 +159,7 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
         "{}",
         out.describe()
     );
+    assert!(out.stderr_str().contains("job names: names "), "{}", out.describe());
 
     let listed = c.pitr(&["list", "hourly", "--json"]);
     let backups: serde_json::Value = serde_json::from_str(&listed.assert_success().stdout_str()).unwrap();

@@ -198,6 +198,7 @@ pub async fn take(
     repo.storage().put_if_absent(&format!("{dir}{MANIFEST}"), &stored)?;
     crash_point::reached("backup:committed");
     repo.storage().delete(&format!("{dir}{INCOMPLETE_MARKER}"))?;
+    crate::names::record_beside("the backup", repo, server, progress).await;
     Ok(BackupSummary {
         configuration_files: manifest
             .configuration
@@ -263,7 +264,7 @@ async fn preflight(
     let archiving = check_archive_settings(repo, server, progress).await?;
 
     let found = cluster_identity(server).await?;
-    check_current_cluster(repo, found)?;
+    check_current_cluster(repo, found, "back up into")?;
     let pgdata = match &options.pgdata {
         Some(dir) => dir.clone(),
         None => server.setting("data_directory").await?.into(),
@@ -278,10 +279,18 @@ async fn preflight(
         )));
     }
     // Only now, with every check passed, may a first backup bind an empty repository.
+    let pinned = bind(repo, found, "back up into")?;
+    Ok((pinned, pgdata, archiving))
+}
+
+/// `repo` pinned to the generation of the cluster `found`: an empty repository is claimed for
+/// it, one of another current cluster refused (`doing` says what was refused, "back up into").
+pub(crate) fn bind(repo: &Repo, found: Cluster, doing: &str) -> Result<Repo> {
+    check_current_cluster(repo, found, doing)?;
     repo.claim(found)?;
     let pinned = repo.pin()?;
-    check_current_cluster(&pinned, found)?;
-    Ok((pinned, pgdata, archiving))
+    check_current_cluster(&pinned, found, doing)?;
+    Ok(pinned)
 }
 
 /// The cluster behind `server`, as a repository records it.
@@ -333,7 +342,7 @@ async fn wait_for_wal(
 
 /// The generation `repo` acts on (the current one, unless pinned) must be `found`: same system
 /// identifier, version and segment size. A repository without repo.json passes (it is claimed).
-fn check_current_cluster(repo: &Repo, found: Cluster) -> Result<()> {
+fn check_current_cluster(repo: &Repo, found: Cluster, doing: &str) -> Result<()> {
     let Some(generation) = repo.generation()? else {
         return Ok(());
     };
@@ -342,7 +351,7 @@ fn check_current_cluster(repo: &Repo, found: Cluster) -> Result<()> {
     }
     let generations = repo.generations()?.expect("a generation was read");
     Err(Error::Refused(format!(
-        "refusing to back up into repository {}: {}",
+        "refusing to {doing} repository {}: {}",
         repo.location(),
         generations.refusal(found, &repo.location())
     )))

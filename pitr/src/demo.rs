@@ -235,7 +235,7 @@ impl DemoCluster {
             allow_duplicate: false,
             timeout: Duration::from_secs(60),
         };
-        let point = restore_point::create(&repo, &server, "before_oops", point_options).await?;
+        let point = restore_point::create(&repo, &server, "before_oops", point_options, progress).await?;
         narrate(&format!("5. pitr restore-point before_oops at {}", point.lsn))?;
 
         server.query_rows("DROP TABLE products").await?;

@@ -17,10 +17,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Config;
 
 use crate::error::Result;
 use crate::pg::Server;
+use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::wal::{Lsn, RelFileLocator};
 
@@ -78,6 +78,9 @@ pub struct NamesMap {
     /// The relations with storage of every database that accepts connections, and the shared
     /// catalogs (database 0).
     pub relations: Vec<MappedRelation>,
+    /// Databases that accept connections but refused pitr's (their relations are missing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 impl NamesMap {
@@ -107,16 +110,16 @@ const RELATIONS_QUERY: &str =
 const DATABASES_QUERY: &str =
     "SELECT oid::bigint, datname::text, dattablespace::bigint, datallowconn FROM pg_database ORDER BY oid";
 
-/// Takes the map of the server `config` reaches: the database list from there, then each
-/// database that accepts connections, through a connection of its own.
-pub async fn capture(config: &Config) -> Result<NamesMap> {
-    let server = Server::connect(config).await?;
-    let lsn = position(&server).await?;
+/// Takes the map of `server`: the database list from its connection, then each database that
+/// accepts connections, through a connection of its own.
+pub async fn capture(server: &Server) -> Result<NamesMap> {
+    let lsn = position(server).await?;
     let mut databases = Vec::new();
     let mut relations = Vec::new();
+    let mut unreadable = Vec::new();
     for row in server.query_rows(DATABASES_QUERY).await? {
-        let [oid, name, tablespace, allow] = row_fields(row, &server, "pg_database")?;
-        let oid = oid_of(&oid, &server)?;
+        let [oid, name, tablespace, allow] = row_fields(row, server, "pg_database")?;
+        let oid = oid_of(&oid, server)?;
         let name = name.unwrap_or_default();
         databases.push(DatabaseName {
             oid,
@@ -125,10 +128,11 @@ pub async fn capture(config: &Config) -> Result<NamesMap> {
         if allow.as_deref() != Some("t") {
             continue;
         }
-        let mut in_database = config.clone();
-        in_database.dbname(&name);
-        let db_server = Server::connect(&in_database).await?;
-        let default_tablespace = oid_of(&tablespace, &server)?;
+        let Ok(db_server) = server.in_database(&name).await else {
+            unreadable.push(name);
+            continue;
+        };
+        let default_tablespace = oid_of(&tablespace, server)?;
         for row in db_server.query_rows(RELATIONS_QUERY).await? {
             let [rel, spc, shared, schema, relname, kind] = row_fields(row, &db_server, "pg_class")?;
             let shared = shared.as_deref() == Some("t");
@@ -155,6 +159,7 @@ pub async fn capture(config: &Config) -> Result<NamesMap> {
         time: Utc::now(),
         databases,
         relations,
+        unreadable,
     }
     .sorted())
 }
@@ -183,18 +188,54 @@ fn oid_of(field: &Option<String>, server: &Server) -> Result<u32> {
         .ok_or_else(|| server.fail(format!("the catalog returned {field:?} for an OID")))
 }
 
-/// Takes the map and stores it, unless the newest stored one names the same things. Returns the
-/// map's LSN when it was stored.
-pub async fn record(repo: &Repo, config: &Config) -> Result<Option<Lsn>> {
-    let map = capture(config).await?;
+/// What [`record`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recorded {
+    /// The new map's LSN; `None` when the newest stored map names the same things.
+    pub recorded: Option<Lsn>,
+    /// The databases named.
+    pub databases: usize,
+    /// The relations named.
+    pub relations: usize,
+    /// Databases pitr could not connect to.
+    pub unreadable: Vec<String>,
+}
+
+/// Takes the map of `server` and stores it in `repo`, unless the newest stored one names the
+/// same things. An empty repository is claimed for the server's cluster, as a backup does; the
+/// repository of another cluster is refused.
+pub async fn record(repo: &Repo, server: &Server) -> Result<Recorded> {
+    let found = crate::backup::cluster_identity(server).await?;
+    let repo = &crate::backup::bind(repo, found, "record the names of")?;
+    let map = capture(server).await?;
     let unchanged = repo
         .newest_names()?
         .is_some_and(|newest| newest.lsn <= map.lsn && newest.same_names(&map));
-    if unchanged {
-        return Ok(None);
+    if !unchanged {
+        repo.put_names(&map)?;
     }
-    repo.put_names(&map)?;
-    Ok(Some(map.lsn))
+    Ok(Recorded {
+        recorded: (!unchanged).then_some(map.lsn),
+        databases: map.databases.len(),
+        relations: map.relations.len(),
+        unreadable: map.unreadable,
+    })
+}
+
+/// Records the map of `server` as [`record`] does, for a backup or restore point: a failure is
+/// a warning, since the names of this stretch of WAL then come from the maps around it.
+pub async fn record_beside(what: &str, repo: &Repo, server: &Server, progress: &dyn Progress) {
+    match record(repo, server).await {
+        Ok(recorded) if !recorded.unreadable.is_empty() => progress.warn(&format!(
+            "the map of relation names lacks databases {} (pitr's role may not connect to them)",
+            recorded.unreadable.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => progress.warn(&format!(
+            "{what} stands, but the map of relation names was not recorded ({e}); \
+             `pitr wal events` names what it cannot from the maps around it"
+        )),
+    }
 }
 
 /// The maps of one generation, for lookups by LSN.
@@ -288,6 +329,7 @@ mod tests {
                     },
                 })
                 .collect(),
+            unreadable: Vec::new(),
         }
     }
 

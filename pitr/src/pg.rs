@@ -23,6 +23,8 @@ pub struct Server {
     version: PgVersion,
     /// Where the connection goes, for messages.
     target: String,
+    /// How it was made: for connections to the server's other databases.
+    config: tokio_postgres::Config,
 }
 
 /// What `pg_stat_archiver` says about archive_command's failures.
@@ -104,6 +106,7 @@ impl Server {
             client,
             version: PgVersion::NEWEST,
             target,
+            config: config.clone(),
         };
         let version_num: u32 = server
             .setting("server_version_num")
@@ -122,6 +125,13 @@ impl Server {
     /// Where the connection goes, for messages.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// A connection to database `dbname` of the same server, as the same user.
+    pub async fn in_database(&self, dbname: &str) -> Result<Server> {
+        let mut config = self.config.clone();
+        config.dbname(dbname);
+        Server::connect(&config).await
     }
 
     /// `current_setting(name)`.

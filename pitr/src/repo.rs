@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, json};
 use crate::error::{Error, Result};
 use crate::storage::{LocalStorage, Location, ObjectMeta, ObjectWriter, PutOutcome, Storage};
-use crate::wal::{LongPageHeader, SegmentName, SegmentSize, WalFileName};
+use crate::wal::{LongPageHeader, Lsn, SegmentName, SegmentSize, WalFileName};
 
 /// The key of the metadata object.
 const METADATA_KEY: &str = "repo.json";
@@ -937,6 +937,28 @@ impl Repo {
         self.names_keys()?.last().map(|key| self.names_map(key)).transpose()
     }
 
+    /// Deletes the maps of names no WAL from `kept_from` on needs: all older than it but the
+    /// newest of those (which names what existed when that WAL began); all of them when
+    /// `kept_from` is `None` (the generation keeps no WAL). Returns how many went.
+    pub fn expire_names(&self, kept_from: Option<Lsn>) -> Result<usize> {
+        let keys = self.names_keys()?;
+        let older = match kept_from {
+            Some(lsn) => {
+                let boundary = format!("{:016X}.json", lsn.0);
+                let older = keys
+                    .iter()
+                    .filter(|k| k.rsplit('/').next() < Some(boundary.as_str()))
+                    .count();
+                older.saturating_sub(1)
+            }
+            None => keys.len(),
+        };
+        for key in &keys[..older] {
+            self.storage.delete(key)?;
+        }
+        Ok(older)
+    }
+
     /// The keys of the maps of names, oldest first; entries that are not a map's name are passed over.
     fn names_keys(&self) -> Result<Vec<String>> {
         let dir = format!("{}{NAMES_DIR}", self.wal_dir()?);
@@ -1077,6 +1099,38 @@ mod tests {
     fn at(minute: u32) -> DateTime<Utc> {
         use chrono::TimeZone;
         Utc.with_ymd_and_hms(2026, 5, 4, 3, minute, 0).unwrap()
+    }
+
+    #[test]
+    fn maps_of_names_go_with_the_wal_they_name_but_the_one_naming_the_oldest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(dir.path()).unwrap();
+        repo.claim(cluster(7)).unwrap();
+        let map = |lsn: u64| crate::names::NamesMap {
+            lsn: Lsn(lsn),
+            time: at(0),
+            databases: Vec::new(),
+            relations: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        for lsn in [0x100, 0x200, 0x300, 0x400] {
+            assert_eq!(repo.put_names(&map(lsn)).unwrap(), PutOutcome::Created);
+        }
+        // A stray object in the directory is no map, and is left alone.
+        repo.storage().put_if_absent("wal/names/notes.txt", b"x").unwrap();
+        let lsns = |repo: &Repo| -> Vec<u64> { repo.names_maps().unwrap().iter().map(|m| m.lsn.0).collect() };
+
+        assert_eq!(repo.expire_names(Some(Lsn(0x100))).unwrap(), 0);
+        assert_eq!(
+            repo.expire_names(Some(Lsn(0x350))).unwrap(),
+            2,
+            "0x300 names the WAL from 0x350"
+        );
+        assert_eq!(lsns(&repo), [0x300, 0x400]);
+        assert_eq!(repo.newest_names().unwrap().map(|m| m.lsn), Some(Lsn(0x400)));
+        assert_eq!(repo.expire_names(None).unwrap(), 2);
+        assert_eq!(lsns(&repo), Vec::<u64>::new());
+        assert!(dir.path().join("wal/names/notes.txt").exists());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::codec::json;
 use crate::error::{Error, Result};
 use crate::interrupt;
 use crate::pg::{ArchiverStatus, Server};
+use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
 
@@ -101,7 +102,15 @@ pub fn read_catalog(repo: &Repo) -> Result<PointCatalog> {
 
 /// Creates a restore point on the server and records it, in the repository's current
 /// generation, once its WAL is archived.
-pub async fn create(repo: &Repo, server: &Server, name: &str, options: CreateOptions) -> Result<RestorePoint> {
+/// The map of relation names is recorded first, so that `pitr wal events` names what the WAL
+/// before the point did.
+pub async fn create(
+    repo: &Repo,
+    server: &Server,
+    name: &str,
+    options: CreateOptions,
+    progress: &dyn Progress,
+) -> Result<RestorePoint> {
     validate_name(name)?;
     let repo = &repo.pin()?;
     let generation = repo.generation()?.ok_or_else(|| {
@@ -126,6 +135,7 @@ pub async fn create(repo: &Repo, server: &Server, name: &str, options: CreateOpt
              choose another name or pass --allow-duplicate"
         )));
     }
+    crate::names::record_beside("the restore point", repo, server, progress).await;
     let lsn = server.create_restore_point(name).await?;
     let time = Utc::now();
     let timeline = server.current_timeline().await?;

@@ -15,9 +15,9 @@ use super::catalog::UnreadableBackup;
 use super::manifest::ManifestSummary;
 use super::{lock_backups, scan_summaries, Tier};
 use crate::crash_point;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::repo::{backup_dir, Generation, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
-use crate::wal::{SegmentSize, WalFileName};
+use crate::wal::{Lsn, SegmentSize, WalFileName};
 
 /// How many backups each tier keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,15 +240,38 @@ pub fn expire(repo: &Repo, retention: Retention, tier: Option<Tier>, dry_run: bo
     let earlier = plan
         .earlier_generations
         .iter()
-        .map(|e| Ok((repo.at(e.generation)?, &e.wal)))
+        .map(|e| Ok((repo.at(e.generation)?, &e.wal, &e.wal_kept_from, false)))
         .collect::<Result<Vec<_>>>()?;
-    for (generation, names) in [(current, &plan.wal)].into_iter().chain(earlier) {
+    let current = (current, &plan.wal, &plan.wal_kept_from, true);
+    for (generation, names, kept_from, is_current) in [current].into_iter().chain(earlier) {
         for name in names {
             generation.delete_wal(&WalFileName::parse(name)?)?;
             crash_point::reached("expire:wal");
         }
+        // The maps of relation names go with the WAL they name (the current generation without a
+        // retained backup keeps its WAL, and so its maps).
+        let kept_from = kept_from
+            .as_deref()
+            .map(|name| segment_start(&generation, name))
+            .transpose()?;
+        if kept_from.is_some() || !is_current {
+            generation.expire_names(kept_from)?;
+        }
     }
     Ok(plan)
+}
+
+/// Where the segment `name` of `generation` starts.
+fn segment_start(generation: &Repo, name: &str) -> Result<Lsn> {
+    let size = generation
+        .info()?
+        .and_then(|c| SegmentSize::new(c.wal_segment_size))
+        .unwrap_or(SegmentSize::DEFAULT);
+    let segment = WalFileName::parse(name)?
+        .segment_name()
+        .and_then(|s| s.segment(size))
+        .ok_or_else(|| Error::InvalidInput(format!("{name} is not a segment of this repository")))?;
+    Ok(size.segment_start(segment.segno))
 }
 
 /// Every generation's archived WAL, oldest generation first.

@@ -20,8 +20,8 @@ use crate::watch::StopFlags;
 /// How often the scheduler looks at the clock.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Lanes: backups, verification, sync.
-const LANES: usize = 3;
+/// Lanes: backups, verification, sync, names.
+const LANES: usize = 4;
 
 /// Where a job runs.
 fn lane_of(job: Job) -> usize {
@@ -29,6 +29,7 @@ fn lane_of(job: Job) -> usize {
         Job::Backup(_) => 0,
         Job::Verify => 1,
         Job::Sync => 2,
+        Job::Names => 3,
     }
 }
 
@@ -96,7 +97,7 @@ pub(super) fn run(
     flags: &StopFlags,
     log: &dyn DaemonLog,
 ) {
-    let lanes = [Lane::default(), Lane::default(), Lane::default()];
+    let lanes: [Lane; LANES] = Default::default();
     std::thread::scope(|scope| {
         for lane in &lanes {
             scope.spawn(move || work(lane, run_job, metrics, log));

@@ -19,6 +19,8 @@ pub enum Job {
     Verify,
     /// `pitr sync` into the second repository (`sync_to`).
     Sync,
+    /// `pitr names record`: a new map of relation names when the catalog changed.
+    Names,
 }
 
 impl fmt::Display for Job {
@@ -27,6 +29,7 @@ impl fmt::Display for Job {
             Job::Backup(tier) => write!(f, "backup {tier}"),
             Job::Verify => f.write_str("verify"),
             Job::Sync => f.write_str("sync"),
+            Job::Names => f.write_str("names"),
         }
     }
 }
@@ -39,13 +42,15 @@ pub struct Schedule {
 
 impl Schedule {
     /// The runbook's schedule: hourly backups at :00, daily at midnight, weekly on Sunday,
-    /// verification every Sunday at 03:30; no sync (it needs a second repository).
-    pub const DEFAULTS: [(Job, &'static str); 5] = [
+    /// verification every Sunday at 03:30; no sync (it needs a second repository); the map of
+    /// relation names every 10 minutes (stored only when the catalog changed).
+    pub const DEFAULTS: [(Job, &'static str); 6] = [
         (Job::Backup(Tier::Hourly), "0 * * * *"),
         (Job::Backup(Tier::Daily), "0 0 * * *"),
         (Job::Backup(Tier::Weekly), "0 0 * * 0"),
         (Job::Verify, "30 3 * * 0"),
         (Job::Sync, "off"),
+        (Job::Names, "*/10 * * * *"),
     ];
 
     /// A schedule from (job, pattern) pairs; an empty pattern or "off" disables the job.
