@@ -558,9 +558,18 @@ pub struct TargetArgs {
     /// immediate: the backup's consistency point; latest: everything archived.
     #[arg(long, value_name = "immediate|latest", value_parser = Target::parse_keyword)]
     target: Option<Target>,
+    /// Stop just before this transaction commits (the oops): its xid, or the LSN of its commit,
+    /// as `pitr wal events` shows them. Implies --exclusive.
+    #[arg(long, value_name = "XID|LSN", value_parser = Target::parse_before)]
+    before: Option<Target>,
 }
 
 impl TargetArgs {
+    /// Whether recovery stops just before the target: --exclusive, or --before.
+    pub fn exclusive(&self, asked: bool) -> bool {
+        asked || self.before.is_some()
+    }
+
     /// The one target given (clap requires exactly one).
     pub fn target(&self) -> Target {
         let given = [
@@ -569,6 +578,7 @@ impl TargetArgs {
             self.target_lsn.map(Target::Lsn),
             self.target_xid.map(Target::Xid),
             self.target.clone(),
+            self.before.clone(),
         ];
         given
             .into_iter()

@@ -414,7 +414,7 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
     };
     let request = Request {
         target: target.target(),
-        exclusive: *exclusive,
+        exclusive: target.exclusive(*exclusive),
         timeline: *timeline,
         backup: backup.clone(),
     };

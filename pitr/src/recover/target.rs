@@ -65,6 +65,26 @@ impl Target {
         )))
     }
 
+    /// Parses `--before`: the transaction to stop just before, by its id or by the LSN of its
+    /// commit record (both as `pitr wal events` prints them). Recovery then stops exclusively at
+    /// it: `recovery_target_xid` or `recovery_target_lsn` with `recovery_target_inclusive = off`.
+    pub fn parse_before(text: &str) -> Result<Target> {
+        let text = text.trim();
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            return text
+                .parse()
+                .map(Target::Xid)
+                .map_err(|_| Error::InvalidInput(format!("transaction id {text} is out of range")));
+        }
+        if text.contains('/') {
+            return text.parse().map(Target::Lsn);
+        }
+        Err(Error::InvalidInput(format!(
+            "--before '{text}' is neither a transaction id nor an LSN: give the xid or the commit LSN \
+             `pitr wal events` shows for the transaction to undo"
+        )))
+    }
+
     /// Parses `--target latest|immediate`.
     pub fn parse_keyword(text: &str) -> Result<Target> {
         match text {
@@ -115,6 +135,20 @@ impl fmt::Display for Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn before_takes_a_transaction_id_or_a_commit_lsn() {
+        assert_eq!(Target::parse_before("1234").unwrap(), Target::Xid(1234));
+        assert_eq!(
+            Target::parse_before(" 0/3A0001C8 ").unwrap(),
+            Target::Lsn(Lsn(0x3A00_01C8))
+        );
+        for bad in ["", "x12", "-5", "99999999999999999999999", "0/zz"] {
+            assert!(Target::parse_before(bad).is_err(), "{bad}");
+        }
+        let err = Target::parse_before("drop").unwrap_err().to_string();
+        assert!(err.contains("pitr wal events"), "{err}");
+    }
 
     #[test]
     fn times_parse_with_offsets_and_without_zone() {
