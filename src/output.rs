@@ -212,8 +212,8 @@ pub fn sync_report(report: &SyncReport) {
         println!("{verb} the unfinished copy of backup {id}, which the source no longer holds");
     }
     println!(
-        "{verb} {} objects ({}) from {} to {}: {} WAL files, {} backups{}, {} restore points; {} objects were there \
-         already ({} backups); {:.1} s",
+        "{verb} {} objects ({}) from {} to {}: {} WAL files, {} backups{}, {} restore points, {} maps of names; {} objects \
+         were there already ({} backups); {:.1} s",
         report.objects_copied,
         mib(report.bytes_copied),
         report.source,
@@ -226,6 +226,7 @@ pub fn sync_report(report: &SyncReport) {
             format!(" ({})", report.backups_copied.join(", "))
         },
         report.restore_points_copied,
+        report.names_copied,
         report.objects_skipped,
         report.backups_present,
         report.seconds

@@ -122,6 +122,10 @@ fn a_synced_copy_on_local_disk_and_on_s3_recovers_alone() {
     }
     assert!(report["wal_copied"].as_u64().unwrap() >= 3, "{report}");
     assert_eq!(report["restore_points_copied"], 1, "{report}");
+    assert!(
+        report["names_copied"].as_u64().unwrap() >= 1,
+        "the backup's map of names: {report}"
+    );
     assert_eq!(report["problems"], serde_json::json!([]), "{report}");
     assert_eq!(
         objects(c.repo()),

@@ -959,18 +959,19 @@ impl Repo {
         Ok(older)
     }
 
+    /// The directory of this generation's maps of names.
+    pub(crate) fn names_dir(&self) -> Result<String> {
+        Ok(format!("{}{NAMES_DIR}", self.wal_dir()?))
+    }
+
     /// The keys of the maps of names, oldest first; entries that are not a map's name are passed over.
     fn names_keys(&self) -> Result<Vec<String>> {
-        let dir = format!("{}{NAMES_DIR}", self.wal_dir()?);
+        let dir = self.names_dir()?;
         let mut entries: Vec<String> = self
             .storage
             .list(&dir)?
             .into_iter()
-            .filter(|entry| {
-                entry
-                    .strip_suffix(".json")
-                    .is_some_and(|lsn| lsn.len() == 16 && lsn.bytes().all(|b| b.is_ascii_hexdigit()))
-            })
+            .filter(|entry| is_names_entry(entry))
             .collect();
         entries.sort();
         Ok(entries.into_iter().map(|entry| format!("{dir}{entry}")).collect())
@@ -1006,6 +1007,13 @@ impl Repo {
 pub fn generation_of_path(path_in_repo: &std::path::Path) -> Option<u32> {
     let first = path_in_repo.components().next()?.as_os_str().to_str()?;
     generation_of_dir(&format!("{first}/"))
+}
+
+/// Whether `entry` is the name of a map of names: `<LSN, 16 upper-case hex digits>.json`.
+pub(crate) fn is_names_entry(entry: &str) -> bool {
+    entry
+        .strip_suffix(".json")
+        .is_some_and(|lsn| lsn.len() == 16 && lsn.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)))
 }
 
 /// WAL directories listed at once by [`Repo::in_wal_dirs`] (256 segments of 16 MiB each).

@@ -48,7 +48,8 @@ use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{
-    backup_dir, record_key, wal_marker_key, Generation, Generations, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY,
+    backup_dir, is_names_entry, record_key, wal_marker_key, Generation, Generations, Repo, INCOMPLETE_MARKER, MANIFEST,
+    MANIFEST_COPY,
 };
 use crate::restore_point::{RestorePoint, CATALOG_DIR};
 use crate::storage::PutOutcome;
@@ -77,6 +78,8 @@ pub struct SyncReport {
     pub backups_present: u64,
     /// Restore point records copied.
     pub restore_points_copied: u64,
+    /// Maps of relation names copied.
+    pub names_copied: u64,
     /// Backup directories a sync that died left in the target, for backups the source no
     /// longer holds: deleted.
     pub leftovers_deleted: Vec<String>,
@@ -96,6 +99,8 @@ enum Check {
     Record,
     /// A restore point record.
     RestorePoint,
+    /// A map of relation names.
+    Names,
     /// An archived WAL file of this generation.
     Wal(WalFileName, Generation),
     /// A codec object: a backup's label files.
@@ -140,6 +145,7 @@ pub struct SyncPlan {
     wal: Vec<Item>,
     backups: Vec<BackupCopy>,
     restore_points: Vec<Item>,
+    names: Vec<Item>,
     /// Complete backups whose marker a sync left in the target after their manifest.
     stale_markers: Vec<String>,
     /// Backup directories of a sync that died, whose backup the source no longer holds.
@@ -166,6 +172,7 @@ impl SyncPlan {
             .iter()
             .chain(&self.wal)
             .chain(&self.restore_points)
+            .chain(&self.names)
             .map(|o| (1, o.size))
             .chain(backups)
             .fold((0, 0), |(n, bytes), (k, size)| (n + k, bytes + size))
@@ -210,6 +217,7 @@ impl SyncPlan {
             },
             backups_present: self.backups_present,
             restore_points_copied: if dry_run { self.restore_points.len() as u64 } else { 0 },
+            names_copied: if dry_run { self.names.len() as u64 } else { 0 },
             leftovers_deleted: if dry_run {
                 self.leftovers.iter().map(|(_, id)| id.clone()).collect()
             } else {
@@ -254,6 +262,7 @@ pub fn plan(source: &Repo, target: &Repo) -> Result<SyncPlan> {
         wal: Vec::new(),
         backups: Vec::new(),
         restore_points: Vec::new(),
+        names: Vec::new(),
         stale_markers: Vec::new(),
         leftovers: Vec::new(),
         present: 0,
@@ -282,6 +291,7 @@ pub fn plan(source: &Repo, target: &Repo) -> Result<SyncPlan> {
     plan_backups(&mut plan, &generations)?;
     for g in generations.all() {
         plan_wal(&mut plan, g)?;
+        plan_names(&mut plan, g)?;
     }
     Ok(plan)
 }
@@ -416,6 +426,24 @@ fn plan_restore_points(plan: &mut SyncPlan) -> Result<()> {
         }
     }
     plan.restore_points = plan_listed(plan, CATALOG_DIR, listed)?;
+    Ok(())
+}
+
+/// The maps of relation names of generation `g`.
+fn plan_names(plan: &mut SyncPlan, g: &Generation) -> Result<()> {
+    let dir = plan.source.at(g.generation)?.names_dir()?;
+    let mut listed = Vec::new();
+    for entry in plan.source.storage().list_meta(&dir)? {
+        match entry.meta {
+            Some(meta) if is_names_entry(&entry.name) => listed.push((entry.name, meta.size, Check::Names)),
+            _ => plan.problems.push(format!(
+                "{} is not a map of relation names: not copied",
+                plan.source.storage().describe(&format!("{dir}{}", entry.name))
+            )),
+        }
+    }
+    let items = plan_listed(plan, &dir, listed)?;
+    plan.names.extend(items);
     Ok(())
 }
 
@@ -752,6 +780,13 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
         }
         tally(&mut report, copied, "");
     }
+    for item in &plan.names {
+        let copied = copy(source, target, item, false, progress)?;
+        if matches!(copied, Copied::Written(_)) {
+            report.names_copied += 1;
+        }
+        tally(&mut report, copied, "");
+    }
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -820,6 +855,7 @@ fn verify(check: &Check, bytes: &[u8], what: &str) -> Result<()> {
         Check::Text => corrupt(format!("{} bytes where pitr writes a short marker", bytes.len())),
         Check::Record => json::from_slice::<serde_json::Value>(bytes, what).map(drop),
         Check::RestorePoint => json::from_slice::<RestorePoint>(bytes, what).map(drop),
+        Check::Names => json::from_slice::<crate::names::NamesMap>(bytes, what).map(drop),
         Check::Object => codec::decode_chunks(bytes, what, &mut |_| Ok(())).map(drop),
         Check::Piece {
             raw_len,
