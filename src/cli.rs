@@ -567,7 +567,12 @@ pub struct TargetArgs {
 impl TargetArgs {
     /// Whether recovery stops just before the target: --exclusive, or --before.
     pub fn exclusive(&self, asked: bool) -> bool {
-        asked || self.before.is_some()
+        asked || self.before()
+    }
+
+    /// Whether the target is a transaction to stop just before (--before).
+    pub fn before(&self) -> bool {
+        self.before.is_some()
     }
 
     /// The one target given (clap requires exactly one).

@@ -415,6 +415,7 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
     let request = Request {
         target: target.target(),
         exclusive: target.exclusive(*exclusive),
+        before: target.before(),
         timeline: *timeline,
         backup: backup.clone(),
     };

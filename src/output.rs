@@ -397,6 +397,17 @@ pub fn restore_points(points: &[ListedRestorePoint]) {
 pub fn plan(p: &Plan, pgdata: &std::path::Path) {
     println!("Recovery plan");
     println!("  target:    {}", p.target);
+    if let Some(before) = &p.stops_before {
+        println!(
+            "  stops before: transaction {}, committed {} at {}",
+            before.xid,
+            before.commit_time.format("%Y-%m-%d %H:%M:%S%.6f UTC"),
+            before.commit_lsn
+        );
+        for did in &before.did {
+            println!("                {did}");
+        }
+    }
     if p.earlier_generation {
         println!(
             "  generation: {} (PostgreSQL {}, from before a major upgrade)",

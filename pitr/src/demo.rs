@@ -284,6 +284,7 @@ impl DemoCluster {
         let request = Request {
             target,
             exclusive: false,
+            before: false,
             timeline: TimelineChoice::Number(1),
             backup: None,
         };

@@ -582,6 +582,7 @@ mod tests {
                 assumed_utc: false,
             },
             exclusive: false,
+            before: false,
             timeline: TimelineChoice::Latest,
             backup: None,
         };

@@ -20,7 +20,7 @@ use serde::Serialize;
 pub use adopt::{adopt, AdoptReport};
 pub use archived::{ArchivedRecords, Mark, MarkKind, SegmentSummary, Span};
 pub use drive::{Action, Outcome, RecoveryServer, RECOVERY_LOG};
-pub use plan::{plan, reach, reaches_restore_point, Plan, Reach, RepoState, Request, TimelineChoice};
+pub use plan::{plan, reach, reaches_restore_point, Plan, Reach, RepoState, Request, StopsBefore, TimelineChoice};
 pub use segments::ArchivedSegments;
 pub use target::Target;
 

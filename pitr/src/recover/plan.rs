@@ -19,7 +19,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::archived::{newer_xid, ArchivedRecords, Mark, SegmentSummary};
+use super::archived::{newer_xid, ArchivedRecords, Mark, MarkKind, SegmentSummary};
 use super::segments::ArchivedSegments;
 use super::target::Target;
 use crate::backup::manifest::ManifestSummary;
@@ -67,6 +67,9 @@ pub struct Request {
     pub target: Target,
     /// recovery_target_inclusive = off (time, LSN and transaction targets).
     pub exclusive: bool,
+    /// `--before`: the target (an xid, or an LSN) is a committed transaction to stop just
+    /// before; the plan names it, and refuses anything else.
+    pub before: bool,
     /// The timeline to follow.
     pub timeline: TimelineChoice,
     /// A backup id to use instead of choosing.
@@ -113,6 +116,9 @@ pub struct Plan {
     pub wal_segments: u64,
     /// Bytes the restore writes.
     pub restore_bytes: u64,
+    /// The transaction recovery stops just before (`--before`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stops_before: Option<StopsBefore>,
     /// Things the operator should read.
     pub notes: Vec<String>,
     /// The repository generation recovered from (1 for a repository without upgrades).
@@ -210,11 +216,31 @@ pub fn plan(state: &RepoState, request: &Request) -> Result<Plan> {
         last_wal: path.name(stop.last),
         wal_segments: stop.last + 1 - first,
         restore_bytes: backup.original_bytes,
+        stops_before: stop.before.map(|mark| StopsBefore {
+            xid: mark.kind.transaction().expect("a commit"),
+            commit_lsn: mark.lsn,
+            commit_time: mark.time,
+            did: Vec::new(),
+        }),
         notes,
         generation: state.generation.map_or(1, |g| g.generation),
         pg_version: backup.pg_version,
         earlier_generation: state.replaced_by.is_some(),
     })
+}
+
+/// The committed transaction a `--before` plan stops just before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StopsBefore {
+    /// Its transaction id.
+    pub xid: u32,
+    /// Where its commit record starts.
+    pub commit_lsn: Lsn,
+    /// When it committed.
+    pub commit_time: DateTime<Utc>,
+    /// What it did, as `pitr wal events` tells it (filled in by [`crate::recover`] from the
+    /// archived WAL; empty when nothing was found to tell).
+    pub did: Vec<String>,
 }
 
 /// How far recovery from backup `backup_id` reaches on `timeline`: `None` when the backup is not
@@ -254,6 +280,7 @@ pub fn reaches_restore_point(state: &RepoState, point: &RestorePoint) -> std::re
     let by_name = |timeline| Request {
         target: Target::Name(point.name.clone()),
         exclusive: false,
+        before: false,
         timeline,
         backup: None,
     };
@@ -512,6 +539,8 @@ struct Stop {
     last: u64,
     target: Target,
     exclusive: bool,
+    /// The commit a `--before` target stops just before.
+    before: Option<Mark>,
 }
 
 /// The archived WAL on the way from one backup along one path.
@@ -534,7 +563,14 @@ impl Scan<'_, '_> {
             last: last.max(consistent),
             target: request.target.clone(),
             exclusive: request.exclusive,
+            before: None,
         };
+        if request.before {
+            return self.stop_before(request, target_lsn).map(|(last, mark)| Stop {
+                before: Some(mark),
+                ..as_asked(last)
+            });
+        }
         match (&request.target, target_lsn) {
             (Target::Immediate, _) => Ok(as_asked(consistent)),
             (Target::Latest, _) => Ok(as_asked(self.path.newest_archived(self.state).unwrap_or(consistent))),
@@ -547,13 +583,55 @@ impl Scan<'_, '_> {
                 Ok(as_asked(last))
             }
             (Target::Time { time, .. }, None) => self.stop_at_time(request, *time, notes),
-            (Target::Xid(xid), None) => self.stop_at_transaction(request, *xid).map(as_asked),
+            (Target::Xid(xid), None) => self.stop_at_transaction(request, *xid).map(|(last, _)| as_asked(last)),
             (_, Some(lsn)) => match self.record_at_or_after(lsn)? {
                 Some(last) => Ok(as_asked(last)),
                 None => Err(self.beyond(&request.target)),
             },
             (_, None) => unreachable!("only name and LSN targets have an LSN"),
         }
+    }
+
+    /// `--before`: the commit of the transaction asked for, by xid or by its commit record's LSN,
+    /// and the segment holding that record's end (recovery reads it to stop before it).
+    fn stop_before(&self, request: &Request, target_lsn: Option<Lsn>) -> Result<(u64, Mark)> {
+        let (last, mark) = match (&request.target, target_lsn) {
+            (Target::Xid(xid), None) => self.stop_at_transaction(request, *xid)?,
+            (Target::Lsn(_), Some(lsn)) => self.commit_at(lsn)?,
+            (other, _) => {
+                return Err(Error::InvalidInput(format!(
+                    "--before takes a transaction id or a commit's LSN, not {other}"
+                )))
+            }
+        };
+        match mark.kind {
+            MarkKind::Commit { .. } => Ok((last, mark)),
+            _ => Err(Error::Refused(format!(
+                "transaction {} rolled back at {} ({}): it changed nothing, there is nothing to stop before; \
+                 `pitr wal events` lists the committed transactions",
+                mark.kind.transaction().unwrap_or_default(),
+                mark.time.format("%Y-%m-%d %H:%M:%S%.6f UTC"),
+                mark.lsn
+            ))),
+        }
+    }
+
+    /// The transaction end whose record starts exactly at `lsn`, with the segment holding its end.
+    fn commit_at(&self, lsn: Lsn) -> Result<(u64, Mark)> {
+        for mark in self.marks() {
+            let mark = mark?;
+            if mark.lsn == lsn && mark.kind.transaction().is_some() {
+                return Ok((self.size().segment_before(mark.end), mark));
+            }
+            if mark.lsn > lsn {
+                break;
+            }
+        }
+        Err(Error::Refused(format!(
+            "no commit record starts at {lsn} in the archived WAL after backup {}: give the commit LSN (or the \
+             xid) `pitr wal events` shows",
+            self.backup.id
+        )))
     }
 
     fn beyond(&self, target: &Target) -> Error {
@@ -646,6 +724,7 @@ impl Scan<'_, '_> {
                     last: self.size().segment_before(mark.end),
                     target: request.target.clone(),
                     exclusive: request.exclusive,
+                    before: None,
                 });
             }
             if ends_transaction {
@@ -676,6 +755,7 @@ impl Scan<'_, '_> {
             last: self.size().segment_before(cover.end),
             target: Target::Lsn(cover.lsn),
             exclusive: false,
+            before: None,
         })
     }
 
@@ -701,7 +781,7 @@ impl Scan<'_, '_> {
     }
 
     /// A transaction target stops at that transaction's commit or abort.
-    fn stop_at_transaction(&self, request: &Request, xid: u64) -> Result<u64> {
+    fn stop_at_transaction(&self, request: &Request, xid: u64) -> Result<(u64, Mark)> {
         let wanted = xid as u32;
         let mut newest: Option<u32> = None;
         for segment in self.forward() {
@@ -711,7 +791,7 @@ impl Scan<'_, '_> {
                 .iter()
                 .find(|m| m.lsn >= self.backup.start_lsn && m.kind.transaction() == Some(wanted))
             {
-                return Ok(self.size().segment_before(end.end));
+                return Ok((self.size().segment_before(end.end), end.clone()));
             }
             if let Some(n) = summary.newest_xid {
                 newest = Some(newest.map_or(n, |old| newer_xid(old, n)));

@@ -86,6 +86,7 @@ fn request(target: Target) -> Request {
     Request {
         target,
         exclusive: false,
+        before: false,
         timeline: TimelineChoice::Latest,
         backup: None,
     }
@@ -138,6 +139,7 @@ fn the_last_segment_holds_the_record_that_stops_recovery() {
     // inclusive stops after a commit at the target time, exclusive before it.
     let at_16 = |exclusive| Request {
         exclusive,
+        before: false,
         ..request(time(16))
     };
     let stop_minute = |exclusive| {
@@ -392,4 +394,47 @@ fn walks_over_the_path_agree_with_a_walk_over_every_segment() {
             assert_eq!(path.archived_from(&s, first), walked, "timeline {target} from {first}");
         }
     }
+}
+
+#[test]
+fn before_stops_just_before_a_committed_transaction_named_by_xid_or_commit_lsn() {
+    let before = |target: Target| Request {
+        exclusive: true,
+        before: true,
+        ..request(target)
+    };
+    // Transaction 801 commits in segment 8, 5000 bytes in, at 16:30.
+    for target in [Target::Xid(801), Target::Lsn(lsn(8, 5000))] {
+        let p = plan(&state(), &before(target.clone())).unwrap();
+        assert_eq!(p.last_wal, "000000010000000000000008", "{target}");
+        assert!(p.exclusive, "{target}");
+        assert_eq!(p.recovery_target, target);
+        let stops = p.stops_before.expect("the plan names the transaction");
+        assert_eq!(
+            (stops.xid, stops.commit_lsn, stops.commit_time),
+            (801, lsn(8, 5000), at(16) + TimeDelta::seconds(30))
+        );
+    }
+    // Without --before, the same targets name no transaction.
+    assert_eq!(plan(&state(), &request(Target::Xid(801))).unwrap().stops_before, None);
+
+    // An LSN where no transaction ends, and a transaction that rolled back, are refused.
+    let err = plan(&state(), &before(Target::Lsn(lsn(8, 5001))))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no commit record starts at") && err.contains("pitr wal events"),
+        "{err}"
+    );
+    let rolled_back = state_with(|segno| {
+        let mut marks = commits(segno);
+        if segno == 8 {
+            marks[1].kind = MarkKind::Abort { xid: 801 };
+        }
+        marks
+    });
+    let err = plan(&rolled_back, &before(Target::Xid(801))).unwrap_err().to_string();
+    assert!(err.contains("rolled back") && err.contains("changed nothing"), "{err}");
+    let err = plan(&state(), &before(time(15))).unwrap_err().to_string();
+    assert!(err.contains("--before takes"), "{err}");
 }
