@@ -1056,6 +1056,37 @@ mod tests {
     }
 
     #[test]
+    fn restore_database_takes_recovers_targets_and_checks_its_options() {
+        let line = "pitr restore-database catalog --target-xid 42 --exclusive --into host=/tmp --switch --yes";
+        match parsed(line).unwrap().command {
+            Command::RestoreDatabase {
+                database,
+                target,
+                exclusive,
+                switch,
+                yes,
+                ..
+            } => assert_eq!(
+                (database.as_str(), target.target(), exclusive, switch, yes),
+                ("catalog", Target::Xid(42), true, true, true)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            refused("pitr restore-database catalog --target latest --into host=/tmp --yes").kind(),
+            ErrorKind::MissingRequiredArgument,
+            "--yes without --switch"
+        );
+        assert_eq!(
+            refused("pitr restore-database catalog --into host=/tmp").kind(),
+            ErrorKind::MissingRequiredArgument,
+            "a target is required"
+        );
+        let error = refused("pitr restore-database catalog --target latest --into bogus=1").to_string();
+        assert!(error.contains("invalid --into connection string"), "{error}");
+    }
+
+    #[test]
     fn the_recovery_target_and_timeline_are_parsed() {
         let recover = |options: &str| match parsed(&format!("pitr recover --pgdata d {options}")).unwrap().command {
             Command::Recover { target, timeline, .. } => (target.target(), timeline),

@@ -6,7 +6,7 @@
 //! alone; and bad input, refused with nothing changed.
 //!
 //! Every run points `--scratch` at a directory of the test, so that the copy's removal (and its
-//! server's end) can be checked.
+//! server's end) can be checked, after an interrupt too.
 
 mod common;
 
@@ -342,5 +342,28 @@ fn one_table_alone_and_bad_input_that_changes_nothing() {
         sql_in(&c, "catalog", "SELECT count(*) FROM products"),
         DAMAGED_ROWS.to_string()
     );
+    assert_copy_gone(&scratch);
+
+    // SIGTERM while the copy runs: exit 130, its server stopped and the scratch copy removed.
+    let mut command = c.pitr_cmd();
+    command
+        .arg("--repo")
+        .arg(c.repo())
+        .arg("restore-database")
+        .arg("catalog");
+    command.args(target).args(["--into", &into, "--scratch"]).arg(&scratch);
+    let line = cmdline(&command);
+    let child = spawn(&mut command);
+    poll(Duration::from_secs(60), || {
+        let copies = std::fs::read_dir(&scratch).ok()?;
+        copies
+            .flatten()
+            .any(|copy| copy.path().join("data/postmaster.pid").exists())
+            .then_some(())
+    })
+    .expect("the copy's server starts");
+    let out = terminate_pitr(child, line, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(130), "{}", out.describe());
+    assert_contains(&out, "the copy's server is stopped and");
     assert_copy_gone(&scratch);
 }
