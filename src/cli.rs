@@ -389,6 +389,67 @@ pub enum Command {
         json: bool,
     },
 
+    /// Restore one database (or one table) into production as a new database, at a point in time.
+    ///
+    /// The reference runbook's database restore with the precision of point-in-time recovery:
+    /// checks production first (the role may create databases, the new name is free, for
+    /// --switch the database exists and may be renamed); recovers a private copy of the cluster at
+    /// the target (paused, never archiving) in a scratch directory; pipes pg_dump -Fc of the
+    /// database from the copy into pg_restore on production, into the new database
+    /// DATABASE_restore_<YYYYMMDD_HHMMSS> (UTC); runs --verify-sql there; prints the switch. With
+    /// --switch (after confirmation): refuses connections, terminates the sessions, renames the
+    /// current database to DATABASE_before_restore_<ts> (never dropped) and the restored one into
+    /// its place. The copy is stopped and removed at the end, whatever happens (unless
+    /// --keep-copy).
+    RestoreDatabase {
+        /// The database to restore (its name in the backup and on production).
+        database: String,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Stop just before the target instead of just after (time, LSN, xid).
+        #[arg(long)]
+        exclusive: bool,
+        /// The timeline to follow: latest (default) or a number.
+        #[arg(long, default_value = "latest", value_name = "N|latest", value_parser = parse_timeline)]
+        timeline: TimelineChoice,
+        /// Use this backup instead of the newest one before the target.
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
+        /// Recover from this repository generation (default: as recover chooses).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        generation: Option<u32>,
+        /// The production server, as psql takes it (keyword/value or URI; the libpq environment
+        /// fills in the rest). pitr connects to its maintenance database (postgres, else
+        /// template1), never to DATABASE.
+        #[arg(long, value_name = "CONNINFO", value_parser = ConninfoParser)]
+        into: String,
+        /// Restore only this table (schema.table, or table on the search path); not with --switch.
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+        /// SQL run in the restored database on production, e.g. "SELECT count(*) FROM products";
+        /// a failure exits non-zero and switches nothing.
+        #[arg(long, value_name = "SQL")]
+        verify_sql: Option<String>,
+        /// Put the restored database in the place of the current one (asks on a terminal).
+        #[arg(long)]
+        switch: bool,
+        /// Switch without asking (needed when stdin is not a terminal).
+        #[arg(long, requires = "switch")]
+        yes: bool,
+        /// Where the scratch copy goes: a new 0700 directory in DIR (default: the system temp dir).
+        #[arg(long, value_name = "DIR")]
+        scratch: Option<PathBuf>,
+        /// Leave the copy running in its scratch directory (stop and remove it yourself).
+        #[arg(long)]
+        keep_copy: bool,
+        /// Files restored at once (default: the number of cores).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Print the plan and the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Make a recovered, promoted copy the new primary of this repository.
     ///
     /// Stops pitr's private run of the copy, archives what PostgreSQL did not (archiving was off
@@ -819,7 +880,7 @@ fn parse_restore_point_name(text: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// `--dbname`: a connection string libpq-style. Its error names the problem but never repeats the
+/// `--dbname`, `--into`: a connection string libpq-style. Its error names the problem but never repeats the
 /// value, which may hold a password.
 #[derive(Clone)]
 struct ConninfoParser;
@@ -827,12 +888,13 @@ struct ConninfoParser;
 impl TypedValueParser for ConninfoParser {
     type Value = String;
 
-    fn parse_ref(&self, cmd: &clap::Command, _: Option<&clap::Arg>, value: &OsStr) -> Result<String, clap::Error> {
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &OsStr) -> Result<String, clap::Error> {
+        let option = arg.and_then(clap::Arg::get_long).unwrap_or("dbname");
         let invalid = |reason: String| {
             let mut cmd = cmd.clone();
             cmd.error(
                 ErrorKind::ValueValidation,
-                format!("invalid --dbname connection string: {reason}"),
+                format!("invalid --{option} connection string: {reason}"),
             )
         };
         let text = value.to_str().ok_or_else(|| invalid("it is not UTF-8".into()))?;
@@ -1022,6 +1084,37 @@ mod tests {
             .to_string();
         assert!(error.contains("invalid --dbname connection string"), "{error}");
         assert!(!error.contains("hunter2"), "the password is in the message: {error}");
+    }
+
+    #[test]
+    fn restore_database_takes_recovers_targets_and_checks_its_options() {
+        let line = "pitr restore-database catalog --target-xid 42 --exclusive --into host=/tmp --switch --yes";
+        match parsed(line).unwrap().command {
+            Command::RestoreDatabase {
+                database,
+                target,
+                exclusive,
+                switch,
+                yes,
+                ..
+            } => assert_eq!(
+                (database.as_str(), target.target(), exclusive, switch, yes),
+                ("catalog", Target::Xid(42), true, true, true)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            refused("pitr restore-database catalog --target latest --into host=/tmp --yes").kind(),
+            ErrorKind::MissingRequiredArgument,
+            "--yes without --switch"
+        );
+        assert_eq!(
+            refused("pitr restore-database catalog --into host=/tmp").kind(),
+            ErrorKind::MissingRequiredArgument,
+            "a target is required"
+        );
+        let error = refused("pitr restore-database catalog --target latest --into bogus=1").to_string();
+        assert!(error.contains("invalid --into connection string"), "{error}");
     }
 
     #[test]

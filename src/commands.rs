@@ -1,5 +1,6 @@
 //! Each subcommand: a few lines that call into the `pitr` library and print the result.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,14 +9,15 @@ use pitr::backup::{self, BackupOptions, RestoreOptions, Tier};
 use pitr::pg::{connection_config, Server};
 use pitr::prefetch::{self, Prefetched};
 use pitr::progress::Progress;
-use pitr::recover::{self, Action, RecoverOptions, Request};
+use pitr::recover::{self, Action, RecoverOptions, Request, TimelineChoice};
 use pitr::repo::Repo;
+use pitr::restore_database;
 use pitr::restore_point::{self, CreateOptions};
 use pitr::storage::Location;
 use pitr::wal::WalFileName;
 use pitr::Result;
 
-use crate::cli::{Command, ConnectionArgs};
+use crate::cli::{Command, ConnectionArgs, TargetArgs};
 use crate::output::{self, TerminalProgress};
 use crate::settings::Settings;
 use crate::verify;
@@ -254,6 +256,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
         Command::Recover { .. } => recover(&repo, command, settings),
+        Command::RestoreDatabase { .. } => restore_database(&repo, command, settings),
         Command::Adopt { pgdata, json } => {
             let report = recover::adopt(&repo, &settings.codec, &absolute(pgdata), &pitr_command(settings)?)?;
             if *json {
@@ -412,13 +415,7 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
     else {
         unreachable!("called for recover only")
     };
-    let request = Request {
-        target: target.target(),
-        exclusive: target.exclusive(*exclusive),
-        before: target.before(),
-        timeline: *timeline,
-        backup: backup.clone(),
-    };
+    let request = recovery_request(target, *exclusive, *timeline, backup);
     let pgdata = absolute(pgdata);
     let repo = &recover::generation_for(repo, &request, *generation)?;
     let plan = recover::plan(&recover::repo_state(repo)?, &request)?;
@@ -464,6 +461,125 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
         ))),
         None => Ok(Done::Ok),
     }
+}
+
+/// What `recover` and `restore-database` ask the planner for.
+fn recovery_request(
+    target: &TargetArgs,
+    exclusive: bool,
+    timeline: TimelineChoice,
+    backup: &Option<String>,
+) -> Request {
+    Request {
+        target: target.target(),
+        exclusive: target.exclusive(exclusive),
+        before: target.before(),
+        timeline,
+        backup: backup.clone(),
+    }
+}
+
+fn restore_database(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> {
+    let Command::RestoreDatabase {
+        database,
+        target,
+        exclusive,
+        timeline,
+        backup,
+        generation,
+        into,
+        table,
+        verify_sql,
+        switch,
+        yes,
+        scratch,
+        keep_copy,
+        jobs,
+        json,
+    } = command
+    else {
+        unreachable!("called for restore-database only")
+    };
+    let options = restore_database::Options {
+        database: database.clone(),
+        production: connection_config(Some(into), &|k| std::env::var(k).ok())?,
+        table: table.clone(),
+        verify_sql: verify_sql.clone(),
+        switch: *switch,
+        scratch_parent: scratch.as_deref().map_or_else(std::env::temp_dir, absolute),
+        keep_copy: *keep_copy,
+        jobs: jobs.unwrap_or(settings.jobs),
+        pitr_command: pitr_command(settings)?,
+        started: chrono::Utc::now(),
+    };
+    let names = restore_database::validate(&options)?;
+    let ask = *switch && !*yes;
+    if ask && !std::io::stdin().is_terminal() {
+        return Err(pitr::Error::InvalidInput(
+            "--switch asks for confirmation on a terminal, and stdin is not one: pass --yes to switch without \
+             asking; nothing was done"
+                .into(),
+        ));
+    }
+    let request = recovery_request(target, *exclusive, *timeline, backup);
+    let repo = &recover::generation_for(repo, &request, *generation)?;
+    let plan = recover::plan(&recover::repo_state(repo)?, &request)?;
+    recover::check_space(&plan, &options.scratch_parent)?;
+    if !json {
+        output::plan(&plan, &options.scratch_parent);
+    }
+    let progress = TerminalProgress::new(*json);
+    let narrate = |line: &str| {
+        if !json {
+            println!("{line}")
+        }
+    };
+    // From here on pitr restores and starts a server: an interruption cleans up after itself.
+    arm_interrupts()?;
+    let runtime = runtime();
+    let mut report = runtime.block_on(restore_database::run(repo, &plan, &options, &narrate, &progress))?;
+    if !json {
+        output::restore_database_report(&report);
+    }
+    let outcome = match &report.verify_error {
+        Some(error) => Err(pitr::Error::Refused(format!(
+            "--verify-sql failed in {0} on production: {error}; nothing was switched, {0} is kept: look into it, \
+             drop it when done (DROP DATABASE {1})",
+            names.restored,
+            restore_database::quote_ident(&names.restored)
+        ))),
+        None if *switch => {
+            if ask && !confirmed(&names)? {
+                return Err(pitr::Error::Refused(format!(
+                    "the switch was not confirmed: nothing was switched; {} is kept beside {}",
+                    names.restored, names.database
+                )));
+            }
+            report.switched = Some(runtime.block_on(restore_database::switch(&options.production, &names))?);
+            if !json {
+                output::switched(&report);
+            }
+            Ok(Done::Ok)
+        }
+        None => Ok(Done::Ok),
+    };
+    if *json {
+        output::json(&serde_json::json!({ "plan": plan, "report": report }));
+    }
+    outcome
+}
+
+/// Asks the operator on the terminal to type the database's name before the switch.
+fn confirmed(names: &restore_database::Names) -> Result<bool> {
+    eprint!(
+        "Switch: {0} becomes {1}, and {2} becomes {0}; its sessions are terminated. Type {0} to switch: ",
+        names.database, names.before_restore, names.restored
+    );
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(pitr::Error::io("read", "the confirmation from stdin"))?;
+    Ok(answer.trim_end_matches(['\n', '\r']) == names.database)
 }
 
 /// This pitr with the same repository and config, for the commands pitr writes into

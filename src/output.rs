@@ -482,6 +482,89 @@ pub fn recover_report(r: &Report) {
     }
 }
 
+/// What restore-database did, and the switch the operator would run.
+pub fn restore_database_report(r: &pitr::restore_database::Report) {
+    let names = &r.names;
+    println!(
+        "restored {}{} into {} on {}",
+        names.database,
+        r.table
+            .as_deref()
+            .map(|t| format!(" (table {t} only)"))
+            .unwrap_or_default(),
+        names.restored,
+        r.production
+    );
+    println!(
+        "  copy:      backup {} restored ({} files, {}), database {} in the copy",
+        r.restored.id,
+        r.restored.files,
+        mib(r.restored.bytes),
+        mib(r.database_bytes)
+    );
+    if let Some(stopped) = r.outcome.as_ref().and_then(|o| o.stopped.as_deref()) {
+        println!("  target:    PostgreSQL: {stopped}");
+    }
+    println!("  owner:     {} ({})", r.owner, r.owner_reason);
+    match &r.ownership_note {
+        Some(note) => println!("  objects:   {note}"),
+        None => println!("  objects:   owners and grants kept as in the copy"),
+    }
+    println!("  space:     {}", r.production_space);
+    match (&r.copy.removed, &r.copy.connect) {
+        (true, _) => println!("  scratch:   {} stopped and removed", r.copy.directory.display()),
+        (false, connect) => println!(
+            "  scratch:   {} kept running (--keep-copy){}: stop it with pg_ctl -D {}/data stop, then remove it",
+            r.copy.directory.display(),
+            connect
+                .as_deref()
+                .map(|c| format!("; connect: {c}"))
+                .unwrap_or_default(),
+            r.copy.directory.display()
+        ),
+    }
+    for row in r.verify_rows.iter().flatten() {
+        let cells: Vec<&str> = row.iter().map(|c| c.as_deref().unwrap_or("NULL")).collect();
+        println!("verify: {}", cells.join(" | "));
+    }
+    if let Some(error) = &r.verify_error {
+        println!("verify: FAILED: {error}");
+    }
+    if r.table.is_some() {
+        println!(
+            "next: copy the rows you need from {} into {} (postgres_fdw, dblink or \\copy); drop {} when done",
+            names.restored, names.database, names.restored
+        );
+        return;
+    }
+    println!(
+        "switch (connected to the maintenance database postgres, not to {} or {}; {} is kept, never dropped):",
+        names.database, names.restored, names.before_restore
+    );
+    for sql in &r.switch_sql {
+        println!("  {sql}");
+    }
+}
+
+/// The switch restore-database made.
+pub fn switched(r: &pitr::restore_database::Report) {
+    let names = &r.names;
+    if let Some(s) = &r.switched {
+        println!(
+            "switched: {} is now the restored database; the previous one is kept as {} (connections {}); {} \
+             sessions terminated",
+            names.database,
+            names.before_restore,
+            if s.allow_connections {
+                "allowed"
+            } else {
+                "refused, as before"
+            },
+            s.terminated
+        );
+    }
+}
+
 /// What adopt did.
 pub fn adopt_report(r: &AdoptReport) {
     if r.stopped_server {

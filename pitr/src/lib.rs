@@ -13,6 +13,8 @@
 //! - [`archive`]: `archive_command` / `restore_command` — push and get with their refusal rules.
 //! - [`backup`]: base backups in tiers — take, catalog, restore of files, retention and WAL expiry.
 //! - [`recover`]: point-in-time recovery — the plan, the restore, the settings, driving the server.
+//! - [`restore_database`]: one database (or table) back into production from a private copy
+//!   recovered at the target, beside the current one, verified, and switched by renames.
 //! - [`restore_point`]: named restore points and their catalog in the repository.
 //! - [`verify`]: verification with alerts as data, `check-integrity`, and `check` of archiving.
 //! - [`sync`]: `pitr sync`, the verified, resumable copy of a repository into a second one.
@@ -48,6 +50,7 @@ pub mod prefetch;
 pub mod progress;
 pub mod recover;
 pub mod repo;
+pub mod restore_database;
 pub mod restore_point;
 pub mod spool;
 pub mod storage;

@@ -332,6 +332,15 @@ impl Server {
             .collect())
     }
 
+    /// Runs `sql` with `params` and returns its rows.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        self.client.query(sql, params).await.map_err(|e| self.sql_error(e))
+    }
+
     async fn query_text(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<String> {
         let row = self
             .client

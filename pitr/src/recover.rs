@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub(crate) use adopt::stop_if_running;
 pub use adopt::{adopt, AdoptReport};
 pub use archived::{ArchivedRecords, Mark, MarkKind, SegmentSummary, Span};
 pub use drive::{Action, Outcome, RecoveryServer, RECOVERY_LOG};
@@ -348,7 +349,7 @@ fn recovery_settings(plan: &Plan, options: &RecoverOptions) -> Vec<(&'static str
 /// Who will run the recovered server: the invoking user, or when pitr runs as root, the owner
 /// of a local repository (the user archive_command runs as); for a remote repository, the owner
 /// of the directory the new data directory goes into, else the `postgres` OS user.
-fn owner_for(repo: &Repo, pgdata: &Path) -> Result<Owner> {
+pub(crate) fn owner_for(repo: &Repo, pgdata: &Path) -> Result<Owner> {
     if rustix::process::geteuid().as_raw() != 0 {
         return Owner::of(pgdata);
     }

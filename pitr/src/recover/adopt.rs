@@ -201,7 +201,7 @@ fn calls_pitr_into(repo: &Repo, command: &str) -> bool {
 
 /// Stops a copy still running (pitr recover leaves it running on its private socket) and
 /// removes the private socket directory of that run.
-fn stop_if_running(bindir: &Path, owner: &Owner, pgdata: &Path) -> Result<(bool, Option<PathBuf>)> {
+pub(crate) fn stop_if_running(bindir: &Path, owner: &Owner, pgdata: &Path) -> Result<(bool, Option<PathBuf>)> {
     let Ok(pid_text) = fs::read_to_string(pgdata.join("postmaster.pid")) else {
         return Ok((false, None));
     };

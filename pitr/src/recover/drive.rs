@@ -139,6 +139,18 @@ impl RecoveryServer {
         Ok(server)
     }
 
+    /// The server `pitr recover` left running in `pgdata` on its private `socket_dir`
+    /// ([`super::Report::socket_dir`]), as `owner` with binaries from `bindir`.
+    pub fn running_in(pgdata: &Path, socket_dir: PathBuf, owner: Owner, bindir: PathBuf) -> RecoveryServer {
+        RecoveryServer {
+            pgdata: pgdata.to_path_buf(),
+            socket_dir,
+            log: pgdata.join(RECOVERY_LOG),
+            owner,
+            bindir,
+        }
+    }
+
     /// The port the server listens on (from its socket file), once it does.
     pub fn port(&self) -> Option<u16> {
         fs::read_dir(&self.socket_dir).ok()?.flatten().find_map(|e| {
