@@ -570,7 +570,7 @@ fn restore_database(repo: &Repo, command: &Command, settings: &Settings) -> Resu
 }
 
 /// Asks the operator on the terminal to type the database's name before the switch.
-fn confirmed(names: &restore_database::Names) -> Result<bool> {
+fn confirmed(names: &restore_database::DatabaseNames) -> Result<bool> {
     eprint!(
         "Switch: {0} becomes {1}, and {2} becomes {0}; its sessions are terminated. Type {0} to switch: ",
         names.database, names.before_restore, names.restored

@@ -59,7 +59,7 @@ pub struct Options {
 
 /// The databases a run deals with on production.
 #[derive(Debug, Clone, Serialize)]
-pub struct Names {
+pub struct DatabaseNames {
     /// The database restored (`catalog`).
     pub database: String,
     /// The new database the copy goes into (`catalog_restore_<YYYYMMDD_HHMMSS>`).
@@ -68,9 +68,9 @@ pub struct Names {
     pub before_restore: String,
 }
 
-impl Names {
+impl DatabaseNames {
     /// The names for `database` at `started` (UTC); a name PostgreSQL would truncate is refused.
-    pub fn new(database: &str, started: DateTime<Utc>) -> Result<Names> {
+    pub fn new(database: &str, started: DateTime<Utc>) -> Result<DatabaseNames> {
         if database.is_empty() || database.contains('\0') || database.len() > MAX_NAME_BYTES {
             return Err(Error::InvalidInput(format!(
                 "'{}' is not a database name: PostgreSQL names are 1 to {MAX_NAME_BYTES} bytes without NUL",
@@ -78,7 +78,7 @@ impl Names {
             )));
         }
         let stamp = started.format("%Y%m%d_%H%M%S");
-        Ok(Names {
+        Ok(DatabaseNames {
             database: database.to_string(),
             restored: format!("{database}_restore_{stamp}"),
             before_restore: format!("{database}_before_restore_{stamp}"),
@@ -99,9 +99,9 @@ impl Names {
 }
 
 /// Refuses what cannot work, before anything is done: bad names, and --switch with --table.
-pub fn validate(options: &Options) -> Result<Names> {
-    let names = Names::new(&options.database, options.started)?;
-    Names::check_length(&names.restored, "the restored database")?;
+pub fn validate(options: &Options) -> Result<DatabaseNames> {
+    let names = DatabaseNames::new(&options.database, options.started)?;
+    DatabaseNames::check_length(&names.restored, "the restored database")?;
     if options.switch {
         if options.table.is_some() {
             return Err(Error::InvalidInput(
@@ -111,7 +111,7 @@ pub fn validate(options: &Options) -> Result<Names> {
                     .into(),
             ));
         }
-        Names::check_length(&names.before_restore, "the renamed current database")?;
+        DatabaseNames::check_length(&names.before_restore, "the renamed current database")?;
     }
     Ok(names)
 }
@@ -120,7 +120,7 @@ pub fn validate(options: &Options) -> Result<Names> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// The databases on production.
-    pub names: Names,
+    pub names: DatabaseNames,
     /// The production server (host, port, user; never a password).
     pub production: String,
     /// The table restored alone, schema-qualified.
@@ -167,7 +167,7 @@ pub struct CopyLeft {
 /// The SQL of the switch, run connected to the maintenance database (`postgres`), never to
 /// either database: connections are refused, the ones left terminated, the current database
 /// renamed away (its connection setting back as it was) and the restored one renamed into place.
-pub fn switch_sql(names: &Names) -> Vec<String> {
+pub fn switch_sql(names: &DatabaseNames) -> Vec<String> {
     let (db, restored, before) = (
         quote_ident(&names.database),
         quote_ident(&names.restored),
@@ -233,7 +233,7 @@ struct Work<'a> {
     repo: &'a Repo,
     plan: &'a Plan,
     options: &'a Options,
-    names: &'a Names,
+    names: &'a DatabaseNames,
     narrate: &'a dyn Fn(&str),
     progress: &'a dyn Progress,
 }
@@ -304,7 +304,7 @@ impl Work<'_> {
 }
 
 /// A failed run's error, with what the cleanup did and what is left on production.
-fn with_cleanup(error: Error, names: &Names, left: Result<CopyLeft>) -> Error {
+fn with_cleanup(error: Error, names: &DatabaseNames, left: Result<CopyLeft>) -> Error {
     let copy = match left {
         Ok(CopyLeft {
             directory,
@@ -350,19 +350,22 @@ mod tests {
 
     #[test]
     fn names_carry_the_utc_timestamp_and_stay_within_63_bytes() {
-        let names = Names::new("catalog", started()).unwrap();
+        let names = DatabaseNames::new("catalog", started()).unwrap();
         assert_eq!(names.restored, "catalog_restore_20261206_233005");
         assert_eq!(names.before_restore, "catalog_before_restore_20261206_233005");
-        assert!(Names::new("", started()).is_err());
-        assert!(Names::new(&"x".repeat(64), started()).is_err());
-        assert!(Names::check_length(&Names::new(&"x".repeat(40), started()).unwrap().restored, "it").is_err());
+        assert!(DatabaseNames::new("", started()).is_err());
+        assert!(DatabaseNames::new(&"x".repeat(64), started()).is_err());
+        assert!(
+            DatabaseNames::check_length(&DatabaseNames::new(&"x".repeat(40), started()).unwrap().restored, "it")
+                .is_err()
+        );
     }
 
     #[test]
     fn identifiers_and_literals_are_quoted() {
         assert_eq!(quote_ident("cat\"alog"), "\"cat\"\"alog\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
-        let sql = switch_sql(&Names::new("Sales DB", started()).unwrap());
+        let sql = switch_sql(&DatabaseNames::new("Sales DB", started()).unwrap());
         assert_eq!(sql[0], "ALTER DATABASE \"Sales DB\" ALLOW_CONNECTIONS false;");
         assert!(sql[1].contains("datname = 'Sales DB'"));
         assert_eq!(

@@ -23,7 +23,7 @@ use crate::pg::Server;
 
 use super::copy::Source;
 use super::dump::conninfo;
-use super::{quote_ident, quote_literal, Names};
+use super::{quote_ident, quote_literal, DatabaseNames};
 
 /// Maintenance databases, in the order pitr tries them (as createdb does).
 const MAINTENANCE_DATABASES: [&str; 2] = ["postgres", "template1"];
@@ -72,7 +72,7 @@ pub struct Switched {
 
 impl Production {
     /// Connects and checks that the run can do its work on production, before any.
-    pub async fn check(config: &Config, names: &Names, switch: bool) -> Result<Production> {
+    pub async fn check(config: &Config, names: &DatabaseNames, switch: bool) -> Result<Production> {
         let (config, server) = maintenance(config).await?;
         let row = server
             .query(
@@ -115,7 +115,7 @@ impl Production {
     }
 
     /// For --switch: the database exists, the role may rename it, the new name is free.
-    async fn check_switch(&self, names: &Names) -> Result<()> {
+    async fn check_switch(&self, names: &DatabaseNames) -> Result<()> {
         let Some(may_rename) = self.exists(&names.database).await? else {
             return Err(self.fail(format!(
                 "there is no database {} to switch: run without --switch (the restore goes into {}, rename it \
@@ -317,7 +317,7 @@ impl Production {
 
 /// Switches: the restored database takes the name of the current one, which is kept under
 /// `names.before_restore`. Connects to production's maintenance database.
-pub async fn switch(config: &Config, names: &Names) -> Result<Switched> {
+pub async fn switch(config: &Config, names: &DatabaseNames) -> Result<Switched> {
     let (_, server) = maintenance(config).await?;
     let rows = server
         .query(
