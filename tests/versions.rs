@@ -362,7 +362,7 @@ fn records_match_server_facts(major: u32) {
         let commits: Vec<_> = records
             .iter()
             .filter_map(|r| match &r.kind {
-                RecordKind::Commit { time, xid } if *xid == e.xid => Some(time),
+                RecordKind::Commit { time, xid, .. } if *xid == e.xid => Some(time),
                 _ => None,
             })
             .collect();
@@ -406,7 +406,9 @@ fn records_match_server_facts(major: u32) {
         .find(|r| r.lsn == checkpoint_lsn.parse().expect("an LSN"))
         .unwrap_or_else(|| panic!("{}: no record at {checkpoint_lsn}", context("the checkpoint")));
     match at_checkpoint.kind {
-        RecordKind::Checkpoint { time, shutdown: false } => assert_eq!(
+        RecordKind::Checkpoint {
+            time, shutdown: false, ..
+        } => assert_eq!(
             time.timestamp().to_string(),
             checkpoint_epoch,
             "{}",
