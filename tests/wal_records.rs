@@ -62,6 +62,12 @@ fn dump_time(time: chrono::DateTime<chrono::Utc>) -> String {
     time.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string()
 }
 
+/// The decoding oracle of the version matrix (`tests/common/waldump.rs`) on 15.
+#[test]
+fn decoding_matches_pg_waldump_on_15() {
+    common::waldump::decoding_matches_pg_waldump(15);
+}
+
 #[test]
 fn records_match_pg_waldump() {
     let c = Cluster::start(ClusterOptions::default().setting("max_prepared_transactions", "5"));
