@@ -15,6 +15,7 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use pitr::codec::Compression;
+use pitr::inspect::EventKind;
 use pitr::recover::{Target, TimelineChoice};
 use pitr::wal::Lsn;
 
@@ -588,12 +589,69 @@ pub enum Command {
         json: bool,
     },
 
+    /// Read the archived WAL.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+
     /// Delete backups beyond each tier's count, and the WAL no retained backup needs.
     Expire {
         /// Only show what would be deleted, and why.
         #[arg(long)]
         dry_run: bool,
         /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `pitr wal ...`.
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// What happened in the archived WAL, per transaction: the DROP, TRUNCATE or big DELETE to
+    /// undo, with its transaction id, commit time and LSN.
+    ///
+    /// One line per transaction (commit time, xid, commit LSN, database, what it did by
+    /// relation), and restore points, checkpoints and timeline switches. Relations are named by
+    /// the maps of names the repository holds (recorded at backups and restore points); one no
+    /// map knows shows as tablespace/database/relfilenode. Reads the current generation's
+    /// timeline (the newest by default) up to the segment being received.
+    Events {
+        /// Events at or after this time (RFC 3339 or "2026-11-25 10:00:00+01").
+        #[arg(long, value_name = "TS", value_parser = parse_time)]
+        from: Option<DateTime<Utc>>,
+        /// Events at or before this time.
+        #[arg(long, value_name = "TS", value_parser = parse_time)]
+        to: Option<DateTime<Utc>>,
+        /// Start reading at this LSN.
+        #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
+        from_lsn: Option<Lsn>,
+        /// Stop reading at this LSN.
+        #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
+        to_lsn: Option<Lsn>,
+        /// The timeline to read (default: the newest in the archive).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        timeline: Option<u32>,
+        /// Only transactions touching this relation: schema.name, name, spc/db/relfilenode or a
+        /// relfilenode (repeatable).
+        #[arg(long, value_name = "NAME")]
+        table: Vec<String>,
+        /// Only transactions in this database, by name or OID (repeatable).
+        #[arg(long, value_name = "NAME")]
+        database: Vec<String>,
+        /// Only these kinds (repeatable or a comma list): insert, update, delete, drop, truncate,
+        /// rewrite, create, create-database, drop-database, abort, restore-point, checkpoint,
+        /// timeline-switch.
+        #[arg(long, value_name = "KIND", value_delimiter = ',', value_parser = parse_event_kind)]
+        kind: Vec<EventKind>,
+        /// Only transactions that changed at least this many rows.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        min_rows: u64,
+        /// Segments decoded at once (default: `jobs` of the config file, else the number of cores).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Print one JSON array of the events.
         #[arg(long)]
         json: bool,
     },
@@ -675,6 +733,13 @@ pub fn definition() -> clap::Command {
 }
 
 fn with_global_options(mut subcommand: clap::Command, name: &str) -> clap::Command {
+    // A group of subcommands (`pitr wal ...`): the options go to each of them.
+    if subcommand.has_subcommands() {
+        let children: Vec<String> = subcommand.get_subcommands().map(|s| s.get_name().to_string()).collect();
+        return children.iter().fold(subcommand, |group, child| {
+            group.mut_subcommand(child, |leaf| with_global_options(leaf, name))
+        });
+    }
     if !WITHOUT_REPOSITORY.contains(&name) {
         subcommand = RepoArgs::augment_args(subcommand);
     }
@@ -706,9 +771,12 @@ pub fn parse(definition: &mut clap::Command, args: &[OsString]) -> Result<Invoca
         .subcommand()
         .ok_or_else(|| definition.error(ErrorKind::MissingSubcommand, "a subcommand is required"))?;
     refuse_misplaced(definition, &matches, name)?;
-    let subcommand = definition
-        .find_subcommand(name)
-        .expect("clap matched a subcommand of this definition");
+    let (subcommand, sub_matches) = leaf(
+        definition
+            .find_subcommand(name)
+            .expect("clap matched a subcommand of this definition"),
+        sub_matches,
+    );
     let global = GlobalArgs::merge(cli.repository, cli.compression, cli.spool, subcommand, sub_matches)?;
     Ok(Invocation {
         name: name.to_string(),
@@ -717,12 +785,30 @@ pub fn parse(definition: &mut clap::Command, args: &[OsString]) -> Result<Invoca
     })
 }
 
+/// The subcommand a command line runs and its matches: `subcommand` itself, or for a group
+/// (`pitr wal events`) the one chosen in it.
+fn leaf<'a>(subcommand: &'a clap::Command, matches: &'a ArgMatches) -> (&'a clap::Command, &'a ArgMatches) {
+    match matches.subcommand() {
+        Some((name, inner)) => leaf(
+            subcommand
+                .find_subcommand(name)
+                .expect("clap matched a subcommand of this definition"),
+            inner,
+        ),
+        None => (subcommand, matches),
+    }
+}
+
 /// A global option given before a subcommand it does not apply to (`pitr --compress zstd list`)
 /// is a usage error, as it would be after the subcommand.
 fn refuse_misplaced(definition: &mut clap::Command, top: &ArgMatches, name: &str) -> Result<(), clap::Error> {
-    let subcommand = definition
-        .find_subcommand(name)
-        .expect("clap matched a subcommand of this definition");
+    let (_, sub_matches) = top.subcommand().expect("a subcommand was matched");
+    let (subcommand, _) = leaf(
+        definition
+            .find_subcommand(name)
+            .expect("clap matched a subcommand of this definition"),
+        sub_matches,
+    );
     let misplaced = definition
         .get_arguments()
         .filter(|option| top.value_source(option.get_id().as_str()) == Some(ValueSource::CommandLine))
@@ -867,6 +953,18 @@ fn parse_timeline(text: &str) -> Result<TimelineChoice, String> {
         .ok_or_else(|| "use latest or a timeline number (1, 2, ... or 0x hex)".to_string())
 }
 
+/// `wal events --from/--to`: a time as `recover --target-time` takes it.
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    match Target::parse_time(text).map_err(|e| e.to_string())? {
+        Target::Time { time, .. } => Ok(time),
+        _ => unreachable!("parse_time parses times"),
+    }
+}
+
+fn parse_event_kind(text: &str) -> Result<EventKind, String> {
+    text.parse().map_err(|e: pitr::Error| e.to_string())
+}
+
 /// `verify --now`: an RFC 3339 time.
 fn parse_now(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
@@ -1002,8 +1100,15 @@ mod tests {
         };
         for subcommand in definition.get_subcommands() {
             let name = subcommand.get_name();
-            for id in ["repo", "config", "compress", "compress_level", "spool"] {
-                assert_eq!(takes(subcommand, id), expected(name, id), "{name} and --{id}");
+            let leaves: Vec<&clap::Command> = if subcommand.has_subcommands() {
+                subcommand.get_subcommands().collect()
+            } else {
+                vec![subcommand]
+            };
+            for leaf in leaves {
+                for id in ["repo", "config", "compress", "compress_level", "spool"] {
+                    assert_eq!(takes(leaf, id), expected(name, id), "{name} and --{id}");
+                }
             }
         }
         let demo = definition.find_subcommand("demo").unwrap();
@@ -1055,6 +1160,36 @@ mod tests {
         assert_eq!(global.compress_level, Some(4));
         let global = parsed("pitr check-integrity --config c.toml x").unwrap().global;
         assert_eq!(global.config, Some(PathBuf::from("c.toml")));
+    }
+
+    #[test]
+    fn wal_events_takes_the_repository_before_or_after_and_its_filters() {
+        let invocation = parsed("pitr --repo r wal events --kind drop,truncate --kind delete --min-rows 5").unwrap();
+        assert_eq!(invocation.name, "wal");
+        assert_eq!(invocation.global.repo, Some(PathBuf::from("r")));
+        match invocation.command {
+            Command::Wal {
+                command: WalCommand::Events { kind, min_rows, .. },
+            } => {
+                assert_eq!(kind, [EventKind::Drop, EventKind::Truncate, EventKind::Delete]);
+                assert_eq!(min_rows, 5);
+            }
+            other => panic!("{other:?}"),
+        }
+        let after = parsed("pitr wal events --repo r2 --from 2026-11-25T10:00:00Z").unwrap();
+        assert_eq!(after.global.repo, Some(PathBuf::from("r2")));
+        assert_eq!(
+            refused("pitr wal events --kind dropped").kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            refused("pitr wal events --from-lsn 0/XYZ").kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            refused("pitr --compress zstd wal events").kind(),
+            ErrorKind::ArgumentConflict
+        );
     }
 
     #[test]

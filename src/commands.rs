@@ -17,7 +17,7 @@ use pitr::storage::Location;
 use pitr::wal::WalFileName;
 use pitr::Result;
 
-use crate::cli::{Command, ConnectionArgs, TargetArgs};
+use crate::cli::{Command, ConnectionArgs, TargetArgs, WalCommand};
 use crate::output::{self, TerminalProgress};
 use crate::settings::Settings;
 use crate::verify;
@@ -308,6 +308,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
                 Done::Critical
             })
         }
+        Command::Wal { command } => wal(&repo, command, settings),
         Command::Expire { dry_run, json } => {
             let plan = backup::expire(&repo, settings.retention, None, *dry_run)?;
             if *json {
@@ -318,6 +319,47 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
     }
+}
+
+/// Runs `pitr wal ...`.
+fn wal(repo: &Repo, command: &WalCommand, settings: &Settings) -> Result<Done> {
+    let WalCommand::Events {
+        from,
+        to,
+        from_lsn,
+        to_lsn,
+        timeline,
+        table,
+        database,
+        kind,
+        min_rows,
+        jobs,
+        json,
+    } = command;
+    let options = pitr::inspect::ScanOptions {
+        from: *from,
+        to: *to,
+        from_lsn: *from_lsn,
+        to_lsn: *to_lsn,
+        timeline: *timeline,
+        jobs: jobs.unwrap_or(settings.jobs),
+    };
+    let filter = pitr::inspect::Filter {
+        tables: table.clone(),
+        databases: database.clone(),
+        kinds: kind.iter().copied().collect(),
+        min_rows: *min_rows,
+    };
+    let report = pitr::inspect::events(repo, &options, &filter, &TerminalProgress::new(*json))?;
+    if *json {
+        output::json(&report.events);
+        if report.names_missing {
+            eprintln!("{}", output::NAMES_MISSING);
+        }
+    } else {
+        output::wal_events(&report);
+    }
+    Ok(Done::Ok)
 }
 
 /// How much the prefetcher lowers its CPU priority. With the prefetcher at the same priority,

@@ -611,6 +611,58 @@ pub fn adopt_report(r: &AdoptReport) {
     println!("start the copy: pg_ctl -D {} start", r.pgdata.display());
 }
 
+/// Said when the repository holds no map of names.
+pub const NAMES_MISSING: &str = "note: the repository holds no map of names yet (backups and restore points \
+                                 record them): relations show as tablespace/database/relfilenode";
+
+/// `pitr wal events`: one line per event (time, transaction, LSN, database, what it did), then
+/// what was read.
+pub fn wal_events(report: &pitr::inspect::Report) {
+    use pitr::inspect::Event;
+    for event in &report.events {
+        let time = event.time().format("%Y-%m-%d %H:%M:%S%.6f UTC");
+        let lsn = event.lsn();
+        match event {
+            Event::Transaction(t) => {
+                let database = t
+                    .database
+                    .clone()
+                    .or_else(|| t.database_oid.map(|oid| format!("db {oid}")))
+                    .unwrap_or_else(|| "-".into());
+                println!("{time}  xid {:<10} {lsn:<12} {database:<12} {}", t.xid, t.summary);
+            }
+            Event::RestorePoint { name, .. } => {
+                println!("{time}  {:<14} {lsn:<12} {:<12} restore point \"{name}\"", "-", "-")
+            }
+            Event::Checkpoint { shutdown, redo, .. } => {
+                let kind = if *shutdown { "shutdown" } else { "online" };
+                println!(
+                    "{time}  {:<14} {lsn:<12} {:<12} checkpoint ({kind}), redo at {redo}",
+                    "-", "-"
+                )
+            }
+            Event::TimelineSwitch { timeline, previous, .. } => println!(
+                "{time}  {:<14} {lsn:<12} {:<12} timeline switch: {previous} -> {timeline}",
+                "-", "-"
+            ),
+        }
+    }
+    let range = match (report.first_lsn, report.end_lsn) {
+        (Some(first), Some(end)) => format!(", {first} to {end}"),
+        _ => String::new(),
+    };
+    println!(
+        "{} on timeline {}: {} segments, {} records read{range}",
+        count(report.events.len(), "event"),
+        report.timeline,
+        report.segments,
+        report.records
+    );
+    if report.names_missing {
+        println!("{NAMES_MISSING}");
+    }
+}
+
 fn utc(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }

@@ -10,8 +10,11 @@
 //! follows timeline 2 to its end, exact rows again.
 //!
 //! The WAL records check, on each major: pitr's record reader against what the server says it
-//! wrote (a `pg_waldump` reads only its own major's WAL; `tests/wal_records.rs` compares with it
-//! on 15).
+//! wrote. The WAL decoding oracle, on each major: the reader against `pg_waldump` of that major
+//! (a `pg_waldump` reads only its own major's WAL; 14, 16, 17 and 18 from the complete installs
+//! of `.ci/install-postgres-versions`, 15 in `tests/wal_records.rs`; 13 has no pg_waldump build
+//! within reach, so there it is checked against the server's facts only), and `pitr wal events`
+//! on the archived WAL (`tests/common/waldump.rs`).
 //!
 //! Client programs are Debian's 15 (pitr needs no version-matched client); pitr finds the server
 //! binaries of the major through `PITR_PG_BINDIR`, as a user of a build outside
@@ -24,9 +27,10 @@ mod common;
 use std::thread;
 use std::time::Instant;
 
+use common::waldump::{decoding_matches_pg_waldump, read_records};
 use common::*;
-use pitr::wal::records::{End, Record, RecordKind, SegmentRecords};
-use pitr::wal::{Lsn, Segment, SegmentSize, WalFileName};
+use pitr::wal::records::RecordKind;
+use pitr::wal::Lsn;
 use serde_json::Value;
 
 /// The query whose rows prove where each recovery stopped: products, pgbench's history, and
@@ -45,6 +49,11 @@ fn the_smoke_scenario_holds_on_every_other_major() {
 #[test]
 fn wal_records_read_as_the_server_wrote_them_on_every_other_major() {
     on_every_other_major("the WAL records check", records_match_server_facts);
+}
+
+#[test]
+fn wal_decoding_matches_pg_waldump_on_every_other_major() {
+    on_every_other_major("the WAL decoding oracle", decoding_matches_pg_waldump);
 }
 
 /// Runs `check` on every major of [`versions`] but 15, all at once (a thread each, named after
@@ -362,7 +371,7 @@ fn records_match_server_facts(major: u32) {
         let commits: Vec<_> = records
             .iter()
             .filter_map(|r| match &r.kind {
-                RecordKind::Commit { time, xid } if *xid == e.xid => Some(time),
+                RecordKind::Commit { time, xid, .. } if *xid == e.xid => Some(time),
                 _ => None,
             })
             .collect();
@@ -406,7 +415,9 @@ fn records_match_server_facts(major: u32) {
         .find(|r| r.lsn == checkpoint_lsn.parse().expect("an LSN"))
         .unwrap_or_else(|| panic!("{}: no record at {checkpoint_lsn}", context("the checkpoint")));
     match at_checkpoint.kind {
-        RecordKind::Checkpoint { time, shutdown: false } => assert_eq!(
+        RecordKind::Checkpoint {
+            time, shutdown: false, ..
+        } => assert_eq!(
             time.timestamp().to_string(),
             checkpoint_epoch,
             "{}",
@@ -424,29 +435,4 @@ fn records_match_server_facts(major: u32) {
         "{}: the last record",
         context("the switch")
     );
-}
-
-/// Every record in the server's `pg_wal` from the segment holding `start` to the one the switch
-/// ending at `switch_end` closed, each segment read to its end; panics on any invalid record.
-fn read_records(c: &Cluster, start: &str, switch_end: &str) -> Vec<Record> {
-    let size = SegmentSize::new(c.wal_segment_size() as u32).expect("a segment size");
-    let first = size.segment_of(start.parse().expect("an LSN"));
-    let last = size.segment_of(switch_end.parse().expect("an LSN"));
-    let names: Vec<String> = (first..=last)
-        .map(|segno| Segment { timeline: 1, segno }.file_name(size))
-        .collect();
-    let segments: Vec<Vec<u8>> = names.iter().map(|n| read(&c.pg_wal().join(n))).collect();
-    let mut records = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let WalFileName::Segment(segment) = WalFileName::parse(name).expect("a segment name") else {
-            unreachable!("{name} is a segment name")
-        };
-        let following: Vec<&[u8]> = segments[i..].iter().map(Vec::as_slice).collect();
-        let mut reader = SegmentRecords::new(segment, &following).unwrap_or_else(|e| panic!("{name}: {e}"));
-        for record in reader.by_ref() {
-            records.push(record.unwrap_or_else(|e| panic!("{name}: {e}")));
-        }
-        assert_eq!(reader.end(), Some(End::NextSegment), "{name} is read to its end");
-    }
-    records
 }

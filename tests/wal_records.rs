@@ -62,6 +62,12 @@ fn dump_time(time: chrono::DateTime<chrono::Utc>) -> String {
     time.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string()
 }
 
+/// The decoding oracle of the version matrix (`tests/common/waldump.rs`) on 15.
+#[test]
+fn decoding_matches_pg_waldump_on_15() {
+    common::waldump::decoding_matches_pg_waldump(15);
+}
+
 #[test]
 fn records_match_pg_waldump() {
     let c = Cluster::start(ClusterOptions::default().setting("max_prepared_transactions", "5"));
@@ -128,7 +134,7 @@ fn records_match_pg_waldump() {
         assert_eq!(record.xid, d.xid, "{context}");
         assert_eq!(record.prev.0, parse_lsn(&d.prev), "{context}");
         match &record.kind {
-            RecordKind::Commit { time, xid } | RecordKind::Abort { time, xid } => {
+            RecordKind::Commit { time, xid, .. } | RecordKind::Abort { time, xid, .. } => {
                 assert!(d.desc.contains(&dump_time(*time)), "{context}: time {time}");
                 if d.desc.starts_with("COMMIT_PREPARED") || d.desc.starts_with("ABORT_PREPARED") {
                     assert!(d.desc.contains(&format!(" {xid}: ")), "{context}: xid {xid}");
@@ -148,7 +154,7 @@ fn records_match_pg_waldump() {
                 )
             }
             RecordKind::Switch => assert!(d.desc.starts_with("SWITCH"), "{context}"),
-            RecordKind::Other => assert!(
+            _ => assert!(
                 !(d.rmgr == "Transaction" && (d.desc.starts_with("COMMIT") || d.desc.starts_with("ABORT"))),
                 "{context}: a transaction end read as another record"
             ),
@@ -171,7 +177,9 @@ fn records_match_pg_waldump() {
     let (lsn, epoch) = checkpoint.split_once(' ').unwrap();
     let record = &read_back[&parse_lsn(lsn)];
     match record.kind {
-        RecordKind::Checkpoint { time, shutdown: false } => assert_eq!(time.timestamp().to_string(), epoch),
+        RecordKind::Checkpoint {
+            time, shutdown: false, ..
+        } => assert_eq!(time.timestamp().to_string(), epoch),
         ref other => panic!("{lsn} is {other:?}"),
     }
 }

@@ -780,6 +780,7 @@ fn check(repo: &Repo, shape: &Shape, manifests: &[Manifest]) {
                 .duration_trunc(Duration::microseconds(1))
                 .expect("µs"),
             xid: xid(segno),
+            details: Default::default(),
         };
         assert_eq!(records[0].kind, commit, "segment {name}");
         assert_eq!(

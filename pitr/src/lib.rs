@@ -5,6 +5,8 @@
 //!
 //! - [`wal`]: PostgreSQL's WAL formats — LSNs, segment names and sizes, page-header validation,
 //!   and [`wal::records`], the records inside a segment.
+//! - [`inspect`]: `pitr wal events` — the archived WAL read back as transactions and what they
+//!   did (the DROP, TRUNCATE or DELETE to undo), with names from [`names`].
 //! - [`timeline`]: which timeline holds each segment when recovery follows a timeline's history.
 //! - [`codec`]: the stored-object format (compression + CRC-32), one for every stored file.
 //! - [`fsio`]: trusted file operations: symlink-safe, crash-safe, exact modes, page-cache-shaped writes.
@@ -43,6 +45,7 @@ pub mod error;
 pub mod fsio;
 pub mod info;
 pub mod init;
+pub mod inspect;
 pub mod interrupt;
 pub mod names;
 pub mod pg;

@@ -7,7 +7,7 @@ pub mod replication;
 mod version;
 
 pub use connect::connection_config;
-pub use version::{BackupApi, PgVersion};
+pub use version::{BackupApi, DatabaseRecords, PgVersion};
 
 use serde::Serialize;
 use tokio_postgres::{Client, NoTls};

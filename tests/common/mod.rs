@@ -37,6 +37,7 @@
 #![allow(dead_code)]
 
 pub mod s3;
+pub mod waldump;
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;

@@ -49,6 +49,19 @@ pub struct BackupApi {
     pub functions: [&'static str; 2],
 }
 
+/// The info values of the Database resource manager's records in one major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabaseRecords {
+    /// `CREATE DATABASE` copying the template's directory (`xl_dbase_create_rec`, 15+
+    /// `xl_dbase_create_file_copy_rec`: database, tablespace, source database, source tablespace).
+    pub create_copy: u8,
+    /// `CREATE DATABASE` with the WAL_LOG strategy (`xl_dbase_create_wal_log_rec`: database,
+    /// tablespace), from 15.
+    pub create_wal_log: Option<u8>,
+    /// `DROP DATABASE` (`xl_dbase_drop_rec`: database, then a count and the tablespaces).
+    pub drop: u8,
+}
+
 impl PgVersion {
     /// The oldest major pitr supports.
     pub const OLDEST: PgVersion = PgVersion(12);
@@ -148,6 +161,27 @@ impl PgVersion {
         }
     }
 
+    /// The Database resource manager's record kinds (`xl_info & 0xF0`): up to 14 `XLOG_DBASE_CREATE`
+    /// 0x00 (a copy of a template's directory) and `XLOG_DBASE_DROP` 0x10; from 15
+    /// `XLOG_DBASE_CREATE_FILE_COPY` 0x00, `XLOG_DBASE_CREATE_WAL_LOG` 0x10 (the new default
+    /// strategy, which then logs every block) and `XLOG_DBASE_DROP` 0x20
+    /// (src/include/commands/dbcommands_xlog.h).
+    pub fn database_records(self) -> DatabaseRecords {
+        if self.0 >= 15 {
+            DatabaseRecords {
+                create_copy: 0x00,
+                create_wal_log: Some(0x10),
+                drop: 0x20,
+            }
+        } else {
+            DatabaseRecords {
+                create_copy: 0x00,
+                create_wal_log: None,
+                drop: 0x10,
+            }
+        }
+    }
+
     /// `offsetof(CheckPoint, time)` in a checkpoint record: 64 in 12–18 (18 put `wal_level`
     /// into what was padding before `nextXid`; src/include/catalog/pg_control.h).
     pub fn checkpoint_time_offset(self) -> usize {
@@ -198,6 +232,9 @@ mod tests {
         assert_eq!(v(18).dropped_stats_item_bytes(), Some(16));
         assert_eq!(v(14).compressed_image_bits(), 0x02);
         assert_eq!(v(15).compressed_image_bits(), 0x1C);
+        assert_eq!(v(14).database_records().drop, 0x10);
+        assert_eq!(v(15).database_records().drop, 0x20);
+        assert_eq!(v(14).database_records().create_wal_log, None);
     }
 
     #[test]

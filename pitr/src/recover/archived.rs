@@ -133,7 +133,8 @@ impl SegmentSummary {
             RecordKind::Abort { xid, .. } => MarkKind::Abort { xid },
             RecordKind::RestorePoint { .. } => MarkKind::RestorePoint,
             RecordKind::Checkpoint { .. } => MarkKind::Checkpoint,
-            RecordKind::Switch | RecordKind::Other => return,
+            // An end of recovery is followed by a checkpoint, which recovery targets stop at.
+            _ => return,
         };
         self.marks.push(Mark {
             lsn: record.lsn,

@@ -1,7 +1,9 @@
 //! The records of a WAL segment: walking its pages and records (a record, and even its 24-byte
-//! header, may span pages and segments), checking each record's CRC-32C, and decoding the few
-//! records recovery targets depend on: commits and aborts (time and transaction), restore
-//! points (time and name), checkpoints (time) and WAL switches.
+//! header, may span pages and segments), checking each record's CRC-32C, reading each record's
+//! block references, and decoding what recovery targets and the inspector ([`crate::inspect`])
+//! depend on (in [`rmgr`]): commits and aborts (time, transaction, subtransactions, dropped
+//! storage, database), restore points, checkpoints, end of recovery, WAL switches, heap row
+//! changes, storage creation and truncation, and database creation and removal.
 //!
 //! The layout follows PostgreSQL's `xlogrecord.h`, `xlog_internal.h`, `xact.h`, `pg_control.h`
 //! and the reading logic of `xlogreader.c` (`XLogFindNextRecord`, `XLogDecodeNextRecord`,
@@ -11,9 +13,12 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
+use smallvec::SmallVec;
 
-use super::{LongPageHeader, Lsn, SegmentName, SegmentSize, SIZE_OF_XLOG_LONG_PHD};
+use super::{LongPageHeader, Lsn, RelFileLocator, SegmentName, SegmentSize, SIZE_OF_XLOG_LONG_PHD};
 use crate::pg::PgVersion;
+
+pub mod rmgr;
 
 /// `SizeOfXLogRecord`: the fixed record header.
 const SIZE_OF_XLOG_RECORD: usize = 24;
@@ -37,39 +42,8 @@ const XLP_FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
 /// `XLP_ALL_FLAGS`.
 const XLP_ALL_FLAGS: u16 = 0x000F;
 
-/// `RM_XLOG_ID`.
-const RM_XLOG_ID: u8 = 0;
-/// `RM_XACT_ID`.
-const RM_XACT_ID: u8 = 1;
-/// `XLR_RMGR_INFO_MASK`: the resource manager's part of `xl_info`.
-const XLR_RMGR_INFO_MASK: u8 = 0xF0;
-
-/// XLOG record kinds (`pg_control.h`).
-const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
-const XLOG_CHECKPOINT_ONLINE: u8 = 0x10;
-const XLOG_SWITCH: u8 = 0x40;
-const XLOG_RESTORE_POINT: u8 = 0x70;
-
-/// Transaction record kinds (`xact.h`): `xl_info & XLOG_XACT_OPMASK`.
-const XLOG_XACT_OPMASK: u8 = 0x70;
-const XLOG_XACT_COMMIT: u8 = 0x00;
-const XLOG_XACT_ABORT: u8 = 0x20;
-const XLOG_XACT_COMMIT_PREPARED: u8 = 0x30;
-const XLOG_XACT_ABORT_PREPARED: u8 = 0x40;
-/// `XLOG_XACT_HAS_INFO`: an `xinfo` word follows `xact_time`.
-const XLOG_XACT_HAS_INFO: u8 = 0x80;
-
-/// `xinfo` bits of commit and abort records, and the sub-records they announce, in order.
-const XACT_XINFO_HAS_DBINFO: u32 = 1 << 0;
-const XACT_XINFO_HAS_SUBXACTS: u32 = 1 << 1;
-const XACT_XINFO_HAS_RELFILENODES: u32 = 1 << 2;
-const XACT_XINFO_HAS_INVALS: u32 = 1 << 3;
-const XACT_XINFO_HAS_TWOPHASE: u32 = 1 << 4;
-const XACT_XINFO_HAS_DROPPED_STATS: u32 = 1 << 8;
 /// `sizeof(RelFileNode)` (`RelFileLocator` since 16): three OIDs.
 const RELFILENODE_BYTES: usize = 12;
-/// `sizeof(SharedInvalidationMessage)`.
-const INVAL_MESSAGE_BYTES: usize = 16;
 
 /// Fragment ids after the record header (`xlogrecord.h`).
 const XLR_MAX_BLOCK_ID: u8 = 32;
@@ -77,17 +51,20 @@ const XLR_BLOCK_ID_DATA_SHORT: u8 = 255;
 const XLR_BLOCK_ID_DATA_LONG: u8 = 254;
 const XLR_BLOCK_ID_ORIGIN: u8 = 253;
 const XLR_BLOCK_ID_TOPLEVEL_XID: u8 = 252;
-/// Block reference flags.
+/// Block reference flags (`fork_flags`): the fork in the low bits, then what follows.
+const BKPBLOCK_FORK_MASK: u8 = 0x0F;
 const BKPBLOCK_HAS_IMAGE: u8 = 0x10;
 const BKPBLOCK_HAS_DATA: u8 = 0x20;
 const BKPBLOCK_SAME_REL: u8 = 0x80;
 /// `BKPIMAGE_HAS_HOLE`.
 const BKPIMAGE_HAS_HOLE: u8 = 0x01;
-
-/// `xl_restore_point`: `rp_time`, then `rp_name[MAXFNAMELEN]`.
-const RESTORE_POINT_NAME_BYTES: usize = 64;
-/// Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's `TimestampTz` epoch.
-const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+/// `offsetof(PageHeaderData, pd_special)` (src/include/storage/bufpage.h): where a page says
+/// where its special space starts (the page's size when it has none).
+const PD_SPECIAL_OFFSET: usize = 16;
+/// `offsetof(PageHeaderData, pd_pagesize_version)`: the page size (high byte) and layout version.
+const PD_PAGESIZE_VERSION_OFFSET: usize = 18;
+/// `PageGetPageSize`: the size part of `pd_pagesize_version`.
+const PAGE_SIZE_MASK: u16 = 0xFF00;
 
 /// One WAL record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,11 +83,48 @@ pub struct Record {
     pub rmid: u8,
     /// `xl_info`.
     pub info: u8,
-    /// What it is, as far as recovery targets care.
+    /// The blocks it references, in the record's order (most records reference one or two).
+    pub blocks: Blocks,
+    /// What it is.
     pub kind: RecordKind,
 }
 
-/// The records recovery targets depend on; everything else is `Other`.
+/// A record's block references, held inline up to four.
+pub type Blocks = SmallVec<[BlockRef; 4]>;
+
+/// A block a record references (`DecodedBkpBlock` of `xlogreader.c`): storage, fork and block,
+/// and whether a full-page image of it comes along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRef {
+    /// The block id within the record (0 to 32); resource managers number their blocks (a heap
+    /// update's new page is block 0, its old page block 1).
+    pub id: u8,
+    /// The relation's storage (`BKPBLOCK_SAME_REL` repeats the previous reference's).
+    pub storage: RelFileLocator,
+    /// `ForkNumber`: 0 main, 1 free space map, 2 visibility map, 3 init.
+    pub fork: u8,
+    /// The block number.
+    pub block: u32,
+    /// The full-page image it carries.
+    pub image: PageImage,
+}
+
+/// The full-page image a block reference carries, and what kind of page it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageImage {
+    /// None.
+    None,
+    /// A page without special space (`pd_special` at the page's end): heap pages, and the pages
+    /// of free space maps and visibility maps.
+    Plain,
+    /// A page with special space: index and sequence pages.
+    Special,
+    /// Compressed (`wal_compression`): not looked into.
+    Compressed,
+}
+
+/// What a record is, as far as recovery targets and the inspector care; everything else is
+/// `Other`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordKind {
     /// `XLOG_XACT_COMMIT` or `_COMMIT_PREPARED`.
@@ -120,6 +134,8 @@ pub enum RecordKind {
         /// The transaction recovery compares with `recovery_target_xid`: `xl_xid`, or the
         /// prepared transaction's for `COMMIT PREPARED`.
         xid: u32,
+        /// Its subtransactions, dropped storage and database.
+        details: TransactionDetails,
     },
     /// `XLOG_XACT_ABORT` or `_ABORT_PREPARED` (also a subtransaction's rollback).
     Abort {
@@ -127,6 +143,8 @@ pub enum RecordKind {
         time: DateTime<Utc>,
         /// As for commits.
         xid: u32,
+        /// The subtransactions it rolls back too, the storage it drops (what it had created).
+        details: TransactionDetails,
     },
     /// `XLOG_RESTORE_POINT`.
     RestorePoint {
@@ -141,22 +159,104 @@ pub enum RecordKind {
         time: DateTime<Utc>,
         /// A shutdown checkpoint.
         shutdown: bool,
+        /// `redo`: where replay from this checkpoint starts.
+        redo: Lsn,
+        /// `ThisTimeLineID`.
+        timeline: u32,
+        /// `PrevTimeLineID`: another than `timeline` on the checkpoint that ends a recovery
+        /// which switched timelines.
+        prev_timeline: u32,
+    },
+    /// `XLOG_END_OF_RECOVERY`: a promotion switched timelines.
+    EndOfRecovery {
+        /// `end_time`.
+        time: DateTime<Utc>,
+        /// `ThisTimeLineID`: the new timeline.
+        timeline: u32,
+        /// `PrevTimeLineID`: the one recovery followed.
+        prev_timeline: u32,
     },
     /// `XLOG_SWITCH`: the rest of the segment is unused.
     Switch,
+    /// `XLOG_FPI` or `XLOG_FPI_FOR_HINT`: full-page images alone, of the blocks the record
+    /// references (what index builds, table rewrites and `CREATE DATABASE` write).
+    PageImages,
+    /// Heap rows written: `XLOG_HEAP_INSERT`, `_DELETE`, `_UPDATE`, `_HOT_UPDATE` (one row each)
+    /// and `XLOG_HEAP2_MULTI_INSERT` (`ntuples` rows).
+    Rows {
+        /// The relation (block 0's).
+        storage: RelFileLocator,
+        /// What was done to them.
+        change: RowChange,
+        /// How many.
+        rows: u32,
+    },
+    /// `XLOG_SMGR_CREATE`: a new relation file (a fork of a new relfilenode).
+    StorageCreate {
+        /// The new storage.
+        storage: RelFileLocator,
+        /// The fork created.
+        fork: u8,
+    },
+    /// `XLOG_SMGR_TRUNCATE`: a relation cut to a length (VACUUM's truncation, not SQL TRUNCATE).
+    StorageTruncate {
+        /// The storage.
+        storage: RelFileLocator,
+        /// Its new length in blocks.
+        blocks: u32,
+    },
+    /// `CREATE DATABASE` (either strategy).
+    DatabaseCreate {
+        /// The new database's OID.
+        database: u32,
+        /// Its tablespace.
+        tablespace: u32,
+    },
+    /// `DROP DATABASE` (or the old directories of `ALTER DATABASE SET TABLESPACE`).
+    DatabaseDrop {
+        /// The database's OID.
+        database: u32,
+        /// The tablespaces whose directories of it are removed.
+        tablespaces: Vec<u32>,
+    },
     /// Any other record.
     Other,
 }
 
+/// What a heap record did to its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RowChange {
+    /// `INSERT` (also `COPY`'s multi-inserts).
+    Insert,
+    /// `UPDATE`, HOT or not.
+    Update,
+    /// `DELETE`.
+    Delete,
+}
+
+/// What a commit or abort record says besides its time (`xl_xact_parsed_commit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransactionDetails {
+    /// `subxacts`: the subtransactions that end with it.
+    pub subxacts: Vec<u32>,
+    /// `xlocators` (`xnodes` before 16): the relation files removed at its end.
+    pub dropped: Vec<RelFileLocator>,
+    /// `dbId`, `tsId` (`XACT_XINFO_HAS_DBINFO`, written when the record carries invalidations
+    /// or the WAL is logical): the transaction's database and its default tablespace.
+    pub database: Option<(u32, u32)>,
+}
+
 impl Record {
-    /// The time the record carries, if it is a commit, abort, restore point or checkpoint.
+    /// The time the record carries, if it is a commit, abort, restore point, checkpoint or end
+    /// of recovery.
     pub fn time(&self) -> Option<DateTime<Utc>> {
         match &self.kind {
             RecordKind::Commit { time, .. }
             | RecordKind::Abort { time, .. }
             | RecordKind::RestorePoint { time, .. }
-            | RecordKind::Checkpoint { time, .. } => Some(*time),
-            RecordKind::Switch | RecordKind::Other => None,
+            | RecordKind::Checkpoint { time, .. }
+            | RecordKind::EndOfRecovery { time, .. } => Some(*time),
+            _ => None,
         }
     }
 }
@@ -421,9 +521,10 @@ impl<'a> SegmentRecords<'a> {
             )));
         }
         let (info, rmid) = (bytes[16], bytes[17]);
-        let main = main_data(bytes, self.format).map_err(&invalid)?;
+        let mut blocks = Blocks::new();
+        let main = fragments(bytes, self.format, &mut blocks).map_err(&invalid)?;
         let xid = u32_at(4);
-        let kind = decode_kind(rmid, info, xid, main, self.format).map_err(invalid)?;
+        let kind = rmgr::decode_kind(rmid, info, xid, main, &blocks, self.format).map_err(invalid)?;
         Ok(Record {
             lsn,
             end,
@@ -432,6 +533,7 @@ impl<'a> SegmentRecords<'a> {
             xid,
             rmid,
             info,
+            blocks,
             kind,
         })
     }
@@ -463,9 +565,18 @@ fn align(position: u64) -> u64 {
     position.div_ceil(MAXALIGN) * MAXALIGN
 }
 
-/// The record's main data: the fragment headers after the record header say how long it is,
-/// and it comes last (`DecodeXLogRecord`).
-fn main_data(record: &[u8], format: PgVersion) -> Result<&[u8], String> {
+/// Where a block reference's image and data lie in the payload, to look into the image once the
+/// headers are read.
+struct Payload {
+    image_len: usize,
+    compressed: bool,
+    data_len: usize,
+}
+
+/// Reads the fragment headers after the record header (`DecodeXLogRecord`): the block
+/// references into `blocks`, and the main data, which comes last, returned. Every length is
+/// checked against the record's: nothing is read past it.
+fn fragments<'r>(record: &'r [u8], format: PgVersion, blocks: &mut Blocks) -> Result<&'r [u8], String> {
     let mut at = SIZE_OF_XLOG_RECORD;
     let mut payload = 0usize;
     let truncated = || "its fragment headers run past its end".to_string();
@@ -476,7 +587,14 @@ fn main_data(record: &[u8], format: PgVersion) -> Result<&[u8], String> {
             .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
             .ok_or_else(truncated)
     };
+    let u32_at = |at: usize| {
+        record
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(truncated)
+    };
     let mut main_len = 0usize;
+    let mut payloads: SmallVec<[Payload; 4]> = SmallVec::new();
     while at < record.len() && record.len() - at > payload {
         let id = byte(at)?;
         at += 1;
@@ -487,33 +605,61 @@ fn main_data(record: &[u8], format: PgVersion) -> Result<&[u8], String> {
                 break;
             }
             XLR_BLOCK_ID_DATA_LONG => {
-                let len = record.get(at..at + 4).ok_or_else(truncated)?;
-                main_len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+                main_len = u32_at(at)? as usize;
                 at += 4;
                 break;
             }
             XLR_BLOCK_ID_ORIGIN => at += 2,
             XLR_BLOCK_ID_TOPLEVEL_XID => at += 4,
             id if id <= XLR_MAX_BLOCK_ID => {
+                if blocks.last().is_some_and(|b| b.id >= id) {
+                    return Err(format!("block {id} comes out of order"));
+                }
                 let flags = byte(at)?;
                 let data_len = u16_at(at + 1)?;
                 at += 3;
                 if (flags & BKPBLOCK_HAS_DATA != 0) != (data_len != 0) {
                     return Err(format!("block {id} has {data_len} data bytes against its flags"));
                 }
-                payload += data_len;
+                let mut entry = Payload {
+                    image_len: 0,
+                    compressed: false,
+                    data_len,
+                };
                 if flags & BKPBLOCK_HAS_IMAGE != 0 {
-                    payload += u16_at(at)?;
+                    entry.image_len = u16_at(at)?;
                     let image_info = byte(at + 4)?;
                     at += 5;
-                    if image_info & format.compressed_image_bits() != 0 && image_info & BKPIMAGE_HAS_HOLE != 0 {
-                        at += 2;
+                    entry.compressed = image_info & format.compressed_image_bits() != 0;
+                    if entry.compressed && image_info & BKPIMAGE_HAS_HOLE != 0 {
+                        at += 2; // hole_length
                     }
                 }
-                if flags & BKPBLOCK_SAME_REL == 0 {
+                payload += entry.image_len + data_len;
+                let storage = if flags & BKPBLOCK_SAME_REL == 0 {
+                    let storage = RelFileLocator {
+                        spc: u32_at(at)?,
+                        db: u32_at(at + 4)?,
+                        rel: u32_at(at + 8)?,
+                    };
                     at += RELFILENODE_BYTES;
-                }
+                    storage
+                } else {
+                    blocks
+                        .last()
+                        .map(|b| b.storage)
+                        .ok_or_else(|| format!("block {id} repeats the relation of no block before it"))?
+                };
+                let block = u32_at(at)?;
                 at += 4;
+                blocks.push(BlockRef {
+                    id,
+                    storage,
+                    fork: flags & BKPBLOCK_FORK_MASK,
+                    block,
+                    image: PageImage::None,
+                });
+                payloads.push(entry);
             }
             id => return Err(format!("invalid fragment id {id}")),
         }
@@ -525,115 +671,33 @@ fn main_data(record: &[u8], format: PgVersion) -> Result<&[u8], String> {
             record.len()
         ));
     }
+    // The payload: each block's image, then its data, in order; the main data last.
+    for (block, entry) in blocks.iter_mut().zip(&payloads) {
+        if entry.image_len > 0 {
+            block.image = classify_image(&record[at..at + entry.image_len], entry);
+        }
+        at += entry.image_len + entry.data_len;
+    }
     Ok(&record[record.len() - main_len..])
 }
 
-/// What a record is, from its resource manager, info bits and main data.
-fn decode_kind(rmid: u8, info: u8, xid: u32, main: &[u8], format: PgVersion) -> Result<RecordKind, String> {
-    let short = |what: &str| format!("its {what} data is {} bytes, too short", main.len());
-    let i64_at = |o: usize| {
-        main.get(o..o + 8)
-            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-    };
-    match (rmid, info & XLR_RMGR_INFO_MASK) {
-        (RM_XLOG_ID, XLOG_SWITCH) => Ok(RecordKind::Switch),
-        (RM_XLOG_ID, kind @ (XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE)) => {
-            let seconds = i64_at(format.checkpoint_time_offset()).ok_or_else(|| short("checkpoint"))?;
-            Ok(RecordKind::Checkpoint {
-                time: unix_time(seconds.checked_mul(1_000_000)).ok_or_else(|| short("checkpoint"))?,
-                shutdown: kind == XLOG_CHECKPOINT_SHUTDOWN,
-            })
-        }
-        (RM_XLOG_ID, XLOG_RESTORE_POINT) => {
-            let time = i64_at(0)
-                .and_then(postgres_time)
-                .ok_or_else(|| short("restore point"))?;
-            let raw = main
-                .get(8..8 + RESTORE_POINT_NAME_BYTES)
-                .ok_or_else(|| short("restore point"))?;
-            // strlcpy: the name ends at the first NUL; what follows it is not defined.
-            let name = raw.split(|b| *b == 0).next().unwrap_or_default();
-            Ok(RecordKind::RestorePoint {
-                time,
-                name: String::from_utf8_lossy(name).into_owned(),
-            })
-        }
-        (RM_XACT_ID, _) => decode_xact(info, xid, main, format),
-        _ => Ok(RecordKind::Other),
+/// What page a full-page image shows: whether its special space starts at the page's end
+/// (`pd_special` equals the size in `pd_pagesize_version`). The hole an image leaves out lies
+/// between `pd_lower` and `pd_upper`, after the header, so the header is whole.
+fn classify_image(image: &[u8], entry: &Payload) -> PageImage {
+    if entry.compressed {
+        return PageImage::Compressed;
     }
-}
-
-/// Commit and abort records (`ParseCommitRecord`, `ParseAbortRecord`): the time, and for
-/// prepared transactions the transaction id from the two-phase sub-record.
-fn decode_xact(info: u8, xid: u32, main: &[u8], format: PgVersion) -> Result<RecordKind, String> {
-    let op = info & XLOG_XACT_OPMASK;
-    if !matches!(
-        op,
-        XLOG_XACT_COMMIT | XLOG_XACT_ABORT | XLOG_XACT_COMMIT_PREPARED | XLOG_XACT_ABORT_PREPARED
-    ) {
-        return Ok(RecordKind::Other);
-    }
-    let short = || format!("its transaction data is {} bytes, too short", main.len());
-    let u32_at = |o: usize| {
-        main.get(o..o + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    let Some(header) = image.get(PD_SPECIAL_OFFSET..PD_PAGESIZE_VERSION_OFFSET + 2) else {
+        return PageImage::Special;
     };
-    let time = main
-        .get(..8)
-        .and_then(|b| postgres_time(i64::from_le_bytes(b.try_into().expect("8 bytes"))))
-        .ok_or_else(short)?;
-    let prepared = matches!(op, XLOG_XACT_COMMIT_PREPARED | XLOG_XACT_ABORT_PREPARED);
-    let commit = matches!(op, XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED);
-    let mut twophase_xid = None;
-    if info & XLOG_XACT_HAS_INFO != 0 {
-        let xinfo = u32_at(8).ok_or_else(short)?;
-        let mut at = 12usize;
-        let skip_array = |at: &mut usize, item: usize| -> Result<(), String> {
-            let count = u32_at(*at).ok_or_else(short)? as usize;
-            *at += 4 + count * item;
-            Ok(())
-        };
-        if xinfo & XACT_XINFO_HAS_DBINFO != 0 {
-            at += 8;
-        }
-        if xinfo & XACT_XINFO_HAS_SUBXACTS != 0 {
-            skip_array(&mut at, 4)?;
-        }
-        if xinfo & XACT_XINFO_HAS_RELFILENODES != 0 {
-            skip_array(&mut at, RELFILENODE_BYTES)?;
-        }
-        if let Some(item) = format
-            .dropped_stats_item_bytes()
-            .filter(|_| xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0)
-        {
-            skip_array(&mut at, item)?;
-        }
-        if commit && xinfo & XACT_XINFO_HAS_INVALS != 0 {
-            skip_array(&mut at, INVAL_MESSAGE_BYTES)?;
-        }
-        if xinfo & XACT_XINFO_HAS_TWOPHASE != 0 {
-            twophase_xid = Some(u32_at(at).ok_or_else(short)?);
-        }
-    }
-    let xid = match (prepared, twophase_xid) {
-        (false, _) => xid,
-        (true, Some(xid)) => xid,
-        (true, None) => return Err("a prepared transaction's end without its transaction id".into()),
-    };
-    Ok(if commit {
-        RecordKind::Commit { time, xid }
+    let special = u16::from_le_bytes([header[0], header[1]]);
+    let page_size = u16::from_le_bytes([header[2], header[3]]) & PAGE_SIZE_MASK;
+    if special == page_size {
+        PageImage::Plain
     } else {
-        RecordKind::Abort { time, xid }
-    })
-}
-
-/// A `TimestampTz` (microseconds since 2000-01-01 UTC).
-fn postgres_time(micros: i64) -> Option<DateTime<Utc>> {
-    unix_time(micros.checked_add(POSTGRES_EPOCH_UNIX_MICROS))
-}
-
-fn unix_time(micros: Option<i64>) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(micros?)
+        PageImage::Special
+    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,15 @@
 
 use chrono::TimeZone;
 
+use super::rmgr::*;
 use super::*;
 use crate::wal::{Segment, WalFileName};
 
 const SIZE: u32 = 1 << 20;
 const BLOCK: u64 = 8192;
 const MAGIC_15: u16 = 0xD110;
+/// `RM_LOGICALMSG_ID`: a resource manager the reader decodes nothing of.
+const RM_LOGICALMSG_ID: u8 = 21;
 
 fn at(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, second).unwrap()
@@ -120,9 +123,9 @@ impl Writer {
         self.append(RM_XACT_ID, XLOG_XACT_COMMIT, xid, &postgres_micros(time).to_le_bytes())
     }
 
-    /// A filler record of `len` bytes of main data (a heap insert, as far as the reader cares).
+    /// A filler record of `len` bytes of main data (a logical message, as far as the reader cares).
     fn filler(&mut self, len: usize) -> u64 {
-        self.append(10, 0, 5, &vec![0xAB; len])
+        self.append(RM_LOGICALMSG_ID, 0, 5, &vec![0xAB; len])
     }
 
     fn switch(&mut self) -> u64 {
@@ -160,6 +163,9 @@ fn read(segno: u64, segments: &[Vec<u8>]) -> (Vec<Record>, Option<End>) {
 fn records_are_decoded_with_their_times_and_transactions() {
     let mut w = Writer::new(4);
     let mut checkpoint = vec![0u8; 88];
+    checkpoint[0..8].copy_from_slice(&0x4000028u64.to_le_bytes());
+    checkpoint[8..12].copy_from_slice(&3u32.to_le_bytes());
+    checkpoint[12..16].copy_from_slice(&2u32.to_le_bytes());
     checkpoint[64..72].copy_from_slice(&at(1).timestamp().to_le_bytes());
     let c = w.append(RM_XLOG_ID, XLOG_CHECKPOINT_ONLINE, 0, &checkpoint);
     let commit = w.commit(700, at(2));
@@ -183,10 +189,20 @@ fn records_are_decoded_with_their_times_and_transactions() {
                 c,
                 RecordKind::Checkpoint {
                     time: at(1),
-                    shutdown: false
+                    shutdown: false,
+                    redo: Lsn(0x4000028),
+                    timeline: 3,
+                    prev_timeline: 2,
                 }
             ),
-            (commit, RecordKind::Commit { time: at(2), xid: 700 }),
+            (
+                commit,
+                RecordKind::Commit {
+                    time: at(2),
+                    xid: 700,
+                    details: TransactionDetails::default()
+                }
+            ),
             (
                 rp,
                 RecordKind::RestorePoint {
@@ -196,7 +212,17 @@ fn records_are_decoded_with_their_times_and_transactions() {
             ),
         ]
     );
-    assert_eq!(records[3].kind, RecordKind::Abort { time: at(4), xid: 733 });
+    assert_eq!(
+        records[3].kind,
+        RecordKind::Abort {
+            time: at(4),
+            xid: 733,
+            details: TransactionDetails {
+                subxacts: vec![1, 2],
+                ..TransactionDetails::default()
+            }
+        }
+    );
     assert_eq!(records[3].xid, 0, "the header's xid is the session's");
     assert_eq!(records[4].kind, RecordKind::Switch);
     assert_eq!(records[1].prev, Lsn(c));
@@ -240,7 +266,7 @@ fn records_span_pages_and_segments() {
     // Segment 3 starts with the rest of that record: its first own record is the commit.
     let (records, _) = read(3, &segments[1..]);
     assert_eq!(records[0].lsn.0, after);
-    assert_eq!(records[0].kind, RecordKind::Commit { time: at(5), xid: 9 });
+    assert!(matches!(records[0].kind, RecordKind::Commit { time, xid: 9, .. } if time == at(5)));
 }
 
 #[test]
@@ -285,13 +311,208 @@ proptest::proptest! {
     #[test]
     fn damaged_records_are_errors_not_panics(
         body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
-        rmid in 0u8..2,
+        rmid in 0u8..11,
         info in proptest::prelude::any::<u8>(),
+        major in 13u32..=18,
     ) {
         let mut record = vec![0u8; SIZE_OF_XLOG_RECORD];
         record.extend_from_slice(&body);
-        let format = PgVersion::new(15).unwrap();
-        let _ = main_data(&record, format);
-        let _ = decode_kind(rmid, info, 7, &body, format);
+        let format = PgVersion::new(major).unwrap();
+        let mut blocks = Blocks::new();
+        let _ = fragments(&record, format, &mut blocks);
+        let _ = decode_kind(rmid, info, 7, &body, &blocks, format);
     }
+}
+
+/// A record's fragment headers as `XLogRecordAssemble` lays them out: block references (the
+/// second in the same relation as the first, the first with a full-page image of a heap page
+/// with a hole), then the main data.
+fn record_with_blocks(main: &[u8]) -> Vec<u8> {
+    let storage = [1663u32, 5, 16384];
+    let mut record = vec![0u8; SIZE_OF_XLOG_RECORD];
+    // Block 0: an image of 24 bytes (its page header; the rest is the hole) and 3 data bytes.
+    record.extend_from_slice(&[0, BKPBLOCK_HAS_IMAGE | BKPBLOCK_HAS_DATA]);
+    record.extend_from_slice(&3u16.to_le_bytes());
+    record.extend_from_slice(&24u16.to_le_bytes());
+    record.extend_from_slice(&24u16.to_le_bytes()); // hole offset
+    record.push(BKPIMAGE_HAS_HOLE);
+    storage
+        .iter()
+        .for_each(|oid| record.extend_from_slice(&oid.to_le_bytes()));
+    record.extend_from_slice(&7u32.to_le_bytes());
+    // Block 1: the same relation, block 9, visibility map fork, no payload.
+    record.extend_from_slice(&[1, BKPBLOCK_SAME_REL | 2]);
+    record.extend_from_slice(&0u16.to_le_bytes());
+    record.extend_from_slice(&9u32.to_le_bytes());
+    record.extend_from_slice(&[XLR_BLOCK_ID_DATA_SHORT, main.len() as u8]);
+    let mut page_header = [0u8; 24];
+    page_header[16..18].copy_from_slice(&8192u16.to_le_bytes()); // pd_special: no special space
+    page_header[18..20].copy_from_slice(&(8192u16 | 4).to_le_bytes()); // size and layout version
+    record.extend_from_slice(&page_header);
+    record.extend_from_slice(&[0xEE; 3]);
+    record.extend_from_slice(main);
+    record
+}
+
+#[test]
+fn block_references_and_row_changes_are_read() {
+    let format = PgVersion::new(15).unwrap();
+    let storage = RelFileLocator {
+        spc: 1663,
+        db: 5,
+        rel: 16384,
+    };
+    let mut multi_insert = vec![0x02, 0];
+    multi_insert.extend_from_slice(&250u16.to_le_bytes());
+    let record = record_with_blocks(&multi_insert);
+    let mut blocks = Blocks::new();
+    let main = fragments(&record, format, &mut blocks).unwrap();
+    assert_eq!(main, multi_insert);
+    assert_eq!(
+        blocks.as_slice(),
+        [
+            BlockRef {
+                id: 0,
+                storage,
+                fork: 0,
+                block: 7,
+                image: PageImage::Plain
+            },
+            BlockRef {
+                id: 1,
+                storage,
+                fork: 2,
+                block: 9,
+                image: PageImage::None
+            },
+        ]
+    );
+    let rows = |rmid, info, main: &[u8]| decode_kind(rmid, info, 7, main, &blocks, format).unwrap();
+    assert_eq!(
+        rows(RM_HEAP2_ID, XLOG_HEAP2_MULTI_INSERT, &multi_insert),
+        RecordKind::Rows {
+            storage,
+            change: RowChange::Insert,
+            rows: 250
+        }
+    );
+    for (info, change) in [
+        (XLOG_HEAP_INSERT | 0x80, RowChange::Insert),
+        (XLOG_HEAP_DELETE, RowChange::Delete),
+        (XLOG_HEAP_UPDATE, RowChange::Update),
+        (XLOG_HEAP_HOT_UPDATE | 0x80, RowChange::Update),
+    ] {
+        assert_eq!(
+            rows(RM_HEAP_ID, info, &[0; 8]),
+            RecordKind::Rows {
+                storage,
+                change,
+                rows: 1
+            }
+        );
+    }
+    assert_eq!(
+        rows(RM_HEAP_ID, 0x60, &[0; 8]),
+        RecordKind::Other,
+        "a row lock changes no row"
+    );
+    let mut no_same_rel = record.clone();
+    no_same_rel[SIZE_OF_XLOG_RECORD + 1] |= BKPBLOCK_SAME_REL;
+    assert!(fragments(&no_same_rel, format, &mut Blocks::new())
+        .unwrap_err()
+        .contains("no block before"));
+}
+
+#[test]
+fn storage_database_and_transaction_details_are_read_per_major() {
+    let storage = RelFileLocator {
+        spc: 1663,
+        db: 5,
+        rel: 16390,
+    };
+    let oids = |oids: &[u32]| oids.iter().flat_map(|o| o.to_le_bytes()).collect::<Vec<u8>>();
+    for major in 13..=18 {
+        let format = PgVersion::new(major).unwrap();
+        let decode = |rmid, info, main: &[u8]| decode_kind(rmid, info, 0, main, &[], format);
+        assert_eq!(
+            decode(RM_SMGR_ID, XLOG_SMGR_CREATE, &oids(&[1663, 5, 16390, 0])).unwrap(),
+            RecordKind::StorageCreate { storage, fork: 0 }
+        );
+        assert_eq!(
+            decode(RM_SMGR_ID, XLOG_SMGR_TRUNCATE, &oids(&[3, 1663, 5, 16390, 7])).unwrap(),
+            RecordKind::StorageTruncate { storage, blocks: 3 }
+        );
+        let drop = format.database_records().drop;
+        assert_eq!(
+            decode(RM_DBASE_ID, drop, &oids(&[16400, 2, 1663, 16500])).unwrap(),
+            RecordKind::DatabaseDrop {
+                database: 16400,
+                tablespaces: vec![1663, 16500]
+            },
+            "PostgreSQL {major}"
+        );
+        assert!(decode(RM_DBASE_ID, drop, &oids(&[16400, 1_000_000, 1663])).is_err());
+        assert_eq!(
+            decode(RM_DBASE_ID, 0x00, &oids(&[16400, 1663, 1, 1663])).unwrap(),
+            RecordKind::DatabaseCreate {
+                database: 16400,
+                tablespace: 1663
+            }
+        );
+        // A commit with its database, a subtransaction, a dropped relation, dropped statistics
+        // (15+) and invalidations, in the order ParseCommitRecord reads them.
+        let xinfo = XACT_XINFO_HAS_DBINFO
+            | XACT_XINFO_HAS_SUBXACTS
+            | XACT_XINFO_HAS_RELFILENODES
+            | XACT_XINFO_HAS_INVALS
+            | format
+                .dropped_stats_item_bytes()
+                .map_or(0, |_| XACT_XINFO_HAS_DROPPED_STATS);
+        let mut commit = postgres_micros(at(9)).to_le_bytes().to_vec();
+        commit.extend_from_slice(&oids(&[xinfo, 5, 1663, 1, 801, 1, 1663, 5, 16390]));
+        if let Some(item) = format.dropped_stats_item_bytes() {
+            commit.extend_from_slice(&oids(&[1]));
+            commit.extend_from_slice(&vec![0; item]);
+        }
+        commit.extend_from_slice(&oids(&[2]));
+        commit.extend_from_slice(&[0; 2 * INVAL_MESSAGE_BYTES]);
+        let decoded = decode_kind(
+            RM_XACT_ID,
+            XLOG_XACT_COMMIT | XLOG_XACT_HAS_INFO,
+            800,
+            &commit,
+            &[],
+            format,
+        );
+        assert_eq!(
+            decoded.unwrap(),
+            RecordKind::Commit {
+                time: at(9),
+                xid: 800,
+                details: TransactionDetails {
+                    subxacts: vec![801],
+                    dropped: vec![storage],
+                    database: Some((5, 1663)),
+                }
+            },
+            "PostgreSQL {major}"
+        );
+        commit.truncate(commit.len() - 1);
+        assert!(decode(RM_XACT_ID, XLOG_XACT_COMMIT | XLOG_XACT_HAS_INFO, &commit).is_err());
+    }
+}
+
+#[test]
+fn the_end_of_recovery_names_both_timelines() {
+    let format = PgVersion::new(16).unwrap();
+    let mut main = postgres_micros(at(7)).to_le_bytes().to_vec();
+    main.extend_from_slice(&[2, 0, 0, 0, 1, 0, 0, 0]);
+    assert_eq!(
+        decode_kind(RM_XLOG_ID, XLOG_END_OF_RECOVERY, 0, &main, &[], format).unwrap(),
+        RecordKind::EndOfRecovery {
+            time: at(7),
+            timeline: 2,
+            prev_timeline: 1
+        }
+    );
 }

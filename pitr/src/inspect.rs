@@ -1,0 +1,1350 @@
+//! `pitr wal events`: what happened in the archived WAL, per transaction, to find the oops (the
+//! `DROP TABLE`, the `TRUNCATE`, the big `DELETE`) and the moment just before it.
+//!
+//! This module owns the scan and the aggregation; the formats are [`crate::wal::records`]'s.
+//! [`events`] reads the archived segments of one timeline path of the repository's current
+//! generation (and at the end the `.partial` file, or the WAL receiver's newest snapshot, of the
+//! segment being received), decompresses and decodes them on `jobs` threads, a window of
+//! segments at a time, and folds the records, in LSN order, into [`Event`]s:
+//!
+//! - one [`TransactionEvent`] per top-level transaction that ends (commits or aborts): the
+//!   records of its subtransactions are folded in through the commit's subtransaction list,
+//!   those of a subtransaction rolled back (its own abort record) are dropped; per relation the
+//!   heap rows inserted, updated and deleted (a multi-insert counts its `ntuples`), the storage
+//!   it created and dropped, and databases created and dropped;
+//! - restore points, checkpoints and timeline switches (end of recovery, or a checkpoint whose
+//!   previous timeline differs).
+//!
+//! **What a dropped relation file means.** With `wal_level = replica` a `DROP TABLE`, a
+//! `TRUNCATE` and a table rewrite (`ALTER TABLE ... TYPE`, `VACUUM FULL`, `CLUSTER`) all end in a
+//! commit that drops the old relfilenodes. What tells them apart (checked on PostgreSQL 13 to 18
+//! by `tests/wal_events.rs` and the version matrix):
+//!
+//! - the transaction created no storage (`XLOG_SMGR_CREATE` with its xid) → **drop**;
+//! - it created storage and wrote heap data into it (heap or multi-insert records, or full-page
+//!   images of pages without special space, i.e. heap pages, as `VACUUM FULL` and `CLUSTER`
+//!   write them) → **rewrite**;
+//! - it created storage and wrote no heap data into it (at most the metapages of the new, empty
+//!   indexes, which have special space) → **truncate**.
+//!
+//! A transaction that creates storage and drops none **creates** relations. Limits: a
+//! transaction that both drops one table and creates another reads as a truncate or rewrite;
+//! with `wal_compression` the images are not looked into, so a `VACUUM FULL` that writes only
+//! images reads as a truncate; `TRUNCATE` and rewrites of an empty table read alike.
+//!
+//! Rows of catalog relations (schemas `pg_catalog`, `pg_toast`, `information_schema`, or without
+//! a name, relfilenodes below 16384) are kept per relation but not counted in a transaction's
+//! rows. Names come from [`Names`] (the maps recorded in the repository), valid at the event's
+//! LSN; a relation no map knows is shown as its storage `spc/db/relfilenode`.
+//!
+//! Changes a transaction made before the first segment scanned are not seen: the range should
+//! start before the transaction of interest (a time range scans from the start of the archive).
+//! Damage in an archived segment (a CRC mismatch) is an error naming the segment and the record's
+//! LSN; in the `.partial` file or the snapshot at the end, the first invalid record is where the
+//! WAL ends.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::names::{Names, NamesMap, RelationName};
+use crate::progress::Progress;
+use crate::repo::Repo;
+use crate::timeline::TimelinePath;
+use crate::wal::records::{End, PageImage, Record, RecordKind, RowChange, SegmentRecords, TransactionDetails};
+use crate::wal::{parse_history, Lsn, RelFileLocator, Segment, SegmentName, SegmentSize, TimelineId, WalFileName};
+
+/// `FirstNormalObjectId`: OIDs (and relfilenodes) below it were assigned by initdb.
+const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
+/// `MAIN_FORKNUM`.
+const MAIN_FORK: u8 = 0;
+/// The schemas of the catalog.
+const SYSTEM_SCHEMAS: [&str; 3] = ["pg_catalog", "pg_toast", "information_schema"];
+
+/// What to scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Events at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Events at or before this time.
+    pub to: Option<DateTime<Utc>>,
+    /// Records at or after this LSN (the scan starts in its segment).
+    pub from_lsn: Option<Lsn>,
+    /// Records before this LSN (the scan ends in its segment).
+    pub to_lsn: Option<Lsn>,
+    /// The timeline whose path is read (default: the newest in the archive).
+    pub timeline: Option<TimelineId>,
+    /// Segments decompressed and decoded at once.
+    pub jobs: usize,
+}
+
+/// Which events to keep.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Transactions touching one of these relations: `schema.name`, `name`, `spc/db/rel` or a
+    /// relfilenode number.
+    pub tables: Vec<String>,
+    /// Transactions in one of these databases (name or OID).
+    pub databases: Vec<String>,
+    /// Events of one of these kinds (all when empty).
+    pub kinds: BTreeSet<EventKind>,
+    /// Transactions that changed at least this many rows of user relations.
+    pub min_rows: u64,
+}
+
+/// The kinds of event, as `--kind` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// Rows inserted.
+    Insert,
+    /// Rows updated.
+    Update,
+    /// Rows deleted.
+    Delete,
+    /// Relations dropped.
+    Drop,
+    /// Relations truncated.
+    Truncate,
+    /// Relations rewritten (`ALTER TABLE` rewrite, `VACUUM FULL`, `CLUSTER`).
+    Rewrite,
+    /// Relations created.
+    Create,
+    /// `CREATE DATABASE`.
+    CreateDatabase,
+    /// `DROP DATABASE`.
+    DropDatabase,
+    /// A transaction that aborted.
+    Abort,
+    /// A restore point.
+    RestorePoint,
+    /// A checkpoint.
+    Checkpoint,
+    /// A timeline switch (a promotion).
+    TimelineSwitch,
+}
+
+impl EventKind {
+    /// Every kind, as `--kind` spells it.
+    pub const ALL: [EventKind; 13] = [
+        EventKind::Insert,
+        EventKind::Update,
+        EventKind::Delete,
+        EventKind::Drop,
+        EventKind::Truncate,
+        EventKind::Rewrite,
+        EventKind::Create,
+        EventKind::CreateDatabase,
+        EventKind::DropDatabase,
+        EventKind::Abort,
+        EventKind::RestorePoint,
+        EventKind::Checkpoint,
+        EventKind::TimelineSwitch,
+    ];
+
+    /// Its name on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Insert => "insert",
+            EventKind::Update => "update",
+            EventKind::Delete => "delete",
+            EventKind::Drop => "drop",
+            EventKind::Truncate => "truncate",
+            EventKind::Rewrite => "rewrite",
+            EventKind::Create => "create",
+            EventKind::CreateDatabase => "create-database",
+            EventKind::DropDatabase => "drop-database",
+            EventKind::Abort => "abort",
+            EventKind::RestorePoint => "restore-point",
+            EventKind::Checkpoint => "checkpoint",
+            EventKind::TimelineSwitch => "timeline-switch",
+        }
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.name() == text).ok_or_else(|| {
+            let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
+            Error::InvalidInput(format!("unknown event kind '{text}': use {}", names.join(", ")))
+        })
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A transaction ended.
+    Transaction(TransactionEvent),
+    /// `pg_create_restore_point`.
+    RestorePoint {
+        /// Where its record starts.
+        lsn: Lsn,
+        /// Its time.
+        time: DateTime<Utc>,
+        /// Its name.
+        name: String,
+    },
+    /// A checkpoint.
+    Checkpoint {
+        /// Where its record starts.
+        lsn: Lsn,
+        /// When it started (whole seconds).
+        time: DateTime<Utc>,
+        /// A shutdown checkpoint.
+        shutdown: bool,
+        /// Where replay from it starts.
+        redo: Lsn,
+    },
+    /// A promotion: the WAL goes on on a new timeline.
+    TimelineSwitch {
+        /// Where its record starts.
+        lsn: Lsn,
+        /// When.
+        time: DateTime<Utc>,
+        /// The new timeline.
+        timeline: TimelineId,
+        /// The one before.
+        previous: TimelineId,
+    },
+}
+
+impl Event {
+    /// Where its record (the commit, for a transaction) starts.
+    pub fn lsn(&self) -> Lsn {
+        match self {
+            Event::Transaction(t) => t.lsn,
+            Event::RestorePoint { lsn, .. } | Event::Checkpoint { lsn, .. } | Event::TimelineSwitch { lsn, .. } => *lsn,
+        }
+    }
+
+    /// Its time.
+    pub fn time(&self) -> DateTime<Utc> {
+        match self {
+            Event::Transaction(t) => t.time,
+            Event::RestorePoint { time, .. } | Event::Checkpoint { time, .. } | Event::TimelineSwitch { time, .. } => {
+                *time
+            }
+        }
+    }
+
+    /// Its kinds (a transaction may have several).
+    pub fn kinds(&self) -> Vec<EventKind> {
+        match self {
+            Event::Transaction(t) => t.kinds.clone(),
+            Event::RestorePoint { .. } => vec![EventKind::RestorePoint],
+            Event::Checkpoint { .. } => vec![EventKind::Checkpoint],
+            Event::TimelineSwitch { .. } => vec![EventKind::TimelineSwitch],
+        }
+    }
+}
+
+/// What one top-level transaction did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransactionEvent {
+    /// The transaction id (top level; `COMMIT PREPARED`'s prepared transaction).
+    pub xid: u32,
+    /// Its subtransactions that committed with it.
+    pub subxacts: Vec<u32>,
+    /// Committed (else aborted).
+    pub committed: bool,
+    /// The commit (or abort) time.
+    pub time: DateTime<Utc>,
+    /// Where the commit (or abort) record starts: `recover --target-lsn` with `--exclusive`
+    /// stops just before it.
+    pub lsn: Lsn,
+    /// Where it ends.
+    pub end_lsn: Lsn,
+    /// Its database's OID, when known (from the commit, else from the relations it touched).
+    pub database_oid: Option<u32>,
+    /// Its database's name, when a map of names knows it.
+    pub database: Option<String>,
+    /// What it was.
+    pub kinds: Vec<EventKind>,
+    /// Rows it changed in user relations.
+    pub rows: u64,
+    /// What it did, by relation.
+    pub relations: Vec<RelationChange>,
+    /// Databases it created.
+    pub databases_created: Vec<DatabaseChange>,
+    /// Databases it dropped.
+    pub databases_dropped: Vec<DatabaseChange>,
+    /// One line for people: "DROP TABLE public.products; 0 rows".
+    pub summary: String,
+}
+
+/// What a transaction did to one relation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RelationChange {
+    /// Its storage.
+    pub storage: RelFileLocator,
+    /// `schema.name`, when a map of names knows it.
+    pub name: Option<String>,
+    /// `pg_class.relkind`, when known.
+    pub relkind: Option<char>,
+    /// A catalog relation (its rows do not count in the transaction's).
+    pub system: bool,
+    /// Rows inserted.
+    pub inserted: u64,
+    /// Rows updated.
+    pub updated: u64,
+    /// Rows deleted.
+    pub deleted: u64,
+    /// What happened to its storage: drop, truncate, rewrite or create.
+    pub storage_change: Option<EventKind>,
+}
+
+/// A database a transaction created or dropped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatabaseChange {
+    /// Its OID.
+    pub oid: u32,
+    /// Its name, when a map of names knows it.
+    pub name: Option<String>,
+}
+
+/// What a scan found, and what it read.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The events kept, in LSN order.
+    pub events: Vec<Event>,
+    /// The timeline path's target.
+    pub timeline: TimelineId,
+    /// The first record read.
+    pub first_lsn: Option<Lsn>,
+    /// The end of the last record read.
+    pub end_lsn: Option<Lsn>,
+    /// Segments read (archived, plus the partial one at the end).
+    pub segments: u64,
+    /// Records decoded.
+    pub records: u64,
+    /// No map of names was recorded: relations show as their storage.
+    pub names_missing: bool,
+}
+
+/// Scans the archived WAL of `repo`'s current generation and returns the events `filter` keeps.
+pub fn events(repo: &Repo, options: &ScanOptions, filter: &Filter, progress: &dyn Progress) -> Result<Report> {
+    let repo = repo.pin()?;
+    let maps = repo.names_maps()?;
+    let matcher = Matcher::new(filter, &maps)?;
+    let names = Names::from_maps(maps);
+    let mut report = scan(&repo, options, &names, progress, |event| {
+        matcher.keeps(event, options).then_some(Found::Keep)
+    })?;
+    report.names_missing = names.is_empty();
+    Ok(report)
+}
+
+/// Which transaction [`find_transaction`] looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionKey {
+    /// Its (top-level) transaction id.
+    Xid(u32),
+    /// Where its commit or abort record starts.
+    EndLsn(Lsn),
+}
+
+/// The event of one transaction in the archived WAL of `repo`'s current generation (the newest
+/// timeline's path), by transaction id or by the LSN of its commit, or `None` when it does not end
+/// there: what `recover --before` needs to stop just before an oops (its commit LSN, with
+/// recovery_target_inclusive off) and to tell the operator what it undoes. Reads the archive
+/// from its start to the transaction's end, on `jobs` threads.
+pub fn find_transaction(
+    repo: &Repo,
+    names: &Names,
+    key: TransactionKey,
+    jobs: usize,
+) -> Result<Option<TransactionEvent>> {
+    let repo = repo.pin()?;
+    let options = ScanOptions {
+        jobs,
+        ..ScanOptions::default()
+    };
+    let report = scan(&repo, &options, names, &crate::progress::Silent, |event| match event {
+        Event::Transaction(t) if key == TransactionKey::Xid(t.xid) || key == TransactionKey::EndLsn(t.lsn) => {
+            Some(Found::KeepAndStop)
+        }
+        _ => None,
+    })?;
+    Ok(report.events.into_iter().find_map(|e| match e {
+        Event::Transaction(t) => Some(t),
+        _ => None,
+    }))
+}
+
+/// What a scan does with an event.
+enum Found {
+    Keep,
+    KeepAndStop,
+}
+
+/// The filter, checked against the maps of names.
+struct Matcher<'f> {
+    filter: &'f Filter,
+}
+
+impl<'f> Matcher<'f> {
+    fn new(filter: &'f Filter, maps: &[NamesMap]) -> Result<Matcher<'f>> {
+        for table in &filter.tables {
+            let known = maps
+                .iter()
+                .flat_map(|m| &m.relations)
+                .any(|r| table_matches(table, r.storage, Some(&r.name)));
+            if !known && parse_storage(table).is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "no map of names knows a relation '{table}' ({} maps recorded): check the name, or give its \
+                     storage as tablespace/database/relfilenode (e.g. 1663/16384/16390) or its relfilenode",
+                    maps.len()
+                )));
+            }
+        }
+        for database in &filter.databases {
+            let known = maps.iter().flat_map(|m| &m.databases).any(|d| &d.name == database);
+            if !known && database.parse::<u32>().is_err() {
+                return Err(Error::InvalidInput(format!(
+                    "no map of names knows a database '{database}' ({} maps recorded): check the name, or give \
+                     its OID",
+                    maps.len()
+                )));
+            }
+        }
+        Ok(Matcher { filter })
+    }
+
+    fn keeps(&self, event: &Event, options: &ScanOptions) -> bool {
+        let time = event.time();
+        if options.from.is_some_and(|from| time < from) || options.to.is_some_and(|to| time > to) {
+            return false;
+        }
+        let lsn = event.lsn();
+        if options.from_lsn.is_some_and(|from| lsn < from) || options.to_lsn.is_some_and(|to| lsn >= to) {
+            return false;
+        }
+        let kinds = event.kinds();
+        if !self.filter.kinds.is_empty() && !kinds.iter().any(|k| self.filter.kinds.contains(k)) {
+            return false;
+        }
+        let Event::Transaction(t) = event else {
+            return self.filter.tables.is_empty() && self.filter.databases.is_empty() && self.filter.min_rows == 0;
+        };
+        if t.rows < self.filter.min_rows {
+            return false;
+        }
+        let in_database = |wanted: &String| {
+            t.database.as_ref() == Some(wanted)
+                || t.database_oid.is_some_and(|oid| wanted.parse() == Ok(oid))
+                || t.databases_dropped
+                    .iter()
+                    .chain(&t.databases_created)
+                    .any(|d| d.name.as_ref() == Some(wanted) || wanted.parse() == Ok(d.oid))
+        };
+        if !self.filter.databases.is_empty() && !self.filter.databases.iter().any(in_database) {
+            return false;
+        }
+        self.filter.tables.is_empty()
+            || t.relations.iter().any(|r| {
+                self.filter.tables.iter().any(|table| {
+                    let name = r.name.as_deref().and_then(|n| n.split_once('.'));
+                    let relation = name.map(|(schema, name)| RelationName {
+                        schema: schema.to_string(),
+                        name: name.to_string(),
+                        kind: r.relkind.unwrap_or('?'),
+                    });
+                    table_matches(table, r.storage, relation.as_ref())
+                })
+            })
+    }
+}
+
+/// Whether `--table` `wanted` names this relation: `schema.name`, `name`, `spc/db/rel` or the
+/// relfilenode.
+fn table_matches(wanted: &str, storage: RelFileLocator, name: Option<&RelationName>) -> bool {
+    if let Some(given) = parse_storage(wanted) {
+        return given == StorageGiven::Full(storage) || given == StorageGiven::Relfilenode(storage.rel);
+    }
+    name.is_some_and(|n| match wanted.split_once('.') {
+        Some((schema, table)) => n.schema == schema && n.name == table,
+        None => n.name == wanted,
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum StorageGiven {
+    Full(RelFileLocator),
+    Relfilenode(u32),
+}
+
+fn parse_storage(text: &str) -> Option<StorageGiven> {
+    if let Ok(rel) = text.parse() {
+        return Some(StorageGiven::Relfilenode(rel));
+    }
+    let mut parts = text.split('/').map(str::parse::<u32>);
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(spc)), Some(Ok(db)), Some(Ok(rel)), None) => Some(StorageGiven::Full(RelFileLocator { spc, db, rel })),
+        _ => None,
+    }
+}
+
+/// One archived (or partial) segment the scan reads.
+#[derive(Debug, Clone)]
+struct Source {
+    segment: Segment,
+    /// `None`: the archived segment; `Some(bytes)`: the stored object of the segment being
+    /// received (its `.partial` file or a stream snapshot), whose end is the WAL's end.
+    tail: Option<Arc<Vec<u8>>>,
+}
+
+/// The segments a scan reads, in order.
+struct Plan {
+    size: SegmentSize,
+    timeline: TimelineId,
+    sources: Vec<Source>,
+}
+
+/// Finds the segments of the timeline path the options ask for.
+fn plan(repo: &Repo, options: &ScanOptions, progress: &dyn Progress) -> Result<Plan> {
+    let generation = repo.generation()?.ok_or_else(|| {
+        Error::Refused(format!(
+            "the repository at {} holds no WAL yet (nothing was archived into it)",
+            repo.location()
+        ))
+    })?;
+    let size = generation.segment_size();
+    let files = repo.list_wal()?;
+    let mut archived: BTreeSet<(u64, TimelineId)> = BTreeSet::new();
+    let mut partial: BTreeSet<(TimelineId, u64)> = BTreeSet::new();
+    let mut newest = None;
+    for file in &files {
+        let segment = |name: &SegmentName| name.segment(size);
+        match file {
+            WalFileName::Segment(name) => {
+                if let Some(s) = segment(name) {
+                    archived.insert((s.segno, s.timeline));
+                }
+            }
+            WalFileName::Partial(name) => {
+                if let Some(s) = segment(name) {
+                    partial.insert((s.timeline, s.segno));
+                }
+            }
+            WalFileName::History(_) | WalFileName::Backup(..) => {}
+        }
+        newest = newest.max(Some(file.timeline()));
+    }
+    let newest =
+        newest.ok_or_else(|| Error::Refused(format!("the repository at {} holds no archived WAL", repo.location())))?;
+    let timeline = options.timeline.unwrap_or(newest);
+    let history = if timeline == 1 {
+        Vec::new()
+    } else {
+        let name = WalFileName::History(timeline);
+        match repo.get_wal(&name)? {
+            Some(object) => {
+                let what = repo.describe_wal(&name);
+                parse_history(&codec::decode(&object, &what)?).map_err(|reason| Error::Corrupt { what, reason })?
+            }
+            None => Vec::new(),
+        }
+    };
+    let path = TimelinePath::new(timeline, &history);
+    let first = options.from_lsn.map(|lsn| size.segment_of(lsn));
+    let last = options.to_lsn.map(|lsn| size.segment_before(lsn));
+    let in_range = |segno: u64| first.is_none_or(|f| segno >= f) && last.is_none_or(|l| segno <= l);
+    let on_path: Vec<Segment> = archived
+        .iter()
+        .map(|(segno, timeline)| Segment {
+            timeline: *timeline,
+            segno: *segno,
+        })
+        .filter(|s| path.holds(*s, size) && in_range(s.segno))
+        .collect();
+    let mut sources: Vec<Source> = Vec::new();
+    for segment in on_path {
+        if let Some(previous) = sources.last() {
+            if previous.segment.segno + 1 != segment.segno {
+                progress.warn(&format!(
+                    "the archive lacks {} to {}: transactions that span the gap are not seen whole",
+                    path.segment(previous.segment.segno + 1, size).file_name(size),
+                    path.segment(segment.segno - 1, size).file_name(size)
+                ));
+            }
+        }
+        sources.push(Source { segment, tail: None });
+    }
+    // The segment being received, after the last archived one: its .partial file, else the
+    // receiver's newest snapshot.
+    let next = sources
+        .last()
+        .map_or_else(|| first.unwrap_or(0), |last| last.segment.segno + 1);
+    if in_range(next) {
+        let segment = path.segment(next, size);
+        if segment.timeline == timeline {
+            let name = segment_name(segment, size)?;
+            let object = if partial.contains(&(segment.timeline, segment.segno)) {
+                repo.get_wal(&WalFileName::Partial(name))?
+            } else {
+                repo.newest_stream_snapshot(name)?
+            };
+            if let Some(object) = object {
+                sources.push(Source {
+                    segment,
+                    tail: Some(Arc::new(object)),
+                });
+            }
+        }
+    }
+    if sources.is_empty() {
+        let held = match (archived.first(), archived.last()) {
+            (Some(a), Some(b)) => format!(
+                "it holds segments {} to {}",
+                Segment {
+                    timeline: a.1,
+                    segno: a.0
+                }
+                .file_name(size),
+                Segment {
+                    timeline: b.1,
+                    segno: b.0
+                }
+                .file_name(size)
+            ),
+            _ => "it holds no segment".to_string(),
+        };
+        return Err(Error::InvalidInput(format!(
+            "no archived WAL of timeline {timeline} in the range asked for ({}): {held}",
+            describe_range(options)
+        )));
+    }
+    Ok(Plan {
+        size,
+        timeline,
+        sources,
+    })
+}
+
+fn describe_range(options: &ScanOptions) -> String {
+    let from = options
+        .from_lsn
+        .map_or_else(|| "the start".to_string(), |l| l.to_string());
+    let to = options.to_lsn.map_or_else(|| "the end".to_string(), |l| l.to_string());
+    format!("{from} to {to}")
+}
+
+fn segment_name(segment: Segment, size: SegmentSize) -> Result<SegmentName> {
+    WalFileName::parse(&segment.file_name(size))?
+        .segment_name()
+        .ok_or_else(|| Error::InvalidInput(format!("{segment:?} has no segment name")))
+}
+
+/// What aggregation needs of one record: the records that change nothing it counts are left out
+/// when segments are decoded, on the worker threads.
+#[derive(Debug)]
+enum Step {
+    Rows {
+        xid: u32,
+        storage: RelFileLocator,
+        change: RowChange,
+        rows: u32,
+    },
+    /// A full-page image of a heap page (main fork) of `storage`.
+    HeapImage {
+        xid: u32,
+        storage: RelFileLocator,
+    },
+    Created {
+        xid: u32,
+        storage: RelFileLocator,
+    },
+    DatabaseCreated {
+        xid: u32,
+        database: u32,
+    },
+    DatabaseDropped {
+        xid: u32,
+        database: u32,
+    },
+    End {
+        lsn: Lsn,
+        end: Lsn,
+        committed: bool,
+        xid: u32,
+        time: DateTime<Utc>,
+        details: TransactionDetails,
+    },
+    RestorePoint {
+        lsn: Lsn,
+        time: DateTime<Utc>,
+        name: String,
+    },
+    Checkpoint {
+        lsn: Lsn,
+        time: DateTime<Utc>,
+        shutdown: bool,
+        redo: Lsn,
+        timeline: TimelineId,
+        previous: TimelineId,
+    },
+    EndOfRecovery {
+        lsn: Lsn,
+        time: DateTime<Utc>,
+        timeline: TimelineId,
+        previous: TimelineId,
+    },
+}
+
+impl Step {
+    fn of(record: Record) -> Option<Step> {
+        let xid = record.xid;
+        let committed = matches!(record.kind, RecordKind::Commit { .. });
+        Some(match record.kind {
+            RecordKind::Rows { storage, change, rows } => Step::Rows {
+                xid,
+                storage,
+                change,
+                rows,
+            },
+            RecordKind::PageImages if xid != 0 => {
+                // Several blocks: one step for the first heap page is enough to tell.
+                let block = record
+                    .blocks
+                    .iter()
+                    .find(|b| b.fork == MAIN_FORK && b.image == PageImage::Plain)?;
+                Step::HeapImage {
+                    xid,
+                    storage: block.storage,
+                }
+            }
+            RecordKind::StorageCreate { storage, fork } if fork == MAIN_FORK && xid != 0 => {
+                Step::Created { xid, storage }
+            }
+            RecordKind::DatabaseCreate { database, .. } => Step::DatabaseCreated { xid, database },
+            RecordKind::DatabaseDrop { database, .. } => Step::DatabaseDropped { xid, database },
+            RecordKind::Commit { time, xid, details } | RecordKind::Abort { time, xid, details } => Step::End {
+                lsn: record.lsn,
+                end: record.end,
+                committed,
+                xid,
+                time,
+                details,
+            },
+            RecordKind::RestorePoint { time, name } => Step::RestorePoint {
+                lsn: record.lsn,
+                time,
+                name,
+            },
+            RecordKind::Checkpoint {
+                time,
+                shutdown,
+                redo,
+                timeline,
+                prev_timeline,
+            } => Step::Checkpoint {
+                lsn: record.lsn,
+                time,
+                shutdown,
+                redo,
+                timeline,
+                previous: prev_timeline,
+            },
+            RecordKind::EndOfRecovery {
+                time,
+                timeline,
+                prev_timeline,
+            } => Step::EndOfRecovery {
+                lsn: record.lsn,
+                time,
+                timeline,
+                previous: prev_timeline,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// The steps of one segment, and where its records started and ended.
+struct Decoded {
+    steps: Vec<Step>,
+    first: Option<Lsn>,
+    end: Option<Lsn>,
+    records: u64,
+    /// The walk stopped before the segment's end (the WAL ends here).
+    ended: bool,
+}
+
+/// Reads `plan`'s segments on `jobs` threads, a window at a time, and hands each event to
+/// `found`, which says whether to keep it and whether to stop.
+fn scan(
+    repo: &Repo,
+    options: &ScanOptions,
+    names: &Names,
+    progress: &dyn Progress,
+    found: impl Fn(&Event) -> Option<Found>,
+) -> Result<Report> {
+    let plan = plan(repo, options, progress)?;
+    let jobs = options.jobs.max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .thread_name(|i| format!("pitr-inspect-{i}"))
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("cannot start {jobs} threads: {e}")))?;
+    let mut fold = Fold::new(names);
+    let mut report = Report {
+        events: Vec::new(),
+        timeline: plan.timeline,
+        first_lsn: None,
+        end_lsn: None,
+        segments: 0,
+        records: 0,
+        names_missing: names.is_empty(),
+    };
+    progress.begin(
+        plan.sources.len() as u64,
+        plan.sources.len() as u64 * u64::from(plan.size.bytes()),
+    );
+    let window = (jobs * 2).max(2);
+    // The decoded bytes of the segment after the window (read ahead for a record that continues
+    // into it), carried into the next window.
+    let mut carried: Option<(u64, Arc<Vec<u8>>)> = None;
+    let mut start = 0;
+    'windows: while start < plan.sources.len() {
+        let stop = (start + window).min(plan.sources.len());
+        let wanted: Vec<usize> = (start..(stop + 1).min(plan.sources.len())).collect();
+        let bytes: Vec<Result<Arc<Vec<u8>>>> = pool.install(|| {
+            use rayon::prelude::*;
+            wanted
+                .par_iter()
+                .map(|i| match &carried {
+                    Some((segno, bytes)) if *segno == plan.sources[*i].segment.segno => Ok(bytes.clone()),
+                    _ => load(repo, &plan.sources[*i], plan.size).map(Arc::new),
+                })
+                .collect()
+        });
+        let bytes: Vec<Arc<Vec<u8>>> = bytes.into_iter().collect::<Result<_>>()?;
+        let decoded: Vec<Result<Decoded>> = pool.install(|| {
+            use rayon::prelude::*;
+            (start..stop)
+                .into_par_iter()
+                .map(|i| {
+                    let local = i - start;
+                    let following = plan
+                        .sources
+                        .get(i + 1)
+                        .filter(|n| n.segment.segno == plan.sources[i].segment.segno + 1);
+                    let mut held: Vec<Arc<Vec<u8>>> = vec![bytes[local].clone()];
+                    if following.is_some() {
+                        held.push(bytes[local + 1].clone());
+                    }
+                    decode_segment(repo, &plan, i, held)
+                })
+                .collect()
+        });
+        carried = (stop < plan.sources.len()).then(|| (plan.sources[stop].segment.segno, bytes[stop - start].clone()));
+        for result in decoded {
+            let decoded = result?;
+            report.segments += 1;
+            report.records += decoded.records;
+            report.first_lsn = report.first_lsn.or(decoded.first);
+            report.end_lsn = decoded.end.or(report.end_lsn);
+            progress.advance(u64::from(plan.size.bytes()));
+            for step in decoded.steps {
+                if let Some(event) = fold.step(step) {
+                    match found(&event) {
+                        Some(Found::Keep) => report.events.push(event),
+                        Some(Found::KeepAndStop) => {
+                            report.events.push(event);
+                            break 'windows;
+                        }
+                        None => {}
+                    }
+                }
+            }
+            if decoded.ended || fold.past_end(options) {
+                break 'windows;
+            }
+        }
+        start = stop;
+    }
+    progress.finish();
+    Ok(report)
+}
+
+/// The raw bytes of a source: an archived segment decoded, or the tail padded to a whole
+/// segment (a snapshot holds its first bytes only).
+fn load(repo: &Repo, source: &Source, size: SegmentSize) -> Result<Vec<u8>> {
+    let name = segment_name(source.segment, size)?;
+    match &source.tail {
+        None => {
+            let file = WalFileName::Segment(name);
+            let what = repo.describe_wal(&file);
+            let object = repo.get_wal(&file)?.ok_or_else(|| Error::Corrupt {
+                what: what.clone(),
+                reason: "vanished while the WAL was read".into(),
+            })?;
+            codec::decode(&object, &what)
+        }
+        Some(object) => {
+            let what = format!(
+                "{} (the segment being received)",
+                repo.describe_wal(&WalFileName::Partial(name))
+            );
+            let mut bytes = codec::decode(object, &what)?;
+            bytes.resize(size.bytes() as usize, 0);
+            Ok(bytes)
+        }
+    }
+}
+
+/// Decodes the records that start in source `index`, from `held` (its bytes and the next
+/// segment's); a record longer than two segments reads further archived segments.
+fn decode_segment(repo: &Repo, plan: &Plan, index: usize, mut held: Vec<Arc<Vec<u8>>>) -> Result<Decoded> {
+    let source = &plan.sources[index];
+    let name = segment_name(source.segment, plan.size)?;
+    let what = repo.describe_wal(&match source.tail {
+        None => WalFileName::Segment(name),
+        Some(_) => WalFileName::Partial(name),
+    });
+    let corrupt = |reason: String| Error::Corrupt {
+        what: what.clone(),
+        reason,
+    };
+    loop {
+        let slices: Vec<&[u8]> = held.iter().map(|b| b.as_slice()).collect();
+        let mut reader = match SegmentRecords::new(name, &slices) {
+            Ok(reader) => reader,
+            Err(_) if source.tail.is_some() => {
+                return Ok(Decoded {
+                    steps: Vec::new(),
+                    first: None,
+                    end: None,
+                    records: 0,
+                    ended: true,
+                })
+            }
+            Err(reason) => return Err(corrupt(reason)),
+        };
+        let mut decoded = Decoded {
+            steps: Vec::new(),
+            first: None,
+            end: None,
+            records: 0,
+            ended: false,
+        };
+        for record in reader.by_ref() {
+            match record {
+                Ok(record) => {
+                    decoded.records += 1;
+                    decoded.first.get_or_insert(record.lsn);
+                    decoded.end = Some(record.end);
+                    decoded.steps.extend(Step::of(record));
+                }
+                // The end of the WAL being received: what is after it is not written yet.
+                Err(_) if source.tail.is_some() => {
+                    decoded.ended = true;
+                    return Ok(decoded);
+                }
+                Err(reason) => return Err(corrupt(reason)),
+            }
+        }
+        match reader.end() {
+            Some(End::Continues { needs, .. }) => {
+                // A record longer than the next segment: read on while the archive has them.
+                let further = Segment {
+                    timeline: plan
+                        .sources
+                        .get(index + 1)
+                        .map_or(source.segment.timeline, |s| s.segment.timeline),
+                    segno: source.segment.segno + held.len() as u64,
+                };
+                let archived = plan.sources.iter().find(|s| s.segment == further && s.tail.is_none());
+                match archived {
+                    Some(s) if needs >= further.segno => held.push(Arc::new(load(repo, s, plan.size)?)),
+                    // Not archived (yet): the scan goes on after the gap.
+                    _ => return Ok(decoded),
+                }
+            }
+            Some(End::EndOfWal(_)) => {
+                // In an archived segment, the WAL goes on in the next one (a timeline's end).
+                decoded.ended = source.tail.is_some();
+                return Ok(decoded);
+            }
+            _ => return Ok(decoded),
+        }
+    }
+}
+
+/// A transaction's (or subtransaction's) changes until it ends.
+#[derive(Debug, Default)]
+struct Pending {
+    relations: HashMap<RelFileLocator, Counts>,
+    created: Vec<RelFileLocator>,
+    /// Storage it wrote heap data into.
+    heap_written: BTreeSet<RelFileLocator>,
+    databases_created: Vec<u32>,
+    databases_dropped: Vec<u32>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    inserted: u64,
+    updated: u64,
+    deleted: u64,
+}
+
+/// The fold of steps into events, in LSN order.
+struct Fold<'n> {
+    names: &'n Names,
+    pending: HashMap<u32, Pending>,
+    /// The newest commit time seen.
+    newest_time: Option<DateTime<Utc>>,
+}
+
+impl<'n> Fold<'n> {
+    fn new(names: &'n Names) -> Fold<'n> {
+        Fold {
+            names,
+            pending: HashMap::new(),
+            newest_time: None,
+        }
+    }
+
+    /// Whether the scan has passed `--to`: a commit after it was seen (commits are written in
+    /// time order, but for the moments between taking a time and writing the record).
+    fn past_end(&self, options: &ScanOptions) -> bool {
+        matches!((options.to, self.newest_time), (Some(to), Some(newest)) if newest > to + chrono::Duration::seconds(1))
+    }
+
+    fn step(&mut self, step: Step) -> Option<Event> {
+        match step {
+            Step::Rows {
+                xid,
+                storage,
+                change,
+                rows,
+            } => {
+                let pending = self.pending.entry(xid).or_default();
+                let counts = pending.relations.entry(storage).or_default();
+                let rows = u64::from(rows);
+                match change {
+                    RowChange::Insert => counts.inserted += rows,
+                    RowChange::Update => counts.updated += rows,
+                    RowChange::Delete => counts.deleted += rows,
+                }
+                if change == RowChange::Insert {
+                    pending.heap_written.insert(storage);
+                }
+                None
+            }
+            Step::HeapImage { xid, storage } => {
+                self.pending.entry(xid).or_default().heap_written.insert(storage);
+                None
+            }
+            Step::Created { xid, storage } => {
+                self.pending.entry(xid).or_default().created.push(storage);
+                None
+            }
+            Step::DatabaseCreated { xid, database } => {
+                self.pending.entry(xid).or_default().databases_created.push(database);
+                None
+            }
+            Step::DatabaseDropped { xid, database } => {
+                self.pending.entry(xid).or_default().databases_dropped.push(database);
+                None
+            }
+            Step::End {
+                lsn,
+                end,
+                committed,
+                xid,
+                time,
+                details,
+            } => {
+                self.newest_time = self.newest_time.max(Some(time));
+                let mut whole = self.pending.remove(&xid).unwrap_or_default();
+                for sub in &details.subxacts {
+                    if let Some(part) = self.pending.remove(sub) {
+                        merge(&mut whole, part);
+                    }
+                }
+                // An abort ends the (sub)transaction it names and those it lists: their changes
+                // are gone, and are not counted in the transaction that goes on after a
+                // ROLLBACK TO SAVEPOINT (the WAL does not say whether an abort is a
+                // subtransaction's, so it is an event of its own either way).
+                Some(Event::Transaction(
+                    self.transaction(xid, committed, lsn, end, time, details, whole),
+                ))
+            }
+            Step::RestorePoint { lsn, time, name } => Some(Event::RestorePoint { lsn, time, name }),
+            Step::Checkpoint {
+                lsn,
+                time,
+                shutdown,
+                redo,
+                timeline,
+                previous,
+            } => Some(if timeline != previous {
+                Event::TimelineSwitch {
+                    lsn,
+                    time,
+                    timeline,
+                    previous,
+                }
+            } else {
+                Event::Checkpoint {
+                    lsn,
+                    time,
+                    shutdown,
+                    redo,
+                }
+            }),
+            Step::EndOfRecovery {
+                lsn,
+                time,
+                timeline,
+                previous,
+            } => Some(Event::TimelineSwitch {
+                lsn,
+                time,
+                timeline,
+                previous,
+            }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transaction(
+        &self,
+        xid: u32,
+        committed: bool,
+        lsn: Lsn,
+        end: Lsn,
+        time: DateTime<Utc>,
+        details: TransactionDetails,
+        whole: Pending,
+    ) -> TransactionEvent {
+        let names = self.names;
+        let created: BTreeSet<RelFileLocator> = whole.created.iter().copied().collect();
+        let heap_into_new = whole.heap_written.iter().any(|s| created.contains(s));
+        let dropped_change = match (created.is_empty(), heap_into_new) {
+            (true, _) => EventKind::Drop,
+            (false, true) => EventKind::Rewrite,
+            (false, false) => EventKind::Truncate,
+        };
+        let mut relations: Vec<RelationChange> = Vec::new();
+        let mut relation = |storage: RelFileLocator, counts: Counts, change: Option<EventKind>| {
+            let name = names.relation(lsn, storage);
+            relations.push(RelationChange {
+                storage,
+                name: name.map(RelationName::qualified),
+                relkind: name.map(|n| n.kind),
+                system: is_system(storage, name),
+                inserted: counts.inserted,
+                updated: counts.updated,
+                deleted: counts.deleted,
+                storage_change: change,
+            });
+        };
+        for storage in &details.dropped {
+            let counts = whole.relations.get(storage).copied().unwrap_or_default();
+            relation(*storage, counts, Some(dropped_change));
+        }
+        for storage in &created {
+            let counts = whole.relations.get(storage).copied().unwrap_or_default();
+            relation(*storage, counts, Some(EventKind::Create));
+        }
+        let mut changed: Vec<(&RelFileLocator, &Counts)> = whole
+            .relations
+            .iter()
+            .filter(|(s, _)| !details.dropped.contains(s) && !created.contains(s))
+            .collect();
+        changed.sort_by_key(|(s, _)| **s);
+        for (storage, counts) in changed {
+            relation(*storage, *counts, None);
+        }
+        let database_oid = details
+            .database
+            .map(|(db, _)| db)
+            .or_else(|| relations.iter().map(|r| r.storage.db).find(|db| *db != 0));
+        let database = database_oid.and_then(|oid| names.database(lsn, oid).map(str::to_string));
+        let database_change = |oid: &u32| DatabaseChange {
+            oid: *oid,
+            name: names.database(lsn, *oid).map(str::to_string),
+        };
+        let databases_created: Vec<DatabaseChange> = whole.databases_created.iter().map(database_change).collect();
+        let databases_dropped: Vec<DatabaseChange> = whole.databases_dropped.iter().map(database_change).collect();
+        let replaced = !details.dropped.is_empty();
+        let user = || relations.iter().filter(|r| counts_rows(r, replaced));
+        let rows: u64 = user().map(|r| r.inserted + r.updated + r.deleted).sum();
+        let mut kinds = BTreeSet::new();
+        for r in user() {
+            if r.inserted > 0 {
+                kinds.insert(EventKind::Insert);
+            }
+            if r.updated > 0 {
+                kinds.insert(EventKind::Update);
+            }
+            if r.deleted > 0 {
+                kinds.insert(EventKind::Delete);
+            }
+        }
+        kinds.extend(
+            relations
+                .iter()
+                .filter_map(|r| r.storage_change)
+                .filter(|k| *k != EventKind::Create || !replaced),
+        );
+        if !databases_created.is_empty() {
+            kinds.insert(EventKind::CreateDatabase);
+        }
+        if !databases_dropped.is_empty() {
+            kinds.insert(EventKind::DropDatabase);
+            // Its relation files go with the directory, not through the commit.
+            kinds.remove(&EventKind::Drop);
+        }
+        if !committed {
+            kinds.insert(EventKind::Abort);
+        }
+        let mut event = TransactionEvent {
+            xid,
+            subxacts: details.subxacts,
+            committed,
+            time,
+            lsn,
+            end_lsn: end,
+            database_oid,
+            database,
+            kinds: kinds.into_iter().collect(),
+            rows,
+            relations,
+            databases_created,
+            databases_dropped,
+            summary: String::new(),
+        };
+        event.summary = summarize(&event);
+        event
+    }
+}
+
+/// Whether a relation's rows count in its transaction's: a user relation, and not the new
+/// storage of a truncated or rewritten one (`replaced`: the transaction dropped storage), whose
+/// rows are the old ones copied.
+fn counts_rows(relation: &RelationChange, replaced: bool) -> bool {
+    let copied = replaced && relation.storage_change == Some(EventKind::Create);
+    !relation.system && !copied
+}
+
+fn merge(whole: &mut Pending, part: Pending) {
+    for (storage, counts) in part.relations {
+        let into = whole.relations.entry(storage).or_default();
+        into.inserted += counts.inserted;
+        into.updated += counts.updated;
+        into.deleted += counts.deleted;
+    }
+    whole.created.extend(part.created);
+    whole.heap_written.extend(part.heap_written);
+    whole.databases_created.extend(part.databases_created);
+    whole.databases_dropped.extend(part.databases_dropped);
+}
+
+/// A catalog relation: in a catalog schema by its name, else (no name) one initdb made.
+fn is_system(storage: RelFileLocator, name: Option<&RelationName>) -> bool {
+    match name {
+        Some(name) => SYSTEM_SCHEMAS.contains(&name.schema.as_str()),
+        None => storage.rel < FIRST_NORMAL_OBJECT_ID,
+    }
+}
+
+/// The one line for people: what was dropped, truncated, rewritten or created (tables, or every
+/// relation without a name), the databases, the rows by relation, the row total.
+fn summarize(event: &TransactionEvent) -> String {
+    let replaced = event
+        .relations
+        .iter()
+        .any(|r| r.storage_change.is_some_and(|k| k != EventKind::Create));
+    let mut parts: Vec<String> = Vec::new();
+    let named_tables = event
+        .relations
+        .iter()
+        .any(|r| r.storage_change.is_some() && matches!(r.relkind, Some('r' | 'm' | 'p')));
+    for r in &event.relations {
+        let Some(change) = r.storage_change.filter(|k| *k != EventKind::Create || !replaced) else {
+            continue;
+        };
+        let object = match r.relkind {
+            Some('r' | 'p') => "TABLE",
+            Some('m') => "MATERIALIZED VIEW",
+            Some('S') => "SEQUENCE",
+            Some('i' | 'I') if !named_tables => "INDEX",
+            Some(_) => continue,
+            None if r.system => continue,
+            None => "relation",
+        };
+        let verb = match change {
+            EventKind::Drop => "DROP",
+            EventKind::Truncate => "TRUNCATE",
+            EventKind::Rewrite => "REWRITE",
+            _ => "CREATE",
+        };
+        let what = if verb == "TRUNCATE" || verb == "REWRITE" {
+            // TRUNCATE public.orders, not TRUNCATE TABLE.
+            relation_label(r)
+        } else {
+            format!("{object} {}", relation_label(r))
+        };
+        parts.push(format!("{verb} {what}"));
+    }
+    for d in &event.databases_created {
+        parts.push(format!("CREATE DATABASE {}", database_label(d)));
+    }
+    for d in &event.databases_dropped {
+        parts.push(format!("DROP DATABASE {}", database_label(d)));
+    }
+    let mut rows = Vec::new();
+    for r in event.relations.iter().filter(|r| counts_rows(r, replaced)) {
+        for (verb, count, preposition) in [
+            ("INSERT", r.inserted, "into"),
+            ("UPDATE", r.updated, "in"),
+            ("DELETE", r.deleted, "from"),
+        ] {
+            if count > 0 {
+                let noun = if count == 1 { "row" } else { "rows" };
+                rows.push(format!("{verb} {count} {noun} {preposition} {}", relation_label(r)));
+            }
+        }
+    }
+    if rows.is_empty() {
+        let noun = if event.rows == 1 { "row" } else { "rows" };
+        rows.push(format!("{} {noun}", event.rows));
+    }
+    parts.extend(rows);
+    if !event.committed {
+        parts.insert(0, "ROLLBACK".into());
+    }
+    parts.join("; ")
+}
+
+fn relation_label(r: &RelationChange) -> String {
+    r.name
+        .clone()
+        .unwrap_or_else(|| format!("{} (name unknown)", r.storage))
+}
+
+fn database_label(d: &DatabaseChange) -> String {
+    d.name
+        .clone()
+        .unwrap_or_else(|| format!("with OID {} (name unknown)", d.oid))
+}
