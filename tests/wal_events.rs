@@ -1,6 +1,6 @@
 //! `pitr wal events` on a real PostgreSQL 15 archiving into a pitr repository: the oops is found
 //! among pgbench's transactions by kind, with its transaction id, commit time, database and the
-//! table's name (from a map of names recorded with `pitr::names::record`, as backups and restore
+//! table's name (from a map of names recorded with `pitr names record`, as backups and restore
 //! points record them); a big DELETE with its exact row count; TRUNCATE and table rewrites told
 //! apart from DROP; a relation no map knows shown by its storage; and the refusals (an unknown
 //! table name, a range without WAL, a repository without WAL) with exit code 1.
@@ -25,25 +25,15 @@ fn psql_in(c: &Cluster, database: &str, sql: &str) -> String {
     out.stdout_str().trim().to_string()
 }
 
-/// Records a map of names of `c` into its repository, as a backup does, through the library.
+/// Records a map of names of `c` into its repository (`pitr names record`), as backups,
+/// restore points and the daemon do.
 fn record_names(c: &Cluster) {
-    let repo = pitr::repo::Repo::open_local(c.repo()).expect("the repository opens");
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host_path(c.dir())
-        .port(c.port())
-        .user("postgres")
-        .dbname("postgres");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let recorded = runtime
-        .block_on(pitr::names::record(&repo, &config))
-        .expect("the map of names is recorded");
-    assert!(recorded.is_some(), "a first map is stored");
-    // The server user's pitr reads it.
-    give_to_server_user(&c.repo().join("wal").join("names"));
+    let out = c.pitr_connected(c.repo(), &["names", "record", "--json"]);
+    assert!(
+        parse_json(out.assert_success())["recorded"].is_string(),
+        "a map is stored: {}",
+        out.describe()
+    );
 }
 
 /// The server's clock, in UTC.
