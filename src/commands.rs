@@ -459,8 +459,9 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
     };
     let request = recovery_request(target, *exclusive, *timeline, backup);
     let pgdata = absolute(pgdata);
-    let repo = &recover::generation_for(repo, &request, *generation)?;
-    let plan = recover::plan(&recover::repo_state(repo)?, &request)?;
+    let jobs = jobs.unwrap_or(settings.jobs);
+    let (repo, plan) = recover::plan_recovery(repo, &request, *generation, jobs)?;
+    let repo = &repo;
     recover::check_space(&plan, &pgdata)?;
     if !json {
         output::plan(&plan, &pgdata);
@@ -484,7 +485,7 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
         keep_archiving: *keep_archiving,
         verify_sql: verify_sql.clone(),
         verify_database: verify_db.clone(),
-        jobs: jobs.unwrap_or(settings.jobs),
+        jobs,
         pitr_command: pitr_command(settings)?,
     };
     let progress = TerminalProgress::new(*json);
@@ -564,8 +565,8 @@ fn restore_database(repo: &Repo, command: &Command, settings: &Settings) -> Resu
         ));
     }
     let request = recovery_request(target, *exclusive, *timeline, backup);
-    let repo = &recover::generation_for(repo, &request, *generation)?;
-    let plan = recover::plan(&recover::repo_state(repo)?, &request)?;
+    let (repo, plan) = recover::plan_recovery(repo, &request, *generation, options.jobs)?;
+    let repo = &repo;
     recover::check_space(&plan, &options.scratch_parent)?;
     if !json {
         output::plan(&plan, &options.scratch_parent);

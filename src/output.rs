@@ -404,7 +404,7 @@ pub fn plan(p: &Plan, pgdata: &std::path::Path) {
             before.commit_time.format("%Y-%m-%d %H:%M:%S%.6f UTC"),
             before.commit_lsn
         );
-        for did in &before.did {
+        if let Some(did) = &before.did {
             println!("                {did}");
         }
     }

@@ -81,7 +81,9 @@ fn the_dropped_table_is_found_among_pgbench_transactions_with_its_xid_time_and_d
          INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 5000) g",
     );
     c.pgbench_init(1);
-    record_names(&c);
+    // The backup recovery starts from records the map of names too.
+    backup_ok(&c, &[]);
+    assert_eq!(maps_recorded(&c), 1, "the backup recorded a map of names");
 
     let mut bench = c.pgbench_cmd(&["-n", "-T", "6", "-c", "2"]);
     let bench_line = cmdline(&bench);
@@ -156,6 +158,116 @@ fn the_dropped_table_is_found_among_pgbench_transactions_with_its_xid_time_and_d
     assert!(
         line.contains(&format!(" {} ", event["lsn"].as_str().unwrap())),
         "{line}"
+    );
+
+    undo_the_drop(&c, &xid, event["lsn"].as_str().unwrap());
+}
+
+/// How many maps of names the repository of `c` holds.
+fn maps_recorded(c: &Cluster) -> usize {
+    parse_json(&c.pitr_ok(&["names", "list", "--json"]))
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// The oops undone: `recover --before` the dropping transaction (by xid, and the plan by its
+/// commit LSN) brings `products` back with its 1000 rows; `restore-database --before` puts the
+/// database `catalog` as it was back into the running server, as the runbook does, and switches.
+fn undo_the_drop(c: &Cluster, xid: &str, commit_lsn: &str) {
+    let by_lsn = c.pitr_ok(&[
+        "recover",
+        "--pgdata",
+        "/nonexistent/pitr-plan-only",
+        "--before",
+        commit_lsn,
+        "--dry-run",
+        "--json",
+    ]);
+    let plan = parse_json(&by_lsn);
+    assert_eq!(plan["stops_before"]["xid"].to_string(), xid, "{plan:#}");
+    assert_eq!(plan["stops_before"]["commit_lsn"], commit_lsn, "{plan:#}");
+    assert_eq!(
+        plan["stops_before"]["did"], "in database catalog: DROP TABLE public.products; 0 rows",
+        "{plan:#}"
+    );
+
+    let nd = NewDir::new();
+    let out = run(c
+        .pitr_cmd()
+        .arg("--repo")
+        .arg(c.repo())
+        .args(["recover", "--pgdata"])
+        .arg(&nd.data)
+        .args(["--before", xid, "--verify-db", "catalog", "--verify-sql"])
+        .arg("SELECT count(*) FROM products")
+        .arg("--json"));
+    assert!(
+        out.success(),
+        "{}
+{}",
+        out.describe(),
+        tail(&nd.server_log(), 40)
+    );
+    let recovered = parse_json(&out);
+    assert_eq!(recovered["plan"]["stops_before"]["xid"].to_string(), xid);
+    assert!(recovered["plan"]["exclusive"].as_bool().unwrap());
+    assert_eq!(
+        recovered["report"]["verify_rows"],
+        serde_json::json!([["1000"]]),
+        "products is back with every row: {recovered:#}"
+    );
+    let text = run(c
+        .pitr_cmd()
+        .arg("--repo")
+        .arg(c.repo())
+        .args(["recover", "--pgdata"])
+        .arg(&nd.data)
+        .args(["--before", xid, "--dry-run"]));
+    let text = text.assert_success().stdout_str();
+    assert!(
+        text.contains(&format!("stops before: transaction {xid}, committed "))
+            && text.contains("in database catalog: DROP TABLE public.products; 0 rows"),
+        "{text}"
+    );
+    drop(nd);
+
+    // The runbook's way, into the running server: catalog as it was just before the DROP.
+    let scratch = TestDir::new("restore-db-scratch");
+    give_to_server_user(scratch.path());
+    let conninfo = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        c.dir().display(),
+        c.port()
+    );
+    let out = run(c
+        .pitr_cmd()
+        .arg("--repo")
+        .arg(c.repo())
+        .args([
+            "restore-database",
+            "catalog",
+            "--before",
+            xid,
+            "--into",
+            &conninfo,
+            "--switch",
+            "--yes",
+        ])
+        .args(["--verify-sql", "SELECT count(*) FROM products", "--scratch"])
+        .arg(scratch.path()));
+    assert!(out.success(), "{}", out.describe());
+    assert_eq!(psql_in(c, "catalog", "SELECT count(*) FROM products"), "1000");
+    assert_eq!(
+        psql_in(c, "catalog", "SELECT count(*) FROM orders"),
+        "5000",
+        "the later DELETE is undone too: the database is as it was before the DROP"
+    );
+    let kept = c.psql("SELECT datname FROM pg_database WHERE datname LIKE 'catalog_before_restore_%'");
+    assert_eq!(kept.lines().count(), 1, "the damaged database is kept: {kept}");
+    assert_eq!(
+        psql_in(c, &kept, "SELECT count(*) FROM orders"),
+        "1790",
+        "the damaged one holds the state after the oops"
     );
 }
 

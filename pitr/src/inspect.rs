@@ -359,23 +359,19 @@ pub enum TransactionKey {
     EndLsn(Lsn),
 }
 
-/// The event of one transaction in the archived WAL of `repo`'s current generation (the newest
-/// timeline's path), by transaction id or by the LSN of its commit, or `None` when it does not end
-/// there: what `recover --before` needs to stop just before an oops (its commit LSN, with
-/// recovery_target_inclusive off) and to tell the operator what it undoes. Reads the archive
-/// from its start to the transaction's end, on `jobs` threads.
+/// The event of one transaction in the archived WAL of `repo`'s generation (the timeline path
+/// and range of `options`), by transaction id or by the LSN of its commit, or `None` when it
+/// does not end there: what `recover --before` tells the operator it undoes. Reads from
+/// `options.from_lsn` (the recovery's backup start: what the copy replays) to the transaction's
+/// end.
 pub fn find_transaction(
     repo: &Repo,
     names: &Names,
     key: TransactionKey,
-    jobs: usize,
+    options: &ScanOptions,
 ) -> Result<Option<TransactionEvent>> {
     let repo = repo.pin()?;
-    let options = ScanOptions {
-        jobs,
-        ..ScanOptions::default()
-    };
-    let report = scan(&repo, &options, names, &crate::progress::Silent, |event| match event {
+    let report = scan(&repo, options, names, &crate::progress::Silent, |event| match event {
         Event::Transaction(t) if key == TransactionKey::Xid(t.xid) || key == TransactionKey::EndLsn(t.lsn) => {
             Some(Found::KeepAndStop)
         }

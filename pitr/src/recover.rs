@@ -134,6 +134,31 @@ pub fn generation_for(repo: &Repo, request: &Request, generation: Option<u32>) -
     repo.at(chosen.unwrap_or(current))
 }
 
+/// Plans a recovery of `repo` as `request` asks: in the generation [`generation_for`] picks (or
+/// `generation`), from the repository's state ([`repo_state`]), and for `--before` with what the
+/// transaction it stops before did, from the archived WAL (read on `jobs` threads from the
+/// chosen backup's start). Returns the repository pinned to that generation, and the plan.
+pub fn plan_recovery(repo: &Repo, request: &Request, generation: Option<u32>, jobs: usize) -> Result<(Repo, Plan)> {
+    let repo = generation_for(repo, request, generation)?;
+    let mut plan = plan::plan(&repo_state(&repo)?, request)?;
+    if let Some(before) = &mut plan.stops_before {
+        let options = crate::inspect::ScanOptions {
+            from_lsn: Some(plan.backup_start_lsn),
+            timeline: plan.timeline_path.last().map(|step| step.timeline),
+            jobs,
+            ..Default::default()
+        };
+        let names = crate::names::Names::load(&repo)?;
+        let key = crate::inspect::TransactionKey::EndLsn(before.commit_lsn);
+        before.did =
+            crate::inspect::find_transaction(&repo, &names, key, &options)?.map(|event| match event.database {
+                Some(database) => format!("in database {database}: {}", event.summary),
+                None => event.summary,
+            });
+    }
+    Ok((repo, plan))
+}
+
 /// Gathers what the planner needs from the generation `repo` acts on (pin it first:
 /// [`generation_for`]); its WAL records are read as the target needs them. Unlike `pitr info`,
 /// recovery does not work around what cannot be read, except a backup whose manifest is

@@ -4,7 +4,7 @@
 //!
 //! This module owns the orchestration: the checks on production before any restore work
 //! ([`production`]), a private copy of the cluster recovered at the target through
-//! [`crate::recover`] (paused, never archiving) in a scratch directory ([`copy`]), the database
+//! [`crate::recover`] (promoted at the target, never archiving) in a scratch directory ([`copy`]), the database
 //! piped out of the copy with `pg_dump -Fc` into `pg_restore` on production ([`dump`]), the
 //! verification query, and the switch by renames that never drops the old database. The copy's
 //! server is stopped and its scratch directory removed however the run ends (unless the operator

@@ -92,6 +92,8 @@ pub struct Plan {
     pub backup_id: String,
     /// Its tier.
     pub backup_tier: crate::backup::Tier,
+    /// Where replay from it starts (its checkpoint's redo).
+    pub backup_start_lsn: Lsn,
     /// Its consistency point.
     pub backup_stop_lsn: Lsn,
     /// When it became consistent.
@@ -198,6 +200,7 @@ pub fn plan(state: &RepoState, request: &Request) -> Result<Plan> {
     Ok(Plan {
         backup_id: backup.id.clone(),
         backup_tier: backup.tier,
+        backup_start_lsn: backup.start_lsn,
         backup_stop_lsn: backup.stop_lsn,
         backup_stop_time: backup.stop_time,
         target: request.target.clone(),
@@ -220,7 +223,7 @@ pub fn plan(state: &RepoState, request: &Request) -> Result<Plan> {
             xid: mark.kind.transaction().expect("a commit"),
             commit_lsn: mark.lsn,
             commit_time: mark.time,
-            did: Vec::new(),
+            did: None,
         }),
         notes,
         generation: state.generation.map_or(1, |g| g.generation),
@@ -238,9 +241,9 @@ pub struct StopsBefore {
     pub commit_lsn: Lsn,
     /// When it committed.
     pub commit_time: DateTime<Utc>,
-    /// What it did, as `pitr wal events` tells it (filled in by [`crate::recover`] from the
-    /// archived WAL; empty when nothing was found to tell).
-    pub did: Vec<String>,
+    /// What it did, as `pitr wal events` tells it (filled in by
+    /// [`plan_recovery`](crate::recover::plan_recovery) from the archived WAL).
+    pub did: Option<String>,
 }
 
 /// How far recovery from backup `backup_id` reaches on `timeline`: `None` when the backup is not

@@ -1,6 +1,8 @@
 //! The private copy: a fresh 0700 scratch directory (handed to the copy's OS user when pitr runs
-//! as root), the cluster recovered there by [`recover::execute`] paused at the target with
-//! archiving off, what the copy says about the database to restore, and the cleanup: its server
+//! as root), the cluster recovered there by [`recover::execute`] and promoted at the target with
+//! archiving off (promoted, not paused: a copy paused just before the oops still holds the locks
+//! the oops took, a `DROP TABLE`'s access exclusive lock among them, and pg_dump would wait for
+//! them forever; promotion ends the transactions in progress), what the copy says about the database to restore, and the cleanup: its server
 //! stopped and the directory removed, unless the operator keeps it.
 
 use std::os::unix::fs::PermissionsExt;
@@ -27,7 +29,7 @@ pub(super) struct Scratch {
     keep: bool,
 }
 
-/// The recovered copy, paused (or promoted, for the end of the archive) on its private socket.
+/// The recovered copy, promoted at the target, on its private socket.
 pub(super) struct Recovered {
     /// The restore of the backup's files.
     pub restored: RestoreSummary,
@@ -88,7 +90,8 @@ impl Scratch {
         }
     }
 
-    /// Recovers the plan's target into the scratch directory, paused there, never archiving.
+    /// Recovers the plan's target into the scratch directory and promotes it there, never
+    /// archiving (the copy is thrown away; its new timeline goes nowhere).
     pub async fn recover(
         &self,
         repo: &Repo,
@@ -100,7 +103,7 @@ impl Scratch {
         let options = RecoverOptions {
             pgdata: self.data.clone(),
             force: false,
-            action: Action::Pause,
+            action: Action::Promote,
             port: None,
             no_start: false,
             keep_archiving: false,
