@@ -405,7 +405,7 @@ pub fn plan(p: &Plan, pgdata: &std::path::Path) {
             before.commit_lsn
         );
         if let Some(did) = &before.did {
-            println!("                {did}");
+            println!("                {}", printable(did));
         }
     }
     if p.earlier_generation {
@@ -617,6 +617,26 @@ pub const NAMES_MISSING: &str = "note: the repository holds no map of names yet 
 
 /// `pitr wal events`: one line per event (time, transaction, LSN, database, what it did), then
 /// what was read.
+/// `text` with control characters escaped (`\u{1b}`): names read from the repository or the WAL
+/// (relations, databases, restore points) may hold any character, and a terminal must not obey
+/// them.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 pub fn wal_events(report: &pitr::inspect::Report) {
     use pitr::inspect::Event;
     for event in &report.events {
@@ -629,10 +649,20 @@ pub fn wal_events(report: &pitr::inspect::Report) {
                     .clone()
                     .or_else(|| t.database_oid.map(|oid| format!("db {oid}")))
                     .unwrap_or_else(|| "-".into());
-                println!("{time}  xid {:<10} {lsn:<12} {database:<12} {}", t.xid, t.summary);
+                println!(
+                    "{time}  xid {:<10} {lsn:<12} {:<12} {}",
+                    t.xid,
+                    printable(&database),
+                    printable(&t.summary)
+                );
             }
             Event::RestorePoint { name, .. } => {
-                println!("{time}  {:<14} {lsn:<12} {:<12} restore point \"{name}\"", "-", "-")
+                println!(
+                    "{time}  {:<14} {lsn:<12} {:<12} restore point \"{}\"",
+                    "-",
+                    "-",
+                    printable(name)
+                )
             }
             Event::Checkpoint { shutdown, redo, .. } => {
                 let kind = if *shutdown { "shutdown" } else { "online" };

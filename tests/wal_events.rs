@@ -279,7 +279,8 @@ fn truncates_rewrites_unknown_relations_and_refusals() {
         "CREATE TABLE cut (id int PRIMARY KEY); INSERT INTO cut SELECT generate_series(1, 500); \
          CREATE TABLE altered (id int); INSERT INTO altered SELECT generate_series(1, 500); \
          CREATE TABLE packed (id int PRIMARY KEY); INSERT INTO packed SELECT generate_series(1, 500); \
-         DELETE FROM packed WHERE id % 2 = 0",
+         DELETE FROM packed WHERE id % 2 = 0; \
+         DO $$ BEGIN EXECUTE format('CREATE TABLE %I (id int)', 'clear' || chr(27) || '[2J'); END $$",
     );
     record_names(&c);
     // Created after the only map: no map knows it.
@@ -292,6 +293,7 @@ fn truncates_rewrites_unknown_relations_and_refusals() {
     let alter_xid = c.psql("BEGIN; SELECT txid_current(); ALTER TABLE altered ALTER COLUMN id TYPE bigint; COMMIT");
     c.psql("VACUUM FULL packed");
     let drop_xid = c.psql("BEGIN; SELECT txid_current(); DROP TABLE unmapped; COMMIT");
+    c.psql("DO $$ BEGIN EXECUTE format('DROP TABLE %I', 'clear' || chr(27) || '[2J'); END $$");
     c.switch_and_archive();
 
     let all = events(&c, &["--kind", "truncate,rewrite,drop"]);
@@ -325,6 +327,12 @@ fn truncates_rewrites_unknown_relations_and_refusals() {
     assert!(
         !text.contains("public.cut"),
         "--table {storage} keeps its events only:\n{text}"
+    );
+    // A name read from the repository reaches the terminal with its control characters escaped.
+    let text = c.pitr_ok(&["wal", "events", "--kind", "drop"]).stdout_str();
+    assert!(
+        text.contains("DROP TABLE public.clear\\u{1b}[2J; 0 rows") && !text.contains('\u{1b}'),
+        "{text:?}"
     );
 
     let refused = c.pitr_connected(c.repo(), &["wal", "events", "--table", "no_such_table"]);
