@@ -16,7 +16,8 @@ and, in the same archive_command, a plain copy for pg_waldump. Timed over the sa
     `pitr wal events --from-lsn A --to-lsn B --json` (every event printed), output to /dev/null;
   - `pg_waldump -p PLAIN -s A -e B --stats` and `pg_waldump -p PLAIN -s A -e B` to /dev/null.
 
-Prints a Markdown table: the median, min and max wall time of --runs runs, and each pitr command
+After one untimed warm-up run of each command (the files in the page cache), prints a Markdown
+table: the median, min and max wall time of --runs runs, and each pitr command
 against each pg_waldump command as the median of per-pair ratios (adjacent runs; the machine is
 shared). As root, the cluster and the tools run as the postgres OS user. Standard library only.
 Everything lives in a new /tmp/pitr-events-* directory, removed at the end unless --keep.
@@ -24,6 +25,7 @@ Everything lives in a new /tmp/pitr-events-* directory, removed at the end unles
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -113,10 +115,14 @@ checkpoint_timeout = 30min
                            stdout=subprocess.DEVNULL)
 
 
-def timed(b: Bench, argv) -> float:
+def timed(b: Bench, argv):
+    """Wall seconds and CPU seconds (user + system, of the command and what it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     subprocess.run(b.argv(argv), check=True, stdout=subprocess.DEVNULL, cwd=b.tmp)
-    return time.monotonic() - start
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -157,29 +163,36 @@ def main() -> None:
         out = subprocess.run(b.argv(pitr + ["--kind", "checkpoint"]), check=True, stdout=subprocess.PIPE,
                              text=True, cwd=b.tmp).stdout
         print(next(line for line in out.splitlines() if "records read" in line), flush=True)
+        for argv in commands.values():  # warm-up, untimed: every file in the page cache
+            timed(b, argv)
         times = {name: [] for name in commands}
+        cpu = {name: [] for name in commands}
         for r in range(args.runs):
             names = list(commands)
             names = names[r % len(names):] + names[:r % len(names)]
             for name in names:
-                times[name].append(timed(b, commands[name]))
+                wall, used = timed(b, commands[name])
+                times[name].append(wall)
+                cpu[name].append(used)
             print(f"run {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in commands), flush=True)
 
         print()
         print(f"| command ({wal_bytes / MiB:.0f} MiB of WAL, {segments} segments, --jobs {args.jobs}) "
-              f"| median s | min | max | MiB/s |")
-        print("|---|---|---|---|---|")
+              f"| wall s: median | min | max | MiB/s | CPU s (user + sys): median |")
+        print("|---|---|---|---|---|---|")
         for name, values in times.items():
             m = statistics.median(values)
-            print(f"| `{name}` | {m:.2f} | {min(values):.2f} | {max(values):.2f} | {wal_bytes / MiB / m:.0f} |")
+            print(f"| `{name}` | {m:.2f} | {min(values):.2f} | {max(values):.2f} | {wal_bytes / MiB / m:.0f} "
+                  f"| {statistics.median(cpu[name]):.2f} |")
         print()
-        print("| pitr / pg_waldump (per-pair ratio) | median | min | max |")
-        print("|---|---|---|---|")
+        print("| pitr / pg_waldump (per-pair ratio of wall time) | median | min | max | CPU time ratio: median |")
+        print("|---|---|---|---|---|")
         for mine in ("pitr wal events --kind drop", "pitr wal events --json"):
             for theirs in ("pg_waldump --stats", "pg_waldump"):
                 ratios = [a / t for a, t in zip(times[mine], times[theirs])]
+                cpu_ratios = [a / t for a, t in zip(cpu[mine], cpu[theirs]) if t > 0]
                 print(f"| `{mine}` / `{theirs}` | {statistics.median(ratios):.2f} | {min(ratios):.2f} "
-                      f"| {max(ratios):.2f} |")
+                      f"| {max(ratios):.2f} | {statistics.median(cpu_ratios):.2f} |")
     finally:
         b.stop()
         if args.keep:

@@ -791,7 +791,7 @@ fn scan(
     options: &ScanOptions,
     names: &Names,
     progress: &dyn Progress,
-    found: impl Fn(&Event) -> Option<Found>,
+    found: impl Fn(&Event) -> Option<Found> + Sync,
 ) -> Result<Report> {
     let plan = plan(repo, options, progress)?;
     let jobs = options.jobs.max(1);
@@ -819,68 +819,136 @@ fn scan(
     // The decoded bytes of the segment after the window (read ahead for a record that continues
     // into it), carried into the next window.
     let mut carried: Option<(u64, Arc<Vec<u8>>)> = None;
-    let mut start = 0;
-    'windows: while start < plan.sources.len() {
-        let stop = (start + window).min(plan.sources.len());
-        let wanted: Vec<usize> = (start..(stop + 1).min(plan.sources.len())).collect();
-        let bytes: Vec<Result<Arc<Vec<u8>>>> = pool.install(|| {
-            use rayon::prelude::*;
-            wanted
-                .par_iter()
-                .map(|i| match &carried {
-                    Some((segno, bytes)) if *segno == plan.sources[*i].segment.segno => Ok(bytes.clone()),
-                    _ => load(repo, &plan.sources[*i], plan.size, &buffers).map(Arc::new),
-                })
-                .collect()
+    // The window decoded last: folded (on one thread) while the next one is decoded (on the
+    // others), so that the fold, which is sequential, costs no time of its own.
+    let mut ready: Option<Vec<Result<Decoded>>> = None;
+    let mut next = 0;
+    loop {
+        let range = (next < plan.sources.len()).then(|| next..(next + window).min(plan.sources.len()));
+        let (folded, decoded) = pool.install(|| {
+            rayon::join(
+                || match ready.take() {
+                    Some(decoded) => fold_window(decoded, &mut fold, &mut report, &found, options, progress, &plan),
+                    None => Ok(Flow::Go),
+                },
+                || {
+                    range
+                        .clone()
+                        .map(|range| decode_window(repo, &plan, range, &mut carried, &buffers))
+                },
+            )
         });
-        let bytes: Vec<Arc<Vec<u8>>> = bytes.into_iter().collect::<Result<_>>()?;
-        let decoded: Vec<Result<Decoded>> = pool.install(|| {
-            use rayon::prelude::*;
-            (start..stop)
-                .into_par_iter()
-                .map(|i| {
-                    let local = i - start;
-                    let following = plan
-                        .sources
-                        .get(i + 1)
-                        .filter(|n| n.segment.segno == plan.sources[i].segment.segno + 1);
-                    let mut held: Vec<Arc<Vec<u8>>> = vec![bytes[local].clone()];
-                    if following.is_some() {
-                        held.push(bytes[local + 1].clone());
-                    }
-                    decode_segment(repo, &plan, i, held)
-                })
-                .collect()
-        });
-        carried = (stop < plan.sources.len()).then(|| (plan.sources[stop].segment.segno, bytes[stop - start].clone()));
-        bytes.into_iter().for_each(|b| buffers.give(b));
-        for result in decoded {
-            let decoded = result?;
-            report.segments += 1;
-            report.records += decoded.records;
-            report.first_lsn = report.first_lsn.or(decoded.first);
-            report.end_lsn = decoded.end.or(report.end_lsn);
-            progress.advance(u64::from(plan.size.bytes()));
-            for step in decoded.steps {
-                if let Some(event) = fold.step(step) {
-                    match found(&event) {
-                        Some(Found::Keep) => report.events.push(event),
-                        Some(Found::KeepAndStop) => {
-                            report.events.push(event);
-                            break 'windows;
-                        }
-                        None => {}
-                    }
-                }
-            }
-            if decoded.ended || fold.past_end(options) {
-                break 'windows;
-            }
+        if let Flow::Stop = folded? {
+            break;
         }
-        start = stop;
+        match (decoded, range) {
+            (Some(decoded), Some(range)) => {
+                ready = Some(decoded);
+                next = range.end;
+            }
+            _ => break,
+        }
     }
     progress.finish();
     Ok(report)
+}
+
+/// Whether the scan goes on after a window.
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// Folds the steps of a decoded window into events, handing each to `found`; the first error
+/// (a damaged segment) ends the scan when the fold gets there.
+#[allow(clippy::too_many_arguments)]
+fn fold_window(
+    window: Vec<Result<Decoded>>,
+    fold: &mut Fold<'_>,
+    report: &mut Report,
+    found: &(impl Fn(&Event) -> Option<Found> + Sync),
+    options: &ScanOptions,
+    progress: &dyn Progress,
+    plan: &Plan,
+) -> Result<Flow> {
+    for result in window {
+        let decoded = result?;
+        report.segments += 1;
+        report.records += decoded.records;
+        report.first_lsn = report.first_lsn.or(decoded.first);
+        report.end_lsn = decoded.end.or(report.end_lsn);
+        progress.advance(u64::from(plan.size.bytes()));
+        for step in decoded.steps {
+            if let Some(event) = fold.step(step) {
+                match found(&event) {
+                    Some(Found::Keep) => report.events.push(event),
+                    Some(Found::KeepAndStop) => {
+                        report.events.push(event);
+                        return Ok(Flow::Stop);
+                    }
+                    None => {}
+                }
+            }
+        }
+        if decoded.ended || fold.past_end(options) {
+            return Ok(Flow::Stop);
+        }
+    }
+    Ok(Flow::Go)
+}
+
+/// Decompresses the sources in `range` (and the one after it, for a record that continues
+/// there) and decodes their records, in parallel; a source that cannot be read is an error in
+/// its place.
+fn decode_window(
+    repo: &Repo,
+    plan: &Plan,
+    range: std::ops::Range<usize>,
+    carried: &mut Option<(u64, Arc<Vec<u8>>)>,
+    buffers: &Buffers,
+) -> Vec<Result<Decoded>> {
+    use rayon::prelude::*;
+    let (start, stop) = (range.start, range.end);
+    let wanted: Vec<usize> = (start..(stop + 1).min(plan.sources.len())).collect();
+    let bytes: Vec<Result<Arc<Vec<u8>>>> = wanted
+        .par_iter()
+        .map(|i| match carried.as_ref() {
+            Some((segno, bytes)) if *segno == plan.sources[*i].segment.segno => Ok(bytes.clone()),
+            _ => load(repo, &plan.sources[*i], plan.size, buffers).map(Arc::new),
+        })
+        .collect();
+    let mut decoded: Vec<Option<Result<Decoded>>> = (start..stop)
+        .into_par_iter()
+        .map(|i| {
+            let local = i - start;
+            let own = bytes[local].as_ref().ok()?;
+            let mut held: Vec<Arc<Vec<u8>>> = vec![own.clone()];
+            let following = plan
+                .sources
+                .get(i + 1)
+                .filter(|n| n.segment.segno == plan.sources[i].segment.segno + 1);
+            if let (Some(_), Some(Ok(next))) = (following, bytes.get(local + 1)) {
+                held.push(next.clone());
+            }
+            Some(decode_segment(repo, plan, i, held))
+        })
+        .collect();
+    *carried = None;
+    for (local, loaded) in bytes.into_iter().enumerate() {
+        match loaded {
+            Ok(bytes) if start + local == stop => *carried = Some((plan.sources[stop].segment.segno, bytes)),
+            Ok(bytes) => buffers.give(bytes),
+            Err(error) => {
+                if let Some(slot) = decoded.get_mut(local) {
+                    *slot = Some(Err(error));
+                }
+            }
+        }
+    }
+    decoded
+        .into_iter()
+        .map(|d| d.expect("every source was decoded or failed to load"))
+        .collect()
 }
 
 /// Buffers of decoded segments, handed back once a window is folded and reused: a fresh buffer
