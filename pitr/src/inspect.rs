@@ -676,14 +676,7 @@ enum Step {
         xid: u32,
         database: u32,
     },
-    End {
-        lsn: Lsn,
-        end: Lsn,
-        committed: bool,
-        xid: u32,
-        time: DateTime<Utc>,
-        details: TransactionDetails,
-    },
+    End(Ended),
     RestorePoint {
         lsn: Lsn,
         time: DateTime<Utc>,
@@ -732,14 +725,14 @@ impl Step {
             }
             RecordKind::DatabaseCreate { database, .. } => Step::DatabaseCreated { xid, database },
             RecordKind::DatabaseDrop { database, .. } => Step::DatabaseDropped { xid, database },
-            RecordKind::Commit { time, xid, details } | RecordKind::Abort { time, xid, details } => Step::End {
+            RecordKind::Commit { time, xid, details } | RecordKind::Abort { time, xid, details } => Step::End(Ended {
                 lsn: record.lsn,
                 end: record.end,
                 committed,
                 xid,
                 time,
                 details,
-            },
+            }),
             RecordKind::RestorePoint { time, name } => Step::RestorePoint {
                 lsn: record.lsn,
                 time,
@@ -772,6 +765,18 @@ impl Step {
             _ => return None,
         })
     }
+}
+
+/// A commit or abort record.
+#[derive(Debug)]
+struct Ended {
+    lsn: Lsn,
+    end: Lsn,
+    committed: bool,
+    /// The transaction it ends (the prepared one's for `COMMIT PREPARED`).
+    xid: u32,
+    time: DateTime<Utc>,
+    details: TransactionDetails,
 }
 
 /// The steps of one segment, and where its records started and ended.
@@ -1154,17 +1159,10 @@ impl<'n> Fold<'n> {
                 self.pending.entry(xid).or_default().databases_dropped.push(database);
                 None
             }
-            Step::End {
-                lsn,
-                end,
-                committed,
-                xid,
-                time,
-                details,
-            } => {
-                self.newest_time = self.newest_time.max(Some(time));
-                let mut whole = self.pending.remove(&xid).unwrap_or_default();
-                for sub in &details.subxacts {
+            Step::End(ended) => {
+                self.newest_time = self.newest_time.max(Some(ended.time));
+                let mut whole = self.pending.remove(&ended.xid).unwrap_or_default();
+                for sub in &ended.details.subxacts {
                     if let Some(part) = self.pending.remove(sub) {
                         merge(&mut whole, part);
                     }
@@ -1173,9 +1171,7 @@ impl<'n> Fold<'n> {
                 // are gone, and are not counted in the transaction that goes on after a
                 // ROLLBACK TO SAVEPOINT (the WAL does not say whether an abort is a
                 // subtransaction's, so it is an event of its own either way).
-                Some(Event::Transaction(
-                    self.transaction(xid, committed, lsn, end, time, details, whole),
-                ))
+                Some(Event::Transaction(self.transaction(ended, whole)))
             }
             Step::RestorePoint { lsn, time, name } => Some(Event::RestorePoint { lsn, time, name }),
             Step::Checkpoint {
@@ -1214,17 +1210,16 @@ impl<'n> Fold<'n> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn transaction(
-        &self,
-        xid: u32,
-        committed: bool,
-        lsn: Lsn,
-        end: Lsn,
-        time: DateTime<Utc>,
-        details: TransactionDetails,
-        whole: Pending,
-    ) -> TransactionEvent {
+    /// The event of a transaction that ended with `ended` and did `whole`.
+    fn transaction(&self, ended: Ended, whole: Pending) -> TransactionEvent {
+        let Ended {
+            lsn,
+            end,
+            committed,
+            xid,
+            time,
+            details,
+        } = ended;
         let names = self.names;
         let created: BTreeSet<RelFileLocator> = whole.created.iter().copied().collect();
         let heap_into_new = whole.heap_written.iter().any(|s| created.contains(s));
@@ -1476,7 +1471,7 @@ mod tests {
     }
 
     fn end(xid: u32, committed: bool, subxacts: Vec<u32>, dropped: Vec<RelFileLocator>) -> Step {
-        Step::End {
+        Step::End(Ended {
             lsn: Lsn(1000 + u64::from(xid)),
             end: Lsn(1100 + u64::from(xid)),
             committed,
@@ -1487,7 +1482,7 @@ mod tests {
                 dropped,
                 database: None,
             },
-        }
+        })
     }
 
     fn rows(xid: u32, rel: u32, change: RowChange, rows: u32) -> Step {
