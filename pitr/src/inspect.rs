@@ -37,8 +37,11 @@
 //! rows. Names come from [`Names`] (the maps recorded in the repository), valid at the event's
 //! LSN; a relation no map knows is shown as its storage `spc/db/relfilenode`.
 //!
-//! Changes a transaction made before the first segment scanned are not seen: the range should
-//! start before the transaction of interest (a time range scans from the start of the archive).
+//! Where a scan starts: at `--from-lsn`'s segment; for `--from` (a time), one segment before the
+//! first whose first commit (or checkpoint) is at or after it, found by a binary search that
+//! decodes a few segments; else at the archive's start. It stops after `--to-lsn`'s segment, or
+//! once a commit more than a second after `--to` is folded. Changes a transaction made before the
+//! first segment scanned are not seen: a range should start before the transaction of interest.
 //! Damage in an archived segment (a CRC mismatch) is an error naming the segment and the record's
 //! LSN; in the `.partial` file or the snapshot at the end, the first invalid record is where the
 //! WAL ends.
@@ -563,7 +566,7 @@ fn plan(repo: &Repo, options: &ScanOptions, progress: &dyn Progress) -> Result<P
     let first = options.from_lsn.map(|lsn| size.segment_of(lsn));
     let last = options.to_lsn.map(|lsn| size.segment_before(lsn));
     let in_range = |segno: u64| first.is_none_or(|f| segno >= f) && last.is_none_or(|l| segno <= l);
-    let on_path: Vec<Segment> = archived
+    let mut on_path: Vec<Segment> = archived
         .iter()
         .map(|(segno, timeline)| Segment {
             timeline: *timeline,
@@ -571,6 +574,10 @@ fn plan(repo: &Repo, options: &ScanOptions, progress: &dyn Progress) -> Result<P
         })
         .filter(|s| path.holds(*s, size) && in_range(s.segno))
         .collect();
+    if let (Some(from), None) = (options.from, options.from_lsn) {
+        let skipped = segments_before(repo, &on_path, size, from)?;
+        on_path.drain(..skipped);
+    }
     let mut sources: Vec<Source> = Vec::new();
     for segment in on_path {
         if let Some(previous) = sources.last() {
@@ -633,6 +640,43 @@ fn plan(repo: &Repo, options: &ScanOptions, progress: &dyn Progress) -> Result<P
         timeline,
         sources,
     })
+}
+
+/// How many of `segments` (in order) end before `from`: a binary search on the time of each
+/// segment's first timed record (a commit, abort, checkpoint or restore point), as commits are
+/// written in time order. The segment before the first that starts at or after `from` is kept:
+/// it holds the records before `from` of the transactions that end after it. A segment without a
+/// timed record counts as before.
+fn segments_before(repo: &Repo, segments: &[Segment], size: SegmentSize, from: DateTime<Utc>) -> Result<usize> {
+    let buffers = Buffers::default();
+    let first_time = |segment: Segment| -> Result<Option<DateTime<Utc>>> {
+        let source = Source { segment, tail: None };
+        let bytes = load(repo, &source, size, &buffers)?;
+        let name = segment_name(segment, size)?;
+        let what = repo.describe_wal(&WalFileName::Segment(name));
+        let corrupt = |reason: String| Error::Corrupt {
+            what: what.clone(),
+            reason,
+        };
+        let slices = [bytes.as_slice()];
+        for record in SegmentRecords::new(name, &slices).map_err(corrupt)? {
+            if let Some(time) = record.map_err(corrupt)?.time() {
+                return Ok(Some(time));
+            }
+        }
+        Ok(None)
+    };
+    // The first index whose first time is at or after `from` lies in low..=high.
+    let (mut low, mut high) = (0, segments.len());
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if first_time(segments[middle])?.is_some_and(|time| time >= from) {
+            high = middle;
+        } else {
+            low = middle + 1;
+        }
+    }
+    Ok(low.saturating_sub(1))
 }
 
 fn describe_range(options: &ScanOptions) -> String {
@@ -1710,6 +1754,36 @@ mod tests {
         };
         let report = events(&repo, &ranged, &Filter::default(), &crate::progress::Silent).unwrap();
         assert_eq!(xids(&report), [30, 31, 40]);
+    }
+
+    #[test]
+    fn a_time_range_starts_reading_a_segment_before_its_start() {
+        let archived: Vec<(u64, Vec<u8>)> = (1..=8)
+            .map(|n| (n, segment(n, &[n as u32 * 10, n as u32 * 10 + 1], true, false)))
+            .collect();
+        let (_dir, repo) = repo_with(&archived);
+        let at = |xid: i64| DateTime::from_timestamp(946_684_800 + xid, 0).unwrap();
+        let options = ScanOptions {
+            from: Some(at(50)),
+            to: Some(at(61)),
+            jobs: 2,
+            ..ScanOptions::default()
+        };
+        let report = events(&repo, &options, &Filter::default(), &crate::progress::Silent).unwrap();
+        assert_eq!(xids(&report), [50, 51, 60, 61]);
+        assert_eq!(
+            report.first_lsn,
+            Some(Lsn((4 << 20) + 40)),
+            "segment 4, the one before the start"
+        );
+        assert!(report.segments <= 4, "read {} segments", report.segments);
+        let before_all = ScanOptions {
+            from: Some(at(0)),
+            jobs: 1,
+            ..ScanOptions::default()
+        };
+        let report = events(&repo, &before_all, &Filter::default(), &crate::progress::Silent).unwrap();
+        assert_eq!(report.segments, 8);
     }
 
     #[test]
