@@ -364,7 +364,8 @@ pub enum TransactionKey {
 /// timeline's path), by transaction id or by the LSN of its commit, or `None` when it does not end
 /// there: what `recover --before` needs to stop just before an oops (its commit LSN, with
 /// recovery_target_inclusive off) and to tell the operator what it undoes. Reads the archive
-/// from its start to the transaction's end, on `jobs` threads.
+/// from its start to the transaction's end, on `jobs` threads; the first transaction of that id
+/// is the one found (ids wrap around after 2^32).
 pub fn find_transaction(
     repo: &Repo,
     names: &Names,
