@@ -48,6 +48,7 @@ FINDINGS = Path(__file__).resolve().parent / "findings.md"
 SCALE = Path(__file__).resolve().parent / "scale.md"
 S3_NOTES = Path(__file__).resolve().parent / "s3.md"
 LOAD_NOTES = Path(__file__).resolve().parent / "load.md"
+EVENTS_NOTES = Path(__file__).resolve().parent / "events.md"
 DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
 # cargo's target directory: CARGO_TARGET_DIR when set (cargo build honours it too), else target/.
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
@@ -2513,6 +2514,8 @@ def write_doc(rec: Record, path: Path) -> None:
         parts += [S3_NOTES.read_text().strip(), ""]
     if LOAD_NOTES.exists():
         parts += [LOAD_NOTES.read_text().strip(), ""]
+    if EVENTS_NOTES.exists():
+        parts += [EVENTS_NOTES.read_text().strip(), ""]
     parts += ["## Results", ""]
     for g in groups_in_order(res):
         parts += [f"### {g}", ""]

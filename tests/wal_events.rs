@@ -126,6 +126,15 @@ fn the_dropped_table_is_found_among_pgbench_transactions_with_its_xid_time_and_d
     assert_eq!(deletes[0]["rows"], 3210, "{:#}", deletes[0]);
     assert_eq!(deletes[0]["summary"], "DELETE 3210 rows from public.orders");
     assert_eq!(deletes[0]["database"], "catalog");
+    let text = c
+        .pitr_ok(&["wal", "events", "--kind", "delete", "--min-rows", "1000"])
+        .stdout_str();
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.ends_with("catalog      DELETE 3210 rows from public.orders")),
+        "{text}"
+    );
 
     // Every pgbench transaction is there: 3 updates and an insert each.
     let bench_events = events(&c, &["--database", "postgres", "--table", "pgbench_history"]);

@@ -37,8 +37,11 @@
 //! rows. Names come from [`Names`] (the maps recorded in the repository), valid at the event's
 //! LSN; a relation no map knows is shown as its storage `spc/db/relfilenode`.
 //!
-//! Changes a transaction made before the first segment scanned are not seen: the range should
-//! start before the transaction of interest (a time range scans from the start of the archive).
+//! Where a scan starts: at `--from-lsn`'s segment; for `--from` (a time), one segment before the
+//! first whose first commit (or checkpoint) is at or after it, found by a binary search that
+//! decodes a few segments; else at the archive's start. It stops after `--to-lsn`'s segment, or
+//! once a commit more than a second after `--to` is folded. Changes a transaction made before the
+//! first segment scanned are not seen: a range should start before the transaction of interest.
 //! Damage in an archived segment (a CRC mismatch) is an error naming the segment and the record's
 //! LSN; in the `.partial` file or the snapshot at the end, the first invalid record is where the
 //! WAL ends.
@@ -46,7 +49,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -343,11 +346,9 @@ pub fn events(repo: &Repo, options: &ScanOptions, filter: &Filter, progress: &dy
     let maps = repo.names_maps()?;
     let matcher = Matcher::new(filter, &maps)?;
     let names = Names::from_maps(maps);
-    let mut report = scan(&repo, options, &names, progress, |event| {
+    scan(&repo, options, &names, progress, |event| {
         matcher.keeps(event, options).then_some(Found::Keep)
-    })?;
-    report.names_missing = names.is_empty();
-    Ok(report)
+    })
 }
 
 /// Which transaction [`find_transaction`] looks for.
@@ -356,14 +357,14 @@ pub enum TransactionKey {
     /// Its (top-level) transaction id.
     Xid(u32),
     /// Where its commit or abort record starts.
-    EndLsn(Lsn),
+    CommitLsn(Lsn),
 }
 
 /// The event of one transaction in the archived WAL of `repo`'s generation (the timeline path
 /// and range of `options`), by transaction id or by the LSN of its commit, or `None` when it
 /// does not end there: what `recover --before` tells the operator it undoes. Reads from
 /// `options.from_lsn` (the recovery's backup start: what the copy replays) to the transaction's
-/// end.
+/// end; the first transaction of that id is the one found (ids wrap around after 2^32).
 pub fn find_transaction(
     repo: &Repo,
     names: &Names,
@@ -372,7 +373,7 @@ pub fn find_transaction(
 ) -> Result<Option<TransactionEvent>> {
     let repo = repo.pin()?;
     let report = scan(&repo, options, names, &crate::progress::Silent, |event| match event {
-        Event::Transaction(t) if key == TransactionKey::Xid(t.xid) || key == TransactionKey::EndLsn(t.lsn) => {
+        Event::Transaction(t) if key == TransactionKey::Xid(t.xid) || key == TransactionKey::CommitLsn(t.lsn) => {
             Some(Found::KeepAndStop)
         }
         _ => None,
@@ -561,7 +562,7 @@ fn plan(repo: &Repo, options: &ScanOptions, progress: &dyn Progress) -> Result<P
     let first = options.from_lsn.map(|lsn| size.segment_of(lsn));
     let last = options.to_lsn.map(|lsn| size.segment_before(lsn));
     let in_range = |segno: u64| first.is_none_or(|f| segno >= f) && last.is_none_or(|l| segno <= l);
-    let on_path: Vec<Segment> = archived
+    let mut on_path: Vec<Segment> = archived
         .iter()
         .map(|(segno, timeline)| Segment {
             timeline: *timeline,
@@ -569,6 +570,10 @@ fn plan(repo: &Repo, options: &ScanOptions, progress: &dyn Progress) -> Result<P
         })
         .filter(|s| path.holds(*s, size) && in_range(s.segno))
         .collect();
+    if let (Some(from), None) = (options.from, options.from_lsn) {
+        let skipped = segments_before(repo, &on_path, size, from)?;
+        on_path.drain(..skipped);
+    }
     let mut sources: Vec<Source> = Vec::new();
     for segment in on_path {
         if let Some(previous) = sources.last() {
@@ -633,6 +638,43 @@ fn plan(repo: &Repo, options: &ScanOptions, progress: &dyn Progress) -> Result<P
     })
 }
 
+/// How many of `segments` (in order) end before `from`: a binary search on the time of each
+/// segment's first timed record (a commit, abort, checkpoint or restore point), as commits are
+/// written in time order. The segment before the first that starts at or after `from` is kept:
+/// it holds the records before `from` of the transactions that end after it. A segment without a
+/// timed record counts as before.
+fn segments_before(repo: &Repo, segments: &[Segment], size: SegmentSize, from: DateTime<Utc>) -> Result<usize> {
+    let buffers = Buffers::default();
+    let first_time = |segment: Segment| -> Result<Option<DateTime<Utc>>> {
+        let source = Source { segment, tail: None };
+        let bytes = load(repo, &source, size, &buffers)?;
+        let name = segment_name(segment, size)?;
+        let what = repo.describe_wal(&WalFileName::Segment(name));
+        let corrupt = |reason: String| Error::Corrupt {
+            what: what.clone(),
+            reason,
+        };
+        let slices = [bytes.as_slice()];
+        for record in SegmentRecords::new(name, &slices).map_err(corrupt)? {
+            if let Some(time) = record.map_err(corrupt)?.time() {
+                return Ok(Some(time));
+            }
+        }
+        Ok(None)
+    };
+    // The first index whose first time is at or after `from` lies in low..=high.
+    let (mut low, mut high) = (0, segments.len());
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if first_time(segments[middle])?.is_some_and(|time| time >= from) {
+            high = middle;
+        } else {
+            low = middle + 1;
+        }
+    }
+    Ok(low.saturating_sub(1))
+}
+
 fn describe_range(options: &ScanOptions) -> String {
     let from = options
         .from_lsn
@@ -674,14 +716,7 @@ enum Step {
         xid: u32,
         database: u32,
     },
-    End {
-        lsn: Lsn,
-        end: Lsn,
-        committed: bool,
-        xid: u32,
-        time: DateTime<Utc>,
-        details: TransactionDetails,
-    },
+    End(Ended),
     RestorePoint {
         lsn: Lsn,
         time: DateTime<Utc>,
@@ -730,14 +765,14 @@ impl Step {
             }
             RecordKind::DatabaseCreate { database, .. } => Step::DatabaseCreated { xid, database },
             RecordKind::DatabaseDrop { database, .. } => Step::DatabaseDropped { xid, database },
-            RecordKind::Commit { time, xid, details } | RecordKind::Abort { time, xid, details } => Step::End {
+            RecordKind::Commit { time, xid, details } | RecordKind::Abort { time, xid, details } => Step::End(Ended {
                 lsn: record.lsn,
                 end: record.end,
                 committed,
                 xid,
                 time,
                 details,
-            },
+            }),
             RecordKind::RestorePoint { time, name } => Step::RestorePoint {
                 lsn: record.lsn,
                 time,
@@ -772,6 +807,18 @@ impl Step {
     }
 }
 
+/// A commit or abort record.
+#[derive(Debug)]
+struct Ended {
+    lsn: Lsn,
+    end: Lsn,
+    committed: bool,
+    /// The transaction it ends (the prepared one's for `COMMIT PREPARED`).
+    xid: u32,
+    time: DateTime<Utc>,
+    details: TransactionDetails,
+}
+
 /// The steps of one segment, and where its records started and ended.
 struct Decoded {
     steps: Vec<Step>,
@@ -789,7 +836,7 @@ fn scan(
     options: &ScanOptions,
     names: &Names,
     progress: &dyn Progress,
-    found: impl Fn(&Event) -> Option<Found>,
+    found: impl Fn(&Event) -> Option<Found> + Sync,
 ) -> Result<Report> {
     let plan = plan(repo, options, progress)?;
     let jobs = options.jobs.max(1);
@@ -813,76 +860,165 @@ fn scan(
         plan.sources.len() as u64 * u64::from(plan.size.bytes()),
     );
     let window = (jobs * 2).max(2);
+    let buffers = Buffers::default();
     // The decoded bytes of the segment after the window (read ahead for a record that continues
     // into it), carried into the next window.
     let mut carried: Option<(u64, Arc<Vec<u8>>)> = None;
-    let mut start = 0;
-    'windows: while start < plan.sources.len() {
-        let stop = (start + window).min(plan.sources.len());
-        let wanted: Vec<usize> = (start..(stop + 1).min(plan.sources.len())).collect();
-        let bytes: Vec<Result<Arc<Vec<u8>>>> = pool.install(|| {
-            use rayon::prelude::*;
-            wanted
-                .par_iter()
-                .map(|i| match &carried {
-                    Some((segno, bytes)) if *segno == plan.sources[*i].segment.segno => Ok(bytes.clone()),
-                    _ => load(repo, &plan.sources[*i], plan.size).map(Arc::new),
-                })
-                .collect()
+    // The window decoded last: folded (on one thread) while the next one is decoded (on the
+    // others), so that the fold, which is sequential, costs no time of its own.
+    let mut ready: Option<Vec<Result<Decoded>>> = None;
+    let mut next = 0;
+    loop {
+        let range = (next < plan.sources.len()).then(|| next..(next + window).min(plan.sources.len()));
+        let (folded, decoded) = pool.install(|| {
+            rayon::join(
+                || match ready.take() {
+                    Some(decoded) => fold_window(decoded, &mut fold, &mut report, &found, options, progress, &plan),
+                    None => Ok(Flow::Go),
+                },
+                || {
+                    range
+                        .clone()
+                        .map(|range| decode_window(repo, &plan, range, &mut carried, &buffers))
+                },
+            )
         });
-        let bytes: Vec<Arc<Vec<u8>>> = bytes.into_iter().collect::<Result<_>>()?;
-        let decoded: Vec<Result<Decoded>> = pool.install(|| {
-            use rayon::prelude::*;
-            (start..stop)
-                .into_par_iter()
-                .map(|i| {
-                    let local = i - start;
-                    let following = plan
-                        .sources
-                        .get(i + 1)
-                        .filter(|n| n.segment.segno == plan.sources[i].segment.segno + 1);
-                    let mut held: Vec<Arc<Vec<u8>>> = vec![bytes[local].clone()];
-                    if following.is_some() {
-                        held.push(bytes[local + 1].clone());
-                    }
-                    decode_segment(repo, &plan, i, held)
-                })
-                .collect()
-        });
-        carried = (stop < plan.sources.len()).then(|| (plan.sources[stop].segment.segno, bytes[stop - start].clone()));
-        for result in decoded {
-            let decoded = result?;
-            report.segments += 1;
-            report.records += decoded.records;
-            report.first_lsn = report.first_lsn.or(decoded.first);
-            report.end_lsn = decoded.end.or(report.end_lsn);
-            progress.advance(u64::from(plan.size.bytes()));
-            for step in decoded.steps {
-                if let Some(event) = fold.step(step) {
-                    match found(&event) {
-                        Some(Found::Keep) => report.events.push(event),
-                        Some(Found::KeepAndStop) => {
-                            report.events.push(event);
-                            break 'windows;
-                        }
-                        None => {}
-                    }
-                }
-            }
-            if decoded.ended || fold.past_end(options) {
-                break 'windows;
-            }
+        if let Flow::Stop = folded? {
+            break;
         }
-        start = stop;
+        match (decoded, range) {
+            (Some(decoded), Some(range)) => {
+                ready = Some(decoded);
+                next = range.end;
+            }
+            _ => break,
+        }
     }
     progress.finish();
     Ok(report)
 }
 
+/// Whether the scan goes on after a window.
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// Folds the steps of a decoded window into events, handing each to `found`; the first error
+/// (a damaged segment) ends the scan when the fold gets there.
+#[allow(clippy::too_many_arguments)]
+fn fold_window(
+    window: Vec<Result<Decoded>>,
+    fold: &mut Fold<'_>,
+    report: &mut Report,
+    found: &(impl Fn(&Event) -> Option<Found> + Sync),
+    options: &ScanOptions,
+    progress: &dyn Progress,
+    plan: &Plan,
+) -> Result<Flow> {
+    for result in window {
+        let decoded = result?;
+        report.segments += 1;
+        report.records += decoded.records;
+        report.first_lsn = report.first_lsn.or(decoded.first);
+        report.end_lsn = decoded.end.or(report.end_lsn);
+        progress.advance(u64::from(plan.size.bytes()));
+        for step in decoded.steps {
+            if let Some(event) = fold.step(step) {
+                match found(&event) {
+                    Some(Found::Keep) => report.events.push(event),
+                    Some(Found::KeepAndStop) => {
+                        report.events.push(event);
+                        return Ok(Flow::Stop);
+                    }
+                    None => {}
+                }
+            }
+        }
+        if decoded.ended || fold.past_end(options) {
+            return Ok(Flow::Stop);
+        }
+    }
+    Ok(Flow::Go)
+}
+
+/// Decompresses the sources in `range` (and the one after it, for a record that continues
+/// there) and decodes their records, in parallel; a source that cannot be read is an error in
+/// its place.
+fn decode_window(
+    repo: &Repo,
+    plan: &Plan,
+    range: std::ops::Range<usize>,
+    carried: &mut Option<(u64, Arc<Vec<u8>>)>,
+    buffers: &Buffers,
+) -> Vec<Result<Decoded>> {
+    use rayon::prelude::*;
+    let (start, stop) = (range.start, range.end);
+    let wanted: Vec<usize> = (start..(stop + 1).min(plan.sources.len())).collect();
+    let bytes: Vec<Result<Arc<Vec<u8>>>> = wanted
+        .par_iter()
+        .map(|i| match carried.as_ref() {
+            Some((segno, bytes)) if *segno == plan.sources[*i].segment.segno => Ok(bytes.clone()),
+            _ => load(repo, &plan.sources[*i], plan.size, buffers).map(Arc::new),
+        })
+        .collect();
+    let mut decoded: Vec<Option<Result<Decoded>>> = (start..stop)
+        .into_par_iter()
+        .map(|i| {
+            let local = i - start;
+            let own = bytes[local].as_ref().ok()?;
+            let mut held: Vec<Arc<Vec<u8>>> = vec![own.clone()];
+            let following = plan
+                .sources
+                .get(i + 1)
+                .filter(|n| n.segment.segno == plan.sources[i].segment.segno + 1);
+            if let (Some(_), Some(Ok(next))) = (following, bytes.get(local + 1)) {
+                held.push(next.clone());
+            }
+            Some(decode_segment(repo, plan, i, held))
+        })
+        .collect();
+    *carried = None;
+    for (local, loaded) in bytes.into_iter().enumerate() {
+        match loaded {
+            Ok(bytes) if start + local == stop => *carried = Some((plan.sources[stop].segment.segno, bytes)),
+            Ok(bytes) => buffers.give(bytes),
+            Err(error) => {
+                if let Some(slot) = decoded.get_mut(local) {
+                    *slot = Some(Err(error));
+                }
+            }
+        }
+    }
+    decoded
+        .into_iter()
+        .map(|d| d.expect("every source was decoded or failed to load"))
+        .collect()
+}
+
+/// Buffers of decoded segments, handed back once a window is folded and reused: a fresh buffer
+/// of a segment's size costs a page fault per page, about a fifth of a scan's time.
+#[derive(Default)]
+struct Buffers(Mutex<Vec<Vec<u8>>>);
+
+impl Buffers {
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().expect("not poisoned").pop().unwrap_or_default()
+    }
+
+    /// Keeps `bytes` for reuse when nothing else holds it.
+    fn give(&self, bytes: Arc<Vec<u8>>) {
+        if let Ok(bytes) = Arc::try_unwrap(bytes) {
+            self.0.lock().expect("not poisoned").push(bytes);
+        }
+    }
+}
+
 /// The raw bytes of a source: an archived segment decoded, or the tail padded to a whole
 /// segment (a snapshot holds its first bytes only).
-fn load(repo: &Repo, source: &Source, size: SegmentSize) -> Result<Vec<u8>> {
+fn load(repo: &Repo, source: &Source, size: SegmentSize, buffers: &Buffers) -> Result<Vec<u8>> {
     let name = segment_name(source.segment, size)?;
+    let mut bytes = buffers.take();
     match &source.tail {
         None => {
             let file = WalFileName::Segment(name);
@@ -891,18 +1027,18 @@ fn load(repo: &Repo, source: &Source, size: SegmentSize) -> Result<Vec<u8>> {
                 what: what.clone(),
                 reason: "vanished while the WAL was read".into(),
             })?;
-            codec::decode(&object, &what)
+            codec::decode_into(&object, &what, &mut bytes)?;
         }
         Some(object) => {
             let what = format!(
                 "{} (the segment being received)",
                 repo.describe_wal(&WalFileName::Partial(name))
             );
-            let mut bytes = codec::decode(object, &what)?;
+            codec::decode_into(object, &what, &mut bytes)?;
             bytes.resize(size.bytes() as usize, 0);
-            Ok(bytes)
         }
     }
+    Ok(bytes)
 }
 
 /// Decodes the records that start in source `index`, from `held` (its bytes and the next
@@ -968,7 +1104,9 @@ fn decode_segment(repo: &Repo, plan: &Plan, index: usize, mut held: Vec<Arc<Vec<
                 };
                 let archived = plan.sources.iter().find(|s| s.segment == further && s.tail.is_none());
                 match archived {
-                    Some(s) if needs >= further.segno => held.push(Arc::new(load(repo, s, plan.size)?)),
+                    Some(s) if needs >= further.segno => {
+                        held.push(Arc::new(load(repo, s, plan.size, &Buffers::default())?))
+                    }
                     // Not archived (yet): the scan goes on after the gap.
                     _ => return Ok(decoded),
                 }
@@ -1061,17 +1199,10 @@ impl<'n> Fold<'n> {
                 self.pending.entry(xid).or_default().databases_dropped.push(database);
                 None
             }
-            Step::End {
-                lsn,
-                end,
-                committed,
-                xid,
-                time,
-                details,
-            } => {
-                self.newest_time = self.newest_time.max(Some(time));
-                let mut whole = self.pending.remove(&xid).unwrap_or_default();
-                for sub in &details.subxacts {
+            Step::End(ended) => {
+                self.newest_time = self.newest_time.max(Some(ended.time));
+                let mut whole = self.pending.remove(&ended.xid).unwrap_or_default();
+                for sub in &ended.details.subxacts {
                     if let Some(part) = self.pending.remove(sub) {
                         merge(&mut whole, part);
                     }
@@ -1080,9 +1211,7 @@ impl<'n> Fold<'n> {
                 // are gone, and are not counted in the transaction that goes on after a
                 // ROLLBACK TO SAVEPOINT (the WAL does not say whether an abort is a
                 // subtransaction's, so it is an event of its own either way).
-                Some(Event::Transaction(
-                    self.transaction(xid, committed, lsn, end, time, details, whole),
-                ))
+                Some(Event::Transaction(self.transaction(ended, whole)))
             }
             Step::RestorePoint { lsn, time, name } => Some(Event::RestorePoint { lsn, time, name }),
             Step::Checkpoint {
@@ -1121,17 +1250,16 @@ impl<'n> Fold<'n> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn transaction(
-        &self,
-        xid: u32,
-        committed: bool,
-        lsn: Lsn,
-        end: Lsn,
-        time: DateTime<Utc>,
-        details: TransactionDetails,
-        whole: Pending,
-    ) -> TransactionEvent {
+    /// The event of a transaction that ended with `ended` and did `whole`.
+    fn transaction(&self, ended: Ended, whole: Pending) -> TransactionEvent {
+        let Ended {
+            lsn,
+            end,
+            committed,
+            xid,
+            time,
+            details,
+        } = ended;
         let names = self.names;
         let created: BTreeSet<RelFileLocator> = whole.created.iter().copied().collect();
         let heap_into_new = whole.heap_written.iter().any(|s| created.contains(s));
@@ -1343,4 +1471,344 @@ fn database_label(d: &DatabaseChange) -> String {
     d.name
         .clone()
         .unwrap_or_else(|| format!("with OID {} (name unknown)", d.oid))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::names::{DatabaseName, MappedRelation};
+
+    const DB: u32 = 16384;
+
+    fn storage(rel: u32) -> RelFileLocator {
+        RelFileLocator { spc: 1663, db: DB, rel }
+    }
+
+    fn names() -> Names {
+        let relation = |rel, name: &str, kind| MappedRelation {
+            storage: storage(rel),
+            name: RelationName {
+                schema: "public".into(),
+                name: name.into(),
+                kind,
+            },
+        };
+        Names::from_maps([NamesMap {
+            lsn: Lsn(0),
+            time: Utc::now(),
+            databases: vec![DatabaseName {
+                oid: DB,
+                name: "catalog".into(),
+            }],
+            relations: vec![
+                relation(20000, "products", 'r'),
+                relation(20001, "products_pkey", 'i'),
+                relation(20002, "orders", 'r'),
+            ],
+            unreadable: Vec::new(),
+        }])
+    }
+
+    fn end(xid: u32, committed: bool, subxacts: Vec<u32>, dropped: Vec<RelFileLocator>) -> Step {
+        Step::End(Ended {
+            lsn: Lsn(1000 + u64::from(xid)),
+            end: Lsn(1100 + u64::from(xid)),
+            committed,
+            xid,
+            time: Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap(),
+            details: TransactionDetails {
+                subxacts,
+                dropped,
+                database: None,
+            },
+        })
+    }
+
+    fn rows(xid: u32, rel: u32, change: RowChange, rows: u32) -> Step {
+        Step::Rows {
+            xid,
+            storage: storage(rel),
+            change,
+            rows,
+        }
+    }
+
+    fn transaction(event: Option<Event>) -> TransactionEvent {
+        match event {
+            Some(Event::Transaction(t)) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn drops_truncates_and_rewrites_are_told_apart_by_the_storage_created_and_written() {
+        let names = names();
+        let mut fold = Fold::new(&names);
+        let dropped = vec![storage(20000), storage(20001)];
+        let drop = transaction(fold.step(end(10, true, vec![], dropped.clone())));
+        assert_eq!(drop.kinds, [EventKind::Drop]);
+        assert_eq!(drop.summary, "DROP TABLE public.products; 0 rows");
+        assert_eq!(drop.database.as_deref(), Some("catalog"));
+
+        fold.step(Step::Created {
+            xid: 11,
+            storage: storage(30000),
+        });
+        let truncate = transaction(fold.step(end(11, true, vec![], dropped.clone())));
+        assert_eq!(truncate.kinds, [EventKind::Truncate]);
+        assert_eq!(truncate.summary, "TRUNCATE public.products; 0 rows");
+
+        fold.step(Step::Created {
+            xid: 12,
+            storage: storage(30001),
+        });
+        fold.step(Step::HeapImage {
+            xid: 12,
+            storage: storage(30001),
+        });
+        let rewrite = transaction(fold.step(end(12, true, vec![], dropped)));
+        assert_eq!(rewrite.kinds, [EventKind::Rewrite]);
+        assert_eq!(rewrite.rows, 0, "the rows copied into the new storage are not changes");
+
+        fold.step(Step::Created {
+            xid: 13,
+            storage: storage(30002),
+        });
+        fold.step(rows(13, 30002, RowChange::Insert, 40));
+        let create = transaction(fold.step(end(13, true, vec![], vec![])));
+        assert_eq!(create.kinds, [EventKind::Insert, EventKind::Create]);
+        assert_eq!(create.rows, 40);
+    }
+
+    #[test]
+    fn subtransactions_fold_in_and_rolled_back_ones_do_not_count() {
+        let names = names();
+        let mut fold = Fold::new(&names);
+        fold.step(rows(20, 20002, RowChange::Delete, 3));
+        fold.step(rows(21, 20002, RowChange::Delete, 500));
+        fold.step(rows(22, 20002, RowChange::Update, 7));
+        // Subtransaction 21 rolls back (ROLLBACK TO SAVEPOINT); 22 commits with 20.
+        let rolled_back = transaction(fold.step(end(21, false, vec![], vec![])));
+        assert!(!rolled_back.committed);
+        assert_eq!(rolled_back.kinds, [EventKind::Delete, EventKind::Abort]);
+        let committed = transaction(fold.step(end(20, true, vec![22], vec![])));
+        assert_eq!(committed.rows, 10);
+        assert_eq!(committed.subxacts, [22]);
+        assert_eq!(
+            committed.summary,
+            "UPDATE 7 rows in public.orders; DELETE 3 rows from public.orders"
+        );
+        assert!(fold.pending.is_empty(), "nothing is held after the ends");
+    }
+
+    #[test]
+    fn a_relation_no_map_knows_shows_its_storage_and_catalog_rows_do_not_count() {
+        let names = Names::default();
+        let mut fold = Fold::new(&names);
+        fold.step(rows(30, 1259, RowChange::Delete, 4));
+        let drop = transaction(fold.step(end(30, true, vec![], vec![storage(40000)])));
+        assert_eq!(drop.summary, "DROP relation 1663/16384/40000 (name unknown); 0 rows");
+        assert_eq!(drop.rows, 0, "pg_class's rows are the catalog's");
+        assert_eq!(drop.database_oid, Some(DB));
+        assert_eq!(drop.database, None);
+    }
+
+    #[test]
+    fn tables_are_named_by_name_qualified_name_storage_or_relfilenode() {
+        let name = RelationName {
+            schema: "public".into(),
+            name: "orders".into(),
+            kind: 'r',
+        };
+        for wanted in ["orders", "public.orders", "1663/16384/20002", "20002"] {
+            assert!(table_matches(wanted, storage(20002), Some(&name)), "{wanted}");
+        }
+        for wanted in ["other.orders", "order", "1663/5/20002", "20003"] {
+            assert!(!table_matches(wanted, storage(20002), Some(&name)), "{wanted}");
+        }
+        assert_eq!(parse_storage("1/2/x"), None);
+        assert_eq!("drop-database".parse::<EventKind>().unwrap(), EventKind::DropDatabase);
+        assert!("dropped".parse::<EventKind>().is_err());
+        let filter = Filter {
+            tables: vec!["nosuch".into()],
+            ..Filter::default()
+        };
+        let unknown = Matcher::new(&filter, &[]).map(|_| ());
+        assert!(
+            matches!(&unknown, Err(Error::InvalidInput(m)) if m.contains("no map of names knows a relation 'nosuch'")),
+            "{unknown:?}"
+        );
+    }
+
+    /// A 1 MiB segment of PostgreSQL 15 holding commits of transactions `xids` (at second `n`
+    /// past 2000-01-01 for the n-th) and, when `switch`, a switch record; `bad_crc` damages the
+    /// last commit's CRC.
+    fn segment(segno: u64, xids: &[u32], switch: bool, bad_crc: bool) -> Vec<u8> {
+        const SIZE: u32 = 1 << 20;
+        let base = segno * u64::from(SIZE);
+        let mut raw = vec![0u8; SIZE as usize];
+        raw[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        raw[2..4].copy_from_slice(&2u16.to_le_bytes());
+        raw[4..8].copy_from_slice(&1u32.to_le_bytes());
+        raw[8..16].copy_from_slice(&base.to_le_bytes());
+        raw[24..32].copy_from_slice(&7u64.to_le_bytes());
+        raw[32..36].copy_from_slice(&SIZE.to_le_bytes());
+        raw[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        let mut at = 40usize;
+        let mut prev = 0u64;
+        let mut put = |rmid: u8, info: u8, xid: u32, main: &[u8], damage: bool| {
+            let mut r = vec![0u8; 24];
+            if !main.is_empty() {
+                r.extend_from_slice(&[255, main.len() as u8]);
+                r.extend_from_slice(main);
+            }
+            let total = r.len() as u32;
+            r[0..4].copy_from_slice(&total.to_le_bytes());
+            r[4..8].copy_from_slice(&xid.to_le_bytes());
+            r[8..16].copy_from_slice(&prev.to_le_bytes());
+            r[16] = info;
+            r[17] = rmid;
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&r[24..]), &r[..20]) ^ u32::from(damage);
+            r[20..24].copy_from_slice(&crc.to_le_bytes());
+            raw[at..at + r.len()].copy_from_slice(&r);
+            prev = base + at as u64;
+            at = (at + r.len()).div_ceil(8) * 8;
+        };
+        for (n, xid) in xids.iter().enumerate() {
+            let damage = bad_crc && n + 1 == xids.len();
+            put(1, 0, *xid, &(i64::from(*xid) * 1_000_000).to_le_bytes(), damage);
+        }
+        if switch {
+            put(0, 0x40, 0, &[], false);
+        }
+        raw
+    }
+
+    fn repo_with(segments: &[(u64, Vec<u8>)]) -> (tempfile::TempDir, Repo) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(dir.path()).unwrap();
+        repo.claim(crate::repo::Cluster {
+            pg_version: 15,
+            system_identifier: 7,
+            wal_segment_size: 1 << 20,
+        })
+        .unwrap();
+        for (segno, raw) in segments {
+            let name = WalFileName::parse(&format!("0000000100000000{segno:08X}")).unwrap();
+            repo.put_wal(&name, &crate::codec::Codec::default().encode(raw))
+                .unwrap();
+        }
+        (dir, repo)
+    }
+
+    fn xids(report: &Report) -> Vec<u32> {
+        report
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Transaction(t) => Some(t.xid),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_scan_reads_on_into_the_segment_being_received_in_order() {
+        let archived: Vec<(u64, Vec<u8>)> = (1..=5)
+            .map(|n| (n, segment(n, &[n as u32 * 10, n as u32 * 10 + 1], true, false)))
+            .collect();
+        let (_dir, repo) = repo_with(&archived);
+        // The receiver's snapshot of segment 6: its first 100 bytes, which cut its second commit
+        // short: the WAL ends there.
+        let receiving = segment(6, &[60, 61], false, false);
+        let name = WalFileName::parse("000000010000000000000006")
+            .unwrap()
+            .segment_name()
+            .unwrap();
+        let snapshot = crate::codec::Codec::default().encode(&receiving[..100]);
+        repo.put_stream_snapshot(name, 100, &snapshot).unwrap();
+        let options = ScanOptions {
+            jobs: 2,
+            ..ScanOptions::default()
+        };
+        let report = events(&repo, &options, &Filter::default(), &crate::progress::Silent).unwrap();
+        assert_eq!(xids(&report), [10, 11, 20, 21, 30, 31, 40, 41, 50, 51, 60]);
+        assert_eq!(report.segments, 6);
+        assert!(report.names_missing);
+        let one_job = ScanOptions {
+            jobs: 1,
+            ..ScanOptions::default()
+        };
+        let found = find_transaction(&repo, &Names::default(), TransactionKey::Xid(41), &one_job).unwrap();
+        assert_eq!(found.map(|t| t.time.timestamp()), Some(946_684_800 + 41));
+        assert_eq!(
+            find_transaction(&repo, &Names::default(), TransactionKey::Xid(99), &one_job).unwrap(),
+            None
+        );
+        let ranged = ScanOptions {
+            from_lsn: Some(Lsn(3 << 20)),
+            to_lsn: Some(Lsn((4 << 20) + 60)),
+            jobs: 1,
+            ..ScanOptions::default()
+        };
+        let report = events(&repo, &ranged, &Filter::default(), &crate::progress::Silent).unwrap();
+        assert_eq!(xids(&report), [30, 31, 40]);
+    }
+
+    #[test]
+    fn a_time_range_starts_reading_a_segment_before_its_start() {
+        let archived: Vec<(u64, Vec<u8>)> = (1..=8)
+            .map(|n| (n, segment(n, &[n as u32 * 10, n as u32 * 10 + 1], true, false)))
+            .collect();
+        let (_dir, repo) = repo_with(&archived);
+        let at = |xid: i64| DateTime::from_timestamp(946_684_800 + xid, 0).unwrap();
+        let options = ScanOptions {
+            from: Some(at(50)),
+            to: Some(at(61)),
+            jobs: 2,
+            ..ScanOptions::default()
+        };
+        let report = events(&repo, &options, &Filter::default(), &crate::progress::Silent).unwrap();
+        assert_eq!(xids(&report), [50, 51, 60, 61]);
+        assert_eq!(
+            report.first_lsn,
+            Some(Lsn((4 << 20) + 40)),
+            "segment 4, the one before the start"
+        );
+        assert!(report.segments <= 4, "read {} segments", report.segments);
+        let before_all = ScanOptions {
+            from: Some(at(0)),
+            jobs: 1,
+            ..ScanOptions::default()
+        };
+        let report = events(&repo, &before_all, &Filter::default(), &crate::progress::Silent).unwrap();
+        assert_eq!(report.segments, 8);
+    }
+
+    #[test]
+    fn a_damaged_record_in_an_archived_segment_names_the_segment_and_the_lsn() {
+        let (_dir, repo) = repo_with(&[
+            (1, segment(1, &[10], true, false)),
+            (2, segment(2, &[20, 21], true, true)),
+        ]);
+        let options = ScanOptions {
+            jobs: 2,
+            ..ScanOptions::default()
+        };
+        let error = events(&repo, &options, &Filter::default(), &crate::progress::Silent).unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, Error::Corrupt { .. }), "{message}");
+        assert!(message.contains("000000010000000000000002"), "{message}");
+        assert!(message.contains("record at 0/200050: CRC-32C"), "{message}");
+        let empty = tempfile::tempdir().unwrap();
+        let nothing = events(
+            &Repo::open_local(empty.path()).unwrap(),
+            &options,
+            &Filter::default(),
+            &crate::progress::Silent,
+        );
+        assert!(nothing.unwrap_err().to_string().contains("holds no WAL"));
+    }
 }

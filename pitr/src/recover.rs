@@ -149,7 +149,7 @@ pub fn plan_recovery(repo: &Repo, request: &Request, generation: Option<u32>, jo
             ..Default::default()
         };
         let names = crate::names::Names::load(&repo)?;
-        let key = crate::inspect::TransactionKey::EndLsn(before.commit_lsn);
+        let key = crate::inspect::TransactionKey::CommitLsn(before.commit_lsn);
         before.did =
             crate::inspect::find_transaction(&repo, &names, key, &options)?.map(|event| match event.database {
                 Some(database) => format!("in database {database}: {}", event.summary),
