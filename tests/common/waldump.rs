@@ -136,12 +136,16 @@ pub fn read_records(c: &Cluster, start: &str, switch_end: &str) -> Vec<Record> {
 
 /// One record as pg_waldump prints it.
 #[derive(Debug)]
-struct Dumped {
-    rmgr: String,
-    xid: u32,
-    desc: String,
+pub struct Dumped {
+    pub rmgr: String,
+    /// `len (rec/tot)`'s total.
+    pub total_len: u32,
+    pub xid: u32,
+    /// `prev`, as printed.
+    pub prev: String,
+    pub desc: String,
     /// (block id, storage, fork name, block, full-page image)
-    blocks: Vec<(u8, RelFileLocator, String, u32, bool)>,
+    pub blocks: Vec<(u8, RelFileLocator, String, u32, bool)>,
 }
 
 fn locator(text: &str) -> RelFileLocator {
@@ -194,16 +198,18 @@ fn list_after<'d>(desc: &'d str, key: &str) -> Vec<&'d str> {
         .unwrap_or_default()
 }
 
-/// `pg_waldump -p <pg_wal> -s <start> -e <end>`, by LSN.
-fn waldump(c: &Cluster, program: &Path, start: &str, end: &str) -> BTreeMap<u64, Dumped> {
-    let out = run(server_command(program)
-        .env("TZ", "UTC")
-        .arg("-p")
-        .arg(c.pg_wal())
-        .args(["-s", start, "-e", end]));
+/// `pg_waldump -p <pg_wal> -s <start> [-e <end>]` (to the end of the WAL there without `end`),
+/// by LSN.
+pub fn waldump(c: &Cluster, program: &Path, start: &str, end: Option<&str>) -> BTreeMap<u64, Dumped> {
+    let mut command = server_command(program);
+    command.env("TZ", "UTC").arg("-p").arg(c.pg_wal()).args(["-s", start]);
+    if let Some(end) = end {
+        command.args(["-e", end]);
+    }
+    let out = run(&mut command);
     let text = out.stdout_str();
     assert!(
-        text.lines().count() > 1000,
+        text.lines().count() > 100,
         "pg_waldump printed little:\n{}",
         out.describe()
     );
@@ -240,7 +246,12 @@ fn waldump(c: &Cluster, program: &Path, start: &str, end: &str) -> BTreeMap<u64,
                 .collect();
             let dumped = Dumped {
                 rmgr: field("rmgr:").to_string(),
+                total_len: line
+                    .split_once("len (rec/tot):")
+                    .and_then(|(_, r)| r.split(',').next()?.split('/').nth(1)?.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no total length in {line}")),
                 xid: field("tx:").parse().expect("numeric tx"),
+                prev: field("prev").to_string(),
                 desc,
                 blocks,
             };
@@ -273,7 +284,7 @@ pub fn decoding_matches_pg_waldump(major: u32) {
         }
     }
     if let Some(program) = pg_waldump_of(major) {
-        let dumped = waldump(&c, &program, &facts.start, &facts.end);
+        let dumped = waldump(&c, &program, &facts.start, Some(&facts.end));
         let read: BTreeMap<u64, &Record> = records
             .iter()
             .filter(|r| r.lsn.0 >= start)
