@@ -348,14 +348,17 @@ pub fn drill_report(report: &pitr::drill::DrillReport) {
 fn drill_record(d: &pitr::drill::DrillRecord) {
     let seconds = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |s| format!("{s:.1} s"));
     println!(
-        "drill {} of {} backup {}: {} (target {}, reached {} at {}; RTO {}, RPO {}, {} restored)",
+        "drill {} of {} backup {}: {} (target {}, reached {}{}; RTO {}, RPO {}, {} restored)",
         d.started.format("%Y-%m-%d %H:%M:%S UTC"),
         d.tier,
         printable(&d.backup_id),
         if d.passed { "passed" } else { "FAILED" },
         printable(&d.target),
         printable(d.reached_lsn.as_deref().unwrap_or("-")),
-        printable(d.reached_time.as_deref().unwrap_or("-")),
+        d.reached_time
+            .as_deref()
+            .map(|t| format!(", last commit {}", printable(t)))
+            .unwrap_or_default(),
         seconds(d.rto_seconds),
         seconds(d.rpo_seconds),
         human_bytes(d.bytes_restored)

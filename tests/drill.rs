@@ -87,9 +87,24 @@ fn verify(c: &Cluster, args: &[&str], code: i32) -> Value {
 fn drills_of_every_tier_pass_are_recorded_and_exported_and_leave_nothing() {
     let c = Cluster::start(ClusterOptions::default().data_checksums());
     c.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 2000) g");
+    let scratch = scratch_of(&c);
+    // Nothing to drill yet: refused, nothing recorded.
+    let out = pitr(&c, &["drill", "--scratch", scratch.to_str().unwrap()]);
+    out.assert_code(1);
+    assert!(out.stderr_str().contains("no backup to drill"), "{}", out.describe());
     backup_ok(&c, &["--tier", "hourly"]);
     backup_ok(&c, &["--tier", "daily"]);
-    let scratch = scratch_of(&c);
+    let out = pitr(
+        &c,
+        &["drill", "--tier", "weekly", "--scratch", scratch.to_str().unwrap()],
+    );
+    out.assert_code(1);
+    assert!(
+        out.stderr_str().contains("no weekly backup to drill"),
+        "{}",
+        out.describe()
+    );
+    assert!(!c.repo().join("drills").exists(), "a refused drill records nothing");
 
     let report = drill(&c, &scratch, &["--all", "--verify-sql", "SELECT count(*) FROM t"], 0);
     let drills = report["drills"].as_array().unwrap();
@@ -122,6 +137,25 @@ fn drills_of_every_tier_pass_are_recorded_and_exported_and_leave_nothing() {
     assert!(tiers.contains(&"hourly") && tiers.contains(&"daily"), "{list:#}");
     let text = pitr(&c, &["drill", "list"]);
     assert!(text.stdout_str().contains("passed"), "{}", text.describe());
+
+    // A stray name in drills/ is reported, never taken for a record.
+    let stray = c.repo().join("drills").join("20261207T040000_yearly.json");
+    std::fs::write(&stray, b"{}").unwrap();
+    let list = parse_json(&pitr(&c, &["drill", "list", "--json"]));
+    assert_eq!(list["drills"].as_array().unwrap().len(), 2, "{list:#}");
+    assert!(
+        list["unreadable"][0]
+            .as_str()
+            .unwrap()
+            .contains("not a drill record name"),
+        "{list:#}"
+    );
+    let report = verify(&c, &[], 2);
+    assert!(
+        alerts_of(&report, "alerts").contains(&("DrillFailed".to_string(), "drills".to_string())),
+        "{report:#}"
+    );
+    std::fs::remove_file(&stray).unwrap();
 
     let metrics = c.test_dir().join("pitr.prom");
     verify(&c, &["--metrics-file", metrics.to_str().unwrap()], 0);
