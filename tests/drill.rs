@@ -124,6 +124,26 @@ fn drills_of_every_tier_pass_are_recorded_and_exported_and_leave_nothing() {
     }
     assert_copy_gone(&scratch);
 
+    // Interrupted once its copy's server runs: stopped, removed, nothing recorded.
+    let mut command = c.pitr_cmd();
+    command
+        .env("PGHOST", c.dir().join("no-server-here"))
+        .arg("--repo")
+        .arg(c.repo())
+        .args(["drill", "--tier", "hourly", "--scratch"])
+        .arg(&scratch);
+    let cmdline = cmdline(&command);
+    let child = spawn(&mut command);
+    let started = poll(std::time::Duration::from_secs(60), || {
+        let copy = std::fs::read_dir(&scratch).ok()?.flatten().next()?.path();
+        copy.join("data/postmaster.pid").exists().then_some(())
+    });
+    assert!(started.is_some(), "the drill's copy never started");
+    let out = terminate_pitr(child, cmdline, std::time::Duration::from_secs(60));
+    assert_eq!(out.code(), Some(130), "{}", out.describe());
+    assert!(out.stderr_str().contains("nothing recorded"), "{}", out.describe());
+    assert_copy_gone(&scratch);
+
     let list = pitr(&c, &["drill", "list", "--json"]);
     list.assert_code(0);
     let list = parse_json(&list);

@@ -35,6 +35,7 @@ use crate::backup::manifest::ManifestSummary;
 use crate::backup::{self, Tier};
 use crate::codec::json;
 use crate::error::{Error, Result};
+use crate::interrupt;
 use crate::pg::ctl::Owner;
 use crate::pg::Server;
 use crate::progress::Progress;
@@ -261,7 +262,18 @@ async fn drill_backup(
     let result = check_copy(&pinned, &plan, &scratch, options, &mut record, progress).await;
     let removed = scratch.finish();
     match (result, removed) {
-        (Err(e @ Error::Interrupted(_)), _) => Err(e),
+        // Not recover's words on what is left: the copy is cleaned up here.
+        (Err(Error::Interrupted(_)), removed) => Err(Error::Interrupted(format!(
+            "drill of {} interrupted; {}; nothing recorded",
+            backup.id,
+            match removed {
+                Ok(_) => format!("the copy is stopped and {} removed", scratch.dir.display()),
+                Err(e) => format!(
+                    "the copy could not be cleaned up ({e}): remove {}",
+                    scratch.dir.display()
+                ),
+            }
+        ))),
         (_, Err(e)) => Err(Error::Refused(format!(
             "drill of {}: the copy could not be cleaned up: {e}; remove {} (stop its server first)",
             backup.id,
@@ -372,6 +384,8 @@ async fn check_copy(
             .unwrap_or_else(|| "the copy reached its target and promoted".into()),
     });
     record.checks.push(amcheck(&copy, plan.pg_version));
+    // An interrupt reaches pg_amcheck too: its failure then says nothing about the data.
+    interrupt::check("checking the copy with pg_amcheck")?;
     if let Some(sql) = &options.verify_sql {
         record.checks.push(verify_sql_check(sql, report));
     }
@@ -379,6 +393,7 @@ async fn check_copy(
     scratch.stop()?;
     if checksums_on {
         record.checks.push(checksums(scratch));
+        interrupt::check("checking the copy with pg_checksums")?;
     }
     Ok(())
 }
