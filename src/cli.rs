@@ -208,6 +208,42 @@ pub enum Command {
         json: bool,
     },
 
+    /// Restore drills: the newest backup of each tier (or of --tier) recovered aside in a scratch
+    /// directory on a private socket (target: its consistency point, or with --random a random
+    /// time of its recoverable window; promoted, never archiving), its data checked
+    /// (pg_amcheck --all --heapallindexed, pg_checksums --check when data checksums are on, the
+    /// verification SQL), then stopped and removed. Each drill is recorded in the repository
+    /// (drills/) with its RTO and RPO; `pitr drill list` shows them, `pitr verify` alerts on them
+    /// (DrillFailed, DrillStale). Runs at the lowest CPU and I/O priority and never connects to
+    /// production. Exits 2 when a drill fails.
+    Drill {
+        /// `list`: show the recorded drills instead of running one.
+        #[arg(value_parser = ["list"])]
+        action: Option<String>,
+        /// Drill this tier's newest backup only.
+        #[arg(long, value_parser = ["hourly", "daily", "weekly"], conflicts_with_all = ["all", "action"])]
+        tier: Option<String>,
+        /// Drill every tier that holds a backup (the default).
+        #[arg(long, conflicts_with = "action")]
+        all: bool,
+        /// Recover to a random time inside each backup's recoverable window.
+        #[arg(long, conflicts_with = "action")]
+        random: bool,
+        /// Where the scratch copy goes: a new 0700 directory in DIR (default: the system temp dir).
+        #[arg(long, value_name = "DIR", conflicts_with = "action")]
+        scratch: Option<PathBuf>,
+        /// SQL run on each copy in database postgres (default: `drill_verify_sql` of the config
+        /// file); an error fails the drill.
+        #[arg(long, value_name = "SQL", conflicts_with = "action")]
+        verify_sql: Option<String>,
+        /// Files restored at once (default: the number of cores).
+        #[arg(long, value_name = "N", conflicts_with = "action")]
+        jobs: Option<usize>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Fetch the segments after NAME into the spool (archive-get starts this in the background).
     #[command(hide = true)]
     Prefetch {

@@ -257,6 +257,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         }
         Command::Recover { .. } => recover(&repo, command, settings),
         Command::RestoreDatabase { .. } => restore_database(&repo, command, settings),
+        Command::Drill { .. } => drill(&repo, command, settings),
         Command::Adopt { pgdata, json } => {
             let report = recover::adopt(&repo, &settings.codec, &absolute(pgdata), &pitr_command(settings)?)?;
             if *json {
@@ -633,6 +634,48 @@ fn pitr_command(settings: &Settings) -> Result<String> {
         .map(|w| shell_quote(w))
         .collect::<Vec<_>>()
         .join(" "))
+}
+
+/// Runs `pitr drill` and `pitr drill list`.
+fn drill(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> {
+    let Command::Drill {
+        action,
+        tier,
+        all: _,
+        random,
+        scratch,
+        verify_sql,
+        jobs,
+        json,
+    } = command
+    else {
+        unreachable!("called for drill only")
+    };
+    if action.is_some() {
+        let history = pitr::drill::history(repo)?;
+        if *json {
+            output::json(&history)
+        } else {
+            output::drill_history(&history)
+        }
+        return Ok(Done::Ok);
+    }
+    arm_interrupts()?;
+    let options = pitr::drill::DrillOptions {
+        tier: tier.as_deref().map(str::parse).transpose()?,
+        random: *random,
+        scratch_parent: scratch.as_deref().map_or_else(std::env::temp_dir, absolute),
+        verify_sql: verify_sql.clone().or_else(|| settings.drill_verify_sql.clone()),
+        jobs: jobs.unwrap_or(settings.jobs),
+        pitr_command: pitr_command(settings)?,
+    };
+    let report = runtime().block_on(pitr::drill::drill(repo, &options, &TerminalProgress::new(*json)))?;
+    if *json {
+        output::json(&report)
+    } else {
+        output::drill_report(&report)
+    }
+    Ok(if report.passed { Done::Ok } else { Done::Critical })
 }
 
 /// This pitr with the same repository and config, as words.

@@ -326,6 +326,66 @@ pub fn names_maps(maps: &[pitr::names::NamesMap]) {
     }
 }
 
+/// What `pitr drill` did: one block per drill, then the verdict. What a record holds comes from
+/// the repository or the copy: printed with control characters escaped.
+pub fn drill_report(report: &pitr::drill::DrillReport) {
+    if let Some(note) = &report.priority_note {
+        println!("note: {note}; the drills ran at normal priority");
+    }
+    for drill in &report.drills {
+        drill_record(drill);
+    }
+    println!(
+        "{}",
+        if report.passed {
+            "every drill passed"
+        } else {
+            "a drill FAILED: see above (pitr verify raises DrillFailed)"
+        }
+    );
+}
+
+fn drill_record(d: &pitr::drill::DrillRecord) {
+    let seconds = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |s| format!("{s:.1} s"));
+    println!(
+        "drill {} of {} backup {}: {} (target {}, reached {}{}; RTO {}, RPO {}, {} restored)",
+        d.started.format("%Y-%m-%d %H:%M:%S UTC"),
+        d.tier,
+        printable(&d.backup_id),
+        if d.passed { "passed" } else { "FAILED" },
+        printable(&d.target),
+        printable(d.reached_lsn.as_deref().unwrap_or("-")),
+        d.reached_time
+            .as_deref()
+            .map(|t| format!(", last commit {}", printable(t)))
+            .unwrap_or_default(),
+        seconds(d.rto_seconds),
+        seconds(d.rpo_seconds),
+        human_bytes(d.bytes_restored)
+    );
+    for check in &d.checks {
+        println!(
+            "  {:<10} {:<6} {}",
+            printable(&check.check),
+            if check.passed { "ok" } else { "FAILED" },
+            printable(&check.detail)
+        );
+    }
+}
+
+/// `pitr drill list`: every recorded drill, oldest first, and the records that could not be read.
+pub fn drill_history(history: &pitr::drill::DrillHistory) {
+    if history.drills.is_empty() {
+        println!("no drills recorded (run `pitr drill`; the daemon drills every Sunday at 04:00 by default)");
+    }
+    for drill in &history.drills {
+        drill_record(drill);
+    }
+    for why in &history.unreadable {
+        println!("unreadable: {}", printable(why));
+    }
+}
+
 /// What `pitr create-repo` did.
 pub fn create_report(r: &pitr::init::CreateReport) {
     let what = match r.outcome {

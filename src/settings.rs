@@ -39,6 +39,7 @@ struct FileSettings {
     dbname: Option<String>,
     slot: Option<String>,
     listen: Option<String>,
+    drill_verify_sql: Option<String>,
     schedule: Option<ScheduleSettings>,
     verify: Option<VerifyFileSettings>,
 }
@@ -51,6 +52,7 @@ struct VerifyFileSettings {
     backup_grace: Option<String>,
     wal_stale: Option<String>,
     slot_lag: Option<String>,
+    drill_stale: Option<String>,
     log_file: Option<PathBuf>,
     metrics_file: Option<PathBuf>,
 }
@@ -69,6 +71,7 @@ struct ScheduleSettings {
     verify: Option<String>,
     sync: Option<String>,
     names: Option<String>,
+    drill: Option<String>,
 }
 
 /// Where the daemon serves /metrics and /health unless `listen` says otherwise.
@@ -103,6 +106,9 @@ pub struct Settings {
     pub slot: Option<String>,
     /// Where the daemon listens.
     pub listen: String,
+    /// SQL `pitr drill` runs on each recovered copy (database `postgres`), unless --verify-sql
+    /// says otherwise; an error fails the drill.
+    pub drill_verify_sql: Option<String>,
     /// The daemon's jobs.
     pub schedule: Schedule,
     /// verify's thresholds, log file and metrics file.
@@ -193,6 +199,7 @@ impl Settings {
             dbname: file.dbname,
             slot: file.slot,
             listen: file.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            drill_verify_sql: file.drill_verify_sql.filter(|sql| !sql.trim().is_empty()),
             schedule,
             verify: verify_settings(file.verify.unwrap_or_default())?,
         })
@@ -250,6 +257,7 @@ fn schedule(file: ScheduleSettings, with_target: bool) -> Result<Schedule, Strin
             Job::Verify => &file.verify,
             Job::Sync => &file.sync,
             Job::Names => &file.names,
+            Job::Drill => &file.drill,
         };
         (job, configured.clone().unwrap_or_else(|| default.to_string()))
     });
@@ -257,7 +265,7 @@ fn schedule(file: ScheduleSettings, with_target: bool) -> Result<Schedule, Strin
 }
 
 /// `[verify]` over the runbook's defaults (maximum age 168 h, grace 1 h, stale after 1 h, a
-/// slot may hold back 1 GiB).
+/// slot may hold back 1 GiB, a passing restore drill within 8 days).
 fn verify_settings(file: VerifyFileSettings) -> Result<VerifySettings, String> {
     let defaults = Thresholds::default();
     let duration = |key: &str, text: Option<String>, default| {
@@ -278,6 +286,7 @@ fn verify_settings(file: VerifyFileSettings) -> Result<VerifySettings, String> {
             slot_lag: file.slot_lag.map_or(Ok(defaults.slot_lag), |t| {
                 parse_size(&t).map_err(|e| format!("[verify] slot_lag: {e}"))
             })?,
+            drill_stale: duration("drill_stale", file.drill_stale, defaults.drill_stale)?,
         },
         log_file: file.log_file.map_or(default_log, optional_path),
         metrics_file: file.metrics_file.and_then(optional_path),

@@ -261,6 +261,7 @@ impl JobRunner for ChildJobs {
             Job::Verify => command.args(["verify", "all", "--json"]),
             Job::Sync => command.args(["sync", "--json"]),
             Job::Names => command.args(["names", "record", "--json"]),
+            Job::Drill => command.args(["drill", "--all", "--json"]),
         };
         match jobs_tunables() {
             Some(tunables) => command.env("GLIBC_TUNABLES", tunables),
@@ -279,9 +280,49 @@ impl JobRunner for ChildJobs {
             (Job::Sync, Some(0), Some(report)) => Ok(sync_line(&report)),
             (Job::Sync, Some(2), Some(report)) => failed(sync_line(&report)),
             (Job::Names, Some(0), Some(report)) => Ok(names_line(&report)),
+            (Job::Drill, Some(0), Some(report)) => Ok(drill_line(&report)),
+            (Job::Drill, Some(2), Some(report)) => failed(drill_line(&report)),
             _ => failed(child_failure(&out)),
         }
     }
+}
+
+/// "drill: hourly <id> passed (RTO 12.3 s, RPO 40.0 s); daily <id> FAILED: <why>", from
+/// `drill --json`.
+fn drill_line(report: &serde_json::Value) -> String {
+    let drills: Vec<String> = report["drills"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let verdict = if d["passed"].as_bool() == Some(true) {
+                "passed".to_string()
+            } else {
+                let failures: Vec<String> = d["checks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["passed"].as_bool() != Some(true))
+                    .map(|c| {
+                        format!(
+                            "{}: {}",
+                            c["check"].as_str().unwrap_or("?"),
+                            c["detail"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect();
+                format!("FAILED: {}", failures.join("; "))
+            };
+            format!(
+                "{} {} {verdict} (RTO {} s, RPO {} s)",
+                d["tier"].as_str().unwrap_or("?"),
+                d["backup_id"].as_str().unwrap_or("?"),
+                d["rto_seconds"],
+                d["rpo_seconds"]
+            )
+        })
+        .collect();
+    format!("drill: {}", drills.join("; "))
 }
 
 /// "names recorded at <lsn> (<n> relations)" or "names unchanged", from `names record --json`.

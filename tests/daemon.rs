@@ -526,3 +526,59 @@ fn a_failing_job_is_logged_and_counted_and_the_daemon_goes_on() {
         .unwrap_or_else(|| panic!("no failure line:\n{log}"));
     assert!(!failure.contains("pitr backup: error:"), "{failure}");
 }
+
+#[test]
+fn scheduled_drills_run_in_the_backups_lane_and_their_gauges_are_served() {
+    let _serial = one_at_a_time();
+    let c = Cluster::start(with_short_checkpoints());
+    backup_ok(&c, &["--tier", "hourly"]);
+    let port = free_port();
+    // Backups and drills fall due at the same seconds: one lane runs them one after the other.
+    let config = c.test_dir().write(
+        "daemon.toml",
+        format!(
+            "repo = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n[schedule]\nhourly = \"*/15 * * * * *\"\n\
+             daily = \"off\"\nweekly = \"off\"\nverify = \"off\"\nnames = \"off\"\ndrill = \"*/15 * * * * *\"\n",
+            c.repo().display()
+        ),
+    );
+    give_to_server_user(&config);
+    let daemon = start_daemon(&c, &config);
+    wait_answering(port);
+    let mut both_running = Vec::new();
+    let drilled = poll(Duration::from_secs(120), || {
+        if let Some(health) = health(port) {
+            let running: Vec<String> = health["running"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["job"].as_str().map(str::to_string))
+                .collect();
+            if running.iter().any(|j| j == "drill") && running.iter().any(|j| j.starts_with("backup")) {
+                both_running.push(running);
+            }
+        }
+        let text = http_get(port, "/metrics")?;
+        let drills = metric(&text, "pitr_job_runs_total{job=\"drill\",result=\"success\"}")?;
+        let backups = metric(&text, "pitr_job_runs_total{job=\"backup hourly\",result=\"success\"}")?;
+        (drills >= 1.0 && backups >= 1.0).then_some(text)
+    });
+    let text = drilled.unwrap_or_else(|| panic!("no drill and backup; metrics:\n{:?}", http_get(port, "/metrics")));
+    assert!(both_running.is_empty(), "a drill ran beside a backup: {both_running:?}");
+    assert!(
+        metric(&text, "pitr_drill_rto_seconds{tier=\"hourly\"}").is_some_and(|rto| rto > 0.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "pitr_drill_last_success_timestamp_seconds{tier=\"hourly\"}").is_some(),
+        "{text}"
+    );
+
+    let out = daemon.terminate();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(
+        out.stderr_str().contains("job drill: drill: hourly main_hourly_"),
+        "{}",
+        out.describe()
+    );
+}

@@ -96,6 +96,7 @@ pub trait DaemonLog: Send + Sync {
 /// Runs until `flags.terminate` is set; running jobs finish first.
 pub fn run(repo: &Repo, spool: &Spool, options: &DaemonOptions, flags: &StopFlags, log: &dyn DaemonLog) -> Result<()> {
     let metrics = Metrics::new();
+    metrics.record_drills(repo);
     let listener = http::listen(&options.listen)?;
     log.line(&format!(
         "daemon started: watching {}, serving /metrics and /health on {}, jobs: {}",
@@ -111,7 +112,7 @@ pub fn run(repo: &Repo, spool: &Spool, options: &DaemonOptions, flags: &StopFlag
         // included: the scope waits for them before the panic goes on).
         let _stop = TerminateOnDrop(&flags.terminate);
         scope.spawn(|| http::serve(&listener, &metrics, flags));
-        scope.spawn(|| jobs::run(&current, options.jobs.as_ref(), &metrics, flags, log));
+        scope.spawn(|| jobs::run(repo, &current, options.jobs.as_ref(), &metrics, flags, log));
         run_watcher(repo, spool, options, &current, flags, &metrics, log)
     })
 }

@@ -18,6 +18,8 @@
 //! - [`restore_database`]: one database (or table) back into production from a private copy
 //!   recovered at the target, beside the current one, verified, and switched by renames.
 //! - [`restore_point`]: named restore points and their catalog in the repository.
+//! - [`drill`]: restore drills — the newest backups recovered aside, their data checked
+//!   (amcheck, checksums, SQL), the outcome recorded with RTO and RPO.
 //! - [`verify`]: verification with alerts as data, `check-integrity`, and `check` of archiving.
 //! - [`sync`]: `pitr sync`, the verified, resumable copy of a repository into a second one.
 //! - [`info`]: what the repository offers now — recoverable windows, backups, archive.
@@ -41,6 +43,7 @@ pub mod control;
 pub mod crash_point;
 pub mod daemon;
 pub mod demo;
+pub mod drill;
 pub mod error;
 pub mod fsio;
 pub mod info;

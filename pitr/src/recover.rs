@@ -7,6 +7,7 @@ mod adopt;
 mod archived;
 mod drive;
 mod plan;
+mod scratch;
 mod segments;
 mod settings;
 mod target;
@@ -22,6 +23,7 @@ pub use adopt::{adopt, AdoptReport};
 pub use archived::{ArchivedRecords, Mark, MarkKind, SegmentSummary, Span};
 pub use drive::{Action, Outcome, RecoveryServer, RECOVERY_LOG};
 pub use plan::{plan, reach, reaches_restore_point, Plan, Reach, RepoState, Request, StopsBefore, TimelineChoice};
+pub use scratch::{RecoveredCopy, Scratch};
 pub use segments::ArchivedSegments;
 pub use target::Target;
 

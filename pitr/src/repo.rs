@@ -21,6 +21,8 @@
 //! <repo>/<tier>/<id>/backup.incomplete     ... a marker while the backup is taken (or deleted)
 //! <repo>/<tier>/<id>/backup.manifest.copy  ... a copy of the manifest, written just before it
 //! <repo>/<tier>/<id>/backup.manifest       ... and its manifest, written last: the commit point
+//! <repo>/drills/<YYYYMMDDTHHMMSS>_<tier>.json  a restore drill's record (see [`drill`](crate::drill)),
+//!                                          a checksummed JSON record, create-only
 //! <repo>/locks/<name>.lock                 advisory locks (one backup, expire, upgrade-repo or sync)
 //! ```
 //!
@@ -64,12 +66,13 @@ const GENERATIONS_DIR: &str = "generations/";
 const WAL_MARKER: &str = ".pitr-archive";
 /// Top-level directories that hold a repository's data (locks do not count), besides the WAL
 /// directories of later generations.
-const DATA_DIRS: [&str; 6] = [
+const DATA_DIRS: [&str; 7] = [
     "wal/",
     "hourly/",
     "daily/",
     "weekly/",
     "restore_points/",
+    crate::drill::DRILLS_DIR,
     GENERATIONS_DIR,
 ];
 /// Layout version of repo.json.

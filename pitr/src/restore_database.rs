@@ -24,7 +24,7 @@ use crate::backup::RestoreSummary;
 use crate::error::{Error, Result};
 use crate::interrupt;
 use crate::progress::Progress;
-use crate::recover::{Outcome, Plan};
+use crate::recover::{Outcome, Plan, Scratch};
 use crate::repo::Repo;
 
 pub use production::{switch, Switched};
@@ -210,7 +210,13 @@ pub async fn run(
         }
     ));
     interrupt::check("checking production")?;
-    let scratch = copy::Scratch::create(repo, &options.scratch_parent, plan.pg_version, options.keep_copy)?;
+    let scratch = Scratch::create(
+        repo,
+        &options.scratch_parent,
+        "pitr-restore-database-",
+        plan.pg_version,
+        options.keep_copy,
+    )?;
     narrate(&format!("recovering a private copy in {}", scratch.dir.display()));
     let work = Work {
         repo,
@@ -221,7 +227,7 @@ pub async fn run(
         progress,
     };
     let result = work.copy_out(&target, &tools, &scratch).await;
-    let left = scratch.finish();
+    let left = copy::finish(&scratch);
     match result {
         Ok(report) => left.map(|_| report),
         Err(e) => Err(with_cleanup(e, &names, left)),
@@ -244,12 +250,18 @@ impl Work<'_> {
         &self,
         target: &production::Production,
         tools: &dump::Tools,
-        scratch: &copy::Scratch,
+        scratch: &Scratch,
     ) -> Result<Report> {
         let (options, names) = (self.options, self.names);
-        let recovered = scratch
-            .recover(self.repo, self.plan, options.jobs, &options.pitr_command, self.progress)
-            .await?;
+        let recovered = copy::recover(
+            scratch,
+            self.repo,
+            self.plan,
+            options.jobs,
+            &options.pitr_command,
+            self.progress,
+        )
+        .await?;
         (self.narrate)(&format!(
             "the copy reached the target: {}",
             recovered
@@ -274,7 +286,7 @@ impl Work<'_> {
             .copy(&from, &target.restore_into(&names.restored), &ownership)
             .await?;
         (self.narrate)("pg_restore finished");
-        let copy = scratch.stop_early(recovered.connect.clone())?;
+        let copy = copy::stop_early(scratch, recovered.connect.clone())?;
         let (verify_rows, verify_error) = match &options.verify_sql {
             Some(sql) => match target.verify(&names.restored, sql).await {
                 Ok(rows) => (Some(rows), None),

@@ -6,10 +6,11 @@
 //! object checksum and the manifest, labels, WAL files against checksum, page header and
 //! cluster), checks manifests, WAL continuity and the timeline history chain, and judges
 //! freshness against [`Thresholds`]; with a replication slot configured, how much WAL the slot
-//! holds back on the server. It checks every generation of the repository, each against
+//! holds back on the server; and the newest restore drill of each tier (`pitr drill`'s records:
+//! DrillFailed, DrillStale). It checks every generation of the repository, each against
 //! its own cluster and WAL; freshness and staleness judge the current one, whose server runs.
 //!
-//! - `alerts`: the alert names and severities, and the freshness rules.
+//! - `alerts`: the alert names and severities, the freshness and drill rules.
 //! - `consistency`: a manifest against itself, its directory and the repository's cluster.
 //! - `continuity`: which WAL must be archived, the gaps, the history chain.
 //! - `objects`: reading and checking stored objects on a thread pool.
@@ -35,7 +36,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use alerts::{human_bytes, human_duration, Alert, AlertName, Severity, Thresholds, DEFAULT_SLOT_LAG};
+pub use alerts::{
+    human_bytes, human_duration, Alert, AlertName, Severity, Thresholds, DEFAULT_DRILL_STALE, DEFAULT_SLOT_LAG,
+};
 pub use check::{check, CheckOptions, CheckReport};
 pub use continuity::Gap;
 pub use integrity::{check_integrity, IntegrityKind, IntegrityReport};
@@ -46,6 +49,7 @@ use self::continuity::{Archive, HistoryProblem};
 use self::objects::StoredObject;
 use crate::backup::manifest::{Manifest, ManifestSummary};
 use crate::backup::{CatalogEntry, Tier};
+use crate::drill::{self, DrillRecord};
 use crate::error::{Error, Result};
 use crate::info::{earlier_generations, summarize, summarize_on, Holdings, RepoSummary};
 use crate::pg::{Server, SlotState};
@@ -314,6 +318,10 @@ pub struct VerifyReport {
     pub alerts: Vec<Alert>,
     /// The repository's state: windows, tiers, archive, restore points.
     pub repository: RepoSummary,
+    /// The newest restore drill of each tier in scope (DrillFailed, the drill metrics).
+    pub drills: Vec<DrillRecord>,
+    /// The newest passing restore drill of each tier in scope (DrillStale, the last success).
+    pub passed_drills: Vec<DrillRecord>,
 }
 
 /// Verifies what `options.scope` covers, in every generation of the repository.
@@ -372,6 +380,12 @@ pub fn verify(
     if whole_archive {
         checked.alerts.extend(stale_alert(&holdings, server, options));
     }
+    let drills = drill::history(&current)?;
+    if options.scope != Scope::Wal {
+        checked
+            .alerts
+            .extend(alerts::drill_rules(&fresh, &drills, &options.thresholds, options.now));
+    }
     if let Some(slot) = &observed.slot {
         checked
             .alerts
@@ -393,7 +407,18 @@ pub fn verify(
         slot: observed.slot.clone(),
         alerts: checked.alerts,
         repository,
+        drills: in_scope_drills(drills.newest_by_tier(), options.scope),
+        passed_drills: in_scope_drills(drills.newest_passed_by_tier(), options.scope),
     })
+}
+
+/// The drills of the tiers `scope` covers.
+fn in_scope_drills(by_tier: std::collections::BTreeMap<Tier, &DrillRecord>, scope: Scope) -> Vec<DrillRecord> {
+    by_tier
+        .into_iter()
+        .filter(|(tier, _)| scope.covers(*tier))
+        .map(|(_, d)| d.clone())
+        .collect()
 }
 
 /// What the integrity checks of some backups (and perhaps the whole archive) found.

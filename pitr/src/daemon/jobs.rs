@@ -1,5 +1,6 @@
 //! The scheduler and its lanes. A job that falls due joins the queue of its lane and runs as
-//! soon as the lane is free: backups (with their expire) run one at a time in one lane;
+//! soon as the lane is free: backups (with their expire) and restore drills run one at a time in
+//! one lane, so a drill never competes with a backup;
 //! verification, which only reads, runs in a lane of its own, beside a backup; so does the sync
 //! into the second repository, which only reads this one (a backup it finds unfinished is copied
 //! by the next run). A job that comes due again while its previous run is still waiting or
@@ -15,18 +16,19 @@ use chrono::{DateTime, Local};
 use super::metrics::Metrics;
 use super::schedule::{self, Job, Schedule};
 use super::{Current, DaemonLog, JobRunner};
+use crate::repo::Repo;
 use crate::watch::StopFlags;
 
 /// How often the scheduler looks at the clock.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Lanes: backups, verification, sync, names.
+/// Lanes: backups and drills, verification, sync, names.
 const LANES: usize = 4;
 
 /// Where a job runs.
 fn lane_of(job: Job) -> usize {
     match job {
-        Job::Backup(_) => 0,
+        Job::Backup(_) | Job::Drill => 0,
         Job::Verify => 1,
         Job::Sync => 2,
         Job::Names => 3,
@@ -91,6 +93,7 @@ impl Lane {
 /// Runs the scheduler and the lanes until `flags.terminate` is set; a running job finishes
 /// first. A reload that changes the schedule takes effect at once.
 pub(super) fn run(
+    repo: &Repo,
     current: &Current,
     run_job: &dyn JobRunner,
     metrics: &Metrics,
@@ -100,7 +103,7 @@ pub(super) fn run(
     let lanes: [Lane; LANES] = Default::default();
     std::thread::scope(|scope| {
         for lane in &lanes {
-            scope.spawn(move || work(lane, run_job, metrics, log));
+            scope.spawn(move || work(lane, repo, run_job, metrics, log));
         }
         // The lanes close however the scheduler ends (a panic included: the scope waits for them).
         let _close = CloseOnDrop(&lanes);
@@ -117,13 +120,17 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
-/// Runs the jobs of `lane` one after the other.
-fn work(lane: &Lane, run_job: &dyn JobRunner, metrics: &Metrics, log: &dyn DaemonLog) {
+/// Runs the jobs of `lane` one after the other; after a drill, the drill metrics are read anew
+/// from `repo`'s records.
+fn work(lane: &Lane, repo: &Repo, run_job: &dyn JobRunner, metrics: &Metrics, log: &dyn DaemonLog) {
     while let Some(job) = lane.next() {
         metrics.job_started(job);
         let started = Instant::now();
         let result = run_job.run(job);
         metrics.job_finished(job, result.is_ok(), started.elapsed());
+        if job == Job::Drill {
+            metrics.record_drills(repo);
+        }
         match result {
             Ok(summary) => log.line(&format!("job {job}: {summary}")),
             Err(e) => log.line(&format!("job {job} failed: {e}")),

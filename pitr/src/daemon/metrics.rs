@@ -17,10 +17,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::Job;
+use crate::backup::Tier;
+use crate::drill;
 use crate::error::Result;
 use crate::pg::SlotState;
+use crate::repo::Repo;
 use crate::stream::{self, StreamOptions};
-use crate::verify::metrics::{SLOT_ACTIVE, SLOT_RETAINED};
+use crate::verify::metrics::{DRILL_LAST_SUCCESS, DRILL_RPO, DRILL_RTO, SLOT_ACTIVE, SLOT_RETAINED};
 
 /// How long a scrape waits for the server's answer about the slot.
 pub const SLOT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -43,6 +46,9 @@ pub struct Metrics {
     resident_memory: Gauge,
     slot_active: Family<Labels, Gauge>,
     slot_retained: Family<Labels, Gauge>,
+    drill_last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    drill_rto: Family<Labels, Gauge<f64, AtomicU64>>,
+    drill_rpo: Family<Labels, Gauge<f64, AtomicU64>>,
     /// The slot the daemon streams from, asked about at each scrape.
     slot: Mutex<Option<StreamOptions>>,
     last_results: Mutex<BTreeMap<String, (bool, DateTime<Utc>)>>,
@@ -68,6 +74,9 @@ impl Metrics {
             resident_memory: Gauge::default(),
             slot_active: Family::default(),
             slot_retained: Family::default(),
+            drill_last_success: Family::default(),
+            drill_rto: Family::default(),
+            drill_rpo: Family::default(),
             slot: Mutex::new(None),
             last_results: Mutex::new(BTreeMap::new()),
             running: Mutex::new(BTreeMap::new()),
@@ -135,7 +144,47 @@ impl Metrics {
                 family.clone(),
             );
         }
+        for ((name, help), family) in [
+            (DRILL_LAST_SUCCESS, &metrics.drill_last_success),
+            (DRILL_RTO, &metrics.drill_rto),
+            (DRILL_RPO, &metrics.drill_rpo),
+        ] {
+            registry.register(
+                name.trim_start_matches("pitr_"),
+                help.trim_end_matches('.'),
+                family.clone(),
+            );
+        }
         Metrics { registry, ..metrics }
+    }
+
+    /// The drill gauges from `repo`'s drill records (at the start and after each drill job); the
+    /// values stay as they were when the records cannot be listed.
+    pub fn record_drills(&self, repo: &Repo) {
+        let Ok(history) = drill::history(repo) else {
+            return;
+        };
+        let labels = |tier: Tier| vec![("tier".to_string(), tier.to_string())];
+        for (tier, record) in history.newest_passed_by_tier() {
+            self.drill_last_success
+                .get_or_create(&labels(tier))
+                .set(record.started.timestamp_millis() as f64 / 1000.0);
+        }
+        for (tier, record) in history.newest_by_tier() {
+            for (family, value) in [
+                (&self.drill_rto, record.rto_seconds),
+                (&self.drill_rpo, record.rpo_seconds),
+            ] {
+                match value {
+                    Some(seconds) => {
+                        family.get_or_create(&labels(tier)).set(seconds);
+                    }
+                    None => {
+                        family.remove(&labels(tier));
+                    }
+                }
+            }
+        }
     }
 
     /// The slot the daemon streams from now (`None`: it does not stream).
@@ -279,7 +328,6 @@ fn resident_memory_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::Tier;
 
     #[test]
     fn metrics_render_in_exposition_format() {

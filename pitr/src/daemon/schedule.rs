@@ -21,6 +21,8 @@ pub enum Job {
     Sync,
     /// `pitr names record`: a new map of relation names when the catalog changed.
     Names,
+    /// `pitr drill --all`: the newest backup of each tier restored aside and its data checked.
+    Drill,
 }
 
 impl fmt::Display for Job {
@@ -30,6 +32,7 @@ impl fmt::Display for Job {
             Job::Verify => f.write_str("verify"),
             Job::Sync => f.write_str("sync"),
             Job::Names => f.write_str("names"),
+            Job::Drill => f.write_str("drill"),
         }
     }
 }
@@ -43,14 +46,16 @@ pub struct Schedule {
 impl Schedule {
     /// The runbook's schedule: hourly backups at :00, daily at midnight, weekly on Sunday,
     /// verification every Sunday at 03:30; no sync (it needs a second repository); the map of
-    /// relation names every 10 minutes (stored only when the catalog changed).
-    pub const DEFAULTS: [(Job, &'static str); 6] = [
+    /// relation names every 10 minutes (stored only when the catalog changed); a restore drill
+    /// every Sunday at 04:00, after the weekly backup and the verification.
+    pub const DEFAULTS: [(Job, &'static str); 7] = [
         (Job::Backup(Tier::Hourly), "0 * * * *"),
         (Job::Backup(Tier::Daily), "0 0 * * *"),
         (Job::Backup(Tier::Weekly), "0 0 * * 0"),
         (Job::Verify, "30 3 * * 0"),
         (Job::Sync, "off"),
         (Job::Names, "*/10 * * * *"),
+        (Job::Drill, "0 4 * * 0"),
     ];
 
     /// A schedule from (job, pattern) pairs; an empty pattern or "off" disables the job.
@@ -122,6 +127,7 @@ mod tests {
             next(Job::Backup(Tier::Weekly)),
             Local.with_ymd_and_hms(2026, 11, 29, 0, 0, 0).unwrap()
         );
+        assert_eq!(next(Job::Drill), Local.with_ymd_and_hms(2026, 11, 29, 4, 0, 0).unwrap());
         assert_eq!(
             next(Job::Verify),
             Local.with_ymd_and_hms(2026, 11, 29, 3, 30, 0).unwrap()

@@ -1,33 +1,18 @@
-//! The private copy: a fresh 0700 scratch directory (handed to the copy's OS user when pitr runs
-//! as root), the cluster recovered there by [`recover::execute`] and promoted at the target with
+//! The private copy: recovered in a [`Scratch`] directory and promoted at the target with
 //! archiving off (promoted, not paused: a copy paused just before the oops still holds the locks
 //! the oops took, a `DROP TABLE`'s access exclusive lock among them, and pg_dump would wait for
 //! them forever; promotion ends the transactions in progress), what the copy says about the database to restore, and the cleanup: its server
 //! stopped and the directory removed, unless the operator keeps it.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-
 use crate::backup::RestoreSummary;
 use crate::error::{Error, Result};
-use crate::pg::ctl::{self, Owner};
 use crate::pg::Server;
 use crate::progress::Progress;
-use crate::recover::{self, Action, Outcome, Plan, RecoverOptions, RecoveryServer};
+use crate::recover::{Outcome, Plan, RecoveryServer, Scratch};
 use crate::repo::Repo;
 
 use super::dump::DumpFrom;
 use super::{quote_ident, CopyLeft};
-
-/// The scratch directory of one run and the copy's data directory in it.
-pub(super) struct Scratch {
-    /// The scratch directory.
-    pub dir: PathBuf,
-    data: PathBuf,
-    owner: Owner,
-    bindir: PathBuf,
-    keep: bool,
-}
 
 /// The recovered copy, promoted at the target, on its private socket.
 pub(super) struct Recovered {
@@ -56,106 +41,41 @@ pub(super) struct Source {
     pub roles: Vec<String>,
 }
 
-impl Scratch {
-    /// Creates `<parent>/pitr-restore-database-XXXXXX` (0700; owned by the copy's OS user).
-    pub fn create(repo: &Repo, parent: &Path, pg_version: u32, keep: bool) -> Result<Scratch> {
-        let bindir = ctl::bindir(pg_version)?;
-        let dir = tempfile::Builder::new()
-            .prefix("pitr-restore-database-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir_in(parent)
-            .map_err(Error::io("create a scratch directory in", parent))?
-            .keep();
-        let data = dir.join("data");
-        let scratch = |owner| Scratch {
-            dir: dir.clone(),
-            data: data.clone(),
-            owner,
-            bindir: bindir.clone(),
-            keep,
-        };
-        if !rustix::process::geteuid().is_root() {
-            return Ok(scratch(Owner::current()?));
-        }
-        let owned = recover::owner_for(repo, &data).and_then(|owner| {
-            std::os::unix::fs::chown(&dir, Some(owner.uid), Some(owner.gid)).map_err(Error::io("chown", &dir))?;
-            Ok(owner)
-        });
-        match owned {
-            Ok(owner) => Ok(scratch(owner)),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                Err(e)
-            }
-        }
-    }
+/// Recovers the plan's target into `scratch` and promotes it there, never archiving.
+pub(super) async fn recover(
+    scratch: &Scratch,
+    repo: &Repo,
+    plan: &Plan,
+    jobs: usize,
+    pitr_command: &str,
+    progress: &dyn Progress,
+) -> Result<Recovered> {
+    let copy = scratch.recover(repo, plan, jobs, pitr_command, None, progress).await?;
+    Ok(Recovered {
+        restored: copy.report.restored,
+        outcome: copy.report.outcome,
+        connect: copy.report.connect,
+        server: copy.server,
+    })
+}
 
-    /// Recovers the plan's target into the scratch directory and promotes it there, never
-    /// archiving (the copy is thrown away; its new timeline goes nowhere).
-    pub async fn recover(
-        &self,
-        repo: &Repo,
-        plan: &Plan,
-        jobs: usize,
-        pitr_command: &str,
-        progress: &dyn Progress,
-    ) -> Result<Recovered> {
-        let options = RecoverOptions {
-            pgdata: self.data.clone(),
-            force: false,
-            action: Action::Promote,
-            port: None,
-            no_start: false,
-            keep_archiving: false,
-            verify_sql: None,
-            verify_database: "postgres".into(),
-            jobs,
-            pitr_command: pitr_command.to_string(),
-        };
-        let report = recover::execute(repo, plan, &options, progress).await?;
-        progress.finish();
-        let socket_dir = report.socket_dir.clone().ok_or_else(|| {
-            Error::Refused(format!(
-                "the copy in {} is not running after recovery: see its log {}",
-                self.data.display(),
-                self.data.join(recover::RECOVERY_LOG).display()
-            ))
-        })?;
-        Ok(Recovered {
-            server: RecoveryServer::running_in(&self.data, socket_dir, self.owner.clone(), self.bindir.clone()),
-            restored: report.restored,
-            outcome: report.outcome,
-            connect: report.connect,
-        })
+/// Once the dump is taken: the copy is of no further use (unless kept).
+pub(super) fn stop_early(scratch: &Scratch, connect: Option<String>) -> Result<CopyLeft> {
+    let mut left = finish(scratch)?;
+    if scratch.kept() {
+        left.connect = connect;
     }
+    Ok(left)
+}
 
-    /// Once the dump is taken: the copy is of no further use (unless kept).
-    pub fn stop_early(&self, connect: Option<String>) -> Result<CopyLeft> {
-        let mut left = self.finish()?;
-        if self.keep {
-            left.connect = connect;
-        }
-        Ok(left)
-    }
-
-    /// Stops the copy's server (and removes its socket directory) and removes the scratch
-    /// directory, unless it is kept; harmless when done already.
-    pub fn finish(&self) -> Result<CopyLeft> {
-        if !self.keep {
-            recover::stop_if_running(&self.bindir, &self.owner, &self.data)?;
-            match std::fs::remove_dir_all(&self.dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::io("remove", &self.dir)(e));
-                }
-                _ => {}
-            }
-        }
-        Ok(CopyLeft {
-            directory: self.dir.clone(),
-            removed: !self.keep,
-            connect: None,
-        })
-    }
+/// Stops the copy's server and removes the scratch directory, unless it is kept; harmless when
+/// done already.
+pub(super) fn finish(scratch: &Scratch) -> Result<CopyLeft> {
+    Ok(CopyLeft {
+        directory: scratch.dir.clone(),
+        removed: scratch.finish()?,
+        connect: None,
+    })
 }
 
 impl Recovered {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::{Scope, ServerView, SlotView};
 use crate::backup::manifest::ManifestSummary;
 use crate::backup::Tier;
+use crate::drill::DrillHistory;
 use crate::wal::{SegmentSize, SIZE_OF_XLOG_LONG_PHD};
 
 /// How bad an alert is. Exit codes follow it: 1 for warnings only, 2 for any critical.
@@ -52,11 +53,16 @@ pub enum AlertName {
     /// The configured replication slot is missing, not physical, or has lost WAL it needed:
     /// the receiver cannot stream from it.
     SlotLost,
+    /// The newest restore drill of a tier failed: its backup did not restore, or its data did not
+    /// check out (amcheck, data checksums, the verification SQL).
+    DrillFailed,
+    /// No restore drill of a tier passed within the threshold.
+    DrillStale,
 }
 
 impl AlertName {
     /// Every alert, in the order they are reported and exported.
-    pub const ALL: [AlertName; 7] = [
+    pub const ALL: [AlertName; 9] = [
         AlertName::BackupVerificationFailed,
         AlertName::BackupMissing,
         AlertName::BackupTooOld,
@@ -64,16 +70,21 @@ impl AlertName {
         AlertName::WalArchiveStale,
         AlertName::SlotLagging,
         AlertName::SlotLost,
+        AlertName::DrillFailed,
+        AlertName::DrillStale,
     ];
 
     /// The alert's fixed severity.
     pub fn severity(self) -> Severity {
         match self {
-            AlertName::BackupTooOld | AlertName::WalArchiveStale | AlertName::SlotLagging => Severity::Warning,
+            AlertName::BackupTooOld | AlertName::WalArchiveStale | AlertName::SlotLagging | AlertName::DrillStale => {
+                Severity::Warning
+            }
             AlertName::BackupVerificationFailed
             | AlertName::BackupMissing
             | AlertName::WalArchiveGap
-            | AlertName::SlotLost => Severity::Critical,
+            | AlertName::SlotLost
+            | AlertName::DrillFailed => Severity::Critical,
         }
     }
 }
@@ -120,6 +131,8 @@ pub struct Thresholds {
     pub wal_stale: Duration,
     /// SlotLagging: bytes of WAL the replication slot may hold back on the server.
     pub slot_lag: u64,
+    /// DrillStale: a tier's newest passing restore drill may be this old.
+    pub drill_stale: Duration,
 }
 
 /// SlotLagging's default threshold, 1 GiB: PostgreSQL's default `max_wal_size`, so beyond it
@@ -128,6 +141,9 @@ pub struct Thresholds {
 /// a while, yet early on most disks.
 pub const DEFAULT_SLOT_LAG: u64 = 1 << 30;
 
+/// DrillStale's default threshold, 8 days: the daemon drills weekly, and a day's grace.
+pub const DEFAULT_DRILL_STALE: Duration = Duration::from_secs(8 * 86400);
+
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
@@ -135,6 +151,7 @@ impl Default for Thresholds {
             backup_grace: Duration::from_secs(3600),
             wal_stale: Duration::from_secs(3600),
             slot_lag: DEFAULT_SLOT_LAG,
+            drill_stale: DEFAULT_DRILL_STALE,
         }
     }
 }
@@ -240,6 +257,71 @@ fn never_taken(backups: &[&ManifestSummary], tier: Tier, thresholds: &Thresholds
             ),
         )
     })
+}
+
+/// DrillFailed and DrillStale for the tiers of `backups` (those in scope): the newest drill of a
+/// tier failed; or no drill of it passed within the threshold, counted from the oldest backup of
+/// the tier when none ever passed (no drill could run before there was a backup).
+pub fn drill_rules(
+    backups: &[&ManifestSummary],
+    history: &DrillHistory,
+    thresholds: &Thresholds,
+    now: DateTime<Utc>,
+) -> Vec<Alert> {
+    let mut alerts: Vec<Alert> = history
+        .unreadable
+        .iter()
+        .map(|why| {
+            Alert::new(
+                AlertName::DrillFailed,
+                "drills",
+                format!("unreadable drill record: {why}"),
+            )
+        })
+        .collect();
+    let newest = history.newest_by_tier();
+    let passed = history.newest_passed_by_tier();
+    for tier in Tier::ALL {
+        let Some(oldest) = backups.iter().filter(|m| m.tier == tier).min_by_key(|m| m.stop_time) else {
+            continue;
+        };
+        if let Some(drill) = newest.get(&tier).filter(|d| !d.passed) {
+            alerts.push(Alert::new(
+                AlertName::DrillFailed,
+                tier.name(),
+                format!(
+                    "the newest {tier} drill ({}, backup {}) failed: {}",
+                    drill.started.to_rfc3339(),
+                    drill.backup_id,
+                    drill.failures()
+                ),
+            ));
+        }
+        let since = passed.get(&tier).map_or(oldest.stop_time, |d| d.started);
+        let age = age_seconds(since, now);
+        if age > thresholds.drill_stale.as_secs() as i64 {
+            let last = match passed.get(&tier) {
+                Some(d) => format!(
+                    "the last passing {tier} drill (backup {}) ran {} ago",
+                    d.backup_id,
+                    human_duration(age)
+                ),
+                None => format!(
+                    "no {tier} drill ever passed, and the oldest {tier} backup is {} old",
+                    human_duration(age)
+                ),
+            };
+            alerts.push(Alert::new(
+                AlertName::DrillStale,
+                tier.name(),
+                format!(
+                    "{last} (threshold {}): run `pitr drill --tier {tier}`, or check the daemon's drill job",
+                    human_duration(thresholds.drill_stale.as_secs() as i64)
+                ),
+            ));
+        }
+    }
+    alerts
 }
 
 /// The newest archived segment, as the staleness rule sees it.
@@ -442,6 +524,67 @@ mod tests {
 
     fn names(alerts: &[Alert]) -> Vec<(AlertName, String)> {
         alerts.iter().map(|a| (a.alert, a.subject.clone())).collect()
+    }
+
+    fn drill(tier: Tier, started_hours: i64, passed: bool) -> crate::drill::DrillRecord {
+        crate::drill::DrillRecord {
+            started: at(started_hours),
+            tier,
+            backup_id: "b".into(),
+            target: "immediate".into(),
+            reached_lsn: None,
+            reached_time: None,
+            rto_seconds: Some(1.0),
+            rpo_seconds: Some(1.0),
+            recoverable_until: None,
+            bytes_restored: 1,
+            checks: vec![crate::drill::DrillCheck {
+                check: "amcheck".into(),
+                passed,
+                detail: "corruption in heap table postgres.public.t".into(),
+            }],
+            passed,
+        }
+    }
+
+    #[test]
+    fn a_failed_newest_drill_is_critical_and_an_old_pass_is_stale() {
+        let t = Thresholds::default();
+        let daily = backup("d", Tier::Daily, 0);
+        let hourly = backup("h", Tier::Hourly, 0);
+        let backups = [&daily, &hourly];
+        let history = |drills| DrillHistory {
+            drills,
+            unreadable: Vec::new(),
+        };
+        // Never drilled, backups younger than 8 days: nothing yet; older: stale.
+        assert!(drill_rules(&backups, &history(vec![]), &t, at(8 * 24)).is_empty());
+        let stale = drill_rules(&backups, &history(vec![]), &t, at(8 * 24 + 1));
+        assert_eq!(
+            names(&stale),
+            [
+                (AlertName::DrillStale, "hourly".to_string()),
+                (AlertName::DrillStale, "daily".to_string())
+            ]
+        );
+        let drills = history(vec![
+            drill(Tier::Daily, 1, true),
+            drill(Tier::Daily, 2, false),
+            drill(Tier::Hourly, 3, true),
+        ]);
+        let alerts = drill_rules(&backups, &drills, &t, at(4));
+        assert_eq!(names(&alerts), [(AlertName::DrillFailed, "daily".to_string())]);
+        assert!(alerts[0].reason.contains("public.t"), "{}", alerts[0].reason);
+        let later = drill_rules(&backups, &drills, &t, at(8 * 24 + 2));
+        assert_eq!(
+            names(&later),
+            [
+                (AlertName::DrillFailed, "daily".to_string()),
+                (AlertName::DrillStale, "daily".to_string())
+            ]
+        );
+        // A tier out of scope (no backups given) is not judged.
+        assert!(drill_rules(&[&hourly], &drills, &t, at(4)).is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 
 use super::{AlertName, Scope, SlotView, Status, VerifyReport};
+use crate::drill::DrillRecord;
 use crate::error::{Error, Result};
 use crate::info::Window;
 
@@ -44,6 +45,7 @@ pub fn render(report: &VerifyReport) -> String {
     wal_metrics(&mut out, report);
     window_metrics(&mut out, report);
     slot_metrics(&mut out, report.slot.as_ref());
+    drill_metrics(&mut out, &report.drills, &report.passed_drills);
     out
 }
 
@@ -91,6 +93,54 @@ fn verify_metrics(out: &mut String, scope: Scope, status: Status, now: DateTime<
         "When the last verification ran (Unix time).",
         [(&labels[..], seconds(now))],
     );
+}
+
+/// The names and help of the drill gauges (the daemon's `/metrics` serves them too).
+pub const DRILL_LAST_SUCCESS: (&str, &str) = (
+    "pitr_drill_last_success_timestamp_seconds",
+    "When the newest passing restore drill of the tier started (Unix time).",
+);
+pub const DRILL_RTO: (&str, &str) = (
+    "pitr_drill_rto_seconds",
+    "Restore plus replay wall time of the newest restore drill of the tier.",
+);
+pub const DRILL_RPO: (&str, &str) = (
+    "pitr_drill_rpo_seconds",
+    "Age of the newest archived commit when the newest restore drill of the tier started.",
+);
+
+/// The drill gauges per tier: RTO and RPO of `newest` (each tier's newest drill), the last
+/// success from `passed` (each tier's newest passing drill).
+fn drill_metrics(out: &mut String, newest: &[DrillRecord], passed: &[DrillRecord]) {
+    let labels = |d: &DrillRecord| [("tier", d.tier.to_string())];
+    let passed_labels: Vec<_> = passed.iter().map(labels).collect();
+    gauge(
+        out,
+        DRILL_LAST_SUCCESS.0,
+        DRILL_LAST_SUCCESS.1,
+        passed
+            .iter()
+            .zip(&passed_labels)
+            .map(|(d, l)| (&l[..], seconds(d.started))),
+    );
+    let newest_labels: Vec<_> = newest.iter().map(labels).collect();
+    for ((name, help), value) in [
+        (
+            DRILL_RTO,
+            (|d: &DrillRecord| d.rto_seconds) as fn(&DrillRecord) -> Option<f64>,
+        ),
+        (DRILL_RPO, |d: &DrillRecord| d.rpo_seconds),
+    ] {
+        gauge(
+            out,
+            name,
+            help,
+            newest
+                .iter()
+                .zip(&newest_labels)
+                .filter_map(|(d, l)| Some((&l[..], value(d)?))),
+        );
+    }
 }
 
 fn alert_metrics(out: &mut String, report: &VerifyReport) {
@@ -300,6 +350,8 @@ mod tests {
                 unreadable: vec![],
                 earlier_generations: vec![],
             },
+            drills: vec![],
+            passed_drills: vec![],
         }
     }
 
@@ -340,6 +392,9 @@ mod tests {
         for family in [
             "pitr_backup_newest_timestamp_seconds",
             "pitr_recoverable_window_start_timestamp_seconds",
+            "pitr_drill_last_success_timestamp_seconds",
+            "pitr_drill_rto_seconds",
+            "pitr_drill_rpo_seconds",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} gauge\n")),
