@@ -105,7 +105,8 @@ fn backup_dirs(repo: &Path) -> BTreeSet<String> {
 fn archived_wal(repo: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for dir in fs::read_dir(repo.join("wal")).into_iter().flatten().flatten() {
-        if dir.file_name() == "history" {
+        // Timeline histories and the maps of relation names are no WAL of a timeline and log.
+        if dir.file_name() == "history" || dir.file_name() == "names" {
             continue;
         }
         for f in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
