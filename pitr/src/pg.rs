@@ -3,6 +3,7 @@
 
 mod connect;
 pub mod ctl;
+pub mod page;
 pub mod replication;
 mod version;
 
