@@ -101,6 +101,23 @@ fn a_damaged_page_is_named_by_the_backup_recorded_and_critical_in_verify() {
         reason.contains(&relative) && reason.contains("block 2 (1 bad page)"),
         "{reason}"
     );
+
+    // check-integrity of that one backup says the same; of the sound one, nothing.
+    let integrity = |id: &str| {
+        let mut cmd = c.pitr_cmd();
+        cmd.arg("--repo").arg(c.repo()).args(["check-integrity", "--json"]);
+        run(cmd.arg(c.repo_dir().join("daily").join(id)))
+    };
+    let out = integrity(&id);
+    out.assert_code(2);
+    assert_eq!(
+        alerts_of(&parse_json(&out), "problems"),
+        [(
+            "BackupVerificationFailed".to_string(),
+            format!("daily/{id}/files/{relative}")
+        )]
+    );
+    integrity(&sound_id).assert_code(0);
 }
 
 #[test]

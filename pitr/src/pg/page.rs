@@ -272,4 +272,46 @@ mod tests {
             assert_eq!(relation_file(path), None, "{path}");
         }
     }
+
+    /// The cost of checking pages, for docs/benchmarks.md: every relation file of the data
+    /// directory `PITR_BENCH_PGDATA`, read into memory first, then checked as the backup checks
+    /// them. `cargo test --release -p pitr --lib page_check_throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement on a real data directory"]
+    fn page_check_throughput() {
+        let Some(pgdata) = std::env::var_os("PITR_BENCH_PGDATA") else {
+            return;
+        };
+        let mut files = Vec::new();
+        let mut dirs = vec![std::path::PathBuf::from(&pgdata)];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                let rel = path.strip_prefix(&pgdata).unwrap().to_string_lossy().into_owned();
+                if entry.file_type().unwrap().is_dir() {
+                    dirs.push(path);
+                } else if let Some(segment) = relation_file(&rel) {
+                    files.push((segment, std::fs::read(&path).unwrap()));
+                }
+            }
+        }
+        let bytes: usize = files.iter().map(|(_, f)| f.len()).sum();
+        for round in 0..3 {
+            let started = std::time::Instant::now();
+            let mut valid = 0u64;
+            for (segment, data) in &files {
+                for (index, page) in data.chunks_exact(BLOCK_SIZE).enumerate() {
+                    let block = segment * 131_072 + index as u32;
+                    valid += u64::from(check(page, block, Lsn(u64::MAX)) == PageCheck::Valid);
+                }
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "round {round}: {} pages ({valid} valid) in {seconds:.3} s: {:.0} MiB/s, {:.2} µs per page",
+                bytes / BLOCK_SIZE,
+                bytes as f64 / seconds / (1 << 20) as f64,
+                seconds * 1e6 / (bytes / BLOCK_SIZE) as f64
+            );
+        }
+    }
 }
