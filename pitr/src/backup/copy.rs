@@ -507,4 +507,32 @@ mod tests {
         let copied = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent).unwrap();
         assert_eq!(copied.pages, PageChecksums::default());
     }
+
+    #[test]
+    fn a_page_that_fails_is_read_again_before_it_counts_as_bad() {
+        let data = tempfile::tempdir().unwrap();
+        // On disk the page is whole; the copy's read caught it torn (half old, half new).
+        let file = source(data.path(), "16384", &real_page(0, false));
+        let task = Task {
+            file: &file,
+            part: None,
+            last: true,
+        };
+        let mut torn = real_page(0, false);
+        torn[4096..].fill(0x33);
+        let check = PageCheck {
+            start: Lsn(u64::MAX),
+            blocks_per_segment: 131_072,
+        };
+        let found = check_pages(&task, 0, &torn, check);
+        assert_eq!((found.checked, found.skipped, found.bad.as_slice()), (1, 0, &[][..]));
+        // Damaged on disk too: bad.
+        std::fs::write(&file.full_path, &torn).unwrap();
+        let found = check_pages(&task, 0, &torn, check);
+        assert_eq!(found.bad, [0]);
+        // Gone by the second read: left to WAL replay, like a vanished file.
+        std::fs::remove_file(&file.full_path).unwrap();
+        let found = check_pages(&task, 0, &torn, check);
+        assert_eq!((found.checked, found.skipped, found.bad.len()), (0, 1, 0));
+    }
 }
