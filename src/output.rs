@@ -98,6 +98,22 @@ pub fn backup_summary(s: &BackupSummary) {
         b.first_wal,
         b.last_wal
     );
+    let pages = &s.page_checksums;
+    if !pages.checked {
+        println!("page checksums: not checked (the cluster has no data checksums)");
+    } else if pages.bad_files.is_empty() {
+        println!(
+            "page checksums: {} pages checked, all valid ({} changed during the backup, left to WAL replay)",
+            pages.pages_checked, pages.pages_skipped
+        );
+    } else {
+        println!(
+            "page checksums: {} pages checked, {} BAD in {} files (see the warnings; pitr verify reports them)",
+            pages.pages_checked,
+            pages.bad_pages(),
+            pages.bad_files.len()
+        );
+    }
     if !s.configuration_files.is_empty() {
         println!(
             "stored the server's configuration, kept outside its data directory: {}",

@@ -598,6 +598,7 @@ fn write_backup(
             .collect(),
         files,
         configuration: None,
+        page_checksums: None,
     };
     let label = format!(
         "START WAL LOCATION: {start_lsn} (file {first})\nCHECKPOINT LOCATION: {start_lsn}\nBACKUP METHOD: streamed\n\

@@ -31,7 +31,7 @@ pub use expire::{expire, plan_expire, ExpirePlan, Retention};
 pub(crate) use restore::with_verified;
 pub use restore::{restore, RestoreOptions, RestoreSummary};
 
-use self::manifest::{Configuration, FileEntry, Manifest, MANIFEST_VERSION};
+use self::manifest::{Configuration, FileEntry, Manifest, PageChecksums, MANIFEST_VERSION};
 use self::source::SourceTree;
 use crate::codec::Codec;
 use crate::control;
@@ -116,6 +116,8 @@ pub struct BackupSummary {
     /// The configuration files stored with the backup because they lie outside the data
     /// directory (postgresql.conf first); empty when the data directory holds the configuration.
     pub configuration_files: Vec<String>,
+    /// What checking the data pages' checksums found, as the manifest records it.
+    pub page_checksums: PageChecksums,
 }
 
 /// Takes a base backup of the server behind `server` into `repo`, whose current generation must
@@ -151,16 +153,20 @@ pub async fn take(
         .map(|found| configuration::store(repo, &dir, found, &options.codec))
         .transpose()?;
 
+    let layout = server.page_layout().await?;
     let start_time = Utc::now();
     let start_lsn = server.backup_start(&format!("pitr {id}"), options.fast).await?;
-    let copy =
-        tokio::task::block_in_place(|| copy::copy_files(repo, &dir, &tree, options.jobs, &options.codec, progress));
+    let pages = page_check(layout, start_lsn, progress);
+    let copy = tokio::task::block_in_place(|| {
+        copy::copy_files(repo, &dir, &tree, options.jobs, &options.codec, pages, progress)
+    });
     // Stop the backup even when the copy failed, so the server does not stay in backup mode.
     // When pitr archives into this repository, pitr itself watches for the last segment (every
     // 50 ms) instead of PostgreSQL's once-a-second check.
     let archiver = server.archiver_status().await;
     let stop = server.backup_stop(archiving != Archiving::IntoThisRepo).await;
-    let (files, stop, archiver) = (copy?, stop?, archiver?);
+    let (copied, stop, archiver) = (copy?, stop?, archiver?);
+    warn_bad_pages(&copied.pages, progress);
     crash_point::reached("backup:stopped");
     let stop_time = Utc::now();
     let next_xid = server.next_xid().await?;
@@ -179,7 +185,8 @@ pub async fn take(
         stop: &stop,
         next_xid,
         tree: &tree,
-        files,
+        files: copied.files,
+        page_checksums: copied.pages,
         configuration,
         duration_seconds: started.elapsed().as_secs_f64(),
     })?;
@@ -206,6 +213,7 @@ pub async fn take(
             .flat_map(|c| c.files.iter().map(|f| f.path.clone()))
             .collect(),
         file_count: manifest.files.len(),
+        page_checksums: manifest.page_checksums.clone().unwrap_or_default(),
         backup: BackupStatus::of(
             &manifest.summary(),
             repo.generation()?.map_or(1, |g| g.generation),
@@ -506,6 +514,7 @@ struct ManifestParts<'a> {
     next_xid: u64,
     tree: &'a SourceTree,
     files: Vec<FileEntry>,
+    page_checksums: PageChecksums,
     configuration: Option<Configuration>,
     duration_seconds: f64,
 }
@@ -536,7 +545,42 @@ fn build_manifest(parts: ManifestParts) -> Result<Manifest> {
         directories: parts.tree.directories.clone(),
         files: parts.files,
         configuration: parts.configuration,
+        page_checksums: Some(parts.page_checksums),
     })
+}
+
+/// How the copy checks pages, from the server's (`data_checksums`, `block_size`,
+/// `segment_size` in pages): not at all without data checksums, nor with pages of another size
+/// than 8 KiB (said as a warning).
+fn page_check(layout: (bool, u32, u32), start: Lsn, progress: &dyn Progress) -> Option<copy::PageCheck> {
+    let (checksums, block_size, blocks_per_segment) = layout;
+    if !checksums {
+        return None;
+    }
+    if block_size as usize != crate::pg::page::BLOCK_SIZE {
+        progress.warn(&format!(
+            "the cluster has data checksums but {block_size}-byte pages: pitr checks 8192-byte pages only, so this \
+             backup does not check them"
+        ));
+        return None;
+    }
+    Some(copy::PageCheck {
+        start,
+        blocks_per_segment,
+    })
+}
+
+/// A warning for each file with pages that failed their checksum: the backup completes (the
+/// damage is the cluster's, and a backup of the rest is worth more than none) and records them.
+fn warn_bad_pages(pages: &PageChecksums, progress: &dyn Progress) {
+    for file in &pages.bad_files {
+        progress.warn(&format!(
+            "page checksum failure in {}: {}; the backup copies the file as it is and records the pages in its \
+             manifest: check the cluster (the table's data, pg_amcheck) and repair it",
+            file.path,
+            file.describe()
+        ));
+    }
 }
 
 /// The `START TIMELINE:` line of a backup label.

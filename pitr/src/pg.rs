@@ -3,6 +3,7 @@
 
 mod connect;
 pub mod ctl;
+pub mod page;
 pub mod replication;
 mod version;
 
@@ -137,6 +138,29 @@ impl Server {
     /// `current_setting(name)`.
     pub async fn setting(&self, name: &str) -> Result<String> {
         self.query_text("SELECT current_setting($1)", &[&name]).await
+    }
+
+    /// Whether the cluster's data pages carry checksums (`data_checksums`), with its page size
+    /// (`block_size`) and the blocks in one segment of a relation file (`segment_size`, in
+    /// pages: `RELSEG_SIZE`). Every role may read them.
+    pub async fn page_layout(&self) -> Result<(bool, u32, u32)> {
+        let text = self
+            .query_text(
+                "SELECT current_setting('data_checksums') || ' ' || current_setting('block_size') || ' ' || \
+                 setting FROM pg_settings WHERE name = 'segment_size'",
+                &[],
+            )
+            .await?;
+        let fields: Vec<&str> = text.split(' ').collect();
+        match fields.as_slice() {
+            [checksums, block, segment] => match (block.parse(), segment.parse()) {
+                (Ok(block), Ok(segment)) => Ok((*checksums == "on", block, segment)),
+                _ => Err(self.fail(format!("unexpected block_size or segment_size in '{text}'"))),
+            },
+            _ => Err(self.fail(format!(
+                "unexpected data_checksums, block_size and segment_size '{text}'"
+            ))),
+        }
     }
 
     /// The cluster's system identifier.

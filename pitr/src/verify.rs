@@ -569,6 +569,7 @@ fn metadata_alerts(holdings: &Holdings, entries: &[&CatalogEntry], whole_archive
         match &entry.manifest {
             Err(e) => alerts.push(failed(format!("{dir}backup.manifest"), e.to_string())),
             Ok(m) => {
+                alerts.extend(bad_page_alerts(m, &dir));
                 let problems = consistency::manifest_problems(m, entry.tier, &entry.id, holdings.info.as_ref());
                 if !problems.is_empty() {
                     alerts.push(failed(
@@ -591,6 +592,31 @@ fn metadata_alerts(holdings: &Holdings, entries: &[&CatalogEntry], whole_archive
         );
     }
     alerts
+}
+
+/// One alert per file whose pages failed their checksum when the backup in `dir` was taken.
+fn bad_page_alerts(m: &Manifest, dir: &str) -> Vec<Alert> {
+    let Some(pages) = &m.page_checksums else {
+        return Vec::new();
+    };
+    pages
+        .bad_files
+        .iter()
+        .map(|file| {
+            Alert::new(
+                AlertName::BackupVerificationFailed,
+                format!("{dir}files/{}", file.path),
+                format!(
+                    "page checksum failure in {} when backup {} was taken: {}; the backup holds the damaged pages \
+                     as they were, and so does the cluster unless it was repaired since: check the table's data \
+                     (pg_amcheck), repair it and take a new backup",
+                    file.path,
+                    m.id,
+                    file.describe()
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Objects in a backup's directory that its manifest does not name: a file entry removed from

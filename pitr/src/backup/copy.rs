@@ -2,19 +2,52 @@
 //! when it was larger than [`PART_SIZE`] at the walk, in parts of that size at fixed offsets:
 //! one big relation file is then spread over every job, and no job holds more than a part (the
 //! last part of a file that grew meanwhile runs to its end) in memory.
+//!
+//! When the cluster has data checksums, every page of a relation fork is checked in the bytes
+//! just read for the copy (no second read of the file): see [`PageCheck`].
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 
 use rayon::prelude::*;
 
-use super::manifest::{parts_crc, piece_key, FileEntry, Part, PART_SIZE};
+use super::manifest::{parts_crc, piece_key, BadPages, FileEntry, PageChecksums, Part, BAD_BLOCKS_RECORDED, PART_SIZE};
 use super::source::{SourceFile, SourceTree};
 use crate::codec::{Codec, ObjectHeader};
 use crate::error::{Error, Result};
+use crate::pg::page::{self, BLOCK_SIZE};
 use crate::progress::Progress;
 use crate::repo::Repo;
+use crate::wal::Lsn;
+
+/// How the copy checks data pages, when the cluster has data checksums (8 KiB pages).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PageCheck {
+    /// The backup's start LSN: pages changed from here on are skipped (they may be torn in the
+    /// copy, and WAL replay writes them again), as pgBackRest does
+    /// (src/command/backup/pageChecksum.c).
+    pub start: Lsn,
+    /// `RELSEG_SIZE`: blocks in a 1 GiB segment file, so segment N starts at block N × this.
+    pub blocks_per_segment: u32,
+}
+
+/// What the copy of one piece found checking its pages.
+#[derive(Debug, Default)]
+struct PiecePages {
+    checked: u64,
+    skipped: u64,
+    bad: Vec<u32>,
+}
+
+/// What [`copy_files`] copied and found.
+pub(super) struct Copied {
+    /// The manifest's file entries.
+    pub files: Vec<FileEntry>,
+    /// What checking the pages found (`checked` false when nothing was checked).
+    pub pages: PageChecksums,
+}
 
 /// One object to write: a whole file, or part `index` of it.
 #[derive(Clone, Copy)]
@@ -58,33 +91,71 @@ pub(super) fn copy_files(
     tree: &SourceTree,
     jobs: usize,
     codec: &Codec,
+    pages: Option<PageCheck>,
     progress: &dyn Progress,
-) -> Result<Vec<FileEntry>> {
+) -> Result<Copied> {
     progress.begin(tree.files.len() as u64 + 1, tree.bytes());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs.max(1))
         .build()
         .map_err(|e| Error::Refused(format!("cannot start {jobs} copy threads: {e}")))?;
     let tasks: Vec<Task> = tree.files.iter().flat_map(tasks).collect();
-    let stored: Vec<Option<Part>> = pool.install(|| {
+    let stored: Vec<Option<(Part, PiecePages)>> = pool.install(|| {
         tasks
             .par_iter()
-            .map(|task| copy_piece(repo, dir, task, codec, progress))
+            .map(|task| copy_piece(repo, dir, task, codec, pages, progress))
             .collect::<Result<_>>()
     })?;
+    let checked = page_checksums(pages.is_some(), &tasks, &stored);
+    let stored: Vec<Option<Part>> = stored.into_iter().map(|s| s.map(|(part, _)| part)).collect();
     let mut copied = entries(&tasks, &stored);
     let control = tree.control.as_ref().expect("scan found pg_control");
     let control_tasks = self::tasks(control);
     let control_stored = control_tasks
         .iter()
-        .map(|task| copy_piece(repo, dir, task, codec, progress))
+        .map(|task| copy_piece(repo, dir, task, codec, None, progress).map(|s| s.map(|(part, _)| part)))
         .collect::<Result<Vec<_>>>()?;
     let control_entry = entries(&control_tasks, &control_stored)
         .pop()
         .ok_or_else(|| Error::Refused(format!("{} vanished during the backup", control.full_path.display())))?;
     copied.push(control_entry);
     progress.finish();
-    Ok(copied)
+    Ok(Copied {
+        files: copied,
+        pages: checked,
+    })
+}
+
+/// The pages' findings of every piece put together per file (`stored` in task order).
+fn page_checksums(checked: bool, tasks: &[Task], stored: &[Option<(Part, PiecePages)>]) -> PageChecksums {
+    let mut found = PageChecksums {
+        checked,
+        ..PageChecksums::default()
+    };
+    for (task, piece) in tasks.iter().zip(stored) {
+        let Some((_, pages)) = piece else { continue };
+        found.pages_checked += pages.checked;
+        found.pages_skipped += pages.skipped;
+        if pages.bad.is_empty() {
+            continue;
+        }
+        // The pieces of a file are consecutive tasks, in file order.
+        let file = match found.bad_files.last_mut() {
+            Some(file) if file.path == task.file.path => file,
+            _ => {
+                found.bad_files.push(BadPages {
+                    path: task.file.path.clone(),
+                    count: 0,
+                    blocks: vec![],
+                });
+                found.bad_files.last_mut().expect("just pushed")
+            }
+        };
+        file.count += pages.bad.len() as u64;
+        let room = BAD_BLOCKS_RECORDED.saturating_sub(file.blocks.len());
+        file.blocks.extend(pages.bad.iter().take(room));
+    }
+    found
 }
 
 /// The file entries of copied pieces; `stored` has one outcome per task, in task order.
@@ -126,8 +197,16 @@ thread_local! {
     static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Reads, encodes and stores one piece; `None` when the file vanished.
-fn copy_piece(repo: &Repo, dir: &str, task: &Task, codec: &Codec, progress: &dyn Progress) -> Result<Option<Part>> {
+/// Reads, checks the pages of (a relation fork's, with `pages`), encodes and stores one piece;
+/// `None` when the file vanished.
+fn copy_piece(
+    repo: &Repo,
+    dir: &str,
+    task: &Task,
+    codec: &Codec,
+    pages: Option<PageCheck>,
+    progress: &dyn Progress,
+) -> Result<Option<(Part, PiecePages)>> {
     READ_BUFFER.with_borrow_mut(|raw| {
         let path = &task.file.full_path;
         match read_piece(task, raw) {
@@ -138,26 +217,74 @@ fn copy_piece(repo: &Repo, dir: &str, task: &Task, codec: &Codec, progress: &dyn
         if raw.is_empty() && task.part.is_none() {
             // An empty file is its manifest entry alone: no object to store, fetch or check
             // (a data directory holds hundreds of them).
-            return Ok(Some(Part {
-                offset: 0,
-                size: 0,
-                crc32: 0,
-                stored_size: 0,
-            }));
+            return Ok(Some((
+                Part {
+                    offset: 0,
+                    size: 0,
+                    crc32: 0,
+                    stored_size: 0,
+                },
+                PiecePages::default(),
+            )));
         }
+        let found = match (pages, page::relation_file(&task.file.path)) {
+            (Some(check), Some(segment)) => check_pages(task, segment, raw, check),
+            _ => PiecePages::default(),
+        };
         let object = codec.encode(raw);
         let key = piece_key(dir, &task.file.path, task.part);
         repo.storage().put_if_absent_deferred(&key, &object)?;
         crate::crash_point::reached("backup:piece");
         let header = ObjectHeader::parse(&object, &key)?;
         progress.advance(raw.len() as u64);
-        Ok(Some(Part {
-            offset: task.offset(),
-            size: header.raw_len,
-            crc32: header.raw_crc,
-            stored_size: object.len() as u64,
-        }))
+        Ok(Some((
+            Part {
+                offset: task.offset(),
+                size: header.raw_len,
+                crc32: header.raw_crc,
+                stored_size: object.len() as u64,
+            },
+            found,
+        )))
     })
+}
+
+/// Checks the whole pages of `raw`, the bytes of `task` read from segment `segment` of a
+/// relation fork. A page that fails is read again from the file once: a page the server was
+/// writing meanwhile may have been read torn, and reads whole (or changed) the second time. A
+/// trailing partial page (a file being extended) is not judged.
+fn check_pages(task: &Task, segment: u32, raw: &[u8], check: PageCheck) -> PiecePages {
+    let mut found = PiecePages::default();
+    let first = (task.offset() / BLOCK_SIZE as u64) as u32;
+    let segment_start = segment.wrapping_mul(check.blocks_per_segment);
+    for (index, bytes) in raw.chunks_exact(BLOCK_SIZE).enumerate() {
+        let block = segment_start.wrapping_add(first + index as u32);
+        let mut verdict = page::check(bytes, block, check.start);
+        if verdict == page::PageCheck::Invalid {
+            let offset = task.offset() + (index * BLOCK_SIZE) as u64;
+            verdict = match reread(&task.file.full_path, offset) {
+                Some(again) => page::check(&again, block, check.start),
+                // Gone or shorter by now: the server dropped or truncated it, replay does too.
+                None => page::PageCheck::Skipped,
+            };
+        }
+        match verdict {
+            page::PageCheck::Valid => found.checked += 1,
+            page::PageCheck::Skipped => found.skipped += 1,
+            page::PageCheck::Invalid => {
+                found.checked += 1;
+                found.bad.push(block);
+            }
+        }
+    }
+    found
+}
+
+/// The page at `offset` of the file at `path`, read again; `None` when it is no longer there.
+fn reread(path: &std::path::Path, offset: u64) -> Option<Vec<u8>> {
+    let mut page = vec![0u8; BLOCK_SIZE];
+    File::open(path).ok()?.read_exact_at(&mut page, offset).ok()?;
+    Some(page)
 }
 
 /// Reads the task's bytes into `raw`: from its offset, one part's worth, or to the end.
@@ -202,7 +329,9 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 2, &Codec::default(), &Silent).unwrap();
+        let entries = copy_files(&repo, "hourly/b/", &tree, 2, &Codec::default(), None, &Silent)
+            .unwrap()
+            .files;
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["16384", "small", "pg_control"]);
         let split = &entries[0];
@@ -232,7 +361,9 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), &Silent).unwrap();
+        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent)
+            .unwrap()
+            .files;
         let piece = entries[0].pieces()[0];
         repo.storage().delete(&piece.key("hourly/b/")).unwrap();
         let other = Codec::default().encode(b"abd");
@@ -251,7 +382,9 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), &Silent).unwrap();
+        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent)
+            .unwrap()
+            .files;
         let empty = &entries[0];
         assert_eq!((empty.size, empty.stored_size, empty.crc32), (0, 0, 0));
         assert!(empty.is_empty_without_object() && empty.pieces().is_empty());
@@ -271,8 +404,135 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), &Silent).unwrap();
+        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent)
+            .unwrap()
+            .files;
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].path, "pg_control");
+    }
+
+    /// Page 3 of a real pg_class (LSN 0/1589F30), its checksum set for block `block`; with
+    /// `damage`, a byte of its tuples changed afterwards.
+    fn real_page(block: u32, damage: bool) -> Vec<u8> {
+        let pages: &[u8] = include_bytes!("../pg/testdata/pg_class_blocks_0_3.bin");
+        let mut bytes = pages[3 * BLOCK_SIZE..4 * BLOCK_SIZE].to_vec();
+        let sum = page::checksum(&bytes, block);
+        bytes[8..10].copy_from_slice(&sum.to_ne_bytes());
+        if damage {
+            bytes[6000] ^= 0x20;
+        }
+        bytes
+    }
+
+    #[test]
+    fn pages_are_checked_as_copied_with_their_block_numbers() {
+        let data = tempfile::tempdir().unwrap();
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(repo_dir.path()).unwrap();
+        let blocks_per_segment = 131_072;
+        // Segment 2 of a fork, in two parts: 16 MiB of new pages, then four pages from block
+        // 2 × RELSEG_SIZE + 2048 on.
+        let base = 2 * blocks_per_segment + (PART_SIZE / BLOCK_SIZE as u64) as u32;
+        let mut segment = vec![0u8; PART_SIZE as usize];
+        segment.extend(real_page(base, false));
+        segment.extend(real_page(base + 1, true));
+        segment.extend(real_page(base + 2, false));
+        segment.extend(real_page(base + 3, true));
+        let mut small = real_page(0, false);
+        small.extend(real_page(1, true));
+        // The damaged page changed at the backup's start: skipped, not bad.
+        let mut changed = real_page(1, true);
+        changed[0..4].copy_from_slice(&1u32.to_ne_bytes());
+        changed[4..8].copy_from_slice(&0u32.to_ne_bytes());
+        let tree = SourceTree {
+            files: vec![
+                source(data.path(), "16384.2", &segment),
+                source(data.path(), "16385", &small),
+                source(data.path(), "16386_vm", &changed),
+                source(data.path(), "pg_filenode.map", &real_page(0, true)),
+            ],
+            control: Some(source(data.path(), "pg_control", b"control")),
+            ..SourceTree::default()
+        };
+        // The paths of a database directory.
+        let tree = SourceTree {
+            files: tree
+                .files
+                .into_iter()
+                .map(|f| SourceFile {
+                    path: format!("base/5/{}", f.path),
+                    ..f
+                })
+                .collect(),
+            ..tree
+        };
+        let check = PageCheck {
+            start: Lsn(0x1589f30 + 1),
+            blocks_per_segment,
+        };
+        let copied = copy_files(&repo, "hourly/b/", &tree, 2, &Codec::default(), Some(check), &Silent).unwrap();
+        let pages = &copied.pages;
+        assert!(pages.checked);
+        let bad: Vec<(&str, u64, &[u32])> = pages
+            .bad_files
+            .iter()
+            .map(|f| (f.path.as_str(), f.count, f.blocks.as_slice()))
+            .collect();
+        assert_eq!(
+            bad,
+            [
+                ("base/5/16384.2", 2, &[base + 1, base + 3][..]),
+                ("base/5/16385", 1, &[1][..])
+            ]
+        );
+        assert_eq!(pages.pages_checked, 2048 + 4 + 2);
+        assert_eq!(pages.pages_skipped, 1, "the page of LSN 1/0");
+        assert_eq!(copied.files.len(), 5, "bad pages are copied all the same");
+
+        // From the damaged pages' LSN on, they are skipped.
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(repo_dir.path()).unwrap();
+        let early = PageCheck {
+            start: Lsn(0x1589f30),
+            ..check
+        };
+        let copied = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), Some(early), &Silent).unwrap();
+        assert!(copied.pages.bad_files.is_empty(), "{:?}", copied.pages);
+        assert_eq!(copied.pages.pages_skipped, 4 + 2 + 1);
+        assert_eq!(copied.pages.pages_checked, 2048);
+
+        // A cluster without data checksums: nothing checked.
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(repo_dir.path()).unwrap();
+        let copied = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent).unwrap();
+        assert_eq!(copied.pages, PageChecksums::default());
+    }
+
+    #[test]
+    fn a_page_that_fails_is_read_again_before_it_counts_as_bad() {
+        let data = tempfile::tempdir().unwrap();
+        // On disk the page is whole; the copy's read caught it torn (half old, half new).
+        let file = source(data.path(), "16384", &real_page(0, false));
+        let task = Task {
+            file: &file,
+            part: None,
+            last: true,
+        };
+        let mut torn = real_page(0, false);
+        torn[4096..].fill(0x33);
+        let check = PageCheck {
+            start: Lsn(u64::MAX),
+            blocks_per_segment: 131_072,
+        };
+        let found = check_pages(&task, 0, &torn, check);
+        assert_eq!((found.checked, found.skipped, found.bad.as_slice()), (1, 0, &[][..]));
+        // Damaged on disk too: bad.
+        std::fs::write(&file.full_path, &torn).unwrap();
+        let found = check_pages(&task, 0, &torn, check);
+        assert_eq!(found.bad, [0]);
+        // Gone by the second read: left to WAL replay, like a vanished file.
+        std::fs::remove_file(&file.full_path).unwrap();
+        let found = check_pages(&task, 0, &torn, check);
+        assert_eq!((found.checked, found.skipped, found.bad.len()), (0, 1, 0));
     }
 }

@@ -19,9 +19,14 @@ use crate::wal::{Lsn, SegmentSize, TimelineId};
 /// The version of the manifest format this pitr writes. Version 2 added [`FileEntry::parts`];
 /// version 3 the checksum and the copy beside it; version 4 [`Manifest::configuration`];
 /// version 5 empty files without an object ([`FileEntry::is_empty_without_object`]), which an
-/// older pitr would look for and miss, so it refuses the version instead. Versions 1 and 2 read
-/// the same (no checksum), versions 1 to 3 without a configuration.
-pub const MANIFEST_VERSION: u32 = 5;
+/// older pitr would look for and miss, so it refuses the version instead; version 6
+/// [`Manifest::page_checksums`], the data pages that failed their checksum at the backup, which
+/// an older pitr would not report, so it refuses the version too. Versions 1 and 2 read the same
+/// (no checksum), versions 1 to 3 without a configuration, 1 to 5 without page checksums.
+pub const MANIFEST_VERSION: u32 = 6;
+
+/// At most this many bad block numbers are recorded per file; [`BadPages::count`] counts them all.
+pub const BAD_BLOCKS_RECORDED: usize = 100;
 
 /// Permission bits a restored file or directory may have: never set-id or sticky bits.
 pub const PERMISSION_BITS: u32 = 0o777;
@@ -76,6 +81,64 @@ pub struct Manifest {
     /// `/etc/postgresql/<version>/<cluster>/`); `None` when the data directory holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub configuration: Option<Configuration>,
+    /// What checking the data pages' checksums during the copy found (format 6 on); `None` in
+    /// older manifests, whose backups checked nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_checksums: Option<PageChecksums>,
+}
+
+/// The data pages' checksums as a backup checked them: every page of every relation fork
+/// (main, fsm, vm, each segment) under `base/`, `global/` and `pg_tblspc/`, while copying it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageChecksums {
+    /// Whether the pages were checked: only when the cluster has data checksums (and 8 KiB pages).
+    pub checked: bool,
+    /// Pages whose checksum was checked (new, all-zero pages among them).
+    pub pages_checked: u64,
+    /// Pages not judged because they changed at or after the backup's start LSN: they may be
+    /// torn in the copy, and WAL replay writes them again.
+    pub pages_skipped: u64,
+    /// The files with pages that failed their checksum, read twice.
+    pub bad_files: Vec<BadPages>,
+}
+
+impl PageChecksums {
+    /// Bad pages over all files.
+    pub fn bad_pages(&self) -> u64 {
+        self.bad_files.iter().map(|f| f.count).sum()
+    }
+}
+
+/// The pages of one file that failed their checksum at the backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BadPages {
+    /// The file's path in the data directory.
+    pub path: String,
+    /// How many of its pages failed.
+    pub count: u64,
+    /// The block numbers of the first [`BAD_BLOCKS_RECORDED`] of them (in the relation fork:
+    /// segment N's first block is N × `RELSEG_SIZE`), ascending.
+    pub blocks: Vec<u32>,
+}
+
+impl BadPages {
+    /// `blocks 3, 7 (2 bad pages)`, with "…" when more failed than are recorded.
+    pub fn describe(&self) -> String {
+        let blocks: Vec<String> = self.blocks.iter().map(u32::to_string).collect();
+        let more = if (self.blocks.len() as u64) < self.count {
+            ", …"
+        } else {
+            ""
+        };
+        let plural = if self.count == 1 { "" } else { "s" };
+        format!(
+            "block{plural} {}{more} ({} bad page{plural})",
+            blocks.join(", "),
+            self.count
+        )
+    }
 }
 
 impl Manifest {
@@ -182,6 +245,7 @@ impl Manifest {
             directories: _,
             files: _,
             configuration: _,
+            page_checksums: _,
         } = self;
         ManifestSummary {
             format_version: *format_version,
@@ -561,6 +625,7 @@ impl Manifest {
             directories: vec![],
             files: vec![],
             configuration: None,
+            page_checksums: Some(PageChecksums::default()),
         }
     }
 }
@@ -682,6 +747,40 @@ mod tests {
         m.format_version = MANIFEST_VERSION;
         m.configuration = Some(debian_configuration());
         assert_eq!(Manifest::from_bytes(&m.to_bytes(), "m").unwrap(), m);
+    }
+
+    #[test]
+    fn bad_pages_are_recorded_and_older_manifests_read_without_them() {
+        let mut m = Manifest::for_test("b", Tier::Daily, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
+        m.page_checksums = Some(PageChecksums {
+            checked: true,
+            pages_checked: 10,
+            pages_skipped: 1,
+            bad_files: vec![BadPages {
+                path: "base/5/16384".into(),
+                count: 2,
+                blocks: vec![3, 131_075],
+            }],
+        });
+        let bytes = m.to_bytes();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"bad_files\""));
+        assert_eq!(Manifest::from_bytes(&bytes, "m").unwrap(), m);
+        assert_eq!(m.page_checksums.as_ref().unwrap().bad_pages(), 2);
+        assert_eq!(
+            m.page_checksums.as_ref().unwrap().bad_files[0].describe(),
+            "blocks 3, 131075 (2 bad pages)"
+        );
+
+        m.format_version = 5;
+        m.page_checksums = None;
+        let older = m.to_bytes();
+        assert!(!String::from_utf8_lossy(&older).contains("page_checksums"));
+        assert_eq!(Manifest::from_bytes(&older, "m").unwrap(), m);
+
+        // What pitr of format 5 checked: a version above its own is refused, naming it.
+        m.format_version = MANIFEST_VERSION + 1;
+        let newer = Manifest::from_bytes(&m.to_bytes(), "m").unwrap_err().to_string();
+        assert!(newer.contains("use a matching pitr"), "{newer}");
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! `START WAL LOCATION` and `START TIMELINE` lines.
 //!
 //! What differs but pitr does not depend on: data checksums are on by default from 18 (`initdb
-//! --no-data-checksums` turns them off); pitr checks its own CRC-32 of every file it stores and
-//! reads no `data_checksums` setting. `pg_stat_wal` exists from 14 and loses its write and sync
+//! --no-data-checksums` turns them off); a backup asks the server's `data_checksums` setting
+//! whatever the version, and the page checksum and page header it checks are the same in 12–18
+//! (`pg::page`). `pg_stat_wal` exists from 14 and loses its write and sync
 //! columns to `pg_stat_io` in 18; pitr reads only `pg_stat_archiver`.
 
 use std::fmt;
