@@ -16,7 +16,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use pitr::codec::Compression;
 use pitr::inspect::EventKind;
-use pitr::recover::{Target, TimelineChoice};
+use pitr::recover::{Request, Target, TimelineChoice};
 use pitr::wal::Lsn;
 
 /// The help heading of the global options, wherever they are listed.
@@ -380,20 +380,7 @@ pub enum Command {
         #[arg(long, value_name = "NEWDIR")]
         pgdata: PathBuf,
         #[command(flatten)]
-        target: TargetArgs,
-        /// Stop just before the target instead of just after (time, LSN, xid).
-        #[arg(long)]
-        exclusive: bool,
-        /// The timeline to follow: latest (default) or a number.
-        #[arg(long, default_value = "latest", value_name = "N|latest", value_parser = parse_timeline)]
-        timeline: TimelineChoice,
-        /// Use this backup instead of the newest one before the target.
-        #[arg(long, value_name = "ID")]
-        backup: Option<String>,
-        /// Recover from this repository generation (default: the backup's, the restore point's,
-        /// for a time the newest generation with a backup before it, else the current one).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        generation: Option<u32>,
+        recovery: RecoveryArgs,
         /// What the server does at the target.
         #[arg(long, default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
         action: String,
@@ -442,19 +429,7 @@ pub enum Command {
         /// The database to restore (its name in the backup and on production).
         database: String,
         #[command(flatten)]
-        target: TargetArgs,
-        /// Stop just before the target instead of just after (time, LSN, xid).
-        #[arg(long)]
-        exclusive: bool,
-        /// The timeline to follow: latest (default) or a number.
-        #[arg(long, default_value = "latest", value_name = "N|latest", value_parser = parse_timeline)]
-        timeline: TimelineChoice,
-        /// Use this backup instead of the newest one before the target.
-        #[arg(long, value_name = "ID")]
-        backup: Option<String>,
-        /// Recover from this repository generation (default: as recover chooses).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        generation: Option<u32>,
+        recovery: RecoveryArgs,
         /// The production server, as psql takes it (keyword/value or URI; the libpq environment
         /// fills in the rest). pitr connects to its maintenance database (postgres, else
         /// template1), never to DATABASE.
@@ -717,6 +692,39 @@ pub struct TargetArgs {
     /// as `pitr wal events` shows them. Implies --exclusive.
     #[arg(long, value_name = "XID|LSN", value_parser = Target::parse_before)]
     before: Option<Target>,
+}
+
+/// What `recover` and `restore-database` plan a recovery from: the target and the way to it.
+#[derive(Debug, Args)]
+pub struct RecoveryArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Stop just before the target instead of just after (time, LSN, xid).
+    #[arg(long)]
+    pub exclusive: bool,
+    /// The timeline to follow: latest (default) or a number.
+    #[arg(long, default_value = "latest", value_name = "N|latest", value_parser = parse_timeline)]
+    pub timeline: TimelineChoice,
+    /// Use this backup instead of the newest one before the target.
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Recover from this repository generation (default: the backup's, the restore point's,
+    /// for a time the newest generation with a backup before it, else the current one).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub generation: Option<u32>,
+}
+
+impl RecoveryArgs {
+    /// What the planner is asked for.
+    pub fn request(&self) -> Request {
+        Request {
+            target: self.target.target(),
+            exclusive: self.target.exclusive(self.exclusive),
+            before: self.target.before(),
+            timeline: self.timeline,
+            backup: self.backup.clone(),
+        }
+    }
 }
 
 impl TargetArgs {
@@ -1263,13 +1271,18 @@ mod tests {
         match parsed(line).unwrap().command {
             Command::RestoreDatabase {
                 database,
-                target,
-                exclusive,
+                recovery,
                 switch,
                 yes,
                 ..
             } => assert_eq!(
-                (database.as_str(), target.target(), exclusive, switch, yes),
+                (
+                    database.as_str(),
+                    recovery.target.target(),
+                    recovery.exclusive,
+                    switch,
+                    yes
+                ),
                 ("catalog", Target::Xid(42), true, true, true)
             ),
             other => panic!("{other:?}"),
@@ -1291,7 +1304,7 @@ mod tests {
     #[test]
     fn the_recovery_target_and_timeline_are_parsed() {
         let recover = |options: &str| match parsed(&format!("pitr recover --pgdata d {options}")).unwrap().command {
-            Command::Recover { target, timeline, .. } => (target.target(), timeline),
+            Command::Recover { recovery, .. } => (recovery.target.target(), recovery.timeline),
             other => panic!("{other:?}"),
         };
         assert_eq!(recover("--target-lsn 0/3000148").0, Target::Lsn(Lsn(0x3000148)));

@@ -9,7 +9,7 @@ use pitr::backup::{self, BackupOptions, RestoreOptions, Tier};
 use pitr::pg::{connection_config, Server};
 use pitr::prefetch::{self, Prefetched};
 use pitr::progress::Progress;
-use pitr::recover::{self, Action, RecoverOptions, Request, TimelineChoice};
+use pitr::recover::{self, Action, RecoverOptions};
 use pitr::repo::Repo;
 use pitr::restore_database;
 use pitr::restore_point::{self, CreateOptions};
@@ -17,7 +17,7 @@ use pitr::storage::Location;
 use pitr::wal::WalFileName;
 use pitr::Result;
 
-use crate::cli::{Command, ConnectionArgs, TargetArgs, WalCommand};
+use crate::cli::{Command, ConnectionArgs, WalCommand};
 use crate::output::{self, TerminalProgress};
 use crate::settings::Settings;
 use crate::verify;
@@ -439,11 +439,7 @@ fn arm_interrupts() -> Result<()> {
 fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> {
     let Command::Recover {
         pgdata,
-        target,
-        exclusive,
-        timeline,
-        backup,
-        generation,
+        recovery,
         action,
         port,
         no_start,
@@ -458,10 +454,10 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
     else {
         unreachable!("called for recover only")
     };
-    let request = recovery_request(target, *exclusive, *timeline, backup);
+    let request = recovery.request();
     let pgdata = absolute(pgdata);
     let jobs = jobs.unwrap_or(settings.jobs);
-    let (repo, plan) = recover::plan_recovery(repo, &request, *generation, jobs)?;
+    let (repo, plan) = recover::plan_recovery(repo, &request, recovery.generation, jobs)?;
     let repo = &repo;
     recover::check_space(&plan, &pgdata)?;
     if !json {
@@ -507,30 +503,10 @@ fn recover(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> 
     }
 }
 
-/// What `recover` and `restore-database` ask the planner for.
-fn recovery_request(
-    target: &TargetArgs,
-    exclusive: bool,
-    timeline: TimelineChoice,
-    backup: &Option<String>,
-) -> Request {
-    Request {
-        target: target.target(),
-        exclusive: target.exclusive(exclusive),
-        before: target.before(),
-        timeline,
-        backup: backup.clone(),
-    }
-}
-
 fn restore_database(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> {
     let Command::RestoreDatabase {
         database,
-        target,
-        exclusive,
-        timeline,
-        backup,
-        generation,
+        recovery,
         into,
         table,
         verify_sql,
@@ -565,8 +541,7 @@ fn restore_database(repo: &Repo, command: &Command, settings: &Settings) -> Resu
                 .into(),
         ));
     }
-    let request = recovery_request(target, *exclusive, *timeline, backup);
-    let (repo, plan) = recover::plan_recovery(repo, &request, *generation, options.jobs)?;
+    let (repo, plan) = recover::plan_recovery(repo, &recovery.request(), recovery.generation, options.jobs)?;
     let repo = &repo;
     recover::check_space(&plan, &options.scratch_parent)?;
     if !json {

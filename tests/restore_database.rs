@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -97,26 +97,6 @@ fn assert_ok(out: &CmdOutput) {
 fn assert_contains(out: &CmdOutput, needle: &str) {
     let all = format!("{}\n{}", out.stdout_str(), out.stderr_str());
     assert!(all.contains(needle), "expected {needle:?} in:\n{}", out.describe());
-}
-
-/// Nothing left in the scratch directory, and no process still naming it (the copy's server).
-#[track_caller]
-fn assert_copy_gone(scratch: &Path) {
-    let left: Vec<PathBuf> = std::fs::read_dir(scratch)
-        .expect("read the scratch directory")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "the scratch copy is left behind: {left:?}");
-    let needle = scratch.to_string_lossy().into_owned();
-    let running: Vec<String> = std::fs::read_dir("/proc")
-        .expect("read /proc")
-        .flatten()
-        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&needle) && c.contains("postgres"))
-        .collect();
-    assert!(running.is_empty(), "the copy's server still runs: {running:?}");
 }
 
 /// The name after `prefix` in the output (`catalog_restore_20261206_233005`).

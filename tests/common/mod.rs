@@ -2192,3 +2192,23 @@ impl Drop for NewDir {
         }
     }
 }
+
+/// Nothing left in the scratch directory, and no process still naming it (the copy's server).
+#[track_caller]
+pub fn assert_copy_gone(scratch: &Path) {
+    let left: Vec<std::path::PathBuf> = std::fs::read_dir(scratch)
+        .expect("read the scratch directory")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "the scratch copy is left behind: {left:?}");
+    let needle = scratch.to_string_lossy().into_owned();
+    let running: Vec<String> = std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle) && c.contains("postgres"))
+        .collect();
+    assert!(running.is_empty(), "the copy's server still runs: {running:?}");
+}
