@@ -2366,7 +2366,37 @@ DRILL_TIERS = ("hourly", "daily", "weekly")
 # (key, label): pgBackRest by hand, at the normal priority, and at the priority pitr's drill gives
 # itself (nice 19, idle I/O class), so the priority's cost can be told from the tool's.
 DRILL_PEERS = [("pgbr", "pgbackrest restore --type=immediate + pg_ctl start, by hand"),
-               ("pgbr-nice", "the same under nice -n 19 ionice -c 3 (the drill's priority)")]
+               ("pgbr-nice", "the same under nice -n 19 ionice -c 3 (the drill's priority)"),
+               ("bb", "reference: pg_basebackup -Ft -Z zstd -X fetch, tar -x + sync + pg_ctl start")]
+
+
+def parse_lsn(text: str) -> int:
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def backup_wal_mib(b: Bench) -> Dict[str, float]:
+    """The WAL from each backup's start to its consistency point (what recovery to `immediate`
+    replays), in MiB: pitr's per tier from `pitr list --json`, pgBackRest's from `pgbackrest info`."""
+    found: Dict[str, float] = {}
+
+    def walk(v) -> None:
+        if isinstance(v, dict):
+            if "tier" in v and "start_lsn" in v and "stop_lsn" in v:
+                found[str(v["tier"])] = (parse_lsn(str(v["stop_lsn"])) - parse_lsn(str(v["start_lsn"]))) / MiB
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+    try:
+        walk(json.loads(b.run(b.pitr_cmd(b.pitr_repo, "list", "--json")).output))
+        info = json.loads(b.run(b.pgbr("info", "--output=json")).output)
+        lsn = info[0]["backup"][-1]["lsn"]
+        found["pgbr"] = (parse_lsn(lsn["stop"]) - parse_lsn(lsn["start"])) / MiB
+    except (CommandFailed, ValueError, KeyError, IndexError) as e:
+        progress(f"could not read the backups' LSNs: {e}")
+    return found
 
 
 def drill_backups(b: Bench) -> None:
@@ -2382,6 +2412,9 @@ def drill_backups(b: Bench) -> None:
             b.run(b.pitr_cmd(b.pitr_repo, "backup", "--tier", tier, "--fast", "--jobs", "2"))
         progress("pgbackrest backup --type=full (untimed, under pgbench)")
         b.run(b.pgbr("backup", "--type=full", "--process-max=2"))
+        progress("pg_basebackup -Ft -Z zstd -X fetch (untimed, under pgbench)")
+        b.run([b.pg("pg_basebackup"), "-D", b.tmp / "work" / "drill-bb", "-Ft", "-Z", "zstd", "-X", "fetch",
+               "-c", "fast", "--no-manifest"])
         time.sleep(10)
     finally:
         stop_process(load)
@@ -2434,12 +2467,47 @@ def pgbr_drill_once(b: Bench, nice: bool) -> Replay:
     return replay_by_hand(b, target, restore_command, start)
 
 
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under root (what the backup tools do for their files; not
+    `sync -f`, which would also write back other processes' dirty pages on this shared disk)."""
+    for d, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(d, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def bb_drill_once(b: Bench) -> Replay:
+    """A floor without a backup tool: the pg_basebackup tar (its WAL inside) extracted with
+    `tar -I zstd -x`, an fsync of every file and directory (the tools make their files durable), then recovery.signal with
+    recovery_target = 'immediate', promote, restore_command = /bin/false (the WAL is in pg_wal)
+    and `pg_ctl start -w` until the promoted copy accepts connections (replay_by_hand)."""
+    target = b.tmp / "work" / "drill-bb-copy"
+    b.mkdir_pg(target)
+    start = time.perf_counter()
+    b.run(["tar", "-I", "zstd", "-xf", b.tmp / "work" / "drill-bb" / "base.tar.zst", "-C", target])
+    fsync_tree(target)
+    (target / "recovery.signal").touch()
+    with open(target / "postgresql.auto.conf", "a") as f:
+        f.write("recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n")
+    b.chown_tree(target)
+    return replay_by_hand(b, target, "/bin/false", start)
+
+
 def section_drill(b: Bench) -> None:
     """RTO of a restore drill per tier (`pitr drill --tier T --json`: restore + replay to the
     backup's consistency point + promotion, as the drill records it; and the drill's wall time
     with its checks) against the same recovery by hand with pgBackRest. Each run does every tool
     once, the order rotating per run."""
     drill_backups(b)
+    wal_mib = backup_wal_mib(b)
     runs = min(b.opts.runs, 3)
     tools = [f"pitr-{t}" for t in DRILL_TIERS] + [k for k, _ in DRILL_PEERS]
     rto: Dict[str, List[float]] = {t: [] for t in tools}
@@ -2456,6 +2524,10 @@ def section_drill(b: Bench) -> None:
                 rto[t].append(seconds)
                 total[tier].append(wall)
                 restored_mib[tier] = record["bytes_restored"] / MiB
+            elif t == "bb":
+                replay = bb_drill_once(b)
+                rto[t].append(replay.seconds)
+                redo[t].append(replay.redo)
             else:
                 replay = pgbr_drill_once(b, t == "pgbr-nice")
                 rto[t].append(replay.seconds)
@@ -2463,10 +2535,13 @@ def section_drill(b: Bench) -> None:
     measure = "RTO: restore + replay to the backup's consistency point + promotion, seconds"
     for tier in DRILL_TIERS:
         b.res.series(f"drill-rto-{tier}", G10, measure, f"pitr drill --tier {tier} (its recorded rto_seconds)", "s",
-                     note=f"{restored_mib.get(tier, 0):,.0f} MiB restored").values = rto[f"pitr-{tier}"]
+                     note=f"{restored_mib.get(tier, 0):,.0f} MiB restored; the backup's WAL to its consistency "
+                          f"point: {wal_mib.get(tier, float('nan')):.0f} MiB").values = rto[f"pitr-{tier}"]
     for k, label in DRILL_PEERS:
+        wal = (f"; the backup's WAL to its consistency point: {wal_mib['pgbr']:.0f} MiB"
+               if k != "bb" and "pgbr" in wal_mib else "")
         b.res.series(f"drill-rto-{k}", G10, measure, label, "s",
-                     note=f"PostgreSQL's redo: {med(redo[k]):.2f} s (median)").values = rto[k]
+                     note=f"PostgreSQL's redo: {med(redo[k]):.2f} s (median){wal}").values = rto[k]
     for tier in DRILL_TIERS:
         b.res.series(f"drill-total-{tier}", G10, "the drill's wall time: plan, RTO, pg_amcheck --heapallindexed, "
                      "verify SQL, stop, removal, record", f"pitr drill --tier {tier} --json", "s").values = total[tier]
@@ -2476,6 +2551,9 @@ def section_drill(b: Bench) -> None:
     for tier in DRILL_TIERS:
         b.res.ratio(G10, f"RTO: pitr drill --tier {tier} / the same by hand at the drill's priority",
                     [x / y for x, y in zip(rto[f"pitr-{tier}"], rto["pgbr-nice"])])
+    for tier in DRILL_TIERS:
+        b.res.ratio(G10, f"RTO: pitr drill --tier {tier} / pg_basebackup tar extracted + start (reference)",
+                    [x / y for x, y in zip(rto[f"pitr-{tier}"], rto["bb"])])
 
 
 SECTIONS: List[Tuple[str, Callable[[Bench], None]]] = [
@@ -2780,7 +2858,12 @@ removes it at the end.
   a private socket and `archive_mode=off`, timed until the server log shows `redo done` followed by `database
   system is ready to accept connections` (the promoted copy), no checks. The drill lowers its own priority
   (nice 19, idle I/O class) before it starts the copy; the by-hand recovery is shown at the normal priority
-  and at the drill's (`nice -n 19 ionice -c 3` on pgbackrest, its archive-get and pg_ctl). At most 3 runs.
+  and at the drill's (`nice -n 19 ionice -c 3` on pgbackrest, its archive-get and pg_ctl). A reference without
+  a backup tool: a `pg_basebackup -Ft -Z zstd -X fetch -c fast` tar taken under the same load (untimed),
+  extracted with `tar -I zstd -x` (one zstd stream, one thread), an fsync of every file and directory, then `recovery.signal` with `recovery_target = 'immediate'`,
+  promote, `restore_command = /bin/false` (its WAL is in the tar) and the same start and wait. The notes give
+  each backup's WAL from its start to its consistency point (stop LSN − start LSN: what `immediate` replays).
+  At most 3 runs.
 - Between timed operations the harness calls `sync` (untimed) so one run's writeback does not land in the
   next run's time.
 """
