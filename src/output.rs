@@ -228,8 +228,8 @@ pub fn sync_report(report: &SyncReport) {
         println!("{verb} the unfinished copy of backup {id}, which the source no longer holds");
     }
     println!(
-        "{verb} {} objects ({}) from {} to {}: {} WAL files, {} backups{}, {} restore points, {} maps of names; {} objects \
-         were there already ({} backups); {:.1} s",
+        "{verb} {} objects ({}) from {} to {}: {} WAL files, {} backups{}, {} restore points, {} maps of names, {} drill \
+         records; {} objects were there already ({} backups); {:.1} s",
         report.objects_copied,
         mib(report.bytes_copied),
         report.source,
@@ -243,6 +243,7 @@ pub fn sync_report(report: &SyncReport) {
         },
         report.restore_points_copied,
         report.names_copied,
+        report.drills_copied,
         report.objects_skipped,
         report.backups_present,
         report.seconds

@@ -138,6 +138,23 @@ fn drills_of_every_tier_pass_are_recorded_and_exported_and_leave_nothing() {
     let text = pitr(&c, &["drill", "list"]);
     assert!(text.stdout_str().contains("passed"), "{}", text.describe());
 
+    // A second repository gets the drill history with the backups.
+    let copy = c.test_dir().subdir("copy");
+    let synced = pitr(&c, &["sync", "--json", "--to", copy.to_str().unwrap()]);
+    assert_eq!(
+        parse_json(synced.assert_success())["drills_copied"],
+        2,
+        "{}",
+        synced.describe()
+    );
+    let listed = c.pitr_with_repo(&copy, &["drill", "list", "--json"]);
+    assert_eq!(
+        parse_json(listed.assert_success())["drills"],
+        list["drills"],
+        "{}",
+        listed.describe()
+    );
+
     // A stray name in drills/ is reported, never taken for a record.
     let stray = c.repo().join("drills").join("20261207T040000_yearly.json");
     std::fs::write(&stray, b"{}").unwrap();

@@ -621,7 +621,7 @@ pub fn history(repo: &Repo) -> Result<DrillHistory> {
 }
 
 /// `<YYYYMMDDTHHMMSS>_<tier>.json`.
-fn is_record_name(name: &str) -> bool {
+pub(crate) fn is_record_name(name: &str) -> bool {
     let Some((stamp, tier)) = name.strip_suffix(".json").and_then(|n| n.split_once('_')) else {
         return false;
     };

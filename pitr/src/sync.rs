@@ -45,6 +45,7 @@ use crate::backup::manifest::Manifest;
 use crate::backup::Tier;
 use crate::codec::{self, json};
 use crate::crash_point;
+use crate::drill::{is_record_name as is_drill_record_name, DRILLS_DIR};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{
@@ -80,6 +81,8 @@ pub struct SyncReport {
     pub restore_points_copied: u64,
     /// Maps of relation names copied.
     pub names_copied: u64,
+    /// Drill records copied.
+    pub drills_copied: u64,
     /// Backup directories a sync that died left in the target, for backups the source no
     /// longer holds: deleted.
     pub leftovers_deleted: Vec<String>,
@@ -101,6 +104,8 @@ enum Check {
     RestorePoint,
     /// A map of relation names.
     Names,
+    /// A drill record.
+    Drill,
     /// An archived WAL file of this generation.
     Wal(WalFileName, Generation),
     /// A codec object: a backup's label files.
@@ -146,6 +151,7 @@ pub struct SyncPlan {
     backups: Vec<BackupCopy>,
     restore_points: Vec<Item>,
     names: Vec<Item>,
+    drills: Vec<Item>,
     /// Complete backups whose marker a sync left in the target after their manifest.
     stale_markers: Vec<String>,
     /// Backup directories of a sync that died, whose backup the source no longer holds.
@@ -173,6 +179,7 @@ impl SyncPlan {
             .chain(&self.wal)
             .chain(&self.restore_points)
             .chain(&self.names)
+            .chain(&self.drills)
             .map(|o| (1, o.size))
             .chain(backups)
             .fold((0, 0), |(n, bytes), (k, size)| (n + k, bytes + size))
@@ -218,6 +225,7 @@ impl SyncPlan {
             backups_present: self.backups_present,
             restore_points_copied: if dry_run { self.restore_points.len() as u64 } else { 0 },
             names_copied: if dry_run { self.names.len() as u64 } else { 0 },
+            drills_copied: if dry_run { self.drills.len() as u64 } else { 0 },
             leftovers_deleted: if dry_run {
                 self.leftovers.iter().map(|(_, id)| id.clone()).collect()
             } else {
@@ -263,6 +271,7 @@ pub fn plan(source: &Repo, target: &Repo) -> Result<SyncPlan> {
         backups: Vec::new(),
         restore_points: Vec::new(),
         names: Vec::new(),
+        drills: Vec::new(),
         stale_markers: Vec::new(),
         leftovers: Vec::new(),
         present: 0,
@@ -288,6 +297,7 @@ pub fn plan(source: &Repo, target: &Repo) -> Result<SyncPlan> {
         }
     }
     plan_restore_points(&mut plan)?;
+    plan_drills(&mut plan)?;
     plan_backups(&mut plan, &generations)?;
     for g in generations.all() {
         plan_wal(&mut plan, g)?;
@@ -426,6 +436,22 @@ fn plan_restore_points(plan: &mut SyncPlan) -> Result<()> {
         }
     }
     plan.restore_points = plan_listed(plan, CATALOG_DIR, listed)?;
+    Ok(())
+}
+
+/// The drill records: names as `pitr drill` writes them.
+fn plan_drills(plan: &mut SyncPlan) -> Result<()> {
+    let mut listed = Vec::new();
+    for entry in plan.source.storage().list_meta(DRILLS_DIR)? {
+        match entry.meta {
+            Some(meta) if is_drill_record_name(&entry.name) => listed.push((entry.name, meta.size, Check::Drill)),
+            _ => plan.problems.push(format!(
+                "{} is not a drill record: not copied",
+                plan.source.storage().describe(&format!("{DRILLS_DIR}{}", entry.name))
+            )),
+        }
+    }
+    plan.drills = plan_listed(plan, DRILLS_DIR, listed)?;
     Ok(())
 }
 
@@ -668,24 +694,6 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
     let (source, target) = (&plan.source, &plan.target);
     // Counts what copying one object came to; whether it is in the target now. A damaged object
     // is a problem, named by its error, after `context`.
-    let tally = |report: &mut SyncReport, copied: Copied, context: &str| -> bool {
-        match copied {
-            Copied::Written(bytes) => {
-                report.objects_copied += 1;
-                report.bytes_copied += bytes;
-                true
-            }
-            Copied::Present => {
-                report.objects_skipped += 1;
-                true
-            }
-            Copied::Vanished => false,
-            Copied::Damaged(reason) => {
-                report.problems.push(format!("{context}{reason}"));
-                false
-            }
-        }
-    };
     for (dir, id) in &plan.leftovers {
         target.storage().delete_all(dir)?;
         report.leftovers_deleted.push(id.clone());
@@ -772,24 +780,54 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
         report.backups_copied.push(backup.id.clone());
     }
 
-    progress.status("restore points");
-    for item in &plan.restore_points {
-        let copied = copy(source, target, item, false, progress)?;
-        if matches!(copied, Copied::Written(_)) {
-            report.restore_points_copied += 1;
-        }
-        tally(&mut report, copied, "");
-    }
-    for item in &plan.names {
-        let copied = copy(source, target, item, false, progress)?;
-        if matches!(copied, Copied::Written(_)) {
-            report.names_copied += 1;
-        }
-        tally(&mut report, copied, "");
-    }
+    progress.status("restore points, maps of names, drill records");
+    report.restore_points_copied = copy_records(source, target, &plan.restore_points, &mut report, progress)?;
+    report.names_copied = copy_records(source, target, &plan.names, &mut report, progress)?;
+    report.drills_copied = copy_records(source, target, &plan.drills, &mut report, progress)?;
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Counts one object's copy in `report`: whether it is in the target now (a damaged one is a
+/// problem, prefixed with `context`).
+fn tally(report: &mut SyncReport, copied: Copied, context: &str) -> bool {
+    match copied {
+        Copied::Written(bytes) => {
+            report.objects_copied += 1;
+            report.bytes_copied += bytes;
+            true
+        }
+        Copied::Present => {
+            report.objects_skipped += 1;
+            true
+        }
+        Copied::Vanished => false,
+        Copied::Damaged(reason) => {
+            report.problems.push(format!("{context}{reason}"));
+            false
+        }
+    }
+}
+
+/// Copies small records one by one (restore points, maps of names, drill records), tallied in
+/// `report`; returns how many were written.
+fn copy_records(
+    source: &Repo,
+    target: &Repo,
+    items: &[Item],
+    report: &mut SyncReport,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let mut written = 0;
+    for item in items {
+        let copied = copy(source, target, item, false, progress)?;
+        if matches!(copied, Copied::Written(_)) {
+            written += 1;
+        }
+        tally(report, copied, "");
+    }
+    Ok(written)
 }
 
 /// Reads one object from the source, checks it, writes it into the target create-only (with
@@ -856,6 +894,7 @@ fn verify(check: &Check, bytes: &[u8], what: &str) -> Result<()> {
         Check::Record => json::from_slice::<serde_json::Value>(bytes, what).map(drop),
         Check::RestorePoint => json::from_slice::<RestorePoint>(bytes, what).map(drop),
         Check::Names => json::from_slice::<crate::names::NamesMap>(bytes, what).map(drop),
+        Check::Drill => json::from_slice::<crate::drill::DrillRecord>(bytes, what).map(drop),
         Check::Object => codec::decode_chunks(bytes, what, &mut |_| Ok(())).map(drop),
         Check::Piece {
             raw_len,
