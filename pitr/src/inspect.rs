@@ -1479,6 +1479,7 @@ mod tests {
 
     use super::*;
     use crate::names::{DatabaseName, MappedRelation};
+    use crate::wal::records::synthetic::synthetic_segment;
 
     const DB: u32 = 16384;
 
@@ -1642,50 +1643,6 @@ mod tests {
         );
     }
 
-    /// A 1 MiB segment of PostgreSQL 15 holding commits of transactions `xids` (at second `n`
-    /// past 2000-01-01 for the n-th) and, when `switch`, a switch record; `bad_crc` damages the
-    /// last commit's CRC.
-    fn segment(segno: u64, xids: &[u32], switch: bool, bad_crc: bool) -> Vec<u8> {
-        const SIZE: u32 = 1 << 20;
-        let base = segno * u64::from(SIZE);
-        let mut raw = vec![0u8; SIZE as usize];
-        raw[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-        raw[2..4].copy_from_slice(&2u16.to_le_bytes());
-        raw[4..8].copy_from_slice(&1u32.to_le_bytes());
-        raw[8..16].copy_from_slice(&base.to_le_bytes());
-        raw[24..32].copy_from_slice(&7u64.to_le_bytes());
-        raw[32..36].copy_from_slice(&SIZE.to_le_bytes());
-        raw[36..40].copy_from_slice(&8192u32.to_le_bytes());
-        let mut at = 40usize;
-        let mut prev = 0u64;
-        let mut put = |rmid: u8, info: u8, xid: u32, main: &[u8], damage: bool| {
-            let mut r = vec![0u8; 24];
-            if !main.is_empty() {
-                r.extend_from_slice(&[255, main.len() as u8]);
-                r.extend_from_slice(main);
-            }
-            let total = r.len() as u32;
-            r[0..4].copy_from_slice(&total.to_le_bytes());
-            r[4..8].copy_from_slice(&xid.to_le_bytes());
-            r[8..16].copy_from_slice(&prev.to_le_bytes());
-            r[16] = info;
-            r[17] = rmid;
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&r[24..]), &r[..20]) ^ u32::from(damage);
-            r[20..24].copy_from_slice(&crc.to_le_bytes());
-            raw[at..at + r.len()].copy_from_slice(&r);
-            prev = base + at as u64;
-            at = (at + r.len()).div_ceil(8) * 8;
-        };
-        for (n, xid) in xids.iter().enumerate() {
-            let damage = bad_crc && n + 1 == xids.len();
-            put(1, 0, *xid, &(i64::from(*xid) * 1_000_000).to_le_bytes(), damage);
-        }
-        if switch {
-            put(0, 0x40, 0, &[], false);
-        }
-        raw
-    }
-
     fn repo_with(segments: &[(u64, Vec<u8>)]) -> (tempfile::TempDir, Repo) {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(dir.path()).unwrap();
@@ -1717,12 +1674,17 @@ mod tests {
     #[test]
     fn the_scan_reads_on_into_the_segment_being_received_in_order() {
         let archived: Vec<(u64, Vec<u8>)> = (1..=5)
-            .map(|n| (n, segment(n, &[n as u32 * 10, n as u32 * 10 + 1], true, false)))
+            .map(|n| {
+                (
+                    n,
+                    synthetic_segment(n, &[n as u32 * 10, n as u32 * 10 + 1], true, false),
+                )
+            })
             .collect();
         let (_dir, repo) = repo_with(&archived);
         // The receiver's snapshot of segment 6: its first 100 bytes, which cut its second commit
         // short: the WAL ends there.
-        let receiving = segment(6, &[60, 61], false, false);
+        let receiving = synthetic_segment(6, &[60, 61], false, false);
         let name = WalFileName::parse("000000010000000000000006")
             .unwrap()
             .segment_name()
@@ -1760,7 +1722,12 @@ mod tests {
     #[test]
     fn a_time_range_starts_reading_a_segment_before_its_start() {
         let archived: Vec<(u64, Vec<u8>)> = (1..=8)
-            .map(|n| (n, segment(n, &[n as u32 * 10, n as u32 * 10 + 1], true, false)))
+            .map(|n| {
+                (
+                    n,
+                    synthetic_segment(n, &[n as u32 * 10, n as u32 * 10 + 1], true, false),
+                )
+            })
             .collect();
         let (_dir, repo) = repo_with(&archived);
         let at = |xid: i64| DateTime::from_timestamp(946_684_800 + xid, 0).unwrap();
@@ -1790,8 +1757,8 @@ mod tests {
     #[test]
     fn a_damaged_record_in_an_archived_segment_names_the_segment_and_the_lsn() {
         let (_dir, repo) = repo_with(&[
-            (1, segment(1, &[10], true, false)),
-            (2, segment(2, &[20, 21], true, true)),
+            (1, synthetic_segment(1, &[10], true, false)),
+            (2, synthetic_segment(2, &[20, 21], true, true)),
         ]);
         let options = ScanOptions {
             jobs: 2,

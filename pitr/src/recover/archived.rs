@@ -383,6 +383,7 @@ impl<'r> ArchivedRecords<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::records::synthetic::synthetic_segment;
 
     #[test]
     fn transaction_ids_wrap_around() {
@@ -392,41 +393,6 @@ mod tests {
     }
 
     const SIZE: u32 = 1 << 20;
-
-    /// A 1 MiB segment of PostgreSQL 15 holding one commit (transaction `segno`, at `segno`
-    /// seconds past the epoch of 2000) and a switch record.
-    fn segment(segno: u64) -> Vec<u8> {
-        let base = segno * u64::from(SIZE);
-        let mut raw = vec![0u8; SIZE as usize];
-        raw[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-        raw[2..4].copy_from_slice(&2u16.to_le_bytes());
-        raw[4..8].copy_from_slice(&1u32.to_le_bytes());
-        raw[8..16].copy_from_slice(&base.to_le_bytes());
-        raw[24..32].copy_from_slice(&7u64.to_le_bytes());
-        raw[32..36].copy_from_slice(&SIZE.to_le_bytes());
-        raw[36..40].copy_from_slice(&8192u32.to_le_bytes());
-        let record = |rmid: u8, info: u8, xid: u32, prev: u64, main: &[u8]| {
-            let mut r = vec![0u8; 24];
-            if !main.is_empty() {
-                r.extend_from_slice(&[255, main.len() as u8]);
-                r.extend_from_slice(main);
-            }
-            let total = r.len() as u32;
-            r[0..4].copy_from_slice(&total.to_le_bytes());
-            r[4..8].copy_from_slice(&xid.to_le_bytes());
-            r[8..16].copy_from_slice(&prev.to_le_bytes());
-            r[16] = info;
-            r[17] = rmid;
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&r[24..]), &r[..20]);
-            r[20..24].copy_from_slice(&crc.to_le_bytes());
-            r
-        };
-        let commit = record(1, 0, segno as u32, 0, &(segno as i64 * 1_000_000).to_le_bytes());
-        raw[40..40 + commit.len()].copy_from_slice(&commit);
-        let switch = record(0, 0x40, 0, base + 40, &[]);
-        raw[80..80 + switch.len()].copy_from_slice(&switch);
-        raw
-    }
 
     /// Summaries read ahead are the ones read one at a time; a segment that cannot be read is
     /// left to the scan, which reports it when it gets there (not before).
@@ -445,7 +411,7 @@ mod tests {
         let codec = codec::Codec::default();
         for segno in 1..=8 {
             let name = WalFileName::parse(&at(segno).file_name(size)).unwrap();
-            let mut object = codec.encode(&segment(segno));
+            let mut object = codec.encode(&synthetic_segment(segno, &[segno as u32], true, false));
             if segno == 6 {
                 let last = object.len() - 1;
                 object[last] ^= 1;

@@ -701,4 +701,6 @@ fn classify_image(image: &[u8], entry: &Payload) -> PageImage {
 }
 
 #[cfg(test)]
+pub(crate) mod synthetic;
+#[cfg(test)]
 mod tests;
