@@ -147,9 +147,9 @@ pub enum Command {
     /// it returns at once. SIGTERM finishes the files in flight and exits; SIGHUP reloads the
     /// settings. Run it as the PostgreSQL OS user.
     Watch {
-        /// The data directory.
+        /// The data directory (default: `pgdata` from the config file).
         #[arg(long, value_name = "DIR")]
-        pgdata: PathBuf,
+        pgdata: Option<PathBuf>,
         /// Files archived at once (default: the number of cores).
         #[arg(long, value_name = "N")]
         workers: Option<usize>,
@@ -167,12 +167,42 @@ pub enum Command {
     /// job is logged and counted while the daemon keeps running. Backups connect with the libpq
     /// environment or `dbname` from the config file.
     Daemon {
-        /// The data directory.
+        /// The data directory (default: `pgdata` from the config file).
         #[arg(long, value_name = "DIR")]
-        pgdata: PathBuf,
+        pgdata: Option<PathBuf>,
         /// Address for /metrics and /health (default: `listen` from the config, 127.0.0.1:9817).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+    },
+
+    /// Set a running server up to archive through pitr: settings, slot, repository, config file.
+    ///
+    /// Reads the server's settings over its connection (libpq environment or --dbname; a
+    /// superuser) and shows what must change, one line each: wal_level (replica), archive_mode
+    /// (on), archive_command (this pitr with --repo and --config, archive-push %p), the WAL
+    /// receiver's physical replication slot (`slot`, default "pitr"), the repository (created
+    /// for the cluster, 0700, owned by the data directory's owner) and the config file (repo,
+    /// pgdata, slot; default /etc/pitr/pitr.toml). Changes nothing without --apply. With --apply:
+    /// ALTER SYSTEM and pg_reload_conf(), never a restart (it names the settings that wait for
+    /// one); then, when none waits, `pitr check`. Running it again changes nothing. Exit 0:
+    /// nothing (more) to do and check passed; 3: changes pending (a dry run with changes, or a
+    /// restart of PostgreSQL); 1: refused or failed.
+    Init {
+        /// The data directory (default: `pgdata` from the config file, else the server's); it
+        /// must be the server's.
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<PathBuf>,
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// Make the changes (without it, only show them).
+        #[arg(long)]
+        apply: bool,
+        /// Seconds check waits for the switched segment.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        timeout: u64,
+        /// Print the plan and what was done as JSON.
+        #[arg(long)]
+        json: bool,
     },
 
     /// Create or drop the physical replication slot the WAL receiver streams from.

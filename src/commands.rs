@@ -33,6 +33,8 @@ pub enum Done {
     Warnings,
     /// verify, check-integrity: something critical (the report says what).
     Critical,
+    /// init: changes pending (a dry run that found some, or a restart of PostgreSQL).
+    Pending,
 }
 
 /// Runs `pitr demo`, which brings its own repository.
@@ -62,6 +64,10 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
     if let Command::Verify { .. } = command {
         // Before the repository is opened: verify records a missing one in its log and metrics.
         return verify::verify(command, settings);
+    }
+    if let Command::Init { .. } = command {
+        // Before the repository is opened: init creates it.
+        return init(command, settings);
     }
     let repo = Repo::open(&settings.repo)?;
     match command {
@@ -101,11 +107,13 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
         Command::Watch { pgdata, workers, slot } => {
-            watch::run(&repo, settings, &absolute(pgdata), *workers, slot.as_deref())?;
+            let pgdata = data_directory(pgdata.as_deref(), settings)?;
+            watch::run(&repo, settings, &pgdata, *workers, slot.as_deref())?;
             Ok(Done::Ok)
         }
         Command::Daemon { pgdata, listen } => {
-            watch::daemon(&repo, settings, &absolute(pgdata), listen.clone())?;
+            let pgdata = data_directory(pgdata.as_deref(), settings)?;
+            watch::daemon(&repo, settings, &pgdata, listen.clone())?;
             Ok(Done::Ok)
         }
         Command::Slot {
@@ -113,7 +121,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             slot,
             connection,
         } => {
-            let slot = slot.clone().or(settings.slot.clone()).unwrap_or_else(|| "pitr".into());
+            let slot = slot.clone().unwrap_or_else(|| receiver_slot(settings));
             let conninfo = connection.dbname.as_deref().or(settings.dbname.as_deref());
             let options = watch::stream_options(conninfo, slot)?;
             match action.as_str() {
@@ -269,6 +277,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         }
         Command::Demo { keep, json } => demo(*keep, *json),
         Command::Verify { .. } => unreachable!("verify runs before the repository is opened"),
+        Command::Init { .. } => unreachable!("init runs before the repository is opened"),
         Command::CheckIntegrity { target, jobs, json } => verify::check_integrity(target, *jobs, *json, Ok(settings)),
         Command::Check {
             connection,
@@ -320,6 +329,61 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             Ok(Done::Ok)
         }
     }
+}
+
+/// Runs `pitr init`: the library plans (and applies), this prints.
+fn init(command: &Command, settings: &Settings) -> Result<Done> {
+    let Command::Init {
+        pgdata,
+        connection,
+        apply,
+        timeout,
+        json,
+    } = command
+    else {
+        unreachable!("called for init only")
+    };
+    let conninfo = connection.dbname.as_deref().or(settings.dbname.as_deref());
+    let options = pitr::setup::InitOptions {
+        pgdata: pgdata.as_deref().map(absolute).or_else(|| settings.pgdata.clone()),
+        repo: settings.repo.clone(),
+        config_file: absolute(&settings.config.clone().expect("init's settings name the config file")),
+        stream: watch::stream_options(conninfo, receiver_slot(settings))?,
+        pitr_command: pitr_command(settings)?,
+        apply: *apply,
+        check_timeout: Duration::from_secs(*timeout),
+    };
+    let progress = TerminalProgress::new(*json);
+    let report = with_server(connection, settings, |server| async move {
+        pitr::setup::init(&server, &options, &progress).await
+    })?;
+    if *json {
+        output::json(&report)
+    } else {
+        output::init_report(&report)
+    }
+    match &report.check {
+        pitr::setup::CheckOutcome::Failed { error } => Err(pitr::Error::Refused(format!(
+            "the settings are in place, but check failed: {error}"
+        ))),
+        _ if report.pending() => Ok(Done::Pending),
+        _ => Ok(Done::Ok),
+    }
+}
+
+/// The WAL receiver's slot: `slot` from the config file, else "pitr".
+fn receiver_slot(settings: &Settings) -> String {
+    settings.slot.clone().unwrap_or_else(|| "pitr".into())
+}
+
+/// The data directory of watch and the daemon: --pgdata, else `pgdata` from the config file.
+fn data_directory(flag: Option<&std::path::Path>, settings: &Settings) -> Result<PathBuf> {
+    flag.map(absolute).or_else(|| settings.pgdata.clone()).ok_or_else(|| {
+        pitr::Error::InvalidInput(
+            "no data directory given: pass --pgdata DIR, or set `pgdata` in the config file (pitr init writes it)"
+                .into(),
+        )
+    })
 }
 
 /// Runs `pitr wal ...`.

@@ -24,6 +24,10 @@ use clap::error::ErrorKind;
 /// "command not executable/not found") and of 143 (SIGTERM, a quiet shutdown).
 const EXIT_RESTORE_ERROR: u8 = 200;
 
+/// Exit code of `pitr init` when changes are pending: found by a dry run, or a restart of
+/// PostgreSQL that the applied settings wait for. Clear of 1 (failed) and 2 (bad arguments).
+const EXIT_PENDING: u8 = 3;
+
 /// What a command ended with, before it becomes an exit code.
 enum Outcome {
     /// Done.
@@ -34,6 +38,8 @@ enum Outcome {
     Warnings,
     /// verify, check-integrity: something critical (the report says what).
     Critical,
+    /// init: changes pending (a dry run that found some, or a restart of PostgreSQL).
+    Pending,
     /// A failure, with its one-line message.
     Failed(String),
     /// Stopped by SIGINT or SIGTERM, with what was left behind.
@@ -100,6 +106,7 @@ fn exit_code(outcome: &Outcome, restore: bool, verification: bool) -> u8 {
         (Outcome::Success, _) => 0,
         (Outcome::NotFound | Outcome::Warnings, _) => 1,
         (Outcome::Critical, _) => 2,
+        (Outcome::Pending, _) => EXIT_PENDING,
         (Outcome::Failed(_) | Outcome::Usage(_) | Outcome::Interrupted(_), true) => EXIT_RESTORE_ERROR,
         // As a shell reports a command ended by SIGINT.
         (Outcome::Interrupted(_), false) => 130,
@@ -116,7 +123,12 @@ fn report(outcome: &Outcome, command: Option<&str>) {
     let pitr = command.map_or_else(|| "pitr".to_string(), |name| format!("pitr {name}"));
     let archive_command = matches!(command, Some("archive-get" | "archive-push"));
     let text = match outcome {
-        Outcome::Success | Outcome::NotFound | Outcome::Warnings | Outcome::Critical | Outcome::BrokenPipe => return,
+        Outcome::Success
+        | Outcome::NotFound
+        | Outcome::Warnings
+        | Outcome::Critical
+        | Outcome::Pending
+        | Outcome::BrokenPipe => return,
         Outcome::Failed(message) | Outcome::Interrupted(message) => format!("{pitr}: error: {message}\n"),
         // The archive commands' stderr lands in the server log: one line there, clap's usage elsewhere.
         Outcome::Usage(message) if archive_command => format!("{pitr}: usage error: {}\n", one_line(message)),
@@ -165,7 +177,12 @@ fn run(invocation: Invocation) -> Outcome {
         let settings = Settings::load(&global);
         return done(verify::check_integrity(target, *jobs, *json, settings.as_ref()));
     }
-    let settings = match Settings::load(&global) {
+    // init writes the config file: one that does not exist yet is not an error.
+    let loaded = match command {
+        Command::Init { .. } => Settings::load_for_init(&global),
+        _ => Settings::load(&global),
+    };
+    let settings = match loaded {
         Ok(settings) => settings,
         // Bad settings are bad arguments: nothing was tried.
         Err(message) => return Outcome::Usage(format!("error: {message}\n")),
@@ -179,6 +196,7 @@ fn done(result: pitr::Result<Done>) -> Outcome {
         Ok(Done::NotFound) => Outcome::NotFound,
         Ok(Done::Warnings) => Outcome::Warnings,
         Ok(Done::Critical) => Outcome::Critical,
+        Ok(Done::Pending) => Outcome::Pending,
         Err(e @ pitr::Error::Interrupted(_)) => Outcome::Interrupted(e.to_string()),
         Err(e) => Outcome::Failed(e.to_string()),
     }
@@ -199,6 +217,7 @@ mod tests {
         }
         assert_eq!(exit_code(&Outcome::NotFound, true, false), 1);
         assert_eq!(exit_code(&Outcome::Success, true, false), 0);
+        assert_eq!(exit_code(&Outcome::Pending, false, false), 3);
         assert_eq!(exit_code(&Outcome::Usage("error: bad\n".into()), false, false), 2);
         assert_eq!(exit_code(&Outcome::Failed("refused".into()), false, false), 1);
         assert_eq!(exit_code(&Outcome::Interrupted("stopped".into()), false, false), 130);

@@ -10,6 +10,7 @@ use pitr::info::RepoSummary;
 use pitr::progress::Progress;
 use pitr::recover::{AdoptReport, ListedRestorePoint, Plan, Report};
 use pitr::restore_point::RestorePoint;
+use pitr::setup::{CheckOutcome, InitReport, TakesEffect};
 use pitr::sync::SyncReport;
 use pitr::verify::{
     human_bytes, human_duration, Alert, CheckReport, IntegrityKind, IntegrityReport, Scope, ServerView, SlotView,
@@ -1008,4 +1009,49 @@ pub fn check_report(r: &CheckReport) {
         }
     }
     println!("archiving into this repository works");
+}
+
+/// `pitr init`: what the server runs with, what changes (or changed), what waits for a restart,
+/// and check's result.
+pub fn init_report(r: &InitReport) {
+    println!(
+        "server: PostgreSQL {}, data directory {} (owner {}), configuration {}",
+        r.server_version,
+        r.data_directory.display(),
+        r.owner,
+        r.server_config_file
+    );
+    if r.changes.is_empty() {
+        println!("nothing to change");
+    } else {
+        println!("{}", if r.applied { "changed:" } else { "to change:" });
+        for change in &r.changes {
+            let when = match change.takes_effect {
+                TakesEffect::Restart => " (needs a restart)",
+                TakesEffect::Reload => " (reload)",
+                TakesEffect::Now => "",
+            };
+            println!("  {}: {} → {}{when}", change.what, change.current, change.wanted);
+        }
+    }
+    match &r.check {
+        CheckOutcome::NotRun if r.changes.is_empty() => {
+            println!("dry run: run `pitr init --apply` (or `pitr check`) to check archiving end to end")
+        }
+        CheckOutcome::NotRun => println!("dry run: nothing was changed; run again with --apply to make these changes"),
+        CheckOutcome::AfterRestart => println!(
+            "restart PostgreSQL to apply: {}; then run `pitr check` (or `pitr init --apply` again, which then \
+             changes nothing and runs check)",
+            r.restart_pending.join(", ")
+        ),
+        CheckOutcome::Passed { report } => check_report(report),
+        // The error is the command's: main prints it.
+        CheckOutcome::Failed { .. } => {}
+    }
+    if !r.applied && !r.restart_pending.is_empty() {
+        println!(
+            "set already, waiting for a restart of PostgreSQL: {}",
+            r.restart_pending.join(", ")
+        );
+    }
 }

@@ -19,13 +19,14 @@ use crate::cli::GlobalArgs;
 const DEFAULT_PREFETCH: u64 = 8;
 
 /// The config file used when neither --config nor PITR_CONFIG names one.
-const DEFAULT_CONFIG: &str = "/etc/pitr/pitr.toml";
+const DEFAULT_CONFIG: &str = pitr::setup::DEFAULT_CONFIG_FILE;
 
 /// The config file's keys. Unknown keys are errors, so a typo never silently falls back to a default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     repo: Option<String>,
+    pgdata: Option<PathBuf>,
     sync_to: Option<String>,
     compress: Option<String>,
     compress_level: Option<i32>,
@@ -82,6 +83,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9817";
 pub struct Settings {
     /// Where the repository is: a directory or an S3 prefix.
     pub repo: Location,
+    /// The data directory (`pgdata`) of watch, the daemon and init, unless --pgdata says otherwise.
+    pub pgdata: Option<PathBuf>,
     /// The second repository `pitr sync` copies into (`sync_to`), if any.
     pub sync_to: Option<Location>,
     /// How archived files are compressed.
@@ -134,6 +137,24 @@ impl Settings {
             .clone()
             .or_else(|| Path::new(DEFAULT_CONFIG).exists().then(|| DEFAULT_CONFIG.into()));
         let file = read_config(config.as_deref())?;
+        Settings::layered(args, config, file)
+    }
+
+    /// [`Settings::load`] for `pitr init`, which writes the config file: the one named by
+    /// --config or PITR_CONFIG, else the default one, read when it exists (empty otherwise).
+    pub fn load_for_init(args: &GlobalArgs) -> Result<Settings, String> {
+        let config = args.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
+        let file = if config.exists() {
+            read_config(Some(&config))?
+        } else {
+            FileSettings::default()
+        };
+        Settings::layered(args, Some(config), file)
+    }
+
+    /// The settings of the flags and environment `args` over the config file `file` (read from
+    /// `config`), validated.
+    fn layered(args: &GlobalArgs, config: Option<PathBuf>, file: FileSettings) -> Result<Settings, String> {
         let repo = match (&args.repo, file.repo) {
             (Some(path), _) => match path.to_str() {
                 Some(text) => Location::parse(text).map_err(|e| e.to_string())?,
@@ -168,6 +189,12 @@ impl Settings {
             pitr::pg::replication::check_slot_name(slot)
                 .map_err(|e| in_config(config.as_deref(), format!("slot: {e}")))?;
         }
+        if let Some(pgdata) = file.pgdata.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(in_config(
+                config.as_deref(),
+                format!("pgdata '{}' must be an absolute path", pgdata.display()),
+            ));
+        }
         let name = file.name.unwrap_or_else(|| "main".into());
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(format!(
@@ -187,6 +214,7 @@ impl Settings {
             .map_err(|e| in_config(config.as_deref(), e))?;
         Ok(Settings {
             repo,
+            pgdata: file.pgdata,
             sync_to,
             codec,
             name,

@@ -393,20 +393,54 @@ fn check_archive_command(
     command: &str,
     progress: &dyn Progress,
 ) -> std::result::Result<Archiving, String> {
+    if command.trim().is_empty() || command == "(disabled)" {
+        return Err("archive_command is not set: set archive_command = 'pitr --repo ... archive-push %p'".into());
+    }
+    let repo_arg = match pitr_archive_repo(command) {
+        PitrArchiving::NotPitr => {
+            progress.warn(&format!(
+                "archive_command does not call pitr ({command}); backups need their WAL in {} to be restorable",
+                repo.location()
+            ));
+            return Ok(Archiving::Elsewhere);
+        }
+        PitrArchiving::WithoutRepo => {
+            progress.warn("archive_command calls pitr without --repo; make sure its config names this repository");
+            return Ok(Archiving::Elsewhere);
+        }
+        PitrArchiving::Into(repo_arg) => repo_arg,
+    };
+    if repo.is_named_by(&repo_arg) {
+        Ok(Archiving::IntoThisRepo)
+    } else {
+        Err(format!(
+            "archive_command archives into {repo_arg}, not into this repository {}: the backup's WAL would be \
+             elsewhere; use the same --repo for both",
+            repo.location()
+        ))
+    }
+}
+
+/// What an archive_command says about pitr, read from its words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PitrArchiving {
+    /// It does not run `pitr ... archive-push`.
+    NotPitr,
+    /// It runs `pitr archive-push` without `--repo` (the config file names the repository).
+    WithoutRepo,
+    /// It runs `pitr --repo <this> archive-push`.
+    Into(String),
+}
+
+/// Whether `command` (an archive_command) runs `pitr archive-push`, and with which `--repo`.
+pub(crate) fn pitr_archive_repo(command: &str) -> PitrArchiving {
     let words: Vec<&str> = command
         .split_whitespace()
         .map(|w| w.trim_matches(['\'', '"']))
         .collect();
-    if command.trim().is_empty() || command == "(disabled)" {
-        return Err("archive_command is not set: set archive_command = 'pitr --repo ... archive-push %p'".into());
-    }
     let calls_pitr = words.iter().any(|w| w.rsplit('/').next() == Some("pitr")) && words.contains(&"archive-push");
     if !calls_pitr {
-        progress.warn(&format!(
-            "archive_command does not call pitr ({command}); backups need their WAL in {} to be restorable",
-            repo.location()
-        ));
-        return Ok(Archiving::Elsewhere);
+        return PitrArchiving::NotPitr;
     }
     let repo_arg = words
         .windows(2)
@@ -418,19 +452,7 @@ fn check_archive_command(
                 .find_map(|w| w.strip_prefix("--repo="))
                 .map(|v| v.trim_matches(['\'', '"']).to_string())
         });
-    let Some(repo_arg) = repo_arg else {
-        progress.warn("archive_command calls pitr without --repo; make sure its config names this repository");
-        return Ok(Archiving::Elsewhere);
-    };
-    if repo.is_named_by(&repo_arg) {
-        Ok(Archiving::IntoThisRepo)
-    } else {
-        Err(format!(
-            "archive_command archives into {repo_arg}, not into this repository {}: the backup's WAL would be \
-             elsewhere; use the same --repo for both",
-            repo.location()
-        ))
-    }
+    repo_arg.map_or(PitrArchiving::WithoutRepo, PitrArchiving::Into)
 }
 
 /// The server's WAL segment size.

@@ -24,6 +24,8 @@
 //! - [`sync`]: `pitr sync`, the verified, resumable copy of a repository into a second one.
 //! - [`info`]: what the repository offers now — recoverable windows, backups, archive.
 //! - [`init`]: setting a cluster up for pitr — creating its repository on purpose.
+//! - [`setup`]: `pitr init` — a running server's archive settings, slot, repository and config
+//!   file, planned, applied through `ALTER SYSTEM`, and checked.
 //! - [`spool`]: the local spool beside the data directory (watcher markers, prefetched WAL).
 //! - [`watch`]: the watcher that archives ready WAL files at once, in parallel.
 //! - [`prefetch`]: fetching the next segments ahead of recovery into the spool.
@@ -58,6 +60,7 @@ pub mod recover;
 pub mod repo;
 pub mod restore_database;
 pub mod restore_point;
+pub mod setup;
 pub mod spool;
 pub mod storage;
 pub mod stream;
