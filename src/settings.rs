@@ -396,6 +396,39 @@ mod tests {
         }
     }
 
+    fn loaded(config_text: &str) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("pitr.toml");
+        std::fs::write(&config, config_text).unwrap();
+        Settings::load(&GlobalArgs {
+            repo: Some("/var/backups/pitr".into()),
+            config: Some(config),
+            ..GlobalArgs::default()
+        })
+    }
+
+    #[test]
+    fn pgdata_comes_from_the_config_file_and_must_be_absolute() {
+        let settings = loaded("pgdata = \"/var/lib/postgresql/16/main\"\n").unwrap();
+        assert_eq!(settings.pgdata, Some(PathBuf::from("/var/lib/postgresql/16/main")));
+        assert_eq!(loaded("").unwrap().pgdata, None);
+        let error = loaded("pgdata = \"main\"\n").unwrap_err();
+        assert!(error.contains("pgdata 'main' must be an absolute path"), "{error}");
+    }
+
+    #[test]
+    fn init_names_a_config_file_that_does_not_exist_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("new.toml");
+        let args = GlobalArgs {
+            repo: Some("/var/backups/pitr".into()),
+            config: Some(config.clone()),
+            ..GlobalArgs::default()
+        };
+        assert!(Settings::load(&args).is_err(), "other commands need the file");
+        assert_eq!(Settings::load_for_init(&args).unwrap().config, Some(config));
+    }
+
     #[test]
     fn none_turns_an_output_off() {
         assert_eq!(optional_path("none".into()), None);
