@@ -424,6 +424,7 @@ fn child_failure(out: &std::process::Output) -> String {
 fn needs_restart(running: &Settings, fresh: &Settings) -> Result<(), String> {
     let changed = [
         ("repo", running.repo.to_string() != fresh.repo.to_string()),
+        ("pgdata", running.pgdata != fresh.pgdata),
         ("spool", running.spool != fresh.spool),
         ("listen", running.listen != fresh.listen),
     ];

@@ -41,7 +41,10 @@ fn postmaster_pid(data: &Path) -> String {
 /// (inode, mtime in ns) of `path`.
 fn identity(path: &Path) -> (u64, i128) {
     let meta = fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
-    (meta.ino(), meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128)
+    (
+        meta.ino(),
+        meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+    )
 }
 
 /// The gid of the postgres OS user.
@@ -57,8 +60,16 @@ fn assert_config(config: &Path, repo: &Path, data: &Path) {
     let text = fs::read_to_string(config).unwrap();
     let table: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
     let resolve = |p: &str| fs::canonicalize(p).unwrap();
-    assert_eq!(resolve(table["repo"].as_str().unwrap()), fs::canonicalize(repo).unwrap(), "{text}");
-    assert_eq!(resolve(table["pgdata"].as_str().unwrap()), fs::canonicalize(data).unwrap(), "{text}");
+    assert_eq!(
+        resolve(table["repo"].as_str().unwrap()),
+        fs::canonicalize(repo).unwrap(),
+        "{text}"
+    );
+    assert_eq!(
+        resolve(table["pgdata"].as_str().unwrap()),
+        fs::canonicalize(data).unwrap(),
+        "{text}"
+    );
     assert_eq!(table["slot"].as_str(), Some("pitr"), "{text}");
     let meta = fs::metadata(config).unwrap();
     if running_as_root() {
@@ -77,13 +88,19 @@ fn assert_repository(repo: &Path, data: &Path) {
     assert_eq!(meta.mode() & 0o7777, 0o700, "repository mode");
     if running_as_root() {
         let postgres = fs::metadata(data).unwrap().uid();
-        assert_eq!(meta.uid(), postgres, "the repository belongs to the data directory's owner");
+        assert_eq!(
+            meta.uid(),
+            postgres,
+            "the repository belongs to the data directory's owner"
+        );
     }
 }
 
 /// Whether the server has the replication slot `name`.
 fn has_slot(psql: impl Fn(&str) -> String, name: &str) -> bool {
-    psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{name}'")) == "1"
+    psql(&format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{name}'"
+    )) == "1"
 }
 
 /// Forces a segment switch after some WAL and returns the closed segment's name.
@@ -117,7 +134,10 @@ fn a_fresh_cluster_archives_after_init_and_one_restart_and_a_second_init_changes
         assert!(shown.contains(line), "the plan lacks {line:?}:\n{shown}");
     }
     assert_eq!(read(&auto_conf), auto_before, "a dry run changed postgresql.auto.conf");
-    assert!(!repo.exists() && !config.exists(), "a dry run created the repository or the config");
+    assert!(
+        !repo.exists() && !config.exists(),
+        "a dry run created the repository or the config"
+    );
     assert_eq!(c.psql("SHOW archive_mode"), "off");
     assert!(!has_slot(|sql| c.psql(sql), "pitr"), "a dry run created the slot");
 
@@ -170,7 +190,11 @@ fn a_fresh_cluster_archives_after_init_and_one_restart_and_a_second_init_changes
         (c.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'pitr'") == "t").then_some(())
     });
     let out = terminate_pitr(watcher, "pitr watch".into(), Duration::from_secs(30));
-    assert!(streaming.is_some(), "watch without --pgdata never streamed:\n{}", out.describe());
+    assert!(
+        streaming.is_some(),
+        "watch without --pgdata never streamed:\n{}",
+        out.describe()
+    );
 }
 
 /// A Debian cluster made with pg_createcluster (configuration in /etc/postgresql), archiving
@@ -291,7 +315,11 @@ fn a_debian_cluster_is_set_up_with_its_configuration_in_etc() {
     let again = cluster.init(&repo, &config, &["--apply"]);
     again.assert_success();
     assert!(again.stdout_str().contains("nothing to change"), "{}", again.describe());
-    assert!(again.stdout_str().contains("archiving into this repository works"), "{}", again.describe());
+    assert!(
+        again.stdout_str().contains("archiving into this repository works"),
+        "{}",
+        again.describe()
+    );
     assert_eq!(identity(&config), written, "the second run rewrote the config file");
     let segment = switch_wal(|sql| cluster.psql(sql));
     assert!(wait_stored(&repo, &segment), "{segment} never reached the repository");
@@ -317,8 +345,17 @@ impl Untouched {
 
     #[track_caller]
     fn assert_same(&self, c: &Cluster, out: &CmdOutput) {
-        assert_eq!(read(&self.auto_conf.0), self.auto_conf.1, "postgresql.auto.conf changed: {}", out.describe());
-        assert_eq!(self.repo.0.join("repo.json").exists(), self.repo.1, "the repository changed");
+        assert_eq!(
+            read(&self.auto_conf.0),
+            self.auto_conf.1,
+            "postgresql.auto.conf changed: {}",
+            out.describe()
+        );
+        assert_eq!(
+            self.repo.0.join("repo.json").exists(),
+            self.repo.1,
+            "the repository changed"
+        );
         assert_eq!(fs::read(&self.config.0).ok(), self.config.1, "the config file changed");
         assert!(!has_slot(|sql| c.psql(sql), "pitr"), "a slot was created");
     }
@@ -337,7 +374,11 @@ fn init_refuses_another_clusters_repository_another_setups_config_and_a_role_tha
     let before = Untouched::now(&c, other.repo(), &config);
     let out = init(&c, Some(other.repo()), &config, &["--pgdata", pgdata, "--apply"]);
     out.assert_code(1);
-    assert!(out.stderr_str().contains("was not created for this server"), "{}", out.describe());
+    assert!(
+        out.stderr_str().contains("was not created for this server"),
+        "{}",
+        out.describe()
+    );
     before.assert_same(&c, &out);
 
     let elsewhere = dir.subdir("elsewhere");
@@ -356,7 +397,11 @@ fn init_refuses_another_clusters_repository_another_setups_config_and_a_role_tha
     let before = Untouched::now(&c, &repo, &config);
     let out = init(&c, Some(&repo), &config, &["--pgdata", other_data, "--apply"]);
     out.assert_code(1);
-    assert!(out.stderr_str().contains("is not the data directory of the server"), "{}", out.describe());
+    assert!(
+        out.stderr_str().contains("is not the data directory of the server"),
+        "{}",
+        out.describe()
+    );
     before.assert_same(&c, &out);
 
     c.psql("CREATE ROLE app LOGIN");
@@ -369,7 +414,11 @@ fn init_refuses_another_clusters_repository_another_setups_config_and_a_role_tha
         .arg(&config)
         .args(["init", "--pgdata", pgdata, "--apply"]));
     out.assert_code(1);
-    assert!(out.stderr_str().contains("role app is not a superuser"), "{}", out.describe());
+    assert!(
+        out.stderr_str().contains("role app is not a superuser"),
+        "{}",
+        out.describe()
+    );
     assert!(!repo.exists(), "the repository was created");
     before.assert_same(&c, &out);
 }

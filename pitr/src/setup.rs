@@ -86,8 +86,8 @@ pub enum CheckOutcome {
     AfterRestart,
     /// Archiving works, end to end.
     Passed {
-        /// What check saw.
-        report: CheckReport,
+        /// What check saw (boxed: it is much larger than the other outcomes).
+        report: Box<CheckReport>,
     },
     /// Archiving does not work yet.
     Failed {
@@ -173,7 +173,9 @@ pub async fn init(server: &Server, options: &InitOptions, progress: &dyn Progres
             slot: Some(slot.clone()),
         };
         match crate::verify::check(&repo, server, check_options, progress).await {
-            Ok(report) => CheckOutcome::Passed { report },
+            Ok(report) => CheckOutcome::Passed {
+                report: Box::new(report),
+            },
             Err(e) => CheckOutcome::Failed { error: e.to_string() },
         }
     } else {
@@ -230,7 +232,13 @@ impl Plan {
 /// Makes the planned changes: the repository and the config file first, so that the new
 /// archive_command finds them; then the settings; then the slot, when the running server can
 /// have one.
-async fn apply(server: &Server, options: &InitOptions, plan: &Plan, owner: &Owner, progress: &dyn Progress) -> Result<()> {
+async fn apply(
+    server: &Server,
+    options: &InitOptions,
+    plan: &Plan,
+    owner: &Owner,
+    progress: &dyn Progress,
+) -> Result<()> {
     if let RepositoryPlan::CreateDirectory = plan.repository {
         create_repository_directory(&options.repo, owner)?;
     }

@@ -183,9 +183,7 @@ fn check_same(path: &Path, table: &toml::Table, repo: &Location, pgdata: &Path) 
 
 /// A value as text (a string's content; anything else as TOML writes it).
 fn text_of(value: &toml::Value) -> String {
-    value
-        .as_str()
-        .map_or_else(|| value.to_string(), str::to_string)
+    value.as_str().map_or_else(|| value.to_string(), str::to_string)
 }
 
 /// Whether `owner` (the data directory's owner, who runs archive_command and the daemon) may
