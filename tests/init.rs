@@ -119,6 +119,9 @@ fn a_fresh_cluster_archives_after_init_and_one_restart_and_a_second_init_changes
     let auto_conf = data.join("postgresql.auto.conf");
     let auto_before = read(&auto_conf);
     let pgdata = data.to_str().unwrap();
+    // A config file with settings of its own: init adds repo, pgdata and slot, and keeps them.
+    let own = "name = \"db1\"\n\n[verify]\nmax_age = \"48h\"\n";
+    dir.write("etc/pitr.toml", own);
 
     let dry = init(&c, Some(&repo), &config, &["--pgdata", pgdata]);
     dry.assert_code(PENDING);
@@ -134,9 +137,11 @@ fn a_fresh_cluster_archives_after_init_and_one_restart_and_a_second_init_changes
         assert!(shown.contains(line), "the plan lacks {line:?}:\n{shown}");
     }
     assert_eq!(read(&auto_conf), auto_before, "a dry run changed postgresql.auto.conf");
-    assert!(
-        !repo.exists() && !config.exists(),
-        "a dry run created the repository or the config"
+    assert!(!repo.exists(), "a dry run created the repository");
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        own,
+        "a dry run changed the config file"
     );
     assert_eq!(c.psql("SHOW archive_mode"), "off");
     assert!(!has_slot(|sql| c.psql(sql), "pitr"), "a dry run created the slot");
@@ -163,6 +168,17 @@ fn a_fresh_cluster_archives_after_init_and_one_restart_and_a_second_init_changes
     }
     assert!(has_slot(|sql| c.psql(sql), "pitr"), "init --apply created no slot");
     assert_config(&config, &repo, &data);
+    let kept: toml::Table = toml::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(
+        kept["name"].as_str(),
+        Some("db1"),
+        "the config file lost its own settings"
+    );
+    assert_eq!(
+        kept["verify"]["max_age"].as_str(),
+        Some("48h"),
+        "the config file lost its own settings"
+    );
     assert_repository(&repo, &data);
 
     c.restart();
@@ -294,11 +310,24 @@ fn a_debian_cluster_is_set_up_with_its_configuration_in_etc() {
     let repo = dir.join("repo");
     let config = dir.join("etc/pitr.toml");
     let pgdata = cluster.data.to_str().unwrap();
+    // As the package installs it: a template of comments only, which init replaces.
+    let template = "# pitr's settings: `pitr init` writes them\n# repo = \"/var/backups/pitr\"\n";
+    dir.write("etc/pitr.toml", template);
 
     let dry = cluster.init(&repo, &config, &["--pgdata", pgdata]);
     dry.assert_code(PENDING);
     let conf_file = format!("/etc/postgresql/15/{}/postgresql.conf", cluster.name);
     assert!(dry.stdout_str().contains(&conf_file), "{}", dry.describe());
+    assert!(
+        dry.stdout_str().contains("pitr.toml: comments only → "),
+        "{}",
+        dry.describe()
+    );
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        template,
+        "a dry run changed the config file"
+    );
 
     let pid = postmaster_pid(&cluster.data);
     cluster
