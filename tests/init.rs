@@ -433,6 +433,32 @@ fn init_refuses_another_clusters_repository_another_setups_config_and_a_role_tha
     );
     before.assert_same(&c, &out);
 
+    // As the server user (not root), with the config file in a directory it may not write: refused
+    // before the repository is created.
+    let locked = dir.subdir("locked");
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).unwrap();
+    let locked_config = locked.join("pitr.toml");
+    let mut cmd = pitr_command(c.pitr_bin());
+    c.libpq_env(&mut cmd);
+    let out = run(cmd
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--config")
+        .arg(&locked_config)
+        .args(["init", "--pgdata", pgdata, "--apply"]));
+    out.assert_code(1);
+    assert!(
+        out.stderr_str().contains("is not writable by this user"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !repo.exists() && !locked_config.exists(),
+        "init changed something: {}",
+        out.describe()
+    );
+    before.assert_same(&c, &out);
+
     c.psql("CREATE ROLE app LOGIN");
     let mut cmd = own_command(c.pitr_bin());
     c.libpq_env(&mut cmd).env("PGUSER", "app");

@@ -328,6 +328,7 @@ fn plan_repository(location: &Location, cluster: Cluster, owner: &Owner) -> Resu
                         parent.display()
                     )));
                 }
+                check_writable(&parent, "create repository", path)?;
                 return Ok(RepositoryPlan::CreateDirectory);
             }
             Err(e) => return Err(Error::io("inspect", path)(e)),
@@ -385,6 +386,20 @@ fn create_repository_directory(location: &Location, owner: &Owner) -> Result<()>
         .and_then(|dir| dir.create_dir(name, &perms))
         .map_err(Error::io("create repository directory", path))?;
     Ok(())
+}
+
+/// Refuses, before anything changes, to `action` `target` in directory `dir` that this user may
+/// not write.
+pub(crate) fn check_writable(dir: &Path, action: &str, target: &Path) -> Result<()> {
+    let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+    rustix::fs::access(dir, access).map_err(|e| {
+        Error::Refused(format!(
+            "cannot {action} {}: directory {} is not writable by this user ({e}): run pitr init as root, or \
+             choose another place; nothing was changed",
+            target.display(),
+            dir.display()
+        ))
+    })
 }
 
 /// The directory holding `path` (made absolute).

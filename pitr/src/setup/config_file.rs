@@ -62,6 +62,15 @@ pub(super) fn describe_perms(owner: &Owner) -> String {
 /// What `path` needs to name `repo`, `pgdata` and `slot`; refused when it names another
 /// repository or data directory.
 pub(super) fn plan(path: &Path, repo: &Location, pgdata: &Path, slot: &str, owner: &Owner) -> Result<ConfigPlan> {
+    let plan = needed(path, repo, pgdata, slot, owner)?;
+    if plan.current().is_some() {
+        check_writable(path)?;
+    }
+    Ok(plan)
+}
+
+/// What `path` needs (see [`plan`]).
+fn needed(path: &Path, repo: &Location, pgdata: &Path, slot: &str, owner: &Owner) -> Result<ConfigPlan> {
     let wanted = [
         ("repo", repo.absolute()?),
         ("pgdata", utf8(pgdata)?.to_string()),
@@ -156,6 +165,14 @@ fn read(path: &Path) -> Result<Option<(String, std::fs::Metadata)>> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut file, &mut text).map_err(Error::io("read config file", path))?;
     Ok(Some((text, meta)))
+}
+
+/// Refuses, before anything changes, a config file this user could not write: its directory,
+/// or the directory that directory would be created in.
+fn check_writable(path: &Path) -> Result<()> {
+    let (parent, _) = split(path)?;
+    let dir = if parent.exists() { parent } else { split(parent)?.0 };
+    super::check_writable(dir, "write config file", path)
 }
 
 /// Refuses a file that names another repository or data directory than `repo` and `pgdata`.
