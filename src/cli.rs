@@ -65,7 +65,7 @@ pub struct Cli {
 #[derive(Debug, Default, Args)]
 #[command(next_help_heading = GLOBAL_OPTIONS)]
 struct RepoArgs {
-    /// Repository directory (it must exist; pitr never creates it, so an unmounted disk is noticed).
+    /// Repository directory (it must exist; only `pitr init` creates it, so an unmounted disk is noticed).
     #[arg(long, env = "PITR_REPO", value_name = "DIR")]
     repo: Option<PathBuf>,
 

@@ -330,3 +330,73 @@ async fn wait_for_reload(server: &Server, name: &str, wanted: &str) -> Result<()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting(name: &str, value: &str) -> Setting {
+        Setting {
+            name: name.into(),
+            value: value.into(),
+            context: "postmaster".into(),
+            pending_restart: false,
+            in_files: None,
+        }
+    }
+
+    fn wanted_for(name: &str, value: &str) -> Option<String> {
+        let repo = Location::parse("/var/backups/pitr").unwrap();
+        wanted(
+            &setting(name, value),
+            "/usr/bin/pitr --repo /var/backups/pitr archive-push %p",
+            &repo,
+        )
+    }
+
+    #[test]
+    fn only_what_is_not_right_is_changed() {
+        assert_eq!(wanted_for("wal_level", "minimal").as_deref(), Some("replica"));
+        assert_eq!(wanted_for("wal_level", "logical"), None);
+        assert_eq!(wanted_for("archive_mode", "off").as_deref(), Some("on"));
+        assert_eq!(wanted_for("archive_mode", "always"), None);
+        assert_eq!(wanted_for("archive_library", "basic_archive").as_deref(), Some(""));
+        assert_eq!(wanted_for("archive_library", ""), None);
+        assert_eq!(wanted_for("max_wal_senders", "0").as_deref(), Some("10"));
+        assert_eq!(wanted_for("max_replication_slots", "4"), None);
+    }
+
+    #[test]
+    fn an_archive_command_into_this_repository_is_kept_and_any_other_replaced() {
+        let into_this = "/usr/local/bin/pitr --repo '/var/backups/pitr' archive-push %p";
+        assert_eq!(wanted_for("archive_command", into_this), None);
+        for other in [
+            "",
+            "cp %p /mnt/wal/%f",
+            "/usr/local/bin/pitr --repo /elsewhere archive-push %p",
+        ] {
+            assert!(
+                wanted_for("archive_command", other).is_some(),
+                "{other:?} must be replaced"
+            );
+        }
+    }
+
+    #[test]
+    fn a_setting_set_already_and_waiting_for_a_restart_is_not_planned_again() {
+        let facts = ServerFacts {
+            data_directory: "/data".into(),
+            config_file: "/data/postgresql.conf".into(),
+            superuser: true,
+            replication: true,
+            settings: vec![Setting {
+                pending_restart: true,
+                in_files: Some("on".into()),
+                ..setting("archive_mode", "off")
+            }],
+        };
+        let plan = plan(&facts, "pitr archive-push %p", &Location::parse("/r").unwrap());
+        assert!(plan.changes().is_empty());
+        assert_eq!(plan.restart_pending(false), ["archive_mode"]);
+    }
+}
