@@ -23,6 +23,7 @@
 //! - [`verify`]: verification with alerts as data, `check-integrity`, and `check` of archiving.
 //! - [`sync`]: `pitr sync`, the verified, resumable copy of a repository into a second one.
 //! - [`info`]: what the repository offers now — recoverable windows, backups, archive.
+//! - [`status_page`]: the status page — the recoverable window as a picture, alerts, verify, drills.
 //! - [`init`]: setting a cluster up for pitr — creating its repository on purpose.
 //! - [`spool`]: the local spool beside the data directory (watcher markers, prefetched WAL).
 //! - [`watch`]: the watcher that archives ready WAL files at once, in parallel.
@@ -30,7 +31,7 @@
 //! - [`pg`]: the connection to a running server and the low-level backup API.
 //! - [`control`]: a data directory's identity read from `pg_control` and `PG_VERSION`.
 //! - [`progress`]: progress reporting as a trait, so the library never touches a terminal.
-//! - [`daemon`]: the resident service — watcher, scheduled jobs, `/metrics` and `/health`.
+//! - [`daemon`]: the resident service — watcher, scheduled jobs, `/`, `/metrics` and `/health`.
 //! - [`demo`]: `pitr demo`, the whole story on a throwaway cluster.
 //! - [`interrupt`]: SIGINT/SIGTERM as a flag the long waits check, with cleanup on the way out.
 //! - [`error`]: the error type and the error policy.
@@ -59,6 +60,7 @@ pub mod repo;
 pub mod restore_database;
 pub mod restore_point;
 pub mod spool;
+pub mod status_page;
 pub mod storage;
 pub mod stream;
 pub mod sync;
