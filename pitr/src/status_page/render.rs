@@ -21,7 +21,7 @@ const WIDTH: f64 = 1000.0;
 /// Where the time axis starts: the row labels are left of it.
 const AXIS_LEFT: f64 = 100.0;
 /// Room right of the axis.
-const AXIS_RIGHT: f64 = 24.0;
+const AXIS_RIGHT: f64 = 44.0;
 /// Room above the first row, for the "now" label.
 const TOP: f64 = 24.0;
 /// The height of one timeline's row.
@@ -124,7 +124,7 @@ fn headline(html: &mut String, page: &StatusPage) {
             if page.alerts.len() == 1 { "" } else { "s" }
         ),
     };
-    let _ = write!(html, "<p class=\"verdict\">{verdict}</p></section>\n");
+    let _ = writeln!(html, "<p class=\"verdict\">{verdict}</p></section>");
 }
 
 /// Maps time to x on the picture's axis.
@@ -136,7 +136,7 @@ struct Scale {
 
 impl Scale {
     /// From a little before the earliest moment shown to a little after the latest (`now` at
-    /// least); a minute wide at the least.
+    /// least); a minute wide at the least, reaching back from the latest.
     fn covering(times: impl IntoIterator<Item = DateTime<Utc>>, now: DateTime<Utc>) -> Scale {
         let (mut start, mut end) = (now, now);
         for t in times {
@@ -146,8 +146,8 @@ impl Scale {
         let span = (end - start).max(TimeDelta::minutes(1));
         let pad = span / 40;
         Scale {
-            start: start - pad,
-            end: start + span + pad,
+            start: end - span - pad,
+            end: end + pad,
         }
     }
 
@@ -298,6 +298,12 @@ fn gap_rect(svg: &mut String, scale: &Scale, g: &GapSpan, bar: f64) {
 fn restore_point(svg: &mut String, scale: &Scale, p: &RestorePoint, top: f64, index: usize) {
     let x = scale.x(p.time);
     let label_y = top + 12.0 + 10.0 * (index % 2) as f64;
+    // Right of the flag, or left of the pole in the right third, so that it stays in the picture.
+    let (label_x, anchor) = if x > AXIS_LEFT + Scale::width() * 2.0 / 3.0 {
+        (x - 3.0, "end")
+    } else {
+        (x + 3.0, "start")
+    };
     let short: String = if p.name.chars().count() > LABEL_CHARS {
         p.name.chars().take(LABEL_CHARS - 1).chain(['…']).collect()
     } else {
@@ -308,7 +314,7 @@ fn restore_point(svg: &mut String, scale: &Scale, p: &RestorePoint, top: f64, in
         "<g class=\"restore-point\" data-name=\"{}\"><title>restore point {} at {} (LSN {})</title>\
          <line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\"/>\
          <polygon points=\"{x:.1},{:.1} {:.1},{:.1} {x:.1},{:.1}\"/>\
-         <text x=\"{:.1}\" y=\"{label_y:.1}\">{}</text></g>",
+         <text x=\"{label_x:.1}\" y=\"{label_y:.1}\" text-anchor=\"{anchor}\">{}</text></g>",
         escape(&p.name),
         escape(&p.name),
         stamp(p.time),
@@ -319,7 +325,6 @@ fn restore_point(svg: &mut String, scale: &Scale, p: &RestorePoint, top: f64, in
         x + 7.0,
         label_y - 6.0,
         label_y - 3.0,
-        x + 3.0,
         escape(&short),
     );
 }
@@ -556,7 +561,7 @@ fn last_verify(html: &mut String, line: Option<&str>) {
     html.push_str("<h2>Last verify</h2>");
     match line {
         Some(line) => {
-            let _ = write!(html, "<p id=\"last-verify\"><code>{}</code></p>\n", escape(line));
+            let _ = writeln!(html, "<p id=\"last-verify\"><code>{}</code></p>", escape(line));
         }
         None => html.push_str(
             "<p class=\"none\" id=\"last-verify\">No record: run <code>pitr verify</code> (it appends to the log_file of [verify]).</p>\n",
@@ -630,7 +635,7 @@ const CSS: &str = "\
 body{margin:0;padding:20px 28px;font:15px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;color:#1d2329;background:#f5f7f9}\
 header h1{margin:0;font-size:22px}\
 .meta{margin:2px 0 14px;color:#5b6670}\
-code{font:13px/1.3 ui-monospace,'DejaVu Sans Mono',monospace;word-break:break-all}\
+code{font:13px/1.3 ui-monospace,'DejaVu Sans Mono',monospace;overflow-wrap:anywhere}\
 #headline{border-radius:8px;padding:12px 18px;margin-bottom:16px;border-left:8px solid;background:#fff}\
 #headline.ok{border-color:#2e9e5b}#headline.warning{border-color:#e0a100}#headline.critical{border-color:#d62728}\
 #headline p{margin:2px 0}#headline .big{font-size:19px}#headline .tl{color:#5b6670;font-size:15px}\
@@ -640,15 +645,15 @@ main,aside{background:#fff;border-radius:8px;padding:14px 18px}\
 figure{margin:0}\
 svg#timeline{width:100%;height:auto;display:block}\
 .track{fill:#e8ecef}.window{fill:#3fa764}.gap{fill:#d62728}\
-.row-label{font-size:14px;font-weight:600;fill:#333}\
+.row-label{font-size:15px;font-weight:600;fill:#333}\
 .backup circle,.backup rect,.backup polygon{stroke:#fff;stroke-width:1.5}\
 .restore-point line{stroke:#37474f;stroke-width:1.5}.restore-point polygon{fill:#37474f}\
-.restore-point text{font-size:12px;fill:#37474f}\
+.restore-point text{font-size:13px;fill:#37474f}\
 .drill line{stroke:#9aa5ae;stroke-width:2;stroke-dasharray:4 3}\
 .drill text{font-size:12px;font-weight:700;fill:#fff;text-anchor:middle}\
 .drill-passed circle{fill:#2e9e5b}.drill-failed circle{fill:#d62728}\
-.now line{stroke:#5b6670;stroke-dasharray:3 3}.now text{font-size:12px;fill:#5b6670;text-anchor:middle}\
-.axis line{stroke:#8a949c}.axis text{font-size:12px;fill:#5b6670;text-anchor:middle}.axis .unit{text-anchor:start}\
+.now line{stroke:#5b6670;stroke-dasharray:3 3}.now text{font-size:13px;fill:#5b6670;text-anchor:middle}\
+.axis line{stroke:#8a949c}.axis text{font-size:13px;fill:#5b6670;text-anchor:middle}.axis .unit{text-anchor:start}\
 .empty{fill:#5b6670}\
 .legend{display:flex;flex-wrap:wrap;gap:6px 18px;margin-top:8px;font-size:13px;color:#39434b}\
 .legend span{display:inline-flex;align-items:center;gap:6px}.legend svg{width:22px;height:16px}\
@@ -759,6 +764,12 @@ mod tests {
         assert!(scale.x(at(10)) > AXIS_LEFT && scale.x(at(50)) < WIDTH - AXIS_RIGHT);
         let single = Scale::covering([], at(50));
         assert!(single.end - single.start >= TimeDelta::minutes(1), "never zero wide");
+        let moment = at(50) - TimeDelta::seconds(10);
+        let recent = Scale::covering([moment], at(50));
+        assert!(
+            recent.x(moment) > AXIS_LEFT + Scale::width() / 2.0,
+            "a short history lies near now"
+        );
     }
 
     #[test]
@@ -802,6 +813,45 @@ mod tests {
         assert!((attribute(gap, "gap", "x") - scale.x(at(20))).abs() < 0.06);
         let row_1 = &html[html.find("data-timeline=\"1\"").unwrap()..html.find("data-timeline=\"2\"").unwrap()];
         assert!(row_1.contains("class=\"gap\""), "on timeline 1's row");
+    }
+
+    #[test]
+    fn drills_are_marked_passed_or_failed_where_they_proved_recovery() {
+        let mut page = page();
+        let drill = |tier: Tier, minute: u32, passed: bool| DrillRecord {
+            started: at(minute + 1),
+            tier,
+            backup_id: "20261207T100000-hourly".into(),
+            target: "immediate".into(),
+            reached_lsn: None,
+            reached_time: None,
+            rto_seconds: Some(12.0),
+            rpo_seconds: Some(30.0),
+            recoverable_until: Some(at(minute)),
+            bytes_restored: 1,
+            checks: vec![crate::drill::DrillCheck {
+                check: "amcheck".into(),
+                passed,
+                detail: "<b>index t_pkey</b>".into(),
+            }],
+            passed,
+        };
+        page.drills = vec![drill(Tier::Hourly, 20, true), drill(Tier::Weekly, 30, false)];
+        let html = render(&page);
+        let scale = Scale::covering(moments(&page), page.now);
+        let passed = &html[html.find("<g class=\"drill drill-passed\" data-tier").unwrap()..];
+        assert!((attribute(passed, "drill drill-passed", "cx") - scale.x(at(20))).abs() < 0.06);
+        let failed = &html[html.find("<g class=\"drill drill-failed\" data-tier").unwrap()..];
+        assert!((attribute(failed, "drill drill-failed", "cx") - scale.x(at(30))).abs() < 0.06);
+        assert!(
+            html.contains("amcheck: &lt;b&gt;index t_pkey&lt;/b&gt;"),
+            "why it failed, escaped"
+        );
+        let drills = &html[html.find("<table id=\"drills\">").unwrap()..];
+        assert!(
+            drills.find("weekly").unwrap() < drills.find("hourly").unwrap(),
+            "newest first"
+        );
     }
 
     #[test]
