@@ -33,8 +33,28 @@ const BAR: f64 = 20.0;
 const DRILL_ROW: f64 = 44.0;
 /// Room below the rows for the time axis.
 const AXIS_HEIGHT: f64 = 40.0;
-/// Ticks on the time axis.
-const TICKS: i32 = 6;
+/// The most ticks on the time axis.
+const MAX_TICKS: i64 = 8;
+/// The steps between ticks, in seconds: round ones, from a second to a day.
+const TICK_STEPS: [i64; 17] = [
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    3 * 3600,
+    6 * 3600,
+    12 * 3600,
+    86400,
+];
 /// The narrowest a window or gap is drawn, so that a short one stays visible.
 const MIN_SPAN: f64 = 4.0;
 /// The longest restore point label drawn (the whole name is in its tooltip).
@@ -160,6 +180,27 @@ impl Scale {
         let total = (self.end - self.start).num_milliseconds() as f64;
         let offset = (t - self.start).num_milliseconds() as f64;
         AXIS_LEFT + Scale::width() * offset / total
+    }
+
+    /// The round step between ticks, in seconds, that gives at most [`MAX_TICKS`] (whole days
+    /// beyond a day).
+    fn tick_step(&self) -> i64 {
+        let span = (self.end - self.start).num_seconds().max(1);
+        TICK_STEPS
+            .into_iter()
+            .find(|step| span / step <= MAX_TICKS)
+            .unwrap_or_else(|| (span / MAX_TICKS / 86400 + 1) * 86400)
+    }
+
+    /// The moments on the scale that are whole multiples of `step` seconds (since the Unix
+    /// epoch, so days start at midnight UTC).
+    fn ticks(&self, step: i64) -> Vec<DateTime<Utc>> {
+        let first = self.start.timestamp().div_euclid(step) * step + step;
+        (0..)
+            .map(|n| first + n * step)
+            .take_while(|seconds| *seconds <= self.end.timestamp())
+            .filter_map(|seconds| DateTime::from_timestamp(seconds, 0))
+            .collect()
     }
 
     /// The x and width of the span from `from` to `to`, at least `min` wide (widened around
@@ -425,16 +466,17 @@ fn axis(svg: &mut String, scale: &Scale, top: f64) {
         "<g class=\"axis\"><line x1=\"{AXIS_LEFT}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\"/>",
         AXIS_LEFT + Scale::width()
     );
-    let span = scale.end - scale.start;
-    let format = if span > TimeDelta::days(2) {
+    let step = scale.tick_step();
+    let format = if step >= 86400 {
+        "%m-%d"
+    } else if scale.end - scale.start > TimeDelta::days(1) {
         "%m-%d %H:%M"
-    } else if span > TimeDelta::minutes(10) {
+    } else if step >= 60 {
         "%H:%M"
     } else {
         "%H:%M:%S"
     };
-    for tick in 0..=TICKS {
-        let t = scale.start + span * tick / TICKS;
+    for t in scale.ticks(step) {
         let x = scale.x(t);
         let _ = write!(
             svg,
@@ -580,7 +622,7 @@ fn last_drills(html: &mut String, drills: &[DrillRecord]) {
         return;
     }
     newest.sort_by_key(|d| std::cmp::Reverse(d.started));
-    html.push_str("<table id=\"drills\"><tr><th>tier</th><th>started</th><th>result</th><th>RTO</th></tr>");
+    html.push_str("<table id=\"drills\"><tr><th>tier</th><th>result</th><th>RTO</th></tr>");
     for d in newest {
         let result = if d.passed {
             "<span class=\"pass\">passed</span>".to_string()
@@ -590,9 +632,9 @@ fn last_drills(html: &mut String, drills: &[DrillRecord]) {
         let rto = d.rto_seconds.map_or("—".to_string(), |s| format!("{s:.0} s"));
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}<br><code>{}</code></td><td>{result}</td><td>{rto}</td></tr>",
+            "<tr><td>{}</td><td>{result}<br><span class=\"when\">{} · <code>{}</code></span></td><td>{rto}</td></tr>",
             d.tier,
-            stamp(d.started),
+            d.started.format("%Y-%m-%d %H:%M UTC"),
             escape(&d.backup_id)
         );
     }
@@ -666,7 +708,7 @@ ul#alerts{list-style:none;padding:0;margin:0}\
 .alert.critical{background:#fdecea;border-left:4px solid #d62728}.alert.warning{background:#fff6db;border-left:4px solid #e0a100}\
 .badge{font-size:11px;text-transform:uppercase;letter-spacing:.05em;font-weight:700}\
 .critical .badge{color:#b71c1c}.warning .badge{color:#8a6100}\
-.none,.note{color:#5b6670}.note{font-size:12px}\
+.none,.note,.when{color:#5b6670}.note,.when{font-size:12px}\
 .pass{color:#1e7d45;font-weight:600}.fail{color:#b71c1c;font-weight:600}\
 @media (max-width:900px){.columns{grid-template-columns:1fr}}\
 ";
@@ -755,6 +797,33 @@ mod tests {
             (scale.x(at(20)) - MIN_SPAN / 2.0, MIN_SPAN),
             "a moment stays visible"
         );
+    }
+
+    #[test]
+    fn ticks_are_round_moments_within_the_scale() {
+        let day = Scale {
+            start: at(0) - TimeDelta::hours(30),
+            end: at(0),
+        };
+        let step = day.tick_step();
+        assert_eq!(step, 6 * 3600);
+        let ticks = day.ticks(step);
+        assert!(ticks.len() >= 2 && ticks.len() as i64 <= MAX_TICKS, "{ticks:?}");
+        assert!(ticks
+            .iter()
+            .all(|t| t.timestamp() % step == 0 && day.start < *t && *t <= day.end));
+        let months = Scale {
+            start: at(0) - TimeDelta::days(90),
+            end: at(0),
+        };
+        let step = months.tick_step();
+        assert_eq!(step % 86400, 0, "whole days");
+        assert!(months.ticks(step).len() as i64 <= MAX_TICKS);
+        let minute = Scale {
+            start: at(0),
+            end: at(1),
+        };
+        assert_eq!(minute.tick_step(), 10);
     }
 
     #[test]
