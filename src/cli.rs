@@ -600,8 +600,11 @@ pub enum Command {
     /// with their ages, the WAL archive, restore points.
     Info {
         /// Print as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "html")]
         json: bool,
+        /// Write the status page (the daemon's `/`) to this file instead, mode 0600.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
 
     /// Copy what this repository holds into a second one (off-site), verified and resumable.

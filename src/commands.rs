@@ -284,7 +284,10 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             timeout,
             json,
         } => verify::check(&repo, connection, Duration::from_secs(*timeout), *json, settings),
-        Command::Info { json } => verify::info(&repo, *json),
+        Command::Info { json, html } => match html {
+            Some(path) => verify::status_page(&repo, settings, path),
+            None => verify::info(&repo, *json),
+        },
         Command::Sync {
             to,
             dry_run,

@@ -82,6 +82,11 @@ pub fn json<T: Serialize>(value: &T) {
     println!("{}", serde_json::to_string_pretty(value).expect("output serializes"));
 }
 
+/// What `pitr info --html` wrote.
+pub fn written(path: &std::path::Path) {
+    println!("status page written to {}", path.display());
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }

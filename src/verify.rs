@@ -15,6 +15,7 @@ use pitr::daemon::Job;
 use pitr::pg::connection_config;
 use pitr::progress::Progress;
 use pitr::repo::Repo;
+use pitr::status_page::{self, StatusSources};
 use pitr::verify::{self, metrics, CheckOptions, Status, Thresholds, VerifyOptions, VerifyReport};
 use pitr::{Error, Result};
 
@@ -201,6 +202,23 @@ pub fn check(
         output::check_report(&report)
     }
     Ok(Done::Ok)
+}
+
+/// `pitr info --html FILE`: the daemon's status page, written to a file.
+pub fn status_page(repo: &Repo, settings: &Settings, path: &Path) -> Result<Done> {
+    let page = status_page::gather(repo, &status_sources(settings), Utc::now())?;
+    status_page::write_page(path, &status_page::render(&page))?;
+    output::written(path);
+    Ok(Done::Ok)
+}
+
+/// What the status page judges alerts by, and verify's log for the last verification.
+pub fn status_sources(settings: &Settings) -> StatusSources {
+    StatusSources {
+        thresholds: settings.verify.thresholds,
+        expected_tiers: expected_tiers(settings),
+        verify_log: settings.verify.log_file.clone(),
+    }
 }
 
 /// `pitr info`.

@@ -137,6 +137,7 @@ fn daemon_settings(settings: &Settings) -> DaemonSettings {
         schedule: settings.schedule.clone(),
         workers: settings.jobs,
         codec: settings.codec,
+        status: crate::verify::status_sources(settings),
         stream: settings.slot.clone().and_then(|slot| {
             stream_options(settings.dbname.as_deref(), slot)
                 .inspect_err(|e| LogLines.note(&format!("not streaming: {e}")))

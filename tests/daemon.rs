@@ -148,7 +148,7 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(
         http_get(port, "/nothing").as_deref(),
-        Some("not found: try /metrics or /health\n")
+        Some("not found: try /, /metrics or /health\n")
     );
 
     // SIGTERM to pitr itself ends the daemon cleanly.

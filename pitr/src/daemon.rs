@@ -1,7 +1,7 @@
 //! `pitr daemon`: the one resident service of a deployment. It runs the watcher, the scheduled
 //! jobs (base backups per tier with expire after each, verification, and the sync into a second
-//! repository when one is configured), and an HTTP listener with `/metrics` (Prometheus) and
-//! `/health`.
+//! repository when one is configured), and an HTTP listener with the status page at `/`,
+//! `/metrics` (Prometheus) and `/health`.
 //!
 //! Each job runs to its end through a [`JobRunner`] (the binary starts a child process of its
 //! own per job, so that a backup's buffers and threads go when it ends and a crashing job cannot
@@ -14,11 +14,13 @@
 //! - `schedule`: the cron patterns of the jobs.
 //! - `jobs`: the scheduler and its lanes.
 //! - `http`: the bounded HTTP listener.
+//! - `page`: the status page, made at most once per few seconds.
 //! - `metrics`: the counters and gauges, and the health report.
 
 mod http;
 mod jobs;
 mod metrics;
+mod page;
 mod schedule;
 
 use std::path::PathBuf;
@@ -28,11 +30,15 @@ use std::time::Duration;
 
 pub use schedule::{Job, Schedule};
 
+use chrono::Utc;
+
 use self::metrics::Metrics;
+use self::page::PageCache;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::repo::Repo;
 use crate::spool::Spool;
+use crate::status_page::{self, StatusPage, StatusSources};
 use crate::stream::StreamOptions;
 use crate::watch::{self, StopFlags, Stopped, WatchEvents, WatchOptions};
 
@@ -40,7 +46,7 @@ use crate::watch::{self, StopFlags, Stopped, WatchEvents, WatchOptions};
 pub struct DaemonOptions {
     /// The data directory the watcher watches and backups copy.
     pub pgdata: PathBuf,
-    /// Where `/metrics` and `/health` listen, e.g. `127.0.0.1:9817`.
+    /// Where `/`, `/metrics` and `/health` listen, e.g. `127.0.0.1:9817`.
     pub listen: String,
     /// What a reload can change.
     pub settings: DaemonSettings,
@@ -70,6 +76,8 @@ pub struct DaemonSettings {
     pub codec: Codec,
     /// Stream WAL from a replication slot as well.
     pub stream: Option<StreamOptions>,
+    /// What the status page judges alerts by and where it finds the last verification.
+    pub status: StatusSources,
 }
 
 /// The settings in force, replaced whole by a reload.
@@ -99,7 +107,7 @@ pub fn run(repo: &Repo, spool: &Spool, options: &DaemonOptions, flags: &StopFlag
     metrics.record_drills(repo);
     let listener = http::listen(&options.listen)?;
     log.line(&format!(
-        "daemon started: watching {}, serving /metrics and /health on {}, jobs: {}",
+        "daemon started: watching {}, serving /, /metrics and /health on {}, jobs: {}",
         options.pgdata.display(),
         options.listen,
         options.settings.schedule.describe()
@@ -107,14 +115,28 @@ pub fn run(repo: &Repo, spool: &Spool, options: &DaemonOptions, flags: &StopFlag
     let current = Current {
         settings: RwLock::new(Arc::new(options.settings.clone())),
     };
+    let cache = PageCache::default();
+    let page = || cache.get(|| status_page(repo, &current.get().status));
+    let routes = http::Routes {
+        metrics: &metrics,
+        page: &page,
+    };
     std::thread::scope(|scope| {
         // The listener and the scheduler stop with the watcher, however it ends (a panic
         // included: the scope waits for them before the panic goes on).
         let _stop = TerminateOnDrop(&flags.terminate);
-        scope.spawn(|| http::serve(&listener, &metrics, flags));
+        scope.spawn(|| http::serve(&listener, &routes, flags));
         scope.spawn(|| jobs::run(repo, &current, options.jobs.as_ref(), &metrics, flags, log));
         run_watcher(repo, spool, options, &current, flags, &metrics, log)
     })
+}
+
+/// The status page as of now; a repository that cannot be read is a page that says so.
+fn status_page(repo: &Repo, sources: &StatusSources) -> String {
+    let now = Utc::now();
+    let page = status_page::gather(repo, sources, now)
+        .unwrap_or_else(|e| StatusPage::unreadable(repo.location(), e.to_string(), now));
+    status_page::render(&page)
 }
 
 /// Sets the flag when dropped.

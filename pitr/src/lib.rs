@@ -23,6 +23,7 @@
 //! - [`verify`]: verification with alerts as data, `check-integrity`, and `check` of archiving.
 //! - [`sync`]: `pitr sync`, the verified, resumable copy of a repository into a second one.
 //! - [`info`]: what the repository offers now — recoverable windows, backups, archive.
+//! - [`status_page`]: the status page — the recoverable window as a picture, alerts, verify, drills.
 //! - [`init`]: setting a cluster up for pitr — creating its repository on purpose.
 //! - [`setup`]: `pitr init` — a running server's archive settings, slot, repository and config
 //!   file, planned, applied through `ALTER SYSTEM`, and checked.
@@ -32,7 +33,7 @@
 //! - [`pg`]: the connection to a running server and the low-level backup API.
 //! - [`control`]: a data directory's identity read from `pg_control` and `PG_VERSION`.
 //! - [`progress`]: progress reporting as a trait, so the library never touches a terminal.
-//! - [`daemon`]: the resident service — watcher, scheduled jobs, `/metrics` and `/health`.
+//! - [`daemon`]: the resident service — watcher, scheduled jobs, `/`, `/metrics` and `/health`.
 //! - [`demo`]: `pitr demo`, the whole story on a throwaway cluster.
 //! - [`interrupt`]: SIGINT/SIGTERM as a flag the long waits check, with cleanup on the way out.
 //! - [`error`]: the error type and the error policy.
@@ -62,6 +63,7 @@ pub mod restore_database;
 pub mod restore_point;
 pub mod setup;
 pub mod spool;
+pub mod status_page;
 pub mod storage;
 pub mod stream;
 pub mod sync;

@@ -412,6 +412,25 @@ pub fn verify(
     })
 }
 
+/// The alerts the listing alone shows, without reading a stored object: WAL gaps, overdue
+/// backups, failed or stale drills; with the gaps. Cheap enough for each view of the status
+/// page; `verify` reads and checks everything.
+pub fn listing_alerts(
+    holdings: &Holdings,
+    drills: &drill::DrillHistory,
+    thresholds: &Thresholds,
+    expected_tiers: &[Tier],
+    now: DateTime<Utc>,
+) -> (Vec<Gap>, Vec<Alert>) {
+    let backups = holdings.backups();
+    let gaps = wal_gaps(holdings, &backups, true);
+    let mut alerts: Vec<Alert> = gaps.iter().map(|gap| gap_alert(gap, &backups)).collect();
+    alerts.extend(alerts::freshness(&backups, Scope::All, thresholds, expected_tiers, now));
+    alerts.extend(alerts::drill_rules(&backups, drills, thresholds, now));
+    alerts.sort_by_key(|a| (std::cmp::Reverse(a.severity), a.alert));
+    (gaps, alerts)
+}
+
 /// The drills of the tiers `scope` covers.
 fn in_scope_drills(by_tier: std::collections::BTreeMap<Tier, &DrillRecord>, scope: Scope) -> Vec<DrillRecord> {
     by_tier

@@ -1,5 +1,6 @@
-//! The daemon's HTTP listener: `GET /metrics` and `GET /health`, 404 otherwise; HTTP/1.1 with
-//! `Connection: close`. It is small on purpose, and bounded in everything a client controls:
+//! The daemon's HTTP listener: `GET /` (the status page), `GET /metrics` and `GET /health`, 404
+//! otherwise; HTTP/1.1 with `Connection: close`. The status page goes out with a
+//! Content-Security-Policy that lets it load nothing and run no script. It is small on purpose, and bounded in everything a client controls:
 //! a request head (request line and headers) of at most [`MAX_HEAD`] bytes (431 beyond), at most
 //! [`MAX_CONNECTIONS`] connections served at once (503 beyond), and [`DEADLINE`] for a client to
 //! send its request head (408 after it, so that a client trickling bytes holds a slot for no
@@ -41,8 +42,20 @@ pub fn listen(address: &str) -> Result<TcpListener> {
     Ok(listener)
 }
 
+/// What the status page is sent with: it may load nothing and run no script; it is not cached.
+const PAGE_HEADERS: &str = "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; img-src data:\r\n\
+                            X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n";
+
+/// What the listener answers with.
+pub struct Routes<'a> {
+    /// `/metrics` and `/health`.
+    pub metrics: &'a Metrics,
+    /// `/`: the status page.
+    pub page: &'a (dyn Fn() -> String + Sync),
+}
+
 /// Serves `listener` until terminated; each connection on a thread of its own.
-pub fn serve(listener: &TcpListener, metrics: &Metrics, flags: &StopFlags) {
+pub fn serve(listener: &TcpListener, routes: &Routes, flags: &StopFlags) {
     let active = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         while !flags.terminate.load(Ordering::SeqCst) {
@@ -64,7 +77,7 @@ pub fn serve(listener: &TcpListener, metrics: &Metrics, flags: &StopFlags) {
             }
             let active = &active;
             scope.spawn(move || {
-                answer(stream, metrics);
+                answer(stream, routes);
                 active.fetch_sub(1, Ordering::SeqCst);
             });
         }
@@ -72,7 +85,7 @@ pub fn serve(listener: &TcpListener, metrics: &Metrics, flags: &StopFlags) {
 }
 
 /// Reads one request head and answers it.
-fn answer(mut stream: TcpStream, metrics: &Metrics) {
+fn answer(mut stream: TcpStream, routes: &Routes) {
     let head = match read_head(&mut stream, Instant::now() + DEADLINE) {
         Ok(head) => head,
         Err(Some((status, body))) => return refuse(stream, status, body),
@@ -85,18 +98,25 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) {
         return refuse(stream, 400, "bad request\n");
     };
     if method != "GET" {
-        return refuse(stream, 405, "only GET: try /metrics or /health\n");
+        return refuse(stream, 405, "only GET: try /, /metrics or /health\n");
     }
-    let (status, content_type, body) = match target.split('?').next().unwrap_or_default() {
+    let (status, content_type, headers, body) = match target.split('?').next().unwrap_or_default() {
+        "/" => (200, "text/html; charset=utf-8", PAGE_HEADERS, (routes.page)()),
         "/metrics" => (
             200,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
+            "",
+            routes.metrics.render(),
         ),
-        "/health" => (200, "application/json", metrics.health()),
-        _ => (404, "text/plain", "not found: try /metrics or /health\n".to_string()),
+        "/health" => (200, "application/json", "", routes.metrics.health()),
+        _ => (
+            404,
+            "text/plain",
+            "",
+            "not found: try /, /metrics or /health\n".to_string(),
+        ),
     };
-    let _ = respond(&mut stream, status, content_type, &body);
+    let _ = respond(&mut stream, status, content_type, headers, &body);
 }
 
 /// Answers 503 on the listener's thread, without reading anything: it must not wait.
@@ -106,6 +126,7 @@ fn busy(mut stream: TcpStream) {
         &mut stream,
         503,
         "text/plain",
+        "",
         "busy: too many connections at once; try again\n",
     );
 }
@@ -153,7 +174,7 @@ fn head_end(head: &[u8]) -> Option<usize> {
 /// not reset the connection under the answer.
 fn refuse(mut stream: TcpStream, status: u16, body: &str) {
     let _ = stream.set_write_timeout(Some(LINGER));
-    if respond(&mut stream, status, "text/plain", body).is_err() {
+    if respond(&mut stream, status, "text/plain", "", body).is_err() {
         return;
     }
     let _ = stream.shutdown(Shutdown::Write);
@@ -171,7 +192,8 @@ fn refuse(mut stream: TcpStream, status: u16, body: &str) {
     }
 }
 
-fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {
+/// Writes the answer; `headers` are further header lines, each ending in CRLF.
+fn respond(stream: &mut TcpStream, status: u16, content_type: &str, headers: &str, body: &str) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -184,7 +206,7 @@ fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) 
     let allow = if status == 405 { "Allow: GET\r\n" } else { "" };
     write!(
         stream,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{headers}{allow}Connection: close\r\n\r\n{body}",
         body.len()
     )?;
     stream.flush()
