@@ -307,7 +307,10 @@ impl<'a> Receiver<'a> {
             lsn = %position,
             timeline = %timeline,
             synchronous,
-            "WAL receiver: streaming"
+            "WAL receiver: streaming from {} through slot {} at {position} on timeline {timeline}{}",
+            conn.target(),
+            options.slot,
+            if synchronous { ", as a synchronous standby" } else { "" }
         );
         conn.start_replication(&options.slot, position, timeline)?;
         let mut last_status = Instant::now();
