@@ -193,7 +193,7 @@ pub fn receive(
                     tracing::warn!(
                         error = %e,
                         retry_in_s = RETRY.as_secs(),
-                        "WAL receiver: connection lost; connecting again"
+                        "WAL receiver failed; connecting again"
                     );
                     let until = Instant::now() + RETRY;
                     while Instant::now() < until && !stop.load(Ordering::SeqCst) {
