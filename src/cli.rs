@@ -1,7 +1,8 @@
 //! The command line: clap definitions for the tool and each subcommand, which global options
 //! each subcommand takes, and which subcommand a command line names even when it does not parse.
 //!
-//! The global options (`--repo`, `--config`, `--compress`, `--compress-level`, `--spool`) may
+//! The global options (`--repo`, `--config`, `--compress`, `--compress-level`, `--spool`,
+//! `--log-format`) may
 //! come before the subcommand, as every `archive_command` has them, or after it. Each applies to
 //! some subcommands only: a subcommand lists (and reads the environment variable of) only those
 //! that apply to it, and one given before a subcommand it does not apply to is a usage error.
@@ -19,6 +20,8 @@ use pitr::inspect::EventKind;
 use pitr::recover::{Request, Target, TimelineChoice};
 use pitr::wal::Lsn;
 
+use crate::logging::LogFormat;
+
 /// The help heading of the global options, wherever they are listed.
 const GLOBAL_OPTIONS: &str = "Global options";
 
@@ -33,6 +36,9 @@ const COMPRESSING: &[&str] = &["archive-push", "archive-get", "watch", "daemon",
 
 /// The subcommands that take `--spool`.
 const SPOOLING: &[&str] = &["archive-push", "archive-get", "watch", "daemon", "prefetch", "recover"];
+
+/// The subcommands that take `--log-format`: the resident ones, which log.
+const LOGGING: &[&str] = &["watch", "daemon"];
 
 /// pitr archives PostgreSQL WAL and base backups into a repository and recovers a cluster to any
 /// point in time.
@@ -54,6 +60,9 @@ pub struct Cli {
 
     #[command(flatten)]
     spool: SpoolArgs,
+
+    #[command(flatten)]
+    logging: LogArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -97,6 +106,17 @@ struct SpoolArgs {
     spool: Option<PathBuf>,
 }
 
+// `--log-format`: the resident subcommands.
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = GLOBAL_OPTIONS)]
+struct LogArgs {
+    /// Log lines: auto (default: journald under systemd, else text), text (with timestamps),
+    /// journald (no timestamps, syslog priority prefixes) or json (one object per line).
+    /// PITR_LOG filters them as RUST_LOG does (default: info).
+    #[arg(long, env = "PITR_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
 /// The global options as they apply to the chosen subcommand: each from after the subcommand,
 /// else from before it, else from its environment variable (the config file comes under them in
 /// [`crate::settings::Settings::load`]).
@@ -107,6 +127,7 @@ pub struct GlobalArgs {
     pub compress: Option<Compression>,
     pub compress_level: Option<i32>,
     pub spool: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -826,6 +847,9 @@ fn with_global_options(mut subcommand: clap::Command, name: &str) -> clap::Comma
     if SPOOLING.contains(&name) {
         subcommand = SpoolArgs::augment_args(subcommand);
     }
+    if LOGGING.contains(&name) {
+        subcommand = LogArgs::augment_args(subcommand);
+    }
     subcommand
 }
 
@@ -854,7 +878,16 @@ pub fn parse(definition: &mut clap::Command, args: &[OsString]) -> Result<Invoca
             .expect("clap matched a subcommand of this definition"),
         sub_matches,
     );
-    let global = GlobalArgs::merge(cli.repository, cli.compression, cli.spool, subcommand, sub_matches)?;
+    let global = GlobalArgs::merge(
+        Before {
+            repository: cli.repository,
+            compression: cli.compression,
+            spool: cli.spool,
+            logging: cli.logging,
+        },
+        subcommand,
+        sub_matches,
+    )?;
     Ok(Invocation {
         name: name.to_string(),
         command: cli.command,
@@ -912,13 +945,7 @@ fn takes(subcommand: &clap::Command, id: &str) -> bool {
 impl GlobalArgs {
     /// Merges the global options given before the subcommand (`before_*`) with those `subcommand`
     /// takes (`matches`: after it, or from the environment): after beats before beats environment.
-    fn merge(
-        before_repository: RepoArgs,
-        before_compression: CompressArgs,
-        before_spool: SpoolArgs,
-        subcommand: &clap::Command,
-        matches: &ArgMatches,
-    ) -> Result<GlobalArgs, clap::Error> {
+    fn merge(before: Before, subcommand: &clap::Command, matches: &ArgMatches) -> Result<GlobalArgs, clap::Error> {
         let after = |id: &str| takes(subcommand, id) && matches.value_source(id) == Some(ValueSource::CommandLine);
         let group = |id: &str| takes(subcommand, id).then_some(matches);
         let repository = group("repo")
@@ -933,6 +960,16 @@ impl GlobalArgs {
             .map(SpoolArgs::from_arg_matches)
             .transpose()?
             .unwrap_or_default();
+        let logging = group("log_format")
+            .map(LogArgs::from_arg_matches)
+            .transpose()?
+            .unwrap_or_default();
+        let Before {
+            repository: before_repository,
+            compression: before_compression,
+            spool: before_spool,
+            logging: before_logging,
+        } = before;
         Ok(GlobalArgs {
             repo: prefer(after("repo"), repository.repo, before_repository.repo),
             config: prefer(after("config"), repository.config, before_repository.config),
@@ -943,8 +980,17 @@ impl GlobalArgs {
                 before_compression.compress_level,
             ),
             spool: prefer(after("spool"), spool.spool, before_spool.spool),
+            log_format: prefer(after("log_format"), logging.log_format, before_logging.log_format),
         })
     }
+}
+
+/// The global options given before the subcommand.
+struct Before {
+    repository: RepoArgs,
+    compression: CompressArgs,
+    spool: SpoolArgs,
+    logging: LogArgs,
 }
 
 /// `after` when it was given on the command line, else `before`, else `after` (from the
@@ -1173,6 +1219,7 @@ mod tests {
         let expected = |name: &str, id: &str| match id {
             "repo" | "config" => name != "demo",
             "compress" | "compress_level" => COMPRESSING.contains(&name),
+            "log_format" => LOGGING.contains(&name),
             _ => SPOOLING.contains(&name),
         };
         for subcommand in definition.get_subcommands() {
@@ -1183,7 +1230,7 @@ mod tests {
                 vec![subcommand]
             };
             for leaf in leaves {
-                for id in ["repo", "config", "compress", "compress_level", "spool"] {
+                for id in ["repo", "config", "compress", "compress_level", "spool", "log_format"] {
                     assert_eq!(takes(leaf, id), expected(name, id), "{name} and --{id}");
                 }
             }
@@ -1220,6 +1267,22 @@ mod tests {
         for line in ["pitr demo --repo r", "pitr demo --compress zstd", "pitr list --spool s"] {
             assert_eq!(refused(line).kind(), ErrorKind::UnknownArgument, "{line}");
         }
+    }
+
+    #[test]
+    fn the_log_format_is_a_global_option_of_the_resident_commands() {
+        let global = parsed("pitr --log-format json daemon --pgdata d").unwrap().global;
+        assert_eq!(global.log_format, Some(LogFormat::Json));
+        let global = parsed("pitr --log-format json watch --log-format journald --pgdata d")
+            .unwrap()
+            .global;
+        assert_eq!(global.log_format, Some(LogFormat::Journald));
+        let error = refused("pitr --log-format json archive-push p");
+        assert!(error.to_string().contains("--log-format does not apply"), "{error}");
+        assert_eq!(
+            refused("pitr watch --log-format syslog --pgdata d").kind(),
+            ErrorKind::InvalidValue
+        );
     }
 
     #[test]

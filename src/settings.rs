@@ -14,6 +14,7 @@ use pitr::verify::Thresholds;
 use serde::Deserialize;
 
 use crate::cli::GlobalArgs;
+use crate::logging::LogFormat;
 
 /// Segments fetched ahead of recovery by default (pgBackRest's default queue is 128 MiB).
 const DEFAULT_PREFETCH: u64 = 8;
@@ -40,6 +41,7 @@ struct FileSettings {
     dbname: Option<String>,
     slot: Option<String>,
     listen: Option<String>,
+    log_format: Option<String>,
     drill_verify_sql: Option<String>,
     schedule: Option<ScheduleSettings>,
     verify: Option<VerifyFileSettings>,
@@ -109,6 +111,8 @@ pub struct Settings {
     pub slot: Option<String>,
     /// Where the daemon listens.
     pub listen: String,
+    /// How watch and the daemon format their log lines.
+    pub log_format: LogFormat,
     /// SQL `pitr drill` runs on each recovered copy (database `postgres`), unless --verify-sql
     /// says otherwise; an error fails the drill.
     pub drill_verify_sql: Option<String>,
@@ -210,6 +214,11 @@ impl Settings {
         let jobs = file
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let log_format = match (args.log_format, file.log_format.as_deref()) {
+            (Some(format), _) => format,
+            (None, Some(text)) => text.parse().map_err(|e: String| in_config(config.as_deref(), e))?,
+            (None, None) => LogFormat::default(),
+        };
         let schedule = schedule(file.schedule.unwrap_or_default(), sync_to.is_some())
             .map_err(|e| in_config(config.as_deref(), e))?;
         Ok(Settings {
@@ -227,6 +236,7 @@ impl Settings {
             dbname: file.dbname,
             slot: file.slot,
             listen: file.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            log_format,
             drill_verify_sql: file.drill_verify_sql.filter(|sql| !sql.trim().is_empty()),
             schedule,
             verify: verify_settings(file.verify.unwrap_or_default())?,
@@ -427,6 +437,29 @@ mod tests {
         };
         assert!(Settings::load(&args).is_err(), "other commands need the file");
         assert_eq!(Settings::load_for_init(&args).unwrap().config, Some(config));
+    }
+
+    #[test]
+    fn the_log_format_comes_from_the_flag_else_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("pitr.toml");
+        std::fs::write(&config, "repo = \"/srv/pitr\"\nlog_format = \"json\"\n").unwrap();
+        let args = GlobalArgs {
+            config: Some(config.clone()),
+            ..GlobalArgs::default()
+        };
+        assert_eq!(Settings::load(&args).unwrap().log_format, LogFormat::Json);
+        let flag = GlobalArgs {
+            log_format: Some(LogFormat::Journald),
+            ..args.clone()
+        };
+        assert_eq!(Settings::load(&flag).unwrap().log_format, LogFormat::Journald);
+        std::fs::write(&config, "repo = \"/srv/pitr\"\nlog_format = \"syslog\"\n").unwrap();
+        let error = Settings::load(&args).unwrap_err();
+        assert!(
+            error.contains("pitr.toml") && error.contains("log_format 'syslog'"),
+            "{error}"
+        );
     }
 
     #[test]

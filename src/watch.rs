@@ -1,5 +1,6 @@
-//! `pitr watch` and `pitr daemon`: signals, settings reloads and log lines of the resident
-//! commands, and the daemon's jobs, each a child process of this pitr.
+//! `pitr watch` and `pitr daemon`: signals and settings reloads of the resident commands, and the
+//! daemon's jobs, each a child process of this pitr. (Their log events go through `tracing`,
+//! formatted by `logging`.)
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -9,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pitr::daemon::{self, DaemonLog, DaemonOptions, DaemonSettings, Job, JobRunner};
+use pitr::daemon::{self, DaemonOptions, DaemonSettings, Job, JobRunner};
 use pitr::repo::Repo;
 use pitr::spool::Spool;
 use pitr::stream::StreamOptions;
-use pitr::watch::{self, StopFlags, Stopped, WatchEvents, WatchOptions};
+use pitr::watch::{self, StopFlags, Stopped, WatchOptions};
 use pitr::Error;
 
 use crate::cli::GlobalArgs;
@@ -21,35 +22,6 @@ use crate::settings::Settings;
 
 /// How often the watcher rescans without an inotify hint.
 const RESCAN: Duration = Duration::from_secs(10);
-
-/// One log line per event on stderr (the watcher runs under systemd or a terminal). A line that
-/// cannot be written is lost: logging never stops the archiving.
-struct LogLines;
-
-/// Writes one line to stderr, ignoring a stderr that went away.
-fn log_line(line: std::fmt::Arguments) {
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-impl WatchEvents for LogLines {
-    fn archived(&self, name: &str, elapsed: Duration) {
-        log_line(format_args!(
-            "pitr watch: archived {name} in {} ms",
-            elapsed.as_millis()
-        ));
-    }
-
-    fn failed(&self, name: &str, error: &Error, retry_in: Duration) {
-        log_line(format_args!(
-            "pitr watch: error: {name}: {error}; retrying in {} s (nothing is dropped)",
-            retry_in.as_secs()
-        ));
-    }
-
-    fn note(&self, message: &str) {
-        log_line(format_args!("pitr watch: {message}"));
-    }
-}
 
 /// SIGTERM and SIGINT set `terminate`, SIGHUP sets `reload`.
 fn signal_flags() -> pitr::Result<StopFlags> {
@@ -69,6 +41,7 @@ fn signal_flags() -> pitr::Result<StopFlags> {
 /// runs as a child process of this pitr ([`ChildJobs`]).
 pub fn daemon(repo: &Repo, settings: &Settings, pgdata: &Path, listen: Option<String>) -> pitr::Result<()> {
     with_fixed_mmap_threshold();
+    crate::logging::install(settings.log_format).map_err(Error::InvalidInput)?;
     let flags = signal_flags()?;
     let spool = Spool::at(settings.spool.clone().unwrap_or_else(|| Spool::default_for(pgdata)));
     spool.ensure()?;
@@ -89,7 +62,7 @@ pub fn daemon(repo: &Repo, settings: &Settings, pgdata: &Path, listen: Option<St
             Ok(daemon_settings(&fresh))
         }),
     };
-    daemon::run(repo, &spool, &options, &flags, &LogLines)
+    daemon::run(repo, &spool, &options, &flags)
 }
 
 /// The glibc tunable that fixes its mmap threshold at 128 KiB (its default start value).
@@ -140,7 +113,7 @@ fn daemon_settings(settings: &Settings) -> DaemonSettings {
         status: crate::verify::status_sources(settings),
         stream: settings.slot.clone().and_then(|slot| {
             stream_options(settings.dbname.as_deref(), slot)
-                .inspect_err(|e| LogLines.note(&format!("not streaming: {e}")))
+                .inspect_err(|e| tracing::warn!(error = %e, "not streaming from the slot"))
                 .ok()
         }),
     }
@@ -334,13 +307,21 @@ fn names_line(report: &serde_json::Value) -> String {
     }
 }
 
-/// "backup <id> done (<n> files), expired <b> backups and <w> WAL files", from `backup --json`.
+/// "backup <id> done: 1.2 GiB in 41 s (<n> files), expired <b> backups and <w> WAL files", from
+/// `backup --json`.
 fn backup_line(report: &serde_json::Value) -> String {
     let count = |list: &serde_json::Value| list.as_array().map_or(0, Vec::len);
+    let backup = &report["backup"];
     format!(
-        "backup {} done ({} files), expired {} backups and {} WAL files",
-        report["backup"]["id"].as_str().unwrap_or("?"),
-        report["backup"]["file_count"],
+        "backup {} done: {} in {} s ({} files), expired {} backups and {} WAL files",
+        backup["id"].as_str().unwrap_or("?"),
+        backup["original_bytes"]
+            .as_u64()
+            .map_or_else(|| "?".to_string(), pitr::verify::human_bytes),
+        backup["duration_seconds"]
+            .as_f64()
+            .map_or_else(|| "?".to_string(), |seconds| format!("{seconds:.0}")),
+        backup["file_count"],
         count(&report["expired"]["backups"]),
         count(&report["expired"]["wal"])
     )
@@ -435,15 +416,6 @@ fn needs_restart(running: &Settings, fresh: &Settings) -> Result<(), String> {
     }
 }
 
-impl DaemonLog for LogLines {
-    fn line(&self, line: &str) {
-        log_line(format_args!(
-            "{} pitr daemon: {line}",
-            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
-        ));
-    }
-}
-
 /// Runs the watcher until SIGTERM or SIGINT; SIGHUP reloads the settings (compression, and the
 /// number of workers unless `--workers` fixed it).
 pub fn run(
@@ -453,6 +425,7 @@ pub fn run(
     workers: Option<usize>,
     slot: Option<&str>,
 ) -> pitr::Result<()> {
+    crate::logging::install(settings.log_format).map_err(Error::InvalidInput)?;
     let flags = signal_flags()?;
     let mut codec = settings.codec;
     let spool = Spool::at(settings.spool.clone().unwrap_or_else(|| Spool::default_for(pgdata)));
@@ -466,14 +439,8 @@ pub fn run(
             .map(|slot| stream_options(settings.dbname.as_deref(), slot))
             .transpose()?,
     };
-    LogLines.note(&format!(
-        "watching {} with {} workers into {}",
-        pgdata.display(),
-        options.workers,
-        repo.location()
-    ));
     loop {
-        match watch::watch(repo, &codec, &spool, &options, &flags, &LogLines)? {
+        match watch::watch(repo, &codec, &spool, &options, &flags, &())? {
             Stopped::Terminate => return Ok(()),
             Stopped::Reload => match crate::settings::reload(settings).and_then(|fresh| {
                 needs_restart(settings, &fresh)?;
@@ -482,13 +449,18 @@ pub fn run(
                 Ok(fresh) => {
                     codec = fresh.codec;
                     options.workers = workers.unwrap_or(fresh.jobs);
-                    LogLines.note(&format!(
+                    tracing::info!(
+                        compression = %codec.compression(),
+                        workers = options.workers,
                         "settings reloaded: compression {}, {} workers",
                         codec.compression(),
                         options.workers
-                    ));
+                    );
                 }
-                Err(message) => LogLines.note(&format!("settings not reloaded, the running ones stay: {message}")),
+                Err(message) => tracing::warn!(
+                    error = %message,
+                    "settings not reloaded, the running ones stay: {message}"
+                ),
             },
         }
     }

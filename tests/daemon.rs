@@ -582,3 +582,71 @@ fn scheduled_drills_run_in_the_backups_lane_and_their_gauges_are_served() {
         out.describe()
     );
 }
+
+#[test]
+fn with_log_format_json_the_daemon_logs_one_object_per_line_with_fields() {
+    let _serial = one_at_a_time();
+    let c = Cluster::start(with_short_checkpoints());
+    let port = free_port();
+    let config = daemon_config(&c, port, "*/3 * * * * *", "off", "");
+    let mut command = c.pitr_cmd();
+    c.libpq_env(&mut command)
+        .arg("--config")
+        .arg(&config)
+        .args(["daemon", "--log-format", "json", "--pgdata"])
+        .arg(c.data_dir());
+    let daemon = Daemon::spawn(&mut command);
+    wait_answering(port);
+    c.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) g");
+    c.switch_wal();
+    let done = poll(Duration::from_secs(120), || {
+        let text = http_get(port, "/metrics")?;
+        let backups = metric(&text, "pitr_job_runs_total{job=\"backup hourly\",result=\"success\"}")?;
+        let archived = metric(&text, "pitr_watch_archived_total")?;
+        (backups >= 1.0 && archived >= 1.0).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "no backup and archived segment; metrics:\n{:?}",
+        http_get(port, "/metrics")
+    );
+
+    let out = daemon.terminate();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let log = out.stderr_str();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}\n{log}")))
+        .collect();
+    for event in &events {
+        assert!(
+            event["timestamp"]
+                .as_str()
+                .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()),
+            "{event}"
+        );
+    }
+    let find = |what: &str, wanted: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .find(|e| wanted(&e["fields"]))
+            .unwrap_or_else(|| panic!("no event for {what}:\n{log}"))
+            .clone()
+    };
+    let backup = find("the backup job", &|f| {
+        f["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("job backup hourly: backup main_hourly_"))
+    });
+    assert_eq!(backup["level"], "INFO", "{backup}");
+    assert_eq!(backup["fields"]["job"], "backup hourly", "{backup}");
+    assert!(backup["fields"]["duration_ms"].is_u64(), "{backup}");
+    let archived = find("an archived segment", &|f| f["message"] == "archived");
+    assert_eq!(archived["level"], "INFO", "{archived}");
+    let segment = archived["fields"]["segment"].as_str().unwrap_or_default();
+    assert!(
+        segment.len() == 24 && segment.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{archived}"
+    );
+    assert!(archived["fields"]["duration_ms"].is_u64(), "{archived}");
+}

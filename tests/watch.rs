@@ -4,12 +4,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::*;
@@ -169,10 +170,12 @@ fn the_watcher_reports_an_unwritable_repository_and_drops_nothing() {
     let out = watcher.terminate();
     let log = out.stderr_str();
     assert!(
-        log.contains("retrying in"),
-        "the failure is reported with its retry:\n{log}"
+        log.lines().any(|l| l.contains("archiving failed; retrying")
+            && l.contains(&format!("segment={segment}"))
+            && l.contains("retry_in_s=")),
+        "the failure is reported with its segment and retry:\n{log}"
     );
-    assert!(log.contains(&format!("archived {segment}")), "{log}");
+    assert!(log.contains(&format!("archived segment={segment}")), "{log}");
     assert_round_trip(&c, &[segment]);
 }
 
@@ -490,5 +493,63 @@ fn sighup_makes_the_watcher_store_with_the_new_compression() {
         out.stderr_str().contains("settings reloaded: compression gzip"),
         "{}",
         out.describe()
+    );
+}
+
+/// The first log line of `pitr watch` (the one saying what it watches), its stderr a pipe and
+/// `JOURNAL_STREAM` set as systemd sets it: to that pipe's "<device>:<inode>" when `journal`,
+/// else to another stream's (a variable inherited from a parent whose stderr went to the journal).
+fn first_watch_line(c: &Cluster, journal: bool) -> String {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    let stat = rustix::fs::fstat(&writer).expect("fstat of the pipe");
+    let inode = if journal { stat.st_ino } else { stat.st_ino + 1 };
+    let mut command = c.pitr_cmd();
+    command
+        .env("JOURNAL_STREAM", format!("{}:{inode}", stat.st_dev))
+        .arg("--repo")
+        .arg(c.repo())
+        .args(["watch", "--pgdata"])
+        .arg(c.data_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(writer);
+    let mut child = command.spawn().expect("start pitr watch");
+    // The command holds the pipe's writing end: without it, the reader sees the end once pitr exits.
+    drop(command);
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let first = received.recv_timeout(Duration::from_secs(30));
+    let pid = pitr_pid(&child).to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = child.wait().expect("wait for pitr watch");
+    let line = first.unwrap_or_else(|_| panic!("pitr watch logged nothing within 30 s (exit: {status})"));
+    assert!(status.success(), "pitr watch exited with {status} after: {line}");
+    line
+}
+
+#[test]
+fn under_journald_log_lines_carry_a_priority_and_no_timestamp() {
+    let c = Cluster::start(ClusterOptions::default());
+    let journal = first_watch_line(&c, true);
+    assert!(
+        journal.starts_with("<6>") && journal.contains("watching"),
+        "an info line with its syslog priority: {journal}"
+    );
+    let rest = journal.trim_start_matches("<6>").trim_start();
+    assert!(rest.starts_with("INFO "), "the level, no timestamp: {journal}");
+    // JOURNAL_STREAM names another stream: a terminal's plain line, with its timestamp.
+    let plain = first_watch_line(&c, false);
+    let (timestamp, rest) = plain.split_once(' ').unwrap_or_default();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(timestamp).is_ok(),
+        "a line that starts with its timestamp: {plain}"
+    );
+    assert!(
+        rest.trim_start().starts_with("INFO ") && rest.contains("watching"),
+        "{plain}"
     );
 }

@@ -11,6 +11,10 @@
 //! SIGHUP loads the settings anew ([`DaemonSettings`]); settings that do not load keep the
 //! running ones.
 //!
+//! The daemon logs through `tracing` (the binary decides where the events go): each job's outcome
+//! with `job` and `duration_ms` (info, or error when it failed), skipped runs (warn), reloads,
+//! and the watcher's events.
+//!
 //! - `schedule`: the cron patterns of the jobs.
 //! - `jobs`: the scheduler and its lanes.
 //! - `http`: the bounded HTTP listener.
@@ -35,12 +39,12 @@ use chrono::Utc;
 use self::metrics::Metrics;
 use self::page::PageCache;
 use crate::codec::Codec;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::repo::Repo;
 use crate::spool::Spool;
 use crate::status_page::{self, StatusPage, StatusSources};
 use crate::stream::StreamOptions;
-use crate::watch::{self, StopFlags, Stopped, WatchEvents, WatchOptions};
+use crate::watch::{self, StopFlags, Stopped, WatchOptions};
 
 /// Everything the daemon needs.
 pub struct DaemonOptions {
@@ -95,23 +99,17 @@ impl Current {
     }
 }
 
-/// Where the daemon's log lines go.
-pub trait DaemonLog: Send + Sync {
-    /// One line.
-    fn line(&self, line: &str);
-}
-
 /// Runs until `flags.terminate` is set; running jobs finish first.
-pub fn run(repo: &Repo, spool: &Spool, options: &DaemonOptions, flags: &StopFlags, log: &dyn DaemonLog) -> Result<()> {
+pub fn run(repo: &Repo, spool: &Spool, options: &DaemonOptions, flags: &StopFlags) -> Result<()> {
     let metrics = Metrics::new();
     metrics.record_drills(repo);
     let listener = http::listen(&options.listen)?;
-    log.line(&format!(
-        "daemon started: watching {}, serving /, /metrics and /health on {}, jobs: {}",
-        options.pgdata.display(),
-        options.listen,
-        options.settings.schedule.describe()
-    ));
+    tracing::info!(
+        pgdata = %options.pgdata.display(),
+        listen = %options.listen,
+        jobs = %options.settings.schedule.describe(),
+        "daemon started: serving /, /metrics and /health"
+    );
     let current = Current {
         settings: RwLock::new(Arc::new(options.settings.clone())),
     };
@@ -126,8 +124,8 @@ pub fn run(repo: &Repo, spool: &Spool, options: &DaemonOptions, flags: &StopFlag
         // included: the scope waits for them before the panic goes on).
         let _stop = TerminateOnDrop(&flags.terminate);
         scope.spawn(|| http::serve(&listener, &routes, flags));
-        scope.spawn(|| jobs::run(repo, &current, options.jobs.as_ref(), &metrics, flags, log));
-        run_watcher(repo, spool, options, &current, flags, &metrics, log)
+        scope.spawn(|| jobs::run(repo, &current, options.jobs.as_ref(), &metrics, flags));
+        run_watcher(repo, spool, options, &current, flags, &metrics)
     })
 }
 
@@ -156,9 +154,7 @@ fn run_watcher(
     current: &Current,
     flags: &StopFlags,
     metrics: &Metrics,
-    log: &dyn DaemonLog,
 ) -> Result<()> {
-    let events = WatcherEvents { metrics, log };
     loop {
         let settings = current.get();
         metrics.watch_slot(settings.stream.clone());
@@ -168,44 +164,22 @@ fn run_watcher(
             rescan: Duration::from_secs(10),
             stream: settings.stream.clone(),
         };
-        match watch::watch(repo, &settings.codec, spool, &watch_options, flags, &events)? {
+        match watch::watch(repo, &settings.codec, spool, &watch_options, flags, metrics)? {
             Stopped::Terminate => return Ok(()),
             Stopped::Reload => match (options.reload)() {
                 Ok(fresh) => {
-                    log.line(&format!(
+                    tracing::info!(
+                        jobs = %fresh.schedule.describe(),
                         "SIGHUP: settings reloaded; jobs: {}",
                         fresh.schedule.describe()
-                    ));
+                    );
                     current.replace(fresh);
                 }
-                Err(message) => log.line(&format!(
+                Err(message) => tracing::warn!(
+                    error = %message,
                     "SIGHUP: settings not reloaded, the running ones stay: {message}"
-                )),
+                ),
             },
         }
-    }
-}
-
-struct WatcherEvents<'a> {
-    metrics: &'a Metrics,
-    log: &'a dyn DaemonLog,
-}
-
-impl WatchEvents for WatcherEvents<'_> {
-    fn archived(&self, name: &str, elapsed: Duration) {
-        self.metrics.archived(elapsed);
-        self.log.line(&format!("archived {name} in {} ms", elapsed.as_millis()));
-    }
-
-    fn failed(&self, name: &str, error: &Error, retry_in: Duration) {
-        self.metrics.archive_failed();
-        self.log.line(&format!(
-            "error archiving {name}: {error}; retrying in {} s",
-            retry_in.as_secs()
-        ));
-    }
-
-    fn note(&self, message: &str) {
-        self.log.line(message);
     }
 }

@@ -66,7 +66,7 @@ use crate::repo::Repo;
 use crate::spool::{self, Spool};
 use crate::storage::{PutOutcome, WriteInto};
 use crate::wal::{Lsn, Segment, SegmentSize, TimelineId, WalFileName};
-use crate::watch::WatchEvents;
+use crate::watch::{self, WatchEvents};
 
 /// How long archive-push waits for a segment the receiver is writing.
 pub const RECEIVER_WAIT: Duration = Duration::from_secs(5);
@@ -170,7 +170,7 @@ pub fn receive(
     };
     let (snapshots, wanted) = mpsc::sync_channel(1);
     std::thread::scope(|scope| {
-        scope.spawn(|| store_snapshots(repo, codec, &dir, wanted, events));
+        scope.spawn(|| store_snapshots(repo, codec, &dir, wanted));
         while !stop.load(Ordering::SeqCst) {
             // One generation for the whole session: an upgrade-repo meanwhile takes effect at the
             // next.
@@ -190,7 +190,11 @@ pub fn receive(
             match session {
                 Ok(()) => break,
                 Err(e) => {
-                    events.note(&format!("WAL receiver: {e}; connecting again in {} s", RETRY.as_secs()));
+                    tracing::warn!(
+                        error = %e,
+                        retry_in_s = RETRY.as_secs(),
+                        "WAL receiver failed; connecting again"
+                    );
                     let until = Instant::now() + RETRY;
                     while Instant::now() < until && !stop.load(Ordering::SeqCst) {
                         std::thread::sleep(Duration::from_millis(50));
@@ -211,16 +215,10 @@ type SnapshotWanted = (String, u64);
 /// The snapshot thread: stores what the receive loop asks for, off its path (reading and
 /// compressing up to a segment takes tens of milliseconds, which the receive loop must not wait
 /// for). A request the loop makes while one is being stored waits; older ones are dropped.
-fn store_snapshots(
-    repo: &Repo,
-    codec: &Codec,
-    dir: &Path,
-    wanted: mpsc::Receiver<SnapshotWanted>,
-    events: &dyn WatchEvents,
-) {
+fn store_snapshots(repo: &Repo, codec: &Codec, dir: &Path, wanted: mpsc::Receiver<SnapshotWanted>) {
     while let Ok((name, len)) = wanted.recv() {
         if let Err(e) = store_snapshot(repo, codec, dir, &name, len) {
-            events.note(&format!("WAL receiver: snapshot of {name}: {e}"));
+            tracing::warn!(segment = %name, error = %e, "WAL receiver: snapshot not stored");
         }
     }
 }
@@ -303,12 +301,17 @@ impl<'a> Receiver<'a> {
         }
         let (mut timeline, mut position) = self.resume_point(size, identity.timeline, identity.flushed)?;
         let synchronous = conn.is_synchronous_standby()?;
-        self.events.note(&format!(
+        tracing::info!(
+            server = %conn.target(),
+            slot = %options.slot,
+            lsn = %position,
+            timeline = %timeline,
+            synchronous,
             "WAL receiver: streaming from {} through slot {} at {position} on timeline {timeline}{}",
             conn.target(),
             options.slot,
             if synchronous { ", as a synchronous standby" } else { "" }
-        ));
+        );
         conn.start_replication(&options.slot, position, timeline)?;
         let mut last_status = Instant::now();
         let mut last_snapshot = Instant::now();
@@ -583,7 +586,7 @@ impl<'a> Receiver<'a> {
         let marker = self.dir.join(format!("{}.stored", open.name));
         spool::replace_private(&marker, stored_marker(header.raw_len, &open.head).as_bytes())?;
         spool::replace_private(&self.dir.join(LAST_STORED), format!("{}\n", open.name).as_bytes())?;
-        self.events.archived(&open.name, began.elapsed());
+        watch::archived(self.events, &open.name, began.elapsed());
         // After the marker, which archive-push waits for: the segment is whole in the repository,
         // so its snapshots have served their time.
         self.repo.delete_stream_snapshots(segment_name, None)?;
@@ -630,7 +633,7 @@ impl<'a> Receiver<'a> {
         if self.repo.put_wal(&name, &self.codec.encode(&content))? == PutOutcome::AlreadyExists {
             archive::compare_with_archived(self.repo, &name, &content)?;
         }
-        self.events.archived(&file_name, Duration::ZERO);
+        watch::archived(self.events, &file_name, Duration::ZERO);
         Ok(())
     }
 

@@ -9,6 +9,10 @@
 //! `.ready`/`.done`: PostgreSQL does, once archive-push reports success. A failing file is
 //! retried with backoff and reported; WAL is never dropped. Prefetched WAL that a recovery of
 //! this data directory left in the spool is deleted once the data directory is out of recovery.
+//!
+//! It logs through `tracing` (the binary decides where the events go): each file archived (info,
+//! with `segment` and `duration_ms`), each failure (warn, with `segment`, `error` and
+//! `retry_in_s`), and what else an operator should know.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -58,14 +62,36 @@ pub enum Stopped {
     Reload,
 }
 
-/// What the watcher reports while it runs.
+/// What the watcher counts while it runs, beside its log events: the daemon's metrics.
 pub trait WatchEvents: Send + Sync {
-    /// A file is durably in the repository (or was already).
-    fn archived(&self, name: &str, elapsed: Duration);
-    /// A file failed; it is retried after `retry_in`.
-    fn failed(&self, name: &str, error: &Error, retry_in: Duration);
-    /// Something worth a log line.
-    fn note(&self, message: &str);
+    /// A file is durably in the repository (or was already), after `elapsed`.
+    fn archived(&self, elapsed: Duration);
+    /// A file failed; it is retried.
+    fn failed(&self);
+}
+
+/// Counts nothing: `pitr watch` serves no metrics.
+impl WatchEvents for () {
+    fn archived(&self, _elapsed: Duration) {}
+
+    fn failed(&self) {}
+}
+
+/// Logs and counts a file durably in the repository.
+pub(crate) fn archived(events: &dyn WatchEvents, name: &str, elapsed: Duration) {
+    tracing::info!(segment = %name, duration_ms = elapsed.as_millis() as u64, "archived");
+    events.archived(elapsed);
+}
+
+/// Logs and counts a file that failed, retried after `retry_in`.
+fn failed(events: &dyn WatchEvents, name: &str, error: &Error, retry_in: Duration) {
+    tracing::warn!(
+        segment = %name,
+        error = %error,
+        retry_in_s = retry_in.as_secs(),
+        "archiving failed; retrying (nothing is dropped)"
+    );
+    events.failed();
 }
 
 /// Watches `options.pgdata` until a stop flag is set.
@@ -87,7 +113,13 @@ pub fn watch(
     }
     spool.ensure()?;
     let (hints, hinted) = mpsc::channel();
-    let _watcher = hint_source(&status_dir, hints, events)?;
+    let _watcher = hint_source(&status_dir, hints)?;
+    tracing::info!(
+        pgdata = %options.pgdata.display(),
+        workers = options.workers,
+        repo = %repo.location(),
+        "watching"
+    );
     let queue = Queue::default();
     let site = Site {
         data_dir: Some(options.pgdata.clone()),
@@ -118,7 +150,7 @@ pub fn watch(
                     &receiver_stop,
                     events,
                 ) {
-                    events.note(&format!("WAL receiver stopped: {e}"));
+                    tracing::error!(error = %e, "WAL receiver stopped");
                 }
             });
         }
@@ -127,13 +159,13 @@ pub fn watch(
         let _close = CloseOnDrop(&queue, &receiver_stop);
         let stopped = loop {
             if let Err(e) = work.scan(&status_dir) {
-                events.note(&format!("scanning {} failed: {e}", status_dir.display()));
+                tracing::warn!(dir = %status_dir.display(), error = %e, "scanning failed");
             }
             if prefetch::delete_after_recovery(spool, &options.pgdata) {
-                events.note(&format!(
-                    "deleted the prefetched WAL a finished recovery left in {}",
-                    spool.prefetch_dir().display()
-                ));
+                tracing::info!(
+                    dir = %spool.prefetch_dir().display(),
+                    "deleted the prefetched WAL a finished recovery left"
+                );
             }
             if flags.terminate.load(Ordering::SeqCst) {
                 break Stopped::Terminate;
@@ -163,7 +195,7 @@ impl Drop for CloseOnDrop<'_> {
 }
 
 /// inotify where the kernel offers it, polling otherwise; either way each event is a hint.
-fn hint_source(dir: &Path, hints: mpsc::Sender<()>, events: &dyn WatchEvents) -> Result<Box<dyn Watcher>> {
+fn hint_source(dir: &Path, hints: mpsc::Sender<()>) -> Result<Box<dyn Watcher>> {
     let poll_hints = hints.clone();
     // inotify also reports opening and reading the directory, which every scan does: such an
     // event is no hint (else each scan would hint the next, and the watcher would spin).
@@ -179,7 +211,7 @@ fn hint_source(dir: &Path, hints: mpsc::Sender<()>, events: &dyn WatchEvents) ->
     match inotify {
         Ok(watcher) => Ok(watcher),
         Err(e) => {
-            events.note(&format!("inotify unavailable ({e}); polling {} instead", dir.display()));
+            tracing::warn!(dir = %dir.display(), error = %e, "inotify unavailable; polling instead");
             let config = notify::Config::default().with_poll_interval(Duration::from_millis(500));
             let poller = PollWatcher::new(
                 move |_: notify::Result<notify::Event>| {
@@ -307,7 +339,7 @@ impl Work<'_> {
             match result {
                 Ok(()) => {
                     self.queue.done(&name, false);
-                    self.events.archived(&name, started.elapsed());
+                    archived(self.events, &name, started.elapsed());
                 }
                 Err(_) if !path.exists() => {
                     // PostgreSQL archived and removed it meanwhile: nothing to do.
@@ -315,7 +347,7 @@ impl Work<'_> {
                 }
                 Err(e) => {
                     let retry_in = self.queue.done(&name, true);
-                    self.events.failed(&name, &e, retry_in);
+                    failed(self.events, &name, &e, retry_in);
                 }
             }
         }

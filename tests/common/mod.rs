@@ -84,7 +84,14 @@ const PG_CLIENT_ENV: &[&str] = &[
 ];
 
 /// Environment variables that configure `pitr`; removed so the host environment cannot leak in.
-pub const PITR_ENV: &[&str] = &["PITR_REPO", "PITR_CONFIG", "PITR_COMPRESS", "PITR_COMPRESS_LEVEL"];
+pub const PITR_ENV: &[&str] = &[
+    "PITR_REPO",
+    "PITR_CONFIG",
+    "PITR_COMPRESS",
+    "PITR_COMPRESS_LEVEL",
+    "PITR_LOG",
+    "PITR_LOG_FORMAT",
+];
 
 // ---------------------------------------------------------------------------------------------
 // Locating programs and users

@@ -15,7 +15,7 @@ use chrono::{DateTime, Local};
 
 use super::metrics::Metrics;
 use super::schedule::{self, Job, Schedule};
-use super::{Current, DaemonLog, JobRunner};
+use super::{Current, JobRunner};
 use crate::repo::Repo;
 use crate::watch::StopFlags;
 
@@ -92,22 +92,15 @@ impl Lane {
 
 /// Runs the scheduler and the lanes until `flags.terminate` is set; a running job finishes
 /// first. A reload that changes the schedule takes effect at once.
-pub(super) fn run(
-    repo: &Repo,
-    current: &Current,
-    run_job: &dyn JobRunner,
-    metrics: &Metrics,
-    flags: &StopFlags,
-    log: &dyn DaemonLog,
-) {
+pub(super) fn run(repo: &Repo, current: &Current, run_job: &dyn JobRunner, metrics: &Metrics, flags: &StopFlags) {
     let lanes: [Lane; LANES] = Default::default();
     std::thread::scope(|scope| {
         for lane in &lanes {
-            scope.spawn(move || work(lane, repo, run_job, metrics, log));
+            scope.spawn(move || work(lane, repo, run_job, metrics));
         }
         // The lanes close however the scheduler ends (a panic included: the scope waits for them).
         let _close = CloseOnDrop(&lanes);
-        schedule_jobs(current, &lanes, metrics, flags, log);
+        schedule_jobs(current, &lanes, metrics, flags);
     });
 }
 
@@ -122,25 +115,35 @@ impl Drop for CloseOnDrop<'_> {
 
 /// Runs the jobs of `lane` one after the other; after a drill, the drill metrics are read anew
 /// from `repo`'s records.
-fn work(lane: &Lane, repo: &Repo, run_job: &dyn JobRunner, metrics: &Metrics, log: &dyn DaemonLog) {
+fn work(lane: &Lane, repo: &Repo, run_job: &dyn JobRunner, metrics: &Metrics) {
     while let Some(job) = lane.next() {
         metrics.job_started(job);
         let started = Instant::now();
         let result = run_job.run(job);
-        metrics.job_finished(job, result.is_ok(), started.elapsed());
+        let elapsed = started.elapsed();
+        metrics.job_finished(job, result.is_ok(), elapsed);
         if job == Job::Drill {
             metrics.record_drills(repo);
         }
         match result {
-            Ok(summary) => log.line(&format!("job {job}: {summary}")),
-            Err(e) => log.line(&format!("job {job} failed: {e}")),
+            Ok(summary) => tracing::info!(
+                job = %job,
+                duration_ms = elapsed.as_millis() as u64,
+                "job {job}: {summary}"
+            ),
+            Err(e) => tracing::error!(
+                job = %job,
+                duration_ms = elapsed.as_millis() as u64,
+                error = %e,
+                "job {job} failed: {e}"
+            ),
         }
         lane.finished();
     }
 }
 
 /// Hands each job to its lane when it falls due.
-fn schedule_jobs(current: &Current, lanes: &[Lane; LANES], metrics: &Metrics, flags: &StopFlags, log: &dyn DaemonLog) {
+fn schedule_jobs(current: &Current, lanes: &[Lane; LANES], metrics: &Metrics, flags: &StopFlags) {
     let mut settings = current.get();
     let mut next = next_runs(&settings.schedule);
     while !flags.terminate.load(Ordering::SeqCst) {
@@ -158,10 +161,12 @@ fn schedule_jobs(current: &Current, lanes: &[Lane; LANES], metrics: &Metrics, fl
             };
             if let Err(state) = lanes[lane_of(*job)].offer(*job) {
                 metrics.job_skipped(*job);
-                log.line(&format!(
+                tracing::warn!(
+                    job = %job,
+                    due = %due.to_rfc3339(),
                     "job {job} skipped: it came due at {} while its previous run was still {state}",
                     due.format("%Y-%m-%d %H:%M:%S")
-                ));
+                );
             }
             *at = settings
                 .schedule

@@ -24,6 +24,7 @@ use crate::pg::SlotState;
 use crate::repo::Repo;
 use crate::stream::{self, StreamOptions};
 use crate::verify::metrics::{DRILL_LAST_SUCCESS, DRILL_RPO, DRILL_RTO, SLOT_ACTIVE, SLOT_RETAINED};
+use crate::watch::WatchEvents;
 
 /// How long a scrape waits for the server's answer about the slot.
 pub const SLOT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -241,19 +242,6 @@ impl Metrics {
         self.job_skipped.get_or_create(&job_labels(job)).inc();
     }
 
-    /// The watcher stored a file.
-    pub fn archived(&self, elapsed: Duration) {
-        self.archived.inc();
-        self.last_archive_duration.set(elapsed.as_secs_f64());
-        self.last_archive_time
-            .set(Utc::now().timestamp_millis() as f64 / 1000.0);
-    }
-
-    /// The watcher failed to store a file.
-    pub fn archive_failed(&self) {
-        self.archive_failures.inc();
-    }
-
     /// A job ended.
     pub fn job_finished(&self, job: Job, ok: bool, elapsed: Duration) {
         let name = job.to_string();
@@ -323,6 +311,20 @@ fn resident_memory_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The watcher's files, counted.
+impl WatchEvents for Metrics {
+    fn archived(&self, elapsed: Duration) {
+        self.archived.inc();
+        self.last_archive_duration.set(elapsed.as_secs_f64());
+        self.last_archive_time
+            .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+    }
+
+    fn failed(&self) {
+        self.archive_failures.inc();
+    }
 }
 
 #[cfg(test)]
