@@ -156,7 +156,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         }
         Command::CreateRepo { connection, json } => {
             let report = with_server(connection, settings, |server| async move {
-                pitr::init::create_repo(&repo, &server).await
+                pitr::generations::create_repo(&repo, &server).await
             })?;
             if *json {
                 output::json(&report)
@@ -167,7 +167,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         }
         Command::UpgradeRepo { connection, json } => {
             let report = with_server(connection, settings, |server| async move {
-                pitr::init::upgrade_repo(&repo, &server).await
+                pitr::generations::upgrade_repo(&repo, &server).await
             })?;
             if *json {
                 output::json(&report)

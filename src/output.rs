@@ -410,7 +410,7 @@ pub fn drill_history(history: &pitr::drill::DrillHistory) {
 }
 
 /// What `pitr create-repo` did.
-pub fn create_report(r: &pitr::init::CreateReport) {
+pub fn create_report(r: &pitr::generations::CreateReport) {
     let what = match r.outcome {
         pitr::repo::Created::Created => "created",
         pitr::repo::Created::AlreadyCreated => "was created before; nothing changed",
@@ -428,7 +428,7 @@ pub fn create_report(r: &pitr::init::CreateReport) {
 }
 
 /// What `pitr upgrade-repo` did.
-pub fn upgrade_report(r: &pitr::init::UpgradeReport) {
+pub fn upgrade_report(r: &pitr::generations::UpgradeReport) {
     let (old, new) = (&r.previous, &r.current);
     println!(
         "repository {}: generation {} started for cluster {} (PostgreSQL {}, {} MiB WAL segments), archived into \

@@ -24,7 +24,7 @@
 //! - [`sync`]: `pitr sync`, the verified, resumable copy of a repository into a second one.
 //! - [`info`]: what the repository offers now — recoverable windows, backups, archive.
 //! - [`status_page`]: the status page — the recoverable window as a picture, alerts, verify, drills.
-//! - [`init`]: setting a cluster up for pitr — creating its repository on purpose.
+//! - [`generations`]: a repository's generations — created for a cluster on purpose (`create-repo`), and the next one after a major upgrade (`upgrade-repo`).
 //! - [`setup`]: `pitr init` — a running server's archive settings, slot, repository and config
 //!   file, planned, applied through `ALTER SYSTEM`, and checked.
 //! - [`spool`]: the local spool beside the data directory (watcher markers, prefetched WAL).
@@ -49,8 +49,8 @@ pub mod demo;
 pub mod drill;
 pub mod error;
 pub mod fsio;
+pub mod generations;
 pub mod info;
-pub mod init;
 pub mod inspect;
 pub mod interrupt;
 pub mod names;

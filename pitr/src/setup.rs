@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::backup::cluster_identity;
 use crate::error::{Error, Result};
 use crate::fsio::{Dir, Perms};
-use crate::init::create_repo;
+use crate::generations::create_repo;
 use crate::pg::ctl::Owner;
 use crate::pg::Server;
 use crate::progress::Progress;

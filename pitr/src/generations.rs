@@ -1,4 +1,4 @@
-//! Setting a cluster up for pitr: creating its repository on purpose (`pitr create-repo`), like
+//! A repository's generations: creating its first one for a cluster on purpose (`pitr create-repo`), like
 //! pgBackRest's `stanza-create`, and starting a new generation of it after a major upgrade
 //! (`pitr upgrade-repo`), like `stanza-upgrade`.
 //!
