@@ -110,7 +110,7 @@ fn the_unit_runs_the_daemon_as_postgres_with_its_hardening() {
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
         "MemoryDenyWriteExecute=true",
         "SystemCallArchitectures=native",
-        "ReadWritePaths=-/var/lib/postgresql -/var/lib/pitr -/run/postgresql",
+        "ReadWritePaths=-/var/lib/postgresql -/var/lib/pitr -/var/backups/pitr -/var/log/pitr -/run/postgresql",
     ] {
         assert!(unit.lines().any(|l| l == line), "the unit lacks `{line}`");
     }
