@@ -26,7 +26,7 @@ use crate::logging::LogFormat;
 const GLOBAL_OPTIONS: &str = "Global options";
 
 /// The subcommands that take no repository: neither `--repo` nor `--config`.
-const WITHOUT_REPOSITORY: &[&str] = &["demo"];
+const WITHOUT_REPOSITORY: &[&str] = &["demo", "completions", "man"];
 
 /// The subcommands that write new files into the repository, so take `--compress` and
 /// `--compress-level`; and archive-get, which ignores them (stored files say how they are
@@ -669,6 +669,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+
+    /// Print the completion script for a shell to stdout.
+    ///
+    /// The .deb installs them. By hand: `pitr completions bash > /etc/bash_completion.d/pitr`,
+    /// `pitr completions zsh > /usr/local/share/zsh/site-functions/_pitr`,
+    /// `pitr completions fish > ~/.config/fish/completions/pitr.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+
+    /// Write the man pages (pitr.1, and pitr-SUBCOMMAND.1 for each subcommand) into DIR, which
+    /// must exist: for packaging (packaging/build-deb).
+    #[command(hide = true)]
+    Man {
+        /// The directory the pages are written into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// The shells `pitr completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// `pitr wal ...`.
@@ -1217,7 +1245,7 @@ mod tests {
     fn each_subcommand_takes_the_global_options_that_apply_to_it() {
         let definition = definition();
         let expected = |name: &str, id: &str| match id {
-            "repo" | "config" => name != "demo",
+            "repo" | "config" => !matches!(name, "demo" | "completions" | "man"),
             "compress" | "compress_level" => COMPRESSING.contains(&name),
             "log_format" => LOGGING.contains(&name),
             _ => SPOOLING.contains(&name),

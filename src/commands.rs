@@ -278,6 +278,9 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         Command::Demo { keep, json } => demo(*keep, *json),
         Command::Verify { .. } => unreachable!("verify runs before the repository is opened"),
         Command::Init { .. } => unreachable!("init runs before the repository is opened"),
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("completions and man pages are written before settings are loaded")
+        }
         Command::CheckIntegrity { target, jobs, json } => verify::check_integrity(target, *jobs, *json, Ok(settings)),
         Command::Check {
             connection,

@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod logging;
+mod manuals;
 mod output;
 mod settings;
 mod verify;
@@ -170,8 +171,12 @@ fn one_line(message: &str) -> String {
 
 fn run(invocation: Invocation) -> Outcome {
     let Invocation { command, global, .. } = invocation;
-    if let Command::Demo { keep, json } = command {
-        return done(commands::demo(keep, json));
+    match command {
+        Command::Demo { keep, json } => return done(commands::demo(keep, json)),
+        // Generated from the definitions alone: no settings.
+        Command::Completions { shell } => return done(manuals::completions(shell)),
+        Command::Man { out } => return done(manuals::man_pages(&out)),
+        _ => {}
     }
     // A dump or a WAL file needs no repository: settings are loaded only for a backup id.
     if let Command::CheckIntegrity { target, jobs, json } = &command {
