@@ -71,12 +71,7 @@ impl Drop for Daemon {
 
 /// `pitr --config <config> daemon --pgdata <c's data directory>`, connected to `c`.
 fn start_daemon(c: &Cluster, config: &std::path::Path) -> Daemon {
-    let mut command = c.pitr_cmd();
-    c.libpq_env(&mut command)
-        .arg("--config")
-        .arg(config)
-        .args(["daemon", "--pgdata"])
-        .arg(c.data_dir());
+    let mut command = c.daemon_cmd(config);
     Daemon::spawn(&mut command)
 }
 
@@ -496,13 +491,8 @@ fn a_failing_job_is_logged_and_counted_and_the_daemon_goes_on() {
     let port = free_port();
     let config = daemon_config(&c, port, "*/2 * * * * *", "off", "");
     // The backups connect to a port where no server listens.
-    let mut command = c.pitr_cmd();
-    c.libpq_env(&mut command)
-        .env("PGPORT", free_port().to_string())
-        .arg("--config")
-        .arg(&config)
-        .args(["daemon", "--pgdata"])
-        .arg(c.data_dir());
+    let mut command = c.daemon_cmd(&config);
+    command.env("PGPORT", free_port().to_string());
     let daemon = Daemon::spawn(&mut command);
     let failed = poll(Duration::from_secs(60), || {
         let text = http_get(port, "/metrics")?;

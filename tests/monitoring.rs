@@ -219,12 +219,7 @@ fn exported_metrics() -> BTreeSet<String> {
         ),
     );
     give_to_server_user(&config);
-    let mut command = c.pitr_cmd();
-    c.libpq_env(&mut command)
-        .arg("--config")
-        .arg(&config)
-        .args(["daemon", "--pgdata"])
-        .arg(c.data_dir());
+    let mut command = c.daemon_cmd(&config);
     let daemon = spawn(&mut command);
     let scraped = poll(Duration::from_secs(90), || {
         let text = http_get(port, "/metrics")?;

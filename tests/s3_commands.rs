@@ -648,12 +648,7 @@ fn the_daemon_takes_scheduled_backups_into_s3() {
             server.url("daemon")
         ),
     );
-    let mut command = c.pitr_cmd();
-    c.libpq_env(&mut command)
-        .arg("--config")
-        .arg(&config)
-        .args(["daemon", "--pgdata"])
-        .arg(c.data_dir());
+    let mut command = c.daemon_cmd(&config);
     let daemon = Running::spawn("daemon", &mut command);
     let metrics = poll(Duration::from_secs(120), || {
         let text = http_get(port, "/metrics")?;

@@ -603,12 +603,7 @@ fn the_daemon_serves_the_state_of_the_slot_it_streams_from() {
         ),
     );
     give_to_server_user(&config);
-    let mut command = c.pitr_cmd();
-    c.libpq_env(&mut command)
-        .arg("--config")
-        .arg(&config)
-        .args(["daemon", "--pgdata"])
-        .arg(c.data_dir());
+    let mut command = c.daemon_cmd(&config);
     let daemon = spawn(&mut command);
     write_rows(&c, 1000);
     let text = poll(Duration::from_secs(60), || {

@@ -276,12 +276,7 @@ fn the_daemon_runs_the_scheduled_sync() {
             target.display()
         ),
     );
-    let mut command = c.pitr_cmd();
-    c.libpq_env(&mut command)
-        .arg("--config")
-        .arg(&config)
-        .args(["daemon", "--pgdata"])
-        .arg(c.data_dir());
+    let mut command = c.daemon_cmd(&config);
     let child = spawn(&mut command);
     let synced = poll(Duration::from_secs(60), || {
         let metrics = http_get(port, "/metrics")?;

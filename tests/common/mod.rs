@@ -1635,6 +1635,18 @@ impl Cluster {
             .env("PGDATABASE", "postgres")
     }
 
+    /// `pitr --config <config> daemon --pgdata <data directory>`, connected to this server
+    /// through its libpq environment ([`Cluster::libpq_env`]); not started yet.
+    pub fn daemon_cmd(&self, config: &Path) -> Command {
+        let mut cmd = self.pitr_cmd();
+        self.libpq_env(&mut cmd)
+            .arg("--config")
+            .arg(config)
+            .args(["daemon", "--pgdata"])
+            .arg(self.data_dir());
+        cmd
+    }
+
     /// A `pitr --repo <repo>` command (as the server user, from the cluster's temporary
     /// directory) connected to this server through its libpq environment ([`Cluster::libpq_env`]).
     /// No further arguments yet.
