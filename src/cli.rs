@@ -277,10 +277,12 @@ pub enum Command {
         /// Drill every tier that holds a backup (the default).
         #[arg(long, conflicts_with = "action")]
         all: bool,
-        /// Recover to a random time inside each backup's recoverable window.
+        /// Recover to a random time inside each backup's recoverable window (also with `random =
+        /// true` in the config file's [drill]).
         #[arg(long, conflicts_with = "action")]
         random: bool,
-        /// Where the scratch copy goes: a new 0700 directory in DIR (default: the system temp dir).
+        /// Where the scratch copy goes: a new 0700 directory in DIR (default: `scratch` of the config
+        /// file's [drill], else the system temp dir).
         #[arg(long, value_name = "DIR", conflicts_with = "action")]
         scratch: Option<PathBuf>,
         /// SQL run on each copy in database postgres (default: `drill_verify_sql` of the config

@@ -708,8 +708,12 @@ fn drill(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> {
     arm_interrupts()?;
     let options = pitr::drill::DrillOptions {
         tier: tier.as_deref().map(str::parse).transpose()?,
-        random: *random,
-        scratch_parent: scratch.as_deref().map_or_else(std::env::temp_dir, absolute),
+        random: *random || settings.drill.random,
+        scratch_parent: match (scratch, &settings.drill.scratch) {
+            (Some(flag), _) => absolute(flag),
+            (None, Some(configured)) => configured.clone(),
+            (None, None) => std::env::temp_dir(),
+        },
         verify_sql: verify_sql.clone().or_else(|| settings.drill_verify_sql.clone()),
         jobs: jobs.unwrap_or(settings.jobs),
         pitr_command: pitr_command(settings)?,

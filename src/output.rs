@@ -265,6 +265,12 @@ pub fn expire_plan(plan: &ExpirePlan, dry_run: bool) {
     for b in &plan.backups {
         println!("{verb} backup {} ({})", b.id, b.reason);
     }
+    for d in &plan.drills {
+        println!(
+            "{verb} drill record {} (of {} backup {}, no longer retained; a newer {} drill is recorded)",
+            d.record, d.tier, d.backup_id, d.tier
+        );
+    }
     if let (Some(first), Some(last)) = (plan.wal.first(), plan.wal.last()) {
         let kept = plan.wal_kept_from.as_deref().unwrap_or("?");
         println!(
@@ -293,7 +299,12 @@ pub fn expire_plan(plan: &ExpirePlan, dry_run: bool) {
         );
     }
     let earlier_wal = plan.earlier_generations.iter().any(|g| !g.wal.is_empty());
-    if plan.backups.is_empty() && plan.wal.is_empty() && !earlier_wal && plan.unreadable.is_empty() {
+    if plan.backups.is_empty()
+        && plan.drills.is_empty()
+        && plan.wal.is_empty()
+        && !earlier_wal
+        && plan.unreadable.is_empty()
+    {
         println!("nothing to expire");
     }
 }
@@ -352,6 +363,10 @@ pub fn names_maps(maps: &[pitr::names::NamesMap]) {
 /// What `pitr drill` did: one block per drill, then the verdict. What a record holds comes from
 /// the repository or the copy: printed with control characters escaped.
 pub fn drill_report(report: &pitr::drill::DrillReport) {
+    if let Some(why) = &report.nothing_to_drill {
+        println!("{why}");
+        return;
+    }
     if let Some(note) = &report.priority_note {
         println!("note: {note}; the drills ran at normal priority");
     }

@@ -43,6 +43,7 @@ struct FileSettings {
     listen: Option<String>,
     log_format: Option<String>,
     drill_verify_sql: Option<String>,
+    drill: Option<DrillFileSettings>,
     schedule: Option<ScheduleSettings>,
     verify: Option<VerifyFileSettings>,
 }
@@ -58,6 +59,14 @@ struct VerifyFileSettings {
     drill_stale: Option<String>,
     log_file: Option<PathBuf>,
     metrics_file: Option<PathBuf>,
+}
+
+/// `[drill]`: how `pitr drill` (and so the daemon's drill job) runs when its flags are absent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrillFileSettings {
+    scratch: Option<PathBuf>,
+    random: Option<bool>,
 }
 
 /// verify's log file when none is configured; used only when its directory exists, so that
@@ -116,10 +125,21 @@ pub struct Settings {
     /// SQL `pitr drill` runs on each recovered copy (database `postgres`), unless --verify-sql
     /// says otherwise; an error fails the drill.
     pub drill_verify_sql: Option<String>,
+    /// `[drill]`: the drill options of the config file.
+    pub drill: DrillSettings,
     /// The daemon's jobs.
     pub schedule: Schedule,
     /// verify's thresholds, log file and metrics file.
     pub verify: VerifySettings,
+}
+
+/// What `pitr drill` takes from the config file when its flags are absent.
+#[derive(Debug, Clone, Default)]
+pub struct DrillSettings {
+    /// The directory the scratch copies go in (`scratch`): absolute, an existing directory.
+    pub scratch: Option<PathBuf>,
+    /// Recover to a random time of each backup's recoverable window (`random`), as --random.
+    pub random: bool,
 }
 
 /// What verify needs from the settings.
@@ -221,6 +241,7 @@ impl Settings {
         };
         let schedule = schedule(file.schedule.unwrap_or_default(), sync_to.is_some())
             .map_err(|e| in_config(config.as_deref(), e))?;
+        let drill = drill_settings(file.drill.unwrap_or_default()).map_err(|e| in_config(config.as_deref(), e))?;
         Ok(Settings {
             repo,
             pgdata: file.pgdata,
@@ -238,6 +259,7 @@ impl Settings {
             listen: file.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
             log_format,
             drill_verify_sql: file.drill_verify_sql.filter(|sql| !sql.trim().is_empty()),
+            drill,
             schedule,
             verify: verify_settings(file.verify.unwrap_or_default())?,
         })
@@ -300,6 +322,29 @@ fn schedule(file: ScheduleSettings, with_target: bool) -> Result<Schedule, Strin
         (job, configured.clone().unwrap_or_else(|| default.to_string()))
     });
     Schedule::new(patterns.iter().map(|(job, p)| (*job, p.as_str()))).map_err(|e| e.to_string())
+}
+
+/// `[drill]`, its scratch directory checked: absolute (the daemon's jobs run elsewhere than the
+/// shell that wrote the config), and a directory now.
+fn drill_settings(file: DrillFileSettings) -> Result<DrillSettings, String> {
+    if let Some(scratch) = &file.scratch {
+        if !scratch.is_absolute() {
+            return Err(format!(
+                "[drill] scratch '{}' must be an absolute path",
+                scratch.display()
+            ));
+        }
+        if !scratch.is_dir() {
+            return Err(format!(
+                "[drill] scratch '{}' is not a directory: create it (the drills' copies go in it) or name another",
+                scratch.display()
+            ));
+        }
+    }
+    Ok(DrillSettings {
+        scratch: file.scratch,
+        random: file.random.unwrap_or(false),
+    })
 }
 
 /// `[verify]` over the runbook's defaults (maximum age 168 h, grace 1 h, stale after 1 h, a
@@ -460,6 +505,27 @@ mod tests {
             error.contains("pitr.toml") && error.contains("log_format 'syslog'"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_drill_scratch_must_be_an_absolute_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = |path: &Path| format!("[drill]\nscratch = \"{}\"\nrandom = true\n", path.display());
+        let settings = loaded(&text(dir.path())).unwrap();
+        assert_eq!(settings.drill.scratch.as_deref(), Some(dir.path()));
+        assert!(settings.drill.random);
+        assert_eq!(loaded("").unwrap().drill.scratch, None);
+        let error = loaded(&text(Path::new("scratch"))).unwrap_err();
+        assert!(
+            error.contains("pitr.toml") && error.contains("[drill] scratch 'scratch' must be an absolute path"),
+            "{error}"
+        );
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        for not_a_dir in [file, dir.path().join("missing")] {
+            let error = loaded(&text(&not_a_dir)).unwrap_err();
+            assert!(error.contains("is not a directory"), "{error}");
+        }
     }
 
     #[test]

@@ -261,9 +261,12 @@ impl JobRunner for ChildJobs {
     }
 }
 
-/// "drill: hourly <id> passed (RTO 12.3 s, RPO 40.0 s); daily <id> FAILED: <why>", from
-/// `drill --json`.
+/// "drill: hourly <id> passed (RTO 12.3 s, RPO 40.0 s); daily <id> FAILED: <why>" (or "drill: no
+/// backup to drill: …"), from `drill --json`.
 fn drill_line(report: &serde_json::Value) -> String {
+    if let Some(why) = report["nothing_to_drill"].as_str() {
+        return format!("drill: {why}");
+    }
     let drills: Vec<String> = report["drills"]
         .as_array()
         .into_iter()
@@ -307,13 +310,13 @@ fn names_line(report: &serde_json::Value) -> String {
     }
 }
 
-/// "backup <id> done: 1.2 GiB in 41 s (<n> files), expired <b> backups and <w> WAL files", from
-/// `backup --json`.
+/// "backup <id> done: 1.2 GiB in 41 s (<n> files), expired <b> backups, <d> drill records and <w>
+/// WAL files", from `backup --json`.
 fn backup_line(report: &serde_json::Value) -> String {
     let count = |list: &serde_json::Value| list.as_array().map_or(0, Vec::len);
     let backup = &report["backup"];
     format!(
-        "backup {} done: {} in {} s ({} files), expired {} backups and {} WAL files",
+        "backup {} done: {} in {} s ({} files), expired {} backups, {} drill records and {} WAL files",
         backup["id"].as_str().unwrap_or("?"),
         backup["original_bytes"]
             .as_u64()
@@ -323,6 +326,7 @@ fn backup_line(report: &serde_json::Value) -> String {
             .map_or_else(|| "?".to_string(), |seconds| format!("{seconds:.0}")),
         backup["file_count"],
         count(&report["expired"]["backups"]),
+        count(&report["expired"]["drills"]),
         count(&report["expired"]["wal"])
     )
 }

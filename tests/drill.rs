@@ -68,10 +68,16 @@ fn drills_of_every_tier_pass_are_recorded_and_exported_and_leave_nothing() {
     let c = Cluster::start(ClusterOptions::default().data_checksums());
     c.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 2000) g");
     let scratch = scratch_of(&c);
-    // Nothing to drill yet: refused, nothing recorded.
+    // Nothing to drill yet: not a failure (BackupMissing tells of it), nothing recorded.
     let out = pitr(&c, &["drill", "--scratch", scratch.to_str().unwrap()]);
-    out.assert_code(1);
-    assert!(out.stderr_str().contains("no backup to drill"), "{}", out.describe());
+    out.assert_code(0);
+    assert!(out.stdout_str().contains("no backup to drill"), "{}", out.describe());
+    let report = drill(&c, &scratch, &["--all"], 0);
+    assert!(
+        json_str(&report, "nothing_to_drill").contains("no backup to drill"),
+        "{report:#}"
+    );
+    assert_eq!(report["drills"], serde_json::json!([]), "{report:#}");
     backup_ok(&c, &["--tier", "hourly"]);
     backup_ok(&c, &["--tier", "daily"]);
     let out = pitr(
@@ -104,14 +110,20 @@ fn drills_of_every_tier_pass_are_recorded_and_exported_and_leave_nothing() {
     }
     assert_copy_gone(&scratch);
 
-    // Interrupted once its copy's server runs: stopped, removed, nothing recorded.
+    // Interrupted once its copy's server runs in the config file's scratch directory (as the
+    // daemon's job, without --scratch): stopped, removed, nothing recorded.
+    let config = c.test_dir().write(
+        "pitr.toml",
+        format!("keep_hourly = 1\n[drill]\nscratch = \"{}\"\n", scratch.display()),
+    );
     let mut command = c.pitr_cmd();
     command
         .env("PGHOST", c.dir().join("no-server-here"))
         .arg("--repo")
         .arg(c.repo())
-        .args(["drill", "--tier", "hourly", "--scratch"])
-        .arg(&scratch);
+        .arg("--config")
+        .arg(&config)
+        .args(["drill", "--tier", "hourly"]);
     let cmdline = cmdline(&command);
     let child = spawn(&mut command);
     let started = poll(std::time::Duration::from_secs(60), || {
@@ -187,6 +199,71 @@ fn drills_of_every_tier_pass_are_recorded_and_exported_and_leave_nothing() {
             assert!(metric(&text, &sample).is_some(), "no {sample} in:\n{text}");
         }
     }
+
+    // Expire: a second hourly drill of the same backup, then a newer hourly backup; with one
+    // hourly backup kept, the first backup goes with its older record; its newest record, the
+    // hourly tier's newest, stays, and so does the daily one.
+    let first_hourly = json_str(&drills[0], "backup_id").to_string();
+    let first_records = record_names(&c);
+    let again = drill(&c, &scratch, &["--tier", "hourly"], 0);
+    assert_eq!(json_str(&again["drills"][0], "backup_id"), first_hourly, "{again:#}");
+    backup_ok(&c, &["--tier", "hourly"]);
+    let records = record_names(&c);
+    let old_record = first_records
+        .iter()
+        .find(|r| r.ends_with("_hourly.json"))
+        .unwrap()
+        .clone();
+    let config = config.to_str().unwrap();
+    let planned = parse_json(pitr(&c, &["--config", config, "expire", "--dry-run", "--json"]).assert_success());
+    let planned_drills: Vec<&str> = planned["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| json_str(d, "record"))
+        .collect();
+    assert_eq!(planned_drills, [format!("drills/{old_record}")], "{planned:#}");
+    assert_eq!(record_names(&c), records, "--dry-run deletes nothing");
+    let text = pitr(&c, &["--config", config, "expire", "--dry-run"]);
+    assert!(
+        text.stdout_str()
+            .contains(&format!("would delete drill record drills/{old_record}")),
+        "{}",
+        text.describe()
+    );
+    let expired = parse_json(pitr(&c, &["--config", config, "expire", "--json"]).assert_success());
+    assert_eq!(expired["backups"][0]["id"], first_hourly.as_str(), "{expired:#}");
+    assert_eq!(expired["drills"].as_array().unwrap().len(), 1, "{expired:#}");
+    let left: Vec<String> = records.into_iter().filter(|r| *r != old_record).collect();
+    assert_eq!(record_names(&c), left, "only the old hourly record goes");
+    let list = parse_json(pitr(&c, &["drill", "list", "--json"]).assert_success());
+    let listed: Vec<(&str, &str)> = list["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (json_str(d, "tier"), json_str(d, "backup_id")))
+        .collect();
+    assert_eq!(listed.len(), 2, "{list:#}");
+    assert!(listed.contains(&("hourly", first_hourly.as_str())), "{list:#}");
+    let report = verify(&c, &[], 0);
+    let verified: Vec<(&str, &str)> = report["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (json_str(d, "tier"), json_str(d, "backup_id")))
+        .collect();
+    assert!(verified.contains(&("hourly", first_hourly.as_str())), "{report:#}");
+    assert!(verified.iter().any(|d| d.0 == "daily"), "{report:#}");
+}
+
+/// The names in the repository's drills/, sorted.
+fn record_names(c: &Cluster) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(c.repo().join("drills"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 #[test]

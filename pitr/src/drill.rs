@@ -112,7 +112,7 @@ pub struct DrillRecord {
 
 impl DrillRecord {
     /// The key of the record in the repository.
-    fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!(
             "{DRILLS_DIR}{}_{}.json",
             self.started.format("%Y%m%dT%H%M%S"),
@@ -140,11 +140,18 @@ pub struct DrillReport {
     pub passed: bool,
     /// The priority pitr could not lower, when it could not (the drill ran anyway).
     pub priority_note: Option<String>,
+    /// Why nothing was drilled, when the repository holds no backup at all: not a failure
+    /// (verify's BackupMissing tells of the missing backups).
+    pub nothing_to_drill: Option<String>,
 }
 
+/// What a drill of every tier says when the repository holds no backup.
+const NO_BACKUP_TO_DRILL: &str = "no backup to drill: the repository holds none yet (take one with `pitr backup`)";
+
 /// Drills the newest backup of the tier asked for, or of every tier holding one; records each
-/// drill. An error only when nothing could be drilled (no backup, a record that cannot be
-/// written) or on an interruption: a failed restore, replay or check is a failed drill.
+/// drill. Every tier of a repository without backups is nothing to drill, not an error. An
+/// error when the tier asked for holds no backup, when a record cannot be written, or on an
+/// interruption: a failed restore, replay or check is a failed drill.
 pub async fn drill(repo: &Repo, options: &DrillOptions, progress: &dyn Progress) -> Result<DrillReport> {
     let backups = backup::load_summaries(repo)?;
     let tiers: Vec<Tier> = match options.tier {
@@ -165,9 +172,12 @@ pub async fn drill(repo: &Repo, options: &DrillOptions, progress: &dyn Progress)
         })
         .collect::<Result<_>>()?;
     if newest.is_empty() {
-        return Err(Error::Refused(
-            "the repository holds no backup to drill: take one with `pitr backup`".into(),
-        ));
+        return Ok(DrillReport {
+            drills: Vec::new(),
+            passed: true,
+            priority_note: None,
+            nothing_to_drill: Some(NO_BACKUP_TO_DRILL.into()),
+        });
     }
     let priority_note = lower_priority().err();
     if let Some(note) = &priority_note {
@@ -183,6 +193,7 @@ pub async fn drill(repo: &Repo, options: &DrillOptions, progress: &dyn Progress)
         passed: drills.iter().all(|d| d.passed),
         drills,
         priority_note,
+        nothing_to_drill: None,
     })
 }
 

@@ -2,10 +2,13 @@
 //! generation of the repository), and delete the WAL that no retained backup needs, in each
 //! generation's WAL: what is older than its oldest retained backup, and all of an earlier
 //! generation's once none of its backups is retained. Timeline history files are kept forever.
+//! Drill records (`drills/`) go once no retained backup is theirs, but for the newest record and
+//! the newest passing record of each tier, which the drill alerts, metrics and status page read.
 //!
 //! Deletion order keeps the repository consistent after a crash at any point: a backup is first
 //! marked incomplete, then its manifest and the manifest's copy go (the backup stops existing),
-//! then its files; WAL goes last, and only WAL older than the oldest backup that is still listed.
+//! then its files; then the drill records of the backups gone, each one object deleted whole;
+//! WAL goes last, and only WAL older than the oldest backup that is still listed.
 //! Expire holds the backup lock, so it never runs beside a backup. While a backup's manifest
 //! cannot be read, no WAL is expired: where that backup starts is unknown.
 
@@ -15,6 +18,7 @@ use super::catalog::UnreadableBackup;
 use super::manifest::ManifestSummary;
 use super::{lock_backups, scan_summaries, Tier};
 use crate::crash_point;
+use crate::drill::DrillRecord;
 use crate::error::{Error, Result};
 use crate::repo::{backup_dir, Generation, Repo, INCOMPLETE_MARKER, MANIFEST, MANIFEST_COPY};
 use crate::wal::{Lsn, SegmentSize, WalFileName};
@@ -61,11 +65,25 @@ pub struct ExpiredBackup {
     pub reason: String,
 }
 
+/// A drill record that expire deletes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExpiredDrill {
+    /// Its key in the repository (`drills/<YYYYMMDDTHHMMSS>_<tier>.json`).
+    pub record: String,
+    /// Its tier.
+    pub tier: Tier,
+    /// The backup it drilled, which is not retained.
+    pub backup_id: String,
+}
+
 /// What expire deletes, and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExpirePlan {
     /// Backups beyond their tier's count.
     pub backups: Vec<ExpiredBackup>,
+    /// Drill records of backups not retained, older than their tier's newest record and newest
+    /// passing record.
+    pub drills: Vec<ExpiredDrill>,
     /// WAL files of the current generation older than every retained backup's first needed
     /// segment.
     pub wal: Vec<String>,
@@ -107,14 +125,16 @@ impl GenerationWal {
     }
 }
 
-/// Decides what to delete; `tier` limits backup expiry to one tier (WAL expiry always considers
-/// every retained backup, and is skipped while a backup is `unreadable`). `archives` holds
-/// each generation's WAL; a backup belongs to the generation of its cluster (to the current one
-/// when no generation has its cluster). Pure: no repository access.
+/// Decides what to delete; `tier` limits backup expiry to one tier (WAL and drill expiry always
+/// consider every retained backup; WAL expiry is skipped while a backup is `unreadable`).
+/// `archives` holds each generation's WAL; a backup belongs to the generation of its cluster
+/// (to the current one when no generation has its cluster). `drills` are the readable drill
+/// records, oldest first. Pure: no repository access.
 pub fn plan_expire(
     catalog: &[ManifestSummary],
     unreadable: Vec<UnreadableBackup>,
     archives: &[GenerationWal],
+    drills: &[DrillRecord],
     retention: Retention,
     tier: Option<Tier>,
 ) -> ExpirePlan {
@@ -146,8 +166,10 @@ pub fn plan_expire(
             .iter()
             .position(|a| a.generation.is_some_and(|g| g.system_identifier == m.system_identifier))
     };
+    let drills = expire_drills(drills, &retained, &unreadable);
     let mut plan = ExpirePlan {
         backups,
+        drills,
         wal: Vec::new(),
         wal_kept_from: None,
         earlier_generations: Vec::new(),
@@ -171,6 +193,31 @@ pub fn plan_expire(
         }
     }
     plan
+}
+
+/// The drill records that no retained (or unreadable, so still present) backup owns, but for
+/// the newest record and the newest passing record of each tier.
+fn expire_drills(
+    drills: &[DrillRecord],
+    retained: &[&ManifestSummary],
+    unreadable: &[UnreadableBackup],
+) -> Vec<ExpiredDrill> {
+    let newest =
+        |passing: bool| Tier::ALL.map(|tier| drills.iter().rposition(|d| d.tier == tier && (d.passed || !passing)));
+    let (newest, newest_passed) = (newest(false), newest(true));
+    drills
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !newest.contains(&Some(*i)) && !newest_passed.contains(&Some(*i)))
+        .filter(|(_, d)| {
+            !retained.iter().any(|m| m.id == d.backup_id) && !unreadable.iter().any(|u| u.id == d.backup_id)
+        })
+        .map(|(_, d)| ExpiredDrill {
+            record: d.key(),
+            tier: d.tier,
+            backup_id: d.backup_id.clone(),
+        })
+        .collect()
 }
 
 /// The WAL of one generation that its `retained` backups do not need, and its oldest segment
@@ -219,7 +266,8 @@ pub fn expire(repo: &Repo, retention: Retention, tier: Option<Tier>, dry_run: bo
     let unreadable = UnreadableBackup::all_in(&entries);
     let catalog: Vec<ManifestSummary> = entries.into_iter().filter_map(|e| e.manifest.ok()).collect();
     let archives = generation_archives(repo)?;
-    let plan = plan_expire(&catalog, unreadable, &archives, retention, tier);
+    let drills = crate::drill::history(repo)?.drills;
+    let plan = plan_expire(&catalog, unreadable, &archives, &drills, retention, tier);
     if dry_run {
         return Ok(plan);
     }
@@ -235,6 +283,10 @@ pub fn expire(repo: &Repo, retention: Retention, tier: Option<Tier>, dry_run: bo
         repo.storage().delete(&format!("{dir}{MANIFEST_COPY}"))?;
         repo.storage().delete_all(&dir)?;
         crash_point::reached("expire:deleted");
+    }
+    for drill in &plan.drills {
+        repo.storage().delete(&drill.record)?;
+        crash_point::reached("expire:drill");
     }
     let current = repo.pin()?;
     let earlier = plan
@@ -362,7 +414,7 @@ mod tests {
             daily: 1,
             weekly: 1,
         };
-        let plan = plan_expire(&catalog, vec![], &wal(1..9), retention, None);
+        let plan = plan_expire(&catalog, vec![], &wal(1..9), &[], retention, None);
         assert_eq!(
             plan.backups.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
             ["main_hourly_98"]
@@ -379,6 +431,61 @@ mod tests {
         assert_eq!(plan.wal_kept_from.as_deref(), Some("000000010000000000000003"));
     }
 
+    fn drill(tier: Tier, day: u32, backup_id: &str, passed: bool) -> DrillRecord {
+        DrillRecord {
+            started: Utc.with_ymd_and_hms(2026, 1, day, 4, 0, 0).unwrap(),
+            tier,
+            backup_id: backup_id.into(),
+            target: "immediate".into(),
+            reached_lsn: None,
+            reached_time: None,
+            rto_seconds: None,
+            rpo_seconds: None,
+            recoverable_until: None,
+            bytes_restored: 0,
+            checks: Vec::new(),
+            passed,
+        }
+    }
+
+    #[test]
+    fn drill_records_go_with_their_backup_but_the_newest_of_each_tier_stay() {
+        let catalog = vec![backup(Tier::Hourly, 1, 2), backup(Tier::Hourly, 2, 4)];
+        let (expired, kept) = ("main_hourly_98", "main_hourly_97");
+        let drills = vec![
+            drill(Tier::Hourly, 1, expired, true),
+            drill(Tier::Daily, 2, "main_daily_gone", true),
+            drill(Tier::Hourly, 3, kept, true),
+            drill(Tier::Daily, 4, "main_daily_unreadable", true),
+            drill(Tier::Hourly, 5, expired, true),
+            drill(Tier::Hourly, 6, expired, false),
+            drill(Tier::Daily, 7, "main_daily_gone", true),
+        ];
+        let damaged = UnreadableBackup {
+            id: "main_daily_unreadable".into(),
+            tier: Tier::Daily,
+            reason: "damaged".into(),
+        };
+        let retention = Retention {
+            hourly: 1,
+            ..Retention::default()
+        };
+        let plan = plan_expire(&catalog, vec![damaged], &wal(1..9), &drills, retention, None);
+        assert_eq!(plan.backups[0].id, expired);
+        // Days 1 and 2 go. Kept: day 3 (its backup is retained), day 4 (its backup is still
+        // there, unreadable), day 5 (the newest passing hourly record), day 6 (the newest
+        // hourly one) and day 7 (the newest daily one).
+        let gone: Vec<&str> = plan.drills.iter().map(|d| d.record.as_str()).collect();
+        assert_eq!(
+            gone,
+            [
+                "drills/20260101T040000_hourly.json",
+                "drills/20260102T040000_daily.json"
+            ]
+        );
+        assert_eq!(plan.drills[0].backup_id, expired);
+    }
+
     #[test]
     fn a_tier_filter_leaves_other_tiers_alone() {
         let catalog = vec![
@@ -391,14 +498,14 @@ mod tests {
             daily: 1,
             weekly: 1,
         };
-        let plan = plan_expire(&catalog, vec![], &wal(1..9), retention, Some(Tier::Hourly));
+        let plan = plan_expire(&catalog, vec![], &wal(1..9), &[], retention, Some(Tier::Hourly));
         assert!(plan.backups.is_empty());
         assert_eq!(plan.wal, ["000000010000000000000001"]);
     }
 
     #[test]
     fn without_backups_no_wal_is_deleted() {
-        let plan = plan_expire(&[], vec![], &wal(1..9), Retention::default(), None);
+        let plan = plan_expire(&[], vec![], &wal(1..9), &[], Retention::default(), None);
         assert!(plan.wal.is_empty() && plan.backups.is_empty());
     }
 
@@ -414,7 +521,7 @@ mod tests {
             tier: Tier::Daily,
             reason: "damaged".into(),
         };
-        let plan = plan_expire(&catalog, vec![damaged], &wal(1..9), retention, None);
+        let plan = plan_expire(&catalog, vec![damaged], &wal(1..9), &[], retention, None);
         assert_eq!(plan.backups.len(), 1, "readable backups still expire");
         assert!(plan.wal.is_empty(), "{:?}", plan.wal);
         assert_eq!(plan.unreadable.len(), 1);
@@ -434,7 +541,7 @@ mod tests {
             daily,
             ..Retention::default()
         };
-        let plan = plan_expire(&catalog, vec![], &archives, keep(3), None);
+        let plan = plan_expire(&catalog, vec![], &archives, &[], keep(3), None);
         assert_eq!(
             plan.backups.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
             ["main_daily_98"],
@@ -452,7 +559,7 @@ mod tests {
             earlier.wal
         );
 
-        let plan = plan_expire(&catalog, vec![], &archives, keep(2), None);
+        let plan = plan_expire(&catalog, vec![], &archives, &[], keep(2), None);
         let earlier = &plan.earlier_generations[0];
         assert_eq!(earlier.wal_kept_from, None, "no backup of generation 1 is retained");
         assert_eq!(
@@ -465,7 +572,7 @@ mod tests {
         assert_eq!(plan.wal_kept_from.as_deref(), Some("000000010000000000000003"));
 
         let generation_two_only = [generation(1, 1, false, 1..9), generation(2, 2, true, 1..9)];
-        let plan = plan_expire(&catalog[..2], vec![], &generation_two_only, keep(2), None);
+        let plan = plan_expire(&catalog[..2], vec![], &generation_two_only, &[], keep(2), None);
         assert!(
             plan.wal.is_empty(),
             "the current generation without a backup keeps its WAL"
