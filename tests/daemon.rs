@@ -574,6 +574,42 @@ fn scheduled_drills_run_in_the_backups_lane_and_their_gauges_are_served() {
 }
 
 #[test]
+fn a_drill_job_without_any_backup_succeeds_with_nothing_to_drill() {
+    let _serial = one_at_a_time();
+    let c = Cluster::start(ClusterOptions::default());
+    let port = free_port();
+    let config = c.test_dir().write(
+        "daemon.toml",
+        format!(
+            "repo = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n[schedule]\nhourly = \"off\"\ndaily = \"off\"\n\
+             weekly = \"off\"\nverify = \"off\"\nnames = \"off\"\ndrill = \"*/2 * * * * *\"\n",
+            c.repo().display()
+        ),
+    );
+    give_to_server_user(&config);
+    let daemon = start_daemon(&c, &config);
+    wait_answering(port);
+    let drilled = poll(Duration::from_secs(60), || {
+        let text = http_get(port, "/metrics")?;
+        metric(&text, "pitr_job_runs_total{job=\"drill\",result=\"success\"}").filter(|runs| *runs >= 1.0)
+    });
+    let metrics = http_get(port, "/metrics").unwrap_or_default();
+    assert!(drilled.is_some(), "no successful drill job:\n{metrics}");
+    assert_eq!(
+        metric(&metrics, "pitr_job_last_failed{job=\"drill\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let out = daemon.terminate();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(
+        out.stderr_str().contains("job drill: drill: no backup to drill"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
 fn with_log_format_json_the_daemon_logs_one_object_per_line_with_fields() {
     let _serial = one_at_a_time();
     let c = Cluster::start(with_short_checkpoints());
