@@ -286,7 +286,6 @@ pub fn expire(repo: &Repo, retention: Retention, tier: Option<Tier>, dry_run: bo
     }
     for drill in &plan.drills {
         repo.storage().delete(&drill.record)?;
-        crash_point::reached("expire:drill");
     }
     let current = repo.pin()?;
     let earlier = plan
