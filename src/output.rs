@@ -268,7 +268,10 @@ pub fn expire_plan(plan: &ExpirePlan, dry_run: bool) {
     for d in &plan.drills {
         println!(
             "{verb} drill record {} (of {} backup {}, no longer retained; a newer {} drill is recorded)",
-            d.record, d.tier, d.backup_id, d.tier
+            d.record,
+            d.tier,
+            printable(&d.backup_id),
+            d.tier
         );
     }
     if let (Some(first), Some(last)) = (plan.wal.first(), plan.wal.last()) {
