@@ -43,13 +43,14 @@ impl FromStr for LogFormat {
 }
 
 /// Sends the events of this process to stderr in `format`, filtered by [`FILTER_VARIABLE`]
-/// (default: info and above). A filter that does not parse is refused, saying what it takes.
+/// (default: pitr's own events from info up, the libraries' from warn up). A filter that does not parse is refused, saying what it takes.
 pub fn install(format: LogFormat) -> Result<(), String> {
     let filter = match std::env::var(FILTER_VARIABLE) {
         Ok(text) if !text.trim().is_empty() => Targets::from_str(&text).map_err(|e| {
             format!("{FILTER_VARIABLE}='{text}' is not a log filter ({e}): give a level (error, warn, info, debug, trace) or target=level pairs")
         })?,
-        _ => Targets::new().with_default(Level::INFO),
+        // pitr's own events from info; the libraries' (the S3 client's retries among them) from warn.
+        _ => Targets::new().with_default(Level::WARN).with_target("pitr", Level::INFO),
     };
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);

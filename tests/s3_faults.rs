@@ -788,7 +788,7 @@ fn the_watcher_rides_out_a_failing_store_and_drops_nothing() {
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     let log = out.stderr_str();
     assert!(
-        log.contains("retrying in"),
+        log.contains("archiving failed; retrying") && log.contains("retry_in_s="),
         "the failure is reported with its retry:\n{log}"
     );
     assert!(
@@ -797,7 +797,7 @@ fn the_watcher_rides_out_a_failing_store_and_drops_nothing() {
     );
     assert!(!log.contains(&server.secret_key));
     for segment in &segments {
-        assert!(log.contains(&format!("archived {segment}")), "{log}");
+        assert!(log.contains(&format!("archived segment={segment}")), "{log}");
         let dest = c.test_dir().join(segment);
         c.pitr(&["archive-get", segment, dest.to_str().unwrap()])
             .assert_success();

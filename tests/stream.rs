@@ -571,7 +571,8 @@ fn a_missing_or_lost_slot_is_slot_lost_and_check_says_how_to_create_it() {
     // Bounded by max_slot_wal_keep_size, an idle slot loses WAL at a checkpoint.
     c.psql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
     c.psql("SELECT pg_reload_conf()");
-    let lost = poll(Duration::from_secs(30), || {
+    // 90 s: each round archives a segment and checkpoints, which takes seconds on a busy machine.
+    let lost = poll(Duration::from_secs(90), || {
         write_rows(&c, 2000);
         c.switch_and_archive();
         c.psql("CHECKPOINT");
