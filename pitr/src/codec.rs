@@ -21,6 +21,7 @@ use std::str::FromStr;
 use std::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::fsio::PageBuffer;
 
 pub mod json;
 
@@ -418,7 +419,7 @@ const CHUNK: usize = crate::fsio::WRITE_PIECE;
 pub fn decode_chunks(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
     let header = ObjectHeader::parse(object, what)?;
     let mut reader = decoded_reader(object, header, what)?;
-    let mut chunk = vec![0u8; CHUNK];
+    let mut chunk = PageBuffer::new(CHUNK);
     let (mut total, mut crc) = (0u64, crc32fast::Hasher::new());
     loop {
         let filled = fill(&mut reader, &mut chunk).map_err(not_decodable(header, what))?;
@@ -439,10 +440,10 @@ pub fn decode_chunks(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> R
 /// decompression on the same core.
 pub fn decode_chunks_pipelined(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
     let header = ObjectHeader::parse(object, what)?;
-    let (decoded, handed) = mpsc::sync_channel::<(Vec<u8>, usize)>(PIPELINE_DEPTH);
-    let (returned, free) = mpsc::channel::<Vec<u8>>();
+    let (decoded, handed) = mpsc::sync_channel::<(PageBuffer, usize)>(PIPELINE_DEPTH);
+    let (returned, free) = mpsc::channel::<PageBuffer>();
     for _ in 0..=PIPELINE_DEPTH {
-        returned.send(vec![0u8; CHUNK]).expect("the receiver is here");
+        returned.send(PageBuffer::new(CHUNK)).expect("the receiver is here");
     }
     std::thread::scope(|scope| {
         let decoder = scope.spawn(move || -> Result<()> {

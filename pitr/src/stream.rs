@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 use crate::archive;
 use crate::codec::{Codec, Encoder};
 use crate::error::{Error, Result};
-use crate::fsio::Dir;
+use crate::fsio::{Dir, PageBuffer};
 use crate::pg::replication::{check_slot_name, ReplicationConnection, StreamMessage};
 use crate::pg::{Server, SlotState};
 use crate::repo::Repo;
@@ -749,7 +749,7 @@ fn content_checksum(path: &Path, name: &WalFileName) -> Result<ContentChecksum> 
     let mut file = archive::open_wal_file(path, &name.to_string())?;
     let mut crc = crc32fast::Hasher::new();
     let mut len = 0u64;
-    let mut piece = vec![0u8; CHECKSUM_PIECE];
+    let mut piece = PageBuffer::new(CHECKSUM_PIECE);
     loop {
         let n = match file.read(&mut piece) {
             Ok(0) => break,
