@@ -157,7 +157,7 @@ impl Codec {
     /// inputs compressed side by side (backup's jobs). Errors are the reader's.
     pub fn encode_from(&self, reader: &mut dyn Read, threads: u32) -> std::io::Result<Vec<u8>> {
         let mut encoder = Encoder::new(*self, threads)?;
-        let mut chunk = vec![0u8; CHUNK];
+        let mut chunk = PageBuffer::new(CHUNK);
         loop {
             let filled = fill(reader, &mut chunk)?;
             if filled == 0 {

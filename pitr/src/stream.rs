@@ -493,7 +493,7 @@ impl<'a> Receiver<'a> {
             )));
         }
         let dir = self.dir.clone();
-        let mut piece = vec![0u8; TAIL_PIECE];
+        let mut piece = PageBuffer::new(TAIL_PIECE);
         while open.received < len {
             let want = (len - open.received).min(TAIL_PIECE as u64) as usize;
             file.read_exact_at(&mut piece[..want], open.received)
