@@ -143,6 +143,35 @@ fn a_marker_that_does_not_match_the_file_is_not_trusted() {
     assert_same_as_pg_wal(&c, &name);
 }
 
+/// The receiver's marker records the whole segment's checksum: a file in pg_wal that differs
+/// from the streamed segment past its first page (same size, same first 8 KiB) is not taken as
+/// archived. archive-push refuses it (exit 1, the stored segment untouched), as it refuses any
+/// file whose stored namesake holds other bytes.
+#[test]
+fn a_file_that_differs_from_the_streamed_segment_past_its_first_page_is_refused() {
+    let c = streaming_cluster();
+    let receiver = Receiver::start(&c);
+    write_rows(&c, 1000);
+    let name = c.switch_wal();
+    wait_in_repo(&c, &name);
+    receiver.stop().assert_success();
+    let object = stored_path(c.repo_dir(), &name);
+    let stored_before = read(&object);
+    let file = c.pg_wal().join(&name);
+    let mut bytes = read(&file);
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let refused = c.pitr_as_server(&["archive-push", &format!("pg_wal/{name}")]);
+    assert_eq!(refused.code(), Some(1), "{}", refused.describe());
+    assert!(
+        refused.stderr_str().contains(&name) && refused.stderr_str().contains("CRC-32"),
+        "{}",
+        refused.describe()
+    );
+    assert!(read(&object) == stored_before, "the stored {name} was changed");
+}
+
 #[test]
 fn a_receiver_killed_mid_segment_resumes_and_stores_the_whole_segment() {
     let c = streaming_cluster();

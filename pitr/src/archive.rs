@@ -270,7 +270,7 @@ fn restore_to(
     let len = pad_to.unwrap_or(stored);
     let mut file = fs::File::create(dest).map_err(Error::io("create", dest))?;
     let mut first = true;
-    let written = codec::decode_chunks(object, &what, &mut |chunk| {
+    let written = codec::decode_chunks_pipelined(object, &what, &mut |chunk| {
         if std::mem::take(&mut first) {
             check_restored(repo, name, (chunk, len), info, &what)?;
         }

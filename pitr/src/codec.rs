@@ -18,8 +18,10 @@
 use std::fmt;
 use std::io::{Read, Write};
 use std::str::FromStr;
+use std::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::fsio::PageBuffer;
 
 pub mod json;
 
@@ -155,7 +157,7 @@ impl Codec {
     /// inputs compressed side by side (backup's jobs). Errors are the reader's.
     pub fn encode_from(&self, reader: &mut dyn Read, threads: u32) -> std::io::Result<Vec<u8>> {
         let mut encoder = Encoder::new(*self, threads)?;
-        let mut chunk = vec![0u8; CHUNK];
+        let mut chunk = PageBuffer::new(CHUNK);
         loop {
             let filled = fill(reader, &mut chunk)?;
             if filled == 0 {
@@ -416,21 +418,11 @@ const CHUNK: usize = crate::fsio::WRITE_PIECE;
 /// out; returns the decoded size. On an error, what `each` was handed must be discarded.
 pub fn decode_chunks(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
     let header = ObjectHeader::parse(object, what)?;
-    let payload = &object[HEADER_LEN..];
-    let not_decodable = |e: std::io::Error| Error::Corrupt {
-        what: what.to_string(),
-        reason: format!("{} payload does not decompress: {e}", header.compression),
-    };
-    let reader: Box<dyn Read> = match header.compression {
-        Compression::None => Box::new(payload),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(payload).map_err(not_decodable)?),
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(payload)),
-    };
-    let mut reader = reader.take(header.raw_len + 1);
-    let mut chunk = vec![0u8; CHUNK];
+    let mut reader = decoded_reader(object, header, what)?;
+    let mut chunk = PageBuffer::new(CHUNK);
     let (mut total, mut crc) = (0u64, crc32fast::Hasher::new());
     loop {
-        let filled = fill(&mut reader, &mut chunk).map_err(not_decodable)?;
+        let filled = fill(&mut reader, &mut chunk).map_err(not_decodable(header, what))?;
         if filled == 0 {
             break;
         }
@@ -440,6 +432,74 @@ pub fn decode_chunks(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> R
     }
     header.check_content(total, crc.finalize(), what)?;
     Ok(total)
+}
+
+/// [`decode_chunks`] on two threads: one decompresses the next chunks while the calling thread
+/// checksums and hands over the one before. For one large object that a caller waits for
+/// (archive-get: PostgreSQL's recovery waits), where the writing would otherwise follow the
+/// decompression on the same core.
+pub fn decode_chunks_pipelined(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+    let header = ObjectHeader::parse(object, what)?;
+    let (decoded, handed) = mpsc::sync_channel::<(PageBuffer, usize)>(PIPELINE_DEPTH);
+    let (returned, free) = mpsc::channel::<PageBuffer>();
+    for _ in 0..=PIPELINE_DEPTH {
+        returned.send(PageBuffer::new(CHUNK)).expect("the receiver is here");
+    }
+    std::thread::scope(|scope| {
+        let decoder = scope.spawn(move || -> Result<()> {
+            let mut reader = decoded_reader(object, header, what)?;
+            // Ends when the content ends, or when the calling thread stopped taking chunks.
+            while let Ok(mut chunk) = free.recv() {
+                let filled = fill(&mut reader, &mut chunk).map_err(not_decodable(header, what))?;
+                if filled == 0 || decoded.send((chunk, filled)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let handing = move || -> Result<(u64, u32)> {
+            let (mut total, mut crc) = (0u64, crc32fast::Hasher::new());
+            for (chunk, filled) in handed {
+                total += filled as u64;
+                crc.update(&chunk[..filled]);
+                each(&chunk[..filled])?;
+                let _ = returned.send(chunk);
+            }
+            Ok((total, crc.finalize()))
+        };
+        let handed = handing();
+        let decoded = decoder.join().expect("the decoder thread does not panic");
+        // The caller's error first: the decoder stops without one when chunks are no longer taken.
+        let (total, crc) = handed?;
+        decoded?;
+        header.check_content(total, crc, what)?;
+        Ok(total)
+    })
+}
+
+/// Chunks decoded ahead of the one being handed over, in [`decode_chunks_pipelined`].
+const PIPELINE_DEPTH: usize = 4;
+
+/// The decompressed content of `object` (whose header is `header`), at most one byte longer
+/// than the header says, so that a longer content is told without decoding all of it.
+fn decoded_reader<'a>(object: &'a [u8], header: ObjectHeader, what: &str) -> Result<Box<dyn Read + 'a>> {
+    let payload = &object[HEADER_LEN..];
+    let reader: Box<dyn Read> = match header.compression {
+        Compression::None => Box::new(payload),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(payload).map_err(not_decodable(header, what))?)
+        }
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(payload)),
+    };
+    Ok(Box::new(reader.take(header.raw_len + 1)))
+}
+
+/// The error for a payload of `header`'s compression that does not decompress.
+fn not_decodable(header: ObjectHeader, what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::Corrupt {
+        what: what.to_string(),
+        reason: format!("{} payload does not decompress: {e}", header.compression),
+    }
 }
 
 /// Reads until `buf` is full or the reader ends; returns the bytes read.

@@ -19,6 +19,10 @@
 //!   make every later 8 KiB write back a whole folio. So pitr writes files in pieces of at most
 //!   [`WRITE_PIECE`]; restored data files, which PostgreSQL rewrites page by page, are written one
 //!   page at a time (`backup::restore`).
+//! - [`PageBuffer`]: a buffer for reads and writes of that size that starts on a page. The
+//!   kernel copies between the page cache and a buffer with `rep movsb`, which on this AMD EPYC
+//!   machine ran at a quarter of its speed into a buffer 16 bytes past a page (where `malloc`
+//!   puts a 128 KiB one): 130 µs per 128 KiB read instead of 26 µs (bench/load.md).
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -37,6 +41,38 @@ pub const WRITE_PIECE: usize = 128 << 10;
 /// Writes all of `bytes` to `out` in pieces of at most [`WRITE_PIECE`].
 pub fn write_in_pieces(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     bytes.chunks(WRITE_PIECE).try_for_each(|piece| out.write_all(piece))
+}
+
+/// A zeroed buffer of a fixed length that starts on a page boundary (see the module's doc).
+pub struct PageBuffer {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+/// The alignment of a [`PageBuffer`].
+const PAGE: usize = 4096;
+
+impl PageBuffer {
+    /// A buffer of `len` zero bytes.
+    pub fn new(len: usize) -> PageBuffer {
+        let storage = vec![0u8; len + PAGE];
+        let start = storage.as_ptr().align_offset(PAGE);
+        PageBuffer { storage, start, len }
+    }
+}
+
+impl std::ops::Deref for PageBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for PageBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
 }
 
 /// Modes and owner of what pitr creates. Modes are set exactly, whatever the umask.
@@ -572,6 +608,17 @@ mod tests {
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
+        }
+    }
+
+    #[test]
+    fn a_page_buffer_starts_on_a_page_and_has_its_length() {
+        for len in [1, WRITE_PIECE, WRITE_PIECE + 17] {
+            let mut buffer = PageBuffer::new(len);
+            assert_eq!(buffer.as_ptr() as usize % PAGE, 0);
+            assert_eq!(buffer.len(), len);
+            assert!(buffer.iter().all(|&b| b == 0));
+            buffer[len - 1] = 1;
         }
     }
 

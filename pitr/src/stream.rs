@@ -14,8 +14,8 @@
 //! ```text
 //! <spool>/stream/<segment>.partial   the segment being received, durable up to the flush
 //!                                    position reported to the server
-//! <spool>/stream/<segment>.stored    "<size> <crc32 of the first 8 KiB>": the receiver stored
-//!                                    this segment durably
+//! <spool>/stream/<segment>.stored    "<size> <crc32>" of the whole segment (its object's
+//!                                    header): the receiver stored this segment durably
 //! <spool>/stream/<segment>.ended     the last, partial segment of a timeline that ended
 //! <spool>/stream/last-stored         the name of the newest segment the receiver stored
 //! <spool>/stream/lock                held (flock) by the running receiver
@@ -34,14 +34,15 @@
 //! newest `.partial` segment (the slot keeps that whole segment on the server), so a receiver
 //! killed at any point loses nothing and never stores a partial segment as a complete one.
 //!
-//! archive-push's side ([`stored_by_receiver`]): a segment with a `.stored` marker whose size
-//! and first page (its CRC-32) match the file PostgreSQL hands over is archived already. The
-//! rest of the file is not read again: the walsender read the stored bytes from that very file
-//! after they were flushed, and PostgreSQL never rewrites flushed WAL of a timeline, so the
-//! contents are one by construction; the first page ties the file to the segment, timeline and
-//! cluster. While the receiver is writing the segment, archive-push waits for it, at most
-//! [`RECEIVER_WAIT`]; without a receiver, or after the wait, it archives the file itself (the
-//! create-only put and the byte comparison after it keep one object either way).
+//! archive-push's side ([`stored_by_receiver`]): a segment with a `.stored` marker whose size and
+//! CRC-32 of the whole content match the file PostgreSQL hands over, and whose object is in the
+//! repository, is archived already. The file is read once (16 MiB from the page cache, a
+//! millisecond or two) and the stored object not at all: the marker records the object's header
+//! values, written by the put the receiver made durable. While the receiver is writing the
+//! segment, archive-push takes the file's checksum and waits for the marker at once, at most
+//! [`RECEIVER_WAIT`]; without a receiver, after the wait, or when the checksums differ, it
+//! archives the file itself (the create-only put and the byte comparison after it keep one object
+//! either way, and refuse a file that differs from the stored segment).
 //!
 //! Only the put itself is fsynced on the way to the marker: the marker, `last-stored` and the
 //! removal of the `.partial` file need not survive a crash (a lost marker sends archive-push
@@ -59,7 +60,7 @@ use std::time::{Duration, Instant};
 use crate::archive;
 use crate::codec::{Codec, Encoder};
 use crate::error::{Error, Result};
-use crate::fsio::Dir;
+use crate::fsio::{Dir, PageBuffer};
 use crate::pg::replication::{check_slot_name, ReplicationConnection, StreamMessage};
 use crate::pg::{Server, SlotState};
 use crate::repo::Repo;
@@ -492,7 +493,7 @@ impl<'a> Receiver<'a> {
             )));
         }
         let dir = self.dir.clone();
-        let mut piece = vec![0u8; TAIL_PIECE];
+        let mut piece = PageBuffer::new(TAIL_PIECE);
         while open.received < len {
             let want = (len - open.received).min(TAIL_PIECE as u64) as usize;
             file.read_exact_at(&mut piece[..want], open.received)
@@ -536,7 +537,7 @@ impl<'a> Receiver<'a> {
                 file,
                 received: 0,
                 synced: 0,
-                head: Vec::with_capacity(MARKED_HEAD),
+                head: Vec::with_capacity(SEGMENT_HEAD),
                 encoder: Encoder::with_output(*self.codec, 1, writer).map_err(Error::io("compress", &path))?,
                 written_ahead: 0,
                 snapshot: 0,
@@ -584,7 +585,11 @@ impl<'a> Receiver<'a> {
             archive::compare_with_archived(self.repo, &name, &raw)?;
         }
         let marker = self.dir.join(format!("{}.stored", open.name));
-        spool::replace_private(&marker, stored_marker(header.raw_len, &open.head).as_bytes())?;
+        let content = ContentChecksum {
+            len: header.raw_len,
+            crc: header.raw_crc,
+        };
+        spool::replace_private(&marker, stored_marker(content).as_bytes())?;
         spool::replace_private(&self.dir.join(LAST_STORED), format!("{}\n", open.name).as_bytes())?;
         watch::archived(self.events, &open.name, began.elapsed());
         // After the marker, which archive-push waits for: the segment is whole in the repository,
@@ -668,41 +673,69 @@ const READY_CHECK: Duration = Duration::from_millis(5);
 /// The pieces in which the receiver reads the rest of a segment from `pg_wal`.
 const TAIL_PIECE: usize = 1 << 20;
 
-/// How many first bytes of a segment its marker checksums: its first page and more.
-const MARKED_HEAD: usize = 8192;
+/// How many first bytes of a segment the receiver keeps, to validate its page header and to
+/// check that a file in `pg_wal` is the segment streamed.
+const SEGMENT_HEAD: usize = 8192;
 
-/// A `.stored` marker's text: the size, and the CRC-32 of the first [`MARKED_HEAD`] bytes.
-fn stored_marker(len: u64, head: &[u8]) -> String {
-    format!("{len} {:08x}\n", crc32fast::hash(&head[..head.len().min(MARKED_HEAD)]))
+/// The size and CRC-32 of a segment's whole content: what a `.stored` marker records (the
+/// values of the stored object's header) and what archive-push finds in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ContentChecksum {
+    len: u64,
+    crc: u32,
+}
+
+/// A `.stored` marker's text: the size and the CRC-32 of the whole segment.
+fn stored_marker(content: ContentChecksum) -> String {
+    format!("{} {:08x}\n", content.len, content.crc)
 }
 
 /// archive-push's question: did the receiver store the segment `name` that PostgreSQL hands
 /// over at `path`, with this very content? Waits for a segment the running receiver is writing
-/// (at most [`RECEIVER_WAIT`]). `false` means "archive it yourself".
+/// (at most [`RECEIVER_WAIT`]), reading the file and taking its checksum meanwhile. `false` means
+/// "archive it yourself".
 pub fn stored_by_receiver(repo: &Repo, spool: &Spool, name: &WalFileName, path: &Path) -> Result<bool> {
     if !matches!(name, WalFileName::Segment(_)) {
         return Ok(false);
     }
     let dir = stream_dir(spool);
     let marker = dir.join(format!("{name}.stored"));
-    if !marker.exists() {
+    let content = if marker.exists() {
+        content_checksum(path, name)?
+    } else {
         let partial = dir.join(format!("{name}.partial"));
         if !partial.exists() || !receiver_running(&dir) {
             return Ok(false);
         }
-        let deadline = Instant::now() + RECEIVER_WAIT;
-        while !marker.exists() {
-            if Instant::now() >= deadline || !receiver_running(&dir) {
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        // The file is complete (PostgreSQL archives only complete segments): its checksum is
+        // taken while the receiver finishes the same segment, so the wait pays for it.
+        let stored = std::thread::scope(|scope| {
+            let checksum = scope.spawn(|| content_checksum(path, name));
+            let stored = wait_for_marker(&dir, &marker);
+            (stored, checksum.join().expect("the checksum thread does not panic"))
+        });
+        match stored {
+            (false, _) => return Ok(false),
+            (true, content) => content?,
         }
-    }
+    };
     let Ok(recorded) = fs::read_to_string(&marker) else {
         return Ok(false);
     };
-    let (len, head) = size_and_head(path, name)?;
-    Ok(recorded == stored_marker(len, &head) && repo.has_wal(name)?)
+    Ok(recorded == stored_marker(content) && repo.has_wal(name)?)
+}
+
+/// Waits until the running receiver writes `marker` (`true`), or gives up after
+/// [`RECEIVER_WAIT`] or when the receiver stops (`false`).
+fn wait_for_marker(dir: &Path, marker: &Path) -> bool {
+    let deadline = Instant::now() + RECEIVER_WAIT;
+    while !marker.exists() {
+        if Instant::now() >= deadline || !receiver_running(dir) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
 }
 
 /// Whether a receiver holds the lock of `dir`.
@@ -710,17 +743,31 @@ fn receiver_running(dir: &Path) -> bool {
     spool::lock_is_held(&dir.join("lock"))
 }
 
-/// Size and first [`MARKED_HEAD`] bytes of the WAL file `name` at `path` (opened as
-/// archive-push opens it: a regular file, no link, no FIFO).
-fn size_and_head(path: &Path, name: &WalFileName) -> Result<(u64, Vec<u8>)> {
-    let file = archive::open_wal_file(path, &name.to_string())?;
-    let len = file.metadata().map_err(Error::io("read", path))?.len();
-    let mut head = Vec::with_capacity(MARKED_HEAD);
-    file.take(MARKED_HEAD as u64)
-        .read_to_end(&mut head)
-        .map_err(Error::io("read", path))?;
-    Ok((len, head))
+/// Size and CRC-32 of the whole WAL file `name` at `path` (opened as archive-push opens it: a
+/// regular file, no link, no FIFO), read in pieces that stay in the CPU's cache.
+fn content_checksum(path: &Path, name: &WalFileName) -> Result<ContentChecksum> {
+    let mut file = archive::open_wal_file(path, &name.to_string())?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut len = 0u64;
+    let mut piece = PageBuffer::new(CHECKSUM_PIECE);
+    loop {
+        let n = match file.read(&mut piece) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", path)(e)),
+        };
+        crc.update(&piece[..n]);
+        len += n as u64;
+    }
+    Ok(ContentChecksum {
+        len,
+        crc: crc.finalize(),
+    })
 }
+
+/// The pieces in which archive-push reads a segment to take its checksum.
+const CHECKSUM_PIECE: usize = 128 << 10;
 
 impl OpenSegment<'_> {
     /// Appends the segment's next bytes to its `.partial` file in `dir` and to the object.
@@ -729,8 +776,8 @@ impl OpenSegment<'_> {
         self.file
             .write_all_at(data, self.received)
             .map_err(Error::io("write", &path))?;
-        if self.head.len() < MARKED_HEAD {
-            let wanted = (MARKED_HEAD - self.head.len()).min(data.len());
+        if self.head.len() < SEGMENT_HEAD {
+            let wanted = (SEGMENT_HEAD - self.head.len()).min(data.len());
             self.head.extend_from_slice(&data[..wanted]);
         }
         self.encoder.write(data).map_err(Error::io("compress", &path))?;

@@ -11,16 +11,47 @@ fn all_codecs() -> Vec<Codec> {
     ]
 }
 
-/// [`decode_chunks`] collected, with the sizes of the chunks it handed over.
+/// [`decode_chunks`] collected, with the sizes of the chunks it handed over; checked to agree
+/// with [`decode_chunks_pipelined`] (the same chunks, or an error from both).
 fn chunked(object: &[u8]) -> Result<(Vec<u8>, Vec<usize>)> {
+    let sequential = collected(object, decode_chunks);
+    let pipelined = collected(object, decode_chunks_pipelined);
+    match (&sequential, &pipelined) {
+        (Ok(one), Ok(other)) => assert!(one == other, "the pipelined decode handed over other chunks"),
+        (Err(one), Err(other)) => assert_eq!(one.to_string(), other.to_string()),
+        _ => panic!("the decodes disagree: {sequential:?} against {pipelined:?}"),
+    }
+    sequential
+}
+
+type ChunkDecoder = fn(&[u8], &str, &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64>;
+
+fn collected(object: &[u8], decode: ChunkDecoder) -> Result<(Vec<u8>, Vec<usize>)> {
     let (mut out, mut sizes) = (Vec::new(), Vec::new());
-    let total = decode_chunks(object, "test", &mut |chunk| {
+    let total = decode(object, "test", &mut |chunk| {
         sizes.push(chunk.len());
         out.extend_from_slice(chunk);
         Ok(())
     })?;
     assert_eq!(total, out.len() as u64);
     Ok((out, sizes))
+}
+
+#[test]
+fn a_pipelined_decode_stops_at_the_callers_error_and_returns_it() {
+    let raw: Vec<u8> = (0..(40 * CHUNK)).map(|i| (i / 3 % 241) as u8).collect();
+    let object = Codec::default().encode(&raw);
+    let mut handed = 0;
+    let err = decode_chunks_pipelined(&object, "test", &mut |_| {
+        handed += 1;
+        match handed {
+            2 => Err(Error::InvalidInput("the caller's error".into())),
+            _ => Ok(()),
+        }
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("the caller's error"), "{err}");
+    assert_eq!(handed, 2);
 }
 
 #[test]
