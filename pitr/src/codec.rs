@@ -443,7 +443,7 @@ pub fn decode_chunks(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> R
 }
 
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
-fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
