@@ -39,7 +39,7 @@ pub struct RestoreOptions {
     pub target: PathBuf,
     /// Wipe a non-empty target first (a data directory no server runs in).
     pub force: bool,
-    /// Files written at once.
+    /// Files written at once (from an object store, small files are read up to 8 per job at once).
     pub jobs: usize,
 }
 
