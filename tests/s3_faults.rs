@@ -764,10 +764,11 @@ fn the_watcher_rides_out_a_failing_store_and_drops_nothing() {
         .args(["watch", "--workers", "2", "--pgdata"])
         .arg(c.data_dir());
     let child = spawn(&mut command);
-    // Each of the two workers' first push fails once the client's retries are spent (6 requests
-    // each), and the watcher tries again after its own backoff.
+    // Each of the two workers' first push fails once the client's retries are spent: it looks the
+    // generation up with two requests side by side (the listing and repo.json), 6 tries each, so
+    // 24 requests; the watcher then tries again after its own backoff.
     let failing = poll(Duration::from_secs(60), || {
-        (proxy.count(Done::Answered) > 14).then_some(())
+        (proxy.count(Done::Answered) > 28).then_some(())
     });
     assert!(failing.is_some(), "the watcher did not try: {:?}", proxy.log());
     assert!(segments.iter().all(|s| !stored_path(&repo_dir, s).exists()));
