@@ -289,7 +289,7 @@ pub enum Command {
         /// file); an error fails the drill.
         #[arg(long, value_name = "SQL", conflicts_with = "action")]
         verify_sql: Option<String>,
-        /// Files restored at once (default: the number of cores).
+        /// Files restored at once (default: the number of cores; from S3, small files up to 8 per job).
         #[arg(long, value_name = "N", conflicts_with = "action")]
         jobs: Option<usize>,
         /// Print as JSON.
@@ -458,7 +458,7 @@ pub enum Command {
         /// Wipe a non-empty NEWDIR (refused while a postmaster.pid is there).
         #[arg(long)]
         force: bool,
-        /// Files restored at once (default: the number of cores).
+        /// Files restored at once (default: the number of cores; from S3, small files up to 8 per job).
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
         /// Print the plan and the report as JSON.
@@ -507,7 +507,7 @@ pub enum Command {
         /// Leave the copy running in its scratch directory (stop and remove it yourself).
         #[arg(long)]
         keep_copy: bool,
-        /// Files restored at once (default: the number of cores).
+        /// Files restored at once (default: the number of cores; from S3, small files up to 8 per job).
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
         /// Print the plan and the report as JSON.

@@ -77,7 +77,12 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         }
         Command::ArchiveGet { name, dest, generation } => {
             let site = Site::current(settings.spool.as_deref());
-            let repo = at_generation(&repo, *generation)?;
+            // Unpinned without --generation: archive-get reads the segment while it looks the
+            // current generation up.
+            let repo = match generation {
+                Some(n) => repo.at(*n)?,
+                None => repo,
+            };
             match archive::get(&repo, name, dest, &site)? {
                 GetOutcome::Restored(_) => {
                     start_prefetch(name, *generation, &site, settings);

@@ -764,10 +764,11 @@ fn the_watcher_rides_out_a_failing_store_and_drops_nothing() {
         .args(["watch", "--workers", "2", "--pgdata"])
         .arg(c.data_dir());
     let child = spawn(&mut command);
-    // Each of the two workers' first push fails once the client's retries are spent (6 requests
-    // each), and the watcher tries again after its own backoff.
+    // Each of the two workers' first push fails once the client's retries are spent: it looks the
+    // generation up with two requests side by side (the listing and repo.json), 6 tries each, so
+    // 24 requests; the watcher then tries again after its own backoff.
     let failing = poll(Duration::from_secs(60), || {
-        (proxy.count(Done::Answered) > 14).then_some(())
+        (proxy.count(Done::Answered) > 28).then_some(())
     });
     assert!(failing.is_some(), "the watcher did not try: {:?}", proxy.log());
     assert!(segments.iter().all(|s| !stored_path(&repo_dir, s).exists()));
@@ -803,4 +804,93 @@ fn the_watcher_rides_out_a_failing_store_and_drops_nothing() {
             .assert_success();
         assert!(read(&dest) == read(&c.pg_wal().join(segment)), "{segment} differs");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A store far away: round trips
+// ---------------------------------------------------------------------------------------------
+
+/// archive-get against a store where every request waits 2 s (the proxy's delay stands for a
+/// round trip far away): the segment is read while the generation is looked up, so the get
+/// takes about one round trip, not three in a row; the bytes are the original ones.
+#[test]
+fn archive_get_waits_for_one_round_trip_not_three() {
+    let server = S3Server::start();
+    let proxy = FaultProxy::start(server.port);
+    let c = Cluster::start(
+        ClusterOptions::default()
+            .s3(&server, "far")
+            .wal_segsize_mb(1)
+            .archive(false),
+    );
+    c.psql("CREATE TABLE f AS SELECT md5(g::text) AS v FROM generate_series(1, 3000) g");
+    let (name, original) = c.capture_segment();
+    c.pitr_as_server(&["archive-push", &format!("pg_wal/{name}")])
+        .assert_success();
+    let round_trip = Duration::from_secs(2);
+    proxy.set(Fault::Delay(round_trip));
+    let (out, took) = pitr_with_env(&c, &proxy.env(&server), &["archive-get", &name, "pg_wal/RECOVERYXLOG"]);
+    out.assert_success().assert_silent();
+    assert!(
+        std::fs::read(c.pg_wal().join("RECOVERYXLOG")).unwrap() == original,
+        "archive-get returned other bytes"
+    );
+    let log = proxy.log();
+    eprintln!("archive-get through a {round_trip:?} delay took {took:?}: {log:?}");
+    assert!(
+        log.iter()
+            .filter(|(method, path, _)| method == "GET" && path.ends_with(&name))
+            .count()
+            == 1,
+        "one GET of the segment: {log:?}"
+    );
+    assert!(
+        log.len() >= 3,
+        "the generation is looked up (a listing and repo.json): {log:?}"
+    );
+    assert!(
+        took < round_trip * 2,
+        "archive-get took {took:?}, more than two round trips of {round_trip:?}: its requests went one after the \
+         other ({log:?})"
+    );
+}
+
+/// `pitr recover --jobs 1` from a store where every request waits 60 ms: the backup's small
+/// files are read several at a time, so the recover takes well under the time of its requests
+/// one after the other; the recovered server holds the backup's rows.
+#[test]
+fn a_restore_from_a_store_far_away_reads_small_files_side_by_side() {
+    let server = S3Server::start();
+    let proxy = FaultProxy::start(server.port);
+    let c = Cluster::start(ClusterOptions::default().s3(&server, "far"));
+    c.psql("CREATE TABLE t AS SELECT generate_series(1, 10000) AS id");
+    backup_json(&c, &[]);
+    c.switch_and_archive();
+    let round_trip = Duration::from_millis(60);
+    proxy.set(Fault::Delay(round_trip));
+    let new = NewDir::new();
+    let started = Instant::now();
+    let out = run(c
+        .pitr_cmd()
+        .envs(proxy.env(&server))
+        .arg("--repo")
+        .arg(c.repo())
+        .args(["recover", "--target", "immediate", "--jobs", "1"])
+        .args(["--verify-sql", "SELECT count(*) FROM t", "--pgdata"])
+        .arg(&new.data));
+    let took = started.elapsed();
+    out.assert_success();
+    assert_eq!(out.stdout_line("verify: "), "10000", "{}", out.describe());
+    new.stop_immediate();
+    let requests = proxy.log().len();
+    let in_a_row = round_trip * requests as u32;
+    eprintln!("recover through a {round_trip:?} delay: {requests} requests, {took:?}");
+    assert!(
+        requests > 300,
+        "a restore reads an object per non-empty file: {requests} requests"
+    );
+    assert!(
+        took < in_a_row / 2,
+        "recover took {took:?}, more than half of its {requests} requests one after the other ({in_a_row:?})"
+    );
 }

@@ -3,8 +3,8 @@
 //!
 //! Push: name → stored already (the watcher's or the WAL receiver's marker)? → validate the first
 //! page (page header, cluster, version, segment size) → read and encode in one pass → create-only
-//! put → already archived? (identical → done, different → refuse). Get: name → read object →
-//! decode and verify → write the destination. This is the hot path: nothing here does work that
+//! put → already archived? (identical → done, different → refuse). Get: name → read object
+//! (while the generation is looked up) → decode and verify → write the destination. This is the hot path: nothing here does work that
 //! the outcome does not need.
 
 use std::fs;
@@ -15,7 +15,7 @@ use crate::codec::{self, Codec, ObjectHeader};
 use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::fsio::Dir;
-use crate::prefetch::{Prefetched, Taken};
+use crate::prefetch::{self, Prefetched, Taken};
 use crate::repo::{Cluster, Repo};
 use crate::spool::Spool;
 use crate::storage::PutOutcome;
@@ -174,7 +174,15 @@ pub(crate) fn check_segment_start(repo: &Repo, segment: SegmentName, head: &[u8]
 pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutcome> {
     let name = WalFileName::parse(name)?;
     let dest = inside_data_dir(dest, site.data_dir.as_deref())?;
-    let repo = &repo.pin()?;
+    // Without a prefetched copy to take, the file is read while the generation is looked up.
+    let (repo, read) = match &site.spool {
+        Some(spool) if prefetch::may_hold(spool, &name) => (repo.pin()?, None),
+        _ => {
+            let (pinned, object) = repo.pin_and_get_wal(&name)?;
+            (pinned, Some(object))
+        }
+    };
+    let repo = &repo;
     // An empty directory is not an empty archive: it may be a file system that is not mounted,
     // and answering "not found" there would let PostgreSQL end recovery early.
     let info = repo.info()?.ok_or_else(|| Error::Repo {
@@ -193,7 +201,11 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
     }
     // The end of the archive: the WAL receiver's snapshot of the segment it was receiving, if
     // any, padded to a whole segment (PostgreSQL replays its records and ends there).
-    let (object, pad_to) = match (repo.get_wal(&name)?, name) {
+    let read = match read {
+        Some(object) => object,
+        None => repo.get_wal(&name)?,
+    };
+    let (object, pad_to) = match (read, name) {
         (Some(object), _) => (Some(object), None),
         (None, WalFileName::Segment(segment)) => (
             repo.newest_stream_snapshot(segment)?,

@@ -491,6 +491,14 @@ impl<'a> Prefetched<'a> {
     }
 }
 
+/// Whether `spool` may hand over `name` instead of the repository: a prefetcher is at work on
+/// it, or a prefetched copy of `name` (or its sidecar) is there. archive-get reads the repository
+/// before it looks in the spool only when it may not, so that a prefetched file costs no request.
+pub fn may_hold(spool: &Spool, name: &WalFileName) -> bool {
+    let spooled = spool.prefetch_dir().join(name.to_string());
+    at_work(spool) || spooled.exists() || spooled.with_extension("crc").exists()
+}
+
 /// Whether a prefetcher is at work on `spool` now.
 pub fn at_work(spool: &Spool) -> bool {
     at_work_in(&spool.prefetch_dir())

@@ -386,6 +386,25 @@ impl Repo {
         })
     }
 
+    /// [`Repo::pin`], then [`Repo::get_wal`] of `name` on the pinned handle, in one round trip
+    /// to an object store when the repository is in its first generation: on a handle not pinned
+    /// yet, the file is read from generation 1's WAL directory while the generation is looked up,
+    /// and read again from the current generation's only when that is a later one (the first read
+    /// is then dropped, its error too).
+    pub fn pin_and_get_wal(&self, name: &WalFileName) -> Result<(Repo, Option<Vec<u8>>)> {
+        if self.pinned.is_some() {
+            return Ok((self.clone(), self.get_wal(name)?));
+        }
+        let first_generation_key = wal_key(&wal_dir(1), name);
+        let (pinned, read) = both(|| self.pin(), || self.storage.get(&first_generation_key));
+        let pinned = pinned?;
+        let object = match pinned.pinned {
+            Some(1) => read?,
+            _ => pinned.get_wal(name)?,
+        };
+        Ok((pinned, object))
+    }
+
     /// The storage underneath, for modules that keep their own objects (backups).
     pub fn storage(&self) -> &dyn Storage {
         &*self.storage
@@ -419,9 +438,12 @@ impl Repo {
 
     /// Every generation (repo.json, then the records in generations/), or `None` for a
     /// repository nothing was written to yet.
+    /// The listing of generations/ and the read of repo.json go out together: one round trip
+    /// to an object store, not two.
     pub fn generations(&self) -> Result<Option<Generations>> {
-        let later = self.storage.list(GENERATIONS_DIR)?;
-        let Some(bytes) = self.storage.get(METADATA_KEY)? else {
+        let (later, first) = both(|| self.storage.list(GENERATIONS_DIR), || self.storage.get(METADATA_KEY));
+        let (later, first) = (later?, first?);
+        let Some(bytes) = first else {
             if later.is_empty() {
                 return Ok(None);
             }
@@ -1041,6 +1063,16 @@ pub fn backup_dir(tier: &str, id: &str) -> String {
 }
 
 /// The key of an archived WAL file in the WAL directory `dir`.
+/// Runs `a` on a thread of its own while `b` runs on this one: two reads of an object store
+/// wait for one round trip, not two.
+fn both<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
+    std::thread::scope(|scope| {
+        let a = scope.spawn(a);
+        let b = b();
+        (a.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), b)
+    })
+}
+
 fn wal_key(dir: &str, name: &WalFileName) -> String {
     match name {
         WalFileName::History(_) => format!("{dir}history/{name}"),

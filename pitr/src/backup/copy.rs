@@ -1,7 +1,8 @@
 //! Copying a backup's files into the repository on a pool of jobs. A file is stored whole, or,
 //! when it was larger than [`PART_SIZE`] at the walk, in parts of that size at fixed offsets:
-//! one big relation file is then spread over every job, and no job holds more than a part (the
-//! last part of a file that grew meanwhile runs to its end) in memory.
+//! one big relation file is then spread over every job. A job reads a piece 128 KiB at a time and
+//! compresses it on the way, so it holds one stored object (at most a part's, compressed) and
+//! not the piece's bytes besides.
 //!
 //! When the cluster has data checksums, every page of a relation fork is checked in the bytes
 //! just read for the copy (no second read of the file): see [`PageCheck`].
@@ -15,7 +16,7 @@ use rayon::prelude::*;
 
 use super::manifest::{parts_crc, piece_key, BadPages, FileEntry, PageChecksums, Part, BAD_BLOCKS_RECORDED, PART_SIZE};
 use super::source::{SourceFile, SourceTree};
-use crate::codec::{Codec, ObjectHeader};
+use crate::codec::{self, Codec, Encoder, ObjectHeader};
 use crate::error::{Error, Result};
 use crate::pg::page::{self, BLOCK_SIZE};
 use crate::progress::Progress;
@@ -39,6 +40,15 @@ struct PiecePages {
     checked: u64,
     skipped: u64,
     bad: Vec<u32>,
+}
+
+impl PiecePages {
+    /// Adds what checking more of the piece's pages found.
+    fn add(&mut self, more: PiecePages) {
+        self.checked += more.checked;
+        self.skipped += more.skipped;
+        self.bad.extend(more.bad);
+    }
 }
 
 /// What [`copy_files`] copied and found.
@@ -197,8 +207,13 @@ thread_local! {
     static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// How much of a file a job reads at a time: a multiple of [`BLOCK_SIZE`], so that every read
+/// but a file's last holds whole pages.
+const READ_PIECE: usize = 128 << 10;
+
 /// Reads, checks the pages of (a relation fork's, with `pages`), encodes and stores one piece;
-/// `None` when the file vanished.
+/// `None` when the file vanished. The piece is read [`READ_PIECE`] bytes at a time, checked and
+/// compressed on the way: a job holds the object being built, not the piece's bytes besides.
 fn copy_piece(
     repo: &Repo,
     dir: &str,
@@ -207,61 +222,73 @@ fn copy_piece(
     pages: Option<PageCheck>,
     progress: &dyn Progress,
 ) -> Result<Option<(Part, PiecePages)>> {
-    READ_BUFFER.with_borrow_mut(|raw| {
-        let path = &task.file.full_path;
-        match read_piece(task, raw) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("read", path)(e)),
+    let path = &task.file.full_path;
+    let mut reader = match open_piece(task) {
+        Ok(reader) => reader,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", path)(e)),
+    };
+    let check = pages.zip(page::relation_file(&task.file.path));
+    let mut encoder = Encoder::new(*codec, 1).map_err(Error::io("compress", path))?;
+    let mut found = PiecePages::default();
+    READ_BUFFER.with_borrow_mut(|buffer| {
+        buffer.resize(READ_PIECE, 0);
+        loop {
+            let filled = codec::fill(&mut reader, buffer).map_err(Error::io("read", path))?;
+            if filled == 0 {
+                return Ok(());
+            }
+            let bytes = &buffer[..filled];
+            if let Some((check, segment)) = check {
+                found.add(check_pages(task, encoder.raw_len(), segment, bytes, check));
+            }
+            encoder.write(bytes).map_err(Error::io("compress", path))?;
         }
-        if raw.is_empty() && task.part.is_none() {
-            // An empty file is its manifest entry alone: no object to store, fetch or check
-            // (a data directory holds hundreds of them).
-            return Ok(Some((
-                Part {
-                    offset: 0,
-                    size: 0,
-                    crc32: 0,
-                    stored_size: 0,
-                },
-                PiecePages::default(),
-            )));
-        }
-        let found = match (pages, page::relation_file(&task.file.path)) {
-            (Some(check), Some(segment)) => check_pages(task, segment, raw, check),
-            _ => PiecePages::default(),
-        };
-        let object = codec.encode(raw);
-        let key = piece_key(dir, &task.file.path, task.part);
-        repo.storage().put_if_absent_deferred(&key, &object)?;
-        crate::crash_point::reached("backup:piece");
-        let header = ObjectHeader::parse(&object, &key)?;
-        progress.advance(raw.len() as u64);
-        Ok(Some((
+    })?;
+    if encoder.raw_len() == 0 && task.part.is_none() {
+        // An empty file is its manifest entry alone: no object to store, fetch or check
+        // (a data directory holds hundreds of them).
+        return Ok(Some((
             Part {
-                offset: task.offset(),
-                size: header.raw_len,
-                crc32: header.raw_crc,
-                stored_size: object.len() as u64,
+                offset: 0,
+                size: 0,
+                crc32: 0,
+                stored_size: 0,
             },
             found,
-        )))
-    })
+        )));
+    }
+    let object = encoder.finish().map_err(Error::io("compress", path))?;
+    let key = piece_key(dir, &task.file.path, task.part);
+    repo.storage().put_if_absent_deferred(&key, &object)?;
+    crate::crash_point::reached("backup:piece");
+    let header = ObjectHeader::parse(&object, &key)?;
+    progress.advance(header.raw_len);
+    Ok(Some((
+        Part {
+            offset: task.offset(),
+            size: header.raw_len,
+            crc32: header.raw_crc,
+            stored_size: object.len() as u64,
+        },
+        found,
+    )))
 }
 
-/// Checks the whole pages of `raw`, the bytes of `task` read from segment `segment` of a
-/// relation fork. A page that fails is read again from the file once: a page the server was
+/// Checks the whole pages of `raw`, the bytes of `task` at `at` bytes into it, read from segment
+/// `segment` of a relation fork. A page that fails is read again from the file once: a page the server was
 /// writing meanwhile may have been read torn, and reads whole (or changed) the second time. A
 /// trailing partial page (a file being extended) is not judged.
-fn check_pages(task: &Task, segment: u32, raw: &[u8], check: PageCheck) -> PiecePages {
+fn check_pages(task: &Task, at: u64, segment: u32, raw: &[u8], check: PageCheck) -> PiecePages {
     let mut found = PiecePages::default();
-    let first = (task.offset() / BLOCK_SIZE as u64) as u32;
+    let start = task.offset() + at;
+    let first = (start / BLOCK_SIZE as u64) as u32;
     let segment_start = segment.wrapping_mul(check.blocks_per_segment);
     for (index, bytes) in raw.chunks_exact(BLOCK_SIZE).enumerate() {
         let block = segment_start.wrapping_add(first + index as u32);
         let mut verdict = page::check(bytes, block, check.start);
         if verdict == page::PageCheck::Invalid {
-            let offset = task.offset() + (index * BLOCK_SIZE) as u64;
+            let offset = start + (index * BLOCK_SIZE) as u64;
             verdict = match reread(&task.file.full_path, offset) {
                 Some(again) => page::check(&again, block, check.start),
                 // Gone or shorter by now: the server dropped or truncated it, replay does too.
@@ -287,17 +314,11 @@ fn reread(path: &std::path::Path, offset: u64) -> Option<Vec<u8>> {
     Some(page)
 }
 
-/// Reads the task's bytes into `raw`: from its offset, one part's worth, or to the end.
-fn read_piece(task: &Task, raw: &mut Vec<u8>) -> io::Result<()> {
-    raw.clear();
+/// The task's bytes: from its offset, one part's worth, or to the end.
+fn open_piece(task: &Task) -> io::Result<io::Take<File>> {
     let mut file = File::open(&task.file.full_path)?;
     file.seek(SeekFrom::Start(task.offset()))?;
-    if task.last {
-        file.read_to_end(raw)?;
-    } else {
-        file.take(PART_SIZE).read_to_end(raw)?;
-    }
-    Ok(())
+    Ok(file.take(if task.last { u64::MAX } else { PART_SIZE }))
 }
 
 #[cfg(test)]
@@ -524,15 +545,15 @@ mod tests {
             start: Lsn(u64::MAX),
             blocks_per_segment: 131_072,
         };
-        let found = check_pages(&task, 0, &torn, check);
+        let found = check_pages(&task, 0, 0, &torn, check);
         assert_eq!((found.checked, found.skipped, found.bad.as_slice()), (1, 0, &[][..]));
         // Damaged on disk too: bad.
         std::fs::write(&file.full_path, &torn).unwrap();
-        let found = check_pages(&task, 0, &torn, check);
+        let found = check_pages(&task, 0, 0, &torn, check);
         assert_eq!(found.bad, [0]);
         // Gone by the second read: left to WAL replay, like a vanished file.
         std::fs::remove_file(&file.full_path).unwrap();
-        let found = check_pages(&task, 0, &torn, check);
+        let found = check_pages(&task, 0, 0, &torn, check);
         assert_eq!((found.checked, found.skipped, found.bad.len()), (0, 1, 0));
     }
 }

@@ -39,7 +39,7 @@ pub struct RestoreOptions {
     pub target: PathBuf,
     /// Wipe a non-empty target first (a data directory no server runs in).
     pub force: bool,
-    /// Files written at once.
+    /// Files written at once (from an object store, small files are read up to 8 per job at once).
     pub jobs: usize,
 }
 
@@ -87,10 +87,6 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
     let (control, files): (Vec<&FileEntry>, Vec<&FileEntry>) =
         manifest.files.iter().partition(|f| f.path == PG_CONTROL);
     progress.begin(manifest.files.len() as u64, manifest.original_bytes);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(options.jobs.max(1))
-        .build()
-        .map_err(|e| Error::Refused(format!("cannot start {} restore threads: {e}", options.jobs)))?;
     // Split files are created before their parts are written into them, empty files without
     // an object from their entry alone.
     for file in files
@@ -99,13 +95,33 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
     {
         layout.create_file(&file.path, file.mode)?;
     }
-    let pieces: Vec<Piece> = files.iter().flat_map(|f| f.pieces()).collect();
-    pool.install(|| {
-        pieces.par_iter().try_for_each(|piece| {
-            crate::interrupt::check("restoring the backup's files")?;
-            restore_piece(repo, &dir, piece, &layout, progress)
+    let (small, large): (Vec<Piece>, Vec<Piece>) = files.iter().flat_map(|f| f.pieces()).partition(is_small);
+    let jobs = options.jobs.max(1);
+    let small_in_flight = match repo.local_root() {
+        Some(_) => jobs,
+        None => jobs * SMALL_READS_IN_FLIGHT,
+    };
+    let restore_all = |pieces: &[Piece], threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::Refused(format!("cannot start {threads} restore threads: {e}")))?;
+        pool.install(|| {
+            pieces.par_iter().try_for_each(|piece| {
+                crate::interrupt::check("restoring the backup's files")?;
+                restore_piece(repo, &dir, piece, &layout, progress)
+            })
         })
-    })?;
+    };
+    let (small_restored, large_restored) = std::thread::scope(|scope| {
+        let small_restored = scope.spawn(|| restore_all(&small, small_in_flight));
+        let large_restored = restore_all(&large, jobs);
+        let small_restored = small_restored
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (small_restored, large_restored)
+    });
+    large_restored.and(small_restored)?;
     write_labels(repo, &dir, &layout)?;
     create_wal_dirs(&layout, manifest.pg_version)?;
     let configuration = manifest
@@ -457,23 +473,53 @@ fn open_tablespaces(manifest: &Manifest, perms: &Perms) -> Result<Vec<(u32, Dir)
 /// three times (bench/findings.md).
 const PAGE_WRITE: usize = 8192;
 
+/// The largest piece (original or stored size) read among the small ones: most files of a data
+/// directory are catalogs and indexes of a few pages, and restoring them is waiting on one
+/// request after the other.
+const SMALL_PIECE: u64 = 256 << 10;
+
+/// Small pieces read at once per job from an object store: while one job's thread decodes and
+/// writes a part, up to this many small pieces are on their way besides it (at most
+/// `SMALL_READS_IN_FLIGHT` × [`SMALL_PIECE`] × 2, stored and decoded, 4 MiB per job, held for them).
+/// On local disk a read does not wait on a round trip: there a job reads one piece at a time.
+const SMALL_READS_IN_FLIGHT: usize = 8;
+
+/// Whether `piece` is restored among the small ones.
+fn is_small(piece: &Piece) -> bool {
+    piece.size.max(piece.stored_size) <= SMALL_PIECE
+}
+
 /// Writes one piece of a file: a file stored whole is created, a part is written at its offset
 /// into the file created beforehand.
+/// A small piece is decoded whole into its thread's buffer, then written; a larger one (a part
+/// of up to 16 MiB) is decoded and written 128 KiB at a time, so that a job holds its stored
+/// object and not the part's bytes besides. Either way the size and CRC-32 are checked against
+/// the manifest before the restore goes on, and a restore that fails has written no
+/// `global/pg_control`: no byte counts as restored before it is verified.
 fn restore_piece(repo: &Repo, dir: &str, piece: &Piece, layout: &Layout, progress: &dyn Progress) -> Result<()> {
-    with_verified(repo, dir, piece, |raw| {
-        let file = match piece.part {
-            None => layout.create_file(&piece.file.path, piece.file.mode)?,
-            Some(_) => layout.open_for_part(&piece.file.path)?,
-        };
-        for (index, page) in raw.chunks(PAGE_WRITE).enumerate() {
-            let at = piece.offset + (index * PAGE_WRITE) as u64;
+    let file = || match piece.part {
+        None => layout.create_file(&piece.file.path, piece.file.mode),
+        Some(_) => layout.open_for_part(&piece.file.path),
+    };
+    let mut at = piece.offset;
+    let mut write = |file: &std::fs::File, bytes: &[u8]| -> Result<()> {
+        for page in bytes.chunks(PAGE_WRITE) {
             file.write_all_at(page, at)
                 .map_err(Error::io("write", layout.target.path_of(&piece.file.path)))?;
+            at += page.len() as u64;
         }
-        progress.advance(raw.len() as u64);
-        crate::crash_point::reached("restore:piece");
         Ok(())
-    })
+    };
+    if is_small(piece) {
+        with_verified(repo, dir, piece, |raw| write(&file()?, raw))?;
+    } else {
+        let (object, what) = fetch_checked(repo, dir, piece)?;
+        let file = file()?;
+        codec::decode_chunks(&object, &what, &mut |chunk| write(&file, chunk))?;
+    }
+    progress.advance(piece.size);
+    crate::crash_point::reached("restore:piece");
+    Ok(())
 }
 
 thread_local! {
@@ -490,6 +536,17 @@ pub(crate) fn with_verified<T>(
     piece: &Piece,
     use_bytes: impl FnOnce(&[u8]) -> Result<T>,
 ) -> Result<T> {
+    let (object, what) = fetch_checked(repo, dir, piece)?;
+    DECODED.with_borrow_mut(|raw| {
+        codec::decode_into(&object, &what, raw)?;
+        use_bytes(raw)
+    })
+}
+
+/// Reads one stored piece of a backup file in `dir`, whose header must record the manifest's
+/// size and CRC-32 (decoding then checks the content against the header); returns the object
+/// and its name for errors.
+fn fetch_checked(repo: &Repo, dir: &str, piece: &Piece) -> Result<(Vec<u8>, String)> {
     let key = piece.key(dir);
     let what = format!("backup file {} ({})", piece.file.path, repo.storage().describe(&key));
     let object = repo.storage().get(&key)?.ok_or_else(|| Error::Corrupt {
@@ -506,10 +563,7 @@ pub(crate) fn with_verified<T>(
             ),
         });
     }
-    DECODED.with_borrow_mut(|raw| {
-        codec::decode_into(&object, &what, raw)?;
-        use_bytes(raw)
-    })
+    Ok((object, what))
 }
 
 /// backup_label byte for byte, and tablespace_map when the backup has one.
