@@ -438,6 +438,7 @@ impl Repo {
 
     /// Every generation (repo.json, then the records in generations/), or `None` for a
     /// repository nothing was written to yet.
+    ///
     /// The listing of generations/ and the read of repo.json go out together: one round trip
     /// to an object store, not two.
     pub fn generations(&self) -> Result<Option<Generations>> {
@@ -1062,7 +1063,6 @@ pub fn backup_dir(tier: &str, id: &str) -> String {
     format!("{tier}/{id}/")
 }
 
-/// The key of an archived WAL file in the WAL directory `dir`.
 /// Runs `a` on a thread of its own while `b` runs on this one: two reads of an object store
 /// wait for one round trip, not two.
 fn both<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
@@ -1073,6 +1073,7 @@ fn both<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, 
     })
 }
 
+/// The key of an archived WAL file in the WAL directory `dir`.
 fn wal_key(dir: &str, name: &WalFileName) -> String {
     match name {
         WalFileName::History(_) => format!("{dir}history/{name}"),
