@@ -95,12 +95,8 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
     {
         layout.create_file(&file.path, file.mode)?;
     }
-    let (small, large): (Vec<Piece>, Vec<Piece>) = files.iter().flat_map(|f| f.pieces()).partition(is_small);
+    let pieces: Vec<Piece> = files.iter().flat_map(|f| f.pieces()).collect();
     let jobs = options.jobs.max(1);
-    let small_in_flight = match repo.local_root() {
-        Some(_) => jobs,
-        None => jobs * SMALL_READS_IN_FLIGHT,
-    };
     let restore_all = |pieces: &[Piece], threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -113,15 +109,21 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
             })
         })
     };
-    let (small_restored, large_restored) = std::thread::scope(|scope| {
-        let small_restored = scope.spawn(|| restore_all(&small, small_in_flight));
-        let large_restored = restore_all(&large, jobs);
-        let small_restored = small_restored
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (small_restored, large_restored)
-    });
-    large_restored.and(small_restored)?;
+    if repo.local_root().is_some() {
+        // A read from local disk waits on no round trip: `jobs` threads, one piece each.
+        restore_all(&pieces, jobs)?;
+    } else {
+        let (small, large): (Vec<Piece>, Vec<Piece>) = pieces.into_iter().partition(is_small);
+        let (small_restored, large_restored) = std::thread::scope(|scope| {
+            let small_restored = scope.spawn(|| restore_all(&small, jobs * SMALL_READS_IN_FLIGHT));
+            let large_restored = restore_all(&large, jobs);
+            let small_restored = small_restored
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (small_restored, large_restored)
+        });
+        large_restored.and(small_restored)?;
+    }
     write_labels(repo, &dir, &layout)?;
     create_wal_dirs(&layout, manifest.pg_version)?;
     let configuration = manifest
@@ -491,6 +493,7 @@ fn is_small(piece: &Piece) -> bool {
 
 /// Writes one piece of a file: a file stored whole is created, a part is written at its offset
 /// into the file created beforehand.
+///
 /// A small piece is decoded whole into its thread's buffer, then written; a larger one (a part
 /// of up to 16 MiB) is decoded and written 128 KiB at a time, so that a job holds its stored
 /// object and not the part's bytes besides. Either way the size and CRC-32 are checked against
