@@ -111,6 +111,25 @@ pub struct DrillRecord {
 }
 
 impl DrillRecord {
+    /// The record of a drill of `backup_id` (of `tier`) that started at `started` and has
+    /// reached nothing yet: to `immediate`, not passed, no checks.
+    pub fn begun(started: DateTime<Utc>, tier: Tier, backup_id: &str) -> DrillRecord {
+        DrillRecord {
+            started,
+            tier,
+            backup_id: backup_id.into(),
+            target: "immediate".into(),
+            reached_lsn: None,
+            reached_time: None,
+            rto_seconds: None,
+            rpo_seconds: None,
+            recoverable_until: None,
+            bytes_restored: 0,
+            checks: Vec::new(),
+            passed: false,
+        }
+    }
+
     /// The key of the record in the repository.
     pub(crate) fn key(&self) -> String {
         format!(
@@ -236,20 +255,7 @@ async fn drill_backup(
     progress: &dyn Progress,
 ) -> Result<DrillRecord> {
     let started = Utc::now();
-    let mut record = DrillRecord {
-        started,
-        tier: backup.tier,
-        backup_id: backup.id.clone(),
-        target: "immediate".into(),
-        reached_lsn: None,
-        reached_time: None,
-        rto_seconds: None,
-        rpo_seconds: None,
-        recoverable_until: None,
-        bytes_restored: 0,
-        checks: Vec::new(),
-        passed: false,
-    };
+    let mut record = DrillRecord::begun(started, backup.tier, &backup.id);
     let planned = plan(repo, backup, options, started);
     let (pinned, plan) = match planned {
         Ok((pinned, plan, newest_commit)) => {

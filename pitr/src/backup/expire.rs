@@ -432,18 +432,8 @@ mod tests {
 
     fn drill(tier: Tier, day: u32, backup_id: &str, passed: bool) -> DrillRecord {
         DrillRecord {
-            started: Utc.with_ymd_and_hms(2026, 1, day, 4, 0, 0).unwrap(),
-            tier,
-            backup_id: backup_id.into(),
-            target: "immediate".into(),
-            reached_lsn: None,
-            reached_time: None,
-            rto_seconds: None,
-            rpo_seconds: None,
-            recoverable_until: None,
-            bytes_restored: 0,
-            checks: Vec::new(),
             passed,
+            ..DrillRecord::begun(Utc.with_ymd_and_hms(2026, 1, day, 4, 0, 0).unwrap(), tier, backup_id)
         }
     }
 
