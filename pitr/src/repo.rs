@@ -392,11 +392,15 @@ impl Repo {
     /// and read again from the current generation's only when that is a later one (the first read
     /// is then dropped, its error too).
     pub fn pin_and_get_wal(&self, name: &WalFileName) -> Result<(Repo, Option<Vec<u8>>)> {
-        if self.pinned.is_some() {
-            return Ok((self.clone(), self.get_wal(name)?));
+        if self.pinned.is_some() || self.local_root().is_some() {
+            // Pinned already, or on local disk where no round trip is saved: one read, of the
+            // right generation.
+            let pinned = self.pin()?;
+            let object = pinned.get_wal(name)?;
+            return Ok((pinned, object));
         }
         let first_generation_key = wal_key(&wal_dir(1), name);
-        let (pinned, read) = both(|| self.pin(), || self.storage.get(&first_generation_key));
+        let (pinned, read) = self.side_by_side(|| self.pin(), || self.storage.get(&first_generation_key));
         let pinned = pinned?;
         let object = match pinned.pinned {
             Some(1) => read?,
@@ -421,6 +425,16 @@ impl Repo {
         self.storage.local_root()
     }
 
+    /// `a` and `b`, side by side ([`both`]) where each is a round trip to an object store, one
+    /// after the other on local disk, where a thread would cost more than the reads (archive-push
+    /// and archive-get pin the repository on every call).
+    fn side_by_side<A: Send, B>(&self, a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
+        match self.local_root() {
+            Some(_) => (a(), b()),
+            None => both(a, b),
+        }
+    }
+
     /// Where the repository is, for messages.
     pub fn location(&self) -> String {
         let root = self.storage.describe("");
@@ -442,7 +456,8 @@ impl Repo {
     /// The listing of generations/ and the read of repo.json go out together: one round trip
     /// to an object store, not two.
     pub fn generations(&self) -> Result<Option<Generations>> {
-        let (later, first) = both(|| self.storage.list(GENERATIONS_DIR), || self.storage.get(METADATA_KEY));
+        let (later, first) =
+            self.side_by_side(|| self.storage.list(GENERATIONS_DIR), || self.storage.get(METADATA_KEY));
         let (later, first) = (later?, first?);
         let Some(bytes) = first else {
             if later.is_empty() {
