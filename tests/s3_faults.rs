@@ -474,6 +474,16 @@ fn archive_get_exits_1_only_for_a_true_404_and_200_for_every_store_failure() {
         }
     }
 
+    // Every answer cut well into its body: the client asks for the rest where the body stopped,
+    // again and again, and the segment arrives whole, checked against its CRC-32 while it is
+    // written out.
+    proxy.set(Fault::CutResponse("/wal/", 50_000));
+    let (out, _) = get(&proxy.env(&server), &name);
+    out.assert_success().assert_silent();
+    assert!(read(&c.pg_wal().join("RECOVERYXLOG")) == original);
+    assert!(proxy.count(Done::Cut) >= 2, "{:?}", proxy.log());
+    let _ = std::fs::remove_file(c.pg_wal().join("RECOVERYXLOG"));
+
     // Credentials the store refuses (403): 200, and the wrong secret is not echoed either.
     let wrong = format!("wrong-{}", common::s3::random_hex(16));
     let refused: Vec<(String, String)> = server

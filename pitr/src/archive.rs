@@ -11,7 +11,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 
-use crate::codec::{self, Codec, ObjectHeader};
+use crate::codec::{self, Codec, ObjectHeader, ObjectStream};
 use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::fsio::Dir;
@@ -203,12 +203,13 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
     // any, padded to a whole segment (PostgreSQL replays its records and ends there).
     let read = match read {
         Some(object) => object,
-        None => repo.get_wal(&name)?,
+        None => repo.get_wal_reader(&name)?,
     };
     let (object, pad_to) = match (read, name) {
         (Some(object), _) => (Some(object), None),
         (None, WalFileName::Segment(segment)) => (
-            repo.newest_stream_snapshot(segment)?,
+            repo.newest_stream_snapshot(segment)?
+                .map(|snapshot| Box::new(std::io::Cursor::new(snapshot)) as Box<dyn Read + Send>),
             Some(u64::from(info.wal_segment_size)),
         ),
         (None, _) => (None, None),
@@ -226,7 +227,7 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
             None => absent(repo),
         };
     };
-    let restored = restore_to(repo, &name, &object, info, &dest, pad_to);
+    let restored = restore_to(repo, &name, object, info, &dest, pad_to);
     if restored.is_err() {
         // PostgreSQL does not read the file after an error exit, but leave nothing half-written.
         let _ = fs::remove_file(&dest);
@@ -259,20 +260,21 @@ fn absent(repo: &Repo) -> Result<GetOutcome> {
     })
 }
 
-/// Decodes `object` straight into `dest`, 128 KiB at a time (no buffer the size of a segment),
-/// checking the segment's page header and cluster before the first byte is written; the size
-/// and checksum are verified at the end. With `pad_to` (the start of a segment, from a WAL
+/// Decodes `object` straight into `dest` while it is read, 128 KiB at a time (no buffer the size
+/// of a segment), checking the segment's page header and cluster before the first byte is
+/// written; the size and checksum are verified at the end. With `pad_to` (the start of a segment, from a WAL
 /// receiver's snapshot), the file is extended with zeros to that size.
 fn restore_to(
     repo: &Repo,
     name: &WalFileName,
-    object: &[u8],
+    object: Box<dyn Read + Send>,
     info: Cluster,
     dest: &Path,
     pad_to: Option<u64>,
 ) -> Result<u64> {
     let what = repo.describe_wal(name);
-    let stored = ObjectHeader::parse(object, &what)?.raw_len;
+    let object = ObjectStream::open(object, &what)?;
+    let stored = object.header.raw_len;
     if pad_to.is_some_and(|size| stored > size) {
         return Err(Error::Corrupt {
             what,

@@ -417,8 +417,13 @@ const CHUNK: usize = crate::fsio::WRITE_PIECE;
 /// first one whole, unless the object is smaller), and verifies size and CRC-32 once all are
 /// out; returns the decoded size. On an error, what `each` was handed must be discarded.
 pub fn decode_chunks(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
-    let header = ObjectHeader::parse(object, what)?;
-    let mut reader = decoded_reader(object, header, what)?;
+    decode_stream(ObjectStream::of_slice(object, what)?, what, each)
+}
+
+/// [`decode_chunks`] of an [`ObjectStream`], read while it arrives.
+pub fn decode_stream(object: ObjectStream<'_>, what: &str, each: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+    let header = object.header;
+    let mut reader = decoded_reader(object.payload, header, what)?;
     let mut chunk = PageBuffer::new(CHUNK);
     let (mut total, mut crc) = (0u64, crc32fast::Hasher::new());
     loop {
@@ -434,12 +439,86 @@ pub fn decode_chunks(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> R
     Ok(total)
 }
 
-/// [`decode_chunks`] on two threads: one decompresses the next chunks while the calling thread
-/// checksums and hands over the one before. For one large object that a caller waits for
-/// (archive-get: PostgreSQL's recovery waits), where the writing would otherwise follow the
-/// decompression on the same core.
-pub fn decode_chunks_pipelined(object: &[u8], what: &str, each: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
-    let header = ObjectHeader::parse(object, what)?;
+/// A stored object read front to back from where it is kept (a file, or an object store's answer
+/// while it arrives): its header, read and checked first, then the payload. A failure of the
+/// source itself (not of the bytes) reaches the decoder as an [`std::io::Error`] wrapping a
+/// [`SourceError`], and comes out of it as that error, not as corruption.
+pub struct ObjectStream<'a> {
+    /// The object's header.
+    pub header: ObjectHeader,
+    payload: Box<dyn Read + Send + 'a>,
+}
+
+impl<'a> ObjectStream<'a> {
+    /// Reads and checks the header at the start of `source`; `what` names the object in errors.
+    pub fn open(mut source: Box<dyn Read + Send + 'a>, what: &str) -> Result<ObjectStream<'a>> {
+        let mut head = [0u8; HEADER_LEN];
+        let got = fill(&mut source, &mut head).map_err(|e| source_failure(e, what, "read the object header"))?;
+        let header = ObjectHeader::parse(&head[..got], what)?;
+        Ok(ObjectStream {
+            header,
+            payload: source,
+        })
+    }
+
+    /// The object held whole in `object`.
+    pub fn of_slice(object: &'a [u8], what: &str) -> Result<ObjectStream<'a>> {
+        let header = ObjectHeader::parse(object, what)?;
+        Ok(ObjectStream {
+            header,
+            payload: Box::new(&object[HEADER_LEN..]),
+        })
+    }
+}
+
+/// The error of a source an [`ObjectStream`] reads from (a connection that dropped, a store that
+/// answered an error mid-body), carried through the decoder inside an [`std::io::Error`].
+#[derive(Debug)]
+pub struct SourceError(pub Error);
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+impl SourceError {
+    /// `error` as an [`std::io::Error`], for a reader's `read`.
+    pub fn into_io(error: Error) -> std::io::Error {
+        std::io::Error::other(SourceError(error))
+    }
+}
+
+/// The source's own error when `e` carries one ([`SourceError`]), or `Error::Io` otherwise.
+fn source_failure(e: std::io::Error, what: &str, action: &'static str) -> Error {
+    match unwrap_source(e) {
+        Ok(error) => error,
+        Err(e) => Error::io(action, std::path::Path::new(what))(e),
+    }
+}
+
+/// The [`SourceError`] inside `e`, or `e` itself.
+fn unwrap_source(e: std::io::Error) -> std::result::Result<Error, std::io::Error> {
+    if !e.get_ref().is_some_and(|inner| inner.is::<SourceError>()) {
+        return Err(e);
+    }
+    let inner = e.into_inner().expect("checked above");
+    Ok(inner.downcast::<SourceError>().expect("checked above").0)
+}
+
+/// [`decode_chunks`] of an [`ObjectStream`], on two threads: one reads and decompresses the next
+/// chunks (while an object store's answer is still arriving) while the calling thread checksums
+/// and hands over the one before. For one large object that a caller waits for (archive-get:
+/// PostgreSQL's recovery waits; a restore's large parts), where the writing would otherwise follow
+/// the download and the decompression. On an error, what `each` was handed must be discarded.
+pub fn decode_chunks_pipelined(
+    object: ObjectStream<'_>,
+    what: &str,
+    each: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
+    let header = object.header;
     let (decoded, handed) = mpsc::sync_channel::<(PageBuffer, usize)>(PIPELINE_DEPTH);
     let (returned, free) = mpsc::channel::<PageBuffer>();
     for _ in 0..=PIPELINE_DEPTH {
@@ -447,7 +526,7 @@ pub fn decode_chunks_pipelined(object: &[u8], what: &str, each: &mut dyn FnMut(&
     }
     std::thread::scope(|scope| {
         let decoder = scope.spawn(move || -> Result<()> {
-            let mut reader = decoded_reader(object, header, what)?;
+            let mut reader = decoded_reader(object.payload, header, what)?;
             // Ends when the content ends, or when the calling thread stopped taking chunks.
             while let Ok(mut chunk) = free.recv() {
                 let filled = fill(&mut reader, &mut chunk).map_err(not_decodable(header, what))?;
@@ -480,25 +559,33 @@ pub fn decode_chunks_pipelined(object: &[u8], what: &str, each: &mut dyn FnMut(&
 /// Chunks decoded ahead of the one being handed over, in [`decode_chunks_pipelined`].
 const PIPELINE_DEPTH: usize = 4;
 
-/// The decompressed content of `object` (whose header is `header`), at most one byte longer
-/// than the header says, so that a longer content is told without decoding all of it.
-fn decoded_reader<'a>(object: &'a [u8], header: ObjectHeader, what: &str) -> Result<Box<dyn Read + 'a>> {
-    let payload = &object[HEADER_LEN..];
-    let reader: Box<dyn Read> = match header.compression {
-        Compression::None => Box::new(payload),
-        Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(payload).map_err(not_decodable(header, what))?)
-        }
+/// The decompressed content of `payload` (of an object whose header is `header`), at most one
+/// byte longer than the header says, so that a longer content is told without decoding all of it.
+fn decoded_reader<'a>(
+    payload: Box<dyn Read + Send + 'a>,
+    header: ObjectHeader,
+    what: &str,
+) -> Result<Box<dyn Read + Send + 'a>> {
+    let reader: Box<dyn Read + Send> = match header.compression {
+        Compression::None => payload,
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(std::io::BufReader::with_capacity(CHUNK, payload))
+                .map_err(not_decodable(header, what))?,
+        ),
         Compression::Gzip => Box::new(flate2::read::GzDecoder::new(payload)),
     };
     Ok(Box::new(reader.take(header.raw_len + 1)))
 }
 
-/// The error for a payload of `header`'s compression that does not decompress.
+/// The error for a payload of `header`'s compression that does not decompress, or the error of
+/// the source it was read from ([`SourceError`]).
 fn not_decodable(header: ObjectHeader, what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |e| Error::Corrupt {
-        what: what.to_string(),
-        reason: format!("{} payload does not decompress: {e}", header.compression),
+    move |e| match unwrap_source(e) {
+        Ok(error) => error,
+        Err(e) => Error::Corrupt {
+            what: what.to_string(),
+            reason: format!("{} payload does not decompress: {e}", header.compression),
+        },
     }
 }
 

@@ -41,6 +41,7 @@
 //! ([`codec::json`](crate::codec::json)); `repo.json` is the same as before generations existed,
 //! so a pitr of that time reads it (and knows generation 1 only).
 
+use std::io::Read;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
@@ -386,25 +387,25 @@ impl Repo {
         })
     }
 
-    /// [`Repo::pin`], then [`Repo::get_wal`] of `name` on the pinned handle, in one round trip
+    /// [`Repo::pin`], then [`Repo::get_wal_reader`] of `name` on the pinned handle, in one round trip
     /// to an object store when the repository is in its first generation: on a handle not pinned
     /// yet, the file is read from generation 1's WAL directory while the generation is looked up,
     /// and read again from the current generation's only when that is a later one (the first read
-    /// is then dropped, its error too).
-    pub fn pin_and_get_wal(&self, name: &WalFileName) -> Result<(Repo, Option<Vec<u8>>)> {
+    /// is then dropped, its error too). The object is read while it arrives.
+    pub fn pin_and_get_wal(&self, name: &WalFileName) -> Result<(Repo, Option<Box<dyn Read + Send>>)> {
         if self.pinned.is_some() || self.local_root().is_some() {
             // Pinned already, or on local disk where no round trip is saved: one read, of the
             // right generation.
             let pinned = self.pin()?;
-            let object = pinned.get_wal(name)?;
+            let object = pinned.get_wal_reader(name)?;
             return Ok((pinned, object));
         }
         let first_generation_key = wal_key(&wal_dir(1), name);
-        let (pinned, read) = self.side_by_side(|| self.pin(), || self.storage.get(&first_generation_key));
+        let (pinned, read) = self.side_by_side(|| self.pin(), || self.storage.get_reader(&first_generation_key));
         let pinned = pinned?;
         let object = match pinned.pinned {
             Some(1) => read?,
-            _ => pinned.get_wal(name)?,
+            _ => pinned.get_wal_reader(name)?,
         };
         Ok((pinned, object))
     }
@@ -833,6 +834,11 @@ impl Repo {
     /// Reads an encoded WAL object, `None` when it is not archived.
     pub fn get_wal(&self, name: &WalFileName) -> Result<Option<Vec<u8>>> {
         self.storage.get(&self.wal_key(name)?)
+    }
+
+    /// [`Repo::get_wal`] as a reader of the object while it arrives ([`Storage::get_reader`]).
+    pub fn get_wal_reader(&self, name: &WalFileName) -> Result<Option<Box<dyn Read + Send>>> {
+        self.storage.get_reader(&self.wal_key(name)?)
     }
 
     /// Whether a WAL file is archived.

@@ -97,6 +97,18 @@ pub trait Storage: Send + Sync {
     /// Reads the whole object, or `None` when there is no object with that key.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
 
+    /// The object as a reader of its bytes front to back, or `None` when there is no object with
+    /// that key (the same answer as [`Storage::get`]): for a large object read once, so that it is
+    /// used while it arrives and is never held whole. A failure after the object was found (a
+    /// connection that drops mid-body, a body cut short) is a read error carrying the storage's
+    /// error in a [`crate::codec::SourceError`]; a reader never ends early without one. The
+    /// default reads the whole object with [`Storage::get`].
+    fn get_reader(&self, key: &str) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+        Ok(self
+            .get(key)?
+            .map(|bytes| Box::new(std::io::Cursor::new(bytes)) as Box<dyn std::io::Read + Send>))
+    }
+
     /// Size and modification time of an object, or `None` when it does not exist.
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
 

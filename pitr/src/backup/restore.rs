@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::manifest::{FileEntry, Manifest, Piece, PERMISSION_BITS};
 use super::{read_backup, scan_summaries, Tier};
-use crate::codec::{self, ObjectHeader};
+use crate::codec::{self, ObjectHeader, ObjectStream};
 use crate::control::PG_CONTROL;
 use crate::error::{Error, Result};
 use crate::fsio::{Dir, Kind, Perms};
@@ -495,8 +495,8 @@ fn is_small(piece: &Piece) -> bool {
 /// into the file created beforehand.
 ///
 /// A small piece is decoded whole into its thread's buffer, then written; a larger one (a part
-/// of up to 16 MiB) is decoded and written 128 KiB at a time, so that a job holds its stored
-/// object and not the part's bytes besides. Either way the size and CRC-32 are checked against
+/// of up to 16 MiB) is read, decoded and written 128 KiB at a time while it arrives, so that a job
+/// holds neither the stored object nor the part's bytes. Either way the size and CRC-32 are checked against
 /// the manifest before the restore goes on, and a restore that fails has written no
 /// `global/pg_control`: no byte counts as restored before it is verified.
 fn restore_piece(repo: &Repo, dir: &str, piece: &Piece, layout: &Layout, progress: &dyn Progress) -> Result<()> {
@@ -516,9 +516,9 @@ fn restore_piece(repo: &Repo, dir: &str, piece: &Piece, layout: &Layout, progres
     if is_small(piece) {
         with_verified(repo, dir, piece, |raw| write(&file()?, raw))?;
     } else {
-        let (object, what) = fetch_checked(repo, dir, piece)?;
+        let (object, what) = open_checked(repo, dir, piece)?;
         let file = file()?;
-        codec::decode_chunks(&object, &what, &mut |chunk| write(&file, chunk))?;
+        codec::decode_stream(object, &what, &mut |chunk| write(&file, chunk))?;
     }
     progress.advance(piece.size);
     crate::crash_point::reached("restore:piece");
@@ -550,23 +550,49 @@ pub(crate) fn with_verified<T>(
 /// size and CRC-32 (decoding then checks the content against the header); returns the object
 /// and its name for errors.
 fn fetch_checked(repo: &Repo, dir: &str, piece: &Piece) -> Result<(Vec<u8>, String)> {
+    let (key, what) = piece_names(repo, dir, piece);
+    let object = repo.storage().get(&key)?.ok_or_else(|| missing(&what))?;
+    check_header(ObjectHeader::parse(&object, &what)?, piece, &what)?;
+    Ok((object, what))
+}
+
+/// [`fetch_checked`] as a stream, read while it arrives: for the large pieces, so that a job
+/// decodes and writes a part while the rest of it is on its way, and never holds it whole.
+fn open_checked<'a>(repo: &Repo, dir: &str, piece: &Piece) -> Result<(ObjectStream<'a>, String)> {
+    let (key, what) = piece_names(repo, dir, piece);
+    let source = repo.storage().get_reader(&key)?.ok_or_else(|| missing(&what))?;
+    let object = ObjectStream::open(source, &what)?;
+    check_header(object.header, piece, &what)?;
+    Ok((object, what))
+}
+
+/// The key of `piece` in the backup directory `dir`, and its name for errors.
+fn piece_names(repo: &Repo, dir: &str, piece: &Piece) -> (String, String) {
     let key = piece.key(dir);
     let what = format!("backup file {} ({})", piece.file.path, repo.storage().describe(&key));
-    let object = repo.storage().get(&key)?.ok_or_else(|| Error::Corrupt {
-        what: what.clone(),
+    (key, what)
+}
+
+/// The error for a piece the manifest lists and the repository does not hold.
+fn missing(what: &str) -> Error {
+    Error::Corrupt {
+        what: what.to_string(),
         reason: "the object is missing from the repository".into(),
-    })?;
-    let header = ObjectHeader::parse(&object, &what)?;
+    }
+}
+
+/// A piece's object must record the manifest's size and CRC-32.
+fn check_header(header: ObjectHeader, piece: &Piece, what: &str) -> Result<()> {
     if header.raw_len != piece.size || header.raw_crc != piece.crc32 {
         return Err(Error::Corrupt {
-            what,
+            what: what.to_string(),
             reason: format!(
                 "the object holds {} bytes with CRC-32 {:08x}, the manifest says {} bytes with {:08x}",
                 header.raw_len, header.raw_crc, piece.size, piece.crc32
             ),
         });
     }
-    Ok((object, what))
+    Ok(())
 }
 
 /// backup_label byte for byte, and tablespace_map when the backup has one.

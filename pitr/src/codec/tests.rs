@@ -15,7 +15,9 @@ fn all_codecs() -> Vec<Codec> {
 /// with [`decode_chunks_pipelined`] (the same chunks, or an error from both).
 fn chunked(object: &[u8]) -> Result<(Vec<u8>, Vec<usize>)> {
     let sequential = collected(object, decode_chunks);
-    let pipelined = collected(object, decode_chunks_pipelined);
+    let pipelined = collected(object, |object, what, each| {
+        decode_chunks_pipelined(ObjectStream::of_slice(object, what)?, what, each)
+    });
     match (&sequential, &pipelined) {
         (Ok(one), Ok(other)) => assert!(one == other, "the pipelined decode handed over other chunks"),
         (Err(one), Err(other)) => assert_eq!(one.to_string(), other.to_string()),
@@ -42,7 +44,7 @@ fn a_pipelined_decode_stops_at_the_callers_error_and_returns_it() {
     let raw: Vec<u8> = (0..(40 * CHUNK)).map(|i| (i / 3 % 241) as u8).collect();
     let object = Codec::default().encode(&raw);
     let mut handed = 0;
-    let err = decode_chunks_pipelined(&object, "test", &mut |_| {
+    let err = decode_chunks_pipelined(ObjectStream::of_slice(&object, "test").unwrap(), "test", &mut |_| {
         handed += 1;
         match handed {
             2 => Err(Error::InvalidInput("the caller's error".into())),
@@ -187,5 +189,37 @@ proptest! {
     fn arbitrary_bytes_round_trip(raw in proptest::collection::vec(any::<u8>(), 0..20_000), which in 0usize..4) {
         let codec = all_codecs()[which];
         prop_assert_eq!(decode(&codec.encode(&raw), "p").unwrap(), raw);
+    }
+}
+
+/// A source that hands over its bytes, then fails as a dropped connection does.
+struct CutShort<'a>(&'a [u8]);
+
+impl Read for CutShort<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0.is_empty() {
+            return Err(SourceError::into_io(Error::InvalidInput(
+                "the connection dropped".into(),
+            )));
+        }
+        let n = buf.len().min(self.0.len()).min(1000);
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_source_failing_midway_is_reported_as_its_own_error_not_as_corruption() {
+    let raw: Vec<u8> = (0..(8 * CHUNK)).map(|i| (i * 7 % 253) as u8).collect();
+    let object = Codec::default().encode(&raw);
+    for cut in [10, object.len() / 2, object.len() - 1] {
+        let err = ObjectStream::open(Box::new(CutShort(&object[..cut])), "test")
+            .and_then(|stream| decode_chunks_pipelined(stream, "test", &mut |_| Ok(())))
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidInput(m) if m == "the connection dropped"),
+            "{cut}: {err:?}"
+        );
     }
 }

@@ -34,6 +34,7 @@ pub fn check_backend_with_quirks(store: Arc<dyn Storage>, quirks: ServerQuirks) 
     deferred_puts_are_create_only_and_synced_together(&*store);
     concurrent_puts_create_exactly_once(store.clone(), quirks);
     empty_and_large_objects_round_trip(&*store);
+    readers_tell_what_get_tells(&*store);
     written_objects_appear_whole_and_create_only(&*store);
     list_shows_children_sorted(&*store);
     list_meta_tells_what_head_tells(&*store);
@@ -222,4 +223,46 @@ fn empty_and_large_objects_round_trip(store: &dyn Storage) {
     let large: Vec<u8> = (0..20_000_000u32).map(|i| (i % 251) as u8).collect();
     store.put_if_absent("sizes/large", &large).unwrap();
     assert_eq!(store.get("sizes/large").unwrap().unwrap(), large);
+}
+
+/// `get_reader` answers as `get` does: `None` for an absent object, and every byte of a present
+/// one, the same whether read in small pieces or at once, and an end only at the object's end.
+fn readers_tell_what_get_tells(store: &dyn Storage) {
+    use std::io::Read;
+    assert!(store.get_reader("readers/absent").unwrap().is_none());
+    let large: Vec<u8> = (0..9_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    store.put_if_absent("readers/large", &large).unwrap();
+    store.put_if_absent("readers/empty", b"").unwrap();
+    let mut read = Vec::new();
+    let mut reader = store
+        .get_reader("readers/large")
+        .unwrap()
+        .expect("a stored object has a reader");
+    let mut piece = [0u8; 4099];
+    loop {
+        match reader.read(&mut piece).unwrap() {
+            0 => break,
+            n => read.extend_from_slice(&piece[..n]),
+        }
+    }
+    assert!(
+        read == large,
+        "read {} bytes of {}, or other bytes",
+        read.len(),
+        large.len()
+    );
+    let mut empty = Vec::new();
+    let mut reader = store
+        .get_reader("readers/empty")
+        .unwrap()
+        .expect("an empty object has a reader");
+    reader.read_to_end(&mut empty).unwrap();
+    assert!(empty.is_empty());
+    // A reader dropped before its end leaves the store usable.
+    let mut partly = store.get_reader("readers/large").unwrap().unwrap();
+    partly.read_exact(&mut piece).unwrap();
+    drop(partly);
+    assert_eq!(store.get("readers/large").unwrap().map(|b| b.len()), Some(large.len()));
 }

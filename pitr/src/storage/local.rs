@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use rayon::prelude::*;
 
+use crate::codec::SourceError;
 use crate::error::{Error, Result};
 use crate::fsio::{self, Dir, Kind, Perms};
 use crate::storage::{Listed, LockGuard, ObjectMeta, ObjectWriter, PutOutcome, Storage};
@@ -247,6 +248,17 @@ impl Storage for LocalStorage {
         Ok(Some(bytes))
     }
 
+    fn get_reader(&self, key: &str) -> Result<Option<Box<dyn Read + Send>>> {
+        let path = self.path(key);
+        let (Some(parent), name) = self.parent_of(key)? else {
+            return Ok(None);
+        };
+        let Some(file) = parent.open_file(name).map_err(Error::io("read", &path))? else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(FileSource { file, path })))
+    }
+
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         let path = self.path(key);
         let (Some(parent), name) = self.parent_of(key)? else {
@@ -433,6 +445,21 @@ fn collect_tree(dir: &Dir, rel: &str, files: &mut Vec<String>, dirs: &mut Vec<St
         }
     }
     Ok(())
+}
+
+/// An object file opened for [`Storage::get_reader`]: its read errors name the file.
+struct FileSource {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Read for FileSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::Interrupted => e,
+            _ => SourceError::into_io(Error::io("read", &self.path)(e)),
+        })
+    }
 }
 
 #[cfg(test)]

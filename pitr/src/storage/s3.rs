@@ -47,6 +47,7 @@ use object_store::{
     UpdateVersion,
 };
 
+use crate::codec::SourceError;
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::storage::{Listed, LockGuard, ObjectMeta, PutOutcome, Storage};
@@ -373,6 +374,72 @@ impl fmt::Debug for S3Config {
             .field("lock_lease", &self.lock_lease)
             .field("request_timeout", &self.request_timeout)
             .finish()
+    }
+}
+
+/// Pieces of an answer's body held between the runtime that receives them and the reader that
+/// uses them ([`S3Storage::get_streamed`]): 16 pieces of a few tens of KiB each.
+const STREAM_DEPTH: usize = 16;
+
+/// The body of a GET, read while it arrives (see [`S3Storage::get_streamed`]). `None` from the
+/// channel is the body's end; a channel closed before it is a body cut short.
+struct BodyReader {
+    /// Keeps the runtime alive and maps errors.
+    storage: S3Storage,
+    key: String,
+    received: tokio::sync::mpsc::Receiver<Option<object_store::Result<bytes::Bytes>>>,
+    /// What is left of the piece being read.
+    piece: bytes::Bytes,
+    ended: bool,
+}
+
+impl BodyReader {
+    /// The next piece from the runtime, waited for in a way that works inside a tokio runtime too.
+    fn next_piece(&mut self) -> Option<Option<object_store::Result<bytes::Bytes>>> {
+        let received = &mut self.received;
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| received.blocking_recv())
+            }
+            Ok(_) => std::thread::scope(|scope| {
+                scope
+                    .spawn(|| received.blocking_recv())
+                    .join()
+                    .expect("receiving does not panic")
+            }),
+            Err(_) => received.blocking_recv(),
+        }
+    }
+}
+
+impl std::io::Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.piece.is_empty() && !self.ended {
+            match self.next_piece() {
+                Some(Some(Ok(piece))) => self.piece = piece,
+                Some(None) => self.ended = true,
+                Some(Some(Err(e))) => {
+                    return Err(SourceError::into_io(self.storage.error("read", &self.key, &e)));
+                }
+                None => {
+                    return Err(SourceError::into_io(Error::Remote {
+                        action: "read",
+                        location: self.storage.describe(&self.key),
+                        status: None,
+                        retryable: true,
+                        reason: format!(
+                            "the answer's body stopped before its end (no more within {}s); the store may be \
+                             overloaded, try again later",
+                            self.storage.inner.deadline.as_secs()
+                        ),
+                    }));
+                }
+            }
+        }
+        let n = buf.len().min(self.piece.len());
+        buf[..n].copy_from_slice(&self.piece[..n]);
+        bytes::Buf::advance(&mut self.piece, n);
+        Ok(n)
     }
 }
 
@@ -756,6 +823,52 @@ impl S3Storage {
         }
     }
 
+    /// [`Storage::get_reader`]: the answer's headers are waited for here (a 404 is `None`), its
+    /// body is pumped on the runtime into a bounded channel that the reader drains, so at most
+    /// [`STREAM_DEPTH`] pieces of it are held while the caller is busy with the ones before.
+    fn get_streamed(&self, key: &str) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+        let path = self.path(key)?;
+        let path_ = path.clone();
+        let answer = self.request("read", key, |c| async move { c.get(&path_).await })?;
+        let found = match answer {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => {
+                self.confirm_absent("read", key, &path)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(self.error("read", key, &e)),
+        };
+        self.inner.bucket_seen.store(true, Ordering::Relaxed);
+        let runtime = self
+            .inner
+            .runtime
+            .as_ref()
+            .expect("the runtime lives as long as the storage");
+        let (pieces, received) = tokio::sync::mpsc::channel(STREAM_DEPTH);
+        let deadline = self.inner.deadline;
+        runtime.spawn(async move {
+            let mut body = found.into_stream();
+            let pump = async {
+                loop {
+                    let next = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await;
+                    let end = !matches!(next, Some(Ok(_)));
+                    if pieces.send(next).await.is_err() || end {
+                        return;
+                    }
+                }
+            };
+            // Past the deadline the channel closes without an end: the reader reports it.
+            let _ = tokio::time::timeout(deadline, pump).await;
+        });
+        Ok(Some(Box::new(BodyReader {
+            storage: self.clone(),
+            key: key.to_string(),
+            received,
+            piece: bytes::Bytes::new(),
+            ended: false,
+        })))
+    }
+
     /// The object's ETag and time, or `None`.
     fn head_tagged(&self, key: &str) -> Result<Option<(ObjectMeta, Option<String>)>> {
         let path = self.path(key)?;
@@ -870,6 +983,10 @@ impl Storage for S3Storage {
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.get_tagged(key)?.map(|found| found.bytes))
+    }
+
+    fn get_reader(&self, key: &str) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+        self.get_streamed(key)
     }
 
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
