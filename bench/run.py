@@ -1475,7 +1475,7 @@ def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 20)
 class S3Server:
     """s3s-fs on a loopback port with its root in the temp dir, and stunnel in front of it
     (TLS with a certificate signed by a CA made for this run): pgBackRest's S3 repository speaks
-    only https. pitr goes through the same stunnel and verifies the certificate (SSL_CERT_FILE
+    only https. pitr goes through the same stunnel and verifies the certificate (AWS_CA_BUNDLE
     names the run's CA); `plain` is the same server without TLS."""
 
     def __init__(self, b: Bench, log_requests: bool = False):
@@ -1552,7 +1552,7 @@ key = {self.dir / 'server.key'}
             "AWS_REGION": S3_REGION,
         }
         if tls:
-            env["SSL_CERT_FILE"] = str(self.ca)
+            env["AWS_CA_BUNDLE"] = str(self.ca)
         return env
 
     def path(self, bucket: str, key: str = "") -> Path:
@@ -1682,7 +1682,7 @@ def section_s3(b: Bench) -> None:
     machine, objects as files on the same disk), pitr side by side with pgBackRest `repo1-type=s3`.
     pgBackRest speaks only https to S3: stunnel terminates TLS in front of s3s-fs, with a
     certificate of a CA made for the run (pgBackRest: `repo1-s3-verify-tls=n`; pitr verifies it,
-    `SSL_CERT_FILE` names the CA). Both go through the same stunnel; pitr straight over http is
+    `AWS_CA_BUNDLE` names the CA). Both go through the same stunnel; pitr straight over http is
     shown too (archive-push/get), for what TLS and the extra hop cost. Same scheme as the local
     sections: one process per segment, tools taking turns, order rotating; backups and restores in
     an order that reverses every run. The cluster is restarted with the AWS variables in its
@@ -2838,7 +2838,7 @@ removes it at the end.
 - **S3 (section 7).** One S3 server for both tools: s3s-fs on a loopback port (objects as files on the temp
   dir's disk), behind stunnel (TLS, a certificate signed by a CA made for the run), because pgBackRest's S3
   repository speaks only https (`repo1-type=s3`, `repo1-s3-uri-style=path`, `repo1-s3-verify-tls=n`). pitr
-  goes through the same stunnel and verifies the certificate (`SSL_CERT_FILE` names the run's CA); pitr
+  goes through the same stunnel and verifies the certificate (`AWS_CA_BUNDLE` names the run's CA); pitr
   straight to s3s-fs over plain http is shown beside it for archive-push/get. archive-push and archive-get as
   in sections 1 and 2 (one process per segment, a fresh repository per tool per run, the tools taking turns);
   backup and restore as in sections 3 and 4, after a restart of the cluster with the AWS variables in its

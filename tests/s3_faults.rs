@@ -13,6 +13,8 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -903,4 +905,198 @@ fn a_restore_from_a_store_far_away_reads_small_files_side_by_side() {
         took < in_a_row / 2,
         "recover took {took:?}, more than half of its {requests} requests one after the other ({in_a_row:?})"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// https
+// ---------------------------------------------------------------------------------------------
+
+/// stunnel in front of an S3 server: https on its own port, with a certificate for 127.0.0.1
+/// signed by a CA made for the test (`ca`, readable by the server user). Stopped on drop.
+struct TlsFront {
+    port: u16,
+    ca: PathBuf,
+    child: std::process::Child,
+    _dir: TestDir,
+}
+
+impl TlsFront {
+    fn start(upstream: u16) -> TlsFront {
+        let dir = TestDir::new("tls");
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("openssl, which makes the test's certificates: {e} (apt-get install openssl)")
+                });
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pitr test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        std::fs::set_permissions(d.join("ca.pem"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let port = free_port();
+        std::fs::write(
+            d.join("stunnel.conf"),
+            format!(
+                "foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{upstream}\n\
+                 cert = {}\nkey = {}\n",
+                d.join("server.crt").display(),
+                d.join("server.key").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(d.join("stunnel.log")).unwrap();
+        let child = std::process::Command::new("stunnel4")
+            .arg(d.join("stunnel.conf"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("stunnel4, the TLS terminator of this test: {e} (apt-get install stunnel4)"));
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "stunnel4 does not listen: {}",
+                String::from_utf8_lossy(&read(&d.join("stunnel.log")))
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsFront {
+            port,
+            ca: d.join("ca.pem"),
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An https store whose certificate a private CA signed: the system's trust store does not know
+/// that CA, so archive-push fails (exit 1, nothing stored) and archive-get too (exit 200, never
+/// "not archived"), naming the store. With `AWS_CA_BUNDLE` naming the CA, both work and the bytes
+/// come back; a bundle that cannot be read is a clear error that changes nothing.
+#[test]
+fn an_https_store_is_trusted_through_the_system_roots_or_aws_ca_bundle_only() {
+    let server = S3Server::start();
+    let tls = TlsFront::start(server.port);
+    let c = Cluster::start(
+        ClusterOptions::default()
+            .s3(&server, "tls")
+            .wal_segsize_mb(1)
+            .archive(false),
+    );
+    c.psql("CREATE TABLE f AS SELECT md5(g::text) AS v FROM generate_series(1, 5000) g");
+    let (name, original) = c.capture_segment();
+    let object = stored_path(&server.bucket_dir().join("tls"), &name);
+    let segment = format!("pg_wal/{name}");
+    let https = endpoint_env(&server, &format!("https://127.0.0.1:{}", tls.port));
+    let with = |extra: &[(&str, &str)]| {
+        let mut env = https.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    };
+    let ca = tls.ca.display().to_string();
+    let get = |env: &[(String, String)]| {
+        let _ = std::fs::remove_file(c.pg_wal().join("RECOVERYXLOG"));
+        pitr_with_env(&c, env, &["archive-get", &name, "pg_wal/RECOVERYXLOG"])
+    };
+
+    let (out, took) = pitr_with_env(&c, &https, &["archive-push", &segment]);
+    assert_failed_naming_the_store(&server, "tls", &out, took, 1);
+    assert!(
+        out.stderr_str().to_lowercase().contains("certificate"),
+        "{}",
+        out.describe()
+    );
+    assert!(!object.exists(), "stored through a certificate nobody vouched for");
+
+    let missing = c.data_dir().join("no-such-bundle.pem").display().to_string();
+    let (out, _) = pitr_with_env(&c, &with(&[("AWS_CA_BUNDLE", &missing)]), &["archive-push", &segment]);
+    out.assert_code(1);
+    assert!(
+        out.stderr_str().contains("AWS_CA_BUNDLE") && out.stderr_str().contains(&missing),
+        "{}",
+        out.describe()
+    );
+    assert!(!object.exists());
+
+    let (out, _) = pitr_with_env(&c, &with(&[("AWS_CA_BUNDLE", &ca)]), &["archive-push", &segment]);
+    out.assert_success().assert_silent();
+    assert!(object.exists());
+
+    let (out, took) = get(&https);
+    assert_failed_naming_the_store(&server, "tls", &out, took, 200);
+    assert!(!c.pg_wal().join("RECOVERYXLOG").exists());
+    let (out, _) = get(&with(&[("AWS_CA_BUNDLE", &missing)]));
+    out.assert_code(200);
+    let (out, _) = get(&with(&[("AWS_CA_BUNDLE", &ca)]));
+    out.assert_success().assert_silent();
+    assert!(read(&c.pg_wal().join("RECOVERYXLOG")) == original);
+    let _ = std::fs::remove_file(c.pg_wal().join("RECOVERYXLOG"));
 }

@@ -8,7 +8,7 @@
 //! the outcome does not need.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 
 use crate::codec::{self, Codec, ObjectHeader, ObjectStream};
@@ -209,7 +209,7 @@ pub fn get(repo: &Repo, name: &str, dest: &Path, site: &Site) -> Result<GetOutco
         (Some(object), _) => (Some(object), None),
         (None, WalFileName::Segment(segment)) => (
             repo.newest_stream_snapshot(segment)?
-                .map(|snapshot| Box::new(std::io::Cursor::new(snapshot)) as Box<dyn Read + Send>),
+                .map(|snapshot| Box::new(std::io::Cursor::new(snapshot)) as Box<dyn BufRead + Send>),
             Some(u64::from(info.wal_segment_size)),
         ),
         (None, _) => (None, None),
@@ -267,7 +267,7 @@ fn absent(repo: &Repo) -> Result<GetOutcome> {
 fn restore_to(
     repo: &Repo,
     name: &WalFileName,
-    object: Box<dyn Read + Send>,
+    object: Box<dyn BufRead + Send>,
     info: Cluster,
     dest: &Path,
     pad_to: Option<u64>,

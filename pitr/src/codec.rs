@@ -16,7 +16,7 @@
 //! always verifies both, so a flipped bit anywhere is reported as corruption, never passed on.
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::str::FromStr;
 use std::sync::mpsc;
 
@@ -446,12 +446,12 @@ pub fn decode_stream(object: ObjectStream<'_>, what: &str, each: &mut dyn FnMut(
 pub struct ObjectStream<'a> {
     /// The object's header.
     pub header: ObjectHeader,
-    payload: Box<dyn Read + Send + 'a>,
+    payload: Box<dyn BufRead + Send + 'a>,
 }
 
 impl<'a> ObjectStream<'a> {
     /// Reads and checks the header at the start of `source`; `what` names the object in errors.
-    pub fn open(mut source: Box<dyn Read + Send + 'a>, what: &str) -> Result<ObjectStream<'a>> {
+    pub fn open(mut source: Box<dyn BufRead + Send + 'a>, what: &str) -> Result<ObjectStream<'a>> {
         let mut head = [0u8; HEADER_LEN];
         let got = fill(&mut source, &mut head).map_err(|e| source_failure(e, what, "read the object header"))?;
         let header = ObjectHeader::parse(&head[..got], what)?;
@@ -562,16 +562,15 @@ const PIPELINE_DEPTH: usize = 4;
 /// The decompressed content of `payload` (of an object whose header is `header`), at most one
 /// byte longer than the header says, so that a longer content is told without decoding all of it.
 fn decoded_reader<'a>(
-    payload: Box<dyn Read + Send + 'a>,
+    payload: Box<dyn BufRead + Send + 'a>,
     header: ObjectHeader,
     what: &str,
 ) -> Result<Box<dyn Read + Send + 'a>> {
     let reader: Box<dyn Read + Send> = match header.compression {
-        Compression::None => payload,
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(std::io::BufReader::with_capacity(CHUNK, payload))
-                .map_err(not_decodable(header, what))?,
-        ),
+        Compression::None => Box::new(payload),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(payload).map_err(not_decodable(header, what))?)
+        }
         Compression::Gzip => Box::new(flate2::read::GzDecoder::new(payload)),
     };
     Ok(Box::new(reader.take(header.raw_len + 1)))

@@ -41,7 +41,7 @@
 //! ([`codec::json`](crate::codec::json)); `repo.json` is the same as before generations existed,
 //! so a pitr of that time reads it (and knows generation 1 only).
 
-use std::io::Read;
+use std::io::BufRead;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
@@ -392,7 +392,7 @@ impl Repo {
     /// yet, the file is read from generation 1's WAL directory while the generation is looked up,
     /// and read again from the current generation's only when that is a later one (the first read
     /// is then dropped, its error too). The object is read while it arrives.
-    pub fn pin_and_get_wal(&self, name: &WalFileName) -> Result<(Repo, Option<Box<dyn Read + Send>>)> {
+    pub fn pin_and_get_wal(&self, name: &WalFileName) -> Result<(Repo, Option<Box<dyn BufRead + Send>>)> {
         if self.pinned.is_some() || self.local_root().is_some() {
             // Pinned already, or on local disk where no round trip is saved: one read, of the
             // right generation.
@@ -837,7 +837,7 @@ impl Repo {
     }
 
     /// [`Repo::get_wal`] as a reader of the object while it arrives ([`Storage::get_reader`]).
-    pub fn get_wal_reader(&self, name: &WalFileName) -> Result<Option<Box<dyn Read + Send>>> {
+    pub fn get_wal_reader(&self, name: &WalFileName) -> Result<Option<Box<dyn BufRead + Send>>> {
         self.storage.get_reader(&self.wal_key(name)?)
     }
 

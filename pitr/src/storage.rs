@@ -103,10 +103,10 @@ pub trait Storage: Send + Sync {
     /// connection that drops mid-body, a body cut short) is a read error carrying the storage's
     /// error in a [`crate::codec::SourceError`]; a reader never ends early without one. The
     /// default reads the whole object with [`Storage::get`].
-    fn get_reader(&self, key: &str) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+    fn get_reader(&self, key: &str) -> Result<Option<Box<dyn std::io::BufRead + Send>>> {
         Ok(self
             .get(key)?
-            .map(|bytes| Box::new(std::io::Cursor::new(bytes)) as Box<dyn std::io::Read + Send>))
+            .map(|bytes| Box::new(std::io::Cursor::new(bytes)) as Box<dyn std::io::BufRead + Send>))
     }
 
     /// Size and modification time of an object, or `None` when it does not exist.

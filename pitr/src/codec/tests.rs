@@ -214,7 +214,7 @@ fn a_source_failing_midway_is_reported_as_its_own_error_not_as_corruption() {
     let raw: Vec<u8> = (0..(8 * CHUNK)).map(|i| (i * 7 % 253) as u8).collect();
     let object = Codec::default().encode(&raw);
     for cut in [10, object.len() / 2, object.len() - 1] {
-        let err = ObjectStream::open(Box::new(CutShort(&object[..cut])), "test")
+        let err = ObjectStream::open(Box::new(std::io::BufReader::new(CutShort(&object[..cut]))), "test")
             .and_then(|stream| decode_chunks_pipelined(stream, "test", &mut |_| Ok(())))
             .unwrap_err();
         assert!(

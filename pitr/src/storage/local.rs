@@ -248,7 +248,7 @@ impl Storage for LocalStorage {
         Ok(Some(bytes))
     }
 
-    fn get_reader(&self, key: &str) -> Result<Option<Box<dyn Read + Send>>> {
+    fn get_reader(&self, key: &str) -> Result<Option<Box<dyn io::BufRead + Send>>> {
         let path = self.path(key);
         let (Some(parent), name) = self.parent_of(key)? else {
             return Ok(None);
@@ -256,7 +256,10 @@ impl Storage for LocalStorage {
         let Some(file) = parent.open_file(name).map_err(Error::io("read", &path))? else {
             return Ok(None);
         };
-        Ok(Some(Box::new(FileSource { file, path })))
+        Ok(Some(Box::new(io::BufReader::with_capacity(
+            fsio::WRITE_PIECE,
+            FileSource { file, path },
+        ))))
     }
 
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {

@@ -37,6 +37,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
@@ -145,6 +146,10 @@ pub struct S3Config {
     /// ([`operation_deadline`]). Not read from the environment: tests of a store that hangs set
     /// it short.
     pub request_timeout: Duration,
+    /// A PEM file of the certificate authorities that an `https` endpoint's certificate must chain
+    /// to, in place of the system's trust store (`AWS_CA_BUNDLE`, or `ca_bundle` in the AWS config
+    /// file, as the AWS tools read them): for a store with a private CA.
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 /// The environment variables of the AWS credential chain that [`S3Config::with_env`] passes on.
@@ -194,6 +199,7 @@ impl S3Config {
             credential_chain: Vec::new(),
             lock_lease: DEFAULT_LOCK_LEASE,
             request_timeout: REQUEST_TIMEOUT,
+            ca_bundle: None,
         })
     }
 
@@ -263,6 +269,9 @@ impl S3Config {
         if self.endpoint.is_none() {
             self.endpoint = value("endpoint_url");
         }
+        if self.ca_bundle.is_none() {
+            self.ca_bundle = value("ca_bundle").map(Into::into);
+        }
         self
     }
 
@@ -297,6 +306,9 @@ impl S3Config {
                 Some("false") => Some(true),
                 _ => None,
             };
+        }
+        if self.ca_bundle.is_none() {
+            self.ca_bundle = get("AWS_CA_BUNDLE").map(Into::into);
         }
         for name in CREDENTIAL_CHAIN_VARIABLES {
             if let Some(value) = get(name) {
@@ -377,25 +389,88 @@ impl fmt::Debug for S3Config {
     }
 }
 
-/// Pieces of an answer's body held between the runtime that receives them and the reader that
-/// uses them ([`S3Storage::get_streamed`]): 16 pieces of a few tens of KiB each.
-const STREAM_DEPTH: usize = 16;
+/// `options` with the certificates an `https` endpoint is checked against: the system's trust
+/// store, or only those of the configured CA bundle. A plain `http` endpoint needs none: loading
+/// the system's store reads and parses every file of `/etc/ssl/certs`, on each pitr process.
+fn trusted_roots(
+    options: ClientOptions,
+    config: &S3Config,
+    plain_http: bool,
+) -> std::result::Result<ClientOptions, String> {
+    let Some(path) = &config.ca_bundle else {
+        return Ok(options.with_no_system_certificates(plain_http));
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certificates = object_store::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not a PEM bundle of certificates: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    let options = certificates.into_iter().fold(options, |options, certificate| {
+        options.with_root_certificate(certificate)
+    });
+    Ok(options.with_no_system_certificates(true))
+}
 
-/// The body of a GET, read while it arrives (see [`S3Storage::get_streamed`]). `None` from the
-/// channel is the body's end; a channel closed before it is a body cut short.
+/// Batches of an answer's body held between the runtime that receives them and the reader that
+/// uses them ([`S3Storage::get_streamed`]).
+const STREAM_DEPTH: usize = 4;
+
+/// How much of a body the runtime gathers into one batch when more of it has arrived already: a
+/// body comes in pieces of a TLS record (16 KiB) or less, and handing each over on its own costs
+/// a wakeup of the reader per piece.
+const STREAM_BATCH: usize = 256 << 10;
+
+/// What the runtime hands the reader of a body: pieces of it, its end, or the error that ended it.
+enum BodyPart {
+    Pieces(Vec<bytes::Bytes>),
+    End,
+    Failed(object_store::Error),
+}
+
+/// The next [`BodyPart`] of a body polled with `poll_next`: the pieces that have arrived, up to
+/// [`STREAM_BATCH`], once at least one has.
+async fn next_batch(
+    mut poll_next: impl FnMut(&mut Context<'_>) -> Poll<Option<object_store::Result<bytes::Bytes>>>,
+) -> BodyPart {
+    let mut pieces = Vec::new();
+    let mut gathered = 0;
+    std::future::poll_fn(|cx| loop {
+        match poll_next(cx) {
+            Poll::Ready(Some(Ok(piece))) => {
+                gathered += piece.len();
+                pieces.push(piece);
+                if gathered >= STREAM_BATCH {
+                    return Poll::Ready(BodyPart::Pieces(std::mem::take(&mut pieces)));
+                }
+            }
+            // The pieces gathered first; the end or the error comes with the next call.
+            Poll::Ready(_) | Poll::Pending if !pieces.is_empty() => {
+                return Poll::Ready(BodyPart::Pieces(std::mem::take(&mut pieces)));
+            }
+            Poll::Ready(None) => return Poll::Ready(BodyPart::End),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(BodyPart::Failed(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// The body of a GET, read while it arrives (see [`S3Storage::get_streamed`]). A channel closed
+/// before [`BodyPart::End`] is a body cut short.
 struct BodyReader {
     /// Keeps the runtime alive and maps errors.
     storage: S3Storage,
     key: String,
-    received: tokio::sync::mpsc::Receiver<Option<object_store::Result<bytes::Bytes>>>,
-    /// What is left of the piece being read.
-    piece: bytes::Bytes,
+    received: tokio::sync::mpsc::Receiver<BodyPart>,
+    /// The pieces received and not read yet, the first one partly read maybe.
+    pieces: std::collections::VecDeque<bytes::Bytes>,
     ended: bool,
 }
 
 impl BodyReader {
-    /// The next piece from the runtime, waited for in a way that works inside a tokio runtime too.
-    fn next_piece(&mut self) -> Option<Option<object_store::Result<bytes::Bytes>>> {
+    /// The next part from the runtime, waited for in a way that works inside a tokio runtime too.
+    fn next_part(&mut self) -> Option<BodyPart> {
         let received = &mut self.received;
         match tokio::runtime::Handle::try_current() {
             Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -410,35 +485,55 @@ impl BodyReader {
             Err(_) => received.blocking_recv(),
         }
     }
+
+    /// The error for a body that stopped without an end.
+    fn cut_short(&self) -> Error {
+        Error::Remote {
+            action: "read",
+            location: self.storage.describe(&self.key),
+            status: None,
+            retryable: true,
+            reason: format!(
+                "the answer's body stopped before its end (no more within {}s); the store may be \
+                 overloaded, try again later",
+                self.storage.inner.deadline.as_secs()
+            ),
+        }
+    }
+}
+
+impl std::io::BufRead for BodyReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.pieces.front().is_none_or(|piece| piece.is_empty()) && !self.ended {
+            self.pieces.pop_front();
+            if !self.pieces.is_empty() {
+                continue;
+            }
+            match self.next_part() {
+                Some(BodyPart::Pieces(pieces)) => self.pieces.extend(pieces),
+                Some(BodyPart::End) => self.ended = true,
+                Some(BodyPart::Failed(e)) => {
+                    return Err(SourceError::into_io(self.storage.error("read", &self.key, &e)));
+                }
+                None => return Err(SourceError::into_io(self.cut_short())),
+            }
+        }
+        Ok(self.pieces.front().map_or(&[], |piece| &piece[..]))
+    }
+
+    fn consume(&mut self, n: usize) {
+        if let Some(piece) = self.pieces.front_mut() {
+            bytes::Buf::advance(piece, n);
+        }
+    }
 }
 
 impl std::io::Read for BodyReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.piece.is_empty() && !self.ended {
-            match self.next_piece() {
-                Some(Some(Ok(piece))) => self.piece = piece,
-                Some(None) => self.ended = true,
-                Some(Some(Err(e))) => {
-                    return Err(SourceError::into_io(self.storage.error("read", &self.key, &e)));
-                }
-                None => {
-                    return Err(SourceError::into_io(Error::Remote {
-                        action: "read",
-                        location: self.storage.describe(&self.key),
-                        status: None,
-                        retryable: true,
-                        reason: format!(
-                            "the answer's body stopped before its end (no more within {}s); the store may be \
-                             overloaded, try again later",
-                            self.storage.inner.deadline.as_secs()
-                        ),
-                    }));
-                }
-            }
-        }
-        let n = buf.len().min(self.piece.len());
-        buf[..n].copy_from_slice(&self.piece[..n]);
-        bytes::Buf::advance(&mut self.piece, n);
+        let available = std::io::BufRead::fill_buf(self)?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        std::io::BufRead::consume(self, n);
         Ok(n)
     }
 }
@@ -519,10 +614,15 @@ impl S3Storage {
         let allow_http = endpoint.as_ref().is_some_and(|(_, http)| *http);
         let region = config.region.clone().unwrap_or_else(|| "us-east-1".to_string());
         let path_style = config.uses_path_style();
-        let client_options = ClientOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(config.request_timeout)
-            .with_allow_http(allow_http);
+        let client_options = trusted_roots(
+            ClientOptions::new()
+                .with_connect_timeout(CONNECT_TIMEOUT)
+                .with_timeout(config.request_timeout)
+                .with_allow_http(allow_http),
+            &config,
+            allow_http,
+        )
+        .map_err(|e| refuse("AWS_CA_BUNDLE (ca_bundle)", &e))?;
         let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: BACKOFF_INITIAL,
@@ -691,7 +791,12 @@ impl S3Storage {
             (None, Some(kind)) => !matches!(kind, HttpErrorKind::Decode),
             (None, None) => false,
         };
+        let cause = root_cause(e);
         let hint = match (status, transport, e) {
+            _ if cause.contains("certificate") => {
+                "the store's TLS certificate was not accepted: if a private CA signed it, name the CA's PEM file \
+                 in AWS_CA_BUNDLE (or ca_bundle in the AWS config file)"
+            }
             (_, _, object_store::Error::NotImplemented { .. }) | (Some(501), _, _) => {
                 "the store does not implement this request (create-only puts need If-None-Match); \
                  pitr refuses rather than overwrite"
@@ -709,7 +814,11 @@ impl S3Storage {
             _ if retryable => "the store failed or is overloaded; trying again later may succeed",
             _ => "",
         };
-        let mut reason = one_line(&e.to_string());
+        let mut reason = e.to_string();
+        if !reason.contains(&cause) {
+            reason = format!("{reason}: {cause}");
+        }
+        let mut reason = one_line(&reason);
         for secret in &self.inner.secrets {
             reason = reason.replace(secret.as_str(), "[redacted]");
         }
@@ -825,8 +934,9 @@ impl S3Storage {
 
     /// [`Storage::get_reader`]: the answer's headers are waited for here (a 404 is `None`), its
     /// body is pumped on the runtime into a bounded channel that the reader drains, so at most
-    /// [`STREAM_DEPTH`] pieces of it are held while the caller is busy with the ones before.
-    fn get_streamed(&self, key: &str) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+    /// [`STREAM_DEPTH`] batches of it (of about [`STREAM_BATCH`] each) are held while the caller is
+    /// busy with the ones before.
+    fn get_streamed(&self, key: &str) -> Result<Option<Box<dyn std::io::BufRead + Send>>> {
         let path = self.path(key)?;
         let path_ = path.clone();
         let answer = self.request("read", key, |c| async move { c.get(&path_).await })?;
@@ -844,15 +954,15 @@ impl S3Storage {
             .runtime
             .as_ref()
             .expect("the runtime lives as long as the storage");
-        let (pieces, received) = tokio::sync::mpsc::channel(STREAM_DEPTH);
+        let (parts, received) = tokio::sync::mpsc::channel(STREAM_DEPTH);
         let deadline = self.inner.deadline;
         runtime.spawn(async move {
             let mut body = found.into_stream();
             let pump = async {
                 loop {
-                    let next = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await;
-                    let end = !matches!(next, Some(Ok(_)));
-                    if pieces.send(next).await.is_err() || end {
+                    let part = next_batch(|cx| body.as_mut().poll_next(cx)).await;
+                    let end = !matches!(part, BodyPart::Pieces(_));
+                    if parts.send(part).await.is_err() || end {
                         return;
                     }
                 }
@@ -864,7 +974,7 @@ impl S3Storage {
             storage: self.clone(),
             key: key.to_string(),
             received,
-            piece: bytes::Bytes::new(),
+            pieces: std::collections::VecDeque::new(),
             ended: false,
         })))
     }
@@ -954,6 +1064,16 @@ fn status_in_message(message: &str) -> Option<u16> {
 }
 
 /// An error message on one line, at most 600 characters (an XML error body can be long).
+/// The innermost error under `e` (a refused certificate, a reset connection), which
+/// `object_store`'s own message leaves out.
+fn root_cause(e: &object_store::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
 fn one_line(message: &str) -> String {
     let flat: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
     match flat.char_indices().nth(600) {
@@ -985,7 +1105,7 @@ impl Storage for S3Storage {
         Ok(self.get_tagged(key)?.map(|found| found.bytes))
     }
 
-    fn get_reader(&self, key: &str) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+    fn get_reader(&self, key: &str) -> Result<Option<Box<dyn std::io::BufRead + Send>>> {
         self.get_streamed(key)
     }
 
@@ -1282,7 +1402,7 @@ mod tests {
                            [ops]\n# a comment\nAWS_ACCESS_KEY_ID = OPS\naws_secret_access_key=opssecret\n\
                            aws_session_token = tok\n[ops]\naws_access_key_id = LATER\n";
         let config = "[default]\nregion = eu-west-1\n[profile ops]\nregion = eu-central-1\n\
-                      endpoint_url = http://127.0.0.1:9000\n";
+                      endpoint_url = http://127.0.0.1:9000\nca_bundle = /etc/pitr/ca.pem\n";
         let read = |path: &std::path::Path| match path.to_str() {
             Some("/home/u/.aws/credentials") => Some(credentials.to_string()),
             Some("/home/u/.aws/config") => Some(config.to_string()),
@@ -1306,6 +1426,14 @@ mod tests {
         assert_eq!(ops.session_token.as_ref().map(Secret::expose), Some("tok"));
         assert_eq!(ops.region.as_deref(), Some("eu-central-1"));
         assert_eq!(ops.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(ops.ca_bundle.as_deref(), Some(std::path::Path::new("/etc/pitr/ca.pem")));
+        let bundle_from_env = base()
+            .with_env(env(&[("AWS_CA_BUNDLE", "/srv/ca.pem")]))
+            .with_profile_files(env(&[("HOME", "/home/u"), ("AWS_PROFILE", "ops")]), read);
+        assert_eq!(
+            bundle_from_env.ca_bundle.as_deref(),
+            Some(std::path::Path::new("/srv/ca.pem"))
+        );
         let from_env = base()
             .with_env(env(&[
                 ("AWS_ACCESS_KEY_ID", "ENV"),
