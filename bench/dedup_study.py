@@ -89,6 +89,7 @@ class Study:
         self.plan = PLANS[a.plan]
         self.interval = a.interval or self.plan["interval"]
         self.hours = a.hours or self.plan["hours"]
+        self.prev_scan: Optional[dict] = None
 
     # -- commands ----------------------------------------------------------------------------------
 
@@ -235,6 +236,23 @@ pg1-port={PORT}
             raise CommandFailed(f"dedup_probe scan failed: {p.stdout}")
         return json.loads(out.read_text())
 
+    def read_and_hash(self, n: int, scan: dict) -> dict:
+        """Times reading and hashing (BLAKE3, 8 KiB pieces) every file, and only the files the skip
+        rule could not skip (size, mtime, ctime and inode as at the previous scan): the least a
+        deduplicating backup must do, page cache warm (the scan just read every file)."""
+        before = {f["path"]: f for f in (self.prev_scan or {"files": []})["files"]}
+        keys = ("size", "mtime_ns", "ctime_ns", "ino")
+        unskipped = [f["path"] for f in scan["files"]
+                     if not (f["path"] in before and all(before[f["path"]][k] == f[k] for k in keys))]
+        out = {}
+        for name, paths in (("all", [f["path"] for f in scan["files"]]), ("unskipped", unskipped)):
+            listing = self.tmp / "scans" / f"{n}.{name}.txt"
+            listing.write_text("\n".join(paths) + "\n")
+            p = subprocess.run([str(self.probe), "readhash", str(self.pgdata), str(listing)], stdout=subprocess.PIPE,
+                               text=True, check=True)
+            out[name] = json.loads(p.stdout)
+        return out
+
     def snapshot(self, n: int, pgbr_kind: str) -> dict:
         """Backs up with both tools (load paused) and scans the data directory."""
         pgbr_wal_before = tree_bytes(self.pgbr_repo / "archive")
@@ -242,7 +260,9 @@ pg1-port={PORT}
         pgbr = self.pgbr_backup(pgbr_kind)
         self.wait_archiver()
         scan = self.scan(n)
-        return {"pitr": pitr, "pgbr": pgbr, "scan": scan,
+        reads = self.read_and_hash(n, scan)
+        self.prev_scan = scan
+        return {"pitr": pitr, "pgbr": pgbr, "scan": scan, "read_and_hash": reads,
                 "pgbr_wal_during_backups": tree_bytes(self.pgbr_repo / "archive") - pgbr_wal_before}
 
     def run_schedule(self) -> List[dict]:
@@ -333,6 +353,7 @@ def summarize(hours: List[dict]) -> dict:
                             if k in ("new_bytes", "new_zstd", "new_zstd_framed", "new_objects", "pieces", "distinct")}
                         for s in SCHEMES},
             "skip": skip_rule(hours[i - 1], h),
+            "read_and_hash": h.get("read_and_hash"),
         })
     return {
         "full": {"pitr_seconds": full["pitr"]["seconds"], "pitr_stored": full["pitr"]["stored_bytes"],
@@ -345,23 +366,28 @@ def summarize(hours: List[dict]) -> dict:
 
 PIECE_BYTES = {"fixed_8k": 8 << 10, "fixed_64k": 64 << 10, "fixed_256k": 256 << 10, "fixed_1024k": 1 << 20,
                "fixed_4096k": 4 << 20, "fixed_16384k": 16 << 20, "cdc_64k": 64 << 10, "cdc_1024k": 1 << 20}
+# The group of the two-level index (tree_index).
+GROUP, GROUP_SCHEME = 256 << 10, "fixed_256k"
 
 
-def tree_index(scheme: str, pieces_1m: float, new_groups_1m: float, pieces: float) -> float:
-    """Index bytes one backup writes when a file lists 1 MiB groups and each group, a content-addressed
-    object, lists its pieces: every group reference, plus the piece lists of the groups that changed.
-    For pieces of 1 MiB and more, the flat list."""
-    if PIECE_BYTES[scheme] >= 1 << 20:
+def tree_index(scheme: str, full: dict, new_groups: Optional[float]) -> float:
+    """Index bytes one backup writes when a file lists groups of 256 KiB and each group, itself a
+    content-addressed object, lists its pieces: every group reference, plus the piece lists of the
+    groups that changed (`new_groups`, each taken as a full group of 256 KiB: an upper bound), or of
+    every group (None: a first backup). Pieces of 256 KiB and more, and CDC pieces: a flat list."""
+    size = PIECE_BYTES[scheme]
+    pieces = full["schemes"][scheme]["pieces"]
+    if size >= GROUP or scheme.startswith("cdc"):
         return pieces * INDEX_BYTES_PER_PIECE
-    return (pieces_1m + new_groups_1m * ((1 << 20) // PIECE_BYTES[scheme])) * INDEX_BYTES_PER_PIECE
+    listed = pieces if new_groups is None else new_groups * (GROUP // size)
+    return (full["schemes"][GROUP_SCHEME]["pieces"] + listed) * INDEX_BYTES_PER_PIECE
 
 
-def stored_ratio(full: dict, scheme: str, new: float, new_groups_1m: float, wal: float, key: str,
+def stored_ratio(full: dict, scheme: str, new: float, new_groups: float, wal: float, key: str,
                  hours: int = 24) -> float:
     """(first backup in pieces + `hours` × (new pieces + index + WAL)) / (pitr full + `hours` × WAL)."""
-    pieces = full["schemes"][scheme]["pieces"]
-    index = tree_index(scheme, full["schemes"]["fixed_1024k"]["pieces"], new_groups_1m, pieces)
-    stored = full["schemes"][scheme][key] + index + hours * (new + index + wal)
+    first = full["schemes"][scheme][key] + tree_index(scheme, full, None)
+    stored = first + hours * (new + tree_index(scheme, full, new_groups) + wal)
     return stored / (full["pitr_stored"] + hours * wal)
 
 
@@ -370,7 +396,7 @@ def predict(s: dict, workload: str, scheme: str, key: str = "new_zstd", hours: i
     new_zstd (each piece compressed alone) or new_zstd_framed (new pieces compressed in frames)."""
     rows = [r for r in s["hours"] if r["workload"] == workload]
     new = statistics.mean(r["schemes"][scheme][key] for r in rows)
-    groups = statistics.mean(r["schemes"]["fixed_1024k"]["new_objects"] for r in rows)
+    groups = statistics.mean(r["schemes"][GROUP_SCHEME]["new_objects"] for r in rows)
     wal = statistics.mean(r["wal_stored"] for r in rows)
     return stored_ratio(s["full"], scheme, new, groups, wal, key, hours)
 
@@ -393,11 +419,11 @@ def report(s: dict) -> str:
     out.append("Full backup cut into pieces (every piece new):\n")
     framed = "new_zstd_framed" in f["schemes"]["fixed_8k"]
     out.append(md_table(["pieces", "objects", "distinct bytes MiB", "zstd-3 MiB (each piece alone)",
-                         "zstd-3 MiB (256 KiB frames)", "flat index MiB per backup"],
+                         "zstd-3 MiB (256 KiB frames)", "index MiB of a full (tree_index)"],
                         [[SCHEME_LABEL[k], f["schemes"][k]["distinct"], mib(f["schemes"][k]["new_bytes"]),
                           mib(f["schemes"][k]["new_zstd"]),
                           mib(f["schemes"][k]["new_zstd_framed"]) if framed else "not measured",
-                          mib(f["schemes"][k]["pieces"] * INDEX_BYTES_PER_PIECE)]
+                          mib(tree_index(k, f, None))]
                          for k in SCHEMES]))
     out.append("\nPer hour: backups, WAL (stored = zstd-3 as pitr stores it; raw = 16 MiB per segment):\n")
     out.append(md_table(
@@ -416,7 +442,8 @@ def report(s: dict) -> str:
                                                            else r["schemes"][k][key] for k in SCHEMES]
                              for r in s["hours"]]))
     out.append("\nPer workload, mean hour (zstd-3 MiB of new pieces) and 24 such hours against the target "
-               "(stored / (pitr full + 24 h of WAL); ≤ 1.3 wanted; index: see tree_index):\n")
+               "(stored / (pitr full + 24 h of WAL); ≤ 1.3 wanted; index: see tree_index; framed: new pieces "
+               "compressed in 256 KiB frames):\n")
     rows = []
     for name in dict.fromkeys(r["workload"] for r in s["hours"]):
         hs = [r for r in s["hours"] if r["workload"] == name]
@@ -433,6 +460,18 @@ def report(s: dict) -> str:
         rows.append(row)
     out.append(md_table(["workload", "txns/hour", "WAL stored MiB/hour"] + [SCHEME_LABEL[k] for k in SCHEMES], rows))
     hours = s["hours"]
+    if hours and hours[0].get("read_and_hash"):
+        out.append("\nThe least an hourly deduplicating backup reads and hashes (BLAKE3, 8 KiB pieces, one thread, "
+                   "page cache warm), against pitr's full backup of the same hour:\n")
+        out.append(md_table(["hour", "workload", "pitr full s", "read+hash all: s (MiB)", "ratio",
+                             "read+hash what the skip rule leaves: s (MiB)", "ratio"],
+                            [[r["hour"], r["workload"], f"{r['pitr_seconds']:.2f}",
+                              f"{r['read_and_hash']['all']['seconds']:.2f} ({mib(r['read_and_hash']['all']['bytes'])})",
+                              f"{r['read_and_hash']['all']['seconds'] / r['pitr_seconds']:.2f}×",
+                              f"{r['read_and_hash']['unskipped']['seconds']:.2f} "
+                              f"({mib(r['read_and_hash']['unskipped']['bytes'])})",
+                              f"{r['read_and_hash']['unskipped']['seconds'] / r['pitr_seconds']:.2f}×"]
+                             for r in hours]))
     out.append(f"\nAll {len(hours)} hours: pitr full backups {mib(sum(r['pitr_stored'] for r in hours))} MiB in "
                f"{sum(r['pitr_seconds'] for r in hours):.0f} s (median {statistics.median(r['pitr_seconds'] for r in hours):.1f} s); "
                f"pgBackRest incrementals {mib(sum(r['pgbr_stored'] for r in hours))} MiB in "
@@ -495,6 +534,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         speed = st.hash_speed()
     finally:
         st.teardown()
+    if a.json:
+        # The raw figures first (file lists included), so that a fault in the analysis loses nothing.
+        a.json.with_suffix(".raw.json").write_text(json.dumps(hours))
     summary = summarize(hours)
     if a.json:
         a.json.write_text(json.dumps({"summary": summary, "hash_speed": speed,
