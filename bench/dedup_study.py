@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """The measurements behind the design of deduplicated backups (issue #18). Findings: bench/dedup.md.
 
-Run as root from anywhere (it takes about 35 minutes on 2 cores; take it under the bench lock):
+Run as root from anywhere, under the bench lock (31 minutes on 2 cores; --plan real, 21 minutes):
 
-    flock /work/bench.lock nice -n 19 python3 bench/dedup_study.py --pitr /path/to/pitr
+    flock /work/bench.lock nice -n 19 python3 bench/dedup_study.py --pitr /path/to/pitr --json bench/dedup_results.json
+    flock /work/bench.lock nice -n 19 python3 bench/dedup_study.py --pitr /path/to/pitr --plan real \
+        --json bench/dedup_results_real.json
 
 One throwaway PostgreSQL cluster (pgbench scale 50) archives with `pitr archive-push` and
 `pgbackrest archive-push`. One backup of each tool (pitr full, pgBackRest full with block
@@ -12,7 +14,8 @@ each hour closed by a pitr full backup and a pgBackRest incremental, with the lo
 after the backups, bench/dedup_probe (a small Rust tool, built here) reads every file the backup
 copied and cuts it into pieces of 8 KiB ... 16 MiB at fixed offsets and by FastCDC, and counts
 the pieces no earlier hour had: their bytes, zstd-3 size and number. It also records each file's
-size, mtime, ctime and hash, for the skip rule. Then the hashing speed of BLAKE3 and SHA-256.
+size, mtime, ctime and hash, for the skip rule, and times reading and hashing what a
+deduplicating backup would have to read. Then the hashing speed of BLAKE3 and SHA-256.
 
 It prints the tables of bench/dedup.md and writes the figures as JSON (--json). Everything lives in
 one temp dir under /tmp, removed at the end (--keep keeps it). It reuses bench/run.py's Runner.

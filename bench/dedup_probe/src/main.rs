@@ -46,7 +46,10 @@ impl Scheme {
     /// (offset, length) of each piece of `data`.
     fn cut(self, data: &[u8]) -> Vec<(usize, usize)> {
         match self {
-            Scheme::Fixed(size) => (0..data.len()).step_by(size).map(|o| (o, size.min(data.len() - o))).collect(),
+            Scheme::Fixed(size) => (0..data.len())
+                .step_by(size)
+                .map(|o| (o, size.min(data.len() - o)))
+                .collect(),
             Scheme::Cdc { min, avg, max } => fastcdc::v2020::FastCDC::new(data, min as u32, avg as u32, max as u32)
                 .map(|c| (c.offset, c.length))
                 .collect(),
@@ -61,8 +64,16 @@ const SCHEMES: [Scheme; 8] = [
     Scheme::Fixed(MIB),
     Scheme::Fixed(4 * MIB),
     Scheme::Fixed(16 * MIB),
-    Scheme::Cdc { min: 16 * KIB, avg: 64 * KIB, max: 256 * KIB },
-    Scheme::Cdc { min: 256 * KIB, avg: MIB, max: 4 * MIB },
+    Scheme::Cdc {
+        min: 16 * KIB,
+        avg: 64 * KIB,
+        max: 256 * KIB,
+    },
+    Scheme::Cdc {
+        min: 256 * KIB,
+        avg: MIB,
+        max: 4 * MIB,
+    },
 ];
 
 /// What one scheme found in one scan.
@@ -110,7 +121,11 @@ impl Seen {
             Err(e) => return Err(e),
         };
         let before = raw.chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect();
-        Ok(Seen { before, now: HashSet::new(), added: Vec::new() })
+        Ok(Seen {
+            before,
+            now: HashSet::new(),
+            added: Vec::new(),
+        })
     }
 
     fn save(&self, path: &Path) -> io::Result<()> {
@@ -141,8 +156,16 @@ impl Stat {
 }
 
 /// Directories whose contents a backup leaves out (only the directory is recorded).
-const CONTENTS_EXCLUDED: [&str; 8] =
-    ["pg_wal", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots", "pg_stat_tmp", "pg_subtrans"];
+const CONTENTS_EXCLUDED: [&str; 8] = [
+    "pg_wal",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat_tmp",
+    "pg_subtrans",
+];
 const TOP_FILES_EXCLUDED: [&str; 7] = [
     "postmaster.pid",
     "postmaster.opts",
@@ -156,7 +179,9 @@ const TOP_FILES_EXCLUDED: [&str; 7] = [
 fn is_temp_relation(name: &str) -> bool {
     name.strip_prefix('t')
         .and_then(|rest| rest.split_once('_'))
-        .is_some_and(|(a, b)| !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.starts_with(|c: char| c.is_ascii_digit()))
+        .is_some_and(|(a, b)| {
+            !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.starts_with(|c: char| c.is_ascii_digit())
+        })
 }
 
 fn excluded(rel: &Path, name: &str, top: bool, is_dir: bool) -> bool {
@@ -206,7 +231,10 @@ fn hex(bytes: &[u8]) -> String {
 
 fn scan(pgdata: &Path, state: &Path, out: &Path) -> io::Result<()> {
     fs::create_dir_all(state)?;
-    let mut seen: Vec<Seen> = SCHEMES.iter().map(|s| Seen::load(&state.join(s.name() + ".bin"))).collect::<io::Result<_>>()?;
+    let mut seen: Vec<Seen> = SCHEMES
+        .iter()
+        .map(|s| Seen::load(&state.join(s.name() + ".bin")))
+        .collect::<io::Result<_>>()?;
     let mut tallies: Vec<Tally> = SCHEMES.iter().map(|_| Tally::default()).collect();
     let mut zstd = zstd::bulk::Compressor::new(3)?;
     let mut files_json = Vec::new();
@@ -298,7 +326,10 @@ fn readhash(pgdata: &Path, list: &Path) -> io::Result<()> {
         bytes += buf.len() as u64;
     }
     std::hint::black_box(sink);
-    println!("{{\"seconds\":{:.3},\"bytes\":{bytes}}}", started.elapsed().as_secs_f64());
+    println!(
+        "{{\"seconds\":{:.3},\"bytes\":{bytes}}}",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -354,6 +385,8 @@ fn main() -> io::Result<()> {
             hashspeed(seconds.parse().map_err(|_| io::Error::other("SECONDS: a number"))?);
             Ok(())
         }
-        _ => Err(io::Error::other("usage: dedup_probe scan PGDATA STATE_DIR OUT_JSON | readhash PGDATA LIST | hashspeed SECONDS")),
+        _ => Err(io::Error::other(
+            "usage: dedup_probe scan PGDATA STATE_DIR OUT_JSON | readhash PGDATA LIST | hashspeed SECONDS",
+        )),
     }
 }
