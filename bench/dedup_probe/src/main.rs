@@ -155,7 +155,9 @@ impl Stat {
     }
 }
 
-/// Directories whose contents a backup leaves out (only the directory is recorded).
+/// Directories whose contents a backup leaves out (only the directory is recorded): a copy of
+/// `EMPTIED_TOP_DIRS` in pitr/src/backup/source.rs (this probe stays outside pitr's workspace, so
+/// it cannot import it); keep the two equal.
 const CONTENTS_EXCLUDED: [&str; 8] = [
     "pg_wal",
     "pg_replslot",
