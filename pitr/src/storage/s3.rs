@@ -416,10 +416,10 @@ fn trusted_roots(
 /// uses them ([`S3Storage::get_streamed`]).
 const STREAM_DEPTH: usize = 4;
 
-/// How much of a body the runtime gathers into one batch when more of it has arrived already: a
-/// body comes in pieces of a TLS record (16 KiB) or less, and handing each over on its own costs
-/// a wakeup of the reader per piece.
-const STREAM_BATCH: usize = 256 << 10;
+/// How much of a body the runtime gathers into one batch before it hands it over: a body comes
+/// in pieces of a TLS record (16 KiB) or less, often one at a time, and handing each over on its
+/// own costs the reader a wakeup (a context switch) per piece.
+const STREAM_BATCH: usize = 128 << 10;
 
 /// What the runtime hands the reader of a body: pieces of it, its end, or the error that ended it.
 enum BodyPart {
@@ -428,11 +428,12 @@ enum BodyPart {
     Failed(object_store::Error),
 }
 
-/// The next [`BodyPart`] of a body polled with `poll_next`: the pieces that have arrived, up to
-/// [`STREAM_BATCH`], once at least one has.
+/// The next pieces of a body polled with `poll_next`, at least [`STREAM_BATCH`] bytes of them
+/// unless the body ends first, and its end or error when it came: the pieces before an end are
+/// never dropped, nor an end after pieces.
 async fn next_batch(
     mut poll_next: impl FnMut(&mut Context<'_>) -> Poll<Option<object_store::Result<bytes::Bytes>>>,
-) -> BodyPart {
+) -> (Vec<bytes::Bytes>, Option<BodyPart>) {
     let mut pieces = Vec::new();
     let mut gathered = 0;
     std::future::poll_fn(|cx| loop {
@@ -441,15 +442,13 @@ async fn next_batch(
                 gathered += piece.len();
                 pieces.push(piece);
                 if gathered >= STREAM_BATCH {
-                    return Poll::Ready(BodyPart::Pieces(std::mem::take(&mut pieces)));
+                    return Poll::Ready((std::mem::take(&mut pieces), None));
                 }
             }
-            // The pieces gathered first; the end or the error comes with the next call.
-            Poll::Ready(_) | Poll::Pending if !pieces.is_empty() => {
-                return Poll::Ready(BodyPart::Pieces(std::mem::take(&mut pieces)));
+            Poll::Ready(None) => return Poll::Ready((std::mem::take(&mut pieces), Some(BodyPart::End))),
+            Poll::Ready(Some(Err(e))) => {
+                return Poll::Ready((std::mem::take(&mut pieces), Some(BodyPart::Failed(e))));
             }
-            Poll::Ready(None) => return Poll::Ready(BodyPart::End),
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(BodyPart::Failed(e)),
             Poll::Pending => return Poll::Pending,
         }
     })
@@ -960,9 +959,12 @@ impl S3Storage {
             let mut body = found.into_stream();
             let pump = async {
                 loop {
-                    let part = next_batch(|cx| body.as_mut().poll_next(cx)).await;
-                    let end = !matches!(part, BodyPart::Pieces(_));
-                    if parts.send(part).await.is_err() || end {
+                    let (pieces, end) = next_batch(|cx| body.as_mut().poll_next(cx)).await;
+                    if !pieces.is_empty() && parts.send(BodyPart::Pieces(pieces)).await.is_err() {
+                        return;
+                    }
+                    if let Some(end) = end {
+                        let _ = parts.send(end).await;
                         return;
                     }
                 }
@@ -1578,5 +1580,50 @@ mod tests {
         let top = S3Storage::open(S3Config::from_url("s3://b-1").unwrap()).unwrap();
         assert_eq!(top.dir_path("").unwrap(), None);
         assert_eq!(top.path("x").unwrap().as_ref(), "x");
+    }
+
+    /// Batches of a body whose pieces come as `script` says, `None` being "not arrived yet".
+    fn batches(script: Vec<Option<Option<object_store::Result<bytes::Bytes>>>>) -> Vec<(usize, &'static str)> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut script = std::collections::VecDeque::from(script);
+        let mut out = Vec::new();
+        runtime.block_on(async {
+            loop {
+                let (pieces, end) = next_batch(|cx| match script.pop_front() {
+                    Some(Some(item)) => Poll::Ready(item),
+                    Some(None) => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    None => panic!("polled after the end"),
+                })
+                .await;
+                let bytes = pieces.iter().map(|p| p.len()).sum();
+                match end {
+                    None => out.push((bytes, "more")),
+                    Some(BodyPart::End) => return out.push((bytes, "end")),
+                    Some(BodyPart::Failed(_)) => return out.push((bytes, "failed")),
+                    Some(BodyPart::Pieces(_)) => unreachable!(),
+                }
+            }
+        });
+        out
+    }
+
+    #[test]
+    fn a_body_is_handed_over_in_batches_and_its_end_or_error_is_never_dropped() {
+        let piece = |n: usize| Some(Some(Ok(bytes::Bytes::from(vec![0u8; n]))));
+        let failed = Some(Some(Err(object_store::Error::Generic {
+            store: "S3",
+            source: "the connection dropped".into(),
+        })));
+        // Small pieces, some not arrived yet, gathered until a batch is full.
+        let mut script = vec![piece(16 << 10), None, piece(16 << 10)];
+        script.extend((0..7).map(|_| piece(16 << 10)));
+        script.extend([None, piece(100), Some(None)]);
+        assert_eq!(batches(script), vec![(STREAM_BATCH, "more"), ((16 << 10) + 100, "end")]);
+        // The pieces before an error come with it; nothing is polled after it.
+        assert_eq!(batches(vec![piece(10), None, piece(20), failed]), vec![(30, "failed")]);
+        assert_eq!(batches(vec![Some(None)]), vec![(0, "end")]);
     }
 }
