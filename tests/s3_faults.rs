@@ -290,6 +290,28 @@ fn pitr_with_env(c: &Cluster, env: &[(String, String)], args: &[&str]) -> (CmdOu
     (out, started.elapsed())
 }
 
+/// A cluster whose repository is `prefix` on `server` (archiving off), with one captured 1 MiB
+/// segment of `rows` md5 rows, data that does not compress away: its name and bytes.
+fn cluster_with_a_segment(server: &S3Server, prefix: &str, rows: u32) -> (Cluster, String, Vec<u8>) {
+    let c = Cluster::start(
+        ClusterOptions::default()
+            .s3(server, prefix)
+            .wal_segsize_mb(1)
+            .archive(false),
+    );
+    c.psql(&format!(
+        "CREATE TABLE f AS SELECT md5(g::text) AS v FROM generate_series(1, {rows}) g"
+    ));
+    let (name, original) = c.capture_segment();
+    (c, name, original)
+}
+
+/// archive-get of `segment` into `pg_wal/RECOVERYXLOG`, as PostgreSQL asks for it, with `env`.
+fn get_to_recoveryxlog(c: &Cluster, env: &[(String, String)], segment: &str) -> (CmdOutput, Duration) {
+    let _ = std::fs::remove_file(c.pg_wal().join("RECOVERYXLOG"));
+    pitr_with_env(c, env, &["archive-get", segment, "pg_wal/RECOVERYXLOG"])
+}
+
 /// Asserts a failure reported in bounded time, that names the store and shows no secret.
 #[track_caller]
 fn assert_failed_naming_the_store(server: &S3Server, prefix: &str, out: &CmdOutput, took: Duration, code: i32) {
@@ -420,22 +442,12 @@ fn archive_push_to_a_failing_store_exits_1_and_leaves_no_object() {
 fn archive_get_exits_1_only_for_a_true_404_and_200_for_every_store_failure() {
     let server = S3Server::start();
     let proxy = FaultProxy::start(server.port);
-    let c = Cluster::start(
-        ClusterOptions::default()
-            .s3(&server, "get")
-            .wal_segsize_mb(1)
-            .archive(false),
-    );
     // A segment full of data that does not compress away: a download of many kilobytes.
-    c.psql("CREATE TABLE f AS SELECT md5(g::text) AS v FROM generate_series(1, 5000) g");
-    let (name, original) = c.capture_segment();
+    let (c, name, original) = cluster_with_a_segment(&server, "get", 5000);
     c.pitr_as_server(&["archive-push", &format!("pg_wal/{name}")])
         .assert_success();
     let absent = later_segment_name(&name, 100, 1 << 20);
-    let get = |env: &[(String, String)], segment: &str| {
-        let _ = std::fs::remove_file(c.pg_wal().join("RECOVERYXLOG"));
-        pitr_with_env(&c, env, &["archive-get", segment, "pg_wal/RECOVERYXLOG"])
-    };
+    let get = |env: &[(String, String)], segment: &str| get_to_recoveryxlog(&c, env, segment);
 
     let (out, _) = get(&server.env(), &absent);
     out.assert_code(1).assert_silent();
@@ -829,19 +841,12 @@ fn the_watcher_rides_out_a_failing_store_and_drops_nothing() {
 fn archive_get_waits_for_one_round_trip_not_three() {
     let server = S3Server::start();
     let proxy = FaultProxy::start(server.port);
-    let c = Cluster::start(
-        ClusterOptions::default()
-            .s3(&server, "far")
-            .wal_segsize_mb(1)
-            .archive(false),
-    );
-    c.psql("CREATE TABLE f AS SELECT md5(g::text) AS v FROM generate_series(1, 3000) g");
-    let (name, original) = c.capture_segment();
+    let (c, name, original) = cluster_with_a_segment(&server, "far", 3000);
     c.pitr_as_server(&["archive-push", &format!("pg_wal/{name}")])
         .assert_success();
     let round_trip = Duration::from_secs(2);
     proxy.set(Fault::Delay(round_trip));
-    let (out, took) = pitr_with_env(&c, &proxy.env(&server), &["archive-get", &name, "pg_wal/RECOVERYXLOG"]);
+    let (out, took) = get_to_recoveryxlog(&c, &proxy.env(&server), &name);
     out.assert_success().assert_silent();
     assert!(
         std::fs::read(c.pg_wal().join("RECOVERYXLOG")).unwrap() == original,
@@ -1045,14 +1050,7 @@ impl Drop for TlsFront {
 fn an_https_store_is_trusted_through_the_system_roots_or_aws_ca_bundle_only() {
     let server = S3Server::start();
     let tls = TlsFront::start(server.port);
-    let c = Cluster::start(
-        ClusterOptions::default()
-            .s3(&server, "tls")
-            .wal_segsize_mb(1)
-            .archive(false),
-    );
-    c.psql("CREATE TABLE f AS SELECT md5(g::text) AS v FROM generate_series(1, 5000) g");
-    let (name, original) = c.capture_segment();
+    let (c, name, original) = cluster_with_a_segment(&server, "tls", 5000);
     let object = stored_path(&server.bucket_dir().join("tls"), &name);
     let segment = format!("pg_wal/{name}");
     let https = endpoint_env(&server, &format!("https://127.0.0.1:{}", tls.port));
@@ -1062,10 +1060,7 @@ fn an_https_store_is_trusted_through_the_system_roots_or_aws_ca_bundle_only() {
         env
     };
     let ca = tls.ca.display().to_string();
-    let get = |env: &[(String, String)]| {
-        let _ = std::fs::remove_file(c.pg_wal().join("RECOVERYXLOG"));
-        pitr_with_env(&c, env, &["archive-get", &name, "pg_wal/RECOVERYXLOG"])
-    };
+    let get = |env: &[(String, String)]| get_to_recoveryxlog(&c, env, &name);
 
     let (out, took) = pitr_with_env(&c, &https, &["archive-push", &segment]);
     assert_failed_naming_the_store(&server, "tls", &out, took, 1);

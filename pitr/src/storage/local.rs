@@ -77,6 +77,17 @@ impl LocalStorage {
         Dir::open(&self.root).map_err(Error::io("open repository", &self.root))
     }
 
+    /// The object file `key`, opened for reading without following a link, and its path; `None`
+    /// when there is none.
+    fn open_object(&self, key: &str) -> Result<Option<(std::fs::File, PathBuf)>> {
+        let path = self.path(key);
+        let (Some(parent), name) = self.parent_of(key)? else {
+            return Ok(None);
+        };
+        let file = parent.open_file(name).map_err(Error::io("read", &path))?;
+        Ok(file.map(|file| (file, path)))
+    }
+
     /// The directory holding `key` and the object's name in it; `None` when the directory is
     /// missing.
     fn parent_of<'k>(&self, key: &'k str) -> Result<(Option<Dir>, &'k str)> {
@@ -236,11 +247,7 @@ impl Storage for LocalStorage {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let path = self.path(key);
-        let (Some(parent), name) = self.parent_of(key)? else {
-            return Ok(None);
-        };
-        let Some(mut file) = parent.open_file(name).map_err(Error::io("read", &path))? else {
+        let Some((mut file, path)) = self.open_object(key)? else {
             return Ok(None);
         };
         let mut bytes = Vec::new();
@@ -249,11 +256,7 @@ impl Storage for LocalStorage {
     }
 
     fn get_reader(&self, key: &str) -> Result<Option<Box<dyn io::BufRead + Send>>> {
-        let path = self.path(key);
-        let (Some(parent), name) = self.parent_of(key)? else {
-            return Ok(None);
-        };
-        let Some(file) = parent.open_file(name).map_err(Error::io("read", &path))? else {
+        let Some((file, path)) = self.open_object(key)? else {
             return Ok(None);
         };
         Ok(Some(Box::new(io::BufReader::with_capacity(
