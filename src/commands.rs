@@ -710,11 +710,12 @@ fn drill(repo: &Repo, command: &Command, settings: &Settings) -> Result<Done> {
         }
         return Ok(Done::Ok);
     }
+    let drill = &settings.service().map_err(pitr::Error::InvalidInput)?.drill;
     arm_interrupts()?;
     let options = pitr::drill::DrillOptions {
         tier: tier.as_deref().map(str::parse).transpose()?,
-        random: *random || settings.drill.random,
-        scratch_parent: match (scratch, &settings.drill.scratch) {
+        random: *random || drill.random,
+        scratch_parent: match (scratch, &drill.scratch) {
             (Some(flag), _) => absolute(flag),
             (None, Some(configured)) => configured.clone(),
             (None, None) => std::env::temp_dir(),

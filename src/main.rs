@@ -193,6 +193,14 @@ fn run(invocation: Invocation) -> Outcome {
         // Bad settings are bad arguments: nothing was tried.
         Err(message) => return Outcome::Usage(format!("error: {message}\n")),
     };
+    // PostgreSQL's archive_command and restore_command never read the daemon's, verify's and
+    // drill's sections: a mistake there must not leave WAL piling up in pg_wal. Every other
+    // command reports it.
+    if !matches!(command, Command::ArchivePush { .. } | Command::ArchiveGet { .. }) {
+        if let Err(message) = settings.service() {
+            return Outcome::Usage(format!("error: {message}\n"));
+        }
+    }
     done(commands::run(&command, &settings))
 }
 

@@ -49,7 +49,7 @@ struct FileSettings {
 }
 
 /// `[verify]`: thresholds of the alerts and where verify writes its log line and metrics.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VerifyFileSettings {
     max_age: Option<String>,
@@ -62,7 +62,7 @@ struct VerifyFileSettings {
 }
 
 /// `[drill]`: how `pitr drill` (and so the daemon's drill job) runs when its flags are absent.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DrillFileSettings {
     scratch: Option<PathBuf>,
@@ -74,7 +74,7 @@ struct DrillFileSettings {
 const DEFAULT_VERIFY_LOG: &str = "/var/log/pitr/verify.log";
 
 /// `[schedule]`: cron patterns of the daemon's jobs ("off" disables one).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScheduleSettings {
     hourly: Option<String>,
@@ -125,10 +125,18 @@ pub struct Settings {
     /// SQL `pitr drill` runs on each recovered copy (database `postgres`), unless --verify-sql
     /// says otherwise; an error fails the drill.
     pub drill_verify_sql: Option<String>,
-    /// `[drill]`: the drill options of the config file.
-    pub drill: DrillSettings,
+    /// `[schedule]`, `[drill]` and `[verify]`, or what is wrong with them: see [`Settings::service`].
+    service: Result<ServiceSettings, String>,
+}
+
+/// The config file's sections for the daemon's jobs, verify and drill. archive-push and
+/// archive-get never use them, so a mistake in them must not stop PostgreSQL's archiving.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
     /// The daemon's jobs.
     pub schedule: Schedule,
+    /// `[drill]`: the drill options of the config file.
+    pub drill: DrillSettings,
     /// verify's thresholds, log file and metrics file.
     pub verify: VerifySettings,
 }
@@ -239,9 +247,8 @@ impl Settings {
             (None, Some(text)) => text.parse().map_err(|e: String| in_config(config.as_deref(), e))?,
             (None, None) => LogFormat::default(),
         };
-        let schedule = schedule(file.schedule.unwrap_or_default(), sync_to.is_some())
-            .map_err(|e| in_config(config.as_deref(), e))?;
-        let drill = drill_settings(file.drill.unwrap_or_default()).map_err(|e| in_config(config.as_deref(), e))?;
+        let service = service_settings(&file.schedule, &file.drill, &file.verify, sync_to.is_some())
+            .map_err(|e| in_config(config.as_deref(), e));
         Ok(Settings {
             repo,
             pgdata: file.pgdata,
@@ -259,11 +266,31 @@ impl Settings {
             listen: file.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
             log_format,
             drill_verify_sql: file.drill_verify_sql.filter(|sql| !sql.trim().is_empty()),
-            drill,
-            schedule,
-            verify: verify_settings(file.verify.unwrap_or_default())?,
+            service,
         })
     }
+
+    /// `[schedule]`, `[drill]` and `[verify]`, checked, or what is wrong with them.
+    /// [`Settings::load`] does not fail on a mistake there: every command but archive-push and
+    /// archive-get asks for them first (src/main.rs), so the typo of a daemon setting is reported by
+    /// every command a person or the daemon runs, yet never stops PostgreSQL's archiving.
+    pub fn service(&self) -> Result<&ServiceSettings, String> {
+        self.service.as_ref().map_err(Clone::clone)
+    }
+}
+
+/// The sections of [`ServiceSettings`], checked.
+fn service_settings(
+    schedule_file: &Option<ScheduleSettings>,
+    drill_file: &Option<DrillFileSettings>,
+    verify_file: &Option<VerifyFileSettings>,
+    with_target: bool,
+) -> Result<ServiceSettings, String> {
+    Ok(ServiceSettings {
+        schedule: schedule(schedule_file.clone().unwrap_or_default(), with_target)?,
+        drill: drill_settings(drill_file.clone().unwrap_or_default())?,
+        verify: verify_settings(verify_file.clone().unwrap_or_default())?,
+    })
 }
 
 fn read_config(path: Option<&Path>) -> Result<FileSettings, String> {
@@ -511,11 +538,12 @@ mod tests {
     fn the_drill_scratch_must_be_an_absolute_directory() {
         let dir = tempfile::tempdir().unwrap();
         let text = |path: &Path| format!("[drill]\nscratch = \"{}\"\nrandom = true\n", path.display());
-        let settings = loaded(&text(dir.path())).unwrap();
-        assert_eq!(settings.drill.scratch.as_deref(), Some(dir.path()));
-        assert!(settings.drill.random);
-        assert_eq!(loaded("").unwrap().drill.scratch, None);
-        let error = loaded(&text(Path::new("scratch"))).unwrap_err();
+        let drill = |text: &str| loaded(text).unwrap().service().map(|service| service.drill.clone());
+        let settings = drill(&text(dir.path())).unwrap();
+        assert_eq!(settings.scratch.as_deref(), Some(dir.path()));
+        assert!(settings.random);
+        assert_eq!(drill("").unwrap().scratch, None);
+        let error = drill(&text(Path::new("scratch"))).unwrap_err();
         assert!(
             error.contains("pitr.toml") && error.contains("[drill] scratch 'scratch' must be an absolute path"),
             "{error}"
@@ -523,9 +551,25 @@ mod tests {
         let file = dir.path().join("a-file");
         std::fs::write(&file, "").unwrap();
         for not_a_dir in [file, dir.path().join("missing")] {
-            let error = loaded(&text(&not_a_dir)).unwrap_err();
+            let error = drill(&text(&not_a_dir)).unwrap_err();
             assert!(error.contains("is not a directory"), "{error}");
         }
+    }
+
+    #[test]
+    fn a_mistake_in_a_service_section_is_kept_for_the_commands_that_read_it() {
+        for (text, what) in [
+            ("[schedule]\nhourly = \"every hour\"\n", "every hour"),
+            ("[verify]\nmax_age = \"7 days\"\n", "[verify] max_age"),
+            ("[drill]\nscratch = \"/nonexistent/scratch\"\n", "[drill] scratch"),
+            ("[schedule]\nsync = \"0 * * * *\"\n", "sync_to"),
+        ] {
+            let settings = loaded(text).unwrap_or_else(|e| panic!("{text:?} stopped every command: {e}"));
+            let error = settings.service().unwrap_err();
+            assert!(error.contains("pitr.toml") && error.contains(what), "{text:?}: {error}");
+        }
+        let error = loaded("[schedule]\nhourli = \"0 * * * *\"\n").unwrap_err();
+        assert!(error.contains("hourli"), "an unknown key is a broken file: {error}");
     }
 
     #[test]

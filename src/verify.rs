@@ -22,7 +22,7 @@ use pitr::{Error, Result};
 use crate::cli::{Command, ConnectionArgs};
 use crate::commands::{runtime, with_server, Done};
 use crate::output::{self, TerminalProgress};
-use crate::settings::{optional_path, Settings};
+use crate::settings::{optional_path, ServiceSettings, Settings};
 
 /// Where verify leaves its trace.
 struct Records {
@@ -45,23 +45,24 @@ pub fn verify(command: &Command, settings: &Settings) -> Result<Done> {
     else {
         unreachable!("called for verify only")
     };
+    let service = settings.service().map_err(Error::InvalidInput)?;
     let options = VerifyOptions {
         scope: scope.parse()?,
         now: now.unwrap_or_else(Utc::now),
         thresholds: Thresholds {
-            max_age: max_age.unwrap_or(settings.verify.thresholds.max_age),
-            ..settings.verify.thresholds
+            max_age: max_age.unwrap_or(service.verify.thresholds.max_age),
+            ..service.verify.thresholds
         },
-        expected_tiers: expected_tiers(settings),
+        expected_tiers: expected_tiers(settings, service),
         jobs: jobs.unwrap_or(settings.jobs),
     };
     let records = Records {
         log_file: log_file
             .clone()
-            .map_or_else(|| settings.verify.log_file.clone(), optional_path),
+            .map_or_else(|| service.verify.log_file.clone(), optional_path),
         metrics_file: metrics_file
             .clone()
-            .map_or_else(|| settings.verify.metrics_file.clone(), optional_path),
+            .map_or_else(|| service.verify.metrics_file.clone(), optional_path),
     };
     let conninfo = connection.dbname.as_deref().or(settings.dbname.as_deref());
     let report = verify_and_record(settings, &options, conninfo, &records, &TerminalProgress::new(*json))?;
@@ -79,7 +80,7 @@ pub fn verify(command: &Command, settings: &Settings) -> Result<Done> {
 
 /// The tiers that should hold backups: scheduled in `[schedule]` (not "off") and kept by
 /// retention (`keep_<tier>` above 0).
-fn expected_tiers(settings: &Settings) -> Vec<Tier> {
+fn expected_tiers(settings: &Settings, service: &ServiceSettings) -> Vec<Tier> {
     Tier::ALL
         .into_iter()
         .filter(|tier| {
@@ -88,7 +89,7 @@ fn expected_tiers(settings: &Settings) -> Vec<Tier> {
                 Tier::Daily => settings.retention.daily,
                 Tier::Weekly => settings.retention.weekly,
             };
-            kept > 0 && settings.schedule.cron(Job::Backup(*tier)).is_some()
+            kept > 0 && service.schedule.cron(Job::Backup(*tier)).is_some()
         })
         .collect()
 }
@@ -206,18 +207,22 @@ pub fn check(
 
 /// `pitr info --html FILE`: the daemon's status page, written to a file.
 pub fn status_page(repo: &Repo, settings: &Settings, path: &Path) -> Result<Done> {
-    let page = status_page::gather(repo, &status_sources(settings), Utc::now())?;
+    let page = status_page::gather(
+        repo,
+        &status_sources(settings, settings.service().map_err(Error::InvalidInput)?),
+        Utc::now(),
+    )?;
     status_page::write_page(path, &status_page::render(&page))?;
     output::written(path);
     Ok(Done::Ok)
 }
 
 /// What the status page judges alerts by, and verify's log for the last verification.
-pub fn status_sources(settings: &Settings) -> StatusSources {
+pub fn status_sources(settings: &Settings, service: &ServiceSettings) -> StatusSources {
     StatusSources {
-        thresholds: settings.verify.thresholds,
-        expected_tiers: expected_tiers(settings),
-        verify_log: settings.verify.log_file.clone(),
+        thresholds: service.verify.thresholds,
+        expected_tiers: expected_tiers(settings, service),
+        verify_log: service.verify.log_file.clone(),
     }
 }
 

@@ -55,11 +55,11 @@ pub fn daemon(repo: &Repo, settings: &Settings, pgdata: &Path, listen: Option<St
     let options = DaemonOptions {
         pgdata: pgdata.to_path_buf(),
         listen: listen.unwrap_or_else(|| running.listen.clone()),
-        settings: daemon_settings(&running),
+        settings: daemon_settings(&running).map_err(Error::InvalidInput)?,
         jobs: Box::new(jobs),
         reload: Box::new(move || {
             let fresh = snapshot.load(&running.source, |fresh| needs_restart(&running, fresh))?;
-            Ok(daemon_settings(&fresh))
+            daemon_settings(&fresh)
         }),
     };
     daemon::run(repo, &spool, &options, &flags)
@@ -104,19 +104,20 @@ fn jobs_tunables() -> Option<OsString> {
     (!rest.is_empty()).then(|| rest.join(":").into())
 }
 
-/// The daemon's share of `settings`.
-fn daemon_settings(settings: &Settings) -> DaemonSettings {
-    DaemonSettings {
-        schedule: settings.schedule.clone(),
+/// The daemon's share of `settings`; a mistake in `[schedule]`, `[drill]` or `[verify]` fails it.
+fn daemon_settings(settings: &Settings) -> Result<DaemonSettings, String> {
+    let service = settings.service()?;
+    Ok(DaemonSettings {
+        schedule: service.schedule.clone(),
         workers: settings.jobs,
         codec: settings.codec,
-        status: crate::verify::status_sources(settings),
+        status: crate::verify::status_sources(settings, service),
         stream: settings.slot.clone().and_then(|slot| {
             stream_options(settings.dbname.as_deref(), slot)
                 .inspect_err(|e| tracing::warn!(error = %e, "not streaming from the slot"))
                 .ok()
         }),
-    }
+    })
 }
 
 /// Where the WAL receiver streams from: the server of `conninfo` and the libpq environment,
@@ -156,16 +157,17 @@ impl ConfigSnapshot {
             ..source.clone()
         };
         let loaded = Settings::load(&copied).and_then(|fresh| {
+            // The daemon runs every job: a mistake in their sections is refused like any other.
+            fresh.service()?;
             accept(&fresh)?;
             std::fs::rename(&temp, &self.path).map_err(|e| format!("could not write {}: {e}", self.path.display()))?;
             Ok(fresh)
         });
         let _ = std::fs::remove_file(&temp);
-        Ok(Settings {
-            config: resolved.config,
-            source: source.clone(),
-            ..loaded?
-        })
+        let mut fresh = loaded?;
+        fresh.config = resolved.config;
+        fresh.source = source.clone();
+        Ok(fresh)
     }
 }
 

@@ -504,6 +504,51 @@ fn config_file_and_environment_settings() {
     assert!(read(&dest) == original, "archive-get via PITR_REPO");
 }
 
+/// archive_command and restore_command never read `[schedule]`, `[drill]` or `[verify]`: a
+/// mistake there leaves archiving and restoring working, and every other command reports it.
+#[test]
+fn a_mistake_in_the_daemon_sections_does_not_stop_archiving() {
+    let c = source_cluster();
+    let (name, original) = c.capture_segment();
+    let segment = c.pg_wal().join(&name);
+    let repo = c.test_dir().subdir("service-typo-repo");
+    for (section, mistake) in [
+        ("[schedule]\nhourly = \"every hour\"\n", "every hour"),
+        ("[drill]\nscratch = \"/nonexistent/scratch\"\n", "[drill] scratch"),
+        ("[verify]\nmax_age = \"7 days\"\n", "[verify] max_age"),
+    ] {
+        let config = c
+            .test_dir()
+            .write("service-typo.toml", format!("repo = \"{}\"\n{section}", repo.display()));
+        run(c
+            .pitr_cmd()
+            .arg("--config")
+            .arg(&config)
+            .arg("archive-push")
+            .arg(&segment))
+        .assert_success()
+        .assert_silent();
+        let dest = c.test_dir().subdir("service-typo-restore").join(&name);
+        run(c
+            .pitr_cmd()
+            .arg("--config")
+            .arg(&config)
+            .args(["archive-get", &name, dest.to_str().unwrap()]))
+        .assert_success()
+        .assert_silent();
+        assert!(read(&dest) == original, "archive-get with {section:?}");
+        for command in [&["list"][..], &["verify", "wal"]] {
+            let out = run(c.pitr_cmd().arg("--config").arg(&config).args(command));
+            out.assert_code(2).assert_one_line_error();
+            assert!(
+                out.stderr_str().contains("service-typo.toml") && out.stderr_str().contains(mistake),
+                "pitr {command:?} must report {section:?}:\n{}",
+                out.describe()
+            );
+        }
+    }
+}
+
 #[test]
 fn history_and_partial_files_round_trip() {
     let c = source_cluster();
