@@ -77,10 +77,9 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         }
         Command::ArchiveGet { name, dest, generation } => {
             let site = Site::current(settings.spool.as_deref());
-            // Unpinned without --generation: archive-get reads the segment while it looks the
-            // current generation up.
+            // Either way archive-get reads the segment while it looks the generation up.
             let repo = match generation {
-                Some(n) => repo.at(*n)?,
+                Some(n) => repo.at_unchecked(*n),
                 None => repo,
             };
             match archive::get(&repo, name, dest, &site)? {

@@ -218,6 +218,10 @@ fn archive_get_exits_200_on_errors() {
             c.pitr(&["archive-get", "--no-such-option", &name, dest]),
         ),
         ("too many arguments", c.pitr(&["archive-get", &name, dest, "extra"])),
+        (
+            "a generation the repository does not record",
+            c.pitr(&["archive-get", "--generation", "9", &name, dest]),
+        ),
     ];
     // Check every case before failing, so one run reports all deviations.
     let mut problems = Vec::new();
@@ -241,6 +245,12 @@ fn archive_get_exits_200_on_errors() {
         problems.join("\n\n")
     );
     assert!(!Path::new(dest).exists());
+    let out = c.pitr(&["archive-get", "--generation", "9", &name, dest]);
+    assert!(
+        out.stderr_str().contains("records no generation 9"),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]

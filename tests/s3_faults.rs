@@ -836,7 +836,8 @@ fn the_watcher_rides_out_a_failing_store_and_drops_nothing() {
 
 /// archive-get against a store where every request waits 2 s (the proxy's delay stands for a
 /// round trip far away): the segment is read while the generation is looked up, so the get
-/// takes about one round trip, not three in a row; the bytes are the original ones.
+/// takes about one round trip, not three in a row, and so does a get pinned to a generation;
+/// the bytes are the original ones.
 #[test]
 fn archive_get_waits_for_one_round_trip_not_three() {
     let server = S3Server::start();
@@ -869,6 +870,36 @@ fn archive_get_waits_for_one_round_trip_not_three() {
         took < round_trip * 2,
         "archive-get took {took:?}, more than two round trips of {round_trip:?}: its requests went one after the \
          other ({log:?})"
+    );
+    // As recover writes restore_command for a copy: pinned to a generation, whose record is read
+    // while the segment is. (A spool of its own: the first get's prefetcher is still at work in
+    // the default one, where archive-get would wait for it instead.)
+    let _ = std::fs::remove_file(c.pg_wal().join("RECOVERYXLOG"));
+    let spool = c.test_dir().subdir("pinned-spool");
+    let (out, took) = pitr_with_env(
+        &c,
+        &proxy.env(&server),
+        &[
+            "--spool",
+            spool.to_str().unwrap(),
+            "archive-get",
+            "--generation",
+            "1",
+            &name,
+            "pg_wal/RECOVERYXLOG",
+        ],
+    );
+    out.assert_success().assert_silent();
+    assert!(
+        std::fs::read(c.pg_wal().join("RECOVERYXLOG")).unwrap() == original,
+        "archive-get --generation 1 returned other bytes"
+    );
+    let pinned_log = proxy.log().split_off(log.len());
+    eprintln!("archive-get --generation 1 took {took:?}: {pinned_log:?}");
+    assert!(pinned_log.len() >= 2, "the generation's record is read: {pinned_log:?}");
+    assert!(
+        took < round_trip * 2,
+        "archive-get --generation 1 took {took:?}, more than two round trips of {round_trip:?} ({pinned_log:?})"
     );
 }
 

@@ -357,6 +357,14 @@ impl Repo {
         Ok(self.pinned_to(n, record))
     }
 
+    /// This repository acting on generation `n`, checked on first use instead of now: the record
+    /// is read with the first request that needs it, and a generation repo.json does not record
+    /// is refused then. archive-get pinned by `--generation` so reads the record while it reads
+    /// the file ([`Repo::pin_and_get_wal`]).
+    pub fn at_unchecked(&self, n: u32) -> Repo {
+        self.pinned_to(n, None)
+    }
+
     /// A handle on generation `n`, whose record is `record` when one is read already.
     fn pinned_to(&self, n: u32, record: Option<Generation>) -> Repo {
         let pinned_record = Arc::new(OnceLock::new());
@@ -388,17 +396,24 @@ impl Repo {
     }
 
     /// [`Repo::pin`], then [`Repo::get_wal_reader`] of `name` on the pinned handle, in one round trip
-    /// to an object store when the repository is in its first generation: on a handle not pinned
+    /// to an object store when the handle is pinned or the repository is in its first generation:
+    /// a pinned handle's record is read while the file is; on a handle not pinned
     /// yet, the file is read from generation 1's WAL directory while the generation is looked up,
     /// and read again from the current generation's only when that is a later one (the first read
     /// is then dropped, its error too). The object is read while it arrives.
     pub fn pin_and_get_wal(&self, name: &WalFileName) -> Result<(Repo, Option<Box<dyn BufRead + Send>>)> {
-        if self.pinned.is_some() || self.local_root().is_some() {
-            // Pinned already, or on local disk where no round trip is saved: one read, of the
-            // right generation.
+        if self.local_root().is_some() {
+            // On local disk no round trip is saved: one read, of the right generation.
             let pinned = self.pin()?;
             let object = pinned.get_wal_reader(name)?;
             return Ok((pinned, object));
+        }
+        if self.pinned.is_some() {
+            // Pinned already (`--generation N`): its record, which the caller checks the file
+            // against, is read while the file is.
+            let (record, object) = both(|| self.generation(), || self.get_wal_reader(name));
+            record?;
+            return Ok((self.clone(), object?));
         }
         let first_generation_key = wal_key(&wal_dir(1), name);
         let (pinned, read) = self.side_by_side(|| self.pin(), || self.storage.get_reader(&first_generation_key));
@@ -538,7 +553,10 @@ impl Repo {
             Some(n) => {
                 let record = generations.get(n).copied().ok_or_else(|| Error::Repo {
                     path: self.location().into(),
-                    reason: format!("no longer records generation {n}: check who changed it"),
+                    reason: format!(
+                        "records no generation {n} (`pitr info` lists its generations; if it did a moment ago, \
+                         check who changed it)"
+                    ),
                 })?;
                 Ok(Some(*self.pinned_record.get_or_init(|| record)))
             }
