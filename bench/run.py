@@ -232,6 +232,8 @@ class Runner:
             "PGDATABASE": "postgres",
             "PGUSER": user or os.environ.get("USER", "postgres"),
         }
+        if "PITR_LOG" in os.environ:  # development runs: what pitr's processes log (the watcher's log)
+            self.base_env["PITR_LOG"] = os.environ["PITR_LOG"]
 
     def run(self, argv: Sequence[str], *, cwd: Optional[Path] = None, env: Optional[dict] = None,
             rss: bool = False, check: bool = True, as_pg: bool = True, timeout: float = 3600) -> Run:
@@ -1942,8 +1944,13 @@ def summarize_callgrind(annotated: str, top: int = 12) -> str:
 
 G8 = "8. archive_command under load, as PostgreSQL calls it (issue 15)"
 
-# Seconds of steady pgbench load per run, and rows of the bulk-write burst after it.
+# Seconds of each pgbench load per run (steady, then saturated), and rows of the bulk-write burst
+# after them. The steady load runs pgbench rate-limited (-R) to STEADY_SHARE of the transactions per
+# second the unthrottled pgbench reaches on this machine, measured at the start of the section
+# (CALIBRATE_SECONDS, archive_command '/bin/true'); the saturated one runs it unthrottled.
 LOAD_SECONDS = 20
+STEADY_SHARE = 0.5
+CALIBRATE_SECONDS = 10
 BURST_ROWS = 1_500_000
 # Runs of the section (each run is about 2 minutes: four tools, a load and a burst each).
 LOAD_RUNS = 3
@@ -2023,7 +2030,7 @@ def rpo_probes(b: Bench, repo: Path, seconds: float) -> List[float]:
     counts against pitr. Returns the times in ms."""
     size = int(b.run_.sql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"))  # bytes (unit B)
     b.run_.sql("CREATE TABLE IF NOT EXISTS rpo_probe (t timestamptz)")
-    load = subprocess.Popen([str(b.pg("pgbench")), "-c", "4", "-j", "2", "-T", str(int(seconds)), "-n"],
+    load = subprocess.Popen(pgbench_load(b, seconds),
                             env=dict(b.run_.base_env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             **({"user": b.run_.uid, "group": b.run_.gid, "extra_groups": []}
                                if b.user and os.geteuid() == 0 else {}))
@@ -2057,9 +2064,30 @@ def rpo_probes(b: Bench, repo: Path, seconds: float) -> List[float]:
     return times
 
 
-def load_run(b: Bench, tool: str, r: int) -> Dict[str, Tuple[List[float], int]]:
-    """One tool under a steady pgbench load, then under a bulk-write burst: its archive_command
-    calls and the archiver's backlog, phase by phase."""
+def pgbench_load(b: Bench, seconds: float, rate: Optional[float] = None) -> List[str]:
+    """pgbench TPC-B, 4 clients on 2 threads, for `seconds`; rate-limited to `rate` tps when given."""
+    limit = ["-R", f"{rate:.0f}"] if rate else []
+    return [str(b.pg("pgbench")), "-c", "4", "-j", "2", "-T", str(int(seconds)), "-n", *limit]
+
+
+def unthrottled_tps(b: Bench) -> float:
+    """What pgbench reaches unthrottled on this machine, archive_command '/bin/true' (no tool)."""
+    previous = b.run_.sql("SHOW archive_command")
+    set_archive_command(b, "/bin/true")
+    try:
+        out = b.run(pgbench_load(b, CALIBRATE_SECONDS)).output
+    finally:
+        set_archive_command(b, previous)
+    found = re.search(r"^tps = ([0-9.]+)", out, re.M)
+    if not found:
+        raise CommandFailed(f"pgbench printed no tps:\n{out[-2000:]}")
+    return float(found.group(1))
+
+
+def load_run(b: Bench, tool: str, r: int, rate: float) -> Dict[str, Tuple[List[float], int]]:
+    """One tool under a steady pgbench load (rate-limited to `rate` tps), then under an unthrottled
+    one, then under a bulk-write burst: its archive_command calls and the archiver's backlog, phase
+    by phase."""
     base = b.mkdir_pg(b.tmp / "work" / f"load-{tool}-{r}", 0o755)
     helper_log = b.tmp / "logs" / f"load-{tool}.log"
     helper = None
@@ -2086,8 +2114,8 @@ def load_run(b: Bench, tool: str, r: int) -> Dict[str, Tuple[List[float], int]]:
     set_archive_command(b, f"{wrapper} %p")
     try:
         out = {
-            "steady": load_phase(b, calls, lambda: b.run(
-                [b.pg("pgbench"), "-c", "4", "-j", "2", "-T", str(LOAD_SECONDS), "-n"])),
+            "steady": load_phase(b, calls, lambda: b.run(pgbench_load(b, LOAD_SECONDS, rate))),
+            "saturated": load_phase(b, calls, lambda: b.run(pgbench_load(b, LOAD_SECONDS))),
             "burst": load_phase(b, calls, lambda: b.run_.sql(
                 f"DROP TABLE IF EXISTS burst; CREATE TABLE burst AS SELECT g, md5(g::text) AS h "
                 f"FROM generate_series(1, {BURST_ROWS}) g")),
@@ -2123,12 +2151,20 @@ def recycle_wal(b: Bench) -> None:
 def section_load(b: Bench) -> None:
     """archive_command timed as PostgreSQL calls it: archive_command is a wrapper script that runs
     the tool's own command and logs each call's duration with bash's clock, while pgbench writes
-    (4 clients, LOAD_SECONDS s), then while one bulk INSERT writes a burst of WAL. Tools run one
-    after the other on the same cluster, the order rotating per run; each gets a fresh repository.
-    Per tool and phase: the median and p99 of every call of every run, and the largest `.ready`
-    backlog in pg_wal/archive_status (sampled every 50 ms)."""
+    (4 clients, LOAD_SECONDS s) rate-limited to half of what it reaches unthrottled (steady), then
+    unthrottled (saturated: both cores busy), then while one bulk INSERT writes a burst of WAL.
+    Tools run one after the other on the same cluster, the order rotating per run; each gets a
+    fresh repository. Per tool and phase: the median and p99 of every call of every run, and the
+    largest `.ready` backlog in pg_wal/archive_status (sampled every 50 ms)."""
     b.wait_archiver()
     recycle_wal(b)
+    tps = unthrottled_tps(b)
+    rate = tps * STEADY_SHARE
+    progress(f"unthrottled pgbench: {tps:.0f} tps; the steady load runs at -R {rate:.0f}")
+    b.res.series("load-tps-unthrottled", G8, f"pgbench unthrottled, {CALIBRATE_SECONDS} s at the section's start "
+                 "(archive_command '/bin/true')", "transactions per second", "tps").values = [tps]
+    b.res.series("load-tps-steady", G8, f"the steady load: pgbench -R at {STEADY_SHARE:.0%} of that",
+                 "transactions per second", "tps").values = [rate]
     calls: Dict[Tuple[str, str], List[float]] = {}
     backlog: Dict[Tuple[str, str], List[int]] = {}
     runs = min(b.opts.runs, LOAD_RUNS)
@@ -2136,11 +2172,13 @@ def section_load(b: Bench) -> None:
         for tool in rotate([t for t, _ in LOAD_TOOLS if t in b.opts.load_tools], r):
             progress(f"archive_command under load: {tool}, run {r + 1}/{runs}")
             b.settle()
-            for phase, (ms, peak) in load_run(b, tool, r).items():
+            for phase, (ms, peak) in load_run(b, tool, r, rate).items():
                 calls.setdefault((tool, phase), []).extend(ms)
                 backlog.setdefault((tool, phase), []).append(peak)
-    for phase in ("steady", "burst"):
-        what = "pgbench, 4 clients" if phase == "steady" else f"one INSERT of {BURST_ROWS:,} rows"
+    for phase in ("steady", "saturated", "burst"):
+        what = {"steady": f"a steady pgbench at {rate:.0f} tps (-R, half of unthrottled)",
+                "saturated": "pgbench unthrottled, 4 clients (both cores saturated)",
+                "burst": f"one INSERT of {BURST_ROWS:,} rows"}[phase]
         for tool, label in LOAD_TOOLS:
             if (tool, phase) not in calls:
                 continue
@@ -2163,13 +2201,16 @@ def section_load(b: Bench) -> None:
         [pct(rpo, 0.99)]
     b.res.targets.append(("RPO p99 ≤ 1 s with the receiver (commit to durable in the repository)",
                           f"{fmt(pct(rpo, 0.99))} ms (median {fmt(med(rpo))} ms)", "≤ 1000 ms", pct(rpo, 0.99) <= 1000))
-    stream = calls[("pitr-stream", "steady")]
-    b.res.ratio(G8, "archive_command median under pgbench: pitr with the receiver / pgBackRest async",
-                [med(stream) / med(calls[("pgbr-async", "steady")])])
-    b.res.ratio(G8, "archive_command median under pgbench: pitr sync / pgBackRest async",
-                [med(calls[("pitr-sync", "steady")]) / med(calls[("pgbr-async", "steady")])])
-    b.res.targets.append(("archive_command median ≤ 5 ms under pgbench with the receiver",
-                          f"{fmt(med(stream))} ms (p99 {fmt(pct(stream, 0.99))} ms)", "≤ 5 ms", med(stream) <= 5.0))
+    for phase, what in (("steady", "a steady pgbench (-R, half of unthrottled)"),
+                        ("saturated", "pgbench unthrottled (both cores saturated)")):
+        stream = calls[("pitr-stream", phase)]
+        b.res.ratio(G8, f"archive_command median under {what}: pitr with the receiver / pgBackRest async",
+                    [med(stream) / med(calls[("pgbr-async", phase)])])
+        b.res.ratio(G8, f"archive_command median under {what}: pitr sync / pgBackRest async",
+                    [med(calls[("pitr-sync", phase)]) / med(calls[("pgbr-async", phase)])])
+        b.res.targets.append((f"archive_command median ≤ 5 ms under {what} with the receiver",
+                              f"{fmt(med(stream))} ms (p99 {fmt(pct(stream, 0.99))} ms)", "≤ 5 ms",
+                              med(stream) <= 5.0))
     peak = max(backlog[("pitr-stream", "burst")])
     b.res.targets.append(("`.ready` backlog ≤ 2 during a bulk-write burst with the receiver", f"{peak} files",
                           "≤ 2", peak <= 2))

@@ -176,8 +176,9 @@ pub trait ObjectWriter: Send {
     /// Appends `bytes` to the object.
     fn write(&mut self, bytes: &[u8]) -> Result<()>;
 
-    /// Makes what was written so far durable now, where the backend can, so that
-    /// [`ObjectWriter::finish`] waits for less. Nothing becomes visible. The default does nothing.
+    /// Starts making what was written so far durable, where the backend can, without waiting for
+    /// it, so that [`ObjectWriter::finish`] waits for less. Nothing becomes visible, and nothing is
+    /// promised durable before `finish`. The default does nothing.
     fn write_ahead(&mut self) -> Result<()> {
         Ok(())
     }

@@ -3,8 +3,8 @@
 //! that `archive-push` (PostgreSQL's archive_command) finds the segment stored and returns.
 //!
 //! The object is written into the repository as the segment arrives ([`Repo::wal_writer`]: on
-//! local disk a temporary file, made durable ahead every [`WRITE_AHEAD`] bytes), so the put at
-//! the segment's end has only its last piece to make durable. And the end need not come from the
+//! local disk a temporary file, its writeback started every [`WRITE_AHEAD`] bytes without
+//! waiting for it), so the put at the segment's end has only its last piece to make durable. And the end need not come from the
 //! server: PostgreSQL marks a segment ready for archiving (and calls archive_command) before it
 //! publishes the segment's last bytes to walsenders, which waits until the next file is open,
 //! tens of milliseconds when that file must be created. When the server's `pg_wal` is on this
@@ -51,6 +51,8 @@
 
 use std::fs;
 use std::io::Read;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -185,6 +187,7 @@ pub fn receive(
                     open: None,
                     finished_early: None,
                     snapshots: snapshots.clone(),
+                    ready_watch: pg_wal.and_then(ReadyWatch::new),
                 };
                 receiver.session(options, stop)
             });
@@ -256,7 +259,7 @@ struct OpenSegment<'a> {
     head: Vec<u8>,
     /// Compresses into the object in the repository as the bytes come.
     encoder: Encoder<WriteInto<'a>>,
-    /// How many bytes of the object were written when it was last made durable ahead.
+    /// How many bytes of the object were written when its writeback was last started.
     written_ahead: u64,
     /// The length of the newest snapshot stored in the repository (0: none yet).
     snapshot: u64,
@@ -275,6 +278,8 @@ struct Receiver<'a> {
     finished_early: Option<Lsn>,
     /// Where snapshots are asked for (see [`store_snapshots`]).
     snapshots: mpsc::SyncSender<SnapshotWanted>,
+    /// Wakes the receive loop when a file is marked ready for archiving in `pg_wal`.
+    ready_watch: Option<ReadyWatch>,
 }
 
 impl<'a> Receiver<'a> {
@@ -329,7 +334,7 @@ impl<'a> Receiver<'a> {
             let dirty = self.open.as_ref().is_some_and(|o| o.synced < o.received);
             let flush_due = dirty && (synchronous || last_flush.elapsed() >= FLUSH_INTERVAL);
             let mut wait = Duration::from_millis(100);
-            if self.open.is_some() && self.pg_wal.is_some() {
+            if self.open.is_some() && self.pg_wal.is_some() && self.ready_watch.is_none() {
                 wait = READY_CHECK;
             }
             if dirty {
@@ -338,7 +343,10 @@ impl<'a> Receiver<'a> {
             if flush_due {
                 wait = Duration::ZERO;
             }
-            match conn.next_message(wait)? {
+            let wake = self.ready_watch.as_ref().map(|w| w.inotify.as_fd());
+            let message = conn.next_message(wait, wake)?;
+            let woken = message.is_none() && self.ready_watch.as_ref().is_some_and(ReadyWatch::drain);
+            match message {
                 Some(StreamMessage::XLogData { start, data }) => {
                     if start != position {
                         return Err(Error::Refused(format!(
@@ -375,7 +383,12 @@ impl<'a> Receiver<'a> {
                 }
                 None => {}
             }
-            if last_ready_check.elapsed() >= READY_CHECK {
+            let recheck = if self.ready_watch.is_some() {
+                READY_RECHECK
+            } else {
+                READY_CHECK
+            };
+            if woken || last_ready_check.elapsed() >= recheck {
                 self.finish_from_pg_wal(size)?;
                 last_ready_check = Instant::now();
             }
@@ -476,9 +489,15 @@ impl<'a> Receiver<'a> {
             return Ok(());
         };
         let ready = pg_wal.join("archive_status").join(format!("{}.ready", open.name));
-        if !ready.exists() {
+        let Ok(marked) = fs::metadata(&ready).and_then(|m| m.modified()) else {
             return Ok(());
-        }
+        };
+        tracing::debug!(
+            segment = %open.name,
+            ready_for_us = marked.elapsed().unwrap_or_default().as_micros() as u64,
+            missing = u64::from(size.bytes()) - open.received,
+            "WAL receiver: segment ready in pg_wal before the server sent its end"
+        );
         let path = pg_wal.join(&open.name);
         let Ok(file) = archive::open_wal_file(&path, &open.name) else {
             return Ok(()); // archived and recycled meanwhile: the stream brings the rest
@@ -546,9 +565,7 @@ impl<'a> Receiver<'a> {
         Ok(self.open.as_mut().expect("opened above"))
     }
 
-    /// Makes what was received durable in the spool, and the object written so far in the
-    /// repository once [`WRITE_AHEAD`] more of it was written: the put at the segment's end
-    /// (which archive-push waits for) then has little left to make durable.
+    /// Makes what was received durable in the spool.
     fn flush(&mut self) -> Result<()> {
         if let Some(open) = &mut self.open {
             if open.synced < open.received {
@@ -556,11 +573,6 @@ impl<'a> Receiver<'a> {
                     .sync_data()
                     .map_err(Error::io("sync", &self.dir.join(format!("{}.partial", open.name))))?;
                 open.synced = open.received;
-            }
-            let object = open.encoder.output_mut();
-            if object.0.written() >= open.written_ahead + WRITE_AHEAD {
-                object.0.write_ahead()?;
-                open.written_ahead = object.0.written();
             }
         }
         Ok(())
@@ -577,7 +589,10 @@ impl<'a> Receiver<'a> {
         let what = partial.display().to_string();
         archive::check_segment_start(self.repo, segment_name, &open.head, u64::from(size.bytes()), &what)?;
         let (object, header) = open.encoder.finish_output().map_err(Error::io("compress", &partial))?;
-        if object.0.finish(&header.to_bytes())? == PutOutcome::AlreadyExists {
+        let compressed = began.elapsed();
+        let outcome = object.0.finish(&header.to_bytes())?;
+        let durable = began.elapsed();
+        if outcome == PutOutcome::AlreadyExists {
             let mut raw = Vec::new();
             let mut file = &open.file;
             std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(Error::io("read", &partial))?;
@@ -590,6 +605,13 @@ impl<'a> Receiver<'a> {
             crc: header.raw_crc,
         };
         spool::replace_private(&marker, stored_marker(content).as_bytes())?;
+        tracing::debug!(
+            segment = %open.name,
+            compressed_us = compressed.as_micros() as u64,
+            durable_us = durable.as_micros() as u64,
+            marked_us = began.elapsed().as_micros() as u64,
+            "WAL receiver: segment put, from its last byte"
+        );
         spool::replace_private(&self.dir.join(LAST_STORED), format!("{}\n", open.name).as_bytes())?;
         watch::archived(self.events, &open.name, began.elapsed());
         // After the marker, which archive-push waits for: the segment is whole in the repository,
@@ -658,17 +680,68 @@ impl<'a> Receiver<'a> {
     }
 }
 
-/// How much more of the object in the repository is written before the receiver makes it durable
-/// ahead of the segment's end (see `Receiver::flush`).
-const WRITE_AHEAD: u64 = 256 << 10;
+/// How much more of the object in the repository is written before the receiver starts its
+/// writeback, ahead of the segment's end (see `OpenSegment::append`).
+const WRITE_AHEAD: u64 = 128 << 10;
 
 /// How often the receiver makes what it received durable in the spool (and reports it flushed)
 /// when it is no synchronous standby.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How often the receiver looks whether the segment it receives is ready in `pg_wal` (see
-/// [`receive`]), when it waits for the server.
+/// [`receive`]), when it waits for the server and cannot watch `pg_wal/archive_status`.
 const READY_CHECK: Duration = Duration::from_millis(5);
+
+/// How often the receiver looks all the same when it watches `pg_wal/archive_status` (should an
+/// event be lost: inotify drops events when its queue overflows).
+const READY_RECHECK: Duration = Duration::from_millis(100);
+
+/// Wakes the receiver the moment PostgreSQL marks a file ready for archiving
+/// (`pg_wal/archive_status/<name>.ready`, created by `XLogArchiveNotify` in PostgreSQL's
+/// `src/backend/access/transam/xlogarchive.c`), so that it finishes the segment it receives from
+/// the file at once rather than at its next look (see [`receive`]). archive_command, started for
+/// the same file, waits for exactly this.
+struct ReadyWatch {
+    inotify: OwnedFd,
+}
+
+impl ReadyWatch {
+    /// Watches `pg_wal/archive_status`; `None` (the receiver then looks every [`READY_CHECK`])
+    /// when it cannot be watched.
+    fn new(pg_wal: &Path) -> Option<ReadyWatch> {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let status = pg_wal.join("archive_status");
+        let watch = || {
+            let inotify = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
+            inotify::add_watch(&inotify, &status, WatchFlags::CREATE | WatchFlags::MOVED_TO)?;
+            Ok::<_, rustix::io::Errno>(inotify)
+        };
+        match watch() {
+            Ok(inotify) => Some(ReadyWatch { inotify }),
+            Err(e) => {
+                tracing::warn!(
+                    directory = %status.display(),
+                    error = %std::io::Error::from(e),
+                    "WAL receiver: cannot watch {} (looking every {} ms instead)",
+                    status.display(),
+                    READY_CHECK.as_millis()
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads the events pending: whether there were any.
+    fn drain(&self) -> bool {
+        let mut buf = [MaybeUninit::uninit(); 4096];
+        let mut events = rustix::fs::inotify::Reader::new(&self.inotify, &mut buf);
+        let mut any = false;
+        while events.next().is_ok() {
+            any = true;
+        }
+        any
+    }
+}
 
 /// The pieces in which the receiver reads the rest of a segment from `pg_wal`.
 const TAIL_PIECE: usize = 1 << 20;
@@ -782,6 +855,47 @@ impl OpenSegment<'_> {
         }
         self.encoder.write(data).map_err(Error::io("compress", &path))?;
         self.received += data.len() as u64;
+        // The put at the segment's end (which archive-push waits for) then has little left to
+        // make durable.
+        let object = self.encoder.output_mut();
+        if object.0.written() >= self.written_ahead + WRITE_AHEAD {
+            object.0.write_ahead()?;
+            self.written_ahead = object.0.written();
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEGMENT: &str = "000000010000000000000001";
+
+    #[test]
+    fn a_file_marked_ready_for_archiving_wakes_the_receiver() {
+        let pg_wal = tempfile::tempdir().unwrap();
+        let status = pg_wal.path().join("archive_status");
+        fs::create_dir(&status).unwrap();
+        let watch = ReadyWatch::new(pg_wal.path()).expect("archive_status can be watched");
+        fs::read_dir(&status).unwrap().for_each(drop);
+        assert!(!watch.drain(), "nothing was marked yet");
+        fs::write(status.join(format!("{SEGMENT}.ready")), b"").unwrap();
+        assert!(watch.drain(), "a .ready file created is an event");
+        assert!(!watch.drain(), "the events were read");
+        fs::write(status.join(format!("{SEGMENT}.tmp")), b"").unwrap();
+        watch.drain();
+        fs::rename(
+            status.join(format!("{SEGMENT}.tmp")),
+            status.join(format!("{SEGMENT}.done")),
+        )
+        .unwrap();
+        assert!(watch.drain(), "a file renamed into archive_status is an event");
+    }
+
+    #[test]
+    fn without_archive_status_the_receiver_looks_for_ready_files_itself() {
+        let pg_wal = tempfile::tempdir().unwrap();
+        assert!(ReadyWatch::new(pg_wal.path()).is_none());
     }
 }

@@ -18,6 +18,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +48,15 @@ impl Socket {
         match self {
             Socket::Unix(s) => s.set_read_timeout(timeout),
             Socket::Tcp(s) => s.set_read_timeout(timeout),
+        }
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Unix(s) => s.as_fd(),
+            Socket::Tcp(s) => s.as_fd(),
         }
     }
 }
@@ -369,9 +379,10 @@ impl ReplicationConnection {
         }
     }
 
-    /// The next message of the stream, or `None` when nothing arrived within `wait`.
-    pub fn next_message(&mut self, wait: Duration) -> Result<Option<StreamMessage>> {
-        let Some(message) = self.receive_within(wait)? else {
+    /// The next message of the stream, or `None` when nothing arrived within `wait`, or when
+    /// `wake` (a descriptor the caller also waits on) became readable first.
+    pub fn next_message(&mut self, wait: Duration, wake: Option<BorrowedFd<'_>>) -> Result<Option<StreamMessage>> {
+        let Some(message) = self.receive_within(wait, wake)? else {
             return Ok(None);
         };
         match message.tag {
@@ -529,14 +540,14 @@ impl ReplicationConnection {
 
     fn receive(&mut self) -> Result<Message> {
         loop {
-            if let Some(message) = self.receive_within(Duration::from_secs(3600))? {
+            if let Some(message) = self.receive_within(Duration::from_secs(3600), None)? {
                 return Ok(message);
             }
         }
     }
 
     /// The next whole message, or `None` when none arrived within `wait`.
-    fn receive_within(&mut self, wait: Duration) -> Result<Option<Message>> {
+    fn receive_within(&mut self, wait: Duration, wake: Option<BorrowedFd<'_>>) -> Result<Option<Message>> {
         let deadline = std::time::Instant::now() + wait;
         loop {
             if let Some(message) = self.parse_pending()? {
@@ -545,6 +556,11 @@ impl ReplicationConnection {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Ok(None);
+            }
+            if let Some(wake) = wake {
+                if self.woken_first(wake, left)? {
+                    return Ok(None);
+                }
             }
             self.socket
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))))
@@ -566,6 +582,25 @@ impl ReplicationConnection {
                 Err(e) => return Err(self.io_error(e)),
             }
         }
+    }
+
+    /// Waits at most `left` until the socket or `wake` is readable: `true` when `wake` is and the
+    /// socket is not.
+    fn woken_first(&self, wake: BorrowedFd<'_>, left: Duration) -> Result<bool> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [
+            PollFd::new(&self.socket, PollFlags::IN),
+            PollFd::from_borrowed_fd(wake, PollFlags::IN),
+        ];
+        let timeout = Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: 3600,
+            tv_nsec: 0,
+        });
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(self.io_error(e.into())),
+        }
+        Ok(fds[0].revents().is_empty() && !fds[1].revents().is_empty())
     }
 
     fn parse_pending(&mut self) -> Result<Option<Message>> {
