@@ -4,6 +4,10 @@
 //! compresses it on the way, so it holds one stored object (at most a part's, compressed) and
 //! not the piece's bytes besides.
 //!
+//! A deduplicated backup (format 7, [`Packed`]) reads the same tasks a group (256 KiB) at a
+//! time instead, and stores only the pieces that changed since the previous backup of the file
+//! into the job's packs (see [`super::packs`]); pg_control is always stored as an object.
+//!
 //! When the cluster has data checksums, every page of a relation fork is checked in the bytes
 //! just read for the copy (no second read of the file): see [`PageCheck`].
 
@@ -15,6 +19,9 @@ use std::os::unix::fs::FileExt;
 use rayon::prelude::*;
 
 use super::manifest::{parts_crc, piece_key, BadPages, FileEntry, PageChecksums, Part, BAD_BLOCKS_RECORDED, PART_SIZE};
+use super::packs::{
+    self, content_hash, Group, GroupRef, Hash, PackWriter, Packs, PieceRef, PreviousGroups, GROUP_SIZE, PIECE_SIZE,
+};
 use super::source::{SourceFile, SourceTree};
 use crate::codec::{self, Codec, Encoder, ObjectHeader};
 use crate::error::{Error, Result};
@@ -57,6 +64,23 @@ pub(super) struct Copied {
     pub files: Vec<FileEntry>,
     /// What checking the pages found (`checked` false when nothing was checked).
     pub pages: PageChecksums,
+}
+
+/// How a deduplicated backup stores its files: into `packs`, sharing what did not change since
+/// `previous`.
+pub(super) struct Packed<'a> {
+    /// The backup's packs.
+    pub packs: &'a Packs<'a>,
+    /// The previous deduplicated backup's groups.
+    pub previous: &'a PreviousGroups,
+}
+
+/// What storing one task gave: its object's (or its bytes') size, CRC-32 and stored size, and
+/// in a deduplicated backup its groups.
+#[derive(Clone)]
+struct Stored {
+    part: Part,
+    groups: Vec<GroupRef>,
 }
 
 /// One object to write: a whole file, or part `index` of it.
@@ -102,6 +126,7 @@ pub(super) fn copy_files(
     jobs: usize,
     codec: &Codec,
     pages: Option<PageCheck>,
+    packed: Option<&Packed>,
     progress: &dyn Progress,
 ) -> Result<Copied> {
     progress.begin(tree.files.len() as u64 + 1, tree.bytes());
@@ -110,20 +135,23 @@ pub(super) fn copy_files(
         .build()
         .map_err(|e| Error::Refused(format!("cannot start {jobs} copy threads: {e}")))?;
     let tasks: Vec<Task> = tree.files.iter().flat_map(tasks).collect();
-    let stored: Vec<Option<(Part, PiecePages)>> = pool.install(|| {
+    let stored: Vec<Option<(Stored, PiecePages)>> = pool.install(|| {
         tasks
             .par_iter()
-            .map(|task| copy_piece(repo, dir, task, codec, pages, progress))
+            .map(|task| match packed {
+                Some(packed) => copy_packed(repo, packed, task, pages, progress),
+                None => copy_piece(repo, dir, task, codec, pages, progress),
+            })
             .collect::<Result<_>>()
     })?;
     let checked = page_checksums(pages.is_some(), &tasks, &stored);
-    let stored: Vec<Option<Part>> = stored.into_iter().map(|s| s.map(|(part, _)| part)).collect();
+    let stored: Vec<Option<Stored>> = stored.into_iter().map(|s| s.map(|(stored, _)| stored)).collect();
     let mut copied = entries(&tasks, &stored);
     let control = tree.control.as_ref().expect("scan found pg_control");
     let control_tasks = self::tasks(control);
     let control_stored = control_tasks
         .iter()
-        .map(|task| copy_piece(repo, dir, task, codec, None, progress).map(|s| s.map(|(part, _)| part)))
+        .map(|task| copy_piece(repo, dir, task, codec, None, progress).map(|s| s.map(|(stored, _)| stored)))
         .collect::<Result<Vec<_>>>()?;
     let control_entry = entries(&control_tasks, &control_stored)
         .pop()
@@ -137,7 +165,7 @@ pub(super) fn copy_files(
 }
 
 /// The pages' findings of every piece put together per file (`stored` in task order).
-fn page_checksums(checked: bool, tasks: &[Task], stored: &[Option<(Part, PiecePages)>]) -> PageChecksums {
+fn page_checksums(checked: bool, tasks: &[Task], stored: &[Option<(Stored, PiecePages)>]) -> PageChecksums {
     let mut found = PageChecksums {
         checked,
         ..PageChecksums::default()
@@ -169,7 +197,7 @@ fn page_checksums(checked: bool, tasks: &[Task], stored: &[Option<(Part, PiecePa
 }
 
 /// The file entries of copied pieces; `stored` has one outcome per task, in task order.
-fn entries(tasks: &[Task], stored: &[Option<Part>]) -> Vec<FileEntry> {
+fn entries(tasks: &[Task], stored: &[Option<Stored>]) -> Vec<FileEntry> {
     let mut entries = Vec::new();
     let mut start = 0;
     while start < tasks.len() {
@@ -177,7 +205,7 @@ fn entries(tasks: &[Task], stored: &[Option<Part>]) -> Vec<FileEntry> {
         let end = start + tasks[start..].iter().take_while(|t| std::ptr::eq(t.file, file)).count();
         // A file that vanished (in any of its parts) was dropped by the server: WAL replay
         // removes it anyway.
-        if let Some(parts) = stored[start..end].iter().copied().collect::<Option<Vec<Part>>>() {
+        if let Some(parts) = stored[start..end].iter().cloned().collect::<Option<Vec<Stored>>>() {
             entries.push(entry(file, tasks[start].part.is_some(), parts));
         }
         start = end;
@@ -185,7 +213,9 @@ fn entries(tasks: &[Task], stored: &[Option<Part>]) -> Vec<FileEntry> {
     entries
 }
 
-fn entry(file: &SourceFile, split: bool, parts: Vec<Part>) -> FileEntry {
+fn entry(file: &SourceFile, split: bool, stored: Vec<Stored>) -> FileEntry {
+    let groups: Vec<GroupRef> = stored.iter().flat_map(|s| s.groups.iter().copied()).collect();
+    let parts: Vec<Part> = stored.into_iter().map(|s| s.part).collect();
     let mut entry = FileEntry {
         path: file.path.clone(),
         size: parts.iter().map(|p| p.size).sum(),
@@ -194,8 +224,9 @@ fn entry(file: &SourceFile, split: bool, parts: Vec<Part>) -> FileEntry {
         crc32: parts_crc(&parts),
         stored_size: parts.iter().map(|p| p.stored_size).sum(),
         parts: vec![],
+        groups,
     };
-    if split {
+    if split && entry.groups.is_empty() {
         entry.parts = parts;
     }
     entry
@@ -221,7 +252,7 @@ fn copy_piece(
     codec: &Codec,
     pages: Option<PageCheck>,
     progress: &dyn Progress,
-) -> Result<Option<(Part, PiecePages)>> {
+) -> Result<Option<(Stored, PiecePages)>> {
     let path = &task.file.full_path;
     let mut reader = match open_piece(task) {
         Ok(reader) => reader,
@@ -249,11 +280,14 @@ fn copy_piece(
         // An empty file is its manifest entry alone: no object to store, fetch or check
         // (a data directory holds hundreds of them).
         return Ok(Some((
-            Part {
-                offset: 0,
-                size: 0,
-                crc32: 0,
-                stored_size: 0,
+            Stored {
+                part: Part {
+                    offset: 0,
+                    size: 0,
+                    crc32: 0,
+                    stored_size: 0,
+                },
+                groups: vec![],
             },
             found,
         )));
@@ -265,14 +299,135 @@ fn copy_piece(
     let header = ObjectHeader::parse(&object, &key)?;
     progress.advance(header.raw_len);
     Ok(Some((
-        Part {
-            offset: task.offset(),
-            size: header.raw_len,
-            crc32: header.raw_crc,
-            stored_size: object.len() as u64,
+        Stored {
+            part: Part {
+                offset: task.offset(),
+                size: header.raw_len,
+                crc32: header.raw_crc,
+                stored_size: object.len() as u64,
+            },
+            groups: vec![],
         },
         found,
     )))
+}
+
+/// Reads, checks the pages of, and stores one task of a deduplicated backup, a group at a time:
+/// a group whose content hash is the previous backup's (same file, same place) is that group
+/// again; otherwise its pieces that the previous group holds at the same place are referenced
+/// there, its all-zero pieces nowhere, and the others are stored in one new frame. `None` when
+/// the file vanished.
+fn copy_packed(
+    repo: &Repo,
+    packed: &Packed,
+    task: &Task,
+    pages: Option<PageCheck>,
+    progress: &dyn Progress,
+) -> Result<Option<(Stored, PiecePages)>> {
+    let path = &task.file.full_path;
+    let mut reader = match open_piece(task) {
+        Ok(reader) => reader,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", path)(e)),
+    };
+    let check = pages.zip(page::relation_file(&task.file.path));
+    let first_group = (task.offset() / GROUP_SIZE as u64) as usize;
+    let before = packed.previous.groups_of(&task.file.path, first_group);
+    let mut earlier: Option<std::collections::HashMap<GroupRef, Group>> = None;
+    let mut found = PiecePages::default();
+    let mut crc = crc32fast::Hasher::new();
+    let (mut size, mut stored_size) = (0u64, 0u64);
+    let mut groups = Vec::new();
+    packed.packs.with_writer(|writer| {
+        READ_BUFFER.with_borrow_mut(|buffer| {
+            buffer.resize(GROUP_SIZE, 0);
+            loop {
+                let filled = codec::fill(&mut reader, buffer).map_err(Error::io("read", path))?;
+                if filled == 0 {
+                    return Ok(());
+                }
+                let bytes = &buffer[..filled];
+                if let Some((check, segment)) = check {
+                    found.add(check_pages(task, size, segment, bytes, check));
+                }
+                crc.update(bytes);
+                let prior = before.get(groups.len());
+                let hashes: Vec<(Hash, u32)> = bytes
+                    .chunks(PIECE_SIZE)
+                    .map(|p| (Hash::of(p), p.len() as u32))
+                    .collect();
+                let group = match prior.filter(|g| g.hash == content_hash(hashes.iter().copied())) {
+                    Some(same) => *same,
+                    None => {
+                        if prior.is_some() && earlier.is_none() {
+                            // The previous groups of this task, read once, at its first change.
+                            earlier = Some(packs::read_groups(repo, before)?);
+                        }
+                        let prior_group = prior.and_then(|prior| earlier.as_ref()?.get(prior));
+                        let (group, stored) = store_group(packed.packs, writer, bytes, &hashes, prior_group)?;
+                        stored_size += stored;
+                        group
+                    }
+                };
+                groups.push(group);
+                size += filled as u64;
+                progress.advance(filled as u64);
+            }
+        })
+    })?;
+    crate::crash_point::reached("backup:piece");
+    Ok(Some((
+        Stored {
+            part: Part {
+                offset: task.offset(),
+                size,
+                crc32: crc.finalize(),
+                stored_size,
+            },
+            groups,
+        },
+        found,
+    )))
+}
+
+/// Stores one group of `bytes` (its pieces' `hashes` computed): the pieces `prior` holds at the
+/// same place are referenced there, all-zero ones nowhere, the others stored in one new frame.
+/// Returns the group's reference and the bytes stored for it.
+fn store_group(
+    packs: &Packs,
+    writer: &mut PackWriter,
+    bytes: &[u8],
+    hashes: &[(Hash, u32)],
+    prior: Option<&Group>,
+) -> Result<(GroupRef, u64)> {
+    let mut fresh = Vec::new();
+    let mut pieces: Vec<PieceRef> = Vec::with_capacity(hashes.len());
+    let mut fresh_at = Vec::new();
+    for (index, (piece, &(hash, len))) in bytes.chunks(PIECE_SIZE).zip(hashes).enumerate() {
+        let kept = prior
+            .and_then(|g| g.pieces.get(index))
+            .filter(|p| p.hash == hash && p.len == len);
+        let stored = match kept {
+            Some(kept) => kept.stored,
+            None if packs::is_zero(piece) => None,
+            None => {
+                fresh_at.push((index, fresh.len() as u32));
+                fresh.extend_from_slice(piece);
+                None
+            }
+        };
+        pieces.push(PieceRef { hash, len, stored });
+    }
+    let mut stored = 0;
+    if !fresh.is_empty() {
+        let frame = packs.store_frame(writer, &fresh)?;
+        stored += u64::from(frame.len);
+        for (index, at) in fresh_at {
+            pieces[index].stored = Some((frame, at));
+        }
+    }
+    let group = packs.store_group(writer, &Group { pieces })?;
+    Ok((group, stored + u64::from(group.len)))
 }
 
 /// Checks the whole pages of `raw`, the bytes of `task` at `at` bytes into it, read from segment
@@ -350,7 +505,7 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 2, &Codec::default(), None, &Silent)
+        let entries = copy_files(&repo, "hourly/b/", &tree, 2, &Codec::default(), None, None, &Silent)
             .unwrap()
             .files;
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
@@ -382,7 +537,7 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent)
+        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, None, &Silent)
             .unwrap()
             .files;
         let piece = entries[0].pieces()[0];
@@ -403,7 +558,7 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent)
+        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, None, &Silent)
             .unwrap()
             .files;
         let empty = &entries[0];
@@ -425,7 +580,7 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent)
+        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, None, &Silent)
             .unwrap()
             .files;
         assert_eq!(entries.len(), 1);
@@ -491,7 +646,17 @@ mod tests {
             start: Lsn(0x1589f30 + 1),
             blocks_per_segment,
         };
-        let copied = copy_files(&repo, "hourly/b/", &tree, 2, &Codec::default(), Some(check), &Silent).unwrap();
+        let copied = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            2,
+            &Codec::default(),
+            Some(check),
+            None,
+            &Silent,
+        )
+        .unwrap();
         let pages = &copied.pages;
         assert!(pages.checked);
         let bad: Vec<(&str, u64, &[u32])> = pages
@@ -517,7 +682,17 @@ mod tests {
             start: Lsn(0x1589f30),
             ..check
         };
-        let copied = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), Some(early), &Silent).unwrap();
+        let copied = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            1,
+            &Codec::default(),
+            Some(early),
+            None,
+            &Silent,
+        )
+        .unwrap();
         assert!(copied.pages.bad_files.is_empty(), "{:?}", copied.pages);
         assert_eq!(copied.pages.pages_skipped, 4 + 2 + 1);
         assert_eq!(copied.pages.pages_checked, 2048);
@@ -525,7 +700,7 @@ mod tests {
         // A cluster without data checksums: nothing checked.
         let repo_dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(repo_dir.path()).unwrap();
-        let copied = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent).unwrap();
+        let copied = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, None, &Silent).unwrap();
         assert_eq!(copied.pages, PageChecksums::default());
     }
 

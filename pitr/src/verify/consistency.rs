@@ -147,6 +147,8 @@ mod tests {
             crc32: 0,
             stored_size: size / 2,
             parts: vec![],
+            groups: vec![],
+            groups: vec![],
         }
     }
 
