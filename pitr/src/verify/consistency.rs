@@ -148,7 +148,6 @@ mod tests {
             stored_size: size / 2,
             parts: vec![],
             groups: vec![],
-            groups: vec![],
         }
     }
 
