@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod packs;
 mod restore;
 mod source;
+pub mod sweep;
 
 use std::fmt;
 use std::str::FromStr;
@@ -165,7 +166,7 @@ pub async fn take(
     let pages = page_check(layout, start_lsn, progress);
     let packs = Packs::new(repo, &id, options.codec);
     let previous = match options.deduplicate {
-        true => previous_groups(repo, &info_of(repo)?)?,
+        true => previous_groups(repo, &info_of(repo)?)?.avoiding(sweep::condemned_packs(repo)?),
         false => PreviousGroups::default(),
     };
     let packed = options.deduplicate.then_some(Packed {
@@ -215,6 +216,13 @@ pub async fn take(
     })?;
     if archiving == Archiving::IntoThisRepo {
         wait_for_wal(repo, server, &manifest.last_wal, &archiver, progress).await?;
+    }
+    if options.deduplicate && started.elapsed() > sweep::grace() {
+        return Err(Error::Refused(format!(
+            "the backup took {} s, longer than the {} s after which expire may delete packs it found unreferenced at              its start: it is not committed; take it again (and raise PITR_PACK_GRACE_SECONDS if backups take that long)",
+            started.elapsed().as_secs(),
+            sweep::grace().as_secs()
+        )));
     }
     // The files were stored without an fsync each: they become durable here, together, before
     // the manifest that commits them.

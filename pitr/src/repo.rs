@@ -24,6 +24,8 @@
 //! <repo>/packs/<hh>/<name>                 a pack of deduplicated backups (manifest format 7): pieces
 //!                                          in compressed frames, or group records; <name> is 64 hex
 //!                                          digits, <hh> its first two (see `backup::packs`)
+//! <repo>/gc/<UTC time>-<process>.json     packs that no backup referenced when expire marked; a
+//!                                          later expire deletes them (see `backup::sweep`)
 //! <repo>/drills/<YYYYMMDDTHHMMSS>_<tier>.json  a restore drill's record (see [`drill`](crate::drill)),
 //!                                          a checksummed JSON record, create-only
 //! <repo>/locks/<name>.lock                 advisory locks (one backup, expire, upgrade-repo or sync)
@@ -1081,6 +1083,9 @@ pub const MANIFEST_COPY: &str = "backup.manifest.copy";
 /// Present while a backup is taken or deleted: a backup directory with this marker and no
 /// manifest never finished, and the next backup deletes it. One with neither lost its manifest.
 pub const INCOMPLETE_MARKER: &str = "backup.incomplete";
+
+/// The directory of expire's records of condemned packs.
+pub const GC_DIR: &str = "gc/";
 
 /// The directory of the packs of deduplicated backups.
 pub const PACKS_DIR: &str = "packs/";

@@ -351,20 +351,30 @@ fn copy_packed(
                     found.add(check_pages(task, size, segment, bytes, check));
                 }
                 crc.update(bytes);
-                let prior = before.get(groups.len());
+                let previous = packed.previous;
+                let prior = before.get(groups.len()).filter(|g| previous.may_use(&g.pack));
                 let hashes: Vec<(Hash, u32)> = bytes
                     .chunks(PIECE_SIZE)
                     .map(|p| (Hash::of(p), p.len() as u32))
                     .collect();
-                let group = match prior.filter(|g| g.hash == content_hash(hashes.iter().copied())) {
+                let same = prior.filter(|g| g.hash == content_hash(hashes.iter().copied()));
+                if (same.is_none() || previous.any_condemned()) && prior.is_some() && earlier.is_none() {
+                    // The previous groups of this task, read once, at its first change (or at
+                    // once while packs are condemned, to see where their pieces lie).
+                    earlier = Some(packs::read_groups(repo, before)?);
+                }
+                let prior_group = prior.and_then(|prior| earlier.as_ref()?.get(prior));
+                let usable = |group: &Group| {
+                    group
+                        .pieces
+                        .iter()
+                        .all(|p| p.stored.is_none_or(|(frame, _)| previous.may_use(&frame.pack)))
+                };
+                let reusable = same.filter(|_| !previous.any_condemned() || prior_group.is_some_and(usable));
+                let group = match reusable {
                     Some(same) => *same,
                     None => {
-                        if prior.is_some() && earlier.is_none() {
-                            // The previous groups of this task, read once, at its first change.
-                            earlier = Some(packs::read_groups(repo, before)?);
-                        }
-                        let prior_group = prior.and_then(|prior| earlier.as_ref()?.get(prior));
-                        let (group, stored) = store_group(packed.packs, writer, bytes, &hashes, prior_group)?;
+                        let (group, stored) = store_group(packed.packs, writer, bytes, &hashes, prior_group, previous)?;
                         stored_size += stored;
                         group
                     }
@@ -399,6 +409,7 @@ fn store_group(
     bytes: &[u8],
     hashes: &[(Hash, u32)],
     prior: Option<&Group>,
+    previous: &PreviousGroups,
 ) -> Result<(GroupRef, u64)> {
     let mut fresh = Vec::new();
     let mut pieces: Vec<PieceRef> = Vec::with_capacity(hashes.len());
@@ -406,7 +417,8 @@ fn store_group(
     for (index, (piece, &(hash, len))) in bytes.chunks(PIECE_SIZE).zip(hashes).enumerate() {
         let kept = prior
             .and_then(|g| g.pieces.get(index))
-            .filter(|p| p.hash == hash && p.len == len);
+            .filter(|p| p.hash == hash && p.len == len)
+            .filter(|p| p.stored.is_none_or(|(frame, _)| previous.may_use(&frame.pack)));
         let stored = match kept {
             Some(kept) => kept.stored,
             None if packs::is_zero(piece) => None,
@@ -479,7 +491,7 @@ fn open_piece(task: &Task) -> io::Result<io::Take<File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::Piece;
+    use crate::backup::manifest::{Manifest, Piece};
     use crate::progress::Silent;
 
     fn source(dir: &std::path::Path, name: &str, bytes: &[u8]) -> SourceFile {
@@ -566,6 +578,93 @@ mod tests {
         assert!(empty.is_empty_without_object() && empty.pieces().is_empty());
         assert_eq!(repo.storage().list("hourly/b/files/").unwrap(), ["pg_control", "small"]);
         assert!(!entries[1].is_empty_without_object());
+    }
+
+    /// A deduplicated copy of `tree` as backup `id` of a local repository, sharing with `previous`.
+    fn copy_packed_tree(repo: &Repo, id: &str, tree: &SourceTree, previous: &PreviousGroups) -> Vec<FileEntry> {
+        let packs = Packs::new(repo, id, Codec::default());
+        let packed = Packed {
+            packs: &packs,
+            previous,
+        };
+        let copied = copy_files(
+            repo,
+            &format!("hourly/{id}/"),
+            tree,
+            2,
+            &Codec::default(),
+            None,
+            Some(&packed),
+            &Silent,
+        )
+        .unwrap();
+        packs.finish().unwrap();
+        copied.files
+    }
+
+    /// The packs `files` reference: of their groups and of their pieces.
+    fn packs_of(repo: &Repo, files: &[FileEntry]) -> std::collections::HashSet<Hash> {
+        let groups: Vec<GroupRef> = files.iter().flat_map(|f| f.groups.iter().copied()).collect();
+        let records = packs::read_groups(repo, &groups).unwrap();
+        let pieces = records
+            .values()
+            .flat_map(|g| g.pieces.iter().filter_map(|p| p.stored).map(|(frame, _)| frame.pack));
+        groups.iter().map(|g| g.pack).chain(pieces).collect()
+    }
+
+    #[test]
+    fn deduplicated_copies_share_what_did_not_change_but_never_a_condemned_pack() {
+        let data = tempfile::tempdir().unwrap();
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(repo_dir.path()).unwrap();
+        // Three groups and a bit: pseudo-random pages, a zero page, a short last piece.
+        let mut bytes: Vec<u8> = (0..3 * GROUP_SIZE as u64 + 100).map(|i| (i * i % 251) as u8).collect();
+        bytes[PIECE_SIZE..2 * PIECE_SIZE].fill(0);
+        let tree = |bytes: &[u8]| SourceTree {
+            files: vec![source(data.path(), "16384", bytes)],
+            control: Some(source(data.path(), "pg_control", b"control")),
+            ..SourceTree::default()
+        };
+        let first = copy_packed_tree(&repo, "a", &tree(&bytes), &PreviousGroups::default());
+        assert_eq!(first[0].groups.len(), 4);
+        assert!(first[0].stored_size > 0 && first[0].parts.is_empty());
+        let as_previous = |files: &[FileEntry]| {
+            let mut manifest =
+                Manifest::for_test("a", crate::backup::Tier::Hourly, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
+            manifest.files = files.to_vec();
+            PreviousGroups::of(&manifest)
+        };
+
+        let same = copy_packed_tree(&repo, "b", &tree(&bytes), &as_previous(&first));
+        assert_eq!(same[0].groups, first[0].groups, "unchanged groups are the same groups");
+        assert_eq!(same[0].stored_size, 0, "nothing is stored again");
+
+        bytes[2 * GROUP_SIZE + 5] ^= 1;
+        let changed = copy_packed_tree(&repo, "c", &tree(&bytes), &as_previous(&first));
+        let (before, after) = (&first[0].groups, &changed[0].groups);
+        assert_eq!((before[0], before[1], before[3]), (after[0], after[1], after[3]));
+        assert_ne!(before[2], after[2]);
+        assert!(
+            changed[0].stored_size < 2 * PIECE_SIZE as u64,
+            "one piece and one group record are stored"
+        );
+
+        let condemned = packs_of(&repo, &first);
+        let avoiding = copy_packed_tree(
+            &repo,
+            "d",
+            &tree(&bytes),
+            &as_previous(&first).avoiding(condemned.clone()),
+        );
+        assert!(
+            packs_of(&repo, &avoiding).is_disjoint(&condemned),
+            "a condemned pack is never referenced: its pieces are stored again"
+        );
+        assert!(
+            avoiding[0].stored_size > changed[0].stored_size,
+            "every group is stored again"
+        );
+        assert_eq!(avoiding[0].size, bytes.len() as u64);
     }
 
     #[test]

@@ -404,6 +404,8 @@ impl<'a> Packs<'a> {
 #[derive(Debug, Default)]
 pub struct PreviousGroups {
     files: HashMap<String, Vec<GroupRef>>,
+    /// Packs an expire condemned: never referenced again (see [`super::sweep`]).
+    condemned: std::collections::HashSet<Hash>,
 }
 
 impl PreviousGroups {
@@ -416,7 +418,24 @@ impl PreviousGroups {
                 .filter(|f| f.is_deduplicated())
                 .map(|f| (f.path.clone(), f.groups.clone()))
                 .collect(),
+            condemned: Default::default(),
         }
+    }
+
+    /// The same, never referencing the `condemned` packs.
+    pub fn avoiding(self, condemned: std::collections::HashSet<Hash>) -> PreviousGroups {
+        PreviousGroups { condemned, ..self }
+    }
+
+    /// Whether packs are condemned: then a group is referenced again only once its record is
+    /// read, and none of its pieces lies in a condemned pack.
+    pub fn any_condemned(&self) -> bool {
+        !self.condemned.is_empty()
+    }
+
+    /// Whether the pack `name` may be referenced.
+    pub fn may_use(&self, name: &Hash) -> bool {
+        !self.condemned.contains(name)
     }
 
     /// The previous groups of the file at `path` from group `first` on (a task's), each at
