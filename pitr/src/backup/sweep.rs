@@ -83,6 +83,10 @@ pub fn condemned_packs(repo: &Repo) -> Result<HashSet<Hash>> {
 /// Marks, deletes what records older than `grace` condemn and is still not live, and condemns
 /// what is not live now.
 pub fn sweep(repo: &Repo, grace: Duration) -> Result<PackSweep> {
+    let (records, stored) = (records(repo)?, stored_packs(repo)?);
+    if records.is_empty() && stored.is_empty() {
+        return Ok(PackSweep::default()); // no deduplicated backup was ever taken: nothing to mark
+    }
     let live = match mark(repo)? {
         Ok(live) => live,
         Err(skipped) => {
@@ -95,8 +99,10 @@ pub fn sweep(repo: &Repo, grace: Duration) -> Result<PackSweep> {
     let now = SystemTime::now();
     let old_enough = |modified: SystemTime| now.duration_since(modified).is_ok_and(|age| age >= grace);
     let mut sweep = PackSweep::default();
+    // Packs of records still in their grace period, and packs deleted by this run (the listing
+    // of packs was taken before): neither is condemned again.
     let mut pending = HashSet::new();
-    for (key, modified, record) in records(repo)? {
+    for (key, modified, record) in records {
         if !old_enough(modified) {
             pending.extend(record.packs);
             continue;
@@ -107,8 +113,9 @@ pub fn sweep(repo: &Repo, grace: Duration) -> Result<PackSweep> {
             crash_point::reached("expire:pack-deleted");
         }
         repo.storage().delete(&key)?;
+        pending.extend(record.packs);
     }
-    let candidates: Vec<Hash> = stored_packs(repo)?
+    let candidates: Vec<Hash> = stored
         .into_iter()
         .filter(|(pack, modified)| !live.contains(pack) && !pending.contains(pack) && old_enough(*modified))
         .map(|(pack, _)| pack)
