@@ -18,7 +18,12 @@ fn packs(repo: &Path) -> Vec<PathBuf> {
     };
     for dir in dirs {
         for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
-            found.push(pack.unwrap().path());
+            let path = pack.unwrap().path();
+            // A pack's name is 64 hex digits (s3s-fs keeps files of its own beside objects).
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                found.push(path);
+            }
         }
     }
     found.sort();
@@ -27,7 +32,10 @@ fn packs(repo: &Path) -> Vec<PathBuf> {
 
 /// The records of condemned packs.
 fn records(repo: &Path) -> usize {
-    fs::read_dir(repo.join("gc")).map_or(0, |d| d.count())
+    fs::read_dir(repo.join("gc")).map_or(0, |d| {
+        d.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".json"))
+            .count()
+    })
 }
 
 /// `pitr expire --json` keeping one hourly backup, with the grace period `grace` (seconds; the

@@ -174,17 +174,13 @@ pub async fn take(
         previous: &previous,
     });
     let copy = tokio::task::block_in_place(|| {
-        copy::copy_files(
-            repo,
-            &dir,
-            &tree,
-            options.jobs,
-            &options.codec,
+        let how = copy::Copying {
+            jobs: options.jobs,
+            codec: &options.codec,
             pages,
-            packed.as_ref(),
-            progress,
-        )
-        .and_then(|copied| packs.finish().map(|_| copied))
+            packed: packed.as_ref(),
+        };
+        copy::copy_files(repo, &dir, &tree, &how, progress).and_then(|copied| packs.finish().map(|_| copied))
     });
     // Stop the backup even when the copy failed, so the server does not stay in backup mode.
     // When pitr archives into this repository, pitr itself watches for the last segment (every

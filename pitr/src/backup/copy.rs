@@ -75,6 +75,19 @@ pub(super) struct Packed<'a> {
     pub previous: &'a PreviousGroups,
 }
 
+/// How [`copy_files`] copies.
+#[derive(Clone, Copy)]
+pub(super) struct Copying<'a> {
+    /// Files copied at once.
+    pub jobs: usize,
+    /// How objects are compressed.
+    pub codec: &'a Codec,
+    /// How pages are checked, when they are.
+    pub pages: Option<PageCheck>,
+    /// Where a deduplicated backup stores its files; `None`: as objects of the backup's directory.
+    pub packed: Option<&'a Packed<'a>>,
+}
+
 /// What storing one task gave: its object's (or its bytes') size, CRC-32 and stored size, and
 /// in a deduplicated backup its groups.
 #[derive(Clone)]
@@ -123,12 +136,15 @@ pub(super) fn copy_files(
     repo: &Repo,
     dir: &str,
     tree: &SourceTree,
-    jobs: usize,
-    codec: &Codec,
-    pages: Option<PageCheck>,
-    packed: Option<&Packed>,
+    how: &Copying,
     progress: &dyn Progress,
 ) -> Result<Copied> {
+    let Copying {
+        jobs,
+        codec,
+        pages,
+        packed,
+    } = *how;
     progress.begin(tree.files.len() as u64 + 1, tree.bytes());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs.max(1))
@@ -517,9 +533,20 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 2, &Codec::default(), None, None, &Silent)
-            .unwrap()
-            .files;
+        let entries = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 2,
+                codec: &Codec::default(),
+                pages: None,
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap()
+        .files;
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["16384", "small", "pg_control"]);
         let split = &entries[0];
@@ -549,9 +576,20 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, None, &Silent)
-            .unwrap()
-            .files;
+        let entries = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 1,
+                codec: &Codec::default(),
+                pages: None,
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap()
+        .files;
         let piece = entries[0].pieces()[0];
         repo.storage().delete(&piece.key("hourly/b/")).unwrap();
         let other = Codec::default().encode(b"abd");
@@ -570,9 +608,20 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, None, &Silent)
-            .unwrap()
-            .files;
+        let entries = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 1,
+                codec: &Codec::default(),
+                pages: None,
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap()
+        .files;
         let empty = &entries[0];
         assert_eq!((empty.size, empty.stored_size, empty.crc32), (0, 0, 0));
         assert!(empty.is_empty_without_object() && empty.pieces().is_empty());
@@ -591,10 +640,12 @@ mod tests {
             repo,
             &format!("hourly/{id}/"),
             tree,
-            2,
-            &Codec::default(),
-            None,
-            Some(&packed),
+            &Copying {
+                jobs: 2,
+                codec: &Codec::default(),
+                pages: None,
+                packed: Some(&packed),
+            },
             &Silent,
         )
         .unwrap();
@@ -679,9 +730,20 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, None, &Silent)
-            .unwrap()
-            .files;
+        let entries = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 1,
+                codec: &Codec::default(),
+                pages: None,
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap()
+        .files;
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].path, "pg_control");
     }
@@ -749,10 +811,12 @@ mod tests {
             &repo,
             "hourly/b/",
             &tree,
-            2,
-            &Codec::default(),
-            Some(check),
-            None,
+            &Copying {
+                jobs: 2,
+                codec: &Codec::default(),
+                pages: Some(check),
+                packed: None,
+            },
             &Silent,
         )
         .unwrap();
@@ -785,10 +849,12 @@ mod tests {
             &repo,
             "hourly/b/",
             &tree,
-            1,
-            &Codec::default(),
-            Some(early),
-            None,
+            &Copying {
+                jobs: 1,
+                codec: &Codec::default(),
+                pages: Some(early),
+                packed: None,
+            },
             &Silent,
         )
         .unwrap();
@@ -799,7 +865,19 @@ mod tests {
         // A cluster without data checksums: nothing checked.
         let repo_dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(repo_dir.path()).unwrap();
-        let copied = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, None, &Silent).unwrap();
+        let copied = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 1,
+                codec: &Codec::default(),
+                pages: None,
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap();
         assert_eq!(copied.pages, PageChecksums::default());
     }
 

@@ -84,7 +84,7 @@ impl Hash {
         for (i, byte) in hash.iter_mut().enumerate() {
             *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
         }
-        Some(hash).map(Hash)
+        Some(Hash(hash))
     }
 }
 
