@@ -65,6 +65,20 @@ fn expire_killed_at(c: &Cluster, config: &Path, grace: Option<u64>, point: &str)
         "expire with PITR_CRASH_AT={point} succeeded: the crash point is not reached:\n{}",
         out.describe()
     );
+    if c.repo_is_s3() {
+        // The killed expire's lock is a lease nobody renews: it would refuse the next expire for
+        // a minute. An operator who knows the holder is dead may delete it, as this test does.
+        fs::remove_file(c.repo_dir().join("locks/backup.lock")).expect("the lease object");
+    }
+}
+
+/// Whether a backup into the repository at `repo` is being taken (it holds the lock and wrote
+/// its marker).
+fn backup_running(repo: &Path) -> bool {
+    fs::read_dir(repo.join("hourly"))
+        .into_iter()
+        .flatten()
+        .any(|dir| dir.unwrap().path().join("backup.incomplete").exists())
 }
 
 /// `pitr verify` passes, and the newest backup restores.
@@ -147,4 +161,49 @@ fn expire_deletes_the_packs_no_backup_references_in_two_phases_and_a_kill_at_any
     out.assert_success();
     assert_eq!(packs(c.repo_dir()), remaining, "a live pack is never condemned");
     assert_eq!(records(c.repo_dir()), 0);
+}
+
+#[test]
+fn expires_beside_a_running_deduplicated_backup_never_break_it() {
+    let c = Cluster::start(ClusterOptions::default().setting("autovacuum", "off"));
+    let config = c.test_dir().write("keep-one.toml", "keep_hourly = 1\n");
+    c.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) || md5((-g)::text) AS v FROM generate_series(1, 400000) g");
+    c.psql("CHECKPOINT");
+    backup_json(&c, &["--dedup", "--no-expire", "--jobs", "1"]);
+    c.psql("UPDATE t SET v = 'changed' WHERE id % 1000 = 0");
+    c.psql("CHECKPOINT");
+
+    // A second backup runs while expires (grace period 0, keeping one hourly backup) are
+    // started one after the other: each is refused while the backup holds the lock, or runs
+    // before or after it; none may delete what the backup references.
+    let mut cmd = c.pitr_connected_cmd(c.repo());
+    cmd.args(["backup", "--fast", "--dedup", "--no-expire", "--jobs", "1"]);
+    let line = cmdline(&cmd);
+    let mut backup = spawn(&mut cmd);
+    let started = poll(std::time::Duration::from_secs(60), || {
+        backup_running(c.repo_dir()).then_some(())
+    });
+    assert!(started.is_some(), "the backup never started");
+    let mut refused = 0;
+    while backup.try_wait().unwrap().is_none() {
+        let out = expire(&c, &config, Some(0), None);
+        if !out.success() {
+            assert!(
+                out.stderr_str().contains("another pitr backup is running"),
+                "{}",
+                out.describe()
+            );
+            refused += 1;
+        }
+    }
+    wait_child(backup, line, std::time::Duration::from_secs(10)).assert_success();
+    assert!(refused > 0, "no expire met the running backup");
+    for _ in 0..3 {
+        expire(&c, &config, Some(0), None).assert_success();
+    }
+    assert_eq!(records(c.repo_dir()), 0);
+    kept_backup_is_whole(&c, "expires beside a backup");
+    let r = c.pitr(&["list", "--json"]);
+    r.assert_success();
+    assert_eq!(parse_json(&r).as_array().unwrap().len(), 1, "one hourly backup is kept");
 }
