@@ -96,7 +96,8 @@ pub struct ExpirePlan {
     /// Backups whose manifest cannot be read: never deleted by expire, and while there is one
     /// no WAL is expired.
     pub unreadable: Vec<UnreadableBackup>,
-    /// What the sweep of unreferenced packs did (not planned: it marks when it runs).
+    /// What the sweep of unreferenced packs did, when it condemned or deleted packs or could not
+    /// sweep (not planned: it marks when it runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packs: Option<PackSweep>,
 }
@@ -292,7 +293,9 @@ pub fn expire(repo: &Repo, retention: Retention, tier: Option<Tier>, dry_run: bo
     for drill in &plan.drills {
         repo.storage().delete(&drill.record)?;
     }
-    plan.packs = Some(sweep::sweep(repo, sweep::grace())?);
+    // Said only when there is something to say: a repository without packs plans the same JSON as before.
+    let swept = sweep::sweep(repo, sweep::grace())?;
+    plan.packs = (swept != PackSweep::default()).then_some(swept);
     let current = repo.pin()?;
     let earlier = plan
         .earlier_generations
