@@ -6,6 +6,10 @@
 //! written, last: an interrupted backup has no manifest, is never listed, and is deleted by the
 //! next backup (which holds the repository's backup lock). Object storage has no rename, so the
 //! manifest is the commit point rather than a directory rename.
+//!
+//! A deduplicated backup (`--dedup`, manifest format 7) stores its data directory files in packs
+//! shared with the other deduplicated backups instead ([`packs`]); they are durable before its
+//! manifest is written, and expire deletes them only once no backup references them ([`sweep`]).
 
 mod catalog;
 mod configuration;
