@@ -361,6 +361,11 @@ pub enum Command {
         /// Files copied at once (default: the number of cores).
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
+        /// Store the files deduplicated (manifest format 7, a preview): 8 KiB pieces in packs
+        /// shared with the other deduplicated backups, so only what changed since the previous
+        /// one is stored; the backup still restores on its own.
+        #[arg(long)]
+        dedup: bool,
         /// Do not run expire for the tier afterwards.
         #[arg(long)]
         no_expire: bool,

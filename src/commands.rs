@@ -186,6 +186,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             connection,
             fast,
             jobs,
+            dedup,
             no_expire,
             json,
         } => {
@@ -196,6 +197,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
                 fast: *fast,
                 jobs: jobs.unwrap_or(settings.jobs),
                 codec: settings.codec,
+                deduplicate: *dedup,
             };
             run_backup(&repo, connection, &options, !no_expire, *json, settings)
         }

@@ -301,12 +301,27 @@ pub fn expire_plan(plan: &ExpirePlan, dry_run: bool) {
             b.id, b.tier, b.reason
         );
     }
+    if let Some(packs) = &plan.packs {
+        if packs.deleted > 0 {
+            println!("deleted {} packs that no backup references", packs.deleted);
+        }
+        if packs.condemned > 0 {
+            println!(
+                "condemned {} packs that no backup references: a later expire deletes them once the grace period is over",
+                packs.condemned
+            );
+        }
+        if let Some(skipped) = &packs.skipped {
+            println!("deleted no pack: {skipped}");
+        }
+    }
     let earlier_wal = plan.earlier_generations.iter().any(|g| !g.wal.is_empty());
     if plan.backups.is_empty()
         && plan.drills.is_empty()
         && plan.wal.is_empty()
         && !earlier_wal
         && plan.unreadable.is_empty()
+        && plan.packs.as_ref().is_none_or(|p| p.deleted == 0 && p.condemned == 0)
     {
         println!("nothing to expire");
     }

@@ -641,3 +641,69 @@ fn after_a_switch_over_the_newest_archived_wal_and_staleness_follow_the_new_time
     let newest = read_metrics(&prom)["pitr_wal_newest_archived_timestamp_seconds"];
     assert!((newest - archived_at).abs() < 0.01, "{newest} vs {archived_at}");
 }
+
+/// The largest data pack of the repository at `repo`.
+fn largest_data_pack(repo: &Path) -> PathBuf {
+    let mut packs: Vec<(u64, PathBuf)> = Vec::new();
+    for dir in fs::read_dir(repo.join("packs")).unwrap() {
+        for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = pack.unwrap().path();
+            if read(&path).starts_with(b"pitrDAT1") {
+                packs.push((fs::metadata(&path).unwrap().len(), path));
+            }
+        }
+    }
+    packs.into_iter().max().expect("a data pack").1
+}
+
+#[test]
+fn pieces_shared_by_deduplicated_backups_are_checked_once_and_a_damaged_one_names_every_backup() {
+    let c = Cluster::start(ClusterOptions::default().setting("autovacuum", "off"));
+    c.psql("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 3) AS v FROM generate_series(1, 100000) g");
+    c.psql("CHECKPOINT");
+    let first = backup_json(&c, &["--dedup", "--tier", "daily"])["backup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let alone = verify_json(&c, None, &[], 0)["read"]["stored_bytes"].as_u64().unwrap();
+    let second = backup_json(&c, &["--dedup", "--tier", "weekly"])["backup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let together = verify_json(&c, None, &[], 0)["read"]["stored_bytes"].as_u64().unwrap();
+    assert!(
+        together < alone * 3 / 2,
+        "what two backups share is read once: {together} bytes read for both, {alone} for the first alone"
+    );
+
+    let pack = largest_data_pack(c.repo_dir());
+    let original = read(&pack);
+    let mut damaged = original.clone();
+    damaged[original.len() / 2] ^= 0x40;
+    rewrite_keeping_mode(&pack, &damaged);
+    let report = verify_json(&c, None, &[], 2);
+    let alerts = alerts_of(&report, "alerts");
+    assert!(!alerts.is_empty());
+    assert!(
+        alerts
+            .iter()
+            .all(|(name, subject)| name == "BackupVerificationFailed" && subject.starts_with("packs/")),
+        "{alerts:?}"
+    );
+    let reason = reason_of(&report, "alerts", "BackupVerificationFailed");
+    assert!(
+        reason.contains(&first) && reason.contains(&second),
+        "the damage names both backups: {reason}"
+    );
+    let restored = c.dir().join("restored");
+    let out = pitr(
+        &c,
+        c.repo(),
+        None,
+        &["restore", "--backup", &second, "--pgdata", restored.to_str().unwrap()],
+    );
+    assert!(!out.success(), "a restore from a damaged pack fails");
+    assert!(out.stderr_str().contains("packs/"), "{}", out.describe());
+    rewrite_keeping_mode(&pack, &original);
+    verify_json(&c, None, &[], 0);
+}

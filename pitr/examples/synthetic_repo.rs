@@ -543,6 +543,7 @@ fn file_entry(rng: &mut Rng, path: String, size: u64, stop_time: DateTime<Utc>) 
         crc32,
         stored_size,
         parts,
+        groups: vec![],
     }
 }
 

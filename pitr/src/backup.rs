@@ -6,14 +6,20 @@
 //! written, last: an interrupted backup has no manifest, is never listed, and is deleted by the
 //! next backup (which holds the repository's backup lock). Object storage has no rename, so the
 //! manifest is the commit point rather than a directory rename.
+//!
+//! A deduplicated backup (`--dedup`, manifest format 7) stores its data directory files in packs
+//! shared with the other deduplicated backups instead ([`packs`]); they are durable before its
+//! manifest is written, and expire deletes them only once no backup references them ([`sweep`]).
 
 mod catalog;
 mod configuration;
 mod copy;
 mod expire;
 pub mod manifest;
+pub mod packs;
 mod restore;
 mod source;
+pub mod sweep;
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,7 +37,9 @@ pub use expire::{expire, plan_expire, ExpirePlan, Retention};
 pub(crate) use restore::with_verified;
 pub use restore::{restore, RestoreOptions, RestoreSummary};
 
-use self::manifest::{Configuration, FileEntry, Manifest, PageChecksums, MANIFEST_VERSION};
+use self::copy::Packed;
+use self::manifest::{Configuration, FileEntry, Manifest, PageChecksums, MANIFEST_VERSION, OBJECT_FILES_VERSION};
+use self::packs::{Packs, PreviousGroups};
 use self::source::SourceTree;
 use crate::codec::Codec;
 use crate::control;
@@ -101,6 +109,9 @@ pub struct BackupOptions {
     pub jobs: usize,
     /// How files are compressed.
     pub codec: Codec,
+    /// Store the files deduplicated, in packs (manifest format 7), instead of as objects of the
+    /// backup's directory.
+    pub deduplicate: bool,
 }
 
 /// What a finished backup reports.
@@ -157,8 +168,23 @@ pub async fn take(
     let start_time = Utc::now();
     let start_lsn = server.backup_start(&format!("pitr {id}"), options.fast).await?;
     let pages = page_check(layout, start_lsn, progress);
+    let packs = Packs::new(repo, &id, options.codec);
+    let previous = match options.deduplicate {
+        true => previous_groups(repo, &info_of(repo)?)?.avoiding(sweep::condemned_packs(repo)?),
+        false => PreviousGroups::default(),
+    };
+    let packed = options.deduplicate.then_some(Packed {
+        packs: &packs,
+        previous: &previous,
+    });
     let copy = tokio::task::block_in_place(|| {
-        copy::copy_files(repo, &dir, &tree, options.jobs, &options.codec, pages, progress)
+        let how = copy::Copying {
+            jobs: options.jobs,
+            codec: &options.codec,
+            pages,
+            packed: packed.as_ref(),
+        };
+        copy::copy_files(repo, &dir, &tree, &how, progress).and_then(|copied| packs.finish().map(|_| copied))
     });
     // Stop the backup even when the copy failed, so the server does not stay in backup mode.
     // When pitr archives into this repository, pitr itself watches for the last segment (every
@@ -172,9 +198,7 @@ pub async fn take(
     let next_xid = server.next_xid().await?;
     write_labels(repo, &dir, &stop)?;
 
-    let info = repo
-        .info()?
-        .expect("preflight claimed the repository and pinned its generation");
+    let info = info_of(repo)?;
     let manifest = build_manifest(ManifestParts {
         id,
         options,
@@ -192,6 +216,13 @@ pub async fn take(
     })?;
     if archiving == Archiving::IntoThisRepo {
         wait_for_wal(repo, server, &manifest.last_wal, &archiver, progress).await?;
+    }
+    if options.deduplicate && started.elapsed() > sweep::grace() {
+        return Err(Error::Refused(format!(
+            "the backup took {} s, longer than the {} s after which expire may delete packs it found unreferenced at              its start: it is not committed; take it again (and raise PITR_PACK_GRACE_SECONDS if backups take that long)",
+            started.elapsed().as_secs(),
+            sweep::grace().as_secs()
+        )));
     }
     // The files were stored without an fsync each: they become durable here, together, before
     // the manifest that commits them.
@@ -221,6 +252,29 @@ pub async fn take(
         ),
         cleaned_up,
     })
+}
+
+/// The cluster `repo` is pinned to.
+fn info_of(repo: &Repo) -> Result<Cluster> {
+    Ok(repo
+        .info()?
+        .expect("preflight claimed the repository and pinned its generation"))
+}
+
+/// The groups of the newest deduplicated backup of the cluster, which a deduplicated backup
+/// shares what did not change with.
+fn previous_groups(repo: &Repo, cluster: &Cluster) -> Result<PreviousGroups> {
+    let newest = load_summaries(repo)?
+        .into_iter()
+        .filter(|m| m.format_version >= MANIFEST_VERSION && m.system_identifier == cluster.system_identifier)
+        .max_by_key(|m| m.stop_time);
+    let Some(newest) = newest else {
+        return Ok(PreviousGroups::default());
+    };
+    match read_backup(repo, newest.tier, &newest.id)?.map(|entry| entry.manifest) {
+        Some(Ok(manifest)) => Ok(PreviousGroups::of(&manifest)),
+        _ => Ok(PreviousGroups::default()),
+    }
 }
 
 /// The repository's backup lock: one backup, expire, upgrade-repo or sync into it at a time, so that none
@@ -545,8 +599,13 @@ fn build_manifest(parts: ManifestParts) -> Result<Manifest> {
     let timeline = label_timeline(&parts.stop.label_file)?;
     let size = SegmentSize::new(parts.info.wal_segment_size).expect("recorded sizes are valid");
     let name = |segno| Segment { timeline, segno }.file_name(size);
+    let deduplicated = parts.files.iter().any(FileEntry::is_deduplicated);
     Ok(Manifest {
-        format_version: MANIFEST_VERSION,
+        format_version: if deduplicated {
+            MANIFEST_VERSION
+        } else {
+            OBJECT_FILES_VERSION
+        },
         id: parts.id,
         tier: parts.options.tier,
         start_time: parts.start_time,

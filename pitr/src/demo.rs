@@ -215,6 +215,7 @@ impl DemoCluster {
             fast: true,
             jobs: 2,
             codec: Codec::default(),
+            deduplicate: false,
         };
         let backup = backup::take(&repo, &server, &options, progress).await?;
         narrate(&format!(

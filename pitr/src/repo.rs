@@ -21,6 +21,11 @@
 //! <repo>/<tier>/<id>/backup.incomplete     ... a marker while the backup is taken (or deleted)
 //! <repo>/<tier>/<id>/backup.manifest.copy  ... a copy of the manifest, written just before it
 //! <repo>/<tier>/<id>/backup.manifest       ... and its manifest, written last: the commit point
+//! <repo>/packs/<hh>/<name>                 a pack of deduplicated backups (manifest format 7): pieces
+//!                                          in compressed frames, or group records; <name> is 64 hex
+//!                                          digits, <hh> its first two (see `backup::packs`)
+//! <repo>/gc/<UTC time>-<process>.json     packs that no backup referenced when expire marked; a
+//!                                          later expire deletes them (see `backup::sweep`)
 //! <repo>/drills/<YYYYMMDDTHHMMSS>_<tier>.json  a restore drill's record (see [`drill`](crate::drill)),
 //!                                          a checksummed JSON record, create-only
 //! <repo>/locks/<name>.lock                 advisory locks (one backup, expire, upgrade-repo or sync)
@@ -1096,6 +1101,18 @@ pub const MANIFEST_COPY: &str = "backup.manifest.copy";
 /// Present while a backup is taken or deleted: a backup directory with this marker and no
 /// manifest never finished, and the next backup deletes it. One with neither lost its manifest.
 pub const INCOMPLETE_MARKER: &str = "backup.incomplete";
+
+/// The directory of expire's records of condemned packs.
+pub const GC_DIR: &str = "gc/";
+
+/// The directory of the packs of deduplicated backups.
+pub const PACKS_DIR: &str = "packs/";
+
+/// The key of the pack named `name` (64 hex digits): `packs/<first two digits>/<name>`, so that
+/// no directory holds more than a 256th of the packs.
+pub fn pack_key(name: &str) -> String {
+    format!("{PACKS_DIR}{}/{name}", &name[..2])
+}
 
 /// The directory of one backup: `<tier>/<id>/`.
 pub fn backup_dir(tier: &str, id: &str) -> String {

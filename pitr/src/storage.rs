@@ -109,6 +109,24 @@ pub trait Storage: Send + Sync {
             .map(|bytes| Box::new(std::io::Cursor::new(bytes)) as Box<dyn std::io::BufRead + Send>))
     }
 
+    /// `len` bytes of the object from byte `start` on, or `None` when there is no object with
+    /// that key; a range past the object's end is an error. For the packs of deduplicated
+    /// backups, whose frames are read by range. The default reads the whole object.
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        let Some(bytes) = self.get(key)? else {
+            return Ok(None);
+        };
+        range_of(&bytes, start, len)
+            .map(|range| Some(range.to_vec()))
+            .ok_or_else(|| crate::Error::Corrupt {
+                what: self.describe(key),
+                reason: format!(
+                    "holds {} bytes, not the {len} bytes from {start} on that were asked for",
+                    bytes.len()
+                ),
+            })
+    }
+
     /// Size and modification time of an object, or `None` when it does not exist.
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
 
@@ -246,6 +264,13 @@ fn check_head_fits(head: &[u8], written: u64) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `len` bytes of `bytes` from `start` on, when it holds them.
+fn range_of(bytes: &[u8], start: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(start).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    bytes.get(start..end)
 }
 
 /// Holds a lock taken with [`Storage::try_lock`] until dropped.

@@ -535,6 +535,13 @@ fn plan_backups(plan: &mut SyncPlan, generations: &Generations) -> Result<()> {
                     continue;
                 }
             };
+            if manifest.files.iter().any(|f| f.is_deduplicated()) {
+                plan.problems.push(format!(
+                    "backup {id} not copied: it is deduplicated (pitr backup --dedup), and sync does not copy the packs \
+                     its files lie in yet; take the backups to sync without --dedup"
+                ));
+                continue;
+            }
             wanted.insert(dir.clone());
             match target.get(&key)? {
                 Some(held) if held == bytes => {

@@ -27,6 +27,7 @@ mod dump;
 mod integrity;
 pub mod metrics;
 mod objects;
+mod shared;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
@@ -477,7 +478,17 @@ fn check_backups_and_wal(
         .collect();
     let backups: Vec<&ManifestSummary> = backups.iter().collect();
     let objects = objects_to_read(holdings, entries, whole_archive);
-    let (read, findings) = objects::read_all(repo, &objects, holdings.info.as_ref(), jobs, progress)?;
+    let (mut read, mut findings) = objects::read_all(repo, &objects, holdings.info.as_ref(), jobs, progress)?;
+    let deduplicated: Vec<(&str, &Manifest)> = entries
+        .iter()
+        .filter_map(|e| Some((e.id.as_str(), e.manifest.as_ref().ok()?)))
+        .filter(|(_, m)| m.files.iter().any(|f| f.is_deduplicated()))
+        .collect();
+    if !deduplicated.is_empty() {
+        let (shared_read, shared_findings) = shared::check_shared(repo, &deduplicated, progress)?;
+        read.add(&shared_read);
+        findings.extend(shared_findings);
+    }
     let mut alerts = metadata_alerts(holdings, entries, whole_archive);
     alerts.extend(stray_objects(repo, entries)?);
     alerts.extend(

@@ -271,6 +271,7 @@ pub(super) fn store(repo: &Repo, dir: &str, found: Found, codec: &Codec) -> Resu
             crc32: header.raw_crc,
             stored_size: object.len() as u64,
             parts: vec![],
+            groups: vec![],
         });
     }
     Ok(Configuration {

@@ -4,6 +4,10 @@
 //! compresses it on the way, so it holds one stored object (at most a part's, compressed) and
 //! not the piece's bytes besides.
 //!
+//! A deduplicated backup (format 7, [`Packed`]) reads the same tasks a group (256 KiB) at a
+//! time instead, and stores only the pieces that changed since the previous backup of the file
+//! into the job's packs (see [`super::packs`]); pg_control is always stored as an object.
+//!
 //! When the cluster has data checksums, every page of a relation fork is checked in the bytes
 //! just read for the copy (no second read of the file): see [`PageCheck`].
 
@@ -15,6 +19,9 @@ use std::os::unix::fs::FileExt;
 use rayon::prelude::*;
 
 use super::manifest::{parts_crc, piece_key, BadPages, FileEntry, PageChecksums, Part, BAD_BLOCKS_RECORDED, PART_SIZE};
+use super::packs::{
+    self, content_hash, Group, GroupRef, Hash, PackWriter, Packs, PieceRef, PreviousGroups, GROUP_SIZE, PIECE_SIZE,
+};
 use super::source::{SourceFile, SourceTree};
 use crate::codec::{self, Codec, Encoder, ObjectHeader};
 use crate::error::{Error, Result};
@@ -59,6 +66,36 @@ pub(super) struct Copied {
     pub pages: PageChecksums,
 }
 
+/// How a deduplicated backup stores its files: into `packs`, sharing what did not change since
+/// `previous`.
+pub(super) struct Packed<'a> {
+    /// The backup's packs.
+    pub packs: &'a Packs<'a>,
+    /// The previous deduplicated backup's groups.
+    pub previous: &'a PreviousGroups,
+}
+
+/// How [`copy_files`] copies.
+#[derive(Clone, Copy)]
+pub(super) struct Copying<'a> {
+    /// Files copied at once.
+    pub jobs: usize,
+    /// How objects are compressed.
+    pub codec: &'a Codec,
+    /// How pages are checked, when they are.
+    pub pages: Option<PageCheck>,
+    /// Where a deduplicated backup stores its files; `None`: as objects of the backup's directory.
+    pub packed: Option<&'a Packed<'a>>,
+}
+
+/// What storing one task gave: its object's (or its bytes') size, CRC-32 and stored size, and
+/// in a deduplicated backup its groups.
+#[derive(Clone)]
+struct Stored {
+    part: Part,
+    groups: Vec<GroupRef>,
+}
+
 /// One object to write: a whole file, or part `index` of it.
 #[derive(Clone, Copy)]
 struct Task<'a> {
@@ -99,31 +136,38 @@ pub(super) fn copy_files(
     repo: &Repo,
     dir: &str,
     tree: &SourceTree,
-    jobs: usize,
-    codec: &Codec,
-    pages: Option<PageCheck>,
+    how: &Copying,
     progress: &dyn Progress,
 ) -> Result<Copied> {
+    let Copying {
+        jobs,
+        codec,
+        pages,
+        packed,
+    } = *how;
     progress.begin(tree.files.len() as u64 + 1, tree.bytes());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs.max(1))
         .build()
         .map_err(|e| Error::Refused(format!("cannot start {jobs} copy threads: {e}")))?;
     let tasks: Vec<Task> = tree.files.iter().flat_map(tasks).collect();
-    let stored: Vec<Option<(Part, PiecePages)>> = pool.install(|| {
+    let stored: Vec<Option<(Stored, PiecePages)>> = pool.install(|| {
         tasks
             .par_iter()
-            .map(|task| copy_piece(repo, dir, task, codec, pages, progress))
+            .map(|task| match packed {
+                Some(packed) => copy_packed(repo, packed, task, pages, progress),
+                None => copy_piece(repo, dir, task, codec, pages, progress),
+            })
             .collect::<Result<_>>()
     })?;
     let checked = page_checksums(pages.is_some(), &tasks, &stored);
-    let stored: Vec<Option<Part>> = stored.into_iter().map(|s| s.map(|(part, _)| part)).collect();
+    let stored: Vec<Option<Stored>> = stored.into_iter().map(|s| s.map(|(stored, _)| stored)).collect();
     let mut copied = entries(&tasks, &stored);
     let control = tree.control.as_ref().expect("scan found pg_control");
     let control_tasks = self::tasks(control);
     let control_stored = control_tasks
         .iter()
-        .map(|task| copy_piece(repo, dir, task, codec, None, progress).map(|s| s.map(|(part, _)| part)))
+        .map(|task| copy_piece(repo, dir, task, codec, None, progress).map(|s| s.map(|(stored, _)| stored)))
         .collect::<Result<Vec<_>>>()?;
     let control_entry = entries(&control_tasks, &control_stored)
         .pop()
@@ -137,7 +181,7 @@ pub(super) fn copy_files(
 }
 
 /// The pages' findings of every piece put together per file (`stored` in task order).
-fn page_checksums(checked: bool, tasks: &[Task], stored: &[Option<(Part, PiecePages)>]) -> PageChecksums {
+fn page_checksums(checked: bool, tasks: &[Task], stored: &[Option<(Stored, PiecePages)>]) -> PageChecksums {
     let mut found = PageChecksums {
         checked,
         ..PageChecksums::default()
@@ -169,7 +213,7 @@ fn page_checksums(checked: bool, tasks: &[Task], stored: &[Option<(Part, PiecePa
 }
 
 /// The file entries of copied pieces; `stored` has one outcome per task, in task order.
-fn entries(tasks: &[Task], stored: &[Option<Part>]) -> Vec<FileEntry> {
+fn entries(tasks: &[Task], stored: &[Option<Stored>]) -> Vec<FileEntry> {
     let mut entries = Vec::new();
     let mut start = 0;
     while start < tasks.len() {
@@ -177,7 +221,7 @@ fn entries(tasks: &[Task], stored: &[Option<Part>]) -> Vec<FileEntry> {
         let end = start + tasks[start..].iter().take_while(|t| std::ptr::eq(t.file, file)).count();
         // A file that vanished (in any of its parts) was dropped by the server: WAL replay
         // removes it anyway.
-        if let Some(parts) = stored[start..end].iter().copied().collect::<Option<Vec<Part>>>() {
+        if let Some(parts) = stored[start..end].iter().cloned().collect::<Option<Vec<Stored>>>() {
             entries.push(entry(file, tasks[start].part.is_some(), parts));
         }
         start = end;
@@ -185,7 +229,9 @@ fn entries(tasks: &[Task], stored: &[Option<Part>]) -> Vec<FileEntry> {
     entries
 }
 
-fn entry(file: &SourceFile, split: bool, parts: Vec<Part>) -> FileEntry {
+fn entry(file: &SourceFile, split: bool, stored: Vec<Stored>) -> FileEntry {
+    let groups: Vec<GroupRef> = stored.iter().flat_map(|s| s.groups.iter().copied()).collect();
+    let parts: Vec<Part> = stored.into_iter().map(|s| s.part).collect();
     let mut entry = FileEntry {
         path: file.path.clone(),
         size: parts.iter().map(|p| p.size).sum(),
@@ -194,8 +240,9 @@ fn entry(file: &SourceFile, split: bool, parts: Vec<Part>) -> FileEntry {
         crc32: parts_crc(&parts),
         stored_size: parts.iter().map(|p| p.stored_size).sum(),
         parts: vec![],
+        groups,
     };
-    if split {
+    if split && entry.groups.is_empty() {
         entry.parts = parts;
     }
     entry
@@ -221,7 +268,7 @@ fn copy_piece(
     codec: &Codec,
     pages: Option<PageCheck>,
     progress: &dyn Progress,
-) -> Result<Option<(Part, PiecePages)>> {
+) -> Result<Option<(Stored, PiecePages)>> {
     let path = &task.file.full_path;
     let mut reader = match open_piece(task) {
         Ok(reader) => reader,
@@ -249,11 +296,14 @@ fn copy_piece(
         // An empty file is its manifest entry alone: no object to store, fetch or check
         // (a data directory holds hundreds of them).
         return Ok(Some((
-            Part {
-                offset: 0,
-                size: 0,
-                crc32: 0,
-                stored_size: 0,
+            Stored {
+                part: Part {
+                    offset: 0,
+                    size: 0,
+                    crc32: 0,
+                    stored_size: 0,
+                },
+                groups: vec![],
             },
             found,
         )));
@@ -265,14 +315,147 @@ fn copy_piece(
     let header = ObjectHeader::parse(&object, &key)?;
     progress.advance(header.raw_len);
     Ok(Some((
-        Part {
-            offset: task.offset(),
-            size: header.raw_len,
-            crc32: header.raw_crc,
-            stored_size: object.len() as u64,
+        Stored {
+            part: Part {
+                offset: task.offset(),
+                size: header.raw_len,
+                crc32: header.raw_crc,
+                stored_size: object.len() as u64,
+            },
+            groups: vec![],
         },
         found,
     )))
+}
+
+/// Reads, checks the pages of, and stores one task of a deduplicated backup, a group at a time:
+/// a group whose content hash is the previous backup's (same file, same place) is that group
+/// again; otherwise its pieces that the previous group holds at the same place are referenced
+/// there, its all-zero pieces nowhere, and the others are stored in one new frame. `None` when
+/// the file vanished.
+fn copy_packed(
+    repo: &Repo,
+    packed: &Packed,
+    task: &Task,
+    pages: Option<PageCheck>,
+    progress: &dyn Progress,
+) -> Result<Option<(Stored, PiecePages)>> {
+    let path = &task.file.full_path;
+    let mut reader = match open_piece(task) {
+        Ok(reader) => reader,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", path)(e)),
+    };
+    let check = pages.zip(page::relation_file(&task.file.path));
+    let first_group = (task.offset() / GROUP_SIZE as u64) as usize;
+    let before = packed.previous.groups_of(&task.file.path, first_group);
+    let mut earlier: Option<std::collections::HashMap<GroupRef, Group>> = None;
+    let mut found = PiecePages::default();
+    let mut crc = crc32fast::Hasher::new();
+    let (mut size, mut stored_size) = (0u64, 0u64);
+    let mut groups = Vec::new();
+    packed.packs.with_writer(|writer| {
+        READ_BUFFER.with_borrow_mut(|buffer| {
+            buffer.resize(GROUP_SIZE, 0);
+            loop {
+                let filled = codec::fill(&mut reader, buffer).map_err(Error::io("read", path))?;
+                if filled == 0 {
+                    return Ok(());
+                }
+                let bytes = &buffer[..filled];
+                if let Some((check, segment)) = check {
+                    found.add(check_pages(task, size, segment, bytes, check));
+                }
+                crc.update(bytes);
+                let previous = packed.previous;
+                let prior = before.get(groups.len()).filter(|g| previous.may_use(&g.pack));
+                let hashes: Vec<(Hash, u32)> = bytes
+                    .chunks(PIECE_SIZE)
+                    .map(|p| (Hash::of(p), p.len() as u32))
+                    .collect();
+                let same = prior.filter(|g| g.hash == content_hash(hashes.iter().copied()));
+                if (same.is_none() || previous.any_condemned()) && prior.is_some() && earlier.is_none() {
+                    // The previous groups of this task, read once, at its first change (or at
+                    // once while packs are condemned, to see where their pieces lie).
+                    earlier = Some(packs::read_groups(repo, before)?);
+                }
+                let prior_group = prior.and_then(|prior| earlier.as_ref()?.get(prior));
+                let usable = |group: &Group| {
+                    group
+                        .pieces
+                        .iter()
+                        .all(|p| p.stored.is_none_or(|(frame, _)| previous.may_use(&frame.pack)))
+                };
+                let reusable = same.filter(|_| !previous.any_condemned() || prior_group.is_some_and(usable));
+                let group = match reusable {
+                    Some(same) => *same,
+                    None => {
+                        let (group, stored) = store_group(packed.packs, writer, bytes, &hashes, prior_group, previous)?;
+                        stored_size += stored;
+                        group
+                    }
+                };
+                groups.push(group);
+                size += filled as u64;
+                progress.advance(filled as u64);
+            }
+        })
+    })?;
+    crate::crash_point::reached("backup:piece");
+    Ok(Some((
+        Stored {
+            part: Part {
+                offset: task.offset(),
+                size,
+                crc32: crc.finalize(),
+                stored_size,
+            },
+            groups,
+        },
+        found,
+    )))
+}
+
+/// Stores one group of `bytes` (its pieces' `hashes` computed): the pieces `prior` holds at the
+/// same place are referenced there, all-zero ones nowhere, the others stored in one new frame.
+/// Returns the group's reference and the bytes stored for it.
+fn store_group(
+    packs: &Packs,
+    writer: &mut PackWriter,
+    bytes: &[u8],
+    hashes: &[(Hash, u32)],
+    prior: Option<&Group>,
+    previous: &PreviousGroups,
+) -> Result<(GroupRef, u64)> {
+    let mut fresh = Vec::new();
+    let mut pieces: Vec<PieceRef> = Vec::with_capacity(hashes.len());
+    let mut fresh_at = Vec::new();
+    for (index, (piece, &(hash, len))) in bytes.chunks(PIECE_SIZE).zip(hashes).enumerate() {
+        let kept = prior
+            .and_then(|g| g.pieces.get(index))
+            .filter(|p| p.hash == hash && p.len == len)
+            .filter(|p| p.stored.is_none_or(|(frame, _)| previous.may_use(&frame.pack)));
+        let stored = match kept {
+            Some(kept) => kept.stored,
+            None if packs::is_zero(piece) => None,
+            None => {
+                fresh_at.push((index, fresh.len() as u32));
+                fresh.extend_from_slice(piece);
+                None
+            }
+        };
+        pieces.push(PieceRef { hash, len, stored });
+    }
+    let mut stored = 0;
+    if !fresh.is_empty() {
+        let frame = packs.store_frame(writer, &fresh)?;
+        stored += u64::from(frame.len);
+        for (index, at) in fresh_at {
+            pieces[index].stored = Some((frame, at));
+        }
+    }
+    let group = packs.store_group(writer, &Group { pieces })?;
+    Ok((group, stored + u64::from(group.len)))
 }
 
 /// Checks the whole pages of `raw`, the bytes of `task` at `at` bytes into it, read from segment
@@ -324,7 +507,7 @@ fn open_piece(task: &Task) -> io::Result<io::Take<File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::Piece;
+    use crate::backup::manifest::{Manifest, Piece};
     use crate::progress::Silent;
 
     fn source(dir: &std::path::Path, name: &str, bytes: &[u8]) -> SourceFile {
@@ -350,9 +533,20 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 2, &Codec::default(), None, &Silent)
-            .unwrap()
-            .files;
+        let entries = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 2,
+                codec: &Codec::default(),
+                pages: None,
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap()
+        .files;
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["16384", "small", "pg_control"]);
         let split = &entries[0];
@@ -382,9 +576,20 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent)
-            .unwrap()
-            .files;
+        let entries = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 1,
+                codec: &Codec::default(),
+                pages: None,
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap()
+        .files;
         let piece = entries[0].pieces()[0];
         repo.storage().delete(&piece.key("hourly/b/")).unwrap();
         let other = Codec::default().encode(b"abd");
@@ -403,14 +608,114 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent)
-            .unwrap()
-            .files;
+        let entries = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 1,
+                codec: &Codec::default(),
+                pages: None,
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap()
+        .files;
         let empty = &entries[0];
         assert_eq!((empty.size, empty.stored_size, empty.crc32), (0, 0, 0));
         assert!(empty.is_empty_without_object() && empty.pieces().is_empty());
         assert_eq!(repo.storage().list("hourly/b/files/").unwrap(), ["pg_control", "small"]);
         assert!(!entries[1].is_empty_without_object());
+    }
+
+    /// A deduplicated copy of `tree` as backup `id` of a local repository, sharing with `previous`.
+    fn copy_packed_tree(repo: &Repo, id: &str, tree: &SourceTree, previous: &PreviousGroups) -> Vec<FileEntry> {
+        let packs = Packs::new(repo, id, Codec::default());
+        let packed = Packed {
+            packs: &packs,
+            previous,
+        };
+        let copied = copy_files(
+            repo,
+            &format!("hourly/{id}/"),
+            tree,
+            &Copying {
+                jobs: 2,
+                codec: &Codec::default(),
+                pages: None,
+                packed: Some(&packed),
+            },
+            &Silent,
+        )
+        .unwrap();
+        packs.finish().unwrap();
+        copied.files
+    }
+
+    /// The packs `files` reference: of their groups and of their pieces.
+    fn packs_of(repo: &Repo, files: &[FileEntry]) -> std::collections::HashSet<Hash> {
+        let groups: Vec<GroupRef> = files.iter().flat_map(|f| f.groups.iter().copied()).collect();
+        let records = packs::read_groups(repo, &groups).unwrap();
+        let pieces = records
+            .values()
+            .flat_map(|g| g.pieces.iter().filter_map(|p| p.stored).map(|(frame, _)| frame.pack));
+        groups.iter().map(|g| g.pack).chain(pieces).collect()
+    }
+
+    #[test]
+    fn deduplicated_copies_share_what_did_not_change_but_never_a_condemned_pack() {
+        let data = tempfile::tempdir().unwrap();
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(repo_dir.path()).unwrap();
+        // Three groups and a bit: pseudo-random pages, a zero page, a short last piece.
+        let mut bytes: Vec<u8> = (0..3 * GROUP_SIZE as u64 + 100).map(|i| (i * i % 251) as u8).collect();
+        bytes[PIECE_SIZE..2 * PIECE_SIZE].fill(0);
+        let tree = |bytes: &[u8]| SourceTree {
+            files: vec![source(data.path(), "16384", bytes)],
+            control: Some(source(data.path(), "pg_control", b"control")),
+            ..SourceTree::default()
+        };
+        let first = copy_packed_tree(&repo, "a", &tree(&bytes), &PreviousGroups::default());
+        assert_eq!(first[0].groups.len(), 4);
+        assert!(first[0].stored_size > 0 && first[0].parts.is_empty());
+        let as_previous = |files: &[FileEntry]| {
+            let mut manifest =
+                Manifest::for_test("a", crate::backup::Tier::Hourly, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
+            manifest.files = files.to_vec();
+            PreviousGroups::of(&manifest)
+        };
+
+        let same = copy_packed_tree(&repo, "b", &tree(&bytes), &as_previous(&first));
+        assert_eq!(same[0].groups, first[0].groups, "unchanged groups are the same groups");
+        assert_eq!(same[0].stored_size, 0, "nothing is stored again");
+
+        bytes[2 * GROUP_SIZE + 5] ^= 1;
+        let changed = copy_packed_tree(&repo, "c", &tree(&bytes), &as_previous(&first));
+        let (before, after) = (&first[0].groups, &changed[0].groups);
+        assert_eq!((before[0], before[1], before[3]), (after[0], after[1], after[3]));
+        assert_ne!(before[2], after[2]);
+        assert!(
+            changed[0].stored_size < 2 * PIECE_SIZE as u64,
+            "one piece and one group record are stored"
+        );
+
+        let condemned = packs_of(&repo, &first);
+        let avoiding = copy_packed_tree(
+            &repo,
+            "d",
+            &tree(&bytes),
+            &as_previous(&first).avoiding(condemned.clone()),
+        );
+        assert!(
+            packs_of(&repo, &avoiding).is_disjoint(&condemned),
+            "a condemned pack is never referenced: its pieces are stored again"
+        );
+        assert!(
+            avoiding[0].stored_size > changed[0].stored_size,
+            "every group is stored again"
+        );
+        assert_eq!(avoiding[0].size, bytes.len() as u64);
     }
 
     #[test]
@@ -425,9 +730,20 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent)
-            .unwrap()
-            .files;
+        let entries = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 1,
+                codec: &Codec::default(),
+                pages: None,
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap()
+        .files;
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].path, "pg_control");
     }
@@ -491,7 +807,19 @@ mod tests {
             start: Lsn(0x1589f30 + 1),
             blocks_per_segment,
         };
-        let copied = copy_files(&repo, "hourly/b/", &tree, 2, &Codec::default(), Some(check), &Silent).unwrap();
+        let copied = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 2,
+                codec: &Codec::default(),
+                pages: Some(check),
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap();
         let pages = &copied.pages;
         assert!(pages.checked);
         let bad: Vec<(&str, u64, &[u32])> = pages
@@ -517,7 +845,19 @@ mod tests {
             start: Lsn(0x1589f30),
             ..check
         };
-        let copied = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), Some(early), &Silent).unwrap();
+        let copied = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 1,
+                codec: &Codec::default(),
+                pages: Some(early),
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap();
         assert!(copied.pages.bad_files.is_empty(), "{:?}", copied.pages);
         assert_eq!(copied.pages.pages_skipped, 4 + 2 + 1);
         assert_eq!(copied.pages.pages_checked, 2048);
@@ -525,7 +865,19 @@ mod tests {
         // A cluster without data checksums: nothing checked.
         let repo_dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(repo_dir.path()).unwrap();
-        let copied = copy_files(&repo, "hourly/b/", &tree, 1, &Codec::default(), None, &Silent).unwrap();
+        let copied = copy_files(
+            &repo,
+            "hourly/b/",
+            &tree,
+            &Copying {
+                jobs: 1,
+                codec: &Codec::default(),
+                pages: None,
+                packed: None,
+            },
+            &Silent,
+        )
+        .unwrap();
         assert_eq!(copied.pages, PageChecksums::default());
     }
 

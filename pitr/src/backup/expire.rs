@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::catalog::UnreadableBackup;
 use super::manifest::ManifestSummary;
+use super::sweep::{self, PackSweep};
 use super::{lock_backups, scan_summaries, Tier};
 use crate::crash_point;
 use crate::drill::DrillRecord;
@@ -95,6 +96,10 @@ pub struct ExpirePlan {
     /// Backups whose manifest cannot be read: never deleted by expire, and while there is one
     /// no WAL is expired.
     pub unreadable: Vec<UnreadableBackup>,
+    /// What the sweep of unreferenced packs did, when it condemned or deleted packs or could not
+    /// sweep (not planned: it marks when it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packs: Option<PackSweep>,
 }
 
 /// What expire deletes of an earlier generation's WAL.
@@ -174,6 +179,7 @@ pub fn plan_expire(
         wal_kept_from: None,
         earlier_generations: Vec::new(),
         unreadable,
+        packs: None,
     };
     for (i, archive) in archives.iter().enumerate() {
         let mine: Vec<&ManifestSummary> = retained
@@ -267,7 +273,7 @@ pub fn expire(repo: &Repo, retention: Retention, tier: Option<Tier>, dry_run: bo
     let catalog: Vec<ManifestSummary> = entries.into_iter().filter_map(|e| e.manifest.ok()).collect();
     let archives = generation_archives(repo)?;
     let drills = crate::drill::history(repo)?.drills;
-    let plan = plan_expire(&catalog, unreadable, &archives, &drills, retention, tier);
+    let mut plan = plan_expire(&catalog, unreadable, &archives, &drills, retention, tier);
     if dry_run {
         return Ok(plan);
     }
@@ -287,6 +293,9 @@ pub fn expire(repo: &Repo, retention: Retention, tier: Option<Tier>, dry_run: bo
     for drill in &plan.drills {
         repo.storage().delete(&drill.record)?;
     }
+    // Said only when there is something to say: a repository without packs plans the same JSON as before.
+    let swept = sweep::sweep(repo, sweep::grace())?;
+    plan.packs = (swept != PackSweep::default()).then_some(swept);
     let current = repo.pin()?;
     let earlier = plan
         .earlier_generations

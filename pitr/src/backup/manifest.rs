@@ -10,6 +10,7 @@ use std::path::{Component, Path};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::packs::GroupRef;
 use super::Tier;
 use crate::codec::json;
 use crate::error::{Error, Result};
@@ -21,9 +22,16 @@ use crate::wal::{Lsn, SegmentSize, TimelineId};
 /// version 5 empty files without an object ([`FileEntry::is_empty_without_object`]), which an
 /// older pitr would look for and miss, so it refuses the version instead; version 6
 /// [`Manifest::page_checksums`], the data pages that failed their checksum at the backup, which
-/// an older pitr would not report, so it refuses the version too. Versions 1 and 2 read the same
-/// (no checksum), versions 1 to 3 without a configuration, 1 to 5 without page checksums.
-pub const MANIFEST_VERSION: u32 = 6;
+/// an older pitr would not report, so it refuses the version too; version 7 deduplicated files
+/// ([`FileEntry::groups`], stored in packs shared by backups: see [`super::packs`]), which an
+/// older pitr cannot restore. Versions 1 and 2 read the same (no checksum), versions 1 to 3
+/// without a configuration, 1 to 5 without page checksums, 1 to 6 with every file an object of
+/// its backup's directory.
+pub const MANIFEST_VERSION: u32 = 7;
+
+/// The version of a manifest whose files are all objects of the backup's directory: what a
+/// pitr of format 6 reads too, so a backup taken without deduplication stays readable by it.
+pub const OBJECT_FILES_VERSION: u32 = 6;
 
 /// At most this many bad block numbers are recorded per file; [`BadPages::count`] counts them all.
 pub const BAD_BLOCKS_RECORDED: usize = 100;
@@ -469,6 +477,11 @@ pub struct FileEntry {
     /// own object; empty for a file stored whole.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<Part>,
+    /// Format 7: the file's groups of 32 pieces, in file order, stored in packs
+    /// ([`super::packs`]) instead of objects of the backup's directory. Then `stored_size` is
+    /// what this backup stored anew for the file (frames and group records), and `parts` is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupRef>,
 }
 
 /// Files larger than this are stored in parts of this size, so that one big relation file is
@@ -554,13 +567,18 @@ pub fn parts_crc(parts: &[Part]) -> u32 {
 impl FileEntry {
     /// Whether the file is empty and has no object: restore creates it from this entry alone.
     pub fn is_empty_without_object(&self) -> bool {
-        self.size == 0 && self.stored_size == 0 && self.crc32 == 0 && self.parts.is_empty()
+        self.size == 0 && self.stored_size == 0 && self.crc32 == 0 && self.parts.is_empty() && self.groups.is_empty()
     }
 
-    /// The stored objects that make up the file, in file order: none for an empty file without
-    /// an object.
+    /// Whether the file is stored in packs, as groups (format 7).
+    pub fn is_deduplicated(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    /// The stored objects of the backup's directory that make up the file, in file order: none
+    /// for an empty file without an object, nor for a file stored in packs.
     pub fn pieces(&self) -> Vec<Piece<'_>> {
-        if self.is_empty_without_object() {
+        if self.is_empty_without_object() || self.is_deduplicated() {
             return Vec::new();
         }
         if self.parts.is_empty() {
@@ -664,6 +682,7 @@ mod tests {
             crc32: 0,
             stored_size: 0,
             parts: vec![],
+            groups: vec![],
         };
         m.files = vec![
             file("base/1/1259", 0o600),
@@ -722,6 +741,7 @@ mod tests {
             crc32: 0,
             stored_size: 1,
             parts: vec![],
+            groups: vec![],
         }
     }
 
@@ -824,6 +844,7 @@ mod tests {
             crc32: 0,
             stored_size: 2,
             parts: vec![],
+            groups: vec![],
         };
         let keys: Vec<String> = file.pieces().iter().map(|p| p.key("hourly/x/")).collect();
         assert_eq!(keys, ["hourly/x/files/base/5/16384"]);

@@ -10,6 +10,11 @@
 //! owned by another user, every file is created for that user and a tablespace is restored only
 //! into an existing, empty directory of that user, so that a tampered manifest can make pitr
 //! write nothing that user could not write themselves.
+//!
+//! A deduplicated file (format 7) is created at its size first, so that its all-zero pieces stay
+//! holes, then filled a part's worth of groups at a time: the groups' records are read, then
+//! each frame they need once, and each piece is checked against its hash before it is written
+//! (see [`super::packs`]).
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -20,7 +25,8 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::manifest::{FileEntry, Manifest, Piece, PERMISSION_BITS};
+use super::manifest::{FileEntry, Manifest, Piece, PART_SIZE, PERMISSION_BITS};
+use super::packs::{self, Frame, GroupRef, PieceRef, GROUP_SIZE, PIECE_SIZE};
 use super::{read_backup, scan_summaries, Tier};
 use crate::codec::{self, ObjectHeader, ObjectStream};
 use crate::control::PG_CONTROL;
@@ -91,10 +97,16 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
     // an object from their entry alone.
     for file in files
         .iter()
-        .filter(|f| !f.parts.is_empty() || f.is_empty_without_object())
+        .filter(|f| !f.parts.is_empty() || f.is_empty_without_object() || f.is_deduplicated())
     {
-        layout.create_file(&file.path, file.mode)?;
+        let created = layout.create_file(&file.path, file.mode)?;
+        if file.is_deduplicated() {
+            created
+                .set_len(file.size)
+                .map_err(Error::io("size", layout.target.path_of(&file.path)))?;
+        }
     }
+    let group_tasks: Vec<GroupTask> = files.iter().flat_map(|f| group_tasks(f)).collect();
     let pieces: Vec<Piece> = files.iter().flat_map(|f| f.pieces()).collect();
     let jobs = options.jobs.max(1);
     let restore_all = |pieces: &[Piece], threads: usize| {
@@ -123,6 +135,18 @@ pub fn restore(repo: &Repo, options: &RestoreOptions, progress: &dyn Progress) -
             (small_restored, large_restored)
         });
         large_restored.and(small_restored)?;
+    }
+    if !group_tasks.is_empty() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .build()
+            .map_err(|e| Error::Refused(format!("cannot start {jobs} restore threads: {e}")))?;
+        pool.install(|| {
+            group_tasks.par_iter().try_for_each(|task| {
+                crate::interrupt::check("restoring the backup's files")?;
+                restore_groups(repo, task, &layout, progress)
+            })
+        })?;
     }
     write_labels(repo, &dir, &layout)?;
     create_wal_dirs(&layout, manifest.pg_version)?;
@@ -521,6 +545,74 @@ fn restore_piece(repo: &Repo, dir: &str, piece: &Piece, layout: &Layout, progres
         codec::decode_stream(object, &what, &mut |chunk| write(&file, chunk))?;
     }
     progress.advance(piece.size);
+    crate::crash_point::reached("restore:piece");
+    Ok(())
+}
+
+/// Groups of a deduplicated file restored together: a part's worth ([`PART_SIZE`]), from group
+/// `first` on.
+struct GroupTask<'a> {
+    file: &'a FileEntry,
+    first: usize,
+    groups: &'a [GroupRef],
+}
+
+/// A deduplicated file's groups, a part's worth per task.
+fn group_tasks(file: &FileEntry) -> Vec<GroupTask<'_>> {
+    let per_task = PART_SIZE as usize / GROUP_SIZE;
+    file.groups
+        .chunks(per_task)
+        .enumerate()
+        .map(|(index, groups)| GroupTask {
+            file,
+            first: index * per_task,
+            groups,
+        })
+        .collect()
+}
+
+/// Writes the pieces of one task's groups into their file (created at its size beforehand):
+/// the group records are read, then each frame they need, once; each piece is checked against
+/// its hash before it is written. All-zero pieces are left holes.
+fn restore_groups(repo: &Repo, task: &GroupTask, layout: &Layout, progress: &dyn Progress) -> Result<()> {
+    let records = packs::read_groups(repo, task.groups)?;
+    let path = &task.file.path;
+    let mut wanted: Vec<(Frame, u32, PieceRef, u64)> = Vec::new();
+    let mut restored = 0;
+    for (index, group) in task.groups.iter().enumerate() {
+        let record = &records[group];
+        let start = ((task.first + index) * GROUP_SIZE) as u64;
+        for (slot, piece) in record.pieces.iter().enumerate() {
+            let offset = start + (slot * PIECE_SIZE) as u64;
+            if offset + u64::from(piece.len) > task.file.size {
+                return Err(Error::Corrupt {
+                    what: packs::describe_group(repo, group),
+                    reason: format!(
+                        "its piece {slot} ends past the {} bytes of {path} (the manifest or the group is damaged)",
+                        task.file.size
+                    ),
+                });
+            }
+            restored += u64::from(piece.len);
+            if let Some((frame, at)) = piece.stored {
+                wanted.push((frame, at, *piece, offset));
+            }
+        }
+    }
+    wanted.sort_unstable_by_key(|(frame, at, _, _)| (*frame, *at));
+    let mut frames: Vec<Frame> = wanted.iter().map(|(frame, ..)| *frame).collect();
+    frames.dedup();
+    let file = layout.open_for_part(path)?;
+    packs::read_frames(repo, &frames, |frame, raw| {
+        let first = wanted.partition_point(|(f, ..)| f < frame);
+        for (_, at, piece, offset) in wanted[first..].iter().take_while(|(f, ..)| f == frame) {
+            let bytes = packs::piece_bytes(repo, piece, frame, *at, raw)?;
+            file.write_all_at(bytes, *offset)
+                .map_err(Error::io("write", layout.target.path_of(path)))?;
+        }
+        Ok(())
+    })?;
+    progress.advance(restored);
     crate::crash_point::reached("restore:piece");
     Ok(())
 }

@@ -35,12 +35,27 @@ pub fn check_backend_with_quirks(store: Arc<dyn Storage>, quirks: ServerQuirks) 
     concurrent_puts_create_exactly_once(store.clone(), quirks);
     empty_and_large_objects_round_trip(&*store);
     readers_tell_what_get_tells(&*store);
+    ranges_read_what_get_reads(&*store);
     written_objects_appear_whole_and_create_only(&*store);
     list_shows_children_sorted(&*store);
     list_meta_tells_what_head_tells(&*store);
     delete_removes_objects(&*store);
     locks_are_exclusive_until_dropped(&*store);
     available_bytes_is_plausible(&*store);
+}
+
+fn ranges_read_what_get_reads(store: &dyn Storage) {
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    store.put_if_absent("ranged/object", &bytes).unwrap();
+    for (start, len) in [(0, 1), (1000, 70_000), (299_999, 1), (0, 300_000)] {
+        let read = store.get_range("ranged/object", start, len).unwrap().unwrap();
+        assert!(read == bytes[start as usize..][..len as usize], "{start}+{len}");
+    }
+    assert_eq!(store.get_range("ranged/absent", 0, 1).unwrap(), None);
+    assert!(
+        store.get_range("ranged/object", 299_000, 2000).is_err(),
+        "a range past the end is an error"
+    );
 }
 
 fn available_bytes_is_plausible(store: &dyn Storage) {

@@ -261,6 +261,16 @@ impl Storage for LocalStorage {
         Ok(Some(bytes))
     }
 
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        let Some((file, path)) = self.open_object(key)? else {
+            return Ok(None);
+        };
+        let mut bytes =
+            vec![0u8; usize::try_from(len).map_err(|_| Error::io("read", &path)(io::ErrorKind::InvalidInput.into()))?];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, start).map_err(Error::io("read", &path))?;
+        Ok(Some(bytes))
+    }
+
     fn get_reader(&self, key: &str) -> Result<Option<Box<dyn io::BufRead + Send>>> {
         let Some((file, path)) = self.open_object(key)? else {
             return Ok(None);

@@ -1089,6 +1089,34 @@ impl Storage for S3Storage {
         self.get_streamed(key)
     }
 
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        let path = self.path(key)?;
+        let path_ = path.clone();
+        let answer = self.request(
+            "read",
+            key,
+            |c| async move { c.get_range(&path_, start..start + len).await },
+        )?;
+        match answer {
+            Ok(bytes) if bytes.len() as u64 == len => {
+                self.inner.bucket_seen.store(true, Ordering::Relaxed);
+                Ok(Some(Vec::from(bytes)))
+            }
+            Ok(bytes) => Err(Error::Corrupt {
+                what: self.describe(key),
+                reason: format!(
+                    "answered {} bytes for the {len} bytes from {start} on that were asked for",
+                    bytes.len()
+                ),
+            }),
+            Err(object_store::Error::NotFound { .. }) => {
+                self.confirm_absent("read", key, &path)?;
+                Ok(None)
+            }
+            Err(e) => Err(self.error("read", key, &e)),
+        }
+    }
+
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         Ok(self.head_tagged(key)?.map(|(meta, _)| meta))
     }

@@ -112,6 +112,25 @@ fn file_problems(m: &Manifest) -> Vec<String> {
             split.path
         ));
     }
+    let group_size = crate::backup::packs::GROUP_SIZE as u64;
+    if let Some(grouped) = m
+        .files
+        .iter()
+        .find(|f| f.is_deduplicated() && (f.groups.len() as u64 != f.size.div_ceil(group_size) || !f.parts.is_empty()))
+    {
+        problems.push(format!(
+            "{} has {} groups of pieces for {} bytes (or parts besides them)",
+            grouped.path,
+            grouped.groups.len(),
+            grouped.size
+        ));
+    }
+    if m.format_version < 7 && m.files.iter().any(|f| f.is_deduplicated()) {
+        problems.push(format!(
+            "format {} lists groups of pieces, which format 7 introduced",
+            m.format_version
+        ));
+    }
     problems
 }
 
@@ -147,6 +166,7 @@ mod tests {
             crc32: 0,
             stored_size: size / 2,
             parts: vec![],
+            groups: vec![],
         }
     }
 
@@ -207,6 +227,26 @@ mod tests {
             (entry.size, entry.stored_size, entry.parts) = (10, 5, vec![part]);
             entry.crc32 = parts_crc(&entry.parts);
         };
+        let group = crate::backup::packs::GroupRef {
+            hash: crate::backup::packs::Hash([1; 32]),
+            pack: crate::backup::packs::Hash([2; 32]),
+            at: 8,
+            len: 100,
+        };
+        check(
+            &|m| m.files[0].groups = vec![group, group],
+            "2 groups of pieces for 100 bytes",
+        );
+        check(
+            &|m| {
+                m.files[0].groups = vec![group];
+                m.format_version = 6;
+            },
+            "which format 7 introduced",
+        );
+        let mut grouped = manifest();
+        grouped.files[0].groups = vec![group];
+        assert_eq!(problems(&grouped), Vec::<String>::new());
         let mut consistent = manifest();
         split(&mut consistent, 0);
         assert!(parts_add_up(&consistent.files[0]));

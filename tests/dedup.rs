@@ -1,0 +1,209 @@
+//! Deduplicated backups (`pitr backup --dedup`, manifest format 7) and expire: packs that no
+//! backup references are condemned by one expire and deleted by a later one, once the grace
+//! period is over; a kill -9 at each step of expire loses nothing a kept backup needs; a backup
+//! running beside expires stays whole.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// Every pack of the repository at `repo`.
+fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(dirs) = fs::read_dir(repo.join("packs")) else {
+        return found;
+    };
+    for dir in dirs {
+        for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = pack.unwrap().path();
+            // A pack's name is 64 hex digits (s3s-fs keeps files of its own beside objects).
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The records of condemned packs.
+fn records(repo: &Path) -> usize {
+    fs::read_dir(repo.join("gc")).map_or(0, |d| {
+        d.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".json"))
+            .count()
+    })
+}
+
+/// `pitr expire --json` keeping one hourly backup, with the grace period `grace` (seconds; the
+/// default day when `None`) and `PITR_CRASH_AT=<crash>` when given.
+fn expire(c: &Cluster, config: &Path, grace: Option<u64>, crash: Option<&str>) -> CmdOutput {
+    let mut cmd = c.pitr_cmd();
+    if let Some(grace) = grace {
+        cmd.env("PITR_PACK_GRACE_SECONDS", grace.to_string());
+    }
+    if let Some(point) = crash {
+        cmd.env("PITR_CRASH_AT", point);
+    }
+    run(cmd
+        .arg("--repo")
+        .arg(c.repo())
+        .arg("--config")
+        .arg(config)
+        .args(["expire", "--json"]))
+}
+
+/// Expire killed at `point`: it must die there.
+#[track_caller]
+fn expire_killed_at(c: &Cluster, config: &Path, grace: Option<u64>, point: &str) {
+    let out = expire(c, config, grace, Some(point));
+    assert!(
+        !out.success(),
+        "expire with PITR_CRASH_AT={point} succeeded: the crash point is not reached:\n{}",
+        out.describe()
+    );
+    if c.repo_is_s3() {
+        // The killed expire's lock is a lease nobody renews: it would refuse the next expire for
+        // a minute. An operator who knows the holder is dead may delete it, as this test does.
+        fs::remove_file(c.repo_dir().join("locks/backup.lock")).expect("the lease object");
+    }
+}
+
+/// Whether a backup into the repository at `repo` is being taken (it holds the lock and wrote
+/// its marker).
+fn backup_running(repo: &Path) -> bool {
+    fs::read_dir(repo.join("hourly"))
+        .into_iter()
+        .flatten()
+        .any(|dir| dir.unwrap().path().join("backup.incomplete").exists())
+}
+
+/// `pitr verify` passes, and the newest backup restores.
+#[track_caller]
+fn kept_backup_is_whole(c: &Cluster, when: &str) {
+    let out = c.pitr_connected(c.repo(), &["verify", "--log-file", "none"]);
+    assert!(out.success(), "{when}: verify fails:\n{}", out.describe());
+    let target = c
+        .test_dir()
+        .path()
+        .join(format!("restored-{}", when.replace([' ', ':'], "-")));
+    let out = c.pitr(&["restore", "--pgdata", target.to_str().unwrap()]);
+    assert!(
+        out.success(),
+        "{when}: the kept backup does not restore:\n{}",
+        out.describe()
+    );
+    fs::remove_dir_all(&target).unwrap();
+}
+
+#[test]
+fn expire_deletes_the_packs_no_backup_references_in_two_phases_and_a_kill_at_any_step_loses_nothing() {
+    let c = Cluster::start(ClusterOptions::default().setting("autovacuum", "off"));
+    let config = c.test_dir().write("keep-one.toml", "keep_hourly = 1\n");
+    // Hex digits that compress about 2:1: one job fills its packs in file order, and the
+    // table fills at least one of them alone (packs of mixed files stay while one piece of
+    // them is referenced).
+    c.psql(
+        "CREATE TABLE gone AS SELECT g AS id, md5(g::text) || md5((-g)::text) || md5((7 * g)::text) || \
+         md5((13 * g)::text) AS v FROM generate_series(1, 700000) g",
+    );
+    c.psql("CHECKPOINT");
+    backup_json(&c, &["--dedup", "--no-expire", "--jobs", "1"]);
+    let first_packs = packs(c.repo_dir());
+    c.psql("DROP TABLE gone");
+    c.psql("CREATE TABLE kept AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g");
+    c.psql("CHECKPOINT");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    backup_json(&c, &["--dedup", "--no-expire", "--jobs", "1"]);
+    let both = packs(c.repo_dir());
+    assert!(both.len() > first_packs.len());
+
+    // The first backup goes; its packs are younger than the default grace period: kept.
+    expire_killed_at(&c, &config, None, "expire:manifest-deleted");
+    kept_backup_is_whole(&c, "kill -9 after the manifest's delete");
+    let out = expire(&c, &config, None, None);
+    out.assert_success();
+    assert_eq!(
+        packs(c.repo_dir()),
+        both,
+        "no pack younger than the grace period is condemned"
+    );
+    assert_eq!(records(c.repo_dir()), 0);
+
+    // Phase 1: the first backup's own packs are condemned, nothing is deleted.
+    expire_killed_at(&c, &config, Some(0), "expire:condemned");
+    assert_eq!(records(c.repo_dir()), 1, "the record is written whole before the kill");
+    assert_eq!(packs(c.repo_dir()), both, "phase 1 deletes nothing");
+    kept_backup_is_whole(&c, "kill -9 after the record");
+
+    // Phase 2, killed between two deletes, then finished by the next expire.
+    expire_killed_at(&c, &config, Some(0), "expire:pack-deleted");
+    let left = packs(c.repo_dir());
+    assert_eq!(left.len() + 1, both.len(), "one pack was deleted before the kill");
+    assert_eq!(records(c.repo_dir()), 1, "the record stays until its packs are gone");
+    kept_backup_is_whole(&c, "kill -9 between two deletes");
+    let out = expire(&c, &config, Some(0), None);
+    out.assert_success();
+    let swept = parse_json(&out);
+    assert_eq!(records(c.repo_dir()), 0, "{swept:#}");
+    let remaining = packs(c.repo_dir());
+    assert!(
+        remaining.len() < both.len() && first_packs.iter().any(|p| !remaining.contains(p)),
+        "the first backup's own packs are deleted: {} of {} left",
+        remaining.len(),
+        both.len()
+    );
+    kept_backup_is_whole(&c, "the sweep");
+    let out = expire(&c, &config, Some(0), None);
+    out.assert_success();
+    assert_eq!(packs(c.repo_dir()), remaining, "a live pack is never condemned");
+    assert_eq!(records(c.repo_dir()), 0);
+}
+
+#[test]
+fn expires_beside_a_running_deduplicated_backup_never_break_it() {
+    let c = Cluster::start(ClusterOptions::default().setting("autovacuum", "off"));
+    let config = c.test_dir().write("keep-one.toml", "keep_hourly = 1\n");
+    c.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) || md5((-g)::text) AS v FROM generate_series(1, 400000) g");
+    c.psql("CHECKPOINT");
+    backup_json(&c, &["--dedup", "--no-expire", "--jobs", "1"]);
+    c.psql("UPDATE t SET v = 'changed' WHERE id % 1000 = 0");
+    c.psql("CHECKPOINT");
+
+    // A second backup runs while expires (grace period 0, keeping one hourly backup) are
+    // started one after the other: each is refused while the backup holds the lock, or runs
+    // before or after it; none may delete what the backup references.
+    let mut cmd = c.pitr_connected_cmd(c.repo());
+    cmd.args(["backup", "--fast", "--dedup", "--no-expire", "--jobs", "1"]);
+    let line = cmdline(&cmd);
+    let mut backup = spawn(&mut cmd);
+    let started = poll(std::time::Duration::from_secs(60), || {
+        backup_running(c.repo_dir()).then_some(())
+    });
+    assert!(started.is_some(), "the backup never started");
+    let mut refused = 0;
+    while backup.try_wait().unwrap().is_none() {
+        let out = expire(&c, &config, Some(0), None);
+        if !out.success() {
+            assert!(
+                out.stderr_str().contains("another pitr backup is running"),
+                "{}",
+                out.describe()
+            );
+            refused += 1;
+        }
+    }
+    wait_child(backup, line, std::time::Duration::from_secs(10)).assert_success();
+    assert!(refused > 0, "no expire met the running backup");
+    for _ in 0..3 {
+        expire(&c, &config, Some(0), None).assert_success();
+    }
+    assert_eq!(records(c.repo_dir()), 0);
+    kept_backup_is_whole(&c, "expires beside a backup");
+    let r = c.pitr(&["list", "--json"]);
+    r.assert_success();
+    assert_eq!(parse_json(&r).as_array().unwrap().len(), 1, "one hourly backup is kept");
+}
