@@ -1422,27 +1422,8 @@ def s3s_fs_binary() -> Optional[str]:
     return shutil.which("s3s-fs")
 
 
-# s3s-fs does not set TCP_NODELAY on the connections it accepts: hyper writes an answer's headers
-# and then its body, and the body (when shorter than a segment) waits for the ACK of the headers,
-# which the client's kernel delays by up to 40 ms. Every small GET then takes 40 ms more than it
-# should (pgBackRest's restore from S3: 23 s instead of 8 s on pgbench scale 10). No real S3
-# service answers like that. This preloaded shim sets TCP_NODELAY on every accepted connection,
-# and nothing else; it is compiled with cc into the temp dir.
-NODELAY_SHIM = r"""
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
-int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
-    static int (*real)(int, struct sockaddr *, socklen_t *, int);
-    if (!real) real = (int (*)(int, struct sockaddr *, socklen_t *, int))dlsym(RTLD_NEXT, "accept4");
-    int s = real(fd, addr, len, flags);
-    if (s >= 0) { int one = 1; setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); }
-    return s;
-}
-int accept(int fd, struct sockaddr *addr, socklen_t *len) { return accept4(fd, addr, len, 0); }
-"""
+# The TCP_NODELAY shim preloaded into s3s-fs, the tests' own (the file says why).
+NODELAY_SHIM = (REPO_ROOT / "tests" / "common" / "s3s_fs_nodelay.c").read_text()
 
 
 def nodelay_shim(directory: Path) -> Path:

@@ -142,7 +142,7 @@ class S3:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         # s3s-fs sets no TCP_NODELAY on its connections: a small answer's body waits up to 40 ms
-        # for the ACK of its headers. The same shim as bench/run.py's sets it (see NODELAY_SHIM there).
+        # for the ACK of its headers. The tests' shim sets it (tests/common/s3s_fs_nodelay.c).
         env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(self.shim)}
         if log_requests:
             env["RUST_LOG"] = "s3s::ops=debug"

@@ -318,10 +318,19 @@ fn a_flipped_byte_or_a_deleted_segment_is_critical_and_named() {
 fn an_empty_or_missing_repository_is_critical_in_the_exit_code_log_and_metrics() {
     let dir = TestDir::new("verify-empty");
     let pitr_bin = dir.install_pitr();
-    let empty = dir.subdir("repo");
+    // On S3: an empty prefix of a bucket, and a bucket that does not exist.
+    let s3 = backend_is_s3().then(s3::S3Server::start);
+    let (empty, missing) = match &s3 {
+        Some(server) => (
+            PathBuf::from(server.url("empty")),
+            PathBuf::from("s3://no-such-bucket/repo"),
+        ),
+        None => (dir.subdir("repo"), dir.join("not-mounted")),
+    };
     let (log, prom) = (dir.join("verify.log"), dir.join("pitr.prom"));
     let verify = |repo: &Path| {
         run(pitr_command(&pitr_bin)
+            .envs(s3.iter().flat_map(|server| server.env()))
             .env("PGHOST", dir.join("no-server-here"))
             .arg("--repo")
             .arg(repo)
@@ -343,7 +352,7 @@ fn an_empty_or_missing_repository_is_critical_in_the_exit_code_log_and_metrics()
     );
     assert_eq!(metrics["pitr_verify_status{scope=\"all\"}"], 2.0);
 
-    let out = verify(&dir.join("not-mounted"));
+    let out = verify(&missing);
     out.assert_code(2);
     assert!(out.stderr_str().contains("does not exist"), "{}", out.describe());
     assert_eq!(read_metrics(&prom)["pitr_verify_status{scope=\"all\"}"], 2.0);

@@ -2,13 +2,15 @@
 //! temporary root and random credentials, killed on drop. Install it with
 //! `bash .ci/install-s3s-fs` (it prints `PITR_S3S_FS=...`); it is found through `PITR_S3S_FS`,
 //! then `/var/cache/pitr/s3s-fs/bin/s3s-fs`, then `PATH`. A missing server fails the tests:
-//! they are never skipped.
+//! they are never skipped. s3s-fs runs with `TCP_NODELAY` set on its connections by a preloaded
+//! shim ([`nodelay_shim`]), as any real S3 service answers: without it every small answer waits
+//! 40 ms for a delayed ACK, and the command suites took three times as long on S3.
 
 use std::collections::BTreeSet;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pitr::storage::s3::Secret;
@@ -73,6 +75,7 @@ impl S3Server {
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", &self.access_key, "--secret-key", &self.secret_key])
             .arg(self.root.path())
+            .env("LD_PRELOAD", nodelay_shim())
             .stdin(Stdio::null())
             .stdout(output.try_clone().unwrap())
             .stderr(output)
@@ -187,6 +190,42 @@ pub fn objects_under(dir: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     walk(dir, "", &mut out);
     out
+}
+
+/// The shared object preloaded into s3s-fs that sets `TCP_NODELAY` on each connection it accepts
+/// (`s3s_fs_nodelay.c` says why), compiled with `cc` once per test process into cargo's temp
+/// directory for tests.
+fn nodelay_shim() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let own = dir.join(format!("s3s-fs-nodelay-{}", std::process::id()));
+        let source = own.with_extension("c");
+        std::fs::write(&source, include_str!("s3s_fs_nodelay.c")).unwrap();
+        let built = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(own.with_extension("so"))
+            .arg(&source)
+            .arg("-ldl")
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cc, the C compiler that builds the TCP_NODELAY shim of s3s-fs, cannot run ({e}): \
+                     install it (apt-get install gcc)"
+                )
+            });
+        std::fs::remove_file(&source).unwrap();
+        assert!(
+            built.status.success(),
+            "cc could not build the TCP_NODELAY shim of s3s-fs:\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        // Other test processes may build it at the same time: each renames its own build over
+        // the shared name, and a running server keeps the file it loaded.
+        let shim = dir.join("s3s-fs-nodelay.so");
+        std::fs::rename(own.with_extension("so"), &shim).unwrap();
+        shim
+    })
 }
 
 pub fn s3s_fs_binary() -> PathBuf {
