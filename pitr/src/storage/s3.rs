@@ -25,11 +25,9 @@
 //!
 //! The [`Storage`] trait is synchronous and is called from plain threads and from async
 //! functions on the callers' tokio runtimes, where `Handle::block_on` would panic. So each
-//! [`S3Storage`] owns a current-thread tokio runtime with no thread of its own: the threads that
-//! wait for an answer drive it ([`S3Storage::run`]), one at a time running the connections of
-//! all, so the thread that reads a body also receives and decrypts it, as it needs it, with no
-//! hand-over between threads (`block_in_place` around it on a worker of a multi-threaded runtime,
-//! so that runtime moves its other tasks elsewhere; a scoped thread on a current-thread one).
+//! [`S3Storage`] owns a small tokio runtime ([`RUNTIME_THREADS`] threads) that runs every
+//! request; the caller's thread waits for the answer on a channel (in `block_in_place` when it
+//! is a worker of a multi-threaded runtime, so that runtime moves its other tasks elsewhere).
 //!
 //! Secrets: the secret key and the session token are only handed to `object_store`, which signs
 //! with them and never sends or prints them. [`S3Storage`]'s and [`S3Config`]'s `Debug` print
@@ -82,6 +80,10 @@ pub const fn operation_deadline(request_timeout: Duration) -> Duration {
 }
 /// How long a lock lasts when its holder stops renewing it (it renews every third of it).
 pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(60);
+/// Threads of the runtime each [`S3Storage`] runs its requests on: requests wait on the
+/// network, not on a core.
+pub const RUNTIME_THREADS: usize = 2;
+
 /// Times a create-only put answered by a 409 (a concurrent conditional write in flight) is tried.
 const CONFLICT_ATTEMPTS: u32 = 5;
 
@@ -410,14 +412,19 @@ fn trusted_roots(
     Ok(options.with_no_system_certificates(true))
 }
 
-/// How much of a body a reader takes from its connection at a time (unless the body ends
-/// first): a body comes in pieces of a TLS record (16 KiB) or less, and each wait for the next one
-/// costs the reader a trip through the runtime.
+/// Batches of an answer's body held between the runtime that receives them and the reader that
+/// uses them ([`S3Storage::get_streamed`]).
+const STREAM_DEPTH: usize = 4;
+
+/// How much of a body the runtime gathers into one batch before it hands it over: a body comes
+/// in pieces of a TLS record (16 KiB) or less, often one at a time, and handing each over on its
+/// own costs the reader a wakeup (a context switch) per piece.
 const STREAM_BATCH: usize = 128 << 10;
 
-/// How a body ended.
-enum BodyEnd {
-    Complete,
+/// What the runtime hands the reader of a body: pieces of it, its end, or the error that ended it.
+enum BodyPart {
+    Pieces(Vec<bytes::Bytes>),
+    End,
     Failed(object_store::Error),
 }
 
@@ -426,7 +433,7 @@ enum BodyEnd {
 /// never dropped, nor an end after pieces.
 async fn next_batch(
     mut poll_next: impl FnMut(&mut Context<'_>) -> Poll<Option<object_store::Result<bytes::Bytes>>>,
-) -> (Vec<bytes::Bytes>, Option<BodyEnd>) {
+) -> (Vec<bytes::Bytes>, Option<BodyPart>) {
     let mut pieces = Vec::new();
     let mut gathered = 0;
     std::future::poll_fn(|cx| loop {
@@ -438,9 +445,9 @@ async fn next_batch(
                     return Poll::Ready((std::mem::take(&mut pieces), None));
                 }
             }
-            Poll::Ready(None) => return Poll::Ready((std::mem::take(&mut pieces), Some(BodyEnd::Complete))),
+            Poll::Ready(None) => return Poll::Ready((std::mem::take(&mut pieces), Some(BodyPart::End))),
             Poll::Ready(Some(Err(e))) => {
-                return Poll::Ready((std::mem::take(&mut pieces), Some(BodyEnd::Failed(e))));
+                return Poll::Ready((std::mem::take(&mut pieces), Some(BodyPart::Failed(e))));
             }
             Poll::Pending => return Poll::Pending,
         }
@@ -448,30 +455,36 @@ async fn next_batch(
     .await
 }
 
-/// Polls an answer's body for its next piece.
-type PollBody = Box<dyn FnMut(&mut Context<'_>) -> Poll<Option<object_store::Result<bytes::Bytes>>> + Send>;
-
-/// What is left of a body to read.
-enum Rest {
-    /// The answer's body, read from its connection batch by batch as the reader needs it.
-    Arriving(PollBody),
-    Complete,
-    /// The body stopped with this error, reported once the pieces before it were read.
-    Failed(Option<object_store::Error>),
-}
-
-/// The body of a GET, read while it arrives (see [`S3Storage::get_streamed`]): each batch is
-/// taken from the connection on the reading thread, when the pieces before it were read.
+/// The body of a GET, read while it arrives (see [`S3Storage::get_streamed`]). A channel closed
+/// before [`BodyPart::End`] is a body cut short.
 struct BodyReader {
-    /// Drives the connection and maps errors.
+    /// Keeps the runtime alive and maps errors.
     storage: S3Storage,
     key: String,
-    rest: Rest,
+    received: tokio::sync::mpsc::Receiver<BodyPart>,
     /// The pieces received and not read yet, the first one partly read maybe.
     pieces: std::collections::VecDeque<bytes::Bytes>,
+    ended: bool,
 }
 
 impl BodyReader {
+    /// The next part from the runtime, waited for in a way that works inside a tokio runtime too.
+    fn next_part(&mut self) -> Option<BodyPart> {
+        let received = &mut self.received;
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| received.blocking_recv())
+            }
+            Ok(_) => std::thread::scope(|scope| {
+                scope
+                    .spawn(|| received.blocking_recv())
+                    .join()
+                    .expect("receiving does not panic")
+            }),
+            Err(_) => received.blocking_recv(),
+        }
+    }
+
     /// The error for a body that stopped without an end.
     fn cut_short(&self) -> Error {
         Error::Remote {
@@ -486,45 +499,25 @@ impl BodyReader {
             ),
         }
     }
-
-    /// The next batch of the body into `pieces`, or the error that ended it.
-    fn receive(&mut self) -> std::io::Result<()> {
-        let body = match &mut self.rest {
-            Rest::Arriving(body) => body,
-            Rest::Complete => return Ok(()),
-            Rest::Failed(e) => {
-                let error = match e.take() {
-                    Some(e) => self.storage.error("read", &self.key, &e),
-                    None => self.cut_short(),
-                };
-                return Err(SourceError::into_io(error));
-            }
-        };
-        let Some((pieces, end)) = self.storage.run(next_batch(&mut **body)) else {
-            self.rest = Rest::Failed(None);
-            return Err(SourceError::into_io(self.cut_short()));
-        };
-        self.pieces.extend(pieces);
-        match end {
-            None => {}
-            Some(BodyEnd::Complete) => self.rest = Rest::Complete,
-            Some(BodyEnd::Failed(e)) => self.rest = Rest::Failed(Some(e)),
-        }
-        Ok(())
-    }
 }
 
 impl std::io::BufRead for BodyReader {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        loop {
-            while self.pieces.front().is_some_and(|piece| piece.is_empty()) {
-                self.pieces.pop_front();
+        while self.pieces.front().is_none_or(|piece| piece.is_empty()) && !self.ended {
+            self.pieces.pop_front();
+            if !self.pieces.is_empty() {
+                continue;
             }
-            if !self.pieces.is_empty() || matches!(self.rest, Rest::Complete) {
-                return Ok(self.pieces.front().map_or(&[], |piece| &piece[..]));
+            match self.next_part() {
+                Some(BodyPart::Pieces(pieces)) => self.pieces.extend(pieces),
+                Some(BodyPart::End) => self.ended = true,
+                Some(BodyPart::Failed(e)) => {
+                    return Err(SourceError::into_io(self.storage.error("read", &self.key, &e)));
+                }
+                None => return Err(SourceError::into_io(self.cut_short())),
             }
-            self.receive()?;
         }
+        Ok(self.pieces.front().map_or(&[], |piece| &piece[..]))
     }
 
     fn consume(&mut self, n: usize) {
@@ -675,10 +668,12 @@ impl S3Storage {
                 )))
             }
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_THREADS)
+            .thread_name("pitr-s3")
             .enable_all()
             .build()
-            .map_err(|e| Error::Refused(format!("cannot start the runtime of {url}: {e}")))?;
+            .map_err(|e| Error::Refused(format!("cannot start the threads of {url}: {e}")))?;
         let client = {
             let _entered = runtime.enter();
             builder.build().map_err(|e| refuse("bad S3 configuration", &e))?
@@ -717,33 +712,36 @@ impl S3Storage {
         &self.inner.url
     }
 
-    /// Runs `future` on this storage's runtime, driven by the calling thread until the future is
-    /// done (and meanwhile the connections of other threads' requests, while no other thread
-    /// drives them), in a way that works inside and outside a tokio runtime. `None` when the
-    /// operation deadline ([`operation_deadline`]) passed first.
-    fn run<T: Send>(&self, future: impl Future<Output = T> + Send) -> Option<T> {
+    /// Runs `future` on this storage's runtime and waits for it on the calling thread, in a way
+    /// that works inside and outside a tokio runtime. `None` when the operation deadline
+    /// ([`operation_deadline`]) passed first or the task died.
+    fn run<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> Option<T> {
         let runtime = self.inner.runtime.as_ref()?;
+        let (tx, rx) = mpsc::sync_channel(1);
         let deadline = self.inner.deadline;
-        let drive = || runtime.block_on(async { tokio::time::timeout(deadline, future).await.ok() });
+        runtime.spawn(async move {
+            if let Ok(answer) = tokio::time::timeout(deadline, future).await {
+                let _ = tx.send(answer);
+            }
+        });
+        let wait = move || rx.recv().ok();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(drive)
+                tokio::task::block_in_place(wait)
             }
-            // A runtime cannot be driven from inside another one's thread.
-            Ok(_) => std::thread::scope(|scope| scope.spawn(drive).join().expect("driving the runtime does not panic")),
-            Err(_) => drive(),
+            _ => wait(),
         }
     }
 
     /// Runs one request; the outer `Err` is the deadline.
-    fn request<T: Send, F>(
+    fn request<T: Send + 'static, F>(
         &self,
         action: &'static str,
         key: &str,
         request: impl FnOnce(Arc<AmazonS3>) -> F,
     ) -> Result<object_store::Result<T>>
     where
-        F: Future<Output = object_store::Result<T>> + Send,
+        F: Future<Output = object_store::Result<T>> + Send + 'static,
     {
         self.run(request(self.inner.client.clone()))
             .ok_or_else(|| Error::Remote {
@@ -934,9 +932,9 @@ impl S3Storage {
     }
 
     /// [`Storage::get_reader`]: the answer's headers are waited for here (a 404 is `None`), its
-    /// body is taken from the connection by the reader as it reads, a batch (about
-    /// [`STREAM_BATCH`]) at a time: the rest waits in the connection's buffers, so memory stays
-    /// bounded however slow the reader is.
+    /// body is pumped on the runtime into a bounded channel that the reader drains, so at most
+    /// [`STREAM_DEPTH`] batches of it (of about [`STREAM_BATCH`] each) are held while the caller is
+    /// busy with the ones before.
     fn get_streamed(&self, key: &str) -> Result<Option<Box<dyn std::io::BufRead + Send>>> {
         let path = self.path(key)?;
         let path_ = path.clone();
@@ -950,12 +948,36 @@ impl S3Storage {
             Err(e) => return Err(self.error("read", key, &e)),
         };
         self.inner.bucket_seen.store(true, Ordering::Relaxed);
-        let mut body = found.into_stream();
+        let runtime = self
+            .inner
+            .runtime
+            .as_ref()
+            .expect("the runtime lives as long as the storage");
+        let (parts, received) = tokio::sync::mpsc::channel(STREAM_DEPTH);
+        let deadline = self.inner.deadline;
+        runtime.spawn(async move {
+            let mut body = found.into_stream();
+            let pump = async {
+                loop {
+                    let (pieces, end) = next_batch(|cx| body.as_mut().poll_next(cx)).await;
+                    if !pieces.is_empty() && parts.send(BodyPart::Pieces(pieces)).await.is_err() {
+                        return;
+                    }
+                    if let Some(end) = end {
+                        let _ = parts.send(end).await;
+                        return;
+                    }
+                }
+            };
+            // Past the deadline the channel closes without an end: the reader reports it.
+            let _ = tokio::time::timeout(deadline, pump).await;
+        });
         Ok(Some(Box::new(BodyReader {
             storage: self.clone(),
             key: key.to_string(),
-            rest: Rest::Arriving(Box::new(move |cx| body.as_mut().poll_next(cx))),
+            received,
             pieces: std::collections::VecDeque::new(),
+            ended: false,
         })))
     }
 
@@ -1607,59 +1629,13 @@ mod tests {
                 let bytes = pieces.iter().map(|p| p.len()).sum();
                 match end {
                     None => out.push((bytes, "more")),
-                    Some(BodyEnd::Complete) => return out.push((bytes, "end")),
-                    Some(BodyEnd::Failed(_)) => return out.push((bytes, "failed")),
+                    Some(BodyPart::End) => return out.push((bytes, "end")),
+                    Some(BodyPart::Failed(_)) => return out.push((bytes, "failed")),
+                    Some(BodyPart::Pieces(_)) => unreachable!(),
                 }
             }
         });
         out
-    }
-
-    /// A reader of a body whose pieces come as `script` says, `None` being "not arrived yet".
-    fn reader(script: Vec<Option<Option<object_store::Result<bytes::Bytes>>>>) -> BodyReader {
-        let mut script = std::collections::VecDeque::from(script);
-        BodyReader {
-            storage: S3Storage::open(S3Config::from_url("s3://b-1/p").unwrap()).unwrap(),
-            key: "wal/x".into(),
-            rest: Rest::Arriving(Box::new(move |cx| match script.pop_front() {
-                Some(Some(item)) => Poll::Ready(item),
-                Some(None) => {
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-                None => panic!("polled after the end"),
-            })),
-            pieces: std::collections::VecDeque::new(),
-        }
-    }
-
-    #[test]
-    fn a_reader_gets_every_piece_of_a_body_then_its_end_or_its_error() {
-        use std::io::Read;
-        let piece = |byte: u8, n: usize| Some(Some(Ok(bytes::Bytes::from(vec![byte; n]))));
-        // The last batch brings several pieces with the end.
-        let script = vec![
-            piece(1, 100 << 10),
-            None,
-            piece(2, 40 << 10),
-            piece(3, 10),
-            piece(4, 20),
-            Some(None),
-        ];
-        let mut read = Vec::new();
-        reader(script).read_to_end(&mut read).unwrap();
-        assert!(read == [vec![1u8; 100 << 10], vec![2; 40 << 10], vec![3; 10], vec![4; 20]].concat());
-        // The pieces before an error are read first, then the error, which stays.
-        let failed = Some(Some(Err(object_store::Error::Generic {
-            store: "S3",
-            source: "the connection dropped".into(),
-        })));
-        let mut body = reader(vec![piece(5, 10), None, piece(6, 20), failed]);
-        let mut read = Vec::new();
-        let error = body.read_to_end(&mut read).unwrap_err();
-        assert_eq!(read, [vec![5u8; 10], vec![6; 20]].concat());
-        assert!(error.to_string().contains("the connection dropped"), "{error}");
-        assert!(body.read(&mut [0; 8]).is_err());
     }
 
     #[test]
