@@ -533,20 +533,7 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(
-            &repo,
-            "hourly/b/",
-            &tree,
-            &Copying {
-                jobs: 2,
-                codec: &Codec::default(),
-                pages: None,
-                packed: None,
-            },
-            &Silent,
-        )
-        .unwrap()
-        .files;
+        let entries = copy_plain(&repo, &tree, 2).files;
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["16384", "small", "pg_control"]);
         let split = &entries[0];
@@ -576,20 +563,7 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(
-            &repo,
-            "hourly/b/",
-            &tree,
-            &Copying {
-                jobs: 1,
-                codec: &Codec::default(),
-                pages: None,
-                packed: None,
-            },
-            &Silent,
-        )
-        .unwrap()
-        .files;
+        let entries = copy_plain(&repo, &tree, 1).files;
         let piece = entries[0].pieces()[0];
         repo.storage().delete(&piece.key("hourly/b/")).unwrap();
         let other = Codec::default().encode(b"abd");
@@ -608,25 +582,23 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(
-            &repo,
-            "hourly/b/",
-            &tree,
-            &Copying {
-                jobs: 1,
-                codec: &Codec::default(),
-                pages: None,
-                packed: None,
-            },
-            &Silent,
-        )
-        .unwrap()
-        .files;
+        let entries = copy_plain(&repo, &tree, 1).files;
         let empty = &entries[0];
         assert_eq!((empty.size, empty.stored_size, empty.crc32), (0, 0, 0));
         assert!(empty.is_empty_without_object() && empty.pieces().is_empty());
         assert_eq!(repo.storage().list("hourly/b/files/").unwrap(), ["pg_control", "small"]);
         assert!(!entries[1].is_empty_without_object());
+    }
+
+    /// A plain copy of `tree` (no page checks, no packs) as backup `hourly/b/`, on `jobs` threads.
+    fn copy_plain(repo: &Repo, tree: &SourceTree, jobs: usize) -> Copied {
+        let how = Copying {
+            jobs,
+            codec: &Codec::default(),
+            pages: None,
+            packed: None,
+        };
+        copy_files(repo, "hourly/b/", tree, &how, &Silent).unwrap()
     }
 
     /// A deduplicated copy of `tree` as backup `id` of a local repository, sharing with `previous`.
@@ -730,20 +702,7 @@ mod tests {
             control: Some(source(data.path(), "pg_control", b"control")),
             ..SourceTree::default()
         };
-        let entries = copy_files(
-            &repo,
-            "hourly/b/",
-            &tree,
-            &Copying {
-                jobs: 1,
-                codec: &Codec::default(),
-                pages: None,
-                packed: None,
-            },
-            &Silent,
-        )
-        .unwrap()
-        .files;
+        let entries = copy_plain(&repo, &tree, 1).files;
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].path, "pg_control");
     }
@@ -865,19 +824,7 @@ mod tests {
         // A cluster without data checksums: nothing checked.
         let repo_dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(repo_dir.path()).unwrap();
-        let copied = copy_files(
-            &repo,
-            "hourly/b/",
-            &tree,
-            &Copying {
-                jobs: 1,
-                codec: &Codec::default(),
-                pages: None,
-                packed: None,
-            },
-            &Silent,
-        )
-        .unwrap();
+        let copied = copy_plain(&repo, &tree, 1);
         assert_eq!(copied.pages, PageChecksums::default());
     }
 
