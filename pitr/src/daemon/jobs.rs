@@ -114,17 +114,18 @@ impl Drop for CloseOnDrop<'_> {
 }
 
 /// Runs the jobs of `lane` one after the other; after a drill, the drill metrics are read anew
-/// from `repo`'s records.
+/// from `repo`'s records, before the job counts as finished: a scrape that sees the drill's run
+/// sees its gauges too.
 fn work(lane: &Lane, repo: &Repo, run_job: &dyn JobRunner, metrics: &Metrics) {
     while let Some(job) = lane.next() {
         metrics.job_started(job);
         let started = Instant::now();
         let result = run_job.run(job);
         let elapsed = started.elapsed();
-        metrics.job_finished(job, result.is_ok(), elapsed);
         if job == Job::Drill {
             metrics.record_drills(repo);
         }
+        metrics.job_finished(job, result.is_ok(), elapsed);
         match result {
             Ok(summary) => tracing::info!(
                 job = %job,
