@@ -169,7 +169,10 @@ impl<'a> Prefetched<'a> {
             if let Ok(crc) = fs::read_to_string(&crc_path) {
                 return Some(crc);
             }
-            let in_flight = path.exists() || path.with_extension("tmp").exists();
+            // The temporary file first: the prefetcher renames it to `path` before it writes the
+            // sidecar, so one of the two is always there while it works (the other order could
+            // see neither, between the two checks, and give up on a segment about to be announced).
+            let in_flight = path.with_extension("tmp").exists() || path.exists();
             if !in_flight || !at_work_in(&self.dir) || Instant::now() > deadline {
                 return fs::read_to_string(&crc_path).ok();
             }
