@@ -734,6 +734,49 @@ mod tests {
     }
 
     #[test]
+    fn only_an_hourly_backup_of_the_same_data_directory_with_the_clock_not_set_back_may_skip() {
+        let stop = chrono::DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut previous = Manifest::for_test("b", Tier::Hourly, 1, 2..=2, stop);
+        previous.pgdata = Some("/var/lib/postgresql/15/main".into());
+        let options = |tier, read_all| BackupOptions {
+            tier,
+            name: "main".into(),
+            pgdata: None,
+            fast: true,
+            jobs: 1,
+            codec: Codec::default(),
+            deduplicate: true,
+            read_all,
+        };
+        let later = stop + chrono::Duration::minutes(60);
+        let here = "/var/lib/postgresql/15/main";
+        assert!(may_skip(&options(Tier::Hourly, false), &previous, here, later));
+        assert!(!may_skip(&options(Tier::Daily, false), &previous, here, later));
+        assert!(!may_skip(&options(Tier::Weekly, false), &previous, here, later));
+        assert!(
+            !may_skip(&options(Tier::Hourly, true), &previous, here, later),
+            "--read-all"
+        );
+        assert!(!may_skip(&options(Tier::Hourly, false), &previous, "/srv/other", later));
+        assert!(
+            !may_skip(
+                &options(Tier::Hourly, false),
+                &previous,
+                here,
+                stop - chrono::Duration::seconds(1)
+            ),
+            "the clock is behind the previous backup's stop"
+        );
+        previous.pgdata = None;
+        assert!(
+            !may_skip(&options(Tier::Hourly, false), &previous, here, later),
+            "a manifest that does not say its data directory"
+        );
+    }
+
+    #[test]
     fn archive_command_must_use_this_repo() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(dir.path()).unwrap();

@@ -22,7 +22,7 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
@@ -254,7 +254,7 @@ fn unchanged(repo: &Repo, previous: &PreviousGroups, file: &SourceFile) -> Resul
     }
     Ok(Some(FileEntry {
         mode: file.mode,
-        mtime: meta.mtime(),
+        mtime: file.mtime,
         stored_size: 0,
         ..prior.clone()
     }))
@@ -745,6 +745,11 @@ mod tests {
 
     /// A deduplicated copy of `tree` as backup `id` of a local repository, sharing with `previous`.
     fn copy_packed_tree(repo: &Repo, id: &str, tree: &SourceTree, previous: &PreviousGroups) -> Vec<FileEntry> {
+        copy_packed_counted(repo, id, tree, previous).files
+    }
+
+    /// The same, with what the copy skipped.
+    fn copy_packed_counted(repo: &Repo, id: &str, tree: &SourceTree, previous: &PreviousGroups) -> Copied {
         let packs = Packs::new(repo, id, Codec::default());
         let packed = Packed {
             packs: &packs,
@@ -764,7 +769,7 @@ mod tests {
         )
         .unwrap();
         packs.finish().unwrap();
-        copied.files
+        copied
     }
 
     /// The packs `files` reference: of their groups and of their pieces.
@@ -830,6 +835,75 @@ mod tests {
             "every group is stored again"
         );
         assert_eq!(avoiding[0].size, bytes.len() as u64);
+    }
+
+    #[test]
+    fn a_trusted_file_is_taken_unread_until_its_stat_moves_but_never_from_a_condemned_pack() {
+        let data = tempfile::tempdir().unwrap();
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(repo_dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..2 * GROUP_SIZE as u64 + 100).map(|i| (i * i % 251) as u8).collect();
+        let cold = source(data.path(), "16384", &bytes);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // Written less than a second before the read: not trusted.
+        let fresh = source(data.path(), "16385", &bytes[..PIECE_SIZE]);
+        let tree = SourceTree {
+            files: vec![cold.clone(), fresh],
+            control: Some(source(data.path(), "pg_control", b"control")),
+            ..SourceTree::default()
+        };
+        let first = copy_packed_tree(&repo, "a", &tree, &PreviousGroups::default());
+        let stat = |entry: &FileEntry| entry.stat.expect("a deduplicated backup records the stat");
+        assert!(stat(&first[0]).trusted && stat(&first[0]).size == bytes.len() as u64);
+        assert!(!stat(&first[1]).trusted, "a file changed within a second of the read");
+        assert!(first[2].stat.is_none(), "pg_control is an object: no stat");
+        let mut manifest = Manifest::for_test("a", crate::backup::Tier::Hourly, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
+        manifest.files = first.clone();
+        let trusting = || PreviousGroups::of(&manifest).trusting(&manifest);
+
+        let second = copy_packed_counted(&repo, "b", &tree, &trusting());
+        assert_eq!((second.skipped_files, second.skipped_bytes), (1, bytes.len() as u64));
+        assert_eq!(
+            second.files[0],
+            FileEntry {
+                stored_size: 0,
+                ..first[0].clone()
+            },
+            "the skipped file is its previous entry, nothing stored"
+        );
+        assert_eq!(
+            second.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            ["16384", "16385", "pg_control"]
+        );
+        let untrusted = copy_packed_counted(&repo, "c", &tree, &PreviousGroups::of(&manifest));
+        assert_eq!(untrusted.skipped_files, 0, "only what the caller lets trust is skipped");
+
+        // While the file's packs are condemned, it is read and its pieces stored again.
+        let condemned = packs_of(&repo, &first[..1]);
+        let avoiding = copy_packed_counted(&repo, "d", &tree, &trusting().avoiding(condemned.clone()));
+        assert_eq!(avoiding.skipped_files, 0);
+        assert!(packs_of(&repo, &avoiding.files[..1]).is_disjoint(&condemned));
+
+        // Other bytes of the same size, the recorded mtime put back: the ctime moved, it is read.
+        let mut changed = bytes.clone();
+        changed[GROUP_SIZE + 7] ^= 1;
+        std::fs::write(&cold.full_path, &changed).unwrap();
+        let mtime = UNIX_EPOCH + std::time::Duration::from_nanos(stat(&first[0]).mtime_ns as u64);
+        File::options()
+            .write(true)
+            .open(&cold.full_path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let now = FileStat::of(&std::fs::metadata(&cold.full_path).unwrap());
+        assert_eq!(
+            (now.size, now.mtime_ns),
+            (stat(&first[0]).size, stat(&first[0]).mtime_ns)
+        );
+        let after = copy_packed_counted(&repo, "e", &tree, &trusting());
+        assert_eq!(after.skipped_files, 0);
+        assert_ne!(after.files[0].groups, first[0].groups, "the change is stored");
+        assert!(!stat(&after.files[0]).trusted, "just written: not trusted");
     }
 
     #[test]

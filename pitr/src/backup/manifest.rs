@@ -877,6 +877,42 @@ mod tests {
     }
 
     #[test]
+    fn the_skip_rules_fields_are_optional_in_format_7() {
+        let mut m = Manifest::for_test("b", Tier::Hourly, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
+        m.files = vec![FileEntry {
+            path: "base/5/16384".into(),
+            size: 8192,
+            mode: 0o600,
+            mtime: 0,
+            crc32: 0,
+            stored_size: 0,
+            parts: vec![],
+            groups: vec![],
+            stat: None,
+        }];
+        let without = m.to_bytes();
+        let text = String::from_utf8_lossy(&without);
+        assert!(!text.contains("\"stat\"") && !text.contains("\"pgdata\""), "{text}");
+        assert_eq!(Manifest::from_bytes(&without, "m").unwrap(), m);
+        m.pgdata = Some("/var/lib/postgresql/15/main".into());
+        m.files[0].stat = Some(FileStat {
+            size: 8192,
+            mtime_ns: 1_796_644_339_063_533_410,
+            ctime_ns: 1_796_644_339_063_533_411,
+            inode: 42,
+            device: 65024,
+            trusted: true,
+        });
+        assert_eq!(Manifest::from_bytes(&m.to_bytes(), "m").unwrap(), m);
+        let stat = m.files[0].stat.unwrap();
+        assert!(stat.same_as(&FileStat { trusted: false, ..stat }));
+        assert!(!stat.same_as(&FileStat {
+            ctime_ns: stat.ctime_ns + 1,
+            ..stat
+        }));
+    }
+
+    #[test]
     fn configuration_files_are_stored_under_config_and_checked_like_the_others() {
         let mut m = Manifest::for_test("b", Tier::Daily, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
         m.configuration = Some(debian_configuration());
