@@ -11,7 +11,8 @@
 //! shared with the other deduplicated backups instead ([`packs`]); they are durable before its
 //! manifest is written, and expire deletes them only once no backup references them ([`sweep`]).
 //! An hourly deduplicated backup does not read a file that the previous one of the same data
-//! directory trusted and whose stat is still the recorded one (the skip rule, [`may_skip`]).
+//! directory trusted and whose stat is still the recorded one (the skip rule: `may_skip` here, then
+//! each file in `copy`).
 
 mod catalog;
 mod configuration;
