@@ -366,6 +366,12 @@ pub enum Command {
         /// one is stored; the backup still restores on its own.
         #[arg(long)]
         dedup: bool,
+        /// With --dedup, read and hash every file. Without it an hourly backup takes a file
+        /// unread from the previous deduplicated backup of the same data directory when that
+        /// backup trusted it and its size, mtime, ctime, inode and device did not change; daily
+        /// and weekly backups always read every file.
+        #[arg(long, requires = "dedup")]
+        read_all: bool,
         /// Do not run expire for the tier afterwards.
         #[arg(long)]
         no_expire: bool,

@@ -187,6 +187,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             fast,
             jobs,
             dedup,
+            read_all,
             no_expire,
             json,
         } => {
@@ -198,6 +199,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
                 jobs: jobs.unwrap_or(settings.jobs),
                 codec: settings.codec,
                 deduplicate: *dedup,
+                read_all: *read_all,
             };
             run_backup(&repo, connection, &options, !no_expire, *json, settings)
         }

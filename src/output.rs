@@ -126,6 +126,14 @@ pub fn backup_summary(s: &BackupSummary) {
             s.configuration_files.join(", ")
         );
     }
+    if s.skipped_files > 0 {
+        println!(
+            "skipped {} unchanged files ({}): their size, mtime, ctime, inode and device are those the previous \
+             backup recorded, so they were taken from it unread (--read-all reads them)",
+            s.skipped_files,
+            mib(s.skipped_bytes)
+        );
+    }
     for id in &s.cleaned_up {
         println!("deleted the incomplete backup {id} of an earlier run");
     }

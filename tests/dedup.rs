@@ -1,7 +1,9 @@
 //! Deduplicated backups (`pitr backup --dedup`, manifest format 7) and expire: packs that no
 //! backup references are condemned by one expire and deleted by a later one, once the grace
 //! period is over; a kill -9 at each step of expire loses nothing a kept backup needs; a backup
-//! running beside expires stays whole.
+//! running beside expires stays whole. The skip rule: an hourly backup takes a cold table's files
+//! unread from the previous one and restores them; a file changed with its size and mtime put
+//! back is read all the same (its ctime moved); daily backups and `--read-all` read every file.
 
 mod common;
 
@@ -206,4 +208,175 @@ fn expires_beside_a_running_deduplicated_backup_never_break_it() {
     let r = c.pitr(&["list", "--json"]);
     r.assert_success();
     assert_eq!(parse_json(&r).as_array().unwrap().len(), 1, "one hourly backup is kept");
+}
+
+/// A cluster with a cold table of about 24 MiB (`cold`, two parts of its file) and a small hot
+/// one (`hot`), frozen and checkpointed, then left alone for over a second: the files a first
+/// backup then reads are trusted (their ctime is more than a second older than the read).
+fn cluster_with_a_cold_table() -> Cluster {
+    let c = Cluster::start(ClusterOptions::default().setting("autovacuum", "off"));
+    c.psql("CREATE TABLE cold AS SELECT g AS id, repeat(md5(g::text), 4) AS v FROM generate_series(1, 150000) g");
+    c.psql("CREATE TABLE hot (id int PRIMARY KEY, n int); INSERT INTO hot SELECT g, 0 FROM generate_series(1, 1000) g");
+    c.psql("VACUUM (FREEZE, ANALYZE)");
+    c.psql("CHECKPOINT");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    c
+}
+
+/// The skip counts of a `backup --json` summary: files and bytes.
+fn skipped(summary: &serde_json::Value) -> (u64, u64) {
+    let backup = &summary["backup"];
+    (
+        backup["skipped_files"].as_u64().expect("skipped_files"),
+        backup["skipped_bytes"].as_u64().expect("skipped_bytes"),
+    )
+}
+
+/// The stored manifest of the backup a `backup --json` summary reports.
+fn manifest_of(c: &Cluster, summary: &serde_json::Value) -> serde_json::Value {
+    let backup = &summary["backup"];
+    let dir = c.repo_dir().join(json_str(backup, "tier")).join(json_str(backup, "id"));
+    serde_json::from_slice(&read(&dir.join("backup.manifest"))).unwrap()
+}
+
+/// The entry of the file at `path` in `manifest`.
+fn file_entry(manifest: &serde_json::Value, path: &str) -> serde_json::Value {
+    manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == path)
+        .unwrap_or_else(|| panic!("{path} is not in the manifest"))
+        .clone()
+}
+
+#[test]
+fn an_hourly_backup_takes_a_cold_tables_files_unread_and_they_restore_and_recover() {
+    let c = cluster_with_a_cold_table();
+    let cold = c.psql("SELECT pg_relation_filepath('cold')");
+    let cold_bytes: u64 = c.psql("SELECT pg_relation_size('cold')").parse().unwrap();
+    let first = backup_json(&c, &["--dedup"]);
+    assert_eq!(skipped(&first), (0, 0), "nothing to skip without a previous backup");
+    let recorded = file_entry(&manifest_of(&c, &first), &cold)["stat"].clone();
+    assert_eq!(
+        recorded["trusted"], true,
+        "the cold table's file is trusted: {recorded}"
+    );
+
+    c.psql("UPDATE hot SET n = id");
+    c.psql("CHECKPOINT");
+    let second = backup_json(&c, &["--dedup"]);
+    let (files, bytes) = skipped(&second);
+    let original = second["backup"]["original_bytes"].as_u64().unwrap();
+    assert!(
+        files > 0 && bytes >= cold_bytes && original - bytes < cold_bytes,
+        "the cold table ({cold_bytes} bytes) is skipped: {files} files, {bytes} of {original} bytes skipped"
+    );
+    let first_manifest = manifest_of(&c, &first);
+    let (before, after) = (
+        file_entry(&first_manifest, &cold),
+        file_entry(&manifest_of(&c, &second), &cold),
+    );
+    assert_eq!(
+        after["groups"], before["groups"],
+        "the skipped file has the previous groups"
+    );
+    assert_eq!(after["stat"], recorded, "and its trusted stat");
+    assert_eq!(after["stored_size"], 0);
+
+    // The hourly backup that skipped restores, verifies, and recovers to a cluster with every row.
+    kept_backup_is_whole(&c, "the skipping backup");
+    c.switch_and_archive();
+    let nd = NewDir::new();
+    let out = run(c
+        .pitr_cmd()
+        .arg("--repo")
+        .arg(c.repo())
+        .args(["recover", "--pgdata"])
+        .arg(&nd.data)
+        .args([
+            "--target",
+            "latest",
+            "--verify-sql",
+            "SELECT (SELECT count(*) FROM cold WHERE v = repeat(md5(id::text), 4)) || ',' || \
+             (SELECT sum(n) FROM hot)",
+        ]));
+    assert!(
+        out.success(),
+        "pitr recover failed:\n{}\n--- recovered server log ---\n{}",
+        out.describe(),
+        tail(&nd.server_log(), 60)
+    );
+    assert_eq!(out.stdout_line("verify: "), "150000,500500", "{}", out.describe());
+}
+
+#[test]
+fn a_file_changed_with_its_size_and_mtime_put_back_is_read_again_since_its_ctime_moved() {
+    let c = cluster_with_a_cold_table();
+    // A file of the data directory that only this test writes: three groups and a bit.
+    let probe = c.data_dir().join("skip_probe.bin");
+    let old: Vec<u8> = (0..800_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(&probe, &old).unwrap();
+    give_to_server_user(&probe);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let first = backup_json(&c, &["--dedup"]);
+    let recorded = file_entry(&manifest_of(&c, &first), "skip_probe.bin")["stat"].clone();
+    assert_eq!(recorded["trusted"], true, "{recorded}");
+
+    // Other content of the same size, then the recorded mtime set back (utimensat, as touch -d).
+    let mut new = old.clone();
+    new[300_000..300_100].fill(0xAB);
+    fs::write(&probe, &new).unwrap();
+    let mtime_ns = recorded["mtime_ns"].as_i64().unwrap();
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(mtime_ns as u64);
+    fs::File::options()
+        .write(true)
+        .open(&probe)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let now = fs::metadata(&probe).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        let ns = now.mtime() * 1_000_000_000 + now.mtime_nsec();
+        assert_eq!(
+            (now.len(), ns),
+            (old.len() as u64, mtime_ns),
+            "size and mtime are the recorded ones"
+        );
+        let ctime = now.ctime() * 1_000_000_000 + now.ctime_nsec();
+        assert_ne!(ctime, recorded["ctime_ns"].as_i64().unwrap(), "only the ctime tells");
+    }
+
+    let second = backup_json(&c, &["--dedup"]);
+    assert!(skipped(&second).0 > 0, "other files are skipped: {second:#}");
+    let entry = file_entry(&manifest_of(&c, &second), "skip_probe.bin");
+    assert!(
+        entry["stored_size"].as_u64().unwrap() > 0,
+        "the changed piece is read and stored: {entry}"
+    );
+    let target = c.test_dir().path().join("restored-probe");
+    let id = json_str(&second["backup"], "id");
+    c.pitr(&["restore", "--backup", id, "--pgdata", target.to_str().unwrap()])
+        .assert_success();
+    assert!(
+        fs::read(target.join("skip_probe.bin")).unwrap() == new,
+        "the restored file has the new content"
+    );
+}
+
+#[test]
+fn daily_backups_and_read_all_read_every_file() {
+    let c = cluster_with_a_cold_table();
+    backup_json(&c, &["--dedup", "--no-expire"]);
+    let daily = backup_json(&c, &["--dedup", "--tier", "daily", "--no-expire"]);
+    assert_eq!(skipped(&daily), (0, 0), "a daily backup reads every file");
+    let weekly = backup_json(&c, &["--dedup", "--tier", "weekly", "--no-expire"]);
+    assert_eq!(skipped(&weekly), (0, 0), "a weekly backup reads every file");
+    let read_all = backup_json(&c, &["--dedup", "--read-all", "--no-expire"]);
+    assert_eq!(skipped(&read_all), (0, 0), "--read-all reads every file");
+    let hourly = backup_json(&c, &["--dedup", "--no-expire"]);
+    assert!(skipped(&hourly).0 > 0, "after them, an hourly backup skips: {hourly:#}");
+    let out = c.pitr_connected(c.repo(), &["backup", "--read-all"]);
+    assert_eq!(out.code(), Some(2), "--read-all needs --dedup: {}", out.describe());
 }

@@ -544,6 +544,7 @@ fn file_entry(rng: &mut Rng, path: String, size: u64, stop_time: DateTime<Utc>) 
         stored_size,
         parts,
         groups: vec![],
+        stat: None,
     }
 }
 
@@ -600,6 +601,7 @@ fn write_backup(
         files,
         configuration: None,
         page_checksums: None,
+        pgdata: None,
     };
     let label = format!(
         "START WAL LOCATION: {start_lsn} (file {first})\nCHECKPOINT LOCATION: {start_lsn}\nBACKUP METHOD: streamed\n\

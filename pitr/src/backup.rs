@@ -10,6 +10,9 @@
 //! A deduplicated backup (`--dedup`, manifest format 7) stores its data directory files in packs
 //! shared with the other deduplicated backups instead ([`packs`]); they are durable before its
 //! manifest is written, and expire deletes them only once no backup references them ([`sweep`]).
+//! An hourly deduplicated backup does not read a file that the previous one of the same data
+//! directory trusted and whose stat is still the recorded one (the skip rule: `may_skip` here, then
+//! each file in `copy`).
 
 mod catalog;
 mod configuration;
@@ -112,6 +115,9 @@ pub struct BackupOptions {
     /// Store the files deduplicated, in packs (manifest format 7), instead of as objects of the
     /// backup's directory.
     pub deduplicate: bool,
+    /// With `deduplicate`: read every file, even in the hourly tier, where the skip rule would
+    /// take the files whose stat did not change from the previous backup unread.
+    pub read_all: bool,
 }
 
 /// What a finished backup reports.
@@ -129,6 +135,11 @@ pub struct BackupSummary {
     pub configuration_files: Vec<String>,
     /// What checking the data pages' checksums found, as the manifest records it.
     pub page_checksums: PageChecksums,
+    /// Files taken from the previous deduplicated backup without reading them, because the skip
+    /// rule found them unchanged (their size, mtime, ctime, inode and device).
+    pub skipped_files: usize,
+    /// Their bytes: counted in `original_bytes`, but not read.
+    pub skipped_bytes: u64,
 }
 
 /// Takes a base backup of the server behind `server` into `repo`, whose current generation must
@@ -146,6 +157,10 @@ pub async fn take(
     let _lock = lock_backups(repo)?;
     let cleaned_up = catalog::delete_incomplete(repo)?;
     let tree = source::scan(&pgdata)?;
+    let source = std::fs::canonicalize(&pgdata)
+        .map_err(Error::io("inspect", &pgdata))?
+        .display()
+        .to_string();
     check_space(repo, &tree)?;
     let id = unused_id(repo, options).await?;
     let dir = backup_dir(options.tier.name(), &id);
@@ -170,7 +185,15 @@ pub async fn take(
     let pages = page_check(layout, start_lsn, progress);
     let packs = Packs::new(repo, &id, options.codec);
     let previous = match options.deduplicate {
-        true => previous_groups(repo, &info_of(repo)?)?.avoiding(sweep::condemned_packs(repo)?),
+        true => {
+            let before = previous_manifest(repo, &info_of(repo)?)?;
+            let groups = before.as_ref().map_or_else(PreviousGroups::default, PreviousGroups::of);
+            match before.filter(|before| may_skip(options, before, &source, Utc::now())) {
+                Some(before) => groups.trusting(&before),
+                None => groups,
+            }
+            .avoiding(sweep::condemned_packs(repo)?)
+        }
         false => PreviousGroups::default(),
     };
     let packed = options.deduplicate.then_some(Packed {
@@ -213,6 +236,7 @@ pub async fn take(
         page_checksums: copied.pages,
         configuration,
         duration_seconds: started.elapsed().as_secs_f64(),
+        pgdata: source,
     })?;
     if archiving == Archiving::IntoThisRepo {
         wait_for_wal(repo, server, &manifest.last_wal, &archiver, progress).await?;
@@ -245,6 +269,8 @@ pub async fn take(
             .collect(),
         file_count: manifest.files.len(),
         page_checksums: manifest.page_checksums.clone().unwrap_or_default(),
+        skipped_files: copied.skipped_files,
+        skipped_bytes: copied.skipped_bytes,
         backup: BackupStatus::of(
             &manifest.summary(),
             repo.generation()?.map_or(1, |g| g.generation),
@@ -261,20 +287,31 @@ fn info_of(repo: &Repo) -> Result<Cluster> {
         .expect("preflight claimed the repository and pinned its generation"))
 }
 
-/// The groups of the newest deduplicated backup of the cluster, which a deduplicated backup
+/// The manifest of the newest deduplicated backup of the cluster, which a deduplicated backup
 /// shares what did not change with.
-fn previous_groups(repo: &Repo, cluster: &Cluster) -> Result<PreviousGroups> {
+fn previous_manifest(repo: &Repo, cluster: &Cluster) -> Result<Option<Manifest>> {
     let newest = load_summaries(repo)?
         .into_iter()
         .filter(|m| m.format_version >= MANIFEST_VERSION && m.system_identifier == cluster.system_identifier)
         .max_by_key(|m| m.stop_time);
     let Some(newest) = newest else {
-        return Ok(PreviousGroups::default());
+        return Ok(None);
     };
-    match read_backup(repo, newest.tier, &newest.id)?.map(|entry| entry.manifest) {
-        Some(Ok(manifest)) => Ok(PreviousGroups::of(&manifest)),
-        _ => Ok(PreviousGroups::default()),
-    }
+    Ok(read_backup(repo, newest.tier, &newest.id)?.and_then(|entry| entry.manifest.ok()))
+}
+
+/// Whether a deduplicated backup may take files unread from `previous` (the skip rule of
+/// bench/dedup.md section 8.3, the conditions that hold for the whole backup; [`copy`] checks
+/// each file's): only in the hourly tier and without `--read-all`, so daily and weekly backups
+/// read and hash every file, which bounds any error of the rule to a day and checks the pages
+/// of files that never change; only from a backup of the same data directory (`pgdata`,
+/// canonical; the system identifier is already the same); and only while the clock is not
+/// behind `previous`'s stop, since a clock set back could give a new write an old ctime.
+fn may_skip(options: &BackupOptions, previous: &Manifest, pgdata: &str, now: chrono::DateTime<Utc>) -> bool {
+    options.tier == Tier::Hourly
+        && !options.read_all
+        && previous.pgdata.as_deref() == Some(pgdata)
+        && now >= previous.stop_time
 }
 
 /// The repository's backup lock: one backup, expire, upgrade-repo or sync into it at a time, so that none
@@ -593,6 +630,8 @@ struct ManifestParts<'a> {
     page_checksums: PageChecksums,
     configuration: Option<Configuration>,
     duration_seconds: f64,
+    /// The data directory, canonical: recorded by a deduplicated backup only.
+    pgdata: String,
 }
 
 fn build_manifest(parts: ManifestParts) -> Result<Manifest> {
@@ -627,6 +666,8 @@ fn build_manifest(parts: ManifestParts) -> Result<Manifest> {
         files: parts.files,
         configuration: parts.configuration,
         page_checksums: Some(parts.page_checksums),
+        // A format-6 manifest stays what a pitr of format 6 reads (it denies unknown fields).
+        pgdata: deduplicated.then_some(parts.pgdata),
     })
 }
 
@@ -691,6 +732,49 @@ mod tests {
         let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIMELINE: 3\n";
         assert_eq!(label_timeline(label).unwrap(), 3);
         assert!(label_timeline("LABEL: x\n").is_err());
+    }
+
+    #[test]
+    fn only_an_hourly_backup_of_the_same_data_directory_with_the_clock_not_set_back_may_skip() {
+        let stop = chrono::DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut previous = Manifest::for_test("b", Tier::Hourly, 1, 2..=2, stop);
+        previous.pgdata = Some("/var/lib/postgresql/15/main".into());
+        let options = |tier, read_all| BackupOptions {
+            tier,
+            name: "main".into(),
+            pgdata: None,
+            fast: true,
+            jobs: 1,
+            codec: Codec::default(),
+            deduplicate: true,
+            read_all,
+        };
+        let later = stop + chrono::Duration::minutes(60);
+        let here = "/var/lib/postgresql/15/main";
+        assert!(may_skip(&options(Tier::Hourly, false), &previous, here, later));
+        assert!(!may_skip(&options(Tier::Daily, false), &previous, here, later));
+        assert!(!may_skip(&options(Tier::Weekly, false), &previous, here, later));
+        assert!(
+            !may_skip(&options(Tier::Hourly, true), &previous, here, later),
+            "--read-all"
+        );
+        assert!(!may_skip(&options(Tier::Hourly, false), &previous, "/srv/other", later));
+        assert!(
+            !may_skip(
+                &options(Tier::Hourly, false),
+                &previous,
+                here,
+                stop - chrono::Duration::seconds(1)
+            ),
+            "the clock is behind the previous backup's stop"
+        );
+        previous.pgdata = None;
+        assert!(
+            !may_skip(&options(Tier::Hourly, false), &previous, here, later),
+            "a manifest that does not say its data directory"
+        );
     }
 
     #[test]

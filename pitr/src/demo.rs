@@ -216,6 +216,7 @@ impl DemoCluster {
             jobs: 2,
             codec: Codec::default(),
             deduplicate: false,
+            read_all: false,
         };
         let backup = backup::take(&repo, &server, &options, progress).await?;
         narrate(&format!(

@@ -272,6 +272,7 @@ pub(super) fn store(repo: &Repo, dir: &str, found: Found, codec: &Codec) -> Resu
             stored_size: object.len() as u64,
             parts: vec![],
             groups: vec![],
+            stat: None,
         });
     }
     Ok(Configuration {

@@ -8,17 +8,28 @@
 //! time instead, and stores only the pieces that changed since the previous backup of the file
 //! into the job's packs (see [`super::packs`]); pg_control is always stored as an object.
 //!
+//! A deduplicated backup also records each file's stat as it read it, and whether the file is
+//! trusted ([`FileStat`]), and it does not read a file at all when the previous backup trusted it
+//! and its stat, taken here (after `pg_backup_start` returned, since the copy runs after it), is
+//! still the recorded one: the skip rule of bench/dedup.md section 8.3 ([`unchanged`]). Whether a
+//! backup may skip at all (hourly tier, same data directory, clock not set back) is decided by
+//! its caller, which hands over only then the entries it may take ([`PreviousGroups::trusting`]).
+//!
 //! When the cluster has data checksums, every page of a relation fork is checked in the bytes
-//! just read for the copy (no second read of the file): see [`PageCheck`].
+//! just read for the copy (no second read of the file): see [`PageCheck`]. A file taken unread
+//! is not checked.
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 
-use super::manifest::{parts_crc, piece_key, BadPages, FileEntry, PageChecksums, Part, BAD_BLOCKS_RECORDED, PART_SIZE};
+use super::manifest::{
+    parts_crc, piece_key, BadPages, FileEntry, FileStat, PageChecksums, Part, BAD_BLOCKS_RECORDED, PART_SIZE,
+};
 use super::packs::{
     self, content_hash, Group, GroupRef, Hash, PackWriter, Packs, PieceRef, PreviousGroups, GROUP_SIZE, PIECE_SIZE,
 };
@@ -64,6 +75,10 @@ pub(super) struct Copied {
     pub files: Vec<FileEntry>,
     /// What checking the pages found (`checked` false when nothing was checked).
     pub pages: PageChecksums,
+    /// Files taken from the previous backup without reading them (the skip rule).
+    pub skipped_files: usize,
+    /// Their bytes.
+    pub skipped_bytes: u64,
 }
 
 /// How a deduplicated backup stores its files: into `packs`, sharing what did not change since
@@ -94,6 +109,16 @@ pub(super) struct Copying<'a> {
 struct Stored {
     part: Part,
     groups: Vec<GroupRef>,
+    /// In a deduplicated backup, what the task saw of its file around its read.
+    seen: Option<Seen>,
+}
+
+/// What one task saw of its file: its stat before and after its read, and when it started.
+#[derive(Clone, Copy)]
+struct Seen {
+    before: FileStat,
+    after: FileStat,
+    started: SystemTime,
 }
 
 /// One object to write: a whole file, or part `index` of it.
@@ -150,7 +175,27 @@ pub(super) fn copy_files(
         .num_threads(jobs.max(1))
         .build()
         .map_err(|e| Error::Refused(format!("cannot start {jobs} copy threads: {e}")))?;
-    let tasks: Vec<Task> = tree.files.iter().flat_map(tasks).collect();
+    let unread: Vec<Option<FileEntry>> = match packed {
+        Some(packed) => pool.install(|| {
+            tree.files
+                .par_iter()
+                .map(|file| unchanged(repo, packed.previous, file))
+                .collect::<Result<_>>()
+        })?,
+        None => vec![None; tree.files.len()],
+    };
+    let (skipped_files, skipped_bytes) = unread
+        .iter()
+        .flatten()
+        .fold((0, 0), |(files, bytes), entry| (files + 1, bytes + entry.size));
+    progress.advance(skipped_bytes);
+    let tasks: Vec<Task> = tree
+        .files
+        .iter()
+        .zip(&unread)
+        .filter(|(_, unread)| unread.is_none())
+        .flat_map(|(file, _)| tasks(file))
+        .collect();
     let stored: Vec<Option<(Stored, PiecePages)>> = pool.install(|| {
         tasks
             .par_iter()
@@ -162,7 +207,7 @@ pub(super) fn copy_files(
     })?;
     let checked = page_checksums(pages.is_some(), &tasks, &stored);
     let stored: Vec<Option<Stored>> = stored.into_iter().map(|s| s.map(|(stored, _)| stored)).collect();
-    let mut copied = entries(&tasks, &stored);
+    let mut copied = in_walk_order(&tree.files, unread, entries(&tasks, &stored));
     let control = tree.control.as_ref().expect("scan found pg_control");
     let control_tasks = self::tasks(control);
     let control_stored = control_tasks
@@ -177,7 +222,61 @@ pub(super) fn copy_files(
     Ok(Copied {
         files: copied,
         pages: checked,
+        skipped_files,
+        skipped_bytes,
     })
+}
+
+/// The previous backup's entry of `file`, to be taken without reading the file, when the skip
+/// rule allows it: `previous` trusted the file, and its stat now, taken after `pg_backup_start`
+/// returned, has the recorded size, mtime, ctime, inode and device. Its groups must also pass
+/// the check a shared group passes in [`copy_packed`]: while packs are condemned, every group
+/// record is read and none of its packs may be condemned. `None`: read the file (also when it
+/// is gone or cannot be inspected: the read says what happened).
+fn unchanged(repo: &Repo, previous: &PreviousGroups, file: &SourceFile) -> Result<Option<FileEntry>> {
+    let Some(prior) = previous.unchanged(&file.path) else {
+        return Ok(None);
+    };
+    let (Some(recorded), Ok(meta)) = (prior.stat, std::fs::metadata(&file.full_path)) else {
+        return Ok(None);
+    };
+    if !meta.is_file() || !FileStat::of(&meta).same_as(&recorded) {
+        return Ok(None);
+    }
+    if previous.any_condemned() {
+        if !prior.groups.iter().all(|g| previous.may_use(&g.pack)) {
+            return Ok(None);
+        }
+        let records = packs::read_groups(repo, &prior.groups)?;
+        if !records.values().all(|group| usable(group, previous)) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(FileEntry {
+        mode: file.mode,
+        mtime: file.mtime,
+        stored_size: 0,
+        ..prior.clone()
+    }))
+}
+
+/// Whether none of `group`'s pieces lies in a condemned pack.
+fn usable(group: &Group, previous: &PreviousGroups) -> bool {
+    group
+        .pieces
+        .iter()
+        .all(|p| p.stored.is_none_or(|(frame, _)| previous.may_use(&frame.pack)))
+}
+
+/// The entries of the files taken unread and of those `read` (in walk order, without the
+/// files that vanished), put together in the walk's order.
+fn in_walk_order(files: &[SourceFile], unread: Vec<Option<FileEntry>>, read: Vec<FileEntry>) -> Vec<FileEntry> {
+    let mut read = read.into_iter().peekable();
+    files
+        .iter()
+        .zip(unread)
+        .filter_map(|(file, unread)| unread.or_else(|| read.next_if(|e| e.path == file.path)))
+        .collect()
 }
 
 /// The pages' findings of every piece put together per file (`stored` in task order).
@@ -231,22 +330,53 @@ fn entries(tasks: &[Task], stored: &[Option<Stored>]) -> Vec<FileEntry> {
 
 fn entry(file: &SourceFile, split: bool, stored: Vec<Stored>) -> FileEntry {
     let groups: Vec<GroupRef> = stored.iter().flat_map(|s| s.groups.iter().copied()).collect();
+    let size = stored.iter().map(|s| s.part.size).sum();
+    let stat = observed(&stored, size);
     let parts: Vec<Part> = stored.into_iter().map(|s| s.part).collect();
     let mut entry = FileEntry {
         path: file.path.clone(),
-        size: parts.iter().map(|p| p.size).sum(),
+        size,
         mode: file.mode,
         mtime: file.mtime,
         crc32: parts_crc(&parts),
         stored_size: parts.iter().map(|p| p.stored_size).sum(),
         parts: vec![],
         groups,
+        stat,
     };
     if split && entry.groups.is_empty() {
         entry.parts = parts;
     }
     entry
 }
+
+/// The stat a deduplicated backup records for a file read in the tasks `stored` (`size` bytes in
+/// all): the last one seen, trusted when every stat around every task's read was the same, of
+/// `size` bytes, with ctime and mtime at least a second older than the first read's start.
+fn observed(stored: &[Stored], size: u64) -> Option<FileStat> {
+    let seen: Vec<&Seen> = stored.iter().map(|s| s.seen.as_ref()).collect::<Option<_>>()?;
+    let first = seen.first()?.before;
+    let last = seen.last()?.after;
+    let still = seen.iter().all(|s| s.before.same_as(&first) && s.after.same_as(&first));
+    let started = seen.iter().map(|s| s.started).min()?;
+    let settled = started
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|since| i64::try_from(since.as_nanos()).ok())
+        .is_some_and(|start| {
+            let limit = start - TRUST_MARGIN_NS;
+            first.ctime_ns <= limit && first.mtime_ns <= limit
+        });
+    Some(FileStat {
+        trusted: still && settled && first.size == size,
+        ..last
+    })
+}
+
+/// How much older than a read's start a file's ctime and mtime must be for the file to be
+/// trusted: a second, far more than a tick of the coarse clock that file times come from, so a
+/// write after the read started always leaves a later ctime than the recorded one.
+const TRUST_MARGIN_NS: i64 = 1_000_000_000;
 
 thread_local! {
     /// Each job's read buffer, kept between pieces so the kernel does not map and zero a
@@ -304,6 +434,7 @@ fn copy_piece(
                     stored_size: 0,
                 },
                 groups: vec![],
+                seen: None,
             },
             found,
         )));
@@ -323,6 +454,7 @@ fn copy_piece(
                 stored_size: object.len() as u64,
             },
             groups: vec![],
+            seen: None,
         },
         found,
     )))
@@ -341,11 +473,20 @@ fn copy_packed(
     progress: &dyn Progress,
 ) -> Result<Option<(Stored, PiecePages)>> {
     let path = &task.file.full_path;
+    let started = SystemTime::now();
     let mut reader = match open_piece(task) {
         Ok(reader) => reader,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", path)(e)),
     };
+    let stat = |reader: &io::Take<File>| {
+        reader
+            .get_ref()
+            .metadata()
+            .map(|meta| FileStat::of(&meta))
+            .map_err(Error::io("inspect", path))
+    };
+    let stat_before = stat(&reader)?;
     let check = pages.zip(page::relation_file(&task.file.path));
     let first_group = (task.offset() / GROUP_SIZE as u64) as usize;
     let before = packed.previous.groups_of(&task.file.path, first_group);
@@ -380,13 +521,8 @@ fn copy_packed(
                     earlier = Some(packs::read_groups(repo, before)?);
                 }
                 let prior_group = prior.and_then(|prior| earlier.as_ref()?.get(prior));
-                let usable = |group: &Group| {
-                    group
-                        .pieces
-                        .iter()
-                        .all(|p| p.stored.is_none_or(|(frame, _)| previous.may_use(&frame.pack)))
-                };
-                let reusable = same.filter(|_| !previous.any_condemned() || prior_group.is_some_and(usable));
+                let reusable =
+                    same.filter(|_| !previous.any_condemned() || prior_group.is_some_and(|g| usable(g, previous)));
                 let group = match reusable {
                     Some(same) => *same,
                     None => {
@@ -401,6 +537,7 @@ fn copy_packed(
             }
         })
     })?;
+    let after = stat(&reader)?;
     crate::crash_point::reached("backup:piece");
     Ok(Some((
         Stored {
@@ -411,6 +548,11 @@ fn copy_packed(
                 stored_size,
             },
             groups,
+            seen: Some(Seen {
+                before: stat_before,
+                after,
+                started,
+            }),
         },
         found,
     )))
@@ -603,6 +745,11 @@ mod tests {
 
     /// A deduplicated copy of `tree` as backup `id` of a local repository, sharing with `previous`.
     fn copy_packed_tree(repo: &Repo, id: &str, tree: &SourceTree, previous: &PreviousGroups) -> Vec<FileEntry> {
+        copy_packed_counted(repo, id, tree, previous).files
+    }
+
+    /// The same, with what the copy skipped.
+    fn copy_packed_counted(repo: &Repo, id: &str, tree: &SourceTree, previous: &PreviousGroups) -> Copied {
         let packs = Packs::new(repo, id, Codec::default());
         let packed = Packed {
             packs: &packs,
@@ -622,7 +769,7 @@ mod tests {
         )
         .unwrap();
         packs.finish().unwrap();
-        copied.files
+        copied
     }
 
     /// The packs `files` reference: of their groups and of their pieces.
@@ -688,6 +835,75 @@ mod tests {
             "every group is stored again"
         );
         assert_eq!(avoiding[0].size, bytes.len() as u64);
+    }
+
+    #[test]
+    fn a_trusted_file_is_taken_unread_until_its_stat_moves_but_never_from_a_condemned_pack() {
+        let data = tempfile::tempdir().unwrap();
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(repo_dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..2 * GROUP_SIZE as u64 + 100).map(|i| (i * i % 251) as u8).collect();
+        let cold = source(data.path(), "16384", &bytes);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // Written less than a second before the read: not trusted.
+        let fresh = source(data.path(), "16385", &bytes[..PIECE_SIZE]);
+        let tree = SourceTree {
+            files: vec![cold.clone(), fresh],
+            control: Some(source(data.path(), "pg_control", b"control")),
+            ..SourceTree::default()
+        };
+        let first = copy_packed_tree(&repo, "a", &tree, &PreviousGroups::default());
+        let stat = |entry: &FileEntry| entry.stat.expect("a deduplicated backup records the stat");
+        assert!(stat(&first[0]).trusted && stat(&first[0]).size == bytes.len() as u64);
+        assert!(!stat(&first[1]).trusted, "a file changed within a second of the read");
+        assert!(first[2].stat.is_none(), "pg_control is an object: no stat");
+        let mut manifest = Manifest::for_test("a", crate::backup::Tier::Hourly, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
+        manifest.files = first.clone();
+        let trusting = || PreviousGroups::of(&manifest).trusting(&manifest);
+
+        let second = copy_packed_counted(&repo, "b", &tree, &trusting());
+        assert_eq!((second.skipped_files, second.skipped_bytes), (1, bytes.len() as u64));
+        assert_eq!(
+            second.files[0],
+            FileEntry {
+                stored_size: 0,
+                ..first[0].clone()
+            },
+            "the skipped file is its previous entry, nothing stored"
+        );
+        assert_eq!(
+            second.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            ["16384", "16385", "pg_control"]
+        );
+        let untrusted = copy_packed_counted(&repo, "c", &tree, &PreviousGroups::of(&manifest));
+        assert_eq!(untrusted.skipped_files, 0, "only what the caller lets trust is skipped");
+
+        // While the file's packs are condemned, it is read and its pieces stored again.
+        let condemned = packs_of(&repo, &first[..1]);
+        let avoiding = copy_packed_counted(&repo, "d", &tree, &trusting().avoiding(condemned.clone()));
+        assert_eq!(avoiding.skipped_files, 0);
+        assert!(packs_of(&repo, &avoiding.files[..1]).is_disjoint(&condemned));
+
+        // Other bytes of the same size, the recorded mtime put back: the ctime moved, it is read.
+        let mut changed = bytes.clone();
+        changed[GROUP_SIZE + 7] ^= 1;
+        std::fs::write(&cold.full_path, &changed).unwrap();
+        let mtime = UNIX_EPOCH + std::time::Duration::from_nanos(stat(&first[0]).mtime_ns as u64);
+        File::options()
+            .write(true)
+            .open(&cold.full_path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let now = FileStat::of(&std::fs::metadata(&cold.full_path).unwrap());
+        assert_eq!(
+            (now.size, now.mtime_ns),
+            (stat(&first[0]).size, stat(&first[0]).mtime_ns)
+        );
+        let after = copy_packed_counted(&repo, "e", &tree, &trusting());
+        assert_eq!(after.skipped_files, 0);
+        assert_ne!(after.files[0].groups, first[0].groups, "the change is stored");
+        assert!(!stat(&after.files[0]).trusted, "just written: not trusted");
     }
 
     #[test]

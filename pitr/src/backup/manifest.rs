@@ -26,7 +26,9 @@ use crate::wal::{Lsn, SegmentSize, TimelineId};
 /// ([`FileEntry::groups`], stored in packs shared by backups: see [`super::packs`]), which an
 /// older pitr cannot restore. Versions 1 and 2 read the same (no checksum), versions 1 to 3
 /// without a configuration, 1 to 5 without page checksums, 1 to 6 with every file an object of
-/// its backup's directory.
+/// its backup's directory. Format 7 added [`Manifest::pgdata`] and [`FileEntry::stat`] later, as
+/// optional fields: a format-7 manifest without them trusts no file, so the next backup reads
+/// every file (no released pitr wrote format 7 before them).
 pub const MANIFEST_VERSION: u32 = 7;
 
 /// The version of a manifest whose files are all objects of the backup's directory: what a
@@ -93,6 +95,11 @@ pub struct Manifest {
     /// older manifests, whose backups checked nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_checksums: Option<PageChecksums>,
+    /// The data directory the files were read from, its path made canonical (format 7, for the
+    /// skip rule: only a backup of the same data directory takes files from this one unread);
+    /// `None` in older manifests and in those of backups without deduplication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgdata: Option<String>,
 }
 
 /// The data pages' checksums as a backup checked them: every page of every relation fork
@@ -254,6 +261,7 @@ impl Manifest {
             files: _,
             configuration: _,
             page_checksums: _,
+            pgdata: _,
         } = self;
         ManifestSummary {
             format_version: *format_version,
@@ -482,6 +490,68 @@ pub struct FileEntry {
     /// what this backup stored anew for the file (frames and group records), and `parts` is empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<GroupRef>,
+    /// Format 7: the file's metadata as the backup saw it, and whether it is trusted, which is
+    /// what lets a later hourly backup take the file's groups from this entry without reading it
+    /// (the skip rule: [`FileStat`]). `None` in older manifests: nothing is trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stat: Option<FileStat>,
+}
+
+/// A file's metadata as a deduplicated backup saw it (`stat` of the open file), for the skip
+/// rule of bench/dedup.md section 8.3: a later hourly backup of the same data directory takes the
+/// file's groups from this backup without reading it only when the file is `trusted` here and its
+/// size, mtime, ctime, inode and device are all still these.
+///
+/// ctime is what makes the rule safe: any writer can set mtime back (`touch -d`, `cp -p`,
+/// `utimensat`), but the kernel sets ctime to the current time on every write and every metadata
+/// change, and nothing sets it back. The inode and device catch a file replaced by a rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStat {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the Unix epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub inode: u64,
+    /// Device number of the file system holding it.
+    pub device: u64,
+    /// Whether the content read is the file's for as long as these stay the same: every stat
+    /// taken around the backup's read of the file (before and after each of its parts) was this
+    /// one, its size is the bytes read, and its ctime and mtime are at least a second older than
+    /// the read's start, so a later write, even in the same clock tick as the stat, leaves
+    /// another ctime.
+    pub trusted: bool,
+}
+
+impl FileStat {
+    /// The metadata of `meta`, not (yet) trusted.
+    pub fn of(meta: &std::fs::Metadata) -> FileStat {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |secs: i64, nanos: i64| secs.saturating_mul(1_000_000_000).saturating_add(nanos);
+        FileStat {
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            inode: meta.ino(),
+            device: meta.dev(),
+            trusted: false,
+        }
+    }
+
+    /// Whether `other` saw the same file in the same state (size, times, inode and device),
+    /// trusted or not.
+    pub fn same_as(&self, other: &FileStat) -> bool {
+        FileStat {
+            trusted: false,
+            ..*self
+        } == FileStat {
+            trusted: false,
+            ..*other
+        }
+    }
 }
 
 /// Files larger than this are stored in parts of this size, so that one big relation file is
@@ -644,6 +714,7 @@ impl Manifest {
             files: vec![],
             configuration: None,
             page_checksums: Some(PageChecksums::default()),
+            pgdata: None,
         }
     }
 }
@@ -683,6 +754,7 @@ mod tests {
             stored_size: 0,
             parts: vec![],
             groups: vec![],
+            stat: None,
         };
         m.files = vec![
             file("base/1/1259", 0o600),
@@ -742,6 +814,7 @@ mod tests {
             stored_size: 1,
             parts: vec![],
             groups: vec![],
+            stat: None,
         }
     }
 
@@ -804,6 +877,42 @@ mod tests {
     }
 
     #[test]
+    fn the_skip_rules_fields_are_optional_in_format_7() {
+        let mut m = Manifest::for_test("b", Tier::Hourly, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
+        m.files = vec![FileEntry {
+            path: "base/5/16384".into(),
+            size: 8192,
+            mode: 0o600,
+            mtime: 0,
+            crc32: 0,
+            stored_size: 0,
+            parts: vec![],
+            groups: vec![],
+            stat: None,
+        }];
+        let without = m.to_bytes();
+        let text = String::from_utf8_lossy(&without);
+        assert!(!text.contains("\"stat\"") && !text.contains("\"pgdata\""), "{text}");
+        assert_eq!(Manifest::from_bytes(&without, "m").unwrap(), m);
+        m.pgdata = Some("/var/lib/postgresql/15/main".into());
+        m.files[0].stat = Some(FileStat {
+            size: 8192,
+            mtime_ns: 1_796_644_339_063_533_410,
+            ctime_ns: 1_796_644_339_063_533_411,
+            inode: 42,
+            device: 65024,
+            trusted: true,
+        });
+        assert_eq!(Manifest::from_bytes(&m.to_bytes(), "m").unwrap(), m);
+        let stat = m.files[0].stat.unwrap();
+        assert!(stat.same_as(&FileStat { trusted: false, ..stat }));
+        assert!(!stat.same_as(&FileStat {
+            ctime_ns: stat.ctime_ns + 1,
+            ..stat
+        }));
+    }
+
+    #[test]
     fn configuration_files_are_stored_under_config_and_checked_like_the_others() {
         let mut m = Manifest::for_test("b", Tier::Daily, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
         m.configuration = Some(debian_configuration());
@@ -845,6 +954,7 @@ mod tests {
             stored_size: 2,
             parts: vec![],
             groups: vec![],
+            stat: None,
         };
         let keys: Vec<String> = file.pieces().iter().map(|p| p.key("hourly/x/")).collect();
         assert_eq!(keys, ["hourly/x/files/base/5/16384"]);

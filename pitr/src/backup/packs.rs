@@ -404,6 +404,8 @@ impl<'a> Packs<'a> {
 #[derive(Debug, Default)]
 pub struct PreviousGroups {
     files: HashMap<String, Vec<GroupRef>>,
+    /// The entries of the files the skip rule may take unread (see [`PreviousGroups::trusting`]).
+    unchanged: HashMap<String, super::manifest::FileEntry>,
     /// Packs an expire condemned: never referenced again (see [`super::sweep`]).
     condemned: std::collections::HashSet<Hash>,
 }
@@ -418,8 +420,33 @@ impl PreviousGroups {
                 .filter(|f| f.is_deduplicated())
                 .map(|f| (f.path.clone(), f.groups.clone()))
                 .collect(),
-            condemned: Default::default(),
+            ..PreviousGroups::default()
         }
+    }
+
+    /// The same, with the entries of `manifest`'s files that it recorded as trusted (see
+    /// [`super::manifest::FileStat`]): a file whose stat is still the recorded one is taken from
+    /// there unread. Only for a backup that the skip rule allows to skip at all (hourly, of the
+    /// same data directory, the clock not behind `manifest`'s stop). An entry whose groups do
+    /// not cover its size, or whose stat is not of its size, is not taken.
+    pub fn trusting(self, manifest: &super::manifest::Manifest) -> PreviousGroups {
+        let unchanged = manifest
+            .files
+            .iter()
+            .filter(|f| {
+                f.is_deduplicated()
+                    && f.parts.is_empty()
+                    && f.groups.len() as u64 == f.size.div_ceil(GROUP_SIZE as u64)
+                    && f.stat.is_some_and(|s| s.trusted && s.size == f.size)
+            })
+            .map(|f| (f.path.clone(), f.clone()))
+            .collect();
+        PreviousGroups { unchanged, ..self }
+    }
+
+    /// The previous entry of the file at `path`, when it was trusted and may be taken unread.
+    pub fn unchanged(&self, path: &str) -> Option<&super::manifest::FileEntry> {
+        self.unchanged.get(path)
     }
 
     /// The same, never referencing the `condemned` packs.

@@ -167,6 +167,7 @@ mod tests {
             stored_size: size / 2,
             parts: vec![],
             groups: vec![],
+            stat: None,
         }
     }
 
