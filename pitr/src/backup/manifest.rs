@@ -745,17 +745,7 @@ mod tests {
     fn paths_modes_and_locations_that_escape_are_named() {
         let mut m = Manifest::for_test("b", Tier::Daily, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
         assert!(m.layout_problems().is_empty());
-        let file = |path: &str, mode: u32| FileEntry {
-            path: path.into(),
-            size: 0,
-            mode,
-            mtime: 0,
-            crc32: 0,
-            stored_size: 0,
-            parts: vec![],
-            groups: vec![],
-            stat: None,
-        };
+        let file = |path: &str, mode: u32| entry(path, 0, mode);
         m.files = vec![
             file("base/1/1259", 0o600),
             file("/etc/cron.d/x", 0o600),
@@ -804,18 +794,23 @@ mod tests {
         assert!(Manifest::from_bytes(&damaged, "m").is_err());
     }
 
-    fn config_file(path: &str) -> FileEntry {
+    /// A file of `size` bytes stored whole, as the tests of this module need one.
+    fn entry(path: &str, size: u64, mode: u32) -> FileEntry {
         FileEntry {
             path: path.into(),
-            size: 1,
-            mode: 0o640,
+            size,
+            mode,
             mtime: 0,
             crc32: 0,
-            stored_size: 1,
+            stored_size: size,
             parts: vec![],
             groups: vec![],
             stat: None,
         }
+    }
+
+    fn config_file(path: &str) -> FileEntry {
+        entry(path, 1, 0o640)
     }
 
     fn debian_configuration() -> Configuration {
@@ -879,17 +874,7 @@ mod tests {
     #[test]
     fn the_skip_rules_fields_are_optional_in_format_7() {
         let mut m = Manifest::for_test("b", Tier::Hourly, 1, 2..=2, chrono::DateTime::UNIX_EPOCH);
-        m.files = vec![FileEntry {
-            path: "base/5/16384".into(),
-            size: 8192,
-            mode: 0o600,
-            mtime: 0,
-            crc32: 0,
-            stored_size: 0,
-            parts: vec![],
-            groups: vec![],
-            stat: None,
-        }];
+        m.files = vec![entry("base/5/16384", 8192, 0o600)];
         let without = m.to_bytes();
         let text = String::from_utf8_lossy(&without);
         assert!(!text.contains("\"stat\"") && !text.contains("\"pgdata\""), "{text}");
@@ -945,17 +930,7 @@ mod tests {
 
     #[test]
     fn parts_have_their_own_keys() {
-        let file = FileEntry {
-            path: "base/5/16384".into(),
-            size: 3,
-            mode: 0o600,
-            mtime: 0,
-            crc32: 0,
-            stored_size: 2,
-            parts: vec![],
-            groups: vec![],
-            stat: None,
-        };
+        let file = entry("base/5/16384", 3, 0o600);
         let keys: Vec<String> = file.pieces().iter().map(|p| p.key("hourly/x/")).collect();
         assert_eq!(keys, ["hourly/x/files/base/5/16384"]);
         let part = Part {
