@@ -390,16 +390,6 @@ fn restore_of_an_idle_cluster_is_byte_for_byte_with_the_expected_layout() {
 
     // Every directory of the data directory exists; every file outside the emptied directories
     // and runtime files is restored.
-    const EMPTIED: [&str; 8] = [
-        "pg_wal/",
-        "pg_replslot/",
-        "pg_dynshmem/",
-        "pg_notify/",
-        "pg_serial/",
-        "pg_snapshots/",
-        "pg_stat_tmp/",
-        "pg_subtrans/",
-    ];
     let expected: BTreeSet<&String> = source
         .keys()
         .filter(|p| !EMPTIED.iter().any(|d| p.starts_with(d)) || source[*p].is_dir())
@@ -594,21 +584,12 @@ fn restore_refuses_unsafe_targets_and_unknown_backups() {
 /// Every file of the data directory outside the emptied directories and runtime files, but
 /// pg_control, relative path → bytes.
 fn data_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    const SKIPPED: [&str; 10] = [
-        "pg_wal/",
-        "pg_replslot/",
-        "pg_dynshmem/",
-        "pg_notify/",
-        "pg_serial/",
-        "pg_snapshots/",
-        "pg_stat_tmp/",
-        "pg_subtrans/",
-        "postmaster.",
-        "global/pg_control",
-    ];
+    const SKIPPED: [&str; 2] = ["postmaster.", "global/pg_control"];
     entries(root)
         .into_iter()
-        .filter(|(p, meta)| meta.is_file() && !SKIPPED.iter().any(|s| p.starts_with(s)) && p != "backup_label")
+        .filter(|(p, meta)| {
+            meta.is_file() && !EMPTIED.iter().chain(&SKIPPED).any(|s| p.starts_with(s)) && p != "backup_label"
+        })
         .filter(|(p, _)| !p.contains("pg_internal.init"))
         .map(|(p, _)| {
             let bytes = read(&root.join(&p));
@@ -616,6 +597,18 @@ fn data_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
         })
         .collect()
 }
+
+/// The directories of a data directory that a restore leaves empty.
+const EMPTIED: [&str; 8] = [
+    "pg_wal/",
+    "pg_replslot/",
+    "pg_dynshmem/",
+    "pg_notify/",
+    "pg_serial/",
+    "pg_snapshots/",
+    "pg_stat_tmp/",
+    "pg_subtrans/",
+];
 
 /// The files in which two snapshots of [`data_files`] differ.
 fn differing(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
