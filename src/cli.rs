@@ -361,16 +361,21 @@ pub enum Command {
         /// Files copied at once (default: the number of cores).
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
-        /// Store the files deduplicated (manifest format 7, a preview): 8 KiB pieces in packs
-        /// shared with the other deduplicated backups, so only what changed since the previous
-        /// one is stored; the backup still restores on its own.
-        #[arg(long)]
+        /// Store the files deduplicated (manifest format 7): 8 KiB pieces in packs shared with
+        /// the other deduplicated backups, so only what changed since the previous one is
+        /// stored; the backup still restores on its own. The default when the config file sets
+        /// `dedup = true` (as `pitr init` writes it).
+        #[arg(long, conflicts_with = "no_dedup")]
         dedup: bool,
-        /// With --dedup, read and hash every file. Without it an hourly backup takes a file
+        /// Store the files as whole objects (manifest format 6), even when the config file sets
+        /// `dedup = true`.
+        #[arg(long)]
+        no_dedup: bool,
+        /// With deduplication, read and hash every file. Without it an hourly backup takes a file
         /// unread from the previous deduplicated backup of the same data directory when that
         /// backup trusted it and its size, mtime, ctime, inode and device did not change; daily
         /// and weekly backups always read every file.
-        #[arg(long, requires = "dedup")]
+        #[arg(long, conflicts_with = "no_dedup")]
         read_all: bool,
         /// Do not run expire for the tier afterwards.
         #[arg(long)]

@@ -187,10 +187,13 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             fast,
             jobs,
             dedup,
+            no_dedup,
             read_all,
             no_expire,
             json,
         } => {
+            let deduplicate =
+                deduplicates(*dedup, *no_dedup, *read_all, settings).map_err(pitr::Error::InvalidInput)?;
             let options = BackupOptions {
                 tier: tier.parse()?,
                 name: settings.name.clone(),
@@ -198,7 +201,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
                 fast: *fast,
                 jobs: jobs.unwrap_or(settings.jobs),
                 codec: settings.codec,
-                deduplicate: *dedup,
+                deduplicate,
                 read_all: *read_all,
             };
             run_backup(&repo, connection, &options, !no_expire, *json, settings)
@@ -756,6 +759,32 @@ fn shell_quote(word: &str) -> String {
     } else {
         format!("'{}'", word.replace('\'', "'\\''"))
     }
+}
+
+/// Arguments that contradict the settings: bad arguments, refused before anything is tried.
+pub fn check_arguments(command: &Command, settings: &Settings) -> std::result::Result<(), String> {
+    if let Command::Backup {
+        dedup,
+        no_dedup,
+        read_all,
+        ..
+    } = command
+    {
+        deduplicates(*dedup, *no_dedup, *read_all, settings)?;
+    }
+    Ok(())
+}
+
+/// Whether a backup is deduplicated: with `--dedup`, or when the config file says `dedup = true`
+/// and `--no-dedup` is absent. `--read-all` applies to deduplicated backups only.
+fn deduplicates(dedup: bool, no_dedup: bool, read_all: bool, settings: &Settings) -> std::result::Result<bool, String> {
+    let deduplicate = dedup || (settings.dedup && !no_dedup);
+    if read_all && !deduplicate {
+        return Err(
+            "--read-all applies to deduplicated backups: add --dedup, or set `dedup = true` in the config file".into(),
+        );
+    }
+    Ok(deduplicate)
 }
 
 fn run_backup(

@@ -201,6 +201,9 @@ fn run(invocation: Invocation) -> Outcome {
             return Outcome::Usage(format!("error: {message}\n"));
         }
     }
+    if let Err(message) = commands::check_arguments(&command, &settings) {
+        return Outcome::Usage(format!("error: {message}\n"));
+    }
     done(commands::run(&command, &settings))
 }
 

@@ -33,6 +33,7 @@ struct FileSettings {
     compress_level: Option<i32>,
     name: Option<String>,
     jobs: Option<usize>,
+    dedup: Option<bool>,
     spool: Option<PathBuf>,
     prefetch: Option<u64>,
     keep_hourly: Option<usize>,
@@ -104,6 +105,8 @@ pub struct Settings {
     pub name: String,
     /// Files copied at once by backup and restore, unless a flag says otherwise.
     pub jobs: usize,
+    /// Backups store their files deduplicated, in packs (`dedup`; `--dedup`/`--no-dedup` override).
+    pub dedup: bool,
     /// Backups kept per tier.
     pub retention: Retention,
     /// The config file that was read, passed on to the restore_command pitr writes.
@@ -256,6 +259,7 @@ impl Settings {
             codec,
             name,
             jobs,
+            dedup: file.dedup.unwrap_or(false),
             retention,
             config,
             spool: args.spool.clone().or(file.spool),

@@ -84,8 +84,8 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
     let config = c.test_dir().write(
         "daemon.toml",
         format!(
-            "repo = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nkeep_hourly = 2\n\n[schedule]\nhourly = \"*/3 * * * * *\"\n\
-             daily = \"off\"\nweekly = \"off\"\nverify = \"off\"\nnames = \"*/2 * * * * *\"\n",
+            "repo = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nkeep_hourly = 2\ndedup = true\n\n[schedule]\n\
+             hourly = \"*/3 * * * * *\"\ndaily = \"off\"\nweekly = \"off\"\nverify = \"off\"\nnames = \"*/2 * * * * *\"\n",
             c.repo().display()
         ),
     );
@@ -162,6 +162,10 @@ fn the_daemon_archives_takes_scheduled_backups_and_serves_metrics() {
     assert!(
         (2..=3).contains(&count),
         "expire after each backup keeps two (three if one ended after the last expire): {backups}"
+    );
+    assert!(
+        backups.as_array().unwrap().iter().all(|b| b["deduplicated"] == true),
+        "the config's dedup = true holds for scheduled backups: {backups}"
     );
 }
 

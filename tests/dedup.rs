@@ -380,3 +380,43 @@ fn daily_backups_and_read_all_read_every_file() {
     let out = c.pitr_connected(c.repo(), &["backup", "--read-all"]);
     assert_eq!(out.code(), Some(2), "--read-all needs --dedup: {}", out.describe());
 }
+
+#[test]
+fn the_config_files_dedup_makes_backups_deduplicated_and_no_dedup_overrides_it() {
+    let c = Cluster::start(ClusterOptions::default());
+    let config = c.test_dir().write("dedup.toml", "dedup = true\n");
+    give_to_server_user(&config);
+    let backup = |args: &[&str]| {
+        run(c
+            .pitr_connected_cmd(c.repo())
+            .arg("--config")
+            .arg(&config)
+            .args(["backup", "--fast", "--json", "--no-expire"])
+            .args(args))
+    };
+    let deduplicated = |out: &CmdOutput| {
+        assert!(out.success(), "{}", out.describe());
+        parse_json(out)["backup"]["deduplicated"]
+            .as_bool()
+            .expect("deduplicated")
+    };
+    assert!(deduplicated(&backup(&[])), "dedup = true: the backup is deduplicated");
+    assert!(
+        deduplicated(&backup(&["--read-all"])),
+        "--read-all needs no --dedup then"
+    );
+    assert!(!deduplicated(&backup(&["--no-dedup"])), "--no-dedup: whole objects");
+    let refused = backup(&["--no-dedup", "--read-all"]);
+    assert_eq!(refused.code(), Some(2), "{}", refused.describe());
+    let listed = c.pitr(&["list", "hourly", "--json"]);
+    let count = serde_json::from_str::<serde_json::Value>(&listed.assert_success().stdout_str())
+        .unwrap()
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(count, 3, "the refused backup wrote nothing: {}", listed.describe());
+    let plain = backup_json(&c, &["--no-expire"]);
+    assert_eq!(
+        plain["backup"]["deduplicated"], false,
+        "no config: whole objects, as before"
+    );
+}

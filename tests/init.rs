@@ -179,6 +179,10 @@ fn a_fresh_cluster_archives_after_init_and_one_restart_and_a_second_init_changes
         Some("48h"),
         "the config file lost its own settings"
     );
+    assert!(
+        !kept.contains_key("dedup"),
+        "an existing setup keeps its backups' format: init adds no dedup key"
+    );
     assert_repository(&repo, &data);
 
     c.restart();
@@ -337,6 +341,12 @@ fn a_debian_cluster_is_set_up_with_its_configuration_in_etc() {
     let auto = fs::read_to_string(cluster.data.join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains("archive_mode = 'on'"), "{auto}");
     assert_config(&config, &repo, &cluster.data);
+    let written: toml::Table = toml::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(
+        written["dedup"].as_bool(),
+        Some(true),
+        "a new setup takes deduplicated backups"
+    );
     assert_repository(&repo, &cluster.data);
 
     cluster.ctl("restart");

@@ -264,8 +264,10 @@ pub struct BackupStatus {
     pub timeline: TimelineId,
     /// Bytes copied.
     pub original_bytes: u64,
-    /// Bytes stored.
+    /// Bytes stored: for a deduplicated backup, what it stored that no earlier one had.
     pub stored_bytes: u64,
+    /// Whether its files lie in packs shared with other backups (manifest format 7).
+    pub deduplicated: bool,
     /// First WAL segment needed.
     pub first_wal: String,
     /// Last WAL segment needed for consistency.
@@ -295,6 +297,7 @@ impl BackupStatus {
             timeline: m.timeline,
             original_bytes: m.original_bytes,
             stored_bytes: m.stored_bytes,
+            deduplicated: m.format_version >= super::manifest::MANIFEST_VERSION,
             first_wal: m.first_wal.clone(),
             last_wal: m.last_wal.clone(),
             duration_seconds: m.duration_seconds,

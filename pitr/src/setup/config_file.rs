@@ -1,7 +1,8 @@
 //! pitr's config file as `pitr init` writes it: `repo`, `pgdata` and `slot`, with whatever else
 //! the file holds kept.
 //!
-//! A missing file, or one of comments only (the packaged template), is written anew; a file
+//! A missing file, or one of comments only (the packaged template), is written anew, with
+//! `dedup = true`: a new setup takes deduplicated backups, an existing one keeps its format. A file
 //! that lacks some of the three gets them added at its top; one that holds them is left alone
 //! (not rewritten). A file that names another repository or data directory is refused: it is
 //! another setup's. The file is written crash-safely ([`Dir::replace`]). Run as root, it is
@@ -215,7 +216,11 @@ fn readable_by(meta: &std::fs::Metadata, owner: &Owner) -> bool {
 /// A new file holding `settings`.
 fn fresh(settings: &[(&str, String)]) -> String {
     let lines: String = settings.iter().map(|(key, value)| line(key, value)).collect();
-    format!("# pitr's settings, written by `pitr init` (README.md, Configuration, lists every key)\n{lines}")
+    format!(
+        "# pitr's settings, written by `pitr init` (README.md, Configuration, lists every key)\n{lines}\
+         # backups share what did not change with the previous ones (docs/design.md, deduplicated backups)\n\
+         dedup = true\n"
+    )
 }
 
 /// `key = "value"`, quoted as TOML quotes.
@@ -243,6 +248,15 @@ fn utf8(path: &Path) -> Result<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_file_names_the_settings_and_deduplicates_backups() {
+        let text = fresh(&[("repo", "/r".into()), ("slot", "pitr".into())]);
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(parsed["repo"].as_str(), Some("/r"), "{text}");
+        assert_eq!(parsed["slot"].as_str(), Some("pitr"), "{text}");
+        assert_eq!(parsed["dedup"].as_bool(), Some(true), "{text}");
+    }
 
     #[test]
     fn values_are_quoted_as_toml_strings() {
