@@ -232,13 +232,6 @@ fn skipped(summary: &serde_json::Value) -> (u64, u64) {
     )
 }
 
-/// The stored manifest of the backup a `backup --json` summary reports.
-fn manifest_of(c: &Cluster, summary: &serde_json::Value) -> serde_json::Value {
-    let backup = &summary["backup"];
-    let dir = c.repo_dir().join(json_str(backup, "tier")).join(json_str(backup, "id"));
-    serde_json::from_slice(&read(&dir.join("backup.manifest"))).unwrap()
-}
-
 /// The entry of the file at `path` in `manifest`.
 fn file_entry(manifest: &serde_json::Value, path: &str) -> serde_json::Value {
     manifest["files"]

@@ -639,15 +639,10 @@ fn deduplicated_backups_store_what_changed_and_each_restores_byte_for_byte_besid
         "the update changed the big table's file"
     );
 
-    let manifest_of = |summary: &serde_json::Value| -> serde_json::Value {
-        let backup = &summary["backup"];
-        let dir = c.repo_dir().join(json_str(backup, "tier")).join(json_str(backup, "id"));
-        serde_json::from_slice(&read(&dir.join("backup.manifest"))).unwrap()
-    };
-    let (first_manifest, second_manifest) = (manifest_of(&first), manifest_of(&second));
+    let (first_manifest, second_manifest) = (manifest_of(&c, &first), manifest_of(&c, &second));
     assert_eq!(first_manifest["format_version"], 7);
     assert_eq!(
-        manifest_of(&old_format)["format_version"],
+        manifest_of(&c, &old_format)["format_version"],
         6,
         "a backup without --dedup keeps format 6"
     );

@@ -371,6 +371,11 @@ impl ObjectHeader {
     }
 }
 
+/// Whether `bytes` begin as a stored object does (its magic), rather than, say, a JSON record.
+pub fn is_object(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
+}
+
 /// Decodes a stored object, verifying size and CRC-32 of the result; `what` names it in errors.
 pub fn decode(object: &[u8], what: &str) -> Result<Vec<u8>> {
     let mut raw = Vec::new();

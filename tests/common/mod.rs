@@ -1037,6 +1037,17 @@ pub fn backup_json(c: &Cluster, extra: &[&str]) -> Value {
     parse_json(&backup_ok(c, &args))
 }
 
+/// The stored manifest of the backup a `backup --json` summary reports, read as pitr reads it (a
+/// deduplicated backup's is compressed), as JSON.
+#[track_caller]
+pub fn manifest_of(c: &Cluster, summary: &Value) -> Value {
+    let backup = &summary["backup"];
+    let dir = c.repo_dir().join(json_str(backup, "tier")).join(json_str(backup, "id"));
+    let stored = read(&dir.join("backup.manifest"));
+    let manifest = pitr::backup::manifest::Manifest::from_bytes(&stored, "backup.manifest").unwrap();
+    serde_json::to_value(manifest).unwrap()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clusters
 // ---------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 //! A record is pretty-printed JSON whose last member is `"checksum_sha256"`: the SHA-256 of every
 //! byte before the comma that introduces it, after PostgreSQL's own backup manifest, whose
 //! `Manifest-Checksum` covers the bytes before it (src/backend/backup/backup_manifest.c). The
-//! file stays plain JSON that an operator can read. Records written before checksums existed
+//! file stays plain JSON that an operator can read (a deduplicated backup's manifest stores this
+//! JSON compressed: [`crate::backup::manifest::Manifest::to_bytes`]). Records written before checksums existed
 //! carry none and are read as they are; a damaged checksum member is never mistaken for one.
 
 use serde::de::DeserializeOwned;
