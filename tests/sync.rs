@@ -432,6 +432,13 @@ fn deduplicated_backups_are_copied_with_their_packs_once_and_the_copy_verifies_a
         (&0.into(), &0.into(), &2.into()),
         "a second sync copies nothing: {again}"
     );
+
+    let s3 = S3Server::start();
+    let offsite = s3.url("offsite");
+    let report = sync_ok(&c, &offsite, &s3.env());
+    assert_eq!(report["backups_copied"], serde_json::json!(ids), "{report}");
+    assert_eq!(packs(&s3.bucket_dir().join("offsite")), source_packs);
+    assert_eq!(recovered_rows(&c, &offsite, &s3.env()), "1500");
 }
 
 #[test]

@@ -11,8 +11,9 @@
 //!    and upgrade-repo write them: the target is bound to the source's cluster before any data
 //!    is written, and a target bound to another cluster is refused before anything is written;
 //! 2. the WAL archive of every generation;
-//! 3. each complete backup: the `backup.incomplete` marker, its files and labels (made durable
-//!    together), the manifest's copy, then the manifest, the commit point, and the marker goes;
+//! 3. each complete backup: the `backup.incomplete` marker, the packs a deduplicated backup needs
+//!    that the target lacks (each durable), its files and labels (made durable together), the
+//!    manifest's copy, then the manifest, the commit point, and the marker goes;
 //! 4. the restore point records.
 //!
 //! The source is listed in the opposite order (restore points, backups, then WAL), so that
@@ -28,6 +29,23 @@
 //! copies only what is missing. Nothing is deleted from the target but the leftovers of a sync
 //! that died while copying a backup the source no longer holds: the target keeps its own
 //! retention (`pitr --repo <target> expire`).
+//!
+//! A deduplicated backup (format 7) needs packs ([`packs`]): those its group records name, read
+//! from the source and checked in the plan. Each is copied once per sync, by the first backup
+//! that needs it; before it is written its bytes are checked against every range the planned
+//! backups reference in it. A pack that fails keeps every backup that needs it out of the copy
+//! (a problem); one the target lists with the same size is taken as copied, with another size it
+//! is a conflict.
+//!
+//! The target's own expire stays safe, by the argument that keeps a backup safe from it
+//! (`backup::sweep`): the manifests sync commits reference packs like a backup's. Before the
+//! target's packs are listed, its gc records are read, at time R. A backup that references a pack
+//! they condemn is not copied this run: reusing the pack could race with the phase 2 that deletes
+//! it; once that has run, a later sync copies the pack anew. A deduplicated backup that would
+//! commit later than R + G (`sweep::grace`) is not committed. So if a record written at T
+//! condemns a pack a copied backup references, the sync had not seen it (R < T), and committed
+//! before R + G < T + G, before phase 2 marks: the pack is live there and kept. A pack sync writes
+//! is younger than G when its backup commits, so no expire condemned it.
 //!
 //! Everything read from the source is untrusted: WAL names must parse, backup directories
 //! must be backup ids of their tier whose manifest names them and passes

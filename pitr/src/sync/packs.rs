@@ -224,14 +224,19 @@ pub fn check(source: &Repo, ranges: &Ranges, size: u64, bytes: &[u8], what: &str
             bytes.len()
         )));
     }
+    if !ranges.groups.is_empty() && !ranges.frames.is_empty() {
+        return Err(corrupt(
+            "backups reference it both as an index pack and as a data pack".into(),
+        ));
+    }
     let magic = if ranges.groups.is_empty() {
         DATA_MAGIC
     } else {
         INDEX_MAGIC
     };
-    if !bytes.starts_with(magic) || (!ranges.groups.is_empty() && !ranges.frames.is_empty()) {
+    if !bytes.starts_with(magic) {
         return Err(corrupt(format!(
-            "it does not begin with {} as the pack its references name must",
+            "it does not begin with {}, as the pack its references name must",
             String::from_utf8_lossy(magic)
         )));
     }
@@ -254,4 +259,64 @@ pub fn check(source: &Repo, ranges: &Ranges, size: u64, bytes: &[u8], what: &str
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::packs::{Group, Packs, PIECE_SIZE};
+    use crate::codec::Codec;
+
+    #[test]
+    fn a_pack_is_checked_against_each_range_referenced_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open_local(dir.path()).unwrap();
+        let packs = Packs::new(&repo, "b", Codec::default());
+        let raw: Vec<u8> = (0..2 * PIECE_SIZE).map(|i| (i % 13) as u8).collect();
+        let (frame, group) = packs
+            .with_writer(|writer| {
+                let frame = packs.store_frame(writer, &raw)?;
+                let pieces = raw
+                    .chunks(PIECE_SIZE)
+                    .enumerate()
+                    .map(|(i, bytes)| PieceRef {
+                        hash: Hash::of(bytes),
+                        len: bytes.len() as u32,
+                        stored: Some((frame, (i * PIECE_SIZE) as u32)),
+                    })
+                    .collect();
+                Ok((frame, packs.store_group(writer, &Group { pieces })?))
+            })
+            .unwrap();
+        packs.finish().unwrap();
+        let stored = |pack: &Hash| repo.storage().get(&pack_key(&pack.hex())).unwrap().unwrap();
+        let (data, index) = (stored(&frame.pack), stored(&group.pack));
+        let second = Hash::of(&raw[PIECE_SIZE..]);
+        let of_frame = |piece: Hash| Ranges {
+            frames: BTreeMap::from([(frame, BTreeSet::from([(PIECE_SIZE as u32, PIECE_SIZE as u32, piece)]))]),
+            ..Ranges::default()
+        };
+        let of_group = Ranges {
+            groups: HashSet::from([group]),
+            ..Ranges::default()
+        };
+        let check = |ranges: &Ranges, bytes: &[u8]| check(&repo, ranges, bytes.len() as u64, bytes, "p");
+
+        check(&of_frame(second), &data).unwrap();
+        check(&of_group, &index).unwrap();
+        let err = check(&of_frame(Hash::of(b"other")), &data).unwrap_err().to_string();
+        assert!(err.contains("has other content"), "a piece's hash: {err}");
+        let err = check(&of_group, &data).unwrap_err().to_string();
+        assert!(
+            err.contains("pitrIDX1"),
+            "a data pack where an index pack is named: {err}"
+        );
+        let mut damaged = index.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        assert!(check(&of_group, &damaged).is_err(), "a group record's content hash");
+        let err = super::check(&repo, &of_group, index.len() as u64 + 1, &index, "p")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("where the listing showed"), "{err}");
+    }
 }
