@@ -433,7 +433,15 @@ fn deduplicated_backups_are_copied_with_their_packs_once_and_the_copy_verifies_a
         "a second sync copies nothing: {again}"
     );
 
-    let s3 = S3Server::start();
+    // Into S3 too: the cluster's own server when its repository is there (one endpoint for both).
+    let started;
+    let s3 = match c.s3_server() {
+        Some(own) => own,
+        None => {
+            started = S3Server::start();
+            &started
+        }
+    };
     let offsite = s3.url("offsite");
     let report = sync_ok(&c, &offsite, &s3.env());
     assert_eq!(report["backups_copied"], serde_json::json!(ids), "{report}");
@@ -487,7 +495,9 @@ fn a_sync_killed_between_packs_and_manifest_resumes() {
     let url = target.to_str().unwrap();
     let out = run(sync_cmd(&c, url, &[]).env("PITR_CRASH_AT", "sync:pack#2"));
     assert!(matches!(out.code(), None | Some(137)), "{}", out.describe());
-    assert!(packs(&target).len() >= 2, "packs were written before the kill");
+    // Other jobs may have written a pack more before the kill landed.
+    let before = packs(&target).len() as u64;
+    assert!(before >= 2, "packs were written before the kill");
     assert_eq!(
         listed(&c, &target),
         Vec::<String>::new(),
@@ -498,7 +508,7 @@ fn a_sync_killed_between_packs_and_manifest_resumes() {
     assert_eq!(report["problems"], serde_json::json!([]), "{report}");
     assert_eq!(report["backups_copied"], serde_json::json!(ids), "{report}");
     assert_eq!(
-        report["packs_copied"].as_u64().unwrap() + 2,
+        report["packs_copied"].as_u64().unwrap() + before,
         packs(c.repo_dir()).len() as u64,
         "the packs the killed run wrote are not copied again: {report}"
     );
