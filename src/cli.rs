@@ -649,13 +649,15 @@ pub enum Command {
     /// Copy what this repository holds into a second one (off-site), verified and resumable.
     ///
     /// Copies the objects the target lacks: repo.json and the generation records first (a
-    /// target of another cluster is refused), then the WAL, each complete backup's files before
-    /// its manifest, then the restore point records. Each object is checked in the source
-    /// (checksums), written create-only and read back. An object the target holds with other
-    /// content is refused, never overwritten. A sync that died is resumed by the next one.
-    /// No backup or WAL is deleted from the target: it keeps its own retention (`pitr --repo
-    /// TARGET expire`). Exit 0: copied; 1: failed (nothing overwritten); 2: some source objects
-    /// are damaged and were not copied (the rest was).
+    /// target of another cluster is refused), then the WAL, each complete backup's files (and a
+    /// deduplicated backup's packs, each once) before its manifest, then the restore point
+    /// records. Each object is checked in the source (checksums), written create-only and read
+    /// back. An object the target holds with other content is refused, never overwritten. A sync
+    /// that died is resumed by the next one. No backup or WAL is deleted from the target: it
+    /// keeps its own retention (`pitr --repo TARGET expire`). Exit 0: copied; 1: failed (nothing
+    /// overwritten); 2: problems reported (source objects damaged, or a deduplicated backup left
+    /// for a later sync because the target's expire condemned a pack it needs) and not copied
+    /// (the rest was).
     Sync {
         /// The repository to copy into: a directory, file:///path or s3://bucket/prefix
         /// (default: `sync_to` in the config file).

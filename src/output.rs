@@ -242,8 +242,8 @@ pub fn sync_report(report: &SyncReport) {
         println!("{verb} the unfinished copy of backup {id}, which the source no longer holds");
     }
     println!(
-        "{verb} {} objects ({}) from {} to {}: {} WAL files, {} backups{}, {} restore points, {} maps of names, {} drill \
-         records; {} objects were there already ({} backups); {:.1} s",
+        "{verb} {} objects ({}) from {} to {}: {} WAL files, {} backups{}, {} packs ({}), {} restore points, {} maps of \
+         names, {} drill records; {} objects were there already ({} backups); {:.1} s",
         report.objects_copied,
         mib(report.bytes_copied),
         report.source,
@@ -255,6 +255,8 @@ pub fn sync_report(report: &SyncReport) {
         } else {
             format!(" ({})", report.backups_copied.join(", "))
         },
+        report.packs_copied,
+        mib(report.pack_bytes_copied),
         report.restore_points_copied,
         report.names_copied,
         report.drills_copied,

@@ -1,7 +1,9 @@
 //! `pitr sync`: a second repository, local or on S3 (s3s-fs), that recovery uses alone; a sync
 //! killed at its crash points and resumed; an object of other content in the target refused; a
 //! target of another cluster refused; a damaged source object reported and not copied; the
-//! daemon's scheduled sync job.
+//! daemon's scheduled sync job. Deduplicated backups: their packs copied once, verified and
+//! recovered from the copy; a damaged pack, a kill between packs and manifest, a pack the target's
+//! expire condemned.
 
 mod common;
 
@@ -315,4 +317,258 @@ fn the_daemon_runs_the_scheduled_sync() {
         .args(["sync", "--dry-run"]));
     assert_eq!(out.code(), Some(2), "{}", out.describe());
     assert!(out.stderr_str().contains("sync_to"), "{}", out.describe());
+}
+
+/// Like [`the_bad_day`] with two deduplicated backups: the second, after 500 rows more, shares
+/// the packs of the files that did not change. Returns both ids and the packs each wrote.
+fn the_bad_day_deduplicated(c: &Cluster) -> ([String; 2], [Vec<PathBuf>; 2]) {
+    c.pitr_connected(c.repo(), &["create-repo"]).assert_success();
+    c.psql("CREATE TABLE products (id int PRIMARY KEY); INSERT INTO products SELECT generate_series(1, 1000)");
+    c.psql("CHECKPOINT");
+    let first = backup_json(c, &["--dedup", "--no-expire"])["backup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first_packs = packs(c.repo_dir());
+    c.psql("INSERT INTO products SELECT generate_series(1001, 1500)");
+    c.psql("CHECKPOINT");
+    std::thread::sleep(Duration::from_secs(1));
+    let second = backup_json(c, &["--dedup", "--no-expire"])["backup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second_packs: Vec<PathBuf> = packs(c.repo_dir())
+        .into_iter()
+        .filter(|p| !first_packs.contains(p))
+        .collect();
+    c.pitr_connected(c.repo(), &["restore-point", "before_oops"])
+        .assert_success();
+    c.psql("DELETE FROM products");
+    c.switch_and_archive();
+    ([first, second], [first_packs, second_packs])
+}
+
+/// The names of the packs of the repository at `repo` (local, or an s3s-fs bucket's directory).
+fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for dir in std::fs::read_dir(repo.join("packs")).into_iter().flatten() {
+        for pack in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = pack.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                found.push(path.strip_prefix(repo).unwrap().to_path_buf());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The ids of the backups `pitr list` shows in the repository `repo`.
+fn listed(c: &Cluster, repo: &Path) -> Vec<String> {
+    let out = c.pitr_with_repo(repo, &["list", "--json"]);
+    let listed = parse_json(out.assert_success());
+    let mut ids: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| json_str(b, "id").to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `pitr --repo <repo> verify` passes.
+#[track_caller]
+fn verifies(c: &Cluster, repo: &Path) {
+    let out = c.pitr_with_repo(repo, &["verify", "--log-file", "none"]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+}
+
+#[test]
+fn deduplicated_backups_are_copied_with_their_packs_once_and_the_copy_verifies_and_recovers() {
+    let c = Cluster::start(ClusterOptions::default().setting("autovacuum", "off"));
+    let (ids, written) = the_bad_day_deduplicated(&c);
+    assert!(!written[1].is_empty(), "the second backup wrote packs of its own");
+    let dir = TestDir::new("sync-dedup");
+    let target = empty_repo(&dir);
+    let url = target.to_str().unwrap();
+
+    let planned = parse_json(run(sync_cmd(&c, url, &[]).arg("--dry-run")).assert_success());
+    let report = sync_ok(&c, url, &[]);
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert_eq!(report["backups_copied"], serde_json::json!(ids), "{report}");
+    let source_packs = packs(c.repo_dir());
+    assert_eq!(
+        report["packs_copied"],
+        source_packs.len(),
+        "every pack once, though the second backup shares the first's: {report}"
+    );
+    for key in ["objects_copied", "bytes_copied", "packs_copied", "pack_bytes_copied"] {
+        assert_eq!(
+            planned[key], report[key],
+            "{key}: the dry run planned what the sync copied"
+        );
+    }
+    assert_eq!(packs(&target), source_packs);
+    for pack in &source_packs {
+        assert!(
+            read(&target.join(pack)) == read(&c.repo_dir().join(pack)),
+            "{}",
+            pack.display()
+        );
+    }
+    assert_eq!(listed(&c, &target), ids);
+    verifies(&c, &target);
+    assert_eq!(recovered_rows(&c, url, &[]), "1500");
+
+    let again = sync_ok(&c, url, &[]);
+    assert_eq!(
+        (
+            &again["objects_copied"],
+            &again["packs_copied"],
+            &again["backups_present"]
+        ),
+        (&0.into(), &0.into(), &2.into()),
+        "a second sync copies nothing: {again}"
+    );
+
+    // Into S3 too: the cluster's own server when its repository is there (one endpoint for both).
+    let started;
+    let s3 = match c.s3_server() {
+        Some(own) => own,
+        None => {
+            started = S3Server::start();
+            &started
+        }
+    };
+    let offsite = s3.url("offsite");
+    let report = sync_ok(&c, &offsite, &s3.env());
+    assert_eq!(report["backups_copied"], serde_json::json!(ids), "{report}");
+    assert_eq!(packs(&s3.bucket_dir().join("offsite")), source_packs);
+    assert_eq!(recovered_rows(&c, &offsite, &s3.env()), "1500");
+}
+
+#[test]
+fn a_damaged_pack_keeps_its_backup_out_of_the_copy_and_the_rest_is_copied() {
+    let c = Cluster::start(ClusterOptions::default().setting("autovacuum", "off"));
+    let ([first, second], [_, written]) = the_bad_day_deduplicated(&c);
+    // A data pack only the second backup references: a byte in its frames flipped.
+    let damaged = written
+        .iter()
+        .find(|p| read(&c.repo_dir().join(p)).starts_with(b"pitrDAT1"))
+        .expect("the second backup wrote a data pack");
+    let path = c.repo_dir().join(damaged);
+    let len = read(&path).len();
+    flip_byte_from_end(&path, len / 2);
+    let dir = TestDir::new("sync-dedup-damaged");
+    let target = empty_repo(&dir);
+
+    let out = run(&mut sync_cmd(&c, target.to_str().unwrap(), &[]));
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    let report = parse_json(&out);
+    assert_eq!(report["backups_copied"], serde_json::json!([first]), "{report}");
+    let problems = report["problems"].to_string();
+    let name = damaged.file_name().unwrap().to_string_lossy();
+    assert!(
+        problems.contains(&format!("backup {second}")) && problems.contains(&*name),
+        "the backup and the pack are named: {report}"
+    );
+    assert!(
+        !target.join("packs").join(&name[..2]).join(&*name).exists(),
+        "the damaged pack is not copied"
+    );
+    assert!(
+        !target.join("hourly").join(&second).join("backup.manifest").exists(),
+        "nothing of the damaged backup is committed"
+    );
+    assert_eq!(listed(&c, &target), [first]);
+    verifies(&c, &target);
+}
+
+#[test]
+fn a_sync_killed_between_packs_and_manifest_resumes() {
+    let c = Cluster::start(ClusterOptions::default().setting("autovacuum", "off"));
+    let (ids, _) = the_bad_day_deduplicated(&c);
+    let dir = TestDir::new("sync-dedup-crash");
+    let target = empty_repo(&dir);
+    let url = target.to_str().unwrap();
+    let out = run(sync_cmd(&c, url, &[]).env("PITR_CRASH_AT", "sync:pack#2"));
+    assert!(matches!(out.code(), None | Some(137)), "{}", out.describe());
+    // Other jobs may have written a pack more before the kill landed.
+    let before = packs(&target).len() as u64;
+    assert!(before >= 2, "packs were written before the kill");
+    assert_eq!(
+        listed(&c, &target),
+        Vec::<String>::new(),
+        "no backup before its manifest"
+    );
+
+    let report = sync_ok(&c, url, &[]);
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert_eq!(report["backups_copied"], serde_json::json!(ids), "{report}");
+    assert_eq!(
+        report["packs_copied"].as_u64().unwrap() + before,
+        packs(c.repo_dir()).len() as u64,
+        "the packs the killed run wrote are not copied again: {report}"
+    );
+    assert_eq!(packs(&target), packs(c.repo_dir()));
+    verifies(&c, &target);
+}
+
+#[test]
+fn a_backup_whose_pack_the_targets_expire_condemned_waits_for_the_next_expire() {
+    let c = Cluster::start(ClusterOptions::default().setting("autovacuum", "off"));
+    let (ids, _) = the_bad_day_deduplicated(&c);
+    let dir = TestDir::new("sync-dedup-condemned");
+    let target = empty_repo(&dir);
+    let url = target.to_str().unwrap();
+    sync_ok(&c, url, &[]);
+    // The target's own retention keeps no backup: its expire deletes both and condemns every
+    // pack (grace period 0).
+    let keep_none = dir.write("keep-none.toml", "keep_hourly = 0\n");
+    let expire = || {
+        let out = run(c
+            .pitr_cmd()
+            .env("PITR_PACK_GRACE_SECONDS", "0")
+            .arg("--repo")
+            .arg(&target)
+            .arg("--config")
+            .arg(&keep_none)
+            .args(["expire", "--json"]));
+        assert!(out.success(), "{}", out.describe());
+    };
+    expire();
+    assert_eq!(listed(&c, &target), Vec::<String>::new());
+    assert!(!packs(&target).is_empty(), "condemned, not deleted yet");
+
+    // The next sync would reference the condemned packs again: not copied, said why.
+    let out = run(&mut sync_cmd(&c, url, &[]));
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    let report = parse_json(&out);
+    assert_eq!(report["backups_copied"], serde_json::json!([]), "{report}");
+    let problems = report["problems"].to_string();
+    assert!(
+        ids.iter().all(|id| problems.contains(id.as_str())) && problems.contains("the target's expire condemned pack"),
+        "{report}"
+    );
+    assert_eq!(listed(&c, &target), Vec::<String>::new());
+
+    // A sync that would commit later than the grace period after reading the gc records does
+    // not commit (grace period 0 here).
+    expire();
+    assert!(
+        packs(&target).is_empty(),
+        "the second expire deleted the condemned packs"
+    );
+    let zero = [("PITR_PACK_GRACE_SECONDS".to_string(), "0".to_string())];
+    let out = run(&mut sync_cmd(&c, url, &zero));
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    let report = parse_json(&out);
+    assert!(report["problems"].to_string().contains("not committed"), "{report}");
+    assert_eq!(listed(&c, &target), Vec::<String>::new());
+
+    let report = sync_ok(&c, url, &[]);
+    assert_eq!(report["backups_copied"], serde_json::json!(ids), "{report}");
+    verifies(&c, &target);
 }

@@ -11,8 +11,9 @@
 //!    and upgrade-repo write them: the target is bound to the source's cluster before any data
 //!    is written, and a target bound to another cluster is refused before anything is written;
 //! 2. the WAL archive of every generation;
-//! 3. each complete backup: the `backup.incomplete` marker, its files and labels (made durable
-//!    together), the manifest's copy, then the manifest, the commit point, and the marker goes;
+//! 3. each complete backup: the `backup.incomplete` marker, the packs a deduplicated backup needs
+//!    that the target lacks (each durable), its files and labels (made durable together), the
+//!    manifest's copy, then the manifest, the commit point, and the marker goes;
 //! 4. the restore point records.
 //!
 //! The source is listed in the opposite order (restore points, backups, then WAL), so that
@@ -29,6 +30,23 @@
 //! that died while copying a backup the source no longer holds: the target keeps its own
 //! retention (`pitr --repo <target> expire`).
 //!
+//! A deduplicated backup (format 7) needs packs ([`packs`]): those its group records name, read
+//! from the source and checked in the plan. Each is copied once per sync, by the first backup
+//! that needs it; before it is written its bytes are checked against every range the planned
+//! backups reference in it. A pack that fails keeps every backup that needs it out of the copy
+//! (a problem); one the target lists with the same size is taken as copied, with another size it
+//! is a conflict.
+//!
+//! The target's own expire stays safe, by the argument that keeps a backup safe from it
+//! (`backup::sweep`): the manifests sync commits reference packs like a backup's. Before the
+//! target's packs are listed, its gc records are read, at time R. A backup that references a pack
+//! they condemn is not copied this run: reusing the pack could race with the phase 2 that deletes
+//! it; once that has run, a later sync copies the pack anew. A deduplicated backup that would
+//! commit later than R + G (`sweep::grace`) is not committed. So if a record written at T
+//! condemns a pack a copied backup references, the sync had not seen it (R < T), and committed
+//! before R + G < T + G, before phase 2 marks: the pack is live there and kept. A pack sync writes
+//! is younger than G when its backup commits, so no expire condemned it.
+//!
 //! Everything read from the source is untrusted: WAL names must parse, backup directories
 //! must be backup ids of their tier whose manifest names them and passes
 //! [`Manifest::layout_problems`], restore point records must have the catalog's names; what
@@ -42,19 +60,24 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backup::manifest::Manifest;
-use crate::backup::Tier;
+use crate::backup::packs::Hash;
+use crate::backup::{sweep, Tier};
 use crate::codec::{self, json};
 use crate::crash_point;
 use crate::drill::{is_record_name as is_drill_record_name, DRILLS_DIR};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{
-    backup_dir, is_names_entry, record_key, wal_marker_key, Generation, Generations, Repo, INCOMPLETE_MARKER, MANIFEST,
-    MANIFEST_COPY,
+    backup_dir, is_names_entry, pack_key, record_key, wal_marker_key, Generation, Generations, Repo, INCOMPLETE_MARKER,
+    MANIFEST, MANIFEST_COPY,
 };
 use crate::restore_point::{RestorePoint, CATALOG_DIR};
 use crate::storage::PutOutcome;
 use crate::wal::{LongPageHeader, WalFileName};
+
+mod packs;
+
+use packs::{PackPlan, Planned};
 
 /// What [`sync`] did, or with `dry_run` would do.
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +96,11 @@ pub struct SyncReport {
     pub bytes_copied: u64,
     /// WAL files among the objects copied.
     pub wal_copied: u64,
+    /// Packs of deduplicated backups among the objects copied (each once, however many backups
+    /// share it).
+    pub packs_copied: u64,
+    /// Bytes of the packs copied.
+    pub pack_bytes_copied: u64,
     /// The backups copied, by id.
     pub backups_copied: Vec<String>,
     /// Complete backups the target held already.
@@ -138,6 +166,10 @@ struct BackupCopy {
     manifest: Vec<u8>,
     /// Whether the manifest has a copy beside it (format 3 on).
     with_copy: bool,
+    /// Whether its files lie in packs (format 7, `pitr backup --dedup`).
+    deduplicated: bool,
+    /// The packs it references that the target lacks.
+    packs: Vec<Hash>,
 }
 
 /// What a sync copies: made by [`plan`], checked by [`SyncPlan::check`], carried out by
@@ -149,6 +181,8 @@ pub struct SyncPlan {
     records: Vec<Item>,
     wal: Vec<Item>,
     backups: Vec<BackupCopy>,
+    /// The packs of the deduplicated backups.
+    packs: PackPlan,
     restore_points: Vec<Item>,
     names: Vec<Item>,
     drills: Vec<Item>,
@@ -165,8 +199,9 @@ pub struct SyncPlan {
 }
 
 impl SyncPlan {
-    /// Objects and bytes to copy (backups' manifests and their copies included).
+    /// Objects and bytes to copy (backups' manifests and their copies, and packs, included).
     pub fn work(&self) -> (u64, u64) {
+        let (packs, pack_bytes) = self.pack_work();
         let backups = self.backups.iter().flat_map(|b| {
             let manifests = if b.with_copy { 2 } else { 1 };
             b.objects
@@ -182,7 +217,13 @@ impl SyncPlan {
             .chain(&self.drills)
             .map(|o| (1, o.size))
             .chain(backups)
+            .chain(std::iter::once((packs, pack_bytes)))
             .fold((0, 0), |(n, bytes), (k, size)| (n + k, bytes + size))
+    }
+
+    /// Packs and their bytes to copy.
+    fn pack_work(&self) -> (u64, u64) {
+        (self.packs.wanted.len() as u64, self.packs.wanted.values().sum())
     }
 
     /// Refuses a plan that would meet an object of other content in the target, or that does
@@ -209,14 +250,17 @@ impl SyncPlan {
     /// The report of the plan before it is carried out: what a sync would copy.
     fn report(&self, dry_run: bool, started: Instant) -> SyncReport {
         let (objects, bytes) = self.work();
+        let (packs, pack_bytes) = self.pack_work();
         SyncReport {
             source: self.source.location(),
             target: self.target.location(),
             dry_run,
             objects_copied: if dry_run { objects } else { 0 },
-            objects_skipped: self.present,
+            objects_skipped: self.present + self.packs.present.len() as u64,
             bytes_copied: if dry_run { bytes } else { 0 },
             wal_copied: if dry_run { self.wal.len() as u64 } else { 0 },
+            packs_copied: if dry_run { packs } else { 0 },
+            pack_bytes_copied: if dry_run { pack_bytes } else { 0 },
             backups_copied: if dry_run {
                 self.backups.iter().map(|b| b.id.clone()).collect()
             } else {
@@ -269,6 +313,7 @@ pub fn plan(source: &Repo, target: &Repo) -> Result<SyncPlan> {
         records: Vec::new(),
         wal: Vec::new(),
         backups: Vec::new(),
+        packs: PackPlan::default(),
         restore_points: Vec::new(),
         names: Vec::new(),
         drills: Vec::new(),
@@ -535,13 +580,6 @@ fn plan_backups(plan: &mut SyncPlan, generations: &Generations) -> Result<()> {
                     continue;
                 }
             };
-            if manifest.files.iter().any(|f| f.is_deduplicated()) {
-                plan.problems.push(format!(
-                    "backup {id} not copied: it is deduplicated (pitr backup --dedup), and sync does not copy the packs \
-                     its files lie in yet; take the backups to sync without --dedup"
-                ));
-                continue;
-            }
             wanted.insert(dir.clone());
             match target.get(&key)? {
                 Some(held) if held == bytes => {
@@ -564,6 +602,21 @@ fn plan_backups(plan: &mut SyncPlan, generations: &Generations) -> Result<()> {
                 }
                 None => {}
             }
+            let deduplicated = manifest.files.iter().any(|f| f.is_deduplicated());
+            let packs = match deduplicated {
+                true => match plan.packs.plan_backup(&plan.source, &plan.target, &manifest)? {
+                    Planned::Needs(packs) => packs,
+                    Planned::Problem(problem) => {
+                        plan.problems.push(format!("backup {id} not copied: {problem}"));
+                        continue;
+                    }
+                    Planned::Conflict(conflict) => {
+                        plan.conflicts.push(conflict);
+                        continue;
+                    }
+                },
+                false => Vec::new(),
+            };
             let mut objects: Vec<Item> = manifest
                 .pieces()
                 .iter()
@@ -593,6 +646,8 @@ fn plan_backups(plan: &mut SyncPlan, generations: &Generations) -> Result<()> {
                 objects,
                 with_copy: manifest.format_version >= 3,
                 manifest: bytes,
+                deduplicated,
+                packs,
             });
         }
         // What a sync that died left: a marked directory without manifest whose backup the
@@ -677,6 +732,7 @@ fn plan_wal(plan: &mut SyncPlan, g: &Generation) -> Result<()> {
 }
 
 /// What copying one object came to.
+#[derive(Clone)]
 enum Copied {
     /// Written and read back: this many bytes.
     Written(u64),
@@ -739,6 +795,7 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
         tally(&mut report, copied, "");
     }
 
+    let mut packs_done: HashMap<Hash, Copied> = HashMap::new();
     for backup in &plan.backups {
         progress.status(&format!("backup {}", backup.id));
         let marker = format!("{}{INCOMPLETE_MARKER}", backup.dir);
@@ -750,6 +807,8 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
             std::process::id()
         );
         target.storage().put_if_absent(&marker, note.as_bytes())?;
+        let context = format!("backup {}: ", backup.id);
+        let mut whole = copy_packs(&plan, backup, &pool, &mut packs_done, &mut report, progress)?;
         let copied = pool.install(|| {
             backup
                 .objects
@@ -761,14 +820,20 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
                 })
                 .collect::<Result<Vec<_>>>()
         })?;
-        let mut whole = true;
-        let context = format!("backup {}: ", backup.id);
         for copied in copied {
             whole &= tally(&mut report, copied, &context);
         }
         if !whole {
             // Damaged, or deleted by the source's expire meanwhile: the marked directory stays
             // incomplete (never listed); a later sync resumes or removes it.
+            continue;
+        }
+        if backup.deduplicated && !plan.packs.within_grace(sweep::grace()) {
+            report.problems.push(format!(
+                "{context}not committed: the sync read the target's gc records more than {} s ago, and the \
+                 target's expire may meanwhile have condemned a pack the backup references; a later sync completes it",
+                sweep::grace().as_secs()
+            ));
             continue;
         }
         target.storage().sync_all_under(&backup.dir)?;
@@ -794,6 +859,65 @@ pub fn execute(plan: SyncPlan, jobs: usize, progress: &dyn Progress, started: In
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Copies the packs `backup` needs that no earlier backup of this sync copied, `jobs` at once
+/// (each read whole, at most [`crate::backup::packs::PACK_LIMIT`] bytes), tallied in `report`;
+/// whether every pack it needs is in the target now. A pack that an earlier backup could not
+/// copy is reported again for this one.
+fn copy_packs(
+    plan: &SyncPlan,
+    backup: &BackupCopy,
+    pool: &rayon::ThreadPool,
+    done: &mut HashMap<Hash, Copied>,
+    report: &mut SyncReport,
+    progress: &dyn Progress,
+) -> Result<bool> {
+    let context = format!("backup {}: ", backup.id);
+    let mut whole = true;
+    for pack in backup.packs.iter().filter(|p| done.contains_key(*p)) {
+        if let copied @ (Copied::Damaged(_) | Copied::Vanished) = &done[pack] {
+            whole &= tally(report, copied.clone(), &context);
+        }
+    }
+    let todo: Vec<&Hash> = backup.packs.iter().filter(|p| !done.contains_key(*p)).collect();
+    let copied = pool.install(|| {
+        todo.par_iter()
+            .map(|pack| {
+                let copied = copy_pack(plan, pack, progress)?;
+                crash_point::reached("sync:pack");
+                Ok(copied)
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    for (pack, copied) in todo.into_iter().zip(copied) {
+        done.insert(*pack, copied.clone());
+        if let Copied::Written(bytes) = copied {
+            report.packs_copied += 1;
+            report.pack_bytes_copied += bytes;
+        }
+        whole &= tally(report, copied, &context);
+    }
+    Ok(whole)
+}
+
+/// Reads one pack from the source, checks it against what the synced backups reference in it,
+/// writes it into the target create-only and durably, and reads it back.
+fn copy_pack(plan: &SyncPlan, pack: &Hash, progress: &dyn Progress) -> Result<Copied> {
+    let key = pack_key(&pack.hex());
+    let (ranges, size) = plan.packs.ranges(pack);
+    let Some(bytes) = plan.source.storage().get(&key)? else {
+        progress.advance(size);
+        return Ok(Copied::Vanished);
+    };
+    let what = plan.source.storage().describe(&key);
+    if let Err(e) = packs::check(&plan.source, ranges, size, &bytes, &what) {
+        progress.advance(size);
+        return Ok(Copied::Damaged(e.to_string()));
+    }
+    let copied = put_checked(&plan.target, &key, &bytes, false, &plan.source)?;
+    progress.advance(size);
+    Ok(copied)
 }
 
 /// Counts one object's copy in `report`: whether it is in the target now (a damaged one is a
