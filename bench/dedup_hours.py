@@ -20,7 +20,9 @@ rate for --interval seconds and, with the load stopped, takes:
 - `pgbackrest backup --type=incr`: timed, and what it stored.
 
 The two pitr backups alternate their order hour by hour, so neither always finds the page cache
-warmed by the other. Every tool runs one process (`--jobs 1`, `process-max=1`).
+warmed by the other. Every tool runs one process (`--jobs 1`, `process-max=1`). At the end, the last
+hour's deduplicated backup and its full backup (kept for this) are restored three times each,
+alternating, to compare restore time and memory.
 
 Stored bytes are the repositories' files at the end: pitr's packs and hourly backup directories,
 pgBackRest's backup directory, each plus the WAL the tool archived from the start of hour 0 to the end
@@ -51,8 +53,9 @@ MiB = 1 << 20
 class Hours(Study):
     """The cluster, the archive_command and pgBackRest's stanza of bench/dedup_study.py."""
 
-    def pitr_backup_of(self, kind: str) -> dict:
-        """One pitr backup: `dedup` (hourly, kept) or `full` (daily, measured then deleted)."""
+    def pitr_backup_of(self, kind: str, keep_full: bool = False) -> dict:
+        """One pitr backup: `dedup` (hourly, kept) or `full` (daily, measured then deleted unless
+        `keep_full`)."""
         tier, flag = ("hourly", "--dedup") if kind == "dedup" else ("daily", "--no-dedup")
         packs_before = tree_bytes(self.repo / "packs")
         run = self.r.run(self.pitr_cmd("backup", "--tier", tier, "--fast", "--jobs", "1", "--no-expire", "--json",
@@ -64,13 +67,13 @@ class Hours(Study):
                "skipped_files": summary.get("skipped_files", 0), "skipped_bytes": summary.get("skipped_bytes", 0),
                "original_bytes": summary["original_bytes"]}
         out["stored_bytes"] = out["directory_bytes"] + out["pack_bytes"]
-        if kind == "full":
+        if kind == "full" and not keep_full:
             sh(["rm", "-rf", directory])
         return out
 
     def hour(self, n: int) -> dict:
         order = ["dedup", "full"] if n % 2 == 0 else ["full", "dedup"]
-        pitr = {kind: self.pitr_backup_of(kind) for kind in order}
+        pitr = {kind: self.pitr_backup_of(kind, keep_full=n == self.hours) for kind in order}
         pgbr = self.pgbr_backup("full" if n == 0 else "incr")
         self.wait_archiver()
         return {"hour": n, "order": order, "pitr_dedup": pitr["dedup"], "pitr_full": pitr["full"], "pgbr": pgbr}
@@ -88,13 +91,27 @@ class Hours(Study):
         hours[0]["pgbr_wal_bytes_since"] = tree_bytes(self.pgbr_repo / "archive") - pgbr_wal_start
         return hours
 
+    def restores(self, hours: List[dict], rounds: int = 3) -> dict:
+        """Restores the last hour's deduplicated backup and its full backup `rounds` times each,
+        alternating, into a new directory with `--jobs 1`: seconds and peak RSS of each."""
+        out: dict = {"dedup": [], "full": []}
+        target = self.tmp / "restored"
+        for _ in range(rounds):
+            for kind in ("full", "dedup"):
+                backup = hours[-1][f"pitr_{kind}"]["id"]
+                run = self.r.run(self.pitr_cmd("restore", "--backup", backup, "--pgdata", str(target), "--jobs", "1"),
+                                 rss=True)
+                out[kind].append({"seconds": run.seconds, "peak_rss_kib": run.rss_kb})
+                sh(["rm", "-rf", target])
+        return out
+
     def totals(self) -> dict:
         return {"pitr_packs": tree_bytes(self.repo / "packs"), "pitr_hourly": tree_bytes(self.repo / "hourly"),
                 "pitr_wal": tree_bytes(self.repo / "wal"), "pgbr_backup": tree_bytes(self.pgbr_repo / "backup"),
                 "pgbr_archive": tree_bytes(self.pgbr_repo / "archive")}
 
 
-def summarize(hours: List[dict], totals: dict) -> dict:
+def summarize(hours: List[dict], totals: dict, restores: dict) -> dict:
     later = hours[1:]
     median = lambda rows, *keys: statistics.median(_dig(r, keys) for r in rows)  # noqa: E731
     full = hours[0]["pitr_full"]["stored_bytes"]
@@ -123,6 +140,10 @@ def summarize(hours: List[dict], totals: dict) -> dict:
         "hourly_peak_rss_mib_max": max(r["pitr_dedup"]["peak_rss_kib"] for r in hours) / 1024,
         "transactions_per_hour_median": median(hours[:-1], "transactions_after"),
     }
+    for kind in ("dedup", "full"):
+        s[f"restore_{kind}_seconds_median"] = statistics.median(r["seconds"] for r in restores[kind])
+        s[f"restore_{kind}_peak_rss_mib"] = max(r["peak_rss_kib"] for r in restores[kind]) / 1024
+    s["restore_dedup_over_full_time"] = s["restore_dedup_seconds_median"] / s["restore_full_seconds_median"]
     s["hourly_over_full_time"] = s["hourly_seconds_median"] / s["full_seconds_median"]
     s["hourly_over_pgbr_incr_time"] = s["hourly_seconds_median"] / s["pgbr_incr_seconds_median"]
     return s
@@ -157,6 +178,10 @@ def report(s: dict, hours: List[dict]) -> str:
         f"| pitr ÷ pgBackRest, stored | {s['pitr_over_pgbr_stored']:.2f}× | |",
         f"| bytes an hourly backup skipped unread (median share) | {100 * s['hourly_skipped_share_median']:.1f} % | |",
         f"| peak RSS of pitr backup --dedup (largest) | {s['hourly_peak_rss_mib_max']:.0f} MiB | |",
+        f"| restore of the last hour's backup, `--jobs 1`, s (median of 3) | {s['restore_dedup_seconds_median']:.2f}"
+        f" deduplicated, {s['restore_full_seconds_median']:.2f} full: **{s['restore_dedup_over_full_time']:.2f}×** | |",
+        f"| peak RSS of that restore | {s['restore_dedup_peak_rss_mib']:.0f} MiB deduplicated, "
+        f"{s['restore_full_peak_rss_mib']:.0f} MiB full | |",
         "",
         "Hour by hour (s; MiB stored):",
         "",
@@ -203,11 +228,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         st.setup()
         hours = st.run_hours()
         totals = st.totals()
+        progress("restores of the last hour's backups")
+        restores = st.restores(hours)
     finally:
         st.teardown()
-    summary = summarize(hours, totals)
+    summary = summarize(hours, totals, restores)
     if a.json:
-        a.json.write_text(json.dumps({"summary": summary, "totals": totals, "hours": hours, "scale": a.scale,
+        a.json.write_text(json.dumps({"summary": summary, "totals": totals, "hours": hours, "restores": restores,
+                                      "scale": a.scale,
                                       "interval_seconds": a.interval, "rate": a.rate,
                                       "pitr": sh([str(a.pitr), "--version"]),
                                       "minutes": round((time.time() - st.started) / 60, 1)}, indent=1))
