@@ -413,3 +413,31 @@ fn the_config_files_dedup_makes_backups_deduplicated_and_no_dedup_overrides_it()
         "no config: whole objects, as before"
     );
 }
+
+#[test]
+fn a_flipped_byte_in_a_data_pack_fails_the_restore_naming_the_pack() {
+    let c = cluster_with_a_cold_table();
+    let summary = backup_json(&c, &["--dedup"]);
+    let id = json_str(&summary["backup"], "id");
+    let data_packs: Vec<PathBuf> = packs(c.repo_dir())
+        .into_iter()
+        .filter(|p| read(p).starts_with(b"pitrDAT1"))
+        .collect();
+    let largest = data_packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .expect("a data pack");
+    let mut bytes = read(largest);
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    fs::write(largest, &bytes).unwrap();
+    let target = c.test_dir().join("restored");
+    let out = c.pitr(&["restore", "--backup", id, "--pgdata", target.to_str().unwrap()]);
+    assert_ne!(out.code(), Some(0), "{}", out.describe());
+    let name = largest.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        out.stderr_str().contains(&name),
+        "the error names the pack: {}",
+        out.describe()
+    );
+}

@@ -825,7 +825,11 @@ mod tests {
         let record = json::to_vec(&m);
         let stored = m.to_bytes();
         assert!(codec::is_object(&stored) && stored.len() * 4 < record.len());
-        assert_eq!(codec::decode(&stored, "m").unwrap(), record, "the same checksummed JSON inside");
+        assert_eq!(
+            codec::decode(&stored, "m").unwrap(),
+            record,
+            "the same checksummed JSON inside"
+        );
         // A format-7 manifest written as plain JSON (before they were compressed) reads too.
         assert_eq!(Manifest::from_bytes(&record, "m").unwrap(), m);
         m.format_version = OBJECT_FILES_VERSION;

@@ -603,14 +603,32 @@ fn restore_groups(repo: &Repo, task: &GroupTask, layout: &Layout, progress: &dyn
     let mut frames: Vec<Frame> = wanted.iter().map(|(frame, ..)| *frame).collect();
     frames.dedup();
     let file = layout.open_for_part(path)?;
+    let write = |bytes: &[u8], offset: u64| {
+        file.write_all_at(bytes, offset)
+            .map_err(Error::io("write", layout.target.path_of(path)))
+    };
     packs::read_frames(repo, &frames, |frame, raw| {
         let first = wanted.partition_point(|(f, ..)| f < frame);
+        // Pieces that follow each other both in the frame and in the file (a new group's, as
+        // the backup stores them) are written at once, after each was checked.
+        let mut run: Option<(u32, u32, u64)> = None;
         for (_, at, piece, offset) in wanted[first..].iter().take_while(|(f, ..)| f == frame) {
-            let bytes = packs::piece_bytes(repo, piece, frame, *at, raw)?;
-            file.write_all_at(bytes, *offset)
-                .map_err(Error::io("write", layout.target.path_of(path)))?;
+            packs::piece_bytes(repo, piece, frame, *at, raw)?;
+            run = match run {
+                Some((start, len, file_at)) if start + len == *at && file_at + u64::from(len) == *offset => {
+                    Some((start, len + piece.len, file_at))
+                }
+                Some((start, len, file_at)) => {
+                    write(&raw[start as usize..(start + len) as usize], file_at)?;
+                    Some((*at, piece.len, *offset))
+                }
+                None => Some((*at, piece.len, *offset)),
+            };
         }
-        Ok(())
+        match run {
+            Some((start, len, file_at)) => write(&raw[start as usize..(start + len) as usize], file_at),
+            None => Ok(()),
+        }
     })?;
     progress.advance(restored);
     crate::crash_point::reached("restore:piece");
