@@ -49,6 +49,7 @@ SCALE = Path(__file__).resolve().parent / "scale.md"
 S3_NOTES = Path(__file__).resolve().parent / "s3.md"
 LOAD_NOTES = Path(__file__).resolve().parent / "load.md"
 EVENTS_NOTES = Path(__file__).resolve().parent / "events.md"
+DEDUP_NOTES = Path(__file__).resolve().parent / "dedup_figures.md"
 DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
 # cargo's target directory: CARGO_TARGET_DIR when set (cargo build honours it too), else target/.
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
@@ -2741,6 +2742,8 @@ def write_doc(rec: Record, path: Path) -> None:
         parts += [LOAD_NOTES.read_text().strip(), ""]
     if EVENTS_NOTES.exists():
         parts += [EVENTS_NOTES.read_text().strip(), ""]
+    if DEDUP_NOTES.exists():
+        parts += [DEDUP_NOTES.read_text().strip(), ""]
     parts += ["## Results", ""]
     for g in groups_in_order(res):
         parts += [f"### {g}", ""]

@@ -27,13 +27,8 @@ pub fn check_shared(
     progress: &dyn Progress,
 ) -> Result<(ReadStats, Vec<Finding>)> {
     let started = Instant::now();
-    let mut users: HashMap<GroupRef, BTreeSet<&str>> = HashMap::new();
-    for (id, manifest) in backups {
-        for group in manifest.files.iter().flat_map(|f| &f.groups) {
-            users.entry(*group).or_default().insert(id);
-        }
-    }
-    let mut refs: Vec<GroupRef> = users.keys().copied().collect();
+    let users = Users::of(backups);
+    let mut refs: Vec<GroupRef> = users.backups_of.keys().copied().collect();
     refs.sort_unstable_by_key(|g| (g.pack, g.at));
     let mut stats = ReadStats {
         jobs: 1,
@@ -80,11 +75,50 @@ fn read_checked(repo: &Repo, batch: &[GroupRef]) -> Vec<(GroupRef, std::result::
     }
 }
 
+/// Which backups reference each group: indexes into the backups' ids, each group's in order
+/// (a shared group costs four bytes per backup, not a set entry).
+struct Users<'a> {
+    ids: Vec<&'a str>,
+    backups_of: HashMap<GroupRef, Vec<u32>>,
+}
+
+impl<'a> Users<'a> {
+    fn of(backups: &[(&'a str, &Manifest)]) -> Users<'a> {
+        let mut backups_of: HashMap<GroupRef, Vec<u32>> = HashMap::new();
+        for (index, (_, manifest)) in (0u32..).zip(backups) {
+            for group in manifest.files.iter().flat_map(|f| &f.groups) {
+                let users = backups_of.entry(*group).or_default();
+                if users.last() != Some(&index) {
+                    users.push(index);
+                }
+            }
+        }
+        Users {
+            ids: backups.iter().map(|(id, _)| *id).collect(),
+            backups_of,
+        }
+    }
+
+    /// The ids of the backups that reference any of `groups`, sorted.
+    fn names(&self, groups: impl IntoIterator<Item = GroupRef>) -> Vec<&'a str> {
+        let broken: BTreeSet<&str> = groups
+            .into_iter()
+            .flat_map(|g| self.backups_of.get(&g).into_iter().flatten())
+            .map(|&index| self.ids[index as usize])
+            .collect();
+        broken.into_iter().collect()
+    }
+}
+
+/// Frames read at once (coalesced per pack, as restore reads them); a batch that fails is read
+/// again one frame at a time, to name each bad one.
+const FRAMES_AT_ONCE: usize = 64;
+
 /// Reads every frame the pieces lie in once, and checks each piece in it.
 fn check_pieces(
     repo: &Repo,
     pieces: &HashMap<PieceKey, Vec<GroupRef>>,
-    users: &HashMap<GroupRef, BTreeSet<&str>>,
+    users: &Users,
     stats: &mut ReadStats,
 ) -> Result<Vec<Finding>> {
     let mut by_frame: HashMap<Frame, Vec<&PieceKey>> = HashMap::new();
@@ -93,61 +127,75 @@ fn check_pieces(
     }
     let mut frames: Vec<Frame> = by_frame.keys().copied().collect();
     frames.sort_unstable();
+    let groups_of =
+        |keys: &[&PieceKey]| -> Vec<GroupRef> { keys.iter().flat_map(|k| pieces[*k].iter().copied()).collect() };
     let mut findings = Vec::new();
-    for frame in frames {
-        let keys = &by_frame[&frame];
-        let groups_of =
-            |keys: &[&PieceKey]| -> Vec<GroupRef> { keys.iter().flat_map(|k| pieces[*k].iter().copied()).collect() };
-        stats.stored_bytes += u64::from(frame.len);
-        let read = packs::read_frames(repo, &[frame], |frame, raw| {
-            stats.original_bytes += raw.len() as u64;
-            for key in keys {
-                let (_, at, hash, len) = **key;
-                let piece = packs::PieceRef {
-                    hash,
-                    len,
-                    stored: Some((*frame, at)),
-                };
-                if let Err(e) = packs::piece_bytes(repo, &piece, frame, at, raw) {
-                    findings.push(breaks(
-                        pack_key(&frame.pack.hex()),
-                        e.to_string(),
-                        groups_of(&[key]),
-                        users,
-                    ));
-                }
-            }
+    for batch in frames.chunks(FRAMES_AT_ONCE) {
+        let mut checked = (0, 0, Vec::new());
+        let read = packs::read_frames(repo, batch, |frame, raw| {
+            checked.0 += u64::from(frame.len);
+            checked.1 += raw.len() as u64;
+            checked.2.extend(bad_pieces(repo, frame, &by_frame[frame], raw));
             Ok(())
         });
-        if let Err(e) = read {
-            findings.push(breaks(
-                pack_key(&frame.pack.hex()),
-                e.to_string(),
-                groups_of(keys),
-                users,
-            ));
+        if read.is_ok() {
+            stats.stored_bytes += checked.0;
+            stats.original_bytes += checked.1;
+            findings.extend(
+                checked
+                    .2
+                    .into_iter()
+                    .map(|(frame, key, reason)| breaks(pack_key(&frame.pack.hex()), reason, groups_of(&[key]), users)),
+            );
+            continue;
+        }
+        for frame in batch {
+            let keys = &by_frame[frame];
+            stats.stored_bytes += u64::from(frame.len);
+            let read = packs::read_frames(repo, &[*frame], |frame, raw| {
+                stats.original_bytes += raw.len() as u64;
+                for (frame, key, reason) in bad_pieces(repo, frame, keys, raw) {
+                    findings.push(breaks(pack_key(&frame.pack.hex()), reason, groups_of(&[key]), users));
+                }
+                Ok(())
+            });
+            if let Err(e) = read {
+                findings.push(breaks(
+                    pack_key(&frame.pack.hex()),
+                    e.to_string(),
+                    groups_of(keys),
+                    users,
+                ));
+            }
         }
     }
     Ok(findings)
 }
 
+/// The pieces of `keys` that are not in the decoded `frame` (`raw`) with their hash, and why.
+fn bad_pieces<'k>(repo: &Repo, frame: &Frame, keys: &[&'k PieceKey], raw: &[u8]) -> Vec<(Frame, &'k PieceKey, String)> {
+    keys.iter()
+        .filter_map(|key| {
+            let (_, at, hash, len) = **key;
+            let piece = packs::PieceRef {
+                hash,
+                len,
+                stored: Some((*frame, at)),
+            };
+            let checked = packs::piece_bytes(repo, &piece, frame, at, raw);
+            checked.err().map(|e| (*frame, *key, e.to_string()))
+        })
+        .collect()
+}
+
 /// A finding about `subject` that names every backup the bad `groups` belong to.
-fn breaks(
-    subject: String,
-    reason: String,
-    groups: impl IntoIterator<Item = GroupRef>,
-    users: &HashMap<GroupRef, BTreeSet<&str>>,
-) -> Finding {
-    let broken: BTreeSet<&str> = groups
-        .into_iter()
-        .flat_map(|g| users.get(&g).into_iter().flatten().copied())
-        .collect();
-    let names: Vec<&str> = broken.into_iter().collect();
+fn breaks(subject: String, reason: String, groups: impl IntoIterator<Item = GroupRef>, users: &Users) -> Finding {
+    let names = users.names(groups);
     Finding {
         subject,
         reason: format!(
-            "{reason}; it breaks backup{} {}, which cannot be restored: take a new backup without --dedup (a \
-             deduplicated one would share the damaged piece again)",
+            "{reason}; it breaks backup{} {}, which cannot be restored: take a new backup with --no-dedup \
+             (a deduplicated one would share the damaged piece again)",
             if names.len() == 1 { "" } else { "s" },
             names.join(", ")
         ),
