@@ -74,7 +74,9 @@ def pg_bindir(given: Optional[Path]) -> Path:
 class Scale:
     def __init__(self, a: argparse.Namespace):
         self.a = a
-        self.tmp = Path(tempfile.mkdtemp(prefix="pitr-dedup-scale-", dir="/tmp"))
+        # Not "pitr-…": leftovers of the other benches (--keep) may be cleaned with such a glob. Two
+        # runs of this one named pitr-dedup-… lost files mid-run (pg_control, pg_wal), most likely so.
+        self.tmp = Path(tempfile.mkdtemp(prefix="dedup-scale-", dir="/tmp"))
         for d in ("logs", "home", "sock", "bin", "copies"):
             (self.tmp / d).mkdir()
         self.pg_bin = pg_bindir(a.pg_bin)
