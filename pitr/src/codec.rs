@@ -401,7 +401,7 @@ pub fn decode_into(object: &[u8], what: &str, raw: &mut Vec<u8>) -> Result<()> {
         // One-shot into the buffer, sized by the header (a segment or relation file part, at
         // most 1 GiB as PostgreSQL writes them); streaming for anything larger.
         Compression::Zstd if capacity <= 1 << 30 => {
-            zstd::bulk::Decompressor::new().and_then(|mut d| d.decompress_to_buffer(payload, raw).map(drop))
+            with_decompressor(|d| d.decompress_to_buffer(payload, raw).map(drop))
         }
         Compression::Zstd => {
             zstd::stream::read::Decoder::with_buffer(payload).and_then(|d| d.take(limit).read_to_end(raw).map(drop))
@@ -413,6 +413,26 @@ pub fn decode_into(object: &[u8], what: &str, raw: &mut Vec<u8>) -> Result<()> {
     };
     read.map_err(|e| corrupt(format!("{} payload does not decompress: {e}", header.compression)))?;
     header.check_content(raw.len() as u64, crc32fast::hash(raw), what)
+}
+
+thread_local! {
+    /// Each thread's zstd decompression context, kept between objects: a deduplicated backup's
+    /// restore decodes one frame per group, many of them a few kilobytes, where making a context
+    /// for each would cost more than decoding.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `decode` with this thread's zstd decompression context, made on first use.
+fn with_decompressor<T>(
+    decode: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        decode(slot.as_mut().expect("made above"))
+    })
 }
 
 /// How much [`decode_chunks`] hands over at a time: one write's worth ([`crate::fsio`]).
