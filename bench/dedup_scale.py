@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dedup_study import md_table, mib  # noqa: E402
 from run import CommandFailed, Run, Runner, sh, tree_bytes  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -251,16 +252,6 @@ def json_summary(output: str) -> dict:
     except ValueError:
         return {"unparsed": output[-2000:]}
     return {k: (len(v) if isinstance(v, list) else v) for k, v in d.items()}
-
-
-def mib(n: float) -> str:
-    return f"{n / MiB:.1f}" if n < 100 * MiB else f"{n / MiB:.0f}"
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def report(d: dict) -> str:

@@ -604,7 +604,7 @@ pub fn piece_bytes<'r>(repo: &Repo, piece: &PieceRef, frame: &Frame, at: u32, ra
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn piece(seed: u8, stored: Option<(Frame, u32)>) -> PieceRef {
@@ -664,25 +664,8 @@ mod tests {
     fn packs_are_written_whole_and_read_back_by_range() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(dir.path()).unwrap();
-        let packs = Packs::new(&repo, "b", Codec::default());
         let raw: Vec<u8> = (0..2 * PIECE_SIZE).map(|i| (i % 7) as u8).collect();
-        let (frame, group) = packs
-            .with_writer(|writer| {
-                let frame = packs.store_frame(writer, &raw)?;
-                let pieces = raw
-                    .chunks(PIECE_SIZE)
-                    .enumerate()
-                    .map(|(i, bytes)| PieceRef {
-                        hash: Hash::of(bytes),
-                        len: bytes.len() as u32,
-                        stored: Some((frame, (i * PIECE_SIZE) as u32)),
-                    })
-                    .collect();
-                let group = Group { pieces };
-                Ok((frame, packs.store_group(writer, &group)?))
-            })
-            .unwrap();
-        assert!(packs.finish().unwrap() > 0);
+        let (frame, group) = store_one_group(&repo, &raw);
         let groups = read_groups(&repo, &[group]).unwrap();
         let second = groups[&group].pieces[1];
         read_frames(&repo, &[frame], |f, decoded| {
@@ -695,5 +678,28 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    /// Stores `raw` (whole pieces) as one frame in a data pack and its group in an index pack,
+    /// both written: where they lie.
+    pub(crate) fn store_one_group(repo: &Repo, raw: &[u8]) -> (Frame, GroupRef) {
+        let packs = Packs::new(repo, "b", Codec::default());
+        let stored = packs
+            .with_writer(|writer| {
+                let frame = packs.store_frame(writer, raw)?;
+                let pieces = raw
+                    .chunks(PIECE_SIZE)
+                    .enumerate()
+                    .map(|(i, bytes)| PieceRef {
+                        hash: Hash::of(bytes),
+                        len: bytes.len() as u32,
+                        stored: Some((frame, (i * PIECE_SIZE) as u32)),
+                    })
+                    .collect();
+                Ok((frame, packs.store_group(writer, &Group { pieces })?))
+            })
+            .unwrap();
+        assert!(packs.finish().unwrap() > 0);
+        stored
     }
 }

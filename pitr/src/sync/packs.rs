@@ -264,31 +264,15 @@ pub fn check(source: &Repo, ranges: &Ranges, size: u64, bytes: &[u8], what: &str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::packs::{Group, Packs, PIECE_SIZE};
-    use crate::codec::Codec;
+    use crate::backup::packs::tests::store_one_group;
+    use crate::backup::packs::PIECE_SIZE;
 
     #[test]
     fn a_pack_is_checked_against_each_range_referenced_in_it() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::open_local(dir.path()).unwrap();
-        let packs = Packs::new(&repo, "b", Codec::default());
         let raw: Vec<u8> = (0..2 * PIECE_SIZE).map(|i| (i % 13) as u8).collect();
-        let (frame, group) = packs
-            .with_writer(|writer| {
-                let frame = packs.store_frame(writer, &raw)?;
-                let pieces = raw
-                    .chunks(PIECE_SIZE)
-                    .enumerate()
-                    .map(|(i, bytes)| PieceRef {
-                        hash: Hash::of(bytes),
-                        len: bytes.len() as u32,
-                        stored: Some((frame, (i * PIECE_SIZE) as u32)),
-                    })
-                    .collect();
-                Ok((frame, packs.store_group(writer, &Group { pieces })?))
-            })
-            .unwrap();
-        packs.finish().unwrap();
+        let (frame, group) = store_one_group(&repo, &raw);
         let stored = |pack: &Hash| repo.storage().get(&pack_key(&pack.hex())).unwrap().unwrap();
         let (data, index) = (stored(&frame.pack), stored(&group.pack));
         let second = Hash::of(&raw[PIECE_SIZE..]);
