@@ -292,7 +292,7 @@ fn info_of(repo: &Repo) -> Result<Cluster> {
 fn previous_manifest(repo: &Repo, cluster: &Cluster) -> Result<Option<Manifest>> {
     let newest = load_summaries(repo)?
         .into_iter()
-        .filter(|m| m.format_version >= MANIFEST_VERSION && m.system_identifier == cluster.system_identifier)
+        .filter(|m| m.is_deduplicated() && m.system_identifier == cluster.system_identifier)
         .max_by_key(|m| m.stop_time);
     let Some(newest) = newest else {
         return Ok(None);

@@ -297,7 +297,7 @@ impl BackupStatus {
             timeline: m.timeline,
             original_bytes: m.original_bytes,
             stored_bytes: m.stored_bytes,
-            deduplicated: m.format_version >= super::manifest::MANIFEST_VERSION,
+            deduplicated: m.is_deduplicated(),
             first_wal: m.first_wal.clone(),
             last_wal: m.last_wal.clone(),
             duration_seconds: m.duration_seconds,

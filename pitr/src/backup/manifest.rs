@@ -31,11 +31,12 @@ use crate::wal::{Lsn, SegmentSize, TimelineId};
 /// every file (no released pitr wrote format 7 before them).
 pub const MANIFEST_VERSION: u32 = 7;
 
-/// The first format whose manifests are stored compressed ([`Manifest::to_bytes`]): a
-/// deduplicated backup lists every 256 KiB group of every file by two hashes, about 1.3 MB of
-/// JSON for a 770 MiB cluster, which zstd stores in about 170 kB. Each backup writes it twice (the
-/// manifest and its copy), every hour. Older manifests stay plain JSON.
-pub const COMPRESSED_FROM: u32 = 7;
+/// The first format of deduplicated backups, whose files lie in packs: this pitr writes it only for
+/// them (a backup of whole objects keeps [`OBJECT_FILES_VERSION`]), and stores such a manifest
+/// compressed ([`Manifest::to_bytes`]): it lists every 256 KiB group of every file by two hashes,
+/// about 1.3 MB of JSON for a 770 MiB cluster, which zstd stores in about 170 kB. Each backup writes
+/// it twice (the manifest and its copy), every hour. Older manifests stay plain JSON.
+pub const DEDUPLICATED_FROM: u32 = 7;
 
 /// The version of a manifest whose files are all objects of the backup's directory: what a
 /// pitr of format 6 reads too, so a backup taken without deduplication stays readable by it.
@@ -163,11 +164,11 @@ impl BadPages {
 }
 
 impl Manifest {
-    /// The manifest as stored: checksummed JSON; a deduplicated backup's ([`COMPRESSED_FROM`]
+    /// The manifest as stored: checksummed JSON; a deduplicated backup's ([`DEDUPLICATED_FROM`]
     /// on) in a zstd [`crate::codec`] object, since its group lists make it long.
     pub fn to_bytes(&self) -> Vec<u8> {
         let record = json::to_vec(self);
-        if self.format_version < COMPRESSED_FROM {
+        if self.format_version < DEDUPLICATED_FROM {
             return record;
         }
         Codec::new(Compression::Zstd, None)
@@ -359,6 +360,11 @@ pub struct ManifestSummary {
 }
 
 impl ManifestSummary {
+    /// Whether the backup is deduplicated: its files lie in packs shared with other backups.
+    pub fn is_deduplicated(&self) -> bool {
+        self.format_version >= DEDUPLICATED_FROM
+    }
+
     /// The segment size as a type.
     pub fn segment_size(&self) -> SegmentSize {
         segment_size(self.wal_segment_size)
