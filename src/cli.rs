@@ -547,6 +547,18 @@ pub enum Command {
         json: bool,
     },
 
+    /// Make a key pair for an encrypted repository: the identity (secret key) into a new file
+    /// (mode 0600, never overwritten), the recipient (public key) on stdout.
+    ///
+    /// The recipient goes into `recipients_file` on every host that writes (archive-push, watch,
+    /// backup); the identity into `identity_file` only where the repository is read (archive-get,
+    /// restore, recover, verify, drill), and into a safe place off the host: without it the
+    /// backups cannot be read. The files are in age's format: the `age` tool reads them.
+    Keygen {
+        /// The identity file to create.
+        out: PathBuf,
+    },
+
     /// Show the whole job on a throwaway cluster: archive, backup, restore point, the oops
     /// (DROP TABLE products), and recoveries to the restore point and to a time, with the row
     /// counts as proof.

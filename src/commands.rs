@@ -1,7 +1,7 @@
 //! Each subcommand: a few lines that call into the `pitr` library and print the result.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pitr::archive::{self, GetOutcome, Site};
@@ -59,6 +59,13 @@ pub fn demo(keep: bool, json: bool) -> Result<Done> {
     Ok(Done::Ok)
 }
 
+/// `pitr keygen OUT`: a new identity into `out`, its recipient on stdout.
+pub fn keygen(out: &Path) -> Result<Done> {
+    let recipient = pitr::crypt::write_new_identity(out)?;
+    println!("{recipient}");
+    Ok(Done::Ok)
+}
+
 /// Runs `command` with validated `settings`.
 pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
     if let Command::Verify { .. } = command {
@@ -69,7 +76,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         // Before the repository is opened: init creates it.
         return init(command, settings);
     }
-    let repo = Repo::open(&settings.repo)?;
+    let repo = Repo::open(&settings.repo)?.with_keys(settings.keys.clone());
     match command {
         Command::ArchivePush { path } => {
             archive::push(&repo, &settings.codec, path, &Site::current(settings.spool.as_deref()))?;
@@ -289,7 +296,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
         Command::Demo { keep, json } => demo(*keep, *json),
         Command::Verify { .. } => unreachable!("verify runs before the repository is opened"),
         Command::Init { .. } => unreachable!("init runs before the repository is opened"),
-        Command::Completions { .. } | Command::Man { .. } => {
+        Command::Completions { .. } | Command::Man { .. } | Command::Keygen { .. } => {
             unreachable!("completions and man pages are written before settings are loaded")
         }
         Command::CheckIntegrity { target, jobs, json } => verify::check_integrity(target, *jobs, *json, Ok(settings)),
@@ -316,7 +323,7 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
                     )
                 })?,
             };
-            let target = Repo::open(&target)?;
+            let target = Repo::open(&target)?.with_keys(settings.keys.clone());
             let report = pitr::sync::sync(
                 &repo,
                 &target,
@@ -364,6 +371,7 @@ fn init(command: &Command, settings: &Settings) -> Result<Done> {
     let options = pitr::setup::InitOptions {
         pgdata: pgdata.as_deref().map(absolute).or_else(|| settings.pgdata.clone()),
         repo: settings.repo.clone(),
+        keys: settings.keys.clone(),
         config_file: absolute(&settings.config.clone().expect("init's settings name the config file")),
         stream: watch::stream_options(conninfo, receiver_slot(settings))?,
         pitr_command: pitr_command(settings)?,

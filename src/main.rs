@@ -176,6 +176,7 @@ fn run(invocation: Invocation) -> Outcome {
         // Generated from the definitions alone: no settings.
         Command::Completions { shell } => return done(manuals::completions(shell)),
         Command::Man { out } => return done(manuals::man_pages(&out)),
+        Command::Keygen { out } => return done(commands::keygen(&out)),
         _ => {}
     }
     // A dump or a WAL file needs no repository: settings are loaded only for a backup id.

@@ -996,6 +996,9 @@ pub fn info(s: &RepoSummary, now: DateTime<Utc>) {
         ),
         None => println!("repository {}: empty (no cluster archived here yet)", s.repository),
     }
+    if let Some(recipients) = &s.encrypted_for {
+        println!("encrypted for {}", pitr::crypt::list(recipients));
+    }
     repository_state(s, now);
 }
 

@@ -5,9 +5,11 @@
 //! Its errors are usage errors: nothing has been tried yet.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use pitr::backup::{Retention, Tier};
 use pitr::codec::{Codec, Compression};
+use pitr::crypt::{KeySource, Keys};
 use pitr::daemon::{Job, Schedule};
 use pitr::storage::Location;
 use pitr::verify::Thresholds;
@@ -34,6 +36,8 @@ struct FileSettings {
     name: Option<String>,
     jobs: Option<usize>,
     dedup: Option<bool>,
+    recipients_file: Option<PathBuf>,
+    identity_file: Option<PathBuf>,
     spool: Option<PathBuf>,
     prefetch: Option<u64>,
     keep_hourly: Option<usize>,
@@ -107,6 +111,9 @@ pub struct Settings {
     pub jobs: usize,
     /// Backups store their files deduplicated, in packs (`dedup`; `--dedup`/`--no-dedup` override).
     pub dedup: bool,
+    /// The keys of an encrypted repository: recipients to write with, identities to read with
+    /// (`recipients_file`, `identity_file`; PITR_RECIPIENTS_FILE, PITR_IDENTITY_FILE, PITR_IDENTITY).
+    pub keys: Arc<Keys>,
     /// Backups kept per tier.
     pub retention: Retention,
     /// The config file that was read, passed on to the restore_command pitr writes.
@@ -250,6 +257,12 @@ impl Settings {
             (None, Some(text)) => text.parse().map_err(|e: String| in_config(config.as_deref(), e))?,
             (None, None) => LogFormat::default(),
         };
+        let keys = load_keys(
+            file.recipients_file.as_deref(),
+            file.identity_file.as_deref(),
+            &|name| std::env::var_os(name).filter(|v| !v.is_empty()),
+        )
+        .map_err(|e| format!("encryption keys: {e}"))?;
         let service = service_settings(&file.schedule, &file.drill, &file.verify, sync_to.is_some())
             .map_err(|e| in_config(config.as_deref(), e));
         Ok(Settings {
@@ -260,6 +273,7 @@ impl Settings {
             name,
             jobs,
             dedup: file.dedup.unwrap_or(false),
+            keys: Arc::new(keys),
             retention,
             config,
             spool: args.spool.clone().or(file.spool),
@@ -295,6 +309,25 @@ fn service_settings(
         drill: drill_settings(drill_file.clone().unwrap_or_default())?,
         verify: verify_settings(verify_file.clone().unwrap_or_default())?,
     })
+}
+
+/// The keys of an encrypted repository: the environment's files or identity text over the
+/// config file's files. A key itself is never taken from a flag (it would show in `ps`).
+fn load_keys(
+    recipients_file: Option<&Path>,
+    identity_file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Keys, pitr::Error> {
+    let recipients_env = env("PITR_RECIPIENTS_FILE").map(PathBuf::from);
+    let identity_env = env("PITR_IDENTITY_FILE").map(PathBuf::from);
+    let identity_text = env("PITR_IDENTITY").map(|v| v.to_string_lossy().into_owned());
+    let recipients = recipients_env.as_deref().or(recipients_file).map(KeySource::File);
+    let identities = match (identity_text, identity_env.as_deref().or(identity_file)) {
+        (Some(text), _) => Some(KeySource::Env("PITR_IDENTITY", text)),
+        (None, Some(path)) => Some(KeySource::File(path)),
+        (None, None) => None,
+    };
+    Keys::load(recipients, identities)
 }
 
 fn read_config(path: Option<&Path>) -> Result<FileSettings, String> {

@@ -113,7 +113,7 @@ fn run_verify(
     conninfo: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
-    let repo = Repo::open(&settings.repo)?;
+    let repo = Repo::open(&settings.repo)?.with_keys(settings.keys.clone());
     let config = connection_config(conninfo, &|k| std::env::var(k).ok())?;
     let observed = runtime().block_on(verify::observe_server(
         &repo,
@@ -165,7 +165,7 @@ pub fn check_integrity(
     settings: std::result::Result<&Settings, &String>,
 ) -> Result<Done> {
     let configured_repo = || match settings {
-        Ok(settings) => Repo::open(&settings.repo),
+        Ok(settings) => Repo::open(&settings.repo).map(|r| r.with_keys(settings.keys.clone())),
         Err(message) => Err(Error::Refused(message.clone())),
     };
     let jobs = jobs

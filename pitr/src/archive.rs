@@ -102,6 +102,7 @@ pub fn push(repo: &Repo, codec: &Codec, path: &Path, site: &Site) -> Result<Push
     // object store, not two), which is then compared.
     match repo.put_wal(&name, &object)? {
         PutOutcome::Created => Ok(PushOutcome::Stored),
+        PutOutcome::AlreadyExists if !repo.can_decrypt()? => compare_sealed(repo, &name, &object),
         PutOutcome::AlreadyExists => {
             let mut raw = Vec::new();
             file.seek(SeekFrom::Start(0))
@@ -438,6 +439,29 @@ pub(crate) fn compare_with_archived(repo: &Repo, name: &WalFileName, raw: &[u8])
         });
     }
     // "Already archived" is success only once that copy is durable (it may be from a crashed push).
+    repo.sync_wal(name)?;
+    Ok(PushOutcome::AlreadyArchived)
+}
+
+/// [`compare_with_archived`] on a host that only writes an encrypted repository (it holds the
+/// recipients, not an identity): the stored object's public header records the length and
+/// CRC-32C of what was encrypted, which must be exactly `object`, the object this push would
+/// store (the same file, compressed the same way, gives the same object).
+fn compare_sealed(repo: &Repo, name: &WalFileName, object: &[u8]) -> Result<PushOutcome> {
+    let what = repo.describe_wal(name);
+    let stored = repo.wal_envelope(name)?.ok_or_else(|| Error::Repo {
+        path: repo.location().into(),
+        reason: format!("{what} vanished while it was being compared; retry"),
+    })?;
+    if stored.plain_len != object.len() as u64 || stored.plain_crc != crc32c::crc32c(object) {
+        return Err(Error::ConflictingContent {
+            name: name.to_string(),
+            stored: "the encrypted copy differs in length or CRC-32C from this file compressed as configured; \
+                     this host holds no identity to compare the contents (run archive-push once with \
+                     `identity_file` set, or compare the two by hand)"
+                .into(),
+        });
+    }
     repo.sync_wal(name)?;
     Ok(PushOutcome::AlreadyArchived)
 }

@@ -525,7 +525,7 @@ fn source_failure(e: std::io::Error, what: &str, action: &'static str) -> Error 
 }
 
 /// The [`SourceError`] inside `e`, or `e` itself.
-fn unwrap_source(e: std::io::Error) -> std::result::Result<Error, std::io::Error> {
+pub(crate) fn unwrap_source(e: std::io::Error) -> std::result::Result<Error, std::io::Error> {
     if !e.get_ref().is_some_and(|inner| inner.is::<SourceError>()) {
         return Err(e);
     }

@@ -289,6 +289,9 @@ pub struct RepoSummary {
     /// The earlier generations, newest first (recovered with their majors' binaries).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub earlier_generations: Vec<RepoSummary>,
+    /// The fingerprints of the recipients an encrypted repository is encrypted for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypted_for: Option<Vec<String>>,
 }
 
 /// "You can recover to any moment between X and Y" on one timeline.
@@ -359,6 +362,7 @@ pub fn info(repo: &Repo, now: DateTime<Utc>) -> Result<RepoSummary> {
         .iter()
         .map(|earlier| Ok(summarize(&Holdings::read(earlier)?, now)))
         .collect::<Result<_>>()?;
+    summary.encrypted_for = repo.encrypted_for()?;
     Ok(summary)
 }
 
@@ -411,6 +415,7 @@ pub fn summarize_on(holdings: &Holdings, now: DateTime<Utc>, timeline: Option<Ti
         restore_points: holdings.restore_points.as_ref().map(Vec::clone).unwrap_or_default(),
         unreadable,
         earlier_generations: Vec::new(),
+        encrypted_for: None,
     }
 }
 

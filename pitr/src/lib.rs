@@ -9,6 +9,7 @@
 //!   did (the DROP, TRUNCATE or DELETE to undo), with names from [`names`].
 //! - [`timeline`]: which timeline holds each segment when recovery follows a timeline's history.
 //! - [`codec`]: the stored-object format (compression + CRC-32), one for every stored file.
+//! - [`crypt`]: encryption at rest — age recipients and identities, the encrypted-object envelope.
 //! - [`fsio`]: trusted file operations: symlink-safe, crash-safe, exact modes, page-cache-shaped writes.
 //! - [`storage`]: the create-only [`storage::Storage`] trait and its backends (local disk, S3).
 //! - [`repo`]: the repository's layout and the metadata binding it to one cluster.
@@ -44,6 +45,7 @@ pub mod backup;
 pub mod codec;
 pub mod control;
 pub mod crash_point;
+pub mod crypt;
 pub mod daemon;
 pub mod demo;
 pub mod drill;

@@ -53,6 +53,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, json};
+use crate::crypt::Keys;
 use crate::error::{Error, Result};
 use crate::storage::{LocalStorage, Location, ObjectMeta, ObjectWriter, PutOutcome, Storage};
 use crate::wal::{LongPageHeader, Lsn, SegmentName, SegmentSize, WalFileName};
@@ -81,8 +82,14 @@ const DATA_DIRS: [&str; 7] = [
     crate::drill::DRILLS_DIR,
     GENERATIONS_DIR,
 ];
+mod sealed;
+use sealed::Sealed;
+
 /// Layout version of repo.json.
 const LAYOUT_VERSION: u32 = 1;
+/// Layout version of the repo.json of an encrypted repository: a pitr from before encryption
+/// refuses it instead of writing plain objects into it.
+const ENCRYPTED_LAYOUT_VERSION: u32 = 2;
 
 /// A cluster as a repository records it: what its WAL and its backups must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,7 +301,23 @@ struct MetadataRecord {
     pg_version: u32,
     system_identifier: u64,
     wal_segment_size: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encryption: Option<EncryptionRecord>,
 }
+
+/// repo.json's `encryption`: every object but the plain records is encrypted for these
+/// recipients (see [`crate::crypt`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncryptionRecord {
+    /// The format: `age-x25519` (age v1, X25519 recipients), in pitr's envelope.
+    scheme: String,
+    /// The recipients' fingerprints ([`crate::crypt::fingerprint`]), sorted.
+    recipients: Vec<String>,
+}
+
+/// [`EncryptionRecord::scheme`]'s one value.
+const AGE_SCHEME: &str = "age-x25519";
 
 /// The layout version of a repo.json, read before the rest.
 #[derive(Debug, Deserialize)]
@@ -318,7 +341,7 @@ pub enum Created {
 /// A repository: storage plus layout, acting on one generation's WAL.
 #[derive(Clone)]
 pub struct Repo {
-    storage: Arc<dyn Storage>,
+    storage: Arc<Sealed>,
     /// The generation whose WAL this handle reads and writes; `None`: the current one, as
     /// the repository says at each call.
     pinned: Option<u32>,
@@ -334,6 +357,38 @@ impl Repo {
         Ok(Repo::on(location.open()?))
     }
 
+    /// This repository read and written with `keys` (an encrypted repository needs them: see
+    /// [`crate::crypt`]).
+    pub fn with_keys(self, keys: Arc<Keys>) -> Repo {
+        Repo {
+            storage: Arc::new(self.storage.with_keys(keys)),
+            ..self
+        }
+    }
+
+    /// The keys this handle reads and writes with.
+    pub fn keys(&self) -> &Arc<Keys> {
+        self.storage.keys()
+    }
+
+    /// Whether this handle can read the repository's objects: it is not encrypted, or an
+    /// identity is given (a host that only archives has recipients only).
+    pub fn can_decrypt(&self) -> Result<bool> {
+        self.storage.can_read()
+    }
+
+    /// The public header of an encrypted WAL file, checked against its bytes (see
+    /// [`crate::crypt::check_public`]), or `None` when it is not archived.
+    pub fn wal_envelope(&self, name: &WalFileName) -> Result<Option<crate::crypt::Envelope>> {
+        self.storage.envelope(&self.wal_key(name)?)
+    }
+
+    /// The fingerprints of the recipients the repository is encrypted for, as repo.json
+    /// records them; `None` when it is not encrypted.
+    pub fn encrypted_for(&self) -> Result<Option<Vec<String>>> {
+        self.storage.recorded_recipients()
+    }
+
     /// The repository in an existing local directory, acting on its current generation.
     pub fn open_local(root: impl Into<std::path::PathBuf>) -> Result<Repo> {
         Ok(Repo::on(Arc::new(LocalStorage::open(root)?)))
@@ -342,7 +397,7 @@ impl Repo {
     /// The repository kept in `storage`, acting on its current generation.
     pub fn on(storage: Arc<dyn Storage>) -> Repo {
         Repo {
-            storage,
+            storage: Arc::new(Sealed::new(storage, Arc::new(Keys::none()))),
             pinned: None,
             pinned_record: Arc::default(),
         }
@@ -494,15 +549,36 @@ impl Repo {
         };
         let what = self.storage.describe(METADATA_KEY);
         let format_version = json::from_slice::<Layout>(&bytes, &what)?.format_version;
-        if format_version != LAYOUT_VERSION {
+        if format_version != LAYOUT_VERSION && format_version != ENCRYPTED_LAYOUT_VERSION {
             return Err(Error::Repo {
                 path: self.location().into(),
                 reason: format!(
-                    "has layout version {format_version}, this pitr reads version {LAYOUT_VERSION}: use a matching pitr"
+                    "has layout version {format_version}, this pitr reads versions {LAYOUT_VERSION} and \
+                     {ENCRYPTED_LAYOUT_VERSION}: use a matching pitr"
                 ),
             });
         }
         let first: MetadataRecord = json::from_slice(&bytes, &what)?;
+        if (format_version == ENCRYPTED_LAYOUT_VERSION) != first.encryption.is_some() {
+            return Err(Error::Corrupt {
+                what,
+                reason: "says layout version 2 without encryption, or encryption with layout version 1".into(),
+            });
+        }
+        if let Some(scheme) = first
+            .encryption
+            .as_ref()
+            .map(|e| &e.scheme)
+            .filter(|s| *s != AGE_SCHEME)
+        {
+            return Err(Error::Repo {
+                path: self.location().into(),
+                reason: format!(
+                    "is encrypted with scheme '{scheme}', this pitr knows '{AGE_SCHEME}': use a matching pitr"
+                ),
+            });
+        }
+        self.storage.learn(first.encryption.as_ref());
         let mut list = vec![Generation {
             generation: 1,
             pg_version: first.pg_version,
@@ -722,11 +798,20 @@ impl Repo {
     fn write_first(&self, found: Cluster) -> Result<Cluster> {
         self.storage
             .put_if_absent(&format!("{}{WAL_MARKER}", wal_dir(1)), MARKER_TEXT)?;
+        let keys = self.storage.keys();
+        let encryption = keys.can_write().then(|| EncryptionRecord {
+            scheme: AGE_SCHEME.into(),
+            recipients: keys.recipient_fingerprints(),
+        });
         let record = MetadataRecord {
-            format_version: LAYOUT_VERSION,
+            format_version: match encryption {
+                Some(_) => ENCRYPTED_LAYOUT_VERSION,
+                None => LAYOUT_VERSION,
+            },
             pg_version: found.pg_version,
             system_identifier: found.system_identifier,
             wal_segment_size: found.wal_segment_size,
+            encryption,
         };
         match self.storage.put_if_absent(METADATA_KEY, &json::to_vec(&record))? {
             PutOutcome::Created => Ok(found),

@@ -38,6 +38,8 @@ pub struct InitOptions {
     pub pgdata: Option<PathBuf>,
     /// The repository.
     pub repo: Location,
+    /// The keys it is read and written with (an encrypted one is created when recipients are given).
+    pub keys: std::sync::Arc<crate::crypt::Keys>,
     /// pitr's config file to write (absolute).
     pub config_file: PathBuf,
     /// The WAL receiver's slot, and how to reach the server to create it (as `pitr slot`).
@@ -167,7 +169,7 @@ pub async fn init(server: &Server, options: &InitOptions, progress: &dyn Progres
     report.applied = true;
     report.restart_pending = plan.settings.restart_pending(true);
     report.check = if report.restart_pending.is_empty() {
-        let repo = Repo::open(&options.repo)?;
+        let repo = Repo::open(&options.repo)?.with_keys(options.keys.clone());
         let check_options = CheckOptions {
             timeout: options.check_timeout,
             slot: Some(slot.clone()),
@@ -243,7 +245,7 @@ async fn apply(
         create_repository_directory(&options.repo, owner)?;
     }
     if plan.repository.current().is_some() {
-        create_repo(&Repo::open(&options.repo)?, server).await?;
+        create_repo(&Repo::open(&options.repo)?.with_keys(options.keys.clone()), server).await?;
     }
     config_file::write(&options.config_file, &plan.config, owner)?;
     plan.settings.apply(server, progress).await?;

@@ -249,7 +249,7 @@ impl<S: Storage + ?Sized> ObjectWriter for BufferedWriter<'_, S> {
 }
 
 /// Overwrites the first bytes of `bytes` with `head`, which must not be longer.
-fn patch_head(bytes: &mut [u8], head: &[u8]) -> Result<()> {
+pub(crate) fn patch_head(bytes: &mut [u8], head: &[u8]) -> Result<()> {
     check_head_fits(head, bytes.len() as u64)?;
     bytes[..head.len()].copy_from_slice(head);
     Ok(())

@@ -1287,7 +1287,7 @@ impl Cluster {
             Some(repo) => (repo.clone(), opts.repo_dir.clone().unwrap_or_else(|| repo.clone())),
             None if backend_is_s3() => {
                 let server = Arc::new(s3::S3Server::start());
-                env = server.env();
+                env.extend(server.env());
                 let located = (PathBuf::from(server.url("repo")), server.bucket_dir().join("repo"));
                 s3 = Some(server);
                 located

@@ -51,14 +51,16 @@ impl Owner {
     /// A command that runs as this user (switching user needs root; otherwise it must be us).
     /// pitr's own environment (`PITR_*`) is not passed on: the archive and restore commands pitr
     /// writes for a server it starts carry their options explicitly, and must not pick up the
-    /// operator's.
+    /// operator's. The keys of an encrypted repository are the exception
+    /// ([`crate::crypt::KEY_VARIABLES`]): the restore_command of the server needs them to read it.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
         if rustix::process::geteuid().as_raw() == 0 {
             command.uid(self.uid).gid(self.gid);
         }
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("PITR_") {
+            let name_text = name.to_string_lossy();
+            if name_text.starts_with("PITR_") && !crate::crypt::KEY_VARIABLES.contains(&&*name_text) {
                 command.env_remove(name);
             }
         }

@@ -349,6 +349,7 @@ mod tests {
                 restore_points: vec![],
                 unreadable: vec![],
                 earlier_generations: vec![],
+                encrypted_for: None,
             },
             drills: vec![],
             passed_drills: vec![],

@@ -1,0 +1,114 @@
+use super::*;
+
+fn keys() -> Keys {
+    let (secret, recipient) = Keys::generate();
+    Keys::load(Some(KeySource::Env("R", recipient)), Some(KeySource::Env("I", secret))).unwrap()
+}
+
+#[test]
+fn a_sealed_object_decrypts_whole_streamed_and_by_range() {
+    let keys = keys();
+    let plain: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sealed = keys.seal(&plain).unwrap();
+    assert!(is_sealed(&sealed));
+    assert!(
+        sealed.windows(64).all(|w| !plain.windows(64).take(10).any(|p| p == w)),
+        "no plaintext shows"
+    );
+    assert_eq!(keys.unseal(&sealed, "obj", &[]).unwrap(), plain);
+    let mut streamed = Vec::new();
+    keys.unseal_reader(Box::new(io::Cursor::new(sealed.clone())), "obj", &[])
+        .unwrap()
+        .read_to_end(&mut streamed)
+        .unwrap();
+    assert_eq!(streamed, plain);
+    let fetches = std::cell::Cell::new(0);
+    let fetch = |at: u64, n: u64| {
+        fetches.set(fetches.get() + 1);
+        Ok(sealed[at as usize..(at + n) as usize].to_vec())
+    };
+    for (start, len) in [
+        (0, 10),
+        (65_530, 20),
+        (131_072, 65_536),
+        (299_990, 10),
+        (5, 299_995),
+        (70_000, 0),
+    ] {
+        let got = keys.unseal_range(&fetch, start, len, "obj", &[]).unwrap();
+        assert_eq!(got, plain[start as usize..(start + len) as usize], "{start}+{len}");
+    }
+    assert!(
+        keys.unseal_range(&fetch, 299_990, 11, "obj", &[]).is_err(),
+        "past the end"
+    );
+    assert!(
+        fetches.get() <= 6 * 4 + 1,
+        "a range takes a few reads, not one per chunk: {}",
+        fetches.get()
+    );
+    let header = check_public(&sealed, "obj").unwrap();
+    assert_eq!(
+        (header.plain_len, header.plain_crc),
+        (plain.len() as u64, crc32c::crc32c(&plain))
+    );
+}
+
+#[test]
+fn every_flipped_byte_is_found_with_or_without_the_key() {
+    let keys = keys();
+    let sealed = keys.seal(b"a history file's few bytes").unwrap();
+    for i in 0..sealed.len() {
+        let mut bad = sealed.clone();
+        bad[i] ^= 0x20;
+        assert!(check_public(&bad, "obj").is_err(), "byte {i}: the public check");
+        assert!(keys.unseal(&bad, "obj", &[]).is_err(), "byte {i}: decryption");
+    }
+}
+
+#[test]
+fn a_missing_or_wrong_identity_is_refused_by_name() {
+    let (_, recipient) = Keys::generate();
+    let writer = Keys::load(Some(KeySource::Env("R", recipient)), None).unwrap();
+    let sealed = writer.seal(b"x").unwrap();
+    let recorded = writer.recipient_fingerprints();
+    let err = writer.unseal(&sealed, "wal/x", &recorded).unwrap_err().to_string();
+    assert!(
+        err.contains("no identity was given") && err.contains(&recorded[0]),
+        "{err}"
+    );
+    let other = keys();
+    let err = other.unseal(&sealed, "wal/x", &recorded).unwrap_err().to_string();
+    assert!(
+        err.contains("no identity given matches") && err.contains(&recorded[0]),
+        "{err}"
+    );
+}
+
+#[test]
+fn key_files_are_checked_and_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, recipient) = Keys::generate();
+    let path = dir.path().join("identity");
+    std::fs::write(&path, format!("# created by a test\n{secret}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Keys::load(None, Some(KeySource::File(&path))).unwrap_err().to_string();
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let keys = Keys::load(None, Some(KeySource::File(&path))).unwrap();
+    assert_eq!(keys.identity_fingerprints().len(), 1);
+    let bad = format!("{}x", &secret[..secret.len() - 1]);
+    let err = Keys::load(None, Some(KeySource::Env("PITR_IDENTITY", bad.clone())))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 1") && !err.contains(&bad[..20]), "{err}");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    assert!(
+        Keys::load(None, Some(KeySource::File(&link))).is_err(),
+        "a symlink is not followed"
+    );
+    assert!(!format!("{keys:?}").contains(&secret[..20]));
+    let _ = recipient;
+}
