@@ -471,7 +471,7 @@ fn sorted(items: impl Iterator<Item = String>) -> Vec<String> {
 /// Fingerprints as a list for messages.
 pub fn list(fingerprints: &[String]) -> String {
     match fingerprints {
-        [] => "no recipient".into(),
+        [] => "recipients not recorded".into(),
         [one] => format!("recipient {one}"),
         many => format!("recipients {}", many.join(", ")),
     }

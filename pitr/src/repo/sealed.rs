@@ -112,19 +112,37 @@ impl Sealed {
     /// `bytes` read from `key` as the caller may see them: decrypted, or refused when plain in
     /// an encrypted repository or encrypted in a plain one.
     fn reading(&self, key: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        match self.sealed_read(key, &bytes)? {
+            Some(recorded) => self.keys.unseal(&bytes, &self.inner.describe(key), &recorded),
+            None => Ok(bytes),
+        }
+    }
+
+    /// Whether an object that begins with `head` is to be decrypted: `Some` with the recorded
+    /// recipients (for messages), `None` to pass it on as it is; an error when it is plain in an
+    /// encrypted repository or encrypted in a plain one. A process without keys never looks
+    /// repo.json up for this (it cannot read an encrypted repository: an encrypted object is
+    /// refused at decryption), so reading a plain repository costs no extra request.
+    fn sealed_read(&self, key: &str, head: &[u8]) -> Result<Option<Vec<String>>> {
         if is_plain_key(key) {
-            return Ok(bytes);
+            return Ok(None);
+        }
+        if self.keyless() {
+            // Decryption without an identity refuses it, naming what it can.
+            return Ok(crypt::is_sealed(head).then(|| match self.mode() {
+                Ok(Mode::Encrypted(recorded)) => recorded,
+                _ => Vec::new(),
+            }));
         }
         match self.mode()? {
-            Mode::Encrypted(recorded) => {
-                self.expect_sealed(key, &bytes)?;
-                self.keys.unseal(&bytes, &self.inner.describe(key), &recorded)
-            }
-            Mode::Plain => {
-                self.expect_plain(key, &bytes)?;
-                Ok(bytes)
-            }
+            Mode::Encrypted(recorded) => self.expect_sealed(key, head).map(|_| Some(recorded)),
+            Mode::Plain => self.expect_plain(key, head).map(|_| None),
         }
+    }
+
+    /// Whether this process has no keys at all (the usual unencrypted setup).
+    fn keyless(&self) -> bool {
+        !self.keys.can_write() && self.keys.identity_fingerprints().is_empty()
     }
 
     fn expect_sealed(&self, key: &str, bytes: &[u8]) -> Result<()> {
@@ -238,10 +256,6 @@ impl Storage for Sealed {
     }
 
     fn get_reader(&self, key: &str) -> Result<Option<Box<dyn std::io::BufRead + Send>>> {
-        if is_plain_key(key) {
-            return self.inner.get_reader(key);
-        }
-        let mode = self.mode()?;
         let Some(mut reader) = self.inner.get_reader(key)? else {
             return Ok(None);
         };
@@ -249,28 +263,26 @@ impl Storage for Sealed {
             crate::codec::unwrap_source(e)
                 .unwrap_or_else(|e| Error::io("read", std::path::Path::new(&self.inner.describe(key)))(e))
         })?;
-        match mode {
-            Mode::Encrypted(recorded) => {
-                self.expect_sealed(key, head)?;
-                self.keys
-                    .unseal_reader(reader, &self.inner.describe(key), &recorded)
-                    .map(Some)
-            }
-            Mode::Plain => {
-                self.expect_plain(key, head)?;
-                Ok(Some(reader))
-            }
+        match self.sealed_read(key, head)? {
+            Some(recorded) => self
+                .keys
+                .unseal_reader(reader, &self.inner.describe(key), &recorded)
+                .map(Some),
+            None => Ok(Some(reader)),
         }
     }
 
     fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>> {
-        let Mode::Encrypted(recorded) = self.mode()? else {
+        // Only packs are read by range; a repository whose objects are plain reads them directly.
+        if self.keyless() || self.mode()? == Mode::Plain {
             return self.inner.get_range(key, start, len);
-        };
+        }
         let Some(head) = self.inner.get_range(key, 0, crypt::HEADER_LEN as u64)? else {
             return Ok(None);
         };
-        self.expect_sealed(key, &head)?;
+        let Some(recorded) = self.sealed_read(key, &head)? else {
+            return self.inner.get_range(key, start, len);
+        };
         let fetch = |at: u64, n: u64| match at {
             0 if n == head.len() as u64 => Ok(head.clone()),
             _ => self.inner.get_range(key, at, n)?.ok_or_else(|| Error::Corrupt {
