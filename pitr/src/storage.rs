@@ -83,11 +83,7 @@ pub trait Storage: Send + Sync {
     /// does, so that `finish` has little left to do. The default keeps the pieces in memory and
     /// puts them whole.
     fn put_writer(&self, key: &str) -> Result<Box<dyn ObjectWriter + '_>> {
-        Ok(Box::new(BufferedWriter {
-            store: self,
-            key: key.to_string(),
-            bytes: Vec::new(),
-        }))
+        Ok(buffered_writer(self, key))
     }
 
     /// Makes an existing object durable (it may come from a put that crashed before it was
@@ -225,7 +221,17 @@ impl std::io::Write for WriteInto<'_> {
     }
 }
 
-/// [`Storage::put_writer`]'s default: the pieces in memory, put whole at the end.
+/// [`Storage::put_writer`]'s default, for `store`: the pieces in memory, put whole with
+/// `store.put_if_absent` at the end.
+pub(crate) fn buffered_writer<'a, S: Storage + ?Sized>(store: &'a S, key: &str) -> Box<dyn ObjectWriter + 'a> {
+    Box::new(BufferedWriter {
+        store,
+        key: key.to_string(),
+        bytes: Vec::new(),
+    })
+}
+
+/// See [`buffered_writer`].
 struct BufferedWriter<'a, S: Storage + ?Sized> {
     store: &'a S,
     key: String,
@@ -249,7 +255,7 @@ impl<S: Storage + ?Sized> ObjectWriter for BufferedWriter<'_, S> {
 }
 
 /// Overwrites the first bytes of `bytes` with `head`, which must not be longer.
-pub(crate) fn patch_head(bytes: &mut [u8], head: &[u8]) -> Result<()> {
+fn patch_head(bytes: &mut [u8], head: &[u8]) -> Result<()> {
     check_head_fits(head, bytes.len() as u64)?;
     bytes[..head.len()].copy_from_slice(head);
     Ok(())
