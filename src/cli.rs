@@ -341,6 +341,22 @@ pub enum Command {
         json: bool,
     },
 
+    /// Rotate the keys of an encrypted repository: the recipients configured now (recipients_file)
+    /// become its newest key set, which every writer must then have.
+    ///
+    /// Objects stored before stay readable with the identities of their own recipients; with
+    /// --rewrite they are re-encrypted for the newest set (this needs an identity of the old
+    /// set), one at a time and resumably: a run that stops is finished by the next. Readers,
+    /// recovery included, go on meanwhile; backups, expire and sync wait (the backup lock).
+    RotateKey {
+        /// Re-encrypt every object of an older key set for the newest.
+        #[arg(long)]
+        rewrite: bool,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Take a base backup of a running server into a tier (hourly, daily or weekly).
     ///
     /// Runs on the database host: pitr reads the data directory itself, in parallel, while the

@@ -176,6 +176,15 @@ pub fn run(command: &Command, settings: &Settings) -> Result<Done> {
             }
             Ok(Done::Ok)
         }
+        Command::RotateKey { rewrite, json } => {
+            let report = repo.rotate_key(*rewrite)?;
+            if *json {
+                output::json(&report)
+            } else {
+                output::rotate_report(&report, *rewrite)
+            }
+            Ok(Done::Ok)
+        }
         Command::UpgradeRepo { connection, json } => {
             let report = with_server(connection, settings, |server| async move {
                 pitr::generations::upgrade_repo(&repo, &server).await

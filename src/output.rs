@@ -470,6 +470,26 @@ pub fn create_report(r: &pitr::generations::CreateReport) {
     );
 }
 
+/// What `pitr rotate-key` did.
+pub fn rotate_report(r: &pitr::repo::RotateReport, rewrite: bool) {
+    let set = match r.recorded {
+        true => "recorded as",
+        false => "already were",
+    };
+    println!(
+        "repository {}: {} {set} key set {}",
+        r.repository,
+        pitr::crypt::list(&r.recipients),
+        r.key_set
+    );
+    if rewrite {
+        println!(
+            "re-encrypted {} objects for it ({} were already, {} put back from an earlier run)",
+            r.rewritten, r.current, r.resumed
+        );
+    }
+}
+
 /// What `pitr upgrade-repo` did.
 pub fn upgrade_report(r: &pitr::generations::UpgradeReport) {
     let (old, new) = (&r.previous, &r.current);

@@ -49,13 +49,24 @@ fn keygen(pitr: &Path) -> KeyPair {
 }
 
 fn encrypted_cluster(keys: &KeyPair) -> Cluster {
+    cluster_with(&keys.recipients, &keys.identity)
+}
+
+fn cluster_with(recipients: &Path, identity: &Path) -> Cluster {
     Cluster::start(ClusterOptions {
         env: vec![
-            ("PITR_RECIPIENTS_FILE".into(), keys.recipients.display().to_string()),
-            ("PITR_IDENTITY_FILE".into(), keys.identity.display().to_string()),
+            ("PITR_RECIPIENTS_FILE".into(), recipients.display().to_string()),
+            ("PITR_IDENTITY_FILE".into(), identity.display().to_string()),
         ],
         ..ClusterOptions::default()
     })
+}
+
+/// The key set an encrypted object records (envelope bytes 32..36).
+fn key_set_of(object: &Path) -> u32 {
+    let bytes = fs::read(object).unwrap();
+    assert!(bytes.starts_with(b"PITE"), "{} is not encrypted", object.display());
+    u32::from_le_bytes(bytes[32..36].try_into().unwrap())
 }
 
 /// Every stored object but the plain records (repo.json, generations, locks, WAL markers).
@@ -65,7 +76,7 @@ fn data_objects(root: &Path) -> Vec<PathBuf> {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
             if path.is_dir() {
-                if name != "locks" && name != "generations" {
+                if name != "locks" && name != "generations" && name != "keys" {
                     walk(&path, found);
                 }
             } else if name != "repo.json" && name != ".pitr-archive" && !name.starts_with(".tmp") {
@@ -263,4 +274,115 @@ fn header_for(segment: &[u8], name: &str, seg_size: u64) -> Vec<u8> {
     let pageaddr = log * 0x1_0000_0000 + seg * seg_size;
     bytes[8..16].copy_from_slice(&pageaddr.to_le_bytes());
     bytes
+}
+
+#[test]
+fn rotate_key_adds_recipients_and_rewrite_moves_every_object_to_them_resumably() {
+    let probe = TestDir::new("probe");
+    let pitr = probe.install_pitr();
+    let (old, new) = (keygen(&pitr), keygen(&pitr));
+    // The recipients the cluster's archive_command reads: rewritten at the rotation.
+    let current = old
+        ._dir
+        .write("current-recipients.txt", fs::read(&old.recipients).unwrap());
+    give_to_server_user(&current);
+    let c = cluster_with(&current, &old.identity);
+    c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    backup_ok(&c, &[]);
+    let before = c.switch_and_archive();
+
+    // Key set 2: the old recipient and the new one.
+    let both = format!(
+        "{}{}",
+        fs::read_to_string(&old.recipients).unwrap(),
+        fs::read_to_string(&new.recipients).unwrap()
+    );
+    fs::write(&current, both).unwrap();
+    let out = c.pitr_ok(&["rotate-key"]);
+    assert!(out.stdout_str().contains("recorded as key set 2"), "{}", out.describe());
+    // A writer with the old set only is refused now; the cluster (with both) archives on.
+    let mut cmd = c.pitr_connected_cmd(c.repo());
+    cmd.env("PITR_RECIPIENTS_FILE", &old.recipients);
+    let refused = run(cmd.args(["restore-point", "--no-switch", "x"]));
+    assert!(
+        !refused.success() && refused.stderr_str().contains("is encrypted for"),
+        "{}",
+        refused.describe()
+    );
+    c.psql("INSERT INTO t SELECT g FROM generate_series(1001, 1500) g");
+    let after = c.switch_and_archive();
+    assert_eq!(key_set_of(&stored_path(c.repo_dir(), &before)), 1);
+    assert_eq!(key_set_of(&stored_path(c.repo_dir(), &after)), 2);
+
+    // The new identity alone reads the new segment, not the old one.
+    let get = |name: &str| {
+        let mut cmd = c.pitr_cmd_in_data_dir();
+        cmd.env("PITR_IDENTITY_FILE", &new.identity);
+        run(cmd
+            .arg("--repo")
+            .arg(c.repo())
+            .args(["archive-get", name, "pg_wal/RECOVERYXLOG"]))
+    };
+    get(&after).assert_success();
+    let out = get(&before);
+    out.assert_code(200);
+    assert!(
+        out.stderr_str().contains("no identity given matches"),
+        "{}",
+        out.describe()
+    );
+
+    // --rewrite, killed after its first old object was deleted and before it was stored again:
+    // the object aside stands in for it, and the next run puts it back and finishes.
+    let mut cmd = c.pitr_cmd();
+    cmd.env("PITR_CRASH_AT", "rekey:deleted");
+    let killed = run(cmd.arg("--repo").arg(c.repo()).args(["rotate-key", "--rewrite"]));
+    assert!(!killed.success(), "the crash point is reached: {}", killed.describe());
+    if c.repo_is_s3() {
+        // The killed run's lock is a lease nobody renews: as an operator who knows its holder is
+        // dead may, delete it rather than wait a lease out.
+        fs::remove_file(c.repo_dir().join("locks/backup.lock")).expect("the lease object");
+    }
+    let aside: Vec<PathBuf> = walk_all(c.repo_dir())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".rekey"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(!PathBuf::from(aside[0].to_string_lossy().trim_end_matches(".rekey")).exists());
+    c.pitr_ok(&["verify", "all"]);
+    let out = c.pitr_ok(&["rotate-key", "--rewrite", "--json"]);
+    let report = parse_json(&out);
+    assert_eq!(report["resumed"], 1, "{report}");
+    assert!(report["rewritten"].as_u64().unwrap() > 5, "{report}");
+    assert!(!report["recorded"].as_bool().unwrap(), "{report}");
+    for object in data_objects(c.repo_dir()) {
+        assert_eq!(key_set_of(&object), 2, "{} is not re-encrypted", object.display());
+    }
+    get(&before).assert_success();
+
+    // The new identity alone recovers the whole history.
+    let nd = NewDir::new();
+    let mut cmd = c.pitr_cmd();
+    cmd.env("PITR_IDENTITY_FILE", &new.identity);
+    let out = run(cmd
+        .arg("--repo")
+        .arg(c.repo())
+        .args(["recover", "--target", "latest", "--pgdata"])
+        .arg(&nd.data)
+        .args(["--verify-sql", "SELECT count(*) FROM t"]));
+    assert!(out.success(), "{}\n{}", out.describe(), tail(&nd.server_log(), 40));
+    assert_eq!(out.stdout_line("verify: "), "1500", "{}", out.describe());
+}
+
+/// Every file under `root`.
+fn walk_all(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => found.extend(walk_all(&path)),
+            false => found.push(path),
+        }
+    }
+    found
 }

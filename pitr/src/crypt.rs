@@ -17,7 +17,7 @@
 //! | 16 | 8 | length of the age file that follows |
 //! | 24 | 4 | CRC-32C of the plaintext |
 //! | 28 | 4 | CRC-32C of the age file |
-//! | 32 | 4 | reserved, zero |
+//! | 32 | 4 | key set: the number of the repository's recipient set it is encrypted for |
 //! | 36 | 4 | CRC-32C of bytes 0..36 |
 //!
 //! The header is public: without any key, [`check_public`] tells whether the object's bytes are
@@ -124,8 +124,9 @@ impl Keys {
         sorted(self.identities.iter().map(|i| fingerprint(&i.to_public())))
     }
 
-    /// Encrypts `plain` into an envelope for every recipient.
-    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>> {
+    /// Encrypts `plain` into an envelope for every recipient, recording that they are the
+    /// repository's key set `key_set`.
+    pub fn seal(&self, plain: &[u8], key_set: u32) -> Result<Vec<u8>> {
         let recipients = self.recipients.iter().map(|r| r as &dyn age::Recipient);
         let encryptor =
             age::Encryptor::with_recipients(recipients).map_err(|e| Error::Refused(format!("cannot encrypt: {e}")))?;
@@ -139,6 +140,7 @@ impl Keys {
             sealed_len: (sealed.len() - HEADER_LEN) as u64,
             plain_crc: crc32c::crc32c(plain),
             sealed_crc: crc32c::crc32c(&sealed[HEADER_LEN..]),
+            key_set,
         };
         sealed[..HEADER_LEN].copy_from_slice(&header.to_bytes());
         Ok(sealed)
@@ -325,6 +327,8 @@ pub struct Envelope {
     pub plain_crc: u32,
     /// CRC-32C of the age file.
     pub sealed_crc: u32,
+    /// The key set it is encrypted for (see `pitr rotate-key`).
+    pub key_set: u32,
 }
 
 impl Envelope {
@@ -336,6 +340,7 @@ impl Envelope {
         b[16..24].copy_from_slice(&self.sealed_len.to_le_bytes());
         b[24..28].copy_from_slice(&self.plain_crc.to_le_bytes());
         b[28..32].copy_from_slice(&self.sealed_crc.to_le_bytes());
+        b[32..36].copy_from_slice(&self.key_set.to_le_bytes());
         let crc = crc32c::crc32c(&b[..36]);
         b[36..].copy_from_slice(&crc.to_le_bytes());
         b
@@ -357,7 +362,7 @@ impl Envelope {
         if u32_at(36) != crc32c::crc32c(&b[..36]) {
             return Err(corrupt(what, "its encryption header fails its checksum".into()));
         }
-        if b[4] != VERSION || b[5..8] != [0; 3] || u32_at(32) != 0 {
+        if b[4] != VERSION || b[5..8] != [0; 3] {
             return Err(corrupt(
                 what,
                 format!(
@@ -371,6 +376,7 @@ impl Envelope {
             sealed_len: u64_at(16),
             plain_crc: u32_at(24),
             sealed_crc: u32_at(28),
+            key_set: u32_at(32),
         })
     }
 }

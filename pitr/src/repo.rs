@@ -69,6 +69,8 @@ const NAMES_DIR: &str = "names/";
 
 /// The directory of the records of generations 2 and later.
 const GENERATIONS_DIR: &str = "generations/";
+/// The directory of the key set records of an encrypted repository (see `repo/rekey.rs`).
+const KEYS_DIR: &str = "keys/";
 /// The name of the object that marks a WAL directory as this repository's archive.
 const WAL_MARKER: &str = ".pitr-archive";
 /// Top-level directories that hold a repository's data (locks do not count), besides the WAL
@@ -82,7 +84,9 @@ const DATA_DIRS: [&str; 7] = [
     crate::drill::DRILLS_DIR,
     GENERATIONS_DIR,
 ];
+mod rekey;
 mod sealed;
+pub use rekey::RotateReport;
 use sealed::Sealed;
 
 /// Layout version of repo.json.

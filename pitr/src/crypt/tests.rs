@@ -9,7 +9,7 @@ fn keys() -> Keys {
 fn a_sealed_object_decrypts_whole_streamed_and_by_range() {
     let keys = keys();
     let plain: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let sealed = keys.seal(&plain).unwrap();
+    let sealed = keys.seal(&plain, 1).unwrap();
     assert!(is_sealed(&sealed));
     assert!(
         sealed.windows(64).all(|w| !plain.windows(64).take(10).any(|p| p == w)),
@@ -57,7 +57,7 @@ fn a_sealed_object_decrypts_whole_streamed_and_by_range() {
 #[test]
 fn every_flipped_byte_is_found_with_or_without_the_key() {
     let keys = keys();
-    let sealed = keys.seal(b"a history file's few bytes").unwrap();
+    let sealed = keys.seal(b"a history file's few bytes", 1).unwrap();
     for i in 0..sealed.len() {
         let mut bad = sealed.clone();
         bad[i] ^= 0x20;
@@ -70,7 +70,7 @@ fn every_flipped_byte_is_found_with_or_without_the_key() {
 fn a_missing_or_wrong_identity_is_refused_by_name() {
     let (_, recipient) = Keys::generate();
     let writer = Keys::load(Some(KeySource::Env("R", recipient)), None).unwrap();
-    let sealed = writer.seal(b"x").unwrap();
+    let sealed = writer.seal(b"x", 1).unwrap();
     let recorded = writer.recipient_fingerprints();
     let err = writer.unseal(&sealed, "wal/x", &recorded).unwrap_err().to_string();
     assert!(

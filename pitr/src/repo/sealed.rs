@@ -8,7 +8,7 @@
 //! the other way round) is refused, not passed on. Writing needs the recipients repo.json records
 //! (by fingerprint), exactly; reading needs an identity of one of them.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
@@ -19,12 +19,31 @@ use crate::storage::{Listed, LockGuard, ObjectMeta, ObjectWriter, PutOutcome, St
 
 use super::{GENERATIONS_DIR, METADATA_KEY, WAL_MARKER};
 
-/// Whether the repository is encrypted, as repo.json says.
+/// Whether the repository is encrypted, as repo.json and the key set records say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Mode {
     Plain,
-    /// Encrypted for the recipients of these fingerprints.
-    Encrypted(Vec<String>),
+    Encrypted(KeySets),
+}
+
+/// The recipients' fingerprints of each key set of an encrypted repository, oldest first: set 1
+/// is repo.json's, set n >= 2 the record `keys/<n>.json` that `pitr rotate-key` wrote. New
+/// objects are encrypted for the newest set and carry its number in their envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeySets(Vec<Vec<String>>);
+
+impl KeySets {
+    /// The newest set: its number and its fingerprints.
+    pub(crate) fn current(&self) -> (u32, &[String]) {
+        (self.0.len() as u32, self.0.last().map_or(&[][..], Vec::as_slice))
+    }
+
+    /// The fingerprints of set `n` (none for a set the repository does not record).
+    pub(crate) fn of(&self, n: u32) -> &[String] {
+        n.checked_sub(1)
+            .and_then(|i| self.0.get(i as usize))
+            .map_or(&[][..], Vec::as_slice)
+    }
 }
 
 /// The part of repo.json this module reads.
@@ -38,8 +57,9 @@ struct EncryptionOnly {
 pub(crate) struct Sealed {
     inner: Arc<dyn Storage>,
     keys: Arc<Keys>,
-    /// Known once repo.json was read (a repository without one yet takes the keys' word).
-    mode: OnceLock<Mode>,
+    /// Known once repo.json was read (a repository without one yet takes the keys' word); read
+    /// again when a write finds this process's recipients are not the newest set's.
+    mode: Mutex<Option<Mode>>,
 }
 
 impl Sealed {
@@ -47,7 +67,7 @@ impl Sealed {
         Sealed {
             inner,
             keys,
-            mode: OnceLock::new(),
+            mode: Mutex::new(None),
         }
     }
 
@@ -60,33 +80,65 @@ impl Sealed {
         &self.keys
     }
 
-    /// Records what repo.json (just read by the caller) says, sparing a second read.
-    pub(crate) fn learn(&self, encryption: Option<&super::EncryptionRecord>) {
-        let _ = self.mode.set(mode_of(encryption));
+    /// The storage underneath, for the records kept plain and for `rotate-key --rewrite`.
+    pub(crate) fn inner(&self) -> &dyn Storage {
+        &*self.inner
     }
 
-    /// Whether the repository is encrypted: from repo.json, read once; a repository without
-    /// repo.json yet is encrypted when this process has recipients (it will write repo.json so).
+    /// Records that repo.json (just read by the caller) says the repository is not encrypted,
+    /// sparing a second read. (The key sets of an encrypted one are read on first use.)
+    pub(crate) fn learn(&self, encryption: Option<&super::EncryptionRecord>) {
+        if encryption.is_none() {
+            let mut mode = self.mode.lock().expect("not poisoned");
+            mode.get_or_insert(Mode::Plain);
+        }
+    }
+
+    /// Whether the repository is encrypted, and for which key sets: read once; a repository
+    /// without repo.json yet is encrypted when this process has recipients (it will write
+    /// repo.json so).
     fn mode(&self) -> Result<Mode> {
-        if let Some(mode) = self.mode.get() {
+        if let Some(mode) = &*self.mode.lock().expect("not poisoned") {
             return Ok(mode.clone());
         }
-        match self.inner.get(METADATA_KEY)? {
-            Some(bytes) => {
-                let what = self.inner.describe(METADATA_KEY);
-                let record: EncryptionOnly = json::from_slice(&bytes, &what)?;
-                Ok(self.mode.get_or_init(|| mode_of(record.encryption.as_ref())).clone())
-            }
-            None if self.keys.can_write() => Ok(Mode::Encrypted(self.keys.recipient_fingerprints())),
-            None => Ok(Mode::Plain),
-        }
+        self.read_mode()
     }
 
-    /// The keys to encrypt a new object with, or `None` to store it plain; refused when this
-    /// process's recipients are not exactly the repository's.
-    fn writing(&self) -> Result<Option<&Keys>> {
+    /// [`Sealed::mode`] read from the repository now.
+    fn read_mode(&self) -> Result<Mode> {
+        let Some(bytes) = self.inner.get(METADATA_KEY)? else {
+            return Ok(match self.keys.can_write() {
+                true => Mode::Encrypted(KeySets(vec![self.keys.recipient_fingerprints()])),
+                false => Mode::Plain,
+            });
+        };
+        let record: EncryptionOnly = json::from_slice(&bytes, &self.inner.describe(METADATA_KEY))?;
+        let mode = match record.encryption {
+            None => Mode::Plain,
+            Some(first) => Mode::Encrypted(KeySets(super::rekey::read_key_sets(&*self.inner, first.recipients)?)),
+        };
+        *self.mode.lock().expect("not poisoned") = Some(mode.clone());
+        Ok(mode)
+    }
+
+    /// The key sets of an encrypted repository (`None`: it is not encrypted).
+    pub(crate) fn key_sets(&self) -> Result<Option<KeySets>> {
+        Ok(match self.read_mode()? {
+            Mode::Plain => None,
+            Mode::Encrypted(sets) => Some(sets),
+        })
+    }
+
+    /// The number of the key set to encrypt a new object for, or `None` to store it plain;
+    /// refused when this process's recipients are not exactly the newest set's.
+    fn writing(&self) -> Result<Option<u32>> {
         let ours = self.keys.recipient_fingerprints();
-        match self.mode()? {
+        let mut mode = self.mode()?;
+        if matches!(&mode, Mode::Encrypted(sets) if sets.current().1 != ours) {
+            // A rotate-key since this process looked: read the key sets again.
+            mode = self.read_mode()?;
+        }
+        match mode {
             Mode::Plain if ours.is_empty() => Ok(None),
             Mode::Plain => Err(Error::Refused(format!(
                 "repository {} is not encrypted, but recipients are configured ({}): nothing was written. An \
@@ -95,12 +147,12 @@ impl Sealed {
                 self.location(),
                 crypt::list(&ours)
             ))),
-            Mode::Encrypted(recorded) if recorded == ours => Ok(Some(&self.keys)),
-            Mode::Encrypted(recorded) => Err(Error::Refused(format!(
+            Mode::Encrypted(sets) if sets.current().1 == ours => Ok(Some(sets.current().0)),
+            Mode::Encrypted(sets) => Err(Error::Refused(format!(
                 "repository {} is encrypted for {}, but {} configured: nothing was written. Set \
                  `recipients_file` (PITR_RECIPIENTS_FILE) to the repository's recipients (`pitr info` lists them)",
                 self.location(),
-                crypt::list(&recorded),
+                crypt::list(sets.current().1),
                 match ours.is_empty() {
                     true => "no recipient is".to_string(),
                     false => format!("{} are", crypt::list(&ours)),
@@ -130,12 +182,12 @@ impl Sealed {
         if self.keyless() {
             // Decryption without an identity refuses it, naming what it can.
             return Ok(crypt::is_sealed(head).then(|| match self.mode() {
-                Ok(Mode::Encrypted(recorded)) => recorded,
+                Ok(Mode::Encrypted(sets)) => recipients_of(&sets, head),
                 _ => Vec::new(),
             }));
         }
         match self.mode()? {
-            Mode::Encrypted(recorded) => self.expect_sealed(key, head).map(|_| Some(recorded)),
+            Mode::Encrypted(sets) => self.expect_sealed(key, head).map(|_| Some(recipients_of(&sets, head))),
             Mode::Plain => self.expect_plain(key, head).map(|_| None),
         }
     }
@@ -192,26 +244,41 @@ impl Sealed {
         Ok(matches!(self.mode()?, Mode::Plain) || !self.keys.identity_fingerprints().is_empty())
     }
 
-    /// The recipients' fingerprints repo.json records (`None`: not encrypted).
+    /// The fingerprints of the newest key set's recipients (`None`: not encrypted).
     pub(crate) fn recorded_recipients(&self) -> Result<Option<Vec<String>>> {
         Ok(match self.mode()? {
             Mode::Plain => None,
-            Mode::Encrypted(recorded) => Some(recorded),
+            Mode::Encrypted(sets) => Some(sets.current().1.to_vec()),
         })
     }
 }
 
-fn mode_of(encryption: Option<&super::EncryptionRecord>) -> Mode {
-    match encryption {
-        Some(record) => Mode::Encrypted(record.recipients.clone()),
-        None => Mode::Plain,
+/// The fingerprints of the key set an encrypted object names in its header (for messages).
+fn recipients_of(sets: &KeySets, head: &[u8]) -> Vec<String> {
+    let set = crypt::Envelope::parse(head, "").map_or(sets.current().0, |e| e.key_set);
+    sets.of(set).to_vec()
+}
+
+/// Where `key` is stored aside while `rotate-key --rewrite` re-encrypts it (see `repo/rekey.rs`),
+/// read while `key` itself is missing; `None` for the plain keys.
+fn aside(key: &str) -> Option<String> {
+    (!is_plain_key(key) && !key.ends_with(super::rekey::REKEY_SUFFIX))
+        .then(|| format!("{key}{}", super::rekey::REKEY_SUFFIX))
+}
+
+/// A listed name as readers see it: an object stored aside under its own name.
+fn without_aside(name: String) -> String {
+    match name.strip_suffix(super::rekey::REKEY_SUFFIX) {
+        Some(base) if !base.is_empty() && !name.ends_with('/') => base.to_string(),
+        _ => name,
     }
 }
 
 /// Keys stored plain in every repository: what says what the repository is, and the locks.
-fn is_plain_key(key: &str) -> bool {
+pub(crate) fn is_plain_key(key: &str) -> bool {
     key == METADATA_KEY
         || key.starts_with(GENERATIONS_DIR)
+        || key.starts_with(super::KEYS_DIR)
         || key.starts_with("locks/")
         || key.rsplit('/').next() == Some(WAL_MARKER)
 }
@@ -219,14 +286,14 @@ fn is_plain_key(key: &str) -> bool {
 impl Storage for Sealed {
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
         match self.writing_for(key)? {
-            Some(keys) => self.inner.put_if_absent(key, &keys.seal(data)?),
+            Some(set) => self.inner.put_if_absent(key, &self.keys.seal(data, set)?),
             None => self.inner.put_if_absent(key, data),
         }
     }
 
     fn put_if_absent_deferred(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
         match self.writing_for(key)? {
-            Some(keys) => self.inner.put_if_absent_deferred(key, &keys.seal(data)?),
+            Some(set) => self.inner.put_if_absent_deferred(key, &self.keys.seal(data, set)?),
             None => self.inner.put_if_absent_deferred(key, data),
         }
     }
@@ -249,11 +316,25 @@ impl Storage for Sealed {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.inner.get(key)?.map(|bytes| self.reading(key, bytes)).transpose()
+        let bytes = match self.inner.get(key)? {
+            Some(bytes) => Some(bytes),
+            None => match aside(key) {
+                Some(aside) => self.inner.get(&aside)?,
+                None => None,
+            },
+        };
+        bytes.map(|bytes| self.reading(key, bytes)).transpose()
     }
 
     fn get_reader(&self, key: &str) -> Result<Option<Box<dyn std::io::BufRead + Send>>> {
-        let Some(mut reader) = self.inner.get_reader(key)? else {
+        let found = match self.inner.get_reader(key)? {
+            Some(reader) => Some(reader),
+            None => match aside(key) {
+                Some(aside) => self.inner.get_reader(&aside)?,
+                None => None,
+            },
+        };
+        let Some(mut reader) = found else {
             return Ok(None);
         };
         let head = reader.fill_buf().map_err(|e| {
@@ -274,9 +355,17 @@ impl Storage for Sealed {
         if self.keyless() || self.mode()? == Mode::Plain {
             return self.inner.get_range(key, start, len);
         }
-        let Some(head) = self.inner.get_range(key, 0, crypt::HEADER_LEN as u64)? else {
-            return Ok(None);
+        let (key, head) = match self.inner.get_range(key, 0, crypt::HEADER_LEN as u64)? {
+            Some(head) => (key.to_string(), head),
+            None => match aside(key)
+                .map(|aside| Ok::<_, Error>((self.inner.get_range(&aside, 0, crypt::HEADER_LEN as u64)?, aside)))
+                .transpose()?
+            {
+                Some((Some(head), aside)) => (aside, head),
+                _ => return Ok(None),
+            },
         };
+        let key = key.as_str();
         let Some(recorded) = self.sealed_read(key, &head)? else {
             return self.inner.get_range(key, start, len);
         };
@@ -293,15 +382,28 @@ impl Storage for Sealed {
     }
 
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        self.inner.head(key)
+        match (self.inner.head(key)?, aside(key)) {
+            (None, Some(aside)) => self.inner.head(&aside),
+            (found, _) => Ok(found),
+        }
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
-        self.inner.list(dir)
+        let mut names: Vec<String> = self.inner.list(dir)?.into_iter().map(without_aside).collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     fn list_meta(&self, dir: &str) -> Result<Vec<Listed>> {
-        self.inner.list_meta(dir)
+        let mut listed = self.inner.list_meta(dir)?;
+        for entry in &mut listed {
+            entry.name = without_aside(std::mem::take(&mut entry.name));
+        }
+        // Stable: of a name and its copy aside, the name's own entry (listed first) is kept.
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        listed.dedup_by(|later, earlier| later.name == earlier.name);
+        Ok(listed)
     }
 
     fn delete(&self, key: &str) -> Result<()> {
@@ -331,7 +433,7 @@ impl Storage for Sealed {
 
 impl Sealed {
     /// [`Sealed::writing`] for an object under `key` (the plain keys are never encrypted).
-    fn writing_for(&self, key: &str) -> Result<Option<&Keys>> {
+    fn writing_for(&self, key: &str) -> Result<Option<u32>> {
         match is_plain_key(key) {
             true => Ok(None),
             false => self.writing(),
