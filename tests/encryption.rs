@@ -192,6 +192,30 @@ fn missing_wrong_and_write_only_keys() {
         out.describe()
     );
     assert!(!dest.exists());
+    // verify without an identity checks that every object is whole (a warning: the contents are
+    // not verified); a flipped byte is found.
+    let verify = || {
+        let mut cmd = c.pitr_cmd();
+        cmd.env_remove("PITR_IDENTITY_FILE");
+        run(cmd.arg("--repo").arg(c.repo()).args(["verify", "all"]))
+    };
+    let out = verify();
+    out.assert_code(1);
+    assert!(
+        out.stdout_str().contains("are whole, not what they hold"),
+        "{}",
+        out.describe()
+    );
+    let stored = stored_path(c.repo_dir(), &segment);
+    flip_byte_from_end(&stored, 1000);
+    let out = verify();
+    out.assert_code(2);
+    assert!(
+        out.stdout_str().contains("damaged: ") && out.stdout_str().contains(&segment),
+        "{}",
+        out.describe()
+    );
+    flip_byte_from_end(&stored, 1000);
     // The right one: the segment, byte for byte.
     get(&[("PITR_IDENTITY_FILE", &keys.identity)]).assert_success();
     assert_eq!(fs::read(&dest).unwrap(), bytes);

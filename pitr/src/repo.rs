@@ -87,6 +87,7 @@ const DATA_DIRS: [&str; 7] = [
 mod rekey;
 mod sealed;
 pub use rekey::RotateReport;
+pub use sealed::EnvelopeCheck;
 use sealed::Sealed;
 
 /// Layout version of repo.json.
@@ -379,6 +380,15 @@ impl Repo {
     /// identity is given (a host that only archives has recipients only).
     pub fn can_decrypt(&self) -> Result<bool> {
         self.storage.can_read()
+    }
+
+    /// Checks, without any key, that every object of an encrypted repository is whole (its
+    /// public header against its bytes) and encrypted: what `verify` can do on a host without
+    /// the identity. The contents are not read.
+    pub fn check_envelopes(&self) -> Result<EnvelopeCheck> {
+        let mut found = EnvelopeCheck::default();
+        self.storage.check_public("", &mut found)?;
+        Ok(found)
     }
 
     /// The public header of an encrypted WAL file, checked against its bytes (see

@@ -253,6 +253,49 @@ impl Sealed {
     }
 }
 
+/// What [`Sealed::check_public`] found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EnvelopeCheck {
+    /// Encrypted objects read.
+    pub objects: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+    /// The objects whose bytes do not match their public header, or that are not encrypted,
+    /// with what is wrong.
+    pub damaged: Vec<String>,
+}
+
+impl Sealed {
+    /// Checks every encrypted object's public header against its bytes (no key needed):
+    /// whether each object is whole, not what it holds.
+    pub(crate) fn check_public(&self, dir: &str, found: &mut EnvelopeCheck) -> Result<()> {
+        for name in self.inner.list(dir)? {
+            let key = format!("{dir}{name}");
+            if name.ends_with('/') {
+                if !is_plain_key(&key) {
+                    self.check_public(&key, found)?;
+                }
+                continue;
+            }
+            if is_plain_key(&key) {
+                continue;
+            }
+            let Some(bytes) = self.inner.get(&key)? else { continue };
+            found.objects += 1;
+            found.bytes += bytes.len() as u64;
+            let what = self.inner.describe(&key);
+            let checked = match crypt::is_sealed(&bytes) {
+                true => crypt::check_public(&bytes, &what).map(|_| ()),
+                false => self.expect_sealed(&key, &bytes),
+            };
+            if let Err(e) = checked {
+                found.damaged.push(e.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The fingerprints of the key set an encrypted object names in its header (for messages).
 fn recipients_of(sets: &KeySets, head: &[u8]) -> Vec<String> {
     let set = crypt::Envelope::parse(head, "").map_or(sets.current().0, |e| e.key_set);
@@ -277,6 +320,8 @@ fn without_aside(name: String) -> String {
 /// Keys stored plain in every repository: what says what the repository is, and the locks.
 pub(crate) fn is_plain_key(key: &str) -> bool {
     key == METADATA_KEY
+        || key == "locks/"
+        || key.starts_with("locks/")
         || key.starts_with(GENERATIONS_DIR)
         || key.starts_with(super::KEYS_DIR)
         || key.starts_with("locks/")
