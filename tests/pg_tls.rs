@@ -242,6 +242,10 @@ fn backups_and_queries_follow_sslmode_against_a_server_that_takes_tls_only() {
     let missing = certs.path("no-root.crt");
     let vars = [("PGSSLMODE", "require"), ("PGSSLROOTCERT", missing.as_str())];
     run(over_tcp(&c, &certs, "127.0.0.1", &vars).args(["names", "record"])).assert_success();
+    // ...but with a root file there, require checks the chain against it, as libpq does.
+    let vars = [("PGSSLMODE", "require"), ("PGSSLROOTCERT", other.as_str())];
+    let out = run(over_tcp(&c, &certs, "127.0.0.1", &vars).args(["names", "record"]));
+    assert_fails_saying(&out, &["certificate was refused", "sslmode=require"]);
     // prefer (libpq's default) over TCP takes the TLS the server offers.
     run(over_tcp(&c, &certs, "127.0.0.1", &[("PGSSLROOTCERT", missing.as_str())]).args(["names", "record"]))
         .assert_success();
