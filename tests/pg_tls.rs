@@ -129,22 +129,37 @@ fn tls_cluster(certs: &Certificates, archive: bool) -> Cluster {
             .setting("ssl_key_file", &quoted("server.key"))
             .setting("ssl_ca_file", &quoted("ca.pem")),
     );
-    let hba = c.data_dir().join("pg_hba.conf");
-    std::fs::write(
-        &hba,
-        "local all all trust\n\
-         local replication all trust\n\
-         hostnossl all all all reject\n\
+    write_hba(
+        &c,
+        "hostnossl all all all reject\n\
          hostnossl replication all all reject\n\
          hostssl all certuser 127.0.0.1/32 cert\n\
          hostssl all all 127.0.0.1/32 trust\n\
          hostssl replication all 127.0.0.1/32 trust\n",
+    );
+    c.psql("CREATE ROLE certuser LOGIN SUPERUSER REPLICATION");
+    c
+}
+
+/// pg_hba.conf: local connections trusted, then `tcp_lines`; reloaded.
+fn write_hba(c: &Cluster, tcp_lines: &str) {
+    let hba = c.data_dir().join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        format!("local all all trust\nlocal replication all trust\n{tcp_lines}"),
     )
     .unwrap();
     give_to_server_user(&hba);
-    c.psql("CREATE ROLE certuser LOGIN SUPERUSER REPLICATION");
     c.reload();
-    c
+}
+
+/// The server without TLS (`ssl` is reloadable), taking TCP connections without it.
+fn turn_tls_off(c: &mut Cluster) {
+    c.set("ssl", "off");
+    write_hba(
+        c,
+        "host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
+    );
 }
 
 /// A pitr command for `c`'s repository that reaches the server over TCP at `host`, with
@@ -197,7 +212,7 @@ fn assert_fails_saying(out: &CmdOutput, words: &[&str]) {
 #[test]
 fn backups_and_queries_follow_sslmode_against_a_server_that_takes_tls_only() {
     let certs = Certificates::make();
-    let c = tls_cluster(&certs, true);
+    let mut c = tls_cluster(&certs, true);
     c.pitr_ok(&["create-repo"]); // over the Unix socket: prefer (the default) does not try TLS there
     let ca = certs.path("ca.pem");
 
@@ -278,6 +293,12 @@ fn backups_and_queries_follow_sslmode_against_a_server_that_takes_tls_only() {
     let out = run(over_tcp(&c, &certs, "localhost", &vars).args(["names", "record"]));
     assert_fails_saying(&out, &["client.key has access for group or others", "chmod 0600"]);
     assert!(!out.stderr_str().contains("BEGIN"), "{}", out.describe());
+
+    // A server without TLS: require refuses it and says so, prefer goes on without TLS.
+    turn_tls_off(&mut c);
+    let out = run(over_tcp(&c, &certs, "localhost", &[("PGSSLMODE", "require")]).args(["names", "record"]));
+    assert_fails_saying(&out, &["does not accept TLS connections", "sslmode=require"]);
+    run(over_tcp(&c, &certs, "localhost", &[]).args(["names", "record"])).assert_success();
 }
 
 /// `pitr watch --slot` running against the server over TCP with `vars`; killed when dropped.
@@ -294,7 +315,7 @@ impl Drop for Receiver {
 #[test]
 fn the_receiver_streams_over_tls_with_verify_full() {
     let certs = Certificates::make();
-    let c = tls_cluster(&certs, false);
+    let mut c = tls_cluster(&certs, false);
     c.pitr_ok(&["create-repo"]);
     let (ca, other) = (certs.path("ca.pem"), certs.path("other-ca.pem"));
 
@@ -332,4 +353,15 @@ fn the_receiver_streams_over_tls_with_verify_full() {
     let ssl = c.psql("SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)");
     assert_eq!(ssl, "t", "the replication connection is not over TLS");
     drop(receiver);
+    let inactive = poll(Duration::from_secs(30), || {
+        (c.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'pitr'") == "f").then_some(())
+    });
+    assert!(inactive.is_some(), "the slot stays active after the receiver ended");
+
+    // A server without TLS: require refuses it and says so, prefer goes on without TLS.
+    turn_tls_off(&mut c);
+    let slot = ["slot", "drop", "--slot", "pitr"];
+    let out = run(over_tcp(&c, &certs, "localhost", &[("PGSSLMODE", "require")]).args(slot));
+    assert_fails_saying(&out, &["does not accept TLS connections", "sslmode=require"]);
+    run(over_tcp(&c, &certs, "localhost", &[]).args(slot)).assert_success();
 }

@@ -170,7 +170,7 @@ impl TlsSettings {
             (None, Some(RootCert::System)) => SslMode::VerifyFull,
             (None, _) => SslMode::Prefer,
         };
-        if root_cert == Some(RootCert::System) && mode != SslMode::VerifyFull && mode != SslMode::Disable {
+        if root_cert == Some(RootCert::System) && mode != SslMode::VerifyFull {
             return Err(Error::InvalidInput(format!(
                 "sslmode={mode} does not go with sslrootcert=system: the system's roots vouch for any host \
                  they signed, so only sslmode=verify-full (which checks the host name) is allowed with them"
