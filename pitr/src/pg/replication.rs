@@ -86,9 +86,31 @@ impl Read for Socket {
         match self {
             Socket::Unix(s) => s.read(buf),
             Socket::Tcp(s) => s.read(buf),
-            Socket::Tls(s) => s.read(buf),
+            Socket::Tls(s) => {
+                // One TLS read brings one record (16 KiB at most): take what else has arrived
+                // already, as one read of a plain socket would, so that a burst still comes in
+                // large reads (and so few fsyncs, see stream.rs).
+                let mut n = s.read(buf)?;
+                while n > 0 && n < buf.len() && readable_now(&s.sock) {
+                    match s.read(&mut buf[n..]) {
+                        Ok(0) => break,
+                        Ok(more) => n += more,
+                        // Reported by the next read, after the bytes already read are used.
+                        Err(_) => break,
+                    }
+                }
+                Ok(n)
+            }
         }
     }
+}
+
+/// Whether `socket` has bytes to read now.
+fn readable_now(socket: &TcpStream) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(socket, PollFlags::IN)];
+    let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0)
 }
 
 impl Write for Socket {
