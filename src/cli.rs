@@ -887,7 +887,7 @@ impl TargetArgs {
 }
 
 /// How to reach the server: the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE,
-/// PGPASSWORD, PGPASSFILE), overridden by --dbname.
+/// PGPASSWORD, PGPASSFILE, PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY), overridden by --dbname.
 #[derive(Debug, Args)]
 pub struct ConnectionArgs {
     /// Connection string, keyword/value ("host=/run/postgresql port=5432") or URI, as psql takes it.
@@ -1202,13 +1202,7 @@ impl TypedValueParser for ConninfoParser {
 
 /// Whether `text` is a connection string, and if not, why (without repeating `text`).
 pub fn check_conninfo(text: &str) -> Result<(), String> {
-    let Err(e) = text.parse::<tokio_postgres::Config>() else {
-        return Ok(());
-    };
-    Err(match std::error::Error::source(&e) {
-        Some(cause) => format!("{cause}"),
-        None => e.to_string(),
-    })
+    pitr::pg::parse_conninfo(text).map(drop)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pitr::archive::{self, GetOutcome, Site};
 use pitr::backup::{self, BackupOptions, RestoreOptions, Tier};
-use pitr::pg::{connection_config, Server};
+use pitr::pg::{connection_settings, Server};
 use pitr::prefetch::{self, Prefetched};
 use pitr::progress::Progress;
 use pitr::recover::{self, Action, RecoverOptions};
@@ -510,7 +510,7 @@ where
     Fut: std::future::Future<Output = Result<T>>,
 {
     let conninfo = connection.dbname.as_deref().or(settings.dbname.as_deref());
-    let config = connection_config(conninfo, &|k| std::env::var(k).ok())?;
+    let config = connection_settings(conninfo, &|k| std::env::var(k).ok())?;
     runtime().block_on(async { work(Server::connect(&config).await?).await })
 }
 
@@ -620,7 +620,7 @@ fn restore_database(repo: &Repo, command: &Command, settings: &Settings) -> Resu
     };
     let options = restore_database::Options {
         database: database.clone(),
-        production: connection_config(Some(into), &|k| std::env::var(k).ok())?,
+        production: connection_settings(Some(into), &|k| std::env::var(k).ok())?,
         table: table.clone(),
         verify_sql: verify_sql.clone(),
         switch: *switch,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use pitr::backup::Tier;
 use pitr::daemon::Job;
-use pitr::pg::connection_config;
+use pitr::pg::connection_settings;
 use pitr::progress::Progress;
 use pitr::repo::Repo;
 use pitr::status_page::{self, StatusSources};
@@ -146,7 +146,7 @@ fn run_verify(
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let repo = Repo::open(&settings.repo)?.with_keys(settings.keys.clone());
-    let config = connection_config(conninfo, &|k| std::env::var(k).ok())?;
+    let config = connection_settings(conninfo, &|k| std::env::var(k).ok())?;
     let observed = runtime().block_on(verify::observe_server(
         &repo,
         options.scope,

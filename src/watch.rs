@@ -125,7 +125,7 @@ fn daemon_settings(settings: &Settings) -> Result<DaemonSettings, String> {
 pub fn stream_options(conninfo: Option<&str>, slot: String) -> pitr::Result<StreamOptions> {
     pitr::pg::replication::check_slot_name(&slot)?;
     Ok(StreamOptions {
-        connection: pitr::pg::connection_config(conninfo, &|k| std::env::var(k).ok())?,
+        connection: pitr::pg::connection_settings(conninfo, &|k| std::env::var(k).ok())?,
         slot,
     })
 }

@@ -197,7 +197,7 @@ impl DemoCluster {
             .port(self.port)
             .user(&self.owner.name)
             .dbname("postgres");
-        let server = Server::connect(&config).await?;
+        let server = Server::connect(&crate::pg::ConnectionSettings::without_tls(config)).await?;
         server
             .query_rows("CREATE TABLE products (id bigint PRIMARY KEY, name text, price numeric)")
             .await?;

@@ -1,17 +1,22 @@
 //! Everything that talks to a running PostgreSQL server: the connection (libpq environment,
-//! conninfo, password file), server checks, and the low-level backup API.
+//! conninfo, password file, TLS), server checks, and the low-level backup API.
 
 mod connect;
 pub mod ctl;
 pub mod page;
 pub mod replication;
+pub mod tls;
 mod version;
 
-pub use connect::connection_config;
+pub use connect::{connection_settings, parse_conninfo, ConnectionSettings};
 pub use version::{BackupApi, DatabaseRecords, PgVersion};
 
 use serde::Serialize;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::config::{Host, SslMode as TokioSslMode};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, NoTls, Socket};
+
+use self::tls::{Attempt, MakeRustls};
 
 use crate::error::{Error, Result};
 use crate::wal::Lsn;
@@ -25,7 +30,7 @@ pub struct Server {
     /// Where the connection goes, for messages.
     target: String,
     /// How it was made: for connections to the server's other databases.
-    config: tokio_postgres::Config,
+    settings: ConnectionSettings,
 }
 
 /// What `pg_stat_archiver` says about archive_command's failures.
@@ -89,25 +94,65 @@ impl SlotState {
 }
 
 impl Server {
-    /// Connects with `config`.
-    pub async fn connect(config: &tokio_postgres::Config) -> Result<Server> {
+    /// Connects with `settings`, TLS as their `sslmode` says: the attempts libpq makes, in
+    /// its order (over a Unix socket only one, without TLS).
+    pub async fn connect(settings: &ConnectionSettings) -> Result<Server> {
+        let config = &settings.config;
         let target = describe(config);
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| Error::Server {
+        let tcp = config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
+        let attempts = settings.tls.attempts(tcp);
+        let tls = match attempts.iter().any(|a| *a != Attempt::Plain) {
+            true => Some(settings.tls.client_config().map_err(|e| Error::Server {
+                target: target.clone(),
+                reason: e.to_string(),
+            })?),
+            false => None,
+        };
+        let mut failures = Vec::new();
+        let mut client = None;
+        for attempt in attempts {
+            let mut config = config.clone();
+            let (result, tried_tls) = match (attempt, &tls) {
+                (Attempt::Tls | Attempt::TlsIfOffered, Some(tls)) => {
+                    let mode = match attempt {
+                        Attempt::Tls => TokioSslMode::Require,
+                        _ => TokioSslMode::Prefer,
+                    };
+                    let make = MakeRustls::new(tls.clone());
+                    let result = open(config.ssl_mode(mode), make.clone()).await;
+                    (result, make.handshake_started())
+                }
+                _ => (open(config.ssl_mode(TokioSslMode::Disable), NoTls).await, false),
+            };
+            match result {
+                Ok(opened) => {
+                    client = Some(opened);
+                    break;
+                }
+                Err(e) => {
+                    failures.push(connect_failure(&e, settings));
+                    // libpq tries its next way only when this one reached the server: `prefer`
+                    // without TLS after a failed TLS session, `allow` with TLS after a refusal.
+                    let next = match attempt {
+                        Attempt::TlsIfOffered => tried_tls,
+                        Attempt::Plain => e.as_db_error().is_some(),
+                        Attempt::Tls => false,
+                    };
+                    if !next {
+                        break;
+                    }
+                }
+            }
+        }
+        let client = client.ok_or_else(|| Error::Server {
             target: target.clone(),
-            reason: format!(
-                "cannot connect: {}; check that the server runs and PGHOST/PGPORT/PGUSER or --dbname point at it",
-                error_text(&e)
-            ),
+            reason: format!("cannot connect: {}", failures.join("; then ")),
         })?;
-        tokio::spawn(async move {
-            // The connection ends when the client is dropped; its error is reported by the next query.
-            let _ = connection.await;
-        });
         let mut server = Server {
             client,
             version: PgVersion::NEWEST,
             target,
-            config: config.clone(),
+            settings: settings.clone(),
         };
         let version_num: u32 = server
             .setting("server_version_num")
@@ -130,9 +175,9 @@ impl Server {
 
     /// A connection to database `dbname` of the same server, as the same user.
     pub async fn in_database(&self, dbname: &str) -> Result<Server> {
-        let mut config = self.config.clone();
-        config.dbname(dbname);
-        Server::connect(&config).await
+        let mut settings = self.settings.clone();
+        settings.config.dbname(dbname);
+        Server::connect(&settings).await
     }
 
     /// `current_setting(name)`.
@@ -399,6 +444,36 @@ const SLOT_QUERY_STANDBY: &str = "SELECT slot_type, active, restart_lsn::text, \
      (SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size') \
      FROM pg_replication_slots WHERE slot_name = $1";
 
+/// Opens a connection with `tls` and runs it in the background.
+async fn open<T>(config: &tokio_postgres::Config, tls: T) -> std::result::Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        // The connection ends when the client is dropped; its error is reported by the next query.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Why a connection attempt failed, and what to do.
+fn connect_failure(e: &tokio_postgres::Error, settings: &ConnectionSettings) -> String {
+    let mode = settings.tls.mode;
+    if let Some(explained) = tls::explain(e, mode) {
+        return explained;
+    }
+    let text = error_text(e);
+    if text.contains("server does not support TLS") {
+        return tls::not_offered(mode);
+    }
+    if let Some(hint) = e.as_db_error().and_then(|db| tls::refusal_hint(db.message())) {
+        return format!("{text}: {hint}");
+    }
+    format!("{text}; check that the server runs and PGHOST/PGPORT/PGUSER or --dbname point at it")
+}
+
 /// The server's message when there is one (tokio-postgres' Display says only "db error").
 fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -411,7 +486,6 @@ fn error_text(e: &tokio_postgres::Error) -> String {
 }
 
 fn describe(config: &tokio_postgres::Config) -> String {
-    use tokio_postgres::config::Host;
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         Some(Host::Unix(p)) => p.display().to_string(),

@@ -38,7 +38,7 @@ pub struct Options {
     /// The database to restore, as it is named in the copy (and on production).
     pub database: String,
     /// The production server (`--into`); pitr connects to its maintenance database.
-    pub production: tokio_postgres::Config,
+    pub production: crate::pg::ConnectionSettings,
     /// Only this table (`schema.table` or `table`).
     pub table: Option<String>,
     /// SQL run in the restored database on production, its rows reported.

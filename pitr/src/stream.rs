@@ -99,7 +99,7 @@ const MARKERS_KEPT: usize = 64;
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
     /// Where the server is (libpq environment, conninfo, password file).
-    pub connection: tokio_postgres::Config,
+    pub connection: crate::pg::ConnectionSettings,
     /// The physical replication slot.
     pub slot: String,
 }
@@ -126,7 +126,7 @@ pub fn drop_slot(options: &StreamOptions) -> Result<()> {
 pub fn slot_state(options: &StreamOptions, timeout: Duration) -> Result<Option<SlotState>> {
     check_slot_name(&options.slot)?;
     let mut config = options.connection.clone();
-    config.connect_timeout(timeout);
+    config.config.connect_timeout(timeout);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -199,7 +199,7 @@ pub struct Observation {
 pub async fn observe_server(
     repo: &Repo,
     scope: Scope,
-    config: &tokio_postgres::Config,
+    config: &crate::pg::ConnectionSettings,
     slot: Option<&str>,
 ) -> Observation {
     let unavailable = |reason: &str| Observation {
@@ -223,7 +223,7 @@ pub async fn observe_server(
         return unavailable(reason);
     }
     let mut config = config.clone();
-    config.connect_timeout(Duration::from_secs(5));
+    config.config.connect_timeout(Duration::from_secs(5));
     let server = match Server::connect(&config).await {
         Ok(server) => server,
         Err(e) => return unavailable(&e.to_string()),

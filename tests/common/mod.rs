@@ -80,6 +80,9 @@ const PG_CLIENT_ENV: &[&str] = &[
     "PGPASSFILE",
     "PGPASSWORD",
     "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
     "PGTZ",
 ];
 

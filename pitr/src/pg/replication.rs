@@ -14,20 +14,25 @@
 //! file, never from an argument); simple queries (`IDENTIFY_SYSTEM`, `TIMELINE_HISTORY`,
 //! `CREATE_REPLICATION_SLOT`, `DROP_REPLICATION_SLOT`); `START_REPLICATION` and its CopyBoth
 //! stream of XLogData (`w`) and keepalive (`k`) messages, answered with standby status updates
-//! (`r`). TLS is not spoken: connect over the Unix socket or a trusted network.
+//! (`r`). Over TCP, TLS as `sslmode` says (pg/tls.rs): the SSLRequest, then a rustls session
+//! over the socket, blocking like the rest; a Unix socket never uses TLS, as with libpq.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use tokio_postgres::config::Host;
 use tokio_postgres::Config;
 
+use super::tls::{self, Attempt};
+use super::ConnectionSettings;
 use crate::error::{Error, Result};
 use crate::wal::{Lsn, TimelineId};
 
@@ -41,6 +46,7 @@ const PG_EPOCH_OFFSET_SECS: u64 = 946_684_800;
 enum Socket {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
 }
 
 impl Socket {
@@ -48,6 +54,19 @@ impl Socket {
         match self {
             Socket::Unix(s) => s.set_read_timeout(timeout),
             Socket::Tcp(s) => s.set_read_timeout(timeout),
+            Socket::Tls(s) => s.sock.set_read_timeout(timeout),
+        }
+    }
+
+    /// Whether bytes wait in the TLS session already: the socket's descriptor may then have
+    /// nothing more to read, so polling it would wait for the wrong thing.
+    fn has_buffered(&mut self) -> bool {
+        match self {
+            Socket::Tls(s) => s
+                .conn
+                .process_new_packets()
+                .map_or(true, |state| state.plaintext_bytes_to_read() > 0),
+            _ => false,
         }
     }
 }
@@ -57,6 +76,7 @@ impl AsFd for Socket {
         match self {
             Socket::Unix(s) => s.as_fd(),
             Socket::Tcp(s) => s.as_fd(),
+            Socket::Tls(s) => s.sock.as_fd(),
         }
     }
 }
@@ -66,8 +86,31 @@ impl Read for Socket {
         match self {
             Socket::Unix(s) => s.read(buf),
             Socket::Tcp(s) => s.read(buf),
+            Socket::Tls(s) => {
+                // One TLS read brings one record (16 KiB at most): take what else has arrived
+                // already, as one read of a plain socket would, so that a burst still comes in
+                // large reads (and so few fsyncs, see stream.rs).
+                let mut n = s.read(buf)?;
+                while n > 0 && n < buf.len() && readable_now(&s.sock) {
+                    match s.read(&mut buf[n..]) {
+                        Ok(0) => break,
+                        Ok(more) => n += more,
+                        // Reported by the next read, after the bytes already read are used.
+                        Err(_) => break,
+                    }
+                }
+                Ok(n)
+            }
         }
     }
+}
+
+/// Whether `socket` has bytes to read now.
+fn readable_now(socket: &TcpStream) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(socket, PollFlags::IN)];
+    let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0)
 }
 
 impl Write for Socket {
@@ -75,14 +118,26 @@ impl Write for Socket {
         match self {
             Socket::Unix(s) => s.write(buf),
             Socket::Tcp(s) => s.write(buf),
+            Socket::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Socket::Unix(s) => s.flush(),
             Socket::Tcp(s) => s.flush(),
+            Socket::Tls(s) => s.flush(),
         }
     }
+}
+
+/// How far a connection attempt got before it failed: what libpq's next attempt depends on.
+enum Reached {
+    /// The socket did not open: the next host is tried.
+    Nothing,
+    /// The TLS negotiation or handshake failed.
+    Tls,
+    /// The server answered the startup; `tls`: over a TLS session.
+    Server { tls: bool },
 }
 
 /// What `IDENTIFY_SYSTEM` answers.
@@ -162,42 +217,91 @@ struct Message {
 }
 
 impl ReplicationConnection {
-    /// Connects for physical replication to the first host of `config` that answers, and
-    /// authenticates.
-    pub fn connect(config: &Config) -> Result<ReplicationConnection> {
+    /// Connects for physical replication to the first host of `settings` that answers, and
+    /// authenticates; TLS as `sslmode` says, with libpq's attempts in libpq's order.
+    pub fn connect(settings: &ConnectionSettings) -> Result<ReplicationConnection> {
+        let config = &settings.config;
         let port = config.get_ports().first().copied().unwrap_or(5432);
+        let tcp = config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
+        let tls_config = match settings.tls.attempts(tcp).iter().any(|a| *a != Attempt::Plain) {
+            true => Some(settings.tls.client_config()?),
+            false => None,
+        };
         let mut last_error = None;
         for host in config.get_hosts() {
-            let (socket, target) = match host {
-                Host::Unix(dir) => {
-                    let path = dir.join(format!(".s.PGSQL.{port}"));
-                    (UnixStream::connect(&path).map(Socket::Unix), path.display().to_string())
+            let attempts = settings.tls.attempts(matches!(host, Host::Tcp(_)));
+            let mut failures = Vec::new();
+            for attempt in attempts {
+                let (error, reached) = match Self::open(host, port, *attempt, settings, tls_config.as_ref()) {
+                    Ok(conn) => return Ok(conn),
+                    Err(failed) => failed,
+                };
+                failures.push(error.to_string());
+                // libpq's next attempt: `prefer` without TLS after a failed TLS session, `allow`
+                // with TLS after the server refused the plain connection.
+                let next = matches!(
+                    (attempt, &reached),
+                    (Attempt::TlsIfOffered, Reached::Tls | Reached::Server { tls: true })
+                        | (Attempt::Plain, Reached::Server { .. })
+                );
+                if !next {
+                    if matches!(reached, Reached::Nothing) {
+                        break;
+                    }
+                    return Err(Error::Refused(failures.join("; then ")));
                 }
-                Host::Tcp(name) => (
-                    TcpStream::connect((name.as_str(), port)).map(|s| {
-                        let _ = s.set_nodelay(true);
-                        Socket::Tcp(s)
-                    }),
-                    format!("{name}:{port}"),
-                ),
-            };
-            match socket {
-                Ok(socket) => {
-                    let mut conn = ReplicationConnection {
-                        socket,
-                        application: String::new(),
-                        pending: Vec::new(),
-                        parsed: 0,
-                        read_buf: vec![0; READ_SIZE],
-                        target,
-                    };
-                    conn.start_up(config)?;
-                    return Ok(conn);
-                }
-                Err(e) => last_error = Some(Error::Refused(format!("cannot connect to {target}: {e}"))),
             }
+            last_error = Some(Error::Refused(failures.join("; then ")));
         }
         Err(last_error.unwrap_or_else(|| Error::InvalidInput("the connection settings name no host".into())))
+    }
+
+    /// One attempt on `host`: the socket, TLS as `attempt` says, the startup.
+    fn open(
+        host: &Host,
+        port: u16,
+        attempt: Attempt,
+        settings: &ConnectionSettings,
+        tls_config: Option<&Arc<ClientConfig>>,
+    ) -> std::result::Result<ReplicationConnection, (Error, Reached)> {
+        let (socket, target) = match host {
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                (UnixStream::connect(&path).map(Socket::Unix), path.display().to_string())
+            }
+            Host::Tcp(name) => (
+                TcpStream::connect((name.as_str(), port)).map(|s| {
+                    let _ = s.set_nodelay(true);
+                    Socket::Tcp(s)
+                }),
+                format!("{name}:{port}"),
+            ),
+        };
+        let socket = socket.map_err(|e| {
+            (
+                Error::Refused(format!("cannot connect to {target}: {e}")),
+                Reached::Nothing,
+            )
+        })?;
+        let socket = match (socket, host, tls_config) {
+            (Socket::Tcp(tcp), Host::Tcp(name), Some(tls_config)) if attempt != Attempt::Plain => {
+                negotiate_tls(tcp, name, attempt, settings.tls.mode, tls_config)
+                    .map_err(|e| (Error::Refused(format!("{target}: {e}")), Reached::Tls))?
+            }
+            (socket, ..) => socket,
+        };
+        let tls = matches!(socket, Socket::Tls(_));
+        let mut conn = ReplicationConnection {
+            socket,
+            application: String::new(),
+            pending: Vec::new(),
+            parsed: 0,
+            read_buf: vec![0; READ_SIZE],
+            target,
+        };
+        conn.start_up(&settings.config)
+            .map_err(|e| (e, Reached::Server { tls }))?;
+        Ok(conn)
     }
 
     /// Where the connection goes.
@@ -224,7 +328,13 @@ impl ReplicationConnection {
             match message.tag {
                 b'R' => self.authenticate(&message.body, user, password)?,
                 b'Z' => return Ok(()),
-                b'E' => return Err(self.server_error(&message.body)),
+                b'E' => {
+                    let error = self.server_error(&message.body);
+                    return Err(match tls::refusal_hint(&error.to_string()) {
+                        Some(hint) => Error::Refused(format!("{error}: {hint}")),
+                        None => error,
+                    });
+                }
                 _ => {} // ParameterStatus, BackendKeyData, notices
             }
         }
@@ -586,8 +696,11 @@ impl ReplicationConnection {
 
     /// Waits at most `left` until the socket or `wake` is readable: `true` when `wake` is and the
     /// socket is not.
-    fn woken_first(&self, wake: BorrowedFd<'_>, left: Duration) -> Result<bool> {
+    fn woken_first(&mut self, wake: BorrowedFd<'_>, left: Duration) -> Result<bool> {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        if self.socket.has_buffered() {
+            return Ok(false);
+        }
         let mut fds = [
             PollFd::new(&self.socket, PollFlags::IN),
             PollFd::from_borrowed_fd(wake, PollFlags::IN),
@@ -654,7 +767,46 @@ impl Drop for ReplicationConnection {
         let mut buf = BytesMut::new();
         frontend::terminate(&mut buf);
         let _ = self.socket.write_all(&buf);
+        if let Socket::Tls(s) = &mut self.socket {
+            s.conn.send_close_notify();
+            let _ = s.conn.complete_io(&mut s.sock);
+        }
     }
+}
+
+/// The SSLRequest on `tcp` (protocol: "SSL Session Encryption"), then, when the server answers
+/// `S`, the TLS handshake for `host`. A server that answers `N` gets the plain socket back when
+/// `attempt` allows it.
+fn negotiate_tls(
+    mut tcp: TcpStream,
+    host: &str,
+    attempt: Attempt,
+    mode: tls::SslMode,
+    config: &Arc<ClientConfig>,
+) -> std::result::Result<Socket, String> {
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    tcp.write_all(&buf)
+        .map_err(|e| format!("cannot send the TLS request: {e}"))?;
+    let mut answer = [0u8];
+    tcp.read_exact(&mut answer)
+        .map_err(|e| format!("no answer to the TLS request: {e}"))?;
+    match answer[0] {
+        b'S' => {}
+        b'N' if attempt == Attempt::TlsIfOffered => return Ok(Socket::Tcp(tcp)),
+        b'N' => return Err(tls::not_offered(mode)),
+        _ => return Err("the server answered the TLS request with neither S nor N".into()),
+    }
+    let name = tls::server_name(host).map_err(|e| e.to_string())?;
+    let session = ClientConnection::new(config.clone(), name).map_err(|e| tls::explain_rustls(&e, mode))?;
+    let mut stream = StreamOwned::new(session, tcp);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .map_err(|e| tls::explain(&e, mode).unwrap_or_else(|| format!("the TLS handshake failed: {e}")))?;
+    }
+    Ok(Socket::Tls(Box::new(stream)))
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {

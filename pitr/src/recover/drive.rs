@@ -162,7 +162,7 @@ impl RecoveryServer {
     }
 
     /// Connection settings for database `dbname` over the private socket.
-    pub fn connection(&self, dbname: &str) -> tokio_postgres::Config {
+    pub fn connection(&self, dbname: &str) -> crate::pg::ConnectionSettings {
         let mut config = tokio_postgres::Config::new();
         config
             .host_path(&self.socket_dir)
@@ -170,7 +170,7 @@ impl RecoveryServer {
             .user(&self.owner.name)
             .dbname(dbname);
         config.application_name("pitr recover");
-        config
+        crate::pg::ConnectionSettings::without_tls(config)
     }
 
     /// Whether the postmaster runs.

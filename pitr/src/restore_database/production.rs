@@ -13,9 +13,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::pg::ConnectionSettings;
 use serde::Serialize;
 use tokio_postgres::config::Host;
-use tokio_postgres::Config;
 
 use crate::control;
 use crate::error::{Error, Result};
@@ -32,7 +32,7 @@ const RENAME_ATTEMPTS: u32 = 5;
 
 /// A connection to production's maintenance database and what the connecting role may do.
 pub(super) struct Production {
-    config: Config,
+    config: ConnectionSettings,
     server: Server,
     role: String,
     superuser: bool,
@@ -72,7 +72,7 @@ pub struct Switched {
 
 impl Production {
     /// Connects and checks that the run can do its work on production, before any.
-    pub async fn check(config: &Config, names: &DatabaseNames, switch: bool) -> Result<Production> {
+    pub async fn check(config: &ConnectionSettings, names: &DatabaseNames, switch: bool) -> Result<Production> {
         let (config, server) = maintenance(config).await?;
         let row = server
             .query(
@@ -281,21 +281,33 @@ impl Production {
 
     /// How pg_restore reaches database `name` on production.
     pub fn restore_into(&self, name: &str) -> RestoreInto {
-        let host = match self.config.get_hosts().first() {
+        let host = match self.config.config.get_hosts().first() {
             Some(Host::Tcp(host)) => host.clone(),
             Some(Host::Unix(path)) => path.to_string_lossy().into_owned(),
             None => "/var/run/postgresql".into(),
         };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432).to_string();
+        let port = self
+            .config
+            .config
+            .get_ports()
+            .first()
+            .copied()
+            .unwrap_or(5432)
+            .to_string();
+        let mut pairs = vec![
+            ("host", host),
+            ("port", port),
+            ("user", self.role.clone()),
+            ("dbname", name.to_string()),
+            ("application_name", "pitr restore-database".to_string()),
+        ];
+        // pg_restore goes over the same TLS as pitr's own connection.
+        pairs.extend(self.config.tls.conninfo_pairs());
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
         RestoreInto {
-            conninfo: conninfo(&[
-                ("host", &host),
-                ("port", &port),
-                ("user", &self.role),
-                ("dbname", name),
-                ("application_name", "pitr restore-database"),
-            ]),
+            conninfo: conninfo(&pairs),
             password: self
+                .config
                 .config
                 .get_password()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
@@ -306,7 +318,7 @@ impl Production {
     /// Runs `sql` in database `name` on production; its rows as text.
     pub async fn verify(&self, name: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
         let mut config = self.config.clone();
-        config.dbname(name);
+        config.config.dbname(name);
         Server::connect(&config).await?.query_rows(sql).await
     }
 
@@ -317,7 +329,7 @@ impl Production {
 
 /// Switches: the restored database takes the name of the current one, which is kept under
 /// `names.before_restore`. Connects to production's maintenance database.
-pub async fn switch(config: &Config, names: &DatabaseNames) -> Result<Switched> {
+pub async fn switch(config: &ConnectionSettings, names: &DatabaseNames) -> Result<Switched> {
     let (_, server) = maintenance(config).await?;
     let rows = server
         .query(
@@ -412,11 +424,11 @@ async fn rename_exclusively(server: &Server, from: &str, to: &str) -> Result<(u6
 }
 
 /// Connects to production's maintenance database (`postgres`, else `template1`).
-async fn maintenance(config: &Config) -> Result<(Config, Server)> {
+async fn maintenance(config: &ConnectionSettings) -> Result<(ConnectionSettings, Server)> {
     let mut first_error = None;
     for name in MAINTENANCE_DATABASES {
         let mut config = config.clone();
-        config.dbname(name).application_name("pitr restore-database");
+        config.config.dbname(name).application_name("pitr restore-database");
         match Server::connect(&config).await {
             Ok(server) => return Ok((config, server)),
             Err(e) => {

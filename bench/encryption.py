@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Issue #19, point 5: what encryption at rest costs. archive-push, archive-get, backup and restore
+into and from an encrypted repository against the same into and from a plain one, in one run, the two
+taking turns; ratios encrypted / plain. Findings: bench/encryption_figures.md (rendered into
+docs/benchmarks.md by `bench/run.py --render`).
+
+Run as root, on a quiet machine (about 6 minutes on 2 cores at the defaults):
+
+    python3 bench/encryption.py --pitr target/release/pitr --json bench/encryption_results.json
+
+One throwaway PostgreSQL cluster (pgbench -i -s --scale) archives every segment into both
+repositories (its archive_command pushes into the plain one, then into the encrypted one, whose
+recipients come from PITR_RECIPIENTS_FILE). Then:
+
+- archive-push: the corpus of --segments real 16 MiB segments (written by pgbench, copied from
+  pg_wal) is pushed one process per segment, as PostgreSQL calls the archive_command, into a fresh
+  plain and a fresh encrypted repository per run, alternating segment by segment;
+- archive-get: the same corpus read back one process per segment, as the restore_command, each
+  checked byte for byte once;
+- backup: `pitr backup --fast --jobs 1` into each repository, alternating, --runs times;
+- restore: the newest backup of each, `pitr restore --jobs 1`, alternating, --runs times.
+
+The figure of each run is its time; the ratio is encrypted / plain of the same run, and the table
+gives the median and the range over runs. Target (issue #19): at most 1.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import PORT_MAIN, CommandFailed, Runner, progress, sh, tree_bytes  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+FIGURES = BENCH / "encryption_figures.md"
+KINDS = ("plain", "encrypted")
+
+
+class Bench:
+    def __init__(self, a: argparse.Namespace):
+        self.a = a
+        self.tmp = Path(tempfile.mkdtemp(prefix="pitr-enc-", dir="/tmp"))
+        for d in ("logs", "home", "sock", "bin", "keys", "corpus", "work"):
+            (self.tmp / d).mkdir()
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.r = Runner(self.tmp, self.user, a.pg_bin)
+        self.pgdata = self.tmp / "pg"
+        self.pitr = self.tmp / "bin" / "pitr"
+        self.conf = self.tmp / "pitr.toml"
+        self.identity = self.tmp / "keys" / "identity.txt"
+        self.recipients = self.tmp / "keys" / "recipients.txt"
+        self.repos = {k: self.tmp / f"repo-{k}" for k in KINDS}
+
+    def env(self, kind: str) -> Dict[str, str]:
+        if kind == "plain":
+            return {}
+        return {"PITR_RECIPIENTS_FILE": str(self.recipients), "PITR_IDENTITY_FILE": str(self.identity)}
+
+    def pitr_cmd(self, repo: Path, *args: str) -> List[str]:
+        compress = ["--compress", "zstd", "--compress-level", "3"] if {"backup", "archive-push"} & set(args) else []
+        return [str(self.pitr), "--config", str(self.conf), "--repo", str(repo)] + compress + list(args)
+
+    def run(self, kind: str, repo: Path, *args: str, rss: bool = False):
+        return self.r.run(self.pitr_cmd(repo, *args), env=self.env(kind), rss=rss)
+
+    def setup(self) -> None:
+        shutil.copy2(self.a.pitr, self.pitr)
+        self.conf.write_text("")
+        os.chmod(self.tmp, 0o755)
+        for repo in self.repos.values():
+            repo.mkdir(mode=0o700)
+        if self.user:
+            sh(["chown", "-R", f"{self.user}:{self.user}", self.tmp])
+        recipient = self.r.run([self.pitr, "keygen", self.identity]).output.strip()
+        self.recipients.write_text(recipient + "\n")
+        progress(f"initdb + pgbench -i -s {self.a.scale}")
+        self.r.run([self.a.pg_bin / "initdb", "-D", self.pgdata, "-A", "trust", "-E", "UTF8", "--no-sync"])
+        push = (" ".join(self.pitr_cmd(self.repos["plain"], "archive-push", "%p")) + " && PITR_RECIPIENTS_FILE="
+                + str(self.recipients) + " " + " ".join(self.pitr_cmd(self.repos["encrypted"], "archive-push", "%p")))
+        with open(self.pgdata / "postgresql.conf", "a") as f:
+            f.write(f"""
+port = {PORT_MAIN}
+listen_addresses = ''
+unix_socket_directories = '{self.tmp / 'sock'}'
+wal_level = replica
+archive_mode = on
+archive_command = '{push}'
+max_wal_size = '4GB'
+""")
+        self.r.run([self.a.pg_bin / "pg_ctl", "-D", self.pgdata, "-l", self.tmp / "logs" / "postgresql.log", "-w",
+                    "start"])
+        self.r.run([self.a.pg_bin / "pgbench", "-i", "-q", "-s", str(self.a.scale)])
+        self.corpus = self.write_corpus()
+
+    def write_corpus(self) -> List[Path]:
+        """--segments segments of pgbench TPC-B WAL, copied from pg_wal as they are completed."""
+        progress(f"writing {self.a.segments} segments of TPC-B WAL for the corpus")
+        corpus: List[Path] = []
+        while len(corpus) < self.a.segments:
+            self.r.run([self.a.pg_bin / "pgbench", "-n", "-c", "2", "-j", "2", "-t", "3000"])
+            name = self.r.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+            self.r.sql("SELECT pg_switch_wal()")
+            dest = self.tmp / "corpus" / name
+            shutil.copy2(self.pgdata / "pg_wal" / name, dest)
+            corpus.append(dest)
+        if self.user:
+            sh(["chown", "-R", f"{self.user}:{self.user}", self.tmp / "corpus"])
+        return corpus
+
+    def alternate(self, runs: int, one) -> Dict[str, List[float]]:
+        times: Dict[str, List[float]] = {k: [] for k in KINDS}
+        for r in range(runs):
+            for kind in (KINDS if r % 2 == 0 else KINDS[::-1]):
+                os.sync()
+                times[kind].append(one(kind, r))
+        return times
+
+    def push_get(self) -> Dict[str, Dict[str, List[float]]]:
+        push: Dict[str, List[float]] = {k: [] for k in KINDS}
+        get: Dict[str, List[float]] = {k: [] for k in KINDS}
+        for r in range(self.a.runs):
+            progress(f"archive-push and archive-get, run {r + 1}/{self.a.runs}")
+            base = self.tmp / "work" / f"push-{r}"
+            base.mkdir(mode=0o755)
+            repos = {k: base / k for k in KINDS}
+            for repo in repos.values():
+                repo.mkdir(mode=0o700)
+            if self.user:
+                sh(["chown", "-R", f"{self.user}:{self.user}", base])
+            os.sync()
+            pushed = {k: 0.0 for k in KINDS}
+            for i, seg in enumerate(self.corpus):
+                for kind in (KINDS if (r + i) % 2 == 0 else KINDS[::-1]):
+                    pushed[kind] += self.run(kind, repos[kind], "archive-push", str(seg)).seconds
+            os.sync()
+            got = {k: 0.0 for k in KINDS}
+            dest = self.pgdata / "RECOVERYXLOG"
+            for i, seg in enumerate(self.corpus):
+                for kind in (KINDS if (r + i) % 2 == 0 else KINDS[::-1]):
+                    got[kind] += self.r.run(self.pitr_cmd(repos[kind], "archive-get", seg.name, str(dest)),
+                                            env=self.env(kind), cwd=self.pgdata).seconds
+                    if r == 0 and not filecmp.cmp(dest, seg, shallow=False):
+                        raise CommandFailed(f"{kind}: archive-get of {seg.name} returned other bytes")
+                    dest.unlink()
+            for kind in KINDS:
+                push[kind].append(pushed[kind] / len(self.corpus) * 1000)
+                get[kind].append(got[kind] / len(self.corpus) * 1000)
+            if r == 0:
+                self.stored = {k: tree_bytes(repos[k] / "wal") for k in KINDS}
+            shutil.rmtree(base)
+        return {"archive-push ms/segment": push, "archive-get ms/segment": get}
+
+    def archive_into(self, kind: str) -> None:
+        """Points the archive_command at `kind`'s repository only: a backup checks that its WAL goes
+        where it goes."""
+        env = "" if kind == "plain" else f"PITR_RECIPIENTS_FILE={self.recipients} "
+        command = env + " ".join(self.pitr_cmd(self.repos[kind], "archive-push", "%p"))
+        self.r.sql(f"ALTER SYSTEM SET archive_command = '{command}'")
+        self.r.sql("SELECT pg_reload_conf()")
+        self.r.sql("SELECT pg_switch_wal()")
+
+    def backup(self, kind: str, _r: int) -> float:
+        self.archive_into(kind)
+        return self.run(kind, self.repos[kind], "backup", "--fast", "--jobs", "1", "--no-expire").seconds
+
+    def restore(self, kind: str, _r: int) -> float:
+        target = self.tmp / "work" / "restored"
+        seconds = self.run(kind, self.repos[kind], "restore", "--pgdata", str(target), "--jobs", "1").seconds
+        if not (target / "global" / "pg_control").exists():
+            raise CommandFailed(f"{kind} restore left no global/pg_control")
+        shutil.rmtree(target)
+        return seconds
+
+    def teardown(self) -> None:
+        if (self.pgdata / "postmaster.pid").exists():
+            self.r.run([self.a.pg_bin / "pg_ctl", "-D", self.pgdata, "-m", "fast", "-w", "stop"], check=False)
+        if self.a.keep:
+            progress(f"kept {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def ratios(times: Dict[str, List[float]]) -> List[float]:
+    return [e / p for p, e in zip(times["plain"], times["encrypted"])]
+
+
+def render(results: dict) -> str:
+    rows = []
+    for what, times in results["figures"].items():
+        rs = ratios(times)
+        rows.append(f"| {what} | {statistics.median(times['plain']):.3g} | {statistics.median(times['encrypted']):.3g} "
+                    f"| **{statistics.median(rs):.2f}** ({min(rs):.2f}–{max(rs):.2f}) | "
+                    f"{'met' if statistics.median(rs) <= 1.10 else 'missed'} |")
+    stored = results["stored_wal_bytes"]
+    return "\n".join([
+        "## Encryption at rest: what it costs (issue #19)",
+        "",
+        f"`bench/encryption.py` ({results['when']}, pitr {results['pitr']}): a pgbench scale-{results['scale']} "
+        f"cluster archiving into a plain and an encrypted repository; {results['segments']} real TPC-B segments "
+        f"pushed and fetched one process per segment as PostgreSQL calls them, backups and restores with "
+        f"`--jobs 1`; {results['runs']} runs, the two kinds taking turns. Ratio = encrypted / plain of the same "
+        f"run, median (range). Target: at most 1.10.",
+        "",
+        "| operation | plain | encrypted | ratio | ≤ 1.10 |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Stored WAL of the corpus: plain {stored['plain'] / (1 << 20):.1f} MiB, encrypted "
+        f"{stored['encrypted'] / (1 << 20):.1f} MiB (the age chunks' tags and the 40-byte header).",
+    ])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pitr", type=Path, required=True)
+    ap.add_argument("--pg-bin", type=Path, default=Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]))
+    ap.add_argument("--scale", type=int, default=20)
+    ap.add_argument("--segments", type=int, default=16)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+    b = Bench(a)
+    try:
+        b.setup()
+        figures = b.push_get()
+        progress("backups")
+        figures["backup s"] = b.alternate(a.runs, b.backup)
+        progress("restores")
+        figures["restore s"] = b.alternate(a.runs, b.restore)
+    finally:
+        b.teardown()
+    commit = sh(["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"]).strip()
+    results = {"when": sh(["date", "-u", "+%Y-%m-%d %H:%M UTC"]).strip(), "pitr": commit,
+               "scale": a.scale, "segments": a.segments, "runs": a.runs, "figures": figures,
+               "stored_wal_bytes": b.stored}
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2) + "\n")
+    FIGURES.write_text(render(results) + "\n")
+    print(FIGURES.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
