@@ -127,23 +127,32 @@ impl Keys {
     /// Encrypts `plain` into an envelope for every recipient, recording that they are the
     /// repository's key set `key_set`.
     pub fn seal(&self, plain: &[u8], key_set: u32) -> Result<Vec<u8>> {
+        let mut sealed = Vec::with_capacity(HEADER_LEN + plain.len() + plain.len() / 4096 + 512);
+        sealed.resize(HEADER_LEN, 0);
+        let header = self.seal_to(plain, key_set, &mut sealed)?;
+        sealed[..HEADER_LEN].copy_from_slice(&header);
+        Ok(sealed)
+    }
+
+    /// [`Keys::seal`] written into `out` as it is encrypted, after the caller's placeholder for
+    /// the header; returns the header, known only at the end. An error of `out` comes back as
+    /// the error it carries (a full disk stays a full disk).
+    pub fn seal_to(&self, plain: &[u8], key_set: u32, out: &mut dyn Write) -> Result<[u8; HEADER_LEN]> {
         let recipients = self.recipients.iter().map(|r| r as &dyn age::Recipient);
         let encryptor =
             age::Encryptor::with_recipients(recipients).map_err(|e| Error::Refused(format!("cannot encrypt: {e}")))?;
-        let mut sealed = Vec::with_capacity(HEADER_LEN + plain.len() + plain.len() / 4096 + 512);
-        sealed.resize(HEADER_LEN, 0);
-        let mut writer = encryptor.wrap_output(&mut sealed).map_err(io_refused)?;
-        writer.write_all(plain).map_err(io_refused)?;
-        writer.finish().map_err(io_refused)?;
-        let header = Envelope {
+        let mut counted = Counted { out, len: 0, crc: 0 };
+        let mut writer = encryptor.wrap_output(&mut counted).map_err(write_failed)?;
+        writer.write_all(plain).map_err(write_failed)?;
+        writer.finish().map_err(write_failed)?;
+        Ok(Envelope {
             plain_len: plain.len() as u64,
-            sealed_len: (sealed.len() - HEADER_LEN) as u64,
+            sealed_len: counted.len,
             plain_crc: crc32c::crc32c(plain),
-            sealed_crc: crc32c::crc32c(&sealed[HEADER_LEN..]),
+            sealed_crc: counted.crc,
             key_set,
-        };
-        sealed[..HEADER_LEN].copy_from_slice(&header.to_bytes());
-        Ok(sealed)
+        }
+        .to_bytes())
     }
 
     /// Decrypts a whole envelope, checking its header and the plaintext's length and CRC.
@@ -463,8 +472,32 @@ fn corrupt(what: &str, reason: String) -> Error {
     }
 }
 
-fn io_refused(e: io::Error) -> Error {
-    Error::Refused(format!("cannot encrypt: {e}"))
+/// An error of writing an envelope: the storage's own, when the writer carried one.
+fn write_failed(e: io::Error) -> Error {
+    match e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        true => *e.into_inner().expect("checked above").downcast::<Error>().expect("checked above"),
+        false => Error::Refused(format!("cannot encrypt: {e}")),
+    }
+}
+
+/// A writer that counts and checksums what passes through it.
+struct Counted<'a> {
+    out: &'a mut dyn Write,
+    len: u64,
+    crc: u32,
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(bytes)?;
+        self.len += n as u64;
+        self.crc = crc32c::crc32c_append(self.crc, &bytes[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 fn sorted(items: impl Iterator<Item = String>) -> Vec<String> {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::codec::json;
 use crate::crypt::{self, Keys};
 use crate::error::{Error, Result};
-use crate::storage::{Listed, LockGuard, ObjectMeta, ObjectWriter, PutOutcome, Storage};
+use crate::storage::{Listed, LockGuard, ObjectMeta, ObjectWriter, PutOutcome, Storage, WriteInto};
 
 use super::{GENERATIONS_DIR, METADATA_KEY, WAL_MARKER};
 
@@ -331,7 +331,14 @@ pub(crate) fn is_plain_key(key: &str) -> bool {
 impl Storage for Sealed {
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
         match self.writing_for(key)? {
-            Some(set) => self.inner.put_if_absent(key, &self.keys.seal(data, set)?),
+            // Written while it is encrypted, not copied whole first.
+            Some(set) => {
+                let mut writer = self.inner.put_writer(key)?;
+                writer.write(&[0; crypt::HEADER_LEN])?;
+                let mut into = WriteInto(writer);
+                let header = self.keys.seal_to(data, set, &mut into)?;
+                into.0.finish(&header)
+            }
             None => self.inner.put_if_absent(key, data),
         }
     }
