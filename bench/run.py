@@ -50,6 +50,7 @@ S3_NOTES = Path(__file__).resolve().parent / "s3.md"
 LOAD_NOTES = Path(__file__).resolve().parent / "load.md"
 EVENTS_NOTES = Path(__file__).resolve().parent / "events.md"
 DEDUP_NOTES = Path(__file__).resolve().parent / "dedup_figures.md"
+ENCRYPTION_NOTES = Path(__file__).resolve().parent / "encryption_figures.md"
 DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
 # cargo's target directory: CARGO_TARGET_DIR when set (cargo build honours it too), else target/.
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
@@ -2744,6 +2745,8 @@ def write_doc(rec: Record, path: Path) -> None:
         parts += [EVENTS_NOTES.read_text().strip(), ""]
     if DEDUP_NOTES.exists():
         parts += [DEDUP_NOTES.read_text().strip(), ""]
+    if ENCRYPTION_NOTES.exists():
+        parts += [ENCRYPTION_NOTES.read_text().strip(), ""]
     parts += ["## Results", ""]
     for g in groups_in_order(res):
         parts += [f"### {g}", ""]

@@ -179,7 +179,9 @@ impl Keys {
     }
 
     /// Decrypts an envelope while it is read: the header first, then the plaintext as the age
-    /// file arrives (each 64 KiB chunk is authenticated before it is passed on).
+    /// file arrives (each 64 KiB chunk is authenticated before it is passed on). A large object
+    /// is decrypted on a thread of its own, a few chunks ahead of the reader, so that decryption
+    /// overlaps the reader's own work (archive-get decompresses and writes meanwhile).
     pub fn unseal_reader(
         &self,
         mut sealed: Box<dyn BufRead + Send>,
@@ -190,13 +192,15 @@ impl Keys {
         sealed
             .read_exact(&mut head)
             .map_err(|e| corrupt(what, format!("its encryption header cannot be read: {e}")))?;
-        Envelope::parse(&head, what)?;
-        let reader = self.decryptor(sealed, what, recorded)?;
-        let what = what.to_string();
-        Ok(Box::new(io::BufReader::with_capacity(
-            CHUNK as usize,
-            MapErrors { inner: reader, what },
-        )))
+        let header = Envelope::parse(&head, what)?;
+        let reader = MapErrors {
+            inner: self.decryptor(sealed, what, recorded)?,
+            what: what.to_string(),
+        };
+        if header.plain_len < DECRYPT_AHEAD_FROM {
+            return Ok(Box::new(io::BufReader::with_capacity(CHUNK as usize, reader)));
+        }
+        Ok(Box::new(io::BufReader::with_capacity(CHUNK as usize, decrypt_ahead(reader))))
     }
 
     /// `len` plaintext bytes from `start` on, of an envelope read by range with `fetch(offset,
@@ -436,6 +440,72 @@ impl Seek for RangeSource<'_> {
         };
         self.pos = pos.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
         Ok(self.pos)
+    }
+}
+
+/// Objects from this size on are decrypted ahead on a thread of their own ([`decrypt_ahead`]).
+const DECRYPT_AHEAD_FROM: u64 = 1 << 20;
+/// Chunks decrypted ahead of the reader.
+const CHUNKS_AHEAD: usize = 8;
+
+/// `reader`, read on a thread of its own into chunks handed over through a bounded channel: the
+/// reader of the result waits only when the thread is behind. The thread ends at the end of the
+/// input (sending an empty chunk, so that an end is never mistaken for a thread that stopped),
+/// at its first error (passed on), or when the result is dropped.
+fn decrypt_ahead(mut reader: impl Read + Send + 'static) -> impl Read + Send {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(CHUNKS_AHEAD);
+    std::thread::spawn(move || loop {
+        let mut chunk = vec![0; CHUNK as usize];
+        let sent = match crate::codec::fill(&mut reader, &mut chunk) {
+            Ok(0) => {
+                let _ = tx.send(Ok(Vec::new()));
+                break;
+            }
+            Ok(n) => {
+                chunk.truncate(n);
+                tx.send(Ok(chunk))
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                break;
+            }
+        };
+        if sent.is_err() {
+            break;
+        }
+    });
+    Received {
+        rx,
+        chunk: Vec::new(),
+        at: 0,
+        ended: false,
+    }
+}
+
+/// The reading end of [`decrypt_ahead`].
+struct Received {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+    ended: bool,
+}
+
+impl Read for Received {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.chunk.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(chunk) => (self.chunk, self.at) = (chunk?, 0),
+                Err(_) => return Err(io::Error::other("the decrypting thread stopped before the end")),
+            }
+            self.ended = self.chunk.is_empty();
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 

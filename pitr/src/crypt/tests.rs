@@ -112,3 +112,26 @@ fn key_files_are_checked_and_never_echoed() {
     assert!(!format!("{keys:?}").contains(&secret[..20]));
     let _ = recipient;
 }
+
+#[test]
+fn a_large_object_is_decrypted_ahead_and_its_damage_still_fails_the_read() {
+    let keys = keys();
+    let plain: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let sealed = keys.seal(&plain, 1).unwrap();
+    let read = |bytes: Vec<u8>| {
+        let mut out = Vec::new();
+        keys.unseal_reader(Box::new(io::Cursor::new(bytes)), "obj", &[])
+            .unwrap()
+            .read_to_end(&mut out)
+            .map(|_| out)
+    };
+    assert_eq!(read(sealed.clone()).unwrap(), plain);
+    let mut damaged = sealed.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 1;
+    let err = read(damaged).unwrap_err();
+    assert!(err.to_string().contains("cannot be decrypted"), "{err}");
+    let mut cut = sealed;
+    cut.truncate(cut.len() - 100);
+    assert!(read(cut).is_err(), "a cut object never reads as a shorter one");
+}
