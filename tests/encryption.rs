@@ -137,7 +137,9 @@ fn an_encrypted_repository_recovers_to_the_row_and_shows_nothing_in_clear() {
         info.describe()
     );
     // The oops is found in the encrypted WAL; expire reads the encrypted manifests.
-    let oops = c.pitr_ok(&["wal", "events", "--kind", "delete", "--min-rows", "1000"]).stdout_str();
+    let oops = c
+        .pitr_ok(&["wal", "events", "--kind", "delete", "--min-rows", "1000"])
+        .stdout_str();
     assert!(oops.contains("DELETE 2600 rows"), "{oops}");
     c.pitr_ok(&["expire"]);
     let nd = NewDir::new();
@@ -164,10 +166,17 @@ fn an_encrypted_repository_recovers_to_the_row_and_shows_nothing_in_clear() {
     give_to_server_user(second.path());
     let synced = c.pitr_ok(&["sync", "--to", &target.display().to_string()]);
     let target_json = fs::read_to_string(target.join("repo.json")).unwrap();
-    assert!(target_json.contains(&fingerprint), "{}\n{target_json}", synced.describe());
+    assert!(
+        target_json.contains(&fingerprint),
+        "{}\n{target_json}",
+        synced.describe()
+    );
     let copied = data_objects(&target);
     assert!(copied.len() > 20, "{copied:?}");
-    assert!(copied.iter().all(|p| fs::read(p).unwrap().starts_with(b"PITE")), "{copied:?}");
+    assert!(
+        copied.iter().all(|p| fs::read(p).unwrap().starts_with(b"PITE")),
+        "{copied:?}"
+    );
     let verified = c.pitr_connected(&target, &["verify", "all"]);
     assert!(verified.success(), "{}", verified.describe());
 }

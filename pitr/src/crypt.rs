@@ -200,7 +200,10 @@ impl Keys {
         if header.plain_len < DECRYPT_AHEAD_FROM {
             return Ok(Box::new(io::BufReader::with_capacity(CHUNK as usize, reader)));
         }
-        Ok(Box::new(io::BufReader::with_capacity(CHUNK as usize, decrypt_ahead(reader))))
+        Ok(Box::new(io::BufReader::with_capacity(
+            CHUNK as usize,
+            decrypt_ahead(reader),
+        )))
     }
 
     /// `len` plaintext bytes from `start` on, of an envelope read by range with `fetch(offset,
@@ -545,7 +548,11 @@ fn corrupt(what: &str, reason: String) -> Error {
 /// An error of writing an envelope: the storage's own, when the writer carried one.
 fn write_failed(e: io::Error) -> Error {
     match e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        true => *e.into_inner().expect("checked above").downcast::<Error>().expect("checked above"),
+        true => *e
+            .into_inner()
+            .expect("checked above")
+            .downcast::<Error>()
+            .expect("checked above"),
         false => Error::Refused(format!("cannot encrypt: {e}")),
     }
 }
