@@ -25,20 +25,7 @@ impl Certificates {
     fn make() -> Certificates {
         let dir = TestDir::new("pgtls");
         let d = dir.path().to_path_buf();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&d)
-                .output()
-                .unwrap_or_else(|e| {
-                    panic!("openssl, which makes the test's certificates: {e} (apt-get install openssl)")
-                });
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let openssl = |args: &[&str]| openssl(&d, args);
         let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
         for ca in ["ca", "other-ca"] {
             let (key_file, pem, subject) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN=pitr test {ca}"));

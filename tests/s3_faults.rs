@@ -960,20 +960,7 @@ impl TlsFront {
     fn start(upstream: u16) -> TlsFront {
         let dir = TestDir::new("tls");
         let d = dir.path();
-        let openssl = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .output()
-                .unwrap_or_else(|e| {
-                    panic!("openssl, which makes the test's certificates: {e} (apt-get install openssl)")
-                });
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let openssl = |args: &[&str]| openssl(d, args);
         openssl(&[
             "req",
             "-x509",

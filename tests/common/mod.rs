@@ -2245,3 +2245,18 @@ pub fn assert_copy_gone(scratch: &Path) {
         .collect();
     assert!(running.is_empty(), "the copy's server still runs: {running:?}");
 }
+
+/// Runs the `openssl` command line in `dir` (the tests make their certificates with it), panicking
+/// with its message when it fails or is missing.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl, which makes the test's certificates: {e} (apt-get install openssl)"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

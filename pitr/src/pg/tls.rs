@@ -229,14 +229,11 @@ impl TlsSettings {
     /// mode, and the client certificate when its file exists. Reads the files now.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier: Arc<dyn ServerCertVerifier> = match self.roots()? {
-            None => Arc::new(Unchecked(provider.clone())),
-            Some(roots) => Arc::new(Checked {
-                roots: Arc::new(roots),
-                provider: provider.clone(),
-                names: self.mode == SslMode::VerifyFull,
-            }),
-        };
+        let verifier: Arc<dyn ServerCertVerifier> = Arc::new(Verifier {
+            roots: self.roots()?.map(Arc::new),
+            provider: provider.clone(),
+            names: self.mode == SslMode::VerifyFull,
+        });
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::InvalidInput(format!("TLS settings: {e}")))?
@@ -436,55 +433,18 @@ pub fn not_offered(mode: SslMode) -> String {
     )
 }
 
-/// Accepts any certificate (`require` and weaker without a root file: encrypted, not
-/// authenticated), but still checks that the server holds the certificate's key.
+/// The server's certificate check. With `roots`, the chain to a trusted root, and the host name
+/// when `names` (verify-full). Without (`require` and weaker without a root file: encrypted, not
+/// authenticated), any certificate. Either way the handshake's signature is checked: the server
+/// holds the certificate's key.
 #[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
-
-/// Checks the chain to a trusted root, and the host name when `names` (verify-full).
-#[derive(Debug)]
-struct Checked {
-    roots: Arc<RootCertStore>,
+struct Verifier {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
     names: bool,
 }
 
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-impl ServerCertVerifier for Checked {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -493,10 +453,13 @@ impl ServerCertVerifier for Checked {
         _: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let cert = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
