@@ -64,11 +64,8 @@ pub fn verify(command: &Command, settings: &Settings) -> Result<Done> {
             .clone()
             .map_or_else(|| service.verify.metrics_file.clone(), optional_path),
     };
-    let repo = Repo::open(&settings.repo)?.with_keys(settings.keys.clone());
-    if let Some(recipients) = repo.encrypted_for()? {
-        if !repo.can_decrypt()? {
-            return verify_without_key(&repo, &recipients, *json);
-        }
+    if let Some((repo, recipients)) = encrypted_without_identity(settings) {
+        return verify_without_key(&repo, &recipients, *json);
     }
     let conninfo = connection.dbname.as_deref().or(settings.dbname.as_deref());
     let report = verify_and_record(settings, &options, conninfo, &records, &TerminalProgress::new(*json))?;
@@ -82,6 +79,15 @@ pub fn verify(command: &Command, settings: &Settings) -> Result<Done> {
         Status::Warning => Done::Warnings,
         Status::Critical => Done::Critical,
     })
+}
+
+/// The repository and its recipients when it is encrypted and no identity is given. Any failure
+/// to tell is left to the full verify, which records it in its log line and metrics.
+fn encrypted_without_identity(settings: &Settings) -> Option<(Repo, Vec<String>)> {
+    let repo = Repo::open(&settings.repo).ok()?.with_keys(settings.keys.clone());
+    repo.generations().ok()??; // repo.json says what the repository is
+    let recipients = repo.encrypted_for().ok()??;
+    (!repo.can_decrypt().ok()?).then_some((repo, recipients))
 }
 
 /// `pitr verify` of an encrypted repository on a host without its identity: every object's

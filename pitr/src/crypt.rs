@@ -170,7 +170,8 @@ impl Keys {
             ));
         }
         let mut reader = self.decryptor(age_file, what, recorded)?;
-        let mut plain = Vec::with_capacity(usize::try_from(header.plain_len).unwrap_or(0).min(1 << 30));
+        // Never more than the encrypted bytes: the header is untrusted.
+        let mut plain = Vec::with_capacity(usize::try_from(header.plain_len).unwrap_or(0).min(age_file.len()));
         reader.read_to_end(&mut plain).map_err(|e| decryption_failed(what, e))?;
         if plain.len() as u64 != header.plain_len || crc32c::crc32c(&plain) != header.plain_crc {
             return Err(corrupt(what, "decrypts to other bytes than its header records".into()));
@@ -244,11 +245,18 @@ impl Keys {
         };
         let mut reader = self.decryptor(source, what, recorded)?;
         span.set(chunks * SEALED_CHUNK);
-        let mut plain = vec![0; len as usize];
+        // Grown as the bytes arrive, not allocated from the (untrusted) header's length.
+        let mut plain = Vec::new();
         reader
             .seek(SeekFrom::Start(start))
-            .and_then(|_| reader.read_exact(&mut plain))
+            .and_then(|_| (&mut reader).take(len).read_to_end(&mut plain))
             .map_err(|e| decryption_failed(what, e))?;
+        if plain.len() as u64 != len {
+            return Err(corrupt(
+                what,
+                format!("ends {} bytes into the {len} bytes from {start} on", plain.len()),
+            ));
+        }
         Ok(plain)
     }
 

@@ -592,7 +592,7 @@ impl Repo {
                 ),
             });
         }
-        self.storage.learn(first.encryption.as_ref());
+        self.storage.learn(first.encryption.as_ref())?;
         let mut list = vec![Generation {
             generation: 1,
             pg_version: first.pg_version,

@@ -85,13 +85,22 @@ impl Sealed {
         &*self.inner
     }
 
-    /// Records that repo.json (just read by the caller) says the repository is not encrypted,
-    /// sparing a second read. (The key sets of an encrypted one are read on first use.)
-    pub(crate) fn learn(&self, encryption: Option<&super::EncryptionRecord>) {
-        if encryption.is_none() {
-            let mut mode = self.mode.lock().expect("not poisoned");
-            mode.get_or_insert(Mode::Plain);
+    /// Records what repo.json (just read by the caller) says, sparing a second read: a plain
+    /// repository, or an encrypted one with its key sets (their records are listed now, once per
+    /// process; a write that finds newer ones reads them again).
+    pub(crate) fn learn(&self, encryption: Option<&super::EncryptionRecord>) -> Result<()> {
+        if self.mode.lock().expect("not poisoned").is_some() {
+            return Ok(());
         }
+        let mode = match encryption {
+            None => Mode::Plain,
+            Some(first) => Mode::Encrypted(KeySets(super::rekey::read_key_sets(
+                &*self.inner,
+                first.recipients.clone(),
+            )?)),
+        };
+        *self.mode.lock().expect("not poisoned") = Some(mode);
+        Ok(())
     }
 
     /// Whether the repository is encrypted, and for which key sets: read once; a repository
