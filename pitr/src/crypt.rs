@@ -114,6 +114,11 @@ impl Keys {
         !self.recipients.is_empty()
     }
 
+    /// Whether identities are given: this process can read an encrypted repository.
+    pub fn can_read(&self) -> bool {
+        !self.identities.is_empty()
+    }
+
     /// The recipients' fingerprints, sorted: what repo.json records.
     pub fn recipient_fingerprints(&self) -> Vec<String> {
         sorted(self.recipients.iter().map(fingerprint))

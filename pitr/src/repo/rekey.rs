@@ -117,7 +117,7 @@ impl Repo {
                  repository {location}, then run rotate-key again; nothing was changed"
             )));
         }
-        if rewrite && self.keys().identity_fingerprints().is_empty() {
+        if rewrite && !self.keys().can_read() {
             return Err(Error::Refused(format!(
                 "--rewrite decrypts the objects of repository {location}: give an identity of their recipients \
                  (`identity_file`, PITR_IDENTITY_FILE or PITR_IDENTITY); nothing was changed"

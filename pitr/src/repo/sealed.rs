@@ -203,7 +203,7 @@ impl Sealed {
 
     /// Whether this process has no keys at all (the usual unencrypted setup).
     fn keyless(&self) -> bool {
-        !self.keys.can_write() && self.keys.identity_fingerprints().is_empty()
+        !self.keys.can_write() && !self.keys.can_read()
     }
 
     fn expect_sealed(&self, key: &str, bytes: &[u8]) -> Result<()> {
@@ -250,7 +250,7 @@ impl Sealed {
 
     /// Whether this process can decrypt (it has an identity), or the repository is plain.
     pub(crate) fn can_read(&self) -> Result<bool> {
-        Ok(matches!(self.mode()?, Mode::Plain) || !self.keys.identity_fingerprints().is_empty())
+        Ok(matches!(self.mode()?, Mode::Plain) || self.keys.can_read())
     }
 
     /// The fingerprints of the newest key set's recipients (`None`: not encrypted).
