@@ -3,7 +3,8 @@
 //! A repository is encrypted to one or more **recipients** (age X25519 public keys, `age1…`): every
 //! host that writes needs only those. Reading needs an **identity** (the secret key,
 //! `AGE-SECRET-KEY-1…`) of one of them. The payload is the age v1 format (<https://age-encryption.org/v1>,
-//! the `age` crate): a per-object file key wrapped for each recipient, then ChaCha20-Poly1305 in
+//! the `age` crate; the X25519 stanza that wraps each object's file key in `crypt/x25519.rs`): a per-object
+//! file key wrapped for each recipient, then ChaCha20-Poly1305 in
 //! 64 KiB chunks, each authenticated, so a flipped or swapped byte fails decryption, never passes on.
 //!
 //! An encrypted object is a 40-byte envelope header followed by the age file:
@@ -30,10 +31,9 @@
 
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::str::FromStr;
 
-use age::x25519::{Identity, Recipient};
 use sha2::{Digest, Sha256};
+use x25519::{IdentityKey, RecipientKey};
 
 use crate::error::{Error, Result};
 
@@ -53,8 +53,8 @@ const SEALED_CHUNK: u64 = CHUNK + 16;
 /// empty: a host that only archives has no identity.
 #[derive(Default)]
 pub struct Keys {
-    recipients: Vec<Recipient>,
-    identities: Vec<Identity>,
+    recipients: Vec<RecipientKey>,
+    identities: Vec<IdentityKey>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -88,15 +88,11 @@ impl Keys {
         let mut keys = Keys::none();
         if let Some(source) = recipients {
             let (text, whence) = read_source(&source, false)?;
-            keys.recipients = parse_lines(&text, &whence, "recipient (age1…)", |line| {
-                Recipient::from_str(line).ok()
-            })?;
+            keys.recipients = parse_lines(&text, &whence, "recipient (age1…)", RecipientKey::parse)?;
         }
         if let Some(source) = identities {
             let (text, whence) = read_source(&source, true)?;
-            keys.identities = parse_lines(&text, &whence, "identity (AGE-SECRET-KEY-1…)", |line| {
-                Identity::from_str(line).ok()
-            })?;
+            keys.identities = parse_lines(&text, &whence, "identity (AGE-SECRET-KEY-1…)", IdentityKey::parse)?;
         }
         Ok(keys)
     }
@@ -104,7 +100,7 @@ impl Keys {
     /// Keys of a newly generated identity: its secret text and its recipient (`pitr keygen`).
     pub fn generate() -> (String, String) {
         use age::secrecy::ExposeSecret;
-        let identity = Identity::generate();
+        let identity = age::x25519::Identity::generate();
         let recipient = identity.to_public().to_string();
         (identity.to_string().expose_secret().to_string(), recipient)
     }
@@ -121,12 +117,12 @@ impl Keys {
 
     /// The recipients' fingerprints, sorted: what repo.json records.
     pub fn recipient_fingerprints(&self) -> Vec<String> {
-        sorted(self.recipients.iter().map(fingerprint))
+        sorted(self.recipients.iter().map(|r| fingerprint(&r.text)))
     }
 
     /// The fingerprints of the recipients of the identities: whose objects this process can read.
     pub fn identity_fingerprints(&self) -> Vec<String> {
-        sorted(self.identities.iter().map(|i| fingerprint(&i.to_public())))
+        sorted(self.identities.iter().map(|i| fingerprint(&i.recipient)))
     }
 
     /// Encrypts `plain` into an envelope for every recipient, recording that they are the
@@ -266,7 +262,14 @@ impl Keys {
     }
 
     /// The age decryptor of `age_file` with this process's identities.
-    fn decryptor<R: Read>(&self, age_file: R, what: &str, recorded: &[String]) -> Result<age::stream::StreamReader<R>> {
+    /// (`new_buffered`: age's parser for unbuffered input reads the header a few bytes at a time
+    /// and parses it again after each read, which cost more than the X25519 agreement.)
+    fn decryptor<R: BufRead>(
+        &self,
+        age_file: R,
+        what: &str,
+        recorded: &[String],
+    ) -> Result<age::stream::StreamReader<R>> {
         if self.identities.is_empty() {
             return Err(Error::Refused(format!(
                 "{what} is encrypted (for {}) and no identity was given to decrypt it: set `identity_file` in \
@@ -274,7 +277,8 @@ impl Keys {
                 list(recorded)
             )));
         }
-        let decryptor = age::Decryptor::new(age_file).map_err(|e| corrupt(what, format!("is no age file: {e}")))?;
+        let decryptor =
+            age::Decryptor::new_buffered(age_file).map_err(|e| corrupt(what, format!("is no age file: {e}")))?;
         let identities = self.identities.iter().map(|i| i as &dyn age::Identity);
         decryptor.decrypt(identities).map_err(|e| match e {
             age::DecryptError::NoMatchingKeys => Error::Refused(format!(
@@ -321,8 +325,8 @@ pub fn write_new_identity(path: &Path) -> Result<String> {
 
 /// A recipient's fingerprint: the first 16 hex digits of the SHA-256 of its `age1…` text,
 /// enough to tell keys apart in repo.json and in messages.
-pub fn fingerprint(recipient: &Recipient) -> String {
-    let digest = Sha256::digest(recipient.to_string().as_bytes());
+pub fn fingerprint(recipient: &str) -> String {
+    let digest = Sha256::digest(recipient.as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -426,12 +430,22 @@ struct RangeSource<'a> {
 
 impl Read for RangeSource<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.len || buf.is_empty() {
-            return Ok(0);
+        let window = self.fill_buf()?;
+        let n = buf.len().min(window.len());
+        buf[..n].copy_from_slice(&window[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for RangeSource<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos >= self.len {
+            return Ok(&[]);
         }
         let in_window = self.pos >= self.window_start && self.pos < self.window_start + self.window.len() as u64;
         if !in_window {
-            let want = self.span.get().max(buf.len() as u64).min(self.len - self.pos);
+            let want = self.span.get().min(self.len - self.pos);
             self.window =
                 (self.fetch)(HEADER_LEN as u64 + self.pos, want).map_err(crate::codec::SourceError::into_io)?;
             self.window_start = self.pos;
@@ -439,11 +453,11 @@ impl Read for RangeSource<'_> {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the object ended early"));
             }
         }
-        let at = (self.pos - self.window_start) as usize;
-        let n = buf.len().min(self.window.len() - at);
-        buf[..n].copy_from_slice(&self.window[at..at + n]);
+        Ok(&self.window[(self.pos - self.window_start) as usize..])
+    }
+
+    fn consume(&mut self, n: usize) {
         self.pos += n as u64;
-        Ok(n)
     }
 }
 
@@ -658,3 +672,4 @@ fn parse_lines<K>(text: &str, whence: &str, kind: &str, parse: impl Fn(&str) -> 
 
 #[cfg(test)]
 mod tests;
+mod x25519;

@@ -135,3 +135,73 @@ fn a_large_object_is_decrypted_ahead_and_its_damage_still_fails_the_read() {
     cut.truncate(cut.len() - 100);
     assert!(read(cut).is_err(), "a cut object never reads as a shorter one");
 }
+
+/// The X25519 stanzas are age's: the age crate's own keys read what pitr writes, and pitr reads
+/// what they write.
+#[test]
+fn objects_are_age_files_that_age_itself_reads_and_writes() {
+    use age::secrecy::ExposeSecret;
+    use std::str::FromStr;
+    let age_identity = age::x25519::Identity::generate();
+    let secret = age_identity.to_string().expose_secret().to_string();
+    let recipient = age_identity.to_public().to_string();
+    let keys = Keys::load(
+        Some(KeySource::Env("R", recipient.clone())),
+        Some(KeySource::Env("I", secret)),
+    )
+    .unwrap();
+    assert_eq!(keys.identity_fingerprints(), vec![fingerprint(&recipient)]);
+    let plain = b"a WAL segment's worth of secrets".repeat(1000);
+
+    let sealed = keys.seal(&plain, 1).unwrap();
+    let by_age = age::Decryptor::new_buffered(&sealed[HEADER_LEN..])
+        .unwrap()
+        .decrypt(std::iter::once(&age_identity as &dyn age::Identity))
+        .unwrap();
+    assert_eq!(io::read_to_string(by_age).unwrap().as_bytes(), &plain[..]);
+
+    let age_recipient = age::x25519::Recipient::from_str(&recipient).unwrap();
+    let encryptor = age::Encryptor::with_recipients(std::iter::once(&age_recipient as &dyn age::Recipient)).unwrap();
+    let mut age_file = Vec::new();
+    let mut writer = encryptor.wrap_output(&mut age_file).unwrap();
+    writer.write_all(&plain).unwrap();
+    writer.finish().unwrap();
+    let reader = keys.decryptor(&age_file[..], "obj", &[]).unwrap();
+    assert_eq!(io::read_to_string(reader).unwrap().as_bytes(), &plain[..]);
+}
+
+/// A stanza whose share is not canonical base64, not 32 bytes, or a low-order point (whose
+/// agreement is all zeros) is a damaged header, never a key that merely does not match.
+#[test]
+fn a_malformed_or_low_order_share_is_a_damaged_header() {
+    use age::Identity as _;
+    let keys = keys();
+    let identity = &keys.identities[0];
+    let body = vec![0u8; 32];
+    let stanza = |arg: &str| age_core::format::Stanza {
+        tag: "X25519".into(),
+        args: vec![arg.to_string()],
+        body: body.clone(),
+    };
+    let zero_point = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let padded = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let non_canonical = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB";
+    for arg in [zero_point, padded, non_canonical, "AAAA"] {
+        assert!(
+            matches!(
+                identity.unwrap_stanza(&stanza(arg)),
+                Some(Err(age::DecryptError::InvalidHeader))
+            ),
+            "{arg}"
+        );
+    }
+    let other = age_core::format::Stanza {
+        tag: "scrypt".into(),
+        args: vec![],
+        body,
+    };
+    assert!(
+        identity.unwrap_stanza(&other).is_none(),
+        "another kind of stanza is not ours"
+    );
+}
