@@ -20,8 +20,10 @@ recipients come from PITR_RECIPIENTS_FILE). Then:
   plain and a fresh encrypted repository per run, alternating segment by segment;
 - archive-get: the same corpus read back one process per segment, as the restore_command (without
   prefetch, which would go on working behind each timed call), each checked byte for byte once;
-- backup: `pitr backup --fast --jobs 1` into each repository, alternating, --runs times;
-- restore: the newest backup of each, `pitr restore --jobs 1`, alternating, --runs times.
+- backup: `pitr backup --fast --jobs 1` into each repository, alternating, --runs times; then the
+  same with `--jobs` at its default (the cores);
+- restore: the newest backup of each, `pitr restore --jobs 1`, alternating, --runs times; then at the
+  default `--jobs`.
 
 The figure of each run is its time; the ratio is encrypted / plain of the same run, and the table
 gives the median and the range over runs. Target (issue #19): at most 1.10.
@@ -172,17 +174,17 @@ max_wal_size = '4GB'
         self.r.sql("SELECT pg_reload_conf()")
         self.r.sql("SELECT pg_switch_wal()")
 
-    def backup(self, kind: str, _r: int) -> float:
+    def backup(self, kind: str, jobs: int) -> float:
         self.archive_into(kind)
-        seconds = self.run(kind, self.repos[kind], "backup", "--fast", "--jobs", "1", "--no-expire").seconds
+        seconds = self.run(kind, self.repos[kind], "backup", "--fast", "--jobs", str(jobs), "--no-expire").seconds
         tier = self.repos[kind] / "hourly"
         newest = max(tier.iterdir(), key=lambda d: d.name)
         self.backup_objects = sum(len(files) for _, _, files in os.walk(newest))
         return seconds
 
-    def restore(self, kind: str, _r: int) -> float:
+    def restore(self, kind: str, jobs: int) -> float:
         target = self.tmp / "work" / "restored"
-        seconds = self.run(kind, self.repos[kind], "restore", "--pgdata", str(target), "--jobs", "1").seconds
+        seconds = self.run(kind, self.repos[kind], "restore", "--pgdata", str(target), "--jobs", str(jobs)).seconds
         if not (target / "global" / "pg_control").exists():
             raise CommandFailed(f"{kind} restore left no global/pg_control")
         shutil.rmtree(target)
@@ -268,10 +270,13 @@ def main() -> int:
     try:
         b.setup()
         figures = b.push_get()
-        progress("backups")
-        figures["backup s"] = b.alternate(a.runs, b.backup)
-        progress("restores")
-        figures["restore s"] = b.alternate(a.runs, b.restore)
+        cores = os.cpu_count() or 1
+        for jobs in sorted({1, cores}):
+            label = f"--jobs {jobs}" + (" (the default: the cores)" if jobs == cores else "")
+            progress(f"backups, {label}")
+            figures[f"backup s, {label}"] = b.alternate(a.runs, lambda kind, _r: b.backup(kind, jobs))
+            progress(f"restores, {label}")
+            figures[f"restore s, {label}"] = b.alternate(a.runs, lambda kind, _r: b.restore(kind, jobs))
     finally:
         b.teardown()
     commit = sh(["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"]).strip()

@@ -2,10 +2,10 @@
 //!
 //! A repository is encrypted to one or more **recipients** (age X25519 public keys, `age1…`): every
 //! host that writes needs only those. Reading needs an **identity** (the secret key,
-//! `AGE-SECRET-KEY-1…`) of one of them. The payload is the age v1 format (<https://age-encryption.org/v1>,
-//! the `age` crate; the X25519 stanza that wraps each object's file key in `crypt/x25519.rs`): a per-object
-//! file key wrapped for each recipient, then ChaCha20-Poly1305 in
-//! 64 KiB chunks, each authenticated, so a flipped or swapped byte fails decryption, never passes on.
+//! `AGE-SECRET-KEY-1…`) of one of them. The payload is an age v1 file (<https://c2sp.org/age>): a
+//! per-object file key wrapped for each recipient (`crypt/x25519.rs`), then ChaCha20-Poly1305 in
+//! 64 KiB chunks, each authenticated, so a flipped or swapped byte fails decryption, never passes on
+//! (`crypt/stream.rs`: written, and read once the `age` crate has parsed and checked the header).
 //!
 //! An encrypted object is a 40-byte envelope header followed by the age file:
 //!
@@ -139,13 +139,11 @@ impl Keys {
     /// the header; returns the header, known only at the end. An error of `out` comes back as
     /// the error it carries (a full disk stays a full disk).
     pub fn seal_to(&self, plain: &[u8], key_set: u32, out: &mut dyn Write) -> Result<[u8; HEADER_LEN]> {
-        let recipients = self.recipients.iter().map(|r| r as &dyn age::Recipient);
-        let encryptor =
-            age::Encryptor::with_recipients(recipients).map_err(|e| Error::Refused(format!("cannot encrypt: {e}")))?;
+        if self.recipients.is_empty() {
+            return Err(Error::Refused("cannot encrypt: no recipient is configured".into()));
+        }
         let mut counted = Counted { out, len: 0, crc: 0 };
-        let mut writer = encryptor.wrap_output(&mut counted).map_err(write_failed)?;
-        writer.write_all(plain).map_err(write_failed)?;
-        writer.finish().map_err(write_failed)?;
+        stream::encrypt(&self.recipients, plain, &mut counted).map_err(write_failed)?;
         Ok(Envelope {
             plain_len: plain.len() as u64,
             sealed_len: counted.len,
@@ -170,7 +168,7 @@ impl Keys {
                 ),
             ));
         }
-        let mut reader = self.decryptor(age_file, what, recorded)?;
+        let mut reader = self.decryptor(age_file, header.sealed_len, what, recorded)?;
         // Never more than the encrypted bytes: the header is untrusted.
         let mut plain = Vec::with_capacity(usize::try_from(header.plain_len).unwrap_or(0).min(age_file.len()));
         reader.read_to_end(&mut plain).map_err(|e| decryption_failed(what, e))?;
@@ -196,7 +194,7 @@ impl Keys {
             .map_err(|e| corrupt(what, format!("its encryption header cannot be read: {e}")))?;
         let header = Envelope::parse(&head, what)?;
         let reader = MapErrors {
-            inner: self.decryptor(sealed, what, recorded)?,
+            inner: self.decryptor(sealed, header.sealed_len, what, recorded)?,
             what: what.to_string(),
         };
         if header.plain_len < DECRYPT_AHEAD_FROM {
@@ -244,7 +242,7 @@ impl Keys {
             window: Vec::new(),
             span: &span,
         };
-        let mut reader = self.decryptor(source, what, recorded)?;
+        let mut reader = self.decryptor(source, header.sealed_len, what, recorded)?;
         span.set(chunks * SEALED_CHUNK);
         // Grown as the bytes arrive, not allocated from the (untrusted) header's length.
         let mut plain = Vec::new();
@@ -261,15 +259,15 @@ impl Keys {
         Ok(plain)
     }
 
-    /// The age decryptor of `age_file` with this process's identities.
-    /// (`new_buffered`: age's parser for unbuffered input reads the header a few bytes at a time
-    /// and parses it again after each read, which cost more than the X25519 agreement.)
+    /// The plaintext of `age_file` (`len` bytes), decrypted with this process's identities as it
+    /// is read ([`stream::open`]).
     fn decryptor<R: BufRead>(
         &self,
         age_file: R,
+        len: u64,
         what: &str,
         recorded: &[String],
-    ) -> Result<age::stream::StreamReader<R>> {
+    ) -> Result<stream::Payload<stream::Tap<R>>> {
         if self.identities.is_empty() {
             return Err(Error::Refused(format!(
                 "{what} is encrypted (for {}) and no identity was given to decrypt it: set `identity_file` in \
@@ -277,17 +275,14 @@ impl Keys {
                 list(recorded)
             )));
         }
-        let decryptor =
-            age::Decryptor::new_buffered(age_file).map_err(|e| corrupt(what, format!("is no age file: {e}")))?;
-        let identities = self.identities.iter().map(|i| i as &dyn age::Identity);
-        decryptor.decrypt(identities).map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => Error::Refused(format!(
+        stream::open(&self.identities, age_file, len).map_err(|e| match e {
+            stream::OpenError::NoMatchingKeys => Error::Refused(format!(
                 "{what} is encrypted for {}, and no identity given matches (the identities given are those of \
                  {}): give the identity of one of the repository's recipients",
                 list(recorded),
                 list(&self.identity_fingerprints())
             )),
-            other => corrupt(what, format!("cannot be decrypted: {other}")),
+            stream::OpenError::Header(reason) => corrupt(what, format!("cannot be decrypted: {reason}")),
         })
     }
 }
@@ -672,6 +667,7 @@ fn parse_lines<K>(text: &str, whence: &str, kind: &str, parse: impl Fn(&str) -> 
     Ok(keys)
 }
 
+mod stream;
 #[cfg(test)]
 mod tests;
 mod x25519;

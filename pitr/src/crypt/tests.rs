@@ -151,23 +151,64 @@ fn objects_are_age_files_that_age_itself_reads_and_writes() {
     )
     .unwrap();
     assert_eq!(keys.identity_fingerprints(), vec![fingerprint(&recipient)]);
-    let plain = b"a WAL segment's worth of secrets".repeat(1000);
-
-    let sealed = keys.seal(&plain, 1).unwrap();
-    let by_age = age::Decryptor::new_buffered(&sealed[HEADER_LEN..])
-        .unwrap()
-        .decrypt(std::iter::once(&age_identity as &dyn age::Identity))
-        .unwrap();
-    assert_eq!(io::read_to_string(by_age).unwrap().as_bytes(), &plain[..]);
-
     let age_recipient = age::x25519::Recipient::from_str(&recipient).unwrap();
-    let encryptor = age::Encryptor::with_recipients(std::iter::once(&age_recipient as &dyn age::Recipient)).unwrap();
-    let mut age_file = Vec::new();
-    let mut writer = encryptor.wrap_output(&mut age_file).unwrap();
-    writer.write_all(&plain).unwrap();
-    writer.finish().unwrap();
-    let reader = keys.decryptor(&age_file[..], "obj", &[]).unwrap();
-    assert_eq!(io::read_to_string(reader).unwrap().as_bytes(), &plain[..]);
+    let chunk = CHUNK as usize;
+    // Empty, short, and each side of the 64 KiB chunks (the last chunk full or not).
+    for len in [0, 1, chunk - 1, chunk, chunk + 1, 3 * chunk, 3 * chunk + 17] {
+        let plain: Vec<u8> = (0..len).map(|i| (i * 31 % 253) as u8).collect();
+        let sealed = keys.seal(&plain, 1).unwrap();
+        let mut by_age = Vec::new();
+        age::Decryptor::new_buffered(&sealed[HEADER_LEN..])
+            .unwrap()
+            .decrypt(std::iter::once(&age_identity as &dyn age::Identity))
+            .unwrap()
+            .read_to_end(&mut by_age)
+            .unwrap();
+        assert_eq!(by_age, plain, "age reads pitr's {len} bytes");
+        assert_eq!(keys.unseal(&sealed, "obj", &[]).unwrap(), plain);
+
+        let encryptor =
+            age::Encryptor::with_recipients(std::iter::once(&age_recipient as &dyn age::Recipient)).unwrap();
+        let mut age_file = Vec::new();
+        let mut writer = encryptor.wrap_output(&mut age_file).unwrap();
+        writer.write_all(&plain).unwrap();
+        writer.finish().unwrap();
+        let mut by_pitr = Vec::new();
+        keys.decryptor(&age_file[..], age_file.len() as u64, "obj", &[])
+            .unwrap()
+            .read_to_end(&mut by_pitr)
+            .unwrap();
+        assert_eq!(by_pitr, plain, "pitr reads age's {len} bytes");
+    }
+}
+
+/// The payload's length comes from the (untrusted) envelope: an age file cut after a whole chunk,
+/// or given a chunk more, or told a length other than its own, fails to decrypt; it never ends
+/// early as if whole.
+#[test]
+fn a_payload_cut_at_a_chunk_or_extended_is_refused() {
+    let keys = keys();
+    let plain = vec![7u8; 3 * CHUNK as usize + 100];
+    let sealed = keys.seal(&plain, 1).unwrap();
+    let age_file = &sealed[HEADER_LEN..];
+    let payload_start = age_file.len() - (3 * SEALED_CHUNK as usize + 100 + 16);
+    let read = |bytes: &[u8], len: u64| -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        match keys.decryptor(bytes, len, "obj", &[]) {
+            Ok(mut reader) => reader.read_to_end(&mut out).map(|_| out),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    };
+    assert_eq!(read(age_file, age_file.len() as u64).unwrap(), plain);
+    for chunks in 1..=3 {
+        let cut = &age_file[..payload_start + chunks * SEALED_CHUNK as usize];
+        assert!(read(cut, cut.len() as u64).is_err(), "cut after {chunks} chunks");
+    }
+    let mut extended = age_file.to_vec();
+    extended.extend_from_slice(&age_file[payload_start..payload_start + SEALED_CHUNK as usize]);
+    assert!(read(&extended, extended.len() as u64).is_err(), "a chunk appended");
+    assert!(read(age_file, age_file.len() as u64 - 1).is_err(), "a length one short");
+    assert!(read(age_file, age_file.len() as u64 + 1).is_err(), "a length one long");
 }
 
 /// A stanza whose share is not canonical base64, not 32 bytes, or a low-order point (whose

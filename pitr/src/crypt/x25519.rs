@@ -5,10 +5,9 @@
 //! The `age` crate's own X25519 keys do the same with curve25519-dalek's portable arithmetic and,
 //! when unwrapping, derive the identity's public key again from its secret for every object: two
 //! scalar multiplications per object read, about 120 µs here, which a restore of ~900 objects
-//! pays in full. aws-lc's X25519 (assembly, the public key computed once per process) takes a
-//! third of that. The age crate still parses the header, checks its MAC and decrypts the payload;
-//! only the stanza is done here. Any mistake here makes the header's MAC fail (the file key
-//! would be wrong): it cannot turn into wrong plaintext.
+//! pays in full. With aws-lc's X25519 (assembly, the public key computed once per process) a small
+//! object opens in 33 µs and seals in 40 (the age crate's: 124 and 93). The age crate still parses the header and checks its MAC ([`super::stream`]):
+//! a wrong file key fails that check, it cannot turn into wrong plaintext.
 
 use std::collections::HashSet;
 
