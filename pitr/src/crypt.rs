@@ -425,12 +425,17 @@ struct RangeSource<'a> {
 
 impl Read for RangeSource<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let window = self.fill_buf()?;
-        let n = buf.len().min(window.len());
-        buf[..n].copy_from_slice(&window[..n]);
-        self.consume(n);
-        Ok(n)
+        read_buffered(self, buf)
     }
+}
+
+/// `Read::read` of a reader that buffers: from what `fill_buf` holds.
+fn read_buffered(reader: &mut impl BufRead, buf: &mut [u8]) -> io::Result<usize> {
+    let available = reader.fill_buf()?;
+    let n = buf.len().min(available.len());
+    buf[..n].copy_from_slice(&available[..n]);
+    reader.consume(n);
+    Ok(n)
 }
 
 impl BufRead for RangeSource<'_> {

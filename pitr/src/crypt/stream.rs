@@ -246,11 +246,7 @@ impl<R: BufRead> BufRead for Tap<R> {
 
 impl<R: BufRead> Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = buf.len().min(available.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
+        super::read_buffered(self, buf)
     }
 }
 
