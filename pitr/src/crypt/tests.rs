@@ -151,6 +151,12 @@ fn objects_are_age_files_that_age_itself_reads_and_writes() {
     )
     .unwrap();
     assert_eq!(keys.identity_fingerprints(), vec![fingerprint(&recipient)]);
+    let shouted = Keys::load(Some(KeySource::Env("R", recipient.to_uppercase())), None).unwrap();
+    assert_eq!(
+        shouted.recipient_fingerprints(),
+        vec![fingerprint(&recipient)],
+        "one key, one fingerprint"
+    );
     let age_recipient = age::x25519::Recipient::from_str(&recipient).unwrap();
     let chunk = CHUNK as usize;
     // Empty, short, and each side of the 64 KiB chunks (the last chunk full or not).

@@ -52,8 +52,9 @@ impl RecipientKey {
     /// The recipient of `text` (`age1…`), `None` when it is none.
     pub(super) fn parse(text: &str) -> Option<RecipientKey> {
         let public = bech32_key(text, "age")?;
+        // bech32 is one case throughout: the lower one is the text age prints and fingerprints take.
         Some(RecipientKey {
-            text: text.to_string(),
+            text: text.to_ascii_lowercase(),
             public,
         })
     }
