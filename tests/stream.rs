@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Child;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -25,14 +25,26 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
+    /// Starts `pitr watch --slot pitr` and waits until it streams (the slot is active): a receiver
+    /// that connected late would begin at the server's current segment, not at WAL written before.
     fn start(c: &Cluster) -> Receiver {
         let mut command = c.pitr_connected_cmd(c.repo());
         command
             .args(["watch", "--workers", "1", "--slot", "pitr", "--pgdata"])
             .arg(c.data_dir());
-        Receiver {
+        let receiver = Receiver {
             child: Some(spawn(&mut command)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'pitr'") != "t" {
+            assert!(
+                Instant::now() < deadline,
+                "the receiver did not stream from slot pitr within 30 s\n{}",
+                c.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+        receiver
     }
 
     fn kill_9(self) {
