@@ -21,7 +21,7 @@ use aws_lc_rs::hmac;
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use super::x25519::{IdentityKey, RecipientKey};
+use super::x25519::{IdentityKey, RecipientKey, BASE64};
 use super::{CHUNK, SEALED_CHUNK};
 
 /// The header's first line.
@@ -34,8 +34,6 @@ const FILE_KEY_BYTES: usize = 16;
 const TAG_BYTES: u64 = 16;
 /// Base64 characters per line of a stanza's body.
 const BODY_COLUMNS: usize = 64;
-
-const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD_NO_PAD;
 
 /// Writes `plain` as an age file for `recipients` into `out`.
 pub(super) fn encrypt(recipients: &[RecipientKey], plain: &[u8], out: &mut dyn Write) -> io::Result<()> {

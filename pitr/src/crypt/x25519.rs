@@ -29,9 +29,9 @@ const KEY_BYTES: usize = 32;
 /// A file key wrapped: 16 bytes and the Poly1305 tag.
 const WRAPPED_BYTES: usize = 32;
 
-/// Stanza arguments are base64 without padding; the decoder refuses non-canonical encodings, as
-/// the specification asks.
-const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD_NO_PAD;
+/// Stanza arguments, bodies and the header's MAC are base64 without padding; the decoder
+/// refuses non-canonical encodings, as the specification asks.
+pub(super) const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD_NO_PAD;
 
 /// A recipient: an X25519 public key, from its `age1…` text.
 pub(super) struct RecipientKey {
